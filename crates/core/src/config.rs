@@ -1,0 +1,149 @@
+//! The parts of a Hugging Face `config.json` that inspection and memory estimates need. Field names differ between
+//! model families (`num_hidden_layers` / `num_layers` / `n_layer`, ...); VLM configs keep the language model's
+//! settings in `text_config`.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+/// Sizes of the language model, as far as the config states them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelDims {
+    pub hidden_size: Option<u64>,
+    pub intermediate_size: Option<u64>,
+    pub num_attention_heads: Option<u64>,
+    pub num_key_value_heads: Option<u64>,
+    pub head_dim: Option<u64>,
+    pub vocab_size: Option<u64>,
+    pub max_position_embeddings: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub model_type: Option<String>,
+    /// Layer count stated by the config, if any.
+    pub num_layers: Option<usize>,
+    /// `tie_word_embeddings` when the config states it.
+    pub tie_word_embeddings: Option<bool>,
+    pub dims: ModelDims,
+    /// The whole config, for consumers that need more.
+    pub raw: Value,
+}
+
+impl ModelConfig {
+    pub fn read(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        Self::from_value(raw).map_err(|reason| Error::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    pub fn from_value(raw: Value) -> std::result::Result<ModelConfig, String> {
+        let top = raw
+            .as_object()
+            .ok_or("the top level is not a JSON object")?;
+        let text = top
+            .get("text_config")
+            .and_then(Value::as_object)
+            .unwrap_or(top);
+        let architecture = top
+            .get("architectures")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .or_else(|| top.get("model_type").and_then(Value::as_str))
+            .ok_or("neither `architectures` nor `model_type` is set")?
+            .to_string();
+        let uint = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| text.get(*k).or_else(|| top.get(*k)).and_then(Value::as_u64))
+        };
+        let num_layers = uint(&["num_hidden_layers", "num_layers", "n_layer"]).map(|n| n as usize);
+        let tie_word_embeddings = text
+            .get("tie_word_embeddings")
+            .or_else(|| top.get("tie_word_embeddings"))
+            .and_then(Value::as_bool);
+        let hidden_size = uint(&["hidden_size", "n_embd", "d_model"]);
+        let num_attention_heads = uint(&["num_attention_heads", "n_head", "num_heads"]);
+        let dims = ModelDims {
+            hidden_size,
+            intermediate_size: uint(&["intermediate_size", "ffn_dim", "n_inner"])
+                .or(hidden_size.map(|h| 4 * h)),
+            num_attention_heads,
+            num_key_value_heads: uint(&[
+                "num_key_value_heads",
+                "num_kv_heads",
+                "multi_query_group_num",
+            ])
+            .or(num_attention_heads),
+            head_dim: uint(&["head_dim"]).or(match (hidden_size, num_attention_heads) {
+                (Some(h), Some(n)) if n > 0 => Some(h / n),
+                _ => None,
+            }),
+            vocab_size: uint(&["vocab_size"]),
+            max_position_embeddings: uint(&[
+                "max_position_embeddings",
+                "n_positions",
+                "seq_length",
+            ]),
+        };
+        let model_type = top
+            .get("model_type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(ModelConfig {
+            architecture,
+            model_type,
+            num_layers,
+            tie_word_embeddings,
+            dims,
+            raw,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vlm_configs_use_text_config() {
+        let c = ModelConfig::from_value(serde_json::json!({
+            "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+            "text_config": {"num_hidden_layers": 28, "hidden_size": 1536, "num_attention_heads": 12, "tie_word_embeddings": true},
+            "vision_config": {"depth": 32}
+        }))
+        .unwrap();
+        assert_eq!(c.architecture, "Qwen2VLForConditionalGeneration");
+        assert_eq!(c.num_layers, Some(28));
+        assert_eq!(c.dims.head_dim, Some(128));
+        assert_eq!(c.tie_word_embeddings, Some(true));
+    }
+
+    #[test]
+    fn gpt2_style_names() {
+        let c = ModelConfig::from_value(
+            serde_json::json!({"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12}),
+        )
+        .unwrap();
+        assert_eq!(c.architecture, "gpt2");
+        assert_eq!(c.num_layers, Some(12));
+        assert_eq!(c.dims.intermediate_size, Some(3072));
+    }
+
+    #[test]
+    fn no_architecture_is_an_error() {
+        assert!(
+            ModelConfig::from_value(serde_json::json!({"hidden_size": 3}))
+                .unwrap_err()
+                .contains("architectures")
+        );
+    }
+}

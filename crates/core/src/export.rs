@@ -1,0 +1,241 @@
+//! Writing a plan for other trainers, so the same choice runs on a bigger machine:
+//! a LLaMA-Factory YAML fragment (only when LLaMA-Factory's own rules give exactly the plan's tensors) and Axolotl
+//! `unfrozen_parameters` patterns (always exact). Both are checked against the plan before they are returned.
+
+use crate::error::{Error, Result};
+use crate::ids::format_layer_ids;
+use crate::layout::ModelLayout;
+use crate::plan::{FreezeMode, FreezePlan, TrainState};
+use crate::spec::{FreezeSpec, IdList, LlamaFactoryArgs};
+use crate::{llamafactory, PlanOptions};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The LLaMA-Factory freeze arguments that reproduce `plan` exactly on this model, as a YAML fragment.
+pub fn to_llamafactory_yaml(
+    layout: &ModelLayout,
+    spec: &FreezeSpec,
+    plan: &FreezePlan,
+) -> Result<String> {
+    let args = match (&spec.llamafactory, plan.mode) {
+        (Some(args), FreezeMode::Llamafactory) => args.clone(),
+        _ => llamafactory_args_for(layout, plan)?,
+    };
+    let check = crate::plan(
+        layout,
+        &FreezeSpec {
+            llamafactory: Some(args.clone()),
+            ..Default::default()
+        },
+        PlanOptions::default(),
+    )?;
+    if check.trainable != plan.trainable {
+        let extra: Vec<&String> = check
+            .trainable
+            .iter()
+            .filter(|n| !plan.is_trainable(n))
+            .collect();
+        let missing: Vec<&String> = plan
+            .trainable
+            .iter()
+            .filter(|n| !check.is_trainable(n))
+            .collect();
+        return Err(not_expressible(format!(
+            "LLaMA-Factory's rules cannot express this plan: its closest arguments would also train {} tensor(s) \
+             (e.g. {}) and miss {} (e.g. {}); use --format axolotl, whose patterns are exact",
+            extra.len(),
+            extra.first().map(|s| s.as_str()).unwrap_or("none"),
+            missing.len(),
+            missing.first().map(|s| s.as_str()).unwrap_or("none"),
+        )));
+    }
+    let mut out = format!(
+        "# FreezeTune freeze plan for {} ({} trainable tensors, {} of {} parameters)\nfinetuning_type: freeze\n",
+        layout.model_dir.display(),
+        plan.trainable.len(),
+        plan.trainable_params,
+        plan.total_params
+    );
+    match &args.freeze_trainable_layers_ids {
+        Some(ids) => {
+            let ids = match ids {
+                IdList::Text(t) => t.clone(),
+                other => other
+                    .to_ids()?
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            out.push_str("# freeze_trainable_layers_ids needs a LLaMA-Factory with the trainable-layer-ids proposal\n");
+            out.push_str(&format!("freeze_trainable_layers_ids: \"{ids}\"\n"));
+        }
+        None => out.push_str(&format!(
+            "freeze_trainable_layers: {}\n",
+            args.freeze_trainable_layers
+                .unwrap_or(llamafactory::DEFAULT_TRAINABLE_LAYERS)
+        )),
+    }
+    out.push_str(&format!(
+        "freeze_trainable_modules: {}\n",
+        args.freeze_trainable_modules.as_deref().unwrap_or("all")
+    ));
+    if let Some(extra) = &args.freeze_extra_modules {
+        out.push_str(&format!("freeze_extra_modules: {extra}\n"));
+    }
+    if args.use_llama_pro {
+        out.push_str("use_llama_pro: true\n");
+    }
+    Ok(out)
+}
+
+fn not_expressible(message: String) -> Error {
+    Error::NotExpressible {
+        format: "llamafactory",
+        message,
+    }
+}
+
+/// Derives `freeze_trainable_layers` (+N last / -N first), modules and extras from a native plan.
+fn llamafactory_args_for(layout: &ModelLayout, plan: &FreezePlan) -> Result<LlamaFactoryArgs> {
+    let n = layout.num_layers;
+    let ids: Vec<usize> = plan
+        .layers
+        .iter()
+        .filter(|l| l.state != TrainState::Frozen)
+        .map(|l| l.id)
+        .collect();
+    let k = ids.len();
+    let count: i64 = if k == 0 {
+        0
+    } else if ids == (n - k..n).collect::<Vec<_>>() {
+        k as i64
+    } else if ids == (0..k).collect::<Vec<_>>() {
+        -(k as i64)
+    } else {
+        return Err(not_expressible(format!(
+            "layers {} cannot be expressed in LLaMA-Factory 0.9.5, whose freeze_trainable_layers trains only the first \
+             or the last N layers; use --format axolotl, whose patterns select exactly these layers",
+            format_layer_ids(&ids)
+        )));
+    };
+    let trained: Vec<_> = plan
+        .layers
+        .iter()
+        .filter(|l| l.state != TrainState::Frozen)
+        .collect();
+    let modules = if trained.iter().all(|l| l.state == TrainState::Trainable) {
+        "all".to_string()
+    } else {
+        let names: BTreeSet<&str> = trained
+            .iter()
+            .flat_map(|l| &l.modules)
+            .filter(|m| m.state == TrainState::Trainable)
+            .map(|m| m.name.as_str())
+            .collect();
+        names.into_iter().collect::<Vec<_>>().join(",")
+    };
+    let extras: Vec<&str> = plan
+        .extra_modules
+        .iter()
+        .filter(|m| m.state != TrainState::Frozen)
+        .map(|m| m.name.as_str())
+        .collect();
+    Ok(LlamaFactoryArgs {
+        freeze_trainable_layers: Some(count),
+        freeze_trainable_layers_ids: None,
+        freeze_trainable_modules: Some(if modules.is_empty() {
+            "all".into()
+        } else {
+            modules
+        }),
+        freeze_extra_modules: (!extras.is_empty()).then(|| extras.join(",")),
+        use_llama_pro: false,
+    })
+}
+
+/// Axolotl `unfrozen_parameters` patterns selecting exactly the plan's tensors. Axolotl turns every `.` into a
+/// literal dot, so the patterns use only `^`, `$`, `(a|b)` and literal names.
+pub fn to_axolotl_patterns(layout: &ModelLayout, plan: &FreezePlan) -> Result<Vec<String>> {
+    let prefix = &layout.layer_prefix;
+    // Group layers by the exact set of their trainable tensors (relative to the layer), so equal layers share a line.
+    let mut groups: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
+    let mut whole: Vec<usize> = Vec::new();
+    for (layer, lp) in layout.layers.iter().zip(&plan.layers) {
+        match lp.state {
+            TrainState::Frozen => {}
+            TrainState::Trainable => whole.push(layer.id),
+            TrainState::Partial => {
+                let head = format!("{prefix}.{}.", layer.id);
+                let rel: Vec<String> = layer
+                    .modules
+                    .iter()
+                    .flat_map(|m| &m.tensors)
+                    .filter(|t| plan.is_trainable(&t.name))
+                    .map(|t| t.name[head.len()..].to_string())
+                    .collect();
+                groups.entry(rel).or_default().push(layer.id);
+            }
+        }
+    }
+    let alt = |items: Vec<String>| {
+        if items.len() == 1 {
+            items[0].clone()
+        } else {
+            format!("({})", items.join("|"))
+        }
+    };
+    let ids = |v: &[usize]| alt(v.iter().map(usize::to_string).collect());
+    let mut patterns = Vec::new();
+    if !whole.is_empty() {
+        patterns.push(format!("^{prefix}.{}.", ids(&whole)));
+    }
+    for (rel, layer_ids) in groups {
+        patterns.push(format!("^{prefix}.{}.{}$", ids(&layer_ids), alt(rel)));
+    }
+    for m in &layout.non_layer_modules {
+        for t in m.tensors.iter().filter(|t| plan.is_trainable(&t.name)) {
+            patterns.push(format!("^{}$", t.name));
+        }
+    }
+    let selected: Vec<String> = layout
+        .tensors()
+        .filter(|t| axolotl_selects(&patterns, &t.name))
+        .map(|t| t.name.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if selected != plan.trainable {
+        return Err(Error::NotExpressible {
+            format: "axolotl",
+            message: "internal check failed: the Axolotl patterns do not select exactly the plan's tensors".into(),
+        });
+    }
+    Ok(patterns)
+}
+
+/// Axolotl's reading of `unfrozen_parameters`: dots escaped, then a regex search.
+pub fn axolotl_selects(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| regex::Regex::new(&p.replace('.', "\\.")).is_ok_and(|re| re.is_match(name)))
+}
+
+pub fn to_axolotl_yaml(layout: &ModelLayout, plan: &FreezePlan) -> Result<String> {
+    let patterns = to_axolotl_patterns(layout, plan)?;
+    let mut out = format!(
+        "# FreezeTune freeze plan for {} ({} trainable tensors, {} of {} parameters)\n# Axolotl escapes every '.' in these patterns; they select exactly the plan's tensors.\n",
+        layout.model_dir.display(),
+        plan.trainable.len(),
+        plan.trainable_params,
+        plan.total_params
+    );
+    if patterns.is_empty() {
+        out.push_str("unfrozen_parameters: []\n");
+    } else {
+        out.push_str("unfrozen_parameters:\n");
+        for p in patterns {
+            out.push_str(&format!("  - '{}'\n", p.replace('\'', "''")));
+        }
+    }
+    Ok(out)
+}

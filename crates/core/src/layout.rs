@@ -1,0 +1,359 @@
+//! `ModelLayout`: the structure of a checkpoint as the layer picker and the freeze planner see it, built from
+//! config.json and the safetensors headers alone.
+
+use crate::config::{ModelConfig, ModelDims};
+use crate::error::{Error, Result};
+use crate::files::ModelFiles;
+use crate::safetensors::{read_header, DType};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub params: u64,
+    /// The weight file holding it (file name inside the model folder).
+    pub file: String,
+}
+
+/// What a module does, for filters (attention / MLP) and for drawing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleKind {
+    Attention,
+    Mlp,
+    Norm,
+    Embedding,
+    Head,
+    Other,
+}
+
+impl ModuleKind {
+    /// Classifies a module by its name as checkpoints spell it (`self_attn`, `mlp`, `post_attention_layernorm`,
+    /// `fc1`, `block_sparse_moe`, ...).
+    pub fn classify(name: &str) -> ModuleKind {
+        let n = name.to_ascii_lowercase();
+        if n.contains("norm") || n.starts_with("ln") {
+            ModuleKind::Norm
+        } else if n.contains("attn") || n.contains("attention") {
+            ModuleKind::Attention
+        } else if n.contains("mlp")
+            || n.contains("feed_forward")
+            || n.contains("ffn")
+            || n.contains("moe")
+            || n.contains("expert")
+            || n == "fc1"
+            || n == "fc2"
+        {
+            ModuleKind::Mlp
+        } else if n.contains("embed") || n == "wte" || n == "wpe" {
+            ModuleKind::Embedding
+        } else if n == "lm_head" || n == "embed_out" || n == "output" {
+            ModuleKind::Head
+        } else {
+            ModuleKind::Other
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// Short name: `self_attn` inside a layer, `embed_tokens` / `norm` / `lm_head` outside.
+    pub name: String,
+    /// Full dotted path of the module (`model.layers.3.self_attn`, `model.norm`).
+    pub path: String,
+    pub kind: ModuleKind,
+    pub params: u64,
+    pub tensors: Vec<TensorInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub id: usize,
+    pub params: u64,
+    pub modules: Vec<ModuleInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightFile {
+    pub name: String,
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    pub model_dir: PathBuf,
+    pub architecture: String,
+    pub model_type: Option<String>,
+    /// Layer count: the config's, or the checkpoint's when the config does not say.
+    pub num_layers: usize,
+    /// Dotted path of the repeated block, e.g. `model.layers` or `model.decoder.layers`.
+    pub layer_prefix: String,
+    pub layers: Vec<LayerInfo>,
+    /// Modules outside the repeated block: embeddings, final norm, lm_head, vision towers, ...
+    pub non_layer_modules: Vec<ModuleInfo>,
+    pub tie_word_embeddings: bool,
+    pub has_lm_head_tensor: bool,
+    /// Tensors that alias another (a tied `lm_head.weight` stored beside `embed_tokens`): not counted, not planned.
+    pub tied_aliases: Vec<String>,
+    pub total_params: u64,
+    pub dims: ModelDims,
+    pub files: Vec<WeightFile>,
+    pub warnings: Vec<String>,
+}
+
+impl ModelLayout {
+    /// Inspects the checkpoint folder `dir`: reads config.json and every weight file's header, nothing more.
+    pub fn inspect(dir: &Path) -> Result<ModelLayout> {
+        let files = ModelFiles::find(dir)?;
+        let config = ModelConfig::read(&files.config)?;
+        let mut tensors = Vec::new();
+        let mut weight_files = Vec::new();
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for path in &files.weights {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let header = read_header(path)?;
+            let mut bytes = 0;
+            for t in &header.tensors {
+                if let Some(other) = seen.insert(t.name.clone(), file.clone()) {
+                    return Err(Error::BadSafetensors {
+                        path: path.clone(),
+                        reason: format!(
+                            "tensor {} is also stored in {other}; the checkpoint is inconsistent",
+                            t.name
+                        ),
+                    });
+                }
+                bytes += t.data_offsets.1 - t.data_offsets.0;
+                let params = t.numel();
+                tensors.push(TensorInfo {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    params,
+                    file: file.clone(),
+                });
+            }
+            weight_files.push(WeightFile {
+                name: file,
+                tensors: header.tensors.len(),
+                bytes,
+            });
+        }
+        if let (Some(index), Some(map)) = (&files.index, &files.weight_map) {
+            for (name, shard) in map {
+                if seen.get(name) != Some(shard) {
+                    return Err(Error::BadIndex {
+                        path: index.clone(),
+                        reason: format!("tensor {name} is listed in shard {shard} but that shard does not hold it"),
+                    });
+                }
+            }
+        }
+        Self::from_parts(dir, &config, tensors, weight_files)
+    }
+
+    /// Builds a layout from a parsed config and a tensor list (used by `inspect` and by tests).
+    pub fn from_parts(
+        dir: &Path,
+        config: &ModelConfig,
+        mut tensors: Vec<TensorInfo>,
+        files: Vec<WeightFile>,
+    ) -> Result<ModelLayout> {
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut warnings = Vec::new();
+        let layer_prefix = find_layer_prefix(&tensors, config.num_layers).unwrap_or_default();
+        let observed_layers = layer_index_count(&tensors, &layer_prefix);
+        let num_layers = match config.num_layers {
+            Some(n) => {
+                if !layer_prefix.is_empty() && n != observed_layers {
+                    warnings.push(format!(
+                        "config.json says {n} layers but the weights hold {observed_layers} under {layer_prefix}"
+                    ));
+                }
+                n
+            }
+            None => observed_layers,
+        };
+        let has_lm_head_tensor = tensors
+            .iter()
+            .any(|t| t.name == "lm_head.weight" || t.name.ends_with(".lm_head.weight"));
+        // transformers' per-family defaults differ; a missing flag is read from the checkpoint itself.
+        let tie_word_embeddings = config.tie_word_embeddings.unwrap_or(!has_lm_head_tensor);
+        let mut tied_aliases = Vec::new();
+        if tie_word_embeddings && has_lm_head_tensor {
+            tensors.retain(|t| {
+                let alias = t.name == "lm_head.weight" || t.name.ends_with(".lm_head.weight");
+                if alias {
+                    tied_aliases.push(t.name.clone());
+                }
+                !alias
+            });
+        }
+
+        let mut layer_modules: Vec<BTreeMap<String, ModuleInfo>> =
+            vec![BTreeMap::new(); observed_layers.max(num_layers)];
+        let mut other: BTreeMap<String, ModuleInfo> = BTreeMap::new();
+        for t in tensors {
+            match split_layer_name(&t.name, &layer_prefix) {
+                Some((id, module, _)) if id < layer_modules.len() => {
+                    let path = format!("{layer_prefix}.{id}.{module}");
+                    push_tensor(&mut layer_modules[id], module.to_string(), path, t);
+                }
+                _ => {
+                    let path = non_layer_module_path(&t.name);
+                    let name = path.rsplit('.').next().unwrap_or(&path).to_string();
+                    push_tensor(&mut other, path.clone(), path, t).name = name;
+                }
+            }
+        }
+        let layers: Vec<LayerInfo> = layer_modules
+            .into_iter()
+            .enumerate()
+            .map(|(id, modules)| {
+                let modules: Vec<ModuleInfo> = modules.into_values().collect();
+                LayerInfo {
+                    id,
+                    params: modules.iter().map(|m| m.params).sum(),
+                    modules,
+                }
+            })
+            .collect();
+        let non_layer_modules: Vec<ModuleInfo> = other.into_values().collect();
+        let total_params = layers.iter().map(|l| l.params).sum::<u64>()
+            + non_layer_modules.iter().map(|m| m.params).sum::<u64>();
+        Ok(ModelLayout {
+            model_dir: dir.to_path_buf(),
+            architecture: config.architecture.clone(),
+            model_type: config.model_type.clone(),
+            num_layers,
+            layer_prefix,
+            layers,
+            non_layer_modules,
+            tie_word_embeddings,
+            has_lm_head_tensor,
+            tied_aliases,
+            total_params,
+            dims: config.dims.clone(),
+            files,
+            warnings,
+        })
+    }
+
+    /// Every planned tensor: layers bottom to top, then the non-layer modules.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.modules.iter())
+            .chain(self.non_layer_modules.iter())
+            .flat_map(|m| m.tensors.iter())
+    }
+
+    /// Sorted, de-duplicated names of the modules that appear inside layers.
+    pub fn layer_module_names(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.modules.iter().map(|m| m.name.as_str()))
+            .collect();
+        set.into_iter().map(str::to_string).collect()
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+fn push_tensor(
+    map: &mut BTreeMap<String, ModuleInfo>,
+    key: String,
+    path: String,
+    t: TensorInfo,
+) -> &mut ModuleInfo {
+    let m = map.entry(key.clone()).or_insert_with(|| ModuleInfo {
+        kind: ModuleKind::classify(&key),
+        name: key,
+        path,
+        params: 0,
+        tensors: Vec::new(),
+    });
+    m.params += t.params;
+    m.tensors.push(t);
+    m
+}
+
+/// Splits `<prefix>.<id>.<module>.<rest>` structurally; `None` when the name is not inside the layer stack.
+pub fn split_layer_name<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str, &'a str)> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (id, rest) = rest.split_once('.')?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id = id.parse().ok()?;
+    let (module, tail) = rest.split_once('.').unwrap_or((rest, ""));
+    Some((id, module, tail))
+}
+
+/// The module a non-layer tensor belongs to: the name without its last segment, or, for tensors of another repeated
+/// stack (a vision tower's `visual.blocks.3...`), the path up to the stack so it shows as one module.
+fn non_layer_module_path(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    if let Some(i) = parts
+        .iter()
+        .position(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        if i > 0 {
+            return parts[..i].join(".");
+        }
+    }
+    if parts.len() > 1 {
+        parts[..parts.len() - 1].join(".")
+    } else {
+        name.to_string()
+    }
+}
+
+/// The dotted prefix of the repeated block: among the prefixes `p` of names `p.<int>.…`, the one whose distinct
+/// index count equals the config's layer count (a VLM's vision tower has its own count), else the one with most.
+fn find_layer_prefix(tensors: &[TensorInfo], config_layers: Option<usize>) -> Option<String> {
+    let mut by_prefix: BTreeMap<&str, (BTreeSet<u64>, usize)> = BTreeMap::new();
+    for t in tensors {
+        let mut offset = 0;
+        for seg in t.name.split('.') {
+            if offset > 0 && !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                let entry = by_prefix.entry(&t.name[..offset - 1]).or_default();
+                if let Ok(i) = seg.parse() {
+                    entry.0.insert(i);
+                }
+                entry.1 += 1;
+                break;
+            }
+            offset += seg.len() + 1;
+        }
+    }
+    let score =
+        |(ids, n): &(BTreeSet<u64>, usize)| (Some(ids.len()) == config_layers, ids.len(), *n);
+    by_prefix
+        .into_iter()
+        .max_by_key(|(_, v)| score(v))
+        .map(|(p, _)| p.to_string())
+}
+
+fn layer_index_count(tensors: &[TensorInfo], prefix: &str) -> usize {
+    tensors
+        .iter()
+        .filter_map(|t| split_layer_name(&t.name, prefix))
+        .map(|(i, _, _)| i + 1)
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,24 @@
+//! `freezetune-core`: the pure part of FreezeTune. Model layout from config.json and safetensors headers,
+//! `FreezeSpec` -> `FreezePlan` (native and LLaMA-Factory-exact), LLaMA-Factory / Axolotl export, presets, errors.
+//! No candle, no tauri, no network.
+
+pub mod config;
+pub mod error;
+pub mod export;
+pub mod files;
+pub mod fsutil;
+pub mod ids;
+pub mod layout;
+pub mod llamafactory;
+pub mod memory;
+mod native;
+pub mod plan;
+pub mod preset;
+pub mod safetensors;
+pub mod spec;
+pub mod synth;
+
+pub use error::{Error, Result};
+pub use layout::ModelLayout;
+pub use plan::{plan, FreezeMode, FreezePlan, PlanOptions, TrainState, Warning};
+pub use spec::{FreezeSpec, LlamaFactoryArgs, Selection};

@@ -1,0 +1,115 @@
+//! Memory estimate of a freeze plan for training. The formula (also in docs/memory.md):
+//!
+//! ```text
+//! frozen weights     = Σ frozen tensors     numel × bytes(dtype as stored)
+//! trainable weights  = Σ trainable tensors  numel × 4      (f32 master copy)
+//! gradients          = Σ trainable tensors  numel × 4
+//! optimizer (AdamW)  = Σ trainable tensors  numel × 8      (first and second moments, f32)
+//! activations        = 4 bytes × B × S × [ (L − l₀) × (10·h + 3·kv + 4·i + 2·H·S) + h + 2·V ]   if anything trains
+//! ```
+//! with batch B, sequence S, L layers, l₀ the lowest layer holding a trainable tensor (0 when the embeddings train;
+//! L when only the final norm / lm_head train), hidden h, key/value width kv = kv_heads × head_dim, MLP width i,
+//! H attention heads and vocabulary V. Per layer and token the backward pass keeps the residual input, two norm
+//! outputs, q/k/v (before and after rotary), attention output, o_proj and down_proj outputs (≈10·h + 3·kv), the MLP's
+//! gate, up, activation and product (4·i), and the attention scores and probabilities (2·H·S). The final hidden
+//! state (h) and the logits with their softmax (2·V) are kept once. Nothing below l₀ is kept: no graph is recorded
+//! there. Activations are assumed f32; the training engine measures this against reality.
+
+use crate::layout::ModelLayout;
+use crate::plan::PlanOptions;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEstimate {
+    pub batch_size: u64,
+    pub seq_len: u64,
+    pub frozen_weight_bytes: u64,
+    pub trainable_weight_bytes: u64,
+    pub gradient_bytes: u64,
+    pub optimizer_bytes: u64,
+    /// `None` when config.json lacks the sizes the formula needs.
+    pub activation_bytes: Option<u64>,
+    /// Lowest layer the backward pass reaches (`num_layers` when only non-layer modules above the stack train).
+    pub backward_from_layer: Option<usize>,
+    pub total_bytes: u64,
+}
+
+const ACT_BYTES: u64 = 4;
+
+pub fn estimate_memory(
+    layout: &ModelLayout,
+    trainable: &BTreeSet<String>,
+    options: PlanOptions,
+) -> MemoryEstimate {
+    let mut frozen = 0u64;
+    let mut trainable_params = 0u64;
+    for t in layout.tensors() {
+        if trainable.contains(&t.name) {
+            trainable_params += t.params;
+        } else {
+            frozen += t.dtype.bytes_for(t.params);
+        }
+    }
+    let backward_from_layer = lowest_backward_layer(layout, trainable);
+    let activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options));
+    let (weights, grads, optim) = (
+        trainable_params * 4,
+        trainable_params * 4,
+        trainable_params * 8,
+    );
+    MemoryEstimate {
+        batch_size: options.batch_size,
+        seq_len: options.seq_len,
+        frozen_weight_bytes: frozen,
+        trainable_weight_bytes: weights,
+        gradient_bytes: grads,
+        optimizer_bytes: optim,
+        activation_bytes: activation_bytes.or(if backward_from_layer.is_none() {
+            Some(0)
+        } else {
+            None
+        }),
+        backward_from_layer,
+        total_bytes: frozen + weights + grads + optim + activation_bytes.unwrap_or(0),
+    }
+}
+
+fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> Option<usize> {
+    if trainable.is_empty() {
+        return None;
+    }
+    let embeddings_train = layout.non_layer_modules.iter().any(|m| {
+        m.kind == crate::layout::ModuleKind::Embedding
+            && m.tensors.iter().any(|t| trainable.contains(&t.name))
+    });
+    if embeddings_train {
+        return Some(0);
+    }
+    let lowest = layout
+        .layers
+        .iter()
+        .find(|l| {
+            l.modules
+                .iter()
+                .flat_map(|m| &m.tensors)
+                .any(|t| trainable.contains(&t.name))
+        })
+        .map(|l| l.id);
+    Some(lowest.unwrap_or(layout.num_layers))
+}
+
+fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions) -> Option<u64> {
+    let d = &layout.dims;
+    let (h, i, heads, v) = (
+        d.hidden_size?,
+        d.intermediate_size?,
+        d.num_attention_heads?,
+        d.vocab_size?,
+    );
+    let kv = d.num_key_value_heads.unwrap_or(heads) * d.head_dim.unwrap_or(h / heads.max(1));
+    let layers = layout.num_layers.saturating_sub(l0) as u64;
+    let per_token_layer = 10 * h + 3 * kv + 4 * i + 2 * heads * o.seq_len;
+    let per_token = layers * per_token_layer + h + 2 * v;
+    Some(ACT_BYTES * o.batch_size * o.seq_len * per_token)
+}
