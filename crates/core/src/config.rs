@@ -46,13 +46,8 @@ impl ModelConfig {
     }
 
     pub fn from_value(raw: Value) -> std::result::Result<ModelConfig, String> {
-        let top = raw
-            .as_object()
-            .ok_or("the top level is not a JSON object")?;
-        let text = top
-            .get("text_config")
-            .and_then(Value::as_object)
-            .unwrap_or(top);
+        let top = raw.as_object().ok_or("the top level is not a JSON object")?;
+        let text = top.get("text_config").and_then(Value::as_object).unwrap_or(top);
         let architecture = top
             .get("architectures")
             .and_then(Value::as_array)
@@ -74,30 +69,18 @@ impl ModelConfig {
         let num_attention_heads = uint(&["num_attention_heads", "n_head", "num_heads"]);
         let dims = ModelDims {
             hidden_size,
-            intermediate_size: uint(&["intermediate_size", "ffn_dim", "n_inner"])
-                .or(hidden_size.map(|h| 4 * h)),
+            intermediate_size: uint(&["intermediate_size", "ffn_dim", "n_inner"]).or(hidden_size.map(|h| 4 * h)),
             num_attention_heads,
-            num_key_value_heads: uint(&[
-                "num_key_value_heads",
-                "num_kv_heads",
-                "multi_query_group_num",
-            ])
-            .or(num_attention_heads),
+            num_key_value_heads: uint(&["num_key_value_heads", "num_kv_heads", "multi_query_group_num"])
+                .or(num_attention_heads),
             head_dim: uint(&["head_dim"]).or(match (hidden_size, num_attention_heads) {
                 (Some(h), Some(n)) if n > 0 => Some(h / n),
                 _ => None,
             }),
             vocab_size: uint(&["vocab_size"]),
-            max_position_embeddings: uint(&[
-                "max_position_embeddings",
-                "n_positions",
-                "seq_length",
-            ]),
+            max_position_embeddings: uint(&["max_position_embeddings", "n_positions", "seq_length"]),
         };
-        let model_type = top
-            .get("model_type")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         Ok(ModelConfig {
             architecture,
             model_type,
@@ -140,10 +123,8 @@ mod tests {
 
     #[test]
     fn no_architecture_is_an_error() {
-        assert!(
-            ModelConfig::from_value(serde_json::json!({"hidden_size": 3}))
-                .unwrap_err()
-                .contains("architectures")
-        );
+        assert!(ModelConfig::from_value(serde_json::json!({"hidden_size": 3}))
+            .unwrap_err()
+            .contains("architectures"));
     }
 }

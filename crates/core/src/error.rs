@@ -65,10 +65,7 @@ pub enum Error {
     LlamaFactory { kind: &'static str, message: String },
 
     #[error("{message}")]
-    NotExpressible {
-        format: &'static str,
-        message: String,
-    },
+    NotExpressible { format: &'static str, message: String },
 
     #[error("{message}")]
     Preset {
@@ -113,11 +110,7 @@ impl Error {
         let mut obj = serde_json::json!({ "kind": self.kind(), "message": self.to_string() });
         let map = obj.as_object_mut().expect("object");
         match self {
-            Error::UnknownModule {
-                module,
-                choices,
-                place,
-            } => {
+            Error::UnknownModule { module, choices, place } => {
                 map.insert("module".into(), module.clone().into());
                 map.insert("choices".into(), choices.clone().into());
                 map.insert("place".into(), place.clone().into());
@@ -142,9 +135,7 @@ impl Error {
                 map.insert("path".into(), index.display().to_string().into());
                 map.insert("shard".into(), shard.clone().into());
             }
-            Error::Preset {
-                path: Some(path), ..
-            } => {
+            Error::Preset { path: Some(path), .. } => {
                 map.insert("path".into(), path.display().to_string().into());
             }
             _ => {}

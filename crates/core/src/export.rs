@@ -11,11 +11,7 @@ use crate::{llamafactory, PlanOptions};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The LLaMA-Factory freeze arguments that reproduce `plan` exactly on this model, as a YAML fragment.
-pub fn to_llamafactory_yaml(
-    layout: &ModelLayout,
-    spec: &FreezeSpec,
-    plan: &FreezePlan,
-) -> Result<String> {
+pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<String> {
     let args = match (&spec.llamafactory, plan.mode) {
         (Some(args), FreezeMode::Llamafactory) => args.clone(),
         _ => llamafactory_args_for(layout, plan)?,
@@ -29,16 +25,8 @@ pub fn to_llamafactory_yaml(
         PlanOptions::default(),
     )?;
     if check.trainable != plan.trainable {
-        let extra: Vec<&String> = check
-            .trainable
-            .iter()
-            .filter(|n| !plan.is_trainable(n))
-            .collect();
-        let missing: Vec<&String> = plan
-            .trainable
-            .iter()
-            .filter(|n| !check.is_trainable(n))
-            .collect();
+        let extra: Vec<&String> = check.trainable.iter().filter(|n| !plan.is_trainable(n)).collect();
+        let missing: Vec<&String> = plan.trainable.iter().filter(|n| !check.is_trainable(n)).collect();
         return Err(not_expressible(format!(
             "LLaMA-Factory's rules cannot express this plan: its closest arguments would also train {} tensor(s) \
              (e.g. {}) and miss {} (e.g. {}); use --format axolotl, whose patterns are exact",
@@ -59,12 +47,7 @@ pub fn to_llamafactory_yaml(
         Some(ids) => {
             let ids = match ids {
                 IdList::Text(t) => t.clone(),
-                other => other
-                    .to_ids()?
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                other => other.to_ids()?.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
             };
             out.push_str("# freeze_trainable_layers_ids needs a LLaMA-Factory with the trainable-layer-ids proposal\n");
             out.push_str(&format!("freeze_trainable_layers_ids: \"{ids}\"\n"));
@@ -118,11 +101,7 @@ fn llamafactory_args_for(layout: &ModelLayout, plan: &FreezePlan) -> Result<Llam
             format_layer_ids(&ids)
         )));
     };
-    let trained: Vec<_> = plan
-        .layers
-        .iter()
-        .filter(|l| l.state != TrainState::Frozen)
-        .collect();
+    let trained: Vec<_> = plan.layers.iter().filter(|l| l.state != TrainState::Frozen).collect();
     let modules = if trained.iter().all(|l| l.state == TrainState::Trainable) {
         "all".to_string()
     } else {
@@ -143,11 +122,7 @@ fn llamafactory_args_for(layout: &ModelLayout, plan: &FreezePlan) -> Result<Llam
     Ok(LlamaFactoryArgs {
         freeze_trainable_layers: Some(count),
         freeze_trainable_layers_ids: None,
-        freeze_trainable_modules: Some(if modules.is_empty() {
-            "all".into()
-        } else {
-            modules
-        }),
+        freeze_trainable_modules: Some(if modules.is_empty() { "all".into() } else { modules }),
         freeze_extra_modules: (!extras.is_empty()).then(|| extras.join(",")),
         use_llama_pro: false,
     })

@@ -26,17 +26,12 @@ impl ModelFiles {
     /// Locates config and weights in `dir`; every shard named by an index must exist.
     pub fn find(dir: &Path) -> Result<ModelFiles> {
         if !dir.is_dir() {
-            let source = std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "not a folder (expected a model folder)",
-            );
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder (expected a model folder)");
             return Err(Error::io(dir, source));
         }
         let config = dir.join(CONFIG_FILE);
         if !config.is_file() {
-            return Err(Error::MissingConfig {
-                dir: dir.to_path_buf(),
-            });
+            return Err(Error::MissingConfig { dir: dir.to_path_buf() });
         }
         let index = dir.join(INDEX_FILE);
         if index.is_file() {
@@ -82,9 +77,7 @@ impl ModelFiles {
             found
         };
         if weights.is_empty() {
-            return Err(Error::NoSafetensors {
-                dir: dir.to_path_buf(),
-            });
+            return Err(Error::NoSafetensors { dir: dir.to_path_buf() });
         }
         Ok(ModelFiles {
             dir: dir.to_path_buf(),

@@ -11,9 +11,7 @@ pub fn parse_layer_ids(input: &str, num_layers: usize) -> Result<BTreeSet<usize>
         message,
     };
     if input.trim().is_empty() {
-        return Err(bad(
-            "no layer ids given; write ids and ranges like \"1,2,10-15\"".into(),
-        ));
+        return Err(bad("no layer ids given; write ids and ranges like \"1,2,10-15\"".into()));
     }
     let mut ids = BTreeSet::new();
     for (pos, raw) in input.split(',').enumerate() {
@@ -31,19 +29,14 @@ pub fn parse_layer_ids(input: &str, num_layers: usize) -> Result<BTreeSet<usize>
                     num_layers.saturating_sub(1)
                 )))
             }
-            Some((a, b)) => (
-                parse_id(a.trim(), token, input)?,
-                parse_id(b.trim(), token, input)?,
-            ),
+            Some((a, b)) => (parse_id(a.trim(), token, input)?, parse_id(b.trim(), token, input)?),
             None => {
                 let id = parse_id(token, token, input)?;
                 (id, id)
             }
         };
         if lo > hi {
-            return Err(bad(format!(
-                "range {token:?} runs backwards; write {hi}-{lo}"
-            )));
+            return Err(bad(format!("range {token:?} runs backwards; write {hi}-{lo}")));
         }
         for id in [lo, hi] {
             if id >= num_layers as u64 {
@@ -109,10 +102,7 @@ mod tests {
 
     #[test]
     fn grammar() {
-        assert_eq!(
-            ids("1,2,10-15, 20", 32),
-            vec![1, 2, 10, 11, 12, 13, 14, 15, 20]
-        );
+        assert_eq!(ids("1,2,10-15, 20", 32), vec![1, 2, 10, 11, 12, 13, 14, 15, 20]);
         assert_eq!(ids(" 3 , 1,1 ", 4), vec![1, 3]);
         assert_eq!(ids("2 - 3", 4), vec![2, 3]);
         assert_eq!(ids("0-0", 4), vec![0]);
@@ -136,10 +126,7 @@ mod tests {
 
     #[test]
     fn canonical_form_round_trips() {
-        assert_eq!(
-            format_layer_ids(&[20, 1, 2, 10, 11, 12, 5]),
-            "1-2,5,10-12,20"
-        );
+        assert_eq!(format_layer_ids(&[20, 1, 2, 10, 11, 12, 5]), "1-2,5,10-12,20");
         assert_eq!(format_layer_ids(&[]), "");
         for text in ["0-3", "1,3,5", "0,2-4,7"] {
             assert_eq!(format_layer_ids(&parse_layer_ids(text, 8).unwrap()), text);

@@ -227,8 +227,8 @@ impl ModelLayout {
             })
             .collect();
         let non_layer_modules: Vec<ModuleInfo> = other.into_values().collect();
-        let total_params = layers.iter().map(|l| l.params).sum::<u64>()
-            + non_layer_modules.iter().map(|m| m.params).sum::<u64>();
+        let total_params =
+            layers.iter().map(|l| l.params).sum::<u64>() + non_layer_modules.iter().map(|m| m.params).sum::<u64>();
         Ok(ModelLayout {
             model_dir: dir.to_path_buf(),
             architecture: config.architecture.clone(),
@@ -271,12 +271,7 @@ impl ModelLayout {
     }
 }
 
-fn push_tensor(
-    map: &mut BTreeMap<String, ModuleInfo>,
-    key: String,
-    path: String,
-    t: TensorInfo,
-) -> &mut ModuleInfo {
+fn push_tensor(map: &mut BTreeMap<String, ModuleInfo>, key: String, path: String, t: TensorInfo) -> &mut ModuleInfo {
     let m = map.entry(key.clone()).or_insert_with(|| ModuleInfo {
         kind: ModuleKind::classify(&key),
         name: key,
@@ -341,8 +336,7 @@ fn find_layer_prefix(tensors: &[TensorInfo], config_layers: Option<usize>) -> Op
             offset += seg.len() + 1;
         }
     }
-    let score =
-        |(ids, n): &(BTreeSet<u64>, usize)| (Some(ids.len()) == config_layers, ids.len(), *n);
+    let score = |(ids, n): &(BTreeSet<u64>, usize)| (Some(ids.len()) == config_layers, ids.len(), *n);
     by_prefix
         .into_iter()
         .max_by_key(|(_, v)| score(v))

@@ -21,10 +21,7 @@ use std::collections::BTreeSet;
 /// LLaMA-Factory's default for `freeze_trainable_layers`.
 pub const DEFAULT_TRAINABLE_LAYERS: i64 = 2;
 
-pub(crate) fn trainable_set(
-    layout: &ModelLayout,
-    args: &LlamaFactoryArgs,
-) -> Result<(BTreeSet<String>, Vec<Warning>)> {
+pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Result<(BTreeSet<String>, Vec<Warning>)> {
     let names: Vec<&str> = layout.tensors().map(|t| t.name.as_str()).collect();
     let n = layout.num_layers as i64;
     if n == 0 {
@@ -49,17 +46,10 @@ pub(crate) fn trainable_set(
             });
         }
         for id in &ids {
-            patterns.push(format!(
-                ".{id}.{}",
-                if module == "all" { "" } else { module }
-            ));
+            patterns.push(format!(".{id}.{}", if module == "all" { "" } else { module }));
         }
     }
-    let extras = args
-        .freeze_extra_modules
-        .as_deref()
-        .map(split_arg)
-        .unwrap_or_default();
+    let extras = args.freeze_extra_modules.as_deref().map(split_arg).unwrap_or_default();
     for module in &extras {
         if !non_hidden.contains(module) {
             return Err(Error::UnknownModule {
@@ -75,9 +65,7 @@ pub(crate) fn trainable_set(
         .filter(|name| patterns.iter().any(|p| name.contains(p.as_str())))
         .map(|s| s.to_string())
         .collect();
-    warnings.extend(structural_differences(
-        layout, &ids, &modules, &extras, &trainable,
-    ));
+    warnings.extend(structural_differences(layout, &ids, &modules, &extras, &trainable));
     Ok((trainable, warnings))
 }
 
@@ -94,9 +82,7 @@ fn split_arg(s: &str) -> Vec<String> {
 }
 
 fn layer_ids(args: &LlamaFactoryArgs, n: i64, warnings: &mut Vec<Warning>) -> Result<Vec<i64>> {
-    let k = args
-        .freeze_trainable_layers
-        .unwrap_or(DEFAULT_TRAINABLE_LAYERS);
+    let k = args.freeze_trainable_layers.unwrap_or(DEFAULT_TRAINABLE_LAYERS);
     if let Some(list) = &args.freeze_trainable_layers_ids {
         let ids = list.to_ids()?;
         if args.freeze_trainable_layers.is_some() {
@@ -124,7 +110,10 @@ fn layer_ids(args: &LlamaFactoryArgs, n: i64, warnings: &mut Vec<Warning>) -> Re
     }
     if args.use_llama_pro {
         if k == 0 {
-            return Err(lf_error("llama_pro_zero", "use_llama_pro needs freeze_trainable_layers != 0 (LLaMA-Factory fails with a division by zero)"));
+            return Err(lf_error(
+                "llama_pro_zero",
+                "use_llama_pro needs freeze_trainable_layers != 0 (LLaMA-Factory fails with a division by zero)",
+            ));
         }
         if n.rem_euclid(k.abs()) != 0 {
             return Err(lf_error(
@@ -151,7 +140,10 @@ fn layer_ids(args: &LlamaFactoryArgs, n: i64, warnings: &mut Vec<Warning>) -> Re
     } else if k.abs() > n {
         warnings.push(Warning::new(
             "lf_clamped",
-            format!("freeze_trainable_layers {k} is more than the {n} layers of this model; clamped to {}", n * k.signum()),
+            format!(
+                "freeze_trainable_layers {k} is more than the {n} layers of this model; clamped to {}",
+                n * k.signum()
+            ),
         ));
     }
     Ok(if k > 0 {
@@ -227,18 +219,12 @@ fn structural_differences(
     extras: &[String],
     lf: &BTreeSet<String>,
 ) -> Vec<Warning> {
-    let ids: BTreeSet<usize> = ids
-        .iter()
-        .filter(|&&i| i >= 0)
-        .map(|&i| i as usize)
-        .collect();
+    let ids: BTreeSet<usize> = ids.iter().filter(|&&i| i >= 0).map(|&i| i as usize).collect();
     let all = modules.iter().any(|m| m == "all");
     let structural: BTreeSet<&str> = layout
         .tensors()
         .filter(|t| match split_layer_name(&t.name, &layout.layer_prefix) {
-            Some((id, module, _)) => {
-                ids.contains(&id) && (all || modules.iter().any(|m| m == module))
-            }
+            Some((id, module, _)) => ids.contains(&id) && (all || modules.iter().any(|m| m == module)),
             None => layout
                 .non_layer_modules
                 .iter()
@@ -251,16 +237,10 @@ fn structural_differences(
         .map(String::as_str)
         .filter(|n| !structural.contains(n))
         .collect();
-    let missing: Vec<&str> = structural
-        .iter()
-        .copied()
-        .filter(|n| !lf.contains(*n))
-        .collect();
+    let missing: Vec<&str> = structural.iter().copied().filter(|n| !lf.contains(*n)).collect();
     let mut out = Vec::new();
     if !extra.is_empty() {
-        let norm_note = if extras.iter().any(|e| e == "norm")
-            && extra.iter().any(|n| n.contains("norm"))
-        {
+        let norm_note = if extras.iter().any(|e| e == "norm") && extra.iter().any(|n| n.contains("norm")) {
             " (the extra module `norm` is a substring match: it also unfreezes every layer's *norm tensors)"
         } else {
             ""

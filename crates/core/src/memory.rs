@@ -37,11 +37,7 @@ pub struct MemoryEstimate {
 
 const ACT_BYTES: u64 = 4;
 
-pub fn estimate_memory(
-    layout: &ModelLayout,
-    trainable: &BTreeSet<String>,
-    options: PlanOptions,
-) -> MemoryEstimate {
+pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, options: PlanOptions) -> MemoryEstimate {
     let mut frozen = 0u64;
     let mut trainable_params = 0u64;
     for t in layout.tensors() {
@@ -53,11 +49,7 @@ pub fn estimate_memory(
     }
     let backward_from_layer = lowest_backward_layer(layout, trainable);
     let activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options));
-    let (weights, grads, optim) = (
-        trainable_params * 4,
-        trainable_params * 4,
-        trainable_params * 8,
-    );
+    let (weights, grads, optim) = (trainable_params * 4, trainable_params * 4, trainable_params * 8);
     MemoryEstimate {
         batch_size: options.batch_size,
         seq_len: options.seq_len,
@@ -65,11 +57,7 @@ pub fn estimate_memory(
         trainable_weight_bytes: weights,
         gradient_bytes: grads,
         optimizer_bytes: optim,
-        activation_bytes: activation_bytes.or(if backward_from_layer.is_none() {
-            Some(0)
-        } else {
-            None
-        }),
+        activation_bytes: activation_bytes.or(if backward_from_layer.is_none() { Some(0) } else { None }),
         backward_from_layer,
         total_bytes: frozen + weights + grads + optim + activation_bytes.unwrap_or(0),
     }
@@ -80,8 +68,7 @@ fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> 
         return None;
     }
     let embeddings_train = layout.non_layer_modules.iter().any(|m| {
-        m.kind == crate::layout::ModuleKind::Embedding
-            && m.tensors.iter().any(|t| trainable.contains(&t.name))
+        m.kind == crate::layout::ModuleKind::Embedding && m.tensors.iter().any(|t| trainable.contains(&t.name))
     });
     if embeddings_train {
         return Some(0);

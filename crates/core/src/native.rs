@@ -8,10 +8,7 @@ use crate::plan::Warning;
 use crate::spec::{FreezeSpec, Selection};
 use std::collections::BTreeSet;
 
-pub(crate) fn trainable_set(
-    layout: &ModelLayout,
-    spec: &FreezeSpec,
-) -> Result<(BTreeSet<String>, Vec<Warning>)> {
+pub(crate) fn trainable_set(layout: &ModelLayout, spec: &FreezeSpec) -> Result<(BTreeSet<String>, Vec<Warning>)> {
     let n = layout.num_layers;
     let ids: BTreeSet<usize> = match spec.selection()? {
         Selection::Top(k) => {
@@ -32,11 +29,10 @@ pub(crate) fn trainable_set(
         for module in &layer.modules {
             for t in &module.tensors {
                 let rel = &t.name[module.path.len() - module.name.len()..];
-                if modules.as_ref().is_none_or(|wanted| {
-                    wanted
-                        .iter()
-                        .any(|w| rel == w || rel.starts_with(&format!("{w}.")))
-                }) {
+                if modules
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.iter().any(|w| rel == w || rel.starts_with(&format!("{w}."))))
+                {
                     trainable.insert(t.name.clone());
                 }
             }
@@ -103,28 +99,16 @@ fn resolve_extra<'a>(layout: &'a ModelLayout, name: &str) -> Result<&'a ModuleIn
     if name == "lm_head" && layout.tie_word_embeddings {
         return Err(Error::TiedLmHead);
     }
-    let by_path: Vec<&ModuleInfo> = layout
-        .non_layer_modules
-        .iter()
-        .filter(|m| m.path == name)
-        .collect();
+    let by_path: Vec<&ModuleInfo> = layout.non_layer_modules.iter().filter(|m| m.path == name).collect();
     let candidates = if by_path.is_empty() {
-        layout
-            .non_layer_modules
-            .iter()
-            .filter(|m| m.name == name)
-            .collect()
+        layout.non_layer_modules.iter().filter(|m| m.name == name).collect()
     } else {
         by_path
     };
     match candidates.as_slice() {
         [one] => Ok(one),
         [] => {
-            let choices: BTreeSet<String> = layout
-                .non_layer_modules
-                .iter()
-                .map(|m| m.name.clone())
-                .collect();
+            let choices: BTreeSet<String> = layout.non_layer_modules.iter().map(|m| m.name.clone()).collect();
             Err(Error::UnknownModule {
                 module: name.to_string(),
                 place: "the modules outside the layers".into(),
@@ -134,10 +118,7 @@ fn resolve_extra<'a>(layout: &'a ModelLayout, name: &str) -> Result<&'a ModuleIn
         many => Err(Error::BadSelection {
             message: format!(
                 "extra module {name:?} is ambiguous; name one of {}",
-                many.iter()
-                    .map(|m| m.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                many.iter().map(|m| m.path.as_str()).collect::<Vec<_>>().join(", ")
             ),
         }),
     }

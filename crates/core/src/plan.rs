@@ -113,9 +113,7 @@ impl FreezePlan {
     }
 
     pub fn is_trainable(&self, name: &str) -> bool {
-        self.trainable
-            .binary_search_by(|n| n.as_str().cmp(name))
-            .is_ok()
+        self.trainable.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
     }
 }
 
@@ -143,11 +141,7 @@ pub fn plan(layout: &ModelLayout, spec: &FreezeSpec, options: PlanOptions) -> Re
 }
 
 fn module_plan(m: &ModuleInfo, trainable: &BTreeSet<String>) -> ModulePlan {
-    let n = m
-        .tensors
-        .iter()
-        .filter(|t| trainable.contains(&t.name))
-        .count();
+    let n = m.tensors.iter().filter(|t| trainable.contains(&t.name)).count();
     let trainable_params = m
         .tensors
         .iter()
@@ -174,11 +168,7 @@ fn build_plan(
         .layers
         .iter()
         .map(|l| {
-            let modules: Vec<ModulePlan> = l
-                .modules
-                .iter()
-                .map(|m| module_plan(m, &trainable))
-                .collect();
+            let modules: Vec<ModulePlan> = l.modules.iter().map(|m| module_plan(m, &trainable)).collect();
             let n = l
                 .modules
                 .iter()
@@ -201,10 +191,7 @@ fn build_plan(
         .map(|m| module_plan(m, &trainable))
         .collect();
     let trainable_params = layers.iter().map(|l| l.trainable_params).sum::<u64>()
-        + extra_modules
-            .iter()
-            .map(|m| m.trainable_params)
-            .sum::<u64>();
+        + extra_modules.iter().map(|m| m.trainable_params).sum::<u64>();
     let trained_layers: Vec<usize> = layers
         .iter()
         .filter(|l| l.trainable_params > 0 || l.state != TrainState::Frozen)

@@ -45,8 +45,8 @@ impl Preset {
             path: Some(path.to_path_buf()),
             message: format!("{}: {message}", path.display()),
         };
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| bad("preset_corrupt", format!("not valid TOML: {e}")))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| bad("preset_corrupt", format!("not valid TOML: {e}")))?;
         match table.get("schema_version").and_then(toml::Value::as_integer) {
             None => return Err(bad("preset_corrupt", "no schema_version; this is not a FreezeTune preset".into())),
             Some(v) if v > PRESET_SCHEMA_VERSION as i64 => {
@@ -134,10 +134,7 @@ impl PresetStore {
         let mut entries: Vec<PresetEntry> = read
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .map(|path| {
                 let name = path
                     .file_stem()
@@ -167,11 +164,7 @@ impl PresetStore {
     /// Saves `preset` under its name; an existing preset of that name is replaced only with `force`.
     pub fn save(&self, preset: &Preset, force: bool) -> Result<PathBuf> {
         let path = self.path_of(&preset.name)?;
-        let mode = if force {
-            Overwrite::Allow
-        } else {
-            Overwrite::Refuse
-        };
+        let mode = if force { Overwrite::Allow } else { Overwrite::Refuse };
         if !write_atomic(&path, preset.to_toml().as_bytes(), mode)? {
             return Err(Error::Preset {
                 kind: "preset_exists",
@@ -206,19 +199,12 @@ impl PresetStore {
     /// Writes preset `name` to `file` (refusing to replace an existing file unless `force`).
     pub fn export(&self, name: &str, file: &Path, force: bool) -> Result<()> {
         let preset = self.load(name)?;
-        let mode = if force {
-            Overwrite::Allow
-        } else {
-            Overwrite::Refuse
-        };
+        let mode = if force { Overwrite::Allow } else { Overwrite::Refuse };
         if !write_atomic(file, preset.to_toml().as_bytes(), mode)? {
             return Err(Error::Preset {
                 kind: "file_exists",
                 path: Some(file.to_path_buf()),
-                message: format!(
-                    "{} already exists; use --force to replace it",
-                    file.display()
-                ),
+                message: format!("{} already exists; use --force to replace it", file.display()),
             });
         }
         Ok(())
@@ -316,27 +302,18 @@ mod tests {
             vec!["other"]
         );
         store.delete("other").unwrap();
-        assert_eq!(
-            store.delete("other").unwrap_err().kind(),
-            "preset_not_found"
-        );
+        assert_eq!(store.delete("other").unwrap_err().kind(), "preset_not_found");
     }
 
     #[test]
     fn corrupt_and_newer_files_are_reported_and_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let store = PresetStore::at(dir.path());
-        store
-            .save(&Preset::new("good", None, spec()), false)
-            .unwrap();
+        store.save(&Preset::new("good", None, spec()), false).unwrap();
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "schema_version = 1\nname = \"bad\"\n[freeze\n").unwrap();
         let newer = dir.path().join("newer.toml");
-        std::fs::write(
-            &newer,
-            "schema_version = 9\nname = \"newer\"\nfuture = true\n",
-        )
-        .unwrap();
+        std::fs::write(&newer, "schema_version = 9\nname = \"newer\"\nfuture = true\n").unwrap();
         let entries = store.list().unwrap();
         assert_eq!(entries.len(), 3);
         let by = |n: &str| entries.iter().find(|e| e.name == n).unwrap();
@@ -360,11 +337,7 @@ mod tests {
     #[test]
     fn names_are_checked() {
         for bad in ["", "../x", ".hidden", "a/b", "x\0", &"a".repeat(65)] {
-            assert_eq!(
-                check_name(bad).unwrap_err().kind(),
-                "bad_preset_name",
-                "{bad:?}"
-            );
+            assert_eq!(check_name(bad).unwrap_err().kind(), "bad_preset_name", "{bad:?}");
         }
         check_name("Top 2 + mlp").unwrap_err();
         check_name("top-2_mlp.v1").unwrap();
@@ -377,10 +350,7 @@ mod tests {
         store.save(&Preset::new("x", None, spec()), false).unwrap();
         let file = dir.path().join("x.toml");
         store.export("x", &file, false).unwrap();
-        assert_eq!(
-            store.export("x", &file, false).unwrap_err().kind(),
-            "file_exists"
-        );
+        assert_eq!(store.export("x", &file, false).unwrap_err().kind(), "file_exists");
         let other = PresetStore::at(dir.path().join("b"));
         let p = other.import(&file, Some("y"), false).unwrap();
         assert_eq!(other.load("y").unwrap().freeze, p.freeze);

@@ -68,9 +68,7 @@ impl DType {
     pub fn bits(self) -> u64 {
         match self {
             DType::F4 => 4,
-            DType::Bool | DType::U8 | DType::I8 | DType::F8E4M3 | DType::F8E5M2 | DType::F8E8M0 => {
-                8
-            }
+            DType::Bool | DType::U8 | DType::I8 | DType::F8E4M3 | DType::F8E5M2 | DType::F8E8M0 => 8,
             DType::U16 | DType::I16 | DType::F16 | DType::BF16 => 16,
             DType::U32 | DType::I32 | DType::F32 => 32,
             DType::U64 | DType::I64 | DType::F64 => 64,
@@ -128,13 +126,11 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader> {
         )));
     }
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes)
-        .map_err(|e| Error::io(path, e))?;
+    file.read_exact(&mut len_bytes).map_err(|e| Error::io(path, e))?;
     let header_len = u64::from_le_bytes(len_bytes);
     check_header_len(header_len, file_len).map_err(bad)?;
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| Error::io(path, e))?;
+    file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
     let data_len = file_len - 8 - header_len;
     let (tensors, metadata) = parse_header_json(&header, data_len).map_err(bad)?;
     Ok(SafetensorsHeader {
@@ -175,20 +171,13 @@ fn check_header_len(header_len: u64, file_len: u64) -> std::result::Result<(), S
     Ok(())
 }
 
-type ParsedHeader = (
-    Vec<TensorHeader>,
-    std::collections::BTreeMap<String, String>,
-);
+type ParsedHeader = (Vec<TensorHeader>, std::collections::BTreeMap<String, String>);
 
 /// Parses the JSON header and checks every entry against the `data_len` bytes that follow it.
-pub fn parse_header_json(
-    header: &[u8],
-    data_len: u64,
-) -> std::result::Result<ParsedHeader, String> {
+pub fn parse_header_json(header: &[u8], data_len: u64) -> std::result::Result<ParsedHeader, String> {
     let text = std::str::from_utf8(header).map_err(|e| format!("header is not UTF-8: {e}"))?;
     let value: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text.trim_end_matches(' '))
-            .map_err(|e| format!("header is not a JSON object: {e}"))?;
+        serde_json::from_str(text.trim_end_matches(' ')).map_err(|e| format!("header is not a JSON object: {e}"))?;
     let mut tensors = Vec::with_capacity(value.len());
     let mut metadata = std::collections::BTreeMap::new();
     for (name, entry) in value {
@@ -208,11 +197,7 @@ pub fn parse_header_json(
     Ok((tensors, metadata))
 }
 
-fn parse_entry(
-    name: &str,
-    entry: &serde_json::Value,
-    data_len: u64,
-) -> std::result::Result<TensorHeader, String> {
+fn parse_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> std::result::Result<TensorHeader, String> {
     let obj = entry
         .as_object()
         .ok_or_else(|| format!("tensor {name}: entry is not an object"))?;
@@ -220,8 +205,7 @@ fn parse_entry(
         .get("dtype")
         .and_then(|v| v.as_str())
         .ok_or_else(|| format!("tensor {name}: no dtype"))?;
-    let dtype = DType::from_name(dtype_name)
-        .ok_or_else(|| format!("tensor {name}: unknown dtype {dtype_name:?}"))?;
+    let dtype = DType::from_name(dtype_name).ok_or_else(|| format!("tensor {name}: unknown dtype {dtype_name:?}"))?;
     let shape_json = obj
         .get("shape")
         .and_then(|v| v.as_array())
@@ -229,9 +213,9 @@ fn parse_entry(
     let mut shape = Vec::with_capacity(shape_json.len().min(16));
     let mut numel: u64 = 1;
     for dim in shape_json {
-        let d = dim.as_u64().ok_or_else(|| {
-            format!("tensor {name}: shape entry {dim} is not a non-negative integer")
-        })?;
+        let d = dim
+            .as_u64()
+            .ok_or_else(|| format!("tensor {name}: shape entry {dim} is not a non-negative integer"))?;
         numel = numel
             .checked_mul(d)
             .ok_or_else(|| format!("tensor {name}: shape {shape_json:?} overflows"))?;
@@ -244,16 +228,10 @@ fn parse_entry(
         .ok_or_else(|| format!("tensor {name}: data_offsets is not a pair of integers"))?;
     let (begin, end) = match (offsets[0].as_u64(), offsets[1].as_u64()) {
         (Some(b), Some(e)) => (b, e),
-        _ => {
-            return Err(format!(
-                "tensor {name}: data_offsets is not a pair of integers"
-            ))
-        }
+        _ => return Err(format!("tensor {name}: data_offsets is not a pair of integers")),
     };
     if begin > end {
-        return Err(format!(
-            "tensor {name}: data_offsets [{begin}, {end}] run backwards"
-        ));
+        return Err(format!("tensor {name}: data_offsets [{begin}, {end}] run backwards"));
     }
     if end > data_len {
         return Err(format!(
@@ -264,9 +242,7 @@ fn parse_entry(
     if expected != Some(end - begin) {
         return Err(format!(
             "tensor {name}: shape {shape:?} of {dtype} needs {} bytes but data_offsets span {}",
-            expected
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "too many".into()),
+            expected.map(|e| e.to_string()).unwrap_or_else(|| "too many".into()),
             end - begin
         ));
     }
@@ -317,15 +293,10 @@ mod tests {
         assert!(parse_bytes(&image(bad_size, 16))
             .unwrap_err()
             .contains("needs 20 bytes"));
-        let overflow =
-            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#;
-        assert!(parse_bytes(&image(overflow, 16))
-            .unwrap_err()
-            .contains("overflows"));
+        let overflow = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#;
+        assert!(parse_bytes(&image(overflow, 16)).unwrap_err().contains("overflows"));
         let dtype = r#"{"a":{"dtype":"Q4","shape":[4],"data_offsets":[0,16]}}"#;
-        assert!(parse_bytes(&image(dtype, 16))
-            .unwrap_err()
-            .contains("unknown dtype"));
+        assert!(parse_bytes(&image(dtype, 16)).unwrap_err().contains("unknown dtype"));
     }
 
     proptest! {

@@ -72,7 +72,8 @@ impl FreezeSpec {
         match chosen.len() {
             1 => Ok(chosen.pop().expect("one").1),
             0 => Err(Error::BadSelection {
-                message: "no layer selection: choose one of top N, bottom N, layers \"IDS\", all_layers, no_layers".into(),
+                message: "no layer selection: choose one of top N, bottom N, layers \"IDS\", all_layers, no_layers"
+                    .into(),
             }),
             _ => Err(Error::BadSelection {
                 message: format!(
@@ -164,8 +165,7 @@ pub fn read_llamafactory_yaml(path: &std::path::Path) -> Result<(LlamaFactoryArg
         kind: "bad_llamafactory_config",
         message: format!("{}: {reason}", path.display()),
     };
-    let doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| bad(format!("not valid YAML: {e}")))?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| bad(format!("not valid YAML: {e}")))?;
     let map = doc
         .as_mapping()
         .ok_or_else(|| bad("the top level is not a mapping of keys".into()))?;
@@ -202,8 +202,7 @@ mod tests {
 
     #[test]
     fn toml_shape_round_trips_and_rejects_unknown_keys() {
-        let spec: FreezeSpec =
-            toml::from_str("layers = \"1,3\"\nmodules = [\"mlp\"]\nextra = [\"norm\"]").unwrap();
+        let spec: FreezeSpec = toml::from_str("layers = \"1,3\"\nmodules = [\"mlp\"]\nextra = [\"norm\"]").unwrap();
         assert_eq!(spec.selection().unwrap(), Selection::Ids("1,3".into()));
         let text = toml::to_string(&spec).unwrap();
         assert_eq!(toml::from_str::<FreezeSpec>(&text).unwrap(), spec);
@@ -211,8 +210,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown field"));
-        let lf: FreezeSpec =
-            toml::from_str("[llamafactory]\nfreeze_trainable_layers = -2").unwrap();
+        let lf: FreezeSpec = toml::from_str("[llamafactory]\nfreeze_trainable_layers = -2").unwrap();
         assert_eq!(lf.llamafactory.unwrap().freeze_trainable_layers, Some(-2));
     }
 
@@ -223,11 +221,7 @@ mod tests {
             layers: Some("1".into()),
             ..Default::default()
         };
-        assert!(two
-            .selection()
-            .unwrap_err()
-            .to_string()
-            .contains("top and layers"));
+        assert!(two.selection().unwrap_err().to_string().contains("top and layers"));
         assert!(FreezeSpec::default()
             .selection()
             .unwrap_err()
@@ -242,10 +236,7 @@ mod tests {
         std::fs::write(&p, "model_name_or_path: x\nfinetuning_type: freeze\nfreeze_trainable_layers: -3\nfreeze_trainable_modules: mlp,self_attn\nfreeze_extra_modules: null\n").unwrap();
         let (args, notes) = read_llamafactory_yaml(&p).unwrap();
         assert_eq!(args.freeze_trainable_layers, Some(-3));
-        assert_eq!(
-            args.freeze_trainable_modules.as_deref(),
-            Some("mlp,self_attn")
-        );
+        assert_eq!(args.freeze_trainable_modules.as_deref(), Some("mlp,self_attn"));
         assert!(notes.is_empty());
         std::fs::write(&p, "freeze_trainable_layers_ids: [1, 5]\n").unwrap();
         assert_eq!(
@@ -259,9 +250,6 @@ mod tests {
             vec![1, 5]
         );
         std::fs::write(&p, "freeze_trainable_layers: many\n").unwrap();
-        assert!(read_llamafactory_yaml(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("sft.yaml"));
+        assert!(read_llamafactory_yaml(&p).unwrap_err().to_string().contains("sft.yaml"));
     }
 }

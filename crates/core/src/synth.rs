@@ -95,12 +95,7 @@ impl SynthSpec {
             Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3", "model.layers", "model"),
             Family::Gemma => ("GemmaForCausalLM", "gemma", "model.layers", "model"),
             Family::Phi3 => ("Phi3ForCausalLM", "phi3", "model.layers", "model"),
-            Family::Opt => (
-                "OPTForCausalLM",
-                "opt",
-                "model.decoder.layers",
-                "model.decoder",
-            ),
+            Family::Opt => ("OPTForCausalLM", "opt", "model.decoder.layers", "model.decoder"),
             Family::Mixtral => ("MixtralForCausalLM", "mixtral", "model.layers", "model"),
             Family::Qwen2Vl => (
                 "Qwen2VLForConditionalGeneration",
@@ -167,10 +162,7 @@ impl SynthSpec {
             add(format!("{p}.input_layernorm.weight"), vec![h]);
             add(format!("{p}.post_attention_layernorm.weight"), vec![h]);
             if self.family == Family::Phi3 {
-                add(
-                    format!("{p}.self_attn.qkv_proj.weight"),
-                    vec![q + 2 * kv, h],
-                );
+                add(format!("{p}.self_attn.qkv_proj.weight"), vec![q + 2 * kv, h]);
             } else {
                 add(format!("{p}.self_attn.q_proj.weight"), vec![q, h]);
                 add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h]);
@@ -192,23 +184,11 @@ impl SynthSpec {
                     add(format!("{p}.mlp.down_proj.weight"), vec![h, i]);
                 }
                 Family::Mixtral => {
-                    add(
-                        format!("{p}.block_sparse_moe.gate.weight"),
-                        vec![self.experts, h],
-                    );
+                    add(format!("{p}.block_sparse_moe.gate.weight"), vec![self.experts, h]);
                     for e in 0..self.experts {
-                        add(
-                            format!("{p}.block_sparse_moe.experts.{e}.w1.weight"),
-                            vec![i, h],
-                        );
-                        add(
-                            format!("{p}.block_sparse_moe.experts.{e}.w2.weight"),
-                            vec![h, i],
-                        );
-                        add(
-                            format!("{p}.block_sparse_moe.experts.{e}.w3.weight"),
-                            vec![i, h],
-                        );
+                        add(format!("{p}.block_sparse_moe.experts.{e}.w1.weight"), vec![i, h]);
+                        add(format!("{p}.block_sparse_moe.experts.{e}.w2.weight"), vec![h, i]);
+                        add(format!("{p}.block_sparse_moe.experts.{e}.w3.weight"), vec![i, h]);
                     }
                 }
                 _ => {
@@ -228,10 +208,7 @@ impl SynthSpec {
         }
         if self.family == Family::Qwen2Vl {
             for b in 0..=self.layers {
-                add(
-                    format!("model.visual.blocks.{b}.attn.qkv.weight"),
-                    vec![96, 32],
-                );
+                add(format!("model.visual.blocks.{b}.attn.qkv.weight"), vec![96, 32]);
                 add(format!("model.visual.blocks.{b}.norm1.weight"), vec![32]);
             }
             add("model.visual.merger.mlp.0.weight".into(), vec![h, 32]);
@@ -258,8 +235,7 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) -> Result<Vec<PathBuf>> {
     let mut groups: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new(); shards];
     let mut acc = 0u64;
     for t in tensors {
-        let k = ((acc as u128 * shards as u128) / total.max(1) as u128).min(shards as u128 - 1)
-            as usize;
+        let k = ((acc as u128 * shards as u128) / total.max(1) as u128).min(shards as u128 - 1) as usize;
         acc += spec.dtype.bytes_for(t.1.iter().product());
         groups[k].push(t);
     }
@@ -285,8 +261,7 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec) -> Result<Vec<PathBuf>> {
     if shards > 1 {
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let path = dir.join("model.safetensors.index.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&index).expect("json"))
-            .map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&index).expect("json")).map_err(|e| Error::io(&path, e))?;
     }
     Ok(files)
 }
@@ -305,7 +280,10 @@ pub fn write_safetensors(
     let mut offset = 0u64;
     for (name, shape) in tensors {
         let bytes = dtype.bytes_for(shape.iter().product());
-        header.insert(name.clone(), json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     let mut text = serde_json::to_string(&header).expect("json");
@@ -313,8 +291,7 @@ pub fn write_safetensors(
         text.push(' ');
     }
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    file.write_all(&(text.len() as u64).to_le_bytes())
-        .map_err(io)?;
+    file.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     match fill {
         Fill::Sparse => {

@@ -29,9 +29,7 @@ fn every_llamafactory_reference_case_matches() {
     for (line_no, line) in text.lines().enumerate() {
         let case: Value = serde_json::from_str(line).unwrap();
         let model = case["model"].as_str().unwrap().to_string();
-        let layout = layouts
-            .entry(model.clone())
-            .or_insert_with(|| common::model(&model));
+        let layout = layouts.entry(model.clone()).or_insert_with(|| common::model(&model));
         let spec = FreezeSpec {
             llamafactory: Some(args_of(&case)),
             ..Default::default()
@@ -47,8 +45,7 @@ fn every_llamafactory_reference_case_matches() {
                 let json = e.to_json();
                 json["kind"] == parsed["kind"]
                     && (parsed.get("module").is_none() || json["module"] == parsed["module"])
-                    && (parsed.get("choices_sorted").is_none()
-                        || json["choices"] == parsed["choices_sorted"])
+                    && (parsed.get("choices_sorted").is_none() || json["choices"] == parsed["choices_sorted"])
             }
             _ => false,
         };

@@ -1,0 +1,226 @@
+//! Model inspection on the reference fixtures, on every synthetic family, on sharded checkpoints, and on broken input.
+
+mod common;
+use common::{fixture, model, synth};
+use freezetune_core::layout::ModuleKind;
+use freezetune_core::synth::{write_checkpoint, Family, SynthSpec};
+use freezetune_core::ModelLayout;
+
+#[test]
+fn untied_llama() {
+    let l = model("llama");
+    assert_eq!(l.architecture, "LlamaForCausalLM");
+    assert_eq!(l.num_layers, 4);
+    assert_eq!(l.layer_prefix, "model.layers");
+    assert!(!l.tie_word_embeddings && l.has_lm_head_tensor);
+    assert_eq!(
+        l.layer_module_names(),
+        vec!["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"]
+    );
+    let names: Vec<&str> = l.non_layer_modules.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["lm_head", "model.embed_tokens", "model.norm"]
+            .iter()
+            .map(|p| p.rsplit('.').next().unwrap())
+            .collect::<Vec<_>>()
+    );
+    // 4 layers x (q 64x64 + k,v 32x64 + o 64x64 + 3 x 128x64 + 2 norms 64) + embed + lm_head 512x64 + norm 64
+    let per_layer = 64 * 64 * 2 + 32 * 64 * 2 + 3 * 128 * 64 + 2 * 64;
+    assert_eq!(l.layers[0].params, per_layer);
+    assert_eq!(l.total_params, 4 * per_layer + 2 * 512 * 64 + 64);
+    let attn = &l.layers[2].modules.iter().find(|m| m.name == "self_attn").unwrap();
+    assert_eq!(attn.kind, ModuleKind::Attention);
+    assert_eq!(attn.tensors.len(), 4);
+    assert_eq!(attn.path, "model.layers.2.self_attn");
+}
+
+#[test]
+fn tied_qwen2_has_no_lm_head() {
+    let l = model("qwen2");
+    assert!(l.tie_word_embeddings && !l.has_lm_head_tensor);
+    assert!(l.non_layer_modules.iter().all(|m| m.name != "lm_head"));
+    let attn = l.layers[0].modules.iter().find(|m| m.name == "self_attn").unwrap();
+    assert_eq!(attn.tensors.len(), 7, "q/k/v biases are part of self_attn");
+}
+
+#[test]
+fn twelve_layers_keep_ids_apart() {
+    let l = model("llama12");
+    assert_eq!(l.layers.len(), 12);
+    for layer in &l.layers {
+        for m in &layer.modules {
+            assert!(m
+                .tensors
+                .iter()
+                .all(|t| t.name.starts_with(&format!("model.layers.{}.", layer.id))));
+        }
+    }
+}
+
+#[test]
+fn every_family_is_shown() {
+    for (family, prefix, modules) in [
+        (
+            Family::Phi3,
+            "model.layers",
+            vec!["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"],
+        ),
+        (
+            Family::Gemma,
+            "model.layers",
+            vec!["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"],
+        ),
+        (
+            Family::Qwen3,
+            "model.layers",
+            vec!["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"],
+        ),
+        (
+            Family::Opt,
+            "model.decoder.layers",
+            vec!["fc1", "fc2", "final_layer_norm", "self_attn", "self_attn_layer_norm"],
+        ),
+        (
+            Family::Mixtral,
+            "model.layers",
+            vec![
+                "block_sparse_moe",
+                "input_layernorm",
+                "post_attention_layernorm",
+                "self_attn",
+            ],
+        ),
+        (
+            Family::Qwen2Vl,
+            "model.language_model.layers",
+            vec!["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"],
+        ),
+    ] {
+        let (_dir, l) = synth(family, 3, 1);
+        assert_eq!(l.layer_prefix, prefix, "{family:?}");
+        assert_eq!(l.num_layers, 3, "{family:?}");
+        assert_eq!(l.layers.len(), 3, "{family:?}");
+        assert_eq!(l.layer_module_names(), modules, "{family:?}");
+        let total: u64 = SynthSpec::tiny(family, 3)
+            .tensors()
+            .iter()
+            .map(|(_, s)| s.iter().product::<u64>())
+            .sum();
+        assert_eq!(l.total_params, total, "{family:?}");
+        assert!(l.warnings.is_empty(), "{family:?}: {:?}", l.warnings);
+    }
+    let (_dir, vlm) = synth(Family::Qwen2Vl, 3, 1);
+    let visual = vlm
+        .non_layer_modules
+        .iter()
+        .find(|m| m.path == "model.visual.blocks")
+        .unwrap();
+    assert_eq!(
+        visual.tensors.len(),
+        8,
+        "the vision tower's 4 blocks show as one module"
+    );
+    let (_dir, opt) = synth(Family::Opt, 3, 1);
+    assert!(opt.tie_word_embeddings);
+    let fc1 = &opt.layers[0].modules.iter().find(|m| m.name == "fc1").unwrap();
+    assert_eq!(fc1.kind, ModuleKind::Mlp);
+    assert_eq!(
+        opt.layers[0]
+            .modules
+            .iter()
+            .find(|m| m.name == "self_attn_layer_norm")
+            .unwrap()
+            .kind,
+        ModuleKind::Norm
+    );
+}
+
+#[test]
+fn sharded_equals_single() {
+    let (_a, single) = synth(Family::Llama, 4, 1);
+    let (_b, sharded) = synth(Family::Llama, 4, 3);
+    assert_eq!(sharded.files.len(), 3);
+    assert_eq!(
+        single.layers,
+        sharded
+            .layers
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                for m in &mut l.modules {
+                    for t in &mut m.tensors {
+                        t.file = "model.safetensors".into();
+                    }
+                }
+                l
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(single.total_params, sharded.total_params);
+}
+
+fn err(dir: &std::path::Path) -> (String, String) {
+    let e = ModelLayout::inspect(dir).unwrap_err();
+    (e.kind().to_string(), e.to_string())
+}
+
+#[test]
+fn broken_checkpoints_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (kind, msg) = err(d);
+    assert_eq!(kind, "missing_config");
+    assert!(msg.contains("no config.json"), "{msg}");
+
+    std::fs::copy(fixture("models/llama/config.json"), d.join("config.json")).unwrap();
+    let (kind, msg) = err(d);
+    assert_eq!(kind, "no_safetensors");
+    assert!(msg.contains("pickle"), "{msg}");
+
+    let good = std::fs::read(fixture("models/llama/model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &good[..good.len() - 100]).unwrap();
+    let (kind, msg) = err(d);
+    assert_eq!(kind, "bad_safetensors");
+    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
+
+    std::fs::write(d.join("model.safetensors"), &good[..20]).unwrap();
+    let (_, msg) = err(d);
+    assert!(msg.contains("truncated"), "{msg}");
+
+    let mut garbage = 12u64.to_le_bytes().to_vec();
+    garbage.extend_from_slice(b"{{{ garbage ");
+    std::fs::write(d.join("model.safetensors"), &garbage).unwrap();
+    let (kind, msg) = err(d);
+    assert_eq!(kind, "bad_safetensors");
+    assert!(msg.contains("not a JSON object"), "{msg}");
+
+    std::fs::write(d.join("config.json"), "{ nope").unwrap();
+    std::fs::write(d.join("model.safetensors"), &good).unwrap();
+    let (kind, msg) = err(d);
+    assert_eq!(kind, "bad_config");
+    assert!(msg.contains("config.json"), "{msg}");
+}
+
+#[test]
+fn index_naming_a_missing_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = SynthSpec::tiny(Family::Llama, 2);
+    spec.shards = 2;
+    write_checkpoint(tmp.path(), &spec).unwrap();
+    std::fs::remove_file(tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let (kind, msg) = err(tmp.path());
+    assert_eq!(kind, "missing_shard");
+    assert!(
+        msg.contains("model-00002-of-00002.safetensors") && msg.contains("model.safetensors.index.json"),
+        "{msg}"
+    );
+
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        r#"{"weight_map": {"x": "../etc/passwd"}}"#,
+    )
+    .unwrap();
+    let (kind, _) = err(tmp.path());
+    assert_eq!(kind, "bad_index");
+}
