@@ -1,1 +1,70 @@
-fn main() {}
+//! `freezetune`: the command-line front end. This file only parses arguments and dispatches to one file per
+//! subcommand; every decision lives in the library crates.
+
+mod args;
+mod cmd;
+mod render;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "freezetune",
+    version,
+    about = "Fine-tune open LLMs while choosing exactly which layers train"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a checkpoint's layers, modules, tensors and parameter counts (reads headers only).
+    Inspect(cmd::inspect::InspectArgs),
+    /// Compute the freeze plan: exactly which tensors train, per-layer states and a memory estimate.
+    Plan(cmd::plan::PlanArgs),
+    /// Write the plan as a LLaMA-Factory or Axolotl config fragment, to run it on a bigger machine.
+    ExportConfig(cmd::export_config::ExportArgs),
+    /// Save, list, show, rename, delete, import and export run presets.
+    #[command(subcommand)]
+    Preset(cmd::preset::PresetCommand),
+    /// Write the built-in demo checkpoint (a tiny llama) into a folder.
+    DemoModel(cmd::demo::DemoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let (result, json) = match cli.command {
+        Command::Inspect(a) => (cmd::inspect::run(&a), a.json),
+        Command::Plan(a) => (cmd::plan::run(&a), a.json),
+        Command::ExportConfig(a) => (cmd::export_config::run(&a), false),
+        Command::Preset(c) => {
+            let json = c.json();
+            (cmd::preset::run(c), json)
+        }
+        Command::DemoModel(a) => (cmd::demo::run(&a), false),
+    };
+    if let Err(err) = result {
+        render::print_error(&err, json);
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,5 @@
+pub mod demo;
+pub mod export_config;
+pub mod inspect;
+pub mod plan;
+pub mod preset;

@@ -1,0 +1,65 @@
+use crate::args::{FreezeArgs, SizeArgs};
+use crate::render;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use freezetune_core::preset::PresetStore;
+use freezetune_core::{FreezeSpec, ModelLayout};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The checkpoint folder (optional with --preset when the preset names a local model).
+    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub freeze: FreezeArgs,
+    /// Use the freeze choice (and model) of a saved preset.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    #[command(flatten)]
+    pub size: SizeArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Resolves the model folder and the freeze spec from the positional path, the flags and an optional preset.
+pub fn resolve(
+    model_dir: Option<&PathBuf>,
+    freeze: &FreezeArgs,
+    preset: Option<&str>,
+) -> Result<(ModelLayout, FreezeSpec, Vec<String>)> {
+    let (spec, notes, preset_model) = match preset {
+        Some(name) => {
+            if !freeze.is_empty() {
+                bail!("--preset {name} already holds a freeze choice; drop the selection flags or the --preset");
+            }
+            let p = PresetStore::open_default()?.load(name)?;
+            (p.freeze, Vec::new(), p.model.and_then(|m| m.path))
+        }
+        None => {
+            let (spec, notes) = freeze.to_spec()?;
+            (spec, notes, None)
+        }
+    };
+    let dir = match (model_dir, preset_model) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d,
+        (None, None) => bail!("no model folder given; pass MODEL_DIR"),
+    };
+    let layout = ModelLayout::inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    Ok((layout, spec, notes))
+}
+
+pub fn run(args: &PlanArgs) -> Result<()> {
+    let (layout, spec, notes) = resolve(args.model_dir.as_ref(), &args.freeze, args.preset.as_deref())?;
+    let plan = freezetune_core::plan(&layout, &spec, args.size.options())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        for n in notes {
+            eprintln!("note: {n}");
+        }
+        print!("{}", render::plan_table(&layout, &plan));
+    }
+    Ok(())
+}

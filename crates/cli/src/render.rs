@@ -1,0 +1,193 @@
+//! Text output: tables for people, and the error printer shared by every subcommand.
+
+use freezetune_core::layout::ModelLayout;
+use freezetune_core::{FreezePlan, TrainState};
+use std::fmt::Write;
+
+pub fn print_error(err: &anyhow::Error, json: bool) {
+    let core = err.chain().find_map(|e| e.downcast_ref::<freezetune_core::Error>());
+    if json {
+        let obj = match core {
+            Some(e) => {
+                let mut j = e.to_json();
+                j["message"] = format!("{err:#}").into();
+                j
+            }
+            None => serde_json::json!({"kind": "error", "message": format!("{err:#}")}),
+        };
+        println!("{}", serde_json::json!({ "error": obj }));
+    } else {
+        eprintln!("error: {err:#}");
+    }
+}
+
+/// `1234567` -> `1.23M`.
+pub fn count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+pub fn layout_table(l: &ModelLayout) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Model        {}", l.model_dir.display());
+    let _ = writeln!(
+        s,
+        "Architecture {} ({})",
+        l.architecture,
+        l.model_type.as_deref().unwrap_or("?")
+    );
+    let _ = writeln!(s, "Layers       {} under {}", l.num_layers, l.layer_prefix);
+    let _ = writeln!(s, "Parameters   {} ({})", count(l.total_params), l.total_params);
+    let tie = if l.tie_word_embeddings {
+        "tied (lm_head shares embed_tokens)"
+    } else {
+        "untied"
+    };
+    let _ = writeln!(s, "Embeddings   {tie}");
+    let files: Vec<String> = l
+        .files
+        .iter()
+        .map(|f| format!("{} ({} tensors, {})", f.name, f.tensors, bytes(f.bytes)))
+        .collect();
+    let _ = writeln!(s, "Weights      {}", files.join(", "));
+    let names = l.layer_module_names();
+    let _ = writeln!(s, "\n{:>5}  {:>10}  {}", "layer", "params", names.join("  "));
+    for layer in l.layers.iter().rev() {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let p = layer
+                    .modules
+                    .iter()
+                    .find(|m| &m.name == n)
+                    .map(|m| count(m.params))
+                    .unwrap_or("-".into());
+                format!("{p:>w$}", w = n.len())
+            })
+            .collect();
+        let _ = writeln!(s, "{:>5}  {:>10}  {}", layer.id, count(layer.params), cells.join("  "));
+    }
+    let _ = writeln!(s, "\nOutside the layers:");
+    for m in &l.non_layer_modules {
+        let shapes: Vec<String> = m
+            .tensors
+            .iter()
+            .map(|t| format!("{} {:?} {}", t.name, t.shape, t.dtype))
+            .collect();
+        let _ = writeln!(s, "  {:<16} {:>10}  {}", m.name, count(m.params), shapes.join("; "));
+    }
+    for w in &l.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    s
+}
+
+fn mark(state: TrainState) -> &'static str {
+    match state {
+        TrainState::Trainable => "●",
+        TrainState::Frozen => "·",
+        TrainState::Partial => "◐",
+    }
+}
+
+pub fn plan_table(l: &ModelLayout, p: &FreezePlan) -> String {
+    let mut s = String::new();
+    let mode = match p.mode {
+        freezetune_core::FreezeMode::Native => "native",
+        freezetune_core::FreezeMode::Llamafactory => "LLaMA-Factory",
+    };
+    let _ = writeln!(
+        s,
+        "{} — {} layers, {} parameters, {mode} mode",
+        l.architecture,
+        l.num_layers,
+        count(l.total_params)
+    );
+    let names = l.layer_module_names();
+    let _ = writeln!(
+        s,
+        "\n{:>5}  {:<9}  {:>10}  {}",
+        "layer",
+        "state",
+        "trainable",
+        names.join("  ")
+    );
+    for layer in p.layers.iter().rev() {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let m = layer
+                    .modules
+                    .iter()
+                    .find(|m| &m.name == n)
+                    .map(|m| mark(m.state))
+                    .unwrap_or(" ");
+                format!("{m:^w$}", w = n.len())
+            })
+            .collect();
+        let state = format!("{:?}", layer.state).to_lowercase();
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<9}  {:>10}  {}",
+            layer.id,
+            state,
+            count(layer.trainable_params),
+            cells.join("  ")
+        );
+    }
+    let extras: Vec<String> = p
+        .extra_modules
+        .iter()
+        .map(|m| format!("{} {}", mark(m.state), m.name))
+        .collect();
+    let _ = writeln!(s, "\nOutside the layers: {}", extras.join("   "));
+    let _ = writeln!(
+        s,
+        "Trainable: {} tensors, {} of {} parameters ({:.2}%), layers {}",
+        p.trainable.len(),
+        count(p.trainable_params),
+        count(p.total_params),
+        p.trainable_percent,
+        if p.trainable_layer_ids.is_empty() {
+            "none"
+        } else {
+            &p.trainable_layer_ids
+        }
+    );
+    let m = &p.memory;
+    let _ = writeln!(
+        s,
+        "Memory (batch {}, seq {}): {} total = frozen weights {} + trainable weights {} + gradients {} + AdamW {} + activations {}",
+        m.batch_size,
+        m.seq_len,
+        bytes(m.total_bytes),
+        bytes(m.frozen_weight_bytes),
+        bytes(m.trainable_weight_bytes),
+        bytes(m.gradient_bytes),
+        bytes(m.optimizer_bytes),
+        m.activation_bytes.map(bytes).unwrap_or_else(|| "unknown (config lacks sizes)".into())
+    );
+    for w in &p.warnings {
+        let _ = writeln!(s, "warning [{}]: {}", w.code, w.message);
+    }
+    s
+}

@@ -1,0 +1,313 @@
+//! The `freezetune` binary end to end: inspect, plan (text, JSON, errors), export-config, presets, demo model.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
+}
+
+fn run(config_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_freezetune"))
+        .args(args)
+        .env("FREEZETUNE_CONFIG_DIR", config_dir)
+        .output()
+        .unwrap()
+}
+
+fn ok(config_dir: &Path, args: &[&str]) -> String {
+    let out = run(config_dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(config_dir: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(config_dir, args)).unwrap()
+}
+
+fn fail(config_dir: &Path, args: &[&str]) -> (Value, String) {
+    let out = run(config_dir, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (v, String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn inspect_text_and_json() {
+    let cfg = tempfile::tempdir().unwrap();
+    let llama = fixture("llama");
+    let text = ok(cfg.path(), &["inspect", llama.to_str().unwrap()]);
+    assert!(
+        text.contains("LlamaForCausalLM") && text.contains("4 under model.layers") && text.contains("untied"),
+        "{text}"
+    );
+    let j = json(cfg.path(), &["inspect", llama.to_str().unwrap(), "--json"]);
+    assert_eq!(j["num_layers"], 4);
+    assert_eq!(j["layer_prefix"], "model.layers");
+    assert_eq!(j["layers"][0]["modules"][1]["name"], "mlp");
+    assert_eq!(
+        j["layers"][0]["modules"][1]["tensors"][0]["shape"],
+        serde_json::json!([64, 128])
+    );
+    let (_, err) = fail(cfg.path(), &["inspect", cfg.path().to_str().unwrap()]);
+    assert!(err.contains("no config.json"), "{err}");
+}
+
+#[test]
+fn plan_json_contract_and_errors() {
+    let cfg = tempfile::tempdir().unwrap();
+    let m = fixture("llama12");
+    let m = m.to_str().unwrap();
+    let j = json(
+        cfg.path(),
+        &[
+            "plan",
+            m,
+            "--layers",
+            "1, 10-11",
+            "--modules",
+            "self_attn",
+            "--extra",
+            "norm",
+            "--json",
+        ],
+    );
+    assert_eq!(j["mode"], "native");
+    let trainable: Vec<&str> = j["trainable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(trainable.len(), 3 * 4 + 1);
+    assert!(trainable.windows(2).all(|w| w[0] < w[1]), "sorted");
+    assert_eq!(j["layers"][1]["state"], "partial");
+    assert_eq!(j["layers"][2]["state"], "frozen");
+    assert!(j["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        j["trainable_params"].as_u64().unwrap(),
+        j["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["trainable_params"].as_u64().unwrap())
+            .sum::<u64>()
+            + 32
+    );
+
+    let (e, _) = fail(cfg.path(), &["plan", m, "--layers", "12", "--json"]);
+    assert_eq!(e["error"]["kind"], "layer_out_of_range");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("12 layers, valid ids are 0-11"));
+    let (e, _) = fail(cfg.path(), &["plan", m, "--top", "1", "--modules", "attn", "--json"]);
+    assert_eq!(e["error"]["module"], "attn");
+    assert_eq!(
+        e["error"]["choices"],
+        serde_json::json!(["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"])
+    );
+    let (_, err) = fail(cfg.path(), &["plan", m, "--layers", "5-2"]);
+    assert!(err.contains("runs backwards; write 2-5"), "{err}");
+    let (_, err) = fail(
+        cfg.path(),
+        &[
+            "plan",
+            fixture("qwen2").to_str().unwrap(),
+            "--top",
+            "1",
+            "--extra",
+            "lm_head",
+        ],
+    );
+    assert!(err.contains("tie_word_embeddings"), "{err}");
+    let text = ok(cfg.path(), &["plan", m, "--no-layers"]);
+    assert!(text.contains("nothing trains"), "{text}");
+}
+
+#[test]
+fn llamafactory_mode_from_flags_and_yaml() {
+    let cfg = tempfile::tempdir().unwrap();
+    let m = fixture("llama");
+    let m = m.to_str().unwrap();
+    let j = json(
+        cfg.path(),
+        &[
+            "plan",
+            m,
+            "--freeze-trainable-layers",
+            "-1",
+            "--freeze-extra-modules",
+            "norm",
+            "--json",
+        ],
+    );
+    assert_eq!(j["mode"], "llamafactory");
+    assert_eq!(j["trainable"].as_array().unwrap().len(), 9 + 1 + 6);
+    assert!(j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["code"] == "lf_substring_match"));
+    let yaml = cfg.path().join("sft.yaml");
+    std::fs::write(
+        &yaml,
+        "stage: sft\nfinetuning_type: freeze\nfreeze_trainable_layers: 0\n",
+    )
+    .unwrap();
+    let j = json(
+        cfg.path(),
+        &["plan", m, "--llamafactory-config", yaml.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(j["trainable"], serde_json::json!([]));
+    assert!(j["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["code"] == "lf_zero_layers"));
+    let j = json(
+        cfg.path(),
+        &[
+            "plan",
+            m,
+            "--freeze-trainable-layers-ids",
+            "1,3",
+            "--freeze-trainable-modules",
+            "mlp",
+            "--json",
+        ],
+    );
+    assert_eq!(j["trainable_layer_ids"], "1,3");
+    let (e, _) = fail(
+        cfg.path(),
+        &["plan", m, "--freeze-trainable-layers", "3", "--use-llama-pro", "--json"],
+    );
+    assert_eq!(e["error"]["kind"], "llama_pro_not_divisible");
+}
+
+#[test]
+fn export_config_formats() {
+    let cfg = tempfile::tempdir().unwrap();
+    let m = fixture("llama12");
+    let m = m.to_str().unwrap();
+    let lf = ok(
+        cfg.path(),
+        &[
+            "export-config",
+            m,
+            "--format",
+            "llamafactory",
+            "--top",
+            "3",
+            "--modules",
+            "mlp",
+        ],
+    );
+    assert!(
+        lf.contains("finetuning_type: freeze\nfreeze_trainable_layers: 3\nfreeze_trainable_modules: mlp\n"),
+        "{lf}"
+    );
+    let (_, err) = fail(
+        cfg.path(),
+        &["export-config", m, "--format", "llamafactory", "--layers", "1,5,9"],
+    );
+    assert!(err.contains("1,5,9") && err.contains("axolotl"), "{err}");
+    let out = cfg.path().join("axolotl.yaml");
+    let args = [
+        "export-config",
+        m,
+        "--format",
+        "axolotl",
+        "--layers",
+        "1,5,9",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    ok(cfg.path(), &args);
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("- '^model.layers.(1|5|9).'"));
+    let (_, err) = fail(cfg.path(), &args);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn presets_round_trip_and_survive_corrupt_files() {
+    let cfg = tempfile::tempdir().unwrap();
+    let c = cfg.path();
+    let m = fixture("llama");
+    let m = m.to_str().unwrap();
+    ok(
+        c,
+        &[
+            "preset",
+            "save",
+            "mlp-top",
+            "--top",
+            "2",
+            "--modules",
+            "mlp",
+            "--model",
+            m,
+        ],
+    );
+    let (_, err) = fail(c, &["preset", "save", "mlp-top", "--top", "1"]);
+    assert!(err.contains("--force"), "{err}");
+    let (_, err) = fail(c, &["preset", "save", "bad", "--layers", "9", "--model", m]);
+    assert!(err.contains("out of range"), "{err}");
+    ok(c, &["preset", "save", "lf", "--freeze-trainable-layers", "-1"]);
+    let file = c.join("presets/mlp-top.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("schema_version = 1") && text.contains("top = 2"),
+        "{text}"
+    );
+    let plan = json(c, &["plan", "--preset", "mlp-top", "--json"]);
+    assert_eq!(plan["trainable"].as_array().unwrap().len(), 6);
+    std::fs::write(c.join("presets/broken.toml"), "schema_version = [").unwrap();
+    let list = json(c, &["preset", "list", "--json"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broken", "lf", "mlp-top"]);
+    assert_eq!(list[0]["error"]["kind"], "preset_corrupt");
+    assert!(ok(c, &["preset", "list"]).contains("UNREADABLE"));
+    let exported = c.join("out.toml");
+    ok(c, &["preset", "export", "lf", exported.to_str().unwrap()]);
+    ok(
+        c,
+        &["preset", "import", exported.to_str().unwrap(), "--name", "lf-copy"],
+    );
+    assert!(ok(c, &["preset", "show", "lf-copy"]).contains("freeze_trainable_layers = -1"));
+    ok(c, &["preset", "rename", "lf-copy", "lf2"]);
+    ok(c, &["preset", "delete", "lf2"]);
+    let (e, _) = fail(c, &["preset", "show", "lf2", "--json"]);
+    assert_eq!(e["error"]["kind"], "preset_not_found");
+    assert_eq!(
+        std::fs::read_to_string(c.join("presets/broken.toml")).unwrap(),
+        "schema_version = ["
+    );
+}
+
+#[test]
+fn demo_model_is_inspectable_and_not_overwritten() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dir = cfg.path().join("demo");
+    let d = dir.to_str().unwrap();
+    ok(cfg.path(), &["demo-model", d]);
+    let j = json(cfg.path(), &["inspect", d, "--json"]);
+    assert_eq!(j["num_layers"], 8);
+    let (_, err) = fail(cfg.path(), &["demo-model", d]);
+    assert!(err.contains("--force"), "{err}");
+}
