@@ -178,10 +178,10 @@ pub fn read_llamafactory_yaml(path: &std::path::Path) -> Result<(LlamaFactoryArg
             | "freeze_trainable_layers_ids"
             | "freeze_trainable_modules"
             | "freeze_extra_modules"
-            | "use_llama_pro" => {
-                if !v.is_null() {
-                    args.insert(k.clone(), v.clone());
-                }
+            | "use_llama_pro"
+                if !v.is_null() =>
+            {
+                args.insert(k.clone(), v.clone());
             }
             "finetuning_type" if v.as_str() != Some("freeze") => notes.push(format!(
                 "{} sets finetuning_type: {}; its freeze_* keys are applied as if it were `freeze`",

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::safetensors::DType;
 use serde_json::json;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,7 +296,7 @@ pub fn write_safetensors(
     match fill {
         Fill::Sparse => {
             let mut file = file.into_inner().map_err(|e| io(e.into_error()))?;
-            let end = file.seek(SeekFrom::Current(0)).map_err(io)? + offset;
+            let end = file.stream_position().map_err(io)? + offset;
             file.set_len(end).map_err(io)?;
         }
         Fill::Random { .. } => {

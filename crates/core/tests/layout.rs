@@ -17,13 +17,18 @@ fn untied_llama() {
         l.layer_module_names(),
         vec!["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"]
     );
-    let names: Vec<&str> = l.non_layer_modules.iter().map(|m| m.name.as_str()).collect();
+    let modules: Vec<(&str, &str)> = l
+        .non_layer_modules
+        .iter()
+        .map(|m| (m.name.as_str(), m.path.as_str()))
+        .collect();
     assert_eq!(
-        names,
-        vec!["lm_head", "model.embed_tokens", "model.norm"]
-            .iter()
-            .map(|p| p.rsplit('.').next().unwrap())
-            .collect::<Vec<_>>()
+        modules,
+        [
+            ("lm_head", "lm_head"),
+            ("embed_tokens", "model.embed_tokens"),
+            ("norm", "model.norm")
+        ]
     );
     // 4 layers x (q 64x64 + k,v 32x64 + o 64x64 + 3 x 128x64 + 2 norms 64) + embed + lm_head 512x64 + norm 64
     let per_layer = 64 * 64 * 2 + 32 * 64 * 2 + 3 * 128 * 64 + 2 * 64;

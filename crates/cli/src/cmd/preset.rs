@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum PresetCommand {
     /// Save the freeze choice (and model) under NAME.
-    Save(SaveArgs),
+    Save(Box<SaveArgs>),
     /// List saved presets (unreadable files are listed with their error).
     List {
         #[arg(long)]
@@ -73,7 +73,7 @@ pub struct SaveArgs {
 pub fn run(command: PresetCommand) -> Result<()> {
     let store = PresetStore::open_default()?;
     match command {
-        PresetCommand::Save(a) => save(&store, a),
+        PresetCommand::Save(a) => save(&store, *a),
         PresetCommand::List { json } => list(&store, json),
         PresetCommand::Show { name, json } => {
             let p = store.load(&name)?;
