@@ -1,0 +1,36 @@
+# The README's commands. `make run` opens FreezeTune on the built-in demo model; `make test` runs every test.
+# Both set up what they need first (scripts/setup.sh). Builds go to CARGO_TARGET_DIR, outside the clone, so CI
+# and later builds reuse them.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/tmp/freezetune-target
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+BIN := $(CARGO_TARGET_DIR)/release/freezetune
+DEMO_DIR ?= $(HOME)/.local/share/freezetune/demo-model
+
+.PHONY: setup run test lint unit bench
+
+setup:
+	@bash scripts/setup.sh
+
+## run: build the CLI, write the demo model once, and show it with a sample freeze plan (until the app lands).
+run: setup
+	$(CARGO) build --release --locked -p freezetune-cli
+	@test -f "$(DEMO_DIR)/config.json" || "$(BIN)" demo-model "$(DEMO_DIR)"
+	"$(BIN)" inspect "$(DEMO_DIR)"
+	@echo
+	"$(BIN)" plan "$(DEMO_DIR)" --top 2 --extra norm
+
+## test: formatting, lints and every test of the workspace.
+test: setup lint unit
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+## bench: benchmark programs that print their numbers.
+bench: setup
+	$(CARGO) run --release --locked -p freezetune-bench --bin bench-inspect
