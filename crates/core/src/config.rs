@@ -28,6 +28,8 @@ pub struct ModelConfig {
     /// `tie_word_embeddings` when the config states it.
     pub tie_word_embeddings: Option<bool>,
     pub dims: ModelDims,
+    /// A composite (vision-language) config: it has `text_config` or `vision_config`.
+    pub multimodal: bool,
     /// The whole config, for consumers that need more.
     pub raw: Value,
 }
@@ -81,12 +83,14 @@ impl ModelConfig {
             max_position_embeddings: uint(&["max_position_embeddings", "n_positions", "seq_length"]),
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
+        let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");
         Ok(ModelConfig {
             architecture,
             model_type,
             num_layers,
             tie_word_embeddings,
             dims,
+            multimodal,
             raw,
         })
     }

@@ -36,13 +36,8 @@ pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &Free
             missing.first().map(|s| s.as_str()).unwrap_or("none"),
         )));
     }
-    let mut out = format!(
-        "# FreezeTune freeze plan for {} ({} trainable tensors, {} of {} parameters)\nfinetuning_type: freeze\n",
-        layout.model_dir.display(),
-        plan.trainable.len(),
-        plan.trainable_params,
-        plan.total_params
-    );
+    let mut out = header_comment(layout, plan);
+    out.push_str("finetuning_type: freeze\n");
     match &args.freeze_trainable_layers_ids {
         Some(ids) => {
             let ids = match ids {
@@ -69,6 +64,16 @@ pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &Free
         out.push_str("use_llama_pro: true\n");
     }
     Ok(out)
+}
+
+fn header_comment(layout: &ModelLayout, plan: &FreezePlan) -> String {
+    format!(
+        "# FreezeTune freeze plan for {} ({} trainable tensors, {} of {} parameters)\n",
+        layout.model_dir.display(),
+        plan.trainable.len(),
+        plan.trainable_params,
+        plan.total_params
+    )
 }
 
 fn not_expressible(message: String) -> Error {
@@ -197,13 +202,8 @@ pub fn axolotl_selects(patterns: &[String], name: &str) -> bool {
 
 pub fn to_axolotl_yaml(layout: &ModelLayout, plan: &FreezePlan) -> Result<String> {
     let patterns = to_axolotl_patterns(layout, plan)?;
-    let mut out = format!(
-        "# FreezeTune freeze plan for {} ({} trainable tensors, {} of {} parameters)\n# Axolotl escapes every '.' in these patterns; they select exactly the plan's tensors.\n",
-        layout.model_dir.display(),
-        plan.trainable.len(),
-        plan.trainable_params,
-        plan.total_params
-    );
+    let mut out = header_comment(layout, plan);
+    out.push_str("# Axolotl escapes every '.' in these patterns; they select exactly the plan's tensors.\n");
     if patterns.is_empty() {
         out.push_str("unfrozen_parameters: []\n");
     } else {

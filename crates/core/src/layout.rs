@@ -89,6 +89,8 @@ pub struct ModelLayout {
     pub model_dir: PathBuf,
     pub architecture: String,
     pub model_type: Option<String>,
+    /// A vision-language model (its config has `text_config` / `vision_config`).
+    pub multimodal: bool,
     /// Layer count: the config's, or the checkpoint's when the config does not say.
     pub num_layers: usize,
     /// Dotted path of the repeated block, e.g. `model.layers` or `model.decoder.layers`.
@@ -233,6 +235,7 @@ impl ModelLayout {
             model_dir: dir.to_path_buf(),
             architecture: config.architecture.clone(),
             model_type: config.model_type.clone(),
+            multimodal: config.multimodal,
             num_layers,
             layer_prefix,
             layers,

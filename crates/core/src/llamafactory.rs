@@ -66,6 +66,13 @@ pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Re
         .map(|s| s.to_string())
         .collect();
     warnings.extend(structural_differences(layout, &ids, &modules, &extras, &trainable));
+    if layout.multimodal {
+        warnings.push(Warning::new(
+            "lf_multimodal_unverified",
+            "for vision-language models LLaMA-Factory also applies freeze_vision_tower / freeze_multi_modal_projector; \
+             this mode reproduces its text-model rules only, so check the vision and projector tensors in the plan",
+        ));
+    }
     Ok((trainable, warnings))
 }
 

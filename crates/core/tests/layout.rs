@@ -116,6 +116,7 @@ fn every_family_is_shown() {
         assert!(l.warnings.is_empty(), "{family:?}: {:?}", l.warnings);
     }
     let (_dir, vlm) = synth(Family::Qwen2Vl, 3, 1);
+    assert!(vlm.multimodal);
     let visual = vlm
         .non_layer_modules
         .iter()
