@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod files;
 pub mod fsutil;
