@@ -32,6 +32,10 @@ enum Command {
     /// Save, list, show, rename, delete, import and export run presets.
     #[command(subcommand)]
     Preset(cmd::preset::PresetCommand),
+    /// Download a model from the Hugging Face Hub (or a mirror) into the standard cache; prints its folder.
+    Download(cmd::download::DownloadArgs),
+    /// List cached Hub models, or remove one (`models rm REPO`).
+    Models(cmd::models::ModelsArgs),
     /// Write the built-in demo checkpoint (a tiny llama) into a folder.
     DemoModel(cmd::demo::DemoArgs),
 }
@@ -48,6 +52,8 @@ fn main() {
             (cmd::preset::run(c), json)
         }
         Command::DemoModel(a) => (cmd::demo::run(&a), false),
+        Command::Download(a) => (cmd::download::run(&a), a.json),
+        Command::Models(a) => (cmd::models::run(&a), a.json),
     };
     if let Err(err) = result {
         render::print_error(&err, json);

@@ -5,11 +5,14 @@ use freezetune_core::{FreezePlan, TrainState};
 use std::fmt::Write;
 
 pub fn print_error(err: &anyhow::Error, json: bool) {
-    let core = err.chain().find_map(|e| e.downcast_ref::<freezetune_core::Error>());
+    let typed = err.chain().find_map(|e| {
+        e.downcast_ref::<freezetune_core::Error>()
+            .map(|e| e.to_json())
+            .or_else(|| e.downcast_ref::<freezetune_hub::HubError>().map(|e| e.to_json()))
+    });
     if json {
-        let obj = match core {
-            Some(e) => {
-                let mut j = e.to_json();
+        let obj = match typed {
+            Some(mut j) => {
                 j["message"] = format!("{err:#}").into();
                 j
             }

@@ -1,0 +1,129 @@
+use anyhow::Result;
+use clap::Args;
+use freezetune_core::events::DownloadEvent;
+use freezetune_hub::{CancellationToken, DownloadRequest, Downloader, HubSettings};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args)]
+pub struct DownloadArgs {
+    /// Repo id, optionally with a revision: owner/name[@revision].
+    pub repo: String,
+    /// Fetch files matching these globs instead of the training set (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files matching these globs (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Hub or mirror URL (default: HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Files transferred at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Print the outcome as JSON (events are not shown).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &DownloadArgs) -> Result<()> {
+    let mut req = DownloadRequest::parse(&args.repo)?;
+    req.include = args.include.clone();
+    req.exclude = args.exclude.clone();
+    let mut settings = HubSettings::from_env();
+    if let Some(e) = &args.endpoint {
+        settings = settings.with_endpoint(e);
+    }
+    settings.concurrency = args.concurrency.max(1);
+    let downloader = Downloader::new(settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let cancel = CancellationToken::new();
+    let bar = ProgressBar::new(0);
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let sink = move |event: DownloadEvent| render(&b, event);
+    let outcome = runtime.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                c.cancel();
+            }
+        });
+        downloader.download(&req, &sink, &cancel).await
+    });
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        if outcome.from_cache {
+            eprintln!("offline: using the cached snapshot");
+        } else {
+            eprintln!(
+                "downloaded {} in {:.1} s ({:.1} MB/s){}",
+                crate::render::bytes(outcome.downloaded_bytes),
+                outcome.seconds,
+                outcome.downloaded_bytes as f64 / outcome.seconds.max(1e-9) / 1e6,
+                if outcome.resumed_bytes > 0 {
+                    format!(", resumed {}", crate::render::bytes(outcome.resumed_bytes))
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!("{}", outcome.snapshot.display());
+    }
+    Ok(())
+}
+
+fn render(bar: &ProgressBar, event: DownloadEvent) {
+    match event {
+        DownloadEvent::Resolved {
+            repo,
+            commit,
+            total_bytes,
+            files,
+            ..
+        } => {
+            bar.set_length(total_bytes);
+            bar.set_position(files.iter().map(|f| f.present).sum());
+            bar.println(format!(
+                "{repo} @ {}: {} files, {}",
+                &commit[..commit.len().min(12)],
+                files.len(),
+                crate::render::bytes(total_bytes)
+            ));
+        }
+        DownloadEvent::FileStarted { file, resumed_from, .. } if resumed_from > 0 => {
+            bar.println(format!("  resuming {file} from {}", crate::render::bytes(resumed_from)));
+        }
+        DownloadEvent::Progress { done_bytes, file, .. } => {
+            bar.set_position(done_bytes);
+            bar.set_message(file);
+        }
+        DownloadEvent::Retrying {
+            file,
+            attempt,
+            wait_ms,
+            reason,
+        } => {
+            bar.println(format!("  retry {attempt} of {file} in {wait_ms} ms: {reason}"));
+        }
+        DownloadEvent::FileVerified { file, .. } => bar.println(format!("  ✓ {file}")),
+        DownloadEvent::Cancelled { partial_bytes } => {
+            bar.println(format!(
+                "cancelled; {} kept for resuming",
+                crate::render::bytes(partial_bytes)
+            ));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,53 @@
+//! End to end through the binary: download a fixture model from the fake Hub, then inspect the printed folder.
+
+use freezetune_fakehub::{FakeHub, FakeRepo};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn freezetune(hub: &FakeHub, cache: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_freezetune"))
+        .args(args)
+        .env("HF_ENDPOINT", hub.url())
+        .env("HF_HUB_CACHE", cache)
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_HOME", cache.join("home"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn download_then_inspect_the_printed_snapshot() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen2");
+    let hub = FakeHub::start(vec![FakeRepo::from_dir("tiny/qwen2", &fixture)]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = freezetune(&hub, cache.path(), &["download", "tiny/qwen2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let snapshot = stdout.lines().last().unwrap().trim();
+    assert!(snapshot.starts_with(cache.path().to_str().unwrap()), "{stdout}");
+    let out = freezetune(&hub, cache.path(), &["inspect", snapshot, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let layout: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(layout["architecture"], "Qwen2ForCausalLM");
+    assert_eq!(layout["tie_word_embeddings"], true);
+
+    let out = freezetune(&hub, cache.path(), &["models", "--json"]);
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(models[0]["repo"], "tiny/qwen2");
+    assert_eq!(models[0]["num_layers"], 4);
+
+    let out = freezetune(&hub, cache.path(), &["download", "nobody/none", "--json"]);
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["kind"], "repo_not_found");
+
+    assert!(freezetune(&hub, cache.path(), &["models", "rm", "tiny/qwen2"])
+        .status
+        .success());
+    let out = freezetune(&hub, cache.path(), &["models", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}
