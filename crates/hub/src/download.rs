@@ -78,6 +78,7 @@ impl Downloader {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(20))
+            .read_timeout(settings.read_timeout)
             .user_agent(concat!("freezetune/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HubError::Protocol {

@@ -11,6 +11,7 @@ pub mod error;
 mod progress;
 pub mod select;
 pub mod settings;
+mod sink;
 mod transfer;
 
 pub use cache::{CachedModel, HubCache};

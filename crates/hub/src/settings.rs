@@ -44,6 +44,10 @@ pub struct HubSettings {
     pub retry_base: Duration,
     /// A connection that sends nothing for this long is treated as failed (and retried).
     pub read_timeout: Duration,
+    /// fsync each file before it enters the cache. Off by default, as in `huggingface_hub`: a file is verified
+    /// before the rename that publishes it, which is safe against crashes of the process; only a power loss in the
+    /// seconds after a download could leave a bad blob. On loopback, fsync halves throughput.
+    pub sync_files: bool,
 }
 
 impl HubSettings {
@@ -64,6 +68,7 @@ impl HubSettings {
             max_retries: 5,
             retry_base: Duration::from_millis(500),
             read_timeout: Duration::from_secs(60),
+            sync_files: false,
         }
     }
 

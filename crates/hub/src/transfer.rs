@@ -6,10 +6,11 @@ use crate::cache::HubCache;
 use crate::error::{HubError, Result};
 use crate::progress::ProgressTracker;
 use crate::settings::HubSettings;
+use crate::sink::{BlobWriter, HashKind};
 use freezetune_core::events::DownloadEvent;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, ETAG, LOCATION, RANGE};
 use reqwest::{Client, StatusCode};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -140,8 +141,8 @@ impl Transfer<'_> {
             size: meta.size,
             resumed_from: have,
         });
-        let fetched = self.stream_into(file, &meta, &partial, have).await?;
-        self.verify(file, &meta, &partial)?;
+        let (fetched, digest) = self.stream_into(file, &meta, &partial, have).await?;
+        self.verify(file, &meta, &partial, digest)?;
         std::fs::rename(&partial, &blob).map_err(|e| HubError::io(&blob, e))?;
         self.cache.link(self.repo, self.commit, file, &meta.etag)?;
         self.progress
@@ -203,10 +204,25 @@ impl Transfer<'_> {
         Ok(Meta { etag, size, data_url })
     }
 
-    /// Appends the missing bytes `[have, size)` to `partial`. Returns the bytes fetched.
-    async fn stream_into(&self, file: &str, meta: &Meta, partial: &Path, mut have: u64) -> Result<u64, Failure> {
+    /// Appends the missing bytes `[have, size)` to `partial`. Returns the bytes fetched and the file's digest.
+    async fn stream_into(
+        &self,
+        file: &str,
+        meta: &Meta,
+        partial: &Path,
+        mut have: u64,
+    ) -> Result<(u64, Option<String>), Failure> {
+        let kind = HashKind::for_etag(&meta.etag, meta.size);
         if have == meta.size {
-            return Ok(0);
+            let digest = match kind {
+                HashKind::Sha256 => Some(hash_file::<sha2::Sha256>(partial, None)?),
+                HashKind::GitSha1 { size } => Some(hash_file::<sha1::Sha1>(
+                    partial,
+                    Some(format!("blob {size}\0").as_bytes()),
+                )?),
+                HashKind::Unknown => None,
+            };
+            return Ok((0, digest));
         }
         let mut req = self.request(&meta.data_url);
         if have > 0 {
@@ -244,44 +260,40 @@ impl Transfer<'_> {
             self.progress.advance(file, 0, meta.size, -(have as i64));
             have = 0;
         }
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(have == 0)
-            .append(have > 0)
-            .open(partial)
-            .map_err(|e| HubError::io(partial, e))?;
+        let mut sink = BlobWriter::start(partial, have, kind).map_err(|e| HubError::io(partial, e))?;
         let mut fetched = 0u64;
         let result = loop {
+            // The client's read timeout turns a silent connection into an error here.
             let chunk = tokio::select! {
                 _ = self.cancel.cancelled() => break Err(Failure::Fatal(HubError::Cancelled)),
-                c = tokio::time::timeout(self.settings.read_timeout, resp.chunk()) => c,
+                c = resp.chunk() => c,
             };
             match chunk {
-                Err(_) => {
-                    break Err(Failure::Transient(format!(
-                        "no data for {:?}",
-                        self.settings.read_timeout
-                    )))
-                }
-                Ok(Err(e)) => break Err(transient(&e)),
-                Ok(Ok(None)) => break Ok(()),
-                Ok(Ok(Some(bytes))) => {
-                    if have + bytes.len() as u64 > meta.size {
+                Err(e) => break Err(transient(&e)),
+                Ok(None) => break Ok(()),
+                Ok(Some(bytes)) => {
+                    let n = bytes.len() as u64;
+                    if have + n > meta.size {
                         break Err(Failure::Fatal(HubError::Size {
                             file: file.into(),
                             expected: meta.size,
-                            actual: have + bytes.len() as u64,
+                            actual: have + n,
                         }));
                     }
-                    out.write_all(&bytes).map_err(|e| HubError::io(partial, e))?;
-                    have += bytes.len() as u64;
-                    fetched += bytes.len() as u64;
-                    self.progress.advance(file, have, meta.size, bytes.len() as i64);
+                    have += n;
+                    fetched += n;
+                    self.progress.advance(file, have, meta.size, n as i64);
+                    if let Err(e) = sink.write(bytes).await {
+                        break Err(Failure::Fatal(HubError::io(partial, e)));
+                    }
                 }
             }
         };
-        out.flush().map_err(|e| HubError::io(partial, e))?;
+        let complete = result.is_ok() && have == meta.size;
+        let digest = sink
+            .finish(complete, self.settings.sync_files)
+            .await
+            .map_err(|e| HubError::io(partial, e))?;
         result?;
         if have < meta.size {
             return Err(Failure::Transient(format!(
@@ -289,12 +301,11 @@ impl Transfer<'_> {
                 meta.size
             )));
         }
-        out.sync_all().map_err(|e| HubError::io(partial, e))?;
-        Ok(fetched)
+        Ok((fetched, digest))
     }
 
-    /// Size, then checksum: sha256 for LFS etags (64 hex), git's blob sha1 for the others (40 hex).
-    fn verify(&self, file: &str, meta: &Meta, partial: &Path) -> Result<()> {
+    /// Size, then checksum (computed while streaming); a mismatch deletes the partial file.
+    fn verify(&self, file: &str, meta: &Meta, partial: &Path, digest: Option<String>) -> Result<()> {
         let fail = |e: HubError| {
             let _ = std::fs::remove_file(partial);
             e
@@ -307,19 +318,14 @@ impl Transfer<'_> {
                 actual,
             }));
         }
-        let digest = match meta.etag.len() {
-            64 => hash_file::<sha2::Sha256>(partial, None)?,
-            40 => hash_file::<sha1::Sha1>(partial, Some(format!("blob {actual}\0").as_bytes()))?,
-            _ => return Ok(()),
-        };
-        if !digest.eq_ignore_ascii_case(&meta.etag) {
-            return Err(fail(HubError::Checksum {
+        match digest {
+            Some(d) if !d.eq_ignore_ascii_case(&meta.etag) => Err(fail(HubError::Checksum {
                 file: file.into(),
                 expected: meta.etag.clone(),
-                actual: digest,
-            }));
+                actual: d,
+            })),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -274,12 +274,9 @@ async fn a_wrong_checksum_never_reaches_the_snapshot() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        !blobs
-            .iter()
-            .any(|b| b == &sha256_of(&fixture("llama").join(WEIGHTS)) || b.ends_with(".incomplete")),
-        "{blobs:?}"
-    );
+    // Other files may have been stopped mid-way (their partials are kept); the corrupt one is gone entirely.
+    let sha = sha256_of(&fixture("llama").join(WEIGHTS));
+    assert!(!blobs.iter().any(|b| b.starts_with(&sha)), "{blobs:?}");
     assert!(
         !repo_dir.join("refs/main").exists(),
         "a failed download does not publish a ref"

@@ -25,28 +25,35 @@ pub struct FakeFile {
     pub data: Arc<Vec<u8>>,
     /// Stored in LFS (served through the CDN redirect, etag = sha256).
     pub lfs: bool,
+    sha256: String,
+    git_sha1: String,
 }
 
 impl FakeFile {
+    /// Checksums are computed once here, so serving a request costs what it costs a real server.
     pub fn new(name: &str, data: Vec<u8>) -> FakeFile {
         let lfs = name.ends_with(".safetensors") || data.len() > 10 * 1024 * 1024;
+        let sha256 = hex(&sha2::Sha256::digest(&data));
+        let mut h = sha1::Sha1::new();
+        h.update(format!("blob {}\0", data.len()).as_bytes());
+        h.update(&data);
+        let git_sha1 = hex(&h.finalize());
         FakeFile {
             name: name.to_string(),
             data: Arc::new(data),
             lfs,
+            sha256,
+            git_sha1,
         }
     }
 
     pub fn sha256(&self) -> String {
-        hex(&sha2::Sha256::digest(&*self.data))
+        self.sha256.clone()
     }
 
     /// Git's blob id: sha1 of `"blob {len}\0"` + content, the etag the Hub gives non-LFS files.
     pub fn git_sha1(&self) -> String {
-        let mut h = sha1::Sha1::new();
-        h.update(format!("blob {}\0", self.data.len()).as_bytes());
-        h.update(&*self.data);
-        hex(&h.finalize())
+        self.git_sha1.clone()
     }
 
     fn etag(&self) -> String {
