@@ -14,6 +14,13 @@ if ! have cc; then
   fi
 fi
 
+# Linux build libraries: D-Bus for the OS keyring (Secret Service).
+if [ "$(uname)" = Linux ] && ! { have pkg-config && pkg-config --exists dbus-1; }; then
+  if have apt-get; then as_root apt-get update -qq && as_root apt-get install -y -qq pkg-config libdbus-1-dev
+  elif have dnf; then as_root dnf install -y pkgconf-pkg-config dbus-devel
+  fi
+fi
+
 # Rust, through rustup, when cargo is missing.
 if ! have cargo && [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 if ! have cargo; then

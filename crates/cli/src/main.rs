@@ -36,6 +36,9 @@ enum Command {
     Download(cmd::download::DownloadArgs),
     /// List cached Hub models, or remove one (`models rm REPO`).
     Models(cmd::models::ModelsArgs),
+    /// Manage the Hugging Face token in the OS keyring (set, clear, status).
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
     /// Write the built-in demo checkpoint (a tiny llama) into a folder.
     DemoModel(cmd::demo::DemoArgs),
 }
@@ -54,6 +57,7 @@ fn main() {
         Command::DemoModel(a) => (cmd::demo::run(&a), false),
         Command::Download(a) => (cmd::download::run(&a), a.json),
         Command::Models(a) => (cmd::models::run(&a), a.json),
+        Command::Token(c) => (cmd::token::run(&c), false),
     };
     if let Err(err) = result {
         render::print_error(&err, json);

@@ -101,6 +101,12 @@ pub enum HubError {
 
     #[error("{repo} is not in the cache {}", .cache.display())]
     NotCached { repo: String, cache: PathBuf },
+
+    #[error(
+        "OS keyring: {reason}; where no keyring service runs (a headless machine), set HF_TOKEN or put the token \
+         in the token file instead"
+    )]
+    Keyring { reason: String },
 }
 
 fn cached_hint(cached: &[String]) -> String {
@@ -140,6 +146,7 @@ impl HubError {
             HubError::Io { .. } => "io",
             HubError::Index { .. } => "bad_index",
             HubError::NotCached { .. } => "not_cached",
+            HubError::Keyring { .. } => "keyring",
         }
     }
 

@@ -12,6 +12,7 @@ mod progress;
 pub mod select;
 pub mod settings;
 mod sink;
+pub mod token;
 mod transfer;
 
 pub use cache::{CachedModel, HubCache};

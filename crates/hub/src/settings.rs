@@ -51,7 +51,7 @@ pub struct HubSettings {
 }
 
 impl HubSettings {
-    /// Settings from the environment: `HF_ENDPOINT`, `HF_TOKEN` / `HF_TOKEN_PATH` / `$HF_HOME/token`,
+    /// Settings from the environment: `HF_ENDPOINT`, `HF_TOKEN` / `HF_TOKEN_PATH` / `$HF_HOME/token` / keyring,
     /// `HF_HUB_CACHE` / `HF_HOME`, `HF_HUB_OFFLINE`.
     pub fn from_env() -> HubSettings {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -112,15 +112,9 @@ pub fn hub_cache_dir() -> PathBuf {
     hf_home().join("hub")
 }
 
-/// `HF_TOKEN`, else the token file (`HF_TOKEN_PATH`, else `<hf_home>/token`, as `huggingface-cli login` writes it).
+/// The token from `HF_TOKEN`, the token file or the OS keyring (see [`crate::token::find_token`]).
 pub fn token_from_env() -> Option<Token> {
-    if let Some(t) = std::env::var("HF_TOKEN").ok().and_then(Token::new) {
-        return Some(t);
-    }
-    let path = std::env::var_os("HF_TOKEN_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| hf_home().join("token"));
-    std::fs::read_to_string(path).ok().and_then(Token::new)
+    crate::token::find_token(&crate::token::OsKeyring).map(|(t, _)| t)
 }
 
 #[cfg(test)]

@@ -5,3 +5,4 @@ pub mod inspect;
 pub mod models;
 pub mod plan;
 pub mod preset;
+pub mod token;
