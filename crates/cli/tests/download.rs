@@ -32,6 +32,20 @@ fn download_then_inspect_the_printed_snapshot() {
     assert_eq!(layout["architecture"], "Qwen2ForCausalLM");
     assert_eq!(layout["tie_word_embeddings"], true);
 
+    // Offline, the cached snapshot resolves without a single request.
+    let requests = hub.requests().len();
+    let out = Command::new(env!("CARGO_BIN_EXE_freezetune"))
+        .args(["download", "tiny/qwen2"])
+        .env("HF_ENDPOINT", hub.url())
+        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_HOME", cache.path().join("home"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), snapshot);
+    assert_eq!(hub.requests().len(), requests);
+
     let out = freezetune(&hub, cache.path(), &["models", "--json"]);
     let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(models[0]["repo"], "tiny/qwen2");

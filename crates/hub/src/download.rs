@@ -388,6 +388,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn not_enough_disk_space_is_an_error_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        check_disk_space(&dir.path().join("not/yet/created"), 1 << 20).unwrap();
+        let e = check_disk_space(dir.path(), u64::MAX / 2).unwrap_err();
+        assert_eq!(e.kind(), "disk_space");
+        assert!(
+            e.to_string().contains("more bytes") && e.to_string().contains("free"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn repo_ids() {
         let r = DownloadRequest::parse("Qwen/Qwen2.5-0.5B@refs/pr/1").unwrap();
         assert_eq!(
