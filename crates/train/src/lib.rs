@@ -1,0 +1,14 @@
+//! `freezetune-train`: freeze-aware fine-tuning on candle. FreezeTune's own decoder (Hugging Face weight names,
+//! differentiable ops only), trainable tensors as f32 `Var`s and frozen ones as constants, optimizers.
+
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod params;
+
+pub use config::{Architecture, DecoderConfig};
+pub use error::{Result, TrainError};
+pub use model::{Batch, Decoder};
+pub use params::Params;

@@ -1,0 +1,185 @@
+//! FreezeTune's trainable decoder for llama, mistral, qwen2 and qwen3, with Hugging Face weight names and only
+//! differentiable ops. Frozen layers below the lowest trainable one record no graph (their inputs hold no `Var`);
+//! frozen linears above it compute only the input gradient.
+
+use crate::config::DecoderConfig;
+use crate::error::{Result, TrainError};
+use crate::ops::{apply_rope, rms_norm, softmax_last_dim, Linear};
+use crate::params::Params;
+use candle_core::{DType, Device, Tensor};
+
+struct Block {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct Decoder {
+    pub config: DecoderConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    device: Device,
+}
+
+/// One batch: token ids and, per row, how many leading tokens are real (the rest is right padding).
+pub struct Batch {
+    pub input_ids: Vec<Vec<u32>>,
+    pub lengths: Vec<usize>,
+}
+
+impl Decoder {
+    pub fn new(config: DecoderConfig, params: &Params, device: &Device) -> Result<Decoder> {
+        let c = &config;
+        let blocks = (0..c.num_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(Block {
+                    input_norm: params.get(&format!("{p}.input_layernorm.weight"))?,
+                    q: params.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
+                    k: params.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias)?,
+                    v: params.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias)?,
+                    o: params.linear(&format!("{p}.self_attn.o_proj"), false)?,
+                    q_norm: c
+                        .qk_norm
+                        .then(|| params.get(&format!("{p}.self_attn.q_norm.weight")))
+                        .transpose()?,
+                    k_norm: c
+                        .qk_norm
+                        .then(|| params.get(&format!("{p}.self_attn.k_norm.weight")))
+                        .transpose()?,
+                    post_norm: params.get(&format!("{p}.post_attention_layernorm.weight"))?,
+                    gate: params.linear(&format!("{p}.mlp.gate_proj"), false)?,
+                    up: params.linear(&format!("{p}.mlp.up_proj"), false)?,
+                    down: params.linear(&format!("{p}.mlp.down_proj"), false)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = params.get("model.embed_tokens.weight")?;
+        let lm_head = if c.tie_word_embeddings || !params.contains("lm_head.weight") {
+            Linear {
+                weight: embed.clone(),
+                frozen: !embed.is_variable(),
+                bias: None,
+            }
+        } else {
+            params.linear("lm_head", false)?
+        };
+        Ok(Decoder {
+            inv_freq: c.inv_freq(),
+            embed,
+            blocks,
+            norm: params.get("model.norm.weight")?,
+            lm_head,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut angles = Vec::with_capacity(t * half * 2);
+        for pos in 0..t {
+            let row: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
+            angles.extend_from_slice(&row);
+            angles.extend_from_slice(&row);
+        }
+        let a = Tensor::from_vec(angles, (t, 2 * half), &self.device)?;
+        Ok((a.cos()?, a.sin()?))
+    }
+
+    /// Additive attention mask (batch, 1, t, t): causal, and padded keys hidden. Finite, so a fully masked row
+    /// (a padded query) stays finite; its loss is ignored anyway.
+    fn mask(&self, lengths: &[usize], t: usize) -> candle_core::Result<Tensor> {
+        let mut m = vec![0f32; lengths.len() * t * t];
+        for (b, &len) in lengths.iter().enumerate() {
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || j >= len {
+                        m[b * t * t + i * t + j] = -1e9;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(m, (lengths.len(), 1, t, t), &self.device)
+    }
+
+    /// Logits (batch, seq, vocab) in f32.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        self.forward_inner(batch).map_err(|e| TrainError::Candle {
+            context: "forward pass".into(),
+            source: e,
+        })
+    }
+
+    fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let b = batch.input_ids.len();
+        let t = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0);
+        let ids: Vec<u32> = batch
+            .input_ids
+            .iter()
+            .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, t - row.len())))
+            .collect();
+        let ids = Tensor::from_vec(ids, b * t, &self.device)?;
+        let mut h = self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))?;
+        let (cos, sin) = self.rope_tables(t)?;
+        let mask = self.mask(&batch.lengths, t)?;
+        for block in &self.blocks {
+            h = self.block(block, &h, &cos, &sin, &mask)?;
+        }
+        let h = rms_norm(&h, &self.norm, c.rms_norm_eps)?;
+        self.lm_head.forward(&h)?.to_dtype(DType::F32)
+    }
+
+    fn block(&self, blk: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let h = rms_norm(x, &blk.input_norm, c.rms_norm_eps)?;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+        let mut q = heads(blk.q.forward(&h)?, nh)?;
+        let mut k = heads(blk.k.forward(&h)?, nkv)?;
+        let v = heads(blk.v.forward(&h)?, nkv)?;
+        if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
+            q = rms_norm(&q, qn, c.rms_norm_eps)?;
+            k = rms_norm(&k, kn, c.rms_norm_eps)?;
+        }
+        let q = apply_rope(&q.contiguous()?, cos, sin)?;
+        let k = repeat_kv(apply_rope(&k.contiguous()?, cos, sin)?, nh / nkv)?;
+        let v = repeat_kv(v, nh / nkv)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
+        let probs = softmax_last_dim(&scores)?;
+        let attn = probs
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        let x = (x + blk.o.forward(&attn)?)?;
+        let h = rms_norm(&x, &blk.post_norm, c.rms_norm_eps)?;
+        let mlp = blk
+            .down
+            .forward(&(blk.gate.forward(&h)?.silu()? * blk.up.forward(&h)?)?)?;
+        x + mlp
+    }
+}
+
+/// (b, kv, t, d) -> (b, kv * n_rep, t, d), sharing each kv head among `n_rep` query heads.
+fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))
+}

@@ -1,0 +1,136 @@
+//! Optimizers over the plan's trainable `Var`s only. AdamW follows `torch.optim.AdamW` exactly (decoupled weight
+//! decay, bias-corrected moments); HF Trainer's grouping leaves biases and norm weights without decay.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// HF Trainer's grouping: no weight decay on biases and norm weights.
+    pub no_decay_for_bias_and_norm: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            no_decay_for_bias_and_norm: true,
+        }
+    }
+}
+
+/// A parameter without weight decay under HF Trainer's grouping.
+pub fn is_bias_or_norm(name: &str) -> bool {
+    name.ends_with(".bias") || name.rsplit('.').nth(1).is_some_and(|m| m.contains("norm"))
+}
+
+pub enum Optimizer {
+    Sgd {
+        params: Vec<(String, Var)>,
+    },
+    AdamW {
+        params: Vec<(String, Var)>,
+        config: AdamWConfig,
+        state: Vec<Option<(Tensor, Tensor)>>,
+        step: u64,
+    },
+}
+
+impl Optimizer {
+    pub fn sgd(params: Vec<(String, Var)>) -> Optimizer {
+        Optimizer::Sgd { params }
+    }
+
+    pub fn adamw(params: Vec<(String, Var)>, config: AdamWConfig) -> Optimizer {
+        let n = params.len();
+        Optimizer::AdamW {
+            params,
+            config,
+            state: vec![None; n],
+            step: 0,
+        }
+    }
+
+    /// One update with learning rate `lr`. Parameters without a gradient are left alone (as PyTorch does).
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        match self {
+            Optimizer::Sgd { params } => {
+                for (_, var) in params.iter() {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        var.set(&(var.as_tensor() - (g * lr)?)?)?;
+                    }
+                }
+            }
+            Optimizer::AdamW {
+                params,
+                config: c,
+                state,
+                step,
+            } => {
+                *step += 1;
+                let bc1 = 1.0 - c.beta1.powi(*step as i32);
+                let bc2_sqrt = (1.0 - c.beta2.powi(*step as i32)).sqrt();
+                for ((name, var), slot) in params.iter().zip(state.iter_mut()) {
+                    let Some(g) = grads.get(var.as_tensor()) else { continue };
+                    let (m, v) = match slot.take() {
+                        Some(s) => s,
+                        None => (g.zeros_like()?, g.zeros_like()?),
+                    };
+                    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let decay = if c.no_decay_for_bias_and_norm && is_bias_or_norm(name) {
+                        0.0
+                    } else {
+                        c.weight_decay
+                    };
+                    let p = (var.as_tensor() * (1.0 - lr * decay))?;
+                    let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+                    var.set(&(p - (m.div(&denom)? * (lr / bc1))?)?)?;
+                    *slot = Some((m, v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Global L2 norm of the gradients of the optimizer's parameters.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        let params = match self {
+            Optimizer::Sgd { params } | Optimizer::AdamW { params, .. } => params,
+        };
+        let mut sum = 0f64;
+        for (_, var) in params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sum += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        Ok(sum.sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping() {
+        assert!(is_bias_or_norm("model.layers.0.input_layernorm.weight"));
+        assert!(is_bias_or_norm("model.norm.weight"));
+        assert!(is_bias_or_norm("model.layers.0.self_attn.q_proj.bias"));
+        assert!(is_bias_or_norm("model.layers.0.self_attn.q_norm.weight"));
+        assert!(!is_bias_or_norm("model.layers.0.mlp.down_proj.weight"));
+        assert!(!is_bias_or_norm("model.embed_tokens.weight"));
+    }
+}
