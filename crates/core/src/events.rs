@@ -81,3 +81,44 @@ pub enum DownloadEvent {
         partial_bytes: u64,
     },
 }
+
+/// Events of one training run; `Step` and `Eval` are also the lines of the run's `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TrainEvent {
+    Started {
+        run_dir: PathBuf,
+        total_steps: u64,
+        trainable_params: u64,
+        examples: usize,
+        eval_examples: usize,
+    },
+    /// One optimizer step (1-based); `loss` is that step's forward loss, before its update.
+    Step {
+        step: u64,
+        epoch: f64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens: u64,
+        tokens_per_second: f64,
+        elapsed_s: f64,
+    },
+    Eval {
+        step: u64,
+        eval_loss: f64,
+    },
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
+    /// Stopped early (cancel); the checkpoint resumes the run.
+    Stopped {
+        step: u64,
+        checkpoint: Option<PathBuf>,
+    },
+    Finished {
+        step: u64,
+        final_dir: PathBuf,
+    },
+}

@@ -15,6 +15,7 @@ pub mod memory;
 mod native;
 pub mod plan;
 pub mod preset;
+pub mod run_config;
 pub mod safetensors;
 pub mod spec;
 pub mod synth;

@@ -1,14 +1,20 @@
 //! `freezetune-train`: freeze-aware fine-tuning on candle. FreezeTune's own decoder (Hugging Face weight names,
 //! differentiable ops only), trainable tensors as f32 `Var`s and frozen ones as constants, optimizers.
 
+pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod export;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod schedule;
+pub mod trainer;
 
 pub use config::{Architecture, DecoderConfig};
 pub use error::{Result, TrainError};
 pub use model::{Batch, Decoder};
 pub use params::Params;
+pub use trainer::{train, TrainOutcome};

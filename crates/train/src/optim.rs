@@ -4,6 +4,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
@@ -59,12 +60,27 @@ impl Optimizer {
         }
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left alone (as PyTorch does).
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    pub fn params(&self) -> &[(String, Var)] {
+        match self {
+            Optimizer::Sgd { params } | Optimizer::AdamW { params, .. } => params,
+        }
+    }
+
+    /// The gradients of the optimizer's parameters, in its order, taken out of a backward pass's store.
+    pub fn collect(&self, store: &GradStore) -> Vec<Option<Tensor>> {
+        self.params()
+            .iter()
+            .map(|(_, v)| store.get(v.as_tensor()).cloned())
+            .collect()
+    }
+
+    /// One update with learning rate `lr` from `grads` (aligned with [`Optimizer::params`]). Parameters without a
+    /// gradient are left alone, as PyTorch does.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         match self {
             Optimizer::Sgd { params } => {
-                for (_, var) in params.iter() {
-                    if let Some(g) = grads.get(var.as_tensor()) {
+                for ((_, var), g) in params.iter().zip(grads) {
+                    if let Some(g) = g {
                         var.set(&(var.as_tensor() - (g * lr)?)?)?;
                     }
                 }
@@ -78,8 +94,8 @@ impl Optimizer {
                 *step += 1;
                 let bc1 = 1.0 - c.beta1.powi(*step as i32);
                 let bc2_sqrt = (1.0 - c.beta2.powi(*step as i32)).sqrt();
-                for ((name, var), slot) in params.iter().zip(state.iter_mut()) {
-                    let Some(g) = grads.get(var.as_tensor()) else { continue };
+                for (((name, var), slot), g) in params.iter().zip(state.iter_mut()).zip(grads) {
+                    let Some(g) = g else { continue };
                     let (m, v) = match slot.take() {
                         Some(s) => s,
                         None => (g.zeros_like()?, g.zeros_like()?),
@@ -101,23 +117,51 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Global L2 norm of the gradients of the optimizer's parameters.
-    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let params = match self {
-            Optimizer::Sgd { params } | Optimizer::AdamW { params, .. } => params,
-        };
-        let mut sum = 0f64;
-        for (_, var) in params {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                sum += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+    /// Optimizer state to save in a checkpoint: AdamW's moments as `m.<name>` / `v.<name>`, and its step count.
+    pub fn state(&self) -> (BTreeMap<String, Tensor>, u64) {
+        let mut out = BTreeMap::new();
+        if let Optimizer::AdamW {
+            params, state, step, ..
+        } = self
+        {
+            for ((name, _), slot) in params.iter().zip(state) {
+                if let Some((m, v)) = slot {
+                    out.insert(format!("m.{name}"), m.clone());
+                    out.insert(format!("v.{name}"), v.clone());
+                }
             }
+            return (out, *step);
         }
-        Ok(sum.sqrt())
+        (out, 0)
     }
+
+    /// Restores what [`Optimizer::state`] saved.
+    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, saved_step: u64) {
+        if let Optimizer::AdamW {
+            params, state, step, ..
+        } = self
+        {
+            for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
+                if let (Some(m), Some(v)) = (tensors.get(&format!("m.{name}")), tensors.get(&format!("v.{name}"))) {
+                    *slot = Some((m.clone(), v.clone()));
+                }
+            }
+            *step = saved_step;
+        }
+    }
+}
+
+/// Global L2 norm of a set of gradients.
+pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+    let mut sum = 0f64;
+    for g in grads.iter().flatten() {
+        sum += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sum.sqrt())
 }
 
 #[cfg(test)]

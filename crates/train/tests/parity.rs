@@ -116,7 +116,7 @@ fn trajectory(mut optimizer: Optimizer, lr: f64, s: &Setup) -> (Vec<f64>, f64) {
     for _ in 0..3 {
         let (loss, v) = loss_of(s);
         losses.push(v);
-        let grads = loss.backward().unwrap();
+        let grads = optimizer.collect(&loss.backward().unwrap());
         optimizer.step(&grads, lr).unwrap();
     }
     (losses, loss_of(s).1)

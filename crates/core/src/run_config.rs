@@ -1,0 +1,272 @@
+//! `RunConfig`: a training run as a TOML file (`freezetune train --config RUN.toml`). Every key has a default
+//! (documented in docs/run-config.md); unknown keys are errors, so a typo never silently changes a run.
+
+use crate::error::{Error, Result};
+use crate::spec::FreezeSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub freeze: FreezeSpec,
+    pub data: DataSection,
+    #[serde(default)]
+    pub training: TrainingSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    pub output: OutputSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Checkpoint folder (config.json + safetensors).
+    pub path: PathBuf,
+    /// Compute dtype of frozen weights and activations: `auto` (f32 on CPU, the checkpoint's on GPUs), `f32`,
+    /// `bf16`, `f16`. Trainable weights are always f32.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_dtype() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    Auto,
+    Alpaca,
+    Sharegpt,
+    Messages,
+    Text,
+    Tokenized,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// JSON or JSONL file of training records.
+    pub train: PathBuf,
+    #[serde(default = "default_format")]
+    pub format: DataFormat,
+    /// A separate evaluation file (same format).
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    /// Fraction of the training records held out for evaluation when no `eval` file is given.
+    #[serde(default)]
+    pub eval_split: f64,
+    /// Tokens per example; longer examples are truncated.
+    #[serde(default = "default_cutoff")]
+    pub cutoff_len: usize,
+    /// Also learn the prompt tokens (by default only responses are learned).
+    #[serde(default)]
+    pub train_on_prompt: bool,
+}
+
+fn default_format() -> DataFormat {
+    DataFormat::Auto
+}
+fn default_cutoff() -> usize {
+    1024
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// HF Trainer's grouping: biases and norm weights get no weight decay.
+    pub no_decay_for_bias_and_norm: bool,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub lr_scheduler: LrScheduler,
+    pub warmup_steps: u64,
+    pub batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// Global gradient-norm clipping; 0 turns it off.
+    pub max_grad_norm: f64,
+    pub epochs: f64,
+    /// Stop after this many optimizer steps (0: run `epochs`).
+    pub max_steps: u64,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Save a checkpoint every N optimizer steps (0: only at the end).
+    pub save_steps: u64,
+    /// Evaluate every N optimizer steps (0: only at the end, when there is eval data).
+    pub eval_steps: u64,
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        TrainingSection {
+            optimizer: OptimizerKind::Adamw,
+            learning_rate: 1e-4,
+            weight_decay: 0.0,
+            no_decay_for_bias_and_norm: true,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            lr_scheduler: LrScheduler::Cosine,
+            warmup_steps: 0,
+            batch_size: 1,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: 1.0,
+            epochs: 1.0,
+            max_steps: 0,
+            seed: 42,
+            shuffle: true,
+            save_steps: 0,
+            eval_steps: 0,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub device: String,
+    /// CPU threads for matmuls and other ops (0: all cores).
+    pub threads: usize,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            device: "auto".into(),
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// The run folder: run.toml, freeze_plan.json, metrics.jsonl, checkpoints/, final/.
+    pub dir: PathBuf,
+}
+
+impl RunConfig {
+    /// Reads and checks a run config. Relative paths are taken relative to the file's folder.
+    pub fn read(path: &Path) -> Result<RunConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut config: RunConfig = toml::from_str(&text).map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.model.path, &mut config.data.train, &mut config.output.dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(eval) = &mut config.data.eval {
+            if eval.is_relative() {
+                *eval = base.join(&*eval);
+            }
+        }
+        config.check().map_err(|reason| Error::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Value checks serde cannot express.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let t = &self.training;
+        if !matches!(self.model.dtype.as_str(), "auto" | "f32" | "bf16" | "f16") {
+            return Err(format!(
+                "model.dtype {:?} is not one of auto, f32, bf16, f16",
+                self.model.dtype
+            ));
+        }
+        if t.batch_size == 0 || t.gradient_accumulation_steps == 0 {
+            return Err("training.batch_size and training.gradient_accumulation_steps must be at least 1".into());
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return Err(format!(
+                "training.learning_rate {} must be a positive number",
+                t.learning_rate
+            ));
+        }
+        if t.max_steps == 0 && !(t.epochs.is_finite() && t.epochs > 0.0) {
+            return Err("set training.epochs > 0 or training.max_steps > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.data.eval_split) {
+            return Err(format!("data.eval_split {} must be in [0, 1)", self.data.eval_split));
+        }
+        if self.data.cutoff_len < 2 {
+            return Err("data.cutoff_len must be at least 2".into());
+        }
+        let d = self.runtime.device.as_str();
+        let cuda_n = d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        if !(matches!(d, "auto" | "cpu" | "cuda" | "metal") || cuda_n) {
+            return Err(format!(
+                "runtime.device {d:?} is not one of auto, cpu, cuda, cuda:N, metal"
+            ));
+        }
+        self.freeze.check_mode().map_err(|e| e.to_string())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a run config always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[model]\npath = \"m\"\n[freeze]\ntop = 2\n[data]\ntrain = \"d.jsonl\"\n[output]\ndir = \"runs/a\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.toml");
+        std::fs::write(&p, MINIMAL).unwrap();
+        let c = RunConfig::read(&p).unwrap();
+        assert_eq!(c.model.path, dir.path().join("m"));
+        assert_eq!(c.training, TrainingSection::default());
+        assert_eq!(c.data.cutoff_len, 1024);
+        assert_eq!(c.runtime.device, "auto");
+        let round = toml::from_str::<RunConfig>(&c.to_toml()).unwrap();
+        assert_eq!(round, c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.toml");
+        std::fs::write(&p, format!("{MINIMAL}[training]\nlearning_rte = 1e-4\n")).unwrap();
+        let e = RunConfig::read(&p).unwrap_err().to_string();
+        assert!(e.contains("run.toml") && e.contains("learning_rte"), "{e}");
+        std::fs::write(&p, format!("{MINIMAL}[training]\nbatch_size = 0\n")).unwrap();
+        assert!(RunConfig::read(&p).unwrap_err().to_string().contains("batch_size"));
+        std::fs::write(&p, format!("{MINIMAL}[runtime]\ndevice = \"tpu\"\n")).unwrap();
+        assert!(RunConfig::read(&p).unwrap_err().to_string().contains("tpu"));
+    }
+}

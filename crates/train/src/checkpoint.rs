@@ -1,0 +1,112 @@
+//! Checkpoints: `checkpoints/step-N/` holds the trainable tensors, the optimizer state and where the data order
+//! stood, enough for `--resume` to continue exactly. A checkpoint is written into `.step-N.partial` and renamed, so
+//! a folder named `step-N` is always complete.
+
+use crate::error::{Result, TrainError};
+use crate::optim::Optimizer;
+use crate::params::Params;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Where the run stood after an optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Epoch (0-based) and micro-batch index within it of the next batch.
+    pub epoch: u64,
+    pub cursor: usize,
+    pub tokens: u64,
+    pub elapsed_s: f64,
+    pub optimizer_step: u64,
+}
+
+fn candle(context: String) -> impl Fn(candle_core::Error) -> TrainError {
+    move |e| TrainError::Candle {
+        context: context.clone(),
+        source: e,
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &Progress) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    let dest = root.join(format!("step-{}", progress.step));
+    let staging = root.join(format!(".step-{}.partial", progress.step));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let trainable: HashMap<String, Tensor> = params
+        .vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let path = staging.join("trainable.safetensors");
+    candle_core::safetensors::save(&trainable, &path).map_err(candle(format!("writing {}", path.display())))?;
+    let (state, _) = optimizer.state();
+    if !state.is_empty() {
+        let path = staging.join("optimizer.safetensors");
+        let state: HashMap<String, Tensor> = state.into_iter().collect();
+        candle_core::safetensors::save(&state, &path).map_err(candle(format!("writing {}", path.display())))?;
+    }
+    let path = staging.join("progress.json");
+    std::fs::write(&path, serde_json::to_string_pretty(progress).expect("json")).map_err(io(&path))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
+    }
+    std::fs::rename(&staging, &dest).map_err(io(&dest))?;
+    Ok(dest)
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(run_dir.join("checkpoints")).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u64 = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().join("progress.json").is_file().then_some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}
+
+/// Loads a checkpoint into the parameters and the optimizer; returns where the run stood.
+pub fn restore(dir: &Path, params: &Params, optimizer: &mut Optimizer, device: &Device) -> Result<Progress> {
+    let path = dir.join("progress.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let progress: Progress = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let path = dir.join("trainable.safetensors");
+    let saved = candle_core::safetensors::load(&path, device).map_err(candle(format!("reading {}", path.display())))?;
+    for (name, var) in &params.vars {
+        let t = saved.get(name).ok_or_else(|| TrainError::Tensor {
+            name: name.clone(),
+            reason: format!(
+                "is trainable in this run but missing from the checkpoint {}",
+                dir.display()
+            ),
+        })?;
+        var.set(t).map_err(candle(format!("restoring {name}")))?;
+    }
+    let path = dir.join("optimizer.safetensors");
+    if path.is_file() {
+        let state =
+            candle_core::safetensors::load(&path, device).map_err(candle(format!("reading {}", path.display())))?;
+        let state: BTreeMap<String, Tensor> = state.into_iter().collect();
+        optimizer.load_state(&state, progress.optimizer_step);
+    }
+    Ok(progress)
+}

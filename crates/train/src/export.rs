@@ -1,0 +1,151 @@
+//! Writing a complete Hugging Face checkpoint: the model folder's config, tokenizer and template files, and one
+//! `model.safetensors` with every tensor. Frozen tensors are copied byte for byte from the input; trainable ones are
+//! cast back to the dtype they had. The folder is assembled beside its destination and renamed into place.
+
+use crate::error::{Result, TrainError};
+use crate::params::Params;
+use candle_core::safetensors::MmapedSafetensors;
+use freezetune_core::files::{ModelFiles, INDEX_FILE};
+use freezetune_core::layout::ModelLayout;
+use freezetune_core::safetensors::DType as StDType;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Raw little-endian bytes of a trainable tensor in the checkpoint's dtype.
+fn trainable_bytes(params: &Params, name: &str, dtype: StDType) -> Result<Vec<u8>> {
+    let t = params.vars[name].as_tensor().flatten_all();
+    let err = |e: candle_core::Error| TrainError::Candle {
+        context: format!("exporting {name}"),
+        source: e,
+    };
+    let t = t.map_err(err)?;
+    Ok(match dtype {
+        StDType::F32 => t
+            .to_vec1::<f32>()
+            .map_err(err)?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        StDType::F64 => t
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(err)?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        StDType::BF16 => t
+            .to_dtype(candle_core::DType::BF16)
+            .and_then(|t| t.to_vec1::<half::bf16>())
+            .map_err(err)?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        StDType::F16 => t
+            .to_dtype(candle_core::DType::F16)
+            .and_then(|t| t.to_vec1::<half::f16>())
+            .map_err(err)?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        other => {
+            return Err(TrainError::Tensor {
+                name: name.into(),
+                reason: format!("a trainable tensor cannot be {other}"),
+            })
+        }
+    })
+}
+
+/// Writes `dest` (e.g. `<run>/final`) from the input checkpoint and the trained parameters.
+pub fn export_checkpoint(layout: &ModelLayout, params: &Params, dest: &Path) -> Result<PathBuf> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let staging = parent.join(format!(
+        ".{}.partial",
+        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    ));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    for entry in std::fs::read_dir(&layout.model_dir).map_err(io(&layout.model_dir))? {
+        let path = entry.map_err(io(&layout.model_dir))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path.is_file() && !name.ends_with(".safetensors") && name != INDEX_FILE && !name.starts_with('.') {
+            std::fs::copy(&path, staging.join(&name)).map_err(io(&path))?;
+        }
+    }
+    write_weights(layout, params, &staging.join("model.safetensors"))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(io(dest))?;
+    }
+    std::fs::rename(&staging, dest).map_err(io(dest))?;
+    Ok(dest.to_path_buf())
+}
+
+fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<()> {
+    let files = ModelFiles::find(&layout.model_dir)?;
+    // SAFETY: read-only mapping of the input checkpoint, which FreezeTune never modifies.
+    let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|e| TrainError::Candle {
+        context: format!("mapping {}", layout.model_dir.display()),
+        source: e,
+    })?;
+    let mut tensors: Vec<(String, StDType, Vec<u64>)> = layout
+        .tensors()
+        .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+        .collect();
+    for alias in &layout.tied_aliases {
+        let t = st.get(alias).map_err(|e| TrainError::Candle {
+            context: format!("tensor {alias}"),
+            source: e,
+        })?;
+        let embed = layout.tensors().find(|t| t.name.ends_with("embed_tokens.weight"));
+        let dtype = embed.map(|e| e.dtype).unwrap_or(StDType::F32);
+        tensors.push((alias.clone(), dtype, t.shape().iter().map(|&d| d as u64).collect()));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for (name, dtype, shape) in &tensors {
+        let bytes = dtype.bytes_for(shape.iter().product());
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::to_string(&header).expect("json");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
+    out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io(path))?;
+    out.write_all(text.as_bytes()).map_err(io(path))?;
+    for (name, dtype, _) in &tensors {
+        if params.vars.contains_key(name) {
+            out.write_all(&trainable_bytes(params, name, *dtype)?)
+                .map_err(io(path))?;
+        } else {
+            let view = st.get(name).map_err(|e| TrainError::Candle {
+                context: format!("tensor {name}"),
+                source: e,
+            })?;
+            out.write_all(view.data()).map_err(io(path))?;
+        }
+    }
+    let file = out.into_inner().map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io(path))
+}
