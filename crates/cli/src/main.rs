@@ -32,6 +32,8 @@ enum Command {
     /// Save, list, show, rename, delete, import and export run presets.
     #[command(subcommand)]
     Preset(cmd::preset::PresetCommand),
+    /// Fine-tune a model with the freeze plan applied (config in TOML; Ctrl-C stops and saves a checkpoint).
+    Train(cmd::train::TrainArgs),
     /// Download a model from the Hugging Face Hub (or a mirror) into the standard cache; prints its folder.
     Download(cmd::download::DownloadArgs),
     /// List cached Hub models, or remove one (`models rm REPO`).
@@ -56,6 +58,7 @@ fn main() {
         }
         Command::DemoModel(a) => (cmd::demo::run(&a), false),
         Command::Download(a) => (cmd::download::run(&a), a.json),
+        Command::Train(a) => (cmd::train::run(&a), false),
         Command::Models(a) => (cmd::models::run(&a), a.json),
         Command::Token(c) => (cmd::token::run(&c), false),
     };

@@ -9,6 +9,10 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
         e.downcast_ref::<freezetune_core::Error>()
             .map(|e| e.to_json())
             .or_else(|| e.downcast_ref::<freezetune_hub::HubError>().map(|e| e.to_json()))
+            .or_else(|| {
+                e.downcast_ref::<freezetune_train::TrainError>()
+                    .map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()}))
+            })
     });
     if json {
         let obj = match typed {

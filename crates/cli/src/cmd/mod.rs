@@ -6,3 +6,4 @@ pub mod models;
 pub mod plan;
 pub mod preset;
 pub mod token;
+pub mod train;

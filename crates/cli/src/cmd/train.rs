@@ -1,0 +1,108 @@
+use anyhow::{bail, Result};
+use clap::Args;
+use freezetune_core::events::TrainEvent;
+use freezetune_core::preset::PresetStore;
+use freezetune_core::run_config::RunConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run config (TOML; keys in docs/run-config.md).
+    #[arg(long, value_name = "RUN.toml")]
+    pub config: PathBuf,
+    /// Take the [freeze] choice from a saved preset instead of the config file.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// Continue the run in output.dir from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let mut config = RunConfig::read(&args.config)?;
+    if let Some(name) = &args.preset {
+        config.freeze = PresetStore::open_default()?.load(name)?.freeze;
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let mut first_interrupt = true;
+    ctrlc_handler(move || {
+        if first_interrupt {
+            eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)");
+            c.store(true, Ordering::Relaxed);
+            first_interrupt = false;
+        } else {
+            std::process::exit(130);
+        }
+    })?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] step {pos}/{len} {msg} ETA {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let sink = move |event: TrainEvent| match event {
+        TrainEvent::Started {
+            total_steps,
+            trainable_params,
+            examples,
+            eval_examples,
+            run_dir,
+        } => {
+            b.set_length(total_steps);
+            b.println(format!(
+                "training {trainable_params} parameters on {examples} examples ({eval_examples} for eval) -> {}",
+                run_dir.display()
+            ));
+        }
+        TrainEvent::Step {
+            step,
+            loss,
+            tokens_per_second,
+            lr,
+            ..
+        } => {
+            b.set_position(step);
+            b.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s"));
+        }
+        TrainEvent::Eval { step, eval_loss } => b.println(format!("step {step}: eval loss {eval_loss:.4}")),
+        TrainEvent::Checkpoint { path, .. } => b.println(format!("checkpoint {}", path.display())),
+        TrainEvent::Stopped { step, checkpoint } => b.println(format!(
+            "stopped at step {step}; resume with --resume (checkpoint {})",
+            checkpoint.map(|p| p.display().to_string()).unwrap_or_default()
+        )),
+        TrainEvent::Finished { .. } => {}
+    };
+    let outcome = freezetune_train::train(&config, args.resume, &sink, &cancel);
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    match outcome.final_dir {
+        Some(dir) => {
+            eprintln!(
+                "done: {} steps, last loss {:.4}",
+                outcome.steps,
+                outcome.last_loss.unwrap_or(f64::NAN)
+            );
+            println!("{}", dir.display());
+        }
+        None => bail!("stopped at step {}; run again with --resume to continue", outcome.steps),
+    }
+    Ok(())
+}
+
+/// Ctrl-C through tokio's signal handling on a small background runtime.
+fn ctrlc_handler(mut f: impl FnMut() + Send + 'static) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                f();
+            }
+        })
+    });
+    Ok(())
+}
