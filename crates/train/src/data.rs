@@ -1,12 +1,24 @@
 //! Training data. Each example is token ids plus labels aligned with them as in transformers (`-100` = not learned;
-//! the model shifts them). This build reads the `tokenized` format (JSONL or a JSON array of
-//! `{"input_ids": [...], "labels": [...]}`, labels optional = learn every token); the formats that need a tokenizer
-//! and chat templates are refused with a clear message.
+//! the model shifts them). Formats: `tokenized` (`{"input_ids", "labels"}`), `text` (`{"text"}`, every token
+//! learned, EOS appended), and the chat formats `alpaca` (instruction / input / output, optional system / history),
+//! `sharegpt` (`conversations` of from / value) and `messages` (OpenAI role / content), rendered with the model's
+//! chat template so that only the replies are learned unless `train_on_prompt`.
 
 use crate::error::{Result, TrainError};
+use crate::template::{ChatFormatter, Message};
 use freezetune_core::run_config::DataFormat;
 use serde_json::Value;
 use std::path::Path;
+
+/// How to read a data file.
+pub struct DataOptions<'a> {
+    pub format: DataFormat,
+    pub cutoff_len: usize,
+    pub vocab_size: usize,
+    pub train_on_prompt: bool,
+    /// Needed by every format but `tokenized`.
+    pub formatter: Option<&'a ChatFormatter>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
@@ -29,66 +41,16 @@ pub struct Dataset {
     pub skipped_no_targets: usize,
 }
 
-/// Reads `path` as `format`, truncating to `cutoff_len` tokens.
-pub fn load(path: &Path, format: DataFormat, cutoff_len: usize, vocab_size: usize) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let records = records(path, &text)?;
-    let format = match format {
-        DataFormat::Auto => detect(path, &records)?,
-        f => f,
-    };
-    if format != DataFormat::Tokenized {
-        return Err(TrainError::Data {
-            file: path.to_path_buf(),
-            line: 1,
-            reason: format!(
-                "the {format:?} format needs the tokenizer and chat templates, which this build does not have yet; \
-                 give pre-tokenized records ({{\"input_ids\": [...], \"labels\": [...]}}) with format = \"tokenized\""
-            ),
-        });
-    }
+/// Reads `path`, truncating examples to `cutoff_len` tokens.
+pub fn load(path: &Path, o: &DataOptions) -> Result<Dataset> {
     let mut out = Dataset::default();
+    let records = read_records(path)?;
+    let format = resolve_format(path, &records, o.format)?;
     for (line, rec) in records {
-        let bad = |reason: String| TrainError::Data {
-            file: path.to_path_buf(),
-            line,
-            reason,
-        };
-        let ids = int_list(&rec, "input_ids")
-            .map_err(&bad)?
-            .ok_or_else(|| bad("no \"input_ids\" list".into()))?;
-        let labels = int_list(&rec, "labels").map_err(&bad)?.unwrap_or_else(|| ids.clone());
-        if labels.len() != ids.len() {
-            return Err(bad(format!(
-                "\"labels\" has {} entries but \"input_ids\" has {}",
-                labels.len(),
-                ids.len()
-            )));
-        }
-        if let Some(id) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab_size) {
-            return Err(bad(format!(
-                "token id {id} is outside the model's vocabulary (0-{})",
-                vocab_size - 1
-            )));
-        }
-        if let Some(l) = labels
-            .iter()
-            .find(|&&l| l != -100 && (l < 0 || l as usize >= vocab_size))
-        {
-            return Err(bad(format!(
-                "label {l} is neither -100 nor a token id of the vocabulary"
-            )));
-        }
-        let mut ex = Example {
-            input_ids: ids.iter().map(|&i| i as u32).collect(),
-            labels,
-        };
-        if ex.input_ids.len() > cutoff_len {
-            ex.input_ids.truncate(cutoff_len);
-            ex.labels.truncate(cutoff_len);
+        let (_, mut ex) = convert(path, line, &rec, format, o)?;
+        if ex.input_ids.len() > o.cutoff_len {
+            ex.input_ids.truncate(o.cutoff_len);
+            ex.labels.truncate(o.cutoff_len);
             out.truncated += 1;
         }
         if ex.learned_tokens() == 0 {
@@ -105,6 +67,241 @@ pub fn load(path: &Path, format: DataFormat, cutoff_len: usize, vocab_size: usiz
         });
     }
     Ok(out)
+}
+
+/// One example as `data preview` shows it: the rendered text, and the same text with the learned parts marked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PreviewItem {
+    pub line: usize,
+    pub text: String,
+    pub tokens: usize,
+    pub learned_tokens: usize,
+    pub truncated: bool,
+    /// The tokens after truncation, learned runs wrapped in `[[` `]]`.
+    pub marked: String,
+}
+
+/// The first `n` examples of `path`, rendered, tokenized and masked exactly as training will see them.
+pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Vec<PreviewItem>)> {
+    let records = read_records(path)?;
+    let format = resolve_format(path, &records, o.format)?;
+    let mut items = Vec::new();
+    for (line, rec) in records.iter().take(n) {
+        let (text, ex) = convert(path, *line, rec, format, o)?;
+        let truncated = ex.input_ids.len() > o.cutoff_len;
+        let keep = ex.input_ids.len().min(o.cutoff_len);
+        let mut marked = String::new();
+        let mut i = 0;
+        while i < keep {
+            let learned = ex.labels[i] >= 0;
+            let mut j = i;
+            while j < keep && (ex.labels[j] >= 0) == learned {
+                j += 1;
+            }
+            let piece = match o.formatter {
+                Some(f) => f.decode(&ex.input_ids[i..j]),
+                None => format!("{:?}", &ex.input_ids[i..j]),
+            };
+            if learned {
+                marked.push_str(&format!("[[{piece}]]"));
+            } else {
+                marked.push_str(&piece);
+            }
+            i = j;
+        }
+        let learned_tokens = ex.labels[..keep].iter().filter(|l| **l >= 0).count();
+        items.push(PreviewItem {
+            line: *line,
+            text,
+            tokens: ex.input_ids.len(),
+            learned_tokens,
+            truncated,
+            marked,
+        });
+    }
+    Ok((format, items))
+}
+
+fn read_records(path: &Path) -> Result<Vec<(usize, Value)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    records(path, &text)
+}
+
+fn resolve_format(path: &Path, records: &[(usize, Value)], format: DataFormat) -> Result<DataFormat> {
+    match format {
+        DataFormat::Auto => detect(path, records),
+        f => Ok(f),
+    }
+}
+
+/// One record as (rendered text, example).
+fn convert(path: &Path, line: usize, rec: &Value, format: DataFormat, o: &DataOptions) -> Result<(String, Example)> {
+    let bad = |reason: String| TrainError::Data {
+        file: path.to_path_buf(),
+        line,
+        reason,
+    };
+    if format == DataFormat::Tokenized {
+        let ids = int_list(rec, "input_ids")
+            .map_err(&bad)?
+            .ok_or_else(|| bad("no \"input_ids\" list".into()))?;
+        let labels = int_list(rec, "labels").map_err(&bad)?.unwrap_or_else(|| ids.clone());
+        if labels.len() != ids.len() {
+            return Err(bad(format!(
+                "\"labels\" has {} entries but \"input_ids\" has {}",
+                labels.len(),
+                ids.len()
+            )));
+        }
+        if let Some(id) = ids.iter().find(|&&i| i < 0 || i as usize >= o.vocab_size) {
+            return Err(bad(format!(
+                "token id {id} is outside the model's vocabulary (0-{})",
+                o.vocab_size - 1
+            )));
+        }
+        if let Some(l) = labels
+            .iter()
+            .find(|&&l| l != -100 && (l < 0 || l as usize >= o.vocab_size))
+        {
+            return Err(bad(format!(
+                "label {l} is neither -100 nor a token id of the vocabulary"
+            )));
+        }
+        let text = format!("{ids:?}");
+        return Ok((
+            text,
+            Example {
+                input_ids: ids.iter().map(|&i| i as u32).collect(),
+                labels,
+            },
+        ));
+    }
+    let f = o
+        .formatter
+        .ok_or_else(|| bad(format!("the {format:?} format needs the model's tokenizer.json")))?;
+    if format == DataFormat::Text {
+        let text = rec["text"]
+            .as_str()
+            .ok_or_else(|| bad("\"text\" is missing or not a string".into()))?;
+        let (mut ids, _) = f.encode(text)?;
+        ids.extend(f.eos_id);
+        let labels = ids.iter().map(|&i| i as i64).collect();
+        return Ok((text.to_string(), Example { input_ids: ids, labels }));
+    }
+    let messages = match format {
+        DataFormat::Alpaca => alpaca(rec).map_err(&bad)?,
+        DataFormat::Sharegpt => sharegpt(rec).map_err(&bad)?,
+        _ => openai(rec).map_err(&bad)?,
+    };
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err(bad("the conversation has no assistant reply to learn".into()));
+    }
+    let (text, ids, labels) = f
+        .conversation(&messages, o.train_on_prompt)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((text, Example { input_ids: ids, labels }))
+}
+
+fn text_field(rec: &Value, key: &str) -> std::result::Result<Option<String>, String> {
+    match rec.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("\"{key}\" is {other}, not a string")),
+    }
+}
+
+fn msg(role: &str, content: String) -> Message {
+    Message {
+        role: role.to_string(),
+        content,
+    }
+}
+
+fn alpaca(rec: &Value) -> std::result::Result<Vec<Message>, String> {
+    let instruction = text_field(rec, "instruction")?.ok_or("no \"instruction\"")?;
+    let output = text_field(rec, "output")?.ok_or("no \"output\"")?;
+    let input = text_field(rec, "input")?.filter(|s| !s.is_empty());
+    let mut messages = Vec::new();
+    if let Some(system) = text_field(rec, "system")?.filter(|s| !s.is_empty()) {
+        messages.push(msg("system", system));
+    }
+    if let Some(history) = rec.get("history").filter(|h| !h.is_null()) {
+        for (k, turn) in history
+            .as_array()
+            .ok_or("\"history\" is not a list")?
+            .iter()
+            .enumerate()
+        {
+            let pair = turn
+                .as_array()
+                .filter(|p| p.len() == 2)
+                .ok_or(format!("history entry {k} is not a [question, answer] pair"))?;
+            let (q, a) = (pair[0].as_str(), pair[1].as_str());
+            let (Some(q), Some(a)) = (q, a) else {
+                return Err(format!("history entry {k} holds a non-string"));
+            };
+            messages.push(msg("user", q.to_string()));
+            messages.push(msg("assistant", a.to_string()));
+        }
+    }
+    let prompt = match input {
+        Some(i) => format!("{instruction}\n{i}"),
+        None => instruction,
+    };
+    messages.push(msg("user", prompt));
+    messages.push(msg("assistant", output));
+    Ok(messages)
+}
+
+fn sharegpt(rec: &Value) -> std::result::Result<Vec<Message>, String> {
+    let turns = rec
+        .get("conversations")
+        .and_then(Value::as_array)
+        .ok_or("no \"conversations\" list")?;
+    let mut messages = Vec::new();
+    if let Some(system) = text_field(rec, "system")?.filter(|s| !s.is_empty()) {
+        messages.push(msg("system", system));
+    }
+    for (k, t) in turns.iter().enumerate() {
+        let from = t["from"].as_str().ok_or(format!("turn {k} has no \"from\""))?;
+        let value = t["value"].as_str().ok_or(format!("turn {k} has no string \"value\""))?;
+        let role = match from {
+            "human" | "user" => "user",
+            "gpt" | "assistant" | "model" => "assistant",
+            "system" => "system",
+            other => {
+                return Err(format!(
+                    "turn {k}: unknown speaker {other:?} (expected human, gpt or system)"
+                ))
+            }
+        };
+        messages.push(msg(role, value.to_string()));
+    }
+    Ok(messages)
+}
+
+fn openai(rec: &Value) -> std::result::Result<Vec<Message>, String> {
+    let turns = rec
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("no \"messages\" list")?;
+    turns
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let role = t["role"].as_str().ok_or(format!("message {k} has no \"role\""))?;
+            if !matches!(role, "system" | "user" | "assistant") {
+                return Err(format!("message {k}: role {role:?} is not system, user or assistant"));
+            }
+            let content = t["content"]
+                .as_str()
+                .ok_or(format!("message {k} has no string \"content\""))?;
+            Ok(msg(role, content.to_string()))
+        })
+        .collect()
 }
 
 /// `(line number, record)`: a JSON array, or one JSON object per line.
@@ -195,27 +392,90 @@ mod tests {
         (dir, p)
     }
 
+    fn opts(format: DataFormat, cutoff_len: usize, vocab_size: usize) -> DataOptions<'static> {
+        DataOptions {
+            format,
+            cutoff_len,
+            vocab_size,
+            train_on_prompt: false,
+            formatter: None,
+        }
+    }
+
+    fn load_as(p: &Path, format: DataFormat, cutoff_len: usize, vocab_size: usize) -> Result<Dataset> {
+        super::load(p, &opts(format, cutoff_len, vocab_size))
+    }
+
     #[test]
     fn tokenized_records_with_errors_naming_the_line() {
         let (_d, p) = write("{\"input_ids\": [1,2,3], \"labels\": [-100,2,3]}\n\n{\"input_ids\": [4,5]}\n");
-        let ds = load(&p, DataFormat::Auto, 8, 10).unwrap();
+        let ds = load_as(&p, DataFormat::Auto, 8, 10).unwrap();
         assert_eq!(ds.examples.len(), 2);
         assert_eq!(ds.examples[1].labels, vec![4, 5]);
         let (_d, p) = write("{\"input_ids\": [1,2,3]}\n{\"input_ids\": [1,99]}\n");
-        let e = load(&p, DataFormat::Tokenized, 8, 10).unwrap_err().to_string();
+        let e = load_as(&p, DataFormat::Tokenized, 8, 10).unwrap_err().to_string();
         assert!(e.contains("d.jsonl:2") && e.contains("99"), "{e}");
         let (_d, p) = write("{\"input_ids\": [1,2], \"labels\": [1]}\n");
-        assert!(load(&p, DataFormat::Tokenized, 8, 10)
+        assert!(load_as(&p, DataFormat::Tokenized, 8, 10)
             .unwrap_err()
             .to_string()
             .contains("d.jsonl:1"));
         let (_d, p) = write("{\"input_ids\": [1,2,3,4,5]}\n{\"input_ids\": [1,2], \"labels\": [-100,-100]}\n");
-        let ds = load(&p, DataFormat::Tokenized, 3, 10).unwrap();
+        let ds = load_as(&p, DataFormat::Tokenized, 3, 10).unwrap();
         assert_eq!((ds.examples.len(), ds.truncated, ds.skipped_no_targets), (1, 1, 1));
         let (_d, p) = write("{\"instruction\": \"hi\", \"output\": \"yo\"}\n");
-        assert!(load(&p, DataFormat::Auto, 8, 10)
+        assert!(load_as(&p, DataFormat::Auto, 8, 10)
             .unwrap_err()
             .to_string()
-            .contains("Alpaca format needs the tokenizer"));
+            .contains("Alpaca format needs the model's tokenizer"));
+    }
+
+    fn formatter() -> ChatFormatter {
+        ChatFormatter::load(
+            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn chat_formats_learn_only_the_replies() {
+        let f = formatter();
+        let o = DataOptions {
+            format: DataFormat::Auto,
+            cutoff_len: 256,
+            vocab_size: 512,
+            train_on_prompt: false,
+            formatter: Some(&f),
+        };
+        let records = [
+            r#"{"instruction": "Add", "input": "2 and 2", "output": "4", "system": "Be brief."}"#,
+            r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}"#,
+            r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]}"#,
+        ];
+        let expect = ["[[4<|im_end|>\n]]", "[[Hello<|im_end|>\n]]", "[[Yo<|im_end|>\n]]"];
+        for (rec, want) in records.iter().zip(expect) {
+            let (_d, p) = write(rec);
+            let (_, items) = preview(&p, &o, 5).unwrap();
+            assert!(items[0].marked.contains(want), "{}", items[0].marked);
+            assert!(
+                items[0].marked.starts_with("<|im_start|>"),
+                "prompt not learned: {}",
+                items[0].marked
+            );
+        }
+        let (_d, p) = write(records[2]);
+        let (_, items) = preview(&p, &o, 1).unwrap();
+        assert!(
+            items[0].marked.contains("[[Ciao<|im_end|>\n]]"),
+            "every reply is learned: {}",
+            items[0].marked
+        );
+        let (_d, p) = write(r#"{"text": "plain words"}"#);
+        let ds = load(&p, &o).unwrap();
+        assert_eq!(*ds.examples[0].input_ids.last().unwrap(), 2, "EOS appended");
+        assert!(ds.examples[0].labels.iter().all(|l| *l >= 0));
+        let (_d, p) = write(r#"{"conversations": [{"from": "robot", "value": "x"}]}"#);
+        let e = load(&p, &o).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:1") && e.contains("robot"), "{e}");
     }
 }

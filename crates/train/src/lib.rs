@@ -11,6 +11,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod schedule;
+pub mod template;
 pub mod trainer;
 
 pub use config::{Architecture, DecoderConfig};

@@ -3,13 +3,14 @@
 //! are plain functions of the config, so a resumed run repeats exactly what an uninterrupted one would do.
 
 use crate::checkpoint::{self, Progress};
-use crate::data::{self, Example};
+use crate::data::{self, DataOptions, Example};
 use crate::error::{Result, TrainError};
 use crate::model::{Batch, Decoder};
 use crate::ops::causal_lm_loss;
 use crate::optim::{global_norm, AdamWConfig, Optimizer};
 use crate::params::Params;
 use crate::schedule::{lr_at, shuffle};
+use crate::template::ChatFormatter;
 use crate::DecoderConfig;
 use candle_core::{DType, Device, Tensor};
 use freezetune_core::events::{EventSink, TrainEvent};
@@ -113,12 +114,19 @@ pub fn train(
     let device = select_device(&config.runtime.device)?;
     let dtype = compute_dtype(&config.model.dtype, &device);
 
-    let train_set = data::load(
-        &config.data.train,
-        config.data.format,
-        config.data.cutoff_len,
-        decoder_config.vocab_size,
-    )?;
+    let formatter = if config.model.path.join("tokenizer.json").is_file() {
+        Some(ChatFormatter::load(&config.model.path)?)
+    } else {
+        None
+    };
+    let options = DataOptions {
+        format: config.data.format,
+        cutoff_len: config.data.cutoff_len,
+        vocab_size: decoder_config.vocab_size,
+        train_on_prompt: config.data.train_on_prompt,
+        formatter: formatter.as_ref(),
+    };
+    let train_set = data::load(&config.data.train, &options)?;
     tracing::info!(
         examples = train_set.examples.len(),
         truncated = train_set.truncated,
@@ -126,16 +134,7 @@ pub fn train(
         "training data"
     );
     let (train_examples, eval_examples) = match &config.data.eval {
-        Some(path) => (
-            train_set.examples,
-            data::load(
-                path,
-                config.data.format,
-                config.data.cutoff_len,
-                decoder_config.vocab_size,
-            )?
-            .examples,
-        ),
+        Some(path) => (train_set.examples, data::load(path, &options)?.examples),
         None => data::split_eval(train_set.examples, config.data.eval_split, t.seed),
     };
 

@@ -1,0 +1,211 @@
+//! Chat templates and tokenization, as transformers does them: the template comes from `chat_template.jinja` or
+//! `tokenizer_config.json`, is rendered by a real Jinja engine (minijinja, with Python string methods,
+//! `trim_blocks`/`lstrip_blocks` and `raise_exception` as transformers sets them up), and the text is tokenized
+//! without adding special tokens (the template already holds them).
+
+use crate::error::{Result, TrainError};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A token's `[start, end)` byte range in the text it came from.
+pub type ByteSpan = (usize, usize);
+
+pub struct ChatFormatter {
+    tokenizer: tokenizers::Tokenizer,
+    template: Option<String>,
+    template_source: PathBuf,
+    bos_token: String,
+    eos_token: String,
+    /// Token id appended to plain text examples so the model learns where a document ends.
+    pub eos_id: Option<u32>,
+}
+
+fn special(config: &Value, key: &str) -> String {
+    match &config[key] {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
+
+impl ChatFormatter {
+    /// Loads `tokenizer.json` and the chat template of the model folder.
+    pub fn load(model_dir: &Path) -> Result<ChatFormatter> {
+        let tok_path = model_dir.join("tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| TrainError::Config {
+            path: tok_path.clone(),
+            reason: format!("cannot load the tokenizer: {e}"),
+        })?;
+        let cfg_path = model_dir.join("tokenizer_config.json");
+        let config: Value = std::fs::read_to_string(&cfg_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let jinja = model_dir.join("chat_template.jinja");
+        let (template, template_source) = if jinja.is_file() {
+            (
+                Some(std::fs::read_to_string(&jinja).map_err(|e| TrainError::Io {
+                    path: jinja.clone(),
+                    source: e,
+                })?),
+                jinja,
+            )
+        } else {
+            let t = match &config["chat_template"] {
+                Value::String(s) => Some(s.clone()),
+                // A list of named templates: the default one.
+                Value::Array(list) => list
+                    .iter()
+                    .find(|t| t["name"] == "default")
+                    .and_then(|t| t["template"].as_str())
+                    .map(str::to_string),
+                _ => None,
+            };
+            (t, cfg_path)
+        };
+        let eos_token = special(&config, "eos_token");
+        let eos_id = tokenizer.token_to_id(&eos_token);
+        Ok(ChatFormatter {
+            tokenizer,
+            template,
+            template_source,
+            bos_token: special(&config, "bos_token"),
+            eos_token,
+            eos_id,
+        })
+    }
+
+    pub fn has_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Renders `messages` with the chat template.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let Some(template) = &self.template else {
+            return Err(TrainError::Config {
+                path: self.template_source.clone(),
+                reason:
+                    "the model has no chat template (chat_template.jinja or tokenizer_config.json's chat_template); \
+                         use the text or tokenized format"
+                        .into(),
+            });
+        };
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function("strftime_now", |_fmt: String| "1 January 2026".to_string());
+        let bad = |e: minijinja::Error| TrainError::Config {
+            path: self.template_source.clone(),
+            reason: format!("chat template: {e:#}"),
+        };
+        env.add_template("chat", template).map_err(bad)?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        };
+        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(bad)
+    }
+
+    /// Token ids and byte offsets of `text`, without added special tokens.
+    pub fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
+        let enc = self.tokenizer.encode(text, false).map_err(|e| TrainError::Config {
+            path: PathBuf::from("tokenizer.json"),
+            reason: format!("tokenizing failed: {e}"),
+        })?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, false).unwrap_or_default()
+    }
+
+    /// A conversation as token ids and labels: only the assistant turns (content and the template's end-of-turn
+    /// marker) are learned unless `train_on_prompt`. Each assistant span is found by rendering the conversation up
+    /// to it with and without the reply, as the template would present it at generation time.
+    pub fn conversation(&self, messages: &[Message], train_on_prompt: bool) -> Result<(String, Vec<u32>, Vec<i64>)> {
+        let text = self.render(messages, false)?;
+        let mut spans = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            if m.role == "assistant" {
+                let start = self.render(&messages[..i], true)?.len();
+                let end = self.render(&messages[..=i], false)?.len();
+                if !text.starts_with(&self.render(&messages[..=i], false)?) {
+                    return Err(TrainError::Config {
+                        path: self.template_source.clone(),
+                        reason:
+                            "the chat template renders a conversation differently from its beginning, so the replies \
+                                 cannot be located; use train_on_prompt = true or the tokenized format"
+                                .into(),
+                    });
+                }
+                spans.push((start, end));
+            }
+        }
+        let (ids, offsets) = self.encode(&text)?;
+        let labels = ids
+            .iter()
+            .zip(&offsets)
+            .map(|(&id, &(s, _))| {
+                if train_on_prompt || spans.iter().any(|&(a, b)| s >= a && s < b) {
+                    id as i64
+                } else {
+                    -100
+                }
+            })
+            .collect();
+        Ok((text, ids, labels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama")
+    }
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn renders_chatml_and_masks_everything_but_the_reply() {
+        let f = ChatFormatter::load(&fixture()).unwrap();
+        let conv = [msg("user", "Hi there"), msg("assistant", "Hello!")];
+        assert_eq!(
+            f.render(&conv, false).unwrap(),
+            "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        let (_, ids, labels) = f.conversation(&conv, false).unwrap();
+        let learned: Vec<u32> = ids
+            .iter()
+            .zip(&labels)
+            .filter(|(_, l)| **l >= 0)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(f.decode(&learned), "Hello!<|im_end|>\n");
+        assert_eq!(ids[0], 1, "<|im_start|> is one special token");
+        let (_, _, all) = f.conversation(&conv, true).unwrap();
+        assert!(all.iter().all(|l| *l >= 0));
+    }
+}
