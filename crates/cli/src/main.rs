@@ -34,6 +34,9 @@ enum Command {
     Preset(cmd::preset::PresetCommand),
     /// Fine-tune a model with the freeze plan applied (config in TOML; Ctrl-C stops and saves a checkpoint).
     Train(cmd::train::TrainArgs),
+    /// Inspect training data as the trainer will see it.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
     /// Download a model from the Hugging Face Hub (or a mirror) into the standard cache; prints its folder.
     Download(cmd::download::DownloadArgs),
     /// List cached Hub models, or remove one (`models rm REPO`).
@@ -59,6 +62,10 @@ fn main() {
         Command::DemoModel(a) => (cmd::demo::run(&a), false),
         Command::Download(a) => (cmd::download::run(&a), a.json),
         Command::Train(a) => (cmd::train::run(&a), false),
+        Command::Data(c) => {
+            let json = c.json();
+            (cmd::data::run(&c), json)
+        }
         Command::Models(a) => (cmd::models::run(&a), a.json),
         Command::Token(c) => (cmd::token::run(&c), false),
     };

@@ -71,3 +71,31 @@ fn train_from_a_toml_file() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/two/freeze_plan.json")).unwrap()).unwrap();
     assert_eq!(plan["trainable"].as_array().unwrap().len(), 6);
 }
+
+#[test]
+fn data_preview_marks_what_is_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("chat.jsonl"),
+        r#"{"instruction": "Say hi", "output": "hi"}"#,
+    )
+    .unwrap();
+    let config = format!(
+        "[model]\npath = {:?}\n[freeze]\ntop = 1\n[data]\ntrain = \"chat.jsonl\"\n[output]\ndir = \"r\"\n",
+        fixtures().join("models/llama")
+    );
+    std::fs::write(dir.path().join("run.toml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_freezetune"))
+        .args(["data", "preview"])
+        .arg(dir.path().join("run.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("as Alpaca")
+            && text.contains("<|im_start|>user\nSay hi<|im_end|>")
+            && text.contains("[[hi<|im_end|>\n]]"),
+        "{text}"
+    );
+}

@@ -1,3 +1,4 @@
+pub mod data;
 pub mod demo;
 pub mod download;
 pub mod export_config;

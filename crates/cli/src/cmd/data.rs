@@ -1,0 +1,73 @@
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use freezetune_core::run_config::RunConfig;
+use freezetune_train::data::{preview, DataOptions};
+use freezetune_train::template::ChatFormatter;
+use freezetune_train::DecoderConfig;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Show the first examples of a run's training data rendered, tokenized and masked as training will see them;
+    /// learned tokens are wrapped in [[ ]].
+    Preview(PreviewArgs),
+}
+
+#[derive(Args)]
+pub struct PreviewArgs {
+    /// The run config.
+    pub config: PathBuf,
+    /// How many examples.
+    #[arg(short, default_value_t = 3)]
+    pub n: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DataCommand {
+    pub fn json(&self) -> bool {
+        matches!(self, DataCommand::Preview(PreviewArgs { json: true, .. }))
+    }
+}
+
+pub fn run(command: &DataCommand) -> Result<()> {
+    let DataCommand::Preview(args) = command;
+    let config = RunConfig::read(&args.config)?;
+    let model = &config.model.path;
+    let formatter = if model.join("tokenizer.json").is_file() {
+        Some(ChatFormatter::load(model)?)
+    } else {
+        None
+    };
+    let options = DataOptions {
+        format: config.data.format,
+        cutoff_len: config.data.cutoff_len,
+        vocab_size: DecoderConfig::read(model).map(|c| c.vocab_size).unwrap_or(usize::MAX),
+        train_on_prompt: config.data.train_on_prompt,
+        formatter: formatter.as_ref(),
+    };
+    let (format, items) = preview(&config.data.train, &options, args.n)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"format": format, "examples": items}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{} as {format:?} (cutoff {} tokens)",
+        config.data.train.display(),
+        config.data.cutoff_len
+    );
+    for item in items {
+        println!(
+            "\n--- line {}: {} tokens, {} learned{}",
+            item.line,
+            item.tokens,
+            item.learned_tokens,
+            if item.truncated { " (truncated)" } else { "" }
+        );
+        println!("{}", item.marked);
+    }
+    Ok(())
+}
