@@ -34,6 +34,8 @@ enum Command {
     Preset(cmd::preset::PresetCommand),
     /// Fine-tune a model with the freeze plan applied (config in TOML; Ctrl-C stops and saves a checkpoint).
     Train(cmd::train::TrainArgs),
+    /// Generate a reply from a model (base or fine-tuned), to compare them.
+    Generate(cmd::generate::GenerateArgs),
     /// Inspect training data as the trainer will see it.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
@@ -62,6 +64,7 @@ fn main() {
         Command::DemoModel(a) => (cmd::demo::run(&a), false),
         Command::Download(a) => (cmd::download::run(&a), a.json),
         Command::Train(a) => (cmd::train::run(&a), false),
+        Command::Generate(a) => (cmd::generate::run(&a), false),
         Command::Data(c) => {
             let json = c.json();
             (cmd::data::run(&c), json)

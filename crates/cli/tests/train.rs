@@ -52,6 +52,19 @@ fn train_from_a_toml_file() {
     assert_eq!(plan["trainable"].as_array().unwrap().len(), 10);
     let inspect = run(&["inspect", final_dir.to_str().unwrap(), "--json"]);
     assert!(inspect.status.success());
+    let generated = run(&[
+        "generate",
+        final_dir.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
 
     let again = run(&["train", "--config", cfg.to_str().unwrap()]);
     assert!(!again.status.success());

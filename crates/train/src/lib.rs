@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -16,6 +17,6 @@ pub mod trainer;
 
 pub use config::{Architecture, DecoderConfig};
 pub use error::{Result, TrainError};
-pub use model::{Batch, Decoder};
+pub use model::{Batch, Decoder, KvCache};
 pub use params::Params;
 pub use trainer::{train, TrainOutcome};

@@ -86,10 +86,11 @@ impl Decoder {
         })
     }
 
-    fn rope_tables(&self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    /// cos/sin tables for positions `start..start + t`.
+    fn rope_tables(&self, start: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut angles = Vec::with_capacity(t * half * 2);
-        for pos in 0..t {
+        for pos in start..start + t {
             let row: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
             angles.extend_from_slice(&row);
             angles.extend_from_slice(&row);
@@ -133,16 +134,26 @@ impl Decoder {
             .collect();
         let ids = Tensor::from_vec(ids, b * t, &self.device)?;
         let mut h = self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))?;
-        let (cos, sin) = self.rope_tables(t)?;
+        let (cos, sin) = self.rope_tables(0, t)?;
         let mask = self.mask(&batch.lengths, t)?;
         for block in &self.blocks {
-            h = self.block(block, &h, &cos, &sin, &mask)?;
+            h = self.block(block, &h, &cos, &sin, &mask, None)?;
         }
         let h = rms_norm(&h, &self.norm, c.rms_norm_eps)?;
         self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 
-    fn block(&self, blk: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    /// One decoder layer. With `cache`, the keys and values of earlier positions are prepended (and the new ones
+    /// appended to the cache) for generation.
+    fn block(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut LayerCache>,
+    ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
@@ -156,7 +167,16 @@ impl Decoder {
             k = rms_norm(&k, kn, c.rms_norm_eps)?;
         }
         let q = apply_rope(&q.contiguous()?, cos, sin)?;
-        let k = repeat_kv(apply_rope(&k.contiguous()?, cos, sin)?, nh / nkv)?;
+        let mut k = apply_rope(&k.contiguous()?, cos, sin)?;
+        let mut v = v.contiguous()?;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = &cache.kv {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(k, nh / nkv)?;
         let v = repeat_kv(v, nh / nkv)?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
         let probs = softmax_last_dim(&scores)?;
@@ -170,6 +190,60 @@ impl Decoder {
             .down
             .forward(&(blk.gate.forward(&h)?.silu()? * blk.up.forward(&h)?)?)?;
         x + mlp
+    }
+}
+
+/// Keys and values of one layer for the positions generated so far.
+#[derive(Default)]
+struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+/// The KV cache of a generation: every layer's keys and values, and how many positions they cover.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    pub len: usize,
+}
+
+impl Decoder {
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: (0..self.blocks.len()).map(|_| LayerCache::default()).collect(),
+            len: 0,
+        }
+    }
+
+    /// Feeds `ids` (one sequence) after the cached positions; returns the logits of the last one (vocab).
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let mut run = || -> candle_core::Result<Tensor> {
+            let (start, t) = (cache.len, ids.len());
+            let ids_t = Tensor::new(ids, &self.device)?;
+            let mut h = self
+                .embed
+                .index_select(&ids_t, 0)?
+                .reshape((1, t, self.config.hidden_size))?;
+            let (cos, sin) = self.rope_tables(start, t)?;
+            let total = start + t;
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| (0..total).map(move |j| if j > start + i { -1e9 } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(mask, (1, 1, t, total), &self.device)?;
+            for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+                h = self.block(block, &h, &cos, &sin, &mask, Some(layer))?;
+            }
+            cache.len = total;
+            let h = rms_norm(&h.narrow(1, t - 1, 1)?, &self.norm, self.config.rms_norm_eps)?;
+            self.lm_head
+                .forward(&h)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .detach()
+                .contiguous()
+        };
+        run().map_err(|e| TrainError::Candle {
+            context: "generation step".into(),
+            source: e,
+        })
     }
 }
 

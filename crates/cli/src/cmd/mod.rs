@@ -2,6 +2,7 @@ pub mod data;
 pub mod demo;
 pub mod download;
 pub mod export_config;
+pub mod generate;
 pub mod inspect;
 pub mod models;
 pub mod plan;
