@@ -148,8 +148,11 @@ impl Default for TrainingSection {
 pub struct RuntimeSection {
     /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
     pub device: String,
-    /// CPU threads for matmuls and other ops (0: all cores).
+    /// CPU threads for matrix multiplications (candle's rayon pool; `RAYON_NUM_THREADS`); 0 = one per core.
     pub threads: usize,
+    /// CPU threads for the other ops (candle's own pool; `CANDLE_NUM_THREADS`); 0 = same as `threads`.
+    /// On small machines the two pools compete: measure with `make bench`.
+    pub op_threads: usize,
 }
 
 impl Default for RuntimeSection {
@@ -157,6 +160,7 @@ impl Default for RuntimeSection {
         RuntimeSection {
             device: "auto".into(),
             threads: 0,
+            op_threads: 0,
         }
     }
 }

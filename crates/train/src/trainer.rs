@@ -83,6 +83,17 @@ fn compute_dtype(name: &str, device: &Device) -> DType {
     }
 }
 
+/// Applies `runtime.threads` / `runtime.op_threads`. candle reads these once, at its first CPU op, so this must run
+/// before any tensor work in the process (the CLI and the app call `train` on a fresh worker).
+pub fn apply_thread_settings(threads: usize, op_threads: usize) {
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if op_threads > 0 {
+        std::env::set_var("CANDLE_NUM_THREADS", op_threads.to_string());
+    }
+}
+
 /// Runs (or, with `resume`, continues) the training described by `config`.
 pub fn train(
     config: &RunConfig,
@@ -99,6 +110,7 @@ pub fn train(
                 .into(),
         });
     }
+    apply_thread_settings(config.runtime.threads, config.runtime.op_threads);
     let t = &config.training;
     let layout = ModelLayout::inspect(&config.model.path)?;
     let decoder_config = DecoderConfig::read(&config.model.path)?;
