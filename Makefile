@@ -34,3 +34,5 @@ unit:
 ## bench: benchmark programs that print their numbers.
 bench: setup
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-inspect
+	$(CARGO) run --release --locked -p freezetune-bench --bin bench-download -- 1024
+	$(CARGO) run --release --locked -p freezetune-bench --bin bench-train
