@@ -3,6 +3,10 @@
 //! its peak RSS is its own. Also compares the plan's memory estimate with the measured peak, and sweeps the two
 //! CPU thread pools on one configuration.
 //!
+//! The same five configurations then run in PyTorch + transformers (installed into the bench's own virtual
+//! environment from PyPI on first use: `$FREEZETUNE_BENCH_VENV`, default /var/tmp/freezetune-bench-venv) and the
+//! two are printed side by side.
+//!
 //! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS]`
 
 use anyhow::{Context, Result};
@@ -137,6 +141,30 @@ fn spawn(model: &Path, name: &str, steps: usize, threads: Option<(usize, usize)>
     Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
 }
 
+/// The bench's Python with torch and transformers, installing them into its own virtual environment if needed.
+fn pytorch_python() -> Result<std::path::PathBuf> {
+    let venv = std::env::var_os("FREEZETUNE_BENCH_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/freezetune-bench-venv"));
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| std::process::Command::new(p).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
+    if !ready(&python) {
+        println!("\ninstalling torch and transformers into {} (first run only)...", venv.display());
+        let ok = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
+            && std::process::Command::new(&python).args(["-m", "pip", "install", "-q", "torch", "transformers"]).status()?.success();
+        anyhow::ensure!(ok && ready(&python), "could not install torch and transformers into {}", venv.display());
+    }
+    Ok(python)
+}
+
+fn pytorch_one(python: &Path, model: &Path, name: &str, steps: usize) -> Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch/train_step.py");
+    let out = std::process::Command::new(python).arg(script).arg(model).arg(name).arg(steps.to_string()).output()?;
+    anyhow::ensure!(out.status.success(), "PyTorch {name}: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    Ok(serde_json::from_str(&line)?)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--one") {
@@ -167,8 +195,10 @@ fn main() -> Result<()> {
         "config", "trainable", "step ms", "vs full", "peak MiB", "estimate MiB", "est/peak"
     );
     let mut full: Option<(f64, f64)> = None;
+    let mut results = Vec::new();
     for (name, _) in configs() {
         let r = spawn(&dir, name, steps, None)?;
+        results.push(r.clone());
         let ms = r["median_ms"].as_f64().unwrap_or(0.0);
         let rss = r["peak_rss"].as_f64().unwrap_or(0.0);
         let est = r["estimate"].as_f64().unwrap_or(0.0);
@@ -185,7 +215,31 @@ fn main() -> Result<()> {
             est / rss.max(1.0)
         );
     }
-    println!("\n(\"vs full\": step time ratio, then peak memory ratio)\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");
+    let ours: Vec<serde_json::Value> = results;
+    println!("\n(\"vs full\": step time ratio, then peak memory ratio)");
+    match pytorch_python() {
+        Err(e) => println!("\nPyTorch comparison skipped: {e:#}"),
+        Ok(python) => {
+            println!("\nside by side with PyTorch + transformers (eager attention, same files, same trainable sets):");
+            println!("{:<12} {:>14} {:>12} {:>12} {:>14} {:>12}", "config", "FreezeTune ms", "PyTorch ms", "PT/FT speed", "FreezeTune MiB", "PyTorch MiB");
+            for r in &ours {
+                let name = r["name"].as_str().unwrap_or_default();
+                let pt = pytorch_one(&python, &dir, name, steps)?;
+                let (f, p) = (r["median_ms"].as_f64().unwrap_or(0.0), pt["median_ms"].as_f64().unwrap_or(0.0));
+                println!(
+                    "{:<12} {:>14.0} {:>12.0} {:>11.2}x {:>14.0} {:>12.0}",
+                    name,
+                    f,
+                    p,
+                    p / f.max(1e-9),
+                    r["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0,
+                    pt["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0
+                );
+            }
+            println!("(PT/FT speed > 1 means FreezeTune is faster)");
+        }
+    }
+    println!("\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");
     for threads in [(2, 2), (2, 1), (1, 2), (1, 1)] {
         let r = spawn(&dir, "top 2", steps, Some(threads))?;
         println!(

@@ -1,0 +1,67 @@
+"""One freeze configuration of bench-train, in PyTorch + transformers, for the side-by-side table.
+
+Usage: python train_step.py MODEL_DIR CONFIG STEPS
+Prints one JSON line: {"name", "median_ms", "peak_rss", "trainable"}. Same model files, same shapes (batch 4 x seq 256,
+f32, eager attention, AdamW), same trainable sets as FreezeTune's plans for the named configurations.
+"""
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+BATCH, SEQ = 4, 256
+
+
+def trainable(name: str, config: str, layers: int) -> bool:
+    in_layer = name.startswith("model.layers.")
+    layer = int(name.split(".")[2]) if in_layer else None
+    if config == "full":
+        return True
+    if config == "all layers":
+        return in_layer
+    if config == "top 2":
+        return in_layer and layer >= layers - 2
+    if config == "bottom 2":
+        return in_layer and layer < 2
+    if config == "layer 3":
+        return in_layer and layer == 3
+    raise SystemExit(f"unknown config {config}")
+
+
+def main():
+    model_dir, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model.train()
+    layers = model.config.num_hidden_layers
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable(name, config, layers))
+        if p.requires_grad:
+            params.append(p)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ))
+    times = []
+    for step in range(steps + 1):
+        t = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step > 0:
+            times.append((time.perf_counter() - t) * 1e3)
+    print(json.dumps({
+        "name": config,
+        "median_ms": statistics.median(times),
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "trainable": sum(p.numel() for p in params),
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
