@@ -147,21 +147,53 @@ fn pytorch_python() -> Result<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/freezetune-bench-venv"));
     let python = venv.join("bin/python");
-    let ready = |p: &Path| std::process::Command::new(p).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
+    let ready = |p: &Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !ready(&python) {
-        println!("\ninstalling torch and transformers into {} (first run only)...", venv.display());
-        let ok = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?.success()
-            && std::process::Command::new(&python).args(["-m", "pip", "install", "-q", "torch", "transformers"]).status()?.success();
-        anyhow::ensure!(ok && ready(&python), "could not install torch and transformers into {}", venv.display());
+        println!(
+            "\ninstalling torch and transformers into {} (first run only)...",
+            venv.display()
+        );
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?
+            .success()
+            && std::process::Command::new(&python)
+                .args(["-m", "pip", "install", "-q", "torch", "transformers"])
+                .status()?
+                .success();
+        anyhow::ensure!(
+            ok && ready(&python),
+            "could not install torch and transformers into {}",
+            venv.display()
+        );
     }
     Ok(python)
 }
 
 fn pytorch_one(python: &Path, model: &Path, name: &str, steps: usize) -> Result<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch/train_step.py");
-    let out = std::process::Command::new(python).arg(script).arg(model).arg(name).arg(steps.to_string()).output()?;
-    anyhow::ensure!(out.status.success(), "PyTorch {name}: {}", String::from_utf8_lossy(&out.stderr));
-    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(model)
+        .arg(name)
+        .arg(steps.to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "PyTorch {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
     Ok(serde_json::from_str(&line)?)
 }
 
@@ -221,11 +253,17 @@ fn main() -> Result<()> {
         Err(e) => println!("\nPyTorch comparison skipped: {e:#}"),
         Ok(python) => {
             println!("\nside by side with PyTorch + transformers (eager attention, same files, same trainable sets):");
-            println!("{:<12} {:>14} {:>12} {:>12} {:>14} {:>12}", "config", "FreezeTune ms", "PyTorch ms", "PT/FT speed", "FreezeTune MiB", "PyTorch MiB");
+            println!(
+                "{:<12} {:>14} {:>12} {:>12} {:>14} {:>12}",
+                "config", "FreezeTune ms", "PyTorch ms", "PT/FT speed", "FreezeTune MiB", "PyTorch MiB"
+            );
             for r in &ours {
                 let name = r["name"].as_str().unwrap_or_default();
                 let pt = pytorch_one(&python, &dir, name, steps)?;
-                let (f, p) = (r["median_ms"].as_f64().unwrap_or(0.0), pt["median_ms"].as_f64().unwrap_or(0.0));
+                let (f, p) = (
+                    r["median_ms"].as_f64().unwrap_or(0.0),
+                    pt["median_ms"].as_f64().unwrap_or(0.0),
+                );
                 println!(
                     "{:<12} {:>14.0} {:>12.0} {:>11.2}x {:>14.0} {:>12.0}",
                     name,

@@ -92,6 +92,9 @@ pub enum TrainEvent {
         trainable_params: u64,
         examples: usize,
         eval_examples: usize,
+        /// Examples cut to `cutoff_len`, and examples dropped because nothing in them was left to learn.
+        truncated: usize,
+        skipped: usize,
     },
     /// One optimizer step (1-based); `loss` is that step's forward loss, before its update.
     Step {

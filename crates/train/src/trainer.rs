@@ -139,6 +139,7 @@ pub fn train(
         formatter: formatter.as_ref(),
     };
     let train_set = data::load(&config.data.train, &options)?;
+    let (truncated, skipped) = (train_set.truncated, train_set.skipped_no_targets);
     tracing::info!(
         examples = train_set.examples.len(),
         truncated = train_set.truncated,
@@ -208,6 +209,8 @@ pub fn train(
         trainable_params: plan.trainable_params,
         examples: train_examples.len(),
         eval_examples: eval_examples.len(),
+        truncated,
+        skipped,
     });
 
     let order_of = |epoch: u64| -> Vec<usize> {

@@ -52,12 +52,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             examples,
             eval_examples,
             run_dir,
+            truncated,
+            skipped,
         } => {
             b.set_length(total_steps);
             b.println(format!(
                 "training {trainable_params} parameters on {examples} examples ({eval_examples} for eval) -> {}",
                 run_dir.display()
             ));
+            if truncated + skipped > 0 {
+                b.println(format!(
+                    "data: {truncated} example(s) truncated to cutoff_len, {skipped} dropped (nothing left to learn)"
+                ));
+            }
         }
         TrainEvent::Step {
             step,
