@@ -64,6 +64,11 @@ fn configs() -> Vec<(&'static str, FreezeSpec)> {
     ]
 }
 
+/// Configurations measured again with gradient checkpointing (FreezeTune only).
+fn checkpointed() -> Vec<&'static str> {
+    vec!["full", "bottom 2"]
+}
+
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -76,9 +81,13 @@ fn peak_rss_bytes() -> u64 {
 
 /// Child process: run one configuration and print one JSON line.
 fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
+    let (base, ckpt) = match name.strip_suffix(" +ckpt") {
+        Some(b) => (b, true),
+        None => (name, false),
+    };
     let spec = configs()
         .into_iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _)| *n == base)
         .context("unknown config")?
         .1;
     let layout = ModelLayout::inspect(model)?;
@@ -112,9 +121,27 @@ fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
     let mut times = Vec::new();
     for step in 0..steps + 1 {
         let t = Instant::now();
-        let logits = decoder.forward(&batch)?;
-        let (loss, _) = causal_lm_loss(&logits, &labels)?;
-        let grads = opt.collect(&loss.backward()?);
+        let grads = if ckpt {
+            let mut sum: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
+            let loss_of = |l: &candle_core::Tensor| causal_lm_loss(l, &labels).map(|(m, _)| m);
+            decoder.checkpointed_backward(&batch, &loss_of, &mut |store| {
+                for (acc, g) in sum.iter_mut().zip(opt.collect(store)) {
+                    *acc = match (acc.take(), g) {
+                        (Some(a), Some(g)) => Some((a + g).map_err(|e| freezetune_train::TrainError::Candle {
+                            context: "sum".into(),
+                            source: e,
+                        })?),
+                        (a, g) => a.or(g),
+                    };
+                }
+                Ok(())
+            })?;
+            sum
+        } else {
+            let logits = decoder.forward(&batch)?;
+            let (loss, _) = causal_lm_loss(&logits, &labels)?;
+            opt.collect(&loss.backward()?)
+        };
         opt.step(&grads, 1e-4)?;
         if step > 0 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -245,6 +272,25 @@ fn main() -> Result<()> {
             rss / 1048576.0,
             est / 1048576.0,
             est / rss.max(1.0)
+        );
+    }
+    for name in checkpointed() {
+        let r = spawn(&dir, &format!("{name} +ckpt"), steps, None)?;
+        let (fm, fr) = full.expect("full ran first");
+        let (ms, rss) = (
+            r["median_ms"].as_f64().unwrap_or(0.0),
+            r["peak_rss"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "{:<12} {:>12} {:>10.0} {:>5.2}x {:>4.2}x {:>10.0} {:>14} {:>9}",
+            format!("{name} +ckpt"),
+            r["trainable"],
+            ms,
+            ms / fm,
+            rss / fr,
+            rss / 1048576.0,
+            "-",
+            "-"
         );
     }
     let ours: Vec<serde_json::Value> = results;

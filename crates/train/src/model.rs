@@ -6,9 +6,11 @@ use crate::config::DecoderConfig;
 use crate::error::{Result, TrainError};
 use crate::ops::{apply_rope, rms_norm, softmax_last_dim, Linear};
 use crate::params::Params;
-use candle_core::{DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 
 struct Block {
+    trainable: bool,
     input_norm: Tensor,
     q: Linear,
     k: Linear,
@@ -44,7 +46,9 @@ impl Decoder {
         let blocks = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
+                let trainable = params.vars.keys().any(|n| n.starts_with(&format!("{p}.")));
                 Ok(Block {
+                    trainable,
                     input_norm: params.get(&format!("{p}.input_layernorm.weight"))?,
                     q: params.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
                     k: params.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias)?,
@@ -123,8 +127,8 @@ impl Decoder {
         })
     }
 
-    fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
-        let c = &self.config;
+    /// Token ids as one (batch * seq) tensor, right-padded with 0.
+    fn ids_tensor(&self, batch: &Batch) -> candle_core::Result<(Tensor, usize, usize)> {
         let b = batch.input_ids.len();
         let t = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0);
         let ids: Vec<u32> = batch
@@ -132,7 +136,91 @@ impl Decoder {
             .iter()
             .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, t - row.len())))
             .collect();
-        let ids = Tensor::from_vec(ids, b * t, &self.device)?;
+        Ok((Tensor::from_vec(ids, b * t, &self.device)?, b, t))
+    }
+
+    /// Gradient checkpointing: the forward pass keeps only each layer's input; the backward pass recomputes one
+    /// layer at a time from it and pushes the gradient down. `loss_of` turns logits into the scalar to minimise;
+    /// `on_grads` receives each partial gradient store (the caller sums the parameters' gradients). Returns the loss.
+    pub fn checkpointed_backward(
+        &self,
+        batch: &Batch,
+        loss_of: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+        on_grads: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<f64> {
+        let err = |e| TrainError::Candle {
+            context: "checkpointed backward pass".into(),
+            source: e,
+        };
+        let c = &self.config;
+        let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
+        let (cos, sin) = self.rope_tables(0, t).map_err(err)?;
+        let mask = self.mask(&batch.lengths, t).map_err(err)?;
+        let embed_trainable = self.embed.is_variable();
+        let lowest = self
+            .blocks
+            .iter()
+            .position(|blk| blk.trainable)
+            .unwrap_or(self.blocks.len());
+        let stop = if embed_trainable { 0 } else { lowest };
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        let mut h = self
+            .embed
+            .index_select(&ids, 0)
+            .and_then(|x| x.reshape((b, t, c.hidden_size)))
+            .map_err(err)?
+            .detach();
+        for blk in &self.blocks {
+            inputs.push(h.clone());
+            h = self.block(blk, &h, &cos, &sin, &mask, None).map_err(err)?.detach();
+        }
+        let top = Var::from_tensor(&h).map_err(err)?;
+        let logits = rms_norm(top.as_tensor(), &self.norm, c.rms_norm_eps)
+            .and_then(|n| self.lm_head.forward(&n))
+            .and_then(|l| l.to_dtype(DType::F32))
+            .map_err(err)?;
+        let loss = loss_of(&logits).map_err(err)?;
+        let value = loss
+            .to_dtype(DType::F64)
+            .and_then(|l| l.to_scalar::<f64>())
+            .map_err(err)?;
+        let store = loss.backward().map_err(err)?;
+        on_grads(&store)?;
+        let mut grad = store.get(top.as_tensor()).cloned();
+        drop(store);
+        for i in (stop..self.blocks.len()).rev() {
+            let Some(g) = grad.take() else { break };
+            let x = Var::from_tensor(&inputs[i]).map_err(err)?;
+            let y = self
+                .block(&self.blocks[i], x.as_tensor(), &cos, &sin, &mask, None)
+                .map_err(err)?;
+            let store = (y * g)
+                .and_then(|p| p.sum_all())
+                .and_then(|s| s.backward())
+                .map_err(err)?;
+            on_grads(&store)?;
+            grad = store.get(x.as_tensor()).cloned();
+        }
+        if embed_trainable {
+            if let Some(g) = grad {
+                let x = self
+                    .embed
+                    .index_select(&ids, 0)
+                    .and_then(|x| x.reshape((b, t, c.hidden_size)))
+                    .map_err(err)?;
+                let store = (x * g)
+                    .and_then(|p| p.sum_all())
+                    .and_then(|s| s.backward())
+                    .map_err(err)?;
+                on_grads(&store)?;
+            }
+        }
+        Ok(value)
+    }
+
+    fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (ids, b, t) = self.ids_tensor(batch)?;
         let mut h = self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))?;
         let (cos, sin) = self.rope_tables(0, t)?;
         let mask = self.mask(&batch.lengths, t)?;

@@ -256,17 +256,20 @@ pub fn train(
         for examples in &micro {
             let (batch, labels) = collate(examples);
             input_tokens += batch.lengths.iter().sum::<usize>() as u64;
-            let logits = model.forward(&batch)?;
-            let (mean, n) = causal_lm_loss(&logits, &labels).map_err(candle("loss"))?;
             // Every token of the optimizer step weighs the same, however the step is split into micro-batches.
-            let scaled = (mean * (n as f64 / step_tokens as f64)).map_err(candle("loss"))?;
-            loss_sum += scaled.to_scalar::<f32>().map_err(candle("loss"))? as f64;
-            let store = scaled.backward().map_err(candle("backward pass"))?;
-            for (acc, g) in grads.iter_mut().zip(optimizer.collect(&store)) {
-                *acc = match (acc.take(), g) {
-                    (Some(a), Some(g)) => Some((a + g).map_err(candle("accumulating gradients"))?),
-                    (a, g) => a.or(g),
-                };
+            let loss_of = |logits: &Tensor| -> candle_core::Result<Tensor> {
+                let (mean, n) = causal_lm_loss(logits, &labels)?;
+                mean * (n as f64 / step_tokens as f64)
+            };
+            if t.gradient_checkpointing {
+                loss_sum += model.checkpointed_backward(&batch, &loss_of, &mut |store| {
+                    accumulate(&mut grads, optimizer.collect(store))
+                })?;
+            } else {
+                let scaled = loss_of(&model.forward(&batch)?).map_err(candle("loss"))?;
+                loss_sum += scaled.to_scalar::<f32>().map_err(candle("loss"))? as f64;
+                let store = scaled.backward().map_err(candle("backward pass"))?;
+                accumulate(&mut grads, optimizer.collect(&store))?;
             }
         }
         let grad_norm = global_norm(&grads).map_err(candle("gradient norm"))?;
@@ -329,6 +332,17 @@ pub fn train(
         final_dir: Some(final_dir),
         last_loss,
     })
+}
+
+/// Adds a backward pass's parameter gradients to the running sums.
+fn accumulate(sums: &mut [Option<Tensor>], grads: Vec<Option<Tensor>>) -> Result<()> {
+    for (acc, g) in sums.iter_mut().zip(grads) {
+        *acc = match (acc.take(), g) {
+            (Some(a), Some(g)) => Some((a + g).map_err(candle("accumulating gradients"))?),
+            (a, g) => a.or(g),
+        };
+    }
+    Ok(())
 }
 
 fn collate(examples: &[&Example]) -> (Batch, Vec<Vec<i64>>) {

@@ -269,3 +269,50 @@ fn a_plan_with_nothing_trainable_is_refused() {
     assert_eq!(e.kind(), "nothing_trainable");
     assert!(events.lock().unwrap().is_empty());
 }
+
+#[test]
+fn gradient_checkpointing_equals_the_plain_backward_pass() {
+    // Top 2 layers plus the (untied) embeddings: gradients must flow down through the frozen layers too.
+    let base = "batch_size = 2\nshuffle = false\nmax_steps = 2\noptimizer = \"sgd\"\nlearning_rate = 0.1\nlr_scheduler = \"constant\"\nmax_grad_norm = 0";
+    let run = |checkpointing: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), &format!("{base}\ngradient_checkpointing = {checkpointing}"));
+        c.freeze = freezetune_core::FreezeSpec {
+            top: Some(2),
+            extra: vec!["embed_tokens".into()],
+            ..Default::default()
+        };
+        let out = train(&c, false, &quiet, &AtomicBool::new(false)).unwrap();
+        (
+            losses(&out.run_dir),
+            tensor_bytes(&out.final_dir.unwrap().join("model.safetensors")),
+            dir,
+        )
+    };
+    let (plain, w1, _a) = run(false);
+    let (ckpt, w2, _b) = run(true);
+    for (p, q) in plain.iter().zip(&ckpt) {
+        assert!((p - q).abs() < 1e-5, "losses {plain:?} vs {ckpt:?}");
+    }
+    let f = |b: &Vec<u8>| {
+        b.chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<f32>>()
+    };
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.2.self_attn.q_proj.weight",
+        "model.layers.3.mlp.up_proj.weight",
+    ] {
+        let d = f(&w1[name])
+            .iter()
+            .zip(f(&w2[name]))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{name} differs by {d}");
+    }
+    assert_ne!(
+        w1["model.embed_tokens.weight"],
+        tensor_bytes(&fixtures().join("models/llama/model.safetensors"))["model.embed_tokens.weight"]
+    );
+}
