@@ -305,8 +305,9 @@ fn demo_model_is_inspectable_and_not_overwritten() {
     let cfg = tempfile::tempdir().unwrap();
     let dir = cfg.path().join("demo");
     let d = dir.to_str().unwrap();
-    ok(cfg.path(), &["demo-model", d]);
-    let j = json(cfg.path(), &["inspect", d, "--json"]);
+    let model = ok(cfg.path(), &["demo-model", d]);
+    assert_eq!(model.trim(), dir.join("model").to_str().unwrap());
+    let j = json(cfg.path(), &["inspect", model.trim(), "--json"]);
     assert_eq!(j["num_layers"], 8);
     let (_, err) = fail(cfg.path(), &["demo-model", d]);
     assert!(err.contains("--force"), "{err}");

@@ -45,6 +45,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let b = bar.clone();
+    // Without a terminal the bar is hidden: its lines go to stderr directly, and steps are logged now and then.
+    let say = move |b: &ProgressBar, msg: String| {
+        if b.is_hidden() {
+            eprintln!("{msg}")
+        } else {
+            b.println(msg)
+        }
+    };
     let sink = move |event: TrainEvent| match event {
         TrainEvent::Started {
             total_steps,
@@ -56,14 +64,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             skipped,
         } => {
             b.set_length(total_steps);
-            b.println(format!(
-                "training {trainable_params} parameters on {examples} examples ({eval_examples} for eval) -> {}",
-                run_dir.display()
-            ));
+            say(
+                &b,
+                format!(
+                    "training {trainable_params} parameters on {examples} examples ({eval_examples} for eval) -> {}",
+                    run_dir.display()
+                ),
+            );
             if truncated + skipped > 0 {
-                b.println(format!(
+                say(
+                    &b,
+                    format!(
                     "data: {truncated} example(s) truncated to cutoff_len, {skipped} dropped (nothing left to learn)"
-                ));
+                ),
+                );
             }
         }
         TrainEvent::Step {
@@ -74,14 +88,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             ..
         } => {
             b.set_position(step);
-            b.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s"));
+            let msg = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s");
+            let every = (b.length().unwrap_or(0) / 10).max(1);
+            if b.is_hidden() && (step % every == 0 || step == 1) {
+                eprintln!("step {step}/{}: {msg}", b.length().unwrap_or(0));
+            }
+            b.set_message(msg);
         }
-        TrainEvent::Eval { step, eval_loss } => b.println(format!("step {step}: eval loss {eval_loss:.4}")),
-        TrainEvent::Checkpoint { path, .. } => b.println(format!("checkpoint {}", path.display())),
-        TrainEvent::Stopped { step, checkpoint } => b.println(format!(
-            "stopped at step {step}; resume with --resume (checkpoint {})",
-            checkpoint.map(|p| p.display().to_string()).unwrap_or_default()
-        )),
+        TrainEvent::Eval { step, eval_loss } => say(&b, format!("step {step}: eval loss {eval_loss:.4}")),
+        TrainEvent::Checkpoint { path, .. } => say(&b, format!("checkpoint {}", path.display())),
+        TrainEvent::Stopped { step, checkpoint } => say(
+            &b,
+            format!(
+                "stopped at step {step}; resume with --resume (checkpoint {})",
+                checkpoint.map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        ),
         TrainEvent::Finished { .. } => {}
     };
     let outcome = freezetune_train::train(&config, args.resume, &sink, &cancel);
