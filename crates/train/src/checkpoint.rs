@@ -2,7 +2,7 @@
 //! stood, enough for `--resume` to continue exactly. A checkpoint is written into `.step-N.partial` and renamed, so
 //! a folder named `step-N` is always complete.
 
-use crate::error::{Result, TrainError};
+use crate::error::{candle, io, Result, TrainError};
 use crate::optim::Optimizer;
 use crate::params::Params;
 use candle_core::{Device, Tensor};
@@ -23,20 +23,6 @@ pub struct Progress {
     pub optimizer_step: u64,
 }
 
-fn candle(context: String) -> impl Fn(candle_core::Error) -> TrainError {
-    move |e| TrainError::Candle {
-        context: context.clone(),
-        source: e,
-    }
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
 pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &Progress) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     let dest = root.join(format!("step-{}", progress.step));
@@ -51,12 +37,12 @@ pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &P
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
     let path = staging.join("trainable.safetensors");
-    candle_core::safetensors::save(&trainable, &path).map_err(candle(format!("writing {}", path.display())))?;
+    candle_core::safetensors::save(&trainable, &path).map_err(candle(&format!("writing {}", path.display())))?;
     let (state, _) = optimizer.state();
     if !state.is_empty() {
         let path = staging.join("optimizer.safetensors");
         let state: HashMap<String, Tensor> = state.into_iter().collect();
-        candle_core::safetensors::save(&state, &path).map_err(candle(format!("writing {}", path.display())))?;
+        candle_core::safetensors::save(&state, &path).map_err(candle(&format!("writing {}", path.display())))?;
     }
     let path = staging.join("progress.json");
     std::fs::write(&path, serde_json::to_string_pretty(progress).expect("json")).map_err(io(&path))?;
@@ -90,7 +76,8 @@ pub fn restore(dir: &Path, params: &Params, optimizer: &mut Optimizer, device: &
         reason: e.to_string(),
     })?;
     let path = dir.join("trainable.safetensors");
-    let saved = candle_core::safetensors::load(&path, device).map_err(candle(format!("reading {}", path.display())))?;
+    let saved =
+        candle_core::safetensors::load(&path, device).map_err(candle(&format!("reading {}", path.display())))?;
     for (name, var) in &params.vars {
         let t = saved.get(name).ok_or_else(|| TrainError::Tensor {
             name: name.clone(),
@@ -99,12 +86,12 @@ pub fn restore(dir: &Path, params: &Params, optimizer: &mut Optimizer, device: &
                 dir.display()
             ),
         })?;
-        var.set(t).map_err(candle(format!("restoring {name}")))?;
+        var.set(t).map_err(candle(&format!("restoring {name}")))?;
     }
     let path = dir.join("optimizer.safetensors");
     if path.is_file() {
         let state =
-            candle_core::safetensors::load(&path, device).map_err(candle(format!("reading {}", path.display())))?;
+            candle_core::safetensors::load(&path, device).map_err(candle(&format!("reading {}", path.display())))?;
         let state: BTreeMap<String, Tensor> = state.into_iter().collect();
         optimizer.load_state(&state, progress.optimizer_step);
     }

@@ -53,3 +53,19 @@ impl TrainError {
         }
     }
 }
+
+/// Maps a candle error to one that says what was being done.
+pub(crate) fn candle(context: &str) -> impl Fn(candle_core::Error) -> TrainError + '_ {
+    move |e| TrainError::Candle {
+        context: context.to_string(),
+        source: e,
+    }
+}
+
+/// Maps an I/O error to one that names the file.
+pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}

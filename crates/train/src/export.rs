@@ -2,7 +2,7 @@
 //! `model.safetensors` with every tensor. Frozen tensors are copied byte for byte from the input; trainable ones are
 //! cast back to the dtype they had. The folder is assembled beside its destination and renamed into place.
 
-use crate::error::{Result, TrainError};
+use crate::error::{io, Result, TrainError};
 use crate::params::Params;
 use candle_core::safetensors::MmapedSafetensors;
 use freezetune_core::files::{ModelFiles, INDEX_FILE};
@@ -10,13 +10,6 @@ use freezetune_core::layout::ModelLayout;
 use freezetune_core::safetensors::DType as StDType;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
 
 /// Raw little-endian bytes of a trainable tensor in the checkpoint's dtype.
 fn trainable_bytes(params: &Params, name: &str, dtype: StDType) -> Result<Vec<u8>> {

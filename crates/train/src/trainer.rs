@@ -4,7 +4,7 @@
 
 use crate::checkpoint::{self, Progress};
 use crate::data::{self, DataOptions, Example};
-use crate::error::{Result, TrainError};
+use crate::error::{candle, io, Result, TrainError};
 use crate::model::{Batch, Decoder};
 use crate::ops::causal_lm_loss;
 use crate::optim::{global_norm, AdamWConfig, Optimizer};
@@ -29,20 +29,6 @@ pub struct TrainOutcome {
     /// `None` when the run was stopped before the end.
     pub final_dir: Option<PathBuf>,
     pub last_loss: Option<f64>,
-}
-
-fn candle(context: &str) -> impl Fn(candle_core::Error) -> TrainError + '_ {
-    move |e| TrainError::Candle {
-        context: context.to_string(),
-        source: e,
-    }
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
 }
 
 /// The device named by `runtime.device`.
