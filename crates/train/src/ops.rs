@@ -43,24 +43,119 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Mean cross-entropy of `logits` (batch, seq, vocab) against `labels` (batch, seq; -100 = ignored), with the
 /// shift transformers applies: position t predicts label t+1. Returns the loss and the number of counted tokens.
+/// On the CPU a fused kernel computes it in one pass per row (and its gradient, softmax minus one-hot, in one more)
+/// instead of materialising log-probabilities the size of the logits several times over.
 pub fn causal_lm_loss(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
     let (b, t, _) = logits.dims3()?;
-    let mut targets = Vec::with_capacity(b * (t - 1));
-    let mut mask = Vec::with_capacity(b * (t - 1));
+    let mut targets = Vec::with_capacity(b * t);
     for row in labels {
-        for &l in &row[1..t] {
-            targets.push(if l < 0 { 0u32 } else { l as u32 });
-            mask.push(if l < 0 { 0f32 } else { 1f32 });
-        }
+        // Row position p predicts label p+1; the last position predicts nothing.
+        targets.extend(row[1..t].iter().map(|&l| if l < 0 { None } else { Some(l as u32) }));
+        targets.push(None);
     }
-    let count = mask.iter().filter(|m| **m > 0.0).count();
+    let count = targets.iter().filter(|x| x.is_some()).count();
+    let logits = logits.to_dtype(DType::F32)?;
+    if logits.device().is_cpu() {
+        let op = CrossEntropy {
+            targets: std::sync::Arc::new(targets),
+            count: count.max(1),
+        };
+        return Ok((logits.contiguous()?.apply_op1(op)?, count));
+    }
+    let mask: Vec<f32> = targets.iter().map(|x| if x.is_some() { 1.0 } else { 0.0 }).collect();
+    let ids: Vec<u32> = targets.iter().map(|x| x.unwrap_or(0)).collect();
     let dev = logits.device();
-    let logp = log_softmax_last_dim(&logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?)?;
-    let targets = Tensor::from_vec(targets, (b, t - 1, 1), dev)?;
-    let picked = logp.gather(&targets, 2)?.squeeze(2)?;
-    let mask = Tensor::from_vec(mask, (b, t - 1), dev)?;
-    let total = (picked * mask)?.sum_all()?;
+    let logp = log_softmax_last_dim(&logits)?;
+    let picked = logp.gather(&Tensor::from_vec(ids, (b, t, 1), dev)?, 2)?.squeeze(2)?;
+    let total = (picked * Tensor::from_vec(mask, (b, t), dev)?)?.sum_all()?;
     Ok(((total.neg()? / count.max(1) as f64)?, count))
+}
+
+/// Fused mean cross-entropy over rows of f32 logits; `targets[row]` is `None` for ignored rows.
+struct CrossEntropy {
+    targets: std::sync::Arc<Vec<Option<u32>>>,
+    count: usize,
+}
+
+/// `(max, log Σ exp(x - max))` of a row.
+fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln())
+}
+
+fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("cross-entropy expects f32 logits")
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("logits must be contiguous".into()))?;
+    let vocab = *layout.dims().last().expect("rank 3");
+    Ok((&data[start..end], vocab))
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (data, vocab) = f32_rows(storage, layout)?;
+        let total: f64 = data
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .filter_map(|(row, t)| t.map(|t| (row, t)))
+            .map(|(row, t)| {
+                let (max, lse) = log_sum_exp(row);
+                (max + lse - row[t as usize]) as f64
+            })
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(total / self.count as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let scale = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.count as f32;
+        let grad = CrossEntropyGrad {
+            targets: self.targets.clone(),
+            scale,
+        };
+        Ok(Some(arg.apply_op1_no_bwd(&grad)?))
+    }
+}
+
+/// Gradient of [`CrossEntropy`]: `scale × (softmax(row) − onehot(target))` for counted rows, zero elsewhere.
+struct CrossEntropyGrad {
+    targets: std::sync::Arc<Vec<Option<u32>>>,
+    scale: f32,
+}
+
+impl CustomOp1 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "cross-entropy-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (data, vocab) = f32_rows(storage, layout)?;
+        let mut out = vec![0f32; data.len()];
+        out.par_chunks_mut(vocab)
+            .zip(data.par_chunks(vocab))
+            .zip(self.targets.par_iter())
+            .for_each(|((o, row), t)| {
+                if let Some(t) = t {
+                    let (max, lse) = log_sum_exp(row);
+                    for (g, &x) in o.iter_mut().zip(row) {
+                        *g = (x - max - lse).exp() * self.scale;
+                    }
+                    o[*t as usize] -= self.scale;
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
 }
 
 /// A linear layer as the freeze plan wants it. A trainable weight is a `Var`'s tensor and uses a plain matmul; a
@@ -283,5 +378,30 @@ mod tests {
         let (loss, n) = causal_lm_loss(&logits, &[vec![-100, -100, 2]]).unwrap();
         assert_eq!(n, 1);
         assert!((loss.to_scalar::<f32>().unwrap() - 4f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn fused_cross_entropy_matches_the_composite_one() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2., (2, 5, 7), &dev).unwrap()).unwrap();
+        let labels = vec![vec![-100, 3, 6, -100, 1], vec![0, 2, 2, 5, -100]];
+        let (fused, n) = causal_lm_loss(x.as_tensor(), &labels).unwrap();
+        assert_eq!(n, 6);
+        let gf = fused.backward().unwrap();
+        // The composite path, as used on GPUs.
+        let logp = log_softmax_last_dim(&x.as_tensor().narrow(1, 0, 4).unwrap()).unwrap();
+        let mut total = Tensor::new(0f32, &dev).unwrap();
+        for (b, row) in labels.iter().enumerate() {
+            for p in 0..4 {
+                if row[p + 1] >= 0 {
+                    let v = logp.get(b).unwrap().get(p).unwrap().get(row[p + 1] as usize).unwrap();
+                    total = (total + v).unwrap();
+                }
+            }
+        }
+        let composite = (total.neg().unwrap() / 6.0).unwrap();
+        let gc = composite.backward().unwrap();
+        close(&fused, &composite, 1e-5);
+        close(gf.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap(), 1e-6);
     }
 }
