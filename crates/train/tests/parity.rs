@@ -179,3 +179,52 @@ fn adamw_trajectories_match_pytorch() {
         &s.reference["adamw_hf_trainer_grouping"],
     );
 }
+
+/// Finite differences on the whole model: nudging single weights of trainable tensors changes the loss by what
+/// the analytic gradient predicts (central differences in f64 arithmetic over f32 forward passes).
+#[test]
+fn finite_differences_agree_with_the_gradients_of_the_whole_model() {
+    let s = setup();
+    let (loss, _) = loss_of(&s);
+    let grads = loss.backward().unwrap();
+    let h = 1e-2f32;
+    let mut checked = 0;
+    for name in [
+        "model.layers.3.mlp.down_proj.weight",
+        "model.layers.2.self_attn.v_proj.weight",
+        "model.layers.3.post_attention_layernorm.weight",
+    ] {
+        let var = &s.params.vars[name];
+        let g: Vec<f32> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let shape = var.as_tensor().shape().clone();
+        // The entries with the largest gradients, where the difference quotient is well above f32 noise.
+        let mut order: Vec<usize> = (0..g.len()).collect();
+        order.sort_by(|a, b| g[*b].abs().total_cmp(&g[*a].abs()));
+        for &i in order.iter().take(3) {
+            let at = |delta: f32| {
+                let mut w = base.clone();
+                w[i] += delta;
+                var.set(&candle_core::Tensor::from_vec(w, shape.clone(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss_of(&s).1
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h as f64);
+            var.set(&candle_core::Tensor::from_vec(base.clone(), shape.clone(), &Device::Cpu).unwrap())
+                .unwrap();
+            let analytic = g[i] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 0.02 * analytic.abs() + 1e-4,
+                "{name}[{i}]: finite difference {numeric} vs gradient {analytic}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 9);
+}
