@@ -10,10 +10,24 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Fused `qkv_proj` and `gate_up_proj`.
+    Phi3,
+    /// `(1 + weight)` norms, embeddings scaled by sqrt(hidden), GeLU.
+    Gemma,
+}
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GeLU with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+    /// Exact GeLU (`gelu`).
+    Gelu,
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+    pub const SUPPORTED: [&'static str; 6] = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"];
 
     pub fn from_config(architecture: &str, model_type: Option<&str>) -> Result<Architecture> {
         let key = model_type
@@ -24,6 +38,8 @@ impl Architecture {
             "mistral" => Ok(Architecture::Mistral),
             "qwen2" => Ok(Architecture::Qwen2),
             "qwen3" => Ok(Architecture::Qwen3),
+            "phi3" => Ok(Architecture::Phi3),
+            "gemma" => Ok(Architecture::Gemma),
             _ => Err(TrainError::UnsupportedArchitecture {
                 found: model_type.unwrap_or(architecture).to_string(),
                 supported: Self::SUPPORTED.to_vec(),
@@ -59,6 +75,11 @@ pub struct DecoderConfig {
     pub qkv_bias: bool,
     /// Per-head RMSNorm on q and k before rotary (qwen3).
     pub qk_norm: bool,
+    pub activation: Activation,
+    /// Added to every RMSNorm weight (gemma stores `weight - 1`).
+    pub norm_offset: f64,
+    /// Embeddings multiplied by this (gemma: sqrt(hidden_size)).
+    pub embed_scale: Option<f64>,
 }
 
 impl DecoderConfig {
@@ -118,6 +139,25 @@ impl DecoderConfig {
                 ))
             }
         };
+        if raw["partial_rotary_factor"].as_f64().is_some_and(|f| f != 1.0) {
+            return Err("partial_rotary_factor other than 1 is not supported yet".into());
+        }
+        let act_name = if arch == Architecture::Gemma {
+            raw["hidden_activation"].as_str().unwrap_or("gelu_pytorch_tanh")
+        } else {
+            raw["hidden_act"].as_str().unwrap_or("silu")
+        };
+        let activation = match act_name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            other => {
+                return Err(format!(
+                    "activation {other:?} is not supported yet (silu, gelu, gelu_pytorch_tanh are)"
+                ))
+            }
+        };
+        let gemma = arch == Architecture::Gemma;
         Ok(DecoderConfig {
             architecture: arch,
             hidden_size,
@@ -130,9 +170,12 @@ impl DecoderConfig {
             rms_norm_eps: raw["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(false),
+            tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(gemma),
             qkv_bias: arch == Architecture::Qwen2 || raw["attention_bias"].as_bool().unwrap_or(false),
             qk_norm: arch == Architecture::Qwen3,
+            activation,
+            norm_offset: if gemma { 1.0 } else { 0.0 },
+            embed_scale: gemma.then(|| (hidden_size as f64).sqrt()),
         })
     }
 
@@ -171,9 +214,9 @@ mod tests {
 
     #[test]
     fn unsupported_architectures_list_the_supported_ones() {
-        let e = Architecture::from_config("Phi3ForCausalLM", Some("phi3")).unwrap_err();
+        let e = Architecture::from_config("Gemma2ForCausalLM", Some("gemma2")).unwrap_err();
         assert!(
-            e.to_string().contains("phi3") && e.to_string().contains("llama, mistral, qwen2, qwen3"),
+            e.to_string().contains("gemma2") && e.to_string().contains("llama, mistral, qwen2, qwen3, phi3, gemma"),
             "{e}"
         );
     }

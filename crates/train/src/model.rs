@@ -2,25 +2,34 @@
 //! differentiable ops. Frozen layers below the lowest trainable one record no graph (their inputs hold no `Var`);
 //! frozen linears above it compute only the input gradient.
 
-use crate::config::DecoderConfig;
+use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
 use crate::ops::{apply_rope, rms_norm, softmax_last_dim, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
+/// The attention input projections: separate, or phi3's fused `qkv_proj`.
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+/// The MLP's gate and up projections: separate, or phi3's fused `gate_up_proj` (gate first).
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
 struct Block {
     trainable: bool,
     input_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     post_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
 }
 
@@ -43,6 +52,7 @@ pub struct Batch {
 impl Decoder {
     pub fn new(config: DecoderConfig, params: &Params, device: &Device) -> Result<Decoder> {
         let c = &config;
+        let fused = c.architecture == crate::config::Architecture::Phi3;
         let blocks = (0..c.num_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -50,9 +60,15 @@ impl Decoder {
                 Ok(Block {
                     trainable,
                     input_norm: params.get(&format!("{p}.input_layernorm.weight"))?,
-                    q: params.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
-                    k: params.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias)?,
-                    v: params.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias)?,
+                    qkv: if fused {
+                        Qkv::Fused(params.linear(&format!("{p}.self_attn.qkv_proj"), false)?)
+                    } else {
+                        Qkv::Separate {
+                            q: params.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
+                            k: params.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias)?,
+                            v: params.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias)?,
+                        }
+                    },
                     o: params.linear(&format!("{p}.self_attn.o_proj"), false)?,
                     q_norm: c
                         .qk_norm
@@ -63,8 +79,14 @@ impl Decoder {
                         .then(|| params.get(&format!("{p}.self_attn.k_norm.weight")))
                         .transpose()?,
                     post_norm: params.get(&format!("{p}.post_attention_layernorm.weight"))?,
-                    gate: params.linear(&format!("{p}.mlp.gate_proj"), false)?,
-                    up: params.linear(&format!("{p}.mlp.up_proj"), false)?,
+                    gate_up: if fused {
+                        GateUp::Fused(params.linear(&format!("{p}.mlp.gate_up_proj"), false)?)
+                    } else {
+                        GateUp::Separate {
+                            gate: params.linear(&format!("{p}.mlp.gate_proj"), false)?,
+                            up: params.linear(&format!("{p}.mlp.up_proj"), false)?,
+                        }
+                    },
                     down: params.linear(&format!("{p}.mlp.down_proj"), false)?,
                 })
             })
@@ -88,6 +110,33 @@ impl Decoder {
             config,
             device: device.clone(),
         })
+    }
+
+    /// Token embeddings (batch, seq, hidden), scaled where the architecture says so.
+    fn embed_ids(&self, ids: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
+        let h = self
+            .embed
+            .index_select(ids, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        match self.config.embed_scale {
+            // transformers rounds the scale to the activations' dtype first.
+            Some(scale) => {
+                h.clone()
+                    * Tensor::new(scale as f32, &self.device)?
+                        .to_dtype(h.dtype())?
+                        .to_scalar::<f32>()? as f64
+            }
+            None => Ok(h),
+        }
+    }
+
+    /// RMSNorm with the architecture's weight offset.
+    fn rms(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+        if self.config.norm_offset == 0.0 {
+            rms_norm(x, weight, self.config.rms_norm_eps)
+        } else {
+            rms_norm(x, &(weight + self.config.norm_offset)?, self.config.rms_norm_eps)
+        }
     }
 
     /// cos/sin tables for positions `start..start + t`.
@@ -152,7 +201,6 @@ impl Decoder {
             context: "checkpointed backward pass".into(),
             source: e,
         };
-        let c = &self.config;
         let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
         let (cos, sin) = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
@@ -164,18 +212,14 @@ impl Decoder {
             .unwrap_or(self.blocks.len());
         let stop = if embed_trainable { 0 } else { lowest };
         let mut inputs = Vec::with_capacity(self.blocks.len());
-        let mut h = self
-            .embed
-            .index_select(&ids, 0)
-            .and_then(|x| x.reshape((b, t, c.hidden_size)))
-            .map_err(err)?
-            .detach();
+        let mut h = self.embed_ids(&ids, b, t).map_err(err)?.detach();
         for blk in &self.blocks {
             inputs.push(h.clone());
             h = self.block(blk, &h, &cos, &sin, &mask, None).map_err(err)?.detach();
         }
         let top = Var::from_tensor(&h).map_err(err)?;
-        let logits = rms_norm(top.as_tensor(), &self.norm, c.rms_norm_eps)
+        let logits = self
+            .rms(top.as_tensor(), &self.norm)
             .and_then(|n| self.lm_head.forward(&n))
             .and_then(|l| l.to_dtype(DType::F32))
             .map_err(err)?;
@@ -203,11 +247,7 @@ impl Decoder {
         }
         if embed_trainable {
             if let Some(g) = grad {
-                let x = self
-                    .embed
-                    .index_select(&ids, 0)
-                    .and_then(|x| x.reshape((b, t, c.hidden_size)))
-                    .map_err(err)?;
+                let x = self.embed_ids(&ids, b, t).map_err(err)?;
                 let store = (x * g)
                     .and_then(|p| p.sum_all())
                     .and_then(|s| s.backward())
@@ -219,15 +259,14 @@ impl Decoder {
     }
 
     fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
-        let c = &self.config;
         let (ids, b, t) = self.ids_tensor(batch)?;
-        let mut h = self.embed.index_select(&ids, 0)?.reshape((b, t, c.hidden_size))?;
+        let mut h = self.embed_ids(&ids, b, t)?;
         let (cos, sin) = self.rope_tables(0, t)?;
         let mask = self.mask(&batch.lengths, t)?;
         for block in &self.blocks {
             h = self.block(block, &h, &cos, &sin, &mask, None)?;
         }
-        let h = rms_norm(&h, &self.norm, c.rms_norm_eps)?;
+        let h = self.rms(&h, &self.norm)?;
         self.lm_head.forward(&h)?.to_dtype(DType::F32)
     }
 
@@ -245,11 +284,22 @@ impl Decoder {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let h = rms_norm(x, &blk.input_norm, c.rms_norm_eps)?;
+        let h = self.rms(x, &blk.input_norm)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
-        let mut q = heads(blk.q.forward(&h)?, nh)?;
-        let mut k = heads(blk.k.forward(&h)?, nkv)?;
-        let v = heads(blk.v.forward(&h)?, nkv)?;
+        let (q, k, v) = match &blk.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+            Qkv::Fused(qkv) => {
+                let y = qkv.forward(&h)?;
+                (
+                    y.narrow(2, 0, nh * hd)?,
+                    y.narrow(2, nh * hd, nkv * hd)?,
+                    y.narrow(2, (nh + nkv) * hd, nkv * hd)?,
+                )
+            }
+        };
+        let mut q = heads(q, nh)?;
+        let mut k = heads(k, nkv)?;
+        let v = heads(v, nkv)?;
         if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
             q = rms_norm(&q, qn, c.rms_norm_eps)?;
             k = rms_norm(&k, kn, c.rms_norm_eps)?;
@@ -273,10 +323,21 @@ impl Decoder {
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         let x = (x + blk.o.forward(&attn)?)?;
-        let h = rms_norm(&x, &blk.post_norm, c.rms_norm_eps)?;
-        let mlp = blk
-            .down
-            .forward(&(blk.gate.forward(&h)?.silu()? * blk.up.forward(&h)?)?)?;
+        let h = self.rms(&x, &blk.post_norm)?;
+        let (gate, up) = match &blk.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(&h)?, up.forward(&h)?),
+            GateUp::Fused(gate_up) => {
+                let y = gate_up.forward(&h)?;
+                let i = c.intermediate_size;
+                (y.narrow(2, 0, i)?, y.narrow(2, i, i)?)
+            }
+        };
+        let gate = match c.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        let mlp = blk.down.forward(&(gate * up)?)?;
         x + mlp
     }
 }
@@ -306,10 +367,7 @@ impl Decoder {
         let mut run = || -> candle_core::Result<Tensor> {
             let (start, t) = (cache.len, ids.len());
             let ids_t = Tensor::new(ids, &self.device)?;
-            let mut h = self
-                .embed
-                .index_select(&ids_t, 0)?
-                .reshape((1, t, self.config.hidden_size))?;
+            let mut h = self.embed_ids(&ids_t, 1, t)?;
             let (cos, sin) = self.rope_tables(start, t)?;
             let total = start + t;
             let mask: Vec<f32> = (0..t)
@@ -320,7 +378,7 @@ impl Decoder {
                 h = self.block(block, &h, &cos, &sin, &mask, Some(layer))?;
             }
             cache.len = total;
-            let h = rms_norm(&h.narrow(1, t - 1, 1)?, &self.norm, self.config.rms_norm_eps)?;
+            let h = self.rms(&h.narrow(1, t - 1, 1)?, &self.norm)?;
             self.lm_head
                 .forward(&h)?
                 .to_dtype(DType::F32)?

@@ -173,3 +173,40 @@ fn llama_with_llama3_rope_scaling() {
         &last(reference.forward(&input(), 0, &mut cache).unwrap()),
     );
 }
+
+#[test]
+fn phi3_with_fused_projections() {
+    let dir = synth(Family::Phi3, |_| {});
+    let cfg: candle_transformers::models::phi3::Config = serde_json::from_value(serde_json::json!({
+        "vocab_size": 512, "hidden_act": "silu", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "bos_token_id": 0, "eos_token_id": 2, "rope_scaling": null, "max_position_embeddings": 256,
+        "original_max_position_embeddings": null, "partial_rotary_factor": null, "tie_word_embeddings": false
+    }))
+    .unwrap();
+    let mut reference = candle_transformers::models::phi3::Model::new(&cfg, vb(dir.path())).unwrap();
+    assert_close(
+        "phi3",
+        &ours(dir.path()),
+        &last(reference.forward(&input(), 0).unwrap()),
+    );
+}
+
+#[test]
+fn gemma_with_offset_norms_scaled_embeddings_and_gelu() {
+    let dir = synth(Family::Gemma, |c| {
+        c["hidden_activation"] = "gelu_pytorch_tanh".into();
+    });
+    let cfg: candle_transformers::models::gemma::Config = serde_json::from_value(serde_json::json!({
+        "attention_bias": false, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 64,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 3, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "vocab_size": 512, "max_position_embeddings": 256
+    }))
+    .unwrap();
+    let mut reference = candle_transformers::models::gemma::Model::new(false, &cfg, vb(dir.path())).unwrap();
+    assert_close(
+        "gemma",
+        &ours(dir.path()),
+        &last(reference.forward(&input(), 0).unwrap()),
+    );
+}

@@ -316,3 +316,35 @@ fn gradient_checkpointing_equals_the_plain_backward_pass() {
         tensor_bytes(&fixtures().join("models/llama/model.safetensors"))["model.embed_tokens.weight"]
     );
 }
+
+#[test]
+fn phi3_and_gemma_train_with_the_mask_kept() {
+    use freezetune_core::synth::{write_checkpoint, Family, SynthSpec};
+    for family in [Family::Phi3, Family::Gemma] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        write_checkpoint(&model, &SynthSpec::tiny(family, 3)).unwrap();
+        let rows: Vec<String> = (0..4)
+            .map(|r| {
+                serde_json::json!({"input_ids": (0..24).map(|i| (i * 7 + r * 13) % 500).collect::<Vec<_>>()})
+                    .to_string()
+            })
+            .collect();
+        std::fs::write(dir.path().join("d.jsonl"), rows.join("\n")).unwrap();
+        let text = format!(
+            "[model]\npath = {model:?}\n[freeze]\ntop = 1\nmodules = [\"self_attn\", \"mlp\"]\n[data]\ntrain = \"d.jsonl\"\n\
+             [training]\nbatch_size = 4\nmax_steps = 8\nlearning_rate = 1e-2\nshuffle = false\n[output]\ndir = \"run\"\n"
+        );
+        std::fs::write(dir.path().join("run.toml"), text).unwrap();
+        let c = RunConfig::read(&dir.path().join("run.toml")).unwrap();
+        let out = train(&c, false, &quiet, &AtomicBool::new(false)).unwrap();
+        let l = losses(&out.run_dir);
+        assert!(l[7] < l[0], "{family:?}: loss {l:?}");
+        let before = tensor_bytes(&model.join("model.safetensors"));
+        let after = tensor_bytes(&out.final_dir.unwrap().join("model.safetensors"));
+        for (name, bytes) in &before {
+            let trains = name.starts_with("model.layers.2.self_attn") || name.starts_with("model.layers.2.mlp");
+            assert_eq!(bytes != &after[name], trains, "{family:?}: {name}");
+        }
+    }
+}
