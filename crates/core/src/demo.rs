@@ -49,9 +49,9 @@ pub fn write_demo(dir: &Path, force: bool) -> Result<Demo> {
     write(&demo.data, &demo_dataset())?;
     write(
         &demo.run_config,
-        "[model]\npath = \"model\"\n\n[freeze]\ntop = 2\nextra = [\"norm\"]\n\n[data]\ntrain = \"data.jsonl\"\nformat = \"alpaca\"\n\
-         eval_split = 0.1\ncutoff_len = 64\n\n[training]\nlearning_rate = 1e-2\nbatch_size = 8\nmax_steps = 150\n\
-         eval_steps = 50\n\n[output]\ndir = \"runs/demo\"\n",
+        "[model]\npath = \"model\"\n\n[freeze]\nlayers = \"4-7\"\nextra = [\"norm\"]\n\n[data]\ntrain = \"data.jsonl\"\nformat = \"alpaca\"\n\
+         eval_split = 0.1\ncutoff_len = 64\n\n[training]\nlearning_rate = 1e-2\nbatch_size = 8\nmax_steps = 300\n\
+         eval_steps = 100\n\n[output]\ndir = \"runs/demo\"\n",
     )?;
     Ok(demo)
 }
