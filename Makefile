@@ -20,7 +20,7 @@ run: setup
 	@test -f "$(DEMO_DIR)/model/config.json" || "$(BIN)" demo-model "$(DEMO_DIR)"
 	"$(BIN)" inspect "$(DEMO_DIR)/model"
 	@echo
-	"$(BIN)" plan "$(DEMO_DIR)/model" --top 2 --extra norm
+	"$(BIN)" plan "$(DEMO_DIR)/model" --layers 4-7 --extra norm
 	@echo
 	"$(BIN)" data preview "$(DEMO_DIR)/run.toml" -n 1
 	@echo
