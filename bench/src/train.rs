@@ -20,7 +20,15 @@ use std::path::Path;
 use std::time::Instant;
 
 const BATCH: usize = 4;
-const SEQ: usize = 256;
+const DEFAULT_SEQ: usize = 256;
+
+/// Sequence length: 256, or `FREEZETUNE_BENCH_SEQ` (to separate the terms of the memory estimate).
+fn seq() -> usize {
+    std::env::var("FREEZETUNE_BENCH_SEQ")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEQ)
+}
 
 fn configs() -> Vec<(&'static str, FreezeSpec)> {
     let extra = vec!["embed_tokens".to_string(), "norm".to_string(), "lm_head".to_string()];
@@ -96,7 +104,7 @@ fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
         &spec,
         PlanOptions {
             batch_size: BATCH as u64,
-            seq_len: SEQ as u64,
+            seq_len: seq() as u64,
         },
     )?;
     let params = Params::load(model, &p, &Device::Cpu, DType::F32)?;
@@ -111,11 +119,11 @@ fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
     );
     let mut rng = freezetune_core::synth::Rng(12345);
     let ids: Vec<Vec<u32>> = (0..BATCH)
-        .map(|_| (0..SEQ).map(|_| (rng.next_u64() % 8000) as u32).collect())
+        .map(|_| (0..seq()).map(|_| (rng.next_u64() % 8000) as u32).collect())
         .collect();
     let labels: Vec<Vec<i64>> = ids.iter().map(|r| r.iter().map(|&v| v as i64).collect()).collect();
     let batch = Batch {
-        lengths: vec![SEQ; BATCH],
+        lengths: vec![seq(); BATCH],
         input_ids: ids,
     };
     let mut times = Vec::new();
@@ -248,7 +256,7 @@ fn main() -> Result<()> {
         };
         write_checkpoint(&dir, &spec)?;
     }
-    println!("random llama: 8 layers, hidden 512, 8 heads, intermediate 1376, vocab 8000; batch {BATCH} x seq {SEQ}, f32, AdamW; median of {steps} steps");
+    println!("random llama: 8 layers, hidden 512, 8 heads, intermediate 1376, vocab 8000; batch {BATCH} x seq {}, f32, AdamW; median of {steps} steps", seq());
     println!(
         "{:<12} {:>12} {:>10} {:>12} {:>10} {:>14} {:>9}",
         "config", "trainable", "step ms", "vs full", "peak MiB", "estimate MiB", "est/peak"

@@ -183,7 +183,7 @@ pub fn plan_table(l: &ModelLayout, p: &FreezePlan) -> String {
     let m = &p.memory;
     let _ = writeln!(
         s,
-        "Memory (batch {}, seq {}): {} total = frozen weights {} + trainable weights {} + gradients {} + AdamW {} + activations {}",
+        "Memory (batch {}, seq {}): {} total = frozen weights {} + trainable weights {} + gradients {} + AdamW {} + update {} + activations {}",
         m.batch_size,
         m.seq_len,
         bytes(m.total_bytes),
@@ -191,6 +191,7 @@ pub fn plan_table(l: &ModelLayout, p: &FreezePlan) -> String {
         bytes(m.trainable_weight_bytes),
         bytes(m.gradient_bytes),
         bytes(m.optimizer_bytes),
+        bytes(m.update_bytes),
         m.activation_bytes.map(bytes).unwrap_or_else(|| "unknown (config lacks sizes)".into())
     );
     for w in &p.warnings {

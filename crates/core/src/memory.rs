@@ -5,15 +5,18 @@
 //! trainable weights  = Σ trainable tensors  numel × 4      (f32 master copy)
 //! gradients          = Σ trainable tensors  numel × 4
 //! optimizer (AdamW)  = Σ trainable tensors  numel × 8      (first and second moments, f32)
-//! activations        = 4 bytes × B × S × [ (L − l₀) × (10·h + 3·kv + 4·i + 2·H·S) + h + 2·V ]   if anything trains
+//! update temporaries = 10 × largest trainable tensor × 4    (the AdamW update's intermediates, one tensor at a time)
+//! activations        = 4 bytes × B × S × [ (L − l₀) × (10·h + 3·kv + 4·i + 12·H·S) + h + 3·V ]  if anything trains
 //! ```
 //! with batch B, sequence S, L layers, l₀ the lowest layer holding a trainable tensor (0 when the embeddings train;
 //! L when only the final norm / lm_head train), hidden h, key/value width kv = kv_heads × head_dim, MLP width i,
 //! H attention heads and vocabulary V. Per layer and token the backward pass keeps the residual input, two norm
 //! outputs, q/k/v (before and after rotary), attention output, o_proj and down_proj outputs (≈10·h + 3·kv), the MLP's
-//! gate, up, activation and product (4·i), and the attention scores and probabilities (2·H·S). The final hidden
-//! state (h) and the logits with their softmax (2·V) are kept once. Nothing below l₀ is kept: no graph is recorded
-//! there. Activations are assumed f32; the training engine measures this against reality.
+//! gate, up, activation and product (4·i), and the attention path's seq-sized tensors: scores, scaled, masked,
+//! shifted, exponentiated, probabilities and their gradients during backward (12·H·S, measured). The final hidden
+//! state (h), the logits and their gradient (3·V) are kept once. Nothing below l₀ is kept: no graph is recorded
+//! there. Activations are f32. The S² and V coefficients were calibrated with `bench-train` at three sequence
+//! lengths (see docs/memory.md); the process itself (runtime, tokenizer, mapped files) is not counted.
 
 use crate::layout::ModelLayout;
 use crate::plan::PlanOptions;
@@ -28,6 +31,8 @@ pub struct MemoryEstimate {
     pub trainable_weight_bytes: u64,
     pub gradient_bytes: u64,
     pub optimizer_bytes: u64,
+    /// Transient memory of the optimizer update (its intermediates for the largest trainable tensor).
+    pub update_bytes: u64,
     /// `None` when config.json lacks the sizes the formula needs.
     pub activation_bytes: Option<u64>,
     /// Lowest layer the backward pass reaches (`num_layers` when only non-layer modules above the stack train).
@@ -36,13 +41,17 @@ pub struct MemoryEstimate {
 }
 
 const ACT_BYTES: u64 = 4;
+/// Tensors the size of a parameter that one AdamW update creates (moment updates, square, root, quotient, ...).
+const UPDATE_TEMPORARIES: u64 = 10;
 
 pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, options: PlanOptions) -> MemoryEstimate {
     let mut frozen = 0u64;
     let mut trainable_params = 0u64;
+    let mut largest = 0u64;
     for t in layout.tensors() {
         if trainable.contains(&t.name) {
             trainable_params += t.params;
+            largest = largest.max(t.params);
         } else {
             frozen += t.dtype.bytes_for(t.params);
         }
@@ -57,9 +66,15 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
         trainable_weight_bytes: weights,
         gradient_bytes: grads,
         optimizer_bytes: optim,
+        update_bytes: UPDATE_TEMPORARIES * 4 * largest,
         activation_bytes: activation_bytes.or(if backward_from_layer.is_none() { Some(0) } else { None }),
         backward_from_layer,
-        total_bytes: frozen + weights + grads + optim + activation_bytes.unwrap_or(0),
+        total_bytes: frozen
+            + weights
+            + grads
+            + optim
+            + UPDATE_TEMPORARIES * 4 * largest
+            + activation_bytes.unwrap_or(0),
     }
 }
 
@@ -96,7 +111,7 @@ fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions) -> Option<u64> {
     );
     let kv = d.num_key_value_heads.unwrap_or(heads) * d.head_dim.unwrap_or(h / heads.max(1));
     let layers = layout.num_layers.saturating_sub(l0) as u64;
-    let per_token_layer = 10 * h + 3 * kv + 4 * i + 2 * heads * o.seq_len;
-    let per_token = layers * per_token_layer + h + 2 * v;
+    let per_token_layer = 10 * h + 3 * kv + 4 * i + 12 * heads * o.seq_len;
+    let per_token = layers * per_token_layer + h + 3 * v;
     Some(ACT_BYTES * o.batch_size * o.seq_len * per_token)
 }

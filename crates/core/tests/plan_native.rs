@@ -293,8 +293,10 @@ fn memory_estimate_follows_the_documented_formula() {
     );
     assert_eq!(m.backward_from_layer, Some(2));
     // h=64, kv=2*16=32, i=128, H=4, V=512, S=16, B=2, two layers kept.
-    let per_layer = 10 * 64 + 3 * 32 + 4 * 128 + 2 * 4 * 16;
-    assert_eq!(m.activation_bytes, Some(4 * 2 * 16 * (2 * per_layer + 64 + 2 * 512)));
+    let per_layer = 10 * 64 + 3 * 32 + 4 * 128 + 12 * 4 * 16;
+    assert_eq!(m.activation_bytes, Some(4 * 2 * 16 * (2 * per_layer + 64 + 3 * 512)));
+    // The largest trainable tensor of the top two layers is an MLP matrix (128 x 64).
+    assert_eq!(m.update_bytes, 10 * 4 * 128 * 64);
     let deeper = plan(
         &l,
         &FreezeSpec {
@@ -310,7 +312,7 @@ fn memory_estimate_follows_the_documented_formula() {
     );
     assert_eq!(
         m.total_bytes,
-        m.frozen_weight_bytes + 16 * trainable + m.activation_bytes.unwrap()
+        m.frozen_weight_bytes + 16 * trainable + m.update_bytes + m.activation_bytes.unwrap()
     );
 }
 
