@@ -182,6 +182,9 @@ pub fn train(
             progress = checkpoint::restore(&dir, &params, &mut optimizer, &device)?;
             truncate_metrics(&metrics_path, progress.step)?;
             tracing::info!(step = progress.step, checkpoint = %dir.display(), "resuming");
+        } else {
+            // Stopped before its first checkpoint: start over, without the old run's metric lines.
+            truncate_metrics(&metrics_path, 0)?;
         }
     }
     let mut metrics = std::fs::OpenOptions::new()
@@ -207,7 +210,8 @@ pub fn train(
         order
     };
     let mut order = order_of(progress.epoch);
-    let started = Instant::now() - std::time::Duration::from_secs_f64(progress.elapsed_s);
+    // Time already spent before a resume, plus this session's (an `Instant` cannot go back past boot).
+    let (started, elapsed_before) = (Instant::now(), progress.elapsed_s);
     let mut last_loss = None;
     while progress.step < total_steps {
         if cancel.load(Ordering::Relaxed) {
@@ -275,7 +279,7 @@ pub fn train(
         optimizer.step(&grads, lr).map_err(candle("optimizer step"))?;
         progress.step += 1;
         progress.tokens += input_tokens;
-        progress.elapsed_s = started.elapsed().as_secs_f64();
+        progress.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         progress.optimizer_step = optimizer.state().1;
         last_loss = Some(loss_sum);
         let event = TrainEvent::Step {
