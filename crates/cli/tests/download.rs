@@ -12,6 +12,7 @@ fn freezetune(hub: &FakeHub, cache: &std::path::Path, args: &[&str]) -> std::pro
         .env_remove("HF_TOKEN")
         .env_remove("HF_HUB_OFFLINE")
         .env("HF_HOME", cache.join("home"))
+        .env("FREEZETUNE_CONFIG_DIR", cache.join("config"))
         .output()
         .unwrap()
 }
@@ -50,6 +51,23 @@ fn download_then_inspect_the_printed_snapshot() {
     let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(models[0]["repo"], "tiny/qwen2");
     assert_eq!(models[0]["num_layers"], 4);
+
+    // A preset naming the Hub repo plans on the cached snapshot.
+    assert!(freezetune(
+        &hub,
+        cache.path(),
+        &["preset", "save", "q", "--repo", "tiny/qwen2", "--top", "1"]
+    )
+    .status
+    .success());
+    let out = freezetune(&hub, cache.path(), &["plan", "--preset", "q", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["trainable_layer_ids"], "3");
+
+    let out = freezetune(&hub, cache.path(), &["download", "tiny/qwen2", "--include", "*.bin"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("any file matching --include"));
 
     let out = freezetune(&hub, cache.path(), &["download", "nobody/none", "--json"]);
     assert!(!out.status.success());

@@ -208,6 +208,15 @@ impl Downloader {
             .into_iter()
             .cloned()
             .collect();
+        if files.is_empty() {
+            return Err(HubError::EntryNotFound {
+                repo: req.repo.clone(),
+                file: format!(
+                    "any file matching --include {} (minus --exclude)",
+                    req.include.join(" ")
+                ),
+            });
+        }
         let commit = info.sha.clone();
         let tracker = ProgressTracker::new(sink, 0, 0);
         let transfer = Transfer {

@@ -34,7 +34,14 @@ pub fn resolve(
                 bail!("--preset {name} already holds a freeze choice; drop the selection flags or the --preset");
             }
             let p = PresetStore::open_default()?.load(name)?;
-            (p.freeze, Vec::new(), p.model.and_then(|m| m.path))
+            let model = p.model.and_then(|m| match (m.path, m.repo) {
+                (Some(path), _) => Some(path),
+                // A Hub model: its snapshot in the standard cache, if it has been downloaded.
+                (None, Some(repo)) => freezetune_hub::HubCache::new(freezetune_hub::HubSettings::from_env().cache_dir)
+                    .resolve(&repo, m.revision.as_deref().unwrap_or("main")),
+                (None, None) => None,
+            });
+            (p.freeze, Vec::new(), model)
         }
         None => {
             let (spec, notes) = freeze.to_spec()?;
@@ -44,7 +51,7 @@ pub fn resolve(
     let dir = match (model_dir, preset_model) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => d,
-        (None, None) => bail!("no model folder given; pass MODEL_DIR"),
+        (None, None) => bail!("no model folder given; pass MODEL_DIR (a preset's Hub model must be downloaded first)"),
     };
     let layout = ModelLayout::inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
     Ok((layout, spec, notes))
