@@ -112,3 +112,54 @@ fn data_preview_marks_what_is_learned() {
         "{text}"
     );
 }
+
+#[test]
+fn a_whole_run_saved_as_a_preset_trains_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("d.jsonl"),
+        r#"{"instruction": "Say hi", "output": "hi"}"#,
+    )
+    .unwrap();
+    let config = format!(
+        "[model]\npath = {:?}\n[freeze]\ntop = 1\n[data]\ntrain = \"d.jsonl\"\n[training]\nmax_steps = 2\n[output]\ndir = \"runs/p\"\n",
+        fixtures().join("models/llama")
+    );
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_freezetune"))
+            .args(args)
+            .env("FREEZETUNE_CONFIG_DIR", dir.path().join("cfg"))
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["preset", "save", "whole", "--config", cfg.to_str().unwrap()])
+        .status
+        .success());
+    let out = run(&["train", "--preset", "whole"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()),
+        dir.path().join("runs/p/final")
+    );
+    let model = fixtures().join("models/llama");
+    assert!(run(&[
+        "preset",
+        "save",
+        "freeze-only",
+        "--top",
+        "2",
+        "--model",
+        model.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let out = run(&["train", "--preset", "freeze-only"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot run on its own"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::{write_atomic, Overwrite};
+use crate::run_config::{DataSection, ModelSection, OutputSection, RunConfig, RuntimeSection, TrainingSection};
 use crate::spec::FreezeSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const PRESET_SCHEMA_VERSION: u32 = 1;
 pub const CONFIG_DIR_ENV: &str = "FREEZETUNE_CONFIG_DIR";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
     pub schema_version: u32,
@@ -21,6 +22,16 @@ pub struct Preset {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelRef>,
     pub freeze: FreezeSpec,
+    /// The rest of a run, when the preset was saved from one (`preset save NAME --config RUN.toml`): with these a
+    /// preset alone is enough for `freezetune train --preset NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSection>,
 }
 
 impl Preset {
@@ -31,7 +42,62 @@ impl Preset {
             description: None,
             model,
             freeze,
+            data: None,
+            training: None,
+            runtime: None,
+            output: None,
         }
+    }
+
+    /// A preset holding a whole run.
+    pub fn from_run(name: &str, run: &RunConfig) -> Preset {
+        let model = ModelRef {
+            path: Some(run.model.path.clone()),
+            repo: None,
+            revision: None,
+            dtype: Some(run.model.dtype.clone()),
+        };
+        Preset {
+            data: Some(run.data.clone()),
+            training: Some(run.training.clone()),
+            runtime: Some(run.runtime.clone()),
+            output: Some(run.output.clone()),
+            ..Preset::new(name, Some(model), run.freeze.clone())
+        }
+    }
+
+    /// The run this preset describes, on the model folder `model_dir` (its own path, or a resolved Hub snapshot).
+    pub fn to_run(&self, model_dir: PathBuf) -> Result<RunConfig> {
+        let missing = |what: &str| Error::Preset {
+            kind: "preset_incomplete",
+            path: None,
+            message: format!(
+                "preset {:?} has no [{what}] section, so it cannot run on its own; save it with --config RUN.toml, \
+                 or pass --config",
+                self.name
+            ),
+        };
+        let run = RunConfig {
+            model: ModelSection {
+                path: model_dir,
+                dtype: self
+                    .model
+                    .as_ref()
+                    .and_then(|m| m.dtype.clone())
+                    .unwrap_or_else(|| "auto".into()),
+            },
+            freeze: self.freeze.clone(),
+            data: self.data.clone().ok_or_else(|| missing("data"))?,
+            training: self.training.clone().unwrap_or_default(),
+            runtime: self.runtime.clone().unwrap_or_default(),
+            output: self.output.clone().ok_or_else(|| missing("output"))?,
+        };
+        run.check().map_err(|message| Error::Preset {
+            kind: "preset_corrupt",
+            path: None,
+            message,
+        })?;
+        Ok(run)
     }
 
     pub fn to_toml(&self) -> String {
@@ -80,6 +146,9 @@ pub struct ModelRef {
     pub repo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The run's `model.dtype`, for presets saved from a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
 }
 
 /// One file in the presets folder: its preset, or why it could not be read.
@@ -282,6 +351,7 @@ mod tests {
                 path: Some("/m".into()),
                 repo: None,
                 revision: None,
+                dtype: None,
             }),
             spec(),
         );
@@ -354,5 +424,20 @@ mod tests {
         let other = PresetStore::at(dir.path().join("b"));
         let p = other.import(&file, Some("y"), false).unwrap();
         assert_eq!(other.load("y").unwrap().freeze, p.freeze);
+    }
+
+    #[test]
+    fn a_preset_can_hold_a_whole_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.toml");
+        std::fs::write(&p, "[model]\npath = \"m\"\n[freeze]\ntop = 2\n[data]\ntrain = \"d.jsonl\"\n[training]\nmax_steps = 7\n[output]\ndir = \"out\"\n").unwrap();
+        let run = RunConfig::read(&p).unwrap();
+        let store = PresetStore::at(dir.path().join("presets"));
+        store.save(&Preset::from_run("full", &run), false).unwrap();
+        let back = store.load("full").unwrap();
+        let again = back.to_run(back.model.clone().unwrap().path.unwrap()).unwrap();
+        assert_eq!(again, run);
+        let bare = Preset::new("bare", None, spec());
+        assert_eq!(bare.to_run(PathBuf::from("m")).unwrap_err().kind(), "preset_incomplete");
     }
 }

@@ -65,6 +65,10 @@ pub struct SaveArgs {
     pub revision: Option<String>,
     #[arg(long)]
     pub description: Option<String>,
+    /// Save a whole run (model, freeze, data, training, runtime, output) from this run config instead of flags;
+    /// `freezetune train --preset NAME` can then run it on its own.
+    #[arg(long, value_name = "RUN.toml", conflicts_with_all = ["model", "repo"])]
+    pub config: Option<PathBuf>,
     /// Replace an existing preset of the same name.
     #[arg(long)]
     pub force: bool,
@@ -108,6 +112,22 @@ pub fn run(command: PresetCommand) -> Result<()> {
 }
 
 fn save(store: &PresetStore, a: SaveArgs) -> Result<()> {
+    if let Some(config) = &a.config {
+        if !a.freeze.is_empty() {
+            bail!("--config already holds the freeze choice; drop the selection flags or --config");
+        }
+        let run = freezetune_core::run_config::RunConfig::read(config)?;
+        let mut preset = Preset::from_run(&a.name, &run);
+        preset.description = a.description;
+        let path = store.save(&preset, a.force)?;
+        eprintln!(
+            "saved the run {} as preset {:?} ({})",
+            config.display(),
+            a.name,
+            path.display()
+        );
+        return Ok(());
+    }
     let (spec, _) = a.freeze.to_spec()?;
     spec.check_mode()?;
     if spec.llamafactory.is_none() {
@@ -125,12 +145,14 @@ fn save(store: &PresetStore, a: SaveArgs) -> Result<()> {
                 path: Some(abs),
                 repo: None,
                 revision: None,
+                dtype: None,
             })
         }
         (None, Some(repo)) => Some(ModelRef {
             path: None,
             repo: Some(repo.clone()),
             revision: a.revision.clone(),
+            dtype: None,
         }),
         (None, None) => None,
     };

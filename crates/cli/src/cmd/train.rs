@@ -11,9 +11,10 @@ use std::sync::Arc;
 #[derive(Args)]
 pub struct TrainArgs {
     /// The run config (TOML; keys in docs/run-config.md).
-    #[arg(long, value_name = "RUN.toml")]
-    pub config: PathBuf,
-    /// Take the [freeze] choice from a saved preset instead of the config file.
+    #[arg(long, value_name = "RUN.toml", required_unless_present = "preset")]
+    pub config: Option<PathBuf>,
+    /// A saved preset: with --config it replaces the config's [freeze] choice; alone it must hold a whole run
+    /// (`preset save NAME --config RUN.toml`).
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// Continue the run in output.dir from its newest checkpoint.
@@ -22,10 +23,36 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let mut config = RunConfig::read(&args.config)?;
-    if let Some(name) = &args.preset {
-        config.freeze = PresetStore::open_default()?.load(name)?.freeze;
-    }
+    let preset = args
+        .preset
+        .as_deref()
+        .map(|name| PresetStore::open_default()?.load(name))
+        .transpose()?;
+    let config = match (&args.config, preset) {
+        (Some(path), preset) => {
+            let mut config = RunConfig::read(path)?;
+            if let Some(p) = preset {
+                config.freeze = p.freeze;
+            }
+            config
+        }
+        (None, Some(p)) => {
+            let model = p.model.as_ref().and_then(|m| match (&m.path, &m.repo) {
+                (Some(path), _) => Some(path.clone()),
+                (None, Some(repo)) => freezetune_hub::HubCache::new(freezetune_hub::HubSettings::from_env().cache_dir)
+                    .resolve(repo, m.revision.as_deref().unwrap_or("main")),
+                (None, None) => None,
+            });
+            let Some(model) = model else {
+                bail!(
+                    "preset {:?} names no local model (download its Hub model first, or pass --config)",
+                    p.name
+                )
+            };
+            p.to_run(model)?
+        }
+        (None, None) => bail!("pass --config RUN.toml or --preset NAME"),
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let mut first_interrupt = true;
