@@ -83,3 +83,29 @@ fn download_then_inspect_the_printed_snapshot() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_run_config_can_name_a_hub_repo() {
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
+    let hub = FakeHub::start(vec![FakeRepo::from_dir("tiny/llama", &fixture)]);
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path();
+    std::fs::write(dir.join("d.jsonl"), r#"{"instruction": "Say hi", "output": "hi"}"#).unwrap();
+    std::fs::write(
+        dir.join("run.toml"),
+        "[model]\nrepo = \"tiny/llama\"\n[freeze]\ntop = 1\n[data]\ntrain = \"d.jsonl\"\n[training]\nmax_steps = 2\n[output]\ndir = \"run\"\n",
+    )
+    .unwrap();
+    let out = freezetune(
+        &hub,
+        dir,
+        &["train", "--config", dir.join("run.toml").to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: String = std::fs::read_to_string(dir.join("run/run.toml")).unwrap();
+    assert!(
+        run.contains("repo = \"tiny/llama\"") && run.contains("models--tiny--llama"),
+        "{run}"
+    );
+    assert!(dir.join("run/final/model.safetensors").is_file());
+}

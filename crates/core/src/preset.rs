@@ -51,10 +51,11 @@ impl Preset {
 
     /// A preset holding a whole run.
     pub fn from_run(name: &str, run: &RunConfig) -> Preset {
+        let path = &run.model.path;
         let model = ModelRef {
-            path: Some(run.model.path.clone()),
-            repo: None,
-            revision: None,
+            path: (!path.as_os_str().is_empty()).then(|| path.clone()),
+            repo: run.model.repo.clone(),
+            revision: run.model.revision.clone(),
             dtype: Some(run.model.dtype.clone()),
         };
         Preset {
@@ -80,6 +81,8 @@ impl Preset {
         let run = RunConfig {
             model: ModelSection {
                 path: model_dir,
+                repo: self.model.as_ref().and_then(|m| m.repo.clone()),
+                revision: self.model.as_ref().and_then(|m| m.revision.clone()),
                 dtype: self
                     .model
                     .as_ref()

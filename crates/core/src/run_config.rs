@@ -22,12 +22,24 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Checkpoint folder (config.json + safetensors).
+    /// Checkpoint folder (config.json + safetensors). Empty when the model is given as `repo`.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub path: PathBuf,
+    /// A Hugging Face Hub repo id instead of `path`: the CLI (and app) download it, or find it in the cache, and
+    /// train on its snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Branch, tag or commit of `repo` (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Compute dtype of frozen weights and activations: `auto` (f32 on CPU, the checkpoint's on GPUs), `f32`,
     /// `bf16`, `f16`. Trainable weights are always f32.
     #[serde(default = "default_dtype")]
     pub dtype: String,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 fn default_dtype() -> String {
@@ -182,7 +194,7 @@ impl RunConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.model.path, &mut config.data.train, &mut config.output.dir] {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         }
@@ -201,6 +213,9 @@ impl RunConfig {
     /// Value checks serde cannot express.
     pub fn check(&self) -> std::result::Result<(), String> {
         let t = &self.training;
+        if self.model.path.as_os_str().is_empty() && self.model.repo.is_none() {
+            return Err("[model] needs `path` (a checkpoint folder) or `repo` (a Hugging Face repo id)".into());
+        }
         if !matches!(self.model.dtype.as_str(), "auto" | "f32" | "bf16" | "f16") {
             return Err(format!(
                 "model.dtype {:?} is not one of auto, f32, bf16, f16",
@@ -259,6 +274,18 @@ mod tests {
         assert_eq!(c.runtime.device, "auto");
         let round = toml::from_str::<RunConfig>(&c.to_toml()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn a_hub_repo_can_name_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.toml");
+        std::fs::write(&p, MINIMAL.replace("path = \"m\"", "repo = \"Qwen/Qwen2.5-0.5B\"")).unwrap();
+        let c = RunConfig::read(&p).unwrap();
+        assert_eq!(c.model.repo.as_deref(), Some("Qwen/Qwen2.5-0.5B"));
+        assert!(c.model.path.as_os_str().is_empty());
+        std::fs::write(&p, MINIMAL.replace("path = \"m\"\n", "")).unwrap();
+        assert!(RunConfig::read(&p).unwrap_err().to_string().contains("`path`"));
     }
 
     #[test]

@@ -98,6 +98,15 @@ pub fn train(
     }
     apply_thread_settings(config.runtime.threads, config.runtime.op_threads);
     let t = &config.training;
+    if config.model.path.as_os_str().is_empty() {
+        return Err(TrainError::Config {
+            path: PathBuf::from("[model]"),
+            reason: format!(
+                "model.repo {:?} has not been resolved to a folder; `freezetune train` downloads it first",
+                config.model.repo.as_deref().unwrap_or_default()
+            ),
+        });
+    }
     let layout = ModelLayout::inspect(&config.model.path)?;
     let decoder_config = DecoderConfig::read(&config.model.path)?;
     let plan = plan(

@@ -32,7 +32,8 @@ impl DataCommand {
 
 pub fn run(command: &DataCommand) -> Result<()> {
     let DataCommand::Preview(args) = command;
-    let config = RunConfig::read(&args.config)?;
+    let mut config = RunConfig::read(&args.config)?;
+    super::train::resolve_model(&mut config)?;
     let model = &config.model.path;
     let formatter = if model.join("tokenizer.json").is_file() {
         Some(ChatFormatter::load(model)?)

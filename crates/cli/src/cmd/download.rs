@@ -1,7 +1,7 @@
 use anyhow::Result;
 use clap::Args;
 use freezetune_core::events::DownloadEvent;
-use freezetune_hub::{CancellationToken, DownloadRequest, Downloader, HubSettings};
+use freezetune_hub::{CancellationToken, DownloadOutcome, DownloadRequest, Downloader, HubSettings};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
@@ -34,11 +34,32 @@ pub fn run(args: &DownloadArgs) -> Result<()> {
         settings = settings.with_endpoint(e);
     }
     settings.concurrency = args.concurrency.max(1);
+    let outcome = download_with_progress(settings, &req, !args.json)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!("{}", outcome.snapshot.display());
+    }
+    Ok(())
+}
+
+/// The snapshot folder of `repo@revision`: from the cache, or downloaded with a progress bar on stderr.
+pub fn fetch(repo: &str, revision: Option<&str>) -> Result<std::path::PathBuf> {
+    let id = match revision {
+        Some(r) => format!("{repo}@{r}"),
+        None => repo.to_string(),
+    };
+    let req = DownloadRequest::parse(&id)?;
+    Ok(download_with_progress(HubSettings::from_env(), &req, true)?.snapshot)
+}
+
+/// Runs one download; Ctrl-C cancels it (partial files are kept for the next attempt).
+fn download_with_progress(settings: HubSettings, req: &DownloadRequest, show: bool) -> Result<DownloadOutcome> {
     let downloader = Downloader::new(settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let cancel = CancellationToken::new();
     let bar = ProgressBar::new(0);
-    if args.json {
+    if !show {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar.set_style(
@@ -57,13 +78,11 @@ pub fn run(args: &DownloadArgs) -> Result<()> {
                 c.cancel();
             }
         });
-        downloader.download(&req, &sink, &cancel).await
+        downloader.download(req, &sink, &cancel).await
     });
     bar.finish_and_clear();
     let outcome = outcome?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
-    } else {
+    if show {
         if outcome.from_cache {
             eprintln!("offline: using the cached snapshot");
         } else {
@@ -79,9 +98,8 @@ pub fn run(args: &DownloadArgs) -> Result<()> {
                 }
             );
         }
-        println!("{}", outcome.snapshot.display());
     }
-    Ok(())
+    Ok(outcome)
 }
 
 fn render(bar: &ProgressBar, event: DownloadEvent) {

@@ -53,6 +53,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         (None, None) => bail!("pass --config RUN.toml or --preset NAME"),
     };
+    let mut config = config;
+    resolve_model(&mut config)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let mut first_interrupt = true;
@@ -160,5 +162,15 @@ fn ctrlc_handler(mut f: impl FnMut() + Send + 'static) -> Result<()> {
             }
         })
     });
+    Ok(())
+}
+
+/// A `[model] repo` becomes its snapshot folder (downloaded now if it is not cached).
+pub fn resolve_model(config: &mut RunConfig) -> Result<()> {
+    if config.model.path.as_os_str().is_empty() {
+        if let Some(repo) = config.model.repo.clone() {
+            config.model.path = super::download::fetch(&repo, config.model.revision.as_deref())?;
+        }
+    }
     Ok(())
 }
