@@ -133,16 +133,12 @@ fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
             let mut sum: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
             let loss_of = |l: &candle_core::Tensor| causal_lm_loss(l, &labels).map(|(m, _)| m);
             decoder.checkpointed_backward(&batch, &loss_of, &mut |store| {
-                for (acc, g) in sum.iter_mut().zip(opt.collect(store)) {
-                    *acc = match (acc.take(), g) {
-                        (Some(a), Some(g)) => Some((a + g).map_err(|e| freezetune_train::TrainError::Candle {
-                            context: "sum".into(),
-                            source: e,
-                        })?),
-                        (a, g) => a.or(g),
-                    };
-                }
-                Ok(())
+                freezetune_train::optim::accumulate(&mut sum, opt.collect(store)).map_err(|e| {
+                    freezetune_train::TrainError::Candle {
+                        context: "accumulating gradients".into(),
+                        source: e,
+                    }
+                })
             })?;
             sum
         } else {

@@ -151,6 +151,17 @@ impl Optimizer {
     }
 }
 
+/// Adds a backward pass's parameter gradients (aligned with [`Optimizer::params`]) to running sums.
+pub fn accumulate(sums: &mut [Option<Tensor>], grads: Vec<Option<Tensor>>) -> Result<()> {
+    for (acc, g) in sums.iter_mut().zip(grads) {
+        *acc = match (acc.take(), g) {
+            (Some(a), Some(g)) => Some((a + g)?),
+            (a, g) => a.or(g),
+        };
+    }
+    Ok(())
+}
+
 /// Global L2 norm of a set of gradients.
 pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sum = 0f64;

@@ -7,7 +7,7 @@ use crate::data::{self, DataOptions, Example};
 use crate::error::{candle, io, Result, TrainError};
 use crate::model::{Batch, Decoder};
 use crate::ops::causal_lm_loss;
-use crate::optim::{global_norm, AdamWConfig, Optimizer};
+use crate::optim::{accumulate, global_norm, AdamWConfig, Optimizer};
 use crate::params::Params;
 use crate::schedule::{lr_at, shuffle};
 use crate::template::ChatFormatter;
@@ -262,13 +262,13 @@ pub fn train(
             };
             if t.gradient_checkpointing {
                 loss_sum += model.checkpointed_backward(&batch, &loss_of, &mut |store| {
-                    accumulate(&mut grads, optimizer.collect(store))
+                    accumulate(&mut grads, optimizer.collect(store)).map_err(candle("accumulating gradients"))
                 })?;
             } else {
                 let scaled = loss_of(&model.forward(&batch)?).map_err(candle("loss"))?;
                 loss_sum += scaled.to_scalar::<f32>().map_err(candle("loss"))? as f64;
                 let store = scaled.backward().map_err(candle("backward pass"))?;
-                accumulate(&mut grads, optimizer.collect(&store))?;
+                accumulate(&mut grads, optimizer.collect(&store)).map_err(candle("accumulating gradients"))?;
             }
         }
         let grad_norm = global_norm(&grads).map_err(candle("gradient norm"))?;
@@ -331,17 +331,6 @@ pub fn train(
         final_dir: Some(final_dir),
         last_loss,
     })
-}
-
-/// Adds a backward pass's parameter gradients to the running sums.
-fn accumulate(sums: &mut [Option<Tensor>], grads: Vec<Option<Tensor>>) -> Result<()> {
-    for (acc, g) in sums.iter_mut().zip(grads) {
-        *acc = match (acc.take(), g) {
-            (Some(a), Some(g)) => Some((a + g).map_err(candle("accumulating gradients"))?),
-            (a, g) => a.or(g),
-        };
-    }
-    Ok(())
 }
 
 fn collate(examples: &[&Example]) -> (Batch, Vec<Vec<i64>>) {

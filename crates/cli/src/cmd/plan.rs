@@ -34,13 +34,7 @@ pub fn resolve(
                 bail!("--preset {name} already holds a freeze choice; drop the selection flags or the --preset");
             }
             let p = PresetStore::open_default()?.load(name)?;
-            let model = p.model.and_then(|m| match (m.path, m.repo) {
-                (Some(path), _) => Some(path),
-                // A Hub model: its snapshot in the standard cache, if it has been downloaded.
-                (None, Some(repo)) => freezetune_hub::HubCache::new(freezetune_hub::HubSettings::from_env().cache_dir)
-                    .resolve(&repo, m.revision.as_deref().unwrap_or("main")),
-                (None, None) => None,
-            });
+            let model = p.model.as_ref().and_then(super::preset::model_dir);
             (p.freeze, Vec::new(), model)
         }
         None => {

@@ -194,3 +194,13 @@ fn list(store: &PresetStore, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The folder of a preset's model: its local path, or its Hub repo's snapshot in the standard cache (if downloaded).
+pub fn model_dir(model: &ModelRef) -> Option<PathBuf> {
+    match (&model.path, &model.repo) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(repo)) => freezetune_hub::HubCache::new(freezetune_hub::HubSettings::from_env().cache_dir)
+            .resolve(repo, model.revision.as_deref().unwrap_or("main")),
+        (None, None) => None,
+    }
+}

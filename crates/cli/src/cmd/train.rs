@@ -37,12 +37,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             config
         }
         (None, Some(p)) => {
-            let model = p.model.as_ref().and_then(|m| match (&m.path, &m.repo) {
-                (Some(path), _) => Some(path.clone()),
-                (None, Some(repo)) => freezetune_hub::HubCache::new(freezetune_hub::HubSettings::from_env().cache_dir)
-                    .resolve(repo, m.revision.as_deref().unwrap_or("main")),
-                (None, None) => None,
-            });
+            let model = p.model.as_ref().and_then(super::preset::model_dir);
             let Some(model) = model else {
                 bail!(
                     "preset {:?} names no local model (download its Hub model first, or pass --config)",
