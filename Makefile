@@ -8,14 +8,22 @@ CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release/freezetune
 DEMO_DIR ?= $(HOME)/.local/share/freezetune/demo
 
-.PHONY: setup run test lint unit bench
+APP := $(CARGO_TARGET_DIR)/release/freezetune-app
+TAURI := ui/node_modules/.bin/tauri
+
+.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench
 
 setup:
 	@bash scripts/setup.sh
 
-## run: build the CLI and walk through the built-in demo (until the desktop app lands): write the demo model,
-## show it, plan a freeze, fine-tune it (once), and compare the base and fine-tuned answers.
-run: setup
+## run: build the UI and the desktop app, and open it; on first start it writes the built-in demo model and opens
+## it, so the whole flow (pick layers, train, watch the loss, save a preset) works offline.
+run: setup ui
+	$(CARGO) build --release --locked -p freezetune-app
+	"$(APP)"
+
+## demo-cli: the same demo walked through with the CLI: inspect, plan, preview the data, train once, generate.
+demo-cli: setup
 	$(CARGO) build --release --locked -p freezetune-cli
 	@test -f "$(DEMO_DIR)/model/config.json" || "$(BIN)" demo-model "$(DEMO_DIR)"
 	"$(BIN)" inspect "$(DEMO_DIR)/model"
@@ -28,15 +36,34 @@ run: setup
 	@echo; echo "base model:"; "$(BIN)" generate "$(DEMO_DIR)/model" --prompt "What is 3 plus 4?" --max-new-tokens 12
 	@echo "fine-tuned:"; "$(BIN)" generate "$(DEMO_DIR)/runs/demo/final" --prompt "What is 3 plus 4?" --max-new-tokens 12
 
-## test: formatting, lints and every test of the workspace.
-test: setup lint unit
+## test: formatting, lints and type checks, UI unit and browser tests, every Rust test, the desktop app end to end.
+test: setup ui lint ui-test unit e2e
 
-lint:
+## ui: the front end, built into ui/dist (the app embeds it at compile time).
+ui: setup
+	cd ui && npm run build
+
+lint: ui
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	cd ui && npm run check
 
-unit:
+ui-test: ui
+	cd ui && npx vitest run
+	cd ui && node --test tests/browser/
+
+unit: ui
 	$(CARGO) test --workspace --locked
+
+e2e: ui
+	$(CARGO) build --locked -p freezetune-app -p freezetune-cli
+	bash tests/e2e/run.sh
+
+## bundle: .deb and .rpm packages (src-tauri/target-independent, in $(CARGO_TARGET_DIR)/release/bundle), then the
+## .deb installed on this machine and started under Xvfb as a test of the package.
+bundle: setup ui
+	$(TAURI) build --bundles deb,rpm --ci
+	bash tests/e2e/package.sh
 
 ## bench: benchmark programs that print their numbers.
 bench: setup

@@ -40,6 +40,9 @@ pub struct FreezeArgs {
         help_heading = "Native selection (exactly one)"
     )]
     pub extra: Vec<String>,
+    /// Also train only some modules of one layer: ID=MODULE[+MODULE...] (repeatable), e.g. 3=mlp or 5=self_attn+mlp.
+    #[arg(long, value_name = "ID=MODULES", help_heading = "Native selection (exactly one)")]
+    pub layer_modules: Vec<String>,
 
     /// LLaMA-Factory: +N trains the last N layers, -N the first N.
     #[arg(
@@ -114,6 +117,18 @@ impl FreezeArgs {
             no_layers: self.no_layers,
             modules: self.modules.iter().map(|m| m.trim().to_string()).collect(),
             extra: self.extra.iter().map(|m| m.trim().to_string()).collect(),
+            layer_modules: self
+                .layer_modules
+                .iter()
+                .map(|item| {
+                    let (id, modules) = item.split_once('=').unwrap_or((item, ""));
+                    let modules = modules
+                        .split('+')
+                        .map(|m| m.trim().to_string())
+                        .filter(|m| !m.is_empty());
+                    (id.trim().to_string(), modules.collect())
+                })
+                .collect(),
             llamafactory: None,
         };
         let uses_lf = self.freeze_trainable_layers.is_some()

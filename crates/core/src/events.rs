@@ -23,6 +23,7 @@ impl<E, F: Fn(E) + Send + Sync> EventSink<E> for F {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct PlannedFile {
     pub name: String,
     pub size: u64,
@@ -32,6 +33,7 @@ pub struct PlannedFile {
 
 /// Events of one Hub download.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum DownloadEvent {
     /// The repo was resolved to a commit and the files to fetch are known.
@@ -84,6 +86,7 @@ pub enum DownloadEvent {
 
 /// Events of one training run; `Step` and `Eval` are also the lines of the run's `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TrainEvent {
     Started {

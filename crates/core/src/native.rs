@@ -38,6 +38,23 @@ pub(crate) fn trainable_set(layout: &ModelLayout, spec: &FreezeSpec) -> Result<(
             }
         }
     }
+    for (id_text, wanted) in &spec.layer_modules {
+        let id = parse_layer_ids(id_text, n)?;
+        let modules = resolve_modules(layout, wanted)?;
+        for layer in layout.layers.iter().filter(|l| id.contains(&l.id)) {
+            for module in &layer.modules {
+                for t in &module.tensors {
+                    let rel = &t.name[module.path.len() - module.name.len()..];
+                    if modules
+                        .as_ref()
+                        .is_none_or(|wanted| wanted.iter().any(|w| rel == w || rel.starts_with(&format!("{w}."))))
+                    {
+                        trainable.insert(t.name.clone());
+                    }
+                }
+            }
+        }
+    }
     let mut warnings = Vec::new();
     for name in &spec.extra {
         let module = resolve_extra(layout, name)?;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum FreezeMode {
     Native,
@@ -18,6 +19,7 @@ pub enum FreezeMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum TrainState {
     Trainable,
@@ -37,6 +39,7 @@ impl TrainState {
 
 /// A note about the plan the user should see (tied embeddings, LLaMA-Factory quirks, nothing trainable, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Warning {
     pub code: String,
     pub message: String,
@@ -52,6 +55,7 @@ impl Warning {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ModulePlan {
     pub name: String,
     pub path: String,
@@ -61,6 +65,7 @@ pub struct ModulePlan {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LayerPlan {
     pub id: usize,
     pub state: TrainState,
@@ -71,6 +76,7 @@ pub struct LayerPlan {
 
 /// Sizes the memory estimate assumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct PlanOptions {
     pub batch_size: u64,
     pub seq_len: u64,
@@ -86,6 +92,7 @@ impl Default for PlanOptions {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct FreezePlan {
     pub mode: FreezeMode,
     /// Sorted names of every trainable tensor.

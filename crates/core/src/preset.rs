@@ -13,6 +13,7 @@ pub const PRESET_SCHEMA_VERSION: u32 = 1;
 pub const CONFIG_DIR_ENV: &str = "FREEZETUNE_CONFIG_DIR";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
     pub schema_version: u32,
@@ -139,6 +140,7 @@ impl Preset {
 
 /// Where the model of a preset comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {
     /// A local checkpoint folder.

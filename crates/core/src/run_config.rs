@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelSection,
@@ -20,6 +21,7 @@ pub struct RunConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// Checkpoint folder (config.json + safetensors). Empty when the model is given as `repo`.
@@ -47,6 +49,7 @@ fn default_dtype() -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum DataFormat {
     Auto,
@@ -58,6 +61,7 @@ pub enum DataFormat {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// JSON or JSONL file of training records.
@@ -86,6 +90,7 @@ fn default_cutoff() -> usize {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Adamw,
@@ -93,6 +98,7 @@ pub enum OptimizerKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum LrScheduler {
     Constant,
@@ -101,6 +107,7 @@ pub enum LrScheduler {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingSection {
     pub optimizer: OptimizerKind,
@@ -156,6 +163,7 @@ impl Default for TrainingSection {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
@@ -178,6 +186,7 @@ impl Default for RuntimeSection {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
     /// The run folder: run.toml, freeze_plan.json, metrics.jsonl, checkpoints/, final/.

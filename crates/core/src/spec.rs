@@ -3,10 +3,12 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The user's freeze choice. Native keys (`top`, `bottom`, `layers`, `all_layers`, `no_layers`, `modules`, `extra`)
 /// or, instead, a `llamafactory` table with LLaMA-Factory's own argument names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct FreezeSpec {
     /// Train the last N layers.
@@ -25,6 +27,10 @@ pub struct FreezeSpec {
     /// Modules of a selected layer that train, as the layout names them; empty or `["all"]` means every tensor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<String>,
+    /// Layers that train only some of their modules, by layer id (`{"3" = ["mlp"]}`), in addition to the layer
+    /// selection: what the app's per-module cells produce.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layer_modules: BTreeMap<String, Vec<String>>,
     /// Non-layer modules that also train (`embed_tokens`, `norm`, `lm_head`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra: Vec<String>,
@@ -93,6 +99,7 @@ impl FreezeSpec {
                 || self.all_layers
                 || self.no_layers
                 || !self.modules.is_empty()
+                || !self.layer_modules.is_empty()
                 || !self.extra.is_empty();
             if native {
                 return Err(Error::BadSelection {
@@ -108,6 +115,7 @@ impl FreezeSpec {
 
 /// LLaMA-Factory's freeze arguments, spelled as in its YAML files.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct LlamaFactoryArgs {
     /// Signed: +N trains the last N layers, -N the first N. LLaMA-Factory's default is 2.
@@ -128,6 +136,7 @@ pub struct LlamaFactoryArgs {
 
 /// Layer ids as LLaMA-Factory might receive them: `"1,3"`, `[1, 3]` or `3`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(untagged)]
 pub enum IdList {
     One(i64),

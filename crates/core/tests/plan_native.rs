@@ -337,3 +337,47 @@ fn plan_json_contract() {
     assert_eq!(j["layers"][0]["state"], "frozen");
     assert!(j["layers"][0]["id"].is_u64() && j["layers"][0]["trainable_params"].is_u64());
 }
+
+#[test]
+fn layer_modules_train_single_modules_of_single_layers() {
+    let l = model("llama");
+    let spec = FreezeSpec {
+        layers: Some("0".into()),
+        layer_modules: [("1".to_string(), vec!["mlp".to_string()])].into_iter().collect(),
+        ..Default::default()
+    };
+    let p = native(&l, spec);
+    assert_eq!(p.layers[0].state, TrainState::Trainable);
+    assert_eq!(p.layers[1].state, TrainState::Partial);
+    let layer1: Vec<&String> = p.trainable.iter().filter(|n| n.contains("layers.1.")).collect();
+    assert_eq!(layer1.len(), 3, "{layer1:?}");
+    assert!(layer1.iter().all(|n| n.contains(".mlp.")), "{layer1:?}");
+    assert_eq!(p.trainable_layer_ids, "0-1");
+
+    // Only partial layers: no_layers plus the table.
+    let spec = FreezeSpec {
+        no_layers: true,
+        layer_modules: [("1".to_string(), vec!["self_attn".to_string()])].into_iter().collect(),
+        ..Default::default()
+    };
+    let p = native(&l, spec);
+    assert!(
+        p.trainable.iter().all(|n| n.contains("layers.1.self_attn.")),
+        "{:?}",
+        p.trainable
+    );
+
+    // Bad ids and modules are named.
+    let bad_id = FreezeSpec {
+        no_layers: true,
+        layer_modules: [("9".to_string(), vec!["mlp".to_string()])].into_iter().collect(),
+        ..Default::default()
+    };
+    assert!(error(&l, bad_id).to_string().contains('9'));
+    let bad_module = FreezeSpec {
+        no_layers: true,
+        layer_modules: [("1".to_string(), vec!["attention".to_string()])].into_iter().collect(),
+        ..Default::default()
+    };
+    assert!(error(&l, bad_module).to_string().contains("attention"));
+}

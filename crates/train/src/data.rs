@@ -6,7 +6,8 @@
 
 use crate::error::{Result, TrainError};
 use crate::template::{ChatFormatter, Message};
-use freezetune_core::run_config::DataFormat;
+use crate::DecoderConfig;
+use freezetune_core::run_config::{DataFormat, RunConfig};
 use serde_json::Value;
 use std::path::Path;
 
@@ -71,6 +72,7 @@ pub fn load(path: &Path, o: &DataOptions) -> Result<Dataset> {
 
 /// One example as `data preview` shows it: the rendered text, and the same text with the learned parts marked.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct PreviewItem {
     pub line: usize,
     pub text: String,
@@ -79,6 +81,24 @@ pub struct PreviewItem {
     pub truncated: bool,
     /// The tokens after truncation, learned runs wrapped in `[[` `]]`.
     pub marked: String,
+}
+
+/// The first `n` examples of a run's training data, read with the run's model tokenizer and chat template.
+pub fn preview_run(config: &RunConfig, n: usize) -> Result<(DataFormat, Vec<PreviewItem>)> {
+    let model = &config.model.path;
+    let formatter = if model.join("tokenizer.json").is_file() {
+        Some(ChatFormatter::load(model)?)
+    } else {
+        None
+    };
+    let options = DataOptions {
+        format: config.data.format,
+        cutoff_len: config.data.cutoff_len,
+        vocab_size: DecoderConfig::read(model).map(|c| c.vocab_size).unwrap_or(usize::MAX),
+        train_on_prompt: config.data.train_on_prompt,
+        formatter: formatter.as_ref(),
+    };
+    preview(&config.data.train, &options, n)
 }
 
 /// The first `n` examples of `path`, rendered, tokenized and masked exactly as training will see them.

@@ -1,9 +1,7 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use freezetune_core::run_config::RunConfig;
-use freezetune_train::data::{preview, DataOptions};
-use freezetune_train::template::ChatFormatter;
-use freezetune_train::DecoderConfig;
+use freezetune_train::data::preview_run;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -34,20 +32,7 @@ pub fn run(command: &DataCommand) -> Result<()> {
     let DataCommand::Preview(args) = command;
     let mut config = RunConfig::read(&args.config)?;
     super::train::resolve_model(&mut config)?;
-    let model = &config.model.path;
-    let formatter = if model.join("tokenizer.json").is_file() {
-        Some(ChatFormatter::load(model)?)
-    } else {
-        None
-    };
-    let options = DataOptions {
-        format: config.data.format,
-        cutoff_len: config.data.cutoff_len,
-        vocab_size: DecoderConfig::read(model).map(|c| c.vocab_size).unwrap_or(usize::MAX),
-        train_on_prompt: config.data.train_on_prompt,
-        formatter: formatter.as_ref(),
-    };
-    let (format, items) = preview(&config.data.train, &options, args.n)?;
+    let (format, items) = preview_run(&config, args.n)?;
     if args.json {
         println!(
             "{}",

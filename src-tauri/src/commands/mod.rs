@@ -1,0 +1,9 @@
+//! Tauri commands, one file per domain. Each is a thin `verb_noun` wrapper: check the paths the web view sent, call
+//! a tested library function, map its error to `IpcError`.
+
+pub mod dialogs;
+pub mod models;
+pub mod plan;
+pub mod presets;
+pub mod runs;
+pub mod train;

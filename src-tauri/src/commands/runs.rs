@@ -1,0 +1,231 @@
+//! Run history (the run folders under the app's runs folder), their metrics for the loss curve, opening a folder in
+//! the file manager, and the "try it" box that generates from a model.
+
+use crate::error::{io_error, IpcError, IpcResult};
+use crate::state::AppState;
+use freezetune_core::events::TrainEvent;
+use freezetune_core::run_config::RunConfig;
+use freezetune_train::generate::{GenerateOptions, Generator};
+use freezetune_train::trainer::select_device;
+use serde::Serialize;
+use std::path::Path;
+use tauri::State;
+use ts_rs::TS;
+
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct RunSummary {
+    pub name: String,
+    pub dir: String,
+    /// The run's settings (`run.toml`), or why they could not be read.
+    pub config: Option<RunConfig>,
+    pub config_error: Option<String>,
+    pub steps_done: u64,
+    pub last_loss: Option<f64>,
+    pub last_eval_loss: Option<f64>,
+    pub final_dir: Option<String>,
+    /// Stopped before its end with a checkpoint to continue from.
+    pub resumable: bool,
+    /// Seconds since the epoch of the last write to `metrics.jsonl`, for sorting.
+    pub modified: u64,
+}
+
+/// Every run folder, newest first.
+#[tauri::command]
+pub fn list_runs(state: State<'_, AppState>) -> IpcResult<Vec<RunSummary>> {
+    list_runs_in(&state.paths.runs_dir)
+}
+
+pub fn list_runs_in(runs: &Path) -> IpcResult<Vec<RunSummary>> {
+    let entries = match std::fs::read_dir(runs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(runs, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let dir = entry.map_err(|e| io_error(runs, e))?.path();
+        if dir.join("run.toml").is_file() {
+            out.push(summarize_run(&dir)?);
+        }
+    }
+    out.sort_by(|a, b| b.modified.cmp(&a.modified).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
+    let (config, config_error) = match RunConfig::read(&dir.join("run.toml")) {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let metrics = read_metrics(dir)?;
+    let last_step = metrics.iter().rev().find_map(|e| match e {
+        TrainEvent::Step { step, loss, .. } => Some((*step, *loss)),
+        _ => None,
+    });
+    let last_eval_loss = metrics.iter().rev().find_map(|e| match e {
+        TrainEvent::Eval { eval_loss, .. } => Some(*eval_loss),
+        _ => None,
+    });
+    let final_dir = dir.join("final");
+    let finished = final_dir.join("config.json").is_file();
+    let modified = std::fs::metadata(dir.join("metrics.jsonl"))
+        .or_else(|_| std::fs::metadata(dir.join("run.toml")))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Ok(RunSummary {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        dir: dir.to_string_lossy().into_owned(),
+        config,
+        config_error,
+        steps_done: last_step.map_or(0, |(s, _)| s),
+        last_loss: last_step.map(|(_, l)| l),
+        last_eval_loss,
+        final_dir: finished.then(|| final_dir.to_string_lossy().into_owned()),
+        resumable: !finished && freezetune_train::checkpoint::latest(dir).is_some(),
+        modified,
+    })
+}
+
+/// The `Step` and `Eval` lines of a run's `metrics.jsonl`. A line cut short by a crash is skipped (it is the last
+/// line, written without its newline); any other bad line is an error naming it.
+pub fn read_metrics(dir: &Path) -> IpcResult<Vec<TrainEvent>> {
+    let path = dir.join("metrics.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(&path, e)),
+    };
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut events = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_metric(line) {
+            Ok(event) => events.push(event),
+            Err(_) if i + 1 == lines.len() && !complete => {}
+            Err(e) => {
+                return Err(IpcError::new(
+                    "bad_metrics",
+                    format!("{}:{}: {e}", path.display(), i + 1),
+                ))
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// One line of `metrics.jsonl`: a `Step` or `Eval` event without its `event` tag (the trainer writes bare records;
+/// an eval line is the one with `eval_loss`).
+fn parse_metric(line: &str) -> serde_json::Result<TrainEvent> {
+    let mut value: serde_json::Value = serde_json::from_str(line)?;
+    if let Some(obj) = value.as_object_mut() {
+        if !obj.contains_key("event") {
+            let tag = if obj.contains_key("eval_loss") { "eval" } else { "step" };
+            obj.insert("event".into(), tag.into());
+        }
+    }
+    serde_json::from_value(value)
+}
+
+#[tauri::command]
+pub fn read_run_metrics(state: State<'_, AppState>, run_dir: String) -> IpcResult<Vec<TrainEvent>> {
+    read_metrics(&state.access.check(&run_dir)?)
+}
+
+/// Shows a folder in the OS file manager.
+#[tauri::command]
+pub fn open_folder(state: State<'_, AppState>, path: String) -> IpcResult<()> {
+    let dir = state.access.check(&path)?;
+    if !dir.is_dir() {
+        return Err(IpcError::new("not_found", format!("{} is not a folder", dir.display())));
+    }
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    std::process::Command::new(opener).arg(&dir).spawn().map_err(|e| {
+        IpcError::new(
+            "no_file_manager",
+            format!("could not run {opener} {}: {e}", dir.display()),
+        )
+    })?;
+    Ok(())
+}
+
+/// Generates a reply from the model in `model_path` (greedy, with its chat template).
+#[tauri::command]
+pub async fn generate_text(
+    state: State<'_, AppState>,
+    model_path: String,
+    prompt: String,
+    max_new_tokens: usize,
+) -> IpcResult<String> {
+    let dir = state.access.check(&model_path)?;
+    tauri::async_runtime::spawn_blocking(move || {
+        let device = select_device("auto")?;
+        let generator = Generator::load(&dir, &device)?;
+        let options = GenerateOptions {
+            max_new_tokens: max_new_tokens.clamp(1, 512),
+            temperature: 0.0,
+            seed: 0,
+            chat: true,
+        };
+        generator.generate(&prompt, &options)
+    })
+    .await
+    .map_err(|e| IpcError::new("app", e.to_string()))?
+    .map_err(IpcError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_skip_a_torn_last_line_and_name_a_bad_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let step = r#"{"step":1,"epoch":0.1,"loss":2.5,"lr":0.01,"grad_norm":1.0,"tokens":10,"tokens_per_second":100.0,"elapsed_s":0.1}"#;
+        std::fs::write(tmp.path().join("metrics.jsonl"), format!("{step}\n{{\"event\":\"st")).unwrap();
+        assert_eq!(read_metrics(tmp.path()).unwrap().len(), 1);
+        std::fs::write(tmp.path().join("metrics.jsonl"), format!("garbage\n{step}\n")).unwrap();
+        let err = read_metrics(tmp.path()).unwrap_err();
+        assert!(err.message.contains("metrics.jsonl:1"), "{}", err.message);
+    }
+
+    #[test]
+    fn no_runs_folder_is_an_empty_history() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(list_runs_in(&tmp.path().join("runs")).unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use freezetune_core::events::NullSink;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn a_trained_run_is_listed_with_its_settings_and_metrics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let demo = freezetune_core::demo::write_demo(&tmp.path().join("demo"), false).unwrap();
+        let mut config = RunConfig::read(&demo.run_config).unwrap();
+        config.training.max_steps = 2;
+        config.training.eval_steps = 1;
+        config.output.dir = tmp.path().join("runs/demo-1");
+        freezetune_train::train(&config, false, &NullSink, &AtomicBool::new(false)).unwrap();
+        let runs = list_runs_in(&tmp.path().join("runs")).unwrap();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        let run = &runs[0];
+        assert_eq!(run.name, "demo-1");
+        assert_eq!(run.steps_done, 2);
+        assert!(run.config.is_some(), "{:?}", run.config_error);
+        assert!(run.final_dir.is_some());
+        assert!(!run.resumable);
+        assert!(run.last_eval_loss.is_some());
+    }
+}

@@ -1,0 +1,205 @@
+//! Training from the app: a run config built by the Train screen, checked against the path allow-list, run on a
+//! worker thread with its events batched onto a channel; `cancel_task` stops it at the next step with a checkpoint.
+
+use crate::batching::Batching;
+use crate::error::{IpcError, IpcResult};
+use crate::state::AppState;
+use crate::tasks::CancelHandle;
+use freezetune_core::events::TrainEvent;
+use freezetune_core::run_config::{DataFormat, DataSection, ModelSection, OutputSection, RunConfig};
+use freezetune_core::FreezeSpec;
+use freezetune_train::data::{preview_run, PreviewItem};
+use freezetune_train::trainer::select_device;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tauri::ipc::Channel;
+use tauri::{AppHandle, State};
+use tauri_plugin_notification::NotificationExt;
+use ts_rs::TS;
+
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct DeviceOption {
+    /// The `runtime.device` value: `auto`, `cpu`, `cuda`, `metal`.
+    pub id: String,
+    pub label: String,
+    pub available: bool,
+    /// Why it is not available, in words.
+    pub note: Option<String>,
+}
+
+#[tauri::command]
+pub fn list_devices() -> Vec<DeviceOption> {
+    let probe = |id: &str, label: &str| match select_device(id) {
+        Ok(_) => DeviceOption {
+            id: id.into(),
+            label: label.into(),
+            available: true,
+            note: None,
+        },
+        Err(e) => DeviceOption {
+            id: id.into(),
+            label: label.into(),
+            available: false,
+            note: Some(e.to_string()),
+        },
+    };
+    vec![
+        probe("auto", "Auto (best available)"),
+        probe("cpu", "CPU"),
+        probe("cuda", "CUDA GPU"),
+        probe("metal", "Apple Metal GPU"),
+    ]
+}
+
+/// A starting run config for `model_path`: the demo's own config for the demo, else defaults with no dataset yet.
+/// The output folder is a fresh one under the app's runs folder.
+#[tauri::command]
+pub fn default_run(state: State<'_, AppState>, model_path: String) -> IpcResult<RunConfig> {
+    let model = state.access.check(&model_path)?;
+    let demo = &state.paths.demo_dir;
+    let mut config = if model == demo.join("model") && demo.join("run.toml").is_file() {
+        RunConfig::read(&demo.join("run.toml"))?
+    } else {
+        RunConfig {
+            model: ModelSection {
+                path: model.clone(),
+                repo: None,
+                revision: None,
+                dtype: "auto".into(),
+            },
+            freeze: FreezeSpec::default(),
+            data: DataSection {
+                train: PathBuf::new(),
+                format: DataFormat::Auto,
+                eval: None,
+                eval_split: 0.0,
+                cutoff_len: 1024,
+                train_on_prompt: false,
+            },
+            training: Default::default(),
+            runtime: Default::default(),
+            output: OutputSection { dir: PathBuf::new() },
+        }
+    };
+    let stem = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let stem = if model == demo.join("model") {
+        "demo".to_string()
+    } else {
+        stem
+    };
+    config.output.dir = fresh_run_dir(&state.paths.runs_dir, &stem);
+    Ok(config)
+}
+
+/// `runs/<stem>-N` for the first N not taken.
+fn fresh_run_dir(runs: &Path, stem: &str) -> PathBuf {
+    (1..)
+        .map(|n| runs.join(format!("{stem}-{n}")))
+        .find(|dir| !dir.exists())
+        .expect("some run number is free")
+}
+
+/// Every path of `config` must be one the app may use.
+fn check_paths(state: &AppState, config: &RunConfig) -> IpcResult<()> {
+    state.access.check(&config.model.path.to_string_lossy())?;
+    if config.data.train.as_os_str().is_empty() {
+        return Err(IpcError::new("no_dataset", "choose a dataset file first"));
+    }
+    state.access.check(&config.data.train.to_string_lossy())?;
+    if let Some(eval) = &config.data.eval {
+        state.access.check(&eval.to_string_lossy())?;
+    }
+    state.access.check(&config.output.dir.to_string_lossy())?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct DatasetPreview {
+    pub format: DataFormat,
+    pub examples: Vec<PreviewItem>,
+}
+
+/// The first `n` examples rendered, tokenized and masked exactly as training will see them.
+#[tauri::command]
+pub async fn preview_dataset(state: State<'_, AppState>, config: RunConfig, n: usize) -> IpcResult<DatasetPreview> {
+    check_paths(&state, &config)?;
+    let (format, examples) = tauri::async_runtime::spawn_blocking(move || preview_run(&config, n))
+        .await
+        .map_err(|e| IpcError::new("app", e.to_string()))??;
+    Ok(DatasetPreview { format, examples })
+}
+
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct TrainOutcomeView {
+    pub run_dir: String,
+    pub steps: u64,
+    /// `None` when the run was stopped before its end (a checkpoint resumes it).
+    pub final_dir: Option<String>,
+    pub last_loss: Option<f64>,
+}
+
+/// Trains (or with `resume`, continues) the run; events stream on `on_event`. Resolves when the run ends or stops.
+#[tauri::command]
+pub async fn train_model(
+    app: AppHandle,
+    state: State<'_, AppState>,
+    config: RunConfig,
+    resume: bool,
+    task_id: String,
+    on_event: Channel<Vec<TrainEvent>>,
+) -> IpcResult<TrainOutcomeView> {
+    check_paths(&state, &config)?;
+    config.check().map_err(|reason| IpcError::new("bad_config", reason))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = state.tasks.start(&task_id, CancelHandle::Train(cancel.clone()))?;
+    let result = tauri::async_runtime::spawn_blocking(move || {
+        let sink = Batching::new(move |batch| {
+            if let Err(e) = on_event.send(batch) {
+                tracing::warn!("training events: the window is gone: {e}");
+            }
+        });
+        let result = freezetune_train::train(&config, resume, &sink, &cancel);
+        sink.flush();
+        result
+    })
+    .await
+    .map_err(|e| IpcError::new("app", e.to_string()))?;
+    let body = match &result {
+        Ok(o) if o.final_dir.is_some() => format!("Finished after {} steps", o.steps),
+        Ok(o) => format!("Stopped at step {}; resume it from the run history", o.steps),
+        Err(e) => format!("Failed: {e}"),
+    };
+    if let Err(e) = app
+        .notification()
+        .builder()
+        .title("FreezeTune run ended")
+        .body(body)
+        .show()
+    {
+        tracing::warn!("no desktop notification: {e}");
+    }
+    let outcome = result?;
+    Ok(TrainOutcomeView {
+        run_dir: outcome.run_dir.to_string_lossy().into_owned(),
+        steps: outcome.steps,
+        final_dir: outcome.final_dir.map(|d| d.to_string_lossy().into_owned()),
+        last_loss: outcome.last_loss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_run_dirs_skip_taken_numbers() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("demo-1")).unwrap();
+        assert_eq!(fresh_run_dir(tmp.path(), "demo"), tmp.path().join("demo-2"));
+    }
+}

@@ -1,0 +1,67 @@
+//! `freezetune-app`: the desktop shell. Every command wraps a library function of freezetune-core, -hub or -train;
+//! this crate holds only IPC types, the path allow-list, task cancellation and event batching.
+
+pub mod batching;
+pub mod bindings;
+pub mod commands;
+pub mod error;
+pub mod paths;
+pub mod state;
+pub mod tasks;
+
+use commands::{dialogs, models, plan, presets, runs, train};
+use state::AppState;
+
+/// Builds and runs the app (main.rs calls only this).
+pub fn run() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tao=warn,wry=warn".into()),
+        )
+        .init();
+    let paths = match paths::AppPaths::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("FreezeTune cannot start: {}", e.message);
+            std::process::exit(1);
+        }
+    };
+    tauri::Builder::default()
+        .plugin(tauri_plugin_window_state::Builder::default().build())
+        .plugin(tauri_plugin_dialog::init())
+        .plugin(tauri_plugin_notification::init())
+        .manage(AppState::new(paths))
+        .invoke_handler(tauri::generate_handler![
+            models::open_demo_model,
+            models::open_model,
+            models::list_cached_models,
+            models::download_model,
+            models::cancel_task,
+            models::get_token_status,
+            models::set_hub_token,
+            models::clear_hub_token,
+            dialogs::pick_path,
+            plan::plan_freeze,
+            plan::preview_export,
+            plan::export_config,
+            plan::check_layer_ids,
+            presets::list_presets,
+            presets::save_preset,
+            presets::load_preset,
+            presets::rename_preset,
+            presets::duplicate_preset,
+            presets::delete_preset,
+            presets::import_preset,
+            presets::export_preset,
+            train::list_devices,
+            train::default_run,
+            train::preview_dataset,
+            train::train_model,
+            runs::list_runs,
+            runs::read_run_metrics,
+            runs::open_folder,
+            runs::generate_text,
+        ])
+        .run(tauri::generate_context!())
+        .expect("error while running FreezeTune");
+}

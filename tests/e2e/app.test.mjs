@@ -1,0 +1,135 @@
+// The real desktop app under Xvfb, driven through tauri-driver and WebKitWebDriver (started by run.sh). It opens the
+// built-in demo, picks layers by clicking and shift-clicking and checks the ids field and the summary against
+// `freezetune plan` for the same choice, types ids, saves a preset and finds it with the CLI, trains on the demo
+// and watches progress and the loss curve move, stops. Screenshots go to test-results/e2e/.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { Session, sleep } from "./webdriver.mjs";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+const APP = process.env.FREEZETUNE_APP;
+const CLI = process.env.FREEZETUNE_CLI;
+const DRIVER = process.env.WEBDRIVER_URL ?? "http://127.0.0.1:4444";
+const SHOTS = resolve(ROOT, "test-results/e2e");
+const DATA = process.env.FREEZETUNE_DATA_DIR;
+const DEMO_MODEL = join(DATA, "demo/model");
+
+let s;
+
+const cli = (...args) => JSON.parse(execFileSync(CLI, args, { encoding: "utf8", env: process.env }));
+const ids = async () => s.value(await s.find("layer-ids"));
+const settled = () => s.waitFor("layer-picker", async (el) => (await s.attr(el, "data-pending")) === "false");
+async function shot(name) {
+  writeFileSync(join(SHOTS, `${name}.png`), await s.screenshot());
+  console.log(`screenshot: ${join(SHOTS, `${name}.png`)}`);
+}
+async function rowStates(n) {
+  return s.execute(
+    `return Array.from({length: arguments[0]}, (_, i) => document.querySelector('[data-testid="layer-' + i + '"]').dataset.state)`,
+    [n],
+  );
+}
+
+before(async () => {
+  assert.ok(APP && CLI && DATA, "run through tests/e2e/run.sh (FREEZETUNE_APP, FREEZETUNE_CLI, FREEZETUNE_DATA_DIR)");
+  mkdirSync(SHOTS, { recursive: true });
+  s = await Session.start(DRIVER, APP);
+  await s.waitFor("nav-layers");
+  await s.clickId("nav-layers");
+  await s.waitFor("layer-7");
+  await settled();
+});
+
+after(async () => {
+  await s?.end().catch(() => {});
+});
+
+describe("FreezeTune desktop app", () => {
+  it("opens on the demo model with its run's layers", async () => {
+    assert.equal(await ids(), "4-7");
+    assert.equal(await s.attrOf("layer-5", "data-state"), "trainable");
+    assert.equal(await s.attrOf("layer-0", "data-state"), "frozen");
+    assert.equal(await s.attrOf("extra-norm", "data-state"), "trainable");
+    await shot("layers");
+  });
+
+  it("click and shift-click agree with `freezetune plan`", async () => {
+    await s.clickId("clear-selection");
+    await settled();
+    await s.clickId("layer-2");
+    await settled();
+    assert.equal(await ids(), "2");
+    await s.shiftClick(await s.find("layer-5"));
+    await s.waitFor("layer-ids", async (el) => (await s.value(el)) === "2-5");
+    await settled();
+    const plan = cli("plan", DEMO_MODEL, "--layers", "2-5", "--extra", "norm", "--json");
+    assert.equal(await s.attrOf("trainable-params", "data-value"), String(plan.trainable_params));
+    assert.equal(await s.value(await s.find("layer-ids")), plan.trainable_layer_ids);
+    assert.deepEqual(await rowStates(8), plan.layers.map((l) => l.state));
+  });
+
+  it("typed ids update the rows; bad ids show an error", async () => {
+    const field = await s.find("layer-ids");
+    await s.type(field, "0,6-7");
+    await s.waitFor("layer-0", async (el) => (await s.attr(el, "data-state")) === "trainable");
+    await settled();
+    assert.deepEqual(await rowStates(8), ["trainable", "frozen", "frozen", "frozen", "frozen", "frozen", "trainable", "trainable"]);
+    const plan = cli("plan", DEMO_MODEL, "--layers", "0,6-7", "--extra", "norm", "--json");
+    assert.equal(await s.attrOf("trainable-params", "data-value"), String(plan.trainable_params));
+    // Keystrokes arrive one by one: "1" is a valid choice on the way, "1," and "1,,2" are not.
+    await s.type(field, "1,,2");
+    await s.waitFor("layer-ids-error", async (el) => /empty entry/.test(await s.text(el)));
+    await settled();
+    assert.deepEqual(await rowStates(3), ["frozen", "trainable", "frozen"], "bad ids leave the last good choice");
+    assert.equal(await s.attrOf("goto-train", "disabled"), "true", "bad ids never reach training");
+    await s.type(field, "12");
+    await s.waitFor("layer-ids-error", async (el) => /12/.test(await s.text(el)));
+    await s.type(field, "0,6-7");
+    await settled();
+  });
+
+  it("a preset saved in the app is seen by the CLI", async () => {
+    await s.clickId("nav-presets");
+    await s.type(await s.waitFor("preset-name"), "e2e-preset");
+    await s.clickId("save-preset");
+    await s.waitFor("preset-item");
+    await shot("presets");
+    const list = cli("preset", "list", "--json");
+    const saved = list.find((p) => p.name === "e2e-preset");
+    assert.ok(saved, JSON.stringify(list));
+    assert.equal(saved.preset.freeze.layers, "0,6-7");
+    assert.deepEqual(saved.preset.freeze.extra, ["norm"]);
+  });
+
+  it("trains the demo: progress and the loss curve move, then stop", async () => {
+    await s.clickId("nav-train");
+    await s.clickId("preview-dataset");
+    await s.waitFor("dataset-preview");
+    assert.equal(await s.attrOf("start-training", "disabled"), null, "start is enabled");
+    await s.clickId("start-training");
+    const stepOf = async () => Number(await s.attrOf("train-progress", "data-step"));
+    await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) >= 3, 120000);
+    const first = await stepOf();
+    const firstPoints = Number(await s.attrOf("loss-chart", "data-points"));
+    assert.equal(await s.attrOf("train-progress", "data-total-steps"), "300");
+    await sleep(1500);
+    await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) > first + 2, 60000);
+    assert.ok(Number(await s.attrOf("loss-chart", "data-points")) > firstPoints, "the loss curve grew");
+    await shot("train");
+    await s.clickId("stop-training");
+    const outcome = await s.waitFor("train-outcome", async () => true, 60000);
+    assert.match(await s.text(outcome), /Stopped at step \d+/);
+    await shot("train-stopped");
+    await s.clickId("nav-runs");
+    await s.waitFor("run-item");
+    await s.clickId("run-item");
+    await s.waitFor("resume-run");
+    await shot("runs");
+    await s.clickId("nav-model");
+    await s.waitFor("model-facts");
+    await shot("model");
+  });
+});

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the desktop-app tests: a virtual X display, tauri-driver (with DISPLAY in its own environment, else the app
+# panics at start and the WebDriver session hangs), the app with throwaway data/config/cache folders, the CLI for
+# cross-checks. Everything started here is stopped on exit.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+: "${CARGO_TARGET_DIR:=/var/tmp/freezetune-target}"
+export FREEZETUNE_APP="${FREEZETUNE_APP:-$CARGO_TARGET_DIR/debug/freezetune-app}"
+export FREEZETUNE_CLI="${FREEZETUNE_CLI:-$CARGO_TARGET_DIR/debug/freezetune}"
+WORK="$(mktemp -d /tmp/freezetune-e2e.XXXXXX)"
+export FREEZETUNE_DATA_DIR="$WORK/data" FREEZETUNE_CONFIG_DIR="$WORK/config" HF_HUB_CACHE="$WORK/hub" HF_HUB_OFFLINE=1
+export XDG_DATA_HOME="$WORK/xdg-data" XDG_CONFIG_HOME="$WORK/xdg-config" NO_AT_BRIDGE=1
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  pkill -f "WebKitWebDriver --port=4445" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$ROOT/test-results"
+
+DISPLAY_NUM=":$(( 90 + RANDOM % 9 ))"
+Xvfb "$DISPLAY_NUM" -screen 0 1400x1000x24 -nolisten tcp >"$ROOT/test-results/xvfb.log" 2>&1 &
+PIDS+=($!)
+export DISPLAY="$DISPLAY_NUM"
+for _ in $(seq 50); do xdpyinfo -display "$DISPLAY" >/dev/null 2>&1 && break; sleep 0.1; done
+
+TAURI_DRIVER="${TAURI_DRIVER:-$HOME/.cargo/bin/tauri-driver}"
+"$TAURI_DRIVER" --port 4444 --native-port 4445 >"$ROOT/test-results/tauri-driver.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:4444/status >/dev/null 2>&1 && break; sleep 0.1; done
+
+cd "$ROOT"
+node --test --test-concurrency=1 tests/e2e/

@@ -1,0 +1,190 @@
+// App-wide state shared by the screens: the open model, the picker's selection and the backend's plan for it, the
+// run being set up or watched. Screens read and change it only through the functions here.
+import type { FreezePlan } from "./bindings/FreezePlan";
+import type { IpcError } from "./bindings/IpcError";
+import type { ModelSummary } from "./bindings/ModelSummary";
+import type { PlanOptions } from "./bindings/PlanOptions";
+import type { RunConfig } from "./bindings/RunConfig";
+import type { TrainEvent } from "./bindings/TrainEvent";
+import type { TrainOutcomeView } from "./bindings/TrainOutcomeView";
+import { parseCanonical } from "./ids";
+import { api, asIpcError, newTaskId } from "./ipc";
+import { emptySelection, fromSpec, idsText, toSpec, type Selection } from "./selection";
+
+export type Screen = "model" | "layers" | "train" | "runs" | "presets";
+const SCREENS: Screen[] = ["model", "layers", "train", "runs", "presets"];
+
+function savedScreen(): Screen {
+  const s = globalThis.localStorage?.getItem("freezetune.screen") as Screen | null;
+  return s && SCREENS.includes(s) ? s : "layers";
+}
+
+export type StepEvent = Extract<TrainEvent, { event: "step" }>;
+export type EvalEvent = Extract<TrainEvent, { event: "eval" }>;
+
+export const app = $state({
+  screen: savedScreen(),
+  model: null as ModelSummary | null,
+  modelError: null as IpcError | null,
+  loadingModel: false,
+  selection: null as Selection | null,
+  plan: null as FreezePlan | null,
+  planError: null as IpcError | null,
+  planPending: false,
+  /** The ids field's text: canonical after a click, what the user typed while typing. */
+  idsField: "",
+  idsError: null as string | null,
+  options: { batch_size: 1, seq_len: 512 } as PlanOptions,
+  run: null as RunConfig | null,
+  notice: null as string | null,
+});
+
+export const training = $state({
+  taskId: null as string | null,
+  running: false,
+  stopping: false,
+  runDir: null as string | null,
+  totalSteps: 0,
+  steps: [] as StepEvent[],
+  evals: [] as EvalEvent[],
+  outcome: null as TrainOutcomeView | null,
+  error: null as IpcError | null,
+  started: null as Extract<TrainEvent, { event: "started" }> | null,
+});
+
+export function go(screen: Screen) {
+  app.screen = screen;
+  globalThis.localStorage?.setItem("freezetune.screen", screen);
+}
+
+/** Opens a model (the demo when `path` is null) and starts a fresh selection: the top two layers. */
+export async function openModel(path: string | null) {
+  app.loadingModel = true;
+  app.modelError = null;
+  try {
+    const model = path === null ? await api.openDemoModel() : await api.openModel(path);
+    app.model = model;
+    app.plan = null;
+    const run = await api.defaultRun(model.path);
+    app.run = run;
+    app.options = { batch_size: run.training?.batch_size ?? 1, seq_len: run.data.cutoff_len ?? 512 };
+    let s = emptySelection(model.num_layers, model.layer_modules);
+    // The demo's own run config says what it trains; other models start with their top two layers.
+    if (run.freeze && Object.keys(run.freeze).length > 0) {
+      const ids = run.freeze.layers ? parseCanonical(await api.checkIds(run.freeze.layers, model.num_layers)) : [];
+      s = fromSpec(s, run.freeze, ids);
+    } else {
+      s = fromSpec(s, { top: Math.min(2, model.num_layers) } as RunConfig["freeze"], []);
+    }
+    setSelection(s);
+  } catch (e) {
+    app.modelError = asIpcError(e);
+  } finally {
+    app.loadingModel = false;
+  }
+}
+
+let planSeq = 0;
+
+/** Replaces the selection, rewrites the ids field canonically, and asks the backend for the plan. */
+export function setSelection(s: Selection) {
+  app.selection = s;
+  app.idsField = idsText(s);
+  app.idsError = null;
+  void replan();
+}
+
+export async function replan() {
+  const s = app.selection;
+  const model = app.model;
+  if (!s || !model) return;
+  const seq = ++planSeq;
+  app.planPending = true;
+  try {
+    const plan = await api.planFreeze(model.path, toSpec(s), $state.snapshot(app.options));
+    if (seq !== planSeq) return;
+    app.plan = plan;
+    app.planError = null;
+  } catch (e) {
+    if (seq !== planSeq) return;
+    app.planError = asIpcError(e);
+  } finally {
+    if (seq === planSeq) app.planPending = false;
+  }
+}
+
+let idsSeq = 0;
+
+/** The user typed in the ids field: the backend checks it; good text updates the rows, bad text shows its error. */
+export async function typeIds(text: string) {
+  app.idsField = text;
+  const s = app.selection;
+  const model = app.model;
+  if (!s || !model) return;
+  const seq = ++idsSeq;
+  const choose = (ids: number[]) => {
+    app.idsError = null;
+    app.selection = { ...s, layers: new Set(ids), partial: new Map(), origin: { kind: "ids" } };
+    return replan();
+  };
+  if (text.trim() === "") return choose([]);
+  try {
+    const canonical = await api.checkIds(text, model.num_layers);
+    if (seq === idsSeq) await choose(parseCanonical(canonical));
+  } catch (e) {
+    if (seq === idsSeq) app.idsError = asIpcError(e).message;
+  }
+}
+
+/** Whether the current choice may be trained: ids valid, a plan, something trainable. */
+export function trainable(): boolean {
+  return !app.idsError && !app.planError && !!app.plan && app.plan.trainable_params > 0;
+}
+
+function onTrainEvents(events: TrainEvent[]) {
+  for (const e of events) {
+    if (e.event === "started") {
+      training.started = e;
+      training.totalSteps = e.total_steps;
+      training.runDir = e.run_dir;
+    } else if (e.event === "step") training.steps.push(e);
+    else if (e.event === "eval") training.evals.push(e);
+  }
+}
+
+/** Starts (or resumes) `config`; resolves when the run ends, stops or fails. */
+export async function startTraining(config: RunConfig, resume: boolean) {
+  const taskId = newTaskId("train");
+  Object.assign(training, {
+    taskId,
+    running: true,
+    stopping: false,
+    runDir: config.output.dir,
+    totalSteps: 0,
+    steps: [],
+    evals: [],
+    outcome: null,
+    error: null,
+    started: null,
+  });
+  if (resume) {
+    // The chart continues from what the run already logged.
+    const past = await api.readRunMetrics(config.output.dir).catch(() => []);
+    onTrainEvents(past);
+  }
+  try {
+    training.outcome = await api.trainModel(config, resume, taskId, onTrainEvents);
+  } catch (e) {
+    training.error = asIpcError(e);
+  } finally {
+    training.running = false;
+    training.stopping = false;
+    training.taskId = null;
+  }
+}
+
+export async function stopTraining() {
+  if (!training.taskId) return;
+  training.stopping = true;
+  await api.cancelTask(training.taskId);
+}

@@ -1,0 +1,88 @@
+// Typed wrappers over the backend's commands. Argument and result types come from the generated bindings
+// (src/lib/bindings, written by `cargo test -p freezetune-app`); views call these, never `invoke` directly.
+import { Channel, invoke } from "@tauri-apps/api/core";
+import type { CachedModelView } from "./bindings/CachedModelView";
+import type { DatasetPreview } from "./bindings/DatasetPreview";
+import type { DeviceOption } from "./bindings/DeviceOption";
+import type { DownloadEvent } from "./bindings/DownloadEvent";
+import type { ExportFormat } from "./bindings/ExportFormat";
+import type { FreezePlan } from "./bindings/FreezePlan";
+import type { FreezeSpec } from "./bindings/FreezeSpec";
+import type { IpcError } from "./bindings/IpcError";
+import type { ModelSummary } from "./bindings/ModelSummary";
+import type { PickKind } from "./bindings/PickKind";
+import type { PlanOptions } from "./bindings/PlanOptions";
+import type { Preset } from "./bindings/Preset";
+import type { PresetListItem } from "./bindings/PresetListItem";
+import type { RunConfig } from "./bindings/RunConfig";
+import type { RunSummary } from "./bindings/RunSummary";
+import type { TokenStatus } from "./bindings/TokenStatus";
+import type { TrainEvent } from "./bindings/TrainEvent";
+import type { TrainOutcomeView } from "./bindings/TrainOutcomeView";
+
+/** Rejections of every command are `IpcError`s; anything else (a bug, a lost window) is wrapped into one. */
+export function asIpcError(e: unknown): IpcError {
+  if (e && typeof e === "object" && "kind" in e && "message" in e) {
+    const { kind, message } = e as { kind: unknown; message: unknown };
+    return { kind: String(kind), message: String(message) };
+  }
+  return { kind: "app", message: e instanceof Error ? e.message : String(e) };
+}
+
+async function call<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+  try {
+    return await invoke<T>(command, args);
+  } catch (e) {
+    throw asIpcError(e);
+  }
+}
+
+function channel<E>(onEvents: (events: E[]) => void): Channel<E[]> {
+  const ch = new Channel<E[]>();
+  ch.onmessage = onEvents;
+  return ch;
+}
+
+export const newTaskId = (prefix: string): string =>
+  `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+
+export const api = {
+  openDemoModel: () => call<ModelSummary>("open_demo_model"),
+  openModel: (path: string) => call<ModelSummary>("open_model", { path }),
+  listCachedModels: () => call<CachedModelView[]>("list_cached_models"),
+  downloadModel: (repo: string, endpoint: string | null, taskId: string, onEvents: (e: DownloadEvent[]) => void) =>
+    call<ModelSummary>("download_model", { repo, endpoint, taskId, onEvent: channel(onEvents) }),
+  cancelTask: (taskId: string) => call<boolean>("cancel_task", { taskId }),
+  getTokenStatus: () => call<TokenStatus>("get_token_status"),
+  setHubToken: (token: string) => call<TokenStatus>("set_hub_token", { token }),
+  clearHubToken: () => call<TokenStatus>("clear_hub_token"),
+  pickPath: (kind: PickKind) => call<string | null>("pick_path", { kind }),
+
+  planFreeze: (modelPath: string, spec: FreezeSpec, options: PlanOptions) =>
+    call<FreezePlan>("plan_freeze", { modelPath, spec, options }),
+  previewExport: (modelPath: string, spec: FreezeSpec, format: ExportFormat) =>
+    call<string>("preview_export", { modelPath, spec, format }),
+  checkIds: (text: string, numLayers: number) => call<string>("check_layer_ids", { text, numLayers }),
+  exportConfig: (modelPath: string, spec: FreezeSpec, format: ExportFormat) =>
+    call<string | null>("export_config", { modelPath, spec, format }),
+
+  listPresets: () => call<PresetListItem[]>("list_presets"),
+  savePreset: (preset: Preset, replace: boolean) => call<string>("save_preset", { preset, replace }),
+  loadPreset: (name: string) => call<Preset>("load_preset", { name }),
+  renamePreset: (from: string, to: string) => call<void>("rename_preset", { from, to }),
+  duplicatePreset: (from: string, to: string) => call<void>("duplicate_preset", { from, to }),
+  deletePreset: (name: string) => call<void>("delete_preset", { name }),
+  importPreset: (path: string, name: string | null) => call<Preset>("import_preset", { path, name }),
+  exportPreset: (name: string) => call<string | null>("export_preset", { name }),
+
+  listDevices: () => call<DeviceOption[]>("list_devices"),
+  defaultRun: (modelPath: string) => call<RunConfig>("default_run", { modelPath }),
+  previewDataset: (config: RunConfig, n: number) => call<DatasetPreview>("preview_dataset", { config, n }),
+  trainModel: (config: RunConfig, resume: boolean, taskId: string, onEvents: (e: TrainEvent[]) => void) =>
+    call<TrainOutcomeView>("train_model", { config, resume, taskId, onEvent: channel(onEvents) }),
+  listRuns: () => call<RunSummary[]>("list_runs"),
+  readRunMetrics: (runDir: string) => call<TrainEvent[]>("read_run_metrics", { runDir }),
+  openFolder: (path: string) => call<void>("open_folder", { path }),
+  generateText: (modelPath: string, prompt: string, maxNewTokens: number) =>
+    call<string>("generate_text", { modelPath, prompt, maxNewTokens }),
+};

@@ -1,0 +1,192 @@
+// The built UI (ui/dist) in Debian's chromium through playwright-core, with the backend replaced by mock-ipc.js.
+// Checks the picker's gestures on an 80-layer model, the ids field both ways, the train monitor and presets, and
+// saves a screenshot of each screen under ui/test-results/playwright/.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { extname, join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const DIST = resolve(import.meta.dirname, "../../dist");
+const SHOTS = resolve(import.meta.dirname, "../../test-results/playwright");
+const CHROMIUM = process.env.CHROMIUM_PATH ?? ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find(existsSync);
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml" };
+
+let server, browser, page, base;
+
+before(async () => {
+  assert.ok(existsSync(join(DIST, "index.html")), "build the UI first (npm run build)");
+  assert.ok(CHROMIUM, "chromium not found; install Debian's chromium or set CHROMIUM_PATH");
+  mkdirSync(SHOTS, { recursive: true });
+  server = createServer((req, res) => {
+    const path = join(DIST, new URL(req.url, "http://x").pathname.replace(/^\/$/, "/index.html"));
+    if (!path.startsWith(DIST) || !existsSync(path)) return res.writeHead(404).end();
+    res.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream" }).end(readFileSync(path));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  base = `http://127.0.0.1:${server.address().port}/`;
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.addInitScript({ path: resolve(import.meta.dirname, "mock-ipc.js") });
+  await page.goto(base);
+  await page.evaluate(() => localStorage.setItem("freezetune.screen", "layers"));
+  await page.reload();
+  await page.getByTestId("layer-79").waitFor();
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+const ids = () => page.getByTestId("layer-ids").inputValue();
+const state = (id) => page.getByTestId(`layer-${id}`).getAttribute("data-state");
+const settled = () => page.waitForSelector('[data-testid="layer-picker"][data-pending="false"]');
+
+describe("layer picker on an 80-layer model", () => {
+  it("opens on the demo with the top two layers and draws every layer", async () => {
+    await settled();
+    assert.equal(await page.locator('[data-testid^="layer-"][role="option"]').count(), 80);
+    assert.equal(await ids(), "78-79");
+    assert.equal(await state(79), "trainable");
+    assert.equal(await state(0), "frozen");
+    await page.screenshot({ path: join(SHOTS, "layers.png"), fullPage: false });
+  });
+
+  it("click toggles, shift-click fills a range, and the ids field follows", async () => {
+    await page.getByTestId("clear-selection").click();
+    await page.getByTestId("layer-5").click();
+    await settled();
+    assert.equal(await ids(), "5");
+    await page.getByTestId("layer-10").click({ modifiers: ["Shift"] });
+    await settled();
+    assert.equal(await ids(), "5-10");
+    assert.equal(await state(7), "trainable");
+    await page.getByTestId("layer-7").click();
+    await settled();
+    assert.equal(await ids(), "5-6,8-10");
+    const value = Number(await page.getByTestId("trainable-params").getAttribute("data-value"));
+    assert.equal(value, 5 * (4 * 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096));
+  });
+
+  it("dragging paints rows", async () => {
+    await page.getByTestId("clear-selection").click();
+    await page.getByTestId("layer-28").scrollIntoViewIfNeeded();
+    const from = await page.getByTestId("layer-30").boundingBox();
+    const to = await page.getByTestId("layer-26").boundingBox();
+    await page.mouse.move(from.x + 20, from.y + from.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(to.x + 20, to.y + to.height / 2, { steps: 8 });
+    await page.mouse.up();
+    await settled();
+    assert.equal(await ids(), "26-30");
+  });
+
+  it("typing ids updates the rows; bad ids show an error and change nothing", async () => {
+    await page.getByTestId("layer-ids").fill("1,2,10-15");
+    await settled();
+    assert.equal(await state(12), "trainable");
+    assert.equal(await state(30), "frozen");
+    await page.getByTestId("layer-ids").fill("1,,2");
+    await page.getByTestId("layer-ids-error").waitFor();
+    assert.match(await page.getByTestId("layer-ids-error").textContent(), /empty entry/);
+    assert.equal(await state(12), "trainable");
+    await page.getByTestId("layer-ids").fill("3,99");
+    assert.match(await page.getByTestId("layer-ids-error").textContent(), /99/);
+    await page.getByTestId("layer-ids").fill("3");
+    await settled();
+    assert.equal(await page.getByTestId("layer-ids-error").count(), 0);
+    assert.equal(await state(12), "frozen");
+  });
+
+  it("keyboard: space toggles, shift+arrows extend", async () => {
+    await page.getByTestId("clear-selection").click();
+    await page.getByTestId("layer-40").focus();
+    await page.keyboard.press("Space");
+    await page.keyboard.press("Shift+ArrowUp");
+    await page.keyboard.press("Shift+ArrowUp");
+    await settled();
+    assert.equal(await ids(), "40-42");
+  });
+
+  it("presets, invert, module cells and extra modules", async () => {
+    await page.getByTestId("preset-n").fill("4");
+    await page.getByTestId("preset-bottom").click();
+    await settled();
+    assert.equal(await ids(), "0-3");
+    await page.getByTestId("preset-top").click();
+    await settled();
+    assert.equal(await ids(), "76-79");
+    await page.getByTestId("invert-selection").click();
+    await settled();
+    assert.equal(await ids(), "0-75");
+    await page.getByTestId("clear-selection").click();
+    await page.getByTestId("layer-3-mlp").click();
+    await settled();
+    assert.equal(await state(3), "partial");
+    assert.equal(await page.getByTestId("layer-3-mlp").getAttribute("data-state"), "trainable");
+    assert.equal(await page.getByTestId("layer-3-self_attn").getAttribute("data-state"), "frozen");
+    await page.getByTestId("extra-norm").click();
+    await settled();
+    assert.equal(await page.getByTestId("extra-norm").getAttribute("data-state"), "trainable");
+  });
+
+  it("stays responsive: a click on an 80-layer model re-renders quickly (printed, not asserted)", async () => {
+    const ms = await page.evaluate(async () => {
+      const row = document.querySelector('[data-testid="layer-50"]');
+      const t = performance.now();
+      for (let i = 0; i < 20; i++) {
+        row.dispatchEvent(new MouseEvent("mousedown", { bubbles: true, button: 0 }));
+        window.dispatchEvent(new MouseEvent("mouseup"));
+        await new Promise((r) => requestAnimationFrame(() => r()));
+      }
+      return (performance.now() - t) / 20;
+    });
+    console.log(`picker: ${ms.toFixed(1)} ms per click including a frame (80 layers, mocked backend)`);
+  });
+});
+
+describe("train, presets and the other screens", () => {
+  it("starts a run, shows progress and the loss curve, and stops it", async () => {
+    await page.getByTestId("layer-ids").fill("70-79");
+    await settled();
+    await page.getByTestId("nav-train").click();
+    await page.getByTestId("preview-dataset").click();
+    await page.getByTestId("dataset-preview").waitFor();
+    await page.getByTestId("start-training").click();
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid="train-progress"]')?.dataset.step) >= 30);
+    const points = Number(await page.getByTestId("loss-chart").getAttribute("data-points"));
+    assert.ok(points >= 30, `${points} points`);
+    assert.equal(await page.getByTestId("train-progress").getAttribute("data-total-steps"), "300");
+    await page.screenshot({ path: join(SHOTS, "train.png") });
+    await page.getByTestId("stop-training").click();
+    await page.getByTestId("train-outcome").waitFor();
+    assert.match(await page.getByTestId("train-outcome").textContent(), /Stopped at step/);
+  });
+
+  it("saves a preset and lists it", async () => {
+    await page.getByTestId("nav-presets").click();
+    await page.getByTestId("preset-name").fill("top-ten");
+    await page.getByTestId("save-preset").click();
+    await page.locator('[data-testid="preset-item"][data-name="top-ten"]').waitFor();
+    await page.screenshot({ path: join(SHOTS, "presets.png") });
+  });
+
+  it("LLaMA-Factory mode shows the YAML; model, runs screens render", async () => {
+    await page.getByTestId("nav-layers").click();
+    await page.getByTestId("llamafactory-mode").check();
+    await page.getByTestId("llamafactory-yaml").waitFor();
+    assert.match(await page.getByTestId("llamafactory-yaml").textContent(), /freeze_trainable_layers_ids/);
+    await page.getByTestId("llamafactory-mode").uncheck();
+    await page.getByTestId("nav-model").click();
+    await page.getByTestId("model-facts").waitFor();
+    await page.screenshot({ path: join(SHOTS, "model.png") });
+    await page.getByTestId("nav-runs").click();
+    await page.screenshot({ path: join(SHOTS, "runs.png") });
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.getByTestId("nav-layers").click();
+    await page.screenshot({ path: join(SHOTS, "layers-dark.png") });
+  });
+});
