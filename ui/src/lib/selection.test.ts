@@ -78,6 +78,15 @@ describe("picker gestures", () => {
     expect(idsText(clearLayers(toggleExtra(topN(base(), 2), "norm")))).toBe("");
   });
 
+  it("rows show attention, then MLP, then norms", () => {
+    expect(emptySelection(2, ["input_layernorm", "mlp", "post_attention_layernorm", "self_attn"]).layerModules).toEqual([
+      "self_attn",
+      "mlp",
+      "input_layernorm",
+      "post_attention_layernorm",
+    ]);
+  });
+
   it("module filters pick attention or MLP modules", () => {
     expect(filterModules(MODULES, "attention")).toEqual(["self_attn"]);
     expect(filterModules(MODULES, "mlp")).toEqual(["mlp"]);

@@ -24,7 +24,7 @@ export interface Selection {
 export function emptySelection(numLayers: number, layerModules: string[]): Selection {
   return {
     numLayers,
-    layerModules,
+    layerModules: orderModules(layerModules),
     layers: new Set(),
     partial: new Map(),
     extra: new Set(),
@@ -37,6 +37,12 @@ export function emptySelection(numLayers: number, layerModules: string[]): Selec
 const ATTENTION = /attn|attention/;
 const MLP = /mlp|feed_forward|ffn|moe/;
 const NORM = /norm|^ln_/;
+
+/** Modules in reading order for a row: attention, then MLP, then the rest (norms) as they came. */
+export function orderModules(modules: string[]): string[] {
+  const rank = (m: string) => (NORM.test(m) ? 2 : ATTENTION.test(m) ? 0 : MLP.test(m) ? 1 : 2);
+  return [...modules].sort((a, b) => rank(a) - rank(b));
+}
 
 /** The module names a filter keeps (every module for `all`). */
 export function filterModules(layerModules: string[], filter: ModuleFilter): string[] {
