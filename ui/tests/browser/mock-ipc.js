@@ -92,6 +92,38 @@
     runtime: { device: "auto", threads: 0, op_threads: 0 }, output: { dir: "/mock/runs/demo-1" },
   };
 
+  let tokenSet = false;
+  // "org/gated" needs a token; anything else streams 10 progress events of 10 MiB and finishes unless cancelled.
+  function download(args) {
+    const ch = args.onEvent.id;
+    let index = 0;
+    const send = (batch) => callbacks.get(ch)?.({ message: batch, index: index++ });
+    if (args.repo === "org/gated" && !tokenSet) {
+      return Promise.reject(err("gated", "org/gated is gated: accept its terms on the Hub and add a token"));
+    }
+    const total = 100 * 1024 * 1024;
+    send([{ event: "resolved", repo: args.repo, revision: "main", commit: "abc", files: [], total_bytes: total }]);
+    return new Promise((resolve, reject) => {
+      let done = 0;
+      running.set(args.taskId, false);
+      const timer = setInterval(() => {
+        if (running.get(args.taskId)) {
+          clearInterval(timer);
+          running.delete(args.taskId);
+          send([{ event: "cancelled", partial_bytes: done }]);
+          return reject(err("cancelled", `the download was cancelled; ${done} bytes are kept and a new download resumes them`));
+        }
+        done += total / 10;
+        send([{ event: "progress", file: "model.safetensors", file_bytes: done, file_size: total, done_bytes: done, total_bytes: total, bytes_per_second: 50 * 1024 * 1024, eta_seconds: (total - done) / (50 * 1024 * 1024) }]);
+        if (done >= total) {
+          clearInterval(timer);
+          running.delete(args.taskId);
+          resolve(model);
+        }
+      }, 150);
+    });
+  }
+
   function train(args) {
     const ch = args.onEvent.id;
     let index = 0;
@@ -125,7 +157,13 @@
     open_model: () => model,
     default_run: () => structuredClone(runConfig),
     list_cached_models: () => [],
-    get_token_status: () => ({ present: false, source: null }),
+    get_token_status: () => ({ present: tokenSet, source: tokenSet ? "the OS keyring" : null }),
+    set_hub_token: (a) => {
+      tokenSet = a.token.startsWith("hf_");
+      if (!tokenSet) throw err("bad_token", "a Hugging Face token starts with hf_");
+      return { present: true, source: "the OS keyring" };
+    },
+    download_model: (a) => download(a),
     check_layer_ids: (a) => fmt(parseIds(a.text, a.numLayers)),
     plan_freeze: (a) => plan(a.spec),
     preview_export: (a) => `finetuning_type: freeze\nfreeze_trainable_layers_ids: ${JSON.stringify(a.spec.llamafactory?.freeze_trainable_layers_ids ?? "")}\n`,

@@ -174,6 +174,24 @@ describe("train, presets and the other screens", () => {
     await page.screenshot({ path: join(SHOTS, "presets.png") });
   });
 
+  it("downloads with progress, cancels, and asks for a token for a gated repo", async () => {
+    await page.getByTestId("nav-model").click();
+    await page.getByTestId("download-repo").fill("org/model");
+    await page.getByTestId("download-start").click();
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid="download-progress"]')?.dataset.done) > 0);
+    await page.screenshot({ path: join(SHOTS, "download.png") });
+    await page.getByTestId("download-cancel").click();
+    await page.getByTestId("download-error").waitFor();
+    assert.match(await page.getByTestId("download-error").textContent(), /cancelled/);
+    await page.getByTestId("download-repo").fill("org/gated");
+    await page.getByTestId("download-start").click();
+    await page.getByTestId("hub-token").waitFor();
+    await page.getByTestId("hub-token").fill("hf_secret");
+    await page.getByTestId("save-token").click();
+    // The retry succeeds and the app opens the model on the Layers screen.
+    await page.getByTestId("layer-picker").waitFor({ timeout: 10000 });
+  });
+
   it("LLaMA-Factory mode shows the YAML; model, runs screens render", async () => {
     await page.getByTestId("nav-layers").click();
     await page.getByTestId("llamafactory-mode").check();
