@@ -123,11 +123,27 @@ describe("FreezeTune desktop app", () => {
     const outcome = await s.waitFor("train-outcome", async () => true, 60000);
     assert.match(await s.text(outcome), /Stopped at step \d+/);
     await shot("train-stopped");
+    const stoppedAt = Number(/Stopped at step (\d+)/.exec(await s.text(outcome))[1]);
     await s.clickId("nav-runs");
     await s.waitFor("run-item");
     await s.clickId("run-item");
     await s.waitFor("resume-run");
     await shot("runs");
+
+    // Resume continues from the checkpoint, not from step 1.
+    await s.clickId("resume-run");
+    await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) > stoppedAt + 2, 60000);
+    await s.waitFor("stop-training");
+    await s.clickId("stop-training");
+    await s.waitFor("train-outcome", async (el) => /Stopped at step/.test(await s.text(el)), 60000);
+  });
+
+  it("a short run finishes", async () => {
+    await s.clickId("nav-train");
+    await s.type(await s.find("max-steps"), "4");
+    await s.clickId("start-training");
+    await s.waitFor("train-outcome", async (el) => /Finished after 4 steps/.test(await s.text(el)), 120000);
+    await shot("train-finished");
     await s.clickId("nav-model");
     await s.waitFor("model-facts");
     await shot("model");

@@ -74,7 +74,7 @@ export async function openModel(path: string | null) {
       const ids = run.freeze.layers ? parseCanonical(await api.checkIds(run.freeze.layers, model.num_layers)) : [];
       s = fromSpec(s, run.freeze, ids);
     } else {
-      s = fromSpec(s, { top: Math.min(2, model.num_layers) } as RunConfig["freeze"], []);
+      s = fromSpec(s, { top: Math.min(2, model.num_layers) }, []);
     }
     setSelection(s);
   } catch (e) {

@@ -196,9 +196,9 @@ export function toSpec(s: Selection): FreezeSpec {
     else if (s.origin.kind === "bottom") lf.freeze_trainable_layers = -s.origin.n;
     else lf.freeze_trainable_layers_ids = [...s.layers].sort((a, b) => a - b).join(",");
     if (extra.length) lf.freeze_extra_modules = extra.join(",");
-    return { llamafactory: lf } as FreezeSpec;
+    return { llamafactory: lf };
   }
-  const spec: FreezeSpec = {} as FreezeSpec;
+  const spec: FreezeSpec = {};
   if (s.origin.kind === "top" && s.partial.size === 0) spec.top = s.origin.n;
   else if (s.origin.kind === "bottom" && s.partial.size === 0) spec.bottom = s.origin.n;
   else if (s.layers.size > 0) spec.layers = formatIds(s.layers);
