@@ -8,6 +8,7 @@ pub mod error;
 pub mod paths;
 pub mod state;
 pub mod tasks;
+pub mod worker;
 
 use commands::{dialogs, models, plan, presets, runs, train};
 use state::AppState;

@@ -79,8 +79,11 @@ describe("FreezeTune desktop app", () => {
     assert.deepEqual(await rowStates(8), ["trainable", "frozen", "frozen", "frozen", "frozen", "frozen", "trainable", "trainable"]);
     const plan = cli("plan", DEMO_MODEL, "--layers", "0,6-7", "--extra", "norm", "--json");
     assert.equal(await s.attrOf("trainable-params", "data-value"), String(plan.trainable_params));
-    // Keystrokes arrive one by one: "1" is a valid choice on the way, "1," and "1,,2" are not.
-    await s.type(field, "1,,2");
+    // A valid choice, then keystrokes that make it invalid: the rows keep the last valid choice.
+    await s.type(field, "1");
+    await s.waitFor("layer-1", async (el) => (await s.attr(el, "data-state")) === "trainable");
+    await settled();
+    await s.append(field, ",,2");
     await s.waitFor("layer-ids-error", async (el) => /empty entry/.test(await s.text(el)));
     await settled();
     assert.deepEqual(await rowStates(3), ["frozen", "trainable", "frozen"], "bad ids leave the last good choice");
@@ -88,7 +91,10 @@ describe("FreezeTune desktop app", () => {
     await s.type(field, "12");
     await s.waitFor("layer-ids-error", async (el) => /12/.test(await s.text(el)));
     await s.type(field, "0,6-7");
+    await s.waitFor("layer-6", async (el) => (await s.attr(el, "data-state")) === "trainable");
     await settled();
+    assert.deepEqual(await rowStates(8), ["trainable", "frozen", "frozen", "frozen", "frozen", "frozen", "trainable", "trainable"]);
+    assert.equal((await s.findAll('[data-testid="layer-ids-error"]')).length, 0);
   });
 
   it("a preset saved in the app is seen by the CLI", async () => {
@@ -138,11 +144,24 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor("train-outcome", async (el) => /Stopped at step/.test(await s.text(el)), 60000);
   });
 
-  it("a short run finishes", async () => {
+  it("a short run finishes and the fine-tuned model answers in the try-it box", async () => {
     await s.clickId("nav-train");
     await s.type(await s.find("max-steps"), "4");
     await s.clickId("start-training");
     await s.waitFor("train-outcome", async (el) => /Finished after 4 steps/.test(await s.text(el)), 120000);
+    await s.clickId("try-generate");
+    const answered = async () => {
+      const [el] = await s.findAll('[data-testid="try-output"], [data-testid="try-error"]');
+      return el ? s.text(el) : null; // "" is an answer too (a reply of just the end-of-turn token)
+    };
+    let answer = null;
+    for (let i = 0; i < 300 && answer === null; i++) {
+      answer = await answered();
+      if (answer === null) await sleep(100);
+    }
+    if (answer === null) await shot("try-it-no-answer");
+    assert.notEqual(answer, null, "no answer from the try-it box");
+    assert.equal((await s.findAll('[data-testid="try-error"]')).length, 0, `try-it failed: ${answer}`);
     await shot("train-finished");
     await s.clickId("nav-model");
     await s.waitFor("model-facts");

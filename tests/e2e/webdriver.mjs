@@ -73,6 +73,11 @@ export class Session {
     if (text) await this.cmd("POST", `/element/${el}/value`, { text });
   }
 
+  /** Types `text` after what the field holds. */
+  append(el, text) {
+    return this.cmd("POST", `/element/${el}/value`, { text });
+  }
+
   execute(script, args = []) {
     return this.cmd("POST", "/execute/sync", { script, args });
   }

@@ -165,7 +165,7 @@ pub async fn generate_text(
     max_new_tokens: usize,
 ) -> IpcResult<String> {
     let dir = state.access.check(&model_path)?;
-    tauri::async_runtime::spawn_blocking(move || {
+    crate::worker::run("generate", move || {
         let device = select_device("auto")?;
         let generator = Generator::load(&dir, &device)?;
         let options = GenerateOptions {
@@ -174,11 +174,9 @@ pub async fn generate_text(
             seed: 0,
             chat: true,
         };
-        generator.generate(&prompt, &options)
+        Ok(generator.generate(&prompt, &options)?)
     })
     .await
-    .map_err(|e| IpcError::new("app", e.to_string()))?
-    .map_err(IpcError::from)
 }
 
 #[cfg(test)]

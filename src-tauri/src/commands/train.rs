@@ -128,9 +128,7 @@ pub struct DatasetPreview {
 #[tauri::command]
 pub async fn preview_dataset(state: State<'_, AppState>, config: RunConfig, n: usize) -> IpcResult<DatasetPreview> {
     check_paths(&state, &config)?;
-    let (format, examples) = tauri::async_runtime::spawn_blocking(move || preview_run(&config, n))
-        .await
-        .map_err(|e| IpcError::new("app", e.to_string()))??;
+    let (format, examples) = crate::worker::run("preview", move || Ok(preview_run(&config, n)?)).await?;
     Ok(DatasetPreview { format, examples })
 }
 
@@ -157,7 +155,7 @@ pub async fn train_model(
     config.check().map_err(|reason| IpcError::new("bad_config", reason))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = state.tasks.start(&task_id, CancelHandle::Train(cancel.clone()))?;
-    let result = tauri::async_runtime::spawn_blocking(move || {
+    let result = crate::worker::run("train", move || {
         let sink = Batching::new(move |batch| {
             if let Err(e) = on_event.send(batch) {
                 tracing::warn!("training events: the window is gone: {e}");
@@ -165,10 +163,9 @@ pub async fn train_model(
         });
         let result = freezetune_train::train(&config, resume, &sink, &cancel);
         sink.flush();
-        result
+        Ok(result)
     })
-    .await
-    .map_err(|e| IpcError::new("app", e.to_string()))?;
+    .await?;
     let body = match &result {
         Ok(o) if o.final_dir.is_some() => format!("Finished after {} steps", o.steps),
         Ok(o) => format!("Stopped at step {}; resume it from the run history", o.steps),
