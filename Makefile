@@ -56,7 +56,7 @@ unit: ui
 	$(CARGO) test --workspace --locked
 
 e2e: ui
-	$(CARGO) build --locked -p freezetune-app -p freezetune-cli
+	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bin fakehub
 	bash tests/e2e/run.sh
 
 ## bundle: .deb and .rpm packages (src-tauri/target-independent, in $(CARGO_TARGET_DIR)/release/bundle), then the

@@ -167,4 +167,28 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor("model-facts");
     await shot("model");
   });
+
+  it("downloads from the (fake) Hub: progress, cancel, resume, then a gated repo asks for a token", async () => {
+    await s.clickId("nav-model");
+    const repo = await s.waitFor("download-repo");
+    await s.type(repo, "acme/tiny-llama");
+    await s.clickId("download-start");
+    await s.waitFor("download-progress", async (el) => Number(await s.attr(el, "data-done")) > 0, 30000);
+    await shot("download");
+    await s.clickId("download-cancel");
+    const error = await s.waitFor("download-error", async () => true, 30000);
+    assert.match(await s.text(error), /cancel/i);
+    await s.clickId("download-start");
+    // The finished download opens the model on the Layers screen.
+    await s.waitFor("header-model", async (el) => /acme\/tiny-llama/.test(await s.text(el)), 60000);
+    await s.waitFor("layer-7");
+    await s.clickId("nav-model");
+    await s.waitFor("cached-model");
+    assert.equal(await s.attrOf("cached-model", "data-repo"), "acme/tiny-llama");
+    await s.type(await s.find("download-repo"), "acme/gated-llama");
+    await s.clickId("download-start");
+    await s.waitFor("hub-token", async () => true, 30000);
+    assert.match(await s.text(await s.find("download-error")), /gated|token/i);
+    await shot("download-gated");
+  });
 });

@@ -8,7 +8,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 export FREEZETUNE_APP="${FREEZETUNE_APP:-$CARGO_TARGET_DIR/debug/freezetune-app}"
 export FREEZETUNE_CLI="${FREEZETUNE_CLI:-$CARGO_TARGET_DIR/debug/freezetune}"
 WORK="$(mktemp -d /tmp/freezetune-e2e.XXXXXX)"
-export FREEZETUNE_DATA_DIR="$WORK/data" FREEZETUNE_CONFIG_DIR="$WORK/config" HF_HUB_CACHE="$WORK/hub" HF_HUB_OFFLINE=1
+FAKEHUB="${FAKEHUB:-$CARGO_TARGET_DIR/debug/fakehub}"
+export FREEZETUNE_DATA_DIR="$WORK/data" FREEZETUNE_CONFIG_DIR="$WORK/config" HF_HUB_CACHE="$WORK/hub" HF_HOME="$WORK/hf"
 export XDG_DATA_HOME="$WORK/xdg-data" XDG_CONFIG_HOME="$WORK/xdg-config" NO_AT_BRIDGE=1
 PIDS=()
 cleanup() {
@@ -18,6 +19,15 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$ROOT/test-results"
+
+# A fake Hub on 127.0.0.1 serving the demo checkpoint as acme/tiny-llama (its weights slowed so a download can be
+# cancelled mid-way) and as the gated acme/gated-llama.
+"$FREEZETUNE_CLI" demo-model "$WORK/hub-src" >/dev/null
+"$FAKEHUB" --repo acme/tiny-llama="$WORK/hub-src/model" --repo acme/gated-llama="$WORK/hub-src/model" \
+  --gated acme/gated-llama=hf_e2e_secret --slow model.safetensors=400000 >"$WORK/fakehub.url" 2>"$ROOT/test-results/fakehub.log" &
+PIDS+=($!)
+for _ in $(seq 100); do test -s "$WORK/fakehub.url" && break; sleep 0.1; done
+export HF_ENDPOINT="$(head -1 "$WORK/fakehub.url")"
 
 DISPLAY_NUM=":$(( 90 + RANDOM % 9 ))"
 Xvfb "$DISPLAY_NUM" -screen 0 1400x1000x24 -nolisten tcp >"$ROOT/test-results/xvfb.log" 2>&1 &
