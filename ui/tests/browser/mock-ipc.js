@@ -185,6 +185,16 @@
       return `/mock/presets/${a.preset.name}.toml`;
     },
     delete_preset: (a) => void presets.delete(a.name),
+    rename_preset: (a) => {
+      const p = presets.get(a.from);
+      if (!p) throw err("preset_not_found", `no preset named "${a.from}"`);
+      presets.delete(a.from);
+      presets.set(a.to, { ...p, name: a.to });
+    },
+    duplicate_preset: (a) => {
+      if (presets.has(a.to)) throw err("preset_exists", `preset "${a.to}" exists`);
+      presets.set(a.to, { ...presets.get(a.from), name: a.to });
+    },
   };
 
   window.__MOCK_CALLS__ = [];

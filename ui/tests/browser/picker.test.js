@@ -172,6 +172,30 @@ describe("train, presets and the other screens", () => {
     await page.getByTestId("save-preset").click();
     await page.locator('[data-testid="preset-item"][data-name="top-ten"]').waitFor();
     await page.screenshot({ path: join(SHOTS, "presets.png") });
+    // Saving under a taken name asks before replacing.
+    await page.getByTestId("save-preset").click();
+    assert.match(await page.getByTestId("preset-error").textContent(), /exists; press Save again/);
+  });
+
+  it("loads a preset back into the picker, renames and duplicates it", async () => {
+    await page.getByTestId("nav-layers").click();
+    await page.getByTestId("layer-ids").fill("3");
+    await settled();
+    await page.getByTestId("nav-presets").click();
+    const row = page.locator('[data-testid="preset-item"][data-name="top-ten"]');
+    await row.getByTestId("load-preset").click();
+    await page.getByTestId("layer-ids").waitFor();
+    await settled();
+    assert.equal(await ids(), "70-79");
+    await page.getByTestId("nav-presets").click();
+    await row.getByRole("button", { name: "Duplicate" }).click();
+    await row.getByRole("button", { name: "OK" }).click();
+    await page.locator('[data-testid="preset-item"][data-name="top-ten-copy"]').waitFor();
+    await page.locator('[data-testid="preset-item"][data-name="top-ten-copy"]').getByRole("button", { name: "Rename" }).click();
+    await page.getByLabel("New name").fill("bottom-copy");
+    await page.getByRole("button", { name: "OK" }).click();
+    await page.locator('[data-testid="preset-item"][data-name="bottom-copy"]').waitFor();
+    assert.equal(await page.locator('[data-testid="preset-item"][data-name="top-ten-copy"]').count(), 0);
   });
 
   it("downloads with progress, cancels, and asks for a token for a gated repo", async () => {
