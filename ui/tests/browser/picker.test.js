@@ -52,6 +52,12 @@ describe("layer picker on an 80-layer model", () => {
     assert.equal(await ids(), "78-79");
     assert.equal(await state(79), "trainable");
     assert.equal(await state(0), "frozen");
+    // The stack reads like the model: lm_head on top, the final norm, the layers from the last down, embeddings.
+    const order = await page.locator('[data-testid="layer-picker"] [data-testid]').evaluateAll((els) =>
+      els.map((e) => e.dataset.testid).filter((id) => !/^layer-\d+-/.test(id)),
+    );
+    assert.deepEqual(order.slice(0, 4), ["extra-lm_head", "extra-norm", "layer-79", "layer-78"]);
+    assert.equal(order.at(-1), "extra-embed_tokens");
     await page.screenshot({ path: join(SHOTS, "layers.png"), fullPage: false });
   });
 
