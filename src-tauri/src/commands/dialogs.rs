@@ -61,7 +61,14 @@ pub async fn pick_save_path(
 }
 
 fn record(state: &AppState, picked: Option<tauri_plugin_dialog::FilePath>) -> Option<String> {
-    let path = picked?.into_path().ok()?;
+    // On desktop a dialog always answers with a path; a URL (mobile content URIs) is refused as "nothing picked".
+    let path = match picked?.into_path() {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::warn!("the dialog answered with something that is not a file path: {e}");
+            return None;
+        }
+    };
     state.access.allow(&path);
     Some(path.to_string_lossy().into_owned())
 }
