@@ -191,4 +191,26 @@ describe("FreezeTune desktop app", () => {
     assert.match(await s.text(await s.find("download-error")), /gated|token/i);
     await shot("download-gated");
   });
+
+  it("LLaMA-Factory mode: the rows, the count and the YAML are LLaMA-Factory's, as the CLI computes them", async () => {
+    await s.clickId("nav-model");
+    await s.clickId("open-demo");
+    await s.waitFor("header-model", async (el) => /demo/.test(await s.text(el)));
+    await s.waitFor("layer-7");
+    const field = await s.find("layer-ids");
+    await s.type(field, "1,3");
+    await s.waitFor("layer-3", async (el) => (await s.attr(el, "data-state")) === "trainable");
+    await settled();
+    await s.click(await s.find("llamafactory-mode"));
+    const yaml = await s.waitFor("llamafactory-yaml", async (el) => /freeze_trainable_layers_ids/.test(await s.text(el)));
+    await settled();
+    const lf = ["--freeze-trainable-layers-ids", "1,3", "--freeze-trainable-modules", "all", "--freeze-extra-modules", "norm"];
+    const plan = cli("plan", DEMO_MODEL, ...lf, "--json");
+    assert.equal(plan.mode, "llamafactory");
+    assert.equal(await s.attrOf("trainable-params", "data-value"), String(plan.trainable_params));
+    assert.deepEqual(await rowStates(8), plan.layers.map((l) => l.state));
+    const expected = execFileSync(CLI, ["export-config", DEMO_MODEL, "--format", "llamafactory", ...lf], { encoding: "utf8" });
+    assert.equal((await s.text(yaml)).trim(), expected.trim());
+    await shot("layers-llamafactory");
+  });
 });
