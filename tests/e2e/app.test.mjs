@@ -211,6 +211,9 @@ describe("FreezeTune desktop app", () => {
     assert.deepEqual(await rowStates(8), plan.layers.map((l) => l.state));
     const expected = execFileSync(CLI, ["export-config", DEMO_MODEL, "--format", "llamafactory", ...lf], { encoding: "utf8" });
     assert.equal((await s.text(yaml)).trim(), expected.trim());
+    // Nothing flips back later (focus changes, late answers).
+    await sleep(1500);
+    assert.equal(await s.attrOf("trainable-params", "data-value"), String(plan.trainable_params));
     await shot("layers-llamafactory");
   });
 });
