@@ -81,7 +81,9 @@
     };
   }
 
-  const presets = new Map();
+  const presets = new Map([
+    ["hub-preset", { schema_version: 1, name: "hub-preset", model: { repo: "acme/not-downloaded" }, freeze: { top: 4 } }],
+  ]);
   const callbacks = new Map();
   let nextId = 1;
   const running = new Map();

@@ -202,6 +202,9 @@ describe("train, presets and the other screens", () => {
     await page.getByRole("button", { name: "OK" }).click();
     await page.locator('[data-testid="preset-item"][data-name="bottom-copy"]').waitFor();
     assert.equal(await page.locator('[data-testid="preset-item"][data-name="top-ten-copy"]').count(), 0);
+    // A preset of a Hub model that is not downloaded says so.
+    await page.locator('[data-testid="preset-item"][data-name="hub-preset"]').getByTestId("load-preset").click();
+    assert.match(await page.getByTestId("preset-error").textContent(), /acme\/not-downloaded is not downloaded/);
   });
 
   it("downloads with progress, cancels, and asks for a token for a gated repo", async () => {
