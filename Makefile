@@ -10,6 +10,14 @@ DEMO_DIR ?= $(HOME)/.local/share/freezetune/demo
 
 APP := $(CARGO_TARGET_DIR)/release/freezetune-app
 TAURI := ui/node_modules/.bin/tauri
+# macOS builds use the Metal backend and bundle .app/.dmg; Linux bundles .deb/.rpm (CUDA: add --features cuda).
+ifeq ($(shell uname),Darwin)
+APP_FEATURES := --features metal
+BUNDLES := app,dmg
+else
+APP_FEATURES :=
+BUNDLES := deb,rpm
+endif
 
 .PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench
 
@@ -19,7 +27,7 @@ setup:
 ## run: build the UI and the desktop app, and open it; on first start it writes the built-in demo model and opens
 ## it, so the whole flow (pick layers, train, watch the loss, save a preset) works offline.
 run: setup ui
-	$(CARGO) build --release --locked -p freezetune-app
+	$(CARGO) build --release --locked -p freezetune-app $(APP_FEATURES)
 	"$(APP)"
 
 ## demo-cli: the same demo walked through with the CLI: inspect, plan, preview the data, train once, generate.
@@ -59,11 +67,11 @@ e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bin fakehub
 	bash tests/e2e/run.sh
 
-## bundle: .deb and .rpm packages (src-tauri/target-independent, in $(CARGO_TARGET_DIR)/release/bundle), then the
-## .deb installed on this machine and started under Xvfb as a test of the package.
+## bundle: installers in $(CARGO_TARGET_DIR)/release/bundle: .deb and .rpm on Linux, then the .deb installed on this
+## machine and started under Xvfb as a test of the package; .app and .dmg on macOS.
 bundle: setup ui
-	$(TAURI) build --bundles deb,rpm --ci
-	bash tests/e2e/package.sh
+	$(TAURI) build --bundles $(BUNDLES) --ci $(APP_FEATURES)
+	@if [ "$$(uname)" = Linux ]; then bash tests/e2e/package.sh; fi
 
 ## bench: benchmark programs that print their numbers.
 bench: setup
