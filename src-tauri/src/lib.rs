@@ -12,6 +12,7 @@ pub mod worker;
 
 use commands::{dialogs, models, plan, presets, runs, train};
 use state::AppState;
+use tauri::Manager;
 
 /// Builds and runs the app (main.rs calls only this).
 pub fn run() {
@@ -32,6 +33,23 @@ pub fn run() {
         .plugin(tauri_plugin_dialog::init())
         .plugin(tauri_plugin_notification::init())
         .manage(AppState::new(paths))
+        .on_window_event(|window, event| {
+            // Closing the window while a run trains would kill it without a checkpoint: stop it first (it saves
+            // one and can be resumed), then quit once it has.
+            if let tauri::WindowEvent::CloseRequested { api, .. } = event {
+                let state = window.state::<AppState>();
+                if state.tasks.cancel_training() {
+                    api.prevent_close();
+                    let app = window.app_handle().clone();
+                    std::thread::spawn(move || {
+                        while app.state::<AppState>().tasks.any_training() {
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        app.exit(0);
+                    });
+                }
+            }
+        })
         .invoke_handler(tauri::generate_handler![
             models::open_demo_model,
             models::open_model,

@@ -39,6 +39,9 @@ impl AppPaths {
     }
 
     pub fn under(data_dir: PathBuf, presets_dir: PathBuf, hub_cache: PathBuf) -> AppPaths {
+        // Canonical (symlinks resolved) so that comparisons with checked paths, which are canonical, hold when a
+        // folder is reached through a link (HF_HOME on a data disk, say).
+        let (data_dir, presets_dir, hub_cache) = (normalize(&data_dir), normalize(&presets_dir), normalize(&hub_cache));
         AppPaths {
             demo_dir: data_dir.join("demo"),
             runs_dir: data_dir.join("runs"),
@@ -78,7 +81,16 @@ impl Access {
         if text.trim().is_empty() {
             return Err(IpcError::new("bad_path", "no path given"));
         }
-        let path = normalize(Path::new(text));
+        let raw = Path::new(text);
+        // `..` is refused outright: a path whose folders do not exist yet cannot be canonicalised, and
+        // `<root>/missing/../../elsewhere` would otherwise pass a prefix test and be created by whoever writes it.
+        if !raw.is_absolute() || raw.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(IpcError::new(
+                "bad_path",
+                format!("{text} must be an absolute path without `..`; choose it with the Browse button"),
+            ));
+        }
+        let path = normalize(raw);
         let roots = self.roots.lock().expect("access lock");
         if roots.iter().any(|root| path.starts_with(root)) {
             Ok(path)
@@ -120,13 +132,27 @@ mod tests {
         let access = Access::new(&paths);
         assert!(access.check(data.join("runs").to_str().unwrap()).is_ok());
         assert!(access.check(data.join("runs/new-run").to_str().unwrap()).is_ok());
-        let escape = data.join("runs/../../elsewhere");
-        let err = access.check(escape.to_str().unwrap()).unwrap_err();
+        let outside = tmp.path().join("elsewhere/file");
+        let err = access.check(outside.to_str().unwrap()).unwrap_err();
         assert_eq!(err.kind, "path_not_allowed");
         assert!(err.message.contains("elsewhere"), "{}", err.message);
         access.allow(&tmp.path().join("elsewhere"));
-        assert!(access.check(escape.to_str().unwrap()).is_ok());
+        assert!(access.check(outside.to_str().unwrap()).is_ok());
         assert_eq!(access.check(" ").unwrap_err().kind, "bad_path");
+        assert_eq!(access.check("relative/path").unwrap_err().kind, "bad_path");
+    }
+
+    #[test]
+    fn dot_dot_never_passes_even_through_folders_that_do_not_exist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let access = Access::new(&AppPaths::under(data.clone(), data.join("p"), data.join("h")));
+        for escape in ["runs/../../elsewhere", "missing/../../../etc/autostart", "runs/.."] {
+            let err = access.check(data.join(escape).to_str().unwrap()).unwrap_err();
+            assert_eq!(err.kind, "bad_path", "{escape}");
+        }
+        assert!(!data.join("missing").exists());
     }
 
     #[cfg(unix)]

@@ -66,6 +66,22 @@ impl Tasks {
         }
     }
 
+    /// Stops every training run (each saves a checkpoint); true when there was one.
+    pub fn cancel_training(&self) -> bool {
+        let running = self.running.lock().expect("tasks lock");
+        let mut any = false;
+        for handle in running.values().filter(|h| matches!(h, CancelHandle::Train(_))) {
+            handle.cancel();
+            any = true;
+        }
+        any
+    }
+
+    pub fn any_training(&self) -> bool {
+        let running = self.running.lock().expect("tasks lock");
+        running.values().any(|h| matches!(h, CancelHandle::Train(_)))
+    }
+
     pub fn is_running(&self, id: &str) -> bool {
         self.running.lock().expect("tasks lock").contains_key(id)
     }
@@ -91,5 +107,23 @@ mod tests {
         let _g = tasks.start("dl", CancelHandle::Download(token.clone())).unwrap();
         tasks.cancel("dl");
         assert!(token.is_cancelled());
+    }
+
+    #[test]
+    fn closing_the_app_stops_training_runs_only() {
+        let tasks = Tasks::default();
+        assert!(!tasks.cancel_training());
+        let token = CancellationToken::new();
+        let _dl = tasks.start("dl", CancelHandle::Download(token.clone())).unwrap();
+        assert!(!tasks.any_training());
+        let flag = Arc::new(AtomicBool::new(false));
+        {
+            let _run = tasks.start("run", CancelHandle::Train(flag.clone())).unwrap();
+            assert!(tasks.any_training());
+            assert!(tasks.cancel_training());
+            assert!(flag.load(Ordering::SeqCst));
+            assert!(!token.is_cancelled());
+        }
+        assert!(!tasks.any_training());
     }
 }

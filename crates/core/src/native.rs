@@ -39,6 +39,14 @@ pub(crate) fn trainable_set(layout: &ModelLayout, spec: &FreezeSpec) -> Result<(
         }
     }
     for (id_text, wanted) in &spec.layer_modules {
+        if wanted.is_empty() {
+            // An empty list would mean "every tensor" to `resolve_modules`; here it can only be a mistake.
+            return Err(Error::BadSelection {
+                message: format!(
+                    "layer_modules for layer {id_text} lists no module; name at least one, or drop the entry"
+                ),
+            });
+        }
         let id = parse_layer_ids(id_text, n)?;
         let modules = resolve_modules(layout, wanted)?;
         for layer in layout.layers.iter().filter(|l| id.contains(&l.id)) {

@@ -380,4 +380,10 @@ fn layer_modules_train_single_modules_of_single_layers() {
         ..Default::default()
     };
     assert!(error(&l, bad_module).to_string().contains("attention"));
+    let empty = FreezeSpec {
+        no_layers: true,
+        layer_modules: [("1".to_string(), vec![])].into_iter().collect(),
+        ..Default::default()
+    };
+    assert!(error(&l, empty).to_string().contains("lists no module"));
 }

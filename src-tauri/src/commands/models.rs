@@ -119,7 +119,7 @@ pub struct CachedModelView {
     pub incomplete_bytes: u64,
 }
 
-#[tauri::command]
+#[tauri::command(async)]
 pub fn list_cached_models(state: State<'_, AppState>) -> Vec<CachedModelView> {
     freezetune_hub::HubCache::new(state.paths.hub_cache.clone())
         .list()
@@ -147,10 +147,16 @@ pub async fn download_model(
 ) -> IpcResult<ModelSummary> {
     let request = DownloadRequest::parse(repo.trim())?;
     let mut settings = HubSettings::from_env().with_cache_dir(state.paths.hub_cache.clone());
+    // The token goes only to the Hub the user configured outside the app (HF_ENDPOINT, else huggingface.co); a
+    // mirror typed into the window gets none, so a page cannot send the token to a host of its choosing.
+    let mut token = find_token(&OsKeyring).map(|(token, _)| token);
     if let Some(endpoint) = endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+        if endpoint.trim_end_matches('/') != settings.endpoint.trim_end_matches('/') {
+            token = None;
+        }
         settings = settings.with_endpoint(endpoint);
     }
-    let settings = settings.with_token(find_token(&OsKeyring).map(|(token, _)| token));
+    let settings = settings.with_token(token);
     let downloader = Downloader::new(settings)?;
     let cancel = CancellationToken::new();
     let _guard = state.tasks.start(&task_id, CancelHandle::Download(cancel.clone()))?;
@@ -188,7 +194,7 @@ pub struct TokenStatus {
     pub source: Option<String>,
 }
 
-#[tauri::command]
+#[tauri::command(async)]
 pub fn get_token_status() -> TokenStatus {
     let found = find_token(&OsKeyring);
     TokenStatus {
@@ -202,13 +208,13 @@ pub fn get_token_status() -> TokenStatus {
 }
 
 /// Stores a Hub token in the OS keyring (for gated models).
-#[tauri::command]
+#[tauri::command(async)]
 pub fn set_hub_token(token: String) -> IpcResult<TokenStatus> {
     store_token(&OsKeyring, token.trim())?;
     Ok(get_token_status())
 }
 
-#[tauri::command]
+#[tauri::command(async)]
 pub fn clear_hub_token() -> IpcResult<TokenStatus> {
     OsKeyring.delete()?;
     Ok(get_token_status())

@@ -29,10 +29,19 @@ pub struct RunSummary {
     pub modified: u64,
 }
 
-/// Every run folder, newest first.
-#[tauri::command]
+/// Every run folder, newest first. The model and data of each run were checked when it started (only the backend
+/// writes `run.toml`), so they are allowed again: resume and try-it work after a restart.
+#[tauri::command(async)]
 pub fn list_runs(state: State<'_, AppState>) -> IpcResult<Vec<RunSummary>> {
-    list_runs_in(&state.paths.runs_dir)
+    let runs = list_runs_in(&state.paths.runs_dir)?;
+    for config in runs.iter().filter_map(|r| r.config.as_ref()) {
+        state.access.allow(&config.model.path);
+        state.access.allow(&config.data.train);
+        if let Some(eval) = &config.data.eval {
+            state.access.allow(eval);
+        }
+    }
+    Ok(runs)
 }
 
 pub fn list_runs_in(runs: &Path) -> IpcResult<Vec<RunSummary>> {
@@ -134,7 +143,7 @@ fn parse_metric(line: &str) -> serde_json::Result<TrainEvent> {
     serde_json::from_value(value)
 }
 
-#[tauri::command]
+#[tauri::command(async)]
 pub fn read_run_metrics(state: State<'_, AppState>, run_dir: String) -> IpcResult<Vec<TrainEvent>> {
     read_metrics(&state.access.check(&run_dir)?)
 }

@@ -29,7 +29,7 @@ pub struct DeviceOption {
     pub note: Option<String>,
 }
 
-#[tauri::command]
+#[tauri::command(async)]
 pub fn list_devices() -> Vec<DeviceOption> {
     let probe = |id: &str, label: &str| match select_device(id) {
         Ok(_) => DeviceOption {
@@ -104,18 +104,18 @@ fn fresh_run_dir(runs: &Path, stem: &str) -> PathBuf {
         .expect("some run number is free")
 }
 
-/// Every path of `config` must be one the app may use.
-fn check_paths(state: &AppState, config: &RunConfig) -> IpcResult<()> {
-    state.access.check(&config.model.path.to_string_lossy())?;
+/// Every path of `config` must be one the app may use; the checked (canonical) paths replace the ones sent.
+fn check_paths(state: &AppState, mut config: RunConfig) -> IpcResult<RunConfig> {
+    config.model.path = state.access.check(&config.model.path.to_string_lossy())?;
     if config.data.train.as_os_str().is_empty() {
         return Err(IpcError::new("no_dataset", "choose a dataset file first"));
     }
-    state.access.check(&config.data.train.to_string_lossy())?;
+    config.data.train = state.access.check(&config.data.train.to_string_lossy())?;
     if let Some(eval) = &config.data.eval {
-        state.access.check(&eval.to_string_lossy())?;
+        config.data.eval = Some(state.access.check(&eval.to_string_lossy())?);
     }
-    state.access.check(&config.output.dir.to_string_lossy())?;
-    Ok(())
+    config.output.dir = state.access.check(&config.output.dir.to_string_lossy())?;
+    Ok(config)
 }
 
 #[derive(Debug, Clone, Serialize, TS)]
@@ -127,7 +127,7 @@ pub struct DatasetPreview {
 /// The first `n` examples rendered, tokenized and masked exactly as training will see them.
 #[tauri::command]
 pub async fn preview_dataset(state: State<'_, AppState>, config: RunConfig, n: usize) -> IpcResult<DatasetPreview> {
-    check_paths(&state, &config)?;
+    let config = check_paths(&state, config)?;
     let (format, examples) = crate::worker::run("preview", move || Ok(preview_run(&config, n)?)).await?;
     Ok(DatasetPreview { format, examples })
 }
@@ -151,7 +151,7 @@ pub async fn train_model(
     task_id: String,
     on_event: Channel<Vec<TrainEvent>>,
 ) -> IpcResult<TrainOutcomeView> {
-    check_paths(&state, &config)?;
+    let config = check_paths(&state, config)?;
     config.check().map_err(|reason| IpcError::new("bad_config", reason))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = state.tasks.start(&task_id, CancelHandle::Train(cancel.clone()))?;

@@ -1,5 +1,6 @@
 // App-wide state shared by the screens: the open model, the picker's selection and the backend's plan for it, the
 // run being set up or watched. Screens read and change it only through the functions here.
+import type { DownloadEvent } from "./bindings/DownloadEvent";
 import type { FreezePlan } from "./bindings/FreezePlan";
 import type { IpcError } from "./bindings/IpcError";
 import type { ModelSummary } from "./bindings/ModelSummary";
@@ -58,16 +59,17 @@ export function go(screen: Screen) {
 }
 
 /** Opens a model (the demo when `path` is null) and starts a fresh selection: the top two layers. */
+let openSeq = 0;
+
+/** Opens a model (the demo when `path` is null) and starts a fresh selection: the top two layers. Only the last
+ * open wins: the model, its run settings and its selection are set together, never from two different models. */
 export async function openModel(path: string | null) {
+  const seq = ++openSeq;
   app.loadingModel = true;
   app.modelError = null;
   try {
     const model = path === null ? await api.openDemoModel() : await api.openModel(path);
-    app.model = model;
-    app.plan = null;
     const run = await api.defaultRun(model.path);
-    app.run = run;
-    app.options = { batch_size: run.training?.batch_size ?? 1, seq_len: run.data.cutoff_len ?? 512 };
     let s = emptySelection(model.num_layers, model.layer_modules);
     // The demo's own run config says what it trains; other models start with their top two layers.
     if (run.freeze && Object.keys(run.freeze).length > 0) {
@@ -76,11 +78,16 @@ export async function openModel(path: string | null) {
     } else {
       s = fromSpec(s, { top: Math.min(2, model.num_layers) }, []);
     }
+    if (seq !== openSeq) return;
+    app.model = model;
+    app.plan = null;
+    app.run = run;
+    app.options = { batch_size: run.training?.batch_size ?? 1, seq_len: run.data.cutoff_len ?? 512 };
     setSelection(s);
   } catch (e) {
-    app.modelError = asIpcError(e);
+    if (seq === openSeq) app.modelError = asIpcError(e);
   } finally {
-    app.loadingModel = false;
+    if (seq === openSeq) app.loadingModel = false;
   }
 }
 
@@ -88,6 +95,8 @@ let planSeq = 0;
 
 /** Replaces the selection, rewrites the ids field canonically, and asks the backend for the plan. */
 export function setSelection(s: Selection) {
+  // A gesture supersedes ids still being checked from the field.
+  idsSeq++;
   app.selection = s;
   app.idsField = idsText(s);
   app.idsError = null;
@@ -123,8 +132,10 @@ export async function typeIds(text: string) {
   if (!s || !model) return;
   const seq = ++idsSeq;
   const choose = (ids: number[]) => {
+    // The selection as it is now: a click on a filter or an extra module while the ids were being checked stays.
+    const now = app.selection ?? s;
     app.idsError = null;
-    app.selection = { ...s, layers: new Set(ids), partial: new Map(), origin: { kind: "ids" } };
+    app.selection = { ...now, layers: new Set(ids), partial: new Map(), origin: { kind: "ids" } };
     return replan();
   };
   if (text.trim() === "") return choose([]);
@@ -187,4 +198,52 @@ export async function stopTraining() {
   if (!training.taskId) return;
   training.stopping = true;
   await api.cancelTask(training.taskId);
+}
+
+/** The Hub download in progress (kept here, not in the Model screen, so leaving the screen loses nothing). */
+export const download = $state({
+  taskId: null as string | null,
+  repo: "",
+  done: 0,
+  total: 0,
+  speed: 0,
+  eta: null as number | null,
+  file: "",
+  note: "",
+  error: null as IpcError | null,
+});
+
+function onDownloadEvents(events: DownloadEvent[]) {
+  for (const e of events) {
+    if (e.event === "resolved") download.total = e.total_bytes;
+    else if (e.event === "progress") {
+      download.done = e.done_bytes;
+      download.total = e.total_bytes;
+      download.speed = e.bytes_per_second;
+      download.eta = e.eta_seconds ?? null;
+      download.file = e.file;
+    } else if (e.event === "retrying") download.note = `retrying ${e.file} (${e.reason})`;
+    else if (e.event === "file_started") download.note = e.resumed_from > 0 ? `resuming ${e.file}` : "";
+  }
+}
+
+/** Downloads `repo` and opens it; the Layers screen is shown only if the user is still on the Model screen. */
+export async function startDownload(repo: string, endpoint: string | null) {
+  if (download.taskId) return;
+  const taskId = newTaskId("download");
+  Object.assign(download, { taskId, repo, done: 0, total: 0, speed: 0, eta: null, file: "", note: "", error: null });
+  try {
+    const model = await api.downloadModel(repo, endpoint, taskId, onDownloadEvents);
+    download.taskId = null;
+    await openModel(model.path);
+    if (app.screen === "model" && !app.modelError) go("layers");
+  } catch (e) {
+    download.error = asIpcError(e);
+  } finally {
+    download.taskId = null;
+  }
+}
+
+export async function cancelDownload() {
+  if (download.taskId) await api.cancelTask(download.taskId);
 }

@@ -136,3 +136,29 @@ describe("specs", () => {
     }
   });
 });
+
+describe("saved specs the picker has no button for", () => {
+  it("keeps sub-path modules instead of widening to every tensor", () => {
+    const spec = { layers: "1-2", modules: ["self_attn.q_proj"], layer_modules: { "5": ["mlp.down_proj"] } };
+    const s = fromSpec(base(), spec, [1, 2]);
+    expect(s.filter).toBe("custom");
+    expect(toSpec(s)).toEqual(spec);
+    // A click on a whole layer trains the same custom modules.
+    expect(toSpec(toggleLayer(s, 3)).layers).toBe("1-3");
+    expect(toSpec(toggleLayer(s, 3)).modules).toEqual(["self_attn.q_proj"]);
+  });
+
+  it("reads LLaMA-Factory ids in every spelling, and its default of two layers", () => {
+    const lf = (args: Record<string, unknown>) => fromSpec(base(), { llamafactory: args }, []);
+    expect(idsText(lf({ freeze_trainable_layers_ids: "1,3" }))).toBe("1,3");
+    expect(idsText(lf({ freeze_trainable_layers_ids: [2, 4] }))).toBe("2,4");
+    expect(idsText(lf({ freeze_trainable_layers_ids: 6 }))).toBe("6");
+    expect(idsText(lf({}))).toBe("6-7");
+    expect(idsText(lf({ freeze_trainable_layers: -3 }))).toBe("0-2");
+  });
+
+  it("never sends an empty module list for a layer", () => {
+    const s = toggleModule(toggleModule(base(), 2, "mlp"), 2, "mlp");
+    expect(toSpec(s).layer_modules).toBeUndefined();
+  });
+});

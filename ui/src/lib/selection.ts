@@ -3,7 +3,8 @@
 import type { FreezeSpec } from "./bindings/FreezeSpec";
 import { formatIds } from "./ids";
 
-export type ModuleFilter = "all" | "attention" | "mlp";
+/** `custom`: module names kept verbatim from a saved spec (`self_attn.q_proj`, ...) that no filter button says. */
+export type ModuleFilter = "all" | "attention" | "mlp" | "custom";
 export type Origin = { kind: "ids" } | { kind: "top"; n: number } | { kind: "bottom"; n: number };
 
 export interface Selection {
@@ -16,6 +17,8 @@ export interface Selection {
   partial: Map<number, Set<string>>;
   extra: Set<string>;
   filter: ModuleFilter;
+  /** The modules of the `custom` filter. */
+  custom: string[];
   /** How the layers were chosen: kept so LLaMA-Factory mode and presets can say "top 2" rather than "6-7". */
   origin: Origin;
   llamafactory: boolean;
@@ -29,6 +32,7 @@ export function emptySelection(numLayers: number, layerModules: string[]): Selec
     partial: new Map(),
     extra: new Set(),
     filter: "all",
+    custom: [],
     origin: { kind: "ids" },
     llamafactory: false,
   };
@@ -46,14 +50,19 @@ export function orderModules(modules: string[]): string[] {
 
 /** The module names a filter keeps (every module for `all`). */
 export function filterModules(layerModules: string[], filter: ModuleFilter): string[] {
-  if (filter === "all") return layerModules;
+  if (filter === "all" || filter === "custom") return layerModules;
   // Norms sit beside both (`post_attention_layernorm`); they belong to neither filter.
   return layerModules.filter((m) => !NORM.test(m) && (filter === "attention" ? ATTENTION : MLP).test(m));
 }
 
+/** The modules a whole-layer choice trains under the current filter. */
+export function activeModules(s: Selection): string[] {
+  return s.filter === "custom" ? s.custom : filterModules(s.layerModules, s.filter);
+}
+
 /** The modules of layer `id` the user chose. */
 export function chosenModules(s: Selection, id: number): Set<string> {
-  if (s.layers.has(id)) return new Set(filterModules(s.layerModules, s.filter));
+  if (s.layers.has(id)) return new Set(activeModules(s));
   return new Set(s.partial.get(id) ?? []);
 }
 
@@ -97,7 +106,7 @@ export function toggleModule(s: Selection, id: number, module: string): Selectio
   const modules = chosenModules(s, id);
   if (modules.has(module)) modules.delete(module);
   else modules.add(module);
-  const full = filterModules(s.layerModules, s.filter);
+  const full = activeModules(s);
   return edit(s, (n) => {
     n.origin = { kind: "ids" };
     if (modules.size === 0) setLayer(n, id, false);
@@ -142,7 +151,7 @@ export function setIds(s: Selection, ids: number[]): Selection {
 
 /** Every layer's chosen modules become the ones it did not have. */
 export function invert(s: Selection): Selection {
-  const full = filterModules(s.layerModules, s.filter);
+  const full = activeModules(s);
   let next = edit(s, (n) => {
     n.layers = new Set();
     n.partial = new Map();
@@ -186,7 +195,7 @@ export function idsText(s: Selection): string {
 
 /** The FreezeSpec the backend plans. */
 export function toSpec(s: Selection): FreezeSpec {
-  const filter = s.filter === "all" ? [] : filterModules(s.layerModules, s.filter);
+  const filter = s.filter === "all" ? [] : activeModules(s);
   const extra = [...s.extra].sort();
   if (s.llamafactory) {
     const lf: NonNullable<FreezeSpec["llamafactory"]> = {
@@ -210,8 +219,13 @@ export function toSpec(s: Selection): FreezeSpec {
   }
   if (filter.length) spec.modules = filter;
   if (s.partial.size) {
+    // Every chosen name is kept, in row order, including sub-paths the row has no cell for.
+    const order = (m: string) => (s.layerModules.includes(m) ? s.layerModules.indexOf(m) : s.layerModules.length);
     spec.layer_modules = Object.fromEntries(
-      [...s.partial].sort(([a], [b]) => a - b).map(([id, mods]) => [String(id), s.layerModules.filter((m) => mods.has(m))]),
+      [...s.partial]
+        .filter(([, mods]) => mods.size > 0)
+        .sort(([a], [b]) => a - b)
+        .map(([id, mods]) => [String(id), [...mods].sort((a, b) => order(a) - order(b) || a.localeCompare(b))]),
     );
   }
   if (extra.length) spec.extra = extra;
@@ -225,28 +239,49 @@ export function fromSpec(base: Selection, spec: FreezeSpec, ids: number[]): Sele
   const lf = spec.llamafactory;
   if (lf) {
     s.llamafactory = true;
-    const k = lf.freeze_trainable_layers;
-    if (lf.freeze_trainable_layers_ids == null && typeof k === "number") s = k >= 0 ? topN(s, k) : bottomN(s, -k);
-    else s = setIds(s, ids);
+    // LLaMA-Factory's own default is the last 2 layers.
+    const k = lf.freeze_trainable_layers ?? 2;
+    const lfIds = lf.freeze_trainable_layers_ids;
+    if (lfIds == null) s = k >= 0 ? topN(s, k) : bottomN(s, -k);
+    else s = setIds(s, idListIds(lfIds).filter((i) => i >= 0 && i < base.numLayers));
     s.extra = new Set((lf.freeze_extra_modules ?? "").split(",").map((x) => x.trim()).filter(Boolean));
     const mods = (lf.freeze_trainable_modules ?? "all").split(",").map((x) => x.trim());
-    s.filter = guessFilter(base.layerModules, mods);
+    setGuessedFilter(s, base.layerModules, mods);
     return s;
   }
   if (spec.top != null) s = topN(s, spec.top);
   else if (spec.bottom != null) s = bottomN(s, spec.bottom);
   else if (spec.all_layers) s = setIds(s, Array.from({ length: base.numLayers }, (_, i) => i));
   else s = setIds(s, ids);
-  s.filter = guessFilter(base.layerModules, spec.modules ?? []);
-  for (const [id, mods] of Object.entries(spec.layer_modules ?? {})) s.partial.set(Number(id), new Set(mods));
+  setGuessedFilter(s, base.layerModules, spec.modules ?? []);
+  for (const [id, mods] of Object.entries(spec.layer_modules ?? {})) {
+    if (mods && mods.length) s.partial.set(Number(id), new Set(mods));
+  }
   return s;
 }
 
-function guessFilter(layerModules: string[], modules: string[]): ModuleFilter {
-  if (modules.length === 0 || modules.includes("all")) return "all";
+/** LLaMA-Factory's ids as it reads them: `"1,3"`, `[1, 3]` or `3`. */
+export function idListIds(ids: number | number[] | string): number[] {
+  if (typeof ids === "number") return [ids];
+  if (Array.isArray(ids)) return ids;
+  return ids
+    .split(",")
+    .map((x) => x.trim())
+    .filter(Boolean)
+    .map(Number)
+    .filter(Number.isInteger);
+}
+
+/** The filter button that says `modules`, or `custom` with the names kept as they are. */
+function setGuessedFilter(s: Selection, layerModules: string[], modules: string[]) {
+  if (modules.length === 0 || modules.includes("all")) {
+    s.filter = "all";
+    return;
+  }
   const same = (f: ModuleFilter) => {
     const want = filterModules(layerModules, f);
     return want.length === modules.length && want.every((m) => modules.includes(m));
   };
-  return same("attention") ? "attention" : same("mlp") ? "mlp" : "all";
+  s.filter = same("attention") ? "attention" : same("mlp") ? "mlp" : "custom";
+  s.custom = s.filter === "custom" ? [...modules] : [];
 }
