@@ -33,7 +33,14 @@ pub struct RunSummary {
 /// writes `run.toml`), so they are allowed again: resume and try-it work after a restart.
 #[tauri::command(async)]
 pub fn list_runs(state: State<'_, AppState>) -> IpcResult<Vec<RunSummary>> {
-    let runs = list_runs_in(&state.paths.runs_dir)?;
+    let mut runs = list_runs_in(&state.paths.runs_dir)?;
+    for dir in external_runs(&state.paths.data_dir) {
+        if dir.join("run.toml").is_file() && !runs.iter().any(|r| Path::new(&r.dir) == dir) {
+            runs.push(summarize_run(&dir)?);
+            state.access.allow(&dir);
+        }
+    }
+    runs.sort_by(|a, b| b.modified.cmp(&a.modified).then(a.name.cmp(&b.name)));
     for config in runs.iter().filter_map(|r| r.config.as_ref()) {
         state.access.allow(&config.model.path);
         state.access.allow(&config.data.train);
@@ -59,6 +66,34 @@ pub fn list_runs_in(runs: &Path) -> IpcResult<Vec<RunSummary>> {
     }
     out.sort_by(|a, b| b.modified.cmp(&a.modified).then(a.name.cmp(&b.name)));
     Ok(out)
+}
+
+const EXTERNAL_RUNS: &str = "external-runs.txt";
+
+/// Run folders outside the runs folder (picked with Browse), one per line, so the history still lists them.
+fn external_runs(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string(data_dir.join(EXTERNAL_RUNS))
+        .map(|text| text.lines().filter(|l| !l.trim().is_empty()).map(Into::into).collect())
+        .unwrap_or_default()
+}
+
+/// Records `dir` for the history when it is outside `runs_dir`.
+pub fn remember_run(data_dir: &Path, runs_dir: &Path, dir: &Path) -> IpcResult<()> {
+    if dir.starts_with(runs_dir) {
+        return Ok(());
+    }
+    let mut known = external_runs(data_dir);
+    if known.iter().any(|d| d == dir) {
+        return Ok(());
+    }
+    known.push(dir.to_path_buf());
+    let text: String = known.iter().map(|d| format!("{}\n", d.display())).collect();
+    freezetune_core::fsutil::write_atomic(
+        &data_dir.join(EXTERNAL_RUNS),
+        text.as_bytes(),
+        freezetune_core::fsutil::Overwrite::Allow,
+    )?;
+    Ok(())
 }
 
 fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
@@ -201,6 +236,18 @@ mod tests {
         std::fs::write(tmp.path().join("metrics.jsonl"), format!("garbage\n{step}\n")).unwrap();
         let err = read_metrics(tmp.path()).unwrap_err();
         assert!(err.message.contains("metrics.jsonl:1"), "{}", err.message);
+    }
+
+    #[test]
+    fn runs_outside_the_runs_folder_are_remembered_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, runs) = (tmp.path().join("data"), tmp.path().join("data/runs"));
+        remember_run(&data, &runs, &runs.join("inside")).unwrap();
+        assert!(external_runs(&data).is_empty());
+        let outside = tmp.path().join("elsewhere/run-1");
+        remember_run(&data, &runs, &outside).unwrap();
+        remember_run(&data, &runs, &outside).unwrap();
+        assert_eq!(external_runs(&data), vec![outside]);
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub async fn train_model(
     on_event: Channel<Vec<TrainEvent>>,
 ) -> IpcResult<TrainOutcomeView> {
     let config = check_paths(&state, config)?;
+    super::runs::remember_run(&state.paths.data_dir, &state.paths.runs_dir, &config.output.dir)?;
     config.check().map_err(|reason| IpcError::new("bad_config", reason))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = state.tasks.start(&task_id, CancelHandle::Train(cancel.clone()))?;

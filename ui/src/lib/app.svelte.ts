@@ -195,9 +195,21 @@ export async function startTraining(config: RunConfig, resume: boolean) {
 }
 
 export async function stopTraining() {
-  if (!training.taskId) return;
+  const taskId = training.taskId;
+  if (!taskId) return;
   training.stopping = true;
-  await api.cancelTask(training.taskId);
+  // Stop pressed in the first instant can reach the backend before the run has registered its task: ask again.
+  while (training.running && training.taskId === taskId && !(await api.cancelTask(taskId))) {
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The memory estimate's sizes are the run's batch size and cutoff: editing one edits the other. */
+export function setPlanSizes(batch: number, seq: number) {
+  app.options = { batch_size: batch, seq_len: seq };
+  if (app.run?.training) app.run.training.batch_size = batch;
+  if (app.run) app.run.data.cutoff_len = seq;
+  void replan();
 }
 
 /** The Hub download in progress (kept here, not in the Model screen, so leaving the screen loses nothing). */
