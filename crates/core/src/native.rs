@@ -23,21 +23,8 @@ pub(crate) fn trainable_set(layout: &ModelLayout, spec: &FreezeSpec) -> Result<(
         Selection::All => (0..n).collect(),
         Selection::None => BTreeSet::new(),
     };
-    let modules = resolve_modules(layout, &spec.modules)?;
     let mut trainable = BTreeSet::new();
-    for layer in layout.layers.iter().filter(|l| ids.contains(&l.id)) {
-        for module in &layer.modules {
-            for t in &module.tensors {
-                let rel = &t.name[module.path.len() - module.name.len()..];
-                if modules
-                    .as_ref()
-                    .is_none_or(|wanted| wanted.iter().any(|w| rel == w || rel.starts_with(&format!("{w}."))))
-                {
-                    trainable.insert(t.name.clone());
-                }
-            }
-        }
-    }
+    add_layer_tensors(&mut trainable, layout, &ids, &resolve_modules(layout, &spec.modules)?);
     for (id_text, wanted) in &spec.layer_modules {
         if wanted.is_empty() {
             // An empty list would mean "every tensor" to `resolve_modules`; here it can only be a mistake.
@@ -47,21 +34,8 @@ pub(crate) fn trainable_set(layout: &ModelLayout, spec: &FreezeSpec) -> Result<(
                 ),
             });
         }
-        let id = parse_layer_ids(id_text, n)?;
-        let modules = resolve_modules(layout, wanted)?;
-        for layer in layout.layers.iter().filter(|l| id.contains(&l.id)) {
-            for module in &layer.modules {
-                for t in &module.tensors {
-                    let rel = &t.name[module.path.len() - module.name.len()..];
-                    if modules
-                        .as_ref()
-                        .is_none_or(|wanted| wanted.iter().any(|w| rel == w || rel.starts_with(&format!("{w}."))))
-                    {
-                        trainable.insert(t.name.clone());
-                    }
-                }
-            }
-        }
+        let ids = parse_layer_ids(id_text, n)?;
+        add_layer_tensors(&mut trainable, layout, &ids, &resolve_modules(layout, wanted)?);
     }
     let mut warnings = Vec::new();
     for name in &spec.extra {
@@ -75,6 +49,28 @@ pub(crate) fn trainable_set(layout: &ModelLayout, spec: &FreezeSpec) -> Result<(
         }
     }
     Ok((trainable, warnings))
+}
+
+/// Adds the tensors of layers `ids` that belong to `modules` (every tensor when `None`).
+fn add_layer_tensors(
+    trainable: &mut BTreeSet<String>,
+    layout: &ModelLayout,
+    ids: &BTreeSet<usize>,
+    modules: &Option<Vec<String>>,
+) {
+    for layer in layout.layers.iter().filter(|l| ids.contains(&l.id)) {
+        for module in &layer.modules {
+            for t in &module.tensors {
+                let rel = &t.name[module.path.len() - module.name.len()..];
+                if modules
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.iter().any(|w| rel == w || rel.starts_with(&format!("{w}."))))
+                {
+                    trainable.insert(t.name.clone());
+                }
+            }
+        }
+    }
 }
 
 fn check_count(key: &str, k: usize, n: usize) -> Result<()> {
