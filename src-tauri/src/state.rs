@@ -25,6 +25,11 @@ impl AppState {
         }
     }
 
+    /// The layout of the model folder the web view named, once the path is checked against the allow-list.
+    pub fn checked_layout(&self, path: &str) -> IpcResult<Arc<ModelLayout>> {
+        self.layout(&self.access.check(path)?)
+    }
+
     /// The layout of the model folder `dir`, from the one-entry cache when it is the last one inspected.
     pub fn layout(&self, dir: &Path) -> IpcResult<Arc<ModelLayout>> {
         if let Some((cached_dir, layout)) = self.layout.lock().expect("layout lock").as_ref() {

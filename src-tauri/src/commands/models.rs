@@ -96,8 +96,8 @@ pub async fn open_demo_model(state: State<'_, AppState>) -> IpcResult<ModelSumma
 /// Opens a checkpoint folder (picked in a dialog, in the Hub cache, or the demo).
 #[tauri::command]
 pub async fn open_model(state: State<'_, AppState>, path: String) -> IpcResult<ModelSummary> {
-    let dir = state.access.check(&path)?;
-    let layout = state.layout(&dir)?;
+    let layout = state.checked_layout(&path)?;
+    let dir = &layout.model_dir;
     let source = if dir.starts_with(&state.paths.demo_dir) {
         ModelSource::Demo
     } else if dir.starts_with(&state.paths.hub_cache) {

@@ -18,9 +18,7 @@ pub fn plan_freeze(
     spec: FreezeSpec,
     options: PlanOptions,
 ) -> IpcResult<FreezePlan> {
-    let dir = state.access.check(&model_path)?;
-    let layout = state.layout(&dir)?;
-    Ok(plan(&layout, &spec, options)?)
+    Ok(plan(&*state.checked_layout(&model_path)?, &spec, options)?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -38,8 +36,7 @@ pub fn preview_export(
     spec: FreezeSpec,
     format: ExportFormat,
 ) -> IpcResult<String> {
-    let dir = state.access.check(&model_path)?;
-    let layout = state.layout(&dir)?;
+    let layout = state.checked_layout(&model_path)?;
     let plan = plan(&layout, &spec, PlanOptions::default())?;
     Ok(match format {
         ExportFormat::Llamafactory => to_llamafactory_yaml(&layout, &spec, &plan)?,

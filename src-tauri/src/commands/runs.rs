@@ -33,14 +33,10 @@ pub struct RunSummary {
 /// writes `run.toml`), so they are allowed again: resume and try-it work after a restart.
 #[tauri::command(async)]
 pub fn list_runs(state: State<'_, AppState>) -> IpcResult<Vec<RunSummary>> {
-    let mut runs = list_runs_in(&state.paths.runs_dir)?;
-    for dir in external_runs(&state.paths.data_dir) {
-        if dir.join("run.toml").is_file() && !runs.iter().any(|r| Path::new(&r.dir) == dir) {
-            runs.push(summarize_run(&dir)?);
-            state.access.allow(&dir);
-        }
+    let runs = list_runs_in(&state.paths.runs_dir, &external_runs(&state.paths.data_dir))?;
+    for run in &runs {
+        state.access.allow(Path::new(&run.dir));
     }
-    runs.sort_by(|a, b| b.modified.cmp(&a.modified).then(a.name.cmp(&b.name)));
     for config in runs.iter().filter_map(|r| r.config.as_ref()) {
         state.access.allow(&config.model.path);
         state.access.allow(&config.data.train);
@@ -51,15 +47,18 @@ pub fn list_runs(state: State<'_, AppState>) -> IpcResult<Vec<RunSummary>> {
     Ok(runs)
 }
 
-pub fn list_runs_in(runs: &Path) -> IpcResult<Vec<RunSummary>> {
-    let entries = match std::fs::read_dir(runs) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+/// The runs in the folders of `runs` and in the `external` run folders, newest first.
+pub fn list_runs_in(runs: &Path, external: &[std::path::PathBuf]) -> IpcResult<Vec<RunSummary>> {
+    let mut dirs = match std::fs::read_dir(runs) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.path()).map_err(|e| io_error(runs, e)))
+            .collect::<IpcResult<Vec<_>>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_error(runs, e)),
     };
+    dirs.extend(external.iter().filter(|d| !d.starts_with(runs)).cloned());
     let mut out = Vec::new();
-    for entry in entries {
-        let dir = entry.map_err(|e| io_error(runs, e))?.path();
+    for dir in dirs {
         if dir.join("run.toml").is_file() {
             out.push(summarize_run(&dir)?);
         }
@@ -253,7 +252,7 @@ mod tests {
     #[test]
     fn no_runs_folder_is_an_empty_history() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(list_runs_in(&tmp.path().join("runs")).unwrap().is_empty());
+        assert!(list_runs_in(&tmp.path().join("runs"), &[]).unwrap().is_empty());
     }
 }
 
@@ -272,7 +271,7 @@ mod history_tests {
         config.training.eval_steps = 1;
         config.output.dir = tmp.path().join("runs/demo-1");
         freezetune_train::train(&config, false, &NullSink, &AtomicBool::new(false)).unwrap();
-        let runs = list_runs_in(&tmp.path().join("runs")).unwrap();
+        let runs = list_runs_in(&tmp.path().join("runs"), &[]).unwrap();
         assert_eq!(runs.len(), 1, "{runs:?}");
         let run = &runs[0];
         assert_eq!(run.name, "demo-1");
