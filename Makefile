@@ -19,7 +19,12 @@ APP_FEATURES :=
 BUNDLES := deb,rpm
 endif
 
-.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench
+# The CUDA build is checked in a target dir of its own, so the CPU build's cache is never rebuilt with other
+# features.
+CUDA_TARGET_DIR ?= /var/tmp/freezetune-target-cuda
+CUDA_FEATURES := --features freezetune-train/cuda,freezetune-cli/cuda,freezetune-app/cuda
+
+.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench check-cuda gpu-check
 
 setup:
 	@bash scripts/setup.sh
@@ -45,7 +50,7 @@ demo-cli: setup
 	@echo "fine-tuned:"; "$(BIN)" generate "$(DEMO_DIR)/runs/demo/final" --prompt "What is 3 plus 4?" --max-new-tokens 12
 
 ## test: formatting, lints and type checks, UI unit and browser tests, every Rust test, the desktop app end to end.
-test: setup ui lint ui-test unit e2e
+test: setup ui lint ui-test unit check-cuda gpu-check e2e
 
 ## ui: the front end, built into ui/dist (the app embeds it at compile time).
 ui: setup
@@ -66,6 +71,17 @@ unit: ui
 e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bin fakehub
 	bash tests/e2e/run.sh
+
+## check-cuda: the CUDA build of the engine, the CLI and the app compiles (kernels included). nvcc comes from
+## NVIDIA's CUDA 13 wheels on PyPI, installed once outside the clone (scripts/cuda-toolkit.sh); no GPU is needed.
+check-cuda: ui
+	eval "$$(bash scripts/cuda-toolkit.sh)" && CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) \
+		$(CARGO) check --locked -p freezetune-train -p freezetune-cli -p freezetune-app $(CUDA_FEATURES)
+
+## gpu-check: parity, the freeze mask and a benchmark on a device (scripts/gpu-check.sh); in `make test` on the CPU
+## with a small model, so the script a lent GPU machine runs cannot rot.
+gpu-check: setup
+	bash scripts/gpu-check.sh --device cpu
 
 ## bundle: installers in $(CARGO_TARGET_DIR)/release/bundle: .deb and .rpm on Linux, then the .deb installed on this
 ## machine and started under Xvfb as a test of the package; .app and .dmg on macOS.

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use freezetune_core::synth::{write_checkpoint, Family, Fill, SynthSpec};
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
-use freezetune_train::ops::causal_lm_loss;
+use freezetune_train::loss::causal_lm_loss;
 use freezetune_train::optim::{AdamWConfig, Optimizer};
 use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use std::path::Path;

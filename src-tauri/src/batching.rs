@@ -76,6 +76,8 @@ mod tests {
             tokens: 1,
             tokens_per_second: 1.0,
             elapsed_s: 0.0,
+            loss_scale: None,
+            skipped: false,
         }
     }
 

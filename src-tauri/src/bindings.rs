@@ -64,6 +64,7 @@ pub fn render_all() -> Vec<(String, String)> {
         core::run_config::LrScheduler,
         core::run_config::RuntimeSection,
         core::run_config::OutputSection,
+        core::run_config::ResolvedSection,
         freezetune_train::data::PreviewItem,
     );
     files.sort();

@@ -84,6 +84,10 @@ pub enum DownloadEvent {
     },
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Events of one training run; `Step` and `Eval` are also the lines of the run's `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -98,6 +102,11 @@ pub enum TrainEvent {
         /// Examples cut to `cutoff_len`, and examples dropped because nothing in them was left to learn.
         truncated: usize,
         skipped: usize,
+        /// The device the run uses (`cpu`, `cuda:N`, `metal`) and its compute dtype (`f32`, `bf16`, `f16`).
+        device: String,
+        dtype: String,
+        /// How `auto` chose the device, or why it fell back.
+        device_note: Option<String>,
     },
     /// One optimizer step (1-based); `loss` is that step's forward loss, before its update.
     Step {
@@ -109,6 +118,13 @@ pub enum TrainEvent {
         tokens: u64,
         tokens_per_second: f64,
         elapsed_s: f64,
+        /// f16 runs: the dynamic loss scale the step used.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "ts", ts(optional))]
+        loss_scale: Option<f64>,
+        /// f16 runs: the gradients overflowed at this loss scale, so the update was skipped (and the scale halved).
+        #[serde(default, skip_serializing_if = "is_false")]
+        skipped: bool,
     },
     Eval {
         step: u64,

@@ -95,6 +95,7 @@ impl Preset {
             training: self.training.clone().unwrap_or_default(),
             runtime: self.runtime.clone().unwrap_or_default(),
             output: self.output.clone().ok_or_else(|| missing("output"))?,
+            resolved: None,
         };
         run.check().map_err(|message| Error::Preset {
             kind: "preset_corrupt",

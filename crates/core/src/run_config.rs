@@ -18,6 +18,24 @@ pub struct RunConfig {
     #[serde(default)]
     pub runtime: RuntimeSection,
     pub output: OutputSection,
+    /// What the run actually used, written by the trainer into the run folder's `run.toml`; ignored as input (a
+    /// resumed run chooses again and rewrites it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<ResolvedSection>,
+}
+
+/// The device and compute dtype a run used (`auto` resolved), and how the device was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(deny_unknown_fields)]
+pub struct ResolvedSection {
+    /// `cpu`, `cuda:N` or `metal`.
+    pub device: String,
+    /// `f32`, `bf16` or `f16`.
+    pub dtype: String,
+    /// How `auto` chose, or why it fell back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,8 +52,8 @@ pub struct ModelSection {
     /// Branch, tag or commit of `repo` (default `main`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// Compute dtype of frozen weights and activations: `auto` (f32 on CPU, the checkpoint's on GPUs), `f32`,
-    /// `bf16`, `f16`. Trainable weights are always f32.
+    /// Compute dtype of frozen weights and activations: `auto` (f32 on the CPU; on a GPU f16 for an f16
+    /// checkpoint, else bf16), `f32`, `bf16`, `f16`. Trainable weights are always f32 master weights.
     #[serde(default = "default_dtype")]
     pub dtype: String,
 }

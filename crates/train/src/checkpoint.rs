@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Where the run stood after an optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Progress {
     /// Optimizer steps done.
     pub step: u64,
@@ -21,6 +21,9 @@ pub struct Progress {
     pub tokens: u64,
     pub elapsed_s: f64,
     pub optimizer_step: u64,
+    /// f16 runs: the dynamic loss scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<crate::trainer::scaler::LossScaler>,
 }
 
 pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &Progress) -> Result<PathBuf> {

@@ -11,14 +11,19 @@ use freezetune_core::safetensors::DType as StDType;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Raw little-endian bytes of a trainable tensor in the checkpoint's dtype.
+/// Raw little-endian bytes of a trainable tensor in the checkpoint's dtype, rounded (to nearest even) from the f32
+/// master. The master is copied to the host first: the casts run there (an f64 checkpoint cannot be cast to on
+/// Metal, which has no f64).
 fn trainable_bytes(params: &Params, name: &str, dtype: StDType) -> Result<Vec<u8>> {
-    let t = params.vars[name].as_tensor().flatten_all();
     let err = |e: candle_core::Error| TrainError::Candle {
         context: format!("exporting {name}"),
         source: e,
     };
-    let t = t.map_err(err)?;
+    let t = params.vars[name]
+        .as_tensor()
+        .to_device(&candle_core::Device::Cpu)
+        .and_then(|t| t.flatten_all())
+        .map_err(err)?;
     Ok(match dtype {
         StDType::F32 => t
             .to_vec1::<f32>()

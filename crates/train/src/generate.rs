@@ -6,7 +6,7 @@ use crate::model::Decoder;
 use crate::params::Params;
 use crate::template::{ChatFormatter, Message};
 use crate::DecoderConfig;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
 use std::path::Path;
 
@@ -37,7 +37,9 @@ impl Generator {
             },
             PlanOptions::default(),
         )?;
-        let params = Params::load(model_dir, &frozen, device, DType::F32)?;
+        // The same dtype rule as training's `auto`: f32 on the CPU, the GPU's half type elsewhere.
+        let dtype = crate::device::compute_dtype("auto", device, crate::device::checkpoint_dtype(&layout));
+        let params = Params::load(model_dir, &frozen, device, dtype)?;
         let model = Decoder::new(DecoderConfig::read(model_dir)?, &params, device)?;
         let formatter = ChatFormatter::load(model_dir)?;
         let mut stop: Vec<u32> = formatter.eos_id.into_iter().collect();

@@ -4,9 +4,11 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -4,10 +4,11 @@
 
 use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
-use crate::ops::{apply_rope, rms_norm, softmax_last_dim, Linear};
+use crate::ops::{apply_rope, rms_norm, rms_norm_offset, softmax_last_dim, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use std::sync::Mutex;
 
 /// The attention input projections: separate, or phi3's fused `qkv_proj`.
 enum Qkv {
@@ -41,6 +42,18 @@ pub struct Decoder {
     lm_head: Linear,
     inv_freq: Vec<f32>,
     device: Device,
+    /// Activations' dtype (frozen weights are stored in it).
+    dtype: DType,
+    /// Device-resident cos/sin tables for the longest sequence seen so far.
+    rope: Mutex<Option<RopeTables>>,
+    /// The attention mask of the last batch shape (row lengths and width), kept on the device.
+    mask: Mutex<Option<(Vec<usize>, usize, Tensor)>>,
+}
+
+struct RopeTables {
+    len: usize,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// One batch: token ids and, per row, how many leading tokens are real (the rest is right padding).
@@ -109,67 +122,94 @@ impl Decoder {
             lm_head,
             config,
             device: device.clone(),
+            dtype: params.dtype(),
+            rope: Mutex::new(None),
+            mask: Mutex::new(None),
         })
     }
 
-    /// Token embeddings (batch, seq, hidden), scaled where the architecture says so.
+    /// The activations' dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Token embeddings (batch, seq, hidden) in the compute dtype, scaled where the architecture says so. Only the
+    /// looked-up rows are cast (a trainable embedding is an f32 master).
     fn embed_ids(&self, ids: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
         let h = self
             .embed
             .index_select(ids, 0)?
+            .to_dtype(self.dtype)?
             .reshape((b, t, self.config.hidden_size))?;
         match self.config.embed_scale {
-            // transformers rounds the scale to the activations' dtype first.
-            Some(scale) => {
-                h.clone()
-                    * Tensor::new(scale as f32, &self.device)?
-                        .to_dtype(h.dtype())?
-                        .to_scalar::<f32>()? as f64
-            }
+            Some(scale) => h * rounded_to(scale, self.dtype),
             None => Ok(h),
         }
     }
 
-    /// RMSNorm with the architecture's weight offset.
+    /// RMSNorm with the architecture's weight offset, in f32.
     fn rms(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-        if self.config.norm_offset == 0.0 {
-            rms_norm(x, weight, self.config.rms_norm_eps)
-        } else {
-            rms_norm(x, &(weight + self.config.norm_offset)?, self.config.rms_norm_eps)
-        }
+        rms_norm_offset(x, weight, self.config.norm_offset, self.config.rms_norm_eps)
     }
 
-    /// cos/sin tables for positions `start..start + t`.
+    /// f32 cos/sin tables (t, head_dim) for positions `start..start + t`, narrowed from tables kept on the device
+    /// and rebuilt (on the device) only when a longer sequence comes.
     fn rope_tables(&self, start: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
-        let mut angles = Vec::with_capacity(t * half * 2);
-        for pos in start..start + t {
-            let row: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
-            angles.extend_from_slice(&row);
-            angles.extend_from_slice(&row);
+        let mut cached = self.rope.lock().expect("rope cache");
+        let need = start + t;
+        if cached.as_ref().is_none_or(|r| r.len < need) {
+            let len = need.next_power_of_two().max(64);
+            let half = self.inv_freq.len();
+            let positions = Tensor::arange(0u32, len as u32, &self.device)?
+                .to_dtype(DType::F32)?
+                .reshape((len, 1))?;
+            let inv_freq = Tensor::from_slice(&self.inv_freq, (1, half), &self.device)?;
+            let angles = positions.broadcast_mul(&inv_freq)?;
+            let angles = Tensor::cat(&[&angles, &angles], 1)?;
+            *cached = Some(RopeTables {
+                len,
+                cos: angles.cos()?,
+                sin: angles.sin()?,
+            });
         }
-        let a = Tensor::from_vec(angles, (t, 2 * half), &self.device)?;
-        Ok((a.cos()?, a.sin()?))
+        let r = cached.as_ref().expect("just built");
+        Ok((r.cos.narrow(0, start, t)?, r.sin.narrow(0, start, t)?))
     }
 
-    /// Additive attention mask (batch, 1, t, t): causal, and padded keys hidden. Finite, so a fully masked row
-    /// (a padded query) stays finite; its loss is ignored anyway.
+    /// Additive f32 attention mask (batch, 1, t, t): causal, and padded keys hidden. Finite, so a fully masked row
+    /// (a padded query) stays finite; its loss is ignored anyway. Built on the device from the row lengths, and kept
+    /// while batches keep the same shape.
     fn mask(&self, lengths: &[usize], t: usize) -> candle_core::Result<Tensor> {
-        let mut m = vec![0f32; lengths.len() * t * t];
-        for (b, &len) in lengths.iter().enumerate() {
-            for i in 0..t {
-                for j in 0..t {
-                    if j > i || j >= len {
-                        m[b * t * t + i * t + j] = -1e9;
-                    }
-                }
+        let mut cached = self.mask.lock().expect("mask cache");
+        if let Some((l, w, m)) = cached.as_ref() {
+            if l == lengths && *w == t {
+                return Ok(m.clone());
             }
         }
-        Tensor::from_vec(m, (lengths.len(), 1, t, t), &self.device)
+        // Positions as f32 (exact below 2^24), so the comparisons use kernels every backend has.
+        let dev = &self.device;
+        let positions = Tensor::arange(0u32, t as u32, dev)?.to_dtype(DType::F32)?;
+        let query = positions.reshape((1, 1, t, 1))?;
+        let key = positions.reshape((1, 1, 1, t))?;
+        let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1, 1), dev)?;
+        let future = key.broadcast_gt(&query)?.to_dtype(DType::F32)?;
+        let padded = key.broadcast_ge(&lens)?.to_dtype(DType::F32)?;
+        let m = (future.broadcast_maximum(&padded)? * -1e9)?;
+        *cached = Some((lengths.to_vec(), t, m.clone()));
+        Ok(m)
     }
 
     /// Logits (batch, seq, vocab) in f32.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        self.forward_logits(batch)?
+            .to_dtype(DType::F32)
+            .map_err(crate::error::candle("forward pass"))
+    }
+
+    /// Logits (batch, seq, vocab) in the compute dtype: what the loss reads (it computes in f32 chunk by chunk,
+    /// so bf16 logits are never copied to f32 whole).
+    pub fn forward_logits(&self, batch: &Batch) -> Result<Tensor> {
         self.forward_inner(batch).map_err(|e| TrainError::Candle {
             context: "forward pass".into(),
             source: e,
@@ -189,14 +229,15 @@ impl Decoder {
     }
 
     /// Gradient checkpointing: the forward pass keeps only each layer's input; the backward pass recomputes one
-    /// layer at a time from it and pushes the gradient down. `loss_of` turns logits into the scalar to minimise;
-    /// `on_grads` receives each partial gradient store (the caller sums the parameters' gradients). Returns the loss.
+    /// layer at a time from it and pushes the gradient down. `loss_of` turns logits (compute dtype) into the
+    /// scalar to minimise; `on_grads` receives each partial gradient store (the caller sums the parameters'
+    /// gradients). Returns the loss, on the device (not read back).
     pub fn checkpointed_backward(
         &self,
         batch: &Batch,
         loss_of: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
         on_grads: &mut dyn FnMut(&GradStore) -> Result<()>,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         let err = |e| TrainError::Candle {
             context: "checkpointed backward pass".into(),
             source: e,
@@ -221,13 +262,9 @@ impl Decoder {
         let logits = self
             .rms(top.as_tensor(), &self.norm)
             .and_then(|n| self.lm_head.forward(&n))
-            .and_then(|l| l.to_dtype(DType::F32))
             .map_err(err)?;
         let loss = loss_of(&logits).map_err(err)?;
-        let value = loss
-            .to_dtype(DType::F64)
-            .and_then(|l| l.to_scalar::<f64>())
-            .map_err(err)?;
+        let value = loss.detach();
         let store = loss.backward().map_err(err)?;
         on_grads(&store)?;
         let mut grad = store.get(top.as_tensor()).cloned();
@@ -267,7 +304,7 @@ impl Decoder {
             h = self.block(block, &h, &cos, &sin, &mask, None)?;
         }
         let h = self.rms(&h, &self.norm)?;
-        self.lm_head.forward(&h)?.to_dtype(DType::F32)
+        self.lm_head.forward(&h)
     }
 
     /// One decoder layer. With `cache`, the keys and values of earlier positions are prepended (and the new ones
@@ -316,8 +353,10 @@ impl Decoder {
         }
         let k = repeat_kv(k, nh / nkv)?;
         let v = repeat_kv(v, nh / nkv)?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask.to_dtype(q.dtype())?)?;
-        let probs = softmax_last_dim(&scores)?;
+        // Scores in the compute dtype from the matmul, then scaled, masked and normalised in f32.
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let scores = (scores / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let probs = softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
         let attn = probs
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
@@ -390,6 +429,16 @@ impl Decoder {
             context: "generation step".into(),
             source: e,
         })
+    }
+}
+
+/// `value` rounded to `dtype` first, as transformers does with gemma's embedding scale. Done on the host with
+/// `half`: a device-side scalar round trip would need a host read (and Metal has no f64).
+fn rounded_to(value: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f64(value).to_f64(),
+        DType::F16 => half::f16::from_f64(value).to_f64(),
+        _ => value as f32 as f64,
     }
 }
 

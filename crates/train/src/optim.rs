@@ -162,17 +162,14 @@ pub fn accumulate(sums: &mut [Option<Tensor>], grads: Vec<Option<Tensor>>) -> Re
     Ok(())
 }
 
-/// Global L2 norm of a set of gradients.
-pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
-    let mut sum = 0f64;
+/// The squared global L2 norm of a set of gradients, as an f32 scalar on `device` (summed there; the caller reads
+/// it back once, with the loss).
+pub fn squared_norm(grads: &[Option<Tensor>], device: &candle_core::Device) -> Result<Tensor> {
+    let mut sum = Tensor::zeros((), candle_core::DType::F32, device)?;
     for g in grads.iter().flatten() {
-        sum += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        sum = (sum + g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?)?;
     }
-    Ok(sum.sqrt())
+    Ok(sum)
 }
 
 #[cfg(test)]

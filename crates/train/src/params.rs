@@ -1,5 +1,6 @@
 //! The model's tensors as the freeze plan wants them: every name in the plan becomes an f32 `Var` (the optimizer's
-//! parameters), every other tensor a constant in the compute dtype. Weights are read memory-mapped from the
+//! master weight, cast to the compute dtype where the forward pass uses it), every other tensor a constant in the
+//! compute dtype. Weights are read memory-mapped from the
 //! checkpoint's safetensors files.
 
 use crate::error::{Result, TrainError};
@@ -15,6 +16,8 @@ pub struct Params {
     /// Trainable tensors by name, in the plan's (sorted) order.
     pub vars: BTreeMap<String, Var>,
     consts: BTreeMap<String, Tensor>,
+    /// The compute dtype: frozen tensors are stored in it, activations run in it.
+    dtype: DType,
 }
 
 impl Params {
@@ -30,9 +33,11 @@ impl Params {
         let mut vars = BTreeMap::new();
         let mut consts = BTreeMap::new();
         for (name, _) in st.tensors() {
+            // Cast on the host, then upload: the stored dtype may be one the device lacks (f64 on Metal).
             let load = |dt: DType| -> Result<Tensor> {
-                st.load(&name, device)
+                st.load(&name, &Device::Cpu)
                     .and_then(|t| t.to_dtype(dt))
+                    .and_then(|t| t.to_device(device))
                     .map_err(|e| TrainError::Candle {
                         context: format!("loading tensor {name}"),
                         source: e,
@@ -55,7 +60,7 @@ impl Params {
                 reason: "is in the freeze plan but not in the checkpoint".into(),
             });
         }
-        Ok(Params { vars, consts })
+        Ok(Params { vars, consts, dtype })
     }
 
     /// A tensor by name (a trainable one shares its `Var`'s storage and records gradients).
@@ -67,6 +72,10 @@ impl Params {
             name: name.to_string(),
             reason: "is missing from the checkpoint".into(),
         })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn contains(&self, name: &str) -> bool {

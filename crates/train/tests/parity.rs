@@ -5,7 +5,7 @@
 use candle_core::{DType, Device};
 use freezetune_core::spec::LlamaFactoryArgs;
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
-use freezetune_train::ops::causal_lm_loss;
+use freezetune_train::loss::causal_lm_loss;
 use freezetune_train::optim::{AdamWConfig, Optimizer};
 use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use serde_json::Value;

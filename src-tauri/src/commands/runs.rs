@@ -5,8 +5,8 @@ use crate::error::{io_error, IpcError, IpcResult};
 use crate::state::AppState;
 use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::RunConfig;
+use freezetune_train::device::select_device;
 use freezetune_train::generate::{GenerateOptions, Generator};
-use freezetune_train::trainer::select_device;
 use serde::Serialize;
 use std::path::Path;
 use tauri::State;
@@ -209,7 +209,7 @@ pub async fn generate_text(
 ) -> IpcResult<String> {
     let dir = state.access.check(&model_path)?;
     crate::worker::run("generate", move || {
-        let device = select_device("auto")?;
+        let device = select_device("auto")?.device;
         let generator = Generator::load(&dir, &device)?;
         let options = GenerateOptions {
             max_new_tokens: max_new_tokens.clamp(1, 512),

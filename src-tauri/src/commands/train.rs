@@ -9,7 +9,7 @@ use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::{DataFormat, DataSection, ModelSection, OutputSection, RunConfig};
 use freezetune_core::FreezeSpec;
 use freezetune_train::data::{preview_run, PreviewItem};
-use freezetune_train::trainer::select_device;
+use freezetune_train::device::select_device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -32,11 +32,12 @@ pub struct DeviceOption {
 #[tauri::command(async)]
 pub fn list_devices() -> Vec<DeviceOption> {
     let probe = |id: &str, label: &str| match select_device(id) {
-        Ok(_) => DeviceOption {
+        // For `auto` the note says which device it picks, and why.
+        Ok(choice) => DeviceOption {
             id: id.into(),
             label: label.into(),
             available: true,
-            note: None,
+            note: choice.note,
         },
         Err(e) => DeviceOption {
             id: id.into(),
@@ -81,6 +82,7 @@ pub fn default_run(state: State<'_, AppState>, model_path: String) -> IpcResult<
             training: Default::default(),
             runtime: Default::default(),
             output: OutputSection { dir: PathBuf::new() },
+            resolved: None,
         }
     };
     let stem = model

@@ -133,7 +133,7 @@
     const total = args.config.training.max_steps || 300;
     return new Promise((resolve) => {
       let step = 0;
-      send([{ event: "started", run_dir: args.config.output.dir, total_steps: total, trainable_parameters: 0, examples: 54, eval_examples: 6, truncated: 0, skipped: 0 }]);
+      send([{ event: "started", run_dir: args.config.output.dir, total_steps: total, trainable_parameters: 0, examples: 54, eval_examples: 6, truncated: 0, skipped: 0, device: "cpu", dtype: args.config.model.dtype === "auto" ? "f32" : args.config.model.dtype, device_note: "auto picked the CPU: this build has no GPU backend (CUDA or Metal)" }]);
       const timer = setInterval(() => {
         const batch = [];
         for (let k = 0; k < 3 && step < total; k++) {
@@ -170,9 +170,9 @@
     plan_freeze: (a) => plan(a.spec),
     preview_export: (a) => `finetuning_type: freeze\nfreeze_trainable_layers_ids: ${JSON.stringify(a.spec.llamafactory?.freeze_trainable_layers_ids ?? "")}\n`,
     list_devices: () => [
-      { id: "auto", label: "Auto (best available)", available: true, note: null },
+      { id: "auto", label: "Auto (best available)", available: true, note: "auto picked the CPU: this build has no GPU backend (CUDA or Metal)" },
       { id: "cpu", label: "CPU", available: true, note: null },
-      { id: "cuda", label: "CUDA GPU", available: false, note: "not built with CUDA" },
+      { id: "cuda", label: "CUDA GPU", available: false, note: "runtime.device: this build has no CUDA support: use the CUDA edition (freezetune-cuda), or build with `--features cuda` (needs the CUDA 13 toolkit's nvcc; building needs no GPU)" },
       { id: "metal", label: "Apple Metal GPU", available: false, note: "not on macOS" },
     ],
     preview_dataset: () => ({ format: "alpaca", examples: [{ line: 1, text: "x", tokens: 20, learned_tokens: 6, truncated: false, marked: "<|im_start|>user\nWhat is 1 plus 2?<|im_end|>\n<|im_start|>assistant\n[[1 plus 2 is 3.<|im_end|>]]" }] }),

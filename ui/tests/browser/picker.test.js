@@ -161,12 +161,16 @@ describe("train, presets and the other screens", () => {
     await page.getByTestId("nav-train").click();
     await page.getByTestId("preview-dataset").click();
     await page.getByTestId("dataset-preview").waitFor();
+    await page.getByTestId("dtype").selectOption("bf16");
+    assert.match(await page.getByTestId("auto-note").textContent(), /auto picked the CPU/);
     await page.getByTestId("start-training").click();
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="train-progress"]')?.dataset.step) >= 30);
     const points = Number(await page.getByTestId("loss-chart").getAttribute("data-points"));
     assert.ok(points >= 30, `${points} points`);
     assert.equal(await page.getByTestId("train-progress").getAttribute("data-total-steps"), "300");
+    assert.match(await page.getByTestId("train-device").textContent(), /On cpu, bf16 compute with f32 master weights/);
     await page.screenshot({ path: join(SHOTS, "train.png") });
+    await page.screenshot({ path: join(SHOTS, "train-full.png"), fullPage: true });
     await page.getByTestId("stop-training").click();
     await page.getByTestId("train-outcome").waitFor();
     assert.match(await page.getByTestId("train-outcome").textContent(), /Stopped at step/);

@@ -25,8 +25,11 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    let device = freezetune_train::trainer::select_device(&args.device)?;
-    let generator = Generator::load(&args.model_dir, &device)?;
+    let choice = freezetune_train::device::select_device(&args.device)?;
+    if let Some(note) = &choice.note {
+        eprintln!("{note}");
+    }
+    let generator = Generator::load(&args.model_dir, &choice.device)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

@@ -86,12 +86,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             run_dir,
             truncated,
             skipped,
+            device,
+            dtype,
+            device_note,
         } => {
             b.set_length(total_steps);
+            if let Some(note) = device_note {
+                say(&b, note);
+            }
             say(
                 &b,
                 format!(
-                    "training {trainable_params} parameters on {examples} examples ({eval_examples} for eval) -> {}",
+                    "training {trainable_params} parameters on {examples} examples ({eval_examples} for eval) on \
+                     {device} ({dtype} compute, f32 master weights) -> {}",
                     run_dir.display()
                 ),
             );
@@ -109,10 +116,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             loss,
             tokens_per_second,
             lr,
+            skipped,
             ..
         } => {
             b.set_position(step);
-            let msg = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s");
+            let mut msg = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_second:.0} tok/s");
+            if skipped {
+                msg.push_str(" (f16 overflow: update skipped, loss scale halved)");
+            }
             let every = (b.length().unwrap_or(0) / 10).max(1);
             if b.is_hidden() && (step % every == 0 || step == 1) {
                 eprintln!("step {step}/{}: {msg}", b.length().unwrap_or(0));
@@ -136,8 +147,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     match outcome.final_dir {
         Some(dir) => {
             eprintln!(
-                "done: {} steps, last loss {:.4}",
+                "done: {} steps on {} ({}), last loss {:.4}",
                 outcome.steps,
+                outcome.device,
+                outcome.dtype,
                 outcome.last_loss.unwrap_or(f64::NAN)
             );
             println!("{}", dir.display());

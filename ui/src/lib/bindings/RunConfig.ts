@@ -3,7 +3,13 @@ import type { DataSection } from "./DataSection";
 import type { FreezeSpec } from "./FreezeSpec";
 import type { ModelSection } from "./ModelSection";
 import type { OutputSection } from "./OutputSection";
+import type { ResolvedSection } from "./ResolvedSection";
 import type { RuntimeSection } from "./RuntimeSection";
 import type { TrainingSection } from "./TrainingSection";
 
-export type RunConfig = { model: ModelSection, freeze: FreezeSpec, data: DataSection, training: TrainingSection, runtime: RuntimeSection, output: OutputSection, };
+export type RunConfig = { model: ModelSection, freeze: FreezeSpec, data: DataSection, training: TrainingSection, runtime: RuntimeSection, output: OutputSection, 
+/**
+ * What the run actually used, written by the trainer into the run folder's `run.toml`; ignored as input (a
+ * resumed run chooses again and rewrites it).
+ */
+resolved?: ResolvedSection | null, };

@@ -7,4 +7,20 @@ export type TrainEvent = { "event": "started", run_dir: string, total_steps: num
 /**
  * Examples cut to `cutoff_len`, and examples dropped because nothing in them was left to learn.
  */
-truncated: number, skipped: number, } | { "event": "step", step: number, epoch: number, loss: number, lr: number, grad_norm: number, tokens: number, tokens_per_second: number, elapsed_s: number, } | { "event": "eval", step: number, eval_loss: number, } | { "event": "checkpoint", step: number, path: string, } | { "event": "stopped", step: number, checkpoint: string | null, } | { "event": "finished", step: number, final_dir: string, };
+truncated: number, skipped: number, 
+/**
+ * The device the run uses (`cpu`, `cuda:N`, `metal`) and its compute dtype (`f32`, `bf16`, `f16`).
+ */
+device: string, dtype: string, 
+/**
+ * How `auto` chose the device, or why it fell back.
+ */
+device_note: string | null, } | { "event": "step", step: number, epoch: number, loss: number, lr: number, grad_norm: number, tokens: number, tokens_per_second: number, elapsed_s: number, 
+/**
+ * f16 runs: the dynamic loss scale the step used.
+ */
+loss_scale?: number, 
+/**
+ * f16 runs: the gradients overflowed at this loss scale, so the update was skipped (and the scale halved).
+ */
+skipped?: boolean, } | { "event": "eval", step: number, eval_loss: number, } | { "event": "checkpoint", step: number, path: string, } | { "event": "stopped", step: number, checkpoint: string | null, } | { "event": "finished", step: number, final_dir: string, };

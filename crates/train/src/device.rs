@@ -1,0 +1,238 @@
+//! Which device and compute dtype a run uses, chosen honestly: a named device that does not start is an error that
+//! says why and what to do; `auto` says what it picked, what it tried and why it fell back. Nothing falls back
+//! silently.
+
+use crate::error::{Result, TrainError};
+use candle_core::{DType, Device};
+use std::path::PathBuf;
+
+/// What `runtime.device` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+/// The device a run uses, its name as `runtime.device` spells it (`cpu`, `cuda:0`, `metal`) and, for `auto` or a
+/// fallback, how it was chosen.
+#[derive(Debug, Clone)]
+pub struct DeviceChoice {
+    pub device: Device,
+    pub name: String,
+    pub note: Option<String>,
+}
+
+fn bad(reason: String) -> TrainError {
+    TrainError::Config {
+        path: PathBuf::from("runtime.device"),
+        reason,
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda`, `cuda:N`, `metal`; anything else is refused with the accepted spellings.
+pub fn parse_device(name: &str) -> Result<DeviceRequest> {
+    let name = name.trim();
+    Ok(match name {
+        "auto" => DeviceRequest::Auto,
+        "cpu" => DeviceRequest::Cpu,
+        "cuda" => DeviceRequest::Cuda(0),
+        "metal" => DeviceRequest::Metal,
+        _ => match name.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => DeviceRequest::Cuda(n),
+            _ => {
+                return Err(bad(format!(
+                    "{name:?} is not a device; use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or metal"
+                )))
+            }
+        },
+    })
+}
+
+/// Whether this build can drive CUDA / Metal at all.
+pub fn built_with_cuda() -> bool {
+    candle_core::utils::cuda_is_available()
+}
+
+pub fn built_with_metal() -> bool {
+    candle_core::utils::metal_is_available()
+}
+
+const CUDA_NEEDS: &str = "a CUDA build needs an NVIDIA GPU, driver R580 or newer, and the CUDA 13 libraries \
+     (cudart, cublas, cublasLt, curand, nvrtc) where the loader finds them";
+const NO_CUDA: &str = "this build has no CUDA support: use the CUDA edition (freezetune-cuda), or build with \
+     `--features cuda` (needs the CUDA 13 toolkit's nvcc; building needs no GPU)";
+const NO_METAL: &str = "this build has no Metal support: on macOS, build with `--features metal`";
+
+fn start_cuda(n: usize) -> std::result::Result<Device, String> {
+    if !built_with_cuda() {
+        return Err(NO_CUDA.into());
+    }
+    Device::new_cuda(n).map_err(|e| format!("cuda:{n} did not start: {e} ({CUDA_NEEDS})"))
+}
+
+fn start_metal() -> std::result::Result<Device, String> {
+    if !built_with_metal() {
+        return Err(NO_METAL.into());
+    }
+    Device::new_metal(0).map_err(|e| format!("metal did not start: {e}"))
+}
+
+/// Starts the device `runtime.device` names.
+pub fn select_device(name: &str) -> Result<DeviceChoice> {
+    let choice = |device, name: &str, note: Option<String>| DeviceChoice {
+        device,
+        name: name.to_string(),
+        note,
+    };
+    match parse_device(name)? {
+        DeviceRequest::Cpu => Ok(choice(Device::Cpu, "cpu", None)),
+        DeviceRequest::Cuda(n) => start_cuda(n)
+            .map(|d| choice(d, &format!("cuda:{n}"), None))
+            .map_err(bad),
+        DeviceRequest::Metal => start_metal().map(|d| choice(d, "metal", None)).map_err(bad),
+        DeviceRequest::Auto => Ok(select_auto()),
+    }
+}
+
+/// `auto`: CUDA device 0, then Metal, then the CPU; every GPU backend this build has is tried and reported.
+fn select_auto() -> DeviceChoice {
+    let mut tried = Vec::new();
+    if built_with_cuda() {
+        match start_cuda(0) {
+            Ok(device) => {
+                return DeviceChoice {
+                    device,
+                    name: "cuda:0".into(),
+                    note: Some("auto picked cuda:0, the first CUDA GPU".into()),
+                }
+            }
+            Err(e) => tried.push(e),
+        }
+    }
+    if built_with_metal() {
+        match start_metal() {
+            Ok(device) => {
+                return DeviceChoice {
+                    device,
+                    name: "metal".into(),
+                    note: Some("auto picked metal, the Apple GPU".into()),
+                }
+            }
+            Err(e) => tried.push(e),
+        }
+    }
+    let note = if tried.is_empty() {
+        "auto picked the CPU: this build has no GPU backend (CUDA or Metal)".to_string()
+    } else {
+        format!("auto fell back to the CPU: {}", tried.join("; "))
+    };
+    DeviceChoice {
+        device: Device::Cpu,
+        name: "cpu".into(),
+        note: Some(note),
+    }
+}
+
+/// The compute dtype of frozen weights and activations (trainable tensors are always f32 masters): `f32`, `bf16`
+/// or `f16` as asked; `auto` is f32 on the CPU (its kernels are fastest and exact there) and, on a GPU, f16 for an
+/// f16 checkpoint and bf16 otherwise (bf16 has f32's range, so an f32 or bf16 checkpoint cannot overflow in it).
+pub fn compute_dtype(requested: &str, device: &Device, checkpoint: DType) -> DType {
+    match requested {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        "f32" => DType::F32,
+        _ if device.is_cpu() => DType::F32,
+        _ if checkpoint == DType::F16 => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
+/// The dtype holding most of a checkpoint's parameters.
+pub fn checkpoint_dtype(layout: &freezetune_core::ModelLayout) -> DType {
+    use freezetune_core::safetensors::DType as StDType;
+    let mut counts: Vec<(StDType, u64)> = Vec::new();
+    for t in layout.tensors() {
+        let n: u64 = t.shape.iter().product();
+        match counts.iter_mut().find(|(d, _)| *d == t.dtype) {
+            Some((_, c)) => *c += n,
+            None => counts.push((t.dtype, n)),
+        }
+    }
+    match counts.iter().max_by_key(|(_, n)| *n).map(|(d, _)| *d) {
+        Some(StDType::F16) => DType::F16,
+        Some(StDType::BF16) => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// `f32`, `bf16`, `f16`: the spelling run configs use.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
+
+/// Applies `runtime.threads` / `runtime.op_threads`. candle reads these once, at its first CPU op, so this must run
+/// before any tensor work in the process (the CLI and the app call `train` on a fresh worker).
+pub fn apply_thread_settings(threads: usize, op_threads: usize) {
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if op_threads > 0 {
+        std::env::set_var("CANDLE_NUM_THREADS", op_threads.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_strictly() {
+        assert_eq!(parse_device("cuda").unwrap(), DeviceRequest::Cuda(0));
+        assert_eq!(parse_device("cuda:3").unwrap(), DeviceRequest::Cuda(3));
+        assert_eq!(parse_device("metal").unwrap(), DeviceRequest::Metal);
+        for bad in ["cuda:abc", "cuda:", "cuda:-1", "gpu", "tpu", "CUDA"] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains("cuda:N") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_device_this_build_lacks_is_an_error_that_says_what_to_do() {
+        if !built_with_cuda() {
+            let e = select_device("cuda:1").unwrap_err().to_string();
+            assert!(e.contains("no CUDA support") && e.contains("--features cuda"), "{e}");
+        }
+        if !built_with_metal() {
+            let e = select_device("metal").unwrap_err().to_string();
+            assert!(e.contains("--features metal"), "{e}");
+        }
+    }
+
+    #[test]
+    fn auto_reports_what_it_picked() {
+        let c = select_device("auto").unwrap();
+        let note = c.note.expect("auto always explains itself");
+        if !built_with_cuda() && !built_with_metal() {
+            assert_eq!(c.name, "cpu");
+            assert!(note.contains("no GPU backend"), "{note}");
+        } else {
+            assert!(note.contains(&c.name) || note.contains("fell back"), "{note}");
+        }
+        assert!(select_device("cpu").unwrap().note.is_none());
+    }
+
+    #[test]
+    fn auto_dtype_follows_the_device_and_checkpoint() {
+        assert_eq!(compute_dtype("auto", &Device::Cpu, DType::BF16), DType::F32);
+        assert_eq!(compute_dtype("bf16", &Device::Cpu, DType::F32), DType::BF16);
+        assert_eq!(compute_dtype("f16", &Device::Cpu, DType::F32), DType::F16);
+    }
+}

@@ -1,0 +1,402 @@
+//! The shifted cross-entropy of a causal LM, without several logits-sized copies. Two kernels compute the same
+//! thing: a fused CPU kernel (one pass per row for the value, one more for the gradient), and a device-generic one
+//! for CUDA and Metal built from candle ops, chunked over rows so that its temporaries stay a few chunks in size
+//! whatever the vocabulary. Both read the logits in their own dtype (bf16 logits are never copied to f32 whole),
+//! compute in f32, and give the gradient in the logits' dtype. No f64 anywhere (Metal has none).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use std::sync::Arc;
+
+/// Which kernel computes the loss. `Auto` is the fused one on the CPU, the generic one elsewhere; tests force
+/// `Generic` on the CPU to check the two agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKernel {
+    Auto,
+    Fused,
+    Generic,
+}
+
+/// About 64 MB of f32 per chunk of the generic kernel.
+const CHUNK_ELEMENTS: usize = 1 << 24;
+
+/// Mean cross-entropy of `logits` (batch, seq, vocab) against `labels` (batch, seq; -100 = ignored), with the
+/// shift transformers applies: position t predicts label t+1. Returns the loss (an f32 scalar on the logits'
+/// device, not read back) and the number of counted tokens.
+pub fn causal_lm_loss(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
+    causal_lm_loss_with(logits, labels, LossKernel::Auto)
+}
+
+pub fn causal_lm_loss_with(logits: &Tensor, labels: &[Vec<i64>], kernel: LossKernel) -> Result<(Tensor, usize)> {
+    let (b, t, v) = logits.dims3()?;
+    let targets = shifted_targets(labels, t);
+    if targets.len() != b * t {
+        candle_core::bail!("cross-entropy: {} label rows for a batch of {b}", labels.len());
+    }
+    let count = targets.iter().filter(|x| x.is_some()).count();
+    let rows = logits.reshape((b * t, v))?;
+    let fused = match kernel {
+        LossKernel::Auto => logits.device().is_cpu(),
+        LossKernel::Fused => true,
+        LossKernel::Generic => false,
+    };
+    let loss = if fused {
+        // The CPU kernel reads f32 rows; CPU training computes in f32 unless told otherwise.
+        rows.to_dtype(DType::F32)?.contiguous()?.apply_op1(CrossEntropy {
+            targets: Arc::new(targets),
+            count: count.max(1),
+        })?
+    } else {
+        generic_loss(&rows, targets, count.max(1), chunk_rows(v))?
+    };
+    Ok((loss, count))
+}
+
+/// Row p of a batch row predicts label p+1; the last position predicts nothing.
+fn shifted_targets(labels: &[Vec<i64>], t: usize) -> Vec<Option<u32>> {
+    let mut targets = Vec::with_capacity(labels.len() * t);
+    for row in labels {
+        targets.extend(row[1..t].iter().map(|&l| if l < 0 { None } else { Some(l as u32) }));
+        targets.push(None);
+    }
+    targets
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Device-generic kernel.
+
+/// The targets of one chunk of rows as device tensors: ids (rows, 1) u32 (0 where ignored) and mask (rows, 1) f32.
+struct ChunkTargets {
+    ids: Tensor,
+    mask: Tensor,
+}
+
+fn chunk_targets(targets: &[Option<u32>], dev: &candle_core::Device) -> Result<ChunkTargets> {
+    let n = targets.len();
+    let ids: Vec<u32> = targets.iter().map(|x| x.unwrap_or(0)).collect();
+    let mask: Vec<f32> = targets.iter().map(|x| if x.is_some() { 1.0 } else { 0.0 }).collect();
+    Ok(ChunkTargets {
+        ids: Tensor::from_vec(ids, (n, 1), dev)?,
+        mask: Tensor::from_vec(mask, (n, 1), dev)?,
+    })
+}
+
+/// `log Σ exp(x)` of each row of f32 `x` (rows, vocab), as (rows, 1).
+fn row_log_sum_exp(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max
+}
+
+fn chunk_rows(vocab: usize) -> usize {
+    (CHUNK_ELEMENTS / vocab.max(1)).max(1)
+}
+
+/// The loss over `rows` (n, vocab) computed chunk by chunk with no graph, then attached to `rows` through
+/// [`LossNode`], whose backward produces the gradient chunk by chunk as well.
+fn generic_loss(rows: &Tensor, targets: Vec<Option<u32>>, count: usize, step: usize) -> Result<Tensor> {
+    let x = rows.detach();
+    let n = x.dim(0)?;
+    let dev = x.device();
+    let mut total = Tensor::zeros((), DType::F32, dev)?;
+    let mut chunks = Vec::with_capacity(n.div_ceil(step));
+    for start in (0..n).step_by(step) {
+        let len = step.min(n - start);
+        let tg = chunk_targets(&targets[start..start + len], dev)?;
+        let xc = x.narrow(0, start, len)?.to_dtype(DType::F32)?;
+        let lse = row_log_sum_exp(&xc)?;
+        let picked = xc.gather(&tg.ids, 1)?;
+        total = (total + ((lse - picked)? * &tg.mask)?.sum_all()?)?;
+        chunks.push(tg);
+    }
+    let value = (total / count as f64)?;
+    rows.apply_op2(
+        &value,
+        LossNode {
+            chunks: Arc::new(chunks),
+            count,
+            step,
+        },
+    )
+}
+
+/// A node whose value is the loss computed outside the graph and whose backward is the cross-entropy gradient of
+/// its first argument (the logits rows). Its forward only copies the value, so it runs on every backend.
+struct LossNode {
+    chunks: Arc<Vec<ChunkTargets>>,
+    count: usize,
+    step: usize,
+}
+
+impl LossNode {
+    /// `grad_scale × (softmax(row) − onehot(target))` for counted rows, zero elsewhere, in the logits' dtype.
+    fn gradient(&self, logits: &Tensor, grad_scale: &Tensor) -> Result<Tensor> {
+        let x = logits.detach();
+        let (n, vocab) = x.dims2()?;
+        let scale = (grad_scale.to_dtype(DType::F32)? / self.count as f64)?;
+        let out = Tensor::zeros((n, vocab), x.dtype(), x.device())?;
+        for (i, tg) in self.chunks.iter().enumerate() {
+            let start = i * self.step;
+            let len = tg.ids.dim(0)?;
+            let xc = x.narrow(0, start, len)?.to_dtype(DType::F32)?;
+            let probs = xc.broadcast_sub(&row_log_sum_exp(&xc)?)?.exp()?;
+            let minus_one = Tensor::full(-1f32, (len, 1), x.device())?;
+            let g = probs.scatter_add(&tg.ids, &minus_one, 1)?;
+            let g = g.broadcast_mul(&tg.mask.broadcast_mul(&scale)?)?;
+            out.slice_set(&g.to_dtype(x.dtype())?, 0, start)?;
+        }
+        Ok(out)
+    }
+}
+
+impl CustomOp2 for LossNode {
+    fn name(&self) -> &'static str {
+        "cross-entropy-node"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, value: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((value.try_clone(l)?, Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        value: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        Ok((value.try_clone(l)?, Shape::from(())))
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+        value: &candle_core::MetalStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        Ok((value.try_clone(l)?, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        _value: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.gradient(logits, grad_res)?), None))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused CPU kernel.
+
+/// Fused mean cross-entropy over rows of f32 logits; `targets[row]` is `None` for ignored rows.
+struct CrossEntropy {
+    targets: Arc<Vec<Option<u32>>>,
+    count: usize,
+}
+
+/// `(max, log Σ exp(x - max))` of a row.
+fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln())
+}
+
+fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("cross-entropy expects f32 logits")
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("logits must be contiguous".into()))?;
+    let vocab = *layout.dims().last().expect("rank 2");
+    Ok((&data[start..end], vocab))
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (data, vocab) = f32_rows(storage, layout)?;
+        // Row sums in f64 on the host are fine: this kernel only runs on the CPU.
+        let total: f64 = data
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter())
+            .filter_map(|(row, t)| t.map(|t| (row, t)))
+            .map(|(row, t)| {
+                let (max, lse) = log_sum_exp(row);
+                (max + lse - row[t as usize]) as f64
+            })
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(total / self.count as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let scale = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.count as f32;
+        let grad = CrossEntropyGrad {
+            targets: self.targets.clone(),
+            scale,
+        };
+        Ok(Some(arg.apply_op1_no_bwd(&grad)?))
+    }
+}
+
+/// Gradient of [`CrossEntropy`]: `scale × (softmax(row) − onehot(target))` for counted rows, zero elsewhere.
+struct CrossEntropyGrad {
+    targets: Arc<Vec<Option<u32>>>,
+    scale: f32,
+}
+
+impl CustomOp1 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "cross-entropy-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (data, vocab) = f32_rows(storage, layout)?;
+        let mut out = vec![0f32; data.len()];
+        out.par_chunks_mut(vocab)
+            .zip(data.par_chunks(vocab))
+            .zip(self.targets.par_iter())
+            .for_each(|((o, row), t)| {
+                if let Some(t) = t {
+                    let (max, lse) = log_sum_exp(row);
+                    for (g, &x) in o.iter_mut().zip(row) {
+                        *g = (x - max - lse).exp() * self.scale;
+                    }
+                    o[*t as usize] -= self.scale;
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn loss_ignores_masked_labels_and_shifts() {
+        let dev = Device::Cpu;
+        // Uniform logits over 4 classes: every counted token costs ln 4.
+        let logits = Tensor::zeros((1, 3, 4), DType::F32, &dev).unwrap();
+        for kernel in [LossKernel::Fused, LossKernel::Generic] {
+            let (loss, n) = causal_lm_loss_with(&logits, &[vec![-100, -100, 2]], kernel).unwrap();
+            assert_eq!(n, 1);
+            assert!(
+                (loss.to_scalar::<f32>().unwrap() - 4f32.ln()).abs() < 1e-6,
+                "{kernel:?}"
+            );
+        }
+    }
+
+    /// The composite log-softmax loss, as a reference for both kernels.
+    fn composite(x: &Tensor, labels: &[Vec<i64>]) -> Tensor {
+        let dev = x.device();
+        let t = x.dim(1).unwrap();
+        let max = x.max_keepdim(D::Minus1).unwrap().detach();
+        let shifted = x.broadcast_sub(&max).unwrap();
+        let logp = shifted
+            .broadcast_sub(&shifted.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap())
+            .unwrap();
+        let mut total = Tensor::new(0f32, dev).unwrap();
+        let mut n = 0;
+        for (b, row) in labels.iter().enumerate() {
+            for p in 0..t - 1 {
+                if row[p + 1] >= 0 {
+                    let v = logp.get(b).unwrap().get(p).unwrap().get(row[p + 1] as usize).unwrap();
+                    total = (total + v).unwrap();
+                    n += 1;
+                }
+            }
+        }
+        (total.neg().unwrap() / n as f64).unwrap()
+    }
+
+    #[test]
+    fn both_kernels_match_the_composite_loss_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2., (2, 5, 7), &dev).unwrap()).unwrap();
+        let labels = vec![vec![-100, 3, 6, -100, 1], vec![0, 2, 2, 5, -100]];
+        let reference = composite(x.as_tensor(), &labels);
+        let g_ref = reference.backward().unwrap();
+        let g_ref = g_ref.get(x.as_tensor()).unwrap();
+        for kernel in [LossKernel::Fused, LossKernel::Generic] {
+            let (loss, n) = causal_lm_loss_with(x.as_tensor(), &labels, kernel).unwrap();
+            assert_eq!(n, 6);
+            assert!(max_diff(&loss, &reference) < 1e-5, "{kernel:?} value");
+            let g = loss.backward().unwrap();
+            assert!(
+                max_diff(g.get(x.as_tensor()).unwrap(), g_ref) < 1e-6,
+                "{kernel:?} gradient"
+            );
+        }
+    }
+
+    #[test]
+    fn generic_kernel_equals_the_fused_one_across_chunks_and_scaled_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 3., (2, 4, 9), &dev).unwrap()).unwrap();
+        let labels = vec![vec![1, 7, -100, 8], vec![-100, 0, 4, 2]];
+        let targets = shifted_targets(&labels, 4);
+        let rows = x.as_tensor().reshape((8, 9)).unwrap();
+        // A scaled loss, as gradient accumulation and f16 loss scaling use it.
+        let gradient = |loss: &Tensor| {
+            let g = (loss * 0.37).unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        let (fused, _) = causal_lm_loss_with(x.as_tensor(), &labels, LossKernel::Fused).unwrap();
+        let g_fused = gradient(&fused);
+        // Chunks of 3 rows: 8 rows end in a short chunk.
+        for step in [1, 3, 8, 100] {
+            let generic = generic_loss(&rows, targets.clone(), 5, step).unwrap();
+            assert!(max_diff(&fused, &generic) < 1e-5, "chunks of {step}");
+            assert!(max_diff(&g_fused, &gradient(&generic)) < 1e-7, "chunks of {step}");
+        }
+        assert_eq!(
+            chunk_rows(151_936),
+            110,
+            "a 152k vocabulary takes 110 rows (64 MB of f32) a chunk"
+        );
+    }
+
+    #[test]
+    fn generic_kernel_reads_bf16_logits_and_answers_in_bf16() {
+        let dev = Device::Cpu;
+        let x32 = Tensor::randn(0f32, 2., (1, 6, 11), &dev).unwrap();
+        let x = Var::from_tensor(&x32.to_dtype(DType::BF16).unwrap()).unwrap();
+        let labels = vec![vec![-100, 3, 6, 10, 1, 0]];
+        let (loss, _) = causal_lm_loss_with(x.as_tensor(), &labels, LossKernel::Generic).unwrap();
+        assert_eq!(loss.dtype(), DType::F32);
+        let g = loss.backward().unwrap();
+        let g = g.get(x.as_tensor()).unwrap();
+        assert_eq!(g.dtype(), DType::BF16);
+        let (reference, _) =
+            causal_lm_loss_with(&x.as_tensor().to_dtype(DType::F32).unwrap(), &labels, LossKernel::Fused).unwrap();
+        assert!(max_diff(&loss, &reference) < 1e-5);
+    }
+}

@@ -1,0 +1,133 @@
+//! The training loop: a run config in, a run folder out (`run.toml`, `freeze_plan.json`, `metrics.jsonl`,
+//! `checkpoints/step-N/`, `final/`). Decisions — how many steps, which examples form a batch, which learning rate —
+//! are plain functions of the config, so a resumed run repeats exactly what an uninterrupted one would do.
+//!
+//! `setup` prepares a [`Run`], `step` does one optimizer step, `metrics` evaluates, logs and checkpoints when
+//! due; [`train`] only sequences them.
+
+mod metrics;
+pub mod scaler;
+mod setup;
+mod step;
+
+use crate::checkpoint::{self, Progress};
+use crate::device::{dtype_name, DeviceChoice};
+use crate::error::Result;
+use crate::model::Decoder;
+use crate::optim::Optimizer;
+use crate::params::Params;
+use candle_core::DType;
+use freezetune_core::events::{EventSink, TrainEvent};
+use freezetune_core::run_config::RunConfig;
+use freezetune_core::ModelLayout;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    /// `None` when the run was stopped before the end.
+    pub final_dir: Option<PathBuf>,
+    pub last_loss: Option<f64>,
+    /// The device the run used (`cpu`, `cuda:N`, `metal`) and its compute dtype.
+    pub device: String,
+    pub dtype: String,
+}
+
+/// A run being trained: everything `setup` prepared and where it stands.
+struct Run {
+    config: RunConfig,
+    run_dir: PathBuf,
+    metrics: std::fs::File,
+    metrics_path: PathBuf,
+    layout: ModelLayout,
+    trainable_params: u64,
+    params: Params,
+    model: Decoder,
+    optimizer: Optimizer,
+    data: setup::RunData,
+    micro_per_epoch: usize,
+    total_steps: u64,
+    progress: Progress,
+    /// The data order of the current epoch.
+    order: Vec<usize>,
+    /// Time already spent before a resume, plus this session's (an `Instant` cannot go back past boot).
+    started: Instant,
+    elapsed_before: f64,
+    device: DeviceChoice,
+    dtype: DType,
+    last_loss: Option<f64>,
+}
+
+/// Runs (or, with `resume`, continues) the training described by `config`.
+pub fn train(
+    config: &RunConfig,
+    resume: bool,
+    sink: &dyn EventSink<TrainEvent>,
+    cancel: &AtomicBool,
+) -> Result<TrainOutcome> {
+    let mut run = Run::prepare(config, resume)?;
+    sink.emit(run.started_event());
+    while run.progress.step < run.total_steps {
+        if cancel.load(Ordering::Relaxed) {
+            return run.stop(sink);
+        }
+        let micro = run.next_micro_batches();
+        let event = run.step(&micro)?;
+        run.record(&event)?;
+        sink.emit(event);
+        run.eval_if_due(sink)?;
+        run.checkpoint_if_due(sink)?;
+    }
+    run.finish(sink)
+}
+
+impl Run {
+    fn started_event(&self) -> TrainEvent {
+        TrainEvent::Started {
+            run_dir: self.run_dir.clone(),
+            total_steps: self.total_steps,
+            trainable_params: self.trainable_params,
+            examples: self.data.train.len(),
+            eval_examples: self.data.eval.len(),
+            truncated: self.data.truncated,
+            skipped: self.data.skipped,
+            device: self.device.name.clone(),
+            dtype: dtype_name(self.dtype).into(),
+            device_note: self.device.note.clone(),
+        }
+    }
+
+    fn outcome(&self, final_dir: Option<PathBuf>) -> TrainOutcome {
+        TrainOutcome {
+            run_dir: self.run_dir.clone(),
+            steps: self.progress.step,
+            final_dir,
+            last_loss: self.last_loss,
+            device: self.device.name.clone(),
+            dtype: dtype_name(self.dtype).into(),
+        }
+    }
+
+    /// Cancelled: a checkpoint, so the run resumes where it stopped.
+    fn stop(self, sink: &dyn EventSink<TrainEvent>) -> Result<TrainOutcome> {
+        let path = checkpoint::save(&self.run_dir, &self.params, &self.optimizer, &self.progress)?;
+        sink.emit(TrainEvent::Stopped {
+            step: self.progress.step,
+            checkpoint: Some(path),
+        });
+        Ok(self.outcome(None))
+    }
+
+    /// Done: the complete checkpoint in `final/`.
+    fn finish(self, sink: &dyn EventSink<TrainEvent>) -> Result<TrainOutcome> {
+        let final_dir = crate::export::export_checkpoint(&self.layout, &self.params, &self.run_dir.join("final"))?;
+        sink.emit(TrainEvent::Finished {
+            step: self.progress.step,
+            final_dir: final_dir.clone(),
+        });
+        Ok(self.outcome(Some(final_dir)))
+    }
+}

@@ -1,0 +1,207 @@
+//! Setting a run up: the config checked, the plan computed, the device and dtype chosen, the data loaded, the run
+//! folder written, the model and optimizer built, and (on resume) the newest checkpoint restored.
+
+use super::metrics::truncate_metrics;
+use super::scaler::LossScaler;
+use super::Run;
+use crate::checkpoint::{self, Progress};
+use crate::data::{self, DataOptions, Example};
+use crate::device::{apply_thread_settings, checkpoint_dtype, compute_dtype, dtype_name, select_device, DeviceChoice};
+use crate::error::{io, Result, TrainError};
+use crate::model::Decoder;
+use crate::optim::{AdamWConfig, Optimizer};
+use crate::params::Params;
+use crate::template::ChatFormatter;
+use crate::DecoderConfig;
+use candle_core::DType;
+use freezetune_core::fsutil::{write_atomic, Overwrite};
+use freezetune_core::run_config::{OptimizerKind, ResolvedSection, RunConfig, TrainingSection};
+use freezetune_core::{plan, FreezePlan, ModelLayout, PlanOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The examples a run trains and evaluates on.
+pub(super) struct RunData {
+    pub train: Vec<Example>,
+    pub eval: Vec<Example>,
+    pub truncated: usize,
+    pub skipped: usize,
+}
+
+impl Run {
+    pub(super) fn prepare(config: &RunConfig, resume: bool) -> Result<Run> {
+        let run_dir = config.output.dir.clone();
+        let metrics_path = run_dir.join("metrics.jsonl");
+        if !resume && metrics_path.exists() {
+            return Err(TrainError::Config {
+                path: run_dir.clone(),
+                reason:
+                    "this run folder already holds a run; use --resume to continue it, or choose another output.dir"
+                        .into(),
+            });
+        }
+        apply_thread_settings(config.runtime.threads, config.runtime.op_threads);
+        check_model_resolved(config)?;
+        let layout = ModelLayout::inspect(&config.model.path)?;
+        let decoder_config = DecoderConfig::read(&config.model.path)?;
+        let t = &config.training;
+        let plan = plan(
+            &layout,
+            &config.freeze,
+            PlanOptions {
+                batch_size: t.batch_size as u64,
+                seq_len: config.data.cutoff_len as u64,
+            },
+        )?;
+        plan.require_trainable()?;
+        let device = select_device(&config.runtime.device)?;
+        let dtype = compute_dtype(&config.model.dtype, &device.device, checkpoint_dtype(&layout));
+        let data = load_data(config, &decoder_config)?;
+        write_run_files(config, &plan, &device, dtype)?;
+
+        let params = Params::load(&config.model.path, &plan, &device.device, dtype)?;
+        let model = Decoder::new(decoder_config, &params, &device.device)?;
+        let mut optimizer = build_optimizer(t, &params);
+        let micro_per_epoch = data.train.len().div_ceil(t.batch_size);
+        let total_steps = total_steps(t, micro_per_epoch);
+        let mut progress = Progress {
+            scaler: (dtype == DType::F16).then(LossScaler::default),
+            ..Progress::default()
+        };
+        if resume {
+            if let Some(dir) = checkpoint::latest(&run_dir) {
+                progress = checkpoint::restore(&dir, &params, &mut optimizer, &device.device)?;
+                if dtype == DType::F16 && progress.scaler.is_none() {
+                    progress.scaler = Some(LossScaler::default());
+                }
+                truncate_metrics(&metrics_path, progress.step)?;
+                tracing::info!(step = progress.step, checkpoint = %dir.display(), "resuming");
+            } else {
+                // Stopped before its first checkpoint: start over, without the old run's metric lines.
+                truncate_metrics(&metrics_path, 0)?;
+            }
+        }
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(io(&metrics_path))?;
+        let order = super::step::epoch_order(t, data.train.len(), progress.epoch);
+        Ok(Run {
+            config: config.clone(),
+            run_dir,
+            metrics,
+            metrics_path,
+            layout,
+            trainable_params: plan.trainable_params,
+            params,
+            model,
+            optimizer,
+            data,
+            micro_per_epoch,
+            total_steps,
+            elapsed_before: progress.elapsed_s,
+            progress,
+            order,
+            started: Instant::now(),
+            device,
+            dtype,
+            last_loss: None,
+        })
+    }
+}
+
+fn check_model_resolved(config: &RunConfig) -> Result<()> {
+    if config.model.path.as_os_str().is_empty() {
+        return Err(TrainError::Config {
+            path: PathBuf::from("[model]"),
+            reason: format!(
+                "model.repo {:?} has not been resolved to a folder; `freezetune train` downloads it first",
+                config.model.repo.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> Result<RunData> {
+    let formatter = if config.model.path.join("tokenizer.json").is_file() {
+        Some(ChatFormatter::load(&config.model.path)?)
+    } else {
+        None
+    };
+    let options = DataOptions {
+        format: config.data.format,
+        cutoff_len: config.data.cutoff_len,
+        vocab_size: decoder_config.vocab_size,
+        train_on_prompt: config.data.train_on_prompt,
+        formatter: formatter.as_ref(),
+    };
+    let set = data::load(&config.data.train, &options)?;
+    tracing::info!(
+        examples = set.examples.len(),
+        truncated = set.truncated,
+        skipped = set.skipped_no_targets,
+        "training data"
+    );
+    let (truncated, skipped) = (set.truncated, set.skipped_no_targets);
+    let (train, eval) = match &config.data.eval {
+        Some(path) => (set.examples, data::load(path, &options)?.examples),
+        None => data::split_eval(set.examples, config.data.eval_split, config.training.seed),
+    };
+    Ok(RunData {
+        train,
+        eval,
+        truncated,
+        skipped,
+    })
+}
+
+/// `run.toml` (with what the run resolved: device, dtype) and `freeze_plan.json`.
+fn write_run_files(config: &RunConfig, plan: &FreezePlan, device: &DeviceChoice, dtype: DType) -> Result<()> {
+    let run_dir: &Path = &config.output.dir;
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let mut written = config.clone();
+    written.resolved = Some(ResolvedSection {
+        device: device.name.clone(),
+        dtype: dtype_name(dtype).into(),
+        device_note: device.note.clone(),
+    });
+    write_atomic(
+        &run_dir.join("run.toml"),
+        written.to_toml().as_bytes(),
+        Overwrite::Allow,
+    )?;
+    write_atomic(
+        &run_dir.join("freeze_plan.json"),
+        serde_json::to_string_pretty(plan).expect("json").as_bytes(),
+        Overwrite::Allow,
+    )?;
+    Ok(())
+}
+
+fn build_optimizer(t: &TrainingSection, params: &Params) -> Optimizer {
+    let vars: Vec<_> = params.vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    match t.optimizer {
+        OptimizerKind::Sgd => Optimizer::sgd(vars),
+        OptimizerKind::Adamw => Optimizer::adamw(
+            vars,
+            AdamWConfig {
+                beta1: t.adam_beta1,
+                beta2: t.adam_beta2,
+                eps: t.adam_epsilon,
+                weight_decay: t.weight_decay,
+                no_decay_for_bias_and_norm: t.no_decay_for_bias_and_norm,
+            },
+        ),
+    }
+}
+
+fn total_steps(t: &TrainingSection, micro_per_epoch: usize) -> u64 {
+    let steps_per_epoch = micro_per_epoch.div_ceil(t.gradient_accumulation_steps) as u64;
+    if t.max_steps > 0 {
+        t.max_steps
+    } else {
+        (t.epochs * steps_per_epoch as f64).ceil() as u64
+    }
+}

@@ -1,0 +1,254 @@
+//! Mixed precision on the CPU, through `train`: bf16 and f16 compute (f32 master weights) on every family —
+//! llama, qwen2 (tied), a bf16 copy of llama, gemma in bf16, phi3 in f16 — stay within 2e-2 of the f32 loss
+//! trajectory, keep frozen tensors byte-identical in their own dtype, change the trainable ones and export every
+//! tensor in the checkpoint's dtype. f16 runs report their loss scale.
+
+use candle_core::{DType, Device, Tensor};
+use freezetune_core::events::TrainEvent;
+use freezetune_core::run_config::RunConfig;
+use freezetune_core::safetensors::read_header;
+use freezetune_core::synth::{write_checkpoint, Family, SynthSpec};
+use freezetune_train::train;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// A copy of the checkpoint in `src` with every tensor stored as `dtype`.
+fn converted(src: &Path, dest: &Path, dtype: DType) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.extension().is_none_or(|e| e != "safetensors") {
+            std::fs::copy(&path, dest.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_dtype(dtype).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&tensors, dest.join("model.safetensors")).unwrap();
+}
+
+fn synth(family: Family, dest: &Path) {
+    write_checkpoint(dest, &SynthSpec::tiny(family, 3)).unwrap();
+}
+
+/// Eight deterministic tokenized examples with every token learned.
+fn write_data(dir: &Path) -> PathBuf {
+    let path = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..8u64)
+        .map(|i| {
+            let ids: Vec<u64> = (0..12u64).map(|j| (i * 37 + j * 11 + 3) % 500 + 1).collect();
+            serde_json::json!({"input_ids": ids, "labels": ids}).to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn config(model: &Path, dir: &Path, dtype: &str) -> RunConfig {
+    let data = write_data(dir);
+    let text = format!(
+        "[model]\npath = {model:?}\ndtype = \"{dtype}\"\n[freeze.llamafactory]\nfreeze_trainable_layers = 2\n\
+         [data]\ntrain = {data:?}\nformat = \"tokenized\"\n\
+         [training]\nbatch_size = 4\nshuffle = false\nmax_steps = 5\noptimizer = \"adamw\"\nlearning_rate = 5e-3\n\
+         lr_scheduler = \"constant\"\n[runtime]\ndevice = \"cpu\"\n[output]\ndir = {out:?}\n",
+        out = dir.join("run"),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    RunConfig::read(&path).unwrap()
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .collect()
+}
+
+/// Each tensor's dtype name and raw bytes.
+fn tensors(file: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
+    let bytes = std::fs::read(file).unwrap();
+    let header = read_header(file).unwrap();
+    let base = 8 + header.header_len as usize;
+    header
+        .tensors
+        .iter()
+        .map(|t| {
+            let data = bytes[base + t.data_offsets.0 as usize..base + t.data_offsets.1 as usize].to_vec();
+            (t.name.clone(), (t.dtype.name().to_string(), data))
+        })
+        .collect()
+}
+
+struct Run {
+    losses: Vec<f64>,
+    steps: Vec<Value>,
+    run_dir: PathBuf,
+    final_dir: PathBuf,
+}
+
+fn run(model: &Path, dtype: &str) -> (tempfile::TempDir, Run) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::sync::Mutex::new(None);
+    let sink = |e: TrainEvent| {
+        if let TrainEvent::Started { device, dtype, .. } = e {
+            *started.lock().unwrap() = Some((device, dtype));
+        }
+    };
+    let out = train(&config(model, dir.path(), dtype), false, &sink, &AtomicBool::new(false))
+        .unwrap_or_else(|e| panic!("{} in {dtype}: {e}", model.display()));
+    let (device, used) = started.lock().unwrap().clone().expect("a start event");
+    assert_eq!(device, "cpu");
+    let want = if dtype == "auto" { "f32" } else { dtype };
+    assert_eq!(used, want, "the start event names the compute dtype");
+    assert_eq!((out.device.as_str(), out.dtype.as_str()), ("cpu", want));
+    let steps = metrics(&out.run_dir);
+    let run = Run {
+        losses: steps.iter().map(|v| v["loss"].as_f64().unwrap()).collect(),
+        steps,
+        run_dir: out.run_dir,
+        final_dir: out.final_dir.expect("finished"),
+    };
+    (dir, run)
+}
+
+fn check_export(model: &Path, run: &Run, what: &str) {
+    let before = tensors(&model.join("model.safetensors"));
+    let after = tensors(&run.final_dir.join("model.safetensors"));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "{what}: every tensor is exported"
+    );
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.run_dir.join("freeze_plan.json")).unwrap()).unwrap();
+    let trainable: Vec<&str> = plan["trainable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(!trainable.is_empty());
+    for (name, (dtype, bytes)) in &before {
+        let (out_dtype, out_bytes) = &after[name];
+        assert_eq!(dtype, out_dtype, "{what}: {name} keeps the checkpoint's dtype");
+        if trainable.contains(&name.as_str()) {
+            assert_ne!(bytes, out_bytes, "{what}: {name} is trainable and must change");
+        } else {
+            assert_eq!(bytes, out_bytes, "{what}: {name} is frozen and must be byte-identical");
+        }
+    }
+}
+
+fn check_family(name: &str, model: &Path) {
+    let (_d32, f32_run) = run(model, "f32");
+    check_export(model, &f32_run, &format!("{name} f32"));
+    assert!(
+        f32_run.losses.last() < f32_run.losses.first(),
+        "{name}: the loss falls {:?}",
+        f32_run.losses
+    );
+    for dtype in ["bf16", "f16"] {
+        let (_d, r) = run(model, dtype);
+        assert_eq!(r.losses.len(), 5);
+        assert_ne!(
+            r.losses, f32_run.losses,
+            "{name}: a {dtype} run computes in {dtype}, not in f32"
+        );
+        for (k, (a, b)) in r.losses.iter().zip(&f32_run.losses).enumerate() {
+            assert!(
+                (a - b).abs() / b < 2e-2,
+                "{name} {dtype} step {}: loss {a} vs f32 {b}",
+                k + 1
+            );
+        }
+        check_export(model, &r, &format!("{name} {dtype}"));
+        let toml = std::fs::read_to_string(r.run_dir.join("run.toml")).unwrap();
+        assert!(
+            toml.contains("[resolved]") && toml.contains(&format!("dtype = \"{dtype}\"")),
+            "run.toml records what the run used:\n{toml}"
+        );
+        let scale = r.steps[0].get("loss_scale");
+        if dtype == "f16" {
+            assert_eq!(
+                scale.and_then(Value::as_f64),
+                Some(65536.0),
+                "f16 steps report their loss scale"
+            );
+        } else {
+            assert!(scale.is_none(), "only f16 runs scale the loss");
+        }
+    }
+}
+
+#[test]
+fn llama_trains_in_bf16_and_f16() {
+    check_family("llama", &fixtures().join("models/llama"));
+}
+
+#[test]
+fn qwen2_with_tied_embeddings_trains_in_bf16_and_f16() {
+    check_family("qwen2", &fixtures().join("models/qwen2"));
+}
+
+#[test]
+fn a_bf16_checkpoint_trains_and_exports_in_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    converted(&fixtures().join("models/llama"), dir.path(), DType::BF16);
+    check_family("llama-bf16", dir.path());
+}
+
+#[test]
+fn gemma_in_bf16_trains() {
+    let src = tempfile::tempdir().unwrap();
+    synth(Family::Gemma, src.path());
+    let dir = tempfile::tempdir().unwrap();
+    converted(src.path(), dir.path(), DType::BF16);
+    check_family("gemma-bf16", dir.path());
+}
+
+#[test]
+fn phi3_in_f16_trains() {
+    let src = tempfile::tempdir().unwrap();
+    synth(Family::Phi3, src.path());
+    let dir = tempfile::tempdir().unwrap();
+    converted(src.path(), dir.path(), DType::F16);
+    check_family("phi3-f16", dir.path());
+}
+
+#[test]
+fn auto_on_the_cpu_computes_in_f32_and_says_so() {
+    let (_d, r) = run(&fixtures().join("models/llama"), "auto");
+    let toml = std::fs::read_to_string(r.run_dir.join("run.toml")).unwrap();
+    assert!(
+        toml.contains("device = \"cpu\"") && toml.contains("dtype = \"f32\""),
+        "{toml}"
+    );
+}
+
+#[test]
+fn gradient_checkpointing_in_bf16_equals_the_plain_backward_pass() {
+    let model = fixtures().join("models/llama");
+    let (_a, plain) = run(&model, "bf16");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&model, dir.path(), "bf16");
+    c.training.gradient_checkpointing = true;
+    let out = train(&c, false, &|_| {}, &AtomicBool::new(false)).unwrap();
+    let ckpt: Vec<f64> = metrics(&out.run_dir)
+        .iter()
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    for (a, b) in ckpt.iter().zip(&plain.losses) {
+        assert!((a - b).abs() / b < 1e-3, "checkpointed {a} vs plain {b}");
+    }
+}

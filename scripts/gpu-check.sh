@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU (driver R580+) and nvcc 13: builds the CUDA CLI, then runs
+# scripts/gpu_check.py through it: parity with PyTorch on the reference llama (f32 within 1e-4, bf16 within 2e-2),
+# the freeze mask on the exported checkpoint, and a side-by-side benchmark against PyTorch (Qwen2.5-0.5B-shaped,
+# bf16, batch 8 x 1024; top 4 / bottom 4 / full; step time and peak GPU memory).
+#
+#   bash scripts/gpu-check.sh                   # CUDA: release build with --features cuda, then the checks
+#   bash scripts/gpu-check.sh --device cpu      # the same flows on the CPU with the small reference model
+#                                               # (part of `make test`, so this script cannot rot)
+#   FREEZETUNE_BIN=path/to/freezetune-cuda bash scripts/gpu-check.sh   # a prebuilt binary, no build
+#
+# Extra arguments go to gpu_check.py (--steps N, --out DIR). The report is printed and written as JSON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+device=cuda:0
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) device="$2"; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/freezetune-target}"
+if [ -n "${FREEZETUNE_BIN:-}" ]; then
+  bin="$FREEZETUNE_BIN"
+elif [ "$device" = cpu ]; then
+  # The debug build `make test` already has: the CPU flows use tiny models.
+  cargo build --locked -q -p freezetune-cli
+  bin="$CARGO_TARGET_DIR/debug/freezetune"
+else
+  eval "$(bash scripts/cuda-toolkit.sh)"
+  export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-/var/tmp/freezetune-target-cuda}"
+  cargo build --release --locked -q -p freezetune-cli --features cuda
+  bin="$CARGO_TARGET_DIR/release/freezetune"
+fi
+[ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 scripts/gpu_check.py --bin "$bin" --device "$device" ${args[@]+"${args[@]}"}

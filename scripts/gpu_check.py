@@ -1,0 +1,270 @@
+"""The flows a GPU must pass, run through the `freezetune` binary exactly as a user runs it (scripts/gpu-check.sh
+builds it and calls this):
+
+1. parity: the reference llama trained through `freezetune train` against PyTorch's recorded answers
+   (tests/fixtures/reference/parity.json): step-1 loss and global gradient norm within 1e-4 (rel) in f32, the
+   SGD and AdamW 3-step loss trajectories within 1e-4, and the same in bf16 within 2e-2;
+2. the freeze mask on the exported checkpoint: frozen tensors byte-identical, trainable ones changed, every dtype
+   kept;
+3. a side-by-side training benchmark against PyTorch: top 4 / bottom 4 / full, median step time and peak memory,
+   FreezeTune / PyTorch. On CUDA: a Qwen2.5-0.5B-shaped random model in bf16, batch 8 x 1024. On the CPU: the
+   reference llama, batch 2 x 32 (PyTorch's side only where torch is installed).
+
+Standard library only (PyTorch and transformers are used where present). Prints a report; writes JSON to --out.
+Exit status 1 when a parity or mask check fails.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+FAILURES = []
+
+
+def check(ok, what):
+    print(("  ok    " if ok else "  FAIL  ") + what, flush=True)
+    if not ok:
+        FAILURES.append(what)
+
+
+def rel(a, b):
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+# --- safetensors, read with the standard library ----------------------------------------------------------------
+
+def tensors(path):
+    """name -> (dtype, bytes) of a single-file safetensors checkpoint."""
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    base = 8 + n
+    return {
+        k: (v["dtype"], data[base + v["data_offsets"][0]:base + v["data_offsets"][1]])
+        for k, v in header.items() if k != "__metadata__"
+    }
+
+
+# --- running freezetune -----------------------------------------------------------------------------------------
+
+def write_run(dir, model, data, device, dtype, freeze, training, cutoff):
+    dir.mkdir(parents=True, exist_ok=True)
+    text = (
+        f'[model]\npath = "{model}"\ndtype = "{dtype}"\n{freeze}\n'
+        f'[data]\ntrain = "{data}"\nformat = "tokenized"\ncutoff_len = {cutoff}\n'
+        f'[training]\n{training}\n[runtime]\ndevice = "{device}"\n[output]\ndir = "{dir / "run"}"\n'
+    )
+    (dir / "run.toml").write_text(text)
+    return dir / "run.toml"
+
+
+class MemoryPoll:
+    """Peak GPU memory of one process (nvidia-smi, every 50 ms), or its peak RSS on the CPU."""
+
+    def __init__(self, pid, gpu):
+        self.pid, self.gpu, self.peak, self.stop = pid, gpu, 0, False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            if self.gpu:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                    capture_output=True, text=True).stdout
+                for line in out.splitlines():
+                    pid, mib = [x.strip() for x in line.split(",")]
+                    if pid == str(self.pid):
+                        self.peak = max(self.peak, int(mib) * 2**20)
+            else:
+                try:
+                    for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    def finish(self):
+        self.stop = True
+        self.thread.join()
+        return self.peak
+
+
+def run_measured(cmd, gpu, env=None):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    poll = MemoryPoll(proc.pid, gpu)
+    out, err = proc.communicate()
+    peak = poll.finish()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{err[-4000:]}")
+    return out, err, peak
+
+
+def train(bin, config, gpu=False):
+    out, err, peak = run_measured([bin, "train", "--config", str(config)], gpu)
+    run = Path(config).parent / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if "loss" in m]
+    return {"steps": steps, "final": Path(out.strip().splitlines()[-1]), "run": run, "peak": peak, "log": err}
+
+
+# --- 1 + 2: parity and the freeze mask ---------------------------------------------------------------------------
+
+def parity(bin, device, work):
+    ref = json.loads((FIXTURES / "reference" / "parity.json").read_text())["models"]["llama"]
+    data = work / "parity.jsonl"
+    data.write_text("\n".join(json.dumps({"input_ids": i, "labels": l})
+                              for i, l in zip(ref["input_ids"], ref["labels"])))
+    model = FIXTURES / "models" / "llama"
+    exact = 'batch_size = 2\nshuffle = false\nlr_scheduler = "constant"\nmax_grad_norm = 0\nmax_steps = 3'
+    freeze = "[freeze.llamafactory]\nfreeze_trainable_layers = 2"
+    cases = [
+        ("sgd", 'optimizer = "sgd"\nlearning_rate = 0.1'),
+        ("adamw", 'optimizer = "adamw"\nlearning_rate = 1e-3\nweight_decay = 0.01\nno_decay_for_bias_and_norm = false'),
+    ]
+    report = {}
+    for dtype, tol in (("f32", 1e-4), ("bf16", 2e-2)):
+        for name, opt in cases:
+            config = write_run(work / f"parity-{name}-{dtype}", model, data, device, dtype, freeze,
+                               f"{exact}\n{opt}", 64)
+            r = train(bin, config, device.startswith("cuda"))
+            losses = [s["loss"] for s in r["steps"]]
+            want = ref[name]["loss_at_step"]
+            worst = max(rel(a, b) for a, b in zip(losses, want))
+            check(len(losses) == 3 and worst < tol,
+                  f"{dtype} {name}: 3-step losses within {tol:g} of PyTorch (worst {worst:.2e})")
+            g = r["steps"][0]["grad_norm"]
+            check(rel(g, ref["grad_l2_total"]) < tol,
+                  f"{dtype} {name}: step-1 gradient norm {g:.6f} vs PyTorch {ref['grad_l2_total']:.6f}")
+            check(rel(losses[0], ref["loss"]) < tol, f"{dtype} {name}: step-1 loss {losses[0]:.6f} vs {ref['loss']:.6f}")
+            report[f"{name}-{dtype}"] = {"losses": losses, "pytorch": want, "grad_norm": g, "worst_rel": worst}
+            if name == "adamw":
+                freeze_mask(model, r, f"{dtype} {name}")
+    return report
+
+
+def freeze_mask(model, r, what):
+    plan = json.loads((r["run"] / "freeze_plan.json").read_text())
+    trainable = set(plan["trainable"])
+    before, after = tensors(model / "model.safetensors"), tensors(r["final"] / "model.safetensors")
+    check(before.keys() == after.keys(), f"{what}: every tensor exported")
+    bad = [n for n, (dt, b) in before.items()
+           if after[n][0] != dt or ((after[n][1] == b) == (n in trainable))]
+    check(not bad, f"{what}: {len(before) - len(trainable)} frozen tensors byte-identical, "
+          f"{len(trainable)} trainable changed, dtypes kept" + (f" (wrong: {bad[:3]})" if bad else ""))
+
+
+# --- 3: the benchmark --------------------------------------------------------------------------------------------
+
+def bench_model(device, work):
+    """The benchmark's model folder: a Qwen2.5-0.5B-shaped random bf16 model on CUDA, the reference llama else."""
+    if not device.startswith("cuda"):
+        return FIXTURES / "models" / "llama", 2, 32
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    dir = work / "qwen2.5-0.5b-shaped"
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(dir)
+    return dir, 8, 1024
+
+
+FREEZE = {
+    "top 4": "[freeze]\ntop = 4",
+    "bottom 4": "[freeze]\nbottom = 4",
+    "full": '[freeze]\nall_layers = true\nextra = ["embed_tokens", "norm"]',
+}
+
+
+def bench(bin, device, work, steps):
+    model, batch, seq = bench_model(device, work)
+    cfg = json.loads((model / "config.json").read_text())
+    vocab = cfg["vocab_size"]
+    data = work / "bench.jsonl"
+    rows = [[(r * 7919 + i * 104729 + 13) % (vocab - 1) + 1 for i in range(seq)] for r in range(batch * (steps + 1))]
+    data.write_text("\n".join(json.dumps({"input_ids": r, "labels": r}) for r in rows))
+    dtype = "bf16" if device.startswith("cuda") else "f32"
+    torch_ok = have_torch(device)
+    results = []
+    for name, freeze in FREEZE.items():
+        if name == "full" and not cfg.get("tie_word_embeddings", False):
+            freeze = freeze.replace('"norm"]', '"norm", "lm_head"]')
+        training = (f'batch_size = {batch}\nshuffle = false\nmax_steps = {steps + 1}\noptimizer = "adamw"\n'
+                    f'learning_rate = 1e-5\nsave_steps = 0')
+        config = write_run(work / f"bench-{name.replace(' ', '')}", model, data, device, dtype, freeze, training, seq)
+        r = train(bin, config, device.startswith("cuda"))
+        elapsed = [s["elapsed_s"] for s in r["steps"]]
+        ours = statistics.median([(b - a) * 1e3 for a, b in zip(elapsed, elapsed[1:])])
+        row = {"name": name, "freezetune_ms": ours, "freezetune_peak": r["peak"],
+               "trainable": json.loads((r["run"] / "freeze_plan.json").read_text())["trainable_params"]}
+        if torch_ok:
+            plan = r["run"] / "freeze_plan.json"
+            out, _, peak = run_measured([sys.executable, str(ROOT / "scripts" / "gpu_check_torch.py"), str(model),
+                                         str(plan), str(data), device, dtype, str(batch), str(steps)],
+                                        device.startswith("cuda"))
+            theirs = json.loads(out.strip().splitlines()[-1])
+            row.update({"pytorch_ms": theirs["median_ms"], "pytorch_peak": peak,
+                        "time_ratio": ours / theirs["median_ms"], "memory_ratio": r["peak"] / max(peak, 1)})
+        results.append(row)
+    return {"model": str(model), "batch": batch, "seq": seq, "dtype": dtype, "rows": results, "torch": torch_ok}
+
+
+def have_torch(device):
+    code = "import torch, transformers" + ("; assert torch.cuda.is_available()" if device.startswith("cuda") else "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def print_bench(b):
+    print(f"\nbenchmark: {b['model']} ({b['dtype']}, batch {b['batch']} x {b['seq']}, AdamW)")
+    print(f"  {'config':<10} {'trainable':>12} {'FreezeTune ms':>14} {'PyTorch ms':>11} {'time ratio':>10} "
+          f"{'FT peak MiB':>12} {'PT peak MiB':>12} {'mem ratio':>10}")
+    for r in b["rows"]:
+        pt = lambda k, f: format(r[k], f) if k in r else "-"
+        print(f"  {r['name']:<10} {r['trainable']:>12} {r['freezetune_ms']:>14.1f} {pt('pytorch_ms', '.1f'):>11} "
+              f"{pt('time_ratio', '.2f'):>10} {r['freezetune_peak'] / 2**20:>12.0f} "
+              f"{(r['pytorch_peak'] / 2**20 if 'pytorch_peak' in r else float('nan')):>12.0f} "
+              f"{pt('memory_ratio', '.2f'):>10}")
+    if not b["torch"]:
+        print("  (PyTorch is not installed here: FreezeTune's side only)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "test-results" / "gpu-check"))
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="freezetune-gpu-check-"))
+    try:
+        print(f"parity and freeze mask on {args.device} ({args.bin})")
+        report = {"device": args.device, "parity": parity(args.bin, args.device, work)}
+        report["bench"] = bench(args.bin, args.device, work, args.steps)
+        print_bench(report["bench"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.device.replace(':', '')}.json").write_text(json.dumps(report, indent=2))
+    print(f"\nreport: {out / (args.device.replace(':', '') + '.json')}")
+    if FAILURES:
+        print(f"{len(FAILURES)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
