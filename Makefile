@@ -80,8 +80,10 @@ check-cuda: ui
 
 ## gpu-check: parity, the freeze mask and a benchmark on a device (scripts/gpu-check.sh); in `make test` on the CPU
 ## with a small model, so the script a lent GPU machine runs cannot rot.
-gpu-check: setup
-	bash scripts/gpu-check.sh --device cpu
+## It uses the debug CLI `make unit` builds (the same features, so nothing is rebuilt).
+gpu-check: setup ui
+	$(CARGO) test --workspace --locked --no-run -q
+	FREEZETUNE_BIN=$(BIN:release/freezetune=debug/freezetune) bash scripts/gpu-check.sh --device cpu
 
 ## bundle: installers in $(CARGO_TARGET_DIR)/release/bundle: .deb and .rpm on Linux, then the .deb installed on this
 ## machine and started under Xvfb as a test of the package; .app and .dmg on macOS.

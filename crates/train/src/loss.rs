@@ -284,20 +284,8 @@ impl CustomOp1 for CrossEntropyGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::tests::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn loss_ignores_masked_labels_and_shifts() {

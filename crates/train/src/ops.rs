@@ -183,12 +183,13 @@ impl CustomOp1 for FrozenMatmul {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let d = (a - b)
+    /// The largest absolute difference of two tensors, compared in f32 (for this crate's unit tests).
+    pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
             .unwrap()
             .abs()
             .unwrap()
@@ -197,7 +198,11 @@ mod tests {
             .max(0)
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let d = max_abs_diff(a, b);
         assert!(d < tol, "max abs diff {d}");
     }
 

@@ -6,17 +6,15 @@
 use candle_core::{DType, Device, Tensor};
 use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::RunConfig;
-use freezetune_core::safetensors::read_header;
 use freezetune_core::synth::{write_checkpoint, Family, SynthSpec};
 use freezetune_train::train;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::fixtures;
 
 /// A copy of the checkpoint in `src` with every tensor stored as `dtype`.
 fn converted(src: &Path, dest: &Path, dtype: DType) {
@@ -75,21 +73,6 @@ fn metrics(run: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Each tensor's dtype name and raw bytes.
-fn tensors(file: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
-    let bytes = std::fs::read(file).unwrap();
-    let header = read_header(file).unwrap();
-    let base = 8 + header.header_len as usize;
-    header
-        .tensors
-        .iter()
-        .map(|t| {
-            let data = bytes[base + t.data_offsets.0 as usize..base + t.data_offsets.1 as usize].to_vec();
-            (t.name.clone(), (t.dtype.name().to_string(), data))
-        })
-        .collect()
-}
-
 struct Run {
     losses: Vec<f64>,
     steps: Vec<Value>,
@@ -123,31 +106,12 @@ fn run(model: &Path, dtype: &str) -> (tempfile::TempDir, Run) {
 }
 
 fn check_export(model: &Path, run: &Run, what: &str) {
-    let before = tensors(&model.join("model.safetensors"));
-    let after = tensors(&run.final_dir.join("model.safetensors"));
-    assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after.keys().collect::<Vec<_>>(),
-        "{what}: every tensor is exported"
+    common::assert_mask(
+        &model.join("model.safetensors"),
+        &run.final_dir.join("model.safetensors"),
+        &run.run_dir,
+        what,
     );
-    let plan: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.run_dir.join("freeze_plan.json")).unwrap()).unwrap();
-    let trainable: Vec<&str> = plan["trainable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert!(!trainable.is_empty());
-    for (name, (dtype, bytes)) in &before {
-        let (out_dtype, out_bytes) = &after[name];
-        assert_eq!(dtype, out_dtype, "{what}: {name} keeps the checkpoint's dtype");
-        if trainable.contains(&name.as_str()) {
-            assert_ne!(bytes, out_bytes, "{what}: {name} is trainable and must change");
-        } else {
-            assert_eq!(bytes, out_bytes, "{what}: {name} is frozen and must be byte-identical");
-        }
-    }
 }
 
 fn check_family(name: &str, model: &Path) {

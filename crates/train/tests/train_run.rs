@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::{fixtures, tensor_bytes};
 
 fn reference() -> Value {
     let v: Value =
@@ -113,23 +112,6 @@ fn sgd_and_adamw_through_train_match_pytorch() {
     }
 }
 
-/// Raw bytes of every tensor of a single-file checkpoint, by name.
-fn tensor_bytes(file: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(file).unwrap();
-    let header = freezetune_core::safetensors::read_header(file).unwrap();
-    let base = 8 + header.header_len as usize;
-    header
-        .tensors
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                bytes[base + t.data_offsets.0 as usize..base + t.data_offsets.1 as usize].to_vec(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn the_exported_checkpoint_proves_the_freeze_mask() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,28 +121,12 @@ fn the_exported_checkpoint_proves_the_freeze_mask() {
     );
     let out = train(&c, false, &quiet, &AtomicBool::new(false)).unwrap();
     let final_dir = out.final_dir.unwrap();
-    let before = tensor_bytes(&fixtures().join("models/llama/model.safetensors"));
-    let after = tensor_bytes(&final_dir.join("model.safetensors"));
-    assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after.keys().collect::<Vec<_>>(),
-        "every tensor is exported"
+    common::assert_mask(
+        &fixtures().join("models/llama/model.safetensors"),
+        &final_dir.join("model.safetensors"),
+        &out.run_dir,
+        "llama",
     );
-    let plan: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.run_dir.join("freeze_plan.json")).unwrap()).unwrap();
-    let trainable: Vec<&str> = plan["trainable"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    for (name, bytes) in &before {
-        if trainable.contains(&name.as_str()) {
-            assert_ne!(bytes, &after[name], "{name} is trainable and must change");
-        } else {
-            assert_eq!(bytes, &after[name], "{name} is frozen and must be byte-identical");
-        }
-    }
     for file in [
         "config.json",
         "tokenizer.json",

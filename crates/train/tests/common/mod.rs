@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests that check exported checkpoints.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Each tensor of a single-file checkpoint: its dtype name and raw bytes.
+pub fn tensors(file: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
+    let bytes = std::fs::read(file).unwrap();
+    let header = freezetune_core::safetensors::read_header(file).unwrap();
+    let base = 8 + header.header_len as usize;
+    header
+        .tensors
+        .iter()
+        .map(|t| {
+            let data = bytes[base + t.data_offsets.0 as usize..base + t.data_offsets.1 as usize].to_vec();
+            (t.name.clone(), (t.dtype.name().to_string(), data))
+        })
+        .collect()
+}
+
+/// The trainable tensor names of a run (its `freeze_plan.json`).
+pub fn trainable(run_dir: &Path) -> Vec<String> {
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("freeze_plan.json")).unwrap()).unwrap();
+    plan["trainable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The freeze mask, proven on the exported checkpoint: every tensor exported in its input dtype, frozen ones
+/// byte-identical, trainable ones changed.
+pub fn assert_mask(input: &Path, exported: &Path, run_dir: &Path, what: &str) {
+    let before = tensors(input);
+    let after = tensors(exported);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "{what}: every tensor is exported"
+    );
+    let trainable = trainable(run_dir);
+    assert!(!trainable.is_empty(), "{what}: the plan trains something");
+    for (name, (dtype, bytes)) in &before {
+        let (out_dtype, out_bytes) = &after[name];
+        assert_eq!(dtype, out_dtype, "{what}: {name} keeps the checkpoint's dtype");
+        if trainable.contains(name) {
+            assert_ne!(bytes, out_bytes, "{what}: {name} is trainable and must change");
+        } else {
+            assert_eq!(bytes, out_bytes, "{what}: {name} is frozen and must be byte-identical");
+        }
+    }
+}
+
+/// Raw bytes of every tensor of a single-file checkpoint, by name.
+pub fn tensor_bytes(file: &Path) -> BTreeMap<String, Vec<u8>> {
+    tensors(file).into_iter().map(|(n, (_, b))| (n, b)).collect()
+}
