@@ -48,6 +48,8 @@ enum Command {
     Token(cmd::token::TokenCommand),
     /// Write the built-in demo checkpoint (a tiny llama) into a folder.
     DemoModel(cmd::demo::DemoArgs),
+    /// List the devices this build can train on (CPU, CUDA GPUs, Apple GPU) with their memory.
+    Devices(cmd::devices::DevicesArgs),
 }
 
 fn main() {
@@ -62,8 +64,9 @@ fn main() {
             (cmd::preset::run(c), json)
         }
         Command::DemoModel(a) => (cmd::demo::run(&a), false),
+        Command::Devices(a) => (cmd::devices::run(&a), a.json),
         Command::Download(a) => (cmd::download::run(&a), a.json),
-        Command::Train(a) => (cmd::train::run(&a), false),
+        Command::Train(a) => (cmd::train::run(&a), a.events.is_some()),
         Command::Generate(a) => (cmd::generate::run(&a), false),
         Command::Data(c) => {
             let json = c.json();

@@ -84,6 +84,10 @@ pub enum DownloadEvent {
     },
 }
 
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -112,8 +116,11 @@ pub enum TrainEvent {
     Step {
         step: u64,
         epoch: f64,
+        /// Non-finite values (an f16 overflow) are written as `null` by JSON and read back as NaN.
+        #[serde(deserialize_with = "nan_if_null")]
         loss: f64,
         lr: f64,
+        #[serde(deserialize_with = "nan_if_null")]
         grad_norm: f64,
         tokens: u64,
         tokens_per_second: f64,
@@ -143,4 +150,43 @@ pub enum TrainEvent {
         step: u64,
         final_dir: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_with_an_overflowed_gradient_norm_round_trips_through_json() {
+        let step = TrainEvent::Step {
+            step: 3,
+            epoch: 0.5,
+            loss: 2.0,
+            lr: 1e-4,
+            grad_norm: f64::INFINITY,
+            tokens: 10,
+            tokens_per_second: 1.0,
+            elapsed_s: 1.0,
+            loss_scale: Some(32768.0),
+            skipped: true,
+        };
+        let line = serde_json::to_string(&step).unwrap();
+        assert!(
+            line.contains("\"grad_norm\":null") && line.contains("\"skipped\":true"),
+            "{line}"
+        );
+        match serde_json::from_str::<TrainEvent>(&line).unwrap() {
+            TrainEvent::Step { grad_norm, loss, .. } => assert!(grad_norm.is_nan() && loss == 2.0),
+            other => panic!("{other:?}"),
+        }
+        let plain = r#"{"event":"step","step":1,"epoch":0.1,"loss":1.5,"lr":0.1,"grad_norm":1.0,"tokens":4,"tokens_per_second":2.0,"elapsed_s":1.0}"#;
+        assert!(matches!(
+            serde_json::from_str::<TrainEvent>(plain).unwrap(),
+            TrainEvent::Step {
+                skipped: false,
+                loss_scale: None,
+                ..
+            }
+        ));
+    }
 }

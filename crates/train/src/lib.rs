@@ -8,6 +8,7 @@ pub mod device;
 pub mod error;
 pub mod export;
 pub mod generate;
+pub mod inventory;
 pub mod loss;
 pub mod model;
 pub mod ops;

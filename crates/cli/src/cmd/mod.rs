@@ -1,5 +1,6 @@
 pub mod data;
 pub mod demo;
+pub mod devices;
 pub mod download;
 pub mod export_config;
 pub mod generate;

@@ -4,6 +4,7 @@ use freezetune_core::events::TrainEvent;
 use freezetune_core::preset::PresetStore;
 use freezetune_core::run_config::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,15 +21,35 @@ pub struct TrainArgs {
     /// Continue the run in output.dir from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Machine-readable progress: `jsonl` writes one JSON event per line on stdout (started, step, eval,
+    /// checkpoint, stopped, finished; errors as {"error": ...}); a `stop` line on stdin stops the run with a
+    /// checkpoint, as Ctrl-C does.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub events: Option<EventFormat>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    Jsonl,
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    let config = load_config(args)?;
+    let cancel = cancel_on_interrupt(args.events.is_some())?;
+    match args.events {
+        Some(EventFormat::Jsonl) => run_jsonl(&config, args.resume, &cancel),
+        None => run_human(&config, args.resume, &cancel),
+    }
+}
+
+/// The run config: `--config` (with `--preset`'s freeze choice), or a whole-run preset; a Hub model downloaded.
+fn load_config(args: &TrainArgs) -> Result<RunConfig> {
     let preset = args
         .preset
         .as_deref()
         .map(|name| PresetStore::open_default()?.load(name))
         .transpose()?;
-    let config = match (&args.config, preset) {
+    let mut config = match (&args.config, preset) {
         (Some(path), preset) => {
             let mut config = RunConfig::read(path)?;
             if let Some(p) = preset {
@@ -48,8 +69,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         (None, None) => bail!("pass --config RUN.toml or --preset NAME"),
     };
-    let mut config = config;
     resolve_model(&mut config)?;
+    Ok(config)
+}
+
+/// The flag a run polls between steps. Ctrl-C (SIGINT) sets it — the run checkpoints and stops — and a second
+/// Ctrl-C exits at once. With `--events`, a `stop` line on stdin sets it too (how a parent process stops a
+/// worker without signals).
+fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let mut first_interrupt = true;
@@ -62,6 +89,37 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             std::process::exit(130);
         }
     })?;
+    if events {
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                match line {
+                    Ok(l) if l.trim() == "stop" => c.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    Ok(cancel)
+}
+
+/// `--events jsonl`: every `TrainEvent` as one JSON line on stdout (the types the app uses); nothing else goes to
+/// stdout, so a parent process reads the stream as it is. A stopped run exits 0 after its `stopped` event.
+fn run_jsonl(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()> {
+    let out = std::sync::Mutex::new(std::io::stdout());
+    let sink = |event: TrainEvent| {
+        let line = serde_json::to_string(&event).expect("events serialise");
+        let mut out = out.lock().expect("stdout");
+        // A closed pipe means the parent is gone; the run still checkpoints when it is cancelled.
+        let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    };
+    freezetune_train::train(config, resume, &sink, cancel)?;
+    Ok(())
+}
+
+/// A progress bar and lines on stderr; the final checkpoint's folder on stdout.
+fn run_human(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] step {pos}/{len} {msg} ETA {eta}")
@@ -141,7 +199,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         ),
         TrainEvent::Finished { .. } => {}
     };
-    let outcome = freezetune_train::train(&config, args.resume, &sink, &cancel);
+    let outcome = freezetune_train::train(config, resume, &sink, cancel);
     bar.finish_and_clear();
     let outcome = outcome?;
     match outcome.final_dir {

@@ -39,7 +39,7 @@ pub enum Verdict {
 }
 
 impl LossScaler {
-    /// Judges a step from its (scaled) gradients' squared norm and loss, and updates the scale for the next one.
+    /// Judges a step by whether its (scaled) loss and gradient norm are finite, and sets the next step's scale.
     pub fn judge(&mut self, finite: bool) -> Verdict {
         if !finite {
             self.scale = (self.scale * BACKOFF_FACTOR).max(MIN_SCALE);

@@ -15,7 +15,11 @@ device: string, dtype: string,
 /**
  * How `auto` chose the device, or why it fell back.
  */
-device_note: string | null, } | { "event": "step", step: number, epoch: number, loss: number, lr: number, grad_norm: number, tokens: number, tokens_per_second: number, elapsed_s: number, 
+device_note: string | null, } | { "event": "step", step: number, epoch: number, 
+/**
+ * Non-finite values (an f16 overflow) are written as `null` by JSON and read back as NaN.
+ */
+loss: number, lr: number, grad_norm: number, tokens: number, tokens_per_second: number, elapsed_s: number, 
 /**
  * f16 runs: the dynamic loss scale the step used.
  */
