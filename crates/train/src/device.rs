@@ -136,17 +136,32 @@ fn select_auto() -> DeviceChoice {
 }
 
 /// The compute dtype of frozen weights and activations (trainable tensors are always f32 masters): `f32`, `bf16`
-/// or `f16` as asked; `auto` is f32 on the CPU (its kernels are fastest and exact there) and, on a GPU, f16 for an
-/// f16 checkpoint and bf16 otherwise (bf16 has f32's range, so an f32 or bf16 checkpoint cannot overflow in it).
+/// or `f16` as asked; `auto` is f32 on the CPU (its kernels are fastest and exact there) and, on a GPU, bf16 (it
+/// has f32's range, so an f32 or bf16 checkpoint cannot overflow in it), except f16 for an f16 checkpoint or a
+/// GPU without bf16 (CUDA compute capability below 8.0), where f16 runs with loss scaling.
 pub fn compute_dtype(requested: &str, device: &Device, checkpoint: DType) -> DType {
     match requested {
         "bf16" => DType::BF16,
         "f16" => DType::F16,
         "f32" => DType::F32,
         _ if device.is_cpu() => DType::F32,
-        _ if checkpoint == DType::F16 => DType::F16,
+        _ if checkpoint == DType::F16 || !has_bf16(device) => DType::F16,
         _ => DType::BF16,
     }
+}
+
+/// Whether a GPU computes in bf16: CUDA from compute capability 8.0 (Ampere) on; Apple GPUs are taken to.
+fn has_bf16(device: &Device) -> bool {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d
+            .cuda_stream()
+            .context()
+            .compute_capability()
+            .is_ok_and(|(major, _)| major >= 8);
+    }
+    let _ = device;
+    true
 }
 
 /// The dtype holding most of a checkpoint's parameters.
