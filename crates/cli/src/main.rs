@@ -67,7 +67,7 @@ fn main() {
         Command::Devices(a) => (cmd::devices::run(&a), a.json),
         Command::Download(a) => (cmd::download::run(&a), a.json),
         Command::Train(a) => (cmd::train::run(&a), a.events.is_some()),
-        Command::Generate(a) => (cmd::generate::run(&a), false),
+        Command::Generate(a) => (cmd::generate::run(&a), a.events.is_some()),
         Command::Data(c) => {
             let json = c.json();
             (cmd::data::run(&c), json)

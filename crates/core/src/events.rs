@@ -84,6 +84,22 @@ pub enum DownloadEvent {
     },
 }
 
+/// Events of one generation (`freezetune generate --events jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum GenerateEvent {
+    /// The model is loaded on `device` in `dtype`; `device_note` says how `auto` chose.
+    Loaded {
+        device: String,
+        dtype: String,
+        device_note: Option<String>,
+    },
+    Reply {
+        text: String,
+    },
+}
+
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }

@@ -21,7 +21,7 @@ pub struct GenerateOptions {
 }
 
 pub struct Generator {
-    model: Decoder,
+    pub model: Decoder,
     formatter: ChatFormatter,
     stop: Vec<u32>,
 }

@@ -1,5 +1,6 @@
 use anyhow::Result;
 use clap::Args;
+use freezetune_core::events::GenerateEvent;
 use freezetune_train::generate::{GenerateOptions, Generator};
 use std::path::PathBuf;
 
@@ -22,20 +23,41 @@ pub struct GenerateArgs {
     /// runtime device: auto, cpu, cuda, cuda:N, metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `jsonl`: a `loaded` event (device, dtype) and a `reply` event as JSON lines on stdout; errors as
+    /// {"error": ...}.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub events: Option<super::train::EventFormat>,
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let choice = freezetune_train::device::select_device(&args.device)?;
-    if let Some(note) = &choice.note {
+    let jsonl = args.events.is_some();
+    if let (Some(note), false) = (&choice.note, jsonl) {
         eprintln!("{note}");
     }
     let generator = Generator::load(&args.model_dir, &choice.device)?;
+    if jsonl {
+        emit(&GenerateEvent::Loaded {
+            device: choice.name.clone(),
+            dtype: freezetune_train::device::dtype_name(generator.model.dtype()).into(),
+            device_note: choice.note.clone(),
+        });
+    }
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
         seed: args.seed,
         chat: !args.raw,
     };
-    println!("{}", generator.generate(&args.prompt, &options)?);
+    let text = generator.generate(&args.prompt, &options)?;
+    if jsonl {
+        emit(&GenerateEvent::Reply { text });
+    } else {
+        println!("{text}");
+    }
     Ok(())
+}
+
+fn emit(event: &GenerateEvent) {
+    println!("{}", serde_json::to_string(event).expect("events serialise"));
 }

@@ -15,7 +15,7 @@ repo?: string | null,
  */
 revision?: string | null, 
 /**
- * Compute dtype of frozen weights and activations: `auto` (f32 on the CPU; on a GPU f16 for an f16
- * checkpoint, else bf16), `f32`, `bf16`, `f16`. Trainable weights are always f32 master weights.
+ * Compute dtype of frozen weights and activations: `auto` (f32 on the CPU; on a GPU bf16, or f16 for an f16
+ * checkpoint or a GPU without bf16), `f32`, `bf16`, `f16`. Trainable weights are always f32 master weights.
  */
 dtype: string, };

@@ -1,6 +1,7 @@
-//! `freezetune train --events jsonl`, the worker protocol: one serde-tagged `TrainEvent` per stdout line and
-//! nothing else there; a `stop` line on stdin checkpoints and stops; errors are one `{"error": ...}` line; the
-//! stopped run resumes.
+//! The worker protocol a parent process (the app) drives: `train --events jsonl` writes one serde-tagged
+//! `TrainEvent` per stdout line and nothing else there, a `stop` line on stdin checkpoints and stops, errors are
+//! one `{"error": ...}` line, the stopped run resumes; `generate --events jsonl` answers with `loaded` and
+//! `reply`; `devices --json` lists what can train.
 
 use freezetune_core::events::TrainEvent;
 use std::io::{BufRead, BufReader, Write};
@@ -151,4 +152,35 @@ fn devices_lists_the_cpu_with_its_memory() {
         .any(|n| n.as_str().unwrap().starts_with("CUDA")));
     let text = freezetune(&["devices"]).output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("cpu "));
+}
+
+#[test]
+fn generate_streams_a_loaded_and_a_reply_event() {
+    let model = fixtures().join("models/llama");
+    let out = freezetune(&[
+        "generate",
+        model.to_str().unwrap(),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "3",
+        "--events",
+        "jsonl",
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<freezetune_core::events::GenerateEvent> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        matches!(&lines[0], freezetune_core::events::GenerateEvent::Loaded { device, dtype, .. }
+        if device == "cpu" && dtype == "f32")
+    );
+    assert!(matches!(
+        &lines[1],
+        freezetune_core::events::GenerateEvent::Reply { .. }
+    ));
+    assert_eq!(lines.len(), 2);
 }
