@@ -125,6 +125,11 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) > first + 2, 60000);
     assert.ok(Number(await s.attrOf("loss-chart", "data-points")) > firstPoints, "the loss curve grew");
     await shot("train");
+    assert.match(await s.text(await s.find("train-device")), /On cpu, f32 compute with f32 master weights/);
+    await s.execute(`document.querySelector('[data-testid="dtype"]').scrollIntoView({ block: "center" })`);
+    await sleep(300);
+    await shot("train-device");
+    await s.execute("window.scrollTo(0, 0)");
     await s.clickId("stop-training");
     const outcome = await s.waitFor("train-outcome", async () => true, 60000);
     assert.match(await s.text(outcome), /Stopped at step \d+/);

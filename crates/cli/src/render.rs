@@ -28,6 +28,15 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
     }
 }
 
+/// One event as a JSON line on stdout, flushed at once (`--events jsonl`: a parent process reads them as they
+/// come). A closed pipe means the parent is gone: the line is dropped, and a run still checkpoints when cancelled.
+pub fn event_line(event: &impl serde::Serialize) {
+    use std::io::Write as _;
+    let line = serde_json::to_string(event).expect("events serialise");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
 /// `1234567` -> `1.23M`.
 pub fn count(n: u64) -> String {
     match n {

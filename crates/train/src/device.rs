@@ -63,7 +63,8 @@ const CUDA_NEEDS: &str = "a CUDA build needs an NVIDIA GPU, driver R580 or newer
      (cudart, cublas, cublasLt, curand, nvrtc) where the loader finds them";
 const NO_CUDA: &str = "this build has no CUDA support: use the CUDA edition (freezetune-cuda), or build with \
      `--features cuda` (needs the CUDA 13 toolkit's nvcc; building needs no GPU)";
-const NO_METAL: &str = "this build has no Metal support: on macOS, build with `--features metal`";
+const NO_METAL: &str =
+    "this build has no Metal support (Apple GPUs, macOS only): on a Mac, build with `--features metal`";
 
 fn start_cuda(n: usize) -> std::result::Result<Device, String> {
     if !built_with_cuda() {
@@ -98,26 +99,19 @@ pub fn select_device(name: &str) -> Result<DeviceChoice> {
 
 /// `auto`: CUDA device 0, then Metal, then the CPU; every GPU backend this build has is tried and reported.
 fn select_auto() -> DeviceChoice {
+    type Start = fn() -> std::result::Result<Device, String>;
+    let candidates: [(bool, &str, &str, Start); 2] = [
+        (built_with_cuda(), "cuda:0", "the first CUDA GPU", || start_cuda(0)),
+        (built_with_metal(), "metal", "the Apple GPU", start_metal),
+    ];
     let mut tried = Vec::new();
-    if built_with_cuda() {
-        match start_cuda(0) {
+    for (_, name, what, start) in candidates.into_iter().filter(|c| c.0) {
+        match start() {
             Ok(device) => {
                 return DeviceChoice {
                     device,
-                    name: "cuda:0".into(),
-                    note: Some("auto picked cuda:0, the first CUDA GPU".into()),
-                }
-            }
-            Err(e) => tried.push(e),
-        }
-    }
-    if built_with_metal() {
-        match start_metal() {
-            Ok(device) => {
-                return DeviceChoice {
-                    device,
-                    name: "metal".into(),
-                    note: Some("auto picked metal, the Apple GPU".into()),
+                    name: name.into(),
+                    note: Some(format!("auto picked {name}, {what}")),
                 }
             }
             Err(e) => tried.push(e),

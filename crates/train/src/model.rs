@@ -210,10 +210,7 @@ impl Decoder {
     /// Logits (batch, seq, vocab) in the compute dtype: what the loss reads (it computes in f32 chunk by chunk,
     /// so bf16 logits are never copied to f32 whole).
     pub fn forward_logits(&self, batch: &Batch) -> Result<Tensor> {
-        self.forward_inner(batch).map_err(|e| TrainError::Candle {
-            context: "forward pass".into(),
-            source: e,
-        })
+        self.forward_inner(batch).map_err(crate::error::candle("forward pass"))
     }
 
     /// Token ids as one (batch * seq) tensor, right-padded with 0.

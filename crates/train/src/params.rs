@@ -1,7 +1,6 @@
 //! The model's tensors as the freeze plan wants them: every name in the plan becomes an f32 `Var` (the optimizer's
 //! master weight, cast to the compute dtype where the forward pass uses it), every other tensor a constant in the
-//! compute dtype. Weights are read memory-mapped from the
-//! checkpoint's safetensors files.
+//! compute dtype. Weights are read memory-mapped from the checkpoint's safetensors files.
 
 use crate::error::{Result, TrainError};
 use crate::ops::Linear;

@@ -33,8 +33,13 @@ fn converted(src: &Path, dest: &Path, dtype: DType) {
     candle_core::safetensors::save(&tensors, dest.join("model.safetensors")).unwrap();
 }
 
-fn synth(family: Family, dest: &Path) {
-    write_checkpoint(dest, &SynthSpec::tiny(family, 3)).unwrap();
+/// A tiny synthetic checkpoint of `family`, stored as `dtype`.
+fn synth_in(family: Family, dtype: DType) -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    write_checkpoint(src.path(), &SynthSpec::tiny(family, 3)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    converted(src.path(), dir.path(), dtype);
+    dir
 }
 
 /// Eight deterministic tokenized examples with every token learned.
@@ -174,20 +179,12 @@ fn a_bf16_checkpoint_trains_and_exports_in_bf16() {
 
 #[test]
 fn gemma_in_bf16_trains() {
-    let src = tempfile::tempdir().unwrap();
-    synth(Family::Gemma, src.path());
-    let dir = tempfile::tempdir().unwrap();
-    converted(src.path(), dir.path(), DType::BF16);
-    check_family("gemma-bf16", dir.path());
+    check_family("gemma-bf16", synth_in(Family::Gemma, DType::BF16).path());
 }
 
 #[test]
 fn phi3_in_f16_trains() {
-    let src = tempfile::tempdir().unwrap();
-    synth(Family::Phi3, src.path());
-    let dir = tempfile::tempdir().unwrap();
-    converted(src.path(), dir.path(), DType::F16);
-    check_family("phi3-f16", dir.path());
+    check_family("phi3-f16", synth_in(Family::Phi3, DType::F16).path());
 }
 
 #[test]

@@ -1,3 +1,4 @@
+use crate::render::event_line;
 use anyhow::Result;
 use clap::Args;
 use freezetune_core::events::GenerateEvent;
@@ -37,7 +38,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
     let generator = Generator::load(&args.model_dir, &choice.device)?;
     if jsonl {
-        emit(&GenerateEvent::Loaded {
+        event_line(&GenerateEvent::Loaded {
             device: choice.name.clone(),
             dtype: freezetune_train::device::dtype_name(generator.model.dtype()).into(),
             device_note: choice.note.clone(),
@@ -51,13 +52,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
     let text = generator.generate(&args.prompt, &options)?;
     if jsonl {
-        emit(&GenerateEvent::Reply { text });
+        event_line(&GenerateEvent::Reply { text });
     } else {
         println!("{text}");
     }
     Ok(())
-}
-
-fn emit(event: &GenerateEvent) {
-    println!("{}", serde_json::to_string(event).expect("events serialise"));
 }

@@ -4,7 +4,6 @@ use freezetune_core::events::TrainEvent;
 use freezetune_core::preset::PresetStore;
 use freezetune_core::run_config::RunConfig;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,13 +106,7 @@ fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
 /// `--events jsonl`: every `TrainEvent` as one JSON line on stdout (the types the app uses); nothing else goes to
 /// stdout, so a parent process reads the stream as it is. A stopped run exits 0 after its `stopped` event.
 fn run_jsonl(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()> {
-    let out = std::sync::Mutex::new(std::io::stdout());
-    let sink = |event: TrainEvent| {
-        let line = serde_json::to_string(&event).expect("events serialise");
-        let mut out = out.lock().expect("stdout");
-        // A closed pipe means the parent is gone; the run still checkpoints when it is cancelled.
-        let _ = writeln!(out, "{line}").and_then(|_| out.flush());
-    };
+    let sink = |event: TrainEvent| crate::render::event_line(&event);
     freezetune_train::train(config, resume, &sink, cancel)?;
     Ok(())
 }
