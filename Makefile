@@ -10,30 +10,45 @@ DEMO_DIR ?= $(HOME)/.local/share/freezetune/demo
 
 APP := $(CARGO_TARGET_DIR)/release/freezetune-app
 TAURI := ui/node_modules/.bin/tauri
-# macOS builds use the Metal backend and bundle .app/.dmg; Linux bundles .deb/.rpm (CUDA: add --features cuda).
+# The app trains in a worker process, the CLI (src-tauri/src/worker): on macOS the worker has the Metal backend and
+# the bundles are .app/.dmg; Linux bundles .deb/.rpm. The app itself never links a GPU backend.
 ifeq ($(shell uname),Darwin)
-APP_FEATURES := --features metal
+WORKER_FEATURES := --features metal
 BUNDLES := app,dmg
 else
-APP_FEATURES :=
+WORKER_FEATURES :=
 BUNDLES := deb,rpm
 endif
 
-# The CUDA build is checked in a target dir of its own, so the CPU build's cache is never rebuilt with other
-# features.
+# CUDA builds go to a target dir of their own, so the CPU build's cache is never rebuilt with other features.
+# CUDA=1 adds the CUDA edition's worker, freezetune-cuda, to `make run` and `make bundle`.
 CUDA_TARGET_DIR ?= /var/tmp/freezetune-target-cuda
-CUDA_FEATURES := --features freezetune-train/cuda,freezetune-cli/cuda,freezetune-app/cuda
+CUDA_FEATURES := --features freezetune-train/cuda,freezetune-cli/cuda
+CUDA_WORKER_DIR := $(CUDA_TARGET_DIR)/freezetune-cuda
+CUDA_DEPS := $(if $(CUDA),cuda-worker)
 
-.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench check-cuda gpu-check
+.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench check-cuda gpu-check worker cuda-worker
 
 setup:
 	@bash scripts/setup.sh
 
 ## run: build the UI and the desktop app, and open it; on first start it writes the built-in demo model and opens
 ## it, so the whole flow (pick layers, train, watch the loss, save a preset) works offline.
-run: setup ui
-	$(CARGO) build --release --locked -p freezetune-app $(APP_FEATURES)
-	"$(APP)"
+run: setup ui worker $(CUDA_DEPS)
+	$(CARGO) build --release --locked -p freezetune-app
+	$(if $(CUDA),FREEZETUNE_CUDA_WORKER="$(CUDA_WORKER_DIR)/freezetune-cuda") "$(APP)"
+
+## worker: the training worker (the CLI), built beside the app and staged as the bundle's sidecar
+## (src-tauri/binaries/freezetune-<target triple>, what Tauri's externalBin wants).
+worker: setup
+	$(CARGO) build --release --locked -p freezetune-cli $(WORKER_FEATURES)
+	mkdir -p src-tauri/binaries
+	cp "$(BIN)" "src-tauri/binaries/freezetune-$$(rustc -vV | sed -n 's/^host: //p')"
+
+## cuda-worker: the CUDA edition's worker, freezetune-cuda, with NVIDIA's CUDA 13 libraries beside it, staged in
+## $(CUDA_WORKER_DIR) (scripts/cuda-worker.sh; needs no GPU).
+cuda-worker: setup
+	bash scripts/cuda-worker.sh "$(CUDA_WORKER_DIR)"
 
 ## demo-cli: the same demo walked through with the CLI: inspect, plan, preview the data, train once, generate.
 demo-cli: setup
@@ -69,14 +84,14 @@ unit: ui
 	$(CARGO) test --workspace --locked
 
 e2e: ui
-	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bin fakehub
+	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bins
 	bash tests/e2e/run.sh
 
-## check-cuda: the CUDA build of the engine, the CLI and the app compiles (kernels included). nvcc comes from
+## check-cuda: the CUDA build of the engine and the CLI (the CUDA worker) compiles (kernels included). nvcc comes from
 ## NVIDIA's CUDA 13 wheels on PyPI, installed once outside the clone (scripts/cuda-toolkit.sh); no GPU is needed.
 check-cuda: ui
 	eval "$$(bash scripts/cuda-toolkit.sh)" && CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) \
-		$(CARGO) check --locked -p freezetune-train -p freezetune-cli -p freezetune-app $(CUDA_FEATURES)
+		$(CARGO) check --locked -p freezetune-train -p freezetune-cli $(CUDA_FEATURES)
 
 ## gpu-check: parity, the freeze mask and a benchmark on a device (scripts/gpu-check.sh); in `make test` on the CPU
 ## with a small model, so the script a lent GPU machine runs cannot rot.
@@ -86,10 +101,14 @@ gpu-check: setup ui
 	FREEZETUNE_BIN=$(BIN:release/freezetune=debug/freezetune) bash scripts/gpu-check.sh --device cpu
 
 ## bundle: installers in $(CARGO_TARGET_DIR)/release/bundle: .deb and .rpm on Linux, then the .deb installed on this
-## machine and started under Xvfb as a test of the package; .app and .dmg on macOS.
-bundle: setup ui
-	$(TAURI) build --bundles $(BUNDLES) --ci $(APP_FEATURES)
+## machine and started under Xvfb as a test of the package; .app and .dmg on macOS. The worker rides along as the
+## bundle's sidecar. CUDA=1 also builds the CUDA edition's own .deb/.rpm (freezetune-cuda, scripts/cuda-package.sh)
+## into $(CUDA_TARGET_DIR)/packages and tests it installed beside the CPU app.
+bundle: setup ui worker $(CUDA_DEPS)
+	$(TAURI) build --bundles $(BUNDLES) --ci --config src-tauri/tauri.bundle.json
 	@if [ "$$(uname)" = Linux ]; then bash tests/e2e/package.sh; fi
+	$(if $(CUDA),bash scripts/cuda-package.sh "$(CUDA_WORKER_DIR)" "$(CUDA_TARGET_DIR)/packages")
+	$(if $(CUDA),bash tests/e2e/package.sh --cuda "$(CUDA_TARGET_DIR)/packages")
 
 ## bench: benchmark programs that print their numbers.
 bench: setup

@@ -33,6 +33,8 @@ const COMMANDS: &[&str] = &[
 ];
 
 fn main() {
+    // The web view's files are embedded at compile time: a rebuilt UI must rebuild the app (cargo scans the folder).
+    println!("cargo:rerun-if-changed=../ui/dist");
     tauri_build::try_build(
         tauri_build::Attributes::new().app_manifest(tauri_build::AppManifest::new().commands(COMMANDS)),
     )

@@ -35,7 +35,7 @@ pub fn render_all() -> Vec<(String, String)> {
         dialogs::PickKind,
         plan::ExportFormat,
         presets::PresetListItem,
-        train::DeviceOption,
+        crate::worker::devices::DeviceOption,
         train::DatasetPreview,
         train::TrainOutcomeView,
         runs::RunSummary,

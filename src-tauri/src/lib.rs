@@ -1,8 +1,10 @@
 //! `freezetune-app`: the desktop shell. Every command wraps a library function of freezetune-core, -hub or -train;
-//! this crate holds only IPC types, the path allow-list, task cancellation and event batching.
+//! this crate holds only IPC types, the path allow-list, task cancellation, event batching, and the client of the
+//! worker processes that train and generate (crate::worker).
 
 pub mod batching;
 pub mod bindings;
+pub mod blocking;
 pub mod commands;
 pub mod error;
 pub mod paths;
@@ -33,6 +35,12 @@ pub fn run() {
         .plugin(tauri_plugin_dialog::init())
         .plugin(tauri_plugin_notification::init())
         .manage(AppState::new(paths))
+        .setup(|app| {
+            // Which workers and devices this machine has, in the log (a CUDA edition that cannot start says why).
+            let workers = app.state::<AppState>().workers.clone();
+            std::thread::spawn(move || worker::devices::log_summary(&workers));
+            Ok(())
+        })
         .on_window_event(|window, event| {
             // Closing the window while a run trains would kill it without a checkpoint: stop it first (it saves
             // one and can be resumed), then quit once it has.

@@ -4,6 +4,7 @@
 use crate::error::IpcResult;
 use crate::paths::{Access, AppPaths};
 use crate::tasks::Tasks;
+use crate::worker::Workers;
 use freezetune_core::ModelLayout;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ pub struct AppState {
     pub paths: AppPaths,
     pub access: Access,
     pub tasks: Tasks,
+    pub workers: Workers,
     layout: Mutex<Option<(PathBuf, Arc<ModelLayout>)>>,
 }
 
@@ -21,6 +23,7 @@ impl AppState {
             access: Access::new(&paths),
             paths,
             tasks: Tasks::default(),
+            workers: Workers::locate(),
             layout: Mutex::new(None),
         }
     }

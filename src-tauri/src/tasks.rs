@@ -2,22 +2,23 @@
 //! it; the backend keeps the cancel handle until the task ends.
 
 use crate::error::{IpcError, IpcResult};
+use crate::worker::process::StopSignal;
 use freezetune_hub::CancellationToken;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 pub enum CancelHandle {
     Download(CancellationToken),
-    Train(Arc<AtomicBool>),
+    /// A training worker: told to checkpoint and stop.
+    Train(Arc<StopSignal>),
 }
 
 impl CancelHandle {
     fn cancel(&self) {
         match self {
             CancelHandle::Download(token) => token.cancel(),
-            CancelHandle::Train(flag) => flag.store(true, Ordering::SeqCst),
+            CancelHandle::Train(stop) => stop.stop(),
         }
     }
 }
@@ -94,12 +95,12 @@ mod tests {
     #[test]
     fn cancel_reaches_the_task_and_the_guard_cleans_up() {
         let tasks = Tasks::default();
-        let flag = Arc::new(AtomicBool::new(false));
+        let flag = Arc::new(StopSignal::default());
         {
             let _guard = tasks.start("run-1", CancelHandle::Train(flag.clone())).unwrap();
             assert!(tasks.start("run-1", CancelHandle::Train(flag.clone())).is_err());
             assert!(tasks.cancel("run-1"));
-            assert!(flag.load(Ordering::SeqCst));
+            assert!(flag.requested());
         }
         assert!(!tasks.is_running("run-1"));
         assert!(!tasks.cancel("run-1"));
@@ -116,12 +117,12 @@ mod tests {
         let token = CancellationToken::new();
         let _dl = tasks.start("dl", CancelHandle::Download(token.clone())).unwrap();
         assert!(!tasks.any_training());
-        let flag = Arc::new(AtomicBool::new(false));
+        let flag = Arc::new(StopSignal::default());
         {
             let _run = tasks.start("run", CancelHandle::Train(flag.clone())).unwrap();
             assert!(tasks.any_training());
             assert!(tasks.cancel_training());
-            assert!(flag.load(Ordering::SeqCst));
+            assert!(flag.requested());
             assert!(!token.is_cancelled());
         }
         assert!(!tasks.any_training());

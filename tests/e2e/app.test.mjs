@@ -5,7 +5,7 @@
 import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Session, sleep } from "./webdriver.mjs";
 
@@ -171,6 +171,41 @@ describe("FreezeTune desktop app", () => {
     await s.clickId("nav-model");
     await s.waitFor("model-facts");
     await shot("model");
+  });
+
+  it("a training worker killed mid-run (SIGKILL) is reported; the app stays up and the run resumes", async () => {
+    await s.clickId("nav-train");
+    await s.type(await s.find("max-steps"), "300");
+    await s.type(await s.find("save-steps"), "3");
+    await s.clickId("start-training");
+    await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) >= 7, 120000);
+    // The worker is the CLI, started with a config file under the app's data folder.
+    execFileSync("pkill", ["-KILL", "-f", `train --config ${join(DATA, "worker")}`]);
+    const error = await s.waitFor("train-error", async () => true, 30000);
+    const message = await s.text(error);
+    assert.match(message, /killed by signal 9/, message);
+    const saved = Number(/checkpoint at step (\d+)/.exec(message)?.[1]);
+    assert.ok(saved >= 3, `the report names the checkpoint: ${message}`);
+    await shot("train-worker-killed");
+    // The app is still up and answers.
+    await s.clickId("nav-layers");
+    await settled();
+    await s.clickId("nav-runs");
+    await s.waitFor("run-item");
+    await s.clickId("run-item");
+    await s.clickId("resume-run");
+    await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) > saved + 1, 60000);
+    await s.clickId("stop-training");
+    await s.waitFor("train-outcome", async (el) => /Stopped at step/.test(await s.text(el)), 60000);
+    // The resumed run continued from the checkpoint: its metrics count 1, 2, 3, ... with no step twice.
+    const runs = join(DATA, "runs");
+    const newest = readdirSync(runs)
+      .map((d) => join(runs, d, "metrics.jsonl"))
+      .filter((f) => existsSync(f))
+      .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+    const steps = readFileSync(newest, "utf8").trim().split("\n").map(JSON.parse).filter((l) => l.loss !== undefined).map((l) => l.step);
+    assert.deepEqual(steps, steps.map((_, i) => i + 1), `steps of ${newest}`);
+    assert.ok(steps.length > saved + 1);
   });
 
   it("downloads from the (fake) Hub: progress, cancel, resume, then a gated repo asks for a token", async () => {

@@ -121,6 +121,37 @@ fn a_stop_line_on_stdin_checkpoints_and_the_run_resumes() {
 }
 
 #[test]
+fn a_parent_that_closes_the_pipe_gets_a_checkpoint_and_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_run(dir.path(), 400);
+    let mut child = freezetune(&["train", "--config", cfg.to_str().unwrap(), "--events", "jsonl"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first_step = lines
+        .by_ref()
+        .map(|l| serde_json::from_str::<TrainEvent>(&l.unwrap()).unwrap());
+    assert!(first_step.into_iter().any(|e| matches!(e, TrainEvent::Step { .. })));
+    drop(stdin);
+    let rest: Vec<TrainEvent> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        matches!(
+            rest.last(),
+            Some(TrainEvent::Stopped {
+                checkpoint: Some(_),
+                ..
+            })
+        ),
+        "the run stops with a checkpoint when its parent is gone: {rest:?}"
+    );
+}
+
+#[test]
 fn an_error_is_one_json_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_run(dir.path(), 3);

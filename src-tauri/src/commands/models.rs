@@ -87,7 +87,7 @@ pub async fn open_demo_model(state: State<'_, AppState>) -> IpcResult<ModelSumma
     let dir = state.paths.demo_dir.clone();
     let model = dir.join("model");
     if !model.join("config.json").is_file() {
-        crate::worker::run("demo", move || Ok(freezetune_core::demo::write_demo(&dir, true)?)).await?;
+        crate::blocking::run("demo", move || Ok(freezetune_core::demo::write_demo(&dir, true)?)).await?;
     }
     let layout = state.layout(&model)?;
     Ok(summarize(&layout, ModelSource::Demo))
@@ -162,7 +162,7 @@ pub async fn download_model(
     let _guard = state.tasks.start(&task_id, CancelHandle::Download(cancel.clone()))?;
     // The download future is not `Send` in the form Tauri's command runtime needs (its closures borrow across
     // awaits), so it runs on a runtime of its own on a blocking thread, as in the CLI.
-    let outcome = crate::worker::run("download", move || {
+    let outcome = crate::blocking::run("download", move || {
         let sink = Batching::new(move |batch| {
             if let Err(e) = on_event.send(batch) {
                 tracing::warn!("download events: the window is gone: {e}");

@@ -5,8 +5,6 @@ use crate::error::{io_error, IpcError, IpcResult};
 use crate::state::AppState;
 use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::RunConfig;
-use freezetune_train::device::select_device;
-use freezetune_train::generate::{GenerateOptions, Generator};
 use serde::Serialize;
 use std::path::Path;
 use tauri::State;
@@ -208,16 +206,10 @@ pub async fn generate_text(
     max_new_tokens: usize,
 ) -> IpcResult<String> {
     let dir = state.access.check(&model_path)?;
-    crate::worker::run("generate", move || {
-        let device = select_device("auto")?.device;
-        let generator = Generator::load(&dir, &device)?;
-        let options = GenerateOptions {
-            max_new_tokens: max_new_tokens.clamp(1, 512),
-            temperature: 0.0,
-            seed: 0,
-            chat: true,
-        };
-        Ok(generator.generate(&prompt, &options)?)
+    let workers = state.workers.clone();
+    let max_new_tokens = max_new_tokens.clamp(1, 512);
+    crate::blocking::run("generate", move || {
+        crate::worker::generate::generate(&workers, &dir, &prompt, max_new_tokens)
     })
     .await
 }

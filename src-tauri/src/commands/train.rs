@@ -1,57 +1,29 @@
-//! Training from the app: a run config built by the Train screen, checked against the path allow-list, run on a
-//! worker thread with its events batched onto a channel; `cancel_task` stops it at the next step with a checkpoint.
+//! Training from the app: a run config built by the Train screen, checked against the path allow-list, trained in a
+//! worker process (crate::worker) with its events batched onto a channel; `cancel_task` tells the worker to
+//! checkpoint and stop.
 
 use crate::batching::Batching;
 use crate::error::{IpcError, IpcResult};
 use crate::state::AppState;
 use crate::tasks::CancelHandle;
+use crate::worker::devices::DeviceOption;
+use crate::worker::process::StopSignal;
 use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::{DataFormat, DataSection, ModelSection, OutputSection, RunConfig};
 use freezetune_core::FreezeSpec;
 use freezetune_train::data::{preview_run, PreviewItem};
-use freezetune_train::device::select_device;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tauri::ipc::Channel;
 use tauri::{AppHandle, State};
 use tauri_plugin_notification::NotificationExt;
 use ts_rs::TS;
 
-#[derive(Debug, Clone, Serialize, TS)]
-pub struct DeviceOption {
-    /// The `runtime.device` value: `auto`, `cpu`, `cuda`, `metal`.
-    pub id: String,
-    pub label: String,
-    pub available: bool,
-    /// Why it is not available, in words.
-    pub note: Option<String>,
-}
-
+/// Every device the installed workers can train on, with memory; asked of the workers, so it is fresh each time.
 #[tauri::command(async)]
-pub fn list_devices() -> Vec<DeviceOption> {
-    let probe = |id: &str, label: &str| match select_device(id) {
-        // For `auto` the note says which device it picks, and why.
-        Ok(choice) => DeviceOption {
-            id: id.into(),
-            label: label.into(),
-            available: true,
-            note: choice.note,
-        },
-        Err(e) => DeviceOption {
-            id: id.into(),
-            label: label.into(),
-            available: false,
-            note: Some(e.to_string()),
-        },
-    };
-    vec![
-        probe("auto", "Auto (best available)"),
-        probe("cpu", "CPU"),
-        probe("cuda", "CUDA GPU"),
-        probe("metal", "Apple Metal GPU"),
-    ]
+pub fn list_devices(state: State<'_, AppState>) -> Vec<DeviceOption> {
+    crate::worker::devices::list(&state.workers)
 }
 
 /// A starting run config for `model_path`: the demo's own config for the demo, else defaults with no dataset yet.
@@ -130,7 +102,7 @@ pub struct DatasetPreview {
 #[tauri::command]
 pub async fn preview_dataset(state: State<'_, AppState>, config: RunConfig, n: usize) -> IpcResult<DatasetPreview> {
     let config = check_paths(&state, config)?;
-    let (format, examples) = crate::worker::run("preview", move || Ok(preview_run(&config, n)?)).await?;
+    let (format, examples) = crate::blocking::run("preview", move || Ok(preview_run(&config, n)?)).await?;
     Ok(DatasetPreview { format, examples })
 }
 
@@ -156,15 +128,17 @@ pub async fn train_model(
     let config = check_paths(&state, config)?;
     super::runs::remember_run(&state.paths.data_dir, &state.paths.runs_dir, &config.output.dir)?;
     config.check().map_err(|reason| IpcError::new("bad_config", reason))?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _guard = state.tasks.start(&task_id, CancelHandle::Train(cancel.clone()))?;
-    let result = crate::worker::run("train", move || {
+    let stop = Arc::new(StopSignal::default());
+    let _guard = state.tasks.start(&task_id, CancelHandle::Train(stop.clone()))?;
+    let workers = state.workers.clone();
+    let scratch = state.paths.data_dir.join("worker");
+    let result = crate::blocking::run("train", move || {
         let sink = Batching::new(move |batch| {
             if let Err(e) = on_event.send(batch) {
                 tracing::warn!("training events: the window is gone: {e}");
             }
         });
-        let result = freezetune_train::train(&config, resume, &sink, &cancel);
+        let result = crate::worker::train::train(&workers, &config, resume, &scratch, &stop, &sink);
         sink.flush();
         Ok(result)
     })
@@ -172,7 +146,7 @@ pub async fn train_model(
     let body = match &result {
         Ok(o) if o.final_dir.is_some() => format!("Finished after {} steps", o.steps),
         Ok(o) => format!("Stopped at step {}; resume it from the run history", o.steps),
-        Err(e) => format!("Failed: {e}"),
+        Err(e) => format!("Failed: {}", e.message),
     };
     if let Err(e) = app
         .notification()

@@ -3,6 +3,7 @@
 // the commands' contracts closely enough to drive the UI; the real backend is covered by the WebDriver tests.
 (() => {
   const N = 80;
+  const GiB = 1024 ** 3;
   const MODULES = ["self_attn", "mlp", "input_layernorm", "post_attention_layernorm"];
   const PARAMS = { self_attn: 4096 * 4096 * 4, mlp: 3 * 4096 * 14336, input_layernorm: 4096, post_attention_layernorm: 4096 };
   const EXTRA = { embed_tokens: 128256 * 4096, norm: 4096, lm_head: 128256 * 4096 };
@@ -170,10 +171,10 @@
     plan_freeze: (a) => plan(a.spec),
     preview_export: (a) => `finetuning_type: freeze\nfreeze_trainable_layers_ids: ${JSON.stringify(a.spec.llamafactory?.freeze_trainable_layers_ids ?? "")}\n`,
     list_devices: () => [
-      { id: "auto", label: "Auto (best available)", available: true, note: "auto picked the CPU: this build has no GPU backend (CUDA or Metal)" },
-      { id: "cpu", label: "CPU", available: true, note: null },
-      { id: "cuda", label: "CUDA GPU", available: false, note: "runtime.device: this build has no CUDA support: use the CUDA edition (freezetune-cuda), or build with `--features cuda` (needs the CUDA 13 toolkit's nvcc; building needs no GPU)" },
-      { id: "metal", label: "Apple Metal GPU", available: false, note: "not on macOS" },
+      { id: "auto", label: "Auto (best available)", backend: "auto", total_memory: 64 * GiB, free_memory: 48 * GiB, available: true, note: "auto picks cuda:0 (NVIDIA H200)" },
+      { id: "cpu", label: "CPU — Mock CPU (8 threads)", backend: "cpu", total_memory: 64 * GiB, free_memory: 48 * GiB, available: true, note: null },
+      { id: "cuda:0", label: "cuda:0 — NVIDIA H200 (140 GiB)", backend: "cuda", total_memory: 140 * GiB, free_memory: 139 * GiB, available: true, note: null },
+      { id: "metal", label: "Apple Metal GPU", backend: "metal", total_memory: null, free_memory: null, available: false, note: "Metal: Apple GPUs only (macOS)" },
     ],
     preview_dataset: () => ({ format: "alpaca", examples: [{ line: 1, text: "x", tokens: 20, learned_tokens: 6, truncated: false, marked: "<|im_start|>user\nWhat is 1 plus 2?<|im_end|>\n<|im_start|>assistant\n[[1 plus 2 is 3.<|im_end|>]]" }] }),
     train_model: train,

@@ -162,7 +162,12 @@ describe("train, presets and the other screens", () => {
     await page.getByTestId("preview-dataset").click();
     await page.getByTestId("dataset-preview").waitFor();
     await page.getByTestId("dtype").selectOption("bf16");
-    assert.match(await page.getByTestId("auto-note").textContent(), /auto picked the CPU/);
+    assert.match(await page.getByTestId("auto-note").textContent(), /auto picks cuda:0 \(NVIDIA H200\)/);
+    // The mock's plan needs far more than the mock CPU has; on the GPU it fits.
+    await page.getByTestId("device").selectOption("cpu");
+    assert.match(await page.getByTestId("memory-fit").textContent(), /this machine has 48\.0 GiB free — may not fit/);
+    await page.getByTestId("device").selectOption("cuda:0");
+    assert.match(await page.getByTestId("memory-fit").textContent(), /cuda:0 has 139 GiB free — fits/);
     await page.getByTestId("start-training").click();
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="train-progress"]')?.dataset.step) >= 30);
     const points = Number(await page.getByTestId("loss-chart").getAttribute("data-points"));

@@ -22,7 +22,7 @@ pub struct TrainArgs {
     pub resume: bool,
     /// Machine-readable progress: `jsonl` writes one JSON event per line on stdout (started, step, eval,
     /// checkpoint, stopped, finished; errors as {"error": ...}); a `stop` line on stdin stops the run with a
-    /// checkpoint, as Ctrl-C does.
+    /// checkpoint, as Ctrl-C does, and so does the end of stdin when it is a pipe (the parent process is gone).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub events: Option<EventFormat>,
 }
@@ -90,6 +90,7 @@ fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
     })?;
     if events {
         let c = cancel.clone();
+        let from_parent = stdin_is_pipe();
         std::thread::spawn(move || {
             for line in std::io::stdin().lines() {
                 match line {
@@ -97,6 +98,11 @@ fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
                     Ok(_) => {}
                     Err(_) => break,
                 }
+            }
+            // A parent that talks to us through a pipe and closes it is gone (the app quit or crashed): save a
+            // checkpoint and stop rather than train on unwatched. Stdin from a file or /dev/null just ends.
+            if from_parent {
+                c.store(true, Ordering::Relaxed);
             }
         });
     }
@@ -209,6 +215,20 @@ fn run_human(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()
         None => bail!("stopped at step {}; run again with --resume to continue", outcome.steps),
     }
     Ok(())
+}
+
+fn stdin_is_pipe() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::FileTypeExt;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned();
+        fd.ok()
+            .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+            .is_some_and(|m| m.file_type().is_fifo())
+    }
+    #[cfg(not(unix))]
+    false
 }
 
 /// Ctrl-C through tokio's signal handling on a small background runtime.

@@ -2,10 +2,18 @@
 
 export type DeviceOption = { 
 /**
- * The `runtime.device` value: `auto`, `cpu`, `cuda`, `metal`.
+ * The `runtime.device` value: `auto`, `cpu`, `cuda:0`, `metal`.
  */
-id: string, label: string, available: boolean, 
+id: string, label: string, 
 /**
- * Why it is not available, in words.
+ * `auto`, `cpu`, `cuda` or `metal`.
+ */
+backend: string, 
+/**
+ * Bytes, where the worker could tell.
+ */
+total_memory: number | null, free_memory: number | null, available: boolean, 
+/**
+ * For `auto`, what it picks; for an unavailable backend, why and what to do.
  */
 note: string | null, };
