@@ -8,6 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 : "${CARGO_TARGET_DIR:=/var/tmp/freezetune-target}"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# The screenshot needs ImageMagick's `import`; only this test does, so it is installed here rather than by setup.sh.
+command -v import >/dev/null || DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq imagemagick >/dev/null
 LOGS="$ROOT/test-results/package"
 mkdir -p "$LOGS"
 WORK="$(mktemp -d /tmp/freezetune-pkg.XXXXXX)"
