@@ -69,6 +69,8 @@ fi
 CUDA_DEB="$(ls -t "${2:?the folder of the CUDA packages}"/freezetune-cuda_*.deb | head -1)"
 echo "CUDA package: $CUDA_DEB ($(du -h "$CUDA_DEB" | cut -f1))"
 DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --reinstall "$CUDA_DEB"
+# Removed again on exit: an installed CUDA edition would change what every later app on this machine finds.
+trap 'cleanup; DEBIAN_FRONTEND=noninteractive as_root apt-get remove -y -qq freezetune-cuda >/dev/null' EXIT
 test -x /usr/lib/freezetune-cuda/freezetune-cuda && test -L /usr/bin/freezetune-cuda
 if /usr/lib/freezetune-cuda/freezetune-cuda devices --json >"$WORK/cuda-devices.json" 2>"$WORK/cuda-devices.err"; then
   echo "this machine has a driver; the CUDA worker lists: $(cat "$WORK/cuda-devices.json")"
