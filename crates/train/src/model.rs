@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
-use crate::ops::{apply_rope, rms_norm, rms_norm_offset, softmax_last_dim, Linear};
+use crate::ops::{apply_rope, attention_softmax, rms_norm, rms_norm_offset, swiglu, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -352,8 +352,7 @@ impl Decoder {
         let v = repeat_kv(v, nh / nkv)?;
         // Scores in the compute dtype from the matmul, then scaled, masked and normalised in f32.
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let scores = (scores / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        let probs = softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
+        let probs = attention_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?.to_dtype(self.dtype)?;
         let attn = probs
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?
@@ -368,12 +367,12 @@ impl Decoder {
                 (y.narrow(2, 0, i)?, y.narrow(2, i, i)?)
             }
         };
-        let gate = match c.activation {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::Gelu => gate.gelu_erf()?,
+        let product = match c.activation {
+            Activation::Silu => swiglu(&gate, &up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
+            Activation::Gelu => (gate.gelu_erf()? * up)?,
         };
-        let mlp = blk.down.forward(&(gate * up)?)?;
+        let mlp = blk.down.forward(&product)?;
         x + mlp
     }
 }

@@ -7,6 +7,7 @@
 //! weights are cast to it on the way in, so their gradients arrive in f32); norms, rope and softmax compute in f32
 //! and hand back the activations' dtype.
 
+use crate::fused;
 use candle_core::backend::BackendStorage;
 use candle_core::Result;
 #[cfg(test)]
@@ -16,6 +17,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 /// `x / sqrt(mean(x²) + eps) * (weight + offset)`, over the last dimension, computed in f32 (weight included, as
 /// gemma does; for f32 activations this equals llama's order) and returned in `x`'s dtype.
 pub fn rms_norm_offset(x: &Tensor, weight: &Tensor, offset: f64, eps: f64) -> Result<Tensor> {
+    if fused::applies(x) && weight.dtype() == DType::F32 {
+        return fused::rms_norm(x, weight, offset as f32, eps as f32);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -37,6 +41,27 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `softmax(scores * scale + mask)` for attention: `scores` (batch, heads, q, k) in f32, `mask` broadcastable to
+/// it. One fused pass on the CPU when the mask is (1 or batch, 1, q, k); the composite ops elsewhere.
+pub fn attention_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let fits = match (scores.dims4(), mask.dims4()) {
+        (Ok((b, _, q, k)), Ok((mb, 1, mq, mk))) => (mb == 1 || mb == b) && (mq, mk) == (q, k),
+        _ => false,
+    };
+    if fused::applies(scores) && fits {
+        return fused::masked_softmax(scores, mask, scale as f32);
+    }
+    softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)
+}
+
+/// `silu(gate) * up`, the SwiGLU MLP's product: fused on the CPU in f32.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::applies(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+        return fused::swiglu(gate, up);
+    }
+    gate.silu()? * up
 }
 
 /// Rotary embedding on `x` of shape (batch, heads, seq, head_dim) with f32 `cos`/`sin` of shape (seq, head_dim),

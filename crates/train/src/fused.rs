@@ -1,0 +1,465 @@
+//! Fused, differentiable CPU kernels for the hot elementwise ops of a decoder layer: RMSNorm, the attention's
+//! scale + mask + softmax, and SwiGLU (`silu(gate) * up`). candle composes these from single-threaded scalar maps
+//! that each write a full-size temporary and record it for the backward pass; here each is one pass over its rows,
+//! parallel over rows (rayon), with a backward of its own that is one pass too. They run on f32 CPU tensors only —
+//! [`applies`] says when; the composite ops in `ops.rs` stay the path for GPUs and other dtypes, and the tests
+//! check both agree (value and gradient).
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether the fused kernels serve `x`: f32 on the CPU, unless `FREEZETUNE_FUSED=0` turns them off (to measure
+/// what they buy, or to rule them out when chasing a numerical difference).
+pub fn applies(x: &Tensor) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| std::env::var("FREEZETUNE_FUSED").map_or(true, |v| v != "0"));
+    enabled && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// `x / sqrt(mean(x²) + eps) * (weight + offset)` over the last dimension.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, offset: f32, eps: f32) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, RmsNorm { offset, eps })
+}
+
+/// `softmax(scores * scale + mask)` over the last dimension; `scores` is (batch, heads, q, k), `mask` is
+/// (1 or batch, 1, q, k). The mask gets no gradient.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f32) -> Result<Tensor> {
+    let (b, h, q, k) = scores.dims4()?;
+    let (mb, one, mq, mk) = mask.dims4()?;
+    if one != 1 || mq != q || mk != k || (mb != 1 && mb != b) {
+        bail!(
+            "masked_softmax: mask {:?} does not fit scores {:?}",
+            mask.shape(),
+            scores.shape()
+        )
+    }
+    let op = MaskedSoftmax {
+        scale,
+        heads: h,
+        q,
+        mask_batched: mb != 1,
+    };
+    scores
+        .contiguous()?
+        .apply_op2(&mask.to_dtype(DType::F32)?.contiguous()?, op)
+}
+
+/// `silu(gate) * up`, elementwise.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        bail!("swiglu: gate {:?} and up {:?} differ", gate.shape(), up.shape())
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("{what}: the fused CPU kernels take f32")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Rows per rayon task: a few tasks per thread, so uneven rows still balance.
+fn rows_per_task(rows: usize) -> usize {
+    (rows / (rayon::current_num_threads() * 4)).max(1)
+}
+
+/// Splits one buffer holding `[first (n), second (rest)]` into two tensors shaped like `a` and `b`.
+fn split_pair(packed: Tensor, a: &Tensor, b: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let n = a.elem_count();
+    let first = packed.narrow(0, 0, n)?.reshape(a.shape())?;
+    let second = packed.narrow(0, n, b.elem_count())?.reshape(b.shape())?;
+    Ok((Some(first), Some(second)))
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+struct RmsNorm {
+    offset: f32,
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32s(xs, xl, "rms_norm x")?, f32s(ws, wl, "rms_norm weight")?);
+        let h = w.len();
+        if xl.dims().last() != Some(&h) {
+            bail!("rms_norm: weight of {h} for rows of {:?}", xl.dims())
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| {
+            let s = inv_rms(r, self.eps);
+            for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
+                *o = v * s * (w + self.offset);
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = RmsNormGrad {
+            offset: self.offset,
+            eps: self.eps,
+        };
+        split_pair(x.apply_op3_no_bwd(w, &dy.contiguous()?, &grad)?, x, w)
+    }
+}
+
+/// `[dx, dweight]` of [`RmsNorm`]: with n = x·r (r = 1/rms) and g = dy·(w + offset),
+/// dx = r·(g − n·mean(g·n)) and dweight = Σ_rows dy·n.
+struct RmsNormGrad {
+    offset: f32,
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (f32s(xs, xl, "x")?, f32s(ws, wl, "weight")?, f32s(gs, gl, "grad")?);
+        let h = w.len();
+        let block = rows_per_task(x.len() / h) * h;
+        let mut dx = vec![0f32; x.len()];
+        let dw = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(dy.par_chunks(block)))
+            .map(|(dxb, (xb, dyb))| {
+                let mut dw = vec![0f32; h];
+                for (dxr, (xr, dyr)) in dxb.chunks_mut(h).zip(xb.chunks(h).zip(dyb.chunks(h))) {
+                    let r = inv_rms(xr, self.eps);
+                    let mut dot = 0f32;
+                    for j in 0..h {
+                        dot += dyr[j] * (w[j] + self.offset) * xr[j] * r;
+                    }
+                    let mean = dot / h as f32;
+                    for j in 0..h {
+                        let n = xr[j] * r;
+                        dxr[j] = r * (dyr[j] * (w[j] + self.offset) - n * mean);
+                        dw[j] += dyr[j] * n;
+                    }
+                }
+                dw
+            })
+            .reduce(|| vec![0f32; h], add_into);
+        dx.extend(dw);
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(len)))
+    }
+}
+
+fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    a
+}
+
+struct MaskedSoftmax {
+    scale: f32,
+    heads: usize,
+    q: usize,
+    mask_batched: bool,
+}
+
+impl MaskedSoftmax {
+    /// The mask row for score row `r` (rows run over batch, head, query).
+    fn mask_row<'a>(&self, mask: &'a [f32], r: usize, k: usize) -> &'a [f32] {
+        let batch = r / (self.heads * self.q);
+        let query = r % self.q;
+        let row = if self.mask_batched {
+            batch * self.q + query
+        } else {
+            query
+        };
+        &mask[row * k..(row + 1) * k]
+    }
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, ss: &CpuStorage, sl: &Layout, ms: &CpuStorage, ml: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (scores, mask) = (f32s(ss, sl, "scores")?, f32s(ms, ml, "mask")?);
+        let k = *sl.dims().last().expect("rank 4");
+        let mut out = vec![0f32; scores.len()];
+        out.par_chunks_mut(k)
+            .zip(scores.par_chunks(k))
+            .enumerate()
+            .for_each(|(r, (o, s))| {
+                let m = self.mask_row(mask, r, k);
+                let mut max = f32::NEG_INFINITY;
+                for ((o, &s), &m) in o.iter_mut().zip(s).zip(m) {
+                    *o = s * self.scale + m;
+                    max = max.max(*o);
+                }
+                let mut sum = 0f32;
+                for o in o.iter_mut() {
+                    *o = (*o - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(out), sl.shape().clone()))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// d(scores) = scale · y · (dy − Σ dy·y), row by row.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, dy) = (f32s(ys, yl, "softmax")?, f32s(gs, gl, "grad")?);
+        let k = *yl.dims().last().expect("rank 4");
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(k)
+            .zip(y.par_chunks(k).zip(dy.par_chunks(k)))
+            .for_each(|(o, (y, g))| {
+                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = self.scale * y * (g - dot);
+                }
+            });
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, u) = (f32s(gs, gl, "gate")?, f32s(us, ul, "up")?);
+        let chunk = (g.len() / (rayon::current_num_threads() * 4)).max(4096);
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(chunk)
+            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
+            .for_each(|(o, (g, u))| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+
+    fn bwd(&self, g: &Tensor, u: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        split_pair(g.apply_op3_no_bwd(u, &dy.contiguous()?, &SwiGluGrad)?, g, u)
+    }
+}
+
+/// `[dgate, dup]`: with s = σ(g), dgate = dy·u·s·(1 + g·(1 − s)) and dup = dy·g·s.
+struct SwiGluGrad;
+
+impl CustomOp3 for SwiGluGrad {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, u, dy) = (f32s(gs, gl, "gate")?, f32s(us, ul, "up")?, f32s(ds, dl, "grad")?);
+        let n = g.len();
+        let chunk = (n / (rayon::current_num_threads() * 4)).max(4096);
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        dg.par_chunks_mut(chunk)
+            .zip(du.par_chunks_mut(chunk))
+            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)).zip(dy.par_chunks(chunk)))
+            .for_each(|((dg, du), ((g, u), dy))| {
+                for j in 0..g.len() {
+                    let s = sigmoid(g[j]);
+                    dg[j] = dy[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
+                    du[j] = dy[j] * g[j] * s;
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(2 * n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::tests::max_abs_diff;
+    use candle_core::{Device, Var, D};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        // A fixed pseudo-random fill, so failures reproduce.
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Value and gradients of `f` on vars made from `inputs`, against the weights `probe` (so the gradient of a
+    /// non-scalar output is tested in every direction at once).
+    fn value_and_grads(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Vec<Tensor> {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let y = f(&xs).unwrap();
+        let loss = (y.clone() * probe).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut out = vec![y];
+        out.extend(vars.iter().map(|v| grads.get(v).expect("a gradient").clone()));
+        out
+    }
+
+    fn assert_close(fused: &[Tensor], composite: &[Tensor], tol: f32) {
+        for (i, (a, b)) in fused.iter().zip(composite).enumerate() {
+            let d = max_abs_diff(a, b);
+            assert!(d < tol, "output {i} (0 = value, then gradients) differs by {d}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_composite_op_in_value_and_gradient() {
+        for offset in [0.0f32, 1.0] {
+            let (x, w) = (randn(&[3, 5, 64], 1), randn(&[64], 2));
+            let probe = randn(&[3, 5, 64], 3);
+            let fused = value_and_grads(&[x.clone(), w.clone()], &probe, |t| {
+                rms_norm(&t[0], &t[1], offset, 1e-6)
+            });
+            let composite = value_and_grads(&[x, w], &probe, |t| {
+                let ms = t[0].sqr()?.mean_keepdim(D::Minus1)?;
+                t[0].broadcast_div(&(ms + 1e-6)?.sqrt()?)?
+                    .broadcast_mul(&(&t[1] + offset as f64)?)
+            });
+            assert_close(&fused, &composite, 1e-4);
+        }
+    }
+
+    #[test]
+    fn masked_softmax_matches_the_composite_op_with_a_shared_or_batched_mask() {
+        let scores = randn(&[2, 3, 7, 7], 4);
+        let causal: Vec<f32> = (0..49)
+            .map(|i| if i % 7 > i / 7 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let shared = Tensor::from_vec(causal.clone(), (1, 1, 7, 7), &Device::Cpu).unwrap();
+        let mut padded = causal.clone();
+        padded.extend(
+            causal
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| if i % 7 == 0 && i > 0 { f32::NEG_INFINITY } else { m }),
+        );
+        let batched = Tensor::from_vec(padded, (2, 1, 7, 7), &Device::Cpu).unwrap();
+        let probe = randn(&[2, 3, 7, 7], 5);
+        for mask in [shared, batched] {
+            let scale = 0.125f32;
+            let fused = value_and_grads(std::slice::from_ref(&scores), &probe, |t| {
+                masked_softmax(&t[0], &mask, scale)
+            });
+            let composite = value_and_grads(std::slice::from_ref(&scores), &probe, |t| {
+                crate::ops::softmax_last_dim(&(&t[0] * scale as f64)?.broadcast_add(&mask)?)
+            });
+            assert_close(&fused, &composite, 1e-5);
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_the_composite_op_in_value_and_gradient() {
+        let (g, u) = (randn(&[4, 9, 300], 6), randn(&[4, 9, 300], 7));
+        let probe = randn(&[4, 9, 300], 8);
+        let fused = value_and_grads(&[g.clone(), u.clone()], &probe, |t| swiglu(&t[0], &t[1]));
+        let composite = value_and_grads(&[g, u], &probe, |t| t[0].silu()? * &t[1]);
+        assert_close(&fused, &composite, 1e-4);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        // d/dx_i of sum(probe * f(x)) by central differences, for one input element of each op.
+        let check = |inputs: Vec<Tensor>, which: usize, f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+            let probe = randn(inputs[0].dims(), 9);
+            let grads = value_and_grads(&inputs, &probe, f);
+            let analytic = grads[1 + which].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let base = inputs[which].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in [0, base.len() / 2, base.len() - 1] {
+                let eval = |delta: f32| {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    let mut xs = inputs.clone();
+                    xs[which] = Tensor::from_vec(v, inputs[which].shape(), &Device::Cpu).unwrap();
+                    (f(&xs).unwrap() * &probe)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                let numeric = (eval(1e-2) - eval(-1e-2)) / 2e-2;
+                let tol = 2e-2 * (1.0 + numeric.abs());
+                assert!(
+                    (numeric - analytic[i]).abs() < tol,
+                    "element {i}: {numeric} vs {}",
+                    analytic[i]
+                );
+            }
+        };
+        let mask = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        check(vec![randn(&[2, 8], 10), randn(&[8], 11)], 0, &|t| {
+            rms_norm(&t[0], &t[1], 0.0, 1e-6)
+        });
+        check(vec![randn(&[2, 8], 10), randn(&[8], 11)], 1, &|t| {
+            rms_norm(&t[0], &t[1], 1.0, 1e-6)
+        });
+        check(vec![randn(&[1, 2, 4, 4], 12)], 0, &|t| {
+            masked_softmax(&t[0], &mask, 0.5)
+        });
+        check(vec![randn(&[3, 5], 13), randn(&[3, 5], 14)], 0, &|t| {
+            swiglu(&t[0], &t[1])
+        });
+        check(vec![randn(&[3, 5], 13), randn(&[3, 5], 14)], 1, &|t| {
+            swiglu(&t[0], &t[1])
+        });
+    }
+}
