@@ -1,11 +1,13 @@
 //! Fused, differentiable CPU kernels for the hot elementwise ops of a decoder layer: RMSNorm, the attention's
-//! scale + mask + softmax, and SwiGLU (`silu(gate) * up`). candle composes these from single-threaded scalar maps
+//! scale + mask + softmax, and SwiGLU (`silu(gate) * up`); and the AdamW update, in place. candle composes these from single-threaded scalar maps
 //! that each write a full-size temporary and record it for the backward pass; here each is one pass over its rows,
 //! parallel over rows (rayon), with a backward of its own that is one pass too. They run on f32 CPU tensors only —
 //! [`applies`] says when; the composite ops in `ops.rs` stay the path for GPUs and other dtypes, and the tests
 //! check both agree (value and gradient).
 
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Whether the fused kernels serve `x`: f32 on the CPU, unless `FREEZETUNE_FUSED=0` turns them off (to measure
@@ -322,6 +324,108 @@ impl CustomOp3 for SwiGluGrad {
     }
 }
 
+/// The hyper-parameters of one AdamW update of one tensor (bias corrections folded in by the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub decay: f32,
+    /// 1 − beta1^t and sqrt(1 − beta2^t).
+    pub bc1: f32,
+    pub bc2_sqrt: f32,
+}
+
+/// AdamW in place on contiguous f32 CPU tensors, as PyTorch's (non-foreach) loop computes it:
+/// m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p = p·(1 − lr·decay) − lr/bc1 · m / (sqrt(v)/bc2_sqrt + eps).
+/// Three passes, no temporaries, where the composite ops make a dozen full-size tensors per parameter.
+pub fn adamw_update(p: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, h: AdamWStep) -> Result<()> {
+    let g = g.contiguous()?;
+    m.inplace_op2(
+        &g,
+        &Moment {
+            beta: h.beta1,
+            square: false,
+        },
+    )?;
+    v.inplace_op2(
+        &g,
+        &Moment {
+            beta: h.beta2,
+            square: true,
+        },
+    )?;
+    p.inplace_op3(m, v, &AdamWApply(h))
+}
+
+fn f32s_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("{what}: the fused CPU kernels take f32")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
+        None => bail!("{what}: must be contiguous"),
+    }
+}
+
+const UPDATE_CHUNK: usize = 1 << 14;
+
+/// `x = β·x + (1−β)·g` (or `g²`).
+struct Moment {
+    beta: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "fused-adamw-moment"
+    }
+
+    fn cpu_fwd(&self, xs: &mut CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<()> {
+        let (x, g) = (f32s_mut(xs, xl, "moment")?, f32s(gs, gl, "grad")?);
+        let (beta, rest, square) = (self.beta, 1.0 - self.beta, self.square);
+        x.par_chunks_mut(UPDATE_CHUNK)
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .for_each(|(x, g)| {
+                for (x, &g) in x.iter_mut().zip(g) {
+                    *x = beta * *x + rest * if square { g * g } else { g };
+                }
+            });
+        Ok(())
+    }
+}
+
+struct AdamWApply(AdamWStep);
+
+impl InplaceOp3 for AdamWApply {
+    fn name(&self) -> &'static str {
+        "fused-adamw-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ps: &mut CpuStorage,
+        pl: &Layout,
+        ms: &CpuStorage,
+        ml: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let h = self.0;
+        let (p, m, v) = (f32s_mut(ps, pl, "param")?, f32s(ms, ml, "m")?, f32s(vs, vl, "v")?);
+        let (keep, step) = (1.0 - h.lr * h.decay, h.lr / h.bc1);
+        p.par_chunks_mut(UPDATE_CHUNK)
+            .zip(m.par_chunks(UPDATE_CHUNK).zip(v.par_chunks(UPDATE_CHUNK)))
+            .for_each(|(p, (m, v))| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p = *p * keep - step * (m / (v.sqrt() / h.bc2_sqrt + h.eps));
+                }
+            });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +565,33 @@ mod tests {
         check(vec![randn(&[3, 5], 13), randn(&[3, 5], 14)], 1, &|t| {
             swiglu(&t[0], &t[1])
         });
+    }
+
+    #[test]
+    fn adamw_in_place_matches_the_composite_update() {
+        let (p0, g) = (randn(&[1000, 3], 20), randn(&[1000, 3], 21));
+        let h = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            decay: 0.1,
+            bc1: 0.19,
+            bc2_sqrt: 0.0447,
+        };
+        let m0 = (randn(&[1000, 3], 22) * 0.1).unwrap();
+        let v0 = randn(&[1000, 3], 23).sqr().unwrap();
+        let scaled = |t: &Tensor, k: f32| (t * k as f64).unwrap();
+        let m = scaled(&m0, h.beta1).add(&scaled(&g, 1.0 - h.beta1)).unwrap();
+        let v = scaled(&v0, h.beta2)
+            .add(&scaled(&g.sqr().unwrap(), 1.0 - h.beta2))
+            .unwrap();
+        let denom = ((v.sqrt().unwrap() / h.bc2_sqrt as f64).unwrap() + h.eps as f64).unwrap();
+        let update = scaled(&m.div(&denom).unwrap(), h.lr / h.bc1);
+        let expected = scaled(&p0, 1.0 - h.lr * h.decay).sub(&update).unwrap();
+        let (p, mi, vi) = (p0.copy().unwrap(), m0.copy().unwrap(), v0.copy().unwrap());
+        adamw_update(&p, &mi, &vi, &g, h).unwrap();
+        assert!(max_abs_diff(&p, &expected) < 1e-6);
+        assert!(max_abs_diff(&mi, &m) < 1e-7 && max_abs_diff(&vi, &v) < 1e-7);
     }
 }

@@ -1,6 +1,7 @@
 //! Optimizers over the plan's trainable `Var`s only. AdamW follows `torch.optim.AdamW` exactly (decoupled weight
 //! decay, bias-corrected moments); HF Trainer's grouping leaves biases and norm weights without decay.
 
+use crate::fused;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -100,13 +101,27 @@ impl Optimizer {
                         Some(s) => s,
                         None => (g.zeros_like()?, g.zeros_like()?),
                     };
-                    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-                    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let decay = if c.no_decay_for_bias_and_norm && is_bias_or_norm(name) {
                         0.0
                     } else {
                         c.weight_decay
                     };
+                    if fused::applies(var.as_tensor()) && var.as_tensor().is_contiguous() {
+                        let h = fused::AdamWStep {
+                            lr: lr as f32,
+                            beta1: c.beta1 as f32,
+                            beta2: c.beta2 as f32,
+                            eps: c.eps as f32,
+                            decay: decay as f32,
+                            bc1: bc1 as f32,
+                            bc2_sqrt: bc2_sqrt as f32,
+                        };
+                        fused::adamw_update(var.as_tensor(), &m, &v, g, h)?;
+                        *slot = Some((m, v));
+                        continue;
+                    }
+                    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let p = (var.as_tensor() * (1.0 - lr * decay))?;
                     let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
                     var.set(&(p - (m.div(&denom)? * (lr / bc1))?)?)?;
