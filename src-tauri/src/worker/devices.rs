@@ -160,10 +160,8 @@ fn options(cpu: Result<Inventory, String>, cuda: Option<Result<Inventory, String
         .or_else(|| devices.iter().find(|d| d.backend == "metal"));
     let auto_note = match best {
         Some(d) => format!("auto picks {} ({})", d.id, d.name),
-        None => match notes.iter().find(|n| n.starts_with("CUDA")) {
-            Some(n) => format!("auto trains on the CPU; {n}"),
-            None => "auto trains on the CPU".into(),
-        },
+        // Why there is no GPU is the unavailable entries' own note, shown beside this one.
+        None => "auto trains on the CPU (no GPU available)".into(),
     };
     let mut out = vec![DeviceOption {
         id: "auto".into(),
@@ -272,11 +270,10 @@ mod tests {
         let cuda = list.iter().find(|o| o.id == "cuda").unwrap();
         assert!(!cuda.available);
         assert_eq!(cuda.note, Some(format!("CUDA: {line}")));
-        assert!(list[0]
-            .note
-            .as_ref()
-            .unwrap()
-            .starts_with("auto trains on the CPU; CUDA: freezetune-cuda cannot"));
+        assert_eq!(
+            list[0].note.as_deref(),
+            Some("auto trains on the CPU (no GPU available)")
+        );
         assert!(list.iter().any(|o| o.id == "cpu" && o.available));
     }
 
@@ -307,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             list[0].note.as_deref(),
-            Some(format!("auto trains on the CPU; {NO_CUDA_EDITION}").as_str())
+            Some("auto trains on the CPU (no GPU available)")
         );
     }
 
