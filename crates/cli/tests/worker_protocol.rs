@@ -4,9 +4,9 @@
 //! `reply`; `devices --json` lists what can train.
 
 use freezetune_core::events::TrainEvent;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -44,6 +44,19 @@ fn events(stdout: &[u8]) -> Vec<TrainEvent> {
         .collect()
 }
 
+/// `train --events jsonl` as a parent process runs it: stdin and stdout piped, stdout read line by line.
+fn spawn_worker(cfg: &Path) -> (Child, ChildStdin, Lines<BufReader<ChildStdout>>) {
+    let mut child = freezetune(&["train", "--config", cfg.to_str().unwrap(), "--events", "jsonl"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdin, lines)
+}
+
 #[test]
 fn every_stdout_line_is_an_event_from_start_to_finish() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,14 +88,7 @@ fn every_stdout_line_is_an_event_from_start_to_finish() {
 fn a_stop_line_on_stdin_checkpoints_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_run(dir.path(), 40);
-    let mut child = freezetune(&["train", "--config", cfg.to_str().unwrap(), "--events", "jsonl"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut stdin, mut lines) = spawn_worker(&cfg);
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let e: TrainEvent = serde_json::from_str(&line.unwrap()).unwrap();
@@ -124,18 +130,11 @@ fn a_stop_line_on_stdin_checkpoints_and_the_run_resumes() {
 fn a_parent_that_closes_the_pipe_gets_a_checkpoint_and_a_stop() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_run(dir.path(), 400);
-    let mut child = freezetune(&["train", "--config", cfg.to_str().unwrap(), "--events", "jsonl"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first_step = lines
+    let (mut child, stdin, mut lines) = spawn_worker(&cfg);
+    let mut events = lines
         .by_ref()
         .map(|l| serde_json::from_str::<TrainEvent>(&l.unwrap()).unwrap());
-    assert!(first_step.into_iter().any(|e| matches!(e, TrainEvent::Step { .. })));
+    assert!(events.any(|e| matches!(e, TrainEvent::Step { .. })), "a first step");
     drop(stdin);
     let rest: Vec<TrainEvent> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
     assert!(child.wait().unwrap().success());

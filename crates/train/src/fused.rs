@@ -70,6 +70,11 @@ fn rows_per_task(rows: usize) -> usize {
     (rows / (rayon::current_num_threads() * 4)).max(1)
 }
 
+/// Elements per rayon task for elementwise kernels: as for rows, but never so few that scheduling dominates.
+fn elements_per_task(n: usize) -> usize {
+    rows_per_task(n).max(4096)
+}
+
 /// Splits one buffer holding `[first (n), second (rest)]` into two tensors shaped like `a` and `b`.
 fn split_pair(packed: Tensor, a: &Tensor, b: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let n = a.elem_count();
@@ -271,7 +276,7 @@ impl CustomOp2 for SwiGlu {
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (f32s(gs, gl, "gate")?, f32s(us, ul, "up")?);
-        let chunk = (g.len() / (rayon::current_num_threads() * 4)).max(4096);
+        let chunk = elements_per_task(g.len());
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(chunk)
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
@@ -307,7 +312,7 @@ impl CustomOp3 for SwiGluGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, u, dy) = (f32s(gs, gl, "gate")?, f32s(us, ul, "up")?, f32s(ds, dl, "grad")?);
         let n = g.len();
-        let chunk = (n / (rayon::current_num_threads() * 4)).max(4096);
+        let chunk = elements_per_task(n);
         let mut out = vec![0f32; 2 * n];
         let (dg, du) = out.split_at_mut(n);
         dg.par_chunks_mut(chunk)
@@ -369,8 +374,6 @@ fn f32s_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut
     }
 }
 
-const UPDATE_CHUNK: usize = 1 << 14;
-
 /// `x = β·x + (1−β)·g` (or `g²`).
 struct Moment {
     beta: f32,
@@ -385,13 +388,12 @@ impl InplaceOp2 for Moment {
     fn cpu_fwd(&self, xs: &mut CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<()> {
         let (x, g) = (f32s_mut(xs, xl, "moment")?, f32s(gs, gl, "grad")?);
         let (beta, rest, square) = (self.beta, 1.0 - self.beta, self.square);
-        x.par_chunks_mut(UPDATE_CHUNK)
-            .zip(g.par_chunks(UPDATE_CHUNK))
-            .for_each(|(x, g)| {
-                for (x, &g) in x.iter_mut().zip(g) {
-                    *x = beta * *x + rest * if square { g * g } else { g };
-                }
-            });
+        let chunk = elements_per_task(x.len());
+        x.par_chunks_mut(chunk).zip(g.par_chunks(chunk)).for_each(|(x, g)| {
+            for (x, &g) in x.iter_mut().zip(g) {
+                *x = beta * *x + rest * if square { g * g } else { g };
+            }
+        });
         Ok(())
     }
 }
@@ -415,8 +417,9 @@ impl InplaceOp3 for AdamWApply {
         let h = self.0;
         let (p, m, v) = (f32s_mut(ps, pl, "param")?, f32s(ms, ml, "m")?, f32s(vs, vl, "v")?);
         let (keep, step) = (1.0 - h.lr * h.decay, h.lr / h.bc1);
-        p.par_chunks_mut(UPDATE_CHUNK)
-            .zip(m.par_chunks(UPDATE_CHUNK).zip(v.par_chunks(UPDATE_CHUNK)))
+        let chunk = elements_per_task(p.len());
+        p.par_chunks_mut(chunk)
+            .zip(m.par_chunks(chunk).zip(v.par_chunks(chunk)))
             .for_each(|(p, (m, v))| {
                 for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
                     *p = *p * keep - step * (m / (v.sqrt() / h.bc2_sqrt + h.eps));

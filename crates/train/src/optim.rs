@@ -106,7 +106,7 @@ impl Optimizer {
                     } else {
                         c.weight_decay
                     };
-                    if fused::applies(var.as_tensor()) && var.as_tensor().is_contiguous() {
+                    let moments = if fused::applies(var.as_tensor()) && var.as_tensor().is_contiguous() {
                         let h = fused::AdamWStep {
                             lr: lr as f32,
                             beta1: c.beta1 as f32,
@@ -117,15 +117,16 @@ impl Optimizer {
                             bc2_sqrt: bc2_sqrt as f32,
                         };
                         fused::adamw_update(var.as_tensor(), &m, &v, g, h)?;
-                        *slot = Some((m, v));
-                        continue;
-                    }
-                    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-                    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let p = (var.as_tensor() * (1.0 - lr * decay))?;
-                    let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
-                    var.set(&(p - (m.div(&denom)? * (lr / bc1))?)?)?;
-                    *slot = Some((m, v));
+                        (m, v)
+                    } else {
+                        let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+                        let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                        let p = (var.as_tensor() * (1.0 - lr * decay))?;
+                        let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+                        var.set(&(p - (m.div(&denom)? * (lr / bc1))?)?)?;
+                        (m, v)
+                    };
+                    *slot = Some(moments);
                 }
             }
         }

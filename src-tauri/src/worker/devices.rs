@@ -134,9 +134,10 @@ fn options(cpu: Result<Inventory, String>, cuda: Option<Result<Inventory, String
         Err(line) => (Vec::new(), vec![line]),
     };
     let mut gpus = Vec::new();
+    // The CUDA worker, not the CPU build, speaks for CUDA.
+    notes.retain(|n| !n.starts_with("CUDA"));
     match cuda {
         Some(Ok(inv)) => {
-            notes.retain(|n| !n.starts_with("CUDA"));
             gpus.extend(inv.devices.into_iter().filter(|d| d.backend == "cuda"));
             notes.extend(
                 inv.notes
@@ -144,14 +145,8 @@ fn options(cpu: Result<Inventory, String>, cuda: Option<Result<Inventory, String
                     .filter(|n| n.starts_with("CUDA") || n.starts_with("cuda")),
             );
         }
-        Some(Err(line)) => {
-            notes.retain(|n| !n.starts_with("CUDA"));
-            notes.push(format!("CUDA: {line}"));
-        }
-        None => {
-            notes.retain(|n| !n.starts_with("CUDA"));
-            notes.push(NO_CUDA_EDITION.into());
-        }
+        Some(Err(line)) => notes.push(format!("CUDA: {line}")),
+        None => notes.push(NO_CUDA_EDITION.into()),
     }
     let devices: Vec<DeviceInfo> = cpu_devices.into_iter().chain(gpus).collect();
     let best = devices
