@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod export;
+pub mod fastmath;
 pub mod fused;
 pub mod generate;
 pub mod inventory;

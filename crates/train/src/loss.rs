@@ -199,10 +199,8 @@ struct CrossEntropy {
     count: usize,
 }
 
-/// `(max, log Σ exp(x - max))` of a row.
-fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    (max, row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln())
+fn row_max(row: &[f32]) -> f32 {
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [f32], usize)> {
@@ -229,10 +227,14 @@ impl CustomOp1 for CrossEntropy {
             .par_chunks(vocab)
             .zip(self.targets.par_iter())
             .filter_map(|(row, t)| t.map(|t| (row, t)))
-            .map(|(row, t)| {
-                let (max, lse) = log_sum_exp(row);
-                (max + lse - row[t as usize]) as f64
-            })
+            .map_init(
+                || vec![0f32; vocab],
+                |exps, (row, t)| {
+                    let max = row_max(row);
+                    let lse = crate::fastmath::exp_shifted_sum(row, max, exps).ln();
+                    (max + lse - row[t as usize]) as f64
+                },
+            )
             .sum();
         Ok((
             CpuStorage::F32(vec![(total / self.count as f64) as f32]),
@@ -270,10 +272,9 @@ impl CustomOp1 for CrossEntropyGrad {
             .zip(self.targets.par_iter())
             .for_each(|((o, row), t)| {
                 if let Some(t) = t {
-                    let (max, lse) = log_sum_exp(row);
-                    for (g, &x) in o.iter_mut().zip(row) {
-                        *g = (x - max - lse).exp() * self.scale;
-                    }
+                    let sum = crate::fastmath::exp_shifted_sum(row, row_max(row), o);
+                    let k = self.scale / sum;
+                    o.iter_mut().for_each(|g| *g *= k);
                     o[*t as usize] -= self.scale;
                 }
             });

@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
-use crate::ops::{apply_rope, attention_softmax, rms_norm, rms_norm_offset, swiglu, Linear};
+use crate::ops::{attention_softmax, rms_norm, rms_norm_offset, rope_heads, swiglu, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -319,7 +319,7 @@ impl Decoder {
         let (b, t, _) = x.dims3()?;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let h = self.rms(x, &blk.input_norm)?;
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+        let split = |y: Tensor, n: usize| y.reshape((b, t, n, hd));
         let (q, k, v) = match &blk.qkv {
             Qkv::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
             Qkv::Fused(qkv) => {
@@ -331,16 +331,15 @@ impl Decoder {
                 )
             }
         };
-        let mut q = heads(q, nh)?;
-        let mut k = heads(k, nkv)?;
-        let v = heads(v, nkv)?;
+        let mut q = split(q, nh)?;
+        let mut k = split(k, nkv)?;
         if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
             q = rms_norm(&q, qn, c.rms_norm_eps)?;
             k = rms_norm(&k, kn, c.rms_norm_eps)?;
         }
-        let q = apply_rope(&q.contiguous()?, cos, sin)?;
-        let mut k = apply_rope(&k.contiguous()?, cos, sin)?;
-        let mut v = v.contiguous()?;
+        let q = rope_heads(&q, cos, sin)?;
+        let mut k = rope_heads(&k, cos, sin)?;
+        let mut v = split(v, nkv)?.transpose(1, 2)?.contiguous()?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = &cache.kv {
                 k = Tensor::cat(&[pk, &k], 2)?;

@@ -76,6 +76,15 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
 }
 
+/// A projection (batch, seq, heads, head_dim) split into heads (batch, heads, seq, head_dim), contiguous, and
+/// rotated: one fused pass on the CPU in f32, the reshape-copy-rotate composite elsewhere.
+pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused::applies(x) {
+        return fused::rope_heads(x, cos, sin);
+    }
+    apply_rope(&x.transpose(1, 2)?.contiguous()?, cos, sin)
+}
+
 /// A linear layer as the freeze plan wants it. A trainable weight is a `Var`'s f32 tensor, cast to the input's
 /// dtype for a plain matmul; a frozen one is a constant in the compute dtype and, where a graph is being recorded,
 /// the input-gradient-only [`FrozenMatmul`]. The bias (if any) is trainable or not on its own.

@@ -1,5 +1,5 @@
 //! Fused, differentiable CPU kernels for the hot elementwise ops of a decoder layer: RMSNorm, the attention's
-//! scale + mask + softmax, and SwiGLU (`silu(gate) * up`); and the AdamW update, in place. candle composes these from single-threaded scalar maps
+//! scale + mask + softmax, SwiGLU (`silu(gate) * up`), the rotary embedding (with the split into heads, `rope.rs`); and the AdamW update, in place. candle composes these from single-threaded scalar maps
 //! that each write a full-size temporary and record it for the backward pass; here each is one pass over its rows,
 //! parallel over rows (rayon), with a backward of its own that is one pass too. They run on f32 CPU tensors only —
 //! [`applies`] says when; the composite ops in `ops.rs` stay the path for GPUs and other dtypes, and the tests
@@ -8,6 +8,11 @@
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
 };
+mod rope;
+
+pub use rope::rope_heads;
+
+use crate::fastmath::{exp_in_place, sigmoid_into};
 use rayon::prelude::*;
 
 /// Whether the fused kernels serve `x`: f32 on the CPU, unless `FREEZETUNE_FUSED=0` turns them off (to measure
@@ -220,12 +225,11 @@ impl CustomOp2 for MaskedSoftmax {
                     *o = s * self.scale + m;
                     max = max.max(*o);
                 }
-                let mut sum = 0f32;
                 for o in o.iter_mut() {
-                    *o = (*o - max).exp();
-                    sum += *o;
+                    *o -= max;
                 }
-                let inv = 1.0 / sum;
+                exp_in_place(o);
+                let inv = 1.0 / o.iter().sum::<f32>();
                 o.iter_mut().for_each(|o| *o *= inv);
             });
         Ok((CpuStorage::F32(out), sl.shape().clone()))
@@ -263,10 +267,6 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -281,8 +281,9 @@ impl CustomOp2 for SwiGlu {
         out.par_chunks_mut(chunk)
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
             .for_each(|(o, (g, u))| {
+                sigmoid_into(g, o);
                 for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(g) * u;
+                    *o *= g * u;
                 }
             });
         Ok((CpuStorage::F32(out), gl.shape().clone()))
@@ -319,8 +320,9 @@ impl CustomOp3 for SwiGluGrad {
             .zip(du.par_chunks_mut(chunk))
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)).zip(dy.par_chunks(chunk)))
             .for_each(|((dg, du), ((g, u), dy))| {
+                sigmoid_into(g, du);
                 for j in 0..g.len() {
-                    let s = sigmoid(g[j]);
+                    let s = du[j];
                     dg[j] = dy[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
                     du[j] = dy[j] * g[j] * s;
                 }
@@ -435,7 +437,7 @@ mod tests {
     use crate::ops::tests::max_abs_diff;
     use candle_core::{Device, Var, D};
 
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
+    pub(super) fn randn(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
         // A fixed pseudo-random fill, so failures reproduce.
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -450,7 +452,11 @@ mod tests {
 
     /// Value and gradients of `f` on vars made from `inputs`, against the weights `probe` (so the gradient of a
     /// non-scalar output is tested in every direction at once).
-    fn value_and_grads(inputs: &[Tensor], probe: &Tensor, f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Vec<Tensor> {
+    pub(super) fn value_and_grads(
+        inputs: &[Tensor],
+        probe: &Tensor,
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    ) -> Vec<Tensor> {
         let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let y = f(&xs).unwrap();
@@ -461,7 +467,7 @@ mod tests {
         out
     }
 
-    fn assert_close(fused: &[Tensor], composite: &[Tensor], tol: f32) {
+    pub(super) fn assert_close(fused: &[Tensor], composite: &[Tensor], tol: f32) {
         for (i, (a, b)) in fused.iter().zip(composite).enumerate() {
             let d = max_abs_diff(a, b);
             assert!(d < tol, "output {i} (0 = value, then gradients) differs by {d}");
@@ -568,6 +574,11 @@ mod tests {
         check(vec![randn(&[3, 5], 13), randn(&[3, 5], 14)], 1, &|t| {
             swiglu(&t[0], &t[1])
         });
+        // Rope's output is the input transposed (seq and heads): equal sizes keep the probe's shape valid.
+        let angles = randn(&[3, 2], 15);
+        let angles = Tensor::cat(&[&angles, &angles], 1).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        check(vec![randn(&[2, 3, 3, 4], 16)], 0, &|t| rope_heads(&t[0], &cos, &sin));
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! `exp` over slices of f32, vectorised. libm's `expf` is one call per element (about 3 ns here), and the softmax,
+//! SiLU and cross-entropy kernels take tens of millions of them per step; this is the Cephes range reduction and
+//! polynomial, branch-free so the compiler vectorises the loop, compiled twice on x86-64 (baseline SSE2, and
+//! AVX2 + FMA chosen at run time). Relative error below 2e-7 over the whole range; exactly 0 below -87.3 (where
+//! f32 underflows) and +inf above 88.7, as `expf` gives.
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5 · 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest integer.
+const ROUND: f32 = 12_582_912.0;
+const MIN_X: f32 = -87.336_55;
+const MAX_X: f32 = 88.722_83;
+
+#[inline(always)]
+fn exp1(x: f32) -> f32 {
+    let xc = x.clamp(MIN_X, MAX_X);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    // 2^n by building the exponent bits; n + 127 is in 1..=255 after the clamp except at the very top, where
+    // MAX_X rounds to n = 128: split the scale in two there so it overflows to inf, not to garbage.
+    let n = n as i32;
+    let half = n >> 1;
+    let s1 = f32::from_bits(((half + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
+    let v = y * s1 * s2;
+    let v = if x < MIN_X { 0.0 } else { v };
+    if x > MAX_X {
+        f32::INFINITY
+    } else {
+        v
+    }
+}
+
+#[inline(always)]
+fn exp_slice_generic(xs: &mut [f32]) {
+    for x in xs {
+        *x = exp1(*x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_slice_avx2(xs: &mut [f32]) {
+    exp_slice_generic(xs)
+}
+
+/// `x = exp(x)` for every element (NaN stays NaN).
+pub fn exp_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        unsafe { exp_slice_avx2(xs) };
+        return;
+    }
+    exp_slice_generic(xs)
+}
+
+/// `out = exp(x - shift)` for every element; returns the sum of `out`.
+pub fn exp_shifted_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v - shift;
+    }
+    exp_in_place(out);
+    out.iter().sum()
+}
+
+/// `σ(x) = 1 / (1 + exp(-x))` for every element of `x`, written to `out`.
+pub fn sigmoid_into(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = -v;
+    }
+    exp_in_place(out);
+    for o in out.iter_mut() {
+        *o = 1.0 / (1.0 + *o);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel_err(x: f32) -> f64 {
+        let mut v = [x];
+        exp_in_place(&mut v);
+        let want = (x as f64).exp();
+        ((v[0] as f64 - want) / want).abs()
+    }
+
+    #[test]
+    fn exp_matches_f64_across_the_range() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.5 {
+            worst = worst.max(rel_err(x));
+            x += 0.0137;
+        }
+        assert!(worst < 2e-7, "worst relative error {worst}");
+        for x in [0.0f32, 1e-8, -1e-8, 0.5, -0.5, 1.0, std::f32::consts::LN_2] {
+            assert!(rel_err(x) < 2e-7, "exp({x})");
+        }
+    }
+
+    #[test]
+    fn exp_edges_are_those_of_expf() {
+        let mut v = [-1e9f32, -100.0, f32::NEG_INFINITY, 100.0, f32::INFINITY, f32::NAN, 0.0];
+        exp_in_place(&mut v);
+        assert_eq!(
+            &v[..6].iter().map(|v| v.to_bits()).collect::<Vec<_>>()[..5],
+            &[0, 0, 0, f32::INFINITY.to_bits(), f32::INFINITY.to_bits()]
+        );
+        assert!(v[5].is_nan());
+        assert_eq!(v[6], 1.0);
+        // The largest finite input still gives a finite result, the smallest normal region stays normal.
+        let mut top = [88.7f32, -87.0];
+        exp_in_place(&mut top);
+        assert!(top[0].is_finite() && (top[0] as f64 / (88.7f32 as f64).exp() - 1.0).abs() < 1e-6);
+        assert!(top[1] > 0.0 && top[1].is_normal());
+    }
+
+    #[test]
+    fn the_vector_and_scalar_paths_agree() {
+        let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.173).collect();
+        let mut fast = xs.clone();
+        exp_in_place(&mut fast);
+        let mut plain = xs.clone();
+        exp_slice_generic(&mut plain);
+        assert_eq!(fast, plain, "AVX2 path differs from the scalar one");
+    }
+
+    #[test]
+    fn sigmoid_and_shifted_sum() {
+        let x = [-3.0f32, 0.0, 2.5];
+        let mut s = [0f32; 3];
+        sigmoid_into(&x, &mut s);
+        for (s, x) in s.iter().zip(x) {
+            assert!((s - 1.0 / (1.0 + (-x).exp())).abs() < 1e-7);
+        }
+        let mut out = [0f32; 3];
+        let sum = exp_shifted_sum(&x, 2.5, &mut out);
+        let want: f32 = x.iter().map(|v| (v - 2.5).exp()).sum();
+        assert!((sum - want).abs() < 1e-6 && out[2] == 1.0);
+    }
+}

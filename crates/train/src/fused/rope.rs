@@ -1,0 +1,130 @@
+//! Rotary embedding fused with the split into heads. The composite path reshapes a projection (batch, seq,
+//! heads·head_dim) to heads, copies it contiguous, then rotates it with narrow, neg, cat, two broadcast products and
+//! an add — seven recorded nodes whose backward computes (and keeps) gradients for the constant cos/sin tables too.
+//! Here one pass reads the projection and writes the rotated heads (batch, heads, seq, head_dim); its backward is
+//! one pass the other way and differentiates only the input.
+
+use super::f32s;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// `x` (batch, seq, heads, head_dim) → rotated (batch, heads, seq, head_dim), with f32 `cos`/`sin` (seq, head_dim)
+/// laid out as HF's `rotate_half` wants them (the two halves of a row share each frequency).
+pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (_, t, _, d) = x.dims4()?;
+    if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || d % 2 != 0 {
+        bail!(
+            "rope_heads: tables {:?}/{:?} do not fit heads {:?}",
+            cos.shape(),
+            sin.shape(),
+            x.shape()
+        )
+    }
+    let table = |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
+    let op = Rope {
+        cos: table(cos)?,
+        sin: table(sin)?,
+        backward: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+struct Rope {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    /// The backward pass: (batch, heads, seq, head_dim) → (batch, seq, heads, head_dim), rotating by −angle.
+    backward: bool,
+}
+
+/// `out = rotate(row)` by the angles whose cos/sin are `c`/`s` (forward), or by their negatives (backward).
+#[inline]
+fn rotate(row: &[f32], c: &[f32], s: &[f32], backward: bool, out: &mut [f32]) {
+    let half = row.len() / 2;
+    let (x1, x2) = row.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    let (c1, c2) = c.split_at(half);
+    let (s1, s2) = s.split_at(half);
+    if backward {
+        // dx1 = dy1·c1 + dy2·s2, dx2 = dy2·c2 − dy1·s1 (the transpose of the forward map).
+        for j in 0..half {
+            o1[j] = x1[j] * c1[j] + x2[j] * s2[j];
+            o2[j] = x2[j] * c2[j] - x1[j] * s1[j];
+        }
+    } else {
+        // y1 = x1·c1 − x2·s1, y2 = x2·c2 + x1·s2.
+        for j in 0..half {
+            o1[j] = x1[j] * c1[j] - x2[j] * s1[j];
+            o2[j] = x2[j] * c2[j] + x1[j] * s2[j];
+        }
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        if self.backward {
+            "fused-rope-grad"
+        } else {
+            "fused-rope"
+        }
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(xs, xl, "rope")?;
+        let (b, p, q, d) = xl.shape().dims4()?;
+        // Input (b, p, q, d) → output (b, q, p, d); the sequence axis is p forward and q backward.
+        let seq_is_outer = !self.backward;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(p * d).enumerate().for_each(|(bq, block)| {
+            let (bi, qi) = (bq / q, bq % q);
+            for (pi, o) in block.chunks_mut(d).enumerate() {
+                let src = ((bi * p + pi) * q + qi) * d;
+                let pos = if seq_is_outer { pi } else { qi };
+                let (c, s) = (&self.cos[pos * d..][..d], &self.sin[pos * d..][..d]);
+                rotate(&x[src..src + d], c, s, self.backward, o);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, q, p, d))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let grad = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            backward: true,
+        };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&grad)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_close, randn, value_and_grads};
+    use super::*;
+
+    fn tables(t: usize, d: usize) -> (Tensor, Tensor) {
+        let angles = randn(&[t, d / 2], 30);
+        let angles = Tensor::cat(&[&angles, &angles], 1).unwrap();
+        (angles.cos().unwrap(), angles.sin().unwrap())
+    }
+
+    #[test]
+    fn rope_heads_matches_reshape_then_the_composite_rope() {
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let (cos, sin) = tables(t, d);
+        let x = randn(&[b, t, h, d], 31);
+        let probe = randn(&[b, h, t, d], 32);
+        let fused = value_and_grads(std::slice::from_ref(&x), &probe, |v| rope_heads(&v[0], &cos, &sin));
+        let composite = value_and_grads(std::slice::from_ref(&x), &probe, |v| {
+            crate::ops::apply_rope(&v[0].transpose(1, 2)?.contiguous()?, &cos, &sin)
+        });
+        assert_close(&fused, &composite, 1e-5);
+    }
+
+    #[test]
+    fn rope_heads_rejects_tables_of_another_length() {
+        let (cos, sin) = tables(4, 8);
+        let err = rope_heads(&randn(&[1, 5, 2, 8], 33), &cos, &sin).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
+}
