@@ -4,6 +4,7 @@
 
 use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
+use crate::fused;
 use crate::ops::{attention_softmax, rms_norm, rms_norm_offset, rope_heads, swiglu, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
@@ -347,15 +348,7 @@ impl Decoder {
             }
             cache.kv = Some((k.clone(), v.clone()));
         }
-        let k = repeat_kv(k, nh / nkv)?;
-        let v = repeat_kv(v, nh / nkv)?;
-        // Scores in the compute dtype from the matmul, then scaled, masked and normalised in f32.
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let probs = attention_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?.to_dtype(self.dtype)?;
-        let attn = probs
-            .matmul(&v.contiguous()?)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
+        let attn = self.attend(&q, k, v, mask)?;
         let x = (x + blk.o.forward(&attn)?)?;
         let h = self.rms(&x, &blk.post_norm)?;
         let (gate, up) = match &blk.gate_up {
@@ -373,6 +366,30 @@ impl Decoder {
         };
         let mlp = blk.down.forward(&product)?;
         x + mlp
+    }
+}
+
+impl Decoder {
+    /// `softmax(q·kᵀ/√d + mask)·v` over q (b, heads, t, d) and k, v (b, kv_heads, t_k, d), as (b, t, heads·d):
+    /// one fused op on the CPU in f32 when queries and keys are the same positions (training, prefill); the
+    /// composite ops otherwise.
+    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (mb, one, mq, mk) = mask.dims4()?;
+        let same_positions = k.dim(2)? == t && (mq, mk) == (t, t) && one == 1 && (mb == 1 || mb == b);
+        if same_positions && fused::applies(q) && fused::applies(&k) && fused::applies(&v) {
+            return fused::causal_attention(q, &k, &v, mask, scale as f32);
+        }
+        let k = repeat_kv(k, nh / self.config.num_kv_heads)?;
+        let v = repeat_kv(v, nh / self.config.num_kv_heads)?;
+        // Scores in the compute dtype from the matmul, then scaled, masked and normalised in f32.
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let probs = attention_softmax(&scores, mask, scale)?.to_dtype(self.dtype)?;
+        probs
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))
     }
 }
 

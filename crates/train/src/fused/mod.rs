@@ -8,8 +8,10 @@
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
 };
+mod attention;
 mod rope;
 
+pub use attention::causal_attention;
 pub use rope::rope_heads;
 
 use crate::fastmath::{exp_in_place, sigmoid_into};
@@ -185,6 +187,21 @@ fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
     a
 }
 
+/// `row = softmax(row * scale + mask)`, in place.
+fn masked_softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for (o, &m) in row.iter_mut().zip(mask) {
+        *o = *o * scale + m;
+        max = max.max(*o);
+    }
+    for o in row.iter_mut() {
+        *o -= max;
+    }
+    exp_in_place(row);
+    let inv = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|o| *o *= inv);
+}
+
 struct MaskedSoftmax {
     scale: f32,
     heads: usize,
@@ -219,18 +236,8 @@ impl CustomOp2 for MaskedSoftmax {
             .zip(scores.par_chunks(k))
             .enumerate()
             .for_each(|(r, (o, s))| {
-                let m = self.mask_row(mask, r, k);
-                let mut max = f32::NEG_INFINITY;
-                for ((o, &s), &m) in o.iter_mut().zip(s).zip(m) {
-                    *o = s * self.scale + m;
-                    max = max.max(*o);
-                }
-                for o in o.iter_mut() {
-                    *o -= max;
-                }
-                exp_in_place(o);
-                let inv = 1.0 / o.iter().sum::<f32>();
-                o.iter_mut().for_each(|o| *o *= inv);
+                o.copy_from_slice(s);
+                masked_softmax_row(o, self.mask_row(mask, r, k), self.scale);
             });
         Ok((CpuStorage::F32(out), sl.shape().clone()))
     }

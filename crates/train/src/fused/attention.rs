@@ -1,0 +1,392 @@
+//! Causal self-attention of a training forward pass in one op: per (batch, head), `softmax(q·kᵀ·scale + mask)·v`,
+//! written straight into the (batch, seq, heads·head_dim) layout the output projection reads. The composite path
+//! runs two batched matmuls (each of 256×64 tiles split across threads, half of gemm's speed at this size), keeps
+//! both the scores and the probabilities for the backward pass, copies the heads back together, and records five
+//! nodes. Here each (batch, head) is one task on one thread with single-threaded gemm calls, only the
+//! probabilities are kept (and only when a graph is being recorded), grouped-query heads read their shared
+//! key/value head in place instead of a repeated copy, and the backward pass is one op too.
+
+use super::{f32s, masked_softmax_row};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// `q` (batch, heads, seq, head_dim), `k`/`v` (batch, kv_heads, seq, head_dim), `mask` (1 or batch, 1, seq, seq)
+/// additive f32; returns (batch, seq, heads·head_dim).
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kv, kt, kd) = k.dims4()?;
+    let (mb, one, mq, mk) = mask.dims4()?;
+    let fits = (kb, kt, kd) == (b, t, d)
+        && v.dims4()? == (b, kv, t, d)
+        && kv > 0
+        && h % kv == 0
+        && one == 1
+        && (mq, mk) == (t, t)
+        && (mb == 1 || mb == b);
+    if !fits {
+        bail!(
+            "causal_attention: q {:?}, k {:?}, v {:?} and mask {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            mask.shape()
+        )
+    }
+    let op = Attention {
+        dims: Dims { b, h, kv, t, d },
+        mask: mask.contiguous()?,
+        mask_batched: mb != 1,
+        scale,
+        keep_probs: q.track_op() || k.track_op() || v.track_op(),
+        probs: Mutex::new(None),
+    };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kv: usize,
+    t: usize,
+    d: usize,
+}
+
+struct Attention {
+    dims: Dims,
+    mask: Tensor,
+    mask_batched: bool,
+    scale: f32,
+    /// Whether the backward pass will run: only then are the probabilities kept.
+    keep_probs: bool,
+    /// (batch, heads, seq, seq) probabilities from the forward pass, for the backward pass.
+    probs: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The element `offset` past the start (a method, so closures capture the `Shared`, not its raw pointer).
+    ///
+    /// # Safety
+    /// `offset` must be inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// A strided matrix: pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Mat(*const f32, isize, isize);
+
+/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` on the calling thread.
+///
+/// # Safety
+/// Every pointer must address a matrix of the stated shape and strides, and `dst` must not be written by another
+/// thread meanwhile.
+unsafe fn matmul(m: usize, n: usize, k: usize, dst: Mat, accumulate: bool, lhs: Mat, rhs: Mat) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0 as *mut f32,
+        dst.2,
+        dst.1,
+        accumulate,
+        lhs.0,
+        lhs.2,
+        lhs.1,
+        rhs.0,
+        rhs.2,
+        rhs.1,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+impl Attention {
+    fn mask_rows<'a>(&self, mask: &'a [f32], batch: usize) -> &'a [f32] {
+        let tt = self.dims.t * self.dims.t;
+        if self.mask_batched {
+            &mask[batch * tt..(batch + 1) * tt]
+        } else {
+            &mask[..tt]
+        }
+    }
+
+    /// Runs `f` on the mask's f32 values.
+    fn with_mask<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+        let (storage, layout) = self.mask.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            bail!("causal_attention: the fused kernel runs on the CPU")
+        };
+        f(f32s(cpu, layout, "attention mask")?)
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32s(qs, ql, "q")?, f32s(ks, kl, "k")?, f32s(vs, vl, "v")?);
+        let Dims { b, h, kv, t, d } = self.dims;
+        let rep = h / kv;
+        let mut out = vec![0f32; b * t * h * d];
+        let mut probs = vec![0f32; if self.keep_probs { b * h * t * t } else { 0 }];
+        let (out_ptr, probs_ptr) = (Shared(out.as_mut_ptr()), Shared(probs.as_mut_ptr()));
+        let (keep, scale) = (self.keep_probs, self.scale);
+        self.with_mask(|mask| {
+            (0..b * h).into_par_iter().for_each_init(
+                || vec![0f32; if keep { 0 } else { t * t }],
+                |scratch, bh| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    let p: &mut [f32] = if keep {
+                        // SAFETY: task `bh` alone writes probability block `bh`.
+                        unsafe { std::slice::from_raw_parts_mut(probs_ptr.at(bh * t * t), t * t) }
+                    } else {
+                        &mut scratch[..]
+                    };
+                    let qh = &q[bh * t * d..][..t * d];
+                    let kvh = (bi * kv + hi / rep) * t * d;
+                    let (kh, vh) = (&k[kvh..][..t * d], &v[kvh..][..t * d]);
+                    let (dd, tt, row) = (d as isize, t as isize, (h * d) as isize);
+                    // SAFETY: shapes and strides as checked in `causal_attention`; the output columns of head `hi`
+                    // in batch `bi` are this task's alone.
+                    unsafe {
+                        let kt = Mat(kh.as_ptr(), 1, dd);
+                        matmul(t, t, d, Mat(p.as_ptr(), tt, 1), false, Mat(qh.as_ptr(), dd, 1), kt);
+                        let m = self.mask_rows(mask, bi);
+                        for (i, r) in p.chunks_mut(t).enumerate() {
+                            masked_softmax_row(r, &m[i * t..][..t], scale);
+                        }
+                        let o = out_ptr.at((bi * t * h + hi) * d);
+                        let dst = Mat(o, row, 1);
+                        matmul(t, d, t, dst, false, Mat(p.as_ptr(), tt, 1), Mat(vh.as_ptr(), dd, 1));
+                    }
+                },
+            );
+            Ok(())
+        })?;
+        if keep {
+            *self.probs.lock().expect("attention probabilities") = Some(Arc::new(probs));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Taken, not cloned: the probabilities are freed as soon as this layer's gradient is computed.
+        let Some(probs) = self.probs.lock().expect("attention probabilities").take() else {
+            bail!("causal_attention: backward without the forward pass's probabilities")
+        };
+        let grad = AttentionGrad {
+            dims: self.dims,
+            scale: self.scale,
+            probs,
+            q: q.clone(),
+        };
+        let packed = k.apply_op3_no_bwd(v, &dy.contiguous()?, &grad)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let part = |at: usize, like: &Tensor| -> Result<Option<Tensor>> {
+            Ok(Some(packed.narrow(0, at, like.elem_count())?.reshape(like.shape())?))
+        };
+        Ok((part(0, q)?, part(nq, k)?, part(nq + nk, v)?))
+    }
+}
+
+/// `[dq, dk, dv]` of [`Attention`], packed in one buffer. One task per (batch, kv head), so the heads sharing a
+/// key/value head add into its gradients without contention.
+struct AttentionGrad {
+    dims: Dims,
+    scale: f32,
+    probs: Arc<Vec<f32>>,
+    q: Tensor,
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (k, v, dy) = (f32s(ks, kl, "k")?, f32s(vs, vl, "v")?, f32s(ds, dl, "grad")?);
+        let (qs, ql) = self.q.storage_and_layout();
+        let Storage::Cpu(qs) = &*qs else {
+            bail!("causal_attention: the fused kernel runs on the CPU")
+        };
+        let q = f32s(qs, ql, "q")?;
+        let Dims { b, h, kv, t, d } = self.dims;
+        let rep = h / kv;
+        let (nq, nk) = (b * h * t * d, b * kv * t * d);
+        let mut out = vec![0f32; nq + 2 * nk];
+        let base = Shared(out.as_mut_ptr());
+        let probs = &self.probs;
+        (0..b * kv).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |ds_buf, bk| {
+                let bi = bk / kv;
+                let (dd, tt, row) = (d as isize, t as isize, (h * d) as isize);
+                let kh = &k[bk * t * d..][..t * d];
+                let vh = &v[bk * t * d..][..t * d];
+                // SAFETY: this task alone writes dk and dv of kv head `bk` and dq of the heads it serves.
+                unsafe {
+                    let dk = Mat(base.at(nq + bk * t * d), dd, 1);
+                    let dv = Mat(base.at(nq + nk + bk * t * d), dd, 1);
+                    for r in 0..rep {
+                        let hi = (bk % kv) * rep + r;
+                        let bh = bi * h + hi;
+                        let p = &probs[bh * t * t..][..t * t];
+                        let qh = &q[bh * t * d..][..t * d];
+                        let dout = Mat(dy.as_ptr().add((bi * t * h + hi) * d), row, 1);
+                        let accumulate = r > 0;
+                        // dv += pᵀ · dout
+                        matmul(t, d, t, dv, accumulate, Mat(p.as_ptr(), 1, tt), dout);
+                        // dp = dout · vᵀ, then ds = scale · p ∘ (dp − Σ dp∘p)
+                        matmul(
+                            t,
+                            t,
+                            d,
+                            Mat(ds_buf.as_ptr(), tt, 1),
+                            false,
+                            dout,
+                            Mat(vh.as_ptr(), 1, dd),
+                        );
+                        for (dsr, pr) in ds_buf.chunks_mut(t).zip(p.chunks(t)) {
+                            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            for (g, &y) in dsr.iter_mut().zip(pr) {
+                                *g = self.scale * y * (*g - dot);
+                            }
+                        }
+                        let dsm = Mat(ds_buf.as_ptr(), tt, 1);
+                        // dq = ds · k, dk += dsᵀ · q
+                        let dq = Mat(base.at(bh * t * d), dd, 1);
+                        matmul(t, d, t, dq, false, dsm, Mat(kh.as_ptr(), dd, 1));
+                        matmul(
+                            t,
+                            d,
+                            t,
+                            dk,
+                            accumulate,
+                            Mat(ds_buf.as_ptr(), 1, tt),
+                            Mat(qh.as_ptr(), dd, 1),
+                        );
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_close, randn, value_and_grads};
+    use super::*;
+    use candle_core::Device;
+
+    fn causal_mask(b: usize, t: usize, lengths: Option<&[usize]>) -> Tensor {
+        let v: Vec<f32> = (0..b * t * t)
+            .map(|i| {
+                let (bi, q, k) = (i / (t * t), (i / t) % t, i % t);
+                let padded = lengths.is_some_and(|l| k >= l[bi]);
+                if k > q || padded {
+                    -1e9
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, (b, 1, t, t), &Device::Cpu).unwrap()
+    }
+
+    fn composite(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let rep = h / k.dim(1)?;
+        let expand = |x: &Tensor| -> Result<Tensor> {
+            let (b, kv, t, d) = x.dims4()?;
+            x.unsqueeze(2)?
+                .broadcast_as((b, kv, rep, t, d))?
+                .reshape((b, kv * rep, t, d))
+        };
+        let scores = q.matmul(&expand(k)?.t()?)?;
+        let probs = crate::ops::softmax_last_dim(&(scores * scale as f64)?.broadcast_add(mask)?)?;
+        probs.matmul(&expand(v)?)?.transpose(1, 2)?.reshape((b, t, h * d))
+    }
+
+    #[test]
+    fn attention_matches_the_composite_ops_with_shared_grouped_and_padded_masks() {
+        for (h, kv, lengths) in [(4, 4, None), (6, 2, None), (4, 1, Some(vec![7usize, 4]))] {
+            let (b, t, d) = (2, 7, 8);
+            let mask = match &lengths {
+                None => causal_mask(1, t, None),
+                Some(l) => causal_mask(b, t, Some(l)),
+            };
+            let (q, k, v) = (
+                randn(&[b, h, t, d], 40),
+                randn(&[b, kv, t, d], 41),
+                randn(&[b, kv, t, d], 42),
+            );
+            let probe = randn(&[b, t, h * d], 43);
+            let inputs = [q, k, v];
+            let fused = value_and_grads(&inputs, &probe, |x| causal_attention(&x[0], &x[1], &x[2], &mask, 0.35));
+            let reference = value_and_grads(&inputs, &probe, |x| composite(&x[0], &x[1], &x[2], &mask, 0.35));
+            assert_close(&fused, &reference, 1e-4);
+        }
+    }
+
+    #[test]
+    fn attention_without_a_graph_keeps_no_probabilities_and_agrees() {
+        let mask = causal_mask(1, 5, None);
+        let (q, k, v) = (
+            randn(&[1, 2, 5, 4], 44),
+            randn(&[1, 2, 5, 4], 45),
+            randn(&[1, 2, 5, 4], 46),
+        );
+        let fused = causal_attention(&q, &k, &v, &mask, 0.5).unwrap();
+        let reference = composite(&q, &k, &v, &mask, 0.5).unwrap();
+        assert!(crate::ops::tests::max_abs_diff(&fused, &reference) < 1e-5);
+    }
+
+    #[test]
+    fn attention_rejects_shapes_that_do_not_fit() {
+        let mask = causal_mask(1, 5, None);
+        let q = randn(&[1, 3, 5, 4], 47);
+        let kv = randn(&[1, 2, 5, 4], 48);
+        let err = causal_attention(&q, &kv, &kv, &mask, 0.5).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
+}
