@@ -1,8 +1,9 @@
 """One freeze configuration of bench-train, in PyTorch + transformers, for the side-by-side table.
 
-Usage: python train_step.py MODEL_DIR CONFIG STEPS
-Prints one JSON line: {"name", "median_ms", "peak_rss", "trainable"}. Same model files, same shapes (batch 4 x seq 256,
-f32, eager attention, AdamW), same trainable sets as FreezeTune's plans for the named configurations.
+Usage: python train_step.py MODEL_DIR CONFIG STEPS BATCH SEQ ATTENTION
+Prints one JSON line: {"name", "median_ms", "peak_rss", "trainable"}. Same model files, same shapes (f32, AdamW), same
+trainable sets as FreezeTune's plans for the named configurations; ATTENTION is transformers' `eager` or `sdpa`
+(its default).
 """
 import json
 import resource
@@ -12,9 +13,6 @@ import time
 
 import torch
 from transformers import AutoModelForCausalLM
-
-BATCH, SEQ = 4, 256
-
 
 def trainable(name: str, config: str, layers: int) -> bool:
     in_layer = name.startswith("model.layers.")
@@ -34,8 +32,9 @@ def trainable(name: str, config: str, layers: int) -> bool:
 
 def main():
     model_dir, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    batch, seq, attention = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
     model.train()
     layers = model.config.num_hidden_layers
     params = []
@@ -44,7 +43,7 @@ def main():
         if p.requires_grad:
             params.append(p)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ))
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
     times = []
     for step in range(steps + 1):
         t = time.perf_counter()

@@ -1,11 +1,14 @@
-//! Training step time and peak memory per freeze configuration on a random model (8 layers, hidden 512, 8 heads,
-//! intermediate 1376, vocab 8000; batch 4 x seq 256, f32, AdamW). Each configuration runs in its own process so
-//! its peak RSS is its own. Also compares the plan's memory estimate with the measured peak, and sweeps the two
-//! CPU thread pools on one configuration.
+//! Training step time and peak memory per freeze configuration, on two random llama shapes: a 31M one (8 layers,
+//! hidden 512, 8 heads, intermediate 1376, vocab 8000; batch 4 x seq 256) and a SmolLM2-135M-shaped one (30 layers,
+//! hidden 576, 9 heads / 3 kv heads, intermediate 1536, vocab 49152, tied; batch 2 x 512); f32, AdamW. Each
+//! configuration runs in its own process so its peak RSS is its own. Also compares the plan's memory estimate with
+//! the measured peak, and sweeps the two CPU thread pools on one configuration.
 //!
-//! The same five configurations then run in PyTorch + transformers (installed into the bench's own virtual
-//! environment from PyPI on first use: `$FREEZETUNE_BENCH_VENV`, default /var/tmp/freezetune-bench-venv) and the
-//! two are printed side by side.
+//! The same configurations then run in PyTorch + transformers, with its default attention (sdpa) and with eager
+//! attention (installed into the bench's own virtual environment from PyPI on first use:
+//! `$FREEZETUNE_BENCH_VENV`, default /var/tmp/freezetune-bench-venv), printed side by side as FreezeTune / PyTorch
+//! step-time ratios (below 1 means FreezeTune is faster). The first line names the CPU and its SIMD level: compare
+//! ratios from one run, never times across machines.
 //!
 //! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS]`
 
@@ -19,15 +22,65 @@ use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use std::path::Path;
 use std::time::Instant;
 
-const BATCH: usize = 4;
-const DEFAULT_SEQ: usize = 256;
+/// One model shape of the benchmark and the configurations measured on it.
+struct BenchShape {
+    label: &'static str,
+    dir_name: &'static str,
+    spec: SynthSpec,
+    batch: usize,
+    seq: usize,
+    configs: Vec<&'static str>,
+    /// Configurations measured again with gradient checkpointing (FreezeTune only).
+    checkpointed: Vec<&'static str>,
+    /// Whether to sweep the two CPU thread pools on "top 2".
+    thread_sweep: bool,
+    steps: usize,
+}
 
-/// Sequence length: 256, or `FREEZETUNE_BENCH_SEQ` (to separate the terms of the memory estimate).
-fn seq() -> usize {
-    std::env::var("FREEZETUNE_BENCH_SEQ")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEQ)
+fn shapes(steps: usize) -> Vec<BenchShape> {
+    let llama = |layers, hidden, intermediate, heads, kv_heads, vocab, tied| SynthSpec {
+        family: Family::Llama,
+        layers,
+        hidden,
+        intermediate,
+        heads,
+        kv_heads,
+        vocab,
+        experts: 0,
+        dtype: freezetune_core::safetensors::DType::F32,
+        shards: 1,
+        fill: Fill::Random { seed: 3 },
+        tied,
+    };
+    vec![
+        BenchShape {
+            label: "random llama 31M: 8 layers, hidden 512, 8 heads, intermediate 1376, vocab 8000",
+            dir_name: "freezetune-bench-train-model",
+            spec: llama(8, 512, 1376, 8, 8, 8000, false),
+            batch: 4,
+            // FREEZETUNE_BENCH_SEQ separates the terms of the memory estimate (docs/memory.md).
+            seq: std::env::var("FREEZETUNE_BENCH_SEQ")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(256),
+            configs: vec!["full", "all layers", "top 2", "bottom 2", "layer 3"],
+            checkpointed: vec!["full", "bottom 2"],
+            thread_sweep: true,
+            steps,
+        },
+        BenchShape {
+            label:
+                "SmolLM2-135M-shaped llama: 30 layers, hidden 576, 9 heads / 3 kv, intermediate 1536, vocab 49152, tied",
+            dir_name: "freezetune-bench-train-135m",
+            spec: llama(30, 576, 1536, 9, 3, 49152, true),
+            batch: 2,
+            seq: 512,
+            configs: vec!["full", "top 2"],
+            checkpointed: vec![],
+            thread_sweep: false,
+            steps: steps.div_ceil(2).max(2),
+        },
+    ]
 }
 
 fn configs() -> Vec<(&'static str, FreezeSpec)> {
@@ -72,11 +125,6 @@ fn configs() -> Vec<(&'static str, FreezeSpec)> {
     ]
 }
 
-/// Configurations measured again with gradient checkpointing (FreezeTune only).
-fn checkpointed() -> Vec<&'static str> {
-    vec!["full", "bottom 2"]
-}
-
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -87,28 +135,50 @@ fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// What one child process measures.
+struct Job<'a> {
+    model: &'a Path,
+    name: &'a str,
+    steps: usize,
+    batch: usize,
+    seq: usize,
+}
+
 /// Child process: run one configuration and print one JSON line.
-fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
+fn run_one(job: Job) -> Result<()> {
+    let Job {
+        model,
+        name,
+        steps,
+        batch: batch_size,
+        seq,
+    } = job;
     let (base, ckpt) = match name.strip_suffix(" +ckpt") {
         Some(b) => (b, true),
         None => (name, false),
     };
-    let spec = configs()
+    let mut spec = configs()
         .into_iter()
         .find(|(n, _)| *n == base)
         .context("unknown config")?
         .1;
     let layout = ModelLayout::inspect(model)?;
+    if layout.tie_word_embeddings {
+        // A tied lm_head is embed_tokens: training that trains the head.
+        spec.extra.retain(|m| m != "lm_head");
+    }
     let p = plan(
         &layout,
         &spec,
         PlanOptions {
-            batch_size: BATCH as u64,
-            seq_len: seq() as u64,
+            batch_size: batch_size as u64,
+            seq_len: seq as u64,
         },
     )?;
     let params = Params::load(model, &p, &Device::Cpu, DType::F32)?;
-    let decoder = Decoder::new(DecoderConfig::read(model)?, &params, &Device::Cpu)?;
+    let config = DecoderConfig::read(model)?;
+    let vocab = config.vocab_size as u64;
+    let decoder = Decoder::new(config, &params, &Device::Cpu)?;
     let vars = params.vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
     let mut opt = Optimizer::adamw(
         vars,
@@ -118,12 +188,12 @@ fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
         },
     );
     let mut rng = freezetune_core::synth::Rng(12345);
-    let ids: Vec<Vec<u32>> = (0..BATCH)
-        .map(|_| (0..seq()).map(|_| (rng.next_u64() % 8000) as u32).collect())
+    let ids: Vec<Vec<u32>> = (0..batch_size)
+        .map(|_| (0..seq).map(|_| (rng.next_u64() % vocab) as u32).collect())
         .collect();
     let labels: Vec<Vec<i64>> = ids.iter().map(|r| r.iter().map(|&v| v as i64).collect()).collect();
     let batch = Batch {
-        lengths: vec![seq(); BATCH],
+        lengths: vec![seq; batch_size],
         input_ids: ids,
     };
     let mut times = Vec::new();
@@ -160,9 +230,11 @@ fn run_one(model: &Path, name: &str, steps: usize) -> Result<()> {
     Ok(())
 }
 
-fn spawn(model: &Path, name: &str, steps: usize, threads: Option<(usize, usize)>) -> Result<serde_json::Value> {
+fn spawn(shape: &BenchShape, model: &Path, name: &str, threads: Option<(usize, usize)>) -> Result<serde_json::Value> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(["--one", name, &steps.to_string()]).arg(model);
+    cmd.args(["--one", name, &shape.steps.to_string()])
+        .arg(model)
+        .args([shape.batch.to_string(), shape.seq.to_string()]);
     if let Some((rayon, candle)) = threads {
         cmd.env("RAYON_NUM_THREADS", rayon.to_string())
             .env("CANDLE_NUM_THREADS", candle.to_string());
@@ -207,17 +279,24 @@ fn pytorch_python() -> Result<std::path::PathBuf> {
     Ok(python)
 }
 
-fn pytorch_one(python: &Path, model: &Path, name: &str, steps: usize) -> Result<serde_json::Value> {
+fn pytorch_one(
+    python: &Path,
+    shape: &BenchShape,
+    model: &Path,
+    name: &str,
+    attention: &str,
+) -> Result<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch/train_step.py");
     let out = std::process::Command::new(python)
         .arg(script)
         .arg(model)
         .arg(name)
-        .arg(steps.to_string())
+        .args([shape.steps.to_string(), shape.batch.to_string(), shape.seq.to_string()])
+        .arg(attention)
         .output()?;
     anyhow::ensure!(
         out.status.success(),
-        "PyTorch {name}: {}",
+        "PyTorch {name} ({attention}): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let line = String::from_utf8_lossy(&out.stdout)
@@ -228,114 +307,176 @@ fn pytorch_one(python: &Path, model: &Path, name: &str, steps: usize) -> Result<
     Ok(serde_json::from_str(&line)?)
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--one") {
-        return run_one(Path::new(&args[4]), &args[2], args[3].parse()?);
+/// The CPU's model name and the widest SIMD level this build dispatches to on it.
+fn cpu_line() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .or_else(|| {
+            std::process::Command::new("sysctl")
+                .args(["-n", "machdep.cpu.brand_string"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "CPU: {name}, SIMD {}, {} threads",
+        simd_level(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    )
+}
+
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return "AVX2+FMA";
+        }
+        "SSE2"
     }
-    let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let dir = std::env::temp_dir().join("freezetune-bench-train-model");
-    if !dir.join("config.json").exists() {
-        let spec = SynthSpec {
-            family: Family::Llama,
-            layers: 8,
-            hidden: 512,
-            intermediate: 1376,
-            heads: 8,
-            kv_heads: 8,
-            vocab: 8000,
-            experts: 0,
-            dtype: freezetune_core::safetensors::DType::F32,
-            shards: 1,
-            fill: Fill::Random { seed: 3 },
-            tied: false,
-        };
-        write_checkpoint(&dir, &spec)?;
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
     }
-    println!("random llama: 8 layers, hidden 512, 8 heads, intermediate 1376, vocab 8000; batch {BATCH} x seq {}, f32, AdamW; median of {steps} steps", seq());
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+fn ms(r: &serde_json::Value) -> f64 {
+    r["median_ms"].as_f64().unwrap_or(0.0)
+}
+
+fn mib(r: &serde_json::Value) -> f64 {
+    r["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0
+}
+
+/// FreezeTune's own table: step time and memory per configuration, against full training and the estimate.
+fn freezetune_table(shape: &BenchShape, dir: &Path) -> Result<Vec<serde_json::Value>> {
     println!(
         "{:<12} {:>12} {:>10} {:>12} {:>10} {:>14} {:>9}",
         "config", "trainable", "step ms", "vs full", "peak MiB", "estimate MiB", "est/peak"
     );
     let mut full: Option<(f64, f64)> = None;
     let mut results = Vec::new();
-    for (name, _) in configs() {
-        let r = spawn(&dir, name, steps, None)?;
-        results.push(r.clone());
-        let ms = r["median_ms"].as_f64().unwrap_or(0.0);
-        let rss = r["peak_rss"].as_f64().unwrap_or(0.0);
+    for name in &shape.configs {
+        let r = spawn(shape, dir, name, None)?;
+        let (t, rss) = (ms(&r), r["peak_rss"].as_f64().unwrap_or(0.0));
         let est = r["estimate"].as_f64().unwrap_or(0.0);
-        let (fm, fr) = *full.get_or_insert((ms, rss));
+        let (fm, fr) = *full.get_or_insert((t, rss));
         println!(
             "{:<12} {:>12} {:>10.0} {:>5.2}x {:>4.2}x {:>10.0} {:>14.0} {:>9.2}",
             name,
             r["trainable"],
-            ms,
-            ms / fm,
+            t,
+            t / fm,
             rss / fr,
-            rss / 1048576.0,
+            mib(&r),
             est / 1048576.0,
             est / rss.max(1.0)
         );
+        results.push(r);
     }
-    for name in checkpointed() {
-        let r = spawn(&dir, &format!("{name} +ckpt"), steps, None)?;
+    for name in &shape.checkpointed {
+        let r = spawn(shape, dir, &format!("{name} +ckpt"), None)?;
         let (fm, fr) = full.expect("full ran first");
-        let (ms, rss) = (
-            r["median_ms"].as_f64().unwrap_or(0.0),
-            r["peak_rss"].as_f64().unwrap_or(0.0),
-        );
+        let rss = r["peak_rss"].as_f64().unwrap_or(0.0);
         println!(
             "{:<12} {:>12} {:>10.0} {:>5.2}x {:>4.2}x {:>10.0} {:>14} {:>9}",
             format!("{name} +ckpt"),
             r["trainable"],
-            ms,
-            ms / fm,
+            ms(&r),
+            ms(&r) / fm,
             rss / fr,
-            rss / 1048576.0,
+            mib(&r),
             "-",
             "-"
         );
     }
-    let ours: Vec<serde_json::Value> = results;
-    println!("\n(\"vs full\": step time ratio, then peak memory ratio)");
-    match pytorch_python() {
-        Err(e) => println!("\nPyTorch comparison skipped: {e:#}"),
-        Ok(python) => {
-            println!("\nside by side with PyTorch + transformers (eager attention, same files, same trainable sets):");
-            println!(
-                "{:<12} {:>14} {:>12} {:>12} {:>14} {:>12}",
-                "config", "FreezeTune ms", "PyTorch ms", "PT/FT speed", "FreezeTune MiB", "PyTorch MiB"
-            );
-            for r in &ours {
-                let name = r["name"].as_str().unwrap_or_default();
-                let pt = pytorch_one(&python, &dir, name, steps)?;
-                let (f, p) = (
-                    r["median_ms"].as_f64().unwrap_or(0.0),
-                    pt["median_ms"].as_f64().unwrap_or(0.0),
-                );
-                println!(
-                    "{:<12} {:>14.0} {:>12.0} {:>11.2}x {:>14.0} {:>12.0}",
-                    name,
-                    f,
-                    p,
-                    p / f.max(1e-9),
-                    r["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0,
-                    pt["peak_rss"].as_f64().unwrap_or(0.0) / 1048576.0
-                );
-            }
-            println!("(PT/FT speed > 1 means FreezeTune is faster)");
-        }
+    println!("(\"vs full\": step time ratio, then peak memory ratio)");
+    if let (Some(f), Some(t)) = (
+        results.iter().find(|r| r["name"] == "full"),
+        results.iter().find(|r| r["name"] == "top 2"),
+    ) {
+        println!("top 2 / full step time: {:.2} (goal: at most 0.40)", ms(t) / ms(f));
     }
-    println!("\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");
-    for threads in [(2, 2), (2, 1), (1, 2), (1, 1)] {
-        let r = spawn(&dir, "top 2", steps, Some(threads))?;
+    Ok(results)
+}
+
+/// The same configurations in PyTorch (sdpa and eager attention), as FreezeTune / PyTorch ratios.
+fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_json::Value]) -> Result<()> {
+    println!(
+        "\nside by side with PyTorch + transformers (same files, same trainable sets; FT/PT < 1: FreezeTune faster):"
+    );
+    println!(
+        "{:<12} {:>8} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "config", "FT ms", "sdpa ms", "eager ms", "FT/sdpa", "FT/eager", "FT MiB", "sdpa MiB", "eager MiB"
+    );
+    for r in ours {
+        let name = r["name"].as_str().unwrap_or_default();
+        let sdpa = pytorch_one(python, shape, dir, name, "sdpa")?;
+        let eager = pytorch_one(python, shape, dir, name, "eager")?;
         println!(
-            "  rayon {} / candle {}: {:.0} ms",
-            threads.0,
-            threads.1,
-            r["median_ms"].as_f64().unwrap_or(0.0)
+            "{:<12} {:>8.0} {:>9.0} {:>9.0} {:>7.2}x {:>8.2}x {:>8.0} {:>9.0} {:>9.0}",
+            name,
+            ms(r),
+            ms(&sdpa),
+            ms(&eager),
+            ms(r) / ms(&sdpa).max(1e-9),
+            ms(r) / ms(&eager).max(1e-9),
+            mib(r),
+            mib(&sdpa),
+            mib(&eager)
         );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--one") {
+        return run_one(Job {
+            name: &args[2],
+            steps: args[3].parse()?,
+            model: Path::new(&args[4]),
+            batch: args[5].parse()?,
+            seq: args[6].parse()?,
+        });
+    }
+    let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    println!("{}", cpu_line());
+    let python = pytorch_python();
+    for shape in shapes(steps) {
+        let dir = std::env::temp_dir().join(shape.dir_name);
+        if !dir.join("config.json").exists() {
+            write_checkpoint(&dir, &shape.spec)?;
+        }
+        println!(
+            "\n{}; batch {} x seq {}, f32, AdamW; median of {} steps",
+            shape.label, shape.batch, shape.seq, shape.steps
+        );
+        let ours = freezetune_table(&shape, &dir)?;
+        match &python {
+            Err(e) => println!("\nPyTorch comparison skipped: {e:#}"),
+            Ok(python) => pytorch_table(python, &shape, &dir, &ours)?,
+        }
+        if shape.thread_sweep {
+            println!("\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");
+            for threads in [(2, 2), (2, 1), (1, 2), (1, 1)] {
+                let r = spawn(&shape, &dir, "top 2", Some(threads))?;
+                println!("  rayon {} / candle {}: {:.0} ms", threads.0, threads.1, ms(&r));
+            }
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use freezetune_core::schedule::{BlockOrder, IntervalUnit, ScheduleKind, ScheduleSpec, StatePolicy};
 use freezetune_core::spec::{read_llamafactory_yaml, IdList, LlamaFactoryArgs};
 use freezetune_core::{FreezeSpec, PlanOptions};
 use std::path::PathBuf;
@@ -72,11 +73,109 @@ pub struct FreezeArgs {
     /// Read the freeze_* keys from a LLaMA-Factory training YAML (flags above override it).
     #[arg(long, value_name = "FILE.yaml", help_heading = "LLaMA-Factory mode")]
     pub llamafactory_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+/// A layer schedule over the selection (`[freeze.schedule]`); see docs/run-config.md.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScheduleArgs {
+    /// static, progressive (gradual unfreezing), cycle (BAdam block switching) or sample (LISA layer sampling).
+    #[arg(long, value_name = "KIND", value_parser = parse_kind, help_heading = "Layer schedule")]
+    pub schedule: Option<ScheduleKind>,
+    /// Length of a phase (default: progressive 1 epoch, cycle 50 steps, sample 20 steps).
+    #[arg(long, value_name = "N", help_heading = "Layer schedule")]
+    pub interval: Option<u64>,
+    /// What --interval counts: steps or epochs.
+    #[arg(long, value_name = "UNIT", value_parser = parse_unit, help_heading = "Layer schedule")]
+    pub unit: Option<IntervalUnit>,
+    /// Layers per group (progressive) or block (cycle); default 1.
+    #[arg(long, value_name = "N", help_heading = "Layer schedule")]
+    pub group: Option<usize>,
+    /// ascending, descending, random or fixed (cycle); descending or ascending (progressive).
+    #[arg(long, value_name = "ORDER", value_parser = parse_order, help_heading = "Layer schedule")]
+    pub order: Option<BlockOrder>,
+    /// cycle: the block the run starts on (0-based, from the bottom).
+    #[arg(long, value_name = "N", help_heading = "Layer schedule")]
+    pub start_block: Option<usize>,
+    /// sample: layers per phase (default 2).
+    #[arg(long, value_name = "N", help_heading = "Layer schedule")]
+    pub gamma: Option<usize>,
+    /// Seed of random block orders and layer draws (default: the run's seed).
+    #[arg(long, value_name = "N", help_heading = "Layer schedule")]
+    pub schedule_seed: Option<u64>,
+    /// Modules outside the layers that train in every phase, comma-separated (embed_tokens, norm, lm_head).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', help_heading = "Layer schedule")]
+    pub always: Vec<String>,
+    /// progressive: each lower group's learning rate is the one above divided by this (2.6 in ULMFiT).
+    #[arg(long, value_name = "F", help_heading = "Layer schedule")]
+    pub lr_decay: Option<f64>,
+    /// reset (every switch starts the optimizer afresh, BAdam) or keep (moments survive, LISA).
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy, help_heading = "Layer schedule")]
+    pub optimizer_state: Option<StatePolicy>,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, choices: &str, s: &str) -> std::result::Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not a {what}; choose {choices}"))
+}
+
+fn parse_kind(s: &str) -> std::result::Result<ScheduleKind, String> {
+    parse_enum("schedule kind", "static, progressive, cycle or sample", s)
+}
+
+fn parse_unit(s: &str) -> std::result::Result<IntervalUnit, String> {
+    parse_enum("unit", "steps or epochs", s)
+}
+
+fn parse_order(s: &str) -> std::result::Result<BlockOrder, String> {
+    parse_enum("block order", "ascending, descending, random or fixed", s)
+}
+
+fn parse_policy(s: &str) -> std::result::Result<StatePolicy, String> {
+    parse_enum("optimizer state policy", "reset or keep", s)
+}
+
+impl ScheduleArgs {
+    /// The schedule these flags describe; `None` without `--schedule` (its options alone are an error).
+    pub fn to_spec(&self) -> Result<Option<ScheduleSpec>> {
+        let Some(kind) = self.schedule else {
+            let options = self.interval.is_some()
+                || self.unit.is_some()
+                || self.group.is_some()
+                || self.order.is_some()
+                || self.start_block.is_some()
+                || self.gamma.is_some()
+                || self.schedule_seed.is_some()
+                || !self.always.is_empty()
+                || self.lr_decay.is_some()
+                || self.optimizer_state.is_some();
+            if options {
+                anyhow::bail!("layer schedule options need --schedule KIND (progressive, cycle or sample)");
+            }
+            return Ok(None);
+        };
+        let spec = ScheduleSpec {
+            kind,
+            interval: self.interval,
+            unit: self.unit,
+            group: self.group,
+            order: self.order,
+            start_block: self.start_block,
+            gamma: self.gamma,
+            seed: self.schedule_seed,
+            always: self.always.iter().map(|m| m.trim().to_string()).collect(),
+            lr_decay: self.lr_decay,
+            optimizer_state: self.optimizer_state,
+        };
+        spec.validate()?;
+        Ok(Some(spec))
+    }
 }
 
 impl FreezeArgs {
     pub fn is_empty(&self) -> bool {
-        self.to_spec_unchecked().0 == FreezeSpec::default()
+        self.to_spec_unchecked().0 == FreezeSpec::default() && self.schedule.schedule.is_none()
     }
 
     /// The spec these flags describe, plus notes to show (e.g. from reading a LLaMA-Factory YAML).
@@ -105,6 +204,7 @@ impl FreezeArgs {
             lf.use_llama_pro |= self.use_llama_pro;
             spec.llamafactory = Some(lf);
         }
+        spec.schedule = self.schedule.to_spec()?;
         Ok((spec, notes))
     }
 
@@ -130,6 +230,7 @@ impl FreezeArgs {
                 })
                 .collect(),
             llamafactory: None,
+            schedule: None,
         };
         let uses_lf = self.freeze_trainable_layers.is_some()
             || self.freeze_trainable_layers_ids.is_some()

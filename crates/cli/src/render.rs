@@ -208,3 +208,67 @@ pub fn plan_table(l: &ModelLayout, p: &FreezePlan) -> String {
     }
     s
 }
+
+/// A layer schedule's timeline: one row per phase (the first 24), and the grid of which layer trains when.
+pub fn timeline_table(t: &freezetune_core::schedule::Timeline) -> String {
+    use freezetune_core::ids::format_layer_ids;
+    use freezetune_core::schedule::{kind_name, StatePolicy};
+    let mut s = String::new();
+    let policy = match t.optimizer_state {
+        StatePolicy::Reset => "optimizer state reset at each switch",
+        StatePolicy::Keep => "optimizer state kept per tensor",
+    };
+    let _ = writeln!(
+        s,
+        "\nschedule {}: {} phase(s) over {} steps, {} steps each; {policy}",
+        kind_name(t.kind),
+        t.phases.len(),
+        t.total_steps,
+        t.interval_steps
+    );
+    if !t.always.is_empty() {
+        let _ = writeln!(s, "always trained: {}", t.always.join(", "));
+    }
+    let _ = writeln!(
+        s,
+        "{:<7} {:<13} {:<14} {:>11} {:>12}",
+        "phase", "steps", "layers", "trainable", "memory"
+    );
+    const SHOWN: usize = 24;
+    for p in t.phases.iter().take(SHOWN) {
+        let steps = format!("{}-{}", p.start_step + 1, p.end_step);
+        let _ = writeln!(
+            s,
+            "{:<7} {:<13} {:<14} {:>11} {:>12}",
+            p.index,
+            steps,
+            format_layer_ids(&p.layers),
+            count(p.trainable_params),
+            bytes(p.memory_bytes)
+        );
+    }
+    if t.phases.len() > SHOWN {
+        let _ = writeln!(s, "... {} more phases (--json shows all)", t.phases.len() - SHOWN);
+    }
+    // Layers down (top layer first, as the picker draws the stack), phases across: '#' trains.
+    let _ = writeln!(s, "\nlayer  phases 0-{}", t.phases.len().min(60).saturating_sub(1));
+    for &l in t.layers.iter().rev() {
+        let row: String = t
+            .phases
+            .iter()
+            .take(60)
+            .map(|p| if p.layers.contains(&l) { '#' } else { '.' })
+            .collect();
+        let _ = writeln!(s, "{l:>5}  {row}");
+    }
+    let _ = writeln!(
+        s,
+        "peak memory: phase {}, {} (estimate)",
+        t.peak_phase,
+        bytes(t.peak_memory.total_bytes)
+    );
+    for note in &t.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    s
+}

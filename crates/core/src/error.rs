@@ -45,6 +45,9 @@ pub enum Error {
     #[error("{message}")]
     BadSelection { message: String },
 
+    #[error("freeze.schedule: {message}")]
+    BadSchedule { message: String },
+
     #[error("module {module:?} is not found in {place}; choose from {}", .choices.join(", "))]
     UnknownModule {
         module: String,
@@ -96,6 +99,7 @@ impl Error {
             Error::BadLayerIds { .. } => "bad_layer_ids",
             Error::LayerOutOfRange { .. } => "layer_out_of_range",
             Error::BadSelection { .. } => "bad_selection",
+            Error::BadSchedule { .. } => "bad_schedule",
             Error::UnknownModule { .. } => "module_not_found",
             Error::TiedLmHead => "tied_lm_head",
             Error::NothingTrainable => "nothing_trainable",

@@ -153,6 +153,16 @@ pub enum TrainEvent {
         step: u64,
         eval_loss: f64,
     },
+    /// A layer schedule's phase begins after `step` optimizer steps: from now on `layers` (of the selection) train,
+    /// with `trainable_params` parameters in all, until step `end_step`.
+    Phase {
+        step: u64,
+        phase: usize,
+        phases: usize,
+        end_step: u64,
+        layers: Vec<usize>,
+        trainable_params: u64,
+    },
     Checkpoint {
         step: u64,
         path: PathBuf,

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod preset;
 pub mod run_config;
 pub mod safetensors;
+pub mod schedule;
 pub mod spec;
 pub mod synth;
 

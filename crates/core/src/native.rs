@@ -115,7 +115,7 @@ fn resolve_modules(layout: &ModelLayout, modules: &[String]) -> Result<Option<Ve
 }
 
 /// A non-layer module by short name (`norm`) or full path (`model.norm`).
-fn resolve_extra<'a>(layout: &'a ModelLayout, name: &str) -> Result<&'a ModuleInfo> {
+pub(crate) fn resolve_extra<'a>(layout: &'a ModelLayout, name: &str) -> Result<&'a ModuleInfo> {
     let name = name.trim();
     if name == "lm_head" && layout.tie_word_embeddings {
         return Err(Error::TiedLmHead);

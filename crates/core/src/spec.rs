@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// The user's freeze choice. Native keys (`top`, `bottom`, `layers`, `all_layers`, `no_layers`, `modules`, `extra`)
 /// or, instead, a `llamafactory` table with LLaMA-Factory's own argument names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct FreezeSpec {
@@ -36,6 +36,10 @@ pub struct FreezeSpec {
     pub extra: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llamafactory: Option<LlamaFactoryArgs>,
+    /// How the trainable set changes during a run (`[freeze.schedule]`, see `schedule.rs`); without one the
+    /// selection trains throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduleSpec>,
 }
 
 fn is_false(b: &bool) -> bool {

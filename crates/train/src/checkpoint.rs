@@ -1,5 +1,6 @@
-//! Checkpoints: `checkpoints/step-N/` holds the trainable tensors, the optimizer state and where the data order
-//! stood, enough for `--resume` to continue exactly. A checkpoint is written into `.step-N.partial` and renamed, so
+//! Checkpoints: `checkpoints/step-N/` holds the trained tensors (the trainable ones, and those a layer schedule
+//! trained earlier and froze again), the optimizer state (a schedule's kept-aside moments too) and where the data
+//! order stood, enough for `--resume` to continue exactly. A checkpoint is written into `.step-N.partial` and renamed, so
 //! a folder named `step-N` is always complete.
 
 use crate::error::{candle, io, Result, TrainError};
@@ -34,11 +35,7 @@ pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &P
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let trainable: HashMap<String, Tensor> = params
-        .vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
+    let trainable: HashMap<String, Tensor> = params.trained_values().map(|(n, t)| (n.clone(), t)).collect();
     let path = staging.join("trainable.safetensors");
     candle_core::safetensors::save(&trainable, &path).map_err(candle(&format!("writing {}", path.display())))?;
     let (state, _) = optimizer.state();
@@ -70,33 +67,51 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
-/// Loads a checkpoint into the parameters and the optimizer; returns where the run stood.
-pub fn restore(dir: &Path, params: &Params, optimizer: &mut Optimizer, device: &Device) -> Result<Progress> {
+/// Where the run stood when `dir` was saved.
+pub fn read_progress(dir: &Path) -> Result<Progress> {
     let path = dir.join("progress.json");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let progress: Progress = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+    serde_json::from_str(&text).map_err(|e| TrainError::Config {
         path: path.clone(),
         reason: e.to_string(),
-    })?;
+    })
+}
+
+/// Loads a checkpoint into the parameters and the optimizer; returns where the run stood. Every name in
+/// `required` (what trained before the checkpoint) must be in it.
+pub fn restore(
+    dir: &Path,
+    params: &mut Params,
+    optimizer: &mut Optimizer,
+    device: &Device,
+    required: &[String],
+) -> Result<Progress> {
+    let progress = read_progress(dir)?;
     let path = dir.join("trainable.safetensors");
     let saved =
         candle_core::safetensors::load(&path, device).map_err(candle(&format!("reading {}", path.display())))?;
-    for (name, var) in &params.vars {
-        let t = saved.get(name).ok_or_else(|| TrainError::Tensor {
-            name: name.clone(),
+    if let Some(missing) = required.iter().find(|n| !saved.contains_key(*n)) {
+        return Err(TrainError::Tensor {
+            name: missing.clone(),
             reason: format!(
-                "is trainable in this run but missing from the checkpoint {}",
+                "trained before this checkpoint but is missing from {}; the run's model or freeze settings changed \
+                 since it was saved",
                 dir.display()
             ),
-        })?;
-        var.set(t).map_err(candle(&format!("restoring {name}")))?;
+        });
+    }
+    let saved: BTreeMap<String, Tensor> = saved.into_iter().collect();
+    for (name, t) in &saved {
+        params.restore_value(name, t)?;
     }
     let path = dir.join("optimizer.safetensors");
     if path.is_file() {
         let state =
             candle_core::safetensors::load(&path, device).map_err(candle(&format!("reading {}", path.display())))?;
         let state: BTreeMap<String, Tensor> = state.into_iter().collect();
-        optimizer.load_state(&state, progress.optimizer_step);
+        optimizer
+            .load_state(&state, progress.optimizer_step)
+            .map_err(candle(&format!("restoring the optimizer state of {}", dir.display())))?;
     }
     Ok(progress)
 }

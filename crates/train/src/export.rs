@@ -1,6 +1,6 @@
 //! Writing a complete Hugging Face checkpoint: the model folder's config, tokenizer and template files, and one
 //! `model.safetensors` with every tensor. Frozen tensors are copied byte for byte from the input; trainable ones are
-//! cast back to the dtype they had. The folder is assembled beside its destination and renamed into place.
+//! cast back to the dtype they had (so are tensors a layer schedule trained and then froze again). The folder is assembled beside its destination and renamed into place.
 
 use crate::error::{io, Result, TrainError};
 use crate::params::Params;
@@ -11,17 +11,17 @@ use freezetune_core::safetensors::DType as StDType;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Raw little-endian bytes of a trainable tensor in the checkpoint's dtype, rounded (to nearest even) from the f32
-/// master. The master is copied to the host first: the casts run there (an f64 checkpoint cannot be cast to on
-/// Metal, which has no f64).
-fn trainable_bytes(params: &Params, name: &str, dtype: StDType) -> Result<Vec<u8>> {
+/// Raw little-endian bytes of a trained tensor in the checkpoint's dtype, rounded (to nearest even) from the f32
+/// master (or from the trained constant a schedule left it as). Copied to the host first: the casts run there (an
+/// f64 checkpoint cannot be cast to on Metal, which has no f64).
+fn trained_bytes(value: &candle_core::Tensor, name: &str, dtype: StDType) -> Result<Vec<u8>> {
     let err = |e: candle_core::Error| TrainError::Candle {
         context: format!("exporting {name}"),
         source: e,
     };
-    let t = params.vars[name]
-        .as_tensor()
+    let t = value
         .to_device(&candle_core::Device::Cpu)
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
         .and_then(|t| t.flatten_all())
         .map_err(err)?;
     Ok(match dtype {
@@ -130,9 +130,8 @@ fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<(
     out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io(path))?;
     out.write_all(text.as_bytes()).map_err(io(path))?;
     for (name, dtype, _) in &tensors {
-        if params.vars.contains_key(name) {
-            out.write_all(&trainable_bytes(params, name, *dtype)?)
-                .map_err(io(path))?;
+        if let Some(value) = params.trained_value(name) {
+            out.write_all(&trained_bytes(&value, name, *dtype)?).map_err(io(path))?;
         } else {
             let view = st.get(name).map_err(|e| TrainError::Candle {
                 context: format!("tensor {name}"),

@@ -15,7 +15,11 @@ const MAX_X: f32 = 88.722_83;
 #[inline(always)]
 fn exp1(x: f32) -> f32 {
     let xc = x.clamp(MIN_X, MAX_X);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let rounded = xc * LOG2E + ROUND;
+    let n = rounded - ROUND;
+    // The integer n read from the rounded float's mantissa bits: an `as i32` cast would be saturating (NaN → 0),
+    // which the compiler does lane by lane, and that alone made the loop as slow as `expf`.
+    let n_int = (rounded.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -26,10 +30,9 @@ fn exp1(x: f32) -> f32 {
     let y = p * r * r + r + 1.0;
     // 2^n by building the exponent bits; n + 127 is in 1..=255 after the clamp except at the very top, where
     // MAX_X rounds to n = 128: split the scale in two there so it overflows to inf, not to garbage.
-    let n = n as i32;
-    let half = n >> 1;
+    let half = n_int >> 1;
     let s1 = f32::from_bits(((half + 127) as u32) << 23);
-    let s2 = f32::from_bits(((n - half + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n_int - half + 127) as u32) << 23);
     let v = y * s1 * s2;
     let v = if x < MIN_X { 0.0 } else { v };
     if x > MAX_X {

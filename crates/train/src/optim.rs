@@ -34,37 +34,116 @@ pub fn is_bias_or_norm(name: &str) -> bool {
     name.ends_with(".bias") || name.rsplit('.').nth(1).is_some_and(|m| m.contains("norm"))
 }
 
+/// AdamW state of one tensor: its moments and its own step count, as torch keeps `state['step']` per parameter, so a
+/// tensor that sits out phases of a layer schedule resumes its bias correction where it left off.
+#[derive(Clone)]
+pub struct Moments {
+    pub m: Tensor,
+    pub v: Tensor,
+    pub step: u64,
+}
+
 pub enum Optimizer {
     Sgd {
         params: Vec<(String, Var)>,
+        lr_scale: Vec<f64>,
     },
     AdamW {
         params: Vec<(String, Var)>,
+        lr_scale: Vec<f64>,
         config: AdamWConfig,
-        state: Vec<Option<(Tensor, Tensor)>>,
-        step: u64,
+        state: Vec<Option<Moments>>,
+        /// Moments of tensors not trainable in the current phase of a schedule (`keep`), on the host.
+        stash: BTreeMap<String, Moments>,
+        /// Updates applied so far (for progress reports; the bias corrections use each tensor's own count).
+        steps: u64,
     },
+}
+
+/// Whether a schedule's phase change keeps each tensor's optimizer state or starts every tensor afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateOnSwitch {
+    Keep,
+    Reset,
 }
 
 impl Optimizer {
     pub fn sgd(params: Vec<(String, Var)>) -> Optimizer {
-        Optimizer::Sgd { params }
+        let lr_scale = vec![1.0; params.len()];
+        Optimizer::Sgd { params, lr_scale }
     }
 
     pub fn adamw(params: Vec<(String, Var)>, config: AdamWConfig) -> Optimizer {
         let n = params.len();
         Optimizer::AdamW {
             params,
+            lr_scale: vec![1.0; n],
             config,
             state: vec![None; n],
-            step: 0,
+            stash: BTreeMap::new(),
+            steps: 0,
         }
     }
 
     pub fn params(&self) -> &[(String, Var)] {
         match self {
-            Optimizer::Sgd { params } | Optimizer::AdamW { params, .. } => params,
+            Optimizer::Sgd { params, .. } | Optimizer::AdamW { params, .. } => params,
         }
+    }
+
+    /// Updates applied so far.
+    pub fn steps_taken(&self) -> u64 {
+        match self {
+            Optimizer::Sgd { .. } => 0,
+            Optimizer::AdamW { steps, .. } => *steps,
+        }
+    }
+
+    /// Per-parameter learning-rate factors (aligned with [`Optimizer::params`]; 1 is the base rate).
+    pub fn set_lr_scale(&mut self, scale: Vec<f64>) {
+        match self {
+            Optimizer::Sgd { lr_scale, .. } | Optimizer::AdamW { lr_scale, .. } => *lr_scale = scale,
+        }
+    }
+
+    /// A schedule's phase change: `new` becomes the parameter list. With `Keep`, a tensor's moments leave with it
+    /// (to the host) and come back when it trains again; with `Reset`, every tensor starts afresh, as BAdam does.
+    pub fn switch_params(&mut self, new: Vec<(String, Var)>, policy: StateOnSwitch) -> Result<()> {
+        let n = new.len();
+        match self {
+            Optimizer::Sgd { params, lr_scale } => {
+                *params = new;
+                *lr_scale = vec![1.0; n];
+            }
+            Optimizer::AdamW {
+                params,
+                lr_scale,
+                state,
+                stash,
+                ..
+            } => {
+                if policy == StateOnSwitch::Reset {
+                    stash.clear();
+                } else {
+                    for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
+                        if let Some(s) = slot.take() {
+                            stash.insert(name.clone(), s.to_device(&candle_core::Device::Cpu)?);
+                        }
+                    }
+                }
+                let mut fresh = Vec::with_capacity(n);
+                for (name, var) in &new {
+                    fresh.push(match stash.remove(name) {
+                        Some(s) => Some(s.to_device(var.as_tensor().device())?),
+                        None => None,
+                    });
+                }
+                *state = fresh;
+                *params = new;
+                *lr_scale = vec![1.0; n];
+            }
+        }
+        Ok(())
     }
 
     /// The gradients of the optimizer's parameters, in its order, taken out of a backward pass's store.
@@ -79,92 +158,148 @@ impl Optimizer {
     /// gradient are left alone, as PyTorch does.
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         match self {
-            Optimizer::Sgd { params } => {
-                for ((_, var), g) in params.iter().zip(grads) {
+            Optimizer::Sgd { params, lr_scale } => {
+                for (((_, var), g), k) in params.iter().zip(grads).zip(lr_scale.iter()) {
                     if let Some(g) = g {
-                        var.set(&(var.as_tensor() - (g * lr)?)?)?;
+                        var.set(&(var.as_tensor() - (g * (lr * k))?)?)?;
                     }
                 }
             }
             Optimizer::AdamW {
                 params,
+                lr_scale,
                 config: c,
                 state,
-                step,
+                steps,
+                ..
             } => {
-                *step += 1;
-                let bc1 = 1.0 - c.beta1.powi(*step as i32);
-                let bc2_sqrt = (1.0 - c.beta2.powi(*step as i32)).sqrt();
-                for (((name, var), slot), g) in params.iter().zip(state.iter_mut()).zip(grads) {
+                *steps += 1;
+                for ((((name, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter())
+                {
                     let Some(g) = g else { continue };
-                    let (m, v) = match slot.take() {
+                    let s = match slot.take() {
                         Some(s) => s,
-                        None => (g.zeros_like()?, g.zeros_like()?),
+                        None => Moments {
+                            m: g.zeros_like()?,
+                            v: g.zeros_like()?,
+                            step: 0,
+                        },
                     };
                     let decay = if c.no_decay_for_bias_and_norm && is_bias_or_norm(name) {
                         0.0
                     } else {
                         c.weight_decay
                     };
-                    let moments = if fused::applies(var.as_tensor()) && var.as_tensor().is_contiguous() {
-                        let h = fused::AdamWStep {
-                            lr: lr as f32,
-                            beta1: c.beta1 as f32,
-                            beta2: c.beta2 as f32,
-                            eps: c.eps as f32,
-                            decay: decay as f32,
-                            bc1: bc1 as f32,
-                            bc2_sqrt: bc2_sqrt as f32,
-                        };
-                        fused::adamw_update(var.as_tensor(), &m, &v, g, h)?;
-                        (m, v)
-                    } else {
-                        let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-                        let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                        let p = (var.as_tensor() * (1.0 - lr * decay))?;
-                        let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
-                        var.set(&(p - (m.div(&denom)? * (lr / bc1))?)?)?;
-                        (m, v)
-                    };
-                    *slot = Some(moments);
+                    *slot = Some(adamw_update(var, g, s, c, lr * k, decay)?);
                 }
             }
         }
         Ok(())
     }
 
-    /// Optimizer state to save in a checkpoint: AdamW's moments as `m.<name>` / `v.<name>`, and its step count.
+    /// Optimizer state to save in a checkpoint: AdamW's moments as `m.<name>` / `v.<name>` and each tensor's step
+    /// count as a scalar `t.<name>` (the tensors a schedule keeps aside included), and the updates applied so far.
     pub fn state(&self) -> (BTreeMap<String, Tensor>, u64) {
         let mut out = BTreeMap::new();
         if let Optimizer::AdamW {
-            params, state, step, ..
+            params,
+            state,
+            stash,
+            steps,
+            ..
         } = self
         {
-            for ((name, _), slot) in params.iter().zip(state) {
-                if let Some((m, v)) = slot {
-                    out.insert(format!("m.{name}"), m.clone());
-                    out.insert(format!("v.{name}"), v.clone());
+            let active = params
+                .iter()
+                .zip(state)
+                .filter_map(|((n, _), s)| s.as_ref().map(|s| (n, s)));
+            for (name, s) in active.chain(stash.iter()) {
+                out.insert(format!("m.{name}"), s.m.clone());
+                out.insert(format!("v.{name}"), s.v.clone());
+                if let Ok(t) = Tensor::new(s.step as i64, &candle_core::Device::Cpu) {
+                    out.insert(format!("t.{name}"), t);
                 }
             }
-            return (out, *step);
+            return (out, *steps);
         }
         (out, 0)
     }
 
-    /// Restores what [`Optimizer::state`] saved.
-    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, saved_step: u64) {
+    /// Restores what [`Optimizer::state`] saved. Checkpoints from before per-tensor step counts give every tensor
+    /// the saved update count.
+    pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, saved_steps: u64) -> Result<()> {
         if let Optimizer::AdamW {
-            params, state, step, ..
+            params,
+            state,
+            stash,
+            steps,
+            ..
         } = self
         {
-            for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
-                if let (Some(m), Some(v)) = (tensors.get(&format!("m.{name}")), tensors.get(&format!("v.{name}"))) {
-                    *slot = Some((m.clone(), v.clone()));
+            let position: BTreeMap<&str, usize> =
+                params.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+            for (key, m) in tensors {
+                let Some(name) = key.strip_prefix("m.") else { continue };
+                let Some(v) = tensors.get(&format!("v.{name}")) else {
+                    continue;
+                };
+                let step = match tensors.get(&format!("t.{name}")) {
+                    Some(t) => t.to_dtype(candle_core::DType::I64)?.to_scalar::<i64>()? as u64,
+                    None => saved_steps,
+                };
+                let s = Moments {
+                    m: m.clone(),
+                    v: v.clone(),
+                    step,
+                };
+                match position.get(name) {
+                    Some(&i) => state[i] = Some(s),
+                    None => {
+                        stash.insert(name.to_string(), s.to_device(&candle_core::Device::Cpu)?);
+                    }
                 }
             }
-            *step = saved_step;
+            *steps = saved_steps;
         }
+        Ok(())
     }
+}
+
+impl Moments {
+    fn to_device(&self, device: &candle_core::Device) -> Result<Moments> {
+        Ok(Moments {
+            m: self.m.to_device(device)?,
+            v: self.v.to_device(device)?,
+            step: self.step,
+        })
+    }
+}
+
+/// One AdamW update of `var` (torch's formula): in place on the CPU, composite elsewhere.
+fn adamw_update(var: &Var, g: &Tensor, s: Moments, c: &AdamWConfig, lr: f64, decay: f64) -> Result<Moments> {
+    let step = s.step + 1;
+    let bc1 = 1.0 - c.beta1.powi(step as i32);
+    let bc2_sqrt = (1.0 - c.beta2.powi(step as i32)).sqrt();
+    let Moments { m, v, .. } = s;
+    if fused::applies(var.as_tensor()) && var.as_tensor().is_contiguous() {
+        let h = fused::AdamWStep {
+            lr: lr as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            decay: decay as f32,
+            bc1: bc1 as f32,
+            bc2_sqrt: bc2_sqrt as f32,
+        };
+        fused::adamw_update(var.as_tensor(), &m, &v, g, h)?;
+        return Ok(Moments { m, v, step });
+    }
+    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let p = (var.as_tensor() * (1.0 - lr * decay))?;
+    let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
+    var.set(&(p - (m.div(&denom)? * (lr / bc1))?)?)?;
+    Ok(Moments { m, v, step })
 }
 
 /// Adds a backward pass's parameter gradients (aligned with [`Optimizer::params`]) to running sums.

@@ -1,6 +1,11 @@
 //! The model's tensors as the freeze plan wants them: every name in the plan becomes an f32 `Var` (the optimizer's
 //! master weight, cast to the compute dtype where the forward pass uses it), every other tensor a constant in the
 //! compute dtype. Weights are read memory-mapped from the checkpoint's safetensors files.
+//!
+//! Under a layer schedule the trainable set changes between phases ([`Params::set_trainable`]): a tensor that
+//! stops training becomes a constant holding its trained value (and is remembered as trained, so checkpoints save it
+//! and `final/` writes it); one that starts training becomes an f32 master from its trained value, or from the
+//! checkpoint file when it has not trained yet (exact, not rounded through the compute dtype).
 
 use crate::error::{Result, TrainError};
 use crate::ops::Linear;
@@ -8,58 +13,156 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use freezetune_core::files::ModelFiles;
 use freezetune_core::FreezePlan;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub struct Params {
     /// Trainable tensors by name, in the plan's (sorted) order.
     pub vars: BTreeMap<String, Var>,
     consts: BTreeMap<String, Tensor>,
+    /// Constants that hold trained values (trained in an earlier phase of a schedule).
+    trained: BTreeSet<String>,
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
     dtype: DType,
+    device: Device,
+    /// The checkpoint's weights, mapped, for tensors that start training later.
+    source: MmapedSafetensors,
+}
+
+fn candle_err(context: String) -> impl FnOnce(candle_core::Error) -> TrainError {
+    move |source| TrainError::Candle { context, source }
 }
 
 impl Params {
     /// Loads every tensor of the checkpoint in `model_dir`: the plan's names as `Var`s, the rest as constants of
     /// `dtype` on `device`. Every trainable name must exist in the checkpoint.
     pub fn load(model_dir: &Path, plan: &FreezePlan, device: &Device, dtype: DType) -> Result<Params> {
+        Params::load_with(model_dir, &plan.trainable, device, dtype)
+    }
+
+    /// [`Params::load`] with the trainable names given directly (a schedule's phase).
+    pub fn load_with(model_dir: &Path, trainable: &[String], device: &Device, dtype: DType) -> Result<Params> {
         let files = ModelFiles::find(model_dir)?;
         // SAFETY: the files are memory-mapped read-only; FreezeTune never writes into a model folder it reads from.
-        let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|e| TrainError::Candle {
-            context: format!("mapping the weights of {}", model_dir.display()),
-            source: e,
-        })?;
-        let mut vars = BTreeMap::new();
-        let mut consts = BTreeMap::new();
-        for (name, _) in st.tensors() {
-            // Cast on the host, then upload: the stored dtype may be one the device lacks (f64 on Metal).
-            let load = |dt: DType| -> Result<Tensor> {
-                st.load(&name, &Device::Cpu)
-                    .and_then(|t| t.to_dtype(dt))
-                    .and_then(|t| t.to_device(device))
-                    .map_err(|e| TrainError::Candle {
-                        context: format!("loading tensor {name}"),
-                        source: e,
-                    })
-            };
-            if plan.is_trainable(&name) {
-                let t = load(DType::F32)?;
-                let var = Var::from_tensor(&t).map_err(|e| TrainError::Candle {
-                    context: format!("tensor {name}"),
-                    source: e,
-                })?;
-                vars.insert(name, var);
+        let source = unsafe { MmapedSafetensors::multi(&files.weights) }
+            .map_err(candle_err(format!("mapping the weights of {}", model_dir.display())))?;
+        let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
+        let mut params = Params {
+            vars: BTreeMap::new(),
+            consts: BTreeMap::new(),
+            trained: BTreeSet::new(),
+            dtype,
+            device: device.clone(),
+            source,
+        };
+        let names: Vec<String> = params.source.tensors().into_iter().map(|(n, _)| n).collect();
+        for name in names {
+            if wanted.contains(name.as_str()) {
+                let var = Var::from_tensor(&params.load_source(&name, DType::F32)?)
+                    .map_err(candle_err(format!("tensor {name}")))?;
+                params.vars.insert(name, var);
             } else {
-                consts.insert(name.clone(), load(dtype)?);
+                let t = params.load_source(&name, dtype)?;
+                params.consts.insert(name, t);
             }
         }
-        if let Some(missing) = plan.trainable.iter().find(|n| !vars.contains_key(*n)) {
+        if let Some(missing) = trainable.iter().find(|n| !params.vars.contains_key(*n)) {
             return Err(TrainError::Tensor {
                 name: missing.clone(),
                 reason: "is in the freeze plan but not in the checkpoint".into(),
             });
         }
-        Ok(Params { vars, consts, dtype })
+        Ok(params)
+    }
+
+    /// A tensor of the input checkpoint as `dtype` on the device. Cast on the host, then uploaded: the stored dtype
+    /// may be one the device lacks (f64 on Metal).
+    fn load_source(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        self.source
+            .load(name, &Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(&self.device))
+            .map_err(candle_err(format!("loading tensor {name}")))
+    }
+
+    /// Makes exactly `names` trainable: the others become constants holding their current values.
+    pub fn set_trainable(&mut self, names: &[String]) -> Result<()> {
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let stopping: Vec<String> = self
+            .vars
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in stopping {
+            let var = self.vars.remove(&name).expect("listed");
+            let t = var
+                .as_tensor()
+                .to_dtype(self.dtype)
+                .and_then(|t| t.copy())
+                .map_err(candle_err(format!("freezing {name}")))?;
+            self.consts.insert(name.clone(), t);
+            self.trained.insert(name);
+        }
+        for name in names {
+            if self.vars.contains_key(name) {
+                continue;
+            }
+            let Some(current) = self.consts.remove(name) else {
+                return Err(TrainError::Tensor {
+                    name: name.clone(),
+                    reason: "is in the schedule but not in the checkpoint".into(),
+                });
+            };
+            let master = if self.trained.remove(name) {
+                current
+                    .to_dtype(DType::F32)
+                    .map_err(candle_err(format!("unfreezing {name}")))?
+            } else {
+                self.load_source(name, DType::F32)?
+            };
+            let var = Var::from_tensor(&master).map_err(candle_err(format!("tensor {name}")))?;
+            self.vars.insert(name.clone(), var);
+        }
+        Ok(())
+    }
+
+    /// Every tensor whose value training has changed or may change: the trainable ones and the trained constants.
+    pub fn trained_values(&self) -> impl Iterator<Item = (&String, Tensor)> {
+        let vars = self.vars.iter().map(|(n, v)| (n, v.as_tensor().clone()));
+        let consts = self.trained.iter().map(|n| (n, self.consts[n].clone()));
+        vars.chain(consts)
+    }
+
+    /// The trained value of `name` if training has touched it (a `Var`, or a trained constant).
+    pub fn trained_value(&self, name: &str) -> Option<Tensor> {
+        if let Some(v) = self.vars.get(name) {
+            return Some(v.as_tensor().clone());
+        }
+        self.trained.contains(name).then(|| self.consts[name].clone())
+    }
+
+    /// Puts a value saved in a checkpoint back: into the `Var`, or as a trained constant.
+    pub fn restore_value(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        if let Some(var) = self.vars.get(name) {
+            let t = value
+                .to_dtype(DType::F32)
+                .map_err(candle_err(format!("restoring {name}")))?;
+            return var.set(&t).map_err(candle_err(format!("restoring {name}")));
+        }
+        if !self.consts.contains_key(name) {
+            return Err(TrainError::Tensor {
+                name: name.into(),
+                reason: "is in the checkpoint but not in the model".into(),
+            });
+        }
+        let t = value
+            .to_dtype(self.dtype)
+            .and_then(|t| t.to_device(&self.device))
+            .map_err(candle_err(format!("restoring {name}")))?;
+        self.consts.insert(name.into(), t);
+        self.trained.insert(name.into());
+        Ok(())
     }
 
     /// A tensor by name (a trainable one shares its `Var`'s storage and records gradients).

@@ -162,13 +162,19 @@ pub fn read_metrics(dir: &Path) -> IpcResult<Vec<TrainEvent>> {
     Ok(events)
 }
 
-/// One line of `metrics.jsonl`: a `Step` or `Eval` event without its `event` tag (the trainer writes bare records;
-/// an eval line is the one with `eval_loss`).
+/// One line of `metrics.jsonl`: a `Step`, `Eval` or `Phase` event without its `event` tag (the trainer writes bare
+/// records; an eval line is the one with `eval_loss`, a layer schedule's phase the one with `phase`).
 fn parse_metric(line: &str) -> serde_json::Result<TrainEvent> {
     let mut value: serde_json::Value = serde_json::from_str(line)?;
     if let Some(obj) = value.as_object_mut() {
         if !obj.contains_key("event") {
-            let tag = if obj.contains_key("eval_loss") { "eval" } else { "step" };
+            let tag = if obj.contains_key("eval_loss") {
+                "eval"
+            } else if obj.contains_key("phase") {
+                "phase"
+            } else {
+                "step"
+            };
             obj.insert("event".into(), tag.into());
         }
     }

@@ -38,7 +38,7 @@ impl Seen {
             TrainEvent::Checkpoint { step, .. } => self.checkpoint_step = Some(*step),
             TrainEvent::Stopped { step, .. } => (self.step, self.stopped) = (*step, true),
             TrainEvent::Finished { step, final_dir } => (self.step, self.final_dir) = (*step, Some(final_dir.clone())),
-            TrainEvent::Eval { .. } => {}
+            TrainEvent::Eval { .. } | TrainEvent::Phase { .. } => {}
         }
     }
 }

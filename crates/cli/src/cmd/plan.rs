@@ -3,6 +3,7 @@ use crate::render;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use freezetune_core::preset::PresetStore;
+use freezetune_core::schedule::TimelineContext;
 use freezetune_core::{FreezeSpec, ModelLayout};
 use std::path::PathBuf;
 
@@ -17,9 +18,18 @@ pub struct PlanArgs {
     pub preset: Option<String>,
     #[command(flatten)]
     pub size: SizeArgs,
-    /// Print the plan as JSON.
+    /// Print the plan as JSON (with a layer schedule, its timeline under "timeline").
     #[arg(long)]
     pub json: bool,
+    /// With a layer schedule: the run length the timeline is drawn for (a run's own data decides it).
+    #[arg(long, default_value_t = 1000, value_name = "N", help_heading = "Layer schedule")]
+    pub steps: u64,
+    /// With a layer schedule counted in epochs: optimizer steps per epoch.
+    #[arg(long, default_value_t = 100, value_name = "N", help_heading = "Layer schedule")]
+    pub steps_per_epoch: u64,
+    /// With a random layer schedule: the run's seed (used when the schedule names none).
+    #[arg(long, default_value_t = 42, value_name = "N", help_heading = "Layer schedule")]
+    pub seed: u64,
 }
 
 /// Resolves the model folder and the freeze spec from the positional path, the flags and an optional preset.
@@ -54,13 +64,32 @@ pub fn resolve(
 pub fn run(args: &PlanArgs) -> Result<()> {
     let (layout, spec, notes) = resolve(args.model_dir.as_ref(), &args.freeze, args.preset.as_deref())?;
     let plan = freezetune_core::plan(&layout, &spec, args.size.options())?;
+    let timeline = match &spec.schedule {
+        Some(schedule) if !schedule.is_static() => {
+            let context = TimelineContext {
+                total_steps: args.steps,
+                steps_per_epoch: args.steps_per_epoch,
+                seed: args.seed,
+                options: args.size.options(),
+            };
+            Some(freezetune_core::schedule::timeline(&layout, &plan, schedule, context)?)
+        }
+        _ => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        let mut value = serde_json::to_value(&plan)?;
+        if let (Some(t), Some(obj)) = (&timeline, value.as_object_mut()) {
+            obj.insert("timeline".into(), serde_json::to_value(t)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         for n in notes {
             eprintln!("note: {n}");
         }
         print!("{}", render::plan_table(&layout, &plan));
+        if let Some(t) = &timeline {
+            print!("{}", render::timeline_table(t));
+        }
     }
     Ok(())
 }

@@ -121,7 +121,7 @@ fn run_jsonl(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()
 fn run_human(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] step {pos}/{len} {msg} ETA {eta}")
+        ProgressStyle::with_template("{spinner} {prefix}[{bar:30}] step {pos}/{len} {msg} ETA {eta}")
             .expect("template")
             .progress_chars("=> "),
     );
@@ -188,6 +188,25 @@ fn run_human(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()
             b.set_message(msg);
         }
         TrainEvent::Eval { step, eval_loss } => say(&b, format!("step {step}: eval loss {eval_loss:.4}")),
+        TrainEvent::Phase {
+            phase,
+            phases,
+            end_step,
+            layers,
+            trainable_params,
+            ..
+        } => {
+            let ids = freezetune_core::ids::format_layer_ids(&layers);
+            b.set_prefix(format!("phase {}/{phases} ", phase + 1));
+            say(
+                &b,
+                format!(
+                    "phase {}/{phases}: layers {ids} train ({} parameters) until step {end_step}",
+                    phase + 1,
+                    crate::render::count(trainable_params)
+                ),
+            );
+        }
         TrainEvent::Checkpoint { path, .. } => say(&b, format!("checkpoint {}", path.display())),
         TrainEvent::Stopped { step, checkpoint } => say(
             &b,

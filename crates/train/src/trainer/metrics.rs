@@ -81,7 +81,8 @@ fn log_metric(file: &mut std::fs::File, path: &Path, event: &TrainEvent) -> Resu
     writeln!(file, "{value}").and_then(|_| file.flush()).map_err(io(path))
 }
 
-/// On resume, drops metric lines written after the checkpoint, so the file reads like one uninterrupted run.
+/// On resume, drops metric lines written after the checkpoint, so the file reads like one uninterrupted run. A
+/// schedule's phase that began right at the checkpoint is dropped too: the resumed run enters it again.
 pub(super) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
@@ -89,10 +90,11 @@ pub(super) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let kept: String = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+                return false;
+            };
+            let is_phase = v.get("phase").is_some();
+            v["step"].as_u64().is_some_and(|s| s < step || (s == step && !is_phase))
         })
         .map(|l| format!("{l}\n"))
         .collect();

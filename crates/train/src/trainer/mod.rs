@@ -2,10 +2,11 @@
 //! `checkpoints/step-N/`, `final/`). Decisions — how many steps, which examples form a batch, which learning rate —
 //! are plain functions of the config, so a resumed run repeats exactly what an uninterrupted one would do.
 //!
-//! `setup` prepares a [`Run`], `step` does one optimizer step, `metrics` evaluates, logs and checkpoints when
-//! due; [`train`] only sequences them.
+//! `setup` prepares a [`Run`], `phase` applies a layer schedule's phase changes, `step` does one optimizer step,
+//! `metrics` evaluates, logs and checkpoints when due; [`train`] only sequences them.
 
 mod metrics;
+mod phase;
 pub mod scaler;
 mod setup;
 mod step;
@@ -47,6 +48,10 @@ struct Run {
     params: Params,
     model: Decoder,
     optimizer: Optimizer,
+    decoder_config: crate::DecoderConfig,
+    /// The layer schedule's phases (one static phase without a schedule), and the one entered.
+    timeline: freezetune_core::schedule::Timeline,
+    phase: Option<usize>,
     data: setup::RunData,
     micro_per_epoch: usize,
     total_steps: u64,
@@ -74,6 +79,7 @@ pub fn train(
         if cancel.load(Ordering::Relaxed) {
             return run.stop(sink);
         }
+        run.enter_phase_if_due(sink)?;
         let micro = run.next_micro_batches();
         let event = run.step(&micro)?;
         run.record(&event)?;

@@ -16,7 +16,9 @@ use crate::DecoderConfig;
 use candle_core::DType;
 use freezetune_core::fsutil::{write_atomic, Overwrite};
 use freezetune_core::run_config::{OptimizerKind, ResolvedSection, RunConfig, TrainingSection};
+use freezetune_core::schedule::{self, ScheduleKind, Timeline, TimelineContext};
 use freezetune_core::{plan, FreezePlan, ModelLayout, PlanOptions};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -57,20 +59,33 @@ impl Run {
         let device = select_device(&config.runtime.device)?;
         let dtype = compute_dtype(&config.model.dtype, &device.device, checkpoint_dtype(&layout));
         let data = load_data(config, &decoder_config)?;
-        write_run_files(config, &plan, &device, dtype)?;
 
-        let params = Params::load(&config.model.path, &plan, &device.device, dtype)?;
-        let model = Decoder::new(decoder_config, &params, &device.device)?;
-        let mut optimizer = build_optimizer(t, &params);
         let micro_per_epoch = data.train.len().div_ceil(t.batch_size);
         let total_steps = total_steps(t, micro_per_epoch);
+        let timeline = build_timeline(&layout, &plan, config, total_steps, micro_per_epoch)?;
+        write_run_files(config, &plan, &timeline, &device, dtype)?;
+
+        let resume_from = if resume { checkpoint::latest(&run_dir) } else { None };
+        let start_step = match &resume_from {
+            Some(dir) => checkpoint::read_progress(dir)?.step,
+            None => 0,
+        };
+        let phase = timeline.phase_at(start_step);
+        let mut params = Params::load_with(
+            &config.model.path,
+            &timeline.phases[phase].trainable,
+            &device.device,
+            dtype,
+        )?;
+        let mut optimizer = build_optimizer(t, &params);
         let mut progress = Progress {
             scaler: (dtype == DType::F16).then(LossScaler::default),
             ..Progress::default()
         };
         if resume {
-            if let Some(dir) = checkpoint::latest(&run_dir) {
-                progress = checkpoint::restore(&dir, &params, &mut optimizer, &device.device)?;
+            if let Some(dir) = resume_from {
+                let before = trained_before(&timeline, start_step);
+                progress = checkpoint::restore(&dir, &mut params, &mut optimizer, &device.device, &before)?;
                 if dtype == DType::F16 && progress.scaler.is_none() {
                     progress.scaler = Some(LossScaler::default());
                 }
@@ -81,6 +96,12 @@ impl Run {
                 truncate_metrics(&metrics_path, 0)?;
             }
         }
+        // Built after the restore, which may replace constants (tensors a schedule trained and froze).
+        let model = Decoder::new(decoder_config.clone(), &params, &device.device)?;
+        optimizer.set_lr_scale(super::phase::lr_scales(&timeline.phases[phase], optimizer.params()));
+        // Resumed inside a phase: it is already entered. At its first step (a fresh run, or a resume right at a
+        // boundary) the loop enters it, which announces it and applies the optimizer policy.
+        let entered = (timeline.phases[phase].start_step < start_step).then_some(phase);
         let metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -97,6 +118,9 @@ impl Run {
             params,
             model,
             optimizer,
+            decoder_config,
+            timeline,
+            phase: entered,
             data,
             micro_per_epoch,
             total_steps,
@@ -157,8 +181,52 @@ fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> Result<RunDa
     })
 }
 
-/// `run.toml` (with what the run resolved: device, dtype) and `freeze_plan.json`.
-fn write_run_files(config: &RunConfig, plan: &FreezePlan, device: &DeviceChoice, dtype: DType) -> Result<()> {
+/// The run's layer schedule made concrete (a static one when the config has none).
+fn build_timeline(
+    layout: &ModelLayout,
+    plan: &FreezePlan,
+    config: &RunConfig,
+    total_steps: u64,
+    micro_per_epoch: usize,
+) -> Result<Timeline> {
+    let t = &config.training;
+    let context = TimelineContext {
+        total_steps,
+        steps_per_epoch: micro_per_epoch.div_ceil(t.gradient_accumulation_steps) as u64,
+        seed: t.seed,
+        options: PlanOptions {
+            batch_size: t.batch_size as u64,
+            seq_len: config.data.cutoff_len as u64,
+        },
+    };
+    let spec = config.freeze.schedule.clone().unwrap_or_default();
+    let timeline = schedule::timeline(layout, plan, &spec, context)?;
+    for note in &timeline.notes {
+        tracing::warn!("layer schedule: {note}");
+    }
+    Ok(timeline)
+}
+
+/// What trained in the phases begun before `step`: what a checkpoint at `step` must hold.
+fn trained_before(timeline: &Timeline, step: u64) -> Vec<String> {
+    let names: BTreeSet<&String> = timeline
+        .phases
+        .iter()
+        .filter(|p| p.start_step < step)
+        .flat_map(|p| &p.trainable)
+        .collect();
+    names.into_iter().cloned().collect()
+}
+
+/// `run.toml` (with what the run resolved: device, dtype), `freeze_plan.json`, and for a layer schedule
+/// `schedule.json` (its timeline).
+fn write_run_files(
+    config: &RunConfig,
+    plan: &FreezePlan,
+    timeline: &Timeline,
+    device: &DeviceChoice,
+    dtype: DType,
+) -> Result<()> {
     let run_dir: &Path = &config.output.dir;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let mut written = config.clone();
@@ -177,6 +245,13 @@ fn write_run_files(config: &RunConfig, plan: &FreezePlan, device: &DeviceChoice,
         serde_json::to_string_pretty(plan).expect("json").as_bytes(),
         Overwrite::Allow,
     )?;
+    if timeline.kind != ScheduleKind::Static {
+        write_atomic(
+            &run_dir.join("schedule.json"),
+            serde_json::to_string_pretty(timeline).expect("json").as_bytes(),
+            Overwrite::Allow,
+        )?;
+    }
     Ok(())
 }
 

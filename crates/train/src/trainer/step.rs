@@ -87,7 +87,7 @@ impl Run {
         p.step += 1;
         p.tokens += input_tokens;
         p.elapsed_s = self.elapsed_before + self.started.elapsed().as_secs_f64();
-        p.optimizer_step = self.optimizer.state().1;
+        p.optimizer_step = self.optimizer.steps_taken();
         self.last_loss = Some(stats.loss);
         Ok(TrainEvent::Step {
             step: p.step,
