@@ -11,6 +11,7 @@ const COMMANDS: &[&str] = &[
     "clear_hub_token",
     "pick_path",
     "plan_freeze",
+    "plan_timeline",
     "preview_export",
     "export_config",
     "check_layer_ids",

@@ -69,6 +69,7 @@ pub fn run() {
             models::clear_hub_token,
             dialogs::pick_path,
             plan::plan_freeze,
+            plan::plan_timeline,
             plan::preview_export,
             plan::export_config,
             plan::check_layer_ids,

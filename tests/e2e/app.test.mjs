@@ -255,5 +255,66 @@ describe("FreezeTune desktop app", () => {
     await sleep(1500);
     assert.equal(await s.attrOf("trainable-params", "data-value"), String(plan.trainable_params));
     await shot("layers-llamafactory");
+    await s.click(await s.find("llamafactory-mode"));
+    await settled();
+  });
+
+  it("layer schedules: a timeline for each kind as the CLI computes it, and a 2-phase run marks its switch", async () => {
+    const choose = (testId, value) =>
+      s.execute(
+        `const el = document.querySelector('[data-testid="' + arguments[0] + '"]'); el.value = arguments[1];
+         el.dispatchEvent(new Event("change", { bubbles: true }));`,
+        [testId, value],
+      );
+    await s.clickId("nav-layers");
+    await s.type(await s.find("layer-ids"), "4-7");
+    await s.waitFor("layer-4", async (el) => (await s.attr(el, "data-state")) === "trainable");
+    await settled();
+    const steps = 40;
+    for (const kind of ["progressive", "cycle", "sample"]) {
+      await choose("schedule-kind", kind);
+      await s.waitFor("schedule-timeline", async (el) => (await s.attr(el, "data-kind")) === kind);
+      await s.type(await s.find("timeline-steps"), String(steps));
+      await choose("timeline-steps", String(steps));
+      // Epochs are a run's business; the preview counts steps.
+      const every = { progressive: "10", cycle: "5", sample: "8" }[kind];
+      await choose("schedule-unit", "steps");
+      await s.type(await s.find("schedule-interval"), every);
+      await choose("schedule-interval", every);
+      await sleep(500);
+      const flags = ["--interval", every, "--unit", "steps"];
+      const plan = cli("plan", DEMO_MODEL, "--layers", "4-7", "--extra", "norm", "--schedule", kind, ...flags,
+        "--steps", String(steps), "--json");
+      await s.waitFor("schedule-timeline", async (el) =>
+        (await s.attr(el, "data-kind")) === kind && Number(await s.attr(el, "data-phases")) === plan.timeline.phases.length);
+      await s.execute(`document.querySelector('[data-testid="schedule-timeline"]').scrollIntoView({ block: "center" })`);
+      await sleep(300);
+      await shot(`schedule-${kind}`);
+    }
+    // A cycle over blocks of two layers, switching every 2 steps: a 4-step run has two phases.
+    await choose("schedule-kind", "cycle");
+    await s.waitFor("schedule-timeline", async (el) => (await s.attr(el, "data-kind")) === "cycle");
+    await s.type(await s.find("schedule-interval"), "2");
+    await choose("schedule-interval", "2");
+    await s.type(await s.find("schedule-group"), "2");
+    await choose("schedule-group", "2");
+    await s.execute("window.scrollTo(0, 0)");
+    await s.clickId("nav-train");
+    await s.type(await s.find("max-steps"), "4");
+    await s.clickId("start-training");
+    await s.waitFor("train-outcome", async (el) => /Finished after 4 steps/.test(await s.text(el)), 120000);
+    assert.equal(await s.attrOf("loss-chart", "data-phase-marks"), "1", "one phase switch on the curve");
+    await s.execute(`document.querySelector('[data-testid="loss-chart"]').scrollIntoView({ block: "center" })`);
+    await sleep(300);
+    await shot("schedule-run");
+    await s.clickId("nav-runs");
+    await s.waitFor("run-item");
+    await s.clickId("run-item");
+    const timeline = await s.waitFor("run-schedule");
+    assert.match(await s.text(timeline), /block cycling over layers 4-7: 2 phases in 4 steps/);
+    await shot("runs-schedule");
+    // Back to no schedule for whatever runs next.
+    await s.clickId("nav-layers");
+    await choose("schedule-kind", "static");
   });
 });

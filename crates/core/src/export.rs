@@ -1,6 +1,7 @@
 //! Writing a plan for other trainers, so the same choice runs on a bigger machine:
 //! a LLaMA-Factory YAML fragment (only when LLaMA-Factory's own rules give exactly the plan's tensors) and Axolotl
-//! `unfrozen_parameters` patterns (always exact). Both are checked against the plan before they are returned.
+//! `unfrozen_parameters` patterns (always exact). Both are checked against the plan before they are returned. A layer
+//! schedule goes out as BAdam (LLaMA-Factory) or LISA (Axolotl) keys where those do exactly the same (`schedule/interop.rs`).
 
 use crate::error::{Error, Result};
 use crate::ids::format_layer_ids;
@@ -12,6 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The LLaMA-Factory freeze arguments that reproduce `plan` exactly on this model, as a YAML fragment.
 pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<String> {
+    if let Some(schedule) = spec.schedule.as_ref().filter(|s| !s.is_static()) {
+        let mut out = header_comment(layout, plan);
+        out.push_str(&crate::schedule::interop::badam_yaml(plan, schedule)?);
+        return Ok(out);
+    }
     let args = match (&spec.llamafactory, plan.mode) {
         (Some(args), FreezeMode::Llamafactory) => args.clone(),
         _ => llamafactory_args_for(layout, plan)?,
@@ -200,7 +206,13 @@ pub fn axolotl_selects(patterns: &[String], name: &str) -> bool {
         .any(|p| regex::Regex::new(&p.replace('.', "\\.")).is_ok_and(|re| re.is_match(name)))
 }
 
-pub fn to_axolotl_yaml(layout: &ModelLayout, plan: &FreezePlan) -> Result<String> {
+/// Axolotl's config for the plan: `unfrozen_parameters`, or for a layer-sampling schedule its LISA keys.
+pub fn to_axolotl_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<String> {
+    if let Some(schedule) = spec.schedule.as_ref().filter(|s| !s.is_static()) {
+        let mut out = header_comment(layout, plan);
+        out.push_str(&crate::schedule::interop::lisa_yaml(layout, plan, schedule)?);
+        return Ok(out);
+    }
     let patterns = to_axolotl_patterns(layout, plan)?;
     let mut out = header_comment(layout, plan);
     out.push_str("# Axolotl escapes every '.' in these patterns; they select exactly the plan's tensors.\n");

@@ -93,7 +93,9 @@ fn axolotl_patterns_select_exactly_the_plan() {
                 t.name
             );
         }
-        assert!(to_axolotl_yaml(l, &p).unwrap().contains("unfrozen_parameters"));
+        assert!(to_axolotl_yaml(l, &FreezeSpec::default(), &p)
+            .unwrap()
+            .contains("unfrozen_parameters"));
     }
     let p = plan(&model("llama12"), &spec("layers = \"1,5,9\""), PlanOptions::default()).unwrap();
     assert_eq!(
@@ -120,4 +122,90 @@ fn llamafactory_spec_exports_its_own_arguments() {
         yaml.contains("freeze_trainable_layers: -2\n") && yaml.contains("freeze_extra_modules: norm\n"),
         "{yaml}"
     );
+}
+
+#[test]
+fn a_cycle_goes_out_as_badam_only_when_badam_would_do_the_same() {
+    let l = model("llama");
+    let yaml = |text: &str| {
+        let s = spec(text);
+        let p = plan(&l, &s, PlanOptions::default()).unwrap();
+        to_llamafactory_yaml(&l, &s, &p)
+    };
+    let out =
+        yaml("all_layers = true\n[schedule]\nkind = \"cycle\"\ninterval = 30\norder = \"descending\"\nstart_block = 2")
+            .unwrap();
+    assert!(
+        out.ends_with(
+            "finetuning_type: full\nuse_badam: true\nbadam_mode: layer\nbadam_switch_mode: descending\n\
+             badam_switch_interval: 30\nbadam_start_block: 2\n"
+        ),
+        "{out}"
+    );
+    for (text, why) in [
+        ("top = 2\n[schedule]\nkind = \"cycle\"", "every layer"),
+        (
+            "all_layers = true\nmodules = [\"mlp\"]\n[schedule]\nkind = \"cycle\"",
+            "every layer",
+        ),
+        (
+            "all_layers = true\nextra = [\"norm\"]\n[schedule]\nkind = \"cycle\"",
+            "always trains norm",
+        ),
+        (
+            "all_layers = true\n[schedule]\nkind = \"cycle\"\ngroup = 2",
+            "one layer per block",
+        ),
+        (
+            "all_layers = true\n[schedule]\nkind = \"cycle\"\noptimizer_state = \"keep\"",
+            "resets the optimizer",
+        ),
+        (
+            "all_layers = true\n[schedule]\nkind = \"cycle\"\nunit = \"epochs\"",
+            "epochs",
+        ),
+        ("all_layers = true\n[schedule]\nkind = \"sample\"", "no sample schedule"),
+    ] {
+        let e = yaml(text).unwrap_err();
+        assert_eq!(e.kind(), "not_expressible", "{text}");
+        assert!(e.to_string().contains(why), "{text}: {e}");
+    }
+}
+
+#[test]
+fn a_sample_goes_out_as_axolotl_lisa_only_when_lisa_would_do_the_same() {
+    let l = model("llama");
+    let yaml = |text: &str| {
+        let s = spec(text);
+        let p = plan(&l, &s, PlanOptions::default()).unwrap();
+        to_axolotl_yaml(&l, &s, &p)
+    };
+    let lisa = "all_layers = true\nextra = [\"embed_tokens\", \"norm\", \"lm_head\"]\n[schedule]\nkind = \"sample\"\ngamma = 3\ninterval = 10";
+    let out = yaml(lisa).unwrap();
+    assert!(
+        out.contains("lisa_n_layers: 3\nlisa_step_interval: 10\nlisa_layers_attribute: model.layers\n"),
+        "{out}"
+    );
+    // `always` counts as the plan's extras do.
+    let via_always = "all_layers = true\n[schedule]\nkind = \"sample\"\ngamma = 3\ninterval = 10\nalways = [\"embed_tokens\", \"norm\", \"lm_head\"]";
+    assert!(yaml(via_always).is_ok());
+    for (text, why) in [
+        (
+            "all_layers = true\n[schedule]\nkind = \"sample\"",
+            "trains every module outside the layers",
+        ),
+        (&format!("{lisa}\noptimizer_state = \"reset\""), "resets it"),
+        (
+            "layers = \"1-2\"\nextra = [\"embed_tokens\", \"norm\", \"lm_head\"]\n[schedule]\nkind = \"sample\"",
+            "every layer",
+        ),
+        (
+            "all_layers = true\n[schedule]\nkind = \"progressive\"",
+            "no progressive schedule",
+        ),
+    ] {
+        let e = yaml(text).unwrap_err();
+        assert_eq!(e.kind(), "not_expressible", "{text}");
+        assert!(e.to_string().contains(why), "{text}: {e}");
+    }
 }

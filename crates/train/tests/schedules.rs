@@ -65,7 +65,12 @@ fn phases(run: &Path) -> Vec<(u64, Vec<u64>)> {
         .iter()
         .filter(|v| v.get("phase").is_some())
         .map(|v| {
-            let layers = v["layers"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+            let layers = v["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_u64().unwrap())
+                .collect();
             (v["step"].as_u64().unwrap(), layers)
         })
         .collect()
@@ -77,7 +82,10 @@ fn run(c: &RunConfig) -> freezetune_train::TrainOutcome {
 
 fn optimizer_state(run: &Path, step: u64) -> BTreeMap<String, Tensor> {
     let path = run.join(format!("checkpoints/step-{step}/optimizer.safetensors"));
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap().into_iter().collect()
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn step_count(state: &BTreeMap<String, Tensor>, name: &str) -> Option<i64> {
@@ -98,7 +106,12 @@ fn a_reset_cycle_equals_its_phases_run_one_after_another() {
     let a = tempfile::tempdir().unwrap();
     let first = run(&config(a.path(), &llama(), "layers = \"0-1\"", 2));
     let b = tempfile::tempdir().unwrap();
-    let second = run(&config(b.path(), &first.final_dir.clone().unwrap(), "layers = \"2-3\"", 2));
+    let second = run(&config(
+        b.path(),
+        &first.final_dir.clone().unwrap(),
+        "layers = \"2-3\"",
+        2,
+    ));
     let mut sequential = losses(&first.run_dir);
     sequential.extend(losses(&second.run_dir));
     let together = losses(&scheduled.run_dir);
@@ -129,15 +142,33 @@ fn keep_carries_moments_through_the_phases_a_layer_sits_out() {
     assert_eq!(step_count(&at3, LAYER0), Some(2));
     let m1 = &at2[&format!("m.{LAYER0}")];
     let m2 = &at3[&format!("m.{LAYER0}")];
-    let diff = (m1 - m2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (m1 - m2)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff > 0.0, "the kept moments were updated at step 3");
 
     let other = tempfile::tempdir().unwrap();
     let reset = run(&config(other.path(), &llama(), &cycle("reset"), 3));
-    assert_eq!(step_count(&optimizer_state(&reset.run_dir, 2), LAYER0), None, "reset drops layer 0's state");
-    assert_eq!(step_count(&optimizer_state(&reset.run_dir, 3), LAYER0), Some(1), "and starts it afresh");
+    assert_eq!(
+        step_count(&optimizer_state(&reset.run_dir, 2), LAYER0),
+        None,
+        "reset drops layer 0's state"
+    );
+    assert_eq!(
+        step_count(&optimizer_state(&reset.run_dir, 3), LAYER0),
+        Some(1),
+        "and starts it afresh"
+    );
     let (k, r) = (losses(&kept.run_dir), losses(&reset.run_dir));
-    assert!((k[0] - r[0]).abs() < 1e-9 && (k[1] - r[1]).abs() < 1e-9, "identical until a layer returns");
+    assert!(
+        (k[0] - r[0]).abs() < 1e-9 && (k[1] - r[1]).abs() < 1e-9,
+        "identical until a layer returns"
+    );
 }
 
 #[test]
@@ -173,7 +204,8 @@ fn progressive_unfreezing_adds_a_layer_each_interval() {
 
 #[test]
 fn resume_inside_a_phase_and_at_a_boundary_equals_the_uninterrupted_run() {
-    let cycle = "all_layers = true\n[freeze.schedule]\nkind = \"cycle\"\ngroup = 2\ninterval = 2\noptimizer_state = \"keep\"";
+    let cycle =
+        "all_layers = true\n[freeze.schedule]\nkind = \"cycle\"\ngroup = 2\ninterval = 2\noptimizer_state = \"keep\"";
     let full_dir = tempfile::tempdir().unwrap();
     let full = run(&config(full_dir.path(), &llama(), cycle, 6));
     for stop_at in [3u64, 4] {
@@ -192,7 +224,11 @@ fn resume_inside_a_phase_and_at_a_boundary_equals_the_uninterrupted_run() {
         for (k, (p, q)) in x.iter().zip(&y).enumerate() {
             assert!((p - q).abs() < 1e-6, "stopped at {stop_at}, step {}: {p} vs {q}", k + 1);
         }
-        assert_eq!(phases(&full.run_dir), phases(&resumed.run_dir), "stopped at {stop_at}: phase lines");
+        assert_eq!(
+            phases(&full.run_dir),
+            phases(&resumed.run_dir),
+            "stopped at {stop_at}: phase lines"
+        );
         assert_eq!(
             tensor_bytes(&full.final_dir.clone().unwrap().join("model.safetensors")),
             tensor_bytes(&resumed.final_dir.unwrap().join("model.safetensors")),

@@ -6,6 +6,7 @@ use crate::error::{IpcError, IpcResult};
 use crate::state::AppState;
 use freezetune_core::export::{to_axolotl_yaml, to_llamafactory_yaml};
 use freezetune_core::fsutil::{write_atomic, Overwrite};
+use freezetune_core::schedule::{timeline, Timeline, TimelineContext};
 use freezetune_core::{plan, FreezePlan, FreezeSpec, PlanOptions};
 use serde::{Deserialize, Serialize};
 use tauri::{AppHandle, State};
@@ -19,6 +20,30 @@ pub fn plan_freeze(
     options: PlanOptions,
 ) -> IpcResult<FreezePlan> {
     Ok(plan(&*state.checked_layout(&model_path)?, &spec, options)?)
+}
+
+/// The timeline of the spec's layer schedule for a run of `total_steps` (the Layers screen draws it before a run;
+/// the trainer computes the same one from the same inputs).
+#[tauri::command]
+pub fn plan_timeline(
+    state: State<'_, AppState>,
+    model_path: String,
+    spec: FreezeSpec,
+    options: PlanOptions,
+    total_steps: u64,
+    steps_per_epoch: u64,
+    seed: u64,
+) -> IpcResult<Timeline> {
+    let layout = state.checked_layout(&model_path)?;
+    let plan = plan(&layout, &spec, options)?;
+    let schedule = spec.schedule.clone().unwrap_or_default();
+    let context = TimelineContext {
+        total_steps,
+        steps_per_epoch,
+        seed,
+        options,
+    };
+    Ok(timeline(&layout, &plan, &schedule, context)?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -40,7 +65,7 @@ pub fn preview_export(
     let plan = plan(&layout, &spec, PlanOptions::default())?;
     Ok(match format {
         ExportFormat::Llamafactory => to_llamafactory_yaml(&layout, &spec, &plan)?,
-        ExportFormat::Axolotl => to_axolotl_yaml(&layout, &plan)?,
+        ExportFormat::Axolotl => to_axolotl_yaml(&layout, &spec, &plan)?,
     })
 }
 

@@ -5,6 +5,7 @@ use crate::error::{io_error, IpcError, IpcResult};
 use crate::state::AppState;
 use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::RunConfig;
+use freezetune_core::schedule::Timeline;
 use serde::Serialize;
 use std::path::Path;
 use tauri::State;
@@ -25,6 +26,8 @@ pub struct RunSummary {
     pub resumable: bool,
     /// Seconds since the epoch of the last write to `metrics.jsonl`, for sorting.
     pub modified: u64,
+    /// The run's layer schedule (`schedule.json`), when it has one.
+    pub schedule: Option<Timeline>,
 }
 
 /// Every run folder, newest first. The model and data of each run were checked when it started (only the backend
@@ -129,7 +132,17 @@ fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
         final_dir: finished.then(|| final_dir.to_string_lossy().into_owned()),
         resumable: !finished && freezetune_train::checkpoint::latest(dir).is_some(),
         modified,
+        schedule: read_schedule(dir),
     })
+}
+
+/// A run's `schedule.json`; a file that cannot be read is left out (logged), the run itself still lists.
+fn read_schedule(dir: &Path) -> Option<Timeline> {
+    let path = dir.join("schedule.json");
+    let text = std::fs::read_to_string(&path).ok()?;
+    serde_json::from_str(&text)
+        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "unreadable schedule.json"))
+        .ok()
 }
 
 /// The `Step` and `Eval` lines of a run's `metrics.jsonl`. A line cut short by a crash is skipped (it is the last

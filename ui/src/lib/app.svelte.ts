@@ -6,6 +6,8 @@ import type { IpcError } from "./bindings/IpcError";
 import type { ModelSummary } from "./bindings/ModelSummary";
 import type { PlanOptions } from "./bindings/PlanOptions";
 import type { RunConfig } from "./bindings/RunConfig";
+import type { ScheduleSpec } from "./bindings/ScheduleSpec";
+import type { Timeline } from "./bindings/Timeline";
 import type { TrainEvent } from "./bindings/TrainEvent";
 import type { TrainOutcomeView } from "./bindings/TrainOutcomeView";
 import { parseCanonical } from "./ids";
@@ -22,6 +24,7 @@ function savedScreen(): Screen {
 
 export type StepEvent = Extract<TrainEvent, { event: "step" }>;
 export type EvalEvent = Extract<TrainEvent, { event: "eval" }>;
+export type PhaseEvent = Extract<TrainEvent, { event: "phase" }>;
 
 export const app = $state({
   screen: savedScreen(),
@@ -38,6 +41,10 @@ export const app = $state({
   options: { batch_size: 1, seq_len: 512 } as PlanOptions,
   run: null as RunConfig | null,
   notice: null as string | null,
+  /** The layer schedule's timeline for `timelineSteps` steps, when the selection has a schedule. */
+  timeline: null as Timeline | null,
+  timelineError: null as IpcError | null,
+  timelineSteps: 200,
 });
 
 export const training = $state({
@@ -48,6 +55,7 @@ export const training = $state({
   totalSteps: 0,
   steps: [] as StepEvent[],
   evals: [] as EvalEvent[],
+  phases: [] as PhaseEvent[],
   outcome: null as TrainOutcomeView | null,
   error: null as IpcError | null,
   started: null as Extract<TrainEvent, { event: "started" }> | null,
@@ -82,6 +90,7 @@ export async function openModel(path: string | null) {
     app.model = model;
     app.plan = null;
     app.run = run;
+    if ((run.training?.max_steps ?? 0) > 0) app.timelineSteps = run.training!.max_steps;
     app.options = { batch_size: run.training?.batch_size ?? 1, seq_len: run.data.cutoff_len ?? 512 };
     setSelection(s);
   } catch (e) {
@@ -114,12 +123,53 @@ export async function replan() {
     if (seq !== planSeq) return;
     app.plan = plan;
     app.planError = null;
+    await retimeline(seq);
   } catch (e) {
     if (seq !== planSeq) return;
     app.planError = asIpcError(e);
   } finally {
     if (seq === planSeq) app.planPending = false;
   }
+}
+
+/** The schedule's timeline for the current selection (none without a schedule); `seq` drops stale answers. */
+async function retimeline(seq: number) {
+  const s = app.selection;
+  const model = app.model;
+  if (!s?.schedule || s.schedule.kind === "static" || !model) {
+    app.timeline = null;
+    app.timelineError = null;
+    return;
+  }
+  try {
+    const t = app.run?.training;
+    const timeline = await api.planTimeline(
+      model.path,
+      toSpec(s),
+      $state.snapshot(app.options),
+      app.timelineSteps,
+      Math.max(1, Math.ceil(app.timelineSteps / Math.max(1, Math.ceil(t?.epochs ?? 1)))),
+      t?.seed ?? 42,
+    );
+    if (seq !== planSeq) return;
+    app.timeline = timeline;
+    app.timelineError = null;
+  } catch (e) {
+    if (seq !== planSeq) return;
+    app.timeline = null;
+    app.timelineError = asIpcError(e);
+  }
+}
+
+/** Sets (or, with null, removes) the selection's layer schedule. */
+export function setSchedule(schedule: ScheduleSpec | null) {
+  if (app.selection) setSelection({ ...app.selection, schedule });
+}
+
+/** The number of steps the Layers screen draws the timeline for. */
+export function setTimelineSteps(steps: number) {
+  app.timelineSteps = Math.max(1, Math.round(steps) || 1);
+  void replan();
 }
 
 let idsSeq = 0;
@@ -160,6 +210,7 @@ function onTrainEvents(events: TrainEvent[]) {
       training.runDir = e.run_dir;
     } else if (e.event === "step") training.steps.push(e);
     else if (e.event === "eval") training.evals.push(e);
+    else if (e.event === "phase") training.phases.push(e);
   }
 }
 
@@ -174,6 +225,7 @@ export async function startTraining(config: RunConfig, resume: boolean) {
     totalSteps: 0,
     steps: [],
     evals: [],
+    phases: [],
     outcome: null,
     error: null,
     started: null,

@@ -7,6 +7,7 @@ import type { DeviceOption } from "./bindings/DeviceOption";
 import type { DownloadEvent } from "./bindings/DownloadEvent";
 import type { ExportFormat } from "./bindings/ExportFormat";
 import type { FreezePlan } from "./bindings/FreezePlan";
+import type { Timeline } from "./bindings/Timeline";
 import type { FreezeSpec } from "./bindings/FreezeSpec";
 import type { IpcError } from "./bindings/IpcError";
 import type { ModelSummary } from "./bindings/ModelSummary";
@@ -60,6 +61,14 @@ export const api = {
 
   planFreeze: (modelPath: string, spec: FreezeSpec, options: PlanOptions) =>
     call<FreezePlan>("plan_freeze", { modelPath, spec, options }),
+  planTimeline: (
+    modelPath: string,
+    spec: FreezeSpec,
+    options: PlanOptions,
+    totalSteps: number,
+    stepsPerEpoch: number,
+    seed: number,
+  ) => call<Timeline>("plan_timeline", { modelPath, spec, options, totalSteps, stepsPerEpoch, seed }),
   previewExport: (modelPath: string, spec: FreezeSpec, format: ExportFormat) =>
     call<string>("preview_export", { modelPath, spec, format }),
   checkIds: (text: string, numLayers: number) => call<string>("check_layer_ids", { text, numLayers }),

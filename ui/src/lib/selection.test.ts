@@ -128,12 +128,25 @@ describe("specs", () => {
       toggleModule(setIds(base(), [0, 1]), 4, "mlp"),
       { ...topN(base(), 2), llamafactory: true },
       { ...toggleExtra(setIds(base(), [2, 5]), "norm"), llamafactory: true },
+      { ...topN(base(), 4), schedule: { kind: "cycle" as const, interval: 5, group: 2 } },
+      { ...setIds(base(), [1, 2, 3]), schedule: { kind: "sample" as const, gamma: 2, always: ["embed_tokens"] } },
     ];
     for (const s of cases) {
       const spec = toSpec(s);
       const ids = [...s.layers].sort((a, b) => a - b);
       expect(toSpec(fromSpec(base(), spec, ids))).toEqual(spec);
     }
+  });
+});
+
+describe("layer schedules", () => {
+  it("travel with the spec, survive gestures, and a static one says nothing", () => {
+    const s = { ...topN(base(), 2), schedule: { kind: "progressive" as const, lr_decay: 2.6 } };
+    expect(toSpec(s)).toEqual({ top: 2, schedule: { kind: "progressive", lr_decay: 2.6 } });
+    expect(toSpec(setFilter(s, "mlp")).schedule).toEqual({ kind: "progressive", lr_decay: 2.6 });
+    expect(toSpec({ ...s, llamafactory: true }).schedule?.kind).toBe("progressive");
+    expect(toSpec({ ...s, schedule: { kind: "static" } }).schedule).toBeUndefined();
+    expect(toSpec({ ...s, schedule: null }).schedule).toBeUndefined();
   });
 });
 

@@ -1,6 +1,7 @@
 // The layer picker's model: which layers (and which modules of which layers) the user chose, and the FreezeSpec that
 // says it to the backend. Pure functions on plain data, so every gesture is unit-tested without a DOM.
 import type { FreezeSpec } from "./bindings/FreezeSpec";
+import type { ScheduleSpec } from "./bindings/ScheduleSpec";
 import { formatIds } from "./ids";
 
 /** `custom`: module names kept verbatim from a saved spec (`self_attn.q_proj`, ...) that no filter button says. */
@@ -22,6 +23,8 @@ export interface Selection {
   /** How the layers were chosen: kept so LLaMA-Factory mode and presets can say "top 2" rather than "6-7". */
   origin: Origin;
   llamafactory: boolean;
+  /** The layer schedule that moves the trainable set through the chosen layers; null trains them throughout. */
+  schedule: ScheduleSpec | null;
 }
 
 export function emptySelection(numLayers: number, layerModules: string[]): Selection {
@@ -35,6 +38,7 @@ export function emptySelection(numLayers: number, layerModules: string[]): Selec
     custom: [],
     origin: { kind: "ids" },
     llamafactory: false,
+    schedule: null,
   };
 }
 
@@ -205,7 +209,7 @@ export function toSpec(s: Selection): FreezeSpec {
     else if (s.origin.kind === "bottom") lf.freeze_trainable_layers = -s.origin.n;
     else lf.freeze_trainable_layers_ids = [...s.layers].sort((a, b) => a - b).join(",");
     if (extra.length) lf.freeze_extra_modules = extra.join(",");
-    return { llamafactory: lf };
+    return withSchedule({ llamafactory: lf }, s);
   }
   const spec: FreezeSpec = {};
   if (s.origin.kind === "top" && s.partial.size === 0) spec.top = s.origin.n;
@@ -229,6 +233,11 @@ export function toSpec(s: Selection): FreezeSpec {
     );
   }
   if (extra.length) spec.extra = extra;
+  return withSchedule(spec, s);
+}
+
+function withSchedule(spec: FreezeSpec, s: Selection): FreezeSpec {
+  if (s.schedule && s.schedule.kind !== "static") spec.schedule = { ...s.schedule };
   return spec;
 }
 
@@ -236,6 +245,7 @@ export function toSpec(s: Selection): FreezeSpec {
 export function fromSpec(base: Selection, spec: FreezeSpec, ids: number[]): Selection {
   let s = emptySelection(base.numLayers, base.layerModules);
   s.extra = new Set(spec.extra ?? []);
+  s.schedule = spec.schedule ? { ...spec.schedule } : null;
   const lf = spec.llamafactory;
   if (lf) {
     s.llamafactory = true;

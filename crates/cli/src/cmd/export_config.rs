@@ -35,7 +35,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let plan = freezetune_core::plan(&layout, &spec, Default::default())?;
     let text = match args.format {
         Format::Llamafactory => to_llamafactory_yaml(&layout, &spec, &plan)?,
-        Format::Axolotl => to_axolotl_yaml(&layout, &plan)?,
+        Format::Axolotl => to_axolotl_yaml(&layout, &spec, &plan)?,
     };
     match &args.output {
         None => print!("{text}"),

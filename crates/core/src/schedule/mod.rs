@@ -14,6 +14,7 @@
 //! [`timeline`] turns plan + schedule into phases with exact trainable tensor sets; the trainer, the CLI and the app
 //! only read that timeline.
 
+pub mod interop;
 mod timeline;
 
 pub use timeline::{timeline, Phase, Timeline, TimelineContext};

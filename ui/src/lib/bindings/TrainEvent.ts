@@ -27,4 +27,4 @@ loss_scale?: number,
 /**
  * f16 runs: the gradients overflowed at this loss scale, so the update was skipped (and the scale halved).
  */
-skipped?: boolean, } | { "event": "eval", step: number, eval_loss: number, } | { "event": "checkpoint", step: number, path: string, } | { "event": "stopped", step: number, checkpoint: string | null, } | { "event": "finished", step: number, final_dir: string, };
+skipped?: boolean, } | { "event": "eval", step: number, eval_loss: number, } | { "event": "phase", step: number, phase: number, phases: number, end_step: number, layers: Array<number>, trainable_params: number, } | { "event": "checkpoint", step: number, path: string, } | { "event": "stopped", step: number, checkpoint: string | null, } | { "event": "finished", step: number, final_dir: string, };
