@@ -25,8 +25,9 @@ pub struct Params {
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
     dtype: DType,
     device: Device,
-    /// The checkpoint's weights, mapped, for tensors that start training later.
-    source: MmapedSafetensors,
+    /// The checkpoint's weight files, mapped again when a tensor starts training later (a mapping kept open
+    /// would keep every page read at load time resident).
+    weight_files: Vec<std::path::PathBuf>,
 }
 
 fn candle_err(context: String) -> impl FnOnce(candle_core::Error) -> TrainError {
@@ -43,26 +44,23 @@ impl Params {
     /// [`Params::load`] with the trainable names given directly (a schedule's phase).
     pub fn load_with(model_dir: &Path, trainable: &[String], device: &Device, dtype: DType) -> Result<Params> {
         let files = ModelFiles::find(model_dir)?;
-        // SAFETY: the files are memory-mapped read-only; FreezeTune never writes into a model folder it reads from.
-        let source = unsafe { MmapedSafetensors::multi(&files.weights) }
-            .map_err(candle_err(format!("mapping the weights of {}", model_dir.display())))?;
-        let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
         let mut params = Params {
             vars: BTreeMap::new(),
             consts: BTreeMap::new(),
             trained: BTreeSet::new(),
             dtype,
             device: device.clone(),
-            source,
+            weight_files: files.weights,
         };
-        let names: Vec<String> = params.source.tensors().into_iter().map(|(n, _)| n).collect();
-        for name in names {
+        let source = params.map_source()?;
+        let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
+        for (name, _) in source.tensors() {
             if wanted.contains(name.as_str()) {
-                let var = Var::from_tensor(&params.load_source(&name, DType::F32)?)
+                let var = Var::from_tensor(&params.load_source(&source, &name, DType::F32)?)
                     .map_err(candle_err(format!("tensor {name}")))?;
                 params.vars.insert(name, var);
             } else {
-                let t = params.load_source(&name, dtype)?;
+                let t = params.load_source(&source, &name, dtype)?;
                 params.consts.insert(name, t);
             }
         }
@@ -75,10 +73,21 @@ impl Params {
         Ok(params)
     }
 
+    fn map_source(&self) -> Result<MmapedSafetensors> {
+        // SAFETY: the files are memory-mapped read-only; FreezeTune never writes into a model folder it reads from.
+        unsafe { MmapedSafetensors::multi(&self.weight_files) }.map_err(candle_err(format!(
+            "mapping the weights {}",
+            self.weight_files
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )))
+    }
+
     /// A tensor of the input checkpoint as `dtype` on the device. Cast on the host, then uploaded: the stored dtype
     /// may be one the device lacks (f64 on Metal).
-    fn load_source(&self, name: &str, dtype: DType) -> Result<Tensor> {
-        self.source
+    fn load_source(&self, source: &MmapedSafetensors, name: &str, dtype: DType) -> Result<Tensor> {
+        source
             .load(name, &Device::Cpu)
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| t.to_device(&self.device))
@@ -119,7 +128,7 @@ impl Params {
                     .to_dtype(DType::F32)
                     .map_err(candle_err(format!("unfreezing {name}")))?
             } else {
-                self.load_source(name, DType::F32)?
+                self.load_source(&self.map_source()?, name, DType::F32)?
             };
             let var = Var::from_tensor(&master).map_err(candle_err(format!("tensor {name}")))?;
             self.vars.insert(name.clone(), var);
