@@ -224,7 +224,7 @@ fn run_one(job: Job) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let line = serde_json::json!({
         "name": name, "median_ms": times[times.len() / 2], "peak_rss": peak_rss_bytes(),
-        "estimate": p.memory.total_bytes, "trainable": p.trainable_params,
+        "estimate": p.memory.cpu_total_bytes, "trainable": p.trainable_params,
     });
     println!("{line}");
     Ok(())

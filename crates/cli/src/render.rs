@@ -203,6 +203,12 @@ pub fn plan_table(l: &ModelLayout, p: &FreezePlan) -> String {
         bytes(m.update_bytes),
         m.activation_bytes.map(bytes).unwrap_or_else(|| "unknown (config lacks sizes)".into())
     );
+    let _ = writeln!(
+        s,
+        "  on the CPU in f32 (fused kernels, in-place AdamW): {} total, activations {}",
+        bytes(m.cpu_total_bytes),
+        m.cpu_activation_bytes.map(bytes).unwrap_or_else(|| "unknown".into())
+    );
     for w in &p.warnings {
         let _ = writeln!(s, "warning [{}]: {}", w.code, w.message);
     }

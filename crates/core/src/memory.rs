@@ -17,6 +17,10 @@
 //! state (h), the logits and their gradient (3·V) are kept once. Nothing below l₀ is kept: no graph is recorded
 //! there. Activations are f32. The S² and V coefficients were calibrated with `bench-train` at three sequence
 //! lengths (see docs/memory.md); the process itself (runtime, tokenizer, mapped files) is not counted.
+//!
+//! On the CPU in f32 the fused kernels keep less, and that is estimated apart (`cpu_total_bytes`): per layer and
+//! token 10·h + 4·kv + 3·i + 2·H·S (the fused attention keeps only its probabilities; rope, norms and SwiGLU keep
+//! no intermediates), and no update temporaries (AdamW updates in place).
 
 use crate::layout::ModelLayout;
 use crate::plan::PlanOptions;
@@ -38,7 +42,12 @@ pub struct MemoryEstimate {
     pub activation_bytes: Option<u64>,
     /// Lowest layer the backward pass reaches (`num_layers` when only non-layer modules above the stack train).
     pub backward_from_layer: Option<usize>,
+    /// The total with the composite ops (GPUs, and the CPU in bf16/f16).
     pub total_bytes: u64,
+    /// Activations and total on the CPU in f32, where the fused kernels keep fewer activations and the AdamW
+    /// update has no temporaries.
+    pub cpu_activation_bytes: Option<u64>,
+    pub cpu_total_bytes: u64,
 }
 
 const ACT_BYTES: u64 = 4;
@@ -58,7 +67,9 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
         }
     }
     let backward_from_layer = lowest_backward_layer(layout, trainable);
-    let activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options));
+    let activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options, Kernels::Composite));
+    let cpu_activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options, Kernels::FusedCpu));
+    let known = |a: Option<u64>| a.or(if backward_from_layer.is_none() { Some(0) } else { None });
     let (weights, grads, optim) = (trainable_params * 4, trainable_params * 4, trainable_params * 8);
     MemoryEstimate {
         batch_size: options.batch_size,
@@ -68,7 +79,7 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
         gradient_bytes: grads,
         optimizer_bytes: optim,
         update_bytes: UPDATE_TEMPORARIES * 4 * largest,
-        activation_bytes: activation_bytes.or(if backward_from_layer.is_none() { Some(0) } else { None }),
+        activation_bytes: known(activation_bytes),
         backward_from_layer,
         total_bytes: frozen
             + weights
@@ -76,7 +87,16 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
             + optim
             + UPDATE_TEMPORARIES * 4 * largest
             + activation_bytes.unwrap_or(0),
+        cpu_activation_bytes: known(cpu_activation_bytes),
+        cpu_total_bytes: frozen + weights + grads + optim + cpu_activation_bytes.unwrap_or(0),
     }
+}
+
+/// Which implementation of the layer's ops the activation term describes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kernels {
+    Composite,
+    FusedCpu,
 }
 
 fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> Option<usize> {
@@ -102,7 +122,7 @@ fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> 
     Some(lowest.unwrap_or(layout.num_layers))
 }
 
-fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions) -> Option<u64> {
+fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions, kernels: Kernels) -> Option<u64> {
     let d = &layout.dims;
     let (h, i, heads, v) = (
         d.hidden_size?,
@@ -112,7 +132,10 @@ fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions) -> Option<u64> {
     );
     let kv = d.num_key_value_heads.unwrap_or(heads) * d.head_dim.unwrap_or(h / heads.max(1));
     let layers = layout.num_layers.saturating_sub(l0) as u64;
-    let per_token_layer = 10 * h + 3 * kv + 4 * i + 12 * heads * o.seq_len;
+    let per_token_layer = match kernels {
+        Kernels::Composite => 10 * h + 3 * kv + 4 * i + 12 * heads * o.seq_len,
+        Kernels::FusedCpu => 10 * h + 4 * kv + 3 * i + 2 * heads * o.seq_len,
+    };
     let per_token = layers * per_token_layer + h + 3 * v;
     Some(ACT_BYTES * o.batch_size * o.seq_len * per_token)
 }

@@ -314,6 +314,12 @@ fn memory_estimate_follows_the_documented_formula() {
         m.total_bytes,
         m.frozen_weight_bytes + 16 * trainable + m.update_bytes + m.activation_bytes.unwrap()
     );
+    // The CPU's fused kernels keep fewer activations and update in place: no update temporaries.
+    assert_eq!(
+        m.cpu_total_bytes,
+        m.frozen_weight_bytes + 16 * trainable + m.cpu_activation_bytes.unwrap()
+    );
+    assert!(m.cpu_activation_bytes.unwrap() < m.activation_bytes.unwrap());
 }
 
 #[test]

@@ -78,7 +78,7 @@
       mode: lf ? "llamafactory" : "native", trainable: [], trainable_params, total_params: total,
       trainable_percent: (100 * trainable_params) / total, trainable_layer_ids: fmt(layers.filter((l) => l.trainable_params > 0).map((l) => l.id)),
       layers, extra_modules, warnings,
-      memory: { batch_size: 1, seq_len: 512, frozen_weight_bytes: (total - trainable_params) * 2, trainable_weight_bytes: trainable_params * 4, gradient_bytes: trainable_params * 4, optimizer_bytes: trainable_params * 8, update_bytes: 0, activation_bytes: 1 << 30, backward_from_layer: ids[0] ?? null, total_bytes: total * 2 + trainable_params * 14 + (1 << 30) },
+      memory: { batch_size: 1, seq_len: 512, frozen_weight_bytes: (total - trainable_params) * 2, trainable_weight_bytes: trainable_params * 4, gradient_bytes: trainable_params * 4, optimizer_bytes: trainable_params * 8, update_bytes: 0, activation_bytes: 1 << 30, backward_from_layer: ids[0] ?? null, total_bytes: total * 2 + trainable_params * 14 + (1 << 30), cpu_activation_bytes: 1 << 29, cpu_total_bytes: total * 2 + trainable_params * 14 + (1 << 29) },
     };
   }
 

@@ -12,4 +12,13 @@ activation_bytes: number | null,
 /**
  * Lowest layer the backward pass reaches (`num_layers` when only non-layer modules above the stack train).
  */
-backward_from_layer: number | null, total_bytes: number, };
+backward_from_layer: number | null, 
+/**
+ * The total with the composite ops (GPUs, and the CPU in bf16/f16).
+ */
+total_bytes: number, 
+/**
+ * Activations and total on the CPU in f32, where the fused kernels keep fewer activations and the AdamW
+ * update has no temporaries.
+ */
+cpu_activation_bytes: number | null, cpu_total_bytes: number, };
