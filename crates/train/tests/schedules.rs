@@ -16,15 +16,7 @@ use common::{fixtures, tensor_bytes};
 
 /// Two tokenized examples; with batch_size 2 every step sees both, so step k of any run sees the same data.
 fn write_data(dir: &Path) -> PathBuf {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/parity.json")).unwrap()).unwrap();
-    let r = &v["models"]["llama"];
-    let path = dir.join("data.jsonl");
-    let lines: Vec<String> = (0..2)
-        .map(|i| serde_json::json!({"input_ids": r["input_ids"][i], "labels": r["labels"][i]}).to_string())
-        .collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
+    common::write_reference_data(dir)
 }
 
 const TRAINING: &str = "batch_size = 2\nshuffle = false\nlr_scheduler = \"constant\"\nmax_grad_norm = 0\n\

@@ -14,20 +14,11 @@ mod common;
 use common::{fixtures, tensor_bytes};
 
 fn reference() -> Value {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/parity.json")).unwrap()).unwrap();
-    v["models"]["llama"].clone()
+    common::llama_reference()
 }
 
-/// The reference batch as a tokenized JSONL file.
 fn write_data(dir: &Path) -> PathBuf {
-    let r = reference();
-    let path = dir.join("data.jsonl");
-    let lines: Vec<String> = (0..2)
-        .map(|i| serde_json::json!({"input_ids": r["input_ids"][i], "labels": r["labels"][i]}).to_string())
-        .collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
+    common::write_reference_data(dir)
 }
 
 fn config(dir: &Path, training: &str) -> RunConfig {

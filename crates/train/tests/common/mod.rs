@@ -63,3 +63,21 @@ pub fn assert_mask(input: &Path, exported: &Path, run_dir: &Path, what: &str) {
 pub fn tensor_bytes(file: &Path) -> BTreeMap<String, Vec<u8>> {
     tensors(file).into_iter().map(|(n, (_, b))| (n, b)).collect()
 }
+
+/// The tiny llama's reference numbers from PyTorch (`tests/fixtures/reference/parity.json`).
+pub fn llama_reference() -> Value {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/parity.json")).unwrap()).unwrap();
+    v["models"]["llama"].clone()
+}
+
+/// The reference batch (two examples) as a tokenized JSONL file in `dir`.
+pub fn write_reference_data(dir: &Path) -> PathBuf {
+    let r = llama_reference();
+    let path = dir.join("data.jsonl");
+    let lines: Vec<String> = (0..2)
+        .map(|i| serde_json::json!({"input_ids": r["input_ids"][i], "labels": r["labels"][i]}).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
