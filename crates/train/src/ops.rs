@@ -97,7 +97,14 @@ pub struct Linear {
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = if !self.frozen {
-            x.broadcast_matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
+            // Rows flattened to one 2-D matmul: a batched one would broadcast the weight, and its backward would
+            // compute one weight gradient per batch item and then sum them.
+            let (rows, features) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
+            let mut out_shape = x.dims().to_vec();
+            *out_shape.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+            x.reshape((rows, features))?
+                .matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
+                .reshape(out_shape)?
         } else if x.track_op() {
             // FrozenMatmul checks the operands' dtypes itself, on every backend.
             x.contiguous()?.apply_op1(FrozenMatmul {
