@@ -78,24 +78,15 @@ impl Run {
             dtype,
         )?;
         let mut optimizer = build_optimizer(t, &params);
-        let mut progress = Progress {
-            scaler: (dtype == DType::F16).then(LossScaler::default),
-            ..Progress::default()
-        };
-        if resume {
-            if let Some(dir) = resume_from {
-                let before = trained_before(&timeline, start_step);
-                progress = checkpoint::restore(&dir, &mut params, &mut optimizer, &device.device, &before)?;
-                if dtype == DType::F16 && progress.scaler.is_none() {
-                    progress.scaler = Some(LossScaler::default());
-                }
-                truncate_metrics(&metrics_path, progress.step)?;
-                tracing::info!(step = progress.step, checkpoint = %dir.display(), "resuming");
-            } else {
-                // Stopped before its first checkpoint: start over, without the old run's metric lines.
-                truncate_metrics(&metrics_path, 0)?;
-            }
-        }
+        let progress = starting_progress(
+            resume_from.as_deref(),
+            resume,
+            &trained_before(&timeline, start_step),
+            (&mut params, &mut optimizer),
+            &device.device,
+            dtype,
+            &metrics_path,
+        )?;
         // Built after the restore, which may replace constants (tensors a schedule trained and froze).
         let model = Decoder::new(decoder_config.clone(), &params, &device.device)?;
         optimizer.set_lr_scale(super::phase::lr_scales(&timeline.phases[phase], optimizer.params()));
@@ -133,6 +124,38 @@ impl Run {
             last_loss: None,
         })
     }
+}
+
+/// Where a run starts: fresh, or the newest checkpoint's progress (its tensors and optimizer state restored into
+/// `state`, which must hold every name in `required`; metric lines after it dropped). A run stopped before its
+/// first checkpoint starts over.
+fn starting_progress(
+    checkpoint: Option<&Path>,
+    resume: bool,
+    required: &[String],
+    state: (&mut Params, &mut Optimizer),
+    device: &candle_core::Device,
+    dtype: DType,
+    metrics_path: &Path,
+) -> Result<Progress> {
+    let fresh = Progress {
+        scaler: (dtype == DType::F16).then(LossScaler::default),
+        ..Progress::default()
+    };
+    let Some(dir) = checkpoint else {
+        if resume {
+            truncate_metrics(metrics_path, 0)?;
+        }
+        return Ok(fresh);
+    };
+    let (params, optimizer) = state;
+    let mut progress = checkpoint::restore(dir, params, optimizer, device, required)?;
+    if dtype == DType::F16 && progress.scaler.is_none() {
+        progress.scaler = Some(LossScaler::default());
+    }
+    truncate_metrics(metrics_path, progress.step)?;
+    tracing::info!(step = progress.step, checkpoint = %dir.display(), "resuming");
+    Ok(progress)
 }
 
 fn check_model_resolved(config: &RunConfig) -> Result<()> {
