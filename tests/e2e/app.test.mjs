@@ -312,6 +312,11 @@ describe("FreezeTune desktop app", () => {
     await s.clickId("run-item");
     const timeline = await s.waitFor("run-schedule");
     assert.match(await s.text(timeline), /block cycling over layers 4-7: 2 phases in 4 steps/);
+    assert.equal(
+      await s.text(await s.find("run-freeze")),
+      "layers 4-7 + norm; block cycling (ascending), 2 layer(s) every 2 steps",
+      "the run's freeze settings read as words",
+    );
     await shot("runs-schedule");
     // Back to no schedule for whatever runs next.
     await s.clickId("nav-layers");
