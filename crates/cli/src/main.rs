@@ -36,6 +36,8 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Generate a reply from a model (base or fine-tuned), to compare them.
     Generate(cmd::generate::GenerateArgs),
+    /// Measure which layers matter on a run's own data: Block Influence, angular distance, gradient norms.
+    Probe(cmd::probe::ProbeArgs),
     /// Inspect training data as the trainer will see it.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
@@ -68,6 +70,7 @@ fn main() {
         Command::Download(a) => (cmd::download::run(&a), a.json),
         Command::Train(a) => (cmd::train::run(&a), a.events.is_some()),
         Command::Generate(a) => (cmd::generate::run(&a), a.events.is_some()),
+        Command::Probe(a) => (cmd::probe::run(&a), a.json),
         Command::Data(c) => {
             let json = c.json();
             (cmd::data::run(&c), json)

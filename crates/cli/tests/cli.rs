@@ -312,3 +312,65 @@ fn demo_model_is_inspectable_and_not_overwritten() {
     let (_, err) = fail(cfg.path(), &["demo-model", d]);
     assert!(err.contains("--force"), "{err}");
 }
+
+#[test]
+fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dir = cfg.path().join("demo");
+    let model = ok(cfg.path(), &["demo-model", dir.to_str().unwrap()]);
+    let run = dir.join("run.toml");
+    let j = json(
+        cfg.path(),
+        &[
+            "probe",
+            "--config",
+            run.to_str().unwrap(),
+            "--batches",
+            "1",
+            "--suggest",
+            "3",
+            "--json",
+        ],
+    );
+    let layers = j["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 8);
+    assert!(layers.iter().all(|l| l["grad_norm"].as_f64().unwrap() > 0.0));
+    let ids = j["suggestion"]["layers"].as_str().unwrap().to_string();
+    let plan = json(cfg.path(), &["plan", model.trim(), "--layers", &ids, "--json"]);
+    assert_eq!(
+        plan["trainable_layer_ids"].as_str().unwrap(),
+        ids,
+        "plan takes the suggestion unchanged"
+    );
+    let by_influence = json(
+        cfg.path(),
+        &[
+            "probe",
+            "--config",
+            run.to_str().unwrap(),
+            "--batches",
+            "1",
+            "--forward-only",
+            "--suggest",
+            "2",
+            "--by",
+            "influence",
+            "--json",
+        ],
+    );
+    assert!(by_influence["layers"][0]["grad_norm"].is_null());
+    let (_, err) = fail(
+        cfg.path(),
+        &[
+            "probe",
+            "--config",
+            run.to_str().unwrap(),
+            "--batches",
+            "1",
+            "--forward-only",
+            "--suggest",
+            "2",
+        ],
+    );
+    assert!(err.contains("forward-only probe has no gradients"), "{err}");
+}

@@ -16,6 +16,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod probe;
 pub mod schedule;
 pub mod template;
 pub mod trainer;

@@ -293,6 +293,24 @@ impl Decoder {
         Ok(value)
     }
 
+    /// The hidden state entering each layer and the last layer's output (before the final norm): `L + 1` f32
+    /// tensors of (batch, seq, hidden), computed without a graph, for the layer probe.
+    pub fn hidden_states(&self, batch: &Batch) -> Result<Vec<Tensor>> {
+        let inner = || -> candle_core::Result<Vec<Tensor>> {
+            let (ids, b, t) = self.ids_tensor(batch)?;
+            let mut h = self.embed_ids(&ids, b, t)?.detach();
+            let (cos, sin) = self.rope_tables(0, t)?;
+            let mask = self.mask(&batch.lengths, t)?;
+            let mut states = vec![h.to_dtype(DType::F32)?];
+            for block in &self.blocks {
+                h = self.block(block, &h, &cos, &sin, &mask, None)?.detach();
+                states.push(h.to_dtype(DType::F32)?);
+            }
+            Ok(states)
+        };
+        inner().map_err(crate::error::candle("hidden states"))
+    }
+
     fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
         let (ids, b, t) = self.ids_tensor(batch)?;
         let mut h = self.embed_ids(&ids, b, t)?;

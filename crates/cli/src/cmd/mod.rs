@@ -8,5 +8,6 @@ pub mod inspect;
 pub mod models;
 pub mod plan;
 pub mod preset;
+pub mod probe;
 pub mod token;
 pub mod train;

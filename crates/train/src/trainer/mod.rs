@@ -11,6 +11,9 @@ pub mod scaler;
 mod setup;
 mod step;
 
+pub(crate) use setup::load_data;
+pub(crate) use step::collate as collate_examples;
+
 use crate::checkpoint::{self, Progress};
 use crate::device::{dtype_name, DeviceChoice};
 use crate::error::Result;

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The examples a run trains and evaluates on.
-pub(super) struct RunData {
+pub(crate) struct RunData {
     pub train: Vec<Example>,
     pub eval: Vec<Example>,
     pub truncated: usize,
@@ -171,7 +171,7 @@ fn check_model_resolved(config: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> Result<RunData> {
+pub(crate) fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> Result<RunData> {
     let formatter = if config.model.path.join("tokenizer.json").is_file() {
         Some(ChatFormatter::load(&config.model.path)?)
     } else {

@@ -168,7 +168,7 @@ fn overflow_error(step: u64) -> TrainError {
 }
 
 /// Token ids of a batch, right-padded, and its labels padded with -100.
-pub(super) fn collate(examples: &[&Example]) -> (Batch, Vec<Vec<i64>>) {
+pub(crate) fn collate(examples: &[&Example]) -> (Batch, Vec<Vec<i64>>) {
     let t = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
     let labels = examples
         .iter()

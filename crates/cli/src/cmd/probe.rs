@@ -1,0 +1,86 @@
+//! `freezetune probe --config RUN.toml`: which layers matter on the run's own data (Block Influence, angular
+//! distance of layer windows, per-layer gradient norms); see `freezetune_train::probe`.
+
+use anyhow::Result;
+use clap::Args;
+use freezetune_core::run_config::RunConfig;
+use freezetune_train::probe::{probe_run, suggest, ProbeOptions, SuggestBy};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// The run config: its model, training data (rendered as training renders it), batch size and device.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// How many batches of the data to measure on.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub batches: usize,
+    /// Layers per angular-distance window.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub window: usize,
+    /// Forward-only signals (no backward pass): for models too big to differentiate here.
+    #[arg(long)]
+    pub forward_only: bool,
+    /// Also suggest this many layers to train (printed as ids `plan --layers` takes).
+    #[arg(long, value_name = "K")]
+    pub suggest: Option<usize>,
+    /// What the suggestion ranks by: gradient (norm relative to the weights) or influence (Block Influence).
+    #[arg(long, value_name = "SIGNAL", default_value = "gradient", value_parser = parse_by)]
+    pub by: SuggestBy,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_by(s: &str) -> std::result::Result<SuggestBy, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: rank by gradient or influence"))
+}
+
+pub fn run(args: &ProbeArgs) -> Result<()> {
+    let mut config = RunConfig::read(&args.config)?;
+    super::train::resolve_model(&mut config)?;
+    let options = ProbeOptions {
+        batch_size: config.training.batch_size,
+        batches: args.batches,
+        window: args.window.max(1),
+        gradients: !args.forward_only,
+    };
+    let report = probe_run(&config, options)?;
+    let suggestion = match args.suggest {
+        Some(k) => Some(freezetune_core::ids::format_layer_ids(
+            &suggest(&report, k, args.by).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        if let (Some(ids), Some(obj)) = (&suggestion, value.as_object_mut()) {
+            obj.insert("suggestion".into(), serde_json::json!({ "layers": ids, "by": args.by }));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "{} batch(es), {} tokens; angular distance over windows of {} layer(s)",
+        report.batches, report.tokens, report.window
+    );
+    println!(
+        "{:>5} {:>16} {:>17} {:>12} {:>13}",
+        "layer", "block influence", "angular distance", "grad norm", "grad/weight"
+    );
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$e}"));
+    for l in report.layers.iter().rev() {
+        println!(
+            "{:>5} {:>16.6} {:>17} {:>12} {:>13}",
+            l.layer,
+            l.block_influence,
+            l.angular_distance.map_or("-".to_string(), |v| format!("{v:.6}")),
+            opt(l.grad_norm, 3),
+            opt(l.relative_grad, 3)
+        );
+    }
+    if let Some(ids) = suggestion {
+        println!("suggested layers (by {:?}): {ids}", args.by);
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The layer probe on the tiny reference llama: a layer made an exact identity has Block Influence 0 and ranks last;
+//! per-layer gradient norms are PyTorch's per-tensor norms combined.
+
+use candle_core::{Device, Tensor};
+use freezetune_train::data::Example;
+use freezetune_train::probe::{probe, ProbeOptions};
+use std::collections::HashMap;
+use std::path::Path;
+
+mod common;
+use common::{fixtures, llama_reference};
+
+fn reference_examples() -> Vec<Example> {
+    let r = llama_reference();
+    (0..2)
+        .map(|i| Example {
+            input_ids: r["input_ids"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect(),
+            labels: r["labels"][i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect(),
+        })
+        .collect()
+}
+
+const OPTIONS: ProbeOptions = ProbeOptions {
+    batch_size: 2,
+    batches: 1,
+    window: 2,
+    gradients: true,
+};
+
+/// The reference llama with layer `id`'s output projections zeroed: the layer adds nothing to the residual stream.
+fn with_identity_layer(dir: &Path, id: usize) {
+    let src = fixtures().join("models/llama");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    for m in ["self_attn.o_proj", "mlp.down_proj"] {
+        let name = format!("model.layers.{id}.{m}.weight");
+        let zero = tensors[&name].zeros_like().unwrap();
+        tensors.insert(name, zero);
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn an_identity_layer_has_no_block_influence_and_ranks_last() {
+    let dir = tempfile::tempdir().unwrap();
+    with_identity_layer(dir.path(), 1);
+    let report = probe(dir.path(), &reference_examples(), OPTIONS, &Device::Cpu).unwrap();
+    assert_eq!(report.layers.len(), 4);
+    let bi: Vec<f64> = report.layers.iter().map(|l| l.block_influence).collect();
+    assert!(bi[1].abs() < 1e-6, "identity layer's BI {}", bi[1]);
+    for (l, b) in bi.iter().enumerate().filter(|(l, _)| *l != 1) {
+        assert!(
+            *b > bi[1] + 1e-4,
+            "layer {l} BI {b} should rank above the identity layer"
+        );
+    }
+    // Windows of two layers: the last starts at layer 2; layer 3's would run past the stack.
+    assert!(report.layers[2].angular_distance.is_some() && report.layers[3].angular_distance.is_none());
+    assert!(report.tokens > 0 && report.batches == 1);
+}
+
+#[test]
+fn gradient_norms_are_pytorchs_per_tensor_norms_combined() {
+    let report = probe(
+        &fixtures().join("models/llama"),
+        &reference_examples(),
+        OPTIONS,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let reference = llama_reference();
+    let per_tensor = reference["grad_l2"].as_object().unwrap();
+    for layer in [2usize, 3] {
+        let prefix = format!("model.layers.{layer}.");
+        let want: f64 = per_tensor
+            .iter()
+            .filter(|(n, _)| n.starts_with(&prefix))
+            .map(|(_, v)| v.as_f64().unwrap().powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let got = report.layers[layer].grad_norm.unwrap();
+        assert!(
+            (got - want).abs() / want < 1e-3,
+            "layer {layer}: {got} vs PyTorch {want}"
+        );
+        assert!(report.layers[layer].relative_grad.unwrap() > 0.0);
+    }
+    // Forward-only: no gradients, the same influence.
+    let forward = probe(
+        &fixtures().join("models/llama"),
+        &reference_examples(),
+        ProbeOptions {
+            gradients: false,
+            ..OPTIONS
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(forward.layers.iter().all(|l| l.grad_norm.is_none()));
+    for (a, b) in forward.layers.iter().zip(&report.layers) {
+        assert!((a.block_influence - b.block_influence).abs() < 1e-9);
+    }
+}
