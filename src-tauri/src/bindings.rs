@@ -73,6 +73,9 @@ pub fn render_all() -> Vec<(String, String)> {
         core::run_config::OutputSection,
         core::run_config::ResolvedSection,
         freezetune_train::data::PreviewItem,
+        freezetune_train::probe::ProbeReport,
+        freezetune_train::probe::LayerSignal,
+        freezetune_train::probe::SuggestBy,
     );
     files.sort();
     files

@@ -70,6 +70,7 @@ pub fn run() {
             dialogs::pick_path,
             plan::plan_freeze,
             plan::plan_timeline,
+            train::probe_layers,
             plan::preview_export,
             plan::export_config,
             plan::check_layer_ids,

@@ -322,4 +322,20 @@ describe("FreezeTune desktop app", () => {
     await s.clickId("nav-layers");
     await choose("schedule-kind", "static");
   });
+
+  it("layer insight: measured bars on the stack, and a suggestion the CLI agrees with", async () => {
+    await s.clickId("nav-layers");
+    await s.execute(
+      `const el = document.querySelector('[data-testid="probe-batches"]'); el.value = "1";
+       el.dispatchEvent(new Event("input", { bubbles: true }));`,
+    );
+    await s.clickId("measure-layers");
+    await s.waitFor("probe-summary", async () => true, 120000);
+    assert.equal((await s.findAll('[data-testid^="heat-"]')).length, 8, "a bar on every layer");
+    const report = cli("probe", "--config", join(DATA, "demo/run.toml"), "--batches", "1", "--suggest", "2", "--json");
+    await s.clickId("suggest-layers");
+    await s.waitFor("layer-ids", async (el) => (await s.value(el)) === report.suggestion.layers);
+    await settled();
+    await shot("layers-insight");
+  });
 });

@@ -36,6 +36,7 @@ pub struct ProbeOptions {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct LayerSignal {
     pub layer: usize,
     pub block_influence: f64,
@@ -47,11 +48,16 @@ pub struct LayerSignal {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ProbeReport {
     pub batches: usize,
     pub tokens: usize,
     pub window: usize,
     pub layers: Vec<LayerSignal>,
+    /// Layer ids from the highest-ranked down, by each signal (what `suggest` takes the first K of); no gradient
+    /// ranking from a forward-only probe.
+    pub ranked_by_gradient: Option<Vec<usize>>,
+    pub ranked_by_influence: Vec<usize>,
 }
 
 /// Probes a run config's model on its training data, rendered, truncated and batched as `train` would, on its
@@ -113,7 +119,7 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
     } else {
         None
     };
-    let layers = (0..n)
+    let layers: Vec<LayerSignal> = (0..n)
         .map(|l| LayerSignal {
             layer: l,
             block_influence: bi[l].value().unwrap_or(0.0),
@@ -126,6 +132,8 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
         batches: batches.len(),
         tokens,
         window: o.window,
+        ranked_by_gradient: rank(&layers, SuggestBy::Gradient),
+        ranked_by_influence: rank(&layers, SuggestBy::Influence).unwrap_or_default(),
         layers,
     })
 }
@@ -222,6 +230,7 @@ fn gradient_norms(
 
 /// What a suggestion ranks layers by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum SuggestBy {
     /// Gradient norm relative to the weight norm.
@@ -230,26 +239,32 @@ pub enum SuggestBy {
     Influence,
 }
 
+/// Layer ids from the highest `by` down (ties to the higher layer: closer to the output, cheaper to train);
+/// `None` when the signal is missing (a forward-only probe has no gradients).
+fn rank(layers: &[LayerSignal], by: SuggestBy) -> Option<Vec<usize>> {
+    let mut scored: Vec<(f64, usize)> = layers
+        .iter()
+        .map(|l| {
+            let score = match by {
+                SuggestBy::Gradient => l.relative_grad,
+                SuggestBy::Influence => Some(l.block_influence),
+            };
+            score.map(|s| (s, l.layer))
+        })
+        .collect::<Option<_>>()?;
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    Some(scored.into_iter().map(|(_, l)| l).collect())
+}
+
 /// The `k` layers ranking highest by `by`, ascending; an error when the report lacks the signal (a forward-only
 /// probe has no gradients) or `k` is more than the layers.
 pub fn suggest(report: &ProbeReport, k: usize, by: SuggestBy) -> std::result::Result<Vec<usize>, String> {
     if k == 0 || k > report.layers.len() {
         return Err(format!("--suggest {k}: choose 1 to {} layers", report.layers.len()));
     }
-    let score = |l: &LayerSignal| match by {
-        SuggestBy::Gradient => l.relative_grad,
-        SuggestBy::Influence => Some(l.block_influence),
-    };
-    let mut ranked: Vec<(f64, usize)> = Vec::new();
-    for l in &report.layers {
-        let Some(s) = score(l) else {
-            return Err("a forward-only probe has no gradients; rank by influence, or probe with gradients".into());
-        };
-        ranked.push((s, l.layer));
-    }
-    // Highest first; ties go to the higher layer (closer to the output, cheaper to train).
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-    let mut ids: Vec<usize> = ranked.into_iter().take(k).map(|(_, l)| l).collect();
+    let ranked = rank(&report.layers, by)
+        .ok_or("a forward-only probe has no gradients; rank by influence, or probe with gradients")?;
+    let mut ids: Vec<usize> = ranked.into_iter().take(k).collect();
     ids.sort_unstable();
     Ok(ids)
 }
@@ -263,6 +278,8 @@ mod tests {
             batches: 1,
             tokens: 10,
             window: 1,
+            ranked_by_gradient: None,
+            ranked_by_influence: Vec::new(),
             layers: influence
                 .iter()
                 .zip(grads)

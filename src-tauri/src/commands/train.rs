@@ -12,6 +12,7 @@ use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::{DataFormat, DataSection, ModelSection, OutputSection, RunConfig};
 use freezetune_core::FreezeSpec;
 use freezetune_train::data::{preview_run, PreviewItem};
+use freezetune_train::probe::ProbeReport;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,6 +165,18 @@ pub async fn train_model(
         final_dir: outcome.final_dir.map(|d| d.to_string_lossy().into_owned()),
         last_loss: outcome.last_loss,
     })
+}
+
+/// Measures the run's layers on its own data (Block Influence, angular distance, gradient norms) in a worker.
+#[tauri::command]
+pub async fn probe_layers(state: State<'_, AppState>, config: RunConfig, batches: usize) -> IpcResult<ProbeReport> {
+    let config = check_paths(&state, config)?;
+    let workers = state.workers.clone();
+    let scratch = state.paths.data_dir.join("worker");
+    crate::blocking::run("probe", move || {
+        crate::worker::probe::probe(&workers, &config, &scratch, batches)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod devices;
 pub mod generate;
+pub mod probe;
 pub mod process;
 pub mod train;
 

@@ -100,10 +100,10 @@ fn resume_hint(seen: &Seen) -> String {
 }
 
 /// The run config written for the worker, removed when the run ends.
-struct ConfigFile(PathBuf);
+pub(super) struct ConfigFile(pub(super) PathBuf);
 
 impl ConfigFile {
-    fn write(scratch: &Path, config: &RunConfig) -> IpcResult<ConfigFile> {
+    pub(super) fn write(scratch: &Path, config: &RunConfig) -> IpcResult<ConfigFile> {
         std::fs::create_dir_all(scratch).map_err(|e| io_error(scratch, e))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

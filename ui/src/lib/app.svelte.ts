@@ -6,6 +6,7 @@ import type { IpcError } from "./bindings/IpcError";
 import type { ModelSummary } from "./bindings/ModelSummary";
 import type { PlanOptions } from "./bindings/PlanOptions";
 import type { RunConfig } from "./bindings/RunConfig";
+import type { ProbeReport } from "./bindings/ProbeReport";
 import type { ScheduleSpec } from "./bindings/ScheduleSpec";
 import type { Timeline } from "./bindings/Timeline";
 import type { TrainEvent } from "./bindings/TrainEvent";
@@ -46,6 +47,39 @@ export const app = $state({
   timelineError: null as IpcError | null,
   timelineSteps: 200,
 });
+
+/** The layer probe of the open model on the run's data (Layers screen). */
+export const insight = $state({
+  report: null as ProbeReport | null,
+  running: false,
+  error: null as IpcError | null,
+  signal: "gradient" as "gradient" | "influence",
+});
+
+/** Measures the open model's layers on the run's training data, in a worker. */
+export async function measureLayers(batches: number) {
+  if (!app.run || insight.running) return;
+  insight.running = true;
+  insight.error = null;
+  try {
+    insight.report = await api.probeLayers($state.snapshot(app.run), batches);
+    if (insight.report.ranked_by_gradient == null) insight.signal = "influence";
+  } catch (e) {
+    insight.error = asIpcError(e);
+  } finally {
+    insight.running = false;
+  }
+}
+
+/** Chooses the `k` layers the probe ranks highest by the chosen signal. */
+export function suggestLayers(k: number) {
+  const r = insight.report;
+  const s = app.selection;
+  if (!r || !s) return;
+  const ranked = insight.signal === "gradient" ? (r.ranked_by_gradient ?? []) : r.ranked_by_influence;
+  const ids = new Set(ranked.slice(0, Math.max(1, k)));
+  setSelection({ ...s, layers: ids, partial: new Map(), origin: { kind: "ids" } });
+}
 
 export const training = $state({
   taskId: null as string | null,
@@ -89,6 +123,7 @@ export async function openModel(path: string | null) {
     if (seq !== openSeq) return;
     app.model = model;
     app.plan = null;
+    insight.report = null;
     app.run = run;
     if ((run.training?.max_steps ?? 0) > 0) app.timelineSteps = run.training!.max_steps;
     app.options = { batch_size: run.training?.batch_size ?? 1, seq_len: run.data.cutoff_len ?? 512 };

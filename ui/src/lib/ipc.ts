@@ -8,6 +8,7 @@ import type { DownloadEvent } from "./bindings/DownloadEvent";
 import type { ExportFormat } from "./bindings/ExportFormat";
 import type { FreezePlan } from "./bindings/FreezePlan";
 import type { Timeline } from "./bindings/Timeline";
+import type { ProbeReport } from "./bindings/ProbeReport";
 import type { FreezeSpec } from "./bindings/FreezeSpec";
 import type { IpcError } from "./bindings/IpcError";
 import type { ModelSummary } from "./bindings/ModelSummary";
@@ -90,6 +91,7 @@ export const api = {
   trainModel: (config: RunConfig, resume: boolean, taskId: string, onEvents: (e: TrainEvent[]) => void) =>
     call<TrainOutcomeView>("train_model", { config, resume, taskId, onEvent: channel(onEvents) }),
   listRuns: () => call<RunSummary[]>("list_runs"),
+  probeLayers: (config: RunConfig, batches: number) => call<ProbeReport>("probe_layers", { config, batches }),
   readRunMetrics: (runDir: string) => call<TrainEvent[]>("read_run_metrics", { runDir }),
   openFolder: (path: string) => call<void>("open_folder", { path }),
   generateText: (modelPath: string, prompt: string, maxNewTokens: number) =>
