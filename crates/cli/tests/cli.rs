@@ -373,4 +373,26 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
         ],
     );
     assert!(err.contains("forward-only probe has no gradients"), "{err}");
+    // A model folder and its data, without a run config.
+    let direct = json(
+        cfg.path(),
+        &[
+            "probe",
+            model.trim(),
+            "--data",
+            dir.join("data.jsonl").to_str().unwrap(),
+            "--format",
+            "alpaca",
+            "--cutoff-len",
+            "64",
+            "--batch-size",
+            "8",
+            "--batches",
+            "1",
+            "--forward-only",
+            "--json",
+        ],
+    );
+    assert_eq!(direct["layers"].as_array().unwrap().len(), 8);
+    assert!(direct["tokens"].as_u64().unwrap() > 0);
 }

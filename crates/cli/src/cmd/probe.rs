@@ -1,17 +1,36 @@
-//! `freezetune probe --config RUN.toml`: which layers matter on the run's own data (Block Influence, angular
+//! `freezetune probe --config RUN.toml` (or `freezetune probe MODEL --data FILE`): which layers matter on the data (Block Influence, angular
 //! distance of layer windows, per-layer gradient norms); see `freezetune_train::probe`.
 
 use anyhow::Result;
 use clap::Args;
-use freezetune_core::run_config::RunConfig;
+use freezetune_core::run_config::{
+    DataFormat, DataSection, ModelSection, OutputSection, RunConfig, RuntimeSection, TrainingSection,
+};
+use freezetune_core::FreezeSpec;
 use freezetune_train::probe::{probe_run, suggest, ProbeOptions, SuggestBy};
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ProbeArgs {
+    /// A model folder, with --data (instead of --config).
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    pub model_dir: Option<PathBuf>,
     /// The run config: its model, training data (rendered as training renders it), batch size and device.
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// With MODEL_DIR: the data file (JSON array or JSONL, as for training).
+    #[arg(long, requires = "model_dir")]
+    pub data: Option<PathBuf>,
+    /// With MODEL_DIR: the data format (auto, tokenized, alpaca, sharegpt, messages, text).
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// With MODEL_DIR: tokens per example, examples per batch and the device.
+    #[arg(long, default_value_t = 1024)]
+    pub cutoff_len: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// How many batches of the data to measure on.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub batches: usize,
@@ -36,9 +55,59 @@ fn parse_by(s: &str) -> std::result::Result<SuggestBy, String> {
         .map_err(|_| format!("{s:?}: rank by gradient or influence"))
 }
 
+/// The run config the probe reads: the given one, or one made of MODEL_DIR and the data flags.
+fn config_of(args: &ProbeArgs) -> Result<RunConfig> {
+    if let Some(path) = &args.config {
+        let mut config = RunConfig::read(path)?;
+        super::train::resolve_model(&mut config)?;
+        return Ok(config);
+    }
+    let (Some(model), Some(data)) = (&args.model_dir, &args.data) else {
+        anyhow::bail!("give a run config (--config RUN.toml), or a model folder and its data (MODEL_DIR --data FILE)");
+    };
+    let cwd = std::env::current_dir()?;
+    let format: DataFormat = serde_json::from_value(serde_json::Value::String(args.format.clone())).map_err(|_| {
+        anyhow::anyhow!(
+            "--format {:?}: choose auto, tokenized, alpaca, sharegpt, messages or text",
+            args.format
+        )
+    })?;
+    let config = RunConfig {
+        model: ModelSection {
+            path: cwd.join(model),
+            repo: None,
+            revision: None,
+            dtype: "auto".into(),
+        },
+        freeze: FreezeSpec {
+            all_layers: true,
+            ..Default::default()
+        },
+        data: DataSection {
+            train: cwd.join(data),
+            format,
+            eval: None,
+            eval_split: 0.0,
+            cutoff_len: args.cutoff_len,
+            train_on_prompt: false,
+        },
+        training: TrainingSection {
+            batch_size: args.batch_size.max(1),
+            ..Default::default()
+        },
+        runtime: RuntimeSection {
+            device: args.device.clone(),
+            ..Default::default()
+        },
+        output: OutputSection { dir: cwd.join("probe") },
+        resolved: None,
+    };
+    config.check().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
 pub fn run(args: &ProbeArgs) -> Result<()> {
-    let mut config = RunConfig::read(&args.config)?;
-    super::train::resolve_model(&mut config)?;
+    let config = config_of(args)?;
     let options = ProbeOptions {
         batch_size: config.training.batch_size,
         batches: args.batches,
