@@ -117,3 +117,44 @@ fn gradient_norms_are_pytorchs_per_tensor_norms_combined() {
         assert!((a.block_influence - b.block_influence).abs() < 1e-9);
     }
 }
+
+#[test]
+fn a_cached_probe_is_reused_and_invalidated_by_new_data_or_settings() {
+    use freezetune_core::run_config::RunConfig;
+    use freezetune_train::probe::probe_run_cached;
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::write_reference_data(dir.path());
+    let toml = format!(
+        "[model]\npath = {:?}\n[freeze]\nall_layers = true\n[data]\ntrain = {data:?}\nformat = \"tokenized\"\n\
+         [training]\nbatch_size = 2\n[runtime]\ndevice = \"cpu\"\n[output]\ndir = \"out\"\n",
+        fixtures().join("models/llama")
+    );
+    std::fs::write(dir.path().join("run.toml"), toml).unwrap();
+    let config = RunConfig::read(&dir.path().join("run.toml")).unwrap();
+    let cache = dir.path().join("cache");
+    let (first, cached) = probe_run_cached(&config, OPTIONS, &cache).unwrap();
+    assert!(!cached);
+    let (again, cached) = probe_run_cached(&config, OPTIONS, &cache).unwrap();
+    assert!(cached, "the same model, data and settings are read back");
+    // Read back through JSON: equal to the last bit but one.
+    assert_eq!(
+        (first.tokens, &first.ranked_by_gradient),
+        (again.tokens, &again.ranked_by_gradient)
+    );
+    for (a, b) in first.layers.iter().zip(&again.layers) {
+        assert!((a.block_influence - b.block_influence).abs() < 1e-12);
+        assert!((a.relative_grad.unwrap() - b.relative_grad.unwrap()).abs() < 1e-12);
+    }
+    let other = ProbeOptions { window: 1, ..OPTIONS };
+    assert!(
+        !probe_run_cached(&config, other, &cache).unwrap().1,
+        "another window is another key"
+    );
+    // New data (one example fewer, written later): measured again.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let text = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&data, text.lines().next().unwrap()).unwrap();
+    let (changed, cached) = probe_run_cached(&config, OPTIONS, &cache).unwrap();
+    assert!(!cached, "edited data is measured again");
+    assert_ne!(changed.tokens, first.tokens);
+}

@@ -1,5 +1,6 @@
-//! The layer probe in a worker: `freezetune probe --config F --json` on the run's device (it runs a backward
-//! pass, so it belongs where training runs, not in the app's process).
+//! The layer probe in a worker: `freezetune probe --config F --cache DIR --json` on the run's device (it runs a
+//! backward pass, so it belongs where training runs, not in the app's process); measuring the same model, data
+//! and settings again is read back from the cache.
 
 use super::train::ConfigFile;
 use super::Workers;
@@ -17,6 +18,8 @@ pub fn probe(workers: &Workers, config: &RunConfig, scratch: &Path, batches: usi
         .arg("--config")
         .arg(&file.0)
         .arg(format!("--batches={}", batches.max(1)))
+        .arg("--cache")
+        .arg(scratch.join("probes"))
         .arg("--json")
         .output()
         .map_err(|e| {

@@ -7,7 +7,7 @@ use freezetune_core::run_config::{
     DataFormat, DataSection, ModelSection, OutputSection, RunConfig, RuntimeSection, TrainingSection,
 };
 use freezetune_core::FreezeSpec;
-use freezetune_train::probe::{probe_run, suggest, ProbeOptions, SuggestBy};
+use freezetune_train::probe::{probe_run, probe_run_cached, suggest, ProbeOptions, SuggestBy};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -40,6 +40,9 @@ pub struct ProbeArgs {
     /// Forward-only signals (no backward pass): for models too big to differentiate here.
     #[arg(long)]
     pub forward_only: bool,
+    /// Keep results in this folder: the same model, data and settings are read back instead of measured again.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
     /// Also suggest this many layers to train (printed as ids `plan --layers` takes).
     #[arg(long, value_name = "K")]
     pub suggest: Option<usize>,
@@ -114,7 +117,13 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         window: args.window.max(1),
         gradients: !args.forward_only,
     };
-    let report = probe_run(&config, options)?;
+    let (report, cached) = match &args.cache {
+        Some(dir) => probe_run_cached(&config, options, dir)?,
+        None => (probe_run(&config, options)?, false),
+    };
+    if cached {
+        eprintln!("(measured before on the same model, data and settings: read from the cache)");
+    }
     let suggestion = match args.suggest {
         Some(k) => Some(freezetune_core::ids::format_layer_ids(
             &suggest(&report, k, args.by).map_err(anyhow::Error::msg)?,
@@ -123,8 +132,11 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
     };
     if args.json {
         let mut value = serde_json::to_value(&report)?;
-        if let (Some(ids), Some(obj)) = (&suggestion, value.as_object_mut()) {
-            obj.insert("suggestion".into(), serde_json::json!({ "layers": ids, "by": args.by }));
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("cached".into(), cached.into());
+            if let Some(ids) = &suggestion {
+                obj.insert("suggestion".into(), serde_json::json!({ "layers": ids, "by": args.by }));
+            }
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());

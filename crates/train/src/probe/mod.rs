@@ -12,6 +12,8 @@
 //! weights (where the loss pulls hardest on this data), or with the largest Block Influence (the layers that change
 //! the hidden state most), as canonical ids `plan --layers` takes.
 
+pub mod cache;
+
 use crate::data::Example;
 use crate::error::{candle, Result};
 use crate::loss::causal_lm_loss;
@@ -67,6 +69,22 @@ pub fn probe_run(config: &freezetune_core::run_config::RunConfig, o: ProbeOption
     let data = crate::trainer::load_data(config, &decoder_config)?;
     let device = crate::device::select_device(&config.runtime.device)?;
     probe(&config.model.path, &data.train, o, &device.device)
+}
+
+/// [`probe_run`] through the cache in `dir`: a report for the same model, data and settings is read back instead
+/// of measured. Returns the report and whether it came from the cache.
+pub fn probe_run_cached(
+    config: &freezetune_core::run_config::RunConfig,
+    o: ProbeOptions,
+    dir: &Path,
+) -> Result<(ProbeReport, bool)> {
+    let path = cache::cache_path(dir, config, &o)?;
+    if let Some(report) = cache::load(&path) {
+        return Ok((report, true));
+    }
+    let report = probe_run(config, o)?;
+    cache::store(&path, &report)?;
+    Ok((report, false))
 }
 
 /// Probes the model in `model_dir` on `examples` (rendered as training renders them).
