@@ -319,19 +319,15 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
     let dir = cfg.path().join("demo");
     let model = ok(cfg.path(), &["demo-model", dir.to_str().unwrap()]);
     let run = dir.join("run.toml");
-    let j = json(
-        cfg.path(),
-        &[
-            "probe",
-            "--config",
-            run.to_str().unwrap(),
-            "--batches",
-            "1",
-            "--suggest",
-            "3",
-            "--json",
-        ],
-    );
+    // `probe --config RUN --batches 1` and then `extra`.
+    let probe = |extra: &[&str]| -> Vec<String> {
+        let base = ["probe", "--config", run.to_str().unwrap(), "--batches", "1"];
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let j = json(cfg.path(), &args(&probe(&["--suggest", "3", "--json"])));
     let layers = j["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 8);
     assert!(layers.iter().all(|l| l["grad_norm"].as_f64().unwrap() > 0.0));
@@ -342,57 +338,29 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
         ids,
         "plan takes the suggestion unchanged"
     );
-    let by_influence = json(
-        cfg.path(),
-        &[
-            "probe",
-            "--config",
-            run.to_str().unwrap(),
-            "--batches",
-            "1",
-            "--forward-only",
-            "--suggest",
-            "2",
-            "--by",
-            "influence",
-            "--json",
-        ],
-    );
-    assert!(by_influence["layers"][0]["grad_norm"].is_null());
-    let (_, err) = fail(
-        cfg.path(),
-        &[
-            "probe",
-            "--config",
-            run.to_str().unwrap(),
-            "--batches",
-            "1",
-            "--forward-only",
-            "--suggest",
-            "2",
-        ],
-    );
+    let forward = probe(&["--forward-only", "--suggest", "2", "--by", "influence", "--json"]);
+    assert!(json(cfg.path(), &args(&forward))["layers"][0]["grad_norm"].is_null());
+    let (_, err) = fail(cfg.path(), &args(&probe(&["--forward-only", "--suggest", "2"])));
     assert!(err.contains("forward-only probe has no gradients"), "{err}");
     // A model folder and its data, without a run config.
-    let direct = json(
-        cfg.path(),
-        &[
-            "probe",
-            model.trim(),
-            "--data",
-            dir.join("data.jsonl").to_str().unwrap(),
-            "--format",
-            "alpaca",
-            "--cutoff-len",
-            "64",
-            "--batch-size",
-            "8",
-            "--batches",
-            "1",
-            "--forward-only",
-            "--json",
-        ],
-    );
+    let data = dir.join("data.jsonl");
+    let direct = [
+        "probe",
+        model.trim(),
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "alpaca",
+        "--cutoff-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--batches",
+        "1",
+        "--forward-only",
+        "--json",
+    ];
+    let direct = json(cfg.path(), &direct);
     assert_eq!(direct["layers"].as_array().unwrap().len(), 8);
     assert!(direct["tokens"].as_u64().unwrap() > 0);
 }
