@@ -4,6 +4,7 @@
 use crate::fused;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
+use freezetune_core::schedule::StatePolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -60,13 +61,6 @@ pub enum Optimizer {
     },
 }
 
-/// Whether a schedule's phase change keeps each tensor's optimizer state or starts every tensor afresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateOnSwitch {
-    Keep,
-    Reset,
-}
-
 impl Optimizer {
     pub fn sgd(params: Vec<(String, Var)>) -> Optimizer {
         let lr_scale = vec![1.0; params.len()];
@@ -108,7 +102,7 @@ impl Optimizer {
 
     /// A schedule's phase change: `new` becomes the parameter list. With `Keep`, a tensor's moments leave with it
     /// (to the host) and come back when it trains again; with `Reset`, every tensor starts afresh, as BAdam does.
-    pub fn switch_params(&mut self, new: Vec<(String, Var)>, policy: StateOnSwitch) -> Result<()> {
+    pub fn switch_params(&mut self, new: Vec<(String, Var)>, policy: StatePolicy) -> Result<()> {
         let n = new.len();
         match self {
             Optimizer::Sgd { params, lr_scale } => {
@@ -122,7 +116,7 @@ impl Optimizer {
                 stash,
                 ..
             } => {
-                if policy == StateOnSwitch::Reset {
+                if policy == StatePolicy::Reset {
                     stash.clear();
                 } else {
                     for ((name, _), slot) in params.iter().zip(state.iter_mut()) {

@@ -5,10 +5,9 @@
 use super::Run;
 use crate::error::{candle, Result};
 use crate::model::Decoder;
-use crate::optim::StateOnSwitch;
 use candle_core::Var;
 use freezetune_core::events::{EventSink, TrainEvent};
-use freezetune_core::schedule::{Phase, ScheduleKind, StatePolicy};
+use freezetune_core::schedule::{Phase, ScheduleKind};
 
 impl Run {
     /// Enters the phase the next step belongs to, if it is not the current one.
@@ -21,12 +20,8 @@ impl Run {
         self.params.set_trainable(&phase.trainable)?;
         self.model = Decoder::new(self.decoder_config.clone(), &self.params, &self.device.device)?;
         let vars: Vec<(String, Var)> = self.params.vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        let policy = match self.timeline.optimizer_state {
-            StatePolicy::Keep => StateOnSwitch::Keep,
-            StatePolicy::Reset => StateOnSwitch::Reset,
-        };
         self.optimizer
-            .switch_params(vars, policy)
+            .switch_params(vars, self.timeline.optimizer_state)
             .map_err(candle("moving the optimizer to the new phase's tensors"))?;
         self.optimizer.set_lr_scale(lr_scales(phase, self.optimizer.params()));
         self.phase = Some(due);
