@@ -153,9 +153,7 @@ pub fn to_axolotl_patterns(layout: &ModelLayout, plan: &FreezePlan) -> Result<Ve
             TrainState::Partial => {
                 let head = format!("{prefix}.{}.", layer.id);
                 let rel: Vec<String> = layer
-                    .modules
-                    .iter()
-                    .flat_map(|m| &m.tensors)
+                    .tensors()
                     .filter(|t| plan.is_trainable(&t.name))
                     .map(|t| t.name[head.len()..].to_string())
                     .collect();

@@ -77,6 +77,13 @@ pub struct LayerInfo {
     pub modules: Vec<ModuleInfo>,
 }
 
+impl LayerInfo {
+    /// Every tensor of the layer, module by module.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.modules.iter().flat_map(|m| &m.tensors)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeightFile {
     pub name: String,

@@ -112,12 +112,7 @@ fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> 
     let lowest = layout
         .layers
         .iter()
-        .find(|l| {
-            l.modules
-                .iter()
-                .flat_map(|m| &m.tensors)
-                .any(|t| trainable.contains(&t.name))
-        })
+        .find(|l| l.tensors().any(|t| trainable.contains(&t.name)))
         .map(|l| l.id);
     Some(lowest.unwrap_or(layout.num_layers))
 }

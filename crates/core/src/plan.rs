@@ -176,12 +176,7 @@ fn build_plan(
         .iter()
         .map(|l| {
             let modules: Vec<ModulePlan> = l.modules.iter().map(|m| module_plan(m, &trainable)).collect();
-            let n = l
-                .modules
-                .iter()
-                .flat_map(|m| &m.tensors)
-                .filter(|t| trainable.contains(&t.name))
-                .count();
+            let n = l.tensors().filter(|t| trainable.contains(&t.name)).count();
             let total = l.modules.iter().map(|m| m.tensors.len()).sum();
             LayerPlan {
                 id: l.id,

@@ -88,9 +88,7 @@ pub fn timeline(
         .iter()
         .map(|l| {
             let names: Vec<String> = l
-                .modules
-                .iter()
-                .flat_map(|m| &m.tensors)
+                .tensors()
                 .filter(|t| trainable.contains(t.name.as_str()))
                 .map(|t| t.name.clone())
                 .collect();

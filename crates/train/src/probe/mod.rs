@@ -93,13 +93,7 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
     let layer_tensors: Vec<Vec<String>> = layout
         .layers
         .iter()
-        .map(|l| {
-            l.modules
-                .iter()
-                .flat_map(|m| &m.tensors)
-                .map(|t| t.name.clone())
-                .collect()
-        })
+        .map(|l| l.tensors().map(|t| t.name.clone()).collect())
         .collect();
     let trainable: Vec<String> = if o.gradients {
         let mut all: Vec<String> = layer_tensors.iter().flatten().cloned().collect();
