@@ -18,6 +18,7 @@ use crate::data::Example;
 use crate::error::{candle, Result};
 use crate::loss::causal_lm_loss;
 use crate::model::{Batch, Decoder};
+use crate::optim::accumulate;
 use crate::params::Params;
 use crate::trainer::collate_examples;
 use crate::DecoderConfig;
@@ -104,9 +105,9 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
     };
     let params = Params::load_with(model_dir, &trainable, device, DType::F32)?;
     let decoder = Decoder::new(DecoderConfig::read(model_dir)?, &params, device)?;
-    let batches: Vec<(Batch, Vec<Vec<i64>>)> = examples
+    let used = &examples[..examples.len().min(o.batch_size.max(1) * o.batches.max(1))];
+    let batches: Vec<(Batch, Vec<Vec<i64>>)> = used
         .chunks(o.batch_size.max(1))
-        .take(o.batches.max(1))
         .map(|chunk| collate_examples(&chunk.iter().collect::<Vec<_>>()))
         .collect();
     let n = layout.num_layers;
@@ -127,7 +128,8 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
         }
     }
     let grads = if o.gradients {
-        Some(gradient_norms(&decoder, &params, &batches, &layer_tensors)?)
+        let learned = used.iter().map(Example::learned_tokens).sum();
+        Some(gradient_norms(&decoder, &params, &batches, learned, &layer_tensors)?)
     } else {
         None
     };
@@ -189,34 +191,34 @@ fn token_cosines(a: &Tensor, b: &Tensor, lengths: &[usize]) -> Result<Vec<f64>> 
     Ok(out)
 }
 
-/// (gradient norm, weight norm) of each layer: the batches' gradients of the token-mean loss, summed.
+/// (gradient norm, weight norm) of each layer: the batches' gradients of the token-mean loss over `learned`
+/// tokens, summed.
 fn gradient_norms(
     decoder: &Decoder,
     params: &Params,
     batches: &[(Batch, Vec<Vec<i64>>)],
+    learned: usize,
     layer_tensors: &[Vec<String>],
 ) -> Result<Vec<(f64, f64)>> {
     let err = candle("probe gradients");
-    let counted: usize = batches
-        .iter()
-        .flat_map(|(_, labels)| labels)
-        .map(|row| row.iter().skip(1).filter(|l| **l >= 0).count())
-        .sum();
-    let mut sums: std::collections::BTreeMap<&str, Tensor> = Default::default();
+    let names: Vec<&String> = params.vars.keys().collect();
+    let mut sums: Vec<Option<Tensor>> = vec![None; names.len()];
     for (batch, labels) in batches {
         let (mean, n) = causal_lm_loss(&decoder.forward_logits(batch)?, labels).map_err(&err)?;
-        let loss = (mean * (n as f64 / counted.max(1) as f64)).map_err(&err)?;
+        let loss = (mean * (n as f64 / learned.max(1) as f64)).map_err(&err)?;
         let store = loss.backward().map_err(&err)?;
-        for (name, var) in &params.vars {
-            if let Some(g) = store.get(var.as_tensor()) {
-                let next = match sums.remove(name.as_str()) {
-                    Some(s) => (s + g).map_err(&err)?,
-                    None => g.clone(),
-                };
-                sums.insert(name, next);
-            }
-        }
+        let grads = params
+            .vars
+            .values()
+            .map(|v| store.get(v.as_tensor()).cloned())
+            .collect();
+        accumulate(&mut sums, grads).map_err(&err)?;
     }
+    let sums: std::collections::BTreeMap<&str, Tensor> = names
+        .into_iter()
+        .zip(sums)
+        .filter_map(|(n, g)| g.map(|g| (n.as_str(), g)))
+        .collect();
     let sq = |t: &Tensor| -> Result<f64> {
         Ok(t.sqr()
             .and_then(|s| s.sum_all())
