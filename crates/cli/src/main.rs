@@ -70,7 +70,7 @@ fn main() {
         Command::Download(a) => (cmd::download::run(&a), a.json),
         Command::Train(a) => (cmd::train::run(&a), a.events.is_some()),
         Command::Generate(a) => (cmd::generate::run(&a), a.events.is_some()),
-        Command::Probe(a) => (cmd::probe::run(&a), a.json),
+        Command::Probe(a) => (cmd::probe::run(&a), a.json || a.events.is_some()),
         Command::Data(c) => {
             let json = c.json();
             (cmd::data::run(&c), json)

@@ -340,6 +340,11 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
     );
     let forward = probe(&["--forward-only", "--suggest", "2", "--by", "influence", "--json"]);
     assert!(json(cfg.path(), &args(&forward))["layers"][0]["grad_norm"].is_null());
+    // What the app's worker reads: the report on one line.
+    let line = ok(cfg.path(), &args(&probe(&["--forward-only", "--events", "jsonl"])));
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let event: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(event["layers"].as_array().unwrap().len(), 8);
     let (_, err) = fail(cfg.path(), &args(&probe(&["--forward-only", "--suggest", "2"])));
     assert!(err.contains("forward-only probe has no gradients"), "{err}");
     // A model folder and its data, without a run config.

@@ -51,6 +51,10 @@ pub struct ProbeArgs {
     pub by: SuggestBy,
     #[arg(long)]
     pub json: bool,
+    /// `jsonl`: the report (as with --json) on one stdout line, errors as {"error": ...}: what a parent process
+    /// (the app's worker) reads.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub events: Option<super::train::EventFormat>,
 }
 
 fn parse_by(s: &str) -> std::result::Result<SuggestBy, String> {
@@ -130,7 +134,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         )),
         None => None,
     };
-    if args.json {
+    if args.json || args.events.is_some() {
         let mut value = serde_json::to_value(&report)?;
         if let Some(obj) = value.as_object_mut() {
             obj.insert("cached".into(), cached.into());
@@ -138,7 +142,11 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
                 obj.insert("suggestion".into(), serde_json::json!({ "layers": ids, "by": args.by }));
             }
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        if args.events.is_some() {
+            crate::render::event_line(&value);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
         return Ok(());
     }
     println!(
