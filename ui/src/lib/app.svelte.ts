@@ -13,7 +13,7 @@ import type { TrainEvent } from "./bindings/TrainEvent";
 import type { TrainOutcomeView } from "./bindings/TrainOutcomeView";
 import { parseCanonical } from "./ids";
 import { api, asIpcError, newTaskId } from "./ipc";
-import { emptySelection, fromSpec, idsText, toSpec, type Selection } from "./selection";
+import { emptySelection, fromSpec, idsText, setIds, toSpec, type Selection } from "./selection";
 
 export type Screen = "model" | "layers" | "train" | "runs" | "presets";
 const SCREENS: Screen[] = ["model", "layers", "train", "runs", "presets"];
@@ -77,8 +77,7 @@ export function suggestLayers(k: number) {
   const s = app.selection;
   if (!r || !s) return;
   const ranked = insight.signal === "gradient" ? (r.ranked_by_gradient ?? []) : r.ranked_by_influence;
-  const ids = new Set(ranked.slice(0, Math.max(1, k)));
-  setSelection({ ...s, layers: ids, partial: new Map(), origin: { kind: "ids" } });
+  setSelection(setIds(s, ranked.slice(0, Math.max(1, k))));
 }
 
 export const training = $state({
@@ -220,7 +219,7 @@ export async function typeIds(text: string) {
     // The selection as it is now: a click on a filter or an extra module while the ids were being checked stays.
     const now = app.selection ?? s;
     app.idsError = null;
-    app.selection = { ...now, layers: new Set(ids), partial: new Map(), origin: { kind: "ids" } };
+    app.selection = setIds(now, ids);
     return replan();
   };
   if (text.trim() === "") return choose([]);
