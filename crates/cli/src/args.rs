@@ -139,24 +139,8 @@ fn parse_policy(s: &str) -> std::result::Result<StatePolicy, String> {
 impl ScheduleArgs {
     /// The schedule these flags describe; `None` without `--schedule` (its options alone are an error).
     pub fn to_spec(&self) -> Result<Option<ScheduleSpec>> {
-        let Some(kind) = self.schedule else {
-            let options = self.interval.is_some()
-                || self.unit.is_some()
-                || self.group.is_some()
-                || self.order.is_some()
-                || self.start_block.is_some()
-                || self.gamma.is_some()
-                || self.schedule_seed.is_some()
-                || !self.always.is_empty()
-                || self.lr_decay.is_some()
-                || self.optimizer_state.is_some();
-            if options {
-                anyhow::bail!("layer schedule options need --schedule KIND (progressive, cycle or sample)");
-            }
-            return Ok(None);
-        };
         let spec = ScheduleSpec {
-            kind,
+            kind: self.schedule.unwrap_or_default(),
             interval: self.interval,
             unit: self.unit,
             group: self.group,
@@ -168,6 +152,12 @@ impl ScheduleArgs {
             lr_decay: self.lr_decay,
             optimizer_state: self.optimizer_state,
         };
+        if self.schedule.is_none() {
+            if spec != ScheduleSpec::default() {
+                anyhow::bail!("layer schedule options need --schedule KIND (progressive, cycle or sample)");
+            }
+            return Ok(None);
+        }
         spec.validate()?;
         Ok(Some(spec))
     }

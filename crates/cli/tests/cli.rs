@@ -369,3 +369,27 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
     assert_eq!(direct["layers"].as_array().unwrap().len(), 8);
     assert!(direct["tokens"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn schedule_options_need_a_schedule_and_plan_prints_its_timeline() {
+    let cfg = tempfile::tempdir().unwrap();
+    let model = ok(cfg.path(), &["demo-model", cfg.path().join("demo").to_str().unwrap()]);
+    let (_, err) = fail(cfg.path(), &["plan", model.trim(), "--all-layers", "--interval", "5"]);
+    assert!(err.contains("need --schedule KIND"), "{err}");
+    let j = json(
+        cfg.path(),
+        &[
+            "plan",
+            model.trim(),
+            "--all-layers",
+            "--schedule",
+            "cycle",
+            "--interval",
+            "5",
+            "--steps",
+            "10",
+            "--json",
+        ],
+    );
+    assert_eq!(j["timeline"]["phases"].as_array().unwrap().len(), 2);
+}
