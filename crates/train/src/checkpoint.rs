@@ -100,7 +100,6 @@ pub fn restore(
             ),
         });
     }
-    let saved: BTreeMap<String, Tensor> = saved.into_iter().collect();
     for (name, t) in &saved {
         params.restore_value(name, t)?;
     }
