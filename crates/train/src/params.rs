@@ -113,6 +113,8 @@ impl Params {
             self.consts.insert(name.clone(), t);
             self.trained.insert(name);
         }
+        // Mapped once for the tensors that start training for the first time (mapping reads every header).
+        let mut source = None;
         for name in names {
             if self.vars.contains_key(name) {
                 continue;
@@ -128,7 +130,10 @@ impl Params {
                     .to_dtype(DType::F32)
                     .map_err(candle_err(format!("unfreezing {name}")))?
             } else {
-                self.load_source(&self.map_source()?, name, DType::F32)?
+                if source.is_none() {
+                    source = Some(self.map_source()?);
+                }
+                self.load_source(source.as_ref().expect("just mapped"), name, DType::F32)?
             };
             let var = Var::from_tensor(&master).map_err(candle_err(format!("tensor {name}")))?;
             self.vars.insert(name.clone(), var);
