@@ -86,7 +86,7 @@ pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// A linear layer as the freeze plan wants it. A trainable weight is a `Var`'s f32 tensor, cast to the input's
-/// dtype for a plain matmul; a frozen one is a constant in the compute dtype and, where a graph is being recorded,
+/// dtype for a plain matmul (on the CPU in f32, the one-node [`fused::linear`]); a frozen one is a constant in the compute dtype and, where a graph is being recorded,
 /// the input-gradient-only [`FrozenMatmul`]. The bias (if any) is trainable or not on its own.
 pub struct Linear {
     pub weight: Tensor,
@@ -96,7 +96,9 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if !self.frozen {
+        let y = if !self.frozen && fused::applies(x) && self.weight.dtype() == DType::F32 {
+            fused::linear(x, &self.weight)?
+        } else if !self.frozen {
             // Rows flattened to one 2-D matmul: a batched one would broadcast the weight, and its backward would
             // compute one weight gradient per batch item and then sum them.
             let (rows, features) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);

@@ -6,9 +6,9 @@
 //! probabilities are kept (and only when a graph is being recorded), grouped-query heads read their shared
 //! key/value head in place instead of a repeated copy, and the backward pass is one op too.
 
+use super::gemm::{matmul, Mat, Shared};
 use super::{f32s, masked_softmax_row};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -63,55 +63,6 @@ struct Attention {
     keep_probs: bool,
     /// (batch, heads, seq, seq) probabilities from the forward pass, for the backward pass.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
-}
-
-/// A raw pointer that tasks writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The element `offset` past the start (a method, so closures capture the `Shared`, not its raw pointer).
-    ///
-    /// # Safety
-    /// `offset` must be inside the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
-}
-
-/// A strided matrix: pointer, row stride, column stride.
-#[derive(Clone, Copy)]
-struct Mat(*const f32, isize, isize);
-
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` on the calling thread.
-///
-/// # Safety
-/// Every pointer must address a matrix of the stated shape and strides, and `dst` must not be written by another
-/// thread meanwhile.
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: Mat, accumulate: bool, lhs: Mat, rhs: Mat) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0 as *mut f32,
-        dst.2,
-        dst.1,
-        accumulate,
-        lhs.0,
-        lhs.2,
-        lhs.1,
-        rhs.0,
-        rhs.2,
-        rhs.1,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
 }
 
 impl Attention {
@@ -174,7 +125,7 @@ impl CustomOp3 for Attention {
                     // in batch `bi` are this task's alone.
                     unsafe {
                         let kt = Mat(kh.as_ptr(), 1, dd);
-                        matmul(t, t, d, Mat(p.as_ptr(), tt, 1), false, Mat(qh.as_ptr(), dd, 1), kt);
+                        matmul(t, t, d, Mat(p.as_mut_ptr(), tt, 1), false, Mat(qh.as_ptr(), dd, 1), kt);
                         let m = self.mask_rows(mask, bi);
                         for (i, r) in p.chunks_mut(t).enumerate() {
                             masked_softmax_row(r, &m[i * t..][..t], scale);

@@ -9,9 +9,12 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
 };
 mod attention;
+mod gemm;
+mod linear;
 mod rope;
 
 pub use attention::causal_attention;
+pub use linear::linear;
 pub use rope::rope_heads;
 
 use crate::fastmath::{exp_in_place, sigmoid_into};

@@ -1,0 +1,171 @@
+//! A trainable linear layer, `y = x · Wᵀ`, as one op. The composite (flatten the rows, transpose the weight,
+//! matmul, reshape back) records four nodes, and candle's backward pass gives every node a zero-filled,
+//! activation-sized gradient buffer and adds into it; its matmul backward also computes the input's gradient when
+//! nothing below wants it (the lowest trainable layer over frozen embeddings). Here the forward pass is one gemm
+//! over all rows, and the backward pass one op that computes `dW = dyᵀ·x` straight in the weight's layout and
+//! `dx = dy·W` only when the input is part of the graph.
+
+use super::f32s;
+use super::gemm::{matmul_on, Mat, Parallelism};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// `x (…, k) · wᵀ` for a weight `w` (n, k); returns (…, n).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    if x.dim(candle_core::D::Minus1)? != k {
+        bail!("linear: input {:?} does not fit a weight of {n}x{k}", x.shape())
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
+struct Linear;
+
+/// gemm's own threads for the big matmuls of a layer (rows × features is large); one thread where splitting
+/// would cost more than it saves.
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+fn rows(dims: &[usize]) -> usize {
+    dims[..dims.len() - 1].iter().product()
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32s(xs, xl, "linear input")?, f32s(ws, wl, "linear weight")?);
+        let (n, k) = wl.shape().dims2()?;
+        let m = rows(xl.dims());
+        let mut out = vec![0f32; m * n];
+        let (ki, ni) = (k as isize, n as isize);
+        // SAFETY: x is m×k and w n×k, both contiguous (checked by f32s); out is m×n and this call's alone.
+        unsafe {
+            let wt = Mat(w.as_ptr(), 1, ki);
+            let dst = Mat(out.as_mut_ptr(), ni, 1);
+            matmul_on(parallelism(m, n, k), m, n, k, dst, false, Mat(x.as_ptr(), ki, 1), wt);
+        }
+        let mut shape = xl.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let input_grad = x.track_op();
+        let grad = LinearGrad { input_grad };
+        let packed = dy.contiguous()?.apply_op3_no_bwd(x, w, &grad)?;
+        let dw = packed.narrow(0, 0, w.elem_count())?.reshape(w.shape())?;
+        let dx = if input_grad {
+            Some(packed.narrow(0, w.elem_count(), x.elem_count())?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// `[dW, dx]` of [`Linear`] in one buffer; `dx` only when `input_grad`.
+struct LinearGrad {
+    input_grad: bool,
+}
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dy, x, w) = (f32s(gs, gl, "grad")?, f32s(xs, xl, "input")?, f32s(ws, wl, "weight")?);
+        let (n, k) = wl.shape().dims2()?;
+        let m = rows(xl.dims());
+        let len = n * k + if self.input_grad { m * k } else { 0 };
+        let mut out = vec![0f32; len];
+        let (ni, ki) = (n as isize, k as isize);
+        let par = parallelism(m, n, k);
+        // SAFETY: dy is m×n, x m×k, w n×k, all contiguous; dW (n×k) and dx (m×k) are disjoint parts of `out`.
+        unsafe {
+            let dyt = Mat(dy.as_ptr(), 1, ni);
+            matmul_on(
+                par,
+                n,
+                k,
+                m,
+                Mat(out.as_mut_ptr(), ki, 1),
+                false,
+                dyt,
+                Mat(x.as_ptr(), ki, 1),
+            );
+            if self.input_grad {
+                let dx = Mat(out.as_mut_ptr().add(n * k), ki, 1);
+                matmul_on(par, m, k, n, dx, false, Mat(dy.as_ptr(), ni, 1), Mat(w.as_ptr(), ki, 1));
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{assert_close, randn, value_and_grads};
+    use super::*;
+    use candle_core::Var;
+
+    fn composite(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let k = x.dim(candle_core::D::Minus1)?;
+        let mut shape = x.dims().to_vec();
+        *shape.last_mut().unwrap() = w.dim(0)?;
+        x.reshape((x.elem_count() / k, k))?.matmul(&w.t()?)?.reshape(shape)
+    }
+
+    #[test]
+    fn linear_matches_the_composite_matmul_in_value_and_gradient() {
+        for (dims, n) in [(vec![2usize, 3, 5], 4usize), (vec![7, 33], 65), (vec![2, 64, 96], 130)] {
+            let k = *dims.last().unwrap();
+            let (x, w) = (randn(&dims, 1), randn(&[n, k], 2));
+            let mut out_dims = dims.clone();
+            *out_dims.last_mut().unwrap() = n;
+            let probe = randn(&out_dims, 3);
+            let fused = value_and_grads(&[x.clone(), w.clone()], &probe, |t| linear(&t[0], &t[1]));
+            let reference = value_and_grads(&[x, w], &probe, |t| composite(&t[0], &t[1]));
+            assert_close(&fused, &reference, 1e-3);
+        }
+    }
+
+    #[test]
+    fn linear_over_a_constant_input_gives_only_the_weight_its_gradient() {
+        let x = randn(&[3, 4, 8], 4);
+        let w = Var::from_tensor(&randn(&[6, 8], 5)).unwrap();
+        let probe = randn(&[3, 4, 6], 6);
+        let y = linear(&x, w.as_tensor()).unwrap();
+        let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let y_ref = composite(&x, w.as_tensor()).unwrap();
+        let grads_ref = (y_ref * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(
+            &[grads.get(&w).unwrap().clone()],
+            &[grads_ref.get(&w).unwrap().clone()],
+            1e-4,
+        );
+        assert!(grads.get(&x).is_none(), "no gradient for an input outside the graph");
+        let input_shaped = grads
+            .get_ids()
+            .filter_map(|id| grads.get_id(*id))
+            .filter(|g| g.dims() == x.dims())
+            .count();
+        assert_eq!(input_shaped, 0, "no input gradient is computed at all");
+    }
+}
