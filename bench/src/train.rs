@@ -443,6 +443,7 @@ fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_js
 }
 
 fn main() -> Result<()> {
+    freezetune_train::device::cpu_runtime_defaults();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--one") {
         return run_one(Job {

@@ -55,6 +55,7 @@ enum Command {
 }
 
 fn main() {
+    freezetune_train::device::cpu_runtime_defaults();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let (result, json) = match cli.command {

@@ -6,6 +6,18 @@ use crate::error::{Result, TrainError};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
 
+/// candle's pool for elementwise CPU ops (binary maps, the backward pass's gradient sums) spins 25,000 times after
+/// each op before its threads sleep. Between those ops a training step mostly runs a matmul on rayon's threads,
+/// which the spinning thread slows: on 2 cores the default cost 7% of a full step (`bench-train`, alternating runs,
+/// spin limits 25,000 / 2,000 / 0: 890 / 827 / 821 ms median). Unless the user set `CANDLE_BARRIER_POOL_SPIN_LIMIT`,
+/// it is cut to 2,000. Call first thing in `main`, before any thread starts (the environment is process-wide).
+pub fn cpu_runtime_defaults() {
+    const SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(SPIN_LIMIT).is_none() {
+        std::env::set_var(SPIN_LIMIT, "2000");
+    }
+}
+
 /// What `runtime.device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceRequest {
