@@ -1,7 +1,7 @@
 """One freeze configuration of bench-train, in PyTorch + transformers, for the side-by-side table.
 
 Usage: python train_step.py MODEL_DIR CONFIG STEPS BATCH SEQ ATTENTION
-Prints one JSON line: {"name", "median_ms", "peak_rss", "trainable"}. Same model files, same shapes (f32, AdamW), same
+Prints one JSON line: {"name", "median_ms", "min_ms", "peak_rss", "trainable"}. Same model files, same shapes (f32, AdamW), same
 trainable sets as FreezeTune's plans for the named configurations; ATTENTION is transformers' `eager` or `sdpa`
 (its default).
 """
@@ -56,6 +56,7 @@ def main():
     print(json.dumps({
         "name": config,
         "median_ms": statistics.median(times),
+        "min_ms": min(times),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "trainable": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(),

@@ -1,0 +1,47 @@
+//! A lower bound on the matmul work of one training step, per freeze configuration: what any implementation must
+//! multiply, so a step-time ratio can be read against the ratio of work (e.g. "top 2 / full" cannot go below the
+//! ratio of their FLOPs, whoever runs them). Counted: every forward matmul (projections, attention scores and
+//! values over the full seq × seq square, lm_head); the input gradients of every layer above the lowest one with a
+//! trainable tensor (the same work as its forward matmuls, twice for attention) and of lm_head when anything below
+//! it trains; one weight-gradient matmul per trainable matrix. Left out, so the bound stays a bound: the input
+//! gradients inside the lowest trainable layer, norms, elementwise ops and the optimizer.
+
+use freezetune_core::layout::ModelLayout;
+use freezetune_core::plan::FreezePlan;
+use freezetune_train::DecoderConfig;
+
+/// Multiply-adds counted as two FLOPs.
+pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfig, batch: usize, seq: usize) -> f64 {
+    let tokens = (batch * seq) as f64;
+    let matrix = |shape: &[u64]| -> f64 {
+        match shape {
+            [out, inp] => 2.0 * tokens * (*out as f64) * (*inp as f64),
+            _ => 0.0,
+        }
+    };
+    let attention = 4.0 * (batch * config.num_heads * seq * seq * config.head_dim) as f64;
+    let layer_forward: Vec<f64> = layout
+        .layers
+        .iter()
+        .map(|l| l.tensors().map(|t| matrix(&t.shape)).sum::<f64>() + attention)
+        .collect();
+    let head = 2.0 * tokens * (config.hidden_size * config.vocab_size) as f64;
+    let trainable_in_layer = |l: &freezetune_core::layout::LayerInfo| l.tensors().any(|t| plan.is_trainable(&t.name));
+    let lowest = layout.layers.iter().position(trainable_in_layer);
+    let weight_grads: f64 = layout
+        .layers
+        .iter()
+        .flat_map(|l| l.tensors())
+        .filter(|t| plan.is_trainable(&t.name))
+        .map(|t| matrix(&t.shape))
+        .sum();
+    let head_trainable = plan.is_trainable("lm_head.weight")
+        || (config.tie_word_embeddings && plan.trainable.iter().any(|n| n.ends_with("embed_tokens.weight")));
+    let mut total = layer_forward.iter().sum::<f64>() + head;
+    if let Some(lowest) = lowest {
+        total += head; // the gradient of the last hidden state
+        total += layer_forward[lowest + 1..].iter().map(|f| f + attention).sum::<f64>();
+    }
+    total += weight_grads + if head_trainable { head } else { 0.0 };
+    total
+}
