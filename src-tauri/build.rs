@@ -12,6 +12,7 @@ const COMMANDS: &[&str] = &[
     "pick_path",
     "plan_freeze",
     "plan_timeline",
+    "check_fit",
     "probe_layers",
     "preview_export",
     "export_config",

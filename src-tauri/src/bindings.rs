@@ -39,6 +39,7 @@ pub fn render_all() -> Vec<(String, String)> {
         train::DatasetPreview,
         train::TrainOutcomeView,
         runs::RunSummary,
+        runs::RunLayers,
         core::FreezePlan,
         core::FreezeSpec,
         core::LlamaFactoryArgs,
@@ -51,6 +52,11 @@ pub fn render_all() -> Vec<(String, String)> {
         core::schedule::Timeline,
         core::schedule::Phase,
         core::PlanOptions,
+        core::fit::FitSetup,
+        core::fit::DeviceMemory,
+        core::fit::FitVerdict,
+        core::fit::FitChange,
+        core::fit::Change,
         core::FreezeMode,
         core::TrainState,
         core::Warning,
@@ -76,6 +82,7 @@ pub fn render_all() -> Vec<(String, String)> {
         freezetune_train::probe::ProbeReport,
         freezetune_train::probe::LayerSignal,
         freezetune_train::probe::SuggestBy,
+        freezetune_train::probe::ProbeProgress,
     );
     files.sort();
     files

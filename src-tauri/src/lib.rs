@@ -70,6 +70,7 @@ pub fn run() {
             dialogs::pick_path,
             plan::plan_freeze,
             plan::plan_timeline,
+            plan::check_fit,
             train::probe_layers,
             plan::preview_export,
             plan::export_config,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub enum CancelHandle {
     Download(CancellationToken),
-    /// A training worker: told to checkpoint and stop.
+    /// A worker (training: told to checkpoint and stop; the layer probe: told to stop).
     Train(Arc<StopSignal>),
 }
 

@@ -19,6 +19,17 @@ const DEMO_MODEL = join(DATA, "demo/model");
 
 let s;
 
+/** Canonical layer ids ("1-2,5"), as the app writes them. */
+const formatIds = (ids) =>
+  ids
+    .reduce((runs, id) => {
+      const last = runs[runs.length - 1];
+      if (last && id === last[1] + 1) last[1] = id;
+      else runs.push([id, id]);
+      return runs;
+    }, [])
+    .map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`))
+    .join(",");
 const cli = (...args) => JSON.parse(execFileSync(CLI, args, { encoding: "utf8", env: process.env }));
 const ids = async () => s.value(await s.find("layer-ids"));
 const settled = () => s.waitFor("layer-picker", async (el) => (await s.attr(el, "data-pending")) === "false");
@@ -337,5 +348,51 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor("layer-ids", async (el) => (await s.value(el)) === report.suggestion.layers);
     await settled();
     await shot("layers-insight");
+  });
+
+  it("does it fit: a run too big for this machine gets changes with their estimates, and Apply makes it fit", async () => {
+    await s.clickId("nav-train");
+    const fit = () => s.attrOf("memory-fit", "data-fits");
+    await s.waitFor("memory-fit");
+    assert.equal(await fit(), "true", "the demo fits");
+    const [cutoff, batch] = [await s.value(await s.find("cutoff-len")), await s.value(await s.find("batch-size"))];
+    await s.type(await s.find("batch-size"), "64");
+    await s.type(await s.find("cutoff-len"), "65536");
+    await s.waitFor("memory-fit", async (el) => (await s.attr(el, "data-fits")) === "false");
+    const kinds = await s.execute(
+      `return Array.from(document.querySelectorAll('[data-testid="fit-change"]'), (li) => li.dataset.kind + ":" + li.dataset.fits)`,
+    );
+    assert.equal(kinds[0], "gradient_checkpointing:false", JSON.stringify(kinds));
+    assert.ok(kinds.includes("cutoff:true"), `a shorter cutoff fits: ${JSON.stringify(kinds)}`);
+    await s.execute(`document.querySelector('[data-testid="memory-fit"]').scrollIntoView({ block: "center" })`);
+    await sleep(300);
+    await shot("train-fit");
+    await s.clickId("apply-cutoff");
+    await s.waitFor("memory-fit", async (el) => (await s.attr(el, "data-fits")) === "true");
+    assert.ok(Number(await s.value(await s.find("cutoff-len"))) < 65536, "Apply shortened the cutoff");
+    await s.type(await s.find("batch-size"), batch);
+    await s.type(await s.find("cutoff-len"), cutoff);
+    await s.waitFor("memory-fit", async (el) => (await s.attr(el, "data-fits")) === "true");
+  });
+
+  it("compare runs: three runs' curves on one chart, and a table with their layer strips", async () => {
+    await s.clickId("nav-runs");
+    await s.waitFor("run-item");
+    const boxes = await s.findAll('[data-testid="compare-run"]');
+    assert.ok(boxes.length >= 3, `runs so far: ${boxes.length}`);
+    for (const box of boxes.slice(0, 3)) await s.click(box);
+    await s.waitFor("run-comparison", async (el) => (await s.attr(el, "data-runs")) === "3");
+    await s.waitFor("compare-chart", async (el) => (await s.attr(el, "data-series")) === "3");
+    const rows = await s.execute(
+      `return Array.from(document.querySelectorAll('[data-testid="compare-row"]'), (r) =>
+         [r.dataset.dir, r.querySelector('[data-testid="layer-strip"]')?.dataset.trained ?? null])`,
+    );
+    assert.equal(rows.length, 3);
+    for (const [runDir, trained] of rows) {
+      const plan = JSON.parse(readFileSync(join(runDir, "freeze_plan.json"), "utf8"));
+      const expected = plan.layers.filter((l) => l.state !== "frozen").map((l) => l.id);
+      assert.equal(trained, formatIds(expected), `${runDir}: the strip shows the run's layers`);
+    }
+    await shot("runs-compare");
   });
 });

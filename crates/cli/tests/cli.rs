@@ -340,11 +340,22 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
     );
     let forward = probe(&["--forward-only", "--suggest", "2", "--by", "influence", "--json"]);
     assert!(json(cfg.path(), &args(&forward))["layers"][0]["grad_norm"].is_null());
-    // What the app's worker reads: the report on one line.
-    let line = ok(cfg.path(), &args(&probe(&["--forward-only", "--events", "jsonl"])));
-    assert_eq!(line.lines().count(), 1, "{line}");
-    let event: Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(event["layers"].as_array().unwrap().len(), 8);
+    // What the app's worker reads: a progress line per pass and the end, then the report on one line.
+    let out = ok(cfg.path(), &args(&probe(&["--forward-only", "--events", "jsonl"])));
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let progress: Vec<(u64, u64)> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| {
+            assert_eq!(l["event"], "probe_progress", "{l}");
+            (l["done"].as_u64().unwrap(), l["total"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        [(0, 1), (1, 1)],
+        "one forward pass over one batch, then the end"
+    );
+    assert_eq!(lines.last().unwrap()["layers"].as_array().unwrap().len(), 8);
     let (_, err) = fail(cfg.path(), &args(&probe(&["--forward-only", "--suggest", "2"])));
     assert!(err.contains("forward-only probe has no gradients"), "{err}");
     // A model folder and its data, without a run config.

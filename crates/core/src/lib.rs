@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod export;
 pub mod files;
+pub mod fit;
 pub mod fsutil;
 pub mod ids;
 pub mod layout;

@@ -93,13 +93,13 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
 }
 
 /// Which implementation of the layer's ops the activation term describes.
-#[derive(Clone, Copy, PartialEq)]
-enum Kernels {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernels {
     Composite,
     FusedCpu,
 }
 
-fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> Option<usize> {
+pub(crate) fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> Option<usize> {
     if trainable.is_empty() {
         return None;
     }
@@ -118,6 +118,20 @@ fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<String>) -> 
 }
 
 fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions, kernels: Kernels) -> Option<u64> {
+    activations_with(layout, l0, o, kernels, false, ACT_BYTES)
+}
+
+/// The activation term with `bytes` per activation (4 in f32, 2 in bf16/f16) and, with `checkpointing`, only each
+/// layer's input kept through the forward pass and one layer's activations at a time recomputed in the backward
+/// pass (`Decoder::checkpointed_backward`).
+pub(crate) fn activations_with(
+    layout: &ModelLayout,
+    l0: usize,
+    o: PlanOptions,
+    kernels: Kernels,
+    checkpointing: bool,
+    bytes: u64,
+) -> Option<u64> {
     let d = &layout.dims;
     let (h, i, heads, v) = (
         d.hidden_size?,
@@ -131,6 +145,11 @@ fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions, kernels: Kernels
         Kernels::Composite => 10 * h + 3 * kv + 4 * i + 12 * heads * o.seq_len,
         Kernels::FusedCpu => 10 * h + 4 * kv + 3 * i + 2 * heads * o.seq_len,
     };
-    let per_token = layers * per_token_layer + h + 3 * v;
-    Some(ACT_BYTES * o.batch_size * o.seq_len * per_token)
+    let kept_layers = if checkpointing && layers > 0 {
+        layers * h + per_token_layer
+    } else {
+        layers * per_token_layer
+    };
+    let per_token = kept_layers + h + 3 * v;
+    Some(bytes * o.batch_size * o.seq_len * per_token)
 }

@@ -16,6 +16,10 @@ pub enum TrainError {
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
 
+    /// Asked to stop before the end (the app's Cancel).
+    #[error("{0} stopped before the end")]
+    Stopped(&'static str),
+
     #[error("tensor {name}: {reason}")]
     Tensor { name: String, reason: String },
 
@@ -50,6 +54,7 @@ impl TrainError {
             TrainError::Core(e) => e.kind(),
             TrainError::Candle { .. } => "compute",
             TrainError::Io { .. } => "io",
+            TrainError::Stopped(_) => "stopped",
         }
     }
 }

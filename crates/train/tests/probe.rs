@@ -60,7 +60,7 @@ fn with_identity_layer(dir: &Path, id: usize) {
 fn an_identity_layer_has_no_block_influence_and_ranks_last() {
     let dir = tempfile::tempdir().unwrap();
     with_identity_layer(dir.path(), 1);
-    let report = probe(dir.path(), &reference_examples(), OPTIONS, &Device::Cpu).unwrap();
+    let report = probe(dir.path(), &reference_examples(), OPTIONS, &Device::Cpu, &mut |_| true).unwrap();
     assert_eq!(report.layers.len(), 4);
     let bi: Vec<f64> = report.layers.iter().map(|l| l.block_influence).collect();
     assert!(bi[1].abs() < 1e-6, "identity layer's BI {}", bi[1]);
@@ -82,6 +82,7 @@ fn gradient_norms_are_pytorchs_per_tensor_norms_combined() {
         &reference_examples(),
         OPTIONS,
         &Device::Cpu,
+        &mut |_| true,
     )
     .unwrap();
     let reference = llama_reference();
@@ -110,6 +111,7 @@ fn gradient_norms_are_pytorchs_per_tensor_norms_combined() {
             ..OPTIONS
         },
         &Device::Cpu,
+        &mut |_| true,
     )
     .unwrap();
     assert!(forward.layers.iter().all(|l| l.grad_norm.is_none()));
@@ -132,9 +134,9 @@ fn a_cached_probe_is_reused_and_invalidated_by_new_data_or_settings() {
     std::fs::write(dir.path().join("run.toml"), toml).unwrap();
     let config = RunConfig::read(&dir.path().join("run.toml")).unwrap();
     let cache = dir.path().join("cache");
-    let (first, cached) = probe_run_cached(&config, OPTIONS, &cache).unwrap();
+    let (first, cached) = probe_run_cached(&config, OPTIONS, &cache, &mut |_| true).unwrap();
     assert!(!cached);
-    let (again, cached) = probe_run_cached(&config, OPTIONS, &cache).unwrap();
+    let (again, cached) = probe_run_cached(&config, OPTIONS, &cache, &mut |_| true).unwrap();
     assert!(cached, "the same model, data and settings are read back");
     // Read back through JSON: equal to the last bit but one.
     assert_eq!(
@@ -147,14 +149,41 @@ fn a_cached_probe_is_reused_and_invalidated_by_new_data_or_settings() {
     }
     let other = ProbeOptions { window: 1, ..OPTIONS };
     assert!(
-        !probe_run_cached(&config, other, &cache).unwrap().1,
+        !probe_run_cached(&config, other, &cache, &mut |_| true).unwrap().1,
         "another window is another key"
     );
     // New data (one example fewer, written later): measured again.
     std::thread::sleep(std::time::Duration::from_millis(20));
     let text = std::fs::read_to_string(&data).unwrap();
     std::fs::write(&data, text.lines().next().unwrap()).unwrap();
-    let (changed, cached) = probe_run_cached(&config, OPTIONS, &cache).unwrap();
+    let (changed, cached) = probe_run_cached(&config, OPTIONS, &cache, &mut |_| true).unwrap();
     assert!(!cached, "edited data is measured again");
     assert_ne!(changed.tokens, first.tokens);
+}
+
+#[test]
+fn the_probe_reports_each_pass_and_stops_when_told() {
+    let model = fixtures().join("models/llama");
+    let mut seen = Vec::new();
+    probe(&model, &reference_examples(), OPTIONS, &Device::Cpu, &mut |p| {
+        seen.push((p.done, p.total));
+        true
+    })
+    .unwrap();
+    let total = seen[0].1;
+    assert_eq!(
+        seen,
+        (0..=total).map(|d| (d, total)).collect::<Vec<_>>(),
+        "one report per pass, then the end"
+    );
+    let mut calls = 0;
+    let stopped = probe(&model, &reference_examples(), OPTIONS, &Device::Cpu, &mut |_| {
+        calls += 1;
+        false
+    });
+    assert!(
+        matches!(stopped, Err(freezetune_train::TrainError::Stopped(_))),
+        "{stopped:?}"
+    );
+    assert_eq!(calls, 1, "it stops before the first pass");
 }

@@ -5,6 +5,7 @@ use crate::commands::dialogs::pick_save_path;
 use crate::error::{IpcError, IpcResult};
 use crate::state::AppState;
 use freezetune_core::export::{to_axolotl_yaml, to_llamafactory_yaml};
+use freezetune_core::fit::{fit, DeviceMemory, FitSetup, FitVerdict};
 use freezetune_core::fsutil::{write_atomic, Overwrite};
 use freezetune_core::schedule::{timeline, Timeline, TimelineContext};
 use freezetune_core::{plan, FreezePlan, FreezeSpec, PlanOptions};
@@ -44,6 +45,26 @@ pub fn plan_timeline(
         options,
     };
     Ok(timeline(&layout, &plan, &schedule, context)?)
+}
+
+/// Whether the spec's training fits on a device, and if not the cheapest changes that would make it fit (core's
+/// `fit`; the Train screen draws it).
+#[tauri::command]
+pub fn check_fit(
+    state: State<'_, AppState>,
+    model_path: String,
+    spec: FreezeSpec,
+    setup: FitSetup,
+    device: DeviceMemory,
+) -> IpcResult<FitVerdict> {
+    let layout = state.checked_layout(&model_path)?;
+    let options = PlanOptions {
+        batch_size: setup.batch_size,
+        seq_len: setup.seq_len,
+    };
+    let plan = plan(&layout, &spec, options)?;
+    let trainable = plan.trainable.iter().cloned().collect();
+    Ok(fit(&layout, &trainable, setup, &device))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]

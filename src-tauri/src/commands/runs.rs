@@ -28,6 +28,23 @@ pub struct RunSummary {
     pub modified: u64,
     /// The run's layer schedule (`schedule.json`), when it has one.
     pub schedule: Option<Timeline>,
+    /// Seconds of training so far (across resumes), from the last step.
+    pub elapsed_s: Option<f64>,
+    /// Learned tokens per second over the whole run.
+    pub tokens_per_second: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    /// The layers the run trains, for the comparison's layer strip (`freeze_plan.json`).
+    pub layers: Option<RunLayers>,
+}
+
+/// Which layers of how many a run trains (a layer with any trainable tensor; with a schedule, every layer of its
+/// selection).
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct RunLayers {
+    pub total: usize,
+    pub trained: Vec<usize>,
+    /// Trained layers where only some of their tensors train.
+    pub partial: Vec<usize>,
 }
 
 /// Every run folder, newest first. The model and data of each run were checked when it started (only the backend
@@ -110,6 +127,21 @@ fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
         TrainEvent::Eval { eval_loss, .. } => Some(*eval_loss),
         _ => None,
     });
+    let best_eval_loss = metrics
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Eval { eval_loss, .. } if eval_loss.is_finite() => Some(*eval_loss),
+            _ => None,
+        })
+        .min_by(f64::total_cmp);
+    let last_speed = metrics.iter().rev().find_map(|e| match e {
+        TrainEvent::Step {
+            elapsed_s,
+            tokens_per_second,
+            ..
+        } => Some((*elapsed_s, *tokens_per_second)),
+        _ => None,
+    });
     let final_dir = dir.join("final");
     let finished = final_dir.join("config.json").is_file();
     let modified = std::fs::metadata(dir.join("metrics.jsonl"))
@@ -133,6 +165,31 @@ fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
         resumable: !finished && freezetune_train::checkpoint::latest(dir).is_some(),
         modified,
         schedule: read_schedule(dir),
+        elapsed_s: last_speed.map(|(e, _)| e),
+        tokens_per_second: last_speed.map(|(_, t)| t),
+        best_eval_loss,
+        layers: read_layers(dir),
+    })
+}
+
+/// The trained layers of a run's `freeze_plan.json`; a file that cannot be read is left out (logged).
+fn read_layers(dir: &Path) -> Option<RunLayers> {
+    use freezetune_core::plan::{FreezePlan, TrainState};
+    let path = dir.join("freeze_plan.json");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let plan: FreezePlan = serde_json::from_str(&text)
+        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "unreadable freeze_plan.json"))
+        .ok()?;
+    let with =
+        |state: TrainState| -> Vec<usize> { plan.layers.iter().filter(|l| l.state == state).map(|l| l.id).collect() };
+    let mut trained = with(TrainState::Trainable);
+    let partial = with(TrainState::Partial);
+    trained.extend(&partial);
+    trained.sort_unstable();
+    Some(RunLayers {
+        total: plan.layers.len(),
+        trained,
+        partial,
     })
 }
 
@@ -291,5 +348,21 @@ mod history_tests {
         assert!(run.final_dir.is_some());
         assert!(!run.resumable);
         assert!(run.last_eval_loss.is_some());
+        // What the comparison table shows: the best eval of the two, the time and speed of the last step, and the
+        // layers the demo's run trains (4-7 of 8).
+        let evals: Vec<f64> = read_metrics(Path::new(&run.dir))
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Eval { eval_loss, .. } => Some(*eval_loss),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evals.len(), 2);
+        assert_eq!(run.best_eval_loss, Some(evals[0].min(evals[1])));
+        assert!(run.elapsed_s.unwrap() > 0.0 && run.tokens_per_second.unwrap() > 0.0);
+        let layers = run.layers.as_ref().expect("the layers of freeze_plan.json");
+        assert_eq!((layers.total, layers.trained.clone()), (8, vec![4, 5, 6, 7]));
+        assert!(layers.partial.is_empty());
     }
 }

@@ -12,7 +12,7 @@ use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::{DataFormat, DataSection, ModelSection, OutputSection, RunConfig};
 use freezetune_core::FreezeSpec;
 use freezetune_train::data::{preview_run, PreviewItem};
-use freezetune_train::probe::ProbeReport;
+use freezetune_train::probe::{ProbeProgress, ProbeReport};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,14 +167,28 @@ pub async fn train_model(
     })
 }
 
-/// Measures the run's layers on its own data (Block Influence, angular distance, gradient norms) in a worker.
+/// Measures the run's layers on its own data (Block Influence, angular distance, gradient norms) in a worker, with
+/// its progress on `on_event`; `cancel_task(task_id)` stops it.
 #[tauri::command]
-pub async fn probe_layers(state: State<'_, AppState>, config: RunConfig, batches: usize) -> IpcResult<ProbeReport> {
+pub async fn probe_layers(
+    state: State<'_, AppState>,
+    config: RunConfig,
+    batches: usize,
+    task_id: String,
+    on_event: Channel<ProbeProgress>,
+) -> IpcResult<ProbeReport> {
     let config = check_paths(&state, config)?;
+    let stop = Arc::new(StopSignal::default());
+    let _guard = state.tasks.start(&task_id, CancelHandle::Train(stop.clone()))?;
     let workers = state.workers.clone();
     let scratch = state.paths.data_dir.join("worker");
     crate::blocking::run("probe", move || {
-        crate::worker::probe::probe(&workers, &config, &scratch, batches)
+        let mut send = |p: ProbeProgress| {
+            if let Err(e) = on_event.send(p) {
+                tracing::warn!("probe progress: the window is gone: {e}");
+            }
+        };
+        crate::worker::probe::probe(&workers, &config, &scratch, batches, &stop, &mut send)
     })
     .await
 }

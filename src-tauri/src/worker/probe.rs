@@ -7,11 +7,38 @@ use super::train::ConfigFile;
 use super::Workers;
 use crate::error::IpcResult;
 use freezetune_core::run_config::RunConfig;
-use freezetune_train::probe::ProbeReport;
+use freezetune_train::probe::{ProbeProgress, ProbeReport};
 use std::path::Path;
 use std::process::Command;
 
-pub fn probe(workers: &Workers, config: &RunConfig, scratch: &Path, batches: usize) -> IpcResult<ProbeReport> {
+/// One stdout line of `probe --events jsonl`: a progress report, or the result.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ProbeLine {
+    Progress {
+        #[allow(dead_code)]
+        event: ProgressTag,
+        #[serde(flatten)]
+        progress: ProbeProgress,
+    },
+    Report(Box<ProbeReport>),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ProgressTag {
+    ProbeProgress,
+}
+
+/// Runs the probe, handing each progress report to `on_progress`; `stop` stops it (an error of kind `stopped`).
+pub fn probe(
+    workers: &Workers,
+    config: &RunConfig,
+    scratch: &Path,
+    batches: usize,
+    stop: &StopSignal,
+    on_progress: &mut dyn FnMut(ProbeProgress),
+) -> IpcResult<ProbeReport> {
     let (worker, _) = workers.for_device(&config.runtime.device)?;
     let file = ConfigFile::write(scratch, config)?;
     let mut cmd = Command::new(&worker);
@@ -23,7 +50,10 @@ pub fn probe(workers: &Workers, config: &RunConfig, scratch: &Path, batches: usi
         .arg(scratch.join("probes"))
         .args(["--events", "jsonl"]);
     let mut report = None;
-    let end = process::run::<ProbeReport>(cmd, &StopSignal::default(), |r| report = Some(r))?;
+    let end = process::run::<ProbeLine>(cmd, stop, |line| match line {
+        ProbeLine::Progress { progress, .. } => on_progress(progress),
+        ProbeLine::Report(r) => report = Some(*r),
+    })?;
     match report {
         Some(r) if end.status.success() => Ok(r),
         _ => Err(end.failure("layer probe worker")),

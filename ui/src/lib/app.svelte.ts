@@ -6,6 +6,7 @@ import type { IpcError } from "./bindings/IpcError";
 import type { ModelSummary } from "./bindings/ModelSummary";
 import type { PlanOptions } from "./bindings/PlanOptions";
 import type { RunConfig } from "./bindings/RunConfig";
+import type { ProbeProgress } from "./bindings/ProbeProgress";
 import type { ProbeReport } from "./bindings/ProbeReport";
 import type { ScheduleSpec } from "./bindings/ScheduleSpec";
 import type { Timeline } from "./bindings/Timeline";
@@ -52,23 +53,37 @@ export const app = $state({
 export const insight = $state({
   report: null as ProbeReport | null,
   running: false,
+  /** Passes done of all (a forward pass per batch, then a backward pass per batch) while it runs. */
+  progress: null as ProbeProgress | null,
+  taskId: null as string | null,
   error: null as IpcError | null,
   signal: "gradient" as "gradient" | "influence",
 });
 
-/** Measures the open model's layers on the run's training data, in a worker. */
+/** Measures the open model's layers on the run's training data, in a worker, with progress; `cancelMeasure` stops it. */
 export async function measureLayers(batches: number) {
   if (!app.run || insight.running) return;
   insight.running = true;
   insight.error = null;
+  insight.progress = null;
+  const taskId = newTaskId("probe");
+  insight.taskId = taskId;
   try {
-    insight.report = await api.probeLayers($state.snapshot(app.run), batches);
+    insight.report = await api.probeLayers($state.snapshot(app.run), batches, taskId, (p) => (insight.progress = p));
     if (insight.report.ranked_by_gradient == null) insight.signal = "influence";
   } catch (e) {
-    insight.error = asIpcError(e);
+    const err = asIpcError(e);
+    // A cancel is the user's own doing, not an error to show.
+    if (err.kind !== "stopped") insight.error = err;
   } finally {
     insight.running = false;
+    insight.taskId = null;
+    insight.progress = null;
   }
+}
+
+export async function cancelMeasure() {
+  if (insight.taskId) await api.cancelTask(insight.taskId);
 }
 
 /** Chooses the `k` layers the probe ranks highest by the chosen signal. */

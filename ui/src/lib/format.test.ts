@@ -32,17 +32,3 @@ describe("marked preview text", () => {
     ]);
   });
 });
-
-import { memoryFit } from "./format";
-describe("memory fit", () => {
-  it("compares the estimate with the device's free memory", () => {
-    expect(memoryFit(2 * 1024 ** 3, 80 * 1024 ** 3, "cuda:0")).toEqual({
-      fits: true,
-      text: "Estimated need 2.00 GiB; cuda:0 has 80.0 GiB free — fits.",
-    });
-    const tight = memoryFit(30 * 1024 ** 3, 16 * 1024 ** 3, "CPU");
-    expect(tight?.fits).toBe(false);
-    expect(tight?.text).toContain("may not fit");
-    expect(memoryFit(1, null, "metal")).toBeNull();
-  });
-});

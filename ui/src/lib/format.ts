@@ -42,13 +42,3 @@ export function markedSegments(marked: string): { text: string; learned: boolean
   }
   return out;
 }
-
-/** Whether the plan's memory estimate fits a device's free memory, in words; `null` when the device cannot tell. */
-export function memoryFit(needBytes: number, freeBytes: number | null, device: string): { fits: boolean; text: string } | null {
-  if (freeBytes == null || needBytes <= 0) return null;
-  const fits = needBytes <= freeBytes;
-  const text = `Estimated need ${bytes(needBytes)}; ${device} has ${bytes(freeBytes)} free — ${
-    fits ? "fits" : "may not fit: train fewer layers, lower the batch size or cutoff, or turn on gradient checkpointing"
-  }.`;
-  return { fits, text };
-}

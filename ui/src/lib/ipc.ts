@@ -1,6 +1,10 @@
 // Typed wrappers over the backend's commands. Argument and result types come from the generated bindings
 // (src/lib/bindings, written by `cargo test -p freezetune-app`); views call these, never `invoke` directly.
 import { Channel, invoke } from "@tauri-apps/api/core";
+import type { ProbeProgress } from "./bindings/ProbeProgress";
+import type { DeviceMemory } from "./bindings/DeviceMemory";
+import type { FitSetup } from "./bindings/FitSetup";
+import type { FitVerdict } from "./bindings/FitVerdict";
 import type { CachedModelView } from "./bindings/CachedModelView";
 import type { DatasetPreview } from "./bindings/DatasetPreview";
 import type { DeviceOption } from "./bindings/DeviceOption";
@@ -70,6 +74,8 @@ export const api = {
     stepsPerEpoch: number,
     seed: number,
   ) => call<Timeline>("plan_timeline", { modelPath, spec, options, totalSteps, stepsPerEpoch, seed }),
+  checkFit: (modelPath: string, spec: FreezeSpec, setup: FitSetup, device: DeviceMemory) =>
+    call<FitVerdict>("check_fit", { modelPath, spec, setup, device }),
   previewExport: (modelPath: string, spec: FreezeSpec, format: ExportFormat) =>
     call<string>("preview_export", { modelPath, spec, format }),
   checkIds: (text: string, numLayers: number) => call<string>("check_layer_ids", { text, numLayers }),
@@ -91,7 +97,11 @@ export const api = {
   trainModel: (config: RunConfig, resume: boolean, taskId: string, onEvents: (e: TrainEvent[]) => void) =>
     call<TrainOutcomeView>("train_model", { config, resume, taskId, onEvent: channel(onEvents) }),
   listRuns: () => call<RunSummary[]>("list_runs"),
-  probeLayers: (config: RunConfig, batches: number) => call<ProbeReport>("probe_layers", { config, batches }),
+  probeLayers: (config: RunConfig, batches: number, taskId: string, onProgress: (p: ProbeProgress) => void) => {
+    const ch = new Channel<ProbeProgress>();
+    ch.onmessage = onProgress;
+    return call<ProbeReport>("probe_layers", { config, batches, taskId, onEvent: ch });
+  },
   readRunMetrics: (runDir: string) => call<TrainEvent[]>("read_run_metrics", { runDir }),
   openFolder: (path: string) => call<void>("open_folder", { path }),
   generateText: (modelPath: string, prompt: string, maxNewTokens: number) =>

@@ -169,6 +169,21 @@
     download_model: (a) => download(a),
     check_layer_ids: (a) => fmt(parseIds(a.text, a.numLayers)),
     plan_freeze: (a) => plan(a.spec),
+    // The verdict as core's `fit` shapes it: the plan's estimate against the device; if it does not fit, a change
+    // that does not help enough and one that does.
+    check_fit: (a) => {
+      const m = plan(a.spec).memory;
+      const need = a.setup.cpu ? m.cpu_total_bytes : m.total_bytes;
+      const available = a.device.available_bytes;
+      const change = (change, text, need_bytes) => ({ change, text, need_bytes, fits: need_bytes <= available });
+      return {
+        device: a.device.name, need_bytes: need, available_bytes: available, fits: need <= available,
+        changes: need <= available ? [] : [
+          change({ kind: "gradient_checkpointing" }, "turn on gradient checkpointing (same result, about a third slower)", need - (1 << 28)),
+          change({ kind: "layers", layers: "78-79" }, "train only layers 78-79 (the top of the selection: the backward pass stops sooner)", available - GiB),
+        ],
+      };
+    },
     preview_export: (a) => `finetuning_type: freeze\nfreeze_trainable_layers_ids: ${JSON.stringify(a.spec.llamafactory?.freeze_trainable_layers_ids ?? "")}\n`,
     list_devices: () => [
       { id: "auto", label: "Auto (best available)", backend: "auto", total_memory: 64 * GiB, free_memory: 48 * GiB, available: true, note: "auto picks cuda:0 (NVIDIA H200)" },

@@ -61,6 +61,28 @@ describe("layer picker on an 80-layer model", () => {
     await page.screenshot({ path: join(SHOTS, "layers.png"), fullPage: false });
   });
 
+  it("opens compact on a tall stack: the 80 layers in one screen's height, with the same gestures", async () => {
+    assert.equal(await page.getByTestId("layer-picker").getAttribute("data-dense"), "true");
+    const height = async () => {
+      const top = await page.getByTestId("layer-79").boundingBox();
+      const bottom = await page.getByTestId("layer-0").boundingBox();
+      return bottom.y + bottom.height - top.y;
+    };
+    const compact = await height();
+    assert.ok(compact < 900 * 0.85, `the compact stack is ${compact}px tall`);
+    await page.getByTestId("layer-40").click();
+    await settled();
+    assert.equal(await ids(), "40,78-79");
+    await page.getByTestId("layer-40").click();
+    await settled();
+    await page.getByTestId("layer-picker").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: join(SHOTS, "layers-compact.png"), fullPage: false });
+    await page.getByTestId("compact-view").uncheck();
+    assert.equal(await page.getByTestId("layer-picker").getAttribute("data-dense"), "false");
+    assert.ok((await height()) > 2 * compact, "the full view is the tall one");
+    await page.evaluate(() => window.scrollTo(0, 0));
+  });
+
   it("click toggles, shift-click fills a range, and the ids field follows", async () => {
     await page.getByTestId("clear-selection").click();
     await page.getByTestId("layer-5").click();
@@ -165,8 +187,13 @@ describe("train, presets and the other screens", () => {
     assert.match(await page.getByTestId("auto-note").textContent(), /auto picks cuda:0 \(NVIDIA H200\)/);
     // The mock's plan needs far more than the mock CPU has; on the GPU it fits.
     await page.getByTestId("device").selectOption("cpu");
-    assert.match(await page.getByTestId("memory-fit").textContent(), /this machine has 48\.0 GiB free — may not fit/);
+    await page.waitForSelector('[data-testid="memory-fit"][data-fits="false"]');
+    assert.match(await page.getByTestId("memory-fit").textContent(), /this machine has 48\.0 GiB free —\s+does not fit/);
+    assert.equal(await page.locator('[data-testid="fit-change"][data-fits="true"]').count(), 1, "one change fits");
+    await page.getByTestId("memory-fit").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: join(SHOTS, "train-fit.png"), fullPage: false });
     await page.getByTestId("device").selectOption("cuda:0");
+    await page.waitForSelector('[data-testid="memory-fit"][data-fits="true"]');
     assert.match(await page.getByTestId("memory-fit").textContent(), /cuda:0 has 139 GiB free — fits/);
     await page.getByTestId("start-training").click();
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="train-progress"]')?.dataset.step) >= 30);

@@ -7,7 +7,7 @@ use freezetune_core::run_config::{
     DataFormat, DataSection, ModelSection, OutputSection, RunConfig, RuntimeSection, TrainingSection,
 };
 use freezetune_core::FreezeSpec;
-use freezetune_train::probe::{probe_run, probe_run_cached, suggest, ProbeOptions, SuggestBy};
+use freezetune_train::probe::{probe_run, probe_run_cached, suggest, ProbeOptions, ProbeProgress, SuggestBy};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -51,8 +51,9 @@ pub struct ProbeArgs {
     pub by: SuggestBy,
     #[arg(long)]
     pub json: bool,
-    /// `jsonl`: the report (as with --json) on one stdout line, errors as {"error": ...}: what a parent process
-    /// (the app's worker) reads.
+    /// `jsonl`: progress lines ({"event": "probe_progress", "done", "total"}), then the report (as with --json) on
+    /// one stdout line, errors as {"error": ...}: what a parent process (the app's worker) reads; a `stop` line on
+    /// stdin stops the probe.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub events: Option<super::train::EventFormat>,
 }
@@ -121,9 +122,24 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         window: args.window.max(1),
         gradients: !args.forward_only,
     };
+    let events = args.events.is_some();
+    let cancel = super::train::cancel_on_interrupt(events)?;
+    let mut watch = |p: ProbeProgress| {
+        if events {
+            crate::render::event_line(
+                &serde_json::json!({"event": "probe_progress", "done": p.done, "total": p.total}),
+            );
+        } else {
+            eprint!("\rmeasuring: pass {} of {}", p.done.min(p.total), p.total);
+            if p.done >= p.total {
+                eprintln!();
+            }
+        }
+        !cancel.load(std::sync::atomic::Ordering::Relaxed)
+    };
     let (report, cached) = match &args.cache {
-        Some(dir) => probe_run_cached(&config, options, dir)?,
-        None => (probe_run(&config, options)?, false),
+        Some(dir) => probe_run_cached(&config, options, dir, &mut watch)?,
+        None => (probe_run(&config, options, &mut watch)?, false),
     };
     if cached {
         eprintln!("(measured before on the same model, data and settings: read from the cache)");

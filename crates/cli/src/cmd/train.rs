@@ -75,7 +75,7 @@ fn load_config(args: &TrainArgs) -> Result<RunConfig> {
 /// The flag a run polls between steps. Ctrl-C (SIGINT) sets it — the run checkpoints and stops — and a second
 /// Ctrl-C exits at once. With `--events`, a `stop` line on stdin sets it too (how a parent process stops a
 /// worker without signals).
-fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
+pub(crate) fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let mut first_interrupt = true;

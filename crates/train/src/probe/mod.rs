@@ -63,13 +63,28 @@ pub struct ProbeReport {
     pub ranked_by_influence: Vec<usize>,
 }
 
+/// Where a probe is: `done` of `total` passes (a forward pass per batch, then a backward pass per batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct ProbeProgress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Told after every pass; returning `false` stops the probe (`TrainError::Stopped`).
+pub type ProbeWatch<'a> = &'a mut dyn FnMut(ProbeProgress) -> bool;
+
 /// Probes a run config's model on its training data, rendered, truncated and batched as `train` would, on its
 /// device (f32).
-pub fn probe_run(config: &freezetune_core::run_config::RunConfig, o: ProbeOptions) -> Result<ProbeReport> {
+pub fn probe_run(
+    config: &freezetune_core::run_config::RunConfig,
+    o: ProbeOptions,
+    watch: ProbeWatch,
+) -> Result<ProbeReport> {
     let decoder_config = DecoderConfig::read(&config.model.path)?;
     let data = crate::trainer::load_data(config, &decoder_config)?;
     let device = crate::device::select_device(&config.runtime.device)?;
-    probe(&config.model.path, &data.train, o, &device.device)
+    probe(&config.model.path, &data.train, o, &device.device, watch)
 }
 
 /// [`probe_run`] through the cache in `dir`: a report for the same model, data and settings is read back instead
@@ -78,18 +93,25 @@ pub fn probe_run_cached(
     config: &freezetune_core::run_config::RunConfig,
     o: ProbeOptions,
     dir: &Path,
+    watch: ProbeWatch,
 ) -> Result<(ProbeReport, bool)> {
     let path = cache::cache_path(dir, config, &o)?;
     if let Some(report) = cache::load(&path) {
         return Ok((report, true));
     }
-    let report = probe_run(config, o)?;
+    let report = probe_run(config, o, watch)?;
     cache::store(&path, &report)?;
     Ok((report, false))
 }
 
 /// Probes the model in `model_dir` on `examples` (rendered as training renders them).
-pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &Device) -> Result<ProbeReport> {
+pub fn probe(
+    model_dir: &Path,
+    examples: &[Example],
+    o: ProbeOptions,
+    device: &Device,
+    watch: ProbeWatch,
+) -> Result<ProbeReport> {
     let layout = ModelLayout::inspect(model_dir)?;
     let layer_tensors: Vec<Vec<String>> = layout
         .layers
@@ -113,7 +135,10 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
     let n = layout.num_layers;
     let (mut bi, mut ad) = (vec![Mean::default(); n], vec![Mean::default(); n]);
     let mut tokens = 0;
+    let total = batches.len() * if o.gradients { 2 } else { 1 };
+    let mut passes = Passes { done: 0, total, watch };
     for (batch, _) in &batches {
+        passes.next()?;
         let states = decoder.hidden_states(batch)?;
         tokens += batch.lengths.iter().sum::<usize>();
         for l in 0..n {
@@ -129,10 +154,18 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
     }
     let grads = if o.gradients {
         let learned = used.iter().map(Example::learned_tokens).sum();
-        Some(gradient_norms(&decoder, &params, &batches, learned, &layer_tensors)?)
+        Some(gradient_norms(
+            &decoder,
+            &params,
+            &batches,
+            learned,
+            &layer_tensors,
+            &mut passes,
+        )?)
     } else {
         None
     };
+    passes.next()?;
     let layers: Vec<LayerSignal> = (0..n)
         .map(|l| LayerSignal {
             layer: l,
@@ -150,6 +183,29 @@ pub fn probe(model_dir: &Path, examples: &[Example], o: ProbeOptions, device: &D
         ranked_by_influence: rank(&layers, SuggestBy::Influence).unwrap_or_default(),
         layers,
     })
+}
+
+/// Counts the probe's passes for its watcher: each `next` reports the passes done so far, then the next one runs
+/// unless the watcher said stop.
+struct Passes<'a> {
+    done: usize,
+    total: usize,
+    watch: ProbeWatch<'a>,
+}
+
+impl Passes<'_> {
+    fn next(&mut self) -> Result<()> {
+        let go_on = (self.watch)(ProbeProgress {
+            done: self.done,
+            total: self.total,
+        });
+        self.done += 1;
+        if go_on || self.done > self.total {
+            Ok(())
+        } else {
+            Err(crate::TrainError::Stopped("the layer probe"))
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -199,11 +255,13 @@ fn gradient_norms(
     batches: &[(Batch, Vec<Vec<i64>>)],
     learned: usize,
     layer_tensors: &[Vec<String>],
+    passes: &mut Passes,
 ) -> Result<Vec<(f64, f64)>> {
     let err = candle("probe gradients");
     let names: Vec<&String> = params.vars.keys().collect();
     let mut sums: Vec<Option<Tensor>> = vec![None; names.len()];
     for (batch, labels) in batches {
+        passes.next()?;
         let (mean, n) = causal_lm_loss(&decoder.forward_logits(batch)?, labels).map_err(&err)?;
         let loss = (mean * (n as f64 / learned.max(1) as f64)).map_err(&err)?;
         let store = loss.backward().map_err(&err)?;

@@ -1,0 +1,268 @@
+//! Does a training setup fit on a device? The memory it needs set against what the device has, and, when it does
+//! not fit, the cheapest changes that would make it fit, each with its new estimate: first the ones that train the
+//! same thing (gradient checkpointing, half precision on a GPU, a smaller batch with more accumulation), then the
+//! ones that change it (a shorter cutoff, fewer layers). A decision computed once here; the CLI and the app draw it.
+//!
+//! The need counts what `memory.rs` counts, with the weights as the trainer holds them: frozen tensors in the
+//! compute dtype (a bf16 checkpoint trained in f32 holds its frozen weights in f32), trainable ones as f32 masters
+//! with f32 gradients and AdamW moments. Half precision halves the activations and the frozen weights; gradient
+//! checkpointing keeps each layer's input and one layer's activations at a time. With a layer schedule the whole
+//! selection is counted (an upper bound of its largest phase).
+
+use crate::ids::format_layer_ids;
+use crate::layout::ModelLayout;
+use crate::memory::{activations_with, lowest_backward_layer, Kernels};
+use crate::plan::PlanOptions;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// How a run trains, as far as memory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct FitSetup {
+    pub batch_size: u64,
+    pub seq_len: u64,
+    pub gradient_accumulation: u64,
+    pub gradient_checkpointing: bool,
+    /// bf16/f16 compute (a GPU); f32 otherwise.
+    pub half_precision: bool,
+    /// The CPU (fused f32 kernels, in-place AdamW) rather than a GPU.
+    pub cpu: bool,
+}
+
+/// The device's memory the run may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct DeviceMemory {
+    /// As the user knows it: "this machine", "cuda:0".
+    pub name: String,
+    /// Free memory (or, where free is unknown, total).
+    pub available_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct FitVerdict {
+    pub device: String,
+    pub need_bytes: u64,
+    pub available_bytes: u64,
+    pub fits: bool,
+    /// When it does not fit: changes, cheapest first, each with what the run would then need.
+    pub changes: Vec<FitChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct FitChange {
+    pub change: Change,
+    /// The change in words: "turn on gradient checkpointing".
+    pub text: String,
+    pub need_bytes: u64,
+    pub fits: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    GradientCheckpointing,
+    HalfPrecision,
+    Batch {
+        batch_size: u64,
+        gradient_accumulation: u64,
+    },
+    Cutoff {
+        seq_len: u64,
+    },
+    Layers {
+        layers: String,
+    },
+    /// Every change above that keeps the training the same, at once.
+    Combined,
+}
+
+/// Bytes a run with `trainable` and `setup` needs.
+pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup) -> u64 {
+    let compute_bytes = if setup.half_precision { 2 } else { 4 };
+    let (mut frozen, mut trained, mut largest) = (0u64, 0u64, 0u64);
+    for t in layout.tensors() {
+        if trainable.contains(&t.name) {
+            trained += t.params;
+            largest = largest.max(t.params);
+        } else {
+            frozen += t.params;
+        }
+    }
+    let kernels = if setup.cpu && !setup.half_precision {
+        Kernels::FusedCpu
+    } else {
+        Kernels::Composite
+    };
+    let options = PlanOptions {
+        batch_size: setup.batch_size,
+        seq_len: setup.seq_len,
+    };
+    let activations = lowest_backward_layer(layout, trainable)
+        .and_then(|l0| {
+            activations_with(
+                layout,
+                l0,
+                options,
+                kernels,
+                setup.gradient_checkpointing,
+                compute_bytes,
+            )
+        })
+        .unwrap_or(0);
+    // The composite AdamW update's temporaries (memory.rs); the fused CPU update has none.
+    let update = if kernels == Kernels::Composite { 40 * largest } else { 0 };
+    frozen * compute_bytes + trained * 16 + update + activations
+}
+
+/// The verdict for `trainable` under `setup` on `device`.
+pub fn fit(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, device: &DeviceMemory) -> FitVerdict {
+    let need = need_bytes(layout, trainable, setup);
+    let available = device.available_bytes;
+    let changes = if need <= available {
+        Vec::new()
+    } else {
+        changes(layout, trainable, setup, available)
+    };
+    FitVerdict {
+        device: device.name.clone(),
+        need_bytes: need,
+        available_bytes: available,
+        fits: need <= available,
+        changes,
+    }
+}
+
+fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, available: u64) -> Vec<FitChange> {
+    let mut out: Vec<FitChange> = Vec::new();
+    let make = |change: Change, text: String, need: u64| FitChange {
+        change,
+        text,
+        need_bytes: need,
+        fits: need <= available,
+    };
+    let need_with = |s: FitSetup| need_bytes(layout, trainable, s);
+    let mut same_training = setup;
+    if !setup.gradient_checkpointing {
+        let s = FitSetup {
+            gradient_checkpointing: true,
+            ..setup
+        };
+        out.push(make(
+            Change::GradientCheckpointing,
+            "turn on gradient checkpointing (same result, about a third slower)".into(),
+            need_with(s),
+        ));
+        same_training.gradient_checkpointing = true;
+    }
+    if !setup.half_precision && !setup.cpu {
+        let s = FitSetup {
+            half_precision: true,
+            ..setup
+        };
+        out.push(make(
+            Change::HalfPrecision,
+            "compute in bf16 (f32 master weights stay)".into(),
+            need_with(s),
+        ));
+        same_training.half_precision = true;
+    }
+    if let Some(s) = smallest_batch_that_fits(setup, available, &need_with) {
+        out.push(make(
+            Change::Batch {
+                batch_size: s.batch_size,
+                gradient_accumulation: s.gradient_accumulation,
+            },
+            format!(
+                "batch {} with {} accumulation steps (the same {} examples per update)",
+                s.batch_size,
+                s.gradient_accumulation,
+                setup.batch_size * setup.gradient_accumulation.max(1)
+            ),
+            need_with(s),
+        ));
+        same_training.batch_size = s.batch_size;
+        same_training.gradient_accumulation = s.gradient_accumulation;
+    }
+    if same_training != setup && out.iter().all(|c| !c.fits) {
+        out.push(make(
+            Change::Combined,
+            "all of the above together".into(),
+            need_with(same_training),
+        ));
+    }
+    if let Some(seq) = longest_cutoff_that_fits(setup, available, &need_with) {
+        out.push(make(
+            Change::Cutoff { seq_len: seq },
+            format!("cut examples to {seq} tokens (longer ones lose their end)"),
+            need_with(FitSetup { seq_len: seq, ..setup }),
+        ));
+    }
+    if let Some((layers, need)) = fewer_layers(layout, trainable, setup, available) {
+        out.push(make(
+            Change::Layers { layers: layers.clone() },
+            format!("train only layers {layers} (the top of the selection: the backward pass stops sooner)"),
+            need,
+        ));
+    }
+    out
+}
+
+/// Halves the batch (doubling accumulation) until it fits; `None` when batch 1 does not fit or nothing changes.
+fn smallest_batch_that_fits(setup: FitSetup, available: u64, need: &dyn Fn(FitSetup) -> u64) -> Option<FitSetup> {
+    let mut s = setup;
+    s.gradient_accumulation = s.gradient_accumulation.max(1);
+    while s.batch_size > 1 {
+        s.gradient_accumulation *= 2;
+        s.batch_size = s.batch_size.div_ceil(2);
+        if need(s) <= available {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// The longest cutoff (halving, not below 64 tokens) that fits.
+fn longest_cutoff_that_fits(setup: FitSetup, available: u64, need: &dyn Fn(FitSetup) -> u64) -> Option<u64> {
+    let mut seq = setup.seq_len;
+    while seq > 64 {
+        seq = (seq / 2).max(64);
+        if need(FitSetup { seq_len: seq, ..setup }) <= available {
+            return Some(seq);
+        }
+    }
+    None
+}
+
+/// Drops the lowest trained layers one at a time until the rest fits; the non-layer tensors stay as chosen.
+fn fewer_layers(
+    layout: &ModelLayout,
+    trainable: &BTreeSet<String>,
+    setup: FitSetup,
+    available: u64,
+) -> Option<(String, u64)> {
+    let trained: Vec<_> = layout
+        .layers
+        .iter()
+        .filter(|l| l.tensors().any(|t| trainable.contains(&t.name)))
+        .collect();
+    let mut set = trainable.clone();
+    for (i, layer) in trained.iter().enumerate().take(trained.len().saturating_sub(1)) {
+        for t in layer.tensors() {
+            set.remove(&t.name);
+        }
+        let need = need_bytes(layout, &set, setup);
+        if need <= available {
+            let kept: Vec<usize> = trained[i + 1..].iter().map(|l| l.id).collect();
+            return Some((format_layer_ids(&kept), need));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

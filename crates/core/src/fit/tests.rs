@@ -1,0 +1,187 @@
+use super::*;
+use crate::synth::{write_checkpoint, Family, SynthSpec};
+use crate::{plan, FreezeSpec};
+
+/// A tiny 6-layer llama stored in f32, its layout, and the trainable set of `spec`.
+fn setup(spec: &FreezeSpec) -> (tempfile::TempDir, ModelLayout, BTreeSet<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut synth = SynthSpec::tiny(Family::Llama, 6);
+    synth.tied = false;
+    write_checkpoint(dir.path(), &synth).unwrap();
+    let layout = ModelLayout::inspect(dir.path()).unwrap();
+    let p = plan(&layout, spec, PlanOptions::default()).unwrap();
+    let set = p.trainable.iter().cloned().collect();
+    (dir, layout, set)
+}
+
+fn gpu(batch_size: u64, seq_len: u64) -> FitSetup {
+    FitSetup {
+        batch_size,
+        seq_len,
+        gradient_accumulation: 1,
+        gradient_checkpointing: false,
+        half_precision: false,
+        cpu: false,
+    }
+}
+
+fn device(available_bytes: u64) -> DeviceMemory {
+    DeviceMemory {
+        name: "cuda:0".into(),
+        available_bytes,
+    }
+}
+
+fn all_layers() -> FreezeSpec {
+    FreezeSpec {
+        all_layers: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_need_is_the_plans_estimate_for_an_f32_model_and_the_cpu_estimate_on_the_cpu() {
+    let (_d, layout, set) = setup(&all_layers());
+    let options = PlanOptions {
+        batch_size: 4,
+        seq_len: 128,
+    };
+    let estimate = crate::memory::estimate_memory(&layout, &set, options);
+    assert_eq!(need_bytes(&layout, &set, gpu(4, 128)), estimate.total_bytes);
+    let cpu = FitSetup {
+        cpu: true,
+        ..gpu(4, 128)
+    };
+    assert_eq!(need_bytes(&layout, &set, cpu), estimate.cpu_total_bytes);
+}
+
+#[test]
+fn a_setup_that_fits_says_so_and_suggests_nothing() {
+    let (_d, layout, set) = setup(&all_layers());
+    let need = need_bytes(&layout, &set, gpu(4, 128));
+    let v = fit(&layout, &set, gpu(4, 128), &device(need));
+    assert!(v.fits);
+    assert_eq!((v.need_bytes, v.available_bytes), (need, need));
+    assert!(v.changes.is_empty());
+}
+
+#[test]
+fn a_setup_that_does_not_fit_gets_changes_cheapest_first_each_with_its_own_estimate() {
+    let (_d, layout, set) = setup(&all_layers());
+    let setup = gpu(8, 512);
+    let need = need_bytes(&layout, &set, setup);
+    let v = fit(&layout, &set, setup, &device(need * 6 / 10));
+    assert!(!v.fits);
+    let kinds: Vec<&str> = v.changes.iter().map(|c| c.text.split(' ').next().unwrap()).collect();
+    assert_eq!(kinds[..3], ["turn", "compute", "batch"], "{:?}", v.changes);
+    for c in &v.changes {
+        assert!(c.need_bytes < need, "{c:?} must need less than {need}");
+        assert_eq!(c.fits, c.need_bytes <= v.available_bytes);
+        let again = match &c.change {
+            Change::GradientCheckpointing => need_bytes(
+                &layout,
+                &set,
+                FitSetup {
+                    gradient_checkpointing: true,
+                    ..setup
+                },
+            ),
+            Change::HalfPrecision => need_bytes(
+                &layout,
+                &set,
+                FitSetup {
+                    half_precision: true,
+                    ..setup
+                },
+            ),
+            Change::Batch {
+                batch_size,
+                gradient_accumulation,
+            } => {
+                assert_eq!(batch_size * gradient_accumulation, 8, "the same examples per update");
+                need_bytes(
+                    &layout,
+                    &set,
+                    FitSetup {
+                        batch_size: *batch_size,
+                        gradient_accumulation: *gradient_accumulation,
+                        ..setup
+                    },
+                )
+            }
+            Change::Cutoff { seq_len } => need_bytes(
+                &layout,
+                &set,
+                FitSetup {
+                    seq_len: *seq_len,
+                    ..setup
+                },
+            ),
+            Change::Layers { layers } => {
+                let ids = crate::ids::parse_layer_ids(layers, 6).unwrap();
+                assert_eq!(ids.iter().max(), Some(&5), "the top of the selection stays");
+                let kept: BTreeSet<String> = set
+                    .iter()
+                    .filter(|n| {
+                        !n.starts_with("model.layers.")
+                            || ids.iter().any(|i| n.starts_with(&format!("model.layers.{i}.")))
+                    })
+                    .cloned()
+                    .collect();
+                need_bytes(&layout, &kept, setup)
+            }
+            Change::Combined => continue,
+        };
+        assert_eq!(c.need_bytes, again, "{c:?}");
+    }
+    // The batch and the cutoff are the largest that fit: one step larger would not.
+    for c in &v.changes {
+        if let Change::Batch {
+            batch_size,
+            gradient_accumulation,
+        } = c.change
+        {
+            assert!(c.fits);
+            let larger = FitSetup {
+                batch_size: batch_size * 2,
+                gradient_accumulation: gradient_accumulation / 2,
+                ..setup
+            };
+            assert!(need_bytes(&layout, &set, larger) > v.available_bytes);
+        }
+    }
+}
+
+#[test]
+fn on_the_cpu_half_precision_is_not_offered_and_checkpointing_lowers_the_need() {
+    let (_d, layout, set) = setup(&all_layers());
+    let cpu = FitSetup {
+        cpu: true,
+        ..gpu(4, 256)
+    };
+    let need = need_bytes(&layout, &set, cpu);
+    let v = fit(
+        &layout,
+        &set,
+        cpu,
+        &DeviceMemory {
+            name: "this machine".into(),
+            available_bytes: need / 2,
+        },
+    );
+    assert!(v.changes.iter().all(|c| c.change != Change::HalfPrecision));
+    let ckpt = v
+        .changes
+        .iter()
+        .find(|c| c.change == Change::GradientCheckpointing)
+        .unwrap();
+    assert!(ckpt.need_bytes < need);
+}
+
+#[test]
+fn nothing_that_fits_is_left_out_and_impossible_devices_get_only_failing_changes() {
+    let (_d, layout, set) = setup(&all_layers());
+    let v = fit(&layout, &set, gpu(4, 128), &device(1));
+    assert!(!v.fits);
+    assert!(v.changes.iter().all(|c| !c.fits), "{:?}", v.changes);
+}
