@@ -346,6 +346,8 @@ describe("FreezeTune desktop app", () => {
     const report = cli("probe", "--config", join(DATA, "demo/run.toml"), "--batches", "1", "--suggest", "2", "--json");
     await s.clickId("suggest-layers");
     await s.waitFor("layer-ids", async (el) => (await s.value(el)) === report.suggestion.layers);
+    const first = Number(report.suggestion.layers.split(/[,-]/)[0]);
+    await s.waitFor(`layer-${first}`, async (el) => (await s.attr(el, "data-state")) === "trainable");
     await settled();
     await shot("layers-insight");
   });

@@ -24,6 +24,8 @@ pub struct RunSummary {
     pub final_dir: Option<String>,
     /// Stopped before its end with a checkpoint to continue from.
     pub resumable: bool,
+    /// The step of that checkpoint: a resume redoes the steps logged after it.
+    pub checkpoint_step: Option<u64>,
     /// Seconds since the epoch of the last write to `metrics.jsonl`, for sorting.
     pub modified: u64,
     /// The run's layer schedule (`schedule.json`), when it has one.
@@ -144,6 +146,7 @@ fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
     });
     let final_dir = dir.join("final");
     let finished = final_dir.join("config.json").is_file();
+    let checkpoint = freezetune_train::checkpoint::latest(dir).filter(|_| !finished);
     let modified = std::fs::metadata(dir.join("metrics.jsonl"))
         .or_else(|_| std::fs::metadata(dir.join("run.toml")))
         .and_then(|m| m.modified())
@@ -162,7 +165,10 @@ fn summarize_run(dir: &Path) -> IpcResult<RunSummary> {
         last_loss: last_step.map(|(_, l)| l),
         last_eval_loss,
         final_dir: finished.then(|| final_dir.to_string_lossy().into_owned()),
-        resumable: !finished && freezetune_train::checkpoint::latest(dir).is_some(),
+        resumable: !finished && checkpoint.is_some(),
+        checkpoint_step: checkpoint
+            .and_then(|c| freezetune_train::checkpoint::read_progress(&c).ok())
+            .map(|p| p.step),
         modified,
         schedule: read_schedule(dir),
         elapsed_s: last_speed.map(|(e, _)| e),

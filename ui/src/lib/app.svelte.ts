@@ -263,8 +263,8 @@ function onTrainEvents(events: TrainEvent[]) {
   }
 }
 
-/** Starts (or resumes) `config`; resolves when the run ends, stops or fails. */
-export async function startTraining(config: RunConfig, resume: boolean) {
+/** Starts (or resumes from the checkpoint at `fromStep`) `config`; resolves when the run ends, stops or fails. */
+export async function startTraining(config: RunConfig, resume: boolean, fromStep: number | null = null) {
   const taskId = newTaskId("train");
   Object.assign(training, {
     taskId,
@@ -281,8 +281,13 @@ export async function startTraining(config: RunConfig, resume: boolean) {
   });
   if (resume) {
     // The chart continues from what the run already logged.
+    // Steps logged after the checkpoint are redone (the trainer drops them from metrics.jsonl), so they are not
+    // drawn twice or counted as progress.
     const past = await api.readRunMetrics(config.output.dir).catch(() => []);
-    onTrainEvents(past);
+    // A phase that begins at the checkpoint is entered again (and reported again) by the resumed run.
+    const kept = (e: TrainEvent) =>
+      fromStep == null || !("step" in e) || (e.event === "phase" ? e.step < fromStep : e.step <= fromStep);
+    onTrainEvents(past.filter(kept));
   }
   try {
     training.outcome = await api.trainModel(config, resume, taskId, onTrainEvents);

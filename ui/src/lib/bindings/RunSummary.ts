@@ -13,6 +13,10 @@ config: RunConfig | null, config_error: string | null, steps_done: number, last_
  */
 resumable: boolean, 
 /**
+ * The step of that checkpoint: a resume redoes the steps logged after it.
+ */
+checkpoint_step: number | null, 
+/**
  * Seconds since the epoch of the last write to `metrics.jsonl`, for sorting.
  */
 modified: number, 
