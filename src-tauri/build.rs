@@ -14,6 +14,7 @@ const COMMANDS: &[&str] = &[
     "plan_timeline",
     "check_fit",
     "probe_layers",
+    "cached_probe",
     "preview_export",
     "export_config",
     "check_layer_ids",

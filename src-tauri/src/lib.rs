@@ -72,6 +72,7 @@ pub fn run() {
             plan::plan_timeline,
             plan::check_fit,
             train::probe_layers,
+            train::cached_probe,
             plan::preview_export,
             plan::export_config,
             plan::check_layer_ids,

@@ -350,6 +350,12 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor(`layer-${first}`, async (el) => (await s.attr(el, "data-state")) === "trainable");
     await settled();
     await shot("layers-insight");
+    // Opened again, the model shows its earlier measurement at once (from the cache; nothing is measured).
+    await s.clickId("nav-model");
+    await s.clickId("open-demo");
+    await s.waitFor("layer-7");
+    await s.waitFor("heat-7", async () => true, 15000);
+    assert.equal((await s.findAll('[data-testid="probe-summary"]')).length, 1);
   });
 
   it("does it fit: a run too big for this machine gets changes with their estimates, and Apply makes it fit", async () => {

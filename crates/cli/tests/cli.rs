@@ -356,6 +356,23 @@ fn probe_measures_every_layer_and_its_suggestion_is_a_plan_selection() {
         "one forward pass over one batch, then the end"
     );
     assert_eq!(lines.last().unwrap()["layers"].as_array().unwrap().len(), 8);
+    // --cached-only reads an earlier result and measures nothing.
+    let cache = cfg.path().join("probes");
+    let cache = cache.to_str().unwrap();
+    let only = ["--forward-only", "--cache", cache, "--cached-only", "--json"];
+    let (err, _) = fail(cfg.path(), &args(&probe(&only)));
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not measured"), "{err}");
+    let measured = json(
+        cfg.path(),
+        &args(&probe(&["--forward-only", "--cache", cache, "--json"])),
+    );
+    assert_eq!(measured["cached"], false);
+    let again = json(cfg.path(), &args(&probe(&only)));
+    assert_eq!(
+        (again["cached"].clone(), again["layers"].clone()),
+        (true.into(), measured["layers"].clone())
+    );
     let (_, err) = fail(cfg.path(), &args(&probe(&["--forward-only", "--suggest", "2"])));
     assert!(err.contains("forward-only probe has no gradients"), "{err}");
     // A model folder and its data, without a run config.

@@ -188,7 +188,21 @@ pub async fn probe_layers(
                 tracing::warn!("probe progress: the window is gone: {e}");
             }
         };
-        crate::worker::probe::probe(&workers, &config, &scratch, batches, &stop, &mut send)
+        crate::worker::probe::probe(&workers, &config, &scratch, batches, false, &stop, &mut send)
+    })
+    .await
+}
+
+/// The probe's earlier result for the same model, data and settings, if it was measured before (the Layers screen
+/// shows it as soon as it opens); an error when it was not.
+#[tauri::command]
+pub async fn cached_probe(state: State<'_, AppState>, config: RunConfig, batches: usize) -> IpcResult<ProbeReport> {
+    let config = check_paths(&state, config)?;
+    let workers = state.workers.clone();
+    let scratch = state.paths.data_dir.join("worker");
+    crate::blocking::run("cached probe", move || {
+        let stop = StopSignal::default();
+        crate::worker::probe::probe(&workers, &config, &scratch, batches, true, &stop, &mut |_| {})
     })
     .await
 }

@@ -30,12 +30,14 @@ enum ProgressTag {
     ProbeProgress,
 }
 
-/// Runs the probe, handing each progress report to `on_progress`; `stop` stops it (an error of kind `stopped`).
+/// Runs the probe (or, `cached_only`, reads an earlier result), handing each progress report to `on_progress`;
+/// `stop` stops it (an error of kind `stopped`).
 pub fn probe(
     workers: &Workers,
     config: &RunConfig,
     scratch: &Path,
     batches: usize,
+    cached_only: bool,
     stop: &StopSignal,
     on_progress: &mut dyn FnMut(ProbeProgress),
 ) -> IpcResult<ProbeReport> {
@@ -49,6 +51,9 @@ pub fn probe(
         .arg("--cache")
         .arg(scratch.join("probes"))
         .args(["--events", "jsonl"]);
+    if cached_only {
+        cmd.arg("--cached-only");
+    }
     let mut report = None;
     let end = process::run::<ProbeLine>(cmd, stop, |line| match line {
         ProbeLine::Progress { progress, .. } => on_progress(progress),

@@ -56,6 +56,10 @@ export const insight = $state({
   /** Passes done of all (a forward pass per batch, then a backward pass per batch) while it runs. */
   progress: null as ProbeProgress | null,
   taskId: null as string | null,
+  /** Batches to measure on (kept across screens, so an earlier result is found again). */
+  batches: 4,
+  /** Model, data and batches last looked up in the cache, so each is looked up once. */
+  cachedKey: null as string | null,
   error: null as IpcError | null,
   signal: "gradient" as "gradient" | "influence",
 });
@@ -79,6 +83,22 @@ export async function measureLayers(batches: number) {
     insight.running = false;
     insight.taskId = null;
     insight.progress = null;
+  }
+}
+
+/** Shows the result measured before on this model, data and settings, if there is one (nothing is measured). */
+export async function showCachedMeasure(batches: number) {
+  if (!app.run?.data.train || insight.running) return;
+  const key = `${app.model?.path}|${app.run.data.train}|${batches}`;
+  if (insight.cachedKey === key) return;
+  insight.cachedKey = key;
+  try {
+    const report = await api.cachedProbe($state.snapshot(app.run), batches);
+    if (insight.cachedKey !== key || insight.running) return;
+    insight.report = report;
+    if (report.ranked_by_gradient == null) insight.signal = "influence";
+  } catch {
+    // Not measured yet: nothing to show until the user measures.
   }
 }
 
@@ -138,6 +158,7 @@ export async function openModel(path: string | null) {
     app.model = model;
     app.plan = null;
     insight.report = null;
+    insight.cachedKey = null;
     app.run = run;
     if ((run.training?.max_steps ?? 0) > 0) app.timelineSteps = run.training!.max_steps;
     app.options = { batch_size: run.training?.batch_size ?? 1, seq_len: run.data.cutoff_len ?? 512 };

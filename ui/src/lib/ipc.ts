@@ -97,6 +97,7 @@ export const api = {
   trainModel: (config: RunConfig, resume: boolean, taskId: string, onEvents: (e: TrainEvent[]) => void) =>
     call<TrainOutcomeView>("train_model", { config, resume, taskId, onEvent: channel(onEvents) }),
   listRuns: () => call<RunSummary[]>("list_runs"),
+  cachedProbe: (config: RunConfig, batches: number) => call<ProbeReport>("cached_probe", { config, batches }),
   probeLayers: (config: RunConfig, batches: number, taskId: string, onProgress: (p: ProbeProgress) => void) => {
     const ch = new Channel<ProbeProgress>();
     ch.onmessage = onProgress;

@@ -7,7 +7,9 @@ use freezetune_core::run_config::{
     DataFormat, DataSection, ModelSection, OutputSection, RunConfig, RuntimeSection, TrainingSection,
 };
 use freezetune_core::FreezeSpec;
-use freezetune_train::probe::{probe_run, probe_run_cached, suggest, ProbeOptions, ProbeProgress, SuggestBy};
+use freezetune_train::probe::{
+    cached_report, probe_run, probe_run_cached, suggest, ProbeOptions, ProbeProgress, SuggestBy,
+};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -43,6 +45,9 @@ pub struct ProbeArgs {
     /// Keep results in this folder: the same model, data and settings are read back instead of measured again.
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// Only read the result from --cache: an error when these settings were not measured before.
+    #[arg(long, requires = "cache")]
+    pub cached_only: bool,
     /// Also suggest this many layers to train (printed as ids `plan --layers` takes).
     #[arg(long, value_name = "K")]
     pub suggest: Option<usize>,
@@ -138,6 +143,12 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         !cancel.load(std::sync::atomic::Ordering::Relaxed)
     };
     let (report, cached) = match &args.cache {
+        Some(dir) if args.cached_only => match cached_report(&config, options, dir)? {
+            Some(report) => (report, true),
+            None => anyhow::bail!(
+                "these layers were not measured on this data with these settings yet (run without --cached-only)"
+            ),
+        },
         Some(dir) => probe_run_cached(&config, options, dir, &mut watch)?,
         None => (probe_run(&config, options, &mut watch)?, false),
     };

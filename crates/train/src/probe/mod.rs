@@ -104,6 +104,16 @@ pub fn probe_run_cached(
     Ok((report, false))
 }
 
+/// The report measured before for the same model, data and settings, from the cache in `dir`; nothing is
+/// measured (how the app shows an earlier result as soon as a model opens).
+pub fn cached_report(
+    config: &freezetune_core::run_config::RunConfig,
+    o: ProbeOptions,
+    dir: &Path,
+) -> Result<Option<ProbeReport>> {
+    Ok(cache::load(&cache::cache_path(dir, config, &o)?))
+}
+
 /// Probes the model in `model_dir` on `examples` (rendered as training renders them).
 pub fn probe(
     model_dir: &Path,
