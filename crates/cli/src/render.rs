@@ -278,3 +278,23 @@ pub fn timeline_table(t: &freezetune_core::schedule::Timeline) -> String {
     }
     s
 }
+
+/// The fit verdict: need against the device's memory, then the changes with their estimates.
+pub fn fit_verdict(v: &freezetune_core::fit::FitVerdict) -> String {
+    let gib = |b: u64| b as f64 / 1024f64.powi(3);
+    let mut out = format!(
+        "\nneeds {:.2} GiB; {} has {:.2} GiB free: {}\n",
+        gib(v.need_bytes),
+        v.device,
+        gib(v.available_bytes),
+        if v.fits { "fits" } else { "does not fit" }
+    );
+    if !v.changes.is_empty() {
+        out.push_str("cheapest changes that would make it fit:\n");
+        for c in &v.changes {
+            let mark = if c.fits { "fits" } else { "not enough" };
+            let _ = writeln!(out, "  {:<10} {:>9.2} GiB  {}", mark, gib(c.need_bytes), c.text);
+        }
+    }
+    out
+}

@@ -421,3 +421,64 @@ fn schedule_options_need_a_schedule_and_plan_prints_its_timeline() {
     );
     assert_eq!(j["timeline"]["phases"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn plan_fit_says_whether_a_run_fits_and_what_would_make_it() {
+    let cfg = tempfile::tempdir().unwrap();
+    let dir = cfg.path().join("demo");
+    ok(cfg.path(), &["demo-model", dir.to_str().unwrap()]);
+    let model = dir.join("model");
+    let m = model.to_str().unwrap();
+    let fit = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            m,
+            "--all-layers",
+            "--batch-size",
+            "64",
+            "--seq-len",
+            "8192",
+            "--json",
+        ];
+        a.extend(extra);
+        json(cfg.path(), &a)["fit"].clone()
+    };
+    let roomy = fit(&["--fit-memory", "100000"]);
+    assert_eq!(
+        (roomy["fits"].clone(), roomy["changes"].as_array().unwrap().len()),
+        (true.into(), 0)
+    );
+    let tight = fit(&["--fit-memory", "8"]);
+    assert_eq!(tight["fits"], false);
+    let kinds: Vec<&str> = tight["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["change"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "gradient_checkpointing", "{tight}");
+    assert!(
+        tight["changes"].as_array().unwrap().iter().any(|c| c["fits"] == true),
+        "{tight}"
+    );
+    let text = ok(
+        cfg.path(),
+        &[
+            "plan",
+            m,
+            "--all-layers",
+            "--batch-size",
+            "64",
+            "--seq-len",
+            "8192",
+            "--fit",
+            "cpu",
+        ],
+    );
+    assert!(text.contains("this machine has") && text.contains("GiB free"), "{text}");
+    let (err, _) = fail(cfg.path(), &["plan", m, "--all-layers", "--fit", "cuda:9", "--json"]);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("no such device"),
+        "{err}"
+    );
+}

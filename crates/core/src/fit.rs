@@ -188,7 +188,7 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
         same_training.batch_size = s.batch_size;
         same_training.gradient_accumulation = s.gradient_accumulation;
     }
-    if same_training != setup && out.iter().all(|c| !c.fits) {
+    if out.len() > 1 && out.iter().all(|c| !c.fits) {
         out.push(make(
             Change::Combined,
             "all of the above together".into(),

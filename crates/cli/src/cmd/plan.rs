@@ -2,6 +2,7 @@ use crate::args::{FreezeArgs, SizeArgs};
 use crate::render;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use freezetune_core::fit::{fit, DeviceMemory, FitSetup};
 use freezetune_core::preset::PresetStore;
 use freezetune_core::schedule::TimelineContext;
 use freezetune_core::{FreezeSpec, ModelLayout};
@@ -30,6 +31,8 @@ pub struct PlanArgs {
     /// With a random layer schedule: the run's seed (used when the schedule names none).
     #[arg(long, default_value_t = 42, value_name = "N", help_heading = "Layer schedule")]
     pub seed: u64,
+    #[command(flatten)]
+    pub fit: FitArgs,
 }
 
 /// Resolves the model folder and the freeze spec from the positional path, the flags and an optional preset.
@@ -61,6 +64,64 @@ pub fn resolve(
     Ok((layout, spec, notes))
 }
 
+/// "Does it fit?": the need against a device's memory, with the cheapest changes when it does not fit.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FitArgs {
+    /// Check the run fits on this device (cpu, cuda:N, metal: its free memory from `freezetune devices`).
+    #[arg(long, value_name = "DEVICE", help_heading = "Does it fit?")]
+    pub fit: Option<String>,
+    /// ... or in this many GiB.
+    #[arg(long, value_name = "GIB", conflicts_with = "fit", help_heading = "Does it fit?")]
+    pub fit_memory: Option<f64>,
+    /// Compute in bf16/f16 (f32 master weights); the default is f32 on the CPU, half precision on a GPU.
+    #[arg(long, help_heading = "Does it fit?")]
+    pub half: bool,
+    #[arg(long, help_heading = "Does it fit?")]
+    pub gradient_checkpointing: bool,
+    #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Does it fit?")]
+    pub gradient_accumulation: u64,
+}
+
+impl FitArgs {
+    /// The device's memory to check against, if a check was asked for.
+    fn device(&self) -> Result<Option<(DeviceMemory, bool)>> {
+        if let Some(gib) = self.fit_memory {
+            let bytes = (gib * 1024f64.powi(3)) as u64;
+            return Ok(Some((
+                DeviceMemory {
+                    name: format!("{gib} GiB"),
+                    available_bytes: bytes,
+                },
+                false,
+            )));
+        }
+        let Some(id) = &self.fit else { return Ok(None) };
+        let inventory = freezetune_train::inventory::inventory();
+        let Some(d) = inventory.devices.iter().find(|d| &d.id == id) else {
+            let have: Vec<&str> = inventory.devices.iter().map(|d| d.id.as_str()).collect();
+            anyhow::bail!(
+                "--fit {id}: no such device here (this machine has {}); see `freezetune devices`",
+                have.join(", ")
+            );
+        };
+        let Some(available) = d.free_memory.or(d.total_memory) else {
+            anyhow::bail!("--fit {id}: its memory is unknown; give it with --fit-memory GIB");
+        };
+        let name = if d.backend == "cpu" {
+            "this machine".to_string()
+        } else {
+            d.id.clone()
+        };
+        Ok(Some((
+            DeviceMemory {
+                name,
+                available_bytes: available,
+            },
+            d.backend == "cpu",
+        )))
+    }
+}
+
 pub fn run(args: &PlanArgs) -> Result<()> {
     let (layout, spec, notes) = resolve(args.model_dir.as_ref(), &args.freeze, args.preset.as_deref())?;
     let plan = freezetune_core::plan(&layout, &spec, args.size.options())?;
@@ -76,10 +137,28 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         }
         _ => None,
     };
+    let verdict = match args.fit.device()? {
+        Some((device, cpu)) => {
+            let setup = FitSetup {
+                batch_size: args.size.batch_size,
+                seq_len: args.size.seq_len,
+                gradient_accumulation: args.fit.gradient_accumulation.max(1),
+                gradient_checkpointing: args.fit.gradient_checkpointing,
+                half_precision: args.fit.half,
+                cpu,
+            };
+            let trainable = plan.trainable.iter().cloned().collect();
+            Some(fit(&layout, &trainable, setup, &device))
+        }
+        None => None,
+    };
     if args.json {
         let mut value = serde_json::to_value(&plan)?;
         if let (Some(t), Some(obj)) = (&timeline, value.as_object_mut()) {
             obj.insert("timeline".into(), serde_json::to_value(t)?);
+        }
+        if let (Some(v), Some(obj)) = (&verdict, value.as_object_mut()) {
+            obj.insert("fit".into(), serde_json::to_value(v)?);
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -89,6 +168,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         print!("{}", render::plan_table(&layout, &plan));
         if let Some(t) = &timeline {
             print!("{}", render::timeline_table(t));
+        }
+        if let Some(v) = &verdict {
+            print!("{}", render::fit_verdict(v));
         }
     }
     Ok(())
