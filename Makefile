@@ -90,7 +90,7 @@ e2e: ui
 ## check-cuda: the CUDA build of the engine and the CLI (the CUDA worker) compiles (kernels included). nvcc comes from
 ## NVIDIA's CUDA 13 wheels on PyPI, installed once outside the clone (scripts/cuda-toolkit.sh); no GPU is needed.
 check-cuda: ui
-	eval "$$(bash scripts/cuda-toolkit.sh)" && CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) \
+	cuda_env="$$(bash scripts/cuda-toolkit.sh)" && eval "$$cuda_env" && CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) \
 		$(CARGO) check --locked -p freezetune-train -p freezetune-cli $(CUDA_FEATURES)
 
 ## gpu-check: parity, the freeze mask and a benchmark on a device (scripts/gpu-check.sh); in `make test` on the CPU

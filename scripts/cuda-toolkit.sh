@@ -18,7 +18,8 @@ PKG="cuda-toolkit[$EXTRAS]==13.0.2"
 if command -v nvcc >/dev/null 2>&1 && nvcc --version | grep -q 'release 13\.' && [ "${1:-}" != --runtime ]; then
   home="$(cd "$(dirname "$(command -v nvcc)")/.." && pwd)"
 else
-  find_home() { ls -d "$VENV"/lib/python3*/site-packages/nvidia/cu13 2>/dev/null | head -1; }
+  # No match yet (a fresh machine) is an empty answer, not a failure: under pipefail it ended the script silently.
+  find_home() { ls -d "$VENV"/lib/python3*/site-packages/nvidia/cu13 2>/dev/null | head -1 || true; }
   home="$(find_home)"
   if [ -z "$home" ] || [ ! -e "$home/$WANT" ]; then
     echo "installing NVIDIA's CUDA 13.0 wheels ($PKG) into $VENV (once)" >&2

@@ -13,7 +13,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 : "${CUDA_TARGET_DIR:=/var/tmp/freezetune-target-cuda}"
 OUT="${1:-$CUDA_TARGET_DIR/freezetune-cuda}"
-eval "$(bash "$ROOT/scripts/cuda-toolkit.sh" --runtime)"
+cuda_env="$(bash "$ROOT/scripts/cuda-toolkit.sh" --runtime)" # a failure ends this script (set -e)
+eval "$cuda_env"
 LIB="$CUDA_HOME/lib"
 SHIP=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libnvrtc-builtins.so.13.0)
 

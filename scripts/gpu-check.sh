@@ -28,7 +28,8 @@ elif [ "$device" = cpu ]; then
   cargo build --locked -q -p freezetune-cli
   bin="$CARGO_TARGET_DIR/debug/freezetune"
 else
-  eval "$(bash scripts/cuda-toolkit.sh)"
+  cuda_env="$(bash scripts/cuda-toolkit.sh)" # a failure ends this script (set -e)
+  eval "$cuda_env"
   export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-/var/tmp/freezetune-target-cuda}"
   cargo build --release --locked -q -p freezetune-cli --features cuda
   bin="$CARGO_TARGET_DIR/release/freezetune"

@@ -6,7 +6,8 @@
 //!   mean arccos(cos(h_l, h_{l+window})) / π.
 //! - Gradient norm of the layer's weights, √(Σ over its tensors of ‖∂loss/∂W‖²), from one backward pass per batch
 //!   with nothing updated (the loss is the token mean over all the batches, as training would weigh it), and that
-//!   norm relative to the weights' own norm.
+//!   norm relative to the weights' own norm. The backward pass is recomputed layer by layer, so the probe needs
+//!   about the memory of one checkpointed training step, whatever the depth.
 //!
 //! [`suggest`] turns a report into a selection: the K layers with the largest gradient norm relative to their
 //! weights (where the loss pulls hardest on this data), or with the largest Block Influence (the layers that change
@@ -272,15 +273,22 @@ fn gradient_norms(
     let mut sums: Vec<Option<Tensor>> = vec![None; names.len()];
     for (batch, labels) in batches {
         passes.next()?;
-        let (mean, n) = causal_lm_loss(&decoder.forward_logits(batch)?, labels).map_err(&err)?;
-        let loss = (mean * (n as f64 / learned.max(1) as f64)).map_err(&err)?;
-        let store = loss.backward().map_err(&err)?;
-        let grads = params
-            .vars
-            .values()
-            .map(|v| store.get(v.as_tensor()).cloned())
-            .collect();
-        accumulate(&mut sums, grads).map_err(&err)?;
+        // Layer by layer (gradient checkpointing): only each layer's input is kept across the pass and one layer's
+        // activations at a time, so the probe needs about what a checkpointed run of one batch needs, not a full
+        // backward pass's activations of every layer at once.
+        let scale = 1.0 / learned.max(1) as f64;
+        let loss_of = |logits: &Tensor| {
+            let (mean, n) = causal_lm_loss(logits, labels)?;
+            mean * (n as f64 * scale)
+        };
+        decoder.checkpointed_backward(batch, &loss_of, &mut |store| {
+            let grads = params
+                .vars
+                .values()
+                .map(|v| store.get(v.as_tensor()).cloned())
+                .collect();
+            accumulate(&mut sums, grads).map_err(&err)
+        })?;
     }
     let sums: std::collections::BTreeMap<&str, Tensor> = names
         .into_iter()
