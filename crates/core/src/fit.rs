@@ -185,13 +185,32 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
             ),
             need_with(s),
         ));
-        same_training.batch_size = s.batch_size;
-        same_training.gradient_accumulation = s.gradient_accumulation;
     }
     if out.len() > 1 && out.iter().all(|c| !c.fits) {
+        // Together: checkpointing and half precision first, then the largest batch that fits with them (batch 1
+        // when none does, to say how far off it still is).
+        let per_update = setup.batch_size * setup.gradient_accumulation.max(1);
+        same_training = smallest_batch_that_fits(same_training, available, &need_with).unwrap_or(FitSetup {
+            batch_size: 1,
+            gradient_accumulation: per_update,
+            ..same_training
+        });
+        let mut parts = Vec::new();
+        if same_training.gradient_checkpointing != setup.gradient_checkpointing {
+            parts.push("gradient checkpointing".to_string());
+        }
+        if same_training.half_precision != setup.half_precision {
+            parts.push("bf16".to_string());
+        }
+        if same_training.batch_size != setup.batch_size {
+            parts.push(format!(
+                "batch {} with {} accumulation steps",
+                same_training.batch_size, same_training.gradient_accumulation
+            ));
+        }
         out.push(make(
             Change::Combined,
-            "all of the above together".into(),
+            format!("{} together", parts.join(" + ")),
             need_with(same_training),
         ));
     }
@@ -212,18 +231,19 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
     out
 }
 
-/// Halves the batch (doubling accumulation) until it fits; `None` when batch 1 does not fit or nothing changes.
+/// The largest smaller batch that fits with the same examples per update (batch × accumulation): the divisors of
+/// that product below the batch, largest first; `None` when none fits.
 fn smallest_batch_that_fits(setup: FitSetup, available: u64, need: &dyn Fn(FitSetup) -> u64) -> Option<FitSetup> {
-    let mut s = setup;
-    s.gradient_accumulation = s.gradient_accumulation.max(1);
-    while s.batch_size > 1 {
-        s.gradient_accumulation *= 2;
-        s.batch_size = s.batch_size.div_ceil(2);
-        if need(s) <= available {
-            return Some(s);
-        }
-    }
-    None
+    let per_update = setup.batch_size * setup.gradient_accumulation.max(1);
+    (1..setup.batch_size)
+        .rev()
+        .filter(|b| per_update % b == 0)
+        .map(|b| FitSetup {
+            batch_size: b,
+            gradient_accumulation: per_update / b,
+            ..setup
+        })
+        .find(|s| need(*s) <= available)
 }
 
 /// The longest cutoff (halving, not below 64 tokens) that fits.

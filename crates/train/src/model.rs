@@ -250,10 +250,13 @@ impl Decoder {
             .position(|blk| blk.trainable)
             .unwrap_or(self.blocks.len());
         let stop = if embed_trainable { 0 } else { lowest };
-        let mut inputs = Vec::with_capacity(self.blocks.len());
+        // Only the inputs of the layers the backward pass recomputes are kept (none below `stop`).
+        let mut inputs = Vec::with_capacity(self.blocks.len() - stop);
         let mut h = self.embed_ids(&ids, b, t).map_err(err)?.detach();
-        for blk in &self.blocks {
-            inputs.push(h.clone());
+        for (i, blk) in self.blocks.iter().enumerate() {
+            if i >= stop {
+                inputs.push(h.clone());
+            }
             h = self.block(blk, &h, &cos, &sin, &mask, None).map_err(err)?.detach();
         }
         let top = Var::from_tensor(&h).map_err(err)?;
@@ -269,7 +272,7 @@ impl Decoder {
         drop(store);
         for i in (stop..self.blocks.len()).rev() {
             let Some(g) = grad.take() else { break };
-            let x = Var::from_tensor(&inputs[i]).map_err(err)?;
+            let x = Var::from_tensor(&inputs[i - stop]).map_err(err)?;
             let y = self
                 .block(&self.blocks[i], x.as_tensor(), &cos, &sin, &mask, None)
                 .map_err(err)?;

@@ -89,7 +89,8 @@ export async function measureLayers(batches: number) {
 /** Shows the result measured before on this model, data and settings, if there is one (nothing is measured). */
 export async function showCachedMeasure(batches: number) {
   if (!app.run?.data.train || insight.running) return;
-  const key = `${app.model?.path}|${app.run.data.train}|${batches}`;
+  // Every setting the probe's cache key holds (data section, batch size, device) plus the batch count.
+  const key = JSON.stringify([app.model?.path, app.run.data, app.run.training?.batch_size, app.run.runtime?.device, batches]);
   if (insight.cachedKey === key) return;
   insight.cachedKey = key;
   try {
@@ -103,7 +104,8 @@ export async function showCachedMeasure(batches: number) {
 }
 
 export async function cancelMeasure() {
-  if (insight.taskId) await api.cancelTask(insight.taskId);
+  // A cancel before the backend registered the task finds nothing to stop; the probe then just finishes.
+  if (insight.taskId) await api.cancelTask(insight.taskId).catch(() => false);
 }
 
 /** Chooses the `k` layers the probe ranks highest by the chosen signal. */

@@ -70,12 +70,16 @@ pub struct FitArgs {
     /// Check the run fits on this device (cpu, cuda:N, metal: its free memory from `freezetune devices`).
     #[arg(long, value_name = "DEVICE", help_heading = "Does it fit?")]
     pub fit: Option<String>,
-    /// ... or in this many GiB.
+    /// ... or in this many GiB of a GPU (half precision unless --f32).
     #[arg(long, value_name = "GIB", conflicts_with = "fit", help_heading = "Does it fit?")]
     pub fit_memory: Option<f64>,
-    /// Compute in bf16/f16 (f32 master weights); the default is f32 on the CPU, half precision on a GPU.
-    #[arg(long, help_heading = "Does it fit?")]
+    /// Compute in bf16/f16 (f32 master weights); the default is f32 on the CPU, half precision on a GPU (as
+    /// `dtype = "auto"` trains).
+    #[arg(long, conflicts_with = "f32", help_heading = "Does it fit?")]
     pub half: bool,
+    /// Compute in f32 on a GPU too.
+    #[arg(long, help_heading = "Does it fit?")]
+    pub f32: bool,
     #[arg(long, help_heading = "Does it fit?")]
     pub gradient_checkpointing: bool,
     #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Does it fit?")]
@@ -144,7 +148,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 seq_len: args.size.seq_len,
                 gradient_accumulation: args.fit.gradient_accumulation.max(1),
                 gradient_checkpointing: args.fit.gradient_checkpointing,
-                half_precision: args.fit.half,
+                half_precision: args.fit.half || (!cpu && !args.fit.f32),
                 cpu,
             };
             let trainable = plan.trainable.iter().cloned().collect();

@@ -134,22 +134,117 @@ fn a_setup_that_does_not_fit_gets_changes_cheapest_first_each_with_its_own_estim
         };
         assert_eq!(c.need_bytes, again, "{c:?}");
     }
-    // The batch and the cutoff are the largest that fit: one step larger would not.
-    for c in &v.changes {
-        if let Change::Batch {
-            batch_size,
-            gradient_accumulation,
-        } = c.change
-        {
-            assert!(c.fits);
-            let larger = FitSetup {
-                batch_size: batch_size * 2,
-                gradient_accumulation: gradient_accumulation / 2,
+    // The batch and the cutoff are the largest that fit: no larger batch with the same examples per update does,
+    // and twice the cutoff does not.
+    let batch = v.changes.iter().find_map(|c| match c.change {
+        Change::Batch { batch_size, .. } => Some(batch_size),
+        _ => None,
+    });
+    let batch = batch.expect("a smaller batch fits");
+    for larger in (batch + 1..8).filter(|b| 8 % b == 0) {
+        let s = FitSetup {
+            batch_size: larger,
+            gradient_accumulation: 8 / larger,
+            ..setup
+        };
+        assert!(
+            need_bytes(&layout, &set, s) > v.available_bytes,
+            "batch {larger} would fit too"
+        );
+    }
+    let cutoff = v.changes.iter().find_map(|c| match c.change {
+        Change::Cutoff { seq_len } => Some(seq_len),
+        _ => None,
+    });
+    let cutoff = cutoff.expect("a shorter cutoff fits");
+    assert!(
+        need_bytes(
+            &layout,
+            &set,
+            FitSetup {
+                seq_len: cutoff * 2,
                 ..setup
-            };
-            assert!(need_bytes(&layout, &set, larger) > v.available_bytes);
+            }
+        ) > v.available_bytes
+    );
+}
+
+#[test]
+fn a_smaller_batch_keeps_the_examples_per_update_for_any_batch_size() {
+    let (_d, layout, set) = setup(&all_layers());
+    let mut seen = 0;
+    for (batch, accumulation) in [(6u64, 1u64), (5, 1), (12, 2)] {
+        let setup = FitSetup {
+            gradient_accumulation: accumulation,
+            ..gpu(batch, 512)
+        };
+        let need = need_bytes(&layout, &set, setup);
+        let v = fit(&layout, &set, setup, &device(need * 7 / 10));
+        let change = v.changes.iter().find_map(|c| match c.change {
+            Change::Batch {
+                batch_size,
+                gradient_accumulation,
+            } => Some((batch_size, gradient_accumulation)),
+            _ => None,
+        });
+        if let Some((b, a)) = change {
+            assert_eq!(
+                b * a,
+                batch * accumulation,
+                "batch {batch} x {accumulation} became {b} x {a}"
+            );
+            assert!(b < batch);
+            seen += 1;
         }
     }
+    assert!(seen >= 2, "a smaller batch was offered for most shapes");
+}
+
+#[test]
+fn together_adds_the_largest_batch_that_fits_with_checkpointing_and_half_precision() {
+    let (_d, layout, set) = setup(&all_layers());
+    let setup = gpu(8, 512);
+    let with = |s: FitSetup| need_bytes(&layout, &set, s);
+    let combined = FitSetup {
+        gradient_checkpointing: true,
+        half_precision: true,
+        batch_size: 2,
+        gradient_accumulation: 4,
+        ..setup
+    };
+    let available = with(combined);
+    let alone = [
+        FitSetup {
+            gradient_checkpointing: true,
+            ..setup
+        },
+        FitSetup {
+            half_precision: true,
+            ..setup
+        },
+        FitSetup {
+            batch_size: 1,
+            gradient_accumulation: 8,
+            ..setup
+        },
+    ];
+    assert!(
+        alone.iter().all(|s| with(*s) > available),
+        "the test needs a device where no change fits alone"
+    );
+    let v = fit(&layout, &set, setup, &device(available));
+    let together = v
+        .changes
+        .iter()
+        .find(|c| c.change == Change::Combined)
+        .expect("a combined change");
+    assert!(together.fits, "{together:?}");
+    assert_eq!(together.need_bytes, available);
+    assert!(
+        together.text.contains("batch 2 with 4 accumulation steps"),
+        "{}",
+        together.text
+    );
 }
 
 #[test]
