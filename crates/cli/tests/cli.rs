@@ -429,20 +429,9 @@ fn plan_fit_says_whether_a_run_fits_and_what_would_make_it() {
     ok(cfg.path(), &["demo-model", dir.to_str().unwrap()]);
     let model = dir.join("model");
     let m = model.to_str().unwrap();
-    let fit = |extra: &[&str]| {
-        let mut a = vec![
-            "plan",
-            m,
-            "--all-layers",
-            "--batch-size",
-            "64",
-            "--seq-len",
-            "8192",
-            "--json",
-        ];
-        a.extend(extra);
-        json(cfg.path(), &a)["fit"].clone()
-    };
+    let base = ["plan", m, "--all-layers", "--batch-size", "64", "--seq-len", "8192"];
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    let fit = |extra: &[&'static str]| json(cfg.path(), &with(&[extra, &["--json"]].concat()))["fit"].clone();
     let roomy = fit(&["--fit-memory", "100000"]);
     assert_eq!(
         (roomy["fits"].clone(), roomy["changes"].as_array().unwrap().len()),
@@ -461,20 +450,7 @@ fn plan_fit_says_whether_a_run_fits_and_what_would_make_it() {
         tight["changes"].as_array().unwrap().iter().any(|c| c["fits"] == true),
         "{tight}"
     );
-    let text = ok(
-        cfg.path(),
-        &[
-            "plan",
-            m,
-            "--all-layers",
-            "--batch-size",
-            "64",
-            "--seq-len",
-            "8192",
-            "--fit",
-            "cpu",
-        ],
-    );
+    let text = ok(cfg.path(), &with(&["--fit", "cpu"]));
     assert!(text.contains("this machine has") && text.contains("GiB free"), "{text}");
     let (err, _) = fail(cfg.path(), &["plan", m, "--all-layers", "--fit", "cuda:9", "--json"]);
     assert!(

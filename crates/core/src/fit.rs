@@ -11,7 +11,7 @@
 
 use crate::ids::format_layer_ids;
 use crate::layout::ModelLayout;
-use crate::memory::{activations_with, lowest_backward_layer, Kernels};
+use crate::memory::{activations_with, lowest_backward_layer, update_bytes, Kernels};
 use crate::plan::PlanOptions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -115,7 +115,11 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
         })
         .unwrap_or(0);
     // The composite AdamW update's temporaries (memory.rs); the fused CPU update has none.
-    let update = if kernels == Kernels::Composite { 40 * largest } else { 0 };
+    let update = if kernels == Kernels::Composite {
+        update_bytes(largest)
+    } else {
+        0
+    };
     frozen * compute_bytes + trained * 16 + update + activations
 }
 
@@ -171,7 +175,7 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
         ));
         same_training.half_precision = true;
     }
-    if let Some(s) = smallest_batch_that_fits(setup, available, &need_with) {
+    if let Some(s) = smaller_batch_that_fits(setup, available, &need_with) {
         out.push(make(
             Change::Batch {
                 batch_size: s.batch_size,
@@ -190,7 +194,7 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
         // Together: checkpointing and half precision first, then the largest batch that fits with them (batch 1
         // when none does, to say how far off it still is).
         let per_update = setup.batch_size * setup.gradient_accumulation.max(1);
-        same_training = smallest_batch_that_fits(same_training, available, &need_with).unwrap_or(FitSetup {
+        same_training = smaller_batch_that_fits(same_training, available, &need_with).unwrap_or(FitSetup {
             batch_size: 1,
             gradient_accumulation: per_update,
             ..same_training
@@ -233,7 +237,7 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
 
 /// The largest smaller batch that fits with the same examples per update (batch × accumulation): the divisors of
 /// that product below the batch, largest first; `None` when none fits.
-fn smallest_batch_that_fits(setup: FitSetup, available: u64, need: &dyn Fn(FitSetup) -> u64) -> Option<FitSetup> {
+fn smaller_batch_that_fits(setup: FitSetup, available: u64, need: &dyn Fn(FitSetup) -> u64) -> Option<FitSetup> {
     let per_update = setup.batch_size * setup.gradient_accumulation.max(1);
     (1..setup.batch_size)
         .rev()

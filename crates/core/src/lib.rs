@@ -22,6 +22,8 @@ pub mod safetensors;
 pub mod schedule;
 pub mod spec;
 pub mod synth;
+#[cfg(test)]
+mod testutil;
 
 pub use error::{Error, Result};
 pub use layout::ModelLayout;

@@ -54,6 +54,11 @@ const ACT_BYTES: u64 = 4;
 /// Tensors the size of a parameter that one AdamW update creates (moment updates, square, root, quotient, ...).
 const UPDATE_TEMPORARIES: u64 = 10;
 
+/// The composite AdamW update's transient memory: its temporaries for the largest trainable tensor, in f32.
+pub(crate) fn update_bytes(largest_trainable: u64) -> u64 {
+    UPDATE_TEMPORARIES * 4 * largest_trainable
+}
+
 pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, options: PlanOptions) -> MemoryEstimate {
     let mut frozen = 0u64;
     let mut trainable_params = 0u64;
@@ -78,15 +83,10 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
         trainable_weight_bytes: weights,
         gradient_bytes: grads,
         optimizer_bytes: optim,
-        update_bytes: UPDATE_TEMPORARIES * 4 * largest,
+        update_bytes: update_bytes(largest),
         activation_bytes: known(activation_bytes),
         backward_from_layer,
-        total_bytes: frozen
-            + weights
-            + grads
-            + optim
-            + UPDATE_TEMPORARIES * 4 * largest
-            + activation_bytes.unwrap_or(0),
+        total_bytes: frozen + weights + grads + optim + update_bytes(largest) + activation_bytes.unwrap_or(0),
         cpu_activation_bytes: known(cpu_activation_bytes),
         cpu_total_bytes: frozen + weights + grads + optim + cpu_activation_bytes.unwrap_or(0),
     }

@@ -1,17 +1,11 @@
 use super::*;
-use crate::synth::{write_checkpoint, Family, SynthSpec};
-use crate::{plan, FreezeSpec};
+use crate::testutil::{all_layers, tiny_llama};
+use crate::FreezeSpec;
 
-/// A tiny 6-layer llama stored in f32, its layout, and the trainable set of `spec`.
+/// The tiny llama's layout and the trainable set of `spec`.
 fn setup(spec: &FreezeSpec) -> (tempfile::TempDir, ModelLayout, BTreeSet<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut synth = SynthSpec::tiny(Family::Llama, 6);
-    synth.tied = false;
-    write_checkpoint(dir.path(), &synth).unwrap();
-    let layout = ModelLayout::inspect(dir.path()).unwrap();
-    let p = plan(&layout, spec, PlanOptions::default()).unwrap();
-    let set = p.trainable.iter().cloned().collect();
-    (dir, layout, set)
+    let (dir, layout, p) = tiny_llama(spec);
+    (dir, layout, p.trainable.into_iter().collect())
 }
 
 fn gpu(batch_size: u64, seq_len: u64) -> FitSetup {
@@ -29,13 +23,6 @@ fn device(available_bytes: u64) -> DeviceMemory {
     DeviceMemory {
         name: "cuda:0".into(),
         available_bytes,
-    }
-}
-
-fn all_layers() -> FreezeSpec {
-    FreezeSpec {
-        all_layers: true,
-        ..Default::default()
     }
 }
 

@@ -1,17 +1,6 @@
 use super::*;
-use crate::synth::{write_checkpoint, Family, SynthSpec};
-use crate::{plan, FreezeSpec};
-
-/// A tiny 6-layer llama (untied), its layout, and the plan of `spec`.
-fn setup(spec: &FreezeSpec) -> (tempfile::TempDir, ModelLayout, FreezePlan) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut synth = SynthSpec::tiny(Family::Llama, 6);
-    synth.tied = false;
-    write_checkpoint(dir.path(), &synth).unwrap();
-    let layout = ModelLayout::inspect(dir.path()).unwrap();
-    let p = plan(&layout, spec, PlanOptions::default()).unwrap();
-    (dir, layout, p)
-}
+use crate::testutil::{all_layers, tiny_llama as setup};
+use crate::FreezeSpec;
 
 fn ctx(total_steps: u64) -> TimelineContext {
     TimelineContext {
@@ -31,13 +20,6 @@ fn layers_of(t: &Timeline) -> Vec<(u64, u64, Vec<usize>)> {
         .iter()
         .map(|p| (p.start_step, p.end_step, p.layers.clone()))
         .collect()
-}
-
-fn all_layers() -> FreezeSpec {
-    FreezeSpec {
-        all_layers: true,
-        ..Default::default()
-    }
 }
 
 #[test]
