@@ -29,6 +29,10 @@ enum Command {
     Plan(cmd::plan::PlanArgs),
     /// Write the plan as a LLaMA-Factory or Axolotl config fragment, to run it on a bigger machine.
     ExportConfig(cmd::export_config::ExportArgs),
+    /// Write a model or a run's final model as a GGUF file for llama.cpp, Ollama and LM Studio.
+    ExportGguf(cmd::gguf::ExportGgufArgs),
+    /// Turn a GGUF file into a Hugging Face model folder FreezeTune trains.
+    ImportGguf(cmd::gguf::ImportGgufArgs),
     /// Save, list, show, rename, delete, import and export run presets.
     #[command(subcommand)]
     Preset(cmd::preset::PresetCommand),
@@ -62,6 +66,8 @@ fn main() {
         Command::Inspect(a) => (cmd::inspect::run(&a), a.json),
         Command::Plan(a) => (cmd::plan::run(&a), a.json),
         Command::ExportConfig(a) => (cmd::export_config::run(&a), false),
+        Command::ExportGguf(a) => (cmd::gguf::export(&a), a.json),
+        Command::ImportGguf(a) => (cmd::gguf::import(&a), a.json),
         Command::Preset(c) => {
             let json = c.json();
             (cmd::preset::run(c), json)

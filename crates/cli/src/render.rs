@@ -10,6 +10,10 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
             .map(|e| e.to_json())
             .or_else(|| e.downcast_ref::<freezetune_hub::HubError>().map(|e| e.to_json()))
             .or_else(|| {
+                e.downcast_ref::<freezetune_gguf::GgufError>()
+                    .map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()}))
+            })
+            .or_else(|| {
                 e.downcast_ref::<freezetune_train::TrainError>()
                     .map(|e| serde_json::json!({"kind": e.kind(), "message": e.to_string()}))
             })

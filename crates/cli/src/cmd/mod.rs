@@ -4,6 +4,7 @@ pub mod devices;
 pub mod download;
 pub mod export_config;
 pub mod generate;
+pub mod gguf;
 pub mod inspect;
 pub mod models;
 pub mod plan;

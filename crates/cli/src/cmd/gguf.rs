@@ -1,0 +1,141 @@
+//! `export-gguf` and `import-gguf`: a model or run as a llama.cpp GGUF file, and a GGUF file as a model folder.
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use freezetune_gguf::{ExportOptions, ExportReport, ExportType, ImportDType, ImportOptions, ImportReport, Progress};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+#[derive(Args)]
+pub struct ExportGgufArgs {
+    /// A model folder, or a run folder (its final/ model is exported).
+    pub input: PathBuf,
+    /// The GGUF file to write.
+    #[arg(short, long, value_name = "FILE.gguf")]
+    pub output: PathBuf,
+    /// Tensor type: f16, bf16, q8_0, q4_k_m (llama.cpp's mix: q4_K, with q6_K for output, half the attn_v and
+    /// ffn_down) or f32. Norms and biases stay f32.
+    #[arg(long = "type", default_value = "f16", value_parser = parse_type)]
+    pub kind: ExportType,
+    /// Also write an Ollama Modelfile beside the file (`ollama create NAME -f Modelfile`).
+    #[arg(long)]
+    pub modelfile: bool,
+    /// general.name in the file (default: the model's or run's folder name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replace the file (and the Modelfile) if they exist.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ImportGgufArgs {
+    /// The GGUF file (llama, mistral, qwen2, qwen3, phi3 or gemma).
+    pub file: PathBuf,
+    /// The model folder to create.
+    #[arg(short, long, value_name = "MODEL_DIR")]
+    pub output: PathBuf,
+    /// The dtype of the written weights: auto (the file's own precision; f16 for quantized files), f32, f16, bf16.
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    pub dtype: ImportDType,
+    /// Replace the folder if it exists (the old one is removed only once the new one is complete).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_type(s: &str) -> std::result::Result<ExportType, String> {
+    ExportType::parse(s).ok_or_else(|| format!("unknown type {s:?}; one of {}", ExportType::NAMES.join(", ")))
+}
+
+fn parse_dtype(s: &str) -> std::result::Result<ImportDType, String> {
+    ImportDType::parse(s).ok_or_else(|| format!("unknown dtype {s:?}; one of auto, f32, f16, bf16"))
+}
+
+/// A bar over tensors; Ctrl-C stops between tensors (nothing is left behind).
+fn progress_bar(json: bool) -> Result<(ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    let cancel = super::train::cancel_on_interrupt(false)?;
+    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tensors  {msg}").expect("style"));
+    Ok((bar, cancel))
+}
+
+fn watch<'a>(bar: &'a ProgressBar, cancel: &'a std::sync::atomic::AtomicBool) -> impl FnMut(&Progress) -> bool + 'a {
+    move |p: &Progress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.tensor.clone());
+        !cancel.load(Ordering::Relaxed)
+    }
+}
+
+pub fn export(args: &ExportGgufArgs) -> Result<()> {
+    let (bar, cancel) = progress_bar(args.json)?;
+    let options =
+        ExportOptions { kind: args.kind, force: args.force, modelfile: args.modelfile, name: args.name.clone() };
+    let report = freezetune_gguf::export_gguf(&args.input, &args.output, &options, &mut watch(&bar, &cancel));
+    bar.finish_and_clear();
+    let report = report.map_err(|e| anyhow!(e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_export(&report);
+    }
+    Ok(())
+}
+
+fn print_export(r: &ExportReport) {
+    let types: Vec<String> = r.tensor_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!(
+        "wrote {} ({}, {} {}, {} tensors: {})",
+        r.path.display(),
+        crate::render::bytes(r.bytes),
+        r.architecture,
+        r.kind,
+        r.tensors,
+        types.join(", ")
+    );
+    println!("from {}", r.source.display());
+    if let Some(m) = &r.modelfile {
+        println!("wrote {}: ollama create NAME -f {}", m.display(), m.display());
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+pub fn import(args: &ImportGgufArgs) -> Result<()> {
+    let (bar, cancel) = progress_bar(args.json)?;
+    let options = ImportOptions { dtype: args.dtype, force: args.force };
+    let report = freezetune_gguf::import_gguf(&args.file, &args.output, &options, &mut watch(&bar, &cancel));
+    bar.finish_and_clear();
+    let report = report.map_err(|e| anyhow!(e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_import(&report);
+    }
+    Ok(())
+}
+
+fn print_import(r: &ImportReport) {
+    let types: Vec<String> = r.source_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!(
+        "wrote {} ({} {}, {} tensors from {}; {} tokenizer)",
+        r.path.display(),
+        r.architecture,
+        r.dtype,
+        r.tensors,
+        types.join(", "),
+        r.tokenizer
+    );
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+}

@@ -1,0 +1,379 @@
+//! A Hugging Face folder (or a run's `final/`) as one GGUF file llama.cpp loads like its own converter's output:
+//! llama.cpp's architecture keys and tensor names, llama's q/k rows permuted for its rope kernel, gemma's norms
+//! stored as `1 + weight`, Llama 3 rope scaling as `rope_freqs.weight`, the tokenizer and the chat template.
+//! Unsupported families are refused before anything is read. The file is written beside its destination and
+//! renamed into place only when complete.
+
+use crate::error::{GgufError, Result};
+use crate::format::{self, type_name, Meta, TensorEntry};
+use crate::names::{gguf_arch, rope_heads, rope_permutation, to_gguf};
+use crate::quant::{encode, tensor_type, ExportType, TensorRole};
+use crate::tokenizer::tokenizer_meta;
+use crate::Progress;
+use candle_core::quantized::GgmlDType;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use freezetune_core::files::ModelFiles;
+use freezetune_train::{Architecture, DecoderConfig};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub kind: ExportType,
+    /// Replace an existing file.
+    pub force: bool,
+    /// Write an Ollama `Modelfile` beside the file.
+    pub modelfile: bool,
+    /// `general.name`; the folder's name when `None`.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub source: PathBuf,
+    pub architecture: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// How many tensors each GGML type holds.
+    pub tensor_types: BTreeMap<String, usize>,
+    pub modelfile: Option<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+/// The model folder an export reads: `DIR/final` for a run folder, else `DIR` itself.
+pub fn model_dir_of(input: &Path) -> Result<PathBuf> {
+    if input.join("config.json").is_file() {
+        return Ok(input.to_path_buf());
+    }
+    if input.join("final").join("config.json").is_file() {
+        return Ok(input.join("final"));
+    }
+    let reason = if input.join("run.toml").is_file() || input.join("metrics.jsonl").is_file() {
+        "this run has no final/ model yet (it is still training or was stopped); finish or resume it, or export a model folder"
+    } else {
+        "not a model folder (no config.json) or a run folder (no final/config.json)"
+    };
+    Err(GgufError::BadInput { path: input.into(), reason: reason.into() })
+}
+
+/// One tensor to write: where it comes from and how it is changed on the way.
+struct Planned {
+    hf: String,
+    entry: TensorEntry,
+    /// Rows reordered for llama.cpp's rope (llama's q and k): the heads the tensor holds.
+    rope_heads: Option<usize>,
+    /// Gemma stores `weight - 1`; llama.cpp wants the weight itself.
+    add_one: bool,
+}
+
+pub fn export_gguf(
+    input: &Path,
+    dest: &Path,
+    options: &ExportOptions,
+    progress: &mut dyn FnMut(&Progress) -> bool,
+) -> Result<ExportReport> {
+    let dir = model_dir_of(input)?;
+    let config = DecoderConfig::read(&dir)?;
+    if dest.exists() && !options.force {
+        return Err(GgufError::Exists(dest.into()));
+    }
+    let modelfile_path = dest.with_file_name("Modelfile");
+    if options.modelfile && modelfile_path.exists() && !options.force {
+        return Err(GgufError::Exists(modelfile_path));
+    }
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json")).map_err(|e| GgufError::io(&dir.join("config.json"), e))?,
+    )
+    .map_err(|e| GgufError::BadInput { path: dir.join("config.json"), reason: e.to_string() })?;
+    let files = ModelFiles::find(&dir)?;
+    // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
+    let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
+    let (plan, warnings) = plan_tensors(&st, &config, options.kind)?;
+    let tok = tokenizer_meta(&dir, config.vocab_size)?;
+    let mut warnings = [warnings, tok.warnings.clone()].concat();
+    let name = safe_name(options.name.clone().unwrap_or_else(|| model_name(&dir)), &tok.entries, &mut warnings);
+    let mut metadata = general_meta(&name, &config, options.kind);
+    metadata.extend(arch_meta(&config, &raw));
+    metadata.extend(tok.entries);
+    if raw["max_position_embeddings"].as_u64().is_none() {
+        warnings.push("config.json has no max_position_embeddings; wrote a context length of 4096".into());
+    }
+    let extra = rope_freqs(&config);
+    let mut entries: Vec<TensorEntry> = plan.iter().map(|p| p.entry.clone()).collect();
+    if let Some(f) = &extra {
+        entries.insert(1, TensorEntry { name: "rope_freqs.weight".into(), shape: vec![f.len()], dtype: GgmlDType::F32 });
+    }
+    let total = entries.len();
+    let tmp = temp_path(dest);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
+        let mut w = BufWriter::with_capacity(8 << 20, file);
+        let mut failure: Option<GgufError> = None;
+        let written = format::write(&mut w, &metadata, &entries, |i| {
+            let entry = &entries[i];
+            if !progress(&Progress { done: i, total, tensor: entry.name.clone() }) {
+                failure = Some(GgufError::Stopped);
+                return Err(std::io::Error::other("stopped"));
+            }
+            let bytes = if entry.name == "rope_freqs.weight" {
+                Ok(extra.as_ref().expect("planned").iter().flat_map(|v| v.to_le_bytes()).collect())
+            } else {
+                let p = plan.iter().find(|p| p.entry.name == entry.name).expect("planned");
+                tensor_bytes(&st, p)
+            };
+            bytes.map_err(|e| {
+                let msg = e.to_string();
+                failure = Some(e);
+                std::io::Error::other(msg)
+            })
+        });
+        if let Err(e) = written {
+            return Err(failure.unwrap_or_else(|| GgufError::io(&tmp, e)));
+        }
+        let file = w.into_inner().map_err(|e| GgufError::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| GgufError::io(&tmp, e))?;
+        progress(&Progress { done: total, total, tensor: String::new() });
+        place(&tmp, dest, options.force)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    let modelfile = if options.modelfile {
+        let text = crate::modelfile::modelfile(dest, &dir)?;
+        let overwrite =
+            if options.force { freezetune_core::fsutil::Overwrite::Allow } else { freezetune_core::fsutil::Overwrite::Refuse };
+        if !freezetune_core::fsutil::write_atomic(&modelfile_path, text.as_bytes(), overwrite)? {
+            return Err(GgufError::Exists(modelfile_path));
+        }
+        Some(modelfile_path)
+    } else {
+        None
+    };
+    let mut tensor_types = BTreeMap::new();
+    for e in &entries {
+        *tensor_types.entry(type_name(e.dtype).to_string()).or_insert(0) += 1;
+    }
+    Ok(ExportReport {
+        bytes: std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0),
+        path: dest.into(),
+        source: dir,
+        architecture: gguf_arch(config.architecture).into(),
+        kind: options.kind.name().into(),
+        tensors: total,
+        tensor_types,
+        modelfile,
+        warnings,
+    })
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// Moves the finished file into place; without `force` a file that appeared meanwhile is kept (hard link fails).
+pub(crate) fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
+    if force {
+        return std::fs::rename(tmp, dest).map_err(|e| GgufError::io(dest, e));
+    }
+    match std::fs::hard_link(tmp, dest) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(tmp);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(GgufError::Exists(dest.into())),
+        Err(e) => Err(GgufError::io(dest, e)),
+    }
+}
+
+fn model_name(dir: &Path) -> String {
+    let leaf = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if leaf == "final" {
+        if let Some(run) = dir.parent().and_then(Path::file_name) {
+            return run.to_string_lossy().into_owned();
+        }
+    }
+    leaf
+}
+
+/// llama.cpp looks up `</s>`, `<unk>`, `<s>` and `<|endoftext|>` by name when a model's name says Phi-3, and
+/// fails to load a file whose vocabulary lacks one; such a name is not written.
+fn safe_name(name: String, tokenizer: &[(String, Meta)], warnings: &mut Vec<String>) -> String {
+    let lower = name.to_lowercase();
+    if !(lower.contains("phi3") || lower.contains("phi-3")) {
+        return name;
+    }
+    let tokens = tokenizer.iter().find_map(|(k, v)| match v {
+        Meta::Strs(t) if k == "tokenizer.ggml.tokens" => Some(t),
+        _ => None,
+    });
+    let has_all = tokens.is_some_and(|t| ["</s>", "<unk>", "<s>", "<|endoftext|>"].iter().all(|w| t.iter().any(|x| x == w)));
+    if has_all {
+        return name;
+    }
+    warnings.push(format!(
+        "general.name {name:?} would make llama.cpp look up Phi-3's special tokens, which this vocabulary lacks; \
+         wrote \"model\" instead (pass --name to choose one)"
+    ));
+    "model".into()
+}
+
+fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> Result<(Vec<Planned>, Vec<String>)> {
+    let mut names: Vec<(String, Vec<usize>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
+    let has_lm_head = names.iter().any(|(n, _)| n == "lm_head.weight");
+    let has_output = has_lm_head && !c.tie_word_embeddings;
+    let mut warnings = Vec::new();
+    if has_lm_head && c.tie_word_embeddings {
+        warnings.push("lm_head.weight is stored but the model ties it to the embeddings; it is not written".into());
+    }
+    names.retain(|(n, _)| !n.ends_with("rotary_emb.inv_freq") && (has_output || n != "lm_head.weight"));
+    names.sort_by_key(|(n, _)| order_key(n));
+    let mut plan = Vec::with_capacity(names.len());
+    for (hf, shape) in names {
+        let gguf = to_gguf(&hf).ok_or_else(|| {
+            GgufError::Unsupported(format!(
+                "tensor {hf} has no place in llama.cpp's {} architecture; FreezeTune exports decoders of the \
+                 families it trains ({})",
+                gguf_arch(c.architecture),
+                Architecture::SUPPORTED.join(", ")
+            ))
+        })?;
+        let layer = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+        let role = TensorRole { gguf_name: &gguf, shape: &shape, has_output, layer, num_layers: c.num_layers };
+        let dtype = tensor_type(kind, &role);
+        plan.push(Planned {
+            rope_heads: rope_heads(&hf, c.architecture, c.num_heads, c.num_kv_heads),
+            add_one: c.architecture == Architecture::Gemma && hf.ends_with("norm.weight"),
+            hf,
+            entry: TensorEntry { name: gguf, shape, dtype },
+        });
+    }
+    Ok((plan, warnings))
+}
+
+/// llama.cpp's converter order: embeddings, the layers in order, the final norm, the output.
+fn order_key(hf: &str) -> (usize, usize, String) {
+    if hf.starts_with("model.embed_tokens") {
+        return (0, 0, hf.into());
+    }
+    if let Some(layer) = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()) {
+        return (1, layer, hf.into());
+    }
+    (2, 0, hf.into())
+}
+
+fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
+    let err = GgufError::candle(format!("converting {}", p.hf));
+    let convert = || -> candle_core::Result<Vec<u8>> {
+        let mut t = st.load(&p.hf, &Device::Cpu)?;
+        if let Some(heads) = p.rope_heads {
+            let rows = t.dim(0)?;
+            let idx: Vec<u32> = rope_permutation(rows, heads).into_iter().map(|r| r as u32).collect();
+            t = t.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
+        }
+        if p.add_one {
+            t = (t.to_dtype(DType::F32)? + 1.0)?;
+        }
+        let t = t.flatten_all()?;
+        // Same precision in and out: the bytes as they are (exact).
+        match (p.entry.dtype, t.dtype()) {
+            (GgmlDType::F16, DType::F16) => {
+                return Ok(t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            (GgmlDType::BF16, DType::BF16) => {
+                return Ok(t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+            _ => {}
+        }
+        let values = t.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let cols = *p.entry.shape.last().unwrap_or(&1);
+        encode(&values, cols, p.entry.dtype)
+    };
+    convert().map_err(err)
+}
+
+fn general_meta(name: &str, c: &DecoderConfig, kind: ExportType) -> Vec<(String, Meta)> {
+    vec![
+        ("general.architecture".into(), Meta::Str(gguf_arch(c.architecture).into())),
+        ("general.type".into(), Meta::Str("model".into())),
+        ("general.name".into(), Meta::Str(name.into())),
+        ("general.file_type".into(), Meta::U32(kind.file_type())),
+        ("general.quantization_version".into(), Meta::U32(2)),
+    ]
+}
+
+fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
+    let a = gguf_arch(c.architecture);
+    let k = |s: &str| format!("{a}.{s}");
+    let u = |v: usize| Meta::U32(v as u32);
+    let ctx = raw["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+    let mut m = vec![
+        (k("context_length"), u(ctx)),
+        (k("embedding_length"), u(c.hidden_size)),
+        (k("feed_forward_length"), u(c.intermediate_size)),
+        (k("block_count"), u(c.num_layers)),
+        (k("attention.head_count"), u(c.num_heads)),
+        (k("attention.head_count_kv"), u(c.num_kv_heads)),
+        (k("attention.layer_norm_rms_epsilon"), Meta::F32(c.rms_norm_eps as f32)),
+        (k("rope.freq_base"), Meta::F32(c.rope_theta as f32)),
+        (k("rope.dimension_count"), u(c.head_dim)),
+    ];
+    if c.head_dim * c.num_heads != c.hidden_size || c.architecture == Architecture::Gemma {
+        m.push((k("attention.key_length"), u(c.head_dim)));
+        m.push((k("attention.value_length"), u(c.head_dim)));
+    }
+    match c.architecture {
+        Architecture::Llama | Architecture::Mistral => m.push((k("vocab_size"), u(c.vocab_size))),
+        Architecture::Phi3 => {
+            let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;
+            m.push((k("attention.sliding_window"), u(window)));
+            if let Some(orig) = raw["original_max_position_embeddings"].as_u64() {
+                m.push((k("rope.scaling.original_context_length"), u(orig as usize)));
+            }
+        }
+        _ => {}
+    }
+    m
+}
+
+/// Llama 3's rope scaling as the per-frequency divisors llama.cpp reads from `rope_freqs.weight`.
+fn rope_freqs(c: &DecoderConfig) -> Option<Vec<f32>> {
+    let s = c.rope_scaling.as_ref()?;
+    Some(llama3_factors(
+        c.head_dim,
+        c.rope_theta,
+        s.factor,
+        s.low_freq_factor,
+        s.high_freq_factor,
+        s.original_max_position_embeddings,
+    ))
+}
+
+/// The converter's `rope_freqs` for Llama 3 scaling: 1 for short wavelengths, `factor` for long ones, smoothed
+/// between.
+pub(crate) fn llama3_factors(dim: usize, theta: f64, factor: f64, low: f64, high: f64, orig: f64) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (orig / low, orig / high);
+    (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf((2 * i) as f64 / dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (orig / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
+}

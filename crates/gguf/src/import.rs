@@ -1,0 +1,459 @@
+//! A GGUF decoder as a complete Hugging Face folder: config.json from llama.cpp's keys, every tensor dequantized
+//! (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K..q6_K) into `model.safetensors` in the chosen dtype, with
+//! export's changes undone (llama's rope rows, gemma's `1 + weight` norms), and the tokenizer rebuilt from the
+//! GGUF vocabulary with its chat template. The folder is assembled beside its destination and renamed into place.
+
+use crate::error::{GgufError, Result};
+use crate::format::type_name;
+use crate::names::{from_gguf_arch, hf_class, rope_heads, rope_unpermutation, to_hf, IMPORTABLE};
+use crate::tokenizer::{rebuild_tokenizer_json, tokenizer_config, GgufVocab};
+use crate::Progress;
+use candle_core::quantized::gguf_file::{Content, Value as GValue};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use freezetune_train::Architecture;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The dtype of the written safetensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportDType {
+    /// f32/f16/bf16 files keep their precision; quantized ones become f16 (holds q8_0 and smaller exactly
+    /// enough to train from, at half of f32's size).
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ImportDType {
+    pub fn parse(s: &str) -> Option<ImportDType> {
+        Some(match s {
+            "auto" => ImportDType::Auto,
+            "f32" | "float32" => ImportDType::F32,
+            "f16" | "float16" => ImportDType::F16,
+            "bf16" | "bfloat16" => ImportDType::Bf16,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub dtype: ImportDType,
+    /// Replace an existing folder (it is moved aside and removed only once the new one is in place).
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub dtype: String,
+    pub tensors: usize,
+    /// How many tensors of the file had each GGML type.
+    pub source_types: BTreeMap<String, usize>,
+    pub tokenizer: String,
+    pub warnings: Vec<String>,
+}
+
+struct Gguf {
+    path: PathBuf,
+    content: Content,
+}
+
+impl Gguf {
+    fn open(path: &Path) -> Result<(Gguf, std::fs::File)> {
+        let mut file = std::fs::File::open(path).map_err(|e| GgufError::io(path, e))?;
+        let content = Content::read(&mut file).map_err(|e| GgufError::BadInput {
+            path: path.into(),
+            reason: format!(
+                "not a GGUF file FreezeTune can read ({e}); it reads f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0 \
+                 and q2_K to q6_K tensors"
+            ),
+        })?;
+        Ok((Gguf { path: path.into(), content }, file))
+    }
+
+    fn get(&self, key: &str) -> Option<&GValue> {
+        self.content.metadata.get(key)
+    }
+
+    fn bad(&self, reason: String) -> GgufError {
+        GgufError::BadInput { path: self.path.clone(), reason }
+    }
+
+    fn u32(&self, key: &str) -> Result<u32> {
+        self.opt_u32(key)?.ok_or_else(|| self.bad(format!("the file has no {key}")))
+    }
+
+    fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .to_u32()
+                .or_else(|_| v.to_u64().map(|x| x as u32))
+                .or_else(|_| v.to_i32().map(|x| x as u32))
+                .map(Some)
+                .map_err(|e| self.bad(format!("{key}: {e}"))),
+        }
+    }
+
+    fn opt_f32(&self, key: &str) -> Option<f32> {
+        self.get(key).and_then(|v| v.to_f32().ok().or_else(|| v.to_f64().ok().map(|x| x as f32)))
+    }
+
+    fn opt_str(&self, key: &str) -> Option<String> {
+        self.get(key).and_then(|v| v.to_string().ok().cloned())
+    }
+
+    fn opt_bool(&self, key: &str) -> Option<bool> {
+        self.get(key).and_then(|v| v.to_bool().ok())
+    }
+
+    fn array(&self, key: &str) -> Vec<GValue> {
+        self.get(key).and_then(|v| v.to_vec().ok().cloned()).unwrap_or_default()
+    }
+}
+
+pub fn import_gguf(
+    file: &Path,
+    dest: &Path,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(&Progress) -> bool,
+) -> Result<ImportReport> {
+    let (g, mut reader) = Gguf::open(file)?;
+    let arch_name = g.opt_str("general.architecture").unwrap_or_default();
+    let arch = from_gguf_arch(&arch_name).ok_or_else(|| {
+        GgufError::Unsupported(format!(
+            "{}: the GGUF architecture {arch_name:?} cannot be imported (FreezeTune trains {})",
+            file.display(),
+            IMPORTABLE.join(", ")
+        ))
+    })?;
+    if dest.exists() && !options.force {
+        return Err(GgufError::Exists(dest.into()));
+    }
+    let mut names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
+    names.sort_by_key(|n| order_key(n));
+    let mut source_types = BTreeMap::new();
+    for info in g.content.tensor_infos.values() {
+        *source_types.entry(type_name(info.ggml_dtype).to_string()).or_insert(0) += 1;
+    }
+    let dtype = choose_dtype(options.dtype, &g);
+    let vocab = read_vocab(&g)?;
+    let (config, warnings) = config_json(&g, arch, &arch_name, dtype, &vocab)?;
+    let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+    let mut tensors: Vec<(String, String, Vec<usize>)> = Vec::new();
+    for name in &names {
+        if name == "rope_freqs.weight" {
+            continue; // read into config.json's rope scaling
+        }
+        let hf = to_hf(name, arch).ok_or_else(|| {
+            g.bad(format!("tensor {name} has no place in FreezeTune's {arch_name} decoder"))
+        })?;
+        tensors.push((name.clone(), hf, g.content.tensor_infos[name].shape.dims().to_vec()));
+    }
+    let tmp = dest.with_file_name(format!(
+        ".{}.{}.partial",
+        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
+    let total = tensors.len();
+    let result = (|| {
+        let st_path = tmp.join("model.safetensors");
+        let out = std::fs::File::create(&st_path).map_err(|e| GgufError::io(&st_path, e))?;
+        let mut w = BufWriter::with_capacity(8 << 20, out);
+        write_safetensors_header(&mut w, &tensors, dtype).map_err(|e| GgufError::io(&st_path, e))?;
+        for (i, (name, hf, shape)) in tensors.iter().enumerate() {
+            if !progress(&Progress { done: i, total, tensor: name.clone() }) {
+                return Err(GgufError::Stopped);
+            }
+            let info = &g.content.tensor_infos[name];
+            let q = info
+                .read(&mut reader, g.content.tensor_data_offset, &Device::Cpu)
+                .map_err(GgufError::candle(format!("reading {name} from {}", file.display())))?;
+            let bytes = hf_bytes(q, hf, shape, arch, heads, kv_heads, dtype)
+                .map_err(GgufError::candle(format!("converting {name}")))?;
+            w.write_all(&bytes).map_err(|e| GgufError::io(&st_path, e))?;
+        }
+        let out = w.into_inner().map_err(|e| GgufError::io(&st_path, e.into_error()))?;
+        out.sync_all().map_err(|e| GgufError::io(&st_path, e))?;
+        write_json(&tmp.join("config.json"), &config)?;
+        let template = g.opt_str("tokenizer.chat_template");
+        write_json(&tmp.join("tokenizer.json"), &rebuild_tokenizer_json(&vocab)?)?;
+        let ctx = config["max_position_embeddings"].as_u64();
+        write_json(&tmp.join("tokenizer_config.json"), &tokenizer_config(&vocab, template.as_deref(), ctx))?;
+        if let Some(t) = &template {
+            let p = tmp.join("chat_template.jinja");
+            std::fs::write(&p, t).map_err(|e| GgufError::io(&p, e))?;
+        }
+        let generation = json!({"bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad});
+        write_json(&tmp.join("generation_config.json"), &generation)?;
+        progress(&Progress { done: total, total, tensor: String::new() });
+        place_dir(&tmp, dest, options.force)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result?;
+    Ok(ImportReport {
+        path: dest.into(),
+        architecture: arch_name,
+        dtype: st_dtype(dtype).to_lowercase(),
+        tensors: total,
+        source_types,
+        tokenizer: vocab.model.clone(),
+        warnings,
+    })
+}
+
+fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
+    let aside = dest.with_file_name(format!(
+        ".{}.{}.old",
+        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let replaced = force && dest.exists();
+    if replaced {
+        std::fs::rename(dest, &aside).map_err(|e| GgufError::io(dest, e))?;
+    } else if dest.exists() {
+        return Err(GgufError::Exists(dest.into()));
+    }
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| GgufError::io(parent, e))?;
+    }
+    if let Err(e) = std::fs::rename(tmp, dest) {
+        if replaced {
+            let _ = std::fs::rename(&aside, dest);
+        }
+        return Err(GgufError::io(dest, e));
+    }
+    if replaced {
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("json");
+    std::fs::write(path, text).map_err(|e| GgufError::io(path, e))
+}
+
+fn order_key(gguf: &str) -> (usize, usize, String) {
+    if gguf.starts_with("token_embd") {
+        return (0, 0, gguf.into());
+    }
+    if let Some(layer) = gguf.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()) {
+        return (1, layer, gguf.into());
+    }
+    (2, 0, gguf.into())
+}
+
+fn choose_dtype(want: ImportDType, g: &Gguf) -> DType {
+    match want {
+        ImportDType::F32 => DType::F32,
+        ImportDType::F16 => DType::F16,
+        ImportDType::Bf16 => DType::BF16,
+        ImportDType::Auto => {
+            let matrices: Vec<GgmlDType> = g
+                .content
+                .tensor_infos
+                .values()
+                .filter(|i| i.shape.rank() >= 2)
+                .map(|i| i.ggml_dtype)
+                .collect();
+            if matrices.iter().all(|d| *d == GgmlDType::F32) {
+                DType::F32
+            } else if matrices.iter().all(|d| *d == GgmlDType::BF16) {
+                DType::BF16
+            } else {
+                DType::F16
+            }
+        }
+    }
+}
+
+fn st_dtype(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "F32",
+        DType::BF16 => "BF16",
+        _ => "F16",
+    }
+}
+
+fn write_safetensors_header(w: &mut impl Write, tensors: &[(String, String, Vec<usize>)], dtype: DType) -> std::io::Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt", "written_by": "freezetune import-gguf"}));
+    let mut offset = 0usize;
+    for (_, hf, shape) in tensors {
+        let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
+        header.insert(hf.clone(), json!({"dtype": st_dtype(dtype), "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let mut text = serde_json::to_string(&Value::Object(header)).expect("json");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    w.write_all(&(text.len() as u64).to_le_bytes())?;
+    w.write_all(text.as_bytes())
+}
+
+/// A tensor's bytes in the Hugging Face layout and `dtype`.
+fn hf_bytes(
+    q: candle_core::quantized::QTensor,
+    hf: &str,
+    shape: &[usize],
+    arch: Architecture,
+    heads: usize,
+    kv_heads: usize,
+    dtype: DType,
+) -> candle_core::Result<Vec<u8>> {
+    let mut t = q.dequantize(&Device::Cpu)?.reshape(shape)?;
+    if let Some(h) = rope_heads(hf, arch, heads, kv_heads) {
+        let idx: Vec<u32> = rope_unpermutation(shape[0], h).into_iter().map(|r| r as u32).collect();
+        t = t.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
+    }
+    if arch == Architecture::Gemma && hf.ends_with("norm.weight") {
+        t = (t - 1.0)?;
+    }
+    let t = t.flatten_all()?.to_dtype(dtype)?;
+    Ok(match dtype {
+        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        _ => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
+}
+
+fn read_vocab(g: &Gguf) -> Result<GgufVocab> {
+    let model = g.opt_str("tokenizer.ggml.model").ok_or_else(|| {
+        g.bad("the file carries no tokenizer (tokenizer.ggml.model); FreezeTune needs one to train".into())
+    })?;
+    let tokens: Vec<String> =
+        g.array("tokenizer.ggml.tokens").iter().filter_map(|v| v.to_string().ok().cloned()).collect();
+    let n = tokens.len();
+    let mut types: Vec<i32> = g.array("tokenizer.ggml.token_type").iter().filter_map(|v| v.to_i32().ok()).collect();
+    types.resize(n, crate::tokenizer::NORMAL);
+    let scores = g.array("tokenizer.ggml.scores").iter().filter_map(|v| v.to_f32().ok()).collect();
+    let merges = g.array("tokenizer.ggml.merges").iter().filter_map(|v| v.to_string().ok().cloned()).collect();
+    let id = |k: &str| -> Result<Option<u32>> {
+        Ok(g.opt_u32(&format!("tokenizer.ggml.{k}_token_id"))?.filter(|&i| (i as usize) < n))
+    };
+    Ok(GgufVocab {
+        pre: g.opt_str("tokenizer.ggml.pre").unwrap_or_else(|| "default".into()),
+        bos: id("bos")?,
+        eos: id("eos")?,
+        unk: id("unknown")?,
+        pad: id("padding")?,
+        add_bos: g.opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+        add_eos: g.opt_bool("tokenizer.ggml.add_eos_token").unwrap_or(false),
+        add_space_prefix: g.opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true),
+        model,
+        tokens,
+        types,
+        scores,
+        merges,
+    })
+}
+
+fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &GgufVocab) -> Result<(Value, Vec<String>)> {
+    let k = |s: &str| format!("{a}.{s}");
+    let hidden = g.u32(&k("embedding_length"))? as usize;
+    let heads = g.u32(&k("attention.head_count"))? as usize;
+    let kv_heads = g.opt_u32(&k("attention.head_count_kv"))?.map_or(heads, |v| v as usize);
+    let head_dim = g.opt_u32(&k("attention.key_length"))?.map_or(hidden / heads.max(1), |v| v as usize);
+    let embd = &g.content.tensor_infos.get("token_embd.weight").ok_or_else(|| g.bad("no token_embd.weight".into()))?;
+    let vocab_size = embd.shape.dims()[0];
+    let tied = !g.content.tensor_infos.contains_key("output.weight");
+    let (class, model_type) = hf_class(arch);
+    let theta = g.opt_f32(&k("rope.freq_base")).unwrap_or(10000.0) as f64;
+    let mut warnings = Vec::new();
+    let mut c = json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "intermediate_size": g.u32(&k("feed_forward_length"))?,
+        "num_hidden_layers": g.u32(&k("block_count"))?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": vocab_size,
+        "rms_norm_eps": g.opt_f32(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f64,
+        "rope_theta": round_theta(theta),
+        "max_position_embeddings": g.opt_u32(&k("context_length"))?.unwrap_or(4096),
+        "tie_word_embeddings": tied,
+        "bos_token_id": vocab.bos,
+        "eos_token_id": vocab.eos,
+        "pad_token_id": vocab.pad,
+        "dtype": match dtype { DType::F32 => "float32", DType::BF16 => "bfloat16", _ => "float16" },
+        "use_cache": true,
+    });
+    match arch {
+        Architecture::Gemma => c["hidden_activation"] = json!("gelu_pytorch_tanh"),
+        _ => c["hidden_act"] = json!("silu"),
+    }
+    if arch == Architecture::Llama {
+        c["attention_bias"] = json!(g.content.tensor_infos.contains_key("blk.0.attn_q.bias"));
+        c["mlp_bias"] = json!(false);
+    }
+    if arch == Architecture::Phi3 {
+        if let Some(w) = g.opt_u32(&k("attention.sliding_window"))?.filter(|&w| w > 0) {
+            c["sliding_window"] = json!(w);
+        }
+    }
+    if let Some(factors) = rope_factors(g)? {
+        let scaling = llama3_scaling(&factors, head_dim, theta).ok_or_else(|| {
+            g.bad("rope_freqs.weight holds rope factors that are not Llama 3's scaling; FreezeTune cannot train \
+                   with them yet"
+                .into())
+        })?;
+        c["rope_scaling"] = scaling;
+        warnings.push("Llama 3 rope scaling recovered from rope_freqs.weight".into());
+    }
+    Ok((c, warnings))
+}
+
+/// f32 keys hold 500000.0 or 1000000.0 exactly; 10000.0 too. Anything else is written as read.
+fn round_theta(t: f64) -> f64 {
+    if (t - t.round()).abs() < 1e-3 {
+        t.round()
+    } else {
+        t
+    }
+}
+
+fn rope_factors(g: &Gguf) -> Result<Option<Vec<f32>>> {
+    let Some(info) = g.content.tensor_infos.get("rope_freqs.weight") else { return Ok(None) };
+    let mut f = std::fs::File::open(&g.path).map_err(|e| GgufError::io(&g.path, e))?;
+    let q = info
+        .read(&mut f, g.content.tensor_data_offset, &Device::Cpu)
+        .map_err(GgufError::candle("reading rope_freqs.weight"))?;
+    let v = q
+        .dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(GgufError::candle("reading rope_freqs.weight"))?;
+    Ok(Some(v))
+}
+
+/// The Llama 3 rope scaling whose per-frequency factors are `factors`, among the settings Meta's models use.
+fn llama3_scaling(factors: &[f32], head_dim: usize, theta: f64) -> Option<Value> {
+    let factor = factors.iter().copied().fold(1f32, f32::max) as f64;
+    for orig in [8192.0, 4096.0, 16384.0, 32768.0, 2048.0] {
+        for (low, high) in [(1.0, 4.0), (1.0, 8.0), (1.0, 2.0), (2.0, 8.0)] {
+            let candidate = crate::export::llama3_factors(head_dim, theta, factor, low, high, orig);
+            if candidate.len() == factors.len()
+                && candidate.iter().zip(factors).all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(1.0))
+            {
+                return Some(json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                    "high_freq_factor": high, "original_max_position_embeddings": orig as u64}));
+            }
+        }
+    }
+    None
+}

