@@ -80,8 +80,10 @@ ui-test: ui
 	cd ui && npx vitest run
 	cd ui && node --test tests/browser/
 
+## unit: every Rust test. The GGUF tests check exported files with llama.cpp itself and its `gguf` package, built
+## once into a venv outside the clone (scripts/gguf-venv.sh, about 3 minutes the first time).
 unit: ui
-	$(CARGO) test --workspace --locked
+	FREEZETUNE_GGUF_PYTHON="$$(bash scripts/gguf-venv.sh)" $(CARGO) test --workspace --locked
 
 e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bins

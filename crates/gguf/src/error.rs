@@ -14,7 +14,10 @@ pub enum GgufError {
     #[error("{} already exists; choose another name or pass --force to replace it", .0.display())]
     Exists(PathBuf),
     #[error("{context}: {source}")]
-    Candle { context: String, source: candle_core::Error },
+    Candle {
+        context: String,
+        source: candle_core::Error,
+    },
     #[error(transparent)]
     Train(#[from] freezetune_train::TrainError),
     #[error(transparent)]
@@ -27,7 +30,10 @@ pub type Result<T> = std::result::Result<T, GgufError>;
 
 impl GgufError {
     pub fn io(path: &Path, source: std::io::Error) -> GgufError {
-        GgufError::Io { path: path.into(), source }
+        GgufError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn candle(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> GgufError {

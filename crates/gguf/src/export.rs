@@ -59,7 +59,10 @@ pub fn model_dir_of(input: &Path) -> Result<PathBuf> {
     } else {
         "not a model folder (no config.json) or a run folder (no final/config.json)"
     };
-    Err(GgufError::BadInput { path: input.into(), reason: reason.into() })
+    Err(GgufError::BadInput {
+        path: input.into(),
+        reason: reason.into(),
+    })
 }
 
 /// One tensor to write: where it comes from and how it is changed on the way.
@@ -90,14 +93,21 @@ pub fn export_gguf(
     let raw: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("config.json")).map_err(|e| GgufError::io(&dir.join("config.json"), e))?,
     )
-    .map_err(|e| GgufError::BadInput { path: dir.join("config.json"), reason: e.to_string() })?;
+    .map_err(|e| GgufError::BadInput {
+        path: dir.join("config.json"),
+        reason: e.to_string(),
+    })?;
     let files = ModelFiles::find(&dir)?;
     // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
     let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
     let (plan, warnings) = plan_tensors(&st, &config, options.kind)?;
     let tok = tokenizer_meta(&dir, config.vocab_size)?;
     let mut warnings = [warnings, tok.warnings.clone()].concat();
-    let name = safe_name(options.name.clone().unwrap_or_else(|| model_name(&dir)), &tok.entries, &mut warnings);
+    let name = safe_name(
+        options.name.clone().unwrap_or_else(|| model_name(&dir)),
+        &tok.entries,
+        &mut warnings,
+    );
     let mut metadata = general_meta(&name, &config, options.kind);
     metadata.extend(arch_meta(&config, &raw));
     metadata.extend(tok.entries);
@@ -107,7 +117,14 @@ pub fn export_gguf(
     let extra = rope_freqs(&config);
     let mut entries: Vec<TensorEntry> = plan.iter().map(|p| p.entry.clone()).collect();
     if let Some(f) = &extra {
-        entries.insert(1, TensorEntry { name: "rope_freqs.weight".into(), shape: vec![f.len()], dtype: GgmlDType::F32 });
+        entries.insert(
+            1,
+            TensorEntry {
+                name: "rope_freqs.weight".into(),
+                shape: vec![f.len()],
+                dtype: GgmlDType::F32,
+            },
+        );
     }
     let total = entries.len();
     let tmp = temp_path(dest);
@@ -117,12 +134,21 @@ pub fn export_gguf(
         let mut failure: Option<GgufError> = None;
         let written = format::write(&mut w, &metadata, &entries, |i| {
             let entry = &entries[i];
-            if !progress(&Progress { done: i, total, tensor: entry.name.clone() }) {
+            if !progress(&Progress {
+                done: i,
+                total,
+                tensor: entry.name.clone(),
+            }) {
                 failure = Some(GgufError::Stopped);
                 return Err(std::io::Error::other("stopped"));
             }
             let bytes = if entry.name == "rope_freqs.weight" {
-                Ok(extra.as_ref().expect("planned").iter().flat_map(|v| v.to_le_bytes()).collect())
+                Ok(extra
+                    .as_ref()
+                    .expect("planned")
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect())
             } else {
                 let p = plan.iter().find(|p| p.entry.name == entry.name).expect("planned");
                 tensor_bytes(&st, p)
@@ -138,7 +164,11 @@ pub fn export_gguf(
         }
         let file = w.into_inner().map_err(|e| GgufError::io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| GgufError::io(&tmp, e))?;
-        progress(&Progress { done: total, total, tensor: String::new() });
+        progress(&Progress {
+            done: total,
+            total,
+            tensor: String::new(),
+        });
         place(&tmp, dest, options.force)
     })();
     if result.is_err() {
@@ -147,8 +177,11 @@ pub fn export_gguf(
     result?;
     let modelfile = if options.modelfile {
         let text = crate::modelfile::modelfile(dest, &dir)?;
-        let overwrite =
-            if options.force { freezetune_core::fsutil::Overwrite::Allow } else { freezetune_core::fsutil::Overwrite::Refuse };
+        let overwrite = if options.force {
+            freezetune_core::fsutil::Overwrite::Allow
+        } else {
+            freezetune_core::fsutil::Overwrite::Refuse
+        };
         if !freezetune_core::fsutil::write_atomic(&modelfile_path, text.as_bytes(), overwrite)? {
             return Err(GgufError::Exists(modelfile_path));
         }
@@ -174,7 +207,10 @@ pub fn export_gguf(
 }
 
 fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
@@ -194,7 +230,10 @@ pub(crate) fn place(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
 }
 
 fn model_name(dir: &Path) -> String {
-    let leaf = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let leaf = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if leaf == "final" {
         if let Some(run) = dir.parent().and_then(Path::file_name) {
             return run.to_string_lossy().into_owned();
@@ -214,7 +253,11 @@ fn safe_name(name: String, tokenizer: &[(String, Meta)], warnings: &mut Vec<Stri
         Meta::Strs(t) if k == "tokenizer.ggml.tokens" => Some(t),
         _ => None,
     });
-    let has_all = tokens.is_some_and(|t| ["</s>", "<unk>", "<s>", "<|endoftext|>"].iter().all(|w| t.iter().any(|x| x == w)));
+    let has_all = tokens.is_some_and(|t| {
+        ["</s>", "<unk>", "<s>", "<|endoftext|>"]
+            .iter()
+            .all(|w| t.iter().any(|x| x == w))
+    });
     if has_all {
         return name;
     }
@@ -226,8 +269,7 @@ fn safe_name(name: String, tokenizer: &[(String, Meta)], warnings: &mut Vec<Stri
 }
 
 fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> Result<(Vec<Planned>, Vec<String>)> {
-    let mut names: Vec<(String, Vec<usize>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
+    let mut names: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
     let has_lm_head = names.iter().any(|(n, _)| n == "lm_head.weight");
     let has_output = has_lm_head && !c.tie_word_embeddings;
     let mut warnings = Vec::new();
@@ -246,14 +288,27 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
                 Architecture::SUPPORTED.join(", ")
             ))
         })?;
-        let layer = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
-        let role = TensorRole { gguf_name: &gguf, shape: &shape, has_output, layer, num_layers: c.num_layers };
+        let layer = hf
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse().ok());
+        let role = TensorRole {
+            gguf_name: &gguf,
+            shape: &shape,
+            has_output,
+            layer,
+            num_layers: c.num_layers,
+        };
         let dtype = tensor_type(kind, &role);
         plan.push(Planned {
             rope_heads: rope_heads(&hf, c.architecture, c.num_heads, c.num_kv_heads),
             add_one: c.architecture == Architecture::Gemma && hf.ends_with("norm.weight"),
             hf,
-            entry: TensorEntry { name: gguf, shape, dtype },
+            entry: TensorEntry {
+                name: gguf,
+                shape,
+                dtype,
+            },
         });
     }
     Ok((plan, warnings))
@@ -264,7 +319,11 @@ fn order_key(hf: &str) -> (usize, usize, String) {
     if hf.starts_with("model.embed_tokens") {
         return (0, 0, hf.into());
     }
-    if let Some(layer) = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()) {
+    if let Some(layer) = hf
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|l| l.parse().ok())
+    {
         return (1, layer, hf.into());
     }
     (2, 0, hf.into())
@@ -289,7 +348,11 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
                 return Ok(t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
             }
             (GgmlDType::BF16, DType::BF16) => {
-                return Ok(t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
+                return Ok(t
+                    .to_vec1::<half::bf16>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect())
             }
             _ => {}
         }
@@ -302,7 +365,10 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
 
 fn general_meta(name: &str, c: &DecoderConfig, kind: ExportType) -> Vec<(String, Meta)> {
     vec![
-        ("general.architecture".into(), Meta::Str(gguf_arch(c.architecture).into())),
+        (
+            "general.architecture".into(),
+            Meta::Str(gguf_arch(c.architecture).into()),
+        ),
         ("general.type".into(), Meta::Str("model".into())),
         ("general.name".into(), Meta::Str(name.into())),
         ("general.file_type".into(), Meta::U32(kind.file_type())),

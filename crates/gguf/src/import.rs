@@ -74,7 +74,13 @@ impl Gguf {
                  and q2_K to q6_K tensors"
             ),
         })?;
-        Ok((Gguf { path: path.into(), content }, file))
+        Ok((
+            Gguf {
+                path: path.into(),
+                content,
+            },
+            file,
+        ))
     }
 
     fn get(&self, key: &str) -> Option<&GValue> {
@@ -82,11 +88,15 @@ impl Gguf {
     }
 
     fn bad(&self, reason: String) -> GgufError {
-        GgufError::BadInput { path: self.path.clone(), reason }
+        GgufError::BadInput {
+            path: self.path.clone(),
+            reason,
+        }
     }
 
     fn u32(&self, key: &str) -> Result<u32> {
-        self.opt_u32(key)?.ok_or_else(|| self.bad(format!("the file has no {key}")))
+        self.opt_u32(key)?
+            .ok_or_else(|| self.bad(format!("the file has no {key}")))
     }
 
     fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
@@ -102,7 +112,8 @@ impl Gguf {
     }
 
     fn opt_f32(&self, key: &str) -> Option<f32> {
-        self.get(key).and_then(|v| v.to_f32().ok().or_else(|| v.to_f64().ok().map(|x| x as f32)))
+        self.get(key)
+            .and_then(|v| v.to_f32().ok().or_else(|| v.to_f64().ok().map(|x| x as f32)))
     }
 
     fn opt_str(&self, key: &str) -> Option<String> {
@@ -153,13 +164,17 @@ pub fn import_gguf(
             continue; // read into config.json's rope scaling
         }
         let hf = to_hf(name, arch).ok_or_else(|| {
-            g.bad(format!("tensor {name} has no place in FreezeTune's {arch_name} decoder"))
+            g.bad(format!(
+                "tensor {name} has no place in FreezeTune's {arch_name} decoder"
+            ))
         })?;
         tensors.push((name.clone(), hf, g.content.tensor_infos[name].shape.dims().to_vec()));
     }
     let tmp = dest.with_file_name(format!(
         ".{}.{}.partial",
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -171,7 +186,11 @@ pub fn import_gguf(
         let mut w = BufWriter::with_capacity(8 << 20, out);
         write_safetensors_header(&mut w, &tensors, dtype).map_err(|e| GgufError::io(&st_path, e))?;
         for (i, (name, hf, shape)) in tensors.iter().enumerate() {
-            if !progress(&Progress { done: i, total, tensor: name.clone() }) {
+            if !progress(&Progress {
+                done: i,
+                total,
+                tensor: name.clone(),
+            }) {
                 return Err(GgufError::Stopped);
             }
             let info = &g.content.tensor_infos[name];
@@ -188,14 +207,21 @@ pub fn import_gguf(
         let template = g.opt_str("tokenizer.chat_template");
         write_json(&tmp.join("tokenizer.json"), &rebuild_tokenizer_json(&vocab)?)?;
         let ctx = config["max_position_embeddings"].as_u64();
-        write_json(&tmp.join("tokenizer_config.json"), &tokenizer_config(&vocab, template.as_deref(), ctx))?;
+        write_json(
+            &tmp.join("tokenizer_config.json"),
+            &tokenizer_config(&vocab, template.as_deref(), ctx),
+        )?;
         if let Some(t) = &template {
             let p = tmp.join("chat_template.jinja");
             std::fs::write(&p, t).map_err(|e| GgufError::io(&p, e))?;
         }
         let generation = json!({"bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad});
         write_json(&tmp.join("generation_config.json"), &generation)?;
-        progress(&Progress { done: total, total, tensor: String::new() });
+        progress(&Progress {
+            done: total,
+            total,
+            tensor: String::new(),
+        });
         place_dir(&tmp, dest, options.force)
     })();
     if result.is_err() {
@@ -216,7 +242,9 @@ pub fn import_gguf(
 fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
     let aside = dest.with_file_name(format!(
         ".{}.{}.old",
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let replaced = force && dest.exists();
@@ -249,7 +277,11 @@ fn order_key(gguf: &str) -> (usize, usize, String) {
     if gguf.starts_with("token_embd") {
         return (0, 0, gguf.into());
     }
-    if let Some(layer) = gguf.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok()) {
+    if let Some(layer) = gguf
+        .strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|l| l.parse().ok())
+    {
         return (1, layer, gguf.into());
     }
     (2, 0, gguf.into())
@@ -287,13 +319,23 @@ fn st_dtype(d: DType) -> &'static str {
     }
 }
 
-fn write_safetensors_header(w: &mut impl Write, tensors: &[(String, String, Vec<usize>)], dtype: DType) -> std::io::Result<()> {
+fn write_safetensors_header(
+    w: &mut impl Write,
+    tensors: &[(String, String, Vec<usize>)],
+    dtype: DType,
+) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt", "written_by": "freezetune import-gguf"}));
+    header.insert(
+        "__metadata__".into(),
+        json!({"format": "pt", "written_by": "freezetune import-gguf"}),
+    );
     let mut offset = 0usize;
     for (_, hf, shape) in tensors {
         let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
-        header.insert(hf.clone(), json!({"dtype": st_dtype(dtype), "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        header.insert(
+            hf.clone(),
+            json!({"dtype": st_dtype(dtype), "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
         offset += bytes;
     }
     let mut text = serde_json::to_string(&Value::Object(header)).expect("json");
@@ -325,7 +367,11 @@ fn hf_bytes(
     let t = t.flatten_all()?.to_dtype(dtype)?;
     Ok(match dtype {
         DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         _ => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
     })
 }
@@ -334,15 +380,31 @@ fn read_vocab(g: &Gguf) -> Result<GgufVocab> {
     let model = g.opt_str("tokenizer.ggml.model").ok_or_else(|| {
         g.bad("the file carries no tokenizer (tokenizer.ggml.model); FreezeTune needs one to train".into())
     })?;
-    let tokens: Vec<String> =
-        g.array("tokenizer.ggml.tokens").iter().filter_map(|v| v.to_string().ok().cloned()).collect();
+    let tokens: Vec<String> = g
+        .array("tokenizer.ggml.tokens")
+        .iter()
+        .filter_map(|v| v.to_string().ok().cloned())
+        .collect();
     let n = tokens.len();
-    let mut types: Vec<i32> = g.array("tokenizer.ggml.token_type").iter().filter_map(|v| v.to_i32().ok()).collect();
+    let mut types: Vec<i32> = g
+        .array("tokenizer.ggml.token_type")
+        .iter()
+        .filter_map(|v| v.to_i32().ok())
+        .collect();
     types.resize(n, crate::tokenizer::NORMAL);
-    let scores = g.array("tokenizer.ggml.scores").iter().filter_map(|v| v.to_f32().ok()).collect();
-    let merges = g.array("tokenizer.ggml.merges").iter().filter_map(|v| v.to_string().ok().cloned()).collect();
+    let scores = g
+        .array("tokenizer.ggml.scores")
+        .iter()
+        .filter_map(|v| v.to_f32().ok())
+        .collect();
+    let merges = g
+        .array("tokenizer.ggml.merges")
+        .iter()
+        .filter_map(|v| v.to_string().ok().cloned())
+        .collect();
     let id = |k: &str| -> Result<Option<u32>> {
-        Ok(g.opt_u32(&format!("tokenizer.ggml.{k}_token_id"))?.filter(|&i| (i as usize) < n))
+        Ok(g.opt_u32(&format!("tokenizer.ggml.{k}_token_id"))?
+            .filter(|&i| (i as usize) < n))
     };
     Ok(GgufVocab {
         pre: g.opt_str("tokenizer.ggml.pre").unwrap_or_else(|| "default".into()),
@@ -366,8 +428,14 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
     let hidden = g.u32(&k("embedding_length"))? as usize;
     let heads = g.u32(&k("attention.head_count"))? as usize;
     let kv_heads = g.opt_u32(&k("attention.head_count_kv"))?.map_or(heads, |v| v as usize);
-    let head_dim = g.opt_u32(&k("attention.key_length"))?.map_or(hidden / heads.max(1), |v| v as usize);
-    let embd = &g.content.tensor_infos.get("token_embd.weight").ok_or_else(|| g.bad("no token_embd.weight".into()))?;
+    let head_dim = g
+        .opt_u32(&k("attention.key_length"))?
+        .map_or(hidden / heads.max(1), |v| v as usize);
+    let embd = &g
+        .content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| g.bad("no token_embd.weight".into()))?;
     let vocab_size = embd.shape.dims()[0];
     let tied = !g.content.tensor_infos.contains_key("output.weight");
     let (class, model_type) = hf_class(arch);
@@ -408,9 +476,11 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
     }
     if let Some(factors) = rope_factors(g)? {
         let scaling = llama3_scaling(&factors, head_dim, theta).ok_or_else(|| {
-            g.bad("rope_freqs.weight holds rope factors that are not Llama 3's scaling; FreezeTune cannot train \
+            g.bad(
+                "rope_freqs.weight holds rope factors that are not Llama 3's scaling; FreezeTune cannot train \
                    with them yet"
-                .into())
+                    .into(),
+            )
         })?;
         c["rope_scaling"] = scaling;
         warnings.push("Llama 3 rope scaling recovered from rope_freqs.weight".into());
@@ -428,7 +498,9 @@ fn round_theta(t: f64) -> f64 {
 }
 
 fn rope_factors(g: &Gguf) -> Result<Option<Vec<f32>>> {
-    let Some(info) = g.content.tensor_infos.get("rope_freqs.weight") else { return Ok(None) };
+    let Some(info) = g.content.tensor_infos.get("rope_freqs.weight") else {
+        return Ok(None);
+    };
     let mut f = std::fs::File::open(&g.path).map_err(|e| GgufError::io(&g.path, e))?;
     let q = info
         .read(&mut f, g.content.tensor_data_offset, &Device::Cpu)
@@ -448,7 +520,10 @@ fn llama3_scaling(factors: &[f32], head_dim: usize, theta: f64) -> Option<Value>
         for (low, high) in [(1.0, 4.0), (1.0, 8.0), (1.0, 2.0), (2.0, 8.0)] {
             let candidate = crate::export::llama3_factors(head_dim, theta, factor, low, high, orig);
             if candidate.len() == factors.len()
-                && candidate.iter().zip(factors).all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(1.0))
+                && candidate
+                    .iter()
+                    .zip(factors)
+                    .all(|(a, b)| (a - b).abs() <= 1e-4 * a.abs().max(1.0))
             {
                 return Some(json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
                     "high_freq_factor": high, "original_max_position_embeddings": orig as u64}));

@@ -16,13 +16,18 @@ const CHATML: &str = r#"{{- if .System }}<|im_start|>system
 "#;
 
 pub fn modelfile(gguf: &Path, model_dir: &Path) -> Result<String> {
-    let file = gguf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut text = format!(
         "# Written by FreezeTune for {file}.\n# ollama create my-model -f Modelfile && ollama run my-model\nFROM ./{file}\n"
     );
     match chat_template(model_dir)? {
         Some(t) if t.contains("<|im_start|>") => {
-            text.push_str(&format!("TEMPLATE \"\"\"{CHATML}\"\"\"\nPARAMETER stop \"<|im_end|>\"\n"));
+            text.push_str(&format!(
+                "TEMPLATE \"\"\"{CHATML}\"\"\"\nPARAMETER stop \"<|im_end|>\"\n"
+            ));
         }
         Some(_) => text.push_str("# The chat template is stored in the GGUF file (tokenizer.chat_template).\n"),
         None => text.push_str("# The model has no chat template: Ollama prompts it with plain text.\n"),

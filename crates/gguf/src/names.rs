@@ -155,7 +155,10 @@ mod tests {
             Some("model.layers.3.mlp.gate_up_proj.weight")
         );
         assert_eq!(to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
-        assert_eq!(to_hf("blk.0.attn_q.weight", Architecture::Qwen2).as_deref(), Some("model.layers.0.self_attn.q_proj.weight"));
+        assert_eq!(
+            to_hf("blk.0.attn_q.weight", Architecture::Qwen2).as_deref(),
+            Some("model.layers.0.self_attn.q_proj.weight")
+        );
     }
 
     #[test]

@@ -174,7 +174,13 @@ mod tests {
     use super::*;
 
     fn role<'a>(name: &'a str, shape: &'a [usize], layer: usize) -> TensorRole<'a> {
-        TensorRole { gguf_name: name, shape, has_output: true, layer: Some(layer), num_layers: 8 }
+        TensorRole {
+            gguf_name: name,
+            shape,
+            has_output: true,
+            layer: Some(layer),
+            num_layers: 8,
+        }
     }
 
     #[test]
@@ -191,11 +197,23 @@ mod tests {
         assert_eq!(t("blk.2.attn_norm.weight", 2), GgmlDType::F32);
         // Rows of 64 are not whole k-blocks: llama.cpp's fallbacks.
         let narrow = [128, 64];
-        assert_eq!(tensor_type(ExportType::Q4KM, &role("blk.2.attn_q.weight", &narrow, 2)), GgmlDType::Q5_0);
-        assert_eq!(tensor_type(ExportType::Q4KM, &role("output.weight", &narrow, 0)), GgmlDType::Q8_0);
-        let tied = TensorRole { has_output: false, ..role("token_embd.weight", &s, 0) };
+        assert_eq!(
+            tensor_type(ExportType::Q4KM, &role("blk.2.attn_q.weight", &narrow, 2)),
+            GgmlDType::Q5_0
+        );
+        assert_eq!(
+            tensor_type(ExportType::Q4KM, &role("output.weight", &narrow, 0)),
+            GgmlDType::Q8_0
+        );
+        let tied = TensorRole {
+            has_output: false,
+            ..role("token_embd.weight", &s, 0)
+        };
         assert_eq!(tensor_type(ExportType::Q4KM, &tied), GgmlDType::Q6K);
-        assert_eq!(tensor_type(ExportType::Q8_0, &role("blk.0.ffn_up.weight", &[64, 48], 0)), GgmlDType::F16);
+        assert_eq!(
+            tensor_type(ExportType::Q8_0, &role("blk.0.ffn_up.weight", &[64, 48], 0)),
+            GgmlDType::F16
+        );
     }
 
     #[test]
@@ -211,7 +229,11 @@ mod tests {
             let bytes = encode(&values, cols, dtype).unwrap();
             assert_eq!(bytes.len(), bytes_for(dtype, values.len()));
             let back = decode(&bytes, &[6, cols], dtype).unwrap();
-            let worst = values.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let worst = values
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(worst < tol, "{dtype:?}: worst error {worst}");
         }
     }

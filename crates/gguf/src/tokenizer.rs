@@ -26,7 +26,8 @@ pub const BYTE: i32 = 6;
 const NO_MERGE: f32 = -1e9;
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// What export learned from the tokenizer files.
 pub struct TokenizerMeta {
@@ -36,9 +37,10 @@ pub struct TokenizerMeta {
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| GgufError::BadInput { path: path.into(), reason: e.to_string() }),
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| GgufError::BadInput {
+            path: path.into(),
+            reason: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(GgufError::io(path, e)),
     }
@@ -48,7 +50,9 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 pub fn chat_template(model_dir: &Path) -> Result<Option<String>> {
     let jinja = model_dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return std::fs::read_to_string(&jinja).map(Some).map_err(|e| GgufError::io(&jinja, e));
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| GgufError::io(&jinja, e));
     }
     let config = read_json(&model_dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     Ok(match &config["chat_template"] {
@@ -85,16 +89,30 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
         *t = format!("[PAD{i}]");
     }
     for (text, &id) in &vocab {
-        let ty = if !byte_level && is_byte_token(text) { BYTE } else { NORMAL };
+        let ty = if !byte_level && is_byte_token(text) {
+            BYTE
+        } else {
+            NORMAL
+        };
         put(&mut tokens, &mut types, id, text, ty, &path)?;
     }
     if let Some(unk) = model["unk_token"].as_str().and_then(|u| vocab.get(u)) {
         types[*unk as usize] = UNKNOWN;
     }
     for added in tok["added_tokens"].as_array().into_iter().flatten() {
-        let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) else { continue };
-        let ty = if added["special"].as_bool().unwrap_or(false) { CONTROL } else { USER_DEFINED };
-        let ty = if types.get(id as usize) == Some(&UNKNOWN) { UNKNOWN } else { ty };
+        let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) else {
+            continue;
+        };
+        let ty = if added["special"].as_bool().unwrap_or(false) {
+            CONTROL
+        } else {
+            USER_DEFINED
+        };
+        let ty = if types.get(id as usize) == Some(&UNKNOWN) {
+            UNKNOWN
+        } else {
+            ty
+        };
         put(&mut tokens, &mut types, id as u32, text, ty, &path)?;
         ids.insert(text.to_string(), id as u32);
     }
@@ -126,7 +144,10 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
             entries.push(("tokenizer.ggml.tokens".into(), Meta::Strs(tokens)));
             entries.push(("tokenizer.ggml.scores".into(), Meta::F32s(full)));
             entries.push(("tokenizer.ggml.token_type".into(), Meta::I32s(types)));
-            entries.push(("tokenizer.ggml.add_space_prefix".into(), Meta::Bool(adds_space_prefix(&tok))));
+            entries.push((
+                "tokenizer.ggml.add_space_prefix".into(),
+                Meta::Bool(adds_space_prefix(&tok)),
+            ));
         }
         _ => {
             return Err(GgufError::BadInput {
@@ -134,12 +155,21 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
                 reason: format!(
                     "a {kind} tokenizer{} cannot be written to GGUF yet (byte-level BPE, byte-fallback BPE and \
                      Unigram can)",
-                    if kind == "BPE" { " without byte-level or byte-fallback" } else { "" }
+                    if kind == "BPE" {
+                        " without byte-level or byte-fallback"
+                    } else {
+                        ""
+                    }
                 ),
             })
         }
     }
-    for (key, name) in [("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")] {
+    for (key, name) in [
+        ("bos", "bos_token"),
+        ("eos", "eos_token"),
+        ("unknown", "unk_token"),
+        ("padding", "pad_token"),
+    ] {
         let from_config = special_text(&config[name]).and_then(|t| ids.get(&t).copied());
         let id = from_config.or_else(|| first_id(&model_config[format!("{name}_id")]));
         if let Some(id) = id {
@@ -168,10 +198,15 @@ fn put(tokens: &mut [String], types: &mut [i32], id: u32, text: &str, ty: i32, p
     Ok(())
 }
 
-fn vocab_of(model: &Value, path: &Path) -> Result<(HashMap<String, u32>, Option<Vec<f32>>)> {
+/// Token -> id, and the scores of a Unigram vocabulary.
+type Vocab = (HashMap<String, u32>, Option<Vec<f32>>);
+
+fn vocab_of(model: &Value, path: &Path) -> Result<Vocab> {
     match &model["vocab"] {
         Value::Object(map) => Ok((
-            map.iter().filter_map(|(t, id)| Some((t.clone(), id.as_u64()? as u32))).collect(),
+            map.iter()
+                .filter_map(|(t, id)| Some((t.clone(), id.as_u64()? as u32)))
+                .collect(),
             None,
         )),
         Value::Array(pieces) => {
@@ -183,7 +218,10 @@ fn vocab_of(model: &Value, path: &Path) -> Result<(HashMap<String, u32>, Option<
             let scores = pieces.iter().map(|p| p[1].as_f64().unwrap_or(0.0) as f32).collect();
             Ok((vocab, Some(scores)))
         }
-        _ => Err(GgufError::BadInput { path: path.into(), reason: "tokenizer.json has no model.vocab".into() }),
+        _ => Err(GgufError::BadInput {
+            path: path.into(),
+            reason: "tokenizer.json has no model.vocab".into(),
+        }),
     }
 }
 
@@ -225,7 +263,8 @@ fn gpt2_pre(pre: &Value) -> &'static str {
 
 /// The pre-tokenizer of a rebuilt byte-level tokenizer.json, from llama.cpp's name for it.
 fn gpt2_pre_tokenizer(pre: &str) -> (Value, bool) {
-    let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
+    let byte_level =
+        |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
     let split = |r: &str| {
         json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false},
@@ -263,7 +302,10 @@ fn merge_scores(model: &Value, tokens: &[String]) -> Vec<f32> {
             rank.entry(format!("{a}{b}")).or_insert(r);
         }
     }
-    tokens.iter().map(|t| rank.get(t).map_or(NO_MERGE, |&r| -(r as f32))).collect()
+    tokens
+        .iter()
+        .map(|t| rank.get(t).map_or(NO_MERGE, |&r| -(r as f32)))
+        .collect()
 }
 
 fn is_byte_token(t: &str) -> bool {
@@ -273,7 +315,9 @@ fn is_byte_token(t: &str) -> bool {
 fn adds_space_prefix(tok: &Value) -> bool {
     let prepend = |v: &Value| mentions(v, "Prepend");
     let metaspace = tok["pre_tokenizer"]["type"] == "Metaspace"
-        && tok["pre_tokenizer"]["prepend_scheme"].as_str().is_none_or(|s| s != "never")
+        && tok["pre_tokenizer"]["prepend_scheme"]
+            .as_str()
+            .is_none_or(|s| s != "never")
         && tok["pre_tokenizer"]["add_prefix_space"].as_bool().unwrap_or(true);
     prepend(&tok["normalizer"]) || metaspace
 }
@@ -420,8 +464,16 @@ fn spm_merges(v: &GgufVocab) -> Vec<Value> {
             }
         }
     }
-    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)).then(x.3.cmp(&y.3)));
-    merges.into_iter().map(|(_, _, a, b)| json!([v.tokens[a], v.tokens[b]])).collect()
+    merges.sort_by(|x, y| {
+        y.0.total_cmp(&x.0)
+            .then(x.1.cmp(&y.1))
+            .then(x.2.cmp(&y.2))
+            .then(x.3.cmp(&y.3))
+    });
+    merges
+        .into_iter()
+        .map(|(_, _, a, b)| json!([v.tokens[a], v.tokens[b]]))
+        .collect()
 }
 
 fn post_processor(v: &GgufVocab) -> Option<Value> {

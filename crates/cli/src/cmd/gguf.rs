@@ -61,7 +61,11 @@ fn parse_dtype(s: &str) -> std::result::Result<ImportDType, String> {
 /// A bar over tensors; Ctrl-C stops between tensors (nothing is left behind).
 fn progress_bar(json: bool) -> Result<(ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
     let cancel = super::train::cancel_on_interrupt(false)?;
-    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tensors  {msg}").expect("style"));
     Ok((bar, cancel))
 }
@@ -77,8 +81,12 @@ fn watch<'a>(bar: &'a ProgressBar, cancel: &'a std::sync::atomic::AtomicBool) ->
 
 pub fn export(args: &ExportGgufArgs) -> Result<()> {
     let (bar, cancel) = progress_bar(args.json)?;
-    let options =
-        ExportOptions { kind: args.kind, force: args.force, modelfile: args.modelfile, name: args.name.clone() };
+    let options = ExportOptions {
+        kind: args.kind,
+        force: args.force,
+        modelfile: args.modelfile,
+        name: args.name.clone(),
+    };
     let report = freezetune_gguf::export_gguf(&args.input, &args.output, &options, &mut watch(&bar, &cancel));
     bar.finish_and_clear();
     let report = report.map_err(|e| anyhow!(e))?;
@@ -112,7 +120,10 @@ fn print_export(r: &ExportReport) {
 
 pub fn import(args: &ImportGgufArgs) -> Result<()> {
     let (bar, cancel) = progress_bar(args.json)?;
-    let options = ImportOptions { dtype: args.dtype, force: args.force };
+    let options = ImportOptions {
+        dtype: args.dtype,
+        force: args.force,
+    };
     let report = freezetune_gguf::import_gguf(&args.file, &args.output, &options, &mut watch(&bar, &cancel));
     bar.finish_and_clear();
     let report = report.map_err(|e| anyhow!(e))?;

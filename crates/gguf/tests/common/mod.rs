@@ -71,13 +71,27 @@ pub fn tiny_model(dir: &Path, family: Family, hidden: u64) -> PathBuf {
 /// FreezeTune's logits (f32 on the CPU) for every position of `ids`.
 pub fn freezetune_logits(model: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
     let g = Generator::load(model, &candle_core::Device::Cpu).unwrap();
-    let batch = Batch { input_ids: vec![ids.to_vec()], lengths: vec![ids.len()] };
-    g.model().forward(&batch).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+    let batch = Batch {
+        input_ids: vec![ids.to_vec()],
+        lengths: vec![ids.len()],
+    };
+    g.model()
+        .forward(&batch)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
 }
 
 pub fn freezetune_greedy(model: &Path, ids: &[u32], n: usize) -> Vec<u32> {
     let g = Generator::load(model, &candle_core::Device::Cpu).unwrap();
-    let o = GenerateOptions { max_new_tokens: n, temperature: 0.0, seed: 0, chat: false };
+    let o = GenerateOptions {
+        max_new_tokens: n,
+        temperature: 0.0,
+        seed: 0,
+        chat: false,
+    };
     g.generate_ids(ids, &o).unwrap()
 }
 
