@@ -10,6 +10,8 @@ const COMMANDS: &[&str] = &[
     "set_hub_token",
     "clear_hub_token",
     "pick_path",
+    "export_gguf",
+    "import_gguf",
     "plan_freeze",
     "plan_timeline",
     "check_fit",

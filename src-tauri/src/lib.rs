@@ -12,7 +12,7 @@ pub mod state;
 pub mod tasks;
 pub mod worker;
 
-use commands::{dialogs, models, plan, presets, runs, train};
+use commands::{dialogs, gguf, models, plan, presets, runs, train};
 use state::AppState;
 use tauri::Manager;
 
@@ -68,6 +68,8 @@ pub fn run() {
             models::set_hub_token,
             models::clear_hub_token,
             dialogs::pick_path,
+            gguf::export_gguf,
+            gguf::import_gguf,
             plan::plan_freeze,
             plan::plan_timeline,
             plan::check_fit,

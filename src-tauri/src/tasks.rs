@@ -12,6 +12,8 @@ pub enum CancelHandle {
     Download(CancellationToken),
     /// A worker (training: told to checkpoint and stop; the layer probe: told to stop).
     Train(Arc<StopSignal>),
+    /// Work in this process that checks a flag between steps (GGUF export and import, between tensors).
+    Flag(Arc<std::sync::atomic::AtomicBool>),
 }
 
 impl CancelHandle {
@@ -19,6 +21,7 @@ impl CancelHandle {
         match self {
             CancelHandle::Download(token) => token.cancel(),
             CancelHandle::Train(stop) => stop.stop(),
+            CancelHandle::Flag(flag) => flag.store(true, std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -6,7 +6,7 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { Session, sleep } from "./webdriver.mjs";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -402,5 +402,26 @@ describe("FreezeTune desktop app", () => {
       assert.equal(trained, formatIds(expected), `${runDir}: the strip shows the run's layers`);
     }
     await shot("runs-compare");
+  });
+  it("export to GGUF: a finished run becomes a GGUF v3 file with an Ollama Modelfile beside it", async () => {
+    await s.clickId("nav-runs");
+    await s.waitFor("run-item");
+    await s.execute(
+      `Array.from(document.querySelectorAll('[data-testid="run-item"]')).find((b) => /finished/.test(b.textContent)).click()`,
+    );
+    await s.waitFor("gguf-export");
+    await s.clickId("gguf-start");
+    const done = await s.waitFor("gguf-done", async () => true, 60000);
+    const path = await s.execute(`return document.querySelector('[data-testid="gguf-done"] code').textContent`);
+    assert.match(await s.text(done), /q8_0/);
+    const head = readFileSync(path).subarray(0, 8);
+    assert.equal(head.subarray(0, 4).toString(), "GGUF");
+    assert.equal(head.readUInt32LE(4), 3, "GGUF version 3");
+    assert.match(readFileSync(join(dirname(path), "Modelfile"), "utf8"), /^FROM \.\//m);
+    await shot("runs-gguf");
+    // A second export of the same type is not silently replaced.
+    await s.clickId("gguf-start");
+    await s.waitFor("gguf-error", async (el) => /already exists/.test(await s.text(el)));
+    await s.waitFor("gguf-replace");
   });
 });

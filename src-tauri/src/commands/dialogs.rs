@@ -15,6 +15,7 @@ pub enum PickKind {
     OutputFolder,
     DatasetFile,
     PresetFile,
+    GgufFile,
 }
 
 /// Opens a dialog to choose an existing file or folder; `None` when the user cancels.
@@ -33,6 +34,10 @@ pub async fn pick_path(app: AppHandle, state: State<'_, AppState>, kind: PickKin
         PickKind::PresetFile => dialog
             .set_title("Import a preset")
             .add_filter("Preset (TOML)", &["toml"])
+            .blocking_pick_file(),
+        PickKind::GgufFile => dialog
+            .set_title("Open a GGUF file")
+            .add_filter("GGUF", &["gguf"])
             .blocking_pick_file(),
     })
     .await

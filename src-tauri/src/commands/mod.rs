@@ -2,6 +2,7 @@
 //! a tested library function, map its error to `IpcError`.
 
 pub mod dialogs;
+pub mod gguf;
 pub mod models;
 pub mod plan;
 pub mod presets;

@@ -2,6 +2,8 @@
 // (src/lib/bindings, written by `cargo test -p freezetune-app`); views call these, never `invoke` directly.
 import { Channel, invoke } from "@tauri-apps/api/core";
 import type { ProbeProgress } from "./bindings/ProbeProgress";
+import type { GgufExport } from "./bindings/GgufExport";
+import type { GgufProgress } from "./bindings/GgufProgress";
 import type { DeviceMemory } from "./bindings/DeviceMemory";
 import type { FitSetup } from "./bindings/FitSetup";
 import type { FitVerdict } from "./bindings/FitVerdict";
@@ -102,6 +104,16 @@ export const api = {
     const ch = new Channel<ProbeProgress>();
     ch.onmessage = onProgress;
     return call<ProbeReport>("probe_layers", { config, batches, taskId, onEvent: ch });
+  },
+  exportGguf: (runDir: string, kind: string, modelfile: boolean, force: boolean, taskId: string, onProgress: (p: GgufProgress) => void) => {
+    const ch = new Channel<GgufProgress>();
+    ch.onmessage = onProgress;
+    return call<GgufExport>("export_gguf", { runDir, kind, modelfile, force, taskId, onEvent: ch });
+  },
+  importGguf: (path: string, taskId: string, onProgress: (p: GgufProgress) => void) => {
+    const ch = new Channel<GgufProgress>();
+    ch.onmessage = onProgress;
+    return call<ModelSummary>("import_gguf", { path, taskId, onEvent: ch });
   },
   readRunMetrics: (runDir: string) => call<TrainEvent[]>("read_run_metrics", { runDir }),
   openFolder: (path: string) => call<void>("open_folder", { path }),

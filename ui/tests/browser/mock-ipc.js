@@ -167,6 +167,22 @@
       return { present: true, source: "the OS keyring" };
     },
     download_model: (a) => download(a),
+    pick_path: (a) => (a.kind === "gguf_file" ? "/mock/Qwen3-0.6B-Q8_0.gguf" : null),
+    // A GGUF import: progress per tensor (slow enough to see), then the model it became.
+    import_gguf: (a) => {
+      let index = 0;
+      const send = (p) => callbacks.get(a.onEvent.id)?.({ message: p, index: index++ });
+      return new Promise((resolve) => {
+        let done = 0;
+        const timer = setInterval(() => {
+          send({ done, total: 10, tensor: `blk.${done}.attn_q.weight` });
+          if (++done > 10) {
+            clearInterval(timer);
+            resolve({ ...model, path: "/mock/data/imported/Qwen3-0.6B-Q8_0" });
+          }
+        }, 60);
+      });
+    },
     check_layer_ids: (a) => fmt(parseIds(a.text, a.numLayers)),
     plan_freeze: (a) => plan(a.spec),
     // The verdict as core's `fit` shapes it: the plan's estimate against the device; if it does not fit, a change

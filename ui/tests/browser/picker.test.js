@@ -261,6 +261,15 @@ describe("train, presets and the other screens", () => {
     await page.getByTestId("layer-picker").waitFor({ timeout: 10000 });
   });
 
+  it("opens a GGUF file: import progress, then the model opens on the Layers screen", async () => {
+    await page.getByTestId("nav-model").click();
+    await page.getByTestId("open-gguf").click();
+    await page.waitForFunction(() => /importing: [1-9]/.test(document.querySelector('[data-testid="gguf-import-progress"]')?.textContent ?? ""));
+    await page.screenshot({ path: join(SHOTS, "model-gguf-import.png") });
+    await page.getByTestId("layer-picker").waitFor({ timeout: 10000 });
+    assert.ok(await page.evaluate(() => window.__MOCK_CALLS__.includes("import_gguf")));
+  });
+
   it("LLaMA-Factory mode shows the YAML; model, runs screens render", async () => {
     await page.getByTestId("nav-layers").click();
     await page.getByTestId("llamafactory-mode").check();
