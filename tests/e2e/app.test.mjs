@@ -418,6 +418,7 @@ describe("FreezeTune desktop app", () => {
     assert.equal(head.subarray(0, 4).toString(), "GGUF");
     assert.equal(head.readUInt32LE(4), 3, "GGUF version 3");
     assert.match(readFileSync(join(dirname(path), "Modelfile"), "utf8"), /^FROM \.\//m);
+    await s.execute(`document.querySelector('[data-testid="gguf-done"]').scrollIntoView({ block: "center" })`);
     await shot("runs-gguf");
     // A second export of the same type is not silently replaced.
     await s.clickId("gguf-start");
