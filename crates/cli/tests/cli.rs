@@ -458,3 +458,53 @@ fn plan_fit_says_whether_a_run_fits_and_what_would_make_it() {
         "{err}"
     );
 }
+
+#[test]
+fn export_gguf_and_import_gguf_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = tmp.path();
+    let file = c.join("llama.gguf");
+    let f = file.to_str().unwrap();
+    let report = json(
+        c,
+        &[
+            "export-gguf",
+            fixture("llama").to_str().unwrap(),
+            "-o",
+            f,
+            "--type",
+            "q8_0",
+            "--modelfile",
+            "--json",
+        ],
+    );
+    assert_eq!(report["architecture"], "llama");
+    assert_eq!(report["type"], "q8_0");
+    assert_eq!(report["tensor_types"]["q8_0"], 30);
+    assert!(c.join("Modelfile").is_file());
+    // Never replaced without --force, with the error's kind.
+    let (err, _) = fail(
+        c,
+        &["export-gguf", fixture("llama").to_str().unwrap(), "-o", f, "--json"],
+    );
+    assert_eq!(err["error"]["kind"], "exists");
+    let dir = c.join("imported");
+    let back = json(c, &["import-gguf", f, "-o", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(back["dtype"], "f16");
+    assert_eq!(back["source_types"]["q8_0"], 30);
+    let inspected = json(c, &["inspect", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(inspected["num_layers"], 4);
+    let (err, _) = fail(
+        c,
+        &[
+            "export-gguf",
+            fixture("llama").to_str().unwrap(),
+            "-o",
+            f,
+            "--type",
+            "q3",
+            "--json",
+        ],
+    );
+    assert!(err.is_null() || err["error"]["message"].as_str().unwrap().contains("q4_k_m"));
+}
