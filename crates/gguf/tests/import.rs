@@ -22,6 +22,14 @@ fn import(file: &Path, dest: &Path, dtype: ImportDType) -> PathBuf {
     dest.to_path_buf()
 }
 
+fn import_error(file: &Path, dest: &Path) -> freezetune_gguf::GgufError {
+    let options = ImportOptions {
+        dtype: ImportDType::Auto,
+        force: false,
+    };
+    import_gguf(file, dest, &options, &mut |_| true).unwrap_err()
+}
+
 /// ||a - b|| / ||a|| over a tensor.
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
@@ -234,45 +242,16 @@ fn refuses_what_it_cannot_read_by_name() {
     other[at..at + 5].copy_from_slice(b"bloom");
     let bloom = tmp.path().join("bloom.gguf");
     std::fs::write(&bloom, other).unwrap();
-    let err = import_gguf(
-        &bloom,
-        &tmp.path().join("x"),
-        &ImportOptions {
-            dtype: ImportDType::Auto,
-            force: false,
-        },
-        &mut |_| true,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(&bloom, &tmp.path().join("x")).to_string();
     assert!(err.contains("\"bloom\"") && err.contains("cannot be imported"), "{err}");
     // Not a GGUF file at all.
     let junk = tmp.path().join("junk.gguf");
     std::fs::write(&junk, b"not a gguf").unwrap();
-    let err = import_gguf(
-        &junk,
-        &tmp.path().join("y"),
-        &ImportOptions {
-            dtype: ImportDType::Auto,
-            force: false,
-        },
-        &mut |_| true,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = import_error(&junk, &tmp.path().join("y")).to_string();
     assert!(err.contains("junk.gguf") && err.contains("not a GGUF file"), "{err}");
     // An existing folder is never replaced without force.
     std::fs::create_dir_all(tmp.path().join("taken")).unwrap();
-    let err = import_gguf(
-        &file,
-        &tmp.path().join("taken"),
-        &ImportOptions {
-            dtype: ImportDType::Auto,
-            force: false,
-        },
-        &mut |_| true,
-    )
-    .unwrap_err();
+    let err = import_error(&file, &tmp.path().join("taken"));
     assert_eq!(err.kind(), "exists");
     // Export refuses an architecture it does not know before writing anything.
     let opt = tmp.path().join("opt");
