@@ -6,6 +6,7 @@ the file's metadata and tensors as the `gguf` package reads them, llama.cpp's lo
 `ids` (evaluated in one batch), its greedy continuation of `ids` by N tokens, and its tokenization of `text`
 (no BOS, special tokens not parsed).
 """
+import hashlib
 import json
 import sys
 
@@ -28,7 +29,11 @@ def reader_view(path):
         except Exception as e:  # a value the reader cannot show is itself a finding
             meta[name] = f"<unreadable: {e}>"
     tensors = {
-        t.name: {"type": t.tensor_type.name, "shape": [int(d) for d in reversed(t.shape.tolist())]}
+        t.name: {
+            "type": t.tensor_type.name,
+            "shape": [int(d) for d in reversed(t.shape.tolist())],
+            "sha256": hashlib.sha256(np.asarray(t.data).tobytes()).hexdigest(),
+        }
         for t in r.tensors
     }
     return meta, tensors

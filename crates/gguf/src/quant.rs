@@ -127,7 +127,7 @@ fn fit_rows(want: GgmlDType, cols: usize) -> GgmlDType {
 }
 
 /// Encodes row-major f32 values (`cols` per row) as `dtype`: f32/f16/bf16 rounded to nearest even, block types
-/// through candle's quantizers, rows split across threads (each row is a whole number of blocks, so chunks of
+/// through candle's quantizers (q4_K: `kquant`, as llama.cpp does it today), rows split across threads (each row is a whole number of blocks, so chunks of
 /// rows concatenate into the tensor's bytes).
 pub fn encode(values: &[f32], cols: usize, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
     match dtype {
@@ -152,6 +152,9 @@ pub fn encode(values: &[f32], cols: usize, dtype: GgmlDType) -> candle_core::Res
     let chunks: Vec<Vec<u8>> = values
         .par_chunks(rows_per_chunk * cols)
         .map(|chunk| {
+            if dtype == GgmlDType::Q4K {
+                return Ok(crate::kquant::quantize_q4k(chunk));
+            }
             let t = Tensor::from_slice(chunk, (chunk.len() / cols, cols), &Device::Cpu)?;
             Ok(QTensor::quantize(&t, dtype)?.data()?.into_owned())
         })
