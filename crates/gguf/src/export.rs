@@ -5,14 +5,16 @@
 //! renamed into place only when complete.
 
 use crate::error::{GgufError, Result};
-use crate::format::{self, type_name, Meta, TensorEntry};
-use crate::names::{gguf_arch, rope_heads, rope_permutation, to_gguf};
-use crate::quant::{encode, tensor_type, ExportType, TensorRole};
+use crate::format::{self, Meta, TensorEntry};
+use crate::names::{
+    gguf_arch, offset_norm, order_key, reorder_rows, rope_heads, rope_permutation, split_layer, to_gguf,
+};
+use crate::quant::{encode, le_bytes, tensor_type, ExportType, TensorRole};
 use crate::tokenizer::tokenizer_meta;
 use crate::Progress;
 use candle_core::quantized::GgmlDType;
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
 use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::Value;
@@ -65,14 +67,22 @@ pub fn model_dir_of(input: &Path) -> Result<PathBuf> {
     })
 }
 
-/// One tensor to write: where it comes from and how it is changed on the way.
+/// One tensor to write: where its values come from, and its place in the file.
 struct Planned {
-    hf: String,
     entry: TensorEntry,
-    /// Rows reordered for llama.cpp's rope (llama's q and k): the heads the tensor holds.
-    rope_heads: Option<usize>,
-    /// Gemma stores `weight - 1`; llama.cpp wants the weight itself.
-    add_one: bool,
+    source: Source,
+}
+
+enum Source {
+    Weight {
+        hf: String,
+        /// Rows reordered for llama.cpp's rope (llama's q and k): the heads the tensor holds.
+        rope_heads: Option<usize>,
+        /// Gemma stores `weight - 1`; llama.cpp wants the weight itself.
+        add_one: bool,
+    },
+    /// Computed values (Llama 3's `rope_freqs`), written as f32.
+    Values(Vec<f32>),
 }
 
 pub fn export_gguf(
@@ -83,26 +93,22 @@ pub fn export_gguf(
 ) -> Result<ExportReport> {
     let dir = model_dir_of(input)?;
     let config = DecoderConfig::read(&dir)?;
-    if dest.exists() && !options.force {
-        return Err(GgufError::Exists(dest.into()));
-    }
     let modelfile_path = dest.with_file_name("Modelfile");
-    if options.modelfile && modelfile_path.exists() && !options.force {
-        return Err(GgufError::Exists(modelfile_path));
+    for path in [Some(dest), options.modelfile.then_some(modelfile_path.as_path())]
+        .into_iter()
+        .flatten()
+    {
+        if path.exists() && !options.force {
+            return Err(GgufError::Exists(path.into()));
+        }
     }
-    let raw: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("config.json")).map_err(|e| GgufError::io(&dir.join("config.json"), e))?,
-    )
-    .map_err(|e| GgufError::BadInput {
-        path: dir.join("config.json"),
-        reason: e.to_string(),
-    })?;
+    let raw = read_config_json(&dir)?;
     let files = ModelFiles::find(&dir)?;
     // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
     let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
-    let (plan, warnings) = plan_tensors(&st, &config, options.kind)?;
+    let (plan, mut warnings) = plan_tensors(&st, &config, options.kind)?;
     let tok = tokenizer_meta(&dir, config.vocab_size)?;
-    let mut warnings = [warnings, tok.warnings.clone()].concat();
+    warnings.extend(tok.warnings);
     let name = safe_name(
         options.name.clone().unwrap_or_else(|| model_name(&dir)),
         &tok.entries,
@@ -114,104 +120,83 @@ pub fn export_gguf(
     if raw["max_position_embeddings"].as_u64().is_none() {
         warnings.push("config.json has no max_position_embeddings; wrote a context length of 4096".into());
     }
-    let extra = rope_freqs(&config);
-    let mut entries: Vec<TensorEntry> = plan.iter().map(|p| p.entry.clone()).collect();
-    if let Some(f) = &extra {
-        entries.insert(
-            1,
-            TensorEntry {
-                name: "rope_freqs.weight".into(),
-                shape: vec![f.len()],
-                dtype: GgmlDType::F32,
-            },
-        );
-    }
-    let total = entries.len();
-    let tmp = temp_path(dest);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(8 << 20, file);
-        let mut failure: Option<GgufError> = None;
-        let written = format::write(&mut w, &metadata, &entries, |i| {
-            let entry = &entries[i];
-            if !progress(&Progress {
-                done: i,
-                total,
-                tensor: entry.name.clone(),
-            }) {
-                failure = Some(GgufError::Stopped);
-                return Err(std::io::Error::other("stopped"));
-            }
-            let bytes = if entry.name == "rope_freqs.weight" {
-                Ok(extra
-                    .as_ref()
-                    .expect("planned")
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect())
-            } else {
-                let p = plan.iter().find(|p| p.entry.name == entry.name).expect("planned");
-                tensor_bytes(&st, p)
-            };
-            bytes.map_err(|e| {
-                let msg = e.to_string();
-                failure = Some(e);
-                std::io::Error::other(msg)
-            })
-        });
-        if let Err(e) = written {
-            return Err(failure.unwrap_or_else(|| GgufError::io(&tmp, e)));
-        }
-        let file = w.into_inner().map_err(|e| GgufError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| GgufError::io(&tmp, e))?;
-        progress(&Progress {
-            done: total,
-            total,
-            tensor: String::new(),
-        });
-        place(&tmp, dest, options.force)
-    })();
-    if result.is_err() {
+    let tmp = crate::hidden_sibling(dest, "partial");
+    let written = write_file(&tmp, &metadata, &st, &plan, progress).and_then(|()| place(&tmp, dest, options.force));
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result?;
-    let modelfile = if options.modelfile {
-        let text = crate::modelfile::modelfile(dest, &dir)?;
-        let overwrite = if options.force {
-            freezetune_core::fsutil::Overwrite::Allow
-        } else {
-            freezetune_core::fsutil::Overwrite::Refuse
-        };
-        if !freezetune_core::fsutil::write_atomic(&modelfile_path, text.as_bytes(), overwrite)? {
-            return Err(GgufError::Exists(modelfile_path));
-        }
-        Some(modelfile_path)
-    } else {
-        None
+    written?;
+    let modelfile = match options.modelfile {
+        true => Some(write_modelfile(dest, &dir, &modelfile_path, options.force)?),
+        false => None,
     };
-    let mut tensor_types = BTreeMap::new();
-    for e in &entries {
-        *tensor_types.entry(type_name(e.dtype).to_string()).or_insert(0) += 1;
-    }
     Ok(ExportReport {
         bytes: std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0),
         path: dest.into(),
         source: dir,
         architecture: gguf_arch(config.architecture).into(),
         kind: options.kind.name().into(),
-        tensors: total,
-        tensor_types,
+        tensors: plan.len(),
+        tensor_types: crate::count_types(plan.iter().map(|p| p.entry.dtype)),
         modelfile,
         warnings,
     })
 }
 
-fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+fn read_config_json(dir: &Path) -> Result<Value> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| GgufError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| GgufError::BadInput {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// The whole file at `tmp`, synced: header, then each tensor as it is converted.
+fn write_file(
+    tmp: &Path,
+    metadata: &[(String, Meta)],
+    st: &MmapedSafetensors,
+    plan: &[Planned],
+    progress: &mut dyn FnMut(&Progress) -> bool,
+) -> Result<()> {
+    let io = |e| GgufError::io(tmp, e);
+    let file = std::fs::File::create(tmp).map_err(io)?;
+    let entries: Vec<TensorEntry> = plan.iter().map(|p| p.entry.clone()).collect();
+    let mut w = format::Writer::start(BufWriter::with_capacity(8 << 20, file), metadata, &entries).map_err(io)?;
+    let total = plan.len();
+    for (i, p) in plan.iter().enumerate() {
+        if !progress(&Progress {
+            done: i,
+            total,
+            tensor: p.entry.name.clone(),
+        }) {
+            return Err(GgufError::Stopped);
+        }
+        w.tensor(&p.entry, &tensor_bytes(st, p)?).map_err(io)?;
+    }
+    let file = w
+        .finish()
+        .map_err(io)?
+        .into_inner()
+        .map_err(|e| GgufError::io(tmp, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    progress(&Progress {
+        done: total,
+        total,
+        tensor: String::new(),
+    });
+    Ok(())
+}
+
+fn write_modelfile(gguf: &Path, dir: &Path, path: &Path, force: bool) -> Result<PathBuf> {
+    use freezetune_core::fsutil::{write_atomic, Overwrite};
+    let text = crate::modelfile::modelfile(gguf, dir)?;
+    let overwrite = if force { Overwrite::Allow } else { Overwrite::Refuse };
+    if !write_atomic(path, text.as_bytes(), overwrite)? {
+        return Err(GgufError::Exists(path.into()));
+    }
+    Ok(path.into())
 }
 
 /// Moves the finished file into place; without `force` a file that appeared meanwhile is kept (hard link fails).
@@ -288,10 +273,7 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
                 Architecture::SUPPORTED.join(", ")
             ))
         })?;
-        let layer = hf
-            .strip_prefix("model.layers.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|l| l.parse().ok());
+        let layer = split_layer(&hf).map(|(l, _)| l);
         let role = TensorRole {
             gguf_name: &gguf,
             shape: &shape,
@@ -300,67 +282,64 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
             num_layers: c.num_layers,
         };
         let dtype = tensor_type(kind, &role);
-        plan.push(Planned {
+        let source = Source::Weight {
             rope_heads: rope_heads(&hf, c.architecture, c.num_heads, c.num_kv_heads),
-            add_one: c.architecture == Architecture::Gemma && hf.ends_with("norm.weight"),
+            add_one: offset_norm(&hf, c.architecture),
             hf,
+        };
+        plan.push(Planned {
             entry: TensorEntry {
                 name: gguf,
                 shape,
                 dtype,
             },
+            source,
         });
+    }
+    if let Some(factors) = rope_freqs(c) {
+        let entry = TensorEntry {
+            name: "rope_freqs.weight".into(),
+            shape: vec![factors.len()],
+            dtype: GgmlDType::F32,
+        };
+        plan.insert(
+            1.min(plan.len()),
+            Planned {
+                entry,
+                source: Source::Values(factors),
+            },
+        );
     }
     Ok((plan, warnings))
 }
 
-/// llama.cpp's converter order: embeddings, the layers in order, the final norm, the output.
-fn order_key(hf: &str) -> (usize, usize, String) {
-    if hf.starts_with("model.embed_tokens") {
-        return (0, 0, hf.into());
-    }
-    if let Some(layer) = hf
-        .strip_prefix("model.layers.")
-        .and_then(|r| r.split('.').next())
-        .and_then(|l| l.parse().ok())
-    {
-        return (1, layer, hf.into());
-    }
-    (2, 0, hf.into())
-}
-
 fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
-    let err = GgufError::candle(format!("converting {}", p.hf));
+    let (hf, rope_heads, add_one) = match &p.source {
+        Source::Values(values) => return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Source::Weight {
+            hf,
+            rope_heads,
+            add_one,
+        } => (hf, *rope_heads, *add_one),
+    };
     let convert = || -> candle_core::Result<Vec<u8>> {
-        let mut t = st.load(&p.hf, &Device::Cpu)?;
-        if let Some(heads) = p.rope_heads {
-            let rows = t.dim(0)?;
-            let idx: Vec<u32> = rope_permutation(rows, heads).into_iter().map(|r| r as u32).collect();
-            t = t.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
+        let mut t = st.load(hf, &Device::Cpu)?;
+        if let Some(heads) = rope_heads {
+            t = reorder_rows(&t, rope_permutation(t.dim(0)?, heads))?;
         }
-        if p.add_one {
+        if add_one {
             t = (t.to_dtype(DType::F32)? + 1.0)?;
         }
-        let t = t.flatten_all()?;
         // Same precision in and out: the bytes as they are (exact).
         match (p.entry.dtype, t.dtype()) {
-            (GgmlDType::F16, DType::F16) => {
-                return Ok(t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect())
-            }
-            (GgmlDType::BF16, DType::BF16) => {
-                return Ok(t
-                    .to_vec1::<half::bf16>()?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect())
-            }
+            (GgmlDType::F16, DType::F16) | (GgmlDType::BF16, DType::BF16) => return le_bytes(&t),
             _ => {}
         }
-        let values = t.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let cols = *p.entry.shape.last().unwrap_or(&1);
         encode(&values, cols, p.entry.dtype)
     };
-    convert().map_err(err)
+    convert().map_err(GgufError::candle(format!("converting {hf}")))
 }
 
 fn general_meta(name: &str, c: &DecoderConfig, kind: ExportType) -> Vec<(String, Meta)> {

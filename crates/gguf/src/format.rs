@@ -132,40 +132,43 @@ fn padding(pos: u64) -> usize {
     ((ALIGNMENT - pos % ALIGNMENT) % ALIGNMENT) as usize
 }
 
-/// Writes a whole GGUF file. `data(i)` produces tensor `i`'s bytes (exactly `tensors[i].bytes()` of them) when
-/// the writer reaches it.
-pub fn write<W: Write>(
-    w: &mut W,
-    metadata: &[(String, Meta)],
-    tensors: &[TensorEntry],
-    mut data: impl FnMut(usize) -> io::Result<Vec<u8>>,
-) -> io::Result<()> {
-    let mut w = Counting { inner: w, pos: 0 };
-    w.write_all(MAGIC)?;
-    w.write_all(&VERSION.to_le_bytes())?;
-    w.write_all(&(tensors.len() as u64).to_le_bytes())?;
-    w.write_all(&(metadata.len() as u64).to_le_bytes())?;
-    for (key, value) in metadata {
-        write_str(&mut w, key)?;
-        w.write_all(&value.type_id().to_le_bytes())?;
-        value.write(&mut w)?;
-    }
-    let mut offset = 0u64;
-    for t in tensors {
-        write_str(&mut w, &t.name)?;
-        w.write_all(&(t.shape.len() as u32).to_le_bytes())?;
-        for &d in t.shape.iter().rev() {
-            w.write_all(&(d as u64).to_le_bytes())?;
+/// A GGUF file being written: [`Writer::start`] writes the header (every tensor's offset follows from the shapes
+/// and types), then [`Writer::tensor`] each tensor's bytes in the header's order, then [`Writer::finish`].
+pub struct Writer<W: Write> {
+    inner: Counting<W>,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn start(w: W, metadata: &[(String, Meta)], tensors: &[TensorEntry]) -> io::Result<Writer<W>> {
+        let mut w = Counting { inner: w, pos: 0 };
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        w.write_all(&(tensors.len() as u64).to_le_bytes())?;
+        w.write_all(&(metadata.len() as u64).to_le_bytes())?;
+        for (key, value) in metadata {
+            write_str(&mut w, key)?;
+            w.write_all(&value.type_id().to_le_bytes())?;
+            value.write(&mut w)?;
         }
-        w.write_all(&type_id(t.dtype).to_le_bytes())?;
-        w.write_all(&offset.to_le_bytes())?;
-        offset += t.bytes() as u64;
-        offset += padding(offset) as u64;
+        let mut offset = 0u64;
+        for t in tensors {
+            write_str(&mut w, &t.name)?;
+            w.write_all(&(t.shape.len() as u32).to_le_bytes())?;
+            for &d in t.shape.iter().rev() {
+                w.write_all(&(d as u64).to_le_bytes())?;
+            }
+            w.write_all(&type_id(t.dtype).to_le_bytes())?;
+            w.write_all(&offset.to_le_bytes())?;
+            offset += t.bytes() as u64;
+            offset += padding(offset) as u64;
+        }
+        let mut writer = Writer { inner: w };
+        writer.pad()?;
+        Ok(writer)
     }
-    let pad = padding(w.pos);
-    w.write_all(&vec![0u8; pad])?;
-    for (i, t) in tensors.iter().enumerate() {
-        let bytes = data(i)?;
+
+    /// The next tensor's bytes (exactly `t.bytes()` of them), then padding to the alignment.
+    pub fn tensor(&mut self, t: &TensorEntry, bytes: &[u8]) -> io::Result<()> {
         if bytes.len() != t.bytes() {
             return Err(io::Error::other(format!(
                 "tensor {} produced {} bytes, its shape and type need {}",
@@ -174,19 +177,27 @@ pub fn write<W: Write>(
                 t.bytes()
             )));
         }
-        w.write_all(&bytes)?;
-        let pad = padding(w.pos);
-        w.write_all(&vec![0u8; pad])?;
+        self.inner.write_all(bytes)?;
+        self.pad()
     }
-    w.flush()
+
+    pub fn finish(mut self) -> io::Result<W> {
+        self.inner.flush()?;
+        Ok(self.inner.inner)
+    }
+
+    fn pad(&mut self) -> io::Result<()> {
+        let pad = padding(self.inner.pos);
+        self.inner.write_all(&vec![0u8; pad])
+    }
 }
 
-struct Counting<'a, W: Write> {
-    inner: &'a mut W,
+struct Counting<W: Write> {
+    inner: W,
     pos: u64,
 }
 
-impl<W: Write> Write for Counting<'_, W> {
+impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.pos += n as u64;

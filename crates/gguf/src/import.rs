@@ -4,13 +4,15 @@
 //! GGUF vocabulary with its chat template. The folder is assembled beside its destination and renamed into place.
 
 use crate::error::{GgufError, Result};
-use crate::format::type_name;
-use crate::names::{from_gguf_arch, hf_class, rope_heads, rope_unpermutation, to_hf, IMPORTABLE};
+use crate::names::{
+    from_gguf_arch, hf_class, offset_norm, order_key, reorder_rows, rope_heads, rope_unpermutation, to_hf, IMPORTABLE,
+};
+use crate::quant::le_bytes;
 use crate::tokenizer::{rebuild_tokenizer_json, tokenizer_config, GgufVocab};
 use crate::Progress;
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use freezetune_train::Architecture;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -62,10 +64,12 @@ pub struct ImportReport {
 struct Gguf {
     path: PathBuf,
     content: Content,
+    /// Read one tensor at a time, as the import reaches it.
+    file: std::cell::RefCell<std::fs::File>,
 }
 
 impl Gguf {
-    fn open(path: &Path) -> Result<(Gguf, std::fs::File)> {
+    fn open(path: &Path) -> Result<Gguf> {
         let mut file = std::fs::File::open(path).map_err(|e| GgufError::io(path, e))?;
         let content = Content::read(&mut file).map_err(|e| GgufError::BadInput {
             path: path.into(),
@@ -74,13 +78,29 @@ impl Gguf {
                  and q2_K to q6_K tensors"
             ),
         })?;
-        Ok((
-            Gguf {
-                path: path.into(),
-                content,
-            },
-            file,
-        ))
+        Ok(Gguf {
+            path: path.into(),
+            content,
+            file: std::cell::RefCell::new(file),
+        })
+    }
+
+    /// Tensor `name` as the file stores it.
+    fn read(&self, name: &str) -> Result<candle_core::quantized::QTensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.bad(format!("no tensor {name}")))?;
+        info.read(
+            &mut *self.file.borrow_mut(),
+            self.content.tensor_data_offset,
+            &Device::Cpu,
+        )
+        .map_err(GgufError::candle(format!(
+            "reading {name} from {}",
+            self.path.display()
+        )))
     }
 
     fn get(&self, key: &str) -> Option<&GValue> {
@@ -135,7 +155,7 @@ pub fn import_gguf(
     options: &ImportOptions,
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<ImportReport> {
-    let (g, mut reader) = Gguf::open(file)?;
+    let g = Gguf::open(file)?;
     let arch_name = g.opt_str("general.architecture").unwrap_or_default();
     let arch = from_gguf_arch(&arch_name).ok_or_else(|| {
         GgufError::Unsupported(format!(
@@ -149,10 +169,7 @@ pub fn import_gguf(
     }
     let mut names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
     names.sort_by_key(|n| order_key(n));
-    let mut source_types = BTreeMap::new();
-    for info in g.content.tensor_infos.values() {
-        *source_types.entry(type_name(info.ggml_dtype).to_string()).or_insert(0) += 1;
-    }
+    let source_types = crate::count_types(g.content.tensor_infos.values().map(|i| i.ggml_dtype));
     let dtype = choose_dtype(options.dtype, &g);
     let vocab = read_vocab(&g)?;
     let (config, warnings) = config_json(&g, arch, &arch_name, dtype, &vocab)?;
@@ -170,13 +187,7 @@ pub fn import_gguf(
         })?;
         tensors.push((name.clone(), hf, g.content.tensor_infos[name].shape.dims().to_vec()));
     }
-    let tmp = dest.with_file_name(format!(
-        ".{}.{}.partial",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    let tmp = crate::hidden_sibling(dest, "partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
     let total = tensors.len();
@@ -193,11 +204,7 @@ pub fn import_gguf(
             }) {
                 return Err(GgufError::Stopped);
             }
-            let info = &g.content.tensor_infos[name];
-            let q = info
-                .read(&mut reader, g.content.tensor_data_offset, &Device::Cpu)
-                .map_err(GgufError::candle(format!("reading {name} from {}", file.display())))?;
-            let bytes = hf_bytes(q, hf, shape, arch, heads, kv_heads, dtype)
+            let bytes = hf_bytes(g.read(name)?, hf, shape, arch, heads, kv_heads, dtype)
                 .map_err(GgufError::candle(format!("converting {name}")))?;
             w.write_all(&bytes).map_err(|e| GgufError::io(&st_path, e))?;
         }
@@ -240,13 +247,7 @@ pub fn import_gguf(
 }
 
 fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
-    let aside = dest.with_file_name(format!(
-        ".{}.{}.old",
-        dest.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    let aside = crate::hidden_sibling(dest, "old");
     let replaced = force && dest.exists();
     if replaced {
         std::fs::rename(dest, &aside).map_err(|e| GgufError::io(dest, e))?;
@@ -271,20 +272,6 @@ fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("json");
     std::fs::write(path, text).map_err(|e| GgufError::io(path, e))
-}
-
-fn order_key(gguf: &str) -> (usize, usize, String) {
-    if gguf.starts_with("token_embd") {
-        return (0, 0, gguf.into());
-    }
-    if let Some(layer) = gguf
-        .strip_prefix("blk.")
-        .and_then(|r| r.split('.').next())
-        .and_then(|l| l.parse().ok())
-    {
-        return (1, layer, gguf.into());
-    }
-    (2, 0, gguf.into())
 }
 
 fn choose_dtype(want: ImportDType, g: &Gguf) -> DType {
@@ -358,22 +345,12 @@ fn hf_bytes(
 ) -> candle_core::Result<Vec<u8>> {
     let mut t = q.dequantize(&Device::Cpu)?.reshape(shape)?;
     if let Some(h) = rope_heads(hf, arch, heads, kv_heads) {
-        let idx: Vec<u32> = rope_unpermutation(shape[0], h).into_iter().map(|r| r as u32).collect();
-        t = t.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
+        t = reorder_rows(&t, rope_unpermutation(shape[0], h))?;
     }
-    if arch == Architecture::Gemma && hf.ends_with("norm.weight") {
+    if offset_norm(hf, arch) {
         t = (t - 1.0)?;
     }
-    let t = t.flatten_all()?.to_dtype(dtype)?;
-    Ok(match dtype {
-        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        _ => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    })
+    le_bytes(&t.to_dtype(dtype)?)
 }
 
 fn read_vocab(g: &Gguf) -> Result<GgufVocab> {
@@ -498,19 +475,15 @@ fn round_theta(t: f64) -> f64 {
 }
 
 fn rope_factors(g: &Gguf) -> Result<Option<Vec<f32>>> {
-    let Some(info) = g.content.tensor_infos.get("rope_freqs.weight") else {
+    if !g.content.tensor_infos.contains_key("rope_freqs.weight") {
         return Ok(None);
-    };
-    let mut f = std::fs::File::open(&g.path).map_err(|e| GgufError::io(&g.path, e))?;
-    let q = info
-        .read(&mut f, g.content.tensor_data_offset, &Device::Cpu)
-        .map_err(GgufError::candle("reading rope_freqs.weight"))?;
-    let v = q
+    }
+    g.read("rope_freqs.weight")?
         .dequantize(&Device::Cpu)
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())
-        .map_err(GgufError::candle("reading rope_freqs.weight"))?;
-    Ok(Some(v))
+        .map(Some)
+        .map_err(GgufError::candle("reading rope_freqs.weight"))
 }
 
 /// The Llama 3 rope scaling whose per-frequency factors are `factors`, among the settings Meta's models use.

@@ -25,3 +25,32 @@ pub struct Progress {
     /// The tensor being written (empty when finished).
     pub tensor: String,
 }
+
+/// How many tensors each GGML type holds, by llama.cpp's type names.
+pub fn count_types(
+    types: impl Iterator<Item = candle_core::quantized::GgmlDType>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for t in types {
+        *counts.entry(format::type_name(t).to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Such counts in words: "9 f32, 30 q8_0".
+pub fn describe_types(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A hidden name beside `dest` for work in progress (`.NAME.PID.TAG`), renamed onto `dest` once complete.
+pub(crate) fn hidden_sibling(dest: &std::path::Path, tag: &str) -> std::path::PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{}.{tag}", std::process::id()))
+}

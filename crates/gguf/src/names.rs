@@ -70,14 +70,33 @@ const LAYER: [(&str, &str); 18] = [
     ("mlp.gate_up_proj.bias", "ffn_up.bias"),
 ];
 
+/// A layer tensor's index and the name after it, in either naming (`model.layers.N.…`, `blk.N.…`).
+pub fn split_layer(name: &str) -> Option<(usize, &str)> {
+    let rest = name
+        .strip_prefix("model.layers.")
+        .or_else(|| name.strip_prefix("blk."))?;
+    let (layer, suffix) = rest.split_once('.')?;
+    Some((layer.parse().ok()?, suffix))
+}
+
+/// llama.cpp's converter order, in either naming: embeddings, the layers in order, then the rest (final norm,
+/// output).
+pub fn order_key(name: &str) -> (usize, usize, String) {
+    if name.starts_with("model.embed_tokens") || name.starts_with("token_embd") {
+        return (0, 0, name.into());
+    }
+    match split_layer(name) {
+        Some((layer, _)) => (1, layer, name.into()),
+        None => (2, 0, name.into()),
+    }
+}
+
 /// The GGUF name of a Hugging Face tensor, or `None` for one llama.cpp has no place for.
 pub fn to_gguf(hf: &str) -> Option<String> {
     if let Some((_, g)) = GLOBAL.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let (layer, suffix) = split_layer(hf).filter(|_| hf.starts_with("model.layers."))?;
     let (_, g) = LAYER.iter().find(|(h, _)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))
 }
@@ -87,9 +106,7 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
     if let Some((h, _)) = GLOBAL.iter().find(|(_, g)| *g == gguf) {
         return Some(h.to_string());
     }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let (layer, suffix) = split_layer(gguf).filter(|_| gguf.starts_with("blk."))?;
     let fused_up = arch == Architecture::Phi3 && suffix.starts_with("ffn_up");
     let (h, _) = LAYER
         .iter()
@@ -120,6 +137,17 @@ pub fn rope_unpermutation(rows: usize, heads: usize) -> Vec<usize> {
         inverse[src] = out;
     }
     inverse
+}
+
+/// Gemma stores its norms as `weight - 1` (its forward pass adds the 1); llama.cpp stores the weight itself.
+pub fn offset_norm(hf: &str, arch: Architecture) -> bool {
+    arch == Architecture::Gemma && hf.ends_with("norm.weight")
+}
+
+/// The rows of `t` in `order` (row `i` of the result is row `order[i]` of `t`).
+pub fn reorder_rows(t: &candle_core::Tensor, order: Vec<usize>) -> candle_core::Result<candle_core::Tensor> {
+    let idx: Vec<u32> = order.into_iter().map(|r| r as u32).collect();
+    t.index_select(&candle_core::Tensor::new(idx.as_slice(), t.device())?, 0)
 }
 
 /// Whether a tensor is llama's q or k projection (weight or bias) and how many heads it holds.

@@ -17,17 +17,21 @@ pub enum ExportType {
 }
 
 impl ExportType {
-    pub const NAMES: [&'static str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_k_m"];
+    pub const ALL: [ExportType; 5] = [
+        ExportType::F32,
+        ExportType::F16,
+        ExportType::Bf16,
+        ExportType::Q8_0,
+        ExportType::Q4KM,
+    ];
 
     pub fn parse(name: &str) -> Option<ExportType> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "f32" => ExportType::F32,
-            "f16" => ExportType::F16,
-            "bf16" => ExportType::Bf16,
-            "q8_0" => ExportType::Q8_0,
-            "q4_k_m" => ExportType::Q4KM,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Every type's name, for messages: "f32, f16, bf16, q8_0, q4_k_m".
+    pub fn names() -> String {
+        Self::ALL.map(ExportType::name).join(", ")
     }
 
     pub fn name(self) -> &'static str {
@@ -164,17 +168,35 @@ pub fn encode(values: &[f32], cols: usize, dtype: GgmlDType) -> candle_core::Res
     Ok(out)
 }
 
-/// Decodes a tensor's bytes to f32 (import, and the tests' round trips).
-pub fn decode(bytes: &[u8], shape: &[usize], dtype: GgmlDType) -> candle_core::Result<Vec<f32>> {
-    candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, bytes, shape.to_vec(), &Device::Cpu)?
-        .dequantize(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()
+/// A tensor's values as little-endian bytes in its own dtype (f32, f16 or bf16; anything else as f32).
+pub fn le_bytes(t: &Tensor) -> candle_core::Result<Vec<u8>> {
+    let t = t.flatten_all()?;
+    Ok(match t.dtype() {
+        candle_core::DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        candle_core::DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        _ => t
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode(bytes: &[u8], shape: &[usize], dtype: GgmlDType) -> candle_core::Result<Vec<f32>> {
+        candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, bytes, shape.to_vec(), &Device::Cpu)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    }
 
     fn role<'a>(name: &'a str, shape: &'a [usize], layer: usize) -> TensorRole<'a> {
         TensorRole {

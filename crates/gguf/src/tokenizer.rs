@@ -78,48 +78,79 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
     let config = read_json(&model_dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let model_config = read_json(&model_dir.join("config.json"))?.unwrap_or(Value::Null);
     let mut warnings = Vec::new();
-    let model = &tok["model"];
-    let kind = model["type"].as_str().unwrap_or_default();
     let byte_level = mentions(&tok["pre_tokenizer"], "ByteLevel") || mentions(&tok["decoder"], "ByteLevel");
-    let (vocab, scores) = vocab_of(model, &path)?;
-    let mut ids: HashMap<String, u32> = vocab.iter().map(|(t, &i)| (t.clone(), i)).collect();
-    let mut tokens = vec![String::new(); vocab_size];
-    let mut types = vec![UNUSED; vocab_size];
-    for (i, t) in tokens.iter_mut().enumerate() {
-        *t = format!("[PAD{i}]");
+    let (vocab, scores) = vocab_of(&tok["model"], &path)?;
+    let table = token_table(&tok, &vocab, vocab_size, byte_level, &path)?;
+    let mut entries = model_entries(&tok, &table, scores, byte_level, &path, &mut warnings)?;
+    entries.extend(special_entries(&tok, &config, &model_config, &table.ids));
+    if let Some(template) = chat_template(model_dir)? {
+        entries.push(("tokenizer.chat_template".into(), Meta::Str(template)));
     }
-    for (text, &id) in &vocab {
+    Ok(TokenizerMeta { entries, warnings })
+}
+
+/// Every row's token text and type (`[PADn]` / unused where the tokenizer has none), and text -> id.
+struct TokenTable {
+    tokens: Vec<String>,
+    types: Vec<i32>,
+    ids: HashMap<String, u32>,
+}
+
+fn token_table(
+    tok: &Value,
+    vocab: &HashMap<String, u32>,
+    vocab_size: usize,
+    byte_level: bool,
+    path: &Path,
+) -> Result<TokenTable> {
+    let mut t = TokenTable {
+        tokens: (0..vocab_size).map(|i| format!("[PAD{i}]")).collect(),
+        types: vec![UNUSED; vocab_size],
+        ids: vocab.clone(),
+    };
+    for (text, &id) in vocab {
         let ty = if !byte_level && is_byte_token(text) {
             BYTE
         } else {
             NORMAL
         };
-        put(&mut tokens, &mut types, id, text, ty, &path)?;
+        put(&mut t.tokens, &mut t.types, id, text, ty, path)?;
     }
-    if let Some(unk) = model["unk_token"].as_str().and_then(|u| vocab.get(u)) {
-        types[*unk as usize] = UNKNOWN;
+    if let Some(unk) = tok["model"]["unk_token"].as_str().and_then(|u| vocab.get(u)) {
+        t.types[*unk as usize] = UNKNOWN;
     }
     for added in tok["added_tokens"].as_array().into_iter().flatten() {
         let (Some(id), Some(text)) = (added["id"].as_u64(), added["content"].as_str()) else {
             continue;
         };
-        let ty = if added["special"].as_bool().unwrap_or(false) {
-            CONTROL
-        } else {
-            USER_DEFINED
+        let ty = match (t.types.get(id as usize), added["special"].as_bool().unwrap_or(false)) {
+            (Some(&UNKNOWN), _) => UNKNOWN,
+            (_, true) => CONTROL,
+            (_, false) => USER_DEFINED,
         };
-        let ty = if types.get(id as usize) == Some(&UNKNOWN) {
-            UNKNOWN
-        } else {
-            ty
-        };
-        put(&mut tokens, &mut types, id as u32, text, ty, &path)?;
-        ids.insert(text.to_string(), id as u32);
+        put(&mut t.tokens, &mut t.types, id as u32, text, ty, path)?;
+        t.ids.insert(text.to_string(), id as u32);
     }
-    let mut entries: Vec<(String, Meta)> = Vec::new();
+    Ok(t)
+}
+
+/// The vocabulary in llama.cpp's form for its kind: `gpt2` (tokens, types, merges, pre-tokenizer) or `llama`
+/// (pieces, scores, types, space prefix).
+fn model_entries(
+    tok: &Value,
+    table: &TokenTable,
+    scores: Option<Vec<f32>>,
+    byte_level: bool,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(String, Meta)>> {
+    let model = &tok["model"];
+    let kind = model["type"].as_str().unwrap_or_default();
+    let str_entry = |k: &str, v: &str| (k.to_string(), Meta::Str(v.into()));
+    let tokens = ("tokenizer.ggml.tokens".to_string(), Meta::Strs(table.tokens.clone()));
+    let types = ("tokenizer.ggml.token_type".to_string(), Meta::I32s(table.types.clone()));
     match (kind, byte_level, model["byte_fallback"].as_bool().unwrap_or(false)) {
         ("BPE", true, _) => {
-            entries.push(("tokenizer.ggml.model".into(), Meta::Str("gpt2".into())));
             let pre = gpt2_pre(&tok["pre_tokenizer"]);
             if pre == "default" {
                 warnings.push(format!(
@@ -128,42 +159,53 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
                     path.display()
                 ));
             }
-            entries.push(("tokenizer.ggml.pre".into(), Meta::Str(pre.into())));
-            entries.push(("tokenizer.ggml.tokens".into(), Meta::Strs(tokens)));
-            entries.push(("tokenizer.ggml.token_type".into(), Meta::I32s(types)));
-            entries.push(("tokenizer.ggml.merges".into(), Meta::Strs(merges_of(model))));
+            Ok(vec![
+                str_entry("tokenizer.ggml.model", "gpt2"),
+                str_entry("tokenizer.ggml.pre", pre),
+                tokens,
+                types,
+                ("tokenizer.ggml.merges".into(), Meta::Strs(merges_of(model))),
+            ])
         }
         ("BPE", false, true) | ("Unigram", false, _) => {
-            let scores = scores.unwrap_or_else(|| merge_scores(model, &tokens));
-            let mut full = vec![NO_MERGE; vocab_size];
-            for (i, s) in scores.into_iter().enumerate().take(vocab_size) {
-                full[i] = s;
+            let scores = scores.unwrap_or_else(|| merge_scores(model, &table.tokens));
+            let mut full = vec![NO_MERGE; table.tokens.len()];
+            for (slot, s) in full.iter_mut().zip(scores) {
+                *slot = s;
             }
-            entries.push(("tokenizer.ggml.model".into(), Meta::Str("llama".into())));
-            entries.push(("tokenizer.ggml.pre".into(), Meta::Str("default".into())));
-            entries.push(("tokenizer.ggml.tokens".into(), Meta::Strs(tokens)));
-            entries.push(("tokenizer.ggml.scores".into(), Meta::F32s(full)));
-            entries.push(("tokenizer.ggml.token_type".into(), Meta::I32s(types)));
-            entries.push((
-                "tokenizer.ggml.add_space_prefix".into(),
-                Meta::Bool(adds_space_prefix(&tok)),
-            ));
+            Ok(vec![
+                str_entry("tokenizer.ggml.model", "llama"),
+                str_entry("tokenizer.ggml.pre", "default"),
+                tokens,
+                ("tokenizer.ggml.scores".into(), Meta::F32s(full)),
+                types,
+                (
+                    "tokenizer.ggml.add_space_prefix".into(),
+                    Meta::Bool(adds_space_prefix(tok)),
+                ),
+            ])
         }
         _ => {
-            return Err(GgufError::BadInput {
-                path,
+            Err(GgufError::BadInput {
+                path: path.into(),
                 reason: format!(
-                    "a {kind} tokenizer{} cannot be written to GGUF yet (byte-level BPE, byte-fallback BPE and \
-                     Unigram can)",
-                    if kind == "BPE" {
-                        " without byte-level or byte-fallback"
-                    } else {
-                        ""
-                    }
-                ),
+                "a {kind} tokenizer{} cannot be written to GGUF yet (byte-level BPE, byte-fallback BPE and Unigram \
+                 can)",
+                if kind == "BPE" { " without byte-level or byte-fallback" } else { "" }
+            ),
             })
         }
     }
+}
+
+/// Special token ids (tokenizer_config.json's tokens, else config.json's ids) and whether BOS / EOS are added.
+fn special_entries(
+    tok: &Value,
+    config: &Value,
+    model_config: &Value,
+    ids: &HashMap<String, u32>,
+) -> Vec<(String, Meta)> {
+    let mut entries = Vec::new();
     for (key, name) in [
         ("bos", "bos_token"),
         ("eos", "eos_token"),
@@ -171,8 +213,7 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
         ("padding", "pad_token"),
     ] {
         let from_config = special_text(&config[name]).and_then(|t| ids.get(&t).copied());
-        let id = from_config.or_else(|| first_id(&model_config[format!("{name}_id")]));
-        if let Some(id) = id {
+        if let Some(id) = from_config.or_else(|| first_id(&model_config[format!("{name}_id")])) {
             entries.push((format!("tokenizer.ggml.{key}_token_id"), Meta::U32(id)));
         }
     }
@@ -181,10 +222,7 @@ pub fn tokenizer_meta(model_dir: &Path, vocab_size: usize) -> Result<TokenizerMe
     let add_eos = config["add_eos_token"].as_bool().unwrap_or(eos);
     entries.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(add_bos)));
     entries.push(("tokenizer.ggml.add_eos_token".into(), Meta::Bool(add_eos)));
-    if let Some(template) = chat_template(model_dir)? {
-        entries.push(("tokenizer.chat_template".into(), Meta::Str(template)));
-    }
-    Ok(TokenizerMeta { entries, warnings })
+    entries
 }
 
 fn put(tokens: &mut [String], types: &mut [i32], id: u32, text: &str, ty: i32, path: &Path) -> Result<()> {

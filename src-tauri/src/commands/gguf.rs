@@ -100,7 +100,7 @@ pub async fn export_gguf(
     let kind = ExportType::parse(&kind).ok_or_else(|| {
         IpcError::new(
             "bad_input",
-            format!("unknown GGUF type {kind:?}; one of {}", ExportType::NAMES.join(", ")),
+            format!("unknown GGUF type {kind:?}; one of {}", ExportType::names()),
         )
     })?;
     let dest = export_path(&run, kind);
@@ -119,7 +119,6 @@ pub async fn export_gguf(
         freezetune_gguf::export_gguf(&run, &dest, &options, &mut watcher(on_event, stop)).map_err(ipc)
     })
     .await?;
-    let types: Vec<String> = report.tensor_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     Ok(GgufExport {
         folder: report
             .path
@@ -131,7 +130,7 @@ pub async fn export_gguf(
         kind: report.kind,
         architecture: report.architecture,
         tensors: report.tensors,
-        tensor_types: types.join(", "),
+        tensor_types: freezetune_gguf::describe_types(&report.tensor_types),
         modelfile: report.modelfile.map(|m| m.to_string_lossy().into_owned()),
         warnings: report.warnings,
     })

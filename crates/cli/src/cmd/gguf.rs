@@ -51,7 +51,7 @@ pub struct ImportGgufArgs {
 }
 
 fn parse_type(s: &str) -> std::result::Result<ExportType, String> {
-    ExportType::parse(s).ok_or_else(|| format!("unknown type {s:?}; one of {}", ExportType::NAMES.join(", ")))
+    ExportType::parse(s).ok_or_else(|| format!("unknown type {s:?}; one of {}", ExportType::names()))
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<ImportDType, String> {
@@ -60,7 +60,8 @@ fn parse_dtype(s: &str) -> std::result::Result<ImportDType, String> {
 
 /// A bar over tensors; Ctrl-C stops between tensors (nothing is left behind).
 fn progress_bar(json: bool) -> Result<(ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
-    let cancel = super::train::cancel_on_interrupt(false)?;
+    let cancel =
+        super::train::cancel_on_interrupt(false, "stopping after this tensor; the unfinished output is removed")?;
     let bar = if json {
         ProgressBar::hidden()
     } else {
@@ -99,7 +100,6 @@ pub fn export(args: &ExportGgufArgs) -> Result<()> {
 }
 
 fn print_export(r: &ExportReport) {
-    let types: Vec<String> = r.tensor_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     println!(
         "wrote {} ({}, {} {}, {} tensors: {})",
         r.path.display(),
@@ -107,7 +107,7 @@ fn print_export(r: &ExportReport) {
         r.architecture,
         r.kind,
         r.tensors,
-        types.join(", ")
+        freezetune_gguf::describe_types(&r.tensor_types)
     );
     println!("from {}", r.source.display());
     if let Some(m) = &r.modelfile {
@@ -136,14 +136,13 @@ pub fn import(args: &ImportGgufArgs) -> Result<()> {
 }
 
 fn print_import(r: &ImportReport) {
-    let types: Vec<String> = r.source_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     println!(
         "wrote {} ({} {}, {} tensors from {}; {} tokenizer)",
         r.path.display(),
         r.architecture,
         r.dtype,
         r.tensors,
-        types.join(", "),
+        freezetune_gguf::describe_types(&r.source_types),
         r.tokenizer
     );
     for w in &r.warnings {

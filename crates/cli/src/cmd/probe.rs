@@ -128,7 +128,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         gradients: !args.forward_only,
     };
     let events = args.events.is_some();
-    let cancel = super::train::cancel_on_interrupt(events)?;
+    let cancel = super::train::cancel_on_interrupt(events, super::train::CHECKPOINT_AND_STOP)?;
     let mut watch = |p: ProbeProgress| {
         if events {
             crate::render::event_line(

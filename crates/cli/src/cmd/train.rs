@@ -34,7 +34,7 @@ pub enum EventFormat {
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config = load_config(args)?;
-    let cancel = cancel_on_interrupt(args.events.is_some())?;
+    let cancel = cancel_on_interrupt(args.events.is_some(), CHECKPOINT_AND_STOP)?;
     match args.events {
         Some(EventFormat::Jsonl) => run_jsonl(&config, args.resume, &cancel),
         None => run_human(&config, args.resume, &cancel),
@@ -72,16 +72,19 @@ fn load_config(args: &TrainArgs) -> Result<RunConfig> {
     Ok(config)
 }
 
+/// What a training run (and the probe, which shares its stop wiring) says on Ctrl-C.
+pub(crate) const CHECKPOINT_AND_STOP: &str = "stopping after this step and saving a checkpoint";
+
 /// The flag a run polls between steps. Ctrl-C (SIGINT) sets it — the run checkpoints and stops — and a second
 /// Ctrl-C exits at once. With `--events`, a `stop` line on stdin sets it too (how a parent process stops a
-/// worker without signals).
-pub(crate) fn cancel_on_interrupt(events: bool) -> Result<Arc<AtomicBool>> {
+/// worker without signals). `stopping` is what the first Ctrl-C prints (what the command does when it stops).
+pub(crate) fn cancel_on_interrupt(events: bool, stopping: &'static str) -> Result<Arc<AtomicBool>> {
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();
     let mut first_interrupt = true;
     ctrlc_handler(move || {
         if first_interrupt {
-            eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)");
+            eprintln!("\n{stopping} (Ctrl-C again to abort)");
             c.store(true, Ordering::Relaxed);
             first_interrupt = false;
         } else {
