@@ -167,83 +167,130 @@ pub fn import_gguf(
     if dest.exists() && !options.force {
         return Err(GgufError::Exists(dest.into()));
     }
-    let mut names: Vec<String> = g.content.tensor_infos.keys().cloned().collect();
-    names.sort_by_key(|n| order_key(n));
-    let source_types = crate::count_types(g.content.tensor_infos.values().map(|i| i.ggml_dtype));
     let dtype = choose_dtype(options.dtype, &g);
     let vocab = read_vocab(&g)?;
     let (config, warnings) = config_json(&g, arch, &arch_name, dtype, &vocab)?;
-    let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
-    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
-    let mut tensors: Vec<(String, String, Vec<usize>)> = Vec::new();
-    for name in &names {
-        if name == "rope_freqs.weight" {
-            continue; // read into config.json's rope scaling
-        }
-        let hf = to_hf(name, arch).ok_or_else(|| {
-            g.bad(format!(
-                "tensor {name} has no place in FreezeTune's {arch_name} decoder"
-            ))
-        })?;
-        tensors.push((name.clone(), hf, g.content.tensor_infos[name].shape.dims().to_vec()));
-    }
+    let target = Target {
+        arch,
+        heads: config["num_attention_heads"].as_u64().unwrap_or(1) as usize,
+        kv_heads: config["num_key_value_heads"].as_u64().unwrap_or(1) as usize,
+        dtype,
+    };
+    let tensors = plan_tensors(&g, arch, &arch_name)?;
     let tmp = crate::hidden_sibling(dest, "partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
-    let total = tensors.len();
-    let result = (|| {
-        let st_path = tmp.join("model.safetensors");
-        let out = std::fs::File::create(&st_path).map_err(|e| GgufError::io(&st_path, e))?;
-        let mut w = BufWriter::with_capacity(8 << 20, out);
-        write_safetensors_header(&mut w, &tensors, dtype).map_err(|e| GgufError::io(&st_path, e))?;
-        for (i, (name, hf, shape)) in tensors.iter().enumerate() {
-            if !progress(&Progress {
-                done: i,
-                total,
-                tensor: name.clone(),
-            }) {
-                return Err(GgufError::Stopped);
-            }
-            let bytes = hf_bytes(g.read(name)?, hf, shape, arch, heads, kv_heads, dtype)
-                .map_err(GgufError::candle(format!("converting {name}")))?;
-            w.write_all(&bytes).map_err(|e| GgufError::io(&st_path, e))?;
-        }
-        let out = w.into_inner().map_err(|e| GgufError::io(&st_path, e.into_error()))?;
-        out.sync_all().map_err(|e| GgufError::io(&st_path, e))?;
-        write_json(&tmp.join("config.json"), &config)?;
-        let template = g.opt_str("tokenizer.chat_template");
-        write_json(&tmp.join("tokenizer.json"), &rebuild_tokenizer_json(&vocab)?)?;
-        let ctx = config["max_position_embeddings"].as_u64();
-        write_json(
-            &tmp.join("tokenizer_config.json"),
-            &tokenizer_config(&vocab, template.as_deref(), ctx),
-        )?;
-        if let Some(t) = &template {
-            let p = tmp.join("chat_template.jinja");
-            std::fs::write(&p, t).map_err(|e| GgufError::io(&p, e))?;
-        }
-        let generation = json!({"bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad});
-        write_json(&tmp.join("generation_config.json"), &generation)?;
-        progress(&Progress {
-            done: total,
-            total,
-            tensor: String::new(),
-        });
-        place_dir(&tmp, dest, options.force)
-    })();
-    if result.is_err() {
+    let written = write_weights(&tmp, &g, &tensors, &target, progress)
+        .and_then(|()| write_files(&tmp, &g, &config, &vocab))
+        .and_then(|()| place_dir(&tmp, dest, options.force));
+    if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    result?;
+    written?;
     Ok(ImportReport {
         path: dest.into(),
         architecture: arch_name,
         dtype: st_dtype(dtype).to_lowercase(),
-        tensors: total,
-        source_types,
+        tensors: tensors.len(),
+        source_types: crate::count_types(g.content.tensor_infos.values().map(|i| i.ggml_dtype)),
         tokenizer: vocab.model.clone(),
         warnings,
     })
+}
+
+/// What the Hugging Face layout of the tensors depends on.
+struct Target {
+    arch: Architecture,
+    heads: usize,
+    kv_heads: usize,
+    dtype: DType,
+}
+
+/// One tensor to import: its GGUF name, its Hugging Face name, its shape.
+struct Planned {
+    gguf: String,
+    hf: String,
+    shape: Vec<usize>,
+}
+
+/// Every tensor in llama.cpp's converter order; `rope_freqs` is read into config.json instead.
+fn plan_tensors(g: &Gguf, arch: Architecture, arch_name: &str) -> Result<Vec<Planned>> {
+    let mut names: Vec<&String> = g
+        .content
+        .tensor_infos
+        .keys()
+        .filter(|n| *n != "rope_freqs.weight")
+        .collect();
+    names.sort_by_key(|n| order_key(n));
+    names
+        .into_iter()
+        .map(|name| {
+            let hf = to_hf(name, arch).ok_or_else(|| {
+                g.bad(format!(
+                    "tensor {name} has no place in FreezeTune's {arch_name} decoder"
+                ))
+            })?;
+            let shape = g.content.tensor_infos[name].shape.dims().to_vec();
+            Ok(Planned {
+                gguf: name.clone(),
+                hf,
+                shape,
+            })
+        })
+        .collect()
+}
+
+/// `model.safetensors`, synced: the header, then each tensor as it is dequantized.
+fn write_weights(
+    dir: &Path,
+    g: &Gguf,
+    tensors: &[Planned],
+    target: &Target,
+    progress: &mut dyn FnMut(&Progress) -> bool,
+) -> Result<()> {
+    let path = dir.join("model.safetensors");
+    let io = |e| GgufError::io(&path, e);
+    let mut w = BufWriter::with_capacity(8 << 20, std::fs::File::create(&path).map_err(io)?);
+    write_safetensors_header(&mut w, tensors, target.dtype).map_err(io)?;
+    let total = tensors.len();
+    for (i, t) in tensors.iter().enumerate() {
+        if !progress(&Progress {
+            done: i,
+            total,
+            tensor: t.gguf.clone(),
+        }) {
+            return Err(GgufError::Stopped);
+        }
+        let bytes =
+            hf_bytes(g.read(&t.gguf)?, t, target).map_err(GgufError::candle(format!("converting {}", t.gguf)))?;
+        w.write_all(&bytes).map_err(io)?;
+    }
+    let out = w.into_inner().map_err(|e| GgufError::io(&path, e.into_error()))?;
+    out.sync_all().map_err(io)?;
+    progress(&Progress {
+        done: total,
+        total,
+        tensor: String::new(),
+    });
+    Ok(())
+}
+
+/// config.json, the rebuilt tokenizer, its config, the chat template and generation_config.json.
+fn write_files(dir: &Path, g: &Gguf, config: &Value, vocab: &GgufVocab) -> Result<()> {
+    write_json(&dir.join("config.json"), config)?;
+    let template = g.opt_str("tokenizer.chat_template");
+    write_json(&dir.join("tokenizer.json"), &rebuild_tokenizer_json(vocab)?)?;
+    let ctx = config["max_position_embeddings"].as_u64();
+    write_json(
+        &dir.join("tokenizer_config.json"),
+        &tokenizer_config(vocab, template.as_deref(), ctx),
+    )?;
+    if let Some(t) = &template {
+        let p = dir.join("chat_template.jinja");
+        std::fs::write(&p, t).map_err(|e| GgufError::io(&p, e))?;
+    }
+    let generation = json!({"bos_token_id": vocab.bos, "eos_token_id": vocab.eos, "pad_token_id": vocab.pad});
+    write_json(&dir.join("generation_config.json"), &generation)
 }
 
 fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
@@ -306,18 +353,14 @@ fn st_dtype(d: DType) -> &'static str {
     }
 }
 
-fn write_safetensors_header(
-    w: &mut impl Write,
-    tensors: &[(String, String, Vec<usize>)],
-    dtype: DType,
-) -> std::io::Result<()> {
+fn write_safetensors_header(w: &mut impl Write, tensors: &[Planned], dtype: DType) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
         json!({"format": "pt", "written_by": "freezetune import-gguf"}),
     );
     let mut offset = 0usize;
-    for (_, hf, shape) in tensors {
+    for Planned { hf, shape, .. } in tensors {
         let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
         header.insert(
             hf.clone(),
@@ -333,24 +376,16 @@ fn write_safetensors_header(
     w.write_all(text.as_bytes())
 }
 
-/// A tensor's bytes in the Hugging Face layout and `dtype`.
-fn hf_bytes(
-    q: candle_core::quantized::QTensor,
-    hf: &str,
-    shape: &[usize],
-    arch: Architecture,
-    heads: usize,
-    kv_heads: usize,
-    dtype: DType,
-) -> candle_core::Result<Vec<u8>> {
-    let mut t = q.dequantize(&Device::Cpu)?.reshape(shape)?;
-    if let Some(h) = rope_heads(hf, arch, heads, kv_heads) {
-        t = reorder_rows(&t, rope_unpermutation(shape[0], h))?;
+/// A tensor's bytes in the Hugging Face layout and the target dtype.
+fn hf_bytes(q: candle_core::quantized::QTensor, t: &Planned, target: &Target) -> candle_core::Result<Vec<u8>> {
+    let mut v = q.dequantize(&Device::Cpu)?.reshape(t.shape.as_slice())?;
+    if let Some(h) = rope_heads(&t.hf, target.arch, target.heads, target.kv_heads) {
+        v = reorder_rows(&v, rope_unpermutation(t.shape[0], h))?;
     }
-    if offset_norm(hf, arch) {
-        t = (t - 1.0)?;
+    if offset_norm(&t.hf, target.arch) {
+        v = (v - 1.0)?;
     }
-    le_bytes(&t.to_dtype(dtype)?)
+    le_bytes(&v.to_dtype(target.dtype)?)
 }
 
 fn read_vocab(g: &Gguf) -> Result<GgufVocab> {
