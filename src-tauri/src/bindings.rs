@@ -33,7 +33,7 @@ pub fn render_all() -> Vec<(String, String)> {
         models::CachedModelView,
         models::TokenStatus,
         dialogs::PickKind,
-        gguf::GgufProgress,
+        freezetune_gguf::Progress,
         gguf::GgufExport,
         plan::ExportFormat,
         presets::PresetListItem,

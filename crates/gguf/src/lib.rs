@@ -19,6 +19,7 @@ pub use quant::ExportType;
 
 /// Progress of an export or import, one tensor at a time. The callback returns `false` to stop.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "GgufProgress"))]
 pub struct Progress {
     pub done: usize,
     pub total: usize,

@@ -16,14 +16,6 @@ use tauri::ipc::Channel;
 use tauri::State;
 use ts_rs::TS;
 
-/// One tensor written (or the end: `done == total`).
-#[derive(Debug, Clone, Serialize, TS)]
-pub struct GgufProgress {
-    pub done: usize,
-    pub total: usize,
-    pub tensor: String,
-}
-
 /// What an export wrote.
 #[derive(Debug, Clone, Serialize, TS)]
 pub struct GgufExport {
@@ -71,14 +63,10 @@ pub fn import_dir(data_dir: &Path, file: &Path) -> PathBuf {
         .expect("some name is free")
 }
 
-fn watcher(on_event: Channel<GgufProgress>, stop: Arc<AtomicBool>) -> impl FnMut(&Progress) -> bool {
+/// Sends each tensor's progress to the window (the end is `done == total`); `false` once cancelled.
+fn watcher(on_event: Channel<Progress>, stop: Arc<AtomicBool>) -> impl FnMut(&Progress) -> bool {
     move |p: &Progress| {
-        let event = GgufProgress {
-            done: p.done,
-            total: p.total,
-            tensor: p.tensor.clone(),
-        };
-        if let Err(e) = on_event.send(event) {
+        if let Err(e) = on_event.send(p.clone()) {
             tracing::warn!("gguf progress: the window is gone: {e}");
         }
         !stop.load(Ordering::Relaxed)
@@ -94,7 +82,7 @@ pub async fn export_gguf(
     modelfile: bool,
     force: bool,
     task_id: String,
-    on_event: Channel<GgufProgress>,
+    on_event: Channel<Progress>,
 ) -> IpcResult<GgufExport> {
     let run = state.access.check(&run_dir)?;
     let kind = ExportType::parse(&kind).ok_or_else(|| {
@@ -142,7 +130,7 @@ pub async fn import_gguf(
     state: State<'_, AppState>,
     path: String,
     task_id: String,
-    on_event: Channel<GgufProgress>,
+    on_event: Channel<Progress>,
 ) -> IpcResult<ModelSummary> {
     let file = state.access.check(&path)?;
     let dest = import_dir(&state.paths.data_dir, &file);
