@@ -72,10 +72,11 @@ const LAYER: [(&str, &str); 18] = [
 
 /// A layer tensor's index and the name after it, in either naming (`model.layers.N.…`, `blk.N.…`).
 pub fn split_layer(name: &str) -> Option<(usize, &str)> {
-    let rest = name
-        .strip_prefix("model.layers.")
-        .or_else(|| name.strip_prefix("blk."))?;
-    let (layer, suffix) = rest.split_once('.')?;
+    layer_after(name, "model.layers.").or_else(|| layer_after(name, "blk."))
+}
+
+fn layer_after<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let (layer, suffix) = name.strip_prefix(prefix)?.split_once('.')?;
     Some((layer.parse().ok()?, suffix))
 }
 
@@ -96,7 +97,7 @@ pub fn to_gguf(hf: &str) -> Option<String> {
     if let Some((_, g)) = GLOBAL.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
     }
-    let (layer, suffix) = split_layer(hf).filter(|_| hf.starts_with("model.layers."))?;
+    let (layer, suffix) = layer_after(hf, "model.layers.")?;
     let (_, g) = LAYER.iter().find(|(h, _)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))
 }
@@ -106,7 +107,7 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
     if let Some((h, _)) = GLOBAL.iter().find(|(_, g)| *g == gguf) {
         return Some(h.to_string());
     }
-    let (layer, suffix) = split_layer(gguf).filter(|_| gguf.starts_with("blk."))?;
+    let (layer, suffix) = layer_after(gguf, "blk.")?;
     let fused_up = arch == Architecture::Phi3 && suffix.starts_with("ffn_up");
     let (h, _) = LAYER
         .iter()
