@@ -25,6 +25,8 @@ for lib in "${SHIP[@]}"; do
   test -f "$LIB/$lib" || { echo "missing $LIB/$lib (re-run scripts/cuda-toolkit.sh --runtime)" >&2; exit 1; }
   ln -s "$LIB/$lib" "$LINK/${lib%%.so*}.so"
 done
+# The stub lists cudarc's driver functions, so its source must be on disk (a fresh machine has no registry yet).
+(cd "$ROOT" && cargo fetch --locked >&2)
 CUDARC="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$(grep -A1 '^name = "cudarc"' "$ROOT/Cargo.lock" \
   | sed -n 's/^version = "\(.*\)"/\1/p')" | head -1)"
 grep -ohE '^\s+fn cu[A-Za-z0-9_]+\(' "$CUDARC/src/driver/sys/mod.rs" | sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/\1/' \

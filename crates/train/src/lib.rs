@@ -1,6 +1,7 @@
 //! `freezetune-train`: freeze-aware fine-tuning on candle. FreezeTune's own decoder (Hugging Face weight names,
 //! differentiable ops only), trainable tensors as f32 `Var`s and frozen ones as constants, optimizers.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod generate;
 pub mod inventory;
 pub mod loss;
 pub mod model;
+pub mod node;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -2,10 +2,11 @@
 //! differentiable ops. Frozen layers below the lowest trainable one record no graph (their inputs hold no `Var`);
 //! frozen linears above it compute only the input gradient.
 
+use crate::attention::{attention, AttentionSpec, Positions};
 use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
 use crate::fused;
-use crate::ops::{attention_softmax, rms_norm, rms_norm_offset, rope_heads, swiglu, Linear};
+use crate::ops::{rms_norm, rms_norm_offset, rope_heads, swiglu, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -47,8 +48,8 @@ pub struct Decoder {
     dtype: DType,
     /// Device-resident cos/sin tables for the longest sequence seen so far.
     rope: Mutex<Option<RopeTables>>,
-    /// The attention mask of the last batch shape (row lengths and width), kept on the device.
-    mask: Mutex<Option<(Vec<usize>, usize, Tensor)>>,
+    /// The attention masking of the last batch shape (row lengths and width), kept on the device.
+    mask: Mutex<Option<(Vec<usize>, usize, AttnMask)>>,
 }
 
 struct RopeTables {
@@ -154,49 +155,54 @@ impl Decoder {
     }
 
     /// f32 cos/sin tables (t, head_dim) for positions `start..start + t`, narrowed from tables kept on the device
-    /// and rebuilt (on the device) only when a longer sequence comes.
+    /// and rebuilt only when a longer sequence comes. Computed on the host in f32 as transformers does (position ×
+    /// inv_freq rounded to f32, then cos/sin), so every backend gets the same tables (Metal's fast-math cos/sin
+    /// drift at large positions).
     fn rope_tables(&self, start: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let mut cached = self.rope.lock().expect("rope cache");
         let need = start + t;
         if cached.as_ref().is_none_or(|r| r.len < need) {
             let len = need.next_power_of_two().max(64);
-            let half = self.inv_freq.len();
-            let positions = Tensor::arange(0u32, len as u32, &self.device)?
-                .to_dtype(DType::F32)?
-                .reshape((len, 1))?;
-            let inv_freq = Tensor::from_slice(&self.inv_freq, (1, half), &self.device)?;
-            let angles = positions.broadcast_mul(&inv_freq)?;
-            let angles = Tensor::cat(&[&angles, &angles], 1)?;
+            let (cos, sin) = rope_table_values(&self.inv_freq, len);
+            let width = 2 * self.inv_freq.len();
             *cached = Some(RopeTables {
                 len,
-                cos: angles.cos()?,
-                sin: angles.sin()?,
+                cos: Tensor::from_vec(cos, (len, width), &self.device)?,
+                sin: Tensor::from_vec(sin, (len, width), &self.device)?,
             });
         }
         let r = cached.as_ref().expect("just built");
         Ok((r.cos.narrow(0, start, t)?, r.sin.narrow(0, start, t)?))
     }
 
-    /// Additive f32 attention mask (batch, 1, t, t): causal, and padded keys hidden. Finite, so a fully masked row
-    /// (a padded query) stays finite; its loss is ignored anyway. Built on the device from the row lengths, and kept
-    /// while batches keep the same shape.
-    fn mask(&self, lengths: &[usize], t: usize) -> candle_core::Result<Tensor> {
+    /// The attention masking of a training batch: the row lengths on the device and, where the fused CPU kernel
+    /// runs, its dense additive mask (batch, 1, t, t) (causal, padded keys hidden; finite, so a fully masked row
+    /// stays finite). Kept while batches keep the same shape.
+    fn mask(&self, lengths: &[usize], t: usize) -> candle_core::Result<AttnMask> {
         let mut cached = self.mask.lock().expect("mask cache");
         if let Some((l, w, m)) = cached.as_ref() {
             if l == lengths && *w == t {
                 return Ok(m.clone());
             }
         }
-        // Positions as f32 (exact below 2^24), so the comparisons use kernels every backend has.
         let dev = &self.device;
-        let positions = Tensor::arange(0u32, t as u32, dev)?.to_dtype(DType::F32)?;
-        let query = positions.reshape((1, 1, t, 1))?;
-        let key = positions.reshape((1, 1, 1, t))?;
         let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
-        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1, 1), dev)?;
-        let future = key.broadcast_gt(&query)?.to_dtype(DType::F32)?;
-        let padded = key.broadcast_ge(&lens)?.to_dtype(DType::F32)?;
-        let m = (future.broadcast_maximum(&padded)? * -1e9)?;
+        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), dev)?;
+        let dense = if fused::enabled() && dev.is_cpu() && self.dtype == DType::F32 {
+            let positions = Tensor::arange(0f32, t as f32, dev)?;
+            let query = positions.reshape((1, 1, t, 1))?;
+            let key = positions.reshape((1, 1, 1, t))?;
+            let future = key.broadcast_gt(&query)?.to_dtype(DType::F32)?;
+            let padded = key.broadcast_ge(&lens.unsqueeze(1)?)?.to_dtype(DType::F32)?;
+            Some((future.broadcast_maximum(&padded)? * -1e9)?)
+        } else {
+            None
+        };
+        let m = AttnMask {
+            lengths: Some(lens),
+            q_offset: 0,
+            dense,
+        };
         *cached = Some((lengths.to_vec(), t, m.clone()));
         Ok(m)
     }
@@ -334,7 +340,7 @@ impl Decoder {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
@@ -392,26 +398,48 @@ impl Decoder {
 
 impl Decoder {
     /// `softmax(q·kᵀ/√d + mask)·v` over q (b, heads, t, d) and k, v (b, kv_heads, t_k, d), as (b, t, heads·d):
-    /// one fused op on the CPU in f32 when queries and keys are the same positions (training, prefill); the
-    /// composite ops otherwise.
-    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, nh, t, hd) = q.dims4()?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let (mb, one, mq, mk) = mask.dims4()?;
-        let same_positions = k.dim(2)? == t && (mq, mk) == (t, t) && one == 1 && (mb == 1 || mb == b);
-        if same_positions && fused::applies(q) && fused::applies(&k) && fused::applies(&v) {
-            return fused::causal_attention(q, &k, &v, mask, scale as f32);
+    /// the fused CPU kernel in f32 when it has a dense mask (training and the probe), the blockwise
+    /// device-generic attention otherwise (CUDA, Metal, other dtypes, generation, `FREEZETUNE_FUSED=0`).
+    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: &AttnMask) -> candle_core::Result<Tensor> {
+        let spec = AttentionSpec::plain(q.dim(3)?);
+        if let Some(dense) = &mask.dense {
+            if fused::applies(q) && k.dim(2)? == q.dim(2)? {
+                return fused::causal_attention(q, &k, &v, dense, spec.scale as f32);
+            }
         }
-        let k = repeat_kv(k, nh / self.config.num_kv_heads)?;
-        let v = repeat_kv(v, nh / self.config.num_kv_heads)?;
-        // Scores in the compute dtype from the matmul, then scaled, masked and normalised in f32.
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let probs = attention_softmax(&scores, mask, scale)?.to_dtype(self.dtype)?;
-        probs
-            .matmul(&v.contiguous()?)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))
+        let positions = Positions {
+            q_offset: mask.q_offset,
+            lengths: mask.lengths.as_ref(),
+        };
+        attention(q, &k, &v, spec, &positions)
     }
+}
+
+/// How a batch's attention is masked: causal always; padded keys where row lengths are given; the fused CPU
+/// kernel's dense mask where it runs.
+#[derive(Clone)]
+struct AttnMask {
+    /// f32 (batch, 1, 1) row lengths; None: no padding.
+    lengths: Option<Tensor>,
+    /// The position of the first query (the cached length when generating).
+    q_offset: usize,
+    dense: Option<Tensor>,
+}
+
+/// cos and sin of `position × inv_freq` in f32, row-major (len, 2 × inv_freq.len()): each row's angles twice, as
+/// rotate_half pairs them.
+fn rope_table_values(inv_freq: &[f32], len: usize) -> (Vec<f32>, Vec<f32>) {
+    let width = 2 * inv_freq.len();
+    let (mut cos, mut sin) = (Vec::with_capacity(len * width), Vec::with_capacity(len * width));
+    for p in 0..len {
+        let angles = inv_freq.iter().map(|&f| p as f32 * f);
+        let row: Vec<f32> = angles.collect();
+        for _ in 0..2 {
+            cos.extend(row.iter().map(|a| a.cos()));
+            sin.extend(row.iter().map(|a| a.sin()));
+        }
+    }
+    (cos, sin)
 }
 
 /// Keys and values of one layer for the positions generated so far.
@@ -442,10 +470,11 @@ impl Decoder {
             let mut h = self.embed_ids(&ids_t, 1, t)?;
             let (cos, sin) = self.rope_tables(start, t)?;
             let total = start + t;
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| (0..total).map(move |j| if j > start + i { -1e9 } else { 0.0 }))
-                .collect();
-            let mask = Tensor::from_vec(mask, (1, 1, t, total), &self.device)?;
+            let mask = AttnMask {
+                lengths: None,
+                q_offset: start,
+                dense: None,
+            };
             for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
                 h = self.block(block, &h, &cos, &sin, &mask, Some(layer))?;
             }
@@ -473,15 +502,4 @@ fn rounded_to(value: f64, dtype: DType) -> f64 {
         DType::F16 => half::f16::from_f64(value).to_f64(),
         _ => value as f32 as f64,
     }
-}
-
-/// (b, kv, t, d) -> (b, kv * n_rep, t, d), sharing each kv head among `n_rep` query heads.
-fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, n_rep, t, d))?
-        .reshape((b, kv * n_rep, t, d))
 }

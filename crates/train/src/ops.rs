@@ -8,6 +8,7 @@
 //! and hand back the activations' dtype.
 
 use crate::fused;
+use crate::node::{attach1, attach2};
 use candle_core::backend::BackendStorage;
 use candle_core::Result;
 #[cfg(test)]
@@ -20,15 +21,76 @@ pub fn rms_norm_offset(x: &Tensor, weight: &Tensor, offset: f64, eps: f64) -> Re
     if fused::applies(x) && weight.dtype() == DType::F32 {
         return fused::rms_norm(x, weight, offset as f32, eps as f32);
     }
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    let mut w = weight.to_dtype(DType::F32)?;
-    if offset != 0.0 {
-        w = (w + offset)?;
+    let norm = RmsNorm {
+        offset,
+        eps,
+        weight: weight.detach().to_dtype(DType::F32)?,
+    };
+    let value = norm.forward(&x.detach())?;
+    attach2(
+        "rms-norm",
+        x,
+        weight,
+        value,
+        Box::new(move |x, weight, _, grad| norm.backward(x, weight, grad)),
+    )
+}
+
+/// The device-generic RMSNorm, as one node: it keeps its input only (candle's composite kept five
+/// intermediates, and a full-size gradient for a frozen weight).
+struct RmsNorm {
+    offset: f64,
+    eps: f64,
+    /// The weight in f32, without the offset.
+    weight: Tensor,
+}
+
+impl RmsNorm {
+    /// `x` in f32 and `1 / sqrt(mean(x²) + eps)` per row.
+    fn stats(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = x.to_dtype(DType::F32)?;
+        let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        Ok((x, inv))
     }
-    normed.broadcast_mul(&w)?.to_dtype(dtype)
+
+    fn scale(&self) -> Result<Tensor> {
+        if self.offset == 0.0 {
+            Ok(self.weight.clone())
+        } else {
+            self.weight.clone() + self.offset
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (xf, inv) = self.stats(x)?;
+        xf.broadcast_mul(&inv)?
+            .broadcast_mul(&self.scale()?)?
+            .to_dtype(x.dtype())
+    }
+
+    /// Gradients of `x` and of the weight, each only if it records a graph.
+    fn backward(&self, x: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (xf, inv) = self.stats(&x.detach())?;
+        let normed = xf.broadcast_mul(&inv)?;
+        let grad = grad.to_dtype(DType::F32)?;
+        let dweight = if weight.track_op() {
+            let width = normed.dim(D::Minus1)?;
+            let rows = normed.elem_count() / width.max(1);
+            let dw = (&grad * &normed)?.reshape((rows, width))?.sum(0)?;
+            Some(dw.reshape(weight.shape())?.to_dtype(weight.dtype())?)
+        } else {
+            None
+        };
+        let dx = if x.track_op() {
+            let gn = grad.broadcast_mul(&self.scale()?)?;
+            let along = (&gn * &normed)?.mean_keepdim(D::Minus1)?;
+            let dx = gn.sub(&normed.broadcast_mul(&along)?)?.broadcast_mul(&inv)?;
+            Some(dx.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
+        Ok((dx, dweight))
+    }
 }
 
 /// `x / sqrt(mean(x²) + eps) * weight` (see [`rms_norm_offset`]).
@@ -41,19 +103,6 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// `softmax(scores * scale + mask)` for attention: `scores` (batch, heads, q, k) in f32, `mask` broadcastable to
-/// it. One fused pass on the CPU when the mask is (1 or batch, 1, q, k); the composite ops elsewhere.
-pub fn attention_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let fits = match (scores.dims4(), mask.dims4()) {
-        (Ok((b, _, q, k)), Ok((mb, 1, mq, mk))) => (mb == 1 || mb == b) && (mq, mk) == (q, k),
-        _ => false,
-    };
-    if fused::applies(scores) && fits {
-        return fused::masked_softmax(scores, mask, scale as f32);
-    }
-    softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)
 }
 
 /// `silu(gate) * up`, the SwiGLU MLP's product: fused on the CPU in f32.
@@ -77,12 +126,24 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// A projection (batch, seq, heads, head_dim) split into heads (batch, heads, seq, head_dim), contiguous, and
-/// rotated: one fused pass on the CPU in f32, the reshape-copy-rotate composite elsewhere.
+/// rotated: one fused pass on the CPU in f32; elsewhere one node whose backward is the inverse rotation (it keeps
+/// nothing but its input, and gives the cos/sin tables no gradient).
 pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if fused::applies(x) {
         return fused::rope_heads(x, cos, sin);
     }
-    apply_rope(&x.transpose(1, 2)?.contiguous()?, cos, sin)
+    let value = apply_rope(&x.detach().transpose(1, 2)?.contiguous()?, cos, sin)?;
+    let (cos, minus_sin) = (cos.clone(), sin.neg()?);
+    attach1(
+        "rope",
+        x,
+        value,
+        Box::new(move |_, _, grad| {
+            // The rotation's transpose is the rotation by the opposite angle (both halves share an angle).
+            let back = apply_rope(grad, &cos, &minus_sin)?;
+            Ok(Some(back.transpose(1, 2)?.contiguous()?))
+        }),
+    )
 }
 
 /// A linear layer as the freeze plan wants it. A trainable weight is a `Var`'s f32 tensor, cast to the input's
@@ -118,7 +179,12 @@ impl Linear {
             x.broadcast_matmul(&self.weight.t()?)?
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            Some(b) if b.track_op() => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            // A frozen bias as an operand of the add would get a full-size gradient kept for the whole pass.
+            Some(b) => {
+                let value = y.detach().broadcast_add(&b.to_dtype(y.dtype())?)?;
+                attach1("frozen-bias", &y, value, Box::new(|_, _, grad| Ok(Some(grad.clone()))))
+            }
             None => Ok(y),
         }
     }

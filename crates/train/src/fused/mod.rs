@@ -23,9 +23,13 @@ use rayon::prelude::*;
 /// Whether the fused kernels serve `x`: f32 on the CPU, unless `FREEZETUNE_FUSED=0` turns them off (to measure
 /// what they buy, or to rule them out when chasing a numerical difference).
 pub fn applies(x: &Tensor) -> bool {
+    enabled() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Whether the fused kernels are switched on (`FREEZETUNE_FUSED` is not `0`).
+pub fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED.get_or_init(|| std::env::var("FREEZETUNE_FUSED").map_or(true, |v| v != "0"));
-    enabled && x.device().is_cpu() && x.dtype() == DType::F32
+    *ENABLED.get_or_init(|| std::env::var("FREEZETUNE_FUSED").map_or(true, |v| v != "0"))
 }
 
 /// `x / sqrt(mean(x²) + eps) * (weight + offset)` over the last dimension.
