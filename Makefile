@@ -23,11 +23,10 @@ endif
 # CUDA builds go to a target dir of their own, so the CPU build's cache is never rebuilt with other features.
 # CUDA=1 adds the CUDA edition's worker, freezetune-cuda, to `make run` and `make bundle`.
 CUDA_TARGET_DIR ?= /var/tmp/freezetune-target-cuda
-CUDA_FEATURES := --features freezetune-train/cuda,freezetune-cli/cuda
 CUDA_WORKER_DIR := $(CUDA_TARGET_DIR)/freezetune-cuda
 CUDA_DEPS := $(if $(CUDA),cuda-worker)
 
-.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench check-cuda gpu-check worker cuda-worker
+.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench check-cuda gpu-check gpu-bundle worker cuda-worker
 
 setup:
 	@bash scripts/setup.sh
@@ -89,11 +88,17 @@ e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bins
 	bash tests/e2e/run.sh
 
-## check-cuda: the CUDA build of the engine and the CLI (the CUDA worker) compiles (kernels included). nvcc comes from
-## NVIDIA's CUDA 13 wheels on PyPI, installed once outside the clone (scripts/cuda-toolkit.sh); no GPU is needed.
+## check-cuda: the CUDA worker builds and links against NVIDIA's CUDA 13 libraries (kernels included), as the CUDA
+## edition and the GPU bundle build it (scripts/cuda-worker.sh). nvcc and the libraries come from NVIDIA's wheels on
+## PyPI, installed once outside the clone (scripts/cuda-toolkit.sh); the build is cached in $(CUDA_TARGET_DIR). No GPU
+## is needed.
 check-cuda: ui
-	cuda_env="$$(bash scripts/cuda-toolkit.sh)" && eval "$$cuda_env" && CARGO_TARGET_DIR=$(CUDA_TARGET_DIR) \
-		$(CARGO) check --locked -p freezetune-train -p freezetune-cli $(CUDA_FEATURES)
+	bash scripts/cuda-worker.sh "$(CUDA_WORKER_DIR)"
+
+## gpu-bundle: the GPU check as a folder (gpu-bundle/, under 64 MiB) that a GPU machine without cargo runs as it is:
+## `bash gpu-bundle/run.sh` (scripts/gpu-bundle.sh; docs/gpu.md).
+gpu-bundle: setup
+	bash scripts/gpu-bundle.sh
 
 ## gpu-check: parity, the freeze mask and a benchmark on a device (scripts/gpu-check.sh); in `make test` on the CPU
 ## with a small model, so the script a lent GPU machine runs cannot rot.

@@ -68,24 +68,50 @@ def write_run(dir, model, data, device, dtype, freeze, training, cutoff):
     return dir / "run.toml"
 
 
+def device_used_bytes():
+    """Memory in use on GPU 0 as a whole: nvidia-smi, else the CUDA API through PyTorch (a sandbox may show [N/A])."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True).stdout.strip()
+    if out.isdigit():
+        return int(out) * 2**20
+    try:
+        import torch
+        free, total = torch.cuda.mem_get_info(0)
+        return total - free
+    except Exception:
+        return None
+
+
 class MemoryPoll:
-    """Peak GPU memory of one process (nvidia-smi, every 50 ms), or its peak RSS on the CPU."""
+    """Peak GPU memory of one process (nvidia-smi's per-process figure every 50 ms; where it has none, the GPU's
+    used memory less what was in use before the process started), or its peak RSS on the CPU."""
 
     def __init__(self, pid, gpu):
         self.pid, self.gpu, self.peak, self.stop = pid, gpu, 0, False
+        self.device_peak, self.source = 0, "rss"
+        self.baseline = device_used_bytes() if gpu else None
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
+
+    def per_process(self):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            parts = [x.strip() for x in line.split(",")]
+            if len(parts) == 2 and parts[0] == str(self.pid) and parts[1].isdigit():
+                return int(parts[1]) * 2**20
+        return None
 
     def run(self):
         while not self.stop:
             if self.gpu:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                    capture_output=True, text=True).stdout
-                for line in out.splitlines():
-                    pid, mib = [x.strip() for x in line.split(",")]
-                    if pid == str(self.pid):
-                        self.peak = max(self.peak, int(mib) * 2**20)
+                mine = self.per_process()
+                if mine is not None:
+                    self.peak = max(self.peak, mine)
+                used = device_used_bytes()
+                if used is not None and self.baseline is not None:
+                    self.device_peak = max(self.device_peak, used - self.baseline)
             else:
                 try:
                     for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -98,6 +124,10 @@ class MemoryPoll:
     def finish(self):
         self.stop = True
         self.thread.join()
+        if self.gpu:
+            self.source = "nvidia-smi per process" if self.peak else "device used - baseline"
+            if not self.peak:
+                self.peak = self.device_peak
         return self.peak
 
 
@@ -108,15 +138,16 @@ def run_measured(cmd, gpu, env=None):
     peak = poll.finish()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{err[-4000:]}")
-    return out, err, peak
+    return out, err, peak, poll.source
 
 
 def train(bin, config, gpu=False):
-    out, err, peak = run_measured([bin, "train", "--config", str(config)], gpu)
+    out, err, peak, source = run_measured([bin, "train", "--config", str(config)], gpu)
     run = Path(config).parent / "run"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if "loss" in m]
-    return {"steps": steps, "final": Path(out.strip().splitlines()[-1]), "run": run, "peak": peak, "log": err}
+    return {"steps": steps, "final": Path(out.strip().splitlines()[-1]), "run": run, "peak": peak,
+            "peak_source": source, "log": err}
 
 
 # --- 1 + 2: parity and the freeze mask ---------------------------------------------------------------------------
@@ -138,7 +169,11 @@ def parity(bin, device, work):
         for name, opt in cases:
             config = write_run(work / f"parity-{name}-{dtype}", model, data, device, dtype, freeze,
                                f"{exact}\n{opt}", 64)
-            r = train(bin, config, device.startswith("cuda"))
+            try:
+                r = train(bin, config, device.startswith("cuda"))
+            except SystemExit as e:
+                check(False, f"{dtype} {name}: training ran ({e})")
+                continue
             losses = [s["loss"] for s in r["steps"]]
             want = ref[name]["loss_at_step"]
             worst = max(rel(a, b) for a, b in zip(losses, want))
@@ -167,19 +202,27 @@ def freeze_mask(model, r, what):
 
 # --- 3: the benchmark --------------------------------------------------------------------------------------------
 
-def bench_model(device, work):
-    """The benchmark's model folder: a Qwen2.5-0.5B-shaped random bf16 model on CUDA, the reference llama else."""
+def bench_models(device, work):
+    """The benchmark's models: (label, folder, batch, seq, dtype, configs). On CUDA a Qwen2.5-0.5B-shaped random model
+    in bf16 at 8 x 1024, and the 31M llama of bench-train in f32 at 2 x 1024 (the shape docs/memory.md measures on
+    the CPU); the reference llama in f32 at 2 x 32 elsewhere."""
     if not device.startswith("cuda"):
-        return FIXTURES / "models" / "llama", 2, 32
+        return [("reference llama", FIXTURES / "models" / "llama", 2, 32, "f32", list(FREEZE))]
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    dir = work / "qwen2.5-0.5b-shaped"
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    qwen = work / "qwen2.5-0.5b-shaped"
     config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                          rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(dir)
-    return dir, 8, 1024
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(qwen)
+    small = work / "llama-31m"
+    config = LlamaConfig(vocab_size=8000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096,
+                         tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(small)
+    return [("Qwen2.5-0.5B-shaped", qwen, 8, 1024, "bf16", list(FREEZE)),
+            ("llama 31M", small, 2, 1024, "f32", ["full", "top 4"])]
 
 
 FREEZE = {
@@ -190,36 +233,48 @@ FREEZE = {
 
 
 def bench(bin, device, work, steps):
-    model, batch, seq = bench_model(device, work)
+    results = []
+    for m in bench_models(device, work):
+        try:
+            results.append(bench_one(bin, device, work, steps, *m))
+        except SystemExit as e:
+            check(False, f"benchmark {m[0]} ran ({e})")
+    return results
+
+
+def bench_one(bin, device, work, steps, label, model, batch, seq, dtype, names):
     cfg = json.loads((model / "config.json").read_text())
     vocab = cfg["vocab_size"]
-    data = work / "bench.jsonl"
+    data = work / f"bench-{model.name}.jsonl"
     rows = [[(r * 7919 + i * 104729 + 13) % (vocab - 1) + 1 for i in range(seq)] for r in range(batch * (steps + 1))]
     data.write_text("\n".join(json.dumps({"input_ids": r, "labels": r}) for r in rows))
-    dtype = "bf16" if device.startswith("cuda") else "f32"
+    gpu = device.startswith("cuda")
     torch_ok = have_torch(device)
     results = []
-    for name, freeze in FREEZE.items():
+    for name in names:
+        freeze = FREEZE[name]
         if name == "full" and not cfg.get("tie_word_embeddings", False):
             freeze = freeze.replace('"norm"]', '"norm", "lm_head"]')
         training = (f'batch_size = {batch}\nshuffle = false\nmax_steps = {steps + 1}\noptimizer = "adamw"\n'
                     f'learning_rate = 1e-5\nsave_steps = 0')
-        config = write_run(work / f"bench-{name.replace(' ', '')}", model, data, device, dtype, freeze, training, seq)
-        r = train(bin, config, device.startswith("cuda"))
+        config = write_run(work / f"bench-{model.name}-{name.replace(' ', '')}", model, data, device, dtype, freeze,
+                           training, seq)
+        r = train(bin, config, gpu)
         elapsed = [s["elapsed_s"] for s in r["steps"]]
         ours = statistics.median([(b - a) * 1e3 for a, b in zip(elapsed, elapsed[1:])])
-        row = {"name": name, "freezetune_ms": ours, "freezetune_peak": r["peak"],
+        row = {"name": name, "freezetune_ms": ours, "freezetune_peak": r["peak"], "peak_source": r["peak_source"],
                "trainable": json.loads((r["run"] / "freeze_plan.json").read_text())["trainable_params"]}
         if torch_ok:
             plan = r["run"] / "freeze_plan.json"
-            out, _, peak = run_measured([sys.executable, str(ROOT / "scripts" / "gpu_check_torch.py"), str(model),
-                                         str(plan), str(data), device, dtype, str(batch), str(steps)],
-                                        device.startswith("cuda"))
+            out, _, peak, _ = run_measured([sys.executable, str(ROOT / "scripts" / "gpu_check_torch.py"), str(model),
+                                            str(plan), str(data), device, dtype, str(batch), str(steps)], gpu)
             theirs = json.loads(out.strip().splitlines()[-1])
             row.update({"pytorch_ms": theirs["median_ms"], "pytorch_peak": peak,
+                        "pytorch_max_reserved": theirs.get("max_reserved"),
                         "time_ratio": ours / theirs["median_ms"], "memory_ratio": r["peak"] / max(peak, 1)})
         results.append(row)
-    return {"model": str(model), "batch": batch, "seq": seq, "dtype": dtype, "rows": results, "torch": torch_ok}
+    return {"label": label, "model": str(model), "batch": batch, "seq": seq, "dtype": dtype, "rows": results,
+            "torch": torch_ok}
 
 
 def have_torch(device):
@@ -228,7 +283,8 @@ def have_torch(device):
 
 
 def print_bench(b):
-    print(f"\nbenchmark: {b['model']} ({b['dtype']}, batch {b['batch']} x {b['seq']}, AdamW)")
+    print(f"\nbenchmark: {b['label']} ({b['dtype']}, batch {b['batch']} x {b['seq']}, AdamW; peak memory: "
+          f"{b['rows'][0].get('peak_source', '-')})")
     print(f"  {'config':<10} {'trainable':>12} {'FreezeTune ms':>14} {'PyTorch ms':>11} {'time ratio':>10} "
           f"{'FT peak MiB':>12} {'PT peak MiB':>12} {'mem ratio':>10}")
     for r in b["rows"]:
@@ -253,7 +309,8 @@ def main():
         print(f"parity and freeze mask on {args.device} ({args.bin})")
         report = {"device": args.device, "parity": parity(args.bin, args.device, work)}
         report["bench"] = bench(args.bin, args.device, work, args.steps)
-        print_bench(report["bench"])
+        for b in report["bench"]:
+            print_bench(b)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)

@@ -46,7 +46,9 @@ def main():
         sync()
         if step > 0:
             times.append((time.perf_counter() - t) * 1e3)
-    print(json.dumps({"median_ms": statistics.median(times), "trainable": sum(p.numel() for p in params)}))
+    reserved = torch.cuda.max_memory_reserved() if device.startswith("cuda") else None
+    print(json.dumps({"median_ms": statistics.median(times), "trainable": sum(p.numel() for p in params),
+                      "max_reserved": reserved}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@
 //! level: compare ratios from one run, never times across machines. "top 2 / full" is set against the ratio of
 //! their matmul work (`flops.rs`), the floor no implementation goes below.
 //!
-//! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS]`
+//! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS] [--generic]`
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -40,6 +40,11 @@ struct BenchShape {
     /// Whether to sweep the two CPU thread pools on "top 2".
     thread_sweep: bool,
     steps: usize,
+    /// Run FreezeTune's device-generic path (`FREEZETUNE_FUSED=0`: the graph CUDA and Metal run) and set its peak
+    /// against the fit check's GPU estimate; otherwise the fused CPU path against the CPU estimate.
+    generic: bool,
+    /// transformers' attention implementations to compare with.
+    pytorch_attentions: &'static [&'static str],
 }
 
 fn shapes(steps: usize) -> Vec<BenchShape> {
@@ -72,6 +77,8 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
             checkpointed: vec!["full", "bottom 2"],
             thread_sweep: true,
             steps,
+            generic: false,
+            pytorch_attentions: &["sdpa", "eager"],
         },
         BenchShape {
             label:
@@ -84,6 +91,35 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
             checkpointed: vec![],
             thread_sweep: false,
             steps: steps.div_ceil(2).max(2),
+            generic: false,
+            pytorch_attentions: &["sdpa", "eager"],
+        },
+        // The GPU path's memory, measured on the CPU (docs/memory.md): long rows, where attention's S² once ruled.
+        BenchShape {
+            label: "random llama 31M, device-generic path (what CUDA and Metal run)",
+            dir_name: "freezetune-bench-train-model",
+            spec: llama(8, 512, 1376, 8, 8, 8000, false),
+            batch: 2,
+            seq: 1024,
+            configs: vec!["full", "top 2"],
+            checkpointed: vec![],
+            thread_sweep: false,
+            steps: 2,
+            generic: true,
+            pytorch_attentions: &["sdpa"],
+        },
+        BenchShape {
+            label: "SmolLM2-135M-shaped llama, device-generic path (what CUDA and Metal run)",
+            dir_name: "freezetune-bench-train-135m",
+            spec: llama(30, 576, 1536, 9, 3, 49152, true),
+            batch: 2,
+            seq: 2048,
+            configs: vec!["full", "top 2"],
+            checkpointed: vec![],
+            thread_sweep: false,
+            steps: 1,
+            generic: true,
+            pytorch_attentions: &["sdpa"],
         },
     ]
 }
@@ -228,9 +264,24 @@ fn run_one(job: Job) -> Result<()> {
         }
     }
     times.sort_by(f64::total_cmp);
+    // The device-generic path is what a GPU runs: the fit check's GPU estimate (f32) is its prediction.
+    let estimate = if freezetune_train::fused::enabled() {
+        p.memory.cpu_total_bytes
+    } else {
+        let trainable: std::collections::BTreeSet<String> = p.trainable.iter().cloned().collect();
+        let setup = freezetune_core::fit::FitSetup {
+            batch_size: batch_size as u64,
+            seq_len: seq as u64,
+            gradient_accumulation: 1,
+            gradient_checkpointing: ckpt,
+            half_precision: false,
+            cpu: false,
+        };
+        freezetune_core::fit::need_bytes(&layout, &trainable, setup)
+    };
     let line = serde_json::json!({
         "name": name, "median_ms": times[times.len() / 2], "min_ms": times[0], "peak_rss": peak_rss_bytes(), "flops": flops,
-        "estimate": p.memory.cpu_total_bytes, "trainable": p.trainable_params,
+        "estimate": estimate, "trainable": p.trainable_params,
     });
     println!("{line}");
     Ok(())
@@ -241,6 +292,9 @@ fn spawn(shape: &BenchShape, model: &Path, name: &str, threads: Option<(usize, u
     cmd.args(["--one", name, &shape.steps.to_string()])
         .arg(model)
         .args([shape.batch.to_string(), shape.seq.to_string()]);
+    if shape.generic {
+        cmd.env("FREEZETUNE_FUSED", "0");
+    }
     if let Some((rayon, candle)) = threads {
         cmd.env("RAYON_NUM_THREADS", rayon.to_string())
             .env("CANDLE_NUM_THREADS", candle.to_string());
@@ -428,33 +482,39 @@ fn freezetune_table(shape: &BenchShape, dir: &Path) -> Result<Vec<serde_json::Va
     Ok(results)
 }
 
-/// The same configurations in PyTorch (sdpa and eager attention), as FreezeTune / PyTorch ratios.
+/// The same configurations in PyTorch (the shape's attention implementations), as FreezeTune / PyTorch ratios.
 fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_json::Value]) -> Result<()> {
     println!(
-        "\nside by side with PyTorch + transformers (same files, same trainable sets; FT/PT < 1: FreezeTune faster;\n FT ms: the faster of the first run and one run again between the PyTorch ones):"
+        "\nside by side with PyTorch + transformers (same files, same trainable sets; FT/PT < 1: FreezeTune faster;\n FT ms: the faster of the first run and one run again between the PyTorch ones; MiB: peak RSS):"
     );
-    println!(
-        "{:<12} {:>8} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9}",
-        "config", "FT ms", "sdpa ms", "eager ms", "FT/sdpa", "FT/eager", "FT MiB", "sdpa MiB", "eager MiB"
-    );
+    let attn = shape.pytorch_attentions;
+    let mut head = format!("{:<12} {:>8}", "config", "FT ms");
+    for a in attn {
+        head += &format!(" {:>9} {:>8}", format!("{a} ms"), format!("FT/{a}"));
+    }
+    head += &format!(" {:>8}", "FT MiB");
+    for a in attn {
+        head += &format!(" {:>9} {:>9}", format!("{a} MiB"), "FT/PT mem");
+    }
+    println!("{head}");
     for r in ours {
         let name = r["name"].as_str().unwrap_or_default();
-        let sdpa = pytorch_one(python, shape, dir, name, "sdpa")?;
+        let theirs = attn
+            .iter()
+            .map(|a| pytorch_one(python, shape, dir, name, a))
+            .collect::<Result<Vec<_>>>()?;
         let again = spawn(shape, dir, name, None)?;
-        let eager = pytorch_one(python, shape, dir, name, "eager")?;
         let ft = ms(r).min(ms(&again));
-        println!(
-            "{:<12} {:>8.0} {:>9.0} {:>9.0} {:>7.2}x {:>8.2}x {:>8.0} {:>9.0} {:>9.0}",
-            name,
-            ft,
-            ms(&sdpa),
-            ms(&eager),
-            ft / ms(&sdpa).max(1e-9),
-            ft / ms(&eager).max(1e-9),
-            mib(r),
-            mib(&sdpa),
-            mib(&eager)
-        );
+        let ft_mib = mib(r).min(mib(&again));
+        let mut line = format!("{:<12} {:>8.0}", name, ft);
+        for t in &theirs {
+            line += &format!(" {:>9.0} {:>7.2}x", ms(t), ft / ms(t).max(1e-9));
+        }
+        line += &format!(" {:>8.0}", ft_mib);
+        for t in &theirs {
+            line += &format!(" {:>9.0} {:>8.2}x", mib(t), ft_mib / mib(t).max(1e-9));
+        }
+        println!("{line}");
     }
     Ok(())
 }
@@ -472,16 +532,26 @@ fn main() -> Result<()> {
         });
     }
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    // --generic: only the device-generic (GPU path) memory shapes.
+    let only_generic = args.iter().any(|a| a == "--generic");
     println!("{}", cpu_line());
     let python = pytorch_python();
-    for shape in shapes(steps) {
+    for shape in shapes(steps).into_iter().filter(|s| s.generic || !only_generic) {
         let dir = std::env::temp_dir().join(shape.dir_name);
         if !dir.join("config.json").exists() {
             write_checkpoint(&dir, &shape.spec)?;
         }
         println!(
-            "\n{}; batch {} x seq {}, f32, AdamW; fastest of {} steps",
-            shape.label, shape.batch, shape.seq, shape.steps
+            "\n{}; batch {} x seq {}, f32, AdamW; fastest of {} steps{}",
+            shape.label,
+            shape.batch,
+            shape.seq,
+            shape.steps,
+            if shape.generic {
+                " (FREEZETUNE_FUSED=0; estimate: the fit check's for a GPU in f32)"
+            } else {
+                ""
+            }
         );
         let ours = freezetune_table(&shape, &dir)?;
         match &python {

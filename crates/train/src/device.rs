@@ -82,14 +82,64 @@ fn start_cuda(n: usize) -> std::result::Result<Device, String> {
     if !built_with_cuda() {
         return Err(NO_CUDA.into());
     }
-    Device::new_cuda(n).map_err(|e| format!("cuda:{n} did not start: {e} ({CUDA_NEEDS})"))
+    let device = Device::new_cuda(n).map_err(|e| format!("cuda:{n} did not start: {e} ({CUDA_NEEDS})"))?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        cuda::refuse_old_gpu(n, d)?;
+        cuda::keep_pooled_memory(d);
+    }
+    Ok(device)
 }
 
+/// The first Metal device. candle panics where a Mac has none (a VM, a CI runner): that panic is caught and told.
 fn start_metal() -> std::result::Result<Device, String> {
     if !built_with_metal() {
         return Err(NO_METAL.into());
     }
-    Device::new_metal(0).map_err(|e| format!("metal did not start: {e}"))
+    match std::panic::catch_unwind(|| Device::new_metal(0)) {
+        Ok(Ok(device)) => Ok(device),
+        Ok(Err(e)) => Err(format!("metal did not start: {e}")),
+        Err(_) => Err("this Mac has no Metal device that candle can use (a virtual machine or a headless \
+                       runner?): train on the CPU"
+            .into()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use cudarc::driver::sys;
+
+    /// FreezeTune's kernels are PTX for compute capability 8.0: older GPUs cannot JIT them and would fail at the
+    /// first kernel, mid-run. They are refused here, by name.
+    pub fn refuse_old_gpu(n: usize, d: &candle_core::CudaDevice) -> Result<(), String> {
+        let ctx = d.cuda_stream().context().clone();
+        let name = ctx.name().unwrap_or_else(|_| "an unnamed GPU".into());
+        match ctx.compute_capability() {
+            Ok((major, minor)) if major < 8 => Err(format!(
+                "cuda:{n} ({name}) has compute capability {major}.{minor}; FreezeTune's CUDA kernels need 8.0 or \
+                 newer (Ampere: A100, RTX 30xx and later): train on the CPU, or on a newer GPU"
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cuda:{n} ({name}): its compute capability could not be read: {e}")),
+        }
+    }
+
+    /// The default memory pool hands freed memory back to the driver whenever the stream synchronises (its release
+    /// threshold is 0), which the step's one host read does every step: memory is then re-mapped every step. Keep
+    /// it pooled; other processes still get memory back when this one ends.
+    pub fn keep_pooled_memory(d: &candle_core::CudaDevice) {
+        let cu_device = d.cuda_stream().context().cu_device();
+        // SAFETY: plain driver calls on a device whose context candle has made current; the out-pointer and the
+        // attribute value live for the calls' duration.
+        unsafe {
+            let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+            if sys::cuDeviceGetDefaultMemPool(&mut pool, cu_device) == sys::CUresult::CUDA_SUCCESS {
+                let mut threshold = u64::MAX;
+                let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+                let _ = sys::cuMemPoolSetAttribute(pool, attr, (&mut threshold as *mut u64).cast());
+            }
+        }
+    }
 }
 
 /// Starts the device `runtime.device` names.
@@ -156,8 +206,12 @@ pub fn compute_dtype(requested: &str, device: &Device, checkpoint: DType) -> DTy
     }
 }
 
-/// Whether a GPU computes in bf16: CUDA from compute capability 8.0 (Ampere) on; Apple GPUs are taken to.
+/// Whether a GPU computes in bf16: CUDA from compute capability 8.0 (Ampere) on; an Apple GPU when a bf16 matmul
+/// runs there (its bf16 kernels need Metal 3.1, macOS 14).
 fn has_bf16(device: &Device) -> bool {
+    if device.is_metal() {
+        return bf16_matmul_runs(device);
+    }
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
         return d
@@ -168,6 +222,17 @@ fn has_bf16(device: &Device) -> bool {
     }
     let _ = device;
     true
+}
+
+/// A small bf16 matmul on `device`, read back: whether the backend has working bf16 kernels. A panic in the
+/// backend counts as no.
+fn bf16_matmul_runs(device: &Device) -> bool {
+    let probe = || -> candle_core::Result<bool> {
+        let a = candle_core::Tensor::ones((4, 4), DType::BF16, device)?;
+        let v = a.matmul(&a)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        Ok(v == 64.0)
+    };
+    std::panic::catch_unwind(probe).is_ok_and(|r| r.unwrap_or(false))
 }
 
 /// The dtype holding most of a checkpoint's parameters.
@@ -255,5 +320,10 @@ mod tests {
         assert_eq!(compute_dtype("auto", &Device::Cpu, DType::BF16), DType::F32);
         assert_eq!(compute_dtype("bf16", &Device::Cpu, DType::F32), DType::BF16);
         assert_eq!(compute_dtype("f16", &Device::Cpu, DType::F32), DType::F16);
+    }
+
+    #[test]
+    fn the_bf16_probe_runs_a_matmul() {
+        assert!(bf16_matmul_runs(&Device::Cpu));
     }
 }

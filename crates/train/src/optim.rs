@@ -312,7 +312,11 @@ pub fn accumulate(sums: &mut [Option<Tensor>], grads: Vec<Option<Tensor>>) -> Re
 pub fn squared_norm(grads: &[Option<Tensor>], device: &candle_core::Device) -> Result<Tensor> {
     let mut sum = Tensor::zeros((), candle_core::DType::F32, device)?;
     for g in grads.iter().flatten() {
-        sum = (sum + g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?)?;
+        let sq = g.to_dtype(candle_core::DType::F32)?.sqr()?;
+        // Rows first: a GPU reduces each output in one block, so one sum over a whole matrix would run on one
+        // block; row sums spread it over the device.
+        let rows = if sq.rank() >= 2 { sq.sum(candle_core::D::Minus1)? } else { sq };
+        sum = (sum + rows.sum_all()?)?;
     }
     Ok(sum)
 }

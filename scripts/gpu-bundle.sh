@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The GPU check as a folder a lent GPU machine runs as it is (no cargo, no network there): the CUDA worker built
+# and linked here (scripts/cuda-worker.sh), stripped, with the check's scripts and the reference data they read.
+# NVIDIA's libraries are not shipped (cuBLASLt alone is ~500 MB), but for cuRAND: run.sh takes them from the GPU
+# machine's own Python (PyTorch's nvidia-* packages), through LD_LIBRARY_PATH. The folder must stay under 64 MiB (what the device
+# tool carries).
+#
+#   bash scripts/gpu-bundle.sh [DIR]      # default: gpu-bundle/ in the clone (git-ignored)
+#   bash DIR/run.sh [--steps N]           # on the GPU machine; the report lands in $OUT or DIR/results
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+: "${CUDA_TARGET_DIR:=/var/tmp/freezetune-target-cuda}"
+DIR="${1:-$ROOT/gpu-bundle}"
+LIMIT=$((64 * 1024 * 1024))
+
+bash "$ROOT/scripts/cuda-worker.sh" "$CUDA_TARGET_DIR/freezetune-cuda"
+rm -rf "$DIR" && mkdir -p "$DIR/bin" "$DIR/scripts" "$DIR/tests/fixtures/models" "$DIR/tests/fixtures/reference"
+# Stripped, then xz-compressed: candle's PTX kernels make the binary ~70 MB, which compresses ~7x. run.sh unpacks it
+# with Python's lzma (the GPU machine need not have xz).
+cp "$CUDA_TARGET_DIR/freezetune-cuda/freezetune-cuda" "$DIR/bin/freezetune-cuda"
+strip --strip-all "$DIR/bin/freezetune-cuda"
+xz -T0 -6 "$DIR/bin/freezetune-cuda"
+# cuRAND (candle makes a generator when a CUDA device opens) is no longer in PyTorch's wheels: shipped, compressed,
+# into bin/lib, where the worker's RPATH ($ORIGIN/lib) looks first.
+mkdir -p "$DIR/bin/lib"
+xz -T0 -9 -c "$CUDA_TARGET_DIR/freezetune-cuda/lib/libcurand.so.10" >"$DIR/bin/lib/libcurand.so.10.xz"
+cp "$ROOT/scripts/gpu_check.py" "$ROOT/scripts/gpu_check_torch.py" "$DIR/scripts/"
+cp -r "$ROOT/tests/fixtures/models/llama" "$DIR/tests/fixtures/models/"
+cp "$ROOT/tests/fixtures/reference/parity.json" "$DIR/tests/fixtures/reference/"
+cp "$ROOT/scripts/gpu-run.sh" "$DIR/run.sh"
+chmod +x "$DIR/run.sh"
+
+size="$(du -sb "$DIR" | cut -f1)"
+if [ "$size" -ge "$LIMIT" ]; then
+  echo "the GPU bundle is $((size / 1048576)) MiB, over the 64 MiB a lent machine takes" >&2
+  exit 1
+fi
+echo "GPU bundle: $DIR ($((size / 1048576)) MiB); on the GPU machine: bash $(basename "$DIR")/run.sh" >&2
