@@ -24,6 +24,13 @@ xz -T0 -6 "$DIR/bin/freezetune-cuda"
 # into bin/lib, where the worker's RPATH ($ORIGIN/lib) looks first.
 mkdir -p "$DIR/bin/lib"
 xz -T0 -9 -c "$CUDA_TARGET_DIR/freezetune-cuda/lib/libcurand.so.10" >"$DIR/bin/lib/libcurand.so.10.xz"
+# The system libraries the worker needs beyond glibc (libdbus for the keyring, and what it pulls in; libstdc++),
+# which a GPU machine's minimal image may lack. Found through the staged worker's own ldd.
+link="$CUDA_TARGET_DIR/cuda-link"
+for lib in $(LD_LIBRARY_PATH="$link" ldd "$CUDA_TARGET_DIR/freezetune-cuda/freezetune-cuda" \
+  | awk '$3 ~ /^\/(usr\/)?lib/ {print $3}' | grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libgcc_s)\.so'); do
+  cp -L "$lib" "$DIR/bin/lib/"
+done
 cp "$ROOT/scripts/gpu_check.py" "$ROOT/scripts/gpu_check_torch.py" "$DIR/scripts/"
 cp -r "$ROOT/tests/fixtures/models/llama" "$DIR/tests/fixtures/models/"
 cp "$ROOT/tests/fixtures/reference/parity.json" "$DIR/tests/fixtures/reference/"

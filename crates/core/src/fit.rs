@@ -120,7 +120,8 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
     } else {
         0
     };
-    frozen * compute_bytes + trained * 16 + update + activations
+    // The update runs after the step's graph (and its activations) is dropped: whichever is larger is the peak.
+    frozen * compute_bytes + trained * 16 + update.max(activations)
 }
 
 /// The verdict for `trainable` under `setup` on `device`.

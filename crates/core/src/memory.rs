@@ -6,20 +6,23 @@
 //! gradients          = Σ trainable tensors  numel × 4
 //! optimizer (AdamW)  = Σ trainable tensors  numel × 8      (first and second moments, f32)
 //! update temporaries = 10 × largest trainable tensor × 4    (the AdamW update's intermediates, one tensor at a time)
-//! activations        = 4 bytes × B × S × [ (L − l₀) × (10·h + 3·kv + 4·i + 12·H·S) + h + 3·V ]  if anything trains
+//! activations        = 4 bytes × B × S × [ (L − l₀) × (10·h + 4·kv + 4·i + H) + h + 3·V ] + attention blocks
+//!                      if anything trains
+//! total              = weights + gradients + optimizer + max(update temporaries, activations)
 //! ```
 //! with batch B, sequence S, L layers, l₀ the lowest layer holding a trainable tensor (0 when the embeddings train;
 //! L when only the final norm / lm_head train), hidden h, key/value width kv = kv_heads × head_dim, MLP width i,
 //! H attention heads and vocabulary V. Per layer and token the backward pass keeps the residual input, two norm
-//! outputs, q/k/v (before and after rotary), attention output, o_proj and down_proj outputs (≈10·h + 3·kv), the MLP's
-//! gate, up, activation and product (4·i), and the attention path's seq-sized tensors: scores, scaled, masked,
-//! shifted, exponentiated, probabilities and their gradients during backward (12·H·S, measured). The final hidden
-//! state (h), the logits and their gradient (3·V) are kept once. Nothing below l₀ is kept: no graph is recorded
-//! there. Activations are f32. The S² and V coefficients were calibrated with `bench-train` at three sequence
-//! lengths (see docs/memory.md); the process itself (runtime, tokenizer, mapped files) is not counted.
+//! outputs, q/k/v (before and after rotary, and v's head-major copy), the attention output, o_proj and down_proj
+//! outputs (≈10·h + 4·kv), the MLP's gate, up, activation and product (4·i), and the blockwise attention's
+//! log-sum-exp per head (H). The attention's seq × seq scores exist one block of query rows at a time, never kept:
+//! a constant `ATTENTION_BLOCKS` covers them. The final hidden state (h), the logits and their gradient (3·V) are
+//! kept once. Nothing below l₀ is kept: no graph is recorded there. The update runs after the step's graph is
+//! dropped, so it and the activations are never held together. Calibrated against the device-generic path's peak
+//! (`bench-train --generic`, docs/memory.md); the process itself (runtime, tokenizer, mapped files) is not counted.
 //!
 //! On the CPU in f32 the fused kernels keep less, and that is estimated apart (`cpu_total_bytes`): per layer and
-//! token 10·h + 4·kv + 3·i + 2·H·S (the fused attention keeps only its probabilities; rope, norms and SwiGLU keep
+//! token 10·h + 4·kv + 3·i + 2·H·S (the fused attention keeps its probabilities; rope, norms and SwiGLU keep
 //! no intermediates), and no update temporaries (AdamW updates in place).
 
 use crate::layout::ModelLayout;
@@ -53,6 +56,9 @@ pub struct MemoryEstimate {
 const ACT_BYTES: u64 = 4;
 /// Tensors the size of a parameter that one AdamW update creates (moment updates, square, root, quotient, ...).
 const UPDATE_TEMPORARIES: u64 = 10;
+/// The blockwise attention's working set while one block of query rows is computed: about four f32 score-sized
+/// tensors of its 32 MiB block (crates/train/src/attention.rs), whatever the sequence length.
+const ATTENTION_BLOCKS: u64 = 4 * (32 << 20);
 
 /// The composite AdamW update's transient memory: its temporaries for the largest trainable tensor, in f32.
 pub(crate) fn update_bytes(largest_trainable: u64) -> u64 {
@@ -86,7 +92,7 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
         update_bytes: update_bytes(largest),
         activation_bytes: known(activation_bytes),
         backward_from_layer,
-        total_bytes: frozen + weights + grads + optim + update_bytes(largest) + activation_bytes.unwrap_or(0),
+        total_bytes: frozen + weights + grads + optim + update_bytes(largest).max(activation_bytes.unwrap_or(0)),
         cpu_activation_bytes: known(cpu_activation_bytes),
         cpu_total_bytes: frozen + weights + grads + optim + cpu_activation_bytes.unwrap_or(0),
     }
@@ -142,7 +148,7 @@ pub(crate) fn activations_with(
     let kv = d.num_key_value_heads.unwrap_or(heads) * d.head_dim.unwrap_or(h / heads.max(1));
     let layers = layout.num_layers.saturating_sub(l0) as u64;
     let per_token_layer = match kernels {
-        Kernels::Composite => 10 * h + 3 * kv + 4 * i + 12 * heads * o.seq_len,
+        Kernels::Composite => 10 * h + 4 * kv + 4 * i + heads,
         Kernels::FusedCpu => 10 * h + 4 * kv + 3 * i + 2 * heads * o.seq_len,
     };
     let kept_layers = if checkpointing && layers > 0 {
@@ -151,5 +157,10 @@ pub(crate) fn activations_with(
         layers * per_token_layer
     };
     let per_token = kept_layers + h + 3 * v;
-    Some(bytes * o.batch_size * o.seq_len * per_token)
+    let blocks = if kernels == Kernels::Composite {
+        ATTENTION_BLOCKS
+    } else {
+        0
+    };
+    Some(bytes * o.batch_size * o.seq_len * per_token + blocks)
 }

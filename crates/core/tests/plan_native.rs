@@ -292,9 +292,14 @@ fn memory_estimate_follows_the_documented_formula() {
         "fixture is f32"
     );
     assert_eq!(m.backward_from_layer, Some(2));
-    // h=64, kv=2*16=32, i=128, H=4, V=512, S=16, B=2, two layers kept.
-    let per_layer = 10 * 64 + 3 * 32 + 4 * 128 + 12 * 4 * 16;
-    assert_eq!(m.activation_bytes, Some(4 * 2 * 16 * (2 * per_layer + 64 + 3 * 512)));
+    // h=64, kv=2*16=32, i=128, H=4, V=512, S=16, B=2, two layers kept; the blockwise attention keeps one
+    // log-sum-exp per head and token, and works in blocks of at most 32 MiB of scores (four such tensors at once).
+    let per_layer = 10 * 64 + 4 * 32 + 4 * 128 + 4;
+    let blocks = 4 * (32 << 20);
+    assert_eq!(
+        m.activation_bytes,
+        Some(4 * 2 * 16 * (2 * per_layer + 64 + 3 * 512) + blocks)
+    );
     // The largest trainable tensor of the top two layers is an MLP matrix (128 x 64).
     assert_eq!(m.update_bytes, 10 * 4 * 128 * 64);
     let deeper = plan(
@@ -310,9 +315,27 @@ fn memory_estimate_follows_the_documented_formula() {
         deeper.memory.activation_bytes > m.activation_bytes,
         "training a low layer keeps more activations"
     );
+    // The update runs after the step's activations are dropped: the larger of the two counts.
     assert_eq!(
         m.total_bytes,
-        m.frozen_weight_bytes + 16 * trainable + m.update_bytes + m.activation_bytes.unwrap()
+        m.frozen_weight_bytes + 16 * trainable + m.update_bytes.max(m.activation_bytes.unwrap())
+    );
+    // Nothing of seq × seq size is kept: twice the sequence, twice the per-token activations.
+    let longer = plan(
+        &l,
+        &FreezeSpec {
+            top: Some(2),
+            ..Default::default()
+        },
+        PlanOptions {
+            batch_size: 2,
+            seq_len: 32,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        longer.memory.activation_bytes.unwrap() - blocks,
+        2 * (m.activation_bytes.unwrap() - blocks)
     );
     // The CPU's fused kernels keep fewer activations and update in place: no update temporaries.
     assert_eq!(

@@ -99,9 +99,11 @@ fn start_metal() -> std::result::Result<Device, String> {
     match std::panic::catch_unwind(|| Device::new_metal(0)) {
         Ok(Ok(device)) => Ok(device),
         Ok(Err(e)) => Err(format!("metal did not start: {e}")),
-        Err(_) => Err("this Mac has no Metal device that candle can use (a virtual machine or a headless \
+        Err(_) => Err(
+            "this Mac has no Metal device that candle can use (a virtual machine or a headless \
                        runner?): train on the CPU"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -120,7 +122,9 @@ mod cuda {
                  newer (Ampere: A100, RTX 30xx and later): train on the CPU, or on a newer GPU"
             )),
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("cuda:{n} ({name}): its compute capability could not be read: {e}")),
+            Err(e) => Err(format!(
+                "cuda:{n} ({name}): its compute capability could not be read: {e}"
+            )),
         }
     }
 

@@ -315,7 +315,11 @@ pub fn squared_norm(grads: &[Option<Tensor>], device: &candle_core::Device) -> R
         let sq = g.to_dtype(candle_core::DType::F32)?.sqr()?;
         // Rows first: a GPU reduces each output in one block, so one sum over a whole matrix would run on one
         // block; row sums spread it over the device.
-        let rows = if sq.rank() >= 2 { sq.sum(candle_core::D::Minus1)? } else { sq };
+        let rows = if sq.rank() >= 2 {
+            sq.sum(candle_core::D::Minus1)?
+        } else {
+            sq
+        };
         sum = (sum + rows.sum_all()?)?;
     }
     Ok(sum)
