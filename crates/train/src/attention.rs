@@ -209,8 +209,10 @@ impl Blocks {
     /// keys hidden.
     fn mask(&self, blk: Block, dev: &Device) -> Result<Option<Tensor>> {
         let first = self.shape.q_offset + blk.q0;
-        let needs_causal = blk.k0 + blk.kn > first + 1;
-        let needs_window = self.spec.window.is_some_and(|w| blk.k0 + w <= first + blk.qn - 1);
+        let last = first + blk.qn - 1;
+        // A later key than the first query, or a key old enough for the last query's window to drop.
+        let needs_causal = blk.k0 + blk.kn - 1 > first;
+        let needs_window = self.spec.window.is_some_and(|w| blk.k0 + w <= last);
         if !needs_causal && !needs_window && self.lengths.is_none() {
             return Ok(None);
         }
