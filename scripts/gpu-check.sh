@@ -5,6 +5,7 @@
 # bf16, batch 8 x 1024; top 4 / bottom 4 / full; step time and peak GPU memory).
 #
 #   bash scripts/gpu-check.sh                   # CUDA: release build with --features cuda, then the checks
+#   bash scripts/gpu-check.sh --device metal    # an Apple GPU: the Metal build, the small reference model
 #   bash scripts/gpu-check.sh --device cpu      # the same flows on the CPU with the small reference model
 #                                               # (part of `make test`, so this script cannot rot)
 #   FREEZETUNE_BIN=path/to/freezetune-cuda bash scripts/gpu-check.sh   # a prebuilt binary, no build
@@ -27,6 +28,10 @@ elif [ "$device" = cpu ]; then
   # The debug build `make test` already has: the CPU flows use tiny models.
   cargo build --locked -q -p freezetune-cli
   bin="$CARGO_TARGET_DIR/debug/freezetune"
+elif [ "$device" = metal ]; then
+  # Apple GPUs: the Metal build, in the CPU build's target dir (a Mac has no CUDA build).
+  cargo build --release --locked -q -p freezetune-cli --features metal
+  bin="$CARGO_TARGET_DIR/release/freezetune"
 else
   cuda_env="$(bash scripts/cuda-toolkit.sh)" # a failure ends this script (set -e)
   eval "$cuda_env"
@@ -34,5 +39,8 @@ else
   cargo build --release --locked -q -p freezetune-cli --features cuda
   bin="$CARGO_TARGET_DIR/release/freezetune"
 fi
-[ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+case "$device" in
+  cuda*) nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader ;;
+  metal) system_profiler SPDisplaysDataType 2>/dev/null | grep -E 'Chipset|Metal' || true ;;
+esac
 python3 scripts/gpu_check.py --bin "$bin" --device "$device" ${args[@]+"${args[@]}"}

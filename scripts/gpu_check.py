@@ -128,6 +128,11 @@ class MemoryPoll:
             self.source = "nvidia-smi per process" if self.peak else "device used - baseline"
             if not self.peak:
                 self.peak = self.device_peak
+        elif not self.peak:
+            # No /proc (macOS: Metal shares the host's memory): the largest child's peak RSS so far, in bytes there.
+            import resource
+            self.source = "rusage of children"
+            self.peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         return self.peak
 
 

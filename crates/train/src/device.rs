@@ -92,7 +92,7 @@ fn start_cuda(n: usize) -> std::result::Result<Device, String> {
 }
 
 /// The first Metal device. candle panics where a Mac has none (a VM, a CI runner): that panic is caught and told.
-fn start_metal() -> std::result::Result<Device, String> {
+pub(crate) fn start_metal() -> std::result::Result<Device, String> {
     if !built_with_metal() {
         return Err(NO_METAL.into());
     }

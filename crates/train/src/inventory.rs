@@ -98,6 +98,14 @@ fn cuda(inv: &mut Inventory) {
     }
     for i in 0..count {
         match CudaContext::new(i) {
+            Ok(ctx) if ctx.compute_capability().is_ok_and(|(major, _)| major < 8) => {
+                let (major, minor) = ctx.compute_capability().unwrap_or_default();
+                let name = ctx.name().unwrap_or_else(|_| format!("CUDA GPU {i}"));
+                inv.notes.push(format!(
+                    "cuda:{i} ({name}) has compute capability {major}.{minor}; FreezeTune's CUDA kernels need 8.0 \
+                     or newer (Ampere and later)"
+                ));
+            }
             Ok(ctx) => {
                 let (free, total) = ctx
                     .mem_get_info()
@@ -124,7 +132,8 @@ fn cuda(inv: &mut Inventory) {
 
 #[cfg(feature = "metal")]
 fn metal(inv: &mut Inventory) {
-    match candle_core::Device::new_metal(0) {
+    // start_metal turns candle's panic on a Mac without a Metal device into an error.
+    match crate::device::start_metal() {
         Ok(_) => inv.devices.push(DeviceInfo {
             id: "metal".into(),
             backend: "metal".into(),
@@ -134,7 +143,7 @@ fn metal(inv: &mut Inventory) {
             free_memory: None,
             compute_capability: None,
         }),
-        Err(e) => inv.notes.push(format!("Metal did not start: {e}")),
+        Err(e) => inv.notes.push(format!("Metal: {e}")),
     }
 }
 
