@@ -79,10 +79,12 @@ ui-test: ui
 	cd ui && npx vitest run
 	cd ui && node --test tests/browser/
 
-## unit: every Rust test. The GGUF tests check exported files with llama.cpp itself and its `gguf` package, built
+## unit: every Rust test, then PyTorch parity again on the device-generic path (FREEZETUNE_FUSED=0: the graph CUDA
+## and Metal run, here on the CPU). The GGUF tests check exported files with llama.cpp itself and its `gguf` package, built
 ## once into a venv outside the clone (scripts/gguf-venv.sh, about 3 minutes the first time).
 unit: ui
 	FREEZETUNE_GGUF_PYTHON="$$(bash scripts/gguf-venv.sh)" $(CARGO) test --workspace --locked
+	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision
 
 e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bins

@@ -73,6 +73,13 @@ pub struct DecoderConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry biases (qwen2 always; llama with `attention_bias`).
     pub qkv_bias: bool,
+    /// o_proj carries a bias (llama-style `attention_bias`; qwen2's biases are q/k/v only).
+    pub o_bias: bool,
+    /// gate/up/down carry biases (llama's `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Per layer, the sliding window its attention uses (a query sees the `window` latest keys, itself included),
+    /// or None for full causal attention.
+    pub layer_windows: Vec<Option<usize>>,
     /// Per-head RMSNorm on q and k before rotary (qwen3).
     pub qk_norm: bool,
     pub activation: Activation,
@@ -158,11 +165,15 @@ impl DecoderConfig {
             }
         };
         let gemma = arch == Architecture::Gemma;
+        let num_layers = uint("num_hidden_layers")?;
+        let layer_windows = layer_windows(raw, arch, num_layers)?;
+        let llama_like = matches!(arch, Architecture::Llama | Architecture::Mistral);
+        let flag = |k: &str| raw[k].as_bool().unwrap_or(false);
         Ok(DecoderConfig {
             architecture: arch,
             hidden_size,
             intermediate_size: uint("intermediate_size")?,
-            num_layers: uint("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads: uint("num_key_value_heads").unwrap_or(num_heads),
             head_dim: uint("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
@@ -171,12 +182,20 @@ impl DecoderConfig {
             rope_theta,
             rope_scaling,
             tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(gemma),
-            qkv_bias: arch == Architecture::Qwen2 || raw["attention_bias"].as_bool().unwrap_or(false),
+            qkv_bias: arch == Architecture::Qwen2 || flag("attention_bias"),
+            o_bias: llama_like && flag("attention_bias"),
+            mlp_bias: llama_like && flag("mlp_bias"),
+            layer_windows,
             qk_norm: arch == Architecture::Qwen3,
             activation,
             norm_offset: if gemma { 1.0 } else { 0.0 },
             embed_scale: gemma.then(|| (hidden_size as f64).sqrt()),
         })
+    }
+
+    /// The window of layer `i` (None: full attention).
+    pub fn window(&self, i: usize) -> Option<usize> {
+        self.layer_windows.get(i).copied().flatten()
     }
 
     /// Rotary inverse frequencies, with Llama 3 scaling applied when configured.
@@ -208,9 +227,129 @@ impl DecoderConfig {
     }
 }
 
+/// Each layer's sliding window, as transformers decides it: `layer_types` when config.json has it
+/// (`sliding_attention` / `full_attention`); else mistral and phi3 slide on every layer when `sliding_window` is
+/// set, and qwen2 on layers from `max_window_layers` on when `use_sliding_window` is true. A `layer_types` entry
+/// of another kind, or a sliding layer without a window, is refused by name: training it as full attention
+/// would be other math than the model's.
+fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result::Result<Vec<Option<usize>>, String> {
+    let window = match &raw["sliding_window"] {
+        Value::Null => None,
+        v => Some(
+            v.as_u64()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| format!("`sliding_window` must be a positive integer or null, not {v}"))?
+                as usize,
+        ),
+    };
+    let sliding: Vec<bool> = match raw.get("layer_types").filter(|v| !v.is_null()) {
+        Some(types) => {
+            let types = types.as_array().ok_or("`layer_types` must be a list")?;
+            if types.len() != layers {
+                return Err(format!(
+                    "`layer_types` lists {} layers, but num_hidden_layers is {layers}",
+                    types.len()
+                ));
+            }
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match t.as_str() {
+                    Some("full_attention") => Ok(false),
+                    Some("sliding_attention") => Ok(true),
+                    _ => Err(format!(
+                        "layer {i}'s kind {t} in `layer_types` is not supported (full_attention and \
+                         sliding_attention are)"
+                    )),
+                })
+                .collect::<std::result::Result<_, _>>()?
+        }
+        None => match arch {
+            Architecture::Mistral | Architecture::Phi3 => vec![window.is_some(); layers],
+            Architecture::Qwen2 if raw["use_sliding_window"].as_bool().unwrap_or(false) => {
+                let from = raw["max_window_layers"].as_u64().unwrap_or(layers as u64) as usize;
+                (0..layers).map(|i| i >= from).collect()
+            }
+            _ => vec![false; layers],
+        },
+    };
+    sliding
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| match (s, window) {
+            (false, _) => Ok(None),
+            (true, Some(w)) => Ok(Some(w)),
+            (true, None) => Err(format!(
+                "layer {i} uses sliding attention but `sliding_window` is not set"
+            )),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiny(extra: serde_json::Value) -> serde_json::Value {
+        let mut raw = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+            "num_hidden_layers": 3, "vocab_size": 10});
+        for (k, v) in extra.as_object().unwrap() {
+            raw[k] = v.clone();
+        }
+        raw
+    }
+
+    #[test]
+    fn sliding_windows_are_read_per_layer_as_transformers_does() {
+        let windows = |extra, arch| DecoderConfig::from_value(&tiny(extra), arch).map(|c| c.layer_windows);
+        use serde_json::json;
+        assert_eq!(
+            windows(json!({"sliding_window": 16}), Architecture::Mistral).unwrap(),
+            vec![Some(16); 3]
+        );
+        assert_eq!(
+            windows(json!({"sliding_window": null}), Architecture::Mistral).unwrap(),
+            vec![None; 3]
+        );
+        assert_eq!(
+            windows(json!({"sliding_window": 8}), Architecture::Phi3).unwrap(),
+            vec![Some(8); 3]
+        );
+        let qwen = json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 1});
+        assert_eq!(
+            windows(qwen, Architecture::Qwen2).unwrap(),
+            vec![None, Some(8), Some(8)]
+        );
+        let off = json!({"sliding_window": 8, "use_sliding_window": false, "max_window_layers": 1});
+        assert_eq!(windows(off, Architecture::Qwen2).unwrap(), vec![None; 3]);
+        let typed = json!({"sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]});
+        assert_eq!(
+            windows(typed, Architecture::Llama).unwrap(),
+            vec![Some(4), None, Some(4)]
+        );
+        let odd = json!({"layer_types": ["full_attention", "linear_attention", "full_attention"]});
+        let e = windows(odd, Architecture::Llama).unwrap_err();
+        assert!(e.contains("layer 1") && e.contains("linear_attention"), "{e}");
+        let e = windows(
+            json!({"layer_types": ["sliding_attention", "sliding_attention", "sliding_attention"]}),
+            Architecture::Llama,
+        )
+        .unwrap_err();
+        assert!(e.contains("sliding_window"), "{e}");
+    }
+
+    #[test]
+    fn llama_biases_cover_o_proj_and_the_mlp() {
+        let c = DecoderConfig::from_value(
+            &tiny(serde_json::json!({"attention_bias": true, "mlp_bias": true})),
+            Architecture::Llama,
+        )
+        .unwrap();
+        assert!(c.qkv_bias && c.o_bias && c.mlp_bias);
+        let q = DecoderConfig::from_value(&tiny(serde_json::json!({})), Architecture::Qwen2).unwrap();
+        assert!(q.qkv_bias && !q.o_bias && !q.mlp_bias);
+    }
 
     #[test]
     fn unsupported_architectures_list_the_supported_ones() {

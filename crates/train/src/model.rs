@@ -26,6 +26,8 @@ enum GateUp {
 
 struct Block {
     trainable: bool,
+    /// The sliding window of this layer's attention (None: full causal).
+    window: Option<usize>,
     input_norm: Tensor,
     qkv: Qkv,
     o: Linear,
@@ -74,6 +76,7 @@ impl Decoder {
                 let trainable = params.vars.keys().any(|n| n.starts_with(&format!("{p}.")));
                 Ok(Block {
                     trainable,
+                    window: c.window(i),
                     input_norm: params.get(&format!("{p}.input_layernorm.weight"))?,
                     qkv: if fused {
                         Qkv::Fused(params.linear(&format!("{p}.self_attn.qkv_proj"), false)?)
@@ -84,7 +87,7 @@ impl Decoder {
                             v: params.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias)?,
                         }
                     },
-                    o: params.linear(&format!("{p}.self_attn.o_proj"), false)?,
+                    o: params.linear(&format!("{p}.self_attn.o_proj"), c.o_bias)?,
                     q_norm: c
                         .qk_norm
                         .then(|| params.get(&format!("{p}.self_attn.q_norm.weight")))
@@ -98,11 +101,11 @@ impl Decoder {
                         GateUp::Fused(params.linear(&format!("{p}.mlp.gate_up_proj"), false)?)
                     } else {
                         GateUp::Separate {
-                            gate: params.linear(&format!("{p}.mlp.gate_proj"), false)?,
-                            up: params.linear(&format!("{p}.mlp.up_proj"), false)?,
+                            gate: params.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
+                            up: params.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
                         }
                     },
-                    down: params.linear(&format!("{p}.mlp.down_proj"), false)?,
+                    down: params.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -188,20 +191,24 @@ impl Decoder {
         let dev = &self.device;
         let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
         let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), dev)?;
-        let dense = if fused::enabled() && dev.is_cpu() && self.dtype == DType::F32 {
-            let positions = Tensor::arange(0f32, t as f32, dev)?;
-            let query = positions.reshape((1, 1, t, 1))?;
-            let key = positions.reshape((1, 1, 1, t))?;
-            let future = key.broadcast_gt(&query)?.to_dtype(DType::F32)?;
-            let padded = key.broadcast_ge(&lens.unsqueeze(1)?)?.to_dtype(DType::F32)?;
-            Some((future.broadcast_maximum(&padded)? * -1e9)?)
-        } else {
-            None
-        };
+        let fused = fused::enabled() && dev.is_cpu() && self.dtype == DType::F32;
+        let window = self
+            .config
+            .layer_windows
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&w| w < t)
+            .min();
+        let dense = |window| fused.then(|| dense_mask(&lens, t, window)).transpose();
         let m = AttnMask {
+            dense: dense(None)?,
+            dense_windowed: match window {
+                Some(w) => dense(Some(w))?,
+                None => None,
+            },
             lengths: Some(lens),
             q_offset: 0,
-            dense,
         };
         *cached = Some((lengths.to_vec(), t, m.clone()));
         Ok(m)
@@ -375,7 +382,7 @@ impl Decoder {
             }
             cache.kv = Some((k.clone(), v.clone()));
         }
-        let attn = self.attend(&q, k, v, mask)?;
+        let attn = self.attend(&q, k, v, mask, blk.window)?;
         let x = (x + blk.o.forward(&attn)?)?;
         let h = self.rms(&x, &blk.post_norm)?;
         let (gate, up) = match &blk.gate_up {
@@ -400,9 +407,23 @@ impl Decoder {
     /// `softmax(q·kᵀ/√d + mask)·v` over q (b, heads, t, d) and k, v (b, kv_heads, t_k, d), as (b, t, heads·d):
     /// the fused CPU kernel in f32 when it has a dense mask (training and the probe), the blockwise
     /// device-generic attention otherwise (CUDA, Metal, other dtypes, generation, `FREEZETUNE_FUSED=0`).
-    fn attend(&self, q: &Tensor, k: Tensor, v: Tensor, mask: &AttnMask) -> candle_core::Result<Tensor> {
-        let spec = AttentionSpec::plain(q.dim(3)?);
-        if let Some(dense) = &mask.dense {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: &AttnMask,
+        window: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let spec = AttentionSpec {
+            window,
+            ..AttentionSpec::plain(q.dim(3)?)
+        };
+        let dense = match window {
+            Some(w) if w < k.dim(2)? => mask.dense_windowed.as_ref(),
+            _ => mask.dense.as_ref(),
+        };
+        if let Some(dense) = dense {
             if fused::applies(q) && k.dim(2)? == q.dim(2)? {
                 return fused::causal_attention(q, &k, &v, dense, spec.scale as f32);
             }
@@ -424,6 +445,24 @@ struct AttnMask {
     /// The position of the first query (the cached length when generating).
     q_offset: usize,
     dense: Option<Tensor>,
+    /// The dense mask of the sliding-window layers, where the window is shorter than the batch.
+    dense_windowed: Option<Tensor>,
+}
+
+/// The fused kernel's additive mask (batch, 1, t, t): future keys, padded keys (at or past each row's length) and,
+/// with a window, keys `window` or more positions back hidden.
+fn dense_mask(lens: &Tensor, t: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+    let dev = lens.device();
+    let positions = Tensor::arange(0f32, t as f32, dev)?;
+    let query = positions.reshape((1, 1, t, 1))?;
+    let key = positions.reshape((1, 1, 1, t))?;
+    let mut hidden = key.broadcast_gt(&query)?.to_dtype(DType::F32)?;
+    if let Some(w) = window {
+        let old = (&key + w as f64)?.broadcast_le(&query)?.to_dtype(DType::F32)?;
+        hidden = hidden.broadcast_maximum(&old)?;
+    }
+    let padded = key.broadcast_ge(&lens.unsqueeze(1)?)?.to_dtype(DType::F32)?;
+    hidden.broadcast_maximum(&padded)? * -1e9
 }
 
 /// cos and sin of `position × inv_freq` in f32, row-major (len, 2 × inv_freq.len()): each row's angles twice, as
@@ -474,6 +513,7 @@ impl Decoder {
                 lengths: None,
                 q_offset: start,
                 dense: None,
+                dense_windowed: None,
             };
             for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
                 h = self.block(block, &h, &cos, &sin, &mask, Some(layer))?;
