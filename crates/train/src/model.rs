@@ -119,11 +119,13 @@ impl Decoder {
         } else {
             params.linear("lm_head", false)?
         };
+        let norm = params.get("model.norm.weight")?;
+        refuse_unread(params, c)?;
         Ok(Decoder {
             inv_freq: c.inv_freq(),
             embed,
             blocks,
-            norm: params.get("model.norm.weight")?,
+            norm,
             lm_head,
             config,
             device: device.clone(),
@@ -532,6 +534,35 @@ impl Decoder {
             source: e,
         })
     }
+}
+
+/// Every tensor of the checkpoint must be read by the decoder: one it leaves out (a bias, a norm, a projection of a
+/// variant it does not know) would make training other math than the model's, without a word. Two kinds are left
+/// out as transformers leaves them: old checkpoints' `rotary_emb.inv_freq` buffers (recomputed from the config) and
+/// a tied model's stored `lm_head.weight` (the embeddings serve).
+fn refuse_unread(params: &Params, c: &DecoderConfig) -> Result<()> {
+    let ignored = |n: &str| n.ends_with(".rotary_emb.inv_freq") || (c.tie_word_embeddings && n == "lm_head.weight");
+    let unread: Vec<String> = params.unread().into_iter().filter(|n| !ignored(n)).collect();
+    let Some(first) = unread.first() else {
+        return Ok(());
+    };
+    let more = match unread.len() {
+        1 => String::new(),
+        n => format!(
+            " (and {} more: {})",
+            n - 1,
+            unread[1..].iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    Err(TrainError::Tensor {
+        name: first.clone(),
+        reason: format!(
+            "is in the checkpoint but FreezeTune's {:?} decoder does not use it{more}: training would leave it out \
+             and compute other logits than the model's. Check config.json (a key such as attention_bias or \
+             mlp_bias may be missing), or the model is a variant FreezeTune does not support yet",
+            c.architecture
+        ),
+    })
 }
 
 /// `value` rounded to `dtype` first, as transformers does with gemma's embedding scale. Done on the host with

@@ -28,6 +28,9 @@ pub struct Params {
     /// The checkpoint's weight files, mapped again when a tensor starts training later (a mapping kept open
     /// would keep every page read at load time resident).
     weight_files: Vec<std::path::PathBuf>,
+    /// Names the model has asked for ([`Params::get`]): a checkpoint tensor the model never reads is math the
+    /// model would silently leave out, so the decoder refuses it ([`Params::unread`]).
+    read: std::sync::Mutex<BTreeSet<String>>,
 }
 
 fn candle_err(context: String) -> impl FnOnce(candle_core::Error) -> TrainError {
@@ -51,6 +54,7 @@ impl Params {
             dtype,
             device: device.clone(),
             weight_files: files.weights,
+            read: Default::default(),
         };
         let source = params.map_source()?;
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
@@ -179,8 +183,18 @@ impl Params {
         Ok(())
     }
 
+    /// The checkpoint's tensors that nothing has asked for through [`Params::get`], sorted.
+    pub fn unread(&self) -> Vec<String> {
+        let read = self.read.lock().expect("read names");
+        let names = self.vars.keys().chain(self.consts.keys());
+        let mut unread: Vec<String> = names.filter(|n| !read.contains(*n)).cloned().collect();
+        unread.sort();
+        unread
+    }
+
     /// A tensor by name (a trainable one shares its `Var`'s storage and records gradients).
     pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.read.lock().expect("read names").insert(name.to_string());
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
         }

@@ -99,3 +99,30 @@ fn phi3_slides_its_window_on_every_layer() {
 fn llama_biases_on_o_proj_and_the_mlp_are_applied() {
     check("llama_bias");
 }
+
+#[test]
+fn a_tensor_the_decoder_would_leave_out_is_refused_by_name() {
+    // llama_bias's biases, with config.json no longer saying the model has them.
+    let src = fixtures().join("models/llama_bias");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["attention_bias"] = Value::Bool(false);
+    config["mlp_bias"] = Value::Bool(false);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let layout = ModelLayout::inspect(dir.path()).unwrap();
+    let top = FreezeSpec {
+        top: Some(1),
+        ..Default::default()
+    };
+    let plan = plan(&layout, &top, PlanOptions::default()).unwrap();
+    let params = Params::load(dir.path(), &plan, &Device::Cpu, DType::F32).unwrap();
+    let err = Decoder::new(DecoderConfig::read(dir.path()).unwrap(), &params, &Device::Cpu)
+        .err()
+        .expect("an unread bias is refused")
+        .to_string();
+    assert!(
+        err.contains("model.layers.0.mlp.down_proj.bias") && err.contains("does not use it") && err.contains("more"),
+        "{err}"
+    );
+}
