@@ -146,8 +146,14 @@ impl DecoderConfig {
                 ))
             }
         };
-        if raw["partial_rotary_factor"].as_f64().is_some_and(|f| f != 1.0) {
-            return Err("partial_rotary_factor other than 1 is not supported yet".into());
+        // transformers 5 moves `partial_rotary_factor` into `rope_parameters`: read both, ignore neither.
+        let partial = raw["partial_rotary_factor"]
+            .as_f64()
+            .or_else(|| rope.and_then(|r| r["partial_rotary_factor"].as_f64()));
+        if let Some(f) = partial.filter(|&f| f != 1.0) {
+            return Err(format!(
+                "partial_rotary_factor {f} (rotary on part of each head) is not supported yet; only 1 is"
+            ));
         }
         let act_name = if arch == Architecture::Gemma {
             raw["hidden_activation"].as_str().unwrap_or("gelu_pytorch_tanh")
@@ -229,7 +235,7 @@ impl DecoderConfig {
 
 /// Each layer's sliding window, as transformers decides it: `layer_types` when config.json has it
 /// (`sliding_attention` / `full_attention`); else mistral and phi3 slide on every layer when `sliding_window` is
-/// set, and qwen2 on layers from `max_window_layers` on when `use_sliding_window` is true. A `layer_types` entry
+/// set, and qwen2 and qwen3 on layers from `max_window_layers` on when `use_sliding_window` is true. A `layer_types` entry
 /// of another kind, or a sliding layer without a window, is refused by name: training it as full attention
 /// would be other math than the model's.
 fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result::Result<Vec<Option<usize>>, String> {
@@ -266,7 +272,7 @@ fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result:
         }
         None => match arch {
             Architecture::Mistral | Architecture::Phi3 => vec![window.is_some(); layers],
-            Architecture::Qwen2 if raw["use_sliding_window"].as_bool().unwrap_or(false) => {
+            Architecture::Qwen2 | Architecture::Qwen3 if raw["use_sliding_window"].as_bool().unwrap_or(false) => {
                 let from = raw["max_window_layers"].as_u64().unwrap_or(layers as u64) as usize;
                 (0..layers).map(|i| i >= from).collect()
             }
@@ -322,6 +328,8 @@ mod tests {
         );
         let off = json!({"sliding_window": 8, "use_sliding_window": false, "max_window_layers": 1});
         assert_eq!(windows(off, Architecture::Qwen2).unwrap(), vec![None; 3]);
+        let qwen3 = json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 2});
+        assert_eq!(windows(qwen3, Architecture::Qwen3).unwrap(), vec![None, None, Some(8)]);
         let typed = json!({"sliding_window": 4,
             "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]});
         assert_eq!(
@@ -337,6 +345,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("sliding_window"), "{e}");
+    }
+
+    #[test]
+    fn partial_rotary_is_refused_at_the_top_level_and_inside_rope_parameters() {
+        use serde_json::json;
+        for extra in [
+            json!({"partial_rotary_factor": 0.75}),
+            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}}),
+        ] {
+            let e = DecoderConfig::from_value(&tiny(extra), Architecture::Phi3).unwrap_err();
+            assert!(e.contains("partial_rotary_factor"), "{e}");
+        }
+        let whole = json!({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 1.0}});
+        assert!(DecoderConfig::from_value(&tiny(whole), Architecture::Phi3).is_ok());
     }
 
     #[test]
