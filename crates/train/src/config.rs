@@ -235,9 +235,9 @@ impl DecoderConfig {
 
 /// Each layer's sliding window, as transformers decides it: `layer_types` when config.json has it
 /// (`sliding_attention` / `full_attention`); else mistral and phi3 slide on every layer when `sliding_window` is
-/// set, and qwen2 and qwen3 on layers from `max_window_layers` on when `use_sliding_window` is true. A `layer_types` entry
-/// of another kind, or a sliding layer without a window, is refused by name: training it as full attention
-/// would be other math than the model's.
+/// set, and qwen2 and qwen3 on layers from `max_window_layers` on when `use_sliding_window` is true. A
+/// `layer_types` entry of another kind, or a sliding layer without a window, is refused by name: training it as
+/// full attention would be other math than the model's.
 fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result::Result<Vec<Option<usize>>, String> {
     let window = match &raw["sliding_window"] {
         Value::Null => None,
