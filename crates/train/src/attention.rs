@@ -216,21 +216,16 @@ impl Blocks {
         if !needs_causal && !needs_window && self.lengths.is_none() {
             return Ok(None);
         }
-        let qpos = Tensor::arange(first as f32, (first + blk.qn) as f32, dev)?.reshape((blk.qn, 1))?;
-        let kpos = Tensor::arange(blk.k0 as f32, (blk.k0 + blk.kn) as f32, dev)?.reshape((1, blk.kn))?;
-        let mut hidden = kpos.broadcast_gt(&qpos)?.to_dtype(DType::F32)?;
-        if let Some(w) = self.spec.window {
-            // Hidden when key + window <= query.
-            let old = (&kpos + w as f64)?.broadcast_le(&qpos)?.to_dtype(DType::F32)?;
-            hidden = hidden.maximum(&old)?;
-        }
-        let mut hidden = hidden.reshape((1, 1, 1, blk.qn, blk.kn))?;
-        if let Some(lengths) = &self.lengths {
-            let padded = kpos.unsqueeze(0)?.broadcast_ge(lengths)?.to_dtype(DType::F32)?;
-            let padded = padded.reshape((self.shape.b, 1, 1, 1, blk.kn))?;
-            hidden = hidden.broadcast_maximum(&padded)?;
-        }
-        Ok(Some((hidden * HIDDEN)?))
+        let queries = first..first + blk.qn;
+        let mask = additive_mask(
+            queries,
+            blk.k0..blk.k0 + blk.kn,
+            self.spec.window,
+            self.lengths.as_ref(),
+            dev,
+        )?;
+        // (1 or batch, 1, qn, kn) -> (.., 1, 1, qn, kn): one mask for every head of a kv group.
+        Ok(Some(mask.unsqueeze(1)?))
     }
 
     /// Scaled, capped and masked f32 scores of query rows `qb` against keys `kw`.
@@ -327,6 +322,34 @@ impl Blocks {
         let dv = if need_v { Some(dv.to_dtype(s.dtype)?) } else { None };
         Ok([dq, dk, dv])
     }
+}
+
+/// The additive f32 mask (1 or batch, 1, queries, keys) of query positions `queries` against key positions `keys`:
+/// 0 where a query sees a key, [`HIDDEN`] where the key is in its future, `window` or more positions back, or at
+/// or past its row's length (`lengths`, f32 (batch, 1, 1)). Built on the device from positions (f32 is exact below
+/// 2^24, and every backend compares it). The fused CPU kernel's dense mask is the one block of all positions.
+pub(crate) fn additive_mask(
+    queries: std::ops::Range<usize>,
+    keys: std::ops::Range<usize>,
+    window: Option<usize>,
+    lengths: Option<&Tensor>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let (qn, kn) = (queries.len(), keys.len());
+    let qpos = Tensor::arange(queries.start as f32, queries.end as f32, dev)?.reshape((qn, 1))?;
+    let kpos = Tensor::arange(keys.start as f32, keys.end as f32, dev)?.reshape((1, kn))?;
+    let mut hidden = kpos.broadcast_gt(&qpos)?.to_dtype(DType::F32)?;
+    if let Some(w) = window {
+        // Hidden when key + window <= query.
+        let old = (&kpos + w as f64)?.broadcast_le(&qpos)?.to_dtype(DType::F32)?;
+        hidden = hidden.maximum(&old)?;
+    }
+    let mut hidden = hidden.reshape((1, 1, qn, kn))?;
+    if let Some(lengths) = lengths {
+        let padded = kpos.unsqueeze(0)?.broadcast_ge(lengths)?.to_dtype(DType::F32)?;
+        hidden = hidden.broadcast_maximum(&padded.unsqueeze(1)?)?;
+    }
+    hidden * HIDDEN
 }
 
 /// `acc[:, :, start..start + n] += part` for an f32 accumulator (batch, kv_heads, keys, d).

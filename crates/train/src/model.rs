@@ -2,7 +2,7 @@
 //! differentiable ops. Frozen layers below the lowest trainable one record no graph (their inputs hold no `Var`);
 //! frozen linears above it compute only the input gradient.
 
-use crate::attention::{attention, AttentionSpec, Positions};
+use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
 use crate::config::{Activation, DecoderConfig};
 use crate::error::{Result, TrainError};
 use crate::fused;
@@ -202,7 +202,12 @@ impl Decoder {
             .copied()
             .filter(|&w| w < t)
             .min();
-        let dense = |window| fused.then(|| dense_mask(&lens, t, window)).transpose();
+        // The fused kernel's dense (batch, 1, t, t) mask: the blockwise attention's mask of all positions at once.
+        let dense = |window| {
+            fused
+                .then(|| additive_mask(0..t, 0..t, window, Some(&lens), dev))
+                .transpose()
+        };
         let m = AttnMask {
             dense: dense(None)?,
             dense_windowed: match window {
@@ -449,22 +454,6 @@ struct AttnMask {
     dense: Option<Tensor>,
     /// The dense mask of the sliding-window layers, where the window is shorter than the batch.
     dense_windowed: Option<Tensor>,
-}
-
-/// The fused kernel's additive mask (batch, 1, t, t): future keys, padded keys (at or past each row's length) and,
-/// with a window, keys `window` or more positions back hidden.
-fn dense_mask(lens: &Tensor, t: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
-    let dev = lens.device();
-    let positions = Tensor::arange(0f32, t as f32, dev)?;
-    let query = positions.reshape((1, 1, t, 1))?;
-    let key = positions.reshape((1, 1, 1, t))?;
-    let mut hidden = key.broadcast_gt(&query)?.to_dtype(DType::F32)?;
-    if let Some(w) = window {
-        let old = (&key + w as f64)?.broadcast_le(&query)?.to_dtype(DType::F32)?;
-        hidden = hidden.broadcast_maximum(&old)?;
-    }
-    let padded = key.broadcast_ge(&lens.unsqueeze(1)?)?.to_dtype(DType::F32)?;
-    hidden.broadcast_maximum(&padded)? * -1e9
 }
 
 /// cos and sin of `position × inv_freq` in f32, row-major (len, 2 × inv_freq.len()): each row's angles twice, as

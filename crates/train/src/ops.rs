@@ -133,14 +133,14 @@ pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         return fused::rope_heads(x, cos, sin);
     }
     let value = apply_rope(&x.detach().transpose(1, 2)?.contiguous()?, cos, sin)?;
-    let (cos, minus_sin) = (cos.clone(), sin.neg()?);
+    let (cos, sin) = (cos.clone(), sin.clone());
     attach1(
         "rope",
         x,
         value,
         Box::new(move |_, _, grad| {
             // The rotation's transpose is the rotation by the opposite angle (both halves share an angle).
-            let back = apply_rope(grad, &cos, &minus_sin)?;
+            let back = apply_rope(grad, &cos, &sin.neg()?)?;
             Ok(Some(back.transpose(1, 2)?.contiguous()?))
         }),
     )
