@@ -106,13 +106,21 @@ impl SynthSpec {
         }
     }
 
+    /// The MLP activation transformers' class for the family expects.
+    fn activation(&self) -> &'static str {
+        match self.family {
+            Family::Gemma => "gelu_pytorch_tanh",
+            _ => "silu",
+        }
+    }
+
     pub fn config_json(&self) -> serde_json::Value {
         let (arch, model_type, _, _) = self.names();
         let text = json!({
             "hidden_size": self.hidden, "intermediate_size": self.intermediate, "num_hidden_layers": self.layers,
             "num_attention_heads": self.heads, "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim(),
             "vocab_size": self.vocab, "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-            "tie_word_embeddings": self.tied, "hidden_act": "silu", "bos_token_id": 0, "eos_token_id": 2,
+            "tie_word_embeddings": self.tied, "hidden_act": self.activation(), "bos_token_id": 0, "eos_token_id": 2,
             "torch_dtype": if self.dtype == DType::BF16 { "bfloat16" } else { "float32" },
         });
         let mut config = json!({ "architectures": [arch], "model_type": model_type });

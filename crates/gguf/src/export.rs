@@ -7,7 +7,7 @@
 use crate::error::{GgufError, Result};
 use crate::format::{self, Meta, TensorEntry};
 use crate::names::{
-    gguf_arch, offset_norm, order_key, reorder_rows, rope_heads, rope_permutation, split_layer, to_gguf,
+    gguf_arch, offset_norm, order_key, reorder_rows, rope_heads, rope_permutation, split_layer, to_gguf, EXPORTABLE,
 };
 use crate::quant::{encode, le_bytes, tensor_type, ExportType, TensorRole};
 use crate::tokenizer::tokenizer_meta;
@@ -16,6 +16,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
+use freezetune_train::rope::RopeScaling;
 use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -93,6 +94,7 @@ pub fn export_gguf(
 ) -> Result<ExportReport> {
     let dir = model_dir_of(input)?;
     let config = DecoderConfig::read(&dir)?;
+    refuse_unexportable(&config)?;
     let modelfile_path = dest.with_file_name("Modelfile");
     for path in [Some(dest), options.modelfile.then_some(modelfile_path.as_path())]
         .into_iter()
@@ -141,6 +143,29 @@ pub fn export_gguf(
         modelfile,
         warnings,
     })
+}
+
+/// A family or rope export does not map to llama.cpp's keys is refused before anything is written: a file that
+/// loads but computes other logits would be worse than none.
+fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
+    let family = c.architecture.model_type();
+    if !EXPORTABLE.contains(&c.architecture) {
+        return Err(GgufError::Unsupported(format!(
+            "GGUF export of {family} models is not supported yet (it trains, and exports as a Hugging Face \
+             folder); GGUF export covers {}",
+            EXPORTABLE.iter().map(|a| a.model_type()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let rope = c.global_rope();
+    let plain = matches!(rope.scaling, RopeScaling::Default | RopeScaling::Llama3 { .. });
+    if !plain || rope.rotary_dim(c.head_dim) != c.head_dim {
+        return Err(GgufError::Unsupported(format!(
+            "GGUF export of this {family} model's rope ({:?}, partial rotary factor {}) is not supported yet; \
+             default and llama3 ropes over whole heads are",
+            rope.scaling, rope.partial_rotary_factor
+        )));
+    }
+    Ok(())
 }
 
 fn read_config_json(dir: &Path) -> Result<Value> {
@@ -270,7 +295,7 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
                 "tensor {hf} has no place in llama.cpp's {} architecture; FreezeTune exports decoders of the \
                  families it trains ({})",
                 gguf_arch(c.architecture),
-                Architecture::SUPPORTED.join(", ")
+                EXPORTABLE.iter().map(|a| a.model_type()).collect::<Vec<_>>().join(", ")
             ))
         })?;
         let layer = split_layer(&hf).map(|(l, _)| l);
@@ -368,7 +393,7 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         (k("attention.head_count"), u(c.num_heads)),
         (k("attention.head_count_kv"), u(c.num_kv_heads)),
         (k("attention.layer_norm_rms_epsilon"), Meta::F32(c.rms_norm_eps as f32)),
-        (k("rope.freq_base"), Meta::F32(c.rope_theta as f32)),
+        (k("rope.freq_base"), Meta::F32(c.global_rope().theta as f32)),
         (k("rope.dimension_count"), u(c.head_dim)),
     ];
     if c.head_dim * c.num_heads != c.hidden_size || c.architecture == Architecture::Gemma {
@@ -391,14 +416,23 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
 
 /// Llama 3's rope scaling as the per-frequency divisors llama.cpp reads from `rope_freqs.weight`.
 fn rope_freqs(c: &DecoderConfig) -> Option<Vec<f32>> {
-    let s = c.rope_scaling.as_ref()?;
+    let rope = c.global_rope();
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    } = rope.scaling
+    else {
+        return None;
+    };
     Some(llama3_factors(
         c.head_dim,
-        c.rope_theta,
-        s.factor,
-        s.low_freq_factor,
-        s.high_freq_factor,
-        s.original_max_position_embeddings,
+        rope.theta,
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
     ))
 }
 

@@ -11,8 +11,25 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Qwen3 => "qwen3",
         Architecture::Phi3 => "phi3",
         Architecture::Gemma => "gemma",
+        Architecture::Gemma2 => "gemma2",
+        Architecture::Gemma3 => "gemma3",
+        Architecture::SmolLM3 => "smollm3",
+        Architecture::Granite => "granite",
+        Architecture::Olmo2 => "olmo2",
+        Architecture::Olmo3 => "olmo3",
     }
 }
+
+/// The families export writes: llama.cpp runs the others too, but with tensors (sandwich and post norms, q/k
+/// norms over the whole projection) and keys (softcaps, multipliers, NoPE layers) export does not map yet.
+pub const EXPORTABLE: [Architecture; 6] = [
+    Architecture::Llama,
+    Architecture::Mistral,
+    Architecture::Qwen2,
+    Architecture::Qwen3,
+    Architecture::Phi3,
+    Architecture::Gemma,
+];
 
 /// The architectures import understands, as llama.cpp names them.
 pub const IMPORTABLE: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma"];
@@ -38,6 +55,12 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
         Architecture::Phi3 => ("Phi3ForCausalLM", "phi3"),
         Architecture::Gemma => ("GemmaForCausalLM", "gemma"),
+        Architecture::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+        Architecture::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+        Architecture::SmolLM3 => ("SmolLM3ForCausalLM", "smollm3"),
+        Architecture::Granite => ("GraniteForCausalLM", "granite"),
+        Architecture::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
+        Architecture::Olmo3 => ("Olmo3ForCausalLM", "olmo3"),
     }
 }
 

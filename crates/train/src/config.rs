@@ -1,6 +1,11 @@
-//! The decoder settings training needs, read from config.json, and the closed set of trainable architectures.
+//! The decoder a config.json describes, computed once: model-wide settings and one plain [`LayerSpec`] per layer
+//! (attention window, rope, scale, softcap, norms, biases, MLP), from the family's table entry
+//! ([`crate::family`]). Every key of config.json is read or refused by name; the decoder applies the description
+//! and never looks at the family again.
 
 use crate::error::{Result, TrainError};
+use crate::family::{family, supported, DefaultSliding, Family, NormPlacement, QkNorm, RopeLayout};
+use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
 use std::path::Path;
 
@@ -14,6 +19,18 @@ pub enum Architecture {
     Phi3,
     /// `(1 + weight)` norms, embeddings scaled by sqrt(hidden), GeLU.
     Gemma,
+    /// Gemma plus sandwich norms, softcaps, alternating sliding windows.
+    Gemma2,
+    /// `gemma3_text`: Gemma 2 plus per-head q/k norms and a rope per layer type.
+    Gemma3,
+    /// Llama with NoPE layers.
+    SmolLM3,
+    /// Llama with embedding, attention, residual and logit multipliers.
+    Granite,
+    /// Post-norm layers, q/k norms over the whole projection.
+    Olmo2,
+    /// OLMo 2 with sliding windows.
+    Olmo3,
 }
 
 /// The MLP's activation.
@@ -27,34 +44,59 @@ pub enum Activation {
 }
 
 impl Architecture {
-    pub const SUPPORTED: [&'static str; 6] = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma"];
-
     pub fn from_config(architecture: &str, model_type: Option<&str>) -> Result<Architecture> {
+        Ok(Self::family_of(architecture, model_type)?.architecture)
+    }
+
+    fn family_of(architecture: &str, model_type: Option<&str>) -> Result<&'static Family> {
         let key = model_type
             .map(str::to_string)
             .unwrap_or_else(|| architecture.to_ascii_lowercase());
-        match key.as_str() {
-            "llama" => Ok(Architecture::Llama),
-            "mistral" => Ok(Architecture::Mistral),
-            "qwen2" => Ok(Architecture::Qwen2),
-            "qwen3" => Ok(Architecture::Qwen3),
-            "phi3" => Ok(Architecture::Phi3),
-            "gemma" => Ok(Architecture::Gemma),
-            _ => Err(TrainError::UnsupportedArchitecture {
-                found: model_type.unwrap_or(architecture).to_string(),
-                supported: Self::SUPPORTED.to_vec(),
-            }),
-        }
+        family(&key).ok_or_else(|| TrainError::UnsupportedArchitecture {
+            found: model_type.unwrap_or(architecture).to_string(),
+            supported: supported(),
+        })
+    }
+
+    /// The `model_type` of this family.
+    pub fn model_type(self) -> &'static str {
+        crate::family::FAMILIES
+            .iter()
+            .find(|f| f.architecture == self)
+            .map(|f| f.model_type)
+            .expect("every architecture has a table entry")
     }
 }
 
-/// Llama 3's rope scaling.
+/// One decoder layer, as the decoder applies it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Llama3Scaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: f64,
+pub struct LayerSpec {
+    /// A query sees the `window` latest keys, itself included; None: full causal attention.
+    pub window: Option<usize>,
+    /// Index into [`DecoderConfig::ropes`]; None: no positional rotation (SmolLM3's NoPE layers).
+    pub rope: Option<usize>,
+    /// Multiplies q·k.
+    pub scale: f64,
+    /// Attention scores become `cap · tanh(scores / cap)` (Gemma 2).
+    pub softcap: Option<f64>,
+    pub norms: NormPlacement,
+    pub qk_norm: QkNorm,
+    pub qkv_bias: bool,
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub activation: Activation,
+}
+
+impl LayerSpec {
+    /// "sliding 4096" or "full": what the layer picker and `inspect` show.
+    pub fn kind(&self) -> String {
+        match (self.window, self.rope) {
+            (Some(w), None) => format!("sliding {w}, no rope"),
+            (Some(w), Some(_)) => format!("sliding {w}"),
+            (None, None) => "full, no rope".into(),
+            (None, Some(_)) => "full".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,25 +110,24 @@ pub struct DecoderConfig {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
-    pub rope_theta: f64,
-    pub rope_scaling: Option<Llama3Scaling>,
     pub tie_word_embeddings: bool,
-    /// q/k/v projections carry biases (qwen2 always; llama with `attention_bias`).
-    pub qkv_bias: bool,
-    /// o_proj carries a bias (llama-style `attention_bias`; qwen2's biases are q/k/v only).
-    pub o_bias: bool,
-    /// gate/up/down carry biases (llama's `mlp_bias`).
-    pub mlp_bias: bool,
-    /// Per layer, the sliding window its attention uses (a query sees the `window` latest keys, itself included),
-    /// or None for full causal attention.
-    pub layer_windows: Vec<Option<usize>>,
-    /// Per-head RMSNorm on q and k before rotary (qwen3).
-    pub qk_norm: bool,
-    pub activation: Activation,
+    /// Phi-3's fused `qkv_proj` and `gate_up_proj`.
+    pub fused_projections: bool,
+    pub layers: Vec<LayerSpec>,
+    /// The ropes the layers use; the first serves full-attention layers.
+    pub ropes: Vec<RopeSpec>,
     /// Added to every RMSNorm weight (gemma stores `weight - 1`).
     pub norm_offset: f64,
-    /// Embeddings multiplied by this (gemma: sqrt(hidden_size)).
+    /// Embeddings multiplied by this after rounding it to the compute dtype (gemma: sqrt(hidden_size)).
     pub embed_scale: Option<f64>,
+    /// Embeddings multiplied by this (Granite's `embedding_multiplier`; 1 elsewhere).
+    pub embedding_multiplier: f64,
+    /// Each layer's attention and MLP outputs multiplied by this before the residual add (Granite).
+    pub residual_multiplier: f64,
+    /// Logits divided by this (Granite's `logits_scaling`).
+    pub logits_scaling: f64,
+    /// Logits become `cap · tanh(logits / cap)` (Gemma 2).
+    pub final_softcap: Option<f64>,
 }
 
 impl DecoderConfig {
@@ -100,145 +141,268 @@ impl DecoderConfig {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let arch = Architecture::from_config(
+        let fam = Architecture::family_of(
             raw["architectures"].get(0).and_then(Value::as_str).unwrap_or_default(),
             raw["model_type"].as_str(),
         )?;
-        Self::from_value(&raw, arch).map_err(|reason| TrainError::Config { path, reason })
+        Self::from_value(&raw, fam).map_err(|reason| TrainError::Config { path, reason })
     }
 
-    fn from_value(raw: &Value, arch: Architecture) -> std::result::Result<DecoderConfig, String> {
+    /// The description of the decoder `raw` (a config.json) gives, for the family `model_type`.
+    pub fn from_json(raw: &Value, model_type: &str) -> std::result::Result<DecoderConfig, String> {
+        let fam = family(model_type).ok_or_else(|| format!("model_type {model_type:?} is not supported"))?;
+        Self::from_value(raw, fam)
+    }
+
+    fn from_value(raw: &Value, fam: &Family) -> std::result::Result<DecoderConfig, String> {
+        if let Some((k, v)) = fam.not_understood(raw) {
+            return Err(format!(
+                "config.json key `{k}` = {v} is not understood by FreezeTune's {} decoder: it may change the \
+                 math, and training without it would compute other logits than the model's. Remove it if you know \
+                 it changes nothing, or ask for the family to support it",
+                fam.model_type
+            ));
+        }
+        let raw = &fam.with_defaults(raw);
+        refuse_training_only_settings(raw)?;
         let uint = |k: &str| {
             raw.get(k)
                 .and_then(Value::as_u64)
                 .map(|v| v as usize)
                 .ok_or_else(|| format!("missing or bad `{k}`"))
         };
+        let float = |k: &str| match raw.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| format!("`{k}` must be a number, not {v}")),
+        };
+        let flag = |k: &str| raw[k].as_bool().unwrap_or(false);
         let hidden_size = uint("hidden_size")?;
         let num_heads = uint("num_attention_heads")?;
-        let rope = raw
-            .get("rope_parameters")
-            .or_else(|| raw.get("rope_scaling"))
-            .filter(|v| v.is_object());
-        let rope_theta = raw
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .or_else(|| rope.and_then(|r| r["rope_theta"].as_f64()))
-            .unwrap_or(10000.0);
-        let rope_type = rope
-            .and_then(|r| r["rope_type"].as_str().or(r["type"].as_str()))
-            .unwrap_or("default");
-        let rope_scaling = match rope_type {
-            "default" => None,
-            "llama3" => {
-                let r = rope.expect("rope_type came from it");
-                let f = |k: &str| r[k].as_f64().ok_or_else(|| format!("rope scaling lacks `{k}`"));
-                Some(Llama3Scaling {
-                    factor: f("factor")?,
-                    low_freq_factor: f("low_freq_factor")?,
-                    high_freq_factor: f("high_freq_factor")?,
-                    original_max_position_embeddings: f("original_max_position_embeddings")?,
-                })
-            }
-            other => {
-                return Err(format!(
-                    "rope type {other:?} is not supported yet (default and llama3 are)"
-                ))
-            }
+        let num_layers = uint("num_hidden_layers")?;
+        let head_dim = match raw.get("head_dim").filter(|v| !v.is_null()) {
+            Some(_) => uint("head_dim")?,
+            None => hidden_size / num_heads.max(1),
         };
-        // transformers 5 moves `partial_rotary_factor` into `rope_parameters`: read both, ignore neither.
-        let partial = raw["partial_rotary_factor"]
-            .as_f64()
-            .or_else(|| rope.and_then(|r| r["partial_rotary_factor"].as_f64()));
-        if let Some(f) = partial.filter(|&f| f != 1.0) {
+        let num_kv_heads = match raw.get("num_key_value_heads").filter(|v| !v.is_null()) {
+            Some(_) => uint("num_key_value_heads")?,
+            None => num_heads,
+        };
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!(
-                "partial_rotary_factor {f} (rotary on part of each head) is not supported yet; only 1 is"
+                "num_attention_heads {num_heads} must be a positive multiple of num_key_value_heads {num_kv_heads}"
             ));
         }
-        let act_name = if arch == Architecture::Gemma {
-            raw["hidden_activation"].as_str().unwrap_or("gelu_pytorch_tanh")
-        } else {
-            raw["hidden_act"].as_str().unwrap_or("silu")
+        let (ropes, full_rope, sliding_rope) = read_ropes(raw, fam)?;
+        let uses_rope = rope_layers(raw, fam, num_layers)?;
+        let windows = layer_windows(raw, fam, num_layers, &uses_rope)?;
+        let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
+            (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
+            (_, Some(m)) if fam.understands("attention_multiplier") => m,
+            _ => 1.0 / (head_dim as f64).sqrt(),
         };
-        let activation = match act_name {
-            "silu" | "swish" => Activation::Silu,
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::Gelu,
-            other => {
-                return Err(format!(
-                    "activation {other:?} is not supported yet (silu, gelu, gelu_pytorch_tanh are)"
-                ))
-            }
-        };
-        let gemma = arch == Architecture::Gemma;
-        let num_layers = uint("num_hidden_layers")?;
-        let layer_windows = layer_windows(raw, arch, num_layers)?;
-        let llama_like = matches!(arch, Architecture::Llama | Architecture::Mistral);
-        let flag = |k: &str| raw[k].as_bool().unwrap_or(false);
+        let attention_bias = flag("attention_bias");
+        let activation = activation(raw, fam)?;
+        let softcap = float("attn_logit_softcapping")?;
+        let layers = (0..num_layers)
+            .map(|i| LayerSpec {
+                window: windows[i],
+                rope: uses_rope[i].then_some(if windows[i].is_some() { sliding_rope } else { full_rope }),
+                scale,
+                softcap,
+                norms: fam.norms,
+                qk_norm: fam.qk_norm,
+                qkv_bias: fam.qkv_bias_always || attention_bias,
+                o_bias: attention_bias,
+                mlp_bias: flag("mlp_bias"),
+                activation,
+            })
+            .collect();
         Ok(DecoderConfig {
-            architecture: arch,
+            architecture: fam.architecture,
             hidden_size,
             intermediate_size: uint("intermediate_size")?,
             num_layers,
             num_heads,
-            num_kv_heads: uint("num_key_value_heads").unwrap_or(num_heads),
-            head_dim: uint("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
+            num_kv_heads,
+            head_dim,
             vocab_size: uint("vocab_size")?,
-            rms_norm_eps: raw["rms_norm_eps"].as_f64().unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
-            tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(gemma),
-            qkv_bias: arch == Architecture::Qwen2 || flag("attention_bias"),
-            o_bias: llama_like && flag("attention_bias"),
-            mlp_bias: llama_like && flag("mlp_bias"),
-            layer_windows,
-            qk_norm: arch == Architecture::Qwen3,
-            activation,
-            norm_offset: if gemma { 1.0 } else { 0.0 },
-            embed_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+            rms_norm_eps: float("rms_norm_eps")?.unwrap_or(1e-6),
+            tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(false),
+            fused_projections: fam.fused_projections,
+            layers,
+            ropes,
+            norm_offset: fam.norm_offset,
+            embed_scale: fam.scaled_embeddings.then(|| (hidden_size as f64).sqrt()),
+            embedding_multiplier: float("embedding_multiplier")?.unwrap_or(1.0),
+            residual_multiplier: float("residual_multiplier")?.unwrap_or(1.0),
+            logits_scaling: float("logits_scaling")?.unwrap_or(1.0),
+            final_softcap: float("final_logit_softcapping")?,
         })
     }
 
     /// The window of layer `i` (None: full attention).
     pub fn window(&self, i: usize) -> Option<usize> {
-        self.layer_windows.get(i).copied().flatten()
+        self.layers.get(i).and_then(|l| l.window)
     }
 
-    /// Rotary inverse frequencies, with Llama 3 scaling applied when configured.
-    pub fn inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        (0..d / 2)
-            .map(|i| {
-                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64);
-                let f = match &self.rope_scaling {
-                    None => f,
-                    Some(s) => {
-                        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
-                        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
-                        let wavelen = 2.0 * std::f64::consts::PI / f;
-                        if wavelen < high_wavelen {
-                            f
-                        } else if wavelen > low_wavelen {
-                            f / s.factor
-                        } else {
-                            let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
-                                / (s.high_freq_factor - s.low_freq_factor);
-                            (1.0 - smooth) * f / s.factor + smooth * f
-                        }
-                    }
-                };
-                f as f32
-            })
-            .collect()
+    /// The rope of the full-attention layers.
+    pub fn global_rope(&self) -> &RopeSpec {
+        &self.ropes[0]
     }
 }
 
-/// Each layer's sliding window, as transformers decides it: `layer_types` when config.json has it
-/// (`sliding_attention` / `full_attention`); else mistral and phi3 slide on every layer when `sliding_window` is
-/// set, and qwen2 and qwen3 on layers from `max_window_layers` on when `use_sliding_window` is true. A
-/// `layer_types` entry of another kind, or a sliding layer without a window, is refused by name: training it as
-/// full attention would be other math than the model's.
-fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result::Result<Vec<Option<usize>>, String> {
+/// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
+fn refuse_training_only_settings(raw: &Value) -> std::result::Result<(), String> {
+    for k in ["attention_dropout", "resid_pdrop", "embd_pdrop"] {
+        if let Some(p) = raw[k].as_f64().filter(|&p| p != 0.0) {
+            return Err(format!(
+                "`{k}` is {p}: FreezeTune trains without dropout, which would be other math than this config's. \
+                 Set it to 0.0 to train without dropout"
+            ));
+        }
+    }
+    if raw["use_bidirectional_attention"].as_bool() == Some(true) {
+        return Err("`use_bidirectional_attention` is true: FreezeTune trains causal decoders only".into());
+    }
+    Ok(())
+}
+
+/// The MLP activation, as transformers 5 picks it: the family's key (`hidden_act`, or `hidden_activation` for
+/// Gemma 2 and 3). Configs often carry both keys; when they name different functions the config is refused rather
+/// than guessed.
+fn activation(raw: &Value, fam: &Family) -> std::result::Result<Activation, String> {
+    let parse = |name: &str| match name {
+        "silu" | "swish" => Ok(Activation::Silu),
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
+        // transformers reads Gemma 1's legacy `gelu` as the tanh approximation its checkpoints were trained with.
+        "gelu" if fam.architecture == Architecture::Gemma => Ok(Activation::GeluTanh),
+        "gelu" => Ok(Activation::Gelu),
+        other => Err(format!(
+            "activation {other:?} is not supported yet (silu, gelu, gelu_pytorch_tanh are)"
+        )),
+    };
+    let named = |k: &'static str| raw[k].as_str().map(move |n| (k, n));
+    let mut found = [
+        named(fam.activation_key),
+        named("hidden_activation"),
+        named("hidden_act"),
+    ]
+    .into_iter()
+    .flatten();
+    let Some((key, name)) = found.next() else {
+        return Ok(Activation::Silu);
+    };
+    let chosen = parse(name)?;
+    for (other_key, other) in found {
+        if other_key != key && parse(other).ok() != Some(chosen) {
+            return Err(format!(
+                "`{key}` {name:?} and `{other_key}` {other:?} name different activations; the model uses `{key}`. \
+                 Make them agree"
+            ));
+        }
+    }
+    Ok(chosen)
+}
+
+/// The ropes of the model and the indices of the full-attention and sliding layers' ones.
+fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, usize, usize), String> {
+    let theta = raw["rope_theta"].as_f64();
+    let ctx = |theta: f64| RopeContext {
+        theta,
+        partial_rotary_factor: raw["partial_rotary_factor"].as_f64(),
+        max_position_embeddings: raw["max_position_embeddings"].as_f64(),
+        original_max_position_embeddings: raw["original_max_position_embeddings"].as_f64(),
+    };
+    let dict = |k: &str| raw.get(k).and_then(Value::as_object);
+    // transformers 5 writes `rope_parameters`; older configs `rope_scaling` (null when plain).
+    let (flat, flat_name) = match (dict("rope_parameters"), dict("rope_scaling")) {
+        (Some(p), _) => (Some(p), "rope_parameters"),
+        (None, s) => (s, "rope_scaling"),
+    };
+    match fam.rope {
+        RopeLayout::Single => {
+            let rope = RopeSpec::read(flat, &ctx(theta.unwrap_or(10_000.0)), flat_name)?;
+            Ok((vec![rope], 0, 0))
+        }
+        RopeLayout::PerLayerType {
+            local_theta_key,
+            sliding_theta,
+            full_theta,
+        } => {
+            let nested = |t: &str| flat.and_then(|p| p.get(t)).and_then(Value::as_object);
+            let per_type =
+                flat.is_some_and(|p| p.contains_key("full_attention") || p.contains_key("sliding_attention"));
+            let (full, sliding) = if per_type {
+                (
+                    RopeSpec::read(
+                        nested("full_attention"),
+                        &ctx(full_theta),
+                        "rope_parameters.full_attention",
+                    )?,
+                    RopeSpec::read(
+                        nested("sliding_attention"),
+                        &ctx(sliding_theta),
+                        "rope_parameters.sliding_attention",
+                    )?,
+                )
+            } else {
+                // Legacy layout: the scaling and `rope_theta` belong to the full-attention layers.
+                let local = local_theta_key.and_then(|k| raw[k].as_f64()).unwrap_or(sliding_theta);
+                (
+                    RopeSpec::read(flat, &ctx(theta.unwrap_or(full_theta)), flat_name)?,
+                    RopeSpec::read(None, &ctx(local), "rope_local_base_freq")?,
+                )
+            };
+            Ok((vec![full, sliding], 0, 1))
+        }
+    }
+}
+
+/// Which layers rotate: all, but for SmolLM3's `no_rope_layers` (1: rope, 0: NoPE; by default every
+/// `no_rope_layer_interval`-th layer is NoPE).
+fn rope_layers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Vec<bool>, String> {
+    if !fam.understands("no_rope_layers") {
+        return Ok(vec![true; layers]);
+    }
+    match raw.get("no_rope_layers").filter(|v| !v.is_null()) {
+        Some(list) => {
+            let list = list.as_array().ok_or("`no_rope_layers` must be a list of 0 and 1")?;
+            if list.len() != layers {
+                return Err(format!(
+                    "`no_rope_layers` lists {} layers, but num_hidden_layers is {layers}",
+                    list.len()
+                ));
+            }
+            list.iter()
+                .map(|v| match v.as_u64() {
+                    Some(1) => Ok(true),
+                    Some(0) => Ok(false),
+                    _ => Err(format!(
+                        "`no_rope_layers` holds {v}; only 0 (NoPE) and 1 (rope) mean something"
+                    )),
+                })
+                .collect()
+        }
+        None => {
+            let every = raw["no_rope_layer_interval"].as_u64().unwrap_or(4).max(1) as usize;
+            Ok((0..layers).map(|i| (i + 1) % every != 0).collect())
+        }
+    }
+}
+
+/// Each layer's sliding window, as transformers decides it: `layer_types` when config.json has it, else the
+/// family's default pattern. qwen2, qwen3 and SmolLM3 slide only with `use_sliding_window`. A `layer_types` entry of
+/// another kind, or a sliding layer without a window, is refused by name: training it as full attention would be
+/// other math than the model's.
+fn layer_windows(
+    raw: &Value,
+    fam: &Family,
+    layers: usize,
+    uses_rope: &[bool],
+) -> std::result::Result<Vec<Option<usize>>, String> {
     let window = match &raw["sliding_window"] {
         Value::Null => None,
         v => Some(
@@ -248,35 +412,36 @@ fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result:
                 as usize,
         ),
     };
-    let sliding: Vec<bool> = match raw.get("layer_types").filter(|v| !v.is_null()) {
-        Some(types) => {
-            let types = types.as_array().ok_or("`layer_types` must be a list")?;
-            if types.len() != layers {
-                return Err(format!(
-                    "`layer_types` lists {} layers, but num_hidden_layers is {layers}",
-                    types.len()
-                ));
-            }
-            types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| match t.as_str() {
-                    Some("full_attention") => Ok(false),
-                    Some("sliding_attention") => Ok(true),
-                    _ => Err(format!(
-                        "layer {i}'s kind {t} in `layer_types` is not supported (full_attention and \
-                         sliding_attention are)"
-                    )),
-                })
-                .collect::<std::result::Result<_, _>>()?
+    if let Some(size) = raw.get("sliding_window_size").filter(|v| !v.is_null()) {
+        if size.as_u64().map(|s| s as usize) != window {
+            return Err(format!(
+                "`sliding_window_size` {size} differs from `sliding_window` {}: which window the model uses is \
+                 unclear. Make them equal",
+                raw["sliding_window"]
+            ));
         }
-        None => match arch {
-            Architecture::Mistral | Architecture::Phi3 => vec![window.is_some(); layers],
-            Architecture::Qwen2 | Architecture::Qwen3 if raw["use_sliding_window"].as_bool().unwrap_or(false) => {
+    }
+    let gated = matches!(
+        fam.sliding,
+        DefaultSliding::FromMaxWindowLayers | DefaultSliding::NoRopeLayers
+    );
+    let enabled = !gated || raw["use_sliding_window"].as_bool().unwrap_or(false);
+    let sliding: Vec<bool> = match raw.get("layer_types").filter(|v| !v.is_null()) {
+        Some(types) => parse_layer_types(types, layers)?,
+        None => match fam.sliding {
+            DefaultSliding::Never => vec![false; layers],
+            DefaultSliding::EveryLayer => vec![window.is_some(); layers],
+            DefaultSliding::FromMaxWindowLayers => {
                 let from = raw["max_window_layers"].as_u64().unwrap_or(layers as u64) as usize;
-                (0..layers).map(|i| i >= from).collect()
+                (0..layers).map(|i| enabled && window.is_some() && i >= from).collect()
             }
-            _ => vec![false; layers],
+            DefaultSliding::AllButEvery(n) => {
+                let n = raw["sliding_window_pattern"].as_u64().map_or(n, |p| p as usize).max(1);
+                (0..layers).map(|i| (i + 1) % n != 0).collect()
+            }
+            DefaultSliding::NoRopeLayers => (0..layers)
+                .map(|i| enabled && window.is_some() && !uses_rope[i])
+                .collect(),
         },
     };
     sliding
@@ -284,6 +449,8 @@ fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result:
         .enumerate()
         .map(|(i, &s)| match (s, window) {
             (false, _) => Ok(None),
+            // qwen2/qwen3/SmolLM3 without `use_sliding_window`: transformers drops the window.
+            (true, _) if !enabled => Ok(None),
             (true, Some(w)) => Ok(Some(w)),
             (true, None) => Err(format!(
                 "layer {i} uses sliding attention but `sliding_window` is not set"
@@ -292,114 +459,180 @@ fn layer_windows(raw: &Value, arch: Architecture, layers: usize) -> std::result:
         .collect()
 }
 
+fn parse_layer_types(types: &Value, layers: usize) -> std::result::Result<Vec<bool>, String> {
+    let types = types.as_array().ok_or("`layer_types` must be a list")?;
+    if types.len() != layers {
+        return Err(format!(
+            "`layer_types` lists {} layers, but num_hidden_layers is {layers}",
+            types.len()
+        ));
+    }
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t.as_str() {
+            Some("full_attention") => Ok(false),
+            Some("sliding_attention") => Ok(true),
+            _ => Err(format!(
+                "layer {i}'s kind {t} in `layer_types` is not supported (full_attention and sliding_attention are)"
+            )),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn tiny(extra: serde_json::Value) -> serde_json::Value {
-        let mut raw = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
-            "num_hidden_layers": 3, "vocab_size": 10});
+    fn tiny(extra: Value) -> Value {
+        let mut raw = json!({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+            "num_hidden_layers": 3, "vocab_size": 10, "head_dim": 16, "num_key_value_heads": 4});
         for (k, v) in extra.as_object().unwrap() {
             raw[k] = v.clone();
         }
         raw
     }
 
+    fn windows(extra: Value, model_type: &str) -> std::result::Result<Vec<Option<usize>>, String> {
+        DecoderConfig::from_json(&tiny(extra), model_type).map(|c| c.layers.iter().map(|l| l.window).collect())
+    }
+
     #[test]
     fn sliding_windows_are_read_per_layer_as_transformers_does() {
-        let windows = |extra, arch| DecoderConfig::from_value(&tiny(extra), arch).map(|c| c.layer_windows);
-        use serde_json::json;
         assert_eq!(
-            windows(json!({"sliding_window": 16}), Architecture::Mistral).unwrap(),
+            windows(json!({"sliding_window": 16}), "mistral").unwrap(),
             vec![Some(16); 3]
         );
         assert_eq!(
-            windows(json!({"sliding_window": null}), Architecture::Mistral).unwrap(),
+            windows(json!({"sliding_window": null}), "mistral").unwrap(),
             vec![None; 3]
         );
         assert_eq!(
-            windows(json!({"sliding_window": 8}), Architecture::Phi3).unwrap(),
-            vec![Some(8); 3]
+            windows(json!({}), "mistral").unwrap(),
+            vec![Some(4096); 3],
+            "mistral's default window"
         );
+        assert_eq!(windows(json!({"sliding_window": 8}), "phi3").unwrap(), vec![Some(8); 3]);
         let qwen = json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 1});
-        assert_eq!(
-            windows(qwen, Architecture::Qwen2).unwrap(),
-            vec![None, Some(8), Some(8)]
-        );
+        assert_eq!(windows(qwen, "qwen2").unwrap(), vec![None, Some(8), Some(8)]);
         let off = json!({"sliding_window": 8, "use_sliding_window": false, "max_window_layers": 1});
-        assert_eq!(windows(off, Architecture::Qwen2).unwrap(), vec![None; 3]);
+        assert_eq!(windows(off, "qwen2").unwrap(), vec![None; 3]);
         let qwen3 = json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 2});
-        assert_eq!(windows(qwen3, Architecture::Qwen3).unwrap(), vec![None, None, Some(8)]);
+        assert_eq!(windows(qwen3, "qwen3").unwrap(), vec![None, None, Some(8)]);
         let typed = json!({"sliding_window": 4,
             "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]});
+        assert_eq!(windows(typed, "gemma2").unwrap(), vec![Some(4), None, Some(4)]);
         assert_eq!(
-            windows(typed, Architecture::Llama).unwrap(),
+            windows(json!({"sliding_window": 4}), "gemma2").unwrap(),
+            vec![Some(4), None, Some(4)],
+            "gemma2 alternates, sliding first"
+        );
+        assert_eq!(
+            windows(json!({"sliding_window": 4, "sliding_window_pattern": 2}), "gemma3_text").unwrap(),
             vec![Some(4), None, Some(4)]
         );
         let odd = json!({"layer_types": ["full_attention", "linear_attention", "full_attention"]});
-        let e = windows(odd, Architecture::Llama).unwrap_err();
+        let e = windows(odd, "olmo3").unwrap_err();
         assert!(e.contains("layer 1") && e.contains("linear_attention"), "{e}");
         let e = windows(
-            json!({"layer_types": ["sliding_attention", "sliding_attention", "sliding_attention"]}),
-            Architecture::Llama,
+            json!({"sliding_window": null, "layer_types": ["sliding_attention", "full_attention", "full_attention"]}),
+            "olmo3",
         )
         .unwrap_err();
         assert!(e.contains("sliding_window"), "{e}");
     }
 
     #[test]
-    fn partial_rotary_is_refused_at_the_top_level_and_inside_rope_parameters() {
-        use serde_json::json;
-        for extra in [
-            json!({"partial_rotary_factor": 0.75}),
-            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}}),
-        ] {
-            let e = DecoderConfig::from_value(&tiny(extra), Architecture::Phi3).unwrap_err();
-            assert!(e.contains("partial_rotary_factor"), "{e}");
-        }
-        let whole = json!({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 1.0}});
-        assert!(DecoderConfig::from_value(&tiny(whole), Architecture::Phi3).is_ok());
+    fn a_key_the_family_does_not_read_is_refused_with_its_value() {
+        let e = DecoderConfig::from_json(&tiny(json!({"attn_logit_softcapping": 50.0})), "llama").unwrap_err();
+        assert!(e.contains("attn_logit_softcapping") && e.contains("50"), "{e}");
+        let e = DecoderConfig::from_json(&tiny(json!({"sliding_window": 16})), "llama").unwrap_err();
+        assert!(e.contains("sliding_window"), "{e}");
+        let e = DecoderConfig::from_json(&tiny(json!({"attention_dropout": 0.1})), "llama").unwrap_err();
+        assert!(e.contains("attention_dropout"), "{e}");
+        let fine = json!({"torch_dtype": "bfloat16", "_name_or_path": "x", "bos_token_id": 1, "use_cache": true});
+        assert!(DecoderConfig::from_json(&tiny(fine), "llama").is_ok());
     }
 
     #[test]
-    fn llama_biases_cover_o_proj_and_the_mlp() {
-        let c = DecoderConfig::from_value(
-            &tiny(serde_json::json!({"attention_bias": true, "mlp_bias": true})),
-            Architecture::Llama,
-        )
-        .unwrap();
-        assert!(c.qkv_bias && c.o_bias && c.mlp_bias);
-        let q = DecoderConfig::from_value(&tiny(serde_json::json!({})), Architecture::Qwen2).unwrap();
-        assert!(q.qkv_bias && !q.o_bias && !q.mlp_bias);
+    fn partial_rotary_is_read_at_the_top_level_and_inside_rope_parameters() {
+        for extra in [
+            json!({"partial_rotary_factor": 0.75}),
+            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}}),
+        ] {
+            let c = DecoderConfig::from_json(&tiny(extra), "phi3").unwrap();
+            assert_eq!(c.global_rope().rotary_dim(c.head_dim), 12);
+        }
+    }
+
+    #[test]
+    fn biases_follow_each_family() {
+        let c = DecoderConfig::from_json(&tiny(json!({"attention_bias": true, "mlp_bias": true})), "llama").unwrap();
+        let l = &c.layers[0];
+        assert!(l.qkv_bias && l.o_bias && l.mlp_bias);
+        let q = DecoderConfig::from_json(&tiny(json!({})), "qwen2").unwrap();
+        let l = &q.layers[0];
+        assert!(l.qkv_bias && !l.o_bias && !l.mlp_bias);
     }
 
     #[test]
     fn unsupported_architectures_list_the_supported_ones() {
-        let e = Architecture::from_config("Gemma2ForCausalLM", Some("gemma2")).unwrap_err();
+        let e = Architecture::from_config("FalconForCausalLM", Some("falcon")).unwrap_err();
         assert!(
-            e.to_string().contains("gemma2") && e.to_string().contains("llama, mistral, qwen2, qwen3, phi3, gemma"),
+            e.to_string().contains("falcon") && e.to_string().contains("gemma2"),
             "{e}"
         );
     }
 
     #[test]
-    fn reads_transformers_5_rope_parameters_and_llama3_scaling() {
-        let mut raw = serde_json::json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
-            "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 10,
-            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}});
-        let c = DecoderConfig::from_value(&raw, Architecture::Llama).unwrap();
-        assert_eq!(c.rope_theta, 500000.0);
-        assert_eq!(c.head_dim, 16);
-        raw["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
-        raw.as_object_mut().unwrap().remove("rope_parameters");
-        let c = DecoderConfig::from_value(&raw, Architecture::Llama).unwrap();
-        let scaled = c.inv_freq();
-        assert_eq!(scaled[0], 1.0, "high frequencies are kept");
-        let unscaled = 1.0 / 10000f64.powf(14.0 / 16.0);
-        assert!(
-            (scaled[7] as f64 - unscaled / 8.0).abs() < 1e-9,
-            "low frequencies are divided by the factor"
+    fn gemma3_reads_a_rope_per_layer_type_in_both_layouts() {
+        let legacy = json!({"rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "sliding_window": 4,
+            "sliding_window_pattern": 3, "rope_scaling": {"rope_type": "linear", "factor": 8.0}});
+        let c = DecoderConfig::from_json(&tiny(legacy), "gemma3_text").unwrap();
+        assert_eq!(c.ropes[0].theta, 1e6);
+        assert_eq!(c.ropes[1].theta, 1e4);
+        assert_eq!(c.ropes[0].scaling, crate::rope::RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(c.ropes[1].scaling, crate::rope::RopeScaling::Default);
+        assert_eq!(
+            c.layers.iter().map(|l| l.rope).collect::<Vec<_>>(),
+            vec![Some(1), Some(1), Some(0)]
         );
+        let nested = json!({"sliding_window": 4, "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 5.0e5},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1.0e4}}});
+        let c = DecoderConfig::from_json(&tiny(nested), "gemma3_text").unwrap();
+        assert_eq!((c.ropes[0].theta, c.ropes[1].theta), (5e5, 1e4));
+    }
+
+    #[test]
+    fn smollm3_has_nope_layers_and_granite_its_multipliers() {
+        let c = DecoderConfig::from_json(&tiny(json!({"no_rope_layers": [1, 0, 1]})), "smollm3").unwrap();
+        assert_eq!(
+            c.layers.iter().map(|l| l.rope.is_some()).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
+        let c = DecoderConfig::from_json(&tiny(json!({"no_rope_layer_interval": 2})), "smollm3").unwrap();
+        assert_eq!(
+            c.layers.iter().map(|l| l.rope.is_some()).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
+        let g = json!({"attention_multiplier": 0.5, "embedding_multiplier": 12.0, "residual_multiplier": 0.2,
+            "logits_scaling": 8.0});
+        let c = DecoderConfig::from_json(&tiny(g), "granite").unwrap();
+        assert_eq!(c.layers[0].scale, 0.5);
+        assert_eq!(
+            (c.embedding_multiplier, c.residual_multiplier, c.logits_scaling),
+            (12.0, 0.2, 8.0)
+        );
+    }
+
+    #[test]
+    fn gemma2_defaults_its_softcaps_and_query_scale() {
+        let c = DecoderConfig::from_json(&tiny(json!({})), "gemma2").unwrap();
+        assert_eq!(c.layers[0].softcap, Some(50.0));
+        assert_eq!(c.final_softcap, Some(30.0));
+        assert_eq!(c.layers[0].scale, 1.0 / 16.0);
+        assert_eq!(c.layers[0].norms, NormPlacement::Sandwich);
     }
 }

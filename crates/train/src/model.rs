@@ -1,12 +1,14 @@
-//! FreezeTune's trainable decoder for llama, mistral, qwen2 and qwen3, with Hugging Face weight names and only
-//! differentiable ops. Frozen layers below the lowest trainable one record no graph (their inputs hold no `Var`);
+//! FreezeTune's trainable decoder: one layer loop that applies the per-layer description config.rs computes
+//! ([`LayerSpec`]: window, rope, scale, softcap, norm placement, q/k norm, biases, MLP), with Hugging Face weight
+//! names and only differentiable ops. Frozen layers below the lowest trainable one record no graph (their inputs hold no `Var`);
 //! frozen linears above it compute only the input gradient.
 
 use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
-use crate::config::{Activation, DecoderConfig};
+use crate::config::{Activation, DecoderConfig, LayerSpec};
 use crate::error::{Result, TrainError};
+use crate::family::{NormPlacement, QkNorm};
 use crate::fused;
-use crate::ops::{rms_norm, rms_norm_offset, rope_heads, swiglu, Linear};
+use crate::ops::{rms_norm_offset, rope_heads, swiglu, Linear};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -24,18 +26,37 @@ enum GateUp {
     Fused(Linear),
 }
 
+/// The norm weights around one sublayer (attention or MLP): before it (`pre`), on its output (`post`), or both,
+/// as the layer's [`NormPlacement`] says.
+struct Norms {
+    pre: Option<Tensor>,
+    post: Option<Tensor>,
+}
+
 struct Block {
+    spec: LayerSpec,
     trainable: bool,
-    /// The sliding window of this layer's attention (None: full causal).
-    window: Option<usize>,
-    input_norm: Tensor,
+    attn_norms: Norms,
+    mlp_norms: Norms,
     qkv: Qkv,
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
-    post_norm: Tensor,
     gate_up: GateUp,
     down: Linear,
+}
+
+/// The tensor names of a layer's norms: (attention pre, attention post, MLP pre, MLP post).
+fn norm_names(placement: NormPlacement) -> [Option<&'static str>; 4] {
+    const IN: &str = "input_layernorm";
+    const POST_ATTN: &str = "post_attention_layernorm";
+    const PRE_FF: &str = "pre_feedforward_layernorm";
+    const POST_FF: &str = "post_feedforward_layernorm";
+    match placement {
+        NormPlacement::Pre => [Some(IN), None, Some(POST_ATTN), None],
+        NormPlacement::Post => [None, Some(POST_ATTN), None, Some(POST_FF)],
+        NormPlacement::Sandwich => [Some(IN), Some(POST_ATTN), Some(PRE_FF), Some(POST_FF)],
+    }
 }
 
 pub struct Decoder {
@@ -44,20 +65,72 @@ pub struct Decoder {
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
-    inv_freq: Vec<f32>,
     device: Device,
     /// Activations' dtype (frozen weights are stored in it).
     dtype: DType,
-    /// Device-resident cos/sin tables for the longest sequence seen so far.
-    rope: Mutex<Option<RopeTables>>,
+    /// Per rope of the config, device-resident cos/sin tables for the longest sequence seen so far.
+    rope: Mutex<Vec<Option<RopeTables>>>,
     /// The attention masking of the last batch shape (row lengths and width), kept on the device.
     mask: Mutex<Option<(Vec<usize>, usize, AttnMask)>>,
 }
 
+#[derive(Clone)]
 struct RopeTables {
     len: usize,
+    /// Built with LongRoPE's long factors.
+    long: bool,
     cos: Tensor,
     sin: Tensor,
+}
+
+impl Block {
+    /// Layer `i`'s weights, as its description names them. Every tensor the description implies must be there.
+    fn load(c: &DecoderConfig, i: usize, params: &Params) -> Result<Block> {
+        let spec = c.layers[i].clone();
+        let p = format!("model.layers.{i}");
+        let trainable = params.vars.keys().any(|n| n.starts_with(&format!("{p}.")));
+        let norm = |name: Option<&str>| name.map(|n| params.get(&format!("{p}.{n}.weight"))).transpose();
+        let [attn_pre, attn_post, mlp_pre, mlp_post] = norm_names(spec.norms);
+        let linear = |name: &str, bias: bool| params.linear(&format!("{p}.{name}"), bias);
+        let qk_norm = |which: &str| {
+            (spec.qk_norm != QkNorm::None)
+                .then(|| params.get(&format!("{p}.self_attn.{which}_norm.weight")))
+                .transpose()
+        };
+        Ok(Block {
+            trainable,
+            attn_norms: Norms {
+                pre: norm(attn_pre)?,
+                post: norm(attn_post)?,
+            },
+            mlp_norms: Norms {
+                pre: norm(mlp_pre)?,
+                post: norm(mlp_post)?,
+            },
+            qkv: if c.fused_projections {
+                Qkv::Fused(linear("self_attn.qkv_proj", spec.qkv_bias)?)
+            } else {
+                Qkv::Separate {
+                    q: linear("self_attn.q_proj", spec.qkv_bias)?,
+                    k: linear("self_attn.k_proj", spec.qkv_bias)?,
+                    v: linear("self_attn.v_proj", spec.qkv_bias)?,
+                }
+            },
+            o: linear("self_attn.o_proj", spec.o_bias)?,
+            q_norm: qk_norm("q")?,
+            k_norm: qk_norm("k")?,
+            gate_up: if c.fused_projections {
+                GateUp::Fused(linear("mlp.gate_up_proj", spec.mlp_bias)?)
+            } else {
+                GateUp::Separate {
+                    gate: linear("mlp.gate_proj", spec.mlp_bias)?,
+                    up: linear("mlp.up_proj", spec.mlp_bias)?,
+                }
+            },
+            down: linear("mlp.down_proj", spec.mlp_bias)?,
+            spec,
+        })
+    }
 }
 
 /// One batch: token ids and, per row, how many leading tokens are real (the rest is right padding).
@@ -69,45 +142,8 @@ pub struct Batch {
 impl Decoder {
     pub fn new(config: DecoderConfig, params: &Params, device: &Device) -> Result<Decoder> {
         let c = &config;
-        let fused = c.architecture == crate::config::Architecture::Phi3;
         let blocks = (0..c.num_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                let trainable = params.vars.keys().any(|n| n.starts_with(&format!("{p}.")));
-                Ok(Block {
-                    trainable,
-                    window: c.window(i),
-                    input_norm: params.get(&format!("{p}.input_layernorm.weight"))?,
-                    qkv: if fused {
-                        Qkv::Fused(params.linear(&format!("{p}.self_attn.qkv_proj"), false)?)
-                    } else {
-                        Qkv::Separate {
-                            q: params.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias)?,
-                            k: params.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias)?,
-                            v: params.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias)?,
-                        }
-                    },
-                    o: params.linear(&format!("{p}.self_attn.o_proj"), c.o_bias)?,
-                    q_norm: c
-                        .qk_norm
-                        .then(|| params.get(&format!("{p}.self_attn.q_norm.weight")))
-                        .transpose()?,
-                    k_norm: c
-                        .qk_norm
-                        .then(|| params.get(&format!("{p}.self_attn.k_norm.weight")))
-                        .transpose()?,
-                    post_norm: params.get(&format!("{p}.post_attention_layernorm.weight"))?,
-                    gate_up: if fused {
-                        GateUp::Fused(params.linear(&format!("{p}.mlp.gate_up_proj"), false)?)
-                    } else {
-                        GateUp::Separate {
-                            gate: params.linear(&format!("{p}.mlp.gate_proj"), c.mlp_bias)?,
-                            up: params.linear(&format!("{p}.mlp.up_proj"), c.mlp_bias)?,
-                        }
-                    },
-                    down: params.linear(&format!("{p}.mlp.down_proj"), c.mlp_bias)?,
-                })
-            })
+            .map(|i| Block::load(c, i, params))
             .collect::<Result<Vec<_>>>()?;
         let embed = params.get("model.embed_tokens.weight")?;
         let lm_head = if c.tie_word_embeddings || !params.contains("lm_head.weight") {
@@ -122,7 +158,7 @@ impl Decoder {
         let norm = params.get("model.norm.weight")?;
         refuse_unread(params, c)?;
         Ok(Decoder {
-            inv_freq: c.inv_freq(),
+            rope: Mutex::new(vec![None; c.ropes.len()]),
             embed,
             blocks,
             norm,
@@ -130,7 +166,6 @@ impl Decoder {
             config,
             device: device.clone(),
             dtype: params.dtype(),
-            rope: Mutex::new(None),
             mask: Mutex::new(None),
         })
     }
@@ -148,10 +183,27 @@ impl Decoder {
             .index_select(ids, 0)?
             .to_dtype(self.dtype)?
             .reshape((b, t, self.config.hidden_size))?;
-        match self.config.embed_scale {
-            Some(scale) => h * rounded_to(scale, self.dtype),
-            None => Ok(h),
+        let h = match self.config.embed_scale {
+            Some(scale) => (h * rounded_to(scale, self.dtype))?,
+            None => h,
+        };
+        match self.config.embedding_multiplier {
+            1.0 => Ok(h),
+            m => h * m,
         }
+    }
+
+    /// The final norm, the output projection, and the family's logit scaling and softcap.
+    fn head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let mut logits = self.lm_head.forward(&self.rms(h, &self.norm)?)?;
+        if c.logits_scaling != 1.0 {
+            logits = (logits / c.logits_scaling)?;
+        }
+        if let Some(cap) = c.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
     }
 
     /// RMSNorm with the architecture's weight offset, in f32.
@@ -159,25 +211,34 @@ impl Decoder {
         rms_norm_offset(x, weight, self.config.norm_offset, self.config.rms_norm_eps)
     }
 
-    /// f32 cos/sin tables (t, head_dim) for positions `start..start + t`, narrowed from tables kept on the device
-    /// and rebuilt only when a longer sequence comes. Computed on the host in f32 as transformers does (position ×
-    /// inv_freq rounded to f32, then cos/sin), so every backend gets the same tables (Metal's fast-math cos/sin
+    /// Per rope of the config, f32 cos/sin tables (t, rotary_dim) for positions `start..start + t`, narrowed
+    /// from tables kept on the device and rebuilt only when a longer sequence comes (or LongRoPE switches
+    /// factors). Computed on the host in f32 as transformers does (position × inv_freq rounded to f32, then
+    /// cos/sin, times the attention factor), so every backend gets the same tables (Metal's fast-math cos/sin
     /// drift at large positions).
-    fn rope_tables(&self, start: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, start: usize, t: usize) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         let mut cached = self.rope.lock().expect("rope cache");
         let need = start + t;
-        if cached.as_ref().is_none_or(|r| r.len < need) {
-            let len = need.next_power_of_two().max(64);
-            let (cos, sin) = rope_table_values(&self.inv_freq, len);
-            let width = 2 * self.inv_freq.len();
-            *cached = Some(RopeTables {
-                len,
-                cos: Tensor::from_vec(cos, (len, width), &self.device)?,
-                sin: Tensor::from_vec(sin, (len, width), &self.device)?,
-            });
+        let c = &self.config;
+        let mut out = Vec::with_capacity(c.ropes.len());
+        for (spec, slot) in c.ropes.iter().zip(cached.iter_mut()) {
+            let long = spec.uses_long_factors(need);
+            if slot.as_ref().is_none_or(|r| r.len < need || r.long != long) {
+                let len = need.next_power_of_two().max(64);
+                let inv_freq = spec.inv_freq(c.head_dim, need).map_err(candle_core::Error::msg)?;
+                let (cos, sin) = rope_table_values(&inv_freq, len, spec.attention_factor as f32);
+                let width = 2 * inv_freq.len();
+                *slot = Some(RopeTables {
+                    len,
+                    long,
+                    cos: Tensor::from_vec(cos, (len, width), &self.device)?,
+                    sin: Tensor::from_vec(sin, (len, width), &self.device)?,
+                });
+            }
+            let r = slot.as_ref().expect("just built");
+            out.push((r.cos.narrow(0, start, t)?, r.sin.narrow(0, start, t)?));
         }
-        let r = cached.as_ref().expect("just built");
-        Ok((r.cos.narrow(0, start, t)?, r.sin.narrow(0, start, t)?))
+        Ok(out)
     }
 
     /// The attention masking of a training batch: the row lengths on the device and, where the fused CPU kernel
@@ -194,12 +255,12 @@ impl Decoder {
         let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
         let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), dev)?;
         let fused = fused::enabled() && dev.is_cpu() && self.dtype == DType::F32;
+        // One `sliding_window` per config: every sliding layer shares it.
         let window = self
             .config
-            .layer_windows
+            .layers
             .iter()
-            .flatten()
-            .copied()
+            .filter_map(|l| l.window)
             .filter(|&w| w < t)
             .min();
         // The fused kernel's dense (batch, 1, t, t) mask: the blockwise attention's mask of all positions at once.
@@ -261,7 +322,7 @@ impl Decoder {
             source: e,
         };
         let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
-        let (cos, sin) = self.rope_tables(0, t).map_err(err)?;
+        let rot = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
         let embed_trainable = self.embed.is_variable();
         let lowest = self
@@ -277,13 +338,10 @@ impl Decoder {
             if i >= stop {
                 inputs.push(h.clone());
             }
-            h = self.block(blk, &h, &cos, &sin, &mask, None).map_err(err)?.detach();
+            h = self.block(blk, &h, &rot, &mask, None).map_err(err)?.detach();
         }
         let top = Var::from_tensor(&h).map_err(err)?;
-        let logits = self
-            .rms(top.as_tensor(), &self.norm)
-            .and_then(|n| self.lm_head.forward(&n))
-            .map_err(err)?;
+        let logits = self.head(top.as_tensor()).map_err(err)?;
         let loss = loss_of(&logits).map_err(err)?;
         let value = loss.detach();
         let store = loss.backward().map_err(err)?;
@@ -294,7 +352,7 @@ impl Decoder {
             let Some(g) = grad.take() else { break };
             let x = Var::from_tensor(&inputs[i - stop]).map_err(err)?;
             let y = self
-                .block(&self.blocks[i], x.as_tensor(), &cos, &sin, &mask, None)
+                .block(&self.blocks[i], x.as_tensor(), &rot, &mask, None)
                 .map_err(err)?;
             let store = (y * g)
                 .and_then(|p| p.sum_all())
@@ -322,11 +380,11 @@ impl Decoder {
         let inner = || -> candle_core::Result<Vec<Tensor>> {
             let (ids, b, t) = self.ids_tensor(batch)?;
             let mut h = self.embed_ids(&ids, b, t)?.detach();
-            let (cos, sin) = self.rope_tables(0, t)?;
+            let rot = self.rope_tables(0, t)?;
             let mask = self.mask(&batch.lengths, t)?;
             let mut states = vec![h.to_dtype(DType::F32)?];
             for block in &self.blocks {
-                h = self.block(block, &h, &cos, &sin, &mask, None)?.detach();
+                h = self.block(block, &h, &rot, &mask, None)?.detach();
                 states.push(h.to_dtype(DType::F32)?);
             }
             Ok(states)
@@ -337,35 +395,72 @@ impl Decoder {
     fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
         let (ids, b, t) = self.ids_tensor(batch)?;
         let mut h = self.embed_ids(&ids, b, t)?;
-        let (cos, sin) = self.rope_tables(0, t)?;
+        let rot = self.rope_tables(0, t)?;
         let mask = self.mask(&batch.lengths, t)?;
         for block in &self.blocks {
-            h = self.block(block, &h, &cos, &sin, &mask, None)?;
+            h = self.block(block, &h, &rot, &mask, None)?;
         }
-        let h = self.rms(&h, &self.norm)?;
-        self.lm_head.forward(&h)
+        self.head(&h)
     }
 
-    /// One decoder layer. With `cache`, the keys and values of earlier positions are prepended (and the new ones
-    /// appended to the cache) for generation.
+    /// One decoder layer, as its [`LayerSpec`] describes it. `rot` holds each rope's cos/sin tables. With
+    /// `cache`, the keys and values of earlier positions are prepended (and the new ones appended to the cache)
+    /// for generation.
     fn block(
         &self,
         blk: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rot: &[(Tensor, Tensor)],
+        mask: &AttnMask,
+        cache: Option<&mut LayerCache>,
+    ) -> candle_core::Result<Tensor> {
+        let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, h, rot, mask, cache))?;
+        let x = self.residual(x, &attn)?;
+        let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, h))?;
+        self.residual(&x, &mlp)
+    }
+
+    /// `post_norm(f(pre_norm(x)))`, each norm where the layer has it.
+    fn sublayer(
+        &self,
+        x: &Tensor,
+        norms: &Norms,
+        f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let y = match &norms.pre {
+            Some(w) => f(&self.rms(x, w)?)?,
+            None => f(x)?,
+        };
+        match &norms.post {
+            Some(w) => self.rms(&y, w),
+            None => Ok(y),
+        }
+    }
+
+    /// `x + y · residual_multiplier`.
+    fn residual(&self, x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+        match self.config.residual_multiplier {
+            1.0 => x + y,
+            m => x + (y * m)?,
+        }
+    }
+
+    fn attention(
+        &self,
+        blk: &Block,
+        h: &Tensor,
+        rot: &[(Tensor, Tensor)],
         mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let (b, t, _) = x.dims3()?;
+        let spec = &blk.spec;
+        let (b, t, _) = h.dims3()?;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let h = self.rms(x, &blk.input_norm)?;
-        let split = |y: Tensor, n: usize| y.reshape((b, t, n, hd));
-        let (q, k, v) = match &blk.qkv {
-            Qkv::Separate { q, k, v } => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+        let (mut q, mut k, v) = match &blk.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
             Qkv::Fused(qkv) => {
-                let y = qkv.forward(&h)?;
+                let y = qkv.forward(h)?;
                 (
                     y.narrow(2, 0, nh * hd)?,
                     y.narrow(2, nh * hd, nkv * hd)?,
@@ -373,15 +468,24 @@ impl Decoder {
                 )
             }
         };
-        let mut q = split(q, nh)?;
-        let mut k = split(k, nkv)?;
-        if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
-            q = rms_norm(&q, qn, c.rms_norm_eps)?;
-            k = rms_norm(&k, kn, c.rms_norm_eps)?;
+        let norm = |x: &Tensor, w: &Option<Tensor>| match w {
+            Some(w) => rms_norm_offset(x, w, c.norm_offset, c.rms_norm_eps),
+            None => Ok(x.clone()),
+        };
+        if spec.qk_norm == QkNorm::Whole {
+            q = norm(&q, &blk.q_norm)?;
+            k = norm(&k, &blk.k_norm)?;
         }
-        let q = rope_heads(&q, cos, sin)?;
-        let mut k = rope_heads(&k, cos, sin)?;
-        let mut v = split(v, nkv)?.transpose(1, 2)?.contiguous()?;
+        let mut q = q.reshape((b, t, nh, hd))?;
+        let mut k = k.reshape((b, t, nkv, hd))?;
+        if spec.qk_norm == QkNorm::PerHead {
+            q = norm(&q, &blk.q_norm)?;
+            k = norm(&k, &blk.k_norm)?;
+        }
+        let rotation = spec.rope.map(|r| (&rot[r], c.ropes[r].rotary_dim(hd)));
+        let q = rotate_heads(&q, rotation)?;
+        let mut k = rotate_heads(&k, rotation)?;
+        let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = &cache.kv {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -389,25 +493,42 @@ impl Decoder {
             }
             cache.kv = Some((k.clone(), v.clone()));
         }
-        let attn = self.attend(&q, k, v, mask, blk.window)?;
-        let x = (x + blk.o.forward(&attn)?)?;
-        let h = self.rms(&x, &blk.post_norm)?;
+        let attn = self.attend(&q, k, v, mask, spec)?;
+        blk.o.forward(&attn)
+    }
+
+    fn mlp(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
         let (gate, up) = match &blk.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(&h)?, up.forward(&h)?),
+            GateUp::Separate { gate, up } => (gate.forward(h)?, up.forward(h)?),
             GateUp::Fused(gate_up) => {
-                let y = gate_up.forward(&h)?;
-                let i = c.intermediate_size;
+                let y = gate_up.forward(h)?;
+                let i = self.config.intermediate_size;
                 (y.narrow(2, 0, i)?, y.narrow(2, i, i)?)
             }
         };
-        let product = match c.activation {
+        let product = match blk.spec.activation {
             Activation::Silu => swiglu(&gate, &up)?,
             Activation::GeluTanh => (gate.gelu()? * up)?,
             Activation::Gelu => (gate.gelu_erf()? * up)?,
         };
-        let mlp = blk.down.forward(&product)?;
-        x + mlp
+        blk.down.forward(&product)
     }
+}
+
+/// Heads (batch, seq, heads, head_dim) as (batch, heads, seq, head_dim), contiguous, rotated by `rotation`'s
+/// tables on its first `rotary_dim` dimensions (the rest pass through, as partial rotary has it); unrotated for a
+/// NoPE layer (None).
+fn rotate_heads(x: &Tensor, rotation: Option<(&(Tensor, Tensor), usize)>) -> candle_core::Result<Tensor> {
+    let Some(((cos, sin), dim)) = rotation else {
+        return x.transpose(1, 2)?.contiguous();
+    };
+    let hd = x.dim(3)?;
+    if dim == hd {
+        return rope_heads(x, cos, sin);
+    }
+    let rotated = rope_heads(&x.narrow(3, 0, dim)?.contiguous()?, cos, sin)?;
+    let passed = x.narrow(3, dim, hd - dim)?.transpose(1, 2)?;
+    Tensor::cat(&[&rotated, &passed], 3)?.contiguous()
 }
 
 impl Decoder {
@@ -420,18 +541,20 @@ impl Decoder {
         k: Tensor,
         v: Tensor,
         mask: &AttnMask,
-        window: Option<usize>,
+        layer: &LayerSpec,
     ) -> candle_core::Result<Tensor> {
         let spec = AttentionSpec {
-            window,
-            ..AttentionSpec::plain(q.dim(3)?)
+            scale: layer.scale,
+            window: layer.window,
+            softcap: layer.softcap,
         };
-        let dense = match window {
+        let dense = match layer.window {
             Some(w) if w < k.dim(2)? => mask.dense_windowed.as_ref(),
             _ => mask.dense.as_ref(),
         };
         if let Some(dense) = dense {
-            if fused::applies(q) && k.dim(2)? == q.dim(2)? {
+            // The fused kernel has no softcap: a capped layer takes the blockwise path.
+            if fused::applies(q) && k.dim(2)? == q.dim(2)? && spec.softcap.is_none() {
                 return fused::causal_attention(q, &k, &v, dense, spec.scale as f32);
             }
         }
@@ -456,17 +579,17 @@ struct AttnMask {
     dense_windowed: Option<Tensor>,
 }
 
-/// cos and sin of `position × inv_freq` in f32, row-major (len, 2 × inv_freq.len()): each row's angles twice, as
+/// cos and sin of `position × inv_freq` in f32, times the rope's attention factor, row-major (len, 2 × inv_freq.len()): each row's angles twice, as
 /// rotate_half pairs them.
-fn rope_table_values(inv_freq: &[f32], len: usize) -> (Vec<f32>, Vec<f32>) {
+fn rope_table_values(inv_freq: &[f32], len: usize, factor: f32) -> (Vec<f32>, Vec<f32>) {
     let width = 2 * inv_freq.len();
     let (mut cos, mut sin) = (Vec::with_capacity(len * width), Vec::with_capacity(len * width));
     for p in 0..len {
         let angles = inv_freq.iter().map(|&f| p as f32 * f);
         let row: Vec<f32> = angles.collect();
         for _ in 0..2 {
-            cos.extend(row.iter().map(|a| a.cos()));
-            sin.extend(row.iter().map(|a| a.sin()));
+            cos.extend(row.iter().map(|a| a.cos() * factor));
+            sin.extend(row.iter().map(|a| a.sin() * factor));
         }
     }
     (cos, sin)
@@ -498,7 +621,7 @@ impl Decoder {
             let (start, t) = (cache.len, ids.len());
             let ids_t = Tensor::new(ids, &self.device)?;
             let mut h = self.embed_ids(&ids_t, 1, t)?;
-            let (cos, sin) = self.rope_tables(start, t)?;
+            let rot = self.rope_tables(start, t)?;
             let total = start + t;
             let mask = AttnMask {
                 lengths: None,
@@ -507,12 +630,10 @@ impl Decoder {
                 dense_windowed: None,
             };
             for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                h = self.block(block, &h, &cos, &sin, &mask, Some(layer))?;
+                h = self.block(block, &h, &rot, &mask, Some(layer))?;
             }
             cache.len = total;
-            let h = self.rms(&h.narrow(1, t - 1, 1)?, &self.norm)?;
-            self.lm_head
-                .forward(&h)?
+            self.head(&h.narrow(1, t - 1, 1)?)?
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .detach()

@@ -1,0 +1,468 @@
+//! The families FreezeTune trains, one table entry each: which config.json keys the family's decoder reads (every
+//! other key that could change the math is refused by name), the defaults transformers gives the ones a config
+//! leaves out, and the wiring that is not a key (norm placement, q/k norm, fused projections, which layers slide
+//! when `layer_types` is absent). Adding a family is an entry here, the tensor names it uses, and a parity test.
+
+use crate::config::Architecture;
+use serde_json::{json, Value};
+
+/// Where a layer's norms sit around attention and the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `x + f(norm(x))` (llama).
+    Pre,
+    /// `x + norm(f(x))` (OLMo 2 and 3: `post_attention_layernorm`, `post_feedforward_layernorm`).
+    Post,
+    /// `x + post_norm(f(pre_norm(x)))` (Gemma 2 and 3: four norms a layer).
+    Sandwich,
+}
+
+/// RMSNorm of queries and keys before rotary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Over each head (qwen3, gemma3): weights of head_dim.
+    PerHead,
+    /// Over the whole projection, all heads at once (OLMo 2 and 3): weights of heads · head_dim.
+    Whole,
+}
+
+/// Which layers use sliding-window attention when config.json has no `layer_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultSliding {
+    /// None (the family has no sliding window).
+    Never,
+    /// Every layer, when `sliding_window` is set (mistral, phi3).
+    EveryLayer,
+    /// Layers from `max_window_layers` on, when `use_sliding_window` is true (qwen2, qwen3).
+    FromMaxWindowLayers,
+    /// All but every `n`-th layer (gemma2: 2, gemma3: `sliding_window_pattern`, default 6; olmo3: 4).
+    AllButEvery(usize),
+    /// SmolLM3: the NoPE layers, when `use_sliding_window` is true.
+    NoRopeLayers,
+}
+
+/// How a family's rope parameters are laid out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeLayout {
+    /// One rope for every layer.
+    Single,
+    /// `rope_parameters` keyed by layer type (`full_attention`, `sliding_attention`); a legacy top-level
+    /// `rope_scaling` applies to the full-attention layers only. `local_theta_key` gives the sliding layers' theta
+    /// in legacy configs (gemma3's `rope_local_base_freq`); `sliding_theta` its default.
+    PerLayerType {
+        local_theta_key: Option<&'static str>,
+        sliding_theta: f64,
+        full_theta: f64,
+    },
+}
+
+pub struct Family {
+    pub model_type: &'static str,
+    pub architecture: Architecture,
+    /// Keys the decoder reads beyond [`COMMON_KEYS`].
+    pub keys: &'static [&'static str],
+    /// transformers' defaults for the keys a config may leave out, as JSON.
+    pub defaults: fn() -> Value,
+    pub norms: NormPlacement,
+    pub qk_norm: QkNorm,
+    /// Norm weights are stored as `weight - 1` (gemma): the norm multiplies by `1 + weight`.
+    pub norm_offset: f64,
+    /// Embeddings multiplied by sqrt(hidden_size), rounded to the compute dtype (gemma).
+    pub scaled_embeddings: bool,
+    /// The MLP activation's key (`hidden_act`, or gemma2/3's `hidden_activation`).
+    pub activation_key: &'static str,
+    /// Phi-3's fused `qkv_proj` and `gate_up_proj`.
+    pub fused_projections: bool,
+    /// q/k/v carry biases whatever the config says (qwen2).
+    pub qkv_bias_always: bool,
+    pub sliding: DefaultSliding,
+    pub rope: RopeLayout,
+}
+
+/// Keys every family reads: the shapes, the norm epsilon, rope, tied embeddings. `attention_dropout` is read to
+/// refuse a non-zero value (FreezeTune trains without dropout).
+pub const COMMON_KEYS: [&str; 15] = [
+    "architectures",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "attention_dropout",
+];
+
+/// Keys that never change a decoder's forward pass: bookkeeping, token ids, generation defaults, the context
+/// length (read where a rope type needs it). Keys starting with `_` are private metadata and pass too.
+pub const INERT_KEYS: [&str; 58] = [
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "initializer_range",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "max_position_embeddings",
+    "id2label",
+    "label2id",
+    "return_dict",
+    "output_hidden_states",
+    "output_attentions",
+    "use_return_dict",
+    "is_encoder_decoder",
+    "is_decoder",
+    "add_cross_attention",
+    "cross_attention_hidden_size",
+    "tie_encoder_decoder",
+    "problem_type",
+    "chunk_size_feed_forward",
+    "auto_map",
+    "tokenizer_class",
+    "finetuning_task",
+    "task_specific_params",
+    "prefix",
+    "torchscript",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "pruned_heads",
+    "cache_implementation",
+    // Llama's tensor-parallel split of its matmuls: the same math (transformers 5 ignores it).
+    "pretraining_tp",
+    "unsloth_version",
+    "unsloth_fixed",
+    "model_name",
+    "attn_implementation",
+    // Generation defaults of old configs.
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_eos_token_id",
+];
+
+const LLAMA: Family = Family {
+    model_type: "llama",
+    architecture: Architecture::Llama,
+    keys: &["hidden_act", "attention_bias", "mlp_bias"],
+    defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "mlp_bias": false}),
+    norms: NormPlacement::Pre,
+    qk_norm: QkNorm::None,
+    norm_offset: 0.0,
+    scaled_embeddings: false,
+    activation_key: "hidden_act",
+    fused_projections: false,
+    qkv_bias_always: false,
+    sliding: DefaultSliding::Never,
+    rope: RopeLayout::Single,
+};
+
+/// The families, by `model_type`.
+pub const FAMILIES: [Family; 12] = [
+    LLAMA,
+    Family {
+        model_type: "mistral",
+        architecture: Architecture::Mistral,
+        keys: &["hidden_act", "sliding_window"],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "num_key_value_heads": 8,
+            "sliding_window": 4096})
+        },
+        sliding: DefaultSliding::EveryLayer,
+        ..LLAMA
+    },
+    Family {
+        model_type: "qwen2",
+        architecture: Architecture::Qwen2,
+        keys: &[
+            "hidden_act",
+            "use_sliding_window",
+            "sliding_window",
+            "max_window_layers",
+            "layer_types",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "use_sliding_window": false,
+            "sliding_window": 4096, "max_window_layers": 28})
+        },
+        qkv_bias_always: true,
+        sliding: DefaultSliding::FromMaxWindowLayers,
+        ..LLAMA
+    },
+    Family {
+        model_type: "qwen3",
+        architecture: Architecture::Qwen3,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "use_sliding_window",
+            "sliding_window",
+            "max_window_layers",
+            "layer_types",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "head_dim": 128, "attention_bias": false,
+            "use_sliding_window": false, "sliding_window": 4096, "max_window_layers": 28})
+        },
+        qk_norm: QkNorm::PerHead,
+        sliding: DefaultSliding::FromMaxWindowLayers,
+        ..LLAMA
+    },
+    Family {
+        model_type: "phi3",
+        architecture: Architecture::Phi3,
+        keys: &[
+            "hidden_act",
+            "resid_pdrop",
+            "embd_pdrop",
+            "original_max_position_embeddings",
+            "sliding_window",
+            "partial_rotary_factor",
+        ],
+        defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0}),
+        fused_projections: true,
+        sliding: DefaultSliding::EveryLayer,
+        ..LLAMA
+    },
+    Family {
+        model_type: "gemma",
+        architecture: Architecture::Gemma,
+        keys: &[
+            "hidden_act",
+            "hidden_activation",
+            "attention_bias",
+            "use_bidirectional_attention",
+        ],
+        defaults: || {
+            json!({"hidden_act": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": 256,
+            "tie_word_embeddings": true, "attention_bias": false})
+        },
+        norm_offset: 1.0,
+        scaled_embeddings: true,
+        ..LLAMA
+    },
+    Family {
+        model_type: "gemma2",
+        architecture: Architecture::Gemma2,
+        // `sliding_window_size`: early Gemma 2 configs repeat the window under this name (checked equal).
+        keys: &[
+            "hidden_activation",
+            "hidden_act",
+            "attention_bias",
+            "query_pre_attn_scalar",
+            "sliding_window",
+            "sliding_window_size",
+            "layer_types",
+            "final_logit_softcapping",
+            "attn_logit_softcapping",
+            "use_bidirectional_attention",
+        ],
+        defaults: || {
+            json!({"hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": 256,
+            "num_key_value_heads": 4, "tie_word_embeddings": true, "attention_bias": false,
+            "query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": 30.0,
+            "attn_logit_softcapping": 50.0})
+        },
+        norms: NormPlacement::Sandwich,
+        norm_offset: 1.0,
+        scaled_embeddings: true,
+        activation_key: "hidden_activation",
+        sliding: DefaultSliding::AllButEvery(2),
+        ..LLAMA
+    },
+    Family {
+        model_type: "gemma3_text",
+        architecture: Architecture::Gemma3,
+        keys: &[
+            "hidden_activation",
+            "hidden_act",
+            "attention_bias",
+            "query_pre_attn_scalar",
+            "sliding_window",
+            "layer_types",
+            "sliding_window_pattern",
+            "final_logit_softcapping",
+            "attn_logit_softcapping",
+            "rope_local_base_freq",
+            "use_bidirectional_attention",
+        ],
+        defaults: || {
+            json!({"hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": 256,
+            "num_key_value_heads": 4, "tie_word_embeddings": true, "attention_bias": false,
+            "query_pre_attn_scalar": 256, "sliding_window": 4096, "sliding_window_pattern": 6})
+        },
+        norms: NormPlacement::Sandwich,
+        qk_norm: QkNorm::PerHead,
+        norm_offset: 1.0,
+        scaled_embeddings: true,
+        activation_key: "hidden_activation",
+        sliding: DefaultSliding::AllButEvery(6),
+        rope: RopeLayout::PerLayerType {
+            local_theta_key: Some("rope_local_base_freq"),
+            sliding_theta: 10_000.0,
+            full_theta: 1_000_000.0,
+        },
+        ..LLAMA
+    },
+    Family {
+        model_type: "smollm3",
+        architecture: Architecture::SmolLM3,
+        // `max_window_layers`: SmolLM3's released config carries it; transformers 5's SmolLM3 never reads it
+        // (its windows follow the NoPE layers).
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "mlp_bias",
+            "use_sliding_window",
+            "sliding_window",
+            "no_rope_layers",
+            "no_rope_layer_interval",
+            "layer_types",
+            "max_window_layers",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "num_key_value_heads": 4,
+            "tie_word_embeddings": true, "attention_bias": false, "mlp_bias": false, "use_sliding_window": false,
+            "no_rope_layer_interval": 4, "rope_theta": 2_000_000.0})
+        },
+        sliding: DefaultSliding::NoRopeLayers,
+        ..LLAMA
+    },
+    Family {
+        model_type: "granite",
+        architecture: Architecture::Granite,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "mlp_bias",
+            "embedding_multiplier",
+            "logits_scaling",
+            "residual_multiplier",
+            "attention_multiplier",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "mlp_bias": false,
+            "embedding_multiplier": 1.0, "logits_scaling": 1.0, "residual_multiplier": 1.0,
+            "attention_multiplier": 1.0})
+        },
+        ..LLAMA
+    },
+    Family {
+        model_type: "olmo2",
+        architecture: Architecture::Olmo2,
+        keys: &["hidden_act", "attention_bias"],
+        defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false}),
+        norms: NormPlacement::Post,
+        qk_norm: QkNorm::Whole,
+        ..LLAMA
+    },
+    Family {
+        model_type: "olmo3",
+        architecture: Architecture::Olmo3,
+        keys: &["hidden_act", "attention_bias", "sliding_window", "layer_types"],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false,
+            "sliding_window": 4096, "rope_theta": 500_000.0})
+        },
+        norms: NormPlacement::Post,
+        qk_norm: QkNorm::Whole,
+        sliding: DefaultSliding::AllButEvery(4),
+        rope: RopeLayout::PerLayerType {
+            local_theta_key: None,
+            sliding_theta: 500_000.0,
+            full_theta: 500_000.0,
+        },
+        ..LLAMA
+    },
+];
+
+/// The family of a `model_type`.
+pub fn family(model_type: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.model_type == model_type)
+}
+
+/// The `model_type`s FreezeTune trains.
+pub fn supported() -> Vec<&'static str> {
+    FAMILIES.iter().map(|f| f.model_type).collect()
+}
+
+impl Family {
+    /// Whether this family's decoder reads `key`.
+    pub fn understands(&self, key: &str) -> bool {
+        COMMON_KEYS.contains(&key) || self.keys.contains(&key)
+    }
+
+    /// The first key of `config` that this family does not read and that is not inert, with its value. A key
+    /// set to `false` or `null` switches nothing on (Phi-3.5's `attention_bias: false`, OLMo 2's `clip_qkv: null`)
+    /// and passes; any other value of an unread key could change the math.
+    pub fn not_understood<'a>(&self, config: &'a Value) -> Option<(&'a String, &'a Value)> {
+        let map = config.as_object()?;
+        map.iter().find(|(k, v)| {
+            let off = v.is_null() || v.as_bool() == Some(false);
+            !off && !k.starts_with('_') && !self.understands(k) && !INERT_KEYS.contains(&k.as_str())
+        })
+    }
+
+    /// `config` with this family's defaults filled in where a key is absent.
+    pub fn with_defaults(&self, config: &Value) -> Value {
+        let mut merged = (self.defaults)();
+        if let (Some(m), Some(c)) = (merged.as_object_mut(), config.as_object()) {
+            for (k, v) in c {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_is_a_key_the_family_reads() {
+        for f in &FAMILIES {
+            for k in (f.defaults)().as_object().unwrap().keys() {
+                assert!(f.understands(k), "{}: default for unread key {k}", f.model_type);
+            }
+            assert!(f.understands(f.activation_key), "{}", f.model_type);
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_found_and_inert_ones_pass() {
+        let llama = family("llama").unwrap();
+        let c = json!({"hidden_size": 8, "torch_dtype": "float32", "_name_or_path": "x", "bos_token_id": 1});
+        assert_eq!(llama.not_understood(&c), None);
+        let c = json!({"hidden_size": 8, "attn_logit_softcapping": 50.0});
+        assert_eq!(llama.not_understood(&c).unwrap().0, "attn_logit_softcapping");
+        let off = json!({"clip_qkv": null, "use_mrope": false});
+        assert_eq!(llama.not_understood(&off), None, "keys that switch nothing on pass");
+        assert_eq!(llama.not_understood(&json!({"clip_qkv": 8.0})).unwrap().0, "clip_qkv");
+        assert!(family("gemma2").unwrap().not_understood(&c).is_none());
+    }
+}
