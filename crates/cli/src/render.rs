@@ -66,7 +66,9 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-pub fn layout_table(l: &ModelLayout) -> String {
+/// The layout as a table; `kinds` is each layer's attention kind from the decoder's description, or why FreezeTune
+/// cannot train the model.
+pub fn layout_table(l: &ModelLayout, kinds: std::result::Result<Vec<String>, String>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Model        {}", l.model_dir.display());
     let _ = writeln!(
@@ -89,8 +91,21 @@ pub fn layout_table(l: &ModelLayout) -> String {
         .map(|f| format!("{} ({} tensors, {})", f.name, f.tensors, bytes(f.bytes)))
         .collect();
     let _ = writeln!(s, "Weights      {}", files.join(", "));
+    let kinds = match kinds {
+        Ok(k) => k,
+        Err(reason) => {
+            let _ = writeln!(s, "Training     refused: {reason}");
+            Vec::new()
+        }
+    };
+    let kind_width = kinds.iter().map(String::len).max().unwrap_or(0).max("attention".len());
     let names = l.layer_module_names();
-    let _ = writeln!(s, "\n{:>5}  {:>10}  {}", "layer", "params", names.join("  "));
+    let kind_head = if kinds.is_empty() {
+        String::new()
+    } else {
+        format!("{:<kind_width$}  ", "attention")
+    };
+    let _ = writeln!(s, "\n{:>5}  {:>10}  {kind_head}{}", "layer", "params", names.join("  "));
     for layer in l.layers.iter().rev() {
         let cells: Vec<String> = names
             .iter()
@@ -104,7 +119,17 @@ pub fn layout_table(l: &ModelLayout) -> String {
                 format!("{p:>w$}", w = n.len())
             })
             .collect();
-        let _ = writeln!(s, "{:>5}  {:>10}  {}", layer.id, count(layer.params), cells.join("  "));
+        let kind = match kinds.get(layer.id) {
+            Some(k) => format!("{k:<kind_width$}  "),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{:>5}  {:>10}  {kind}{}",
+            layer.id,
+            count(layer.params),
+            cells.join("  ")
+        );
     }
     let _ = writeln!(s, "\nOutside the layers:");
     for m in &l.non_layer_modules {

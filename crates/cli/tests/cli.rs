@@ -62,6 +62,40 @@ fn inspect_text_and_json() {
 }
 
 #[test]
+fn inspect_shows_each_layers_attention_kind_and_why_a_model_is_refused() {
+    let cfg = tempfile::tempdir().unwrap();
+    let gemma3 = fixture("gemma3");
+    let text = ok(cfg.path(), &["inspect", gemma3.to_str().unwrap()]);
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_default()
+    };
+    assert!(row("0").contains("sliding 8") && row("1").contains("full"), "{text}");
+    let j = json(cfg.path(), &["inspect", fixture("smollm3").to_str().unwrap(), "--json"]);
+    assert_eq!(
+        j["training"]["layer_kinds"],
+        serde_json::json!(["full, no rope", "full", "full"])
+    );
+    // A config key the decoder does not read: inspect still shows the layout, and says why training is refused.
+    let odd = cfg.path().join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("llama").join(f), odd.join(f)).unwrap();
+    }
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(odd.join("config.json")).unwrap()).unwrap();
+    config["attn_logit_softcapping"] = 50.0.into();
+    std::fs::write(odd.join("config.json"), config.to_string()).unwrap();
+    let text = ok(cfg.path(), &["inspect", odd.to_str().unwrap()]);
+    assert!(
+        text.contains("Training     refused") && text.contains("attn_logit_softcapping"),
+        "{text}"
+    );
+    let j = json(cfg.path(), &["inspect", odd.to_str().unwrap(), "--json"]);
+    assert_eq!(j["training"]["supported"], false);
+}
+
+#[test]
 fn plan_json_contract_and_errors() {
     let cfg = tempfile::tempdir().unwrap();
     let m = fixture("llama12");
