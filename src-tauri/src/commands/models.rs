@@ -42,6 +42,9 @@ pub struct ModelSummary {
     pub extra_modules: Vec<String>,
     /// Why this model cannot be trained here (it can still be inspected and planned), if so.
     pub training_unsupported: Option<String>,
+    /// Each layer's attention as the decoder runs it ("sliding 512", "full", "full, no rope"); empty when the
+    /// model cannot be trained.
+    pub layer_kinds: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -57,6 +60,7 @@ pub fn summarize(layout: &ModelLayout, source: ModelSource) -> ModelSummary {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     });
+    let decoder = freezetune_train::DecoderConfig::read(dir);
     ModelSummary {
         path: dir.to_string_lossy().into_owned(),
         name,
@@ -70,7 +74,10 @@ pub fn summarize(layout: &ModelLayout, source: ModelSource) -> ModelSummary {
         multimodal: layout.multimodal,
         layer_modules: layout.layer_module_names(),
         extra_modules: layout.non_layer_modules.iter().map(|m| m.name.clone()).collect(),
-        training_unsupported: freezetune_train::DecoderConfig::read(dir).err().map(|e| e.to_string()),
+        training_unsupported: decoder.as_ref().err().map(|e| e.to_string()),
+        layer_kinds: decoder
+            .map(|c| c.layers.iter().map(|l| l.kind()).collect())
+            .unwrap_or_default(),
         warnings: layout.warnings.clone(),
     }
 }

@@ -14,6 +14,8 @@
     model_type: "llama", num_layers: N, total_params: total, weight_bytes: total * 2, tie_word_embeddings: false,
     multimodal: false, layer_modules: MODULES, extra_modules: ["embed_tokens", "norm", "lm_head"],
     training_unsupported: null, warnings: [],
+    // Gemma 3's pattern: five sliding-window layers, then one with full attention.
+    layer_kinds: Array.from({ length: N }, (_, i) => ((i + 1) % 6 === 0 ? "full" : "sliding 1024")),
   };
   const err = (kind, message) => ({ kind, message });
 

@@ -161,6 +161,20 @@ describe("layer picker on an 80-layer model", () => {
     assert.equal(await page.getByTestId("extra-norm").getAttribute("data-state"), "trainable");
   });
 
+  it("tags each layer's attention kind and picks only the full-attention layers", async () => {
+    // The mock model mixes five sliding-window layers with one full-attention layer, as Gemma 3 does.
+    assert.equal(await page.getByTestId("kind-5").getAttribute("data-kind"), "full");
+    assert.equal(await page.getByTestId("kind-4").getAttribute("data-kind"), "sliding");
+    await page.getByTestId("pick-full-attention").click();
+    await settled();
+    const full = Array.from({ length: 13 }, (_, k) => 6 * k + 5).join(",");
+    assert.equal(await ids(), full);
+    assert.equal(await state(5), "trainable");
+    assert.equal(await state(6), "frozen");
+    await page.getByTestId("layer-5").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: join(SHOTS, "layers-kinds.png"), fullPage: false });
+  });
+
   it("stays responsive: a click on an 80-layer model re-renders quickly (printed, not asserted)", async () => {
     const ms = await page.evaluate(async () => {
       const row = document.querySelector('[data-testid="layer-50"]');

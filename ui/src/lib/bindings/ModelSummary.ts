@@ -16,4 +16,9 @@ layer_modules: Array<string>, extra_modules: Array<string>,
 /**
  * Why this model cannot be trained here (it can still be inspected and planned), if so.
  */
-training_unsupported: string | null, warnings: Array<string>, };
+training_unsupported: string | null, 
+/**
+ * Each layer's attention as the decoder runs it ("sliding 512", "full", "full, no rope"); empty when the
+ * model cannot be trained.
+ */
+layer_kinds: Array<string>, warnings: Array<string>, };
