@@ -149,6 +149,12 @@ pub fn export_gguf(
 /// loads but computes other logits would be worse than none.
 fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
     let family = c.architecture.model_type();
+    if let Some(wrapper) = c.wrapper {
+        return Err(GgufError::Unsupported(format!(
+            "GGUF export of a {wrapper} vision-language model is not supported yet (llama.cpp wants its vision tower \
+             in a separate mmproj file); it trains, and exports as a Hugging Face folder"
+        )));
+    }
     if !EXPORTABLE.contains(&c.architecture) {
         return Err(GgufError::Unsupported(format!(
             "GGUF export of {family} models is not supported yet (it trains, and exports as a Hugging Face \

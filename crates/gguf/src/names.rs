@@ -17,6 +17,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Granite => "granite",
         Architecture::Olmo2 => "olmo2",
         Architecture::Olmo3 => "olmo3",
+        Architecture::Ministral3 => "mistral3",
     }
 }
 
@@ -61,6 +62,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Granite => ("GraniteForCausalLM", "granite"),
         Architecture::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
         Architecture::Olmo3 => ("Olmo3ForCausalLM", "olmo3"),
+        Architecture::Ministral3 => ("Ministral3ForCausalLM", "ministral3"),
     }
 }
 

@@ -4,7 +4,7 @@
 //! and never looks at the family again.
 
 use crate::error::{Result, TrainError};
-use crate::family::{family, supported, DefaultSliding, Family, NormPlacement, QkNorm, RopeLayout};
+use crate::family::{family, supported, wrapper, DefaultSliding, Family, NormPlacement, QkNorm, RopeLayout, Wrapper};
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
 use std::path::Path;
@@ -31,6 +31,8 @@ pub enum Architecture {
     Olmo2,
     /// OLMo 2 with sliding windows.
     Olmo3,
+    /// Mistral with YaRN and queries scaled by position past the original context.
+    Ministral3,
 }
 
 /// The MLP's activation.
@@ -128,6 +130,26 @@ pub struct DecoderConfig {
     pub logits_scaling: f64,
     /// Logits become `cap · tanh(logits / cap)` (Gemma 2).
     pub final_softcap: Option<f64>,
+    /// Queries multiplied by a factor of their position after rotary (Ministral 3).
+    pub position_query_scale: Option<PositionQueryScale>,
+    /// The vision-language wrapper whose text tower this is (`gemma3`, `mistral3`), if any.
+    pub wrapper: Option<&'static str>,
+}
+
+/// Ministral 3's (Llama 4's) query scale: `1 + beta · ln(1 + floor(position / original_max_position_embeddings))`,
+/// 1 inside the original context.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PositionQueryScale {
+    pub beta: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+impl PositionQueryScale {
+    /// The factor of the query at `position`, in f32 as transformers computes it.
+    pub fn factor(&self, position: usize) -> f32 {
+        let blocks = (position as f32 / self.original_max_position_embeddings as f32).floor();
+        1.0 + self.beta as f32 * (1.0 + blocks).ln()
+    }
 }
 
 impl DecoderConfig {
@@ -141,11 +163,41 @@ impl DecoderConfig {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        if let Some(w) = raw["model_type"].as_str().and_then(wrapper) {
+            return Self::from_wrapper(&raw, w).map_err(|reason| TrainError::Config { path, reason });
+        }
         let fam = Architecture::family_of(
             raw["architectures"].get(0).and_then(Value::as_str).unwrap_or_default(),
             raw["model_type"].as_str(),
         )?;
         Self::from_value(&raw, fam).map_err(|reason| TrainError::Config { path, reason })
+    }
+
+    /// The text tower of a vision-language wrapper, read from `text_config` as its own family. The top-level keys
+    /// configure the vision tower and projector, which text training never runs; only `tie_word_embeddings` is
+    /// the wrapper's to decide (transformers ties at the top level).
+    fn from_wrapper(raw: &Value, w: &Wrapper) -> std::result::Result<DecoderConfig, String> {
+        let text = raw
+            .get("text_config")
+            .filter(|t| t.is_object())
+            .ok_or_else(|| format!("a {} config.json needs a `text_config` object", w.model_type))?;
+        let text_type = text["model_type"].as_str().unwrap_or(w.text_types[0]);
+        let fam = family(text_type)
+            .filter(|_| w.text_types.contains(&text_type))
+            .ok_or_else(|| {
+                format!(
+                    "the text tower of this {} model is {text_type:?}; FreezeTune trains {} inside it",
+                    w.model_type,
+                    w.text_types.join(", ")
+                )
+            })?;
+        let mut text = text.clone();
+        if let Some(tie) = raw.get("tie_word_embeddings").filter(|v| !v.is_null()) {
+            text["tie_word_embeddings"] = tie.clone();
+        }
+        let mut c = Self::from_value(&text, fam)?;
+        c.wrapper = Some(w.model_type);
+        Ok(c)
     }
 
     /// The description of the decoder `raw` (a config.json) gives, for the family `model_type`.
@@ -195,7 +247,8 @@ impl DecoderConfig {
                 "num_attention_heads {num_heads} must be a positive multiple of num_key_value_heads {num_kv_heads}"
             ));
         }
-        let (ropes, full_rope, sliding_rope) = read_ropes(raw, fam)?;
+        let (rope_raw, position_query_scale) = split_query_scale(raw, fam)?;
+        let (ropes, full_rope, sliding_rope) = read_ropes(&rope_raw, fam)?;
         let uses_rope = rope_layers(raw, fam, num_layers)?;
         let windows = layer_windows(raw, fam, num_layers, &uses_rope)?;
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
@@ -240,6 +293,8 @@ impl DecoderConfig {
             residual_multiplier: float("residual_multiplier")?.unwrap_or(1.0),
             logits_scaling: float("logits_scaling")?.unwrap_or(1.0),
             final_softcap: float("final_logit_softcapping")?,
+            position_query_scale,
+            wrapper: None,
         })
     }
 
@@ -252,6 +307,35 @@ impl DecoderConfig {
     pub fn global_rope(&self) -> &RopeSpec {
         &self.ropes[0]
     }
+}
+
+/// Ministral 3 keeps its query scale's `llama_4_scaling_beta` in the rope dict: taken out here (the rest of the
+/// dict is the rope's), for families that apply it; elsewhere it stays and the rope reader refuses it by name.
+fn split_query_scale(raw: &Value, fam: &Family) -> std::result::Result<(Value, Option<PositionQueryScale>), String> {
+    let mut raw = raw.clone();
+    if !fam.position_query_scale {
+        return Ok((raw, None));
+    }
+    let key = ["rope_parameters", "rope_scaling"]
+        .into_iter()
+        .find(|k| raw[*k].is_object())
+        .ok_or("`rope_parameters` is missing")?;
+    let dict = raw[key].as_object_mut().expect("checked");
+    let beta = match dict.remove("llama_4_scaling_beta") {
+        None | Some(Value::Null) => return Ok((raw, None)),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| format!("`llama_4_scaling_beta` must be a number, not {v}"))?,
+    };
+    let orig = dict
+        .get("original_max_position_embeddings")
+        .and_then(Value::as_f64)
+        .ok_or("`llama_4_scaling_beta` needs the rope's `original_max_position_embeddings`")?;
+    let scale = PositionQueryScale {
+        beta,
+        original_max_position_embeddings: orig,
+    };
+    Ok((raw, (beta != 0.0).then_some(scale)))
 }
 
 /// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.

@@ -78,6 +78,35 @@ pub struct Family {
     pub qkv_bias_always: bool,
     pub sliding: DefaultSliding,
     pub rope: RopeLayout,
+    /// The rope dict's `llama_4_scaling_beta` scales queries by position (Ministral 3).
+    pub position_query_scale: bool,
+}
+
+/// A vision-language wrapper whose text tower FreezeTune trains on text: config.json holds the decoder under
+/// `text_config`; images are never run, so the vision tower and projector (and the top-level keys that configure
+/// them) stay frozen and are written back unchanged.
+pub struct Wrapper {
+    pub model_type: &'static str,
+    /// The text towers' `model_type`s FreezeTune can train inside it.
+    pub text_types: &'static [&'static str],
+}
+
+pub const WRAPPERS: [Wrapper; 2] = [
+    // Gemma 3 4B, 12B, 27B.
+    Wrapper {
+        model_type: "gemma3",
+        text_types: &["gemma3_text"],
+    },
+    // Ministral 3 (3B, 8B, 14B) and Mistral Small 3.1 / 3.2.
+    Wrapper {
+        model_type: "mistral3",
+        text_types: &["ministral3", "mistral"],
+    },
+];
+
+/// The wrapper of a `model_type`, if it is one.
+pub fn wrapper(model_type: &str) -> Option<&'static Wrapper> {
+    WRAPPERS.iter().find(|w| w.model_type == model_type)
 }
 
 /// Keys every family reads: the shapes, the norm epsilon, rope, tied embeddings. `attention_dropout` is read to
@@ -179,10 +208,11 @@ const LLAMA: Family = Family {
     qkv_bias_always: false,
     sliding: DefaultSliding::Never,
     rope: RopeLayout::Single,
+    position_query_scale: false,
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 12] = [
+pub const FAMILIES: [Family; 13] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -193,6 +223,19 @@ pub const FAMILIES: [Family; 12] = [
             "sliding_window": 4096})
         },
         sliding: DefaultSliding::EveryLayer,
+        ..LLAMA
+    },
+    Family {
+        model_type: "ministral3",
+        architecture: Architecture::Ministral3,
+        keys: &["hidden_act", "sliding_window"],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_parameters": {"rope_type": "yarn",
+            "rope_theta": 1_000_000.0, "factor": 16.0, "original_max_position_embeddings": 16384, "beta_fast": 32.0,
+            "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0, "llama_4_scaling_beta": 0.1}})
+        },
+        sliding: DefaultSliding::EveryLayer,
+        position_query_scale: true,
         ..LLAMA
     },
     Family {

@@ -4,7 +4,7 @@
 //! frozen linears above it compute only the input gradient.
 
 use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
-use crate::config::{Activation, DecoderConfig, LayerSpec};
+use crate::config::{Activation, DecoderConfig, LayerSpec, PositionQueryScale};
 use crate::error::{Result, TrainError};
 use crate::family::{NormPlacement, QkNorm};
 use crate::fused;
@@ -85,9 +85,9 @@ struct RopeTables {
 
 impl Block {
     /// Layer `i`'s weights, as its description names them. Every tensor the description implies must be there.
-    fn load(c: &DecoderConfig, i: usize, params: &Params) -> Result<Block> {
+    fn load(c: &DecoderConfig, names: &TensorNames, i: usize, params: &Params) -> Result<Block> {
         let spec = c.layers[i].clone();
-        let p = format!("model.layers.{i}");
+        let p = format!("{}.layers.{i}", names.model);
         let trainable = params.vars.keys().any(|n| n.starts_with(&format!("{p}.")));
         let norm = |name: Option<&str>| name.map(|n| params.get(&format!("{p}.{n}.weight"))).transpose();
         let [attn_pre, attn_post, mlp_pre, mlp_post] = norm_names(spec.norms);
@@ -133,6 +133,39 @@ impl Block {
     }
 }
 
+/// Where the text decoder's tensors sit in the checkpoint: `model.*` and `lm_head` for a causal LM; a
+/// vision-language wrapper's text tower under `language_model.model.*` / `language_model.lm_head` (the layout
+/// transformers writes) or `model.language_model.*` / `lm_head` (the one it runs).
+struct TensorNames {
+    model: String,
+    lm_head: String,
+}
+
+impl TensorNames {
+    fn of(c: &DecoderConfig, params: &Params) -> TensorNames {
+        let layouts: &[(&str, &str)] = match c.wrapper {
+            None => &[("model", "lm_head")],
+            Some(_) => &[
+                ("language_model.model", "language_model.lm_head"),
+                ("model.language_model", "lm_head"),
+            ],
+        };
+        let (model, lm_head) = layouts
+            .iter()
+            .find(|(m, _)| params.contains(&format!("{m}.embed_tokens.weight")))
+            .unwrap_or(&layouts[0]);
+        TensorNames {
+            model: model.to_string(),
+            lm_head: lm_head.to_string(),
+        }
+    }
+
+    /// Whether `name` belongs to the text decoder (a wrapper's vision tower and projector do not).
+    fn is_text(&self, name: &str) -> bool {
+        name.starts_with(&format!("{}.", self.model)) || name.starts_with(&format!("{}.", self.lm_head))
+    }
+}
+
 /// One batch: token ids and, per row, how many leading tokens are real (the rest is right padding).
 pub struct Batch {
     pub input_ids: Vec<Vec<u32>>,
@@ -142,21 +175,23 @@ pub struct Batch {
 impl Decoder {
     pub fn new(config: DecoderConfig, params: &Params, device: &Device) -> Result<Decoder> {
         let c = &config;
+        let names = TensorNames::of(c, params);
         let blocks = (0..c.num_layers)
-            .map(|i| Block::load(c, i, params))
+            .map(|i| Block::load(c, &names, i, params))
             .collect::<Result<Vec<_>>>()?;
-        let embed = params.get("model.embed_tokens.weight")?;
-        let lm_head = if c.tie_word_embeddings || !params.contains("lm_head.weight") {
+        let embed = params.get(&format!("{}.embed_tokens.weight", names.model))?;
+        let lm_head_weight = format!("{}.weight", names.lm_head);
+        let lm_head = if c.tie_word_embeddings || !params.contains(&lm_head_weight) {
             Linear {
                 weight: embed.clone(),
                 frozen: !embed.is_variable(),
                 bias: None,
             }
         } else {
-            params.linear("lm_head", false)?
+            params.linear(&names.lm_head, false)?
         };
-        let norm = params.get("model.norm.weight")?;
-        refuse_unread(params, c)?;
+        let norm = params.get(&format!("{}.norm.weight", names.model))?;
+        refuse_unread(params, c, &names)?;
         Ok(Decoder {
             rope: Mutex::new(vec![None; c.ropes.len()]),
             embed,
@@ -484,6 +519,10 @@ impl Decoder {
         }
         let rotation = spec.rope.map(|r| (&rot[r], c.ropes[r].rotary_dim(hd)));
         let q = rotate_heads(&q, rotation)?;
+        let q = match c.position_query_scale {
+            Some(s) => scale_queries(&q, s, mask.q_offset)?,
+            None => q,
+        };
         let mut k = rotate_heads(&k, rotation)?;
         let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         if let Some(cache) = cache {
@@ -513,6 +552,18 @@ impl Decoder {
         };
         blk.down.forward(&product)
     }
+}
+
+/// Ministral 3's per-position query factor on q (batch, heads, t, head_dim) at positions `start..start + t`; q
+/// itself where every factor is 1 (inside the original context, the common case).
+fn scale_queries(q: &Tensor, s: PositionQueryScale, start: usize) -> candle_core::Result<Tensor> {
+    let t = q.dim(2)?;
+    let factors: Vec<f32> = (start..start + t).map(|p| s.factor(p)).collect();
+    if factors.iter().all(|&f| f == 1.0) {
+        return Ok(q.clone());
+    }
+    let factors = Tensor::from_vec(factors, (1, 1, t, 1), q.device())?.to_dtype(q.dtype())?;
+    q.broadcast_mul(&factors)
 }
 
 /// Heads (batch, seq, heads, head_dim) as (batch, heads, seq, head_dim), contiguous, rotated by `rotation`'s
@@ -650,8 +701,14 @@ impl Decoder {
 /// variant it does not know) would make training other math than the model's, without a word. Two kinds are left
 /// out as transformers leaves them: old checkpoints' `rotary_emb.inv_freq` buffers (recomputed from the config) and
 /// a tied model's stored `lm_head.weight` (the embeddings serve).
-fn refuse_unread(params: &Params, c: &DecoderConfig) -> Result<()> {
-    let ignored = |n: &str| n.ends_with(".rotary_emb.inv_freq") || (c.tie_word_embeddings && n == "lm_head.weight");
+///
+/// A vision-language wrapper's vision tower and projector are not the text decoder's: they stay frozen (a plan that
+/// trains them is refused here too, as unread) and are written back unchanged.
+fn refuse_unread(params: &Params, c: &DecoderConfig, names: &TensorNames) -> Result<()> {
+    let lm_head = format!("{}.weight", names.lm_head);
+    let frozen_vision = |n: &str| c.wrapper.is_some() && !names.is_text(n) && !params.vars.contains_key(n);
+    let ignored =
+        |n: &str| n.ends_with(".rotary_emb.inv_freq") || (c.tie_word_embeddings && n == lm_head) || frozen_vision(n);
     let unread: Vec<String> = params.unread().into_iter().filter(|n| !ignored(n)).collect();
     let Some(first) = unread.first() else {
         return Ok(());

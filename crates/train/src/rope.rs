@@ -46,7 +46,9 @@ pub struct RopeSpec {
 }
 
 /// The keys a rope dict may hold; any other is refused.
-const ROPE_KEYS: [&str; 15] = [
+const ROPE_KEYS: [&str; 16] = [
+    // Ministral 3 repeats the context length here; transformers reads the top-level one.
+    "max_position_embeddings",
     "rope_type",
     "type",
     "rope_theta",
@@ -230,7 +232,13 @@ impl RopeSpec {
                 "long_factor",
             ],
         };
-        let always = ["rope_type", "type", "rope_theta", "partial_rotary_factor"];
+        let always = [
+            "rope_type",
+            "type",
+            "rope_theta",
+            "partial_rotary_factor",
+            "max_position_embeddings",
+        ];
         for (k, v) in d {
             if !v.is_null() && !used.contains(&k.as_str()) && !always.contains(&k.as_str()) {
                 return Err(format!(

@@ -25,15 +25,26 @@ fn rel(a: f64, b: f64) -> f64 {
 fn load(case: &str, dtype: DType) -> (Params, Decoder) {
     let dir = fixtures().join("models").join(case);
     let layout = ModelLayout::inspect(&dir).unwrap();
+    // Every tensor of the text decoder trains; a wrapper's vision tower and projector never run on text.
+    let vision = |m: &&freezetune_core::layout::ModuleInfo| {
+        m.path.contains("vision_tower") || m.path.contains("multi_modal_projector")
+    };
     let spec = FreezeSpec {
         all_layers: true,
-        extra: vec!["embed_tokens".into(), "norm".into(), "lm_head".into()],
+        extra: layout
+            .non_layer_modules
+            .iter()
+            .filter(|m| !vision(m))
+            .map(|m| m.path.clone())
+            .collect(),
         ..Default::default()
     };
     let plan = plan(&layout, &spec, PlanOptions::default()).unwrap();
+    let vision_params: u64 = layout.non_layer_modules.iter().filter(vision).map(|m| m.params).sum();
     assert_eq!(
-        plan.trainable_params, layout.total_params,
-        "{case}: every tensor trains"
+        plan.trainable_params,
+        layout.total_params - vision_params,
+        "{case}: every text tensor trains"
     );
     let params = Params::load(&dir, &plan, &Device::Cpu, dtype).unwrap();
     let model = Decoder::new(DecoderConfig::read(&dir).unwrap(), &params, &Device::Cpu).unwrap();
@@ -208,6 +219,45 @@ fn qwen2_yarn_rope() {
 #[test]
 fn phi3_longrope_past_the_original_context_with_partial_rotary() {
     check("phi3_longrope");
+}
+
+#[test]
+fn gemma3_vision_language_wrapper_trains_its_text_tower() {
+    check("gemma3_vlm");
+}
+
+#[test]
+fn ministral3_yarn_and_position_query_scale_inside_the_mistral3_wrapper() {
+    check("ministral3");
+}
+
+#[test]
+fn a_wrapper_checkpoint_in_the_layout_transformers_runs_reads_the_same() {
+    // transformers writes `language_model.model.*`; checkpoints saved from its runtime layout have
+    // `model.language_model.*` (and the vision tower under `model.`). Both must load to the same model.
+    let src = fixtures().join("models/gemma3_vlm");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let renamed: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let name = match name.strip_prefix("language_model.model.") {
+                Some(rest) => format!("model.language_model.{rest}"),
+                None => format!("model.{name}"),
+            };
+            (name, t)
+        })
+        .collect();
+    assert!(renamed.contains_key("model.language_model.layers.0.self_attn.q_proj.weight"));
+    candle_core::safetensors::save(&renamed, dir.path().join("model.safetensors")).unwrap();
+    let r = reference("gemma3_vlm");
+    let params = Params::load_with(dir.path(), &[], &Device::Cpu, DType::F32).unwrap();
+    let model = Decoder::new(DecoderConfig::read(dir.path()).unwrap(), &params, &Device::Cpu).unwrap();
+    let (batch, labels) = batch(&r.ids);
+    let (loss, _) = causal_lm_loss(&model.forward(&batch).unwrap(), &labels).unwrap();
+    let loss = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!(rel(loss, r.losses[0]) < 1e-5, "{loss} vs PyTorch {}", r.losses[0]);
 }
 
 #[test]
