@@ -58,29 +58,50 @@ impl ModelConfig {
             .or_else(|| top.get("model_type").and_then(Value::as_str))
             .ok_or("neither `architectures` nor `model_type` is set")?
             .to_string();
-        let uint = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| text.get(*k).or_else(|| top.get(*k)).and_then(Value::as_u64))
+        // A size the config states must be a positive integer: 0, a negative or a fractional one is refused by
+        // name rather than read as absent (a model of 0 heads plans, a negative width inspects, otherwise).
+        let uint = |keys: &[&str]| -> std::result::Result<Option<u64>, String> {
+            let found = keys.iter().find_map(|k| {
+                text.get(*k)
+                    .or_else(|| top.get(*k))
+                    .filter(|v| !v.is_null())
+                    .map(|v| (*k, v))
+            });
+            match found {
+                None => Ok(None),
+                Some((k, v)) => match v.as_u64().filter(|&n| n > 0) {
+                    Some(n) => Ok(Some(n)),
+                    None => Err(format!("`{k}` is {v}; it must be a positive integer")),
+                },
+            }
         };
-        let num_layers = uint(&["num_hidden_layers", "num_layers", "n_layer"]).map(|n| n as usize);
+        let num_layers = uint(&["num_hidden_layers", "num_layers", "n_layer"])?.map(|n| n as usize);
         let tie_word_embeddings = text
             .get("tie_word_embeddings")
             .or_else(|| top.get("tie_word_embeddings"))
             .and_then(Value::as_bool);
-        let hidden_size = uint(&["hidden_size", "n_embd", "d_model"]);
-        let num_attention_heads = uint(&["num_attention_heads", "n_head", "num_heads"]);
+        let hidden_size = uint(&["hidden_size", "n_embd", "d_model"])?;
+        let num_attention_heads = uint(&["num_attention_heads", "n_head", "num_heads"])?;
+        let num_key_value_heads = uint(&["num_key_value_heads", "num_kv_heads", "multi_query_group_num"])?;
+        if let (Some(h), Some(kv)) = (num_attention_heads, num_key_value_heads) {
+            if h % kv != 0 {
+                return Err(format!(
+                    "num_attention_heads {h} is not a multiple of num_key_value_heads {kv}: each key/value head \
+                     must serve a whole group of query heads"
+                ));
+            }
+        }
         let dims = ModelDims {
             hidden_size,
-            intermediate_size: uint(&["intermediate_size", "ffn_dim", "n_inner"]).or(hidden_size.map(|h| 4 * h)),
+            intermediate_size: uint(&["intermediate_size", "ffn_dim", "n_inner"])?.or(hidden_size.map(|h| 4 * h)),
             num_attention_heads,
-            num_key_value_heads: uint(&["num_key_value_heads", "num_kv_heads", "multi_query_group_num"])
-                .or(num_attention_heads),
-            head_dim: uint(&["head_dim"]).or(match (hidden_size, num_attention_heads) {
-                (Some(h), Some(n)) if n > 0 => Some(h / n),
+            num_key_value_heads: num_key_value_heads.or(num_attention_heads),
+            head_dim: uint(&["head_dim"])?.or(match (hidden_size, num_attention_heads) {
+                (Some(h), Some(n)) => Some(h / n),
                 _ => None,
             }),
-            vocab_size: uint(&["vocab_size"]),
-            max_position_embeddings: uint(&["max_position_embeddings", "n_positions", "seq_length"]),
+            vocab_size: uint(&["vocab_size"])?,
+            max_position_embeddings: uint(&["max_position_embeddings", "n_positions", "seq_length"])?,
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");

@@ -181,6 +181,21 @@ impl ModelLayout {
         let layer_prefix = find_layer_prefix(&tensors, config.num_layers).unwrap_or_default();
         let observed_layers = layer_index_count(&tensors, &layer_prefix);
         let num_layers = match config.num_layers {
+            // A layer count the weights do not back is refused before anything is sized by it (a config of 10^9
+            // layers would otherwise allocate for them all).
+            Some(n) if n > observed_layers => {
+                let under = match layer_prefix.as_str() {
+                    "" => String::new(),
+                    p => format!(" under {p}"),
+                };
+                return Err(Error::BadConfig {
+                    path: dir.join("config.json"),
+                    reason: format!(
+                        "num_hidden_layers is {n}, but the weights hold {observed_layers} layers{under}: the config \
+                         does not describe these weights"
+                    ),
+                });
+            }
             Some(n) => {
                 if !layer_prefix.is_empty() && n != observed_layers {
                     warnings.push(format!(

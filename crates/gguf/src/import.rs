@@ -13,7 +13,7 @@ use crate::Progress;
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
-use freezetune_train::Architecture;
+use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -70,6 +70,11 @@ struct Gguf {
 
 impl Gguf {
     fn open(path: &Path) -> Result<Gguf> {
+        // The whole header and tensor table checked against the file's size before candle's reader walks it.
+        crate::validate::check_file(path).map_err(|reason| GgufError::BadInput {
+            path: path.into(),
+            reason: format!("not a GGUF file FreezeTune can read safely: {reason}"),
+        })?;
         let mut file = std::fs::File::open(path).map_err(|e| GgufError::io(path, e))?;
         let content = Content::read(&mut file).map_err(|e| GgufError::BadInput {
             path: path.into(),
@@ -177,6 +182,7 @@ pub fn import_gguf(
         dtype,
     };
     let tensors = plan_tensors(&g, arch, &arch_name)?;
+    check_model(&g, &config, &tensors, &vocab)?;
     let tmp = crate::hidden_sibling(dest, "partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
@@ -388,6 +394,66 @@ fn hf_bytes(q: candle_core::quantized::QTensor, t: &Planned, target: &Target) ->
     le_bytes(&v.to_dtype(target.dtype)?)
 }
 
+/// config.json's keys and the GGUF metadata they are read from.
+const GGUF_KEYS: [(&str, &str); 6] = [
+    ("hidden_size", "embedding_length"),
+    ("intermediate_size", "feed_forward_length"),
+    ("num_hidden_layers", "block_count"),
+    ("num_attention_heads", "attention.head_count"),
+    ("num_key_value_heads", "attention.head_count_kv"),
+    ("head_dim", "attention.key_length"),
+];
+
+/// The model the file describes, checked before anything is written: its config as FreezeTune's decoder reads it
+/// (positive, divisible, bounded sizes), every tensor the decoder needs present with the shape that config implies
+/// and none left over, and a vocabulary no larger than the embedding matrix.
+fn check_model(g: &Gguf, config: &Value, tensors: &[Planned], vocab: &GgufVocab) -> Result<()> {
+    let model_type = config["model_type"].as_str().unwrap_or_default();
+    let arch = g.opt_str("general.architecture").unwrap_or_default();
+    let c = DecoderConfig::from_json(config, model_type).map_err(|reason| {
+        // The decoder names config.json's keys; the user's file has GGUF's.
+        let keys: Vec<String> = GGUF_KEYS
+            .iter()
+            .filter(|(hf, _)| reason.contains(hf))
+            .map(|(_, key)| format!("{arch}.{key}"))
+            .collect();
+        let from = match keys.is_empty() {
+            true => String::new(),
+            false => format!(" (from {})", keys.join(", ")),
+        };
+        g.bad(format!("the model its metadata describes is not sound: {reason}{from}"))
+    })?;
+    let mut expected: BTreeMap<String, Vec<usize>> = c.tensor_shapes().into_iter().collect();
+    for t in tensors {
+        let want = expected.remove(&t.hf).ok_or_else(|| {
+            g.bad(format!(
+                "tensor {} ({}) is not part of the {}-layer model its metadata describes",
+                t.gguf, t.hf, c.num_layers
+            ))
+        })?;
+        if t.shape != want {
+            return Err(g.bad(format!(
+                "tensor {} has shape {:?}, but the metadata implies {want:?} for {}",
+                t.gguf, t.shape, t.hf
+            )));
+        }
+    }
+    if let Some(missing) = expected.keys().next() {
+        return Err(g.bad(format!(
+            "the file lacks {missing} (and {} more tensors) that its metadata's model needs",
+            expected.len() - 1
+        )));
+    }
+    if vocab.tokens.len() > c.vocab_size {
+        return Err(g.bad(format!(
+            "tokenizer.ggml.tokens lists {} tokens, more than the {} rows of token_embd.weight",
+            vocab.tokens.len(),
+            c.vocab_size
+        )));
+    }
+    Ok(())
+}
+
 fn read_vocab(g: &Gguf) -> Result<GgufVocab> {
     let model = g.opt_str("tokenizer.ggml.model").ok_or_else(|| {
         g.bad("the file carries no tokenizer (tokenizer.ggml.model); FreezeTune needs one to train".into())
@@ -398,17 +464,35 @@ fn read_vocab(g: &Gguf) -> Result<GgufVocab> {
         .filter_map(|v| v.to_string().ok().cloned())
         .collect();
     let n = tokens.len();
-    let mut types: Vec<i32> = g
-        .array("tokenizer.ggml.token_type")
+    if n == 0 || n != g.array("tokenizer.ggml.tokens").len() {
+        return Err(g.bad("tokenizer.ggml.tokens must be a non-empty list of strings".into()));
+    }
+    // Parallel arrays must be as long as the token list (or absent): a shorter one would shift every token's type
+    // or score onto another token.
+    let parallel = |key: &str| -> Result<Vec<GValue>> {
+        let values = g.array(key);
+        if !values.is_empty() && values.len() != n {
+            return Err(g.bad(format!(
+                "{key} has {} entries for {n} tokens; it must have one per token",
+                values.len()
+            )));
+        }
+        Ok(values)
+    };
+    let types: Vec<i32> = match parallel("tokenizer.ggml.token_type")?
         .iter()
-        .filter_map(|v| v.to_i32().ok())
-        .collect();
-    types.resize(n, crate::tokenizer::NORMAL);
-    let scores = g
-        .array("tokenizer.ggml.scores")
+        .map(|v| v.to_i32().ok())
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(t) if !t.is_empty() => t,
+        Some(_) => vec![crate::tokenizer::NORMAL; n],
+        None => return Err(g.bad("tokenizer.ggml.token_type must hold i32 values".into())),
+    };
+    let scores = parallel("tokenizer.ggml.scores")?
         .iter()
-        .filter_map(|v| v.to_f32().ok())
-        .collect();
+        .map(|v| v.to_f32().ok())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| g.bad("tokenizer.ggml.scores must hold f32 values".into()))?;
     let merges = g
         .array("tokenizer.ggml.merges")
         .iter()

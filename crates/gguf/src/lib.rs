@@ -11,6 +11,7 @@ pub mod modelfile;
 pub mod names;
 pub mod quant;
 pub mod tokenizer;
+pub mod validate;
 
 pub use error::{GgufError, Result};
 pub use export::{export_gguf, ExportOptions, ExportReport};

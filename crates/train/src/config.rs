@@ -218,10 +218,22 @@ impl DecoderConfig {
         let raw = &fam.with_defaults(raw);
         refuse_training_only_settings(raw)?;
         let uint = |k: &str| {
-            raw.get(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| format!("missing or bad `{k}`"))
+            let v = raw.get(k).ok_or_else(|| format!("`{k}` is missing"))?;
+            let n = v
+                .as_u64()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("`{k}` is {v}; it must be a positive integer"))?;
+            let limit = SIZE_LIMITS
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map_or(u64::MAX, |(_, l)| *l);
+            if n > limit {
+                return Err(format!(
+                    "`{k}` is {n}, past FreezeTune's limit of {limit} (no open model comes near it): refusing \
+                     before allocating for it"
+                ));
+            }
+            Ok(n as usize)
         };
         let float = |k: &str| match raw.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -306,6 +318,78 @@ impl DecoderConfig {
     /// The rope of the full-attention layers.
     pub fn global_rope(&self) -> &RopeSpec {
         &self.ropes[0]
+    }
+}
+
+/// Sizes past these are refused before anything is sized by them: the largest open models have ~128 layers, a
+/// hidden size of 16k and a 256k vocabulary.
+const SIZE_LIMITS: [(&str, u64); 7] = [
+    ("num_hidden_layers", 10_000),
+    ("hidden_size", 1 << 20),
+    ("intermediate_size", 1 << 22),
+    ("num_attention_heads", 1 << 16),
+    ("num_key_value_heads", 1 << 16),
+    ("head_dim", 1 << 14),
+    ("vocab_size", 1 << 24),
+];
+
+impl DecoderConfig {
+    /// Every tensor the decoder reads, by its causal-LM name (`model.*`, `lm_head.weight`), with the shape
+    /// config.json implies: a checkpoint that disagrees is refused by name before training (a vocabulary smaller
+    /// than the embedding matrix, a projection of the wrong width).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, v, i, hd) = (self.hidden_size, self.vocab_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.num_heads * hd, self.num_kv_heads * hd);
+        let mut out = vec![
+            ("model.embed_tokens.weight".to_string(), vec![v, h]),
+            ("model.norm.weight".into(), vec![h]),
+        ];
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        for (n, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{n}");
+            let mut add = |name: String, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+            let norms: &[&str] = match l.norms {
+                NormPlacement::Pre => &["input_layernorm", "post_attention_layernorm"],
+                NormPlacement::Post => &["post_attention_layernorm", "post_feedforward_layernorm"],
+                NormPlacement::Sandwich => &[
+                    "input_layernorm",
+                    "post_attention_layernorm",
+                    "pre_feedforward_layernorm",
+                    "post_feedforward_layernorm",
+                ],
+            };
+            for norm in norms {
+                add(format!("{norm}.weight"), vec![h]);
+            }
+            let mut linear = |name: &str, rows: usize, cols: usize, bias: bool| {
+                add(format!("{name}.weight"), vec![rows, cols]);
+                if bias {
+                    add(format!("{name}.bias"), vec![rows]);
+                }
+            };
+            if self.fused_projections {
+                linear("self_attn.qkv_proj", q + 2 * kv, h, l.qkv_bias);
+                linear("mlp.gate_up_proj", 2 * i, h, l.mlp_bias);
+            } else {
+                linear("self_attn.q_proj", q, h, l.qkv_bias);
+                linear("self_attn.k_proj", kv, h, l.qkv_bias);
+                linear("self_attn.v_proj", kv, h, l.qkv_bias);
+                linear("mlp.gate_proj", i, h, l.mlp_bias);
+                linear("mlp.up_proj", i, h, l.mlp_bias);
+            }
+            linear("self_attn.o_proj", h, q, l.o_bias);
+            linear("mlp.down_proj", h, i, l.mlp_bias);
+            let (qn, kn) = match l.qk_norm {
+                QkNorm::None => continue,
+                QkNorm::PerHead => (hd, hd),
+                QkNorm::Whole => (q, kv),
+            };
+            add("self_attn.q_norm.weight".into(), vec![qn]);
+            add("self_attn.k_norm.weight".into(), vec![kn]);
+        }
+        out
     }
 }
 

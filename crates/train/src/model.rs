@@ -160,6 +160,14 @@ impl TensorNames {
         }
     }
 
+    /// The checkpoint's name of a tensor the decoder knows by its causal-LM name.
+    fn actual(&self, canonical: &str) -> String {
+        match canonical.strip_prefix("model.") {
+            Some(rest) => format!("{}.{rest}", self.model),
+            None => canonical.replacen("lm_head", &self.lm_head, 1),
+        }
+    }
+
     /// Whether `name` belongs to the text decoder (a wrapper's vision tower and projector do not).
     fn is_text(&self, name: &str) -> bool {
         name.starts_with(&format!("{}.", self.model)) || name.starts_with(&format!("{}.", self.lm_head))
@@ -176,6 +184,7 @@ impl Decoder {
     pub fn new(config: DecoderConfig, params: &Params, device: &Device) -> Result<Decoder> {
         let c = &config;
         let names = TensorNames::of(c, params);
+        check_shapes(c, &names, params)?;
         let blocks = (0..c.num_layers)
             .map(|i| Block::load(c, &names, i, params))
             .collect::<Result<Vec<_>>>()?;
@@ -695,6 +704,26 @@ impl Decoder {
             source: e,
         })
     }
+}
+
+/// Every tensor the decoder reads has the shape config.json implies, or the load fails naming it (candle would
+/// otherwise fail mid-step with a matmul shape error, or an embedding larger than `vocab_size` would train).
+fn check_shapes(c: &DecoderConfig, names: &TensorNames, params: &Params) -> Result<()> {
+    for (canonical, want) in c.tensor_shapes() {
+        let name = names.actual(&canonical);
+        if let Some(got) = params.shape(&name).filter(|got| *got != want) {
+            return Err(TrainError::Tensor {
+                name,
+                reason: format!(
+                    "has shape {got:?}, but config.json implies {want:?} (hidden_size {}, vocab_size {}, \
+                     intermediate_size {}, {} heads of {} and {} key/value heads): the config does not describe \
+                     these weights",
+                    c.hidden_size, c.vocab_size, c.intermediate_size, c.num_heads, c.head_dim, c.num_kv_heads
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Every tensor of the checkpoint must be read by the decoder: one it leaves out (a bias, a norm, a projection of a

@@ -208,6 +208,15 @@ impl Params {
         self.dtype
     }
 
+    /// The shape of tensor `name`, without counting it as read.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let t = match self.vars.get(name) {
+            Some(v) => v.as_tensor(),
+            None => self.consts.get(name)?,
+        };
+        Some(t.dims().to_vec())
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.vars.contains_key(name) || self.consts.contains_key(name)
     }
