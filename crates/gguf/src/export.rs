@@ -163,15 +163,127 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
         )));
     }
     let rope = c.global_rope();
-    let plain = matches!(rope.scaling, RopeScaling::Default | RopeScaling::Llama3 { .. });
+    // llama3 scaling goes out as `rope_freqs.weight`, which the older families' loaders read; the newer ones take
+    // linear scaling as `rope.scaling.*` keys.
+    let plain = match c.architecture {
+        Architecture::Llama
+        | Architecture::Mistral
+        | Architecture::Qwen2
+        | Architecture::Qwen3
+        | Architecture::Phi3
+        | Architecture::Gemma => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Llama3 { .. }),
+        _ => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Linear { .. }),
+    };
     if !plain || rope.rotary_dim(c.head_dim) != c.head_dim {
         return Err(GgufError::Unsupported(format!(
-            "GGUF export of this {family} model's rope ({:?}, partial rotary factor {}) is not supported yet; \
-             default and llama3 ropes over whole heads are",
+            "GGUF export of this {family} model's rope ({:?}, partial rotary factor {}) is not supported yet",
             rope.scaling, rope.partial_rotary_factor
         )));
     }
-    Ok(())
+    llama_cpp_limits(c).map_err(|reason| {
+        GgufError::Unsupported(format!(
+            "this {family} model cannot be exported as GGUF: {reason}; llama.cpp would compute other logits than \
+             the model's"
+        ))
+    })
+}
+
+/// What llama.cpp's graph for a family hard-codes instead of reading from the file (llama.cpp as of August 2025,
+/// `src/llama-model.cpp`): a model that differs would load and compute something else, so it is refused.
+fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
+    let layers = &c.layers;
+    let default_scale = 1.0 / (c.head_dim as f64).sqrt();
+    let natural_head = c.hidden_size / c.num_heads;
+    // Gemma 2 and 3 scale queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B shape (46 and 62
+    // layers), whatever query_pre_attn_scalar says.
+    let gemma_scale = |big_layers: usize| {
+        let alt = 1.0 / (natural_head as f64).sqrt();
+        let ok = |s: f64| (s - default_scale).abs() < 1e-9 || (c.num_layers == big_layers && (s - alt).abs() < 1e-9);
+        match layers.iter().all(|l| ok(l.scale)) {
+            true => Ok(()),
+            false => Err(
+                "query_pre_attn_scalar must equal head_dim (llama.cpp derives the query scale from the \
+                          model's size)"
+                    .to_string(),
+            ),
+        }
+    };
+    // The layers llama.cpp slides: all but every `n`-th, with one window.
+    let pattern = |n: usize| {
+        let window = layers
+            .iter()
+            .find_map(|l| l.window)
+            .ok_or("the model has no sliding window")?;
+        for (i, l) in layers.iter().enumerate() {
+            let want = (i % n < n - 1).then_some(window);
+            if l.window != want {
+                return Err(format!(
+                    "layer {i} is {} but llama.cpp makes every {n}th layer full-attention and the others slide",
+                    l.kind()
+                ));
+            }
+        }
+        Ok(())
+    };
+    match (c.architecture, c.tie_word_embeddings) {
+        (Architecture::Gemma2, false) => {
+            return Err(
+                "llama.cpp's Gemma 2 reads its output from the embeddings; this model has its own lm_head".into(),
+            )
+        }
+        (Architecture::Granite, _) if c.layers.iter().any(|l| l.mlp_bias) => {
+            return Err("llama.cpp's Granite has no MLP biases".into())
+        }
+        (Architecture::Olmo2, true) => {
+            return Err(
+                "llama.cpp's OLMo 2 needs an output matrix of its own; this model ties it to the embeddings".into(),
+            )
+        }
+        _ => {}
+    }
+    match c.architecture {
+        Architecture::Gemma2 => {
+            gemma_scale(46)?;
+            pattern(2)?;
+            if layers.iter().any(|l| l.softcap.is_none()) || c.final_softcap.is_none() {
+                return Err("llama.cpp always applies Gemma 2's attention and final softcaps".into());
+            }
+            Ok(())
+        }
+        Architecture::Gemma3 => {
+            gemma_scale(62)?;
+            pattern(6)?;
+            if layers.iter().any(|l| l.softcap.is_some()) || c.final_softcap.is_some() {
+                return Err("llama.cpp applies no softcap to Gemma 3".into());
+            }
+            let local = &c.ropes[1];
+            if local.theta != 10_000.0 || local.scaling != RopeScaling::Default {
+                return Err(format!(
+                    "the sliding layers' rope must be the default one of base 10000 (rope_local_base_freq), not {} \
+                     {:?}",
+                    local.theta, local.scaling
+                ));
+            }
+            Ok(())
+        }
+        Architecture::Granite | Architecture::Olmo2 if c.head_dim != natural_head => Err(format!(
+            "head_dim {} must be hidden_size / num_attention_heads ({natural_head})",
+            c.head_dim
+        )),
+        Architecture::SmolLM3 => {
+            for (i, l) in layers.iter().enumerate() {
+                let rotates = (i + 1) % 4 != 0;
+                if l.rope.is_some() != rotates || l.window.is_some() {
+                    return Err(format!(
+                        "layer {i} is {}; llama.cpp makes every 4th layer NoPE and none slide",
+                        l.kind()
+                    ));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn read_config_json(dir: &Path) -> Result<Value> {
@@ -296,7 +408,7 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
     names.sort_by_key(|(n, _)| order_key(n));
     let mut plan = Vec::with_capacity(names.len());
     for (hf, shape) in names {
-        let gguf = to_gguf(&hf).ok_or_else(|| {
+        let gguf = to_gguf(&hf, c.architecture).ok_or_else(|| {
             GgufError::Unsupported(format!(
                 "tensor {hf} has no place in llama.cpp's {} architecture; FreezeTune exports decoders of the \
                  families it trains ({})",
@@ -402,12 +514,37 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         (k("rope.freq_base"), Meta::F32(c.global_rope().theta as f32)),
         (k("rope.dimension_count"), u(c.head_dim)),
     ];
-    if c.head_dim * c.num_heads != c.hidden_size || c.architecture == Architecture::Gemma {
+    let gemma = matches!(
+        c.architecture,
+        Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3
+    );
+    if c.head_dim * c.num_heads != c.hidden_size || gemma {
         m.push((k("attention.key_length"), u(c.head_dim)));
         m.push((k("attention.value_length"), u(c.head_dim)));
     }
+    let window = c.layers.iter().find_map(|l| l.window).unwrap_or(0);
+    if let RopeScaling::Linear { factor } = c.global_rope().scaling {
+        m.push((k("rope.scaling.type"), Meta::Str("linear".into())));
+        m.push((k("rope.scaling.factor"), Meta::F32(factor as f32)));
+    }
+    let f = |v: f64| Meta::F32(v as f32);
     match c.architecture {
-        Architecture::Llama | Architecture::Mistral => m.push((k("vocab_size"), u(c.vocab_size))),
+        Architecture::Llama | Architecture::Mistral | Architecture::SmolLM3 => {
+            m.push((k("vocab_size"), u(c.vocab_size)))
+        }
+        Architecture::Gemma2 => {
+            m.push((k("attn_logit_softcapping"), f(c.layers[0].softcap.unwrap_or(50.0))));
+            m.push((k("final_logit_softcapping"), f(c.final_softcap.unwrap_or(30.0))));
+            m.push((k("attention.sliding_window"), u(window)));
+        }
+        Architecture::Gemma3 => m.push((k("attention.sliding_window"), u(window))),
+        Architecture::Granite => {
+            m.push((k("vocab_size"), u(c.vocab_size)));
+            m.push((k("attention.scale"), f(c.layers[0].scale)));
+            m.push((k("embedding_scale"), f(c.embedding_multiplier)));
+            m.push((k("residual_scale"), f(c.residual_multiplier)));
+            m.push((k("logit_scale"), f(c.logits_scaling)));
+        }
         Architecture::Phi3 => {
             let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;
             m.push((k("attention.sliding_window"), u(window)));

@@ -21,15 +21,20 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
     }
 }
 
-/// The families export writes: llama.cpp runs the others too, but with tensors (sandwich and post norms, q/k
-/// norms over the whole projection) and keys (softcaps, multipliers, NoPE layers) export does not map yet.
-pub const EXPORTABLE: [Architecture; 6] = [
+/// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
+/// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
+pub const EXPORTABLE: [Architecture; 11] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
     Architecture::Qwen3,
     Architecture::Phi3,
     Architecture::Gemma,
+    Architecture::Gemma2,
+    Architecture::Gemma3,
+    Architecture::Granite,
+    Architecture::Olmo2,
+    Architecture::SmolLM3,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
@@ -95,6 +100,22 @@ const LAYER: [(&str, &str); 18] = [
     ("mlp.gate_up_proj.bias", "ffn_up.bias"),
 ];
 
+/// Families whose norms sit around their sublayers (post norms: OLMo 2; sandwich norms: Gemma 2 and 3). There
+/// llama.cpp names the norm on the attention output `post_attention_norm`, the pre-MLP norm `ffn_norm` and the norm
+/// on the MLP output `post_ffw_norm`; in llama's naming `post_attention_layernorm` is the pre-MLP norm.
+const NORMS_AROUND: [(&str, &str); 3] = [
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+];
+
+fn norms_around(arch: Architecture) -> bool {
+    matches!(
+        arch,
+        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Olmo2 | Architecture::Olmo3
+    )
+}
+
 /// A layer tensor's index and the name after it, in either naming (`model.layers.N.…`, `blk.N.…`).
 pub fn split_layer(name: &str) -> Option<(usize, &str)> {
     layer_after(name, "model.layers.").or_else(|| layer_after(name, "blk."))
@@ -117,13 +138,14 @@ pub fn order_key(name: &str) -> (usize, usize, String) {
     }
 }
 
-/// The GGUF name of a Hugging Face tensor, or `None` for one llama.cpp has no place for.
-pub fn to_gguf(hf: &str) -> Option<String> {
+/// The GGUF name of a Hugging Face tensor of a family, or `None` for one llama.cpp has no place for.
+pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
     if let Some((_, g)) = GLOBAL.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
     }
     let (layer, suffix) = layer_after(hf, "model.layers.")?;
-    let (_, g) = LAYER.iter().find(|(h, _)| *h == suffix)?;
+    let around = norms_around(arch).then_some(NORMS_AROUND.iter()).into_iter().flatten();
+    let (_, g) = around.chain(LAYER.iter()).find(|(h, _)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))
 }
 
@@ -133,6 +155,11 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
         return Some(h.to_string());
     }
     let (layer, suffix) = layer_after(gguf, "blk.")?;
+    if norms_around(arch) {
+        if let Some((h, _)) = NORMS_AROUND.iter().find(|(_, g)| *g == suffix) {
+            return Some(format!("model.layers.{layer}.{h}"));
+        }
+    }
     let fused_up = arch == Architecture::Phi3 && suffix.starts_with("ffn_up");
     let (h, _) = LAYER
         .iter()
@@ -165,9 +192,10 @@ pub fn rope_unpermutation(rows: usize, heads: usize) -> Vec<usize> {
     inverse
 }
 
-/// Gemma stores its norms as `weight - 1` (its forward pass adds the 1); llama.cpp stores the weight itself.
+/// Gemma stores its norms as `weight - 1` (its forward pass adds the 1); llama.cpp stores the weight itself. Every
+/// norm, q/k norms included, as the converter adds 1 to every `*norm.weight`.
 pub fn offset_norm(hf: &str, arch: Architecture) -> bool {
-    arch == Architecture::Gemma && hf.ends_with("norm.weight")
+    matches!(arch, Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3) && hf.ends_with("norm.weight")
 }
 
 /// The rows of `t` in `order` (row `i` of the result is row `order[i]` of `t`).
@@ -178,7 +206,12 @@ pub fn reorder_rows(t: &candle_core::Tensor, order: Vec<usize>) -> candle_core::
 
 /// Whether a tensor is llama's q or k projection (weight or bias) and how many heads it holds.
 pub fn rope_heads(hf: &str, arch: Architecture, heads: usize, kv_heads: usize) -> Option<usize> {
-    if !matches!(arch, Architecture::Llama | Architecture::Mistral) {
+    // The families llama.cpp runs with its NORM rope (the converter's LlamaModel and its subclasses); the others
+    // use NEOX, the Hugging Face layout.
+    if !matches!(
+        arch,
+        Architecture::Llama | Architecture::Mistral | Architecture::Granite | Architecture::SmolLM3
+    ) {
         return None;
     }
     if hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.q_proj.bias") {
@@ -198,17 +231,30 @@ mod tests {
     fn names_round_trip_per_family() {
         for arch in [Architecture::Llama, Architecture::Qwen3, Architecture::Phi3] {
             for (h, _) in GLOBAL {
-                assert_eq!(to_hf(&to_gguf(h).unwrap(), arch).as_deref(), Some(h));
+                assert_eq!(to_hf(&to_gguf(h, arch).unwrap(), arch).as_deref(), Some(h));
             }
         }
         let up = "model.layers.3.mlp.up_proj.weight";
-        assert_eq!(to_gguf(up).as_deref(), Some("blk.3.ffn_up.weight"));
+        assert_eq!(to_gguf(up, Architecture::Llama).as_deref(), Some("blk.3.ffn_up.weight"));
+        let post = "model.layers.1.post_attention_layernorm.weight";
+        assert_eq!(
+            to_gguf(post, Architecture::Llama).as_deref(),
+            Some("blk.1.ffn_norm.weight")
+        );
+        for arch in [Architecture::Gemma2, Architecture::Olmo2] {
+            assert_eq!(to_gguf(post, arch).as_deref(), Some("blk.1.post_attention_norm.weight"));
+            let pre = "model.layers.1.pre_feedforward_layernorm.weight";
+            assert_eq!(to_hf(&to_gguf(pre, arch).unwrap(), arch).as_deref(), Some(pre));
+        }
         assert_eq!(to_hf("blk.3.ffn_up.weight", Architecture::Llama).as_deref(), Some(up));
         assert_eq!(
             to_hf("blk.3.ffn_up.weight", Architecture::Phi3).as_deref(),
             Some("model.layers.3.mlp.gate_up_proj.weight")
         );
-        assert_eq!(to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq"), None);
+        assert_eq!(
+            to_gguf("model.layers.0.self_attn.rotary_emb.inv_freq", Architecture::Llama),
+            None
+        );
         assert_eq!(
             to_hf("blk.0.attn_q.weight", Architecture::Qwen2).as_deref(),
             Some("model.layers.0.self_attn.q_proj.weight")

@@ -21,14 +21,20 @@ fn export(model: &Path, dest: &Path, kind: ExportType) -> PathBuf {
 }
 
 fn check_f16(model: &Path, arch: &str, tmp: &Path) {
-    let file = export(model, &tmp.join(format!("{arch}.gguf")), ExportType::F16);
+    check_export(model, arch, tmp, ExportType::F16, 1e-3);
+}
+
+/// The export of `model` as `kind`, run by llama.cpp: logits within `tolerance` of FreezeTune's, the same greedy
+/// tokens and tokenization.
+fn check_export(model: &Path, arch: &str, tmp: &Path, kind: ExportType, tolerance: f64) {
+    let file = export(model, &tmp.join(format!("{arch}.gguf")), kind);
     let seen = llama_cpp(&file, &PROMPT, 12, SAMPLE);
     assert_eq!(seen["metadata"]["general.architecture"], arch);
     let ours = freezetune_logits(model, &PROMPT);
     let diff = max_diff(&ours, &seen["logits"]);
     assert!(
-        diff <= 1e-3,
-        "{arch}: llama.cpp's f16 logits differ from FreezeTune's by {diff}"
+        diff <= tolerance,
+        "{arch}: llama.cpp's logits differ from FreezeTune's by {diff}"
     );
     let eos = seen["metadata"]["tokenizer.ggml.eos_token_id"]
         .as_u64()
@@ -60,6 +66,110 @@ fn f16_exports_match_freezetune_in_llama_cpp() {
         let model = tiny_model(&tmp.path().join(arch), family, 64);
         check_f16(&model, arch, tmp.path());
     }
+}
+
+/// A family's reference model (tests/fixtures/models, made with transformers) with the llama fixture's tokenizer and
+/// config.json changed by `edit` to what llama.cpp hard-codes for the family.
+fn family_variant(dir: &Path, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(case).join(f), dir.join(f)).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture("llama").join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn newer_families_match_freezetune_in_llama_cpp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    // f32 exports: these reference models have wide weights (so that their features bite), and f16 rounding of
+    // them alone moves logits by ~1e-3; the f16 path is checked on the older families above. Gemma's GeLU runs in
+    // llama.cpp through an f16 lookup table (ggml's GGML_GELU_FP16), which moves these logits by up to 2e-3.
+    let (exact, gelu) = (1e-3, 3e-3);
+    // Gemma 2: sandwich norms, softcaps, alternating windows; llama.cpp's query scale is 1/sqrt(head_dim) and its
+    // output is the embeddings.
+    let gemma2 = family_variant(&dir("gemma2"), "gemma2", |c| {
+        c["query_pre_attn_scalar"] = 16.into();
+        c["tie_word_embeddings"] = true.into();
+    });
+    check_export(&gemma2, "gemma2", tmp.path(), ExportType::F32, gelu);
+    // Gemma 3: llama.cpp slides all but every 6th layer, with a local rope base of 10000.
+    let gemma3 = family_variant(&dir("gemma3"), "gemma3", |c| {
+        c["query_pre_attn_scalar"] = 16.into();
+        let mut types = vec!["sliding_attention"; 5];
+        types.push("full_attention");
+        c["layer_types"] = serde_json::json!(types);
+        c["rope_parameters"]["sliding_attention"]["rope_theta"] = 10000.0.into();
+    });
+    check_export(&gemma3, "gemma3", tmp.path(), ExportType::F32, gelu);
+    // SmolLM3: llama.cpp makes every 4th layer NoPE (none of three).
+    let smollm3 = family_variant(&dir("smollm3"), "smollm3", |c| {
+        c["no_rope_layers"] = serde_json::json!([1, 1, 1])
+    });
+    check_export(&smollm3, "smollm3", tmp.path(), ExportType::F32, exact);
+    // Granite: llama.cpp's has no MLP biases; the reference model without them.
+    let granite = family_variant(&dir("granite"), "granite", |c| c["mlp_bias"] = false.into());
+    drop_tensors(&granite, |name| {
+        name.starts_with("model.layers.") && name.contains(".mlp.") && name.ends_with(".bias")
+    });
+    check_export(&granite, "granite", tmp.path(), ExportType::F32, exact);
+    let olmo2 = family_variant(&dir("olmo2"), "olmo2", |_| {});
+    check_export(&olmo2, "olmo2", tmp.path(), ExportType::F32, exact);
+}
+
+/// Rewrites a model's weights without the tensors `drop` names.
+fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
+    let path = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    tensors.retain(|name, _| !drop(name));
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+#[test]
+fn models_llama_cpp_would_run_differently_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refused = |model: &Path, want: &str| {
+        let options = ExportOptions {
+            kind: ExportType::F16,
+            force: false,
+            modelfile: false,
+            name: None,
+        };
+        let dest = model.join("out.gguf");
+        let err = export_gguf(model, &dest, &options, &mut |_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(!dest.exists());
+    };
+    // The fixtures as made: a query scale of 1/2, a Gemma 3 full-attention layer at 1, a NoPE layer 0, MLP biases.
+    let g2 = family_variant(&tmp.path().join("g2"), "gemma2", |c| {
+        c["tie_word_embeddings"] = true.into()
+    });
+    refused(&g2, "query_pre_attn_scalar");
+    refused(
+        &family_variant(&tmp.path().join("g2t"), "gemma2", |c| {
+            c["query_pre_attn_scalar"] = 16.into()
+        }),
+        "lm_head",
+    );
+    refused(&family_variant(&tmp.path().join("gr"), "granite", |_| {}), "MLP biases");
+    let g3 = family_variant(&tmp.path().join("g3"), "gemma3", |c| {
+        c["query_pre_attn_scalar"] = 16.into()
+    });
+    refused(&g3, "every 6th layer");
+    refused(&family_variant(&tmp.path().join("s3"), "smollm3", |_| {}), "NoPE");
+    refused(
+        &family_variant(&tmp.path().join("o3"), "olmo3", |_| {}),
+        "not supported yet",
+    );
 }
 
 /// A copy of the reference llama with config.json changed by `edit`.
