@@ -18,6 +18,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Olmo2 => "olmo2",
         Architecture::Olmo3 => "olmo3",
         Architecture::Ministral3 => "mistral3",
+        Architecture::GraniteHybrid => "granitehybrid",
     }
 }
 
@@ -68,6 +69,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
         Architecture::Olmo3 => ("Olmo3ForCausalLM", "olmo3"),
         Architecture::Ministral3 => ("Ministral3ForCausalLM", "ministral3"),
+        Architecture::GraniteHybrid => ("GraniteMoeHybridForCausalLM", "granitemoehybrid"),
     }
 }
 

@@ -4,7 +4,9 @@
 //! and never looks at the family again.
 
 use crate::error::{Result, TrainError};
-use crate::family::{family, supported, wrapper, DefaultSliding, Family, NormPlacement, QkNorm, RopeLayout, Wrapper};
+use crate::family::{
+    family, supported, wrapper, DefaultSliding, Family, MlpLayout, NormPlacement, QkNorm, RopeLayout, Wrapper,
+};
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
 use std::path::Path;
@@ -33,6 +35,8 @@ pub enum Architecture {
     Olmo3,
     /// Mistral with YaRN and queries scaled by position past the original context.
     Ministral3,
+    /// Granite 4.0 dense (`granitemoehybrid` with attention layers only): Granite's multipliers, a fused shared MLP.
+    GraniteHybrid,
 }
 
 /// The MLP's activation.
@@ -113,8 +117,10 @@ pub struct DecoderConfig {
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
     pub tie_word_embeddings: bool,
-    /// Phi-3's fused `qkv_proj` and `gate_up_proj`.
-    pub fused_projections: bool,
+    /// Phi-3's fused `qkv_proj`.
+    pub fused_qkv: bool,
+    /// Where each layer's MLP weights are.
+    pub mlp: MlpLayout,
     pub layers: Vec<LayerSpec>,
     /// The ropes the layers use; the first serves full-attention layers.
     pub ropes: Vec<RopeSpec>,
@@ -288,7 +294,7 @@ impl DecoderConfig {
         Ok(DecoderConfig {
             architecture: fam.architecture,
             hidden_size,
-            intermediate_size: uint("intermediate_size")?,
+            intermediate_size: uint(fam.intermediate_key)?,
             num_layers,
             num_heads,
             num_kv_heads,
@@ -296,7 +302,8 @@ impl DecoderConfig {
             vocab_size: uint("vocab_size")?,
             rms_norm_eps: float("rms_norm_eps")?.unwrap_or(1e-6),
             tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(false),
-            fused_projections: fam.fused_projections,
+            fused_qkv: fam.fused_qkv,
+            mlp: fam.mlp,
             layers,
             ropes,
             norm_offset: fam.norm_offset,
@@ -369,18 +376,25 @@ impl DecoderConfig {
                     add(format!("{name}.bias"), vec![rows]);
                 }
             };
-            if self.fused_projections {
+            if self.fused_qkv {
                 linear("self_attn.qkv_proj", q + 2 * kv, h, l.qkv_bias);
-                linear("mlp.gate_up_proj", 2 * i, h, l.mlp_bias);
             } else {
                 linear("self_attn.q_proj", q, h, l.qkv_bias);
                 linear("self_attn.k_proj", kv, h, l.qkv_bias);
                 linear("self_attn.v_proj", kv, h, l.qkv_bias);
-                linear("mlp.gate_proj", i, h, l.mlp_bias);
-                linear("mlp.up_proj", i, h, l.mlp_bias);
             }
             linear("self_attn.o_proj", h, q, l.o_bias);
-            linear("mlp.down_proj", h, i, l.mlp_bias);
+            match self.mlp {
+                MlpLayout::Separate => {
+                    linear("mlp.gate_proj", i, h, l.mlp_bias);
+                    linear("mlp.up_proj", i, h, l.mlp_bias);
+                    linear("mlp.down_proj", h, i, l.mlp_bias);
+                }
+                MlpLayout::Fused { gate_up, down } => {
+                    linear(gate_up, 2 * i, h, l.mlp_bias);
+                    linear(down, h, i, l.mlp_bias);
+                }
+            }
             let (qn, kn) = match l.qk_norm {
                 QkNorm::None => continue,
                 QkNorm::PerHead => (hd, hd),
@@ -424,6 +438,12 @@ fn split_query_scale(raw: &Value, fam: &Family) -> std::result::Result<(Value, O
 
 /// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
 fn refuse_training_only_settings(raw: &Value) -> std::result::Result<(), String> {
+    if let Some(n) = raw["num_local_experts"].as_u64().filter(|&n| n > 0) {
+        return Err(format!(
+            "`num_local_experts` is {n}: mixture-of-experts layers are not supported yet (Granite 4.0's dense models \
+             have 0)"
+        ));
+    }
     for k in ["attention_dropout", "resid_pdrop", "embd_pdrop"] {
         if let Some(p) = raw[k].as_f64().filter(|&p| p != 0.0) {
             return Err(format!(
@@ -532,6 +552,15 @@ fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, 
 /// Which layers rotate: all, but for SmolLM3's `no_rope_layers` (1: rope, 0: NoPE; by default every
 /// `no_rope_layer_interval`-th layer is NoPE).
 fn rope_layers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Vec<bool>, String> {
+    if fam.understands("position_embedding_type") {
+        return match &raw["position_embedding_type"] {
+            Value::Null => Ok(vec![false; layers]),
+            Value::String(s) if s == "rope" => Ok(vec![true; layers]),
+            other => Err(format!(
+                "`position_embedding_type` {other} is not supported (\"rope\" and null, no positions, are)"
+            )),
+        };
+    }
     if !fam.understands("no_rope_layers") {
         return Ok(vec![true; layers]);
     }
@@ -594,8 +623,20 @@ fn layer_windows(
         DefaultSliding::FromMaxWindowLayers | DefaultSliding::NoRopeLayers
     );
     let enabled = !gated || raw["use_sliding_window"].as_bool().unwrap_or(false);
-    let sliding: Vec<bool> = match raw.get("layer_types").filter(|v| !v.is_null()) {
+    // `layers_block_type` is Granite 4.0's older name for `layer_types`.
+    let types = ["layer_types", "layers_block_type"]
+        .iter()
+        .find_map(|k| raw.get(*k).filter(|v| !v.is_null()));
+    let sliding: Vec<bool> = match types {
         Some(types) => parse_layer_types(types, layers)?,
+        // transformers makes every layer of a Granite 4.0 config without layer types a Mamba layer.
+        None if fam.understands("layers_block_type") => {
+            return Err(
+                "`layer_types` is missing, which makes every layer a Mamba layer; FreezeTune trains \
+                        Granite 4.0's attention layers only"
+                    .into(),
+            )
+        }
         None => match fam.sliding {
             DefaultSliding::Never => vec![false; layers],
             DefaultSliding::EveryLayer => vec![window.is_some(); layers],
@@ -639,8 +680,12 @@ fn parse_layer_types(types: &Value, layers: usize) -> std::result::Result<Vec<bo
         .iter()
         .enumerate()
         .map(|(i, t)| match t.as_str() {
-            Some("full_attention") => Ok(false),
+            Some("full_attention") | Some("attention") => Ok(false),
             Some("sliding_attention") => Ok(true),
+            Some(kind @ ("mamba" | "linear_attention")) => Err(format!(
+                "layer {i} is a {kind} (Mamba) layer, which FreezeTune cannot train yet; Granite 4.0's dense models \
+                 (attention layers only) are supported, its -H hybrids are not"
+            )),
             _ => Err(format!(
                 "layer {i}'s kind {t} in `layer_types` is not supported (full_attention and sliding_attention are)"
             )),
@@ -793,6 +838,27 @@ mod tests {
             (c.embedding_multiplier, c.residual_multiplier, c.logits_scaling),
             (12.0, 0.2, 8.0)
         );
+    }
+
+    #[test]
+    fn granite4_trains_attention_layers_and_refuses_mamba_and_experts_by_name() {
+        let dense = json!({"layer_types": ["attention", "attention", "attention"], "num_local_experts": 0,
+            "shared_intermediate_size": 32, "position_embedding_type": "rope"});
+        let c = DecoderConfig::from_json(&tiny(dense.clone()), "granitemoehybrid").unwrap();
+        assert_eq!(c.intermediate_size, 32);
+        assert!(c.layers.iter().all(|l| l.rope.is_some() && l.window.is_none()));
+        let mut hybrid = dense.clone();
+        hybrid["layer_types"] = json!(["attention", "mamba", "attention"]);
+        let e = DecoderConfig::from_json(&tiny(hybrid), "granitemoehybrid").unwrap_err();
+        assert!(e.contains("layer 1") && e.contains("Mamba"), "{e}");
+        let mut moe = dense.clone();
+        moe["num_local_experts"] = 8.into();
+        let e = DecoderConfig::from_json(&tiny(moe), "granitemoehybrid").unwrap_err();
+        assert!(e.contains("num_local_experts"), "{e}");
+        let mut untyped = dense;
+        untyped.as_object_mut().unwrap().remove("layer_types");
+        let e = DecoderConfig::from_json(&tiny(untyped), "granitemoehybrid").unwrap_err();
+        assert!(e.contains("layer_types"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub enum DefaultSliding {
     NoRopeLayers,
 }
 
+/// Where a layer's MLP weights are, by name after `model.layers.N.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpLayout {
+    /// `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj`.
+    Separate,
+    /// One projection holding gate then up (rows), and the down projection: Phi-3's `mlp.gate_up_proj` /
+    /// `mlp.down_proj`, Granite 4.0's `shared_mlp.input_linear` / `shared_mlp.output_linear`.
+    Fused { gate_up: &'static str, down: &'static str },
+}
+
 /// How a family's rope parameters are laid out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RopeLayout {
@@ -72,8 +82,11 @@ pub struct Family {
     pub scaled_embeddings: bool,
     /// The MLP activation's key (`hidden_act`, or gemma2/3's `hidden_activation`).
     pub activation_key: &'static str,
-    /// Phi-3's fused `qkv_proj` and `gate_up_proj`.
-    pub fused_projections: bool,
+    /// Phi-3's fused `qkv_proj`.
+    pub fused_qkv: bool,
+    pub mlp: MlpLayout,
+    /// The key that holds the MLP's width (`intermediate_size`; Granite 4.0's `shared_intermediate_size`).
+    pub intermediate_key: &'static str,
     /// q/k/v carry biases whatever the config says (qwen2).
     pub qkv_bias_always: bool,
     pub sliding: DefaultSliding,
@@ -204,7 +217,9 @@ const LLAMA: Family = Family {
     norm_offset: 0.0,
     scaled_embeddings: false,
     activation_key: "hidden_act",
-    fused_projections: false,
+    fused_qkv: false,
+    mlp: MlpLayout::Separate,
+    intermediate_key: "intermediate_size",
     qkv_bias_always: false,
     sliding: DefaultSliding::Never,
     rope: RopeLayout::Single,
@@ -212,7 +227,7 @@ const LLAMA: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 13] = [
+pub const FAMILIES: [Family; 14] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -287,7 +302,11 @@ pub const FAMILIES: [Family; 13] = [
             "partial_rotary_factor",
         ],
         defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0}),
-        fused_projections: true,
+        fused_qkv: true,
+        mlp: MlpLayout::Fused {
+            gate_up: "mlp.gate_up_proj",
+            down: "mlp.down_proj",
+        },
         sliding: DefaultSliding::EveryLayer,
         ..LLAMA
     },
@@ -412,6 +431,51 @@ pub const FAMILIES: [Family; 13] = [
             "embedding_multiplier": 1.0, "logits_scaling": 1.0, "residual_multiplier": 1.0,
             "attention_multiplier": 1.0})
         },
+        ..LLAMA
+    },
+    // Granite 4.0 dense (granite-4.0-micro, -350m, -1b): the hybrid family with attention layers only and no
+    // experts. Its Mamba layers and experts are refused by name; the Mamba keys configure layers such a model
+    // does not have, and `intermediate_size` only its (absent) experts.
+    Family {
+        model_type: "granitemoehybrid",
+        architecture: Architecture::GraniteHybrid,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "embedding_multiplier",
+            "logits_scaling",
+            "residual_multiplier",
+            "attention_multiplier",
+            "layer_types",
+            "layers_block_type",
+            "position_embedding_type",
+            "shared_intermediate_size",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "output_router_logits",
+            "router_aux_loss_coef",
+            "mamba_n_heads",
+            "mamba_n_groups",
+            "mamba_d_state",
+            "mamba_d_head",
+            "mamba_d_conv",
+            "mamba_expand",
+            "mamba_chunk_size",
+            "mamba_conv_bias",
+            "mamba_proj_bias",
+            "time_step_limit",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false,
+            "embedding_multiplier": 1.0, "logits_scaling": 1.0, "residual_multiplier": 1.0,
+            "attention_multiplier": 1.0, "shared_intermediate_size": 1024, "num_local_experts": 8,
+            "position_embedding_type": null})
+        },
+        mlp: MlpLayout::Fused {
+            gate_up: "shared_mlp.input_linear",
+            down: "shared_mlp.output_linear",
+        },
+        intermediate_key: "shared_intermediate_size",
         ..LLAMA
     },
     Family {

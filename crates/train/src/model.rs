@@ -6,7 +6,7 @@
 use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
 use crate::config::{Activation, DecoderConfig, LayerSpec, PositionQueryScale};
 use crate::error::{Result, TrainError};
-use crate::family::{NormPlacement, QkNorm};
+use crate::family::{MlpLayout, NormPlacement, QkNorm};
 use crate::fused;
 use crate::ops::{rms_norm_offset, rope_heads, swiglu, Linear};
 use crate::params::Params;
@@ -107,7 +107,7 @@ impl Block {
                 pre: norm(mlp_pre)?,
                 post: norm(mlp_post)?,
             },
-            qkv: if c.fused_projections {
+            qkv: if c.fused_qkv {
                 Qkv::Fused(linear("self_attn.qkv_proj", spec.qkv_bias)?)
             } else {
                 Qkv::Separate {
@@ -119,15 +119,17 @@ impl Block {
             o: linear("self_attn.o_proj", spec.o_bias)?,
             q_norm: qk_norm("q")?,
             k_norm: qk_norm("k")?,
-            gate_up: if c.fused_projections {
-                GateUp::Fused(linear("mlp.gate_up_proj", spec.mlp_bias)?)
-            } else {
-                GateUp::Separate {
+            gate_up: match c.mlp {
+                MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
+                MlpLayout::Separate => GateUp::Separate {
                     gate: linear("mlp.gate_proj", spec.mlp_bias)?,
                     up: linear("mlp.up_proj", spec.mlp_bias)?,
-                }
+                },
             },
-            down: linear("mlp.down_proj", spec.mlp_bias)?,
+            down: match c.mlp {
+                MlpLayout::Fused { down, .. } => linear(down, spec.mlp_bias)?,
+                MlpLayout::Separate => linear("mlp.down_proj", spec.mlp_bias)?,
+            },
             spec,
         })
     }

@@ -202,6 +202,11 @@ fn granite_multipliers() {
 }
 
 #[test]
+fn granite4_dense_hybrid_family_with_attention_layers_only() {
+    check("granite4");
+}
+
+#[test]
 fn olmo2_post_norms_and_whole_projection_qk_norms() {
     check("olmo2");
 }
