@@ -558,13 +558,16 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         "use_cache": true,
     });
     match arch {
-        Architecture::Gemma => c["hidden_activation"] = json!("gelu_pytorch_tanh"),
+        Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => {
+            c["hidden_activation"] = json!("gelu_pytorch_tanh")
+        }
         _ => c["hidden_act"] = json!("silu"),
     }
-    if arch == Architecture::Llama {
+    if matches!(arch, Architecture::Llama | Architecture::Granite) {
         c["attention_bias"] = json!(g.content.tensor_infos.contains_key("blk.0.attn_q.bias"));
         c["mlp_bias"] = json!(false);
     }
+    newer_family_keys(g, arch, a, &mut c)?;
     if arch == Architecture::Phi3 {
         if let Some(w) = g.opt_u32(&k("attention.sliding_window"))?.filter(|&w| w > 0) {
             c["sliding_window"] = json!(w);
@@ -582,6 +585,86 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         warnings.push("Llama 3 rope scaling recovered from rope_freqs.weight".into());
     }
     Ok((c, warnings))
+}
+
+/// The keys of the families whose layer patterns llama.cpp hard-codes: written back as transformers' config
+/// states them (the patterns export checked, the scales and softcaps the file holds).
+fn newer_family_keys(g: &Gguf, arch: Architecture, a: &str, c: &mut Value) -> Result<()> {
+    let k = |s: &str| format!("{a}.{s}");
+    let layers = c["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
+    let (hidden, heads, head_dim) = (
+        c["hidden_size"].as_u64().unwrap_or(1),
+        c["num_attention_heads"].as_u64().unwrap_or(1).max(1),
+        c["head_dim"].as_u64().unwrap_or(1),
+    );
+    let f = |key: &str, default: f32| shortest(g.opt_f32(&k(key)).unwrap_or(default));
+    // llama.cpp's Gemma query scale: 1/sqrt(hidden/heads) for the 27B shapes, 1/sqrt(head_dim) otherwise.
+    let query_scalar = |big: usize| if layers == big { hidden / heads } else { head_dim };
+    let pattern = |n: usize| -> Vec<&str> {
+        (0..layers)
+            .map(|i| {
+                if i % n < n - 1 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect()
+    };
+    let linear = g
+        .opt_str(&k("rope.scaling.type"))
+        .filter(|t| t == "linear")
+        .map(|_| json!({"rope_type": "linear", "factor": f("rope.scaling.factor", 1.0)}));
+    match arch {
+        Architecture::Gemma2 => {
+            c["query_pre_attn_scalar"] = json!(query_scalar(46));
+            c["attn_logit_softcapping"] = json!(f("attn_logit_softcapping", 50.0));
+            c["final_logit_softcapping"] = json!(f("final_logit_softcapping", 30.0));
+            c["sliding_window"] = json!(g.opt_u32(&k("attention.sliding_window"))?.unwrap_or(4096));
+            c["layer_types"] = json!(pattern(2));
+            c["tie_word_embeddings"] = json!(true);
+        }
+        Architecture::Gemma3 => {
+            c["query_pre_attn_scalar"] = json!(query_scalar(62));
+            c["sliding_window"] = json!(g.u32(&k("attention.sliding_window"))?);
+            c["layer_types"] = json!(pattern(6));
+            c["rope_local_base_freq"] = json!(10000.0);
+            if let Some(l) = linear {
+                c["rope_scaling"] = l;
+            }
+        }
+        Architecture::Granite => {
+            for (hf, key) in [
+                ("attention_multiplier", "attention.scale"),
+                ("embedding_multiplier", "embedding_scale"),
+                ("residual_multiplier", "residual_scale"),
+                ("logits_scaling", "logit_scale"),
+            ] {
+                let v = g
+                    .opt_f32(&k(key))
+                    .ok_or_else(|| g.bad(format!("the file has no {}", k(key))))?;
+                c[hf] = json!(shortest(v));
+            }
+            if let Some(l) = linear {
+                c["rope_scaling"] = l;
+            }
+        }
+        Architecture::SmolLM3 => {
+            c["no_rope_layers"] = json!((0..layers).map(|i| u8::from((i + 1) % 4 != 0)).collect::<Vec<_>>());
+            c["use_sliding_window"] = json!(false);
+            if let Some(l) = linear {
+                c["rope_scaling"] = l;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// An f32 key's value as the shortest decimal that reads back as it (0.1, not 0.10000000149): what the
+/// converter read from config.json.
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 /// f32 keys hold 500000.0 or 1000000.0 exactly; 10000.0 too. Anything else is written as read.

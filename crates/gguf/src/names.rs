@@ -39,7 +39,9 @@ pub const EXPORTABLE: [Architecture; 11] = [
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma"];
+pub const IMPORTABLE: [&str; 10] = [
+    "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3",
+];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
 pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
@@ -49,6 +51,11 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "qwen3" => Architecture::Qwen3,
         "phi3" => Architecture::Phi3,
         "gemma" => Architecture::Gemma,
+        "gemma2" => Architecture::Gemma2,
+        "gemma3" => Architecture::Gemma3,
+        "granite" => Architecture::Granite,
+        "olmo2" => Architecture::Olmo2,
+        "smollm3" => Architecture::SmolLM3,
         _ => return None,
     })
 }

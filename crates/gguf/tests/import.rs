@@ -174,6 +174,53 @@ fn export_then_import_reproduces_f16_and_bf16_exactly() {
 }
 
 #[test]
+fn newer_families_export_then_import_to_the_same_model() {
+    // gemma2, gemma3, smollm3, granite, olmo2 as llama.cpp runs them: the imported folder's config describes the
+    // same layers (windows, ropes, scales, softcaps, multipliers), and FreezeTune computes the same logits on it.
+    let tmp = tempfile::tempdir().unwrap();
+    for (arch, model) in newer_family_models(tmp.path()) {
+        let file = tmp.path().join(format!("{arch}.gguf"));
+        let options = ExportOptions {
+            kind: ExportType::F32,
+            force: false,
+            modelfile: false,
+            name: None,
+        };
+        export_gguf(&model, &file, &options, &mut |_| true).unwrap();
+        let dir = import(&file, &tmp.path().join(format!("{arch}-imported")), ImportDType::F32);
+        let (a, b) = (
+            freezetune_train::DecoderConfig::read(&model).unwrap(),
+            freezetune_train::DecoderConfig::read(&dir).unwrap(),
+        );
+        assert_eq!(a.layers, b.layers, "{arch}: layer descriptions");
+        assert_eq!(a.ropes, b.ropes, "{arch}: ropes");
+        assert_eq!(
+            (
+                a.embedding_multiplier,
+                a.residual_multiplier,
+                a.logits_scaling,
+                a.final_softcap
+            ),
+            (
+                b.embedding_multiplier,
+                b.residual_multiplier,
+                b.logits_scaling,
+                b.final_softcap
+            ),
+            "{arch}: multipliers"
+        );
+        let (ours, theirs) = (freezetune_logits(&model, &PROMPT), freezetune_logits(&dir, &PROMPT));
+        let diff = ours
+            .iter()
+            .flatten()
+            .zip(theirs.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "{arch}: the imported model's logits differ by {diff}");
+    }
+}
+
+#[test]
 fn an_imported_model_plans_trains_generates_and_exports_again() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("ref.gguf");

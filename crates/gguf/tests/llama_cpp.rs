@@ -68,68 +68,17 @@ fn f16_exports_match_freezetune_in_llama_cpp() {
     }
 }
 
-/// A family's reference model (tests/fixtures/models, made with transformers) with the llama fixture's tokenizer and
-/// config.json changed by `edit` to what llama.cpp hard-codes for the family.
-fn family_variant(dir: &Path, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(case).join(f), dir.join(f)).unwrap();
-    }
-    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
-        std::fs::copy(fixture("llama").join(f), dir.join(f)).unwrap();
-    }
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut config);
-    std::fs::write(&path, config.to_string()).unwrap();
-    dir.to_path_buf()
-}
-
 #[test]
 fn newer_families_match_freezetune_in_llama_cpp() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = |name: &str| tmp.path().join(name);
     // f32 exports: these reference models have wide weights (so that their features bite), and f16 rounding of
     // them alone moves logits by ~1e-3; the f16 path is checked on the older families above. Gemma's GeLU runs in
     // llama.cpp through an f16 lookup table (ggml's GGML_GELU_FP16), which moves these logits by up to 2e-3.
     let (exact, gelu) = (1e-3, 3e-3);
-    // Gemma 2: sandwich norms, softcaps, alternating windows; llama.cpp's query scale is 1/sqrt(head_dim) and its
-    // output is the embeddings.
-    let gemma2 = family_variant(&dir("gemma2"), "gemma2", |c| {
-        c["query_pre_attn_scalar"] = 16.into();
-        c["tie_word_embeddings"] = true.into();
-    });
-    check_export(&gemma2, "gemma2", tmp.path(), ExportType::F32, gelu);
-    // Gemma 3: llama.cpp slides all but every 6th layer, with a local rope base of 10000.
-    let gemma3 = family_variant(&dir("gemma3"), "gemma3", |c| {
-        c["query_pre_attn_scalar"] = 16.into();
-        let mut types = vec!["sliding_attention"; 5];
-        types.push("full_attention");
-        c["layer_types"] = serde_json::json!(types);
-        c["rope_parameters"]["sliding_attention"]["rope_theta"] = 10000.0.into();
-    });
-    check_export(&gemma3, "gemma3", tmp.path(), ExportType::F32, gelu);
-    // SmolLM3: llama.cpp makes every 4th layer NoPE (none of three).
-    let smollm3 = family_variant(&dir("smollm3"), "smollm3", |c| {
-        c["no_rope_layers"] = serde_json::json!([1, 1, 1])
-    });
-    check_export(&smollm3, "smollm3", tmp.path(), ExportType::F32, exact);
-    // Granite: llama.cpp's has no MLP biases; the reference model without them.
-    let granite = family_variant(&dir("granite"), "granite", |c| c["mlp_bias"] = false.into());
-    drop_tensors(&granite, |name| {
-        name.starts_with("model.layers.") && name.contains(".mlp.") && name.ends_with(".bias")
-    });
-    check_export(&granite, "granite", tmp.path(), ExportType::F32, exact);
-    let olmo2 = family_variant(&dir("olmo2"), "olmo2", |_| {});
-    check_export(&olmo2, "olmo2", tmp.path(), ExportType::F32, exact);
-}
-
-/// Rewrites a model's weights without the tensors `drop` names.
-fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
-    let path = model.join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-    tensors.retain(|name, _| !drop(name));
-    candle_core::safetensors::save(&tensors, &path).unwrap();
+    for (arch, model) in newer_family_models(tmp.path()) {
+        let tolerance = if arch.starts_with("gemma") { gelu } else { exact };
+        check_export(&model, arch, tmp.path(), ExportType::F32, tolerance);
+    }
 }
 
 #[test]

@@ -120,3 +120,60 @@ pub fn hf_ids(model: &Path, text: &str) -> Vec<u32> {
 
 pub const SAMPLE: &str = "Hello world, the cat sat on 12345 mats.\nWhat is 3 plus 4? It's 7!";
 pub const PROMPT: [u32; 8] = [5, 17, 100, 200, 33, 7, 301, 44];
+
+/// A family's reference model (tests/fixtures/models, made with transformers) with the llama fixture's tokenizer and
+/// config.json changed by `edit` to what llama.cpp hard-codes for the family.
+pub fn family_variant(dir: &Path, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(case).join(f), dir.join(f)).unwrap();
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture("llama").join(f), dir.join(f)).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Rewrites a model's weights without the tensors `drop` names.
+pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
+    let path = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    tensors.retain(|name, _| !drop(name));
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+/// The newer families' reference models as llama.cpp runs them (what it hard-codes set in config.json), by their
+/// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
+/// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2.
+pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
+        c["query_pre_attn_scalar"] = 16.into();
+        c["tie_word_embeddings"] = true.into();
+    });
+    let gemma3 = family_variant(&dir.join("gemma3"), "gemma3", |c| {
+        c["query_pre_attn_scalar"] = 16.into();
+        let mut types = vec!["sliding_attention"; 5];
+        types.push("full_attention");
+        c["layer_types"] = serde_json::json!(types);
+        c["rope_parameters"]["sliding_attention"]["rope_theta"] = 10000.0.into();
+    });
+    let smollm3 = family_variant(&dir.join("smollm3"), "smollm3", |c| {
+        c["no_rope_layers"] = serde_json::json!([1, 1, 1])
+    });
+    let granite = family_variant(&dir.join("granite"), "granite", |c| c["mlp_bias"] = false.into());
+    drop_tensors(&granite, |name| {
+        name.starts_with("model.layers.") && name.contains(".mlp.") && name.ends_with(".bias")
+    });
+    let olmo2 = family_variant(&dir.join("olmo2"), "olmo2", |_| {});
+    vec![
+        ("gemma2", gemma2),
+        ("gemma3", gemma3),
+        ("smollm3", smollm3),
+        ("granite", granite),
+        ("olmo2", olmo2),
+    ]
+}
