@@ -35,6 +35,31 @@ fn special(config: &Value, key: &str) -> String {
     }
 }
 
+/// Instructions a chat template may run beyond 64 per byte of the messages (real templates need a few thousand).
+const TEMPLATE_FUEL: u64 = 2_000_000;
+/// Bytes a rendering may produce beyond 4 per byte of the messages.
+const TEMPLATE_OUTPUT: usize = 1 << 20;
+
+/// A writer that refuses bytes past `limit`.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            self.buf.resize(self.limit, 0);
+            return Err(std::io::Error::other("output budget exceeded"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatFormatter {
     /// Loads `tokenizer.json` and the chat template of the model folder.
     pub fn load(model_dir: &Path) -> Result<ChatFormatter> {
@@ -98,6 +123,10 @@ impl ChatFormatter {
             });
         };
         let mut env = minijinja::Environment::new();
+        // A template comes with a downloaded model: its loops get a budget (instructions, scaled with the messages)
+        // and its output a ceiling, so a hostile one fails by name instead of hanging or filling memory.
+        let text: usize = messages.iter().map(|m| m.content.len()).sum();
+        env.set_fuel(Some(TEMPLATE_FUEL + 64 * text as u64));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -119,7 +148,22 @@ impl ChatFormatter {
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         };
-        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(bad)
+        let limit = TEMPLATE_OUTPUT + 4 * text;
+        let mut out = Capped { buf: Vec::new(), limit };
+        let rendered = env
+            .get_template("chat")
+            .and_then(|t| t.render_captured_to(ctx, &mut out).map(|_| ()));
+        if out.buf.len() >= limit {
+            return Err(bad(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("the chat template's output ran past {limit} bytes for these messages"),
+            )));
+        }
+        rendered.map_err(bad)?;
+        String::from_utf8(out.buf).map_err(|_| TrainError::Config {
+            path: self.template_source.clone(),
+            reason: "chat template: the output is not UTF-8".into(),
+        })
     }
 
     /// Token ids and byte offsets of `text`, without added special tokens.
@@ -207,5 +251,29 @@ mod tests {
         assert_eq!(ids[0], 1, "<|im_start|> is one special token");
         let (_, _, all) = f.conversation(&conv, true).unwrap();
         assert!(all.iter().all(|l| *l >= 0));
+    }
+
+    #[test]
+    fn a_hostile_template_runs_out_of_budget_instead_of_hanging_or_filling_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+            std::fs::copy(fixture().join(f), dir.path().join(f)).unwrap();
+        }
+        let conv = [msg("user", "Hi")];
+        let render = |template: &str| {
+            std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
+            ChatFormatter::load(dir.path()).unwrap().render(&conv, false)
+        };
+        let start = std::time::Instant::now();
+        let e = render("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fuel"), "{e}");
+        let e =
+            render("{% for i in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' }}{% endfor %}")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("ran past"), "{e}");
+        assert!(start.elapsed().as_secs() < 30, "budgets end a hostile template quickly");
     }
 }
