@@ -277,3 +277,30 @@ fn broken_model_folders_are_refused_by_field() {
         "model.embed_tokens.weight",
     );
 }
+
+#[test]
+fn broken_datasets_are_refused_by_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cases: [(&str, &[u8], &str, &str); 3] = [
+        ("bytes", b"{\"text\": \"ok\"}\n\xff\xfe bad\n", "text", "bytes.jsonl:2"),
+        (
+            "ids",
+            b"{\"input_ids\": [1, 2, 99999999999], \"labels\": [1, 2, 3]}\n",
+            "tokenized",
+            "99999999999",
+        ),
+        ("types", b"{\"text\": 5}\n", "text", "types.jsonl:1"),
+    ];
+    for (name, data, format, want) in cases {
+        std::fs::write(dir.join(format!("{name}.jsonl")), data).unwrap();
+        let config = format!(
+            "[model]\npath = {:?}\n[freeze]\ntop = 1\n[data]\ntrain = \"{name}.jsonl\"\nformat = \"{format}\"\n\
+             [output]\ndir = \"runs/{name}\"\n",
+            fixture("llama")
+        );
+        let toml = dir.join(format!("{name}.toml"));
+        std::fs::write(&toml, config).unwrap();
+        refused(&["data", "preview", toml.to_str().unwrap(), "-n", "1"], want);
+    }
+}

@@ -143,9 +143,19 @@ pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Ve
 }
 
 fn read_records(path: &Path) -> Result<Vec<(usize, Value)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         source: e,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Name the line: a dataset is often thousands of lines, and one bad byte is easy to miss.
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        TrainError::Data {
+            file: path.to_path_buf(),
+            line,
+            reason: format!("not UTF-8 text (byte {at} of the file); save the file as UTF-8"),
+        }
     })?;
     records(path, &text)
 }
