@@ -26,7 +26,7 @@ CUDA_TARGET_DIR ?= /var/tmp/freezetune-target-cuda
 CUDA_WORKER_DIR := $(CUDA_TARGET_DIR)/freezetune-cuda
 CUDA_DEPS := $(if $(CUDA),cuda-worker)
 
-.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench check-cuda gpu-check gpu-bundle worker cuda-worker
+.PHONY: setup run demo-cli test lint unit ui ui-test e2e bundle bench fuzz check-cuda gpu-check gpu-bundle worker cuda-worker
 
 setup:
 	@bash scripts/setup.sh
@@ -80,11 +80,13 @@ ui-test: ui
 	cd ui && node --test tests/browser/
 
 ## unit: every Rust test, then PyTorch parity again on the device-generic path (FREEZETUNE_FUSED=0: the graph CUDA
-## and Metal run, here on the CPU). The GGUF tests check exported files with llama.cpp itself and its `gguf` package, built
+## and Metal run, here on the CPU), then 5 s of each fuzz target (`make fuzz` runs longer). The GGUF tests check exported files with llama.cpp itself and its `gguf` package, built
 ## once into a venv outside the clone (scripts/gguf-venv.sh, about 3 minutes the first time).
 unit: ui
 	FREEZETUNE_GGUF_PYTHON="$$(bash scripts/gguf-venv.sh)" $(CARGO) test --workspace --locked
 	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision
+	$(CARGO) build --locked -q -p freezetune-fuzz
+	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/debug/fuzz" --seconds 5'
 
 e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bins
@@ -118,6 +120,14 @@ bundle: setup ui worker $(CUDA_DEPS)
 	@if [ "$$(uname)" = Linux ]; then bash tests/e2e/package.sh; fi
 	$(if $(CUDA),bash scripts/cuda-package.sh "$(CUDA_WORKER_DIR)" "$(CUDA_TARGET_DIR)/packages")
 	$(if $(CUDA),bash tests/e2e/package.sh --cuda "$(CUDA_TARGET_DIR)/packages")
+
+## fuzz: every fuzz target (GGUF, safetensors, config.json, tokenizer.json, chat templates, datasets) for
+## FUZZ_SECONDS each, optimized, under a 4 GiB address-space limit; `make test` runs 5 s of each. A panic's input
+## lands in fuzz/crashes/ (keep it in fuzz/regressions/<target>/ once fixed; every run replays those first).
+FUZZ_SECONDS ?= 120
+fuzz: setup
+	$(CARGO) build --release --locked -p freezetune-fuzz
+	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/release/fuzz" --seconds $(FUZZ_SECONDS)'
 
 ## bench: benchmark programs that print their numbers.
 bench: setup

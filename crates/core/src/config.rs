@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
+/// The largest size a config may state (2^32): no model comes near it, and products of such sizes stay in u64.
+const MAX_SIZE: u64 = 1 << 32;
+
 /// Sizes of the language model, as far as the config states them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelDims {
@@ -70,6 +73,10 @@ impl ModelConfig {
             match found {
                 None => Ok(None),
                 Some((k, v)) => match v.as_u64().filter(|&n| n > 0) {
+                    // Sizes are multiplied together for counts and memory: past 2^32 they could only overflow.
+                    Some(n) if n > MAX_SIZE => Err(format!(
+                        "`{k}` is {n}, past the largest size FreezeTune reads ({MAX_SIZE})"
+                    )),
                     Some(n) => Ok(Some(n)),
                     None => Err(format!("`{k}` is {v}; it must be a positive integer")),
                 },

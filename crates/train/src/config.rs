@@ -330,10 +330,11 @@ impl DecoderConfig {
 
 /// Sizes past these are refused before anything is sized by them: the largest open models have ~128 layers, a
 /// hidden size of 16k and a 256k vocabulary.
-const SIZE_LIMITS: [(&str, u64); 7] = [
+const SIZE_LIMITS: [(&str, u64); 8] = [
     ("num_hidden_layers", 10_000),
     ("hidden_size", 1 << 20),
     ("intermediate_size", 1 << 22),
+    ("shared_intermediate_size", 1 << 22),
     ("num_attention_heads", 1 << 16),
     ("num_key_value_heads", 1 << 16),
     ("head_dim", 1 << 14),

@@ -64,10 +64,15 @@ impl ChatFormatter {
     /// Loads `tokenizer.json` and the chat template of the model folder.
     pub fn load(model_dir: &Path) -> Result<ChatFormatter> {
         let tok_path = model_dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| TrainError::Config {
+        let bad = |reason: String| TrainError::Config {
             path: tok_path.clone(),
-            reason: format!("cannot load the tokenizer: {e}"),
-        })?;
+            reason,
+        };
+        // The tokenizers library panics on some malformed files (found by fuzzing: a decoder its deserializer
+        // cannot read); a downloaded file must not take the app down with it.
+        let loaded = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&tok_path))
+            .map_err(|_| bad("cannot load the tokenizer: the tokenizers library failed on this file".into()))?;
+        let tokenizer = loaded.map_err(|e| bad(format!("cannot load the tokenizer: {e}")))?;
         let cfg_path = model_dir.join("tokenizer_config.json");
         let config: Value = std::fs::read_to_string(&cfg_path)
             .ok()
