@@ -86,7 +86,7 @@ unit: ui
 	FREEZETUNE_GGUF_PYTHON="$$(bash scripts/gguf-venv.sh)" $(CARGO) test --workspace --locked
 	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision
 	$(CARGO) build --locked -q -p freezetune-fuzz
-	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/debug/fuzz" --seconds 5'
+	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/debug/fuzz" --seconds 5 --seed 1'
 
 e2e: ui
 	$(CARGO) build --locked -p freezetune-app -p freezetune-cli -p freezetune-fakehub --bins
@@ -122,7 +122,8 @@ bundle: setup ui worker $(CUDA_DEPS)
 	$(if $(CUDA),bash tests/e2e/package.sh --cuda "$(CUDA_TARGET_DIR)/packages")
 
 ## fuzz: every fuzz target (GGUF, safetensors, config.json, tokenizer.json, chat templates, datasets) for
-## FUZZ_SECONDS each, optimized, under a 4 GiB address-space limit; `make test` runs 5 s of each. A panic's input
+## FUZZ_SECONDS each, optimized, under a 4 GiB address-space limit, from a new random seed each time (printed);
+## `make test` runs 5 s of each from a fixed seed, so CI is repeatable. A panic's input
 ## lands in fuzz/crashes/ (keep it in fuzz/regressions/<target>/ once fixed; every run replays those first).
 FUZZ_SECONDS ?= 120
 fuzz: setup

@@ -198,11 +198,17 @@ impl DecoderConfig {
                 )
             })?;
         let mut text = text.clone();
-        if let Some(tie) = raw.get("tie_word_embeddings").filter(|v| !v.is_null()) {
-            text["tie_word_embeddings"] = tie.clone();
+        // The text tower's own flag first (transformers writes it there); the wrapper's when it has none.
+        if text.get("tie_word_embeddings").is_none_or(Value::is_null) {
+            if let Some(tie) = raw.get("tie_word_embeddings").filter(|v| !v.is_null()) {
+                text["tie_word_embeddings"] = tie.clone();
+            }
         }
         let mut c = Self::from_value(&text, fam)?;
         c.wrapper = Some(w.model_type);
+        if !w.final_softcap {
+            c.final_softcap = None;
+        }
         Ok(c)
     }
 
@@ -415,7 +421,7 @@ fn split_query_scale(raw: &Value, fam: &Family) -> std::result::Result<(Value, O
     if !fam.position_query_scale {
         return Ok((raw, None));
     }
-    let key = ["rope_parameters", "rope_scaling"]
+    let key = ["rope_scaling", "rope_parameters"]
         .into_iter()
         .find(|k| raw[*k].is_object())
         .ok_or("`rope_parameters` is missing")?;
@@ -499,18 +505,36 @@ fn activation(raw: &Value, fam: &Family) -> std::result::Result<Activation, Stri
 /// The ropes of the model and the indices of the full-attention and sliding layers' ones.
 fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, usize, usize), String> {
     let theta = raw["rope_theta"].as_f64();
+    // Phi-3 keeps the original context at the top level, and transformers lets it (default 4096) override the
+    // rope dict's.
+    let phi3_context = fam.understands("original_max_position_embeddings");
     let ctx = |theta: f64| RopeContext {
         theta,
         partial_rotary_factor: raw["partial_rotary_factor"].as_f64(),
         max_position_embeddings: raw["max_position_embeddings"].as_f64(),
-        original_max_position_embeddings: raw["original_max_position_embeddings"].as_f64(),
+        original_max_position_embeddings: match phi3_context {
+            true => Some(raw["original_max_position_embeddings"].as_f64().unwrap_or(4096.0)),
+            false => raw["original_max_position_embeddings"].as_f64(),
+        },
+        original_overrides: phi3_context,
     };
     let dict = |k: &str| raw.get(k).and_then(Value::as_object);
-    // transformers 5 writes `rope_parameters`; older configs `rope_scaling` (null when plain).
-    let (flat, flat_name) = match (dict("rope_parameters"), dict("rope_scaling")) {
-        (Some(p), _) => (Some(p), "rope_parameters"),
-        (None, s) => (s, "rope_scaling"),
+    // transformers takes `rope_scaling` (older configs) over `rope_parameters` when both are there.
+    let (flat, flat_name) = match (dict("rope_scaling"), dict("rope_parameters")) {
+        (Some(s), _) => (Some(s), "rope_scaling"),
+        (None, p) => (p, "rope_parameters"),
     };
+    // Phi-3's legacy rope type names (`su`, `yarn`) are its LongRoPE, as transformers reads them.
+    let renamed = flat.filter(|_| phi3_context).and_then(|d| {
+        let kind = d.get("rope_type").or_else(|| d.get("type")).and_then(Value::as_str)?;
+        matches!(kind, "su" | "yarn").then(|| {
+            let mut d = d.clone();
+            d.remove("type");
+            d.insert("rope_type".into(), "longrope".into());
+            d
+        })
+    });
+    let flat = renamed.as_ref().or(flat);
     match fam.rope {
         RopeLayout::Single => {
             let rope = RopeSpec::read(flat, &ctx(theta.unwrap_or(10_000.0)), flat_name)?;
@@ -526,14 +550,16 @@ fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, 
                 flat.is_some_and(|p| p.contains_key("full_attention") || p.contains_key("sliding_attention"));
             let (full, sliding) = if per_type {
                 (
+                    // A nested dict without its own theta takes the top-level `rope_theta` (full layers) or
+                    // `rope_local_base_freq` (sliding ones), as transformers fills them in.
                     RopeSpec::read(
                         nested("full_attention"),
-                        &ctx(full_theta),
+                        &ctx(theta.unwrap_or(full_theta)),
                         "rope_parameters.full_attention",
                     )?,
                     RopeSpec::read(
                         nested("sliding_attention"),
-                        &ctx(sliding_theta),
+                        &ctx(local_theta_key.and_then(|k| raw[k].as_f64()).unwrap_or(sliding_theta)),
                         "rope_parameters.sliding_attention",
                     )?,
                 )
@@ -624,6 +650,12 @@ fn layer_windows(
         DefaultSliding::FromMaxWindowLayers | DefaultSliding::NoRopeLayers
     );
     let enabled = !gated || raw["use_sliding_window"].as_bool().unwrap_or(false);
+    // qwen2 and qwen3 drop the window without `use_sliding_window`: a layer `layer_types` makes sliding then has
+    // none (transformers fails on it) and is refused below. SmolLM3 slides its typed layers regardless.
+    let window = match fam.sliding {
+        DefaultSliding::FromMaxWindowLayers if !enabled => None,
+        _ => window,
+    };
     // `layers_block_type` is Granite 4.0's older name for `layer_types`.
     let types = ["layer_types", "layers_block_type"]
         .iter()
@@ -659,11 +691,10 @@ fn layer_windows(
         .enumerate()
         .map(|(i, &s)| match (s, window) {
             (false, _) => Ok(None),
-            // qwen2/qwen3/SmolLM3 without `use_sliding_window`: transformers drops the window.
-            (true, _) if !enabled => Ok(None),
             (true, Some(w)) => Ok(Some(w)),
             (true, None) => Err(format!(
-                "layer {i} uses sliding attention but `sliding_window` is not set"
+                "layer {i} uses sliding attention but the config gives it no window (`sliding_window` is not \
+                 set, or `use_sliding_window` is false)"
             )),
         })
         .collect()
@@ -860,6 +891,44 @@ mod tests {
         untyped.as_object_mut().unwrap().remove("layer_types");
         let e = DecoderConfig::from_json(&tiny(untyped), "granitemoehybrid").unwrap_err();
         assert!(e.contains("layer_types"), "{e}");
+    }
+
+    #[test]
+    fn configs_read_as_transformers_reads_them() {
+        // Gemma 3 4B's published text_config: sizes it leaves out come from transformers' defaults, and the
+        // wrapper applies no final softcap.
+        let gemma = json!({"model_type": "gemma3", "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+            "model_type": "gemma3_text", "num_hidden_layers": 34, "final_logit_softcapping": 30.0,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024}});
+        let c = DecoderConfig::from_wrapper(&gemma, wrapper("gemma3").unwrap()).unwrap();
+        assert_eq!(
+            (c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim),
+            (262_208, 8, 4, 256)
+        );
+        assert_eq!(c.final_softcap, None);
+        assert_eq!(c.ropes[0].scaling, crate::rope::RopeScaling::Linear { factor: 8.0 });
+        // A mistral3 text tower that names no type is transformers' default, mistral.
+        let small = json!({"model_type": "mistral3", "text_config": {"hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 10, "head_dim": 16, "num_key_value_heads": 2}});
+        let c = DecoderConfig::from_wrapper(&small, wrapper("mistral3").unwrap()).unwrap();
+        assert_eq!(c.architecture, Architecture::Mistral);
+        // rope_scaling wins over rope_parameters (ministral3's defaults carry a rope_parameters).
+        let legacy = json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
+            "llama_4_scaling_beta": 0.1}});
+        let c = DecoderConfig::from_json(&tiny(legacy), "ministral3").unwrap();
+        assert!(matches!(c.ropes[0].scaling, crate::rope::RopeScaling::Yarn { factor, .. } if factor == 4.0));
+        // Phi-3's legacy `su` is LongRoPE, and its top-level original context (default 4096) wins.
+        let su = json!({"rope_scaling": {"type": "su", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8],
+            "original_max_position_embeddings": 8192}, "max_position_embeddings": 131072});
+        let c = DecoderConfig::from_json(&tiny(su), "phi3").unwrap();
+        assert!(c.global_rope().uses_long_factors(4097) && !c.global_rope().uses_long_factors(4096));
+        // Typed sliding layers: SmolLM3 slides them without use_sliding_window; qwen2 has no window then.
+        let typed = json!({"use_sliding_window": false, "sliding_window": 8,
+            "layer_types": ["full_attention", "sliding_attention", "full_attention"]});
+        let c = DecoderConfig::from_json(&tiny(typed.clone()), "smollm3").unwrap();
+        assert_eq!(c.window(1), Some(8));
+        let e = DecoderConfig::from_json(&tiny(typed), "qwen2").unwrap_err();
+        assert!(e.contains("layer 1") && e.contains("use_sliding_window"), "{e}");
     }
 
     #[test]

@@ -91,8 +91,20 @@ pub struct Family {
     pub qkv_bias_always: bool,
     pub sliding: DefaultSliding,
     pub rope: RopeLayout,
+    /// transformers' default sizes, for configs that leave them out (Gemma 3's vision-language `text_config` has
+    /// no `vocab_size` or head count). The checkpoint's tensor shapes are checked against whatever results.
+    pub sizes: Sizes,
     /// The rope dict's `llama_4_scaling_beta` scales queries by position (Ministral 3).
     pub position_query_scale: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub vocab: u64,
+    pub hidden: u64,
+    pub intermediate: u64,
+    pub layers: u64,
+    pub heads: u64,
 }
 
 /// A vision-language wrapper whose text tower FreezeTune trains on text: config.json holds the decoder under
@@ -100,8 +112,10 @@ pub struct Family {
 /// them) stay frozen and are written back unchanged.
 pub struct Wrapper {
     pub model_type: &'static str,
-    /// The text towers' `model_type`s FreezeTune can train inside it.
+    /// The text towers' `model_type`s FreezeTune can train inside it; the first when `text_config` names none.
     pub text_types: &'static [&'static str],
+    /// Whether the wrapper applies the text tower's `final_logit_softcapping` (Gemma 3's does not).
+    pub final_softcap: bool,
 }
 
 pub const WRAPPERS: [Wrapper; 2] = [
@@ -109,11 +123,13 @@ pub const WRAPPERS: [Wrapper; 2] = [
     Wrapper {
         model_type: "gemma3",
         text_types: &["gemma3_text"],
+        final_softcap: false,
     },
     // Ministral 3 (3B, 8B, 14B) and Mistral Small 3.1 / 3.2.
     Wrapper {
         model_type: "mistral3",
-        text_types: &["ministral3", "mistral"],
+        text_types: &["mistral", "ministral3"],
+        final_softcap: true,
     },
 ];
 
@@ -209,6 +225,13 @@ pub const INERT_KEYS: [&str; 58] = [
 
 const LLAMA: Family = Family {
     model_type: "llama",
+    sizes: Sizes {
+        vocab: 32000,
+        hidden: 4096,
+        intermediate: 11008,
+        layers: 32,
+        heads: 32,
+    },
     architecture: Architecture::Llama,
     keys: &["hidden_act", "attention_bias", "mlp_bias"],
     defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "mlp_bias": false}),
@@ -231,6 +254,13 @@ pub const FAMILIES: [Family; 14] = [
     LLAMA,
     Family {
         model_type: "mistral",
+        sizes: Sizes {
+            vocab: 32000,
+            hidden: 4096,
+            intermediate: 14336,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Mistral,
         keys: &["hidden_act", "sliding_window"],
         defaults: || {
@@ -242,6 +272,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "ministral3",
+        sizes: Sizes {
+            vocab: 131072,
+            hidden: 4096,
+            intermediate: 14336,
+            layers: 34,
+            heads: 32,
+        },
         architecture: Architecture::Ministral3,
         keys: &["hidden_act", "sliding_window"],
         defaults: || {
@@ -255,6 +292,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "qwen2",
+        sizes: Sizes {
+            vocab: 151936,
+            hidden: 4096,
+            intermediate: 22016,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Qwen2,
         keys: &[
             "hidden_act",
@@ -273,6 +317,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "qwen3",
+        sizes: Sizes {
+            vocab: 151936,
+            hidden: 4096,
+            intermediate: 22016,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Qwen3,
         keys: &[
             "hidden_act",
@@ -290,8 +341,16 @@ pub const FAMILIES: [Family; 14] = [
         sliding: DefaultSliding::FromMaxWindowLayers,
         ..LLAMA
     },
+    // `full_attn_mod`, `interpolate_factor`: Phi-4-mini's config carries them; transformers never reads them.
     Family {
         model_type: "phi3",
+        sizes: Sizes {
+            vocab: 32064,
+            hidden: 3072,
+            intermediate: 8192,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Phi3,
         keys: &[
             "hidden_act",
@@ -300,6 +359,8 @@ pub const FAMILIES: [Family; 14] = [
             "original_max_position_embeddings",
             "sliding_window",
             "partial_rotary_factor",
+            "full_attn_mod",
+            "interpolate_factor",
         ],
         defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0}),
         fused_qkv: true,
@@ -312,6 +373,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "gemma",
+        sizes: Sizes {
+            vocab: 256000,
+            hidden: 3072,
+            intermediate: 24576,
+            layers: 28,
+            heads: 16,
+        },
         architecture: Architecture::Gemma,
         keys: &[
             "hidden_act",
@@ -329,6 +397,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "gemma2",
+        sizes: Sizes {
+            vocab: 256000,
+            hidden: 2304,
+            intermediate: 9216,
+            layers: 26,
+            heads: 8,
+        },
         architecture: Architecture::Gemma2,
         // `sliding_window_size`: early Gemma 2 configs repeat the window under this name (checked equal).
         keys: &[
@@ -358,6 +433,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "gemma3_text",
+        sizes: Sizes {
+            vocab: 262208,
+            hidden: 2304,
+            intermediate: 9216,
+            layers: 26,
+            heads: 8,
+        },
         architecture: Architecture::Gemma3,
         keys: &[
             "hidden_activation",
@@ -392,6 +474,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "smollm3",
+        sizes: Sizes {
+            vocab: 128256,
+            hidden: 2048,
+            intermediate: 11008,
+            layers: 36,
+            heads: 16,
+        },
         architecture: Architecture::SmolLM3,
         // `max_window_layers`: SmolLM3's released config carries it; transformers 5's SmolLM3 never reads it
         // (its windows follow the NoPE layers).
@@ -416,6 +505,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "granite",
+        sizes: Sizes {
+            vocab: 32000,
+            hidden: 4096,
+            intermediate: 11008,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Granite,
         keys: &[
             "hidden_act",
@@ -438,6 +534,13 @@ pub const FAMILIES: [Family; 14] = [
     // does not have, and `intermediate_size` only its (absent) experts.
     Family {
         model_type: "granitemoehybrid",
+        sizes: Sizes {
+            vocab: 32000,
+            hidden: 4096,
+            intermediate: 11008,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::GraniteHybrid,
         keys: &[
             "hidden_act",
@@ -480,6 +583,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "olmo2",
+        sizes: Sizes {
+            vocab: 50304,
+            hidden: 4096,
+            intermediate: 11008,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Olmo2,
         keys: &["hidden_act", "attention_bias"],
         defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false}),
@@ -489,6 +599,13 @@ pub const FAMILIES: [Family; 14] = [
     },
     Family {
         model_type: "olmo3",
+        sizes: Sizes {
+            vocab: 50304,
+            hidden: 4096,
+            intermediate: 11008,
+            layers: 32,
+            heads: 32,
+        },
         architecture: Architecture::Olmo3,
         keys: &["hidden_act", "attention_bias", "sliding_window", "layer_types"],
         defaults: || {
@@ -537,6 +654,16 @@ impl Family {
     /// `config` with this family's defaults filled in where a key is absent.
     pub fn with_defaults(&self, config: &Value) -> Value {
         let mut merged = (self.defaults)();
+        let z = self.sizes;
+        for (k, v) in [
+            ("vocab_size", z.vocab),
+            ("hidden_size", z.hidden),
+            ("intermediate_size", z.intermediate),
+            ("num_hidden_layers", z.layers),
+            ("num_attention_heads", z.heads),
+        ] {
+            merged[k] = v.into();
+        }
         if let (Some(m), Some(c)) = (merged.as_object_mut(), config.as_object()) {
             for (k, v) in c {
                 m.insert(k.clone(), v.clone());

@@ -187,6 +187,7 @@ impl Decoder {
         let c = &config;
         let names = TensorNames::of(c, params);
         check_shapes(c, &names, params)?;
+        refuse_stale_tie(c, &names, params)?;
         let blocks = (0..c.num_layers)
             .map(|i| Block::load(c, &names, i, params))
             .collect::<Result<Vec<_>>>()?;
@@ -724,6 +725,36 @@ fn check_shapes(c: &DecoderConfig, names: &TensorNames, params: &Params) -> Resu
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// A config that ties lm_head to the embeddings over a checkpoint that stores a different lm_head: transformers
+/// then keeps the stored one, while FreezeTune's plan and export would treat it as the embeddings' alias, so it is
+/// refused by name (Mistral 3 checkpoints re-saved by transformers 5 carry such a top-level flag).
+fn refuse_stale_tie(c: &DecoderConfig, names: &TensorNames, params: &Params) -> Result<()> {
+    let lm_head = format!("{}.weight", names.lm_head);
+    if !c.tie_word_embeddings || !params.contains(&lm_head) {
+        return Ok(());
+    }
+    let embed = params.get(&format!("{}.embed_tokens.weight", names.model))?;
+    let head = params.get(&lm_head)?;
+    let differs = (|| -> candle_core::Result<bool> {
+        if embed.shape() != head.shape() {
+            return Ok(true);
+        }
+        let diff = (embed.to_dtype(DType::F32)? - head.to_dtype(DType::F32)?)?;
+        Ok(diff.abs()?.max_all()?.to_scalar::<f32>()? > 0.0)
+    })()
+    .map_err(crate::error::candle("comparing lm_head with the embeddings"))?;
+    if differs {
+        return Err(TrainError::Tensor {
+            name: lm_head,
+            reason: "differs from the embeddings, but config.json sets tie_word_embeddings: transformers would use \
+                     the stored lm_head. Set tie_word_embeddings to false (in text_config too) to train it as \
+                     it is"
+                .into(),
+        });
     }
     Ok(())
 }

@@ -75,6 +75,8 @@ pub struct RopeContext {
     pub max_position_embeddings: Option<f64>,
     /// The top-level `original_max_position_embeddings` (Phi-3 keeps it there).
     pub original_max_position_embeddings: Option<f64>,
+    /// The top-level value wins over the dict's (Phi-3, as transformers reads it).
+    pub original_overrides: bool,
 }
 
 impl RopeSpec {
@@ -113,7 +115,10 @@ impl RopeSpec {
             .or_else(|| d.get("type"))
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let orig = || need("original_max_position_embeddings", ctx.original_max_position_embeddings);
+        let orig = || match (ctx.original_overrides, ctx.original_max_position_embeddings) {
+            (true, Some(o)) => Ok(o),
+            _ => need("original_max_position_embeddings", ctx.original_max_position_embeddings),
+        };
         // `factor` may be left out by yarn and longrope: transformers derives it from the two context lengths.
         let derived_factor = |orig: f64| match (num("factor")?, ctx.max_position_embeddings) {
             (Some(f), _) => Ok(f),
@@ -373,6 +378,7 @@ mod tests {
             partial_rotary_factor: None,
             max_position_embeddings: Some(4096.0),
             original_max_position_embeddings: None,
+            original_overrides: false,
         }
     }
 

@@ -118,6 +118,20 @@ impl ChatFormatter {
 
     /// Renders `messages` with the chat template.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        // The template engine can panic on a malformed template (found by fuzzing: formatting the error of a
+        // broken `for` overflows in minijinja's debug info); a downloaded template must not take the app down.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.render_inner(messages, add_generation_prompt)
+        }))
+        .unwrap_or_else(|_| {
+            Err(TrainError::Config {
+                path: self.template_source.clone(),
+                reason: "chat template: the template engine failed on this template; it is likely malformed".into(),
+            })
+        })
+    }
+
+    fn render_inner(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let Some(template) = &self.template else {
             return Err(TrainError::Config {
                 path: self.template_source.clone(),

@@ -154,6 +154,7 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         c["query_pre_attn_scalar"] = 16.into();
         c["tie_word_embeddings"] = true.into();
     });
+    drop_tensors(&gemma2, |name| name == "lm_head.weight");
     let gemma3 = family_variant(&dir.join("gemma3"), "gemma3", |c| {
         c["query_pre_attn_scalar"] = 16.into();
         let mut types = vec!["sliding_attention"; 5];
