@@ -45,16 +45,24 @@ pub struct RopeSpec {
     pub attention_factor: f64,
 }
 
-/// The keys a rope dict may hold; any other is refused.
-const ROPE_KEYS: [&str; 16] = [
-    // Ministral 3 repeats the context length here; transformers reads the top-level one.
-    "max_position_embeddings",
+/// Keys any rope dict may hold. Ministral 3 repeats `max_position_embeddings` here; transformers reads the
+/// top-level one.
+const COMMON_ROPE_KEYS: [&str; 5] = [
     "rope_type",
     "type",
     "rope_theta",
+    "partial_rotary_factor",
+    "max_position_embeddings",
+];
+const LINEAR_KEYS: &[&str] = &["factor"];
+const LLAMA3_KEYS: &[&str] = &[
     "factor",
     "low_freq_factor",
     "high_freq_factor",
+    "original_max_position_embeddings",
+];
+const YARN_KEYS: &[&str] = &[
+    "factor",
     "original_max_position_embeddings",
     "attention_factor",
     "beta_fast",
@@ -62,9 +70,20 @@ const ROPE_KEYS: [&str; 16] = [
     "mscale",
     "mscale_all_dim",
     "truncate",
+];
+const LONGROPE_KEYS: &[&str] = &[
+    "factor",
+    "original_max_position_embeddings",
+    "attention_factor",
     "short_factor",
     "long_factor",
 ];
+
+/// Whether any rope type reads `key`; any other key is refused before the dict is read.
+fn known_key(key: &str) -> bool {
+    let scaling = [LINEAR_KEYS, LLAMA3_KEYS, YARN_KEYS, LONGROPE_KEYS];
+    COMMON_ROPE_KEYS.contains(&key) || scaling.iter().any(|keys| keys.contains(&key))
+}
 
 /// What a rope dict may leave out and the model's config.json supplies.
 pub struct RopeContext {
@@ -84,8 +103,7 @@ impl RopeSpec {
     pub fn read(dict: Option<&Map<String, Value>>, ctx: &RopeContext, where_: &str) -> Result<RopeSpec, String> {
         let empty = Map::new();
         let d = dict.unwrap_or(&empty);
-        let known = ROPE_KEYS.iter().chain(["partial_rotary_factor"].iter());
-        if let Some((k, v)) = d.iter().find(|(k, _)| !known.clone().any(|n| n == k)) {
+        if let Some((k, v)) = d.iter().find(|(k, _)| !known_key(k)) {
             return Err(format!(
                 "`{where_}` has key `{k}` = {v}, which FreezeTune does not understand: refusing rather than \
                  rotating by other angles than the model's"
@@ -212,40 +230,13 @@ impl RopeSpec {
     fn refuse_unused_keys(&self, d: &Map<String, Value>, where_: &str) -> Result<(), String> {
         let used: &[&str] = match self.scaling {
             RopeScaling::Default => &[],
-            RopeScaling::Linear { .. } => &["factor"],
-            RopeScaling::Llama3 { .. } => &[
-                "factor",
-                "low_freq_factor",
-                "high_freq_factor",
-                "original_max_position_embeddings",
-            ],
-            RopeScaling::Yarn { .. } => &[
-                "factor",
-                "original_max_position_embeddings",
-                "attention_factor",
-                "beta_fast",
-                "beta_slow",
-                "mscale",
-                "mscale_all_dim",
-                "truncate",
-            ],
-            RopeScaling::LongRope { .. } => &[
-                "factor",
-                "original_max_position_embeddings",
-                "attention_factor",
-                "short_factor",
-                "long_factor",
-            ],
+            RopeScaling::Linear { .. } => LINEAR_KEYS,
+            RopeScaling::Llama3 { .. } => LLAMA3_KEYS,
+            RopeScaling::Yarn { .. } => YARN_KEYS,
+            RopeScaling::LongRope { .. } => LONGROPE_KEYS,
         };
-        let always = [
-            "rope_type",
-            "type",
-            "rope_theta",
-            "partial_rotary_factor",
-            "max_position_embeddings",
-        ];
         for (k, v) in d {
-            if !v.is_null() && !used.contains(&k.as_str()) && !always.contains(&k.as_str()) {
+            if !v.is_null() && !used.contains(&k.as_str()) && !COMMON_ROPE_KEYS.contains(&k.as_str()) {
                 return Err(format!(
                     "`{where_}` sets `{k}` = {v}, which its rope type does not use: refusing a config meant for \
                      other math"
