@@ -66,8 +66,8 @@ fn main() {
         Command::Inspect(a) => (cmd::inspect::run(&a), a.json),
         Command::Plan(a) => (cmd::plan::run(&a), a.json),
         Command::ExportConfig(a) => (cmd::export_config::run(&a), false),
-        Command::ExportGguf(a) => (cmd::gguf::export(&a), a.json),
-        Command::ImportGguf(a) => (cmd::gguf::import(&a), a.json),
+        Command::ExportGguf(a) => (cmd::gguf::export(&a), a.json || a.events.is_some()),
+        Command::ImportGguf(a) => (cmd::gguf::import(&a), a.json || a.events.is_some()),
         Command::Preset(c) => {
             let json = c.json();
             (cmd::preset::run(c), json)

@@ -20,8 +20,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs the CLI under the limits; asserts exit 1, no signal, no panic, and that stderr names `field`.
-fn refused(args: &[&str], field: &str) {
+/// Runs the CLI under the limits and returns its exit status, stdout and stderr; asserts no signal and no panic.
+fn run_limited(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""))
@@ -31,10 +31,24 @@ fn refused(args: &[&str], field: &str) {
             "FREEZETUNE_CONFIG_DIR",
             std::env::temp_dir().join("freezetune-hostile-cfg"),
         )
-        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Both pipes drain on threads, so a chatty child never blocks on a full pipe while we wait.
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout_pipe.read_to_string(&mut s).unwrap();
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr_pipe.read_to_string(&mut s).unwrap();
+        s
+    });
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -46,10 +60,15 @@ fn refused(args: &[&str], field: &str) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
     assert_eq!(status.signal(), None, "{args:?} was killed by a signal: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    (status, out, err)
+}
+
+/// Runs the CLI under the limits; asserts exit 1, no signal, no panic, and that stderr names `field`.
+fn refused(args: &[&str], field: &str) {
+    let (status, _, err) = run_limited(args);
     assert_eq!(status.code(), Some(1), "{args:?} should fail with exit 1: {err}");
     assert!(err.contains(field), "{args:?}: the error should name {field:?}: {err}");
 }
@@ -228,6 +247,51 @@ fn crafted_gguf_files_are_refused_by_field() {
         "blk.0.attn_k.weight",
     );
     import(&patched("past", "blk.0.attn_q.weight", &[64, 4096]), "past the end");
+}
+
+/// What the desktop app sees: `import-gguf --events jsonl` (how the app's worker runs it) reports a crafted file's
+/// refusal as one JSON error line naming the field, and a sound file's import as progress then an `imported` event.
+#[test]
+fn import_events_report_refusals_and_success_as_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sound = sound_gguf(tmp.path());
+    let mut g = read_gguf(&sound);
+    set(&mut g, "general.alignment", Meta::U32(0));
+    let hostile = tmp.path().join("align0.gguf");
+    write_gguf(&hostile, &g);
+
+    let out = tmp.path().join("hostile-out");
+    let (status, stdout, err) = run_limited(&[
+        "import-gguf",
+        hostile.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--events",
+        "jsonl",
+    ]);
+    assert_eq!(status.code(), Some(1), "{stdout}{err}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    let message = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("general.alignment"), "{last}");
+    assert!(last["error"]["kind"].is_string(), "{last}");
+    assert!(!out.exists(), "a refused import writes nothing");
+
+    let out = tmp.path().join("sound-out");
+    let (status, stdout, err) = run_limited(&[
+        "import-gguf",
+        sound.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--events",
+        "jsonl",
+    ]);
+    assert_eq!(status.code(), Some(0), "{stdout}{err}");
+    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "progress"), "{stdout}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "imported", "{stdout}");
+    assert_eq!(last["architecture"], "llama", "{stdout}");
+    assert!(out.join("config.json").exists());
 }
 
 /// A copy of the reference llama with config.json changed by `edit`.

@@ -34,7 +34,7 @@ pub struct ExportOptions {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExportReport {
     pub path: PathBuf,
     pub source: PathBuf,

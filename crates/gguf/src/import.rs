@@ -49,7 +49,7 @@ pub struct ImportOptions {
     pub force: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImportReport {
     pub path: PathBuf,
     pub architecture: String,

@@ -19,13 +19,22 @@ pub use import::{import_gguf, ImportDType, ImportOptions, ImportReport};
 pub use quant::ExportType;
 
 /// Progress of an export or import, one tensor at a time. The callback returns `false` to stop.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "GgufProgress"))]
 pub struct Progress {
     pub done: usize,
     pub total: usize,
     /// The tensor being written (empty when finished).
     pub tensor: String,
+}
+
+/// One line of `export-gguf` / `import-gguf --events jsonl`: the CLI writes them, the app's worker reads them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum GgufEvent {
+    Progress(Progress),
+    Exported(ExportReport),
+    Imported(ImportReport),
 }
 
 /// How many tensors each GGML type holds, by llama.cpp's type names.

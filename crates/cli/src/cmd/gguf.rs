@@ -1,8 +1,11 @@
 //! `export-gguf` and `import-gguf`: a model or run as a llama.cpp GGUF file, and a GGUF file as a model folder.
 
+use super::train::EventFormat;
 use anyhow::{anyhow, Result};
 use clap::Args;
-use freezetune_gguf::{ExportOptions, ExportReport, ExportType, ImportDType, ImportOptions, ImportReport, Progress};
+use freezetune_gguf::{
+    ExportOptions, ExportReport, ExportType, GgufEvent, ImportDType, ImportOptions, ImportReport, Progress,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -30,6 +33,9 @@ pub struct ExportGgufArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// `jsonl`: progress and the report as JSON lines on stdout, `stop` on stdin stops (the app's worker protocol).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub events: Option<EventFormat>,
 }
 
 #[derive(Args)]
@@ -48,6 +54,9 @@ pub struct ImportGgufArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// `jsonl`: progress and the report as JSON lines on stdout, `stop` on stdin stops (the app's worker protocol).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub events: Option<EventFormat>,
 }
 
 fn parse_type(s: &str) -> std::result::Result<ExportType, String> {
@@ -58,40 +67,54 @@ fn parse_dtype(s: &str) -> std::result::Result<ImportDType, String> {
     ImportDType::parse(s).ok_or_else(|| format!("unknown dtype {s:?}; one of auto, f32, f16, bf16"))
 }
 
-/// A bar over tensors; Ctrl-C stops between tensors (nothing is left behind).
-fn progress_bar(json: bool) -> Result<(ProgressBar, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
-    let cancel =
-        super::train::cancel_on_interrupt(false, "stopping after this tensor; the unfinished output is removed")?;
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tensors  {msg}").expect("style"));
-    Ok((bar, cancel))
+/// How progress is shown: a bar over tensors for people (hidden with `--json`), or event lines for a parent
+/// process. Ctrl-C (or `stop` on stdin with events) stops between tensors; nothing is left behind.
+struct Watch {
+    bar: ProgressBar,
+    events: bool,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn watch<'a>(bar: &'a ProgressBar, cancel: &'a std::sync::atomic::AtomicBool) -> impl FnMut(&Progress) -> bool + 'a {
-    move |p: &Progress| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(p.tensor.clone());
-        !cancel.load(Ordering::Relaxed)
+impl Watch {
+    fn new(json: bool, events: bool) -> Result<Watch> {
+        let cancel =
+            super::train::cancel_on_interrupt(events, "stopping after this tensor; the unfinished output is removed")?;
+        let bar = if json || events {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} tensors  {msg}").expect("style"));
+        Ok(Watch { bar, events, cancel })
+    }
+
+    fn on_progress(&self) -> impl FnMut(&Progress) -> bool + '_ {
+        move |p: &Progress| {
+            if self.events {
+                crate::render::event_line(&GgufEvent::Progress(p.clone()));
+            }
+            self.bar.set_length(p.total as u64);
+            self.bar.set_position(p.done as u64);
+            self.bar.set_message(p.tensor.clone());
+            !self.cancel.load(Ordering::Relaxed)
+        }
     }
 }
 
 pub fn export(args: &ExportGgufArgs) -> Result<()> {
-    let (bar, cancel) = progress_bar(args.json)?;
+    let watch = Watch::new(args.json, args.events.is_some())?;
     let options = ExportOptions {
         kind: args.kind,
         force: args.force,
         modelfile: args.modelfile,
         name: args.name.clone(),
     };
-    let report = freezetune_gguf::export_gguf(&args.input, &args.output, &options, &mut watch(&bar, &cancel));
-    bar.finish_and_clear();
+    let report = freezetune_gguf::export_gguf(&args.input, &args.output, &options, &mut watch.on_progress());
+    watch.bar.finish_and_clear();
     let report = report.map_err(|e| anyhow!(e))?;
-    if args.json {
+    if args.events.is_some() {
+        crate::render::event_line(&GgufEvent::Exported(report));
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_export(&report);
@@ -119,15 +142,17 @@ fn print_export(r: &ExportReport) {
 }
 
 pub fn import(args: &ImportGgufArgs) -> Result<()> {
-    let (bar, cancel) = progress_bar(args.json)?;
+    let watch = Watch::new(args.json, args.events.is_some())?;
     let options = ImportOptions {
         dtype: args.dtype,
         force: args.force,
     };
-    let report = freezetune_gguf::import_gguf(&args.file, &args.output, &options, &mut watch(&bar, &cancel));
-    bar.finish_and_clear();
+    let report = freezetune_gguf::import_gguf(&args.file, &args.output, &options, &mut watch.on_progress());
+    watch.bar.finish_and_clear();
     let report = report.map_err(|e| anyhow!(e))?;
-    if args.json {
+    if args.events.is_some() {
+        crate::render::event_line(&GgufEvent::Imported(report));
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_import(&report);
