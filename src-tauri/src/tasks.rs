@@ -10,18 +10,15 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub enum CancelHandle {
     Download(CancellationToken),
-    /// A worker (training: told to checkpoint and stop; the layer probe: told to stop).
-    Train(Arc<StopSignal>),
-    /// Work in this process that checks a flag between steps (GGUF export and import, between tensors).
-    Flag(Arc<std::sync::atomic::AtomicBool>),
+    /// A worker (training: told to checkpoint and stop; the layer probe and GGUF export / import: told to stop).
+    Worker(Arc<StopSignal>),
 }
 
 impl CancelHandle {
     fn cancel(&self) {
         match self {
             CancelHandle::Download(token) => token.cancel(),
-            CancelHandle::Train(stop) => stop.stop(),
-            CancelHandle::Flag(flag) => flag.store(true, std::sync::atomic::Ordering::Relaxed),
+            CancelHandle::Worker(stop) => stop.stop(),
         }
     }
 }
@@ -74,7 +71,7 @@ impl Tasks {
     pub fn cancel_training(&self) -> bool {
         let running = self.running.lock().expect("tasks lock");
         let mut any = false;
-        for handle in running.values().filter(|h| matches!(h, CancelHandle::Train(_))) {
+        for handle in running.values().filter(|h| matches!(h, CancelHandle::Worker(_))) {
             handle.cancel();
             any = true;
         }
@@ -83,7 +80,7 @@ impl Tasks {
 
     pub fn any_training(&self) -> bool {
         let running = self.running.lock().expect("tasks lock");
-        running.values().any(|h| matches!(h, CancelHandle::Train(_)))
+        running.values().any(|h| matches!(h, CancelHandle::Worker(_)))
     }
 
     pub fn is_running(&self, id: &str) -> bool {
@@ -100,8 +97,8 @@ mod tests {
         let tasks = Tasks::default();
         let flag = Arc::new(StopSignal::default());
         {
-            let _guard = tasks.start("run-1", CancelHandle::Train(flag.clone())).unwrap();
-            assert!(tasks.start("run-1", CancelHandle::Train(flag.clone())).is_err());
+            let _guard = tasks.start("run-1", CancelHandle::Worker(flag.clone())).unwrap();
+            assert!(tasks.start("run-1", CancelHandle::Worker(flag.clone())).is_err());
             assert!(tasks.cancel("run-1"));
             assert!(flag.requested());
         }
@@ -122,7 +119,7 @@ mod tests {
         assert!(!tasks.any_training());
         let flag = Arc::new(StopSignal::default());
         {
-            let _run = tasks.start("run", CancelHandle::Train(flag.clone())).unwrap();
+            let _run = tasks.start("run", CancelHandle::Worker(flag.clone())).unwrap();
             assert!(tasks.any_training());
             assert!(tasks.cancel_training());
             assert!(flag.requested());

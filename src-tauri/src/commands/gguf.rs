@@ -1,16 +1,17 @@
 //! GGUF in and out from the app: a run's final model exported for llama.cpp / Ollama / LM Studio (into the run's
 //! own `gguf/` folder, beside an optional Modelfile), and a GGUF file the user picked imported as a model folder
-//! under the data folder (`imported/<name>`), then opened. Both run on a blocking thread with per-tensor
-//! progress and can be cancelled by task id; nothing is replaced without being asked.
+//! under the data folder (`imported/<name>`), then opened. Both run in a worker process (a crafted file that
+//! crashes the reader ends the worker, not the window) with per-tensor progress, and can be cancelled by task id;
+//! nothing is replaced without being asked.
 
 use crate::commands::models::{summarize, ModelSource, ModelSummary};
 use crate::error::{IpcError, IpcResult};
 use crate::state::AppState;
 use crate::tasks::CancelHandle;
-use freezetune_gguf::{ExportOptions, ExportType, GgufError, ImportDType, ImportOptions, Progress};
+use crate::worker::process::StopSignal;
+use freezetune_gguf::{ExportType, Progress};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tauri::ipc::Channel;
 use tauri::State;
@@ -29,10 +30,6 @@ pub struct GgufExport {
     pub tensor_types: String,
     pub modelfile: Option<String>,
     pub warnings: Vec<String>,
-}
-
-fn ipc(e: GgufError) -> IpcError {
-    IpcError::new(e.kind(), e.to_string())
 }
 
 /// Where a run's export of `kind` goes: `<run>/gguf/<run name>-<kind>.gguf`.
@@ -63,13 +60,12 @@ pub fn import_dir(data_dir: &Path, file: &Path) -> PathBuf {
         .expect("some name is free")
 }
 
-/// Sends each tensor's progress to the window (the end is `done == total`); `false` once cancelled.
-fn watcher(on_event: Channel<Progress>, stop: Arc<AtomicBool>) -> impl FnMut(&Progress) -> bool {
-    move |p: &Progress| {
-        if let Err(e) = on_event.send(p.clone()) {
+/// Sends each tensor's progress to the window (the end is `done == total`).
+fn forward(on_event: Channel<Progress>) -> impl FnMut(Progress) {
+    move |p: Progress| {
+        if let Err(e) = on_event.send(p) {
             tracing::warn!("gguf progress: the window is gone: {e}");
         }
-        !stop.load(Ordering::Relaxed)
     }
 }
 
@@ -92,19 +88,15 @@ pub async fn export_gguf(
         )
     })?;
     let dest = export_path(&run, kind);
-    let stop = Arc::new(AtomicBool::new(false));
-    let _guard = state.tasks.start(&task_id, CancelHandle::Flag(stop.clone()))?;
+    let stop = Arc::new(StopSignal::default());
+    let _guard = state.tasks.start(&task_id, CancelHandle::Worker(stop.clone()))?;
+    let workers = state.workers.clone();
     let report = crate::blocking::run("export-gguf", move || {
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| IpcError::new("io", format!("{}: {e}", dir.display())))?;
         }
-        let options = ExportOptions {
-            kind,
-            force,
-            modelfile,
-            name: None,
-        };
-        freezetune_gguf::export_gguf(&run, &dest, &options, &mut watcher(on_event, stop)).map_err(ipc)
+        let on_progress = &mut forward(on_event);
+        crate::worker::gguf::export(&workers, &run, &dest, kind, modelfile, force, &stop, on_progress)
     })
     .await?;
     Ok(GgufExport {
@@ -134,15 +126,12 @@ pub async fn import_gguf(
 ) -> IpcResult<ModelSummary> {
     let file = state.access.check(&path)?;
     let dest = import_dir(&state.paths.data_dir, &file);
-    let stop = Arc::new(AtomicBool::new(false));
-    let _guard = state.tasks.start(&task_id, CancelHandle::Flag(stop.clone()))?;
+    let stop = Arc::new(StopSignal::default());
+    let _guard = state.tasks.start(&task_id, CancelHandle::Worker(stop.clone()))?;
+    let workers = state.workers.clone();
     let target = dest.clone();
     crate::blocking::run("import-gguf", move || {
-        let options = ImportOptions {
-            dtype: ImportDType::Auto,
-            force: false,
-        };
-        freezetune_gguf::import_gguf(&file, &target, &options, &mut watcher(on_event, stop)).map_err(ipc)
+        crate::worker::gguf::import(&workers, &file, &target, &stop, &mut forward(on_event))
     })
     .await?;
     let layout = state.layout(&dest)?;

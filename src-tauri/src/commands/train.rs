@@ -130,7 +130,7 @@ pub async fn train_model(
     super::runs::remember_run(&state.paths.data_dir, &state.paths.runs_dir, &config.output.dir)?;
     config.check().map_err(|reason| IpcError::new("bad_config", reason))?;
     let stop = Arc::new(StopSignal::default());
-    let _guard = state.tasks.start(&task_id, CancelHandle::Train(stop.clone()))?;
+    let _guard = state.tasks.start(&task_id, CancelHandle::Worker(stop.clone()))?;
     let workers = state.workers.clone();
     let scratch = state.paths.data_dir.join("worker");
     let result = crate::blocking::run("train", move || {
@@ -179,7 +179,7 @@ pub async fn probe_layers(
 ) -> IpcResult<ProbeReport> {
     let config = check_paths(&state, config)?;
     let stop = Arc::new(StopSignal::default());
-    let _guard = state.tasks.start(&task_id, CancelHandle::Train(stop.clone()))?;
+    let _guard = state.tasks.start(&task_id, CancelHandle::Worker(stop.clone()))?;
     let workers = state.workers.clone();
     let scratch = state.paths.data_dir.join("worker");
     crate::blocking::run("probe", move || {

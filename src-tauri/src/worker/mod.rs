@@ -1,7 +1,7 @@
-//! Training, generation and device discovery run in worker processes — the `freezetune` CLI itself — never in the
-//! app's own process: a GPU out-of-memory error, a driver fault or a panic in a kernel ends the worker, not the
-//! window; each run gets fresh thread pools and hands all its memory back when it ends; and the app never links
-//! CUDA, so one app starts on every machine.
+//! Training, generation, GGUF export and import, and device discovery run in worker processes — the `freezetune`
+//! CLI itself — never in the app's own process: a GPU out-of-memory error, a driver fault, a panic in a kernel or a
+//! crafted file that crashes a parser ends the worker, not the window; each run gets fresh thread pools and hands
+//! all its memory back when it ends; and the app never links CUDA, so one app starts on every machine.
 //!
 //! Two workers can be installed: `freezetune` (CPU, and Metal on macOS; shipped inside the app's bundle) and the
 //! CUDA edition `freezetune-cuda` (its own package, with NVIDIA's libraries beside it). A run on `cuda`/`cuda:N`
@@ -10,6 +10,7 @@
 
 pub mod devices;
 pub mod generate;
+pub mod gguf;
 pub mod probe;
 pub mod process;
 pub mod train;
