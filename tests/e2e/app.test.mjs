@@ -425,4 +425,46 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor("gguf-error", async (el) => /already exists/.test(await s.text(el)));
     await s.waitFor("gguf-replace");
   });
+  it("GGUF import runs in a worker: a crafted file is refused by field name, the app stays up, a sound file opens", async () => {
+    // A minimal GGUF v3 whose only metadata is general.alignment = 0 (a division by zero for naive readers).
+    const key = Buffer.from("general.alignment");
+    const head = Buffer.alloc(24);
+    head.write("GGUF", 0);
+    head.writeUInt32LE(3, 4);
+    head.writeBigUInt64LE(0n, 8); // tensors
+    head.writeBigUInt64LE(1n, 16); // metadata entries
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(key.length));
+    const value = Buffer.alloc(8);
+    value.writeUInt32LE(4, 0); // type u32
+    value.writeUInt32LE(0, 4);
+    const hostile = join(DATA, "hostile-align0.gguf");
+    writeFileSync(hostile, Buffer.concat([head, len, key, value]));
+    // The import command as the Model screen calls it (its file picker is a native dialog WebDriver cannot drive).
+    const importGguf = (path, taskId) =>
+      s.execute(
+        `const t = window.__TAURI_INTERNALS__;
+         const ch = "__CHANNEL__:" + t.transformCallback(() => {});
+         return t.invoke("import_gguf", { path: arguments[0], taskId: arguments[1], onEvent: ch })
+           .then((ok) => ({ ok }), (err) => ({ err }));`,
+        [path, taskId],
+      );
+    const refused = await importGguf(hostile, "e2e-import-hostile");
+    assert.ok(refused.err, `the crafted file is refused: ${JSON.stringify(refused)}`);
+    assert.equal(refused.err.kind, "bad_input", JSON.stringify(refused.err));
+    assert.match(refused.err.message, /general\.alignment/);
+    assert.ok(!existsSync(join(DATA, "imported/hostile-align0")), "a refused import writes nothing");
+    // The window is still there and answers.
+    await s.clickId("nav-runs");
+    await s.waitFor("run-item");
+    const exported = readdirSync(join(DATA, "runs"))
+      .map((run) => join(DATA, "runs", run, "gguf"))
+      .filter((dir) => existsSync(dir))
+      .flatMap((dir) => readdirSync(dir).filter((f) => f.endsWith(".gguf")).map((f) => join(dir, f)))[0];
+    assert.ok(exported, "the export test left a GGUF file");
+    const opened = await importGguf(exported, "e2e-import-sound");
+    assert.ok(opened.ok, `the exported file imports: ${JSON.stringify(opened)}`);
+    assert.equal(opened.ok.architecture, "LlamaForCausalLM");
+    assert.ok(existsSync(join(opened.ok.path, "config.json")), opened.ok.path);
+  });
 });
