@@ -96,7 +96,14 @@ pub async fn export_gguf(
             std::fs::create_dir_all(dir).map_err(|e| IpcError::new("io", format!("{}: {e}", dir.display())))?;
         }
         let on_progress = &mut forward(on_event);
-        crate::worker::gguf::export(&workers, &run, &dest, kind, modelfile, force, &stop, on_progress)
+        let job = crate::worker::gguf::ExportJob {
+            input: &run,
+            output: &dest,
+            kind,
+            modelfile,
+            force,
+        };
+        crate::worker::gguf::export(&workers, job, &stop, on_progress)
     })
     .await?;
     Ok(GgufExport {

@@ -9,27 +9,33 @@ use freezetune_gguf::{ExportReport, ExportType, GgufEvent, ImportReport, Progres
 use std::path::Path;
 use std::process::Command;
 
-/// Writes the model folder or run `input` as a GGUF file `output` of type `kind`.
+/// One export: the model folder or run `input` written as a GGUF file `output` of type `kind`, with an Ollama
+/// Modelfile beside it when `modelfile`; `force` replaces an earlier file.
+pub struct ExportJob<'a> {
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub kind: ExportType,
+    pub modelfile: bool,
+    pub force: bool,
+}
+
+/// Runs `job` in a worker.
 pub fn export(
     workers: &Workers,
-    input: &Path,
-    output: &Path,
-    kind: ExportType,
-    modelfile: bool,
-    force: bool,
+    job: ExportJob,
     stop: &StopSignal,
     on_progress: &mut dyn FnMut(Progress),
 ) -> IpcResult<ExportReport> {
     let mut cmd = Command::new(workers.cpu()?);
     cmd.arg("export-gguf")
-        .arg(input)
+        .arg(job.input)
         .arg("--output")
-        .arg(output)
-        .arg(format!("--type={}", kind.name()));
-    if modelfile {
+        .arg(job.output)
+        .arg(format!("--type={}", job.kind.name()));
+    if job.modelfile {
         cmd.arg("--modelfile");
     }
-    if force {
+    if job.force {
         cmd.arg("--force");
     }
     let mut report = None;
