@@ -26,6 +26,7 @@ use std::path::Path;
 use std::time::Instant;
 
 mod flops;
+mod peak;
 
 /// One model shape of the benchmark and the configurations measured on it.
 struct BenchShape {
@@ -387,30 +388,9 @@ fn cpu_line() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     format!(
         "CPU: {name}, SIMD {}, {} threads",
-        simd_level(),
+        freezetune_train::device::cpu_simd_level(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     )
-}
-
-fn simd_level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "AVX-512";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return "AVX2+FMA";
-        }
-        "SSE2"
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        "NEON"
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        "scalar"
-    }
 }
 
 /// A run's step time: its fastest step. On a shared machine other tenants only ever add time, so the fastest of a
@@ -424,10 +404,10 @@ fn mib(r: &serde_json::Value) -> f64 {
 }
 
 /// FreezeTune's own table: step time and memory per configuration, against full training and the estimate.
-fn freezetune_table(shape: &BenchShape, dir: &Path) -> Result<Vec<serde_json::Value>> {
+fn freezetune_table(shape: &BenchShape, dir: &Path, peak_gflops: f64) -> Result<Vec<serde_json::Value>> {
     println!(
-        "{:<12} {:>12} {:>10} {:>12} {:>10} {:>14} {:>9}",
-        "config", "trainable", "step ms", "vs full", "peak MiB", "estimate MiB", "est/peak"
+        "{:<12} {:>12} {:>10} {:>12} {:>10} {:>14} {:>9} {:>8} {:>7}",
+        "config", "trainable", "step ms", "vs full", "peak MiB", "estimate MiB", "est/peak", "GFLOP/s", "of peak"
     );
     let mut full: Option<(f64, f64)> = None;
     let mut results = Vec::new();
@@ -436,8 +416,9 @@ fn freezetune_table(shape: &BenchShape, dir: &Path) -> Result<Vec<serde_json::Va
         let (t, rss) = (ms(&r), r["peak_rss"].as_f64().unwrap_or(0.0));
         let est = r["estimate"].as_f64().unwrap_or(0.0);
         let (fm, fr) = *full.get_or_insert((t, rss));
+        let gflops = r["flops"].as_f64().unwrap_or(0.0) / (t * 1e6).max(1e-9);
         println!(
-            "{:<12} {:>12} {:>10.0} {:>5.2}x {:>4.2}x {:>10.0} {:>14.0} {:>9.2}",
+            "{:<12} {:>12} {:>10.0} {:>5.2}x {:>4.2}x {:>10.0} {:>14.0} {:>9.2} {:>8.1} {:>6.0}%",
             name,
             r["trainable"],
             t,
@@ -445,7 +426,9 @@ fn freezetune_table(shape: &BenchShape, dir: &Path) -> Result<Vec<serde_json::Va
             rss / fr,
             mib(&r),
             est / 1048576.0,
-            est / rss.max(1.0)
+            est / rss.max(1.0),
+            gflops,
+            100.0 * gflops / peak_gflops.max(1e-9)
         );
         results.push(r);
     }
@@ -465,7 +448,10 @@ fn freezetune_table(shape: &BenchShape, dir: &Path) -> Result<Vec<serde_json::Va
             "-"
         );
     }
-    println!("(\"vs full\": step time ratio, then peak memory ratio)");
+    println!(
+        "(\"vs full\": step time ratio, then peak memory ratio; GFLOP/s: the step's matmul work (flops.rs) over its \
+         time, against the measured f32 peak)"
+    );
     if let (Some(f), Some(t)) = (
         results.iter().find(|r| r["name"] == "full"),
         results.iter().find(|r| r["name"] == "top 2"),
@@ -535,6 +521,10 @@ fn main() -> Result<()> {
     // --generic: only the device-generic (GPU path) memory shapes.
     let only_generic = args.iter().any(|a| a == "--generic");
     println!("{}", cpu_line());
+    println!("matmul: {}", freezetune_train::device::cpu_matmul_backend());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let peak_gflops = peak::f32_gflops(threads);
+    println!("f32 peak, measured (FMA on {threads} threads): {peak_gflops:.0} GFLOP/s");
     let python = pytorch_python();
     for shape in shapes(steps).into_iter().filter(|s| s.generic || !only_generic) {
         let dir = std::env::temp_dir().join(shape.dir_name);
@@ -553,7 +543,7 @@ fn main() -> Result<()> {
                 ""
             }
         );
-        let ours = freezetune_table(&shape, &dir)?;
+        let ours = freezetune_table(&shape, &dir, peak_gflops)?;
         match &python {
             Err(e) => println!("\nPyTorch comparison skipped: {e:#}"),
             Ok(python) => pytorch_table(python, &shape, &dir, &ours)?,

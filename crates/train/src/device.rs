@@ -18,6 +18,35 @@ pub fn cpu_runtime_defaults() {
     }
 }
 
+/// The CPU matmul this build uses and the kernels it picks on this CPU, for benchmarks and `devices`: the `gemm`
+/// crate (candle's own CPU matmul, and the fused kernels' through `fused::gemm`) dispatches at run time to the
+/// widest SIMD level present.
+pub fn cpu_matmul_backend() -> String {
+    format!("gemm crate 0.19 (candle's CPU matmul), {} kernels", cpu_simd_level())
+}
+
+/// The widest SIMD level the CPU kernels dispatch to here.
+pub fn cpu_simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return "AVX2+FMA";
+        }
+        "SSE2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
 /// What `runtime.device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceRequest {
