@@ -134,4 +134,5 @@ fuzz: setup
 bench: setup
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-inspect
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-download -- 1024
+	$(CARGO) run --release --locked -p freezetune-bench --bin bench-matmul
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-train

@@ -24,13 +24,13 @@ fn one_thread(iters: usize) -> f64 {
             // SAFETY: the CPU has AVX-512F (checked above).
             let sink = unsafe { fma_avx512(iters) };
             std::hint::black_box(sink);
-            return (iters * ACC * 16 * 2) as f64;
+            return ((iters / INNER * INNER) * ACC * 16 * 2) as f64;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
             let sink = unsafe { fma_avx2(iters) };
             std::hint::black_box(sink);
-            return (iters * ACC * 8 * 2) as f64;
+            return ((iters / INNER * INNER) * ACC * 8 * 2) as f64;
         }
     }
     let mut acc = [1.0f32; ACC * 4];
@@ -44,6 +44,8 @@ fn one_thread(iters: usize) -> f64 {
 }
 
 const ACC: usize = 12;
+/// FMA rounds between two black boxes.
+const INNER: usize = 256;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -51,9 +53,13 @@ unsafe fn fma_avx512(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let (a, b) = (_mm512_set1_ps(0.999_999_9), _mm512_set1_ps(1e-7));
     let mut acc = [_mm512_set1_ps(1.0); ACC];
-    for _ in 0..iters {
-        for r in acc.iter_mut() {
-            *r = _mm512_fmadd_ps(*r, a, b);
+    for _ in 0..iters / INNER {
+        // black_box per block of rounds: the accumulators must really be computed (LLVM otherwise drops the loop).
+        acc = std::hint::black_box(acc);
+        for _ in 0..INNER {
+            for r in acc.iter_mut() {
+                *r = _mm512_fmadd_ps(*r, a, b);
+            }
         }
     }
     acc.iter().map(|r| _mm512_reduce_add_ps(*r)).sum()
@@ -65,9 +71,12 @@ unsafe fn fma_avx2(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let (a, b) = (_mm256_set1_ps(0.999_999_9), _mm256_set1_ps(1e-7));
     let mut acc = [_mm256_set1_ps(1.0); ACC];
-    for _ in 0..iters {
-        for r in acc.iter_mut() {
-            *r = _mm256_fmadd_ps(*r, a, b);
+    for _ in 0..iters / INNER {
+        acc = std::hint::black_box(acc);
+        for _ in 0..INNER {
+            for r in acc.iter_mut() {
+                *r = _mm256_fmadd_ps(*r, a, b);
+            }
         }
     }
     let mut out = [0f32; 8];

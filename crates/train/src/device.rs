@@ -18,11 +18,16 @@ pub fn cpu_runtime_defaults() {
     }
 }
 
-/// The CPU matmul this build uses and the kernels it picks on this CPU, for benchmarks and `devices`: the `gemm`
-/// crate (candle's own CPU matmul, and the fused kernels' through `fused::gemm`) dispatches at run time to the
-/// widest SIMD level present.
+/// The CPU matmul this run uses and the kernels it picks on this CPU, for benchmarks: the `gemm` crate (candle's
+/// own CPU matmul, and the fused kernels' through `fused::gemm`), which dispatches at run time to the widest SIMD
+/// level present; and OpenBLAS beside it where `FREEZETUNE_BLAS` loads it (`fused::blas`).
 pub fn cpu_matmul_backend() -> String {
-    format!("gemm crate 0.19 (candle's CPU matmul), {} kernels", cpu_simd_level())
+    let gemm = format!("gemm crate 0.19 (candle's CPU matmul), {} kernels", cpu_simd_level());
+    match crate::fused::blas::openblas() {
+        Some(b) if crate::fused::blas::forced() => format!("{} for linear layers; {gemm} elsewhere", b.description),
+        Some(b) => format!("{gemm}, or {} where measured faster per shape", b.description),
+        None => gemm,
+    }
 }
 
 /// The widest SIMD level the CPU kernels dispatch to here.

@@ -173,8 +173,10 @@ impl Linear {
             x.contiguous()?.apply_op1(FrozenMatmul {
                 weight: self.weight.clone(),
             })?
-        } else {
+        } else if fused::applies(x) && self.weight.dtype() == DType::F32 {
             // No graph to record below the lowest trainable layer: a plain matmul is cheapest.
+            fused::matmul_no_grad(x, &self.weight, true)?
+        } else {
             check_dtypes(x.dtype(), self.weight.dtype())?;
             x.broadcast_matmul(&self.weight.t()?)?
         };
@@ -248,10 +250,22 @@ impl CustomOp1 for FrozenMatmul {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let p = self.problem(layout)?;
         check_dtypes(storage.dtype(), self.weight.dtype())?;
-        let (w, _) = self.weight.storage_and_layout();
+        let (w, wl) = self.weight.storage_and_layout();
         let candle_core::Storage::Cpu(w) = &*w else {
             candle_core::bail!("frozen weight is not on the CPU")
         };
+        // f32 with both operands contiguous: one matmul on the faster backend for the shape (fused::gemm).
+        if let (CpuStorage::F32(xs), CpuStorage::F32(ws), Some((xa, xb)), Some((wa, wb)), true) = (
+            storage,
+            w,
+            layout.contiguous_offsets(),
+            wl.contiguous_offsets(),
+            fused::enabled(),
+        ) {
+            let (_, m, n, k) = p.bmnk;
+            let out = fused::rows_times_weight_t(&xs[xa..xb], &ws[wa..wb], m, n, k)?;
+            return Ok((CpuStorage::F32(out), p.out));
+        }
         Ok((storage.matmul(w, p.bmnk, &p.lhs, &p.rhs)?, p.out))
     }
 
@@ -287,6 +301,9 @@ impl CustomOp1 for FrozenMatmul {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         check_dtypes(grad_res.dtype(), self.weight.dtype())?;
+        if fused::applies(grad_res) {
+            return Ok(Some(fused::matmul_no_grad(grad_res, &self.weight, false)?));
+        }
         Ok(Some(grad_res.broadcast_matmul(&self.weight)?))
     }
 }

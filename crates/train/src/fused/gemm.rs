@@ -1,7 +1,12 @@
 //! Direct calls into the `gemm` crate (candle's own CPU matmul) on raw strided f32 matrices, for fused kernels
-//! that write straight into their output layout instead of going through candle's matmul and a copy.
+//! that write straight into their output layout instead of going through candle's matmul and a copy; and, for
+//! the big matmuls of a linear layer, the choice between `gemm` and OpenBLAS (`blas.rs`), measured once per shape.
 
+use super::blas;
 pub(super) use gemm::Parallelism;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
@@ -68,4 +73,98 @@ pub(super) unsafe fn matmul_on(
         false,
         par,
     )
+}
+
+/// Which library multiplies a shape.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Gemm,
+    OpenBlas,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Gemm => "gemm",
+            Backend::OpenBlas => "OpenBLAS",
+        }
+    }
+}
+
+/// A shape and the operands' orientations (row-major or transposed): what a backend's speed depends on.
+type ShapeKey = (usize, usize, usize, bool, bool);
+
+/// Matmuls smaller than this always go to `gemm`: too short for timing to tell backends apart, and where
+/// OpenBLAS's thread start-up dominates.
+const MEASURED_WORK: usize = 1 << 22;
+
+fn choices() -> &'static Mutex<HashMap<ShapeKey, Backend>> {
+    static CHOICES: std::sync::OnceLock<Mutex<HashMap<ShapeKey, Backend>>> = std::sync::OnceLock::new();
+    CHOICES.get_or_init(Default::default)
+}
+
+/// Every shape measured so far and its backend, sorted.
+pub(super) fn all_chosen() -> Vec<(ShapeKey, Backend)> {
+    let mut all: Vec<_> = choices()
+        .lock()
+        .map(|c| c.iter().map(|(k, b)| (*k, *b)).collect())
+        .unwrap_or_default();
+    all.sort_by_key(|(k, _)| *k);
+    all
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, overwriting dst, on whichever of `gemm` (over `par`'s threads) and
+/// OpenBLAS is faster for this shape on this CPU. The first call of a shape runs both twice, timed, and keeps the
+/// faster; every run writes the same product, so the caller gets its result either way.
+///
+/// # Safety
+/// As for [`matmul`].
+pub(super) unsafe fn matmul_fastest(par: Parallelism, m: usize, n: usize, k: usize, dst: Mat, lhs: Mat, rhs: Mat) {
+    let Some(openblas) = blas::openblas().filter(|_| m * n * k >= MEASURED_WORK) else {
+        return matmul_on(par, m, n, k, dst, false, lhs, rhs);
+    };
+    let run = |backend: Backend| match backend {
+        Backend::OpenBlas => openblas.sgemm(
+            m,
+            n,
+            k,
+            (dst.0 as *mut f32, dst.1, dst.2),
+            (lhs.0, lhs.1, lhs.2),
+            (rhs.0, rhs.1, rhs.2),
+        ),
+        Backend::Gemm => {
+            matmul_on(par, m, n, k, dst, false, lhs, rhs);
+            true
+        }
+    };
+    let key = (m, n, k, lhs.2 != 1, rhs.2 != 1);
+    let known = if blas::forced() {
+        Some(Backend::OpenBlas)
+    } else {
+        choices().lock().ok().and_then(|c| c.get(&key).copied())
+    };
+    if let Some(backend) = known {
+        if !run(backend) {
+            run(Backend::Gemm);
+        }
+        return;
+    }
+    let mut best = (f64::INFINITY, Backend::Gemm);
+    for backend in [Backend::Gemm, Backend::OpenBlas, Backend::Gemm, Backend::OpenBlas] {
+        let t = Instant::now();
+        if !run(backend) {
+            best = (0.0, Backend::Gemm);
+            break;
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        if seconds < best.0 {
+            best = (seconds, backend);
+        }
+    }
+    if best.1 == Backend::Gemm {
+        run(Backend::Gemm); // the last run was OpenBLAS's: same product, but keep the chosen one's rounding.
+    }
+    if let Ok(mut c) = choices().lock() {
+        c.insert(key, best.1);
+    }
 }

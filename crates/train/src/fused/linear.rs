@@ -6,7 +6,7 @@
 //! `dx = dy·W` only when the input is part of the graph.
 
 use super::f32s;
-use super::gemm::{matmul_on, Mat, Parallelism};
+use super::gemm::{matmul_fastest, Mat, Parallelism};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x (…, k) · wᵀ` for a weight `w` (n, k); returns (…, n).
@@ -16,6 +16,70 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         bail!("linear: input {:?} does not fit a weight of {n}x{k}", x.shape())
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
+/// `x (…, k) · wᵀ` for `w` (n, k), or `x (…, k) · w` for `w` (k, n) when not `transposed`, recording nothing
+/// for the backward pass: a frozen layer's forward pass and its input gradient. One matmul over all rows, on the
+/// faster backend for the shape.
+pub fn matmul_no_grad(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor> {
+    let (r, c) = w.dims2()?;
+    let k = if transposed { c } else { r };
+    if x.dim(candle_core::D::Minus1)? != k {
+        bail!("matmul: input {:?} does not fit a weight of {r}x{c}", x.shape())
+    }
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &Plain { transposed })
+}
+
+/// `x (m×k) · wᵀ` for `w` (n, k), both contiguous row-major slices, on the faster backend for the shape.
+pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    if x.len() != m * k || w.len() != n * k {
+        bail!(
+            "matmul: {} and {} values for {m}x{k} times ({n}x{k})ᵀ",
+            x.len(),
+            w.len()
+        )
+    }
+    let mut out = vec![0f32; m * n];
+    // SAFETY: the lengths were checked above; out is this call's alone.
+    unsafe {
+        let dst = Mat(out.as_mut_ptr(), n as isize, 1);
+        let wt = Mat(w.as_ptr(), 1, k as isize);
+        matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), wt);
+    }
+    Ok(out)
+}
+
+struct Plain {
+    transposed: bool,
+}
+
+impl CustomOp2 for Plain {
+    fn name(&self) -> &'static str {
+        "fused-matmul"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32s(xs, xl, "matmul input")?, f32s(ws, wl, "matmul weight")?);
+        let (r, c) = wl.shape().dims2()?;
+        let (n, k) = if self.transposed { (r, c) } else { (c, r) };
+        let m = rows(xl.dims());
+        let mut out = vec![0f32; m * n];
+        // w read as (k × n): stored (n, k) row-major that is strides (1, k); stored (k, n), strides (n, 1).
+        let rhs = if self.transposed {
+            Mat(w.as_ptr(), 1, k as isize)
+        } else {
+            Mat(w.as_ptr(), n as isize, 1)
+        };
+        // SAFETY: x is m×k, w holds k·n values, both contiguous (checked by f32s); out is m×n and this call's alone.
+        unsafe {
+            let dst = Mat(out.as_mut_ptr(), n as isize, 1);
+            matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), rhs);
+        }
+        let mut shape = xl.dims().to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
 }
 
 struct Linear;
@@ -50,7 +114,7 @@ impl CustomOp2 for Linear {
         unsafe {
             let wt = Mat(w.as_ptr(), 1, ki);
             let dst = Mat(out.as_mut_ptr(), ni, 1);
-            matmul_on(parallelism(m, n, k), m, n, k, dst, false, Mat(x.as_ptr(), ki, 1), wt);
+            matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), ki, 1), wt);
         }
         let mut shape = xl.dims().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
@@ -100,19 +164,10 @@ impl CustomOp3 for LinearGrad {
         // SAFETY: dy is m×n, x m×k, w n×k, all contiguous; dW (n×k) and dx (m×k) are disjoint parts of `out`.
         unsafe {
             let dyt = Mat(dy.as_ptr(), 1, ni);
-            matmul_on(
-                par,
-                n,
-                k,
-                m,
-                Mat(out.as_mut_ptr(), ki, 1),
-                false,
-                dyt,
-                Mat(x.as_ptr(), ki, 1),
-            );
+            matmul_fastest(par, n, k, m, Mat(out.as_mut_ptr(), ki, 1), dyt, Mat(x.as_ptr(), ki, 1));
             if self.input_grad {
                 let dx = Mat(out.as_mut_ptr().add(n * k), ki, 1);
-                matmul_on(par, m, k, n, dx, false, Mat(dy.as_ptr(), ni, 1), Mat(w.as_ptr(), ki, 1));
+                matmul_fastest(par, m, k, n, dx, Mat(dy.as_ptr(), ni, 1), Mat(w.as_ptr(), ki, 1));
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(len)))
@@ -144,6 +199,36 @@ mod tests {
             let reference = value_and_grads(&[x, w], &probe, |t| composite(&t[0], &t[1]));
             assert_close(&fused, &reference, 1e-3);
         }
+    }
+
+    #[test]
+    fn plain_matmuls_match_candle_on_either_backend() {
+        // Big enough that the backend is measured (gemm against OpenBLAS where the machine has it).
+        let x = randn(&[2, 128, 192], 7);
+        let w = randn(&[320, 192], 8);
+        let reference = composite(&x, &w).unwrap();
+        for _ in 0..2 {
+            // The first call measures and picks, the second runs the pick: both give the product.
+            let y = matmul_no_grad(&x, &w, true).unwrap();
+            assert_close(&[y], std::slice::from_ref(&reference), 1e-4);
+        }
+        let stored = w.t().unwrap().contiguous().unwrap();
+        assert_close(&[matmul_no_grad(&x, &stored, false).unwrap()], &[reference], 1e-4);
+        let chosen = super::super::matmul_choices();
+        assert_eq!(
+            chosen.iter().any(|c| c.starts_with("256x192x320 ")),
+            super::super::blas::openblas().is_some() && !super::super::blas::forced(),
+            "a measured shape's backend is recorded: {chosen:?}"
+        );
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let rows = rows_times_weight_t(&xs, &ws, 256, 320, 192).unwrap();
+        let direct = Tensor::from_vec(rows, (2, 128, 320), x.device()).unwrap();
+        assert_close(&[direct], &[composite(&x, &w).unwrap()], 1e-4);
+        assert!(
+            rows_times_weight_t(&xs, &ws, 256, 320, 191).is_err(),
+            "a size mismatch is refused"
+        );
     }
 
     #[test]

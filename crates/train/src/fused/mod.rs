@@ -9,12 +9,14 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
 };
 mod attention;
+pub mod blas;
 mod gemm;
 mod linear;
 mod rope;
 
 pub use attention::causal_attention;
-pub use linear::linear;
+pub use gemm::Backend;
+pub use linear::{linear, matmul_no_grad, rows_times_weight_t};
 pub use rope::rope_heads;
 
 use crate::fastmath::{exp_in_place, sigmoid_into};
@@ -24,6 +26,15 @@ use rayon::prelude::*;
 /// what they buy, or to rule them out when chasing a numerical difference).
 pub fn applies(x: &Tensor) -> bool {
     enabled() && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The backends measured fastest so far in this process, one line per shape ("1024x512x1376 OpenBLAS"), for
+/// benchmarks to say what they ran on.
+pub fn matmul_choices() -> Vec<String> {
+    gemm::all_chosen()
+        .into_iter()
+        .map(|((m, n, k, _, _), b)| format!("{m}x{k}x{n} {}", b.name()))
+        .collect()
 }
 
 /// Whether the fused kernels are switched on (`FREEZETUNE_FUSED` is not `0`).

@@ -1,0 +1,130 @@
+//! CPU matmul throughput at the shapes a training step multiplies (the bench-train models' projections, lm_head
+//! and their backward products, 1024 rows), for each backend this machine has: the `gemm` crate (candle's) and
+//! the system's OpenBLAS (loaded at run time when installed); then PyTorch's own (MKL on x86) at the same shapes,
+//! from the bench venv (bench/pytorch/matmul.py). GFLOP/s, best of several runs; the first line names the CPU.
+//!
+//! Run: `cargo run --release -p freezetune-bench --bin bench-matmul`
+
+use std::time::Instant;
+
+/// (label, m, k, n, transposed rhs): dst (m×n) = lhs (m×k) · rhs (k×n); "xWᵀ" reads a weight stored (n, k).
+const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
+    ("31M q/o  x·Wᵀ", 1024, 512, 512, true),
+    ("31M qkv x·Wᵀ", 1024, 512, 1536, true),
+    ("31M gate x·Wᵀ", 1024, 512, 1376, true),
+    ("31M down x·Wᵀ", 1024, 1376, 512, true),
+    ("31M head x·Wᵀ", 1024, 512, 8000, true),
+    ("31M dx  dy·W", 1024, 1376, 512, false),
+    ("135M gate x·Wᵀ", 1024, 576, 1536, true),
+    ("135M down x·Wᵀ", 1024, 1536, 576, true),
+    ("135M head x·Wᵀ", 1024, 576, 49152, true),
+];
+
+fn best_seconds(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    // OpenBLAS is off in training unless asked for (fused/blas.rs); here it is the point of comparison.
+    if std::env::var_os("FREEZETUNE_BLAS").is_none() {
+        std::env::set_var("FREEZETUNE_BLAS", "auto");
+    }
+    let threads = rayon::current_num_threads();
+    println!("{}", bench_cpu_line());
+    println!("threads: {threads}");
+    let blas = freezetune_train::fused::blas::openblas();
+    match blas {
+        Some(b) => println!("OpenBLAS: {}", b.description),
+        None => println!("OpenBLAS: not loaded (install libopenblas0, or FREEZETUNE_BLAS=/path/libopenblas.so)"),
+    }
+    println!(
+        "\n{:<16} {:>16} {:>10} {:>10}",
+        "shape", "m x k x n", "gemm", "OpenBLAS"
+    );
+    for &(label, m, k, n, transposed) in SHAPES {
+        let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 * 1e-3).collect();
+        let mut dst = vec![0f32; m * n];
+        // rhs (k×n): row-major (n, 1) strides, or a weight (n, k) read transposed: (1, k).
+        let (rs, cs) = if transposed { (1, k as isize) } else { (n as isize, 1) };
+        let flops = 2.0 * (m * n * k) as f64;
+        let gemm_s = best_seconds(|| unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                lhs.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                cs,
+                rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            )
+        });
+        let blas_s = blas.map(|b| {
+            best_seconds(|| unsafe {
+                b.sgemm(
+                    m,
+                    n,
+                    k,
+                    (dst.as_mut_ptr(), n as isize, 1),
+                    (lhs.as_ptr(), k as isize, 1),
+                    (rhs.as_ptr(), rs, cs),
+                );
+            })
+        });
+        println!(
+            "{:<16} {:>16} {:>10.1} {:>10}",
+            label,
+            format!("{m}x{k}x{n}"),
+            flops / gemm_s / 1e9,
+            blas_s.map_or("-".into(), |s| format!("{:.1}", flops / s / 1e9)),
+        );
+    }
+    println!("(GFLOP/s, best of 5)");
+    let venv = std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pytorch/matmul.py");
+    let shapes: Vec<String> = SHAPES
+        .iter()
+        .map(|&(_, m, k, n, t)| format!("{m},{k},{n},{}", t as u8))
+        .collect();
+    match std::process::Command::new(format!("{venv}/bin/python"))
+        .arg(script)
+        .arg(threads.to_string())
+        .args(&shapes)
+        .output()
+    {
+        Ok(out) if out.status.success() => print!("\nPyTorch, same shapes:\n{}", String::from_utf8_lossy(&out.stdout)),
+        _ => println!("\nPyTorch comparison skipped (run bench-train once to install its venv at {venv})"),
+    }
+}
+
+fn bench_cpu_line() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("CPU: {name}, SIMD {}", freezetune_train::device::cpu_simd_level())
+}
