@@ -15,12 +15,13 @@ if ! have cc; then
 fi
 
 # Linux libraries and tools: D-Bus for the OS keyring (Secret Service), WebKitGTK for the desktop app; for the tests
-# a virtual display (Xvfb), WebKit's WebDriver and chromium (Playwright). The package index is refreshed first: a
-# stale one cannot resolve the -dev packages against already-updated libraries.
+# a virtual display (Xvfb), WebKit's WebDriver and chromium (Playwright); OpenBLAS, which FreezeTune can load at run
+# time (FREEZETUNE_BLAS) and whose layouts the tests check. The package index is refreshed first: a stale one cannot
+# resolve the -dev packages against already-updated libraries.
 if [ "$(uname)" = Linux ]; then
   if have apt-get; then
     need=()
-    for pkg in pkg-config libdbus-1-dev libwebkit2gtk-4.1-dev librsvg2-dev xvfb x11-utils webkit2gtk-driver chromium curl; do
+    for pkg in pkg-config libdbus-1-dev libwebkit2gtk-4.1-dev librsvg2-dev xvfb x11-utils webkit2gtk-driver chromium curl libopenblas0-pthread; do
       dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if [ "${#need[@]}" -gt 0 ]; then
@@ -29,7 +30,7 @@ if [ "$(uname)" = Linux ]; then
     fi
   elif have dnf; then
     rpm -q webkit2gtk4.1-devel >/dev/null 2>&1 || as_root dnf install -y pkgconf-pkg-config dbus-devel \
-      webkit2gtk4.1-devel librsvg2-devel xorg-x11-server-Xvfb xdpyinfo webkit2gtk4.1 chromium curl
+      webkit2gtk4.1-devel librsvg2-devel xorg-x11-server-Xvfb xdpyinfo webkit2gtk4.1 chromium curl openblas
   fi
 fi
 
