@@ -117,14 +117,9 @@ fn main() {
 }
 
 fn bench_cpu_line() -> String {
-    let name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|n| n.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("CPU: {name}, SIMD {}", freezetune_train::device::cpu_simd_level())
+    format!(
+        "CPU: {}, SIMD {}",
+        freezetune_train::device::cpu_name(),
+        freezetune_train::device::cpu_simd_level()
+    )
 }

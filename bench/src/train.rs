@@ -370,22 +370,7 @@ fn pytorch_one(
 
 /// The CPU's model name and the widest SIMD level this build dispatches to on it.
 fn cpu_line() -> String {
-    let name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|n| n.trim().to_string())
-        })
-        .or_else(|| {
-            std::process::Command::new("sysctl")
-                .args(["-n", "machdep.cpu.brand_string"])
-                .output()
-                .ok()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let name = freezetune_train::device::cpu_name();
     format!(
         "CPU: {name}, SIMD {}, {} threads",
         freezetune_train::device::cpu_simd_level(),

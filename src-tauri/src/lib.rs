@@ -42,15 +42,15 @@ pub fn run() {
             Ok(())
         })
         .on_window_event(|window, event| {
-            // Closing the window while a run trains would kill it without a checkpoint: stop it first (it saves
-            // one and can be resumed), then quit once it has.
+            // Closing the window while a run trains would kill it without a checkpoint: stop every worker task
+            // first (a run saves one and can be resumed; a GGUF job cleans up), then quit once they have ended.
             if let tauri::WindowEvent::CloseRequested { api, .. } = event {
                 let state = window.state::<AppState>();
-                if state.tasks.cancel_training() {
+                if state.tasks.cancel_workers() {
                     api.prevent_close();
                     let app = window.app_handle().clone();
                     std::thread::spawn(move || {
-                        while app.state::<AppState>().tasks.any_training() {
+                        while app.state::<AppState>().tasks.any_worker() {
                             std::thread::sleep(std::time::Duration::from_millis(100));
                         }
                         app.exit(0);

@@ -68,7 +68,7 @@ impl Tasks {
     }
 
     /// Stops every training run (each saves a checkpoint); true when there was one.
-    pub fn cancel_training(&self) -> bool {
+    pub fn cancel_workers(&self) -> bool {
         let running = self.running.lock().expect("tasks lock");
         let mut any = false;
         for handle in running.values().filter(|h| matches!(h, CancelHandle::Worker(_))) {
@@ -78,7 +78,7 @@ impl Tasks {
         any
     }
 
-    pub fn any_training(&self) -> bool {
+    pub fn any_worker(&self) -> bool {
         let running = self.running.lock().expect("tasks lock");
         running.values().any(|h| matches!(h, CancelHandle::Worker(_)))
     }
@@ -113,18 +113,18 @@ mod tests {
     #[test]
     fn closing_the_app_stops_training_runs_only() {
         let tasks = Tasks::default();
-        assert!(!tasks.cancel_training());
+        assert!(!tasks.cancel_workers());
         let token = CancellationToken::new();
         let _dl = tasks.start("dl", CancelHandle::Download(token.clone())).unwrap();
-        assert!(!tasks.any_training());
+        assert!(!tasks.any_worker());
         let flag = Arc::new(StopSignal::default());
         {
             let _run = tasks.start("run", CancelHandle::Worker(flag.clone())).unwrap();
-            assert!(tasks.any_training());
-            assert!(tasks.cancel_training());
+            assert!(tasks.any_worker());
+            assert!(tasks.cancel_workers());
             assert!(flag.requested());
             assert!(!token.is_cancelled());
         }
-        assert!(!tasks.any_training());
+        assert!(!tasks.any_worker());
     }
 }

@@ -273,7 +273,7 @@ fn import_events_report_refusals_and_success_as_json_lines() {
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
     let message = last["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("general.alignment"), "{last}");
-    assert!(last["error"]["kind"].is_string(), "{last}");
+    assert_eq!(last["error"]["kind"], "bad_input", "{last}");
     assert!(!out.exists(), "a refused import writes nothing");
 
     let out = tmp.path().join("sound-out");

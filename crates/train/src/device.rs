@@ -57,6 +57,26 @@ pub fn cpu_matmul_backend() -> String {
     }
 }
 
+/// The CPU's model name ("AMD EPYC 9B14", "Intel(R) Xeon(R) Platinum 8581C", ...), for benchmark headers.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .or_else(|| {
+            std::process::Command::new("sysctl")
+                .args(["-n", "machdep.cpu.brand_string"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
 /// The widest SIMD level the CPU kernels dispatch to here.
 pub fn cpu_simd_level() -> &'static str {
     #[cfg(target_arch = "x86_64")]

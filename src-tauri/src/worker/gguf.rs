@@ -38,16 +38,11 @@ pub fn export(
     if job.force {
         cmd.arg("--force");
     }
-    let mut report = None;
-    let end = run(cmd, stop, on_progress, |event| {
-        if let GgufEvent::Exported(r) = event {
-            report = Some(r);
-        }
-    })?;
-    match report {
-        Some(r) if end.status.success() => Ok(r),
-        _ => Err(end.failure("GGUF export worker")),
-    }
+    let report = |event: GgufEvent| match event {
+        GgufEvent::Exported(r) => Some(r),
+        _ => None,
+    };
+    run(cmd, stop, on_progress, report, "GGUF export worker")
 }
 
 /// Turns the GGUF file `file` into the model folder `output` (which must not exist yet).
@@ -60,29 +55,32 @@ pub fn import(
 ) -> IpcResult<ImportReport> {
     let mut cmd = Command::new(workers.cpu()?);
     cmd.arg("import-gguf").arg(file).arg("--output").arg(output);
-    let mut report = None;
-    let end = run(cmd, stop, on_progress, |event| {
-        if let GgufEvent::Imported(r) = event {
-            report = Some(r);
-        }
-    })?;
-    match report {
-        Some(r) if end.status.success() => Ok(r),
-        _ => Err(end.failure("GGUF import worker")),
-    }
+    let report = |event: GgufEvent| match event {
+        GgufEvent::Imported(r) => Some(r),
+        _ => None,
+    };
+    run(cmd, stop, on_progress, report, "GGUF import worker")
 }
 
-fn run(
+/// Runs the worker with `--events jsonl`, passing progress on; the result is the event `report` picks out, when
+/// the worker also exits cleanly, else the failure as the worker reported it (`what` names the worker).
+fn run<R>(
     mut cmd: Command,
     stop: &StopSignal,
     on_progress: &mut dyn FnMut(Progress),
-    mut on_report: impl FnMut(GgufEvent),
-) -> IpcResult<process::WorkerEnd> {
+    report: impl Fn(GgufEvent) -> Option<R>,
+    what: &str,
+) -> IpcResult<R> {
     cmd.args(["--events", "jsonl"]);
-    process::run::<GgufEvent>(cmd, stop, |event| match event {
+    let mut result = None;
+    let end = process::run::<GgufEvent>(cmd, stop, |event| match event {
         GgufEvent::Progress(p) => on_progress(p),
-        done => on_report(done),
-    })
+        done => result = result.take().or_else(|| report(done)),
+    })?;
+    match result {
+        Some(r) if end.status.success() => Ok(r),
+        _ => Err(end.failure(what)),
+    }
 }
 
 #[cfg(all(test, unix))]
@@ -91,8 +89,12 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     /// A stand-in worker: a shell script that prints `lines` and exits with `code` (or kills itself with `signal`).
+    /// Each script gets a name of its own: rewriting one that another test's fork still holds open for writing
+    /// would fail its exec with "text file busy".
     fn fake_worker(dir: &Path, body: &str) -> Workers {
-        let path = dir.join("freezetune");
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("freezetune-{n}"));
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         Workers { cpu: path, cuda: None }

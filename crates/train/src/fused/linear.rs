@@ -40,14 +40,29 @@ pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -
             w.len()
         )
     }
+    Ok(times_weight(x, w, m, n, k, true))
+}
+
+/// `x (m×k) · wᵀ` for `w` stored (n, k), or `x · w` for `w` stored (k, n) when not `transposed`, into a new
+/// (m×n) buffer. The callers check that `x` holds m·k values and `w` n·k.
+fn times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "times_weight: operands shorter than their shapes"
+    );
     let mut out = vec![0f32; m * n];
-    // SAFETY: the lengths were checked above; out is this call's alone.
+    // w read as (k × n): stored (n, k) row-major that is strides (1, k); stored (k, n), strides (n, 1).
+    let rhs = if transposed {
+        Mat(w.as_ptr(), 1, k as isize)
+    } else {
+        Mat(w.as_ptr(), n as isize, 1)
+    };
+    // SAFETY: x holds m·k values and w n·k (asserted above), both contiguous; out is m×n and this call's alone.
     unsafe {
         let dst = Mat(out.as_mut_ptr(), n as isize, 1);
-        let wt = Mat(w.as_ptr(), 1, k as isize);
-        matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), wt);
+        matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), rhs);
     }
-    Ok(out)
+    out
 }
 
 struct Plain {
@@ -64,18 +79,7 @@ impl CustomOp2 for Plain {
         let (r, c) = wl.shape().dims2()?;
         let (n, k) = if self.transposed { (r, c) } else { (c, r) };
         let m = rows(xl.dims());
-        let mut out = vec![0f32; m * n];
-        // w read as (k × n): stored (n, k) row-major that is strides (1, k); stored (k, n), strides (n, 1).
-        let rhs = if self.transposed {
-            Mat(w.as_ptr(), 1, k as isize)
-        } else {
-            Mat(w.as_ptr(), n as isize, 1)
-        };
-        // SAFETY: x is m×k, w holds k·n values, both contiguous (checked by f32s); out is m×n and this call's alone.
-        unsafe {
-            let dst = Mat(out.as_mut_ptr(), n as isize, 1);
-            matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), rhs);
-        }
+        let out = times_weight(x, w, m, n, k, self.transposed);
         let mut shape = xl.dims().to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
@@ -105,20 +109,8 @@ impl CustomOp2 for Linear {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32s(xs, xl, "linear input")?, f32s(ws, wl, "linear weight")?);
-        let (n, k) = wl.shape().dims2()?;
-        let m = rows(xl.dims());
-        let mut out = vec![0f32; m * n];
-        let (ki, ni) = (k as isize, n as isize);
-        // SAFETY: x is m×k and w n×k, both contiguous (checked by f32s); out is m×n and this call's alone.
-        unsafe {
-            let wt = Mat(w.as_ptr(), 1, ki);
-            let dst = Mat(out.as_mut_ptr(), ni, 1);
-            matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), ki, 1), wt);
-        }
-        let mut shape = xl.dims().to_vec();
-        *shape.last_mut().expect("rank >= 1") = n;
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        // The forward pass is the plain product; only the backward differs.
+        Plain { transposed: true }.cpu_fwd(xs, xl, ws, wl)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
