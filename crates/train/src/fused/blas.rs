@@ -3,8 +3,10 @@
 //! `FREEZETUNE_BLAS` says otherwise, because measured in training it lost: on an AMD EPYC (Zen 4, 2 threads) its
 //! sgemm beat `gemm` at some shapes alone (bench-matmul) but the step got ~15% slower with it, its own thread pool
 //! spinning against rayon's. `FREEZETUNE_BLAS=auto` measures both backends per shape (`gemm.rs`) and keeps the
-//! faster; `=openblas` uses it for every matmul it can take (for A/B runs on other CPUs, e.g. Intel's, where
-//! PyTorch's MKL leads); `=/path/lib.so` loads that file and measures as `auto` does.
+//! faster; `=openblas` uses it for every matmul big enough to be measured (for A/B runs on other CPUs, e.g.
+//! Intel's, where PyTorch's MKL leads); `=/path/lib.so` loads that file and measures as `auto` does. With `auto`
+//! a shape's backend depends on timings, so two runs of one config may round differently (within f32 rounding of
+//! each other); the default never varies.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
