@@ -119,6 +119,7 @@ pub fn export_gguf(
     let mut metadata = general_meta(&name, &config, options.kind);
     metadata.extend(arch_meta(&config, &raw));
     metadata.extend(tok.entries);
+    warnings.extend(unslid_window(&config));
     if raw["max_position_embeddings"].as_u64().is_none() {
         warnings.push("config.json has no max_position_embeddings; wrote a context length of 4096".into());
     }
@@ -186,6 +187,27 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
              the model's"
         ))
     })
+}
+
+/// Where the model's layers slide but llama.cpp's graph for its family has no sliding window (all but Gemma 2 and
+/// 3 and Phi-3 in the pinned llama.cpp; Mistral 7B v0.1 and Qwen2 with use_sliding_window are the common cases):
+/// llama.cpp then attends over the whole context, which is the same math only while a sequence fits the window.
+/// Export goes ahead (within the window the file is exact) and says so.
+fn unslid_window(c: &DecoderConfig) -> Option<String> {
+    if matches!(
+        c.architecture,
+        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Phi3
+    ) {
+        return None;
+    }
+    let window = c.layers.iter().find_map(|l| l.window)?;
+    let sliding = c.layers.iter().filter(|l| l.window.is_some()).count();
+    Some(format!(
+        "{sliding} of {} layers attend over a sliding window of {window} tokens, but llama.cpp's {} attends over \
+         the whole context: it computes this model's outputs only for sequences up to {window} tokens",
+        c.layers.len(),
+        crate::names::gguf_arch(c.architecture)
+    ))
 }
 
 /// What llama.cpp's graph for a family hard-codes instead of reading from the file (llama.cpp as of August 2025,

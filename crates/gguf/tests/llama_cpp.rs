@@ -82,6 +82,35 @@ fn newer_families_match_freezetune_in_llama_cpp() {
     }
 }
 
+/// A sliding window llama.cpp's family has no room for is exported with a warning that names it; a model that does
+/// not slide, or a family llama.cpp slides (Phi-3), gets none.
+#[test]
+fn windows_llama_cpp_ignores_are_named_in_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = ExportOptions {
+        kind: ExportType::F32,
+        force: false,
+        modelfile: false,
+        name: None,
+    };
+    for (name, warned) in [
+        ("mistral_window", true),
+        ("qwen2_window", true),
+        ("llama", false),
+        ("phi3_window", false),
+    ] {
+        // The reference llama's tokenizer beside each fixture's weights (the window fixtures carry none).
+        let model = family_variant(&tmp.path().join(name), name, |_| {});
+        let dest = tmp.path().join(format!("{name}.gguf"));
+        let report = export_gguf(&model, &dest, &options, &mut |_| true).unwrap();
+        let warning = report.warnings.iter().find(|w| w.contains("sliding window"));
+        assert_eq!(warning.is_some(), warned, "{name}: {:?}", report.warnings);
+        if let Some(w) = warning {
+            assert!(w.contains("only for sequences up to"), "{w}");
+        }
+    }
+}
+
 #[test]
 fn models_llama_cpp_would_run_differently_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
