@@ -21,15 +21,30 @@ pub fn print_error(err: &anyhow::Error, json: bool) {
     if json {
         let obj = match typed {
             Some(mut j) => {
-                j["message"] = format!("{err:#}").into();
+                j["message"] = message(err).into();
                 j
             }
-            None => serde_json::json!({"kind": "error", "message": format!("{err:#}")}),
+            None => serde_json::json!({"kind": "error", "message": message(err)}),
         };
         println!("{}", serde_json::json!({ "error": obj }));
     } else {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", message(err));
     }
+}
+
+/// The error and its causes joined by ": ", as `{err:#}` does, except that a cause whose text the message already
+/// ends with is not repeated (errors such as `{path}: {source}` print their source themselves).
+fn message(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text = format!("{text}: {part}");
+        }
+    }
+    text
 }
 
 /// One event as a JSON line on stdout, flushed at once (`--events jsonl`: a parent process reads them as they
@@ -326,4 +341,20 @@ pub fn fit_verdict(v: &freezetune_core::fit::FitVerdict) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder");
+        let err = anyhow::Error::new(freezetune_core::Error::Io {
+            path: "/m".into(),
+            source: io,
+        })
+        .context("inspecting /m");
+        assert_eq!(super::message(&err), "inspecting /m: /m: not a folder");
+        let plain = anyhow::anyhow!("root cause").context("reading x");
+        assert_eq!(super::message(&plain), "reading x: root cause");
+    }
 }
