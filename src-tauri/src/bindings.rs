@@ -72,6 +72,7 @@ pub fn render_all() -> Vec<(String, String)> {
         core::preset::ModelRef,
         core::run_config::RunConfig,
         core::run_config::ModelSection,
+        core::quant::QuantizeFrozen,
         core::run_config::DataSection,
         core::run_config::DataFormat,
         core::run_config::TrainingSection,

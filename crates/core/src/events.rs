@@ -108,6 +108,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Events of one training run; `Step` and `Eval` are also the lines of the run's `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -127,6 +131,15 @@ pub enum TrainEvent {
         dtype: String,
         /// How `auto` chose the device, or why it fell back.
         device_note: Option<String>,
+        /// Bytes the frozen weights take on the device, and how many of them are held quantized
+        /// (`quantize_frozen`) and in which format.
+        #[serde(default)]
+        frozen_weight_bytes: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        quantized_tensors: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "ts", ts(optional))]
+        quantize_frozen: Option<String>,
     },
     /// One optimizer step (1-based); `loss` is that step's forward loss, before its update.
     Step {

@@ -17,6 +17,7 @@ pub mod memory;
 mod native;
 pub mod plan;
 pub mod preset;
+pub mod quant;
 pub mod run_config;
 pub mod safetensors;
 pub mod schedule;

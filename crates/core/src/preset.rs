@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::fsutil::{write_atomic, Overwrite};
+use crate::quant::QuantizeFrozen;
 use crate::run_config::{DataSection, ModelSection, OutputSection, RunConfig, RuntimeSection, TrainingSection};
 use crate::spec::FreezeSpec;
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,7 @@ impl Preset {
             repo: run.model.repo.clone(),
             revision: run.model.revision.clone(),
             dtype: Some(run.model.dtype.clone()),
+            quantize_frozen: Some(run.model.quantize_frozen).filter(|q| *q != QuantizeFrozen::None),
         };
         Preset {
             data: Some(run.data.clone()),
@@ -89,6 +91,7 @@ impl Preset {
                     .as_ref()
                     .and_then(|m| m.dtype.clone())
                     .unwrap_or_else(|| "auto".into()),
+                quantize_frozen: self.model.as_ref().and_then(|m| m.quantize_frozen).unwrap_or_default(),
             },
             freeze: self.freeze.clone(),
             data: self.data.clone().ok_or_else(|| missing("data"))?,
@@ -155,6 +158,9 @@ pub struct ModelRef {
     /// The run's `model.dtype`, for presets saved from a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
+    /// The run's `model.quantize_frozen`, for presets saved from a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize_frozen: Option<QuantizeFrozen>,
 }
 
 /// One file in the presets folder: its preset, or why it could not be read.
@@ -358,6 +364,7 @@ mod tests {
                 repo: None,
                 revision: None,
                 dtype: None,
+                quantize_frozen: None,
             }),
             spec(),
         );

@@ -2,6 +2,7 @@
 //! (documented in docs/run-config.md); unknown keys are errors, so a typo never silently changes a run.
 
 use crate::error::{Error, Result};
+use crate::quant::QuantizeFrozen;
 use crate::spec::FreezeSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,14 @@ pub struct ModelSection {
     /// checkpoint or a GPU without bf16), `f32`, `bf16`, `f16`. Trainable weights are always f32 master weights.
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// Frozen projection matrices held quantized while training (`none`, `q8_0`, `q4_k`; see core's quant.rs):
+    /// their forward pass and input gradient use the quantized values, and `final/` copies them from the input.
+    #[serde(default, skip_serializing_if = "is_dense")]
+    pub quantize_frozen: QuantizeFrozen,
+}
+
+fn is_dense(q: &QuantizeFrozen) -> bool {
+    *q == QuantizeFrozen::None
 }
 
 fn is_empty_path(p: &Path) -> bool {

@@ -8,7 +8,8 @@ use crate::config::{Activation, DecoderConfig, LayerSpec, PositionQueryScale};
 use crate::error::{Result, TrainError};
 use crate::family::{MlpLayout, NormPlacement, QkNorm};
 use crate::fused;
-use crate::ops::{rms_norm_offset, rope_heads, swiglu, Linear};
+use crate::linear::{Linear, LinearWeight};
+use crate::ops::{rms_norm_offset, rope_heads, swiglu};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -195,8 +196,7 @@ impl Decoder {
         let lm_head_weight = format!("{}.weight", names.lm_head);
         let lm_head = if c.tie_word_embeddings || !params.contains(&lm_head_weight) {
             Linear {
-                weight: embed.clone(),
-                frozen: !embed.is_variable(),
+                weight: LinearWeight::dense(embed.clone()),
                 bias: None,
             }
         } else {

@@ -1,7 +1,6 @@
 //! Differentiable building blocks. candle's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward and
-//! would silently cut the gradient, so these are written with primitive ops that do. The frozen linear is a custom
-//! op whose backward returns only the input's gradient: a plain matmul would also compute (and keep) a gradient for
-//! the frozen weight, doubling the backward cost of every frozen layer above the lowest trainable one.
+//! would silently cut the gradient, so these are written with primitive ops that do (the linear layer is in
+//! linear.rs).
 //!
 //! Mixed precision, as torch's autocast does it: matmuls run in the activations' dtype (trainable f32 master
 //! weights are cast to it on the way in, so their gradients arrive in f32); norms, rope and softmax compute in f32
@@ -9,11 +8,10 @@
 
 use crate::fused;
 use crate::node::{attach1, attach2};
-use candle_core::backend::BackendStorage;
 use candle_core::Result;
 #[cfg(test)]
 use candle_core::Var;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 /// `x / sqrt(mean(x²) + eps) * (weight + offset)`, over the last dimension, computed in f32 (weight included, as
 /// gemma does; for f32 activations this equals llama's order) and returned in `x`'s dtype.
@@ -146,168 +144,6 @@ pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// A linear layer as the freeze plan wants it. A trainable weight is a `Var`'s f32 tensor, cast to the input's
-/// dtype for a plain matmul (on the CPU in f32, the one-node [`fused::linear`]); a frozen one is a constant in the compute dtype and, where a graph is being recorded,
-/// the input-gradient-only [`FrozenMatmul`]. The bias (if any) is trainable or not on its own.
-pub struct Linear {
-    pub weight: Tensor,
-    pub frozen: bool,
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if !self.frozen && fused::applies(x) && self.weight.dtype() == DType::F32 {
-            fused::linear(x, &self.weight)?
-        } else if !self.frozen {
-            // Rows flattened to one 2-D matmul: a batched one would broadcast the weight, and its backward would
-            // compute one weight gradient per batch item and then sum them.
-            let (rows, features) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
-            let mut out_shape = x.dims().to_vec();
-            *out_shape.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
-            x.reshape((rows, features))?
-                .matmul(&self.weight.to_dtype(x.dtype())?.t()?)?
-                .reshape(out_shape)?
-        } else if x.track_op() {
-            // FrozenMatmul checks the operands' dtypes itself, on every backend.
-            x.contiguous()?.apply_op1(FrozenMatmul {
-                weight: self.weight.clone(),
-            })?
-        } else if fused::applies(x) && self.weight.dtype() == DType::F32 {
-            // No graph to record below the lowest trainable layer: a plain matmul is cheapest.
-            fused::matmul_no_grad(x, &self.weight, true)?
-        } else {
-            check_dtypes(x.dtype(), self.weight.dtype())?;
-            x.broadcast_matmul(&self.weight.t()?)?
-        };
-        match &self.bias {
-            Some(b) if b.track_op() => y.broadcast_add(&b.to_dtype(y.dtype())?),
-            // A frozen bias as an operand of the add would get a full-size gradient kept for the whole pass.
-            Some(b) => {
-                let value = y.detach().broadcast_add(&b.to_dtype(y.dtype())?)?;
-                attach1("frozen-bias", &y, value, Box::new(|_, _, grad| Ok(Some(grad.clone()))))
-            }
-            None => Ok(y),
-        }
-    }
-}
-
-/// Frozen weights are loaded in the compute dtype; a mismatch is a bug upstream. It is refused here because
-/// backends read the operands as the first one's dtype (Metal's matmul silently, giving garbage).
-fn check_dtypes(x: DType, weight: DType) -> Result<()> {
-    if x != weight {
-        candle_core::bail!("frozen linear: activations are {x:?} but the frozen weight is {weight:?}");
-    }
-    Ok(())
-}
-
-/// `x @ weightᵀ` with a backward pass that produces the gradient of `x` only.
-struct FrozenMatmul {
-    weight: Tensor,
-}
-
-/// A matmul as candle's storage backends take it: (batch, m, n, k), both operand layouts and the output shape.
-struct MatmulProblem {
-    bmnk: (usize, usize, usize, usize),
-    lhs: Layout,
-    rhs: Layout,
-    out: Shape,
-}
-
-impl FrozenMatmul {
-    /// `x` viewed as (m, k) times the weight (n, k) read transposed.
-    fn problem(&self, x: &Layout) -> Result<MatmulProblem> {
-        let dims = x.dims();
-        let k = *dims.last().expect("rank >= 1");
-        let m = dims.iter().rev().skip(1).product::<usize>();
-        let (n, wk) = self.weight.dims2()?;
-        if wk != k {
-            candle_core::bail!("frozen linear: input width {k} but weight is {n}x{wk}");
-        }
-        let w = self.weight.layout();
-        let wt = Layout::new(
-            Shape::from((k, n)),
-            vec![w.stride()[1], w.stride()[0]],
-            w.start_offset(),
-        );
-        let lhs = Layout::contiguous_with_offset((m, k), x.start_offset());
-        let mut out: Vec<usize> = dims[..dims.len() - 1].to_vec();
-        out.push(n);
-        Ok(MatmulProblem {
-            bmnk: (1, m, n, k),
-            lhs,
-            rhs: wt,
-            out: Shape::from(out),
-        })
-    }
-}
-
-impl CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = self.problem(layout)?;
-        check_dtypes(storage.dtype(), self.weight.dtype())?;
-        let (w, wl) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(w) = &*w else {
-            candle_core::bail!("frozen weight is not on the CPU")
-        };
-        // f32 with both operands contiguous: one matmul on the faster backend for the shape (fused::gemm).
-        if let (CpuStorage::F32(xs), CpuStorage::F32(ws), Some((xa, xb)), Some((wa, wb)), true) = (
-            storage,
-            w,
-            layout.contiguous_offsets(),
-            wl.contiguous_offsets(),
-            fused::enabled(),
-        ) {
-            let (_, m, n, k) = p.bmnk;
-            let out = fused::rows_times_weight_t(&xs[xa..xb], &ws[wa..wb], m, n, k)?;
-            return Ok((CpuStorage::F32(out), p.out));
-        }
-        Ok((storage.matmul(w, p.bmnk, &p.lhs, &p.rhs)?, p.out))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let p = self.problem(layout)?;
-        check_dtypes(storage.dtype(), self.weight.dtype())?;
-        let (w, _) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cuda(w) = &*w else {
-            candle_core::bail!("frozen weight is not on the GPU")
-        };
-        Ok((storage.matmul(w, p.bmnk, &p.lhs, &p.rhs)?, p.out))
-    }
-
-    #[cfg(feature = "metal")]
-    fn metal_fwd(
-        &self,
-        storage: &candle_core::MetalStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::MetalStorage, Shape)> {
-        let p = self.problem(layout)?;
-        check_dtypes(storage.dtype(), self.weight.dtype())?;
-        let (w, _) = self.weight.storage_and_layout();
-        let candle_core::Storage::Metal(w) = &*w else {
-            candle_core::bail!("frozen weight is not on the GPU")
-        };
-        Ok((storage.matmul(w, p.bmnk, &p.lhs, &p.rhs)?, p.out))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        check_dtypes(grad_res.dtype(), self.weight.dtype())?;
-        if fused::applies(grad_res) {
-            return Ok(Some(fused::matmul_no_grad(grad_res, &self.weight, false)?));
-        }
-        Ok(Some(grad_res.broadcast_matmul(&self.weight)?))
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -330,38 +166,6 @@ pub(crate) mod tests {
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let d = max_abs_diff(a, b);
         assert!(d < tol, "max abs diff {d}");
-    }
-
-    #[test]
-    fn frozen_linear_matches_matmul_and_only_differentiates_the_input() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1., (4, 5), &dev).unwrap();
-        let frozen = Linear {
-            weight: w.clone(),
-            frozen: true,
-            bias: None,
-        };
-        let y = frozen.forward(x.as_tensor()).unwrap();
-        let wt = w.t().unwrap();
-        let reference = x.as_tensor().broadcast_matmul(&wt).unwrap();
-        close(&y, &reference, 1e-5);
-        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = reference.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        close(g.get(x.as_tensor()).unwrap(), g_ref.get(x.as_tensor()).unwrap(), 1e-4);
-        assert!(
-            g_ref.get(&wt).is_some(),
-            "a plain matmul computes a gradient for the weight"
-        );
-        let weight_shaped = g
-            .get_ids()
-            .filter_map(|id| g.get_id(*id))
-            .filter(|t| t.dims().len() == 2)
-            .count();
-        assert_eq!(
-            weight_shaped, 0,
-            "the frozen linear computes no gradient for its weight"
-        );
     }
 
     #[test]
@@ -407,37 +211,6 @@ pub(crate) mod tests {
                 analytic[i]
             );
         }
-    }
-
-    #[test]
-    fn frozen_linear_refuses_a_weight_of_another_dtype_and_casts_trainable_ones() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 5), &dev)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
-        let w = Tensor::randn(0f32, 1., (4, 5), &dev).unwrap();
-        let frozen = Linear {
-            weight: w.clone(),
-            frozen: true,
-            bias: None,
-        };
-        let err = frozen.forward(&x).unwrap_err().to_string();
-        assert!(err.contains("BF16") && err.contains("F32"), "{err}");
-        let master = Var::from_tensor(&w).unwrap();
-        let trainable = Linear {
-            weight: master.as_tensor().clone(),
-            frozen: false,
-            bias: None,
-        };
-        let y = trainable.forward(&x).unwrap();
-        assert_eq!(y.dtype(), DType::BF16);
-        let g = y.to_dtype(DType::F32).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_eq!(
-            g.get(master.as_tensor()).unwrap().dtype(),
-            DType::F32,
-            "master gradients arrive in f32"
-        );
     }
 
     #[test]

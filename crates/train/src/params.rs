@@ -6,20 +6,30 @@
 //! stops training becomes a constant holding its trained value (and is remembered as trained, so checkpoints save it
 //! and `final/` writes it); one that starts training becomes an f32 master from its trained value, or from the
 //! checkpoint file when it has not trained yet (exact, not rounded through the compute dtype).
+//!
+//! With `quantize_frozen` the frozen projection matrices core's quant.rs names are held quantized instead (quant.rs),
+//! one tensor converted at a time while loading. A quantized tensor that starts training is read again from the
+//! checkpoint as an f32 master; one that stops training keeps its trained values in the compute dtype, never
+//! quantized again.
 
 use crate::error::{Result, TrainError};
-use crate::ops::Linear;
+use crate::linear::{Linear, LinearWeight};
+use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use freezetune_core::files::ModelFiles;
+use freezetune_core::quant::{QuantFormat, QuantizeFrozen};
 use freezetune_core::FreezePlan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct Params {
     /// Trainable tensors by name, in the plan's (sorted) order.
     pub vars: BTreeMap<String, Var>,
     consts: BTreeMap<String, Tensor>,
+    /// Frozen matrices held quantized (`quantize_frozen`), never trained.
+    quantized: BTreeMap<String, Arc<QTensor>>,
     /// Constants that hold trained values (trained in an earlier phase of a schedule).
     trained: BTreeSet<String>,
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
@@ -46,10 +56,22 @@ impl Params {
 
     /// [`Params::load`] with the trainable names given directly (a schedule's phase).
     pub fn load_with(model_dir: &Path, trainable: &[String], device: &Device, dtype: DType) -> Result<Params> {
+        Params::load_quantized(model_dir, trainable, device, dtype, QuantizeFrozen::None)
+    }
+
+    /// [`Params::load_with`], with the frozen tensors `quantize` names held quantized.
+    pub fn load_quantized(
+        model_dir: &Path,
+        trainable: &[String],
+        device: &Device,
+        dtype: DType,
+        quantize: QuantizeFrozen,
+    ) -> Result<Params> {
         let files = ModelFiles::find(model_dir)?;
         let mut params = Params {
             vars: BTreeMap::new(),
             consts: BTreeMap::new(),
+            quantized: BTreeMap::new(),
             trained: BTreeSet::new(),
             dtype,
             device: device.clone(),
@@ -58,11 +80,14 @@ impl Params {
         };
         let source = params.map_source()?;
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
-        for (name, _) in source.tensors() {
+        for (name, view) in source.tensors() {
             if wanted.contains(name.as_str()) {
                 let var = Var::from_tensor(&params.load_source(&source, &name, DType::F32)?)
                     .map_err(candle_err(format!("tensor {name}")))?;
                 params.vars.insert(name, var);
+            } else if let Some(format) = quantize.format_for(&name, view.shape()) {
+                let q = params.load_quantized_source(&source, &name, format)?;
+                params.quantized.insert(name, Arc::new(q));
             } else {
                 let t = params.load_source(&source, &name, dtype)?;
                 params.consts.insert(name, t);
@@ -98,6 +123,30 @@ impl Params {
             .map_err(candle_err(format!("loading tensor {name}")))
     }
 
+    /// A tensor of the input checkpoint quantized onto the device (converted on the host, one tensor at a time).
+    fn load_quantized_source(&self, source: &MmapedSafetensors, name: &str, format: QuantFormat) -> Result<QTensor> {
+        source
+            .load(name, &Device::Cpu)
+            .and_then(|t| crate::quant::quantize(&t, format, &self.device))
+            .map_err(candle_err(format!("quantizing tensor {name} to {}", format.name())))
+    }
+
+    /// Bytes the frozen weights take on the device: dense constants and quantized blocks.
+    pub fn frozen_bytes(&self) -> u64 {
+        let dense: usize = self
+            .consts
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        let quantized: usize = self.quantized.values().map(|q| q.storage_size_in_bytes()).sum();
+        (dense + quantized) as u64
+    }
+
+    /// How many frozen tensors are held quantized.
+    pub fn quantized_count(&self) -> usize {
+        self.quantized.len()
+    }
+
     /// Makes exactly `names` trainable: the others become constants holding their current values.
     pub fn set_trainable(&mut self, names: &[String]) -> Result<()> {
         let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
@@ -123,21 +172,26 @@ impl Params {
             if self.vars.contains_key(name) {
                 continue;
             }
-            let Some(current) = self.consts.remove(name) else {
+            let was_quantized = self.quantized.remove(name).is_some();
+            let current = self.consts.remove(name);
+            if current.is_none() && !was_quantized {
                 return Err(TrainError::Tensor {
                     name: name.clone(),
                     reason: "is in the schedule but not in the checkpoint".into(),
                 });
-            };
-            let master = if self.trained.remove(name) {
-                current
+            }
+            let master = match current {
+                // Trained in an earlier phase: its trained value.
+                Some(t) if self.trained.remove(name) => t
                     .to_dtype(DType::F32)
-                    .map_err(candle_err(format!("unfreezing {name}")))?
-            } else {
-                if source.is_none() {
-                    source = Some(self.map_source()?);
+                    .map_err(candle_err(format!("unfreezing {name}")))?,
+                // Never trained (the only kind held quantized): exact from the checkpoint.
+                _ => {
+                    if source.is_none() {
+                        source = Some(self.map_source()?);
+                    }
+                    self.load_source(source.as_ref().expect("just mapped"), name, DType::F32)?
                 }
-                self.load_source(source.as_ref().expect("just mapped"), name, DType::F32)?
             };
             let var = Var::from_tensor(&master).map_err(candle_err(format!("tensor {name}")))?;
             self.vars.insert(name.clone(), var);
@@ -168,7 +222,9 @@ impl Params {
                 .map_err(candle_err(format!("restoring {name}")))?;
             return var.set(&t).map_err(candle_err(format!("restoring {name}")));
         }
-        if !self.consts.contains_key(name) {
+        // A tensor trained in an earlier phase (restored from a checkpoint) is held with its trained values.
+        let was_quantized = self.quantized.remove(name).is_some();
+        if !self.consts.contains_key(name) && !was_quantized {
             return Err(TrainError::Tensor {
                 name: name.into(),
                 reason: "is in the checkpoint but not in the model".into(),
@@ -186,7 +242,7 @@ impl Params {
     /// The checkpoint's tensors that nothing has asked for through [`Params::get`], sorted.
     pub fn unread(&self) -> Vec<String> {
         let read = self.read.lock().expect("read names");
-        let names = self.vars.keys().chain(self.consts.keys());
+        let names = self.vars.keys().chain(self.consts.keys()).chain(self.quantized.keys());
         let mut unread: Vec<String> = names.filter(|n| !read.contains(*n)).cloned().collect();
         unread.sort();
         unread
@@ -197,6 +253,12 @@ impl Params {
         self.read.lock().expect("read names").insert(name.to_string());
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
+        }
+        if self.quantized.contains_key(name) {
+            return Err(TrainError::Tensor {
+                name: name.to_string(),
+                reason: "is held quantized (quantize_frozen) and can only be read as a linear layer's weight".into(),
+            });
         }
         self.consts.get(name).cloned().ok_or_else(|| TrainError::Tensor {
             name: name.to_string(),
@@ -210,6 +272,9 @@ impl Params {
 
     /// The shape of tensor `name`, without counting it as read.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(q) = self.quantized.get(name) {
+            return Some(q.shape().dims().to_vec());
+        }
         let t = match self.vars.get(name) {
             Some(v) => v.as_tensor(),
             None => self.consts.get(name)?,
@@ -218,16 +283,22 @@ impl Params {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.vars.contains_key(name) || self.consts.contains_key(name)
+        self.vars.contains_key(name) || self.consts.contains_key(name) || self.quantized.contains_key(name)
     }
 
     /// `<prefix>.weight` (and `<prefix>.bias` when `bias`) as a linear layer; weight and bias are each trainable
     /// or frozen as the plan says.
     pub fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
         let w = format!("{prefix}.weight");
+        let weight = match self.quantized.get(&w) {
+            Some(q) => {
+                self.read.lock().expect("read names").insert(w);
+                LinearWeight::Quantized(q.clone())
+            }
+            None => LinearWeight::dense(self.get(&w)?),
+        };
         Ok(Linear {
-            weight: self.get(&w)?,
-            frozen: !self.vars.contains_key(&w),
+            weight,
             bias: if bias {
                 Some(self.get(&format!("{prefix}.bias"))?)
             } else {

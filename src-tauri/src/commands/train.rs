@@ -42,6 +42,7 @@ pub fn default_run(state: State<'_, AppState>, model_path: String) -> IpcResult<
                 repo: None,
                 revision: None,
                 dtype: "auto".into(),
+                quantize_frozen: Default::default(),
             },
             freeze: FreezeSpec::default(),
             data: DataSection {

@@ -146,6 +146,7 @@ fn save(store: &PresetStore, a: SaveArgs) -> Result<()> {
                 repo: None,
                 revision: None,
                 dtype: None,
+                quantize_frozen: None,
             })
         }
         (None, Some(repo)) => Some(ModelRef {
@@ -153,6 +154,7 @@ fn save(store: &PresetStore, a: SaveArgs) -> Result<()> {
             repo: Some(repo.clone()),
             revision: a.revision.clone(),
             dtype: None,
+            quantize_frozen: None,
         }),
         (None, None) => None,
     };

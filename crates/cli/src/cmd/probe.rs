@@ -91,6 +91,7 @@ fn config_of(args: &ProbeArgs) -> Result<RunConfig> {
             repo: None,
             revision: None,
             dtype: "auto".into(),
+            quantize_frozen: Default::default(),
         },
         freeze: FreezeSpec {
             all_layers: true,

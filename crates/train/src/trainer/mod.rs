@@ -106,6 +106,10 @@ impl Run {
             device: self.device.name.clone(),
             dtype: dtype_name(self.dtype).into(),
             device_note: self.device.note.clone(),
+            frozen_weight_bytes: self.params.frozen_bytes(),
+            quantized_tensors: self.params.quantized_count(),
+            quantize_frozen: (self.params.quantized_count() > 0)
+                .then(|| self.config.model.quantize_frozen.name().to_string()),
         }
     }
 

@@ -71,11 +71,12 @@ impl Run {
             None => 0,
         };
         let phase = timeline.phase_at(start_step);
-        let mut params = Params::load_with(
+        let mut params = Params::load_quantized(
             &config.model.path,
             &timeline.phases[phase].trainable,
             &device.device,
             dtype,
+            config.model.quantize_frozen,
         )?;
         let mut optimizer = build_optimizer(t, &params);
         let progress = starting_progress(

@@ -15,7 +15,12 @@ device: string, dtype: string,
 /**
  * How `auto` chose the device, or why it fell back.
  */
-device_note: string | null, } | { "event": "step", step: number, epoch: number, 
+device_note: string | null, 
+/**
+ * Bytes the frozen weights take on the device, and how many of them are held quantized
+ * (`quantize_frozen`) and in which format.
+ */
+frozen_weight_bytes: number, quantized_tensors?: number, quantize_frozen?: string, } | { "event": "step", step: number, epoch: number, 
 /**
  * Non-finite values (an f16 overflow) are written as `null` by JSON and read back as NaN.
  */

@@ -1,0 +1,162 @@
+//! Frozen weights held quantized while training (`[model] quantize_frozen`): which tensors, in which block format,
+//! and what they then cost. One rule, read by the trainer when it loads the weights and by the memory estimate and
+//! fit check, so the estimate counts exactly what the trainer holds.
+//!
+//! Only a decoder layer's projection matrices (`….layers.N.….<x>_proj.weight`, two dimensions) are quantized: they
+//! are nearly all of a model's frozen bytes, and a frozen one is only ever a matmul operand. Norms, biases,
+//! embeddings and lm_head stay in the compute dtype (the embedding is a row lookup; lm_head sets the logits every
+//! token's loss reads). Blocks run along a row, so a row's length must be a multiple of the block: q4_k (256
+//! values a block) falls back to q8_0 (32) for a matrix whose rows are not, and a matrix neither fits stays dense.
+
+use serde::{Deserialize, Serialize};
+
+/// How frozen projection matrices are held while training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub enum QuantizeFrozen {
+    /// In the compute dtype, as read from the checkpoint.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// 8-bit blocks of 32 with one f16 scale (8.5 bits a weight).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit super-blocks of 256 with 6-bit sub-block scales and minima (4.5 bits a weight), as llama.cpp's Q4_K.
+    #[serde(rename = "q4_k")]
+    Q4K,
+}
+
+/// The block format one tensor is held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantFormat {
+    Q8_0,
+    Q4K,
+}
+
+impl QuantFormat {
+    /// Values per block.
+    pub fn block_values(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => 32,
+            QuantFormat::Q4K => 256,
+        }
+    }
+
+    /// Bytes per block (llama.cpp's `block_q8_0` and `block_q4_K`).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => 34,
+            QuantFormat::Q4K => 144,
+        }
+    }
+
+    /// Bytes of `values` values held in this format (`values` a multiple of the block).
+    pub fn bytes_for(self, values: u64) -> u64 {
+        values.div_ceil(self.block_values() as u64) * self.block_bytes() as u64
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q8_0 => "q8_0",
+            QuantFormat::Q4K => "q4_k",
+        }
+    }
+}
+
+impl QuantizeFrozen {
+    /// Reads the config value (`none`, `q8_0`, `q4_k`); anything else is refused by the caller with this list.
+    pub fn parse(s: &str) -> Option<QuantizeFrozen> {
+        match s {
+            "none" => Some(QuantizeFrozen::None),
+            "q8_0" => Some(QuantizeFrozen::Q8_0),
+            "q4_k" => Some(QuantizeFrozen::Q4K),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantizeFrozen::None => "none",
+            QuantizeFrozen::Q8_0 => "q8_0",
+            QuantizeFrozen::Q4K => "q4_k",
+        }
+    }
+
+    /// The format a frozen tensor `name` of shape `dims` is held in, or `None` when it stays in the compute dtype.
+    pub fn format_for(self, name: &str, dims: &[usize]) -> Option<QuantFormat> {
+        let preferred = match self {
+            QuantizeFrozen::None => return None,
+            QuantizeFrozen::Q8_0 => QuantFormat::Q8_0,
+            QuantizeFrozen::Q4K => QuantFormat::Q4K,
+        };
+        if !is_layer_projection(name) || dims.len() != 2 {
+            return None;
+        }
+        let row = dims[1];
+        [preferred, QuantFormat::Q8_0]
+            .into_iter()
+            .find(|f| row > 0 && row % f.block_values() == 0)
+    }
+
+    /// Bytes a frozen tensor takes: quantized where [`QuantizeFrozen::format_for`] says so, else `values` ×
+    /// `dense_bytes` (the compute dtype's size).
+    pub fn frozen_bytes(self, name: &str, dims: &[usize], values: u64, dense_bytes: u64) -> u64 {
+        match self.format_for(name, dims) {
+            Some(f) => f.bytes_for(values),
+            None => values * dense_bytes,
+        }
+    }
+}
+
+/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj.weight`.
+fn is_layer_projection(name: &str) -> bool {
+    let Some(rest) = name.split_once(".layers.").map(|(_, r)| r) else {
+        return false;
+    };
+    let layer_number = rest.split('.').next().is_some_and(|n| n.parse::<usize>().is_ok());
+    layer_number && name.ends_with("_proj.weight")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_layer_projections_are_quantized_and_rows_must_hold_whole_blocks() {
+        let q4 = QuantizeFrozen::Q4K;
+        let down = "model.layers.3.mlp.down_proj.weight";
+        assert_eq!(q4.format_for(down, &[4096, 11008]), Some(QuantFormat::Q4K));
+        // Qwen2.5-0.5B's hidden size 896 is 28 blocks of 32 but not whole blocks of 256.
+        assert_eq!(q4.format_for(down, &[4864, 896]), Some(QuantFormat::Q8_0));
+        assert_eq!(q4.format_for(down, &[64, 100]), None);
+        assert_eq!(
+            QuantizeFrozen::Q8_0.format_for(down, &[4096, 11008]),
+            Some(QuantFormat::Q8_0)
+        );
+        assert_eq!(QuantizeFrozen::None.format_for(down, &[4096, 4096]), None);
+        for name in [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.x.self_attn.q_proj.weight",
+        ] {
+            assert_eq!(q4.format_for(name, &[256, 256]), None, "{name}");
+        }
+        let wrapped = "language_model.model.layers.0.self_attn.qkv_proj.weight";
+        assert_eq!(q4.format_for(wrapped, &[768, 256]), Some(QuantFormat::Q4K));
+    }
+
+    #[test]
+    fn sizes_are_llama_cpp_block_sizes() {
+        // 4.5 and 8.5 bits a weight.
+        assert_eq!(QuantFormat::Q4K.bytes_for(4096 * 4096) * 8, 4096 * 4096 * 9 / 2);
+        assert_eq!(QuantFormat::Q8_0.bytes_for(4096 * 4096) * 8, 4096 * 4096 * 17 / 2);
+        let q = QuantizeFrozen::Q4K;
+        assert_eq!(q.frozen_bytes("model.norm.weight", &[4096], 4096, 2), 8192);
+        for s in ["none", "q8_0", "q4_k"] {
+            assert_eq!(QuantizeFrozen::parse(s).map(|q| q.name()), Some(s));
+        }
+        assert_eq!(QuantizeFrozen::parse("q4_0"), None);
+    }
+}
