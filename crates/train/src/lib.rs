@@ -26,6 +26,7 @@ pub mod rope;
 pub mod schedule;
 pub mod template;
 pub mod trainer;
+pub mod weights;
 
 pub use config::{Architecture, DecoderConfig, LayerSpec};
 pub use error::{Result, TrainError};

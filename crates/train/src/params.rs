@@ -14,8 +14,8 @@
 
 use crate::error::{Result, TrainError};
 use crate::linear::{Linear, LinearWeight};
+use crate::weights::WeightFiles;
 use candle_core::quantized::QTensor;
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use freezetune_core::files::ModelFiles;
 use freezetune_core::quant::{QuantFormat, QuantizeFrozen};
@@ -35,8 +35,7 @@ pub struct Params {
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
     dtype: DType,
     device: Device,
-    /// The checkpoint's weight files, mapped again when a tensor starts training later (a mapping kept open
-    /// would keep every page read at load time resident).
+    /// The checkpoint's weight files, read again when a tensor starts training later (weights.rs).
     weight_files: Vec<std::path::PathBuf>,
     /// Names the model has asked for ([`Params::get`]): a checkpoint tensor the model never reads is math the
     /// model would silently leave out, so the decoder refuses it ([`Params::unread`]).
@@ -78,14 +77,15 @@ impl Params {
             weight_files: files.weights,
             read: Default::default(),
         };
-        let source = params.map_source()?;
+        let source = params.open_source()?;
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
-        for (name, view) in source.tensors() {
+        for (name, shape) in source.tensors() {
+            let name = name.clone();
             if wanted.contains(name.as_str()) {
                 let var = Var::from_tensor(&params.load_source(&source, &name, DType::F32)?)
                     .map_err(candle_err(format!("tensor {name}")))?;
                 params.vars.insert(name, var);
-            } else if let Some(format) = quantize.format_for(&name, view.shape()) {
+            } else if let Some(format) = quantize.format_for(&name, &shape) {
                 let q = params.load_quantized_source(&source, &name, format)?;
                 params.quantized.insert(name, Arc::new(q));
             } else {
@@ -102,32 +102,25 @@ impl Params {
         Ok(params)
     }
 
-    fn map_source(&self) -> Result<MmapedSafetensors> {
-        // SAFETY: the files are memory-mapped read-only; FreezeTune never writes into a model folder it reads from.
-        unsafe { MmapedSafetensors::multi(&self.weight_files) }.map_err(candle_err(format!(
-            "mapping the weights {}",
-            self.weight_files
-                .first()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        )))
+    /// The checkpoint's weight files, read tensor by tensor (weights.rs: no memory map to stay resident).
+    fn open_source(&self) -> Result<WeightFiles> {
+        WeightFiles::open(&self.weight_files)
     }
 
     /// A tensor of the input checkpoint as `dtype` on the device. Cast on the host, then uploaded: the stored dtype
     /// may be one the device lacks (f64 on Metal).
-    fn load_source(&self, source: &MmapedSafetensors, name: &str, dtype: DType) -> Result<Tensor> {
+    fn load_source(&self, source: &WeightFiles, name: &str, dtype: DType) -> Result<Tensor> {
         source
-            .load(name, &Device::Cpu)
-            .and_then(|t| t.to_dtype(dtype))
+            .load(name)?
+            .to_dtype(dtype)
             .and_then(|t| t.to_device(&self.device))
             .map_err(candle_err(format!("loading tensor {name}")))
     }
 
     /// A tensor of the input checkpoint quantized onto the device (converted on the host, one tensor at a time).
-    fn load_quantized_source(&self, source: &MmapedSafetensors, name: &str, format: QuantFormat) -> Result<QTensor> {
-        source
-            .load(name, &Device::Cpu)
-            .and_then(|t| crate::quant::quantize(&t, format, &self.device))
+    fn load_quantized_source(&self, source: &WeightFiles, name: &str, format: QuantFormat) -> Result<QTensor> {
+        let t = source.load(name)?;
+        crate::quant::quantize(&t, format, &self.device)
             .map_err(candle_err(format!("quantizing tensor {name} to {}", format.name())))
     }
 
@@ -166,7 +159,7 @@ impl Params {
             self.consts.insert(name.clone(), t);
             self.trained.insert(name);
         }
-        // Mapped once for the tensors that start training for the first time (mapping reads every header).
+        // Opened once for the tensors that start training for the first time (opening reads every header).
         let mut source = None;
         for name in names {
             if self.vars.contains_key(name) {
@@ -188,9 +181,9 @@ impl Params {
                 // Never trained (the only kind held quantized): exact from the checkpoint.
                 _ => {
                     if source.is_none() {
-                        source = Some(self.map_source()?);
+                        source = Some(self.open_source()?);
                     }
-                    self.load_source(source.as_ref().expect("just mapped"), name, DType::F32)?
+                    self.load_source(source.as_ref().expect("just opened"), name, DType::F32)?
                 }
             };
             let var = Var::from_tensor(&master).map_err(candle_err(format!("tensor {name}")))?;
