@@ -277,6 +277,7 @@ fn run_one(job: Job) -> Result<()> {
             gradient_checkpointing: ckpt,
             half_precision: false,
             cpu: false,
+            quantize_frozen: Default::default(),
         };
         freezetune_core::fit::need_bytes(&layout, &trainable, setup)
     };

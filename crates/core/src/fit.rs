@@ -13,6 +13,7 @@ use crate::ids::format_layer_ids;
 use crate::layout::ModelLayout;
 use crate::memory::{activations_with, lowest_backward_layer, update_bytes, Kernels};
 use crate::plan::PlanOptions;
+use crate::quant::QuantizeFrozen;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -28,6 +29,9 @@ pub struct FitSetup {
     pub half_precision: bool,
     /// The CPU (fused f32 kernels, in-place AdamW) rather than a GPU.
     pub cpu: bool,
+    /// Frozen projection matrices held quantized (`[model] quantize_frozen`, quant.rs).
+    #[serde(default)]
+    pub quantize_frozen: QuantizeFrozen,
 }
 
 /// The device's memory the run may use.
@@ -77,6 +81,10 @@ pub enum Change {
     Layers {
         layers: String,
     },
+    /// Hold the frozen layers' matrices quantized.
+    QuantizeFrozen {
+        format: QuantizeFrozen,
+    },
     /// Every change above that keeps the training the same, at once.
     Combined,
 }
@@ -84,15 +92,23 @@ pub enum Change {
 /// Bytes a run with `trainable` and `setup` needs.
 pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup) -> u64 {
     let compute_bytes = if setup.half_precision { 2 } else { 4 };
-    let (mut frozen, mut trained, mut largest) = (0u64, 0u64, 0u64);
+    let (mut frozen, mut trained, mut largest, mut largest_quantized) = (0u64, 0u64, 0u64, 0u64);
     for t in layout.tensors() {
         if trainable.contains(&t.name) {
             trained += t.params;
             largest = largest.max(t.params);
-        } else {
-            frozen += t.params;
+            continue;
+        }
+        let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        frozen += setup
+            .quantize_frozen
+            .frozen_bytes(&t.name, &dims, t.params, compute_bytes);
+        if setup.quantize_frozen.format_for(&t.name, &dims).is_some() {
+            largest_quantized = largest_quantized.max(t.params);
         }
     }
+    // A quantized matrix is dequantized (to f32, then the compute dtype) for the length of one matmul.
+    let dequantized = largest_quantized * (4 + if compute_bytes == 4 { 0 } else { compute_bytes });
     let kernels = if setup.cpu && !setup.half_precision {
         Kernels::FusedCpu
     } else {
@@ -121,7 +137,7 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
         0
     };
     // The update runs after the step's graph (and its activations) is dropped: whichever is larger is the peak.
-    frozen * compute_bytes + trained * 16 + update.max(activations)
+    frozen + dequantized + trained * 16 + update.max(activations)
 }
 
 /// The verdict for `trainable` under `setup` on `device`.
@@ -219,6 +235,17 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
             need_with(same_training),
         ));
     }
+    if let Some((format, need)) = quantized_frozen_that_fits(setup, available, &need_with) {
+        out.push(make(
+            Change::QuantizeFrozen { format },
+            format!(
+                "hold the frozen layers' matrices as {} (quantize_frozen; their matmuls use the quantized weights, \
+                 trainable tensors stay f32)",
+                format.name()
+            ),
+            need,
+        ));
+    }
     if let Some(seq) = longest_cutoff_that_fits(setup, available, &need_with) {
         out.push(make(
             Change::Cutoff { seq_len: seq },
@@ -249,6 +276,35 @@ fn smaller_batch_that_fits(setup: FitSetup, available: u64, need: &dyn Fn(FitSet
             ..setup
         })
         .find(|s| need(*s) <= available)
+}
+
+/// The lightest quantization of the frozen layers that fits (q8_0, then q4_k), or q4_k with its need when neither
+/// does; `None` when the setup already holds them as q4_k or quantizing saves nothing (no frozen projections).
+fn quantized_frozen_that_fits(
+    setup: FitSetup,
+    available: u64,
+    need: &dyn Fn(FitSetup) -> u64,
+) -> Option<(QuantizeFrozen, u64)> {
+    let current = need(setup);
+    let lighter: &[QuantizeFrozen] = match setup.quantize_frozen {
+        QuantizeFrozen::None => &[QuantizeFrozen::Q8_0, QuantizeFrozen::Q4K],
+        QuantizeFrozen::Q8_0 => &[QuantizeFrozen::Q4K],
+        QuantizeFrozen::Q4K => &[],
+    };
+    let needs: Vec<(QuantizeFrozen, u64)> = lighter
+        .iter()
+        .map(|&q| {
+            (
+                q,
+                need(FitSetup {
+                    quantize_frozen: q,
+                    ..setup
+                }),
+            )
+        })
+        .filter(|&(_, n)| n < current)
+        .collect();
+    needs.iter().find(|(_, n)| *n <= available).or(needs.last()).copied()
 }
 
 /// The longest cutoff (halving, not below 64 tokens) that fits.

@@ -84,6 +84,9 @@ pub struct FitArgs {
     pub gradient_checkpointing: bool,
     #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Does it fit?")]
     pub gradient_accumulation: u64,
+    /// Frozen layers' matrices held quantized while training: none, q8_0 or q4_k (as `train --quantize-frozen`).
+    #[arg(long, value_name = "FORMAT", value_parser = super::train::parse_quantize_frozen, help_heading = "Does it fit?")]
+    pub quantize_frozen: Option<freezetune_core::quant::QuantizeFrozen>,
 }
 
 impl FitArgs {
@@ -150,6 +153,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 gradient_checkpointing: args.fit.gradient_checkpointing,
                 half_precision: args.fit.half || (!cpu && !args.fit.f32),
                 cpu,
+                quantize_frozen: args.fit.quantize_frozen.unwrap_or_default(),
             };
             let trainable = plan.trainable.iter().cloned().collect();
             Some(fit(&layout, &trainable, setup, &device))

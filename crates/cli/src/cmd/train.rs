@@ -32,7 +32,7 @@ pub struct TrainArgs {
     pub quantize_frozen: Option<QuantizeFrozen>,
 }
 
-fn parse_quantize_frozen(s: &str) -> std::result::Result<QuantizeFrozen, String> {
+pub(crate) fn parse_quantize_frozen(s: &str) -> std::result::Result<QuantizeFrozen, String> {
     QuantizeFrozen::parse(s).ok_or_else(|| format!("{s:?} is not a quantize-frozen format; use none, q8_0 or q4_k"))
 }
 

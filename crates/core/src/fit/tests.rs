@@ -16,6 +16,7 @@ fn gpu(batch_size: u64, seq_len: u64) -> FitSetup {
         gradient_checkpointing: false,
         half_precision: false,
         cpu: false,
+        quantize_frozen: QuantizeFrozen::None,
     }
 }
 
@@ -96,6 +97,14 @@ fn a_setup_that_does_not_fit_gets_changes_cheapest_first_each_with_its_own_estim
                     },
                 )
             }
+            Change::QuantizeFrozen { format } => need_bytes(
+                &layout,
+                &set,
+                FitSetup {
+                    quantize_frozen: *format,
+                    ..setup
+                },
+            ),
             Change::Cutoff { seq_len } => need_bytes(
                 &layout,
                 &set,
@@ -266,4 +275,109 @@ fn nothing_that_fits_is_left_out_and_impossible_devices_get_only_failing_changes
     let v = fit(&layout, &set, gpu(4, 128), &device(1));
     assert!(!v.fits);
     assert!(v.changes.iter().all(|c| !c.fits), "{:?}", v.changes);
+}
+
+/// A Llama-2-7B-shaped layout (header only: the weights are a sparse hole) with its top `n` layers trainable.
+fn llama2_7b_top(n: usize) -> (tempfile::TempDir, ModelLayout, BTreeSet<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = crate::synth::SynthSpec {
+        layers: 32,
+        hidden: 4096,
+        intermediate: 11008,
+        heads: 32,
+        kv_heads: 32,
+        vocab: 32000,
+        dtype: crate::safetensors::DType::BF16,
+        fill: crate::synth::Fill::Sparse,
+        tied: false,
+        ..crate::synth::SynthSpec::tiny(crate::synth::Family::Llama, 32)
+    };
+    crate::synth::write_checkpoint(dir.path(), &spec).unwrap();
+    let layout = ModelLayout::inspect(dir.path()).unwrap();
+    let p = crate::plan(
+        &layout,
+        &FreezeSpec {
+            top: Some(n),
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .unwrap();
+    (dir, layout, p.trainable.into_iter().collect())
+}
+
+#[test]
+fn quantized_frozen_layers_count_their_blocks_and_are_offered_when_the_run_does_not_fit() {
+    let (_d, layout, set) = llama2_7b_top(2);
+    let bf16 = FitSetup {
+        half_precision: true,
+        gradient_checkpointing: true,
+        ..gpu(1, 256)
+    };
+    let dense = need_bytes(&layout, &set, bf16);
+    let q4 = need_bytes(
+        &layout,
+        &set,
+        FitSetup {
+            quantize_frozen: QuantizeFrozen::Q4K,
+            ..bf16
+        },
+    );
+    let q8 = need_bytes(
+        &layout,
+        &set,
+        FitSetup {
+            quantize_frozen: QuantizeFrozen::Q8_0,
+            ..bf16
+        },
+    );
+    // 30 frozen layers of 4 * 4096² + 3 * 4096 * 11008 projection weights: 2 bytes each dense, 0.5625 in q4_k and
+    // 1.0625 in q8_0; one dequantized (f32 then bf16) matrix of 4096 * 11008 at a time.
+    let frozen_projections: u64 = 30 * (4 * 4096 * 4096 + 3 * 4096 * 11008);
+    let transient = 4096 * 11008 * 6;
+    assert_eq!(
+        dense - q4,
+        frozen_projections * 2 - frozen_projections * 9 / 16 - transient
+    );
+    assert_eq!(
+        dense - q8,
+        frozen_projections * 2 - frozen_projections * 17 / 16 - transient
+    );
+    let v = fit(&layout, &set, bf16, &device(q8 + (dense - q8) / 2));
+    let offered = v
+        .changes
+        .iter()
+        .find(|c| matches!(c.change, Change::QuantizeFrozen { .. }))
+        .unwrap();
+    assert_eq!(
+        offered.change,
+        Change::QuantizeFrozen {
+            format: QuantizeFrozen::Q8_0
+        },
+        "the lightest that fits"
+    );
+    assert_eq!((offered.need_bytes, offered.fits), (q8, true));
+    let v = fit(&layout, &set, bf16, &device(q4));
+    let offered = v
+        .changes
+        .iter()
+        .find(|c| matches!(c.change, Change::QuantizeFrozen { .. }))
+        .unwrap();
+    assert_eq!(
+        offered.change,
+        Change::QuantizeFrozen {
+            format: QuantizeFrozen::Q4K
+        }
+    );
+    let held = FitSetup {
+        quantize_frozen: QuantizeFrozen::Q4K,
+        ..bf16
+    };
+    let v = fit(&layout, &set, held, &device(q4 / 2));
+    assert!(
+        v.changes
+            .iter()
+            .all(|c| !matches!(c.change, Change::QuantizeFrozen { .. })),
+        "nothing lighter"
+    );
 }
