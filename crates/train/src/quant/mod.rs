@@ -5,7 +5,7 @@
 //! same weights the forward pass used.
 //!
 //! On the CPU both directions run over all cores in blocks (candle's own conversions run on one thread, which for
-//! a 7B model's layers would cost more than the matmuls they feed).
+//! a 7B model's layers would cost more than the matmuls they feed), and q4_k is encoded by q4k.rs.
 
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0};
 use candle_core::quantized::{GgmlDType, GgmlType, QStorage, QTensor};
@@ -13,6 +13,8 @@ use candle_core::{DType, Device, Result, Tensor};
 use freezetune_core::quant::QuantFormat;
 use rayon::prelude::*;
 use std::borrow::Cow;
+
+mod q4k;
 
 /// Blocks converted per task: large enough to amortise rayon, small enough to spread one matrix over every core.
 const BLOCKS_PER_TASK: usize = 64;
@@ -27,15 +29,38 @@ fn ggml_dtype(format: QuantFormat) -> GgmlDType {
 /// `t` (a CPU tensor of any float dtype, rows a multiple of the format's block) quantized onto `device`.
 pub fn quantize(t: &Tensor, format: QuantFormat, device: &Device) -> Result<QTensor> {
     let shape = t.shape().clone();
-    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let values = f32_values(t)?;
     if values.len() % format.block_values() != 0 {
         candle_core::bail!("{shape:?} is not a whole number of {} blocks", format.name())
     }
     let storage = match format {
         QuantFormat::Q8_0 => storage_of(&quantize_blocks::<BlockQ8_0>(&values), device, format)?,
-        QuantFormat::Q4K => storage_of(&quantize_blocks::<BlockQ4K>(&values), device, format)?,
+        QuantFormat::Q4K => QStorage::from_data(Cow::Owned(encode_q4k(&values)), device, GgmlDType::Q4K)?,
     };
     QTensor::new(storage, shape)
+}
+
+/// `t`'s values in f32, widened over every core (candle's cast runs on one).
+fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::BF16 => flat.to_vec1::<half::bf16>()?.par_iter().map(|v| v.to_f32()).collect(),
+        DType::F16 => flat.to_vec1::<half::f16>()?.par_iter().map(|v| v.to_f32()).collect(),
+        _ => flat.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+    })
+}
+
+fn encode_q4k(values: &[f32]) -> Vec<u8> {
+    let mut bytes = vec![0u8; values.len() / q4k::BLOCK_VALUES * q4k::BLOCK_BYTES];
+    bytes
+        .par_chunks_mut(BLOCKS_PER_TASK * q4k::BLOCK_BYTES)
+        .zip(values.par_chunks(BLOCKS_PER_TASK * q4k::BLOCK_VALUES))
+        .for_each(|(out, src)| {
+            for (o, x) in out.chunks_mut(q4k::BLOCK_BYTES).zip(src.chunks(q4k::BLOCK_VALUES)) {
+                q4k::encode_block(x, o);
+            }
+        });
+    bytes
 }
 
 fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Vec<T> {
@@ -94,17 +119,27 @@ mod tests {
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
     }
 
+    fn rms(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().sqr().unwrap().mean_all().unwrap();
+        d.sqrt().unwrap().to_scalar::<f32>().unwrap()
+    }
+
     #[test]
-    fn parallel_conversions_equal_candles_own_and_stay_close_to_the_input() {
+    fn conversions_agree_with_candles_own_and_stay_close_to_the_input() {
         let t = sample(40, 512);
         for (format, tol) in [(QuantFormat::Q8_0, 0.0005f32), (QuantFormat::Q4K, 0.004)] {
             let ours = quantize(&t, format, &Device::Cpu).unwrap();
             let candles = QTensor::quantize(&t, ggml_dtype(format)).unwrap();
-            assert_eq!(ours.data().unwrap(), candles.data().unwrap(), "{format:?} blocks");
             let back = dequantize(&ours, DType::F32).unwrap();
+            // Our dequantization of candle's blocks is candle's.
             let reference = candles.dequantize(&Device::Cpu).unwrap();
-            let diff = (&back - &reference).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{format:?} values");
+            assert_eq!(
+                rms(&dequantize(&candles, DType::F32).unwrap(), &reference),
+                0.0,
+                "{format:?}"
+            );
+            let (ours_bytes, candle_bytes) = (ours.data().unwrap(), candles.data().unwrap());
+            assert!(ours_bytes == candle_bytes, "{format:?}: candle's blocks");
             let err = (&back - &t)
                 .unwrap()
                 .abs()
@@ -116,6 +151,17 @@ mod tests {
             assert!(err > 0.0 && err < tol, "{format:?}: max error {err}");
             assert_eq!(ours.storage_size_in_bytes() as u64, format.bytes_for(40 * 512));
         }
+    }
+
+    #[test]
+    fn q4k_blocks_equal_candles_on_bf16_weights_where_halfway_values_are_common() {
+        let t = Tensor::randn(0f32, 0.02, (16, 1024), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let ours = quantize(&t, QuantFormat::Q4K, &Device::Cpu).unwrap();
+        let candles = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        assert!(ours.data().unwrap() == candles.data().unwrap());
     }
 
     #[test]
