@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use freezetune_core::fit::{fit, need_bytes, DeviceMemory, FitSetup};
 use freezetune_core::quant::QuantizeFrozen;
+use freezetune_core::run_config::OptimizerKind;
 use freezetune_core::synth::{write_checkpoint, Family, Fill, SynthSpec};
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
 use freezetune_train::loss::causal_lm_loss;
@@ -148,6 +149,7 @@ fn run_one(dir: &Path, config: &Config, steps: usize) -> Result<()> {
         half_precision: config.dtype != DType::F32,
         cpu: true,
         quantize_frozen: config.quantize,
+        optimizer: Default::default(),
     };
     let line = serde_json::json!({
         "peak_rss": peak_rss_bytes(), "after_load": after_load, "load_s": load_s,
@@ -192,8 +194,14 @@ fn gpu_estimate(dir: &Path) -> Result<()> {
         name: "24 GB".into(),
         available_bytes: 24_000_000_000,
     };
-    println!("\nFit check, top 4 layers on a 24 GB GPU, bf16, seq 2048, batch 4, gradient checkpointing, AdamW:");
-    for q in [QuantizeFrozen::None, QuantizeFrozen::Q8_0, QuantizeFrozen::Q4K] {
+    println!("\nFit check, top 4 layers on a 24 GB GPU, bf16, seq 2048, batch 4, gradient checkpointing:");
+    let combos = [
+        (QuantizeFrozen::None, OptimizerKind::Adamw),
+        (QuantizeFrozen::Q4K, OptimizerKind::Adamw),
+        (QuantizeFrozen::None, OptimizerKind::Adamw8bit),
+        (QuantizeFrozen::Q4K, OptimizerKind::Adamw8bit),
+    ];
+    for (q, optimizer) in combos {
         let setup = FitSetup {
             batch_size: 4,
             seq_len: 2048,
@@ -202,11 +210,13 @@ fn gpu_estimate(dir: &Path) -> Result<()> {
             half_precision: true,
             cpu: false,
             quantize_frozen: q,
+            optimizer,
         };
         let v = fit(&layout, &trainable, setup, &device);
         println!(
-            "  frozen layers {:<5} need {:>6.2} GiB: {}",
+            "  frozen layers {:<5} {:<10} need {:>6.2} GiB: {}",
             q.name(),
+            format!("{optimizer:?}").to_lowercase(),
             v.need_bytes as f64 / GIB,
             if v.fits { "fits" } else { "does not fit" }
         );

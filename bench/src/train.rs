@@ -278,6 +278,7 @@ fn run_one(job: Job) -> Result<()> {
             half_precision: false,
             cpu: false,
             quantize_frozen: Default::default(),
+            optimizer: Default::default(),
         };
         freezetune_core::fit::need_bytes(&layout, &trainable, setup)
     };

@@ -14,6 +14,7 @@ use crate::layout::ModelLayout;
 use crate::memory::{activations_with, lowest_backward_layer, update_bytes, Kernels};
 use crate::plan::PlanOptions;
 use crate::quant::QuantizeFrozen;
+use crate::run_config::OptimizerKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -32,6 +33,9 @@ pub struct FitSetup {
     /// Frozen projection matrices held quantized (`[model] quantize_frozen`, quant.rs).
     #[serde(default)]
     pub quantize_frozen: QuantizeFrozen,
+    /// The optimizer: its state per trainable value (AdamW 8 bytes, AdamW8bit about 2, SGD none).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
 }
 
 /// The device's memory the run may use.
@@ -85,6 +89,8 @@ pub enum Change {
     QuantizeFrozen {
         format: QuantizeFrozen,
     },
+    /// AdamW's moments in 8 bits (`optimizer = "adamw8bit"`).
+    Optimizer8bit,
     /// Every change above that keeps the training the same, at once.
     Combined,
 }
@@ -93,10 +99,12 @@ pub enum Change {
 pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup) -> u64 {
     let compute_bytes = if setup.half_precision { 2 } else { 4 };
     let (mut frozen, mut trained, mut largest, mut largest_quantized) = (0u64, 0u64, 0u64, 0u64);
+    let mut optimizer_state = 0u64;
     for t in layout.tensors() {
         if trainable.contains(&t.name) {
             trained += t.params;
             largest = largest.max(t.params);
+            optimizer_state += setup.optimizer.state_bytes(t.params);
             continue;
         }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
@@ -130,14 +138,16 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             )
         })
         .unwrap_or(0);
-    // The composite AdamW update's temporaries (memory.rs); the fused CPU update has none.
-    let update = if kernels == Kernels::Composite {
+    // The composite AdamW update's temporaries (memory.rs); the fused CPU update and AdamW8bit's host-side one
+    // have none on the device.
+    let update = if kernels == Kernels::Composite && setup.optimizer != OptimizerKind::Adamw8bit {
         update_bytes(largest)
     } else {
         0
     };
     // The update runs after the step's graph (and its activations) is dropped: whichever is larger is the peak.
-    frozen + dequantized + trained * 16 + update.max(activations)
+    // f32 master and gradient of every trainable value, and the optimizer's state.
+    frozen + dequantized + trained * 8 + optimizer_state + update.max(activations)
 }
 
 /// The verdict for `trainable` under `setup` on `device`.
@@ -245,6 +255,19 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
             ),
             need,
         ));
+    }
+    if setup.optimizer == OptimizerKind::Adamw {
+        let need = need_with(FitSetup {
+            optimizer: OptimizerKind::Adamw8bit,
+            ..setup
+        });
+        if need < need_with(setup) {
+            out.push(make(
+                Change::Optimizer8bit,
+                "keep AdamW's moments in 8 bits (adamw8bit, as bitsandbytes; about a quarter of the state)".into(),
+                need,
+            ));
+        }
     }
     if let Some(seq) = longest_cutoff_that_fits(setup, available, &need_with) {
         out.push(make(

@@ -11,6 +11,7 @@ pub mod files;
 pub mod fit;
 pub mod fsutil;
 pub mod ids;
+pub mod kquant;
 pub mod layout;
 pub mod llamafactory;
 pub mod memory;

@@ -116,12 +116,29 @@ fn default_cutoff() -> usize {
     1024
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
+    #[default]
     Adamw,
+    /// AdamW with 8-bit blockwise moments (bitsandbytes' AdamW8bit): 2 bytes of state a parameter instead of 8.
+    Adamw8bit,
     Sgd,
+}
+
+impl OptimizerKind {
+    /// Bytes of optimizer state the trainer keeps for a trainable tensor of `values` values.
+    pub fn state_bytes(self, values: u64) -> u64 {
+        match self {
+            OptimizerKind::Adamw => 8 * values,
+            // Mirrors crates/train/src/optim8.rs: 8-bit codes and an f32 maximum per 256 values for each moment;
+            // tensors under 4096 values keep f32 moments.
+            OptimizerKind::Adamw8bit if values < 4096 => 8 * values,
+            OptimizerKind::Adamw8bit => 2 * values + 8 * values.div_ceil(256),
+            OptimizerKind::Sgd => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod import;
-pub mod kquant;
+pub use freezetune_core::kquant;
 pub mod modelfile;
 pub mod names;
 pub mod quant;

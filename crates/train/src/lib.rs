@@ -19,6 +19,7 @@ pub mod model;
 pub mod node;
 pub mod ops;
 pub mod optim;
+pub mod optim8;
 pub mod params;
 pub mod probe;
 pub mod quant;

@@ -2,6 +2,7 @@
 //! decay, bias-corrected moments); HF Trainer's grouping leaves biases and norm weights without decay.
 
 use crate::fused;
+use crate::optim8::{Moments8, Step8};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use freezetune_core::schedule::StatePolicy;
@@ -59,6 +60,15 @@ pub enum Optimizer {
         /// Updates applied so far (for progress reports; the bias corrections use each tensor's own count).
         steps: u64,
     },
+    /// AdamW with 8-bit blockwise moments (optim8.rs), kept on the host.
+    AdamW8bit {
+        params: Vec<(String, Var)>,
+        lr_scale: Vec<f64>,
+        config: AdamWConfig,
+        state: Vec<Option<Moments8>>,
+        stash: BTreeMap<String, Moments8>,
+        steps: u64,
+    },
 }
 
 impl Optimizer {
@@ -79,9 +89,23 @@ impl Optimizer {
         }
     }
 
+    pub fn adamw8bit(params: Vec<(String, Var)>, config: AdamWConfig) -> Optimizer {
+        let n = params.len();
+        Optimizer::AdamW8bit {
+            params,
+            lr_scale: vec![1.0; n],
+            config,
+            state: vec![None; n],
+            stash: BTreeMap::new(),
+            steps: 0,
+        }
+    }
+
     pub fn params(&self) -> &[(String, Var)] {
         match self {
-            Optimizer::Sgd { params, .. } | Optimizer::AdamW { params, .. } => params,
+            Optimizer::Sgd { params, .. } | Optimizer::AdamW { params, .. } | Optimizer::AdamW8bit { params, .. } => {
+                params
+            }
         }
     }
 
@@ -89,14 +113,16 @@ impl Optimizer {
     pub fn steps_taken(&self) -> u64 {
         match self {
             Optimizer::Sgd { .. } => 0,
-            Optimizer::AdamW { steps, .. } => *steps,
+            Optimizer::AdamW { steps, .. } | Optimizer::AdamW8bit { steps, .. } => *steps,
         }
     }
 
     /// Per-parameter learning-rate factors (aligned with [`Optimizer::params`]; 1 is the base rate).
     pub fn set_lr_scale(&mut self, scale: Vec<f64>) {
         match self {
-            Optimizer::Sgd { lr_scale, .. } | Optimizer::AdamW { lr_scale, .. } => *lr_scale = scale,
+            Optimizer::Sgd { lr_scale, .. }
+            | Optimizer::AdamW { lr_scale, .. }
+            | Optimizer::AdamW8bit { lr_scale, .. } => *lr_scale = scale,
         }
     }
 
@@ -133,6 +159,27 @@ impl Optimizer {
                     });
                 }
                 *state = fresh;
+                *params = new;
+                *lr_scale = vec![1.0; n];
+            }
+            Optimizer::AdamW8bit {
+                params,
+                lr_scale,
+                state,
+                stash,
+                ..
+            } => {
+                // The moments live on the host already: they move between the list and the stash as they are.
+                if policy == StatePolicy::Reset {
+                    stash.clear();
+                } else {
+                    for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
+                        if let Some(s) = slot.take() {
+                            stash.insert(name.clone(), s);
+                        }
+                    }
+                }
+                *state = new.iter().map(|(name, _)| stash.remove(name)).collect();
                 *params = new;
                 *lr_scale = vec![1.0; n];
             }
@@ -187,6 +234,40 @@ impl Optimizer {
                     *slot = Some(adamw_update(var, g, s, c, lr * k, decay)?);
                 }
             }
+            Optimizer::AdamW8bit {
+                params,
+                lr_scale,
+                config: c,
+                state,
+                steps,
+                ..
+            } => {
+                *steps += 1;
+                for ((((name, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter())
+                {
+                    let Some(g) = g else { continue };
+                    let mut s = slot
+                        .take()
+                        .unwrap_or_else(|| Moments8::zeros(var.as_tensor().elem_count()));
+                    s.step += 1;
+                    let decay = if c.no_decay_for_bias_and_norm && is_bias_or_norm(name) {
+                        0.0
+                    } else {
+                        c.weight_decay
+                    };
+                    let h = Step8 {
+                        lr: (lr * k) as f32,
+                        beta1: c.beta1 as f32,
+                        beta2: c.beta2 as f32,
+                        eps: c.eps as f32,
+                        decay: decay as f32,
+                        bc1: (1.0 - c.beta1.powi(s.step as i32)) as f32,
+                        bc2_sqrt: (1.0 - c.beta2.powi(s.step as i32)).sqrt() as f32,
+                    };
+                    crate::optim8::step(var, g, &mut s.state, h)?;
+                    *slot = Some(s);
+                }
+            }
         }
         Ok(())
     }
@@ -195,6 +276,25 @@ impl Optimizer {
     /// count as a scalar `t.<name>` (the tensors a schedule keeps aside included), and the updates applied so far.
     pub fn state(&self) -> (BTreeMap<String, Tensor>, u64) {
         let mut out = BTreeMap::new();
+        if let Optimizer::AdamW8bit {
+            params,
+            state,
+            stash,
+            steps,
+            ..
+        } = self
+        {
+            let active = params
+                .iter()
+                .zip(state)
+                .filter_map(|((n, _), s)| s.as_ref().map(|s| (n, s)));
+            for (name, s) in active.chain(stash.iter()) {
+                if let Err(e) = s.save(name, &mut out) {
+                    tracing::warn!("optimizer state of {name} not saved: {e}");
+                }
+            }
+            return (out, *steps);
+        }
         if let Optimizer::AdamW {
             params,
             state,
@@ -222,6 +322,34 @@ impl Optimizer {
     /// Restores what [`Optimizer::state`] saved. Checkpoints from before per-tensor step counts give every tensor
     /// the saved update count.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, saved_steps: u64) -> Result<()> {
+        if let Optimizer::AdamW8bit {
+            params,
+            state,
+            stash,
+            steps,
+            ..
+        } = self
+        {
+            let position: BTreeMap<&str, usize> =
+                params.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+            let names: std::collections::BTreeSet<&str> = tensors
+                .keys()
+                .filter_map(|k| k.split_once('.').map(|(_, n)| n))
+                .collect();
+            for name in names {
+                let Some(s) = Moments8::load(name, tensors, saved_steps)? else {
+                    continue;
+                };
+                match position.get(name) {
+                    Some(&i) => state[i] = Some(s),
+                    None => {
+                        stash.insert(name.to_string(), s);
+                    }
+                }
+            }
+            *steps = saved_steps;
+            return Ok(());
+        }
         if let Optimizer::AdamW {
             params,
             state,

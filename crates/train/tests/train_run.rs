@@ -137,8 +137,20 @@ fn the_exported_checkpoint_proves_the_freeze_mask() {
 
 #[test]
 fn stop_and_resume_equals_an_uninterrupted_run() {
-    let training =
-        "batch_size = 1\nshuffle = true\nmax_steps = 6\noptimizer = \"adamw\"\nlearning_rate = 5e-3\nwarmup_steps = 2";
+    stop_and_resume_with("adamw");
+}
+
+/// adamw8bit's checkpoint holds its codes and block maxima: resumed, the same losses and weights.
+#[test]
+fn stop_and_resume_with_8bit_moments_equals_an_uninterrupted_run() {
+    stop_and_resume_with("adamw8bit");
+}
+
+fn stop_and_resume_with(optimizer: &str) {
+    let training = format!(
+        "batch_size = 1\nshuffle = true\nmax_steps = 6\noptimizer = \"{optimizer}\"\nlearning_rate = 5e-3\nwarmup_steps = 2"
+    );
+    let training = training.as_str();
     let a = tempfile::tempdir().unwrap();
     let full = train(&config(a.path(), training), false, &quiet, &AtomicBool::new(false)).unwrap();
     let b = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use freezetune_core::fit::{fit, DeviceMemory, FitSetup};
 use freezetune_core::preset::PresetStore;
+use freezetune_core::run_config::OptimizerKind;
 use freezetune_core::schedule::TimelineContext;
 use freezetune_core::{FreezeSpec, ModelLayout};
 use std::path::PathBuf;
@@ -87,6 +88,18 @@ pub struct FitArgs {
     /// Frozen layers' matrices held quantized while training: none, q8_0 or q4_k (as `train --quantize-frozen`).
     #[arg(long, value_name = "FORMAT", value_parser = super::train::parse_quantize_frozen, help_heading = "Does it fit?")]
     pub quantize_frozen: Option<freezetune_core::quant::QuantizeFrozen>,
+    /// The optimizer whose state to count: adamw (the default), adamw8bit or sgd.
+    #[arg(long, value_name = "NAME", value_parser = parse_optimizer, help_heading = "Does it fit?")]
+    pub optimizer: Option<OptimizerKind>,
+}
+
+fn parse_optimizer(s: &str) -> std::result::Result<OptimizerKind, String> {
+    match s {
+        "adamw" => Ok(OptimizerKind::Adamw),
+        "adamw8bit" => Ok(OptimizerKind::Adamw8bit),
+        "sgd" => Ok(OptimizerKind::Sgd),
+        _ => Err(format!("{s:?} is not an optimizer; use adamw, adamw8bit or sgd")),
+    }
 }
 
 impl FitArgs {
@@ -154,6 +167,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 half_precision: args.fit.half || (!cpu && !args.fit.f32),
                 cpu,
                 quantize_frozen: args.fit.quantize_frozen.unwrap_or_default(),
+                optimizer: args.fit.optimizer.unwrap_or_default(),
             };
             let trainable = plan.trainable.iter().cloned().collect();
             Some(fit(&layout, &trainable, setup, &device))

@@ -17,6 +17,7 @@ fn gpu(batch_size: u64, seq_len: u64) -> FitSetup {
         half_precision: false,
         cpu: false,
         quantize_frozen: QuantizeFrozen::None,
+        optimizer: OptimizerKind::Adamw,
     }
 }
 
@@ -102,6 +103,14 @@ fn a_setup_that_does_not_fit_gets_changes_cheapest_first_each_with_its_own_estim
                 &set,
                 FitSetup {
                     quantize_frozen: *format,
+                    ..setup
+                },
+            ),
+            Change::Optimizer8bit => need_bytes(
+                &layout,
+                &set,
+                FitSetup {
+                    optimizer: OptimizerKind::Adamw8bit,
                     ..setup
                 },
             ),

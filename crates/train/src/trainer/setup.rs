@@ -281,18 +281,17 @@ fn write_run_files(
 
 fn build_optimizer(t: &TrainingSection, params: &Params) -> Optimizer {
     let vars: Vec<_> = params.vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    let adamw = AdamWConfig {
+        beta1: t.adam_beta1,
+        beta2: t.adam_beta2,
+        eps: t.adam_epsilon,
+        weight_decay: t.weight_decay,
+        no_decay_for_bias_and_norm: t.no_decay_for_bias_and_norm,
+    };
     match t.optimizer {
         OptimizerKind::Sgd => Optimizer::sgd(vars),
-        OptimizerKind::Adamw => Optimizer::adamw(
-            vars,
-            AdamWConfig {
-                beta1: t.adam_beta1,
-                beta2: t.adam_beta2,
-                eps: t.adam_epsilon,
-                weight_decay: t.weight_decay,
-                no_decay_for_bias_and_norm: t.no_decay_for_bias_and_norm,
-            },
-        ),
+        OptimizerKind::Adamw => Optimizer::adamw(vars, adamw),
+        OptimizerKind::Adamw8bit => Optimizer::adamw8bit(vars, adamw),
     }
 }
 
