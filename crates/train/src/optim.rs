@@ -255,15 +255,7 @@ impl Optimizer {
                     } else {
                         c.weight_decay
                     };
-                    let h = Step8 {
-                        lr: (lr * k) as f32,
-                        beta1: c.beta1 as f32,
-                        beta2: c.beta2 as f32,
-                        eps: c.eps as f32,
-                        decay: decay as f32,
-                        bc1: (1.0 - c.beta1.powi(s.step as i32)) as f32,
-                        bc2_sqrt: (1.0 - c.beta2.powi(s.step as i32)).sqrt() as f32,
-                    };
+                    let h = Step8::new(lr * k, c.beta1, c.beta2, c.eps, decay, s.step);
                     crate::optim8::step(var, g, &mut s.state, h)?;
                     *slot = Some(s);
                 }
