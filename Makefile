@@ -130,9 +130,11 @@ fuzz: setup
 	$(CARGO) build --release --locked -p freezetune-fuzz
 	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/release/fuzz" --seconds $(FUZZ_SECONDS)'
 
-## bench: benchmark programs that print their numbers.
+## bench: benchmark programs that print their numbers (bench-quantized writes a 13.5 GB 7B-shaped checkpoint to
+## /var/tmp once, and its unquantized run needs about 20 GB of memory).
 bench: setup
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-inspect
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-download -- 1024
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-matmul
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-train
+	$(CARGO) run --release --locked -p freezetune-bench --bin bench-quantized

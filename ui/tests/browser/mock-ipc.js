@@ -136,7 +136,7 @@
     const total = args.config.training.max_steps || 300;
     return new Promise((resolve) => {
       let step = 0;
-      send([{ event: "started", run_dir: args.config.output.dir, total_steps: total, trainable_parameters: 0, examples: 54, eval_examples: 6, truncated: 0, skipped: 0, device: "cpu", dtype: args.config.model.dtype === "auto" ? "f32" : args.config.model.dtype, device_note: "auto picked the CPU: this build has no GPU backend (CUDA or Metal)" }]);
+      send([{ event: "started", run_dir: args.config.output.dir, total_steps: total, trainable_parameters: 0, examples: 54, eval_examples: 6, truncated: 0, skipped: 0, device: "cpu", dtype: args.config.model.dtype === "auto" ? "f32" : args.config.model.dtype, device_note: "auto picked the CPU: this build has no GPU backend (CUDA or Metal)", frozen_weight_bytes: 4.16 * GiB, ...(args.config.model.quantize_frozen && args.config.model.quantize_frozen !== "none" ? { quantized_tensors: 210, quantize_frozen: args.config.model.quantize_frozen } : {}) }]);
       const timer = setInterval(() => {
         const batch = [];
         for (let k = 0; k < 3 && step < total; k++) {
@@ -191,13 +191,17 @@
     // that does not help enough and one that does.
     check_fit: (a) => {
       const m = plan(a.spec).memory;
-      const need = a.setup.cpu ? m.cpu_total_bytes : m.total_bytes;
+      // Quantized frozen layers: the mock's frozen weights at a seventh (q4_k) or a quarter (q8_0).
+      const held = { none: 1, q8_0: 17 / 64, q4_k: 9 / 64 }[a.setup.quantize_frozen ?? "none"];
+      const full = a.setup.cpu ? m.cpu_total_bytes : m.total_bytes;
+      const need = Math.round(full - m.frozen_weight_bytes * (1 - held));
       const available = a.device.available_bytes;
       const change = (change, text, need_bytes) => ({ change, text, need_bytes, fits: need_bytes <= available });
       return {
         device: a.device.name, need_bytes: need, available_bytes: available, fits: need <= available,
         changes: need <= available ? [] : [
           change({ kind: "gradient_checkpointing" }, "turn on gradient checkpointing (same result, about a third slower)", need - (1 << 28)),
+          ...(a.setup.quantize_frozen === "q4_k" ? [] : [change({ kind: "quantize_frozen", format: "q4_k" }, "hold the frozen layers' matrices as q4_k (quantize_frozen; their matmuls use the quantized weights, trainable tensors stay f32)", Math.round(full - m.frozen_weight_bytes * (55 / 64)))]),
           change({ kind: "layers", layers: "78-79" }, "train only layers 78-79 (the top of the selection: the backward pass stops sooner)", available - GiB),
         ],
       };

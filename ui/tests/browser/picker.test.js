@@ -203,9 +203,18 @@ describe("train, presets and the other screens", () => {
     await page.getByTestId("device").selectOption("cpu");
     await page.waitForSelector('[data-testid="memory-fit"][data-fits="false"]');
     assert.match(await page.getByTestId("memory-fit").textContent(), /this machine has 48\.0 GiB free —\s+does not fit/);
-    assert.equal(await page.locator('[data-testid="fit-change"][data-fits="true"]').count(), 1, "one change fits");
+    assert.equal(await page.locator('[data-testid="fit-change"][data-fits="true"]').count(), 2, "fewer layers and q4_k frozen layers fit");
     await page.getByTestId("memory-fit").scrollIntoViewIfNeeded();
     await page.screenshot({ path: join(SHOTS, "train-fit.png"), fullPage: false });
+    // Quantized frozen layers are offered; Apply sets the Train screen's control and the need is asked again.
+    assert.equal(await page.getByTestId("quantize-frozen").inputValue(), "none");
+    const before = await page.getByTestId("memory-fit").textContent();
+    await page.getByTestId("apply-quantize_frozen").click();
+    assert.equal(await page.getByTestId("quantize-frozen").inputValue(), "q4_k");
+    await page.waitForFunction((b) => document.querySelector('[data-testid="memory-fit"]')?.textContent !== b, before);
+    assert.equal(await page.locator('[data-testid="fit-change"][data-kind="quantize_frozen"]').count(), 0, "nothing lighter");
+    await page.getByTestId("quantize-frozen").scrollIntoViewIfNeeded();
+    await page.screenshot({ path: join(SHOTS, "train-quantized.png"), fullPage: false });
     await page.getByTestId("device").selectOption("cuda:0");
     await page.waitForSelector('[data-testid="memory-fit"][data-fits="true"]');
     assert.match(await page.getByTestId("memory-fit").textContent(), /cuda:0 has 139 GiB free — fits/);
@@ -215,6 +224,7 @@ describe("train, presets and the other screens", () => {
     assert.ok(points >= 30, `${points} points`);
     assert.equal(await page.getByTestId("train-progress").getAttribute("data-total-steps"), "300");
     assert.match(await page.getByTestId("train-device").textContent(), /On cpu, bf16 compute with f32 master weights/);
+    assert.match(await page.getByTestId("train-device").textContent(), /Frozen weights 4\.16 GiB, 210 matrices held as q4_k/);
     await page.screenshot({ path: join(SHOTS, "train.png") });
     await page.screenshot({ path: join(SHOTS, "train-full.png"), fullPage: true });
     await page.getByTestId("stop-training").click();
