@@ -33,7 +33,8 @@ pub struct FitSetup {
     /// Frozen projection matrices held quantized (`[model] quantize_frozen`, quant.rs).
     #[serde(default)]
     pub quantize_frozen: QuantizeFrozen,
-    /// The optimizer: its state per trainable value (AdamW 8 bytes, AdamW8bit about 2, SGD none).
+    /// The optimizer: its state per trainable value (AdamW 8 bytes, AdamW8bit about 2, Adafactor a matrix's rows and
+    /// columns, SGD none).
     #[serde(default)]
     pub optimizer: OptimizerKind,
 }
@@ -104,7 +105,7 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
         if trainable.contains(&t.name) {
             trained += t.params;
             largest = largest.max(t.params);
-            optimizer_state += setup.optimizer.state_bytes(t.params);
+            optimizer_state += setup.optimizer.state_bytes(&t.shape);
             continue;
         }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();

@@ -124,14 +124,24 @@ pub enum OptimizerKind {
     Adamw,
     /// AdamW with 8-bit blockwise moments (bitsandbytes' AdamW8bit): 2 bytes of state a parameter instead of 8.
     Adamw8bit,
+    /// Adafactor as HF Trainer's `optim="adafactor"` runs it: factored second moments (rows + columns of each
+    /// matrix), no first moment.
+    Adafactor,
     Sgd,
 }
 
 impl OptimizerKind {
-    /// Bytes of optimizer state the trainer keeps for a trainable tensor of `values` values.
-    pub fn state_bytes(self, values: u64) -> u64 {
+    /// Bytes of optimizer state the trainer keeps for a trainable tensor of shape `shape`.
+    pub fn state_bytes(self, shape: &[u64]) -> u64 {
+        let values: u64 = shape.iter().product();
         match self {
             OptimizerKind::Adamw => 8 * values,
+            // Mirrors crates/train/src/adafactor.rs: f32 means over the last dimension and over the one before.
+            OptimizerKind::Adafactor if shape.len() >= 2 => {
+                let last = shape[shape.len() - 1];
+                4 * (values / last + values / shape[shape.len() - 2])
+            }
+            OptimizerKind::Adafactor => 4 * values,
             // Mirrors crates/train/src/optim8.rs: 8-bit codes and an f32 maximum per 256 values for each moment;
             // tensors under 4096 values keep f32 moments.
             OptimizerKind::Adamw8bit if values < 4096 => 8 * values,

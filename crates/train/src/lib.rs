@@ -1,6 +1,7 @@
 //! `freezetune-train`: freeze-aware fine-tuning on candle. FreezeTune's own decoder (Hugging Face weight names,
 //! differentiable ops only), trainable tensors as f32 `Var`s and frozen ones as constants, optimizers.
 
+pub mod adafactor;
 pub mod attention;
 pub mod checkpoint;
 pub mod config;

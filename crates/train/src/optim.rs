@@ -1,6 +1,7 @@
 //! Optimizers over the plan's trainable `Var`s only. AdamW follows `torch.optim.AdamW` exactly (decoupled weight
 //! decay, bias-corrected moments); HF Trainer's grouping leaves biases and norm weights without decay.
 
+use crate::adafactor::AdafactorState;
 use crate::fused;
 use crate::optim8::{Moments8, Step8};
 use candle_core::backprop::GradStore;
@@ -60,6 +61,15 @@ pub enum Optimizer {
         /// Updates applied so far (for progress reports; the bias corrections use each tensor's own count).
         steps: u64,
     },
+    /// Adafactor (adafactor.rs): factored second moments, no first moment.
+    Adafactor {
+        params: Vec<(String, Var)>,
+        lr_scale: Vec<f64>,
+        weight_decay: f64,
+        state: Vec<Option<AdafactorState>>,
+        stash: BTreeMap<String, AdafactorState>,
+        steps: u64,
+    },
     /// AdamW with 8-bit blockwise moments (optim8.rs), kept on the host.
     AdamW8bit {
         params: Vec<(String, Var)>,
@@ -89,6 +99,18 @@ impl Optimizer {
         }
     }
 
+    pub fn adafactor(params: Vec<(String, Var)>, weight_decay: f64) -> Optimizer {
+        let n = params.len();
+        Optimizer::Adafactor {
+            params,
+            lr_scale: vec![1.0; n],
+            weight_decay,
+            state: vec![None; n],
+            stash: BTreeMap::new(),
+            steps: 0,
+        }
+    }
+
     pub fn adamw8bit(params: Vec<(String, Var)>, config: AdamWConfig) -> Optimizer {
         let n = params.len();
         Optimizer::AdamW8bit {
@@ -103,9 +125,10 @@ impl Optimizer {
 
     pub fn params(&self) -> &[(String, Var)] {
         match self {
-            Optimizer::Sgd { params, .. } | Optimizer::AdamW { params, .. } | Optimizer::AdamW8bit { params, .. } => {
-                params
-            }
+            Optimizer::Sgd { params, .. }
+            | Optimizer::AdamW { params, .. }
+            | Optimizer::Adafactor { params, .. }
+            | Optimizer::AdamW8bit { params, .. } => params,
         }
     }
 
@@ -113,7 +136,9 @@ impl Optimizer {
     pub fn steps_taken(&self) -> u64 {
         match self {
             Optimizer::Sgd { .. } => 0,
-            Optimizer::AdamW { steps, .. } | Optimizer::AdamW8bit { steps, .. } => *steps,
+            Optimizer::AdamW { steps, .. }
+            | Optimizer::Adafactor { steps, .. }
+            | Optimizer::AdamW8bit { steps, .. } => *steps,
         }
     }
 
@@ -122,6 +147,7 @@ impl Optimizer {
         match self {
             Optimizer::Sgd { lr_scale, .. }
             | Optimizer::AdamW { lr_scale, .. }
+            | Optimizer::Adafactor { lr_scale, .. }
             | Optimizer::AdamW8bit { lr_scale, .. } => *lr_scale = scale,
         }
     }
@@ -157,6 +183,35 @@ impl Optimizer {
                         Some(s) => Some(s.to_device(var.as_tensor().device())?),
                         None => None,
                     });
+                }
+                *state = fresh;
+                *params = new;
+                *lr_scale = vec![1.0; n];
+            }
+            Optimizer::Adafactor {
+                params,
+                lr_scale,
+                state,
+                stash,
+                ..
+            } => {
+                if policy == StatePolicy::Reset {
+                    stash.clear();
+                } else {
+                    for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
+                        if let Some(s) = slot.take() {
+                            stash.insert(name.clone(), s.to_device(&candle_core::Device::Cpu)?);
+                        }
+                    }
+                }
+                let mut fresh = Vec::with_capacity(n);
+                for (name, var) in &new {
+                    fresh.push(
+                        stash
+                            .remove(name)
+                            .map(|s| s.to_device(var.as_tensor().device()))
+                            .transpose()?,
+                    );
                 }
                 *state = fresh;
                 *params = new;
@@ -234,6 +289,24 @@ impl Optimizer {
                     *slot = Some(adamw_update(var, g, s, c, lr * k, decay)?);
                 }
             }
+            Optimizer::Adafactor {
+                params,
+                lr_scale,
+                weight_decay,
+                state,
+                steps,
+                ..
+            } => {
+                *steps += 1;
+                for ((((_, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter()) {
+                    let Some(g) = g else { continue };
+                    let s = match slot.take() {
+                        Some(s) => s,
+                        None => AdafactorState::zeros(g)?,
+                    };
+                    *slot = Some(crate::adafactor::step(var, g, s, lr * k, *weight_decay)?);
+                }
+            }
             Optimizer::AdamW8bit {
                 params,
                 lr_scale,
@@ -268,6 +341,25 @@ impl Optimizer {
     /// count as a scalar `t.<name>` (the tensors a schedule keeps aside included), and the updates applied so far.
     pub fn state(&self) -> (BTreeMap<String, Tensor>, u64) {
         let mut out = BTreeMap::new();
+        if let Optimizer::Adafactor {
+            params,
+            state,
+            stash,
+            steps,
+            ..
+        } = self
+        {
+            let active = params
+                .iter()
+                .zip(state)
+                .filter_map(|((n, _), s)| s.as_ref().map(|s| (n, s)));
+            for (name, s) in active.chain(stash.iter()) {
+                if let Err(e) = s.save(name, &mut out) {
+                    tracing::warn!("optimizer state of {name} not saved: {e}");
+                }
+            }
+            return (out, *steps);
+        }
         if let Optimizer::AdamW8bit {
             params,
             state,
@@ -314,6 +406,37 @@ impl Optimizer {
     /// Restores what [`Optimizer::state`] saved. Checkpoints from before per-tensor step counts give every tensor
     /// the saved update count.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, saved_steps: u64) -> Result<()> {
+        if let Optimizer::Adafactor {
+            params,
+            state,
+            stash,
+            steps,
+            ..
+        } = self
+        {
+            let position: BTreeMap<&str, (usize, candle_core::Device)> = params
+                .iter()
+                .enumerate()
+                .map(|(i, (n, v))| (n.as_str(), (i, v.as_tensor().device().clone())))
+                .collect();
+            let names: std::collections::BTreeSet<&str> = tensors
+                .keys()
+                .filter_map(|k| k.split_once('.').map(|(_, n)| n))
+                .collect();
+            for name in names {
+                let Some(s) = AdafactorState::load(name, tensors, saved_steps)? else {
+                    continue;
+                };
+                match position.get(name) {
+                    Some((i, device)) => state[*i] = Some(s.to_device(device)?),
+                    None => {
+                        stash.insert(name.to_string(), s);
+                    }
+                }
+            }
+            *steps = saved_steps;
+            return Ok(());
+        }
         if let Optimizer::AdamW8bit {
             params,
             state,

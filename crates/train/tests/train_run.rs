@@ -146,6 +146,12 @@ fn stop_and_resume_with_8bit_moments_equals_an_uninterrupted_run() {
     stop_and_resume_with("adamw8bit");
 }
 
+/// Adafactor's checkpoint holds its row and column means: resumed, the same losses and weights.
+#[test]
+fn stop_and_resume_with_adafactor_equals_an_uninterrupted_run() {
+    stop_and_resume_with("adafactor");
+}
+
 fn stop_and_resume_with(optimizer: &str) {
     let training = format!(
         "batch_size = 1\nshuffle = true\nmax_steps = 6\noptimizer = \"{optimizer}\"\nlearning_rate = 5e-3\nwarmup_steps = 2"

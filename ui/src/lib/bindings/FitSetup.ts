@@ -19,6 +19,7 @@ cpu: boolean,
  */
 quantize_frozen: QuantizeFrozen, 
 /**
- * The optimizer: its state per trainable value (AdamW 8 bytes, AdamW8bit about 2, SGD none).
+ * The optimizer: its state per trainable value (AdamW 8 bytes, AdamW8bit about 2, Adafactor a matrix's rows and
+ * columns, SGD none).
  */
 optimizer: OptimizerKind, };
