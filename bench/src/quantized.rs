@@ -8,7 +8,8 @@
 //! The checkpoint (13.5 GB of bf16) is written once to `$FREEZETUNE_BENCH_7B` (default /var/tmp/freezetune-bench-7b)
 //! and reused. The unquantized run needs about 20 GB: on a machine with less memory it is reported as not run.
 //!
-//! Run: `cargo run --release -p freezetune-bench --bin bench-quantized [-- STEPS]`
+//! Run: `cargo run --release -p freezetune-bench --bin bench-quantized [-- STEPS | --estimate]` (`--estimate`: only
+//! the fit check, from the model's shapes).
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -186,8 +187,20 @@ fn spawn(dir: &Path, index: usize, steps: usize) -> Result<Option<serde_json::Va
 }
 
 /// The fit check for the 7B's top 4 layers on a 24 GB GPU in bf16 (seq 2048, batch 4, checkpointing).
-fn gpu_estimate(dir: &Path) -> Result<()> {
-    let layout = ModelLayout::inspect(dir)?;
+/// Only the checkpoint's header is read: it is written sparse (the estimate needs shapes, not weights).
+fn gpu_estimate() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("freezetune-bench-7b-header-{}", std::process::id()));
+    write_checkpoint(
+        &dir,
+        &SynthSpec {
+            fill: Fill::Sparse,
+            shards: 1,
+            ..llama2_7b()
+        },
+    )?;
+    let layout = ModelLayout::inspect(&dir);
+    std::fs::remove_dir_all(&dir)?;
+    let layout = layout?;
     let p = plan(&layout, &top(4), PlanOptions::default())?;
     let trainable: BTreeSet<String> = p.trainable.iter().cloned().collect();
     let device = DeviceMemory {
@@ -231,6 +244,9 @@ fn main() -> Result<()> {
         let steps: usize = args[3].parse()?;
         return run_one(Path::new(&args[4]), &configs()[index], steps);
     }
+    if args.get(1).map(String::as_str) == Some("--estimate") {
+        return gpu_estimate();
+    }
     let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2);
     let dir = model_dir();
     ensure_model(&dir)?;
@@ -263,5 +279,5 @@ fn main() -> Result<()> {
             None => println!("{:<28} killed for lack of memory (the kernel's OOM killer)", c.label),
         }
     }
-    gpu_estimate(&dir)
+    gpu_estimate()
 }

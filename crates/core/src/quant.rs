@@ -2,11 +2,13 @@
 //! and what they then cost. One rule, read by the trainer when it loads the weights and by the memory estimate and
 //! fit check, so the estimate counts exactly what the trainer holds.
 //!
-//! Only a decoder layer's projection matrices (`….layers.N.….<x>_proj.weight`, two dimensions) are quantized: they
-//! are nearly all of a model's frozen bytes, and a frozen one is only ever a matmul operand. Norms, biases,
-//! embeddings and lm_head stay in the compute dtype (the embedding is a row lookup; lm_head sets the logits every
-//! token's loss reads). Blocks run along a row, so a row's length must be a multiple of the block: q4_k (256
-//! values a block) falls back to q8_0 (32) for a matrix whose rows are not, and a matrix neither fits stays dense.
+//! A decoder layer's projection matrices (`….layers.N.….<x>_proj.weight`, two dimensions) are held in the chosen
+//! format: they are nearly all of a large model's frozen bytes, and a frozen one is only ever a matmul operand. The
+//! embeddings and lm_head (a quarter of a small model with a large vocabulary) are held as q8_0 whatever the
+//! choice: they set every token's input and every logit, and llama.cpp's q4_K_M keeps them at 6 bits or more too.
+//! Norms and biases stay in the compute dtype. Blocks run along a row, so a row's length must be a multiple of the
+//! block: q4_k (256 values a block) falls back to q8_0 (32) for a matrix whose rows are not, and a matrix neither
+//! fits stays dense.
 
 use serde::{Deserialize, Serialize};
 
@@ -89,13 +91,18 @@ impl QuantizeFrozen {
             QuantizeFrozen::Q8_0 => QuantFormat::Q8_0,
             QuantizeFrozen::Q4K => QuantFormat::Q4K,
         };
-        if !is_layer_projection(name) || dims.len() != 2 {
+        if dims.len() != 2 {
             return None;
         }
         let row = dims[1];
-        [preferred, QuantFormat::Q8_0]
-            .into_iter()
-            .find(|f| row > 0 && row % f.block_values() == 0)
+        let fits = |f: &QuantFormat| row > 0 && row % f.block_values() == 0;
+        if is_vocabulary_matrix(name) {
+            return Some(QuantFormat::Q8_0).filter(fits);
+        }
+        if !is_layer_projection(name) {
+            return None;
+        }
+        [preferred, QuantFormat::Q8_0].into_iter().find(fits)
     }
 
     /// Bytes a frozen tensor takes: quantized where [`QuantizeFrozen::format_for`] says so, else `values` ×
@@ -106,6 +113,11 @@ impl QuantizeFrozen {
             None => values * dense_bytes,
         }
     }
+}
+
+/// The token embeddings or the output projection.
+fn is_vocabulary_matrix(name: &str) -> bool {
+    name.ends_with("embed_tokens.weight") || name == "lm_head.weight" || name.ends_with(".lm_head.weight")
 }
 
 /// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj.weight`.
@@ -134,9 +146,17 @@ mod tests {
             Some(QuantFormat::Q8_0)
         );
         assert_eq!(QuantizeFrozen::None.format_for(down, &[4096, 4096]), None);
+        // The vocabulary matrices at 8 bits whatever the choice.
         for name in [
             "model.embed_tokens.weight",
             "lm_head.weight",
+            "language_model.lm_head.weight",
+        ] {
+            assert_eq!(q4.format_for(name, &[32000, 4096]), Some(QuantFormat::Q8_0), "{name}");
+            assert_eq!(q4.format_for(name, &[32000, 100]), None, "{name}");
+            assert_eq!(QuantizeFrozen::None.format_for(name, &[32000, 4096]), None, "{name}");
+        }
+        for name in [
             "model.layers.0.input_layernorm.weight",
             "model.layers.0.self_attn.q_proj.bias",
             "model.layers.x.self_attn.q_proj.weight",
@@ -154,6 +174,10 @@ mod tests {
         assert_eq!(QuantFormat::Q8_0.bytes_for(4096 * 4096) * 8, 4096 * 4096 * 17 / 2);
         let q = QuantizeFrozen::Q4K;
         assert_eq!(q.frozen_bytes("model.norm.weight", &[4096], 4096, 2), 8192);
+        assert_eq!(
+            q.frozen_bytes("lm_head.weight", &[32000, 4096], 32000 * 4096, 2),
+            32000 * 4096 / 32 * 34
+        );
         for s in ["none", "q8_0", "q4_k"] {
             assert_eq!(QuantizeFrozen::parse(s).map(|q| q.name()), Some(s));
         }

@@ -18,6 +18,7 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
+#[derive(Clone)]
 pub enum LinearWeight {
     /// A `Var`'s f32 master.
     Trainable(Tensor),
@@ -28,6 +29,18 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
+    pub fn is_trainable(&self) -> bool {
+        matches!(self, LinearWeight::Trainable(_))
+    }
+
+    /// Rows `ids` (a token embedding lookup) in f32 or the stored dtype; a quantized matrix dequantizes only them.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            LinearWeight::Trainable(w) | LinearWeight::Frozen(w) => w.index_select(ids, 0),
+            LinearWeight::Quantized(q) => q.embedding(ids),
+        }
+    }
+
     /// A dense weight, trainable when it is a `Var`'s tensor.
     pub fn dense(weight: Tensor) -> LinearWeight {
         if weight.is_variable() {

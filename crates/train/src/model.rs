@@ -62,7 +62,7 @@ fn norm_names(placement: NormPlacement) -> [Option<&'static str>; 4] {
 
 pub struct Decoder {
     pub config: DecoderConfig,
-    embed: Tensor,
+    embed: LinearWeight,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -192,11 +192,11 @@ impl Decoder {
         let blocks = (0..c.num_layers)
             .map(|i| Block::load(c, &names, i, params))
             .collect::<Result<Vec<_>>>()?;
-        let embed = params.get(&format!("{}.embed_tokens.weight", names.model))?;
+        let embed = params.weight(&format!("{}.embed_tokens.weight", names.model))?;
         let lm_head_weight = format!("{}.weight", names.lm_head);
         let lm_head = if c.tie_word_embeddings || !params.contains(&lm_head_weight) {
             Linear {
-                weight: LinearWeight::dense(embed.clone()),
+                weight: embed.clone(),
                 bias: None,
             }
         } else {
@@ -227,7 +227,7 @@ impl Decoder {
     fn embed_ids(&self, ids: &Tensor, b: usize, t: usize) -> candle_core::Result<Tensor> {
         let h = self
             .embed
-            .index_select(ids, 0)?
+            .rows(ids)?
             .to_dtype(self.dtype)?
             .reshape((b, t, self.config.hidden_size))?;
         let h = match self.config.embed_scale {
@@ -371,7 +371,7 @@ impl Decoder {
         let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
         let rot = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
-        let embed_trainable = self.embed.is_variable();
+        let embed_trainable = self.embed.is_trainable();
         let lowest = self
             .blocks
             .iter()
@@ -737,13 +737,13 @@ fn refuse_stale_tie(c: &DecoderConfig, names: &TensorNames, params: &Params) -> 
     if !c.tie_word_embeddings || !params.contains(&lm_head) {
         return Ok(());
     }
-    let embed = params.get(&format!("{}.embed_tokens.weight", names.model))?;
-    let head = params.get(&lm_head)?;
+    let embed = params.f32_value(&format!("{}.embed_tokens.weight", names.model))?;
+    let head = params.f32_value(&lm_head)?;
     let differs = (|| -> candle_core::Result<bool> {
         if embed.shape() != head.shape() {
             return Ok(true);
         }
-        let diff = (embed.to_dtype(DType::F32)? - head.to_dtype(DType::F32)?)?;
+        let diff = (embed - head)?;
         Ok(diff.abs()?.max_all()?.to_scalar::<f32>()? > 0.0)
     })()
     .map_err(crate::error::candle("comparing lm_head with the embeddings"))?;

@@ -279,19 +279,29 @@ impl Params {
         self.vars.contains_key(name) || self.consts.contains_key(name) || self.quantized.contains_key(name)
     }
 
+    /// Tensor `name` as a matrix operand: a trainable `Var`'s tensor, a frozen constant, or a quantized matrix.
+    pub fn weight(&self, name: &str) -> Result<LinearWeight> {
+        if let Some(q) = self.quantized.get(name) {
+            self.read.lock().expect("read names").insert(name.to_string());
+            return Ok(LinearWeight::Quantized(q.clone()));
+        }
+        Ok(LinearWeight::dense(self.get(name)?))
+    }
+
+    /// Tensor `name`'s values in f32, dequantized if it is held quantized (for comparisons, not training).
+    pub fn f32_value(&self, name: &str) -> Result<Tensor> {
+        let value = match self.quantized.get(name) {
+            Some(q) => crate::quant::dequantize(q, DType::F32),
+            None => self.get(name)?.to_dtype(DType::F32),
+        };
+        value.map_err(candle_err(format!("reading {name}")))
+    }
+
     /// `<prefix>.weight` (and `<prefix>.bias` when `bias`) as a linear layer; weight and bias are each trainable
     /// or frozen as the plan says.
     pub fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
-        let w = format!("{prefix}.weight");
-        let weight = match self.quantized.get(&w) {
-            Some(q) => {
-                self.read.lock().expect("read names").insert(w);
-                LinearWeight::Quantized(q.clone())
-            }
-            None => LinearWeight::dense(self.get(&w)?),
-        };
         Ok(Linear {
-            weight,
+            weight: self.weight(&format!("{prefix}.weight"))?,
             bias: if bias {
                 Some(self.get(&format!("{prefix}.bias"))?)
             } else {

@@ -145,18 +145,24 @@ fn quantized_frozen_layers_train_within_tolerance_and_export_the_original_tensor
         else {
             unreachable!()
         };
-        // Layers 0 and 1 frozen: q, k, v, o, gate, up and down of each.
+        // Layers 0 and 1 frozen: q, k, v, o, gate, up and down of each; and the embeddings and lm_head (q8_0).
         assert_eq!(
             quantized_tensors,
-            if q == QuantizeFrozen::None { 0 } else { 14 },
+            if q == QuantizeFrozen::None { 0 } else { 16 },
             "{q:?}"
         );
         eprintln!("{q:?}: frozen {frozen_weight_bytes} bytes, losses {l:?}");
         let exported = tensor_bytes(&work.join("run/final/model.safetensors"));
         let input = tensor_bytes(&model.join("model.safetensors"));
-        for layer in 0..2 {
-            let name = format!("model.layers.{layer}.mlp.down_proj.weight");
-            assert_eq!(exported[&name], input[&name], "{q:?}: {name} copied from the input");
+        let frozen = [
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.1.self_attn.q_proj.weight",
+        ];
+        for name in frozen
+            .into_iter()
+            .chain(["model.embed_tokens.weight", "lm_head.weight"])
+        {
+            assert_eq!(exported[name], input[name], "{q:?}: {name} copied from the input");
         }
         losses.push(l);
     }
@@ -195,14 +201,14 @@ fn a_quantized_tensor_that_starts_training_gets_its_exact_values_from_the_checkp
     write_checkpoint(dir.path(), &spec()).unwrap();
     let name = "model.layers.0.mlp.down_proj.weight".to_string();
     let mut params = Params::load_quantized(dir.path(), &[], &Device::Cpu, DType::F32, QuantizeFrozen::Q4K).unwrap();
-    assert_eq!(params.quantized_count(), 4 * 7);
+    assert_eq!(params.quantized_count(), 4 * 7 + 2);
     let dense = Params::load_with(dir.path(), &[], &Device::Cpu, DType::F32).unwrap();
     assert!(
         params.frozen_bytes() * 4 < dense.frozen_bytes(),
         "q4_k holds the projections in about 1/7"
     );
     params.set_trainable(std::slice::from_ref(&name)).unwrap();
-    assert_eq!(params.quantized_count(), 4 * 7 - 1);
+    assert_eq!(params.quantized_count(), 4 * 7 + 1);
     let master = params.vars[&name]
         .as_tensor()
         .flatten_all()
@@ -219,6 +225,34 @@ fn a_quantized_tensor_that_starts_training_gets_its_exact_values_from_the_checkp
     assert_eq!(master, original);
     // Frozen again: kept dense with its trained values, never quantized again.
     params.set_trainable(&[]).unwrap();
-    assert_eq!(params.quantized_count(), 4 * 7 - 1);
+    assert_eq!(params.quantized_count(), 4 * 7 + 1);
     assert!(params.trained_value(&name).is_some());
+}
+
+/// A tied model (Qwen2's layout) looks its tokens up in, and computes its logits from, one quantized matrix.
+#[test]
+fn a_tied_model_uses_its_quantized_embeddings_at_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    let spec = SynthSpec {
+        hidden: 256,
+        intermediate: 512,
+        ..SynthSpec::tiny(Family::Qwen2, 2)
+    };
+    assert!(spec.tied);
+    write_checkpoint(&model, &spec).unwrap();
+    let mut losses = Vec::new();
+    for q in [QuantizeFrozen::None, QuantizeFrozen::Q8_0] {
+        let work = dir.path().join(q.name());
+        std::fs::create_dir_all(&work).unwrap();
+        let (l, started) = run(&config(&work, &model, "top = 1", 3, 1e-3, q));
+        let TrainEvent::Started { quantized_tensors, .. } = started else {
+            unreachable!()
+        };
+        // Layer 0's seven projections and the one vocabulary matrix.
+        assert_eq!(quantized_tensors, if q == QuantizeFrozen::None { 0 } else { 8 });
+        losses.push(l);
+    }
+    let gap = max_relative_gap(&losses[1], &losses[0]);
+    assert!(gap > 0.0 && gap < 0.01, "q8_0 within 1% of the dense run: {gap}");
 }

@@ -341,16 +341,19 @@ fn quantized_frozen_layers_count_their_blocks_and_are_offered_when_the_run_does_
         },
     );
     // 30 frozen layers of 4 * 4096² + 3 * 4096 * 11008 projection weights: 2 bytes each dense, 0.5625 in q4_k and
-    // 1.0625 in q8_0; one dequantized (f32 then bf16) matrix of 4096 * 11008 at a time.
+    // 1.0625 in q8_0; the embeddings and lm_head (32000 * 4096 each) in q8_0 either way; one dequantized (f32, then
+    // bf16) matrix at a time, the largest being lm_head.
     let frozen_projections: u64 = 30 * (4 * 4096 * 4096 + 3 * 4096 * 11008);
-    let transient = 4096 * 11008 * 6;
+    let vocabulary: u64 = 2 * 32000 * 4096;
+    let vocabulary_saved = vocabulary * 2 - vocabulary * 17 / 16;
+    let transient = 32000 * 4096 * 6;
     assert_eq!(
         dense - q4,
-        frozen_projections * 2 - frozen_projections * 9 / 16 - transient
+        frozen_projections * 2 - frozen_projections * 9 / 16 + vocabulary_saved - transient
     );
     assert_eq!(
         dense - q8,
-        frozen_projections * 2 - frozen_projections * 17 / 16 - transient
+        frozen_projections * 2 - frozen_projections * 17 / 16 + vocabulary_saved - transient
     );
     let v = fit(&layout, &set, bf16, &device(q8 + (dense - q8) / 2));
     let offered = v
