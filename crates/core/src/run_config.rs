@@ -138,8 +138,8 @@ impl OptimizerKind {
             OptimizerKind::Adamw => 8 * values,
             // Mirrors crates/train/src/adafactor.rs: f32 means over the last dimension and over the one before.
             OptimizerKind::Adafactor if shape.len() >= 2 => {
-                let last = shape[shape.len() - 1];
-                4 * (values / last + values / shape[shape.len() - 2])
+                let (last, before) = (shape[shape.len() - 1], shape[shape.len() - 2]);
+                4 * (values.checked_div(last).unwrap_or(0) + values.checked_div(before).unwrap_or(0))
             }
             OptimizerKind::Adafactor => 4 * values,
             // Mirrors crates/train/src/optim8.rs: 8-bit codes and an f32 maximum per 256 values for each moment;

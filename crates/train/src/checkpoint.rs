@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Where the run stood after an optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Progress {
     /// Optimizer steps done.
     pub step: u64,
@@ -25,6 +25,10 @@ pub struct Progress {
     /// f16 runs: the dynamic loss scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaler: Option<crate::trainer::scaler::LossScaler>,
+    /// The optimizer whose state the checkpoint holds (`adamw`, `adamw8bit`, `adafactor`, `sgd`); written by
+    /// [`save`], absent from checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<String>,
 }
 
 pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &Progress) -> Result<PathBuf> {
@@ -45,7 +49,11 @@ pub fn save(run_dir: &Path, params: &Params, optimizer: &Optimizer, progress: &P
         candle_core::safetensors::save(&state, &path).map_err(candle(&format!("writing {}", path.display())))?;
     }
     let path = staging.join("progress.json");
-    std::fs::write(&path, serde_json::to_string_pretty(progress).expect("json")).map_err(io(&path))?;
+    let progress = Progress {
+        optimizer: Some(optimizer.kind_name().to_string()),
+        ..progress.clone()
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&progress).expect("json")).map_err(io(&path))?;
     if dest.exists() {
         std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
     }
@@ -102,6 +110,16 @@ pub fn restore(
     }
     for (name, t) in &saved {
         params.restore_value(name, t)?;
+    }
+    if let Some(saved) = progress.optimizer.as_deref().filter(|k| *k != optimizer.kind_name()) {
+        return Err(TrainError::Config {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "this checkpoint holds {saved}'s optimizer state, but the run now uses {}: set training.optimizer \
+                 back to \"{saved}\" to resume, or start a new run",
+                optimizer.kind_name()
+            ),
+        });
     }
     let path = dir.join("optimizer.safetensors");
     if path.is_file() {

@@ -737,8 +737,8 @@ fn refuse_stale_tie(c: &DecoderConfig, names: &TensorNames, params: &Params) -> 
     if !c.tie_word_embeddings || !params.contains(&lm_head) {
         return Ok(());
     }
-    let embed = params.f32_value(&format!("{}.embed_tokens.weight", names.model))?;
-    let head = params.f32_value(&lm_head)?;
+    let embed = params.checkpoint_f32(&format!("{}.embed_tokens.weight", names.model))?;
+    let head = params.checkpoint_f32(&lm_head)?;
     let differs = (|| -> candle_core::Result<bool> {
         if embed.shape() != head.shape() {
             return Ok(true);

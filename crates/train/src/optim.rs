@@ -66,6 +66,8 @@ pub enum Optimizer {
         params: Vec<(String, Var)>,
         lr_scale: Vec<f64>,
         weight_decay: f64,
+        /// HF Trainer's grouping: no weight decay on biases and norm weights.
+        no_decay_for_bias_and_norm: bool,
         state: Vec<Option<AdafactorState>>,
         stash: BTreeMap<String, AdafactorState>,
         steps: u64,
@@ -99,12 +101,13 @@ impl Optimizer {
         }
     }
 
-    pub fn adafactor(params: Vec<(String, Var)>, weight_decay: f64) -> Optimizer {
+    pub fn adafactor(params: Vec<(String, Var)>, weight_decay: f64, no_decay_for_bias_and_norm: bool) -> Optimizer {
         let n = params.len();
         Optimizer::Adafactor {
             params,
             lr_scale: vec![1.0; n],
             weight_decay,
+            no_decay_for_bias_and_norm,
             state: vec![None; n],
             stash: BTreeMap::new(),
             steps: 0,
@@ -120,6 +123,16 @@ impl Optimizer {
             state: vec![None; n],
             stash: BTreeMap::new(),
             steps: 0,
+        }
+    }
+
+    /// The run config's name of this optimizer.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd { .. } => "sgd",
+            Optimizer::AdamW { .. } => "adamw",
+            Optimizer::Adafactor { .. } => "adafactor",
+            Optimizer::AdamW8bit { .. } => "adamw8bit",
         }
     }
 
@@ -293,18 +306,25 @@ impl Optimizer {
                 params,
                 lr_scale,
                 weight_decay,
+                no_decay_for_bias_and_norm,
                 state,
                 steps,
                 ..
             } => {
                 *steps += 1;
-                for ((((_, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter()) {
+                for ((((name, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter())
+                {
                     let Some(g) = g else { continue };
                     let s = match slot.take() {
                         Some(s) => s,
                         None => AdafactorState::zeros(g)?,
                     };
-                    *slot = Some(crate::adafactor::step(var, g, s, lr * k, *weight_decay)?);
+                    let decay = if *no_decay_for_bias_and_norm && is_bias_or_norm(name) {
+                        0.0
+                    } else {
+                        *weight_decay
+                    };
+                    *slot = Some(crate::adafactor::step(var, g, s, lr * k, decay)?);
                 }
             }
             Optimizer::AdamW8bit {

@@ -288,13 +288,13 @@ impl Params {
         Ok(LinearWeight::dense(self.get(name)?))
     }
 
-    /// Tensor `name`'s values in f32, dequantized if it is held quantized (for comparisons, not training).
-    pub fn f32_value(&self, name: &str) -> Result<Tensor> {
-        let value = match self.quantized.get(name) {
-            Some(q) => crate::quant::dequantize(q, DType::F32),
-            None => self.get(name)?.to_dtype(DType::F32),
-        };
-        value.map_err(candle_err(format!("reading {name}")))
+    /// Tensor `name` as the checkpoint file stores it, in f32 on the host (for comparisons, not training: a quantized
+    /// or trained copy would compare other values).
+    pub fn checkpoint_f32(&self, name: &str) -> Result<Tensor> {
+        self.open_source()?
+            .load(name)?
+            .to_dtype(DType::F32)
+            .map_err(candle_err(format!("reading {name}")))
     }
 
     /// `<prefix>.weight` (and `<prefix>.bias` when `bias`) as a linear layer; weight and bias are each trainable

@@ -323,3 +323,23 @@ fn phi3_and_gemma_train_with_the_mask_kept() {
         }
     }
 }
+
+/// A checkpoint records its optimizer: resuming it with another one is refused by name, not misread.
+#[test]
+fn resuming_with_another_optimizer_is_refused() {
+    let training = |optimizer: &str| {
+        format!("batch_size = 1\nmax_steps = 4\nsave_steps = 1\noptimizer = \"{optimizer}\"\nlearning_rate = 5e-3")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = AtomicBool::new(false);
+    let stopper = |e: TrainEvent| {
+        if matches!(e, TrainEvent::Step { step: 2, .. }) {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    train(&config(dir.path(), &training("adamw8bit")), false, &stopper, &cancel).unwrap();
+    let e = train(&config(dir.path(), &training("adamw")), true, &quiet, &AtomicBool::new(false)).unwrap_err();
+    assert!(e.to_string().contains("adamw8bit") && e.to_string().contains("training.optimizer"), "{e}");
+    let resumed = train(&config(dir.path(), &training("adamw8bit")), true, &quiet, &AtomicBool::new(false)).unwrap();
+    assert_eq!(resumed.steps, 4);
+}

@@ -88,7 +88,7 @@ pub struct FitArgs {
     /// Frozen layers' matrices held quantized while training: none, q8_0 or q4_k (as `train --quantize-frozen`).
     #[arg(long, value_name = "FORMAT", value_parser = super::train::parse_quantize_frozen, help_heading = "Does it fit?")]
     pub quantize_frozen: Option<freezetune_core::quant::QuantizeFrozen>,
-    /// The optimizer whose state to count: adamw (the default), adamw8bit or sgd.
+    /// The optimizer whose state to count: adamw (the default), adamw8bit, adafactor or sgd.
     #[arg(long, value_name = "NAME", value_parser = parse_optimizer, help_heading = "Does it fit?")]
     pub optimizer: Option<OptimizerKind>,
 }
@@ -97,8 +97,11 @@ fn parse_optimizer(s: &str) -> std::result::Result<OptimizerKind, String> {
     match s {
         "adamw" => Ok(OptimizerKind::Adamw),
         "adamw8bit" => Ok(OptimizerKind::Adamw8bit),
+        "adafactor" => Ok(OptimizerKind::Adafactor),
         "sgd" => Ok(OptimizerKind::Sgd),
-        _ => Err(format!("{s:?} is not an optimizer; use adamw, adamw8bit or sgd")),
+        _ => Err(format!(
+            "{s:?} is not an optimizer; use adamw, adamw8bit, adafactor or sgd"
+        )),
     }
 }
 

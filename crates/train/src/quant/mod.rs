@@ -36,7 +36,7 @@ pub fn quantize(t: &Tensor, format: QuantFormat, device: &Device) -> Result<QTen
     }
     let storage = match format {
         QuantFormat::Q8_0 => storage_of(&quantize_blocks::<BlockQ8_0>(&values), device, format)?,
-        QuantFormat::Q4K => QStorage::from_data(Cow::Owned(encode_q4k(&values)), device, GgmlDType::Q4K)?,
+        QuantFormat::Q4K => storage_of(&encode_q4k(&values), device, format)?,
     };
     QTensor::new(storage, shape)
 }
@@ -51,12 +51,18 @@ fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
     })
 }
 
-fn encode_q4k(values: &[f32]) -> Vec<u8> {
-    let chunks: Vec<Vec<u8>> = values
-        .par_chunks(BLOCKS_PER_TASK * kquant::BLOCK_VALUES)
-        .map(kquant::quantize_q4k)
-        .collect();
-    chunks.concat()
+/// q4_k blocks of `values`, encoded as llama.cpp does over every core. Written into candle's block type so the
+/// upload reads aligned blocks (candle's loader asserts the alignment of the bytes it is handed).
+fn encode_q4k(values: &[f32]) -> Vec<BlockQ4K> {
+    let mut blocks = vec![BlockQ4K::zeros(); values.len() / kquant::BLOCK_VALUES];
+    // SAFETY: `BlockQ4K` is llama.cpp's `repr(C)` block of 144 plain bytes; any bytes are a valid block.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(&blocks[..])) };
+    bytes
+        .par_chunks_mut(BLOCKS_PER_TASK * kquant::BLOCK_BYTES)
+        .zip(values.par_chunks(BLOCKS_PER_TASK * kquant::BLOCK_VALUES))
+        .for_each(|(out, src)| out.copy_from_slice(&kquant::quantize_q4k(src)));
+    blocks
 }
 
 fn quantize_blocks<T: GgmlType>(values: &[f32]) -> Vec<T> {

@@ -292,7 +292,7 @@ fn build_optimizer(t: &TrainingSection, params: &Params) -> Optimizer {
         OptimizerKind::Sgd => Optimizer::sgd(vars),
         OptimizerKind::Adamw => Optimizer::adamw(vars, adamw),
         OptimizerKind::Adamw8bit => Optimizer::adamw8bit(vars, adamw),
-        OptimizerKind::Adafactor => Optimizer::adafactor(vars, t.weight_decay),
+        OptimizerKind::Adafactor => Optimizer::adafactor(vars, t.weight_decay, t.no_decay_for_bias_and_norm),
     }
 }
 
