@@ -25,6 +25,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod rss;
+use rss::peak_rss_bytes;
+
 const GIB: f64 = (1u64 << 30) as f64;
 const SEQ: usize = 256;
 
@@ -88,16 +91,6 @@ fn ensure_model(dir: &Path) -> Result<()> {
     std::fs::write(&marker, b"")?;
     println!("  written in {:.0} s", t.elapsed().as_secs_f64());
     Ok(())
-}
-
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 fn top(n: usize) -> FreezeSpec {

@@ -27,6 +27,8 @@ use std::time::Instant;
 
 mod flops;
 mod peak;
+mod rss;
+use rss::peak_rss_bytes;
 
 /// One model shape of the benchmark and the configurations measured on it.
 struct BenchShape {
@@ -165,16 +167,6 @@ fn configs() -> Vec<(&'static str, FreezeSpec)> {
             },
         ),
     ]
-}
-
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 /// What one child process measures.

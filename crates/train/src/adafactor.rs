@@ -5,6 +5,7 @@
 //! state is (rows + columns) values instead of AdamW's 2 × rows × columns; a vector keeps a full second moment.
 //! Computed with candle ops in f32 (every device), one tensor at a time.
 
+use crate::optim_state::SavedState;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use std::collections::BTreeMap;
 
@@ -47,20 +48,11 @@ impl AdafactorState {
         };
         Ok(AdafactorState { v, step: 0 })
     }
+}
 
-    pub fn to_device(&self, device: &Device) -> Result<AdafactorState> {
-        let v = match &self.v {
-            SecondMoment::Factored { row, col } => SecondMoment::Factored {
-                row: row.to_device(device)?,
-                col: col.to_device(device)?,
-            },
-            SecondMoment::Full(v) => SecondMoment::Full(v.to_device(device)?),
-        };
-        Ok(AdafactorState { v, step: self.step })
-    }
-
+impl SavedState for AdafactorState {
     /// Checkpoint tensors: `vr.<name>` / `vc.<name>` (factored) or `v.<name>`, and the step count `t.<name>`.
-    pub fn save(&self, name: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
+    fn save(&self, name: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
         match &self.v {
             SecondMoment::Factored { row, col } => {
                 out.insert(format!("vr.{name}"), row.clone());
@@ -75,7 +67,7 @@ impl AdafactorState {
     }
 
     /// What [`AdafactorState::save`] wrote for `name`, if anything.
-    pub fn load(name: &str, tensors: &BTreeMap<String, Tensor>, default_step: u64) -> Result<Option<AdafactorState>> {
+    fn load(name: &str, tensors: &BTreeMap<String, Tensor>, default_step: u64) -> Result<Option<AdafactorState>> {
         let get = |prefix: &str| tensors.get(&format!("{prefix}.{name}")).cloned();
         let v = match (get("vr"), get("vc"), get("v")) {
             (Some(row), Some(col), _) => SecondMoment::Factored { row, col },
@@ -87,6 +79,17 @@ impl AdafactorState {
             None => default_step,
         };
         Ok(Some(AdafactorState { v, step }))
+    }
+
+    fn to_device(self, device: &Device) -> Result<AdafactorState> {
+        let v = match &self.v {
+            SecondMoment::Factored { row, col } => SecondMoment::Factored {
+                row: row.to_device(device)?,
+                col: col.to_device(device)?,
+            },
+            SecondMoment::Full(v) => SecondMoment::Full(v.to_device(device)?),
+        };
+        Ok(AdafactorState { v, step: self.step })
     }
 }
 

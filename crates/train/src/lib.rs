@@ -21,6 +21,7 @@ pub mod node;
 pub mod ops;
 pub mod optim;
 pub mod optim8;
+pub mod optim_state;
 pub mod params;
 pub mod probe;
 pub mod quant;

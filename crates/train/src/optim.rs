@@ -4,6 +4,7 @@
 use crate::adafactor::AdafactorState;
 use crate::fused;
 use crate::optim8::{Moments8, Step8};
+use crate::optim_state::{SavedState, Tracked, TrackedView};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use freezetune_core::schedule::StatePolicy;
@@ -52,35 +53,30 @@ pub enum Optimizer {
         lr_scale: Vec<f64>,
     },
     AdamW {
-        params: Vec<(String, Var)>,
-        lr_scale: Vec<f64>,
+        tracked: Tracked<Moments>,
         config: AdamWConfig,
-        state: Vec<Option<Moments>>,
-        /// Moments of tensors not trainable in the current phase of a schedule (`keep`), on the host.
-        stash: BTreeMap<String, Moments>,
-        /// Updates applied so far (for progress reports; the bias corrections use each tensor's own count).
-        steps: u64,
     },
     /// Adafactor (adafactor.rs): factored second moments, no first moment.
     Adafactor {
-        params: Vec<(String, Var)>,
-        lr_scale: Vec<f64>,
+        tracked: Tracked<AdafactorState>,
         weight_decay: f64,
         /// HF Trainer's grouping: no weight decay on biases and norm weights.
         no_decay_for_bias_and_norm: bool,
-        state: Vec<Option<AdafactorState>>,
-        stash: BTreeMap<String, AdafactorState>,
-        steps: u64,
     },
     /// AdamW with 8-bit blockwise moments (optim8.rs), kept on the host.
     AdamW8bit {
-        params: Vec<(String, Var)>,
-        lr_scale: Vec<f64>,
+        tracked: Tracked<Moments8>,
         config: AdamWConfig,
-        state: Vec<Option<Moments8>>,
-        stash: BTreeMap<String, Moments8>,
-        steps: u64,
     },
+}
+
+/// The weight decay of parameter `name`: none for biases and norms under HF Trainer's grouping.
+fn decay_for(name: &str, weight_decay: f64, no_decay_for_bias_and_norm: bool) -> f64 {
+    if no_decay_for_bias_and_norm && is_bias_or_norm(name) {
+        0.0
+    } else {
+        weight_decay
+    }
 }
 
 impl Optimizer {
@@ -90,39 +86,24 @@ impl Optimizer {
     }
 
     pub fn adamw(params: Vec<(String, Var)>, config: AdamWConfig) -> Optimizer {
-        let n = params.len();
         Optimizer::AdamW {
-            params,
-            lr_scale: vec![1.0; n],
+            tracked: Tracked::new(params),
             config,
-            state: vec![None; n],
-            stash: BTreeMap::new(),
-            steps: 0,
         }
     }
 
     pub fn adafactor(params: Vec<(String, Var)>, weight_decay: f64, no_decay_for_bias_and_norm: bool) -> Optimizer {
-        let n = params.len();
         Optimizer::Adafactor {
-            params,
-            lr_scale: vec![1.0; n],
+            tracked: Tracked::new(params),
             weight_decay,
             no_decay_for_bias_and_norm,
-            state: vec![None; n],
-            stash: BTreeMap::new(),
-            steps: 0,
         }
     }
 
     pub fn adamw8bit(params: Vec<(String, Var)>, config: AdamWConfig) -> Optimizer {
-        let n = params.len();
         Optimizer::AdamW8bit {
-            params,
-            lr_scale: vec![1.0; n],
+            tracked: Tracked::new(params),
             config,
-            state: vec![None; n],
-            stash: BTreeMap::new(),
-            steps: 0,
         }
     }
 
@@ -136,123 +117,56 @@ impl Optimizer {
         }
     }
 
+    /// The state-keeping part of a stateful optimizer, as its common view.
+    fn common(&self) -> Option<&dyn TrackedView> {
+        match self {
+            Optimizer::Sgd { .. } => None,
+            Optimizer::AdamW { tracked, .. } => Some(tracked),
+            Optimizer::Adafactor { tracked, .. } => Some(tracked),
+            Optimizer::AdamW8bit { tracked, .. } => Some(tracked),
+        }
+    }
+
+    fn common_mut(&mut self) -> Option<&mut dyn TrackedView> {
+        match self {
+            Optimizer::Sgd { .. } => None,
+            Optimizer::AdamW { tracked, .. } => Some(tracked),
+            Optimizer::Adafactor { tracked, .. } => Some(tracked),
+            Optimizer::AdamW8bit { tracked, .. } => Some(tracked),
+        }
+    }
+
     pub fn params(&self) -> &[(String, Var)] {
         match self {
-            Optimizer::Sgd { params, .. }
-            | Optimizer::AdamW { params, .. }
-            | Optimizer::Adafactor { params, .. }
-            | Optimizer::AdamW8bit { params, .. } => params,
+            Optimizer::Sgd { params, .. } => params,
+            other => other.common().expect("stateful").params(),
         }
     }
 
     /// Updates applied so far.
     pub fn steps_taken(&self) -> u64 {
-        match self {
-            Optimizer::Sgd { .. } => 0,
-            Optimizer::AdamW { steps, .. }
-            | Optimizer::Adafactor { steps, .. }
-            | Optimizer::AdamW8bit { steps, .. } => *steps,
-        }
+        self.common().map_or(0, |t| t.steps())
     }
 
     /// Per-parameter learning-rate factors (aligned with [`Optimizer::params`]; 1 is the base rate).
     pub fn set_lr_scale(&mut self, scale: Vec<f64>) {
         match self {
-            Optimizer::Sgd { lr_scale, .. }
-            | Optimizer::AdamW { lr_scale, .. }
-            | Optimizer::Adafactor { lr_scale, .. }
-            | Optimizer::AdamW8bit { lr_scale, .. } => *lr_scale = scale,
+            Optimizer::Sgd { lr_scale, .. } => *lr_scale = scale,
+            other => other.common_mut().expect("stateful").set_lr_scale(scale),
         }
     }
 
     /// A schedule's phase change: `new` becomes the parameter list. With `Keep`, a tensor's moments leave with it
     /// (to the host) and come back when it trains again; with `Reset`, every tensor starts afresh, as BAdam does.
     pub fn switch_params(&mut self, new: Vec<(String, Var)>, policy: StatePolicy) -> Result<()> {
-        let n = new.len();
         match self {
             Optimizer::Sgd { params, lr_scale } => {
+                *lr_scale = vec![1.0; new.len()];
                 *params = new;
-                *lr_scale = vec![1.0; n];
+                Ok(())
             }
-            Optimizer::AdamW {
-                params,
-                lr_scale,
-                state,
-                stash,
-                ..
-            } => {
-                if policy == StatePolicy::Reset {
-                    stash.clear();
-                } else {
-                    for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
-                        if let Some(s) = slot.take() {
-                            stash.insert(name.clone(), s.to_device(&candle_core::Device::Cpu)?);
-                        }
-                    }
-                }
-                let mut fresh = Vec::with_capacity(n);
-                for (name, var) in &new {
-                    fresh.push(match stash.remove(name) {
-                        Some(s) => Some(s.to_device(var.as_tensor().device())?),
-                        None => None,
-                    });
-                }
-                *state = fresh;
-                *params = new;
-                *lr_scale = vec![1.0; n];
-            }
-            Optimizer::Adafactor {
-                params,
-                lr_scale,
-                state,
-                stash,
-                ..
-            } => {
-                if policy == StatePolicy::Reset {
-                    stash.clear();
-                } else {
-                    for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
-                        if let Some(s) = slot.take() {
-                            stash.insert(name.clone(), s.to_device(&candle_core::Device::Cpu)?);
-                        }
-                    }
-                }
-                let mut fresh = Vec::with_capacity(n);
-                for (name, var) in &new {
-                    fresh.push(
-                        stash
-                            .remove(name)
-                            .map(|s| s.to_device(var.as_tensor().device()))
-                            .transpose()?,
-                    );
-                }
-                *state = fresh;
-                *params = new;
-                *lr_scale = vec![1.0; n];
-            }
-            Optimizer::AdamW8bit {
-                params,
-                lr_scale,
-                state,
-                stash,
-                ..
-            } => {
-                // The moments live on the host already: they move between the list and the stash as they are.
-                if policy == StatePolicy::Reset {
-                    stash.clear();
-                } else {
-                    for ((name, _), slot) in params.iter().zip(state.iter_mut()) {
-                        if let Some(s) = slot.take() {
-                            stash.insert(name.clone(), s);
-                        }
-                    }
-                }
-                *state = new.iter().map(|(name, _)| stash.remove(name)).collect();
-                *params = new;
-                *lr_scale = vec![1.0; n];
-            }
+            other => other.common_mut().expect("stateful").switch(new, policy),
         }
-        Ok(())
     }
 
     /// The gradients of the optimizer's parameters, in its order, taken out of a backward pass's store.
@@ -273,257 +187,92 @@ impl Optimizer {
                         var.set(&(var.as_tensor() - (g * (lr * k))?)?)?;
                     }
                 }
+                Ok(())
             }
-            Optimizer::AdamW {
-                params,
-                lr_scale,
-                config: c,
-                state,
-                steps,
-                ..
-            } => {
-                *steps += 1;
-                for ((((name, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter())
-                {
-                    let Some(g) = g else { continue };
-                    let s = match slot.take() {
-                        Some(s) => s,
-                        None => Moments {
-                            m: g.zeros_like()?,
-                            v: g.zeros_like()?,
-                            step: 0,
-                        },
-                    };
-                    let decay = if c.no_decay_for_bias_and_norm && is_bias_or_norm(name) {
-                        0.0
-                    } else {
-                        c.weight_decay
-                    };
-                    *slot = Some(adamw_update(var, g, s, c, lr * k, decay)?);
-                }
-            }
+            Optimizer::AdamW { tracked, config: c } => tracked.update(grads, lr, |name, var, g, s, lr| {
+                let s = match s {
+                    Some(s) => s,
+                    None => Moments {
+                        m: g.zeros_like()?,
+                        v: g.zeros_like()?,
+                        step: 0,
+                    },
+                };
+                let decay = decay_for(name, c.weight_decay, c.no_decay_for_bias_and_norm);
+                adamw_update(var, g, s, c, lr, decay)
+            }),
             Optimizer::Adafactor {
-                params,
-                lr_scale,
+                tracked,
                 weight_decay,
                 no_decay_for_bias_and_norm,
-                state,
-                steps,
-                ..
-            } => {
-                *steps += 1;
-                for ((((name, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter())
-                {
-                    let Some(g) = g else { continue };
-                    let s = match slot.take() {
-                        Some(s) => s,
-                        None => AdafactorState::zeros(g)?,
-                    };
-                    let decay = if *no_decay_for_bias_and_norm && is_bias_or_norm(name) {
-                        0.0
-                    } else {
-                        *weight_decay
-                    };
-                    *slot = Some(crate::adafactor::step(var, g, s, lr * k, decay)?);
-                }
-            }
-            Optimizer::AdamW8bit {
-                params,
-                lr_scale,
-                config: c,
-                state,
-                steps,
-                ..
-            } => {
-                *steps += 1;
-                for ((((name, var), slot), g), k) in params.iter().zip(state.iter_mut()).zip(grads).zip(lr_scale.iter())
-                {
-                    let Some(g) = g else { continue };
-                    let mut s = slot
-                        .take()
-                        .unwrap_or_else(|| Moments8::zeros(var.as_tensor().elem_count()));
-                    s.step += 1;
-                    let decay = if c.no_decay_for_bias_and_norm && is_bias_or_norm(name) {
-                        0.0
-                    } else {
-                        c.weight_decay
-                    };
-                    let h = Step8::new(lr * k, c.beta1, c.beta2, c.eps, decay, s.step);
-                    crate::optim8::step(var, g, &mut s.state, h)?;
-                    *slot = Some(s);
-                }
-            }
+            } => tracked.update(grads, lr, |name, var, g, s, lr| {
+                let s = match s {
+                    Some(s) => s,
+                    None => AdafactorState::zeros(g)?,
+                };
+                let decay = decay_for(name, *weight_decay, *no_decay_for_bias_and_norm);
+                crate::adafactor::step(var, g, s, lr, decay)
+            }),
+            Optimizer::AdamW8bit { tracked, config: c } => tracked.update(grads, lr, |name, var, g, s, lr| {
+                let mut s = s.unwrap_or_else(|| Moments8::zeros(var.as_tensor().elem_count()));
+                s.step += 1;
+                let decay = decay_for(name, c.weight_decay, c.no_decay_for_bias_and_norm);
+                let h = Step8::new(lr, c.beta1, c.beta2, c.eps, decay, s.step);
+                crate::optim8::step(var, g, &mut s.state, h)?;
+                Ok(s)
+            }),
         }
-        Ok(())
     }
 
-    /// Optimizer state to save in a checkpoint: AdamW's moments as `m.<name>` / `v.<name>` and each tensor's step
-    /// count as a scalar `t.<name>` (the tensors a schedule keeps aside included), and the updates applied so far.
+    /// Optimizer state to save in a checkpoint (each kind's own tensors per parameter, the tensors a schedule keeps
+    /// aside included, and each tensor's step count `t.<name>`), and the updates applied so far.
     pub fn state(&self) -> (BTreeMap<String, Tensor>, u64) {
         let mut out = BTreeMap::new();
-        if let Optimizer::Adafactor {
-            params,
-            state,
-            stash,
-            steps,
-            ..
-        } = self
-        {
-            let active = params
-                .iter()
-                .zip(state)
-                .filter_map(|((n, _), s)| s.as_ref().map(|s| (n, s)));
-            for (name, s) in active.chain(stash.iter()) {
-                if let Err(e) = s.save(name, &mut out) {
-                    tracing::warn!("optimizer state of {name} not saved: {e}");
-                }
-            }
-            return (out, *steps);
-        }
-        if let Optimizer::AdamW8bit {
-            params,
-            state,
-            stash,
-            steps,
-            ..
-        } = self
-        {
-            let active = params
-                .iter()
-                .zip(state)
-                .filter_map(|((n, _), s)| s.as_ref().map(|s| (n, s)));
-            for (name, s) in active.chain(stash.iter()) {
-                if let Err(e) = s.save(name, &mut out) {
-                    tracing::warn!("optimizer state of {name} not saved: {e}");
-                }
-            }
-            return (out, *steps);
-        }
-        if let Optimizer::AdamW {
-            params,
-            state,
-            stash,
-            steps,
-            ..
-        } = self
-        {
-            let active = params
-                .iter()
-                .zip(state)
-                .filter_map(|((n, _), s)| s.as_ref().map(|s| (n, s)));
-            for (name, s) in active.chain(stash.iter()) {
-                out.insert(format!("m.{name}"), s.m.clone());
-                out.insert(format!("v.{name}"), s.v.clone());
-                if let Ok(t) = Tensor::new(s.step as i64, &candle_core::Device::Cpu) {
-                    out.insert(format!("t.{name}"), t);
-                }
-            }
-            return (out, *steps);
-        }
-        (out, 0)
+        let steps = self.common().map_or(0, |t| {
+            t.save(&mut out);
+            t.steps()
+        });
+        (out, steps)
     }
 
     /// Restores what [`Optimizer::state`] saved. Checkpoints from before per-tensor step counts give every tensor
     /// the saved update count.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>, saved_steps: u64) -> Result<()> {
-        if let Optimizer::Adafactor {
-            params,
-            state,
-            stash,
-            steps,
-            ..
-        } = self
-        {
-            let position: BTreeMap<&str, (usize, candle_core::Device)> = params
-                .iter()
-                .enumerate()
-                .map(|(i, (n, v))| (n.as_str(), (i, v.as_tensor().device().clone())))
-                .collect();
-            let names: std::collections::BTreeSet<&str> = tensors
-                .keys()
-                .filter_map(|k| k.split_once('.').map(|(_, n)| n))
-                .collect();
-            for name in names {
-                let Some(s) = AdafactorState::load(name, tensors, saved_steps)? else {
-                    continue;
-                };
-                match position.get(name) {
-                    Some((i, device)) => state[*i] = Some(s.to_device(device)?),
-                    None => {
-                        stash.insert(name.to_string(), s);
-                    }
-                }
-            }
-            *steps = saved_steps;
-            return Ok(());
+        match self.common_mut() {
+            Some(t) => t.load(tensors, saved_steps),
+            None => Ok(()),
         }
-        if let Optimizer::AdamW8bit {
-            params,
-            state,
-            stash,
-            steps,
-            ..
-        } = self
-        {
-            let position: BTreeMap<&str, usize> =
-                params.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
-            let names: std::collections::BTreeSet<&str> = tensors
-                .keys()
-                .filter_map(|k| k.split_once('.').map(|(_, n)| n))
-                .collect();
-            for name in names {
-                let Some(s) = Moments8::load(name, tensors, saved_steps)? else {
-                    continue;
-                };
-                match position.get(name) {
-                    Some(&i) => state[i] = Some(s),
-                    None => {
-                        stash.insert(name.to_string(), s);
-                    }
-                }
-            }
-            *steps = saved_steps;
-            return Ok(());
-        }
-        if let Optimizer::AdamW {
-            params,
-            state,
-            stash,
-            steps,
-            ..
-        } = self
-        {
-            let position: BTreeMap<&str, usize> =
-                params.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
-            for (key, m) in tensors {
-                let Some(name) = key.strip_prefix("m.") else { continue };
-                let Some(v) = tensors.get(&format!("v.{name}")) else {
-                    continue;
-                };
-                let step = match tensors.get(&format!("t.{name}")) {
-                    Some(t) => t.to_dtype(candle_core::DType::I64)?.to_scalar::<i64>()? as u64,
-                    None => saved_steps,
-                };
-                let s = Moments {
-                    m: m.clone(),
-                    v: v.clone(),
-                    step,
-                };
-                match position.get(name) {
-                    Some(&i) => state[i] = Some(s),
-                    None => {
-                        stash.insert(name.to_string(), s.to_device(&candle_core::Device::Cpu)?);
-                    }
-                }
-            }
-            *steps = saved_steps;
-        }
-        Ok(())
     }
 }
 
-impl Moments {
-    fn to_device(&self, device: &candle_core::Device) -> Result<Moments> {
+impl SavedState for Moments {
+    /// `m.<name>`, `v.<name>` and the step count `t.<name>`.
+    fn save(&self, name: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        out.insert(format!("m.{name}"), self.m.clone());
+        out.insert(format!("v.{name}"), self.v.clone());
+        out.insert(
+            format!("t.{name}"),
+            Tensor::new(self.step as i64, &candle_core::Device::Cpu)?,
+        );
+        Ok(())
+    }
+
+    fn load(name: &str, tensors: &BTreeMap<String, Tensor>, default_step: u64) -> Result<Option<Moments>> {
+        let (Some(m), Some(v)) = (tensors.get(&format!("m.{name}")), tensors.get(&format!("v.{name}"))) else {
+            return Ok(None);
+        };
+        let step = match tensors.get(&format!("t.{name}")) {
+            Some(t) => t.to_dtype(candle_core::DType::I64)?.to_scalar::<i64>()? as u64,
+            None => default_step,
+        };
+        Ok(Some(Moments {
+            m: m.clone(),
+            v: v.clone(),
+            step,
+        }))
+    }
+
+    fn to_device(self, device: &candle_core::Device) -> Result<Moments> {
         Ok(Moments {
             m: self.m.to_device(device)?,
             v: self.v.to_device(device)?,

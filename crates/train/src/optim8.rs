@@ -8,6 +8,7 @@
 //! The update runs on the host over every core. On the CPU it works in place on the parameter; on a GPU the
 //! parameter and its gradient make one round trip to the host per step, and the moments never take device memory.
 
+use crate::optim_state::SavedState;
 use candle_core::{CpuStorage, Device, InplaceOp2, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -156,11 +157,11 @@ impl Moments8 {
     }
 }
 
-impl Moments8 {
+impl SavedState for Moments8 {
     /// The tensors a checkpoint saves: f32 moments as `m.<name>` / `v.<name>` (as AdamW saves them), blockwise ones
     /// as their codes `m8.<name>` / `v8.<name>` (u8) and block maxima `mmax.<name>` / `vmax.<name>` (f32); the step
     /// count as `t.<name>`.
-    pub fn save(&self, name: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
+    fn save(&self, name: &str, out: &mut BTreeMap<String, Tensor>) -> Result<()> {
         let cpu = &Device::Cpu;
         match &self.state {
             MomentState::Full { m, v } => {
@@ -180,7 +181,7 @@ impl Moments8 {
 
     /// The moments [`Moments8::save`] wrote for `name` (f32 ones from an AdamW checkpoint too), if any.
     /// `default_step` is the step count of checkpoints that lack `t.<name>`.
-    pub fn load(name: &str, tensors: &BTreeMap<String, Tensor>, default_step: u64) -> Result<Option<Moments8>> {
+    fn load(name: &str, tensors: &BTreeMap<String, Tensor>, default_step: u64) -> Result<Option<Moments8>> {
         let get = |prefix: &str| tensors.get(&format!("{prefix}.{name}")).map(|t| t.flatten_all());
         let state = match (get("m8"), get("v8"), get("mmax"), get("vmax"), get("m"), get("v")) {
             (Some(m), Some(v), Some(mm), Some(vm), _, _) => MomentState::Blockwise {
@@ -200,6 +201,11 @@ impl Moments8 {
             None => default_step,
         };
         Ok(Some(Moments8 { state, step }))
+    }
+
+    /// The moments live on the host wherever the parameter is.
+    fn to_device(self, _device: &Device) -> Result<Moments8> {
+        Ok(self)
     }
 }
 

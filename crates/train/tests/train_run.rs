@@ -338,8 +338,23 @@ fn resuming_with_another_optimizer_is_refused() {
         }
     };
     train(&config(dir.path(), &training("adamw8bit")), false, &stopper, &cancel).unwrap();
-    let e = train(&config(dir.path(), &training("adamw")), true, &quiet, &AtomicBool::new(false)).unwrap_err();
-    assert!(e.to_string().contains("adamw8bit") && e.to_string().contains("training.optimizer"), "{e}");
-    let resumed = train(&config(dir.path(), &training("adamw8bit")), true, &quiet, &AtomicBool::new(false)).unwrap();
+    let e = train(
+        &config(dir.path(), &training("adamw")),
+        true,
+        &quiet,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("adamw8bit") && e.to_string().contains("training.optimizer"),
+        "{e}"
+    );
+    let resumed = train(
+        &config(dir.path(), &training("adamw8bit")),
+        true,
+        &quiet,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(resumed.steps, 4);
 }
