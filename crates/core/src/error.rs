@@ -33,6 +33,9 @@ pub enum Error {
     #[error("{path}: bad safetensors index: {reason}")]
     BadIndex { path: PathBuf, reason: String },
 
+    #[error("{path}: bad GGUF tensor map: {reason}")]
+    BadGgufMap { path: PathBuf, reason: String },
+
     #[error("{index}: names shard {shard} which is missing from {dir}; re-download the checkpoint", dir = .index.parent().map(|p| p.display().to_string()).unwrap_or_default())]
     MissingShard { index: PathBuf, shard: String },
 
@@ -95,6 +98,7 @@ impl Error {
             Error::NoSafetensors { .. } => "no_safetensors",
             Error::BadSafetensors { .. } => "bad_safetensors",
             Error::BadIndex { .. } => "bad_index",
+            Error::BadGgufMap { .. } => "bad_gguf_map",
             Error::MissingShard { .. } => "missing_shard",
             Error::BadLayerIds { .. } => "bad_layer_ids",
             Error::LayerOutOfRange { .. } => "layer_out_of_range",
@@ -129,7 +133,8 @@ impl Error {
             Error::Io { path, .. }
             | Error::BadConfig { path, .. }
             | Error::BadSafetensors { path, .. }
-            | Error::BadIndex { path, .. } => {
+            | Error::BadIndex { path, .. }
+            | Error::BadGgufMap { path, .. } => {
                 map.insert("path".into(), path.display().to_string().into());
             }
             Error::MissingConfig { dir } | Error::NoSafetensors { dir } => {

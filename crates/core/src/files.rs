@@ -2,6 +2,7 @@
 //! index, or loose `*.safetensors`). Finding is separate from reading so the hub crate can reuse it on a snapshot.
 
 use crate::error::{Error, Result};
+use crate::gguf_map::GGUF_MAP_FILE;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ pub struct ModelFiles {
     pub weights: Vec<PathBuf>,
     /// For sharded checkpoints: tensor name -> shard file name, as the index says.
     pub weight_map: Option<BTreeMap<String, String>>,
+    /// A folder mapped onto a GGUF file (gguf_map.rs): the map, which is then the only weight file.
+    pub gguf_map: Option<PathBuf>,
 }
 
 impl ModelFiles {
@@ -32,6 +35,17 @@ impl ModelFiles {
         let config = dir.join(CONFIG_FILE);
         if !config.is_file() {
             return Err(Error::MissingConfig { dir: dir.to_path_buf() });
+        }
+        let map = dir.join(GGUF_MAP_FILE);
+        if map.is_file() {
+            return Ok(ModelFiles {
+                dir: dir.to_path_buf(),
+                config,
+                index: None,
+                weights: vec![map.clone()],
+                weight_map: None,
+                gguf_map: Some(map),
+            });
         }
         let index = dir.join(INDEX_FILE);
         if index.is_file() {
@@ -62,6 +76,7 @@ impl ModelFiles {
                 index: Some(index),
                 weights,
                 weight_map: Some(weight_map),
+                gguf_map: None,
             });
         }
         let single = dir.join(SINGLE_WEIGHTS);
@@ -85,6 +100,7 @@ impl ModelFiles {
             index: None,
             weights,
             weight_map: None,
+            gguf_map: None,
         })
     }
 }

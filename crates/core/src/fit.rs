@@ -108,6 +108,12 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             optimizer_state += setup.optimizer.state_bytes(&t.shape);
             continue;
         }
+        // A GGUF file's quantized tensor stays in its own blocks while frozen (gguf_map.rs).
+        if let Some(blocks) = t.gguf.as_ref().filter(|b| b.quantized) {
+            frozen += blocks.bytes;
+            largest_quantized = largest_quantized.max(t.params);
+            continue;
+        }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         frozen += setup
             .quantize_frozen

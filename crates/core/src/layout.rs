@@ -4,6 +4,7 @@
 use crate::config::{ModelConfig, ModelDims};
 use crate::error::{Error, Result};
 use crate::files::ModelFiles;
+use crate::gguf_map::GgufMap;
 use crate::safetensors::{read_header, DType};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +18,17 @@ pub struct TensorInfo {
     pub params: u64,
     /// The weight file holding it (file name inside the model folder).
     pub file: String,
+    /// Held in a GGUF file's blocks (a model folder mapped onto a GGUF file, gguf_map.rs): llama.cpp's type and
+    /// the bytes the blocks take, which is what the tensor costs while frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<GgufBlocks>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GgufBlocks {
+    pub ggml_type: String,
+    pub bytes: u64,
+    pub quantized: bool,
 }
 
 /// What a module does, for filters (attention / MLP) and for drawing.
@@ -115,11 +127,47 @@ pub struct ModelLayout {
     pub warnings: Vec<String>,
 }
 
+/// The tensors a GGUF map names, as the Hugging Face layout has them, and the GGUF file as their one weight file.
+fn gguf_tensors(map_path: &Path) -> Result<(Vec<TensorInfo>, WeightFile)> {
+    let map = GgufMap::read(map_path)?;
+    let file = map
+        .source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tensors: Vec<TensorInfo> = map
+        .tensors
+        .iter()
+        .map(|(name, t)| TensorInfo {
+            name: name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            params: t.shape.iter().product(),
+            file: file.clone(),
+            gguf: Some(GgufBlocks {
+                ggml_type: t.type_name().into(),
+                bytes: t.bytes,
+                quantized: t.is_quantized(),
+            }),
+        })
+        .collect();
+    let weight_file = WeightFile {
+        name: file,
+        tensors: tensors.len(),
+        bytes: map.tensors.values().map(|t| t.bytes).sum(),
+    };
+    Ok((tensors, weight_file))
+}
+
 impl ModelLayout {
     /// Inspects the checkpoint folder `dir`: reads config.json and every weight file's header, nothing more.
     pub fn inspect(dir: &Path) -> Result<ModelLayout> {
         let files = ModelFiles::find(dir)?;
         let config = ModelConfig::read(&files.config)?;
+        if let Some(map) = &files.gguf_map {
+            let (tensors, file) = gguf_tensors(map)?;
+            return Self::from_parts(dir, &config, tensors, vec![file]);
+        }
         let mut tensors = Vec::new();
         let mut weight_files = Vec::new();
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -148,6 +196,7 @@ impl ModelLayout {
                     shape: t.shape.clone(),
                     params,
                     file: file.clone(),
+                    gguf: None,
                 });
             }
             weight_files.push(WeightFile {

@@ -10,6 +10,7 @@ pub mod export;
 pub mod files;
 pub mod fit;
 pub mod fsutil;
+pub mod gguf_map;
 pub mod ids;
 pub mod kquant;
 pub mod layout;

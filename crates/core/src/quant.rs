@@ -115,6 +115,12 @@ impl QuantizeFrozen {
     }
 }
 
+/// Whether a frozen tensor is only ever read as a matrix operand (a layer's projection, the embeddings, lm_head),
+/// so it can be held in blocks: a GGUF file's quantized tensors stay in the file's blocks where this holds.
+pub fn held_as_matrix(name: &str, dims: &[usize]) -> bool {
+    dims.len() == 2 && (is_vocabulary_matrix(name) || is_layer_projection(name))
+}
+
 /// The token embeddings or the output projection.
 fn is_vocabulary_matrix(name: &str) -> bool {
     name.ends_with("embed_tokens.weight") || name == "lm_head.weight" || name.ends_with(".lm_head.weight")

@@ -120,6 +120,14 @@ pub fn export_gguf(
     metadata.extend(arch_meta(&config, &raw));
     metadata.extend(tok.entries);
     warnings.extend(unslid_window(&config));
+    if let Some(record) = crate::patch::gguf_source(&dir)? {
+        warnings.push(format!(
+            "this model was trained from {}: every tensor was re-encoded as {} from final/'s values; export without \
+             --type to keep that file's own blocks for the frozen tensors",
+            record.map.source.display(),
+            options.kind.name()
+        ));
+    }
     if raw["max_position_embeddings"].as_u64().is_none() {
         warnings.push("config.json has no max_position_embeddings; wrote a context length of 4096".into());
     }

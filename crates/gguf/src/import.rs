@@ -61,9 +61,9 @@ pub struct ImportReport {
     pub warnings: Vec<String>,
 }
 
-struct Gguf {
-    path: PathBuf,
-    content: Content,
+pub(crate) struct Gguf {
+    pub path: PathBuf,
+    pub content: Content,
     /// Read one tensor at a time, as the import reaches it.
     file: std::cell::RefCell<std::fs::File>,
 }
@@ -160,6 +160,51 @@ pub fn import_gguf(
     options: &ImportOptions,
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<ImportReport> {
+    let m = read_model(file, options.dtype, &|| {
+        if dest.exists() && !options.force {
+            return Err(GgufError::Exists(dest.into()));
+        }
+        Ok(())
+    })?;
+    let tmp = crate::hidden_sibling(dest, "partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
+    let written = write_weights(&tmp, &m.g, &m.tensors, &m.target, progress)
+        .and_then(|()| write_files(&tmp, &m.g, &m.config, &m.vocab))
+        .and_then(|()| place_dir(&tmp, dest, options.force));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    Ok(ImportReport {
+        path: dest.into(),
+        architecture: m.arch_name,
+        dtype: st_dtype(m.target.dtype).to_lowercase(),
+        tensors: m.tensors.len(),
+        source_types: crate::count_types(m.g.content.tensor_infos.values().map(|i| i.ggml_dtype)),
+        tokenizer: m.vocab.model.clone(),
+        warnings: m.warnings,
+    })
+}
+
+/// A GGUF decoder read and checked: its config.json, vocabulary and tensors in the Hugging Face layout.
+pub(crate) struct GgufModel {
+    pub g: Gguf,
+    pub arch_name: String,
+    pub vocab: GgufVocab,
+    pub config: Value,
+    pub warnings: Vec<String>,
+    pub target: Target,
+    pub tensors: Vec<Planned>,
+}
+
+/// Reads the file's model (`before_reading` runs once the architecture is known to be supported, before the
+/// vocabulary and tensors are read).
+pub(crate) fn read_model(
+    file: &Path,
+    dtype: ImportDType,
+    before_reading: &dyn Fn() -> Result<()>,
+) -> Result<GgufModel> {
     let g = Gguf::open(file)?;
     let arch_name = g.opt_str("general.architecture").unwrap_or_default();
     let arch = from_gguf_arch(&arch_name).ok_or_else(|| {
@@ -169,10 +214,8 @@ pub fn import_gguf(
             IMPORTABLE.join(", ")
         ))
     })?;
-    if dest.exists() && !options.force {
-        return Err(GgufError::Exists(dest.into()));
-    }
-    let dtype = choose_dtype(options.dtype, &g);
+    before_reading()?;
+    let dtype = choose_dtype(dtype, &g);
     let vocab = read_vocab(&g)?;
     let (config, warnings) = config_json(&g, arch, &arch_name, dtype, &vocab)?;
     let target = Target {
@@ -183,40 +226,30 @@ pub fn import_gguf(
     };
     let tensors = plan_tensors(&g, arch, &arch_name)?;
     check_model(&g, &config, &tensors, &vocab)?;
-    let tmp = crate::hidden_sibling(dest, "partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| GgufError::io(&tmp, e))?;
-    let written = write_weights(&tmp, &g, &tensors, &target, progress)
-        .and_then(|()| write_files(&tmp, &g, &config, &vocab))
-        .and_then(|()| place_dir(&tmp, dest, options.force));
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written?;
-    Ok(ImportReport {
-        path: dest.into(),
-        architecture: arch_name,
-        dtype: st_dtype(dtype).to_lowercase(),
-        tensors: tensors.len(),
-        source_types: crate::count_types(g.content.tensor_infos.values().map(|i| i.ggml_dtype)),
-        tokenizer: vocab.model.clone(),
+    Ok(GgufModel {
+        g,
+        arch_name,
+        vocab,
+        config,
         warnings,
+        target,
+        tensors,
     })
 }
 
 /// What the Hugging Face layout of the tensors depends on.
-struct Target {
-    arch: Architecture,
-    heads: usize,
-    kv_heads: usize,
-    dtype: DType,
+pub(crate) struct Target {
+    pub arch: Architecture,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub dtype: DType,
 }
 
 /// One tensor to import: its GGUF name, its Hugging Face name, its shape.
-struct Planned {
-    gguf: String,
-    hf: String,
-    shape: Vec<usize>,
+pub(crate) struct Planned {
+    pub gguf: String,
+    pub hf: String,
+    pub shape: Vec<usize>,
 }
 
 /// Every tensor in llama.cpp's converter order; `rope_freqs` is read into config.json instead.
@@ -282,7 +315,7 @@ fn write_weights(
 }
 
 /// config.json, the rebuilt tokenizer, its config, the chat template and generation_config.json.
-fn write_files(dir: &Path, g: &Gguf, config: &Value, vocab: &GgufVocab) -> Result<()> {
+pub(crate) fn write_files(dir: &Path, g: &Gguf, config: &Value, vocab: &GgufVocab) -> Result<()> {
     write_json(&dir.join("config.json"), config)?;
     let template = g.opt_str("tokenizer.chat_template");
     write_json(&dir.join("tokenizer.json"), &rebuild_tokenizer_json(vocab)?)?;
@@ -299,7 +332,7 @@ fn write_files(dir: &Path, g: &Gguf, config: &Value, vocab: &GgufVocab) -> Resul
     write_json(&dir.join("generation_config.json"), &generation)
 }
 
-fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
+pub(crate) fn place_dir(tmp: &Path, dest: &Path, force: bool) -> Result<()> {
     let aside = crate::hidden_sibling(dest, "old");
     let replaced = force && dest.exists();
     if replaced {

@@ -9,14 +9,18 @@ pub mod import;
 pub use freezetune_core::kquant;
 pub mod modelfile;
 pub mod names;
+pub mod patch;
 pub mod quant;
 pub mod tokenizer;
 pub mod validate;
+pub mod view;
 
 pub use error::{GgufError, Result};
 pub use export::{export_gguf, ExportOptions, ExportReport};
 pub use import::{import_gguf, ImportDType, ImportOptions, ImportReport};
+pub use patch::{export_patched, gguf_source};
 pub use quant::ExportType;
+pub use view::{is_gguf_file, mapped_folder};
 
 /// Progress of an export or import, one tensor at a time. The callback returns `false` to stop.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

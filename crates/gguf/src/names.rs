@@ -176,30 +176,8 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
     Some(format!("model.layers.{layer}.{h}"))
 }
 
-/// llama.cpp's converter permutes llama's q and k rows from the Hugging Face layout (rotary halves) to the
-/// interleaved pairs its rope kernel reads: within each head, row `i*2 + j` comes from row `j*(d/2) + i`.
-/// Returns, for each output row, its source row. `heads` is the number of heads the tensor holds.
-pub fn rope_permutation(rows: usize, heads: usize) -> Vec<usize> {
-    let d = rows / heads;
-    let half = d / 2;
-    (0..rows)
-        .map(|r| {
-            let (h, within) = (r / d, r % d);
-            let (i, j) = (within / 2, within % 2);
-            h * d + j * half + i
-        })
-        .collect()
-}
-
-/// The inverse of [`rope_permutation`] (what import applies).
-pub fn rope_unpermutation(rows: usize, heads: usize) -> Vec<usize> {
-    let forward = rope_permutation(rows, heads);
-    let mut inverse = vec![0; rows];
-    for (out, src) in forward.into_iter().enumerate() {
-        inverse[src] = out;
-    }
-    inverse
-}
+// llama's q/k row permutation, shared with the trainer's reading of GGUF files through a map.
+pub use freezetune_core::gguf_map::{rope_permutation, rope_unpermutation};
 
 /// Gemma stores its norms as `weight - 1` (its forward pass adds the 1); llama.cpp stores the weight itself. Every
 /// norm, q/k norms included, as the converter adds 1 to every `*norm.weight`.

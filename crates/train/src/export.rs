@@ -1,13 +1,18 @@
 //! Writing a complete Hugging Face checkpoint: the model folder's config, tokenizer and template files, and one
 //! `model.safetensors` with every tensor. Frozen tensors are copied byte for byte from the input; trainable ones are
-//! cast back to the dtype they had (so are tensors a layer schedule trained and then froze again). The folder is assembled beside its destination and renamed into place.
+//! cast back to the dtype they had (so are tensors a layer schedule trained and then froze again). A model trained
+//! from a GGUF file gets its frozen tensors' exact values in the dtype its folder names (f16 for a quantized file,
+//! as import-gguf writes it) and `gguf_source.json` for `export-gguf`. The folder is assembled beside its
+//! destination and renamed into place.
 
 use crate::error::{io, Result, TrainError};
 use crate::params::Params;
-use candle_core::safetensors::MmapedSafetensors;
+use crate::weights::WeightFiles;
 use freezetune_core::files::{ModelFiles, INDEX_FILE};
+use freezetune_core::gguf_map::{GgufMap, GgufSource, GGUF_MAP_FILE, GGUF_SOURCE_FILE};
 use freezetune_core::layout::ModelLayout;
 use freezetune_core::safetensors::DType as StDType;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -78,7 +83,10 @@ pub fn export_checkpoint(layout: &ModelLayout, params: &Params, dest: &Path) -> 
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if path.is_file() && !name.ends_with(".safetensors") && name != INDEX_FILE && !name.starts_with('.') {
+        // The GGUF map is not copied: `final/` holds every tensor in model.safetensors (and records its GGUF
+        // source in gguf_source.json).
+        let weights_file = name.ends_with(".safetensors") || name == INDEX_FILE || name == GGUF_MAP_FILE;
+        if path.is_file() && !weights_file && name != GGUF_SOURCE_FILE && !name.starts_with('.') {
             std::fs::copy(&path, staging.join(&name)).map_err(io(&path))?;
         }
     }
@@ -92,23 +100,20 @@ pub fn export_checkpoint(layout: &ModelLayout, params: &Params, dest: &Path) -> 
 
 fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<()> {
     let files = ModelFiles::find(&layout.model_dir)?;
-    // SAFETY: read-only mapping of the input checkpoint, which FreezeTune never modifies.
-    let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|e| TrainError::Candle {
-        context: format!("mapping {}", layout.model_dir.display()),
-        source: e,
-    })?;
+    let source = WeightFiles::open(&files.weights)?;
     let mut tensors: Vec<(String, StDType, Vec<u64>)> = layout
         .tensors()
         .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
         .collect();
+    let shapes: BTreeMap<&String, Vec<usize>> = source.tensors().collect();
     for alias in &layout.tied_aliases {
-        let t = st.get(alias).map_err(|e| TrainError::Candle {
-            context: format!("tensor {alias}"),
-            source: e,
+        let shape = shapes.get(alias).ok_or_else(|| TrainError::Tensor {
+            name: alias.clone(),
+            reason: "is not in the checkpoint's weight files".into(),
         })?;
         let embed = layout.tensors().find(|t| t.name.ends_with("embed_tokens.weight"));
         let dtype = embed.map(|e| e.dtype).unwrap_or(StDType::F32);
-        tensors.push((alias.clone(), dtype, t.shape().iter().map(|&d| d as u64).collect()));
+        tensors.push((alias.clone(), dtype, shape.iter().map(|&d| d as u64).collect()));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = serde_json::Map::new();
@@ -130,19 +135,35 @@ fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<(
     out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io(path))?;
     out.write_all(text.as_bytes()).map_err(io(path))?;
     for (name, dtype, _) in &tensors {
-        if let Some(value) = params.trained_value(name) {
-            out.write_all(&trained_bytes(&value, name, *dtype)?).map_err(io(path))?;
-        } else {
-            let view = st.get(name).map_err(|e| TrainError::Candle {
-                context: format!("tensor {name}"),
-                source: e,
-            })?;
-            out.write_all(view.data()).map_err(io(path))?;
-        }
+        let bytes = match params.trained_value(name) {
+            Some(value) => trained_bytes(&value, name, *dtype)?,
+            // Frozen: the checkpoint's bytes; a GGUF file's tensor, its exact values in the folder's dtype.
+            None => match source.raw_bytes(name)? {
+                Some(bytes) => bytes,
+                None => trained_bytes(&source.load(name)?, name, *dtype)?,
+            },
+        };
+        out.write_all(&bytes).map_err(io(path))?;
     }
     let file = out.into_inner().map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         source: e.into_error(),
     })?;
-    file.sync_all().map_err(io(path))
+    file.sync_all().map_err(io(path))?;
+    match source.gguf_map() {
+        Some(map) => write_gguf_source(map, params, path.with_file_name(GGUF_SOURCE_FILE).as_path()),
+        None => Ok(()),
+    }
+}
+
+/// What `export-gguf` needs to write the source GGUF back with only the trained tensors re-encoded: the map and
+/// every tensor training changed.
+fn write_gguf_source(map: &GgufMap, params: &Params, path: &Path) -> Result<()> {
+    let trained: Vec<String> = params.trained_values().map(|(n, _)| n.clone()).collect();
+    let record = GgufSource {
+        map: map.clone(),
+        trained,
+    };
+    let text = serde_json::to_string_pretty(&record).expect("json");
+    std::fs::write(path, text).map_err(io(path))
 }

@@ -13,6 +13,7 @@ pub mod family;
 pub mod fastmath;
 pub mod fused;
 pub mod generate;
+pub mod gguf_blocks;
 pub mod inventory;
 pub mod linear;
 pub mod loss;

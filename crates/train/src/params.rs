@@ -85,6 +85,12 @@ impl Params {
                 let var = Var::from_tensor(&params.load_source(&source, &name, DType::F32)?)
                     .map_err(candle_err(format!("tensor {name}")))?;
                 params.vars.insert(name, var);
+            } else if let Some(q) = match freezetune_core::quant::held_as_matrix(&name, &shape) {
+                true => source.load_blocks(&name, device)?,
+                false => None,
+            } {
+                // A GGUF file's quantized tensor, frozen: its own blocks, never dequantized whole.
+                params.quantized.insert(name, Arc::new(q));
             } else if let Some(format) = quantize.format_for(&name, &shape) {
                 let q = params.load_quantized_source(&source, &name, format)?;
                 params.quantized.insert(name, Arc::new(q));

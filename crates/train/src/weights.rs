@@ -3,9 +3,14 @@
 //! through one map showed 13 GB resident on top of the weights built from it, whatever they are (quantized frozen
 //! layers included). A read into a buffer of one tensor's size leaves only that buffer, dropped once the tensor is
 //! built; the kernel's page cache keeps the file for the next read without charging the process.
+//!
+//! A folder mapped onto a GGUF file (core's gguf_map.rs) has the map as its one weight file: its tensors are read
+//! from the GGUF file's blocks (gguf_blocks.rs), quantized ones kept as blocks where they stay frozen.
 
 use crate::error::{io, Result, TrainError};
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
+use freezetune_core::gguf_map::{GgufMap, GGUF_MAP_FILE};
 use freezetune_core::safetensors::{read_header, DType as StDType, TensorHeader};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -22,11 +27,22 @@ struct Entry {
 pub struct WeightFiles {
     files: Vec<PathBuf>,
     entries: BTreeMap<String, Entry>,
+    /// A GGUF-mapped folder's tensors (then `entries` is empty).
+    gguf: Option<GgufMap>,
 }
 
 impl WeightFiles {
     /// Reads (and validates) every file's header; a name in two files is refused.
     pub fn open(files: &[PathBuf]) -> Result<WeightFiles> {
+        if let [map] = files {
+            if map.file_name().is_some_and(|n| n == GGUF_MAP_FILE) {
+                return Ok(WeightFiles {
+                    files: files.to_vec(),
+                    entries: BTreeMap::new(),
+                    gguf: Some(GgufMap::read(map)?),
+                });
+            }
+        }
         let mut entries = BTreeMap::new();
         for (i, path) in files.iter().enumerate() {
             let header = read_header(path)?;
@@ -55,18 +71,64 @@ impl WeightFiles {
         Ok(WeightFiles {
             files: files.to_vec(),
             entries,
+            gguf: None,
         })
     }
 
     /// Every tensor's name and shape, sorted by name.
-    pub fn tensors(&self) -> impl Iterator<Item = (&String, Vec<usize>)> {
-        self.entries
-            .iter()
-            .map(|(n, e)| (n, e.header.shape.iter().map(|&d| d as usize).collect()))
+    pub fn tensors(&self) -> Box<dyn Iterator<Item = (&String, Vec<usize>)> + '_> {
+        let dims = |shape: &[u64]| shape.iter().map(|&d| d as usize).collect();
+        match &self.gguf {
+            Some(map) => Box::new(map.tensors.iter().map(move |(n, t)| (n, dims(&t.shape)))),
+            None => Box::new(self.entries.iter().map(move |(n, e)| (n, dims(&e.header.shape)))),
+        }
     }
 
-    /// Tensor `name` on the CPU, in its stored dtype.
+    /// The file's own quantized blocks of tensor `name` on `device`, when it is a GGUF file's quantized tensor.
+    pub fn load_blocks(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        let Some(map) = &self.gguf else { return Ok(None) };
+        match map.tensors.get(name).filter(|t| t.is_quantized()) {
+            Some(t) => crate::gguf_blocks::load_blocks(map, name, t, device).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Tensor `name`'s bytes exactly as a safetensors file stores them (copied into an export unchanged), or
+    /// `None` for a GGUF file's tensor (its values are converted instead).
+    pub fn raw_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        if self.gguf.is_some() {
+            return Ok(None);
+        }
+        let e = self.entry(name)?;
+        let path = &self.files[e.file];
+        let (start, end) = e.header.data_offsets;
+        let mut bytes = vec![0u8; (end - start) as usize];
+        let file = std::fs::File::open(path).map_err(io(path))?;
+        file.read_exact_at(&mut bytes, e.data_start + start).map_err(io(path))?;
+        Ok(Some(bytes))
+    }
+
+    /// The GGUF map, for a folder mapped onto a GGUF file.
+    pub fn gguf_map(&self) -> Option<&GgufMap> {
+        self.gguf.as_ref()
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries.get(name).ok_or_else(|| TrainError::Tensor {
+            name: name.into(),
+            reason: "is not in the checkpoint's weight files".into(),
+        })
+    }
+
+    /// Tensor `name` on the CPU, in its stored dtype (a GGUF file's quantized tensor: its values in f32).
     pub fn load(&self, name: &str) -> Result<Tensor> {
+        if let Some(map) = &self.gguf {
+            let t = map.tensors.get(name).ok_or_else(|| TrainError::Tensor {
+                name: name.into(),
+                reason: format!("is not in {}", map.source.display()),
+            })?;
+            return crate::gguf_blocks::load_values(map, name, t);
+        }
         let Some(e) = self.entries.get(name) else {
             return Err(TrainError::Tensor {
                 name: name.into(),

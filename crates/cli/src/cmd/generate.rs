@@ -36,7 +36,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if let (Some(note), false) = (&choice.note, jsonl) {
         eprintln!("{note}");
     }
-    let generator = Generator::load(&args.model_dir, &choice.device)?;
+    let generator = Generator::load(&super::model_folder(&args.model_dir)?, &choice.device)?;
     if jsonl {
         event_line(&GenerateEvent::Loaded {
             device: choice.name.clone(),

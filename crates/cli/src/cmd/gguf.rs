@@ -17,10 +17,12 @@ pub struct ExportGgufArgs {
     /// The GGUF file to write.
     #[arg(short, long, value_name = "FILE.gguf")]
     pub output: PathBuf,
-    /// Tensor type: f16, bf16, q8_0, q4_k_m (llama.cpp's mix: q4_K, with q6_K for output, half the attn_v and
-    /// ffn_down) or f32. Norms and biases stay f32.
-    #[arg(long = "type", default_value = "f16", value_parser = parse_type)]
-    pub kind: ExportType,
+    /// Tensor type: f16 (the default), bf16, q8_0, q4_k_m (llama.cpp's mix: q4_K, with q6_K for output, half the
+    /// attn_v and ffn_down) or f32. Norms and biases stay f32. A model trained from a GGUF file is written, without
+    /// --type, as that file with only its trained tensors re-encoded in their own types (the frozen ones are its
+    /// original blocks).
+    #[arg(long = "type", value_parser = parse_type)]
+    pub kind: Option<ExportType>,
     /// Also write an Ollama Modelfile beside the file (`ollama create NAME -f Modelfile`).
     #[arg(long)]
     pub modelfile: bool,
@@ -104,12 +106,16 @@ impl Watch {
 pub fn export(args: &ExportGgufArgs) -> Result<()> {
     let watch = Watch::new(args.json, args.events.is_some())?;
     let options = ExportOptions {
-        kind: args.kind,
+        kind: args.kind.unwrap_or(ExportType::F16),
         force: args.force,
         modelfile: args.modelfile,
         name: args.name.clone(),
     };
-    let report = freezetune_gguf::export_gguf(&args.input, &args.output, &options, &mut watch.on_progress());
+    let patch = args.kind.is_none() && freezetune_gguf::gguf_source(&args.input)?.is_some();
+    let report = match patch {
+        true => freezetune_gguf::export_patched(&args.input, &args.output, &options, &mut watch.on_progress()),
+        false => freezetune_gguf::export_gguf(&args.input, &args.output, &options, &mut watch.on_progress()),
+    };
     watch.bar.finish_and_clear();
     let report = report.map_err(|e| anyhow!(e))?;
     if args.events.is_some() {

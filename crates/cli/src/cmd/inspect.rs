@@ -16,10 +16,11 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let layout = ModelLayout::inspect(&args.model_dir)?;
+    let model_dir = super::model_folder(&args.model_dir)?;
+    let layout = ModelLayout::inspect(&model_dir)?;
     // Whether FreezeTune's decoder can train this model, and each layer's attention kind if so: a user learns
     // before planning that a config is refused, and which layers slide.
-    let decoder = DecoderConfig::read(&args.model_dir);
+    let decoder = DecoderConfig::read(&model_dir);
     if args.json {
         let mut value = serde_json::to_value(&layout)?;
         value["training"] = match &decoder {

@@ -61,6 +61,7 @@ pub fn resolve(
         (None, Some(d)) => d,
         (None, None) => bail!("no model folder given; pass MODEL_DIR (a preset's Hub model must be downloaded first)"),
     };
+    let dir = super::model_folder(&dir)?;
     let layout = ModelLayout::inspect(&dir).with_context(|| format!("inspecting {}", dir.display()))?;
     Ok((layout, spec, notes))
 }

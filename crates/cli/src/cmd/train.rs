@@ -290,12 +290,14 @@ fn ctrlc_handler(mut f: impl FnMut() + Send + 'static) -> Result<()> {
     Ok(())
 }
 
-/// A `[model] repo` becomes its snapshot folder (downloaded now if it is not cached).
+/// A `[model] repo` becomes its snapshot folder (downloaded now if it is not cached); a GGUF file its mapped
+/// folder (mod.rs).
 pub fn resolve_model(config: &mut RunConfig) -> Result<()> {
     if config.model.path.as_os_str().is_empty() {
         if let Some(repo) = config.model.repo.clone() {
             config.model.path = super::download::fetch(&repo, config.model.revision.as_deref())?;
         }
     }
+    config.model.path = super::model_folder(&config.model.path)?;
     Ok(())
 }

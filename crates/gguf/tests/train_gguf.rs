@@ -1,0 +1,156 @@
+//! Training a GGUF file where it lies: a q4_K_M file written by llama.cpp's own quantizer is mapped (view.rs),
+//! read through its blocks with the same logits as its full f32 import, trains its top 2 layers with the frozen
+//! ones held in the file's blocks, and exports back as the source file with only the trained tensors re-encoded:
+//! the `gguf` package sees every frozen tensor byte-identical to the input's, and llama.cpp loads and runs it with
+//! the trained model's logits.
+
+mod common;
+
+use common::*;
+use freezetune_core::events::TrainEvent;
+use freezetune_core::run_config::RunConfig;
+use freezetune_core::synth::Family;
+use freezetune_gguf::{
+    export_patched, import_gguf, mapped_folder, ExportOptions, ExportType, ImportDType, ImportOptions,
+};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+fn run_config(dir: &Path, model: &Path) -> RunConfig {
+    let data = dir.join("data.jsonl");
+    let rows: Vec<String> = (0..16u32)
+        .map(|r| {
+            let ids: Vec<u32> = (0..32).map(|i| (r * 37 + (1 + r % 5) * i) % 256).collect();
+            serde_json::json!({ "input_ids": ids, "labels": ids }).to_string()
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let text = format!(
+        "[model]\npath = {model:?}\n[freeze]\ntop = 2\n[data]\ntrain = {data:?}\nformat = \"tokenized\"\n\
+         [training]\nbatch_size = 4\nshuffle = false\nlr_scheduler = \"constant\"\nlearning_rate = 1e-2\n\
+         max_steps = 4\nsave_steps = 0\n[runtime]\ndevice = \"cpu\"\n[output]\ndir = {out:?}\n",
+        out = dir.join("run"),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    RunConfig::read(&path).unwrap()
+}
+
+fn train(config: &RunConfig) -> Vec<TrainEvent> {
+    let events = Mutex::new(Vec::new());
+    freezetune_train::train(
+        config,
+        false,
+        &|e| events.lock().unwrap().push(e),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    events.into_inner().unwrap()
+}
+
+fn tensors(seen: &Value) -> &serde_json::Map<String, Value> {
+    seen["tensors"].as_object().unwrap()
+}
+
+fn max_abs(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let rows = a.iter().zip(b);
+    rows.flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs() as f64))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("model"), Family::Llama, 256);
+    let source = tmp.path().join("source-q4_k_m.gguf");
+    run_py(
+        "write_gguf.py",
+        &[model.to_str().unwrap(), source.to_str().unwrap(), "q4_k_m"],
+    );
+
+    // Read through the map: the same logits as the file dequantized whole into f32 by import.
+    let mapped = mapped_folder(&source, &tmp.path().join("maps")).unwrap();
+    assert_eq!(
+        mapped_folder(&source, &tmp.path().join("maps")).unwrap(),
+        mapped,
+        "the map is reused"
+    );
+    let imported = tmp.path().join("imported-f32");
+    let options = ImportOptions {
+        dtype: ImportDType::F32,
+        force: false,
+    };
+    import_gguf(&source, &imported, &options, &mut |_| true).unwrap();
+    let through_map = freezetune_logits(&mapped, &PROMPT);
+    let diff = max_abs(&through_map, &freezetune_logits(&imported, &PROMPT));
+    assert!(
+        diff < 1e-4,
+        "logits through the map differ from the f32 import's by {diff}"
+    );
+
+    // Top 2 of 3 layers train; the frozen matrices stay in the file's blocks.
+    let config = run_config(tmp.path(), &mapped);
+    let events = train(&config);
+    let Some(TrainEvent::Started {
+        quantized_tensors,
+        frozen_weight_bytes,
+        ..
+    }) = events.first()
+    else {
+        panic!("no Started event")
+    };
+    // Layer 0's seven projections, the embeddings and lm_head.
+    assert_eq!(*quantized_tensors, 9, "frozen tensors held in the file's blocks");
+    let losses: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step { loss, .. } => Some(*loss),
+            _ => None,
+        })
+        .collect();
+    assert!(losses.last() < losses.first(), "training lowers the loss: {losses:?}");
+    println!("losses {losses:?}, frozen weights {frozen_weight_bytes} bytes");
+
+    // Export: the source file with only the trained tensors re-encoded.
+    let final_dir = config.output.dir.join("final");
+    let out = tmp.path().join("trained.gguf");
+    let options = ExportOptions {
+        kind: ExportType::F16,
+        force: false,
+        modelfile: false,
+        name: None,
+    };
+    export_patched(&final_dir, &out, &options, &mut |_| true).unwrap();
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        std::fs::metadata(&source).unwrap().len()
+    );
+    let before = llama_cpp(&source, &PROMPT, 0, "");
+    let after = llama_cpp(&out, &PROMPT, 6, "");
+    assert_eq!(before["metadata"], after["metadata"], "the metadata is the source's");
+    let trained = |name: &str| name.starts_with("blk.1.") || name.starts_with("blk.2.");
+    for (name, t) in tensors(&after) {
+        let was = &tensors(&before)[name];
+        assert_eq!(t["type"], was["type"], "{name}: type");
+        match trained(name) {
+            false => assert_eq!(t["sha256"], was["sha256"], "{name}: a frozen tensor's bytes"),
+            true => assert_ne!(t["sha256"], was["sha256"], "{name}: a trained tensor"),
+        }
+    }
+    assert_eq!(
+        ids_of(&after["greedy"]).len(),
+        6,
+        "llama.cpp generates from the trained file"
+    );
+
+    // llama.cpp runs the trained model: its logits follow final/'s (the trained layers re-encoded in q4_K/q6_K),
+    // far closer to them than to the untrained file's.
+    let ours: Vec<Vec<f32>> = freezetune_logits(&final_dir, &PROMPT);
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(after["logits"].clone()).unwrap();
+    let untrained: Vec<Vec<f32>> = serde_json::from_value(before["logits"].clone()).unwrap();
+    let (to_trained, moved) = (max_abs(&ours, &theirs), max_abs(&ours, &untrained));
+    println!("llama.cpp's logits vs final/'s: {to_trained:.3e}; training moved them by {moved:.3e}");
+    assert!(to_trained < moved / 5.0, "{to_trained} vs {moved}");
+}
