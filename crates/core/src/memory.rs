@@ -1,7 +1,7 @@
 //! Memory estimate of a freeze plan for training. The formula (also in docs/memory.md):
 //!
 //! ```text
-//! frozen weights     = Σ frozen tensors     numel × bytes(dtype as stored)
+//! frozen weights     = Σ frozen tensors     numel × bytes(dtype as stored)   (a GGUF file's: its blocks' bytes)
 //! trainable weights  = Σ trainable tensors  numel × 4      (f32 master copy)
 //! gradients          = Σ trainable tensors  numel × 4
 //! optimizer (AdamW)  = Σ trainable tensors  numel × 8      (first and second moments, f32)
@@ -74,7 +74,11 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
             trainable_params += t.params;
             largest = largest.max(t.params);
         } else {
-            frozen += t.dtype.bytes_for(t.params);
+            // A GGUF file's quantized tensor is held in its own blocks (gguf_map.rs).
+            frozen += match t.gguf.as_ref().filter(|b| b.quantized) {
+                Some(blocks) => blocks.bytes,
+                None => t.dtype.bytes_for(t.params),
+            };
         }
     }
     let backward_from_layer = lowest_backward_layer(layout, trainable);
