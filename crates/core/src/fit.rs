@@ -109,7 +109,11 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             continue;
         }
         // A GGUF file's quantized tensor stays in its own blocks while frozen (gguf_map.rs).
-        if let Some(blocks) = t.gguf.as_ref().filter(|b| b.quantized) {
+        if let Some(blocks) = t
+            .gguf
+            .as_ref()
+            .filter(|b| b.quantized && crate::quant::held_as_matrix(&t.name, &t.dims()))
+        {
             frozen += blocks.bytes;
             largest_quantized = largest_quantized.max(t.params);
             continue;

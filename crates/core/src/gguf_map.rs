@@ -77,6 +77,10 @@ impl GgufTensor {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GgufMap {
     pub format: u32,
+    /// The program and version that wrote the map: a map from another version is written again, not reused
+    /// (the config and tokenizer beside it are that version's reading of the file).
+    #[serde(default)]
+    pub written_by: String,
     /// The GGUF file, absolute.
     pub source: PathBuf,
     pub fingerprint: GgufFingerprint,
@@ -126,6 +130,7 @@ impl GgufMap {
     pub fn new(source: PathBuf, fingerprint: GgufFingerprint, data_offset: u64) -> GgufMap {
         GgufMap {
             format: FORMAT,
+            written_by: String::new(),
             source,
             fingerprint,
             data_offset,
@@ -141,20 +146,20 @@ impl GgufMap {
         };
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let map: GgufMap = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let again = "give the .gguf file itself as the model again (FreezeTune maps it anew)";
         if map.format != FORMAT {
-            return Err(bad(format!(
-                "format {} is not {FORMAT}; open the GGUF file again",
-                map.format
-            )));
+            return Err(bad(format!("format {} is not {FORMAT}; {again}", map.format)));
         }
         map.check().map_err(bad)?;
         let now = GgufFingerprint::of(&map.source)?;
         if now != map.fingerprint {
             return Err(bad(format!(
-                "{} changed since FreezeTune mapped it (size {} then {}); open the GGUF file again",
+                "{} changed since FreezeTune mapped it (size {} then {}, modified at {} then {} ns); {again}",
                 map.source.display(),
                 map.fingerprint.size,
-                now.size
+                now.size,
+                map.fingerprint.modified_ns,
+                now.modified_ns
             )));
         }
         Ok(map)
@@ -177,7 +182,7 @@ impl GgufMap {
             if row % layout.values != 0 || values == 0 {
                 return Err(format!("{name}: rows of {row} are not whole {} blocks", layout.name));
             }
-            if values / layout.values * layout.bytes != t.bytes {
+            if (values / layout.values).checked_mul(layout.bytes) != Some(t.bytes) {
                 return Err(format!(
                     "{name}: {} bytes do not hold {values} {} values",
                     t.bytes, layout.name
@@ -187,7 +192,8 @@ impl GgufMap {
             end.ok_or_else(|| format!("{name}: its blocks lie past the file's end"))?;
             if let Some(h) = t.rope_heads {
                 let rows = t.shape[0];
-                if t.shape.len() > 2 || h == 0 || rows % (2 * h as u64) != 0 {
+                let pairs = (h as u64).checked_mul(2).filter(|p| *p > 0 && rows % p == 0);
+                if t.shape.len() > 2 || pairs.is_none() || t.bytes % rows != 0 {
                     return Err(format!("{name}: {rows} rows are not {h} heads of rotary pairs"));
                 }
             }
@@ -202,13 +208,9 @@ impl GgufMap {
         Ok(())
     }
 
-    /// Bytes one row of `t` takes in the file.
+    /// Bytes one row of `t` (one index of its first dimension: a single value of a vector) takes in the file.
     pub fn row_bytes(t: &GgufTensor) -> u64 {
-        let rows = t.shape.first().copied().unwrap_or(1).max(1);
-        match t.shape.len() {
-            0 | 1 => t.bytes,
-            _ => t.bytes / rows,
-        }
+        t.bytes / t.shape.first().copied().unwrap_or(1).max(1)
     }
 }
 
@@ -295,6 +297,31 @@ mod tests {
         map.tensors.insert("x".into(), other);
         map.fingerprint.size += 8;
         assert!(map.check().unwrap_err().contains("overlap"));
+    }
+
+    #[test]
+    fn a_vector_with_rotary_rows_has_one_value_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut map = sample(dir.path());
+        let bias = GgufTensor {
+            gguf: "blk.0.attn_q.bias".into(),
+            ggml_type: 0,
+            shape: vec![8],
+            offset: 576,
+            bytes: 32,
+            dtype: DType::F32,
+            rope_heads: Some(2),
+            norm_offset: false,
+        };
+        assert_eq!(GgufMap::row_bytes(&bias), 4);
+        map.tensors.insert("model.layers.0.self_attn.q_proj.bias".into(), bias);
+        map.fingerprint.size += 32;
+        map.check().unwrap();
+        map.tensors
+            .get_mut("model.layers.0.self_attn.q_proj.bias")
+            .unwrap()
+            .rope_heads = Some(3);
+        assert!(map.check().unwrap_err().contains("rotary pairs"));
     }
 
     #[test]

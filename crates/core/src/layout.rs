@@ -24,6 +24,13 @@ pub struct TensorInfo {
     pub gguf: Option<GgufBlocks>,
 }
 
+impl TensorInfo {
+    /// The shape as `usize`s.
+    pub fn dims(&self) -> Vec<usize> {
+        self.shape.iter().map(|&d| d as usize).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GgufBlocks {
     pub ggml_type: String,

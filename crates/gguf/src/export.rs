@@ -106,6 +106,14 @@ pub fn export_gguf(
     }
     let raw = read_config_json(&dir)?;
     let files = ModelFiles::find(&dir)?;
+    if files.gguf_map.is_some() {
+        return Err(GgufError::BadInput {
+            path: dir,
+            reason: "is a GGUF file's mapped folder, not a model: export a run trained from it (its final/), or \
+                     use the GGUF file itself"
+                .into(),
+        });
+    }
     // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
     let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
     let (plan, mut warnings) = plan_tensors(&st, &config, options.kind)?;

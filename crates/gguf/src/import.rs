@@ -69,7 +69,7 @@ pub(crate) struct Gguf {
 }
 
 impl Gguf {
-    fn open(path: &Path) -> Result<Gguf> {
+    pub(crate) fn open(path: &Path) -> Result<Gguf> {
         // The whole header and tensor table checked against the file's size before candle's reader walks it.
         crate::validate::check_file(path).map_err(|reason| GgufError::BadInput {
             path: path.into(),

@@ -6,6 +6,7 @@
 
 use crate::error::{GgufError, Result};
 use crate::export::{model_dir_of, place, ExportOptions, ExportReport};
+use crate::format::type_id;
 use crate::names::{reorder_rows, rope_permutation};
 use crate::quant::encode;
 use crate::Progress;
@@ -49,12 +50,17 @@ pub fn export_patched(
         reason: format!("has no {GGUF_SOURCE_FILE}: it was not trained from a GGUF file"),
     })?;
     let source = &record.map.source;
-    if GgufFingerprint::of(source)? != record.map.fingerprint {
+    let restore = "restore the file, or export with --type to re-encode every tensor from final/";
+    let now = GgufFingerprint::of(source).map_err(|e| GgufError::BadInput {
+        path: source.clone(),
+        reason: format!("this model was trained from it, and it cannot be read now ({e}); {restore}"),
+    })?;
+    if now != record.map.fingerprint {
         return Err(GgufError::BadInput {
             path: source.clone(),
-            reason: "changed since this model was trained from it; its frozen tensors cannot be copied from it \
-                     (restore the file, or export with --type to re-encode every tensor)"
-                .into(),
+            reason: format!(
+                "changed since this model was trained from it; its frozen tensors cannot be copied from it ({restore})"
+            ),
         });
     }
     if dest.exists() && !options.force {
@@ -63,10 +69,10 @@ pub fn export_patched(
     let files = ModelFiles::find(&dir)?;
     // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
     let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
+    check_against_file(&record)?;
     let tmp = crate::hidden_sibling(dest, "partial");
-    let written = std::fs::copy(source, &tmp)
-        .map_err(|e| GgufError::io(&tmp, e))
-        .and_then(|_| overwrite_trained(&tmp, &record, &st, progress))
+    let written = copy_source(source, &tmp)
+        .and_then(|out| overwrite_trained(&out, &tmp, &record, &st, progress))
         .and_then(|()| place(&tmp, dest, options.force));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -101,17 +107,60 @@ fn types_of(record: &GgufSource) -> std::collections::BTreeMap<String, usize> {
     counts
 }
 
-/// Each trained tensor of `final/` encoded as its source tensor and written over its blocks in `file`, synced.
+/// The record's places, checked against the file itself (its validated header and tensor table): the data
+/// section starts where the record says, and every trained tensor is there with its name, type, shape and offset.
+/// A record that says otherwise would have the export write over other bytes.
+fn check_against_file(record: &GgufSource) -> Result<()> {
+    let g = crate::import::Gguf::open(&record.map.source)?;
+    let bad = |reason: String| GgufError::BadInput {
+        path: record.map.source.clone(),
+        reason: format!("{reason}; {GGUF_SOURCE_FILE} does not describe this file (export with --type instead)"),
+    };
+    if g.content.tensor_data_offset != record.map.data_offset {
+        return Err(bad(format!(
+            "tensor data starts at {}, not {}",
+            g.content.tensor_data_offset, record.map.data_offset
+        )));
+    }
+    for name in &record.trained {
+        let t = record
+            .map
+            .tensors
+            .get(name)
+            .ok_or_else(|| bad(format!("the trained tensor {name} has no place in it")))?;
+        let info = g
+            .content
+            .tensor_infos
+            .get(&t.gguf)
+            .ok_or_else(|| bad(format!("it has no tensor {}", t.gguf)))?;
+        let dims: Vec<u64> = info.shape.dims().iter().map(|&d| d as u64).collect();
+        if type_id(info.ggml_dtype) != t.ggml_type || info.offset != t.offset || dims != t.shape {
+            return Err(bad(format!(
+                "its tensor {} is not where, or what, the record says",
+                t.gguf
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A writable copy of the source at `tmp` (created, not `fs::copy`'d: a read-only source would give a read-only
+/// copy), open for the trained tensors to be written into.
+fn copy_source(source: &Path, tmp: &Path) -> Result<std::fs::File> {
+    let mut from = std::fs::File::open(source).map_err(|e| GgufError::io(source, e))?;
+    let mut out = std::fs::File::create(tmp).map_err(|e| GgufError::io(tmp, e))?;
+    std::io::copy(&mut from, &mut out).map_err(|e| GgufError::io(tmp, e))?;
+    Ok(out)
+}
+
+/// Each trained tensor of `final/` encoded as its source tensor and written over its blocks in `out`, synced.
 fn overwrite_trained(
+    out: &std::fs::File,
     file: &Path,
     record: &GgufSource,
     st: &MmapedSafetensors,
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .write(true)
-        .open(file)
-        .map_err(|e| GgufError::io(file, e))?;
     let total = record.trained.len();
     for (i, name) in record.trained.iter().enumerate() {
         if !progress(&Progress {
@@ -144,8 +193,12 @@ fn encode_like(st: &MmapedSafetensors, name: &str, t: &GgufTensor) -> Result<Vec
     let err = GgufError::candle(format!("encoding {name} as {}", t.type_name()));
     let dtype =
         ggml_dtype(t.ggml_type).ok_or_else(|| GgufError::Unsupported(format!("{name}: GGML type {}", t.ggml_type)))?;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     let encoded = (|| {
         let mut v = st.load(name, &Device::Cpu)?.to_dtype(DType::F32)?;
+        if v.dims() != shape.as_slice() {
+            candle_core::bail!("final/ holds it as {:?}, the GGUF file as {shape:?}", v.dims())
+        }
         if let Some(heads) = t.rope_heads {
             v = reorder_rows(&v, rope_permutation(v.dim(0)?, heads))?;
         }

@@ -10,6 +10,7 @@ use crate::error::{GgufError, Result};
 use crate::format::{bytes_for, type_id};
 use crate::import::{place_dir, read_model, write_files, ImportDType};
 use crate::names::{offset_norm, rope_heads};
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use freezetune_core::gguf_map::{GgufFingerprint, GgufMap, GgufTensor, GGUF_MAP_FILE};
 use freezetune_core::safetensors::DType as StDType;
@@ -50,7 +51,7 @@ pub fn mapped_folder(file: &Path, maps_dir: &Path) -> Result<PathBuf> {
         .unwrap_or_default();
     let dest = maps_dir.join(format!("{stem}-{:016x}", fnv(file.to_string_lossy().as_bytes())));
     if let Ok(map) = GgufMap::read(&dest.join(GGUF_MAP_FILE)) {
-        if map.source == file && dest.join("config.json").is_file() {
+        if map.source == file && map.written_by == written_by() && dest.join("config.json").is_file() {
             return Ok(dest);
         }
     }
@@ -63,13 +64,22 @@ pub fn write_mapped_folder(file: &Path, dest: &Path) -> Result<()> {
     let fingerprint = GgufFingerprint::of(file)?;
     let m = read_model(file, ImportDType::Auto, &|| Ok(()))?;
     let mut map = GgufMap::new(file.to_path_buf(), fingerprint, m.g.content.tensor_data_offset);
-    let dtype = match m.target.dtype {
+    map.written_by = written_by();
+    // A quantized tensor takes the folder's dtype (f16 in a quantized file, as import writes it); a float one
+    // keeps its own, so trained norms and biases are written back as the file held them.
+    let folder_dtype = match m.target.dtype {
         DType::F32 => StDType::F32,
         DType::BF16 => StDType::BF16,
         _ => StDType::F16,
     };
     for t in &m.tensors {
         let info = &m.g.content.tensor_infos[&t.gguf];
+        let dtype = match info.ggml_dtype {
+            GgmlDType::F32 => StDType::F32,
+            GgmlDType::F16 => StDType::F16,
+            GgmlDType::BF16 => StDType::BF16,
+            _ => folder_dtype,
+        };
         let tensor = GgufTensor {
             gguf: t.gguf.clone(),
             ggml_type: type_id(info.ggml_dtype),
@@ -103,6 +113,11 @@ pub fn write_mapped_folder(file: &Path, dest: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written
+}
+
+/// This program's mark in a map: a map another version wrote is written again.
+fn written_by() -> String {
+    format!("freezetune {}", env!("CARGO_PKG_VERSION"))
 }
 
 fn fnv(bytes: &[u8]) -> u64 {

@@ -122,6 +122,9 @@ fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged()
         modelfile: false,
         name: None,
     };
+    // A read-only source (a shared model store) still exports: the copy is the program's own file.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o444)).unwrap();
     export_patched(&final_dir, &out, &options, &mut |_| true).unwrap();
     assert_eq!(
         std::fs::metadata(&out).unwrap().len(),
@@ -153,4 +156,16 @@ fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged()
     let (to_trained, moved) = (max_abs(&ours, &theirs), max_abs(&ours, &untrained));
     println!("llama.cpp's logits vs final/'s: {to_trained:.3e}; training moved them by {moved:.3e}");
     assert!(to_trained < moved / 5.0, "{to_trained} vs {moved}");
+
+    // A record that does not describe the file is refused before anything is written.
+    let record_path = final_dir.join("gguf_source.json");
+    let mut record: Value = serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
+    record["map"]["data_offset"] = Value::from(record["map"]["data_offset"].as_u64().unwrap() - 32);
+    std::fs::write(&record_path, record.to_string()).unwrap();
+    let refused = tmp.path().join("refused.gguf");
+    let err = export_patched(&final_dir, &refused, &options, &mut |_| true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not describe this file"), "{err}");
+    assert!(!refused.exists());
 }

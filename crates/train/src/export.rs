@@ -1,7 +1,7 @@
 //! Writing a complete Hugging Face checkpoint: the model folder's config, tokenizer and template files, and one
 //! `model.safetensors` with every tensor. Frozen tensors are copied byte for byte from the input; trainable ones are
 //! cast back to the dtype they had (so are tensors a layer schedule trained and then froze again). A model trained
-//! from a GGUF file gets its frozen tensors' exact values in the dtype its folder names (f16 for a quantized file,
+//! from a GGUF file gets its frozen tensors' values in the dtype its map names each (a quantized one rounded to f16,
 //! as import-gguf writes it) and `gguf_source.json` for `export-gguf`. The folder is assembled beside its
 //! destination and renamed into place.
 
@@ -137,7 +137,8 @@ fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<(
     for (name, dtype, _) in &tensors {
         let bytes = match params.trained_value(name) {
             Some(value) => trained_bytes(&value, name, *dtype)?,
-            // Frozen: the checkpoint's bytes; a GGUF file's tensor, its exact values in the folder's dtype.
+            // Frozen: the checkpoint's bytes; a GGUF file's tensor, its values in the dtype the map names (rounded to
+            // f16 for a quantized one).
             None => match source.raw_bytes(name)? {
                 Some(bytes) => bytes,
                 None => trained_bytes(&source.load(name)?, name, *dtype)?,

@@ -1,6 +1,6 @@
 //! Tensors of a GGUF file read through its map (core's gguf_map.rs): quantized ones as candle `QTensor`s holding
-//! the file's own blocks (a frozen matrix is never dequantized whole), every one as exact values for an f32 master
-//! or an export. llama's q/k rows, stored permuted for llama.cpp's rope, are put back in the Hugging Face order by
+//! the file's own blocks (a frozen matrix is never dequantized whole), every one as its exact values (dequantized
+//! blocks in f32) for an f32 master or an export. llama's q/k rows, stored permuted for llama.cpp's rope, are put back in the Hugging Face order by
 //! moving whole rows: blocks run along a row, so a quantized row moves as its bytes.
 
 use crate::error::{io, Result, TrainError};
@@ -64,16 +64,16 @@ fn read_rows(map: &GgufMap, name: &str, t: &GgufTensor) -> Result<Aligned> {
     };
     let rows = t.shape[0] as usize;
     let row = GgufMap::row_bytes(t) as usize;
+    if rows * row != len || heads == 0 || rows % (2 * heads) != 0 {
+        return Err(TrainError::Tensor {
+            name: name.into(),
+            reason: format!("{len} bytes are not {rows} rows of {row} in {heads} rotary heads"),
+        });
+    }
     let mut out = Aligned(vec![0u64; len.div_ceil(8)], len);
     let (src, dst) = (buf.bytes(), out.bytes_mut());
     for (r, from) in rope_unpermutation(rows, heads).into_iter().enumerate() {
         dst[r * row..(r + 1) * row].copy_from_slice(&src[from * row..(from + 1) * row]);
-    }
-    if rows * row != len {
-        return Err(TrainError::Tensor {
-            name: name.into(),
-            reason: format!("{len} bytes are not {rows} rows of {row}"),
-        });
     }
     Ok(out)
 }
@@ -95,7 +95,7 @@ pub fn load_blocks(map: &GgufMap, name: &str, t: &GgufTensor, device: &Device) -
         .map_err(candle_err(name))
 }
 
-/// The tensor's exact values on the host: f32 for a quantized type (its dequantized blocks), else the stored
+/// The tensor's values on the host, exactly: f32 for a quantized type (its dequantized blocks), else the stored
 /// float type. Gemma's `1 + weight` norms come back as the weight.
 pub fn load_values(map: &GgufMap, name: &str, t: &GgufTensor) -> Result<Tensor> {
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();

@@ -87,7 +87,7 @@ fn config_of(args: &ProbeArgs) -> Result<RunConfig> {
     })?;
     let config = RunConfig {
         model: ModelSection {
-            path: cwd.join(model),
+            path: super::model_folder(&cwd.join(model))?,
             repo: None,
             revision: None,
             dtype: "auto".into(),
