@@ -105,7 +105,10 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
         if trainable.contains(&t.name) {
             trained += t.params;
             largest = largest.max(t.params);
-            optimizer_state += setup.optimizer.state_bytes(&t.shape);
+            // AdamW8bit keeps its moments on the host (optim8.rs): on a GPU they take none of its memory.
+            if setup.cpu || setup.optimizer != OptimizerKind::Adamw8bit {
+                optimizer_state += setup.optimizer.state_bytes(&t.shape);
+            }
             continue;
         }
         // A GGUF file's quantized tensor stays in its own blocks while frozen (gguf_map.rs).

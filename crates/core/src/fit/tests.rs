@@ -393,3 +393,17 @@ fn quantized_frozen_layers_count_their_blocks_and_are_offered_when_the_run_does_
         "nothing lighter"
     );
 }
+
+#[test]
+fn adamw8bit_moments_count_on_the_cpu_but_not_on_a_gpu_where_they_live_on_the_host() {
+    let (_d, layout, set) = setup(&all_layers());
+    let with = |optimizer, cpu| FitSetup {
+        optimizer,
+        cpu,
+        ..gpu(1, 64)
+    };
+    let need = |optimizer, cpu| need_bytes(&layout, &set, with(optimizer, cpu));
+    assert_eq!(need(OptimizerKind::Adamw8bit, false), need(OptimizerKind::Sgd, false));
+    assert!(need(OptimizerKind::Adamw8bit, true) > need(OptimizerKind::Sgd, true));
+    assert!(need(OptimizerKind::Adamw, false) > need(OptimizerKind::Adamw8bit, false));
+}
