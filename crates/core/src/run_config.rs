@@ -91,7 +91,7 @@ pub enum DataFormat {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// JSON or JSONL file of training records.
+    /// The training records: a JSON, JSONL, Parquet, CSV or TSV file, or a folder of them.
     pub train: PathBuf,
     #[serde(default = "default_format")]
     pub format: DataFormat,

@@ -2,12 +2,14 @@
 //! the model shifts them). Formats: `tokenized` (`{"input_ids", "labels"}`), `text` (`{"text"}`, every token
 //! learned, EOS appended), and the chat formats `alpaca` (instruction / input / output, optional system / history),
 //! `sharegpt` (`conversations` of from / value) and `messages` (OpenAI role / content), rendered with the model's
-//! chat template so that only the replies are learned unless `train_on_prompt`.
+//! chat template so that only the replies are learned unless `train_on_prompt`. The rows come from freezetune-data:
+//! a JSON, JSON Lines, CSV/TSV or Parquet file, or a folder of them.
 
 use crate::error::{Result, TrainError};
 use crate::template::{ChatFormatter, Message};
 use crate::DecoderConfig;
 use freezetune_core::run_config::{DataFormat, RunConfig};
+use freezetune_data::Row;
 use serde_json::Value;
 use std::path::Path;
 
@@ -45,10 +47,10 @@ pub struct Dataset {
 /// Reads `path`, truncating examples to `cutoff_len` tokens.
 pub fn load(path: &Path, o: &DataOptions) -> Result<Dataset> {
     let mut out = Dataset::default();
-    let records = read_records(path)?;
+    let records = read_records(path, None)?;
     let format = resolve_format(path, &records, o.format)?;
-    for (line, rec) in records {
-        let (_, mut ex) = convert(path, line, &rec, format, o)?;
+    for row in records {
+        let (_, mut ex) = convert(&row.file, row.line, &row.value, format, o)?;
         if ex.input_ids.len() > o.cutoff_len {
             ex.input_ids.truncate(o.cutoff_len);
             ex.labels.truncate(o.cutoff_len);
@@ -103,11 +105,13 @@ pub fn preview_run(config: &RunConfig, n: usize) -> Result<(DataFormat, Vec<Prev
 
 /// The first `n` examples of `path`, rendered, tokenized and masked exactly as training will see them.
 pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Vec<PreviewItem>)> {
-    let records = read_records(path)?;
+    // Only the rows shown are read: a multi-GB file previews at once.
+    let records = read_records(path, Some(n))?;
     let format = resolve_format(path, &records, o.format)?;
     let mut items = Vec::new();
-    for (line, rec) in records.iter().take(n) {
-        let (text, ex) = convert(path, *line, rec, format, o)?;
+    for row in &records {
+        let (text, ex) = convert(&row.file, row.line, &row.value, format, o)?;
+        let line = &row.line;
         let truncated = ex.input_ids.len() > o.cutoff_len;
         let keep = ex.input_ids.len().min(o.cutoff_len);
         let mut marked = String::new();
@@ -142,25 +146,23 @@ pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Ve
     Ok((format, items))
 }
 
-fn read_records(path: &Path) -> Result<Vec<(usize, Value)>> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        // Name the line: a dataset is often thousands of lines, and one bad byte is easy to miss.
-        let at = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-        TrainError::Data {
-            file: path.to_path_buf(),
-            line,
-            reason: format!("not UTF-8 text (byte {at} of the file); save the file as UTF-8"),
-        }
-    })?;
-    records(path, &text)
+/// The rows of a data file or folder (freezetune-data: JSON, JSON Lines, CSV/TSV, Parquet), all or the first
+/// `limit`.
+fn read_records(path: &Path, limit: Option<usize>) -> Result<Vec<Row>> {
+    let rows = freezetune_data::open(path).map_err(data_error)?;
+    rows.take(limit.unwrap_or(usize::MAX))
+        .collect::<freezetune_data::Result<Vec<Row>>>()
+        .map_err(data_error)
 }
 
-fn resolve_format(path: &Path, records: &[(usize, Value)], format: DataFormat) -> Result<DataFormat> {
+fn data_error(e: freezetune_data::DataError) -> TrainError {
+    match e {
+        freezetune_data::DataError::Io { path, source } => TrainError::Io { path, source },
+        freezetune_data::DataError::Bad { file, line, reason } => TrainError::Data { file, line, reason },
+    }
+}
+
+fn resolve_format(path: &Path, records: &[Row], format: DataFormat) -> Result<DataFormat> {
     match format {
         DataFormat::Auto => detect(path, records),
         f => Ok(f),
@@ -334,33 +336,8 @@ fn openai(rec: &Value) -> std::result::Result<Vec<Message>, String> {
         .collect()
 }
 
-/// `(line number, record)`: a JSON array, or one JSON object per line.
-fn records(path: &Path, text: &str) -> Result<Vec<(usize, Value)>> {
-    if text.trim_start().starts_with('[') {
-        let arr: Vec<Value> = serde_json::from_str(text).map_err(|e| TrainError::Data {
-            file: path.to_path_buf(),
-            line: e.line(),
-            reason: e.to_string(),
-        })?;
-        return Ok(arr.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect());
-    }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map(|v| (i + 1, v))
-                .map_err(|e| TrainError::Data {
-                    file: path.to_path_buf(),
-                    line: i + 1,
-                    reason: format!("not valid JSON: {e}"),
-                })
-        })
-        .collect()
-}
-
-fn detect(path: &Path, records: &[(usize, Value)]) -> Result<DataFormat> {
-    let Some((line, first)) = records.first() else {
+fn detect(path: &Path, records: &[Row]) -> Result<DataFormat> {
+    let Some(Row { line, value: first, .. }) = records.first() else {
         return Err(TrainError::Data {
             file: path.to_path_buf(),
             line: 1,

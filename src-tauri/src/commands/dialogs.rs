@@ -29,7 +29,10 @@ pub async fn pick_path(app: AppHandle, state: State<'_, AppState>, kind: PickKin
             .blocking_pick_folder(),
         PickKind::DatasetFile => dialog
             .set_title("Choose a dataset")
-            .add_filter("JSON / JSONL", &["json", "jsonl"])
+            .add_filter(
+                "Data (JSON, JSONL, Parquet, CSV, TSV)",
+                &["json", "jsonl", "ndjson", "parquet", "csv", "tsv"],
+            )
             .blocking_pick_file(),
         PickKind::PresetFile => dialog
             .set_title("Import a preset")

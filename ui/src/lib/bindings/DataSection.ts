@@ -3,7 +3,7 @@ import type { DataFormat } from "./DataFormat";
 
 export type DataSection = { 
 /**
- * JSON or JSONL file of training records.
+ * The training records: a JSON, JSONL, Parquet, CSV or TSV file, or a folder of them.
  */
 train: string, format: DataFormat, 
 /**

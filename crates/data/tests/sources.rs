@@ -1,0 +1,109 @@
+//! Every source format against an independent writer and reader: the fixtures were written by pyarrow and
+//! Python's csv module (tests/fixtures/scripts/make_data_fixtures.py), and `expected.json` holds what pyarrow and
+//! csv read back from them. FreezeTune's rows must be those, value for value.
+
+use freezetune_data::{first, open, read_all, DataError};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data")
+}
+
+fn expected(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    let all: Value = serde_json::from_str(&text).unwrap();
+    all["files"][name].as_array().unwrap().clone()
+}
+
+fn values(path: &Path) -> Vec<Value> {
+    read_all(path).unwrap().into_iter().map(|r| r.value).collect()
+}
+
+#[test]
+fn parquet_csv_and_tsv_rows_are_what_pyarrow_and_csv_read() {
+    for name in [
+        "alpaca.parquet",
+        "sharegpt.parquet",
+        "messages.parquet",
+        "alpaca.csv",
+        "alpaca.tsv",
+    ] {
+        assert_eq!(values(&fixtures().join(name)), expected(name), "{name}");
+    }
+    // Rows are numbered from 1 across a Parquet file's row groups (two rows a group here).
+    let rows = read_all(&fixtures().join("alpaca.parquet")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    // A CSV record names the line it starts on (the third spans two lines).
+    let rows = read_all(&fixtures().join("alpaca.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [2, 3, 4, 6, 7]);
+}
+
+#[test]
+fn a_folder_is_its_data_files_in_name_order_and_first_stops_early() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, name) in ["alpaca.parquet", "alpaca.csv"].iter().enumerate() {
+        std::fs::copy(
+            fixtures().join(name),
+            dir.path().join(format!("part-{i}.{}", name.split('.').nth(1).unwrap())),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("README.md"), "not data").unwrap();
+    let rows = values(dir.path());
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[..5], expected("alpaca.parquet")[..]);
+    assert_eq!(first(dir.path(), 3).unwrap().len(), 3);
+    let empty = tempfile::tempdir().unwrap();
+    let err = open(empty.path()).err().unwrap().to_string();
+    assert!(err.contains("no data files") && err.contains(".parquet"), "{err}");
+}
+
+#[test]
+fn json_arrays_and_lines_stream_and_bad_bytes_are_named_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let array = dir.path().join("a.json");
+    std::fs::write(&array, r#" [{"text": "a"}, {"text": "b"}]"#).unwrap();
+    assert_eq!(
+        values(&array),
+        [serde_json::json!({"text": "a"}), serde_json::json!({"text": "b"})]
+    );
+    let lines = dir.path().join("l.json");
+    std::fs::write(&lines, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n").unwrap();
+    let rows = read_all(&lines).unwrap();
+    assert_eq!((rows[1].line, rows[1].value["text"].as_str()), (3, Some("b")));
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, b"{\"text\": \"a\"}\n{\"text\": \"\xff\"}\n").unwrap();
+    let mut rows = open(&bad).unwrap();
+    assert!(
+        rows.next().unwrap().is_ok(),
+        "the first line reads before the bad one is reached"
+    );
+    let err = rows.next().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("bad.jsonl:2") && err.contains("byte 24") && err.contains("UTF-8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_files_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("cut.parquet");
+    let bytes = std::fs::read(fixtures().join("alpaca.parquet")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = open(&truncated).err().unwrap();
+    assert!(matches!(err, DataError::Bad { .. }), "{err}");
+    assert!(err.to_string().contains("not a Parquet file"), "{err}");
+    let unknown = dir.path().join("data.xlsx");
+    std::fs::write(&unknown, "x").unwrap();
+    let err = open(&unknown).err().unwrap().to_string();
+    assert!(
+        err.contains("cannot tell the file's format") && err.contains(".csv"),
+        "{err}"
+    );
+    let ragged = dir.path().join("ragged.csv");
+    std::fs::write(&ragged, "a,b\n1,2\n3\n").unwrap();
+    let err = read_all(&ragged).unwrap_err().to_string();
+    assert!(err.contains("ragged.csv:3"), "{err}");
+}
