@@ -3,6 +3,7 @@
 //! No candle, no tauri, no network.
 
 pub mod config;
+pub mod data_spec;
 pub mod demo;
 pub mod error;
 pub mod events;

@@ -1,6 +1,7 @@
 //! `RunConfig`: a training run as a TOML file (`freezetune train --config RUN.toml`). Every key has a default
 //! (documented in docs/run-config.md); unknown keys are errors, so a typo never silently changes a run.
 
+use crate::data_spec::{DatasetSpec, Mix};
 use crate::error::{Error, Result};
 use crate::quant::QuantizeFrozen;
 use crate::spec::FreezeSpec;
@@ -91,8 +92,17 @@ pub enum DataFormat {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// The training records: a JSON, JSONL, Parquet, CSV or TSV file, or a folder of them.
+    /// The training records: a JSON, JSONL, Parquet, CSV or TSV file, or a folder of them. Empty when
+    /// `datasets` names them instead.
+    #[serde(default)]
     pub train: PathBuf,
+    /// Several datasets, each with its column mapping, row limit and weight (data_spec.rs); used instead of
+    /// `train`.
+    #[serde(default)]
+    pub datasets: Vec<DatasetSpec>,
+    /// How `datasets` are mixed: concat (the default), interleave_under, interleave_over.
+    #[serde(default)]
+    pub mix: Mix,
     #[serde(default = "default_format")]
     pub format: DataFormat,
     /// A separate evaluation file (same format).
@@ -107,6 +117,35 @@ pub struct DataSection {
     /// Also learn the prompt tokens (by default only responses are learned).
     #[serde(default)]
     pub train_on_prompt: bool,
+}
+
+impl DataSection {
+    /// `train` or `datasets`, not both; each dataset a path or a dataset_info.json entry; weights positive.
+    pub fn check_sources(&self) -> std::result::Result<(), String> {
+        match (self.train.as_os_str().is_empty(), self.datasets.is_empty()) {
+            (true, true) => return Err("[data] needs `train` (a data file or folder) or [[data.datasets]]".into()),
+            (false, false) => {
+                return Err(
+                    "[data] has both `train` and [[data.datasets]]: list the train file as one of the datasets".into(),
+                )
+            }
+            _ => {}
+        }
+        for (i, d) in self.datasets.iter().enumerate() {
+            let at = format!("data.datasets[{i}] ({})", d.label());
+            match (&d.path, &d.dataset_info, &d.name) {
+                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+                _ => return Err(format!("{at}: give `path`, or `dataset_info` and `name`")),
+            }
+            if d.weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
+                return Err(format!("{at}: weight must be a positive number"));
+            }
+            if d.limit == Some(0) {
+                return Err(format!("{at}: limit must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_format() -> DataFormat {
@@ -261,6 +300,13 @@ impl RunConfig {
                 *p = base.join(&*p);
             }
         }
+        for d in &mut config.data.datasets {
+            for p in [&mut d.path, &mut d.dataset_info].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         if let Some(eval) = &mut config.data.eval {
             if eval.is_relative() {
                 *eval = base.join(&*eval);
@@ -285,6 +331,7 @@ impl RunConfig {
                 self.model.dtype
             ));
         }
+        self.data.check_sources()?;
         if t.batch_size == 0 || t.gradient_accumulation_steps == 0 {
             return Err("training.batch_size and training.gradient_accumulation_steps must be at least 1".into());
         }

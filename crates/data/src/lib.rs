@@ -1,10 +1,18 @@
 //! `freezetune-data`: training records from where users keep them. A data file or folder (JSON, JSON Lines,
-//! CSV/TSV, Parquet) read as a stream of rows, each one JSON object naming its file and line. What the rows mean
-//! (formats, chat templates, tokens) is the trainer's; this crate only reads. Depends on nothing of FreezeTune's.
+//! CSV/TSV, Parquet) read as a stream of rows, each one JSON object naming its file and line (`source.rs`); a
+//! dataset's column mapping as LLaMA-Factory's dataset_info.json expresses it (`mapping.rs`, `info.rs`); several
+//! datasets mixed by weight (`mix.rs`, `spec.rs`). What the records mean (chat templates, tokens) is the trainer's.
+//! Depends on core (the run config's dataset specs).
 
 pub mod error;
+pub mod info;
+pub mod mapping;
+pub mod mix;
 mod parquet;
 pub mod source;
+pub mod spec;
 
 pub use error::{DataError, Result};
+pub use mapping::Mapping;
 pub use source::{first, open, read_all, FileKind, Row, Rows};
+pub use spec::{load_mixed, load_spec, Loaded};

@@ -8,6 +8,7 @@
 use crate::error::{Result, TrainError};
 use crate::template::{ChatFormatter, Message};
 use crate::DecoderConfig;
+use freezetune_core::data_spec::Formatting;
 use freezetune_core::run_config::{DataFormat, RunConfig};
 use freezetune_data::Row;
 use serde_json::Value;
@@ -46,10 +47,42 @@ pub struct Dataset {
 
 /// Reads `path`, truncating examples to `cutoff_len` tokens.
 pub fn load(path: &Path, o: &DataOptions) -> Result<Dataset> {
-    let mut out = Dataset::default();
     let records = read_records(path, None)?;
     let format = resolve_format(path, &records, o.format)?;
-    for row in records {
+    examples(path, records.into_iter().map(|r| (r, format)), o)
+}
+
+/// A run's training data: `[data] train`, or its `[[data.datasets]]` each mapped to the trainer's records and
+/// mixed (freezetune-data).
+pub fn load_run(config: &RunConfig, o: &DataOptions) -> Result<Dataset> {
+    if config.data.datasets.is_empty() {
+        return load(&config.data.train, o);
+    }
+    let rows = mixed_rows(config)?;
+    let first = config.data.datasets[0].label();
+    examples(Path::new(&first), rows.into_iter(), o)
+}
+
+/// Every dataset's rows, mapped and mixed, each with the format its records now have.
+fn mixed_rows(config: &RunConfig) -> Result<Vec<(Row, DataFormat)>> {
+    let d = &config.data;
+    let rows = freezetune_data::load_mixed(&d.datasets, d.mix, config.training.seed).map_err(data_error)?;
+    Ok(rows.into_iter().map(|(r, f)| (r, format_of(f))).collect())
+}
+
+fn format_of(f: Formatting) -> DataFormat {
+    match f {
+        Formatting::Alpaca => DataFormat::Alpaca,
+        Formatting::Sharegpt => DataFormat::Sharegpt,
+        Formatting::Text => DataFormat::Text,
+        Formatting::Tokenized => DataFormat::Tokenized,
+    }
+}
+
+/// Rows as examples, truncated to `cutoff_len`; rows with nothing to learn are counted and left out.
+fn examples(source: &Path, rows: impl Iterator<Item = (Row, DataFormat)>, o: &DataOptions) -> Result<Dataset> {
+    let mut out = Dataset::default();
+    for (row, format) in rows {
         let (_, mut ex) = convert(&row.file, row.line, &row.value, format, o)?;
         if ex.input_ids.len() > o.cutoff_len {
             ex.input_ids.truncate(o.cutoff_len);
@@ -64,7 +97,7 @@ pub fn load(path: &Path, o: &DataOptions) -> Result<Dataset> {
     }
     if out.examples.is_empty() {
         return Err(TrainError::Data {
-            file: path.to_path_buf(),
+            file: source.to_path_buf(),
             line: 1,
             reason: "no example has a token to learn".into(),
         });
@@ -100,7 +133,13 @@ pub fn preview_run(config: &RunConfig, n: usize) -> Result<(DataFormat, Vec<Prev
         train_on_prompt: config.data.train_on_prompt,
         formatter: formatter.as_ref(),
     };
-    preview(&config.data.train, &options, n)
+    if config.data.datasets.is_empty() {
+        return preview(&config.data.train, &options, n);
+    }
+    // The mix as training draws it (each dataset read whole, up to its limit).
+    let rows: Vec<(Row, DataFormat)> = mixed_rows(config)?.into_iter().take(n).collect();
+    let format = rows.first().map_or(DataFormat::Auto, |(_, f)| *f);
+    Ok((format, preview_rows(&rows, &options)?))
 }
 
 /// The first `n` examples of `path`, rendered, tokenized and masked exactly as training will see them.
@@ -108,9 +147,15 @@ pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Ve
     // Only the rows shown are read: a multi-GB file previews at once.
     let records = read_records(path, Some(n))?;
     let format = resolve_format(path, &records, o.format)?;
+    let rows: Vec<(Row, DataFormat)> = records.into_iter().map(|r| (r, format)).collect();
+    Ok((format, preview_rows(&rows, o)?))
+}
+
+/// Rows rendered, tokenized and masked as training sees them, learned runs marked.
+fn preview_rows(rows: &[(Row, DataFormat)], o: &DataOptions) -> Result<Vec<PreviewItem>> {
     let mut items = Vec::new();
-    for row in &records {
-        let (text, ex) = convert(&row.file, row.line, &row.value, format, o)?;
+    for (row, format) in rows {
+        let (text, ex) = convert(&row.file, row.line, &row.value, *format, o)?;
         let line = &row.line;
         let truncated = ex.input_ids.len() > o.cutoff_len;
         let keep = ex.input_ids.len().min(o.cutoff_len);
@@ -143,7 +188,7 @@ pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Ve
             marked,
         });
     }
-    Ok((format, items))
+    Ok(items)
 }
 
 /// The rows of a data file or folder (freezetune-data: JSON, JSON Lines, CSV/TSV, Parquet), all or the first

@@ -46,3 +46,64 @@ fn parquet_csv_and_tsv_train_the_examples_their_jsonl_trains() {
         assert_eq!(ours, reference, "{name}");
     }
 }
+
+#[test]
+fn a_run_mixes_its_datasets_each_with_its_own_mapping() {
+    let model = repo().join("tests/fixtures/models/llama");
+    let data = repo().join("tests/fixtures/data");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, data_section: &str| {
+        let text =
+            format!("[model]\npath = {model:?}\n[freeze]\ntop = 1\n[data]\n{data_section}\n[output]\ndir = \"run\"\n");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        freezetune_core::run_config::RunConfig::read(&path)
+    };
+    let config = write(
+        "mixed.toml",
+        &format!(
+            "[[data.datasets]]\ndataset_info = {:?}\nname = \"identity\"\n\
+             [[data.datasets]]\npath = {:?}\nlimit = 4\n\
+             [[data.datasets]]\npath = {:?}\nformatting = \"sharegpt\"\n",
+            data.join("llamafactory/dataset_info.json"),
+            data.join("alpaca.parquet"),
+            data.join("sharegpt.parquet"),
+        ),
+    )
+    .unwrap();
+    let formatter = ChatFormatter::load(&model).unwrap();
+    let options = DataOptions {
+        format: DataFormat::Auto,
+        cutoff_len: 512,
+        vocab_size: usize::MAX,
+        train_on_prompt: false,
+        formatter: Some(&formatter),
+    };
+    let mixed = freezetune_train::data::load_run(&config, &options).unwrap().examples;
+    let identity = load(&data.join("llamafactory/identity.json"), &options)
+        .unwrap()
+        .examples;
+    let alpaca = load(&data.join("alpaca.parquet"), &options).unwrap().examples;
+    let sharegpt = load(&data.join("sharegpt.parquet"), &options).unwrap().examples;
+    let want: Vec<_> = identity
+        .into_iter()
+        .chain(alpaca.into_iter().take(4))
+        .chain(sharegpt)
+        .collect();
+    assert_eq!(mixed, want, "concatenated in order, the parquet file cut to its limit");
+
+    let err = write(
+        "both.toml",
+        "train = \"x.jsonl\"\n[[data.datasets]]\npath = \"y.jsonl\"",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("both `train` and [[data.datasets]]"), "{err}");
+    let err = write("neither.toml", "format = \"auto\"").unwrap_err();
+    assert!(err.to_string().contains("needs `train`"), "{err}");
+    let err = write(
+        "column.toml",
+        "[[data.datasets]]\npath = \"y.jsonl\"\ncolumns = { answer = \"a\" }",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("unknown field `answer`"), "{err}");
+}

@@ -48,6 +48,8 @@ pub fn default_run(state: State<'_, AppState>, model_path: String) -> IpcResult<
             data: DataSection {
                 train: PathBuf::new(),
                 format: DataFormat::Auto,
+                datasets: Vec::new(),
+                mix: Default::default(),
                 eval: None,
                 eval_split: 0.0,
                 cutoff_len: 1024,
@@ -83,10 +85,17 @@ fn fresh_run_dir(runs: &Path, stem: &str) -> PathBuf {
 /// Every path of `config` must be one the app may use; the checked (canonical) paths replace the ones sent.
 fn check_paths(state: &AppState, mut config: RunConfig) -> IpcResult<RunConfig> {
     config.model.path = state.access.check(&config.model.path.to_string_lossy())?;
-    if config.data.train.as_os_str().is_empty() {
+    if config.data.train.as_os_str().is_empty() && config.data.datasets.is_empty() {
         return Err(IpcError::new("no_dataset", "choose a dataset file first"));
     }
-    config.data.train = state.access.check(&config.data.train.to_string_lossy())?;
+    if !config.data.train.as_os_str().is_empty() {
+        config.data.train = state.access.check(&config.data.train.to_string_lossy())?;
+    }
+    for d in &mut config.data.datasets {
+        for p in [&mut d.path, &mut d.dataset_info].into_iter().flatten() {
+            *p = state.access.check(&p.to_string_lossy())?;
+        }
+    }
     if let Some(eval) = &config.data.eval {
         config.data.eval = Some(state.access.check(&eval.to_string_lossy())?);
     }

@@ -40,11 +40,14 @@ pub fn run(command: &DataCommand) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "{} as {format:?} (cutoff {} tokens)",
-        config.data.train.display(),
-        config.data.cutoff_len
-    );
+    let source = match config.data.datasets.is_empty() {
+        true => config.data.train.display().to_string(),
+        false => {
+            let labels: Vec<String> = config.data.datasets.iter().map(|d| d.label()).collect();
+            format!("{} mixed by {:?}", labels.join(" + "), config.data.mix)
+        }
+    };
+    println!("{source} as {format:?} (cutoff {} tokens)", config.data.cutoff_len);
     for item in items {
         println!(
             "\n--- line {}: {} tokens, {} learned{}",

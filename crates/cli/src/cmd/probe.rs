@@ -100,6 +100,8 @@ fn config_of(args: &ProbeArgs) -> Result<RunConfig> {
         data: DataSection {
             train: cwd.join(data),
             format,
+            datasets: Vec::new(),
+            mix: Default::default(),
             eval: None,
             eval_split: 0.0,
             cutoff_len: args.cutoff_len,

@@ -46,7 +46,16 @@ pub fn cache_path(dir: &Path, config: &RunConfig, o: &ProbeOptions) -> Result<Pa
     for file in ModelFiles::find(&config.model.path)?.weights {
         feed_file(&mut h, &file)?;
     }
-    feed_file(&mut h, &config.data.train)?;
+    if config.data.datasets.is_empty() {
+        feed_file(&mut h, &config.data.train)?;
+    } else {
+        for d in &config.data.datasets {
+            for p in [&d.path, &d.dataset_info].into_iter().flatten() {
+                feed_file(&mut h, p)?;
+            }
+        }
+        h.write(format!("{:?}|{:?}", config.data.datasets, config.data.mix).as_bytes());
+    }
     let d = &config.data;
     let settings = format!(
         "{:?}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",

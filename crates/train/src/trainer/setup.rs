@@ -185,7 +185,7 @@ pub(crate) fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> R
         train_on_prompt: config.data.train_on_prompt,
         formatter: formatter.as_ref(),
     };
-    let set = data::load(&config.data.train, &options)?;
+    let set = data::load_run(config, &options)?;
     tracing::info!(
         examples = set.examples.len(),
         truncated = set.truncated,

@@ -1,0 +1,166 @@
+//! Column mapping and dataset_info.json entries (LLaMA-Factory's own entries, tests/fixtures/data/llamafactory),
+//! detection of the common layouts, and mixtures by weight.
+
+use freezetune_core::data_spec::{Columns, DatasetSpec, Formatting, Mix, Tags};
+use freezetune_data::{load_mixed, load_spec, Mapping};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data")
+}
+
+fn entry(name: &str) -> DatasetSpec {
+    DatasetSpec {
+        dataset_info: Some(fixtures().join("llamafactory/dataset_info.json")),
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+fn values(spec: &DatasetSpec) -> Vec<Value> {
+    load_spec(spec).unwrap().rows.into_iter().map(|r| r.value).collect()
+}
+
+#[test]
+fn llamafactory_entries_load_as_its_loader_reads_them_or_are_refused_by_name() {
+    let identity = load_spec(&entry("identity")).unwrap();
+    assert_eq!(identity.formatting, Formatting::Alpaca);
+    let file: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("llamafactory/identity.json")).unwrap()).unwrap();
+    assert_eq!(
+        identity.rows.iter().map(|r| &r.value).collect::<Vec<_>>(),
+        file.iter().collect::<Vec<_>>()
+    );
+    // A prompt-only entry is pretraining text.
+    let c4 = load_spec(&entry("c4_demo")).unwrap();
+    assert_eq!(c4.formatting, Formatting::Text);
+    assert_eq!(
+        c4.rows[1].value,
+        json!({"text": "Pack my box with five dozen liquor jugs."})
+    );
+    // num_samples / limit.
+    let limited = DatasetSpec {
+        limit: Some(2),
+        ..entry("identity")
+    };
+    assert_eq!(values(&limited).len(), 2);
+    for (name, want) in [
+        ("glaive_toolcall_en_demo", "tool turn (\"function_call\")"),
+        ("mllm_demo", "unknown field `images`"),
+        ("dpo_en_demo", "preference training"),
+        ("alpaca_en", "hf_hub_url \"llamafactory/alpaca_en\""),
+        ("no_such_entry", "has no dataset \"no_such_entry\""),
+    ] {
+        let err = load_spec(&entry(name)).unwrap_err().to_string();
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
+
+#[test]
+fn common_layouts_are_detected_and_mapped_to_the_trainers_records() {
+    let cases = [
+        (
+            json!({"prompt": "Say hi", "completion": "hi"}),
+            json!({"instruction": "Say hi", "input": "", "output": "hi"}),
+        ),
+        (
+            json!({"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
+                                {"role": "assistant", "content": "Hello"}]}),
+            json!({"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
+                                     {"from": "gpt", "value": "Hello"}]}),
+        ),
+        (json!({"text": "plain"}), json!({"text": "plain"})),
+        (json!({"input_ids": [1, 2]}), json!({"input_ids": [1, 2]})),
+    ];
+    for (row, want) in cases {
+        let m = Mapping::detect(&row).unwrap();
+        assert_eq!(m.apply(&row).unwrap(), want, "{row}");
+    }
+    let err = Mapping::detect(&json!({"prompt": "p", "chosen": "a", "rejected": "b"})).unwrap_err();
+    assert!(err.contains("preference"), "{err}");
+    let err = Mapping::detect(&json!({"q": "p"})).unwrap_err();
+    assert!(err.contains("[\"q\"]") && err.contains("columns"), "{err}");
+}
+
+#[test]
+fn named_columns_and_tags_map_other_layouts() {
+    // OpenOrca's columns, as LLaMA-Factory's dataset_info.json names them.
+    let orca = Mapping::new(
+        Formatting::Alpaca,
+        Columns {
+            prompt: Some("question".into()),
+            response: Some("response".into()),
+            system: Some("system_prompt".into()),
+            ..Default::default()
+        },
+        Tags::default(),
+    );
+    let row = json!({"question": "2+2?", "response": "4", "system_prompt": "Answer briefly.", "id": "x"});
+    assert_eq!(
+        orca.apply(&row).unwrap(),
+        json!({"instruction": "2+2?", "input": "", "output": "4", "system": "Answer briefly."})
+    );
+    let lmsys = Mapping::new(
+        Formatting::Sharegpt,
+        Columns {
+            messages: Some("conversation".into()),
+            ..Default::default()
+        },
+        Tags {
+            role_tag: Some("role".into()),
+            content_tag: Some("content".into()),
+            user_tag: Some("user".into()),
+            assistant_tag: Some("assistant".into()),
+            ..Default::default()
+        },
+    );
+    let row = json!({"conversation": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]});
+    assert_eq!(
+        lmsys.apply(&row).unwrap()["conversations"][1],
+        json!({"from": "gpt", "value": "Yo"})
+    );
+    let err = lmsys
+        .apply(&json!({"conversation": [{"role": "bot", "content": "x"}]}))
+        .unwrap_err();
+    assert!(err.contains("\"bot\"") && err.contains("assistant_tag"), "{err}");
+}
+
+#[test]
+fn datasets_mix_by_weight_within_five_percent_over_two_thousand_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<DatasetSpec> = [("a", 0.6), ("b", 0.3), ("c", 0.1)]
+        .iter()
+        .map(|(name, weight)| {
+            let path = dir.path().join(format!("{name}.jsonl"));
+            let rows: Vec<String> = (0..3000)
+                .map(|i| json!({"text": format!("{name}{i}")}).to_string())
+                .collect();
+            std::fs::write(&path, rows.join("\n")).unwrap();
+            DatasetSpec {
+                path: Some(path),
+                weight: Some(*weight),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let rows = load_mixed(&specs, Mix::InterleaveUnder, 7).unwrap();
+    let first: Vec<&str> = rows[..2000]
+        .iter()
+        .map(|(r, _)| r.value["text"].as_str().unwrap())
+        .collect();
+    for (name, want) in [("a", 0.6), ("b", 0.3), ("c", 0.1)] {
+        let share = first.iter().filter(|t| t.starts_with(name)).count() as f64 / 2000.0;
+        println!("{name}: {share:.3} (weight {want})");
+        assert!((share - want).abs() < 0.05, "{name}: {share} for {want}");
+    }
+    // Rows keep their dataset's order and their own file and line.
+    let a: Vec<usize> = rows
+        .iter()
+        .filter(|(r, _)| r.file.ends_with("a.jsonl"))
+        .map(|(r, _)| r.line)
+        .take(3)
+        .collect();
+    assert_eq!(a, [1, 2, 3]);
+    assert_eq!(load_mixed(&specs, Mix::Concat, 7).unwrap().len(), 9000);
+}
