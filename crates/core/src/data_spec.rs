@@ -85,6 +85,23 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub path: Option<PathBuf>,
+    /// A Hugging Face dataset repo, `owner/name[@revision]`: downloaded into the shared cache
+    /// (`datasets--owner--name`) before the run; `path` then names its snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub hub: Option<String>,
+    /// With `hub` (or a folder): the config (subset) folder of the repo's data files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub config: Option<String>,
+    /// With `hub` (or a folder): the split, the data files named `<split>-*` or `<split>.*` or in a `<split>/`
+    /// folder; `train` when a Hub repo names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub split: Option<String>,
+    /// With `hub`: only the repo files these globs match (`data/train-0000[0-3]-*.parquet`).
+    #[serde(default)]
+    pub files: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub dataset_info: Option<PathBuf>,
@@ -114,6 +131,9 @@ pub struct DatasetSpec {
 impl DatasetSpec {
     /// How the dataset is named in messages: its path, or `name` in its dataset_info.json.
     pub fn label(&self) -> String {
+        if let Some(repo) = &self.hub {
+            return format!("hub dataset {repo}");
+        }
         match (&self.path, &self.dataset_info, &self.name) {
             (Some(p), _, _) => p.display().to_string(),
             (None, Some(info), Some(name)) => format!("{name} ({})", info.display()),

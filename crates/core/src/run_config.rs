@@ -133,9 +133,14 @@ impl DataSection {
         }
         for (i, d) in self.datasets.iter().enumerate() {
             let at = format!("data.datasets[{i}] ({})", d.label());
-            match (&d.path, &d.dataset_info, &d.name) {
-                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
-                _ => return Err(format!("{at}: give `path`, or `dataset_info` and `name`")),
+            match (&d.path, &d.hub, &d.dataset_info, &d.name) {
+                (Some(_), _, None, None) | (None, Some(_), None, None) | (None, None, Some(_), Some(_)) => {}
+                _ => return Err(format!("{at}: give `path`, `hub`, or `dataset_info` and `name`")),
+            }
+            if !d.files.is_empty() && d.hub.is_none() {
+                return Err(format!(
+                    "{at}: `files` picks files of a `hub` repo; give a folder or file as `path`"
+                ));
             }
             if d.weight.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
                 return Err(format!("{at}: weight must be a positive number"));

@@ -92,6 +92,69 @@ pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The data files of a dataset folder (a Hub snapshot or the like) for one config and split, in name order:
+/// under `<config>/` when a config is named, and named `<split>-*` / `<split>.*` or inside a `<split>/` folder.
+/// None matching is refused, naming the splits that are there.
+pub fn split_files(dir: &Path, config: Option<&str>, split: &str) -> Result<Vec<PathBuf>> {
+    let mut all = Vec::new();
+    walk(dir, dir, &mut all)?;
+    let in_config = |rel: &str| config.is_none_or(|c| rel.starts_with(&format!("{c}/")));
+    let is_split = |rel: &str| {
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let name = parts.pop().unwrap_or_default();
+        let stem = name.split('.').next().unwrap_or_default();
+        stem == split || stem.starts_with(&format!("{split}-")) || parts.contains(&split)
+    };
+    let mut files: Vec<PathBuf> = all
+        .iter()
+        .filter(|rel| in_config(rel) && is_split(rel))
+        .map(|rel| dir.join(rel))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        let found: Vec<&String> = all.iter().filter(|rel| in_config(rel)).take(8).collect();
+        let config = config.map(|c| format!(" of config {c:?}")).unwrap_or_default();
+        return Err(DataError::bad(
+            dir,
+            1,
+            format!("no data files for split {split:?}{config}; the data files are {found:?}"),
+        ));
+    }
+    Ok(files)
+}
+
+/// Every data file below `dir`, as paths relative to `root` with `/` separators.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else if FileKind::of(&path).is_some() {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push(
+                rel.components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The rows of several files, one after another.
+pub fn open_files(files: &[PathBuf]) -> Result<Rows> {
+    let mut streams = Vec::with_capacity(files.len());
+    for f in files {
+        streams.push(open_file(f)?);
+    }
+    Ok(Box::new(streams.into_iter().flatten()))
+}
+
 fn open_file(path: &Path) -> Result<Rows> {
     let kind = FileKind::of(path).ok_or_else(|| {
         DataError::bad(

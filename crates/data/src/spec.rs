@@ -3,7 +3,7 @@
 
 use crate::error::{DataError, Result};
 use crate::mapping::Mapping;
-use crate::source::{open, Row};
+use crate::source::{open, open_files, split_files, Row};
 use freezetune_core::data_spec::{Columns, DatasetSpec, Formatting, Mix, Tags};
 use std::path::PathBuf;
 
@@ -17,6 +17,8 @@ pub struct Loaded {
 /// Where a spec's rows are and how they map.
 struct Resolved {
     path: PathBuf,
+    /// A config and split to pick the folder's files by (a Hub snapshot, or where the spec names them).
+    split: Option<(Option<String>, String)>,
     formatting: Option<Formatting>,
     columns: Columns,
     tags: Tags,
@@ -25,9 +27,19 @@ struct Resolved {
 
 fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
     let overridden = |c: &Columns, t: &Tags| *c != Columns::default() || *t != Tags::default();
+    let split = match (&spec.split, &spec.config, &spec.hub) {
+        (None, None, None) => None,
+        (split, config, _) => Some((config.clone(), split.clone().unwrap_or_else(|| "train".into()))),
+    };
     match (&spec.path, &spec.dataset_info, &spec.name) {
+        (None, None, _) if spec.hub.is_some() => Err(DataError::bad(
+            &PathBuf::from(spec.label()),
+            1,
+            "is not downloaded yet: the CLI and the app fetch Hub datasets before the run".into(),
+        )),
         (Some(path), _, _) => Ok(Resolved {
             path: path.clone(),
+            split,
             formatting: spec.formatting,
             columns: spec.columns.clone(),
             tags: spec.tags.clone(),
@@ -38,6 +50,7 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
             let own = overridden(&spec.columns, &spec.tags);
             Ok(Resolved {
                 path: e.path,
+                split: None,
                 formatting: spec.formatting.or(Some(e.formatting)),
                 columns: if own { spec.columns.clone() } else { e.columns },
                 tags: if own { spec.tags.clone() } else { e.tags },
@@ -55,7 +68,11 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
 /// A dataset's rows with its mapping applied, at most its limit of them.
 pub fn load_spec(spec: &DatasetSpec) -> Result<Loaded> {
     let r = resolve(spec)?;
-    let mut rows = open(&r.path)?.take(r.limit.unwrap_or(usize::MAX));
+    let rows = match &r.split {
+        Some((config, split)) if r.path.is_dir() => open_files(&split_files(&r.path, config.as_deref(), split)?)?,
+        _ => open(&r.path)?,
+    };
+    let mut rows = rows.take(r.limit.unwrap_or(usize::MAX));
     let Some(first) = rows.next().transpose()? else {
         return Err(DataError::bad(&r.path, 1, "holds no rows".into()));
     };

@@ -164,3 +164,43 @@ fn datasets_mix_by_weight_within_five_percent_over_two_thousand_rows() {
     assert_eq!(a, [1, 2, 3]);
     assert_eq!(load_mixed(&specs, Mix::Concat, 7).unwrap().len(), 9000);
 }
+
+#[test]
+fn a_hub_snapshot_reads_its_config_and_split_and_an_unfetched_repo_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for (rel, src) in [
+        ("default/train-00000-of-00001.parquet", "alpaca.parquet"),
+        ("default/test-00000-of-00001.parquet", "sharegpt.parquet"),
+        ("other/train.jsonl", ""),
+    ] {
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match src {
+            "" => std::fs::write(&path, "{\"text\": \"x\"}\n").unwrap(),
+            src => drop(std::fs::copy(fixtures().join(src), &path).unwrap()),
+        }
+    }
+    let spec = DatasetSpec {
+        hub: Some("org/set".into()),
+        path: Some(dir.path().to_path_buf()),
+        config: Some("default".into()),
+        ..Default::default()
+    };
+    let loaded = load_spec(&spec).unwrap();
+    assert_eq!(
+        (loaded.formatting, loaded.rows.len()),
+        (Formatting::Alpaca, 5),
+        "the train split by default"
+    );
+    let test = load_spec(&DatasetSpec {
+        split: Some("test".into()),
+        ..spec.clone()
+    })
+    .unwrap();
+    assert_eq!((test.formatting, test.rows.len()), (Formatting::Sharegpt, 2));
+    let err = load_spec(&DatasetSpec { path: None, ..spec }).unwrap_err().to_string();
+    assert!(
+        err.contains("hub dataset org/set") && err.contains("not downloaded"),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
-//! The standard Hugging Face cache layout (`<cache>/models--owner--name/{blobs,snapshots/<commit>,refs/<rev>}`),
-//! shared with Python's `huggingface_hub`: a blob is stored once under its etag and linked from each snapshot.
+//! The standard Hugging Face cache layout (`<cache>/models--owner--name/{blobs,snapshots/<commit>,refs/<rev>}`,
+//! `datasets--owner--name/...` for dataset repos), shared with Python's `huggingface_hub`: a blob is stored once
+//! under its etag and linked from each snapshot.
 
 use crate::error::{HubError, Result};
 use freezetune_core::fsutil::{write_atomic, Overwrite};
@@ -10,6 +11,41 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct HubCache {
     root: PathBuf,
+    kind: RepoKind,
+}
+
+/// What a repo holds: a model (the default) or a dataset. Each has its own cache folders and Hub paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepoKind {
+    #[default]
+    Model,
+    Dataset,
+}
+
+impl RepoKind {
+    fn repo_type(self) -> RepoType {
+        match self {
+            RepoKind::Model => RepoType::Model,
+            RepoKind::Dataset => RepoType::Dataset,
+        }
+    }
+
+    /// The Hub's path segment: `models` / `datasets` in API paths.
+    pub fn api_segment(self) -> &'static str {
+        match self {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        }
+    }
+
+    /// What file URLs put before the repo id: nothing for models, `datasets/` for datasets.
+    pub fn url_prefix(self) -> &'static str {
+        match self {
+            RepoKind::Model => "",
+            RepoKind::Dataset => "datasets/",
+        }
+    }
 }
 
 /// A model in the cache, for `freezetune models` and the app's model list.
@@ -33,20 +69,36 @@ fn is_commit(rev: &str) -> bool {
 }
 
 impl HubCache {
+    /// The cache of model repos under `root`.
     pub fn new(root: impl Into<PathBuf>) -> HubCache {
-        HubCache { root: root.into() }
+        HubCache {
+            root: root.into(),
+            kind: RepoKind::Model,
+        }
+    }
+
+    /// The same cache, for repos of `kind`.
+    pub fn with_kind(&self, kind: RepoKind) -> HubCache {
+        HubCache {
+            root: self.root.clone(),
+            kind,
+        }
+    }
+
+    pub fn kind(&self) -> RepoKind {
+        self.kind
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn hf(repo: &str, revision: &str) -> Repo {
-        Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string())
+    fn hf(&self, repo: &str, revision: &str) -> Repo {
+        Repo::with_revision(repo.to_string(), self.kind.repo_type(), revision.to_string())
     }
 
     pub fn repo_dir(&self, repo: &str) -> PathBuf {
-        self.root.join(Self::hf(repo, "main").folder_name())
+        self.root.join(self.hf(repo, "main").folder_name())
     }
 
     pub fn blob_path(&self, repo: &str, etag: &str) -> PathBuf {
@@ -97,13 +149,22 @@ impl HubCache {
 
     /// The snapshot folder of `repo@revision` if it is cached (a branch or tag through `refs/`, or a commit hash).
     pub fn resolve(&self, repo: &str, revision: &str) -> Option<PathBuf> {
+        if self.kind == RepoKind::Dataset {
+            // A dataset has no config.json to find: its ref (or the commit itself) and a snapshot folder.
+            let commit = match is_commit(revision) {
+                true => revision.to_string(),
+                false => std::fs::read_to_string(self.repo_dir(repo).join("refs").join(revision)).ok()?,
+            };
+            let dir = self.snapshot_dir(repo, commit.trim());
+            return dir.is_dir().then_some(dir);
+        }
         if is_commit(revision) {
             let dir = self.snapshot_dir(repo, revision);
             return dir.join("config.json").exists().then_some(dir);
         }
         // hf-hub's CacheRepo reads refs/<revision> and finds the file in that snapshot.
         let config = Cache::new(self.root.clone())
-            .repo(Self::hf(repo, revision))
+            .repo(self.hf(repo, revision))
             .get("config.json")?;
         config.parent().map(Path::to_path_buf)
     }

@@ -1,10 +1,10 @@
 //! A whole download: resolve `repo@revision` to a commit and its file list (through hf-hub's repo API), choose the
 //! files, check disk space, fetch them concurrently (bounded), and point `refs/<revision>` at the commit.
 
-use crate::cache::HubCache;
+use crate::cache::{HubCache, RepoKind};
 use crate::error::{HubError, Result};
 use crate::progress::ProgressTracker;
-use crate::select::{select, RemoteFile};
+use crate::select::{select, select_dataset, RemoteFile};
 use crate::settings::HubSettings;
 use crate::transfer::{check_status, fatal_of, Failure, Transfer};
 use freezetune_core::events::{DownloadEvent, EventSink, PlannedFile};
@@ -24,6 +24,9 @@ pub struct DownloadRequest {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// A model repo (the default) or a dataset repo.
+    #[serde(default)]
+    pub kind: RepoKind,
 }
 
 impl DownloadRequest {
@@ -45,6 +48,7 @@ impl DownloadRequest {
             revision: revision.into(),
             include: Vec::new(),
             exclude: Vec::new(),
+            kind: RepoKind::Model,
         })
     }
 }
@@ -125,14 +129,17 @@ impl Downloader {
                 url: self.settings.endpoint.clone(),
                 reason: e.to_string(),
             })?;
-        let repo = api.repo(Repo::with_revision(
-            req.repo.clone(),
-            RepoType::Model,
-            req.revision.clone(),
-        ));
+        let repo_type = match req.kind {
+            RepoKind::Model => RepoType::Model,
+            RepoKind::Dataset => RepoType::Dataset,
+        };
+        let repo = api.repo(Repo::with_revision(req.repo.clone(), repo_type, req.revision.clone()));
         let url = format!(
-            "{}/api/models/{}/revision/{}",
-            self.settings.endpoint, req.repo, req.revision
+            "{}/api/{}/{}/revision/{}",
+            self.settings.endpoint,
+            req.kind.api_segment(),
+            req.repo,
+            req.revision
         );
         let mut attempt = 0;
         loop {
@@ -185,6 +192,15 @@ impl Downloader {
         sink: &dyn EventSink<DownloadEvent>,
         cancel: &CancellationToken,
     ) -> Result<DownloadOutcome> {
+        if req.kind != self.cache.kind() {
+            // The same downloader over the cache folders of the request's kind of repo.
+            let for_kind = Downloader {
+                settings: self.settings.clone(),
+                client: self.client.clone(),
+                cache: self.cache.with_kind(req.kind),
+            };
+            return Box::pin(for_kind.download(req, sink, cancel)).await;
+        }
         if self.settings.offline {
             return self.cached_outcome(req).ok_or_else(|| HubError::Offline {
                 repo: req.repo.clone(),
@@ -204,10 +220,11 @@ impl Downloader {
             url: req.repo.clone(),
             reason: format!("bad commit {:?}", info.sha),
         })?;
-        let mut files: Vec<RemoteFile> = select(&req.repo, &info.siblings, &req.include, &req.exclude)?
-            .into_iter()
-            .cloned()
-            .collect();
+        let chosen = match req.kind {
+            RepoKind::Model => select(&req.repo, &info.siblings, &req.include, &req.exclude)?,
+            RepoKind::Dataset => select_dataset(&info.siblings, &req.include, &req.exclude)?,
+        };
+        let mut files: Vec<RemoteFile> = chosen.into_iter().cloned().collect();
         if files.is_empty() {
             return Err(HubError::EntryNotFound {
                 repo: req.repo.clone(),
@@ -226,6 +243,7 @@ impl Downloader {
             progress: &tracker,
             cancel,
             repo: &req.repo,
+            kind: req.kind,
             commit: &commit,
         };
         // The index decides which shards belong to the checkpoint; fetch it first.

@@ -15,7 +15,7 @@ mod sink;
 pub mod token;
 mod transfer;
 
-pub use cache::{CachedModel, HubCache};
+pub use cache::{CachedModel, HubCache, RepoKind};
 pub use download::{DownloadOutcome, DownloadRequest, Downloader};
 pub use error::{HubError, Result};
 pub use settings::{HubSettings, Token};

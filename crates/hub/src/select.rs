@@ -126,6 +126,35 @@ pub fn select<'a>(
         .collect())
 }
 
+/// The files of a dataset repo to fetch: the data files FreezeTune reads (Parquet, JSON, JSONL, CSV, TSV, at any
+/// depth: `data/train-00000-of-00002.parquet`, `<config>/<split>-*.parquet`) and the README that lists configs,
+/// or what `include` matches; minus `exclude`.
+pub fn select_dataset<'a>(
+    files: &'a [RemoteFile],
+    include: &[String],
+    exclude: &[String],
+) -> Result<Vec<&'a RemoteFile>> {
+    for f in files {
+        check_name(&f.name)?;
+    }
+    let (include_set, exclude_set) = (globs(include)?, globs(exclude)?);
+    let data = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        [".parquet", ".json", ".jsonl", ".ndjson", ".csv", ".tsv"]
+            .iter()
+            .any(|x| lower.ends_with(x))
+            || name == "README.md"
+    };
+    Ok(files
+        .iter()
+        .filter(|f| match include.is_empty() {
+            true => data(&f.name),
+            false => include_set.is_match(&f.name) || f.name == "README.md",
+        })
+        .filter(|f| !exclude_set.is_match(&f.name))
+        .collect())
+}
+
 /// Top-level safetensors weights.
 pub fn is_weights(name: &str) -> bool {
     name.ends_with(".safetensors") && !name.contains('/')

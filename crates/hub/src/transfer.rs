@@ -22,6 +22,7 @@ pub(crate) struct Transfer<'a> {
     pub progress: &'a ProgressTracker<'a>,
     pub cancel: &'a CancellationToken,
     pub repo: &'a str,
+    pub kind: crate::cache::RepoKind,
     pub commit: &'a str,
 }
 
@@ -54,8 +55,12 @@ pub(crate) struct FileResult {
 impl Transfer<'_> {
     fn resolve_url(&self, file: &str) -> String {
         format!(
-            "{}/{}/resolve/{}/{}",
-            self.settings.endpoint, self.repo, self.commit, file
+            "{}/{}{}/resolve/{}/{}",
+            self.settings.endpoint,
+            self.kind.url_prefix(),
+            self.repo,
+            self.commit,
+            file
         )
     }
 

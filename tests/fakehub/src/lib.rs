@@ -1,7 +1,8 @@
 //! A fake Hugging Face Hub for tests, served on 127.0.0.1 by the test process itself, so FreezeTune's real download
 //! code runs against real HTTP. It speaks the parts of the Hub's protocol a download uses:
 //!
-//! - `GET /api/models/{repo}/revision/{rev}` — repo info: `sha` (commit) and `siblings` with sizes and LFS sha256;
+//! - `GET /api/models/{repo}/revision/{rev}` — repo info: `sha` (commit) and `siblings` with sizes and LFS sha256
+//!   (`/api/datasets/...` and `/datasets/{repo}/resolve/...` for dataset repos);
 //! - `GET|HEAD /{repo}/resolve/{rev}/{file}` — small files are served directly with `ETag` = git blob sha1; LFS files
 //!   answer `302` to `/cdn/{sha256}` with `X-Linked-Etag`, `X-Linked-Size` and `X-Repo-Commit`, as the Hub does;
 //! - `GET /cdn/{sha256}` — the LFS object, with `Range` support;
@@ -78,6 +79,8 @@ pub struct FakeRepo {
     pub token: Option<String>,
     /// Extra sibling names listed by the repo info but not served (e.g. a hostile `../x`).
     pub extra_siblings: Vec<String>,
+    /// A dataset repo: served under `/api/datasets/` and `/datasets/<repo>/resolve/`.
+    pub dataset: bool,
 }
 
 impl FakeRepo {
@@ -89,6 +92,15 @@ impl FakeRepo {
             files,
             token: None,
             extra_siblings: Vec::new(),
+            dataset: false,
+        }
+    }
+
+    /// A dataset repo of `files` (names may hold folders: `data/train-00000-of-00001.parquet`).
+    pub fn dataset(id: &str, files: Vec<FakeFile>) -> FakeRepo {
+        FakeRepo {
+            dataset: true,
+            ..FakeRepo::new(id, files)
         }
     }
 
@@ -323,11 +335,20 @@ fn route(state: &State, base: &str, method: &str, path: &str, range: Option<&str
             None => error(404, "EntryNotFound", "no such object"),
         };
     }
-    let (api, rest) = match path.strip_prefix("/api/models/") {
-        Some(rest) => (true, rest),
-        None => (false, path.trim_start_matches('/')),
+    let (api, dataset, rest) = if let Some(rest) = path.strip_prefix("/api/models/") {
+        (true, false, rest)
+    } else if let Some(rest) = path.strip_prefix("/api/datasets/") {
+        (true, true, rest)
+    } else if let Some(rest) = path.strip_prefix("/datasets/") {
+        (false, true, rest)
+    } else {
+        (false, false, path.trim_start_matches('/'))
     };
-    let Some(repo) = state.repos.iter().find(|r| rest.starts_with(&format!("{}/", r.id))) else {
+    let found = state
+        .repos
+        .iter()
+        .find(|r| r.dataset == dataset && rest.starts_with(&format!("{}/", r.id)));
+    let Some(repo) = found else {
         return error(404, "RepoNotFound", "Repository not found");
     };
     if let Some(token) = &repo.token {

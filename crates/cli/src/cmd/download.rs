@@ -53,6 +53,15 @@ pub fn fetch(repo: &str, revision: Option<&str>) -> Result<std::path::PathBuf> {
     Ok(download_with_progress(HubSettings::from_env(), &req, true)?.snapshot)
 }
 
+/// A Hub dataset repo (`owner/name[@revision]`) in the shared cache, fetched now unless cached: the data files, or
+/// those `files` globs match. Returns its snapshot folder.
+pub fn fetch_dataset(repo: &str, files: &[String]) -> Result<std::path::PathBuf> {
+    let mut req = DownloadRequest::parse(repo)?;
+    req.kind = freezetune_hub::RepoKind::Dataset;
+    req.include = files.to_vec();
+    Ok(download_with_progress(HubSettings::from_env(), &req, true)?.snapshot)
+}
+
 /// Runs one download; Ctrl-C cancels it (partial files are kept for the next attempt).
 fn download_with_progress(settings: HubSettings, req: &DownloadRequest, show: bool) -> Result<DownloadOutcome> {
     let downloader = Downloader::new(settings)?;

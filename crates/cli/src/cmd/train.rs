@@ -291,7 +291,7 @@ fn ctrlc_handler(mut f: impl FnMut() + Send + 'static) -> Result<()> {
 }
 
 /// A `[model] repo` becomes its snapshot folder (downloaded now if it is not cached); a GGUF file its mapped
-/// folder (mod.rs).
+/// folder (mod.rs); each Hub dataset its snapshot folder.
 pub fn resolve_model(config: &mut RunConfig) -> Result<()> {
     if config.model.path.as_os_str().is_empty() {
         if let Some(repo) = config.model.repo.clone() {
@@ -299,5 +299,10 @@ pub fn resolve_model(config: &mut RunConfig) -> Result<()> {
         }
     }
     config.model.path = super::model_folder(&config.model.path)?;
+    for d in &mut config.data.datasets {
+        if let (Some(repo), None) = (&d.hub, &d.path) {
+            d.path = Some(super::download::fetch_dataset(repo, &d.files)?);
+        }
+    }
     Ok(())
 }

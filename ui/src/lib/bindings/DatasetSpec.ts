@@ -7,7 +7,25 @@ import type { Tags } from "./Tags";
  * One dataset of a run: a file or folder (`path`), or an entry of a LLaMA-Factory `dataset_info.json`
  * (`dataset_info` and `name`), with its mapping and an optional row limit and mixing weight.
  */
-export type DatasetSpec = { path?: string, dataset_info?: string, name?: string, 
+export type DatasetSpec = { path?: string, 
+/**
+ * A Hugging Face dataset repo, `owner/name[@revision]`: downloaded into the shared cache
+ * (`datasets--owner--name`) before the run; `path` then names its snapshot.
+ */
+hub?: string, 
+/**
+ * With `hub` (or a folder): the config (subset) folder of the repo's data files.
+ */
+config?: string, 
+/**
+ * With `hub` (or a folder): the split, the data files named `<split>-*` or `<split>.*` or in a `<split>/`
+ * folder; `train` when a Hub repo names none.
+ */
+split?: string, 
+/**
+ * With `hub`: only the repo files these globs match (`data/train-0000[0-3]-*.parquet`).
+ */
+files: Array<string>, dataset_info?: string, name?: string, 
 /**
  * Left out: detected from the first row (alpaca, sharegpt / OpenAI messages, prompt/completion, text,
  * tokenized).
