@@ -138,3 +138,4 @@ bench: setup
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-matmul
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-train
 	$(CARGO) run --release --locked -p freezetune-bench --bin bench-quantized
+	$(CARGO) run --release --locked -p freezetune-bench --bin bench-data-preview

@@ -69,6 +69,10 @@ impl Access {
 
     /// Accepts `path` and everything under it from now on.
     pub fn allow(&self, path: &Path) {
+        // An empty or relative path would be a prefix of everything (or of the working folder): never a root.
+        if !path.is_absolute() {
+            return;
+        }
         let path = normalize(path);
         let mut roots = self.roots.lock().expect("access lock");
         if !roots.contains(&path) {
@@ -133,6 +137,10 @@ mod tests {
         assert!(access.check(data.join("runs").to_str().unwrap()).is_ok());
         assert!(access.check(data.join("runs/new-run").to_str().unwrap()).is_ok());
         let outside = tmp.path().join("elsewhere/file");
+        // An empty or relative path (a run whose data is [[data.datasets]] has an empty `train`) is never a root:
+        // as a prefix it would let everything through.
+        access.allow(Path::new(""));
+        access.allow(Path::new("relative"));
         let err = access.check(outside.to_str().unwrap()).unwrap_err();
         assert_eq!(err.kind, "path_not_allowed");
         assert!(err.message.contains("elsewhere"), "{}", err.message);

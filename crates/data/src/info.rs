@@ -37,6 +37,8 @@ struct Entry {
 pub struct InfoEntry {
     pub path: PathBuf,
     pub formatting: Formatting,
+    /// Only a prompt column is named: the rows are text if they have no response column.
+    pub pretraining_text: bool,
     pub columns: Columns,
     pub tags: Tags,
     pub num_samples: Option<usize>,
@@ -93,18 +95,28 @@ pub fn read_entry(info: &Path, name: &str) -> Result<InfoEntry, String> {
             e.split
         ));
     }
+    // A file_name stays inside the dataset_info.json's folder, as LLaMA-Factory's dataset_dir: an entry cannot
+    // name a file elsewhere on the machine.
+    let inside = Path::new(&file)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(format!(
+            "{at}: file_name {file:?} leaves the dataset_info.json's folder; name a file inside it"
+        ));
+    }
     let base = info.parent().unwrap_or(Path::new("."));
-    // An alpaca entry naming only a prompt column is pretraining text (LLaMA-Factory's c4_demo, wiki_demo,
-    // refinedweb: its `pt` stage reads the prompt as the text).
+    // An alpaca entry naming only a prompt column may be pretraining text (LLaMA-Factory's c4_demo, wiki_demo,
+    // refinedweb: its `pt` stage reads the prompt as the text); it is, when its rows have no response column
+    // (spec.rs decides on the first row).
     let c = &e.columns;
-    let text_only = c.prompt.is_some() && c.query.is_none() && c.response.is_none() && c.history.is_none();
-    let formatting = match e.formatting {
-        None | Some(Formatting::Alpaca) if text_only => Formatting::Text,
-        f => f.unwrap_or(Formatting::Alpaca),
-    };
+    let prompt_only = c.prompt.is_some() && c.query.is_none() && c.response.is_none() && c.history.is_none();
+    let formatting = e.formatting.unwrap_or(Formatting::Alpaca);
+    let pretraining_text = prompt_only && formatting == Formatting::Alpaca;
     Ok(InfoEntry {
         path: base.join(file),
         formatting,
+        pretraining_text,
         columns: e.columns,
         tags: e.tags,
         num_samples: e.num_samples,

@@ -5,39 +5,55 @@
 
 use freezetune_core::data_spec::Mix;
 
-/// The rows of `sets` mixed by `mix` with `weights` (normalised; equal when empty).
+/// The rows of `sets` mixed by `mix` with `weights` (one per set, positive; empty: the sets take turns, as
+/// `interleave_datasets` without probabilities does).
 pub fn mix<T: Clone>(sets: Vec<Vec<T>>, weights: &[f64], mix: Mix, seed: u64) -> Vec<T> {
-    let sets: Vec<Vec<T>> = sets.into_iter().filter(|s| !s.is_empty()).collect();
+    let (sets, weights): (Vec<Vec<T>>, Vec<f64>) = match weights.len() == sets.len() {
+        true => sets
+            .into_iter()
+            .zip(weights.iter().copied())
+            .filter(|(s, _)| !s.is_empty())
+            .unzip(),
+        false => (sets.into_iter().filter(|s| !s.is_empty()).collect(), Vec::new()),
+    };
     if mix == Mix::Concat || sets.len() < 2 {
         return sets.into_iter().flatten().collect();
     }
-    let total: f64 = weights.iter().take(sets.len()).sum();
-    let cumulative: Vec<f64> = (0..sets.len())
-        .scan(0.0, |acc, i| {
-            *acc += if weights.len() == sets.len() && total > 0.0 {
-                weights[i] / total
-            } else {
-                1.0 / sets.len() as f64
-            };
+    // Shares relative to the largest weight: a sum of huge weights cannot overflow to infinity.
+    let largest = weights.iter().copied().fold(0.0f64, f64::max);
+    let cumulative: Vec<f64> = weights
+        .iter()
+        .scan(0.0, |acc, w| {
+            *acc += w / largest;
             Some(*acc)
         })
         .collect();
     let mut rng = SplitMix(seed ^ 0x1A7E_41EA_5EED);
     let (mut next, mut exhausted) = (vec![0usize; sets.len()], vec![false; sets.len()]);
     let mut out = Vec::new();
-    loop {
-        let u = rng.unit();
-        let i = cumulative.iter().position(|c| u < *c).unwrap_or(sets.len() - 1);
-        if next[i] == sets[i].len() {
-            exhausted[i] = true;
-            if mix == Mix::InterleaveUnder || exhausted.iter().all(|e| *e) {
-                return out;
+    for turn in 0usize.. {
+        let i = match cumulative.last() {
+            Some(total) => {
+                let u = rng.unit() * total;
+                cumulative.iter().position(|c| u < *c).unwrap_or(sets.len() - 1)
             }
+            None => turn % sets.len(),
+        };
+        if next[i] == sets[i].len() {
+            // interleave_over: start this one again (it has been used whole).
             next[i] = 0;
         }
         out.push(sets[i][next[i]].clone());
         next[i] += 1;
+        if next[i] == sets[i].len() {
+            exhausted[i] = true;
+            // interleave_under stops right after a dataset's last row, as Hugging Face's first_exhausted does.
+            if mix == Mix::InterleaveUnder || exhausted.iter().all(|e| *e) {
+                break;
+            }
+        }
     }
+    out
 }
 
 /// splitmix64: small, seedable, good enough to draw datasets by weight.

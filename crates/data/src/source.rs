@@ -53,12 +53,7 @@ pub type Rows = Box<dyn Iterator<Item = Result<Row>>>;
 /// The rows of `path`, a data file or a folder of them.
 pub fn open(path: &Path) -> Result<Rows> {
     if path.is_dir() {
-        let files = data_files(path)?;
-        let mut streams = Vec::with_capacity(files.len());
-        for f in files {
-            streams.push(open_file(&f)?);
-        }
-        return Ok(Box::new(streams.into_iter().flatten()));
+        return open_files(&data_files(path)?);
     }
     open_file(path)
 }
@@ -99,18 +94,25 @@ pub fn split_files(dir: &Path, config: Option<&str>, split: &str) -> Result<Vec<
     let mut all = Vec::new();
     walk(dir, dir, &mut all)?;
     let in_config = |rel: &str| config.is_none_or(|c| rel.starts_with(&format!("{c}/")));
-    let is_split = |rel: &str| {
-        let mut parts: Vec<&str> = rel.split('/').collect();
-        let name = parts.pop().unwrap_or_default();
-        let stem = name.split('.').next().unwrap_or_default();
-        stem == split || stem.starts_with(&format!("{split}-")) || parts.contains(&split)
-    };
+    let is_split = |rel: &str| is_named(rel, split);
     let mut files: Vec<PathBuf> = all
         .iter()
         .filter(|rel| in_config(rel) && is_split(rel))
         .map(|rel| dir.join(rel))
         .collect();
     files.sort();
+    let named_splits = all
+        .iter()
+        .any(|rel| ["train", "test", "validation"].iter().any(|s| is_named(rel, s)));
+    if files.is_empty() && split == "train" && !named_splits {
+        // No file names a split: the Hub's loader puts every data file in train.
+        files = all
+            .iter()
+            .filter(|rel| in_config(rel))
+            .map(|rel| dir.join(rel))
+            .collect();
+        files.sort();
+    }
     if files.is_empty() {
         let found: Vec<&String> = all.iter().filter(|rel| in_config(rel)).take(8).collect();
         let config = config.map(|c| format!(" of config {c:?}")).unwrap_or_default();
@@ -123,12 +125,24 @@ pub fn split_files(dir: &Path, config: Option<&str>, split: &str) -> Result<Vec<
     Ok(files)
 }
 
+/// Whether the file at `rel` belongs to `split`: named `<split>.*` or `<split>-*`, or inside a `<split>/` folder.
+fn is_named(rel: &str, split: &str) -> bool {
+    let mut parts: Vec<&str> = rel.split('/').collect();
+    let name = parts.pop().unwrap_or_default();
+    let stem = name.split('.').next().unwrap_or_default();
+    stem == split || stem.starts_with(&format!("{split}-")) || parts.contains(&split)
+}
+
 /// Every data file below `dir`, as paths relative to `root` with `/` separators.
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let path = entry.path();
         let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden {
+        // A linked folder is not followed (a link to a parent would never end); linked files are (a Hub
+        // snapshot's files are links to its blobs).
+        let linked_dir = entry.file_type().is_ok_and(|t| t.is_symlink()) && path.is_dir();
+        if hidden || linked_dir {
             continue;
         }
         if path.is_dir() {
@@ -146,13 +160,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// The rows of several files, one after another.
+/// The rows of several files, one after another; each file is opened only when the rows before it are read (a
+/// preview of a dataset of a thousand shards opens one).
 pub fn open_files(files: &[PathBuf]) -> Result<Rows> {
-    let mut streams = Vec::with_capacity(files.len());
-    for f in files {
-        streams.push(open_file(f)?);
-    }
-    Ok(Box::new(streams.into_iter().flatten()))
+    let files = files.to_vec();
+    Ok(Box::new(files.into_iter().flat_map(|f| match open_file(&f) {
+        Ok(rows) => rows,
+        Err(e) => Box::new(std::iter::once(Err(e))) as Rows,
+    })))
 }
 
 fn open_file(path: &Path) -> Result<Rows> {
@@ -259,7 +274,19 @@ impl Iterator for JsonLines {
 }
 
 /// CSV or TSV with a header row: each record an object of the header's names to the cells' strings.
-fn delimited_rows(file: Arc<PathBuf>, handle: std::fs::File, delimiter: u8) -> Result<Rows> {
+fn delimited_rows(file: Arc<PathBuf>, mut handle: std::fs::File, delimiter: u8) -> Result<Rows> {
+    // csv places a record after a CRLF one line short (before the LF of the break above it): a file whose first
+    // line ends in CRLF (Python's csv writes them) counts one more.
+    let crlf = {
+        let mut head = vec![0u8; 64 * 1024];
+        let n = handle.read(&mut head).map_err(|e| DataError::io(&file, e))?;
+        head[..n]
+            .windows(2)
+            .find(|w| w[1] == b'\n')
+            .is_some_and(|w| w[0] == b'\r')
+    };
+    std::io::Seek::rewind(&mut handle).map_err(|e| DataError::io(&file, e))?;
+    let shift = usize::from(crlf);
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(false)
@@ -272,13 +299,11 @@ fn delimited_rows(file: Arc<PathBuf>, handle: std::fs::File, delimiter: u8) -> R
         return Err(DataError::bad(&file, 1, "the header row is empty".into()));
     }
     let rows = reader.into_records().map(move |record| {
-        // An error's position is the file's line; a record's is one line short of where it starts (measured
-        // before the line break that ends the record above it), checked against Python's csv.
         let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
+            let line = e.position().map_or(0, |p| p.line() as usize + shift);
             DataError::bad(&file, line, e.to_string())
         })?;
-        let line = record.position().map_or(0, |p| p.line() as usize + 1);
+        let line = record.position().map_or(0, |p| p.line() as usize + shift);
         let value: Map<String, Value> = header
             .iter()
             .zip(record.iter())

@@ -19,6 +19,8 @@ struct Resolved {
     path: PathBuf,
     /// A config and split to pick the folder's files by (a Hub snapshot, or where the spec names them).
     split: Option<(Option<String>, String)>,
+    /// A dataset_info entry naming only a prompt column: text when the rows have no response column.
+    pretraining_text: bool,
     formatting: Option<Formatting>,
     columns: Columns,
     tags: Tags,
@@ -26,7 +28,6 @@ struct Resolved {
 }
 
 fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
-    let overridden = |c: &Columns, t: &Tags| *c != Columns::default() || *t != Tags::default();
     let split = match (&spec.split, &spec.config, &spec.hub) {
         (None, None, None) => None,
         (split, config, _) => Some((config.clone(), split.clone().unwrap_or_else(|| "train".into()))),
@@ -35,11 +36,14 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
         (None, None, _) if spec.hub.is_some() => Err(DataError::bad(
             &PathBuf::from(spec.label()),
             1,
-            "is not downloaded yet: the CLI and the app fetch Hub datasets before the run".into(),
+            "is not downloaded yet: `freezetune train` and `data preview` fetch Hub datasets before the run (the app \
+             does not yet)"
+                .into(),
         )),
         (Some(path), _, _) => Ok(Resolved {
             path: path.clone(),
             split,
+            pretraining_text: false,
             formatting: spec.formatting,
             columns: spec.columns.clone(),
             tags: spec.tags.clone(),
@@ -47,13 +51,13 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
         }),
         (None, Some(info), Some(name)) => {
             let e = crate::info::read_entry(info, name).map_err(|reason| DataError::bad(info, 1, reason))?;
-            let own = overridden(&spec.columns, &spec.tags);
             Ok(Resolved {
                 path: e.path,
                 split: None,
+                pretraining_text: e.pretraining_text && spec.formatting.is_none(),
                 formatting: spec.formatting.or(Some(e.formatting)),
-                columns: if own { spec.columns.clone() } else { e.columns },
-                tags: if own { spec.tags.clone() } else { e.tags },
+                columns: merge_columns(&spec.columns, e.columns),
+                tags: merge_tags(&spec.tags, e.tags),
                 limit: spec.limit.or(e.num_samples),
             })
         }
@@ -62,6 +66,34 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
             1,
             "give `path`, or `dataset_info` and `name`".into(),
         )),
+    }
+}
+
+/// The entry's columns with the spec's own named ones over them.
+fn merge_columns(own: &Columns, entry: Columns) -> Columns {
+    let pick = |a: &Option<String>, b: Option<String>| a.clone().or(b);
+    Columns {
+        prompt: pick(&own.prompt, entry.prompt),
+        query: pick(&own.query, entry.query),
+        response: pick(&own.response, entry.response),
+        history: pick(&own.history, entry.history),
+        messages: pick(&own.messages, entry.messages),
+        system: pick(&own.system, entry.system),
+        tools: pick(&own.tools, entry.tools),
+    }
+}
+
+/// The entry's tags with the spec's own named ones over them.
+fn merge_tags(own: &Tags, entry: Tags) -> Tags {
+    let pick = |a: &Option<String>, b: Option<String>| a.clone().or(b);
+    Tags {
+        role_tag: pick(&own.role_tag, entry.role_tag),
+        content_tag: pick(&own.content_tag, entry.content_tag),
+        user_tag: pick(&own.user_tag, entry.user_tag),
+        assistant_tag: pick(&own.assistant_tag, entry.assistant_tag),
+        observation_tag: pick(&own.observation_tag, entry.observation_tag),
+        function_tag: pick(&own.function_tag, entry.function_tag),
+        system_tag: pick(&own.system_tag, entry.system_tag),
     }
 }
 
@@ -76,7 +108,12 @@ pub fn load_spec(spec: &DatasetSpec) -> Result<Loaded> {
     let Some(first) = rows.next().transpose()? else {
         return Err(DataError::bad(&r.path, 1, "holds no rows".into()));
     };
-    let mapping = match r.formatting {
+    let response = r.columns.response.as_deref().unwrap_or("output");
+    let formatting = match r.pretraining_text && first.value.get(response).is_none() {
+        true => Some(Formatting::Text),
+        false => r.formatting,
+    };
+    let mapping = match formatting {
         Some(f) => Mapping::new(f, r.columns, r.tags),
         None => Mapping::detect(&first.value).map_err(|reason| DataError::bad(&first.file, first.line, reason))?,
     };
@@ -102,9 +139,20 @@ pub fn load_mixed(specs: &[DatasetSpec], mix: Mix, seed: u64) -> Result<Vec<(Row
         let f = loaded.formatting;
         sets.push(loaded.rows.into_iter().map(|r| (r, f)).collect::<Vec<_>>());
     }
-    let weights: Vec<f64> = match specs.iter().all(|s| s.weight.is_some()) {
-        true => specs.iter().map(|s| s.weight.unwrap_or(1.0)).collect(),
-        false => Vec::new(),
-    };
+    let weighted = specs.iter().filter(|s| s.weight.is_some()).count();
+    if weighted != 0 && weighted != specs.len() {
+        let missing = specs
+            .iter()
+            .find(|s| s.weight.is_none())
+            .map(|s| s.label())
+            .unwrap_or_default();
+        return Err(DataError::bad(
+            &PathBuf::from(missing),
+            1,
+            "has no weight while other datasets have one: give every dataset a weight, or none (they then take turns)"
+                .into(),
+        ));
+    }
+    let weights: Vec<f64> = specs.iter().filter_map(|s| s.weight).collect();
     Ok(crate::mix::mix(sets, &weights, mix, seed))
 }

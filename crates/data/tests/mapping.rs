@@ -204,3 +204,71 @@ fn a_hub_snapshot_reads_its_config_and_split_and_an_unfetched_repo_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn mixes_without_weights_take_turns_and_half_weighted_mixes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<DatasetSpec> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(format!("{name}.jsonl"));
+            let rows: Vec<String> = (0..3)
+                .map(|i| json!({"text": format!("{name}{i}")}).to_string())
+                .collect();
+            std::fs::write(&path, rows.join("\n")).unwrap();
+            DatasetSpec {
+                path: Some(path),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let texts = |rows: Vec<(freezetune_data::Row, Formatting)>| -> Vec<String> {
+        rows.iter()
+            .map(|(r, _)| r.value["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        texts(load_mixed(&specs, Mix::InterleaveUnder, 1).unwrap()),
+        ["a0", "b0", "a1", "b1", "a2"]
+    );
+    let mut half = specs.clone();
+    half[0].weight = Some(2.0);
+    let err = load_mixed(&half, Mix::InterleaveUnder, 1).unwrap_err().to_string();
+    assert!(err.contains("has no weight while other datasets have one"), "{err}");
+}
+
+#[test]
+fn entries_stay_in_their_folder_and_a_renamed_prompt_keeps_its_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = dir.path().join("dataset_info.json");
+    std::fs::write(
+        &info,
+        json!({
+            "outside": {"file_name": "../secret.jsonl"},
+            "absolute": {"file_name": "/etc/passwd"},
+            "renamed": {"file_name": "qa.jsonl", "columns": {"prompt": "question"}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("qa.jsonl"),
+        json!({"question": "2+2?", "output": "4"}).to_string(),
+    )
+    .unwrap();
+    let spec = |name: &str| DatasetSpec {
+        dataset_info: Some(info.clone()),
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    for name in ["outside", "absolute"] {
+        let err = load_spec(&spec(name)).unwrap_err().to_string();
+        assert!(err.contains("leaves the dataset_info.json's folder"), "{name}: {err}");
+    }
+    let renamed = load_spec(&spec("renamed")).unwrap();
+    assert_eq!(renamed.formatting, Formatting::Alpaca);
+    assert_eq!(
+        renamed.rows[0].value,
+        json!({"instruction": "2+2?", "input": "", "output": "4"})
+    );
+}

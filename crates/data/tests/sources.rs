@@ -102,8 +102,24 @@ fn unreadable_files_are_refused_by_name() {
         err.contains("cannot tell the file's format") && err.contains(".csv"),
         "{err}"
     );
-    let ragged = dir.path().join("ragged.csv");
-    std::fs::write(&ragged, "a,b\n1,2\n3\n").unwrap();
-    let err = read_all(&ragged).unwrap_err().to_string();
-    assert!(err.contains("ragged.csv:3"), "{err}");
+    for (name, text) in [
+        ("ragged.csv", "a,b\n1,2\n3\n"),
+        ("ragged-crlf.csv", "a,b\r\n1,2\r\n3\r\n"),
+    ] {
+        let ragged = dir.path().join(name);
+        std::fs::write(&ragged, text).unwrap();
+        let err = read_all(&ragged).unwrap_err().to_string();
+        assert!(err.contains(&format!("{name}:3")), "{err}");
+    }
+}
+
+#[test]
+fn csv_rows_name_their_line_with_either_line_ending() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("lf.csv", "a,b\n1,2\n3,4\n"), ("crlf.csv", "a,b\r\n1,2\r\n3,4\r\n")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let lines: Vec<usize> = read_all(&path).unwrap().iter().map(|r| r.line).collect();
+        assert_eq!(lines, [2, 3], "{name}");
+    }
 }

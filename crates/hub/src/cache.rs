@@ -155,7 +155,12 @@ impl HubCache {
                 true => revision.to_string(),
                 false => std::fs::read_to_string(self.repo_dir(repo).join("refs").join(revision)).ok()?,
             };
-            let dir = self.snapshot_dir(repo, commit.trim());
+            // The ref's contents name a folder: only a commit hash, never a path.
+            let commit = commit.trim();
+            if !is_commit(commit) {
+                return None;
+            }
+            let dir = self.snapshot_dir(repo, commit);
             return dir.is_dir().then_some(dir);
         }
         if is_commit(revision) {

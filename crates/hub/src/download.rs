@@ -291,7 +291,14 @@ impl Downloader {
             cancel: &child,
             ..transfer
         };
-        let results: Vec<_> = futures_util::stream::iter(files.iter())
+        // Files with the same bytes share one blob (a dataset often holds the same shard twice): each blob is
+        // fetched once, and its other names are linked to it afterwards. Fetching it twice at once would race
+        // on its one partial file.
+        let mut blobs = std::collections::HashSet::new();
+        let (unique, same_blob): (Vec<&RemoteFile>, Vec<&RemoteFile>) = files
+            .iter()
+            .partition(|f| f.etag().is_none_or(|e| blobs.insert(e.to_string())));
+        let results: Vec<_> = futures_util::stream::iter(unique)
             .map(|f| {
                 let t = &transfer;
                 async move { t.fetch(&f.name, f.size(), f.etag()).await }
@@ -319,6 +326,10 @@ impl Downloader {
                 });
             }
             return Err(e);
+        }
+        for f in same_blob {
+            let etag = f.etag().expect("partitioned on etags");
+            self.cache.link(&req.repo, &commit, &f.name, etag)?;
         }
         self.cache.write_ref(&req.repo, &req.revision, &commit)?;
         let snapshot = self.cache.snapshot_dir(&req.repo, &commit);

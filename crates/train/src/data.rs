@@ -136,8 +136,13 @@ pub fn preview_run(config: &RunConfig, n: usize) -> Result<(DataFormat, Vec<Prev
     if config.data.datasets.is_empty() {
         return preview(&config.data.train, &options, n);
     }
-    // The mix as training draws it (each dataset read whole, up to its limit).
-    let rows: Vec<(Row, DataFormat)> = mixed_rows(config)?.into_iter().take(n).collect();
+    // The mix as training draws it. No dataset gives more than n of the first n rows, and the draws do not depend
+    // on the limits until a dataset runs out: reading n rows of each shows the same first rows.
+    let mut capped = config.clone();
+    for d in &mut capped.data.datasets {
+        d.limit = Some(d.limit.map_or(n, |l| l.min(n)).max(1));
+    }
+    let rows: Vec<(Row, DataFormat)> = mixed_rows(&capped)?.into_iter().take(n).collect();
     let format = rows.first().map_or(DataFormat::Auto, |(_, f)| *f);
     Ok((format, preview_rows(&rows, &options)?))
 }

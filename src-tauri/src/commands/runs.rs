@@ -60,6 +60,11 @@ pub fn list_runs(state: State<'_, AppState>) -> IpcResult<Vec<RunSummary>> {
     for config in runs.iter().filter_map(|r| r.config.as_ref()) {
         state.access.allow(&config.model.path);
         state.access.allow(&config.data.train);
+        for d in &config.data.datasets {
+            for p in [&d.path, &d.dataset_info].into_iter().flatten() {
+                state.access.allow(p);
+            }
+        }
         if let Some(eval) = &config.data.eval {
             state.access.allow(eval);
         }
