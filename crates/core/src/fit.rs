@@ -112,12 +112,8 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             continue;
         }
         // A GGUF file's quantized tensor stays in its own blocks while frozen (gguf_map.rs).
-        if let Some(blocks) = t
-            .gguf
-            .as_ref()
-            .filter(|b| b.quantized && crate::quant::held_as_matrix(&t.name, &t.dims()))
-        {
-            frozen += blocks.bytes;
+        if let Some(bytes) = t.frozen_block_bytes() {
+            frozen += bytes;
             largest_quantized = largest_quantized.max(t.params);
             continue;
         }

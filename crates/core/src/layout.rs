@@ -29,6 +29,13 @@ impl TensorInfo {
     pub fn dims(&self) -> Vec<usize> {
         self.shape.iter().map(|&d| d as usize).collect()
     }
+
+    /// Bytes the tensor takes while frozen when the trainer keeps it in a GGUF file's quantized blocks (a matrix
+    /// operand, params.rs's rule), else `None`.
+    pub fn frozen_block_bytes(&self) -> Option<u64> {
+        let held = |b: &&GgufBlocks| b.quantized && crate::quant::held_as_matrix(&self.name, &self.dims());
+        self.gguf.as_ref().filter(held).map(|b| b.bytes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,14 +75,7 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
             largest = largest.max(t.params);
         } else {
             // A GGUF file's quantized tensor is held in its own blocks (gguf_map.rs).
-            frozen += match t
-                .gguf
-                .as_ref()
-                .filter(|b| b.quantized && crate::quant::held_as_matrix(&t.name, &t.dims()))
-            {
-                Some(blocks) => blocks.bytes,
-                None => t.dtype.bytes_for(t.params),
-            };
+            frozen += t.frozen_block_bytes().unwrap_or_else(|| t.dtype.bytes_for(t.params));
         }
     }
     let backward_from_layer = lowest_backward_layer(layout, trainable);

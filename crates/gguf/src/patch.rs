@@ -93,18 +93,10 @@ pub fn export_patched(
         source: dir,
         kind: format!("source ({} tensors re-encoded)", record.trained.len()),
         tensors: record.map.tensors.len(),
-        tensor_types: types_of(&record),
+        tensor_types: crate::count_types(record.map.tensors.values().filter_map(|t| ggml_dtype(t.ggml_type))),
         modelfile: None,
         warnings,
     })
-}
-
-fn types_of(record: &GgufSource) -> std::collections::BTreeMap<String, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for t in record.map.tensors.values() {
-        *counts.entry(t.type_name().to_string()).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// The record's places, checked against the file itself (its validated header and tensor table): the data

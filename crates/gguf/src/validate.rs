@@ -164,26 +164,9 @@ fn check_spans(spans: &mut [(u64, u64, String)], data_len: u64) -> Result<(), Re
     Ok(())
 }
 
-/// The GGML types candle reads (the importer's set).
+/// The GGML types candle reads (the importer's set; the trainer reads the same through a GGUF map).
 fn ggml_type(kind: u32) -> Option<GgmlDType> {
-    Some(match kind {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        9 => GgmlDType::Q8_1,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
-        30 => GgmlDType::BF16,
-        _ => return None,
-    })
+    freezetune_train::gguf_blocks::ggml_dtype(kind)
 }
 
 /// A position in the header bytes; every read is bounded by them.

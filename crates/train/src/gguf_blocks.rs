@@ -10,7 +10,7 @@ use freezetune_core::gguf_map::{rope_unpermutation, GgufMap, GgufTensor};
 use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
 
-/// candle's type for llama.cpp's type id (those core's `block_layout` lists).
+/// candle's type for llama.cpp's type id (those core's `block_layout` lists; GGUF validation reads it too).
 pub fn ggml_dtype(id: u32) -> Option<GgmlDType> {
     Some(match id {
         0 => GgmlDType::F32,
@@ -20,11 +20,13 @@ pub fn ggml_dtype(id: u32) -> Option<GgmlDType> {
         6 => GgmlDType::Q5_0,
         7 => GgmlDType::Q5_1,
         8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
         10 => GgmlDType::Q2K,
         11 => GgmlDType::Q3K,
         12 => GgmlDType::Q4K,
         13 => GgmlDType::Q5K,
         14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
         30 => GgmlDType::BF16,
         _ => return None,
     })

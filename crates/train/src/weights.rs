@@ -99,13 +99,17 @@ impl WeightFiles {
         if self.gguf.is_some() {
             return Ok(None);
         }
-        let e = self.entry(name)?;
+        self.entry_bytes(self.entry(name)?).map(Some)
+    }
+
+    /// A safetensors entry's bytes, read with one positioned read.
+    fn entry_bytes(&self, e: &Entry) -> Result<Vec<u8>> {
         let path = &self.files[e.file];
         let (start, end) = e.header.data_offsets;
         let mut bytes = vec![0u8; (end - start) as usize];
         let file = std::fs::File::open(path).map_err(io(path))?;
         file.read_exact_at(&mut bytes, e.data_start + start).map_err(io(path))?;
-        Ok(Some(bytes))
+        Ok(bytes)
     }
 
     /// The GGUF map, for a folder mapped onto a GGUF file.
@@ -129,12 +133,7 @@ impl WeightFiles {
             })?;
             return crate::gguf_blocks::load_values(map, name, t);
         }
-        let Some(e) = self.entries.get(name) else {
-            return Err(TrainError::Tensor {
-                name: name.into(),
-                reason: "is not in the checkpoint's weight files".into(),
-            });
-        };
+        let e = self.entry(name)?;
         let path = &self.files[e.file];
         let dtype = candle_dtype(e.header.dtype).ok_or_else(|| TrainError::Tensor {
             name: name.into(),
@@ -143,10 +142,7 @@ impl WeightFiles {
                 e.header.dtype
             ),
         })?;
-        let (start, end) = e.header.data_offsets;
-        let mut bytes = vec![0u8; (end - start) as usize];
-        let file = std::fs::File::open(path).map_err(io(path))?;
-        file.read_exact_at(&mut bytes, e.data_start + start).map_err(io(path))?;
+        let bytes = self.entry_bytes(e)?;
         let shape: Vec<usize> = e.header.shape.iter().map(|&d| d as usize).collect();
         Tensor::from_raw_buffer(&bytes, dtype, &shape, &Device::Cpu).map_err(|source| TrainError::Candle {
             context: format!("reading tensor {name} from {}", path.display()),

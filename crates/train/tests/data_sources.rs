@@ -10,17 +10,22 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[test]
-fn parquet_csv_and_tsv_train_the_examples_their_jsonl_trains() {
-    let model = repo().join("tests/fixtures/models/llama");
-    let formatter = ChatFormatter::load(&model).unwrap();
-    let options = DataOptions {
+/// What training uses: the model's chat template, auto-detected formats.
+fn options(formatter: &ChatFormatter) -> DataOptions<'_> {
+    DataOptions {
         format: DataFormat::Auto,
         cutoff_len: 512,
         vocab_size: usize::MAX,
         train_on_prompt: false,
-        formatter: Some(&formatter),
-    };
+        formatter: Some(formatter),
+    }
+}
+
+#[test]
+fn parquet_csv_and_tsv_train_the_examples_their_jsonl_trains() {
+    let model = repo().join("tests/fixtures/models/llama");
+    let formatter = ChatFormatter::load(&model).unwrap();
+    let options = options(&formatter);
     let data = repo().join("tests/fixtures/data");
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("expected.json")).unwrap()).unwrap();
@@ -72,13 +77,7 @@ fn a_run_mixes_its_datasets_each_with_its_own_mapping() {
     )
     .unwrap();
     let formatter = ChatFormatter::load(&model).unwrap();
-    let options = DataOptions {
-        format: DataFormat::Auto,
-        cutoff_len: 512,
-        vocab_size: usize::MAX,
-        train_on_prompt: false,
-        formatter: Some(&formatter),
-    };
+    let options = options(&formatter);
     let mixed = freezetune_train::data::load_run(&config, &options).unwrap().examples;
     let identity = load(&data.join("llamafactory/identity.json"), &options)
         .unwrap()
