@@ -34,20 +34,21 @@ pub fn causal_lm_loss_with(logits: &Tensor, labels: &[Vec<i64>], kernel: LossKer
         candle_core::bail!("cross-entropy: {} label rows for a batch of {b}", labels.len());
     }
     let count = targets.iter().filter(|x| x.is_some()).count();
-    let rows = logits.reshape((b * t, v))?;
     let fused = match kernel {
         LossKernel::Auto => logits.device().is_cpu(),
         LossKernel::Fused => true,
         LossKernel::Generic => false,
     };
     let loss = if fused {
-        // The CPU kernel reads f32 rows; CPU training computes in f32 unless told otherwise.
-        rows.to_dtype(DType::F32)?.contiguous()?.apply_op1(CrossEntropy {
+        // The CPU kernel reads f32 rows; CPU training computes in f32 unless told otherwise. It reads the logits
+        // as they are, rank 3: a reshape node between would cost a second logits-sized gradient (candle's backward
+        // gives every node a zero-filled buffer of its own and adds into it).
+        logits.to_dtype(DType::F32)?.contiguous()?.apply_op1(CrossEntropy {
             targets: Arc::new(targets),
             count: count.max(1),
         })?
     } else {
-        generic_loss(&rows, targets, count.max(1), chunk_rows(v))?
+        generic_loss(&logits.reshape((b * t, v))?, targets, count.max(1), chunk_rows(v))?
     };
     Ok((loss, count))
 }
@@ -200,7 +201,7 @@ struct CrossEntropy {
 }
 
 fn row_max(row: &[f32]) -> f32 {
-    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    crate::fastmath::max(row)
 }
 
 fn f32_rows<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<(&'a [f32], usize)> {

@@ -237,7 +237,7 @@ impl CustomOp3 for AttentionGrad {
                             Mat(vh.as_ptr(), 1, dd),
                         );
                         for (dsr, pr) in ds_buf.chunks_mut(t).zip(p.chunks(t)) {
-                            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            let dot = crate::fastmath::dot(dsr, pr);
                             for (g, &y) in dsr.iter_mut().zip(pr) {
                                 *g = self.scale * y * (*g - dot);
                             }

@@ -19,7 +19,7 @@ pub use gemm::Backend;
 pub use linear::{linear, matmul_no_grad, rows_times_weight_t};
 pub use rope::rope_heads;
 
-use crate::fastmath::{exp_in_place, sigmoid_into};
+use crate::fastmath::{self, exp_in_place, sigmoid_into};
 use rayon::prelude::*;
 
 /// Whether the fused kernels serve `x`: f32 on the CPU, unless `FREEZETUNE_FUSED=0` turns them off (to measure
@@ -109,7 +109,7 @@ fn split_pair(packed: Tensor, a: &Tensor, b: &Tensor) -> Result<(Option<Tensor>,
 }
 
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    let ms = fastmath::dot(row, row) / row.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -172,6 +172,7 @@ impl CustomOp3 for RmsNormGrad {
         let (x, w, dy) = (f32s(xs, xl, "x")?, f32s(ws, wl, "weight")?, f32s(gs, gl, "grad")?);
         let h = w.len();
         let block = rows_per_task(x.len() / h) * h;
+        let w_offset: Vec<f32> = w.iter().map(|w| w + self.offset).collect();
         let mut dx = vec![0f32; x.len()];
         let dw = dx
             .par_chunks_mut(block)
@@ -180,14 +181,10 @@ impl CustomOp3 for RmsNormGrad {
                 let mut dw = vec![0f32; h];
                 for (dxr, (xr, dyr)) in dxb.chunks_mut(h).zip(xb.chunks(h).zip(dyb.chunks(h))) {
                     let r = inv_rms(xr, self.eps);
-                    let mut dot = 0f32;
-                    for j in 0..h {
-                        dot += dyr[j] * (w[j] + self.offset) * xr[j] * r;
-                    }
-                    let mean = dot / h as f32;
+                    let mean = fastmath::dot3(dyr, &w_offset, xr) * r / h as f32;
                     for j in 0..h {
                         let n = xr[j] * r;
-                        dxr[j] = r * (dyr[j] * (w[j] + self.offset) - n * mean);
+                        dxr[j] = r * (dyr[j] * w_offset[j] - n * mean);
                         dw[j] += dyr[j] * n;
                     }
                 }
@@ -207,16 +204,15 @@ fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
 
 /// `row = softmax(row * scale + mask)`, in place.
 fn masked_softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
     for (o, &m) in row.iter_mut().zip(mask) {
         *o = *o * scale + m;
-        max = max.max(*o);
     }
+    let max = fastmath::max(row);
     for o in row.iter_mut() {
         *o -= max;
     }
     exp_in_place(row);
-    let inv = 1.0 / row.iter().sum::<f32>();
+    let inv = 1.0 / fastmath::sum(row);
     row.iter_mut().for_each(|o| *o *= inv);
 }
 
@@ -283,7 +279,7 @@ impl CustomOp2 for SoftmaxGrad {
         out.par_chunks_mut(k)
             .zip(y.par_chunks(k).zip(dy.par_chunks(k)))
             .for_each(|(o, (y, g))| {
-                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                let dot = fastmath::dot(y, g);
                 for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
                     *o = self.scale * y * (g - dot);
                 }
