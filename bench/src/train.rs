@@ -19,7 +19,6 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use freezetune_core::synth::{write_checkpoint, Family, Fill, SynthSpec};
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
-use freezetune_train::loss::causal_lm_loss;
 use freezetune_train::optim::{AdamWConfig, Optimizer};
 use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use std::path::Path;
@@ -236,8 +235,9 @@ fn run_one(job: Job) -> Result<()> {
         let t = Instant::now();
         let grads = if ckpt {
             let mut sum: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
-            let loss_of = |l: &candle_core::Tensor| causal_lm_loss(l, &labels).map(|(m, _)| m);
-            decoder.checkpointed_backward(&batch, &loss_of, &mut |store| {
+            // The mean: the sum over counted tokens, each weighed 1 / count.
+            let count = labels.iter().map(|r| r.len().saturating_sub(1)).sum::<usize>();
+            decoder.checkpointed_backward(&batch, &labels, 1.0 / count.max(1) as f64, &mut |store| {
                 freezetune_train::optim::accumulate(&mut sum, opt.collect(store)).map_err(|e| {
                     freezetune_train::TrainError::Candle {
                         context: "accumulating gradients".into(),
@@ -247,8 +247,7 @@ fn run_one(job: Job) -> Result<()> {
             })?;
             sum
         } else {
-            let logits = decoder.forward(&batch)?;
-            let (loss, _) = causal_lm_loss(&logits, &labels)?;
+            let (loss, _) = decoder.loss(&batch, &labels)?;
             opt.collect(&loss.backward()?)
         };
         opt.step(&grads, 1e-4)?;

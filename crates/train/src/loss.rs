@@ -53,6 +53,24 @@ pub fn causal_lm_loss_with(logits: &Tensor, labels: &[Vec<i64>], kernel: LossKer
     Ok((loss, count))
 }
 
+/// As [`causal_lm_loss`] for the logits `hidden (batch, seq, h) · weightᵀ · scale`, with the projection and the loss
+/// fused (`fused::head_cross_entropy`: the logits are never held whole); for a frozen dense f32 weight on the CPU.
+pub fn causal_lm_head_loss(
+    hidden: &Tensor,
+    weight: &Tensor,
+    scale: f32,
+    labels: &[Vec<i64>],
+) -> Result<(Tensor, usize)> {
+    let (b, t, _) = hidden.dims3()?;
+    let targets = shifted_targets(labels, t);
+    if targets.len() != b * t {
+        candle_core::bail!("cross-entropy: {} label rows for a batch of {b}", labels.len());
+    }
+    let count = targets.iter().filter(|x| x.is_some()).count();
+    let loss = crate::fused::head_cross_entropy(hidden, weight, Arc::new(targets), count, scale)?;
+    Ok((loss, count))
+}
+
 /// Row p of a batch row predicts label p+1; the last position predicts nothing.
 fn shifted_targets(labels: &[Vec<i64>], t: usize) -> Vec<Option<u32>> {
     let mut targets = Vec::with_capacity(labels.len() * t);
@@ -288,6 +306,54 @@ mod tests {
     use super::*;
     use crate::ops::tests::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_head_loss_matches_logits_then_loss_across_blocks() {
+        let dev = Device::Cpu;
+        let (b, t, h, v) = (2, 5, 6, 11);
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i + seed) * 7919) % 200) as f32 * 0.02 - 2.0)
+                .collect()
+        };
+        let hidden = Var::from_vec(values(b * t * h, 1), (b, t, h), &dev).unwrap();
+        let weight = Tensor::from_vec(values(v * h, 5), (v, h), &dev).unwrap();
+        // Ignored labels inside a row and at its start; the last position of each row predicts nothing.
+        let labels = vec![vec![3, -100, 7, 10, 0], vec![-100, 4, 4, 9, 1]];
+        let scale = 0.625f32;
+        let logits = (hidden
+            .as_tensor()
+            .matmul(&weight.t().unwrap().unsqueeze(0).unwrap().repeat((b, 1, 1)).unwrap()))
+        .unwrap()
+        .affine(scale as f64, 0.0)
+        .unwrap();
+        let (want, want_n) = causal_lm_loss(&logits, &labels).unwrap();
+        let want_grad = (&want * 0.37).unwrap().backward().unwrap();
+        let want_grad = want_grad.get(hidden.as_tensor()).unwrap();
+        // Blocks of 3 rows over 10 (a short last block), one row, and the whole at once.
+        for block_rows in [Some(3), Some(1), None] {
+            let targets = Arc::new(shifted_targets(&labels, t));
+            let n = targets.iter().flatten().count();
+            assert_eq!(n, want_n);
+            let got =
+                crate::fused::head_cross_entropy_blocks(hidden.as_tensor(), &weight, targets, n, scale, block_rows)
+                    .unwrap();
+            let diff = (got.to_scalar::<f32>().unwrap() - want.to_scalar::<f32>().unwrap()).abs();
+            assert!(diff < 1e-5, "loss differs by {diff} with blocks of {block_rows:?}");
+            let grads = (&got * 0.37).unwrap().backward().unwrap();
+            let g = grads.get(hidden.as_tensor()).unwrap();
+            assert!(
+                max_diff(g, want_grad) < 1e-5,
+                "hidden gradient, blocks of {block_rows:?}"
+            );
+        }
+        // Without a graph no gradient is made, and the value is the same.
+        let (value, _) = causal_lm_head_loss(&hidden.as_tensor().detach(), &weight, scale, &labels).unwrap();
+        assert!((value.to_scalar::<f32>().unwrap() - want.to_scalar::<f32>().unwrap()).abs() < 1e-5);
+        // A target outside the vocabulary is refused, not read out of bounds.
+        let bad = Arc::new(vec![Some(v as u32); b * t]);
+        assert!(crate::fused::head_cross_entropy(hidden.as_tensor(), &weight, bad, b * t, 1.0).is_err());
+    }
 
     #[test]
     fn loss_ignores_masked_labels_and_shifts() {

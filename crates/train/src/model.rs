@@ -355,13 +355,15 @@ impl Decoder {
     }
 
     /// Gradient checkpointing: the forward pass keeps only each layer's input; the backward pass recomputes one
-    /// layer at a time from it and pushes the gradient down. `loss_of` turns logits (compute dtype) into the
-    /// scalar to minimise; `on_grads` receives each partial gradient store (the caller sums the parameters'
-    /// gradients). Returns the loss, on the device (not read back).
+    /// layer at a time from it and pushes the gradient down. The scalar minimised is the cross-entropy against
+    /// `labels` summed over the counted tokens times `token_weight` (the mean loss × count × weight);
+    /// `on_grads` receives each partial gradient store (the caller sums the parameters' gradients). Returns that
+    /// scalar, on the device (not read back).
     pub fn checkpointed_backward(
         &self,
         batch: &Batch,
-        loss_of: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+        labels: &[Vec<i64>],
+        token_weight: f64,
         on_grads: &mut dyn FnMut(&GradStore) -> Result<()>,
     ) -> Result<Tensor> {
         let err = |e| TrainError::Candle {
@@ -388,8 +390,10 @@ impl Decoder {
             h = self.block(blk, &h, &rot, &mask, None).map_err(err)?.detach();
         }
         let top = Var::from_tensor(&h).map_err(err)?;
-        let logits = self.head(top.as_tensor()).map_err(err)?;
-        let loss = loss_of(&logits).map_err(err)?;
+        let loss = self
+            .head_loss(top.as_tensor(), labels)
+            .and_then(|(mean, n)| mean * (n as f64 * token_weight))
+            .map_err(err)?;
         let value = loss.detach();
         let store = loss.backward().map_err(err)?;
         on_grads(&store)?;
@@ -440,6 +444,11 @@ impl Decoder {
     }
 
     fn forward_inner(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        self.head(&self.forward_hidden(batch)?)
+    }
+
+    /// The last layer's output (before the final norm).
+    fn forward_hidden(&self, batch: &Batch) -> candle_core::Result<Tensor> {
         let (ids, b, t) = self.ids_tensor(batch)?;
         let mut h = self.embed_ids(&ids, b, t)?;
         let rot = self.rope_tables(0, t)?;
@@ -447,7 +456,32 @@ impl Decoder {
         for block in &self.blocks {
             h = self.block(block, &h, &rot, &mask, None)?;
         }
-        self.head(&h)
+        Ok(h)
+    }
+
+    /// The mean cross-entropy of the next-token predictions against `labels` (-100 = ignored) and the number of
+    /// tokens counted: the forward pass and the loss, with the head fused into the loss where [`Self::head_loss`]
+    /// can.
+    pub fn loss(&self, batch: &Batch, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
+        let h = self
+            .forward_hidden(batch)
+            .map_err(crate::error::candle("forward pass"))?;
+        self.head_loss(&h, labels).map_err(crate::error::candle("loss"))
+    }
+
+    /// The head and the loss from the last layer's output. A frozen dense f32 lm_head on the fused CPU path, with
+    /// no bias and no final softcap, is multiplied together with the loss a block of rows at a time
+    /// (`fused::head_cross_entropy`), so neither the logits nor their gradient is ever held whole; any other head
+    /// makes the logits and then the loss.
+    fn head_loss(&self, h: &Tensor, labels: &[Vec<i64>]) -> candle_core::Result<(Tensor, usize)> {
+        let c = &self.config;
+        if let (LinearWeight::Frozen(w), None, None) = (&self.lm_head.weight, &self.lm_head.bias, c.final_softcap) {
+            if fused::applies(h) && w.dtype() == DType::F32 {
+                let normed = self.rms(h, &self.norm)?;
+                return crate::loss::causal_lm_head_loss(&normed, w, (1.0 / c.logits_scaling) as f32, labels);
+            }
+        }
+        crate::loss::causal_lm_loss(&self.head(h)?, labels)
     }
 
     /// One decoder layer, as its [`LayerSpec`] describes it. `rot` holds each rope's cos/sin tables. With

@@ -306,3 +306,49 @@ fn a_tensor_the_decoder_would_leave_out_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// With the lm_head frozen, training's loss (`Decoder::loss`) multiplies the head a block of rows at a time
+/// together with the loss; it must give the value and every trainable tensor's gradient that the logits and
+/// `causal_lm_loss` give. Granite divides its logits by `logits_scaling`, which the fused head applies too.
+#[test]
+fn a_frozen_head_fused_with_the_loss_matches_logits_then_loss() {
+    for case in ["granite", "qwen2_window", "llama_bias", "olmo2"] {
+        let dir = fixtures().join("models").join(case);
+        let layout = ModelLayout::inspect(&dir).unwrap();
+        let spec = FreezeSpec {
+            all_layers: true,
+            ..Default::default()
+        };
+        let plan = plan(&layout, &spec, PlanOptions::default()).unwrap();
+        let params = Params::load(&dir, &plan, &Device::Cpu, DType::F32).unwrap();
+        let model = Decoder::new(DecoderConfig::read(&dir).unwrap(), &params, &Device::Cpu).unwrap();
+        let (batch, mut labels) = batch(&reference(case).ids);
+        labels[0][2] = -100;
+        let (fused, n) = model.loss(&batch, &labels).unwrap();
+        let (plain, plain_n) = causal_lm_loss(&model.forward_logits(&batch).unwrap(), &labels).unwrap();
+        assert_eq!(n, plain_n);
+        let (a, b) = (
+            fused.to_scalar::<f32>().unwrap() as f64,
+            plain.to_scalar::<f32>().unwrap() as f64,
+        );
+        assert!(rel(a, b) < 1e-5, "{case}: loss {a} vs {b}");
+        let (ga, gb) = (fused.backward().unwrap(), plain.backward().unwrap());
+        assert!(!params.vars.is_empty());
+        for (name, var) in &params.vars {
+            let (x, y) = (ga.get(var.as_tensor()).unwrap(), gb.get(var.as_tensor()).unwrap());
+            let diff = (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                diff <= 1e-4 * scale.max(1e-6),
+                "{case}: {name} gradient differs by {diff} (max {scale})"
+            );
+        }
+    }
+}

@@ -90,7 +90,7 @@ struct Linear;
 
 /// gemm's own threads for the big matmuls of a layer (rows × features is large); one thread where splitting
 /// would cost more than it saves.
-fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+pub(super) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 && m * n * k >= 1 << 18 {
         Parallelism::Rayon(threads)

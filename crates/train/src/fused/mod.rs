@@ -11,11 +11,15 @@ use candle_core::{
 mod attention;
 pub mod blas;
 mod gemm;
+mod head_loss;
 mod linear;
 mod rope;
 
 pub use attention::causal_attention;
 pub use gemm::Backend;
+pub use head_loss::head_cross_entropy;
+#[cfg(test)]
+pub(crate) use head_loss::head_cross_entropy_blocks;
 pub use linear::{linear, matmul_no_grad, rows_times_weight_t};
 pub use rope::rope_heads;
 

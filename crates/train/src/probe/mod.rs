@@ -17,7 +17,6 @@ pub mod cache;
 
 use crate::data::Example;
 use crate::error::{candle, Result};
-use crate::loss::causal_lm_loss;
 use crate::model::{Batch, Decoder};
 use crate::optim::accumulate;
 use crate::params::Params;
@@ -276,12 +275,8 @@ fn gradient_norms(
         // Layer by layer (gradient checkpointing): only each layer's input is kept across the pass and one layer's
         // activations at a time, so the probe needs about what a checkpointed run of one batch needs, not a full
         // backward pass's activations of every layer at once.
-        let scale = 1.0 / learned.max(1) as f64;
-        let loss_of = |logits: &Tensor| {
-            let (mean, n) = causal_lm_loss(logits, labels)?;
-            mean * (n as f64 * scale)
-        };
-        decoder.checkpointed_backward(batch, &loss_of, &mut |store| {
+        let token_weight = 1.0 / learned.max(1) as f64;
+        decoder.checkpointed_backward(batch, labels, token_weight, &mut |store| {
             let grads = params
                 .vars
                 .values()

@@ -6,7 +6,6 @@ use super::scaler::Verdict;
 use super::Run;
 use crate::data::Example;
 use crate::error::{candle, Result, TrainError};
-use crate::loss::causal_lm_loss;
 use crate::model::Batch;
 use crate::optim::{accumulate, squared_norm};
 use crate::schedule::{lr_at, shuffle};
@@ -118,16 +117,15 @@ impl Run {
             let (batch, labels) = collate(batch_examples);
             input_tokens += batch.lengths.iter().sum::<usize>() as u64;
             // Every token of the optimizer step weighs the same, however the step is split into micro-batches.
-            let loss_of = |logits: &Tensor| -> candle_core::Result<Tensor> {
-                let (mean, n) = causal_lm_loss(logits, &labels)?;
-                mean * (n as f64 / step_tokens.max(1) as f64 * scale)
-            };
+            let token_weight = scale / step_tokens.max(1) as f64;
             let loss = if self.config.training.gradient_checkpointing {
-                self.model.checkpointed_backward(&batch, &loss_of, &mut |store| {
-                    accumulate(&mut grads, self.optimizer.collect(store)).map_err(candle("accumulating gradients"))
-                })?
+                self.model
+                    .checkpointed_backward(&batch, &labels, token_weight, &mut |store| {
+                        accumulate(&mut grads, self.optimizer.collect(store)).map_err(candle("accumulating gradients"))
+                    })?
             } else {
-                let loss = loss_of(&self.model.forward_logits(&batch)?).map_err(candle("loss"))?;
+                let (mean, n) = self.model.loss(&batch, &labels)?;
+                let loss = (mean * (n as f64 * token_weight)).map_err(candle("loss"))?;
                 let store = loss.backward().map_err(candle("backward pass"))?;
                 accumulate(&mut grads, self.optimizer.collect(&store)).map_err(candle("accumulating gradients"))?;
                 loss.detach()

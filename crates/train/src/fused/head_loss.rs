@@ -1,0 +1,183 @@
+//! The output projection and the cross-entropy as one op, for a frozen dense lm_head: the logits are made a block
+//! of rows at a time and never held whole. The unfused graph keeps four logits-sized buffers a step (the logits,
+//! their gradient, and the zero-filled buffer candle's backward adds that gradient into, and the sum), 200 MB each
+//! on a 49k vocabulary at 1,024 rows, each one fresh pages the kernel must fault in and clear. Here a block's
+//! logits are turned into that block's loss and, when the input needs a gradient, straight into
+//! `softmax − one-hot` and the input's gradient `dh = g · W` while they are still in cache; the backward pass
+//! only scales the kept `dh` by the upstream gradient. The same matmuls as the unfused path (the logits, and dh),
+//! nothing recomputed.
+
+use super::f32s;
+use super::gemm::{matmul_fastest, Mat};
+use super::linear::parallelism;
+use crate::fastmath;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// About 8 MiB of f32 logits per block, small enough to stay in cache between the product and the loss...
+const BLOCK_ELEMENTS: usize = 1 << 21;
+/// ...but never fewer rows than this: each block's matmuls pack the whole weight again, and on a large vocabulary
+/// (49k × 576: 113 MB) blocks of 42 or 256 rows made the head's matmuls slower than the unfused one's (measured by
+/// perf samples on an Intel Xeon, 2 threads). A batch of 1,024 rows or fewer is one block: the same matmuls as
+/// the unfused head, with one logits-sized buffer instead of four; longer batches stay at 1,024 rows a block.
+const MIN_BLOCK_ROWS: usize = 1024;
+
+/// Mean cross-entropy of `(hidden · weightᵀ) · scale` against `targets` (one per row of `hidden`, `None` = not
+/// counted), over `count` counted rows; `hidden` (…, h) f32 on the CPU, `weight` (vocab, h) a constant. Only
+/// `hidden` gets a gradient.
+pub fn head_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: Arc<Vec<Option<u32>>>,
+    count: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    head_cross_entropy_blocks(hidden, weight, targets, count, scale, None)
+}
+
+/// As [`head_cross_entropy`], with `block_rows` rows a block (tests use small blocks to cross block edges).
+pub(crate) fn head_cross_entropy_blocks(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: Arc<Vec<Option<u32>>>,
+    count: usize,
+    scale: f32,
+    block_rows: Option<usize>,
+) -> Result<Tensor> {
+    let (vocab, h) = weight.dims2()?;
+    if hidden.dim(candle_core::D::Minus1)? != h || hidden.elem_count() / h.max(1) != targets.len() {
+        bail!(
+            "head loss: hidden {:?}, weight {vocab}x{h} and {} targets do not fit",
+            hidden.shape(),
+            targets.len()
+        )
+    }
+    if let Some(&t) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+        bail!("head loss: target id {t} is outside the vocabulary of {vocab}")
+    }
+    let op = HeadCrossEntropy {
+        targets,
+        count: count.max(1),
+        scale,
+        block_rows: block_rows.unwrap_or((BLOCK_ELEMENTS / vocab.max(1)).max(MIN_BLOCK_ROWS)),
+        want_grad: hidden.track_op(),
+        input_grad: Mutex::new(None),
+    };
+    hidden.contiguous()?.apply_op2(&weight.contiguous()?, op)
+}
+
+struct HeadCrossEntropy {
+    targets: Arc<Vec<Option<u32>>>,
+    count: usize,
+    scale: f32,
+    block_rows: usize,
+    /// Whether the forward pass also computes the input's gradient (the input is part of a graph).
+    want_grad: bool,
+    /// dh for an upstream gradient of 1, made by the forward pass, taken by the backward pass.
+    input_grad: Mutex<Option<Vec<f32>>>,
+}
+
+impl HeadCrossEntropy {
+    /// One row's loss; with `grad`, the row becomes `(softmax − one-hot) · scale / count` in place (zeros for a
+    /// row that is not counted).
+    fn row(&self, z: &mut [f32], target: Option<u32>, grad: bool) -> f64 {
+        let Some(t) = target else {
+            if grad {
+                z.fill(0.0);
+            }
+            return 0.0;
+        };
+        if self.scale != 1.0 {
+            z.iter_mut().for_each(|v| *v *= self.scale);
+        }
+        let target_logit = z[t as usize];
+        let max = fastmath::max(z);
+        z.iter_mut().for_each(|v| *v -= max);
+        fastmath::exp_in_place(z);
+        let sum = fastmath::sum(z);
+        if grad {
+            // d(loss)/d(raw logit) = (softmax − one-hot) / count, times the scale the logits were multiplied by.
+            let k = self.scale / self.count as f32;
+            let inv = k / sum;
+            z.iter_mut().for_each(|g| *g *= inv);
+            z[t as usize] -= k;
+        }
+        (max + sum.ln() - target_logit) as f64
+    }
+}
+
+impl CustomOp2 for HeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-head-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, hs: &CpuStorage, hl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (hidden, w) = (f32s(hs, hl, "head loss hidden")?, f32s(ws, wl, "head loss weight")?);
+        let (vocab, h) = wl.shape().dims2()?;
+        let rows = self.targets.len();
+        let block = self.block_rows.min(rows).max(1);
+        let mut logits = vec![0f32; block * vocab];
+        let mut dh = vec![0f32; if self.want_grad { rows * h } else { 0 }];
+        let mut total = 0f64;
+        for start in (0..rows).step_by(block) {
+            let r = block.min(rows - start);
+            let z = &mut logits[..r * vocab];
+            let x = &hidden[start * h..(start + r) * h];
+            // SAFETY: x is r×h and w vocab×h (read transposed), both contiguous; z is r×vocab and this call's alone.
+            unsafe {
+                let dst = Mat(z.as_mut_ptr(), vocab as isize, 1);
+                let rhs = Mat(w.as_ptr(), 1, h as isize);
+                matmul_fastest(
+                    parallelism(r, vocab, h),
+                    r,
+                    vocab,
+                    h,
+                    dst,
+                    Mat(x.as_ptr(), h as isize, 1),
+                    rhs,
+                );
+            }
+            let targets = &self.targets[start..start + r];
+            total += z
+                .par_chunks_mut(vocab)
+                .zip(targets.par_iter())
+                .map(|(row, &t)| self.row(row, t, self.want_grad))
+                .sum::<f64>();
+            if self.want_grad {
+                let dst = &mut dh[start * h..(start + r) * h];
+                // SAFETY: z is r×vocab, w vocab×h, dst r×h, all contiguous and disjoint.
+                unsafe {
+                    let out = Mat(dst.as_mut_ptr(), h as isize, 1);
+                    let lhs = Mat(z.as_ptr(), vocab as isize, 1);
+                    matmul_fastest(
+                        parallelism(r, h, vocab),
+                        r,
+                        h,
+                        vocab,
+                        out,
+                        lhs,
+                        Mat(w.as_ptr(), h as isize, 1),
+                    );
+                }
+            }
+        }
+        if self.want_grad {
+            *self.input_grad.lock().expect("head loss gradient") = Some(dh);
+        }
+        Ok((
+            CpuStorage::F32(vec![(total / self.count as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, hidden: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some(dh) = self.input_grad.lock().expect("head loss gradient").take() else {
+            bail!("head loss: a second backward pass, or one over an input that was not part of a graph")
+        };
+        let dh = Tensor::from_vec(dh, hidden.shape(), hidden.device())?;
+        let upstream = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let dh = if upstream == 1.0 { dh } else { (dh * upstream as f64)? };
+        Ok((Some(dh), None))
+    }
+}
