@@ -336,19 +336,18 @@ fn a_frozen_head_fused_with_the_loss_matches_logits_then_loss() {
         assert!(!params.vars.is_empty());
         for (name, var) in &params.vars {
             let (x, y) = (ga.get(var.as_tensor()).unwrap(), gb.get(var.as_tensor()).unwrap());
-            let diff = (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let (diff, scale) = (max_abs(&(x - y).unwrap()), max_abs(y));
             assert!(
                 diff <= 1e-4 * scale.max(1e-6),
                 "{case}: {name} gradient differs by {diff} (max {scale})"
             );
         }
     }
+}
+
+fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f32>())
+        .unwrap()
 }
