@@ -29,11 +29,7 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &[Vec<i64>]) -> Result<(Tensor, u
 
 pub fn causal_lm_loss_with(logits: &Tensor, labels: &[Vec<i64>], kernel: LossKernel) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3()?;
-    let targets = shifted_targets(labels, t);
-    if targets.len() != b * t {
-        candle_core::bail!("cross-entropy: {} label rows for a batch of {b}", labels.len());
-    }
-    let count = targets.iter().filter(|x| x.is_some()).count();
+    let (targets, count) = counted_targets(labels, b, t)?;
     let fused = match kernel {
         LossKernel::Auto => logits.device().is_cpu(),
         LossKernel::Fused => true,
@@ -62,13 +58,19 @@ pub fn causal_lm_head_loss(
     labels: &[Vec<i64>],
 ) -> Result<(Tensor, usize)> {
     let (b, t, _) = hidden.dims3()?;
+    let (targets, count) = counted_targets(labels, b, t)?;
+    let loss = crate::fused::head_cross_entropy(hidden, weight, Arc::new(targets), count, scale)?;
+    Ok((loss, count))
+}
+
+/// The shifted targets of a (b, t) batch and how many are counted; refuses labels for another batch size.
+fn counted_targets(labels: &[Vec<i64>], b: usize, t: usize) -> Result<(Vec<Option<u32>>, usize)> {
     let targets = shifted_targets(labels, t);
     if targets.len() != b * t {
         candle_core::bail!("cross-entropy: {} label rows for a batch of {b}", labels.len());
     }
     let count = targets.iter().filter(|x| x.is_some()).count();
-    let loss = crate::fused::head_cross_entropy(hidden, weight, Arc::new(targets), count, scale)?;
-    Ok((loss, count))
+    Ok((targets, count))
 }
 
 /// Row p of a batch row predicts label p+1; the last position predicts nothing.

@@ -8,8 +8,7 @@
 //! nothing recomputed.
 
 use super::f32s;
-use super::gemm::{matmul_fastest, Mat};
-use super::linear::parallelism;
+use super::linear::times_weight_into;
 use crate::fastmath;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -124,20 +123,7 @@ impl CustomOp2 for HeadCrossEntropy {
             let r = block.min(rows - start);
             let z = &mut logits[..r * vocab];
             let x = &hidden[start * h..(start + r) * h];
-            // SAFETY: x is r×h and w vocab×h (read transposed), both contiguous; z is r×vocab and this call's alone.
-            unsafe {
-                let dst = Mat(z.as_mut_ptr(), vocab as isize, 1);
-                let rhs = Mat(w.as_ptr(), 1, h as isize);
-                matmul_fastest(
-                    parallelism(r, vocab, h),
-                    r,
-                    vocab,
-                    h,
-                    dst,
-                    Mat(x.as_ptr(), h as isize, 1),
-                    rhs,
-                );
-            }
+            times_weight_into(z, x, w, r, vocab, h, true);
             let targets = &self.targets[start..start + r];
             total += z
                 .par_chunks_mut(vocab)
@@ -145,21 +131,8 @@ impl CustomOp2 for HeadCrossEntropy {
                 .map(|(row, &t)| self.row(row, t, self.want_grad))
                 .sum::<f64>();
             if self.want_grad {
-                let dst = &mut dh[start * h..(start + r) * h];
-                // SAFETY: z is r×vocab, w vocab×h, dst r×h, all contiguous and disjoint.
-                unsafe {
-                    let out = Mat(dst.as_mut_ptr(), h as isize, 1);
-                    let lhs = Mat(z.as_ptr(), vocab as isize, 1);
-                    matmul_fastest(
-                        parallelism(r, h, vocab),
-                        r,
-                        h,
-                        vocab,
-                        out,
-                        lhs,
-                        Mat(w.as_ptr(), h as isize, 1),
-                    );
-                }
+                // dh = g · W, W stored (vocab, h) read as it is.
+                times_weight_into(&mut dh[start * h..(start + r) * h], z, w, r, h, vocab, false);
             }
         }
         if self.want_grad {

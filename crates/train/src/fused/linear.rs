@@ -46,23 +46,28 @@ pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -
 /// `x (m×k) · wᵀ` for `w` stored (n, k), or `x · w` for `w` stored (k, n) when not `transposed`, into a new
 /// (m×n) buffer. The callers check that `x` holds m·k values and `w` n·k.
 fn times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    times_weight_into(&mut out, x, w, m, n, k, transposed);
+    out
+}
+
+/// As [`times_weight`], overwriting the first m·n values of `out`.
+pub(super) fn times_weight_into(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) {
     assert!(
-        x.len() >= m * k && w.len() >= n * k,
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
         "times_weight: operands shorter than their shapes"
     );
-    let mut out = vec![0f32; m * n];
     // w read as (k × n): stored (n, k) row-major that is strides (1, k); stored (k, n), strides (n, 1).
     let rhs = if transposed {
         Mat(w.as_ptr(), 1, k as isize)
     } else {
         Mat(w.as_ptr(), n as isize, 1)
     };
-    // SAFETY: x holds m·k values and w n·k (asserted above), both contiguous; out is m×n and this call's alone.
+    // SAFETY: x holds m·k values, w n·k and out m·n (asserted above), all contiguous; out is this call's alone.
     unsafe {
         let dst = Mat(out.as_mut_ptr(), n as isize, 1);
         matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), rhs);
     }
-    out
 }
 
 struct Plain {
@@ -90,7 +95,7 @@ struct Linear;
 
 /// gemm's own threads for the big matmuls of a layer (rows × features is large); one thread where splitting
 /// would cost more than it saves.
-pub(super) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     if threads > 1 && m * n * k >= 1 << 18 {
         Parallelism::Rayon(threads)
