@@ -3,6 +3,9 @@
 //! the system's OpenBLAS (loaded at run time when installed); then PyTorch's own (MKL on x86) at the same shapes,
 //! from the bench venv (bench/pytorch/matmul.py). GFLOP/s, best of several runs; the first line names the CPU.
 //!
+//! Then causal self-attention, forward and backward, at the bench models' shapes: FreezeTune's fused CPU kernel
+//! against PyTorch's `scaled_dot_product_attention(is_causal=True)`, milliseconds, best of several runs.
+//!
 //! Run: `cargo run --release -p freezetune-bench --bin bench-matmul`
 
 use std::time::Instant;
@@ -99,6 +102,7 @@ fn main() {
         );
     }
     println!("(GFLOP/s, best of 5)");
+    let attention = attention_shapes();
     let venv = std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pytorch/matmul.py");
     let shapes: Vec<String> = SHAPES
@@ -109,11 +113,47 @@ fn main() {
         .arg(script)
         .arg(threads.to_string())
         .args(&shapes)
+        .args(
+            attention
+                .iter()
+                .map(|&(_, b, h, kv, t, d)| format!("attn:{b},{h},{kv},{t},{d}")),
+        )
         .output()
     {
         Ok(out) if out.status.success() => print!("\nPyTorch, same shapes:\n{}", String::from_utf8_lossy(&out.stdout)),
         _ => println!("\nPyTorch comparison skipped (run bench-train once to install its venv at {venv})"),
     }
+}
+
+/// (label, batch, heads, kv heads, seq, head_dim): the bench-train models' attention.
+const ATTENTION: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("31M attention", 4, 8, 8, 256, 64),
+    ("135M attention", 2, 9, 3, 512, 64),
+];
+
+/// Times the fused causal attention's forward and backward pass at each [`ATTENTION`] shape and prints them;
+/// returns the shapes for PyTorch's side.
+fn attention_shapes() -> &'static [(&'static str, usize, usize, usize, usize, usize)] {
+    use candle_core::{Device, Tensor, Var};
+    println!("\ncausal attention, forward + backward (ms, best of 5):");
+    for &(label, b, h, kv, t, d) in ATTENTION {
+        let dev = Device::Cpu;
+        let var = |heads: usize| Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap()).unwrap();
+        let (q, k, v) = (var(h), var(kv), var(kv));
+        let lens = Tensor::from_vec(vec![t as f32; b], (b, 1, 1), &dev).unwrap();
+        let mask = freezetune_train::attention::additive_mask(0..t, 0..t, None, Some(&lens), &dev).unwrap();
+        let seconds = best_seconds(|| {
+            let y = freezetune_train::fused::causal_attention(&q, &k, &v, &mask, 0.125).unwrap();
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(&q).is_some());
+        });
+        println!(
+            "{label:<16} {:>16} {:>10.1}",
+            format!("{b}x{h}/{kv}x{t}x{d}"),
+            seconds * 1e3
+        );
+    }
+    ATTENTION
 }
 
 fn bench_cpu_line() -> String {

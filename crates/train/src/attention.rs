@@ -328,7 +328,7 @@ impl Blocks {
 /// 0 where a query sees a key, [`HIDDEN`] where the key is in its future, `window` or more positions back, or at
 /// or past its row's length (`lengths`, f32 (batch, 1, 1)). Built on the device from positions (f32 is exact below
 /// 2^24, and every backend compares it). The fused CPU kernel's dense mask is the one block of all positions.
-pub(crate) fn additive_mask(
+pub fn additive_mask(
     queries: std::ops::Range<usize>,
     keys: std::ops::Range<usize>,
     window: Option<usize>,

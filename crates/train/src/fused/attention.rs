@@ -4,13 +4,57 @@
 //! both the scores and the probabilities for the backward pass, copies the heads back together, and records five
 //! nodes. Here each (batch, head) is one task on one thread with single-threaded gemm calls, only the
 //! probabilities are kept (and only when a graph is being recorded), grouped-query heads read their shared
-//! key/value head in place instead of a repeated copy, and the backward pass is one op too.
+//! key/value head in place instead of a repeated copy, and the backward pass is one op too. Each head works in
+//! blocks of 64 query rows and multiplies only the keys some row of the block can see ([`KeySpan`]): under a
+//! causal mask that is about half the square (and less under a sliding window), the part PyTorch's flash
+//! attention skips too.
 
 use super::gemm::{matmul, Mat, Shared};
 use super::{f32s, masked_softmax_row};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
+
+/// Query rows per block: the height of one AVX-512 gemm microkernel tile (4 registers of 16 f32).
+const ROW_BLOCK: usize = 64;
+
+/// A mask entry at or below this hides its key (the dense masks write -1e9).
+const HIDDEN_BELOW: f32 = -1e8;
+
+/// A block of query rows and the keys any of them can see: every key outside `keys` is hidden from every row of
+/// the block, so its probability is exactly 0 (`exp(-1e9 - max)` underflows) and its scores need not be made. A
+/// causal mask makes the block at rows `r0..r1` see keys `0..r1`, about half the work of the full square; a
+/// sliding window, less still.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KeySpan {
+    rows: (usize, usize),
+    keys: (usize, usize),
+}
+
+/// The [`KeySpan`]s of one (seq, seq) mask. A row that sees no key at all spans every key, as the full softmax over
+/// its uniformly hidden row does.
+fn key_spans(mask: &[f32], t: usize) -> Vec<KeySpan> {
+    let visible = |i: usize| -> (usize, usize) {
+        let row = &mask[i * t..][..t];
+        match row.iter().position(|&m| m > HIDDEN_BELOW) {
+            Some(first) => {
+                let last = row.iter().rposition(|&m| m > HIDDEN_BELOW).unwrap_or(first);
+                (first, last + 1)
+            }
+            None => (0, t),
+        }
+    };
+    (0..t.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let rows = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(t));
+            let keys = (rows.0..rows.1)
+                .map(visible)
+                .fold((t, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
+            KeySpan { rows, keys }
+        })
+        .collect()
+}
 
 /// `q` (batch, heads, seq, head_dim), `k`/`v` (batch, kv_heads, seq, head_dim), `mask` (1 or batch, 1, seq, seq)
 /// additive f32; returns (batch, seq, heads·head_dim).
@@ -34,15 +78,27 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale
             mask.shape()
         )
     }
+    let mask = mask.contiguous()?;
     let op = Attention {
         dims: Dims { b, h, kv, t, d },
-        mask: mask.contiguous()?,
         mask_batched: mb != 1,
         scale,
         keep_probs: q.track_op() || k.track_op() || v.track_op(),
         probs: Mutex::new(None),
+        spans: Arc::new(mask_spans(&mask, mb, t)?),
+        mask,
     };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The key spans of each batch item's mask (one entry for a mask shared by the batch).
+fn mask_spans(mask: &Tensor, batches: usize, t: usize) -> Result<Vec<Vec<KeySpan>>> {
+    let (storage, layout) = mask.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("causal_attention: the fused kernel runs on the CPU")
+    };
+    let values = f32s(cpu, layout, "attention mask")?;
+    Ok(values.chunks(t * t).take(batches).map(|m| key_spans(m, t)).collect())
 }
 
 #[derive(Clone, Copy)]
@@ -63,6 +119,7 @@ struct Attention {
     keep_probs: bool,
     /// (batch, heads, seq, seq) probabilities from the forward pass, for the backward pass.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
+    spans: Arc<Vec<Vec<KeySpan>>>,
 }
 
 impl Attention {
@@ -73,6 +130,10 @@ impl Attention {
         } else {
             &mask[..tt]
         }
+    }
+
+    fn spans_of(&self, batch: usize) -> &[KeySpan] {
+        &self.spans[if self.mask_batched { batch } else { 0 }]
     }
 
     /// Runs `f` on the mask's f32 values.
@@ -121,18 +182,25 @@ impl CustomOp3 for Attention {
                     let kvh = (bi * kv + hi / rep) * t * d;
                     let (kh, vh) = (&k[kvh..][..t * d], &v[kvh..][..t * d]);
                     let (dd, tt, row) = (d as isize, t as isize, (h * d) as isize);
-                    // SAFETY: shapes and strides as checked in `causal_attention`; the output columns of head `hi`
-                    // in batch `bi` are this task's alone.
-                    unsafe {
-                        let kt = Mat(kh.as_ptr(), 1, dd);
-                        matmul(t, t, d, Mat(p.as_mut_ptr(), tt, 1), false, Mat(qh.as_ptr(), dd, 1), kt);
-                        let m = self.mask_rows(mask, bi);
-                        for (i, r) in p.chunks_mut(t).enumerate() {
-                            masked_softmax_row(r, &m[i * t..][..t], scale);
+                    let m = self.mask_rows(mask, bi);
+                    for span in self.spans_of(bi) {
+                        let ((r0, r1), (c0, c1)) = (span.rows, span.keys);
+                        let (nr, nc) = (r1 - r0, c1 - c0);
+                        // SAFETY: shapes and strides as checked in `causal_attention`, every block inside them;
+                        // the output columns of head `hi` in batch `bi` are this task's alone.
+                        unsafe {
+                            let pb = p.as_mut_ptr().add(r0 * t + c0);
+                            let kt = Mat(kh.as_ptr().add(c0 * d), 1, dd);
+                            let qb = Mat(qh.as_ptr().add(r0 * d), dd, 1);
+                            matmul(nr, nc, d, Mat(pb, tt, 1), false, qb, kt);
+                            for i in r0..r1 {
+                                let r = std::slice::from_raw_parts_mut(pb.add((i - r0) * t), nc);
+                                masked_softmax_row(r, &m[i * t + c0..][..nc], scale);
+                            }
+                            let dst = Mat(out_ptr.at((bi * t * h + hi) * d + r0 * h * d), row, 1);
+                            let vb = Mat(vh.as_ptr().add(c0 * d), dd, 1);
+                            matmul(nr, d, nc, dst, false, Mat(pb, tt, 1), vb);
                         }
-                        let o = out_ptr.at((bi * t * h + hi) * d);
-                        let dst = Mat(o, row, 1);
-                        matmul(t, d, t, dst, false, Mat(p.as_ptr(), tt, 1), Mat(vh.as_ptr(), dd, 1));
                     }
                 },
             );
@@ -160,6 +228,8 @@ impl CustomOp3 for Attention {
             dims: self.dims,
             scale: self.scale,
             probs,
+            spans: self.spans.clone(),
+            mask_batched: self.mask_batched,
             q: q.clone(),
         };
         let packed = k.apply_op3_no_bwd(v, &dy.contiguous()?, &grad)?;
@@ -177,6 +247,8 @@ struct AttentionGrad {
     dims: Dims,
     scale: f32,
     probs: Arc<Vec<f32>>,
+    spans: Arc<Vec<Vec<KeySpan>>>,
+    mask_batched: bool,
     q: Tensor,
 }
 
@@ -205,7 +277,7 @@ impl CustomOp3 for AttentionGrad {
         let (nq, nk) = (b * h * t * d, b * kv * t * d);
         let mut out = vec![0f32; nq + 2 * nk];
         let base = Shared(out.as_mut_ptr());
-        let probs = &self.probs;
+        let (probs, spans) = (&self.probs, &self.spans);
         (0..b * kv).into_par_iter().for_each_init(
             || vec![0f32; t * t],
             |ds_buf, bk| {
@@ -220,41 +292,34 @@ impl CustomOp3 for AttentionGrad {
                     for r in 0..rep {
                         let hi = (bk % kv) * rep + r;
                         let bh = bi * h + hi;
-                        let p = &probs[bh * t * t..][..t * t];
-                        let qh = &q[bh * t * d..][..t * d];
-                        let dout = Mat(dy.as_ptr().add((bi * t * h + hi) * d), row, 1);
-                        let accumulate = r > 0;
-                        // dv += pᵀ · dout
-                        matmul(t, d, t, dv, accumulate, Mat(p.as_ptr(), 1, tt), dout);
-                        // dp = dout · vᵀ, then ds = scale · p ∘ (dp − Σ dp∘p)
-                        matmul(
-                            t,
-                            t,
-                            d,
-                            Mat(ds_buf.as_ptr(), tt, 1),
-                            false,
-                            dout,
-                            Mat(vh.as_ptr(), 1, dd),
-                        );
-                        for (dsr, pr) in ds_buf.chunks_mut(t).zip(p.chunks(t)) {
-                            let dot = crate::fastmath::dot(dsr, pr);
-                            for (g, &y) in dsr.iter_mut().zip(pr) {
-                                *g = self.scale * y * (*g - dot);
+                        let p = probs[bh * t * t..][..t * t].as_ptr();
+                        let qh = q[bh * t * d..][..t * d].as_ptr();
+                        let dout = dy.as_ptr().add((bi * t * h + hi) * d);
+                        for span in &spans[if self.mask_batched { bi } else { 0 }] {
+                            let ((r0, r1), (c0, c1)) = (span.rows, span.keys);
+                            let (nr, nc) = (r1 - r0, c1 - c0);
+                            let pb = p.add(r0 * t + c0);
+                            let doutb = Mat(dout.add(r0 * h * d), row, 1);
+                            let (dkb, dvb) = (Mat(dk.0.add(c0 * d), dd, 1), Mat(dv.0.add(c0 * d), dd, 1));
+                            // dv += pᵀ · dout
+                            matmul(nc, d, nr, dvb, true, Mat(pb, 1, tt), doutb);
+                            // dp = dout · vᵀ, then ds = scale · p ∘ (dp − Σ dp∘p)
+                            let dp = Mat(ds_buf.as_mut_ptr(), nc as isize, 1);
+                            matmul(nr, nc, d, dp, false, doutb, Mat(vh.as_ptr().add(c0 * d), 1, dd));
+                            for (i, dsr) in ds_buf[..nr * nc].chunks_mut(nc).enumerate() {
+                                let pr = std::slice::from_raw_parts(pb.add(i * t), nc);
+                                let dot = crate::fastmath::dot(dsr, pr);
+                                for (g, &y) in dsr.iter_mut().zip(pr) {
+                                    *g = self.scale * y * (*g - dot);
+                                }
                             }
+                            // dq = ds · k, dk += dsᵀ · q
+                            let dsm = Mat(ds_buf.as_ptr(), nc as isize, 1);
+                            let dq = Mat(base.at(bh * t * d + r0 * d), dd, 1);
+                            matmul(nr, d, nc, dq, false, dsm, Mat(kh.as_ptr().add(c0 * d), dd, 1));
+                            let dst = Mat(ds_buf.as_ptr(), 1, nc as isize);
+                            matmul(nc, d, nr, dkb, true, dst, Mat(qh.add(r0 * d), dd, 1));
                         }
-                        let dsm = Mat(ds_buf.as_ptr(), tt, 1);
-                        // dq = ds · k, dk += dsᵀ · q
-                        let dq = Mat(base.at(bh * t * d), dd, 1);
-                        matmul(t, d, t, dq, false, dsm, Mat(kh.as_ptr(), dd, 1));
-                        matmul(
-                            t,
-                            d,
-                            t,
-                            dk,
-                            accumulate,
-                            Mat(ds_buf.as_ptr(), 1, tt),
-                            Mat(qh.as_ptr(), dd, 1),
-                        );
                     }
                 }
             },
@@ -313,6 +378,59 @@ mod tests {
             );
             let probe = randn(&[b, t, h * d], 43);
             let inputs = [q, k, v];
+            let fused = value_and_grads(&inputs, &probe, |x| causal_attention(&x[0], &x[1], &x[2], &mask, 0.35));
+            let reference = value_and_grads(&inputs, &probe, |x| composite(&x[0], &x[1], &x[2], &mask, 0.35));
+            assert_close(&fused, &reference, 1e-4);
+        }
+    }
+
+    /// The model's own dense mask: causal, padded keys hidden, and a sliding window where given.
+    fn model_mask(t: usize, window: Option<usize>, lengths: &[usize]) -> Tensor {
+        let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), &Device::Cpu).unwrap();
+        crate::attention::additive_mask(0..t, 0..t, window, Some(&lens), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn blocks_see_only_the_keys_their_rows_can_see() {
+        let spans = |window| {
+            key_spans(
+                &model_mask(150, window, &[150])
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap(),
+                150,
+            )
+        };
+        let pairs = |s: Vec<KeySpan>| s.into_iter().map(|s| (s.rows, s.keys)).collect::<Vec<_>>();
+        assert_eq!(
+            pairs(spans(None)),
+            [((0, 64), (0, 64)), ((64, 128), (0, 128)), ((128, 150), (0, 150))]
+        );
+        // Row i of a 40-key window sees keys i-39..=i.
+        assert_eq!(
+            pairs(spans(Some(40))),
+            [((0, 64), (0, 64)), ((64, 128), (25, 128)), ((128, 150), (89, 150))]
+        );
+        // A row that sees nothing spans every key, as the full softmax over its hidden row does.
+        let hidden = vec![-1e9f32; 9];
+        assert_eq!(pairs(key_spans(&hidden, 3)), [((0, 3), (0, 3))]);
+    }
+
+    #[test]
+    fn attention_over_several_row_blocks_matches_with_windows_and_padding() {
+        // Longer than two row blocks, so the skipped key ranges differ per block; padding and a window make the
+        // spans of the two batch items differ.
+        let (b, h, kv, t, d) = (2, 4, 2, 150, 8);
+        for (window, lengths) in [(None, vec![150, 150]), (Some(40), vec![150, 97]), (None, vec![70, 150])] {
+            let mask = model_mask(t, window, &lengths);
+            let inputs = [
+                randn(&[b, h, t, d], 50),
+                randn(&[b, kv, t, d], 51),
+                randn(&[b, kv, t, d], 52),
+            ];
+            let probe = randn(&[b, t, h * d], 53);
             let fused = value_and_grads(&inputs, &probe, |x| causal_attention(&x[0], &x[1], &x[2], &mask, 0.35));
             let reference = value_and_grads(&inputs, &probe, |x| composite(&x[0], &x[1], &x[2], &mask, 0.35));
             assert_close(&fused, &reference, 1e-4);
