@@ -29,6 +29,66 @@ const HIDDEN_BELOW: f32 = -1e8;
 struct KeySpan {
     rows: (usize, usize),
     keys: (usize, usize),
+    /// Where the block's probabilities (rows × keys, row-major) start in its head's packed probabilities.
+    at: usize,
+}
+
+impl KeySpan {
+    fn height(&self) -> usize {
+        self.rows.1 - self.rows.0
+    }
+
+    fn width(&self) -> usize {
+        self.keys.1 - self.keys.0
+    }
+}
+
+/// The key spans of each batch item's mask (one list for a mask the batch shares), and the layout of the
+/// probabilities the forward pass keeps: per (batch, head), its blocks' rows × keys packed one after another, so
+/// the hidden part of the square is neither computed nor stored.
+struct Spans {
+    lists: Vec<Vec<KeySpan>>,
+    /// Per batch item, where its first head's probabilities start.
+    starts: Vec<usize>,
+}
+
+impl Spans {
+    fn new(lists: Vec<Vec<KeySpan>>, batches: usize, heads: usize) -> Spans {
+        let mut spans = Spans {
+            lists,
+            starts: Vec::with_capacity(batches + 1),
+        };
+        let mut at = 0;
+        for b in 0..batches {
+            spans.starts.push(at);
+            at += heads * spans.area(b);
+        }
+        spans.starts.push(at);
+        spans
+    }
+
+    fn of(&self, batch: usize) -> &[KeySpan] {
+        &self.lists[if self.lists.len() == 1 { 0 } else { batch }]
+    }
+
+    /// Probabilities per head of batch item `batch`.
+    fn area(&self, batch: usize) -> usize {
+        self.of(batch).last().map_or(0, |s| s.at + s.height() * s.width())
+    }
+
+    /// Where the probabilities of (batch, head) start.
+    fn head_start(&self, batch: usize, head: usize) -> usize {
+        self.starts[batch] + head * self.area(batch)
+    }
+
+    /// Probabilities of the whole batch.
+    fn total(&self) -> usize {
+        *self.starts.last().expect("one start per batch item and the end")
+    }
+
+    fn largest_area(&self) -> usize {
+        (0..self.starts.len() - 1).map(|b| self.area(b)).max().unwrap_or(0)
+    }
 }
 
 /// The [`KeySpan`]s of one (seq, seq) mask. A row that sees no key at all spans every key, as the full softmax over
@@ -44,16 +104,22 @@ fn key_spans(mask: &[f32], t: usize) -> Vec<KeySpan> {
             None => (0, t),
         }
     };
-    (0..t.div_ceil(ROW_BLOCK))
+    let mut spans: Vec<KeySpan> = (0..t.div_ceil(ROW_BLOCK))
         .into_par_iter()
         .map(|blk| {
             let rows = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(t));
             let keys = (rows.0..rows.1)
                 .map(visible)
                 .fold((t, 0), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
-            KeySpan { rows, keys }
+            KeySpan { rows, keys, at: 0 }
         })
-        .collect()
+        .collect();
+    let mut at = 0;
+    for span in &mut spans {
+        span.at = at;
+        at += span.height() * span.width();
+    }
+    spans
 }
 
 /// `q` (batch, heads, seq, head_dim), `k`/`v` (batch, kv_heads, seq, head_dim), `mask` (1 or batch, 1, seq, seq)
@@ -85,7 +151,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale
         scale,
         keep_probs: q.track_op() || k.track_op() || v.track_op(),
         probs: Mutex::new(None),
-        spans: Arc::new(mask_spans(&mask, mb, t)?),
+        spans: Arc::new(Spans::new(mask_spans(&mask, mb, t)?, b, h)),
         mask,
     };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -117,9 +183,9 @@ struct Attention {
     scale: f32,
     /// Whether the backward pass will run: only then are the probabilities kept.
     keep_probs: bool,
-    /// (batch, heads, seq, seq) probabilities from the forward pass, for the backward pass.
+    /// The probabilities from the forward pass, for the backward pass, packed as [`Spans`] lays them out.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
-    spans: Arc<Vec<Vec<KeySpan>>>,
+    spans: Arc<Spans>,
 }
 
 impl Attention {
@@ -130,10 +196,6 @@ impl Attention {
         } else {
             &mask[..tt]
         }
-    }
-
-    fn spans_of(&self, batch: usize) -> &[KeySpan] {
-        &self.spans[if self.mask_batched { batch } else { 0 }]
     }
 
     /// Runs `f` on the mask's f32 values.
@@ -163,49 +225,61 @@ impl CustomOp3 for Attention {
         let (q, k, v) = (f32s(qs, ql, "q")?, f32s(ks, kl, "k")?, f32s(vs, vl, "v")?);
         let Dims { b, h, kv, t, d } = self.dims;
         let rep = h / kv;
-        let mut out = vec![0f32; b * t * h * d];
-        let mut probs = vec![0f32; if self.keep_probs { b * h * t * t } else { 0 }];
+        let spans = &self.spans;
+        let n_probs = if self.keep_probs { spans.total() } else { 0 };
+        // Neither buffer is zero-filled: every value is written below (see `fill`) before it is read.
+        let (mut out, mut probs) = (
+            Vec::<f32>::with_capacity(b * t * h * d),
+            Vec::<f32>::with_capacity(n_probs),
+        );
         let (out_ptr, probs_ptr) = (Shared(out.as_mut_ptr()), Shared(probs.as_mut_ptr()));
         let (keep, scale) = (self.keep_probs, self.scale);
         self.with_mask(|mask| {
             (0..b * h).into_par_iter().for_each_init(
-                || vec![0f32; if keep { 0 } else { t * t }],
+                || vec![0f32; if keep { 0 } else { spans.largest_area() }],
                 |scratch, bh| {
                     let (bi, hi) = (bh / h, bh % h);
-                    let p: &mut [f32] = if keep {
-                        // SAFETY: task `bh` alone writes probability block `bh`.
-                        unsafe { std::slice::from_raw_parts_mut(probs_ptr.at(bh * t * t), t * t) }
+                    let p = if keep {
+                        // SAFETY: the probabilities of head `bh` lie inside the buffer.
+                        unsafe { probs_ptr.at(spans.head_start(bi, hi)) }
                     } else {
-                        &mut scratch[..]
+                        scratch.as_mut_ptr()
                     };
                     let qh = &q[bh * t * d..][..t * d];
                     let kvh = (bi * kv + hi / rep) * t * d;
                     let (kh, vh) = (&k[kvh..][..t * d], &v[kvh..][..t * d]);
-                    let (dd, tt, row) = (d as isize, t as isize, (h * d) as isize);
+                    let (dd, row) = (d as isize, (h * d) as isize);
                     let m = self.mask_rows(mask, bi);
-                    for span in self.spans_of(bi) {
-                        let ((r0, r1), (c0, c1)) = (span.rows, span.keys);
-                        let (nr, nc) = (r1 - r0, c1 - c0);
+                    for span in spans.of(bi) {
+                        let ((r0, r1), c0) = (span.rows, span.keys.0);
+                        let (nr, nc) = (span.height(), span.width());
                         // SAFETY: shapes and strides as checked in `causal_attention`, every block inside them;
-                        // the output columns of head `hi` in batch `bi` are this task's alone.
+                        // the head's probabilities and the output columns of head `hi` in batch `bi` are this
+                        // task's alone. The scores' product writes the block before it is made a slice.
                         unsafe {
-                            let pb = p.as_mut_ptr().add(r0 * t + c0);
+                            let pb = p.add(span.at);
                             let kt = Mat(kh.as_ptr().add(c0 * d), 1, dd);
                             let qb = Mat(qh.as_ptr().add(r0 * d), dd, 1);
-                            matmul(nr, nc, d, Mat(pb, tt, 1), false, qb, kt);
-                            for i in r0..r1 {
-                                let r = std::slice::from_raw_parts_mut(pb.add((i - r0) * t), nc);
+                            matmul(nr, nc, d, Mat(pb, nc as isize, 1), false, qb, kt);
+                            let block = std::slice::from_raw_parts_mut(pb, nr * nc);
+                            for (i, r) in (r0..r1).zip(block.chunks_mut(nc)) {
                                 masked_softmax_row(r, &m[i * t + c0..][..nc], scale);
                             }
                             let dst = Mat(out_ptr.at((bi * t * h + hi) * d + r0 * h * d), row, 1);
                             let vb = Mat(vh.as_ptr().add(c0 * d), dd, 1);
-                            matmul(nr, d, nc, dst, false, Mat(pb, tt, 1), vb);
+                            matmul(nr, d, nc, dst, false, Mat(pb, nc as isize, 1), vb);
                         }
                     }
                 },
             );
             Ok(())
         })?;
+        // SAFETY (`fill`): the row blocks of each (batch, head) cover every row, so its output columns are written
+        // in full; the blocks' probabilities are packed back to back and fill the head's area.
+        unsafe {
+            out.set_len(b * t * h * d);
+            probs.set_len(n_probs);
+        }
         if keep {
             *self.probs.lock().expect("attention probabilities") = Some(Arc::new(probs));
         }
@@ -229,7 +303,6 @@ impl CustomOp3 for Attention {
             scale: self.scale,
             probs,
             spans: self.spans.clone(),
-            mask_batched: self.mask_batched,
             q: q.clone(),
         };
         let packed = k.apply_op3_no_bwd(v, &dy.contiguous()?, &grad)?;
@@ -247,8 +320,7 @@ struct AttentionGrad {
     dims: Dims,
     scale: f32,
     probs: Arc<Vec<f32>>,
-    spans: Arc<Vec<Vec<KeySpan>>>,
-    mask_batched: bool,
+    spans: Arc<Spans>,
     q: Tensor,
 }
 
@@ -279,10 +351,10 @@ impl CustomOp3 for AttentionGrad {
         let base = Shared(out.as_mut_ptr());
         let (probs, spans) = (&self.probs, &self.spans);
         (0..b * kv).into_par_iter().for_each_init(
-            || vec![0f32; t * t],
+            || vec![0f32; ROW_BLOCK * t],
             |ds_buf, bk| {
                 let bi = bk / kv;
-                let (dd, tt, row) = (d as isize, t as isize, (h * d) as isize);
+                let (dd, row) = (d as isize, (h * d) as isize);
                 let kh = &k[bk * t * d..][..t * d];
                 let vh = &v[bk * t * d..][..t * d];
                 // SAFETY: this task alone writes dk and dv of kv head `bk` and dq of the heads it serves.
@@ -292,22 +364,22 @@ impl CustomOp3 for AttentionGrad {
                     for r in 0..rep {
                         let hi = (bk % kv) * rep + r;
                         let bh = bi * h + hi;
-                        let p = probs[bh * t * t..][..t * t].as_ptr();
+                        let p = probs[spans.head_start(bi, hi)..][..spans.area(bi)].as_ptr();
                         let qh = q[bh * t * d..][..t * d].as_ptr();
                         let dout = dy.as_ptr().add((bi * t * h + hi) * d);
-                        for span in &spans[if self.mask_batched { bi } else { 0 }] {
-                            let ((r0, r1), (c0, c1)) = (span.rows, span.keys);
-                            let (nr, nc) = (r1 - r0, c1 - c0);
-                            let pb = p.add(r0 * t + c0);
+                        for span in spans.of(bi) {
+                            let (r0, c0) = (span.rows.0, span.keys.0);
+                            let (nr, nc) = (span.height(), span.width());
+                            let pb = p.add(span.at);
                             let doutb = Mat(dout.add(r0 * h * d), row, 1);
                             let (dkb, dvb) = (Mat(dk.0.add(c0 * d), dd, 1), Mat(dv.0.add(c0 * d), dd, 1));
                             // dv += pᵀ · dout
-                            matmul(nc, d, nr, dvb, true, Mat(pb, 1, tt), doutb);
+                            matmul(nc, d, nr, dvb, true, Mat(pb, 1, nc as isize), doutb);
                             // dp = dout · vᵀ, then ds = scale · p ∘ (dp − Σ dp∘p)
                             let dp = Mat(ds_buf.as_mut_ptr(), nc as isize, 1);
                             matmul(nr, nc, d, dp, false, doutb, Mat(vh.as_ptr().add(c0 * d), 1, dd));
                             for (i, dsr) in ds_buf[..nr * nc].chunks_mut(nc).enumerate() {
-                                let pr = std::slice::from_raw_parts(pb.add(i * t), nc);
+                                let pr = std::slice::from_raw_parts(pb.add(i * nc), nc);
                                 let dot = crate::fastmath::dot(dsr, pr);
                                 for (g, &y) in dsr.iter_mut().zip(pr) {
                                     *g = self.scale * y * (*g - dot);
@@ -404,6 +476,16 @@ mod tests {
             )
         };
         let pairs = |s: Vec<KeySpan>| s.into_iter().map(|s| (s.rows, s.keys)).collect::<Vec<_>>();
+        let packed = key_spans(
+            &model_mask(150, None, &[150]).flatten_all().unwrap().to_vec1().unwrap(),
+            150,
+        );
+        let starts: Vec<usize> = packed.iter().map(|s| s.at).collect();
+        assert_eq!(
+            starts,
+            [0, 64 * 64, 64 * 64 + 64 * 128],
+            "blocks packed one after another"
+        );
         assert_eq!(
             pairs(spans(None)),
             [((0, 64), (0, 64)), ((64, 128), (0, 128)), ((128, 150), (0, 150))]

@@ -6,7 +6,7 @@
 //! `dx = dy·W` only when the input is part of the graph.
 
 use super::f32s;
-use super::gemm::{matmul_fastest, Mat, Parallelism};
+use super::gemm::{matmul_fastest, written, Mat, Parallelism};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x (…, k) · wᵀ` for a weight `w` (n, k); returns (…, n).
@@ -46,28 +46,37 @@ pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -
 /// `x (m×k) · wᵀ` for `w` stored (n, k), or `x · w` for `w` stored (k, n) when not `transposed`, into a new
 /// (m×n) buffer. The callers check that `x` holds m·k values and `w` n·k.
 fn times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    times_weight_into(&mut out, x, w, m, n, k, transposed);
-    out
+    check_operands(x, w, m, n, k);
+    // SAFETY: the product overwrites all m·n values (k > 0 is not needed: gemm writes zeros for k = 0).
+    unsafe { written(m * n, |out| times_weight_raw(out, x, w, m, n, k, transposed)) }
 }
 
 /// As [`times_weight`], overwriting the first m·n values of `out`.
 pub(super) fn times_weight_into(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) {
+    check_operands(x, w, m, n, k);
+    assert!(out.len() >= m * n, "times_weight: output shorter than its shape");
+    // SAFETY: out holds m·n values (asserted above) and is this call's alone.
+    unsafe { times_weight_raw(out.as_mut_ptr(), x, w, m, n, k, transposed) }
+}
+
+fn check_operands(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
     assert!(
-        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        x.len() >= m * k && w.len() >= n * k,
         "times_weight: operands shorter than their shapes"
     );
+}
+
+/// # Safety
+/// `out` must address m·n writable values that no one else uses meanwhile; x and w as `check_operands` asks.
+unsafe fn times_weight_raw(out: *mut f32, x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) {
     // w read as (k × n): stored (n, k) row-major that is strides (1, k); stored (k, n), strides (n, 1).
     let rhs = if transposed {
         Mat(w.as_ptr(), 1, k as isize)
     } else {
         Mat(w.as_ptr(), n as isize, 1)
     };
-    // SAFETY: x holds m·k values, w n·k and out m·n (asserted above), all contiguous; out is this call's alone.
-    unsafe {
-        let dst = Mat(out.as_mut_ptr(), n as isize, 1);
-        matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), rhs);
-    }
+    let dst = Mat(out, n as isize, 1);
+    matmul_fastest(parallelism(m, n, k), m, n, k, dst, Mat(x.as_ptr(), k as isize, 1), rhs);
 }
 
 struct Plain {
@@ -155,18 +164,20 @@ impl CustomOp3 for LinearGrad {
         let (n, k) = wl.shape().dims2()?;
         let m = rows(xl.dims());
         let len = n * k + if self.input_grad { m * k } else { 0 };
-        let mut out = vec![0f32; len];
         let (ni, ki) = (n as isize, k as isize);
         let par = parallelism(m, n, k);
-        // SAFETY: dy is m×n, x m×k, w n×k, all contiguous; dW (n×k) and dx (m×k) are disjoint parts of `out`.
-        unsafe {
-            let dyt = Mat(dy.as_ptr(), 1, ni);
-            matmul_fastest(par, n, k, m, Mat(out.as_mut_ptr(), ki, 1), dyt, Mat(x.as_ptr(), ki, 1));
-            if self.input_grad {
-                let dx = Mat(out.as_mut_ptr().add(n * k), ki, 1);
-                matmul_fastest(par, m, k, n, dx, Mat(dy.as_ptr(), ni, 1), Mat(w.as_ptr(), ki, 1));
-            }
-        }
+        // SAFETY: dy is m×n, x m×k, w n×k, all contiguous; dW (n×k) and dx (m×k) are disjoint parts of `out`
+        // that the two products overwrite in full.
+        let out = unsafe {
+            written(len, |out| {
+                let dyt = Mat(dy.as_ptr(), 1, ni);
+                matmul_fastest(par, n, k, m, Mat(out, ki, 1), dyt, Mat(x.as_ptr(), ki, 1));
+                if self.input_grad {
+                    let dx = Mat(out.add(n * k), ki, 1);
+                    matmul_fastest(par, m, k, n, dx, Mat(dy.as_ptr(), ni, 1), Mat(w.as_ptr(), ki, 1));
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
