@@ -497,8 +497,35 @@ impl Decoder {
     ) -> candle_core::Result<Tensor> {
         let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, h, rot, mask, cache))?;
         let x = self.residual(x, &attn)?;
+        if let Some(weights) = self.fused_mlp_weights(blk, &x) {
+            return fused::mlp_block(&x, &weights);
+        }
         let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, h))?;
         self.residual(&x, &mlp)
+    }
+
+    /// The MLP half's weights for the one-op fused block (`fused::mlp_block`), where it serves: f32 on the CPU, a
+    /// pre-norm and no post-norm, SwiGLU, dense weights without biases.
+    fn fused_mlp_weights(&self, blk: &Block, x: &Tensor) -> Option<fused::MlpWeights> {
+        let dense = |l: &Linear| match (&l.weight, &l.bias) {
+            (LinearWeight::Trainable(w) | LinearWeight::Frozen(w), None) if w.dtype() == DType::F32 => Some(w.clone()),
+            _ => None,
+        };
+        let fits = fused::applies(x) && blk.spec.activation == Activation::Silu && blk.mlp_norms.post.is_none();
+        let norm = blk.mlp_norms.pre.clone().filter(|n| fits && n.dtype() == DType::F32)?;
+        let gate_up = match &blk.gate_up {
+            GateUp::Separate { gate, up } => fused::GateUpWeights::Separate(dense(gate)?, dense(up)?),
+            GateUp::Fused(gate_up) => fused::GateUpWeights::Fused(dense(gate_up)?),
+        };
+        let c = &self.config;
+        Some(fused::MlpWeights {
+            norm,
+            gate_up,
+            down: dense(&blk.down)?,
+            norm_offset: c.norm_offset as f32,
+            eps: c.rms_norm_eps as f32,
+            residual_scale: c.residual_multiplier as f32,
+        })
     }
 
     /// `post_norm(f(pre_norm(x)))`, each norm where the layer has it.

@@ -37,6 +37,17 @@ pub(super) unsafe fn written(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32
     buffer
 }
 
+/// gemm's own threads for the big matmuls of a layer (rows × features is large); one thread where splitting
+/// would cost more than it saves.
+pub(super) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
 /// A strided matrix: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
 pub(super) struct Mat(pub *const f32, pub isize, pub isize);
@@ -65,6 +76,25 @@ pub(super) unsafe fn matmul_on(
     lhs: Mat,
     rhs: Mat,
 ) {
+    matmul_scaled(par, m, n, k, dst, accumulate, lhs, rhs, 1.0)
+}
+
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, split across `par`'s threads.
+///
+/// # Safety
+/// As for [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul_scaled(
+    par: Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+) {
     gemm::gemm(
         m,
         n,
@@ -80,7 +110,7 @@ pub(super) unsafe fn matmul_on(
         rhs.2,
         rhs.1,
         1.0,
-        1.0,
+        scale,
         false,
         false,
         false,

@@ -6,7 +6,7 @@
 //! `dx = dy·W` only when the input is part of the graph.
 
 use super::f32s;
-use super::gemm::{matmul_fastest, written, Mat, Parallelism};
+use super::gemm::{matmul_fastest, parallelism, written, Mat};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x (…, k) · wᵀ` for a weight `w` (n, k); returns (…, n).
@@ -101,17 +101,6 @@ impl CustomOp2 for Plain {
 }
 
 struct Linear;
-
-/// gemm's own threads for the big matmuls of a layer (rows × features is large); one thread where splitting
-/// would cost more than it saves.
-fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && m * n * k >= 1 << 18 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
-}
 
 fn rows(dims: &[usize]) -> usize {
     dims[..dims.len() - 1].iter().product()

@@ -13,6 +13,7 @@ pub mod blas;
 mod gemm;
 mod head_loss;
 mod linear;
+mod mlp;
 mod rope;
 
 pub use attention::causal_attention;
@@ -21,6 +22,7 @@ pub use head_loss::head_cross_entropy;
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
 pub use linear::{linear, matmul_no_grad, rows_times_weight_t};
+pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
 pub use rope::rope_heads;
 
 use crate::fastmath::{self, exp_in_place, sigmoid_into};

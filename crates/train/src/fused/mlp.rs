@@ -1,0 +1,654 @@
+//! A decoder layer's whole SwiGLU half as one op: `y = x + m · down(silu(gate(n)) · up(n))`, with
+//! `n = x / rms(x) · (w + offset)`. As separate ops it records six nodes (norm, gate, up, SwiGLU, down, residual
+//! add); candle's backward pass then gives each node's inputs a zero-filled activation-sized gradient and adds into
+//! it, and the graph keeps the norm's output, both projections and their product. Here the forward pass keeps only
+//! the gate and up projections (one rows × 2·intermediate buffer) and each row's 1/rms; the backward pass
+//! recomputes the norm and the product from them and writes each gradient once.
+//!
+//! The trainable weights' gradients reach candle's gradient store through the op's own operands. The op takes the
+//! input and two weights; a layer with more trainable weights passes its input through a [`Tap`] first, which takes
+//! two more and, on the way back, hands candle the gradients the block op computed for them.
+
+use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
+use super::{f32s, inv_rms, rows_per_task};
+use crate::fastmath::{self, sigmoid_into};
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// The weights of an MLP half, f32 on the CPU, contiguous. Each gets a gradient when it is part of the graph (a
+/// `Var`'s tensor).
+#[derive(Clone)]
+pub struct MlpWeights {
+    /// The pre-MLP RMSNorm's weight (hidden).
+    pub norm: Tensor,
+    pub gate_up: GateUpWeights,
+    /// (hidden, intermediate).
+    pub down: Tensor,
+    /// Added to the norm's weight (1 for the `(1 + w)` norms).
+    pub norm_offset: f32,
+    pub eps: f32,
+    /// The factor on the MLP's output before the residual add (Granite's `residual_multiplier`).
+    pub residual_scale: f32,
+}
+
+#[derive(Clone)]
+pub enum GateUpWeights {
+    /// gate and up, each (intermediate, hidden).
+    Separate(Tensor, Tensor),
+    /// (2 · intermediate, hidden): gate rows, then up rows.
+    Fused(Tensor),
+}
+
+impl MlpWeights {
+    /// Every weight, in a fixed order: norm, gate (or gate_up), up (separate only), down.
+    fn all(&self) -> Vec<Tensor> {
+        let mut all = vec![self.norm.clone()];
+        match &self.gate_up {
+            GateUpWeights::Separate(g, u) => all.extend([g.clone(), u.clone()]),
+            GateUpWeights::Fused(gu) => all.push(gu.clone()),
+        }
+        all.push(self.down.clone());
+        all
+    }
+}
+
+/// `x + m · down(silu(gate(n)) · up(n))` over x (…, hidden), as one op with its own backward pass.
+pub fn mlp_block(x: &Tensor, weights: &MlpWeights) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let all = weights.all();
+    let dims = check_shapes(&x, weights)?;
+    let trainable: Vec<usize> = (0..all.len()).filter(|&i| all[i].track_op()).collect();
+    let state = Arc::new(State {
+        saved: Mutex::new(None),
+        grads: Mutex::new(vec![None; all.len()]),
+    });
+    // The block's two weight operands are the first two trainable weights; any more go through a tap on the input.
+    let slot = |i: usize| trainable.get(i).copied();
+    let (input, input_grad) = if trainable.len() > 2 {
+        let tap = Tap {
+            state: state.clone(),
+            slots: [slot(2), slot(3)],
+        };
+        let operand = |i: Option<usize>| all[i.or(slot(2)).expect("a third trainable weight")].clone();
+        (x.apply_op3(&operand(slot(2)), &operand(slot(3)), tap)?, x.track_op())
+    } else {
+        (x.clone(), x.track_op())
+    };
+    // Operands without a gradient to carry are any weight: the op reads its weights from `weights`, not these.
+    let operand = |i: Option<usize>| all[i.unwrap_or(0)].clone();
+    let block = Block {
+        weights: weights.clone(),
+        dims,
+        keep: input.track_op() || !trainable.is_empty(),
+        input_grad,
+        tapped: trainable.len() > 2,
+        slots: [slot(0), slot(1)],
+        trainable: all.iter().map(|w| w.track_op()).collect(),
+        state,
+    };
+    input.apply_op3(&operand(slot(0)), &operand(slot(1)), block)
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    rows: usize,
+    hidden: usize,
+    inter: usize,
+}
+
+fn check_shapes(x: &Tensor, w: &MlpWeights) -> Result<Dims> {
+    let hidden = x.dim(candle_core::D::Minus1)?;
+    let (h2, inter) = w.down.dims2()?;
+    let gate_up_ok = match &w.gate_up {
+        GateUpWeights::Separate(g, u) => g.dims2()? == (inter, hidden) && u.dims2()? == (inter, hidden),
+        GateUpWeights::Fused(gu) => gu.dims2()? == (2 * inter, hidden),
+    };
+    if w.norm.dims1()? != hidden || h2 != hidden || !gate_up_ok {
+        bail!("mlp_block: weights do not fit an input of {:?}", x.shape())
+    }
+    Ok(Dims {
+        rows: x.elem_count() / hidden,
+        hidden,
+        inter,
+    })
+}
+
+/// What the forward pass keeps for the backward pass, and the weight gradients the block hands the tap.
+struct State {
+    saved: Mutex<Option<Saved>>,
+    /// Per weight (in [`MlpWeights::all`]'s order), the gradient the block computed for the tap to hand on.
+    grads: Mutex<Vec<Option<Tensor>>>,
+}
+
+struct Saved {
+    /// Per row, the gate projection then the up projection (rows × 2·intermediate).
+    gate_up: Vec<f32>,
+    /// Per row, 1/rms.
+    inv_rms: Vec<f32>,
+}
+
+struct Block {
+    weights: MlpWeights,
+    dims: Dims,
+    /// Whether the backward pass will run: only then are the projections kept.
+    keep: bool,
+    /// Whether the input (before any tap) wants a gradient.
+    input_grad: bool,
+    /// Whether the input comes through a tap, which must get a gradient for its backward pass to run (candle
+    /// requires one of every node on the way to a variable) even where it hands none on.
+    tapped: bool,
+    /// The weights (indices into [`MlpWeights::all`]) whose gradients the op's second and third operands carry.
+    slots: [Option<usize>; 2],
+    trainable: Vec<bool>,
+    state: Arc<State>,
+}
+
+/// Runs `f` on the f32 values of CPU tensors.
+fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut values = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else {
+            bail!("mlp_block: the fused kernel runs on the CPU")
+        };
+        values.push(f32s(cpu, layout, "mlp weight")?);
+    }
+    f(&values)
+}
+
+impl CustomOp3 for Block {
+    fn name(&self) -> &'static str {
+        "fused-mlp-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(xs, xl, "mlp input")?;
+        let all = self.weights.all();
+        let (out, saved) = with_values(&all.iter().collect::<Vec<_>>(), |w| Ok(self.forward(x, w)))?;
+        if self.keep {
+            *self.state.saved.lock().expect("mlp state") = Some(saved);
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Taken, not cloned: the projections are freed as soon as this layer's gradient is computed.
+        let Some(saved) = self.state.saved.lock().expect("mlp state").take() else {
+            bail!("mlp_block: backward without the forward pass's projections")
+        };
+        let all = self.weights.all();
+        let dy = dy.contiguous()?;
+        let mut tensors: Vec<&Tensor> = all.iter().collect();
+        tensors.extend([x, &dy]);
+        let (dx, dws) = with_values(&tensors, |v| {
+            let (weights, rest) = v.split_at(all.len());
+            Ok(self.backward(rest[0], rest[1], saved, weights))
+        })?;
+        let cpu = Device::Cpu;
+        let mut grads: Vec<Option<Tensor>> = dws
+            .into_iter()
+            .zip(&all)
+            .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
+            .collect::<Result<_>>()?;
+        let mut take = |slot: Option<usize>| slot.and_then(|i| grads[i].take());
+        let (a, b) = (take(self.slots[0]), take(self.slots[1]));
+        *self.state.grads.lock().expect("mlp state") = grads;
+        let dx = match dx {
+            Some(d) => Some(Tensor::from_vec(d, x.shape(), &cpu)?),
+            // Any tensor will do: the tap drops it.
+            None if self.tapped => Some(dy),
+            None => None,
+        };
+        Ok((dx, a, b))
+    }
+}
+
+impl Block {
+    /// `weights` in [`MlpWeights::all`]'s order. Returns the output and what the backward pass needs.
+    fn forward(&self, x: &[f32], weights: &[&[f32]]) -> (Vec<f32>, Saved) {
+        let Dims { rows, hidden, inter } = self.dims;
+        let (inv_rms, normed) = self.normed(x, weights[0]);
+        let gate_up = self.gate_up(&normed, weights);
+        drop(normed);
+        let product = swiglu_rows(&gate_up, inter);
+        let mut out = x.to_vec();
+        let down = weights[weights.len() - 1];
+        // SAFETY: out is rows × hidden, product rows × inter, down (hidden, inter) read transposed; all contiguous.
+        unsafe {
+            matmul_scaled(
+                parallelism(rows, hidden, inter),
+                rows,
+                hidden,
+                inter,
+                Mat(out.as_mut_ptr(), hidden as isize, 1),
+                true,
+                Mat(product.as_ptr(), inter as isize, 1),
+                Mat(down.as_ptr(), 1, inter as isize),
+                self.weights.residual_scale,
+            );
+        }
+        (out, Saved { gate_up, inv_rms })
+    }
+
+    /// Each row's 1/rms and the normed rows `x / rms · (w + offset)`.
+    fn normed(&self, x: &[f32], w: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let h = self.dims.hidden;
+        let offset = self.weights.norm_offset;
+        let inv: Vec<f32> = x.par_chunks(h).map(|r| inv_rms(r, self.weights.eps)).collect();
+        let normed = renormed(x, &inv, w, offset, h);
+        (inv, normed)
+    }
+
+    /// The gate and up projections of the normed rows, side by side in each row (rows × 2·intermediate).
+    fn gate_up(&self, normed: &[f32], weights: &[&[f32]]) -> Vec<f32> {
+        let Dims { rows, hidden, inter } = self.dims;
+        let (hi, two) = (hidden as isize, 2 * inter as isize);
+        let lhs = Mat(normed.as_ptr(), hi, 1);
+        // SAFETY: the projections overwrite every value of the rows × 2·inter buffer; weights as `check_shapes`.
+        unsafe {
+            written(rows * 2 * inter, |out| match &self.weights.gate_up {
+                GateUpWeights::Fused(_) => {
+                    let w = Mat(weights[1].as_ptr(), 1, hi);
+                    matmul_fastest(
+                        parallelism(rows, 2 * inter, hidden),
+                        rows,
+                        2 * inter,
+                        hidden,
+                        Mat(out, two, 1),
+                        lhs,
+                        w,
+                    )
+                }
+                GateUpWeights::Separate(..) => {
+                    let par = parallelism(rows, inter, hidden);
+                    let (g, u) = (Mat(weights[1].as_ptr(), 1, hi), Mat(weights[2].as_ptr(), 1, hi));
+                    matmul_on(par, rows, inter, hidden, Mat(out, two, 1), false, lhs, g);
+                    matmul_on(par, rows, inter, hidden, Mat(out.add(inter), two, 1), false, lhs, u);
+                }
+            })
+        }
+    }
+
+    /// The input's gradient (when it wants one) and each trainable weight's, in [`MlpWeights::all`]'s order.
+    fn backward(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        saved: Saved,
+        weights: &[&[f32]],
+    ) -> (Option<Vec<f32>>, Vec<Option<Vec<f32>>>) {
+        let Dims { rows, hidden, inter } = self.dims;
+        let (hi, ii, two) = (hidden as isize, inter as isize, 2 * inter as isize);
+        let m = self.weights.residual_scale;
+        let last = weights.len() - 1;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; weights.len()];
+        let Saved { mut gate_up, inv_rms } = saved;
+        // d(product) = m · dy · down (rows × inter).
+        // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
+        let dproduct = unsafe {
+            written(rows * inter, |out| {
+                let par = parallelism(rows, inter, hidden);
+                let down = Mat(weights[last].as_ptr(), ii, 1);
+                matmul_scaled(
+                    par,
+                    rows,
+                    inter,
+                    hidden,
+                    Mat(out, ii, 1),
+                    false,
+                    Mat(dy.as_ptr(), hi, 1),
+                    down,
+                    m,
+                );
+            })
+        };
+        // The product itself (for down's gradient), and gate_up turned in place into its gradient.
+        let product = swiglu_backward_rows(&mut gate_up, &dproduct, inter, self.trainable[last]);
+        drop(dproduct);
+        if let Some(product) = product {
+            grads[last] = Some(unsafe {
+                written(hidden * inter, |out| {
+                    let par = parallelism(hidden, inter, rows);
+                    let lhs = Mat(dy.as_ptr(), 1, hi);
+                    matmul_scaled(
+                        par,
+                        hidden,
+                        inter,
+                        rows,
+                        Mat(out, ii, 1),
+                        false,
+                        lhs,
+                        Mat(product.as_ptr(), ii, 1),
+                        m,
+                    );
+                })
+            });
+        }
+        let projections = 1..last;
+        if projections.clone().any(|i| self.trainable[i]) {
+            let normed = renormed(x, &inv_rms, weights[0], self.weights.norm_offset, hidden);
+            let rhs = Mat(normed.as_ptr(), hi, 1);
+            let fused = matches!(self.weights.gate_up, GateUpWeights::Fused(_));
+            for i in projections.clone().filter(|&i| self.trainable[i]) {
+                // Fused: all 2·inter columns; separate: gate's columns, then up's.
+                let (n, start) = if fused {
+                    (2 * inter, 0)
+                } else {
+                    (inter, (i - 1) * inter)
+                };
+                grads[i] = Some(unsafe {
+                    written(n * hidden, |out| {
+                        let lhs = Mat(gate_up.as_ptr().add(start), 1, two);
+                        matmul_fastest(parallelism(n, hidden, rows), n, hidden, rows, Mat(out, hi, 1), lhs, rhs);
+                    })
+                });
+            }
+        }
+        let norm_grad = self.trainable[0];
+        if !self.input_grad && !norm_grad {
+            return (None, grads);
+        }
+        // d(normed) = d(gate_up) · [gate; up] (rows × hidden).
+        let dnormed = unsafe {
+            written(rows * hidden, |out| {
+                let par = parallelism(rows, hidden, inter);
+                for (j, i) in projections.clone().enumerate() {
+                    let k = if projections.len() == 1 { 2 * inter } else { inter };
+                    let lhs = Mat(gate_up.as_ptr().add(j * inter), two, 1);
+                    matmul_on(
+                        par,
+                        rows,
+                        hidden,
+                        k,
+                        Mat(out, hi, 1),
+                        j > 0,
+                        lhs,
+                        Mat(weights[i].as_ptr(), hi, 1),
+                    );
+                }
+            })
+        };
+        drop(gate_up);
+        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self, dy);
+        if norm_grad {
+            grads[0] = Some(dnorm);
+        }
+        (self.input_grad.then_some(dx), grads)
+    }
+}
+
+/// `x / rms · (w + offset)` per row, from each row's 1/rms.
+fn renormed(x: &[f32], inv: &[f32], w: &[f32], offset: f32, h: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(h)
+        .zip(x.par_chunks(h).zip(inv))
+        .for_each(|(o, (r, &s))| {
+            for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
+                *o = v * s * (w + offset);
+            }
+        });
+    out
+}
+
+/// `silu(gate) · up` per row of `[gate | up]` (rows × 2·inter) into rows × inter.
+fn swiglu_rows(gate_up: &[f32], inter: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    out.par_chunks_mut(inter)
+        .zip(gate_up.par_chunks(2 * inter))
+        .for_each(|(o, gu)| {
+            let (g, u) = gu.split_at(inter);
+            sigmoid_into(g, o);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o *= g * u;
+            }
+        });
+    out
+}
+
+/// Turns `[gate | up]` rows, in place, into their gradients from `d(product)`: with s = σ(g),
+/// dgate = dp·u·s·(1 + g·(1 − s)) and dup = dp·g·s. Returns the product `silu(g)·u` too when `want_product`.
+fn swiglu_backward_rows(gate_up: &mut [f32], dproduct: &[f32], inter: usize, want_product: bool) -> Option<Vec<f32>> {
+    let mut product = vec![0f32; if want_product { dproduct.len() } else { 0 }];
+    let product_at = Shared(product.as_mut_ptr());
+    let rows = rows_per_task(dproduct.len() / inter);
+    gate_up
+        .par_chunks_mut(rows * 2 * inter)
+        .zip(dproduct.par_chunks(rows * inter))
+        .enumerate()
+        .for_each(|(task, (gu, dp))| {
+            let mut s = vec![0f32; inter];
+            for (r, (gu, dp)) in gu.chunks_mut(2 * inter).zip(dp.chunks(inter)).enumerate() {
+                let (g, u) = gu.split_at_mut(inter);
+                sigmoid_into(g, &mut s);
+                if want_product {
+                    // SAFETY: row `task · rows + r` of the product is this task's alone, inside the buffer.
+                    let prod =
+                        unsafe { std::slice::from_raw_parts_mut(product_at.at((task * rows + r) * inter), inter) };
+                    for j in 0..inter {
+                        prod[j] = g[j] * s[j] * u[j];
+                    }
+                }
+                for j in 0..inter {
+                    let (gj, uj, sj) = (g[j], u[j], s[j]);
+                    g[j] = dp[j] * uj * sj * (1.0 + gj * (1.0 - sj));
+                    u[j] = dp[j] * gj * sj;
+                }
+            }
+        });
+    want_product.then_some(product)
+}
+
+/// The RMSNorm's backward pass with the residual's gradient added: with n = x·r (r = 1/rms) and
+/// g = dn·(w + offset), dx = dy + r·(g − n·mean(g·n)); and dweight = Σ_rows dn·n.
+fn rms_norm_backward(
+    x: &[f32],
+    dnormed: &[f32],
+    inv: &[f32],
+    w: &[f32],
+    block: &Block,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let h = block.dims.hidden;
+    let w_offset: Vec<f32> = w.iter().map(|w| w + block.weights.norm_offset).collect();
+    let rows = rows_per_task(x.len() / h);
+    let mut dx = dy.to_vec();
+    let dw = dx
+        .par_chunks_mut(rows * h)
+        .zip(x.par_chunks(rows * h).zip(dnormed.par_chunks(rows * h)))
+        .zip(inv.par_chunks(rows))
+        .map(|((dxb, (xb, dnb)), invb)| {
+            let mut dw = vec![0f32; h];
+            for (((dxr, xr), dnr), &r) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dnb.chunks(h)).zip(invb) {
+                let mean = fastmath::dot3(dnr, &w_offset, xr) * r / h as f32;
+                for j in 0..h {
+                    let n = xr[j] * r;
+                    dxr[j] += r * (dnr[j] * w_offset[j] - n * mean);
+                    dw[j] += dnr[j] * n;
+                }
+            }
+            dw
+        })
+        .reduce(
+            || vec![0f32; h],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    (dx, dw)
+}
+
+/// The identity on the block's input, carrying two more weights: its backward pass passes the input's gradient
+/// down and hands candle the gradients the block op left for those weights.
+struct Tap {
+    state: Arc<State>,
+    slots: [Option<usize>; 2],
+}
+
+impl CustomOp3 for Tap {
+    fn name(&self) -> &'static str {
+        "fused-mlp-tap"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(f32s(xs, xl, "mlp input")?.to_vec()), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut grads = self.state.grads.lock().expect("mlp state");
+        let mut take = |slot: Option<usize>| slot.and_then(|i| grads[i].take());
+        let (a, b) = (take(self.slots[0]), take(self.slots[1]));
+        Ok((x.track_op().then(|| dy.clone()), a, b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::randn;
+    use super::*;
+    use crate::ops::tests::max_abs_diff;
+    use candle_core::{Var, D};
+
+    /// The same MLP half from candle's plain ops.
+    fn composite(x: &Tensor, w: &MlpWeights) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let n = x
+            .broadcast_div(&(ms + w.eps as f64)?.sqrt()?)?
+            .broadcast_mul(&(&w.norm + w.norm_offset as f64)?)?;
+        let (gate, up) = match &w.gate_up {
+            GateUpWeights::Separate(g, u) => (g.clone(), u.clone()),
+            GateUpWeights::Fused(gu) => {
+                let i = gu.dim(0)? / 2;
+                (gu.narrow(0, 0, i)?, gu.narrow(0, i, i)?)
+            }
+        };
+        let proj = |w: &Tensor| n.broadcast_matmul(&w.t()?);
+        let product = (proj(&gate)?.silu()? * proj(&up)?)?;
+        x + (product.broadcast_matmul(&w.down.t()?)? * w.residual_scale as f64)?
+    }
+
+    /// Value, then the gradient of each input in `train` (x, norm, gate, up, down), of `f` against `probe`;
+    /// asserts that no gradient exists for the others.
+    /// (candle's own add also differentiates a constant operand, so `strict` only for the fused op.)
+    fn run(
+        fused_gate_up: bool,
+        train: [bool; 5],
+        strict: bool,
+        f: impl Fn(&Tensor, &MlpWeights) -> Result<Tensor>,
+    ) -> Vec<Tensor> {
+        let (h, i) = (24, 40);
+        let raw = [
+            randn(&[2, 5, h], 1),
+            (randn(&[h], 2) * 0.3).unwrap(),
+            (randn(&[i, h], 3) * 0.2).unwrap(),
+            (randn(&[i, h], 4) * 0.2).unwrap(),
+            (randn(&[h, i], 5) * 0.2).unwrap(),
+        ];
+        let mut inputs: Vec<Tensor> = raw.to_vec();
+        if fused_gate_up {
+            inputs[2] = Tensor::cat(&[&raw[2], &raw[3]], 0).unwrap();
+        }
+        let vars: Vec<Option<Var>> = (0..5)
+            .map(|k| (train[k] && !(fused_gate_up && k == 3)).then(|| Var::from_tensor(&inputs[k]).unwrap()))
+            .collect();
+        let t = |k: usize| vars[k].as_ref().map_or(inputs[k].clone(), |v| v.as_tensor().clone());
+        let weights = MlpWeights {
+            norm: t(1),
+            gate_up: if fused_gate_up {
+                GateUpWeights::Fused(t(2))
+            } else {
+                GateUpWeights::Separate(t(2), t(3))
+            },
+            down: t(4),
+            norm_offset: 1.0,
+            eps: 1e-6,
+            residual_scale: 0.5,
+        };
+        let y = f(&t(0), &weights).unwrap();
+        let probe = randn(y.dims(), 6);
+        let grads = (y.clone() * probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y];
+        for (k, var) in vars.iter().enumerate() {
+            match var {
+                Some(v) => out.push(grads.get(v.as_tensor()).expect("a gradient").clone()),
+                None if strict => assert!(grads.get(&inputs[k]).is_none(), "input {k} is not trained"),
+                None => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_block_matches_plain_ops_for_every_set_of_trained_weights() {
+        // Input only (a frozen layer above a trained one), one or two weights (no tap), three or four (a tap), and
+        // a lowest trained layer whose input wants no gradient.
+        let sets = [
+            [true, false, false, false, false],
+            [true, false, false, false, true],
+            [false, false, true, true, false],
+            [true, true, true, false, true],
+            [true, true, true, true, true],
+            [false, true, true, true, true],
+        ];
+        for fused_gate_up in [false, true] {
+            for train in sets {
+                let fused = run(fused_gate_up, train, true, mlp_block);
+                let reference = run(fused_gate_up, train, false, composite);
+                assert_eq!(fused.len(), reference.len());
+                for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                    let d = max_abs_diff(a, b);
+                    assert!(
+                        d < 1e-4,
+                        "{train:?} fused gate_up {fused_gate_up}: output {k} differs by {d}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_are_refused() {
+        let x = randn(&[3, 8], 1);
+        let w = MlpWeights {
+            norm: randn(&[8], 2),
+            gate_up: GateUpWeights::Separate(randn(&[6, 8], 3), randn(&[6, 7], 4)),
+            down: randn(&[8, 6], 5),
+            norm_offset: 0.0,
+            eps: 1e-6,
+            residual_scale: 1.0,
+        };
+        let err = mlp_block(&x, &w).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
+}
