@@ -22,8 +22,11 @@
 //! (`bench-train --generic`, docs/memory.md); the process itself (runtime, tokenizer, mapped files) is not counted.
 //!
 //! On the CPU in f32 the fused kernels keep less, and that is estimated apart (`cpu_total_bytes`): per layer and
-//! token 10·h + 4·kv + 3·i + 2·H·S (the fused attention keeps its probabilities; rope, norms and SwiGLU keep
-//! no intermediates), and no update temporaries (AdamW updates in place).
+//! token 7·h + 4·kv + 2·i + H·(S/2 + 32): the layer's input, the attention norm's output, q/k/v before and after
+//! the split into rotated heads, the attention and o_proj outputs and the residual sum (7·h + 4·kv); the MLP
+//! block's gate and up projections (2·i, its only intermediates); and the causal attention's probabilities, kept
+//! for the keys each block of 64 query rows can see (about S/2 + 32 per query and head). No update temporaries
+//! (AdamW updates in place).
 
 use crate::layout::ModelLayout;
 use crate::plan::PlanOptions;
@@ -150,7 +153,7 @@ pub(crate) fn activations_with(
     let layers = layout.num_layers.saturating_sub(l0) as u64;
     let per_token_layer = match kernels {
         Kernels::Composite => 10 * h + 4 * kv + 4 * i + heads,
-        Kernels::FusedCpu => 10 * h + 4 * kv + 3 * i + 2 * heads * o.seq_len,
+        Kernels::FusedCpu => 7 * h + 4 * kv + 2 * i + heads * (o.seq_len / 2 + 32),
     };
     let kept_layers = if checkpointing && layers > 0 {
         layers * h + per_token_layer

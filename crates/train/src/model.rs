@@ -584,20 +584,18 @@ impl Decoder {
             q = norm(&q, &blk.q_norm)?;
             k = norm(&k, &blk.k_norm)?;
         }
-        let mut q = q.reshape((b, t, nh, hd))?;
-        let mut k = k.reshape((b, t, nkv, hd))?;
         if spec.qk_norm == QkNorm::PerHead {
-            q = norm(&q, &blk.q_norm)?;
-            k = norm(&k, &blk.k_norm)?;
+            q = norm(&q.reshape((b, t, nh, hd))?, &blk.q_norm)?;
+            k = norm(&k.reshape((b, t, nkv, hd))?, &blk.k_norm)?;
         }
         let rotation = spec.rope.map(|r| (&rot[r], c.ropes[r].rotary_dim(hd)));
-        let q = rotate_heads(&q, rotation)?;
+        let q = rotate_heads(&q, nh, rotation)?;
         let q = match c.position_query_scale {
             Some(s) => scale_queries(&q, s, mask.q_offset)?,
             None => q,
         };
-        let mut k = rotate_heads(&k, rotation)?;
-        let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let mut k = rotate_heads(&k, nkv, rotation)?;
+        let mut v = rotate_heads(&v, nkv, None)?;
         if let Some(cache) = cache {
             if let Some((pk, pv)) = &cache.kv {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -639,16 +637,23 @@ fn scale_queries(q: &Tensor, s: PositionQueryScale, start: usize) -> candle_core
     q.broadcast_mul(&factors)
 }
 
-/// Heads (batch, seq, heads, head_dim) as (batch, heads, seq, head_dim), contiguous, rotated by `rotation`'s
-/// tables on its first `rotary_dim` dimensions (the rest pass through, as partial rotary has it); unrotated for a
-/// NoPE layer (None).
-fn rotate_heads(x: &Tensor, rotation: Option<(&(Tensor, Tensor), usize)>) -> candle_core::Result<Tensor> {
+/// A projection (batch, seq, heads·head_dim), or its heads (batch, seq, heads, head_dim), as (batch, heads, seq,
+/// head_dim), contiguous, rotated by `rotation`'s tables on its first `rotary_dim` dimensions (the rest pass
+/// through, as partial rotary has it); unrotated for a NoPE layer or the values (None). On the fused CPU path a
+/// whole-head rotation (or none) is one op.
+fn rotate_heads(x: &Tensor, heads: usize, rotation: Option<(&(Tensor, Tensor), usize)>) -> candle_core::Result<Tensor> {
+    let (b, t) = (x.dim(0)?, x.dim(1)?);
+    let hd = x.elem_count() / (b * t * heads).max(1);
+    let whole = rotation.is_none_or(|(_, dim)| dim == hd);
+    if fused::applies(x) && whole {
+        return fused::split_heads(x, heads, rotation.map(|((cos, sin), _)| (cos, sin)));
+    }
+    let x = x.reshape((b, t, heads, hd))?;
     let Some(((cos, sin), dim)) = rotation else {
         return x.transpose(1, 2)?.contiguous();
     };
-    let hd = x.dim(3)?;
     if dim == hd {
-        return rope_heads(x, cos, sin);
+        return rope_heads(&x, cos, sin);
     }
     let rotated = rope_heads(&x.narrow(3, 0, dim)?.contiguous()?, cos, sin)?;
     let passed = x.narrow(3, dim, hd - dim)?.transpose(1, 2)?;

@@ -23,7 +23,7 @@ pub use head_loss::head_cross_entropy;
 pub(crate) use head_loss::head_cross_entropy_blocks;
 pub use linear::{linear, matmul_no_grad, rows_times_weight_t};
 pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
-pub use rope::rope_heads;
+pub use rope::{rope_heads, split_heads};
 
 use crate::fastmath::{self, exp_in_place, sigmoid_into};
 use rayon::prelude::*;

@@ -12,28 +12,51 @@ use std::sync::Arc;
 /// `x` (batch, seq, heads, head_dim) → rotated (batch, heads, seq, head_dim), with f32 `cos`/`sin` (seq, head_dim)
 /// laid out as HF's `rotate_half` wants them (the two halves of a row share each frequency).
 pub fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (_, t, _, d) = x.dims4()?;
-    if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || d % 2 != 0 {
-        bail!(
-            "rope_heads: tables {:?}/{:?} do not fit heads {:?}",
-            cos.shape(),
-            sin.shape(),
-            x.shape()
-        )
+    split_heads(x, x.dim(2)?, Some((cos, sin)))
+}
+
+/// A projection `x` (batch, seq, heads·head_dim), or already (batch, seq, heads, head_dim), as heads (batch, heads,
+/// seq, head_dim), rotated by `rotation`'s cos/sin tables (seq, head_dim) where given: one node, where reshape,
+/// transpose and copy would record three.
+pub fn split_heads(x: &Tensor, heads: usize, rotation: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let (b, t) = (x.dim(0)?, x.dim(1)?);
+    let width = x.elem_count() / (b * t).max(1);
+    let d = width / heads.max(1);
+    if !(x.rank() == 3 || x.rank() == 4 && x.dim(2)? == heads) || heads * d != width {
+        bail!("split_heads: {:?} is not {heads} heads", x.shape())
     }
-    let table = |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
+    let tables = match rotation {
+        Some((cos, sin)) => {
+            if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || d % 2 != 0 {
+                bail!(
+                    "rope_heads: tables {:?}/{:?} do not fit heads {:?}",
+                    cos.shape(),
+                    sin.shape(),
+                    x.shape()
+                )
+            }
+            let table = |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
+            Some((table(cos)?, table(sin)?))
+        }
+        None => None,
+    };
     let op = Rope {
-        cos: table(cos)?,
-        sin: table(sin)?,
+        tables,
+        dims: (b, t, heads, d),
+        input_shape: x.shape().clone(),
         backward: false,
     };
     x.contiguous()?.apply_op1(op)
 }
 
 struct Rope {
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
-    /// The backward pass: (batch, heads, seq, head_dim) → (batch, seq, heads, head_dim), rotating by −angle.
+    /// cos and sin (seq, head_dim); None: the heads are split, not rotated.
+    tables: Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    /// batch, seq, heads, head_dim.
+    dims: (usize, usize, usize, usize),
+    /// The forward pass's input shape, which its backward pass gives back.
+    input_shape: Shape,
+    /// The backward pass: (batch, heads, seq, head_dim) → the input's layout, rotating by −angle.
     backward: bool,
 }
 
@@ -71,26 +94,38 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32s(xs, xl, "rope")?;
-        let (b, p, q, d) = xl.shape().dims4()?;
-        // Input (b, p, q, d) → output (b, q, p, d); the sequence axis is p forward and q backward.
-        let seq_is_outer = !self.backward;
+        let (b, t, h, d) = self.dims;
+        if x.len() != b * t * h * d {
+            bail!("rope: {} values for {b}x{t}x{h}x{d}", x.len())
+        }
+        // Input (b, p, q, d) → output (b, q, p, d): forward p is the sequence and q the heads, backward the other
+        // way round.
+        let (p, q) = if self.backward { (h, t) } else { (t, h) };
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(p * d).enumerate().for_each(|(bq, block)| {
             let (bi, qi) = (bq / q, bq % q);
             for (pi, o) in block.chunks_mut(d).enumerate() {
-                let src = ((bi * p + pi) * q + qi) * d;
-                let pos = if seq_is_outer { pi } else { qi };
-                let (c, s) = (&self.cos[pos * d..][..d], &self.sin[pos * d..][..d]);
-                rotate(&x[src..src + d], c, s, self.backward, o);
+                let src = &x[((bi * p + pi) * q + qi) * d..][..d];
+                let pos = if self.backward { qi } else { pi };
+                match &self.tables {
+                    Some((cos, sin)) => rotate(src, &cos[pos * d..][..d], &sin[pos * d..][..d], self.backward, o),
+                    None => o.copy_from_slice(src),
+                }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, q, p, d))))
+        let shape = if self.backward {
+            self.input_shape.clone()
+        } else {
+            Shape::from((b, h, t, d))
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let grad = Rope {
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
+            tables: self.tables.clone(),
+            dims: self.dims,
+            input_shape: self.input_shape.clone(),
             backward: true,
         };
         Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&grad)?))
@@ -119,6 +154,33 @@ mod tests {
             crate::ops::apply_rope(&v[0].transpose(1, 2)?.contiguous()?, &cos, &sin)
         });
         assert_close(&fused, &composite, 1e-5);
+    }
+
+    #[test]
+    fn split_heads_takes_the_flat_projection_rotated_or_not() {
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let (cos, sin) = tables(t, d);
+        let x = randn(&[b, t, h * d], 34);
+        let probe = randn(&[b, h, t, d], 35);
+        let rotated = value_and_grads(std::slice::from_ref(&x), &probe, |v| {
+            split_heads(&v[0], h, Some((&cos, &sin)))
+        });
+        let composite = value_and_grads(std::slice::from_ref(&x), &probe, |v| {
+            let heads = v[0].reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()?;
+            crate::ops::apply_rope(&heads, &cos, &sin)
+        });
+        assert_close(&rotated, &composite, 1e-5);
+        let split = value_and_grads(std::slice::from_ref(&x), &probe, |v| split_heads(&v[0], h, None));
+        let composite = value_and_grads(std::slice::from_ref(&x), &probe, |v| {
+            v[0].reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()
+        });
+        assert_close(&split, &composite, 1e-7);
+        assert_eq!(
+            split[1].dims(),
+            x.dims(),
+            "the gradient comes back in the input's shape"
+        );
+        assert!(split_heads(&x, 5, None).is_err(), "24 values per row are not 5 heads");
     }
 
     #[test]
