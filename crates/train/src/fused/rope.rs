@@ -49,9 +49,12 @@ pub fn split_heads(x: &Tensor, heads: usize, rotation: Option<(&Tensor, &Tensor)
     x.contiguous()?.apply_op1(op)
 }
 
+/// cos and sin (seq, head_dim), row-major.
+type Tables = (Arc<Vec<f32>>, Arc<Vec<f32>>);
+
 struct Rope {
-    /// cos and sin (seq, head_dim); None: the heads are split, not rotated.
-    tables: Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>,
+    /// None: the heads are split, not rotated.
+    tables: Option<Tables>,
     /// batch, seq, heads, head_dim.
     dims: (usize, usize, usize, usize),
     /// The forward pass's input shape, which its backward pass gives back.
