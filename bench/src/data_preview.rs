@@ -61,15 +61,48 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bench venv's Python with pyarrow and numpy, creating the venv and installing them on first use.
+fn pyarrow_python() -> anyhow::Result<PathBuf> {
+    let venv = PathBuf::from(
+        std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into()),
+    );
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        std::process::Command::new(p)
+            .args(["-c", "import pyarrow, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ready(&python) {
+        eprintln!("installing pyarrow and numpy into {} (first run only)", venv.display());
+        let created = python.exists()
+            || std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()?
+                .success();
+        let installed = created
+            && std::process::Command::new(&python)
+                .args(["-m", "pip", "install", "-q", "pyarrow", "numpy"])
+                .status()?
+                .success();
+        anyhow::ensure!(
+            installed && ready(&python),
+            "could not install pyarrow into {}",
+            venv.display()
+        );
+    }
+    Ok(python)
+}
+
 fn write_file(file: &Path, gb: f64) -> anyhow::Result<()> {
-    let venv = std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into());
-    let python = Path::new(&venv).join("bin/python");
+    let python = pyarrow_python()?;
     eprintln!("writing {} with pyarrow ({gb} GB, once)", file.display());
     let partial = file.with_extension("partial");
     let status = std::process::Command::new(&python)
         .args(["-c", WRITER, partial.to_str().unwrap_or_default(), &gb.to_string()])
         .status()
-        .map_err(|e| anyhow::anyhow!("{}: {e}; install pyarrow in the bench venv", python.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", python.display()))?;
     anyhow::ensure!(status.success(), "pyarrow could not write {}", partial.display());
     std::fs::rename(&partial, file)?;
     Ok(())
