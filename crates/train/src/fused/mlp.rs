@@ -10,8 +10,8 @@
 //! two more and, on the way back, hands candle the gradients the block op computed for them.
 
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
-use super::{f32s, inv_rms, rows_per_task};
-use crate::fastmath::{self, sigmoid_into};
+use super::{add_into, f32s, inv_rms, norm_grad_row, norm_row, rows_per_task, swiglu_grads, swiglu_into};
+use crate::fastmath::sigmoid_into;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -65,15 +65,16 @@ pub fn mlp_block(x: &Tensor, weights: &MlpWeights) -> Result<Tensor> {
     });
     // The block's two weight operands are the first two trainable weights; any more go through a tap on the input.
     let slot = |i: usize| trainable.get(i).copied();
-    let (input, input_grad) = if trainable.len() > 2 {
+    let tapped = trainable.len() > 2;
+    let input = if tapped {
         let tap = Tap {
             state: state.clone(),
             slots: [slot(2), slot(3)],
         };
         let operand = |i: Option<usize>| all[i.or(slot(2)).expect("a third trainable weight")].clone();
-        (x.apply_op3(&operand(slot(2)), &operand(slot(3)), tap)?, x.track_op())
+        x.apply_op3(&operand(slot(2)), &operand(slot(3)), tap)?
     } else {
-        (x.clone(), x.track_op())
+        x.clone()
     };
     // Operands without a gradient to carry are any weight: the op reads its weights from `weights`, not these.
     let operand = |i: Option<usize>| all[i.unwrap_or(0)].clone();
@@ -81,8 +82,8 @@ pub fn mlp_block(x: &Tensor, weights: &MlpWeights) -> Result<Tensor> {
         weights: weights.clone(),
         dims,
         keep: input.track_op() || !trainable.is_empty(),
-        input_grad,
-        tapped: trainable.len() > 2,
+        input_grad: x.track_op(),
+        tapped,
         slots: [slot(0), slot(1)],
         trainable: all.iter().map(|w| w.track_op()).collect(),
         state,
@@ -398,11 +399,7 @@ fn renormed(x: &[f32], inv: &[f32], w: &[f32], offset: f32, h: usize) -> Vec<f32
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(h)
         .zip(x.par_chunks(h).zip(inv))
-        .for_each(|(o, (r, &s))| {
-            for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
-                *o = v * s * (w + offset);
-            }
-        });
+        .for_each(|(o, (r, &s))| norm_row(r, s, w, offset, o));
     out
 }
 
@@ -413,10 +410,7 @@ fn swiglu_rows(gate_up: &[f32], inter: usize) -> Vec<f32> {
         .zip(gate_up.par_chunks(2 * inter))
         .for_each(|(o, gu)| {
             let (g, u) = gu.split_at(inter);
-            sigmoid_into(g, o);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o *= g * u;
-            }
+            swiglu_into(g, u, o);
         });
     out
 }
@@ -445,17 +439,15 @@ fn swiglu_backward_rows(gate_up: &mut [f32], dproduct: &[f32], inter: usize, wan
                     }
                 }
                 for j in 0..inter {
-                    let (gj, uj, sj) = (g[j], u[j], s[j]);
-                    g[j] = dp[j] * uj * sj * (1.0 + gj * (1.0 - sj));
-                    u[j] = dp[j] * gj * sj;
+                    (g[j], u[j]) = swiglu_grads(g[j], u[j], s[j], dp[j]);
                 }
             }
         });
     want_product.then_some(product)
 }
 
-/// The RMSNorm's backward pass with the residual's gradient added: with n = x·r (r = 1/rms) and
-/// g = dn·(w + offset), dx = dy + r·(g − n·mean(g·n)); and dweight = Σ_rows dn·n.
+/// The RMSNorm's backward pass ([`norm_grad_row`]) with the residual's gradient added: dx = dy + the norm's
+/// input gradient; and the norm weight's gradient Σ_rows dn·n.
 fn rms_norm_backward(
     x: &[f32],
     dnormed: &[f32],
@@ -475,22 +467,11 @@ fn rms_norm_backward(
         .map(|((dxb, (xb, dnb)), invb)| {
             let mut dw = vec![0f32; h];
             for (((dxr, xr), dnr), &r) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dnb.chunks(h)).zip(invb) {
-                let mean = fastmath::dot3(dnr, &w_offset, xr) * r / h as f32;
-                for j in 0..h {
-                    let n = xr[j] * r;
-                    dxr[j] += r * (dnr[j] * w_offset[j] - n * mean);
-                    dw[j] += dnr[j] * n;
-                }
+                norm_grad_row(xr, dnr, r, &w_offset, dxr, &mut dw);
             }
             dw
         })
-        .reduce(
-            || vec![0f32; h],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+        .reduce(|| vec![0f32; h], add_into);
     (dx, dw)
 }
 

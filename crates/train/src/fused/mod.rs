@@ -136,12 +136,9 @@ impl CustomOp2 for RmsNorm {
             bail!("rms_norm: weight of {h} for rows of {:?}", xl.dims())
         }
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, r)| {
-            let s = inv_rms(r, self.eps);
-            for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
-                *o = v * s * (w + self.offset);
-            }
-        });
+        out.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .for_each(|(o, r)| norm_row(r, inv_rms(r, self.eps), w, self.offset, o));
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -186,13 +183,7 @@ impl CustomOp3 for RmsNormGrad {
             .map(|(dxb, (xb, dyb))| {
                 let mut dw = vec![0f32; h];
                 for (dxr, (xr, dyr)) in dxb.chunks_mut(h).zip(xb.chunks(h).zip(dyb.chunks(h))) {
-                    let r = inv_rms(xr, self.eps);
-                    let mean = fastmath::dot3(dyr, &w_offset, xr) * r / h as f32;
-                    for j in 0..h {
-                        let n = xr[j] * r;
-                        dxr[j] = r * (dyr[j] * w_offset[j] - n * mean);
-                        dw[j] += dyr[j] * n;
-                    }
+                    norm_grad_row(xr, dyr, inv_rms(xr, self.eps), &w_offset, dxr, &mut dw);
                 }
                 dw
             })
@@ -201,6 +192,39 @@ impl CustomOp3 for RmsNormGrad {
         let len = dx.len();
         Ok((CpuStorage::F32(dx), Shape::from(len)))
     }
+}
+
+/// `out = row · inv · (w + offset)`: one row of RMSNorm from its 1/rms.
+fn norm_row(row: &[f32], inv: f32, w: &[f32], offset: f32, out: &mut [f32]) {
+    for ((o, &v), &w) in out.iter_mut().zip(row).zip(w) {
+        *o = v * inv * (w + offset);
+    }
+}
+
+/// One row of RMSNorm's backward pass, with n = x·r (r = 1/rms) and g = dy·(w + offset): adds
+/// r·(g − n·mean(g·n)) into `dx` and dy·n into `dw`.
+fn norm_grad_row(x: &[f32], dy: &[f32], r: f32, w_offset: &[f32], dx: &mut [f32], dw: &mut [f32]) {
+    let mean = fastmath::dot3(dy, w_offset, x) * r / x.len() as f32;
+    for j in 0..x.len() {
+        let n = x[j] * r;
+        dx[j] += r * (dy[j] * w_offset[j] - n * mean);
+        dw[j] += dy[j] * n;
+    }
+}
+
+/// `out = silu(g) · u`, elementwise.
+fn swiglu_into(g: &[f32], u: &[f32], out: &mut [f32]) {
+    sigmoid_into(g, out);
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o *= g * u;
+    }
+}
+
+/// The gradients of `silu(g) · u` for gate and up from the product's gradient `dp`, with s = σ(g):
+/// dgate = dp·u·s·(1 + g·(1 − s)), dup = dp·g·s.
+#[inline]
+fn swiglu_grads(g: f32, u: f32, s: f32, dp: f32) -> (f32, f32) {
+    (dp * u * s * (1.0 + g * (1.0 - s)), dp * g * s)
 }
 
 fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
@@ -307,12 +331,7 @@ impl CustomOp2 for SwiGlu {
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(chunk)
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
-            .for_each(|(o, (g, u))| {
-                sigmoid_into(g, o);
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o *= g * u;
-                }
-            });
+            .for_each(|(o, (g, u))| swiglu_into(g, u, o));
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
@@ -349,9 +368,7 @@ impl CustomOp3 for SwiGluGrad {
             .for_each(|((dg, du), ((g, u), dy))| {
                 sigmoid_into(g, du);
                 for j in 0..g.len() {
-                    let s = du[j];
-                    dg[j] = dy[j] * u[j] * s * (1.0 + g[j] * (1.0 - s));
-                    du[j] = dy[j] * g[j] * s;
+                    (dg[j], du[j]) = swiglu_grads(g[j], u[j], du[j], dy[j]);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
