@@ -11,6 +11,8 @@ use std::time::Instant;
 
 #[path = "rss.rs"]
 mod rss;
+#[path = "venv.rs"]
+mod venv;
 
 const WRITER: &str = r#"
 import os, sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
@@ -61,42 +63,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bench venv's Python with pyarrow and numpy, creating the venv and installing them on first use.
-fn pyarrow_python() -> anyhow::Result<PathBuf> {
-    let venv = PathBuf::from(
-        std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into()),
-    );
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        std::process::Command::new(p)
-            .args(["-c", "import pyarrow, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !ready(&python) {
-        eprintln!("installing pyarrow and numpy into {} (first run only)", venv.display());
-        let created = python.exists()
-            || std::process::Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()?
-                .success();
-        let installed = created
-            && std::process::Command::new(&python)
-                .args(["-m", "pip", "install", "-q", "pyarrow", "numpy"])
-                .status()?
-                .success();
-        anyhow::ensure!(
-            installed && ready(&python),
-            "could not install pyarrow into {}",
-            venv.display()
-        );
-    }
-    Ok(python)
-}
-
 fn write_file(file: &Path, gb: f64) -> anyhow::Result<()> {
-    let python = pyarrow_python()?;
+    let python = venv::python_with("pyarrow, numpy", &["pyarrow", "numpy"])?;
     eprintln!("writing {} with pyarrow ({gb} GB, once)", file.display());
     let partial = file.with_extension("partial");
     let status = std::process::Command::new(&python)

@@ -28,6 +28,8 @@ mod flops;
 mod peak;
 mod rss;
 use rss::peak_rss_bytes;
+#[path = "venv.rs"]
+mod venv;
 
 /// One model shape of the benchmark and the configurations measured on it.
 struct BenchShape {
@@ -300,37 +302,7 @@ fn spawn(shape: &BenchShape, model: &Path, name: &str, threads: Option<(usize, u
 
 /// The bench's Python with torch and transformers, installing them into its own virtual environment if needed.
 fn pytorch_python() -> Result<std::path::PathBuf> {
-    let venv = std::env::var_os("FREEZETUNE_BENCH_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("/var/tmp/freezetune-bench-venv"));
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        std::process::Command::new(p)
-            .args(["-c", "import torch, transformers"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !ready(&python) {
-        println!(
-            "\ninstalling torch and transformers into {} (first run only)...",
-            venv.display()
-        );
-        let ok = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()?
-            .success()
-            && std::process::Command::new(&python)
-                .args(["-m", "pip", "install", "-q", "torch", "transformers"])
-                .status()?
-                .success();
-        anyhow::ensure!(
-            ok && ready(&python),
-            "could not install torch and transformers into {}",
-            venv.display()
-        );
-    }
-    Ok(python)
+    venv::python_with("torch, transformers", &["torch", "transformers"])
 }
 
 fn pytorch_one(
