@@ -495,8 +495,13 @@ impl Decoder {
         mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
-        let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, h, rot, mask, cache))?;
-        let x = self.residual(x, &attn)?;
+        let x = match self.fused_attention(blk, x, rot, mask, cache.is_some()) {
+            Some(block) => block?,
+            None => {
+                let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, h, rot, mask, cache))?;
+                self.residual(x, &attn)?
+            }
+        };
         if let Some(weights) = self.fused_mlp_weights(blk, &x) {
             return fused::mlp_block(&x, &weights);
         }
@@ -504,13 +509,61 @@ impl Decoder {
         self.residual(&x, &mlp)
     }
 
+    /// The attention half as one op (`fused::attention_block`), where it serves: f32 on the CPU in training (a
+    /// dense mask and no cache), a pre-norm and no post-norm, no q/k norm, a whole-head rope or none, no softcap
+    /// and no per-position query factor, dense weights without biases. None: the separate ops serve.
+    fn fused_attention(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        rot: &[(Tensor, Tensor)],
+        mask: &AttnMask,
+        cached: bool,
+    ) -> Option<candle_core::Result<Tensor>> {
+        let c = &self.config;
+        let spec = &blk.spec;
+        let t = x.dim(1).ok()?;
+        let query_factors = c
+            .position_query_scale
+            .is_some_and(|s| (0..t).any(|p| s.factor(p) != 1.0));
+        let rotation = match spec.rope {
+            Some(r) if c.ropes[r].rotary_dim(c.head_dim) != c.head_dim => return None,
+            Some(r) => Some((&rot[r].0, &rot[r].1)),
+            None => None,
+        };
+        let plain = spec.qk_norm == QkNorm::None && spec.softcap.is_none() && !query_factors && !cached;
+        if !fused::applies(x) || !plain || blk.attn_norms.post.is_some() {
+            return None;
+        }
+        let dense_mask = match spec.window {
+            Some(w) if w < t => mask.dense_windowed.as_ref(),
+            _ => mask.dense.as_ref(),
+        }?;
+        let norm = blk.attn_norms.pre.clone().filter(|n| n.dtype() == DType::F32)?;
+        let qkv = match &blk.qkv {
+            Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v)?),
+            Qkv::Fused(qkv) => fused::QkvWeights::Fused(dense(qkv)?),
+        };
+        let weights = fused::AttnWeights {
+            norm,
+            qkv,
+            o: dense(&blk.o)?,
+            norm_offset: c.norm_offset as f32,
+            eps: c.rms_norm_eps as f32,
+            residual_scale: c.residual_multiplier as f32,
+        };
+        let heads = fused::AttnHeads {
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            scale: spec.scale as f32,
+        };
+        Some(fused::attention_block(x, &weights, heads, rotation, dense_mask))
+    }
+
     /// The MLP half's weights for the one-op fused block (`fused::mlp_block`), where it serves: f32 on the CPU, a
     /// pre-norm and no post-norm, SwiGLU, dense weights without biases.
     fn fused_mlp_weights(&self, blk: &Block, x: &Tensor) -> Option<fused::MlpWeights> {
-        let dense = |l: &Linear| match (&l.weight, &l.bias) {
-            (LinearWeight::Trainable(w) | LinearWeight::Frozen(w), None) if w.dtype() == DType::F32 => Some(w.clone()),
-            _ => None,
-        };
         let fits = fused::applies(x) && blk.spec.activation == Activation::Silu && blk.mlp_norms.post.is_none();
         let norm = blk.mlp_norms.pre.clone().filter(|n| fits && n.dtype() == DType::F32)?;
         let gate_up = match &blk.gate_up {
@@ -622,6 +675,14 @@ impl Decoder {
             Activation::Gelu => (gate.gelu_erf()? * up)?,
         };
         blk.down.forward(&product)
+    }
+}
+
+/// A linear's weight where it is dense f32 without a bias: what the fused block ops take.
+fn dense(l: &Linear) -> Option<Tensor> {
+    match (&l.weight, &l.bias) {
+        (LinearWeight::Trainable(w) | LinearWeight::Frozen(w), None) if w.dtype() == DType::F32 => Some(w.clone()),
+        _ => None,
     }
 }
 

@@ -10,7 +10,7 @@
 //! attention skips too.
 
 use super::gemm::{matmul, Mat, Shared};
-use super::{f32s, masked_softmax_row};
+use super::{f32s, masked_softmax_row, with_values};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -146,12 +146,9 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale
     }
     let mask = mask.contiguous()?;
     let op = Attention {
-        dims: Dims { b, h, kv, t, d },
-        mask_batched: mb != 1,
-        scale,
+        kernel: Kernel::new(Dims { b, h, kv, t, d }, &mask, scale)?,
         keep_probs: q.track_op() || k.track_op() || v.track_op(),
         probs: Mutex::new(None),
-        spans: Arc::new(Spans::new(mask_spans(&mask, mb, t)?, b, h)),
         mask,
     };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -167,28 +164,47 @@ fn mask_spans(mask: &Tensor, batches: usize, t: usize) -> Result<Vec<Vec<KeySpan
     Ok(values.chunks(t * t).take(batches).map(|m| key_spans(m, t)).collect())
 }
 
+/// The attention's shape: batch, query heads, key/value heads, sequence, head dimension.
 #[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kv: usize,
-    t: usize,
-    d: usize,
+pub(super) struct Dims {
+    pub b: usize,
+    pub h: usize,
+    pub kv: usize,
+    pub t: usize,
+    pub d: usize,
 }
 
-struct Attention {
+/// The attention's forward and backward passes over plain buffers, for the attention op and the whole attention
+/// block (`attn_block.rs`): q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim), the
+/// additive mask (1 or batch, seq, seq) whose [`KeySpan`]s it was built from.
+#[derive(Clone)]
+pub(super) struct Kernel {
     dims: Dims,
-    mask: Tensor,
     mask_batched: bool,
     scale: f32,
-    /// Whether the backward pass will run: only then are the probabilities kept.
-    keep_probs: bool,
-    /// The probabilities from the forward pass, for the backward pass, packed as [`Spans`] lays them out.
-    probs: Mutex<Option<Arc<Vec<f32>>>>,
     spans: Arc<Spans>,
 }
 
-impl Attention {
+impl Kernel {
+    /// Checks the mask (1 or batch, 1, seq, seq) against `dims` and reads its key spans.
+    pub fn new(dims: Dims, mask: &Tensor, scale: f32) -> Result<Kernel> {
+        let (mb, one, mq, mk) = mask.dims4()?;
+        if one != 1 || (mq, mk) != (dims.t, dims.t) || (mb != 1 && mb != dims.b) {
+            bail!(
+                "attention: mask {:?} does not fit {} rows of {}",
+                mask.shape(),
+                dims.b,
+                dims.t
+            )
+        }
+        Ok(Kernel {
+            dims,
+            mask_batched: mb != 1,
+            scale,
+            spans: Arc::new(Spans::new(mask_spans(mask, mb, dims.t)?, dims.b, dims.h)),
+        })
+    }
+
     fn mask_rows<'a>(&self, mask: &'a [f32], batch: usize) -> &'a [f32] {
         let tt = self.dims.t * self.dims.t;
         if self.mask_batched {
@@ -197,159 +213,86 @@ impl Attention {
             &mask[..tt]
         }
     }
-
-    /// Runs `f` on the mask's f32 values.
-    fn with_mask<R>(&self, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-        let (storage, layout) = self.mask.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            bail!("causal_attention: the fused kernel runs on the CPU")
-        };
-        f(f32s(cpu, layout, "attention mask")?)
-    }
 }
 
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "fused-causal-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        qs: &CpuStorage,
-        ql: &Layout,
-        ks: &CpuStorage,
-        kl: &Layout,
-        vs: &CpuStorage,
-        vl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32s(qs, ql, "q")?, f32s(ks, kl, "k")?, f32s(vs, vl, "v")?);
+impl Kernel {
+    /// The attention output (batch, seq, heads·head_dim) and, when `keep`, the probabilities for the backward
+    /// pass (packed as [`Spans`] lays them out; empty otherwise).
+    pub fn forward(&self, q: &[f32], k: &[f32], v: &[f32], mask: &[f32], keep: bool) -> (Vec<f32>, Vec<f32>) {
         let Dims { b, h, kv, t, d } = self.dims;
+        assert!(q.len() == b * h * t * d && k.len() == b * kv * t * d && v.len() == k.len());
         let rep = h / kv;
         let spans = &self.spans;
-        let n_probs = if self.keep_probs { spans.total() } else { 0 };
+        let n_probs = if keep { spans.total() } else { 0 };
         // Neither buffer is zero-filled: every value is written below (see `fill`) before it is read.
         let (mut out, mut probs) = (
             Vec::<f32>::with_capacity(b * t * h * d),
             Vec::<f32>::with_capacity(n_probs),
         );
         let (out_ptr, probs_ptr) = (Shared(out.as_mut_ptr()), Shared(probs.as_mut_ptr()));
-        let (keep, scale) = (self.keep_probs, self.scale);
-        self.with_mask(|mask| {
-            (0..b * h).into_par_iter().for_each_init(
-                || vec![0f32; if keep { 0 } else { spans.largest_area() }],
-                |scratch, bh| {
-                    let (bi, hi) = (bh / h, bh % h);
-                    let p = if keep {
-                        // SAFETY: the probabilities of head `bh` lie inside the buffer.
-                        unsafe { probs_ptr.at(spans.head_start(bi, hi)) }
-                    } else {
-                        scratch.as_mut_ptr()
-                    };
-                    let qh = &q[bh * t * d..][..t * d];
-                    let kvh = (bi * kv + hi / rep) * t * d;
-                    let (kh, vh) = (&k[kvh..][..t * d], &v[kvh..][..t * d]);
-                    let (dd, row) = (d as isize, (h * d) as isize);
-                    let m = self.mask_rows(mask, bi);
-                    for span in spans.of(bi) {
-                        let ((r0, r1), c0) = (span.rows, span.keys.0);
-                        let (nr, nc) = (span.height(), span.width());
-                        // SAFETY: shapes and strides as checked in `causal_attention`, every block inside them;
-                        // the head's probabilities and the output columns of head `hi` in batch `bi` are this
-                        // task's alone. The scores' product writes the block before it is made a slice.
-                        unsafe {
-                            let pb = p.add(span.at);
-                            let kt = Mat(kh.as_ptr().add(c0 * d), 1, dd);
-                            let qb = Mat(qh.as_ptr().add(r0 * d), dd, 1);
-                            matmul(nr, nc, d, Mat(pb, nc as isize, 1), false, qb, kt);
-                            let block = std::slice::from_raw_parts_mut(pb, nr * nc);
-                            for (i, r) in (r0..r1).zip(block.chunks_mut(nc)) {
-                                masked_softmax_row(r, &m[i * t + c0..][..nc], scale);
-                            }
-                            let dst = Mat(out_ptr.at((bi * t * h + hi) * d + r0 * h * d), row, 1);
-                            let vb = Mat(vh.as_ptr().add(c0 * d), dd, 1);
-                            matmul(nr, d, nc, dst, false, Mat(pb, nc as isize, 1), vb);
+        let scale = self.scale;
+        (0..b * h).into_par_iter().for_each_init(
+            || vec![0f32; if keep { 0 } else { spans.largest_area() }],
+            |scratch, bh| {
+                let (bi, hi) = (bh / h, bh % h);
+                let p = if keep {
+                    // SAFETY: the probabilities of head `bh` lie inside the buffer.
+                    unsafe { probs_ptr.at(spans.head_start(bi, hi)) }
+                } else {
+                    scratch.as_mut_ptr()
+                };
+                let qh = &q[bh * t * d..][..t * d];
+                let kvh = (bi * kv + hi / rep) * t * d;
+                let (kh, vh) = (&k[kvh..][..t * d], &v[kvh..][..t * d]);
+                let (dd, row) = (d as isize, (h * d) as isize);
+                let m = self.mask_rows(mask, bi);
+                for span in spans.of(bi) {
+                    let ((r0, r1), c0) = (span.rows, span.keys.0);
+                    let (nr, nc) = (span.height(), span.width());
+                    // SAFETY: shapes and strides as checked above, every block inside them; the head's
+                    // probabilities and the output columns of head `hi` in batch `bi` are this task's alone. The
+                    // scores' product writes the block before it is made a slice.
+                    unsafe {
+                        let pb = p.add(span.at);
+                        let kt = Mat(kh.as_ptr().add(c0 * d), 1, dd);
+                        let qb = Mat(qh.as_ptr().add(r0 * d), dd, 1);
+                        matmul(nr, nc, d, Mat(pb, nc as isize, 1), false, qb, kt);
+                        let block = std::slice::from_raw_parts_mut(pb, nr * nc);
+                        for (i, r) in (r0..r1).zip(block.chunks_mut(nc)) {
+                            masked_softmax_row(r, &m[i * t + c0..][..nc], scale);
                         }
+                        let dst = Mat(out_ptr.at((bi * t * h + hi) * d + r0 * h * d), row, 1);
+                        let vb = Mat(vh.as_ptr().add(c0 * d), dd, 1);
+                        matmul(nr, d, nc, dst, false, Mat(pb, nc as isize, 1), vb);
                     }
-                },
-            );
-            Ok(())
-        })?;
+                }
+            },
+        );
         // SAFETY (`fill`): the row blocks of each (batch, head) cover every row, so its output columns are written
         // in full; the blocks' probabilities are packed back to back and fill the head's area.
         unsafe {
             out.set_len(b * t * h * d);
             probs.set_len(n_probs);
         }
-        if keep {
-            *self.probs.lock().expect("attention probabilities") = Some(Arc::new(probs));
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
+        (out, probs)
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Taken, not cloned: the probabilities are freed as soon as this layer's gradient is computed.
-        let Some(probs) = self.probs.lock().expect("attention probabilities").take() else {
-            bail!("causal_attention: backward without the forward pass's probabilities")
-        };
-        let grad = AttentionGrad {
-            dims: self.dims,
-            scale: self.scale,
-            probs,
-            spans: self.spans.clone(),
-            q: q.clone(),
-        };
-        let packed = k.apply_op3_no_bwd(v, &dy.contiguous()?, &grad)?;
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        let part = |at: usize, like: &Tensor| -> Result<Option<Tensor>> {
-            Ok(Some(packed.narrow(0, at, like.elem_count())?.reshape(like.shape())?))
-        };
-        Ok((part(0, q)?, part(nq, k)?, part(nq + nk, v)?))
-    }
-}
-
-/// `[dq, dk, dv]` of [`Attention`], packed in one buffer. One task per (batch, kv head), so the heads sharing a
-/// key/value head add into its gradients without contention.
-struct AttentionGrad {
-    dims: Dims,
-    scale: f32,
-    probs: Arc<Vec<f32>>,
-    spans: Arc<Spans>,
-    q: Tensor,
-}
-
-impl CustomOp3 for AttentionGrad {
-    fn name(&self) -> &'static str {
-        "fused-causal-attention-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        ks: &CpuStorage,
-        kl: &Layout,
-        vs: &CpuStorage,
-        vl: &Layout,
-        ds: &CpuStorage,
-        dl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (k, v, dy) = (f32s(ks, kl, "k")?, f32s(vs, vl, "v")?, f32s(ds, dl, "grad")?);
-        let (qs, ql) = self.q.storage_and_layout();
-        let Storage::Cpu(qs) = &*qs else {
-            bail!("causal_attention: the fused kernel runs on the CPU")
-        };
-        let q = f32s(qs, ql, "q")?;
+    /// `[dq, dk, dv]` packed in one buffer, from the output's gradient `dy` (batch, seq, heads·head_dim) and the
+    /// forward pass's probabilities. One task per (batch, kv head), so the heads sharing a key/value head add into
+    /// its gradients without contention.
+    pub fn backward(&self, q: &[f32], k: &[f32], v: &[f32], dy: &[f32], probs: &[f32]) -> Vec<f32> {
         let Dims { b, h, kv, t, d } = self.dims;
+        assert!(q.len() == b * h * t * d && k.len() == b * kv * t * d && v.len() == k.len() && dy.len() == q.len());
+        assert_eq!(
+            probs.len(),
+            self.spans.total(),
+            "the forward pass kept the probabilities"
+        );
         let rep = h / kv;
         let (nq, nk) = (b * h * t * d, b * kv * t * d);
         let mut out = vec![0f32; nq + 2 * nk];
         let base = Shared(out.as_mut_ptr());
-        let (probs, spans) = (&self.probs, &self.spans);
+        let spans = &self.spans;
         (0..b * kv).into_par_iter().for_each_init(
             || vec![0f32; ROW_BLOCK * t],
             |ds_buf, bk| {
@@ -396,7 +339,95 @@ impl CustomOp3 for AttentionGrad {
                 }
             },
         );
-        Ok((CpuStorage::F32(out), Shape::from(nq + 2 * nk)))
+        out
+    }
+}
+
+struct Attention {
+    kernel: Kernel,
+    mask: Tensor,
+    /// Whether the backward pass will run: only then are the probabilities kept.
+    keep_probs: bool,
+    /// The probabilities from the forward pass, for the backward pass, packed as [`Spans`] lays them out.
+    probs: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (f32s(qs, ql, "q")?, f32s(ks, kl, "k")?, f32s(vs, vl, "v")?);
+        let (out, probs) = with_values(&[&self.mask], |mask| {
+            Ok(self.kernel.forward(q, k, v, mask[0], self.keep_probs))
+        })?;
+        if self.keep_probs {
+            *self.probs.lock().expect("attention probabilities") = Some(Arc::new(probs));
+        }
+        let Dims { b, t, h, d, .. } = self.kernel.dims;
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Taken, not cloned: the probabilities are freed as soon as this layer's gradient is computed.
+        let Some(probs) = self.probs.lock().expect("attention probabilities").take() else {
+            bail!("causal_attention: backward without the forward pass's probabilities")
+        };
+        let grad = AttentionGrad {
+            kernel: self.kernel.clone(),
+            probs,
+            q: q.clone(),
+        };
+        let packed = k.apply_op3_no_bwd(v, &dy.contiguous()?, &grad)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let part = |at: usize, like: &Tensor| -> Result<Option<Tensor>> {
+            Ok(Some(packed.narrow(0, at, like.elem_count())?.reshape(like.shape())?))
+        };
+        Ok((part(0, q)?, part(nq, k)?, part(nq + nk, v)?))
+    }
+}
+
+/// `[dq, dk, dv]` of [`Attention`], packed in one buffer ([`Kernel::backward`]).
+struct AttentionGrad {
+    kernel: Kernel,
+    probs: Arc<Vec<f32>>,
+    q: Tensor,
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (k, v, dy) = (f32s(ks, kl, "k")?, f32s(vs, vl, "v")?, f32s(ds, dl, "grad")?);
+        let out = with_values(&[&self.q], |q| Ok(self.kernel.backward(q[0], k, v, dy, &self.probs)))?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 

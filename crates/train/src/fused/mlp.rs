@@ -5,16 +5,17 @@
 //! the gate and up projections (one rows × 2·intermediate buffer) and each row's 1/rms; the backward pass
 //! recomputes the norm and the product from them and writes each gradient once.
 //!
-//! The trainable weights' gradients reach candle's gradient store through the op's own operands. The op takes the
-//! input and two weights; a layer with more trainable weights passes its input through a [`Tap`] first, which takes
-//! two more and, on the way back, hands candle the gradients the block op computed for them.
+//! The trainable weights' gradients reach candle's gradient store as `wiring.rs` lays out (the op's own operands,
+//! then taps on the input).
 
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
-use super::{add_into, f32s, inv_rms, norm_grad_row, norm_row, rows_per_task, swiglu_grads, swiglu_into};
+use super::pre_norm::{normed, renormed, rms_norm_backward};
+use super::wiring::{wire, Handoff, Wired};
+use super::{f32s, rows_per_task, swiglu_grads, swiglu_into, with_values};
 use crate::fastmath::sigmoid_into;
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// The weights of an MLP half, f32 on the CPU, contiguous. Each gets a gradient when it is part of the graph (a
 /// `Var`'s tensor).
@@ -56,39 +57,19 @@ impl MlpWeights {
 /// `x + m · down(silu(gate(n)) · up(n))` over x (…, hidden), as one op with its own backward pass.
 pub fn mlp_block(x: &Tensor, weights: &MlpWeights) -> Result<Tensor> {
     let x = x.contiguous()?;
-    let all = weights.all();
     let dims = check_shapes(&x, weights)?;
-    let trainable: Vec<usize> = (0..all.len()).filter(|&i| all[i].track_op()).collect();
-    let state = Arc::new(State {
-        saved: Mutex::new(None),
-        grads: Mutex::new(vec![None; all.len()]),
-    });
-    // The block's two weight operands are the first two trainable weights; any more go through a tap on the input.
-    let slot = |i: usize| trainable.get(i).copied();
-    let tapped = trainable.len() > 2;
-    let input = if tapped {
-        let tap = Tap {
-            state: state.clone(),
-            slots: [slot(2), slot(3)],
-        };
-        let operand = |i: Option<usize>| all[i.or(slot(2)).expect("a third trainable weight")].clone();
-        x.apply_op3(&operand(slot(2)), &operand(slot(3)), tap)?
-    } else {
-        x.clone()
-    };
-    // Operands without a gradient to carry are any weight: the op reads its weights from `weights`, not these.
-    let operand = |i: Option<usize>| all[i.unwrap_or(0)].clone();
+    let Wired {
+        input,
+        operands: (a, b),
+        handoff,
+    } = wire(&x, &weights.all())?;
     let block = Block {
         weights: weights.clone(),
         dims,
-        keep: input.track_op() || !trainable.is_empty(),
-        input_grad: x.track_op(),
-        tapped,
-        slots: [slot(0), slot(1)],
-        trainable: all.iter().map(|w| w.track_op()).collect(),
-        state,
+        handoff,
+        saved: Mutex::new(None),
     };
-    input.apply_op3(&operand(slot(0)), &operand(slot(1)), block)
+    input.apply_op3(&a, &b, block)
 }
 
 #[derive(Clone, Copy)]
@@ -115,13 +96,7 @@ fn check_shapes(x: &Tensor, w: &MlpWeights) -> Result<Dims> {
     })
 }
 
-/// What the forward pass keeps for the backward pass, and the weight gradients the block hands the tap.
-struct State {
-    saved: Mutex<Option<Saved>>,
-    /// Per weight (in [`MlpWeights::all`]'s order), the gradient the block computed for the tap to hand on.
-    grads: Mutex<Vec<Option<Tensor>>>,
-}
-
+/// What the forward pass keeps for the backward pass.
 struct Saved {
     /// Per row, the gate projection then the up projection (rows × 2·intermediate).
     gate_up: Vec<f32>,
@@ -132,30 +107,9 @@ struct Saved {
 struct Block {
     weights: MlpWeights,
     dims: Dims,
-    /// Whether the backward pass will run: only then are the projections kept.
-    keep: bool,
-    /// Whether the input (before any tap) wants a gradient.
-    input_grad: bool,
-    /// Whether the input comes through a tap, which must get a gradient for its backward pass to run (candle
-    /// requires one of every node on the way to a variable) even where it hands none on.
-    tapped: bool,
-    /// The weights (indices into [`MlpWeights::all`]) whose gradients the op's second and third operands carry.
-    slots: [Option<usize>; 2],
-    trainable: Vec<bool>,
-    state: Arc<State>,
-}
-
-/// Runs `f` on the f32 values of CPU tensors.
-fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
-    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let mut values = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let Storage::Cpu(cpu) = &**storage else {
-            bail!("mlp_block: the fused kernel runs on the CPU")
-        };
-        values.push(f32s(cpu, layout, "mlp weight")?);
-    }
-    f(&values)
+    handoff: Handoff,
+    /// Kept by the forward pass only when a backward pass will run.
+    saved: Mutex<Option<Saved>>,
 }
 
 impl CustomOp3 for Block {
@@ -175,8 +129,8 @@ impl CustomOp3 for Block {
         let x = f32s(xs, xl, "mlp input")?;
         let all = self.weights.all();
         let (out, saved) = with_values(&all.iter().collect::<Vec<_>>(), |w| Ok(self.forward(x, w)))?;
-        if self.keep {
-            *self.state.saved.lock().expect("mlp state") = Some(saved);
+        if self.handoff.backward_runs() {
+            *self.saved.lock().expect("mlp state") = Some(saved);
         }
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -190,7 +144,7 @@ impl CustomOp3 for Block {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Taken, not cloned: the projections are freed as soon as this layer's gradient is computed.
-        let Some(saved) = self.state.saved.lock().expect("mlp state").take() else {
+        let Some(saved) = self.saved.lock().expect("mlp state").take() else {
             bail!("mlp_block: backward without the forward pass's projections")
         };
         let all = self.weights.all();
@@ -202,21 +156,13 @@ impl CustomOp3 for Block {
             Ok(self.backward(rest[0], rest[1], saved, weights))
         })?;
         let cpu = Device::Cpu;
-        let mut grads: Vec<Option<Tensor>> = dws
+        let grads: Vec<Option<Tensor>> = dws
             .into_iter()
             .zip(&all)
             .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
             .collect::<Result<_>>()?;
-        let mut take = |slot: Option<usize>| slot.and_then(|i| grads[i].take());
-        let (a, b) = (take(self.slots[0]), take(self.slots[1]));
-        *self.state.grads.lock().expect("mlp state") = grads;
-        let dx = match dx {
-            Some(d) => Some(Tensor::from_vec(d, x.shape(), &cpu)?),
-            // Any tensor will do: the tap drops it.
-            None if self.tapped => Some(dy),
-            None => None,
-        };
-        Ok((dx, a, b))
+        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
+        Ok(self.handoff.hand_out(grads, dx, &dy))
     }
 }
 
@@ -224,7 +170,7 @@ impl Block {
     /// `weights` in [`MlpWeights::all`]'s order. Returns the output and what the backward pass needs.
     fn forward(&self, x: &[f32], weights: &[&[f32]]) -> (Vec<f32>, Saved) {
         let Dims { rows, hidden, inter } = self.dims;
-        let (inv_rms, normed) = self.normed(x, weights[0]);
+        let (inv_rms, normed) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
         let gate_up = self.gate_up(&normed, weights);
         drop(normed);
         let product = swiglu_rows(&gate_up, inter);
@@ -245,15 +191,6 @@ impl Block {
             );
         }
         (out, Saved { gate_up, inv_rms })
-    }
-
-    /// Each row's 1/rms and the normed rows `x / rms · (w + offset)`.
-    fn normed(&self, x: &[f32], w: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let h = self.dims.hidden;
-        let offset = self.weights.norm_offset;
-        let inv: Vec<f32> = x.par_chunks(h).map(|r| inv_rms(r, self.weights.eps)).collect();
-        let normed = renormed(x, &inv, w, offset, h);
-        (inv, normed)
     }
 
     /// The gate and up projections of the normed rows, side by side in each row (rows × 2·intermediate).
@@ -320,7 +257,7 @@ impl Block {
             })
         };
         // The product itself (for down's gradient), and gate_up turned in place into its gradient.
-        let product = swiglu_backward_rows(&mut gate_up, &dproduct, inter, self.trainable[last]);
+        let product = swiglu_backward_rows(&mut gate_up, &dproduct, inter, self.handoff.trainable[last]);
         drop(dproduct);
         if let Some(product) = product {
             grads[last] = Some(unsafe {
@@ -342,11 +279,11 @@ impl Block {
             });
         }
         let projections = 1..last;
-        if projections.clone().any(|i| self.trainable[i]) {
-            let normed = renormed(x, &inv_rms, weights[0], self.weights.norm_offset, hidden);
+        if projections.clone().any(|i| self.handoff.trainable[i]) {
+            let normed = renormed(x, &inv_rms, weights[0], self.weights.norm_offset);
             let rhs = Mat(normed.as_ptr(), hi, 1);
             let fused = matches!(self.weights.gate_up, GateUpWeights::Fused(_));
-            for i in projections.clone().filter(|&i| self.trainable[i]) {
+            for i in projections.clone().filter(|&i| self.handoff.trainable[i]) {
                 // Fused: all 2·inter columns; separate: gate's columns, then up's.
                 let (n, start) = if fused {
                     (2 * inter, 0)
@@ -361,8 +298,8 @@ impl Block {
                 });
             }
         }
-        let norm_grad = self.trainable[0];
-        if !self.input_grad && !norm_grad {
+        let norm_grad = self.handoff.trainable[0];
+        if !self.handoff.input_grad && !norm_grad {
             return (None, grads);
         }
         // d(normed) = d(gate_up) · [gate; up] (rows × hidden).
@@ -386,21 +323,12 @@ impl Block {
             })
         };
         drop(gate_up);
-        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self, dy);
+        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self.weights.norm_offset, dy);
         if norm_grad {
             grads[0] = Some(dnorm);
         }
-        (self.input_grad.then_some(dx), grads)
+        (self.handoff.input_grad.then_some(dx), grads)
     }
-}
-
-/// `x / rms · (w + offset)` per row, from each row's 1/rms.
-fn renormed(x: &[f32], inv: &[f32], w: &[f32], offset: f32, h: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(h)
-        .zip(x.par_chunks(h).zip(inv))
-        .for_each(|(o, (r, &s))| norm_row(r, s, w, offset, o));
-    out
 }
 
 /// `silu(gate) · up` per row of `[gate | up]` (rows × 2·inter) into rows × inter.
@@ -444,74 +372,6 @@ fn swiglu_backward_rows(gate_up: &mut [f32], dproduct: &[f32], inter: usize, wan
             }
         });
     want_product.then_some(product)
-}
-
-/// The RMSNorm's backward pass ([`norm_grad_row`]) with the residual's gradient added: dx = dy + the norm's
-/// input gradient; and the norm weight's gradient Σ_rows dn·n.
-fn rms_norm_backward(
-    x: &[f32],
-    dnormed: &[f32],
-    inv: &[f32],
-    w: &[f32],
-    block: &Block,
-    dy: &[f32],
-) -> (Vec<f32>, Vec<f32>) {
-    let h = block.dims.hidden;
-    let w_offset: Vec<f32> = w.iter().map(|w| w + block.weights.norm_offset).collect();
-    let rows = rows_per_task(x.len() / h);
-    let mut dx = dy.to_vec();
-    let dw = dx
-        .par_chunks_mut(rows * h)
-        .zip(x.par_chunks(rows * h).zip(dnormed.par_chunks(rows * h)))
-        .zip(inv.par_chunks(rows))
-        .map(|((dxb, (xb, dnb)), invb)| {
-            let mut dw = vec![0f32; h];
-            for (((dxr, xr), dnr), &r) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dnb.chunks(h)).zip(invb) {
-                norm_grad_row(xr, dnr, r, &w_offset, dxr, &mut dw);
-            }
-            dw
-        })
-        .reduce(|| vec![0f32; h], add_into);
-    (dx, dw)
-}
-
-/// The identity on the block's input, carrying two more weights: its backward pass passes the input's gradient
-/// down and hands candle the gradients the block op left for those weights.
-struct Tap {
-    state: Arc<State>,
-    slots: [Option<usize>; 2],
-}
-
-impl CustomOp3 for Tap {
-    fn name(&self) -> &'static str {
-        "fused-mlp-tap"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(f32s(xs, xl, "mlp input")?.to_vec()), xl.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let mut grads = self.state.grads.lock().expect("mlp state");
-        let mut take = |slot: Option<usize>| slot.and_then(|i| grads[i].take());
-        let (a, b) = (take(self.slots[0]), take(self.slots[1]));
-        Ok((x.track_op().then(|| dy.clone()), a, b))
-    }
 }
 
 #[cfg(test)]

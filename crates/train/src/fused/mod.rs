@@ -9,14 +9,18 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
 };
 mod attention;
+mod attn_block;
 pub mod blas;
 mod gemm;
 mod head_loss;
 mod linear;
 mod mlp;
+mod pre_norm;
 mod rope;
+mod wiring;
 
 pub use attention::causal_attention;
+pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
 pub use gemm::Backend;
 pub use head_loss::head_cross_entropy;
 #[cfg(test)]
@@ -84,6 +88,19 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         bail!("swiglu: gate {:?} and up {:?} differ", gate.shape(), up.shape())
     }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// Runs `f` on the f32 values of CPU tensors.
+fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut values = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            bail!("the fused kernels run on the CPU")
+        };
+        values.push(f32s(cpu, layout, "fused kernel operand")?);
+    }
+    f(&values)
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

@@ -25,21 +25,7 @@ pub fn split_heads(x: &Tensor, heads: usize, rotation: Option<(&Tensor, &Tensor)
     if !(x.rank() == 3 || x.rank() == 4 && x.dim(2)? == heads) || heads * d != width {
         bail!("split_heads: {:?} is not {heads} heads", x.shape())
     }
-    let tables = match rotation {
-        Some((cos, sin)) => {
-            if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || d % 2 != 0 {
-                bail!(
-                    "rope_heads: tables {:?}/{:?} do not fit heads {:?}",
-                    cos.shape(),
-                    sin.shape(),
-                    x.shape()
-                )
-            }
-            let table = |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
-            Some((table(cos)?, table(sin)?))
-        }
-        None => None,
-    };
+    let tables = rotation.map(|(cos, sin)| tables_of(cos, sin, t, d)).transpose()?;
     let op = Rope {
         tables,
         dims: (b, t, heads, d),
@@ -49,8 +35,21 @@ pub fn split_heads(x: &Tensor, heads: usize, rotation: Option<(&Tensor, &Tensor)
     x.contiguous()?.apply_op1(op)
 }
 
+/// The values of f32 cos/sin tables (seq, head_dim), checked against `t` positions of heads of `d`.
+pub(super) fn tables_of(cos: &Tensor, sin: &Tensor, t: usize, d: usize) -> Result<Tables> {
+    if cos.dims2()? != (t, d) || sin.dims2()? != (t, d) || d % 2 != 0 {
+        bail!(
+            "rope: tables {:?}/{:?} do not fit {t} positions of heads of {d}",
+            cos.shape(),
+            sin.shape()
+        )
+    }
+    let values = |t: &Tensor| -> Result<Arc<Vec<f32>>> { Ok(Arc::new(t.flatten_all()?.to_vec1::<f32>()?)) };
+    Ok((values(cos)?, values(sin)?))
+}
+
 /// cos and sin (seq, head_dim), row-major.
-type Tables = (Arc<Vec<f32>>, Arc<Vec<f32>>);
+pub(super) type Tables = (Arc<Vec<f32>>, Arc<Vec<f32>>);
 
 struct Rope {
     /// None: the heads are split, not rotated.
@@ -86,6 +85,63 @@ fn rotate(row: &[f32], c: &[f32], s: &[f32], backward: bool, out: &mut [f32]) {
     }
 }
 
+/// Where a projection's heads sit in its rows: each of the batch·seq rows is `stride` values wide, and its
+/// heads' `heads·head_dim` values start at column `offset` (a fused q/k/v projection holds three such ranges).
+#[derive(Clone, Copy)]
+pub(super) struct Columns {
+    pub stride: usize,
+    pub offset: usize,
+}
+
+/// The heads (batch, heads, seq, head_dim) of the rows of `x` laid out as `cols`, rotated by `tables` where given.
+pub(super) fn to_heads(
+    x: &[f32],
+    cols: Columns,
+    dims: (usize, usize, usize, usize),
+    tables: Option<&Tables>,
+) -> Vec<f32> {
+    let (b, t, h, d) = dims;
+    assert!(x.len() >= b * t * cols.stride && cols.offset + h * d <= cols.stride);
+    let mut out = vec![0f32; b * h * t * d];
+    out.par_chunks_mut(t * d).enumerate().for_each(|(bh, block)| {
+        let (bi, hi) = (bh / h, bh % h);
+        for (ti, o) in block.chunks_mut(d).enumerate() {
+            let src = &x[(bi * t + ti) * cols.stride + cols.offset + hi * d..][..d];
+            match tables {
+                Some((cos, sin)) => rotate(src, &cos[ti * d..][..d], &sin[ti * d..][..d], false, o),
+                None => o.copy_from_slice(src),
+            }
+        }
+    });
+    out
+}
+
+/// The way back from [`to_heads`]: the heads' gradient `dy` (batch, heads, seq, head_dim), rotated back, written
+/// into the `cols` columns of `out`'s rows (the other columns are left as they are).
+pub(super) fn from_heads(
+    dy: &[f32],
+    dims: (usize, usize, usize, usize),
+    tables: Option<&Tables>,
+    out: &mut [f32],
+    cols: Columns,
+) {
+    let (b, t, h, d) = dims;
+    assert!(dy.len() == b * h * t * d && out.len() >= b * t * cols.stride && cols.offset + h * d <= cols.stride);
+    out.par_chunks_mut(cols.stride)
+        .take(b * t)
+        .enumerate()
+        .for_each(|(row, o)| {
+            let (bi, ti) = (row / t, row % t);
+            for (hi, o) in o[cols.offset..][..h * d].chunks_mut(d).enumerate() {
+                let src = &dy[((bi * h + hi) * t + ti) * d..][..d];
+                match tables {
+                    Some((cos, sin)) => rotate(src, &cos[ti * d..][..d], &sin[ti * d..][..d], true, o),
+                    None => o.copy_from_slice(src),
+                }
+            }
+        });
+}
+
 impl CustomOp1 for Rope {
     fn name(&self) -> &'static str {
         if self.backward {
@@ -101,27 +157,18 @@ impl CustomOp1 for Rope {
         if x.len() != b * t * h * d {
             bail!("rope: {} values for {b}x{t}x{h}x{d}", x.len())
         }
-        // Input (b, p, q, d) → output (b, q, p, d): forward p is the sequence and q the heads, backward the other
-        // way round.
-        let (p, q) = if self.backward { (h, t) } else { (t, h) };
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(p * d).enumerate().for_each(|(bq, block)| {
-            let (bi, qi) = (bq / q, bq % q);
-            for (pi, o) in block.chunks_mut(d).enumerate() {
-                let src = &x[((bi * p + pi) * q + qi) * d..][..d];
-                let pos = if self.backward { qi } else { pi };
-                match &self.tables {
-                    Some((cos, sin)) => rotate(src, &cos[pos * d..][..d], &sin[pos * d..][..d], self.backward, o),
-                    None => o.copy_from_slice(src),
-                }
-            }
-        });
-        let shape = if self.backward {
-            self.input_shape.clone()
-        } else {
-            Shape::from((b, h, t, d))
+        let cols = Columns {
+            stride: h * d,
+            offset: 0,
         };
-        Ok((CpuStorage::F32(out), shape))
+        if self.backward {
+            let mut out = vec![0f32; x.len()];
+            from_heads(x, self.dims, self.tables.as_ref(), &mut out, cols);
+            Ok((CpuStorage::F32(out), self.input_shape.clone()))
+        } else {
+            let out = to_heads(x, cols, self.dims, self.tables.as_ref());
+            Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+        }
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {

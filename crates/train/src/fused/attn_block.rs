@@ -1,0 +1,599 @@
+//! A decoder layer's whole attention half as one op: `y = x + m · o(attention(rope(q(n)), rope(k(n)), v(n)))`,
+//! with `n = x / rms(x) · (w + offset)`. As separate ops it records ten nodes (norm, q, k, v, three head splits,
+//! the attention, o, the residual add); candle's backward pass then gives each node's inputs a zero-filled
+//! activation-sized gradient and adds into it, and the graph keeps the norm's output and the projections too.
+//! Here the forward pass keeps the rotated heads, the attention's probabilities, its output where o trains, and
+//! each row's 1/rms; the backward pass makes the normed rows again where a projection trains, and writes each
+//! gradient once. Trainable weights reach candle's gradient store as `wiring.rs` lays out.
+
+use super::attention::{Dims as HeadDims, Kernel};
+use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat};
+use super::pre_norm::{normed, renormed, rms_norm_backward};
+use super::rope::{from_heads, tables_of, to_heads, Columns, Tables};
+use super::wiring::{wire, Handoff, Wired};
+use super::{f32s, with_values};
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+/// The weights of an attention half, f32 on the CPU, contiguous. Each gets a gradient when it is part of the
+/// graph (a `Var`'s tensor).
+#[derive(Clone)]
+pub struct AttnWeights {
+    /// The pre-attention RMSNorm's weight (hidden).
+    pub norm: Tensor,
+    pub qkv: QkvWeights,
+    /// (hidden, heads · head_dim).
+    pub o: Tensor,
+    /// Added to the norm's weight (1 for the `(1 + w)` norms).
+    pub norm_offset: f32,
+    pub eps: f32,
+    /// The factor on the attention's output before the residual add (Granite's `residual_multiplier`).
+    pub residual_scale: f32,
+}
+
+#[derive(Clone)]
+pub enum QkvWeights {
+    /// q (heads · head_dim, hidden), k and v (kv_heads · head_dim, hidden).
+    Separate(Tensor, Tensor, Tensor),
+    /// ((heads + 2 · kv_heads) · head_dim, hidden): q rows, then k's, then v's.
+    Fused(Tensor),
+}
+
+/// The heads and how they attend.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnHeads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// The factor on q·kᵀ.
+    pub scale: f32,
+}
+
+impl AttnWeights {
+    /// Every weight, in a fixed order: norm, q, k, v (or qkv), o.
+    fn all(&self) -> Vec<Tensor> {
+        let mut all = vec![self.norm.clone()];
+        match &self.qkv {
+            QkvWeights::Separate(q, k, v) => all.extend([q.clone(), k.clone(), v.clone()]),
+            QkvWeights::Fused(qkv) => all.push(qkv.clone()),
+        }
+        all.push(self.o.clone());
+        all
+    }
+}
+
+/// `x + m · o(attention(…))` over x (batch, seq, hidden), as one op with its own backward pass. `rotation` holds
+/// the f32 cos/sin tables (seq, head_dim) of a whole-head rope (None: a NoPE layer); `mask` is the additive
+/// (1 or batch, 1, seq, seq) mask, causal and with any window and padding in it.
+pub fn attention_block(
+    x: &Tensor,
+    weights: &AttnWeights,
+    heads: AttnHeads,
+    rotation: Option<(&Tensor, &Tensor)>,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let dims = check_shapes(&x, weights, heads)?;
+    let head_dims = HeadDims {
+        b: dims.batch,
+        h: heads.heads,
+        kv: heads.kv_heads,
+        t: dims.seq,
+        d: heads.head_dim,
+    };
+    let mask = mask.contiguous()?;
+    let Wired {
+        input,
+        operands: (a, b),
+        handoff,
+    } = wire(&x, &weights.all())?;
+    let block = Block {
+        weights: weights.clone(),
+        dims,
+        kernel: Kernel::new(head_dims, &mask, heads.scale)?,
+        tables: rotation
+            .map(|(cos, sin)| tables_of(cos, sin, dims.seq, heads.head_dim))
+            .transpose()?,
+        mask,
+        handoff,
+        saved: Mutex::new(None),
+    };
+    input.apply_op3(&a, &b, block)
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    /// The width of q's projection (and of the attention's output).
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The width of q, k and v side by side in one row.
+    fn qkv_width(&self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+}
+
+fn check_shapes(x: &Tensor, w: &AttnWeights, heads: AttnHeads) -> Result<Dims> {
+    let (batch, seq, hidden) = x.dims3()?;
+    let AttnHeads {
+        heads: nh,
+        kv_heads: kv,
+        head_dim: d,
+        ..
+    } = heads;
+    let (qw, kw) = (nh * d, kv * d);
+    let qkv_ok = match &w.qkv {
+        QkvWeights::Separate(q, k, v) => {
+            q.dims2()? == (qw, hidden) && k.dims2()? == (kw, hidden) && v.dims2()? == (kw, hidden)
+        }
+        QkvWeights::Fused(qkv) => qkv.dims2()? == (qw + 2 * kw, hidden),
+    };
+    let heads_ok = kv > 0 && nh % kv == 0 && d > 0;
+    if w.norm.dims1()? != hidden || w.o.dims2()? != (hidden, qw) || !qkv_ok || !heads_ok {
+        bail!(
+            "attention_block: weights do not fit an input of {:?} with {heads:?}",
+            x.shape()
+        )
+    }
+    Ok(Dims {
+        batch,
+        seq,
+        hidden,
+        heads: nh,
+        kv_heads: kv,
+        head_dim: d,
+    })
+}
+
+/// What the forward pass keeps for the backward pass.
+struct Saved {
+    /// Per row, 1/rms.
+    inv_rms: Vec<f32>,
+    /// The rotated query heads (batch, heads, seq, head_dim), key heads and value heads (batch, kv_heads, …).
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// The attention's probabilities, as its kernel packs them.
+    probs: Vec<f32>,
+    /// The attention's output (rows × heads·head_dim) where o trains; empty otherwise.
+    attn: Vec<f32>,
+}
+
+struct Block {
+    weights: AttnWeights,
+    dims: Dims,
+    kernel: Kernel,
+    mask: Tensor,
+    tables: Option<Tables>,
+    handoff: Handoff,
+    /// Kept by the forward pass only when a backward pass will run.
+    saved: Mutex<Option<Saved>>,
+}
+
+/// One projection's place: its weight (index into [`AttnWeights::all`]), its first column in a row of q, k and v
+/// side by side, and its width.
+#[derive(Clone, Copy)]
+struct Projection {
+    weight: usize,
+    column: usize,
+    width: usize,
+}
+
+impl CustomOp3 for Block {
+    fn name(&self) -> &'static str {
+        "fused-attention-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(xs, xl, "attention input")?;
+        let all = self.weights.all();
+        let mut tensors: Vec<&Tensor> = all.iter().collect();
+        tensors.push(&self.mask);
+        let (out, saved) = with_values(&tensors, |v| {
+            let (weights, mask) = v.split_at(all.len());
+            Ok(self.forward(x, weights, mask[0]))
+        })?;
+        if self.handoff.backward_runs() {
+            *self.saved.lock().expect("attention state") = Some(saved);
+        }
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Taken, not cloned: the heads and probabilities are freed as soon as this layer's gradient is computed.
+        let Some(saved) = self.saved.lock().expect("attention state").take() else {
+            bail!("attention_block: backward without the forward pass's heads")
+        };
+        let all = self.weights.all();
+        let dy = dy.contiguous()?;
+        let mut tensors: Vec<&Tensor> = all.iter().collect();
+        tensors.extend([x, &dy]);
+        let (dx, dws) = with_values(&tensors, |v| {
+            let (weights, rest) = v.split_at(all.len());
+            Ok(self.backward(rest[0], rest[1], saved, weights))
+        })?;
+        let cpu = Device::Cpu;
+        let grads: Vec<Option<Tensor>> = dws
+            .into_iter()
+            .zip(&all)
+            .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
+            .collect::<Result<_>>()?;
+        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
+        Ok(self.handoff.hand_out(grads, dx, &dy))
+    }
+}
+
+impl Block {
+    fn projections(&self) -> Vec<Projection> {
+        let d = self.dims;
+        let (qw, kw) = (d.q_width(), d.kv_width());
+        let p = |weight, column, width| Projection { weight, column, width };
+        match self.weights.qkv {
+            QkvWeights::Separate(..) => vec![p(1, 0, qw), p(2, qw, kw), p(3, qw + kw, kw)],
+            QkvWeights::Fused(_) => vec![p(1, 0, d.qkv_width())],
+        }
+    }
+
+    /// The shape of `heads` heads for the rope's head split.
+    fn heads(&self, heads: usize) -> (usize, usize, usize, usize) {
+        (self.dims.batch, self.dims.seq, heads, self.dims.head_dim)
+    }
+
+    /// `weights` in [`AttnWeights::all`]'s order. Returns the output and what the backward pass needs.
+    fn forward(&self, x: &[f32], weights: &[&[f32]], mask: &[f32]) -> (Vec<f32>, Saved) {
+        let d = self.dims;
+        let (rows, hidden, width) = (d.rows(), d.hidden, d.qkv_width());
+        let (inv_rms, normed) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
+        // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's;
+        // the projections together overwrite every column of the rows × width buffer.
+        let qkv = unsafe {
+            written(rows * width, |out| {
+                for p in self.projections() {
+                    let w = Mat(weights[p.weight].as_ptr(), 1, hidden as isize);
+                    let dst = Mat(out.add(p.column), width as isize, 1);
+                    let lhs = Mat(normed.as_ptr(), hidden as isize, 1);
+                    matmul_fastest(parallelism(rows, p.width, hidden), rows, p.width, hidden, dst, lhs, w);
+                }
+            })
+        };
+        drop(normed);
+        let columns = |offset| Columns { stride: width, offset };
+        let tables = self.tables.as_ref();
+        let q = to_heads(&qkv, columns(0), self.heads(d.heads), tables);
+        let k = to_heads(&qkv, columns(d.q_width()), self.heads(d.kv_heads), tables);
+        let v = to_heads(&qkv, columns(d.q_width() + d.kv_width()), self.heads(d.kv_heads), None);
+        drop(qkv);
+        let (attn, probs) = self.kernel.forward(&q, &k, &v, mask, self.handoff.backward_runs());
+        let mut out = x.to_vec();
+        let qw = d.q_width();
+        let o = weights[weights.len() - 1];
+        unsafe {
+            matmul_scaled(
+                parallelism(rows, hidden, qw),
+                rows,
+                hidden,
+                qw,
+                Mat(out.as_mut_ptr(), hidden as isize, 1),
+                true,
+                Mat(attn.as_ptr(), qw as isize, 1),
+                Mat(o.as_ptr(), 1, qw as isize),
+                self.weights.residual_scale,
+            );
+        }
+        let o_trains = self.handoff.trainable[weights.len() - 1];
+        let attn = if o_trains { attn } else { Vec::new() };
+        let saved = Saved {
+            inv_rms,
+            q,
+            k,
+            v,
+            probs,
+            attn,
+        };
+        (out, saved)
+    }
+
+    /// The input's gradient (when it wants one) and each trainable weight's, in [`AttnWeights::all`]'s order.
+    fn backward(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        saved: Saved,
+        weights: &[&[f32]],
+    ) -> (Option<Vec<f32>>, Vec<Option<Vec<f32>>>) {
+        let d = self.dims;
+        let (rows, hidden, qw, width) = (d.rows(), d.hidden, d.q_width(), d.qkv_width());
+        let (hi, qi) = (hidden as isize, qw as isize);
+        let m = self.weights.residual_scale;
+        let last = weights.len() - 1;
+        let trainable = &self.handoff.trainable;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; weights.len()];
+        let Saved {
+            inv_rms,
+            q,
+            k,
+            v,
+            probs,
+            attn,
+        } = saved;
+        // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
+        if trainable[last] {
+            // d(o) = m · dyᵀ · attn (hidden × heads·head_dim).
+            grads[last] = Some(unsafe {
+                written(hidden * qw, |out| {
+                    let par = parallelism(hidden, qw, rows);
+                    let (lhs, rhs) = (Mat(dy.as_ptr(), 1, hi), Mat(attn.as_ptr(), qi, 1));
+                    matmul_scaled(par, hidden, qw, rows, Mat(out, qi, 1), false, lhs, rhs, m);
+                })
+            });
+        }
+        drop(attn);
+        // d(attn) = m · dy · o (rows × heads·head_dim).
+        let dattn = unsafe {
+            written(rows * qw, |out| {
+                let par = parallelism(rows, qw, hidden);
+                let (lhs, rhs) = (Mat(dy.as_ptr(), hi, 1), Mat(weights[last].as_ptr(), qi, 1));
+                matmul_scaled(par, rows, qw, hidden, Mat(out, qi, 1), false, lhs, rhs, m);
+            })
+        };
+        let dheads = self.kernel.backward(&q, &k, &v, &dattn, &probs);
+        drop((dattn, probs, q, k, v));
+        let dqkv = self.rows_of(&dheads);
+        drop(dheads);
+        let projections = self.projections();
+        if projections.iter().any(|p| trainable[p.weight]) {
+            let normed = renormed(x, &inv_rms, weights[0], self.weights.norm_offset);
+            for p in projections.iter().filter(|p| trainable[p.weight]) {
+                // d(W) = d(projection)ᵀ · normed (width × hidden).
+                grads[p.weight] = Some(unsafe {
+                    written(p.width * hidden, |out| {
+                        let lhs = Mat(dqkv.as_ptr().add(p.column), 1, width as isize);
+                        let rhs = Mat(normed.as_ptr(), hi, 1);
+                        let par = parallelism(p.width, hidden, rows);
+                        matmul_fastest(par, p.width, hidden, rows, Mat(out, hi, 1), lhs, rhs);
+                    })
+                });
+            }
+        }
+        if !self.handoff.input_grad && !trainable[0] {
+            return (None, grads);
+        }
+        // d(normed) = Σ d(projection) · W (rows × hidden).
+        let dnormed = unsafe {
+            written(rows * hidden, |out| {
+                for (j, p) in projections.iter().enumerate() {
+                    let lhs = Mat(dqkv.as_ptr().add(p.column), width as isize, 1);
+                    let rhs = Mat(weights[p.weight].as_ptr(), hi, 1);
+                    let par = parallelism(rows, hidden, p.width);
+                    matmul_on(par, rows, hidden, p.width, Mat(out, hi, 1), j > 0, lhs, rhs);
+                }
+            })
+        };
+        drop(dqkv);
+        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self.weights.norm_offset, dy);
+        if trainable[0] {
+            grads[0] = Some(dnorm);
+        }
+        (self.handoff.input_grad.then_some(dx), grads)
+    }
+
+    /// The heads' gradients `[dq, dk, dv]` (the attention kernel's packing) rotated back and laid side by side in
+    /// rows × (q, k, v) width, as the projections wrote them.
+    fn rows_of(&self, dheads: &[f32]) -> Vec<f32> {
+        let d = self.dims;
+        let (nq, nk) = (d.rows() * d.q_width(), d.rows() * d.kv_width());
+        let mut dqkv = vec![0f32; d.rows() * d.qkv_width()];
+        let columns = |offset| Columns {
+            stride: d.qkv_width(),
+            offset,
+        };
+        let tables = self.tables.as_ref();
+        let (dq, dkv) = dheads.split_at(nq);
+        let (dk, dv) = dkv.split_at(nk);
+        from_heads(dq, self.heads(d.heads), tables, &mut dqkv, columns(0));
+        from_heads(dk, self.heads(d.kv_heads), tables, &mut dqkv, columns(d.q_width()));
+        let v_column = d.q_width() + d.kv_width();
+        from_heads(dv, self.heads(d.kv_heads), None, &mut dqkv, columns(v_column));
+        dqkv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::randn;
+    use super::*;
+    use crate::ops::tests::max_abs_diff;
+    use candle_core::{Var, D};
+
+    const HEADS: AttnHeads = AttnHeads {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        scale: 0.3,
+    };
+
+    /// The same attention half from candle's plain ops and the fused attention (itself tested against plain ops).
+    fn composite(x: &Tensor, w: &AttnWeights, rotation: Option<(&Tensor, &Tensor)>, mask: &Tensor) -> Result<Tensor> {
+        let AttnHeads {
+            heads: nh,
+            kv_heads: kv,
+            head_dim: hd,
+            scale,
+        } = HEADS;
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let n = x
+            .broadcast_div(&(ms + w.eps as f64)?.sqrt()?)?
+            .broadcast_mul(&(&w.norm + w.norm_offset as f64)?)?;
+        let (q, k, v) = match &w.qkv {
+            QkvWeights::Separate(q, k, v) => (q.clone(), k.clone(), v.clone()),
+            QkvWeights::Fused(qkv) => (
+                qkv.narrow(0, 0, nh * hd)?,
+                qkv.narrow(0, nh * hd, kv * hd)?,
+                qkv.narrow(0, (nh + kv) * hd, kv * hd)?,
+            ),
+        };
+        let (b, t, _) = x.dims3()?;
+        let heads = |w: &Tensor, h: usize, rotate: bool| -> Result<Tensor> {
+            let y = n
+                .broadcast_matmul(&w.t()?)?
+                .reshape((b, t, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            match (rotate, rotation) {
+                (true, Some((cos, sin))) => crate::ops::apply_rope(&y, cos, sin),
+                _ => Ok(y),
+            }
+        };
+        let attn = super::super::causal_attention(
+            &heads(&q, nh, true)?,
+            &heads(&k, kv, true)?,
+            &heads(&v, kv, false)?,
+            mask,
+            scale,
+        )?;
+        x + (attn.broadcast_matmul(&w.o.t()?)? * w.residual_scale as f64)?
+    }
+
+    /// Value, then the gradient of each input in `train` (x, norm, q, k, v, o), of `f` against a probe; asserts
+    /// (where `strict`) that no gradient exists for the others.
+    fn run(
+        fused_qkv: bool,
+        train: [bool; 6],
+        rope: bool,
+        strict: bool,
+        f: impl Fn(&Tensor, &AttnWeights, Option<(&Tensor, &Tensor)>, &Tensor) -> Result<Tensor>,
+    ) -> Vec<Tensor> {
+        let (b, t, h) = (2, 70, 24);
+        let (qw, kw) = (HEADS.heads * HEADS.head_dim, HEADS.kv_heads * HEADS.head_dim);
+        let raw = [
+            randn(&[b, t, h], 1),
+            (randn(&[h], 2) * 0.3).unwrap(),
+            (randn(&[qw, h], 3) * 0.3).unwrap(),
+            (randn(&[kw, h], 4) * 0.3).unwrap(),
+            (randn(&[kw, h], 5) * 0.3).unwrap(),
+            (randn(&[h, qw], 6) * 0.2).unwrap(),
+        ];
+        let mut inputs: Vec<Tensor> = raw.to_vec();
+        if fused_qkv {
+            inputs[2] = Tensor::cat(&[&raw[2], &raw[3], &raw[4]], 0).unwrap();
+        }
+        let folded = |k: usize| fused_qkv && (k == 3 || k == 4);
+        let vars: Vec<Option<Var>> = (0..6)
+            .map(|k| (train[k] && !folded(k)).then(|| Var::from_tensor(&inputs[k]).unwrap()))
+            .collect();
+        let t_ = |k: usize| vars[k].as_ref().map_or(inputs[k].clone(), |v| v.as_tensor().clone());
+        let weights = AttnWeights {
+            norm: t_(1),
+            qkv: if fused_qkv {
+                QkvWeights::Fused(t_(2))
+            } else {
+                QkvWeights::Separate(t_(2), t_(3), t_(4))
+            },
+            o: t_(5),
+            norm_offset: 1.0,
+            eps: 1e-6,
+            residual_scale: 0.5,
+        };
+        let angles = randn(&[t, HEADS.head_dim / 2], 7);
+        let angles = Tensor::cat(&[&angles, &angles], 1).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        // A window of 40 and a padded second row: blocks of 64 rows see different key spans.
+        let lens = Tensor::from_vec(vec![70f32, 51.0], (2, 1, 1), &Device::Cpu).unwrap();
+        let mask = crate::attention::additive_mask(0..t, 0..t, Some(40), Some(&lens), &Device::Cpu).unwrap();
+        let rotation = rope.then_some((&cos, &sin));
+        let y = f(&t_(0), &weights, rotation, &mask).unwrap();
+        let probe = randn(y.dims(), 8);
+        let grads = (y.clone() * probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y];
+        for (k, var) in vars.iter().enumerate() {
+            match var {
+                Some(v) => out.push(grads.get(v.as_tensor()).expect("a gradient").clone()),
+                None if strict => assert!(grads.get(&inputs[k]).is_none(), "input {k} is not trained"),
+                None => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_block_matches_plain_ops_for_every_set_of_trained_weights() {
+        // Input only (a frozen layer above a trained one); one or two weights (no tap); three to five (one or two
+        // taps); a lowest trained layer whose input wants no gradient.
+        let sets = [
+            [true, false, false, false, false, false],
+            [true, false, false, false, false, true],
+            [false, false, true, false, true, false],
+            [true, true, true, false, false, true],
+            [true, true, true, true, true, true],
+            [false, true, true, true, true, true],
+            [false, false, false, true, false, false],
+        ];
+        for fused_qkv in [false, true] {
+            for rope in [true, false] {
+                for train in sets {
+                    let fused = run(fused_qkv, train, rope, true, |x, w, r, m| {
+                        attention_block(x, w, HEADS, r, m)
+                    });
+                    let reference = run(fused_qkv, train, rope, false, composite);
+                    assert_eq!(fused.len(), reference.len());
+                    for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                        let d = max_abs_diff(a, b);
+                        assert!(
+                            d < 1e-4,
+                            "{train:?} fused qkv {fused_qkv} rope {rope}: output {k} differs by {d}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_are_refused() {
+        let x = randn(&[1, 3, 8], 1);
+        let w = AttnWeights {
+            norm: randn(&[8], 2),
+            qkv: QkvWeights::Fused(randn(&[4 * 8, 8], 3)),
+            o: randn(&[8, 4 * 8], 4),
+            norm_offset: 0.0,
+            eps: 1e-6,
+            residual_scale: 1.0,
+        };
+        let mask = Tensor::zeros((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = attention_block(&x, &w, HEADS, None, &mask).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+    }
+}

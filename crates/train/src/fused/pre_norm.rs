@@ -1,0 +1,52 @@
+//! The pre-norm a block op (`mlp.rs`, `attn_block.rs`) starts with and the residual add it ends with, over plain
+//! row buffers: the forward pass keeps only each row's 1/rms, and the normed rows are made again where the
+//! backward pass needs them.
+
+use super::{add_into, inv_rms, norm_grad_row, norm_row, rows_per_task};
+use rayon::prelude::*;
+
+/// Each row's 1/rms and the normed rows `x / rms · (w + offset)`, rows of `w.len()`.
+pub(super) fn normed(x: &[f32], w: &[f32], offset: f32, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let inv: Vec<f32> = x.par_chunks(w.len()).map(|r| inv_rms(r, eps)).collect();
+    let normed = renormed(x, &inv, w, offset);
+    (inv, normed)
+}
+
+/// `x / rms · (w + offset)` per row, from each row's 1/rms.
+pub(super) fn renormed(x: &[f32], inv: &[f32], w: &[f32], offset: f32) -> Vec<f32> {
+    let h = w.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(h)
+        .zip(x.par_chunks(h).zip(inv))
+        .for_each(|(o, (r, &s))| norm_row(r, s, w, offset, o));
+    out
+}
+
+/// The RMSNorm's backward pass ([`norm_grad_row`]) with the residual's gradient added: dx = dy + the norm's
+/// input gradient; and the norm weight's gradient Σ_rows dn·n.
+pub(super) fn rms_norm_backward(
+    x: &[f32],
+    dnormed: &[f32],
+    inv: &[f32],
+    w: &[f32],
+    offset: f32,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let h = w.len();
+    let w_offset: Vec<f32> = w.iter().map(|w| w + offset).collect();
+    let rows = rows_per_task(x.len() / h);
+    let mut dx = dy.to_vec();
+    let dw = dx
+        .par_chunks_mut(rows * h)
+        .zip(x.par_chunks(rows * h).zip(dnormed.par_chunks(rows * h)))
+        .zip(inv.par_chunks(rows))
+        .map(|((dxb, (xb, dnb)), invb)| {
+            let mut dw = vec![0f32; h];
+            for (((dxr, xr), dnr), &r) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(dnb.chunks(h)).zip(invb) {
+                norm_grad_row(xr, dnr, r, &w_offset, dxr, &mut dw);
+            }
+            dw
+        })
+        .reduce(|| vec![0f32; h], add_into);
+    (dx, dw)
+}
