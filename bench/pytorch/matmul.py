@@ -1,12 +1,16 @@
 """PyTorch's CPU matmul at bench-matmul's shapes: `matmul.py THREADS m,k,n,transposed ... attn:b,h,kv,t,d ...`:
-GFLOP/s, best of 5; then causal sdpa forward + backward, ms, best of 5."""
+GFLOP/s in f32 and in bf16 (what CPU autocast multiplies in; whether it beats f32 says whether bf16 compute can pay
+on this CPU), best of 5; then causal sdpa forward + backward, ms, best of 5."""
 import sys
 import time
 
 import torch
 
 torch.set_num_threads(int(sys.argv[1]))
-print(f"torch {torch.__version__}, BLAS: {'MKL' if torch.backends.mkl.is_available() else 'not MKL'}")
+print(
+    f"torch {torch.__version__}, BLAS: {'MKL' if torch.backends.mkl.is_available() else 'not MKL'}, "
+    f"CPU capability: {torch.backends.cpu.get_cpu_capability()}"
+)
 def attention(spec):
     b, h, kv, t, d = (int(x) for x in spec.split(","))
     q = torch.randn(b, h, t, d, requires_grad=True)
@@ -27,12 +31,16 @@ for spec in sys.argv[2:]:
         attention(spec[5:])
         continue
     m, k, n, transposed = (int(x) for x in spec.split(","))
-    a = torch.rand(m, k)
-    b = torch.rand(n, k).t() if transposed else torch.rand(k, n)
-    best = float("inf")
-    for i in range(6):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        if i:
-            best = min(best, time.perf_counter() - t)
-    print(f"{m}x{k}x{n}{' (rhs transposed)' if transposed else ''}: {2 * m * n * k / best / 1e9:.1f} GFLOP/s")
+    rates = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.rand(m, k, dtype=dtype)
+        b = torch.rand(n, k, dtype=dtype).t() if transposed else torch.rand(k, n, dtype=dtype)
+        best = float("inf")
+        for i in range(6):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            if i:
+                best = min(best, time.perf_counter() - t)
+        rates.append(2 * m * n * k / best / 1e9)
+    shape = f"{m}x{k}x{n}{' (rhs transposed)' if transposed else ''}"
+    print(f"{shape}: {rates[0]:.1f} GFLOP/s f32, {rates[1]:.1f} bf16")
