@@ -252,7 +252,7 @@ impl CustomOp3 for Block {
             .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
             .collect::<Result<_>>()?;
         let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
-        Ok(self.handoff.hand_out(grads, dx, &dy))
+        self.handoff.hand_out(grads, dx)
     }
 }
 

@@ -6,7 +6,7 @@
 //! recomputes the norm and the product from them and writes each gradient once.
 //!
 //! The trainable weights' gradients reach candle's gradient store as `wiring.rs` lays out (the op's own operands,
-//! then taps on the input).
+//! then a chain of taps).
 
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
 use super::pre_norm::{normed, renormed, rms_norm_backward};
@@ -162,7 +162,7 @@ impl CustomOp3 for Block {
             .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
             .collect::<Result<_>>()?;
         let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
-        Ok(self.handoff.hand_out(grads, dx, &dy))
+        self.handoff.hand_out(grads, dx)
     }
 }
 

@@ -1,18 +1,20 @@
 //! How a block op (a whole sublayer as one candle op, `mlp.rs` and `attn_block.rs`) hands candle the gradients
 //! of its trainable weights. candle gives a gradient only to an op's operands, and a custom op has at most three:
-//! the block op takes the input and two trainable weights, and each further pair rides on a [`Tap`] on the input —
-//! the identity on the way forward; on the way back it hands candle the gradients the block op left for its pair.
-//! The block op reads its weights' values from its own copy of them, not from these operands.
+//! the block op takes the input and, as its other two, the first two trainable weights; where more train, the
+//! third operand is instead the end of a chain of [`Tap`]s, one-value ops whose operands are the remaining
+//! weights (three on the first tap, two more on each next one). candle's backward pass reaches the taps after the
+//! block op, and each hands on the gradients the block op left for its weights. The block op reads its weights'
+//! values from its own copy of them, not from these operands.
 
-use super::f32s;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// What the block op is applied to.
 pub(super) struct Wired {
-    /// The input, through the taps if there are any.
+    /// The input, as given.
     pub input: Tensor,
-    /// The block op's two weight operands: the first two trainable weights (any weight where there are fewer).
+    /// The block op's other two operands: the first two trainable weights (any weight where fewer train), or the
+    /// first and the end of the tap chain.
     pub operands: (Tensor, Tensor),
     pub handoff: Handoff,
 }
@@ -20,15 +22,15 @@ pub(super) struct Wired {
 /// The block op's side of the wiring: which weights its own operands carry, and where it leaves the rest for the
 /// taps.
 pub(super) struct Handoff {
-    /// The weights (indices into the block's weight list) whose gradients the op's second and third operands
-    /// carry.
+    /// The weight (index into the block's weight list) whose gradient the op's second operand carries, and the
+    /// third's; None for the third where it is the tap chain.
     slots: [Option<usize>; 2],
-    /// Whether the input comes through a tap, which must get a gradient for its backward pass to run (candle
-    /// requires one of every node on the way to a variable) even where it hands none on.
-    tapped: bool,
+    /// Whether the third operand is the tap chain, which must get a gradient for the taps' backward passes to run
+    /// (candle requires one of every node on the way to a variable).
+    chained: bool,
     /// Per weight, the gradient the block computed for a tap to hand on.
     grads: Arc<Mutex<Vec<Option<Tensor>>>>,
-    /// Whether the input (before any tap) wants a gradient.
+    /// Whether the input wants a gradient.
     pub input_grad: bool,
     /// Per weight, whether it wants a gradient.
     pub trainable: Vec<bool>,
@@ -46,14 +48,15 @@ impl Handoff {
         &self,
         mut grads: Vec<Option<Tensor>>,
         dx: Option<Tensor>,
-        dy: &Tensor,
-    ) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let mut take = |slot: Option<usize>| slot.and_then(|i| grads[i].take());
         let (a, b) = (take(self.slots[0]), take(self.slots[1]));
         *self.grads.lock().expect("block gradients") = grads;
-        // Any tensor will do for a tap that wants no input gradient: it drops it.
-        let dx = dx.or_else(|| self.tapped.then(|| dy.clone()));
-        (dx, a, b)
+        let b = match self.chained {
+            true => Some(Tensor::zeros(1, DType::F32, &Device::Cpu)?),
+            false => b,
+        };
+        Ok((dx, a, b))
     }
 }
 
@@ -61,36 +64,48 @@ impl Handoff {
 pub(super) fn wire(x: &Tensor, all: &[Tensor]) -> Result<Wired> {
     let trainable: Vec<usize> = (0..all.len()).filter(|&i| all[i].track_op()).collect();
     let grads = Arc::new(Mutex::new(vec![None; all.len()]));
-    let mut input = x.clone();
-    for pair in trainable.get(2..).unwrap_or_default().chunks(2) {
-        let slots = [Some(pair[0]), pair.get(1).copied()];
-        let second = &all[pair.get(1).copied().unwrap_or(pair[0])];
+    let chained = trainable.len() > 2;
+    let mut chain: Option<Tensor> = None;
+    if chained {
+        let rest = &trainable[1..];
+        let (first, more) = rest.split_at(3.min(rest.len()));
         let tap = Tap {
             grads: grads.clone(),
-            slots,
+            slots: [Some(first[0]), Some(first[1]), first.get(2).copied()],
         };
-        input = input.apply_op3(&all[pair[0]], second, tap)?;
+        let third = &all[*first.last().expect("three or more train")];
+        let mut end = all[first[0]].apply_op3(&all[first[1]], third, tap)?;
+        for pair in more.chunks(2) {
+            let tap = Tap {
+                grads: grads.clone(),
+                slots: [None, Some(pair[0]), pair.get(1).copied()],
+            };
+            end = end.apply_op3(&all[pair[0]], &all[pair[pair.len() - 1]], tap)?;
+        }
+        chain = Some(end);
     }
     let slot = |i: usize| trainable.get(i).copied();
     let operand = |i: usize| all[slot(i).unwrap_or(0)].clone();
     Ok(Wired {
-        operands: (operand(0), operand(1)),
+        operands: (operand(0), chain.unwrap_or_else(|| operand(1))),
         handoff: Handoff {
-            slots: [slot(0), slot(1)],
-            tapped: trainable.len() > 2,
+            slots: [slot(0), if chained { None } else { slot(1) }],
+            chained,
             grads,
             input_grad: x.track_op(),
             trainable: all.iter().map(Tensor::track_op).collect(),
         },
-        input,
+        input: x.clone(),
     })
 }
 
-/// The identity on the block's input, carrying two more weights: its backward pass passes the input's gradient
-/// down and hands candle the gradients the block op left for those weights.
+/// One link of the tap chain: a single zero on the way forward; on the way back it hands candle the gradients
+/// the block op left for its weight operands, and passes a gradient up the chain (its first operand, where that
+/// is the previous tap).
 struct Tap {
     grads: Arc<Mutex<Vec<Option<Tensor>>>>,
-    slots: [Option<usize>; 2],
+    /// The weights its three operands carry; None for the first where it is the previous tap.
+    slots: [Option<usize>; 3],
 }
 
 impl CustomOp3 for Tap {
@@ -100,22 +115,19 @@ impl CustomOp3 for Tap {
 
     fn cpu_fwd(
         &self,
-        xs: &CpuStorage,
-        xl: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
         _: &CpuStorage,
         _: &Layout,
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Ok((
-            CpuStorage::F32(f32s(xs, xl, "block input")?.to_vec()),
-            xl.shape().clone(),
-        ))
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(1)))
     }
 
     fn bwd(
         &self,
-        x: &Tensor,
+        _: &Tensor,
         _: &Tensor,
         _: &Tensor,
         _: &Tensor,
@@ -123,7 +135,10 @@ impl CustomOp3 for Tap {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let mut grads = self.grads.lock().expect("block gradients");
         let mut take = |slot: Option<usize>| slot.and_then(|i| grads[i].take());
-        let (a, b) = (take(self.slots[0]), take(self.slots[1]));
-        Ok((x.track_op().then(|| dy.clone()), a, b))
+        let first = match self.slots[0] {
+            Some(i) => take(Some(i)),
+            None => Some(dy.clone()),
+        };
+        Ok((first, take(self.slots[1]), take(self.slots[2])))
     }
 }
