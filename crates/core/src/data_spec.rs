@@ -90,7 +90,8 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub hub: Option<String>,
-    /// With `hub` (or a folder): the config (subset) folder of the repo's data files.
+    /// With `hub` (or a folder): the config (subset), as the repo's README declares it (`configs:`), else the
+    /// top-level folder of that name; left out, the README's default config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub config: Option<String>,
@@ -99,7 +100,8 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub split: Option<String>,
-    /// With `hub`: only the repo files these globs match (`data/train-0000[0-3]-*.parquet`).
+    /// Only the repo files these globs match (`data/train-0000[0-3]-*.parquet`): what is downloaded, and what is
+    /// read from the folder whatever else it holds.
     #[serde(default)]
     pub files: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

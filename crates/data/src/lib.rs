@@ -1,7 +1,8 @@
 //! `freezetune-data`: training records from where users keep them. A data file or folder (JSON, JSON Lines,
 //! CSV/TSV, Parquet) read as a stream of rows, each one JSON object naming its file and line (`source.rs`); a
 //! dataset's column mapping as LLaMA-Factory's dataset_info.json expresses it (`mapping.rs`, `info.rs`); several
-//! datasets mixed by weight (`mix.rs`, `spec.rs`). What the records mean (chat templates, tokens) is the trainer's.
+//! datasets mixed by weight (`mix.rs`, `spec.rs`); a Hub snapshot's config and split as its README declares them
+//! or its layout implies (`splits.rs`). What the records mean (chat templates, tokens) is the trainer's.
 //! Depends on core (the run config's dataset specs).
 
 pub mod error;
@@ -11,6 +12,7 @@ pub mod mix;
 mod parquet;
 pub mod source;
 pub mod spec;
+mod splits;
 
 pub use error::{DataError, Result};
 pub use mapping::Mapping;

@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use crate::splits::split_files;
+
 /// One row: where it is (for errors that name it) and its fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -87,54 +89,8 @@ pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The data files of a dataset folder (a Hub snapshot or the like) for one config and split, in name order:
-/// under `<config>/` when a config is named, and named `<split>-*` / `<split>.*` or inside a `<split>/` folder.
-/// None matching is refused, naming the splits that are there.
-pub fn split_files(dir: &Path, config: Option<&str>, split: &str) -> Result<Vec<PathBuf>> {
-    let mut all = Vec::new();
-    walk(dir, dir, &mut all)?;
-    let in_config = |rel: &str| config.is_none_or(|c| rel.starts_with(&format!("{c}/")));
-    let is_split = |rel: &str| is_named(rel, split);
-    let mut files: Vec<PathBuf> = all
-        .iter()
-        .filter(|rel| in_config(rel) && is_split(rel))
-        .map(|rel| dir.join(rel))
-        .collect();
-    files.sort();
-    let named_splits = all
-        .iter()
-        .any(|rel| ["train", "test", "validation"].iter().any(|s| is_named(rel, s)));
-    if files.is_empty() && split == "train" && !named_splits {
-        // No file names a split: the Hub's loader puts every data file in train.
-        files = all
-            .iter()
-            .filter(|rel| in_config(rel))
-            .map(|rel| dir.join(rel))
-            .collect();
-        files.sort();
-    }
-    if files.is_empty() {
-        let found: Vec<&String> = all.iter().filter(|rel| in_config(rel)).take(8).collect();
-        let config = config.map(|c| format!(" of config {c:?}")).unwrap_or_default();
-        return Err(DataError::bad(
-            dir,
-            1,
-            format!("no data files for split {split:?}{config}; the data files are {found:?}"),
-        ));
-    }
-    Ok(files)
-}
-
-/// Whether the file at `rel` belongs to `split`: named `<split>.*` or `<split>-*`, or inside a `<split>/` folder.
-fn is_named(rel: &str, split: &str) -> bool {
-    let mut parts: Vec<&str> = rel.split('/').collect();
-    let name = parts.pop().unwrap_or_default();
-    let stem = name.split('.').next().unwrap_or_default();
-    stem == split || stem.starts_with(&format!("{split}-")) || parts.contains(&split)
-}
-
 /// Every data file below `dir`, as paths relative to `root` with `/` separators.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+pub(crate) fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
         let path = entry.path();

@@ -19,6 +19,8 @@ struct Resolved {
     path: PathBuf,
     /// A config and split to pick the folder's files by (a Hub snapshot, or where the spec names them).
     split: Option<(Option<String>, String)>,
+    /// Only the folder's files these globs match (the spec's `files`).
+    files: Vec<String>,
     /// A dataset_info entry naming only a prompt column: text when the rows have no response column.
     pretraining_text: bool,
     formatting: Option<Formatting>,
@@ -29,7 +31,7 @@ struct Resolved {
 
 fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
     let split = match (&spec.split, &spec.config, &spec.hub) {
-        (None, None, None) => None,
+        (None, None, None) if spec.files.is_empty() => None,
         (split, config, _) => Some((config.clone(), split.clone().unwrap_or_else(|| "train".into()))),
     };
     match (&spec.path, &spec.dataset_info, &spec.name) {
@@ -43,6 +45,7 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
         (Some(path), _, _) => Ok(Resolved {
             path: path.clone(),
             split,
+            files: spec.files.clone(),
             pretraining_text: false,
             formatting: spec.formatting,
             columns: spec.columns.clone(),
@@ -54,6 +57,7 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
             Ok(Resolved {
                 path: e.path,
                 split: None,
+                files: Vec::new(),
                 pretraining_text: e.pretraining_text && spec.formatting.is_none(),
                 formatting: spec.formatting.or(Some(e.formatting)),
                 columns: merge_columns(&spec.columns, e.columns),
@@ -101,7 +105,9 @@ fn merge_tags(own: &Tags, entry: Tags) -> Tags {
 pub fn load_spec(spec: &DatasetSpec) -> Result<Loaded> {
     let r = resolve(spec)?;
     let rows = match &r.split {
-        Some((config, split)) if r.path.is_dir() => open_files(&split_files(&r.path, config.as_deref(), split)?)?,
+        Some((config, split)) if r.path.is_dir() => {
+            open_files(&split_files(&r.path, config.as_deref(), split, &r.files)?)?
+        }
         _ => open(&r.path)?,
     };
     let mut rows = rows.take(r.limit.unwrap_or(usize::MAX));

@@ -98,21 +98,21 @@ async fn a_dataset_repo_downloads_into_the_shared_cache_and_reads_by_config_and_
         .iter()
         .any(|r| r.path.starts_with("/api/datasets/org/chat/revision/main")));
     // The default config's train split is its two shards in order; test and the other config are their own.
-    let train = split_files(&out.snapshot, Some("default"), "train").unwrap();
+    let train = split_files(&out.snapshot, Some("default"), "train", &[]).unwrap();
     let want: Vec<Value> = expected("alpaca.parquet")
         .into_iter()
         .chain(expected("messages.parquet"))
         .collect();
     assert_eq!(rows(&train), want);
     assert_eq!(
-        rows(&split_files(&out.snapshot, Some("default"), "test").unwrap()),
+        rows(&split_files(&out.snapshot, Some("default"), "test", &[]).unwrap()),
         expected("sharegpt.parquet")
     );
     assert_eq!(
-        rows(&split_files(&out.snapshot, Some("chat"), "train").unwrap()),
+        rows(&split_files(&out.snapshot, Some("chat"), "train", &[]).unwrap()),
         expected("sharegpt.parquet")
     );
-    let err = split_files(&out.snapshot, Some("default"), "validation")
+    let err = split_files(&out.snapshot, Some("default"), "validation", &[])
         .unwrap_err()
         .to_string();
     assert!(

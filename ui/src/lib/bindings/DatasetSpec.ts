@@ -14,7 +14,8 @@ export type DatasetSpec = { path?: string,
  */
 hub?: string, 
 /**
- * With `hub` (or a folder): the config (subset) folder of the repo's data files.
+ * With `hub` (or a folder): the config (subset), as the repo's README declares it (`configs:`), else the
+ * top-level folder of that name; left out, the README's default config.
  */
 config?: string, 
 /**
@@ -23,7 +24,8 @@ config?: string,
  */
 split?: string, 
 /**
- * With `hub`: only the repo files these globs match (`data/train-0000[0-3]-*.parquet`).
+ * Only the repo files these globs match (`data/train-0000[0-3]-*.parquet`): what is downloaded, and what is
+ * read from the folder whatever else it holds.
  */
 files: Array<string>, dataset_info?: string, name?: string, 
 /**
