@@ -10,9 +10,9 @@ use super::attention::{Dims as HeadDims, Kernel};
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat};
 use super::pre_norm::{normed, renormed, rms_norm_backward};
 use super::rope::{from_heads, tables_of, to_heads, Columns, Tables};
-use super::wiring::{wire, Handoff, Wired};
+use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
 use super::{f32s, with_values};
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 /// The weights of an attention half, f32 on the CPU, contiguous. Each gets a gradient when it is part of the
@@ -238,21 +238,7 @@ impl CustomOp3 for Block {
             bail!("attention_block: backward without the forward pass's heads")
         };
         let all = self.weights.all();
-        let dy = dy.contiguous()?;
-        let mut tensors: Vec<&Tensor> = all.iter().collect();
-        tensors.extend([x, &dy]);
-        let (dx, dws) = with_values(&tensors, |v| {
-            let (weights, rest) = v.split_at(all.len());
-            Ok(self.backward(rest[0], rest[1], saved, weights))
-        })?;
-        let cpu = Device::Cpu;
-        let grads: Vec<Option<Tensor>> = dws
-            .into_iter()
-            .zip(&all)
-            .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
-            .collect::<Result<_>>()?;
-        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
-        self.handoff.hand_out(grads, dx)
+        block_backward(&self.handoff, &all, x, dy, |x, dy, w| self.backward(x, dy, saved, w))
     }
 }
 
@@ -327,13 +313,7 @@ impl Block {
     }
 
     /// The input's gradient (when it wants one) and each trainable weight's, in [`AttnWeights::all`]'s order.
-    fn backward(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        saved: Saved,
-        weights: &[&[f32]],
-    ) -> (Option<Vec<f32>>, Vec<Option<Vec<f32>>>) {
+    fn backward(&self, x: &[f32], dy: &[f32], saved: Saved, weights: &[&[f32]]) -> BlockGrads {
         let d = self.dims;
         let (rows, hidden, qw, width) = (d.rows(), d.hidden, d.q_width(), d.qkv_width());
         let (hi, qi) = (hidden as isize, qw as isize);
@@ -436,7 +416,7 @@ mod tests {
     use super::super::tests::randn;
     use super::*;
     use crate::ops::tests::max_abs_diff;
-    use candle_core::{Var, D};
+    use candle_core::{Device, Var, D};
 
     const HEADS: AttnHeads = AttnHeads {
         heads: 4,

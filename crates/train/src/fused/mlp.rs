@@ -10,10 +10,10 @@
 
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
 use super::pre_norm::{normed, renormed, rms_norm_backward};
-use super::wiring::{wire, Handoff, Wired};
+use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
 use super::{f32s, rows_per_task, swiglu_grads, swiglu_into, with_values};
 use crate::fastmath::sigmoid_into;
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -148,21 +148,7 @@ impl CustomOp3 for Block {
             bail!("mlp_block: backward without the forward pass's projections")
         };
         let all = self.weights.all();
-        let dy = dy.contiguous()?;
-        let mut tensors: Vec<&Tensor> = all.iter().collect();
-        tensors.extend([x, &dy]);
-        let (dx, dws) = with_values(&tensors, |v| {
-            let (weights, rest) = v.split_at(all.len());
-            Ok(self.backward(rest[0], rest[1], saved, weights))
-        })?;
-        let cpu = Device::Cpu;
-        let grads: Vec<Option<Tensor>> = dws
-            .into_iter()
-            .zip(&all)
-            .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
-            .collect::<Result<_>>()?;
-        let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
-        self.handoff.hand_out(grads, dx)
+        block_backward(&self.handoff, &all, x, dy, |x, dy, w| self.backward(x, dy, saved, w))
     }
 }
 
@@ -224,13 +210,7 @@ impl Block {
     }
 
     /// The input's gradient (when it wants one) and each trainable weight's, in [`MlpWeights::all`]'s order.
-    fn backward(
-        &self,
-        x: &[f32],
-        dy: &[f32],
-        saved: Saved,
-        weights: &[&[f32]],
-    ) -> (Option<Vec<f32>>, Vec<Option<Vec<f32>>>) {
+    fn backward(&self, x: &[f32], dy: &[f32], saved: Saved, weights: &[&[f32]]) -> BlockGrads {
         let Dims { rows, hidden, inter } = self.dims;
         let (hi, ii, two) = (hidden as isize, inter as isize, 2 * inter as isize);
         let m = self.weights.residual_scale;

@@ -6,6 +6,7 @@
 //! block op, and each hands on the gradients the block op left for its weights. The block op reads its weights'
 //! values from its own copy of them, not from these operands.
 
+use super::with_values;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +60,36 @@ impl Handoff {
         Ok((dx, a, b))
     }
 }
+
+/// The shared end of a block op's backward pass: runs `backward` on the values of x, dy and the block's weights
+/// (`all`, in the block's order), makes tensors of the gradients it returns (the input's, and each weight's where
+/// it trains) and hands them out as `handoff` says.
+pub(super) fn block_backward(
+    handoff: &Handoff,
+    all: &[Tensor],
+    x: &Tensor,
+    dy: &Tensor,
+    backward: impl FnOnce(&[f32], &[f32], &[&[f32]]) -> BlockGrads,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let dy = dy.contiguous()?;
+    let mut tensors: Vec<&Tensor> = all.iter().collect();
+    tensors.extend([x, &dy]);
+    let (dx, dws) = with_values(&tensors, |v| {
+        let (weights, rest) = v.split_at(all.len());
+        Ok(backward(rest[0], rest[1], weights))
+    })?;
+    let cpu = Device::Cpu;
+    let grads: Vec<Option<Tensor>> = dws
+        .into_iter()
+        .zip(all)
+        .map(|(g, w)| g.map(|g| Tensor::from_vec(g, w.shape(), &cpu)).transpose())
+        .collect::<Result<_>>()?;
+    let dx = dx.map(|d| Tensor::from_vec(d, x.shape(), &cpu)).transpose()?;
+    handoff.hand_out(grads, dx)
+}
+
+/// A block's gradients as plain buffers: the input's (where it wants one) and each weight's (where it trains).
+pub(super) type BlockGrads = (Option<Vec<f32>>, Vec<Option<Vec<f32>>>);
 
 /// Wires `x` and the block's weights (`all`, in the block's order) for a block op.
 pub(super) fn wire(x: &Tensor, all: &[Tensor]) -> Result<Wired> {
