@@ -19,6 +19,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Olmo3 => "olmo3",
         Architecture::Ministral3 => "mistral3",
         Architecture::GraniteHybrid => "granitehybrid",
+        Architecture::Lfm2 => "lfm2",
     }
 }
 
@@ -77,6 +78,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Olmo3 => ("Olmo3ForCausalLM", "olmo3"),
         Architecture::Ministral3 => ("Ministral3ForCausalLM", "ministral3"),
         Architecture::GraniteHybrid => ("GraniteMoeHybridForCausalLM", "granitemoehybrid"),
+        Architecture::Lfm2 => ("Lfm2ForCausalLM", "lfm2"),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::error::{Result, TrainError};
 use crate::family::{
-    family, supported, wrapper, DefaultSliding, Family, MlpLayout, NormPlacement, QkNorm, RopeLayout, Wrapper,
+    family, supported, wrapper, DefaultSliding, Family, MlpLayout, Names, NormPlacement, QkNorm, RopeLayout, Wrapper,
 };
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
@@ -37,6 +37,8 @@ pub enum Architecture {
     Ministral3,
     /// Granite 4.0 dense (`granitemoehybrid` with attention layers only): Granite's multipliers, a fused shared MLP.
     GraniteHybrid,
+    /// LFM2 / LFM2.5: gated short-convolution layers and full attention with per-head q/k norms.
+    Lfm2,
 }
 
 /// The MLP's activation.
@@ -74,9 +76,20 @@ impl Architecture {
     }
 }
 
+/// What mixes a layer's tokens before its MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mixer {
+    /// Self-attention (`self_attn.*`), as the rest of the [`LayerSpec`] describes it.
+    Attention,
+    /// LFM2's gated short convolution (`conv.*`): `in_proj` to B, C and x; `C · conv(B · x)` with a causal
+    /// depthwise convolution over the last `kernel` positions; `out_proj`. `bias`: every part carries one.
+    ShortConv { kernel: usize, bias: bool },
+}
+
 /// One decoder layer, as the decoder applies it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
+    pub mixer: Mixer,
     /// A query sees the `window` latest keys, itself included; None: full causal attention.
     pub window: Option<usize>,
     /// Index into [`DecoderConfig::ropes`]; None: no positional rotation (SmolLM3's NoPE layers).
@@ -94,8 +107,11 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
-    /// "sliding 4096" or "full": what the layer picker and `inspect` show.
+    /// "sliding 4096", "full" or "conv": what the layer picker and `inspect` show.
     pub fn kind(&self) -> String {
+        if let Mixer::ShortConv { kernel, .. } = self.mixer {
+            return format!("conv {kernel}");
+        }
         match (self.window, self.rope) {
             (Some(w), None) => format!("sliding {w}, no rope"),
             (Some(w), Some(_)) => format!("sliding {w}"),
@@ -121,6 +137,8 @@ pub struct DecoderConfig {
     pub fused_qkv: bool,
     /// Where each layer's MLP weights are.
     pub mlp: MlpLayout,
+    /// The names of a layer's norms, attention output and q/k norms, and of the final norm.
+    pub names: Names,
     pub layers: Vec<LayerSpec>,
     /// The ropes the layers use; the first serves full-attention layers.
     pub ropes: Vec<RopeSpec>,
@@ -283,8 +301,10 @@ impl DecoderConfig {
         let attention_bias = flag("attention_bias");
         let activation = activation(raw, fam)?;
         let softcap = float("attn_logit_softcapping")?;
+        let mixers = layer_mixers(raw, fam, num_layers)?;
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
+                mixer: mixers[i],
                 window: windows[i],
                 rope: uses_rope[i].then_some(if windows[i].is_some() { sliding_rope } else { full_rope }),
                 scale,
@@ -300,16 +320,28 @@ impl DecoderConfig {
         Ok(DecoderConfig {
             architecture: fam.architecture,
             hidden_size,
-            intermediate_size: uint(fam.intermediate_key)?,
+            intermediate_size: match fam.understands("block_auto_adjust_ff_dim") {
+                true => lfm2_ff_dim(raw)?,
+                false => uint(fam.intermediate_key)?,
+            },
             num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
             vocab_size: uint("vocab_size")?,
-            rms_norm_eps: float("rms_norm_eps")?.unwrap_or(1e-6),
-            tie_word_embeddings: raw["tie_word_embeddings"].as_bool().unwrap_or(false),
+            rms_norm_eps: match fam.understands("norm_eps") {
+                true => float("norm_eps")?,
+                false => float("rms_norm_eps")?,
+            }
+            .unwrap_or(1e-6),
+            // LFM2's original configs name it `tie_embedding`, which transformers takes over the other.
+            tie_word_embeddings: raw["tie_embedding"]
+                .as_bool()
+                .or(raw["tie_word_embeddings"].as_bool())
+                .unwrap_or(false),
             fused_qkv: fam.fused_qkv,
             mlp: fam.mlp,
+            names: fam.names,
             layers,
             ropes,
             norm_offset: fam.norm_offset,
@@ -354,9 +386,10 @@ impl DecoderConfig {
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, v, i, hd) = (self.hidden_size, self.vocab_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_heads * hd, self.num_kv_heads * hd);
+        let names = self.names;
         let mut out = vec![
             ("model.embed_tokens.weight".to_string(), vec![v, h]),
-            ("model.norm.weight".into(), vec![h]),
+            (format!("model.{}.weight", names.final_norm), vec![h]),
         ];
         if !self.tie_word_embeddings {
             out.push(("lm_head.weight".into(), vec![v, h]));
@@ -364,17 +397,7 @@ impl DecoderConfig {
         for (n, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{n}");
             let mut add = |name: String, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
-            let norms: &[&str] = match l.norms {
-                NormPlacement::Pre => &["input_layernorm", "post_attention_layernorm"],
-                NormPlacement::Post => &["post_attention_layernorm", "post_feedforward_layernorm"],
-                NormPlacement::Sandwich => &[
-                    "input_layernorm",
-                    "post_attention_layernorm",
-                    "pre_feedforward_layernorm",
-                    "post_feedforward_layernorm",
-                ],
-            };
-            for norm in norms {
+            for norm in names.norms(l.norms).into_iter().flatten() {
                 add(format!("{norm}.weight"), vec![h]);
             }
             let mut linear = |name: &str, rows: usize, cols: usize, bias: bool| {
@@ -383,6 +406,26 @@ impl DecoderConfig {
                     add(format!("{name}.bias"), vec![rows]);
                 }
             };
+            match self.mlp {
+                MlpLayout::Separate { gate, up, down } => {
+                    linear(gate, i, h, l.mlp_bias);
+                    linear(up, i, h, l.mlp_bias);
+                    linear(down, h, i, l.mlp_bias);
+                }
+                MlpLayout::Fused { gate_up, down } => {
+                    linear(gate_up, 2 * i, h, l.mlp_bias);
+                    linear(down, h, i, l.mlp_bias);
+                }
+            }
+            if let Mixer::ShortConv { kernel, bias } = l.mixer {
+                linear("conv.in_proj", 3 * h, h, bias);
+                linear("conv.out_proj", h, h, bias);
+                add("conv.conv.weight".into(), vec![h, 1, kernel]);
+                if bias {
+                    add("conv.conv.bias".into(), vec![h]);
+                }
+                continue;
+            }
             if self.fused_qkv {
                 linear("self_attn.qkv_proj", q + 2 * kv, h, l.qkv_bias);
             } else {
@@ -390,25 +433,14 @@ impl DecoderConfig {
                 linear("self_attn.k_proj", kv, h, l.qkv_bias);
                 linear("self_attn.v_proj", kv, h, l.qkv_bias);
             }
-            linear("self_attn.o_proj", h, q, l.o_bias);
-            match self.mlp {
-                MlpLayout::Separate => {
-                    linear("mlp.gate_proj", i, h, l.mlp_bias);
-                    linear("mlp.up_proj", i, h, l.mlp_bias);
-                    linear("mlp.down_proj", h, i, l.mlp_bias);
-                }
-                MlpLayout::Fused { gate_up, down } => {
-                    linear(gate_up, 2 * i, h, l.mlp_bias);
-                    linear(down, h, i, l.mlp_bias);
-                }
-            }
+            linear(names.o_proj, h, q, l.o_bias);
             let (qn, kn) = match l.qk_norm {
                 QkNorm::None => continue,
                 QkNorm::PerHead => (hd, hd),
                 QkNorm::Whole => (q, kv),
             };
-            add("self_attn.q_norm.weight".into(), vec![qn]);
-            add("self_attn.k_norm.weight".into(), vec![kn]);
+            add(format!("{}.weight", names.q_norm), vec![qn]);
+            add(format!("{}.weight", names.k_norm), vec![kn]);
         }
         out
     }
@@ -479,14 +511,13 @@ fn activation(raw: &Value, fam: &Family) -> std::result::Result<Activation, Stri
             "activation {other:?} is not supported yet (silu, gelu, gelu_pytorch_tanh are)"
         )),
     };
+    let Some(own_key) = fam.activation_key else {
+        return Ok(Activation::Silu);
+    };
     let named = |k: &'static str| raw[k].as_str().map(move |n| (k, n));
-    let mut found = [
-        named(fam.activation_key),
-        named("hidden_activation"),
-        named("hidden_act"),
-    ]
-    .into_iter()
-    .flatten();
+    let mut found = [named(own_key), named("hidden_activation"), named("hidden_act")]
+        .into_iter()
+        .flatten();
     let Some((key, name)) = found.next() else {
         return Ok(Activation::Silu);
     };
@@ -661,7 +692,7 @@ fn layer_windows(
         .iter()
         .find_map(|k| raw.get(*k).filter(|v| !v.is_null()));
     let sliding: Vec<bool> = match types {
-        Some(types) => parse_layer_types(types, layers)?,
+        Some(types) => parse_layer_types(types, layers, fam.understands("conv_L_cache"))?,
         // transformers makes every layer of a Granite 4.0 config without layer types a Mamba layer.
         None if fam.understands("layers_block_type") => {
             return Err(
@@ -700,7 +731,79 @@ fn layer_windows(
         .collect()
 }
 
-fn parse_layer_types(types: &Value, layers: usize) -> std::result::Result<Vec<bool>, String> {
+/// LFM2's MLP width as transformers derives it: `block_ff_dim` (or `intermediate_size`) and, with
+/// `block_auto_adjust_ff_dim`, two thirds of it times `block_ffn_dim_multiplier`, rounded up to a multiple of
+/// `block_multiple_of`.
+fn lfm2_ff_dim(raw: &Value) -> std::result::Result<usize, String> {
+    let key = ["block_ff_dim", "intermediate_size"]
+        .into_iter()
+        .find(|k| raw[*k].is_u64())
+        .ok_or("`intermediate_size` (or `block_ff_dim`) is missing")?;
+    let mut dim = raw[key].as_u64().expect("checked") as i64;
+    if raw["block_auto_adjust_ff_dim"].as_bool().unwrap_or(true) {
+        dim = 2 * dim / 3;
+        if let Some(m) = raw["block_ffn_dim_multiplier"].as_f64() {
+            let multiple = raw["block_multiple_of"].as_i64().filter(|&m| m > 0).unwrap_or(256);
+            dim = (m * dim as f64) as i64;
+            dim = multiple * ((dim + multiple - 1) / multiple);
+        }
+    }
+    match dim {
+        1..=0x40_0000 => Ok(dim as usize),
+        _ => Err(format!(
+            "the MLP width comes to {dim} from `{key}` {}: it must be positive",
+            raw[key]
+        )),
+    }
+}
+
+/// Each layer's token mixer: attention, or LFM2's short convolution where `layer_types` says `conv` (or, without
+/// `layer_types`, where the layer is not in `full_attn_idxs`; all layers are attention when neither is given).
+fn layer_mixers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Vec<Mixer>, String> {
+    if !fam.understands("conv_L_cache") {
+        return Ok(vec![Mixer::Attention; layers]);
+    }
+    let kernel = match raw["conv_L_cache"].as_u64() {
+        Some(k @ 1..=64) => k as usize,
+        _ => {
+            return Err(format!(
+                "`conv_L_cache` must be an integer from 1 to 64, not {}",
+                raw["conv_L_cache"]
+            ))
+        }
+    };
+    let conv = Mixer::ShortConv {
+        kernel,
+        bias: raw["conv_bias"].as_bool().unwrap_or(false),
+    };
+    if let Some(types) = raw.get("layer_types").filter(|v| !v.is_null()) {
+        let types = types.as_array().ok_or("`layer_types` must be a list")?;
+        return Ok(types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("conv") => conv,
+                _ => Mixer::Attention,
+            })
+            .collect());
+    }
+    match raw.get("full_attn_idxs").filter(|v| !v.is_null()) {
+        None => Ok(vec![Mixer::Attention; layers]),
+        Some(list) => {
+            let idxs: Vec<u64> = list
+                .as_array()
+                .and_then(|l| l.iter().map(Value::as_u64).collect())
+                .ok_or("`full_attn_idxs` must be a list of layer numbers")?;
+            if let Some(bad) = idxs.iter().find(|&&i| i as usize >= layers) {
+                return Err(format!("`full_attn_idxs` names layer {bad}, but there are {layers}"));
+            }
+            Ok((0..layers as u64)
+                .map(|i| if idxs.contains(&i) { Mixer::Attention } else { conv })
+                .collect())
+        }
+    }
+}
+
+fn parse_layer_types(types: &Value, layers: usize, conv_allowed: bool) -> std::result::Result<Vec<bool>, String> {
     let types = types.as_array().ok_or("`layer_types` must be a list")?;
     if types.len() != layers {
         return Err(format!(
@@ -712,7 +815,10 @@ fn parse_layer_types(types: &Value, layers: usize) -> std::result::Result<Vec<bo
         .iter()
         .enumerate()
         .map(|(i, t)| match t.as_str() {
+            // `conv`: LFM2's short convolution (`layer_mixers`), for the families that have it; a full-width
+            // layer as far as windows go.
             Some("full_attention") | Some("attention") => Ok(false),
+            Some("conv") if conv_allowed => Ok(false),
             Some("sliding_attention") => Ok(true),
             Some(kind @ ("mamba" | "linear_attention")) => Err(format!(
                 "layer {i} is a {kind} (Mamba) layer, which FreezeTune cannot train yet; Granite 4.0's dense models \
@@ -938,5 +1044,43 @@ mod tests {
         assert_eq!(c.final_softcap, Some(30.0));
         assert_eq!(c.layers[0].scale, 1.0 / 16.0);
         assert_eq!(c.layers[0].norms, NormPlacement::Sandwich);
+    }
+
+    #[test]
+    fn lfm2_reads_its_layer_kinds_mlp_width_and_original_key_names() {
+        // LFM2-1.2B's own config.json spells the MLP width `block_ff_dim` and lists the attention layers.
+        let original = json!({"block_ff_dim": 12288, "block_ffn_dim_multiplier": 1.0, "block_multiple_of": 256,
+            "full_attn_idxs": [1], "norm_eps": 1e-5, "conv_L_cache": 3, "conv_bias": false, "block_dim": 64,
+            "conv_dim": 64, "use_pos_enc": true, "tie_embedding": true, "num_key_value_heads": 2});
+        let c = DecoderConfig::from_json(&tiny(original), "lfm2").unwrap();
+        let kinds: Vec<String> = c.layers.iter().map(LayerSpec::kind).collect();
+        assert_eq!(kinds, ["conv 3", "full", "conv 3"]);
+        assert_eq!(c.intermediate_size, 8192, "two thirds of 12288, a multiple of 256");
+        assert_eq!((c.rms_norm_eps, c.tie_word_embeddings), (1e-5, true));
+        assert_eq!(c.names.final_norm, "embedding_norm");
+        let shapes = c.tensor_shapes();
+        let has = |n: &str| shapes.iter().any(|(name, _)| name == n);
+        assert!(has("model.layers.0.conv.conv.weight") && has("model.layers.1.self_attn.out_proj.weight"));
+        assert!(has("model.layers.1.self_attn.q_layernorm.weight") && has("model.layers.2.feed_forward.w3.weight"));
+        assert!(!has("model.layers.0.self_attn.q_proj.weight") && !has("model.layers.0.conv.in_proj.bias"));
+        // 100 → 66 → ×1.5 = 99 → the next multiple of 32.
+        let small = json!({"intermediate_size": 100, "block_ffn_dim_multiplier": 1.5, "block_multiple_of": 32,
+            "layer_types": ["conv", "full_attention", "conv"], "num_key_value_heads": 2});
+        assert_eq!(
+            DecoderConfig::from_json(&tiny(small), "lfm2")
+                .unwrap()
+                .intermediate_size,
+            128
+        );
+        let e = DecoderConfig::from_json(&tiny(json!({"full_attn_idxs": [3], "num_key_value_heads": 2})), "lfm2")
+            .unwrap_err();
+        assert!(e.contains("full_attn_idxs") && e.contains("layer 3"), "{e}");
+        // Only LFM2 has convolution layers.
+        let e = DecoderConfig::from_json(
+            &tiny(json!({"layer_types": ["conv", "full_attention", "conv"]})),
+            "qwen3",
+        )
+        .unwrap_err();
+        assert!(e.contains("layer 0") && e.contains("conv"), "{e}");
     }
 }

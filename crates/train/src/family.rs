@@ -45,12 +45,65 @@ pub enum DefaultSliding {
 /// Where a layer's MLP weights are, by name after `model.layers.N.`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MlpLayout {
-    /// `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj`.
-    Separate,
+    /// Gate, up and down projections: `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj` ([`HF_MLP`]); LFM2's
+    /// `feed_forward.w1`, `w3`, `w2`.
+    Separate {
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
     /// One projection holding gate then up (rows), and the down projection: Phi-3's `mlp.gate_up_proj` /
     /// `mlp.down_proj`, Granite 4.0's `shared_mlp.input_linear` / `shared_mlp.output_linear`.
     Fused { gate_up: &'static str, down: &'static str },
 }
+
+/// The MLP names most families use.
+pub const HF_MLP: MlpLayout = MlpLayout::Separate {
+    gate: "mlp.gate_proj",
+    up: "mlp.up_proj",
+    down: "mlp.down_proj",
+};
+
+/// How a family names the modules of a layer (after `model.layers.N.`) and the final norm (after `model.`), where
+/// it does not use the names most families share ([`HF_NAMES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Names {
+    /// The norms before attention (or the layer's other token mixer) and before the MLP, in a pre-norm layer.
+    pub pre_attention_norm: &'static str,
+    pub pre_mlp_norm: &'static str,
+    pub o_proj: &'static str,
+    pub q_norm: &'static str,
+    pub k_norm: &'static str,
+    pub final_norm: &'static str,
+}
+
+impl Names {
+    /// The tensor names of a layer's norms under `placement`: (attention pre, attention post, MLP pre, MLP post).
+    pub fn norms(&self, placement: NormPlacement) -> [Option<&'static str>; 4] {
+        const POST_ATTN: &str = "post_attention_layernorm";
+        const PRE_FF: &str = "pre_feedforward_layernorm";
+        const POST_FF: &str = "post_feedforward_layernorm";
+        match placement {
+            NormPlacement::Pre => [Some(self.pre_attention_norm), None, Some(self.pre_mlp_norm), None],
+            NormPlacement::Post => [None, Some(POST_ATTN), None, Some(POST_FF)],
+            NormPlacement::Sandwich => [
+                Some(self.pre_attention_norm),
+                Some(POST_ATTN),
+                Some(PRE_FF),
+                Some(POST_FF),
+            ],
+        }
+    }
+}
+
+pub const HF_NAMES: Names = Names {
+    pre_attention_norm: "input_layernorm",
+    pre_mlp_norm: "post_attention_layernorm",
+    o_proj: "self_attn.o_proj",
+    q_norm: "self_attn.q_norm",
+    k_norm: "self_attn.k_norm",
+    final_norm: "norm",
+};
 
 /// How a family's rope parameters are laid out.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,8 +133,9 @@ pub struct Family {
     pub norm_offset: f64,
     /// Embeddings multiplied by sqrt(hidden_size), rounded to the compute dtype (gemma).
     pub scaled_embeddings: bool,
-    /// The MLP activation's key (`hidden_act`, or gemma2/3's `hidden_activation`).
-    pub activation_key: &'static str,
+    /// The MLP activation's key (`hidden_act`, or gemma2/3's `hidden_activation`); None: always SiLU (LFM2,
+    /// whose config has no such key and whose transformers code hard-codes it).
+    pub activation_key: Option<&'static str>,
     /// Phi-3's fused `qkv_proj`.
     pub fused_qkv: bool,
     pub mlp: MlpLayout,
@@ -96,6 +150,7 @@ pub struct Family {
     pub sizes: Sizes,
     /// The rope dict's `llama_4_scaling_beta` scales queries by position (Ministral 3).
     pub position_query_scale: bool,
+    pub names: Names,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,18 +294,19 @@ const LLAMA: Family = Family {
     qk_norm: QkNorm::None,
     norm_offset: 0.0,
     scaled_embeddings: false,
-    activation_key: "hidden_act",
+    activation_key: Some("hidden_act"),
     fused_qkv: false,
-    mlp: MlpLayout::Separate,
+    mlp: HF_MLP,
     intermediate_key: "intermediate_size",
     qkv_bias_always: false,
     sliding: DefaultSliding::Never,
     rope: RopeLayout::Single,
     position_query_scale: false,
+    names: HF_NAMES,
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 14] = [
+pub const FAMILIES: [Family; 15] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -427,7 +483,7 @@ pub const FAMILIES: [Family; 14] = [
         norms: NormPlacement::Sandwich,
         norm_offset: 1.0,
         scaled_embeddings: true,
-        activation_key: "hidden_activation",
+        activation_key: Some("hidden_activation"),
         sliding: DefaultSliding::AllButEvery(2),
         ..LLAMA
     },
@@ -463,7 +519,7 @@ pub const FAMILIES: [Family; 14] = [
         qk_norm: QkNorm::PerHead,
         norm_offset: 1.0,
         scaled_embeddings: true,
-        activation_key: "hidden_activation",
+        activation_key: Some("hidden_activation"),
         sliding: DefaultSliding::AllButEvery(6),
         rope: RopeLayout::PerLayerType {
             local_theta_key: Some("rope_local_base_freq"),
@@ -622,6 +678,65 @@ pub const FAMILIES: [Family; 14] = [
         },
         ..LLAMA
     },
+    // LFM2 and LFM2.5: gated short-convolution layers (`conv` in `layer_types`) mixed with full attention. Its
+    // configs carry the original training code's keys, which transformers never reads (init scales, duplicated
+    // sizes, flags for what it always does): read here as inert.
+    Family {
+        model_type: "lfm2",
+        sizes: Sizes {
+            vocab: 65536,
+            hidden: 2560,
+            intermediate: 12288,
+            layers: 32,
+            heads: 32,
+        },
+        architecture: Architecture::Lfm2,
+        keys: &[
+            "norm_eps",
+            "conv_bias",
+            "conv_L_cache",
+            "block_multiple_of",
+            "block_ffn_dim_multiplier",
+            "block_auto_adjust_ff_dim",
+            "block_ff_dim",
+            "full_attn_idxs",
+            "layer_types",
+            "tie_embedding",
+            "block_dim",
+            "block_norm_eps",
+            "block_mlp_init_scale",
+            "block_out_init_scale",
+            "block_use_xavier_init",
+            "block_use_swiglu",
+            "conv_dim",
+            "conv_dim_out",
+            "conv_use_xavier_init",
+            "num_heads",
+            "use_pos_enc",
+        ],
+        defaults: || {
+            json!({"norm_eps": 1e-5, "num_key_value_heads": 8, "rope_theta": 1_000_000.0, "conv_bias": false,
+            "conv_L_cache": 3, "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0,
+            "block_auto_adjust_ff_dim": true, "tie_word_embeddings": true})
+        },
+        qk_norm: QkNorm::PerHead,
+        mlp: MlpLayout::Separate {
+            gate: "feed_forward.w1",
+            up: "feed_forward.w3",
+            down: "feed_forward.w2",
+        },
+        activation_key: None,
+        names: Names {
+            pre_attention_norm: "operator_norm",
+            pre_mlp_norm: "ffn_norm",
+            o_proj: "self_attn.out_proj",
+            q_norm: "self_attn.q_layernorm",
+            k_norm: "self_attn.k_layernorm",
+            // Named for the embeddings, applied after the last layer.
+            final_norm: "embedding_norm",
+        },
+        ..LLAMA
+    },
 ];
 
 /// The family of a `model_type`.
@@ -683,7 +798,7 @@ mod tests {
             for k in (f.defaults)().as_object().unwrap().keys() {
                 assert!(f.understands(k), "{}: default for unread key {k}", f.model_type);
             }
-            assert!(f.understands(f.activation_key), "{}", f.model_type);
+            assert!(f.activation_key.is_none_or(|k| f.understands(k)), "{}", f.model_type);
         }
     }
 

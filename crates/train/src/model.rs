@@ -4,9 +4,9 @@
 //! frozen linears above it compute only the input gradient.
 
 use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
-use crate::config::{Activation, DecoderConfig, LayerSpec, PositionQueryScale};
+use crate::config::{Activation, DecoderConfig, LayerSpec, Mixer, PositionQueryScale};
 use crate::error::{Result, TrainError};
-use crate::family::{MlpLayout, NormPlacement, QkNorm};
+use crate::family::{MlpLayout, QkNorm};
 use crate::fused;
 use crate::linear::{Linear, LinearWeight};
 use crate::ops::{rms_norm_offset, rope_heads, swiglu};
@@ -37,27 +37,35 @@ struct Norms {
 struct Block {
     spec: LayerSpec,
     trainable: bool,
+    /// The norms around the token mixer (attention or convolution).
     attn_norms: Norms,
     mlp_norms: Norms,
-    qkv: Qkv,
-    o: Linear,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
+    mixer: MixerWeights,
     gate_up: GateUp,
     down: Linear,
 }
 
-/// The tensor names of a layer's norms: (attention pre, attention post, MLP pre, MLP post).
-fn norm_names(placement: NormPlacement) -> [Option<&'static str>; 4] {
-    const IN: &str = "input_layernorm";
-    const POST_ATTN: &str = "post_attention_layernorm";
-    const PRE_FF: &str = "pre_feedforward_layernorm";
-    const POST_FF: &str = "post_feedforward_layernorm";
-    match placement {
-        NormPlacement::Pre => [Some(IN), None, Some(POST_ATTN), None],
-        NormPlacement::Post => [None, Some(POST_ATTN), None, Some(POST_FF)],
-        NormPlacement::Sandwich => [Some(IN), Some(POST_ATTN), Some(PRE_FF), Some(POST_FF)],
-    }
+/// A layer's token mixer, as its [`Mixer`] says.
+enum MixerWeights {
+    Attention(AttentionWeights),
+    ShortConv(ShortConv),
+}
+
+struct AttentionWeights {
+    qkv: Qkv,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+}
+
+/// LFM2's gated short convolution: `in_proj` (3·hidden rows: B, C, x), the depthwise causal convolution's weight
+/// (hidden, 1, kernel) and bias, `out_proj`.
+struct ShortConv {
+    in_proj: Linear,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    out_proj: Linear,
+    kernel: usize,
 }
 
 pub struct Decoder {
@@ -91,12 +99,17 @@ impl Block {
         let p = format!("{}.layers.{i}", names.model);
         let trainable = params.vars.keys().any(|n| n.starts_with(&format!("{p}.")));
         let norm = |name: Option<&str>| name.map(|n| params.get(&format!("{p}.{n}.weight"))).transpose();
-        let [attn_pre, attn_post, mlp_pre, mlp_post] = norm_names(spec.norms);
+        let [attn_pre, attn_post, mlp_pre, mlp_post] = c.names.norms(spec.norms);
         let linear = |name: &str, bias: bool| params.linear(&format!("{p}.{name}"), bias);
-        let qk_norm = |which: &str| {
-            (spec.qk_norm != QkNorm::None)
-                .then(|| params.get(&format!("{p}.self_attn.{which}_norm.weight")))
-                .transpose()
+        let mixer = match spec.mixer {
+            Mixer::Attention => MixerWeights::Attention(AttentionWeights::load(c, &spec, &p, params)?),
+            Mixer::ShortConv { kernel, bias } => MixerWeights::ShortConv(ShortConv {
+                in_proj: linear("conv.in_proj", bias)?,
+                weight: params.get(&format!("{p}.conv.conv.weight"))?,
+                bias: bias.then(|| params.get(&format!("{p}.conv.conv.bias"))).transpose()?,
+                out_proj: linear("conv.out_proj", bias)?,
+                kernel,
+            }),
         };
         Ok(Block {
             trainable,
@@ -108,6 +121,32 @@ impl Block {
                 pre: norm(mlp_pre)?,
                 post: norm(mlp_post)?,
             },
+            mixer,
+            gate_up: match c.mlp {
+                MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
+                MlpLayout::Separate { gate, up, .. } => GateUp::Separate {
+                    gate: linear(gate, spec.mlp_bias)?,
+                    up: linear(up, spec.mlp_bias)?,
+                },
+            },
+            down: match c.mlp {
+                MlpLayout::Fused { down, .. } | MlpLayout::Separate { down, .. } => linear(down, spec.mlp_bias)?,
+            },
+            spec,
+        })
+    }
+}
+
+impl AttentionWeights {
+    /// The attention weights of the layer at `p` (`model.layers.N`).
+    fn load(c: &DecoderConfig, spec: &LayerSpec, p: &str, params: &Params) -> Result<AttentionWeights> {
+        let linear = |name: &str, bias: bool| params.linear(&format!("{p}.{name}"), bias);
+        let qk_norm = |name: &str| {
+            (spec.qk_norm != QkNorm::None)
+                .then(|| params.get(&format!("{p}.{name}.weight")))
+                .transpose()
+        };
+        Ok(AttentionWeights {
             qkv: if c.fused_qkv {
                 Qkv::Fused(linear("self_attn.qkv_proj", spec.qkv_bias)?)
             } else {
@@ -117,21 +156,9 @@ impl Block {
                     v: linear("self_attn.v_proj", spec.qkv_bias)?,
                 }
             },
-            o: linear("self_attn.o_proj", spec.o_bias)?,
-            q_norm: qk_norm("q")?,
-            k_norm: qk_norm("k")?,
-            gate_up: match c.mlp {
-                MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
-                MlpLayout::Separate => GateUp::Separate {
-                    gate: linear("mlp.gate_proj", spec.mlp_bias)?,
-                    up: linear("mlp.up_proj", spec.mlp_bias)?,
-                },
-            },
-            down: match c.mlp {
-                MlpLayout::Fused { down, .. } => linear(down, spec.mlp_bias)?,
-                MlpLayout::Separate => linear("mlp.down_proj", spec.mlp_bias)?,
-            },
-            spec,
+            o: linear(c.names.o_proj, spec.o_bias)?,
+            q_norm: qk_norm(c.names.q_norm)?,
+            k_norm: qk_norm(c.names.k_norm)?,
         })
     }
 }
@@ -202,7 +229,7 @@ impl Decoder {
         } else {
             params.linear(&names.lm_head, false)?
         };
-        let norm = params.get(&format!("{}.norm.weight", names.model))?;
+        let norm = params.get(&format!("{}.{}.weight", names.model, c.names.final_norm))?;
         refuse_unread(params, c, &names)?;
         Ok(Decoder {
             rope: Mutex::new(vec![None; c.ropes.len()]),
@@ -495,12 +522,18 @@ impl Decoder {
         mask: &AttnMask,
         cache: Option<&mut LayerCache>,
     ) -> candle_core::Result<Tensor> {
-        let x = match self.fused_attention(blk, x, rot, mask, cache.is_some()) {
-            Some(block) => block?,
-            None => {
-                let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, h, rot, mask, cache))?;
-                self.residual(x, &attn)?
+        let x = match &blk.mixer {
+            MixerWeights::ShortConv(conv) => {
+                let y = self.sublayer(x, &blk.attn_norms, |h| self.short_conv(conv, h, cache))?;
+                self.residual(x, &y)?
             }
+            MixerWeights::Attention(w) => match self.fused_attention(blk, w, x, rot, mask, cache.is_some()) {
+                Some(block) => block?,
+                None => {
+                    let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, w, h, rot, mask, cache))?;
+                    self.residual(x, &attn)?
+                }
+            },
         };
         if let Some(weights) = self.fused_mlp_weights(blk, &x) {
             return fused::mlp_block(&x, &weights);
@@ -515,6 +548,7 @@ impl Decoder {
     fn fused_attention(
         &self,
         blk: &Block,
+        w: &AttentionWeights,
         x: &Tensor,
         rot: &[(Tensor, Tensor)],
         mask: &AttnMask,
@@ -540,14 +574,14 @@ impl Decoder {
             _ => mask.dense.as_ref(),
         }?;
         let norm = blk.attn_norms.pre.clone().filter(|n| n.dtype() == DType::F32)?;
-        let qkv = match &blk.qkv {
+        let qkv = match &w.qkv {
             Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v)?),
             Qkv::Fused(qkv) => fused::QkvWeights::Fused(dense(qkv)?),
         };
         let weights = fused::AttnWeights {
             norm,
             qkv,
-            o: dense(&blk.o)?,
+            o: dense(&w.o)?,
             norm_offset: c.norm_offset as f32,
             eps: c.rms_norm_eps as f32,
             residual_scale: c.residual_multiplier as f32,
@@ -609,6 +643,7 @@ impl Decoder {
     fn attention(
         &self,
         blk: &Block,
+        w: &AttentionWeights,
         h: &Tensor,
         rot: &[(Tensor, Tensor)],
         mask: &AttnMask,
@@ -618,7 +653,7 @@ impl Decoder {
         let spec = &blk.spec;
         let (b, t, _) = h.dims3()?;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
-        let (mut q, mut k, v) = match &blk.qkv {
+        let (mut q, mut k, v) = match &w.qkv {
             Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
             Qkv::Fused(qkv) => {
                 let y = qkv.forward(h)?;
@@ -634,12 +669,12 @@ impl Decoder {
             None => Ok(x.clone()),
         };
         if spec.qk_norm == QkNorm::Whole {
-            q = norm(&q, &blk.q_norm)?;
-            k = norm(&k, &blk.k_norm)?;
+            q = norm(&q, &w.q_norm)?;
+            k = norm(&k, &w.k_norm)?;
         }
         if spec.qk_norm == QkNorm::PerHead {
-            q = norm(&q.reshape((b, t, nh, hd))?, &blk.q_norm)?;
-            k = norm(&k.reshape((b, t, nkv, hd))?, &blk.k_norm)?;
+            q = norm(&q.reshape((b, t, nh, hd))?, &w.q_norm)?;
+            k = norm(&k.reshape((b, t, nkv, hd))?, &w.k_norm)?;
         }
         let rotation = spec.rope.map(|r| (&rot[r], c.ropes[r].rotary_dim(hd)));
         let q = rotate_heads(&q, nh, rotation)?;
@@ -657,7 +692,38 @@ impl Decoder {
             cache.kv = Some((k.clone(), v.clone()));
         }
         let attn = self.attend(&q, k, v, mask, spec)?;
-        blk.o.forward(&attn)
+        w.o.forward(&attn)
+    }
+
+    /// LFM2's gated short convolution over h (batch, seq, hidden): `out_proj(C · conv(B · x))`, with B, C and x
+    /// from `in_proj` and the convolution causal and depthwise over the last `kernel` positions (zeros before the
+    /// first). With `cache`, those earlier positions' B·x come from it (the conv state) and the latest are kept.
+    fn short_conv(&self, c: &ShortConv, h: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
+        let hs = self.config.hidden_size;
+        let bcx = c.in_proj.forward(h)?;
+        let (b, t, _) = bcx.dims3()?;
+        let bx = (bcx.narrow(2, 0, hs)? * bcx.narrow(2, 2 * hs, hs)?)?;
+        let past = match cache.as_ref().and_then(|c| c.conv.clone()) {
+            Some(state) => state,
+            None => Tensor::zeros((b, c.kernel - 1, hs), bx.dtype(), bx.device())?,
+        };
+        let padded = Tensor::cat(&[&past, &bx], 1)?;
+        if let Some(cache) = cache {
+            cache.conv = Some(padded.narrow(1, t, c.kernel - 1)?.detach());
+        }
+        let weight = c.weight.to_dtype(bx.dtype())?.reshape((hs, c.kernel))?;
+        // Output position p reads inputs p - kernel + 1 ..= p: padded positions p ..= p + kernel - 1.
+        let mut y = padded
+            .narrow(1, 0, t)?
+            .broadcast_mul(&weight.narrow(1, 0, 1)?.squeeze(1)?)?;
+        for j in 1..c.kernel {
+            let tap = weight.narrow(1, j, 1)?.squeeze(1)?;
+            y = (y + padded.narrow(1, j, t)?.broadcast_mul(&tap)?)?;
+        }
+        if let Some(bias) = &c.bias {
+            y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
+        }
+        c.out_proj.forward(&(bcx.narrow(2, hs, hs)? * y)?)
     }
 
     fn mlp(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
@@ -785,10 +851,12 @@ fn rope_table_values(inv_freq: &[f32], len: usize, factor: f32) -> (Vec<f32>, Ve
     (cos, sin)
 }
 
-/// Keys and values of one layer for the positions generated so far.
+/// One layer's state for the positions generated so far: an attention layer's keys and values, a convolution
+/// layer's last `kernel - 1` inputs.
 #[derive(Default)]
 struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
+    conv: Option<Tensor>,
 }
 
 /// The KV cache of a generation: every layer's keys and values, and how many positions they cover.

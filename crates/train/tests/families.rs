@@ -2,7 +2,7 @@
 //! tests/fixtures/scripts/make_family_reference.py, which also checks that each feature a case exists for moves
 //! the loss at its length): sliding windows (mistral, phi3, qwen2, gemma 2/3, olmo3), llama's biases, Gemma 2's
 //! sandwich norms, softcaps and query scale, Gemma 3's q/k norms and rope per layer type, SmolLM3's NoPE layer,
-//! Granite's multipliers, OLMo's post norms, YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
+//! Granite's multipliers, OLMo's post norms, LFM2's short convolutions, YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
 //! steps' losses, the step-1 gradient norm, greedy generation through the KV cache, and a bf16 loss must match.
 //! Run once with the fused CPU kernels and once with `FREEZETUNE_FUSED=0` (the device-generic path GPUs run), as
 //! `make test` does.
@@ -204,6 +204,11 @@ fn granite_multipliers() {
 #[test]
 fn granite4_dense_hybrid_family_with_attention_layers_only() {
     check("granite4");
+}
+
+#[test]
+fn lfm2_gated_short_convolutions_around_full_attention() {
+    check("lfm2");
 }
 
 #[test]
