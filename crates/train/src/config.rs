@@ -735,24 +735,42 @@ fn layer_windows(
 /// `block_auto_adjust_ff_dim`, two thirds of it times `block_ffn_dim_multiplier`, rounded up to a multiple of
 /// `block_multiple_of`.
 fn lfm2_ff_dim(raw: &Value) -> std::result::Result<usize, String> {
+    const LIMIT: u64 = 1 << 22;
     let key = ["block_ff_dim", "intermediate_size"]
         .into_iter()
         .find(|k| raw[*k].is_u64())
         .ok_or("`intermediate_size` (or `block_ff_dim`) is missing")?;
-    let mut dim = raw[key].as_u64().expect("checked") as i64;
+    let given = raw[key].as_u64().expect("checked");
+    if given == 0 || given > LIMIT {
+        return Err(format!(
+            "`{key}` is {given}; it must be a positive integer up to {LIMIT}"
+        ));
+    }
+    let mut dim = given;
     if raw["block_auto_adjust_ff_dim"].as_bool().unwrap_or(true) {
         dim = 2 * dim / 3;
-        if let Some(m) = raw["block_ffn_dim_multiplier"].as_f64() {
-            let multiple = raw["block_multiple_of"].as_i64().filter(|&m| m > 0).unwrap_or(256);
-            dim = (m * dim as f64) as i64;
-            dim = multiple * ((dim + multiple - 1) / multiple);
+        if let Some(m) = raw.get("block_ffn_dim_multiplier").filter(|v| !v.is_null()) {
+            let m = m
+                .as_f64()
+                .filter(|m| m.is_finite() && *m > 0.0 && *m <= 64.0)
+                .ok_or_else(|| format!("`block_ffn_dim_multiplier` must be a number in (0, 64], not {m}"))?;
+            let multiple = raw["block_multiple_of"]
+                .as_u64()
+                .filter(|m| (1..=LIMIT).contains(m))
+                .ok_or_else(|| {
+                    format!(
+                        "`block_multiple_of` must be an integer from 1 to {LIMIT}, not {}",
+                        raw["block_multiple_of"]
+                    )
+                })?;
+            // Truncated as Python's int() does, then rounded up to the multiple.
+            dim = ((m * dim as f64) as u64).div_ceil(multiple) * multiple;
         }
     }
     match dim {
-        1..=0x40_0000 => Ok(dim as usize),
+        1..=LIMIT => Ok(dim as usize),
         _ => Err(format!(
-            "the MLP width comes to {dim} from `{key}` {}: it must be positive",
-            raw[key]
+            "the MLP width comes to {dim} from `{key}` {given}: it must be from 1 to {LIMIT}"
         )),
     }
 }
