@@ -16,6 +16,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
+use freezetune_train::config::Mixer;
 use freezetune_train::rope::RopeScaling;
 use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::Value;
@@ -277,6 +278,13 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
                 "llama.cpp's OLMo 2 needs an output matrix of its own; this model ties it to the embeddings".into(),
             )
         }
+        (Architecture::Lfm2, _)
+            if layers
+                .iter()
+                .any(|l| matches!(l.mixer, Mixer::ShortConv { bias: true, .. })) =>
+        {
+            return Err("llama.cpp's LFM2 has no convolution biases (conv_bias is true)".into())
+        }
         _ => {}
     }
     match c.architecture {
@@ -463,6 +471,11 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
             num_layers: c.num_layers,
         };
         let dtype = tensor_type(kind, &role);
+        // LFM2's depthwise convolution (hidden, 1, kernel) is llama.cpp's {kernel, hidden}: the same values.
+        let shape = match (c.architecture, shape.as_slice()) {
+            (Architecture::Lfm2, &[h, 1, k]) => vec![h, k],
+            _ => shape,
+        };
         let source = Source::Weight {
             rope_heads: rope_heads(&hf, c.architecture, c.num_heads, c.num_kv_heads),
             add_one: offset_norm(&hf, c.architecture),
@@ -582,6 +595,25 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             m.push((k("embedding_scale"), f(c.embedding_multiplier)));
             m.push((k("residual_scale"), f(c.residual_multiplier)));
             m.push((k("logit_scale"), f(c.logits_scaling)));
+        }
+        Architecture::Lfm2 => {
+            // llama.cpp tells a convolution layer by its key/value head count of 0, so the count is per layer.
+            let kv: Vec<i32> = c
+                .layers
+                .iter()
+                .map(|l| match l.mixer {
+                    Mixer::Attention => c.num_kv_heads as i32,
+                    Mixer::ShortConv { .. } => 0,
+                })
+                .collect();
+            m.retain(|(key, _)| *key != k("attention.head_count_kv"));
+            m.push((k("attention.head_count_kv"), Meta::I32s(kv)));
+            let kernel = c.layers.iter().find_map(|l| match l.mixer {
+                Mixer::ShortConv { kernel, .. } => Some(kernel),
+                Mixer::Attention => None,
+            });
+            m.push((k("shortconv.l_cache"), u(kernel.unwrap_or(3))));
+            m.push((k("vocab_size"), u(c.vocab_size)));
         }
         Architecture::Phi3 => {
             let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;

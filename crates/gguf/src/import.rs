@@ -269,7 +269,13 @@ fn plan_tensors(g: &Gguf, arch: Architecture, arch_name: &str) -> Result<Vec<Pla
                     "tensor {name} has no place in FreezeTune's {arch_name} decoder"
                 ))
             })?;
-            let shape = g.content.tensor_infos[name].shape.dims().to_vec();
+            let mut shape = g.content.tensor_infos[name].shape.dims().to_vec();
+            // llama.cpp's LFM2 convolution {kernel, hidden} is transformers' Conv1d weight (hidden, 1, kernel).
+            if let (Architecture::Lfm2, &[h, k]) = (arch, shape.as_slice()) {
+                if name.ends_with("shortconv.conv.weight") {
+                    shape = vec![h, 1, k];
+                }
+            }
             Ok(Planned {
                 gguf: name.clone(),
                 hf,
@@ -556,7 +562,12 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
     let k = |s: &str| format!("{a}.{s}");
     let hidden = g.u32(&k("embedding_length"))? as usize;
     let heads = g.u32(&k("attention.head_count"))? as usize;
-    let kv_heads = g.opt_u32(&k("attention.head_count_kv"))?.map_or(heads, |v| v as usize);
+    // LFM2 gives a count per layer, 0 for its convolution layers.
+    let kv_per_layer = kv_heads_per_layer(g, &k("attention.head_count_kv"));
+    let kv_heads = match &kv_per_layer {
+        Some(counts) => counts.iter().copied().max().unwrap_or(heads as u32) as usize,
+        None => g.opt_u32(&k("attention.head_count_kv"))?.map_or(heads, |v| v as usize),
+    };
     let head_dim = g
         .opt_u32(&k("attention.key_length"))?
         .map_or(hidden / heads.max(1), |v| v as usize);
@@ -601,6 +612,9 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         c["mlp_bias"] = json!(false);
     }
     newer_family_keys(g, arch, a, &mut c)?;
+    if arch == Architecture::Lfm2 {
+        lfm2_keys(g, a, kv_per_layer.as_deref(), &mut c)?;
+    }
     if arch == Architecture::Phi3 {
         if let Some(w) = g.opt_u32(&k("attention.sliding_window"))?.filter(|&w| w > 0) {
             c["sliding_window"] = json!(w);
@@ -691,6 +705,40 @@ fn newer_family_keys(g: &Gguf, arch: Architecture, a: &str, c: &mut Value) -> Re
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// A per-layer key/value head count (an array), where the file gives one.
+fn kv_heads_per_layer(g: &Gguf, key: &str) -> Option<Vec<u32>> {
+    let values = g.get(key)?.to_vec().ok()?;
+    values
+        .iter()
+        .map(|v| v.to_u32().or_else(|_| v.to_i32().map(|x| x as u32)).ok())
+        .collect()
+}
+
+/// LFM2's config.json as transformers reads it: the layer kinds from the per-layer head counts (0: a convolution
+/// layer), the convolution's length, its epsilon under `norm_eps`, and the MLP width as the file states it (no
+/// further adjustment). It has no activation key (always SiLU).
+fn lfm2_keys(g: &Gguf, a: &str, kv_per_layer: Option<&[u32]>, c: &mut Value) -> Result<()> {
+    let layers = c["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
+    let counts = kv_per_layer.filter(|k| k.len() == layers).ok_or_else(|| {
+        g.bad(format!(
+            "{a}.attention.head_count_kv must list a count per layer ({layers})"
+        ))
+    })?;
+    let types: Vec<&str> = counts
+        .iter()
+        .map(|&n| if n == 0 { "conv" } else { "full_attention" })
+        .collect();
+    let obj = c.as_object_mut().expect("an object");
+    obj.remove("hidden_act");
+    let eps = obj.remove("rms_norm_eps").unwrap_or(json!(1e-5));
+    obj.insert("norm_eps".into(), eps);
+    obj.insert("layer_types".into(), json!(types));
+    obj.insert("conv_L_cache".into(), json!(g.u32(&format!("{a}.shortconv.l_cache"))?));
+    obj.insert("conv_bias".into(), json!(false));
+    obj.insert("block_auto_adjust_ff_dim".into(), json!(false));
     Ok(())
 }
 

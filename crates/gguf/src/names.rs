@@ -25,7 +25,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 11] = [
+pub const EXPORTABLE: [Architecture; 12] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -37,11 +37,12 @@ pub const EXPORTABLE: [Architecture; 11] = [
     Architecture::Granite,
     Architecture::Olmo2,
     Architecture::SmolLM3,
+    Architecture::Lfm2,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 10] = [
-    "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3",
+pub const IMPORTABLE: [&str; 11] = [
+    "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2",
 ];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
@@ -57,6 +58,7 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "granite" => Architecture::Granite,
         "olmo2" => Architecture::Olmo2,
         "smollm3" => Architecture::SmolLM3,
+        "lfm2" => Architecture::Lfm2,
         _ => return None,
     })
 }
@@ -111,6 +113,33 @@ const LAYER: [(&str, &str); 18] = [
     ("mlp.gate_up_proj.bias", "ffn_up.bias"),
 ];
 
+/// LFM2's own names (llama.cpp's `LLM_ARCH_LFM2`): its final norm is `token_embd_norm` (transformers'
+/// `embedding_norm`, applied after the last layer), and its convolution layers are `shortconv.*`.
+const LFM2_GLOBAL: [(&str, &str); 3] = [
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.embedding_norm.weight", "token_embd_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+const LFM2_LAYER: [(&str, &str); 15] = [
+    ("operator_norm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.out_proj.weight", "attn_output.weight"),
+    ("self_attn.q_layernorm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_layernorm.weight", "attn_k_norm.weight"),
+    ("conv.conv.weight", "shortconv.conv.weight"),
+    ("conv.in_proj.weight", "shortconv.in_proj.weight"),
+    ("conv.out_proj.weight", "shortconv.out_proj.weight"),
+    ("ffn_norm.weight", "ffn_norm.weight"),
+    ("feed_forward.w1.weight", "ffn_gate.weight"),
+    ("feed_forward.w3.weight", "ffn_up.weight"),
+    ("feed_forward.w2.weight", "ffn_down.weight"),
+    // Never in a file FreezeTune writes (export refuses convolution biases); listed so the names stay one table.
+    ("conv.conv.bias", "shortconv.conv.bias"),
+];
+
 /// Families whose norms sit around their sublayers (post norms: OLMo 2; sandwich norms: Gemma 2 and 3). There
 /// llama.cpp names the norm on the attention output `post_attention_norm`, the pre-MLP norm `ffn_norm` and the norm
 /// on the MLP output `post_ffw_norm`; in llama's naming `post_attention_layernorm` is the pre-MLP norm.
@@ -151,6 +180,14 @@ pub fn order_key(name: &str) -> (usize, usize, String) {
 
 /// The GGUF name of a Hugging Face tensor of a family, or `None` for one llama.cpp has no place for.
 pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
+    if arch == Architecture::Lfm2 {
+        if let Some((_, g)) = LFM2_GLOBAL.iter().find(|(h, _)| *h == hf) {
+            return Some(g.to_string());
+        }
+        let (layer, suffix) = layer_after(hf, "model.layers.")?;
+        let (_, g) = LFM2_LAYER.iter().find(|(h, _)| *h == suffix)?;
+        return Some(format!("blk.{layer}.{g}"));
+    }
     if let Some((_, g)) = GLOBAL.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
     }
@@ -162,6 +199,14 @@ pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
 
 /// The Hugging Face name of a GGUF tensor for a family, or `None` for one FreezeTune's decoder has no place for.
 pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
+    if arch == Architecture::Lfm2 {
+        if let Some((h, _)) = LFM2_GLOBAL.iter().find(|(_, g)| *g == gguf) {
+            return Some(h.to_string());
+        }
+        let (layer, suffix) = layer_after(gguf, "blk.")?;
+        let (h, _) = LFM2_LAYER.iter().find(|(_, g)| *g == suffix)?;
+        return Some(format!("model.layers.{layer}.{h}"));
+    }
     if let Some((h, _)) = GLOBAL.iter().find(|(_, g)| *g == gguf) {
         return Some(h.to_string());
     }
@@ -248,6 +293,27 @@ mod tests {
             to_hf("blk.0.attn_q.weight", Architecture::Qwen2).as_deref(),
             Some("model.layers.0.self_attn.q_proj.weight")
         );
+        let lfm2 = |hf: &str| to_gguf(hf, Architecture::Lfm2);
+        assert_eq!(
+            lfm2("model.embedding_norm.weight").as_deref(),
+            Some("token_embd_norm.weight")
+        );
+        assert_eq!(
+            lfm2("model.layers.2.conv.in_proj.weight").as_deref(),
+            Some("blk.2.shortconv.in_proj.weight")
+        );
+        assert_eq!(
+            lfm2("model.layers.1.feed_forward.w3.weight").as_deref(),
+            Some("blk.1.ffn_up.weight")
+        );
+        assert_eq!(lfm2("model.norm.weight"), None, "LFM2 has no model.norm");
+        for hf in [
+            "model.embedding_norm.weight",
+            "model.layers.0.conv.conv.weight",
+            "model.layers.4.self_attn.out_proj.weight",
+        ] {
+            assert_eq!(to_hf(&lfm2(hf).unwrap(), Architecture::Lfm2).as_deref(), Some(hf));
+        }
     }
 
     #[test]

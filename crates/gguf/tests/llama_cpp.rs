@@ -128,7 +128,8 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         assert!(err.contains(want), "{err}");
         assert!(!dest.exists());
     };
-    // The fixtures as made: a query scale of 1/2, a Gemma 3 full-attention layer at 1, a NoPE layer 0, MLP biases.
+    // The fixtures as made: a query scale of 1/2, a Gemma 3 full-attention layer at 1, a NoPE layer 0, MLP biases,
+    // LFM2's convolution biases.
     let g2 = family_variant(&tmp.path().join("g2"), "gemma2", |c| {
         c["tie_word_embeddings"] = true.into()
     });
@@ -146,6 +147,10 @@ fn models_llama_cpp_would_run_differently_are_refused() {
     });
     refused(&g3, "every 6th layer");
     refused(&family_variant(&tmp.path().join("s3"), "smollm3", |_| {}), "NoPE");
+    refused(
+        &family_variant(&tmp.path().join("lf"), "lfm2", |_| {}),
+        "no convolution biases",
+    );
     refused(
         &family_variant(&tmp.path().join("o3"), "olmo3", |_| {}),
         "not supported yet",

@@ -148,7 +148,8 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 
 /// The newer families' reference models as llama.cpp runs them (what it hard-codes set in config.json), by their
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
-/// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2.
+/// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
+/// convolution biases).
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -170,11 +171,18 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         name.starts_with("model.layers.") && name.contains(".mlp.") && name.ends_with(".bias")
     });
     let olmo2 = family_variant(&dir.join("olmo2"), "olmo2", |_| {});
+    // llama.cpp's LFM2 has no convolution biases: the reference model without them (they are all the family's
+    // biases; its attention has none).
+    let lfm2 = family_variant(&dir.join("lfm2"), "lfm2", |c| c["conv_bias"] = false.into());
+    drop_tensors(&lfm2, |name| {
+        name.starts_with("model.layers.") && name.ends_with(".bias")
+    });
     vec![
         ("gemma2", gemma2),
         ("gemma3", gemma3),
         ("smollm3", smollm3),
         ("granite", granite),
         ("olmo2", olmo2),
+        ("lfm2", lfm2),
     ]
 }
