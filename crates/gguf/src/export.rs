@@ -603,14 +603,14 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
                 .iter()
                 .map(|l| match l.mixer {
                     Mixer::Attention => c.num_kv_heads as i32,
-                    Mixer::ShortConv { .. } => 0,
+                    _ => 0,
                 })
                 .collect();
             m.retain(|(key, _)| *key != k("attention.head_count_kv"));
             m.push((k("attention.head_count_kv"), Meta::I32s(kv)));
             let kernel = c.layers.iter().find_map(|l| match l.mixer {
                 Mixer::ShortConv { kernel, .. } => Some(kernel),
-                Mixer::Attention => None,
+                _ => None,
             });
             m.push((k("shortconv.l_cache"), u(kernel.unwrap_or(3))));
             m.push((k("vocab_size"), u(c.vocab_size)));

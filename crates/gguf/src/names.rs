@@ -20,6 +20,8 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Ministral3 => "mistral3",
         Architecture::GraniteHybrid => "granitehybrid",
         Architecture::Lfm2 => "lfm2",
+        // Not exported (not in EXPORTABLE): the pinned llama.cpp predates it. Named for messages only.
+        Architecture::Qwen3_5 => "qwen3_5",
     }
 }
 
@@ -81,6 +83,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Ministral3 => ("Ministral3ForCausalLM", "ministral3"),
         Architecture::GraniteHybrid => ("GraniteMoeHybridForCausalLM", "granitemoehybrid"),
         Architecture::Lfm2 => ("Lfm2ForCausalLM", "lfm2"),
+        Architecture::Qwen3_5 => ("Qwen3_5ForCausalLM", "qwen3_5_text"),
     }
 }
 

@@ -39,6 +39,8 @@ pub enum Architecture {
     GraniteHybrid,
     /// LFM2 / LFM2.5: gated short-convolution layers and full attention with per-head q/k norms.
     Lfm2,
+    /// `qwen3_5_text`: Gated DeltaNet linear-attention layers and gated full attention.
+    Qwen3_5,
 }
 
 /// The MLP's activation.
@@ -84,12 +86,35 @@ pub enum Mixer {
     /// LFM2's gated short convolution (`conv.*`): `in_proj` to B, C and x; `C · conv(B · x)` with a causal
     /// depthwise convolution over the last `kernel` positions; `out_proj`. `bias`: every part carries one.
     ShortConv { kernel: usize, bias: bool },
+    /// Qwen3.5's Gated DeltaNet linear attention (`linear_attn.*`): q, k, v through a causal depthwise convolution
+    /// and SiLU, the gated delta rule (`delta_rule.rs`), a gated RMSNorm, `out_proj`.
+    GatedDeltaNet(DeltaNetShape),
+}
+
+/// The sizes of a Gated DeltaNet layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaNetShape {
+    /// The convolution's length.
+    pub kernel: usize,
+    pub key_heads: usize,
+    pub value_heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+}
+
+impl DeltaNetShape {
+    /// The convolved q, k and v width.
+    pub fn conv_width(&self) -> usize {
+        2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+    }
 }
 
 /// One decoder layer, as the decoder applies it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
     pub mixer: Mixer,
+    /// Attention's output multiplied by σ of a gate that `q_proj` makes beside the queries (Qwen3.5).
+    pub output_gate: bool,
     /// A query sees the `window` latest keys, itself included; None: full causal attention.
     pub window: Option<usize>,
     /// Index into [`DecoderConfig::ropes`]; None: no positional rotation (SmolLM3's NoPE layers).
@@ -109,8 +134,10 @@ pub struct LayerSpec {
 impl LayerSpec {
     /// "sliding 4096", "full" or "conv": what the layer picker and `inspect` show.
     pub fn kind(&self) -> String {
-        if let Mixer::ShortConv { kernel, .. } = self.mixer {
-            return format!("conv {kernel}");
+        match self.mixer {
+            Mixer::ShortConv { kernel, .. } => return format!("conv {kernel}"),
+            Mixer::GatedDeltaNet(_) => return "linear (delta rule)".into(),
+            Mixer::Attention => {}
         }
         match (self.window, self.rope) {
             (Some(w), None) => format!("sliding {w}, no rope"),
@@ -139,6 +166,8 @@ pub struct DecoderConfig {
     pub mlp: MlpLayout,
     /// The names of a layer's norms, attention output and q/k norms, and of the final norm.
     pub names: Names,
+    /// Checkpoint tensor prefixes transformers drops on load (left unread, written back unchanged).
+    pub dropped_tensors: &'static [&'static str],
     pub layers: Vec<LayerSpec>,
     /// The ropes the layers use; the first serves full-attention layers.
     pub ropes: Vec<RopeSpec>,
@@ -289,7 +318,7 @@ impl DecoderConfig {
                 "num_attention_heads {num_heads} must be a positive multiple of num_key_value_heads {num_kv_heads}"
             ));
         }
-        let (rope_raw, position_query_scale) = split_query_scale(raw, fam)?;
+        let (rope_raw, position_query_scale) = split_query_scale(&without_text_mrope(raw, fam)?, fam)?;
         let (ropes, full_rope, sliding_rope) = read_ropes(&rope_raw, fam)?;
         let uses_rope = rope_layers(raw, fam, num_layers)?;
         let windows = layer_windows(raw, fam, num_layers, &uses_rope)?;
@@ -305,6 +334,7 @@ impl DecoderConfig {
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
                 mixer: mixers[i],
+                output_gate: fam.attention_output_gate && mixers[i] == Mixer::Attention,
                 window: windows[i],
                 rope: uses_rope[i].then_some(if windows[i].is_some() { sliding_rope } else { full_rope }),
                 scale,
@@ -342,6 +372,7 @@ impl DecoderConfig {
             fused_qkv: fam.fused_qkv,
             mlp: fam.mlp,
             names: fam.names,
+            dropped_tensors: fam.dropped_tensors,
             layers,
             ropes,
             norm_offset: fam.norm_offset,
@@ -417,19 +448,36 @@ impl DecoderConfig {
                     linear(down, h, i, l.mlp_bias);
                 }
             }
-            if let Mixer::ShortConv { kernel, bias } = l.mixer {
-                linear("conv.in_proj", 3 * h, h, bias);
-                linear("conv.out_proj", h, h, bias);
-                add("conv.conv.weight".into(), vec![h, 1, kernel]);
-                if bias {
-                    add("conv.conv.bias".into(), vec![h]);
+            match l.mixer {
+                Mixer::ShortConv { kernel, bias } => {
+                    linear("conv.in_proj", 3 * h, h, bias);
+                    linear("conv.out_proj", h, h, bias);
+                    add("conv.conv.weight".into(), vec![h, 1, kernel]);
+                    if bias {
+                        add("conv.conv.bias".into(), vec![h]);
+                    }
+                    continue;
                 }
-                continue;
+                Mixer::GatedDeltaNet(d) => {
+                    let (keys, values) = (d.key_heads * d.key_dim, d.value_heads * d.value_dim);
+                    linear("linear_attn.in_proj_qkv", 2 * keys + values, h, false);
+                    linear("linear_attn.in_proj_z", values, h, false);
+                    linear("linear_attn.in_proj_b", d.value_heads, h, false);
+                    linear("linear_attn.in_proj_a", d.value_heads, h, false);
+                    linear("linear_attn.out_proj", h, values, false);
+                    add("linear_attn.conv1d.weight".into(), vec![d.conv_width(), 1, d.kernel]);
+                    add("linear_attn.dt_bias".into(), vec![d.value_heads]);
+                    add("linear_attn.A_log".into(), vec![d.value_heads]);
+                    add("linear_attn.norm.weight".into(), vec![d.value_dim]);
+                    continue;
+                }
+                Mixer::Attention => {}
             }
             if self.fused_qkv {
                 linear("self_attn.qkv_proj", q + 2 * kv, h, l.qkv_bias);
             } else {
-                linear("self_attn.q_proj", q, h, l.qkv_bias);
+                let gated = if l.output_gate { 2 } else { 1 };
+                linear("self_attn.q_proj", gated * q, h, l.qkv_bias);
                 linear("self_attn.k_proj", kv, h, l.qkv_bias);
                 linear("self_attn.v_proj", kv, h, l.qkv_bias);
             }
@@ -473,6 +521,35 @@ fn split_query_scale(raw: &Value, fam: &Family) -> std::result::Result<(Value, O
         original_max_position_embeddings: orig,
     };
     Ok((raw, (beta != 0.0).then_some(scale)))
+}
+
+/// Qwen3.5's rope dict without its multimodal sections: for text, the three position streams are all the token's
+/// position, and the interleaved sections then rotate exactly as the plain rope does. They are checked to be
+/// lists of integers, then dropped; other families keep them (and the rope reader refuses them by name).
+fn without_text_mrope(raw: &Value, fam: &Family) -> std::result::Result<Value, String> {
+    let mut raw = raw.clone();
+    if !fam.text_mrope {
+        return Ok(raw);
+    }
+    for key in ["rope_scaling", "rope_parameters"] {
+        let Some(dict) = raw.get_mut(key).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if let Some(sections) = dict.remove("mrope_section") {
+            let ok = sections.as_array().is_some_and(|l| l.iter().all(Value::is_u64));
+            if !ok && !sections.is_null() {
+                return Err(format!(
+                    "`{key}.mrope_section` must be a list of integers, not {sections}"
+                ));
+            }
+        }
+        if let Some(v) = dict.remove("mrope_interleaved") {
+            if !v.is_boolean() && !v.is_null() {
+                return Err(format!("`{key}.mrope_interleaved` must be true or false, not {v}"));
+            }
+        }
+    }
+    Ok(raw)
 }
 
 /// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
@@ -692,7 +769,7 @@ fn layer_windows(
         .iter()
         .find_map(|k| raw.get(*k).filter(|v| !v.is_null()));
     let sliding: Vec<bool> = match types {
-        Some(types) => parse_layer_types(types, layers, fam.understands("conv_L_cache"))?,
+        Some(types) => parse_layer_types(types, layers, fam)?,
         // transformers makes every layer of a Granite 4.0 config without layer types a Mamba layer.
         None if fam.understands("layers_block_type") => {
             return Err(
@@ -778,6 +855,9 @@ fn lfm2_ff_dim(raw: &Value) -> std::result::Result<usize, String> {
 /// Each layer's token mixer: attention, or LFM2's short convolution where `layer_types` says `conv` (or, without
 /// `layer_types`, where the layer is not in `full_attn_idxs`; all layers are attention when neither is given).
 fn layer_mixers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Vec<Mixer>, String> {
+    if fam.understands("linear_conv_kernel_dim") {
+        return delta_net_mixers(raw, layers);
+    }
     if !fam.understands("conv_L_cache") {
         return Ok(vec![Mixer::Attention; layers]);
     }
@@ -821,7 +901,52 @@ fn layer_mixers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result
     }
 }
 
-fn parse_layer_types(types: &Value, layers: usize, conv_allowed: bool) -> std::result::Result<Vec<bool>, String> {
+/// Qwen3.5's layers: Gated DeltaNet where `layer_types` says `linear_attention` (by default all but every
+/// `full_attention_interval`-th layer), with the sizes the `linear_*` keys give.
+fn delta_net_mixers(raw: &Value, layers: usize) -> std::result::Result<Vec<Mixer>, String> {
+    let size = |k: &str, limit: u64| -> std::result::Result<usize, String> {
+        raw[k]
+            .as_u64()
+            .filter(|&n| (1..=limit).contains(&n))
+            .map(|n| n as usize)
+            .ok_or_else(|| format!("`{k}` must be an integer from 1 to {limit}, not {}", raw[k]))
+    };
+    let shape = DeltaNetShape {
+        kernel: size("linear_conv_kernel_dim", 64)?,
+        key_heads: size("linear_num_key_heads", 1 << 12)?,
+        value_heads: size("linear_num_value_heads", 1 << 12)?,
+        key_dim: size("linear_key_head_dim", 1 << 12)?,
+        value_dim: size("linear_value_head_dim", 1 << 12)?,
+    };
+    if shape.value_heads % shape.key_heads != 0 {
+        return Err(format!(
+            "linear_num_value_heads {} must be a multiple of linear_num_key_heads {}",
+            shape.value_heads, shape.key_heads
+        ));
+    }
+    let linear = Mixer::GatedDeltaNet(shape);
+    match raw.get("layer_types").filter(|v| !v.is_null()) {
+        Some(types) => Ok(types
+            .as_array()
+            .ok_or("`layer_types` must be a list")?
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("linear_attention") => linear,
+                _ => Mixer::Attention,
+            })
+            .collect()),
+        None => {
+            let every = size("full_attention_interval", layers.max(1) as u64)?;
+            Ok((0..layers)
+                .map(|i| if (i + 1) % every == 0 { Mixer::Attention } else { linear })
+                .collect())
+        }
+    }
+}
+
+fn parse_layer_types(types: &Value, layers: usize, fam: &Family) -> std::result::Result<Vec<bool>, String> {
+    let conv_allowed = fam.understands("conv_L_cache");
+    let linear_allowed = fam.understands("linear_conv_kernel_dim");
     let types = types.as_array().ok_or("`layer_types` must be a list")?;
     if types.len() != layers {
         return Err(format!(
@@ -837,6 +962,8 @@ fn parse_layer_types(types: &Value, layers: usize, conv_allowed: bool) -> std::r
             // layer as far as windows go.
             Some("full_attention") | Some("attention") => Ok(false),
             Some("conv") if conv_allowed => Ok(false),
+            // Qwen3.5's Gated DeltaNet (`layer_mixers`).
+            Some("linear_attention") if linear_allowed => Ok(false),
             Some("sliding_attention") => Ok(true),
             Some(kind @ ("mamba" | "linear_attention")) => Err(format!(
                 "layer {i} is a {kind} (Mamba) layer, which FreezeTune cannot train yet; Granite 4.0's dense models \

@@ -151,6 +151,14 @@ pub struct Family {
     /// The rope dict's `llama_4_scaling_beta` scales queries by position (Ministral 3).
     pub position_query_scale: bool,
     pub names: Names,
+    /// The attention output is gated per channel by a second half of `q_proj` (Qwen3.5: `o(attn · σ(gate))`).
+    pub attention_output_gate: bool,
+    /// The rope dict's multimodal sections (`mrope_section`, `mrope_interleaved`), which text positions make the
+    /// plain rope (all three position streams are the token's position), are read and dropped (Qwen3.5).
+    pub text_mrope: bool,
+    /// Checkpoint tensors transformers drops when loading (Qwen3.5's multi-token-prediction head `mtp.*`): left
+    /// unread as it leaves them, and written back unchanged.
+    pub dropped_tensors: &'static [&'static str],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,11 +181,17 @@ pub struct Wrapper {
     pub final_softcap: bool,
 }
 
-pub const WRAPPERS: [Wrapper; 2] = [
+pub const WRAPPERS: [Wrapper; 3] = [
     // Gemma 3 4B, 12B, 27B.
     Wrapper {
         model_type: "gemma3",
         text_types: &["gemma3_text"],
+        final_softcap: false,
+    },
+    // Qwen3.5 (0.8B, 2B, 4B, 9B, 27B): every released checkpoint is the vision-language class.
+    Wrapper {
+        model_type: "qwen3_5",
+        text_types: &["qwen3_5_text"],
         final_softcap: false,
     },
     // Ministral 3 (3B, 8B, 14B) and Mistral Small 3.1 / 3.2.
@@ -303,10 +317,13 @@ const LLAMA: Family = Family {
     rope: RopeLayout::Single,
     position_query_scale: false,
     names: HF_NAMES,
+    attention_output_gate: false,
+    text_mrope: false,
+    dropped_tensors: &[],
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 15] = [
+pub const FAMILIES: [Family; 16] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -735,6 +752,50 @@ pub const FAMILIES: [Family; 15] = [
             // Named for the embeddings, applied after the last layer.
             final_norm: "embedding_norm",
         },
+        ..LLAMA
+    },
+    // Qwen3.5's text tower: Gated DeltaNet linear-attention layers (`linear_attention` in `layer_types`, by
+    // default all but every `full_attention_interval`-th) around gated full attention with per-head q/k norms,
+    // every RMSNorm zero-centred (`1 + w`) but the DeltaNet's gated output norm, partial rotary.
+    // `attn_output_gate` and `mamba_ssm_dtype` are read by other implementations, never by transformers' (which
+    // always gates); `mtp_*` describe the multi-token-prediction head it drops.
+    Family {
+        model_type: "qwen3_5_text",
+        sizes: Sizes {
+            vocab: 248320,
+            hidden: 4096,
+            intermediate: 12288,
+            layers: 32,
+            heads: 16,
+        },
+        architecture: Architecture::Qwen3_5,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "layer_types",
+            "full_attention_interval",
+            "linear_conv_kernel_dim",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "partial_rotary_factor",
+            "attn_output_gate",
+            "mamba_ssm_dtype",
+            "mtp_num_hidden_layers",
+            "mtp_use_dedicated_embeddings",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
+            "num_key_value_heads": 4, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+            "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+            "partial_rotary_factor": 0.25, "full_attention_interval": 4})
+        },
+        norm_offset: 1.0,
+        qk_norm: QkNorm::PerHead,
+        attention_output_gate: true,
+        text_mrope: true,
+        dropped_tensors: &["mtp."],
         ..LLAMA
     },
 ];

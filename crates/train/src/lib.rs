@@ -6,6 +6,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod delta_rule;
 pub mod device;
 pub mod error;
 pub mod export;

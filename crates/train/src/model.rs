@@ -4,12 +4,12 @@
 //! frozen linears above it compute only the input gradient.
 
 use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
-use crate::config::{Activation, DecoderConfig, LayerSpec, Mixer, PositionQueryScale};
+use crate::config::{Activation, DecoderConfig, DeltaNetShape, LayerSpec, Mixer, PositionQueryScale};
 use crate::error::{Result, TrainError};
 use crate::family::{MlpLayout, QkNorm};
 use crate::fused;
 use crate::linear::{Linear, LinearWeight};
-use crate::ops::{rms_norm_offset, rope_heads, swiglu};
+use crate::ops::{rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -49,6 +49,23 @@ struct Block {
 enum MixerWeights {
     Attention(AttentionWeights),
     ShortConv(ShortConv),
+    DeltaNet(DeltaNet),
+}
+
+/// Qwen3.5's Gated DeltaNet: the projections to q, k, v (one matrix), z (the output gate), b (write strengths)
+/// and a (decay rates); the depthwise convolution over q, k, v (width, 1, kernel); `dt_bias` and `A_log`, which
+/// make the decay; the gated output norm (value head dim; a plain weight); `out_proj`.
+struct DeltaNet {
+    in_qkv: Linear,
+    in_z: Linear,
+    in_b: Linear,
+    in_a: Linear,
+    conv: Tensor,
+    dt_bias: Tensor,
+    a_log: Tensor,
+    norm: Tensor,
+    out_proj: Linear,
+    shape: DeltaNetShape,
 }
 
 struct AttentionWeights {
@@ -110,6 +127,21 @@ impl Block {
                 out_proj: linear("conv.out_proj", bias)?,
                 kernel,
             }),
+            Mixer::GatedDeltaNet(shape) => {
+                let get = |name: &str| params.get(&format!("{p}.linear_attn.{name}"));
+                MixerWeights::DeltaNet(DeltaNet {
+                    in_qkv: linear("linear_attn.in_proj_qkv", false)?,
+                    in_z: linear("linear_attn.in_proj_z", false)?,
+                    in_b: linear("linear_attn.in_proj_b", false)?,
+                    in_a: linear("linear_attn.in_proj_a", false)?,
+                    conv: get("conv1d.weight")?,
+                    dt_bias: get("dt_bias")?,
+                    a_log: get("A_log")?,
+                    norm: get("norm.weight")?,
+                    out_proj: linear("linear_attn.out_proj", false)?,
+                    shape,
+                })
+            }
         };
         Ok(Block {
             trainable,
@@ -527,6 +559,10 @@ impl Decoder {
                 let y = self.sublayer(x, &blk.attn_norms, |h| self.short_conv(conv, h, cache))?;
                 self.residual(x, &y)?
             }
+            MixerWeights::DeltaNet(net) => {
+                let y = self.sublayer(x, &blk.attn_norms, |h| self.delta_net(net, h, cache))?;
+                self.residual(x, &y)?
+            }
             MixerWeights::Attention(w) => match self.fused_attention(blk, w, x, rot, mask, cache.is_some()) {
                 Some(block) => block?,
                 None => {
@@ -565,7 +601,8 @@ impl Decoder {
             Some(r) => Some((&rot[r].0, &rot[r].1)),
             None => None,
         };
-        let plain = spec.qk_norm == QkNorm::None && spec.softcap.is_none() && !query_factors && !cached;
+        let plain =
+            spec.qk_norm == QkNorm::None && spec.softcap.is_none() && !spec.output_gate && !query_factors && !cached;
         if !fused::applies(x) || !plain || blk.attn_norms.post.is_some() {
             return None;
         }
@@ -664,6 +701,15 @@ impl Decoder {
                 )
             }
         };
+        // Qwen3.5's q_proj gives each head its queries, then its output gate.
+        let gate = match spec.output_gate {
+            true => {
+                let both = q.reshape((b, t, nh, 2 * hd))?;
+                q = both.narrow(3, 0, hd)?.contiguous()?.reshape((b, t, nh * hd))?;
+                Some(both.narrow(3, hd, hd)?.contiguous()?.reshape((b, t, nh * hd))?)
+            }
+            false => None,
+        };
         let norm = |x: &Tensor, w: &Option<Tensor>| match w {
             Some(w) => rms_norm_offset(x, w, c.norm_offset, c.rms_norm_eps),
             None => Ok(x.clone()),
@@ -692,38 +738,69 @@ impl Decoder {
             cache.kv = Some((k.clone(), v.clone()));
         }
         let attn = self.attend(&q, k, v, mask, spec)?;
+        let attn = match gate {
+            Some(gate) => (attn * sigmoid(&gate)?)?,
+            None => attn,
+        };
         w.o.forward(&attn)
     }
 
     /// LFM2's gated short convolution over h (batch, seq, hidden): `out_proj(C · conv(B · x))`, with B, C and x
-    /// from `in_proj` and the convolution causal and depthwise over the last `kernel` positions (zeros before the
-    /// first). With `cache`, those earlier positions' B·x come from it (the conv state) and the latest are kept.
+    /// from `in_proj`. With `cache`, the convolution reads the earlier positions from it and keeps the latest.
     fn short_conv(&self, c: &ShortConv, h: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
         let hs = self.config.hidden_size;
         let bcx = c.in_proj.forward(h)?;
-        let (b, t, _) = bcx.dims3()?;
         let bx = (bcx.narrow(2, 0, hs)? * bcx.narrow(2, 2 * hs, hs)?)?;
-        let past = match cache.as_ref().and_then(|c| c.conv.clone()) {
-            Some(state) => state,
-            None => Tensor::zeros((b, c.kernel - 1, hs), bx.dtype(), bx.device())?,
-        };
-        let padded = Tensor::cat(&[&past, &bx], 1)?;
-        if let Some(cache) = cache {
-            cache.conv = Some(padded.narrow(1, t, c.kernel - 1)?.detach());
-        }
-        let weight = c.weight.to_dtype(bx.dtype())?.reshape((hs, c.kernel))?;
-        // Output position p reads inputs p - kernel + 1 ..= p: padded positions p ..= p + kernel - 1.
-        let mut y = padded
-            .narrow(1, 0, t)?
-            .broadcast_mul(&weight.narrow(1, 0, 1)?.squeeze(1)?)?;
-        for j in 1..c.kernel {
-            let tap = weight.narrow(1, j, 1)?.squeeze(1)?;
-            y = (y + padded.narrow(1, j, t)?.broadcast_mul(&tap)?)?;
-        }
-        if let Some(bias) = &c.bias {
-            y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
-        }
+        let y = causal_conv(&bx, &c.weight, c.bias.as_ref(), c.kernel, cache.map(|c| &mut c.conv))?;
         c.out_proj.forward(&(bcx.narrow(2, hs, hs)? * y)?)
+    }
+
+    /// Qwen3.5's Gated DeltaNet over h (batch, seq, hidden): q, k, v through the causal convolution and SiLU; q and
+    /// k L2-normalised (q also by 1/sqrt(key dim)) and shared by groups of value heads; the gated delta rule with
+    /// β = σ(b) and decay g = −exp(A_log)·softplus(a + dt_bias), in f32; the output RMS-normalised per value head,
+    /// times its weight and SiLU(z); `out_proj`. With `cache`, the convolution's inputs and the rule's state carry
+    /// over between calls.
+    fn delta_net(&self, d: &DeltaNet, h: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
+        let s = d.shape;
+        let (b, t, _) = h.dims3()?;
+        let (keys, values) = (s.key_heads * s.key_dim, s.value_heads * s.value_dim);
+        let (conv_state, rule_state) = match cache {
+            Some(c) => (Some(&mut c.conv), Some(&mut c.delta)),
+            None => (None, None),
+        };
+        let qkv = causal_conv(&d.in_qkv.forward(h)?, &d.conv, None, s.kernel, conv_state)?.silu()?;
+        let f32 = DType::F32;
+        let per_value_head = |x: Tensor| -> candle_core::Result<Tensor> {
+            let rep = s.value_heads / s.key_heads;
+            x.reshape((b, t, s.key_heads, 1, s.key_dim))?
+                .broadcast_as((b, t, s.key_heads, rep, s.key_dim))?
+                .reshape((b, t, s.value_heads, s.key_dim))?
+                .to_dtype(f32)
+        };
+        let q = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, 0, keys)?)?)?;
+        let q = (q * (1.0 / (s.key_dim as f64).sqrt()))?;
+        let k = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, keys, keys)?)?)?;
+        let v = qkv
+            .narrow(2, 2 * keys, values)?
+            .reshape((b, t, s.value_heads, s.value_dim))?
+            .to_dtype(f32)?;
+        let beta = sigmoid(&d.in_b.forward(h)?.to_dtype(f32)?)?;
+        let a = d
+            .in_a
+            .forward(h)?
+            .to_dtype(f32)?
+            .broadcast_add(&d.dt_bias.to_dtype(f32)?)?;
+        let rate = d.a_log.to_dtype(f32)?.exp()?;
+        let g = softplus(&a)?.broadcast_mul(&rate)?.neg()?;
+        let previous = rule_state.as_ref().and_then(|s| s.as_ref());
+        let (out, state) = crate::delta_rule::chunked(&q, &k, &v, &g, &beta, previous)?;
+        if let Some(slot) = rule_state {
+            *slot = Some(state.detach());
+        }
+        let z = d.in_z.forward(h)?.reshape((b, t, s.value_heads, s.value_dim))?;
+        let normed = rms_norm_offset(&out.to_dtype(h.dtype())?, &d.norm, 0.0, self.config.rms_norm_eps)?;
+        let gated = (normed * z.silu()?)?.reshape((b, t, values))?;
+        d.out_proj.forward(&gated)
     }
 
     fn mlp(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
@@ -851,12 +928,44 @@ fn rope_table_values(inv_freq: &[f32], len: usize, factor: f32) -> (Vec<f32>, Ve
     (cos, sin)
 }
 
-/// One layer's state for the positions generated so far: an attention layer's keys and values, a convolution
-/// layer's last `kernel - 1` inputs.
+/// One layer's state for the positions generated so far: an attention layer's keys and values, a convolution's
+/// last `kernel - 1` inputs, a delta rule's state.
 #[derive(Default)]
 struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
     conv: Option<Tensor>,
+    delta: Option<Tensor>,
+}
+
+/// A causal depthwise convolution over x (batch, seq, channels) with `weight` (channels, 1, kernel) and an
+/// optional bias: output position p reads inputs p − kernel + 1 ..= p, zeros before the first (or, with `state`,
+/// the previous call's last inputs, which it then replaces with this call's).
+fn causal_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    kernel: usize,
+    state: Option<&mut Option<Tensor>>,
+) -> candle_core::Result<Tensor> {
+    let (b, t, channels) = x.dims3()?;
+    let past = match state.as_ref().and_then(|s| s.as_ref()) {
+        Some(previous) => previous.clone(),
+        None => Tensor::zeros((b, kernel - 1, channels), x.dtype(), x.device())?,
+    };
+    let padded = Tensor::cat(&[&past, x], 1)?;
+    if let Some(slot) = state {
+        *slot = Some(padded.narrow(1, t, kernel - 1)?.detach());
+    }
+    let weight = weight.to_dtype(x.dtype())?.reshape((channels, kernel))?;
+    let tap = |j: usize| weight.narrow(1, j, 1)?.squeeze(1);
+    let mut y = padded.narrow(1, 0, t)?.broadcast_mul(&tap(0)?)?;
+    for j in 1..kernel {
+        y = (y + padded.narrow(1, j, t)?.broadcast_mul(&tap(j)?)?)?;
+    }
+    match bias {
+        Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?),
+        None => Ok(y),
+    }
 }
 
 /// The KV cache of a generation: every layer's keys and values, and how many positions they cover.
@@ -964,8 +1073,10 @@ fn refuse_stale_tie(c: &DecoderConfig, names: &TensorNames, params: &Params) -> 
 fn refuse_unread(params: &Params, c: &DecoderConfig, names: &TensorNames) -> Result<()> {
     let lm_head = format!("{}.weight", names.lm_head);
     let frozen_vision = |n: &str| c.wrapper.is_some() && !names.is_text(n) && !params.vars.contains_key(n);
-    let ignored =
-        |n: &str| n.ends_with(".rotary_emb.inv_freq") || (c.tie_word_embeddings && n == lm_head) || frozen_vision(n);
+    let dropped = |n: &str| c.dropped_tensors.iter().any(|p| n.starts_with(p));
+    let ignored = |n: &str| {
+        n.ends_with(".rotary_emb.inv_freq") || (c.tie_word_embeddings && n == lm_head) || frozen_vision(n) || dropped(n)
+    };
     let unread: Vec<String> = params.unread().into_iter().filter(|n| !ignored(n)).collect();
     let Some(first) = unread.first() else {
         return Ok(());

@@ -103,6 +103,17 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// `1 / (1 + exp(-x))` as `(1 + tanh(x / 2)) / 2`: no overflow, and a finite gradient everywhere (the exp form's
+/// gradient is inf·0 far below zero).
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    ((x * 0.5)?.tanh()? + 1.0)? * 0.5
+}
+
+/// `ln(1 + exp(x))` as `max(x, 0) + ln(1 + exp(-|x|))`, which never overflows.
+pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
 /// `silu(gate) * up`, the SwiGLU MLP's product: fused on the CPU in f32.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused::applies(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {

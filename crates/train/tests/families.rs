@@ -2,7 +2,8 @@
 //! tests/fixtures/scripts/make_family_reference.py, which also checks that each feature a case exists for moves
 //! the loss at its length): sliding windows (mistral, phi3, qwen2, gemma 2/3, olmo3), llama's biases, Gemma 2's
 //! sandwich norms, softcaps and query scale, Gemma 3's q/k norms and rope per layer type, SmolLM3's NoPE layer,
-//! Granite's multipliers, OLMo's post norms, LFM2's short convolutions, YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
+//! Granite's multipliers, OLMo's post norms, LFM2's short convolutions, Qwen3.5's Gated DeltaNet (three
+//! delta-rule chunks) and gated attention, YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
 //! steps' losses, the step-1 gradient norm, greedy generation through the KV cache, and a bf16 loss must match.
 //! Run once with the fused CPU kernels and once with `FREEZETUNE_FUSED=0` (the device-generic path GPUs run), as
 //! `make test` does.
@@ -27,7 +28,7 @@ fn load(case: &str, dtype: DType) -> (Params, Decoder) {
     let layout = ModelLayout::inspect(&dir).unwrap();
     // Every tensor of the text decoder trains; a wrapper's vision tower and projector never run on text.
     let vision = |m: &&freezetune_core::layout::ModuleInfo| {
-        m.path.contains("vision_tower") || m.path.contains("multi_modal_projector")
+        m.path.contains("vision_tower") || m.path.contains("multi_modal_projector") || m.path.contains("visual")
     };
     let spec = FreezeSpec {
         all_layers: true,
@@ -209,6 +210,16 @@ fn granite4_dense_hybrid_family_with_attention_layers_only() {
 #[test]
 fn lfm2_gated_short_convolutions_around_full_attention() {
     check("lfm2");
+}
+
+#[test]
+fn qwen3_5_gated_delta_net_layers_around_gated_full_attention() {
+    check("qwen3_5");
+}
+
+#[test]
+fn qwen3_5_vision_language_checkpoint_trains_its_text_tower() {
+    check("qwen3_5_vlm");
 }
 
 #[test]

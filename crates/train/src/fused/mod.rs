@@ -493,12 +493,12 @@ impl InplaceOp3 for AdamWApply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ops::tests::max_abs_diff;
     use candle_core::{Device, Var, D};
 
-    pub(super) fn randn(shape: &[usize], seed: u64) -> Tensor {
+    pub(crate) fn randn(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
         // A fixed pseudo-random fill, so failures reproduce.
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
