@@ -123,7 +123,8 @@ pub enum TrainEvent {
         trainable_params: u64,
         examples: usize,
         eval_examples: usize,
-        /// Examples cut to `cutoff_len`, and examples dropped because nothing in them was left to learn.
+        /// Examples cut to `cutoff_len`, and examples dropped: nothing in them was left to learn, or a
+        /// conversation's turns do not alternate user / assistant (as LLaMA-Factory drops them).
         truncated: usize,
         skipped: usize,
         /// The device the run uses (`cpu`, `cuda:N`, `metal`) and its compute dtype (`f32`, `bf16`, `f16`).

@@ -43,6 +43,9 @@ pub struct Dataset {
     pub examples: Vec<Example>,
     pub truncated: usize,
     pub skipped_no_targets: usize,
+    /// Conversations whose turns do not alternate user / assistant ([`alternates`]), left out as LLaMA-Factory
+    /// leaves them out.
+    pub skipped_broken_turns: usize,
 }
 
 /// Reads `path`, truncating examples to `cutoff_len` tokens.
@@ -83,7 +86,19 @@ fn format_of(f: Formatting) -> DataFormat {
 fn examples(source: &Path, rows: impl Iterator<Item = (Row, DataFormat)>, o: &DataOptions) -> Result<Dataset> {
     let mut out = Dataset::default();
     for (row, format) in rows {
-        let (_, mut ex) = convert(&row.file, row.line, &row.value, format, o)?;
+        let Some((_, mut ex)) = convert(&row.file, row.line, &row.value, format, o)? else {
+            if out.skipped_broken_turns == 0 {
+                tracing::warn!(
+                    "{}:{}: the conversation's turns do not alternate user / assistant (after an optional system \
+                     turn, from the user, ending with the assistant); it and any others like it are left out, as \
+                     LLaMA-Factory leaves them out",
+                    row.file.display(),
+                    row.line
+                );
+            }
+            out.skipped_broken_turns += 1;
+            continue;
+        };
         if ex.input_ids.len() > o.cutoff_len {
             ex.input_ids.truncate(o.cutoff_len);
             ex.labels.truncate(o.cutoff_len);
@@ -96,10 +111,14 @@ fn examples(source: &Path, rows: impl Iterator<Item = (Row, DataFormat)>, o: &Da
         out.examples.push(ex);
     }
     if out.examples.is_empty() {
+        let broken = match out.skipped_broken_turns {
+            0 => String::new(),
+            n => format!(" ({n} conversation(s) left out: their turns do not alternate user / assistant)"),
+        };
         return Err(TrainError::Data {
             file: source.to_path_buf(),
             line: 1,
-            reason: "no example has a token to learn".into(),
+            reason: format!("no example has a token to learn{broken}"),
         });
     }
     Ok(out)
@@ -160,7 +179,10 @@ pub fn preview(path: &Path, o: &DataOptions, n: usize) -> Result<(DataFormat, Ve
 fn preview_rows(rows: &[(Row, DataFormat)], o: &DataOptions) -> Result<Vec<PreviewItem>> {
     let mut items = Vec::new();
     for (row, format) in rows {
-        let (text, ex) = convert(&row.file, row.line, &row.value, *format, o)?;
+        // A conversation training leaves out is left out here too.
+        let Some((text, ex)) = convert(&row.file, row.line, &row.value, *format, o)? else {
+            continue;
+        };
         let line = &row.line;
         let truncated = ex.input_ids.len() > o.cutoff_len;
         let keep = ex.input_ids.len().min(o.cutoff_len);
@@ -219,8 +241,27 @@ fn resolve_format(path: &Path, records: &[Row], format: DataFormat) -> Result<Da
     }
 }
 
-/// One record as (rendered text, example).
-fn convert(path: &Path, line: usize, rec: &Value, format: DataFormat, o: &DataOptions) -> Result<(String, Example)> {
+/// Whether a conversation's turns are as LLaMA-Factory's converters accept them: an optional system turn first,
+/// then user and assistant alternating, from the user, ending with the assistant. A conversation that is not (two
+/// user turns in a row, a reply with no question, a question with no reply) would train other text than
+/// LLaMA-Factory does on the same data.
+fn alternates(messages: &[Message]) -> bool {
+    let turns = match messages.first() {
+        Some(m) if m.role == "system" => &messages[1..],
+        _ => messages,
+    };
+    let expected = |i: usize| if i % 2 == 0 { "user" } else { "assistant" };
+    !turns.is_empty() && turns.len() % 2 == 0 && turns.iter().enumerate().all(|(i, m)| m.role == expected(i))
+}
+
+/// One record as (rendered text, example); None for a conversation whose turns do not [`alternates`].
+fn convert(
+    path: &Path,
+    line: usize,
+    rec: &Value,
+    format: DataFormat,
+    o: &DataOptions,
+) -> Result<Option<(String, Example)>> {
     let bad = |reason: String| TrainError::Data {
         file: path.to_path_buf(),
         line,
@@ -253,13 +294,13 @@ fn convert(path: &Path, line: usize, rec: &Value, format: DataFormat, o: &DataOp
             )));
         }
         let text = format!("{ids:?}");
-        return Ok((
+        return Ok(Some((
             text,
             Example {
                 input_ids: ids.iter().map(|&i| i as u32).collect(),
                 labels,
             },
-        ));
+        )));
     }
     let f = o
         .formatter
@@ -271,20 +312,20 @@ fn convert(path: &Path, line: usize, rec: &Value, format: DataFormat, o: &DataOp
         let (mut ids, _) = f.encode(text)?;
         ids.extend(f.eos_id);
         let labels = ids.iter().map(|&i| i as i64).collect();
-        return Ok((text.to_string(), Example { input_ids: ids, labels }));
+        return Ok(Some((text.to_string(), Example { input_ids: ids, labels })));
     }
     let messages = match format {
         DataFormat::Alpaca => alpaca(rec).map_err(&bad)?,
         DataFormat::Sharegpt => sharegpt(rec).map_err(&bad)?,
         _ => openai(rec).map_err(&bad)?,
     };
-    if !messages.iter().any(|m| m.role == "assistant") {
-        return Err(bad("the conversation has no assistant reply to learn".into()));
+    if !alternates(&messages) {
+        return Ok(None);
     }
     let (text, ids, labels) = f
         .conversation(&messages, o.train_on_prompt)
         .map_err(|e| bad(e.to_string()))?;
-    Ok((text, Example { input_ids: ids, labels }))
+    Ok(Some((text, Example { input_ids: ids, labels })))
 }
 
 fn text_field(rec: &Value, key: &str) -> std::result::Result<Option<String>, String> {
@@ -492,6 +533,43 @@ mod tests {
             &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn conversations_whose_turns_do_not_alternate_are_left_out_and_counted() {
+        let f = formatter();
+        let o = DataOptions {
+            format: DataFormat::Auto,
+            cutoff_len: 256,
+            vocab_size: 512,
+            train_on_prompt: false,
+            formatter: Some(&f),
+        };
+        let turn = |from: &str| format!(r#"{{"from": "{from}", "value": "{from} says"}}"#);
+        let row = |turns: &[&str]| {
+            let turns: Vec<String> = turns.iter().map(|t| turn(t)).collect();
+            format!(r#"{{"conversations": [{}]}}"#, turns.join(", "))
+        };
+        let rows = [
+            row(&["human", "gpt"]),
+            row(&["system", "human", "gpt", "human", "gpt"]),
+            row(&["human", "human", "gpt"]),
+            row(&["gpt", "human"]),
+            row(&["human"]),
+            row(&["human", "gpt", "human"]),
+        ];
+        let (_d, p) = write(&rows.join("\n"));
+        let ds = load(&p, &o).unwrap();
+        assert_eq!((ds.examples.len(), ds.skipped_broken_turns), (2, 4));
+        let (_, items) = preview(&p, &o, 6).unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.line).collect::<Vec<_>>(),
+            [1, 2],
+            "preview shows what trains"
+        );
+        let (_d, p) = write(&row(&["human", "human"]));
+        let e = load(&p, &o).unwrap_err().to_string();
+        assert!(e.contains("1 conversation(s) left out"), "{e}");
     }
 
     #[test]

@@ -190,7 +190,8 @@ fn run_human(config: &RunConfig, resume: bool, cancel: &AtomicBool) -> Result<()
                 say(
                     &b,
                     format!(
-                    "data: {truncated} example(s) truncated to cutoff_len, {skipped} dropped (nothing left to learn)"
+                    "data: {truncated} example(s) truncated to cutoff_len, {skipped} dropped (nothing left to learn, or turns \
+                     that do not alternate user / assistant)"
                 ),
                 );
             }

@@ -190,9 +190,10 @@ pub(crate) fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> R
         examples = set.examples.len(),
         truncated = set.truncated,
         skipped = set.skipped_no_targets,
+        broken_turns = set.skipped_broken_turns,
         "training data"
     );
-    let (truncated, skipped) = (set.truncated, set.skipped_no_targets);
+    let (truncated, skipped) = (set.truncated, set.skipped_no_targets + set.skipped_broken_turns);
     let (train, eval) = match &config.data.eval {
         Some(path) => (set.examples, data::load(path, &options)?.examples),
         None => data::split_eval(set.examples, config.data.eval_split, config.training.seed),

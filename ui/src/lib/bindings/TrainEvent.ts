@@ -5,7 +5,8 @@
  */
 export type TrainEvent = { "event": "started", run_dir: string, total_steps: number, trainable_params: number, examples: number, eval_examples: number, 
 /**
- * Examples cut to `cutoff_len`, and examples dropped because nothing in them was left to learn.
+ * Examples cut to `cutoff_len`, and examples dropped: nothing in them was left to learn, or a
+ * conversation's turns do not alternate user / assistant (as LLaMA-Factory drops them).
  */
 truncated: number, skipped: number, 
 /**
