@@ -15,6 +15,56 @@ use candle_core::{DType, Result, Tensor, D};
 /// Positions per chunk.
 pub const CHUNK: usize = 64;
 
+/// Inputs up to this long take the rule one position at a time ([`recurrent`]): a generation step's single token
+/// would otherwise fill a whole chunk (64 × 64 products per head for one position).
+pub const STEPWISE_BELOW: usize = 8;
+
+/// The gated delta rule over its inputs (see [`chunked`]), one position at a time for short inputs and in chunks
+/// otherwise: the same values either way.
+pub fn gated_delta_rule(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    state: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    match q.dim(1)? < STEPWISE_BELOW {
+        true => recurrent(q, k, v, g, beta, state),
+        false => chunked(q, k, v, g, beta, state),
+    }
+}
+
+/// The rule as its definition states it, one position at a time: `S ← exp(g)·S`, `S ← S + k ⊗ β(v − Sᵀk)`,
+/// `o = Sᵀq`. Inputs and outputs as [`chunked`].
+pub fn recurrent(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    state: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (b, t, h, dk) = q.dims4()?;
+    let dv = v.dim(3)?;
+    let mut s = match state {
+        Some(s) => s.to_dtype(DType::F32)?,
+        None => Tensor::zeros((b, h, dk, dv), DType::F32, q.device())?,
+    };
+    // Position i of x (batch, seq, heads, …) as (batch, heads, 1, …) rows.
+    let row = |x: &Tensor, i: usize| x.narrow(1, i, 1)?.transpose(1, 2)?.contiguous();
+    let mut outs = Vec::with_capacity(t);
+    for i in 0..t {
+        let (qi, ki, vi) = (row(q, i)?, row(k, i)?, row(v, i)?);
+        let (gi, bi) = (row(&g.unsqueeze(3)?, i)?, row(&beta.unsqueeze(3)?, i)?);
+        s = s.broadcast_mul(&gi.exp()?)?;
+        let delta = (vi - ki.matmul(&s)?)?.broadcast_mul(&bi)?;
+        s = (s + ki.transpose(2, 3)?.matmul(&delta)?)?;
+        outs.push(qi.matmul(&s)?);
+    }
+    Ok((Tensor::cat(&outs, 2)?.transpose(1, 2)?.contiguous()?, s))
+}
+
 /// The gated delta rule over q, k (batch, seq, heads, dk), v (batch, seq, heads, dv), the log decays g and the
 /// write strengths beta (batch, seq, heads), all f32, q and k as the layer prepared them (normalised, q scaled);
 /// from `state` (batch, heads, dk, dv) or zero. Returns the outputs (batch, seq, heads, dv) and the final state.
@@ -107,23 +157,6 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The rule one position at a time, as its definition states it.
-    fn recurrent(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, s0: &Tensor) -> Result<Tensor> {
-        let t = q.dim(1)?;
-        let mut s = s0.clone();
-        let mut outs = Vec::new();
-        let col = |x: &Tensor, i: usize| x.narrow(1, i, 1)?.squeeze(1); // (b, h, d) or (b, h)
-        for i in 0..t {
-            s = s.broadcast_mul(&col(g, i)?.exp()?.unsqueeze(2)?.unsqueeze(3)?)?;
-            let (kt, vt) = (col(k, i)?.unsqueeze(3)?, col(v, i)?);
-            let read = s.broadcast_mul(&kt)?.sum(2)?; // Sᵀk: (b, h, dv)
-            let delta = (vt - read)?.broadcast_mul(&col(beta, i)?.unsqueeze(2)?)?;
-            s = (s + kt.broadcast_mul(&delta.unsqueeze(2)?)?)?;
-            outs.push(s.broadcast_mul(&col(q, i)?.unsqueeze(3)?)?.sum(2)?.unsqueeze(1)?);
-        }
-        Tensor::cat(&outs, 1)
-    }
-
     fn inputs(t: usize) -> Vec<Tensor> {
         let dev = Device::Cpu;
         let r = |shape: &[usize], seed: u64| crate::fused::tests::randn(shape, seed);
@@ -148,12 +181,22 @@ mod tests {
 
     #[test]
     fn chunks_compute_what_the_rule_does_one_position_at_a_time() {
+        // `recurrent` is the rule as defined (and what generation steps run); `chunked` must agree with it.
         // Three chunks, the last one partial; from a given state; values and gradients.
         let x = inputs(150);
         let vars: Vec<Var> = x.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let v: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
         let (out, state) = chunked(v[0], v[1], v[2], v[3], v[4], Some(v[5])).unwrap();
-        let reference = recurrent(v[0], v[1], v[2], v[3], v[4], v[5]).unwrap();
+        let (reference, reference_state) = recurrent(v[0], v[1], v[2], v[3], v[4], Some(v[5])).unwrap();
+        let ds = (&state - &reference_state)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(ds < 1e-4, "final states differ by {ds}");
         let diff = (&out - &reference)
             .unwrap()
             .abs()
@@ -209,6 +252,5 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-4 && ds < 1e-4, "split runs differ by {d}, states by {ds}");
-        let _ = state;
     }
 }
