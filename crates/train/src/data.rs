@@ -528,6 +528,17 @@ mod tests {
             .contains("Alpaca format needs the model's tokenizer"));
     }
 
+    /// Auto-detected chat records with the reference tokenizer, 256 tokens, replies learned.
+    fn chat_options(f: &ChatFormatter) -> DataOptions<'_> {
+        DataOptions {
+            format: DataFormat::Auto,
+            cutoff_len: 256,
+            vocab_size: 512,
+            train_on_prompt: false,
+            formatter: Some(f),
+        }
+    }
+
     fn formatter() -> ChatFormatter {
         ChatFormatter::load(
             &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama"),
@@ -538,13 +549,7 @@ mod tests {
     #[test]
     fn conversations_whose_turns_do_not_alternate_are_left_out_and_counted() {
         let f = formatter();
-        let o = DataOptions {
-            format: DataFormat::Auto,
-            cutoff_len: 256,
-            vocab_size: 512,
-            train_on_prompt: false,
-            formatter: Some(&f),
-        };
+        let o = chat_options(&f);
         let turn = |from: &str| format!(r#"{{"from": "{from}", "value": "{from} says"}}"#);
         let row = |turns: &[&str]| {
             let turns: Vec<String> = turns.iter().map(|t| turn(t)).collect();
@@ -575,13 +580,7 @@ mod tests {
     #[test]
     fn chat_formats_learn_only_the_replies() {
         let f = formatter();
-        let o = DataOptions {
-            format: DataFormat::Auto,
-            cutoff_len: 256,
-            vocab_size: 512,
-            train_on_prompt: false,
-            formatter: Some(&f),
-        };
+        let o = chat_options(&f);
         let records = [
             r#"{"instruction": "Add", "input": "2 and 2", "output": "4", "system": "Be brief."}"#,
             r#"{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}"#,

@@ -15,36 +15,34 @@ use candle_core::{DType, Result, Tensor, D};
 /// Positions per chunk.
 pub const CHUNK: usize = 64;
 
+/// The rule's inputs: q, k (batch, seq, heads, dk), v (batch, seq, heads, dv), the log decays g and the write
+/// strengths beta (batch, seq, heads), all f32, q and k as the layer prepared them (normalised, q scaled).
+#[derive(Clone, Copy)]
+pub struct RuleInputs<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub g: &'a Tensor,
+    pub beta: &'a Tensor,
+}
+
 /// Inputs up to this long take the rule one position at a time ([`recurrent`]): a generation step's single token
 /// would otherwise fill a whole chunk (64 × 64 products per head for one position).
 pub const STEPWISE_BELOW: usize = 8;
 
 /// The gated delta rule over its inputs (see [`chunked`]), one position at a time for short inputs and in chunks
 /// otherwise: the same values either way.
-pub fn gated_delta_rule(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    state: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
-    match q.dim(1)? < STEPWISE_BELOW {
-        true => recurrent(q, k, v, g, beta, state),
-        false => chunked(q, k, v, g, beta, state),
+pub fn gated_delta_rule(x: RuleInputs, state: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    match x.q.dim(1)? < STEPWISE_BELOW {
+        true => recurrent(x, state),
+        false => chunked(x, state),
     }
 }
 
 /// The rule as its definition states it, one position at a time: `S ← exp(g)·S`, `S ← S + k ⊗ β(v − Sᵀk)`,
 /// `o = Sᵀq`. Inputs and outputs as [`chunked`].
-pub fn recurrent(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    state: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
+pub fn recurrent(x: RuleInputs, state: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let RuleInputs { q, k, v, g, beta } = x;
     let (b, t, h, dk) = q.dims4()?;
     let dv = v.dim(3)?;
     let mut s = match state {
@@ -65,17 +63,10 @@ pub fn recurrent(
     Ok((Tensor::cat(&outs, 2)?.transpose(1, 2)?.contiguous()?, s))
 }
 
-/// The gated delta rule over q, k (batch, seq, heads, dk), v (batch, seq, heads, dv), the log decays g and the
-/// write strengths beta (batch, seq, heads), all f32, q and k as the layer prepared them (normalised, q scaled);
-/// from `state` (batch, heads, dk, dv) or zero. Returns the outputs (batch, seq, heads, dv) and the final state.
-pub fn chunked(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    state: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
+/// The gated delta rule in chunks, from `state` (batch, heads, dk, dv) or zero. Returns the outputs (batch, seq,
+/// heads, dv) and the final state.
+pub fn chunked(x: RuleInputs, state: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let RuleInputs { q, k, v, g, beta } = x;
     let (b, t, h, dk) = q.dims4()?;
     let dv = v.dim(3)?;
     let c = CHUNK;
@@ -186,8 +177,15 @@ mod tests {
         let x = inputs(150);
         let vars: Vec<Var> = x.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let v: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
-        let (out, state) = chunked(v[0], v[1], v[2], v[3], v[4], Some(v[5])).unwrap();
-        let (reference, reference_state) = recurrent(v[0], v[1], v[2], v[3], v[4], Some(v[5])).unwrap();
+        let all = RuleInputs {
+            q: v[0],
+            k: v[1],
+            v: v[2],
+            g: v[3],
+            beta: v[4],
+        };
+        let (out, state) = chunked(all, Some(v[5])).unwrap();
+        let (reference, reference_state) = recurrent(all, Some(v[5])).unwrap();
         let ds = (&state - &reference_state)
             .unwrap()
             .abs()
@@ -222,19 +220,23 @@ mod tests {
             assert!(d < 1e-3, "input {i}: gradients differ by {d}");
         }
         // The final state carries on: the second half from the first half's state equals the whole.
-        let (half, s1) = chunked(
-            &x[0].narrow(1, 0, 70).unwrap(),
-            &x[1].narrow(1, 0, 70).unwrap(),
-            &x[2].narrow(1, 0, 70).unwrap(),
-            &x[3].narrow(1, 0, 70).unwrap(),
-            &x[4].narrow(1, 0, 70).unwrap(),
-            Some(&x[5]),
-        )
-        .unwrap();
-        let rest = |i: usize| x[i].narrow(1, 70, 80).unwrap();
-        let (second, s2) = chunked(&rest(0), &rest(1), &rest(2), &rest(3), &rest(4), Some(&s1)).unwrap();
+        let part = |start: usize, len: usize| -> Vec<Tensor> {
+            x[..5].iter().map(|t| t.narrow(1, start, len).unwrap()).collect()
+        };
+        fn rule_of(p: &[Tensor]) -> RuleInputs<'_> {
+            RuleInputs {
+                q: &p[0],
+                k: &p[1],
+                v: &p[2],
+                g: &p[3],
+                beta: &p[4],
+            }
+        }
+        let (first, rest) = (part(0, 70), part(70, 80));
+        let (half, s1) = chunked(rule_of(&first), Some(&x[5])).unwrap();
+        let (second, s2) = chunked(rule_of(&rest), Some(&s1)).unwrap();
         let joined = Tensor::cat(&[&half, &second], 1).unwrap();
-        let (whole, s) = chunked(&x[0], &x[1], &x[2], &x[3], &x[4], Some(&x[5])).unwrap();
+        let (whole, s) = chunked(rule_of(&x[..5]), Some(&x[5])).unwrap();
         let d = (joined - whole)
             .unwrap()
             .abs()

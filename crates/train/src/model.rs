@@ -793,7 +793,14 @@ impl Decoder {
         let rate = d.a_log.to_dtype(f32)?.exp()?;
         let g = softplus(&a)?.broadcast_mul(&rate)?.neg()?;
         let previous = rule_state.as_ref().and_then(|s| s.as_ref());
-        let (out, state) = crate::delta_rule::gated_delta_rule(&q, &k, &v, &g, &beta, previous)?;
+        let inputs = crate::delta_rule::RuleInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: &beta,
+        };
+        let (out, state) = crate::delta_rule::gated_delta_rule(inputs, previous)?;
         if let Some(slot) = rule_state {
             *slot = Some(state.detach());
         }
