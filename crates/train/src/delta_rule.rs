@@ -146,6 +146,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::tests::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn inputs(t: usize) -> Vec<Tensor> {
@@ -186,37 +187,16 @@ mod tests {
         };
         let (out, state) = chunked(all, Some(v[5])).unwrap();
         let (reference, reference_state) = recurrent(all, Some(v[5])).unwrap();
-        let ds = (&state - &reference_state)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let ds = max_abs_diff(&state, &reference_state);
         assert!(ds < 1e-4, "final states differ by {ds}");
-        let diff = (&out - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&out, &reference);
         assert!(diff < 1e-4, "outputs differ by {diff}");
         let probe = crate::fused::tests::randn(out.dims(), 9);
         let loss = |o: &Tensor| (o * &probe).unwrap().sum_all().unwrap();
         let (ga, gb) = (loss(&out).backward().unwrap(), loss(&reference).backward().unwrap());
         for (i, var) in vars.iter().enumerate() {
             let (a, b) = (ga.get(var.as_tensor()).unwrap(), gb.get(var.as_tensor()).unwrap());
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(a, b);
             assert!(d < 1e-3, "input {i}: gradients differ by {d}");
         }
         // The final state carries on: the second half from the first half's state equals the whole.
@@ -237,22 +217,8 @@ mod tests {
         let (second, s2) = chunked(rule_of(&rest), Some(&s1)).unwrap();
         let joined = Tensor::cat(&[&half, &second], 1).unwrap();
         let (whole, s) = chunked(rule_of(&x[..5]), Some(&x[5])).unwrap();
-        let d = (joined - whole)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let ds = (s2 - s)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&joined, &whole);
+        let ds = max_abs_diff(&s2, &s);
         assert!(d < 1e-4 && ds < 1e-4, "split runs differ by {d}, states by {ds}");
     }
 }
