@@ -321,7 +321,8 @@ impl DecoderConfig {
         let (rope_raw, position_query_scale) = split_query_scale(&without_text_mrope(raw, fam)?, fam)?;
         let (ropes, full_rope, sliding_rope) = read_ropes(&rope_raw, fam)?;
         let uses_rope = rope_layers(raw, fam, num_layers)?;
-        let windows = layer_windows(raw, fam, num_layers, &uses_rope)?;
+        let types = layer_types(raw, fam, num_layers)?;
+        let windows = layer_windows(raw, fam, num_layers, &uses_rope, types.as_deref())?;
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
             (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
             (_, Some(m)) if fam.understands("attention_multiplier") => m,
@@ -330,7 +331,7 @@ impl DecoderConfig {
         let attention_bias = flag("attention_bias");
         let activation = activation(raw, fam)?;
         let softcap = float("attn_logit_softcapping")?;
-        let mixers = layer_mixers(raw, fam, num_layers)?;
+        let mixers = layer_mixers(raw, fam, num_layers, types.as_deref())?;
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
                 mixer: mixers[i],
@@ -734,6 +735,7 @@ fn layer_windows(
     fam: &Family,
     layers: usize,
     uses_rope: &[bool],
+    types: Option<&[LayerType]>,
 ) -> std::result::Result<Vec<Option<usize>>, String> {
     let window = match &raw["sliding_window"] {
         Value::Null => None,
@@ -764,12 +766,8 @@ fn layer_windows(
         DefaultSliding::FromMaxWindowLayers if !enabled => None,
         _ => window,
     };
-    // `layers_block_type` is Granite 4.0's older name for `layer_types`.
-    let types = ["layer_types", "layers_block_type"]
-        .iter()
-        .find_map(|k| raw.get(*k).filter(|v| !v.is_null()));
     let sliding: Vec<bool> = match types {
-        Some(types) => parse_layer_types(types, layers, fam)?,
+        Some(types) => types.iter().map(|t| *t == LayerType::Sliding).collect(),
         // transformers makes every layer of a Granite 4.0 config without layer types a Mamba layer.
         None if fam.understands("layers_block_type") => {
             return Err(
@@ -854,9 +852,14 @@ fn lfm2_ff_dim(raw: &Value) -> std::result::Result<usize, String> {
 
 /// Each layer's token mixer: attention, or LFM2's short convolution where `layer_types` says `conv` (or, without
 /// `layer_types`, where the layer is not in `full_attn_idxs`; all layers are attention when neither is given).
-fn layer_mixers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Vec<Mixer>, String> {
+fn layer_mixers(
+    raw: &Value,
+    fam: &Family,
+    layers: usize,
+    types: Option<&[LayerType]>,
+) -> std::result::Result<Vec<Mixer>, String> {
     if fam.understands("linear_conv_kernel_dim") {
-        return delta_net_mixers(raw, layers);
+        return delta_net_mixers(raw, layers, types);
     }
     if !fam.understands("conv_L_cache") {
         return Ok(vec![Mixer::Attention; layers]);
@@ -874,15 +877,8 @@ fn layer_mixers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result
         kernel,
         bias: raw["conv_bias"].as_bool().unwrap_or(false),
     };
-    if let Some(types) = raw.get("layer_types").filter(|v| !v.is_null()) {
-        let types = types.as_array().ok_or("`layer_types` must be a list")?;
-        return Ok(types
-            .iter()
-            .map(|t| match t.as_str() {
-                Some("conv") => conv,
-                _ => Mixer::Attention,
-            })
-            .collect());
+    if let Some(types) = types {
+        return Ok(types.iter().map(|t| t.mixer(conv)).collect());
     }
     match raw.get("full_attn_idxs").filter(|v| !v.is_null()) {
         None => Ok(vec![Mixer::Attention; layers]),
@@ -903,7 +899,11 @@ fn layer_mixers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result
 
 /// Qwen3.5's layers: Gated DeltaNet where `layer_types` says `linear_attention` (by default all but every
 /// `full_attention_interval`-th layer), with the sizes the `linear_*` keys give.
-fn delta_net_mixers(raw: &Value, layers: usize) -> std::result::Result<Vec<Mixer>, String> {
+fn delta_net_mixers(
+    raw: &Value,
+    layers: usize,
+    types: Option<&[LayerType]>,
+) -> std::result::Result<Vec<Mixer>, String> {
     let size = |k: &str, limit: u64| -> std::result::Result<usize, String> {
         raw[k]
             .as_u64()
@@ -925,16 +925,8 @@ fn delta_net_mixers(raw: &Value, layers: usize) -> std::result::Result<Vec<Mixer
         ));
     }
     let linear = Mixer::GatedDeltaNet(shape);
-    match raw.get("layer_types").filter(|v| !v.is_null()) {
-        Some(types) => Ok(types
-            .as_array()
-            .ok_or("`layer_types` must be a list")?
-            .iter()
-            .map(|t| match t.as_str() {
-                Some("linear_attention") => linear,
-                _ => Mixer::Attention,
-            })
-            .collect()),
+    match types {
+        Some(types) => Ok(types.iter().map(|t| t.mixer(linear)).collect()),
         None => {
             let every = size("full_attention_interval", layers.max(1) as u64)?;
             Ok((0..layers)
@@ -944,7 +936,38 @@ fn delta_net_mixers(raw: &Value, layers: usize) -> std::result::Result<Vec<Mixer
     }
 }
 
-fn parse_layer_types(types: &Value, layers: usize, fam: &Family) -> std::result::Result<Vec<bool>, String> {
+/// A layer's kind as `layer_types` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerType {
+    Full,
+    Sliding,
+    /// LFM2's short convolution (`conv`).
+    Conv,
+    /// Qwen3.5's Gated DeltaNet (`linear_attention`).
+    Linear,
+}
+
+impl LayerType {
+    /// The layer's token mixer: attention, or `other` for the convolution and linear-attention kinds (only the
+    /// families that have the kind get past [`layer_types`] with it).
+    fn mixer(self, other: Mixer) -> Mixer {
+        match self {
+            LayerType::Full | LayerType::Sliding => Mixer::Attention,
+            LayerType::Conv | LayerType::Linear => other,
+        }
+    }
+}
+
+/// Each layer's kind where config.json lists them (`layer_types`, or Granite 4.0's older `layers_block_type`),
+/// read once for the windows and the token mixers; None where it does not. A kind the family has no decoder for
+/// is refused by name.
+fn layer_types(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Option<Vec<LayerType>>, String> {
+    let Some(types) = ["layer_types", "layers_block_type"]
+        .iter()
+        .find_map(|k| raw.get(*k).filter(|v| !v.is_null()))
+    else {
+        return Ok(None);
+    };
     let conv_allowed = fam.understands("conv_L_cache");
     let linear_allowed = fam.understands("linear_conv_kernel_dim");
     let types = types.as_array().ok_or("`layer_types` must be a list")?;
@@ -958,13 +981,10 @@ fn parse_layer_types(types: &Value, layers: usize, fam: &Family) -> std::result:
         .iter()
         .enumerate()
         .map(|(i, t)| match t.as_str() {
-            // `conv`: LFM2's short convolution (`layer_mixers`), for the families that have it; a full-width
-            // layer as far as windows go.
-            Some("full_attention") | Some("attention") => Ok(false),
-            Some("conv") if conv_allowed => Ok(false),
-            // Qwen3.5's Gated DeltaNet (`layer_mixers`).
-            Some("linear_attention") if linear_allowed => Ok(false),
-            Some("sliding_attention") => Ok(true),
+            Some("full_attention") | Some("attention") => Ok(LayerType::Full),
+            Some("sliding_attention") => Ok(LayerType::Sliding),
+            Some("conv") if conv_allowed => Ok(LayerType::Conv),
+            Some("linear_attention") if linear_allowed => Ok(LayerType::Linear),
             Some(kind @ ("mamba" | "linear_attention")) => Err(format!(
                 "layer {i} is a {kind} (Mamba) layer, which FreezeTune cannot train yet; Granite 4.0's dense models \
                  (attention layers only) are supported, its -H hybrids are not"
@@ -973,7 +993,8 @@ fn parse_layer_types(types: &Value, layers: usize, fam: &Family) -> std::result:
                 "layer {i}'s kind {t} in `layer_types` is not supported (full_attention and sliding_attention are)"
             )),
         })
-        .collect()
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map(Some)
 }
 
 #[cfg(test)]
