@@ -560,7 +560,7 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         (k("feed_forward_length"), u(c.intermediate_size)),
         (k("block_count"), u(c.num_layers)),
         (k("attention.head_count"), u(c.num_heads)),
-        (k("attention.head_count_kv"), u(c.num_kv_heads)),
+        (k("attention.head_count_kv"), kv_heads(c)),
         (k("attention.layer_norm_rms_epsilon"), Meta::F32(c.rms_norm_eps as f32)),
         (k("rope.freq_base"), Meta::F32(c.global_rope().theta as f32)),
         (k("rope.dimension_count"), u(c.head_dim)),
@@ -597,17 +597,6 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             m.push((k("logit_scale"), f(c.logits_scaling)));
         }
         Architecture::Lfm2 => {
-            // llama.cpp tells a convolution layer by its key/value head count of 0, so the count is per layer.
-            let kv: Vec<i32> = c
-                .layers
-                .iter()
-                .map(|l| match l.mixer {
-                    Mixer::Attention => c.num_kv_heads as i32,
-                    _ => 0,
-                })
-                .collect();
-            m.retain(|(key, _)| *key != k("attention.head_count_kv"));
-            m.push((k("attention.head_count_kv"), Meta::I32s(kv)));
             let kernel = c.layers.iter().find_map(|l| match l.mixer {
                 Mixer::ShortConv { kernel, .. } => Some(kernel),
                 _ => None,
@@ -625,6 +614,19 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         _ => {}
     }
     m
+}
+
+/// The key/value head count: one number, or, where some layers do not attend (LFM2's convolutions), one per
+/// layer with 0 for those, which is how llama.cpp tells them apart.
+fn kv_heads(c: &DecoderConfig) -> Meta {
+    if c.layers.iter().all(|l| l.mixer == Mixer::Attention) {
+        return Meta::U32(c.num_kv_heads as u32);
+    }
+    let per_layer = c.layers.iter().map(|l| match l.mixer {
+        Mixer::Attention => c.num_kv_heads as i32,
+        _ => 0,
+    });
+    Meta::I32s(per_layer.collect())
 }
 
 /// Llama 3's rope scaling as the per-frequency divisors llama.cpp reads from `rope_freqs.weight`.
