@@ -792,7 +792,6 @@ impl Decoder {
             .broadcast_add(&d.dt_bias.to_dtype(f32)?)?;
         let rate = d.a_log.to_dtype(f32)?.exp()?;
         let g = softplus(&a)?.broadcast_mul(&rate)?.neg()?;
-        let previous = rule_state.as_ref().and_then(|s| s.as_ref());
         let inputs = crate::delta_rule::RuleInputs {
             q: &q,
             k: &k,
@@ -800,10 +799,16 @@ impl Decoder {
             g: &g,
             beta: &beta,
         };
-        let (out, state) = crate::delta_rule::gated_delta_rule(inputs, previous)?;
-        if let Some(slot) = rule_state {
-            *slot = Some(state.detach());
-        }
+        let out = match rule_state {
+            // A training or probing pass on the CPU: one op, without the final state nobody reads.
+            None if crate::fused::applies(&q) => crate::fused::gated_delta_rule(&q, &k, &v, &g, &beta)?,
+            None => crate::delta_rule::gated_delta_rule(inputs, None)?.0,
+            Some(slot) => {
+                let (out, state) = crate::delta_rule::gated_delta_rule(inputs, slot.as_ref())?;
+                *slot = Some(state.detach());
+                out
+            }
+        };
         let z = d.in_z.forward(h)?.reshape((b, t, s.value_heads, s.value_dim))?;
         let normed = rms_norm_offset(&out.to_dtype(h.dtype())?, &d.norm, 0.0, self.config.rms_norm_eps)?;
         let gated = (normed * z.silu()?)?.reshape((b, t, values))?;

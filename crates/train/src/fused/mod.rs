@@ -11,6 +11,7 @@ use candle_core::{
 mod attention;
 mod attn_block;
 pub mod blas;
+mod delta_rule;
 mod gemm;
 mod head_loss;
 mod linear;
@@ -21,6 +22,7 @@ mod wiring;
 
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
+pub use delta_rule::gated_delta_rule;
 pub use gemm::Backend;
 pub use head_loss::head_cross_entropy;
 #[cfg(test)]
