@@ -969,15 +969,43 @@ fn causal_conv(
         *slot = Some(padded.narrow(1, t, kernel - 1)?.detach());
     }
     let weight = weight.to_dtype(x.dtype())?.reshape((channels, kernel))?;
-    let tap = |j: usize| weight.narrow(1, j, 1)?.squeeze(1);
-    let mut y = padded.narrow(1, 0, t)?.broadcast_mul(&tap(0)?)?;
-    for j in 1..kernel {
-        y = (y + padded.narrow(1, j, t)?.broadcast_mul(&tap(j)?)?)?;
-    }
+    let y = match weight.track_op() {
+        true => conv_taps(&padded, &weight, t)?,
+        // A frozen weight as an operand of the taps' products would get an activation-sized gradient per tap,
+        // kept until the whole backward pass ends: the input's gradient is all a frozen weight needs.
+        false => {
+            let value = conv_taps(&padded.detach(), &weight, t)?;
+            let backward = move |_: &Tensor, _: &Tensor, grad: &Tensor| {
+                let mut sum: Option<Tensor> = None;
+                for j in 0..kernel {
+                    let shifted = grad
+                        .broadcast_mul(&weight.narrow(1, j, 1)?.squeeze(1)?)?
+                        .pad_with_zeros(1, j, kernel - 1 - j)?;
+                    sum = Some(match sum {
+                        Some(s) => (s + shifted)?,
+                        None => shifted,
+                    });
+                }
+                Ok(sum)
+            };
+            crate::node::attach1("causal-conv-frozen-weight", &padded, value, Box::new(backward))?
+        }
+    };
     match bias {
         Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?),
         None => Ok(y),
     }
+}
+
+/// `Σ_j padded[:, j..j + t] · weight[:, j]`: the taps of a causal depthwise convolution over `padded` (batch,
+/// t + kernel − 1, channels) with `weight` (channels, kernel).
+fn conv_taps(padded: &Tensor, weight: &Tensor, t: usize) -> candle_core::Result<Tensor> {
+    let tap = |j: usize| weight.narrow(1, j, 1)?.squeeze(1);
+    let mut y = padded.narrow(1, 0, t)?.broadcast_mul(&tap(0)?)?;
+    for j in 1..weight.dim(1)? {
+        y = (y + padded.narrow(1, j, t)?.broadcast_mul(&tap(j)?)?)?;
+    }
+    Ok(y)
 }
 
 /// The KV cache of a generation: every layer's keys and values, and how many positions they cover.
@@ -1119,5 +1147,31 @@ fn rounded_to(value: f64, dtype: DType) -> f64 {
         DType::BF16 => half::bf16::from_f64(value).to_f64(),
         DType::F16 => half::f16::from_f64(value).to_f64(),
         _ => value as f32 as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::tests::randn;
+    use crate::ops::tests::max_abs_diff;
+    use candle_core::Var;
+
+    #[test]
+    fn a_frozen_convolution_weight_passes_the_same_input_gradient() {
+        // The frozen weight's own node must give the input the gradient the differentiable taps give it.
+        let (x, w) = (Var::from_tensor(&randn(&[2, 9, 5], 1)).unwrap(), randn(&[5, 1, 4], 2));
+        let probe = randn(&[2, 9, 5], 3);
+        let grad_of_x = |weight: &Tensor| {
+            let y = causal_conv(x.as_tensor(), weight, None, 4, None).unwrap();
+            let grads = (y.clone() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads.get(x.as_tensor()).unwrap().clone())
+        };
+        let trainable = Var::from_tensor(&w).unwrap();
+        let (y_frozen, dx_frozen) = grad_of_x(&w);
+        let (y, dx) = grad_of_x(trainable.as_tensor());
+        assert!(max_abs_diff(&y_frozen, &y) < 1e-6);
+        let d = max_abs_diff(&dx_frozen, &dx);
+        assert!(d < 1e-5, "input gradients differ by {d}");
     }
 }
