@@ -20,6 +20,18 @@ pub struct ModelDims {
     pub head_dim: Option<u64>,
     pub vocab_size: Option<u64>,
     pub max_position_embeddings: Option<u64>,
+    /// A Gated DeltaNet layer's sizes (Qwen3.5's `linear_*` keys), where the model has such layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_net: Option<DeltaNetDims>,
+}
+
+/// The sizes of a Gated DeltaNet (linear attention) layer: key heads and their width, value heads and theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaNetDims {
+    pub key_heads: u64,
+    pub key_dim: u64,
+    pub value_heads: u64,
+    pub value_dim: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +121,20 @@ impl ModelConfig {
             }),
             vocab_size: uint(&["vocab_size"])?,
             max_position_embeddings: uint(&["max_position_embeddings", "n_positions", "seq_length"])?,
+            delta_net: match (
+                uint(&["linear_num_key_heads"])?,
+                uint(&["linear_key_head_dim"])?,
+                uint(&["linear_num_value_heads"])?,
+                uint(&["linear_value_head_dim"])?,
+            ) {
+                (Some(key_heads), Some(key_dim), Some(value_heads), Some(value_dim)) => Some(DeltaNetDims {
+                    key_heads,
+                    key_dim,
+                    value_heads,
+                    value_dim,
+                }),
+                _ => None,
+            },
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");

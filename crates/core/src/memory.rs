@@ -27,6 +27,10 @@
 //! block's gate and up projections (2·i, its only intermediates); and the causal attention's probabilities, kept
 //! for the keys each block of 64 query rows can see (about S/2 + 32 per query and head). No update temporaries
 //! (AdamW updates in place).
+//!
+//! Layers whose token mixer is not attention (told by their module's name, `MIXER_MODULES`) have terms of their
+//! own: Qwen3.5's Gated DeltaNet (`linear_attn`) and LFM2's short convolution (`conv`); see [`Widths::per_token`]
+//! and docs/memory.md.
 
 use crate::layout::ModelLayout;
 use crate::plan::PlanOptions;
@@ -150,21 +154,141 @@ pub(crate) fn activations_with(
         d.vocab_size?,
     );
     let kv = d.num_key_value_heads.unwrap_or(heads) * d.head_dim.unwrap_or(h / heads.max(1));
-    let layers = layout.num_layers.saturating_sub(l0) as u64;
-    let per_token_layer = match kernels {
-        Kernels::Composite => 10 * h + 4 * kv + 4 * i + heads,
-        Kernels::FusedCpu => 7 * h + 4 * kv + 2 * i + heads * (o.seq_len / 2 + 32),
+    let widths = Widths {
+        h,
+        i,
+        kv,
+        heads,
+        seq: o.seq_len,
     };
-    let kept_layers = if checkpointing && layers > 0 {
-        layers * h + per_token_layer
-    } else {
-        layers * per_token_layer
+    let mut per_layer: Vec<u64> = layout
+        .layers
+        .iter()
+        .filter(|layer| layer.id >= l0)
+        .map(|layer| widths.per_token(mixer_of(layer), d.delta_net, kernels))
+        .collect::<Option<_>>()?;
+    // Layers the config counts but the checkpoint does not show are taken as attention layers.
+    let counted = layout.num_layers.saturating_sub(l0);
+    if per_layer.len() < counted {
+        let attention = widths.per_token(Mixer::Attention, None, kernels)?;
+        per_layer.resize(counted, attention);
+    }
+    let layers = per_layer.len() as u64;
+    let kept_layers = match checkpointing && layers > 0 {
+        true => (layers * h).saturating_add(per_layer.iter().max().copied().unwrap_or(0)),
+        false => per_layer.iter().fold(0u64, |a, b| a.saturating_add(*b)),
     };
-    let per_token = kept_layers + h + 3 * v;
+    let per_token = kept_layers.saturating_add(h + 3 * v);
     let blocks = if kernels == Kernels::Composite {
         ATTENTION_BLOCKS
     } else {
         0
     };
-    Some(bytes * o.batch_size * o.seq_len * per_token + blocks)
+    Some(
+        (bytes * o.batch_size * o.seq_len)
+            .saturating_mul(per_token)
+            .saturating_add(blocks),
+    )
+}
+
+/// What mixes a layer's tokens, told by the module that holds it (the names transformers gives them): it decides
+/// what the layer keeps for its backward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mixer {
+    Attention,
+    /// Qwen3.5's Gated DeltaNet (`linear_attn`).
+    DeltaRule,
+    /// LFM2's gated short convolution (`conv`).
+    ShortConv,
+}
+
+/// Module names of the token mixers other than attention.
+const MIXER_MODULES: &[(&str, Mixer)] = &[("linear_attn", Mixer::DeltaRule), ("conv", Mixer::ShortConv)];
+
+fn mixer_of(layer: &crate::layout::LayerInfo) -> Mixer {
+    MIXER_MODULES
+        .iter()
+        .find(|(name, _)| layer.modules.iter().any(|m| m.name == *name))
+        .map_or(Mixer::Attention, |(_, mixer)| *mixer)
+}
+
+/// The sizes the per-layer terms are made of.
+struct Widths {
+    h: u64,
+    i: u64,
+    kv: u64,
+    heads: u64,
+    seq: u64,
+}
+
+/// Positions per chunk of the delta rule (crates/train/src/delta_rule.rs).
+const DELTA_CHUNK: u64 = 64;
+
+impl Widths {
+    /// Activations one layer keeps per token (in values), by its token mixer; None where config.json lacks the
+    /// mixer's sizes.
+    fn per_token(&self, mixer: Mixer, delta: Option<crate::config::DeltaNetDims>, kernels: Kernels) -> Option<u64> {
+        let Widths { h, i, kv, heads, seq } = *self;
+        let fused = kernels == Kernels::FusedCpu;
+        Some(match mixer {
+            Mixer::Attention if fused => 7 * h + 4 * kv + 2 * i + heads * (seq / 2 + 32),
+            Mixer::Attention => 10 * h + 4 * kv + 4 * i + heads,
+            Mixer::DeltaRule => {
+                // q, k and v through the convolution (its input, padded input, output and SiLU), q and k per
+                // value head before and after their L2 norm, v, the rule's packed inputs and output, z and its
+                // SiLU, the gated norm's input and output: calibrated on a Qwen3.5-shaped model (docs/memory.md).
+                // Each size is below 2^32 (config.rs), so only their products need saturating.
+                let d = delta?;
+                let sat = |a: u64, b: u64| a.saturating_mul(b);
+                let keys = sat(d.value_heads, d.key_dim);
+                let values = sat(d.value_heads, d.value_dim);
+                let conv = sat(2 * d.key_heads, d.key_dim).saturating_add(values);
+                let kept = sat(6, conv)
+                    .saturating_add(sat(10, keys))
+                    .saturating_add(sat(10, values));
+                let rule = match fused {
+                    // The fused rule keeps the state at each chunk's start.
+                    true => sat(keys, d.value_dim) / DELTA_CHUNK + 3 * h + 2 * i,
+                    // The composite rule keeps its chunk × chunk blocks (decays, the UT transform's factors).
+                    false => sat(68 * DELTA_CHUNK, d.value_heads) + 6 * h + 4 * i,
+                };
+                kept.saturating_add(rule)
+            }
+            // in_proj's B, C and x, B·x padded, the convolution and C·y, out_proj.
+            Mixer::ShortConv if fused => 12 * h + 2 * i,
+            Mixer::ShortConv => 14 * h + 4 * i,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hybrid_counts_each_layer_by_its_token_mixer() {
+        // Qwen3.5's fixture: three Gated DeltaNet layers, then one attention layer; hidden 64, MLP 96, 4 heads,
+        // key/value width 32, vocabulary 512; delta rule 2 key heads of 16, 4 value heads of 8.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen3_5");
+        let layout = ModelLayout::inspect(&dir).unwrap();
+        let o = PlanOptions {
+            batch_size: 1,
+            seq_len: 128,
+        };
+        // Per token, fused: a DeltaNet layer 6·96 + 10·64 + 10·32 (kept) + 64·8/64 (states) + 3·64 + 2·96 = 1928;
+        // the attention layer 7·64 + 4·32 + 2·96 + 4·(64 + 32) = 1152; the head 64 + 3·512.
+        let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4);
+        assert_eq!(fused, Some(4 * 128 * (3 * 1928 + 1152 + 64 + 1536)));
+        // From layer 3 on, only the attention layer.
+        let top = activations_with(&layout, 3, o, Kernels::FusedCpu, false, 4);
+        assert_eq!(top, Some(4 * 128 * (1152 + 64 + 1536)));
+        // Composite: the rule's chunk blocks, 68·64 per value head, instead of its states.
+        let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
+        let delta = 1536 + 68 * 64 * 4 + 6 * 64 + 4 * 96;
+        let attention = 10 * 64 + 4 * 32 + 4 * 96 + 4;
+        assert_eq!(
+            composite,
+            4 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS
+        );
+    }
 }
