@@ -1,10 +1,11 @@
 """One freeze configuration of bench-train, in PyTorch + transformers, for the side-by-side table.
 
 Usage: python train_step.py MODEL_DIR CONFIG STEPS BATCH SEQ ATTENTION
-Prints one JSON line: {"name", "median_ms", "min_ms", "peak_rss", "trainable"}. Same model files, same shapes (f32, AdamW), same
+Prints one JSON line: {"name", "median_ms", "min_ms", "peak_rss", "trainable", "threads", "path"}. Same model files, same shapes (f32, AdamW), same
 trainable sets as FreezeTune's plans for the named configurations; ATTENTION is transformers' `eager` or `sdpa`
 (its default).
 """
+import importlib.util
 import json
 import resource
 import statistics
@@ -14,9 +15,13 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-def trainable(name: str, config: str, layers: int) -> bool:
+def trainable(name: str, config: str, model_config) -> bool:
+    layers = model_config.num_hidden_layers
     in_layer = name.startswith("model.layers.")
     layer = int(name.split(".")[2]) if in_layer else None
+    if config == "full attention layers":
+        kinds = getattr(model_config, "layer_types", None) or ["full_attention"] * layers
+        return in_layer and kinds[layer] == "full_attention"
     if config == "full":
         return True
     if config == "all layers":
@@ -36,10 +41,9 @@ def main():
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
     model.train()
-    layers = model.config.num_hidden_layers
     params = []
     for name, p in model.named_parameters():
-        p.requires_grad_(trainable(name, config, layers))
+        p.requires_grad_(trainable(name, config, model.config))
         if p.requires_grad:
             params.append(p)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
@@ -60,7 +64,19 @@ def main():
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "trainable": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(),
+        "path": reference_path(model),
     }))
+
+
+def reference_path(model) -> str:
+    """Which implementation transformers ran for a Gated DeltaNet model: without Hub kernels requested (the bench
+    requests none), the original packages where installed (flash-linear-attention for the delta rule,
+    causal-conv1d for the convolution), else its plain-PyTorch fallbacks; "" for models without such layers."""
+    if "linear_attention" not in (getattr(model.config, "layer_types", None) or []):
+        return ""
+    rule = "fla" if importlib.util.find_spec("fla") else "torch_chunk_gated_delta_rule"
+    conv = "causal_conv1d" if importlib.util.find_spec("causal_conv1d") else "F.conv1d"
+    return f"delta rule: {rule}, convolution: {conv}"
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 //! A lower bound on the matmul work of one training step, per freeze configuration: what any implementation must
 //! multiply, so a step-time ratio can be read against the ratio of work (e.g. "top 2 / full" cannot go below the
 //! ratio of their FLOPs, whoever runs them). Counted: every forward matmul (projections, attention scores and
-//! values over the full seq × seq square, lm_head); the input gradients of every layer above the lowest one with a
+//! values over the full seq × seq square, a delta rule's state products, lm_head); the input gradients of every layer above the lowest one with a
 //! trainable tensor (the same work as its forward matmuls, twice for attention) and of lm_head when anything below
 //! it trains; one weight-gradient matmul per trainable matrix. Left out, so the bound stays a bound: the input
 //! gradients inside the lowest trainable layer, norms, elementwise ops and the optimizer.
 
 use freezetune_core::layout::ModelLayout;
 use freezetune_core::plan::FreezePlan;
+use freezetune_train::config::Mixer;
 use freezetune_train::DecoderConfig;
 
 /// Multiply-adds counted as two FLOPs.
@@ -19,11 +20,22 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
             _ => 0.0,
         }
     };
-    let attention = 4.0 * (batch * config.num_heads * seq * seq * config.head_dim) as f64;
+    // Per layer, the token mixer's own products: attention's scores and values over the square; a delta rule's
+    // reads and writes of its state (q·S and k ⊗ v per position and head); a short convolution's, too few to count.
+    let mixing: Vec<f64> = config
+        .layers
+        .iter()
+        .map(|l| match l.mixer {
+            Mixer::Attention => 4.0 * (batch * config.num_heads * seq * seq * config.head_dim) as f64,
+            Mixer::GatedDeltaNet(s) => 4.0 * tokens * (s.value_heads * s.key_dim * s.value_dim) as f64,
+            Mixer::ShortConv { .. } => 0.0,
+        })
+        .collect();
     let layer_forward: Vec<f64> = layout
         .layers
         .iter()
-        .map(|l| l.tensors().map(|t| matrix(&t.shape)).sum::<f64>() + attention)
+        .zip(&mixing)
+        .map(|(l, mix)| l.tensors().map(|t| matrix(&t.shape)).sum::<f64>() + mix)
         .collect();
     let head = 2.0 * tokens * (config.hidden_size * config.vocab_size) as f64;
     let trainable_in_layer = |l: &freezetune_core::layout::LayerInfo| l.tensors().any(|t| plan.is_trainable(&t.name));
@@ -40,7 +52,11 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
     let mut total = layer_forward.iter().sum::<f64>() + head;
     if let Some(lowest) = lowest {
         total += head; // the gradient of the last hidden state
-        total += layer_forward[lowest + 1..].iter().map(|f| f + attention).sum::<f64>();
+        total += layer_forward[lowest + 1..]
+            .iter()
+            .zip(&mixing[lowest + 1..])
+            .map(|(f, mix)| f + mix)
+            .sum::<f64>();
     }
     total += weight_grads + if head_trainable { head } else { 0.0 };
     total

@@ -13,12 +13,16 @@
 //! level: compare ratios from one run, never times across machines. "top 2 / full" is set against the ratio of
 //! their matmul work (`flops.rs`), the floor no implementation goes below.
 //!
-//! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS] [--generic]`
+//! A third shape is a hybrid: a Qwen3.5-0.8B-shaped model (batch 1 x 2048) that transformers itself makes, full
+//! training and its full-attention layers alone; PyTorch's table names the Gated DeltaNet path transformers took.
+//!
+//! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS] [--generic | --hybrid]`
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use freezetune_core::synth::{write_checkpoint, Family, Fill, SynthSpec};
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
+use freezetune_train::config::Mixer;
 use freezetune_train::optim::{AdamWConfig, Optimizer};
 use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use std::path::Path;
@@ -31,11 +35,20 @@ use rss::peak_rss_bytes;
 #[path = "venv.rs"]
 mod venv;
 
+/// Where a bench model comes from.
+enum Source {
+    /// FreezeTune's synthetic checkpoint writer.
+    Synth(SynthSpec),
+    /// transformers itself, from this config.json (`pytorch/make_model.py`): families the synthetic writer does not
+    /// lay out (Qwen3.5's Gated DeltaNet layers).
+    Transformers(serde_json::Value),
+}
+
 /// One model shape of the benchmark and the configurations measured on it.
 struct BenchShape {
     label: &'static str,
     dir_name: &'static str,
-    spec: SynthSpec,
+    source: Source,
     batch: usize,
     seq: usize,
     configs: Vec<&'static str>,
@@ -70,7 +83,7 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
         BenchShape {
             label: "random llama 31M: 8 layers, hidden 512, 8 heads, intermediate 1376, vocab 8000",
             dir_name: "freezetune-bench-train-model",
-            spec: llama(8, 512, 1376, 8, 8, 8000, false),
+            source: Source::Synth(llama(8, 512, 1376, 8, 8, 8000, false)),
             batch: 4,
             // FREEZETUNE_BENCH_SEQ separates the terms of the memory estimate (docs/memory.md).
             seq: std::env::var("FREEZETUNE_BENCH_SEQ")
@@ -88,7 +101,7 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
             label:
                 "SmolLM2-135M-shaped llama: 30 layers, hidden 576, 9 heads / 3 kv, intermediate 1536, vocab 49152, tied",
             dir_name: "freezetune-bench-train-135m",
-            spec: llama(30, 576, 1536, 9, 3, 49152, true),
+            source: Source::Synth(llama(30, 576, 1536, 9, 3, 49152, true)),
             batch: 2,
             seq: 512,
             configs: vec!["full", "top 2"],
@@ -102,7 +115,7 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
         BenchShape {
             label: "random llama 31M, device-generic path (what CUDA and Metal run)",
             dir_name: "freezetune-bench-train-model",
-            spec: llama(8, 512, 1376, 8, 8, 8000, false),
+            source: Source::Synth(llama(8, 512, 1376, 8, 8, 8000, false)),
             batch: 2,
             seq: 1024,
             configs: vec!["full", "top 2"],
@@ -115,7 +128,7 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
         BenchShape {
             label: "SmolLM2-135M-shaped llama, device-generic path (what CUDA and Metal run)",
             dir_name: "freezetune-bench-train-135m",
-            spec: llama(30, 576, 1536, 9, 3, 49152, true),
+            source: Source::Synth(llama(30, 576, 1536, 9, 3, 49152, true)),
             batch: 2,
             seq: 2048,
             configs: vec!["full", "top 2"],
@@ -125,7 +138,66 @@ fn shapes(steps: usize) -> Vec<BenchShape> {
             generic: true,
             pytorch_attentions: &["sdpa"],
         },
+        // A hybrid: three Gated DeltaNet layers to one gated full-attention layer.
+        BenchShape {
+            label: "Qwen3.5-0.8B-shaped (made by transformers): 24 layers (18 Gated DeltaNet, 6 gated attention), \
+                    hidden 1024, 8 heads / 2 kv of 256, delta rule 16 heads of 128, intermediate 3584, vocab 248320, tied",
+            dir_name: "freezetune-bench-train-qwen3_5-0.8b",
+            source: Source::Transformers(qwen3_5_08b_config()),
+            batch: 1,
+            seq: 2048,
+            configs: vec!["full", "full attention layers"],
+            checkpointed: vec![],
+            thread_sweep: false,
+            steps: 2,
+            generic: false,
+            pytorch_attentions: &["sdpa"],
+        },
     ]
+}
+
+/// Qwen3.5-0.8B's text model as its config.json describes it (Qwen/Qwen3.5-0.8B, `text_config`), as a text-only
+/// `qwen3_5_text` model.
+fn qwen3_5_08b_config() -> serde_json::Value {
+    let layer_types: Vec<&str> = (0..24)
+        .map(|i| {
+            if i % 4 == 3 {
+                "full_attention"
+            } else {
+                "linear_attention"
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text",
+        "hidden_size": 1024, "intermediate_size": 3584, "num_hidden_layers": 24, "layer_types": layer_types,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+        "linear_conv_kernel_dim": 4, "linear_num_key_heads": 16, "linear_key_head_dim": 128,
+        "linear_num_value_heads": 16, "linear_value_head_dim": 128,
+        "vocab_size": 248320, "tie_word_embeddings": true, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+        "max_position_embeddings": 262144, "attention_bias": false, "initializer_range": 0.02, "dtype": "float32",
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                            "mrope_section": [11, 11, 10], "mrope_interleaved": true},
+    })
+}
+
+/// Writes a [`Source::Transformers`] model into `dir` with transformers (through a `.partial` folder).
+fn make_with_transformers(python: &Path, config: &serde_json::Value, dir: &Path) -> Result<()> {
+    let config_file = std::env::temp_dir().join(format!("{}.config.json", std::process::id()));
+    std::fs::write(&config_file, serde_json::to_vec_pretty(config)?)?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch/make_model.py");
+    let status = std::process::Command::new(python)
+        .arg(script)
+        .arg(&config_file)
+        .arg(dir)
+        .status();
+    let _ = std::fs::remove_file(&config_file);
+    anyhow::ensure!(
+        status?.success(),
+        "transformers could not write the model into {}",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn configs() -> Vec<(&'static str, FreezeSpec)> {
@@ -170,6 +242,76 @@ fn configs() -> Vec<(&'static str, FreezeSpec)> {
     ]
 }
 
+/// Every tensor of the layers whose token mixer is full attention (a hybrid's attention layers), nothing else.
+fn full_attention_layers(config: &DecoderConfig) -> FreezeSpec {
+    let ids: Vec<String> = config
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.mixer == Mixer::Attention && l.window.is_none())
+        .map(|(i, _)| i.to_string())
+        .collect();
+    FreezeSpec {
+        layers: Some(ids.join(",")),
+        ..Default::default()
+    }
+}
+
+/// The named configuration's plan on `model` for batch × seq, with the model's layout and description.
+fn plan_of(
+    model: &Path,
+    name: &str,
+    batch: usize,
+    seq: usize,
+) -> Result<(ModelLayout, freezetune_core::FreezePlan, DecoderConfig)> {
+    let config = DecoderConfig::read(model)?;
+    let mut spec = match name {
+        "full attention layers" => full_attention_layers(&config),
+        _ => {
+            configs()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .context("unknown config")?
+                .1
+        }
+    };
+    let layout = ModelLayout::inspect(model)?;
+    if layout.tie_word_embeddings {
+        // A tied lm_head is embed_tokens: training that trains the head.
+        spec.extra.retain(|m| m != "lm_head");
+    }
+    let options = PlanOptions {
+        batch_size: batch as u64,
+        seq_len: seq as u64,
+    };
+    let p = plan(&layout, &spec, options)?;
+    Ok((layout, p, config))
+}
+
+/// Why the named configuration cannot run here, if the plan's CPU estimate exceeds the memory this machine has
+/// available: a run the kernel would kill minutes in is skipped with its numbers instead.
+fn too_big(shape: &BenchShape, model: &Path, name: &str) -> Result<Option<String>> {
+    if shape.generic {
+        return Ok(None);
+    }
+    let base = name.strip_suffix(" +ckpt").unwrap_or(name);
+    let (_, p, _) = plan_of(model, base, shape.batch, shape.seq)?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(u64::MAX, |kb| kb * 1024);
+    let need = p.memory.cpu_total_bytes;
+    Ok((need > available).then(|| {
+        format!(
+            "needs about {:.1} GiB by the plan's estimate, {:.1} GiB available: skipped",
+            need as f64 / (1u64 << 30) as f64,
+            available as f64 / (1u64 << 30) as f64
+        )
+    }))
+}
+
 /// What one child process measures.
 struct Job<'a> {
     model: &'a Path,
@@ -192,26 +334,8 @@ fn run_one(job: Job) -> Result<()> {
         Some(b) => (b, true),
         None => (name, false),
     };
-    let mut spec = configs()
-        .into_iter()
-        .find(|(n, _)| *n == base)
-        .context("unknown config")?
-        .1;
-    let layout = ModelLayout::inspect(model)?;
-    if layout.tie_word_embeddings {
-        // A tied lm_head is embed_tokens: training that trains the head.
-        spec.extra.retain(|m| m != "lm_head");
-    }
-    let p = plan(
-        &layout,
-        &spec,
-        PlanOptions {
-            batch_size: batch_size as u64,
-            seq_len: seq as u64,
-        },
-    )?;
+    let (layout, p, config) = plan_of(model, base, batch_size, seq)?;
     let params = Params::load(model, &p, &Device::Cpu, DType::F32)?;
-    let config = DecoderConfig::read(model)?;
     let vocab = config.vocab_size as u64;
     let flops = flops::step_flops(&layout, &p, &config, batch_size, seq);
     let decoder = Decoder::new(config, &params, &Device::Cpu)?;
@@ -362,9 +486,14 @@ fn freezetune_table(shape: &BenchShape, dir: &Path, peak_gflops: f64) -> Result<
     let mut full: Option<(f64, f64)> = None;
     let mut results = Vec::new();
     for name in &shape.configs {
+        if let Some(why) = too_big(shape, dir, name)? {
+            println!("{name:<12} {why}");
+            continue;
+        }
         let r = spawn(shape, dir, name, None)?;
         let (t, rss) = (ms(&r), r["peak_rss"].as_f64().unwrap_or(0.0));
         let est = r["estimate"].as_f64().unwrap_or(0.0);
+        // Against the first configuration measured ("full" where it fits).
         let (fm, fr) = *full.get_or_insert((t, rss));
         let gflops = r["flops"].as_f64().unwrap_or(0.0) / (t * 1e6).max(1e-9);
         println!(
@@ -384,7 +513,7 @@ fn freezetune_table(shape: &BenchShape, dir: &Path, peak_gflops: f64) -> Result<
     }
     for name in &shape.checkpointed {
         let r = spawn(shape, dir, &format!("{name} +ckpt"), None)?;
-        let (fm, fr) = full.expect("full ran first");
+        let Some((fm, fr)) = full else { continue };
         let rss = r["peak_rss"].as_f64().unwrap_or(0.0);
         println!(
             "{:<12} {:>12} {:>10.0} {:>5.2}x {:>4.2}x {:>10.0} {:>14} {:>9}",
@@ -424,6 +553,7 @@ fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_js
         "\nside by side with PyTorch + transformers (same files, same trainable sets; FT/PT < 1: FreezeTune faster;\n FT ms: the faster of the first run and one run again between the PyTorch ones; MiB: peak RSS):"
     );
     let attn = shape.pytorch_attentions;
+    let mut paths = std::collections::BTreeSet::new();
     let mut head = format!("{:<12} {:>8}", "config", "FT ms");
     for a in attn {
         head += &format!(" {:>9} {:>8}", format!("{a} ms"), format!("FT/{a}"));
@@ -435,10 +565,25 @@ fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_js
     println!("{head}");
     for r in ours {
         let name = r["name"].as_str().unwrap_or_default();
-        let theirs = attn
+        let theirs = match attn
             .iter()
             .map(|a| pytorch_one(python, shape, dir, name, a))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(theirs) => theirs,
+            // One configuration PyTorch cannot run (out of memory, most often) must not end the whole bench.
+            Err(e) => {
+                println!("{name:<12} PyTorch failed: {e:#}");
+                continue;
+            }
+        };
+        paths.extend(
+            theirs
+                .iter()
+                .filter_map(|t| t["path"].as_str())
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
         let again = spawn(shape, dir, name, None)?;
         let ft = ms(r).min(ms(&again));
         let ft_mib = mib(r).min(mib(&again));
@@ -451,6 +596,9 @@ fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_js
             line += &format!(" {:>9.0} {:>8.2}x", mib(t), ft_mib / mib(t).max(1e-9));
         }
         println!("{line}");
+    }
+    for path in paths {
+        println!("(PyTorch's Gated DeltaNet path: {path})");
     }
     Ok(())
 }
@@ -468,18 +616,28 @@ fn main() -> Result<()> {
         });
     }
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    // --generic: only the device-generic (GPU path) memory shapes.
+    // --generic: only the device-generic (GPU path) memory shapes; --hybrid: only the hybrid (Qwen3.5) shape.
     let only_generic = args.iter().any(|a| a == "--generic");
+    let only_hybrid = args.iter().any(|a| a == "--hybrid");
     println!("{}", cpu_line());
     println!("matmul: {}", freezetune_train::device::cpu_matmul_backend());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let peak_gflops = peak::f32_gflops(threads);
     println!("f32 peak, measured (FMA on {threads} threads): {peak_gflops:.0} GFLOP/s");
     let python = pytorch_python();
-    for shape in shapes(steps).into_iter().filter(|s| s.generic || !only_generic) {
+    let hybrid = |s: &BenchShape| matches!(s.source, Source::Transformers(_));
+    let wanted = |s: &BenchShape| (s.generic || !only_generic) && (hybrid(s) || !only_hybrid);
+    for shape in shapes(steps).into_iter().filter(wanted) {
         let dir = std::env::temp_dir().join(shape.dir_name);
         if !dir.join("config.json").exists() {
-            write_checkpoint(&dir, &shape.spec)?;
+            match (&shape.source, &python) {
+                (Source::Synth(spec), _) => drop(write_checkpoint(&dir, spec)?),
+                (Source::Transformers(config), Ok(python)) => make_with_transformers(python, config, &dir)?,
+                (Source::Transformers(_), Err(e)) => {
+                    println!("\n{}: skipped, transformers makes this model: {e:#}", shape.label);
+                    continue;
+                }
+            }
         }
         println!(
             "\n{}; batch {} x seq {}, f32, AdamW; fastest of {} steps{}",
