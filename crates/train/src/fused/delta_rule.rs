@@ -403,7 +403,7 @@ fn chunk_backward(d: Dims, x: &ChunkInputs, s: &[f32], dout: &[f32], ds: &[f32])
     // A = β_i·KK ⊙ D and M = QK ⊙ D: gradients of KK, QK, β and D.
     let (mut dkk, mut dqk, mut ddecay) = (vec![0f32; c * c], vec![0f32; c * c], vec![0f32; c * c]);
     let mut dbeta = vec![0f32; c];
-    for i in 0..c {
+    for (i, dbeta) in dbeta.iter_mut().enumerate() {
         for j in 0..=i {
             let at = i * c + j;
             let dec = f.decay[at];
@@ -411,7 +411,7 @@ fn chunk_backward(d: Dims, x: &ChunkInputs, s: &[f32], dout: &[f32], ds: &[f32])
             ddecay[at] = dm[at] * f.qk[at];
             if j < i {
                 dkk[at] = da[at] * dec * x.beta[i];
-                dbeta[i] += da[at] * dec * f.kk[at];
+                *dbeta += da[at] * dec * f.kk[at];
                 ddecay[at] += da[at] * x.beta[i] * f.kk[at];
             }
         }
