@@ -1,9 +1,10 @@
 //! A lower bound on the matmul work of one training step, per freeze configuration: what any implementation must
 //! multiply, so a step-time ratio can be read against the ratio of work (e.g. "top 2 / full" cannot go below the
 //! ratio of their FLOPs, whoever runs them). Counted: every forward matmul (projections, attention scores and
-//! values over the full seq × seq square, a delta rule's state products, lm_head); the input gradients of every layer above the lowest one with a
-//! trainable tensor (the same work as its forward matmuls, twice for attention) and of lm_head when anything below
-//! it trains; one weight-gradient matmul per trainable matrix. Left out, so the bound stays a bound: the input
+//! values over the full seq × seq square, a delta rule's state products, lm_head); the input gradients of every
+//! layer above the lowest one with a trainable tensor (the same work as its forward matmuls, twice for the token
+//! mixer's own products) and of lm_head when anything below it trains; one weight-gradient matmul per trainable
+//! matrix. Left out, so the bound stays a bound: the input
 //! gradients inside the lowest trainable layer, norms, elementwise ops and the optimizer.
 
 use freezetune_core::layout::ModelLayout;

@@ -155,14 +155,6 @@ fn run_one(dir: &Path, config: &Config, steps: usize) -> Result<()> {
     Ok(())
 }
 
-fn available_memory() -> u64 {
-    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn spawn(dir: &Path, index: usize, steps: usize) -> Result<Option<serde_json::Value>> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .args(["--one", &index.to_string(), &steps.to_string()])
@@ -248,7 +240,7 @@ fn main() -> Result<()> {
          fastest of {steps} steps",
         freezetune_train::device::cpu_name(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        available_memory() as f64 / GIB
+        freezetune_train::inventory::host_memory().1.unwrap_or(0) as f64 / GIB
     );
     println!(
         "{:<28} {:>10} {:>14} {:>9} {:>9} {:>14} {:>12}",

@@ -296,12 +296,8 @@ fn too_big(shape: &BenchShape, model: &Path, name: &str) -> Result<Option<String
     }
     let base = name.strip_suffix(" +ckpt").unwrap_or(name);
     let (_, p, _) = plan_of(model, base, shape.batch, shape.seq)?;
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let available = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(u64::MAX, |kb| kb * 1024);
+    // Unknown: run it and see.
+    let available = freezetune_train::inventory::host_memory().1.unwrap_or(u64::MAX);
     let need = p.memory.cpu_total_bytes;
     Ok((need > available).then(|| {
         format!(

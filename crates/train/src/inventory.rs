@@ -66,8 +66,8 @@ fn cpu_name() -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-/// (total, available) bytes of host memory.
-fn host_memory() -> (Option<u64>, Option<u64>) {
+/// (total, available) bytes of host memory (Linux's /proc/meminfo; None where it cannot be read).
+pub fn host_memory() -> (Option<u64>, Option<u64>) {
     let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
         return (None, None);
     };

@@ -12,6 +12,7 @@
 use super::f32s;
 use super::gemm::{matmul_scaled, Mat, Parallelism};
 use crate::delta_rule::CHUNK;
+use crate::fastmath::dot;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -497,10 +498,6 @@ fn scale_rows(x: &[f32], width: usize, factor: impl Fn(usize) -> f32) -> Vec<f32
             row.iter().map(move |v| v * f)
         })
         .collect()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
 
 /// `dst (m × n) = [dst +] scale · a · b` on row-major buffers, where `a` is m × k (stored k × m if its flag says
