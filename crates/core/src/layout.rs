@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// One weight file of a checkpoint not on disk: its name, its size in bytes, and its safetensors header (the JSON
+/// after the 8-byte length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteShard {
+    pub name: String,
+    pub size: u64,
+    pub header: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorInfo {
     pub name: String,
@@ -230,6 +239,54 @@ impl ModelLayout {
             }
         }
         Self::from_parts(dir, &config, tensors, weight_files)
+    }
+
+    /// The layout of a checkpoint known only by its config.json and its weight files' headers: a Hub repo before
+    /// any download (range requests read the headers). `place` (the repo id) names it in errors and as its folder.
+    /// The same checks as `inspect`, except that shards are not matched against an index.
+    pub fn from_headers(place: &str, config: serde_json::Value, shards: &[RemoteShard]) -> Result<ModelLayout> {
+        let dir = Path::new(place);
+        let config = ModelConfig::from_value(config).map_err(|reason| Error::BadConfig {
+            path: dir.join("config.json"),
+            reason,
+        })?;
+        let mut tensors = Vec::new();
+        let mut files = Vec::new();
+        let mut seen = BTreeSet::new();
+        for shard in shards {
+            let bad = |reason: String| Error::BadSafetensors {
+                path: dir.join(&shard.name),
+                reason,
+            };
+            let header_len = shard.header.len() as u64;
+            if shard.size < 8 {
+                return Err(bad(format!("the file is {} bytes, shorter than a header", shard.size)));
+            }
+            crate::safetensors::check_header_len(header_len, shard.size).map_err(bad)?;
+            let data_len = shard.size - 8 - header_len;
+            let (headers, _) = crate::safetensors::parse_header_json(&shard.header, data_len).map_err(bad)?;
+            let mut bytes = 0;
+            for t in &headers {
+                if !seen.insert(t.name.clone()) {
+                    return Err(bad(format!("tensor {} is also stored in another shard", t.name)));
+                }
+                bytes += t.data_offsets.1 - t.data_offsets.0;
+                tensors.push(TensorInfo {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    params: t.numel(),
+                    file: shard.name.clone(),
+                    gguf: None,
+                });
+            }
+            files.push(WeightFile {
+                name: shard.name.clone(),
+                tensors: headers.len(),
+                bytes,
+            });
+        }
+        Self::from_parts(dir, &config, tensors, files)
     }
 
     /// Builds a layout from a parsed config and a tensor list (used by `inspect` and by tests).

@@ -30,6 +30,6 @@ pub mod synth;
 mod testutil;
 
 pub use error::{Error, Result};
-pub use layout::ModelLayout;
+pub use layout::{ModelLayout, RemoteShard};
 pub use plan::{plan, FreezeMode, FreezePlan, PlanOptions, TrainState, Warning};
 pub use spec::{FreezeSpec, LlamaFactoryArgs, Selection};

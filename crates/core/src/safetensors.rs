@@ -156,7 +156,8 @@ pub fn parse_bytes(bytes: &[u8]) -> std::result::Result<Vec<TensorHeader>, Strin
     parse_header_json(header, data_len).map(|(t, _)| t)
 }
 
-fn check_header_len(header_len: u64, file_len: u64) -> std::result::Result<(), String> {
+/// Whether a header of `header_len` bytes can sit in a file of `file_len` bytes (at least 8) under the size limit.
+pub fn check_header_len(header_len: u64, file_len: u64) -> std::result::Result<(), String> {
     if header_len > MAX_HEADER_LEN {
         return Err(format!(
             "header length field says {header_len} bytes, over the {MAX_HEADER_LEN}-byte limit"

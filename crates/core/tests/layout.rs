@@ -230,3 +230,41 @@ fn index_naming_a_missing_shard() {
     let (kind, _) = err(tmp.path());
     assert_eq!(kind, "bad_index");
 }
+
+/// What a Hub repo's range requests read: config.json and each shard's size and header bytes.
+fn remote_parts(dir: &std::path::Path) -> (serde_json::Value, Vec<freezetune_core::RemoteShard>) {
+    let config = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let mut shards = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = std::fs::read(&path).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            shards.push(freezetune_core::RemoteShard {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                size: bytes.len() as u64,
+                header: bytes[8..8 + n].to_vec(),
+            });
+        }
+    }
+    (config, shards)
+}
+
+#[test]
+fn a_layout_from_remote_headers_equals_the_inspected_one() {
+    let (dir, inspected) = synth(Family::Llama, 4, 3);
+    let (config, shards) = remote_parts(dir.path());
+    assert_eq!(shards.len(), 3);
+    let remote = ModelLayout::from_headers("acme/tiny", config.clone(), &shards).unwrap();
+    assert_eq!(remote.layers, inspected.layers);
+    assert_eq!(remote.total_params, inspected.total_params);
+    assert_eq!(remote.weight_bytes(), inspected.weight_bytes());
+    // A header that claims more bytes than its file holds, and a tensor in two shards, are refused by name.
+    let mut short = shards.clone();
+    short[0].size = 8 + short[0].header.len() as u64 + 1;
+    let e = ModelLayout::from_headers("acme/tiny", config.clone(), &short).unwrap_err();
+    assert!(e.to_string().contains("acme/tiny"), "{e}");
+    let twice = [shards[0].clone(), shards[0].clone()];
+    let e = ModelLayout::from_headers("acme/tiny", config, &twice).unwrap_err();
+    assert!(e.to_string().contains("also stored in another shard"), "{e}");
+}

@@ -18,3 +18,4 @@ pub use error::{DataError, Result};
 pub use mapping::Mapping;
 pub use source::{first, open, read_all, FileKind, Row, Rows};
 pub use spec::{load_mixed, load_spec, Loaded};
+pub use splits::{list_configs, ConfigSplits};

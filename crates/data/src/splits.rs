@@ -7,7 +7,7 @@
 //! The run's own `files` globs narrow either: only what they match is read, whatever else the snapshot holds.
 
 use crate::error::{DataError, Result};
-use crate::source::walk;
+use crate::source::{walk, FileKind};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,78 @@ pub fn split_files(dir: &Path, config: Option<&str>, split: &str, files: &[Strin
         ));
     }
     Ok(chosen)
+}
+
+/// One config of a dataset repo and its splits, as a picker lists them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigSplits {
+    pub name: String,
+    /// The config `load_dataset` takes when none is named.
+    pub default: bool,
+    pub splits: Vec<String>,
+}
+
+/// The configs and splits of a repo from its file names (relative, `/`-separated, as the Hub lists them) and its
+/// README's text, read by the same rules as `split_files`, so what the picker offers is what a run then reads.
+/// A repo without declared configs has one config per top-level folder holding data files, or one named
+/// `default` when its data files are not in folders named for configs.
+pub fn list_configs(names: &[String], readme: Option<&str>) -> Result<Vec<ConfigSplits>> {
+    let all: Vec<String> = names
+        .iter()
+        .filter(|n| FileKind::of(Path::new(n)).is_some())
+        .cloned()
+        .collect();
+    let declared = match readme {
+        Some(text) => declared_in(text, Path::new("README.md"))?,
+        None => Vec::new(),
+    };
+    let splits_of = |config: Option<&str>| -> Vec<String> {
+        let mut found: Vec<String> = ["train", "validation", "test"]
+            .iter()
+            .filter(|s| !by_layout(&all, config, s).is_empty())
+            .map(|s| s.to_string())
+            .collect();
+        found.dedup();
+        found
+    };
+    if declared.is_empty() {
+        let folders: std::collections::BTreeSet<&str> = all
+            .iter()
+            .filter_map(|n| n.split_once('/').map(|(top, _)| top))
+            .filter(|top| !["data", "train", "test", "validation"].contains(top))
+            .collect();
+        let loose = all.iter().any(|n| !n.contains('/') || n.starts_with("data/"));
+        let mut configs: Vec<ConfigSplits> = Vec::new();
+        if loose || folders.is_empty() {
+            configs.push(ConfigSplits {
+                name: "default".into(),
+                default: true,
+                splits: splits_of(None),
+            });
+        }
+        configs.extend(folders.into_iter().map(|f| ConfigSplits {
+            name: f.to_string(),
+            default: false,
+            splits: splits_of(Some(f)),
+        }));
+        return Ok(configs);
+    }
+    let default = default_config(&declared).map(|d| d.name.clone());
+    Ok(declared
+        .iter()
+        .map(|d| ConfigSplits {
+            name: d.name.clone(),
+            default: default.as_deref() == Some(d.name.as_str()),
+            splits: match &d.splits {
+                Some(splits) => splits.iter().map(|(s, _)| s.clone()).collect(),
+                None => {
+                    let has_folder = all.iter().any(|rel| rel.starts_with(&format!("{}/", d.name)));
+                    let folder = d.data_dir.as_deref().map(|p| p.trim_matches('/'));
+                    splits_of(folder.or(has_folder.then_some(d.name.as_str())))
+                }
+            },
+        })
+        .collect())
 }
 
 /// The files of a repo without declared configs: under `<config>/` when one is named, and named for the split.
@@ -172,10 +244,15 @@ fn declared_configs(dir: &Path) -> Result<Vec<Declared>> {
     let Ok(text) = std::fs::read_to_string(&readme) else {
         return Ok(Vec::new());
     };
-    let Some(header) = yaml_header(&text) else {
+    declared_in(&text, &readme)
+}
+
+/// The configs a README's text declares (`readme` names it in errors).
+fn declared_in(text: &str, readme: &Path) -> Result<Vec<Declared>> {
+    let Some(header) = yaml_header(text) else {
         return Ok(Vec::new());
     };
-    let bad = |reason: String| DataError::bad(&readme, 1, reason);
+    let bad = |reason: String| DataError::bad(readme, 1, reason);
     let yaml: Value =
         serde_yaml_ng::from_str(header).map_err(|e| bad(format!("its YAML header does not parse: {e}")))?;
     let Some(configs) = yaml.get("configs") else {
@@ -309,6 +386,56 @@ mod tests {
         let broken = folder(FILES, Some("---\nconfigs:\n- data_files: x\n---\n"));
         let err = names(broken.path(), None, "train", &[]).unwrap_err().to_string();
         assert!(err.contains("README.md") && err.contains("no config_name"), "{err}");
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_repos_configs_and_splits_are_listed_as_runs_read_them() {
+        let names = strings(&[FILES, &["README.md", ".gitattributes"]].concat());
+        let listed = list_configs(&names, Some(README)).unwrap();
+        let en = ConfigSplits {
+            name: "en".into(),
+            default: true,
+            splits: strings(&["train", "test"]),
+        };
+        let fr = ConfigSplits {
+            name: "fr".into(),
+            default: false,
+            splits: strings(&["train"]),
+        };
+        assert_eq!(listed, [en, fr]);
+        // By layout: one config per top-level folder, splits by file name.
+        let names = strings(&[
+            "en/train-0.parquet",
+            "en/test-0.parquet",
+            "fr/train-0.parquet",
+            "notes.txt",
+        ]);
+        let listed = list_configs(&names, Some("# no header\n")).unwrap();
+        let summary: Vec<(String, bool, Vec<String>)> =
+            listed.into_iter().map(|c| (c.name, c.default, c.splits)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("en".into(), false, strings(&["train", "test"])),
+                ("fr".into(), false, strings(&["train"])),
+            ]
+        );
+        // Loose files: one default config; every file is train when none names a split.
+        let listed = list_configs(&strings(&["data/a.jsonl", "data/b.jsonl"]), None).unwrap();
+        assert_eq!(
+            listed,
+            [ConfigSplits {
+                name: "default".into(),
+                default: true,
+                splits: strings(&["train"]),
+            }]
+        );
+        let err = list_configs(&names, Some("---\nconfigs:\n- data_files: x\n---\n")).unwrap_err();
+        assert!(err.to_string().contains("no config_name"), "{err}");
     }
 
     #[test]
