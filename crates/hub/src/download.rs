@@ -66,9 +66,9 @@ pub struct DownloadOutcome {
 }
 
 #[derive(Deserialize)]
-struct RepoInfo {
-    sha: String,
-    siblings: Vec<RemoteFile>,
+pub(crate) struct RepoInfo {
+    pub sha: String,
+    pub siblings: Vec<RemoteFile>,
 }
 
 pub struct Downloader {
@@ -119,7 +119,11 @@ impl Downloader {
         })
     }
 
-    async fn repo_info(&self, req: &DownloadRequest) -> Result<RepoInfo> {
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub(crate) async fn repo_info(&self, req: &DownloadRequest) -> Result<RepoInfo> {
         let api = ApiBuilder::from_cache(hf_hub::Cache::new(self.settings.cache_dir.clone()))
             .with_endpoint(self.settings.endpoint.clone())
             .with_token(self.settings.token.as_ref().map(|t| t.expose().to_string()))

@@ -5,6 +5,7 @@
 //! hf-hub provides the repo API call, the `Repo` naming and the cache's ref lookup; the byte transfer is FreezeTune's
 //! own, because hf-hub 0.4's downloader has no cancel token, no resume across runs and no checksum verification.
 
+pub mod browse;
 pub mod cache;
 pub mod download;
 pub mod error;
@@ -15,6 +16,7 @@ mod sink;
 pub mod token;
 mod transfer;
 
+pub use browse::{RemoteCheckpoint, RepoListing, SearchHit};
 pub use cache::{CachedModel, HubCache, RepoKind};
 pub use download::{DownloadOutcome, DownloadRequest, Downloader};
 pub use error::{HubError, Result};

@@ -9,7 +9,7 @@ use crate::family::{
 };
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -216,14 +216,24 @@ impl DecoderConfig {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        Self::from_config_json(&raw).map_err(|e| match e {
+            TrainError::Config { reason, .. } => TrainError::Config { path, reason },
+            e => e,
+        })
+    }
+
+    /// The decoder a whole config.json describes (a wrapper's text tower included), as `read` finds it in a
+    /// folder; for a config fetched alone (a Hub repo before download). Errors name `config.json`.
+    pub fn from_config_json(raw: &Value) -> Result<DecoderConfig> {
+        let path = PathBuf::from("config.json");
         if let Some(w) = raw["model_type"].as_str().and_then(wrapper) {
-            return Self::from_wrapper(&raw, w).map_err(|reason| TrainError::Config { path, reason });
+            return Self::from_wrapper(raw, w).map_err(|reason| TrainError::Config { path, reason });
         }
         let fam = Architecture::family_of(
             raw["architectures"].get(0).and_then(Value::as_str).unwrap_or_default(),
             raw["model_type"].as_str(),
         )?;
-        Self::from_value(&raw, fam).map_err(|reason| TrainError::Config { path, reason })
+        Self::from_value(raw, fam).map_err(|reason| TrainError::Config { path, reason })
     }
 
     /// The text tower of a vision-language wrapper, read from `text_config` as its own family. The top-level keys

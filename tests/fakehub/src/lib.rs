@@ -6,6 +6,9 @@
 //! - `GET|HEAD /{repo}/resolve/{rev}/{file}` — small files are served directly with `ETag` = git blob sha1; LFS files
 //!   answer `302` to `/cdn/{sha256}` with `X-Linked-Etag`, `X-Linked-Size` and `X-Repo-Commit`, as the Hub does;
 //! - `GET /cdn/{sha256}` — the LFS object, with `Range` support;
+//! - `GET /api/models?search=…&limit=…` (and `/api/datasets?…`) — search by name, most downloaded first, with
+//!   `downloads`, `likes`, `gated`, and for models the `config` (`model_type`, `architectures`) and the
+//!   `safetensors` parameter total, as the Hub's `expand[]` fields give them;
 //! - errors as the Hub sends them: 401 for a gated repo without the right token, 404 with `X-Error-Code`
 //!   `RepoNotFound` / `RevisionNotFound` / `EntryNotFound`.
 //!
@@ -81,6 +84,9 @@ pub struct FakeRepo {
     pub extra_siblings: Vec<String>,
     /// A dataset repo: served under `/api/datasets/` and `/datasets/<repo>/resolve/`.
     pub dataset: bool,
+    /// What search results say about it.
+    pub downloads: u64,
+    pub likes: u64,
 }
 
 impl FakeRepo {
@@ -93,6 +99,8 @@ impl FakeRepo {
             token: None,
             extra_siblings: Vec::new(),
             dataset: false,
+            downloads: 0,
+            likes: 0,
         }
     }
 
@@ -102,6 +110,25 @@ impl FakeRepo {
             dataset: true,
             ..FakeRepo::new(id, files)
         }
+    }
+
+    /// Every regular file under `dir`, named by its path relative to `dir` (`data/train-00000.parquet`).
+    pub fn from_tree(id: &str, dir: &Path) -> FakeRepo {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<FakeFile>) {
+            let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+            entries.sort();
+            for p in entries {
+                if p.is_dir() {
+                    walk(root, &p, out);
+                } else {
+                    let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                    out.push(FakeFile::new(&rel, std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(dir, dir, &mut files);
+        FakeRepo::new(id, files)
     }
 
     /// Every regular file of `dir` (not recursive).
@@ -282,10 +309,15 @@ fn serve(mut stream: TcpStream, state: &State, base: &str) -> std::io::Result<()
     let Some(req) = read_request(&stream)? else {
         return Ok(());
     };
-    let path = req.path.split('?').next().unwrap_or_default().to_string();
+    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let (path, query) = (path.to_string(), query.to_string());
     let range = req.headers.get("range").cloned();
     let auth = req.headers.get("authorization").cloned();
-    let mut response = route(state, base, &req.method, &path, range.as_deref(), auth.as_deref());
+    let mut response = match path.as_str() {
+        "/api/models" => search(state, false, &query),
+        "/api/datasets" => search(state, true, &query),
+        _ => route(state, base, &req.method, &path, range.as_deref(), auth.as_deref()),
+    };
     state.log.lock().unwrap().push(RequestLog {
         method: req.method.clone(),
         path: path.clone(),
@@ -420,6 +452,108 @@ fn route(state: &State, base: &str, method: &str, path: &str, range: Option<&str
         };
     }
     file_response(file, range, vec![commit])
+}
+
+/// The Hub's search: repos of the kind whose id contains `search` (any case), most downloaded first.
+fn search(state: &State, dataset: bool, query: &str) -> Response {
+    let param = |key: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| percent_decode(v))
+    };
+    let text = param("search").unwrap_or_default().to_lowercase();
+    let limit: usize = param("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+    let mut found: Vec<&FakeRepo> = state
+        .repos
+        .iter()
+        .filter(|r| r.dataset == dataset && r.id.to_lowercase().contains(&text))
+        .collect();
+    found.sort_by(|a, b| b.downloads.cmp(&a.downloads).then(a.id.cmp(&b.id)));
+    let hits: Vec<serde_json::Value> = found.into_iter().take(limit).map(hit).collect();
+    Response {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: Body::Text(serde_json::Value::Array(hits).to_string()),
+    }
+}
+
+/// One search result as the Hub's `expand[]` fields write it.
+fn hit(repo: &FakeRepo) -> serde_json::Value {
+    let gated = if repo.token.is_some() {
+        serde_json::json!("manual")
+    } else {
+        serde_json::json!(false)
+    };
+    let mut hit = serde_json::json!({
+        "id": repo.id, "downloads": repo.downloads, "likes": repo.likes, "gated": gated,
+        "lastModified": "2026-11-30T12:00:00.000Z",
+    });
+    if repo.dataset {
+        return hit;
+    }
+    if let Some(config) = repo
+        .file("config.json")
+        .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.data).ok())
+    {
+        hit["config"] =
+            serde_json::json!({"model_type": config["model_type"], "architectures": config["architectures"]});
+    }
+    let params: u64 = repo
+        .files
+        .iter()
+        .filter(|f| f.name.ends_with(".safetensors"))
+        .map(|f| safetensors_params(&f.data))
+        .sum();
+    if params > 0 {
+        hit["safetensors"] = serde_json::json!({"total": params});
+    }
+    hit
+}
+
+/// The parameter count a safetensors file's header gives (0 when it does not parse).
+fn safetensors_params(data: &[u8]) -> u64 {
+    let Some(len) = data
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    else {
+        return 0;
+    };
+    let Some(header) = data
+        .get(8..8 + len)
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
+    else {
+        return 0;
+    };
+    let Some(map) = header.as_object() else { return 0 };
+    map.values()
+        .filter_map(|t| t["shape"].as_array())
+        .map(|shape| shape.iter().map(|d| d.as_u64().unwrap_or(0)).product::<u64>())
+        .sum()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn file_response(file: &FakeFile, range: Option<&str>, mut headers: Vec<(String, String)>) -> Response {
