@@ -12,7 +12,7 @@ pub mod state;
 pub mod tasks;
 pub mod worker;
 
-use commands::{dialogs, gguf, models, plan, presets, runs, train};
+use commands::{dialogs, gguf, hub, models, plan, presets, runs, train};
 use state::AppState;
 use tauri::Manager;
 
@@ -63,6 +63,10 @@ pub fn run() {
             models::open_model,
             models::list_cached_models,
             models::download_model,
+            hub::search_hub,
+            hub::check_hub_model,
+            hub::inspect_hub_dataset,
+            hub::download_dataset,
             models::cancel_task,
             models::get_token_status,
             models::set_hub_token,

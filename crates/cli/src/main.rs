@@ -49,6 +49,8 @@ enum Command {
     Download(cmd::download::DownloadArgs),
     /// List cached Hub models, or remove one (`models rm REPO`).
     Models(cmd::models::ModelsArgs),
+    /// Search the Hub for models (saying which train here and fit this machine) or datasets.
+    Search(cmd::search::SearchArgs),
     /// Manage the Hugging Face token in the OS keyring (set, clear, status).
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
@@ -83,6 +85,7 @@ fn main() {
             (cmd::data::run(&c), json)
         }
         Command::Models(a) => (cmd::models::run(&a), a.json),
+        Command::Search(a) => (cmd::search::run(&a), a.json),
         Command::Token(c) => (cmd::token::run(&c), false),
     };
     if let Err(err) = result {

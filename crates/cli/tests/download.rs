@@ -109,3 +109,69 @@ fn a_run_config_can_name_a_hub_repo() {
     );
     assert!(dir.join("run/final/model.safetensors").is_file());
 }
+
+#[test]
+fn search_says_which_models_train_here_and_fit_before_any_download() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models");
+    let mut qwen = FakeRepo::from_dir("tiny/qwen2", &fixtures.join("qwen2"));
+    qwen.downloads = 50;
+    let mut lfm = FakeRepo::from_dir("tiny/lfm2", &fixtures.join("lfm2"));
+    lfm.downloads = 900;
+    let mut other = FakeRepo::from_dir("other/llama", &fixtures.join("llama"));
+    other.downloads = 5000;
+    let hub = FakeHub::start(vec![qwen, lfm, other]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = freezetune(&hub, cache.path(), &["search", "tiny", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny/lfm2", "tiny/qwen2"], "most downloaded first, only matches");
+    let qwen = &rows[1]["check"];
+    assert_eq!(qwen["architecture"], "Qwen2ForCausalLM");
+    assert_eq!(qwen["training_unsupported"], serde_json::Value::Null);
+    assert_eq!(qwen["fit"]["fits"], true);
+    // Nothing was downloaded: the cache holds no snapshot.
+    let out = freezetune(&hub, cache.path(), &["models", "--json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    // Against a device smaller than the weights, the row says it does not fit.
+    let out = freezetune(&hub, cache.path(), &["search", "qwen2", "--fit-memory", "0.0001"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("trains here") && text.contains("does not fit"), "{text}");
+}
+
+#[test]
+fn data_configs_lists_a_hub_datasets_configs_and_splits() {
+    let tree = tempfile::tempdir().unwrap();
+    let readme = "---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  - split: train\n    path: en/train-*\n  - split: test\n    path: en/test-*\n- config_name: fr\n  data_files: fr/*.jsonl\n---\n";
+    std::fs::write(tree.path().join("README.md"), readme).unwrap();
+    for (dir, file) in [
+        ("en", "train-00000.jsonl"),
+        ("en", "test-00000.jsonl"),
+        ("fr", "all.jsonl"),
+    ] {
+        std::fs::create_dir_all(tree.path().join(dir)).unwrap();
+        std::fs::write(tree.path().join(dir).join(file), "{\"text\": \"a\"}\n").unwrap();
+    }
+    let mut repo = FakeRepo::from_tree("org/multi", tree.path());
+    repo.dataset = true;
+    let hub = FakeHub::start(vec![repo]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = freezetune(&hub, cache.path(), &["data", "configs", "org/multi"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("en (default): train, test"), "{text}");
+    assert!(text.contains("fr: train"), "{text}");
+    let out = freezetune(&hub, cache.path(), &["search", "multi", "--datasets", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["id"], "org/multi");
+}

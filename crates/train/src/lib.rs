@@ -27,6 +27,7 @@ pub mod optim_state;
 pub mod params;
 pub mod probe;
 pub mod quant;
+pub mod remote;
 pub mod rope;
 pub mod schedule;
 pub mod template;

@@ -2,13 +2,13 @@
 //! web view only learns whether one is set and where it comes from).
 
 use crate::batching::Batching;
-use crate::error::{IpcError, IpcResult};
+use crate::error::IpcResult;
 use crate::state::AppState;
 use crate::tasks::CancelHandle;
 use freezetune_core::events::DownloadEvent;
 use freezetune_core::ModelLayout;
 use freezetune_hub::token::{find_token, store_token, OsKeyring, SecretStore, TokenSource};
-use freezetune_hub::{CancellationToken, DownloadRequest, Downloader, HubSettings};
+use freezetune_hub::{CancellationToken, DownloadRequest};
 use serde::Serialize;
 use std::path::Path;
 use tauri::ipc::Channel;
@@ -153,36 +153,18 @@ pub async fn download_model(
     on_event: Channel<Vec<DownloadEvent>>,
 ) -> IpcResult<ModelSummary> {
     let request = DownloadRequest::parse(repo.trim())?;
-    let mut settings = HubSettings::from_env().with_cache_dir(state.paths.hub_cache.clone());
-    // The token goes only to the Hub the user configured outside the app (HF_ENDPOINT, else huggingface.co); a
-    // mirror typed into the window gets none, so a page cannot send the token to a host of its choosing.
-    let mut token = find_token(&OsKeyring).map(|(token, _)| token);
-    if let Some(endpoint) = endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
-        if endpoint.trim_end_matches('/') != settings.endpoint.trim_end_matches('/') {
-            token = None;
-        }
-        settings = settings.with_endpoint(endpoint);
-    }
-    let settings = settings.with_token(token);
-    let downloader = Downloader::new(settings)?;
+    let downloader = super::hub::downloader(&state, endpoint.as_deref())?;
     let cancel = CancellationToken::new();
     let _guard = state.tasks.start(&task_id, CancelHandle::Download(cancel.clone()))?;
-    // The download future is not `Send` in the form Tauri's command runtime needs (its closures borrow across
-    // awaits), so it runs on a runtime of its own on a blocking thread, as in the CLI.
-    let outcome = crate::blocking::run("download", move || {
+    let outcome = super::hub::on_hub_runtime("download", move || async move {
         let sink = Batching::new(move |batch| {
             if let Err(e) = on_event.send(batch) {
                 tracing::warn!("download events: the window is gone: {e}");
             }
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| IpcError::new("app", format!("cannot start the download runtime: {e}")))?;
-        let result = runtime.block_on(downloader.download(&request, &sink, &cancel));
+        let result = downloader.download(&request, &sink, &cancel).await;
         sink.flush();
-        result.map_err(IpcError::from)
+        Ok(result?)
     })
     .await?;
     let layout = state.layout(&outcome.snapshot)?;

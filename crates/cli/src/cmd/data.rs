@@ -9,6 +9,20 @@ pub enum DataCommand {
     /// Show the first examples of a run's training data rendered, tokenized and masked as training will see them;
     /// learned tokens are wrapped in [[ ]].
     Preview(PreviewArgs),
+    /// List a Hub dataset repo's configs (subsets) and splits, as a run's `config` and `split` name them, without
+    /// downloading its data.
+    Configs(ConfigsArgs),
+}
+
+#[derive(Args)]
+pub struct ConfigsArgs {
+    /// The dataset repo: owner/name[@revision].
+    pub repo: String,
+    /// Hub or mirror URL (default: HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -24,12 +38,53 @@ pub struct PreviewArgs {
 
 impl DataCommand {
     pub fn json(&self) -> bool {
-        matches!(self, DataCommand::Preview(PreviewArgs { json: true, .. }))
+        match self {
+            DataCommand::Preview(a) => a.json,
+            DataCommand::Configs(a) => a.json,
+        }
     }
 }
 
 pub fn run(command: &DataCommand) -> Result<()> {
-    let DataCommand::Preview(args) = command;
+    match command {
+        DataCommand::Preview(args) => preview(args),
+        DataCommand::Configs(args) => configs(args),
+    }
+}
+
+fn configs(args: &ConfigsArgs) -> Result<()> {
+    let mut settings = freezetune_hub::HubSettings::from_env();
+    if let Some(e) = &args.endpoint {
+        settings = settings.with_endpoint(e);
+    }
+    let downloader = freezetune_hub::Downloader::new(settings)?;
+    let mut req = freezetune_hub::DownloadRequest::parse(&args.repo)?;
+    req.kind = freezetune_hub::RepoKind::Dataset;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (listing, readme) = runtime.block_on(async {
+        let listing = downloader.listing(&req).await?;
+        let readme = match listing.has("README.md") {
+            true => Some(downloader.read_small(&req, &listing, "README.md").await?),
+            false => None,
+        };
+        anyhow::Ok((listing, readme))
+    })?;
+    let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+    let readme = readme.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let configs = freezetune_data::list_configs(&names, readme.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&configs)?);
+        return Ok(());
+    }
+    println!("{} at {}", args.repo, listing.commit);
+    for c in configs {
+        let default = if c.default { " (default)" } else { "" };
+        println!("  {}{default}: {}", c.name, c.splits.join(", "));
+    }
+    Ok(())
+}
+
+fn preview(args: &PreviewArgs) -> Result<()> {
     let mut config = RunConfig::read(&args.config)?;
     super::train::resolve_model(&mut config)?;
     let (format, items) = preview_run(&config, args.n)?;

@@ -10,6 +10,7 @@ pub mod models;
 pub mod plan;
 pub mod preset;
 pub mod probe;
+pub mod search;
 pub mod token;
 pub mod train;
 

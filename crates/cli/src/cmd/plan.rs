@@ -120,30 +120,35 @@ impl FitArgs {
             )));
         }
         let Some(id) = &self.fit else { return Ok(None) };
-        let inventory = freezetune_train::inventory::inventory();
-        let Some(d) = inventory.devices.iter().find(|d| &d.id == id) else {
-            let have: Vec<&str> = inventory.devices.iter().map(|d| d.id.as_str()).collect();
-            anyhow::bail!(
-                "--fit {id}: no such device here (this machine has {}); see `freezetune devices`",
-                have.join(", ")
-            );
-        };
-        let Some(available) = d.free_memory.or(d.total_memory) else {
-            anyhow::bail!("--fit {id}: its memory is unknown; give it with --fit-memory GIB");
-        };
-        let name = if d.backend == "cpu" {
-            "this machine".to_string()
-        } else {
-            d.id.clone()
-        };
-        Ok(Some((
-            DeviceMemory {
-                name,
-                available_bytes: available,
-            },
-            d.backend == "cpu",
-        )))
+        device_memory(id).map(Some)
     }
+}
+
+/// The memory of device `id` (as `freezetune devices` names it) and whether it is the CPU.
+pub(crate) fn device_memory(id: &str) -> Result<(DeviceMemory, bool)> {
+    let inventory = freezetune_train::inventory::inventory();
+    let Some(d) = inventory.devices.iter().find(|d| d.id == id) else {
+        let have: Vec<&str> = inventory.devices.iter().map(|d| d.id.as_str()).collect();
+        anyhow::bail!(
+            "--fit {id}: no such device here (this machine has {}); see `freezetune devices`",
+            have.join(", ")
+        );
+    };
+    let Some(available) = d.free_memory.or(d.total_memory) else {
+        anyhow::bail!("--fit {id}: its memory is unknown; give it with --fit-memory GIB");
+    };
+    let name = if d.backend == "cpu" {
+        "this machine".to_string()
+    } else {
+        d.id.clone()
+    };
+    Ok((
+        DeviceMemory {
+            name,
+            available_bytes: available,
+        },
+        d.backend == "cpu",
+    ))
 }
 
 pub fn run(args: &PlanArgs) -> Result<()> {

@@ -1,7 +1,10 @@
 //! The fake Hub as a process, for tests outside Rust (the desktop app's WebDriver tests). Serves folders as repos on
 //! 127.0.0.1, prints its URL on the first line of stdout, and serves until it is killed.
 //!
-//! fakehub --repo owner/name=DIR [--repo ...] [--gated owner/name=TOKEN] [--slow FILE=BYTES_PER_SECOND]
+//! fakehub --repo owner/name=DIR [--repo ...] [--dataset owner/name=DIR] [--gated owner/name=TOKEN]
+//!         [--downloads owner/name=N] [--slow FILE=BYTES_PER_SECOND]
+//!
+//! `--dataset` serves a folder and its subfolders as a dataset repo; `--downloads` sets what search sorts by.
 
 use freezetune_fakehub::{FakeHub, FakeRepo, Fault};
 use std::io::Write;
@@ -26,13 +29,22 @@ fn main() {
                 let (id, dir) = pair("--repo", value);
                 repos.push(FakeRepo::from_dir(&id, Path::new(&dir)));
             }
+            "--dataset" => {
+                let (id, dir) = pair("--dataset", value);
+                let mut repo = FakeRepo::from_tree(&id, Path::new(&dir));
+                repo.dataset = true;
+                repos.push(repo);
+            }
             "--gated" => {
                 let (id, token) = pair("--gated", value);
-                let repo = repos
-                    .iter_mut()
-                    .find(|r| r.id == id)
-                    .unwrap_or_else(|| usage(&format!("--gated {id}: no such --repo (give --repo first)")));
-                repo.token = Some(token);
+                find(&mut repos, "--gated", &id).token = Some(token);
+            }
+            "--downloads" => {
+                let (id, n) = pair("--downloads", value);
+                let n = n
+                    .parse()
+                    .unwrap_or_else(|_| usage(&format!("--downloads {id}={n}: not a number")));
+                find(&mut repos, "--downloads", &id).downloads = n;
             }
             "--slow" => {
                 let (file, rate) = pair("--slow", value);
@@ -57,7 +69,17 @@ fn main() {
     }
 }
 
+fn find<'a>(repos: &'a mut [FakeRepo], flag: &str, id: &str) -> &'a mut FakeRepo {
+    repos
+        .iter_mut()
+        .find(|r| r.id == id)
+        .unwrap_or_else(|| usage(&format!("{flag} {id}: no such --repo or --dataset (give it first)")))
+}
+
 fn usage(problem: &str) -> ! {
-    eprintln!("fakehub: {problem}\nusage: fakehub --repo owner/name=DIR [--gated owner/name=TOKEN] [--slow FILE=BYTES_PER_SECOND]");
+    eprintln!(
+        "fakehub: {problem}\nusage: fakehub --repo owner/name=DIR [--dataset owner/name=DIR] [--gated owner/name=TOKEN] \
+         [--downloads owner/name=N] [--slow FILE=BYTES_PER_SECOND]"
+    );
     std::process::exit(2)
 }

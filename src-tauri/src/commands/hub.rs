@@ -1,0 +1,228 @@
+//! The Hub before a download: search for models and datasets, a model's "trains here / fits" verdict from its
+//! config.json and safetensors headers, a dataset repo's configs and splits; and dataset downloads into the shared
+//! cache. The hub crate does the network work; the token stays in Rust as for model downloads.
+
+use crate::batching::Batching;
+use crate::error::{IpcError, IpcResult};
+use crate::state::AppState;
+use crate::tasks::CancelHandle;
+use freezetune_core::events::DownloadEvent;
+use freezetune_core::fit::DeviceMemory;
+use freezetune_hub::token::{find_token, OsKeyring};
+use freezetune_hub::{CancellationToken, DownloadRequest, Downloader, HubSettings, RepoKind};
+use freezetune_train::remote::{check_remote_model, RemoteModelCheck};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use tauri::ipc::Channel;
+use tauri::State;
+use ts_rs::TS;
+
+/// Rows a search shows.
+const SEARCH_LIMIT: usize = 20;
+
+/// A downloader for the app's Hub cache. The token goes only to the Hub the user configured outside the app
+/// (HF_ENDPOINT, else huggingface.co); a mirror typed into the window gets none, so a page cannot send the token
+/// to a host of its choosing.
+pub fn downloader(state: &AppState, endpoint: Option<&str>) -> IpcResult<Downloader> {
+    let mut settings = HubSettings::from_env().with_cache_dir(state.paths.hub_cache.clone());
+    let mut token = find_token(&OsKeyring).map(|(token, _)| token);
+    if let Some(endpoint) = endpoint.map(str::trim).filter(|e| !e.is_empty()) {
+        if endpoint.trim_end_matches('/') != settings.endpoint.trim_end_matches('/') {
+            token = None;
+        }
+        settings = settings.with_endpoint(endpoint);
+    }
+    Ok(Downloader::new(settings.with_token(token))?)
+}
+
+/// Runs a hub future to its end on a runtime of its own on a blocking thread: the hub crate's futures are not
+/// `Send` in the form Tauri's command runtime needs (their closures borrow across awaits), as in the CLI.
+pub async fn on_hub_runtime<T, F, Fut>(name: &'static str, work: F) -> IpcResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = IpcResult<T>>,
+{
+    crate::blocking::run(name, move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| IpcError::new("app", format!("cannot start the {name} runtime: {e}")))?;
+        runtime.block_on(work())
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum HubKind {
+    Model,
+    Dataset,
+}
+
+/// One search row.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct HubHit {
+    pub id: String,
+    pub downloads: u64,
+    pub likes: u64,
+    /// Access must be requested on the Hub first (a token is then needed).
+    pub gated: bool,
+    pub last_modified: Option<String>,
+    pub architecture: Option<String>,
+    /// Parameters, as the Hub counts them (models with safetensors only).
+    pub params: Option<u64>,
+}
+
+/// Repos whose name contains `query`, most downloaded first.
+#[tauri::command]
+pub async fn search_hub(
+    state: State<'_, AppState>,
+    kind: HubKind,
+    query: String,
+    endpoint: Option<String>,
+) -> IpcResult<Vec<HubHit>> {
+    let downloader = downloader(&state, endpoint.as_deref())?;
+    let kind = match kind {
+        HubKind::Model => RepoKind::Model,
+        HubKind::Dataset => RepoKind::Dataset,
+    };
+    let hits = on_hub_runtime("search", move || async move {
+        Ok(downloader.search(kind, query.trim(), SEARCH_LIMIT).await?)
+    })
+    .await?;
+    Ok(hits
+        .into_iter()
+        .map(|h| HubHit {
+            id: h.id,
+            downloads: h.downloads,
+            likes: h.likes,
+            gated: h.gated,
+            last_modified: h.last_modified,
+            architecture: h.architecture,
+            params: h.params,
+        })
+        .collect())
+}
+
+/// Whether `repo` trains here and whether the default plan (its last two layers) fits `device`, read from the
+/// repo's config.json and safetensors headers without downloading its weights.
+#[tauri::command]
+pub async fn check_hub_model(
+    state: State<'_, AppState>,
+    repo: String,
+    endpoint: Option<String>,
+    device: DeviceMemory,
+    cpu: bool,
+) -> IpcResult<RemoteModelCheck> {
+    let downloader = downloader(&state, endpoint.as_deref())?;
+    let request = DownloadRequest::parse(repo.trim())?;
+    let remote = on_hub_runtime("check", move || async move {
+        Ok(downloader.remote_checkpoint(&request).await?)
+    })
+    .await?;
+    Ok(check_remote_model(
+        repo.trim(),
+        remote.config,
+        &remote.shards,
+        &device,
+        cpu,
+    )?)
+}
+
+/// A dataset repo as the picker shows it before a download.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct HubDatasetView {
+    pub repo: String,
+    pub commit: String,
+    /// The data files (JSON, JSONL, Parquet, CSV/TSV, Arrow) and their total size.
+    pub data_files: usize,
+    pub data_bytes: u64,
+    pub configs: Vec<HubDatasetConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct HubDatasetConfig {
+    pub name: String,
+    /// The config a run reads when it names none.
+    pub default: bool,
+    pub splits: Vec<String>,
+}
+
+/// A dataset repo's configs and splits, from its file listing and README, by the rules a run reads them with.
+#[tauri::command]
+pub async fn inspect_hub_dataset(
+    state: State<'_, AppState>,
+    repo: String,
+    endpoint: Option<String>,
+) -> IpcResult<HubDatasetView> {
+    let downloader = downloader(&state, endpoint.as_deref())?;
+    let mut request = DownloadRequest::parse(repo.trim())?;
+    request.kind = RepoKind::Dataset;
+    let (listing, readme) = on_hub_runtime("inspect", move || async move {
+        let listing = downloader.listing(&request).await?;
+        let readme = if listing.has("README.md") {
+            Some(downloader.read_small(&request, &listing, "README.md").await?)
+        } else {
+            None
+        };
+        Ok((listing, readme))
+    })
+    .await?;
+    let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+    let readme = readme.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    let configs = freezetune_data::list_configs(&names, readme.as_deref())
+        .map_err(|e| IpcError::new("bad_dataset", format!("{}: {e}", repo.trim())))?;
+    let data: Vec<_> = listing
+        .files
+        .iter()
+        .filter(|f| freezetune_data::FileKind::of(std::path::Path::new(&f.name)).is_some())
+        .collect();
+    Ok(HubDatasetView {
+        repo: repo.trim().to_string(),
+        commit: listing.commit.clone(),
+        data_files: data.len(),
+        data_bytes: data.iter().filter_map(|f| f.size()).sum(),
+        configs: configs
+            .into_iter()
+            .map(|c| HubDatasetConfig {
+                name: c.name,
+                default: c.default,
+                splits: c.splits,
+            })
+            .collect(),
+    })
+}
+
+/// Downloads a dataset repo (its data files, or those `files` globs match) into the shared cache, streaming
+/// progress; answers its snapshot folder, which a run's dataset `path` then names. Cached files are not fetched
+/// again; a partial download resumes.
+#[tauri::command]
+pub async fn download_dataset(
+    state: State<'_, AppState>,
+    repo: String,
+    files: Vec<String>,
+    endpoint: Option<String>,
+    task_id: String,
+    on_event: Channel<Vec<DownloadEvent>>,
+) -> IpcResult<String> {
+    let downloader = downloader(&state, endpoint.as_deref())?;
+    let mut request = DownloadRequest::parse(repo.trim())?;
+    request.kind = RepoKind::Dataset;
+    request.include = files;
+    let cancel = CancellationToken::new();
+    let _guard = state.tasks.start(&task_id, CancelHandle::Download(cancel.clone()))?;
+    let outcome = on_hub_runtime("download", move || async move {
+        let sink = Batching::new(move |batch| {
+            if let Err(e) = on_event.send(batch) {
+                tracing::warn!("download events: the window is gone: {e}");
+            }
+        });
+        let result = downloader.download(&request, &sink, &cancel).await;
+        sink.flush();
+        Ok(result?)
+    })
+    .await?;
+    Ok(outcome.snapshot.to_string_lossy().into_owned())
+}
