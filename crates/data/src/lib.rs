@@ -17,5 +17,5 @@ mod splits;
 pub use error::{DataError, Result};
 pub use mapping::Mapping;
 pub use source::{first, open, read_all, FileKind, Row, Rows};
-pub use spec::{load_mixed, load_spec, Loaded};
+pub use spec::{detect_spec, load_mixed, load_spec, Loaded};
 pub use splits::{list_configs, ConfigSplits};

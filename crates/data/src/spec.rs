@@ -29,6 +29,18 @@ struct Resolved {
     limit: Option<usize>,
 }
 
+/// Columns or tags named without a formatting say which one is meant, as in LLaMA-Factory (where alpaca is the
+/// default): sharegpt for messages or tags, alpaca for any other column. Detection would ignore them.
+fn implied_formatting(columns: &Columns, tags: &Tags) -> Option<Formatting> {
+    if columns.messages.is_some() || tags != &Tags::default() {
+        Some(Formatting::Sharegpt)
+    } else if columns != &Columns::default() {
+        Some(Formatting::Alpaca)
+    } else {
+        None
+    }
+}
+
 fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
     let split = match (&spec.split, &spec.config, &spec.hub) {
         (None, None, None) if spec.files.is_empty() => None,
@@ -38,8 +50,8 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
         (None, None, _) if spec.hub.is_some() => Err(DataError::bad(
             &PathBuf::from(spec.label()),
             1,
-            "is not downloaded yet: `freezetune train` and `data preview` fetch Hub datasets before the run (the app \
-             does not yet)"
+            "is not downloaded yet: `freezetune train` and `data preview` fetch Hub datasets before the run; in the \
+             app, press Download beside it"
                 .into(),
         )),
         (Some(path), _, _) => Ok(Resolved {
@@ -47,7 +59,9 @@ fn resolve(spec: &DatasetSpec) -> Result<Resolved> {
             split,
             files: spec.files.clone(),
             pretraining_text: false,
-            formatting: spec.formatting,
+            formatting: spec
+                .formatting
+                .or_else(|| implied_formatting(&spec.columns, &spec.tags)),
             columns: spec.columns.clone(),
             tags: spec.tags.clone(),
             limit: spec.limit,
@@ -114,15 +128,7 @@ pub fn load_spec(spec: &DatasetSpec) -> Result<Loaded> {
     let Some(first) = rows.next().transpose()? else {
         return Err(DataError::bad(&r.path, 1, "holds no rows".into()));
     };
-    let response = r.columns.response.as_deref().unwrap_or("output");
-    let formatting = match r.pretraining_text && first.value.get(response).is_none() {
-        true => Some(Formatting::Text),
-        false => r.formatting,
-    };
-    let mapping = match formatting {
-        Some(f) => Mapping::new(f, r.columns, r.tags),
-        None => Mapping::detect(&first.value).map_err(|reason| DataError::bad(&first.file, first.line, reason))?,
-    };
+    let mapping = mapping_of(&r, &first)?;
     let mut out = Vec::new();
     for row in std::iter::once(Ok(first)).chain(rows) {
         let mut row = row?;
@@ -135,6 +141,38 @@ pub fn load_spec(spec: &DatasetSpec) -> Result<Loaded> {
         rows: out,
         formatting: mapping.formatting,
     })
+}
+
+/// The mapping a spec's rows are read with (given, or detected from its first row) and the first row's columns:
+/// what the picker shows and lets the user edit, read without loading the rest of the dataset.
+pub fn detect_spec(spec: &DatasetSpec) -> Result<(Mapping, Vec<String>)> {
+    let r = resolve(spec)?;
+    let mut rows = match &r.split {
+        Some((config, split)) if r.path.is_dir() => {
+            open_files(&split_files(&r.path, config.as_deref(), split, &r.files)?)?
+        }
+        _ => open(&r.path)?,
+    };
+    let Some(first) = rows.next().transpose()? else {
+        return Err(DataError::bad(&r.path, 1, "holds no rows".into()));
+    };
+    let keys = match &first.value {
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    Ok((mapping_of(&r, &first)?, keys))
+}
+
+fn mapping_of(r: &Resolved, first: &Row) -> Result<Mapping> {
+    let response = r.columns.response.as_deref().unwrap_or("output");
+    let formatting = match r.pretraining_text && first.value.get(response).is_none() {
+        true => Some(Formatting::Text),
+        false => r.formatting,
+    };
+    match formatting {
+        Some(f) => Ok(Mapping::new(f, r.columns.clone(), r.tags.clone())),
+        None => Mapping::detect(&first.value).map_err(|reason| DataError::bad(&first.file, first.line, reason)),
+    }
 }
 
 /// Every dataset of a run, mixed: each row with its dataset's formatting.

@@ -272,3 +272,58 @@ fn entries_stay_in_their_folder_and_a_renamed_prompt_keeps_its_response() {
         json!({"instruction": "2+2?", "input": "", "output": "4"})
     );
 }
+
+#[test]
+fn the_picker_reads_a_specs_mapping_and_columns_from_its_first_row_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.jsonl");
+    // The second row is broken: detection reads the first row and nothing after it.
+    std::fs::write(
+        &file,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"id\": 1}\nnot json\n",
+    )
+    .unwrap();
+    let spec = DatasetSpec {
+        path: Some(file.clone()),
+        ..Default::default()
+    };
+    let (mapping, mut keys) = freezetune_data::detect_spec(&spec).unwrap();
+    keys.sort();
+    assert_eq!(keys, ["id", "messages"]);
+    assert_eq!(mapping.formatting, Formatting::Sharegpt);
+    assert_eq!(mapping.columns.messages.as_deref(), Some("messages"));
+    assert_eq!(mapping.tags.role_tag.as_deref(), Some("role"));
+    assert!(load_spec(&spec).is_err(), "a full load reads the broken row");
+    // A mapping the user gives is the one reported.
+    let given = DatasetSpec {
+        formatting: Some(Formatting::Text),
+        columns: Columns {
+            prompt: Some("id".into()),
+            ..Default::default()
+        },
+        ..spec
+    };
+    let (mapping, _) = freezetune_data::detect_spec(&given).unwrap();
+    assert_eq!(mapping.formatting, Formatting::Text);
+    assert_eq!(mapping.columns.prompt.as_deref(), Some("id"));
+}
+
+#[test]
+fn columns_named_without_a_formatting_are_used_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qa.jsonl");
+    std::fs::write(&file, "{\"q\": \"2+2?\", \"a\": \"4\"}\n").unwrap();
+    let spec = DatasetSpec {
+        path: Some(file),
+        columns: Columns {
+            prompt: Some("q".into()),
+            response: Some("a".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let loaded = load_spec(&spec).unwrap();
+    assert_eq!(loaded.formatting, Formatting::Alpaca);
+    assert_eq!(loaded.rows[0].value["instruction"], "2+2?");
+    assert_eq!(loaded.rows[0].value["output"], "4");
+}
