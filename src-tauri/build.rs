@@ -35,6 +35,7 @@ const COMMANDS: &[&str] = &[
     "list_devices",
     "default_run",
     "preview_dataset",
+    "detect_dataset",
     "train_model",
     "list_runs",
     "read_run_metrics",

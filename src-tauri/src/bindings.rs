@@ -44,6 +44,7 @@ pub fn render_all() -> Vec<(String, String)> {
         presets::PresetListItem,
         crate::worker::devices::DeviceOption,
         train::DatasetPreview,
+        train::DatasetMapping,
         train::TrainOutcomeView,
         runs::RunSummary,
         runs::RunLayers,

@@ -93,6 +93,7 @@ pub fn run() {
             train::list_devices,
             train::default_run,
             train::preview_dataset,
+            train::detect_dataset,
             train::train_model,
             runs::list_runs,
             runs::read_run_metrics,

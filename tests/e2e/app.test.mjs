@@ -243,6 +243,90 @@ describe("FreezeTune desktop app", () => {
     await shot("download-gated");
   });
 
+  it("Hub search says which models train here and fit; a Hub dataset is picked by config and split, downloaded, mapped, mixed and previewed", async () => {
+    const choose = (testId, value) =>
+      s.execute(
+        `const el = document.querySelector('[data-testid="' + arguments[0] + '"]'); el.value = arguments[1];
+         el.dispatchEvent(new Event("change", { bubbles: true }));`,
+        [testId, value],
+      );
+    const rows = () =>
+      s.execute(
+        `return Array.from(document.querySelectorAll('[data-testid="hub-hit"]'), (li) => ({ ...li.dataset }))`,
+      );
+    const until = async (what, check, timeoutMs = 30000) => {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const value = await check();
+        if (value) return value;
+        if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+        await sleep(200);
+      }
+    };
+    await s.clickId("nav-model");
+    await s.type(await s.waitFor("hub-search-query"), "acme");
+    await s.clickId("hub-search");
+    const models = await until("every model row checked", async () => {
+      const r = await rows();
+      return r.length > 0 && r.every((x) => x.checked) && r;
+    });
+    assert.deepEqual(models.map((r) => r.repo), ["acme/tiny-llama", "acme/gated-llama"], "models only, most downloaded first");
+    const tiny = models[0];
+    assert.equal(tiny.trains, "true");
+    assert.equal(tiny.fits, "true");
+    assert.equal(models[1].checked, "error", "a gated repo without a token cannot be read");
+    // The CLI's check of the same repo counts the same need.
+    const fromCli = cli("search", "tiny-llama", "--json");
+    assert.equal(Number(tiny.need), fromCli[0].check.fit.need_bytes);
+    assert.equal(fromCli[0].check.training_unsupported, null);
+    await shot("hub-search");
+
+    await choose("hub-search-kind", "dataset");
+    await s.clickId("hub-search");
+    await until("the dataset row", async () => (await rows()).some((r) => r.repo === "acme/chat-data"));
+    await s.clickId("hub-hit-use");
+    // The Train screen's picker looks the repo up: its configs and splits as the CLI lists them.
+    await s.waitFor("hub-dataset", async () => true, 30000);
+    const options = (testId) =>
+      s.execute(`return Array.from(document.querySelectorAll('[data-testid="${testId}"] option'), (o) => o.value)`);
+    const configs = cli("data", "configs", "acme/chat-data", "--json");
+    assert.deepEqual(await options("hub-dataset-config"), configs.map((c) => c.name));
+    assert.deepEqual(await options("hub-dataset-split"), configs.find((c) => c.name === "en").splits);
+    await s.clickId("hub-dataset-download");
+    const entries = () =>
+      s.execute(`return Array.from(document.querySelectorAll('[data-testid="dataset-entry"]'), (li) => ({ ...li.dataset }))`);
+    await until("the en dataset, detected as alpaca", async () => {
+      const e = await entries();
+      return e.length === 1 && e[0].label === "acme/chat-data (train)" && e[0].formatting === "alpaca";
+    });
+    // The second config, OpenAI messages: detected as sharegpt with role/content tags.
+    await s.type(await s.find("hub-dataset-repo"), "acme/chat-data");
+    await s.clickId("hub-dataset-lookup");
+    await s.waitFor("hub-dataset-config");
+    await choose("hub-dataset-config", "fr");
+    await s.clickId("hub-dataset-download");
+    await until("the fr dataset, detected as sharegpt", async () => {
+      const e = await entries();
+      return e.length === 2 && e[1].label === "acme/chat-data (fr / train)" && e[1].formatting === "sharegpt";
+    });
+    await choose("dataset-mix", "interleave_under");
+    await s.execute(
+      `const boxes = document.querySelectorAll('[data-testid="dataset-weight"]');
+       [3, 1].forEach((w, i) => { boxes[i].value = String(w); boxes[i].dispatchEvent(new Event("change", { bubbles: true })); });`,
+    );
+    await until("the shares", async () => {
+      const shares = await s.execute(
+        `return Array.from(document.querySelectorAll('[data-testid="dataset-share"]'), (e) => e.textContent)`,
+      );
+      return shares.join(" ") === "75% 25%";
+    });
+    await s.clickId("preview-dataset");
+    const preview = await s.waitFor("dataset-preview", async () => true, 30000);
+    assert.match(await s.text(preview), /line \d+/);
+    await s.execute(`document.querySelector('[data-testid="dataset-picker"]').scrollIntoView({ block: "start" })`);
+    await shot("dataset-picker");
+  });
+
   it("LLaMA-Factory mode: the rows, the count and the YAML are LLaMA-Factory's, as the CLI computes them", async () => {
     await s.clickId("nav-model");
     await s.clickId("open-demo");

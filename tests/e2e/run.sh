@@ -23,7 +23,18 @@ mkdir -p "$ROOT/test-results"
 # A fake Hub on 127.0.0.1 serving the demo checkpoint as acme/tiny-llama (its weights slowed so a download can be
 # cancelled mid-way) and as the gated acme/gated-llama.
 "$FREEZETUNE_CLI" demo-model "$WORK/hub-src" >/dev/null
+# ... and a dataset repo with two configs (its README declares them): `en` (the demo's alpaca rows, train and test
+# splits) and `fr` (OpenAI messages), for the search and the dataset picker.
+DS="$WORK/hub-dataset"
+mkdir -p "$DS/en" "$DS/fr"
+cp "$WORK/hub-src/data.jsonl" "$DS/en/train-00000-of-00001.jsonl"
+head -n 3 "$WORK/hub-src/data.jsonl" >"$DS/en/test-00000-of-00001.jsonl"
+for i in 1 2 3 4; do
+  printf '{"messages": [{"role": "user", "content": "Bonjour %s ?"}, {"role": "assistant", "content": "Salut %s."}]}\n' "$i" "$i"
+done >"$DS/fr/train.jsonl"
+printf -- '---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  - split: train\n    path: en/train-*\n  - split: test\n    path: en/test-*\n- config_name: fr\n  data_files: fr/*.jsonl\n---\n# chat data\n' >"$DS/README.md"
 "$FAKEHUB" --repo acme/tiny-llama="$WORK/hub-src/model" --repo acme/gated-llama="$WORK/hub-src/model" \
+  --dataset acme/chat-data="$DS" --downloads acme/tiny-llama=100 --downloads acme/chat-data=7 \
   --gated acme/gated-llama=hf_e2e_secret --slow model.safetensors=400000 >"$WORK/fakehub.url" 2>"$ROOT/test-results/fakehub.log" &
 PIDS+=($!)
 for _ in $(seq 100); do test -s "$WORK/fakehub.url" && break; sleep 0.1; done

@@ -14,6 +14,8 @@ pub enum PickKind {
     ModelFolder,
     OutputFolder,
     DatasetFile,
+    /// A folder of data files (a dataset repo's files, `datasets`' `save_to_disk` output).
+    DatasetFolder,
     PresetFile,
     GgufFile,
 }
@@ -34,6 +36,7 @@ pub async fn pick_path(app: AppHandle, state: State<'_, AppState>, kind: PickKin
                 &["json", "jsonl", "ndjson", "parquet", "csv", "tsv"],
             )
             .blocking_pick_file(),
+        PickKind::DatasetFolder => dialog.set_title("Choose a folder of data files").blocking_pick_folder(),
         PickKind::PresetFile => dialog
             .set_title("Import a preset")
             .add_filter("Preset (TOML)", &["toml"])

@@ -8,6 +8,7 @@ use crate::state::AppState;
 use crate::tasks::CancelHandle;
 use crate::worker::devices::DeviceOption;
 use crate::worker::process::StopSignal;
+use freezetune_core::data_spec::{Columns, DatasetSpec, Formatting, Tags};
 use freezetune_core::events::TrainEvent;
 use freezetune_core::run_config::{DataFormat, DataSection, ModelSection, OutputSection, RunConfig};
 use freezetune_core::FreezeSpec;
@@ -92,6 +93,12 @@ fn check_paths(state: &AppState, mut config: RunConfig) -> IpcResult<RunConfig> 
         config.data.train = state.access.check(&config.data.train.to_string_lossy())?;
     }
     for d in &mut config.data.datasets {
+        if let (Some(repo), None) = (&d.hub, &d.path) {
+            return Err(IpcError::new(
+                "no_dataset",
+                format!("the Hub dataset {repo} is not downloaded yet: press Download beside it first"),
+            ));
+        }
         for p in [&mut d.path, &mut d.dataset_info].into_iter().flatten() {
             *p = state.access.check(&p.to_string_lossy())?;
         }
@@ -115,6 +122,41 @@ pub async fn preview_dataset(state: State<'_, AppState>, config: RunConfig, n: u
     let config = check_paths(&state, config)?;
     let (format, examples) = crate::blocking::run("preview", move || Ok(preview_run(&config, n)?)).await?;
     Ok(DatasetPreview { format, examples })
+}
+
+/// How one dataset's rows are read, for the picker's mapping editor: the formatting and columns given or detected
+/// from its first row, and the first row's column names to choose from.
+#[derive(Debug, Clone, Serialize, TS)]
+pub struct DatasetMapping {
+    pub formatting: Formatting,
+    pub columns: Columns,
+    pub tags: Tags,
+    pub keys: Vec<String>,
+}
+
+/// The mapping `spec` is read with (reads its first row only).
+#[tauri::command]
+pub async fn detect_dataset(state: State<'_, AppState>, mut spec: DatasetSpec) -> IpcResult<DatasetMapping> {
+    if let (Some(repo), None) = (&spec.hub, &spec.path) {
+        return Err(IpcError::new(
+            "no_dataset",
+            format!("the Hub dataset {repo} is not downloaded yet: press Download beside it first"),
+        ));
+    }
+    for p in [&mut spec.path, &mut spec.dataset_info].into_iter().flatten() {
+        *p = state.access.check(&p.to_string_lossy())?;
+    }
+    crate::blocking::run("detect", move || {
+        let (mapping, keys) =
+            freezetune_data::detect_spec(&spec).map_err(|e| IpcError::new("bad_dataset", e.to_string()))?;
+        Ok(DatasetMapping {
+            formatting: mapping.formatting,
+            columns: mapping.columns,
+            tags: mapping.tags,
+            keys,
+        })
+    })
+    .await
 }
 
 #[derive(Debug, Clone, Serialize, TS)]

@@ -385,6 +385,9 @@ export async function startDownload(repo: string, endpoint: string | null) {
   }
 }
 
+/** A Hub dataset the user chose on the Model screen's search, for the Train screen's picker to look up. */
+export const pendingDataset = $state({ repo: "", endpoint: null as string | null });
+
 export async function cancelDownload() {
   if (download.taskId) await api.cancelTask(download.taskId);
 }

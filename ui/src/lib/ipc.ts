@@ -27,6 +27,12 @@ import type { RunSummary } from "./bindings/RunSummary";
 import type { TokenStatus } from "./bindings/TokenStatus";
 import type { TrainEvent } from "./bindings/TrainEvent";
 import type { TrainOutcomeView } from "./bindings/TrainOutcomeView";
+import type { HubDatasetView } from "./bindings/HubDatasetView";
+import type { HubHit } from "./bindings/HubHit";
+import type { DatasetMapping } from "./bindings/DatasetMapping";
+import type { DatasetSpec } from "./bindings/DatasetSpec";
+import type { HubKind } from "./bindings/HubKind";
+import type { RemoteModelCheck } from "./bindings/RemoteModelCheck";
 
 /** Rejections of every command are `IpcError`s; anything else (a bug, a lost window) is wrapped into one. */
 export function asIpcError(e: unknown): IpcError {
@@ -60,6 +66,19 @@ export const api = {
   listCachedModels: () => call<CachedModelView[]>("list_cached_models"),
   downloadModel: (repo: string, endpoint: string | null, taskId: string, onEvents: (e: DownloadEvent[]) => void) =>
     call<ModelSummary>("download_model", { repo, endpoint, taskId, onEvent: channel(onEvents) }),
+  searchHub: (kind: HubKind, query: string, endpoint: string | null) =>
+    call<HubHit[]>("search_hub", { kind, query, endpoint }),
+  checkHubModel: (repo: string, endpoint: string | null, device: DeviceMemory, cpu: boolean) =>
+    call<RemoteModelCheck>("check_hub_model", { repo, endpoint, device, cpu }),
+  inspectHubDataset: (repo: string, endpoint: string | null) =>
+    call<HubDatasetView>("inspect_hub_dataset", { repo, endpoint }),
+  downloadDataset: (
+    repo: string,
+    files: string[],
+    endpoint: string | null,
+    taskId: string,
+    onEvents: (e: DownloadEvent[]) => void,
+  ) => call<string>("download_dataset", { repo, files, endpoint, taskId, onEvent: channel(onEvents) }),
   cancelTask: (taskId: string) => call<boolean>("cancel_task", { taskId }),
   getTokenStatus: () => call<TokenStatus>("get_token_status"),
   setHubToken: (token: string) => call<TokenStatus>("set_hub_token", { token }),
@@ -96,6 +115,7 @@ export const api = {
   listDevices: () => call<DeviceOption[]>("list_devices"),
   defaultRun: (modelPath: string) => call<RunConfig>("default_run", { modelPath }),
   previewDataset: (config: RunConfig, n: number) => call<DatasetPreview>("preview_dataset", { config, n }),
+  detectDataset: (spec: DatasetSpec) => call<DatasetMapping>("detect_dataset", { spec }),
   trainModel: (config: RunConfig, resume: boolean, taskId: string, onEvents: (e: TrainEvent[]) => void) =>
     call<TrainOutcomeView>("train_model", { config, resume, taskId, onEvent: channel(onEvents) }),
   listRuns: () => call<RunSummary[]>("list_runs"),
