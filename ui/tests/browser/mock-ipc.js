@@ -92,7 +92,7 @@
   const running = new Map();
   const runConfig = {
     model: { path: model.path, dtype: "auto" }, freeze: {},
-    data: { train: "/mock/demo/data.jsonl", format: "alpaca", eval: null, eval_split: 0.1, cutoff_len: 64, train_on_prompt: false },
+    data: { train: "/mock/demo/data.jsonl", datasets: [], mix: "concat", format: "alpaca", eval: null, eval_split: 0.1, cutoff_len: 64, train_on_prompt: false },
     training: { optimizer: "adamw", learning_rate: 0.01, weight_decay: 0, no_decay_for_bias_and_norm: true, adam_beta1: 0.9, adam_beta2: 0.999, adam_epsilon: 1e-8, lr_scheduler: "cosine", warmup_steps: 0, batch_size: 8, gradient_accumulation_steps: 1, max_grad_norm: 1, epochs: 1, max_steps: 300, seed: 42, shuffle: true, save_steps: 0, eval_steps: 100, gradient_checkpointing: false },
     runtime: { device: "auto", threads: 0, op_threads: 0 }, output: { dir: "/mock/runs/demo-1" },
   };
@@ -161,6 +161,7 @@
     open_demo_model: () => model,
     open_model: () => model,
     default_run: () => structuredClone(runConfig),
+    detect_dataset: () => ({ formatting: "alpaca", columns: {}, tags: {}, keys: ["instruction", "input", "output"] }),
     list_cached_models: () => [],
     get_token_status: () => ({ present: tokenSet, source: tokenSet ? "the OS keyring" : null }),
     set_hub_token: (a) => {
