@@ -121,7 +121,7 @@ bundle: setup ui worker $(CUDA_DEPS)
 	$(if $(CUDA),bash scripts/cuda-package.sh "$(CUDA_WORKER_DIR)" "$(CUDA_TARGET_DIR)/packages")
 	$(if $(CUDA),bash tests/e2e/package.sh --cuda "$(CUDA_TARGET_DIR)/packages")
 
-## fuzz: every fuzz target (GGUF, safetensors, config.json, tokenizer.json, chat templates, datasets) for
+## fuzz: every fuzz target (GGUF, safetensors, config.json, tokenizer.json, chat templates, datasets, Parquet, Arrow) for
 ## FUZZ_SECONDS each, optimized, under a 4 GiB address-space limit, from a new random seed each time (printed);
 ## `make test` runs 5 s of each from a fixed seed, so CI is repeatable. A panic's input
 ## lands in fuzz/crashes/ (keep it in fuzz/regressions/<target>/ once fixed; every run replays those first).

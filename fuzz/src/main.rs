@@ -5,6 +5,7 @@
 //! is for an abort, which a memory limit such as `ulimit -v` turns an unbounded allocation into).
 //!
 //!   fuzz [--seconds N] [--seed N] [TARGET ...]     targets: gguf safetensors config tokenizer template dataset
+//!                                                  parquet arrow
 
 mod mutate;
 mod targets;

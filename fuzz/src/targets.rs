@@ -38,6 +38,16 @@ pub fn all(scratch: &Path) -> anyhow::Result<Vec<Target>> {
         tokenizer(scratch)?,
         template(scratch)?,
         dataset(scratch)?,
+        columnar(
+            scratch,
+            "parquet",
+            &["alpaca.parquet", "sharegpt.parquet", "messages.parquet"],
+        )?,
+        columnar(
+            scratch,
+            "arrow",
+            &["arrow/alpaca.arrow", "arrow/dict/test/data-00000-of-00001.arrow"],
+        )?,
     ])
 }
 
@@ -249,6 +259,28 @@ fn dataset(scratch: &Path) -> anyhow::Result<Target> {
                 formatter: Some(&formatter),
             };
             let _ = data::load(&file, &options);
+        }),
+    })
+}
+
+/// A Parquet or Arrow data file, read to its last row: the third-party readers (the parquet crate, arrow-rs's IPC
+/// reader) behind freezetune-data's guard. Seeds are the pyarrow- and `datasets`-written fixtures.
+fn columnar(scratch: &Path, ext: &'static str, seeds: &[&str]) -> anyhow::Result<Target> {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data");
+    let seeds = seeds
+        .iter()
+        .map(|s| std::fs::read(data.join(s)))
+        .collect::<Result<_, _>>()?;
+    let file = scratch.join(format!("data.{ext}"));
+    Ok(Target {
+        name: ext,
+        seeds,
+        mutate: |rng, input| mutate::bytes(rng, input, input.len()),
+        run: Box::new(move |bytes| {
+            std::fs::write(&file, bytes).expect("scratch");
+            if let Ok(rows) = freezetune_data::open(&file) {
+                rows.for_each(drop);
+            }
         }),
     })
 }

@@ -108,6 +108,10 @@ pub struct DataSection {
     /// A separate evaluation file (same format).
     #[serde(default)]
     pub eval: Option<PathBuf>,
+    /// Evaluation datasets, each as in `datasets` (a Hub dataset's `test` split, a file with its mapping, ...),
+    /// concatenated; instead of `eval` or `eval_split`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_datasets: Vec<DatasetSpec>,
     /// Fraction of the training records held out for evaluation when no `eval` file is given.
     #[serde(default)]
     pub eval_split: f64,
@@ -131,8 +135,24 @@ impl DataSection {
             }
             _ => {}
         }
-        for (i, d) in self.datasets.iter().enumerate() {
-            let at = format!("data.datasets[{i}] ({})", d.label());
+        let eval_sources = [
+            self.eval.is_some(),
+            !self.eval_datasets.is_empty(),
+            self.eval_split > 0.0,
+        ];
+        if eval_sources.iter().filter(|given| **given).count() > 1 {
+            return Err(
+                "[data] names more than one evaluation set: give `eval` (a file), [[data.eval_datasets]] or \
+                 `eval_split` (a held-out fraction), not several"
+                    .into(),
+            );
+        }
+        let lists = [("datasets", &self.datasets), ("eval_datasets", &self.eval_datasets)];
+        for (list, i, d) in lists
+            .into_iter()
+            .flat_map(|(list, specs)| specs.iter().enumerate().map(move |(i, d)| (list, i, d)))
+        {
+            let at = format!("data.{list}[{i}] ({})", d.label());
             match (&d.path, &d.hub, &d.dataset_info, &d.name) {
                 (Some(_), _, None, None) | (None, Some(_), None, None) | (None, None, Some(_), Some(_)) => {}
                 _ => return Err(format!("{at}: give `path`, `hub`, or `dataset_info` and `name`")),
@@ -305,7 +325,7 @@ impl RunConfig {
                 *p = base.join(&*p);
             }
         }
-        for d in &mut config.data.datasets {
+        for d in config.data.datasets.iter_mut().chain(&mut config.data.eval_datasets) {
             for p in [&mut d.path, &mut d.dataset_info].into_iter().flatten() {
                 if p.is_relative() {
                     *p = base.join(&*p);

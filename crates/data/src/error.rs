@@ -28,3 +28,17 @@ impl DataError {
         }
     }
 }
+
+/// Runs third-party parser code (arrow-rs's IPC reader, the parquet crate) that can panic on a malformed file
+/// instead of returning an error: a panic becomes the reason the file cannot be read, so a hostile file is refused
+/// by name and never takes the process down. Callers drop the reader after one.
+pub(crate) fn unpanicked<T>(read: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "an unknown fault".into());
+        format!("the file is malformed (its reader failed: {what})")
+    })
+}

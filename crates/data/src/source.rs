@@ -1,7 +1,8 @@
 //! Rows of a data file or folder, one JSON object each, streamed: a JSON Lines file line by line, CSV/TSV record by
 //! record (every cell a string, keyed by the header), Parquet one row group at a time through the record API
-//! (nested lists and structs become JSON arrays and objects). A folder is every data file in it, in name order
-//! (a dataset's shards). Only a JSON array file is read whole: its format has no row boundary to stop at.
+//! (nested lists and structs become JSON arrays and objects), Arrow (`datasets`' `save_to_disk` and cache files) one
+//! record batch at a time. A folder is every data file in it, in name order (a dataset's shards); a DatasetDict
+//! folder its `train` split. Only a JSON array file is read whole: its format has no row boundary to stop at.
 
 use crate::error::{DataError, Result};
 use serde_json::{Map, Value};
@@ -30,6 +31,8 @@ pub enum FileKind {
     Csv,
     Tsv,
     Parquet,
+    /// Arrow IPC, stream or file format (what `datasets` saves).
+    Arrow,
 }
 
 impl FileKind {
@@ -42,12 +45,23 @@ impl FileKind {
             "csv" => FileKind::Csv,
             "tsv" => FileKind::Tsv,
             "parquet" => FileKind::Parquet,
+            "arrow" => FileKind::Arrow,
             _ => return None,
         })
     }
 }
 
-pub const SUPPORTED: &str = ".json, .jsonl, .csv, .tsv and .parquet";
+pub const SUPPORTED: &str = ".json, .jsonl, .csv, .tsv, .parquet and .arrow";
+
+/// A file a folder's rows are read from: a data file's extension, and not one of the metadata files `datasets`
+/// and LLaMA-Factory keep beside their data (`state.json`, `dataset_info.json`, `dataset_dict.json`).
+pub fn is_data_file(path: &Path) -> bool {
+    let metadata = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| crate::arrow::METADATA_FILES.contains(&n));
+    FileKind::of(path).is_some() && !metadata
+}
 
 /// A stream of rows.
 pub type Rows = Box<dyn Iterator<Item = Result<Row>>>;
@@ -72,10 +86,13 @@ pub fn first(path: &Path, n: usize) -> Result<Vec<Row>> {
 
 /// The data files of a folder, in name order; a folder with none is refused, naming what was looked for.
 pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if let Some(train) = crate::arrow::dataset_dict_train(dir)? {
+        return data_files(&train);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| DataError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && FileKind::of(p).is_some())
+        .filter(|p| p.is_file() && is_data_file(p))
         .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     files.sort();
@@ -103,7 +120,7 @@ pub(crate) fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()>
         }
         if path.is_dir() {
             walk(root, &path, out)?;
-        } else if FileKind::of(&path).is_some() {
+        } else if is_data_file(&path) {
             let rel = path.strip_prefix(root).unwrap_or(&path);
             out.push(
                 rel.components()
@@ -141,6 +158,7 @@ fn open_file(path: &Path) -> Result<Rows> {
         FileKind::Csv => delimited_rows(file, handle, b','),
         FileKind::Tsv => delimited_rows(file, handle, b'\t'),
         FileKind::Parquet => crate::parquet::rows(file, handle),
+        FileKind::Arrow => crate::arrow::rows(file, handle),
     }
 }
 

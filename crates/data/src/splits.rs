@@ -7,7 +7,7 @@
 //! The run's own `files` globs narrow either: only what they match is read, whatever else the snapshot holds.
 
 use crate::error::{DataError, Result};
-use crate::source::{walk, FileKind};
+use crate::source::{is_data_file, walk};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
@@ -74,11 +74,7 @@ pub struct ConfigSplits {
 /// A repo without declared configs has one config per top-level folder holding data files, or one named
 /// `default` when its data files are not in folders named for configs.
 pub fn list_configs(names: &[String], readme: Option<&str>) -> Result<Vec<ConfigSplits>> {
-    let all: Vec<String> = names
-        .iter()
-        .filter(|n| FileKind::of(Path::new(n)).is_some())
-        .cloned()
-        .collect();
+    let all: Vec<String> = names.iter().filter(|n| is_data_file(Path::new(n))).cloned().collect();
     let declared = match readme {
         Some(text) => declared_in(text, Path::new("README.md"))?,
         None => Vec::new(),

@@ -123,3 +123,81 @@ fn csv_rows_name_their_line_with_either_line_ending() {
         assert_eq!(lines, [2, 3], "{name}");
     }
 }
+
+/// What `datasets` / pyarrow read back from the Arrow fixtures (tests/fixtures/scripts/make_arrow_fixtures.py).
+fn arrow_expected(name: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("arrow/expected.json")).unwrap();
+    let all: Value = serde_json::from_str(&text).unwrap();
+    all["files"][name].as_array().unwrap().clone()
+}
+
+#[test]
+fn arrow_files_datasets_saved_read_as_datasets_reads_them() {
+    let arrow = fixtures().join("arrow");
+    // save_to_disk in two shards: the folder's Arrow files in order, its state.json and dataset_info.json skipped.
+    assert_eq!(values(&arrow.join("saved")), arrow_expected("saved"));
+    // A DatasetDict: its train split when none is named; another split through the spec.
+    assert_eq!(values(&arrow.join("dict")), arrow_expected("dict/train"));
+    let test = freezetune_data::load_spec(&freezetune_core::data_spec::DatasetSpec {
+        path: Some(arrow.join("dict")),
+        split: Some("test".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let want = arrow_expected("dict/test");
+    assert_eq!(test.rows.len(), want.len());
+    assert_eq!(
+        test.formatting,
+        freezetune_core::data_spec::Formatting::Sharegpt,
+        "OpenAI messages, detected"
+    );
+    // The IPC file format, written in record batches of two rows: the reader goes on to the next batch.
+    assert_eq!(values(&arrow.join("alpaca.arrow")), arrow_expected("alpaca.arrow"));
+    let rows = first(&arrow.join("alpaca.arrow"), 3).unwrap();
+    assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 3]);
+}
+
+#[test]
+fn damaged_arrow_and_parquet_files_are_refused_by_name_never_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "arrow/alpaca.arrow",
+        "arrow/saved/data-00000-of-00002.arrow",
+        "alpaca.parquet",
+    ] {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        let ext = Path::new(name).extension().unwrap().to_str().unwrap();
+        // Cut at every sixteenth byte, and each byte flipped in turn in the first 256: an error or rows, never a panic.
+        let mut cases: Vec<Vec<u8>> = (0..bytes.len()).step_by(16).map(|n| bytes[..n].to_vec()).collect();
+        for i in 0..bytes.len().min(256) {
+            let mut b = bytes.clone();
+            b[i] ^= 0xA5;
+            cases.push(b);
+        }
+        for (k, case) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("case-{k}.{ext}"));
+            std::fs::write(&path, case).unwrap();
+            if let Err(e) = open(&path).and_then(|rows| rows.collect::<Result<Vec<_>, _>>()) {
+                assert!(
+                    e.to_string().contains(&format!("case-{k}.{ext}")),
+                    "{name} case {k}: {e}"
+                );
+            }
+        }
+    }
+    // A record batch claiming a 2^60-byte body (fuzz/regressions/arrow): refused by its framing before arrow-rs
+    // would allocate it (an allocation failure aborts; it is not a panic to catch).
+    let huge = dir.path().join("huge.arrow");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/arrow/huge-body"),
+        &huge,
+    )
+    .unwrap();
+    let err = read_all(&huge).unwrap_err().to_string();
+    assert!(err.contains("huge.arrow") && err.contains("body the file does not hold"), "{err}");
+    let cut = dir.path().join("cut.arrow");
+    let bytes = std::fs::read(fixtures().join("arrow/alpaca.arrow")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = read_all(&cut).unwrap_err().to_string();
+    assert!(err.contains("cut.arrow") && err.contains("Arrow"), "{err}");
+}

@@ -140,7 +140,7 @@ pub fn select_dataset<'a>(
     let (include_set, exclude_set) = (globs(include)?, globs(exclude)?);
     let data = |name: &str| {
         let lower = name.to_ascii_lowercase();
-        [".parquet", ".json", ".jsonl", ".ndjson", ".csv", ".tsv"]
+        [".parquet", ".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".arrow"]
             .iter()
             .any(|x| lower.ends_with(x))
             || name == "README.md"

@@ -8,7 +8,7 @@
 use crate::error::{Result, TrainError};
 use crate::template::{ChatFormatter, Message};
 use crate::DecoderConfig;
-use freezetune_core::data_spec::Formatting;
+use freezetune_core::data_spec::{Formatting, Mix};
 use freezetune_core::run_config::{DataFormat, RunConfig};
 use freezetune_data::Row;
 use serde_json::Value;
@@ -64,6 +64,15 @@ pub fn load_run(config: &RunConfig, o: &DataOptions) -> Result<Dataset> {
     let rows = mixed_rows(config)?;
     let first = config.data.datasets[0].label();
     examples(Path::new(&first), rows.into_iter(), o)
+}
+
+/// The run's `[[data.eval_datasets]]`, each with its mapping, one after the other.
+pub fn load_eval_datasets(config: &RunConfig, o: &DataOptions) -> Result<Dataset> {
+    let d = &config.data;
+    let rows = freezetune_data::load_mixed(&d.eval_datasets, Mix::Concat, config.training.seed).map_err(data_error)?;
+    let first = d.eval_datasets.first().map(|s| s.label()).unwrap_or_default();
+    let rows = rows.into_iter().map(|(r, f)| (r, format_of(f)));
+    examples(Path::new(&first), rows, o)
 }
 
 /// Every dataset's rows, mapped and mixed, each with the format its records now have.

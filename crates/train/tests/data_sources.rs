@@ -106,3 +106,54 @@ fn a_run_mixes_its_datasets_each_with_its_own_mapping() {
     .unwrap_err();
     assert!(err.to_string().contains("unknown field `answer`"), "{err}");
 }
+
+#[test]
+fn the_eval_set_comes_from_a_split_of_another_dataset_and_only_one_eval_source_is_allowed() {
+    let model = repo().join("tests/fixtures/models/llama");
+    let data = repo().join("tests/fixtures/data");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, data_section: &str| {
+        let text =
+            format!("[model]\npath = {model:?}\n[freeze]\ntop = 1\n[data]\n{data_section}\n[output]\ndir = \"run\"\n");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        freezetune_core::run_config::RunConfig::read(&path)
+    };
+    // Train on the DatasetDict's train split, evaluate on its test split (OpenAI messages).
+    let dict = data.join("arrow/dict");
+    let config = write(
+        "split.toml",
+        &format!("[[data.datasets]]\npath = {dict:?}\n[[data.eval_datasets]]\npath = {dict:?}\nsplit = \"test\"\n"),
+    )
+    .unwrap();
+    let formatter = ChatFormatter::load(&model).unwrap();
+    let options = options(&formatter);
+    let eval = freezetune_train::data::load_eval_datasets(&config, &options)
+        .unwrap()
+        .examples;
+    let train = freezetune_train::data::load_run(&config, &options).unwrap().examples;
+    let messages = load(&data.join("messages.parquet"), &options).unwrap().examples;
+    assert_eq!(eval, messages, "the test split holds the messages rows");
+    assert_eq!(train.len(), 2, "the train split's two conversations");
+
+    for (name, section) in [
+        (
+            "file+split.toml",
+            "train = \"x.jsonl\"\neval = \"e.jsonl\"\neval_split = 0.1",
+        ),
+        (
+            "file+datasets.toml",
+            "train = \"x.jsonl\"\neval = \"e.jsonl\"\n[[data.eval_datasets]]\npath = \"e.jsonl\"",
+        ),
+    ] {
+        let err = write(name, section).unwrap_err().to_string();
+        assert!(err.contains("more than one evaluation set"), "{name}: {err}");
+    }
+    let err = write(
+        "bad-eval.toml",
+        "train = \"x.jsonl\"\n[[data.eval_datasets]]\nname = \"orphan\"",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("data.eval_datasets[0]"), "{err}");
+}

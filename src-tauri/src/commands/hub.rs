@@ -177,7 +177,7 @@ pub async fn inspect_hub_dataset(
     let data: Vec<_> = listing
         .files
         .iter()
-        .filter(|f| freezetune_data::FileKind::of(std::path::Path::new(&f.name)).is_some())
+        .filter(|f| freezetune_data::is_data_file(std::path::Path::new(&f.name)))
         .collect();
     Ok(HubDatasetView {
         repo: repo.trim().to_string(),

@@ -52,6 +52,7 @@ pub fn default_run(state: State<'_, AppState>, model_path: String) -> IpcResult<
                 datasets: Vec::new(),
                 mix: Default::default(),
                 eval: None,
+                eval_datasets: Vec::new(),
                 eval_split: 0.0,
                 cutoff_len: 1024,
                 train_on_prompt: false,
@@ -92,7 +93,7 @@ fn check_paths(state: &AppState, mut config: RunConfig) -> IpcResult<RunConfig> 
     if !config.data.train.as_os_str().is_empty() {
         config.data.train = state.access.check(&config.data.train.to_string_lossy())?;
     }
-    for d in &mut config.data.datasets {
+    for d in config.data.datasets.iter_mut().chain(&mut config.data.eval_datasets) {
         if let (Some(repo), None) = (&d.hub, &d.path) {
             return Err(IpcError::new(
                 "no_dataset",

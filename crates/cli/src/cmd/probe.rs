@@ -103,6 +103,7 @@ fn config_of(args: &ProbeArgs) -> Result<RunConfig> {
             datasets: Vec::new(),
             mix: Default::default(),
             eval: None,
+            eval_datasets: Vec::new(),
             eval_split: 0.0,
             cutoff_len: args.cutoff_len,
             train_on_prompt: false,

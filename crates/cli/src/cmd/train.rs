@@ -300,7 +300,7 @@ pub fn resolve_model(config: &mut RunConfig) -> Result<()> {
         }
     }
     config.model.path = super::model_folder(&config.model.path)?;
-    for d in &mut config.data.datasets {
+    for d in config.data.datasets.iter_mut().chain(&mut config.data.eval_datasets) {
         if let (Some(repo), None) = (&d.hub, &d.path) {
             d.path = Some(super::download::fetch_dataset(repo, &d.files)?);
         }

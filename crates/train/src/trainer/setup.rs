@@ -194,9 +194,10 @@ pub(crate) fn load_data(config: &RunConfig, decoder_config: &DecoderConfig) -> R
         "training data"
     );
     let (truncated, skipped) = (set.truncated, set.skipped_no_targets + set.skipped_broken_turns);
-    let (train, eval) = match &config.data.eval {
-        Some(path) => (set.examples, data::load(path, &options)?.examples),
-        None => data::split_eval(set.examples, config.data.eval_split, config.training.seed),
+    let (train, eval) = match (&config.data.eval, config.data.eval_datasets.is_empty()) {
+        (Some(path), _) => (set.examples, data::load(path, &options)?.examples),
+        (None, false) => (set.examples, data::load_eval_datasets(config, &options)?.examples),
+        (None, true) => data::split_eval(set.examples, config.data.eval_split, config.training.seed),
     };
     Ok(RunData {
         train,

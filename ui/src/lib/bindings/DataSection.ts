@@ -23,6 +23,11 @@ mix: Mix, format: DataFormat,
  */
 eval: string | null, 
 /**
+ * Evaluation datasets, each as in `datasets` (a Hub dataset's `test` split, a file with its mapping, ...),
+ * concatenated; instead of `eval` or `eval_split`.
+ */
+eval_datasets?: Array<DatasetSpec>, 
+/**
  * Fraction of the training records held out for evaluation when no `eval` file is given.
  */
 eval_split: number, 
