@@ -194,7 +194,10 @@ fn damaged_arrow_and_parquet_files_are_refused_by_name_never_panicking() {
     )
     .unwrap();
     let err = read_all(&huge).unwrap_err().to_string();
-    assert!(err.contains("huge.arrow") && err.contains("body the file does not hold"), "{err}");
+    assert!(
+        err.contains("huge.arrow") && err.contains("body the file does not hold"),
+        "{err}"
+    );
     let cut = dir.path().join("cut.arrow");
     let bytes = std::fs::read(fixtures().join("arrow/alpaca.arrow")).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
