@@ -80,10 +80,12 @@ ui-test: ui
 	cd ui && node --test tests/browser/
 
 ## unit: every Rust test, then PyTorch parity again on the device-generic path (FREEZETUNE_FUSED=0: the graph CUDA
-## and Metal run, here on the CPU), then 5 s of each fuzz target (`make fuzz` runs longer). The GGUF tests check exported files with llama.cpp itself and its `gguf` package, built
-## once into a venv outside the clone (scripts/gguf-venv.sh, about 3 minutes the first time).
+## and Metal run, here on the CPU), then 5 s of each fuzz target (`make fuzz` runs longer). The GGUF tests check
+## exported files with llama.cpp itself and its `gguf` package, and the export-run test trains its bundle with
+## LLaMA-Factory, all from one venv outside the clone (scripts/python-venv.sh, about 8 minutes the first time).
 unit: ui
-	FREEZETUNE_GGUF_PYTHON="$$(bash scripts/gguf-venv.sh)" $(CARGO) test --workspace --locked
+	PY="$$(bash scripts/python-venv.sh)" && FREEZETUNE_GGUF_PYTHON="$$PY" FREEZETUNE_LF_PYTHON="$$PY" \
+	  $(CARGO) test --workspace --locked
 	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision
 	$(CARGO) build --locked -q -p freezetune-fuzz
 	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/debug/fuzz" --seconds 5 --seed 1'

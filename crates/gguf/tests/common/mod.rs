@@ -1,6 +1,6 @@
 //! What the GGUF tests share: the reference checkpoints, tiny models of every family with the reference
 //! tokenizer, FreezeTune's own logits and greedy tokens, and the independent checker (llama.cpp and the `gguf`
-//! package, in the venv `scripts/gguf-venv.sh` builds; `make test` builds it first).
+//! package, in the venv `scripts/python-venv.sh` builds; `make test` builds it first).
 #![allow(dead_code)]
 
 use freezetune_core::synth::{write_checkpoint, Family, SynthSpec};
@@ -22,10 +22,10 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn python() -> PathBuf {
     let p = std::env::var_os("FREEZETUNE_GGUF_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/freezetune-gguf-venv/bin/python"));
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/freezetune-python-venv/bin/python"));
     assert!(
         p.exists(),
-        "{} is missing: run `bash scripts/gguf-venv.sh` (it builds llama.cpp's Python binding and the gguf \
+        "{} is missing: run `bash scripts/python-venv.sh` (it builds llama.cpp's Python binding and the gguf \
          package once), or set FREEZETUNE_GGUF_PYTHON",
         p.display()
     );
