@@ -29,6 +29,8 @@ enum Command {
     Plan(cmd::plan::PlanArgs),
     /// Write the plan as a LLaMA-Factory or Axolotl config fragment, to run it on a bigger machine.
     ExportConfig(cmd::export_config::ExportArgs),
+    /// Write a run as a folder LLaMA-Factory trains as it is on a bigger machine (config, data, launch script).
+    ExportRun(cmd::export_run::ExportRunArgs),
     /// Write a model or a run's final model as a GGUF file for llama.cpp, Ollama and LM Studio.
     ExportGguf(cmd::gguf::ExportGgufArgs),
     /// Turn a GGUF file into a Hugging Face model folder FreezeTune trains.
@@ -68,6 +70,7 @@ fn main() {
         Command::Inspect(a) => (cmd::inspect::run(&a), a.json),
         Command::Plan(a) => (cmd::plan::run(&a), a.json),
         Command::ExportConfig(a) => (cmd::export_config::run(&a), false),
+        Command::ExportRun(a) => (cmd::export_run::run(&a), a.json),
         Command::ExportGguf(a) => (cmd::gguf::export(&a), a.json || a.events.is_some()),
         Command::ImportGguf(a) => (cmd::gguf::import(&a), a.json || a.events.is_some()),
         Command::Preset(c) => {

@@ -3,6 +3,7 @@ pub mod demo;
 pub mod devices;
 pub mod download;
 pub mod export_config;
+pub mod export_run;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;

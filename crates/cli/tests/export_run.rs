@@ -1,0 +1,211 @@
+//! `freezetune export-run --to llamafactory`, proven by running the real LLaMA-Factory: the bundle's `launch.sh`
+//! trains 2 steps with `llamafactory-cli train` on the CPU (LLaMA-Factory 0.9.5 in the venv
+//! `scripts/python-venv.sh` builds; `make test` builds it first). LLaMA-Factory's trainable parameters are the
+//! plan's, the tensors its saved model changed are exactly the plan's, and its first logged loss is FreezeTune's
+//! step-1 loss on the same rows within 1e-3.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The venv's python; a missing venv fails the test with what to run.
+fn python() -> PathBuf {
+    let p = std::env::var_os("FREEZETUNE_LF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/freezetune-python-venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/python-venv.sh` (it installs LLaMA-Factory 0.9.5 once), or set \
+         FREEZETUNE_LF_PYTHON",
+        p.display()
+    );
+    p
+}
+
+fn freezetune(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_freezetune"))
+        .args(args)
+        .env("FREEZETUNE_CONFIG_DIR", dir.join("cfg"))
+        .output()
+        .unwrap()
+}
+
+/// A run on 4 alpaca rows and 2 sharegpt conversations (one with a system prompt, one of two turns) in one batch
+/// of 6, so both trainers' first step sees the same rows whatever their shuffles; the last two layers train
+/// (LLaMA-Factory's `freeze_trainable_layers: 2`).
+fn write_run(dir: &Path) -> PathBuf {
+    let config = format!(
+        "[model]\npath = {:?}\ndtype = \"f32\"\n[freeze]\ntop = 2\n[data]\ncutoff_len = 256\n\
+         [[data.datasets]]\npath = {:?}\nlimit = 4\n[[data.datasets]]\npath = {:?}\n\
+         [training]\nmax_steps = 2\nbatch_size = 6\nlearning_rate = 1e-3\nlr_scheduler = \"constant\"\n\
+         [output]\ndir = \"runs/ft\"\n",
+        fixtures().join("models/qwen2"),
+        fixtures().join("data/alpaca.parquet"),
+        fixtures().join("data/sharegpt.parquet"),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn the_llamafactory_bundle_trains_the_plans_tensors_with_freezetunes_first_loss() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path());
+    let bundle = dir.path().join("bundle");
+    let out = freezetune(
+        &[
+            "export-run",
+            run.to_str().unwrap(),
+            "--to",
+            "llamafactory",
+            "-o",
+            bundle.to_str().unwrap(),
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["train_rows"], 6);
+    let yaml = std::fs::read_to_string(bundle.join("train.yaml")).unwrap();
+    assert!(yaml.contains("freeze_trainable_layers: 2"), "{yaml}");
+
+    // FreezeTune's own run, for its step-1 loss and its plan.
+    let out = freezetune(&["train", "--config", run.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(dir.path().join("runs/ft/metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let ft_loss = first["loss"].as_f64().unwrap();
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/ft/freeze_plan.json")).unwrap()).unwrap();
+    let mut trainable: Vec<String> = serde_json::from_value(plan["trainable"].clone()).unwrap();
+    trainable.sort();
+
+    // LLaMA-Factory, started by the bundle's own launch.sh with the venv first on PATH, on the CPU.
+    let venv_bin = python.parent().unwrap();
+    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("bash")
+        .arg(bundle.join("launch.sh"))
+        .env("PATH", path)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_DATASETS_CACHE", dir.path().join("hf-datasets"))
+        .env("DISABLE_VERSION_CHECK", "1")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "llamafactory-cli failed:\n{log}");
+    let counted = log
+        .lines()
+        .find_map(|l| l.split("trainable params: ").nth(1))
+        .and_then(|rest| rest.split(" ||").next())
+        .map(|n| n.replace(',', ""))
+        .unwrap_or_else(|| panic!("LLaMA-Factory did not log its trainable parameters:\n{log}"));
+    assert_eq!(counted, plan["trainable_params"].to_string(), "trainable parameters");
+
+    let trainer_log = std::fs::read_to_string(bundle.join("output/trainer_log.jsonl")).unwrap();
+    let step1: Value = serde_json::from_str(trainer_log.lines().next().unwrap()).unwrap();
+    let lf_loss = step1["loss"].as_f64().unwrap();
+    assert!(
+        (lf_loss - ft_loss).abs() < 1e-3,
+        "first loss: LLaMA-Factory {lf_loss}, FreezeTune {ft_loss}"
+    );
+
+    // The tensors LLaMA-Factory's saved model changed are exactly the plan's.
+    let changed = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import json, sys\n\
+             from safetensors.numpy import load_file\n\
+             a = load_file(sys.argv[1]); b = load_file(sys.argv[2])\n\
+             print(json.dumps(sorted(k for k in a if k in b and not (a[k] == b[k]).all())))",
+        )
+        .arg(fixtures().join("models/qwen2/model.safetensors"))
+        .arg(bundle.join("output/model.safetensors"))
+        .output()
+        .unwrap();
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    let changed: Vec<String> = serde_json::from_slice(&changed.stdout).unwrap();
+    assert_eq!(changed, trainable, "tensors LLaMA-Factory changed vs the plan");
+}
+
+#[test]
+fn a_bundle_lists_what_it_cannot_carry_and_never_replaces_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path());
+    let text = std::fs::read_to_string(&run)
+        .unwrap()
+        .replace("dtype = \"f32\"\n", "dtype = \"f32\"\nquantize_frozen = \"q8_0\"\n")
+        + "[runtime]\nthreads = 2\n";
+    std::fs::write(&run, text.replace("[training]\n", "[training]\nshuffle = false\n")).unwrap();
+    let bundle = dir.path().join("bundle");
+    let args = [
+        "export-run",
+        run.to_str().unwrap(),
+        "--to",
+        "llamafactory",
+        "-o",
+        bundle.to_str().unwrap(),
+    ];
+    let out = freezetune(
+        &[&args[..], &["--gpus", "2", "--deepspeed", "zero3", "--json"]].concat(),
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let readme = std::fs::read_to_string(bundle.join("README.md")).unwrap();
+    for unmapped in ["quantize_frozen", "shuffle = false", "threads = 2"] {
+        assert!(readme.contains(unmapped), "README names {unmapped}:\n{readme}");
+    }
+    let yaml = std::fs::read_to_string(bundle.join("train.yaml")).unwrap();
+    assert!(yaml.contains("deepspeed: \"ds_z3_config.json\""), "{yaml}");
+    assert!(
+        yaml.contains("per_device_train_batch_size: 3"),
+        "batch 6 over 2 GPUs: {yaml}"
+    );
+    let ds: Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("ds_z3_config.json")).unwrap()).unwrap();
+    assert_eq!(ds["zero_optimization"]["stage"], 3);
+    let launch = std::fs::read_to_string(bundle.join("launch.sh")).unwrap();
+    assert!(
+        launch.contains("FORCE_TORCHRUN=1 NPROC_PER_NODE=2 llamafactory-cli train train.yaml"),
+        "{launch}"
+    );
+    // The folder exists now: a second export refuses it, and leaves it as it was.
+    let out = freezetune(&args, dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(bundle.join("README.md")).unwrap(), readme);
+    // A plan LLaMA-Factory's rules cannot express is refused by name, with nothing written.
+    let odd = std::fs::read_to_string(&run)
+        .unwrap()
+        .replace("top = 2", "layers = \"0,2\"");
+    std::fs::write(&run, odd).unwrap();
+    let other = dir.path().join("other");
+    let out = freezetune(
+        &[
+            "export-run",
+            run.to_str().unwrap(),
+            "--to",
+            "llamafactory",
+            "-o",
+            other.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be expressed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.exists());
+}

@@ -1,0 +1,310 @@
+//! The LLaMA-Factory bundle: `train.yaml` (LLaMA-Factory 0.9.5's argument names), `data/`, the distributed
+//! config, `launch.sh` and `README.md`. Each run setting is either written as its LLaMA-Factory key or listed as
+//! unmapped with the reason.
+
+use crate::data::{legacy_spec, train_specs, write_rows};
+use crate::launch::{launch_script, write_distributed};
+use crate::yaml::Yaml;
+use crate::{put, Bundle, BundleOptions, Distributed, HandoffError, Result};
+use freezetune_core::data_spec::Mix;
+use freezetune_core::export::to_llamafactory_yaml;
+use freezetune_core::layout::ModelLayout;
+use freezetune_core::quant::QuantizeFrozen;
+use freezetune_core::run_config::{LrScheduler, OptimizerKind, RunConfig};
+use freezetune_core::PlanOptions;
+use serde_json::{Map, Value};
+use std::path::Path;
+
+pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &BundleOptions) -> Result<Bundle> {
+    if o.gpus == 0 {
+        return Err(HandoffError::Refused("--gpus must be at least 1".into()));
+    }
+    let mut files = Vec::new();
+    let mut unmapped = Vec::new();
+    let mut notes = Vec::new();
+    let plan = freezetune_core::plan(layout, &config.freeze, PlanOptions::default())?;
+    let freeze = to_llamafactory_yaml(layout, &config.freeze, &plan)?;
+
+    let mut info = Map::new();
+    let d = &config.data;
+    let seed = config.training.seed;
+    let train = write_rows(dir, &mut files, &mut info, "train", &train_specs(d), d.mix, seed)?;
+    let eval_specs = match (&d.eval, d.eval_datasets.is_empty()) {
+        (Some(path), _) => vec![legacy_spec(path, d.format)],
+        (None, false) => d.eval_datasets.clone(),
+        (None, true) => Vec::new(),
+    };
+    let eval = match eval_specs.is_empty() {
+        true => Vec::new(),
+        false => write_rows(dir, &mut files, &mut info, "eval", &eval_specs, Mix::Concat, seed)?,
+    };
+    let info_text = serde_json::to_string_pretty(&Value::Object(info)).expect("JSON") + "\n";
+    put(dir, &mut files, "data/dataset_info.json", &info_text)?;
+    let distributed = write_distributed(dir, &mut files, o)?;
+
+    let mut y = Yaml::new(&format!(
+        "LLaMA-Factory 0.9.5 config written by FreezeTune from {}.\n{} trainable tensors, {} of {} parameters. \
+         README.md lists what could not be carried over.",
+        config.model.path.display(),
+        plan.trainable.len(),
+        plan.trainable_params,
+        plan.total_params
+    ));
+    model_keys(&mut y, config, &mut notes, &mut unmapped);
+    y.section("method");
+    y.str("stage", "sft");
+    y.bool("do_train", true);
+    y.raw(&freeze);
+    y.section("dataset");
+    let names: Vec<&str> = train.iter().map(|w| w.name.as_str()).collect();
+    y.str("dataset", &names.join(","));
+    y.str("dataset_dir", "data");
+    y.comment("no `template`: LLaMA-Factory parses the model's own chat template, as FreezeTune renders it");
+    y.num("cutoff_len", d.cutoff_len);
+    y.bool("train_on_prompt", d.train_on_prompt);
+    y.bool("overwrite_cache", true);
+    if d.mix != Mix::Concat {
+        notes.push(format!(
+            "the datasets were mixed here ({:?}, seed {seed}) and written as the rows FreezeTune trains on, so \
+             LLaMA-Factory reads them as they are (no mix_strategy)",
+            d.mix
+        ));
+    }
+    eval_keys(&mut y, config, &eval, &mut notes);
+    training_keys(&mut y, config, o, &mut notes, &mut unmapped);
+    if let Some(file) = &distributed {
+        if o.distributed != Distributed::Fsdp {
+            y.str("deepspeed", file);
+        }
+    }
+    y.section("output");
+    y.str("output_dir", "output");
+    y.num("logging_steps", 1);
+    match config.training.save_steps {
+        0 => y.str("save_strategy", "no"),
+        n => y.num("save_steps", n),
+    }
+    y.bool("plot_loss", true);
+    y.bool("overwrite_output_dir", true);
+    y.bool("save_only_model", false);
+    y.str("report_to", "none");
+    put(dir, &mut files, "train.yaml", &y.finish())?;
+
+    let script = launch_script(o);
+    put(dir, &mut files, "launch.sh", &script)?;
+    make_executable(&dir.join("launch.sh"))?;
+    let train_rows = train.iter().map(|w| w.rows).sum();
+    let readme = readme(config, &plan, o, train_rows, &unmapped, &notes);
+    put(dir, &mut files, "README.md", &readme)?;
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        files,
+        unmapped,
+        notes,
+        train_rows,
+    })
+}
+
+fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>, unmapped: &mut Vec<String>) {
+    let m = &config.model;
+    y.section("model");
+    match &m.repo {
+        Some(repo) => {
+            y.str("model_name_or_path", repo);
+            if let Some(rev) = &m.revision {
+                y.str("model_revision", rev);
+            }
+        }
+        None => {
+            y.str("model_name_or_path", &m.path.display().to_string());
+            notes.push(format!(
+                "model_name_or_path is this machine's folder {}: copy it to the cluster or set a Hub repo id there",
+                m.path.display()
+            ));
+        }
+    }
+    if m.quantize_frozen != QuantizeFrozen::None {
+        unmapped.push(format!(
+            "[model] quantize_frozen = {:?}: LLaMA-Factory keeps frozen weights in the compute dtype (its \
+             quantization_bit quantizes for LoRA/QLoRA only); the run needs the memory of unquantized weights",
+            m.quantize_frozen
+        ));
+    }
+}
+
+fn eval_keys(y: &mut Yaml, config: &RunConfig, eval: &[crate::data::Written], notes: &mut Vec<String>) {
+    let d = &config.data;
+    let t = &config.training;
+    if !eval.is_empty() {
+        let names: Vec<&str> = eval.iter().map(|w| w.name.as_str()).collect();
+        y.str("eval_dataset", &names.join(","));
+    } else if d.eval_split > 0.0 {
+        y.float("val_size", d.eval_split);
+        notes.push(format!(
+            "eval_split {} becomes val_size: the same fraction is held out, but LLaMA-Factory draws other rows",
+            d.eval_split
+        ));
+    } else {
+        return;
+    }
+    y.num("per_device_eval_batch_size", t.batch_size);
+    match t.eval_steps {
+        0 => y.str("eval_strategy", "no"),
+        n => {
+            y.str("eval_strategy", "steps");
+            y.num("eval_steps", n);
+        }
+    }
+    if t.eval_steps == 0 {
+        notes.push(
+            "eval_steps = 0 (FreezeTune evaluates at the end): LLaMA-Factory evaluates only when asked; run \
+             `llamafactory-cli train train.yaml do_eval=true` or set eval_steps"
+                .into(),
+        );
+    }
+}
+
+fn training_keys(y: &mut Yaml, c: &RunConfig, o: &BundleOptions, notes: &mut Vec<String>, unmapped: &mut Vec<String>) {
+    let t = &c.training;
+    y.section("train");
+    // FreezeTune's batch is the whole step's; LLaMA-Factory's is per GPU.
+    let per_device = if t.batch_size % o.gpus == 0 {
+        t.batch_size / o.gpus
+    } else {
+        notes.push(format!(
+            "batch_size {} does not divide by {} GPUs: each GPU takes {}, so a step sees {}x the rows",
+            t.batch_size, o.gpus, t.batch_size, o.gpus
+        ));
+        t.batch_size
+    };
+    y.num("per_device_train_batch_size", per_device);
+    y.num("gradient_accumulation_steps", t.gradient_accumulation_steps);
+    y.float("learning_rate", t.learning_rate);
+    match t.max_steps {
+        0 => y.float("num_train_epochs", t.epochs),
+        n => y.num("max_steps", n),
+    }
+    y.str(
+        "lr_scheduler_type",
+        match t.lr_scheduler {
+            LrScheduler::Constant if t.warmup_steps > 0 => "constant_with_warmup",
+            LrScheduler::Constant => "constant",
+            LrScheduler::Linear => "linear",
+            LrScheduler::Cosine => "cosine",
+        },
+    );
+    y.num("warmup_steps", t.warmup_steps);
+    y.float("weight_decay", t.weight_decay);
+    y.str(
+        "optim",
+        match t.optimizer {
+            OptimizerKind::Adamw => "adamw_torch",
+            OptimizerKind::Adamw8bit => "adamw_bnb_8bit",
+            OptimizerKind::Adafactor => "adafactor",
+            OptimizerKind::Sgd => "sgd",
+        },
+    );
+    if t.optimizer == OptimizerKind::Adamw8bit {
+        notes.push("adamw8bit is bitsandbytes' AdamW8bit there: pip install bitsandbytes".into());
+    }
+    y.float("adam_beta1", t.adam_beta1);
+    y.float("adam_beta2", t.adam_beta2);
+    y.float("adam_epsilon", t.adam_epsilon);
+    y.float("max_grad_norm", t.max_grad_norm);
+    y.num("seed", t.seed);
+    match c.model.dtype.as_str() {
+        "bf16" => y.bool("bf16", true),
+        "f16" => y.bool("fp16", true),
+        "f32" => y.comment("f32: no mixed precision"),
+        _ => {
+            y.bool("bf16", true);
+            notes.push(
+                "dtype auto becomes bf16 (what auto picks on a GPU with bf16); use fp16=true on older GPUs".into(),
+            );
+        }
+    }
+    y.bool("disable_gradient_checkpointing", !t.gradient_checkpointing);
+    y.num("ddp_timeout", 180000000);
+    if !t.shuffle {
+        unmapped.push("[training] shuffle = false: Hugging Face's Trainer always shuffles the training rows".into());
+    } else {
+        notes.push(format!(
+            "the rows are shuffled with seed {} by Hugging Face's Trainer, in another order than FreezeTune's",
+            t.seed
+        ));
+    }
+    if !t.no_decay_for_bias_and_norm {
+        unmapped.push(
+            "[training] no_decay_for_bias_and_norm = false: Hugging Face's Trainer always exempts biases and norms \
+             from weight decay"
+                .into(),
+        );
+    }
+    let rt = &c.runtime;
+    if rt.device != "auto" || rt.threads != 0 || rt.op_threads != 0 {
+        unmapped.push(format!(
+            "[runtime] device = {:?}, threads = {}, op_threads = {}: the cluster's launcher chooses devices and \
+             threads",
+            rt.device, rt.threads, rt.op_threads
+        ));
+    }
+    notes.push(format!(
+        "examples longer than cutoff_len ({}) are cut differently: FreezeTune keeps the first tokens, LLaMA-Factory \
+         shortens prompt and response in proportion",
+        c.data.cutoff_len
+    ));
+}
+
+fn readme(
+    config: &RunConfig,
+    plan: &freezetune_core::FreezePlan,
+    o: &BundleOptions,
+    train_rows: usize,
+    unmapped: &[String],
+    notes: &[String],
+) -> String {
+    let mut out = format!(
+        "# FreezeTune run for LLaMA-Factory\n\n\
+         Written by `freezetune export-run` from the run whose output folder is `{}`.\n\n\
+         - Trains {} tensors ({} of {} parameters): the FreezeTune plan, as LLaMA-Factory's freeze keys in \
+         `train.yaml` (checked to select exactly these tensors).\n\
+         - {train_rows} training rows in `data/`, exactly the rows FreezeTune trains on (mapped, limited, mixed), \
+         registered in `data/dataset_info.json`.\n\
+         - Start it with `./launch.sh` ({} GPU{}{}). Install LLaMA-Factory first: `pip install llamafactory==0.9.5`.\n",
+        config.output.dir.display(),
+        plan.trainable.len(),
+        plan.trainable_params,
+        plan.total_params,
+        o.gpus,
+        if o.gpus == 1 { "" } else { "s" },
+        match o.distributed {
+            Distributed::None => "",
+            Distributed::Zero2 => ", DeepSpeed ZeRO-2",
+            Distributed::Zero3 => ", DeepSpeed ZeRO-3",
+            Distributed::Fsdp => ", FSDP",
+        }
+    );
+    out.push_str("\n## Not carried over\n\n");
+    if unmapped.is_empty() {
+        out.push_str("Every setting of the run has its LLaMA-Factory key.\n");
+    }
+    for u in unmapped {
+        out.push_str(&format!("- {u}\n"));
+    }
+    out.push_str("\n## Carried over, with a difference\n\n");
+    for n in notes {
+        out.push_str(&format!("- {n}\n"));
+    }
+    out
+}
+
+#[cfg(unix)]
+fn make_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| crate::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn make_executable(_path: &Path) -> Result<()> {
+    Ok(())
+}
