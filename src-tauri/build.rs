@@ -36,6 +36,8 @@ const COMMANDS: &[&str] = &[
     "default_run",
     "preview_dataset",
     "detect_dataset",
+    "export_run",
+    "export_run_dir",
     "train_model",
     "list_runs",
     "read_run_metrics",

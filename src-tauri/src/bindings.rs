@@ -11,7 +11,7 @@ pub fn bindings_dir() -> PathBuf {
 
 /// (file name, contents) for every exported type and the types they use.
 pub fn render_all() -> Vec<(String, String)> {
-    use crate::commands::{dialogs, gguf, hub, models, plan, presets, runs, train};
+    use crate::commands::{dialogs, gguf, handoff, hub, models, plan, presets, runs, train};
     use freezetune_core as core;
     // Numbers: u64 counts and byte sizes arrive as JSON numbers (exact below 2^53, far above any model size).
     let cfg = Config::new().with_large_int("number");
@@ -45,6 +45,8 @@ pub fn render_all() -> Vec<(String, String)> {
         crate::worker::devices::DeviceOption,
         train::DatasetPreview,
         train::DatasetMapping,
+        handoff::Sharding,
+        handoff::RunBundleView,
         train::TrainOutcomeView,
         runs::RunSummary,
         runs::RunLayers,

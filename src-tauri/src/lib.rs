@@ -12,7 +12,7 @@ pub mod state;
 pub mod tasks;
 pub mod worker;
 
-use commands::{dialogs, gguf, hub, models, plan, presets, runs, train};
+use commands::{dialogs, gguf, handoff, hub, models, plan, presets, runs, train};
 use state::AppState;
 use tauri::Manager;
 
@@ -94,6 +94,8 @@ pub fn run() {
             train::default_run,
             train::preview_dataset,
             train::detect_dataset,
+            handoff::export_run,
+            handoff::export_run_dir,
             train::train_model,
             runs::list_runs,
             runs::read_run_metrics,

@@ -67,6 +67,45 @@ describe("FreezeTune desktop app", () => {
     await shot("layers");
   });
 
+  it("export for a cluster: the demo run becomes a LLaMA-Factory folder with its freeze keys and its rows", async () => {
+    await s.clickId("nav-train");
+    await s.waitFor("cluster-export");
+    await s.type(await s.find("cluster-gpus"), "2");
+    await s.clickId("cluster-export-start");
+    const [first] = await (async () => {
+      for (let i = 0; i < 600; i++) {
+        const found = await s.findAll('[data-testid="cluster-export-done"], [data-testid="cluster-export-error"]');
+        if (found.length) return found;
+        await sleep(100);
+      }
+      return [null];
+    })();
+    assert.ok(first, "the export neither finished nor failed in 60 s");
+    const failed = await s.findAll('[data-testid="cluster-export-error"]');
+    assert.equal(failed.length, 0, `export failed: ${failed.length ? await s.text(failed[0]) : ""}`);
+    const done = await s.find("cluster-export-done");
+    const dir = await s.attr(done, "data-dir");
+    const yaml = readFileSync(join(dir, "train.yaml"), "utf8");
+    assert.match(yaml, /^freeze_trainable_layers: 4$/m, "layers 4-7 of 8 are LLaMA-Factory's last 4");
+    assert.match(yaml, /^freeze_extra_modules: norm$/m);
+    // LLaMA-Factory matches `norm` inside every layer's norms too: the nearest form, its difference shown.
+    assert.match(yaml, /NOT EXACT/);
+    assert.match(await s.text(done), /also trains 8 tensor/);
+    assert.match(yaml, /^deepspeed: "ds_z3_config.json"$/m);
+    const rows = readFileSync(join(dir, "data/train_alpaca.jsonl"), "utf8").trim().split("\n").length;
+    const demoRows = readFileSync(join(DATA, "demo/data.jsonl"), "utf8").trim().split("\n").length;
+    assert.equal(rows, demoRows, "every demo row, as the run trains on it");
+    assert.equal(Number(await s.attr(done, "data-rows")), demoRows);
+    assert.match(readFileSync(join(dir, "launch.sh"), "utf8"), /NPROC_PER_NODE=2 llamafactory-cli train train.yaml/);
+    await s.execute(
+      `document.querySelector('[data-testid="cluster-export-done"]').scrollIntoView({ block: "end", behavior: "instant" })`,
+    );
+    await sleep(300);
+    await shot("cluster-export");
+    await s.clickId("nav-layers");
+    await s.waitFor("layer-7");
+  });
+
   it("click and shift-click agree with `freezetune plan`", async () => {
     await s.clickId("clear-selection");
     await settled();

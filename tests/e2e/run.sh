@@ -52,4 +52,4 @@ PIDS+=($!)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:4444/status >/dev/null 2>&1 && break; sleep 0.1; done
 
 cd "$ROOT"
-node --test --test-concurrency=1 tests/e2e/
+node --test --test-concurrency=1 ${E2E_PATTERN:+--test-name-pattern="$E2E_PATTERN"} tests/e2e/

@@ -184,7 +184,7 @@ fn a_bundle_lists_what_it_cannot_carry_and_never_replaces_a_folder() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     assert_eq!(std::fs::read_to_string(bundle.join("README.md")).unwrap(), readme);
-    // A plan LLaMA-Factory's rules cannot express is refused by name, with nothing written.
+    // A plan LLaMA-Factory's rules cannot express gets the nearest form, with the difference named.
     let odd = std::fs::read_to_string(&run)
         .unwrap()
         .replace("top = 2", "layers = \"0,2\"");
@@ -201,11 +201,15 @@ fn a_bundle_lists_what_it_cannot_carry_and_never_replaces_a_folder() {
         ],
         dir.path(),
     );
-    assert!(!out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = std::fs::read_to_string(other.join("train.yaml")).unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot be expressed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        yaml.contains("NOT EXACT") && yaml.contains("freeze_trainable_layers: -3"),
+        "{yaml}"
     );
-    assert!(!other.exists());
+    let readme = std::fs::read_to_string(other.join("README.md")).unwrap();
+    assert!(
+        readme.contains("cannot express it") && readme.contains("model.layers.1."),
+        "{readme}"
+    );
 }

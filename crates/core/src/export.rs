@@ -89,6 +89,118 @@ fn not_expressible(message: String) -> Error {
     }
 }
 
+/// The nearest LLaMA-Factory freeze keys for a plan they cannot express exactly, with the difference: the tensors
+/// LLaMA-Factory would also train and those it would leave frozen. Layers that are not the first or last N become
+/// the smallest first-N or last-N run covering them. What `export-run` writes when the exact form is refused, so
+/// the user sees the difference instead of a dead end.
+pub struct NearestLlamafactory {
+    pub yaml: String,
+    pub also_trained: Vec<String>,
+    pub left_frozen: Vec<String>,
+}
+
+pub fn nearest_llamafactory(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<NearestLlamafactory> {
+    let exact = to_llamafactory_yaml(layout, spec, plan);
+    if let Ok(yaml) = exact {
+        return Ok(NearestLlamafactory {
+            yaml,
+            also_trained: Vec::new(),
+            left_frozen: Vec::new(),
+        });
+    }
+    if spec.schedule.as_ref().is_some_and(|s| !s.is_static()) {
+        return exact.map(|yaml| NearestLlamafactory {
+            yaml,
+            also_trained: Vec::new(),
+            left_frozen: Vec::new(),
+        });
+    }
+    let mut args = llamafactory_args_covering(layout, plan)?;
+    if args.freeze_trainable_modules.is_none() {
+        args.freeze_trainable_modules = Some("all".into());
+    }
+    let check = crate::plan(
+        layout,
+        &FreezeSpec {
+            llamafactory: Some(args.clone()),
+            ..Default::default()
+        },
+        PlanOptions::default(),
+    )?;
+    let also_trained: Vec<String> = check
+        .trainable
+        .iter()
+        .filter(|n| !plan.is_trainable(n))
+        .cloned()
+        .collect();
+    let left_frozen: Vec<String> = plan
+        .trainable
+        .iter()
+        .filter(|n| !check.is_trainable(n))
+        .cloned()
+        .collect();
+    let mut yaml = header_comment(layout, plan);
+    yaml.push_str(&format!(
+        "# NOT EXACT: LLaMA-Factory's freeze keys cannot express this plan; the nearest form below also trains {} \
+         tensor(s) and leaves {} of the plan's frozen (the bundle's README lists them)\n",
+        also_trained.len(),
+        left_frozen.len()
+    ));
+    yaml.push_str("finetuning_type: freeze\n");
+    yaml.push_str(&format!(
+        "freeze_trainable_layers: {}\n",
+        args.freeze_trainable_layers
+            .unwrap_or(llamafactory::DEFAULT_TRAINABLE_LAYERS)
+    ));
+    yaml.push_str(&format!(
+        "freeze_trainable_modules: {}\n",
+        args.freeze_trainable_modules.as_deref().unwrap_or("all")
+    ));
+    if let Some(extra) = &args.freeze_extra_modules {
+        yaml.push_str(&format!("freeze_extra_modules: {extra}\n"));
+    }
+    Ok(NearestLlamafactory {
+        yaml,
+        also_trained,
+        left_frozen,
+    })
+}
+
+/// As `llamafactory_args_for`, but layers that are not the first or last N become the smallest first-N or last-N
+/// run that covers them (the one adding fewer layers).
+fn llamafactory_args_covering(layout: &ModelLayout, plan: &FreezePlan) -> Result<LlamaFactoryArgs> {
+    let ids: Vec<usize> = plan
+        .layers
+        .iter()
+        .filter(|l| l.state != TrainState::Frozen)
+        .map(|l| l.id)
+        .collect();
+    let mut args = match llamafactory_args_for(layout, plan) {
+        Ok(args) => return Ok(args),
+        Err(_) if ids.is_empty() => return Err(not_expressible("no layer trains".into())),
+        Err(_) => llamafactory_args_for(layout, &all_layers_plan(plan))?,
+    };
+    let n = layout.num_layers;
+    let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+    let (last, first) = (n - lo, hi + 1);
+    args.freeze_trainable_layers = Some(if last <= first { last as i64 } else { -(first as i64) });
+    Ok(args)
+}
+
+/// `plan` with every layer marked as its trained layers are, so the module and extra choice can be derived.
+fn all_layers_plan(plan: &FreezePlan) -> FreezePlan {
+    let mut p = plan.clone();
+    let template = plan.layers.iter().find(|l| l.state != TrainState::Frozen).cloned();
+    if let Some(t) = template {
+        for l in &mut p.layers {
+            let id = l.id;
+            *l = t.clone();
+            l.id = id;
+        }
+    }
+    p
+}
+
 /// Derives `freeze_trainable_layers` (+N last / -N first), modules and extras from a native plan.
 fn llamafactory_args_for(layout: &ModelLayout, plan: &FreezePlan) -> Result<LlamaFactoryArgs> {
     let n = layout.num_layers;

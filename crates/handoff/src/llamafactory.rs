@@ -7,7 +7,7 @@ use crate::launch::{launch_script, write_distributed};
 use crate::yaml::Yaml;
 use crate::{put, Bundle, BundleOptions, Distributed, HandoffError, Result};
 use freezetune_core::data_spec::Mix;
-use freezetune_core::export::to_llamafactory_yaml;
+use freezetune_core::export::{nearest_llamafactory, NearestLlamafactory};
 use freezetune_core::layout::ModelLayout;
 use freezetune_core::quant::QuantizeFrozen;
 use freezetune_core::run_config::{LrScheduler, OptimizerKind, RunConfig};
@@ -23,7 +23,9 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
     let mut unmapped = Vec::new();
     let mut notes = Vec::new();
     let plan = freezetune_core::plan(layout, &config.freeze, PlanOptions::default())?;
-    let freeze = to_llamafactory_yaml(layout, &config.freeze, &plan)?;
+    let nearest = nearest_llamafactory(layout, &config.freeze, &plan)?;
+    let freeze = nearest.yaml.clone();
+    unmapped.extend(freeze_difference(&nearest));
 
     let mut info = Map::new();
     let d = &config.data;
@@ -103,6 +105,41 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
         notes,
         train_rows,
     })
+}
+
+/// The difference between the plan and the nearest LLaMA-Factory freeze keys, when they are not exact.
+fn freeze_difference(nearest: &NearestLlamafactory) -> Option<String> {
+    if nearest.also_trained.is_empty() && nearest.left_frozen.is_empty() {
+        return None;
+    }
+    let list = |names: &[String]| {
+        let shown: Vec<&str> = names.iter().take(6).map(String::as_str).collect();
+        let more = names.len().saturating_sub(shown.len());
+        match more {
+            0 => shown.join(", "),
+            n => format!("{} and {n} more", shown.join(", ")),
+        }
+    };
+    let mut differences = Vec::new();
+    if !nearest.also_trained.is_empty() {
+        differences.push(format!(
+            "also trains {} tensor(s) ({})",
+            nearest.also_trained.len(),
+            list(&nearest.also_trained)
+        ));
+    }
+    if !nearest.left_frozen.is_empty() {
+        differences.push(format!(
+            "leaves {} of the plan's tensors frozen ({})",
+            nearest.left_frozen.len(),
+            list(&nearest.left_frozen)
+        ));
+    }
+    Some(format!(
+        "the exact freeze plan: LLaMA-Factory's freeze keys cannot express it, so train.yaml has the nearest \
+         form, which {}; Axolotl's patterns are exact (`freezetune export-config --format axolotl`)",
+        differences.join(" and ")
+    ))
 }
 
 fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>, unmapped: &mut Vec<String>) {
@@ -266,8 +303,8 @@ fn readme(
     let mut out = format!(
         "# FreezeTune run for LLaMA-Factory\n\n\
          Written by `freezetune export-run` from the run whose output folder is `{}`.\n\n\
-         - Trains {} tensors ({} of {} parameters): the FreezeTune plan, as LLaMA-Factory's freeze keys in \
-         `train.yaml` (checked to select exactly these tensors).\n\
+         - The FreezeTune plan trains {} tensors ({} of {} parameters); `train.yaml` has LLaMA-Factory's freeze keys \
+         for it, checked against LLaMA-Factory's rules (exact unless \"Not carried over\" below says otherwise).\n\
          - {train_rows} training rows in `data/`, exactly the rows FreezeTune trains on (mapped, limited, mixed), \
          registered in `data/dataset_info.json`.\n\
          - Start it with `./launch.sh` ({} GPU{}{}). Install LLaMA-Factory first: `pip install llamafactory==0.9.5`.\n",

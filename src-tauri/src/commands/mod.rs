@@ -3,6 +3,7 @@
 
 pub mod dialogs;
 pub mod gguf;
+pub mod handoff;
 pub mod hub;
 pub mod models;
 pub mod plan;

@@ -85,7 +85,7 @@ fn fresh_run_dir(runs: &Path, stem: &str) -> PathBuf {
 }
 
 /// Every path of `config` must be one the app may use; the checked (canonical) paths replace the ones sent.
-fn check_paths(state: &AppState, mut config: RunConfig) -> IpcResult<RunConfig> {
+pub(crate) fn check_paths(state: &AppState, mut config: RunConfig) -> IpcResult<RunConfig> {
     config.model.path = state.access.check(&config.model.path.to_string_lossy())?;
     if config.data.train.as_os_str().is_empty() && config.data.datasets.is_empty() {
         return Err(IpcError::new("no_dataset", "choose a dataset file first"));
