@@ -110,8 +110,8 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub name: Option<String>,
-    /// Left out: sharegpt when `columns.messages` or `tags` are given, alpaca when other columns are (as in
-    /// LLaMA-Factory), else detected from the first row (alpaca, sharegpt / OpenAI messages, prompt/completion,
+    /// Left out: sharegpt when `columns.messages` or `tags` are given, alpaca when prompt, query, response or
+    /// history are (as in LLaMA-Factory), else detected from the first row (alpaca, sharegpt / OpenAI messages, prompt/completion,
     /// text, tokenized).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]

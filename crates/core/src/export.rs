@@ -101,7 +101,12 @@ pub struct NearestLlamafactory {
 
 pub fn nearest_llamafactory(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<NearestLlamafactory> {
     let exact = to_llamafactory_yaml(layout, spec, plan);
-    if let Ok(yaml) = exact {
+    // `freeze_trainable_layers_ids` is a proposal LLaMA-Factory 0.9.5 does not have: not runnable as it is.
+    let runnable = exact
+        .as_ref()
+        .is_ok_and(|y| !y.contains("\nfreeze_trainable_layers_ids:"));
+    if let (Ok(yaml), true) = (&exact, runnable) {
+        let yaml = yaml.clone();
         return Ok(NearestLlamafactory {
             yaml,
             also_trained: Vec::new(),

@@ -270,7 +270,7 @@ impl ModelLayout {
                 if !seen.insert(t.name.clone()) {
                     return Err(bad(format!("tensor {} is also stored in another shard", t.name)));
                 }
-                bytes += t.data_offsets.1 - t.data_offsets.0;
+                bytes = u64::saturating_add(bytes, t.data_offsets.1.saturating_sub(t.data_offsets.0));
                 tensors.push(TensorInfo {
                     name: t.name.clone(),
                     dtype: t.dtype,
@@ -371,8 +371,12 @@ impl ModelLayout {
             })
             .collect();
         let non_layer_modules: Vec<ModuleInfo> = other.into_values().collect();
-        let total_params =
-            layers.iter().map(|l| l.params).sum::<u64>() + non_layer_modules.iter().map(|m| m.params).sum::<u64>();
+        // Saturating: the sizes can come from a server's headers (from_headers), not only from files on disk.
+        let total_params = layers
+            .iter()
+            .map(|l| l.params)
+            .chain(non_layer_modules.iter().map(|m| m.params))
+            .fold(0u64, u64::saturating_add);
         Ok(ModelLayout {
             model_dir: dir.to_path_buf(),
             architecture: config.architecture.clone(),
@@ -412,7 +416,7 @@ impl ModelLayout {
     }
 
     pub fn weight_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
+        self.files.iter().map(|f| f.bytes).fold(0, u64::saturating_add)
     }
 }
 

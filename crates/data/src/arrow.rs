@@ -257,7 +257,12 @@ fn list(values: ArrayRef) -> std::result::Result<Value, String> {
 }
 
 /// Files `datasets` writes beside its Arrow files (and LLaMA-Factory beside its data): never training rows.
-pub const METADATA_FILES: [&str; 3] = ["state.json", "dataset_info.json", "dataset_dict.json"];
+pub const METADATA_FILES: [&str; 4] = [
+    "state.json",
+    "dataset_info.json",
+    "dataset_infos.json",
+    "dataset_dict.json",
+];
 
 /// A `DatasetDict.save_to_disk` folder (`dataset_dict.json` naming its splits, one folder each): its `train`
 /// split's folder, which a run reads when it names no split; `None` for any other folder.

@@ -30,13 +30,16 @@ struct Resolved {
 }
 
 /// Columns or tags named without a formatting say which one is meant, as in LLaMA-Factory (where alpaca is the
-/// default): sharegpt for messages or tags, alpaca for any other column. Detection would ignore them.
+/// default): sharegpt for messages or tags, alpaca for prompt, query, response or history. Detection would ignore
+/// them.
 fn implied_formatting(columns: &Columns, tags: &Tags) -> Option<Formatting> {
+    let alpaca_only = [&columns.prompt, &columns.query, &columns.response, &columns.history];
     if columns.messages.is_some() || tags != &Tags::default() {
         Some(Formatting::Sharegpt)
-    } else if columns != &Columns::default() {
+    } else if alpaca_only.iter().any(|c| c.is_some()) {
         Some(Formatting::Alpaca)
     } else {
+        // `system` or `tools` alone belong to either layout: the first row tells which.
         None
     }
 }

@@ -7,12 +7,18 @@ use crate::{put, BundleOptions, Distributed, Result};
 use std::path::Path;
 
 /// The DeepSpeed or FSDP config file the YAML names (`deepspeed:`), if any, written into `dir`.
-pub(crate) fn write_distributed(dir: &Path, files: &mut Vec<String>, o: &BundleOptions) -> Result<Option<String>> {
+/// `mixed_precision` is accelerate's name for the run's compute dtype (`bf16`, `fp16` or `no`), as train.yaml says.
+pub(crate) fn write_distributed(
+    dir: &Path,
+    files: &mut Vec<String>,
+    o: &BundleOptions,
+    mixed_precision: &str,
+) -> Result<Option<String>> {
     let (name, text) = match o.distributed {
         Distributed::None => return Ok(None),
         Distributed::Zero2 => ("ds_z2_config.json", deepspeed(ZERO2)),
         Distributed::Zero3 => ("ds_z3_config.json", deepspeed(ZERO3)),
-        Distributed::Fsdp => ("fsdp_config.yaml", fsdp(o.gpus)),
+        Distributed::Fsdp => ("fsdp_config.yaml", fsdp(o.gpus, mixed_precision)),
     };
     put(dir, files, name, &text)?;
     Ok(Some(name.to_string()))
@@ -65,7 +71,7 @@ fn deepspeed(zero: &str) -> String {
     )
 }
 
-fn fsdp(gpus: usize) -> String {
+fn fsdp(gpus: usize, mixed_precision: &str) -> String {
     format!(
         "compute_environment: LOCAL_MACHINE
 debug: false
@@ -83,7 +89,7 @@ fsdp_config:
   fsdp_use_orig_params: true
 machine_rank: 0
 main_training_function: main
-mixed_precision: bf16
+mixed_precision: {mixed_precision}
 num_machines: 1
 num_processes: {gpus}
 rdzv_backend: static

@@ -42,7 +42,12 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
     };
     let info_text = serde_json::to_string_pretty(&Value::Object(info)).expect("JSON") + "\n";
     put(dir, &mut files, "data/dataset_info.json", &info_text)?;
-    let distributed = write_distributed(dir, &mut files, o)?;
+    let mixed_precision = match config.model.dtype.as_str() {
+        "f32" => "no",
+        "f16" => "fp16",
+        _ => "bf16",
+    };
+    let distributed = write_distributed(dir, &mut files, o, mixed_precision)?;
 
     let mut y = Yaml::new(&format!(
         "LLaMA-Factory 0.9.5 config written by FreezeTune from {}.\n{} trainable tensors, {} of {} parameters. \

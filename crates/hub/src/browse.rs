@@ -187,7 +187,15 @@ impl Downloader {
                     reason: format!("answers more than the {MAX_SMALL_FILE} bytes read before a download"),
                 });
             }
-            let bytes = resp.bytes().await.map_err(|e| self.network(e))?;
+            // Chunk by chunk, stopping at the cap: a server that sends no length cannot make this read unbounded.
+            let mut bytes = Vec::new();
+            let mut resp = resp;
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.network(e))? {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() as u64 > MAX_SMALL_FILE {
+                    break;
+                }
+            }
             let wanted = range.map(|(s, e)| e - s + 1);
             if wanted.is_some_and(|w| bytes.len() as u64 != w) || bytes.len() as u64 > MAX_SMALL_FILE {
                 return Err(HubError::Protocol {
@@ -195,7 +203,7 @@ impl Downloader {
                     reason: format!("answered {} bytes for the range {range:?}", bytes.len()),
                 });
             }
-            return Ok(bytes.to_vec());
+            return Ok(bytes);
         }
         Err(HubError::Protocol {
             url,
@@ -277,7 +285,7 @@ impl Downloader {
     /// The token goes to the Hub (or mirror) only, never to a CDN it redirects to.
     fn authorized(&self, req: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
         match &self.settings().token {
-            Some(t) if url.starts_with(&self.settings().endpoint) => {
+            Some(t) if self.settings().is_endpoint_url(url) => {
                 req.header(AUTHORIZATION, format!("Bearer {}", t.expose()))
             }
             _ => req,

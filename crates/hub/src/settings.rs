@@ -51,6 +51,21 @@ pub struct HubSettings {
 }
 
 impl HubSettings {
+    /// Whether `url` is on the configured Hub (scheme, host and port equal, under the endpoint's path): only
+    /// then is the token sent. A prefix test would pass `https://huggingface.co.evil.example/...`.
+    pub fn is_endpoint_url(&self, url: &str) -> bool {
+        let (Ok(u), Ok(e)) = (reqwest::Url::parse(url), reqwest::Url::parse(&self.endpoint)) else {
+            return false;
+        };
+        u.scheme() == e.scheme()
+            && u.host_str() == e.host_str()
+            && u.port_or_known_default() == e.port_or_known_default()
+            && {
+                let base = e.path().trim_end_matches('/');
+                u.path() == base || u.path().starts_with(&format!("{base}/"))
+            }
+    }
+
     /// Settings from the environment: `HF_ENDPOINT`, `HF_TOKEN` / `HF_TOKEN_PATH` / `$HF_HOME/token` / keyring,
     /// `HF_HUB_CACHE` / `HF_HOME`, `HF_HUB_OFFLINE`.
     pub fn from_env() -> HubSettings {
@@ -128,5 +143,23 @@ mod tests {
         let s = HubSettings::from_env().with_token(Some(t));
         assert!(!format!("{s:?}").contains("hf_secret"));
         assert!(Token::new("  ").is_none());
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_the_endpoints_own_origin() {
+        let s = HubSettings::from_env().with_endpoint("https://huggingface.co");
+        assert!(s.is_endpoint_url("https://huggingface.co/api/models/a/b"));
+        assert!(!s.is_endpoint_url("https://huggingface.co.evil.example/api/models/a/b"));
+        assert!(!s.is_endpoint_url("http://huggingface.co/api"));
+        assert!(!s.is_endpoint_url("https://cdn-lfs.huggingface.co/x"));
+        let mirror = HubSettings::from_env().with_endpoint("http://127.0.0.1:8080/hf");
+        assert!(mirror.is_endpoint_url("http://127.0.0.1:8080/hf/api/models"));
+        assert!(!mirror.is_endpoint_url("http://127.0.0.1:8081/hf/api/models"));
+        assert!(!mirror.is_endpoint_url("http://127.0.0.1:8080/other"));
     }
 }

@@ -68,7 +68,7 @@ impl Transfer<'_> {
         let req = self.client.get(url);
         // The token goes to the Hub (or mirror) only, never to a CDN it redirects to.
         match &self.settings.token {
-            Some(t) if url.starts_with(&self.settings.endpoint) => {
+            Some(t) if self.settings.is_endpoint_url(url) => {
                 req.header(AUTHORIZATION, format!("Bearer {}", t.expose()))
             }
             _ => req,

@@ -32,8 +32,8 @@ pub async fn pick_path(app: AppHandle, state: State<'_, AppState>, kind: PickKin
         PickKind::DatasetFile => dialog
             .set_title("Choose a dataset")
             .add_filter(
-                "Data (JSON, JSONL, Parquet, CSV, TSV)",
-                &["json", "jsonl", "ndjson", "parquet", "csv", "tsv"],
+                "Data (JSON, JSONL, Parquet, CSV, TSV, Arrow)",
+                &["json", "jsonl", "ndjson", "parquet", "csv", "tsv", "arrow"],
             )
             .blocking_pick_file(),
         PickKind::DatasetFolder => dialog.set_title("Choose a folder of data files").blocking_pick_folder(),
