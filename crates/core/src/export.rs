@@ -43,7 +43,13 @@ pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &Free
         )));
     }
     let mut out = header_comment(layout, plan);
-    out.push_str("finetuning_type: freeze\n");
+    out.push_str(&freeze_keys(&args)?);
+    Ok(out)
+}
+
+/// The freeze keys of `args`, one per line.
+fn freeze_keys(args: &LlamaFactoryArgs) -> Result<String> {
+    let mut out = String::from("finetuning_type: freeze\n");
     match &args.freeze_trainable_layers_ids {
         Some(ids) => {
             let ids = match ids {
@@ -151,19 +157,7 @@ pub fn nearest_llamafactory(layout: &ModelLayout, spec: &FreezeSpec, plan: &Free
         also_trained.len(),
         left_frozen.len()
     ));
-    yaml.push_str("finetuning_type: freeze\n");
-    yaml.push_str(&format!(
-        "freeze_trainable_layers: {}\n",
-        args.freeze_trainable_layers
-            .unwrap_or(llamafactory::DEFAULT_TRAINABLE_LAYERS)
-    ));
-    yaml.push_str(&format!(
-        "freeze_trainable_modules: {}\n",
-        args.freeze_trainable_modules.as_deref().unwrap_or("all")
-    ));
-    if let Some(extra) = &args.freeze_extra_modules {
-        yaml.push_str(&format!("freeze_extra_modules: {extra}\n"));
-    }
+    yaml.push_str(&freeze_keys(&args)?);
     Ok(NearestLlamafactory {
         yaml,
         also_trained,

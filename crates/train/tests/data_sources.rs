@@ -52,18 +52,26 @@ fn parquet_csv_and_tsv_train_the_examples_their_jsonl_trains() {
     }
 }
 
+/// A run config named `name` in `dir` on `model` with this `[data]` section, read as the CLI reads it.
+fn write_config(
+    dir: &Path,
+    model: &Path,
+    name: &str,
+    data_section: &str,
+) -> freezetune_core::Result<freezetune_core::run_config::RunConfig> {
+    let text =
+        format!("[model]\npath = {model:?}\n[freeze]\ntop = 1\n[data]\n{data_section}\n[output]\ndir = \"run\"\n");
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    freezetune_core::run_config::RunConfig::read(&path)
+}
+
 #[test]
 fn a_run_mixes_its_datasets_each_with_its_own_mapping() {
     let model = repo().join("tests/fixtures/models/llama");
     let data = repo().join("tests/fixtures/data");
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, data_section: &str| {
-        let text =
-            format!("[model]\npath = {model:?}\n[freeze]\ntop = 1\n[data]\n{data_section}\n[output]\ndir = \"run\"\n");
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        freezetune_core::run_config::RunConfig::read(&path)
-    };
+    let write = |name: &str, data_section: &str| write_config(dir.path(), &model, name, data_section);
     let config = write(
         "mixed.toml",
         &format!(
@@ -112,13 +120,7 @@ fn the_eval_set_comes_from_a_split_of_another_dataset_and_only_one_eval_source_i
     let model = repo().join("tests/fixtures/models/llama");
     let data = repo().join("tests/fixtures/data");
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, data_section: &str| {
-        let text =
-            format!("[model]\npath = {model:?}\n[freeze]\ntop = 1\n[data]\n{data_section}\n[output]\ndir = \"run\"\n");
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        freezetune_core::run_config::RunConfig::read(&path)
-    };
+    let write = |name: &str, data_section: &str| write_config(dir.path(), &model, name, data_section);
     // Train on the DatasetDict's train split, evaluate on its test split (OpenAI messages).
     let dict = data.join("arrow/dict");
     let config = write(

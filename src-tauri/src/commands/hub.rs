@@ -211,9 +211,21 @@ pub async fn download_dataset(
     let mut request = DownloadRequest::parse(repo.trim())?;
     request.kind = RepoKind::Dataset;
     request.include = files;
+    let outcome = download(&state, downloader, request, &task_id, on_event).await?;
+    Ok(outcome.snapshot.to_string_lossy().into_owned())
+}
+
+/// Runs one download as task `task_id` (cancel with `cancel_task`), its events batched onto `on_event`.
+pub async fn download(
+    state: &AppState,
+    downloader: Downloader,
+    request: DownloadRequest,
+    task_id: &str,
+    on_event: Channel<Vec<DownloadEvent>>,
+) -> IpcResult<freezetune_hub::DownloadOutcome> {
     let cancel = CancellationToken::new();
-    let _guard = state.tasks.start(&task_id, CancelHandle::Download(cancel.clone()))?;
-    let outcome = on_hub_runtime("download", move || async move {
+    let _guard = state.tasks.start(task_id, CancelHandle::Download(cancel.clone()))?;
+    on_hub_runtime("download", move || async move {
         let sink = Batching::new(move |batch| {
             if let Err(e) = on_event.send(batch) {
                 tracing::warn!("download events: the window is gone: {e}");
@@ -223,6 +235,5 @@ pub async fn download_dataset(
         sink.flush();
         Ok(result?)
     })
-    .await?;
-    Ok(outcome.snapshot.to_string_lossy().into_owned())
+    .await
 }

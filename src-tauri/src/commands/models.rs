@@ -1,14 +1,12 @@
 //! Models: the built-in demo, local folders, the Hub cache, downloads, and the Hub token (which stays in Rust: the
 //! web view only learns whether one is set and where it comes from).
 
-use crate::batching::Batching;
 use crate::error::IpcResult;
 use crate::state::AppState;
-use crate::tasks::CancelHandle;
 use freezetune_core::events::DownloadEvent;
 use freezetune_core::ModelLayout;
 use freezetune_hub::token::{find_token, store_token, OsKeyring, SecretStore, TokenSource};
-use freezetune_hub::{CancellationToken, DownloadRequest};
+use freezetune_hub::DownloadRequest;
 use serde::Serialize;
 use std::path::Path;
 use tauri::ipc::Channel;
@@ -154,19 +152,7 @@ pub async fn download_model(
 ) -> IpcResult<ModelSummary> {
     let request = DownloadRequest::parse(repo.trim())?;
     let downloader = super::hub::downloader(&state, endpoint.as_deref())?;
-    let cancel = CancellationToken::new();
-    let _guard = state.tasks.start(&task_id, CancelHandle::Download(cancel.clone()))?;
-    let outcome = super::hub::on_hub_runtime("download", move || async move {
-        let sink = Batching::new(move |batch| {
-            if let Err(e) = on_event.send(batch) {
-                tracing::warn!("download events: the window is gone: {e}");
-            }
-        });
-        let result = downloader.download(&request, &sink, &cancel).await;
-        sink.flush();
-        Ok(result?)
-    })
-    .await?;
+    let outcome = super::hub::download(&state, downloader, request, &task_id, on_event).await?;
     let layout = state.layout(&outcome.snapshot)?;
     Ok(summarize(&layout, ModelSource::Hub))
 }

@@ -29,8 +29,8 @@ split?: string,
  */
 files: Array<string>, dataset_info?: string, name?: string, 
 /**
- * Left out: sharegpt when `columns.messages` or `tags` are given, alpaca when other columns are (as in
- * LLaMA-Factory), else detected from the first row (alpaca, sharegpt / OpenAI messages, prompt/completion,
+ * Left out: sharegpt when `columns.messages` or `tags` are given, alpaca when prompt, query, response or
+ * history are (as in LLaMA-Factory), else detected from the first row (alpaca, sharegpt / OpenAI messages, prompt/completion,
  * text, tokenized).
  */
 formatting?: Formatting, columns: Columns, tags: Tags, 
