@@ -153,8 +153,16 @@ fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>, unmappe
     match &m.repo {
         Some(repo) => {
             y.str("model_name_or_path", repo);
-            if let Some(rev) = &m.revision {
-                y.str("model_revision", rev);
+            // The commit FreezeTune planned on (its Hub-cache snapshot folder is named by it), so the cluster does
+            // not train whatever `main` has become.
+            let snapshot = m
+                .path
+                .parent()
+                .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+                .and(m.path.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
+            if let Some(rev) = snapshot.or_else(|| m.revision.clone()) {
+                y.str("model_revision", &rev);
             }
         }
         None => {
