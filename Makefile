@@ -82,9 +82,12 @@ ui-test: ui
 ## unit: every Rust test, then PyTorch parity again on the device-generic path (FREEZETUNE_FUSED=0: the graph CUDA
 ## and Metal run, here on the CPU), then 5 s of each fuzz target (`make fuzz` runs longer). The GGUF tests check
 ## exported files with llama.cpp itself and its `gguf` package, and the export-run test trains its bundle with
-## LLaMA-Factory, all from one venv outside the clone (scripts/python-venv.sh, about 8 minutes the first time).
+## LLaMA-Factory, all from one venv outside the clone (scripts/python-venv.sh, about 8 minutes the first time); the
+## Axolotl bundles are validated and trained by Axolotl from its own venv (scripts/axolotl-venv.sh: its pins
+## conflict with LLaMA-Factory's; about 6 minutes the first time).
 unit: ui
-	PY="$$(bash scripts/python-venv.sh)" && FREEZETUNE_GGUF_PYTHON="$$PY" FREEZETUNE_LF_PYTHON="$$PY" \
+	PY="$$(bash scripts/python-venv.sh)" && AX="$$(bash scripts/axolotl-venv.sh)" && \
+	  FREEZETUNE_GGUF_PYTHON="$$PY" FREEZETUNE_LF_PYTHON="$$PY" FREEZETUNE_AXOLOTL_PYTHON="$$AX" \
 	  $(CARGO) test --workspace --locked
 	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision
 	$(CARGO) build --locked -q -p freezetune-fuzz

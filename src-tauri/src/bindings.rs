@@ -46,6 +46,7 @@ pub fn render_all() -> Vec<(String, String)> {
         train::DatasetPreview,
         train::DatasetMapping,
         handoff::Sharding,
+        handoff::BundleEngine,
         handoff::RunBundleView,
         train::TrainOutcomeView,
         runs::RunSummary,

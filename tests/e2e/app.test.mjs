@@ -33,6 +33,13 @@ const formatIds = (ids) =>
 const cli = (...args) => JSON.parse(execFileSync(CLI, args, { encoding: "utf8", env: process.env }));
 const ids = async () => s.value(await s.find("layer-ids"));
 const settled = () => s.waitFor("layer-picker", async (el) => (await s.attr(el, "data-pending")) === "false");
+/// Sets a <select> (or input) by test id as a user's choice does: the value, then a change event.
+const choose = (testId, value) =>
+  s.execute(
+    `const el = document.querySelector('[data-testid="' + arguments[0] + '"]'); el.value = arguments[1];
+     el.dispatchEvent(new Event("change", { bubbles: true }));`,
+    [testId, value],
+  );
 async function shot(name) {
   writeFileSync(join(SHOTS, `${name}.png`), await s.screenshot());
   console.log(`screenshot: ${join(SHOTS, `${name}.png`)}`);
@@ -67,23 +74,24 @@ describe("FreezeTune desktop app", () => {
     await shot("layers");
   });
 
-  it("export for a cluster: the demo run becomes a LLaMA-Factory folder with its freeze keys and its rows", async () => {
+  it("export for a cluster: the demo run becomes a LLaMA-Factory folder and an Axolotl folder with their freeze selections and its rows", async () => {
     await s.clickId("nav-train");
     await s.waitFor("cluster-export");
     await s.type(await s.find("cluster-gpus"), "2");
-    await s.clickId("cluster-export-start");
-    const [first] = await (async () => {
+    // Exports with the engine chosen; the finished export's folder (a new one each time).
+    const exportTo = async (engine, previous) => {
+      await choose("cluster-engine", engine);
+      await s.clickId("cluster-export-start");
       for (let i = 0; i < 600; i++) {
-        const found = await s.findAll('[data-testid="cluster-export-done"], [data-testid="cluster-export-error"]');
-        if (found.length) return found;
+        const failed = await s.findAll('[data-testid="cluster-export-error"]');
+        assert.equal(failed.length, 0, `export failed: ${failed.length ? await s.text(failed[0]) : ""}`);
+        const done = await s.findAll('[data-testid="cluster-export-done"]');
+        if (done.length && (await s.attr(done[0], "data-dir")) !== previous) return done[0];
         await sleep(100);
       }
-      return [null];
-    })();
-    assert.ok(first, "the export neither finished nor failed in 60 s");
-    const failed = await s.findAll('[data-testid="cluster-export-error"]');
-    assert.equal(failed.length, 0, `export failed: ${failed.length ? await s.text(failed[0]) : ""}`);
-    const done = await s.find("cluster-export-done");
+      assert.fail(`the ${engine} export neither finished nor failed in 60 s`);
+    };
+    const done = await exportTo("llamafactory", null);
     const dir = await s.attr(done, "data-dir");
     const yaml = readFileSync(join(dir, "train.yaml"), "utf8");
     assert.match(yaml, /^freeze_trainable_layers: 4$/m, "layers 4-7 of 8 are LLaMA-Factory's last 4");
@@ -102,6 +110,16 @@ describe("FreezeTune desktop app", () => {
     );
     await sleep(300);
     await shot("cluster-export");
+    const axolotl = await exportTo("axolotl", dir);
+    const axolotlDir = await s.attr(axolotl, "data-dir");
+    assert.match(axolotlDir, /axolotl-1$/);
+    const config = readFileSync(join(axolotlDir, "config.yml"), "utf8");
+    // Exact patterns: layers 4-7 whole and the final norm alone (not every layer's norms).
+    assert.match(config, /^unfrozen_parameters:\n {2}- '\^model\.layers\.\(4\|5\|6\|7\)\.'\n {2}- '\^model\.norm\.weight\$'$/m);
+    assert.match(config, /^deepspeed: "ds_z3_config.json"$/m);
+    const conversations = readFileSync(join(axolotlDir, "data/train.jsonl"), "utf8").trim().split("\n").length;
+    assert.equal(conversations, demoRows, "every demo row as a conversation");
+    assert.match(readFileSync(join(axolotlDir, "launch.sh"), "utf8"), /axolotl train config.yml "\$@" -- --num_processes 2/);
     await s.clickId("nav-layers");
     await s.waitFor("layer-7");
   });
@@ -283,12 +301,6 @@ describe("FreezeTune desktop app", () => {
   });
 
   it("Hub search says which models train here and fit; a Hub dataset is picked by config and split, downloaded, mapped, mixed and previewed", async () => {
-    const choose = (testId, value) =>
-      s.execute(
-        `const el = document.querySelector('[data-testid="' + arguments[0] + '"]'); el.value = arguments[1];
-         el.dispatchEvent(new Event("change", { bubbles: true }));`,
-        [testId, value],
-      );
     const rows = () =>
       s.execute(
         `return Array.from(document.querySelectorAll('[data-testid="hub-hit"]'), (li) => ({ ...li.dataset }))`,
@@ -394,12 +406,6 @@ describe("FreezeTune desktop app", () => {
   });
 
   it("layer schedules: a timeline for each kind as the CLI computes it, and a 2-phase run marks its switch", async () => {
-    const choose = (testId, value) =>
-      s.execute(
-        `const el = document.querySelector('[data-testid="' + arguments[0] + '"]'); el.value = arguments[1];
-         el.dispatchEvent(new Event("change", { bubbles: true }));`,
-        [testId, value],
-      );
     await s.clickId("nav-layers");
     await s.type(await s.find("layer-ids"), "4-7");
     await s.waitFor("layer-4", async (el) => (await s.attr(el, "data-state")) === "trainable");

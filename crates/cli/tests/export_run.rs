@@ -213,3 +213,248 @@ fn a_bundle_lists_what_it_cannot_carry_and_never_replaces_a_folder() {
         "{readme}"
     );
 }
+
+/// The Axolotl venv's python (scripts/axolotl-venv.sh; `make test` builds it first).
+fn axolotl_python() -> PathBuf {
+    let p = std::env::var_os("FREEZETUNE_AXOLOTL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/freezetune-axolotl-venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash scripts/axolotl-venv.sh` (it installs Axolotl 0.19.0 once), or set \
+         FREEZETUNE_AXOLOTL_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// Axolotl bundles for plans of every shape — whole top layers with a non-layer module, one module of some
+/// layers (which LLaMA-Factory's keys cannot express), LFM2's short convolutions in its conv layers, and the
+/// full-attention layer of Qwen3.5's vision-language checkpoint — pass Axolotl's own config validation, and
+/// Axolotl's freeze code, given the bundle's patterns, leaves trainable exactly the plan's tensors.
+#[test]
+fn axolotl_validates_each_bundle_and_its_patterns_free_exactly_the_plans_tensors() {
+    let python = axolotl_python();
+    let dir = tempfile::tempdir().unwrap();
+    // Each plan as run.toml's [freeze] and as `freezetune plan`'s flags.
+    let cases: [(&str, &str, &[&str]); 4] = [
+        (
+            "qwen2",
+            "top = 2\nextra = [\"norm\"]",
+            &["--top", "2", "--extra", "norm"],
+        ),
+        (
+            "qwen2",
+            "layers = \"0,2\"\nmodules = [\"mlp\"]",
+            &["--layers", "0,2", "--modules", "mlp"],
+        ),
+        (
+            "lfm2",
+            "layers = \"0,2\"\nmodules = [\"conv\"]",
+            &["--layers", "0,2", "--modules", "conv"],
+        ),
+        (
+            "qwen3_5_vlm",
+            "layers = \"3\"\nextra = [\"lm_head\"]",
+            &["--layers", "3", "--extra", "lm_head"],
+        ),
+    ];
+    let mut bundles = Vec::new();
+    let mut plans = Vec::new();
+    for (k, (model, freeze, flags)) in cases.iter().enumerate() {
+        let case = dir.path().join(format!("case{k}"));
+        std::fs::create_dir_all(&case).unwrap();
+        let run = case.join("run.toml");
+        let config = format!(
+            "[model]\npath = {:?}\n[freeze]\n{freeze}\n[data]\ncutoff_len = 128\n[[data.datasets]]\npath = {:?}\n\
+             [[data.datasets]]\npath = {:?}\n[training]\nbatch_size = 4\nlearning_rate = 2e-5\n\
+             [output]\ndir = \"runs/ft\"\n",
+            fixtures().join("models").join(model),
+            fixtures().join("data/alpaca.parquet"),
+            fixtures().join("data/sharegpt.parquet"),
+        );
+        std::fs::write(&run, config).unwrap();
+        let bundle = case.join("bundle");
+        let args = [
+            "export-run",
+            run.to_str().unwrap(),
+            "--to",
+            "axolotl",
+            "-o",
+            bundle.to_str().unwrap(),
+        ];
+        let out = freezetune(&args, &case);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let model_dir = fixtures().join("models").join(model);
+        let plan_args = [&["plan", model_dir.to_str().unwrap(), "--json"][..], flags].concat();
+        let out = freezetune(&plan_args, &case);
+        assert!(
+            out.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        plans.push(serde_json::from_slice::<Value>(&out.stdout).unwrap());
+        bundles.push(bundle);
+    }
+    let out = Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/axolotl_check.py"))
+        .args(&bundles)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("HF_DATASETS_CACHE", dir.path().join("hf-datasets"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Axolotl refused a bundle:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("REPORT "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), cases.len(), "{}", String::from_utf8_lossy(&out.stdout));
+    for (((model, freeze, _), plan), report) in cases.iter().zip(&plans).zip(&reports) {
+        let mut trainable: Vec<String> = serde_json::from_value(plan["trainable"].clone()).unwrap();
+        trainable.sort();
+        let axolotl: Vec<String> = serde_json::from_value(report["trainable"].clone()).unwrap();
+        assert_eq!(
+            axolotl, trainable,
+            "{model} with {freeze:?}: Axolotl's trainable tensors vs the plan"
+        );
+        assert_eq!(
+            report["trainable_params"], plan["trainable_params"],
+            "{model} with {freeze:?}"
+        );
+        assert_eq!(report["sequence_len"], 128);
+        assert_eq!(report["micro_batch_size"], 4);
+        assert_eq!(report["datasets"], serde_json::json!(["chat_template"]));
+    }
+    let lfm2 = &reports[2];
+    assert_eq!(lfm2["trainable_params"], 33792, "LFM2's conv modules of layers 0 and 2");
+}
+
+/// The Axolotl bundle of the same run, started by its own launch.sh (`axolotl train` on the CPU, 2 steps): the
+/// tensors Axolotl's saved model changed are exactly the plan's; the examples Axolotl tokenized are FreezeTune's,
+/// token for token in length, with the one masking difference the bundle's README states (Axolotl learns each
+/// reply and its end-of-turn token, FreezeTune also the newline Qwen's template writes after it: one token per
+/// reply); and its first loss is FreezeTune's step-1 loss up to that difference.
+#[test]
+fn the_axolotl_bundle_trains_the_plans_tensors() {
+    let python = axolotl_python();
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(dir.path());
+    let bundle = dir.path().join("bundle");
+    let args = [
+        "export-run",
+        run.to_str().unwrap(),
+        "--to",
+        "axolotl",
+        "-o",
+        bundle.to_str().unwrap(),
+    ];
+    let out = freezetune(&args, dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let readme = std::fs::read_to_string(bundle.join("README.md")).unwrap();
+    assert!(readme.contains("end-of-turn"), "{readme}");
+
+    let out = freezetune(&["train", "--config", run.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(dir.path().join("runs/ft/metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let ft_loss = first["loss"].as_f64().unwrap();
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/ft/freeze_plan.json")).unwrap()).unwrap();
+    let mut trainable: Vec<String> = serde_json::from_value(plan["trainable"].clone()).unwrap();
+    trainable.sort();
+
+    let venv_bin = python.parent().unwrap();
+    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("bash")
+        .arg(bundle.join("launch.sh"))
+        .env("PATH", path)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("AXOLOTL_DO_NOT_TRACK", "1")
+        .env("HF_DATASETS_CACHE", dir.path().join("hf-datasets"))
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "axolotl train failed:\n{log}");
+    // The Trainer's log line: {'loss': '6.235', ...}
+    let ax_loss: f64 = log
+        .split("{'loss': '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("Axolotl logged no loss:\n{log}"));
+    assert!(
+        (ax_loss - ft_loss).abs() < 0.05 * ft_loss,
+        "first loss: Axolotl {ax_loss}, FreezeTune {ft_loss}"
+    );
+    let changed = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import json, sys\n\
+             from safetensors.numpy import load_file\n\
+             a = load_file(sys.argv[1]); b = load_file(sys.argv[2])\n\
+             print(json.dumps(sorted(k for k in a if k in b and not (a[k] == b[k]).all())))",
+        )
+        .arg(fixtures().join("models/qwen2/model.safetensors"))
+        .arg(bundle.join("output/model.safetensors"))
+        .output()
+        .unwrap();
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    let changed: Vec<String> = serde_json::from_slice(&changed.stdout).unwrap();
+    assert_eq!(changed, trainable, "tensors Axolotl changed vs the plan");
+    eprintln!("first loss: Axolotl {ax_loss}, FreezeTune {ft_loss}");
+
+    // (tokens, learned tokens) of each example: Axolotl's prepared dataset, and FreezeTune's preview less one
+    // learned token per reply (each learned run, marked [[ ]], is one reply).
+    let prepared = Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import glob, json, sys\n\
+             from datasets import load_from_disk\n\
+             rows = []\n\
+             for d in glob.glob(sys.argv[1] + '/prepared/*/'):\n\
+             \x20   rows += [[len(r['input_ids']), sum(l != -100 for l in r['labels'])] for r in load_from_disk(d)]\n\
+             print(json.dumps(sorted(rows)))",
+        )
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        prepared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    let axolotl: Vec<(usize, usize)> = serde_json::from_slice(&prepared.stdout).unwrap();
+    let out = freezetune(
+        &["data", "preview", run.to_str().unwrap(), "-n", "6", "--json"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let preview: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ours: Vec<(usize, usize)> = preview["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let replies = e["marked"].as_str().unwrap().matches("[[").count();
+            let learned = e["learned_tokens"].as_u64().unwrap() as usize;
+            (e["tokens"].as_u64().unwrap() as usize, learned - replies)
+        })
+        .collect();
+    ours.sort();
+    assert_eq!(axolotl, ours, "(tokens, learned) per example: Axolotl vs FreezeTune");
+}

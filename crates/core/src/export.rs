@@ -308,11 +308,20 @@ pub fn to_axolotl_patterns(layout: &ModelLayout, plan: &FreezePlan) -> Result<Ve
     Ok(patterns)
 }
 
-/// Axolotl's reading of `unfrozen_parameters`: dots escaped, then a regex search.
+/// Axolotl 0.19's reading of `unfrozen_parameters` (utils/freeze.py, `LayerNamePattern`): every `.` not followed
+/// by `+` escaped, then Python's `re.match`, which matches from the start of the name.
 pub fn axolotl_selects(patterns: &[String], name: &str) -> bool {
-    patterns
-        .iter()
-        .any(|p| regex::Regex::new(&p.replace('.', "\\.")).is_ok_and(|re| re.is_match(name)))
+    patterns.iter().any(|p| {
+        let mut escaped = String::with_capacity(p.len() + 8);
+        let mut chars = p.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '.' if chars.peek() != Some(&'+') => escaped.push_str("\\."),
+                c => escaped.push(c),
+            }
+        }
+        regex::Regex::new(&format!("^(?:{escaped})")).is_ok_and(|re| re.is_match(name))
+    })
 }
 
 /// Axolotl's config for the plan: `unfrozen_parameters`, or for a layer-sampling schedule its LISA keys.

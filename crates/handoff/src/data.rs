@@ -2,12 +2,13 @@
 //! its limit, the mixture drawn with the run's seed), written as JSON Lines in the two layouts FreezeTune's
 //! records already have — alpaca (instruction / input / output / system / history) and sharegpt (conversations of
 //! from human / gpt / system, and system) — with a `dataset_info.json` naming their columns. LLaMA-Factory then
-//! concatenates the files and its trainer shuffles them, as FreezeTune's does.
+//! concatenates the files and its trainer shuffles them, as FreezeTune's does. For Axolotl the same rows are
+//! written as conversations, which it renders with the model's own chat template.
 
 use crate::{put, HandoffError, Result};
 use freezetune_core::data_spec::{DatasetSpec, Formatting, Mix};
 use freezetune_core::run_config::{DataFormat, DataSection};
-use freezetune_data::Row;
+use freezetune_data::{messages, Row};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 
@@ -94,8 +95,9 @@ fn no_sft_equivalent(row: &Row, formatting: Formatting) -> HandoffError {
         _ => "already tokenized",
     };
     HandoffError::Refused(format!(
-        "{}:{}: this dataset is {what}, which LLaMA-Factory's SFT stage has no form for (its `pt` stage packs text \
-         into blocks, a different run); export the instruction and chat datasets only, or train this one here",
+        "{}:{}: this dataset is {what}, which the engines' instruction-tuning stages have no form for (their \
+         pretraining modes pack text into blocks, a different run); export the instruction and chat datasets only, \
+         or train this one here",
         row.file.display(),
         row.line
     ))
@@ -158,4 +160,46 @@ fn sharegpt_file(rows: &[Row], file: &str) -> (String, Value) {
         lines,
         json!({"file_name": file, "formatting": "sharegpt", "columns": columns}),
     )
+}
+
+/// Writes `specs`' rows, mixed by `mix` with `seed`, as `dir/data/<stem>.jsonl`: one `{"messages": [{role,
+/// content}]}` conversation per line, each read from its alpaca or sharegpt row as FreezeTune reads it. The
+/// conversations FreezeTune leaves out (turns that do not alternate user / assistant) are left out here too and
+/// counted in the returned `skipped`.
+pub(crate) fn write_conversations(
+    dir: &Path,
+    files: &mut Vec<String>,
+    stem: &str,
+    specs: &[DatasetSpec],
+    mix: Mix,
+    seed: u64,
+) -> Result<Conversations> {
+    let rows = freezetune_data::load_mixed(specs, mix, seed)?;
+    let mut lines = String::new();
+    let (mut written, mut skipped) = (0, 0);
+    for (row, formatting) in rows {
+        let messages = match formatting {
+            Formatting::Alpaca => messages::alpaca(&row.value),
+            Formatting::Sharegpt => messages::sharegpt(&row.value),
+            Formatting::Text | Formatting::Tokenized => return Err(no_sft_equivalent(&row, formatting)),
+        };
+        let messages = messages.map_err(|reason| freezetune_data::DataError::bad(&row.file, row.line, reason))?;
+        if !messages::alternates(&messages) {
+            skipped += 1;
+            continue;
+        }
+        lines.push_str(&json!({ "messages": messages }).to_string());
+        lines.push('\n');
+        written += 1;
+    }
+    let file = format!("data/{stem}.jsonl");
+    put(dir, files, &file, &lines)?;
+    Ok(Conversations { file, written, skipped })
+}
+
+/// A conversations file written: its path in the bundle, and how many rows it holds and left out.
+pub(crate) struct Conversations {
+    pub file: String,
+    pub written: usize,
+    pub skipped: usize,
 }

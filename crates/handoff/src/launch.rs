@@ -1,7 +1,8 @@
 //! How the bundle starts: `launch.sh` with LLaMA-Factory's command for one GPU, N GPUs (torchrun through
 //! FORCE_TORCHRUN), DeepSpeed ZeRO-2/3 (the config files LLaMA-Factory 0.9.5 ships in examples/deepspeed) or FSDP
 //! (accelerate with LLaMA-Factory's examples/accelerate/fsdp_config.yaml, `use_orig_params` on, which frozen
-//! parameters need).
+//! parameters need); or with Axolotl's `axolotl train`, which starts accelerate itself (the same DeepSpeed files;
+//! FSDP is keys of its config.yml).
 
 use crate::{put, BundleOptions, Distributed, Result};
 use std::path::Path;
@@ -129,4 +130,37 @@ cd \"$(dirname \"$0\")\"
             _ => "",
         }
     )
+}
+
+/// Axolotl's `launch.sh`: `axolotl train` starts accelerate, which takes the GPU count after `--`; extra
+/// arguments go to axolotl (config overrides such as `--learning_rate 1e-5`, or `--launcher torchrun`).
+pub(crate) fn axolotl_launch_script(o: &BundleOptions) -> String {
+    let command = match o.gpus {
+        1 => "axolotl train config.yml \"$@\"".to_string(),
+        n => format!("axolotl train config.yml \"$@\" -- --num_processes {n}"),
+    };
+    format!(
+        "#!/usr/bin/env bash
+# Trains this FreezeTune run with Axolotl (pip install axolotl==0.19.0{extra}).
+# Several nodes: add accelerate's --num_machines, --machine_rank and --main_process_ip after `--`.
+set -euo pipefail
+cd \"$(dirname \"$0\")\"
+{command}
+",
+        extra = match o.distributed {
+            Distributed::Zero2 | Distributed::Zero3 => " deepspeed",
+            _ => "",
+        }
+    )
+}
+
+#[cfg(unix)]
+pub(crate) fn make_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| crate::io(path, e))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn make_executable(_path: &Path) -> Result<()> {
+    Ok(())
 }

@@ -1,21 +1,46 @@
-//! `freezetune-handoff`: a FreezeTune run as a folder the engines built for many GPUs train as it is. For
-//! LLaMA-Factory: `train.yaml` with every setting of the run that has an equivalent (the freeze selection as
+//! `freezetune-handoff`: a FreezeTune run as a folder the engines built for many GPUs train as it is, for
+//! LLaMA-Factory (`llamafactory.rs`) or Axolotl (`axolotl.rs`). For LLaMA-Factory: `train.yaml` with every setting of the run that has an equivalent (the freeze selection as
 //! core's export computes and checks it), the training rows exactly as FreezeTune would train on them (mapped,
 //! limited and mixed) converted to LLaMA-Factory's alpaca / sharegpt files with their `dataset_info.json`, a
 //! DeepSpeed or FSDP config when asked for, `launch.sh`, and a README naming every setting that could not be
 //! carried over. The chat template is left to LLaMA-Factory to parse from the model's own tokenizer, which renders
-//! the same examples as FreezeTune (crates/train/tests/llamafactory_renderings.rs).
+//! the same examples as FreezeTune (crates/train/tests/llamafactory_renderings.rs). For Axolotl: `config.yml` with
+//! the plan's exact `unfrozen_parameters` patterns (or its LISA keys), the same rows as OpenAI-style conversations
+//! rendered with the model's own chat template (`chat_template: tokenizer_default`), the DeepSpeed config or FSDP2
+//! keys, `launch.sh` and the README.
 //!
 //! Depends on core (the run config, the plan, the freeze export) and data (the rows).
 
+mod axolotl;
 mod data;
+mod hf;
 mod launch;
 mod llamafactory;
+mod readme;
 mod yaml;
 
 use freezetune_core::layout::ModelLayout;
 use freezetune_core::run_config::RunConfig;
 use std::path::{Path, PathBuf};
+
+/// The engine a bundle is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// LLaMA-Factory 0.9.5 (`llamafactory-cli train`).
+    Llamafactory,
+    /// Axolotl 0.19 (`axolotl train`).
+    Axolotl,
+}
+
+impl Engine {
+    /// The engine's name as users know it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Engine::Llamafactory => "LLaMA-Factory",
+            Engine::Axolotl => "Axolotl",
+        }
+    }
+}
 
 /// How the bundle is launched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,15 +97,19 @@ pub(crate) fn io(path: &Path, source: std::io::Error) -> HandoffError {
     }
 }
 
-/// Writes the LLaMA-Factory bundle of `config` (its model's `layout`) into `out`, a folder that must not exist:
+/// Writes the `engine` bundle of `config` (its model's `layout`) into `out`, a folder that must not exist:
 /// everything is written into a temporary folder beside it and renamed into place at the end, so a failure
 /// leaves nothing half-written and nothing of the user's is replaced.
-pub fn llamafactory_bundle(
+pub fn write_bundle(
+    engine: Engine,
     config: &RunConfig,
     layout: &ModelLayout,
     out: &Path,
     options: &BundleOptions,
 ) -> Result<Bundle> {
+    if options.gpus == 0 {
+        return Err(HandoffError::Refused("--gpus must be at least 1".into()));
+    }
     if out.exists() {
         return Err(HandoffError::Refused(format!(
             "{} already exists; choose a new folder for the bundle (nothing is replaced)",
@@ -101,7 +130,10 @@ pub fn llamafactory_bundle(
         std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
     }
     std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
-    let result = llamafactory::write(config, layout, &staging, options);
+    let result = match engine {
+        Engine::Llamafactory => llamafactory::write(config, layout, &staging, options),
+        Engine::Axolotl => axolotl::write(config, layout, &staging, options),
+    };
     match result {
         Ok(mut bundle) => {
             std::fs::rename(&staging, out).map_err(|e| io(out, e))?;

@@ -3,22 +3,20 @@
 //! unmapped with the reason.
 
 use crate::data::{legacy_spec, train_specs, write_rows};
-use crate::launch::{launch_script, write_distributed};
+use crate::hf;
+use crate::launch::{launch_script, make_executable, write_distributed};
+use crate::readme::readme;
 use crate::yaml::Yaml;
-use crate::{put, Bundle, BundleOptions, Distributed, HandoffError, Result};
+use crate::{put, Bundle, BundleOptions, Distributed, Engine, Result};
 use freezetune_core::data_spec::Mix;
 use freezetune_core::export::{nearest_llamafactory, NearestLlamafactory};
 use freezetune_core::layout::ModelLayout;
-use freezetune_core::quant::QuantizeFrozen;
-use freezetune_core::run_config::{LrScheduler, OptimizerKind, RunConfig};
+use freezetune_core::run_config::RunConfig;
 use freezetune_core::PlanOptions;
 use serde_json::{Map, Value};
 use std::path::Path;
 
 pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &BundleOptions) -> Result<Bundle> {
-    if o.gpus == 0 {
-        return Err(HandoffError::Refused("--gpus must be at least 1".into()));
-    }
     let mut files = Vec::new();
     let mut unmapped = Vec::new();
     let mut notes = Vec::new();
@@ -42,12 +40,7 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
     };
     let info_text = serde_json::to_string_pretty(&Value::Object(info)).expect("JSON") + "\n";
     put(dir, &mut files, "data/dataset_info.json", &info_text)?;
-    let mixed_precision = match config.model.dtype.as_str() {
-        "f32" => "no",
-        "f16" => "fp16",
-        _ => "bf16",
-    };
-    let distributed = write_distributed(dir, &mut files, o, mixed_precision)?;
+    let distributed = write_distributed(dir, &mut files, o, hf::accelerate_precision(&config.model.dtype))?;
 
     let mut y = Yaml::new(&format!(
         "LLaMA-Factory 0.9.5 config written by FreezeTune from {}.\n{} trainable tensors, {} of {} parameters. \
@@ -57,7 +50,7 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
         plan.trainable_params,
         plan.total_params
     ));
-    model_keys(&mut y, config, &mut notes, &mut unmapped);
+    model_keys(&mut y, config, &mut notes);
     y.section("method");
     y.str("stage", "sft");
     y.bool("do_train", true);
@@ -101,7 +94,17 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
     put(dir, &mut files, "launch.sh", &script)?;
     make_executable(&dir.join("launch.sh"))?;
     let train_rows = train.iter().map(|w| w.rows).sum();
-    let readme = readme(config, &plan, o, train_rows, &unmapped, &notes);
+    let lines = [
+        "`train.yaml` has LLaMA-Factory's freeze keys for the plan, checked against LLaMA-Factory's rules (exact \
+         unless \"Not carried over\" below says otherwise)."
+            .to_string(),
+        format!(
+            "{train_rows} training rows in `data/`, exactly the rows FreezeTune trains on (mapped, limited, mixed), \
+             registered in `data/dataset_info.json`."
+        ),
+        "Install LLaMA-Factory first: `pip install llamafactory==0.9.5`.".to_string(),
+    ];
+    let readme = readme(Engine::Llamafactory, config, &plan, o, &lines, &unmapped, &notes);
     put(dir, &mut files, "README.md", &readme)?;
     Ok(Bundle {
         dir: dir.to_path_buf(),
@@ -142,26 +145,18 @@ fn freeze_difference(nearest: &NearestLlamafactory) -> Option<String> {
     }
     Some(format!(
         "the exact freeze plan: LLaMA-Factory's freeze keys cannot express it, so train.yaml has the nearest \
-         form, which {}; Axolotl's patterns are exact (`freezetune export-config --format axolotl`)",
+         form, which {}; Axolotl's patterns are exact (`freezetune export-run --to axolotl`)",
         differences.join(" and ")
     ))
 }
 
-fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>, unmapped: &mut Vec<String>) {
+fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>) {
     let m = &config.model;
     y.section("model");
     match &m.repo {
         Some(repo) => {
             y.str("model_name_or_path", repo);
-            // The commit FreezeTune planned on (its Hub-cache snapshot folder is named by it), so the cluster does
-            // not train whatever `main` has become.
-            let snapshot = m
-                .path
-                .parent()
-                .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
-                .and(m.path.file_name())
-                .map(|n| n.to_string_lossy().into_owned());
-            if let Some(rev) = snapshot.or_else(|| m.revision.clone()) {
+            if let Some(rev) = hf::pinned_revision(m) {
                 y.str("model_revision", &rev);
             }
         }
@@ -172,13 +167,6 @@ fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>, unmappe
                 m.path.display()
             ));
         }
-    }
-    if m.quantize_frozen != QuantizeFrozen::None {
-        unmapped.push(format!(
-            "[model] quantize_frozen = {:?}: LLaMA-Factory keeps frozen weights in the compute dtype (its \
-             quantization_bit quantizes for LoRA/QLoRA only); the run needs the memory of unquantized weights",
-            m.quantize_frozen
-        ));
     }
 }
 
@@ -218,45 +206,17 @@ fn training_keys(y: &mut Yaml, c: &RunConfig, o: &BundleOptions, notes: &mut Vec
     let t = &c.training;
     y.section("train");
     // FreezeTune's batch is the whole step's; LLaMA-Factory's is per GPU.
-    let per_device = if t.batch_size % o.gpus == 0 {
-        t.batch_size / o.gpus
-    } else {
-        notes.push(format!(
-            "batch_size {} does not divide by {} GPUs: each GPU takes {}, so a step sees {}x the rows",
-            t.batch_size, o.gpus, t.batch_size, o.gpus
-        ));
-        t.batch_size
-    };
-    y.num("per_device_train_batch_size", per_device);
+    y.num("per_device_train_batch_size", hf::per_device_batch(t, o, notes));
     y.num("gradient_accumulation_steps", t.gradient_accumulation_steps);
     y.float("learning_rate", t.learning_rate);
     match t.max_steps {
         0 => y.float("num_train_epochs", t.epochs),
         n => y.num("max_steps", n),
     }
-    y.str(
-        "lr_scheduler_type",
-        match t.lr_scheduler {
-            LrScheduler::Constant if t.warmup_steps > 0 => "constant_with_warmup",
-            LrScheduler::Constant => "constant",
-            LrScheduler::Linear => "linear",
-            LrScheduler::Cosine => "cosine",
-        },
-    );
+    y.str("lr_scheduler_type", hf::scheduler(t));
     y.num("warmup_steps", t.warmup_steps);
     y.float("weight_decay", t.weight_decay);
-    y.str(
-        "optim",
-        match t.optimizer {
-            OptimizerKind::Adamw => "adamw_torch",
-            OptimizerKind::Adamw8bit => "adamw_bnb_8bit",
-            OptimizerKind::Adafactor => "adafactor",
-            OptimizerKind::Sgd => "sgd",
-        },
-    );
-    if t.optimizer == OptimizerKind::Adamw8bit {
-        notes.push("adamw8bit is bitsandbytes' AdamW8bit there: pip install bitsandbytes".into());
-    }
+    y.str("optim", hf::optimizer(t, notes));
     y.float("adam_beta1", t.adam_beta1);
     y.float("adam_beta2", t.adam_beta2);
     y.float("adam_epsilon", t.adam_epsilon);
@@ -283,78 +243,10 @@ fn training_keys(y: &mut Yaml, c: &RunConfig, o: &BundleOptions, notes: &mut Vec
             t.seed
         ));
     }
-    if !t.no_decay_for_bias_and_norm {
-        unmapped.push(
-            "[training] no_decay_for_bias_and_norm = false: Hugging Face's Trainer always exempts biases and norms \
-             from weight decay"
-                .into(),
-        );
-    }
-    let rt = &c.runtime;
-    if rt.device != "auto" || rt.threads != 0 || rt.op_threads != 0 {
-        unmapped.push(format!(
-            "[runtime] device = {:?}, threads = {}, op_threads = {}: the cluster's launcher chooses devices and \
-             threads",
-            rt.device, rt.threads, rt.op_threads
-        ));
-    }
+    hf::unmapped_everywhere(Engine::Llamafactory, c, unmapped);
     notes.push(format!(
         "examples longer than cutoff_len ({}) are cut differently: FreezeTune keeps the first tokens, LLaMA-Factory \
          shortens prompt and response in proportion",
         c.data.cutoff_len
     ));
-}
-
-fn readme(
-    config: &RunConfig,
-    plan: &freezetune_core::FreezePlan,
-    o: &BundleOptions,
-    train_rows: usize,
-    unmapped: &[String],
-    notes: &[String],
-) -> String {
-    let mut out = format!(
-        "# FreezeTune run for LLaMA-Factory\n\n\
-         Written by `freezetune export-run` from the run whose output folder is `{}`.\n\n\
-         - The FreezeTune plan trains {} tensors ({} of {} parameters); `train.yaml` has LLaMA-Factory's freeze keys \
-         for it, checked against LLaMA-Factory's rules (exact unless \"Not carried over\" below says otherwise).\n\
-         - {train_rows} training rows in `data/`, exactly the rows FreezeTune trains on (mapped, limited, mixed), \
-         registered in `data/dataset_info.json`.\n\
-         - Start it with `./launch.sh` ({} GPU{}{}). Install LLaMA-Factory first: `pip install llamafactory==0.9.5`.\n",
-        config.output.dir.display(),
-        plan.trainable.len(),
-        plan.trainable_params,
-        plan.total_params,
-        o.gpus,
-        if o.gpus == 1 { "" } else { "s" },
-        match o.distributed {
-            Distributed::None => "",
-            Distributed::Zero2 => ", DeepSpeed ZeRO-2",
-            Distributed::Zero3 => ", DeepSpeed ZeRO-3",
-            Distributed::Fsdp => ", FSDP",
-        }
-    );
-    out.push_str("\n## Not carried over\n\n");
-    if unmapped.is_empty() {
-        out.push_str("Every setting of the run has its LLaMA-Factory key.\n");
-    }
-    for u in unmapped {
-        out.push_str(&format!("- {u}\n"));
-    }
-    out.push_str("\n## Carried over, with a difference\n\n");
-    for n in notes {
-        out.push_str(&format!("- {n}\n"));
-    }
-    out
-}
-
-#[cfg(unix)]
-fn make_executable(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| crate::io(path, e))
-}
-
-#[cfg(not(unix))]
-fn make_executable(_path: &Path) -> Result<()> {
-    Ok(())
 }

@@ -2,15 +2,15 @@
 
 use freezetune_core::layout::ModelLayout;
 use freezetune_core::run_config::RunConfig;
-use freezetune_handoff::{llamafactory_bundle, BundleOptions, Distributed};
+use freezetune_handoff::{write_bundle, BundleOptions, Distributed, Engine};
 use std::path::Path;
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-#[test]
-fn a_hub_model_is_pinned_to_the_snapshot_it_was_planned_on() {
+/// A run on a copy of the qwen2 fixture laid out as a Hub-cache snapshot of `acme/tiny` at commit 0123abcd.
+fn hub_run() -> (tempfile::TempDir, RunConfig, ModelLayout) {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("hub/models--acme--tiny/snapshots/0123abcd");
     std::fs::create_dir_all(&snapshot).unwrap();
@@ -26,12 +26,18 @@ fn a_hub_model_is_pinned_to_the_snapshot_it_was_planned_on() {
     std::fs::write(dir.path().join("run.toml"), text).unwrap();
     let config = RunConfig::read(&dir.path().join("run.toml")).unwrap();
     let layout = ModelLayout::inspect(&snapshot).unwrap();
+    (dir, config, layout)
+}
+
+#[test]
+fn a_hub_model_is_pinned_to_the_snapshot_it_was_planned_on() {
+    let (dir, config, layout) = hub_run();
     let out = dir.path().join("bundle");
     let options = BundleOptions {
         gpus: 1,
         distributed: Distributed::Fsdp,
     };
-    let bundle = llamafactory_bundle(&config, &layout, &out, &options).unwrap();
+    let bundle = write_bundle(Engine::Llamafactory, &config, &layout, &out, &options).unwrap();
     let yaml = std::fs::read_to_string(out.join("train.yaml")).unwrap();
     assert!(
         yaml.contains("model_name_or_path: \"acme/tiny\"\nmodel_revision: \"0123abcd\"\n"),
@@ -57,4 +63,48 @@ fn a_hub_model_is_pinned_to_the_snapshot_it_was_planned_on() {
         siblings.iter().all(|n| !n.to_string_lossy().contains(".partial")),
         "{siblings:?}"
     );
+}
+
+#[test]
+fn the_axolotl_bundle_pins_the_snapshot_and_shards_with_fsdp2() {
+    let (dir, config, layout) = hub_run();
+    let out = dir.path().join("axolotl");
+    let options = BundleOptions {
+        gpus: 4,
+        distributed: Distributed::Fsdp,
+    };
+    let bundle = write_bundle(Engine::Axolotl, &config, &layout, &out, &options).unwrap();
+    let yaml = std::fs::read_to_string(out.join("config.yml")).unwrap();
+    assert!(
+        yaml.contains("base_model: \"acme/tiny\"\nrevision_of_model: \"0123abcd\"\n"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("fsdp_version: 2\nfsdp_config:\n"), "{yaml}");
+    assert!(yaml.contains("bf16: \"auto\""), "{yaml}");
+    assert!(
+        yaml.contains("unfrozen_parameters:\n  - '^model.layers.(2|3).'"),
+        "{yaml}"
+    );
+    let launch = std::fs::read_to_string(out.join("launch.sh")).unwrap();
+    assert!(
+        launch.contains("axolotl train config.yml \"$@\" -- --num_processes 4"),
+        "{launch}"
+    );
+    for f in &bundle.files {
+        assert!(out.join(f).is_file(), "{f} is listed but missing");
+    }
+    // Every alpaca row is a conversation of a user turn and an assistant turn (after any system prompt).
+    let data = std::fs::read_to_string(out.join("data/train.jsonl")).unwrap();
+    assert_eq!(data.lines().count(), bundle.train_rows);
+    for line in data.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let roles: Vec<&str> = row["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .filter(|r| *r != "system")
+            .collect();
+        assert_eq!(roles, ["user", "assistant"], "{line}");
+    }
 }

@@ -4,15 +4,10 @@
 //! without adding special tokens (the template already holds them).
 
 use crate::error::{Result, TrainError};
-use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
+pub use freezetune_data::messages::Message;
 
 /// A token's `[start, end)` byte range in the text it came from.
 pub type ByteSpan = (usize, usize);

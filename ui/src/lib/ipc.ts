@@ -31,6 +31,7 @@ import type { HubDatasetView } from "./bindings/HubDatasetView";
 import type { HubHit } from "./bindings/HubHit";
 import type { RunBundleView } from "./bindings/RunBundleView";
 import type { Sharding } from "./bindings/Sharding";
+import type { BundleEngine } from "./bindings/BundleEngine";
 import type { DatasetMapping } from "./bindings/DatasetMapping";
 import type { DatasetSpec } from "./bindings/DatasetSpec";
 import type { HubKind } from "./bindings/HubKind";
@@ -118,10 +119,10 @@ export const api = {
   defaultRun: (modelPath: string) => call<RunConfig>("default_run", { modelPath }),
   previewDataset: (config: RunConfig, n: number) => call<DatasetPreview>("preview_dataset", { config, n }),
   detectDataset: (spec: DatasetSpec) => call<DatasetMapping>("detect_dataset", { spec }),
-  exportRun: (config: RunConfig, gpus: number, sharding: Sharding) =>
-    call<RunBundleView>("export_run", { config, gpus, sharding }),
-  exportRunDir: (runDir: string, gpus: number, sharding: Sharding) =>
-    call<RunBundleView>("export_run_dir", { runDir, gpus, sharding }),
+  exportRun: (config: RunConfig, engine: BundleEngine, gpus: number, sharding: Sharding) =>
+    call<RunBundleView>("export_run", { config, engine, gpus, sharding }),
+  exportRunDir: (runDir: string, engine: BundleEngine, gpus: number, sharding: Sharding) =>
+    call<RunBundleView>("export_run_dir", { runDir, engine, gpus, sharding }),
   trainModel: (config: RunConfig, resume: boolean, taskId: string, onEvents: (e: TrainEvent[]) => void) =>
     call<TrainOutcomeView>("train_model", { config, resume, taskId, onEvent: channel(onEvents) }),
   listRuns: () => call<RunSummary[]>("list_runs"),

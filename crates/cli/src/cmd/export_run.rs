@@ -1,4 +1,5 @@
-//! `freezetune export-run`: a run as a folder LLaMA-Factory trains as it is on a bigger machine (handoff crate).
+//! `freezetune export-run`: a run as a folder LLaMA-Factory or Axolotl trains as it is on a bigger machine (handoff
+//! crate).
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Engine {
     Llamafactory,
+    Axolotl,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,9 +57,11 @@ pub fn run(args: &ExportRunArgs) -> Result<()> {
         gpus: args.gpus,
         distributed,
     };
-    let bundle = match args.to {
-        Engine::Llamafactory => freezetune_handoff::llamafactory_bundle(&config, &layout, &args.output, &options)?,
+    let engine = match args.to {
+        Engine::Llamafactory => freezetune_handoff::Engine::Llamafactory,
+        Engine::Axolotl => freezetune_handoff::Engine::Axolotl,
     };
+    let bundle = freezetune_handoff::write_bundle(engine, &config, &layout, &args.output, &options)?;
     if args.json {
         let value = serde_json::json!({
             "dir": bundle.dir,

@@ -5,6 +5,6 @@
  */
 export type RunBundleView = { dir: string, files: Array<string>, train_rows: number, 
 /**
- * Settings with no LLaMA-Factory equivalent (also in the bundle's README).
+ * Settings with no equivalent in the engine (also in the bundle's README).
  */
 unmapped: Array<string>, notes: Array<string>, };

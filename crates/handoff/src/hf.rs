@@ -1,0 +1,89 @@
+//! Settings both engines hand to Hugging Face's Trainer under the same names: the batch per GPU, the scheduler
+//! and the optimizer; and the run settings neither engine has.
+
+use crate::{BundleOptions, Engine};
+use freezetune_core::quant::QuantizeFrozen;
+use freezetune_core::run_config::{LrScheduler, ModelSection, OptimizerKind, RunConfig, TrainingSection};
+
+/// FreezeTune's batch is the whole step's; the engines' is per GPU.
+pub(crate) fn per_device_batch(t: &TrainingSection, o: &BundleOptions, notes: &mut Vec<String>) -> usize {
+    if t.batch_size % o.gpus == 0 {
+        return t.batch_size / o.gpus;
+    }
+    notes.push(format!(
+        "batch_size {} does not divide by {} GPUs: each GPU takes {}, so a step sees {}x the rows",
+        t.batch_size, o.gpus, t.batch_size, o.gpus
+    ));
+    t.batch_size
+}
+
+/// The Trainer's scheduler name (`SchedulerType`).
+pub(crate) fn scheduler(t: &TrainingSection) -> &'static str {
+    match t.lr_scheduler {
+        LrScheduler::Constant if t.warmup_steps > 0 => "constant_with_warmup",
+        LrScheduler::Constant => "constant",
+        LrScheduler::Linear => "linear",
+        LrScheduler::Cosine => "cosine",
+    }
+}
+
+/// The Trainer's optimizer name (`OptimizerNames`).
+pub(crate) fn optimizer(t: &TrainingSection, notes: &mut Vec<String>) -> &'static str {
+    if t.optimizer == OptimizerKind::Adamw8bit {
+        notes.push("adamw8bit is bitsandbytes' AdamW8bit there: pip install bitsandbytes".into());
+    }
+    match t.optimizer {
+        OptimizerKind::Adamw => "adamw_torch",
+        OptimizerKind::Adamw8bit => "adamw_bnb_8bit",
+        OptimizerKind::Adafactor => "adafactor",
+        OptimizerKind::Sgd => "sgd",
+    }
+}
+
+/// Run settings with no equivalent in either engine.
+pub(crate) fn unmapped_everywhere(engine: Engine, c: &RunConfig, unmapped: &mut Vec<String>) {
+    if c.model.quantize_frozen != QuantizeFrozen::None {
+        unmapped.push(format!(
+            "[model] quantize_frozen = {:?}: {} keeps frozen weights in the compute dtype (its quantization is for \
+             LoRA/QLoRA only); the run needs the memory of unquantized weights",
+            c.model.quantize_frozen,
+            engine.title()
+        ));
+    }
+    if !c.training.no_decay_for_bias_and_norm {
+        unmapped.push(
+            "[training] no_decay_for_bias_and_norm = false: Hugging Face's Trainer always exempts biases and norms \
+             from weight decay"
+                .into(),
+        );
+    }
+    let rt = &c.runtime;
+    if rt.device != "auto" || rt.threads != 0 || rt.op_threads != 0 {
+        unmapped.push(format!(
+            "[runtime] device = {:?}, threads = {}, op_threads = {}: the cluster's launcher chooses devices and \
+             threads",
+            rt.device, rt.threads, rt.op_threads
+        ));
+    }
+}
+
+/// The Hub commit a Hub model is pinned to: the one FreezeTune planned on (its Hub-cache snapshot folder is named
+/// by it), so the cluster does not train whatever `main` has become; else the revision the run names.
+pub(crate) fn pinned_revision(m: &ModelSection) -> Option<String> {
+    let snapshot = m
+        .path
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and(m.path.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    snapshot.or_else(|| m.revision.clone())
+}
+
+/// accelerate's name for the run's compute dtype: `bf16` for `auto` (what auto picks on a GPU with bf16).
+pub(crate) fn accelerate_precision(dtype: &str) -> &'static str {
+    match dtype {
+        "f32" => "no",
+        "f16" => "fp16",
+        _ => "bf16",
+    }
+}
