@@ -26,6 +26,37 @@ fn python() -> PathBuf {
     p
 }
 
+/// FreezeTune's own run of `run`: its step-1 loss, its plan, and the plan's trainable tensors sorted.
+fn freezetune_step1(run: &Path, dir: &Path) -> (f64, Value, Vec<String>) {
+    let out = freezetune(&["train", "--config", run.to_str().unwrap()], dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(dir.join("runs/ft/metrics.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/ft/freeze_plan.json")).unwrap()).unwrap();
+    let mut trainable: Vec<String> = serde_json::from_value(plan["trainable"].clone()).unwrap();
+    trainable.sort();
+    (first["loss"].as_f64().unwrap(), plan, trainable)
+}
+
+/// The tensors of `trained` that differ from the qwen2 fixture's.
+fn changed_tensors(python: &Path, trained: &Path) -> Vec<String> {
+    let changed = Command::new(python)
+        .arg("-c")
+        .arg(
+            "import json, sys\n\
+             from safetensors.numpy import load_file\n\
+             a = load_file(sys.argv[1]); b = load_file(sys.argv[2])\n\
+             print(json.dumps(sorted(k for k in a if k in b and not (a[k] == b[k]).all())))",
+        )
+        .arg(fixtures().join("models/qwen2/model.safetensors"))
+        .arg(trained)
+        .output()
+        .unwrap();
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    serde_json::from_slice(&changed.stdout).unwrap()
+}
+
 fn freezetune(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_freezetune"))
         .args(args)
@@ -77,15 +108,7 @@ fn the_llamafactory_bundle_trains_the_plans_tensors_with_freezetunes_first_loss(
     assert!(yaml.contains("freeze_trainable_layers: 2"), "{yaml}");
 
     // FreezeTune's own run, for its step-1 loss and its plan.
-    let out = freezetune(&["train", "--config", run.to_str().unwrap()], dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics = std::fs::read_to_string(dir.path().join("runs/ft/metrics.jsonl")).unwrap();
-    let first: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-    let ft_loss = first["loss"].as_f64().unwrap();
-    let plan: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/ft/freeze_plan.json")).unwrap()).unwrap();
-    let mut trainable: Vec<String> = serde_json::from_value(plan["trainable"].clone()).unwrap();
-    trainable.sort();
+    let (ft_loss, plan, trainable) = freezetune_step1(&run, dir.path());
 
     // LLaMA-Factory, started by the bundle's own launch.sh with the venv first on PATH, on the CPU.
     let venv_bin = python.parent().unwrap();
@@ -122,20 +145,7 @@ fn the_llamafactory_bundle_trains_the_plans_tensors_with_freezetunes_first_loss(
     );
 
     // The tensors LLaMA-Factory's saved model changed are exactly the plan's.
-    let changed = Command::new(&python)
-        .arg("-c")
-        .arg(
-            "import json, sys\n\
-             from safetensors.numpy import load_file\n\
-             a = load_file(sys.argv[1]); b = load_file(sys.argv[2])\n\
-             print(json.dumps(sorted(k for k in a if k in b and not (a[k] == b[k]).all())))",
-        )
-        .arg(fixtures().join("models/qwen2/model.safetensors"))
-        .arg(bundle.join("output/model.safetensors"))
-        .output()
-        .unwrap();
-    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
-    let changed: Vec<String> = serde_json::from_slice(&changed.stdout).unwrap();
+    let changed = changed_tensors(&python, &bundle.join("output/model.safetensors"));
     assert_eq!(changed, trainable, "tensors LLaMA-Factory changed vs the plan");
 }
 
@@ -363,15 +373,7 @@ fn the_axolotl_bundle_trains_the_plans_tensors() {
     let readme = std::fs::read_to_string(bundle.join("README.md")).unwrap();
     assert!(readme.contains("end-of-turn"), "{readme}");
 
-    let out = freezetune(&["train", "--config", run.to_str().unwrap()], dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics = std::fs::read_to_string(dir.path().join("runs/ft/metrics.jsonl")).unwrap();
-    let first: Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-    let ft_loss = first["loss"].as_f64().unwrap();
-    let plan: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("runs/ft/freeze_plan.json")).unwrap()).unwrap();
-    let mut trainable: Vec<String> = serde_json::from_value(plan["trainable"].clone()).unwrap();
-    trainable.sort();
+    let (ft_loss, _, trainable) = freezetune_step1(&run, dir.path());
 
     let venv_bin = python.parent().unwrap();
     let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -401,20 +403,7 @@ fn the_axolotl_bundle_trains_the_plans_tensors() {
         (ax_loss - ft_loss).abs() < 0.05 * ft_loss,
         "first loss: Axolotl {ax_loss}, FreezeTune {ft_loss}"
     );
-    let changed = Command::new(&python)
-        .arg("-c")
-        .arg(
-            "import json, sys\n\
-             from safetensors.numpy import load_file\n\
-             a = load_file(sys.argv[1]); b = load_file(sys.argv[2])\n\
-             print(json.dumps(sorted(k for k in a if k in b and not (a[k] == b[k]).all())))",
-        )
-        .arg(fixtures().join("models/qwen2/model.safetensors"))
-        .arg(bundle.join("output/model.safetensors"))
-        .output()
-        .unwrap();
-    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
-    let changed: Vec<String> = serde_json::from_slice(&changed.stdout).unwrap();
+    let changed = changed_tensors(&python, &bundle.join("output/model.safetensors"));
     assert_eq!(changed, trainable, "tensors Axolotl changed vs the plan");
     eprintln!("first loss: Axolotl {ax_loss}, FreezeTune {ft_loss}");
 
