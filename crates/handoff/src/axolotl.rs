@@ -179,23 +179,13 @@ fn training_keys(
 ) {
     let t = &c.training;
     y.section("train");
-    let per_device = hf::per_device_batch(t, o, notes);
-    y.num("micro_batch_size", per_device);
-    y.num("gradient_accumulation_steps", t.gradient_accumulation_steps);
-    y.float("learning_rate", t.learning_rate);
-    match t.max_steps {
-        0 => y.float("num_epochs", t.epochs),
-        n => y.num("max_steps", n),
-    }
-    y.str("lr_scheduler", hf::scheduler(t));
-    y.num("warmup_steps", t.warmup_steps);
-    y.float("weight_decay", t.weight_decay);
-    y.str("optimizer", hf::optimizer(t, notes));
-    y.float("adam_beta1", t.adam_beta1);
-    y.float("adam_beta2", t.adam_beta2);
-    y.float("adam_epsilon", t.adam_epsilon);
-    y.float("max_grad_norm", t.max_grad_norm);
-    y.num("seed", t.seed);
+    let names = hf::Names {
+        batch: "micro_batch_size",
+        epochs: "num_epochs",
+        scheduler: "lr_scheduler",
+        optimizer: "optimizer",
+    };
+    let per_device = hf::optimization(y, t, o, &names, notes);
     match c.model.dtype.as_str() {
         "bf16" => y.bool("bf16", true),
         "f16" => y.bool("fp16", true),

@@ -1,6 +1,7 @@
 //! Settings both engines hand to Hugging Face's Trainer under the same names: the batch per GPU, the scheduler
 //! and the optimizer; and the run settings neither engine has.
 
+use crate::yaml::Yaml;
 use crate::{BundleOptions, Engine};
 use freezetune_core::quant::QuantizeFrozen;
 use freezetune_core::run_config::{LrScheduler, ModelSection, OptimizerKind, RunConfig, TrainingSection};
@@ -86,4 +87,41 @@ pub(crate) fn accelerate_precision(dtype: &str) -> &'static str {
         "f16" => "fp16",
         _ => "bf16",
     }
+}
+
+/// The engine's names for the settings [`optimization`] writes.
+pub(crate) struct Names {
+    pub batch: &'static str,
+    pub epochs: &'static str,
+    pub scheduler: &'static str,
+    pub optimizer: &'static str,
+}
+
+/// Batch, length, schedule and optimizer: the same Trainer settings in both engines, under `names`. Returns the
+/// batch per GPU.
+pub(crate) fn optimization(
+    y: &mut Yaml,
+    t: &TrainingSection,
+    o: &BundleOptions,
+    names: &Names,
+    notes: &mut Vec<String>,
+) -> usize {
+    let per_device = per_device_batch(t, o, notes);
+    y.num(names.batch, per_device);
+    y.num("gradient_accumulation_steps", t.gradient_accumulation_steps);
+    y.float("learning_rate", t.learning_rate);
+    match t.max_steps {
+        0 => y.float(names.epochs, t.epochs),
+        n => y.num("max_steps", n),
+    }
+    y.str(names.scheduler, scheduler(t));
+    y.num("warmup_steps", t.warmup_steps);
+    y.float("weight_decay", t.weight_decay);
+    y.str(names.optimizer, optimizer(t, notes));
+    y.float("adam_beta1", t.adam_beta1);
+    y.float("adam_beta2", t.adam_beta2);
+    y.float("adam_epsilon", t.adam_epsilon);
+    y.float("max_grad_norm", t.max_grad_norm);
+    y.num("seed", t.seed);
+    per_device
 }

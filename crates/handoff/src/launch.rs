@@ -117,40 +117,45 @@ pub(crate) fn launch_script(o: &BundleOptions) -> String {
         }
         _ => "llamafactory-cli train train.yaml \"$@\"".to_string(),
     };
-    format!(
-        "#!/usr/bin/env bash
-# Trains this FreezeTune run with LLaMA-Factory (pip install llamafactory==0.9.5{extra}).
-# Several nodes: set NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT on each (LLaMA-Factory passes them to torchrun).
-set -euo pipefail
-cd \"$(dirname \"$0\")\"
-{command}
-",
-        extra = match o.distributed {
-            Distributed::Zero2 | Distributed::Zero3 => " deepspeed",
-            _ => "",
-        }
+    script(
+        "LLaMA-Factory (pip install llamafactory==0.9.5",
+        "set NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT on each (LLaMA-Factory passes them to torchrun)",
+        o,
+        &command,
     )
 }
 
 /// Axolotl's `launch.sh`: `axolotl train` starts accelerate, which takes the GPU count after `--`; extra
-/// arguments go to axolotl (config overrides such as `--learning_rate 1e-5`, or `--launcher torchrun`).
+/// arguments go to axolotl (config overrides such as `--learning-rate 1e-5`, or `--launcher torchrun`).
 pub(crate) fn axolotl_launch_script(o: &BundleOptions) -> String {
     let command = match o.gpus {
         1 => "axolotl train config.yml \"$@\"".to_string(),
         n => format!("axolotl train config.yml \"$@\" -- --num_processes {n}"),
     };
+    script(
+        "Axolotl (pip install axolotl==0.19.0",
+        "add accelerate's --num_machines, --machine_rank and --main_process_ip after `--`",
+        o,
+        &command,
+    )
+}
+
+/// A launch script that runs `command` from its own folder, so the bundle can be copied anywhere. `install` is the
+/// engine and the start of its pip command (DeepSpeed is added when the bundle uses it); `nodes` says how to run
+/// on several nodes.
+fn script(install: &str, nodes: &str, o: &BundleOptions, command: &str) -> String {
+    let extra = match o.distributed {
+        Distributed::Zero2 | Distributed::Zero3 => " deepspeed",
+        _ => "",
+    };
     format!(
         "#!/usr/bin/env bash
-# Trains this FreezeTune run with Axolotl (pip install axolotl==0.19.0{extra}).
-# Several nodes: add accelerate's --num_machines, --machine_rank and --main_process_ip after `--`.
+# Trains this FreezeTune run with {install}{extra}).
+# Several nodes: {nodes}.
 set -euo pipefail
 cd \"$(dirname \"$0\")\"
 {command}
-",
-        extra = match o.distributed {
-            Distributed::Zero2 | Distributed::Zero3 => " deepspeed",
-            _ => "",
-        }
+"
     )
 }
 

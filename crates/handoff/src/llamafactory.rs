@@ -205,23 +205,13 @@ fn eval_keys(y: &mut Yaml, config: &RunConfig, eval: &[crate::data::Written], no
 fn training_keys(y: &mut Yaml, c: &RunConfig, o: &BundleOptions, notes: &mut Vec<String>, unmapped: &mut Vec<String>) {
     let t = &c.training;
     y.section("train");
-    // FreezeTune's batch is the whole step's; LLaMA-Factory's is per GPU.
-    y.num("per_device_train_batch_size", hf::per_device_batch(t, o, notes));
-    y.num("gradient_accumulation_steps", t.gradient_accumulation_steps);
-    y.float("learning_rate", t.learning_rate);
-    match t.max_steps {
-        0 => y.float("num_train_epochs", t.epochs),
-        n => y.num("max_steps", n),
-    }
-    y.str("lr_scheduler_type", hf::scheduler(t));
-    y.num("warmup_steps", t.warmup_steps);
-    y.float("weight_decay", t.weight_decay);
-    y.str("optim", hf::optimizer(t, notes));
-    y.float("adam_beta1", t.adam_beta1);
-    y.float("adam_beta2", t.adam_beta2);
-    y.float("adam_epsilon", t.adam_epsilon);
-    y.float("max_grad_norm", t.max_grad_norm);
-    y.num("seed", t.seed);
+    let names = hf::Names {
+        batch: "per_device_train_batch_size",
+        epochs: "num_train_epochs",
+        scheduler: "lr_scheduler_type",
+        optimizer: "optim",
+    };
+    hf::optimization(y, t, o, &names, notes);
     match c.model.dtype.as_str() {
         "bf16" => y.bool("bf16", true),
         "f16" => y.bool("fp16", true),
