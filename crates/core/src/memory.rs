@@ -184,10 +184,20 @@ pub(crate) fn activations_with(
     } else {
         0
     };
+    // One layer's recomputation at a time, in f32 whatever the run's dtype (the delta rule computes in f32).
+    let recomputed = layout
+        .layers
+        .iter()
+        .filter(|layer| layer.id >= l0)
+        .map(|layer| widths.recomputed_per_token(mixer_of(layer), d.delta_net, kernels))
+        .max()
+        .unwrap_or(0);
+    let tokens = o.batch_size * o.seq_len;
     Some(
-        (bytes * o.batch_size * o.seq_len)
+        (bytes * tokens)
             .saturating_mul(per_token)
-            .saturating_add(blocks),
+            .saturating_add(blocks)
+            .saturating_add((ACT_BYTES * tokens).saturating_mul(recomputed)),
     )
 }
 
@@ -249,8 +259,9 @@ impl Widths {
                 let rule = match fused {
                     // The fused rule keeps the state at each chunk's start.
                     true => sat(keys, d.value_dim) / DELTA_CHUNK + 3 * h + 2 * i,
-                    // The composite rule keeps its chunk × chunk blocks (decays, the UT transform's factors).
-                    false => sat(68 * DELTA_CHUNK, d.value_heads) + 6 * h + 4 * i,
+                    // The composite rule keeps nothing but its packed inputs: its backward pass recomputes it
+                    // (`recomputed_per_token`).
+                    false => 6 * h + 4 * i,
                 };
                 kept.saturating_add(rule)
             }
@@ -258,6 +269,16 @@ impl Widths {
             Mixer::ShortConv if fused => 12 * h + 2 * i,
             Mixer::ShortConv => 14 * h + 4 * i,
         })
+    }
+
+    /// Values per token that exist only while one layer's backward pass recomputes part of its forward pass:
+    /// the composite delta rule's chunk × chunk blocks and their gradients (about 96 per position of a chunk
+    /// and value head, calibrated as the kept terms are; docs/memory.md).
+    fn recomputed_per_token(&self, mixer: Mixer, delta: Option<crate::config::DeltaNetDims>, kernels: Kernels) -> u64 {
+        match (mixer, delta, kernels) {
+            (Mixer::DeltaRule, Some(d), Kernels::Composite) => (96 * DELTA_CHUNK).saturating_mul(d.value_heads),
+            _ => 0,
+        }
     }
 }
 
@@ -282,13 +303,23 @@ mod tests {
         // From layer 3 on, only the attention layer.
         let top = activations_with(&layout, 3, o, Kernels::FusedCpu, false, 4);
         assert_eq!(top, Some(4 * 128 * (1152 + 64 + 1536)));
-        // Composite: the rule's chunk blocks, 68·64 per value head, instead of its states.
+        // Composite: no states kept, but one layer's rule recomputed at a time, 96·64 per value head, in f32.
         let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
-        let delta = 1536 + 68 * 64 * 4 + 6 * 64 + 4 * 96;
+        let delta = 1536 + 6 * 64 + 4 * 96;
         let attention = 10 * 64 + 4 * 32 + 4 * 96 + 4;
+        let recomputed = 4 * 128 * 96 * 64 * 4;
         assert_eq!(
             composite,
-            4 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS
+            4 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS + recomputed
         );
+        // In bf16 the kept values halve; the recomputed rule stays f32.
+        let half = activations_with(&layout, 0, o, Kernels::Composite, false, 2).unwrap();
+        assert_eq!(
+            half,
+            2 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS + recomputed
+        );
+        // Above the DeltaNet layers nothing is recomputed.
+        let top = activations_with(&layout, 3, o, Kernels::Composite, false, 4).unwrap();
+        assert_eq!(top, 4 * 128 * (attention + 64 + 1536) + ATTENTION_BLOCKS);
     }
 }

@@ -143,6 +143,16 @@ fn every_family_is_shown() {
 }
 
 #[test]
+fn every_token_mixer_is_an_attention_module() {
+    // The app's "attention" filter must reach the hybrids' mixers: LFM2's `conv` was "other" before.
+    for name in ["self_attn", "linear_attn", "conv", "attention"] {
+        assert_eq!(ModuleKind::classify(name), ModuleKind::Attention, "{name}");
+    }
+    assert_eq!(ModuleKind::classify("conv_norm"), ModuleKind::Norm);
+    assert_eq!(ModuleKind::classify("feed_forward"), ModuleKind::Mlp);
+}
+
+#[test]
 fn sharded_equals_single() {
     let (_a, single) = synth(Family::Llama, 4, 1);
     let (_b, sharded) = synth(Family::Llama, 4, 3);

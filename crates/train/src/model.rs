@@ -802,6 +802,8 @@ impl Decoder {
         let out = match rule_state {
             // A training or probing pass on the CPU: one op, without the final state nobody reads.
             None if crate::fused::applies(&q) => crate::fused::gated_delta_rule(&q, &k, &v, &g, &beta)?,
+            // Any other device (or `FREEZETUNE_FUSED=0`): recomputed in the backward pass, layer by layer.
+            None if t >= crate::delta_rule::STEPWISE_BELOW => crate::delta_rule::recomputed(inputs)?,
             None => crate::delta_rule::gated_delta_rule(inputs, None)?.0,
             Some(slot) => {
                 let (out, state) = crate::delta_rule::gated_delta_rule(inputs, slot.as_ref())?;

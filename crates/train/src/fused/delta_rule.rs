@@ -58,8 +58,7 @@ pub fn gated_delta_rule(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &T
             beta.shape()
         )
     }
-    // One packed operand, so one op carries all five gradients (candle's custom ops take at most three inputs).
-    let x = Tensor::cat(&[q, k, v, &g.unsqueeze(3)?, &beta.unsqueeze(3)?], 3)?;
+    let x = crate::delta_rule::pack(crate::delta_rule::RuleInputs { q, k, v, g, beta })?;
     let op = DeltaRule {
         dims: Dims { b, t, h, dk, dv },
         keep_states: x.track_op(),
