@@ -372,7 +372,9 @@ impl ModelLayout {
                 }
             })
             .collect();
-        let non_layer_modules: Vec<ModuleInfo> = other.into_values().collect();
+        let mut non_layer_modules: Vec<ModuleInfo> = other.into_values().collect();
+        let text_root = layer_prefix.rsplit_once('.').map_or("", |(root, _)| root);
+        unique_short_names(&mut non_layer_modules, text_root);
         // Saturating: the sizes can come from a server's headers (from_headers), not only from files on disk.
         let total_params = layers
             .iter()
@@ -433,6 +435,39 @@ fn push_tensor(map: &mut BTreeMap<String, ModuleInfo>, key: String, path: String
     m.params += t.params;
     m.tensors.push(t);
     m
+}
+
+/// Gives each module outside the layers a short name of its own. A vision-language checkpoint has a vision tower
+/// beside the text model, and both may hold a `norm` (Qwen3.5's `model.language_model.norm` and
+/// `model.visual.merger.norm`): the module right under the text model's root (`text_root`, the layer stack's parent)
+/// keeps the short name, so `--extra norm` means the text model's final norm as on a text-only checkpoint; every
+/// other module of that name is named by the shortest end of its path that no other module's path ends with
+/// (`merger.norm`).
+fn unique_short_names(modules: &mut [ModuleInfo], text_root: &str) {
+    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, m) in modules.iter().enumerate() {
+        by_name.entry(m.name.clone()).or_default().push(i);
+    }
+    let paths: Vec<String> = modules.iter().map(|m| m.path.clone()).collect();
+    let taken_by_another = |suffix: &str, own: usize| {
+        paths
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != own && (p == suffix || p.ends_with(&format!(".{suffix}"))))
+    };
+    for (name, sharing) in by_name.into_iter().filter(|(_, sharing)| sharing.len() > 1) {
+        let direct = format!("{text_root}.{name}");
+        for i in sharing {
+            if paths[i] == direct || paths[i] == name {
+                continue;
+            }
+            let segments: Vec<&str> = paths[i].split('.').collect();
+            let unique = (2..segments.len())
+                .map(|k| segments[segments.len() - k..].join("."))
+                .find(|suffix| !taken_by_another(suffix, i));
+            modules[i].name = unique.unwrap_or_else(|| paths[i].clone());
+        }
+    }
 }
 
 /// Splits `<prefix>.<id>.<module>.<rest>` structurally; `None` when the name is not inside the layer stack.

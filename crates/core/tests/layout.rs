@@ -4,7 +4,7 @@ mod common;
 use common::{fixture, model, synth};
 use freezetune_core::layout::ModuleKind;
 use freezetune_core::synth::{write_checkpoint, Family, SynthSpec};
-use freezetune_core::ModelLayout;
+use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
 
 #[test]
 fn untied_llama() {
@@ -140,6 +140,33 @@ fn every_family_is_shown() {
             .kind,
         ModuleKind::Norm
     );
+}
+
+#[test]
+fn a_vision_language_checkpoints_short_names_are_its_text_models() {
+    // Qwen3.5's released checkpoints hold `model.language_model.norm` and the vision merger's
+    // `model.visual.merger.norm`: "norm" must mean the text model's, as on a text-only checkpoint.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen3_5_vlm");
+    let layout = ModelLayout::inspect(&dir).unwrap();
+    let path_of = |name: &str| -> Vec<&str> {
+        let named = layout.non_layer_modules.iter().filter(|m| m.name == name);
+        named.map(|m| m.path.as_str()).collect()
+    };
+    assert_eq!(path_of("norm"), ["model.language_model.norm"]);
+    assert_eq!(path_of("merger.norm"), ["model.visual.merger.norm"]);
+    let mut names: Vec<&str> = layout.non_layer_modules.iter().map(|m| m.name.as_str()).collect();
+    let count = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), count, "short names repeat: {names:?}");
+    let spec = FreezeSpec {
+        top: Some(1),
+        extra: vec!["norm".into()],
+        ..Default::default()
+    };
+    let p = plan(&layout, &spec, PlanOptions::default()).unwrap();
+    assert!(p.trainable.iter().any(|t| t == "model.language_model.norm.weight"));
+    assert!(!p.trainable.iter().any(|t| t.starts_with("model.visual")));
 }
 
 #[test]
