@@ -244,18 +244,21 @@ impl Widths {
             Mixer::Attention if fused => 7 * h + 4 * kv + 2 * i + heads * (seq / 2 + 32),
             Mixer::Attention => 10 * h + 4 * kv + 4 * i + heads,
             Mixer::DeltaRule => {
-                // q, k and v through the convolution (its input, padded input, output and SiLU), q and k per
-                // value head before and after their L2 norm, v, the rule's packed inputs and output, z and its
-                // SiLU, the gated norm's input and output: calibrated on a Qwen3.5-shaped model (docs/memory.md).
-                // Each size is below 2^32 (config.rs), so only their products need saturating.
+                // Composite: q, k and v through the convolution (its input, padded input, output and SiLU), q
+                // and k per value head before and after their L2 norm, v, the rule's packed inputs and output, z
+                // and its SiLU, the gated norm's input and output. Fused (`fused/delta_net_inputs.rs`): the
+                // convolution's input and the packed rule inputs, then the same from the rule's output on.
+                // Calibrated on a Qwen3.5-shaped model (docs/memory.md). Each size is below 2^32 (config.rs), so
+                // only their products need saturating.
                 let d = delta?;
                 let sat = |a: u64, b: u64| a.saturating_mul(b);
                 let keys = sat(d.value_heads, d.key_dim);
                 let values = sat(d.value_heads, d.value_dim);
                 let conv = sat(2 * d.key_heads, d.key_dim).saturating_add(values);
-                let kept = sat(6, conv)
-                    .saturating_add(sat(10, keys))
-                    .saturating_add(sat(10, values));
+                let (c, kv) = if fused { (1, 2) } else { (6, 10) };
+                let kept = sat(c, conv)
+                    .saturating_add(sat(kv, keys))
+                    .saturating_add(sat(kv, values));
                 let rule = match fused {
                     // The fused rule keeps the state at each chunk's start.
                     true => sat(keys, d.value_dim) / DELTA_CHUNK + 3 * h + 2 * i,
@@ -296,10 +299,10 @@ mod tests {
             batch_size: 1,
             seq_len: 128,
         };
-        // Per token, fused: a DeltaNet layer 6·96 + 10·64 + 10·32 (kept) + 64·8/64 (states) + 3·64 + 2·96 = 1928;
+        // Per token, fused: a DeltaNet layer 96 + 2·64 + 2·32 (kept) + 64·8/64 (states) + 3·64 + 2·96 = 680;
         // the attention layer 7·64 + 4·32 + 2·96 + 4·(64 + 32) = 1152; the head 64 + 3·512.
         let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4);
-        assert_eq!(fused, Some(4 * 128 * (3 * 1928 + 1152 + 64 + 1536)));
+        assert_eq!(fused, Some(4 * 128 * (3 * 680 + 1152 + 64 + 1536)));
         // From layer 3 on, only the attention layer.
         let top = activations_with(&layout, 3, o, Kernels::FusedCpu, false, 4);
         assert_eq!(top, Some(4 * 128 * (1152 + 64 + 1536)));

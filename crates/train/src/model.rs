@@ -763,27 +763,9 @@ impl Decoder {
     fn delta_net(&self, d: &DeltaNet, h: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
         let s = d.shape;
         let (b, t, _) = h.dims3()?;
-        let (keys, values) = (s.key_heads * s.key_dim, s.value_heads * s.value_dim);
-        let (conv_state, rule_state) = match cache {
-            Some(c) => (Some(&mut c.conv), Some(&mut c.delta)),
-            None => (None, None),
-        };
-        let qkv = causal_conv(&d.in_qkv.forward(h)?, &d.conv, None, s.kernel, conv_state)?.silu()?;
+        let values = s.value_heads * s.value_dim;
         let f32 = DType::F32;
-        let per_value_head = |x: Tensor| -> candle_core::Result<Tensor> {
-            let rep = s.value_heads / s.key_heads;
-            x.reshape((b, t, s.key_heads, 1, s.key_dim))?
-                .broadcast_as((b, t, s.key_heads, rep, s.key_dim))?
-                .reshape((b, t, s.value_heads, s.key_dim))?
-                .to_dtype(f32)
-        };
-        let q = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, 0, keys)?)?)?;
-        let q = (q * (1.0 / (s.key_dim as f64).sqrt()))?;
-        let k = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, keys, keys)?)?)?;
-        let v = qkv
-            .narrow(2, 2 * keys, values)?
-            .reshape((b, t, s.value_heads, s.value_dim))?
-            .to_dtype(f32)?;
+        let projected = d.in_qkv.forward(h)?;
         let beta = sigmoid(&d.in_b.forward(h)?.to_dtype(f32)?)?;
         let a = d
             .in_a
@@ -792,22 +774,49 @@ impl Decoder {
             .broadcast_add(&d.dt_bias.to_dtype(f32)?)?;
         let rate = d.a_log.to_dtype(f32)?.exp()?;
         let g = softplus(&a)?.broadcast_mul(&rate)?.neg()?;
-        let inputs = crate::delta_rule::RuleInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            g: &g,
-            beta: &beta,
-        };
-        let out = match rule_state {
-            // A training or probing pass on the CPU: one op, without the final state nobody reads.
-            None if crate::fused::applies(&q) => crate::fused::gated_delta_rule(&q, &k, &v, &g, &beta)?,
-            // Any other device (or `FREEZETUNE_FUSED=0`): recomputed in the backward pass, layer by layer.
-            None if t >= crate::delta_rule::STEPWISE_BELOW => crate::delta_rule::recomputed(inputs)?,
-            None => crate::delta_rule::gated_delta_rule(inputs, None)?.0,
-            Some(slot) => {
-                let (out, state) = crate::delta_rule::gated_delta_rule(inputs, slot.as_ref())?;
-                *slot = Some(state.detach());
+        let out = match cache {
+            // A training or probing pass on the CPU in f32: the convolution, norms and packing as one op, the
+            // rule as another.
+            None if crate::fused::applies(&projected) => {
+                let dims = crate::fused::InputDims {
+                    key_heads: s.key_heads,
+                    value_heads: s.value_heads,
+                    dk: s.key_dim,
+                    dv: s.value_dim,
+                    kernel: s.kernel,
+                };
+                let gb = Tensor::stack(&[&g, &beta], 3)?;
+                let packed = crate::fused::delta_net_inputs(&projected, &d.conv, &gb, dims)?;
+                crate::fused::gated_delta_rule_packed(&packed, s.key_dim)?
+            }
+            None => {
+                let (q, k, v) = delta_rule_qkv(d, &projected, None)?;
+                let inputs = crate::delta_rule::RuleInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    g: &g,
+                    beta: &beta,
+                };
+                match crate::fused::applies(&q) {
+                    // bf16 or f16 on the CPU: the rule itself still runs fused, in f32.
+                    true => crate::fused::gated_delta_rule(&q, &k, &v, &g, &beta)?,
+                    // Any other device (or `FREEZETUNE_FUSED=0`): recomputed in the backward pass, layer by layer.
+                    false if t >= crate::delta_rule::STEPWISE_BELOW => crate::delta_rule::recomputed(inputs)?,
+                    false => crate::delta_rule::gated_delta_rule(inputs, None)?.0,
+                }
+            }
+            Some(cache) => {
+                let (q, k, v) = delta_rule_qkv(d, &projected, Some(&mut cache.conv))?;
+                let inputs = crate::delta_rule::RuleInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    g: &g,
+                    beta: &beta,
+                };
+                let (out, state) = crate::delta_rule::gated_delta_rule(inputs, cache.delta.as_ref())?;
+                cache.delta = Some(state.detach());
                 out
             }
         };
@@ -949,6 +958,36 @@ struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
     conv: Option<Tensor>,
     delta: Option<Tensor>,
+}
+
+/// A Gated DeltaNet layer's q, k (batch, seq, value heads, key dim) and v (…, value dim) in f32, from its q/k/v
+/// projection (batch, seq, channels): through the causal convolution and SiLU, q and k L2-normalised (q also by
+/// 1/sqrt(key dim)) and repeated for the value heads that share them. With `conv_state`, the convolution reads and
+/// keeps a generation's earlier inputs.
+fn delta_rule_qkv(
+    d: &DeltaNet,
+    projected: &Tensor,
+    conv_state: Option<&mut Option<Tensor>>,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let s = d.shape;
+    let (b, t, _) = projected.dims3()?;
+    let (keys, values) = (s.key_heads * s.key_dim, s.value_heads * s.value_dim);
+    let qkv = causal_conv(projected, &d.conv, None, s.kernel, conv_state)?.silu()?;
+    let per_value_head = |x: Tensor| -> candle_core::Result<Tensor> {
+        let rep = s.value_heads / s.key_heads;
+        x.reshape((b, t, s.key_heads, 1, s.key_dim))?
+            .broadcast_as((b, t, s.key_heads, rep, s.key_dim))?
+            .reshape((b, t, s.value_heads, s.key_dim))?
+            .to_dtype(DType::F32)
+    };
+    let q = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, 0, keys)?)?)?;
+    let q = (q * (1.0 / (s.key_dim as f64).sqrt()))?;
+    let k = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, keys, keys)?)?)?;
+    let v = qkv
+        .narrow(2, 2 * keys, values)?
+        .reshape((b, t, s.value_heads, s.value_dim))?
+        .to_dtype(DType::F32)?;
+    Ok((q, k, v))
 }
 
 /// A causal depthwise convolution over x (batch, seq, channels) with `weight` (channels, 1, kernel) and an

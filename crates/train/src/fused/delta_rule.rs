@@ -59,6 +59,20 @@ pub fn gated_delta_rule(q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &T
         )
     }
     let x = crate::delta_rule::pack(crate::delta_rule::RuleInputs { q, k, v, g, beta })?;
+    gated_delta_rule_packed(&x, dk)
+}
+
+/// [`gated_delta_rule`] over its inputs already packed (batch, seq, heads, 2·dk + dv + 2), as
+/// `crate::delta_rule::pack` or `delta_net_inputs` lay them out.
+pub fn gated_delta_rule_packed(x: &Tensor, dk: usize) -> Result<Tensor> {
+    let (b, t, h, width) = x.dims4()?;
+    let Some(dv) = width.checked_sub(2 * dk + 2).filter(|dv| *dv > 0) else {
+        bail!(
+            "gated_delta_rule: packed inputs {:?} hold no values for keys {dk} wide",
+            x.shape()
+        )
+    };
+    let x = x.contiguous()?;
     let op = DeltaRule {
         dims: Dims { b, t, h, dk, dv },
         keep_states: x.track_op(),

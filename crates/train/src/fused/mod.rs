@@ -11,6 +11,7 @@ use candle_core::{
 mod attention;
 mod attn_block;
 pub mod blas;
+mod delta_net_inputs;
 mod delta_rule;
 mod gemm;
 mod head_loss;
@@ -22,7 +23,8 @@ mod wiring;
 
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
-pub use delta_rule::gated_delta_rule;
+pub use delta_net_inputs::{delta_net_inputs, InputDims};
+pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
 pub use gemm::Backend;
 pub use head_loss::head_cross_entropy;
 #[cfg(test)]
