@@ -165,8 +165,9 @@ impl Unpacked {
 /// with; the CPU has `crate::fused`'s op). Run through candle's graph, [`chunked`] keeps some forty
 /// (heads, chunks, 64, 64)-sized intermediates per layer until the loss is dropped: about 68 · 64 values per
 /// position and head, in every Gated DeltaNet layer at once. Here the value comes from [`chunked`] on detached
-/// inputs, whose intermediates are freed at once, and the graph keeps only the packed inputs; the backward pass
-/// recomputes the rule for this layer alone and differentiates that. One more forward pass of the rule buys
+/// inputs, whose intermediates are freed at once, and the graph keeps only the inputs (twice: as the packing's
+/// operands and packed, O(seq) either way); the backward pass recomputes the rule for this layer alone and
+/// differentiates that. One more forward pass of the rule buys
 /// O(seq) memory per layer instead of O(seq · 64).
 pub fn recomputed(x: RuleInputs) -> Result<Tensor> {
     let tracked = [x.q, x.k, x.v, x.g, x.beta].iter().any(|t| t.track_op());

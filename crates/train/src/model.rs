@@ -786,7 +786,7 @@ impl Decoder {
                     kernel: s.kernel,
                 };
                 let gb = Tensor::stack(&[&g, &beta], 3)?;
-                let packed = crate::fused::delta_net_inputs(&projected, &d.conv, &gb, dims)?;
+                let packed = crate::fused::delta_net_inputs(&projected, &d.conv.to_dtype(f32)?, &gb, dims)?;
                 crate::fused::gated_delta_rule_packed(&packed, s.key_dim)?
             }
             None => {

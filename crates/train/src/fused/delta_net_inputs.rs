@@ -99,22 +99,37 @@ impl CustomOp3 for InputsOp {
         &self,
         qkv: &Tensor,
         weight: &Tensor,
-        _gb: &Tensor,
+        gb: &Tensor,
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // An input that wants no gradient gets none: candle would keep it, activation-sized, until the backward
+        // pass ends.
         let d = self.dims;
         let (b, t, c) = qkv.dims3()?;
         let grad = grad.contiguous()?;
         let w = with_values(&[weight], |v| Ok(taps(d, v[0])))?;
         let (dy, dgb) = with_values(&[qkv, &grad], |v| Ok(conv_output_grads(d, v[0], &w, v[1], t)))?;
-        let (dx, dw) = with_values(&[qkv], |v| Ok(conv_grads(d, v[0], &w, &dy, t, weight.track_op())))?;
-        let dx = Tensor::from_vec(dx, (b, t, c), &Device::Cpu)?;
-        let dw = dw
-            .map(|dw| Tensor::from_vec(dw, weight.shape(), &Device::Cpu))
-            .transpose()?;
-        let dgb = Tensor::from_vec(dgb, (b, t, d.value_heads, 2), &Device::Cpu)?;
-        Ok((Some(dx), dw, Some(dgb)))
+        let dx = match qkv.track_op() {
+            true => Some(Tensor::from_vec(
+                input_gradient(d, &w, &dy, b * t, t),
+                (b, t, c),
+                &Device::Cpu,
+            )?),
+            false => None,
+        };
+        let dw = match weight.track_op() {
+            true => {
+                let dw = with_values(&[qkv], |v| Ok(weight_gradient(d, v[0], &dy, t)))?;
+                Some(Tensor::from_vec(dw, weight.shape(), &Device::Cpu)?)
+            }
+            false => None,
+        };
+        let dgb = match gb.track_op() {
+            true => Some(Tensor::from_vec(dgb, (b, t, d.value_heads, 2), &Device::Cpu)?),
+            false => None,
+        };
+        Ok((dx, dw, dgb))
     }
 }
 
@@ -239,18 +254,43 @@ fn row_grad(d: InputDims, y: &[f32], g: &[f32], dy: &mut [f32]) {
     }
 }
 
-/// The convolution's input gradient (batch × t × channels) and, if `weight_grad`, its weight's (channels ×
-/// kernel), from the output gradient `dy`; `w` as [`taps`].
-fn conv_grads(
-    d: InputDims,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    t: usize,
-    weight_grad: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+/// The convolution weight's gradient (channels × kernel) from the output gradient `dy` and the input `x`.
+fn weight_gradient(d: InputDims, x: &[f32], dy: &[f32], t: usize) -> Vec<f32> {
     let (c, k) = (d.channels(), d.kernel);
     let rows = x.len() / c;
+    let taps = (0..rows)
+        .into_par_iter()
+        .fold(
+            || vec![0f32; c * k],
+            |mut dw, r| {
+                let (seq_start, p) = (r - r % t, r % t);
+                let g = &dy[r * c..][..c];
+                for j in 0..k {
+                    let Some(src) = (p + j).checked_sub(k - 1) else {
+                        continue;
+                    };
+                    let xs = &x[(seq_start + src) * c..][..c];
+                    for ((dw, g), x) in dw[j * c..][..c].iter_mut().zip(g).zip(xs) {
+                        *dw += g * x;
+                    }
+                }
+                dw
+            },
+        )
+        .reduce(
+            || vec![0f32; c * k],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    // Taps (kernel, channels) back to the weight's (channels, kernel).
+    (0..c * k).map(|i| taps[(i % k) * c + i / k]).collect()
+}
+
+/// The convolution's input gradient (rows × channels) from the output gradient `dy`; `w` as [`taps`].
+fn input_gradient(d: InputDims, w: &[f32], dy: &[f32], rows: usize, t: usize) -> Vec<f32> {
+    let (c, k) = (d.channels(), d.kernel);
     let mut dx = vec![0f32; rows * c];
     let task = rows_per_task(rows);
     dx.par_chunks_mut(task * c).enumerate().for_each(|(n, dxs)| {
@@ -270,37 +310,7 @@ fn conv_grads(
             }
         }
     });
-    let dw = weight_grad.then(|| {
-        (0..rows)
-            .into_par_iter()
-            .fold(
-                || vec![0f32; c * k],
-                |mut dw, r| {
-                    let (seq_start, p) = (r - r % t, r % t);
-                    let g = &dy[r * c..][..c];
-                    for j in 0..k {
-                        let Some(src) = (p + j).checked_sub(k - 1) else {
-                            continue;
-                        };
-                        let xs = &x[(seq_start + src) * c..][..c];
-                        for ((dw, g), x) in dw[j * c..][..c].iter_mut().zip(g).zip(xs) {
-                            *dw += g * x;
-                        }
-                    }
-                    dw
-                },
-            )
-            .reduce(
-                || vec![0f32; c * k],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            )
-    });
-    // Taps (kernel, channels) back to the weight's (channels, kernel).
-    let dw = dw.map(|taps| (0..c * k).map(|i| taps[(i % k) * c + i / k]).collect());
-    (dx, dw)
+    dx
 }
 
 #[cfg(test)]
@@ -369,28 +379,30 @@ mod tests {
         // a sequence), two value heads per key head; the weight trained and frozen.
         let (b, t) = (2, 70);
         let c = DIMS.channels();
-        for weight_trains in [true, false] {
-            let qkv = Var::from_tensor(&randn(&[b, t, c], 1)).unwrap();
-            let w = randn(&[c, 1, DIMS.kernel], 2);
-            let weight = match weight_trains {
-                true => Var::from_tensor(&w).unwrap().as_tensor().clone(),
-                false => w,
+        // Each of the projection and the weight trained or not (a frozen projection below the lowest trained
+        // layer's other inputs gets no gradient).
+        for (qkv_trains, weight_trains) in [(true, true), (true, false), (false, true)] {
+            let tracked = |x: Tensor, trains: bool| match trains {
+                true => Var::from_tensor(&x).unwrap().as_tensor().clone(),
+                false => x,
             };
-            let gb = Var::from_tensor(&randn(&[b, t, DIMS.value_heads, 2], 3)).unwrap();
-            let fused = delta_net_inputs(qkv.as_tensor(), &weight, gb.as_tensor(), DIMS).unwrap();
-            let reference = composite(qkv.as_tensor(), &weight, gb.as_tensor());
+            let qkv = tracked(randn(&[b, t, c], 1), qkv_trains);
+            let weight = tracked(randn(&[c, 1, DIMS.kernel], 2), weight_trains);
+            let gb = tracked(randn(&[b, t, DIMS.value_heads, 2], 3), true);
+            let fused = delta_net_inputs(&qkv, &weight, &gb, DIMS).unwrap();
+            let reference = composite(&qkv, &weight, &gb);
             let d = max_abs_diff(&fused, &reference);
             assert!(d < 1e-5, "values differ by {d}");
             let probe = randn(fused.dims(), 4);
             let loss = |x: &Tensor| (x * &probe).unwrap().sum_all().unwrap();
             let (gf, gr) = (loss(&fused).backward().unwrap(), loss(&reference).backward().unwrap());
-            for (name, x) in [("qkv", qkv.as_tensor()), ("gb", gb.as_tensor()), ("weight", &weight)] {
+            for (name, x) in [("qkv", &qkv), ("gb", &gb), ("weight", &weight)] {
                 match (gf.get(x), gr.get(x)) {
                     (Some(a), Some(r)) => {
                         let d = max_abs_diff(a, r);
                         assert!(d < 1e-4, "{name}: gradients differ by {d}");
                     }
-                    (None, None) => assert!(name == "weight" && !weight_trains),
+                    (None, None) => assert!(!x.track_op(), "{name}: no gradient"),
                     (a, r) => panic!(
                         "{name}: gradient {} here, {} in the reference",
                         a.is_some(),
