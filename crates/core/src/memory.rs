@@ -244,25 +244,19 @@ impl Widths {
             Mixer::Attention if fused => 7 * h + 4 * kv + 2 * i + heads * (seq / 2 + 32),
             Mixer::Attention => 10 * h + 4 * kv + 4 * i + heads,
             Mixer::DeltaRule => {
-                // Composite: q, k and v through the convolution (its input, padded input, output and SiLU), q
-                // and k per value head before and after their L2 norm, v, the rule's packed inputs and output, z
-                // and its SiLU, the gated norm's input and output. Fused (`fused/delta_net_inputs.rs`): the
-                // convolution's input and the packed rule inputs, then the same from the rule's output on.
-                // Calibrated on a Qwen3.5-shaped model (docs/memory.md). Each size is below 2^32 (config.rs), so
-                // only their products need saturating.
+                // The projection into the convolution and the rule's packed inputs; then from the rule's output
+                // on, z and its SiLU, the gated norm's input and output. The convolution, SiLU, q/k norms and
+                // repeats between them are made inside one op (CPU f32, `fused/delta_net_inputs.rs`) or one
+                // recomputed node (`delta_net.rs`) that keeps nothing else. Calibrated on a Qwen3.5-shaped model
+                // (docs/memory.md). Each size is below 2^32 (config.rs), so only their products need saturating.
                 let d = delta?;
                 let sat = |a: u64, b: u64| a.saturating_mul(b);
-                let keys = sat(d.value_heads, d.key_dim);
-                let values = sat(d.value_heads, d.value_dim);
-                let conv = sat(2 * d.key_heads, d.key_dim).saturating_add(values);
-                let (c, kv) = if fused { (1, 2) } else { (6, 10) };
-                let kept = sat(c, conv)
-                    .saturating_add(sat(kv, keys))
-                    .saturating_add(sat(kv, values));
+                let (keys, values, conv) = delta_widths(d);
+                let kept = conv.saturating_add(sat(2, keys)).saturating_add(sat(2, values));
                 let rule = match fused {
                     // The fused rule keeps the state at each chunk's start.
                     true => sat(keys, d.value_dim) / DELTA_CHUNK + 3 * h + 2 * i,
-                    // The composite rule keeps nothing but its packed inputs: its backward pass recomputes it
+                    // The composite path keeps no state: its backward pass recomputes the layer's rule
                     // (`recomputed_per_token`).
                     false => 6 * h + 4 * i,
                 };
@@ -275,14 +269,31 @@ impl Widths {
     }
 
     /// Values per token that exist only while one layer's backward pass recomputes part of its forward pass:
-    /// the composite delta rule's chunk × chunk blocks and their gradients (about 96 per position of a chunk
-    /// and value head, calibrated as the kept terms are; docs/memory.md).
+    /// on the composite path, a DeltaNet layer's convolution, SiLU, q/k norms and repeats (6·conv + 10·keys +
+    /// 10·values) and the chunked rule's chunk × chunk blocks with their gradients (about 96 per position of a
+    /// chunk and value head); calibrated as the kept terms are (docs/memory.md).
     fn recomputed_per_token(&self, mixer: Mixer, delta: Option<crate::config::DeltaNetDims>, kernels: Kernels) -> u64 {
         match (mixer, delta, kernels) {
-            (Mixer::DeltaRule, Some(d), Kernels::Composite) => (96 * DELTA_CHUNK).saturating_mul(d.value_heads),
+            (Mixer::DeltaRule, Some(d), Kernels::Composite) => {
+                let (keys, values, conv) = delta_widths(d);
+                let sat = |a: u64, b: u64| a.saturating_mul(b);
+                sat(96 * DELTA_CHUNK, d.value_heads)
+                    .saturating_add(sat(6, conv))
+                    .saturating_add(sat(10, keys))
+                    .saturating_add(sat(10, values))
+            }
             _ => 0,
         }
     }
+}
+
+/// A DeltaNet layer's widths per token: q and k repeated per value head (keys), v (values), and q, k and v as the
+/// convolution sees them (conv).
+fn delta_widths(d: crate::config::DeltaNetDims) -> (u64, u64, u64) {
+    let sat = |a: u64, b: u64| a.saturating_mul(b);
+    let keys = sat(d.value_heads, d.key_dim);
+    let values = sat(d.value_heads, d.value_dim);
+    (keys, values, sat(2 * d.key_heads, d.key_dim).saturating_add(values))
 }
 
 #[cfg(test)]
@@ -306,11 +317,12 @@ mod tests {
         // From layer 3 on, only the attention layer.
         let top = activations_with(&layout, 3, o, Kernels::FusedCpu, false, 4);
         assert_eq!(top, Some(4 * 128 * (1152 + 64 + 1536)));
-        // Composite: no states kept, but one layer's rule recomputed at a time, 96·64 per value head, in f32.
+        // Composite: no states kept, but one layer recomputed at a time, in f32: its convolution, norms and
+        // repeats (6·96 + 10·64 + 10·32) and the rule's blocks (96·64 per value head).
         let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
-        let delta = 1536 + 6 * 64 + 4 * 96;
+        let delta = 96 + 2 * 64 + 2 * 32 + 6 * 64 + 4 * 96;
         let attention = 10 * 64 + 4 * 32 + 4 * 96 + 4;
-        let recomputed = 4 * 128 * 96 * 64 * 4;
+        let recomputed = 4 * 128 * (6 * 96 + 10 * 64 + 10 * 32 + 96 * 64 * 4);
         assert_eq!(
             composite,
             4 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS + recomputed

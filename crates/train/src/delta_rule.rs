@@ -129,65 +129,6 @@ pub fn pack(x: RuleInputs) -> Result<Tensor> {
     Tensor::cat(&[x.q, x.k, x.v, &x.g.unsqueeze(3)?, &x.beta.unsqueeze(3)?], 3)
 }
 
-/// The five inputs of a [`pack`]ed tensor, as views.
-struct Unpacked {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    g: Tensor,
-    beta: Tensor,
-}
-
-impl Unpacked {
-    fn of(packed: &Tensor, dk: usize, dv: usize) -> Result<Unpacked> {
-        let part = |at: usize, width: usize| packed.narrow(3, at, width);
-        Ok(Unpacked {
-            q: part(0, dk)?,
-            k: part(dk, dk)?,
-            v: part(2 * dk, dv)?,
-            g: part(2 * dk + dv, 1)?.squeeze(3)?,
-            beta: part(2 * dk + dv + 1, 1)?.squeeze(3)?,
-        })
-    }
-
-    fn inputs(&self) -> RuleInputs<'_> {
-        RuleInputs {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            g: &self.g,
-            beta: &self.beta,
-        }
-    }
-}
-
-/// The rule from a zero state, for a pass whose gradients are wanted, on any device (what CUDA and Metal train
-/// with; the CPU has `crate::fused`'s op). Run through candle's graph, [`chunked`] keeps some forty
-/// (heads, chunks, 64, 64)-sized intermediates per layer until the loss is dropped: about 68 · 64 values per
-/// position and head, in every Gated DeltaNet layer at once. Here the value comes from [`chunked`] on detached
-/// inputs, whose intermediates are freed at once, and the graph keeps only the inputs (twice: as the packing's
-/// operands and packed, O(seq) either way); the backward pass recomputes the rule for this layer alone and
-/// differentiates that. One more forward pass of the rule buys
-/// O(seq) memory per layer instead of O(seq · 64).
-pub fn recomputed(x: RuleInputs) -> Result<Tensor> {
-    let tracked = [x.q, x.k, x.v, x.g, x.beta].iter().any(|t| t.track_op());
-    if !tracked {
-        return Ok(chunked(x, None)?.0);
-    }
-    let (dk, dv) = (x.q.dim(3)?, x.v.dim(3)?);
-    let packed = pack(x)?;
-    let value = chunked(Unpacked::of(&packed.detach(), dk, dv)?.inputs(), None)?.0;
-    let backward = move |packed: &Tensor, _: &Tensor, grad: &Tensor| -> Result<Option<Tensor>> {
-        // A leaf of its own, so the recomputation's backward pass stops here instead of running on into the
-        // model's graph below this layer.
-        let leaf = candle_core::Var::from_tensor(&packed.detach())?;
-        let out = chunked(Unpacked::of(leaf.as_tensor(), dk, dv)?.inputs(), None)?.0;
-        let grads = (out * grad.detach())?.sum_all()?.backward()?;
-        Ok(grads.get(leaf.as_tensor()).cloned())
-    };
-    crate::node::attach1("gated-delta-rule", &packed, value, Box::new(backward))
-}
-
 /// `(I + A)⁻¹` for strictly lower triangular A (…, c, c): with N = −A nilpotent, `Σ Nᵏ = (I + N)(I + N²)(I + N⁴)…`
 /// until the power reaches c.
 fn unit_lower_inverse(a: &Tensor) -> Result<Tensor> {
@@ -285,39 +226,5 @@ mod tests {
         let d = max_abs_diff(&joined, &whole);
         let ds = max_abs_diff(&s2, &s);
         assert!(d < 1e-4 && ds < 1e-4, "split runs differ by {d}, states by {ds}");
-    }
-
-    #[test]
-    fn the_recomputed_rule_gives_the_chunked_rules_values_and_gradients() {
-        // Three chunks, the last one partial. The inputs are products of the leaves, so the gradients must also
-        // pass the node and the packing on their way down.
-        let x = inputs(150);
-        let vars: Vec<Var> = x[..5].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
-        let made: Vec<Tensor> = vars.iter().map(|v| (v.as_tensor() * 1.5).unwrap()).collect();
-        let all = RuleInputs {
-            q: &made[0],
-            k: &made[1],
-            v: &made[2],
-            g: &made[3],
-            beta: &made[4],
-        };
-        let out = recomputed(all).unwrap();
-        let (reference, _) = chunked(all, None).unwrap();
-        let diff = max_abs_diff(&out, &reference);
-        assert!(diff < 1e-6, "outputs differ by {diff}");
-        let probe = crate::fused::tests::randn(out.dims(), 9);
-        let loss = |o: &Tensor| (o * &probe).unwrap().sum_all().unwrap();
-        let (ga, gb) = (loss(&out).backward().unwrap(), loss(&reference).backward().unwrap());
-        for (i, var) in vars.iter().enumerate() {
-            let a = ga.get(var.as_tensor()).expect("a gradient through the recomputed rule");
-            let d = max_abs_diff(a, gb.get(var.as_tensor()).unwrap());
-            assert!(d < 1e-5, "input {i}: gradients differ by {d}");
-        }
-        // Untracked inputs give the same values without a node.
-        let plain: Vec<Tensor> = made.iter().map(Tensor::detach).collect();
-        let (q, k, v, g, beta) = (&plain[0], &plain[1], &plain[2], &plain[3], &plain[4]);
-        let untracked = recomputed(RuleInputs { q, k, v, g, beta }).unwrap();
-        assert!(!untracked.track_op());
-        assert!(max_abs_diff(&untracked, &reference) < 1e-6);
     }
 }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub(crate) mod delta_net;
 pub mod delta_rule;
 pub mod device;
 pub mod error;

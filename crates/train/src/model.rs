@@ -789,25 +789,23 @@ impl Decoder {
                 let packed = crate::fused::delta_net_inputs(&projected, &d.conv.to_dtype(f32)?, &gb, dims)?;
                 crate::fused::gated_delta_rule_packed(&packed, s.key_dim)?
             }
-            None => {
-                let (q, k, v) = delta_rule_qkv(d, &projected, None)?;
-                let inputs = crate::delta_rule::RuleInputs {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    g: &g,
-                    beta: &beta,
-                };
-                match crate::fused::applies(&q) {
-                    // bf16 or f16 on the CPU: the rule itself still runs fused, in f32.
-                    true => crate::fused::gated_delta_rule(&q, &k, &v, &g, &beta)?,
-                    // Any other device (or `FREEZETUNE_FUSED=0`): recomputed in the backward pass, layer by layer.
-                    false if t >= crate::delta_rule::STEPWISE_BELOW => crate::delta_rule::recomputed(inputs)?,
-                    false => crate::delta_rule::gated_delta_rule(inputs, None)?.0,
-                }
+            // bf16 or f16 on the CPU: composite inputs, the rule itself fused, in f32.
+            None if crate::fused::applies(&g) => {
+                let (q, k, v) = crate::delta_net::qkv(&projected, &d.conv, s, None)?;
+                crate::fused::gated_delta_rule(&q, &k, &v, &g, &beta)?
             }
-            Some(cache) => {
-                let (q, k, v) = delta_rule_qkv(d, &projected, Some(&mut cache.conv))?;
+            // Any other device (or `FREEZETUNE_FUSED=0`): recomputed in the backward pass, layer by layer.
+            None if t >= crate::delta_rule::STEPWISE_BELOW => {
+                crate::delta_net::recomputed(&projected, &d.conv, &Tensor::stack(&[&g, &beta], 3)?, s)?
+            }
+            // A generation's steps (the convolution's inputs and the rule's state carried in the cache), and
+            // short inputs, which take the rule one position at a time.
+            cache => {
+                let (conv_state, rule_state) = match cache {
+                    Some(c) => (Some(&mut c.conv), Some(&mut c.delta)),
+                    None => (None, None),
+                };
+                let (q, k, v) = crate::delta_net::qkv(&projected, &d.conv, s, conv_state)?;
                 let inputs = crate::delta_rule::RuleInputs {
                     q: &q,
                     k: &k,
@@ -815,8 +813,11 @@ impl Decoder {
                     g: &g,
                     beta: &beta,
                 };
-                let (out, state) = crate::delta_rule::gated_delta_rule(inputs, cache.delta.as_ref())?;
-                cache.delta = Some(state.detach());
+                let start = rule_state.as_ref().and_then(|slot| slot.as_ref());
+                let (out, state) = crate::delta_rule::gated_delta_rule(inputs, start)?;
+                if let Some(slot) = rule_state {
+                    *slot = Some(state.detach());
+                }
                 out
             }
         };
@@ -960,40 +961,10 @@ struct LayerCache {
     delta: Option<Tensor>,
 }
 
-/// A Gated DeltaNet layer's q, k (batch, seq, value heads, key dim) and v (…, value dim) in f32, from its q/k/v
-/// projection (batch, seq, channels): through the causal convolution and SiLU, q and k L2-normalised (q also by
-/// 1/sqrt(key dim)) and repeated for the value heads that share them. With `conv_state`, the convolution reads and
-/// keeps a generation's earlier inputs.
-fn delta_rule_qkv(
-    d: &DeltaNet,
-    projected: &Tensor,
-    conv_state: Option<&mut Option<Tensor>>,
-) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    let s = d.shape;
-    let (b, t, _) = projected.dims3()?;
-    let (keys, values) = (s.key_heads * s.key_dim, s.value_heads * s.value_dim);
-    let qkv = causal_conv(projected, &d.conv, None, s.kernel, conv_state)?.silu()?;
-    let per_value_head = |x: Tensor| -> candle_core::Result<Tensor> {
-        let rep = s.value_heads / s.key_heads;
-        x.reshape((b, t, s.key_heads, 1, s.key_dim))?
-            .broadcast_as((b, t, s.key_heads, rep, s.key_dim))?
-            .reshape((b, t, s.value_heads, s.key_dim))?
-            .to_dtype(DType::F32)
-    };
-    let q = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, 0, keys)?)?)?;
-    let q = (q * (1.0 / (s.key_dim as f64).sqrt()))?;
-    let k = crate::delta_rule::l2_normalize(&per_value_head(qkv.narrow(2, keys, keys)?)?)?;
-    let v = qkv
-        .narrow(2, 2 * keys, values)?
-        .reshape((b, t, s.value_heads, s.value_dim))?
-        .to_dtype(DType::F32)?;
-    Ok((q, k, v))
-}
-
 /// A causal depthwise convolution over x (batch, seq, channels) with `weight` (channels, 1, kernel) and an
 /// optional bias: output position p reads inputs p − kernel + 1 ..= p, zeros before the first (or, with `state`,
 /// the previous call's last inputs, which it then replaces with this call's).
-fn causal_conv(
+pub(crate) fn causal_conv(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
