@@ -440,6 +440,14 @@ fn pytorch_one(
         .args([shape.steps.to_string(), shape.batch.to_string(), shape.seq.to_string()])
         .arg(attention)
         .output()?;
+    // A process the kernel's OOM killer ends gets SIGKILL and leaves no message of its own: say so, rather than
+    // print whatever it logged before.
+    use std::os::unix::process::ExitStatusExt;
+    anyhow::ensure!(
+        out.status.signal() != Some(9),
+        "PyTorch {name} ({attention}): killed (SIGKILL), most likely out of memory (this machine has {:.1} GiB)",
+        freezetune_train::inventory::host_memory().0.unwrap_or(0) as f64 / (1u64 << 30) as f64
+    );
     anyhow::ensure!(
         out.status.success(),
         "PyTorch {name} ({attention}): {}",
