@@ -200,14 +200,13 @@ fn make_with_transformers(python: &Path, config: &serde_json::Value, dir: &Path)
     Ok(())
 }
 
+/// The configurations by name; "full" also trains every module outside the layers (`plan_of` names them).
 fn configs() -> Vec<(&'static str, FreezeSpec)> {
-    let extra = vec!["embed_tokens".to_string(), "norm".to_string(), "lm_head".to_string()];
     vec![
         (
             "full",
             FreezeSpec {
                 all_layers: true,
-                extra,
                 ..Default::default()
             },
         ),
@@ -276,6 +275,11 @@ fn plan_of(
         }
     };
     let layout = ModelLayout::inspect(model)?;
+    if name == "full" {
+        // Every tensor, as PyTorch's "full" trains every parameter: whatever the family calls its final norm
+        // (LFM2's is `embedding_norm`).
+        spec.extra = layout.non_layer_modules.iter().map(|m| m.name.clone()).collect();
+    }
     if layout.tie_word_embeddings {
         // A tied lm_head is embed_tokens: training that trains the head.
         spec.extra.retain(|m| m != "lm_head");
