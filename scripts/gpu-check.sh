@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU (driver R580+) and nvcc 13: builds the CUDA CLI, then runs
-# scripts/gpu_check.py through it: parity with PyTorch on the reference llama (f32 within 1e-4, bf16 within 2e-2),
+# scripts/gpu_check.py through it: parity with PyTorch on the reference llama (f32 within 1e-4, bf16 within 2e-2)
+# and with transformers on every family's tiny model (f32 within 1e-4),
 # the freeze mask on the exported checkpoint, and a side-by-side benchmark against PyTorch (Qwen2.5-0.5B-shaped,
 # bf16, batch 8 x 1024; top 4 / bottom 4 / full; step time and peak GPU memory).
 #
