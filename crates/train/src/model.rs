@@ -778,15 +778,8 @@ impl Decoder {
             // A training or probing pass on the CPU in f32: the convolution, norms and packing as one op, the
             // rule as another.
             None if crate::fused::applies(&projected) => {
-                let dims = crate::fused::InputDims {
-                    key_heads: s.key_heads,
-                    value_heads: s.value_heads,
-                    dk: s.key_dim,
-                    dv: s.value_dim,
-                    kernel: s.kernel,
-                };
                 let gb = Tensor::stack(&[&g, &beta], 3)?;
-                let packed = crate::fused::delta_net_inputs(&projected, &d.conv.to_dtype(f32)?, &gb, dims)?;
+                let packed = crate::fused::delta_net_inputs(&projected, &d.conv.to_dtype(f32)?, &gb, s)?;
                 crate::fused::gated_delta_rule_packed(&packed, s.key_dim)?
             }
             // bf16 or f16 on the CPU: composite inputs, the rule itself fused, in f32.

@@ -7,37 +7,21 @@
 //! about 50K values per token and layer fewer); its backward pass recomputes the convolution and the norms.
 
 use super::{f32s, rows_per_task, with_values};
+use crate::config::DeltaNetShape;
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The layer's sizes: key heads, value heads (a multiple of the key heads), key and value widths, kernel.
-#[derive(Clone, Copy, Debug)]
-pub struct InputDims {
-    pub key_heads: usize,
-    pub value_heads: usize,
-    pub dk: usize,
-    pub dv: usize,
-    pub kernel: usize,
-}
-
-impl InputDims {
-    /// Channels of the projection and the convolution: q, k (key heads) and v (value heads).
-    fn channels(&self) -> usize {
-        2 * self.key_heads * self.dk + self.value_heads * self.dv
-    }
-
-    /// Values per (position, value head) of the output: q, k, v, g, β.
-    fn width(&self) -> usize {
-        2 * self.dk + self.dv + 2
-    }
+/// Values per (position, value head) of the output: q, k, v, g, β.
+fn width(d: DeltaNetShape) -> usize {
+    2 * d.key_dim + d.value_dim + 2
 }
 
 /// The packed rule inputs (batch, seq, value heads, 2·dk + dv + 2) from `qkv` (batch, seq, channels), the
 /// convolution `weight` (channels, 1, kernel) and `gb`, g and β stacked last (batch, seq, value heads, 2); all f32 on
 /// the CPU, no convolution bias, no cache (a training or probing pass).
-pub fn delta_net_inputs(qkv: &Tensor, weight: &Tensor, gb: &Tensor, dims: InputDims) -> Result<Tensor> {
+pub fn delta_net_inputs(qkv: &Tensor, weight: &Tensor, gb: &Tensor, dims: DeltaNetShape) -> Result<Tensor> {
     let (b, t, channels) = qkv.dims3()?;
-    let fits = channels == dims.channels()
+    let fits = channels == dims.conv_width()
         && weight.elem_count() == channels * dims.kernel
         && gb.dims4()? == (b, t, dims.value_heads, 2)
         && dims.key_heads > 0
@@ -55,7 +39,7 @@ pub fn delta_net_inputs(qkv: &Tensor, weight: &Tensor, gb: &Tensor, dims: InputD
 }
 
 struct InputsOp {
-    dims: InputDims,
+    dims: DeltaNetShape,
 }
 
 impl CustomOp3 for InputsOp {
@@ -79,7 +63,7 @@ impl CustomOp3 for InputsOp {
         );
         let d = self.dims;
         let (b, t, _) = xl.shape().dims3()?;
-        let (c, width, hv) = (d.channels(), d.width(), d.value_heads);
+        let (c, width, hv) = (d.conv_width(), width(d), d.value_heads);
         let w = &taps(d, w);
         let mut out = vec![0f32; b * t * hv * width];
         let task = rows_per_task(b * t);
@@ -139,8 +123,8 @@ fn silu(y: f32) -> f32 {
 
 /// The convolution weight (channels, kernel) as taps (kernel, channels), so each tap is one contiguous run over
 /// the channels.
-fn taps(d: InputDims, w: &[f32]) -> Vec<f32> {
-    let (c, k) = (d.channels(), d.kernel);
+fn taps(d: DeltaNetShape, w: &[f32]) -> Vec<f32> {
+    let (c, k) = (d.conv_width(), d.kernel);
     let mut taps = vec![0f32; k * c];
     for ch in 0..c {
         for j in 0..k {
@@ -152,8 +136,8 @@ fn taps(d: InputDims, w: &[f32]) -> Vec<f32> {
 
 /// Row `r` (batch · t + position) of the causal depthwise convolution into `y` (channels), with the weight as
 /// [`taps`]: position p reads inputs p − kernel + 1 ..= p of its own sequence, zeros before the first.
-fn conv_row(d: InputDims, x: &[f32], w: &[f32], t: usize, r: usize, y: &mut [f32]) {
-    let (c, k) = (d.channels(), d.kernel);
+fn conv_row(d: DeltaNetShape, x: &[f32], w: &[f32], t: usize, r: usize, y: &mut [f32]) {
+    let (c, k) = (d.conv_width(), d.kernel);
     let (seq_start, p) = (r - r % t, r % t);
     y.iter_mut().for_each(|v| *v = 0.0);
     for j in 0..k {
@@ -174,8 +158,8 @@ fn norm(x: &[f32]) -> f32 {
 }
 
 /// One position's output rows (value heads × width) from its convolved, SiLU'd channels `s` and its g, β.
-fn write_row(d: InputDims, s: &[f32], gb: &[f32], out: &mut [f32]) {
-    let (dk, dv, width) = (d.dk, d.dv, d.width());
+fn write_row(d: DeltaNetShape, s: &[f32], gb: &[f32], out: &mut [f32]) {
+    let (dk, dv, width) = (d.key_dim, d.value_dim, width(d));
     let rep = d.value_heads / d.key_heads;
     let keys = d.key_heads * dk;
     let scale = 1.0 / (dk as f32).sqrt();
@@ -194,8 +178,8 @@ fn write_row(d: InputDims, s: &[f32], gb: &[f32], out: &mut [f32]) {
 
 /// The gradient at the convolution's output (before SiLU), batch × t × channels, and g's and β's, from the output
 /// gradient `grad`: the norms' and the SiLU's backward, recomputing the convolution row by row.
-fn conv_output_grads(d: InputDims, x: &[f32], w: &[f32], grad: &[f32], t: usize) -> (Vec<f32>, Vec<f32>) {
-    let (c, width, hv) = (d.channels(), d.width(), d.value_heads);
+fn conv_output_grads(d: DeltaNetShape, x: &[f32], w: &[f32], grad: &[f32], t: usize) -> (Vec<f32>, Vec<f32>) {
+    let (c, width, hv) = (d.conv_width(), width(d), d.value_heads);
     let rows = x.len() / c;
     let mut dy = vec![0f32; rows * c];
     let mut dgb = vec![0f32; rows * hv * 2];
@@ -220,8 +204,8 @@ fn conv_output_grads(d: InputDims, x: &[f32], w: &[f32], grad: &[f32], t: usize)
 
 /// One position's gradient at the convolution output into `dy` from its output rows' gradient `g`, given the
 /// convolution output `y`.
-fn row_grad(d: InputDims, y: &[f32], g: &[f32], dy: &mut [f32]) {
-    let (dk, dv, width) = (d.dk, d.dv, d.width());
+fn row_grad(d: DeltaNetShape, y: &[f32], g: &[f32], dy: &mut [f32]) {
+    let (dk, dv, width) = (d.key_dim, d.value_dim, width(d));
     let rep = d.value_heads / d.key_heads;
     let keys = d.key_heads * dk;
     let s: Vec<f32> = y.iter().map(|&v| silu(v)).collect();
@@ -255,8 +239,8 @@ fn row_grad(d: InputDims, y: &[f32], g: &[f32], dy: &mut [f32]) {
 }
 
 /// The convolution weight's gradient (channels × kernel) from the output gradient `dy` and the input `x`.
-fn weight_gradient(d: InputDims, x: &[f32], dy: &[f32], t: usize) -> Vec<f32> {
-    let (c, k) = (d.channels(), d.kernel);
+fn weight_gradient(d: DeltaNetShape, x: &[f32], dy: &[f32], t: usize) -> Vec<f32> {
+    let (c, k) = (d.conv_width(), d.kernel);
     let rows = x.len() / c;
     let taps = (0..rows)
         .into_par_iter()
@@ -289,8 +273,8 @@ fn weight_gradient(d: InputDims, x: &[f32], dy: &[f32], t: usize) -> Vec<f32> {
 }
 
 /// The convolution's input gradient (rows × channels) from the output gradient `dy`; `w` as [`taps`].
-fn input_gradient(d: InputDims, w: &[f32], dy: &[f32], rows: usize, t: usize) -> Vec<f32> {
-    let (c, k) = (d.channels(), d.kernel);
+fn input_gradient(d: DeltaNetShape, w: &[f32], dy: &[f32], rows: usize, t: usize) -> Vec<f32> {
+    let (c, k) = (d.conv_width(), d.kernel);
     let mut dx = vec![0f32; rows * c];
     let task = rows_per_task(rows);
     dx.par_chunks_mut(task * c).enumerate().for_each(|(n, dxs)| {
@@ -321,11 +305,11 @@ mod tests {
     use crate::ops::tests::max_abs_diff;
     use candle_core::Var;
 
-    const DIMS: InputDims = InputDims {
+    const DIMS: DeltaNetShape = DeltaNetShape {
         key_heads: 2,
         value_heads: 4,
-        dk: 8,
-        dv: 6,
+        key_dim: 8,
+        value_dim: 6,
         kernel: 4,
     };
 
@@ -341,23 +325,23 @@ mod tests {
         };
         let y = (1..d.kernel).fold(tap(0), |y, j| (y + tap(j)).unwrap());
         let s = y.silu().unwrap();
-        let keys = d.key_heads * d.dk;
+        let keys = d.key_heads * d.key_dim;
         let rep = d.value_heads / d.key_heads;
         let per_value_head = |x: Tensor| {
-            x.reshape((b, t, d.key_heads, 1, d.dk))
+            x.reshape((b, t, d.key_heads, 1, d.key_dim))
                 .unwrap()
-                .broadcast_as((b, t, d.key_heads, rep, d.dk))
+                .broadcast_as((b, t, d.key_heads, rep, d.key_dim))
                 .unwrap()
-                .reshape((b, t, d.value_heads, d.dk))
+                .reshape((b, t, d.value_heads, d.key_dim))
                 .unwrap()
         };
         let q = l2_normalize(&per_value_head(s.narrow(2, 0, keys).unwrap())).unwrap();
-        let q = (q * (1.0 / (d.dk as f64).sqrt())).unwrap();
+        let q = (q * (1.0 / (d.key_dim as f64).sqrt())).unwrap();
         let k = l2_normalize(&per_value_head(s.narrow(2, keys, keys).unwrap())).unwrap();
         let v = s
-            .narrow(2, 2 * keys, d.value_heads * d.dv)
+            .narrow(2, 2 * keys, d.value_heads * d.value_dim)
             .unwrap()
-            .reshape((b, t, d.value_heads, d.dv))
+            .reshape((b, t, d.value_heads, d.value_dim))
             .unwrap();
         let (g, beta) = (
             gb.narrow(3, 0, 1).unwrap().squeeze(3).unwrap(),
@@ -378,7 +362,7 @@ mod tests {
         // Two sequences of 70 positions (so the convolution's window crosses from one row to the next only within
         // a sequence), two value heads per key head; the weight trained and frozen.
         let (b, t) = (2, 70);
-        let c = DIMS.channels();
+        let c = DIMS.conv_width();
         // Each of the projection and the weight trained or not (a frozen projection below the lowest trained
         // layer's other inputs gets no gradient).
         for (qkv_trains, weight_trains) in [(true, true), (true, false), (false, true)] {

@@ -23,7 +23,7 @@ mod wiring;
 
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
-pub use delta_net_inputs::{delta_net_inputs, InputDims};
+pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
 pub use gemm::Backend;
 pub use head_loss::head_cross_entropy;
