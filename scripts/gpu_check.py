@@ -159,27 +159,38 @@ def train(bin, config, gpu=False):
 
 # --- 1 + 2: parity and the freeze mask ---------------------------------------------------------------------------
 
+# Three optimizer steps as the references took them: both rows in one batch, in order, a constant rate, no clipping.
+EXACT_3_STEPS = 'batch_size = 2\nshuffle = false\nlr_scheduler = "constant"\nmax_grad_norm = 0\nmax_steps = 3'
+SGD = 'optimizer = "sgd"\nlearning_rate = 0.1'
+
+
+def train_checked(bin, config, device, what):
+    """The run's result, or None after a failed check naming `what` when `freezetune train` fails."""
+    try:
+        return train(bin, config, device.startswith("cuda"))
+    except SystemExit as e:
+        check(False, f"{what}: training ran ({e})")
+        return None
+
+
 def parity(bin, device, work):
     ref = json.loads((FIXTURES / "reference" / "parity.json").read_text())["models"]["llama"]
     data = work / "parity.jsonl"
     data.write_text("\n".join(json.dumps({"input_ids": i, "labels": l})
                               for i, l in zip(ref["input_ids"], ref["labels"])))
     model = FIXTURES / "models" / "llama"
-    exact = 'batch_size = 2\nshuffle = false\nlr_scheduler = "constant"\nmax_grad_norm = 0\nmax_steps = 3'
     freeze = "[freeze.llamafactory]\nfreeze_trainable_layers = 2"
     cases = [
-        ("sgd", 'optimizer = "sgd"\nlearning_rate = 0.1'),
+        ("sgd", SGD),
         ("adamw", 'optimizer = "adamw"\nlearning_rate = 1e-3\nweight_decay = 0.01\nno_decay_for_bias_and_norm = false'),
     ]
     report = {}
     for dtype, tol in (("f32", 1e-4), ("bf16", 2e-2)):
         for name, opt in cases:
             config = write_run(work / f"parity-{name}-{dtype}", model, data, device, dtype, freeze,
-                               f"{exact}\n{opt}", 64)
-            try:
-                r = train(bin, config, device.startswith("cuda"))
-            except SystemExit as e:
-                check(False, f"{dtype} {name}: training ran ({e})")
+                               f"{EXACT_3_STEPS}\n{opt}", 64)
+            r = train_checked(bin, config, device, f"{dtype} {name}")
+            if r is None:
                 continue
             losses = [s["loss"] for s in r["steps"]]
             want = ref[name]["loss_at_step"]
@@ -203,8 +214,6 @@ def family_parity(bin, device, work):
     through the library; this runs the user's path on the device: sliding windows, softcaps, q/k norms, biases,
     LFM2's convolutions, Qwen3.5's Gated DeltaNet and gated attention."""
     cases = json.loads((FIXTURES / "reference" / "families.json").read_text())["cases"]
-    training = ('batch_size = 2\nshuffle = false\nlr_scheduler = "constant"\nmax_grad_norm = 0\nmax_steps = 3\n'
-                'optimizer = "sgd"\nlearning_rate = 0.1')
     vision = ("visual", "vision_tower", "multi_modal_projector")
     report = {}
     for case, ref in cases.items():
@@ -221,11 +230,10 @@ def family_parity(bin, device, work):
         data = work / f"family-{case}.jsonl"
         data.write_text("\n".join(json.dumps({"input_ids": i, "labels": i}) for i in ref["input_ids"]))
         cutoff = max(len(i) for i in ref["input_ids"])
-        config = write_run(work / f"family-{case}", model, data, device, "f32", freeze, training, cutoff)
-        try:
-            r = train(bin, config, device.startswith("cuda"))
-        except SystemExit as e:
-            check(False, f"{case}: training ran ({e})")
+        config = write_run(work / f"family-{case}", model, data, device, "f32", freeze, f"{EXACT_3_STEPS}\n{SGD}",
+                           cutoff)
+        r = train_checked(bin, config, device, case)
+        if r is None:
             continue
         losses = [s["loss"] for s in r["steps"]]
         worst = max((rel(a, b) for a, b in zip(losses, ref["losses"])), default=float("inf"))

@@ -57,6 +57,29 @@ fn changed_tensors(python: &Path, trained: &Path) -> Vec<String> {
     serde_json::from_slice(&changed.stdout).unwrap()
 }
 
+/// Runs a bundle's own `launch.sh` on the CPU, offline, with `python`'s venv first on PATH and the engine's one
+/// extra variable; returns its stdout and stderr together, after asserting it succeeded.
+fn launch(bundle: &Path, python: &Path, dir: &Path, engine_env: (&str, &str), engine: &str) -> String {
+    let venv_bin = python.parent().unwrap();
+    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("bash")
+        .arg(bundle.join("launch.sh"))
+        .env("PATH", path)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_DATASETS_CACHE", dir.join("hf-datasets"))
+        .env(engine_env.0, engine_env.1)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{engine} failed:\n{log}");
+    log
+}
+
 fn freezetune(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_freezetune"))
         .args(args)
@@ -110,24 +133,14 @@ fn the_llamafactory_bundle_trains_the_plans_tensors_with_freezetunes_first_loss(
     // FreezeTune's own run, for its step-1 loss and its plan.
     let (ft_loss, plan, trainable) = freezetune_step1(&run, dir.path());
 
-    // LLaMA-Factory, started by the bundle's own launch.sh with the venv first on PATH, on the CPU.
-    let venv_bin = python.parent().unwrap();
-    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new("bash")
-        .arg(bundle.join("launch.sh"))
-        .env("PATH", path)
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_DATASETS_CACHE", dir.path().join("hf-datasets"))
-        .env("DISABLE_VERSION_CHECK", "1")
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // LLaMA-Factory, started by the bundle's own launch.sh, on the CPU.
+    let log = launch(
+        &bundle,
+        &python,
+        dir.path(),
+        ("DISABLE_VERSION_CHECK", "1"),
+        "llamafactory-cli",
     );
-    assert!(out.status.success(), "llamafactory-cli failed:\n{log}");
     let counted = log
         .lines()
         .find_map(|l| l.split("trainable params: ").nth(1))
@@ -375,23 +388,13 @@ fn the_axolotl_bundle_trains_the_plans_tensors() {
 
     let (ft_loss, _, trainable) = freezetune_step1(&run, dir.path());
 
-    let venv_bin = python.parent().unwrap();
-    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new("bash")
-        .arg(bundle.join("launch.sh"))
-        .env("PATH", path)
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("AXOLOTL_DO_NOT_TRACK", "1")
-        .env("HF_DATASETS_CACHE", dir.path().join("hf-datasets"))
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let log = launch(
+        &bundle,
+        &python,
+        dir.path(),
+        ("AXOLOTL_DO_NOT_TRACK", "1"),
+        "axolotl train",
     );
-    assert!(out.status.success(), "axolotl train failed:\n{log}");
     // The Trainer's log line: {'loss': '6.235', ...}
     let ax_loss: f64 = log
         .split("{'loss': '")

@@ -69,7 +69,7 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
         plan.trainable_params,
         plan.total_params
     ));
-    model_keys(&mut y, config, &mut notes);
+    hf::model_keys(&mut y, &config.model, ("base_model", "revision_of_model"), &mut notes);
     y.section("freeze");
     y.raw(&freeze);
     y.section("dataset");
@@ -147,26 +147,6 @@ fn dataset_list(key: &str, c: &Conversations) -> String {
          field_messages: messages\n    message_property_mappings:\n      role: role\n      content: content\n    \
          roles_to_train: [\"assistant\"]\n    train_on_eos: turn\n"
     )
-}
-
-fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>) {
-    let m = &config.model;
-    y.section("model");
-    match &m.repo {
-        Some(repo) => {
-            y.str("base_model", repo);
-            if let Some(rev) = hf::pinned_revision(m) {
-                y.str("revision_of_model", &rev);
-            }
-        }
-        None => {
-            y.str("base_model", &m.path.display().to_string());
-            notes.push(format!(
-                "base_model is this machine's folder {}: copy it to the cluster or set a Hub repo id there",
-                m.path.display()
-            ));
-        }
-    }
 }
 
 fn training_keys(

@@ -68,9 +68,31 @@ pub(crate) fn unmapped_everywhere(engine: Engine, c: &RunConfig, unmapped: &mut 
     }
 }
 
+/// The model section: a Hub model by repo id and pinned revision, under the engine's `keys` (model, revision); a
+/// local folder by its path, with a note that the cluster needs a copy of it.
+pub(crate) fn model_keys(y: &mut Yaml, m: &ModelSection, keys: (&str, &str), notes: &mut Vec<String>) {
+    let (model, revision) = keys;
+    y.section("model");
+    match &m.repo {
+        Some(repo) => {
+            y.str(model, repo);
+            if let Some(rev) = pinned_revision(m) {
+                y.str(revision, &rev);
+            }
+        }
+        None => {
+            y.str(model, &m.path.display().to_string());
+            notes.push(format!(
+                "{model} is this machine's folder {}: copy it to the cluster or set a Hub repo id there",
+                m.path.display()
+            ));
+        }
+    }
+}
+
 /// The Hub commit a Hub model is pinned to: the one FreezeTune planned on (its Hub-cache snapshot folder is named
 /// by it), so the cluster does not train whatever `main` has become; else the revision the run names.
-pub(crate) fn pinned_revision(m: &ModelSection) -> Option<String> {
+fn pinned_revision(m: &ModelSection) -> Option<String> {
     let snapshot = m
         .path
         .parent()

@@ -50,7 +50,12 @@ pub(crate) fn write(config: &RunConfig, layout: &ModelLayout, dir: &Path, o: &Bu
         plan.trainable_params,
         plan.total_params
     ));
-    model_keys(&mut y, config, &mut notes);
+    hf::model_keys(
+        &mut y,
+        &config.model,
+        ("model_name_or_path", "model_revision"),
+        &mut notes,
+    );
     y.section("method");
     y.str("stage", "sft");
     y.bool("do_train", true);
@@ -148,26 +153,6 @@ fn freeze_difference(nearest: &NearestLlamafactory) -> Option<String> {
          form, which {}; Axolotl's patterns are exact (`freezetune export-run --to axolotl`)",
         differences.join(" and ")
     ))
-}
-
-fn model_keys(y: &mut Yaml, config: &RunConfig, notes: &mut Vec<String>) {
-    let m = &config.model;
-    y.section("model");
-    match &m.repo {
-        Some(repo) => {
-            y.str("model_name_or_path", repo);
-            if let Some(rev) = hf::pinned_revision(m) {
-                y.str("model_revision", &rev);
-            }
-        }
-        None => {
-            y.str("model_name_or_path", &m.path.display().to_string());
-            notes.push(format!(
-                "model_name_or_path is this machine's folder {}: copy it to the cluster or set a Hub repo id there",
-                m.path.display()
-            ));
-        }
-    }
 }
 
 fn eval_keys(y: &mut Yaml, config: &RunConfig, eval: &[crate::data::Written], notes: &mut Vec<String>) {
