@@ -1,10 +1,12 @@
 """One freeze configuration of bench-train, in PyTorch + transformers, for the side-by-side table.
 
-Usage: python train_step.py MODEL_DIR CONFIG STEPS BATCH SEQ ATTENTION
-Prints one JSON line: {"name", "median_ms", "min_ms", "peak_rss", "trainable", "threads", "path"}. Same model files, same shapes (f32, AdamW), same
+Usage: python train_step.py MODEL_DIR CONFIG STEPS BATCH SEQ ATTENTION [PRECISION]
+Prints one JSON line: {"name", "median_ms", "min_ms", "peak_rss", "trainable", "threads", "path", "first_loss"}. Same model files, same shapes (f32, AdamW), same
 trainable sets as FreezeTune's plans for the named configurations; ATTENTION is transformers' `eager` or `sdpa`
-(its default).
+(its default); PRECISION `bf16` runs the forward pass under torch.autocast("cpu", dtype=torch.bfloat16), as
+PyTorch's CPU mixed precision does (f32 weights, bf16 matmuls); `f32`, the default, does not.
 """
+import contextlib
 import importlib.util
 import json
 import resource
@@ -38,6 +40,9 @@ def trainable(name: str, config: str, model_config) -> bool:
 def main():
     model_dir, config, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     batch, seq, attention = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    precision = sys.argv[7] if len(sys.argv) > 7 else "f32"
+    if precision not in ("f32", "bf16"):
+        raise SystemExit(f"unknown precision {precision}: f32 or bf16")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
     model.train()
@@ -49,9 +54,14 @@ def main():
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq))
     times = []
+    first_loss = None
     for step in range(steps + 1):
         t = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        if step == 0:
+            first_loss = loss.item()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -65,6 +75,7 @@ def main():
         "trainable": sum(p.numel() for p in params),
         "threads": torch.get_num_threads(),
         "path": reference_path(model),
+        "first_loss": first_loss,
     }))
 
 

@@ -48,9 +48,10 @@ fn main() {
         None => println!("OpenBLAS: not loaded (install libopenblas0, or FREEZETUNE_BLAS=/path/libopenblas.so)"),
     }
     println!(
-        "\n{:<16} {:>16} {:>10} {:>10}",
-        "shape", "m x k x n", "gemm", "OpenBLAS"
+        "\n{:<16} {:>16} {:>10} {:>10} {:>10}",
+        "shape", "m x k x n", "gemm", "OpenBLAS", "bf16"
     );
+    let bf16 = freezetune_train::fused::bf16_matmul_available();
     for &(label, m, k, n, transposed) in SHAPES {
         let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
         let rhs: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 * 1e-3).collect();
@@ -93,15 +94,26 @@ fn main() {
                 );
             })
         });
+        // FreezeTune's bf16 matmul (operands rounded to bf16, f32 sums), as a bf16 run's layers multiply.
+        let bf16_s = bf16.then(|| {
+            freezetune_train::fused::with_bf16_matmuls(true, || {
+                best_seconds(|| {
+                    let out = freezetune_train::fused::rows_times_weight(&lhs, &rhs, m, n, k, transposed).unwrap();
+                    assert_eq!(out.len(), m * n);
+                })
+            })
+        });
+        let rate = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.1}", flops / s / 1e9));
         println!(
-            "{:<16} {:>16} {:>10.1} {:>10}",
+            "{:<16} {:>16} {:>10.1} {:>10} {:>10}",
             label,
             format!("{m}x{k}x{n}"),
             flops / gemm_s / 1e9,
-            blas_s.map_or("-".into(), |s| format!("{:.1}", flops / s / 1e9)),
+            rate(blas_s),
+            rate(bf16_s),
         );
     }
-    println!("(GFLOP/s, best of 5)");
+    println!("(GFLOP/s, best of 5; bf16: FreezeTune's AVX512-BF16 matmul, '-' where this CPU has none)");
     let attention = attention_shapes();
     let venv = std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pytorch/matmul.py");

@@ -16,7 +16,10 @@
 //! A third shape is a hybrid: a Qwen3.5-0.8B-shaped model (batch 1 x 2048) that transformers itself makes, full
 //! training and its full-attention layers alone; PyTorch's table names the Gated DeltaNet path transformers took.
 //!
-//! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS] [--generic | --hybrid]`
+//! On a CPU with AVX512-BF16 the llama shapes also run in bf16 (the layers' matmuls on bf16-rounded operands,
+//! what a bf16 run computes there), against PyTorch under CPU autocast in bf16, with each first step's loss.
+//!
+//! Run: `cargo run --release -p freezetune-bench --bin bench-train [-- STEPS] [--generic | --hybrid | --bf16]`
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -356,32 +359,11 @@ fn run_one(job: Job) -> Result<()> {
         lengths: vec![seq; batch_size],
         input_ids: ids,
     };
-    let mut times = Vec::new();
-    for step in 0..steps + 1 {
-        let t = Instant::now();
-        let grads = if ckpt {
-            let mut sum: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
-            // The mean: the sum over counted tokens, each weighed 1 / count.
-            let count = labels.iter().map(|r| r.len().saturating_sub(1)).sum::<usize>();
-            decoder.checkpointed_backward(&batch, &labels, 1.0 / count.max(1) as f64, &mut |store| {
-                freezetune_train::optim::accumulate(&mut sum, opt.collect(store)).map_err(|e| {
-                    freezetune_train::TrainError::Candle {
-                        context: "accumulating gradients".into(),
-                        source: e,
-                    }
-                })
-            })?;
-            sum
-        } else {
-            let (loss, _) = decoder.loss(&batch, &labels)?;
-            opt.collect(&loss.backward()?)
-        };
-        opt.step(&grads, 1e-4)?;
-        if step > 0 {
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
+    // FREEZETUNE_BENCH_BF16: the layers' matmuls in bf16, as a bf16 run on this CPU computes (spawn's `bf16`).
+    let bf16 = std::env::var_os("FREEZETUNE_BENCH_BF16").is_some();
+    let (times, first_loss) = freezetune_train::fused::with_bf16_matmuls(bf16, || {
+        timed_steps(steps, ckpt, &decoder, &mut opt, &batch, &labels)
+    })?;
     // The device-generic path is what a GPU runs: the fit check's GPU estimate (f32) is its prediction.
     let estimate = if freezetune_train::fused::enabled() {
         p.memory.cpu_total_bytes
@@ -401,14 +383,71 @@ fn run_one(job: Job) -> Result<()> {
     };
     let line = serde_json::json!({
         "name": name, "median_ms": times[times.len() / 2], "min_ms": times[0], "peak_rss": peak_rss_bytes(), "flops": flops,
-        "estimate": estimate, "trainable": p.trainable_params,
+        "estimate": estimate, "trainable": p.trainable_params, "first_loss": first_loss,
     });
     println!("{line}");
     Ok(())
 }
 
+/// `steps + 1` optimizer steps on one batch: the sorted times of all but the first (ms), and the first loss (not
+/// read back with gradient checkpointing, which returns none).
+fn timed_steps(
+    steps: usize,
+    ckpt: bool,
+    decoder: &Decoder,
+    opt: &mut Optimizer,
+    batch: &Batch,
+    labels: &[Vec<i64>],
+) -> Result<(Vec<f64>, Option<f32>)> {
+    let mut times = Vec::new();
+    let mut first_loss = None;
+    for step in 0..steps + 1 {
+        let t = Instant::now();
+        let grads = if ckpt {
+            let mut sum: Vec<Option<candle_core::Tensor>> = vec![None; opt.params().len()];
+            // The mean: the sum over counted tokens, each weighed 1 / count.
+            let count = labels.iter().map(|r| r.len().saturating_sub(1)).sum::<usize>();
+            decoder.checkpointed_backward(batch, labels, 1.0 / count.max(1) as f64, &mut |store| {
+                freezetune_train::optim::accumulate(&mut sum, opt.collect(store)).map_err(|e| {
+                    freezetune_train::TrainError::Candle {
+                        context: "accumulating gradients".into(),
+                        source: e,
+                    }
+                })
+            })?;
+            sum
+        } else {
+            let (loss, _) = decoder.loss(batch, labels)?;
+            if step == 0 {
+                first_loss = Some(loss.to_scalar::<f32>()?);
+            }
+            opt.collect(&loss.backward()?)
+        };
+        opt.step(&grads, 1e-4)?;
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, first_loss))
+}
+
 fn spawn(shape: &BenchShape, model: &Path, name: &str, threads: Option<(usize, usize)>) -> Result<serde_json::Value> {
+    spawn_in(shape, model, name, threads, false)
+}
+
+/// As [`spawn`]; with `bf16`, the layers' matmuls in bf16 (AVX512-BF16), as a bf16 run computes on this CPU.
+fn spawn_in(
+    shape: &BenchShape,
+    model: &Path,
+    name: &str,
+    threads: Option<(usize, usize)>,
+    bf16: bool,
+) -> Result<serde_json::Value> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    if bf16 {
+        cmd.env("FREEZETUNE_BENCH_BF16", "1");
+    }
     cmd.args(["--one", name, &shape.steps.to_string()])
         .arg(model)
         .args([shape.batch.to_string(), shape.seq.to_string()]);
@@ -429,12 +468,14 @@ fn pytorch_python() -> Result<std::path::PathBuf> {
     venv::python_with("torch, transformers", &["torch", "transformers"])
 }
 
+/// One configuration in PyTorch: f32, or with `precision` "bf16" under CPU autocast in bf16.
 fn pytorch_one(
     python: &Path,
     shape: &BenchShape,
     model: &Path,
     name: &str,
     attention: &str,
+    precision: &str,
 ) -> Result<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch/train_step.py");
     let out = std::process::Command::new(python)
@@ -442,7 +483,7 @@ fn pytorch_one(
         .arg(model)
         .arg(name)
         .args([shape.steps.to_string(), shape.batch.to_string(), shape.seq.to_string()])
-        .arg(attention)
+        .args([attention, precision])
         .output()?;
     // A process the kernel's OOM killer ends gets SIGKILL and leaves no message of its own: say so, rather than
     // print whatever it logged before.
@@ -575,7 +616,7 @@ fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_js
         let name = r["name"].as_str().unwrap_or_default();
         let theirs = match attn
             .iter()
-            .map(|a| pytorch_one(python, shape, dir, name, a))
+            .map(|a| pytorch_one(python, shape, dir, name, a, "f32"))
             .collect::<Result<Vec<_>>>()
         {
             Ok(theirs) => theirs,
@@ -611,6 +652,57 @@ fn pytorch_table(python: &Path, shape: &BenchShape, dir: &Path, ours: &[serde_js
     Ok(())
 }
 
+/// bf16 compute where this CPU has AVX512-BF16: FreezeTune's bf16 run (the layers' matmuls on bf16-rounded
+/// operands, f32 sums; weights and activations f32) against its f32 run and against PyTorch under
+/// `torch.autocast("cpu", dtype=torch.bfloat16)` with sdpa, and the first step's loss of each.
+fn bf16_table(python: Option<&Path>, shape: &BenchShape, dir: &Path, ours: &[serde_json::Value]) -> Result<()> {
+    if !freezetune_train::fused::bf16_matmul_available() {
+        println!("\nbf16: this CPU has no AVX512-BF16, so a bf16 run holds its tensors in bf16 instead: not measured");
+        return Ok(());
+    }
+    println!(
+        "\nbf16 compute (FreezeTune: bf16 matmuls on AVX512-BF16, f32 sums and tensors; PyTorch: CPU autocast bf16, \
+         sdpa; FT loss: step 1's on the same batch, f32 / bf16):"
+    );
+    println!(
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>17}",
+        "config", "FT f32", "FT bf16", "bf16/f32", "PT bf16", "FT/PT", "FT MiB", "PT MiB", "FT/PT mem", "FT loss"
+    );
+    for r in ours {
+        let name = r["name"].as_str().unwrap_or_default();
+        let b = spawn_in(shape, dir, name, None, true)?;
+        let theirs = python.map(|p| pytorch_one(p, shape, dir, name, "sdpa", "bf16"));
+        let (pt_ms, pt_mib) = match &theirs {
+            Some(Ok(t)) => (format!("{:.0}", ms(t)), format!("{:.0}", mib(t))),
+            Some(Err(e)) => {
+                println!("{name:<12} PyTorch failed: {e:#}");
+                ("-".into(), "-".into())
+            }
+            None => ("-".into(), "-".into()),
+        };
+        let ratio = |num: f64, den: Option<f64>| den.map_or("-".into(), |d| format!("{:.2}x", num / d.max(1e-9)));
+        let pt = match &theirs {
+            Some(Ok(t)) => Some(t),
+            _ => None,
+        };
+        let loss = |v: &serde_json::Value| v["first_loss"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<12} {:>9.0} {:>9.0} {:>8.2}x {:>9} {:>8} {:>8.0} {:>8} {:>9} {:>17}",
+            name,
+            ms(r),
+            ms(&b),
+            ms(&b) / ms(r).max(1e-9),
+            pt_ms,
+            ratio(ms(&b), pt.map(ms)),
+            mib(&b),
+            pt_mib,
+            ratio(mib(&b), pt.map(mib)),
+            format!("{:.4} / {:.4}", loss(r), loss(&b)),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     freezetune_train::device::cpu_runtime_defaults();
     let args: Vec<String> = std::env::args().collect();
@@ -624,9 +716,11 @@ fn main() -> Result<()> {
         });
     }
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    // --generic: only the device-generic (GPU path) memory shapes; --hybrid: only the hybrid (Qwen3.5) shape.
+    // --generic: only the device-generic (GPU path) memory shapes; --hybrid: only the hybrid (Qwen3.5) shape;
+    // --bf16: the llama shapes' f32 and bf16 tables only (no f32 PyTorch table, checkpointing or thread sweep).
     let only_generic = args.iter().any(|a| a == "--generic");
     let only_hybrid = args.iter().any(|a| a == "--hybrid");
+    let only_bf16 = args.iter().any(|a| a == "--bf16");
     println!("{}", cpu_line());
     println!("matmul: {}", freezetune_train::device::cpu_matmul_backend());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -634,7 +728,9 @@ fn main() -> Result<()> {
     println!("f32 peak, measured (FMA on {threads} threads): {peak_gflops:.0} GFLOP/s");
     let python = pytorch_python();
     let hybrid = |s: &BenchShape| matches!(s.source, Source::Transformers(_));
-    let wanted = |s: &BenchShape| (s.generic || !only_generic) && (hybrid(s) || !only_hybrid);
+    let wanted = |s: &BenchShape| {
+        (s.generic || !only_generic) && (hybrid(s) || !only_hybrid) && (!only_bf16 || !(s.generic || hybrid(s)))
+    };
     for shape in shapes(steps).into_iter().filter(wanted) {
         let dir = std::env::temp_dir().join(shape.dir_name);
         if !dir.join("config.json").exists() {
@@ -659,10 +755,19 @@ fn main() -> Result<()> {
                 ""
             }
         );
+        let mut shape = shape;
+        if only_bf16 {
+            shape.checkpointed.clear();
+            shape.thread_sweep = false;
+        }
         let ours = freezetune_table(&shape, &dir, peak_gflops)?;
         match &python {
             Err(e) => println!("\nPyTorch comparison skipped: {e:#}"),
-            Ok(python) => pytorch_table(python, &shape, &dir, &ours)?,
+            Ok(python) if !only_bf16 => pytorch_table(python, &shape, &dir, &ours)?,
+            Ok(_) => {}
+        }
+        if !shape.generic && !hybrid(&shape) {
+            bf16_table(python.as_deref().ok(), &shape, &dir, &ours)?;
         }
         if shape.thread_sweep {
             println!("\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");

@@ -276,6 +276,50 @@ fn select_auto() -> DeviceChoice {
     }
 }
 
+/// How a run computes: the dtype of its activations and frozen weights (trainable tensors are always f32
+/// masters), and whether the CPU's layer matmuls round their operands to bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compute {
+    pub dtype: DType,
+    /// bf16 asked for on a CPU with AVX512-BF16: tensors stay f32, so the fused CPU kernels serve them, and the
+    /// layers' big matmuls multiply bf16-rounded operands into f32 sums, as torch's CPU autocast does (twice the
+    /// multiply-adds per cycle of f32 there). Elsewhere bf16 on the CPU holds the tensors in bf16.
+    pub bf16_matmuls: bool,
+}
+
+impl Compute {
+    /// The dtype a run reports: "bf16" for bf16 matmuls on f32 tensors, as asked.
+    pub fn name(self) -> &'static str {
+        if self.bf16_matmuls {
+            "bf16"
+        } else {
+            dtype_name(self.dtype)
+        }
+    }
+
+    /// What the device note adds about it, if anything.
+    pub fn note(self) -> Option<&'static str> {
+        self.bf16_matmuls.then_some(
+            "bf16 on this CPU: the layers' matmuls round their operands to bf16 (AVX512-BF16) and sum in f32; \
+             weights and activations stay f32",
+        )
+    }
+}
+
+/// The [`Compute`] of a run that asked for `requested` on `device`.
+pub fn compute(requested: &str, device: &Device, checkpoint: DType) -> Compute {
+    let bf16_matmuls =
+        requested == "bf16" && device.is_cpu() && crate::fused::enabled() && crate::fused::bf16_matmul_available();
+    Compute {
+        dtype: if bf16_matmuls {
+            DType::F32
+        } else {
+            compute_dtype(requested, device, checkpoint)
+        },
+        bf16_matmuls,
+    }
+}
+
 /// The compute dtype of frozen weights and activations (trainable tensors are always f32 masters): `f32`, `bf16`
 /// or `f16` as asked; `auto` is f32 on the CPU (its kernels are fastest and exact there) and, on a GPU, bf16 (it
 /// has f32's range, so an f32 or bf16 checkpoint cannot overflow in it), except f16 for an f16 checkpoint or a

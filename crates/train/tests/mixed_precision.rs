@@ -147,6 +147,15 @@ fn check_family(name: &str, model: &Path) {
             toml.contains("[resolved]") && toml.contains(&format!("dtype = \"{dtype}\"")),
             "run.toml records what the run used:\n{toml}"
         );
+        // bf16 on a CPU with AVX512-BF16 (and the fused kernels on): f32 tensors, bf16 matmuls, and the note says
+        // so; elsewhere (FREEZETUNE_FUSED=0 too) the tensors themselves are bf16.
+        let bf16_matmuls =
+            dtype == "bf16" && freezetune_train::fused::enabled() && freezetune_train::fused::bf16_matmul_available();
+        assert_eq!(
+            toml.contains("matmuls round their operands to bf16 (AVX512-BF16)"),
+            bf16_matmuls,
+            "{name} {dtype}: the device note says how bf16 computes on this CPU:\n{toml}"
+        );
         let scale = r.steps[0].get("loss_scale");
         if dtype == "f16" {
             assert_eq!(

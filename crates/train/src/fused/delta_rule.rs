@@ -10,7 +10,7 @@
 //! Padded positions past the last whole chunk are zeros (no decay, no write), exactly as the composite path pads.
 
 use super::f32s;
-use super::gemm::{matmul_scaled, Mat, Parallelism};
+use super::gemm::{f32_matmul, Mat, Parallelism};
 use crate::delta_rule::CHUNK;
 use crate::fastmath::dot;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -537,7 +537,7 @@ fn mm(
     };
     let out = Mat(dst.as_mut_ptr(), n as isize, 1);
     // SAFETY: the assert above bounds every matrix inside its buffer, and `dst` is borrowed mutably.
-    unsafe { matmul_scaled(Parallelism::None, m, n, k, out, accumulate, lhs, rhs, scale) }
+    unsafe { f32_matmul(Parallelism::None, m, n, k, out, accumulate, lhs, rhs, scale) }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! that write straight into their output layout instead of going through candle's matmul and a copy; and, for
 //! the big matmuls of a linear layer, the choice between `gemm` and OpenBLAS (`blas.rs`), measured once per shape.
 
-use super::blas;
+use super::{bf16_gemm, blas};
 pub(super) use gemm::Parallelism;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,6 +51,33 @@ pub(super) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 /// A strided matrix: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
 pub(super) struct Mat(pub *const f32, pub isize, pub isize);
+// SAFETY: a Mat is an address to read from; the functions that read it state what must hold, and tasks that
+// share one only read it.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+thread_local! {
+    /// Whether the big matmuls issued from this thread run in bf16 ([`with_bf16_matmuls`]).
+    static BF16_MATMULS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the layers' matmuls (a linear layer's, the MLP's and attention's projections, the head's: every
+/// product of [`matmul_on`], [`matmul_scaled`] and [`matmul_fastest`], whatever its size) in bf16 on this thread
+/// when `on` and the CPU has AVX512-BF16: f32 operands rounded to bf16, sums in f32, as torch's CPU autocast runs
+/// a linear layer. The fused ops issue those products from the thread that runs the op, so a training step run
+/// inside `f` gets them. Attention's per-head products ([`matmul`]) and the delta rule's chunks ([`f32_matmul`])
+/// stay f32: they are a small part of the work, and the scores keep f32's precision.
+pub fn with_bf16_matmuls<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = BF16_MATMULS.with(|c| c.replace(on && bf16_gemm::available()));
+    let result = f();
+    BF16_MATMULS.with(|c| c.set(before));
+    result
+}
+
+/// Whether the layers' products run in bf16 on this thread (see [`with_bf16_matmuls`]).
+fn in_bf16() -> bool {
+    BF16_MATMULS.with(|c| c.get())
+}
 
 /// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` on the calling thread.
 ///
@@ -58,7 +85,7 @@ pub(super) struct Mat(pub *const f32, pub isize, pub isize);
 /// Every pointer must address a matrix of the stated shape and strides, and `dst` must not be written by another
 /// thread meanwhile.
 pub(super) unsafe fn matmul(m: usize, n: usize, k: usize, dst: Mat, accumulate: bool, lhs: Mat, rhs: Mat) {
-    matmul_on(Parallelism::None, m, n, k, dst, accumulate, lhs, rhs)
+    f32_matmul(Parallelism::None, m, n, k, dst, accumulate, lhs, rhs, 1.0)
 }
 
 /// As [`matmul`], split across `par`'s threads.
@@ -79,12 +106,39 @@ pub(super) unsafe fn matmul_on(
     matmul_scaled(par, m, n, k, dst, accumulate, lhs, rhs, 1.0)
 }
 
-/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, split across `par`'s threads.
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, split across `par`'s threads; in bf16 where
+/// [`with_bf16_matmuls`] asks for it.
 ///
 /// # Safety
 /// As for [`matmul`].
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul_scaled(
+    par: Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+) {
+    if in_bf16() {
+        let threads = match par {
+            Parallelism::Rayon(t) => t.max(1),
+            _ => 1,
+        };
+        return bf16_gemm::matmul(threads, m, n, k, dst, accumulate, lhs, rhs, scale);
+    }
+    f32_matmul(par, m, n, k, dst, accumulate, lhs, rhs, scale)
+}
+
+/// As [`matmul_scaled`], always in f32 (on the `gemm` crate): for the small products inside other ops.
+///
+/// # Safety
+/// As for [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn f32_matmul(
     par: Parallelism,
     m: usize,
     n: usize,
@@ -163,7 +217,8 @@ pub(super) fn all_chosen() -> Vec<(ShapeKey, Backend)> {
 /// # Safety
 /// As for [`matmul`].
 pub(super) unsafe fn matmul_fastest(par: Parallelism, m: usize, n: usize, k: usize, dst: Mat, lhs: Mat, rhs: Mat) {
-    let Some(openblas) = blas::openblas().filter(|_| m * n * k >= MEASURED_WORK) else {
+    let measured = m * n * k >= MEASURED_WORK && !in_bf16();
+    let Some(openblas) = blas::openblas().filter(|_| measured) else {
         return matmul_on(par, m, n, k, dst, false, lhs, rhs);
     };
     let run = |backend: Backend| match backend {

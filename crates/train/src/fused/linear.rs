@@ -33,6 +33,12 @@ pub fn matmul_no_grad(x: &Tensor, w: &Tensor, transposed: bool) -> Result<Tensor
 
 /// `x (m×k) · wᵀ` for `w` (n, k), both contiguous row-major slices, on the faster backend for the shape.
 pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    rows_times_weight(x, w, m, n, k, true)
+}
+
+/// `x (m×k) · wᵀ` for `w` stored (n, k), or `x · w` for `w` stored (k, n) when not `transposed`; both contiguous
+/// row-major slices.
+pub fn rows_times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) -> Result<Vec<f32>> {
     if x.len() != m * k || w.len() != n * k {
         bail!(
             "matmul: {} and {} values for {m}x{k} times ({n}x{k})ᵀ",
@@ -40,7 +46,7 @@ pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -
             w.len()
         )
     }
-    Ok(times_weight(x, w, m, n, k, true))
+    Ok(times_weight(x, w, m, n, k, transposed))
 }
 
 /// `x (m×k) · wᵀ` for `w` stored (n, k), or `x · w` for `w` stored (k, n) when not `transposed`, into a new

@@ -10,6 +10,9 @@ use candle_core::{
 };
 mod attention;
 mod attn_block;
+mod bf16_gemm;
+mod bf16_kernel;
+mod bf16_pack;
 pub mod blas;
 mod delta_net_inputs;
 mod delta_rule;
@@ -23,13 +26,14 @@ mod wiring;
 
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
+pub use bf16_gemm::available as bf16_matmul_available;
 pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
-pub use gemm::Backend;
+pub use gemm::{with_bf16_matmuls, Backend};
 pub use head_loss::head_cross_entropy;
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
-pub use linear::{linear, matmul_no_grad, rows_times_weight_t};
+pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t};
 pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
 pub use rope::{rope_heads, split_heads};
 

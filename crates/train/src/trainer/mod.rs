@@ -15,12 +15,11 @@ pub(crate) use setup::load_data;
 pub(crate) use step::collate as collate_examples;
 
 use crate::checkpoint::{self, Progress};
-use crate::device::{dtype_name, DeviceChoice};
+use crate::device::{Compute, DeviceChoice};
 use crate::error::Result;
 use crate::model::Decoder;
 use crate::optim::Optimizer;
 use crate::params::Params;
-use candle_core::DType;
 use freezetune_core::events::{EventSink, TrainEvent};
 use freezetune_core::run_config::RunConfig;
 use freezetune_core::ModelLayout;
@@ -65,7 +64,7 @@ struct Run {
     started: Instant,
     elapsed_before: f64,
     device: DeviceChoice,
-    dtype: DType,
+    compute: Compute,
     last_loss: Option<f64>,
 }
 
@@ -76,24 +75,28 @@ pub fn train(
     sink: &dyn EventSink<TrainEvent>,
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let mut run = Run::prepare(config, resume)?;
-    sink.emit(run.started_event());
-    while run.progress.step < run.total_steps {
-        if cancel.load(Ordering::Relaxed) {
-            return run.stop(sink);
-        }
-        run.enter_phase_if_due(sink)?;
-        let micro = run.next_micro_batches();
-        let event = run.step(&micro)?;
-        run.record(&event)?;
-        sink.emit(event);
-        run.eval_if_due(sink)?;
-        run.checkpoint_if_due(sink)?;
-    }
-    run.finish(sink)
+    let run = Run::prepare(config, resume)?;
+    crate::fused::with_bf16_matmuls(run.compute.bf16_matmuls, || run.drive(sink, cancel))
 }
 
 impl Run {
+    fn drive(mut self, sink: &dyn EventSink<TrainEvent>, cancel: &AtomicBool) -> Result<TrainOutcome> {
+        sink.emit(self.started_event());
+        while self.progress.step < self.total_steps {
+            if cancel.load(Ordering::Relaxed) {
+                return self.stop(sink);
+            }
+            self.enter_phase_if_due(sink)?;
+            let micro = self.next_micro_batches();
+            let event = self.step(&micro)?;
+            self.record(&event)?;
+            sink.emit(event);
+            self.eval_if_due(sink)?;
+            self.checkpoint_if_due(sink)?;
+        }
+        self.finish(sink)
+    }
+
     fn started_event(&self) -> TrainEvent {
         TrainEvent::Started {
             run_dir: self.run_dir.clone(),
@@ -104,7 +107,7 @@ impl Run {
             truncated: self.data.truncated,
             skipped: self.data.skipped,
             device: self.device.name.clone(),
-            dtype: dtype_name(self.dtype).into(),
+            dtype: self.compute.name().into(),
             device_note: self.device.note.clone(),
             frozen_weight_bytes: self.params.frozen_bytes(),
             quantized_tensors: self.params.quantized_count(),
@@ -120,7 +123,7 @@ impl Run {
             final_dir,
             last_loss: self.last_loss,
             device: self.device.name.clone(),
-            dtype: dtype_name(self.dtype).into(),
+            dtype: self.compute.name().into(),
         }
     }
 

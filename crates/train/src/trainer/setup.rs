@@ -6,7 +6,7 @@ use super::scaler::LossScaler;
 use super::Run;
 use crate::checkpoint::{self, Progress};
 use crate::data::{self, DataOptions, Example};
-use crate::device::{apply_thread_settings, checkpoint_dtype, compute_dtype, dtype_name, select_device, DeviceChoice};
+use crate::device::{apply_thread_settings, checkpoint_dtype, compute, select_device, Compute, DeviceChoice};
 use crate::error::{io, Result, TrainError};
 use crate::model::Decoder;
 use crate::optim::{AdamWConfig, Optimizer};
@@ -56,14 +56,21 @@ impl Run {
             },
         )?;
         plan.require_trainable()?;
-        let device = select_device(&config.runtime.device)?;
-        let dtype = compute_dtype(&config.model.dtype, &device.device, checkpoint_dtype(&layout));
+        let mut device = select_device(&config.runtime.device)?;
+        let compute = compute(&config.model.dtype, &device.device, checkpoint_dtype(&layout));
+        if let Some(note) = compute.note() {
+            device.note = Some(match device.note.take() {
+                Some(before) => format!("{before}; {note}"),
+                None => note.to_string(),
+            });
+        }
+        let dtype = compute.dtype;
         let data = load_data(config, &decoder_config)?;
 
         let micro_per_epoch = data.train.len().div_ceil(t.batch_size);
         let total_steps = total_steps(t, micro_per_epoch);
         let timeline = build_timeline(&layout, &plan, config, total_steps, micro_per_epoch)?;
-        write_run_files(config, &plan, &timeline, &device, dtype)?;
+        write_run_files(config, &plan, &timeline, &device, compute)?;
 
         let resume_from = if resume { checkpoint::latest(&run_dir) } else { None };
         let start_step = match &resume_from {
@@ -121,7 +128,7 @@ impl Run {
             order,
             started: Instant::now(),
             device,
-            dtype,
+            compute,
             last_loss: None,
         })
     }
@@ -251,14 +258,14 @@ fn write_run_files(
     plan: &FreezePlan,
     timeline: &Timeline,
     device: &DeviceChoice,
-    dtype: DType,
+    compute: Compute,
 ) -> Result<()> {
     let run_dir: &Path = &config.output.dir;
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
     let mut written = config.clone();
     written.resolved = Some(ResolvedSection {
         device: device.name.clone(),
-        dtype: dtype_name(dtype).into(),
+        dtype: compute.name().into(),
         device_note: device.note.clone(),
     });
     write_atomic(

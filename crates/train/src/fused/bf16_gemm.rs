@@ -1,0 +1,403 @@
+//! A bf16 matmul for the CPU: f32 operands rounded to bf16 (to nearest, ties to even, as a cast does) while they
+//! are packed, multiplied on the AVX512-BF16 kernel (`bf16_kernel.rs`), summed in f32 and written as f32. This
+//! is what torch's CPU autocast does to a linear layer, except that its sums also end in f32 here. The layout is
+//! the usual one of a blocked gemm: a block of the right operand packed once and shared by the threads, each
+//! thread packing its own rows of the left operand and running the kernel over 14 × 32 tiles.
+
+use super::bf16_kernel::{MR, NR};
+use super::bf16_pack::pack_strips;
+use super::gemm::{Mat, Shared};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+/// The most k values per packed block; k is split into equal blocks of at most this many. Few blocks matter more
+/// than an L1-sized strip: every block after the first reads and writes the whole result again, which for the
+/// head's product (vocabulary-wide) comes from memory. A 32-column strip of the right operand is then at most
+/// 40 KiB, read from L2 at a fraction of its bandwidth.
+const KC: usize = 640;
+/// Columns of the right operand packed at once (5 MiB of bf16 pairs at most): the left operand's rows are
+/// packed again for every such block, which a vocabulary-wide head would otherwise do dozens of times.
+const NC: usize = 4096;
+/// The most rows one task packs of the left operand (172 KiB, in L2).
+const MC_MAX: usize = 24 * MR;
+
+/// Whether this CPU runs the kernel: x86-64 with AVX512-F (whose registers the OS must save, which the detection
+/// checks) and AVX512-BF16 (CPUID leaf 7, sub-leaf 1, EAX bit 5).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> bool {
+    if !std::is_x86_feature_detected!("avx512f") {
+        return false;
+    }
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 does wherever AVX512-F was detected. (The call is safe
+    // from Rust 1.87 on; this project builds with 1.85 too.)
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 1) };
+    leaf.eax & (1 << 5) != 0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> bool {
+    false
+}
+
+thread_local! {
+    /// Each thread's packed operand blocks, kept between calls: the right operand's on the calling thread, the
+    /// left operand's rows on each task's, and a line of scratch for the packing.
+    static PACKED_RHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_LHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static LINE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's buffer `key`, grown to at least `len` values (its contents are left over from the
+/// last use: the packing writes every value the kernel reads); on a fresh one if the buffer is in use.
+fn with_buffer<R>(key: &'static LocalKey<RefCell<Vec<u32>>>, len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0);
+            }
+            f(&mut buffer[..len])
+        }
+        Err(_) => f(&mut vec![0; len]),
+    })
+}
+
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, with lhs and rhs rounded to bf16 and the sums in f32,
+/// over rayon's threads when `threads` > 1.
+///
+/// # Safety
+/// [`available`] must be true; every pointer must address a matrix of the stated shape and strides, and `dst`
+/// must not overlap the operands or be used by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Mat,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+) {
+    assert!(available(), "the bf16 matmul needs AVX512-BF16");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out = Shared(dst.0 as *mut f32);
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    *out.at(offset(dst, i, j)) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let blocks = row_blocks(m, threads);
+    let k_block = k.div_ceil(k.div_ceil(KC)).next_multiple_of(2);
+    with_buffer(&PACKED_RHS, NC.min(n).div_ceil(NR) * NR * k_block / 2, |packed_rhs| {
+        let dims = (m, n, k, k_block, threads);
+        multiply(dims, (dst, out), accumulate, (lhs, rhs), scale, &blocks, packed_rhs)
+    })
+}
+
+/// [`matmul`]'s loops over blocks of columns and of k, with `packed_rhs` to pack the right operand's blocks in.
+///
+/// # Safety
+/// As for [`matmul`].
+unsafe fn multiply(
+    (m, n, k, k_block, threads): (usize, usize, usize, usize, usize),
+    (dst, out): (Mat, Shared),
+    accumulate: bool,
+    (lhs, rhs): (Mat, Mat),
+    scale: f32,
+    blocks: &[(usize, usize)],
+    packed_rhs: &mut [u32],
+) {
+    debug_assert!(blocks.iter().map(|b| b.1).sum::<usize>() == m);
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for k0 in (0..k).step_by(k_block) {
+            let kc = k_block.min(k - k0);
+            let strip = kc.div_ceil(2) * NR;
+            let strips = nc.div_ceil(NR);
+            let pack_strip = |(s, chunk): (usize, &mut [u32])| {
+                let base = element(rhs, k0, j0 + s * NR);
+                let lines = NR.min(nc - s * NR);
+                with_buffer(&LINE, KC.max(NR), |line| {
+                    pack_strips::<NR>(chunk, base, (rhs.2, rhs.1), lines, kc, line)
+                });
+            };
+            let packed = &mut packed_rhs[..strips * strip];
+            if threads > 1 {
+                packed.par_chunks_mut(strip).enumerate().for_each(pack_strip);
+            } else {
+                packed.chunks_mut(strip).enumerate().for_each(pack_strip);
+            }
+            let packed: &[u32] = packed;
+            let first = k0 == 0 && !accumulate;
+            let block = |&(i0, rows): &(usize, usize)| {
+                let lhs_block = Mat(element(lhs, i0, k0), lhs.1, lhs.2);
+                let dst_block = (out, offset(dst, i0, j0), dst.1, dst.2);
+                row_block(rows, nc, kc, lhs_block, packed, dst_block, first, scale);
+            };
+            if threads > 1 {
+                blocks.par_iter().for_each(block);
+            } else {
+                blocks.iter().for_each(block);
+            }
+        }
+    }
+}
+
+/// The rows each task takes, as (first row, count): a multiple of the threads in number, of at most
+/// [`MC_MAX`] rows each and a multiple of the tile's rows where it can be, so that the threads end together.
+fn row_blocks(m: usize, threads: usize) -> Vec<(usize, usize)> {
+    let threads = threads.max(1);
+    let count = threads * m.div_ceil(threads * MC_MAX);
+    let rows = m.div_ceil(count).div_ceil(MR) * MR;
+    (0..m).step_by(rows).map(|i0| (i0, rows.min(m - i0))).collect()
+}
+
+/// One task's rows over one packed block of the right operand: packs the rows, then runs the kernel on every
+/// tile, which adds `scale ·` the tile into `dst` (or writes it, on the first block of k when not accumulating);
+/// a partial tile, or one whose columns are not contiguous in `dst`, goes through a buffer.
+/// `dst` is (buffer, offset of the block's first value, row stride, column stride).
+///
+/// # Safety
+/// As for [`matmul`]; no other task writes these rows of `dst`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_block(
+    rows: usize,
+    nc: usize,
+    kc: usize,
+    lhs: Mat,
+    packed_rhs: &[u32],
+    dst: (Shared, usize, isize, isize),
+    first: bool,
+    scale: f32,
+) {
+    let pairs = kc.div_ceil(2);
+    with_buffer(&PACKED_LHS, rows.div_ceil(MR) * pairs * MR, |packed_lhs| {
+        with_buffer(&LINE, KC.max(rows), |line| {
+            pack_strips::<MR>(packed_lhs, lhs.0, (lhs.1, lhs.2), rows, kc, line)
+        });
+        run_tiles((rows, nc, pairs), packed_lhs, packed_rhs, dst, first, scale)
+    })
+}
+
+/// Every tile of one task's rows over one packed block of the right operand (see [`row_block`]).
+///
+/// # Safety
+/// As for [`row_block`].
+unsafe fn run_tiles(
+    (rows, nc, pairs): (usize, usize, usize),
+    packed_lhs: &[u32],
+    packed_rhs: &[u32],
+    dst: (Shared, usize, isize, isize),
+    first: bool,
+    scale: f32,
+) {
+    let (panel_a, panel_b) = (pairs * MR, pairs * NR);
+    let strips = rows.div_ceil(MR);
+    let mut tile = [0f32; MR * NR];
+    let (out, start, row_stride, col_stride) = dst;
+    for s in 0..nc.div_ceil(NR) {
+        let b = packed_rhs[s * panel_b..].as_ptr();
+        let cols = NR.min(nc - s * NR);
+        for r in 0..strips {
+            let a = packed_lhs[r * panel_a..].as_ptr();
+            let tile_rows = MR.min(rows - r * MR);
+            let corner = start as isize + (r * MR) as isize * row_stride + (s * NR) as isize * col_stride;
+            let corner = out.at(corner as usize);
+            if tile_rows == MR && cols == NR && col_stride == 1 {
+                // A whole tile with contiguous rows: the kernel meets dst itself.
+                run_tile(pairs, a, b, corner, row_stride * 4, scale, !first);
+                continue;
+            }
+            run_tile(pairs, a, b, tile.as_mut_ptr(), (NR * 4) as isize, 1.0, false);
+            for i in 0..tile_rows {
+                for (j, &v) in tile[i * NR..i * NR + cols].iter().enumerate() {
+                    let at = corner.offset(i as isize * row_stride + j as isize * col_stride);
+                    *at = if first { scale * v } else { *at + scale * v };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_tile(
+    pairs: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    row_bytes: isize,
+    scale: f32,
+    accumulate: bool,
+) {
+    super::bf16_kernel::tile_14x32(pairs, a, b, c, row_bytes, scale, accumulate)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn run_tile(_: usize, _: *const u32, _: *const u32, _: *mut f32, _: isize, _: f32, _: bool) {
+    unreachable!("the bf16 matmul runs only where `available` said yes")
+}
+
+/// The address of `m`'s element (i, j). (A function of the whole `Mat`, so that the closures that call it
+/// capture the `Mat`, which threads may share, not its raw pointer.)
+///
+/// # Safety
+/// The element must be inside `m`'s buffer.
+unsafe fn element(m: Mat, i: usize, j: usize) -> *const f32 {
+    m.0.offset(i as isize * m.1 + j as isize * m.2)
+}
+
+/// The offset of `dst`'s element (i, j) from its start.
+fn offset(dst: Mat, i: usize, j: usize) -> usize {
+    (i as isize * dst.1 + j as isize * dst.2) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::bf16_pack::bf16_bits;
+    use super::*;
+
+    /// The product of the operands rounded to bf16, summed in f64.
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        (ars, acs): (usize, usize),
+        (brs, bcs): (usize, usize),
+    ) -> Vec<f64> {
+        let r = |x: f32| f32::from_bits(bf16_bits(x) << 16) as f64;
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| r(a[i * ars + p * acs]) * r(b[p * brs + j * bcs])).sum();
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn row_blocks_cover_every_row_once() {
+        for (m, threads) in [(1, 1), (13, 2), (1024, 2), (1000, 16), (5000, 2), (14, 3)] {
+            let blocks = row_blocks(m, threads);
+            let mut next = 0;
+            for &(i0, rows) in &blocks {
+                assert_eq!(i0, next);
+                assert!(rows > 0 && rows <= MC_MAX.max(MR));
+                next += rows;
+            }
+            assert_eq!(next, m, "{m} rows, {threads} threads");
+        }
+    }
+
+    /// Every orientation of both operands and of the result, shapes that leave partial tiles, an odd k over two
+    /// k blocks, two column blocks, accumulation and a scale, on one thread and on several: within f32 summation
+    /// error of the bf16-rounded operands' exact product (1e-5 relative; rounding an operand wrongly, to zero
+    /// say, moves sums by 1e-3).
+    #[test]
+    fn matches_the_rounded_product() {
+        if !available() {
+            eprintln!("this CPU has no AVX512-BF16: the bf16 matmul is never chosen here, nothing to run");
+            return;
+        }
+        let (m, n, k) = (37, 1061, 301);
+        let cases = [
+            (false, false, false, false, 1),
+            (true, false, true, false, 2),
+            (false, true, false, false, 2),
+            (true, true, true, false, 1),
+            (false, true, true, true, 2),
+        ];
+        for (lhs_t, rhs_t, accumulate, dst_t, threads) in cases {
+            let (a, b) = (values(m * k, 1), values(k * n, 2));
+            let sa = if lhs_t { (1, m) } else { (k, 1) };
+            let sb = if rhs_t { (1, k) } else { (n, 1) };
+            let sc = if dst_t { (1, m) } else { (n, 1) };
+            let mut c = values(m * n, 3);
+            let before = c.clone();
+            let scale = 0.75;
+            unsafe {
+                matmul(
+                    threads,
+                    m,
+                    n,
+                    k,
+                    Mat(c.as_mut_ptr(), sc.0 as isize, sc.1 as isize),
+                    accumulate,
+                    Mat(a.as_ptr(), sa.0 as isize, sa.1 as isize),
+                    Mat(b.as_ptr(), sb.0 as isize, sb.1 as isize),
+                    scale,
+                );
+            }
+            let want = reference(m, n, k, &a, &b, sa, sb);
+            for i in 0..m {
+                for j in 0..n {
+                    let at = i * sc.0 + j * sc.1;
+                    let sum = scale as f64 * want[i * n + j];
+                    let expected = if accumulate { before[at] as f64 + sum } else { sum };
+                    assert!(
+                        (c[at] as f64 - expected).abs() < 1e-5 * (1.0 + expected.abs()),
+                        "lhs_t {lhs_t} rhs_t {rhs_t} accumulate {accumulate} dst_t {dst_t}: ({i}, {j}) is {} \
+                         against {expected}",
+                        c[at]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The rounding is the operands' and nothing else's: on values that are exactly bf16 the product is the
+    /// exact one (small integers sum without error in f32).
+    #[test]
+    fn exact_on_bf16_values() {
+        if !available() {
+            return;
+        }
+        let (m, n, k) = (20, 40, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut c = vec![f32::NAN; m * n];
+        unsafe {
+            matmul(
+                1,
+                m,
+                n,
+                k,
+                Mat(c.as_mut_ptr(), n as isize, 1),
+                false,
+                Mat(a.as_ptr(), k as isize, 1),
+                Mat(b.as_ptr(), n as isize, 1),
+                1.0,
+            );
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                assert_eq!(c[i * n + j], want);
+            }
+        }
+    }
+}
