@@ -301,15 +301,30 @@ impl Compute {
     pub fn note(self) -> Option<&'static str> {
         self.bf16_matmuls.then_some(
             "bf16 on this CPU: the layers' matmuls round their operands to bf16 (AVX512-BF16) and sum in f32; \
-             weights and activations stay f32",
+             weights and activations stay f32 (dtype = \"f32\" computes every matmul in f32)",
         )
     }
 }
 
-/// The [`Compute`] of a run that asked for `requested` on `device`.
+/// Whether half precision on this machine's CPU keeps f32 tensors (a bf16 run's matmuls on AVX512-BF16): the
+/// fit check then counts its memory as f32's, with the fused kernels'. (An f16 run still holds f16 tensors, so
+/// for it that count errs high, the safe side.)
+pub fn cpu_half_keeps_f32() -> bool {
+    compute("bf16", &Device::Cpu, DType::F32).bf16_matmuls
+}
+
+/// The [`Compute`] of a run that asked for `requested` on `device`. On the CPU (with the fused kernels) `bf16`
+/// means bf16 matmuls wherever the CPU has AVX512-BF16, and `auto` picks them where they are twice as fast as
+/// f32's ([`crate::fused::bf16_matmul_faster`]; within the mixed-precision tolerance, which
+/// `tests/mixed_precision.rs` holds them to); elsewhere the tensors' dtype is [`compute_dtype`]'s.
 pub fn compute(requested: &str, device: &Device, checkpoint: DType) -> Compute {
-    let bf16_matmuls =
-        requested == "bf16" && device.is_cpu() && crate::fused::enabled() && crate::fused::bf16_matmul_available();
+    use crate::fused;
+    let wanted = match requested {
+        "bf16" => fused::bf16_matmul_available(),
+        "auto" => fused::bf16_matmul_faster(),
+        _ => false,
+    };
+    let bf16_matmuls = wanted && device.is_cpu() && fused::enabled();
     Compute {
         dtype: if bf16_matmuls {
             DType::F32
@@ -449,6 +464,25 @@ mod tests {
         assert_eq!(compute_dtype("auto", &Device::Cpu, DType::BF16), DType::F32);
         assert_eq!(compute_dtype("bf16", &Device::Cpu, DType::F32), DType::BF16);
         assert_eq!(compute_dtype("f16", &Device::Cpu, DType::F32), DType::F16);
+    }
+
+    #[test]
+    fn cpu_bf16_keeps_f32_tensors_where_the_cpu_multiplies_in_bf16() {
+        use crate::fused;
+        let has = fused::enabled() && fused::bf16_matmul_available();
+        let bf16 = compute("bf16", &Device::Cpu, DType::F32);
+        assert_eq!(bf16.bf16_matmuls, has);
+        assert_eq!(bf16.dtype, if has { DType::F32 } else { DType::BF16 });
+        assert_eq!(bf16.name(), "bf16");
+        assert_eq!(bf16.note().is_some(), has);
+        let auto = compute("auto", &Device::Cpu, DType::BF16);
+        assert_eq!(auto.bf16_matmuls, fused::enabled() && fused::bf16_matmul_faster());
+        assert_eq!(auto.dtype, DType::F32);
+        for (asked, dtype) in [("f32", DType::F32), ("f16", DType::F16)] {
+            let c = compute(asked, &Device::Cpu, DType::F32);
+            assert_eq!((c.dtype, c.bf16_matmuls, c.name()), (dtype, false, asked));
+        }
+        assert_eq!(cpu_half_keeps_f32(), has);
     }
 
     #[test]

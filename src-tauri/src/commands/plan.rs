@@ -58,6 +58,10 @@ pub fn check_fit(
     device: DeviceMemory,
 ) -> IpcResult<FitVerdict> {
     let layout = state.checked_layout(&model_path)?;
+    let mut setup = setup;
+    if setup.cpu && freezetune_train::device::cpu_half_keeps_f32() {
+        setup.half_precision = false;
+    }
     let options = PlanOptions {
         batch_size: setup.batch_size,
         seq_len: setup.seq_len,

@@ -26,7 +26,7 @@ mod wiring;
 
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
-pub use bf16_gemm::available as bf16_matmul_available;
+pub use bf16_gemm::{available as bf16_matmul_available, faster_than_f32 as bf16_matmul_faster};
 pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
 pub use gemm::{with_bf16_matmuls, Backend};
