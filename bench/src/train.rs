@@ -660,6 +660,9 @@ fn bf16_table(python: Option<&Path>, shape: &BenchShape, dir: &Path, ours: &[ser
         println!("\nbf16: this CPU has no AVX512-BF16, so a bf16 run holds its tensors in bf16 instead: not measured");
         return Ok(());
     }
+    if !freezetune_train::fused::bf16_matmul_faster() {
+        println!("\n(on this CPU bf16 and auto runs do not use these matmuls: measured to see whether they should)");
+    }
     println!(
         "\nbf16 compute (FreezeTune: bf16 matmuls on AVX512-BF16, f32 sums and tensors; PyTorch: CPU autocast bf16, \
          sdpa; FT loss: step 1's on the same batch, f32 / bf16):"

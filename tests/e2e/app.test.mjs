@@ -196,7 +196,7 @@ describe("FreezeTune desktop app", () => {
     // auto on the CPU: f32, or bf16 matmuls on a CPU where they are twice f32's rate (AMD's AVX512-BF16), named.
     assert.match(
       await s.text(await s.find("train-device")),
-      /On cpu, (f32 compute with f32 master weights|bf16 compute with f32 master weights — bf16 on this CPU: .*AVX512-BF16)/,
+      /On cpu, (f32 compute with f32 master weights|bf16 compute with f32 master weights — .*bf16 on this CPU: .*AVX512-BF16)/,
     );
     await s.execute(`document.querySelector('[data-testid="dtype"]').scrollIntoView({ block: "center" })`);
     await sleep(300);

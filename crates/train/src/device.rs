@@ -281,9 +281,9 @@ fn select_auto() -> DeviceChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compute {
     pub dtype: DType,
-    /// bf16 asked for on a CPU with AVX512-BF16: tensors stay f32, so the fused CPU kernels serve them, and the
-    /// layers' big matmuls multiply bf16-rounded operands into f32 sums, as torch's CPU autocast does (twice the
-    /// multiply-adds per cycle of f32 there). Elsewhere bf16 on the CPU holds the tensors in bf16.
+    /// bf16 (asked for, or `auto`'s pick) on a CPU whose bf16 matmul has twice f32's rate (AMD's AVX512-BF16):
+    /// tensors stay f32, so the fused CPU kernels serve them, and the layers' matmuls multiply bf16-rounded
+    /// operands into f32 sums, as torch's CPU autocast does. Elsewhere bf16 on the CPU holds the tensors in bf16.
     pub bf16_matmuls: bool,
 }
 
@@ -306,24 +306,21 @@ impl Compute {
     }
 }
 
-/// Whether half precision on this machine's CPU keeps f32 tensors (a bf16 run's matmuls on AVX512-BF16): the
+/// Whether half precision on this machine's CPU keeps f32 tensors (a bf16 run's matmuls on AMD's AVX512-BF16): the
 /// fit check then counts its memory as f32's, with the fused kernels'. (An f16 run still holds f16 tensors, so
 /// for it that count errs high, the safe side.)
 pub fn cpu_half_keeps_f32() -> bool {
     compute("bf16", &Device::Cpu, DType::F32).bf16_matmuls
 }
 
-/// The [`Compute`] of a run that asked for `requested` on `device`. On the CPU (with the fused kernels) `bf16`
-/// means bf16 matmuls wherever the CPU has AVX512-BF16, and `auto` picks them where they are twice as fast as
-/// f32's ([`crate::fused::bf16_matmul_faster`]; within the mixed-precision tolerance, which
-/// `tests/mixed_precision.rs` holds them to); elsewhere the tensors' dtype is [`compute_dtype`]'s.
+/// The [`Compute`] of a run that asked for `requested` on `device`. On the CPU (with the fused kernels), where
+/// bf16 matmuls are twice as fast as f32's ([`crate::fused::bf16_matmul_faster`]), both `bf16` and `auto` run
+/// them (within the mixed-precision tolerance, which `tests/mixed_precision.rs` holds them to); elsewhere the
+/// tensors' dtype is [`compute_dtype`]'s.
 pub fn compute(requested: &str, device: &Device, checkpoint: DType) -> Compute {
     use crate::fused;
-    let wanted = match requested {
-        "bf16" => fused::bf16_matmul_available(),
-        "auto" => fused::bf16_matmul_faster(),
-        _ => false,
-    };
+    // Only where they are faster: elsewhere bf16 keeps halving the tensors' memory, and f32 stays exact.
+    let wanted = matches!(requested, "bf16" | "auto") && fused::bf16_matmul_faster();
     let bf16_matmuls = wanted && device.is_cpu() && fused::enabled();
     Compute {
         dtype: if bf16_matmuls {
@@ -469,15 +466,17 @@ mod tests {
     #[test]
     fn cpu_bf16_keeps_f32_tensors_where_the_cpu_multiplies_in_bf16() {
         use crate::fused;
-        let has = fused::enabled() && fused::bf16_matmul_available();
+        let has = fused::enabled() && fused::bf16_matmul_faster();
         let bf16 = compute("bf16", &Device::Cpu, DType::F32);
         assert_eq!(bf16.bf16_matmuls, has);
         assert_eq!(bf16.dtype, if has { DType::F32 } else { DType::BF16 });
         assert_eq!(bf16.name(), "bf16");
         assert_eq!(bf16.note().is_some(), has);
         let auto = compute("auto", &Device::Cpu, DType::BF16);
-        assert_eq!(auto.bf16_matmuls, fused::enabled() && fused::bf16_matmul_faster());
+        assert_eq!(auto.bf16_matmuls, has);
         assert_eq!(auto.dtype, DType::F32);
+        // Faster only where the CPU has the instructions at all.
+        assert!(!fused::bf16_matmul_faster() || fused::bf16_matmul_available());
         for (asked, dtype) in [("f32", DType::F32), ("f16", DType::F16)] {
             let c = compute(asked, &Device::Cpu, DType::F32);
             assert_eq!((c.dtype, c.bf16_matmuls, c.name()), (dtype, false, asked));

@@ -151,10 +151,9 @@ fn check_family(name: &str, model: &Path) {
             toml.contains("[resolved]") && toml.contains(&format!("dtype = \"{dtype}\"")),
             "run.toml records what the run used:\n{toml}"
         );
-        // bf16 on a CPU with AVX512-BF16 (and the fused kernels on): f32 tensors, bf16 matmuls, and the note says
-        // so; elsewhere (FREEZETUNE_FUSED=0 too) the tensors themselves are bf16.
-        let bf16_matmuls =
-            dtype == "bf16" && freezetune_train::fused::enabled() && freezetune_train::fused::bf16_matmul_available();
+        // bf16 where bf16 matmuls are twice f32's rate (AMD's AVX512-BF16, the fused kernels on): f32 tensors,
+        // bf16 matmuls, and the note says so; elsewhere (FREEZETUNE_FUSED=0 too) the tensors themselves are bf16.
+        let bf16_matmuls = dtype == "bf16" && auto_bf16();
         assert_eq!(
             toml.contains("matmuls round their operands to bf16 (AVX512-BF16)"),
             bf16_matmuls,
@@ -222,6 +221,9 @@ fn auto_on_the_cpu_computes_in_f32_or_fast_bf16_and_says_so() {
     let (_d3, exact) = run(&model, "f32");
     for (a, b) in r.losses.iter().zip(&exact.losses) {
         assert!((a - b).abs() / b < 2e-2, "auto: loss {a} vs f32 {b}");
+    }
+    if auto_bf16() {
+        assert_ne!(r.losses, exact.losses, "auto's bf16 matmuls ran (and f32 stayed f32)");
     }
 }
 

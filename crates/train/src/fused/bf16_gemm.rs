@@ -15,10 +15,17 @@ use std::thread::LocalKey;
 /// than an L1-sized strip: every block after the first reads and writes the whole result again, which for the
 /// head's product (vocabulary-wide) comes from memory. A 32-column strip of the right operand is then at most
 /// 40 KiB, read from L2 at a fraction of its bandwidth.
+#[cfg(not(test))]
 const KC: usize = 640;
+/// Small blocks under test, so that the tests' shapes cross every kind of block boundary.
+#[cfg(test)]
+const KC: usize = 96;
 /// Columns of the right operand packed at once (5 MiB of bf16 pairs at most): the left operand's rows are
 /// packed again for every such block, which a vocabulary-wide head would otherwise do dozens of times.
+#[cfg(not(test))]
 const NC: usize = 4096;
+#[cfg(test)]
+const NC: usize = 256;
 /// The most rows one task packs of the left operand (172 KiB, in L2).
 const MC_MAX: usize = 24 * MR;
 
@@ -54,14 +61,18 @@ fn amd() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> bool {
-    if !std::is_x86_feature_detected!("avx512f") {
+    // AVX2 too: the packing runs on it.
+    if !std::is_x86_feature_detected!("avx512f") || !std::is_x86_feature_detected!("avx2") {
         return false;
     }
-    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 does wherever AVX512-F was detected. (The call is safe
-    // from Rust 1.87 on; this project builds with 1.85 too.)
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 does wherever AVX512-F was detected, and its sub-leaf 0
+    // says how many sub-leaves follow. (The call is safe from Rust 1.87 on; this project builds with 1.85 too.)
     #[allow(unused_unsafe)]
-    let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 1) };
-    leaf.eax & (1 << 5) != 0
+    let (sub_leaves, leaf) = unsafe {
+        use std::arch::x86_64::__cpuid_count;
+        (__cpuid_count(7, 0).eax, __cpuid_count(7, 1))
+    };
+    sub_leaves >= 1 && leaf.eax & (1 << 5) != 0
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -118,7 +129,7 @@ pub(super) unsafe fn matmul(
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    *out.at(offset(dst, i, j)) = 0.0;
+                    *out.0.offset(offset(dst, i, j)) = 0.0;
                 }
             }
         }
@@ -193,7 +204,7 @@ fn row_blocks(m: usize, threads: usize) -> Vec<(usize, usize)> {
 /// One task's rows over one packed block of the right operand: packs the rows, then runs the kernel on every
 /// tile, which adds `scale ·` the tile into `dst` (or writes it, on the first block of k when not accumulating);
 /// a partial tile, or one whose columns are not contiguous in `dst`, goes through a buffer.
-/// `dst` is (buffer, offset of the block's first value, row stride, column stride).
+/// `dst` is (buffer, offset of the block's first value, row stride, column stride), in values.
 ///
 /// # Safety
 /// As for [`matmul`]; no other task writes these rows of `dst`.
@@ -204,7 +215,7 @@ unsafe fn row_block(
     kc: usize,
     lhs: Mat,
     packed_rhs: &[u32],
-    dst: (Shared, usize, isize, isize),
+    dst: (Shared, isize, isize, isize),
     first: bool,
     scale: f32,
 ) {
@@ -225,7 +236,7 @@ unsafe fn run_tiles(
     (rows, nc, pairs): (usize, usize, usize),
     packed_lhs: &[u32],
     packed_rhs: &[u32],
-    dst: (Shared, usize, isize, isize),
+    dst: (Shared, isize, isize, isize),
     first: bool,
     scale: f32,
 ) {
@@ -239,8 +250,9 @@ unsafe fn run_tiles(
         for r in 0..strips {
             let a = packed_lhs[r * panel_a..].as_ptr();
             let tile_rows = MR.min(rows - r * MR);
-            let corner = start as isize + (r * MR) as isize * row_stride + (s * NR) as isize * col_stride;
-            let corner = out.at(corner as usize);
+            let corner = out
+                .0
+                .offset(start + (r * MR) as isize * row_stride + (s * NR) as isize * col_stride);
             if tile_rows == MR && cols == NR && col_stride == 1 {
                 // A whole tile with contiguous rows: the kernel meets dst itself.
                 run_tile(pairs, a, b, corner, row_stride * 4, scale, !first);
@@ -285,8 +297,8 @@ unsafe fn element(m: Mat, i: usize, j: usize) -> *const f32 {
 }
 
 /// The offset of `dst`'s element (i, j) from its start.
-fn offset(dst: Mat, i: usize, j: usize) -> usize {
-    (i as isize * dst.1 + j as isize * dst.2) as usize
+fn offset(dst: Mat, i: usize, j: usize) -> isize {
+    i as isize * dst.1 + j as isize * dst.2
 }
 
 #[cfg(test)]
@@ -336,58 +348,74 @@ mod tests {
         }
     }
 
-    /// Every orientation of both operands and of the result, shapes that leave partial tiles, an odd k over two
-    /// k blocks, two column blocks, accumulation and a scale, on one thread and on several: within f32 summation
-    /// error of the bf16-rounded operands' exact product (1e-5 relative; rounding an operand wrongly, to zero
-    /// say, moves sums by 1e-3).
+    /// `matmul` on one shape and orientation against the bf16-rounded operands' exact product, within f32
+    /// summation error (1e-5 relative; rounding an operand wrongly, to zero say, moves sums by 1e-3).
+    fn check(
+        (m, n, k): (usize, usize, usize),
+        (lhs_t, rhs_t, dst_t): (bool, bool, bool),
+        accumulate: bool,
+        threads: usize,
+    ) {
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let sa = if lhs_t { (1, m) } else { (k, 1) };
+        let sb = if rhs_t { (1, k) } else { (n, 1) };
+        let sc = if dst_t { (1, m) } else { (n, 1) };
+        let mut c = values(m * n, 3);
+        let before = c.clone();
+        let scale = 0.75;
+        unsafe {
+            matmul(
+                threads,
+                m,
+                n,
+                k,
+                Mat(c.as_mut_ptr(), sc.0 as isize, sc.1 as isize),
+                accumulate,
+                Mat(a.as_ptr(), sa.0 as isize, sa.1 as isize),
+                Mat(b.as_ptr(), sb.0 as isize, sb.1 as isize),
+                scale,
+            );
+        }
+        let want = reference(m, n, k, &a, &b, sa, sb);
+        for i in 0..m {
+            for j in 0..n {
+                let at = i * sc.0 + j * sc.1;
+                let sum = scale as f64 * want[i * n + j];
+                let expected = if accumulate { before[at] as f64 + sum } else { sum };
+                assert!(
+                    (c[at] as f64 - expected).abs() < 1e-5 * (1.0 + expected.abs()),
+                    "{m}x{n}x{k}, transposed {lhs_t} {rhs_t} {dst_t}, accumulate {accumulate}: ({i}, {j}) is {} \
+                     against {expected}",
+                    c[at]
+                );
+            }
+        }
+    }
+
+    /// Every orientation of both operands and of the result over four blocks of k (an odd k, so the last pair is
+    /// half padding) and five blocks of columns (the test's blocks are small), partial tiles, accumulation and a
+    /// scale, on one thread and on several; then one-pair, two-pair and empty products and shapes smaller than a
+    /// tile.
     #[test]
     fn matches_the_rounded_product() {
         if !available() {
             eprintln!("this CPU has no AVX512-BF16: the bf16 matmul is never chosen here, nothing to run");
             return;
         }
-        let (m, n, k) = (37, 1061, 301);
-        let cases = [
-            (false, false, false, false, 1),
-            (true, false, true, false, 2),
-            (false, true, false, false, 2),
-            (true, true, true, false, 1),
-            (false, true, true, true, 2),
+        const { assert!(301 > 3 * KC && 1061 > 4 * NC, "the shape crosses k and column blocks") };
+        let orientations = [
+            ((false, false, false), false, 1),
+            ((true, false, false), true, 2),
+            ((false, true, false), false, 2),
+            ((true, true, false), true, 1),
+            ((false, true, true), true, 2),
         ];
-        for (lhs_t, rhs_t, accumulate, dst_t, threads) in cases {
-            let (a, b) = (values(m * k, 1), values(k * n, 2));
-            let sa = if lhs_t { (1, m) } else { (k, 1) };
-            let sb = if rhs_t { (1, k) } else { (n, 1) };
-            let sc = if dst_t { (1, m) } else { (n, 1) };
-            let mut c = values(m * n, 3);
-            let before = c.clone();
-            let scale = 0.75;
-            unsafe {
-                matmul(
-                    threads,
-                    m,
-                    n,
-                    k,
-                    Mat(c.as_mut_ptr(), sc.0 as isize, sc.1 as isize),
-                    accumulate,
-                    Mat(a.as_ptr(), sa.0 as isize, sa.1 as isize),
-                    Mat(b.as_ptr(), sb.0 as isize, sb.1 as isize),
-                    scale,
-                );
-            }
-            let want = reference(m, n, k, &a, &b, sa, sb);
-            for i in 0..m {
-                for j in 0..n {
-                    let at = i * sc.0 + j * sc.1;
-                    let sum = scale as f64 * want[i * n + j];
-                    let expected = if accumulate { before[at] as f64 + sum } else { sum };
-                    assert!(
-                        (c[at] as f64 - expected).abs() < 1e-5 * (1.0 + expected.abs()),
-                        "lhs_t {lhs_t} rhs_t {rhs_t} accumulate {accumulate} dst_t {dst_t}: ({i}, {j}) is {} \
-                         against {expected}",
-                        c[at]
-                    );
-                }
+        for (transposed, accumulate, threads) in orientations {
+            check((37, 1061, 301), transposed, accumulate, threads);
+        }
+        for shape in [(5, 20, 1), (13, 31, 2), (14, 32, 3), (3, 7, 0), (29, 70, 0)] {
+            for accumulate in [false, true] {
+                check(shape, (false, true, false), accumulate, 2);
             }
         }
     }

@@ -29,12 +29,17 @@ pub(super) unsafe fn tile_14x32(
     scale: f32,
     accumulate: bool,
 ) {
-    debug_assert!(pairs >= 1, "the loop runs at least once");
+    assert!(
+        pairs >= 1,
+        "the loop runs at least once: zero pairs would count down from 2^64"
+    );
     // Registers: zmm0..27 the tile's rows (row i in zmm 2i and 2i+1), zmm28/29 the pair's 32 columns; each row's
     // pair of `a` is broadcast from memory to all 16 lanes ({1to16}). The sums then meet `c` in the same
     // registers: scaled (vmulps) or scaled and added (vfmadd213ps with c from memory). This function is compiled
     // without AVX-512, so the compiler keeps nothing in zmm16..31 or in the upper halves; xmm0..15 are declared
-    // clobbered, and `vzeroupper` spares the SSE code after it the AVX-to-SSE transition penalty.
+    // clobbered, and `vzeroupper` spares the SSE code after it the AVX-to-SSE transition penalty. (Built with
+    // AVX-512 enabled, say target-cpu=native, nothing vector-typed is live across the asm here either: the
+    // function holds pointers only, and its callers see a call, which may clobber every vector register.)
     std::arch::asm!(
         "vpxord zmm0, zmm0, zmm0",
         "vpxord zmm1, zmm1, zmm1",

@@ -51,8 +51,8 @@ pub(super) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 /// A strided matrix: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
 pub(super) struct Mat(pub *const f32, pub isize, pub isize);
-// SAFETY: a Mat is an address to read from; the functions that read it state what must hold, and tasks that
-// share one only read it.
+// SAFETY: a Mat is an address; the functions that use it state what must hold: operands are only read, and
+// tasks that share a destination write disjoint parts of it.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
@@ -68,10 +68,15 @@ thread_local! {
 /// inside `f` gets them. Attention's per-head products ([`matmul`]) and the delta rule's chunks ([`f32_matmul`])
 /// stay f32: they are a small part of the work, and the scores keep f32's precision.
 pub fn with_bf16_matmuls<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    let before = BF16_MATMULS.with(|c| c.replace(on && bf16_gemm::available()));
-    let result = f();
-    BF16_MATMULS.with(|c| c.set(before));
-    result
+    /// Puts the flag back however `f` ends, a panic included.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16_MATMULS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(BF16_MATMULS.with(|c| c.replace(on && bf16_gemm::available())));
+    f()
 }
 
 /// Whether the layers' products run in bf16 on this thread (see [`with_bf16_matmuls`]).
