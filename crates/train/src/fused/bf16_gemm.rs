@@ -4,7 +4,7 @@
 //! the usual one of a blocked gemm: a block of the right operand packed once and shared by the threads, each
 //! thread packing its own rows of the left operand and running the kernel over 14 × 32 tiles.
 
-use super::bf16_kernel::{MR, NR};
+use super::bf16_kernel::{tile_14x32, MR, NR};
 use super::bf16_pack::pack_strips;
 use super::gemm::{Mat, Shared};
 use rayon::prelude::*;
@@ -255,10 +255,10 @@ unsafe fn run_tiles(
                 .offset(start + (r * MR) as isize * row_stride + (s * NR) as isize * col_stride);
             if tile_rows == MR && cols == NR && col_stride == 1 {
                 // A whole tile with contiguous rows: the kernel meets dst itself.
-                run_tile(pairs, a, b, corner, row_stride * 4, scale, !first);
+                tile_14x32(pairs, a, b, corner, row_stride * 4, scale, !first);
                 continue;
             }
-            run_tile(pairs, a, b, tile.as_mut_ptr(), (NR * 4) as isize, 1.0, false);
+            tile_14x32(pairs, a, b, tile.as_mut_ptr(), (NR * 4) as isize, 1.0, false);
             for i in 0..tile_rows {
                 for (j, &v) in tile[i * NR..i * NR + cols].iter().enumerate() {
                     let at = corner.offset(i as isize * row_stride + j as isize * col_stride);
@@ -267,24 +267,6 @@ unsafe fn run_tiles(
             }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn run_tile(
-    pairs: usize,
-    a: *const u32,
-    b: *const u32,
-    c: *mut f32,
-    row_bytes: isize,
-    scale: f32,
-    accumulate: bool,
-) {
-    super::bf16_kernel::tile_14x32(pairs, a, b, c, row_bytes, scale, accumulate)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn run_tile(_: usize, _: *const u32, _: *const u32, _: *mut f32, _: isize, _: f32, _: bool) {
-    unreachable!("the bf16 matmul runs only where `available` said yes")
 }
 
 /// The address of `m`'s element (i, j). (A function of the whole `Mat`, so that the closures that call it

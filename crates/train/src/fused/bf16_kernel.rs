@@ -265,3 +265,9 @@ pub(super) unsafe fn tile_14x32(
         options(nostack),
     );
 }
+
+/// Elsewhere there is no such kernel; `bf16_gemm::available` says no before anything could call this.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn tile_14x32(_: usize, _: *const u32, _: *const u32, _: *mut f32, _: isize, _: f32, _: bool) {
+    unreachable!("the bf16 matmul runs only where `available` said yes")
+}
