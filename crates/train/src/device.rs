@@ -47,14 +47,23 @@ fn keep_freed_buffers() {
 
 /// The CPU matmul this run uses and the kernels it picks on this CPU, for benchmarks: the `gemm` crate (candle's
 /// own CPU matmul, and the fused kernels' through `fused::gemm`), which dispatches at run time to the widest SIMD
-/// level present; and OpenBLAS beside it where `FREEZETUNE_BLAS` loads it (`fused::blas`).
+/// level present; and OpenBLAS beside it where `FREEZETUNE_BLAS` loads it (`fused::blas`); then what bf16 runs
+/// multiply with on this CPU.
 pub fn cpu_matmul_backend() -> String {
     let gemm = format!("gemm crate 0.19 (candle's CPU matmul), {} kernels", cpu_simd_level());
-    match crate::fused::blas::openblas() {
+    let f32 = match crate::fused::blas::openblas() {
         Some(b) if crate::fused::blas::forced() => format!("{} for linear layers; {gemm} elsewhere", b.description),
         Some(b) => format!("{gemm}, or {} where measured faster per shape", b.description),
         None => gemm,
-    }
+    };
+    let bf16 = if compute("auto", &Device::Cpu, DType::F32).bf16_matmuls {
+        "FreezeTune's AVX512-BF16 kernel for the layers' matmuls (bf16 and auto runs)"
+    } else if crate::fused::bf16_matmul_available() {
+        "bf16 tensors on candle's ops (this CPU's AVX512-BF16 is not faster than its f32; bench-train measures it)"
+    } else {
+        "bf16 tensors on candle's ops (no AVX512-BF16)"
+    };
+    format!("f32: {f32}; bf16: {bf16}")
 }
 
 /// The CPU's model name ("AMD EPYC 9B14", "Intel(R) Xeon(R) Platinum 8581C", ...), for benchmark headers.
