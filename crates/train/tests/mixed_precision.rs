@@ -194,6 +194,23 @@ fn gemma_in_bf16_trains() {
     check_family("gemma-bf16", synth_in(Family::Gemma, DType::BF16).path());
 }
 
+/// The hybrids in bf16 as a run computes them here: Qwen3.5's DeltaNet layers (on this CPU's bf16 matmuls, the
+/// projections around the fused delta rule; elsewhere bf16 tensors on the composite ops) and LFM2's convolutions,
+/// within 2e-2 of f32's losses and not equal to them, frozen tensors byte-identical in the export.
+#[test]
+fn hybrids_train_in_bf16() {
+    for case in ["qwen3_5", "lfm2"] {
+        let model = fixtures().join("models").join(case);
+        let (_d32, exact) = run(&model, "f32");
+        let (_d16, r) = run(&model, "bf16");
+        assert_ne!(r.losses, exact.losses, "{case}: a bf16 run computes in bf16");
+        for (k, (a, b)) in r.losses.iter().zip(&exact.losses).enumerate() {
+            assert!((a - b).abs() / b < 2e-2, "{case} bf16 step {}: loss {a} vs f32 {b}", k + 1);
+        }
+        check_export(&model, &r, &format!("{case} bf16"));
+    }
+}
+
 #[test]
 fn phi3_in_f16_trains() {
     check_family("phi3-f16", synth_in(Family::Phi3, DType::F16).path());
