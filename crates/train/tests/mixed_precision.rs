@@ -205,7 +205,11 @@ fn hybrids_train_in_bf16() {
         let (_d16, r) = run(&model, "bf16");
         assert_ne!(r.losses, exact.losses, "{case}: a bf16 run computes in bf16");
         for (k, (a, b)) in r.losses.iter().zip(&exact.losses).enumerate() {
-            assert!((a - b).abs() / b < 2e-2, "{case} bf16 step {}: loss {a} vs f32 {b}", k + 1);
+            assert!(
+                (a - b).abs() / b < 2e-2,
+                "{case} bf16 step {}: loss {a} vs f32 {b}",
+                k + 1
+            );
         }
         check_export(&model, &r, &format!("{case} bf16"));
     }

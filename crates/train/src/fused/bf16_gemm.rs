@@ -38,7 +38,7 @@ pub fn available() -> bool {
 
 /// Whether this CPU's bf16 matmul has twice f32's multiply-adds per cycle, so that `auto` computes in bf16 on it:
 /// AMD's (Zen 4 on) runs `vdpbf16ps` on all 512 bits at once where its f32 FMAs run as two 256-bit halves, and
-/// its bf16 products measured 1.7-1.9x f32's at the training shapes (`bench-matmul`). Intel's AVX512-BF16 runs
+/// its bf16 products measured 1.6-2.2x f32's at the layers' shapes (`bench-matmul`). Intel's AVX512-BF16 runs
 /// `vdpbf16ps` at its FMA's rate, so there bf16 would only add rounding: not picked (not measured: no such Intel
 /// CPU was at hand; its AMX is another kernel).
 pub fn faster_than_f32() -> bool {
