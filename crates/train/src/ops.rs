@@ -160,6 +160,30 @@ pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// For each named input, the gradient in `got` matches the one in `want` within `tolerance`, or neither has
+    /// one and the input is untracked (a frozen input must get none).
+    pub(crate) fn assert_same_gradients(
+        got: &candle_core::backprop::GradStore,
+        want: &candle_core::backprop::GradStore,
+        inputs: &[(&str, &Tensor)],
+        tolerance: f32,
+    ) {
+        for &(name, x) in inputs {
+            match (got.get(x), want.get(x)) {
+                (Some(a), Some(r)) => {
+                    let d = max_abs_diff(a, r);
+                    assert!(d < tolerance, "{name}: gradients differ by {d}");
+                }
+                (None, None) => assert!(!x.track_op(), "{name}: no gradient"),
+                (a, r) => panic!(
+                    "{name}: gradient {} here, {} in the reference",
+                    a.is_some(),
+                    r.is_some()
+                ),
+            }
+        }
+    }
+
     /// The largest absolute difference of two tensors, compared in f32 (for this crate's unit tests).
     pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())

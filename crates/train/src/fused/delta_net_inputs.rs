@@ -302,7 +302,7 @@ mod tests {
     use super::*;
     use crate::delta_rule::{l2_normalize, pack, RuleInputs};
     use crate::fused::tests::randn;
-    use crate::ops::tests::max_abs_diff;
+    use crate::ops::tests::{assert_same_gradients, max_abs_diff};
     use candle_core::Var;
 
     const DIMS: DeltaNetShape = DeltaNetShape {
@@ -380,20 +380,7 @@ mod tests {
             let probe = randn(fused.dims(), 4);
             let loss = |x: &Tensor| (x * &probe).unwrap().sum_all().unwrap();
             let (gf, gr) = (loss(&fused).backward().unwrap(), loss(&reference).backward().unwrap());
-            for (name, x) in [("qkv", &qkv), ("gb", &gb), ("weight", &weight)] {
-                match (gf.get(x), gr.get(x)) {
-                    (Some(a), Some(r)) => {
-                        let d = max_abs_diff(a, r);
-                        assert!(d < 1e-4, "{name}: gradients differ by {d}");
-                    }
-                    (None, None) => assert!(!x.track_op(), "{name}: no gradient"),
-                    (a, r) => panic!(
-                        "{name}: gradient {} here, {} in the reference",
-                        a.is_some(),
-                        r.is_some()
-                    ),
-                }
-            }
+            assert_same_gradients(&gf, &gr, &[("qkv", &qkv), ("gb", &gb), ("weight", &weight)], 1e-4);
         }
     }
 }
