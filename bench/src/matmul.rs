@@ -48,8 +48,8 @@ fn main() {
         None => println!("OpenBLAS: not loaded (install libopenblas0, or FREEZETUNE_BLAS=/path/libopenblas.so)"),
     }
     println!(
-        "\n{:<16} {:>16} {:>10} {:>10} {:>10}",
-        "shape", "m x k x n", "gemm", "OpenBLAS", "bf16"
+        "\n{:<16} {:>16} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "shape", "m x k x n", "gemm", "OpenBLAS", "FT f32", "FT packed", "FT bf16"
     );
     let bf16 = freezetune_train::fused::bf16_matmul_available();
     for &(label, m, k, n, transposed) in SHAPES {
@@ -94,6 +94,22 @@ fn main() {
                 );
             })
         });
+        // The layers' f32 products as training runs them, on each f32 kernel, alternating.
+        let f32_on = |kernel| {
+            freezetune_train::fused::with_f32_kernel(kernel, || {
+                best_seconds(|| {
+                    let out = freezetune_train::fused::rows_times_weight(&lhs, &rhs, m, n, k, transposed).unwrap();
+                    assert_eq!(out.len(), m * n);
+                })
+            })
+        };
+        use freezetune_train::fused::F32Kernel;
+        let packed = freezetune_train::fused::f32_kernel_available();
+        let (mut f32_s, mut packed_s) = (f64::INFINITY, packed.then_some(f64::INFINITY));
+        for _ in 0..3 {
+            f32_s = f32_s.min(f32_on(F32Kernel::Gemm));
+            packed_s = packed_s.map(|s| s.min(f32_on(F32Kernel::Packed)));
+        }
         // FreezeTune's bf16 matmul (operands rounded to bf16, f32 sums), as a bf16 run's layers multiply.
         let bf16_s = bf16.then(|| {
             freezetune_train::fused::with_bf16_matmuls(true, || {
@@ -105,15 +121,21 @@ fn main() {
         });
         let rate = |s: Option<f64>| s.map_or("-".into(), |s| format!("{:.1}", flops / s / 1e9));
         println!(
-            "{:<16} {:>16} {:>10.1} {:>10} {:>10}",
+            "{:<16} {:>16} {:>10.1} {:>10} {:>10.1} {:>10} {:>10}",
             label,
             format!("{m}x{k}x{n}"),
             flops / gemm_s / 1e9,
             rate(blas_s),
+            flops / f32_s / 1e9,
+            rate(packed_s),
             rate(bf16_s),
         );
     }
-    println!("(GFLOP/s, best of 5; bf16: FreezeTune's AVX512-BF16 matmul, '-' where this CPU has none)");
+    println!(
+        "(GFLOP/s, best of 5; FT f32: a linear layer's product as training runs it (on gemm); FT packed: the same on \
+         FreezeTune's own AVX-512 f32 kernel (FREEZETUNE_F32_MATMUL=packed); FT bf16: on its AVX512-BF16 kernel; \
+         '-' where this CPU has none)"
+    );
     let attention = attention_shapes();
     let venv = std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/pytorch/matmul.py");

@@ -433,21 +433,20 @@ fn timed_steps(
 }
 
 fn spawn(shape: &BenchShape, model: &Path, name: &str, threads: Option<(usize, usize)>) -> Result<serde_json::Value> {
-    spawn_in(shape, model, name, threads, false)
+    spawn_in(shape, model, name, threads, &[])
 }
 
-/// As [`spawn`]; with `bf16`, the layers' matmuls in bf16 (AVX512-BF16), as a bf16 run computes on this CPU.
+/// As [`spawn`], with `env` set: `FREEZETUNE_BENCH_BF16` runs the layers' matmuls in bf16 (AVX512-BF16), as a
+/// bf16 run computes on this CPU; `FREEZETUNE_F32_MATMUL` picks the f32 kernel.
 fn spawn_in(
     shape: &BenchShape,
     model: &Path,
     name: &str,
     threads: Option<(usize, usize)>,
-    bf16: bool,
+    env: &[(&str, &str)],
 ) -> Result<serde_json::Value> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    if bf16 {
-        cmd.env("FREEZETUNE_BENCH_BF16", "1");
-    }
+    cmd.envs(env.iter().copied());
     cmd.args(["--one", name, &shape.steps.to_string()])
         .arg(model)
         .args([shape.batch.to_string(), shape.seq.to_string()]);
@@ -673,7 +672,7 @@ fn bf16_table(python: Option<&Path>, shape: &BenchShape, dir: &Path, ours: &[ser
     );
     for r in ours {
         let name = r["name"].as_str().unwrap_or_default();
-        let b = spawn_in(shape, dir, name, None, true)?;
+        let b = spawn_in(shape, dir, name, None, &[("FREEZETUNE_BENCH_BF16", "1")])?;
         let theirs = python.map(|p| pytorch_one(p, shape, dir, name, "sdpa", "bf16"));
         let (pt_ms, pt_mib) = match &theirs {
             Some(Ok(t)) => (format!("{:.0}", ms(t)), format!("{:.0}", mib(t))),
@@ -701,6 +700,35 @@ fn bf16_table(python: Option<&Path>, shape: &BenchShape, dir: &Path, ours: &[ser
             pt_mib,
             ratio(mib(&b), pt.map(mib)),
             format!("{:.4} / {:.4}", loss(r), loss(&b)),
+        );
+    }
+    Ok(())
+}
+
+/// The f32 step on each f32 kernel where this CPU has AVX-512: the `gemm` crate's (the default) and
+/// FreezeTune's own (`FREEZETUNE_F32_MATMUL=packed`), alternating, fastest of two runs each.
+fn f32_kernel_table(shape: &BenchShape, dir: &Path) -> Result<()> {
+    if !freezetune_train::fused::f32_kernel_available() {
+        return Ok(());
+    }
+    println!(
+        "
+f32 kernels (ms, fastest of two alternating runs each; packed: FREEZETUNE_F32_MATMUL=packed):"
+    );
+    println!("{:<12} {:>9} {:>9} {:>12}", "config", "gemm", "packed", "packed/gemm");
+    for name in ["full", "top 2"] {
+        let mut best = [f64::INFINITY; 2];
+        for _ in 0..2 {
+            for (slot, kernel) in ["gemm", "packed"].into_iter().enumerate() {
+                let r = spawn_in(shape, dir, name, None, &[("FREEZETUNE_F32_MATMUL", kernel)])?;
+                best[slot] = best[slot].min(ms(&r));
+            }
+        }
+        println!(
+            "{name:<12} {:>9.0} {:>9.0} {:>11.2}x",
+            best[0],
+            best[1],
+            best[1] / best[0]
         );
     }
     Ok(())
@@ -771,6 +799,7 @@ fn main() -> Result<()> {
         }
         if !shape.generic && !hybrid(&shape) {
             bf16_table(python.as_deref().ok(), &shape, &dir, &ours)?;
+            f32_kernel_table(&shape, &dir)?;
         }
         if shape.thread_sweep {
             println!("\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");

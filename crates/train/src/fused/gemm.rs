@@ -2,7 +2,8 @@
 //! that write straight into their output layout instead of going through candle's matmul and a copy; and, for
 //! the big matmuls of a linear layer, the choice between `gemm` and OpenBLAS (`blas.rs`), measured once per shape.
 
-use super::{bf16_gemm, blas};
+use super::blas;
+use super::packed_gemm::{self, Precision};
 pub(super) use gemm::Parallelism;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -75,8 +76,56 @@ pub fn with_bf16_matmuls<R>(on: bool, f: impl FnOnce() -> R) -> R {
             BF16_MATMULS.with(|c| c.set(self.0));
         }
     }
-    let _restore = Restore(BF16_MATMULS.with(|c| c.replace(on && bf16_gemm::available())));
+    let _restore = Restore(BF16_MATMULS.with(|c| c.replace(on && packed_gemm::available())));
     f()
+}
+
+thread_local! {
+    /// Which kernel this thread's f32 layer products run on, where [`with_f32_kernel`] says.
+    static F32_KERNEL: std::cell::Cell<Option<F32Kernel>> = const { std::cell::Cell::new(None) };
+}
+
+/// The kernels an f32 layer product can run on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum F32Kernel {
+    /// The `gemm` crate's (candle's CPU matmul).
+    Gemm,
+    /// FreezeTune's own AVX-512 kernel (`packed_gemm.rs`).
+    Packed,
+}
+
+/// Runs `f` with this thread's f32 layer products on `kernel` (the packed one only where the CPU has AVX-512).
+pub fn with_f32_kernel<R>(kernel: F32Kernel, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<F32Kernel>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            F32_KERNEL.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(F32_KERNEL.with(|c| c.replace(Some(kernel))));
+    f()
+}
+
+/// The process's f32 kernel: `gemm` unless `FREEZETUNE_F32_MATMUL=packed`. The packed kernel is not the default
+/// because on the one CPU it was measured on in training (AMD EPYC, Zen 4) it ran level with `gemm` alone and
+/// 1.0-1.1x slower in the step (`bench-train`'s f32 kernel table); it is there to be measured on other AVX-512
+/// CPUs.
+fn default_f32_kernel() -> F32Kernel {
+    static KERNEL: std::sync::OnceLock<F32Kernel> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| match std::env::var("FREEZETUNE_F32_MATMUL").as_deref() {
+        Ok("packed") => F32Kernel::Packed,
+        Ok("gemm") | Ok("") | Err(_) => F32Kernel::Gemm,
+        Ok(other) => {
+            eprintln!("FREEZETUNE_F32_MATMUL={other:?} is neither \"gemm\" nor \"packed\": using gemm");
+            F32Kernel::Gemm
+        }
+    })
+}
+
+/// Whether the layers' f32 products run on FreezeTune's own AVX-512 kernel rather than the `gemm` crate.
+fn packed_f32() -> bool {
+    let chosen = F32_KERNEL.with(|c| c.get()).unwrap_or_else(default_f32_kernel);
+    chosen == F32Kernel::Packed && packed_gemm::f32_available()
 }
 
 /// Whether the layers' products run in bf16 on this thread (see [`with_bf16_matmuls`]).
@@ -128,12 +177,15 @@ pub(super) unsafe fn matmul_scaled(
     rhs: Mat,
     scale: f32,
 ) {
+    let threads = match par {
+        Parallelism::Rayon(t) => t.max(1),
+        _ => 1,
+    };
     if in_bf16() {
-        let threads = match par {
-            Parallelism::Rayon(t) => t.max(1),
-            _ => 1,
-        };
-        return bf16_gemm::matmul(threads, m, n, k, dst, accumulate, lhs, rhs, scale);
+        return packed_gemm::matmul(Precision::Bf16, threads, m, n, k, dst, accumulate, lhs, rhs, scale);
+    }
+    if packed_f32() {
+        return packed_gemm::matmul(Precision::F32, threads, m, n, k, dst, accumulate, lhs, rhs, scale);
     }
     f32_matmul(par, m, n, k, dst, accumulate, lhs, rhs, scale)
 }

@@ -10,9 +10,6 @@ use candle_core::{
 };
 mod attention;
 mod attn_block;
-mod bf16_gemm;
-mod bf16_kernel;
-mod bf16_pack;
 pub mod blas;
 mod delta_net_inputs;
 mod delta_rule;
@@ -20,21 +17,26 @@ mod gemm;
 mod head_loss;
 mod linear;
 mod mlp;
+mod pack;
+mod packed_gemm;
 mod pre_norm;
 mod rope;
+mod tile_kernel;
 mod wiring;
 
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
-pub use bf16_gemm::{available as bf16_matmul_available, faster_than_f32 as bf16_matmul_faster};
 pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
-pub use gemm::{with_bf16_matmuls, Backend};
+pub use gemm::{with_bf16_matmuls, with_f32_kernel, Backend, F32Kernel};
 pub use head_loss::head_cross_entropy;
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
 pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t};
 pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
+pub use packed_gemm::{
+    available as bf16_matmul_available, f32_available as f32_kernel_available, faster_than_f32 as bf16_matmul_faster,
+};
 pub use rope::{rope_heads, split_heads};
 
 use crate::fastmath::{self, exp_in_place, sigmoid_into};

@@ -1,8 +1,11 @@
-//! Packing for the bf16 matmul (`bf16_gemm.rs`): f32 operands rounded to bf16 (to nearest, ties to even, as a
-//! cast does) and laid out as the kernel reads them, in strips of `W` lines (rows of the left operand, columns
-//! of the right) with each line's values at k = 2p and 2p + 1 side by side in one u32. The two layouts every
-//! training matmul has (a line contiguous in k, or a k contiguous across the lines) run on AVX2, which every
-//! AVX-512 CPU has: scalar packing took a quarter of the bf16 matmul's time.
+//! Packing for the packed matmul (`packed_gemm.rs`): the operands laid out as the kernels (`tile_kernel.rs`) read
+//! them, in strips of `W` lines (rows of the left operand, columns of the right), one u32 word per line and step
+//! of k:
+//! - for the f32 kernel a word is the f32 itself, one k per word;
+//! - for the bf16 kernel a word is the line's values at k = 2p and 2p + 1, rounded to bf16 (to nearest, ties to
+//!   even, as a cast does) and side by side. The two layouts every training matmul has (a line contiguous in k,
+//!   or a k contiguous across the lines) run on AVX2, which every AVX-512 CPU has: scalar packing took a quarter
+//!   of the bf16 matmul's time.
 
 /// `x` as bf16 bits, rounded to nearest with ties to even; a NaN stays a (quiet) NaN.
 #[inline(always)]
@@ -28,7 +31,7 @@ fn pair(first: f32, second: f32) -> u32 {
 /// The CPU must have AVX2 (on x86-64); every address named above must be readable; `dst` must hold
 /// `ceil(lines / W) · ceil(kc / 2) · W` values; `line`, scratch space, `max(lines, ceil(kc / 2))`.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
-pub(super) unsafe fn pack_strips<const W: usize>(
+pub(super) unsafe fn pack_bf16_strips<const W: usize>(
     dst: &mut [u32],
     base: *const f32,
     (line_stride, k_stride): (isize, isize),
@@ -69,6 +72,115 @@ pub(super) unsafe fn pack_strips<const W: usize>(
                 let second = if 2 * p + 1 < kc { *at(i, 2 * p + 1) } else { 0.0 };
                 out[p * W] = pair(*at(i, 2 * p), second);
             }
+        }
+    }
+}
+
+/// Packs `lines` lines over `kc` values of k into `dst` as consecutive strips of `W` lines, each strip `kc`
+/// groups of `W` f32s (as their bits); lines past the last are zeros. Line `i`'s value at k is at
+/// `base + i·line_stride + k·k_stride`.
+///
+/// # Safety
+/// Every address named above must be readable; `dst` must hold `ceil(lines / W) · kc · W` values.
+pub(super) unsafe fn pack_f32_strips<const W: usize>(
+    dst: &mut [u32],
+    base: *const f32,
+    (line_stride, k_stride): (isize, isize),
+    lines: usize,
+    kc: usize,
+) {
+    let strip = kc * W;
+    let strips = lines.div_ceil(W);
+    if lines % W != 0 {
+        dst[(strips - 1) * strip..strips * strip].fill(0);
+    }
+    let at = |i: usize, k: usize| base.offset(i as isize * line_stride + k as isize * k_stride);
+    if line_stride == 1 {
+        // Each k contiguous across the lines: cut into the strips as it is.
+        for k in 0..kc {
+            let across = std::slice::from_raw_parts(at(0, k) as *const u32, lines);
+            for (s, chunk) in across.chunks(W).enumerate() {
+                dst[s * strip + k * W..][..chunk.len()].copy_from_slice(chunk);
+            }
+        }
+    } else {
+        let mut lines_done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if k_stride == 1 && W >= 8 && std::is_x86_feature_detected!("avx2") {
+            // Each line contiguous in k: whole strips go through 8 × 8 transposes; a partial last strip below.
+            lines_done = lines / W * W;
+            for s in 0..lines / W {
+                let out = &mut dst[s * strip..(s + 1) * strip];
+                let mut first = 0;
+                while first < W {
+                    // The last group of a strip whose width is not a multiple of 8 overlaps the one before it,
+                    // writing its lines' values a second time, the same.
+                    let group = first.min(W - 8);
+                    transpose_lines::<W>(out, at(s * W + group, 0), line_stride, group, kc);
+                    first += 8;
+                }
+            }
+        }
+        // Each line (contiguous in k, or strided) spread one value per group.
+        for i in lines_done..lines {
+            let out = &mut dst[(i / W) * strip + i % W..];
+            for k in 0..kc {
+                out[k * W] = (*at(i, k)).to_bits();
+            }
+        }
+    }
+}
+
+/// `out[k·W + at + r] = line r's value at k` for 8 lines, each contiguous in k, the first at `base` and the next
+/// `line_stride` after the one before: 8 × 8 transposes on AVX2, the last k's one by one.
+///
+/// # Safety
+/// AVX2; the 8 lines' `kc` values must be readable; `at + 8 ≤ W`; `out` must hold `kc · W` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_lines<const W: usize>(out: &mut [u32], base: *const f32, line_stride: isize, at: usize, kc: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(at + 8 <= W && out.len() >= kc * W);
+    let row = |r: usize| base.offset(r as isize * line_stride);
+    let dst = out.as_mut_ptr().add(at) as *mut f32;
+    let mut k = 0;
+    while k + 8 <= kc {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(row(i).add(k)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        // Column j of the 8 × 8 block: lines 0..4 in the lower half, 4..8 in the upper.
+        let columns = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        for (j, column) in columns.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add((k + j) * W), column);
+        }
+        k += 8;
+    }
+    for k in k..kc {
+        for r in 0..8 {
+            *dst.add(k * W + r) = *row(r).add(k);
         }
     }
 }
@@ -186,13 +298,42 @@ mod tests {
                 }
                 let pairs = kc.div_ceil(2);
                 let mut dst = vec![u32::MAX; lines.div_ceil(W) * pairs * W];
-                unsafe { pack_strips::<W>(&mut dst, source.as_ptr(), (line_stride, k_stride), lines, kc, &mut line) };
+                unsafe {
+                    pack_bf16_strips::<W>(&mut dst, source.as_ptr(), (line_stride, k_stride), lines, kc, &mut line)
+                };
                 for i in 0..lines.div_ceil(W) * W {
                     for p in 0..pairs {
                         let at = |k: usize| if i < lines && k < kc { values[i * kc + k] } else { 0.0 };
                         let want = bf16_bits(at(2 * p)) | (bf16_bits(at(2 * p + 1)) << 16);
                         let got = dst[(i / W) * pairs * W + p * W + i % W];
                         assert_eq!(got, want, "line {i}, pair {p}, strides ({line_stride}, {k_stride})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// f32 packing puts every value, as it is, where the f32 kernel reads it, on both layouts and a generic
+    /// stride, with partial strips.
+    #[test]
+    fn f32_packing_places_every_value() {
+        const W: usize = 14;
+        for (lines, kc) in [(37, 33), (14, 64), (5, 1)] {
+            let values = awkward(lines * kc);
+            for (line_stride, k_stride) in [(kc as isize, 1), (1, lines as isize), (2 * kc as isize, 2)] {
+                let mut source = vec![0f32; lines * kc * 2];
+                for i in 0..lines {
+                    for k in 0..kc {
+                        source[(i as isize * line_stride + k as isize * k_stride) as usize] = values[i * kc + k];
+                    }
+                }
+                let mut dst = vec![u32::MAX; lines.div_ceil(W) * kc * W];
+                unsafe { pack_f32_strips::<W>(&mut dst, source.as_ptr(), (line_stride, k_stride), lines, kc) };
+                for i in 0..lines.div_ceil(W) * W {
+                    for k in 0..kc {
+                        let want = if i < lines { values[i * kc + k].to_bits() } else { 0 };
+                        let got = dst[(i / W) * kc * W + k * W + i % W];
+                        assert_eq!(got, want, "line {i}, k {k}, strides ({line_stride}, {k_stride})");
                     }
                 }
             }

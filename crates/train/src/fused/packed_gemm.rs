@@ -1,27 +1,28 @@
-//! A bf16 matmul for the CPU: f32 operands rounded to bf16 (to nearest, ties to even, as a cast does) while they
-//! are packed, multiplied on the AVX512-BF16 kernel (`bf16_kernel.rs`), summed in f32 and written as f32. This
-//! is what torch's CPU autocast does to a linear layer, except that its sums also end in f32 here. The layout is
-//! the usual one of a blocked gemm: a block of the right operand packed once and shared by the threads, each
-//! thread packing its own rows of the left operand and running the kernel over 14 × 32 tiles.
+//! A blocked matmul on FreezeTune's own AVX-512 kernels (`tile_kernel.rs`), in f32 or in bf16. In bf16, f32
+//! operands are rounded to bf16 (to nearest, ties to even, as a cast does) while they are packed, multiplied on
+//! the AVX512-BF16 kernel, summed in f32 and written as f32: what torch's CPU autocast does to a linear layer,
+//! except that its sums also end in f32 here. In f32 it is an ordinary sgemm. The layout is the usual one of a
+//! blocked gemm: a block of the right operand packed once and shared by the threads, each thread packing its
+//! own rows of the left operand and running the kernel over 14 × 32 tiles.
 
-use super::bf16_kernel::{tile_14x32, MR, NR};
-use super::bf16_pack::pack_strips;
 use super::gemm::{Mat, Shared};
+use super::pack::{pack_bf16_strips, pack_f32_strips};
+use super::tile_kernel::{tile_bf16, tile_f32, MR, NR};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-/// The most k values per packed block; k is split into equal blocks of at most this many. Few blocks matter more
-/// than an L1-sized strip: every block after the first reads and writes the whole result again, which for the
-/// head's product (vocabulary-wide) comes from memory. A 32-column strip of the right operand is then at most
-/// 40 KiB, read from L2 at a fraction of its bandwidth.
+/// The most packed words of k per block; k is split into equal blocks of at most this many. Few blocks matter
+/// more than an L1-sized strip: every block after the first reads and writes the whole result again, which for
+/// the head's product (vocabulary-wide) comes from memory. A 32-column strip of the right operand is then at
+/// most 40 KiB, read from L2 at a fraction of its bandwidth.
 #[cfg(not(test))]
-const KC: usize = 640;
+const KC_WORDS: usize = 320;
 /// Small blocks under test, so that the tests' shapes cross every kind of block boundary.
 #[cfg(test)]
-const KC: usize = 96;
-/// Columns of the right operand packed at once (5 MiB of bf16 pairs at most): the left operand's rows are
-/// packed again for every such block, which a vocabulary-wide head would otherwise do dozens of times.
+const KC_WORDS: usize = 48;
+/// Columns of the right operand packed at once (5 MiB of words at most): the left operand's rows are packed
+/// again for every such block, which a vocabulary-wide head would otherwise do dozens of times.
 #[cfg(not(test))]
 const NC: usize = 4096;
 #[cfg(test)]
@@ -29,7 +30,87 @@ const NC: usize = 256;
 /// The most rows one task packs of the left operand (172 KiB, in L2).
 const MC_MAX: usize = 24 * MR;
 
-/// Whether this CPU runs the kernel: x86-64 with AVX512-F (whose registers the OS must save, which the detection
+/// What the products are computed in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Precision {
+    /// f32 operands and sums (`vfmadd231ps`).
+    F32,
+    /// Operands rounded to bf16, sums in f32 (`vdpbf16ps`).
+    Bf16,
+}
+
+impl Precision {
+    /// Values of k in one packed word.
+    fn k_per_word(self) -> usize {
+        match self {
+            Precision::F32 => 1,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    /// Packs `lines` lines over `kc` values of k as strips of `W` (see `pack.rs`); `line` is scratch space of
+    /// at least `max(lines, kc)` values.
+    ///
+    /// # Safety
+    /// As for the packing functions; the CPU must have AVX2 for bf16.
+    unsafe fn pack<const W: usize>(
+        self,
+        dst: &mut [u32],
+        base: *const f32,
+        strides: (isize, isize),
+        (lines, kc): (usize, usize),
+        line: &mut [u32],
+    ) {
+        match self {
+            Precision::F32 => pack_f32_strips::<W>(dst, base, strides, lines, kc),
+            Precision::Bf16 => pack_bf16_strips::<W>(dst, base, strides, lines, kc, line),
+        }
+    }
+
+    /// The kernel over one tile (see `tile_kernel.rs`).
+    ///
+    /// # Safety
+    /// As for the kernels.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        self,
+        words: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        row_bytes: isize,
+        scale: f32,
+        add: bool,
+    ) {
+        match self {
+            Precision::F32 => tile_f32(words, a, b, c, row_bytes, scale, add),
+            Precision::Bf16 => tile_bf16(words, a, b, c, row_bytes, scale, add),
+        }
+    }
+
+    /// Whether this CPU runs the precision's kernel.
+    pub(super) fn available(self) -> bool {
+        match self {
+            Precision::F32 => f32_available(),
+            Precision::Bf16 => available(),
+        }
+    }
+}
+
+/// Whether this CPU runs the f32 kernel: x86-64 with AVX512-F, whose registers the OS saves (the detection
+/// checks that too).
+pub fn f32_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU runs the bf16 kernel: x86-64 with AVX512-F (whose registers the OS must save, which the detection
 /// checks) and AVX512-BF16 (CPUID leaf 7, sub-leaf 1, EAX bit 5).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -102,14 +183,15 @@ fn with_buffer<R>(key: &'static LocalKey<RefCell<Vec<u32>>>, len: usize, f: impl
     })
 }
 
-/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)`, with lhs and rhs rounded to bf16 and the sums in f32,
-/// over rayon's threads when `threads` > 1.
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)` in `precision` (for bf16: lhs and rhs rounded to bf16,
+/// the sums in f32), over rayon's threads when `threads` > 1.
 ///
 /// # Safety
-/// [`available`] must be true; every pointer must address a matrix of the stated shape and strides, and `dst`
+/// `precision` must be available on this CPU; every pointer must address a matrix of the stated shape and strides, and `dst`
 /// must not overlap the operands or be used by another thread meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul(
+    precision: Precision,
     threads: usize,
     m: usize,
     n: usize,
@@ -120,7 +202,7 @@ pub(super) unsafe fn matmul(
     rhs: Mat,
     scale: f32,
 ) {
-    assert!(available(), "the bf16 matmul needs AVX512-BF16");
+    assert!(precision.available(), "this CPU has no {precision:?} kernel");
     if m == 0 || n == 0 {
         return;
     }
@@ -136,18 +218,35 @@ pub(super) unsafe fn matmul(
         return;
     }
     let blocks = row_blocks(m, threads);
-    let k_block = k.div_ceil(k.div_ceil(KC)).next_multiple_of(2);
-    with_buffer(&PACKED_RHS, NC.min(n).div_ceil(NR) * NR * k_block / 2, |packed_rhs| {
-        let dims = (m, n, k, k_block, threads);
-        multiply(dims, (dst, out), accumulate, (lhs, rhs), scale, &blocks, packed_rhs)
-    })
+    let per_word = precision.k_per_word();
+
+    let k_block = k.div_ceil(k.div_ceil(KC_WORDS * per_word)).next_multiple_of(per_word);
+    with_buffer(
+        &PACKED_RHS,
+        NC.min(n).div_ceil(NR) * NR * k_block / per_word,
+        |packed_rhs| {
+            let dims = (m, n, k, k_block, threads);
+            multiply(
+                precision,
+                dims,
+                (dst, out),
+                accumulate,
+                (lhs, rhs),
+                scale,
+                &blocks,
+                packed_rhs,
+            )
+        },
+    )
 }
 
 /// [`matmul`]'s loops over blocks of columns and of k, with `packed_rhs` to pack the right operand's blocks in.
 ///
 /// # Safety
 /// As for [`matmul`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn multiply(
+    precision: Precision,
     (m, n, k, k_block, threads): (usize, usize, usize, usize, usize),
     (dst, out): (Mat, Shared),
     accumulate: bool,
@@ -161,13 +260,13 @@ unsafe fn multiply(
         let nc = NC.min(n - j0);
         for k0 in (0..k).step_by(k_block) {
             let kc = k_block.min(k - k0);
-            let strip = kc.div_ceil(2) * NR;
+            let strip = kc.div_ceil(precision.k_per_word()) * NR;
             let strips = nc.div_ceil(NR);
             let pack_strip = |(s, chunk): (usize, &mut [u32])| {
                 let base = element(rhs, k0, j0 + s * NR);
                 let lines = NR.min(nc - s * NR);
-                with_buffer(&LINE, KC.max(NR), |line| {
-                    pack_strips::<NR>(chunk, base, (rhs.2, rhs.1), lines, kc, line)
+                with_buffer(&LINE, kc.max(NR), |line| {
+                    precision.pack::<NR>(chunk, base, (rhs.2, rhs.1), (lines, kc), line)
                 });
             };
             let packed = &mut packed_rhs[..strips * strip];
@@ -181,7 +280,7 @@ unsafe fn multiply(
             let block = |&(i0, rows): &(usize, usize)| {
                 let lhs_block = Mat(element(lhs, i0, k0), lhs.1, lhs.2);
                 let dst_block = (out, offset(dst, i0, j0), dst.1, dst.2);
-                row_block(rows, nc, kc, lhs_block, packed, dst_block, first, scale);
+                row_block(precision, (rows, nc, kc), lhs_block, packed, dst_block, first, scale);
             };
             if threads > 1 {
                 blocks.par_iter().for_each(block);
@@ -208,23 +307,21 @@ fn row_blocks(m: usize, threads: usize) -> Vec<(usize, usize)> {
 ///
 /// # Safety
 /// As for [`matmul`]; no other task writes these rows of `dst`.
-#[allow(clippy::too_many_arguments)]
 unsafe fn row_block(
-    rows: usize,
-    nc: usize,
-    kc: usize,
+    precision: Precision,
+    (rows, nc, kc): (usize, usize, usize),
     lhs: Mat,
     packed_rhs: &[u32],
     dst: (Shared, isize, isize, isize),
     first: bool,
     scale: f32,
 ) {
-    let pairs = kc.div_ceil(2);
-    with_buffer(&PACKED_LHS, rows.div_ceil(MR) * pairs * MR, |packed_lhs| {
-        with_buffer(&LINE, KC.max(rows), |line| {
-            pack_strips::<MR>(packed_lhs, lhs.0, (lhs.1, lhs.2), rows, kc, line)
+    let words = kc.div_ceil(precision.k_per_word());
+    with_buffer(&PACKED_LHS, rows.div_ceil(MR) * words * MR, |packed_lhs| {
+        with_buffer(&LINE, kc.max(rows), |line| {
+            precision.pack::<MR>(packed_lhs, lhs.0, (lhs.1, lhs.2), (rows, kc), line)
         });
-        run_tiles((rows, nc, pairs), packed_lhs, packed_rhs, dst, first, scale)
+        run_tiles(precision, (rows, nc, words), packed_lhs, packed_rhs, dst, first, scale)
     })
 }
 
@@ -233,14 +330,15 @@ unsafe fn row_block(
 /// # Safety
 /// As for [`row_block`].
 unsafe fn run_tiles(
-    (rows, nc, pairs): (usize, usize, usize),
+    precision: Precision,
+    (rows, nc, words): (usize, usize, usize),
     packed_lhs: &[u32],
     packed_rhs: &[u32],
     dst: (Shared, isize, isize, isize),
     first: bool,
     scale: f32,
 ) {
-    let (panel_a, panel_b) = (pairs * MR, pairs * NR);
+    let (panel_a, panel_b) = (words * MR, words * NR);
     let strips = rows.div_ceil(MR);
     let mut tile = [0f32; MR * NR];
     let (out, start, row_stride, col_stride) = dst;
@@ -255,10 +353,10 @@ unsafe fn run_tiles(
                 .offset(start + (r * MR) as isize * row_stride + (s * NR) as isize * col_stride);
             if tile_rows == MR && cols == NR && col_stride == 1 {
                 // A whole tile with contiguous rows: the kernel meets dst itself.
-                tile_14x32(pairs, a, b, corner, row_stride * 4, scale, !first);
+                precision.tile(words, a, b, corner, row_stride * 4, scale, !first);
                 continue;
             }
-            tile_14x32(pairs, a, b, tile.as_mut_ptr(), (NR * 4) as isize, 1.0, false);
+            precision.tile(words, a, b, tile.as_mut_ptr(), (NR * 4) as isize, 1.0, false);
             for i in 0..tile_rows {
                 for (j, &v) in tile[i * NR..i * NR + cols].iter().enumerate() {
                     let at = corner.offset(i as isize * row_stride + j as isize * col_stride);
@@ -285,11 +383,13 @@ fn offset(dst: Mat, i: usize, j: usize) -> isize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::bf16_pack::bf16_bits;
+    use super::super::pack::bf16_bits;
     use super::*;
 
-    /// The product of the operands rounded to bf16, summed in f64.
+    /// The product of the operands (rounded to bf16 for bf16), summed in f64.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
+        precision: Precision,
         m: usize,
         n: usize,
         k: usize,
@@ -298,7 +398,10 @@ mod tests {
         (ars, acs): (usize, usize),
         (brs, bcs): (usize, usize),
     ) -> Vec<f64> {
-        let r = |x: f32| f32::from_bits(bf16_bits(x) << 16) as f64;
+        let r = |x: f32| match precision {
+            Precision::F32 => x as f64,
+            Precision::Bf16 => f32::from_bits(bf16_bits(x) << 16) as f64,
+        };
         let mut c = vec![0f64; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -330,9 +433,10 @@ mod tests {
         }
     }
 
-    /// `matmul` on one shape and orientation against the bf16-rounded operands' exact product, within f32
+    /// `matmul` on one shape and orientation against the (for bf16, rounded) operands' exact product, within f32
     /// summation error (1e-5 relative; rounding an operand wrongly, to zero say, moves sums by 1e-3).
     fn check(
+        precision: Precision,
         (m, n, k): (usize, usize, usize),
         (lhs_t, rhs_t, dst_t): (bool, bool, bool),
         accumulate: bool,
@@ -347,6 +451,7 @@ mod tests {
         let scale = 0.75;
         unsafe {
             matmul(
+                precision,
                 threads,
                 m,
                 n,
@@ -358,7 +463,7 @@ mod tests {
                 scale,
             );
         }
-        let want = reference(m, n, k, &a, &b, sa, sb);
+        let want = reference(precision, m, n, k, &a, &b, sa, sb);
         for i in 0..m {
             for j in 0..n {
                 let at = i * sc.0 + j * sc.1;
@@ -366,7 +471,7 @@ mod tests {
                 let expected = if accumulate { before[at] as f64 + sum } else { sum };
                 assert!(
                     (c[at] as f64 - expected).abs() < 1e-5 * (1.0 + expected.abs()),
-                    "{m}x{n}x{k}, transposed {lhs_t} {rhs_t} {dst_t}, accumulate {accumulate}: ({i}, {j}) is {} \
+                    "{precision:?} {m}x{n}x{k}, transposed {lhs_t} {rhs_t} {dst_t}, accumulate {accumulate}: ({i}, {j}) is {} \
                      against {expected}",
                     c[at]
                 );
@@ -374,17 +479,28 @@ mod tests {
         }
     }
 
-    /// Every orientation of both operands and of the result over four blocks of k (an odd k, so the last pair is
-    /// half padding) and five blocks of columns (the test's blocks are small), partial tiles, accumulation and a
-    /// scale, on one thread and on several; then one-pair, two-pair and empty products and shapes smaller than a
-    /// tile.
+    /// In each precision this CPU has: every orientation of both operands and of the result over several blocks
+    /// of k (an odd k, so bf16's last pair is half padding) and five blocks of columns (the test's blocks are
+    /// small), partial tiles, accumulation and a scale, on one thread and on several; then one-word, two-word and
+    /// empty products and shapes smaller than a tile.
     #[test]
-    fn matches_the_rounded_product() {
-        if !available() {
-            eprintln!("this CPU has no AVX512-BF16: the bf16 matmul is never chosen here, nothing to run");
-            return;
+    fn matches_the_exact_product() {
+        const {
+            assert!(
+                301 > 3 * 2 * KC_WORDS && 1061 > 4 * NC,
+                "the shape crosses k and column blocks"
+            )
+        };
+        for precision in [Precision::F32, Precision::Bf16] {
+            if !precision.available() {
+                eprintln!("this CPU has no {precision:?} kernel: it is never chosen here, nothing to run");
+                continue;
+            }
+            matches_in(precision);
         }
-        const { assert!(301 > 3 * KC && 1061 > 4 * NC, "the shape crosses k and column blocks") };
+    }
+
+    fn matches_in(precision: Precision) {
         let orientations = [
             ((false, false, false), false, 1),
             ((true, false, false), true, 2),
@@ -393,28 +509,34 @@ mod tests {
             ((false, true, true), true, 2),
         ];
         for (transposed, accumulate, threads) in orientations {
-            check((37, 1061, 301), transposed, accumulate, threads);
+            check(precision, (37, 1061, 301), transposed, accumulate, threads);
         }
         for shape in [(5, 20, 1), (13, 31, 2), (14, 32, 3), (3, 7, 0), (29, 70, 0)] {
             for accumulate in [false, true] {
-                check(shape, (false, true, false), accumulate, 2);
+                check(precision, shape, (false, true, false), accumulate, 2);
             }
         }
     }
 
     /// The rounding is the operands' and nothing else's: on values that are exactly bf16 the product is the
-    /// exact one (small integers sum without error in f32).
+    /// exact one (small integers sum without error in f32), in either precision.
     #[test]
     fn exact_on_bf16_values() {
-        if !available() {
-            return;
+        for precision in [Precision::F32, Precision::Bf16] {
+            if precision.available() {
+                exact_in(precision);
+            }
         }
+    }
+
+    fn exact_in(precision: Precision) {
         let (m, n, k) = (20, 40, 9);
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
         let mut c = vec![f32::NAN; m * n];
         unsafe {
             matmul(
+                precision,
                 1,
                 m,
                 n,
