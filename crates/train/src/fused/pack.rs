@@ -47,8 +47,22 @@ pub(super) unsafe fn pack_bf16_strips<const W: usize>(
     }
     let at = |i: usize, k: usize| base.offset(i as isize * line_stride + k as isize * k_stride);
     if k_stride == 1 {
+        let mut lines_done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if W >= 8 {
+            // Each line contiguous in k: whole strips go through 8 × 8 transposes of pairs (as in
+            // `pack_f32_strips`); a partial last strip below.
+            lines_done = lines / W * W;
+            for s in 0..lines / W {
+                let out = &mut dst[s * strip..(s + 1) * strip];
+                for first in (0..W).step_by(8) {
+                    let group = first.min(W - 8);
+                    transpose_pairs::<W>(out, at(s * W + group, 0), line_stride, group, kc);
+                }
+            }
+        }
         // Each line contiguous in k: rounded into its pairs in order, then spread one pair per group.
-        for i in 0..lines {
+        for i in lines_done..lines {
             pairs_of_line(std::slice::from_raw_parts(at(i, 0), kc), &mut line[..pairs]);
             let out = &mut dst[(i / W) * strip + i % W..];
             for (p, &v) in line[..pairs].iter().enumerate() {
@@ -111,13 +125,11 @@ pub(super) unsafe fn pack_f32_strips<const W: usize>(
             lines_done = lines / W * W;
             for s in 0..lines / W {
                 let out = &mut dst[s * strip..(s + 1) * strip];
-                let mut first = 0;
-                while first < W {
+                for first in (0..W).step_by(8) {
                     // The last group of a strip whose width is not a multiple of 8 overlaps the one before it,
                     // writing its lines' values a second time, the same.
                     let group = first.min(W - 8);
                     transpose_lines::<W>(out, at(s * W + group, 0), line_stride, group, kc);
-                    first += 8;
                 }
             }
         }
@@ -145,34 +157,7 @@ unsafe fn transpose_lines<const W: usize>(out: &mut [u32], base: *const f32, lin
     let dst = out.as_mut_ptr().add(at) as *mut f32;
     let mut k = 0;
     while k + 8 <= kc {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(row(i).add(k)));
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let s1 = _mm256_shuffle_ps::<0xee>(t0, t2);
-        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let s3 = _mm256_shuffle_ps::<0xee>(t1, t3);
-        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let s5 = _mm256_shuffle_ps::<0xee>(t4, t6);
-        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let s7 = _mm256_shuffle_ps::<0xee>(t5, t7);
-        // Column j of the 8 × 8 block: lines 0..4 in the lower half, 4..8 in the upper.
-        let columns = [
-            _mm256_permute2f128_ps::<0x20>(s0, s4),
-            _mm256_permute2f128_ps::<0x20>(s1, s5),
-            _mm256_permute2f128_ps::<0x20>(s2, s6),
-            _mm256_permute2f128_ps::<0x20>(s3, s7),
-            _mm256_permute2f128_ps::<0x31>(s0, s4),
-            _mm256_permute2f128_ps::<0x31>(s1, s5),
-            _mm256_permute2f128_ps::<0x31>(s2, s6),
-            _mm256_permute2f128_ps::<0x31>(s3, s7),
-        ];
+        let columns = transpose8(std::array::from_fn(|i| _mm256_loadu_ps(row(i).add(k))));
         for (j, column) in columns.into_iter().enumerate() {
             _mm256_storeu_ps(dst.add((k + j) * W), column);
         }
@@ -185,6 +170,68 @@ unsafe fn transpose_lines<const W: usize>(out: &mut [u32], base: *const f32, lin
     }
 }
 
+/// As [`transpose_lines`] for the bf16 kernel: `out[p·W + at + r] = line r's pair p`, rounded.
+///
+/// # Safety
+/// As for [`transpose_lines`], with `out` of `ceil(kc / 2) · W` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_pairs<const W: usize>(out: &mut [u32], base: *const f32, line_stride: isize, at: usize, kc: usize) {
+    use std::arch::x86_64::*;
+    let pairs = kc.div_ceil(2);
+    debug_assert!(at + 8 <= W && out.len() >= pairs * W);
+    let row = |r: usize| base.offset(r as isize * line_stride);
+    let dst = out.as_mut_ptr().add(at);
+    let mut p = 0;
+    while 2 * p + 16 <= kc {
+        let lines = std::array::from_fn(|i| _mm256_castsi256_ps(eight_pairs(row(i).add(2 * p))));
+        for (j, column) in transpose8(lines).into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add((p + j) * W) as *mut f32, column);
+        }
+        p += 8;
+    }
+    for p in p..pairs {
+        for r in 0..8 {
+            let second = if 2 * p + 1 < kc { *row(r).add(2 * p + 1) } else { 0.0 };
+            *dst.add(p * W + r) = pair(*row(r).add(2 * p), second);
+        }
+    }
+}
+
+/// The 8 × 8 transpose of `r` (eight rows of eight lanes): column j of the block as the j-th vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+    // Column j: rows 0..4 in the lower half, 4..8 in the upper.
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
 /// `out[p] = pair(values[2p], values[2p + 1])`, the last one's second zero when `values` is odd in length.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
 unsafe fn pairs_of_line(values: &[f32], out: &mut [u32]) {
@@ -192,12 +239,8 @@ unsafe fn pairs_of_line(values: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
-        // 16 values: both halves rounded, their bf16s (the upper 16 bits) packed into one run of 16 u16s, which
-        // as u32s are the 8 pairs in order (packus interleaves 128-bit lanes; the permute puts them back).
         while done + 16 <= values.len() {
-            let a = _mm256_srli_epi32::<16>(rounded(values.as_ptr().add(done)));
-            let b = _mm256_srli_epi32::<16>(rounded(values.as_ptr().add(done + 8)));
-            let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b));
+            let packed = eight_pairs(values.as_ptr().add(done));
             _mm256_storeu_si256(out.as_mut_ptr().add(done / 2) as *mut __m256i, packed);
             done += 16;
         }
@@ -225,6 +268,20 @@ unsafe fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [u32]) {
     for i in done..first.len() {
         out[i] = pair(first[i], second.map_or(0.0, |s| s[i]));
     }
+}
+
+/// The 16 values at `at` as 8 pairs in order: both halves rounded, their bf16s (the upper 16 bits) packed into
+/// one run of 16 u16s, which as u32s are the pairs (packus interleaves 128-bit lanes; the permute puts them back).
+///
+/// # Safety
+/// AVX2; 16 f32s readable at `at`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn eight_pairs(at: *const f32) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let a = _mm256_srli_epi32::<16>(rounded(at));
+    let b = _mm256_srli_epi32::<16>(rounded(at.add(8)));
+    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b))
 }
 
 /// Eight values at `at` with their bf16 in the upper 16 bits of each lane (the lower bits are left over):
@@ -284,8 +341,12 @@ mod tests {
         if !std::is_x86_feature_detected!("avx2") {
             return;
         }
-        const W: usize = 14;
-        for (lines, kc) in [(37, 33), (14, 64), (5, 1), (29, 200)] {
+        bf16_packing_in_strips_of::<14>();
+        bf16_packing_in_strips_of::<32>();
+    }
+
+    fn bf16_packing_in_strips_of<const W: usize>() {
+        for (lines, kc) in [(37, 33), (14, 64), (5, 1), (29, 200), (70, 47)] {
             let values = awkward(lines * kc);
             let mut line = vec![0u32; 512];
             for (line_stride, k_stride) in [(kc as isize, 1), (1, lines as isize), (2 * kc as isize, 2)] {
@@ -317,8 +378,12 @@ mod tests {
     /// stride, with partial strips.
     #[test]
     fn f32_packing_places_every_value() {
-        const W: usize = 14;
-        for (lines, kc) in [(37, 33), (14, 64), (5, 1)] {
+        f32_packing_in_strips_of::<14>();
+        f32_packing_in_strips_of::<32>();
+    }
+
+    fn f32_packing_in_strips_of<const W: usize>() {
+        for (lines, kc) in [(37, 33), (14, 64), (5, 1), (70, 47)] {
             let values = awkward(lines * kc);
             for (line_stride, k_stride) in [(kc as isize, 1), (1, lines as isize), (2 * kc as isize, 2)] {
                 let mut source = vec![0f32; lines * kc * 2];
