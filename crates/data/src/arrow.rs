@@ -1,8 +1,11 @@
 //! Arrow files as Hugging Face `datasets` writes them: `save_to_disk` folders (`data-0000N-of-0000M.arrow` in the
 //! IPC stream format, beside `state.json` and `dataset_info.json`) and its cache files; the IPC file format
 //! (`ARROW1` magic) too. Read one record batch at a time through arrow-rs's IPC reader, each row turned into the
-//! JSON object the other sources give: strings, numbers, booleans, lists and structs (conversations); a column of
-//! another type (binary, dictionary, temporal) is refused by name, since no training row format holds it.
+//! JSON object the other sources give: strings, numbers, booleans, lists and structs (conversations) as they are,
+//! dictionary-encoded columns decoded, maps as objects, and binary, temporal and decimal cells as the text the
+//! Parquet reader gives them (`arrow_text.rs`), so that a column the mapping does not use (an image, a timestamp)
+//! never stops a file from being read. A column of a type with no such text (intervals, unions) is refused by
+//! name.
 
 use crate::error::{unpanicked, DataError, Result};
 use crate::source::{Row, Rows};
@@ -245,8 +248,48 @@ fn value(array: &dyn Array, i: usize) -> std::result::Result<Value, String> {
             }
             Value::Object(out)
         }
-        other => return Err(format!("holds {other} values, which no training row format holds")),
+        DataType::Dictionary(..) => {
+            let dictionary = array.as_any_dictionary();
+            let key = key_at(dictionary.keys(), i).ok_or("a dictionary key outside the dictionary")?;
+            if key >= dictionary.values().len() {
+                return Err("a dictionary key outside the dictionary".into());
+            }
+            value(dictionary.values().as_ref(), key)?
+        }
+        DataType::Map(..) => {
+            let entries = array.as_map().value(i);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            let mut out = Map::new();
+            for j in 0..entries.len() {
+                let key = match value(keys.as_ref(), j)? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                out.insert(key, value(values.as_ref(), j)?);
+            }
+            Value::Object(out)
+        }
+        other => match crate::arrow_text::text(array, i) {
+            Some(text) => Value::String(text),
+            None => return Err(format!("holds {other} values, which no training row format holds")),
+        },
     })
+}
+
+/// Key `i` of a dictionary's keys (any integer type) as an index; None if negative.
+fn key_at(keys: &dyn Array, i: usize) -> Option<usize> {
+    let key: i64 = match keys.data_type() {
+        DataType::Int8 => keys.as_primitive::<Int8Type>().value(i).into(),
+        DataType::Int16 => keys.as_primitive::<Int16Type>().value(i).into(),
+        DataType::Int32 => keys.as_primitive::<Int32Type>().value(i).into(),
+        DataType::Int64 => keys.as_primitive::<Int64Type>().value(i),
+        DataType::UInt8 => keys.as_primitive::<UInt8Type>().value(i).into(),
+        DataType::UInt16 => keys.as_primitive::<UInt16Type>().value(i).into(),
+        DataType::UInt32 => keys.as_primitive::<UInt32Type>().value(i).into(),
+        DataType::UInt64 => return usize::try_from(keys.as_primitive::<UInt64Type>().value(i)).ok(),
+        _ => return None,
+    };
+    usize::try_from(key).ok()
 }
 
 fn list(values: ArrayRef) -> std::result::Result<Value, String> {

@@ -7,6 +7,7 @@
 //! Depends on core (the run config's dataset specs).
 
 mod arrow;
+mod arrow_text;
 pub mod error;
 pub mod info;
 pub mod mapping;

@@ -157,6 +157,30 @@ fn arrow_files_datasets_saved_read_as_datasets_reads_them() {
     assert_eq!(rows.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
+/// Columns no training row format holds beside alpaca rows: an `Image` feature's bytes, a timestamp and a date
+/// (saved by `datasets`), dictionary-encoded strings, a decimal, a time of day, time-zoned timestamps and a map
+/// (pyarrow). They come through as the text the Parquet reader gives the same values, so they never stop a file
+/// from being read, and the rows beside them are detected and trained as alpaca.
+#[test]
+fn arrow_cells_of_other_types_read_as_parquet_writes_them() {
+    let arrow = fixtures().join("arrow");
+    assert_eq!(values(&arrow.join("media")), arrow_expected("media"));
+    assert_eq!(values(&arrow.join("columns.arrow")), arrow_expected("columns.arrow"));
+    for name in ["media", "columns.arrow"] {
+        let loaded = freezetune_data::load_spec(&freezetune_core::data_spec::DatasetSpec {
+            path: Some(arrow.join(name)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(loaded.rows.len(), 3, "{name}");
+        assert_eq!(
+            loaded.formatting,
+            freezetune_core::data_spec::Formatting::Alpaca,
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn damaged_arrow_and_parquet_files_are_refused_by_name_never_panicking() {
     let dir = tempfile::tempdir().unwrap();
