@@ -175,3 +175,85 @@ fn data_configs_lists_a_hub_datasets_configs_and_splits() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["id"], "org/multi");
 }
+
+/// A run naming one config of a Hub dataset fetches that config's data files (every split of it) and the README,
+/// never another config's: a repo of many subsets (languages, say) would otherwise download them all. A config
+/// the repo does not have is refused before anything is fetched.
+#[test]
+fn a_run_fetches_only_its_datasets_config() {
+    let tree = tempfile::tempdir().unwrap();
+    let readme = "---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  - split: train\n    path: en/train-*\n  - split: test\n    path: en/test-*\n- config_name: fr\n  data_files: fr/*.jsonl\n---\n";
+    std::fs::write(tree.path().join("README.md"), readme).unwrap();
+    for (dir, file, say) in [
+        ("en", "train-00000.jsonl", "Say hi"),
+        ("en", "test-00000.jsonl", "Say bye"),
+        ("fr", "all.jsonl", "Dis bonjour"),
+    ] {
+        std::fs::create_dir_all(tree.path().join(dir)).unwrap();
+        let row = format!("{{\"instruction\": \"{say}\", \"output\": \"ok\"}}\n");
+        std::fs::write(tree.path().join(dir).join(file), row).unwrap();
+    }
+    let mut repo = FakeRepo::from_tree("org/multi", tree.path());
+    repo.dataset = true;
+    let hub = FakeHub::start(vec![repo]);
+    let cache = tempfile::tempdir().unwrap();
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
+    let run = cache.path().join("run.toml");
+    let preview = |dataset: &str| {
+        let config = format!(
+            "[model]\npath = {model:?}\n[freeze]\ntop = 1\n[[data.datasets]]\nhub = \"org/multi\"\n{dataset}\n\
+             [output]\ndir = \"r\"\n"
+        );
+        std::fs::write(&run, config).unwrap();
+        freezetune(&hub, cache.path(), &["data", "preview", run.to_str().unwrap()])
+    };
+    let snapshot_files = || {
+        let snapshots = cache.path().join("datasets--org--multi/snapshots");
+        let snapshot = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
+        let mut names = Vec::new();
+        for top in std::fs::read_dir(&snapshot).unwrap() {
+            let top = top.unwrap().path();
+            match top.is_dir() {
+                true => names.extend(std::fs::read_dir(&top).unwrap().map(|f| {
+                    let f = f.unwrap().path();
+                    f.strip_prefix(&snapshot).unwrap().to_string_lossy().into_owned()
+                })),
+                false => names.push(top.file_name().unwrap().to_string_lossy().into_owned()),
+            }
+        }
+        names.sort();
+        names
+    };
+
+    let out = preview("config = \"fr\"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Dis bonjour"));
+    assert_eq!(snapshot_files(), ["README.md", "fr/all.jsonl"], "only the fr config");
+
+    // The default config, its test split named: both of its splits come, fr's file is kept.
+    let out = preview("split = \"test\"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Say bye"));
+    assert_eq!(
+        snapshot_files(),
+        [
+            "README.md",
+            "en/test-00000.jsonl",
+            "en/train-00000.jsonl",
+            "fr/all.jsonl"
+        ]
+    );
+
+    let fetched = hub.requests().len();
+    let out = preview("config = \"de\"");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no config \"de\"") && err.contains("\"fr\""), "{err}");
+    let resolves_only = hub.requests()[fetched..]
+        .iter()
+        .all(|r| !r.path.contains("/resolve/") || r.path.ends_with("README.md"));
+    assert!(
+        resolves_only,
+        "nothing but the README was fetched for an unknown config"
+    );
+}

@@ -23,4 +23,4 @@ pub use mapping::Mapping;
 pub use messages::Message;
 pub use source::{first, is_data_file, open, read_all, FileKind, Row, Rows};
 pub use spec::{detect_spec, load_mixed, load_spec, Loaded};
-pub use splits::{list_configs, ConfigSplits};
+pub use splits::{config_names, list_configs, ConfigSplits};

@@ -27,6 +27,70 @@ struct Declared {
 pub fn split_files(dir: &Path, config: Option<&str>, split: &str, files: &[String]) -> Result<Vec<PathBuf>> {
     let mut all = Vec::new();
     walk(dir, dir, &mut all)?;
+    let declared = declared_configs(dir)?;
+    let chosen = choose(dir, all, &declared, (config, split), files)?;
+    Ok(chosen.into_iter().map(|rel| dir.join(rel)).collect())
+}
+
+/// The files of a repo a run of `config` can read once the repo is downloaded, from its file listing (relative,
+/// `/`-separated, as the Hub lists them) and its README's text: each split of the config (as [`list_configs`]
+/// finds them, plus `split` where the run names another) as [`split_files`] would choose it, narrowed by `files`.
+/// A download needs these and no other config's files; every split of the config is kept, so an eval set from
+/// another split needs no second download. An unknown config, or one without data files, is refused as a run
+/// would refuse it. `repo` names the repo in errors.
+pub fn config_names(
+    repo: &str,
+    names: &[String],
+    readme: Option<&str>,
+    (config, split): (Option<&str>, Option<&str>),
+    files: &[String],
+) -> Result<Vec<String>> {
+    // As a folder is walked: hidden files and folders are not read.
+    let visible = |n: &&String| !n.split('/').any(|part| part.starts_with('.'));
+    let all: Vec<String> = names
+        .iter()
+        .filter(visible)
+        .filter(|n| is_data_file(Path::new(n)))
+        .cloned()
+        .collect();
+    let declared = match readme {
+        Some(text) => declared_in(text, Path::new("README.md"))?,
+        None => Vec::new(),
+    };
+    let listed = list_configs(&all, readme)?;
+    let this = listed.iter().find(|c| match config {
+        Some(name) => c.name == name,
+        None => c.default,
+    });
+    let mut splits: Vec<&str> = this
+        .map(|c| c.splits.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    splits.extend(split.filter(|s| !splits.contains(s)));
+    let mut chosen = std::collections::BTreeSet::new();
+    for s in &splits {
+        match choose(Path::new(repo), all.clone(), &declared, (config, s), files) {
+            Ok(found) => chosen.extend(found),
+            // The run's own split refused is the run's error, given before anything is fetched.
+            Err(e) if split == Some(*s) => return Err(e),
+            // Another split may hold nothing `files` keeps.
+            Err(_) => {}
+        }
+    }
+    if chosen.is_empty() {
+        return choose(Path::new(repo), all, &declared, (config, "train"), files);
+    }
+    Ok(chosen.into_iter().collect())
+}
+
+/// The data files among `all` (relative names) for `split` of `config`, narrowed by `files`, in name order;
+/// `dir` names the folder or repo in errors.
+fn choose(
+    dir: &Path,
+    mut all: Vec<String>,
+    declared: &[Declared],
+    (config, split): (Option<&str>, &str),
+    files: &[String],
+) -> Result<Vec<String>> {
     if !files.is_empty() {
         let wanted = glob_set(dir, files)?;
         let before = all.len();
@@ -39,14 +103,10 @@ pub fn split_files(dir: &Path, config: Option<&str>, split: &str, files: &[Strin
             ));
         }
     }
-    let declared = declared_configs(dir)?;
-    let mut chosen: Vec<PathBuf> = match declared.is_empty() {
+    let mut chosen = match declared.is_empty() {
         true => by_layout(&all, config, split),
-        false => by_declaration(dir, &all, &declared, config, split)?,
-    }
-    .into_iter()
-    .map(|rel| dir.join(rel))
-    .collect();
+        false => by_declaration(dir, &all, declared, config, split)?,
+    };
     chosen.sort();
     if chosen.is_empty() {
         let found: Vec<&String> = all.iter().take(8).collect();
@@ -452,5 +512,47 @@ mod tests {
             names(dir.path(), None, "train", &["**/*-00001.jsonl"]).unwrap(),
             ["data/en/train-00001.jsonl"]
         );
+    }
+
+    /// From a listing, a download takes what a run of the config would read from any of its splits, and the
+    /// same selection as [`split_files`] on the downloaded folder.
+    #[test]
+    fn a_download_takes_one_configs_files_from_the_listing() {
+        let listing = strings(&[FILES, &["README.md", ".hidden/en.jsonl", "notes.txt"]].concat());
+        let of = |config: Option<&str>, split: Option<&str>, files: &[&str]| {
+            let files = strings(files);
+            config_names("org/ds", &listing, Some(README), (config, split), &files)
+        };
+        let en = [
+            "data/en/test.jsonl",
+            "data/en/train-00000.jsonl",
+            "data/en/train-00001.jsonl",
+        ];
+        assert_eq!(of(None, None, &[]).unwrap(), en, "the default config, both splits");
+        assert_eq!(of(Some("en"), Some("test"), &[]).unwrap(), en);
+        assert_eq!(
+            of(Some("fr"), None, &[]).unwrap(),
+            ["data/fr/extra.jsonl", "data/fr/train.jsonl"]
+        );
+        assert_eq!(of(Some("fr"), None, &["**/extra*"]).unwrap(), ["data/fr/extra.jsonl"]);
+        let err = of(Some("de"), None, &[]).unwrap_err().to_string();
+        assert!(err.contains("org/ds") && err.contains("has no config \"de\""), "{err}");
+        let err = of(Some("fr"), Some("test"), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("has no split \"test\""),
+            "the run's own split refused early: {err}"
+        );
+        // By layout (no declared configs): a folder is a config; what split_files reads once downloaded.
+        let files = ["en/train-0.jsonl", "en/test-0.jsonl", "fr/train-0.jsonl"];
+        let layout = config_names("org/ds", &strings(&files), None, (Some("en"), None), &[]).unwrap();
+        assert_eq!(layout, ["en/test-0.jsonl", "en/train-0.jsonl"]);
+        let dir = folder(&files, None);
+        for split in ["train", "test"] {
+            let read = names(dir.path(), Some("en"), split, &[]).unwrap();
+            assert!(
+                read.len() == 1 && layout.contains(&read[0]),
+                "{read:?} within {layout:?}"
+            );
+        }
     }
 }

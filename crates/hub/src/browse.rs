@@ -135,6 +135,18 @@ impl Downloader {
         })
     }
 
+    /// A dataset repo's listing and its README's text (None without one): what a picker lists its configs from,
+    /// and what a download narrowed to one config reads before fetching (`freezetune_data::config_names`).
+    pub async fn dataset_card(&self, req: &DownloadRequest) -> Result<(RepoListing, Option<String>)> {
+        let listing = self.listing(req).await?;
+        let readme = match listing.has("README.md") {
+            true => Some(self.read_small(req, &listing, "README.md").await?),
+            false => None,
+        };
+        let readme = readme.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        Ok((listing, readme))
+    }
+
     /// `name` at `commit`, whole; refused when the listing says it is larger than `MAX_SMALL_FILE`.
     pub async fn read_small(&self, req: &DownloadRequest, listing: &RepoListing, name: &str) -> Result<Vec<u8>> {
         if let Some(size) = listing.size_of(name).filter(|&s| s > MAX_SMALL_FILE) {

@@ -53,6 +53,14 @@ impl DownloadRequest {
     }
 }
 
+impl DownloadRequest {
+    /// Fetches exactly `names` (as a listing gives them; glob characters in them are literal). The revision is
+    /// kept, so the cache's `refs/` learn it for offline runs.
+    pub fn only_files(&mut self, names: &[String]) {
+        self.include = names.iter().map(|n| globset::escape(n)).collect();
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DownloadOutcome {
     pub snapshot: PathBuf,

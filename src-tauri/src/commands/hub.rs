@@ -161,17 +161,10 @@ pub async fn inspect_hub_dataset(
     let mut request = DownloadRequest::parse(repo.trim())?;
     request.kind = RepoKind::Dataset;
     let (listing, readme) = on_hub_runtime("inspect", move || async move {
-        let listing = downloader.listing(&request).await?;
-        let readme = if listing.has("README.md") {
-            Some(downloader.read_small(&request, &listing, "README.md").await?)
-        } else {
-            None
-        };
-        Ok((listing, readme))
+        Ok(downloader.dataset_card(&request).await?)
     })
     .await?;
     let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
-    let readme = readme.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
     let configs = freezetune_data::list_configs(&names, readme.as_deref())
         .map_err(|e| IpcError::new("bad_dataset", format!("{}: {e}", repo.trim())))?;
     let data: Vec<_> = listing
@@ -195,13 +188,17 @@ pub async fn inspect_hub_dataset(
     })
 }
 
-/// Downloads a dataset repo (its data files, or those `files` globs match) into the shared cache, streaming
-/// progress; answers its snapshot folder, which a run's dataset `path` then names. Cached files are not fetched
-/// again; a partial download resumes.
+/// Downloads a dataset repo into the shared cache, streaming progress: the data files of `config` (the default
+/// config when None; every split of it, `split` included), narrowed by `files` globs, and no other config's.
+/// Answers its snapshot folder, which a run's dataset `path` then names. Cached files are not fetched again; a
+/// partial download resumes.
 #[tauri::command]
+#[allow(clippy::too_many_arguments)]
 pub async fn download_dataset(
     state: State<'_, AppState>,
     repo: String,
+    config: Option<String>,
+    split: Option<String>,
     files: Vec<String>,
     endpoint: Option<String>,
     task_id: String,
@@ -210,7 +207,27 @@ pub async fn download_dataset(
     let downloader = downloader(&state, endpoint.as_deref())?;
     let mut request = DownloadRequest::parse(repo.trim())?;
     request.kind = RepoKind::Dataset;
-    request.include = files;
+    request.include = files.clone();
+    let card = self::downloader(&state, endpoint.as_deref())?;
+    let listed = request.clone();
+    let card = on_hub_runtime("inspect", move || async move { Ok(card.dataset_card(&listed).await) }).await?;
+    match card {
+        Ok((listing, readme)) => {
+            let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+            let wanted = freezetune_data::config_names(
+                repo.trim(),
+                &names,
+                readme.as_deref(),
+                (config.as_deref(), split.as_deref()),
+                &files,
+            )
+            .map_err(|e| IpcError::new("bad_dataset", e.to_string()))?;
+            request.only_files(&wanted);
+        }
+        // Offline or unreachable: the download itself falls back on the cache, or says why there is none.
+        Err(freezetune_hub::HubError::Network { .. } | freezetune_hub::HubError::Offline { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     let outcome = download(&state, downloader, request, &task_id, on_event).await?;
     Ok(outcome.snapshot.to_string_lossy().into_owned())
 }

@@ -75,13 +75,25 @@ export const api = {
     call<RemoteModelCheck>("check_hub_model", { repo, endpoint, device, cpu }),
   inspectHubDataset: (repo: string, endpoint: string | null) =>
     call<HubDatasetView>("inspect_hub_dataset", { repo, endpoint }),
+  /** Fetches the data files of `config` (the default one when null), every split of it, and no other config's. */
   downloadDataset: (
     repo: string,
+    config: string | null,
+    split: string | null,
     files: string[],
     endpoint: string | null,
     taskId: string,
     onEvents: (e: DownloadEvent[]) => void,
-  ) => call<string>("download_dataset", { repo, files, endpoint, taskId, onEvent: channel(onEvents) }),
+  ) =>
+    call<string>("download_dataset", {
+      repo,
+      config,
+      split,
+      files,
+      endpoint,
+      taskId,
+      onEvent: channel(onEvents),
+    }),
   cancelTask: (taskId: string) => call<boolean>("cancel_task", { taskId }),
   getTokenStatus: () => call<TokenStatus>("get_token_status"),
   setHubToken: (token: string) => call<TokenStatus>("set_hub_token", { token }),

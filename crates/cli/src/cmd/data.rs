@@ -61,16 +61,8 @@ fn configs(args: &ConfigsArgs) -> Result<()> {
     let mut req = freezetune_hub::DownloadRequest::parse(&args.repo)?;
     req.kind = freezetune_hub::RepoKind::Dataset;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (listing, readme) = runtime.block_on(async {
-        let listing = downloader.listing(&req).await?;
-        let readme = match listing.has("README.md") {
-            true => Some(downloader.read_small(&req, &listing, "README.md").await?),
-            false => None,
-        };
-        anyhow::Ok((listing, readme))
-    })?;
+    let (listing, readme) = runtime.block_on(downloader.dataset_card(&req))?;
     let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
-    let readme = readme.map(|b| String::from_utf8_lossy(&b).into_owned());
     let configs = freezetune_data::list_configs(&names, readme.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&configs)?);

@@ -53,13 +53,35 @@ pub fn fetch(repo: &str, revision: Option<&str>) -> Result<std::path::PathBuf> {
     Ok(download_with_progress(HubSettings::from_env(), &req, true)?.snapshot)
 }
 
-/// A Hub dataset repo (`owner/name[@revision]`) in the shared cache, fetched now unless cached: the data files, or
-/// those `files` globs match. Returns its snapshot folder.
-pub fn fetch_dataset(repo: &str, files: &[String]) -> Result<std::path::PathBuf> {
+/// A Hub dataset repo (`owner/name[@revision]`) in the shared cache, fetched now unless cached: the data files of
+/// the run's config (every split of it, so an eval set from another split is there too), narrowed by `files`.
+/// Another config's files are not fetched: a repo of many subsets would otherwise download them all. Offline,
+/// or with the Hub unreachable, the cached snapshot serves as it is. Returns its snapshot folder.
+pub fn fetch_dataset(
+    repo: &str,
+    (config, split): (Option<&str>, &str),
+    files: &[String],
+) -> Result<std::path::PathBuf> {
     let mut req = DownloadRequest::parse(repo)?;
     req.kind = freezetune_hub::RepoKind::Dataset;
     req.include = files.to_vec();
-    Ok(download_with_progress(HubSettings::from_env(), &req, true)?.snapshot)
+    let settings = HubSettings::from_env();
+    if !settings.offline {
+        let downloader = Downloader::new(settings.clone())?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        match runtime.block_on(downloader.dataset_card(&req)) {
+            Ok((listing, readme)) => {
+                let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+                let wanted =
+                    freezetune_data::config_names(repo, &names, readme.as_deref(), (config, Some(split)), files)?;
+                req.only_files(&wanted);
+            }
+            // The download itself then falls back on the cache, or says why there is none.
+            Err(freezetune_hub::HubError::Network { .. } | freezetune_hub::HubError::Offline { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(download_with_progress(settings, &req, true)?.snapshot)
 }
 
 /// Runs one download; Ctrl-C cancels it (partial files are kept for the next attempt).

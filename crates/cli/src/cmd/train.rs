@@ -302,7 +302,13 @@ pub fn resolve_model(config: &mut RunConfig) -> Result<()> {
     config.model.path = super::model_folder(&config.model.path)?;
     for d in config.data.datasets.iter_mut().chain(&mut config.data.eval_datasets) {
         if let (Some(repo), None) = (&d.hub, &d.path) {
-            d.path = Some(super::download::fetch_dataset(repo, &d.files)?);
+            // A Hub dataset's split is `train` when the run names none (freezetune-data's spec.rs).
+            let split = d.split.as_deref().unwrap_or("train");
+            d.path = Some(super::download::fetch_dataset(
+                repo,
+                (d.config.as_deref(), split),
+                &d.files,
+            )?);
         }
     }
     Ok(())
