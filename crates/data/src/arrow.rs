@@ -2,9 +2,9 @@
 //! IPC stream format, beside `state.json` and `dataset_info.json`) and its cache files; the IPC file format
 //! (`ARROW1` magic) too. Read one record batch at a time through arrow-rs's IPC reader, each row turned into the
 //! JSON object the other sources give: strings, numbers, booleans, lists and structs (conversations) as they are,
-//! dictionary-encoded columns decoded, maps as objects, and binary, temporal and decimal cells as the text the
-//! Parquet reader gives them (`arrow_text.rs`), so that a column the mapping does not use (an image, a timestamp)
-//! never stops a file from being read. A column of a type with no such text (intervals, unions) is refused by
+//! dictionary-encoded columns decoded, maps as objects, and binary, temporal and decimal cells as the Parquet
+//! reader gives them (`arrow_text.rs`), so that a column the mapping does not use (an image, a timestamp) never
+//! stops a file from being read. A column of a type Parquet has no value for (intervals, unions) is refused by
 //! name.
 
 use crate::error::{unpanicked, DataError, Result};
@@ -269,8 +269,8 @@ fn value(array: &dyn Array, i: usize) -> std::result::Result<Value, String> {
             }
             Value::Object(out)
         }
-        other => match crate::arrow_text::text(array, i) {
-            Some(text) => Value::String(text),
+        other => match crate::arrow_text::cell(array, i) {
+            Some(value) => value,
             None => return Err(format!("holds {other} values, which no training row format holds")),
         },
     })

@@ -159,13 +159,25 @@ fn arrow_files_datasets_saved_read_as_datasets_reads_them() {
 
 /// Columns no training row format holds beside alpaca rows: an `Image` feature's bytes, a timestamp and a date
 /// (saved by `datasets`), dictionary-encoded strings, a decimal, a time of day, time-zoned timestamps and a map
-/// (pyarrow). They come through as the text the Parquet reader gives the same values, so they never stop a file
-/// from being read, and the rows beside them are detected and trained as alpaca.
+/// (pyarrow), and one column of each other type FreezeTune gives a value for. They read exactly as the `parquet`
+/// crate reads the same table written to Parquet by pyarrow (and, for the first two, as `expected.json` spells
+/// out), so they never stop a file from being read; the rows beside them are detected and trained as alpaca.
 #[test]
 fn arrow_cells_of_other_types_read_as_parquet_writes_them() {
     let arrow = fixtures().join("arrow");
     assert_eq!(values(&arrow.join("media")), arrow_expected("media"));
     assert_eq!(values(&arrow.join("columns.arrow")), arrow_expected("columns.arrow"));
+    for (ours, twin) in [
+        ("media", "media.parquet"),
+        ("columns.arrow", "columns.parquet"),
+        ("types.arrow", "types.parquet"),
+    ] {
+        let (a, b) = (values(&arrow.join(ours)), values(&arrow.join(twin)));
+        assert_eq!(a.len(), 3, "{ours}");
+        for (row, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x, y, "{ours} row {row} against the parquet crate's reading of {twin}");
+        }
+    }
     for name in ["media", "columns.arrow"] {
         let loaded = freezetune_data::load_spec(&freezetune_core::data_spec::DatasetSpec {
             path: Some(arrow.join(name)),
