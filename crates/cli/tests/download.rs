@@ -199,14 +199,27 @@ fn a_run_fetches_only_its_datasets_config() {
     let cache = tempfile::tempdir().unwrap();
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
     let run = cache.path().join("run.toml");
-    let preview = |dataset: &str| {
+    let preview_with = |dataset: &str, offline: bool| {
         let config = format!(
             "[model]\npath = {model:?}\n[freeze]\ntop = 1\n[[data.datasets]]\nhub = \"org/multi\"\n{dataset}\n\
              [output]\ndir = \"r\"\n"
         );
         std::fs::write(&run, config).unwrap();
-        freezetune(&hub, cache.path(), &["data", "preview", run.to_str().unwrap()])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_freezetune"));
+        command
+            .args(["data", "preview", run.to_str().unwrap()])
+            .env("HF_ENDPOINT", hub.url())
+            .env("HF_HUB_CACHE", cache.path())
+            .env_remove("HF_TOKEN")
+            .env("HF_HOME", cache.path().join("home"))
+            .env("FREEZETUNE_CONFIG_DIR", cache.path().join("config"));
+        match offline {
+            true => command.env("HF_HUB_OFFLINE", "1"),
+            false => command.env_remove("HF_HUB_OFFLINE"),
+        };
+        command.output().unwrap()
     };
+    let preview = |dataset: &str| preview_with(dataset, false);
     let snapshot_files = || {
         let snapshots = cache.path().join("datasets--org--multi/snapshots");
         let snapshot = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
@@ -229,6 +242,16 @@ fn a_run_fetches_only_its_datasets_config() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Dis bonjour"));
     assert_eq!(snapshot_files(), ["README.md", "fr/all.jsonl"], "only the fr config");
+
+    // Offline, the cached copy serves the config it holds, and says so for another.
+    let out = preview_with("config = \"fr\"", true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = preview_with("config = \"en\"", true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cached copy of org/multi cannot serve"),
+        "{err}"
+    );
 
     // The default config, its test split named: both of its splits come, fr's file is kept.
     let out = preview("split = \"test\"");

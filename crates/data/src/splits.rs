@@ -54,7 +54,7 @@ pub fn config_names(
         .cloned()
         .collect();
     let declared = match readme {
-        Some(text) => declared_in(text, Path::new("README.md"))?,
+        Some(text) => declared_in(text, &Path::new(repo).join("README.md"))?,
         None => Vec::new(),
     };
     let listed = list_configs(&all, readme)?;

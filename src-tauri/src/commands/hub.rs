@@ -208,6 +208,11 @@ pub async fn download_dataset(
     let mut request = DownloadRequest::parse(repo.trim())?;
     request.kind = RepoKind::Dataset;
     request.include = files.clone();
+    if downloader.settings().offline {
+        // Offline: the cached snapshot as it is (`download` asks nothing of the Hub then).
+        let outcome = download(&state, downloader, request, &task_id, on_event).await?;
+        return Ok(outcome.snapshot.to_string_lossy().into_owned());
+    }
     let card = self::downloader(&state, endpoint.as_deref())?;
     let listed = request.clone();
     let card = on_hub_runtime("inspect", move || async move { Ok(card.dataset_card(&listed).await) }).await?;
@@ -224,8 +229,16 @@ pub async fn download_dataset(
             .map_err(|e| IpcError::new("bad_dataset", e.to_string()))?;
             request.only_files(&wanted);
         }
-        // Offline or unreachable: the download itself falls back on the cache, or says why there is none.
-        Err(freezetune_hub::HubError::Network { .. } | freezetune_hub::HubError::Offline { .. }) => {}
+        // Unreachable: the cached snapshot as it is, if any; never a download of every config's files.
+        Err(e @ freezetune_hub::HubError::Network { .. }) => {
+            let mut settings = downloader.settings().clone();
+            settings.offline = true;
+            let cached = Downloader::new(settings)?;
+            return match download(&state, cached, request, &task_id, on_event).await {
+                Ok(outcome) => Ok(outcome.snapshot.to_string_lossy().into_owned()),
+                Err(_) => Err(e.into()),
+            };
+        }
         Err(e) => return Err(e.into()),
     }
     let outcome = download(&state, downloader, request, &task_id, on_event).await?;

@@ -56,7 +56,7 @@ pub fn fetch(repo: &str, revision: Option<&str>) -> Result<std::path::PathBuf> {
 /// A Hub dataset repo (`owner/name[@revision]`) in the shared cache, fetched now unless cached: the data files of
 /// the run's config (every split of it, so an eval set from another split is there too), narrowed by `files`.
 /// Another config's files are not fetched: a repo of many subsets would otherwise download them all. Offline,
-/// or with the Hub unreachable, the cached snapshot serves as it is. Returns its snapshot folder.
+/// or with the Hub unreachable, the cached snapshot serves if it holds the run's split. Returns its folder.
 pub fn fetch_dataset(
     repo: &str,
     (config, split): (Option<&str>, &str),
@@ -66,22 +66,53 @@ pub fn fetch_dataset(
     req.kind = freezetune_hub::RepoKind::Dataset;
     req.include = files.to_vec();
     let settings = HubSettings::from_env();
-    if !settings.offline {
-        let downloader = Downloader::new(settings.clone())?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        match runtime.block_on(downloader.dataset_card(&req)) {
-            Ok((listing, readme)) => {
-                let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
-                let wanted =
-                    freezetune_data::config_names(repo, &names, readme.as_deref(), (config, Some(split)), files)?;
-                req.only_files(&wanted);
-            }
-            // The download itself then falls back on the cache, or says why there is none.
-            Err(freezetune_hub::HubError::Network { .. } | freezetune_hub::HubError::Offline { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+    if settings.offline {
+        return cached_dataset(
+            settings,
+            &req,
+            (config, split),
+            files,
+            "offline (HF_HUB_OFFLINE)".into(),
+        );
     }
-    Ok(download_with_progress(settings, &req, true)?.snapshot)
+    let downloader = Downloader::new(settings.clone())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(downloader.dataset_card(&req)) {
+        Ok((listing, readme)) => {
+            let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+            let wanted = freezetune_data::config_names(repo, &names, readme.as_deref(), (config, Some(split)), files)?;
+            req.only_files(&wanted);
+            Ok(download_with_progress(settings, &req, true)?.snapshot)
+        }
+        // Unreachable: the cache, never a download of every config's files once it answers again.
+        Err(e @ freezetune_hub::HubError::Network { .. }) => {
+            cached_dataset(settings, &req, (config, split), files, e.to_string())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `req`'s cached snapshot, when the Hub cannot be asked (`why`): refused, saying why, when there is none or
+/// when it does not hold the run's split (a copy fetched for another config).
+fn cached_dataset(
+    mut settings: HubSettings,
+    req: &DownloadRequest,
+    (config, split): (Option<&str>, &str),
+    files: &[String],
+    why: String,
+) -> Result<std::path::PathBuf> {
+    settings.offline = true;
+    let snapshot = download_with_progress(settings, req, false)
+        .map_err(|e| anyhow::anyhow!("{why}, and the cache cannot serve instead: {e}"))?
+        .snapshot;
+    if let Err(e) = freezetune_data::source::split_files(&snapshot, config, split, files) {
+        anyhow::bail!(
+            "{why}, and the cached copy of {} cannot serve this run (it was fetched for another config or \
+             split): {e}",
+            req.repo
+        );
+    }
+    Ok(snapshot)
 }
 
 /// Runs one download; Ctrl-C cancels it (partial files are kept for the next attempt).
