@@ -46,6 +46,9 @@ struct Row {
     check_error: Option<String>,
 }
 
+/// Rows whose model is checked at once (the app's search does the same).
+const CHECKS_AT_ONCE: usize = 4;
+
 pub fn run(args: &SearchArgs) -> Result<()> {
     let mut settings = HubSettings::from_env();
     if let Some(e) = &args.endpoint {
@@ -69,25 +72,31 @@ pub fn run(args: &SearchArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let rows = runtime.block_on(async {
+        use futures_util::stream::{self, StreamExt};
         let hits = downloader.search(kind, &args.query, args.limit).await?;
-        let mut rows = Vec::new();
-        for hit in hits {
-            let checked = if args.datasets || args.no_check {
-                None
-            } else {
-                Some(check(&downloader, &hit.id, &device).await)
-            };
-            let (check, check_error) = match checked {
-                Some(Ok(c)) => (Some(c), None),
-                Some(Err(e)) => (None, Some(format!("{e:#}"))),
-                None => (None, None),
-            };
-            rows.push(Row {
-                hit,
-                check,
-                check_error,
-            });
-        }
+        // Each check is a few small range requests, mostly waiting on the Hub: CHECKS_AT_ONCE rows at a time,
+        // answered in the search's order.
+        let rows = stream::iter(hits)
+            .map(|hit| async {
+                let checked = if args.datasets || args.no_check {
+                    None
+                } else {
+                    Some(check(&downloader, &hit.id, &device).await)
+                };
+                let (check, check_error) = match checked {
+                    Some(Ok(c)) => (Some(c), None),
+                    Some(Err(e)) => (None, Some(format!("{e:#}"))),
+                    None => (None, None),
+                };
+                Row {
+                    hit,
+                    check,
+                    check_error,
+                }
+            })
+            .buffered(CHECKS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
         anyhow::Ok(rows)
     })?;
     if args.json {
