@@ -375,6 +375,17 @@ describe("FreezeTune desktop app", () => {
       );
       return shares.join(" ") === "75% 25%";
     });
+    // Evaluation: nothing, a held-out fraction, or the en config's test split from the same download.
+    const evalLabels = () =>
+      s.execute(`return Array.from(document.querySelectorAll('[data-testid="eval-choice"] option'), (o) => o.textContent)`);
+    const evalShown = () =>
+      s.execute(`const el = document.querySelector('[data-testid="eval-choice"]'); return el.options[el.selectedIndex].textContent`);
+    assert.deepEqual(await evalLabels(), ["nothing", "a held-out fraction of the training rows", "acme/chat-data (test)"]);
+    await choose("eval-choice", "1");
+    await s.waitFor("eval-fraction");
+    await choose("eval-choice", "2");
+    await until("the test split chosen", async () => (await evalShown()) === "acme/chat-data (test)");
+    assert.equal(await s.execute(`return document.querySelector('[data-testid="eval-fraction"]') === null`), true);
     await s.clickId("preview-dataset");
     const preview = await s.waitFor("dataset-preview", async () => true, 30000);
     assert.match(await s.text(preview), /line \d+/);

@@ -1,6 +1,17 @@
 import { describe, expect, it } from "vitest";
 import type { DataSection } from "./bindings/DataSection";
-import { datasetList, describeSpec, hubSpec, legacySpec, localSpec, setDatasets, shares } from "./datasets";
+import {
+  currentEval,
+  datasetList,
+  describeSpec,
+  evalChoices,
+  hubSpec,
+  legacySpec,
+  localSpec,
+  setDatasets,
+  setEval,
+  shares,
+} from "./datasets";
 
 const section = (over: Partial<DataSection>): DataSection => ({
   train: "",
@@ -46,5 +57,48 @@ describe("the dataset list", () => {
     expect(shares([{ ...a, weight: 3 }, { ...b, weight: 1 }])).toEqual([0.75, 0.25]);
     expect(shares([{ ...a, weight: 3 }, b])).toBeNull();
     expect(shares([{ ...a, weight: 0 }, { ...b, weight: 1 }])).toBeNull();
+  });
+});
+
+describe("the evaluation set", () => {
+  const chat = hubSpec("org/chat", "/hub/snap", "en", "train");
+  chat.formatting = "sharegpt";
+  const known = new Map([["org/chat|en", ["train", "test", "validation"]]]);
+
+  it("offers nothing, a held-out fraction and the other splits of a Hub dataset, read from the same download", () => {
+    const data = section({ datasets: [chat, localSpec("/d/a.jsonl")] });
+    const labels = evalChoices(data, known).map((c) => c.label);
+    expect(labels).toEqual([
+      "nothing",
+      "a held-out fraction of the training rows",
+      "org/chat (en / test)",
+      "org/chat (en / validation)",
+    ]);
+    expect(currentEval(data)).toEqual({ kind: "none" });
+  });
+
+  it("writes one evaluation source at most: a split, a fraction or nothing", () => {
+    const data = section({ datasets: [{ ...chat, limit: 100, weight: 2 }], eval_split: 0.2 });
+    setEval(data, { kind: "split", entry: 0, split: "test" });
+    expect(data.eval_split).toBe(0);
+    expect(data.eval_datasets).toEqual([{ ...chat, split: "test" }]);
+    expect(data.eval_datasets![0].formatting).toBe("sharegpt");
+    expect(currentEval(data)).toEqual({ kind: "split", entry: 0, split: "test" });
+    setEval(data, { kind: "fraction" });
+    expect(data.eval_datasets).toEqual([]);
+    expect(data.eval_split).toBe(0.1);
+    setEval(data, { kind: "none" });
+    expect([data.eval_split, data.eval_datasets, data.eval]).toEqual([0, [], null]);
+  });
+
+  it("keeps what a run already names that the screen cannot build, and shows it", () => {
+    const data = section({ datasets: [chat], eval: "/d/held.jsonl" });
+    expect(currentEval(data)).toEqual({ kind: "given" });
+    expect(evalChoices(data, new Map()).at(-1)!.label).toBe("the file /d/held.jsonl");
+    setEval(data, { kind: "given" });
+    expect(data.eval).toBe("/d/held.jsonl");
+    // A split chosen before the splits were known (a reopened run) is still offered.
+    const reopened = section({ datasets: [chat], eval_datasets: [{ ...chat, split: "test" }] });
+    expect(evalChoices(reopened, new Map()).at(-1)!.label).toBe("org/chat (en / test)");
   });
 });

@@ -73,3 +73,86 @@ export function shares(list: DatasetSpec[]): number[] | null {
   const total = weights.reduce((a, b) => a + b, 0);
   return weights.map((w) => w / total);
 }
+
+/** What a run evaluates on, as the Train screen offers it. `split` is another split of training entry `entry` (a
+ * Hub dataset), read from the same download; `given` keeps eval datasets or an eval file the run already names. */
+export type EvalChoice =
+  | { kind: "none" }
+  | { kind: "fraction" }
+  | { kind: "split"; entry: number; split: string }
+  | { kind: "given" };
+
+/** A Hub entry's key in the map of known splits: its repo and config. */
+export function splitsKey(spec: DatasetSpec): string {
+  return `${spec.hub ?? ""}|${spec.config ?? ""}`;
+}
+
+/** The choices for `data`: none, a held-out fraction, each other known split of each Hub training entry (`known`
+ * maps `splitsKey` to the config's splits, as its lookup listed them), and what the run names already. */
+export function evalChoices(data: DataSection, known: Map<string, string[]>): { choice: EvalChoice; label: string }[] {
+  const out: { choice: EvalChoice; label: string }[] = [
+    { choice: { kind: "none" }, label: "nothing" },
+    { choice: { kind: "fraction" }, label: "a held-out fraction of the training rows" },
+  ];
+  data.datasets.forEach((spec, entry) => {
+    if (!spec.hub || !spec.path) return;
+    const own = spec.split ?? "train";
+    for (const split of known.get(splitsKey(spec)) ?? []) {
+      if (split !== own) out.push({ choice: { kind: "split", entry, split }, label: describeSpec({ ...spec, split }) });
+    }
+  });
+  const current = currentEval(data);
+  if (current.kind === "split" && !out.some((o) => sameChoice(o.choice, current))) {
+    out.push({ choice: current, label: describeSpec(data.eval_datasets![0]) });
+  }
+  if (current.kind === "given") out.push({ choice: current, label: givenLabel(data) });
+  return out;
+}
+
+function givenLabel(data: DataSection): string {
+  if (data.eval) return `the file ${data.eval}`;
+  return (data.eval_datasets ?? []).map(describeSpec).join(" + ");
+}
+
+/** What `data` evaluates on now. */
+export function currentEval(data: DataSection): EvalChoice {
+  const evals = data.eval_datasets ?? [];
+  if (data.eval) return { kind: "given" };
+  if (evals.length === 1 && evals[0].hub && evals[0].split) {
+    const entry = data.datasets.findIndex(
+      (d) => d.hub === evals[0].hub && d.path === evals[0].path && (d.config ?? null) === (evals[0].config ?? null),
+    );
+    if (entry >= 0) return { kind: "split", entry, split: evals[0].split };
+  }
+  if (evals.length > 0) return { kind: "given" };
+  return data.eval_split > 0 ? { kind: "fraction" } : { kind: "none" };
+}
+
+export function sameChoice(a: EvalChoice, b: EvalChoice): boolean {
+  if (a.kind !== b.kind) return false;
+  if (a.kind === "split" && b.kind === "split") return a.entry === b.entry && a.split === b.split;
+  return true;
+}
+
+/** Sets `data` to evaluate on `choice`: one evaluation source at most, as the loader requires. A fraction starts
+ * at `fraction` when none is set. */
+export function setEval(data: DataSection, choice: EvalChoice, fraction = 0.1): void {
+  if (choice.kind === "given") return;
+  data.eval = null;
+  data.eval_datasets = [];
+  if (choice.kind !== "fraction") data.eval_split = 0;
+  if (choice.kind === "fraction" && !(data.eval_split > 0)) data.eval_split = fraction;
+  if (choice.kind === "split") {
+    // The same download, another split, with the training entry's mapping; read whole (no row limit, no weight).
+    const evalSpec = plainCopy(data.datasets[choice.entry]);
+    evalSpec.split = choice.split;
+    delete evalSpec.weight;
+    delete evalSpec.limit;
+    data.eval_datasets = [evalSpec];
+  }
+}
+
+/** A deep copy that also works on the screen's reactive proxies. */
+function plainCopy<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}
