@@ -50,16 +50,11 @@ pub(super) unsafe fn pack_bf16_strips<const W: usize>(
         let mut lines_done = 0;
         #[cfg(target_arch = "x86_64")]
         if W >= 8 {
-            // Each line contiguous in k: whole strips go through 8 × 8 transposes of pairs (as in
-            // `pack_f32_strips`); a partial last strip below.
-            lines_done = lines / W * W;
-            for s in 0..lines / W {
-                let out = &mut dst[s * strip..(s + 1) * strip];
-                for first in (0..W).step_by(8) {
-                    let group = first.min(W - 8);
-                    transpose_pairs::<W>(out, at(s * W + group, 0), line_stride, group, kc);
-                }
-            }
+            // Each line contiguous in k: whole strips go through 8 × 8 transposes of pairs; a partial last strip
+            // below.
+            lines_done = in_groups_of_8::<W>(dst, strip, lines, |out, line, slot| {
+                transpose_pairs::<W>(out, at(line, 0), line_stride, slot, kc)
+            });
         }
         // Each line contiguous in k: rounded into its pairs in order, then spread one pair per group.
         for i in lines_done..lines {
@@ -122,16 +117,9 @@ pub(super) unsafe fn pack_f32_strips<const W: usize>(
         #[cfg(target_arch = "x86_64")]
         if k_stride == 1 && W >= 8 && std::is_x86_feature_detected!("avx2") {
             // Each line contiguous in k: whole strips go through 8 × 8 transposes; a partial last strip below.
-            lines_done = lines / W * W;
-            for s in 0..lines / W {
-                let out = &mut dst[s * strip..(s + 1) * strip];
-                for first in (0..W).step_by(8) {
-                    // The last group of a strip whose width is not a multiple of 8 overlaps the one before it,
-                    // writing its lines' values a second time, the same.
-                    let group = first.min(W - 8);
-                    transpose_lines::<W>(out, at(s * W + group, 0), line_stride, group, kc);
-                }
-            }
+            lines_done = in_groups_of_8::<W>(dst, strip, lines, |out, line, slot| {
+                transpose_lines::<W>(out, at(line, 0), line_stride, slot, kc)
+            });
         }
         // Each line (contiguous in k, or strided) spread one value per group.
         for i in lines_done..lines {
@@ -141,6 +129,27 @@ pub(super) unsafe fn pack_f32_strips<const W: usize>(
             }
         }
     }
+}
+
+/// Runs `group(strip, line, slot)` for each group of 8 lines of every whole strip of `W` lines in `dst`
+/// (`strip_len` values a strip): `strip` is the strip's part of `dst`, `line` the group's first line and `slot` its
+/// position in the strip. The last group of a strip whose width is not a multiple of 8 overlaps the one before
+/// it, writing its lines' values a second time, the same. Returns how many lines the whole strips hold.
+#[cfg(target_arch = "x86_64")]
+fn in_groups_of_8<const W: usize>(
+    dst: &mut [u32],
+    strip_len: usize,
+    lines: usize,
+    mut group: impl FnMut(&mut [u32], usize, usize),
+) -> usize {
+    for s in 0..lines / W {
+        let strip = &mut dst[s * strip_len..(s + 1) * strip_len];
+        for first in (0..W).step_by(8) {
+            let slot = first.min(W - 8);
+            group(strip, s * W + slot, slot);
+        }
+    }
+    lines / W * W
 }
 
 /// `out[k·W + at + r] = line r's value at k` for 8 lines, each contiguous in k, the first at `base` and the next
