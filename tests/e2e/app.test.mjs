@@ -347,6 +347,8 @@ describe("FreezeTune desktop app", () => {
     const configs = cli("data", "configs", "acme/chat-data", "--json");
     assert.deepEqual(await options("hub-dataset-config"), configs.map((c) => c.name));
     assert.deepEqual(await options("hub-dataset-split"), configs.find((c) => c.name === "en").splits);
+    // What the chosen config downloads: en's train and test files, not fr's.
+    assert.match(await s.text(await s.find("hub-dataset-size")), /: 3 data files, .*; config en: 2 files, .* to download/);
     await s.clickId("hub-dataset-download");
     const entries = () =>
       s.execute(`return Array.from(document.querySelectorAll('[data-testid="dataset-entry"]'), (li) => ({ ...li.dataset }))`);
@@ -359,6 +361,7 @@ describe("FreezeTune desktop app", () => {
     await s.clickId("hub-dataset-lookup");
     await s.waitFor("hub-dataset-config");
     await choose("hub-dataset-config", "fr");
+    assert.match(await s.text(await s.find("hub-dataset-size")), /config fr: 1 file, .* to download/);
     await s.clickId("hub-dataset-download");
     await until("the fr dataset, detected as sharegpt", async () => {
       const e = await entries();

@@ -148,6 +148,10 @@ pub struct HubDatasetConfig {
     /// The config a run reads when it names none.
     pub default: bool,
     pub splits: Vec<String>,
+    /// The data files a download of this config fetches (every split of it), and their bytes as the Hub lists
+    /// them; 0 and 0 when its files cannot be told from the listing (the download then says why).
+    pub files: usize,
+    pub bytes: u64,
 }
 
 /// A dataset repo's configs and splits, from its file listing and README, by the rules a run reads them with.
@@ -172,6 +176,8 @@ pub async fn inspect_hub_dataset(
         .iter()
         .filter(|f| freezetune_data::is_data_file(std::path::Path::new(&f.name)))
         .collect();
+    let sizes: std::collections::HashMap<&str, Option<u64>> =
+        listing.files.iter().map(|f| (f.name.as_str(), f.size())).collect();
     Ok(HubDatasetView {
         repo: repo.trim().to_string(),
         commit: listing.commit.clone(),
@@ -179,10 +185,22 @@ pub async fn inspect_hub_dataset(
         data_bytes: data.iter().filter_map(|f| f.size()).sum(),
         configs: configs
             .into_iter()
-            .map(|c| HubDatasetConfig {
-                name: c.name,
-                default: c.default,
-                splits: c.splits,
+            .map(|c| {
+                // A download asks for the default config as None, as the picker does.
+                let config = (!c.default).then_some(c.name.as_str());
+                let fetched =
+                    freezetune_data::config_names(repo.trim(), &names, readme.as_deref(), (config, None), &[])
+                        .unwrap_or_default();
+                HubDatasetConfig {
+                    files: fetched.len(),
+                    bytes: fetched
+                        .iter()
+                        .filter_map(|n| sizes.get(n.as_str()).copied().flatten())
+                        .sum(),
+                    name: c.name,
+                    default: c.default,
+                    splits: c.splits,
+                }
             })
             .collect(),
     })
