@@ -799,7 +799,9 @@ fn main() -> Result<()> {
         }
         if !shape.generic && !hybrid(&shape) {
             bf16_table(python.as_deref().ok(), &shape, &dir, &ours)?;
-            f32_kernel_table(&shape, &dir)?;
+            if !only_bf16 {
+                f32_kernel_table(&shape, &dir)?;
+            }
         }
         if shape.thread_sweep {
             println!("\nthread pools on \"top 2\" (RAYON_NUM_THREADS / CANDLE_NUM_THREADS):");

@@ -149,9 +149,9 @@ pub struct HubDatasetConfig {
     pub default: bool,
     pub splits: Vec<String>,
     /// The data files a download of this config fetches (every split of it), and their bytes as the Hub lists
-    /// them; 0 and 0 when its files cannot be told from the listing (the download then says why).
-    pub files: usize,
-    pub bytes: u64,
+    /// them; None when its files cannot be told from the listing (the download then says why).
+    pub files: Option<usize>,
+    pub bytes: Option<u64>,
 }
 
 /// A dataset repo's configs and splits, from its file listing and README, by the rules a run reads them with.
@@ -189,14 +189,11 @@ pub async fn inspect_hub_dataset(
                 // A download asks for the default config as None, as the picker does.
                 let config = (!c.default).then_some(c.name.as_str());
                 let fetched =
-                    freezetune_data::config_names(repo.trim(), &names, readme.as_deref(), (config, None), &[])
-                        .unwrap_or_default();
+                    freezetune_data::config_names(repo.trim(), &names, readme.as_deref(), (config, None), &[]).ok();
+                let size = |f: &Vec<String>| f.iter().filter_map(|n| sizes.get(n.as_str()).copied().flatten()).sum();
                 HubDatasetConfig {
-                    files: fetched.len(),
-                    bytes: fetched
-                        .iter()
-                        .filter_map(|n| sizes.get(n.as_str()).copied().flatten())
-                        .sum(),
+                    files: fetched.as_ref().map(Vec::len),
+                    bytes: fetched.as_ref().map(size),
                     name: c.name,
                     default: c.default,
                     splits: c.splits,

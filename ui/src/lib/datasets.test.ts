@@ -5,6 +5,7 @@ import {
   datasetList,
   describeSpec,
   evalChoices,
+  followEval,
   hubSpec,
   legacySpec,
   localSpec,
@@ -100,5 +101,19 @@ describe("the evaluation set", () => {
     // A split chosen before the splits were known (a reopened run) is still offered.
     const reopened = section({ datasets: [chat], eval_datasets: [{ ...chat, split: "test" }] });
     expect(evalChoices(reopened, new Map()).at(-1)!.label).toBe("org/chat (en / test)");
+  });
+
+  it("follows its training entry: a mapping edit is copied again, a removal takes it away", () => {
+    const data = section({ datasets: [localSpec("/d/a.jsonl"), chat] });
+    setEval(data, { kind: "split", entry: 1, split: "test" });
+    const before = JSON.parse(JSON.stringify(data.datasets));
+    data.datasets = [{ ...chat, columns: { messages: "turns" } }];
+    followEval(data, before);
+    expect(data.eval_datasets).toEqual([{ ...chat, columns: { messages: "turns" }, split: "test" }]);
+    expect(currentEval(data)).toEqual({ kind: "split", entry: 0, split: "test" });
+    const kept = JSON.parse(JSON.stringify(data.datasets));
+    data.datasets = [];
+    followEval(data, kept);
+    expect([data.eval_datasets, data.eval_split]).toEqual([[], 0]);
   });
 });

@@ -148,8 +148,22 @@ export function setEval(data: DataSection, choice: EvalChoice, fraction = 0.1): 
     evalSpec.split = choice.split;
     delete evalSpec.weight;
     delete evalSpec.limit;
+    // The training entry's `files` globs pick its own split's files.
+    evalSpec.files = [];
     data.eval_datasets = [evalSpec];
   }
+}
+
+/** After the training list changed from `previous`: an eval split of an entry follows that entry (copied again,
+ * with its current mapping), or goes when the entry goes. */
+export function followEval(data: DataSection, previous: DatasetSpec[]): void {
+  const was = currentEval({ ...data, datasets: previous });
+  if (was.kind !== "split") return;
+  const owner = previous[was.entry];
+  const now = data.datasets.findIndex(
+    (d) => d.hub === owner.hub && d.path === owner.path && (d.config ?? null) === (owner.config ?? null),
+  );
+  setEval(data, now >= 0 ? { kind: "split", entry: now, split: was.split } : { kind: "none" });
 }
 
 /** A deep copy that also works on the screen's reactive proxies. */

@@ -142,6 +142,7 @@ fn in_groups_of_8<const W: usize>(
     lines: usize,
     mut group: impl FnMut(&mut [u32], usize, usize),
 ) -> usize {
+    const { assert!(W >= 8, "a strip narrower than a group of 8 lines") };
     for s in 0..lines / W {
         let strip = &mut dst[s * strip_len..(s + 1) * strip_len];
         for first in (0..W).step_by(8) {

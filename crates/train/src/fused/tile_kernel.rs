@@ -39,14 +39,16 @@ macro_rules! tile_kernel {
                 words >= 1,
                 "the loop runs at least once: zero words would count down from 2^64"
             );
-            // Registers: zmm0..27 the tile's rows (row i in zmm 2i and 2i+1), zmm28/29 the word's 32 columns;
-            // each row's word of `a` is broadcast from memory to all 16 lanes ({1to16}). The sums then meet `c` in
-            // the same registers: scaled (vmulps) or scaled and added (vfmadd213ps with c from memory). This
-            // function is compiled without AVX-512, so the compiler keeps nothing in zmm16..31 or in the upper
+            // Registers: zmm0..27 the tile's rows (row i in zmm 2i and 2i+1), zmm28/29 the word's 32 columns, and
+            // zmm30/31 row i's word of `a` broadcast to all 16 lanes (`vbroadcastss`, alternating so that the next
+            // row's load need not wait): one load per row and k instead of one per instruction, which CPUs with
+            // two FMA ports and two load ports need. The sums then meet `c` in the same registers: scaled (vmulps)
+            // or scaled and added (vfmadd213ps with c from memory). This function is compiled without AVX-512, so
+            // zmm16..31 cannot even be named as clobbers, and the compiler keeps nothing in them or in the upper
             // halves; xmm0..15 are declared clobbered, and `vzeroupper` spares the SSE code after it the
             // AVX-to-SSE transition penalty. (Built with AVX-512 enabled, say target-cpu=native, nothing
-            // vector-typed is live across the asm here either: the function holds pointers only, and its callers
-            // see a call, which may clobber every vector register.)
+            // vector-typed is live across the asm here either: the function holds pointers only, is never
+            // inlined, and its callers see a call, which may clobber every vector register.)
             std::arch::asm!(
                 "vpxord zmm0, zmm0, zmm0",
                 "vpxord zmm1, zmm1, zmm1",

@@ -7,6 +7,6 @@ export type HubDatasetConfig = { name: string,
 default: boolean, splits: Array<string>, 
 /**
  * The data files a download of this config fetches (every split of it), and their bytes as the Hub lists
- * them; 0 and 0 when its files cannot be told from the listing (the download then says why).
+ * them; None when its files cannot be told from the listing (the download then says why).
  */
-files: number, bytes: number, };
+files: number | null, bytes: number | null, };
