@@ -242,6 +242,22 @@ fn a_run_fetches_only_its_datasets_config() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Dis bonjour"));
     assert_eq!(snapshot_files(), ["README.md", "fr/all.jsonl"], "only the fr config");
+    // Fetched at the commit it was listed at; `refs/main` learns it, for offline runs.
+    let snapshots = cache.path().join("datasets--org--multi/snapshots");
+    let commit = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let commit = commit.to_string_lossy().into_owned();
+    let pinned = format!("/api/datasets/org/multi/revision/{commit}");
+    assert!(
+        hub.requests().iter().any(|r| r.path.starts_with(&pinned)),
+        "asked for {pinned}"
+    );
+    let main = std::fs::read_to_string(cache.path().join("datasets--org--multi/refs/main")).unwrap();
+    assert_eq!(main.trim(), commit);
 
     // Offline, the cached copy serves the config it holds, and says so for another.
     let out = preview_with("config = \"fr\"", true);

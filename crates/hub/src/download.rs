@@ -27,6 +27,10 @@ pub struct DownloadRequest {
     /// A model repo (the default) or a dataset repo.
     #[serde(default)]
     pub kind: RepoKind,
+    /// The commit to fetch `revision` at, when a listing has fixed it (`only_files`); `refs/<revision>` then
+    /// points at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
 }
 
 impl DownloadRequest {
@@ -49,15 +53,23 @@ impl DownloadRequest {
             include: Vec::new(),
             exclude: Vec::new(),
             kind: RepoKind::Model,
+            pinned: None,
         })
     }
 }
 
 impl DownloadRequest {
-    /// Fetches exactly `names` (as a listing gives them; glob characters in them are literal). The revision is
-    /// kept, so the cache's `refs/` learn it for offline runs.
-    pub fn only_files(&mut self, names: &[String]) {
+    /// Fetches exactly `names` (as a listing gives them; glob characters in them are literal) at `commit`, the
+    /// commit they were listed at, so a push in between cannot change what they are. The revision stays the
+    /// branch or tag asked for, so the cache's `refs/` learn it for offline runs.
+    pub fn only_files(&mut self, names: &[String], commit: &str) {
         self.include = names.iter().map(|n| globset::escape(n)).collect();
+        self.pinned = Some(commit.to_string());
+    }
+
+    /// What the Hub is asked for: the pinned commit, else the revision.
+    fn at(&self) -> &str {
+        self.pinned.as_deref().unwrap_or(&self.revision)
     }
 }
 
@@ -145,13 +157,13 @@ impl Downloader {
             RepoKind::Model => RepoType::Model,
             RepoKind::Dataset => RepoType::Dataset,
         };
-        let repo = api.repo(Repo::with_revision(req.repo.clone(), repo_type, req.revision.clone()));
+        let repo = api.repo(Repo::with_revision(req.repo.clone(), repo_type, req.at().to_string()));
         let url = format!(
             "{}/api/{}/{}/revision/{}",
             self.settings.endpoint,
             req.kind.api_segment(),
             req.repo,
-            req.revision
+            req.at()
         );
         let mut attempt = 0;
         loop {

@@ -242,7 +242,7 @@ pub async fn download_dataset(
                 &files,
             )
             .map_err(|e| IpcError::new("bad_dataset", e.to_string()))?;
-            request.only_files(&wanted);
+            request.only_files(&wanted, &listing.commit);
         }
         // Unreachable: the cached snapshot as it is, if any; never a download of every config's files.
         Err(e @ freezetune_hub::HubError::Network { .. }) => {

@@ -81,7 +81,7 @@ pub fn fetch_dataset(
         Ok((listing, readme)) => {
             let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
             let wanted = freezetune_data::config_names(repo, &names, readme.as_deref(), (config, Some(split)), files)?;
-            req.only_files(&wanted);
+            req.only_files(&wanted, &listing.commit);
             Ok(download_with_progress(settings, &req, true)?.snapshot)
         }
         // Unreachable: the cache, never a download of every config's files once it answers again.
