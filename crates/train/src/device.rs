@@ -56,6 +56,14 @@ pub fn cpu_matmul_backend() -> String {
         Some(b) => format!("{gemm}, or {} where measured faster per shape", b.description),
         None => gemm,
     };
+    let packed =
+        crate::fused::f32_kernel_available() && crate::fused::default_f32_kernel() == crate::fused::F32Kernel::Packed;
+    let f32 = match packed {
+        true => {
+            format!("{f32}, except the layers' matmuls: FreezeTune's AVX-512 kernel (FREEZETUNE_F32_MATMUL=packed)")
+        }
+        false => f32,
+    };
     let bf16 = if compute("auto", &Device::Cpu, DType::F32).bf16_matmuls {
         "FreezeTune's AVX512-BF16 kernel for the layers' matmuls (bf16 and auto runs)"
     } else if crate::fused::bf16_matmul_available() {

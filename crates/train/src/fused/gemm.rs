@@ -110,7 +110,7 @@ pub fn with_f32_kernel<R>(kernel: F32Kernel, f: impl FnOnce() -> R) -> R {
 /// because on the one CPU it was measured on in training (AMD EPYC, Zen 4) it ran level with `gemm` alone and
 /// 1.0-1.1x slower in the step (`bench-train`'s f32 kernel table); it is there to be measured on other AVX-512
 /// CPUs.
-fn default_f32_kernel() -> F32Kernel {
+pub fn default_f32_kernel() -> F32Kernel {
     static KERNEL: std::sync::OnceLock<F32Kernel> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| match std::env::var("FREEZETUNE_F32_MATMUL").as_deref() {
         Ok("packed") => F32Kernel::Packed,
