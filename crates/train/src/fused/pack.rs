@@ -41,10 +41,7 @@ pub(super) unsafe fn pack_bf16_strips<const W: usize>(
 ) {
     let pairs = kc.div_ceil(2);
     let strip = pairs * W;
-    let strips = lines.div_ceil(W);
-    if lines % W != 0 {
-        dst[(strips - 1) * strip..strips * strip].fill(0);
-    }
+    zero_partial_strip::<W>(dst, strip, lines);
     let at = |i: usize, k: usize| base.offset(i as isize * line_stride + k as isize * k_stride);
     if k_stride == 1 {
         let mut lines_done = 0;
@@ -99,10 +96,7 @@ pub(super) unsafe fn pack_f32_strips<const W: usize>(
     kc: usize,
 ) {
     let strip = kc * W;
-    let strips = lines.div_ceil(W);
-    if lines % W != 0 {
-        dst[(strips - 1) * strip..strips * strip].fill(0);
-    }
+    zero_partial_strip::<W>(dst, strip, lines);
     let at = |i: usize, k: usize| base.offset(i as isize * line_stride + k as isize * k_stride);
     if line_stride == 1 {
         // Each k contiguous across the lines: cut into the strips as it is.
@@ -128,6 +122,15 @@ pub(super) unsafe fn pack_f32_strips<const W: usize>(
                 out[k * W] = (*at(i, k)).to_bits();
             }
         }
+    }
+}
+
+/// Zeroes the last strip (`strip_len` values) when `lines` leaves it partial: the kernel reads all `W` lines of a
+/// strip, and the ones past the last must add nothing.
+fn zero_partial_strip<const W: usize>(dst: &mut [u32], strip_len: usize, lines: usize) {
+    if lines % W != 0 {
+        let last = lines / W;
+        dst[last * strip_len..(last + 1) * strip_len].fill(0);
     }
 }
 
