@@ -28,7 +28,7 @@ pub fn split_files(dir: &Path, config: Option<&str>, split: &str, files: &[Strin
     let mut all = Vec::new();
     walk(dir, dir, &mut all)?;
     let declared = declared_configs(dir)?;
-    let chosen = choose(dir, all, &declared, (config, split), files)?;
+    let chosen = choose(dir, &all, &declared, (config, split), files)?;
     Ok(chosen.into_iter().map(|rel| dir.join(rel)).collect())
 }
 
@@ -68,7 +68,7 @@ pub fn config_names(
     splits.extend(split.filter(|s| !splits.contains(s)));
     let mut chosen = std::collections::BTreeSet::new();
     for s in &splits {
-        match choose(Path::new(repo), all.clone(), &declared, (config, s), files) {
+        match choose(Path::new(repo), &all, &declared, (config, s), files) {
             Ok(found) => chosen.extend(found),
             // The run's own split refused is the run's error, given before anything is fetched.
             Err(e) if split == Some(*s) => return Err(e),
@@ -77,7 +77,7 @@ pub fn config_names(
         }
     }
     if chosen.is_empty() {
-        return choose(Path::new(repo), all, &declared, (config, "train"), files);
+        return choose(Path::new(repo), &all, &declared, (config, "train"), files);
     }
     Ok(chosen.into_iter().collect())
 }
@@ -86,26 +86,29 @@ pub fn config_names(
 /// `dir` names the folder or repo in errors.
 fn choose(
     dir: &Path,
-    mut all: Vec<String>,
+    all: &[String],
     declared: &[Declared],
     (config, split): (Option<&str>, &str),
     files: &[String],
 ) -> Result<Vec<String>> {
-    if !files.is_empty() {
+    let narrowed: Vec<String>;
+    let all = if files.is_empty() {
+        all
+    } else {
         let wanted = glob_set(dir, files)?;
-        let before = all.len();
-        all.retain(|rel| wanted.is_match(rel));
-        if all.is_empty() {
+        narrowed = all.iter().filter(|rel| wanted.is_match(rel)).cloned().collect();
+        if narrowed.is_empty() {
             return Err(DataError::bad(
                 dir,
                 1,
-                format!("none of its {before} data files matches `files` {files:?}"),
+                format!("none of its {} data files matches `files` {files:?}", all.len()),
             ));
         }
-    }
+        &narrowed
+    };
     let mut chosen = match declared.is_empty() {
-        true => by_layout(&all, config, split),
-        false => by_declaration(dir, &all, declared, config, split)?,
+        true => by_layout(all, config, split),
+        false => by_declaration(dir, all, declared, config, split)?,
     };
     chosen.sort();
     if chosen.is_empty() {

@@ -42,6 +42,11 @@ impl RepoListing {
         self.files.iter().find(|f| f.name == name).and_then(RemoteFile::size)
     }
 
+    /// Every file's name, as the Hub lists it.
+    pub fn names(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.name.clone()).collect()
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.files.iter().any(|f| f.name == name)
     }

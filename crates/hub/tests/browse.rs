@@ -126,7 +126,7 @@ async fn a_dataset_repos_configs_and_splits_come_from_its_listing_and_readme() {
     let d = downloader(&hub, None);
     let listing = d.listing(&req).await.unwrap();
     let text = d.read_small(&req, &listing, "README.md").await.unwrap();
-    let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+    let names = listing.names();
     let configs = freezetune_data::list_configs(&names, Some(std::str::from_utf8(&text).unwrap())).unwrap();
     let summary: Vec<(&str, bool, Vec<&str>)> = configs
         .iter()

@@ -168,7 +168,7 @@ pub async fn inspect_hub_dataset(
         Ok(downloader.dataset_card(&request).await?)
     })
     .await?;
-    let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+    let names = listing.names();
     let configs = freezetune_data::list_configs(&names, readme.as_deref())
         .map_err(|e| IpcError::new("bad_dataset", format!("{}: {e}", repo.trim())))?;
     let data: Vec<_> = listing
@@ -233,7 +233,7 @@ pub async fn download_dataset(
     let card = on_hub_runtime("inspect", move || async move { Ok(card.dataset_card(&listed).await) }).await?;
     match card {
         Ok((listing, readme)) => {
-            let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+            let names = listing.names();
             let wanted = freezetune_data::config_names(
                 repo.trim(),
                 &names,

@@ -62,7 +62,7 @@ fn configs(args: &ConfigsArgs) -> Result<()> {
     req.kind = freezetune_hub::RepoKind::Dataset;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (listing, readme) = runtime.block_on(downloader.dataset_card(&req))?;
-    let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+    let names = listing.names();
     let configs = freezetune_data::list_configs(&names, readme.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&configs)?);

@@ -79,7 +79,7 @@ pub fn fetch_dataset(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match runtime.block_on(downloader.dataset_card(&req)) {
         Ok((listing, readme)) => {
-            let names: Vec<String> = listing.files.iter().map(|f| f.name.clone()).collect();
+            let names = listing.names();
             let wanted = freezetune_data::config_names(repo, &names, readme.as_deref(), (config, Some(split)), files)?;
             req.only_files(&wanted, &listing.commit);
             Ok(download_with_progress(settings, &req, true)?.snapshot)

@@ -69,14 +69,23 @@ thread_local! {
 /// inside `f` gets them. Attention's per-head products ([`matmul`]) and the delta rule's chunks ([`f32_matmul`])
 /// stay f32: they are a small part of the work, and the scores keep f32's precision.
 pub fn with_bf16_matmuls<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    /// Puts the flag back however `f` ends, a panic included.
-    struct Restore(bool);
-    impl Drop for Restore {
+    with_thread_setting(&BF16_MATMULS, on && packed_gemm::available(), f)
+}
+
+/// Runs `f` with this thread's `setting` at `value`, and puts the old value back however `f` ends, a panic
+/// included.
+fn with_thread_setting<T: Copy + 'static, R>(
+    setting: &'static std::thread::LocalKey<std::cell::Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            BF16_MATMULS.with(|c| c.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(BF16_MATMULS.with(|c| c.replace(on && packed_gemm::available())));
+    let _restore = Restore(setting, setting.with(|c| c.replace(value)));
     f()
 }
 
@@ -96,14 +105,7 @@ pub enum F32Kernel {
 
 /// Runs `f` with this thread's f32 layer products on `kernel` (the packed one only where the CPU has AVX-512).
 pub fn with_f32_kernel<R>(kernel: F32Kernel, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<F32Kernel>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            F32_KERNEL.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(F32_KERNEL.with(|c| c.replace(Some(kernel))));
-    f()
+    with_thread_setting(&F32_KERNEL, Some(kernel), f)
 }
 
 /// The process's f32 kernel: `gemm` unless `FREEZETUNE_F32_MATMUL=packed`. The packed kernel is not the default

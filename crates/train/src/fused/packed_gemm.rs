@@ -219,7 +219,6 @@ pub(super) unsafe fn matmul(
     }
     let blocks = row_blocks(m, threads);
     let per_word = precision.k_per_word();
-
     let k_block = k.div_ceil(k.div_ceil(KC_WORDS * per_word)).next_multiple_of(per_word);
     with_buffer(
         &PACKED_RHS,
