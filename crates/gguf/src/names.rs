@@ -22,6 +22,8 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Lfm2 => "lfm2",
         // Not exported (not in EXPORTABLE): the pinned llama.cpp predates it. Named for messages only.
         Architecture::Qwen3_5 => "qwen3_5",
+        // Not exported yet: llama.cpp stacks the experts into 3-D tensors, which export does not write.
+        Architecture::Qwen3Moe => "qwen3moe",
     }
 }
 
@@ -84,6 +86,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::GraniteHybrid => ("GraniteMoeHybridForCausalLM", "granitemoehybrid"),
         Architecture::Lfm2 => ("Lfm2ForCausalLM", "lfm2"),
         Architecture::Qwen3_5 => ("Qwen3_5ForCausalLM", "qwen3_5_text"),
+        Architecture::Qwen3Moe => ("Qwen3MoeForCausalLM", "qwen3_moe"),
     }
 }
 

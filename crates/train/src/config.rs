@@ -4,8 +4,11 @@
 //! and never looks at the family again.
 
 use crate::error::{Result, TrainError};
+use crate::experts::layer_experts;
+pub use crate::experts::ExpertsSpec;
 use crate::family::{
-    family, supported, wrapper, DefaultSliding, Family, MlpLayout, Names, NormPlacement, QkNorm, RopeLayout, Wrapper,
+    family, supported, wrapper, DefaultSliding, ExpertTable, Family, MlpLayout, Names, NormPlacement, QkNorm,
+    RopeLayout, Wrapper,
 };
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
@@ -41,6 +44,8 @@ pub enum Architecture {
     Lfm2,
     /// `qwen3_5_text`: Gated DeltaNet linear-attention layers and gated full attention.
     Qwen3_5,
+    /// Qwen3's attention and sparse mixture-of-experts MLPs.
+    Qwen3Moe,
 }
 
 /// The MLP's activation.
@@ -129,6 +134,8 @@ pub struct LayerSpec {
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub activation: Activation,
+    /// A sparse mixture-of-experts MLP in place of the dense one (named as [`DecoderConfig::experts`] says).
+    pub experts: Option<ExpertsSpec>,
 }
 
 impl LayerSpec {
@@ -164,6 +171,8 @@ pub struct DecoderConfig {
     pub fused_qkv: bool,
     /// Where each layer's MLP weights are.
     pub mlp: MlpLayout,
+    /// Where a sparse layer's router and experts are (the family's table; layers say whether they have one).
+    pub experts: Option<ExpertTable>,
     /// The names of a layer's norms, attention output and q/k norms, and of the final norm.
     pub names: Names,
     /// Checkpoint tensor prefixes transformers drops on load (left unread, written back unchanged).
@@ -285,7 +294,7 @@ impl DecoderConfig {
             ));
         }
         let raw = &fam.with_defaults(raw);
-        refuse_training_only_settings(raw)?;
+        refuse_training_only_settings(raw, fam)?;
         let uint = |k: &str| {
             let v = raw.get(k).ok_or_else(|| format!("`{k}` is missing"))?;
             let n = v
@@ -342,6 +351,7 @@ impl DecoderConfig {
         let activation = activation(raw, fam)?;
         let softcap = float("attn_logit_softcapping")?;
         let mixers = layer_mixers(raw, fam, num_layers, types.as_deref())?;
+        let experts = layer_experts(raw, fam, num_layers)?;
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
                 mixer: mixers[i],
@@ -356,6 +366,7 @@ impl DecoderConfig {
                 o_bias: attention_bias,
                 mlp_bias: flag("mlp_bias"),
                 activation,
+                experts: experts[i],
             })
             .collect();
         Ok(DecoderConfig {
@@ -382,6 +393,7 @@ impl DecoderConfig {
                 .unwrap_or(false),
             fused_qkv: fam.fused_qkv,
             mlp: fam.mlp,
+            experts: fam.experts,
             names: fam.names,
             dropped_tensors: fam.dropped_tensors,
             layers,
@@ -448,16 +460,26 @@ impl DecoderConfig {
                     add(format!("{name}.bias"), vec![rows]);
                 }
             };
-            match self.mlp {
-                MlpLayout::Separate { gate, up, down } => {
-                    linear(gate, i, h, l.mlp_bias);
-                    linear(up, i, h, l.mlp_bias);
-                    linear(down, h, i, l.mlp_bias);
+            match (l.experts, self.experts) {
+                (Some(e), Some(t)) => {
+                    linear(t.router, e.count, h, false);
+                    for x in 0..e.count {
+                        linear(&format!("{}.{x}.{}", t.experts, t.gate), e.width, h, false);
+                        linear(&format!("{}.{x}.{}", t.experts, t.up), e.width, h, false);
+                        linear(&format!("{}.{x}.{}", t.experts, t.down), h, e.width, false);
+                    }
                 }
-                MlpLayout::Fused { gate_up, down } => {
-                    linear(gate_up, 2 * i, h, l.mlp_bias);
-                    linear(down, h, i, l.mlp_bias);
-                }
+                _ => match self.mlp {
+                    MlpLayout::Separate { gate, up, down } => {
+                        linear(gate, i, h, l.mlp_bias);
+                        linear(up, i, h, l.mlp_bias);
+                        linear(down, h, i, l.mlp_bias);
+                    }
+                    MlpLayout::Fused { gate_up, down } => {
+                        linear(gate_up, 2 * i, h, l.mlp_bias);
+                        linear(down, h, i, l.mlp_bias);
+                    }
+                },
             }
             match l.mixer {
                 Mixer::ShortConv { kernel, bias } => {
@@ -564,8 +586,9 @@ fn without_text_mrope(raw: &Value, fam: &Family) -> std::result::Result<Value, S
 }
 
 /// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
-fn refuse_training_only_settings(raw: &Value) -> std::result::Result<(), String> {
-    if let Some(n) = raw["num_local_experts"].as_u64().filter(|&n| n > 0) {
+fn refuse_training_only_settings(raw: &Value, fam: &Family) -> std::result::Result<(), String> {
+    let experts = raw["num_local_experts"].as_u64().filter(|&n| n > 0);
+    if let Some(n) = experts.filter(|_| fam.experts.is_none()) {
         return Err(format!(
             "`num_local_experts` is {n}: mixture-of-experts layers are not supported yet (Granite 4.0's dense models \
              have 0)"
@@ -767,13 +790,13 @@ fn layer_windows(
     }
     let gated = matches!(
         fam.sliding,
-        DefaultSliding::FromMaxWindowLayers | DefaultSliding::NoRopeLayers
+        DefaultSliding::FromMaxWindowLayers | DefaultSliding::NoRopeLayers | DefaultSliding::EveryLayerWhenUsed
     );
     let enabled = !gated || raw["use_sliding_window"].as_bool().unwrap_or(false);
     // qwen2 and qwen3 drop the window without `use_sliding_window`: a layer `layer_types` makes sliding then has
     // none (transformers fails on it) and is refused below. SmolLM3 slides its typed layers regardless.
     let window = match fam.sliding {
-        DefaultSliding::FromMaxWindowLayers if !enabled => None,
+        DefaultSliding::FromMaxWindowLayers | DefaultSliding::EveryLayerWhenUsed if !enabled => None,
         _ => window,
     };
     let sliding: Vec<bool> = match types {
@@ -788,7 +811,7 @@ fn layer_windows(
         }
         None => match fam.sliding {
             DefaultSliding::Never => vec![false; layers],
-            DefaultSliding::EveryLayer => vec![window.is_some(); layers],
+            DefaultSliding::EveryLayer | DefaultSliding::EveryLayerWhenUsed => vec![window.is_some(); layers],
             DefaultSliding::FromMaxWindowLayers => {
                 let from = raw["max_window_layers"].as_u64().unwrap_or(layers as u64) as usize;
                 (0..layers).map(|i| enabled && window.is_some() && i >= from).collect()

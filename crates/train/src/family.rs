@@ -40,6 +40,8 @@ pub enum DefaultSliding {
     AllButEvery(usize),
     /// SmolLM3: the NoPE layers, when `use_sliding_window` is true.
     NoRopeLayers,
+    /// Every layer, when `use_sliding_window` is true (qwen3_moe, whose attention reads `sliding_window` alone).
+    EveryLayerWhenUsed,
 }
 
 /// Where a layer's MLP weights are, by name after `model.layers.N.`.
@@ -55,6 +57,37 @@ pub enum MlpLayout {
     /// One projection holding gate then up (rows), and the down projection: Phi-3's `mlp.gate_up_proj` /
     /// `mlp.down_proj`, Granite 4.0's `shared_mlp.input_linear` / `shared_mlp.output_linear`.
     Fused { gate_up: &'static str, down: &'static str },
+}
+
+/// A mixture-of-experts MLP as a family lays it out: its tensor names after `model.layers.N.` and the keys that
+/// size it and say which layers have it. A token's router logits go through a softmax (f32), its `top_k`
+/// experts run (SwiGLU MLPs of their own), and their outputs are summed weighted by those probabilities,
+/// renormalised to sum to 1 where the family says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertTable {
+    /// The router's weight (experts × hidden, no bias): `mlp.gate`.
+    pub router: &'static str,
+    /// Expert `e`'s projections are `{experts}.{e}.{gate}` etc.
+    pub experts: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+    /// The keys holding the expert count (transformers takes either spelling, as its `attribute_map` says) and
+    /// each expert's MLP width.
+    pub count_keys: [&'static str; 2],
+    pub width_key: &'static str,
+    /// How the chosen probabilities are renormalised.
+    pub normalize: TopKNorm,
+    /// qwen3_moe's `decoder_sparse_step` (layer i has experts when (i + 1) % step == 0) and `mlp_only_layers`
+    /// (layers that keep a dense MLP); None: every layer has experts.
+    pub sparse_layer_keys: Option<(&'static str, &'static str)>,
+}
+
+/// Whether a token's top-k probabilities are divided by their sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopKNorm {
+    /// As this boolean key says (qwen3_moe's `norm_topk_prob`).
+    Key(&'static str),
 }
 
 /// The MLP names most families use.
@@ -159,6 +192,8 @@ pub struct Family {
     /// Checkpoint tensors transformers drops when loading (Qwen3.5's multi-token-prediction head `mtp.*`): left
     /// unread as it leaves them, and written back unchanged.
     pub dropped_tensors: &'static [&'static str],
+    /// The family's mixture-of-experts MLP, for the layers that have one.
+    pub experts: Option<ExpertTable>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,10 +355,11 @@ const LLAMA: Family = Family {
     attention_output_gate: false,
     text_mrope: false,
     dropped_tensors: &[],
+    experts: None,
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 16] = [
+pub const FAMILIES: [Family; 17] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -412,6 +448,58 @@ pub const FAMILIES: [Family; 16] = [
         },
         qk_norm: QkNorm::PerHead,
         sliding: DefaultSliding::FromMaxWindowLayers,
+        ..LLAMA
+    },
+    // Qwen3 MoE (Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B): Qwen3's attention, a sparse MLP of
+    // `num_experts` on the layers `decoder_sparse_step` and `mlp_only_layers` pick (a dense one of
+    // `intermediate_size` elsewhere). `max_window_layers` is in released configs, but transformers' qwen3_moe never
+    // reads it: its window, when `use_sliding_window` is on, is on every layer. `router_aux_loss_coef` weighs a
+    // load-balancing loss only `output_router_logits: true` adds, which is refused.
+    Family {
+        model_type: "qwen3_moe",
+        sizes: Sizes {
+            vocab: 151936,
+            hidden: 2048,
+            intermediate: 6144,
+            layers: 24,
+            heads: 32,
+        },
+        architecture: Architecture::Qwen3Moe,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "use_sliding_window",
+            "sliding_window",
+            "max_window_layers",
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "norm_topk_prob",
+            "decoder_sparse_step",
+            "mlp_only_layers",
+            "output_router_logits",
+            "router_aux_loss_coef",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "num_key_value_heads": 4, "attention_bias": false,
+            "use_sliding_window": false, "sliding_window": 4096, "num_experts_per_tok": 8,
+            "moe_intermediate_size": 768, "norm_topk_prob": false, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "output_router_logits": false, "router_aux_loss_coef": 0.001})
+        },
+        qk_norm: QkNorm::PerHead,
+        sliding: DefaultSliding::EveryLayerWhenUsed,
+        experts: Some(ExpertTable {
+            router: "mlp.gate",
+            experts: "mlp.experts",
+            gate: "gate_proj",
+            up: "up_proj",
+            down: "down_proj",
+            count_keys: ["num_experts", "num_local_experts"],
+            width_key: "moe_intermediate_size",
+            normalize: TopKNorm::Key("norm_topk_prob"),
+            sparse_layer_keys: Some(("decoder_sparse_step", "mlp_only_layers")),
+        }),
         ..LLAMA
     },
     // `full_attn_mod`, `interpolate_factor`: Phi-4-mini's config carries them; transformers never reads them.

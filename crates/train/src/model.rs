@@ -9,6 +9,7 @@ use crate::error::{Result, TrainError};
 use crate::family::{MlpLayout, QkNorm};
 use crate::fused;
 use crate::linear::{Linear, LinearWeight};
+use crate::moe::Experts;
 use crate::ops::{rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
@@ -41,8 +42,13 @@ struct Block {
     attn_norms: Norms,
     mlp_norms: Norms,
     mixer: MixerWeights,
-    gate_up: GateUp,
-    down: Linear,
+    ffn: Ffn,
+}
+
+/// A layer's MLP: dense, or a router and experts.
+enum Ffn {
+    Dense { gate_up: GateUp, down: Linear },
+    Experts(Experts),
 }
 
 /// A layer's token mixer, as its [`Mixer`] says.
@@ -154,15 +160,22 @@ impl Block {
                 post: norm(mlp_post)?,
             },
             mixer,
-            gate_up: match c.mlp {
-                MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
-                MlpLayout::Separate { gate, up, .. } => GateUp::Separate {
-                    gate: linear(gate, spec.mlp_bias)?,
-                    up: linear(up, spec.mlp_bias)?,
+            ffn: match (spec.experts, &c.experts) {
+                (Some(e), Some(table)) => Ffn::Experts(Experts::load(params, &p, table, e)?),
+                _ => Ffn::Dense {
+                    gate_up: match c.mlp {
+                        MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
+                        MlpLayout::Separate { gate, up, .. } => GateUp::Separate {
+                            gate: linear(gate, spec.mlp_bias)?,
+                            up: linear(up, spec.mlp_bias)?,
+                        },
+                    },
+                    down: match c.mlp {
+                        MlpLayout::Fused { down, .. } | MlpLayout::Separate { down, .. } => {
+                            linear(down, spec.mlp_bias)?
+                        }
+                    },
                 },
-            },
-            down: match c.mlp {
-                MlpLayout::Fused { down, .. } | MlpLayout::Separate { down, .. } => linear(down, spec.mlp_bias)?,
             },
             spec,
         })
@@ -637,7 +650,10 @@ impl Decoder {
     fn fused_mlp_weights(&self, blk: &Block, x: &Tensor) -> Option<fused::MlpWeights> {
         let fits = fused::applies(x) && blk.spec.activation == Activation::Silu && blk.mlp_norms.post.is_none();
         let norm = blk.mlp_norms.pre.clone().filter(|n| fits && n.dtype() == DType::F32)?;
-        let gate_up = match &blk.gate_up {
+        let Ffn::Dense { gate_up, down } = &blk.ffn else {
+            return None;
+        };
+        let gate_up = match gate_up {
             GateUp::Separate { gate, up } => fused::GateUpWeights::Separate(dense(gate)?, dense(up)?),
             GateUp::Fused(gate_up) => fused::GateUpWeights::Fused(dense(gate_up)?),
         };
@@ -645,7 +661,7 @@ impl Decoder {
         Some(fused::MlpWeights {
             norm,
             gate_up,
-            down: dense(&blk.down)?,
+            down: dense(down)?,
             norm_offset: c.norm_offset as f32,
             eps: c.rms_norm_eps as f32,
             residual_scale: c.residual_multiplier as f32,
@@ -821,7 +837,16 @@ impl Decoder {
     }
 
     fn mlp(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
-        let (gate, up) = match &blk.gate_up {
+        let product = |gate: &Tensor, up: &Tensor| match blk.spec.activation {
+            Activation::Silu => swiglu(gate, up),
+            Activation::GeluTanh => gate.gelu()? * up,
+            Activation::Gelu => gate.gelu_erf()? * up,
+        };
+        let (gate_up, down) = match &blk.ffn {
+            Ffn::Experts(experts) => return experts.forward(h, product),
+            Ffn::Dense { gate_up, down } => (gate_up, down),
+        };
+        let (gate, up) = match gate_up {
             GateUp::Separate { gate, up } => (gate.forward(h)?, up.forward(h)?),
             GateUp::Fused(gate_up) => {
                 let y = gate_up.forward(h)?;
@@ -829,12 +854,7 @@ impl Decoder {
                 (y.narrow(2, 0, i)?, y.narrow(2, i, i)?)
             }
         };
-        let product = match blk.spec.activation {
-            Activation::Silu => swiglu(&gate, &up)?,
-            Activation::GeluTanh => (gate.gelu()? * up)?,
-            Activation::Gelu => (gate.gelu_erf()? * up)?,
-        };
-        blk.down.forward(&product)
+        down.forward(&product(&gate, &up)?)
     }
 }
 

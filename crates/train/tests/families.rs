@@ -3,7 +3,8 @@
 //! the loss at its length): sliding windows (mistral, phi3, qwen2, gemma 2/3, olmo3), llama's biases, Gemma 2's
 //! sandwich norms, softcaps and query scale, Gemma 3's q/k norms and rope per layer type, SmolLM3's NoPE layer,
 //! Granite's multipliers, OLMo's post norms, LFM2's short convolutions, Qwen3.5's Gated DeltaNet (three
-//! delta-rule chunks) and gated attention, YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
+//! delta-rule chunks) and gated attention, Qwen3 MoE's routed experts (renormalised top 2 of 4, a dense layer
+//! between sparse ones), YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
 //! steps' losses, the step-1 gradient norm, greedy generation through the KV cache, and a bf16 loss must match.
 //! Run once with the fused CPU kernels and once with `FREEZETUNE_FUSED=0` (the device-generic path GPUs run), as
 //! `make test` does.
@@ -250,6 +251,11 @@ fn gemma3_vision_language_wrapper_trains_its_text_tower() {
 #[test]
 fn ministral3_yarn_and_position_query_scale_inside_the_mistral3_wrapper() {
     check("ministral3");
+}
+
+#[test]
+fn qwen3_moe_routes_each_token_to_its_top_experts_around_a_dense_layer() {
+    check("qwen3_moe");
 }
 
 #[test]

@@ -1,0 +1,164 @@
+//! Which layers of a mixture-of-experts family have a sparse MLP, and its sizes, read from config.json as the
+//! family's [`ExpertTable`] says (the decoder's `moe.rs` applies it).
+
+use crate::family::{ExpertTable, Family, TopKNorm};
+use serde_json::Value;
+
+/// A layer's sparse MLP: `count` experts, each a SwiGLU MLP of `width`; a token runs through its `top_k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertsSpec {
+    pub count: usize,
+    pub top_k: usize,
+    pub width: usize,
+    /// The chosen experts' probabilities are divided by their sum.
+    pub normalize: bool,
+}
+
+/// No open model comes near these; past them config.json is refused before anything is sized by it.
+const MAX_EXPERTS: u64 = 1 << 16;
+const MAX_WIDTH: u64 = 1 << 22;
+
+/// Per layer, its sparse MLP or None (a dense one).
+pub(crate) fn layer_experts(
+    raw: &Value,
+    fam: &Family,
+    layers: usize,
+) -> std::result::Result<Vec<Option<ExpertsSpec>>, String> {
+    let Some(table) = fam.experts else {
+        return Ok(vec![None; layers]);
+    };
+    refuse_router_loss(raw)?;
+    let count = expert_count(raw, &table)?;
+    if count == 0 {
+        return Ok(vec![None; layers]);
+    }
+    let top_k = uint(raw, "num_experts_per_tok", 1, count as u64)?;
+    let spec = ExpertsSpec {
+        count,
+        top_k,
+        width: uint(raw, table.width_key, 1, MAX_WIDTH)?,
+        normalize: normalizes(raw, &table)?,
+    };
+    let sparse = sparse_layers(raw, &table, layers)?;
+    Ok(sparse.into_iter().map(|s| s.then_some(spec)).collect())
+}
+
+/// transformers adds `router_aux_loss_coef` × a load-balancing loss to the training loss only when
+/// `output_router_logits` is true; FreezeTune trains on the cross-entropy alone, so such a config is refused
+/// rather than trained on other math.
+fn refuse_router_loss(raw: &Value) -> std::result::Result<(), String> {
+    match &raw["output_router_logits"] {
+        Value::Null | Value::Bool(false) => Ok(()),
+        Value::Bool(true) => Err(
+            "`output_router_logits` is true: transformers then adds `router_aux_loss_coef` × a \
+             load-balancing loss to the training loss, which FreezeTune does not compute yet. Set it to false to \
+             train on the cross-entropy alone (as LLaMA-Factory does unless `moe_aux_loss_coef` is set)"
+                .into(),
+        ),
+        v => Err(format!("`output_router_logits` must be true or false, not {v}")),
+    }
+}
+
+/// The expert count under either of its names; both given must agree.
+fn expert_count(raw: &Value, table: &ExpertTable) -> std::result::Result<usize, String> {
+    let [a, b] = table.count_keys;
+    let given: Vec<&str> = [a, b].into_iter().filter(|k| !raw[*k].is_null()).collect();
+    match given[..] {
+        [] => Err(format!("`{a}` is missing: how many experts each sparse layer has")),
+        [k] => uint(raw, k, 0, MAX_EXPERTS),
+        _ if raw[a] == raw[b] => uint(raw, a, 0, MAX_EXPERTS),
+        _ => Err(format!(
+            "`{a}` {} and `{b}` {} both give the expert count and differ. Keep one",
+            raw[a], raw[b]
+        )),
+    }
+}
+
+fn uint(raw: &Value, key: &str, min: u64, max: u64) -> std::result::Result<usize, String> {
+    let v = &raw[key];
+    match v.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n as usize),
+        _ => Err(format!("`{key}` is {v}; it must be an integer from {min} to {max}")),
+    }
+}
+
+fn normalizes(raw: &Value, table: &ExpertTable) -> std::result::Result<bool, String> {
+    match table.normalize {
+        TopKNorm::Key(key) => match &raw[key] {
+            Value::Bool(b) => Ok(*b),
+            v => Err(format!("`{key}` must be true or false, not {v}")),
+        },
+    }
+}
+
+/// Whether each layer's MLP is sparse: every layer, or (qwen3_moe) those `decoder_sparse_step` picks that
+/// `mlp_only_layers` does not keep dense.
+fn sparse_layers(raw: &Value, table: &ExpertTable, layers: usize) -> std::result::Result<Vec<bool>, String> {
+    let Some((step_key, dense_key)) = table.sparse_layer_keys else {
+        return Ok(vec![true; layers]);
+    };
+    let step = uint(raw, step_key, 1, u32::MAX as u64)?;
+    let dense: Vec<usize> = match &raw[dense_key] {
+        Value::Null => Vec::new(),
+        v => v
+            .as_array()
+            .and_then(|l| l.iter().map(|i| i.as_u64().map(|i| i as usize)).collect())
+            .ok_or_else(|| format!("`{dense_key}` must be a list of layer numbers, not {v}"))?,
+    };
+    if let Some(bad) = dense.iter().find(|&&i| i >= layers) {
+        return Err(format!("`{dense_key}` names layer {bad}, but the model has {layers}"));
+    }
+    Ok((0..layers)
+        .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::family::family;
+    use serde_json::json;
+
+    fn experts(config: Value) -> std::result::Result<Vec<Option<ExpertsSpec>>, String> {
+        let fam = family("qwen3_moe").unwrap();
+        layer_experts(&fam.with_defaults(&config), fam, 4)
+    }
+
+    #[test]
+    fn sparse_step_and_dense_layers_pick_the_layers_with_experts() {
+        let got = experts(
+            json!({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "decoder_sparse_step": 2, "mlp_only_layers": [3], "norm_topk_prob": true}),
+        )
+        .unwrap();
+        let spec = ExpertsSpec {
+            count: 8,
+            top_k: 2,
+            width: 16,
+            normalize: true,
+        };
+        assert_eq!(got, vec![None, Some(spec), None, None]);
+        let all = experts(json!({"num_local_experts": 8, "num_experts_per_tok": 2})).unwrap();
+        assert!(all.iter().all(|l| l.is_some_and(|s| !s.normalize && s.width == 768)));
+        assert_eq!(experts(json!({"num_experts": 0})).unwrap(), vec![None; 4]);
+    }
+
+    #[test]
+    fn bad_sizes_and_the_router_loss_are_refused_by_name() {
+        let e = experts(json!({"num_local_experts": 4, "num_experts_per_tok": 5})).unwrap_err();
+        assert!(e.contains("num_experts_per_tok") && e.contains("from 1 to 4"), "{e}");
+        let e = experts(json!({"num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [4]})).unwrap_err();
+        assert!(e.contains("mlp_only_layers") && e.contains("layer 4"), "{e}");
+        let e = experts(json!({"output_router_logits": true})).unwrap_err();
+        assert!(
+            e.contains("output_router_logits") && e.contains("load-balancing"),
+            "{e}"
+        );
+        let e = experts(json!({"num_experts": 4, "num_local_experts": 8})).unwrap_err();
+        assert!(e.contains("num_local_experts") && e.contains("differ"), "{e}");
+        let e = experts(json!({})).unwrap_err();
+        assert!(e.contains("`num_experts` is missing"), "{e}");
+        let e = experts(json!({"num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": 1})).unwrap_err();
+        assert!(e.contains("norm_topk_prob"), "{e}");
+    }
+}
