@@ -5,7 +5,8 @@
 //! layer above the lowest one with a trainable tensor (the same work as its forward matmuls, twice for the token
 //! mixer's own products) and of lm_head when anything below it trains; one weight-gradient matmul per trainable
 //! matrix. Left out, so the bound stays a bound: the input
-//! gradients inside the lowest trainable layer, norms, elementwise ops and the optimizer.
+//! gradients inside the lowest trainable layer, norms, elementwise ops and the optimizer. A mixture-of-experts
+//! layer's expert matrices count for the share of tokens routed to each (top_k / count).
 
 use freezetune_core::layout::ModelLayout;
 use freezetune_core::plan::FreezePlan;
@@ -32,11 +33,19 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
             Mixer::ShortConv { .. } => 0.0,
         })
         .collect();
+    // An expert's matrices multiply only the rows routed to it: on average top_k / count of the tokens.
+    let share = |layer: usize, name: &str| match config.layers.get(layer).and_then(|l| l.experts) {
+        Some(e) if name.contains(".experts.") => e.top_k as f64 / e.count as f64,
+        _ => 1.0,
+    };
+    let work = |l: &freezetune_core::layout::LayerInfo, t: &freezetune_core::layout::TensorInfo| {
+        matrix(&t.shape) * share(l.id, &t.name)
+    };
     let layer_forward: Vec<f64> = layout
         .layers
         .iter()
         .zip(&mixing)
-        .map(|(l, mix)| l.tensors().map(|t| matrix(&t.shape)).sum::<f64>() + mix)
+        .map(|(l, mix)| l.tensors().map(|t| work(l, t)).sum::<f64>() + mix)
         .collect();
     let head = 2.0 * tokens * (config.hidden_size * config.vocab_size) as f64;
     let trainable_in_layer = |l: &freezetune_core::layout::LayerInfo| l.tensors().any(|t| plan.is_trainable(&t.name));
@@ -44,9 +53,9 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
     let weight_grads: f64 = layout
         .layers
         .iter()
-        .flat_map(|l| l.tensors())
-        .filter(|t| plan.is_trainable(&t.name))
-        .map(|t| matrix(&t.shape))
+        .flat_map(|l| l.tensors().map(move |t| (l, t)))
+        .filter(|(_, t)| plan.is_trainable(&t.name))
+        .map(|(l, t)| work(l, t))
         .sum();
     let head_trainable = plan.is_trainable("lm_head.weight")
         || (config.tie_word_embeddings && plan.trainable.iter().any(|n| n.ends_with("embed_tokens.weight")));

@@ -23,6 +23,17 @@ pub struct ModelDims {
     /// A Gated DeltaNet layer's sizes (Qwen3.5's `linear_*` keys), where the model has such layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_net: Option<DeltaNetDims>,
+    /// The sparse MLP's sizes, where the model has experts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertDims>,
+}
+
+/// A mixture-of-experts MLP: how many experts, how many each token runs through, and each one's MLP width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpertDims {
+    pub count: u64,
+    pub top_k: u64,
+    pub width: u64,
 }
 
 /// The sizes of a Gated DeltaNet (linear attention) layer: key heads and their width, value heads and theirs.
@@ -110,9 +121,25 @@ impl ModelConfig {
                 ));
             }
         }
+        let intermediate_size = uint(&["intermediate_size", "ffn_dim", "n_inner"])?.or(hidden_size.map(|h| 4 * h));
+        // An expert count of 0 (Granite 4.0's dense models) means no experts.
+        let count = ["num_experts", "num_local_experts", "n_routed_experts"]
+            .iter()
+            .find_map(|k| text.get(*k).and_then(Value::as_u64))
+            .filter(|&n| n > 0);
+        let experts = match (count, uint(&["num_experts_per_tok"])?) {
+            (Some(count), Some(top_k)) => Some(ExpertDims {
+                count: count.min(MAX_SIZE),
+                top_k,
+                width: uint(&["moe_intermediate_size"])?
+                    .or(intermediate_size)
+                    .ok_or("`moe_intermediate_size` is missing")?,
+            }),
+            _ => None,
+        };
         let dims = ModelDims {
             hidden_size,
-            intermediate_size: uint(&["intermediate_size", "ffn_dim", "n_inner"])?.or(hidden_size.map(|h| 4 * h)),
+            intermediate_size,
             num_attention_heads,
             num_key_value_heads: num_key_value_heads.or(num_attention_heads),
             head_dim: uint(&["head_dim"])?.or(match (hidden_size, num_attention_heads) {
@@ -135,6 +162,7 @@ impl ModelConfig {
                 }),
                 _ => None,
             },
+            experts,
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");

@@ -160,6 +160,7 @@ pub(crate) fn activations_with(
         kv,
         heads,
         seq: o.seq_len,
+        experts: d.experts,
     };
     let mut per_layer: Vec<u64> = layout
         .layers
@@ -170,7 +171,7 @@ pub(crate) fn activations_with(
     // Layers the config counts but the checkpoint does not show are taken as attention layers.
     let counted = layout.num_layers.saturating_sub(l0);
     if per_layer.len() < counted {
-        let attention = widths.per_token(Mixer::Attention, None, kernels)?;
+        let attention = widths.per_token((Mixer::Attention, false), None, kernels)?;
         per_layer.resize(counted, attention);
     }
     let layers = per_layer.len() as u64;
@@ -189,7 +190,7 @@ pub(crate) fn activations_with(
         .layers
         .iter()
         .filter(|layer| layer.id >= l0)
-        .map(|layer| widths.recomputed_per_token(mixer_of(layer), d.delta_net, kernels))
+        .map(|layer| widths.recomputed_per_token(mixer_of(layer).0, d.delta_net, kernels))
         .max()
         .unwrap_or(0);
     let tokens = o.batch_size * o.seq_len;
@@ -215,11 +216,13 @@ enum Mixer {
 /// Module names of the token mixers other than attention.
 const MIXER_MODULES: &[(&str, Mixer)] = &[("linear_attn", Mixer::DeltaRule), ("conv", Mixer::ShortConv)];
 
-fn mixer_of(layer: &crate::layout::LayerInfo) -> Mixer {
-    MIXER_MODULES
+/// A layer's token mixer, and whether its MLP is sparse (it holds experts: `mlp.experts.N.*`).
+fn mixer_of(layer: &crate::layout::LayerInfo) -> (Mixer, bool) {
+    let mixer = MIXER_MODULES
         .iter()
         .find(|(name, _)| layer.modules.iter().any(|m| m.name == *name))
-        .map_or(Mixer::Attention, |(_, mixer)| *mixer)
+        .map_or(Mixer::Attention, |(_, mixer)| *mixer);
+    (mixer, layer.tensors().any(|t| t.name.contains(".experts.")))
 }
 
 /// The sizes the per-layer terms are made of.
@@ -229,6 +232,7 @@ struct Widths {
     kv: u64,
     heads: u64,
     seq: u64,
+    experts: Option<crate::config::ExpertDims>,
 }
 
 /// Positions per chunk of the delta rule (crates/train/src/delta_rule.rs).
@@ -237,35 +241,60 @@ const DELTA_CHUNK: u64 = 64;
 impl Widths {
     /// Activations one layer keeps per token (in values), by its token mixer; None where config.json lacks the
     /// mixer's sizes.
-    fn per_token(&self, mixer: Mixer, delta: Option<crate::config::DeltaNetDims>, kernels: Kernels) -> Option<u64> {
-        let Widths { h, i, kv, heads, seq } = *self;
+    fn per_token(
+        &self,
+        (mixer, sparse): (Mixer, bool),
+        delta: Option<crate::config::DeltaNetDims>,
+        kernels: Kernels,
+    ) -> Option<u64> {
+        let Widths { h, kv, heads, seq, .. } = *self;
         let fused = kernels == Kernels::FusedCpu;
-        Some(match mixer {
-            Mixer::Attention if fused => 7 * h + 4 * kv + 2 * i + heads * (seq / 2 + 32),
-            Mixer::Attention => 10 * h + 4 * kv + 4 * i + heads,
-            Mixer::DeltaRule => {
-                // The projection into the convolution and the rule's packed inputs; then from the rule's output
-                // on, z and its SiLU, the gated norm's input and output. The convolution, SiLU, q/k norms and
-                // repeats between them are made inside one op (CPU f32, `fused/delta_net_inputs.rs`) or one
-                // recomputed node (`delta_net.rs`) that keeps nothing else. Calibrated on a Qwen3.5-shaped model
-                // (docs/memory.md). Each size is below 2^32 (config.rs), so only their products need saturating.
-                let d = delta?;
-                let sat = |a: u64, b: u64| a.saturating_mul(b);
-                let (keys, values, conv) = delta_widths(d);
-                let kept = conv.saturating_add(sat(2, keys)).saturating_add(sat(2, values));
-                let rule = match fused {
-                    // The fused rule keeps the state at each chunk's start.
-                    true => sat(keys, d.value_dim) / DELTA_CHUNK + 3 * h + 2 * i,
-                    // The composite path keeps no state: its backward pass recomputes the layer's rule
-                    // (`recomputed_per_token`).
-                    false => 6 * h + 4 * i,
-                };
-                kept.saturating_add(rule)
+        Some(
+            match mixer {
+                Mixer::Attention if fused => 7 * h + 4 * kv + heads * (seq / 2 + 32),
+                Mixer::Attention => 10 * h + 4 * kv + heads,
+                Mixer::DeltaRule => {
+                    // The projection into the convolution and the rule's packed inputs; then from the rule's output
+                    // on, z and its SiLU, the gated norm's input and output. The convolution, SiLU, q/k norms and
+                    // repeats between them are made inside one op (CPU f32, `fused/delta_net_inputs.rs`) or one
+                    // recomputed node (`delta_net.rs`) that keeps nothing else. Calibrated on a Qwen3.5-shaped model
+                    // (docs/memory.md). Each size is below 2^32 (config.rs), so only their products need saturating.
+                    let d = delta?;
+                    let sat = |a: u64, b: u64| a.saturating_mul(b);
+                    let (keys, values, conv) = delta_widths(d);
+                    let kept = conv.saturating_add(sat(2, keys)).saturating_add(sat(2, values));
+                    let rule = match fused {
+                        // The fused rule keeps the state at each chunk's start.
+                        true => sat(keys, d.value_dim) / DELTA_CHUNK + 3 * h,
+                        // The composite path keeps no state: its backward pass recomputes the layer's rule
+                        // (`recomputed_per_token`).
+                        false => 6 * h,
+                    };
+                    kept.saturating_add(rule)
+                }
+                // in_proj's B, C and x, B·x padded, the convolution and C·y, out_proj.
+                Mixer::ShortConv if fused => 12 * h,
+                Mixer::ShortConv => 14 * h,
             }
-            // in_proj's B, C and x, B·x padded, the convolution and C·y, out_proj.
-            Mixer::ShortConv if fused => 12 * h + 2 * i,
-            Mixer::ShortConv => 14 * h + 4 * i,
-        })
+            .saturating_add(self.mlp_per_token(sparse, kernels)),
+        )
+    }
+
+    /// What a layer's MLP keeps per token. Dense: gate, up, the activation and the product (4·i), or the fused
+    /// block's gate and up (2·i). Sparse (moe.rs), for each of the token's top_k experts: its input row, the
+    /// expert's output, the output weighted, and the weighted outputs gathered (4·h), with the expert's gate, up,
+    /// activation and product (4·width; fused: gate and up, and the product the down projection takes); and the
+    /// router's logits and softmax (4·experts).
+    fn mlp_per_token(&self, sparse: bool, kernels: Kernels) -> u64 {
+        let fused = kernels == Kernels::FusedCpu;
+        match self.experts.filter(|_| sparse) {
+            None if fused => 2 * self.i,
+            None => 4 * self.i,
+            Some(e) => {
+                let width = if fused { 3 * e.width } else { 4 * e.width };
+                e.top_k.saturating_mul(width + 4 * self.h).saturating_add(4 * e.count)
+            }
+        }
     }
 
     /// Values per token that exist only while one layer's backward pass recomputes part of its forward pass:
@@ -299,6 +328,27 @@ fn delta_widths(d: crate::config::DeltaNetDims) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparse_layer_counts_its_chosen_experts() {
+        // Qwen3 MoE's fixture: hidden 64, 4 heads, key/value width 32, vocabulary 512; layers 0 and 2 route each
+        // token to 2 of 4 experts of width 32, layer 1 keeps a dense MLP of 96.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen3_moe");
+        let layout = ModelLayout::inspect(&dir).unwrap();
+        let o = PlanOptions {
+            batch_size: 1,
+            seq_len: 128,
+        };
+        // Composite: attention 10·64 + 4·32 + 4 = 772 a layer; the dense MLP 4·96; a sparse one 2·(4·32 + 4·64)
+        // + 4·4 = 784.
+        let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
+        let layers = 2 * (772 + 784) + (772 + 384);
+        assert_eq!(composite, 4 * 128 * (layers + 64 + 1536) + ATTENTION_BLOCKS);
+        // Fused: attention 7·64 + 4·32 + 4·(64 + 32) = 960; the dense MLP 2·96; a sparse one 2·(3·32 + 4·64) + 16.
+        let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4).unwrap();
+        let layers = 2 * (960 + 720) + (960 + 192);
+        assert_eq!(fused, 4 * 128 * (layers + 64 + 1536));
+    }
 
     #[test]
     fn a_hybrid_counts_each_layer_by_its_token_mixer() {

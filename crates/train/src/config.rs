@@ -139,18 +139,22 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
-    /// "sliding 4096", "full" or "conv": what the layer picker and `inspect` show.
+    /// "sliding 4096", "full" or "conv", and ", experts 8 of 128" where the MLP is sparse: what the layer picker
+    /// and `inspect` show.
     pub fn kind(&self) -> String {
-        match self.mixer {
-            Mixer::ShortConv { kernel, .. } => return format!("conv {kernel}"),
-            Mixer::GatedDeltaNet(_) => return "linear (delta rule)".into(),
-            Mixer::Attention => {}
-        }
-        match (self.window, self.rope) {
-            (Some(w), None) => format!("sliding {w}, no rope"),
-            (Some(w), Some(_)) => format!("sliding {w}"),
-            (None, None) => "full, no rope".into(),
-            (None, Some(_)) => "full".into(),
+        let mixer = match self.mixer {
+            Mixer::ShortConv { kernel, .. } => format!("conv {kernel}"),
+            Mixer::GatedDeltaNet(_) => "linear (delta rule)".into(),
+            Mixer::Attention => match (self.window, self.rope) {
+                (Some(w), None) => format!("sliding {w}, no rope"),
+                (Some(w), Some(_)) => format!("sliding {w}"),
+                (None, None) => "full, no rope".into(),
+                (None, Some(_)) => "full".into(),
+            },
+        };
+        match self.experts {
+            Some(e) => format!("{mixer}, experts {} of {}", e.top_k, e.count),
+            None => mixer,
         }
     }
 }
