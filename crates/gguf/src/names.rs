@@ -24,6 +24,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Qwen3_5 => "qwen3_5",
         // Not exported yet: llama.cpp stacks the experts into 3-D tensors, which export does not write.
         Architecture::Qwen3Moe => "qwen3moe",
+        Architecture::Qwen3_5Moe => "qwen3_5_moe",
     }
 }
 
@@ -87,6 +88,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Lfm2 => ("Lfm2ForCausalLM", "lfm2"),
         Architecture::Qwen3_5 => ("Qwen3_5ForCausalLM", "qwen3_5_text"),
         Architecture::Qwen3Moe => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        Architecture::Qwen3_5Moe => ("Qwen3_5MoeForCausalLM", "qwen3_5_moe_text"),
     }
 }
 

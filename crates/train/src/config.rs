@@ -7,8 +7,8 @@ use crate::error::{Result, TrainError};
 use crate::experts::layer_experts;
 pub use crate::experts::ExpertsSpec;
 use crate::family::{
-    family, supported, wrapper, DefaultSliding, ExpertTable, Family, MlpLayout, Names, NormPlacement, QkNorm,
-    RopeLayout, Wrapper,
+    family, supported, wrapper, DefaultSliding, ExpertTable, ExpertWeights, Family, MlpLayout, Names, NormPlacement,
+    QkNorm, RopeLayout, Wrapper,
 };
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
@@ -46,6 +46,8 @@ pub enum Architecture {
     Qwen3_5,
     /// Qwen3's attention and sparse mixture-of-experts MLPs.
     Qwen3Moe,
+    /// `qwen3_5_moe_text`: Qwen3.5's layers with stacked experts and a shared expert.
+    Qwen3_5Moe,
 }
 
 /// The MLP's activation.
@@ -458,32 +460,27 @@ impl DecoderConfig {
             for norm in names.norms(l.norms).into_iter().flatten() {
                 add(format!("{norm}.weight"), vec![h]);
             }
+            let sparse = l.experts.zip(self.experts);
+            if let Some((e, t)) = sparse {
+                expert_shapes(e, t, h).into_iter().for_each(|(n, shape)| add(n, shape));
+            }
             let mut linear = |name: &str, rows: usize, cols: usize, bias: bool| {
                 add(format!("{name}.weight"), vec![rows, cols]);
                 if bias {
                     add(format!("{name}.bias"), vec![rows]);
                 }
             };
-            match (l.experts, self.experts) {
-                (Some(e), Some(t)) => {
-                    linear(t.router, e.count, h, false);
-                    for x in 0..e.count {
-                        linear(&format!("{}.{x}.{}", t.experts, t.gate), e.width, h, false);
-                        linear(&format!("{}.{x}.{}", t.experts, t.up), e.width, h, false);
-                        linear(&format!("{}.{x}.{}", t.experts, t.down), h, e.width, false);
-                    }
+            match self.mlp {
+                _ if sparse.is_some() => {}
+                MlpLayout::Separate { gate, up, down } => {
+                    linear(gate, i, h, l.mlp_bias);
+                    linear(up, i, h, l.mlp_bias);
+                    linear(down, h, i, l.mlp_bias);
                 }
-                _ => match self.mlp {
-                    MlpLayout::Separate { gate, up, down } => {
-                        linear(gate, i, h, l.mlp_bias);
-                        linear(up, i, h, l.mlp_bias);
-                        linear(down, h, i, l.mlp_bias);
-                    }
-                    MlpLayout::Fused { gate_up, down } => {
-                        linear(gate_up, 2 * i, h, l.mlp_bias);
-                        linear(down, h, i, l.mlp_bias);
-                    }
-                },
+                MlpLayout::Fused { gate_up, down } => {
+                    linear(gate_up, 2 * i, h, l.mlp_bias);
+                    linear(down, h, i, l.mlp_bias);
+                }
             }
             match l.mixer {
                 Mixer::ShortConv { kernel, bias } => {
@@ -529,6 +526,37 @@ impl DecoderConfig {
         }
         out
     }
+}
+
+/// A sparse layer's router, experts and shared expert, by name after `model.layers.N.`, with their shapes.
+fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<usize>)> {
+    let matrix = |name: String, rows: usize, cols: usize| (format!("{name}.weight"), vec![rows, cols]);
+    let mut out = vec![matrix(t.router.into(), e.count, h)];
+    match t.weights {
+        ExpertWeights::Separate {
+            experts,
+            gate,
+            up,
+            down,
+        } => {
+            for x in 0..e.count {
+                out.push(matrix(format!("{experts}.{x}.{gate}"), e.width, h));
+                out.push(matrix(format!("{experts}.{x}.{up}"), e.width, h));
+                out.push(matrix(format!("{experts}.{x}.{down}"), h, e.width));
+            }
+        }
+        ExpertWeights::Stacked { gate_up, down } => {
+            out.push((gate_up.into(), vec![e.count, 2 * e.width, h]));
+            out.push((down.into(), vec![e.count, h, e.width]));
+        }
+    }
+    if let (Some(shared), Some(width)) = (t.shared, e.shared_width) {
+        out.push(matrix(format!("{}.gate_proj", shared.mlp), width, h));
+        out.push(matrix(format!("{}.up_proj", shared.mlp), width, h));
+        out.push(matrix(format!("{}.down_proj", shared.mlp), h, width));
+        out.push(matrix(shared.gate.into(), 1, h));
+    }
+    out
 }
 
 /// Ministral 3 keeps its query scale's `llama_4_scaling_beta` in the rope dict: taken out here (the rest of the

@@ -12,6 +12,8 @@ pub struct ExpertsSpec {
     pub width: usize,
     /// The chosen experts' probabilities are divided by their sum.
     pub normalize: bool,
+    /// The shared expert's MLP width, where the layer has one.
+    pub shared_width: Option<usize>,
 }
 
 /// No open model comes near these; past them config.json is refused before anything is sized by it.
@@ -38,6 +40,10 @@ pub(crate) fn layer_experts(
         top_k,
         width: uint(raw, table.width_key, 1, MAX_WIDTH)?,
         normalize: normalizes(raw, &table)?,
+        shared_width: table
+            .shared
+            .map(|shared| uint(raw, shared.width_key, 1, MAX_WIDTH))
+            .transpose()?,
     };
     let sparse = sparse_layers(raw, &table, layers)?;
     Ok(sparse.into_iter().map(|s| s.then_some(spec)).collect())
@@ -88,6 +94,7 @@ fn normalizes(raw: &Value, table: &ExpertTable) -> std::result::Result<bool, Str
             Value::Bool(b) => Ok(*b),
             v => Err(format!("`{key}` must be true or false, not {v}")),
         },
+        TopKNorm::Always => Ok(true),
     }
 }
 
@@ -136,6 +143,7 @@ mod tests {
             top_k: 2,
             width: 16,
             normalize: true,
+            shared_width: None,
         };
         assert_eq!(got, vec![None, Some(spec), None, None]);
         let all = experts(json!({"num_local_experts": 8, "num_experts_per_tok": 2})).unwrap();

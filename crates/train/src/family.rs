@@ -62,16 +62,13 @@ pub enum MlpLayout {
 /// A mixture-of-experts MLP as a family lays it out: its tensor names after `model.layers.N.` and the keys that
 /// size it and say which layers have it. A token's router logits go through a softmax (f32), its `top_k`
 /// experts run (SwiGLU MLPs of their own), and their outputs are summed weighted by those probabilities,
-/// renormalised to sum to 1 where the family says.
+/// renormalised to sum to 1 where the family says; a shared expert, where the family has one, adds its output
+/// to every token's, scaled by the sigmoid of its own gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpertTable {
     /// The router's weight (experts × hidden, no bias): `mlp.gate`.
     pub router: &'static str,
-    /// Expert `e`'s projections are `{experts}.{e}.{gate}` etc.
-    pub experts: &'static str,
-    pub gate: &'static str,
-    pub up: &'static str,
-    pub down: &'static str,
+    pub weights: ExpertWeights,
     /// The keys holding the expert count (transformers takes either spelling, as its `attribute_map` says) and
     /// each expert's MLP width.
     pub count_keys: [&'static str; 2],
@@ -81,6 +78,32 @@ pub struct ExpertTable {
     /// qwen3_moe's `decoder_sparse_step` (layer i has experts when (i + 1) % step == 0) and `mlp_only_layers`
     /// (layers that keep a dense MLP); None: every layer has experts.
     pub sparse_layer_keys: Option<(&'static str, &'static str)>,
+    pub shared: Option<SharedExpertTable>,
+}
+
+/// Where the experts' projections are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertWeights {
+    /// A linear per expert and projection: `{experts}.{e}.{gate}.weight` etc. (qwen3_moe, as transformers
+    /// writes it).
+    Separate {
+        experts: &'static str,
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
+    /// One tensor per projection, experts first and no `.weight` suffix: `gate_up` (experts × 2·width × hidden,
+    /// gate rows first) and `down` (experts × hidden × width) (Qwen3.5 MoE).
+    Stacked { gate_up: &'static str, down: &'static str },
+}
+
+/// A shared expert: a SwiGLU MLP every token runs through (`mlp` with `gate_proj`, `up_proj`, `down_proj`), its
+/// output scaled by σ of `gate` (hidden → 1, no bias); its width under `width_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedExpertTable {
+    pub mlp: &'static str,
+    pub gate: &'static str,
+    pub width_key: &'static str,
 }
 
 /// Whether a token's top-k probabilities are divided by their sum.
@@ -88,6 +111,8 @@ pub struct ExpertTable {
 pub enum TopKNorm {
     /// As this boolean key says (qwen3_moe's `norm_topk_prob`).
     Key(&'static str),
+    /// Always (Qwen3.5 MoE).
+    Always,
 }
 
 /// The MLP names most families use.
@@ -216,7 +241,7 @@ pub struct Wrapper {
     pub final_softcap: bool,
 }
 
-pub const WRAPPERS: [Wrapper; 3] = [
+pub const WRAPPERS: [Wrapper; 4] = [
     // Gemma 3 4B, 12B, 27B.
     Wrapper {
         model_type: "gemma3",
@@ -227,6 +252,12 @@ pub const WRAPPERS: [Wrapper; 3] = [
     Wrapper {
         model_type: "qwen3_5",
         text_types: &["qwen3_5_text"],
+        final_softcap: false,
+    },
+    // Qwen3.5 MoE: released as the vision-language class too.
+    Wrapper {
+        model_type: "qwen3_5_moe",
+        text_types: &["qwen3_5_moe_text"],
         final_softcap: false,
     },
     // Ministral 3 (3B, 8B, 14B) and Mistral Small 3.1 / 3.2.
@@ -359,7 +390,7 @@ const LLAMA: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 17] = [
+pub const FAMILIES: [Family; 18] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -491,14 +522,17 @@ pub const FAMILIES: [Family; 17] = [
         sliding: DefaultSliding::EveryLayerWhenUsed,
         experts: Some(ExpertTable {
             router: "mlp.gate",
-            experts: "mlp.experts",
-            gate: "gate_proj",
-            up: "up_proj",
-            down: "down_proj",
+            weights: ExpertWeights::Separate {
+                experts: "mlp.experts",
+                gate: "gate_proj",
+                up: "up_proj",
+                down: "down_proj",
+            },
             count_keys: ["num_experts", "num_local_experts"],
             width_key: "moe_intermediate_size",
             normalize: TopKNorm::Key("norm_topk_prob"),
             sparse_layer_keys: Some(("decoder_sparse_step", "mlp_only_layers")),
+            shared: None,
         }),
         ..LLAMA
     },
@@ -884,6 +918,72 @@ pub const FAMILIES: [Family; 17] = [
         attention_output_gate: true,
         text_mrope: true,
         dropped_tensors: &["mtp."],
+        ..LLAMA
+    },
+    // Qwen3.5 MoE (35B-A3B, 122B-A10B, 397B-A17B): Qwen3.5's layers with a sparse MLP on every one, its
+    // experts stacked in two tensors as transformers 5 stores them, and a sigmoid-gated shared expert.
+    Family {
+        model_type: "qwen3_5_moe_text",
+        sizes: Sizes {
+            vocab: 248320,
+            hidden: 4096,
+            intermediate: 12288,
+            layers: 32,
+            heads: 16,
+        },
+        architecture: Architecture::Qwen3_5Moe,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "layer_types",
+            "full_attention_interval",
+            "linear_conv_kernel_dim",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "partial_rotary_factor",
+            "attn_output_gate",
+            "mamba_ssm_dtype",
+            "mtp_num_hidden_layers",
+            "mtp_use_dedicated_embeddings",
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "output_router_logits",
+            "router_aux_loss_coef",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
+            "num_key_value_heads": 4, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+            "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+            "partial_rotary_factor": 0.25, "full_attention_interval": 4, "num_experts_per_tok": 8,
+            "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512, "output_router_logits": false,
+            "router_aux_loss_coef": 0.001})
+        },
+        norm_offset: 1.0,
+        qk_norm: QkNorm::PerHead,
+        attention_output_gate: true,
+        text_mrope: true,
+        dropped_tensors: &["mtp."],
+        experts: Some(ExpertTable {
+            router: "mlp.gate",
+            weights: ExpertWeights::Stacked {
+                gate_up: "mlp.experts.gate_up_proj",
+                down: "mlp.experts.down_proj",
+            },
+            count_keys: ["num_experts", "num_local_experts"],
+            width_key: "moe_intermediate_size",
+            normalize: TopKNorm::Always,
+            sparse_layer_keys: None,
+            shared: Some(SharedExpertTable {
+                mlp: "mlp.shared_expert",
+                gate: "mlp.shared_expert_gate",
+                width_key: "shared_expert_intermediate_size",
+            }),
+        }),
         ..LLAMA
     },
 ];

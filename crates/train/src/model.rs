@@ -161,7 +161,10 @@ impl Block {
             },
             mixer,
             ffn: match (spec.experts, &c.experts) {
-                (Some(e), Some(table)) => Ffn::Experts(Experts::load(params, &p, table, e)?),
+                (Some(e), Some(table)) => {
+                    let silu = spec.activation == Activation::Silu;
+                    Ffn::Experts(Experts::load(params, &p, table, e, silu)?)
+                }
                 _ => Ffn::Dense {
                     gate_up: match c.mlp {
                         MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),

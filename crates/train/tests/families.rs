@@ -259,6 +259,16 @@ fn qwen3_moe_routes_each_token_to_its_top_experts_around_a_dense_layer() {
 }
 
 #[test]
+fn qwen3_5_moe_stacked_experts_and_a_gated_shared_expert_around_delta_net_layers() {
+    check("qwen3_5_moe");
+}
+
+#[test]
+fn qwen3_5_moe_vision_language_checkpoint_trains_its_text_tower() {
+    check("qwen3_5_moe_vlm");
+}
+
+#[test]
 fn a_wrapper_checkpoint_in_the_layout_transformers_runs_reads_the_same() {
     // transformers writes `language_model.model.*`; checkpoints saved from its runtime layout have
     // `model.language_model.*` (and the vision tower under `model.`). Both must load to the same model.

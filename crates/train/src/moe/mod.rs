@@ -1,0 +1,213 @@
+//! A sparse mixture-of-experts MLP as transformers computes it (qwen3_moe's `SparseMoeBlock`): each token's router
+//! logits go through a softmax in f32; its `top_k` experts are chosen on the host; their probabilities
+//! (renormalised to sum to 1 where the layer says), in the activations' dtype, weight each chosen expert's SwiGLU
+//! output, and the weighted outputs are summed per token in the order of the experts.
+//!
+//! Every op here runs on every backend. Experts stored one linear each (qwen3_moe) are plain differentiable ops:
+//! the backward pass keeps what a dense MLP of `top_k` times the expert width would keep (each token's input once
+//! per chosen expert, each expert's intermediates for its own tokens). Experts stacked in two tensors (Qwen3.5
+//! MoE) are one node with a hand-written backward (`stacked.rs`) that keeps only its output. Either way the
+//! experts' outputs are weighted in one tensor and added into the result by one `index_add` (a chain of
+//! per-expert adds would keep a full-size sum per expert).
+
+mod stacked;
+
+use crate::config::ExpertsSpec;
+use crate::family::{ExpertTable, ExpertWeights};
+use crate::linear::Linear;
+use crate::ops::{sigmoid, softmax_last_dim};
+use crate::params::Params;
+use candle_core::{DType, Result, Tensor, D};
+use stacked::Stacked;
+
+/// A SwiGLU MLP: one expert, or the shared one.
+pub(crate) struct Expert {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Expert {
+    fn load(params: &Params, gate: String, up: String, down: String) -> crate::error::Result<Expert> {
+        Ok(Expert {
+            gate: params.linear(&gate, false)?,
+            up: params.linear(&up, false)?,
+            down: params.linear(&down, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, product: &impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        self.down
+            .forward(&product(&self.gate.forward(x)?, &self.up.forward(x)?)?)
+    }
+}
+
+/// The experts' weights, as the checkpoint holds them.
+enum Weights {
+    Separate(Vec<Expert>),
+    Stacked(Stacked),
+}
+
+/// The shared expert and its gate.
+struct Shared {
+    mlp: Expert,
+    gate: Linear,
+}
+
+/// A layer's router, experts and shared expert.
+pub(crate) struct Experts {
+    router: Linear,
+    weights: Weights,
+    shared: Option<Shared>,
+    spec: ExpertsSpec,
+}
+
+impl Experts {
+    /// The router and experts of the layer at `p` (`model.layers.N`), named as `table` says. Stacked experts
+    /// run SwiGLU only (`silu` = true).
+    pub fn load(
+        params: &Params,
+        p: &str,
+        table: &ExpertTable,
+        spec: ExpertsSpec,
+        silu: bool,
+    ) -> crate::error::Result<Experts> {
+        let weights = match table.weights {
+            ExpertWeights::Separate {
+                experts,
+                gate,
+                up,
+                down,
+            } => Weights::Separate(
+                (0..spec.count)
+                    .map(|e| {
+                        let at = |proj: &str| format!("{p}.{experts}.{e}.{proj}");
+                        Expert::load(params, at(gate), at(up), at(down))
+                    })
+                    .collect::<crate::error::Result<_>>()?,
+            ),
+            ExpertWeights::Stacked { gate_up, .. } if !silu => {
+                return Err(crate::error::TrainError::Tensor {
+                    name: format!("{p}.{gate_up}"),
+                    reason: "is a stacked expert tensor, which FreezeTune runs with the SiLU activation only \
+                             (`hidden_act` = \"silu\")"
+                        .into(),
+                })
+            }
+            ExpertWeights::Stacked { gate_up, down } => Weights::Stacked(Stacked {
+                gate_up: params.get(&format!("{p}.{gate_up}"))?,
+                down: params.get(&format!("{p}.{down}"))?,
+                width: spec.width,
+            }),
+        };
+        let shared = match (table.shared, spec.shared_width) {
+            (Some(s), Some(_)) => {
+                let at = |proj: &str| format!("{p}.{}.{proj}", s.mlp);
+                Some(Shared {
+                    mlp: Expert::load(params, at("gate_proj"), at("up_proj"), at("down_proj"))?,
+                    gate: params.linear(&format!("{p}.{}", s.gate), false)?,
+                })
+            }
+            _ => None,
+        };
+        Ok(Experts {
+            router: params.linear(&format!("{p}.{}", table.router), false)?,
+            weights,
+            shared,
+            spec,
+        })
+    }
+
+    /// The sparse MLP of `h` (.., hidden). `product` is the activation's `act(gate) · up`.
+    pub fn forward(&self, h: &Tensor, product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let hidden = h.dim(D::Minus1)?;
+        let tokens = h.elem_count() / hidden;
+        let x = h.reshape((tokens, hidden))?;
+        let probs = softmax_last_dim(&self.router.forward(&x)?.to_dtype(DType::F32)?)?;
+        let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, self.spec.top_k);
+        let device = x.device();
+        let chosen = Tensor::from_slice(&routes.chosen, (tokens, self.spec.top_k), device)?;
+        let mut weights = probs.gather(&chosen, 1)?;
+        if self.spec.normalize {
+            weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+        }
+        let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), device)?;
+        let weights = weights
+            .to_dtype(x.dtype())?
+            .flatten_all()?
+            .index_select(&by_expert, 0)?;
+        // Each expert's output for its rows, experts in order.
+        let outputs = match &self.weights {
+            Weights::Separate(experts) => {
+                let mut outputs = Vec::new();
+                for (expert, rows) in experts.iter().zip(&routes.tokens_by_expert) {
+                    if !rows.is_empty() {
+                        let xe = x.index_select(&Tensor::from_slice(rows, rows.len(), device)?, 0)?;
+                        outputs.push(expert.forward(&xe, &product)?);
+                    }
+                }
+                Tensor::cat(&outputs, 0)?
+            }
+            Weights::Stacked(stacked) => stacked.forward(&x, &routes.tokens_by_expert)?,
+        };
+        let rows = routes.tokens_by_expert.concat();
+        let rows = Tensor::from_vec(rows, routes.pairs_by_expert.len(), device)?;
+        let weighted = outputs.broadcast_mul(&weights.unsqueeze(1)?)?;
+        let mut out = Tensor::zeros((tokens, hidden), x.dtype(), device)?.index_add(&rows, &weighted, 0)?;
+        if let Some(shared) = &self.shared {
+            let scale = sigmoid(&shared.gate.forward(&x)?)?;
+            out = (out + shared.mlp.forward(&x, &product)?.broadcast_mul(&scale)?)?;
+        }
+        out.reshape(h.shape())
+    }
+}
+
+/// Which experts each token runs through, and the (token, choice) pairs grouped by expert.
+#[derive(Debug, PartialEq)]
+struct Routes {
+    /// Per token, its `top_k` experts, most probable first (tokens × top_k).
+    chosen: Vec<u32>,
+    /// Per expert, the tokens that chose it, in token order.
+    tokens_by_expert: Vec<Vec<u32>>,
+    /// The pairs (as `token · top_k + choice`) in the order of `tokens_by_expert` flattened.
+    pairs_by_expert: Vec<u32>,
+}
+
+impl Routes {
+    /// The `top_k` most probable experts of each row of `probs` (ties to the lower expert number).
+    fn choose(probs: &[Vec<f32>], top_k: usize) -> Routes {
+        let experts = probs.first().map_or(0, Vec::len);
+        let mut chosen = Vec::with_capacity(probs.len() * top_k);
+        let mut tokens_by_expert = vec![Vec::new(); experts];
+        let mut pairs = vec![Vec::new(); experts];
+        for (token, row) in probs.iter().enumerate() {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            for (choice, &e) in order[..top_k].iter().enumerate() {
+                chosen.push(e as u32);
+                tokens_by_expert[e].push(token as u32);
+                pairs[e].push((token * top_k + choice) as u32);
+            }
+        }
+        Routes {
+            chosen,
+            tokens_by_expert,
+            pairs_by_expert: pairs.concat(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_group_each_tokens_choices_by_expert() {
+        let probs = vec![vec![0.1, 0.6, 0.3], vec![0.5, 0.2, 0.3], vec![0.2, 0.2, 0.6]];
+        let r = Routes::choose(&probs, 2);
+        assert_eq!(r.chosen, vec![1, 2, 0, 2, 2, 0]);
+        assert_eq!(r.tokens_by_expert, vec![vec![1, 2], vec![0], vec![0, 1, 2]]);
+        // token 1's first choice (pair 2) and token 2's second (pair 5) went to expert 0; ties go to the lower one.
+        assert_eq!(r.pairs_by_expert, vec![2, 5, 0, 1, 3, 4]);
+    }
+}
