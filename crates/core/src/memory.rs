@@ -29,8 +29,9 @@
 //! (AdamW updates in place).
 //!
 //! Layers whose token mixer is not attention (told by their module's name, `MIXER_MODULES`) have terms of their
-//! own: Qwen3.5's Gated DeltaNet (`linear_attn`) and LFM2's short convolution (`conv`); see [`Widths::per_token`]
-//! and docs/memory.md.
+//! own: Qwen3.5's Gated DeltaNet (`linear_attn`) and LFM2's short convolution (`conv`); a layer holding experts
+//! (`.experts.` tensors) counts its MLP for the experts each token chose (`Widths::mlp_per_token`); see
+//! [`Widths::per_token`] and docs/memory.md.
 
 use crate::layout::ModelLayout;
 use crate::plan::PlanOptions;

@@ -7,7 +7,8 @@
 use crate::error::{GgufError, Result};
 use crate::format::{self, Meta, TensorEntry};
 use crate::names::{
-    gguf_arch, offset_norm, order_key, reorder_rows, rope_heads, rope_permutation, split_layer, to_gguf, EXPORTABLE,
+    expert_tensor, gguf_arch, offset_norm, order_key, reorder_rows, rope_heads, rope_permutation, split_layer, to_gguf,
+    EXPORTABLE,
 };
 use crate::quant::{encode, le_bytes, tensor_type, ExportType, TensorRole};
 use crate::tokenizer::tokenizer_meta;
@@ -85,6 +86,8 @@ enum Source {
     },
     /// Computed values (Llama 3's `rope_freqs`), written as f32.
     Values(Vec<f32>),
+    /// One projection of every expert of a layer, stacked in expert order (llama.cpp's `ffn_*_exps`).
+    Stacked(Vec<String>),
 }
 
 pub fn export_gguf(
@@ -316,6 +319,19 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
             "head_dim {} must be hidden_size / num_attention_heads ({natural_head})",
             c.head_dim
         )),
+        // llama.cpp's qwen3moe gives every layer experts and always renormalises a token's top-k weights.
+        Architecture::Qwen3Moe => match layers.iter().position(|l| l.experts.is_none_or(|e| !e.normalize)) {
+            Some(i) if layers[i].experts.is_none() => Err(format!(
+                "layer {i} has a dense MLP (`mlp_only_layers` / `decoder_sparse_step`), but llama.cpp gives every \
+                 layer experts"
+            )),
+            Some(_) => Err(
+                "`norm_topk_prob` is false, but llama.cpp always renormalises the chosen experts' \
+                            weights"
+                    .into(),
+            ),
+            None => Ok(()),
+        },
         Architecture::SmolLM3 => {
             for (i, l) in layers.iter().enumerate() {
                 let rotates = (i + 1) % 4 != 0;
@@ -452,6 +468,7 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
     }
     names.retain(|(n, _)| !n.ends_with("rotary_emb.inv_freq") && (has_output || n != "lm_head.weight"));
     names.sort_by_key(|(n, _)| order_key(n));
+    let (names, experts): (Vec<_>, Vec<_>) = names.into_iter().partition(|(n, _)| expert_tensor(n).is_none());
     let mut plan = Vec::with_capacity(names.len());
     for (hf, shape) in names {
         let gguf = to_gguf(&hf, c.architecture).ok_or_else(|| {
@@ -490,6 +507,12 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
             source,
         });
     }
+    plan.extend(stacked_experts(experts, c, kind, has_output)?);
+    // Each layer's stacked experts after its other tensors (a stable sort keeps every other tensor in place).
+    plan.sort_by_key(|p| {
+        let (group, layer, _) = order_key(&p.entry.name);
+        (group, layer)
+    });
     if let Some(factors) = rope_freqs(c) {
         let entry = TensorEntry {
             name: "rope_freqs.weight".into(),
@@ -507,9 +530,65 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
     Ok((plan, warnings))
 }
 
+/// Every expert's projection grouped into llama.cpp's stacked tensors, one per layer and projection: each must
+/// hold the config's experts, numbered 0 to count − 1, all of one shape.
+fn stacked_experts(
+    experts: Vec<(String, Vec<usize>)>,
+    c: &DecoderConfig,
+    kind: ExportType,
+    has_output: bool,
+) -> Result<Vec<Planned>> {
+    let mut stacks: BTreeMap<String, Vec<(usize, String, Vec<usize>)>> = BTreeMap::new();
+    for (hf, shape) in experts {
+        let (_, expert, gguf) = expert_tensor(&hf).expect("partitioned on it");
+        stacks.entry(gguf).or_default().push((expert, hf, shape));
+    }
+    let mut plan = Vec::with_capacity(stacks.len());
+    for (gguf, mut members) in stacks {
+        members.sort_by_key(|(e, _, _)| *e);
+        let layer = split_layer(&gguf).map(|(l, _)| l);
+        let count = layer
+            .and_then(|l| c.layers.get(l))
+            .and_then(|l| l.experts)
+            .map(|e| e.count);
+        let numbered = members
+            .iter()
+            .enumerate()
+            .all(|(i, (e, _, s))| *e == i && *s == members[0].2);
+        if count != Some(members.len()) || !numbered {
+            return Err(GgufError::Unsupported(format!(
+                "{gguf}: the checkpoint holds experts {:?} of this layer, but config.json gives it {} experts of one                  shape",
+                members.iter().map(|(e, _, _)| e).collect::<Vec<_>>(),
+                count.map_or("no".into(), |n| n.to_string())
+            )));
+        }
+        let shape: Vec<usize> = std::iter::once(members.len())
+            .chain(members[0].2.iter().copied())
+            .collect();
+        let role = TensorRole {
+            gguf_name: &gguf,
+            shape: &shape,
+            has_output,
+            layer,
+            num_layers: c.num_layers,
+        };
+        let dtype = tensor_type(kind, &role);
+        plan.push(Planned {
+            entry: TensorEntry {
+                name: gguf,
+                shape,
+                dtype,
+            },
+            source: Source::Stacked(members.into_iter().map(|(_, hf, _)| hf).collect()),
+        });
+    }
+    Ok(plan)
+}
+
 fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
     let (hf, rope_heads, add_one) = match &p.source {
         Source::Values(values) => return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Source::Stacked(names) => return stacked_bytes(st, names, p),
         Source::Weight {
             hf,
             rope_heads,
@@ -534,6 +613,24 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
         encode(&values, cols, p.entry.dtype)
     };
     convert().map_err(GgufError::candle(format!("converting {hf}")))
+}
+
+/// The experts' projections `names`, stacked in order, in the planned type.
+fn stacked_bytes(st: &MmapedSafetensors, names: &[String], p: &Planned) -> Result<Vec<u8>> {
+    let convert = || -> candle_core::Result<Vec<u8>> {
+        let parts = names
+            .iter()
+            .map(|n| st.load(n, &Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let t = candle_core::Tensor::stack(&parts, 0)?;
+        match (p.entry.dtype, t.dtype()) {
+            (GgmlDType::F16, DType::F16) | (GgmlDType::BF16, DType::BF16) => return le_bytes(&t),
+            _ => {}
+        }
+        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        encode(&values, *p.entry.shape.last().unwrap_or(&1), p.entry.dtype)
+    };
+    convert().map_err(GgufError::candle(format!("stacking {}", p.entry.name)))
 }
 
 fn general_meta(name: &str, c: &DecoderConfig, kind: ExportType) -> Vec<(String, Meta)> {
@@ -603,6 +700,13 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             });
             m.push((k("shortconv.l_cache"), u(kernel.unwrap_or(3))));
             m.push((k("vocab_size"), u(c.vocab_size)));
+        }
+        Architecture::Qwen3Moe => {
+            if let Some(e) = c.layers.iter().find_map(|l| l.experts) {
+                m.push((k("expert_count"), u(e.count)));
+                m.push((k("expert_used_count"), u(e.top_k)));
+                m.push((k("expert_feed_forward_length"), u(e.width)));
+            }
         }
         Architecture::Phi3 => {
             let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;

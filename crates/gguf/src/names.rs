@@ -22,15 +22,15 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Lfm2 => "lfm2",
         // Not exported (not in EXPORTABLE): the pinned llama.cpp predates it. Named for messages only.
         Architecture::Qwen3_5 => "qwen3_5",
-        // Not exported yet: llama.cpp stacks the experts into 3-D tensors, which export does not write.
         Architecture::Qwen3Moe => "qwen3moe",
+        // Not exported (not in EXPORTABLE): newer than the pinned llama.cpp. Named for messages only.
         Architecture::Qwen3_5Moe => "qwen3_5_moe",
     }
 }
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 12] = [
+pub const EXPORTABLE: [Architecture; 13] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -43,6 +43,7 @@ pub const EXPORTABLE: [Architecture; 12] = [
     Architecture::Olmo2,
     Architecture::SmolLM3,
     Architecture::Lfm2,
+    Architecture::Qwen3Moe,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
@@ -148,6 +149,28 @@ const LFM2_LAYER: [(&str, &str); 15] = [
     ("conv.conv.bias", "shortconv.conv.bias"),
 ];
 
+/// A mixture-of-experts layer's router (Qwen3 MoE); its experts are stacked ([`expert_tensor`]).
+const MOE_LAYER: [(&str, &str); 1] = [("mlp.gate.weight", "ffn_gate_inp.weight")];
+
+/// An expert's projection, `model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight`: its layer, its expert, and
+/// the GGUF tensor llama.cpp stacks that projection of every expert into (`blk.L.ffn_{gate,up,down}_exps.weight`,
+/// experts × rows × columns).
+pub fn expert_tensor(hf: &str) -> Option<(usize, usize, String)> {
+    let (layer, rest) = layer_after(hf, "model.layers.")?;
+    let (expert, projection) = rest.strip_prefix("mlp.experts.")?.split_once('.')?;
+    let which = match projection {
+        "gate_proj.weight" => "gate",
+        "up_proj.weight" => "up",
+        "down_proj.weight" => "down",
+        _ => return None,
+    };
+    Some((
+        layer,
+        expert.parse().ok()?,
+        format!("blk.{layer}.ffn_{which}_exps.weight"),
+    ))
+}
+
 /// Families whose norms sit around their sublayers (post norms: OLMo 2; sandwich norms: Gemma 2 and 3). There
 /// llama.cpp names the norm on the attention output `post_attention_norm`, the pre-MLP norm `ffn_norm` and the norm
 /// on the MLP output `post_ffw_norm`; in llama's naming `post_attention_layernorm` is the pre-MLP norm.
@@ -201,7 +224,11 @@ pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
     }
     let (layer, suffix) = layer_after(hf, "model.layers.")?;
     let around = norms_around(arch).then_some(NORMS_AROUND.iter()).into_iter().flatten();
-    let (_, g) = around.chain(LAYER.iter()).find(|(h, _)| *h == suffix)?;
+    let moe = (arch == Architecture::Qwen3Moe)
+        .then_some(MOE_LAYER.iter())
+        .into_iter()
+        .flatten();
+    let (_, g) = around.chain(moe).chain(LAYER.iter()).find(|(h, _)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))
 }
 

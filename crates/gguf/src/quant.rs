@@ -80,7 +80,13 @@ fn use_more_bits(layer: usize, layers: usize) -> bool {
 /// The type a tensor is stored as.
 pub fn tensor_type(kind: ExportType, role: &TensorRole) -> GgmlDType {
     // Vectors (norms, biases) and rope factors stay f32 in every llama.cpp file.
-    if role.shape.len() < 2 || role.gguf_name.ends_with("_norm.weight") || role.gguf_name.starts_with("rope_") {
+    // So is a mixture-of-experts router, as llama.cpp's converter and quantizer keep it.
+    let name = role.gguf_name;
+    if role.shape.len() < 2
+        || name.ends_with("_norm.weight")
+        || name.starts_with("rope_")
+        || name.ends_with("ffn_gate_inp.weight")
+    {
         return GgmlDType::F32;
     }
     let want = match kind {
@@ -90,7 +96,7 @@ pub fn tensor_type(kind: ExportType, role: &TensorRole) -> GgmlDType {
         ExportType::Q8_0 => GgmlDType::Q8_0,
         ExportType::Q4KM => q4_k_m_type(role),
     };
-    fit_rows(want, *role.shape.last().expect("2-D"))
+    fit_rows(want, *role.shape.last().expect("2-D or more"))
 }
 
 fn q4_k_m_type(role: &TensorRole) -> GgmlDType {
@@ -99,7 +105,10 @@ fn q4_k_m_type(role: &TensorRole) -> GgmlDType {
     let is_output = name == "output.weight" || (!role.has_output && name == "token_embd.weight");
     if is_output {
         GgmlDType::Q6K
-    } else if name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight") {
+    } else if name.ends_with("attn_v.weight")
+        || name.ends_with("ffn_down.weight")
+        || name.ends_with("ffn_down_exps.weight")
+    {
         if use_more_bits(layer, role.num_layers) {
             GgmlDType::Q6K
         } else {

@@ -187,6 +187,12 @@ fn newer_families_export_then_import_to_the_same_model() {
             name: None,
         };
         export_gguf(&model, &file, &options, &mut |_| true).unwrap();
+        if arch == "qwen3moe" {
+            // Import does not split llama.cpp's stacked experts yet: the file is refused by its architecture.
+            let e = import_error(&file, &tmp.path().join("qwen3moe-imported")).to_string();
+            assert!(e.contains("\"qwen3moe\" cannot be imported"), "{e}");
+            continue;
+        }
         let dir = import(&file, &tmp.path().join(format!("{arch}-imported")), ImportDType::F32);
         let (a, b) = (
             freezetune_train::DecoderConfig::read(&model).unwrap(),

@@ -155,6 +155,16 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         &family_variant(&tmp.path().join("o3"), "olmo3", |_| {}),
         "not supported yet",
     );
+    // Qwen3 MoE as made: a dense layer 1; and, given experts everywhere, weights left unnormalised.
+    refused(
+        &family_variant(&tmp.path().join("q3m"), "qwen3_moe", |_| {}),
+        "layer 1 has a dense MLP",
+    );
+    let unnormalised = family_variant(&tmp.path().join("q3n"), "qwen3_moe", |c| {
+        c["mlp_only_layers"] = serde_json::json!([]);
+        c["norm_topk_prob"] = false.into();
+    });
+    refused(&unnormalised, "norm_topk_prob");
 }
 
 /// A copy of the reference llama with config.json changed by `edit`.
@@ -230,6 +240,54 @@ fn q8_0_and_q4_k_m_load_and_generate_with_llama_cpp_s_own_mix() {
         println!("{ftype}: max |logit - f32 logit|: FreezeTune's file {d_ours:.3e}, llama.cpp's {d_theirs:.3e}");
         assert!(
             d_ours <= bound * d_theirs + 1e-4,
+            "{ftype}: {d_ours} vs llama.cpp's own {d_theirs}"
+        );
+    }
+}
+
+/// Qwen3 MoE quantized: the same per-tensor types as llama.cpp's own quantizer picks from the f32 file (the router
+/// kept f32, the stacked experts quantized), the same q8_0 bytes, and logits as close to FreezeTune's f32 ones.
+#[test]
+fn quantized_mixtures_of_experts_match_llama_cpp_s_own_quantizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = newer_family_models(tmp.path())
+        .into_iter()
+        .find(|(arch, _)| *arch == "qwen3moe")
+        .unwrap()
+        .1;
+    let f32_file = export(&model, &tmp.path().join("f32.gguf"), ExportType::F32);
+    let ours_f32 = freezetune_logits(&model, &PROMPT);
+    for (kind, ftype) in [(ExportType::Q8_0, "q8_0"), (ExportType::Q4KM, "q4_k_m")] {
+        let seen = llama_cpp(
+            &export(&model, &tmp.path().join(format!("{ftype}.gguf")), kind),
+            &PROMPT,
+            6,
+            "",
+        );
+        let reference = tmp.path().join(format!("llama-cpp-{ftype}.gguf"));
+        run_py(
+            "quantize_gguf.py",
+            &[f32_file.to_str().unwrap(), reference.to_str().unwrap(), ftype],
+        );
+        let theirs = llama_cpp(&reference, &PROMPT, 0, "");
+        let types = types_of(&seen);
+        assert_eq!(types, types_of(&theirs), "{ftype}: per-tensor types");
+        assert_eq!(types["blk.0.ffn_gate_inp.weight"], "F32", "{ftype}: the router");
+        for (name, t) in seen["tensors"].as_object().unwrap() {
+            if t["type"] == "Q8_0" {
+                assert_eq!(t["sha256"], theirs["tensors"][name]["sha256"], "{ftype}: {name} bytes");
+            }
+        }
+        assert_eq!(ids_of(&seen["greedy"]).len(), 6, "{ftype}: llama.cpp generates");
+        let (d_ours, d_theirs) = (
+            max_diff(&ours_f32, &seen["logits"]),
+            max_diff(&ours_f32, &theirs["logits"]),
+        );
+        println!(
+            "qwen3moe {ftype}: max |logit - f32 logit|: FreezeTune's file {d_ours:.3e}, llama.cpp's {d_theirs:.3e}"
+        );
+        assert!(
+            d_ours <= 1.1 * d_theirs + 1e-4,
             "{ftype}: {d_ours} vs llama.cpp's own {d_theirs}"
         );
     }

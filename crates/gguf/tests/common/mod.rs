@@ -149,7 +149,7 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 /// The newer families' reference models as llama.cpp runs them (what it hard-codes set in config.json), by their
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
 /// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
-/// convolution biases).
+/// convolution biases), Qwen3 MoE (experts on every layer).
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -184,5 +184,27 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         ("granite", granite),
         ("olmo2", olmo2),
         ("lfm2", lfm2),
+        ("qwen3moe", qwen3_moe_all_sparse(&dir.join("qwen3moe"))),
     ]
+}
+
+/// Qwen3 MoE's reference model with experts on every layer, as llama.cpp's qwen3moe has them: its dense layer 1
+/// takes layer 0's router and experts (the values differ from layer 0's after layer 0 has run).
+fn qwen3_moe_all_sparse(dir: &Path) -> PathBuf {
+    let model = family_variant(dir, "qwen3_moe", |c| c["mlp_only_layers"] = serde_json::json!([]));
+    let path = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    tensors.retain(|name, _| !name.starts_with("model.layers.1.mlp."));
+    let layer0: Vec<(String, candle_core::Tensor)> = tensors
+        .iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix("model.layers.0.mlp.")
+                .map(|rest| (rest.to_string(), t.clone()))
+        })
+        .collect();
+    for (rest, t) in layer0 {
+        tensors.insert(format!("model.layers.1.mlp.{rest}"), t);
+    }
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    model
 }
