@@ -91,11 +91,16 @@ impl QuantizeFrozen {
             QuantizeFrozen::Q8_0 => QuantFormat::Q8_0,
             QuantizeFrozen::Q4K => QuantFormat::Q4K,
         };
-        if dims.len() != 2 {
-            return None;
-        }
-        let row = dims[1];
+        let row = match dims.len() {
+            2 => dims[1],
+            // A layer's experts stacked in one tensor (experts × rows × columns): each expert held in blocks.
+            3 if is_stacked_experts(name) => dims[2],
+            _ => return None,
+        };
         let fits = |f: &QuantFormat| row > 0 && row % f.block_values() == 0;
+        if dims.len() == 3 {
+            return [preferred, QuantFormat::Q8_0].into_iter().find(fits);
+        }
         if is_vocabulary_matrix(name) {
             return Some(QuantFormat::Q8_0).filter(fits);
         }
@@ -124,6 +129,16 @@ pub fn held_as_matrix(name: &str, dims: &[usize]) -> bool {
 /// The token embeddings or the output projection.
 fn is_vocabulary_matrix(name: &str) -> bool {
     name.ends_with("embed_tokens.weight") || name == "lm_head.weight" || name.ends_with(".lm_head.weight")
+}
+
+/// A decoder layer's experts stacked in one tensor (Qwen3.5 MoE): `<anything>.layers.<N>.mlp.experts.gate_up_proj`
+/// or `.down_proj`.
+pub fn is_stacked_experts(name: &str) -> bool {
+    let Some(rest) = name.split_once(".layers.").map(|(_, r)| r) else {
+        return false;
+    };
+    let layer_number = rest.split('.').next().is_some_and(|n| n.parse::<usize>().is_ok());
+    layer_number && (name.ends_with(".experts.gate_up_proj") || name.ends_with(".experts.down_proj"))
 }
 
 /// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj.weight`.
@@ -171,6 +186,17 @@ mod tests {
         }
         let wrapped = "language_model.model.layers.0.self_attn.qkv_proj.weight";
         assert_eq!(q4.format_for(wrapped, &[768, 256]), Some(QuantFormat::Q4K));
+        // Stacked experts, each expert's rows in blocks; any other 3-D tensor stays dense.
+        let experts = "model.language_model.layers.2.mlp.experts.gate_up_proj";
+        assert_eq!(q4.format_for(experts, &[256, 1024, 2048]), Some(QuantFormat::Q4K));
+        assert_eq!(q4.format_for(experts, &[4, 64, 64]), Some(QuantFormat::Q8_0));
+        let down = "model.layers.2.mlp.experts.down_proj";
+        assert_eq!(q4.format_for(down, &[4, 64, 100]), None);
+        assert_eq!(q4.format_for("model.layers.0.conv.conv.weight", &[64, 1, 256]), None);
+        assert_eq!(
+            q4.frozen_bytes(experts, &[4, 64, 64], 4 * 64 * 64, 2),
+            4 * 64 * 64 / 32 * 34
+        );
     }
 
     #[test]

@@ -24,12 +24,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+/// A layer's experts stacked in one tensor, as [`Params`] holds it.
+#[derive(Clone)]
+pub enum StackedWeight {
+    Dense(Tensor),
+    /// Frozen, one block tensor per expert (`quantize_frozen`).
+    Quantized(Arc<Vec<QTensor>>),
+}
+
 pub struct Params {
     /// Trainable tensors by name, in the plan's (sorted) order.
     pub vars: BTreeMap<String, Var>,
     consts: BTreeMap<String, Tensor>,
     /// Frozen matrices held quantized (`quantize_frozen`), never trained.
     quantized: BTreeMap<String, Arc<QTensor>>,
+    /// Frozen stacked experts held quantized, one block tensor per expert.
+    quantized_experts: BTreeMap<String, Arc<Vec<QTensor>>>,
     /// Constants that hold trained values (trained in an earlier phase of a schedule).
     trained: BTreeSet<String>,
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
@@ -71,6 +81,7 @@ impl Params {
             vars: BTreeMap::new(),
             consts: BTreeMap::new(),
             quantized: BTreeMap::new(),
+            quantized_experts: BTreeMap::new(),
             trained: BTreeSet::new(),
             dtype,
             device: device.clone(),
@@ -92,8 +103,13 @@ impl Params {
                 // A GGUF file's quantized tensor, frozen: its own blocks, never dequantized whole.
                 params.quantized.insert(name, Arc::new(q));
             } else if let Some(format) = quantize.format_for(&name, &shape) {
-                let q = params.load_quantized_source(&source, &name, format)?;
-                params.quantized.insert(name, Arc::new(q));
+                if shape.len() == 3 {
+                    let experts = params.load_quantized_experts(&source, &name, format)?;
+                    params.quantized_experts.insert(name, Arc::new(experts));
+                } else {
+                    let q = params.load_quantized_source(&source, &name, format)?;
+                    params.quantized.insert(name, Arc::new(q));
+                }
             } else {
                 let t = params.load_source(&source, &name, dtype)?;
                 params.consts.insert(name, t);
@@ -130,6 +146,22 @@ impl Params {
             .map_err(candle_err(format!("quantizing tensor {name} to {}", format.name())))
     }
 
+    /// Stacked experts (experts × rows × columns) quantized one expert at a time onto the device.
+    fn load_quantized_experts(&self, source: &WeightFiles, name: &str, format: QuantFormat) -> Result<Vec<QTensor>> {
+        let t = source.load(name)?;
+        let experts = t.dim(0).map_err(candle_err(format!("tensor {name}")))?;
+        (0..experts)
+            .map(|e| {
+                t.get(e)
+                    .and_then(|m| crate::quant::quantize(&m, format, &self.device))
+                    .map_err(candle_err(format!(
+                        "quantizing expert {e} of {name} to {}",
+                        format.name()
+                    )))
+            })
+            .collect()
+    }
+
     /// Bytes the frozen weights take on the device: dense constants and quantized blocks.
     pub fn frozen_bytes(&self) -> u64 {
         let dense: usize = self
@@ -138,12 +170,23 @@ impl Params {
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum();
         let quantized: usize = self.quantized.values().map(|q| q.storage_size_in_bytes()).sum();
-        (dense + quantized) as u64
+        let experts: usize = self
+            .quantized_experts
+            .values()
+            .flat_map(|e| e.iter())
+            .map(|q| q.storage_size_in_bytes())
+            .sum();
+        (dense + quantized + experts) as u64
     }
 
     /// How many frozen tensors are held quantized.
     pub fn quantized_count(&self) -> usize {
-        self.quantized.len()
+        self.quantized.len() + self.quantized_experts.len()
+    }
+
+    /// Whether `name` is held quantized; forgets it if so (it is about to be held otherwise).
+    fn take_quantized(&mut self, name: &str) -> bool {
+        self.quantized.remove(name).is_some() | self.quantized_experts.remove(name).is_some()
     }
 
     /// Makes exactly `names` trainable: the others become constants holding their current values.
@@ -171,7 +214,7 @@ impl Params {
             if self.vars.contains_key(name) {
                 continue;
             }
-            let was_quantized = self.quantized.remove(name).is_some();
+            let was_quantized = self.take_quantized(name);
             let current = self.consts.remove(name);
             if current.is_none() && !was_quantized {
                 return Err(TrainError::Tensor {
@@ -222,7 +265,7 @@ impl Params {
             return var.set(&t).map_err(candle_err(format!("restoring {name}")));
         }
         // A tensor trained in an earlier phase (restored from a checkpoint) is held with its trained values.
-        let was_quantized = self.quantized.remove(name).is_some();
+        let was_quantized = self.take_quantized(name);
         if !self.consts.contains_key(name) && !was_quantized {
             return Err(TrainError::Tensor {
                 name: name.into(),
@@ -242,6 +285,7 @@ impl Params {
     pub fn unread(&self) -> Vec<String> {
         let read = self.read.lock().expect("read names");
         let names = self.vars.keys().chain(self.consts.keys()).chain(self.quantized.keys());
+        let names = names.chain(self.quantized_experts.keys());
         let mut unread: Vec<String> = names.filter(|n| !read.contains(*n)).cloned().collect();
         unread.sort();
         unread
@@ -253,10 +297,12 @@ impl Params {
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
         }
-        if self.quantized.contains_key(name) {
+        if self.quantized.contains_key(name) || self.quantized_experts.contains_key(name) {
             return Err(TrainError::Tensor {
                 name: name.to_string(),
-                reason: "is held quantized (quantize_frozen) and can only be read as a linear layer's weight".into(),
+                reason: "is held quantized (quantize_frozen) and can only be read as a linear layer's or the \
+                         experts' weight"
+                    .into(),
             });
         }
         self.consts.get(name).cloned().ok_or_else(|| TrainError::Tensor {
@@ -274,6 +320,10 @@ impl Params {
         if let Some(q) = self.quantized.get(name) {
             return Some(q.shape().dims().to_vec());
         }
+        if let Some(e) = self.quantized_experts.get(name) {
+            let matrix = e.first().map(|q| q.shape().dims().to_vec()).unwrap_or_default();
+            return Some(std::iter::once(e.len()).chain(matrix).collect());
+        }
         let t = match self.vars.get(name) {
             Some(v) => v.as_tensor(),
             None => self.consts.get(name)?,
@@ -282,7 +332,20 @@ impl Params {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.vars.contains_key(name) || self.consts.contains_key(name) || self.quantized.contains_key(name)
+        self.vars.contains_key(name)
+            || self.consts.contains_key(name)
+            || self.quantized.contains_key(name)
+            || self.quantized_experts.contains_key(name)
+    }
+
+    /// Stacked experts `name` (experts × rows × columns): a trainable `Var`'s tensor, a frozen constant, or one
+    /// block tensor per expert.
+    pub fn stacked_experts(&self, name: &str) -> Result<StackedWeight> {
+        if let Some(q) = self.quantized_experts.get(name) {
+            self.read.lock().expect("read names").insert(name.to_string());
+            return Ok(StackedWeight::Quantized(q.clone()));
+        }
+        Ok(StackedWeight::Dense(self.get(name)?))
     }
 
     /// Tensor `name` as a matrix operand: a trainable `Var`'s tensor, a frozen constant, or a quantized matrix.

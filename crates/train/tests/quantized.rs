@@ -256,3 +256,74 @@ fn a_tied_model_uses_its_quantized_embeddings_at_both_ends() {
     let gap = max_relative_gap(&losses[1], &losses[0]);
     assert!(gap > 0.0 && gap < 0.01, "q8_0 within 1% of the dense run: {gap}");
 }
+
+/// Qwen3.5 MoE's stacked experts held quantized one expert at a time (`quantize_frozen`): with its top layer
+/// training, the loss and every gradient equal those of the same model whose frozen matrices were rounded through
+/// q8_0 and held dense. So the node dequantizes each expert's own blocks, in its forward and backward passes.
+#[test]
+fn stacked_experts_held_quantized_compute_what_their_rounded_values_compute() {
+    use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
+    use freezetune_train::loss::causal_lm_loss;
+    use freezetune_train::{Batch, Decoder, DecoderConfig};
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen3_5_moe");
+    let layout = ModelLayout::inspect(&src).unwrap();
+    let top = FreezeSpec {
+        top: Some(1),
+        ..Default::default()
+    };
+    let p = plan(&layout, &top, PlanOptions::default()).unwrap();
+    let quantize = QuantizeFrozen::Q8_0;
+    // The reference checkpoint: each frozen tensor quantize_frozen holds in blocks, rounded through them.
+    let rounded = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), rounded.path().join("config.json")).unwrap();
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut stacked = 0;
+    for (name, t) in tensors.iter_mut() {
+        let Some(format) = quantize.format_for(name, t.dims()).filter(|_| !p.is_trainable(name)) else {
+            continue;
+        };
+        stacked += usize::from(t.rank() == 3);
+        let q = freezetune_train::quant::quantize(t, format, &Device::Cpu).unwrap();
+        *t = freezetune_train::quant::dequantize(&q, DType::F32).unwrap();
+    }
+    assert_eq!(
+        stacked, 6,
+        "three frozen layers' gate_up and down stacks are held in blocks"
+    );
+    candle_core::safetensors::save(&tensors, rounded.path().join("model.safetensors")).unwrap();
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 120 + 3).collect();
+    let batch = Batch {
+        lengths: vec![ids.len()],
+        input_ids: vec![ids.clone()],
+    };
+    let labels = vec![ids.iter().map(|&v| v as i64).collect::<Vec<_>>()];
+    let run = |dir: &Path, quantize: QuantizeFrozen| {
+        let params = Params::load_quantized(dir, &p.trainable, &Device::Cpu, DType::F32, quantize).unwrap();
+        let model = Decoder::new(DecoderConfig::read(dir).unwrap(), &params, &Device::Cpu).unwrap();
+        let (loss, _) = causal_lm_loss(&model.forward_logits(&batch).unwrap(), &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let grads: Vec<(String, Vec<f32>)> = params
+            .vars
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    grads.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+                )
+            })
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads, params.quantized_count())
+    };
+    let (held, held_grads, count) = run(&src, quantize);
+    let (dense, dense_grads, none) = run(rounded.path(), QuantizeFrozen::None);
+    assert!(count > stacked && none == 0, "{count} tensors held quantized");
+    assert!((held - dense).abs() <= 1e-6 * dense.abs(), "loss {held} vs {dense}");
+    for ((name, a), (_, b)) in held_grads.iter().zip(&dense_grads) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-5 * scale.max(1e-6),
+            "{name}: gradient differs by {diff} (max {scale})"
+        );
+    }
+}

@@ -95,8 +95,8 @@ impl Experts {
                 })
             }
             ExpertWeights::Stacked { gate_up, down } => Weights::Stacked(Stacked {
-                gate_up: params.get(&format!("{p}.{gate_up}"))?,
-                down: params.get(&format!("{p}.{down}"))?,
+                gate_up: params.stacked_experts(&format!("{p}.{gate_up}"))?,
+                down: params.stacked_experts(&format!("{p}.{down}"))?,
                 width: spec.width,
             }),
         };

@@ -2,35 +2,58 @@
 //! experts × hidden × width), run as one graph node. Slicing an expert out of a stacked tensor with candle's ops
 //! would give each slice's gradient the stacked tensor's full size (a narrow's backward pads), once per expert;
 //! the node instead writes each expert's gradient into its place once. It keeps only its inputs and its output,
-//! and its backward pass recomputes each expert's gate and up projections. SwiGLU (SiLU) only.
+//! and its backward pass recomputes each expert's gate and up projections. SwiGLU (SiLU) only. Frozen experts held
+//! quantized (`quantize_frozen`) are dequantized one expert at a time, for the length of its matmuls.
 
 use crate::node::attach3;
 use crate::ops::sigmoid;
-use candle_core::{Result, Tensor};
+use crate::params::StackedWeight;
+use candle_core::{DType, Device, Result, Tensor};
 
 pub(crate) struct Stacked {
-    pub gate_up: Tensor,
-    pub down: Tensor,
+    pub gate_up: StackedWeight,
+    pub down: StackedWeight,
     pub width: usize,
+}
+
+impl StackedWeight {
+    /// Expert `e`'s matrix in `dtype`, outside the graph.
+    fn matrix(&self, e: usize, dtype: DType) -> Result<Tensor> {
+        match self {
+            StackedWeight::Dense(t) => t.detach().get(e)?.to_dtype(dtype),
+            StackedWeight::Quantized(experts) => crate::quant::dequantize(&experts[e], dtype),
+        }
+    }
+
+    /// The node's operand: the tensor itself, or, for blocks (frozen, never given a gradient), a placeholder.
+    fn operand(&self, device: &Device) -> Result<Tensor> {
+        match self {
+            StackedWeight::Dense(t) => Ok(t.clone()),
+            StackedWeight::Quantized(_) => Tensor::zeros(1, DType::F32, device),
+        }
+    }
 }
 
 impl Stacked {
     /// Each expert's SwiGLU output for its rows of `x` (tokens, hidden), experts in order: (Σ rows, hidden) in
     /// `x`'s dtype. `groups[e]` are expert e's rows.
     pub fn forward(&self, x: &Tensor, groups: &[Vec<u32>]) -> Result<Tensor> {
-        let (gate_up, down) = (self.gate_up.detach(), self.down.detach());
         let mut outputs = Vec::new();
         for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
-            let pass = ExpertPass::new(&x.detach(), &gate_up, &down, e, rows, self.width)?;
+            let pass = ExpertPass::new(&x.detach(), &self.gate_up, &self.down, e, rows, self.width)?;
             outputs.push(pass.product()?.matmul(&pass.down.t()?)?);
         }
         let value = Tensor::cat(&outputs, 0)?;
+        let (gate_up, down) = (self.gate_up.operand(x.device())?, self.down.operand(x.device())?);
+        let weights = (self.gate_up.clone(), self.down.clone());
         let (groups, width) = (groups.to_vec(), self.width);
         attach3(
             "stacked-experts",
-            [x, &self.gate_up, &self.down],
+            [x, &gate_up, &down],
             value,
-            Box::new(move |[x, gate_up, down], _, grad| backward([x, gate_up, down], grad, &groups, width)),
+            Box::new(move |[x, gate_up, down], _, grad| {
+                backward([x, gate_up, down], (&weights.0, &weights.1), grad, &groups, width)
+            }),
         )
     }
 }
@@ -46,15 +69,22 @@ struct ExpertPass {
 }
 
 impl ExpertPass {
-    fn new(x: &Tensor, gate_up: &Tensor, down: &Tensor, e: usize, rows: &[u32], width: usize) -> Result<ExpertPass> {
+    fn new(
+        x: &Tensor,
+        gate_up: &StackedWeight,
+        down: &StackedWeight,
+        e: usize,
+        rows: &[u32],
+        width: usize,
+    ) -> Result<ExpertPass> {
         let rows = Tensor::from_slice(rows, rows.len(), x.device())?;
         let input = x.index_select(&rows, 0)?;
-        let gate_up = gate_up.get(e)?.to_dtype(x.dtype())?;
+        let gate_up = gate_up.matrix(e, x.dtype())?;
         let projected = input.matmul(&gate_up.t()?)?;
         Ok(ExpertPass {
             gate: projected.narrow(1, 0, width)?,
             up: projected.narrow(1, width, width)?,
-            down: down.get(e)?.to_dtype(x.dtype())?,
+            down: down.matrix(e, x.dtype())?,
             rows,
             input,
             gate_up,
@@ -67,10 +97,17 @@ impl ExpertPass {
     }
 }
 
-/// The gradients of the node's tracked inputs, from its output's gradient `grad` (Σ rows, hidden).
-fn backward(inputs: [&Tensor; 3], grad: &Tensor, groups: &[Vec<u32>], width: usize) -> Result<[Option<Tensor>; 3]> {
+/// The gradients of the node's tracked operands (`inputs`: x, then the weights or their placeholders), from its
+/// output's gradient `grad` (Σ rows, hidden); `weights` are the experts as held.
+fn backward(
+    inputs: [&Tensor; 3],
+    weights: (&StackedWeight, &StackedWeight),
+    grad: &Tensor,
+    groups: &[Vec<u32>],
+    width: usize,
+) -> Result<[Option<Tensor>; 3]> {
     let [x, gate_up, down] = inputs;
-    let (x_c, gate_up_c, down_c) = (x.detach(), gate_up.detach(), down.detach());
+    let x_c = x.detach();
     let mut input_grads = Vec::new();
     let mut gate_up_grads = Vec::new();
     let mut down_grads = Vec::new();
@@ -85,7 +122,7 @@ fn backward(inputs: [&Tensor; 3], grad: &Tensor, groups: &[Vec<u32>], width: usi
             }
             continue;
         }
-        let pass = ExpertPass::new(&x_c, &gate_up_c, &down_c, e, rows, width)?;
+        let pass = ExpertPass::new(&x_c, weights.0, weights.1, e, rows, width)?;
         let dy = grad.narrow(0, start, rows.len())?;
         start += rows.len();
         let s = sigmoid(&pass.gate)?;
@@ -140,8 +177,8 @@ mod tests {
         // Expert 1 gets no rows; rows repeat across experts, as a token's top-k choices do.
         let groups = vec![vec![0u32, 2, 5], vec![], vec![1, 2, 3, 4]];
         let stacked = Stacked {
-            gate_up: gate_up.as_tensor().clone(),
-            down: down.as_tensor().clone(),
+            gate_up: StackedWeight::Dense(gate_up.as_tensor().clone()),
+            down: StackedWeight::Dense(down.as_tensor().clone()),
             width,
         };
         let y = stacked.forward(x.as_tensor(), &groups).unwrap();
