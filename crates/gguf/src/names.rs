@@ -25,6 +25,9 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Qwen3Moe => "qwen3moe",
         // Not exported (not in EXPORTABLE): newer than the pinned llama.cpp. Named for messages only.
         Architecture::Qwen3_5Moe => "qwen3_5_moe",
+        // Not exported yet (not in EXPORTABLE): llama.cpp's names for their experts are not mapped.
+        Architecture::Mixtral => "llama",
+        Architecture::Olmoe => "olmoe",
     }
 }
 
@@ -90,6 +93,8 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Qwen3_5 => ("Qwen3_5ForCausalLM", "qwen3_5_text"),
         Architecture::Qwen3Moe => ("Qwen3MoeForCausalLM", "qwen3_moe"),
         Architecture::Qwen3_5Moe => ("Qwen3_5MoeForCausalLM", "qwen3_5_moe_text"),
+        Architecture::Mixtral => ("MixtralForCausalLM", "mixtral"),
+        Architecture::Olmoe => ("OlmoeForCausalLM", "olmoe"),
     }
 }
 

@@ -48,6 +48,10 @@ pub enum Architecture {
     Qwen3Moe,
     /// `qwen3_5_moe_text`: Qwen3.5's layers with stacked experts and a shared expert.
     Qwen3_5Moe,
+    /// Mistral's attention and sparse MLPs.
+    Mixtral,
+    /// Pre-norm layers with whole-projection q/k norms and sparse MLPs.
+    Olmoe,
 }
 
 /// The MLP's activation.

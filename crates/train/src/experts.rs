@@ -30,6 +30,13 @@ pub(crate) fn layer_experts(
         return Ok(vec![None; layers]);
     };
     refuse_router_loss(raw)?;
+    // Mixtral's training-only noise on the router's input: other math than the model's, and random.
+    if let Some(noise) = raw["router_jitter_noise"].as_f64().filter(|&n| n != 0.0) {
+        return Err(format!(
+            "`router_jitter_noise` is {noise}: transformers then scales the router's input by random noise while \
+             training, which FreezeTune does not do. Set it to 0.0 to train without it"
+        ));
+    }
     let count = expert_count(raw, &table)?;
     if count == 0 {
         return Ok(vec![None; layers]);

@@ -390,7 +390,7 @@ const LLAMA: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 18] = [
+pub const FAMILIES: [Family; 20] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -479,6 +479,93 @@ pub const FAMILIES: [Family; 18] = [
         },
         qk_norm: QkNorm::PerHead,
         sliding: DefaultSliding::FromMaxWindowLayers,
+        ..LLAMA
+    },
+    // Mixtral 8x7B and 8x22B: Mistral's attention and a sparse MLP on every layer (`block_sparse_moe`, experts'
+    // `w1`/`w3`/`w2`), the top 2 of 8 always renormalised. `router_jitter_noise` (training-only noise on the router's
+    // input) is refused unless 0.
+    Family {
+        model_type: "mixtral",
+        sizes: Sizes {
+            vocab: 32000,
+            hidden: 4096,
+            intermediate: 14336,
+            layers: 32,
+            heads: 32,
+        },
+        architecture: Architecture::Mixtral,
+        keys: &[
+            "hidden_act",
+            "sliding_window",
+            "num_local_experts",
+            "num_experts",
+            "num_experts_per_tok",
+            "output_router_logits",
+            "router_aux_loss_coef",
+            "router_jitter_noise",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "num_key_value_heads": 8, "num_experts_per_tok": 2,
+            "output_router_logits": false, "router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0})
+        },
+        sliding: DefaultSliding::EveryLayer,
+        experts: Some(ExpertTable {
+            router: "block_sparse_moe.gate",
+            weights: ExpertWeights::Separate {
+                experts: "block_sparse_moe.experts",
+                gate: "w1",
+                up: "w3",
+                down: "w2",
+            },
+            count_keys: ["num_local_experts", "num_experts"],
+            width_key: "intermediate_size",
+            normalize: TopKNorm::Always,
+            sparse_layer_keys: None,
+            shared: None,
+        }),
+        ..LLAMA
+    },
+    // OLMoE (1B-7B): pre-norm layers with OLMo's q/k norms over the whole projection and a sparse MLP on every
+    // layer (`norm_topk_prob`, false in the released models). `clip_qkv` is refused unless null.
+    Family {
+        model_type: "olmoe",
+        sizes: Sizes {
+            vocab: 50304,
+            hidden: 2048,
+            intermediate: 2048,
+            layers: 16,
+            heads: 16,
+        },
+        architecture: Architecture::Olmoe,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "norm_topk_prob",
+            "output_router_logits",
+            "router_aux_loss_coef",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "num_experts_per_tok": 8,
+            "norm_topk_prob": false, "output_router_logits": false, "router_aux_loss_coef": 0.01})
+        },
+        qk_norm: QkNorm::Whole,
+        experts: Some(ExpertTable {
+            router: "mlp.gate",
+            weights: ExpertWeights::Separate {
+                experts: "mlp.experts",
+                gate: "gate_proj",
+                up: "up_proj",
+                down: "down_proj",
+            },
+            count_keys: ["num_experts", "num_local_experts"],
+            width_key: "intermediate_size",
+            normalize: TopKNorm::Key("norm_topk_prob"),
+            sparse_layer_keys: None,
+            shared: None,
+        }),
         ..LLAMA
     },
     // Qwen3 MoE (Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B): Qwen3's attention, a sparse MLP of

@@ -259,6 +259,16 @@ fn qwen3_moe_routes_each_token_to_its_top_experts_around_a_dense_layer() {
 }
 
 #[test]
+fn mixtral_block_sparse_experts_within_a_sliding_window() {
+    check("mixtral");
+}
+
+#[test]
+fn olmoe_experts_without_renormalisation_and_whole_projection_qk_norms() {
+    check("olmoe");
+}
+
+#[test]
 fn qwen3_5_moe_stacked_experts_and_a_gated_shared_expert_around_delta_net_layers() {
     check("qwen3_5_moe");
 }
