@@ -169,6 +169,10 @@ mod tests {
             e.contains("output_router_logits") && e.contains("load-balancing"),
             "{e}"
         );
+        let mixtral = family("mixtral").unwrap();
+        let jitter = mixtral.with_defaults(&json!({"num_local_experts": 8, "router_jitter_noise": 0.01}));
+        let e = layer_experts(&jitter, mixtral, 2).unwrap_err();
+        assert!(e.contains("router_jitter_noise") && e.contains("0.01"), "{e}");
         let e = experts(json!({"num_experts": 4, "num_local_experts": 8})).unwrap_err();
         assert!(e.contains("num_local_experts") && e.contains("differ"), "{e}");
         let e = experts(json!({})).unwrap_err();
