@@ -10,7 +10,9 @@
 //! 3. patterns `.{id}.{module}` (`.{id}.` for `all`) and the extra module names themselves;
 //!    a parameter trains if any pattern is a SUBSTRING of its name.
 //!
-//! Tied `lm_head.weight` is not among a tied model's parameters (PyTorch de-duplicates shared tensors).
+//! Tied `lm_head.weight` is not among a tied model's parameters (PyTorch de-duplicates shared tensors). The names
+//! are transformers 5's parameter names (`runtime_name`): a mixture-of-experts checkpoint's per-expert tensors are
+//! one fused parameter per layer and projection there, and a tensor trains when its parameter does.
 
 use crate::error::{Error, Result};
 use crate::layout::{split_layer_name, ModelLayout};
@@ -22,7 +24,13 @@ use std::collections::BTreeSet;
 pub const DEFAULT_TRAINABLE_LAYERS: i64 = 2;
 
 pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Result<(BTreeSet<String>, Vec<Warning>)> {
-    let names: Vec<&str> = layout.tensors().map(|t| t.name.as_str()).collect();
+    let model_type = layout.model_type.as_deref().unwrap_or_default();
+    let checkpoint: Vec<(&str, String)> = layout
+        .tensors()
+        .map(|t| (t.name.as_str(), runtime_name(&t.name, model_type)))
+        .collect();
+    let runtime: BTreeSet<&str> = checkpoint.iter().map(|(_, r)| r.as_str()).collect();
+    let names: Vec<&str> = runtime.into_iter().collect();
     let n = layout.num_layers as i64;
     if n == 0 {
         return Err(lf_error(
@@ -60,10 +68,15 @@ pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Re
         }
         patterns.push(module.clone());
     }
-    let trainable: BTreeSet<String> = names
+    let chosen: BTreeSet<&str> = names
         .iter()
+        .copied()
         .filter(|name| patterns.iter().any(|p| name.contains(p.as_str())))
-        .map(|s| s.to_string())
+        .collect();
+    let trainable: BTreeSet<String> = checkpoint
+        .iter()
+        .filter(|(_, r)| chosen.contains(r.as_str()))
+        .map(|(c, _)| c.to_string())
         .collect();
     warnings.extend(structural_differences(layout, &ids, &modules, &extras, &trainable));
     if layout.multimodal {
@@ -74,6 +87,67 @@ pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Re
         ));
     }
     Ok((trainable, warnings))
+}
+
+/// Families whose checkpoints store one linear per expert and which transformers 5 loads fused (its
+/// `conversion_mapping.py`, 5.6): each layer's experts become one `mlp.experts.gate_up_proj` and one
+/// `mlp.experts.down_proj` parameter.
+const FUSED_EXPERTS: [&str; 21] = [
+    "qwen2_moe",
+    "qwen3_moe",
+    "qwen3_next",
+    "qwen3_omni_moe",
+    "qwen3_omni_moe_thinker",
+    "olmoe",
+    "flex_olmo",
+    "deepseek_v2",
+    "deepseek_v3",
+    "dots1",
+    "ernie4_5_moe",
+    "glm4_moe",
+    "glm4_moe_lite",
+    "glm4v_moe",
+    "glm_moe_dsa",
+    "hunyuan_v1_moe",
+    "longcat_flash",
+    "solar_open",
+    "afmoe",
+    "exaone_moe",
+    "minimax_m2",
+];
+
+/// Mixtral-style families: `block_sparse_moe` is renamed `mlp` as well, and the experts' `w1`/`w3` (gate, up) and
+/// `w2` (down) are fused the same way.
+const RENAMED_EXPERTS: [&str; 2] = ["mixtral", "minimax"];
+
+/// The name a checkpoint tensor's parameter has in transformers 5, which LLaMA-Factory 0.9.5 selects over (its
+/// requirements resolve to transformers 5.6): a mixture-of-experts layer's experts are one fused parameter per
+/// projection there, so `.{id}.` patterns never meet an expert's number. Every other name is its own.
+fn runtime_name(name: &str, model_type: &str) -> String {
+    let renamed = RENAMED_EXPERTS.contains(&model_type);
+    if !renamed && !FUSED_EXPERTS.contains(&model_type) {
+        return name.to_string();
+    }
+    let name = match renamed {
+        true => name.replace(".block_sparse_moe.", ".mlp."),
+        false => name.to_string(),
+    };
+    let Some((head, rest)) = name.split_once(".mlp.experts.") else {
+        return name;
+    };
+    let Some((expert, projection)) = rest.split_once('.') else {
+        return name;
+    };
+    let fused = match projection {
+        _ if expert.parse::<usize>().is_err() => None,
+        "gate_proj.weight" | "up_proj.weight" | "w1.weight" | "w3.weight" => Some("gate_up_proj"),
+        "down_proj.weight" | "w2.weight" => Some("down_proj"),
+        _ => None,
+    };
+    match fused {
+        Some(f) => format!("{head}.mlp.experts.{f}"),
+        None => name,
+    }
 }
 
 fn lf_error(kind: &'static str, message: impl Into<String>) -> Error {
@@ -297,5 +371,61 @@ mod tests {
         assert!(has_dotted_number("model.layers.10.mlp"));
         assert!(!has_dotted_number("model.norm.weight"));
         assert!(!has_dotted_number("a.10"));
+    }
+
+    /// The real LLaMA-Factory 0.9.5 on transformers 5.6 (tests/fixtures/reference/llamafactory_moe.json, from
+    /// tests/fixtures/scripts/make_llamafactory_moe_reference.py): the fixtures' expert numbers overlap their layer
+    /// ids, which a per-expert name would match; the fused parameters never do.
+    #[test]
+    fn mixtures_of_experts_train_what_llamafactory_trains() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let text = std::fs::read_to_string(root.join("reference/llamafactory_moe.json")).unwrap();
+        let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for case in reference["cases"].as_array().unwrap() {
+            let model = case["model"].as_str().unwrap();
+            let layout = ModelLayout::inspect(&root.join("models").join(model)).unwrap();
+            let args = LlamaFactoryArgs {
+                freeze_trainable_layers: case["freeze_trainable_layers"].as_i64(),
+                freeze_trainable_modules: case["freeze_trainable_modules"].as_str().map(str::to_string),
+                ..Default::default()
+            };
+            let (trainable, _) = trainable_set(&layout, &args).unwrap();
+            let model_type = layout.model_type.as_deref().unwrap();
+            let ours: BTreeSet<String> = trainable.iter().map(|n| runtime_name(n, model_type)).collect();
+            let theirs: BTreeSet<String> = case["trainable"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(ours, theirs, "{case}");
+            // A fused parameter trains every expert's tensor it holds.
+            for t in layout.tensors() {
+                assert_eq!(
+                    trainable.contains(&t.name),
+                    theirs.contains(&runtime_name(&t.name, model_type)),
+                    "{}",
+                    t.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn experts_are_selected_as_transformers_5_fuses_them() {
+        let q = "model.layers.3.mlp.experts.12.up_proj.weight";
+        assert_eq!(runtime_name(q, "qwen3_moe"), "model.layers.3.mlp.experts.gate_up_proj");
+        let m = "model.layers.0.block_sparse_moe.experts.7.w2.weight";
+        assert_eq!(runtime_name(m, "mixtral"), "model.layers.0.mlp.experts.down_proj");
+        assert_eq!(
+            runtime_name("model.layers.0.block_sparse_moe.gate.weight", "mixtral"),
+            "model.layers.0.mlp.gate.weight"
+        );
+        // Families transformers does not convert keep their names.
+        assert_eq!(runtime_name(q, "phimoe"), q);
+        assert_eq!(
+            runtime_name("model.layers.3.mlp.down_proj.weight", "qwen3_moe"),
+            "model.layers.3.mlp.down_proj.weight"
+        );
     }
 }

@@ -171,17 +171,20 @@ fn moe_layer_one_is_not_expert_one() {
         }),
         ..Default::default()
     };
+    // LLaMA-Factory 0.9.5 selects over transformers 5's parameters, where each layer's experts are fused: its
+    // `.1.` pattern meets no expert number (on transformers 4's per-expert names it trained expert 1 everywhere).
     let p = plan(&l, &lf, PlanOptions::default()).unwrap();
-    assert!(p
-        .trainable
-        .iter()
-        .any(|n| n.starts_with("model.layers.0.block_sparse_moe.experts.1.")));
-    let w = p
-        .warnings
-        .iter()
-        .find(|w| w.code == "lf_substring_match")
-        .expect("the quirk is reported");
-    assert!(w.message.contains("experts.1"), "{}", w.message);
+    assert!(
+        p.trainable.iter().all(|n| n.starts_with("model.layers.1.")),
+        "{:?}",
+        p.trainable
+    );
+    assert!(p.trainable.iter().any(|n| n.contains(".experts.")));
+    assert!(
+        p.warnings.iter().all(|w| w.code != "lf_substring_match"),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]
