@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::ids::format_layer_ids;
 use crate::layout::ModelLayout;
 use crate::plan::{FreezeMode, FreezePlan, TrainState};
+use crate::runtime_names::{check_whole_parameters, runtime_module, runtime_name};
 use crate::spec::{FreezeSpec, IdList, LlamaFactoryArgs};
 use crate::{llamafactory, PlanOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +21,10 @@ pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &Free
     }
     let args = match (&spec.llamafactory, plan.mode) {
         (Some(args), FreezeMode::Llamafactory) => args.clone(),
-        _ => llamafactory_args_for(layout, plan)?,
+        _ => {
+            check_whole_parameters(layout, plan, "llamafactory")?;
+            llamafactory_args_for(layout, plan)?
+        }
     };
     let check = crate::plan(
         layout,
@@ -227,11 +231,13 @@ fn llamafactory_args_for(layout: &ModelLayout, plan: &FreezePlan) -> Result<Llam
     let modules = if trained.iter().all(|l| l.state == TrainState::Trainable) {
         "all".to_string()
     } else {
+        // LLaMA-Factory knows the modules by transformers 5's names (Mixtral's `block_sparse_moe` is `mlp`).
+        let model_type = layout.model_type.as_deref().unwrap_or_default();
         let names: BTreeSet<&str> = trained
             .iter()
             .flat_map(|l| &l.modules)
             .filter(|m| m.state == TrainState::Trainable)
-            .map(|m| m.name.as_str())
+            .map(|m| runtime_module(&m.name, model_type))
             .collect();
         names.into_iter().collect::<Vec<_>>().join(",")
     };
@@ -253,6 +259,10 @@ fn llamafactory_args_for(layout: &ModelLayout, plan: &FreezePlan) -> Result<Llam
 /// Axolotl `unfrozen_parameters` patterns selecting exactly the plan's tensors. Axolotl turns every `.` into a
 /// literal dot, so the patterns use only `^`, `$`, `(a|b)` and literal names.
 pub fn to_axolotl_patterns(layout: &ModelLayout, plan: &FreezePlan) -> Result<Vec<String>> {
+    check_whole_parameters(layout, plan, "axolotl")?;
+    // Axolotl matches transformers 5's parameter names: a layer's experts are one parameter per projection.
+    let model_type = layout.model_type.as_deref().unwrap_or_default();
+    let runtime = |name: &str| runtime_name(name, model_type);
     let prefix = &layout.layer_prefix;
     // Group layers by the exact set of their trainable tensors (relative to the layer), so equal layers share a line.
     let mut groups: BTreeMap<Vec<String>, Vec<usize>> = BTreeMap::new();
@@ -266,7 +276,9 @@ pub fn to_axolotl_patterns(layout: &ModelLayout, plan: &FreezePlan) -> Result<Ve
                 let rel: Vec<String> = layer
                     .tensors()
                     .filter(|t| plan.is_trainable(&t.name))
-                    .map(|t| t.name[head.len()..].to_string())
+                    .map(|t| runtime(&t.name)[head.len()..].to_string())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
                     .collect();
                 groups.entry(rel).or_default().push(layer.id);
             }
@@ -294,7 +306,7 @@ pub fn to_axolotl_patterns(layout: &ModelLayout, plan: &FreezePlan) -> Result<Ve
     }
     let selected: Vec<String> = layout
         .tensors()
-        .filter(|t| axolotl_selects(&patterns, &t.name))
+        .filter(|t| axolotl_selects(&patterns, &runtime(&t.name)))
         .map(|t| t.name.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()

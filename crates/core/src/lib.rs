@@ -22,6 +22,7 @@ pub mod plan;
 pub mod preset;
 pub mod quant;
 pub mod run_config;
+pub mod runtime_names;
 pub mod safetensors;
 pub mod schedule;
 pub mod spec;

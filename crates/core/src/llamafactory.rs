@@ -17,6 +17,7 @@
 use crate::error::{Error, Result};
 use crate::layout::{split_layer_name, ModelLayout};
 use crate::plan::Warning;
+use crate::runtime_names::runtime_name;
 use crate::spec::LlamaFactoryArgs;
 use std::collections::BTreeSet;
 
@@ -87,67 +88,6 @@ pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Re
         ));
     }
     Ok((trainable, warnings))
-}
-
-/// Families whose checkpoints store one linear per expert and which transformers 5 loads fused (its
-/// `conversion_mapping.py`, 5.6): each layer's experts become one `mlp.experts.gate_up_proj` and one
-/// `mlp.experts.down_proj` parameter.
-const FUSED_EXPERTS: [&str; 21] = [
-    "qwen2_moe",
-    "qwen3_moe",
-    "qwen3_next",
-    "qwen3_omni_moe",
-    "qwen3_omni_moe_thinker",
-    "olmoe",
-    "flex_olmo",
-    "deepseek_v2",
-    "deepseek_v3",
-    "dots1",
-    "ernie4_5_moe",
-    "glm4_moe",
-    "glm4_moe_lite",
-    "glm4v_moe",
-    "glm_moe_dsa",
-    "hunyuan_v1_moe",
-    "longcat_flash",
-    "solar_open",
-    "afmoe",
-    "exaone_moe",
-    "minimax_m2",
-];
-
-/// Mixtral-style families: `block_sparse_moe` is renamed `mlp` as well, and the experts' `w1`/`w3` (gate, up) and
-/// `w2` (down) are fused the same way.
-const RENAMED_EXPERTS: [&str; 2] = ["mixtral", "minimax"];
-
-/// The name a checkpoint tensor's parameter has in transformers 5, which LLaMA-Factory 0.9.5 selects over (its
-/// requirements resolve to transformers 5.6): a mixture-of-experts layer's experts are one fused parameter per
-/// projection there, so `.{id}.` patterns never meet an expert's number. Every other name is its own.
-fn runtime_name(name: &str, model_type: &str) -> String {
-    let renamed = RENAMED_EXPERTS.contains(&model_type);
-    if !renamed && !FUSED_EXPERTS.contains(&model_type) {
-        return name.to_string();
-    }
-    let name = match renamed {
-        true => name.replace(".block_sparse_moe.", ".mlp."),
-        false => name.to_string(),
-    };
-    let Some((head, rest)) = name.split_once(".mlp.experts.") else {
-        return name;
-    };
-    let Some((expert, projection)) = rest.split_once('.') else {
-        return name;
-    };
-    let fused = match projection {
-        _ if expert.parse::<usize>().is_err() => None,
-        "gate_proj.weight" | "up_proj.weight" | "w1.weight" | "w3.weight" => Some("gate_up_proj"),
-        "down_proj.weight" | "w2.weight" => Some("down_proj"),
-        _ => None,
-    };
-    match fused {
-        Some(f) => format!("{head}.mlp.experts.{f}"),
-        None => name,
-    }
 }
 
 fn lf_error(kind: &'static str, message: impl Into<String>) -> Error {
@@ -409,23 +349,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn experts_are_selected_as_transformers_5_fuses_them() {
-        let q = "model.layers.3.mlp.experts.12.up_proj.weight";
-        assert_eq!(runtime_name(q, "qwen3_moe"), "model.layers.3.mlp.experts.gate_up_proj");
-        let m = "model.layers.0.block_sparse_moe.experts.7.w2.weight";
-        assert_eq!(runtime_name(m, "mixtral"), "model.layers.0.mlp.experts.down_proj");
-        assert_eq!(
-            runtime_name("model.layers.0.block_sparse_moe.gate.weight", "mixtral"),
-            "model.layers.0.mlp.gate.weight"
-        );
-        // Families transformers does not convert keep their names.
-        assert_eq!(runtime_name(q, "phimoe"), q);
-        assert_eq!(
-            runtime_name("model.layers.3.mlp.down_proj.weight", "qwen3_moe"),
-            "model.layers.3.mlp.down_proj.weight"
-        );
     }
 }

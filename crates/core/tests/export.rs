@@ -3,6 +3,7 @@
 mod common;
 use common::{model, synth};
 use freezetune_core::export::{axolotl_selects, to_axolotl_patterns, to_axolotl_yaml, to_llamafactory_yaml};
+use freezetune_core::runtime_names::runtime_name;
 use freezetune_core::synth::Family;
 use freezetune_core::{plan, FreezeSpec, LlamaFactoryArgs, PlanOptions};
 
@@ -78,16 +79,18 @@ fn axolotl_patterns_select_exactly_the_plan() {
             model("qwen2"),
             "top = 1\nmodules = [\"self_attn\"]\nextra = [\"embed_tokens\"]",
         ),
-        (moe, "layers = \"1\"\nmodules = [\"block_sparse_moe.experts.1\"]"),
+        (moe, "layers = \"1\"\nmodules = [\"block_sparse_moe\"]"),
         (vlm, "all_layers = true\nextra = [\"norm\"]"),
         (model("llama"), "no_layers = true"),
     ];
     for (l, text) in &cases {
         let p = plan(l, &spec(text), PlanOptions::default()).unwrap();
         let patterns = to_axolotl_patterns(l, &p).unwrap();
+        // Axolotl sees transformers 5's parameter names (a layer's experts fused).
+        let model_type = l.model_type.as_deref().unwrap_or_default();
         for t in l.tensors() {
             assert_eq!(
-                axolotl_selects(&patterns, &t.name),
+                axolotl_selects(&patterns, &runtime_name(&t.name, model_type)),
                 p.is_trainable(&t.name),
                 "{text}: {} with {patterns:?}",
                 t.name
@@ -207,5 +210,44 @@ fn a_sample_goes_out_as_axolotl_lisa_only_when_lisa_would_do_the_same() {
         let e = yaml(text).unwrap_err();
         assert_eq!(e.kind(), "not_expressible", "{text}");
         assert!(e.to_string().contains(why), "{text}: {e}");
+    }
+}
+
+/// A mixture-of-experts model hands off in transformers 5's names, which LLaMA-Factory and Axolotl select over:
+/// Mixtral's `block_sparse_moe` is `mlp`, and each layer's experts are one parameter per projection, so a plan
+/// training some of a layer's experts is refused by name rather than handed off as something else.
+#[test]
+fn mixture_of_experts_hand_offs_use_transformers_5_parameter_names() {
+    let (_d, l) = synth(Family::Mixtral, 3, 1);
+    let s = spec("top = 1\nmodules = [\"block_sparse_moe\"]");
+    let p = plan(&l, &s, PlanOptions::default()).unwrap();
+    let yaml = to_llamafactory_yaml(&l, &s, &p).unwrap();
+    assert!(
+        yaml.ends_with("freeze_trainable_layers: 1\nfreeze_trainable_modules: mlp\n"),
+        "{yaml}"
+    );
+    let patterns = to_axolotl_patterns(&l, &p).unwrap();
+    assert!(
+        axolotl_selects(&patterns, "model.layers.2.mlp.experts.gate_up_proj"),
+        "{patterns:?}"
+    );
+    assert!(
+        axolotl_selects(&patterns, "model.layers.2.mlp.gate.weight"),
+        "{patterns:?}"
+    );
+    assert!(
+        !axolotl_selects(&patterns, "model.layers.2.self_attn.q_proj.weight"),
+        "{patterns:?}"
+    );
+    // One expert of layer 2.
+    let one = spec("layers = \"2\"\nmodules = [\"block_sparse_moe.experts.1\"]");
+    let p = plan(&l, &one, PlanOptions::default()).unwrap();
+    assert!(!p.trainable.is_empty());
+    for e in [
+        to_llamafactory_yaml(&l, &one, &p).unwrap_err(),
+        to_axolotl_patterns(&l, &p).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), "not_expressible");
+        assert!(e.to_string().contains("model.layers.2.mlp.experts."), "{e}");
     }
 }
