@@ -51,6 +51,10 @@ pub struct GgufTensor {
     pub shape: Vec<u64>,
     /// Offset of the blocks from the start of the file's tensor data.
     pub offset: u64,
+    /// One expert of llama.cpp's stacked experts (`ffn_*_exps`, experts first): which one. `offset` and `bytes`
+    /// are that expert's slice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert: Option<u64>,
     pub bytes: u64,
     /// The dtype the dequantized tensor takes in a Hugging Face folder (`final/`).
     pub dtype: DType,
@@ -250,6 +254,7 @@ mod tests {
         std::fs::write(&file, vec![0u8; 64 + 144 * 4 + 8]).unwrap();
         let mut map = GgufMap::new(file.clone(), GgufFingerprint::of(&file).unwrap(), 64);
         let t = GgufTensor {
+            expert: None,
             gguf: "blk.0.attn_q.weight".into(),
             ggml_type: 12,
             shape: vec![4, 256],
@@ -306,6 +311,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut map = sample(dir.path());
         let bias = GgufTensor {
+            expert: None,
             gguf: "blk.0.attn_q.bias".into(),
             ggml_type: 0,
             shape: vec![8],

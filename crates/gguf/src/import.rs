@@ -5,14 +5,15 @@
 
 use crate::error::{GgufError, Result};
 use crate::names::{
-    from_gguf_arch, hf_class, offset_norm, order_key, reorder_rows, rope_heads, rope_unpermutation, to_hf, IMPORTABLE,
+    from_gguf_arch, hf_class, offset_norm, order_key, reorder_rows, rope_heads, rope_unpermutation, stacked_experts_of,
+    to_hf, IMPORTABLE,
 };
 use crate::quant::le_bytes;
 use crate::tokenizer::{rebuild_tokenizer_json, tokenizer_config, GgufVocab};
 use crate::Progress;
 use candle_core::quantized::gguf_file::{Content, Value as GValue};
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -245,11 +246,13 @@ pub(crate) struct Target {
     pub dtype: DType,
 }
 
-/// One tensor to import: its GGUF name, its Hugging Face name, its shape.
+/// One tensor to import: its GGUF name, its Hugging Face name, its shape; for one expert of llama.cpp's stacked
+/// experts (`ffn_*_exps`), which expert of the GGUF tensor it is.
 pub(crate) struct Planned {
     pub gguf: String,
     pub hf: String,
     pub shape: Vec<usize>,
+    pub expert: Option<usize>,
 }
 
 /// Every tensor in llama.cpp's converter order; `rope_freqs` is read into config.json instead.
@@ -261,28 +264,49 @@ fn plan_tensors(g: &Gguf, arch: Architecture, arch_name: &str) -> Result<Vec<Pla
         .filter(|n| *n != "rope_freqs.weight")
         .collect();
     names.sort_by_key(|n| order_key(n));
-    names
-        .into_iter()
-        .map(|name| {
-            let hf = to_hf(name, arch).ok_or_else(|| {
-                g.bad(format!(
-                    "tensor {name} has no place in FreezeTune's {arch_name} decoder"
-                ))
-            })?;
-            let mut shape = g.content.tensor_infos[name].shape.dims().to_vec();
-            // llama.cpp's LFM2 convolution {kernel, hidden} is transformers' Conv1d weight (hidden, 1, kernel).
-            if let (Architecture::Lfm2, &[h, k]) = (arch, shape.as_slice()) {
-                if name.ends_with("shortconv.conv.weight") {
-                    shape = vec![h, 1, k];
-                }
-            }
-            Ok(Planned {
+    let mut plan = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some((layer, projection)) = stacked_experts_of(name).filter(|_| arch == Architecture::Qwen3Moe) {
+            // Experts first: each expert's matrix is one slice (experts × rows × columns).
+            let dims = g.content.tensor_infos[name].shape.dims().to_vec();
+            let [experts, rows, cols] = dims[..] else {
+                return Err(g.bad(format!(
+                    "tensor {name} has shape {dims:?}; stacked experts have three dimensions"
+                )));
+            };
+            plan.extend((0..experts).map(|e| Planned {
                 gguf: name.clone(),
-                hf,
-                shape,
-            })
-        })
-        .collect()
+                hf: format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"),
+                shape: vec![rows, cols],
+                expert: Some(e),
+            }));
+            continue;
+        }
+        plan.push(one_tensor(g, name, arch, arch_name)?);
+    }
+    Ok(plan)
+}
+
+/// A GGUF tensor that is one Hugging Face tensor.
+fn one_tensor(g: &Gguf, name: &str, arch: Architecture, arch_name: &str) -> Result<Planned> {
+    let hf = to_hf(name, arch).ok_or_else(|| {
+        g.bad(format!(
+            "tensor {name} has no place in FreezeTune's {arch_name} decoder"
+        ))
+    })?;
+    let mut shape = g.content.tensor_infos[name].shape.dims().to_vec();
+    // llama.cpp's LFM2 convolution {kernel, hidden} is transformers' Conv1d weight (hidden, 1, kernel).
+    if let (Architecture::Lfm2, &[h, k]) = (arch, shape.as_slice()) {
+        if name.ends_with("shortconv.conv.weight") {
+            shape = vec![h, 1, k];
+        }
+    }
+    Ok(Planned {
+        gguf: name.to_string(),
+        hf,
+        shape,
+        expert: None,
+    })
 }
 
 /// `model.safetensors`, synced: the header, then each tensor as it is dequantized.
@@ -298,6 +322,8 @@ fn write_weights(
     let mut w = BufWriter::with_capacity(8 << 20, std::fs::File::create(&path).map_err(io)?);
     write_safetensors_header(&mut w, tensors, target.dtype).map_err(io)?;
     let total = tensors.len();
+    // The last stacked expert tensor dequantized: its experts are consecutive in the plan.
+    let mut stacked: Option<(String, Tensor)> = None;
     for (i, t) in tensors.iter().enumerate() {
         if !progress(&Progress {
             done: i,
@@ -306,8 +332,7 @@ fn write_weights(
         }) {
             return Err(GgufError::Stopped);
         }
-        let bytes =
-            hf_bytes(g.read(&t.gguf)?, t, target).map_err(GgufError::candle(format!("converting {}", t.gguf)))?;
+        let bytes = hf_bytes(&mut stacked, g, t, target)?;
         w.write_all(&bytes).map_err(io)?;
     }
     let out = w.into_inner().map_err(|e| GgufError::io(&path, e.into_error()))?;
@@ -421,9 +446,26 @@ fn write_safetensors_header(w: &mut impl Write, tensors: &[Planned], dtype: DTyp
     w.write_all(text.as_bytes())
 }
 
-/// A tensor's bytes in the Hugging Face layout and the target dtype.
-fn hf_bytes(q: candle_core::quantized::QTensor, t: &Planned, target: &Target) -> candle_core::Result<Vec<u8>> {
-    let mut v = q.dequantize(&Device::Cpu)?.reshape(t.shape.as_slice())?;
+/// A tensor's bytes in the Hugging Face layout and the target dtype. One expert of a stacked tensor is sliced from
+/// `stacked`, which keeps the whole tensor dequantized for its other experts.
+fn hf_bytes(stacked: &mut Option<(String, Tensor)>, g: &Gguf, t: &Planned, target: &Target) -> Result<Vec<u8>> {
+    let err = || GgufError::candle(format!("converting {}", t.gguf));
+    let dense = match t.expert {
+        None => g.read(&t.gguf)?.dequantize(&Device::Cpu).map_err(err())?,
+        Some(e) => {
+            if stacked.as_ref().is_none_or(|(name, _)| *name != t.gguf) {
+                let whole = g.read(&t.gguf)?.dequantize(&Device::Cpu).map_err(err())?;
+                *stacked = Some((t.gguf.clone(), whole));
+            }
+            let (_, whole) = stacked.as_ref().expect("just read");
+            whole.get(e).map_err(err())?
+        }
+    };
+    layout_bytes(dense, t, target).map_err(err())
+}
+
+fn layout_bytes(dense: Tensor, t: &Planned, target: &Target) -> candle_core::Result<Vec<u8>> {
+    let mut v = dense.reshape(t.shape.as_slice())?;
     if let Some(h) = rope_heads(&t.hf, target.arch, target.heads, target.kv_heads) {
         v = reorder_rows(&v, rope_unpermutation(t.shape[0], h))?;
     }
@@ -614,6 +656,15 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
     newer_family_keys(g, arch, a, &mut c)?;
     if arch == Architecture::Lfm2 {
         lfm2_keys(g, a, kv_per_layer.as_deref(), &mut c)?;
+    }
+    if arch == Architecture::Qwen3Moe {
+        // llama.cpp's qwen3moe gives every layer experts and always renormalises a token's top-k weights.
+        c["num_experts"] = json!(g.u32(&k("expert_count"))?);
+        c["num_experts_per_tok"] = json!(g.u32(&k("expert_used_count"))?);
+        c["moe_intermediate_size"] = json!(g.u32(&k("expert_feed_forward_length"))?);
+        c["norm_topk_prob"] = json!(true);
+        c["decoder_sparse_step"] = json!(1);
+        c["mlp_only_layers"] = json!([]);
     }
     if arch == Architecture::Phi3 {
         if let Some(w) = g.opt_u32(&k("attention.sliding_window"))?.filter(|&w| w > 0) {

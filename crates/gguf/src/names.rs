@@ -50,8 +50,8 @@ pub const EXPORTABLE: [Architecture; 13] = [
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 11] = [
-    "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2",
+pub const IMPORTABLE: [&str; 12] = [
+    "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2", "qwen3moe",
 ];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
@@ -68,6 +68,7 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "olmo2" => Architecture::Olmo2,
         "smollm3" => Architecture::SmolLM3,
         "lfm2" => Architecture::Lfm2,
+        "qwen3moe" => Architecture::Qwen3Moe,
         _ => return None,
     })
 }
@@ -176,6 +177,19 @@ pub fn expert_tensor(hf: &str) -> Option<(usize, usize, String)> {
     ))
 }
 
+/// A stacked expert tensor of llama.cpp, `blk.L.ffn_{gate,up,down}_exps.weight`: its layer and the projection
+/// each expert's slice is in the Hugging Face layout (`gate_proj`, `up_proj`, `down_proj`).
+pub fn stacked_experts_of(gguf: &str) -> Option<(usize, &'static str)> {
+    let (layer, rest) = layer_after(gguf, "blk.")?;
+    let projection = match rest {
+        "ffn_gate_exps.weight" => "gate_proj",
+        "ffn_up_exps.weight" => "up_proj",
+        "ffn_down_exps.weight" => "down_proj",
+        _ => return None,
+    };
+    Some((layer, projection))
+}
+
 /// Families whose norms sit around their sublayers (post norms: OLMo 2; sandwich norms: Gemma 2 and 3). There
 /// llama.cpp names the norm on the attention output `post_attention_norm`, the pre-MLP norm `ffn_norm` and the norm
 /// on the MLP output `post_ffw_norm`; in llama's naming `post_attention_layernorm` is the pre-MLP norm.
@@ -251,6 +265,11 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
         return Some(h.to_string());
     }
     let (layer, suffix) = layer_after(gguf, "blk.")?;
+    if arch == Architecture::Qwen3Moe {
+        if let Some((h, _)) = MOE_LAYER.iter().find(|(_, g)| *g == suffix) {
+            return Some(format!("model.layers.{layer}.{h}"));
+        }
+    }
     if norms_around(arch) {
         if let Some((h, _)) = NORMS_AROUND.iter().find(|(_, g)| *g == suffix) {
             return Some(format!("model.layers.{layer}.{h}"));

@@ -125,8 +125,17 @@ fn check_against_file(record: &GgufSource) -> Result<()> {
             .tensor_infos
             .get(&t.gguf)
             .ok_or_else(|| bad(format!("it has no tensor {}", t.gguf)))?;
-        let dims: Vec<u64> = info.shape.dims().iter().map(|&d| d as u64).collect();
-        if type_id(info.ggml_dtype) != t.ggml_type || info.offset != t.offset || dims != t.shape {
+        let mut dims: Vec<u64> = info.shape.dims().iter().map(|&d| d as u64).collect();
+        let mut offset = info.offset;
+        // One expert of a stacked tensor: that expert's slice.
+        if let Some(e) = t.expert {
+            let experts = match dims.is_empty() {
+                true => 0,
+                false => dims.remove(0),
+            };
+            offset = if e < experts { offset + e * t.bytes } else { u64::MAX };
+        }
+        if type_id(info.ggml_dtype) != t.ggml_type || offset != t.offset || dims != t.shape {
             return Err(bad(format!(
                 "its tensor {} is not where, or what, the record says",
                 t.gguf

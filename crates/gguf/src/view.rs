@@ -80,12 +80,15 @@ pub fn write_mapped_folder(file: &Path, dest: &Path) -> Result<()> {
             GgmlDType::BF16 => StDType::BF16,
             _ => folder_dtype,
         };
+        // One expert of a stacked tensor: its blocks follow the experts before it.
+        let bytes = bytes_for(info.ggml_dtype, t.shape.iter().product()) as u64;
         let tensor = GgufTensor {
             gguf: t.gguf.clone(),
             ggml_type: type_id(info.ggml_dtype),
             shape: t.shape.iter().map(|&d| d as u64).collect(),
-            offset: info.offset,
-            bytes: bytes_for(info.ggml_dtype, t.shape.iter().product()) as u64,
+            offset: info.offset + t.expert.map_or(0, |e| e as u64 * bytes),
+            bytes,
+            expert: t.expert.map(|e| e as u64),
             dtype,
             rope_heads: rope_heads(&t.hf, m.target.arch, m.target.heads, m.target.kv_heads),
             norm_offset: offset_norm(&t.hf, m.target.arch),

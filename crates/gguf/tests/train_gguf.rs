@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-fn run_config(dir: &Path, model: &Path) -> RunConfig {
+fn run_config(dir: &Path, model: &Path, freeze: &str) -> RunConfig {
     let data = dir.join("data.jsonl");
     let rows: Vec<String> = (0..16u32)
         .map(|r| {
@@ -28,7 +28,7 @@ fn run_config(dir: &Path, model: &Path) -> RunConfig {
         .collect();
     std::fs::write(&data, rows.join("\n")).unwrap();
     let text = format!(
-        "[model]\npath = {model:?}\n[freeze]\ntop = 2\n[data]\ntrain = {data:?}\nformat = \"tokenized\"\n\
+        "[model]\npath = {model:?}\n[freeze]\n{freeze}\n[data]\ntrain = {data:?}\nformat = \"tokenized\"\n\
          [training]\nbatch_size = 4\nshuffle = false\nlr_scheduler = \"constant\"\nlearning_rate = 1e-2\n\
          max_steps = 4\nsave_steps = 0\n[runtime]\ndevice = \"cpu\"\n[output]\ndir = {out:?}\n",
         out = dir.join("run"),
@@ -91,7 +91,7 @@ fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged()
     );
 
     // Top 2 of 3 layers train; the frozen matrices stay in the file's blocks.
-    let config = run_config(tmp.path(), &mapped);
+    let config = run_config(tmp.path(), &mapped, "top = 2");
     let events = train(&config);
     let Some(TrainEvent::Started {
         quantized_tensors,
@@ -168,4 +168,73 @@ fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged()
         .to_string();
     assert!(err.contains("does not describe this file"), "{err}");
     assert!(!refused.exists());
+}
+
+/// A Qwen3 MoE GGUF file (q8_0, its experts stacked) trained where it lies: the map gives each expert's slice of
+/// a stacked tensor as its own tensor, with the f32 import's logits; the top of 3 layers trains with the lower
+/// layers' experts held in the file's blocks; the export writes the trained experts back into their slices, every frozen
+/// tensor byte-identical, and llama.cpp runs it.
+#[test]
+fn a_mixture_of_experts_file_trains_its_top_layer_and_writes_its_experts_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = newer_family_models(tmp.path())
+        .into_iter()
+        .find(|(arch, _)| *arch == "qwen3moe")
+        .unwrap()
+        .1;
+    let source = tmp.path().join("source-q8_0.gguf");
+    let options = ExportOptions {
+        kind: ExportType::Q8_0,
+        force: false,
+        modelfile: false,
+        name: None,
+    };
+    freezetune_gguf::export_gguf(&model, &source, &options, &mut |_| true).unwrap();
+    let mapped = mapped_folder(&source, &tmp.path().join("maps")).unwrap();
+    let imported = tmp.path().join("imported-f32");
+    let import = ImportOptions {
+        dtype: ImportDType::F32,
+        force: false,
+    };
+    import_gguf(&source, &imported, &import, &mut |_| true).unwrap();
+    let diff = max_abs(
+        &freezetune_logits(&mapped, &PROMPT),
+        &freezetune_logits(&imported, &PROMPT),
+    );
+    assert!(
+        diff < 1e-4,
+        "logits through the map differ from the f32 import's by {diff}"
+    );
+
+    let config = run_config(tmp.path(), &mapped, "top = 1");
+    let events = train(&config);
+    let Some(TrainEvent::Started { quantized_tensors, .. }) = events.first() else {
+        panic!("no Started event")
+    };
+    // Layers 0 and 1: four attention projections and 4 experts × 3 each; the embeddings and lm_head.
+    assert_eq!(*quantized_tensors, 34, "frozen tensors held in the file's blocks");
+
+    let final_dir = config.output.dir.join("final");
+    let out = tmp.path().join("trained.gguf");
+    export_patched(&final_dir, &out, &options, &mut |_| true).unwrap();
+    let (before, after) = (llama_cpp(&source, &PROMPT, 0, ""), llama_cpp(&out, &PROMPT, 6, ""));
+    for (name, t) in tensors(&after) {
+        let was = &tensors(&before)[name];
+        assert_eq!(t["type"], was["type"], "{name}: type");
+        match name.starts_with("blk.2.") {
+            false => assert_eq!(t["sha256"], was["sha256"], "{name}: a frozen tensor's bytes"),
+            true => assert_ne!(t["sha256"], was["sha256"], "{name}: a trained tensor"),
+        }
+    }
+    assert_eq!(
+        ids_of(&after["greedy"]).len(),
+        6,
+        "llama.cpp generates from the trained file"
+    );
+    let ours: Vec<Vec<f32>> = freezetune_logits(&final_dir, &PROMPT);
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(after["logits"].clone()).unwrap();
+    let untrained: Vec<Vec<f32>> = serde_json::from_value(before["logits"].clone()).unwrap();
+    let (to_trained, moved) = (max_abs(&ours, &theirs), max_abs(&ours, &untrained));
+    println!("qwen3moe: llama.cpp's logits vs final/'s: {to_trained:.3e}; training moved them by {moved:.3e}");
+    assert!(to_trained < moved / 5.0, "{to_trained} vs {moved}");
 }
