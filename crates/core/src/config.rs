@@ -34,6 +34,9 @@ pub struct ExpertDims {
     pub count: u64,
     pub top_k: u64,
     pub width: u64,
+    /// The shared expert's MLP width, where every token also runs through one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_width: Option<u64>,
 }
 
 /// The sizes of a Gated DeltaNet (linear attention) layer: key heads and their width, value heads and theirs.
@@ -134,6 +137,7 @@ impl ModelConfig {
                 width: uint(&["moe_intermediate_size"])?
                     .or(intermediate_size)
                     .ok_or("`moe_intermediate_size` is missing")?,
+                shared_width: uint(&["shared_expert_intermediate_size"])?,
             }),
             _ => None,
         };

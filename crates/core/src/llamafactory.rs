@@ -25,6 +25,8 @@ use std::collections::BTreeSet;
 pub const DEFAULT_TRAINABLE_LAYERS: i64 = 2;
 
 pub(crate) fn trainable_set(layout: &ModelLayout, args: &LlamaFactoryArgs) -> Result<(BTreeSet<String>, Vec<Warning>)> {
+    crate::runtime_names::check_known_experts(layout, "LLaMA-Factory mode")
+        .map_err(|message| lf_error("lf_unknown_experts", message))?;
     let model_type = layout.model_type.as_deref().unwrap_or_default();
     let checkpoint: Vec<(&str, String)> = layout
         .tensors()
@@ -232,7 +234,7 @@ fn non_hidden_modules(names: &[&str]) -> BTreeSet<String> {
 }
 
 /// Warnings for every tensor where LLaMA-Factory's substring answer and a structural reading of the same
-/// arguments disagree (e.g. `norm` catching every layernorm, `.1.` catching expert 1 or a vision block).
+/// arguments disagree (e.g. `norm` catching every layernorm, `.1.` catching a vision block).
 fn structural_differences(
     layout: &ModelLayout,
     ids: &[i64],

@@ -285,15 +285,21 @@ impl Widths {
     /// block's gate and up (2·i). Sparse (moe.rs), for each of the token's top_k experts: its input row, the
     /// expert's output, the output weighted, and the weighted outputs gathered (4·h), with the expert's gate, up,
     /// activation and product (4·width; fused: gate and up, and the product the down projection takes); and the
-    /// router's logits and softmax (4·experts).
+    /// router's logits and softmax (4·experts); a shared expert's intermediates, output, scaled output and the sum
+    /// (4·width + 3·h, fused 3·width + 3·h).
     fn mlp_per_token(&self, sparse: bool, kernels: Kernels) -> u64 {
         let fused = kernels == Kernels::FusedCpu;
         match self.experts.filter(|_| sparse) {
             None if fused => 2 * self.i,
             None => 4 * self.i,
             Some(e) => {
-                let width = if fused { 3 * e.width } else { 4 * e.width };
-                e.top_k.saturating_mul(width + 4 * self.h).saturating_add(4 * e.count)
+                let intermediates = |w: u64| if fused { 3 * w } else { 4 * w };
+                // A shared expert: its intermediates, its output, that output scaled, and the sum.
+                let shared = e.shared_width.map_or(0, |w| intermediates(w) + 3 * self.h);
+                e.top_k
+                    .saturating_mul(intermediates(e.width) + 4 * self.h)
+                    .saturating_add(4 * e.count)
+                    .saturating_add(shared)
             }
         }
     }
@@ -329,6 +335,31 @@ fn delta_widths(d: crate::config::DeltaNetDims) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_expert_adds_its_own_term() {
+        let experts = crate::config::ExpertDims {
+            count: 8,
+            top_k: 2,
+            width: 16,
+            shared_width: Some(32),
+        };
+        let w = Widths {
+            h: 64,
+            i: 96,
+            kv: 32,
+            heads: 4,
+            seq: 128,
+            experts: Some(experts),
+        };
+        // 2·(4·16 + 4·64) + 4·8 routed, 4·32 + 3·64 shared; fused 2·(3·16 + 4·64) + 32 and 3·32 + 3·64.
+        assert_eq!(
+            w.mlp_per_token(true, Kernels::Composite),
+            2 * (64 + 256) + 32 + 128 + 192
+        );
+        assert_eq!(w.mlp_per_token(true, Kernels::FusedCpu), 2 * (48 + 256) + 32 + 96 + 192);
+        assert_eq!(w.mlp_per_token(false, Kernels::Composite), 4 * 96);
+    }
 
     #[test]
     fn a_sparse_layer_counts_its_chosen_experts() {

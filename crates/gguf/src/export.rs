@@ -557,7 +557,8 @@ fn stacked_experts(
             .all(|(i, (e, _, s))| *e == i && *s == members[0].2);
         if count != Some(members.len()) || !numbered {
             return Err(GgufError::Unsupported(format!(
-                "{gguf}: the checkpoint holds experts {:?} of this layer, but config.json gives it {} experts of one                  shape",
+                "{gguf}: the checkpoint holds experts {:?} of this layer, but config.json gives it {} experts of one \
+                 shape",
                 members.iter().map(|(e, _, _)| e).collect::<Vec<_>>(),
                 count.map_or("no".into(), |n| n.to_string())
             )));
@@ -615,22 +616,26 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
     convert().map_err(GgufError::candle(format!("converting {hf}")))
 }
 
-/// The experts' projections `names`, stacked in order, in the planned type.
+/// The experts' projections `names`, stacked in order, in the planned type: each expert encoded on its own (its
+/// rows are whole blocks, so the bytes are the stack's), never the whole stack in f32 at once.
 fn stacked_bytes(st: &MmapedSafetensors, names: &[String], p: &Planned) -> Result<Vec<u8>> {
-    let convert = || -> candle_core::Result<Vec<u8>> {
-        let parts = names
-            .iter()
-            .map(|n| st.load(n, &Device::Cpu))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let t = candle_core::Tensor::stack(&parts, 0)?;
-        match (p.entry.dtype, t.dtype()) {
-            (GgmlDType::F16, DType::F16) | (GgmlDType::BF16, DType::BF16) => return le_bytes(&t),
-            _ => {}
-        }
-        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        encode(&values, *p.entry.shape.last().unwrap_or(&1), p.entry.dtype)
-    };
-    convert().map_err(GgufError::candle(format!("stacking {}", p.entry.name)))
+    let cols = *p.entry.shape.last().unwrap_or(&1);
+    let mut out = Vec::new();
+    for name in names {
+        let convert = || -> candle_core::Result<Vec<u8>> {
+            let t = st.load(name, &Device::Cpu)?;
+            match (p.entry.dtype, t.dtype()) {
+                (GgmlDType::F16, DType::F16) | (GgmlDType::BF16, DType::BF16) => le_bytes(&t),
+                _ => encode(
+                    &t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                    cols,
+                    p.entry.dtype,
+                ),
+            }
+        };
+        out.extend(convert().map_err(GgufError::candle(format!("stacking {name} into {}", p.entry.name)))?);
+    }
+    Ok(out)
 }
 
 fn general_meta(name: &str, c: &DecoderConfig, kind: ExportType) -> Vec<(String, Meta)> {

@@ -14,6 +14,8 @@ pub struct ExpertsSpec {
     pub normalize: bool,
     /// The shared expert's MLP width, where the layer has one.
     pub shared_width: Option<usize>,
+    /// The chosen probabilities weigh the outputs in f32 (the table's `weigh_in_f32`).
+    pub weigh_in_f32: bool,
 }
 
 /// No open model comes near these; past them config.json is refused before anything is sized by it.
@@ -31,11 +33,15 @@ pub(crate) fn layer_experts(
     };
     refuse_router_loss(raw)?;
     // Mixtral's training-only noise on the router's input: other math than the model's, and random.
-    if let Some(noise) = raw["router_jitter_noise"].as_f64().filter(|&n| n != 0.0) {
-        return Err(format!(
-            "`router_jitter_noise` is {noise}: transformers then scales the router's input by random noise while \
-             training, which FreezeTune does not do. Set it to 0.0 to train without it"
-        ));
+    match &raw["router_jitter_noise"] {
+        Value::Null => {}
+        v if v.as_f64() == Some(0.0) => {}
+        v => {
+            return Err(format!(
+                "`router_jitter_noise` is {v}: transformers then scales the router's input by random noise while \
+                 training, which FreezeTune does not do. Set it to 0.0 to train without it"
+            ))
+        }
     }
     let count = expert_count(raw, &table)?;
     if count == 0 {
@@ -51,6 +57,7 @@ pub(crate) fn layer_experts(
             .shared
             .map(|shared| uint(raw, shared.width_key, 1, MAX_WIDTH))
             .transpose()?,
+        weigh_in_f32: table.weigh_in_f32,
     };
     let sparse = sparse_layers(raw, &table, layers)?;
     Ok(sparse.into_iter().map(|s| s.then_some(spec)).collect())
@@ -151,6 +158,7 @@ mod tests {
             width: 16,
             normalize: true,
             shared_width: None,
+            weigh_in_f32: false,
         };
         assert_eq!(got, vec![None, Some(spec), None, None]);
         let all = experts(json!({"num_local_experts": 8, "num_experts_per_tok": 2})).unwrap();

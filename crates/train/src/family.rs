@@ -79,6 +79,9 @@ pub struct ExpertTable {
     /// (layers that keep a dense MLP); None: every layer has experts.
     pub sparse_layer_keys: Option<(&'static str, &'static str)>,
     pub shared: Option<SharedExpertTable>,
+    /// The chosen probabilities weigh the experts' outputs in f32, the product then rounded to the activations'
+    /// dtype (Mixtral); otherwise they are rounded to that dtype first (Qwen3 MoE, OLMoE, Qwen3.5 MoE).
+    pub weigh_in_f32: bool,
 }
 
 /// Where the experts' projections are.
@@ -522,6 +525,7 @@ pub const FAMILIES: [Family; 20] = [
             normalize: TopKNorm::Always,
             sparse_layer_keys: None,
             shared: None,
+            weigh_in_f32: true,
         }),
         ..LLAMA
     },
@@ -565,6 +569,7 @@ pub const FAMILIES: [Family; 20] = [
             normalize: TopKNorm::Key("norm_topk_prob"),
             sparse_layer_keys: None,
             shared: None,
+            weigh_in_f32: false,
         }),
         ..LLAMA
     },
@@ -620,6 +625,7 @@ pub const FAMILIES: [Family; 20] = [
             normalize: TopKNorm::Key("norm_topk_prob"),
             sparse_layer_keys: Some(("decoder_sparse_step", "mlp_only_layers")),
             shared: None,
+            weigh_in_f32: false,
         }),
         ..LLAMA
     },
@@ -1009,6 +1015,8 @@ pub const FAMILIES: [Family; 20] = [
     },
     // Qwen3.5 MoE (35B-A3B, 122B-A10B, 397B-A17B): Qwen3.5's layers with a sparse MLP on every one, its
     // experts stacked in two tensors as transformers 5 stores them, and a sigmoid-gated shared expert.
+    // transformers always renormalises the chosen experts here and never reads `norm_topk_prob`, which some
+    // configs carry.
     Family {
         model_type: "qwen3_5_moe_text",
         sizes: Sizes {
@@ -1041,6 +1049,7 @@ pub const FAMILIES: [Family; 20] = [
             "shared_expert_intermediate_size",
             "output_router_logits",
             "router_aux_loss_coef",
+            "norm_topk_prob",
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
@@ -1070,6 +1079,7 @@ pub const FAMILIES: [Family; 20] = [
                 gate: "mlp.shared_expert_gate",
                 width_key: "shared_expert_intermediate_size",
             }),
+            weigh_in_f32: false,
         }),
         ..LLAMA
     },

@@ -258,8 +258,9 @@ fn a_tied_model_uses_its_quantized_embeddings_at_both_ends() {
 }
 
 /// Qwen3.5 MoE's stacked experts held quantized one expert at a time (`quantize_frozen`): with its top layer
-/// training, the loss and every gradient equal those of the same model whose frozen matrices were rounded through
-/// q8_0 and held dense. So the node dequantizes each expert's own blocks, in its forward and backward passes.
+/// training and the embeddings too (so the gradient passes back through every frozen layer), the loss and every
+/// gradient equal those of the same model whose frozen matrices were rounded through q8_0 and held dense. So the
+/// node dequantizes each expert's own blocks, in its forward and backward passes.
 #[test]
 fn stacked_experts_held_quantized_compute_what_their_rounded_values_compute() {
     use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
@@ -267,8 +268,10 @@ fn stacked_experts_held_quantized_compute_what_their_rounded_values_compute() {
     use freezetune_train::{Batch, Decoder, DecoderConfig};
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen3_5_moe");
     let layout = ModelLayout::inspect(&src).unwrap();
+    // The embeddings train too, so the gradient passes back through the quantized experts' backward.
     let top = FreezeSpec {
         top: Some(1),
+        extra: vec!["embed_tokens".into()],
         ..Default::default()
     };
     let p = plan(&layout, &top, PlanOptions::default()).unwrap();

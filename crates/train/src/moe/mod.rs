@@ -132,10 +132,12 @@ impl Experts {
             weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
         }
         let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), device)?;
-        let weights = weights
-            .to_dtype(x.dtype())?
-            .flatten_all()?
-            .index_select(&by_expert, 0)?;
+        // Rounded to the activations' dtype before they weigh the outputs, unless the family weighs in f32.
+        let weights = match self.spec.weigh_in_f32 {
+            true => weights,
+            false => weights.to_dtype(x.dtype())?,
+        };
+        let weights = weights.flatten_all()?.index_select(&by_expert, 0)?;
         // Each expert's output for its rows, experts in order.
         let outputs = match &self.weights {
             Weights::Separate(experts) => {
@@ -152,7 +154,10 @@ impl Experts {
         };
         let rows = routes.tokens_by_expert.concat();
         let rows = Tensor::from_vec(rows, routes.pairs_by_expert.len(), device)?;
-        let weighted = outputs.broadcast_mul(&weights.unsqueeze(1)?)?;
+        let weighted = outputs
+            .to_dtype(weights.dtype())?
+            .broadcast_mul(&weights.unsqueeze(1)?)?
+            .to_dtype(x.dtype())?;
         let mut out = Tensor::zeros((tokens, hidden), x.dtype(), device)?.index_add(&rows, &weighted, 0)?;
         if let Some(shared) = &self.shared {
             let scale = sigmoid(&shared.gate.forward(&x)?)?;
