@@ -479,15 +479,7 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
                 EXPORTABLE.iter().map(|a| a.model_type()).collect::<Vec<_>>().join(", ")
             ))
         })?;
-        let layer = split_layer(&hf).map(|(l, _)| l);
-        let role = TensorRole {
-            gguf_name: &gguf,
-            shape: &shape,
-            has_output,
-            layer,
-            num_layers: c.num_layers,
-        };
-        let dtype = tensor_type(kind, &role);
+        let dtype = planned_type(&gguf, &shape, c, kind, has_output);
         // LFM2's depthwise convolution (hidden, 1, kernel) is llama.cpp's {kernel, hidden}: the same values.
         let shape = match (c.architecture, shape.as_slice()) {
             (Architecture::Lfm2, &[h, 1, k]) => vec![h, k],
@@ -530,6 +522,18 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
     Ok((plan, warnings))
 }
 
+/// The GGML type the export writes GGUF tensor `gguf` of `shape` (Hugging Face order) in.
+fn planned_type(gguf: &str, shape: &[usize], c: &DecoderConfig, kind: ExportType, has_output: bool) -> GgmlDType {
+    let role = TensorRole {
+        gguf_name: gguf,
+        shape,
+        has_output,
+        layer: split_layer(gguf).map(|(l, _)| l),
+        num_layers: c.num_layers,
+    };
+    tensor_type(kind, &role)
+}
+
 /// Every expert's projection grouped into llama.cpp's stacked tensors, one per layer and projection: each must
 /// hold the config's experts, numbered 0 to count − 1, all of one shape.
 fn stacked_experts(
@@ -566,14 +570,7 @@ fn stacked_experts(
         let shape: Vec<usize> = std::iter::once(members.len())
             .chain(members[0].2.iter().copied())
             .collect();
-        let role = TensorRole {
-            gguf_name: &gguf,
-            shape: &shape,
-            has_output,
-            layer,
-            num_layers: c.num_layers,
-        };
-        let dtype = tensor_type(kind, &role);
+        let dtype = planned_type(&gguf, &shape, c, kind, has_output);
         plan.push(Planned {
             entry: TensorEntry {
                 name: gguf,

@@ -392,6 +392,46 @@ const LLAMA: Family = Family {
     experts: None,
 };
 
+const QWEN3_5: Family = Family {
+    model_type: "qwen3_5_text",
+    sizes: Sizes {
+        vocab: 248320,
+        hidden: 4096,
+        intermediate: 12288,
+        layers: 32,
+        heads: 16,
+    },
+    architecture: Architecture::Qwen3_5,
+    keys: &[
+        "hidden_act",
+        "attention_bias",
+        "layer_types",
+        "full_attention_interval",
+        "linear_conv_kernel_dim",
+        "linear_key_head_dim",
+        "linear_value_head_dim",
+        "linear_num_key_heads",
+        "linear_num_value_heads",
+        "partial_rotary_factor",
+        "attn_output_gate",
+        "mamba_ssm_dtype",
+        "mtp_num_hidden_layers",
+        "mtp_use_dedicated_embeddings",
+    ],
+    defaults: || {
+        json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
+        "num_key_value_heads": 4, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+        "partial_rotary_factor": 0.25, "full_attention_interval": 4})
+    },
+    norm_offset: 1.0,
+    qk_norm: QkNorm::PerHead,
+    attention_output_gate: true,
+    text_mrope: true,
+    dropped_tensors: &["mtp."],
+    ..LLAMA
+};
+
 /// The families, by `model_type`.
 pub const FAMILIES: [Family; 20] = [
     LLAMA,
@@ -974,58 +1014,13 @@ pub const FAMILIES: [Family; 20] = [
     // every RMSNorm zero-centred (`1 + w`) but the DeltaNet's gated output norm, partial rotary.
     // `attn_output_gate` and `mamba_ssm_dtype` are read by other implementations, never by transformers' (which
     // always gates); `mtp_*` describe the multi-token-prediction head it drops.
-    Family {
-        model_type: "qwen3_5_text",
-        sizes: Sizes {
-            vocab: 248320,
-            hidden: 4096,
-            intermediate: 12288,
-            layers: 32,
-            heads: 16,
-        },
-        architecture: Architecture::Qwen3_5,
-        keys: &[
-            "hidden_act",
-            "attention_bias",
-            "layer_types",
-            "full_attention_interval",
-            "linear_conv_kernel_dim",
-            "linear_key_head_dim",
-            "linear_value_head_dim",
-            "linear_num_key_heads",
-            "linear_num_value_heads",
-            "partial_rotary_factor",
-            "attn_output_gate",
-            "mamba_ssm_dtype",
-            "mtp_num_hidden_layers",
-            "mtp_use_dedicated_embeddings",
-        ],
-        defaults: || {
-            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
-            "num_key_value_heads": 4, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
-            "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
-            "partial_rotary_factor": 0.25, "full_attention_interval": 4})
-        },
-        norm_offset: 1.0,
-        qk_norm: QkNorm::PerHead,
-        attention_output_gate: true,
-        text_mrope: true,
-        dropped_tensors: &["mtp."],
-        ..LLAMA
-    },
+    QWEN3_5,
     // Qwen3.5 MoE (35B-A3B, 122B-A10B, 397B-A17B): Qwen3.5's layers with a sparse MLP on every one, its
     // experts stacked in two tensors as transformers 5 stores them, and a sigmoid-gated shared expert.
     // transformers always renormalises the chosen experts here and never reads `norm_topk_prob`, which some
     // configs carry.
     Family {
         model_type: "qwen3_5_moe_text",
-        sizes: Sizes {
-            vocab: 248320,
-            hidden: 4096,
-            intermediate: 12288,
-            layers: 32,
-            heads: 16,
-        },
         architecture: Architecture::Qwen3_5Moe,
         keys: &[
             "hidden_act",
@@ -1059,11 +1054,6 @@ pub const FAMILIES: [Family; 20] = [
             "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512, "output_router_logits": false,
             "router_aux_loss_coef": 0.001})
         },
-        norm_offset: 1.0,
-        qk_norm: QkNorm::PerHead,
-        attention_output_gate: true,
-        text_mrope: true,
-        dropped_tensors: &["mtp."],
         experts: Some(ExpertTable {
             router: "mlp.gate",
             weights: ExpertWeights::Stacked {
@@ -1081,7 +1071,7 @@ pub const FAMILIES: [Family; 20] = [
             }),
             weigh_in_f32: false,
         }),
-        ..LLAMA
+        ..QWEN3_5
     },
 ];
 

@@ -190,7 +190,7 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
 
 /// Qwen3 MoE's reference model with experts on every layer, as llama.cpp's qwen3moe has them: its dense layer 1
 /// takes layer 0's router and experts (the values differ from layer 0's after layer 0 has run).
-fn qwen3_moe_all_sparse(dir: &Path) -> PathBuf {
+pub fn qwen3_moe_all_sparse(dir: &Path) -> PathBuf {
     let model = family_variant(dir, "qwen3_moe", |c| c["mlp_only_layers"] = serde_json::json!([]));
     let path = model.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
