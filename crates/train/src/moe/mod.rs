@@ -1,7 +1,8 @@
 //! A sparse mixture-of-experts MLP as transformers computes it (qwen3_moe's `SparseMoeBlock`): each token's router
 //! logits go through a softmax in f32; its `top_k` experts are chosen on the host; their probabilities
-//! (renormalised to sum to 1 where the layer says), in the activations' dtype, weight each chosen expert's SwiGLU
-//! output, and the weighted outputs are summed per token in the order of the experts.
+//! (renormalised to sum to 1 where the layer says), in the activations' dtype (f32 for Mixtral), weight each chosen
+//! expert's SwiGLU output, and the weighted outputs are summed per token in the order of the experts; a shared
+//! expert's output, scaled by σ of its gate, is added to every token's.
 //!
 //! Every op here runs on every backend. Experts stored one linear each (qwen3_moe) are plain differentiable ops:
 //! the backward pass keeps what a dense MLP of `top_k` times the expert width would keep (each token's input once
@@ -123,47 +124,61 @@ impl Experts {
         let hidden = h.dim(D::Minus1)?;
         let tokens = h.elem_count() / hidden;
         let x = h.reshape((tokens, hidden))?;
-        let probs = softmax_last_dim(&self.router.forward(&x)?.to_dtype(DType::F32)?)?;
-        let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, self.spec.top_k);
-        let device = x.device();
-        let chosen = Tensor::from_slice(&routes.chosen, (tokens, self.spec.top_k), device)?;
-        let mut weights = probs.gather(&chosen, 1)?;
-        if self.spec.normalize {
-            weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
-        }
-        let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), device)?;
-        // Rounded to the activations' dtype before they weigh the outputs, unless the family weighs in f32.
-        let weights = match self.spec.weigh_in_f32 {
-            true => weights,
-            false => weights.to_dtype(x.dtype())?,
-        };
-        let weights = weights.flatten_all()?.index_select(&by_expert, 0)?;
-        // Each expert's output for its rows, experts in order.
-        let outputs = match &self.weights {
-            Weights::Separate(experts) => {
-                let mut outputs = Vec::new();
-                for (expert, rows) in experts.iter().zip(&routes.tokens_by_expert) {
-                    if !rows.is_empty() {
-                        let xe = x.index_select(&Tensor::from_slice(rows, rows.len(), device)?, 0)?;
-                        outputs.push(expert.forward(&xe, &product)?);
-                    }
-                }
-                Tensor::cat(&outputs, 0)?
-            }
-            Weights::Stacked(stacked) => stacked.forward(&x, &routes.tokens_by_expert)?,
-        };
+        let (routes, weights) = self.route(&x)?;
+        let outputs = self.expert_outputs(&x, &routes, &product)?;
         let rows = routes.tokens_by_expert.concat();
-        let rows = Tensor::from_vec(rows, routes.pairs_by_expert.len(), device)?;
+        let rows = Tensor::from_vec(rows, routes.pairs_by_expert.len(), x.device())?;
         let weighted = outputs
             .to_dtype(weights.dtype())?
             .broadcast_mul(&weights.unsqueeze(1)?)?
             .to_dtype(x.dtype())?;
-        let mut out = Tensor::zeros((tokens, hidden), x.dtype(), device)?.index_add(&rows, &weighted, 0)?;
+        let mut out = Tensor::zeros((tokens, hidden), x.dtype(), x.device())?.index_add(&rows, &weighted, 0)?;
         if let Some(shared) = &self.shared {
             let scale = sigmoid(&shared.gate.forward(&x)?)?;
             out = (out + shared.mlp.forward(&x, &product)?.broadcast_mul(&scale)?)?;
         }
         out.reshape(h.shape())
+    }
+
+    /// Each token's experts, and the probabilities that weigh them (renormalised where the layer says) in the
+    /// order of the (token, choice) pairs grouped by expert: in the activations' dtype, or f32 where the family
+    /// weighs in f32.
+    fn route(&self, x: &Tensor) -> Result<(Routes, Tensor)> {
+        let probs = softmax_last_dim(&self.router.forward(x)?.to_dtype(DType::F32)?)?;
+        let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, self.spec.top_k);
+        let chosen = Tensor::from_slice(&routes.chosen, (x.dim(0)?, self.spec.top_k), x.device())?;
+        let mut weights = probs.gather(&chosen, 1)?;
+        if self.spec.normalize {
+            weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+        }
+        if !self.spec.weigh_in_f32 {
+            weights = weights.to_dtype(x.dtype())?;
+        }
+        let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), x.device())?;
+        let weights = weights.flatten_all()?.index_select(&by_expert, 0)?;
+        Ok((routes, weights))
+    }
+
+    /// Each expert's output for its rows of `x`, experts in order (unweighted).
+    fn expert_outputs(
+        &self,
+        x: &Tensor,
+        routes: &Routes,
+        product: &impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match &self.weights {
+            Weights::Separate(experts) => {
+                let mut outputs = Vec::new();
+                for (expert, rows) in experts.iter().zip(&routes.tokens_by_expert) {
+                    if !rows.is_empty() {
+                        let xe = x.index_select(&Tensor::from_slice(rows, rows.len(), x.device())?, 0)?;
+                        outputs.push(expert.forward(&xe, product)?);
+                    }
+                }
+                Tensor::cat(&outputs, 0)
+            }
+            Weights::Stacked(stacked) => stacked.forward(x, &routes.tokens_by_expert),
+        }
     }
 }
 
