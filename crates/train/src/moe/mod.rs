@@ -12,6 +12,7 @@
 //! per-expert adds would keep a full-size sum per expert).
 
 mod stacked;
+mod stacked_cpu;
 
 use crate::config::ExpertsSpec;
 use crate::family::{ExpertTable, ExpertWeights};

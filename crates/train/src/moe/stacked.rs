@@ -3,8 +3,11 @@
 //! would give each slice's gradient the stacked tensor's full size (a narrow's backward pads), once per expert;
 //! the node instead writes each expert's gradient into its place once. It keeps only its inputs and its output,
 //! and its backward pass recomputes each expert's gate and up projections. SwiGLU (SiLU) only. Frozen experts held
-//! quantized (`quantize_frozen`) are dequantized one expert at a time, for the length of its matmuls.
+//! quantized (`quantize_frozen`) are dequantized one expert at a time, for the length of its matmuls. On the CPU
+//! in f32 both passes run over plain buffers, the experts in parallel (`stacked_cpu.rs`); elsewhere (CUDA, Metal,
+//! half precision) as candle ops, one expert after another.
 
+use super::stacked_cpu::{self, with_f32, Dims, Wanted};
 use crate::node::attach3;
 use crate::ops::sigmoid;
 use crate::params::StackedWeight;
@@ -38,12 +41,10 @@ impl Stacked {
     /// Each expert's SwiGLU output for its rows of `x` (tokens, hidden), experts in order: (Σ rows, hidden) in
     /// `x`'s dtype. `groups[e]` are expert e's rows.
     pub fn forward(&self, x: &Tensor, groups: &[Vec<u32>]) -> Result<Tensor> {
-        let mut outputs = Vec::new();
-        for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
-            let pass = ExpertPass::new(&x.detach(), &self.gate_up, &self.down, e, rows, self.width)?;
-            outputs.push(pass.product()?.matmul(&pass.down.t()?)?);
-        }
-        let value = Tensor::cat(&outputs, 0)?;
+        let value = match stacked_cpu::applies(x, [&self.gate_up, &self.down]) {
+            true => self.cpu_forward(x, groups)?,
+            false => self.composite_forward(x, groups)?,
+        };
         let (gate_up, down) = (self.gate_up.operand(x.device())?, self.down.operand(x.device())?);
         let weights = (self.gate_up.clone(), self.down.clone());
         let (groups, width) = (groups.to_vec(), self.width);
@@ -52,10 +53,87 @@ impl Stacked {
             [x, &gate_up, &down],
             value,
             Box::new(move |[x, gate_up, down], _, grad| {
-                backward([x, gate_up, down], (&weights.0, &weights.1), grad, &groups, width)
+                let weights = (&weights.0, &weights.1);
+                match stacked_cpu::applies(x, [weights.0, weights.1]) {
+                    true => cpu_backward([x, gate_up, down], weights, grad, &groups, width),
+                    false => backward([x, gate_up, down], weights, grad, &groups, width),
+                }
             }),
         )
     }
+
+    /// The forward value as candle ops, one expert after another.
+    fn composite_forward(&self, x: &Tensor, groups: &[Vec<u32>]) -> Result<Tensor> {
+        let mut outputs = Vec::new();
+        for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+            let pass = ExpertPass::new(&x.detach(), &self.gate_up, &self.down, e, rows, self.width)?;
+            outputs.push(pass.product()?.matmul(&pass.down.t()?)?);
+        }
+        Tensor::cat(&outputs, 0)
+    }
+
+    /// The forward value on the CPU in f32 (`stacked_cpu.rs`).
+    fn cpu_forward(&self, x: &Tensor, groups: &[Vec<u32>]) -> Result<Tensor> {
+        let hidden = x.dim(1)?;
+        let dims = Dims {
+            hidden,
+            width: self.width,
+        };
+        let values = with_f32(&x.contiguous()?, |x| {
+            with_experts(&self.gate_up, |gate_up| {
+                with_experts(&self.down, |down| stacked_cpu::forward(x, gate_up, down, groups, dims))
+            })
+        })?;
+        let rows = values.len() / hidden;
+        Tensor::from_vec(values, (rows, hidden), x.device())
+    }
+}
+
+/// `f` on a stacked weight's experts as plain values: the dense tensor's, or its blocks.
+fn with_experts<R>(w: &StackedWeight, f: impl FnOnce(&stacked_cpu::Experts) -> Result<R>) -> Result<R> {
+    match w {
+        StackedWeight::Dense(t) => with_f32(&t.contiguous()?, |v| f(&stacked_cpu::Experts::Dense(v))),
+        StackedWeight::Quantized(blocks) => f(&stacked_cpu::Experts::Quantized(blocks)),
+    }
+}
+
+/// [`backward`] on the CPU in f32 (`stacked_cpu.rs`): the same gradients.
+fn cpu_backward(
+    inputs: [&Tensor; 3],
+    weights: (&StackedWeight, &StackedWeight),
+    grad: &Tensor,
+    groups: &[Vec<u32>],
+    width: usize,
+) -> Result<[Option<Tensor>; 3]> {
+    let [x, gate_up, down] = inputs;
+    let dims = Dims {
+        hidden: x.dim(1)?,
+        width,
+    };
+    let wanted = Wanted {
+        input: x.track_op(),
+        gate_up: gate_up.track_op(),
+        down: down.track_op(),
+    };
+    let grads = with_f32(&x.contiguous()?, |x| {
+        with_f32(&grad.contiguous()?, |grad| {
+            with_experts(weights.0, |gu| {
+                with_experts(weights.1, |dn| {
+                    stacked_cpu::backward(x, grad, (gu, dn), groups, dims, &wanted)
+                })
+            })
+        })
+    })?;
+    let tensor = |values: Option<Vec<f32>>, like: &Tensor| {
+        values
+            .map(|v| Tensor::from_vec(v, like.shape(), like.device()))
+            .transpose()
+    };
+    Ok([
+        tensor(grads.input, x)?,
+        tensor(grads.gate_up, gate_up)?,
+        tensor(grads.down, down)?,
+    ])
 }
 
 /// One expert's forward pass over its rows, in the activations' dtype.
@@ -211,5 +289,22 @@ mod tests {
             close(ga.get(v).unwrap(), gb.get(v).unwrap(), what);
         }
         assert_eq!(ga.get(&gate_up).unwrap().dtype(), DType::F32);
+        // The CPU passes (what the node ran here) against the candle-op passes other devices run.
+        let (cpu, composite) = (
+            stacked.cpu_forward(x.as_tensor(), &groups).unwrap(),
+            stacked.composite_forward(x.as_tensor(), &groups).unwrap(),
+        );
+        close(&cpu, &composite, "forward passes");
+        let inputs = [x.as_tensor(), gate_up.as_tensor(), down.as_tensor()];
+        let weights = (&stacked.gate_up, &stacked.down);
+        let a = cpu_backward(inputs, weights, &probe, &groups, width).unwrap();
+        let b = backward(inputs, weights, &probe, &groups, width).unwrap();
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            close(
+                a.as_ref().unwrap(),
+                b.as_ref().unwrap(),
+                &format!("backward pass, operand {i}"),
+            );
+        }
     }
 }

@@ -1,0 +1,232 @@
+//! The stacked experts' two passes on the CPU in f32, over plain buffers: the experts in parallel (rayon), each
+//! product one FreezeTune matmul (`fused::rows_times_weight`), the SiLU and its derivative one pass over the rows.
+//! The composite ops of `stacked.rs` make each expert's gate, up, activation and product tensors of their own,
+//! each elementwise op a pass and an allocation; on a Qwen3.5-MoE-shaped layer that was a third of the node's time.
+//! Same math, same order of the experts; what `stacked.rs` runs where `fused::applies`.
+
+use crate::fastmath::sigmoid_into;
+use crate::fused::rows_times_weight;
+use crate::params::StackedWeight;
+use candle_core::{bail, DType, Result, Tensor};
+use rayon::prelude::*;
+use std::borrow::Cow;
+
+/// Whether these passes serve: f32 activations on the CPU (the fused kernels on), dense weights in f32 or blocks.
+pub(super) fn applies(x: &Tensor, weights: [&StackedWeight; 2]) -> bool {
+    let f32_weights = weights.iter().all(|w| match w {
+        StackedWeight::Dense(t) => t.dtype() == DType::F32,
+        StackedWeight::Quantized(_) => true,
+    });
+    crate::fused::applies(x) && f32_weights
+}
+
+/// `f` on the f32 values of a contiguous CPU tensor.
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        bail!("stacked experts: f32 on the CPU expected")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        bail!("stacked experts: a contiguous tensor expected")
+    };
+    f(&data[a..b])
+}
+
+/// One stacked weight's experts: the dense values, or each expert's blocks.
+pub(super) enum Experts<'a> {
+    Dense(&'a [f32]),
+    Quantized(&'a [candle_core::quantized::QTensor]),
+}
+
+impl Experts<'_> {
+    /// Expert `e`'s matrix of `len` values.
+    fn matrix(&self, e: usize, len: usize) -> Result<Cow<'_, [f32]>> {
+        match self {
+            Experts::Dense(values) => Ok(Cow::Borrowed(&values[e * len..(e + 1) * len])),
+            Experts::Quantized(blocks) => {
+                let dense = crate::quant::dequantize(&blocks[e], DType::F32)?;
+                Ok(Cow::Owned(dense.flatten_all()?.to_vec1::<f32>()?))
+            }
+        }
+    }
+}
+
+/// The sizes the passes share.
+#[derive(Clone, Copy)]
+pub(super) struct Dims {
+    pub hidden: usize,
+    pub width: usize,
+}
+
+/// One expert's forward pass over its rows: its input rows, its gate/up matrix, the projection (rows × 2·width,
+/// gate then up) and σ(gate).
+struct Pass<'a> {
+    input: Vec<f32>,
+    gate_up: Cow<'a, [f32]>,
+    projected: Vec<f32>,
+    sigmoid: Vec<f32>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(x: &[f32], gate_up: &'a Experts, e: usize, rows: &[u32], d: Dims) -> Result<Pass<'a>> {
+        let (n, h, w) = (rows.len(), d.hidden, d.width);
+        let mut input = Vec::with_capacity(n * h);
+        for &r in rows {
+            input.extend_from_slice(&x[r as usize * h..(r as usize + 1) * h]);
+        }
+        let gate_up = gate_up.matrix(e, 2 * w * h)?;
+        let projected = rows_times_weight(&input, &gate_up, n, 2 * w, h, true)?;
+        let mut sigmoid = vec![0f32; n * w];
+        for (row, s) in projected.chunks(2 * w).zip(sigmoid.chunks_mut(w)) {
+            sigmoid_into(&row[..w], s);
+        }
+        Ok(Pass {
+            input,
+            gate_up,
+            projected,
+            sigmoid,
+        })
+    }
+
+    /// silu(gate), and silu(gate) · up, per row.
+    fn activated_and_product(&self, w: usize) -> (Vec<f32>, Vec<f32>) {
+        let n = self.sigmoid.len() / w;
+        let (mut activated, mut product) = (vec![0f32; n * w], vec![0f32; n * w]);
+        for r in 0..n {
+            let (g, u) = self.projected[r * 2 * w..(r + 1) * 2 * w].split_at(w);
+            for j in 0..w {
+                let a = g[j] * self.sigmoid[r * w + j];
+                activated[r * w + j] = a;
+                product[r * w + j] = a * u[j];
+            }
+        }
+        (activated, product)
+    }
+}
+
+/// The experts with rows, and where each one's rows start in the output.
+fn tasks(groups: &[Vec<u32>]) -> Vec<(usize, &[u32], usize)> {
+    let mut start = 0;
+    let mut out = Vec::new();
+    for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+        out.push((e, rows.as_slice(), start));
+        start += rows.len();
+    }
+    out
+}
+
+/// Each expert's SwiGLU output for its rows of `x` (tokens × hidden), experts in order: (Σ rows) × hidden.
+pub(super) fn forward(x: &[f32], gate_up: &Experts, down: &Experts, groups: &[Vec<u32>], d: Dims) -> Result<Vec<f32>> {
+    let outputs = tasks(groups)
+        .into_par_iter()
+        .map(|(e, rows, _)| {
+            let pass = Pass::new(x, gate_up, e, rows, d)?;
+            let (_, product) = pass.activated_and_product(d.width);
+            let down = down.matrix(e, d.hidden * d.width)?;
+            rows_times_weight(&product, &down, rows.len(), d.hidden, d.width, true)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(outputs.concat())
+}
+
+/// What the backward pass computes, each only where asked.
+pub(super) struct Wanted {
+    pub input: bool,
+    pub gate_up: bool,
+    pub down: bool,
+}
+
+/// The gradients: the input's (tokens × hidden) and each stacked weight's (experts × …), where wanted.
+pub(super) struct Grads {
+    pub input: Option<Vec<f32>>,
+    pub gate_up: Option<Vec<f32>>,
+    pub down: Option<Vec<f32>>,
+}
+
+/// The node's backward pass from its output's gradient `grad` ((Σ rows) × hidden): each expert's forward pass
+/// recomputed, then dy·W_down, SiLU's derivative, and the products for the input and the weights.
+pub(super) fn backward(
+    x: &[f32],
+    grad: &[f32],
+    (gate_up, down): (&Experts, &Experts),
+    groups: &[Vec<u32>],
+    d: Dims,
+    wanted: &Wanted,
+) -> Result<Grads> {
+    let (h, w, experts) = (d.hidden, d.width, groups.len());
+    let per_expert = tasks(groups)
+        .into_par_iter()
+        .map(|(e, rows, start)| {
+            let n = rows.len();
+            let pass = Pass::new(x, gate_up, e, rows, d)?;
+            let (activated, product) = pass.activated_and_product(w);
+            let dy = &grad[start * h..(start + n) * h];
+            let down_e = down.matrix(e, h * w)?;
+            let d_product = rows_times_weight(dy, &down_e, n, w, h, false)?;
+            let d_down = match wanted.down {
+                true => Some(rows_times_weight(&transpose(dy, n, h), &product, h, w, n, false)?),
+                false => None,
+            };
+            let mut d_projected = vec![0f32; n * 2 * w];
+            for r in 0..n {
+                let (g, u) = pass.projected[r * 2 * w..(r + 1) * 2 * w].split_at(w);
+                let (dg, du) = d_projected[r * 2 * w..(r + 1) * 2 * w].split_at_mut(w);
+                for j in 0..w {
+                    let (s, dp) = (pass.sigmoid[r * w + j], d_product[r * w + j]);
+                    // silu'(g) = σ(g) · (1 + g · (1 − σ(g))).
+                    dg[j] = dp * u[j] * s * (1.0 + g[j] * (1.0 - s));
+                    du[j] = dp * activated[r * w + j];
+                }
+            }
+            let d_gate_up = match wanted.gate_up {
+                true => Some(rows_times_weight(
+                    &transpose(&d_projected, n, 2 * w),
+                    &pass.input,
+                    2 * w,
+                    h,
+                    n,
+                    false,
+                )?),
+                false => None,
+            };
+            let d_input = match wanted.input {
+                true => Some(rows_times_weight(&d_projected, &pass.gate_up, n, h, 2 * w, false)?),
+                false => None,
+            };
+            Ok((e, rows, d_input, d_gate_up, d_down))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tokens = x.len() / h;
+    let mut grads = Grads {
+        input: wanted.input.then(|| vec![0f32; tokens * h]),
+        gate_up: wanted.gate_up.then(|| vec![0f32; experts * 2 * w * h]),
+        down: wanted.down.then(|| vec![0f32; experts * h * w]),
+    };
+    // In the experts' order, as the composite pass adds them.
+    for (e, rows, d_input, d_gate_up, d_down) in per_expert {
+        if let (Some(dx), Some(d)) = (grads.input.as_mut(), d_input) {
+            for (i, &r) in rows.iter().enumerate() {
+                let to = &mut dx[r as usize * h..(r as usize + 1) * h];
+                to.iter_mut().zip(&d[i * h..(i + 1) * h]).for_each(|(a, b)| *a += b);
+            }
+        }
+        if let (Some(all), Some(d)) = (grads.gate_up.as_mut(), d_gate_up) {
+            all[e * 2 * w * h..(e + 1) * 2 * w * h].copy_from_slice(&d);
+        }
+        if let (Some(all), Some(d)) = (grads.down.as_mut(), d_down) {
+            all[e * h * w..(e + 1) * h * w].copy_from_slice(&d);
+        }
+    }
+    Ok(grads)
+}
+
+/// `a` (rows × cols, row-major) transposed.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = a[r * cols + c];
+        }
+    }
+    out
+}
