@@ -141,18 +141,17 @@ pub fn is_stacked_experts(name: &str) -> bool {
     layer_number && (name.ends_with(".experts.gate_up_proj") || name.ends_with(".experts.down_proj"))
 }
 
-/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj.weight`, or one of an expert's
-/// (Mixtral's `….experts.<E>.w1.weight`, `w2`, `w3`).
+/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj.weight`, or an MLP's `w1`,
+/// `w2`, `w3` (LFM2's `feed_forward.w1.weight`, Mixtral's `….experts.<E>.w1.weight`).
 fn is_layer_projection(name: &str) -> bool {
     let Some(rest) = name.split_once(".layers.").map(|(_, r)| r) else {
         return false;
     };
     let layer_number = rest.split('.').next().is_some_and(|n| n.parse::<usize>().is_ok());
-    let expert_w = name.contains(".experts.")
-        && [".w1.weight", ".w2.weight", ".w3.weight"]
-            .iter()
-            .any(|w| name.ends_with(w));
-    layer_number && (name.ends_with("_proj.weight") || expert_w)
+    let mlp_w = [".w1.weight", ".w2.weight", ".w3.weight"]
+        .iter()
+        .any(|w| name.ends_with(w));
+    layer_number && (name.ends_with("_proj.weight") || mlp_w)
 }
 
 #[cfg(test)]
@@ -202,12 +201,15 @@ mod tests {
             q4.frozen_bytes(experts, &[4, 64, 64], 4 * 64 * 64, 2),
             4 * 64 * 64 / 32 * 34
         );
-        // Mixtral's experts are projections too; LFM2's dense MLP (`feed_forward.w1`) is not one of them.
+        // Mixtral's experts and LFM2's MLP (`w1`, `w2`, `w3`) are projections too.
         let mixtral = "model.layers.0.block_sparse_moe.experts.3.w2.weight";
         assert_eq!(q4.format_for(mixtral, &[256, 512]), Some(QuantFormat::Q4K));
+        let lfm2 = "model.layers.0.feed_forward.w1.weight";
+        assert_eq!(q4.format_for(lfm2, &[256, 512]), Some(QuantFormat::Q4K));
         assert_eq!(
-            q4.format_for("model.layers.0.feed_forward.w1.weight", &[256, 512]),
-            None
+            q4.format_for("model.w1.weight", &[256, 512]),
+            None,
+            "outside the layers"
         );
     }
 
