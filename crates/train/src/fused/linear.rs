@@ -49,6 +49,34 @@ pub fn rows_times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, tra
     Ok(times_weight(x, w, m, n, k, transposed))
 }
 
+/// `aᵀ · b` for `a` (rows × n) and `b` (rows × k), both contiguous row-major: the (n × k) product a weight's
+/// gradient `dyᵀ · x` is, read through strides as the trainable linear's backward reads it, with no transposed copy.
+pub fn transposed_times(a: &[f32], b: &[f32], rows: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    if a.len() != rows * n || b.len() != rows * k {
+        bail!(
+            "matmul: {} and {} values for ({rows}x{n})ᵀ times {rows}x{k}",
+            a.len(),
+            b.len()
+        )
+    }
+    let par = parallelism(rows, n, k);
+    // SAFETY: a is rows×n and b rows×k, contiguous (checked above); the product overwrites all n·k values.
+    Ok(unsafe {
+        written(n * k, |out| {
+            let at = Mat(a.as_ptr(), 1, n as isize);
+            matmul_fastest(
+                par,
+                n,
+                k,
+                rows,
+                Mat(out, k as isize, 1),
+                at,
+                Mat(b.as_ptr(), k as isize, 1),
+            );
+        })
+    })
+}
+
 /// `x (m×k) · wᵀ` for `w` stored (n, k), or `x · w` for `w` stored (k, n) when not `transposed`, into a new
 /// (m×n) buffer. The callers check that `x` holds m·k values and `w` n·k.
 fn times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) -> Vec<f32> {
@@ -230,6 +258,20 @@ mod tests {
         assert_close(&[direct], &[composite(&x, &w).unwrap()], 1e-4);
         assert!(
             rows_times_weight_t(&xs, &ws, 256, 320, 191).is_err(),
+            "a size mismatch is refused"
+        );
+    }
+
+    #[test]
+    fn a_transposed_product_matches_candle() {
+        let (a, b) = (randn(&[96, 40], 11), randn(&[96, 56], 12));
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let product = transposed_times(&values(&a), &values(&b), 96, 40, 56).unwrap();
+        let reference = a.t().unwrap().matmul(&b).unwrap();
+        let got = Tensor::from_vec(product, (40, 56), a.device()).unwrap();
+        assert_close(&[got], &[reference], 1e-4);
+        assert!(
+            transposed_times(&values(&a), &values(&b), 96, 40, 55).is_err(),
             "a size mismatch is refused"
         );
     }

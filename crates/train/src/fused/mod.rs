@@ -32,7 +32,7 @@ pub use gemm::{default_f32_kernel, with_bf16_matmuls, with_f32_kernel, Backend, 
 pub use head_loss::head_cross_entropy;
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
-pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t};
+pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t, transposed_times};
 pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
 pub use packed_gemm::{
     available as bf16_matmul_available, f32_available as f32_kernel_available, faster_than_f32 as bf16_matmul_faster,
@@ -100,8 +100,8 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 
-/// Runs `f` on the f32 values of CPU tensors.
-fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+/// Runs `f` on the f32 values of CPU tensors (each contiguous).
+pub(crate) fn with_values<R>(tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let mut values = Vec::with_capacity(guards.len());
     for (storage, layout) in &guards {

@@ -7,7 +7,8 @@
 //! in f32 both passes run over plain buffers, the experts in parallel (`stacked_cpu.rs`); elsewhere (CUDA, Metal,
 //! half precision) as candle ops, one expert after another.
 
-use super::stacked_cpu::{self, with_f32, Dims, Wanted};
+use super::stacked_cpu::{self, Dims, Wanted};
+use crate::fused::with_values;
 use crate::node::attach3;
 use crate::ops::sigmoid;
 use crate::params::StackedWeight;
@@ -79,9 +80,11 @@ impl Stacked {
             hidden,
             width: self.width,
         };
-        let values = with_f32(&x.contiguous()?, |x| {
+        let values = with_values(&[&x.contiguous()?], |v| {
             with_experts(&self.gate_up, |gate_up| {
-                with_experts(&self.down, |down| stacked_cpu::forward(x, gate_up, down, groups, dims))
+                with_experts(&self.down, |down| {
+                    stacked_cpu::forward(v[0], gate_up, down, groups, dims)
+                })
             })
         })?;
         let rows = values.len() / hidden;
@@ -92,7 +95,7 @@ impl Stacked {
 /// `f` on a stacked weight's experts as plain values: the dense tensor's, or its blocks.
 fn with_experts<R>(w: &StackedWeight, f: impl FnOnce(&stacked_cpu::Experts) -> Result<R>) -> Result<R> {
     match w {
-        StackedWeight::Dense(t) => with_f32(&t.contiguous()?, |v| f(&stacked_cpu::Experts::Dense(v))),
+        StackedWeight::Dense(t) => with_values(&[&t.contiguous()?], |v| f(&stacked_cpu::Experts::Dense(v[0]))),
         StackedWeight::Quantized(blocks) => f(&stacked_cpu::Experts::Quantized(blocks)),
     }
 }
@@ -115,12 +118,10 @@ fn cpu_backward(
         gate_up: gate_up.track_op(),
         down: down.track_op(),
     };
-    let grads = with_f32(&x.contiguous()?, |x| {
-        with_f32(&grad.contiguous()?, |grad| {
-            with_experts(weights.0, |gu| {
-                with_experts(weights.1, |dn| {
-                    stacked_cpu::backward(x, grad, (gu, dn), groups, dims, &wanted)
-                })
+    let grads = with_values(&[&x.contiguous()?, &grad.contiguous()?], |v| {
+        with_experts(weights.0, |gu| {
+            with_experts(weights.1, |dn| {
+                stacked_cpu::backward(v[0], v[1], (gu, dn), groups, dims, &wanted)
             })
         })
     })?;

@@ -5,9 +5,9 @@
 //! Same math, same order of the experts; what `stacked.rs` runs where `fused::applies`.
 
 use crate::fastmath::sigmoid_into;
-use crate::fused::rows_times_weight;
+use crate::fused::{rows_times_weight, transposed_times};
 use crate::params::StackedWeight;
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
@@ -18,18 +18,6 @@ pub(super) fn applies(x: &Tensor, weights: [&StackedWeight; 2]) -> bool {
         StackedWeight::Quantized(_) => true,
     });
     crate::fused::applies(x) && f32_weights
-}
-
-/// `f` on the f32 values of a contiguous CPU tensor.
-pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
-        bail!("stacked experts: f32 on the CPU expected")
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        bail!("stacked experts: a contiguous tensor expected")
-    };
-    f(&data[a..b])
 }
 
 /// One stacked weight's experts: the dense values, or each expert's blocks.
@@ -164,7 +152,7 @@ pub(super) fn backward(
             let down_e = down.matrix(e, h * w)?;
             let d_product = rows_times_weight(dy, &down_e, n, w, h, false)?;
             let d_down = match wanted.down {
-                true => Some(rows_times_weight(&transpose(dy, n, h), &product, h, w, n, false)?),
+                true => Some(transposed_times(dy, &product, n, h, w)?),
                 false => None,
             };
             let mut d_projected = vec![0f32; n * 2 * w];
@@ -179,14 +167,7 @@ pub(super) fn backward(
                 }
             }
             let d_gate_up = match wanted.gate_up {
-                true => Some(rows_times_weight(
-                    &transpose(&d_projected, n, 2 * w),
-                    &pass.input,
-                    2 * w,
-                    h,
-                    n,
-                    false,
-                )?),
+                true => Some(transposed_times(&d_projected, &pass.input, n, 2 * w, h)?),
                 false => None,
             };
             let d_input = match wanted.input {
@@ -218,15 +199,4 @@ pub(super) fn backward(
         }
     }
     Ok(grads)
-}
-
-/// `a` (rows × cols, row-major) transposed.
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = a[r * cols + c];
-        }
-    }
-    out
 }
