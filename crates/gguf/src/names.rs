@@ -28,6 +28,8 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         // Not exported yet (not in EXPORTABLE): llama.cpp's names for their experts are not mapped.
         Architecture::Mixtral => "llama",
         Architecture::Olmoe => "olmoe",
+        // Not exported yet (not in EXPORTABLE): its sinks, biases and experts are not mapped.
+        Architecture::GptOss => "gpt-oss",
     }
 }
 
@@ -96,6 +98,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Qwen3_5Moe => ("Qwen3_5MoeForCausalLM", "qwen3_5_moe_text"),
         Architecture::Mixtral => ("MixtralForCausalLM", "mixtral"),
         Architecture::Olmoe => ("OlmoeForCausalLM", "olmoe"),
+        Architecture::GptOss => ("GptOssForCausalLM", "gpt_oss"),
     }
 }
 

@@ -10,6 +10,9 @@
 //! Grouped-query heads read their shared key/value head in place: a block of query rows of the `rep` heads sharing
 //! a key/value head is one (rep·rows × d) matrix against that head's keys. The masks (causal, padded keys, the
 //! window) are built per block on the device from positions and never enter the graph.
+//!
+//! Attention sinks (gpt-oss) are one more logit per head in every row's softmax, with no value: they enter the
+//! kept log-sum-exp, so a row's probabilities sum to less than 1, and their gradient is −p_sink · Σ_d dO·O per row.
 
 use crate::node::attach3;
 use candle_core::{bail, DType, Device, Result, Tensor, D};
@@ -53,10 +56,19 @@ const HIDDEN: f64 = -1e9;
 /// `softmax(q·kᵀ·scale + mask)·v` with `q` (batch, heads, tq, d) and `k`, `v` (batch, kv_heads, tk, d); returns
 /// (batch, tq, heads·d) in `q`'s dtype. Scores, softmax and the log-sum-exp are computed in f32; the products in
 /// the compute dtype.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, pos: &Positions) -> Result<Tensor> {
+///
+/// `sinks` (heads), where given, are each head's sink logits: one more entry in every row's softmax, with no value.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    spec: AttentionSpec,
+    pos: &Positions,
+    sinks: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, heads, _, _) = q.dims4()?;
     let rows = block_rows(b, heads, k.dim(2)?);
-    attention_in_blocks(q, k, v, spec, pos, rows)
+    attention_in_blocks(q, k, v, spec, pos, rows, sinks)
 }
 
 /// [`attention`] with query blocks of `rows` rows (tests use small blocks to cross block edges).
@@ -67,20 +79,47 @@ pub fn attention_in_blocks(
     spec: AttentionSpec,
     pos: &Positions,
     rows: usize,
+    sinks: Option<&Tensor>,
 ) -> Result<Tensor> {
     let shape = Shape::of(q, k, v, pos, rows)?;
     let lengths = pos.lengths.map(Tensor::detach);
-    let ctx = Blocks { shape, spec, lengths };
+    let sink_logits = sinks.map(|s| shape.sink_rows(s)).transpose()?;
+    let ctx = Blocks {
+        shape,
+        spec,
+        lengths,
+        sinks: sink_logits,
+    };
     let (out, lse) = ctx.forward(&q.detach(), &k.detach(), &v.detach())?;
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return Ok(out);
+    match sinks {
+        None if !(q.track_op() || k.track_op() || v.track_op()) => Ok(out),
+        None => attach3(
+            "blockwise-attention",
+            [q, k, v],
+            out,
+            Box::new(move |[q, k, v], out, grad| ctx.backward([q, k, v], out, grad, &lse).map(|(g, _)| g)),
+        ),
+        Some(s) if !(q.track_op() || k.track_op() || v.track_op() || s.track_op()) => Ok(out),
+        // A node has at most three operands: keys and values travel as one (their concatenation's backward
+        // splits the gradient again).
+        Some(s) => {
+            let d = shape.d;
+            attach3(
+                "blockwise-attention-sinks",
+                [q, &Tensor::cat(&[k, v], 3)?, s],
+                out,
+                Box::new(move |[q, kv, s], out, grad| {
+                    let (k, v) = (kv.narrow(3, 0, d)?, kv.narrow(3, d, d)?);
+                    let ([dq, dk, dv], ds) = ctx.backward([q, &k, &v], out, grad, &lse)?;
+                    let dkv = match (kv.track_op(), dk, dv) {
+                        (true, Some(dk), Some(dv)) => Some(Tensor::cat(&[dk, dv], 3)?),
+                        _ => None,
+                    };
+                    Ok([dq, dkv, ds.filter(|_| s.track_op()).map(|d| d.to_dtype(s.dtype())).transpose()?])
+                }),
+            )
+        }
     }
-    attach3(
-        "blockwise-attention",
-        [q, k, v],
-        out,
-        Box::new(move |[q, k, v], out, grad| ctx.backward([q, k, v], out, grad, &lse)),
-    )
 }
 
 /// Query rows per block: about [`BLOCK_BYTES`] of f32 scores, a multiple of 16, at least 16.
@@ -149,6 +188,18 @@ impl Shape {
     fn rep(&self) -> usize {
         self.heads / self.kv_heads
     }
+
+    /// Each head's sink logit (heads) as f32 (1, kv_heads, rep, 1, 1): one per row of a block's
+    /// (batch, kv_heads, rep·rows) scores once broadcast over its rows.
+    fn sink_rows(&self, sinks: &Tensor) -> Result<Tensor> {
+        if sinks.dims() != [self.heads] {
+            bail!("attention: sinks {:?} for {} heads", sinks.shape(), self.heads)
+        }
+        sinks
+            .detach()
+            .to_dtype(DType::F32)?
+            .reshape((1, self.kv_heads, self.rep(), 1, 1))
+    }
 }
 
 /// One block: query rows `q0..q0 + qn` (of the queries) against keys `k0..k0 + kn`.
@@ -164,6 +215,8 @@ struct Blocks {
     shape: Shape,
     spec: AttentionSpec,
     lengths: Option<Tensor>,
+    /// Each head's sink logit, f32 (1, kv_heads, rep, 1, 1).
+    sinks: Option<Tensor>,
 }
 
 /// A block's f32 scores (batch, kv_heads, rep·rows, keys), masked, and `tanh` of the softcap if there is one.
@@ -247,7 +300,20 @@ impl Blocks {
         Ok(Scores { s: scores, capped })
     }
 
-    /// The output (batch, tq, heads·d) and, per block, the rows' log-sum-exp (batch, kv_heads, rep·rows, 1).
+    /// The sink logit of each row of a block (1, kv_heads, rep·qn, 1), where the layer has sinks.
+    fn block_sinks(&self, blk: Block) -> Result<Option<Tensor>> {
+        let s = &self.shape;
+        self.sinks
+            .as_ref()
+            .map(|t| {
+                t.broadcast_as((1, s.kv_heads, s.rep(), blk.qn, 1))?
+                    .reshape((1, s.kv_heads, s.rep() * blk.qn, 1))
+            })
+            .transpose()
+    }
+
+    /// The output (batch, tq, heads·d) and, per block, the rows' log-sum-exp (batch, kv_heads, rep·rows, 1), the
+    /// sink's logit included where there is one.
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let s = self.shape;
         let mut outs = Vec::new();
@@ -255,8 +321,16 @@ impl Blocks {
         for blk in self.blocks() {
             let qb = self.query_rows(q, blk)?;
             let sc = self.scores(&qb, &self.key_rows(k, blk)?, blk)?.s;
-            let max = sc.max_keepdim(D::Minus1)?;
-            let lse = (sc.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+            let mut max = sc.max_keepdim(D::Minus1)?;
+            let sink = self.block_sinks(blk)?;
+            if let Some(sink) = &sink {
+                max = max.broadcast_maximum(sink)?;
+            }
+            let mut total = sc.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
+            if let Some(sink) = &sink {
+                total = (total + sink.broadcast_sub(&max)?.exp()?)?;
+            }
+            let lse = (total.log()? + max)?;
             let probs = sc.broadcast_sub(&lse)?.exp()?.to_dtype(s.dtype)?;
             let out = probs.matmul(&self.key_rows(v, blk)?)?;
             outs.push(out.reshape((s.b, s.heads, blk.qn, s.d))?);
@@ -269,14 +343,15 @@ impl Blocks {
         Ok((out, lses))
     }
 
-    /// Gradients of q, k and v (each only if it records a graph), block by block from the kept log-sum-exp.
+    /// Gradients of q, k and v (each only if it records a graph), block by block from the kept log-sum-exp, and
+    /// the sinks' (heads, f32) where the layer has them.
     fn backward(
         &self,
         args: [&Tensor; 3],
         out: &Tensor,
         grad: &Tensor,
         lses: &[Tensor],
-    ) -> Result<[Option<Tensor>; 3]> {
+    ) -> Result<([Option<Tensor>; 3], Option<Tensor>)> {
         let s = self.shape;
         let [need_q, need_k, need_v] = args.map(Tensor::track_op);
         let [q, k, v] = args.map(Tensor::detach);
@@ -288,6 +363,10 @@ impl Blocks {
         let dk = Tensor::zeros(key_shape, DType::F32, dev)?;
         let dv = Tensor::zeros(key_shape, DType::F32, dev)?;
         let mut dq = Vec::new();
+        let mut d_sinks = match self.sinks {
+            Some(_) => Some(Tensor::zeros((s.kv_heads, s.rep()), DType::F32, dev)?),
+            None => None,
+        };
         for (blk, lse) in self.blocks().into_iter().zip(lses) {
             let qb = self.query_rows(&q, blk)?;
             let gob = self.query_rows(&go, blk)?;
@@ -297,14 +376,23 @@ impl Blocks {
             if need_v {
                 add_rows(&dv, &probs.to_dtype(s.dtype)?.t()?.matmul(&gob)?, blk.k0)?;
             }
+            if !(need_q || need_k || d_sinks.is_some()) {
+                continue;
+            }
+            // Σ_d dO·O: the softmax's correction term, per row.
+            let gof = gob.to_dtype(DType::F32)?;
+            let delta = (gof * self.query_rows(&o, blk)?.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
+            if let (Some(acc), Some(sink)) = (&mut d_sinks, self.block_sinks(blk)?) {
+                // The sink's probability times (0 − delta): it has no value, so its dP is 0.
+                let p_sink = sink.broadcast_sub(lse)?.exp()?;
+                let per_row = (p_sink * &delta)?.reshape((s.b, s.kv_heads, s.rep(), blk.qn))?;
+                *acc = (&*acc - per_row.sum(3)?.sum(0)?)?;
+            }
             if !(need_q || need_k) {
                 continue;
             }
             let vw = self.key_rows(&v, blk)?;
             let dprobs = gob.matmul(&vw.t()?)?.to_dtype(DType::F32)?;
-            // Σ_d dO·O: the softmax's correction term, per row.
-            let gof = gob.to_dtype(DType::F32)?;
-            let delta = (gof * self.query_rows(&o, blk)?.to_dtype(DType::F32)?)?.sum_keepdim(D::Minus1)?;
             let mut ds = (probs * dprobs.broadcast_sub(&delta)?)?;
             if let Some(t) = sc.capped {
                 ds = (ds * (1.0 - t.sqr()?)?)?;
@@ -320,7 +408,8 @@ impl Blocks {
         let dq = if need_q { Some(Tensor::cat(&dq, 2)?) } else { None };
         let dk = if need_k { Some(dk.to_dtype(s.dtype)?) } else { None };
         let dv = if need_v { Some(dv.to_dtype(s.dtype)?) } else { None };
-        Ok([dq, dk, dv])
+        let d_sinks = d_sinks.map(|d| d.reshape(s.heads)).transpose()?;
+        Ok(([dq, dk, dv], d_sinks))
     }
 }
 
@@ -366,7 +455,15 @@ mod tests {
     use candle_core::Var;
 
     /// The square-matrix attention the blockwise one replaces: repeated kv heads, a dense mask, one softmax.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, offset: usize, lens: &[usize]) -> Tensor {
+    fn reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spec: AttentionSpec,
+        offset: usize,
+        lens: &[usize],
+        sinks: Option<&Tensor>,
+    ) -> Tensor {
         let (b, nh, tq, d) = q.dims4().unwrap();
         let (_, nkv, tk, _) = k.dims4().unwrap();
         let rep = nh / nkv;
@@ -395,7 +492,14 @@ mod tests {
         if let Some(cap) = spec.softcap {
             s = ((s / cap).unwrap().tanh().unwrap() * cap).unwrap();
         }
-        let p = softmax_last_dim(&s.broadcast_add(&mask).unwrap()).unwrap();
+        let mut s = s.broadcast_add(&mask).unwrap();
+        if let Some(sinks) = sinks {
+            // transformers' gpt-oss: the sink as one more column of the scores, dropped after the softmax.
+            let column = sinks.to_dtype(DType::F32).unwrap().reshape((1, nh, 1, 1)).unwrap();
+            let column = column.broadcast_as((b, nh, tq, 1)).unwrap();
+            s = Tensor::cat(&[&s, &column], 3).unwrap();
+        }
+        let p = softmax_last_dim(&s).unwrap().narrow(3, 0, tk).unwrap();
         p.to_dtype(q.dtype())
             .unwrap()
             .matmul(&repeat(v).contiguous().unwrap())
@@ -415,6 +519,7 @@ mod tests {
         spec: AttentionSpec,
         rows: usize,
         dtype: DType,
+        sinks: bool,
     }
 
     fn case(heads: usize, kv: usize, t: usize, lens: &[usize]) -> Case {
@@ -427,6 +532,7 @@ mod tests {
             spec: AttentionSpec::plain(8),
             rows: 5,
             dtype: DType::F32,
+            sinks: false,
         }
     }
 
@@ -470,8 +576,14 @@ mod tests {
             q_offset: c.offset,
             lengths: padded.then_some(&lens_t),
         };
-        let out = attention_in_blocks(q.as_tensor(), k.as_tensor(), v.as_tensor(), c.spec, &pos, c.rows).unwrap();
-        let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), c.spec, c.offset, &c.lens);
+        // Sinks around the scores' size, so they take a real share of each row.
+        let sinks = c
+            .sinks
+            .then(|| Var::from_tensor(&(Tensor::randn(0f32, 1., c.heads, &dev).unwrap() + 1.0).unwrap()).unwrap());
+        let sink_t = sinks.as_ref().map(|s| s.as_tensor());
+        let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let out = attention_in_blocks(qt, kt, vt, c.spec, &pos, c.rows, sink_t).unwrap();
+        let want = reference(qt, kt, vt, c.spec, c.offset, &c.lens, sink_t);
         assert_eq!(out.dtype(), c.dtype);
         let on_real = |y: &Tensor| y.to_dtype(DType::F32).unwrap().broadcast_mul(&real).unwrap();
         let d = max_diff(&on_real(&out), &on_real(&want));
@@ -484,6 +596,13 @@ mod tests {
             assert_eq!(g.dtype(), c.dtype, "{name} gradient dtype");
             let d = max_diff(g, e);
             assert!(d < tol * 10.0, "{name} gradient differs by {d}");
+        }
+        if let Some(s) = &sinks {
+            let (g, e) = (got.get(s.as_tensor()).unwrap(), exp.get(s.as_tensor()).unwrap());
+            let d = max_diff(g, e);
+            assert!(d < tol * 10.0, "sink gradient differs by {d}");
+            let scale = e.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(scale > 1e-2, "the sinks barely matter here ({scale})");
         }
     }
 
@@ -521,6 +640,21 @@ mod tests {
     }
 
     #[test]
+    fn sinks_take_their_share_of_each_row_and_get_their_gradient() {
+        let mut c = case(4, 2, 13, &[13, 9]);
+        c.sinks = true;
+        check(&c, 1e-5);
+        c.spec.window = Some(3);
+        check(&c, 1e-5);
+        let mut cached = case(6, 2, 2, &[9]);
+        (cached.offset, cached.sinks) = (7, true);
+        check(&cached, 1e-5);
+        let mut half = case(4, 2, 12, &[12]);
+        (half.dtype, half.sinks) = (DType::BF16, true);
+        check(&half, 3e-2);
+    }
+
+    #[test]
     fn queries_after_cached_keys_see_them_all() {
         let mut c = case(4, 2, 3, &[10]);
         c.offset = 7;
@@ -547,7 +681,7 @@ mod tests {
             q_offset: 0,
             lengths: None,
         };
-        let out = attention_in_blocks(q.as_tensor(), &k, &v, AttentionSpec::plain(8), &pos, 4).unwrap();
+        let out = attention_in_blocks(q.as_tensor(), &k, &v, AttentionSpec::plain(8), &pos, 4, None).unwrap();
         let grads = out.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(q.as_tensor()).is_some());
         assert!(grads.get(&k).is_none() && grads.get(&v).is_none());
@@ -563,7 +697,7 @@ mod tests {
             q_offset: 0,
             lengths: None,
         };
-        let err = attention(&q, &k, &k, AttentionSpec::plain(8), &pos)
+        let err = attention(&q, &k, &k, AttentionSpec::plain(8), &pos, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("do not fit"), "{err}");

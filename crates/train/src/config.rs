@@ -50,6 +50,8 @@ pub enum Architecture {
     Qwen3_5Moe,
     /// Mistral's attention and sparse MLPs.
     Mixtral,
+    /// Attention with sinks and biases, sliding and full layers in turn, sparse MLPs with biases.
+    GptOss,
     /// Pre-norm layers with whole-projection q/k norms and sparse MLPs.
     Olmoe,
 }
@@ -134,6 +136,8 @@ pub struct LayerSpec {
     pub scale: f64,
     /// Attention scores become `cap · tanh(scores / cap)` (Gemma 2).
     pub softcap: Option<f64>,
+    /// Each head's softmax has one more logit, a learned `self_attn.sinks` entry with no value (gpt-oss).
+    pub sinks: bool,
     pub norms: NormPlacement,
     pub qk_norm: QkNorm,
     pub qkv_bias: bool,
@@ -370,6 +374,7 @@ impl DecoderConfig {
                 rope: uses_rope[i].then_some(if windows[i].is_some() { sliding_rope } else { full_rope }),
                 scale,
                 softcap,
+                sinks: fam.attention_sinks && mixers[i] == Mixer::Attention,
                 norms: fam.norms,
                 qk_norm: fam.qk_norm,
                 qkv_bias: fam.qkv_bias_always || attention_bias,
@@ -520,6 +525,9 @@ impl DecoderConfig {
                 linear("self_attn.v_proj", kv, h, l.qkv_bias);
             }
             linear(names.o_proj, h, q, l.o_bias);
+            if l.sinks {
+                add("self_attn.sinks".into(), vec![self.num_heads]);
+            }
             let (qn, kn) = match l.qk_norm {
                 QkNorm::None => continue,
                 QkNorm::PerHead => (hd, hd),
@@ -536,6 +544,9 @@ impl DecoderConfig {
 fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<usize>)> {
     let matrix = |name: String, rows: usize, cols: usize| (format!("{name}.weight"), vec![rows, cols]);
     let mut out = vec![matrix(t.router.into(), e.count, h)];
+    if t.router_bias {
+        out.push((format!("{}.bias", t.router), vec![e.count]));
+    }
     match t.weights {
         ExpertWeights::Separate {
             experts,
@@ -552,6 +563,12 @@ fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<u
         ExpertWeights::Stacked { gate_up, down } => {
             out.push((gate_up.into(), vec![e.count, 2 * e.width, h]));
             out.push((down.into(), vec![e.count, h, e.width]));
+        }
+        ExpertWeights::Interleaved { gate_up, down } => {
+            out.push((gate_up.into(), vec![e.count, h, 2 * e.width]));
+            out.push((format!("{gate_up}_bias"), vec![e.count, 2 * e.width]));
+            out.push((down.into(), vec![e.count, e.width, h]));
+            out.push((format!("{down}_bias"), vec![e.count, h]));
         }
     }
     if let (Some(shared), Some(width)) = (t.shared, e.shared_width) {

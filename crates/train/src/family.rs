@@ -64,10 +64,12 @@ pub enum MlpLayout {
 /// experts run (SwiGLU MLPs of their own), and their outputs are summed weighted by those probabilities,
 /// renormalised to sum to 1 where the family says; a shared expert, where the family has one, adds its output
 /// to every token's, scaled by the sigmoid of its own gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExpertTable {
-    /// The router's weight (experts × hidden, no bias): `mlp.gate`.
+    /// The router's linear (experts × hidden): `mlp.gate`.
     pub router: &'static str,
+    /// The router has a bias (gpt-oss).
+    pub router_bias: bool,
     pub weights: ExpertWeights,
     /// The keys holding the expert count (transformers takes either spelling, as its `attribute_map` says) and
     /// each expert's MLP width.
@@ -82,6 +84,7 @@ pub struct ExpertTable {
     /// The chosen probabilities weigh the experts' outputs in f32, the product then rounded to the activations'
     /// dtype (Mixtral); otherwise they are rounded to that dtype first (Qwen3 MoE, OLMoE, Qwen3.5 MoE).
     pub weigh_in_f32: bool,
+    pub activation: ExpertActivation,
 }
 
 /// Where the experts' projections are.
@@ -98,6 +101,21 @@ pub enum ExpertWeights {
     /// One tensor per projection, experts first and no `.weight` suffix: `gate_up` (experts × 2·width × hidden,
     /// gate rows first) and `down` (experts × hidden × width) (Qwen3.5 MoE).
     Stacked { gate_up: &'static str, down: &'static str },
+    /// One tensor per projection, each expert's matrix the transpose of a linear's weight and followed by a bias
+    /// `{name}_bias`: `gate_up` (experts × hidden × 2·width, gate and up in alternate columns, gate first) with
+    /// `gate_up_bias` (experts × 2·width), `down` (experts × width × hidden) with `down_bias` (experts × hidden)
+    /// (gpt-oss).
+    Interleaved { gate_up: &'static str, down: &'static str },
+}
+
+/// How an expert's gate and up projections make the input of its down projection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpertActivation {
+    /// `act(gate) · up`, `act` the family's MLP activation.
+    Glu,
+    /// gpt-oss: `(clamp(up, −limit, limit) + 1) · g · σ(alpha · g)` with `g = min(gate, limit)`; transformers
+    /// hard-codes alpha 1.702 and limit 7 and never reads `hidden_act`.
+    ClampedSwiglu { alpha: f64, limit: f64 },
 }
 
 /// A shared expert: a SwiGLU MLP every token runs through (`mlp` with `gate_proj`, `up_proj`, `down_proj`), its
@@ -222,6 +240,9 @@ pub struct Family {
     pub dropped_tensors: &'static [&'static str],
     /// The family's mixture-of-experts MLP, for the layers that have one.
     pub experts: Option<ExpertTable>,
+    /// Each attention head has a learned logit `self_attn.sinks` that joins its softmax as one more key with no
+    /// value (gpt-oss): it takes a share of every row's probability, so the row may attend to nothing.
+    pub attention_sinks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,6 +411,7 @@ const LLAMA: Family = Family {
     text_mrope: false,
     dropped_tensors: &[],
     experts: None,
+    attention_sinks: false,
 };
 
 const QWEN3_5: Family = Family {
@@ -433,7 +455,7 @@ const QWEN3_5: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 20] = [
+pub const FAMILIES: [Family; 21] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -554,6 +576,7 @@ pub const FAMILIES: [Family; 20] = [
         sliding: DefaultSliding::EveryLayer,
         experts: Some(ExpertTable {
             router: "block_sparse_moe.gate",
+            router_bias: false,
             weights: ExpertWeights::Separate {
                 experts: "block_sparse_moe.experts",
                 gate: "w1",
@@ -566,6 +589,7 @@ pub const FAMILIES: [Family; 20] = [
             sparse_layer_keys: None,
             shared: None,
             weigh_in_f32: true,
+            activation: ExpertActivation::Glu,
         }),
         ..LLAMA
     },
@@ -598,6 +622,7 @@ pub const FAMILIES: [Family; 20] = [
         qk_norm: QkNorm::Whole,
         experts: Some(ExpertTable {
             router: "mlp.gate",
+            router_bias: false,
             weights: ExpertWeights::Separate {
                 experts: "mlp.experts",
                 gate: "gate_proj",
@@ -610,6 +635,7 @@ pub const FAMILIES: [Family; 20] = [
             sparse_layer_keys: None,
             shared: None,
             weigh_in_f32: false,
+            activation: ExpertActivation::Glu,
         }),
         ..LLAMA
     },
@@ -654,6 +680,7 @@ pub const FAMILIES: [Family; 20] = [
         sliding: DefaultSliding::EveryLayerWhenUsed,
         experts: Some(ExpertTable {
             router: "mlp.gate",
+            router_bias: false,
             weights: ExpertWeights::Separate {
                 experts: "mlp.experts",
                 gate: "gate_proj",
@@ -666,7 +693,65 @@ pub const FAMILIES: [Family; 20] = [
             sparse_layer_keys: Some(("decoder_sparse_step", "mlp_only_layers")),
             shared: None,
             weigh_in_f32: false,
+            activation: ExpertActivation::Glu,
         }),
+        ..LLAMA
+    },
+    // gpt-oss (20B, 120B): attention with a learned sink per head and biases on every projection, sliding
+    // (`sliding_window`, 128) and full layers in turn, YaRN; a sparse MLP on every layer whose router has a bias
+    // and whose top-k logits go through a softmax (the same weights as the softmax's top k renormalised), experts
+    // stacked transposed with gate and up interleaved and biases, and the clamped SwiGLU. `hidden_act` is in the
+    // released config, but transformers never reads it. MXFP4 checkpoints (`quantization_config`) are refused by
+    // the loader: they need dequantizing first.
+    Family {
+        model_type: "gpt_oss",
+        sizes: Sizes {
+            vocab: 201088,
+            hidden: 2880,
+            intermediate: 2880,
+            layers: 36,
+            heads: 64,
+        },
+        architecture: Architecture::GptOss,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "sliding_window",
+            "layer_types",
+            "num_local_experts",
+            "num_experts",
+            "num_experts_per_tok",
+            "output_router_logits",
+            "router_aux_loss_coef",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": true, "head_dim": 64,
+            "num_key_value_heads": 8, "sliding_window": 128, "num_local_experts": 128, "num_experts_per_tok": 4,
+            "output_router_logits": false, "router_aux_loss_coef": 0.001, "rope_parameters": {"rope_type": "yarn",
+            "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": false,
+            "original_max_position_embeddings": 4096}})
+        },
+        activation_key: None,
+        sliding: DefaultSliding::AllButEvery(2),
+        experts: Some(ExpertTable {
+            router: "mlp.router",
+            router_bias: true,
+            weights: ExpertWeights::Interleaved {
+                gate_up: "mlp.experts.gate_up_proj",
+                down: "mlp.experts.down_proj",
+            },
+            count_keys: ["num_local_experts", "num_experts"],
+            width_key: "intermediate_size",
+            normalize: TopKNorm::Always,
+            sparse_layer_keys: None,
+            shared: None,
+            weigh_in_f32: false,
+            activation: ExpertActivation::ClampedSwiglu {
+                alpha: 1.702,
+                limit: 7.0,
+            },
+        }),
+        attention_sinks: true,
         ..LLAMA
     },
     // `full_attn_mod`, `interpolate_factor`: Phi-4-mini's config carries them; transformers never reads them.
@@ -1056,6 +1141,7 @@ pub const FAMILIES: [Family; 20] = [
         },
         experts: Some(ExpertTable {
             router: "mlp.gate",
+            router_bias: false,
             weights: ExpertWeights::Stacked {
                 gate_up: "mlp.experts.gate_up_proj",
                 down: "mlp.experts.down_proj",
@@ -1070,6 +1156,7 @@ pub const FAMILIES: [Family; 20] = [
                 width_key: "shared_expert_intermediate_size",
             }),
             weigh_in_f32: false,
+            activation: ExpertActivation::Glu,
         }),
         ..QWEN3_5
     },

@@ -79,6 +79,8 @@ struct AttentionWeights {
     o: Linear,
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
+    /// Each head's sink logit (heads), where the layer has sinks (gpt-oss).
+    sinks: Option<Tensor>,
 }
 
 /// LFM2's gated short convolution: `in_proj` (3·hidden rows: B, C, x), the depthwise causal convolution's weight
@@ -207,6 +209,7 @@ impl AttentionWeights {
             o: linear(c.names.o_proj, spec.o_bias)?,
             q_norm: qk_norm(c.names.q_norm)?,
             k_norm: qk_norm(c.names.k_norm)?,
+            sinks: spec.sinks.then(|| params.get(&format!("{p}.self_attn.sinks"))).transpose()?,
         })
     }
 }
@@ -617,8 +620,12 @@ impl Decoder {
             Some(r) => Some((&rot[r].0, &rot[r].1)),
             None => None,
         };
-        let plain =
-            spec.qk_norm == QkNorm::None && spec.softcap.is_none() && !spec.output_gate && !query_factors && !cached;
+        let plain = spec.qk_norm == QkNorm::None
+            && spec.softcap.is_none()
+            && !spec.sinks
+            && !spec.output_gate
+            && !query_factors
+            && !cached;
         if !fused::applies(x) || !plain || blk.attn_norms.post.is_some() {
             return None;
         }
@@ -756,7 +763,7 @@ impl Decoder {
             }
             cache.kv = Some((k.clone(), v.clone()));
         }
-        let attn = self.attend(&q, k, v, mask, spec)?;
+        let attn = self.attend(&q, k, v, mask, spec, w.sinks.as_ref())?;
         let attn = match gate {
             Some(gate) => (attn * sigmoid(&gate)?)?,
             None => attn,
@@ -915,6 +922,7 @@ impl Decoder {
         v: Tensor,
         mask: &AttnMask,
         layer: &LayerSpec,
+        sinks: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let spec = AttentionSpec {
             scale: layer.scale,
@@ -926,8 +934,8 @@ impl Decoder {
             _ => mask.dense.as_ref(),
         };
         if let Some(dense) = dense {
-            // The fused kernel has no softcap: a capped layer takes the blockwise path.
-            if fused::applies(q) && k.dim(2)? == q.dim(2)? && spec.softcap.is_none() {
+            // The fused kernel has no softcap and no sinks: such a layer takes the blockwise path.
+            if fused::applies(q) && k.dim(2)? == q.dim(2)? && spec.softcap.is_none() && sinks.is_none() {
                 return fused::causal_attention(q, &k, &v, dense, spec.scale as f32);
             }
         }
@@ -935,7 +943,7 @@ impl Decoder {
             q_offset: mask.q_offset,
             lengths: mask.lengths.as_ref(),
         };
-        attention(q, &k, &v, spec, &positions)
+        attention(q, &k, &v, spec, &positions, sinks)
     }
 }
 

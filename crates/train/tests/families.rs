@@ -4,7 +4,8 @@
 //! sandwich norms, softcaps and query scale, Gemma 3's q/k norms and rope per layer type, SmolLM3's NoPE layer,
 //! Granite's multipliers, OLMo's post norms, LFM2's short convolutions, Qwen3.5's Gated DeltaNet (three
 //! delta-rule chunks) and gated attention, Qwen3 MoE's routed experts (renormalised top 2 of 4, a dense layer
-//! between sparse ones), YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
+//! between sparse ones), gpt-oss's attention sinks, biases and clamped experts stacked with interleaved columns,
+//! YaRN, and LongRoPE with partial rotary. Every tensor trains: 3 SGD
 //! steps' losses, the step-1 gradient norm, greedy generation through the KV cache, and a bf16 loss must match.
 //! Run once with the fused CPU kernels and once with `FREEZETUNE_FUSED=0` (the device-generic path GPUs run), as
 //! `make test` does.
@@ -271,6 +272,11 @@ fn olmoe_experts_without_renormalisation_and_whole_projection_qk_norms() {
 #[test]
 fn qwen3_5_moe_stacked_experts_and_a_gated_shared_expert_around_delta_net_layers() {
     check("qwen3_5_moe");
+}
+
+#[test]
+fn gpt_oss_sinks_biases_alternating_windows_and_clamped_interleaved_experts() {
+    check("gpt_oss");
 }
 
 #[test]

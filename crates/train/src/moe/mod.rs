@@ -7,20 +7,28 @@
 //! Every op here runs on every backend. Experts stored one linear each (qwen3_moe) are plain differentiable ops:
 //! the backward pass keeps what a dense MLP of `top_k` times the expert width would keep (each token's input once
 //! per chosen expert, each expert's intermediates for its own tokens). Experts stacked in two tensors (Qwen3.5
-//! MoE) are one node with a hand-written backward (`stacked.rs`) that keeps only its output. Either way the
+//! MoE) are one node with a hand-written backward (`stacked.rs`) that keeps only its output; gpt-oss's, stacked
+//! transposed with biases, two such nodes (`interleaved.rs`). Either way the
 //! experts' outputs are weighted in one tensor and added into the result by one `index_add` (a chain of
 //! per-expert adds would keep a full-size sum per expert).
 
+mod activation;
+mod interleaved;
 mod stacked;
 mod stacked_cpu;
 
 use crate::config::ExpertsSpec;
-use crate::family::{ExpertTable, ExpertWeights};
+use crate::family::{ExpertActivation, ExpertTable, ExpertWeights};
 use crate::linear::Linear;
 use crate::ops::{sigmoid, softmax_last_dim};
 use crate::params::Params;
+use activation::GateActivation;
 use candle_core::{DType, Result, Tensor, D};
+use interleaved::Interleaved;
 use stacked::Stacked;
+
+const ONLY_SWIGLU: &str =
+    "is a stacked expert tensor, which FreezeTune runs with SwiGLU only (`hidden_act` = \"silu\")";
 
 /// A SwiGLU MLP: one expert, or the shared one.
 pub(crate) struct Expert {
@@ -48,6 +56,7 @@ impl Expert {
 enum Weights {
     Separate(Vec<Expert>),
     Stacked(Stacked),
+    Interleaved(Interleaved),
 }
 
 /// The shared expert and its gate.
@@ -66,7 +75,7 @@ pub(crate) struct Experts {
 
 impl Experts {
     /// The router and experts of the layer at `p` (`model.layers.N`), named as `table` says. Stacked experts
-    /// run SwiGLU only (`silu` = true).
+    /// run SwiGLU (`silu` = true) or the table's own activation; separate ones, the family's activation.
     pub fn load(
         params: &Params,
         p: &str,
@@ -74,7 +83,18 @@ impl Experts {
         spec: ExpertsSpec,
         silu: bool,
     ) -> crate::error::Result<Experts> {
+        let refuse = |name: &str, reason: &str| crate::error::TrainError::Tensor {
+            name: format!("{p}.{name}"),
+            reason: reason.into(),
+        };
+        let stacked_activation = GateActivation::of(table.activation, silu);
         let weights = match table.weights {
+            ExpertWeights::Separate { experts, .. } if table.activation != ExpertActivation::Glu => {
+                return Err(refuse(
+                    experts,
+                    "are separate experts, which FreezeTune runs with the family's activation only",
+                ))
+            }
             ExpertWeights::Separate {
                 experts,
                 gate,
@@ -88,18 +108,20 @@ impl Experts {
                     })
                     .collect::<crate::error::Result<_>>()?,
             ),
-            ExpertWeights::Stacked { gate_up, .. } if !silu => {
-                return Err(crate::error::TrainError::Tensor {
-                    name: format!("{p}.{gate_up}"),
-                    reason: "is a stacked expert tensor, which FreezeTune runs with the SiLU activation only \
-                             (`hidden_act` = \"silu\")"
-                        .into(),
-                })
-            }
-            ExpertWeights::Stacked { gate_up, down } => Weights::Stacked(Stacked {
+            ExpertWeights::Stacked { gate_up, down } => match stacked_activation {
+                Some(GateActivation::Silu) => Weights::Stacked(Stacked {
+                    gate_up: params.stacked_experts(&format!("{p}.{gate_up}"))?,
+                    down: params.stacked_experts(&format!("{p}.{down}"))?,
+                    width: spec.width,
+                }),
+                _ => return Err(refuse(gate_up, ONLY_SWIGLU)),
+            },
+            ExpertWeights::Interleaved { gate_up, down } => Weights::Interleaved(Interleaved {
                 gate_up: params.stacked_experts(&format!("{p}.{gate_up}"))?,
+                gate_up_bias: params.get(&format!("{p}.{gate_up}_bias"))?,
                 down: params.stacked_experts(&format!("{p}.{down}"))?,
-                width: spec.width,
+                down_bias: params.get(&format!("{p}.{down}_bias"))?,
+                activation: stacked_activation.ok_or_else(|| refuse(gate_up, ONLY_SWIGLU))?,
             }),
         };
         let shared = match (table.shared, spec.shared_width) {
@@ -113,7 +135,7 @@ impl Experts {
             _ => None,
         };
         Ok(Experts {
-            router: params.linear(&format!("{p}.{}", table.router), false)?,
+            router: params.linear(&format!("{p}.{}", table.router), table.router_bias)?,
             weights,
             shared,
             spec,
@@ -179,6 +201,7 @@ impl Experts {
                 Tensor::cat(&outputs, 0)
             }
             Weights::Stacked(stacked) => stacked.forward(x, &routes.tokens_by_expert),
+            Weights::Interleaved(experts) => experts.forward(x, &routes.tokens_by_expert),
         }
     }
 }

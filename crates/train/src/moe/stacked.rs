@@ -22,7 +22,7 @@ pub(crate) struct Stacked {
 
 impl StackedWeight {
     /// Expert `e`'s matrix in `dtype`, outside the graph.
-    fn matrix(&self, e: usize, dtype: DType) -> Result<Tensor> {
+    pub(super) fn matrix(&self, e: usize, dtype: DType) -> Result<Tensor> {
         match self {
             StackedWeight::Dense(t) => t.detach().get(e)?.to_dtype(dtype),
             StackedWeight::Quantized(experts) => crate::quant::dequantize(&experts[e], dtype),
@@ -30,7 +30,7 @@ impl StackedWeight {
     }
 
     /// The node's operand: the tensor itself, or, for blocks (frozen, never given a gradient), a placeholder.
-    fn operand(&self, device: &Device) -> Result<Tensor> {
+    pub(super) fn operand(&self, device: &Device) -> Result<Tensor> {
         match self {
             StackedWeight::Dense(t) => Ok(t.clone()),
             StackedWeight::Quantized(_) => Tensor::zeros(1, DType::F32, device),

@@ -1,0 +1,112 @@
+//! How an expert turns its gate and up projections into its down projection's input, forward and backward, as
+//! candle ops outside the graph (the expert nodes' own passes).
+
+use crate::family::ExpertActivation;
+use crate::ops::sigmoid;
+use candle_core::{Result, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum GateActivation {
+    /// silu(gate) · up.
+    Silu,
+    /// gpt-oss: `(clamp(up, −limit, limit) + 1) · g · σ(alpha · g)`, `g = min(gate, limit)`.
+    Clamped { alpha: f64, limit: f64 },
+}
+
+impl GateActivation {
+    /// The activation the table names, or None where it is the family's dense one (`act(gate) · up`) and that is
+    /// not SiLU.
+    pub fn of(table: ExpertActivation, silu: bool) -> Option<GateActivation> {
+        match table {
+            ExpertActivation::Glu if silu => Some(GateActivation::Silu),
+            ExpertActivation::Glu => None,
+            ExpertActivation::ClampedSwiglu { alpha, limit } => Some(GateActivation::Clamped { alpha, limit }),
+        }
+    }
+
+    pub fn forward(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        match self {
+            GateActivation::Silu => gate.silu()? * up,
+            GateActivation::Clamped { alpha, limit } => {
+                let g = gate.minimum(limit)?;
+                let glu = (&g * sigmoid(&(&g * alpha)?)?)?;
+                (up.clamp(-limit, limit)? + 1.0)? * glu
+            }
+        }
+    }
+
+    /// The gradients of gate and up from the output's `grad`. A clamped value passes no gradient; one at the
+    /// limit itself does, as PyTorch's clamp has it.
+    pub fn backward(self, gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            GateActivation::Silu => {
+                let s = sigmoid(gate)?;
+                // silu'(g) = σ(g) · (1 + g · (1 − σ(g))).
+                let silu_grad = (&s * ((gate * (1.0 - &s)?)? + 1.0)?)?;
+                let d_gate = ((grad * up)? * silu_grad)?;
+                let d_up = (grad * (gate * s)?)?;
+                Ok((d_gate, d_up))
+            }
+            GateActivation::Clamped { alpha, limit } => {
+                let g = gate.minimum(limit)?;
+                let s = sigmoid(&(&g * alpha)?)?;
+                let glu = (&g * &s)?;
+                let below = |x: &Tensor| x.le(limit)?.to_dtype(x.dtype());
+                let inside = (up.ge(-limit)?.to_dtype(up.dtype())? * below(up)?)?;
+                let d_up = ((grad * &glu)? * inside)?;
+                // d(g·σ(αg))/dg = σ + α·g·σ·(1 − σ).
+                let glu_grad = (&s + ((&g * alpha)? * (&s * (1.0 - &s)?)?)?)?;
+                let d_gate = (((grad * (up.clamp(-limit, limit)? + 1.0)?)? * glu_grad)? * below(gate)?)?;
+                Ok((d_gate, d_up))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The hand-written backward against candle's autograd of the forward, on values that cross both limits.
+    #[test]
+    fn backward_matches_autograd_on_either_side_of_the_limits() {
+        let dev = Device::Cpu;
+        for act in [GateActivation::Silu, GateActivation::Clamped { alpha: 1.702, limit: 1.5 }] {
+            let gate = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (7, 5), &dev).unwrap())).unwrap();
+            let up = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (7, 5), &dev).unwrap())).unwrap();
+            let grad = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
+            let y = act.forward(gate.as_tensor(), up.as_tensor()).unwrap();
+            let auto = (&y * &grad).unwrap().sum_all().unwrap().backward().unwrap();
+            let (dg, du) = act.backward(gate.as_tensor(), up.as_tensor(), &grad).unwrap();
+            for (got, var) in [(dg, &gate), (du, &up)] {
+                let want = auto.get(var.as_tensor()).unwrap();
+                let d = crate::ops::tests::max_abs_diff(&got, want);
+                assert!(d < 1e-5, "{act:?}: gradient differs by {d}");
+            }
+            if let GateActivation::Clamped { limit, .. } = act {
+                let clamped = gate.as_tensor().gt(limit).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+                let n = clamped.sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(n > 0.0, "no gate crosses the limit: the test would not see the clamp");
+            }
+        }
+    }
+
+    #[test]
+    fn the_clamped_activation_is_gpt_oss_formula() {
+        let dev = Device::Cpu;
+        let gate = Tensor::new(&[-1.0f32, 0.5, 9.0], &dev).unwrap();
+        let up = Tensor::new(&[8.0f32, -0.25, -9.0], &dev).unwrap();
+        let act = GateActivation::Clamped { alpha: 1.702, limit: 7.0 };
+        let got = act.forward(&gate, &up).unwrap().to_vec1::<f32>().unwrap();
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let want = [
+            (7.0 + 1.0) * -1.0 * sig(-1.702),
+            (-0.25 + 1.0) * 0.5 * sig(0.5 * 1.702),
+            (-7.0 + 1.0) * 7.0 * sig(7.0 * 1.702),
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+}
