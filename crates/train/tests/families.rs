@@ -15,6 +15,7 @@ use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
 use freezetune_train::loss::causal_lm_loss;
 use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -58,6 +59,8 @@ struct Reference {
     ids: Vec<Vec<u32>>,
     losses: Vec<f64>,
     grad_norm: f64,
+    /// Per tensor, by checkpoint name (cases written since gpt_oss; empty before).
+    tensor_norms: BTreeMap<String, f64>,
     prompt_len: usize,
     generated: Vec<u32>,
 }
@@ -82,6 +85,10 @@ fn reference(case: &str) -> Reference {
             .map(|v| v.as_f64().unwrap())
             .collect(),
         grad_norm: r["grad_l2_total"].as_f64().unwrap(),
+        tensor_norms: r["grad_l2"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap())).collect())
+            .unwrap_or_default(),
         prompt_len: r["prompt_len"].as_u64().unwrap() as usize,
         generated: ints(&r["generated"]),
     }
@@ -96,12 +103,20 @@ fn batch(ids: &[Vec<u32>]) -> (Batch, Vec<Vec<i64>>) {
     (batch, labels)
 }
 
-/// The losses of `steps` plain SGD steps (lr 0.1) with every tensor trainable, and the step-1 global gradient norm.
-fn sgd_losses(case: &str, ids: &[Vec<u32>], steps: usize, dtype: DType) -> (Vec<f64>, f64) {
+/// The losses of `steps` plain SGD steps (lr 0.1) with every tensor trainable, and the step-1 gradient norms:
+/// global, and per tensor.
+struct Sgd {
+    losses: Vec<f64>,
+    norm: f64,
+    tensor_norms: BTreeMap<String, f64>,
+}
+
+fn sgd_losses(case: &str, ids: &[Vec<u32>], steps: usize, dtype: DType) -> Sgd {
     let (params, model) = load(case, dtype);
     let (batch, labels) = batch(ids);
     let mut losses = Vec::new();
     let mut first_norm = 0.0;
+    let mut tensor_norms = BTreeMap::new();
     for step in 0..steps {
         let (loss, _) = causal_lm_loss(&model.forward_logits(&batch).unwrap(), &labels).unwrap();
         let grads = loss.backward().unwrap();
@@ -112,14 +127,22 @@ fn sgd_losses(case: &str, ids: &[Vec<u32>], steps: usize, dtype: DType) -> (Vec<
                 .get(var.as_tensor())
                 .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
             let g = g.to_dtype(DType::F32).unwrap();
-            sq += g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            let tensor_sq = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            if step == 0 {
+                tensor_norms.insert(name.clone(), tensor_sq.sqrt());
+            }
+            sq += tensor_sq;
             var.set(&(var.as_tensor() - (g * 0.1).unwrap()).unwrap()).unwrap();
         }
         if step == 0 {
             first_norm = sq.sqrt();
         }
     }
-    (losses, first_norm)
+    Sgd {
+        losses,
+        norm: first_norm,
+        tensor_norms,
+    }
 }
 
 /// Greedy tokens after `prompt` through the KV cache (one forward of the prompt, then a token at a time).
@@ -136,11 +159,16 @@ fn greedy(case: &str, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-/// f32: 3 SGD steps' losses within 1e-5 relative of PyTorch's and the step-1 gradient norm within 1e-4; greedy
-/// generation equal to transformers' tokens; bf16 (mixed precision): the first loss within 2e-2.
+/// f32: 3 SGD steps' losses within 1e-5 relative of PyTorch's and the step-1 gradient norm within 1e-4, globally
+/// and (where the reference has them) per tensor; greedy generation equal to transformers' tokens; bf16 (mixed
+/// precision): the first loss within 2e-2.
 fn check(case: &str) {
     let r = reference(case);
-    let (losses, norm) = sgd_losses(case, &r.ids, r.losses.len(), DType::F32);
+    let Sgd {
+        losses,
+        norm,
+        tensor_norms,
+    } = sgd_losses(case, &r.ids, r.losses.len(), DType::F32);
     for (step, (got, want)) in losses.iter().zip(&r.losses).enumerate() {
         assert!(
             rel(*got, *want) < 1e-5,
@@ -153,9 +181,18 @@ fn check(case: &str) {
         "{case}: gradient norm {norm} vs PyTorch {}",
         r.grad_norm
     );
+    for (name, want) in &r.tensor_norms {
+        let got = tensor_norms
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: PyTorch has a gradient for {name}, FreezeTune none"));
+        assert!(
+            rel(*got, *want) < 1e-4,
+            "{case}: {name}'s gradient norm {got} vs PyTorch {want}"
+        );
+    }
     let tokens = greedy(case, &r.ids[0][..r.prompt_len], r.generated.len());
     assert_eq!(tokens, r.generated, "{case}: greedy tokens vs transformers'");
-    let (bf16, _) = sgd_losses(case, &r.ids, 1, DType::BF16);
+    let bf16 = sgd_losses(case, &r.ids, 1, DType::BF16).losses;
     assert!(
         rel(bf16[0], r.losses[0]) < 2e-2,
         "{case}: bf16 loss {} vs PyTorch f32 {}",
