@@ -115,7 +115,11 @@ pub fn attention_in_blocks(
                         (true, Some(dk), Some(dv)) => Some(Tensor::cat(&[dk, dv], 3)?),
                         _ => None,
                     };
-                    Ok([dq, dkv, ds.filter(|_| s.track_op()).map(|d| d.to_dtype(s.dtype())).transpose()?])
+                    Ok([
+                        dq,
+                        dkv,
+                        ds.filter(|_| s.track_op()).map(|d| d.to_dtype(s.dtype())).transpose()?,
+                    ])
                 }),
             )
         }

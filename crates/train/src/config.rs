@@ -299,6 +299,7 @@ impl DecoderConfig {
     }
 
     fn from_value(raw: &Value, fam: &Family) -> std::result::Result<DecoderConfig, String> {
+        refuse_quantized_checkpoint(raw)?;
         if let Some((k, v)) = fam.not_understood(raw) {
             return Err(format!(
                 "config.json key `{k}` = {v} is not understood by FreezeTune's {} decoder: it may change the \
@@ -639,6 +640,31 @@ fn without_text_mrope(raw: &Value, fam: &Family) -> std::result::Result<Value, S
 }
 
 /// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
+/// A checkpoint whose weights transformers would dequantize or run through a quantized kernel
+/// (`quantization_config`: MXFP4 gpt-oss, GPTQ, AWQ, bitsandbytes, FP8) is refused by its method: FreezeTune reads
+/// full-precision tensors (and quantizes frozen ones itself, `quantize_frozen`).
+fn refuse_quantized_checkpoint(raw: &Value) -> std::result::Result<(), String> {
+    let q = &raw["quantization_config"];
+    if q.is_null() {
+        return Ok(());
+    }
+    let method = q["quant_method"].as_str().unwrap_or("unnamed");
+    let advice = match method {
+        "mxfp4" => {
+            "Train the bf16 weights instead: a dequantized copy (such as unsloth/gpt-oss-20b-BF16), or one saved by \
+             transformers after loading with `Mxfp4Config(dequantize=True)`"
+        }
+        _ => {
+            "Train the full-precision checkpoint it was made from; FreezeTune can then hold the frozen layers \
+              quantized itself (`quantize_frozen`)"
+        }
+    };
+    Err(format!(
+        "this checkpoint is quantized (`quantization_config.quant_method` = {method:?}), and FreezeTune trains \
+         full-precision weights. {advice}"
+    ))
+}
+
 fn refuse_training_only_settings(raw: &Value, fam: &Family) -> std::result::Result<(), String> {
     let experts = raw["num_local_experts"].as_u64().filter(|&n| n > 0);
     if let Some(n) = experts.filter(|_| fam.experts.is_none()) {
@@ -1334,5 +1360,64 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("layer 0") && e.contains("conv"), "{e}");
+    }
+
+    /// gpt-oss-20b's config.json as released (transformers 4.55), its tensors aside.
+    fn gpt_oss_20b() -> Value {
+        let types: Vec<&str> = (0..24)
+            .map(|i| {
+                if i % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        json!({"architectures": ["GptOssForCausalLM"], "attention_bias": true, "attention_dropout": 0.0,
+        "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880,
+        "initial_context_length": 4096, "initializer_range": 0.02, "intermediate_size": 2880, "layer_types": types,
+        "max_position_embeddings": 131072, "model_type": "gpt_oss", "num_attention_heads": 64,
+        "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 8, "num_local_experts": 32,
+        "output_router_logits": false, "pad_token_id": 199999, "quantization_config": {"modules_to_not_convert":
+        ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+        "quant_method": "mxfp4"}, "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0,
+        "factor": 32.0, "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": false},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+        "tie_word_embeddings": false, "transformers_version": "4.55.0.dev0", "use_cache": true,
+        "vocab_size": 201088})
+    }
+
+    #[test]
+    fn gpt_oss_as_released_reads_once_dequantized_and_mxfp4_is_refused_by_name() {
+        let mxfp4 = gpt_oss_20b();
+        let e = DecoderConfig::from_json(&mxfp4, "gpt_oss").unwrap_err();
+        assert!(e.contains("\"mxfp4\"") && e.contains("dequantize"), "{e}");
+        let mut bf16 = mxfp4.clone();
+        bf16.as_object_mut().unwrap().remove("quantization_config");
+        let c = DecoderConfig::from_json(&bf16, "gpt_oss").unwrap();
+        assert_eq!(c.layers.len(), 24);
+        let (l0, l1) = (&c.layers[0], &c.layers[1]);
+        assert_eq!((l0.window, l1.window), (Some(128), None));
+        assert!(l0.sinks && l0.qkv_bias && l0.o_bias && !l0.mlp_bias);
+        let e = l0.experts.unwrap();
+        assert_eq!((e.count, e.top_k, e.width, e.normalize), (32, 4, 2880, true));
+        assert_eq!(l0.kind(), "sliding 128, experts 4 of 32");
+        let names: Vec<String> = c.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+        for name in [
+            "model.layers.0.self_attn.sinks",
+            "model.layers.0.mlp.router.bias",
+            "model.layers.0.mlp.experts.gate_up_proj_bias",
+            "model.layers.23.mlp.experts.down_proj_bias",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} is not among {names:?}");
+        }
+        let mut other = bf16.clone();
+        other["swiglu_limit"] = json!(5.0);
+        let e = DecoderConfig::from_json(&other, "gpt_oss").unwrap_err();
+        assert!(e.contains("swiglu_limit") && e.contains('7'), "{e}");
+        let mut other = bf16;
+        other["experts_per_token"] = json!(2);
+        let e = DecoderConfig::from_json(&other, "gpt_oss").unwrap_err();
+        assert!(e.contains("experts_per_token") && e.contains("differ"), "{e}");
     }
 }

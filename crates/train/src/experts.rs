@@ -1,7 +1,7 @@
 //! Which layers of a mixture-of-experts family have a sparse MLP, and its sizes, read from config.json as the
 //! family's [`ExpertTable`] says (the decoder's `moe.rs` applies it).
 
-use crate::family::{ExpertTable, Family, TopKNorm};
+use crate::family::{ExpertActivation, ExpertTable, Family, TopKNorm};
 use serde_json::Value;
 
 /// A layer's sparse MLP: `count` experts, each a SwiGLU MLP of `width`; a token runs through its `top_k`.
@@ -48,6 +48,16 @@ pub(crate) fn layer_experts(
         return Ok(vec![None; layers]);
     }
     let top_k = uint(raw, "num_experts_per_tok", 1, count as u64)?;
+    if let Some(alias) = table.top_k_alias.filter(|k| !raw[*k].is_null()) {
+        if raw[alias].as_u64() != Some(top_k as u64) {
+            return Err(format!(
+                "`{alias}` {} and `num_experts_per_tok` {top_k} both give the experts each token runs through and \
+                 differ. Keep one",
+                raw[alias]
+            ));
+        }
+    }
+    check_activation_limit(raw, table.activation)?;
     let spec = ExpertsSpec {
         count,
         top_k,
@@ -76,6 +86,22 @@ fn refuse_router_loss(raw: &Value) -> std::result::Result<(), String> {
                 .into(),
         ),
         v => Err(format!("`output_router_logits` must be true or false, not {v}")),
+    }
+}
+
+/// A clamped activation's limit as config.json gives it (gpt-oss's `swiglu_limit`) must be the one transformers
+/// hard-codes, or the config means other math than transformers runs.
+fn check_activation_limit(raw: &Value, activation: ExpertActivation) -> std::result::Result<(), String> {
+    let ExpertActivation::ClampedSwiglu { limit, limit_key, .. } = activation else {
+        return Ok(());
+    };
+    match &raw[limit_key] {
+        Value::Null => Ok(()),
+        v if v.as_f64() == Some(limit) => Ok(()),
+        v => Err(format!(
+            "`{limit_key}` is {v}, but transformers clamps this family's experts at {limit} whatever the config \
+             says: training would compute other activations than the ones this config asks for. Set it to {limit}"
+        )),
     }
 }
 

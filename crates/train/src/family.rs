@@ -74,6 +74,9 @@ pub struct ExpertTable {
     /// The keys holding the expert count (transformers takes either spelling, as its `attribute_map` says) and
     /// each expert's MLP width.
     pub count_keys: [&'static str; 2],
+    /// Another name for `num_experts_per_tok` that released configs carry (gpt-oss's `experts_per_token`): it
+    /// must agree where both are given.
+    pub top_k_alias: Option<&'static str>,
     pub width_key: &'static str,
     /// How the chosen probabilities are renormalised.
     pub normalize: TopKNorm,
@@ -114,8 +117,13 @@ pub enum ExpertActivation {
     /// `act(gate) · up`, `act` the family's MLP activation.
     Glu,
     /// gpt-oss: `(clamp(up, −limit, limit) + 1) · g · σ(alpha · g)` with `g = min(gate, limit)`; transformers
-    /// hard-codes alpha 1.702 and limit 7 and never reads `hidden_act`.
-    ClampedSwiglu { alpha: f64, limit: f64 },
+    /// hard-codes alpha 1.702 and limit 7 and never reads `hidden_act`. `limit_key` (`swiglu_limit`, which
+    /// released configs carry and other runtimes read) must agree with `limit` where a config gives it.
+    ClampedSwiglu {
+        alpha: f64,
+        limit: f64,
+        limit_key: &'static str,
+    },
 }
 
 /// A shared expert: a SwiGLU MLP every token runs through (`mlp` with `gate_proj`, `up_proj`, `down_proj`), its
@@ -584,6 +592,7 @@ pub const FAMILIES: [Family; 21] = [
                 down: "w2",
             },
             count_keys: ["num_local_experts", "num_experts"],
+            top_k_alias: None,
             width_key: "intermediate_size",
             normalize: TopKNorm::Always,
             sparse_layer_keys: None,
@@ -630,6 +639,7 @@ pub const FAMILIES: [Family; 21] = [
                 down: "down_proj",
             },
             count_keys: ["num_experts", "num_local_experts"],
+            top_k_alias: None,
             width_key: "intermediate_size",
             normalize: TopKNorm::Key("norm_topk_prob"),
             sparse_layer_keys: None,
@@ -688,6 +698,7 @@ pub const FAMILIES: [Family; 21] = [
                 down: "down_proj",
             },
             count_keys: ["num_experts", "num_local_experts"],
+            top_k_alias: None,
             width_key: "moe_intermediate_size",
             normalize: TopKNorm::Key("norm_topk_prob"),
             sparse_layer_keys: Some(("decoder_sparse_step", "mlp_only_layers")),
@@ -700,9 +711,9 @@ pub const FAMILIES: [Family; 21] = [
     // gpt-oss (20B, 120B): attention with a learned sink per head and biases on every projection, sliding
     // (`sliding_window`, 128) and full layers in turn, YaRN; a sparse MLP on every layer whose router has a bias
     // and whose top-k logits go through a softmax (the same weights as the softmax's top k renormalised), experts
-    // stacked transposed with gate and up interleaved and biases, and the clamped SwiGLU. `hidden_act` is in the
-    // released config, but transformers never reads it. MXFP4 checkpoints (`quantization_config`) are refused by
-    // the loader: they need dequantizing first.
+    // stacked transposed with gate and up interleaved and biases, and the clamped SwiGLU. The released configs
+    // carry keys transformers never reads: `hidden_act`; `initial_context_length` (the rope's original context);
+    // `experts_per_token` and `swiglu_limit`, which must then agree with what it does use.
     Family {
         model_type: "gpt_oss",
         sizes: Sizes {
@@ -723,6 +734,9 @@ pub const FAMILIES: [Family; 21] = [
             "num_experts_per_tok",
             "output_router_logits",
             "router_aux_loss_coef",
+            "experts_per_token",
+            "swiglu_limit",
+            "initial_context_length",
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": true, "head_dim": 64,
@@ -741,6 +755,7 @@ pub const FAMILIES: [Family; 21] = [
                 down: "mlp.experts.down_proj",
             },
             count_keys: ["num_local_experts", "num_experts"],
+            top_k_alias: Some("experts_per_token"),
             width_key: "intermediate_size",
             normalize: TopKNorm::Always,
             sparse_layer_keys: None,
@@ -749,6 +764,7 @@ pub const FAMILIES: [Family; 21] = [
             activation: ExpertActivation::ClampedSwiglu {
                 alpha: 1.702,
                 limit: 7.0,
+                limit_key: "swiglu_limit",
             },
         }),
         attention_sinks: true,
@@ -1147,6 +1163,7 @@ pub const FAMILIES: [Family; 21] = [
                 down: "mlp.experts.down_proj",
             },
             count_keys: ["num_experts", "num_local_experts"],
+            top_k_alias: None,
             width_key: "moe_intermediate_size",
             normalize: TopKNorm::Always,
             sparse_layer_keys: None,

@@ -209,7 +209,10 @@ impl AttentionWeights {
             o: linear(c.names.o_proj, spec.o_bias)?,
             q_norm: qk_norm(c.names.q_norm)?,
             k_norm: qk_norm(c.names.k_norm)?,
-            sinks: spec.sinks.then(|| params.get(&format!("{p}.self_attn.sinks"))).transpose()?,
+            sinks: spec
+                .sinks
+                .then(|| params.get(&format!("{p}.self_attn.sinks")))
+                .transpose()?,
         })
     }
 }

@@ -20,7 +20,7 @@ impl GateActivation {
         match table {
             ExpertActivation::Glu if silu => Some(GateActivation::Silu),
             ExpertActivation::Glu => None,
-            ExpertActivation::ClampedSwiglu { alpha, limit } => Some(GateActivation::Clamped { alpha, limit }),
+            ExpertActivation::ClampedSwiglu { alpha, limit, .. } => Some(GateActivation::Clamped { alpha, limit }),
         }
     }
 
@@ -72,7 +72,13 @@ mod tests {
     #[test]
     fn backward_matches_autograd_on_either_side_of_the_limits() {
         let dev = Device::Cpu;
-        for act in [GateActivation::Silu, GateActivation::Clamped { alpha: 1.702, limit: 1.5 }] {
+        for act in [
+            GateActivation::Silu,
+            GateActivation::Clamped {
+                alpha: 1.702,
+                limit: 1.5,
+            },
+        ] {
             let gate = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (7, 5), &dev).unwrap())).unwrap();
             let up = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (7, 5), &dev).unwrap())).unwrap();
             let grad = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
@@ -85,7 +91,12 @@ mod tests {
                 assert!(d < 1e-5, "{act:?}: gradient differs by {d}");
             }
             if let GateActivation::Clamped { limit, .. } = act {
-                let clamped = gate.as_tensor().gt(limit).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+                let clamped = gate
+                    .as_tensor()
+                    .gt(limit)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap();
                 let n = clamped.sum_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(n > 0.0, "no gate crosses the limit: the test would not see the clamp");
             }
@@ -97,7 +108,10 @@ mod tests {
         let dev = Device::Cpu;
         let gate = Tensor::new(&[-1.0f32, 0.5, 9.0], &dev).unwrap();
         let up = Tensor::new(&[8.0f32, -0.25, -9.0], &dev).unwrap();
-        let act = GateActivation::Clamped { alpha: 1.702, limit: 7.0 };
+        let act = GateActivation::Clamped {
+            alpha: 1.702,
+            limit: 7.0,
+        };
         let got = act.forward(&gate, &up).unwrap().to_vec1::<f32>().unwrap();
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let want = [

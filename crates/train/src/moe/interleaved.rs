@@ -64,7 +64,10 @@ impl Interleaved {
             let p = p_c.narrow(0, start, rows.len())?;
             start += rows.len();
             let down = self.down.matrix(e, p.dtype())?;
-            outputs.push(p.matmul(&down)?.broadcast_add(&self.down_bias.detach().get(e)?.to_dtype(p.dtype())?)?);
+            outputs.push(
+                p.matmul(&down)?
+                    .broadcast_add(&self.down_bias.detach().get(e)?.to_dtype(p.dtype())?)?,
+            );
         }
         let value = Tensor::cat(&outputs, 0)?;
         let down = self.down.operand(products.device())?;
@@ -203,8 +206,11 @@ fn down_backward(
 fn scatter_rows(x: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tensor> {
     let rows: Vec<&Tensor> = parts.iter().map(|(r, _)| r).collect();
     let grads: Vec<&Tensor> = parts.iter().map(|(_, g)| g).collect();
-    x.zeros_like()?
-        .index_add(&Tensor::cat(&rows, 0)?, &Tensor::cat(&grads, 0)?.to_dtype(x.dtype())?, 0)
+    x.zeros_like()?.index_add(
+        &Tensor::cat(&rows, 0)?,
+        &Tensor::cat(&grads, 0)?.to_dtype(x.dtype())?,
+        0,
+    )
 }
 
 /// The per-expert gradients as one stacked tensor, where `operand` records a graph.
