@@ -298,6 +298,7 @@ impl ModelLayout {
         mut tensors: Vec<TensorInfo>,
         files: Vec<WeightFile>,
     ) -> Result<ModelLayout> {
+        fold_packed(dir, &mut tensors)?;
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let mut warnings = Vec::new();
         let layer_prefix = find_layer_prefix(&tensors, config.num_layers).unwrap_or_default();
@@ -536,4 +537,37 @@ fn layer_index_count(tensors: &[TensorInfo], prefix: &str) -> usize {
         .map(|(i, _, _)| i + 1)
         .max()
         .unwrap_or(0)
+}
+
+/// Each MXFP4 pair (`X_blocks`, `X_scales`; mxfp4.rs) as the dense bf16 tensor `X` it stands for: what the plan
+/// trains, what the memory estimate counts and what a trained model holds.
+fn fold_packed(dir: &Path, tensors: &mut Vec<TensorInfo>) -> Result<()> {
+    let names = tensors.iter().map(|t| t.name.as_str());
+    let bad = |file: &str, reason: String| Error::BadSafetensors {
+        path: dir.join(file),
+        reason,
+    };
+    let bases = crate::mxfp4::pairs(names).map_err(|(name, why)| {
+        let file = tensors.iter().find(|t| t.name == name).map_or("", |t| t.file.as_str());
+        bad(file, format!("tensor {name} {why}"))
+    })?;
+    for base in bases {
+        let take = |tensors: &mut Vec<TensorInfo>, suffix: &str| {
+            let at = tensors.iter().position(|t| t.name == format!("{base}{suffix}"));
+            tensors.remove(at.expect("paired"))
+        };
+        let blocks = take(tensors, crate::mxfp4::BLOCKS_SUFFIX);
+        let scales = take(tensors, crate::mxfp4::SCALES_SUFFIX);
+        let packed = crate::mxfp4::Packed::of(&base, (blocks.dtype, &blocks.shape), (scales.dtype, &scales.shape))
+            .map_err(|reason| bad(&blocks.file, reason))?;
+        tensors.push(TensorInfo {
+            name: base,
+            dtype: DType::BF16,
+            shape: packed.dense_shape(),
+            params: packed.numel(),
+            file: blocks.file,
+            gguf: None,
+        });
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod kquant;
 pub mod layout;
 pub mod llamafactory;
 pub mod memory;
+pub mod mxfp4;
 mod native;
 pub mod plan;
 pub mod preset;

@@ -299,7 +299,7 @@ impl DecoderConfig {
     }
 
     fn from_value(raw: &Value, fam: &Family) -> std::result::Result<DecoderConfig, String> {
-        refuse_quantized_checkpoint(raw)?;
+        refuse_quantized_checkpoint(raw, fam)?;
         if let Some((k, v)) = fam.not_understood(raw) {
             return Err(format!(
                 "config.json key `{k}` = {v} is not understood by FreezeTune's {} decoder: it may change the \
@@ -639,32 +639,31 @@ fn without_text_mrope(raw: &Value, fam: &Family) -> std::result::Result<Value, S
     Ok(raw)
 }
 
-/// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
 /// A checkpoint whose weights transformers would dequantize or run through a quantized kernel
-/// (`quantization_config`: MXFP4 gpt-oss, GPTQ, AWQ, bitsandbytes, FP8) is refused by its method: FreezeTune reads
-/// full-precision tensors (and quantizes frozen ones itself, `quantize_frozen`).
-fn refuse_quantized_checkpoint(raw: &Value) -> std::result::Result<(), String> {
+/// (`quantization_config`: GPTQ, AWQ, bitsandbytes, FP8) is refused by its method: FreezeTune reads full-precision
+/// tensors (and quantizes frozen ones itself, `quantize_frozen`). The one exception is gpt-oss's MXFP4 experts,
+/// which the weight reader unpacks exactly as transformers does (core's mxfp4.rs).
+fn refuse_quantized_checkpoint(raw: &Value, fam: &Family) -> std::result::Result<(), String> {
     let q = &raw["quantization_config"];
     if q.is_null() {
         return Ok(());
     }
     let method = q["quant_method"].as_str().unwrap_or("unnamed");
-    let advice = match method {
-        "mxfp4" => {
-            "Train the bf16 weights instead: a dequantized copy (such as unsloth/gpt-oss-20b-BF16), or one saved by \
-             transformers after loading with `Mxfp4Config(dequantize=True)`"
-        }
-        _ => {
-            "Train the full-precision checkpoint it was made from; FreezeTune can then hold the frozen layers \
-              quantized itself (`quantize_frozen`)"
-        }
-    };
+    let unpacks = matches!(
+        fam.experts.map(|t| t.weights),
+        Some(crate::family::ExpertWeights::Interleaved { .. })
+    );
+    if method == "mxfp4" && unpacks {
+        return Ok(());
+    }
     Err(format!(
         "this checkpoint is quantized (`quantization_config.quant_method` = {method:?}), and FreezeTune trains \
-         full-precision weights. {advice}"
+         full-precision weights. Train the full-precision checkpoint it was made from; FreezeTune can then hold \
+         the frozen layers quantized itself (`quantize_frozen`)"
     ))
 }
 
+/// FreezeTune trains without dropout and with causal attention: a config asking for either otherwise is refused.
 fn refuse_training_only_settings(raw: &Value, fam: &Family) -> std::result::Result<(), String> {
     let experts = raw["num_local_experts"].as_u64().filter(|&n| n > 0);
     if let Some(n) = experts.filter(|_| fam.experts.is_none()) {
@@ -1388,13 +1387,20 @@ mod tests {
     }
 
     #[test]
-    fn gpt_oss_as_released_reads_once_dequantized_and_mxfp4_is_refused_by_name() {
+    fn gpt_oss_as_released_reads_with_its_mxfp4_experts_and_other_quantizations_are_refused() {
         let mxfp4 = gpt_oss_20b();
-        let e = DecoderConfig::from_json(&mxfp4, "gpt_oss").unwrap_err();
-        assert!(e.contains("\"mxfp4\"") && e.contains("dequantize"), "{e}");
+        let c = DecoderConfig::from_json(&mxfp4, "gpt_oss").unwrap();
+        let mut gptq = mxfp4.clone();
+        gptq["quantization_config"] = json!({"quant_method": "gptq", "bits": 4});
+        let e = DecoderConfig::from_json(&gptq, "gpt_oss").unwrap_err();
+        assert!(e.contains("\"gptq\"") && e.contains("full-precision"), "{e}");
+        let mut llama_mxfp4 = tiny(json!({}));
+        llama_mxfp4["quantization_config"] = json!({"quant_method": "mxfp4"});
+        let e = DecoderConfig::from_json(&llama_mxfp4, "llama").unwrap_err();
+        assert!(e.contains("\"mxfp4\""), "{e}");
         let mut bf16 = mxfp4.clone();
         bf16.as_object_mut().unwrap().remove("quantization_config");
-        let c = DecoderConfig::from_json(&bf16, "gpt_oss").unwrap();
+        assert_eq!(DecoderConfig::from_json(&bf16, "gpt_oss").unwrap(), c);
         assert_eq!(c.layers.len(), 24);
         let (l0, l1) = (&c.layers[0], &c.layers[1]);
         assert_eq!((l0.window, l1.window), (Some(128), None));

@@ -2,8 +2,10 @@
 //! `model.safetensors` with every tensor. Frozen tensors are copied byte for byte from the input; trainable ones are
 //! cast back to the dtype they had (so are tensors a layer schedule trained and then froze again). A model trained
 //! from a GGUF file gets its frozen tensors' values in the dtype its map names each (a quantized one rounded to f16,
-//! as import-gguf writes it) and `gguf_source.json` for `export-gguf`. The folder is assembled beside its
-//! destination and renamed into place.
+//! as import-gguf writes it) and `gguf_source.json` for `export-gguf`. A model read from MXFP4 experts (gpt-oss as
+//! released) is written with them dense, in bf16 (the values transformers unpacks), and its config.json without
+//! the `quantization_config` that would make transformers look for packed tensors. The folder is assembled beside
+//! its destination and renamed into place.
 
 use crate::error::{io, Result, TrainError};
 use crate::params::Params;
@@ -90,7 +92,9 @@ pub fn export_checkpoint(layout: &ModelLayout, params: &Params, dest: &Path) -> 
             std::fs::copy(&path, staging.join(&name)).map_err(io(&path))?;
         }
     }
-    write_weights(layout, params, &staging.join("model.safetensors"))?;
+    if write_weights(layout, params, &staging.join("model.safetensors"))? {
+        drop_quantization_config(&staging.join("config.json"))?;
+    }
     if dest.exists() {
         std::fs::remove_dir_all(dest).map_err(io(dest))?;
     }
@@ -98,7 +102,8 @@ pub fn export_checkpoint(layout: &ModelLayout, params: &Params, dest: &Path) -> 
     Ok(dest.to_path_buf())
 }
 
-fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<()> {
+/// Writes every tensor; returns whether some were read from MXFP4 pairs (and so are written dense).
+fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<bool> {
     let files = ModelFiles::find(&layout.model_dir)?;
     let source = WeightFiles::open(&files.weights)?;
     let mut tensors: Vec<(String, StDType, Vec<u64>)> = layout
@@ -151,10 +156,24 @@ fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<(
         source: e.into_error(),
     })?;
     file.sync_all().map_err(io(path))?;
-    match source.gguf_map() {
-        Some(map) => write_gguf_source(map, params, path.with_file_name(GGUF_SOURCE_FILE).as_path()),
-        None => Ok(()),
+    if let Some(map) = source.gguf_map() {
+        write_gguf_source(map, params, path.with_file_name(GGUF_SOURCE_FILE).as_path())?;
     }
+    Ok(source.has_packed())
+}
+
+/// config.json without `quantization_config` (in the staging folder, so rewritten in place).
+fn drop_quantization_config(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| freezetune_core::Error::BadConfig {
+        path: path.to_path_buf(),
+        reason: format!("cannot be read back to drop its quantization_config: {e}"),
+    })?;
+    if let Some(map) = config.as_object_mut() {
+        map.remove("quantization_config");
+    }
+    let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
+    std::fs::write(path, text).map_err(io(path))
 }
 
 /// What `export-gguf` needs to write the source GGUF back with only the trained tensors re-encoded: the map and

@@ -713,7 +713,8 @@ pub const FAMILIES: [Family; 21] = [
     // and whose top-k logits go through a softmax (the same weights as the softmax's top k renormalised), experts
     // stacked transposed with gate and up interleaved and biases, and the clamped SwiGLU. The released configs
     // carry keys transformers never reads: `hidden_act`; `initial_context_length` (the rope's original context);
-    // `experts_per_token` and `swiglu_limit`, which must then agree with what it does use.
+    // `experts_per_token` and `swiglu_limit`, which must then agree with what it does use. The released
+    // checkpoints hold the experts in MXFP4, which the weight reader unpacks to the bf16 values transformers does.
     Family {
         model_type: "gpt_oss",
         sizes: Sizes {
@@ -737,6 +738,8 @@ pub const FAMILIES: [Family; 21] = [
             "experts_per_token",
             "swiglu_limit",
             "initial_context_length",
+            // MXFP4 experts as released: unpacked by the weight reader (core's mxfp4.rs).
+            "quantization_config",
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": true, "head_dim": 64,

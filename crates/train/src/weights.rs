@@ -6,11 +6,15 @@
 //!
 //! A folder mapped onto a GGUF file (core's gguf_map.rs) has the map as its one weight file: its tensors are read
 //! from the GGUF file's blocks (gguf_blocks.rs), quantized ones kept as blocks where they stay frozen.
+//!
+//! An MXFP4 pair (`X_blocks`, `X_scales`: gpt-oss as released; core's mxfp4.rs) is read as the dense tensor `X`
+//! it stands for: listed, loaded and exported under that name.
 
 use crate::error::{io, Result, TrainError};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use freezetune_core::gguf_map::{GgufMap, GGUF_MAP_FILE};
+use freezetune_core::mxfp4::{self, Packed};
 use freezetune_core::safetensors::{read_header, DType as StDType, TensorHeader};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -29,6 +33,8 @@ pub struct WeightFiles {
     entries: BTreeMap<String, Entry>,
     /// A GGUF-mapped folder's tensors (then `entries` is empty).
     gguf: Option<GgufMap>,
+    /// MXFP4 pairs by the dense name they stand for (their two entries stay in `entries`).
+    packed: BTreeMap<String, Packed>,
 }
 
 impl WeightFiles {
@@ -40,6 +46,7 @@ impl WeightFiles {
                     files: files.to_vec(),
                     entries: BTreeMap::new(),
                     gguf: Some(GgufMap::read(map)?),
+                    packed: BTreeMap::new(),
                 });
             }
         }
@@ -68,10 +75,12 @@ impl WeightFiles {
                 );
             }
         }
+        let packed = packed_pairs(&entries)?;
         Ok(WeightFiles {
             files: files.to_vec(),
             entries,
             gguf: None,
+            packed,
         })
     }
 
@@ -80,8 +89,27 @@ impl WeightFiles {
         let dims = |shape: &[u64]| shape.iter().map(|&d| d as usize).collect();
         match &self.gguf {
             Some(map) => Box::new(map.tensors.iter().map(move |(n, t)| (n, dims(&t.shape)))),
-            None => Box::new(self.entries.iter().map(move |(n, e)| (n, dims(&e.header.shape)))),
+            None => {
+                let plain = self.entries.iter().filter(|(n, _)| !self.is_packed_part(n));
+                let plain = plain.map(move |(n, e)| (n, dims(&e.header.shape)));
+                let packed = self.packed.iter().map(move |(n, p)| (n, dims(&p.dense_shape())));
+                let mut all: Vec<_> = plain.chain(packed).collect();
+                all.sort_by(|a, b| a.0.cmp(b.0));
+                Box::new(all.into_iter())
+            }
         }
+    }
+
+    /// Whether `name` is one half of an MXFP4 pair.
+    fn is_packed_part(&self, name: &str) -> bool {
+        [mxfp4::BLOCKS_SUFFIX, mxfp4::SCALES_SUFFIX]
+            .iter()
+            .any(|s| name.strip_suffix(s).is_some_and(|base| self.packed.contains_key(base)))
+    }
+
+    /// Whether any tensor is read from an MXFP4 pair (a model written from these files holds it dense).
+    pub fn has_packed(&self) -> bool {
+        !self.packed.is_empty()
     }
 
     /// The file's own quantized blocks of tensor `name` on `device`, when it is a GGUF file's quantized tensor.
@@ -96,7 +124,7 @@ impl WeightFiles {
     /// Tensor `name`'s bytes exactly as a safetensors file stores them (copied into an export unchanged), or
     /// `None` for a GGUF file's tensor (its values are converted instead).
     pub fn raw_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        if self.gguf.is_some() {
+        if self.gguf.is_some() || self.packed.contains_key(name) {
             return Ok(None);
         }
         self.entry_bytes(self.entry(name)?).map(Some)
@@ -133,6 +161,9 @@ impl WeightFiles {
             })?;
             return crate::gguf_blocks::load_values(map, name, t);
         }
+        if let Some(p) = self.packed.get(name) {
+            return self.unpack(name, p);
+        }
         let e = self.entry(name)?;
         let path = &self.files[e.file];
         let dtype = candle_dtype(e.header.dtype).ok_or_else(|| TrainError::Tensor {
@@ -149,6 +180,40 @@ impl WeightFiles {
             source,
         })
     }
+}
+
+impl WeightFiles {
+    /// An MXFP4 pair's dense values as f32 (exact: each is a 4-bit value times a power of two).
+    fn unpack(&self, name: &str, p: &Packed) -> Result<Tensor> {
+        let part = |suffix: &str| self.entry_bytes(self.entry(&format!("{name}{suffix}"))?);
+        let (blocks, scales) = (part(mxfp4::BLOCKS_SUFFIX)?, part(mxfp4::SCALES_SUFFIX)?);
+        let values = p.unpack(name, &blocks, &scales).map_err(|reason| TrainError::Tensor {
+            name: name.into(),
+            reason,
+        })?;
+        let shape: Vec<usize> = p.dense_shape().iter().map(|&d| d as usize).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).map_err(|source| TrainError::Candle {
+            context: format!("unpacking MXFP4 tensor {name}"),
+            source,
+        })
+    }
+}
+
+/// The MXFP4 pairs among a checkpoint's tensors, checked, by the dense name each stands for.
+fn packed_pairs(entries: &BTreeMap<String, Entry>) -> Result<BTreeMap<String, Packed>> {
+    let bad = |name: &str, reason: String| TrainError::Tensor {
+        name: name.into(),
+        reason,
+    };
+    let bases = mxfp4::pairs(entries.keys().map(String::as_str)).map_err(|(name, why)| bad(&name, why))?;
+    let mut out = BTreeMap::new();
+    for base in bases {
+        let header = |suffix: &str| &entries[&format!("{base}{suffix}")].header;
+        let (b, s) = (header(mxfp4::BLOCKS_SUFFIX), header(mxfp4::SCALES_SUFFIX));
+        let p = Packed::of(&base, (b.dtype, &b.shape), (s.dtype, &s.shape)).map_err(|r| bad(&base, r))?;
+        out.insert(base, p);
+    }
+    Ok(out)
 }
 
 fn candle_dtype(d: StDType) -> Option<DType> {
