@@ -27,8 +27,9 @@ pub struct TensorInfo {
     pub params: u64,
     /// The weight file holding it (file name inside the model folder).
     pub file: String,
-    /// Held in a GGUF file's blocks (a model folder mapped onto a GGUF file, gguf_map.rs): llama.cpp's type and
-    /// the bytes the blocks take, which is what the tensor costs while frozen.
+    /// Held in a GGUF file's blocks (a model folder mapped onto a GGUF file, gguf_map.rs), or in an MXFP4 pair
+    /// (mxfp4.rs, ggml type `mxfp4`): the block type and the bytes the blocks take, which is what the tensor costs
+    /// while frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf: Option<GgufBlocks>,
 }
@@ -39,11 +40,13 @@ impl TensorInfo {
         self.shape.iter().map(|&d| d as usize).collect()
     }
 
-    /// Bytes the tensor takes while frozen when the trainer keeps it in a GGUF file's quantized blocks (a matrix
-    /// operand, params.rs's rule), else `None`.
+    /// Bytes the tensor takes while frozen when the trainer keeps it in the checkpoint's own quantized blocks (a
+    /// GGUF file's for a matrix operand, MXFP4 pairs for stacked experts: params.rs's rules), else `None`.
     pub fn frozen_block_bytes(&self) -> Option<u64> {
-        let held = |b: &&GgufBlocks| b.quantized && crate::quant::held_as_matrix(&self.name, &self.dims());
-        self.gguf.as_ref().filter(held).map(|b| b.bytes)
+        let dims = self.dims();
+        let operand = crate::quant::held_as_matrix(&self.name, &dims)
+            || (dims.len() == 3 && crate::quant::is_stacked_experts(&self.name));
+        self.gguf.as_ref().filter(|b| b.quantized && operand).map(|b| b.bytes)
     }
 }
 
@@ -566,7 +569,11 @@ fn fold_packed(dir: &Path, tensors: &mut Vec<TensorInfo>) -> Result<()> {
             shape: packed.dense_shape(),
             params: packed.numel(),
             file: blocks.file,
-            gguf: None,
+            gguf: Some(GgufBlocks {
+                ggml_type: "mxfp4".into(),
+                bytes: blocks.params + scales.params,
+                quantized: true,
+            }),
         });
     }
     Ok(())

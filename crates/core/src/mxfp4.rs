@@ -11,7 +11,7 @@ pub const BLOCKS_SUFFIX: &str = "_blocks";
 pub const SCALES_SUFFIX: &str = "_scales";
 
 /// E2M1 values by their 4-bit code.
-const FP4: [f32; 16] = [
+pub const FP4: [f32; 16] = [
     0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
 ];
 

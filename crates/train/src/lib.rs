@@ -22,6 +22,7 @@ pub mod linear;
 pub mod loss;
 pub mod model;
 mod moe;
+pub mod mxfp4;
 pub mod node;
 pub mod ops;
 pub mod optim;

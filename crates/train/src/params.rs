@@ -14,6 +14,7 @@
 
 use crate::error::{Result, TrainError};
 use crate::linear::{Linear, LinearWeight};
+use crate::mxfp4::PackedExperts;
 use crate::weights::WeightFiles;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor, Var};
@@ -30,6 +31,8 @@ pub enum StackedWeight {
     Dense(Tensor),
     /// Frozen, one block tensor per expert (`quantize_frozen`).
     Quantized(Arc<Vec<QTensor>>),
+    /// Frozen, in the checkpoint's own MXFP4 blocks (mxfp4.rs).
+    Mxfp4(Arc<PackedExperts>),
 }
 
 pub struct Params {
@@ -40,6 +43,8 @@ pub struct Params {
     quantized: BTreeMap<String, Arc<QTensor>>,
     /// Frozen stacked experts held quantized, one block tensor per expert.
     quantized_experts: BTreeMap<String, Arc<Vec<QTensor>>>,
+    /// Frozen stacked experts held in the checkpoint's own MXFP4 blocks.
+    packed_experts: BTreeMap<String, Arc<PackedExperts>>,
     /// Constants that hold trained values (trained in an earlier phase of a schedule).
     trained: BTreeSet<String>,
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
@@ -82,6 +87,7 @@ impl Params {
             consts: BTreeMap::new(),
             quantized: BTreeMap::new(),
             quantized_experts: BTreeMap::new(),
+            packed_experts: BTreeMap::new(),
             trained: BTreeSet::new(),
             dtype,
             device: device.clone(),
@@ -102,6 +108,12 @@ impl Params {
             } {
                 // A GGUF file's quantized tensor, frozen: its own blocks, never dequantized whole.
                 params.quantized.insert(name, Arc::new(q));
+            } else if let Some(p) = match freezetune_core::quant::is_stacked_experts(&name) {
+                true => source.load_packed(&name, device)?,
+                false => None,
+            } {
+                // MXFP4 experts, frozen: the checkpoint's own blocks, exact and smaller than any requantization.
+                params.packed_experts.insert(name, Arc::new(p));
             } else if let Some(format) = quantize.format_for(&name, &shape) {
                 if shape.len() == 3 {
                     let experts = params.load_quantized_experts(&source, &name, format)?;
@@ -176,17 +188,25 @@ impl Params {
             .flat_map(|e| e.iter())
             .map(|q| q.storage_size_in_bytes())
             .sum();
-        (dense + quantized + experts) as u64
+        let packed: usize = self.packed_experts.values().map(|p| p.storage_bytes()).sum();
+        (dense + quantized + experts + packed) as u64
     }
 
-    /// How many frozen tensors are held quantized.
+    /// How many frozen tensors are held quantized (`quantize_frozen`, or a GGUF file's blocks).
     pub fn quantized_count(&self) -> usize {
         self.quantized.len() + self.quantized_experts.len()
     }
 
+    /// How many frozen tensors are held in the checkpoint's own MXFP4 blocks.
+    pub fn packed_count(&self) -> usize {
+        self.packed_experts.len()
+    }
+
     /// Whether `name` is held quantized; forgets it if so (it is about to be held otherwise).
     fn take_quantized(&mut self, name: &str) -> bool {
-        self.quantized.remove(name).is_some() | self.quantized_experts.remove(name).is_some()
+        self.quantized.remove(name).is_some()
+            | self.quantized_experts.remove(name).is_some()
+            | self.packed_experts.remove(name).is_some()
     }
 
     /// Makes exactly `names` trainable: the others become constants holding their current values.
@@ -285,7 +305,9 @@ impl Params {
     pub fn unread(&self) -> Vec<String> {
         let read = self.read.lock().expect("read names");
         let names = self.vars.keys().chain(self.consts.keys()).chain(self.quantized.keys());
-        let names = names.chain(self.quantized_experts.keys());
+        let names = names
+            .chain(self.quantized_experts.keys())
+            .chain(self.packed_experts.keys());
         let mut unread: Vec<String> = names.filter(|n| !read.contains(*n)).cloned().collect();
         unread.sort();
         unread
@@ -297,7 +319,12 @@ impl Params {
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
         }
-        if self.quantized.contains_key(name) || self.quantized_experts.contains_key(name) {
+        let held = [
+            self.quantized.contains_key(name),
+            self.quantized_experts.contains_key(name),
+            self.packed_experts.contains_key(name),
+        ];
+        if held.into_iter().any(|h| h) {
             return Err(TrainError::Tensor {
                 name: name.to_string(),
                 reason: "is held quantized (quantize_frozen) and can only be read as a linear layer's or the \
@@ -324,6 +351,9 @@ impl Params {
             let matrix = e.first().map(|q| q.shape().dims().to_vec()).unwrap_or_default();
             return Some(std::iter::once(e.len()).chain(matrix).collect());
         }
+        if let Some(p) = self.packed_experts.get(name) {
+            return Some(p.dense_shape());
+        }
         let t = match self.vars.get(name) {
             Some(v) => v.as_tensor(),
             None => self.consts.get(name)?,
@@ -336,14 +366,19 @@ impl Params {
             || self.consts.contains_key(name)
             || self.quantized.contains_key(name)
             || self.quantized_experts.contains_key(name)
+            || self.packed_experts.contains_key(name)
     }
 
-    /// Stacked experts `name` (experts × rows × columns): a trainable `Var`'s tensor, a frozen constant, or one
-    /// block tensor per expert.
+    /// Stacked experts `name` (experts × rows × columns): a trainable `Var`'s tensor, a frozen constant, one
+    /// block tensor per expert, or the checkpoint's MXFP4 blocks.
     pub fn stacked_experts(&self, name: &str) -> Result<StackedWeight> {
         if let Some(q) = self.quantized_experts.get(name) {
             self.read.lock().expect("read names").insert(name.to_string());
             return Ok(StackedWeight::Quantized(q.clone()));
+        }
+        if let Some(p) = self.packed_experts.get(name) {
+            self.read.lock().expect("read names").insert(name.to_string());
+            return Ok(StackedWeight::Mxfp4(p.clone()));
         }
         Ok(StackedWeight::Dense(self.get(name)?))
     }

@@ -183,6 +183,21 @@ impl WeightFiles {
 }
 
 impl WeightFiles {
+    /// An MXFP4 pair's own bytes on `device`, for a frozen tensor held packed; `None` for any other tensor.
+    pub fn load_packed(&self, name: &str, device: &Device) -> Result<Option<crate::mxfp4::PackedExperts>> {
+        let Some(p) = self.packed.get(name) else {
+            return Ok(None);
+        };
+        let part = |suffix: &str| self.entry_bytes(self.entry(&format!("{name}{suffix}"))?);
+        let (blocks, scales) = (part(mxfp4::BLOCKS_SUFFIX)?, part(mxfp4::SCALES_SUFFIX)?);
+        crate::mxfp4::PackedExperts::new(*p, &blocks, &scales, device)
+            .map(Some)
+            .map_err(|source| TrainError::Candle {
+                context: format!("holding MXFP4 tensor {name}"),
+                source,
+            })
+    }
+
     /// An MXFP4 pair's dense values as f32 (exact: each is a 4-bit value times a power of two).
     fn unpack(&self, name: &str, p: &Packed) -> Result<Tensor> {
         let part = |suffix: &str| self.entry_bytes(self.entry(&format!("{name}{suffix}"))?);

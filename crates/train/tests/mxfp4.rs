@@ -65,6 +65,34 @@ fn packed_experts_read_as_transformers_unpacks_them_and_export_dense() {
     let (layout, params, loss) = load(&dir, &top);
     let want = reference["loss"].as_f64().unwrap();
     assert!((loss - want).abs() / want < 1e-5, "loss {loss} vs transformers' {want}");
+    // The frozen layer's experts stay in their blocks, and compute what the unpacked tensors do.
+    assert_eq!(params.packed_count(), 2);
+    let all = FreezeSpec {
+        all_layers: true,
+        ..Default::default()
+    };
+    let (_, dense, dense_loss) = load(&dir, &all);
+    assert_eq!(dense.packed_count(), 0);
+    assert!(
+        (dense_loss - loss).abs() < 1e-6,
+        "held packed {loss}, unpacked {dense_loss}"
+    );
+    // Against the same layer frozen dense (the f32 fixture the packed one was made from): the frozen experts take
+    // their packed bytes (17 per 32 values) in place of f32's 128; everything else is the same.
+    let (_, unpacked_fixture, _) = load(&fixtures().join("models/gpt_oss"), &top);
+    let (packed_bytes, dense_bytes) = (params.frozen_bytes(), unpacked_fixture.frozen_bytes());
+    let experts_dense = 4 * 64 * 192 * 4 + 4 * 96 * 64 * 4;
+    let experts_packed = 4 * 192 * 2 * 17 + 4 * 64 * 3 * 17;
+    assert_eq!(dense_bytes - packed_bytes, (experts_dense - experts_packed) as u64);
+    let held = layout
+        .tensors()
+        .find(|t| t.name == "model.layers.0.mlp.experts.gate_up_proj")
+        .unwrap();
+    assert_eq!(
+        held.frozen_block_bytes(),
+        Some(4 * 192 * 2 * 17),
+        "4 experts × 192 rows × 2 groups of 16 + 1 bytes"
+    );
     // The layout, and so the plan, see the dense tensors only.
     let names: Vec<&str> = layout.tensors().map(|t| t.name.as_str()).collect();
     assert!(

@@ -26,6 +26,7 @@ impl StackedWeight {
         match self {
             StackedWeight::Dense(t) => t.detach().get(e)?.to_dtype(dtype),
             StackedWeight::Quantized(experts) => crate::quant::dequantize(&experts[e], dtype),
+            StackedWeight::Mxfp4(packed) => packed.matrix(e, dtype),
         }
     }
 
@@ -33,7 +34,7 @@ impl StackedWeight {
     pub(super) fn operand(&self, device: &Device) -> Result<Tensor> {
         match self {
             StackedWeight::Dense(t) => Ok(t.clone()),
-            StackedWeight::Quantized(_) => Tensor::zeros(1, DType::F32, device),
+            StackedWeight::Quantized(_) | StackedWeight::Mxfp4(_) => Tensor::zeros(1, DType::F32, device),
         }
     }
 }
@@ -97,6 +98,8 @@ fn with_experts<R>(w: &StackedWeight, f: impl FnOnce(&stacked_cpu::Experts) -> R
     match w {
         StackedWeight::Dense(t) => with_values(&[&t.contiguous()?], |v| f(&stacked_cpu::Experts::Dense(v[0]))),
         StackedWeight::Quantized(blocks) => f(&stacked_cpu::Experts::Quantized(blocks)),
+        // `stacked_cpu::applies` sends MXFP4 experts to the candle-op passes.
+        StackedWeight::Mxfp4(_) => candle_core::bail!("the CPU expert passes do not read MXFP4 blocks"),
     }
 }
 

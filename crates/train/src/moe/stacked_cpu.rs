@@ -16,6 +16,8 @@ pub(super) fn applies(x: &Tensor, weights: [&StackedWeight; 2]) -> bool {
     let f32_weights = weights.iter().all(|w| match w {
         StackedWeight::Dense(t) => t.dtype() == DType::F32,
         StackedWeight::Quantized(_) => true,
+        // The candle-op passes unpack one expert at a time.
+        StackedWeight::Mxfp4(_) => false,
     });
     crate::fused::applies(x) && f32_weights
 }

@@ -110,9 +110,21 @@ impl Run {
             dtype: self.compute.name().into(),
             device_note: self.device.note.clone(),
             frozen_weight_bytes: self.params.frozen_bytes(),
-            quantized_tensors: self.params.quantized_count(),
-            quantize_frozen: (self.params.quantized_count() > 0)
-                .then(|| self.config.model.quantize_frozen.name().to_string()),
+            quantized_tensors: self.params.quantized_count() + self.params.packed_count(),
+            quantize_frozen: self.held_formats(),
+        }
+    }
+
+    /// How frozen tensors are held in blocks, if any are: `quantize_frozen`'s format, the checkpoint's own MXFP4
+    /// blocks (gpt-oss's experts), or both.
+    fn held_formats(&self) -> Option<String> {
+        let packed = "MXFP4 (the checkpoint's own blocks)";
+        let format = self.config.model.quantize_frozen.name();
+        match (self.params.quantized_count(), self.params.packed_count()) {
+            (0, 0) => None,
+            (_, 0) => Some(format.to_string()),
+            (0, _) => Some(packed.to_string()),
+            _ => Some(format!("{format} or {packed}")),
         }
     }
 
