@@ -34,13 +34,14 @@ done
 cp "$ROOT/scripts/gpu_check.py" "$ROOT/scripts/gpu_check_torch.py" "$DIR/scripts/"
 cp -r "$ROOT/tests/fixtures/models/llama" "$DIR/tests/fixtures/models/"
 cp "$ROOT/tests/fixtures/reference/parity.json" "$ROOT/tests/fixtures/reference/families.json" \
-  "$DIR/tests/fixtures/reference/"
+  "$ROOT/tests/fixtures/reference/mxfp4.json" "$DIR/tests/fixtures/reference/"
 # The families whose device-generic math differs most from llama's (about 7 MB; all 21 would pass the 64 MiB):
 # Qwen3.5's Gated DeltaNet and gated attention, LFM2's convolutions, Gemma 2's softcaps and sandwich norms, Gemma 3's
 # q/k norms and per-type rope, SmolLM3's NoPE layers, LongRoPE, YaRN, a sliding window, and the mixture-of-experts
-# routing (gather, index_add) and stacked-experts node of Qwen3 MoE and Qwen3.5 MoE. gpu_check.py names the rest as
-# not carried.
-for family in qwen3_5 lfm2 gemma2 gemma3 smollm3 phi3_longrope qwen2_yarn mistral_window qwen3_moe qwen3_5_moe; do
+# routing (gather, index_add) and stacked-experts node of Qwen3 MoE and Qwen3.5 MoE, gpt-oss's sinks and interleaved
+# experts, and its MXFP4 experts held in their blocks. gpu_check.py names the rest as not carried.
+for family in qwen3_5 lfm2 gemma2 gemma3 smollm3 phi3_longrope qwen2_yarn mistral_window qwen3_moe qwen3_5_moe \
+  gpt_oss gpt_oss_mxfp4; do
   cp -r "$ROOT/tests/fixtures/models/$family" "$DIR/tests/fixtures/models/"
 done
 cp "$ROOT/scripts/gpu-run.sh" "$DIR/run.sh"

@@ -5,7 +5,7 @@ builds it and calls this):
    (tests/fixtures/reference/parity.json): step-1 loss and global gradient norm within 1e-4 (rel) in f32, the
    SGD and AdamW 3-step loss trajectories within 1e-4, and the same in bf16 within 2e-2; then every family's tiny
    model (tests/fixtures/reference/families.json, hybrids included) in f32: 3 SGD losses and the step-1 gradient
-   norm within 1e-4 of transformers';
+   norm within 1e-4 of transformers'; and gpt-oss's MXFP4 experts held in their blocks on the device;
 2. the freeze mask on the exported checkpoint: frozen tensors byte-identical, trainable ones changed, every dtype
    kept;
 3. a side-by-side training benchmark against PyTorch: top 4 / bottom 4 / full, median step time and peak memory,
@@ -245,6 +245,29 @@ def family_parity(bin, device, work):
     return report
 
 
+def mxfp4_packed(bin, device, work):
+    """gpt-oss as released, its experts in MXFP4 (tests/fixtures/models/gpt_oss_mxfp4): the top layer trains and the
+    bottom layer's experts stay in their blocks on the device, unpacked by table lookups each pass. The first
+    step's loss is the loss transformers computes on the folder (tests/fixtures/reference/mxfp4.json)."""
+    model = FIXTURES / "models" / "gpt_oss_mxfp4"
+    if not model.is_dir():
+        print("  skip  gpt_oss_mxfp4: its model is not in this copy of the fixtures", flush=True)
+        return {"skipped": "model not carried"}
+    want = json.loads((FIXTURES / "reference" / "mxfp4.json").read_text())["loss"]
+    ids = json.loads((FIXTURES / "reference" / "families.json").read_text())["cases"]["gpt_oss"]["input_ids"]
+    data = work / "mxfp4.jsonl"
+    data.write_text("\n".join(json.dumps({"input_ids": i, "labels": i}) for i in ids))
+    config = write_run(work / "mxfp4", model, data, device, "f32", '[freeze]\nlayers = "1"',
+                       f"{EXACT_3_STEPS}\n{SGD}", max(len(i) for i in ids))
+    r = train_checked(bin, config, device, "gpt_oss_mxfp4")
+    if r is None:
+        return {"failed": True}
+    got = r["steps"][0]["loss"] if r["steps"] else float("nan")
+    check(rel(got, want) < 1e-4 and "MXFP4" in r["log"],
+          f"gpt_oss_mxfp4: step-1 loss {got:.6f} vs transformers' {want:.6f}, frozen experts held as MXFP4")
+    return {"loss": got, "transformers": want}
+
+
 def freeze_mask(model, r, what):
     plan = json.loads((r["run"] / "freeze_plan.json").read_text())
     trainable = set(plan["trainable"])
@@ -366,6 +389,7 @@ def main():
         report = {"device": args.device, "parity": parity(args.bin, args.device, work)}
         print(f"every family against transformers on {args.device}")
         report["families"] = family_parity(args.bin, args.device, work)
+        report["mxfp4"] = mxfp4_packed(args.bin, args.device, work)
         report["bench"] = bench(args.bin, args.device, work, args.steps)
         for b in report["bench"]:
             print_bench(b)
