@@ -100,6 +100,7 @@ pub enum Change {
 pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup) -> u64 {
     let compute_bytes = if setup.half_precision { 2 } else { 4 };
     let (mut frozen, mut trained, mut largest, mut largest_quantized) = (0u64, 0u64, 0u64, 0u64);
+    let mut largest_mxfp4 = 0u64;
     let mut optimizer_state = 0u64;
     for t in layout.tensors() {
         if trainable.contains(&t.name) {
@@ -111,10 +112,19 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             }
             continue;
         }
-        // A GGUF file's quantized tensor stays in its own blocks while frozen (gguf_map.rs).
+        // Stacked experts are dequantized one expert at a time.
+        let unit = match t.shape.as_slice() {
+            [experts, _, _] => t.params / (*experts).max(1),
+            _ => t.params,
+        };
+        // A GGUF file's quantized tensor (or MXFP4 experts) stays in its own blocks while frozen (gguf_map.rs,
+        // mxfp4.rs).
         if let Some(bytes) = t.frozen_block_bytes() {
             frozen += bytes;
-            largest_quantized = largest_quantized.max(t.params);
+            match t.gguf.as_ref().is_some_and(|b| b.ggml_type == "mxfp4") {
+                true => largest_mxfp4 = largest_mxfp4.max(unit),
+                false => largest_quantized = largest_quantized.max(unit),
+            }
             continue;
         }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
@@ -122,11 +132,14 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             .quantize_frozen
             .frozen_bytes(&t.name, &dims, t.params, compute_bytes);
         if setup.quantize_frozen.format_for(&t.name, &dims).is_some() {
-            largest_quantized = largest_quantized.max(t.params);
+            largest_quantized = largest_quantized.max(unit);
         }
     }
-    // A quantized matrix is dequantized (to f32, then the compute dtype) for the length of one matmul.
-    let dequantized = largest_quantized * (4 + if compute_bytes == 4 { 0 } else { compute_bytes });
+    // A quantized matrix is dequantized (to f32, then the compute dtype) for the length of one matmul; an MXFP4
+    // expert through table lookups (u32 indices, the f32 value pairs, the scaled values, then the compute dtype:
+    // train's mxfp4.rs).
+    let half_copy = if compute_bytes == 4 { 0 } else { compute_bytes };
+    let dequantized = (largest_quantized * (4 + half_copy)).max(largest_mxfp4 * (10 + half_copy));
     let kernels = if setup.cpu && !setup.half_precision {
         Kernels::FusedCpu
     } else {

@@ -69,9 +69,9 @@ impl Packed {
         self.experts * self.rows * self.groups * 32
     }
 
-    /// The dense values, (experts, groups · 32, rows) row-major: each code's E2M1 value times 2^(scale − 127), the
-    /// packed rows becoming columns (transformers' transpose). Refuses byte counts that do not fit the sizes.
-    pub fn unpack(&self, name: &str, blocks: &[u8], scales: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    /// The pair's bytes checked against the sizes, and its scales against the format: a scale byte of 255 is
+    /// not a number in MXFP4 (OCP's microscaling spec), which no released checkpoint holds.
+    pub fn check_bytes(&self, name: &str, blocks: &[u8], scales: &[u8]) -> std::result::Result<(), String> {
         let (e, r, g) = (self.experts as usize, self.rows as usize, self.groups as usize);
         if blocks.len() != e * r * g * 16 || scales.len() != e * r * g {
             return Err(format!(
@@ -80,40 +80,65 @@ impl Packed {
                 scales.len()
             ));
         }
-        let inputs = g * 32;
-        let mut out = vec![0f32; e * inputs * r];
-        for expert in 0..e {
-            for row in 0..r {
-                for group in 0..g {
-                    let at = (expert * r + row) * g + group;
-                    let scale = 2f64.powi(scales[at] as i32 - 127);
-                    for (k, &byte) in blocks[at * 16..at * 16 + 16].iter().enumerate() {
-                        for (half, code) in [(0, byte & 0x0f), (1, byte >> 4)] {
-                            let input = group * 32 + 2 * k + half;
-                            out[(expert * inputs + input) * r + row] = (FP4[code as usize] as f64 * scale) as f32;
-                        }
+        match scales.iter().position(|&s| s == 255) {
+            Some(at) => Err(format!(
+                "MXFP4 tensor {name}{SCALES_SUFFIX}: scale {at} is 255, which MXFP4 reserves for not-a-number; the \
+                 checkpoint is damaged"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Expert `e`'s dense values, (groups · 32, rows) row-major: each code's E2M1 value times 2^(scale − 127),
+    /// the packed rows becoming columns (transformers' transpose). `blocks` and `scales` are the whole pair's,
+    /// checked by [`Packed::check_bytes`].
+    pub fn unpack_expert(&self, e: usize, blocks: &[u8], scales: &[u8]) -> Vec<f32> {
+        let (r, g) = (self.rows as usize, self.groups as usize);
+        let mut out = vec![0f32; g * 32 * r];
+        for row in 0..r {
+            for group in 0..g {
+                let at = (e * r + row) * g + group;
+                let scale = 2f64.powi(scales[at] as i32 - 127);
+                for (k, &byte) in blocks[at * 16..at * 16 + 16].iter().enumerate() {
+                    for (half, code) in [(0, byte & 0x0f), (1, byte >> 4)] {
+                        let input = group * 32 + 2 * k + half;
+                        out[input * r + row] = (FP4[code as usize] as f64 * scale) as f32;
                     }
                 }
             }
         }
-        Ok(out)
+        out
+    }
+
+    /// Every expert's dense values, (experts, groups · 32, rows) row-major.
+    pub fn unpack(&self, name: &str, blocks: &[u8], scales: &[u8]) -> std::result::Result<Vec<f32>, String> {
+        self.check_bytes(name, blocks, scales)?;
+        Ok((0..self.experts as usize)
+            .flat_map(|e| self.unpack_expert(e, blocks, scales))
+            .collect())
     }
 }
 
-/// The dense names of the packed pairs among `names` (each `X` with both `X_blocks` and `X_scales`), sorted. A
-/// `X_blocks` without its `X_scales` (or the reverse) is refused: the error is (that tensor's name, why).
+/// The dense names of the packed pairs among `names` (each stacked-experts tensor `X`, `….layers.N.mlp.experts.*`,
+/// with both `X_blocks` and `X_scales`), sorted. Other names ending so are left alone (the decoder refuses what it
+/// does not read). Refused, as (a tensor's name, why): half a pair, and a pair beside a dense `X`.
 pub fn pairs<'a>(names: impl Iterator<Item = &'a str> + Clone) -> std::result::Result<Vec<String>, (String, String)> {
     let has = |n: &str| names.clone().any(|m| m == n);
+
     let mut out = Vec::new();
     for name in names.clone() {
-        if let Some(base) = name.strip_suffix(BLOCKS_SUFFIX) {
+        if let Some(base) = experts_base(name, BLOCKS_SUFFIX) {
+            if has(base) {
+                let why = format!("is stored both dense and as MXFP4 ({name}): keep one");
+                return Err((base.to_string(), why));
+            }
             if !has(&format!("{base}{SCALES_SUFFIX}")) {
                 let why =
                     format!("is MXFP4 blocks without their scales {base}{SCALES_SUFFIX}: the checkpoint is incomplete");
                 return Err((name.to_string(), why));
             }
             out.push(base.to_string());
-        } else if let Some(base) = name.strip_suffix(SCALES_SUFFIX) {
+        } else if let Some(base) = experts_base(name, SCALES_SUFFIX) {
             if !has(&format!("{base}{BLOCKS_SUFFIX}")) {
                 let why =
                     format!("is MXFP4 scales without their blocks {base}{BLOCKS_SUFFIX}: the checkpoint is incomplete");
@@ -123,6 +148,12 @@ pub fn pairs<'a>(names: impl Iterator<Item = &'a str> + Clone) -> std::result::R
     }
     out.sort();
     Ok(out)
+}
+
+/// `name` without `suffix`, where that is a layer's stacked experts.
+fn experts_base<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    name.strip_suffix(suffix)
+        .filter(|base| crate::quant::is_stacked_experts(base))
 }
 
 #[cfg(test)]
@@ -164,9 +195,15 @@ mod tests {
         assert!(e.contains("size"), "{e}");
         let p = Packed::of("m.x", (DType::U8, &[1, 1, 1, 16]), (DType::U8, &[1, 1, 1])).unwrap();
         assert!(p.unpack("m.x", &[0; 15], &[0]).unwrap_err().contains("15 block bytes"));
-        let names = ["a.x_blocks", "a.x_scales", "a.y", "b_blocks"];
-        let (name, why) = pairs(names.iter().copied()).unwrap_err();
-        assert!(name == "b_blocks" && why.contains("b_scales"), "{name}: {why}");
-        assert_eq!(pairs(names[..3].iter().copied()).unwrap(), vec!["a.x"]);
+        let e = p.unpack("m.x", &[0; 16], &[255]).unwrap_err();
+        assert!(e.contains("m.x_scales") && e.contains("255"), "{e}");
+        let x = "model.layers.0.mlp.experts.down_proj";
+        let (blocks, scales) = (format!("{x}_blocks"), format!("{x}_scales"));
+        let names = [blocks.as_str(), scales.as_str(), "a.y", "vision.patch_scales"];
+        assert_eq!(pairs(names.iter().copied()).unwrap(), vec![x]);
+        let (name, why) = pairs(names[..1].iter().copied()).unwrap_err();
+        assert!(name == blocks && why.contains(&scales), "{name}: {why}");
+        let (name, why) = pairs([x, &blocks, &scales].into_iter()).unwrap_err();
+        assert!(name == x && why.contains("both dense and as MXFP4"), "{name}: {why}");
     }
 }

@@ -84,14 +84,17 @@ pub fn attention_in_blocks(
     let shape = Shape::of(q, k, v, pos, rows)?;
     let lengths = pos.lengths.map(Tensor::detach);
     let sink_logits = sinks.map(|s| shape.sink_rows(s)).transpose()?;
+    // Frozen sinks (or none) need no gradient, and the plain three-operand node serves.
+    let trained_sinks = sinks.filter(|s| s.track_op());
     let ctx = Blocks {
         shape,
         spec,
         lengths,
         sinks: sink_logits,
+        sink_gradient: trained_sinks.is_some(),
     };
     let (out, lse) = ctx.forward(&q.detach(), &k.detach(), &v.detach())?;
-    match sinks {
+    match trained_sinks {
         None if !(q.track_op() || k.track_op() || v.track_op()) => Ok(out),
         None => attach3(
             "blockwise-attention",
@@ -99,7 +102,6 @@ pub fn attention_in_blocks(
             out,
             Box::new(move |[q, k, v], out, grad| ctx.backward([q, k, v], out, grad, &lse).map(|(g, _)| g)),
         ),
-        Some(s) if !(q.track_op() || k.track_op() || v.track_op() || s.track_op()) => Ok(out),
         // A node has at most three operands: keys and values travel as one (their concatenation's backward
         // splits the gradient again).
         Some(s) => {
@@ -115,11 +117,7 @@ pub fn attention_in_blocks(
                         (true, Some(dk), Some(dv)) => Some(Tensor::cat(&[dk, dv], 3)?),
                         _ => None,
                     };
-                    Ok([
-                        dq,
-                        dkv,
-                        ds.filter(|_| s.track_op()).map(|d| d.to_dtype(s.dtype())).transpose()?,
-                    ])
+                    Ok([dq, dkv, ds.map(|d| d.to_dtype(s.dtype())).transpose()?])
                 }),
             )
         }
@@ -221,6 +219,8 @@ struct Blocks {
     lengths: Option<Tensor>,
     /// Each head's sink logit, f32 (1, kv_heads, rep, 1, 1).
     sinks: Option<Tensor>,
+    /// The sinks train: the backward pass gives their gradient.
+    sink_gradient: bool,
 }
 
 /// A block's f32 scores (batch, kv_heads, rep·rows, keys), masked, and `tanh` of the softcap if there is one.
@@ -367,9 +367,9 @@ impl Blocks {
         let dk = Tensor::zeros(key_shape, DType::F32, dev)?;
         let dv = Tensor::zeros(key_shape, DType::F32, dev)?;
         let mut dq = Vec::new();
-        let mut d_sinks = match self.sinks {
-            Some(_) => Some(Tensor::zeros((s.kv_heads, s.rep()), DType::F32, dev)?),
-            None => None,
+        let mut d_sinks = match self.sink_gradient {
+            true => Some(Tensor::zeros((s.kv_heads, s.rep()), DType::F32, dev)?),
+            false => None,
         };
         for (blk, lse) in self.blocks().into_iter().zip(lses) {
             let qb = self.query_rows(&q, blk)?;
@@ -673,6 +673,26 @@ mod tests {
         let mut c = case(4, 2, 12, &[12, 8]);
         c.dtype = DType::BF16;
         check(&c, 3e-2);
+    }
+
+    #[test]
+    fn frozen_sinks_shape_the_output_but_get_no_gradient() {
+        let dev = Device::Cpu;
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 4, 6, 8), &dev).unwrap()).unwrap();
+        let k = Tensor::randn(0f32, 1., (1, 2, 6, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (1, 2, 6, 8), &dev).unwrap();
+        let sinks = Tensor::new(&[0.5f32, 1.0, 1.5, 2.0], &dev).unwrap();
+        let pos = Positions {
+            q_offset: 0,
+            lengths: None,
+        };
+        let spec = AttentionSpec::plain(8);
+        let out = attention_in_blocks(q.as_tensor(), &k, &v, spec, &pos, 4, Some(&sinks)).unwrap();
+        let want = reference(q.as_tensor(), &k, &v, spec, 0, &[6], Some(&sinks));
+        assert!(max_diff(&out, &want) < 1e-5);
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(q.as_tensor()).is_some());
+        assert_eq!(grads.get_ids().count(), 1, "only q's gradient is stored");
     }
 
     #[test]

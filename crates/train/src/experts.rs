@@ -51,8 +51,9 @@ pub(crate) fn layer_experts(
     if let Some(alias) = table.top_k_alias.filter(|k| !raw[*k].is_null()) {
         if raw[alias].as_u64() != Some(top_k as u64) {
             return Err(format!(
-                "`{alias}` {} and `num_experts_per_tok` {top_k} both give the experts each token runs through and \
-                 differ. Keep one",
+                "`{alias}` is {} but `num_experts_per_tok` is {top_k}: transformers runs each token through \
+                 `num_experts_per_tok` experts and never reads `{alias}`. Set `{alias}` to the same value or remove \
+                 it",
                 raw[alias]
             ));
         }

@@ -144,6 +144,8 @@ fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<b
             Some(value) => trained_bytes(&value, name, *dtype)?,
             // Frozen: the checkpoint's bytes; a GGUF file's tensor, its values in the dtype the map names (rounded to
             // f16 for a quantized one).
+            // MXFP4 experts: unpacked to bf16 (the layout's dtype for them), one expert at a time.
+            None if *dtype == StDType::BF16 && source.write_unpacked_bf16(name, &mut out, path)? => continue,
             None => match source.raw_bytes(name)? {
                 Some(bytes) => bytes,
                 None => trained_bytes(&source.load(name)?, name, *dtype)?,

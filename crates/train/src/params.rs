@@ -319,12 +319,14 @@ impl Params {
         if let Some(v) = self.vars.get(name) {
             return Ok(v.as_tensor().clone());
         }
-        let held = [
-            self.quantized.contains_key(name),
-            self.quantized_experts.contains_key(name),
-            self.packed_experts.contains_key(name),
-        ];
-        if held.into_iter().any(|h| h) {
+        if self.packed_experts.contains_key(name) {
+            return Err(TrainError::Tensor {
+                name: name.to_string(),
+                reason: "is held in the checkpoint's own MXFP4 blocks and can only be read as the experts' weight"
+                    .into(),
+            });
+        }
+        if self.quantized.contains_key(name) || self.quantized_experts.contains_key(name) {
             return Err(TrainError::Tensor {
                 name: name.to_string(),
                 reason: "is held quantized (quantize_frozen) and can only be read as a linear layer's or the \

@@ -18,7 +18,7 @@ use freezetune_core::mxfp4::{self, Packed};
 use freezetune_core::safetensors::{read_header, DType as StDType, TensorHeader};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where one tensor's bytes are: its file, the data section's offset in it, and its header.
 struct Entry {
@@ -188,8 +188,7 @@ impl WeightFiles {
         let Some(p) = self.packed.get(name) else {
             return Ok(None);
         };
-        let part = |suffix: &str| self.entry_bytes(self.entry(&format!("{name}{suffix}"))?);
-        let (blocks, scales) = (part(mxfp4::BLOCKS_SUFFIX)?, part(mxfp4::SCALES_SUFFIX)?);
+        let (blocks, scales) = self.packed_bytes(name, p)?;
         crate::mxfp4::PackedExperts::new(*p, &blocks, &scales, device)
             .map(Some)
             .map_err(|source| TrainError::Candle {
@@ -198,14 +197,42 @@ impl WeightFiles {
             })
     }
 
-    /// An MXFP4 pair's dense values as f32 (exact: each is a 4-bit value times a power of two).
-    fn unpack(&self, name: &str, p: &Packed) -> Result<Tensor> {
+    /// An MXFP4 pair's blocks and scales, checked (core's `Packed::check_bytes`).
+    fn packed_bytes(&self, name: &str, p: &Packed) -> Result<(Vec<u8>, Vec<u8>)> {
         let part = |suffix: &str| self.entry_bytes(self.entry(&format!("{name}{suffix}"))?);
         let (blocks, scales) = (part(mxfp4::BLOCKS_SUFFIX)?, part(mxfp4::SCALES_SUFFIX)?);
-        let values = p.unpack(name, &blocks, &scales).map_err(|reason| TrainError::Tensor {
-            name: name.into(),
-            reason,
-        })?;
+        p.check_bytes(name, &blocks, &scales)
+            .map_err(|reason| TrainError::Tensor {
+                name: name.into(),
+                reason,
+            })?;
+        Ok((blocks, scales))
+    }
+
+    /// Writes MXFP4 tensor `name`'s dense values as bf16 bytes into `out` (the file at `path`), one expert at a time
+    /// (an export never holds a whole unpacked stack); false, writing nothing, for any other tensor.
+    pub fn write_unpacked_bf16(&self, name: &str, out: &mut impl std::io::Write, path: &Path) -> Result<bool> {
+        let Some(p) = self.packed.get(name) else {
+            return Ok(false);
+        };
+        let (blocks, scales) = self.packed_bytes(name, p)?;
+        for e in 0..p.experts as usize {
+            let bytes: Vec<u8> = p
+                .unpack_expert(e, &blocks, &scales)
+                .into_iter()
+                .flat_map(|v| half::bf16::from_f32(v).to_le_bytes())
+                .collect();
+            out.write_all(&bytes).map_err(io(path))?;
+        }
+        Ok(true)
+    }
+
+    /// An MXFP4 pair's dense values as f32 (exact: each is a 4-bit value times a power of two).
+    fn unpack(&self, name: &str, p: &Packed) -> Result<Tensor> {
+        let (blocks, scales) = self.packed_bytes(name, p)?;
+        let values: Vec<f32> = (0..p.experts as usize)
+            .flat_map(|e| p.unpack_expert(e, &blocks, &scales))
+            .collect();
         let shape: Vec<usize> = p.dense_shape().iter().map(|&d| d as usize).collect();
         Tensor::from_vec(values, shape, &Device::Cpu).map_err(|source| TrainError::Candle {
             context: format!("unpacking MXFP4 tensor {name}"),

@@ -115,7 +115,7 @@ mod tests {
         let got = act.forward(&gate, &up).unwrap().to_vec1::<f32>().unwrap();
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let want = [
-            (7.0 + 1.0) * -1.0 * sig(-1.702),
+            -(7.0 + 1.0) * sig(-1.702),
             (-0.25 + 1.0) * 0.5 * sig(0.5 * 1.702),
             (-7.0 + 1.0) * 7.0 * sig(7.0 * 1.702),
         ];

@@ -13,6 +13,7 @@
 //! at a time, for the length of its matmuls.
 
 use super::activation::GateActivation;
+use super::{scatter_rows, stacked};
 use crate::node::attach3;
 use crate::params::StackedWeight;
 use candle_core::{Result, Tensor, D};
@@ -200,23 +201,4 @@ fn down_backward(
         false => None,
     };
     Ok([dp, stacked(matrix_grads, down)?, stacked(bias_grads, down_bias)?])
-}
-
-/// `x`'s gradient from each expert's (rows, gradient of those rows): summed where a token chose several experts.
-fn scatter_rows(x: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tensor> {
-    let rows: Vec<&Tensor> = parts.iter().map(|(r, _)| r).collect();
-    let grads: Vec<&Tensor> = parts.iter().map(|(_, g)| g).collect();
-    x.zeros_like()?.index_add(
-        &Tensor::cat(&rows, 0)?,
-        &Tensor::cat(&grads, 0)?.to_dtype(x.dtype())?,
-        0,
-    )
-}
-
-/// The per-expert gradients as one stacked tensor, where `operand` records a graph.
-fn stacked(grads: Vec<Tensor>, operand: &Tensor) -> Result<Option<Tensor>> {
-    match operand.track_op() {
-        true => Tensor::stack(&grads, 0).map(Some),
-        false => Ok(None),
-    }
 }

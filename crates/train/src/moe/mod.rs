@@ -206,6 +206,25 @@ impl Experts {
     }
 }
 
+/// `x`'s gradient from each expert's (rows, gradient of those rows): summed where a token chose several experts.
+pub(super) fn scatter_rows(x: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Tensor> {
+    let rows: Vec<&Tensor> = parts.iter().map(|(r, _)| r).collect();
+    let grads: Vec<&Tensor> = parts.iter().map(|(_, g)| g).collect();
+    x.zeros_like()?.index_add(
+        &Tensor::cat(&rows, 0)?,
+        &Tensor::cat(&grads, 0)?.to_dtype(x.dtype())?,
+        0,
+    )
+}
+
+/// The per-expert gradients as one stacked tensor, where `operand` records a graph.
+pub(super) fn stacked(grads: Vec<Tensor>, operand: &Tensor) -> Result<Option<Tensor>> {
+    match operand.track_op() {
+        true => Tensor::stack(&grads, 0).map(Some),
+        false => Ok(None),
+    }
+}
+
 /// Which experts each token runs through, and the (token, choice) pairs grouped by expert.
 #[derive(Debug, PartialEq)]
 struct Routes {

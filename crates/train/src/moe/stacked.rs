@@ -7,10 +7,11 @@
 //! in f32 both passes run over plain buffers, the experts in parallel (`stacked_cpu.rs`); elsewhere (CUDA, Metal,
 //! half precision) as candle ops, one expert after another.
 
+use super::activation::GateActivation;
 use super::stacked_cpu::{self, Dims, Wanted};
+use super::{scatter_rows, stacked};
 use crate::fused::with_values;
 use crate::node::attach3;
-use crate::ops::sigmoid;
 use crate::params::StackedWeight;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -175,7 +176,7 @@ impl ExpertPass {
 
     /// silu(gate) · up.
     fn product(&self) -> Result<Tensor> {
-        self.gate.silu()? * &self.up
+        GateActivation::Silu.forward(&self.gate, &self.up)
     }
 }
 
@@ -207,16 +208,11 @@ fn backward(
         let pass = ExpertPass::new(&x_c, weights.0, weights.1, e, rows, width)?;
         let dy = grad.narrow(0, start, rows.len())?;
         start += rows.len();
-        let s = sigmoid(&pass.gate)?;
-        let activated = (&pass.gate * &s)?;
         let d_product = dy.matmul(&pass.down)?;
         if down.track_op() {
-            down_grads.push(dy.t()?.matmul(&(&activated * &pass.up)?)?.to_dtype(down.dtype())?);
+            down_grads.push(dy.t()?.matmul(&pass.product()?)?.to_dtype(down.dtype())?);
         }
-        // silu'(g) = σ(g) · (1 + g · (1 − σ(g))).
-        let silu_grad = (&s * ((&pass.gate * (1.0 - &s)?)? + 1.0)?)?;
-        let d_gate = ((&d_product * &pass.up)? * silu_grad)?;
-        let d_up = (&d_product * &activated)?;
+        let (d_gate, d_up) = GateActivation::Silu.backward(&pass.gate, &pass.up, &d_product)?;
         let d_projected = Tensor::cat(&[&d_gate, &d_up], 1)?;
         if gate_up.track_op() {
             gate_up_grads.push(d_projected.t()?.matmul(&pass.input)?.to_dtype(gate_up.dtype())?);
@@ -226,19 +222,8 @@ fn backward(
         }
     }
     let dx = match x.track_op() {
-        true => {
-            let rows: Vec<&Tensor> = input_grads.iter().map(|(r, _)| r).collect();
-            let grads: Vec<&Tensor> = input_grads.iter().map(|(_, g)| g).collect();
-            Some(
-                x.zeros_like()?
-                    .index_add(&Tensor::cat(&rows, 0)?, &Tensor::cat(&grads, 0)?, 0)?,
-            )
-        }
+        true => Some(scatter_rows(x, &input_grads)?),
         false => None,
-    };
-    let stacked = |grads: Vec<Tensor>, weight: &Tensor| match weight.track_op() {
-        true => Tensor::stack(&grads, 0).map(Some),
-        false => Ok(None),
     };
     Ok([dx, stacked(gate_up_grads, gate_up)?, stacked(down_grads, down)?])
 }
