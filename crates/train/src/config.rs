@@ -4,8 +4,8 @@
 //! and never looks at the family again.
 
 use crate::error::{Result, TrainError};
-use crate::experts::layer_experts;
 pub use crate::experts::ExpertsSpec;
+use crate::experts::{layer_experts, router_loss_weight};
 use crate::family::{
     family, supported, wrapper, DefaultSliding, ExpertTable, ExpertWeights, Family, MlpLayout, Names, NormPlacement,
     QkNorm, RopeLayout, Wrapper,
@@ -187,6 +187,9 @@ pub struct DecoderConfig {
     pub mlp: MlpLayout,
     /// Where a sparse layer's router and experts are (the family's table; layers say whether they have one).
     pub experts: Option<ExpertTable>,
+    /// The router's load-balancing loss joins the training loss with this weight (`output_router_logits: true`,
+    /// `router_aux_loss_coef`), as transformers adds it; None: the cross-entropy alone.
+    pub router_aux_loss: Option<f64>,
     /// The names of a layer's norms, attention output and q/k norms, and of the final norm.
     pub names: Names,
     /// Checkpoint tensor prefixes transformers drops on load (left unread, written back unchanged).
@@ -410,6 +413,7 @@ impl DecoderConfig {
             fused_qkv: fam.fused_qkv,
             mlp: fam.mlp,
             experts: fam.experts,
+            router_aux_loss: router_loss_weight(raw, fam)?,
             names: fam.names,
             dropped_tensors: fam.dropped_tensors,
             layers,

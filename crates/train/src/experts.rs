@@ -31,7 +31,6 @@ pub(crate) fn layer_experts(
     let Some(table) = fam.experts else {
         return Ok(vec![None; layers]);
     };
-    refuse_router_loss(raw)?;
     // Mixtral's training-only noise on the router's input: other math than the model's, and random.
     match &raw["router_jitter_noise"] {
         Value::Null => {}
@@ -74,19 +73,27 @@ pub(crate) fn layer_experts(
     Ok(sparse.into_iter().map(|s| s.then_some(spec)).collect())
 }
 
-/// transformers adds `router_aux_loss_coef` × a load-balancing loss to the training loss only when
-/// `output_router_logits` is true; FreezeTune trains on the cross-entropy alone, so such a config is refused
-/// rather than trained on other math.
-fn refuse_router_loss(raw: &Value) -> std::result::Result<(), String> {
-    match &raw["output_router_logits"] {
-        Value::Null | Value::Bool(false) => Ok(()),
-        Value::Bool(true) => Err(
-            "`output_router_logits` is true: transformers then adds `router_aux_loss_coef` × a \
-             load-balancing loss to the training loss, which FreezeTune does not compute yet. Set it to false to \
-             train on the cross-entropy alone (as LLaMA-Factory does unless `moe_aux_loss_coef` is set)"
-                .into(),
-        ),
-        v => Err(format!("`output_router_logits` must be true or false, not {v}")),
+/// The weight of the router's load-balancing loss in the training loss, where config.json asks for it:
+/// transformers adds `router_aux_loss_coef` × the Switch Transformer balance loss (`moe/router_loss.rs`) when
+/// `output_router_logits` is true (LLaMA-Factory sets it from `moe_aux_loss_coef`). None: the cross-entropy alone.
+pub(crate) fn router_loss_weight(raw: &Value, fam: &Family) -> std::result::Result<Option<f64>, String> {
+    let on = match &raw["output_router_logits"] {
+        Value::Null | Value::Bool(false) => false,
+        Value::Bool(true) => true,
+        v => return Err(format!("`output_router_logits` must be true or false, not {v}")),
+    };
+    let Some(table) = fam.experts.filter(|_| on) else {
+        return Ok(None);
+    };
+    if expert_count(raw, &table)? == 0 {
+        return Ok(None);
+    }
+    match &raw["router_aux_loss_coef"] {
+        v if v.as_f64().is_some_and(|c| c.is_finite() && c >= 0.0) => Ok(v.as_f64()),
+        v => Err(format!(
+            "`router_aux_loss_coef` is {v}: with `output_router_logits` true it weighs the router's \
+             load-balancing loss and must be a number of 0 or more"
+        )),
     }
 }
 
@@ -199,11 +206,18 @@ mod tests {
         assert!(e.contains("num_experts_per_tok") && e.contains("from 1 to 4"), "{e}");
         let e = experts(json!({"num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [4]})).unwrap_err();
         assert!(e.contains("mlp_only_layers") && e.contains("layer 4"), "{e}");
-        let e = experts(json!({"output_router_logits": true})).unwrap_err();
-        assert!(
-            e.contains("output_router_logits") && e.contains("load-balancing"),
-            "{e}"
-        );
+        let fam = family("qwen3_moe").unwrap();
+        let weight = |extra: Value| {
+            let mut raw = json!({"num_experts": 4, "num_experts_per_tok": 2});
+            extra.as_object().unwrap().iter().for_each(|(k, v)| raw[k] = v.clone());
+            router_loss_weight(&fam.with_defaults(&raw), fam)
+        };
+        assert_eq!(weight(json!({})).unwrap(), None);
+        assert_eq!(weight(json!({"output_router_logits": true})).unwrap(), Some(0.001));
+        let e = weight(json!({"output_router_logits": true, "router_aux_loss_coef": -1})).unwrap_err();
+        assert!(e.contains("router_aux_loss_coef") && e.contains("-1"), "{e}");
+        let e = weight(json!({"output_router_logits": "yes"})).unwrap_err();
+        assert!(e.contains("output_router_logits"), "{e}");
         let mixtral = family("mixtral").unwrap();
         let jitter = mixtral.with_defaults(&json!({"num_local_experts": 8, "router_jitter_noise": 0.01}));
         let e = layer_experts(&jitter, mixtral, 2).unwrap_err();

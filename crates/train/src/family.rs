@@ -653,7 +653,7 @@ pub const FAMILIES: [Family; 21] = [
     // `num_experts` on the layers `decoder_sparse_step` and `mlp_only_layers` pick (a dense one of
     // `intermediate_size` elsewhere). `max_window_layers` is in released configs, but transformers' qwen3_moe never
     // reads it: its window, when `use_sliding_window` is on, is on every layer. `router_aux_loss_coef` weighs a
-    // load-balancing loss only `output_router_logits: true` adds, which is refused.
+    // load-balancing loss only `output_router_logits: true` adds (moe/router_loss.rs).
     Family {
         model_type: "qwen3_moe",
         sizes: Sizes {

@@ -9,7 +9,7 @@ use crate::error::{Result, TrainError};
 use crate::family::{MlpLayout, QkNorm};
 use crate::fused;
 use crate::linear::{Linear, LinearWeight};
-use crate::moe::Experts;
+use crate::moe::{Experts, RouterStats};
 use crate::ops::{rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
@@ -106,6 +106,9 @@ pub struct Decoder {
     rope: Mutex<Vec<Option<RopeTables>>>,
     /// The attention masking of the last batch shape (row lengths and width), kept on the device.
     mask: Mutex<Option<(Vec<usize>, usize, AttnMask)>>,
+    /// While [`Decoder::loss`] runs a model with the router's load-balancing loss: what each sparse layer's router
+    /// did (moe/router_loss.rs).
+    router_stats: Mutex<Option<RouterStats>>,
 }
 
 #[derive(Clone)]
@@ -295,6 +298,7 @@ impl Decoder {
             device: device.clone(),
             dtype: params.dtype(),
             mask: Mutex::new(None),
+            router_stats: Mutex::new(None),
         })
     }
 
@@ -451,6 +455,15 @@ impl Decoder {
             context: "checkpointed backward pass".into(),
             source: e,
         };
+        if self.config.router_aux_loss.is_some() {
+            return Err(TrainError::Config {
+                path: "training.gradient_checkpointing".into(),
+                reason: "gradient checkpointing does not compute the router's load-balancing loss that config.json \
+                         asks for (`output_router_logits: true`) yet: turn gradient_checkpointing off, or set \
+                         `output_router_logits` to false to train on the cross-entropy alone"
+                    .into(),
+            });
+        }
         let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
         let rot = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
@@ -543,11 +556,33 @@ impl Decoder {
     /// The mean cross-entropy of the next-token predictions against `labels` (-100 = ignored) and the number of
     /// tokens counted: the forward pass and the loss, with the head fused into the loss where [`Self::head_loss`]
     /// can.
+    ///
+    /// A config asking for the router's load-balancing loss (`output_router_logits`) gets it added to the mean,
+    /// times `router_aux_loss_coef`, as transformers adds it.
     pub fn loss(&self, batch: &Batch, labels: &[Vec<i64>]) -> Result<(Tensor, usize)> {
-        let h = self
-            .forward_hidden(batch)
-            .map_err(crate::error::candle("forward pass"))?;
-        self.head_loss(&h, labels).map_err(crate::error::candle("loss"))
+        let Some(weight) = self.config.router_aux_loss else {
+            let h = self
+                .forward_hidden(batch)
+                .map_err(crate::error::candle("forward pass"))?;
+            return self.head_loss(&h, labels).map_err(crate::error::candle("loss"));
+        };
+        let stats = RouterStats::new(&real_tokens(batch), &self.device).map_err(crate::error::candle("router loss"))?;
+        *self.router_stats.lock().expect("router stats") = Some(stats);
+        let h = self.forward_hidden(batch);
+        let stats = self.router_stats.lock().expect("router stats").take();
+        let h = h.map_err(crate::error::candle("forward pass"))?;
+        let (mean, n) = self.head_loss(&h, labels).map_err(crate::error::candle("loss"))?;
+        let balance = stats
+            .map(|s| s.loss())
+            .transpose()
+            .map_err(crate::error::candle("router loss"))?;
+        match balance.flatten() {
+            Some(b) => {
+                let total = (b * weight).and_then(|b| mean + b);
+                Ok((total.map_err(crate::error::candle("router loss"))?, n))
+            }
+            None => Ok((mean, n)),
+        }
     }
 
     /// The head and the loss from the last layer's output. A frozen dense f32 lm_head on the fused CPU path, with
@@ -856,7 +891,10 @@ impl Decoder {
             Activation::Gelu => gate.gelu_erf()? * up,
         };
         let (gate_up, down) = match &blk.ffn {
-            Ffn::Experts(experts) => return experts.forward(h, product),
+            Ffn::Experts(experts) => {
+                let mut stats = self.router_stats.lock().expect("router stats");
+                return experts.forward(h, product, stats.as_mut());
+            }
             Ffn::Dense { gate_up, down } => (gate_up, down),
         };
         let (gate, up) = match gate_up {
@@ -869,6 +907,16 @@ impl Decoder {
         };
         down.forward(&product(&gate, &up)?)
     }
+}
+
+/// Per token of the flattened (batch, longest row) batch, whether it is a real token rather than padding.
+fn real_tokens(batch: &Batch) -> Vec<bool> {
+    let t = batch.input_ids.iter().map(Vec::len).max().unwrap_or(0);
+    batch
+        .lengths
+        .iter()
+        .flat_map(|&len| (0..t).map(move |p| p < len))
+        .collect()
 }
 
 /// A linear's weight where it is dense f32 without a bias: what the fused block ops take.

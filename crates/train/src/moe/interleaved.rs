@@ -13,7 +13,7 @@
 //! at a time, for the length of its matmuls.
 
 use super::activation::GateActivation;
-use super::{scatter_rows, stacked};
+use super::{no_rows, scatter_rows, stacked};
 use crate::node::attach3;
 use crate::params::StackedWeight;
 use candle_core::{Result, Tensor, D};
@@ -132,12 +132,7 @@ fn up_backward(
     let mut start = 0;
     for (e, rows) in groups.iter().enumerate() {
         if rows.is_empty() {
-            if gate_up.track_op() {
-                matrix_grads.push(gate_up.get(e)?.zeros_like()?);
-            }
-            if gate_up_bias.track_op() {
-                bias_grads.push(gate_up_bias.get(e)?.zeros_like()?);
-            }
+            no_rows(e, [(gate_up, &mut matrix_grads), (gate_up_bias, &mut bias_grads)])?;
             continue;
         }
         let pass = UpPass::new(&x_c, weights, bias, e, rows)?;
@@ -176,12 +171,7 @@ fn down_backward(
     let mut start = 0;
     for (e, rows) in groups.iter().enumerate() {
         if rows.is_empty() {
-            if down.track_op() {
-                matrix_grads.push(down.get(e)?.zeros_like()?);
-            }
-            if down_bias.track_op() {
-                bias_grads.push(down_bias.get(e)?.zeros_like()?);
-            }
+            no_rows(e, [(down, &mut matrix_grads), (down_bias, &mut bias_grads)])?;
             continue;
         }
         let (p, dy) = (p_c.narrow(0, start, rows.len())?, grad.narrow(0, start, rows.len())?);

@@ -14,6 +14,7 @@
 
 mod activation;
 mod interleaved;
+mod router_loss;
 mod stacked;
 mod stacked_cpu;
 
@@ -25,6 +26,7 @@ use crate::params::Params;
 use activation::GateActivation;
 use candle_core::{DType, Result, Tensor, D};
 use interleaved::Interleaved;
+pub(crate) use router_loss::RouterStats;
 use stacked::Stacked;
 
 const ONLY_SWIGLU: &str =
@@ -142,12 +144,21 @@ impl Experts {
         })
     }
 
-    /// The sparse MLP of `h` (.., hidden). `product` is the activation's `act(gate) · up`.
-    pub fn forward(&self, h: &Tensor, product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    /// The sparse MLP of `h` (.., hidden). `product` is the activation's `act(gate) · up`. With `stats`, the
+    /// router's probabilities and choices are recorded for the load-balancing loss.
+    pub fn forward(
+        &self,
+        h: &Tensor,
+        product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        stats: Option<&mut RouterStats>,
+    ) -> Result<Tensor> {
         let hidden = h.dim(D::Minus1)?;
         let tokens = h.elem_count() / hidden;
         let x = h.reshape((tokens, hidden))?;
-        let (routes, weights) = self.route(&x)?;
+        let (routes, weights, probs) = self.route(&x)?;
+        if let Some(stats) = stats {
+            stats.record(&probs, &routes.chosen)?;
+        }
         let outputs = self.expert_outputs(&x, &routes, &product)?;
         let rows = routes.tokens_by_expert.concat();
         let rows = Tensor::from_vec(rows, routes.pairs_by_expert.len(), x.device())?;
@@ -165,8 +176,8 @@ impl Experts {
 
     /// Each token's experts, and the probabilities that weigh them (renormalised where the layer says) in the
     /// order of the (token, choice) pairs grouped by expert: in the activations' dtype, or f32 where the family
-    /// weighs in f32.
-    fn route(&self, x: &Tensor) -> Result<(Routes, Tensor)> {
+    /// weighs in f32; and every probability (tokens, E) in f32.
+    fn route(&self, x: &Tensor) -> Result<(Routes, Tensor, Tensor)> {
         let probs = softmax_last_dim(&self.router.forward(x)?.to_dtype(DType::F32)?)?;
         let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, self.spec.top_k);
         let chosen = Tensor::from_slice(&routes.chosen, (x.dim(0)?, self.spec.top_k), x.device())?;
@@ -179,7 +190,7 @@ impl Experts {
         }
         let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), x.device())?;
         let weights = weights.flatten_all()?.index_select(&by_expert, 0)?;
-        Ok((routes, weights))
+        Ok((routes, weights, probs))
     }
 
     /// Each expert's output for its rows of `x`, experts in order (unweighted).
@@ -223,6 +234,16 @@ pub(super) fn stacked(grads: Vec<Tensor>, operand: &Tensor) -> Result<Option<Ten
         true => Tensor::stack(&grads, 0).map(Some),
         false => Ok(None),
     }
+}
+
+/// Expert `e` has no rows: a zero gradient in its place for each stacked operand that records a graph.
+pub(super) fn no_rows(e: usize, operands: [(&Tensor, &mut Vec<Tensor>); 2]) -> Result<()> {
+    for (operand, grads) in operands {
+        if operand.track_op() {
+            grads.push(operand.get(e)?.zeros_like()?);
+        }
+    }
+    Ok(())
 }
 
 /// Which experts each token runs through, and the (token, choice) pairs grouped by expert.

@@ -9,7 +9,7 @@
 
 use super::activation::GateActivation;
 use super::stacked_cpu::{self, Dims, Wanted};
-use super::{scatter_rows, stacked};
+use super::{no_rows, scatter_rows, stacked};
 use crate::fused::with_values;
 use crate::node::attach3;
 use crate::params::StackedWeight;
@@ -197,12 +197,7 @@ fn backward(
     let mut start = 0;
     for (e, rows) in groups.iter().enumerate() {
         if rows.is_empty() {
-            if gate_up.track_op() {
-                gate_up_grads.push(gate_up.get(e)?.zeros_like()?);
-            }
-            if down.track_op() {
-                down_grads.push(down.get(e)?.zeros_like()?);
-            }
+            no_rows(e, [(gate_up, &mut gate_up_grads), (down, &mut down_grads)])?;
             continue;
         }
         let pass = ExpertPass::new(&x_c, weights.0, weights.1, e, rows, width)?;
