@@ -37,6 +37,10 @@ pub struct ExpertDims {
     /// The shared expert's MLP width, where every token also runs through one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_width: Option<u64>,
+    /// config.json asks for the router's load-balancing loss (a top-level `output_router_logits: true`, as
+    /// transformers' causal LMs read it, with a non-zero `router_aux_loss_coef`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub router_loss: bool,
 }
 
 /// The sizes of a Gated DeltaNet (linear attention) layer: key heads and their width, value heads and theirs.
@@ -138,6 +142,8 @@ impl ModelConfig {
                     .or(intermediate_size)
                     .ok_or("`moe_intermediate_size` is missing")?,
                 shared_width: uint(&["shared_expert_intermediate_size"])?,
+                router_loss: top.get("output_router_logits") == Some(&Value::Bool(true))
+                    && top.get("router_aux_loss_coef").and_then(Value::as_f64) != Some(0.0),
             }),
             _ => None,
         };

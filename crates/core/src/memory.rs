@@ -343,6 +343,7 @@ mod tests {
             top_k: 2,
             width: 16,
             shared_width: Some(32),
+            router_loss: false,
         };
         let w = Widths {
             h: 64,

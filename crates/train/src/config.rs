@@ -289,6 +289,9 @@ impl DecoderConfig {
         }
         let mut c = Self::from_value(&text, fam)?;
         c.wrapper = Some(w.model_type);
+        // transformers' vision-language classes add the router's loss only when a caller passes
+        // `output_router_logits` to forward, never from `text_config` (Qwen3.5 MoE's); a trainer passes nothing.
+        c.router_aux_loss = None;
         if !w.final_softcap {
             c.final_softcap = None;
         }
@@ -1429,5 +1432,22 @@ mod tests {
         other["experts_per_token"] = json!(2);
         let e = DecoderConfig::from_json(&other, "gpt_oss").unwrap_err();
         assert!(e.contains("experts_per_token") && e.contains("never reads"), "{e}");
+    }
+
+    /// transformers' vision-language classes add the router's loss only when forward is asked to, never from
+    /// `text_config`; the text tower's own class reads it from its config.
+    #[test]
+    fn only_a_causal_lm_adds_the_routers_loss_its_config_asks_for() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/qwen3_5_moe_vlm");
+        let mut raw: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
+        raw["text_config"]["output_router_logits"] = json!(true);
+        let wrapper = crate::family::wrapper("qwen3_5_moe").unwrap();
+        assert_eq!(
+            DecoderConfig::from_wrapper(&raw, wrapper).unwrap().router_aux_loss,
+            None
+        );
+        let text = DecoderConfig::from_json(&raw["text_config"], "qwen3_5_moe_text").unwrap();
+        assert_eq!(text.router_aux_loss, Some(0.001));
     }
 }

@@ -89,7 +89,8 @@ pub(crate) fn router_loss_weight(raw: &Value, fam: &Family) -> std::result::Resu
         return Ok(None);
     }
     match &raw["router_aux_loss_coef"] {
-        v if v.as_f64().is_some_and(|c| c.is_finite() && c >= 0.0) => Ok(v.as_f64()),
+        v if v.as_f64() == Some(0.0) => Ok(None),
+        v if v.as_f64().is_some_and(|c| c.is_finite() && c > 0.0) => Ok(v.as_f64()),
         v => Err(format!(
             "`router_aux_loss_coef` is {v}: with `output_router_logits` true it weighs the router's \
              load-balancing loss and must be a number of 0 or more"
@@ -214,6 +215,8 @@ mod tests {
         };
         assert_eq!(weight(json!({})).unwrap(), None);
         assert_eq!(weight(json!({"output_router_logits": true})).unwrap(), Some(0.001));
+        let zero = json!({"output_router_logits": true, "router_aux_loss_coef": 0.0});
+        assert_eq!(weight(zero).unwrap(), None);
         let e = weight(json!({"output_router_logits": true, "router_aux_loss_coef": -1})).unwrap_err();
         assert!(e.contains("router_aux_loss_coef") && e.contains("-1"), "{e}");
         let e = weight(json!({"output_router_logits": "yes"})).unwrap_err();

@@ -14,7 +14,7 @@ use crate::ops::{rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// The attention input projections: separate, or phi3's fused `qkv_proj`.
 enum Qkv {
@@ -443,7 +443,9 @@ impl Decoder {
     /// layer at a time from it and pushes the gradient down. The scalar minimised is the cross-entropy against
     /// `labels` summed over the counted tokens times `token_weight` (the mean loss × count × weight);
     /// `on_grads` receives each partial gradient store (the caller sums the parameters' gradients). Returns that
-    /// scalar, on the device (not read back).
+    /// scalar, on the device (not read back). The cross-entropy alone: a router's load-balancing loss is not part
+    /// of it (the trainer refuses checkpointing where config.json asks for one; the probe measures the
+    /// cross-entropy's gradients).
     pub fn checkpointed_backward(
         &self,
         batch: &Batch,
@@ -455,15 +457,6 @@ impl Decoder {
             context: "checkpointed backward pass".into(),
             source: e,
         };
-        if self.config.router_aux_loss.is_some() {
-            return Err(TrainError::Config {
-                path: "training.gradient_checkpointing".into(),
-                reason: "gradient checkpointing does not compute the router's load-balancing loss that config.json \
-                         asks for (`output_router_logits: true`) yet: turn gradient_checkpointing off, or set \
-                         `output_router_logits` to false to train on the cross-entropy alone"
-                    .into(),
-            });
-        }
         let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
         let rot = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
@@ -567,9 +560,9 @@ impl Decoder {
             return self.head_loss(&h, labels).map_err(crate::error::candle("loss"));
         };
         let stats = RouterStats::new(&real_tokens(batch), &self.device).map_err(crate::error::candle("router loss"))?;
-        *self.router_stats.lock().expect("router stats") = Some(stats);
+        *self.router_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(stats);
         let h = self.forward_hidden(batch);
-        let stats = self.router_stats.lock().expect("router stats").take();
+        let stats = self.router_stats.lock().unwrap_or_else(PoisonError::into_inner).take();
         let h = h.map_err(crate::error::candle("forward pass"))?;
         let (mean, n) = self.head_loss(&h, labels).map_err(crate::error::candle("loss"))?;
         let balance = stats
@@ -892,7 +885,7 @@ impl Decoder {
         };
         let (gate_up, down) = match &blk.ffn {
             Ffn::Experts(experts) => {
-                let mut stats = self.router_stats.lock().expect("router stats");
+                let mut stats = self.router_stats.lock().unwrap_or_else(PoisonError::into_inner);
                 return experts.forward(h, product, stats.as_mut());
             }
             Ffn::Dense { gate_up, down } => (gate_up, down),
@@ -1260,5 +1253,14 @@ mod tests {
         assert!(max_abs_diff(&y_frozen, &y) < 1e-6);
         let d = max_abs_diff(&dx_frozen, &dx);
         assert!(d < 1e-5, "input gradients differ by {d}");
+    }
+
+    #[test]
+    fn real_tokens_mark_each_rows_padding_in_the_flattened_batch() {
+        let batch = Batch {
+            input_ids: vec![vec![5, 6, 7], vec![8]],
+            lengths: vec![3, 1],
+        };
+        assert_eq!(real_tokens(&batch), [true, true, true, true, false, false]);
     }
 }

@@ -279,6 +279,26 @@ fn on_the_cpu_half_precision_is_not_offered_and_checkpointing_lowers_the_need() 
 }
 
 #[test]
+fn checkpointing_is_not_offered_where_config_json_asks_for_the_routers_load_balancing_loss() {
+    let (_d, mut layout, set) = setup(&all_layers());
+    let small = device(need_bytes(&layout, &set, gpu(4, 128)) / 2);
+    let offered = |layout: &ModelLayout| {
+        let v = fit(layout, &set, gpu(4, 128), &small);
+        v.changes.iter().any(|c| c.change == Change::GradientCheckpointing)
+    };
+    assert!(offered(&layout));
+    // The trainer refuses checkpointing with the router's loss (train's trainer/setup.rs).
+    layout.dims.experts = Some(crate::config::ExpertDims {
+        count: 4,
+        top_k: 2,
+        width: 16,
+        shared_width: None,
+        router_loss: true,
+    });
+    assert!(!offered(&layout));
+}
+
+#[test]
 fn nothing_that_fits_is_left_out_and_impossible_devices_get_only_failing_changes() {
     let (_d, layout, set) = setup(&all_layers());
     let v = fit(&layout, &set, gpu(4, 128), &device(1));

@@ -47,7 +47,15 @@ impl RouterStats {
                 self.real_host.len()
             )
         }
-        self.counts.resize(experts, 0.0);
+        if self.counts.is_empty() {
+            self.counts = vec![0.0; experts];
+        }
+        if self.counts.len() != experts {
+            candle_core::bail!(
+                "router loss: a layer of {experts} experts after one of {}",
+                self.counts.len()
+            )
+        }
         let top_k = chosen.len() / tokens.max(1);
         for (token, row) in chosen.chunks(top_k.max(1)).enumerate() {
             let weight = self.real_host[token] as f64;
