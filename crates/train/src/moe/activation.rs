@@ -63,6 +63,46 @@ impl GateActivation {
     }
 }
 
+/// One element of the activation over plain f32 values (the CPU expert passes), given `s`, the sigmoid of
+/// [`GateActivation::sigmoid_argument`]: the same formulas as the tensor passes above.
+impl GateActivation {
+    /// What the sigmoid is taken of: the gate, or α · min(gate, limit).
+    pub fn sigmoid_argument(self, gate: f32) -> f32 {
+        match self {
+            GateActivation::Silu => gate,
+            GateActivation::Clamped { alpha, limit } => gate.min(limit as f32) * alpha as f32,
+        }
+    }
+
+    pub fn value(self, gate: f32, up: f32, s: f32) -> f32 {
+        match self {
+            GateActivation::Silu => gate * s * up,
+            GateActivation::Clamped { limit, .. } => {
+                let l = limit as f32;
+                (up.clamp(-l, l) + 1.0) * (gate.min(l) * s)
+            }
+        }
+    }
+
+    /// The gradients of gate and up from the output's `grad`.
+    pub fn grads(self, gate: f32, up: f32, s: f32, grad: f32) -> (f32, f32) {
+        match self {
+            GateActivation::Silu => (grad * up * s * (1.0 + gate * (1.0 - s)), grad * gate * s),
+            GateActivation::Clamped { alpha, limit } => {
+                let (a, l) = (alpha as f32, limit as f32);
+                let g = gate.min(l);
+                let inside = (-l..=l).contains(&up);
+                let d_up = if inside { grad * g * s } else { 0.0 };
+                let d_gate = match gate <= l {
+                    true => grad * (up.clamp(-l, l) + 1.0) * (s + g * a * (s * (1.0 - s))),
+                    false => 0.0,
+                };
+                (d_gate, d_up)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +139,35 @@ mod tests {
                     .unwrap();
                 let n = clamped.sum_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(n > 0.0, "no gate crosses the limit: the test would not see the clamp");
+            }
+        }
+    }
+
+    /// The plain-value passes give what the tensor passes give, value and gradients, across both limits.
+    #[test]
+    fn plain_values_match_the_tensor_passes() {
+        let dev = Device::Cpu;
+        for act in [
+            GateActivation::Silu,
+            GateActivation::Clamped {
+                alpha: 1.702,
+                limit: 1.5,
+            },
+        ] {
+            let gate = Tensor::randn(0f32, 2.0, 64, &dev).unwrap();
+            let up = Tensor::randn(0f32, 2.0, 64, &dev).unwrap();
+            let grad = Tensor::randn(0f32, 1.0, 64, &dev).unwrap();
+            let want_y = act.forward(&gate, &up).unwrap().to_vec1::<f32>().unwrap();
+            let (dg, du) = act.backward(&gate, &up, &grad).unwrap();
+            let (dg, du) = (dg.to_vec1::<f32>().unwrap(), du.to_vec1::<f32>().unwrap());
+            let [g, u, d] = [&gate, &up, &grad].map(|t| t.to_vec1::<f32>().unwrap());
+            for i in 0..64 {
+                let s = 1.0 / (1.0 + (-act.sigmoid_argument(g[i])).exp());
+                let (got_dg, got_du) = act.grads(g[i], u[i], s, d[i]);
+                let y = act.value(g[i], u[i], s);
+                for (got, want) in [(y, want_y[i]), (got_dg, dg[i]), (got_du, du[i])] {
+                    assert!((got - want).abs() < 1e-5, "{act:?} at {i}: {got} vs {want}");
+                }
             }
         }
     }

@@ -14,6 +14,7 @@
 
 mod activation;
 mod interleaved;
+mod interleaved_cpu;
 mod router_loss;
 mod stacked;
 mod stacked_cpu;

@@ -8,7 +8,7 @@
 //! half precision) as candle ops, one expert after another.
 
 use super::activation::GateActivation;
-use super::stacked_cpu::{self, Dims, Wanted};
+use super::stacked_cpu::{self, with_experts, Dims, Wanted};
 use super::{no_rows, scatter_rows, stacked};
 use crate::fused::with_values;
 use crate::node::attach3;
@@ -91,16 +91,6 @@ impl Stacked {
         })?;
         let rows = values.len() / hidden;
         Tensor::from_vec(values, (rows, hidden), x.device())
-    }
-}
-
-/// `f` on a stacked weight's experts as plain values: the dense tensor's, or its blocks.
-fn with_experts<R>(w: &StackedWeight, f: impl FnOnce(&stacked_cpu::Experts) -> Result<R>) -> Result<R> {
-    match w {
-        StackedWeight::Dense(t) => with_values(&[&t.contiguous()?], |v| f(&stacked_cpu::Experts::Dense(v[0]))),
-        StackedWeight::Quantized(blocks) => f(&stacked_cpu::Experts::Quantized(blocks)),
-        // `stacked_cpu::applies` sends MXFP4 experts to the candle-op passes.
-        StackedWeight::Mxfp4(_) => candle_core::bail!("the CPU expert passes do not read MXFP4 blocks"),
     }
 }
 

@@ -5,19 +5,19 @@
 //! Same math, same order of the experts; what `stacked.rs` runs where `fused::applies`.
 
 use crate::fastmath::sigmoid_into;
-use crate::fused::{rows_times_weight, transposed_times};
+use crate::fused::{rows_times_weight, transposed_times, with_values};
+use crate::mxfp4::PackedExperts;
 use crate::params::StackedWeight;
 use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-/// Whether these passes serve: f32 activations on the CPU (the fused kernels on), dense weights in f32 or blocks.
+/// Whether these passes serve: f32 activations on the CPU (the fused kernels on), weights dense in f32 or held in
+/// blocks (unpacked one expert at a time).
 pub(super) fn applies(x: &Tensor, weights: [&StackedWeight; 2]) -> bool {
     let f32_weights = weights.iter().all(|w| match w {
         StackedWeight::Dense(t) => t.dtype() == DType::F32,
-        StackedWeight::Quantized(_) => true,
-        // The candle-op passes unpack one expert at a time.
-        StackedWeight::Mxfp4(_) => false,
+        StackedWeight::Quantized(_) | StackedWeight::Mxfp4(_) => true,
     });
     crate::fused::applies(x) && f32_weights
 }
@@ -26,18 +26,27 @@ pub(super) fn applies(x: &Tensor, weights: [&StackedWeight; 2]) -> bool {
 pub(super) enum Experts<'a> {
     Dense(&'a [f32]),
     Quantized(&'a [candle_core::quantized::QTensor]),
+    Mxfp4(&'a PackedExperts),
 }
 
 impl Experts<'_> {
     /// Expert `e`'s matrix of `len` values.
-    fn matrix(&self, e: usize, len: usize) -> Result<Cow<'_, [f32]>> {
-        match self {
-            Experts::Dense(values) => Ok(Cow::Borrowed(&values[e * len..(e + 1) * len])),
-            Experts::Quantized(blocks) => {
-                let dense = crate::quant::dequantize(&blocks[e], DType::F32)?;
-                Ok(Cow::Owned(dense.flatten_all()?.to_vec1::<f32>()?))
-            }
-        }
+    pub(super) fn matrix(&self, e: usize, len: usize) -> Result<Cow<'_, [f32]>> {
+        let dense = match self {
+            Experts::Dense(values) => return Ok(Cow::Borrowed(&values[e * len..(e + 1) * len])),
+            Experts::Quantized(blocks) => crate::quant::dequantize(&blocks[e], DType::F32)?,
+            Experts::Mxfp4(packed) => packed.matrix(e, DType::F32)?,
+        };
+        Ok(Cow::Owned(dense.flatten_all()?.to_vec1::<f32>()?))
+    }
+}
+
+/// `f` on a stacked weight's experts as plain values: the dense tensor's, or its blocks.
+pub(super) fn with_experts<R>(w: &StackedWeight, f: impl FnOnce(&Experts) -> Result<R>) -> Result<R> {
+    match w {
+        StackedWeight::Dense(t) => with_values(&[&t.contiguous()?], |v| f(&Experts::Dense(v[0]))),
+        StackedWeight::Quantized(blocks) => f(&Experts::Quantized(blocks)),
+        StackedWeight::Mxfp4(packed) => f(&Experts::Mxfp4(packed)),
     }
 }
 
@@ -95,7 +104,7 @@ impl<'a> Pass<'a> {
 }
 
 /// The experts with rows, and where each one's rows start in the output.
-fn tasks(groups: &[Vec<u32>]) -> Vec<(usize, &[u32], usize)> {
+pub(super) fn tasks(groups: &[Vec<u32>]) -> Vec<(usize, &[u32], usize)> {
     let mut start = 0;
     let mut out = Vec::new();
     for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
