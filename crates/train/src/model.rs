@@ -978,9 +978,13 @@ impl Decoder {
             _ => mask.dense.as_ref(),
         };
         if let Some(dense) = dense {
-            // The fused kernel has no softcap and no sinks: such a layer takes the blockwise path.
-            if fused::applies(q) && k.dim(2)? == q.dim(2)? && spec.softcap.is_none() && sinks.is_none() {
-                return fused::causal_attention(q, &k, &v, dense, spec.scale as f32);
+            // The fused kernel has no softcap: such a layer takes the blockwise path.
+            if fused::applies(q) && k.dim(2)? == q.dim(2)? && spec.softcap.is_none() {
+                let scale = spec.scale as f32;
+                return match sinks {
+                    None => fused::causal_attention(q, &k, &v, dense, scale),
+                    Some(sinks) => fused::causal_attention_with_sinks(q, &k, &v, dense, scale, sinks),
+                };
             }
         }
         let positions = Positions {

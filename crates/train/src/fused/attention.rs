@@ -122,9 +122,39 @@ fn key_spans(mask: &[f32], t: usize) -> Vec<KeySpan> {
     spans
 }
 
+/// `row = softmax([row * scale + mask, sink])` over the row's keys, in place, with the sink's logit one more entry
+/// in the softmax (it has no value); returns the sink's probability.
+fn softmax_row_with_sink(row: &mut [f32], mask: &[f32], scale: f32, sink: f32) -> f32 {
+    for (o, &m) in row.iter_mut().zip(mask) {
+        *o = *o * scale + m;
+    }
+    let max = crate::fastmath::max(row).max(sink);
+    for o in row.iter_mut() {
+        *o -= max;
+    }
+    crate::fastmath::exp_in_place(row);
+    let sink = (sink - max).exp();
+    let inv = 1.0 / (crate::fastmath::sum(row) + sink);
+    row.iter_mut().for_each(|o| *o *= inv);
+    sink * inv
+}
+
 /// `q` (batch, heads, seq, head_dim), `k`/`v` (batch, kv_heads, seq, head_dim), `mask` (1 or batch, 1, seq, seq)
 /// additive f32; returns (batch, seq, heads·head_dim).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f32) -> Result<Tensor> {
+    let dims = fitting_dims(q, k, v, mask)?;
+    let mask = mask.contiguous()?;
+    let op = Attention {
+        kernel: Kernel::new(dims, &mask, scale)?,
+        keep_probs: q.track_op() || k.track_op() || v.track_op(),
+        probs: Mutex::new(None),
+        mask,
+    };
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The attention's shape, where q, k, v and the mask fit together.
+pub(super) fn fitting_dims(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Dims> {
     let (b, h, t, d) = q.dims4()?;
     let (kb, kv, kt, kd) = k.dims4()?;
     let (mb, one, mq, mk) = mask.dims4()?;
@@ -144,14 +174,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale
             mask.shape()
         )
     }
-    let mask = mask.contiguous()?;
-    let op = Attention {
-        kernel: Kernel::new(Dims { b, h, kv, t, d }, &mask, scale)?,
-        keep_probs: q.track_op() || k.track_op() || v.track_op(),
-        probs: Mutex::new(None),
-        mask,
-    };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    Ok(Dims { b, h, kv, t, d })
 }
 
 /// The key spans of each batch item's mask (one entry for a mask shared by the batch).
@@ -183,6 +206,9 @@ pub(super) struct Kernel {
     mask_batched: bool,
     scale: f32,
     spans: Arc<Spans>,
+    /// Each head's sink logit (gpt-oss), where the layer has them: one more entry in every row's softmax, with no
+    /// value.
+    sinks: Option<Arc<Vec<f32>>>,
 }
 
 impl Kernel {
@@ -202,7 +228,30 @@ impl Kernel {
             mask_batched: mb != 1,
             scale,
             spans: Arc::new(Spans::new(mask_spans(mask, mb, dims.t)?, dims.b, dims.h)),
+            sinks: None,
         })
+    }
+
+    /// The kernel with each head's sink logit in its rows' softmax.
+    pub fn with_sinks(mut self, sinks: Vec<f32>) -> Result<Kernel> {
+        if sinks.len() != self.dims.h {
+            bail!("attention: {} sink logits for {} heads", sinks.len(), self.dims.h)
+        }
+        self.sinks = Some(Arc::new(sinks));
+        Ok(self)
+    }
+
+    /// Rows whose sink probability the forward pass keeps after the blocks' probabilities: every (batch, head,
+    /// query) where the layer has sinks.
+    fn sink_rows(&self) -> usize {
+        let Dims { b, h, t, .. } = self.dims;
+        self.sinks.as_ref().map_or(0, |_| b * h * t)
+    }
+
+    /// What the forward pass keeps for the backward pass: the blocks' probabilities, then each row's sink
+    /// probability.
+    fn kept_len(&self) -> usize {
+        self.spans.total() + self.sink_rows()
     }
 
     fn mask_rows<'a>(&self, mask: &'a [f32], batch: usize) -> &'a [f32] {
@@ -217,13 +266,15 @@ impl Kernel {
 
 impl Kernel {
     /// The attention output (batch, seq, heads·head_dim) and, when `keep`, the probabilities for the backward
-    /// pass (packed as [`Spans`] lays them out; empty otherwise).
+    /// pass (packed as [`Spans`] lays them out, then each row's sink probability where there are sinks; empty
+    /// otherwise).
     pub fn forward(&self, q: &[f32], k: &[f32], v: &[f32], mask: &[f32], keep: bool) -> (Vec<f32>, Vec<f32>) {
         let Dims { b, h, kv, t, d } = self.dims;
         assert!(q.len() == b * h * t * d && k.len() == b * kv * t * d && v.len() == k.len());
         let rep = h / kv;
         let spans = &self.spans;
-        let n_probs = if keep { spans.total() } else { 0 };
+        let n_probs = if keep { self.kept_len() } else { 0 };
+        let sink_at = spans.total();
         // Neither buffer is zero-filled: every value is written below (see `fill`) before it is read.
         let (mut out, mut probs) = (
             Vec::<f32>::with_capacity(b * t * h * d),
@@ -259,7 +310,16 @@ impl Kernel {
                         matmul(nr, nc, d, Mat(pb, nc as isize, 1), false, qb, kt);
                         let block = std::slice::from_raw_parts_mut(pb, nr * nc);
                         for (i, r) in (r0..r1).zip(block.chunks_mut(nc)) {
-                            masked_softmax_row(r, &m[i * t + c0..][..nc], scale);
+                            let mask_row = &m[i * t + c0..][..nc];
+                            match &self.sinks {
+                                None => masked_softmax_row(r, mask_row, scale),
+                                Some(sinks) => {
+                                    let p_sink = softmax_row_with_sink(r, mask_row, scale, sinks[hi]);
+                                    if keep {
+                                        *probs_ptr.at(sink_at + bh * t + i) = p_sink;
+                                    }
+                                }
+                            }
                         }
                         let dst = Mat(out_ptr.at((bi * t * h + hi) * d + r0 * h * d), row, 1);
                         let vb = Mat(vh.as_ptr().add(c0 * d), dd, 1);
@@ -269,7 +329,8 @@ impl Kernel {
             },
         );
         // SAFETY (`fill`): the row blocks of each (batch, head) cover every row, so its output columns are written
-        // in full; the blocks' probabilities are packed back to back and fill the head's area.
+        // in full; the blocks' probabilities are packed back to back and fill the head's area; each row writes its
+        // sink probability.
         unsafe {
             out.set_len(b * t * h * d);
             probs.set_len(n_probs);
@@ -277,20 +338,18 @@ impl Kernel {
         (out, probs)
     }
 
-    /// `[dq, dk, dv]` packed in one buffer, from the output's gradient `dy` (batch, seq, heads·head_dim) and the
-    /// forward pass's probabilities. One task per (batch, kv head), so the heads sharing a key/value head add into
-    /// its gradients without contention.
+    /// `[dq, dk, dv]` packed in one buffer, then, where there are sinks, each (batch, head)'s sink gradient, from
+    /// the output's gradient `dy` (batch, seq, heads·head_dim) and what the forward pass kept. One task per
+    /// (batch, kv head), so the heads sharing a key/value head add into its gradients without contention.
     pub fn backward(&self, q: &[f32], k: &[f32], v: &[f32], dy: &[f32], probs: &[f32]) -> Vec<f32> {
         let Dims { b, h, kv, t, d } = self.dims;
         assert!(q.len() == b * h * t * d && k.len() == b * kv * t * d && v.len() == k.len() && dy.len() == q.len());
-        assert_eq!(
-            probs.len(),
-            self.spans.total(),
-            "the forward pass kept the probabilities"
-        );
+        assert_eq!(probs.len(), self.kept_len(), "the forward pass kept the probabilities");
         let rep = h / kv;
         let (nq, nk) = (b * h * t * d, b * kv * t * d);
-        let mut out = vec![0f32; nq + 2 * nk];
+        let sink_probs = self.sinks.as_ref().map(|_| &probs[self.spans.total()..]);
+        let sink_grads = self.sinks.as_ref().map_or(0, |_| b * h);
+        let mut out = vec![0f32; nq + 2 * nk + sink_grads];
         let base = Shared(out.as_mut_ptr());
         let spans = &self.spans;
         (0..b * kv).into_par_iter().for_each_init(
@@ -310,6 +369,7 @@ impl Kernel {
                         let p = probs[spans.head_start(bi, hi)..][..spans.area(bi)].as_ptr();
                         let qh = q[bh * t * d..][..t * d].as_ptr();
                         let dout = dy.as_ptr().add((bi * t * h + hi) * d);
+                        let mut d_sink = 0f32;
                         for span in spans.of(bi) {
                             let (r0, c0) = (span.rows.0, span.keys.0);
                             let (nr, nc) = (span.height(), span.width());
@@ -327,6 +387,10 @@ impl Kernel {
                                 for (g, &y) in dsr.iter_mut().zip(pr) {
                                     *g = self.scale * y * (*g - dot);
                                 }
+                                // The sink has no value, so its dp is 0: its logit's gradient is −p_sink · Σ dp∘p.
+                                if let Some(sink_probs) = sink_probs {
+                                    d_sink -= sink_probs[bh * t + r0 + i] * dot;
+                                }
                             }
                             // dq = ds · k, dk += dsᵀ · q
                             let dsm = Mat(ds_buf.as_ptr(), nc as isize, 1);
@@ -334,6 +398,9 @@ impl Kernel {
                             matmul(nr, d, nc, dq, false, dsm, Mat(kh.as_ptr().add(c0 * d), dd, 1));
                             let dst = Mat(ds_buf.as_ptr(), 1, nc as isize);
                             matmul(nc, d, nr, dkb, true, dst, Mat(qh.add(r0 * d), dd, 1));
+                        }
+                        if sink_probs.is_some() {
+                            *base.at(nq + 2 * nk + bh) = d_sink;
                         }
                     }
                 }

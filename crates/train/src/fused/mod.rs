@@ -21,6 +21,7 @@ mod pack;
 mod packed_gemm;
 mod pre_norm;
 mod rope;
+mod sinks;
 mod tile_kernel;
 mod wiring;
 
@@ -38,6 +39,7 @@ pub use packed_gemm::{
     available as bf16_matmul_available, f32_available as f32_kernel_available, faster_than_f32 as bf16_matmul_faster,
 };
 pub use rope::{rope_heads, split_heads};
+pub use sinks::causal_attention_with_sinks;
 
 use crate::fastmath::{self, exp_in_place, sigmoid_into};
 use rayon::prelude::*;
