@@ -7,8 +7,8 @@
 use crate::error::{GgufError, Result};
 use crate::format::{self, Meta, TensorEntry};
 use crate::names::{
-    expert_tensor, gguf_arch, offset_norm, order_key, reorder_rows, rope_heads, rope_permutation, split_layer, to_gguf,
-    EXPORTABLE,
+    expert_tensor, gguf_arch, interleaved_expert_parts, offset_norm, order_key, reorder_rows, rope_heads,
+    rope_permutation, split_layer, to_gguf, ExpertColumns, EXPORTABLE,
 };
 use crate::quant::{encode, le_bytes, tensor_type, ExportType, TensorRole};
 use crate::tokenizer::tokenizer_meta;
@@ -88,6 +88,13 @@ enum Source {
     Values(Vec<f32>),
     /// One projection of every expert of a layer, stacked in expert order (llama.cpp's `ffn_*_exps`).
     Stacked(Vec<String>),
+    /// Part of a stacked, interleaved expert tensor (gpt-oss): some columns of each expert, its matrix transposed
+    /// where `transpose`.
+    Interleaved {
+        hf: String,
+        columns: ExpertColumns,
+        transpose: bool,
+    },
 }
 
 pub fn export_gguf(
@@ -132,6 +139,7 @@ pub fn export_gguf(
     metadata.extend(arch_meta(&config, &raw));
     metadata.extend(tok.entries);
     warnings.extend(unslid_window(&config));
+    warnings.extend(unrounded_yarn(&config));
     if let Some(record) = crate::patch::gguf_source(&dir)? {
         warnings.push(format!(
             "this model was trained from {}: every tensor was re-encoded as {} from final/'s values; export without \
@@ -193,6 +201,17 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
         | Architecture::Qwen3
         | Architecture::Phi3
         | Architecture::Gemma => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Llama3 { .. }),
+        // llama.cpp's gpt-oss runs YaRN with llama-cpp-python's betas (32, 1) and its own attention factor.
+        Architecture::GptOss => match rope.scaling {
+            RopeScaling::Default => true,
+            RopeScaling::Yarn {
+                factor,
+                beta_fast,
+                beta_slow,
+                ..
+            } => (beta_fast, beta_slow) == (32.0, 1.0) && (rope.attention_factor - yarn_mscale(factor)).abs() < 1e-9,
+            _ => false,
+        },
         _ => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Linear { .. }),
     };
     if !plain || rope.rotary_dim(c.head_dim) != c.head_dim {
@@ -216,7 +235,7 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
 fn unslid_window(c: &DecoderConfig) -> Option<String> {
     if matches!(
         c.architecture,
-        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Phi3
+        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Phi3 | Architecture::GptOss
     ) {
         return None;
     }
@@ -228,6 +247,32 @@ fn unslid_window(c: &DecoderConfig) -> Option<String> {
         c.layers.len(),
         crate::names::gguf_arch(c.architecture)
     ))
+}
+
+/// Where the model's YaRN ramp runs between fractional dimensions (`truncate: false`, gpt-oss's setting): llama.cpp
+/// always rounds the ramp's ends to whole dimensions (ggml's `ggml_rope_yarn_corr_dims`), so a few frequencies
+/// rotate slightly differently there. That is how llama.cpp runs gpt-oss itself; export goes ahead and says so.
+fn unrounded_yarn(c: &DecoderConfig) -> Option<String> {
+    let rope = c.global_rope();
+    let RopeScaling::Yarn { truncate: false, .. } = rope.scaling else {
+        return None;
+    };
+    Some(
+        "config.json's YaRN rope has `truncate: false`, but llama.cpp rounds the ramp between interpolated and \
+         extrapolated frequencies to whole dimensions: a few rope frequencies differ from the model's, so \
+         llama.cpp's outputs differ somewhat from FreezeTune's and transformers' (as in every llama.cpp run of \
+         gpt-oss)"
+            .into(),
+    )
+}
+
+/// YaRN's default attention factor (transformers' `get_mscale`, llama.cpp's `rope_yarn`): 0.1 · ln(factor) + 1.
+fn yarn_mscale(factor: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * factor.ln() + 1.0
+    }
 }
 
 /// What llama.cpp's graph for a family hard-codes instead of reading from the file (llama.cpp as of August 2025,
@@ -332,6 +377,7 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
             ),
             None => Ok(()),
         },
+        Architecture::GptOss => gpt_oss_limits(c, pattern),
         Architecture::SmolLM3 => {
             for (i, l) in layers.iter().enumerate() {
                 let rotates = (i + 1) % 4 != 0;
@@ -346,6 +392,30 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// llama.cpp's gpt-oss: even layers slide and odd ones attend in full, queries scaled by 1/sqrt(head_dim), sinks
+/// and experts on every layer, the router's softmax over each token's top-k logits. (Its clamped SwiGLU's alpha
+/// 1.702 and limit 7 are the family's own: config.json cannot change them.)
+fn gpt_oss_limits(
+    c: &DecoderConfig,
+    pattern: impl Fn(usize) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    pattern(2)?;
+    let default_scale = 1.0 / (c.head_dim as f64).sqrt();
+    for (i, l) in c.layers.iter().enumerate() {
+        if (l.scale - default_scale).abs() > 1e-9 || !l.sinks {
+            return Err(format!(
+                "layer {i} must scale queries by 1/sqrt(head_dim) and have attention sinks"
+            ));
+        }
+        if !l.experts.is_some_and(|e| e.normalize) {
+            return Err(format!(
+                "layer {i} must have experts whose top-k weights sum to 1, as llama.cpp gives every layer"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_config_json(dir: &Path) -> Result<Value> {
@@ -460,6 +530,15 @@ fn safe_name(name: String, tokenizer: &[(String, Meta)], warnings: &mut Vec<Stri
 
 fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> Result<(Vec<Planned>, Vec<String>)> {
     let mut names: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
+    if let Some((packed, _)) = names
+        .iter()
+        .find(|(n, _)| n.ends_with(freezetune_core::mxfp4::BLOCKS_SUFFIX))
+    {
+        return Err(GgufError::Unsupported(format!(
+            "{packed} holds experts in MXFP4 blocks (the model as released); GGUF export writes dense experts from \
+             a dense folder: export a run trained from this model (its final/ holds every expert dense)"
+        )));
+    }
     let has_lm_head = names.iter().any(|(n, _)| n == "lm_head.weight");
     let has_output = has_lm_head && !c.tie_word_embeddings;
     let mut warnings = Vec::new();
@@ -469,7 +548,14 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
     names.retain(|(n, _)| !n.ends_with("rotary_emb.inv_freq") && (has_output || n != "lm_head.weight"));
     names.sort_by_key(|(n, _)| order_key(n));
     let (names, experts): (Vec<_>, Vec<_>) = names.into_iter().partition(|(n, _)| expert_tensor(n).is_none());
+    let interleaved = c.architecture == Architecture::GptOss;
+    let (names, interleaved): (Vec<_>, Vec<_>) = names
+        .into_iter()
+        .partition(|(n, _)| !interleaved || interleaved_expert_parts(n).is_none());
     let mut plan = Vec::with_capacity(names.len());
+    for (hf, shape) in interleaved {
+        plan.extend(interleaved_parts(hf, &shape, c, kind, has_output)?);
+    }
     for (hf, shape) in names {
         let gguf = to_gguf(&hf, c.architecture).ok_or_else(|| {
             GgufError::Unsupported(format!(
@@ -534,6 +620,53 @@ fn planned_type(gguf: &str, shape: &[usize], c: &DecoderConfig, kind: ExportType
     tensor_type(kind, &role)
 }
 
+/// The GGUF tensors a stacked, interleaved expert tensor of gpt-oss (experts × …) splits into: gate and up from
+/// alternate columns, each expert's matrix transposed to llama.cpp's output-major layout.
+fn interleaved_parts(
+    hf: String,
+    shape: &[usize],
+    c: &DecoderConfig,
+    kind: ExportType,
+    has_output: bool,
+) -> Result<Vec<Planned>> {
+    let parts = interleaved_expert_parts(&hf).expect("partitioned on it");
+    let count = split_layer(&hf)
+        .and_then(|(l, _)| c.layers.get(l))
+        .and_then(|l| l.experts)
+        .map(|e| e.count);
+    let fits = shape.len() >= 2 && Some(shape[0]) == count && shape.last().is_some_and(|&n| n % 2 == 0);
+    if !fits {
+        return Err(GgufError::Unsupported(format!(
+            "{hf} has shape {shape:?}, which does not hold config.json's {} experts (of an even last dimension)",
+            count.map_or("no".into(), |n| n.to_string())
+        )));
+    }
+    let plan = parts.into_iter().map(|(gguf, columns, transpose)| {
+        let mut expert: Vec<usize> = shape[1..].to_vec();
+        if columns != ExpertColumns::All {
+            *expert.last_mut().expect("2-D or more") /= 2;
+        }
+        if transpose {
+            expert.reverse();
+        }
+        let shape: Vec<usize> = std::iter::once(shape[0]).chain(expert).collect();
+        let dtype = planned_type(&gguf, &shape, c, kind, has_output);
+        Planned {
+            entry: TensorEntry {
+                name: gguf,
+                shape,
+                dtype,
+            },
+            source: Source::Interleaved {
+                hf: hf.clone(),
+                columns,
+                transpose,
+            },
+        }
+    });
+    Ok(plan.collect())
+}
+
 /// Every expert's projection grouped into llama.cpp's stacked tensors, one per layer and projection: each must
 /// hold the config's experts, numbered 0 to count − 1, all of one shape.
 fn stacked_experts(
@@ -587,6 +720,7 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
     let (hf, rope_heads, add_one) = match &p.source {
         Source::Values(values) => return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         Source::Stacked(names) => return stacked_bytes(st, names, p),
+        Source::Interleaved { hf, columns, transpose } => return interleaved_bytes(st, hf, *columns, *transpose, p),
         Source::Weight {
             hf,
             rope_heads,
@@ -635,6 +769,44 @@ fn stacked_bytes(st: &MmapedSafetensors, names: &[String], p: &Planned) -> Resul
     Ok(out)
 }
 
+/// Part of a stacked, interleaved expert tensor `hf` in the planned type, one expert at a time (read from the
+/// mapped file, never the whole stack at once): the expert's `columns`, its matrix transposed where `transpose`.
+fn interleaved_bytes(
+    st: &MmapedSafetensors,
+    hf: &str,
+    columns: ExpertColumns,
+    transpose: bool,
+    p: &Planned,
+) -> Result<Vec<u8>> {
+    let cols = *p.entry.shape.last().unwrap_or(&1);
+    let convert = || -> candle_core::Result<Vec<u8>> {
+        let view = st.get(hf)?;
+        let (dtype, shape, data) = (DType::try_from(view.dtype())?, view.shape(), view.data());
+        let per_expert = data.len() / shape[0].max(1);
+        let mut out = Vec::new();
+        for bytes in data.chunks_exact(per_expert.max(1)) {
+            let mut t = candle_core::Tensor::from_raw_buffer(bytes, dtype, &shape[1..], &Device::Cpu)?;
+            if columns != ExpertColumns::All {
+                let mut pairs = t.dims().to_vec();
+                let last = pairs.pop().expect("2-D or more");
+                pairs.extend([last / 2, 2]);
+                let at = usize::from(columns == ExpertColumns::Odd);
+                t = t
+                    .reshape(pairs.as_slice())?
+                    .narrow(t.rank(), at, 1)?
+                    .squeeze(t.rank())?;
+            }
+            if transpose {
+                t = t.t()?;
+            }
+            let values = t.contiguous()?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            out.extend(encode(&values, cols, p.entry.dtype)?);
+        }
+        Ok(out)
+    };
+    convert().map_err(GgufError::candle(format!("splitting {hf} into {}", p.entry.name)))
+}
+
 fn general_meta(name: &str, c: &DecoderConfig, kind: ExportType) -> Vec<(String, Meta)> {
     vec![
         (
@@ -677,6 +849,19 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         m.push((k("rope.scaling.type"), Meta::Str("linear".into())));
         m.push((k("rope.scaling.factor"), Meta::F32(factor as f32)));
     }
+    if let RopeScaling::Yarn {
+        factor,
+        original_max_position_embeddings,
+        ..
+    } = c.global_rope().scaling
+    {
+        m.push((k("rope.scaling.type"), Meta::Str("yarn".into())));
+        m.push((k("rope.scaling.factor"), Meta::F32(factor as f32)));
+        m.push((
+            k("rope.scaling.original_context_length"),
+            u(original_max_position_embeddings as usize),
+        ));
+    }
     let f = |v: f64| Meta::F32(v as f32);
     match c.architecture {
         Architecture::Llama | Architecture::Mistral | Architecture::SmolLM3 => {
@@ -703,11 +888,14 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             m.push((k("shortconv.l_cache"), u(kernel.unwrap_or(3))));
             m.push((k("vocab_size"), u(c.vocab_size)));
         }
-        Architecture::Qwen3Moe => {
+        Architecture::Qwen3Moe | Architecture::GptOss => {
             if let Some(e) = c.layers.iter().find_map(|l| l.experts) {
                 m.push((k("expert_count"), u(e.count)));
                 m.push((k("expert_used_count"), u(e.top_k)));
                 m.push((k("expert_feed_forward_length"), u(e.width)));
+            }
+            if c.architecture == Architecture::GptOss {
+                m.push((k("attention.sliding_window"), u(window)));
             }
         }
         Architecture::Phi3 => {

@@ -28,14 +28,13 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         // Not exported yet (not in EXPORTABLE): llama.cpp's names for their experts are not mapped.
         Architecture::Mixtral => "llama",
         Architecture::Olmoe => "olmoe",
-        // Not exported yet (not in EXPORTABLE): its sinks, biases and experts are not mapped.
         Architecture::GptOss => "gpt-oss",
     }
 }
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 13] = [
+pub const EXPORTABLE: [Architecture; 14] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -49,6 +48,7 @@ pub const EXPORTABLE: [Architecture; 13] = [
     Architecture::SmolLM3,
     Architecture::Lfm2,
     Architecture::Qwen3Moe,
+    Architecture::GptOss,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
@@ -161,6 +161,41 @@ const LFM2_LAYER: [(&str, &str); 15] = [
 /// A mixture-of-experts layer's router (Qwen3 MoE); its experts are stacked ([`expert_tensor`]).
 const MOE_LAYER: [(&str, &str); 1] = [("mlp.gate.weight", "ffn_gate_inp.weight")];
 
+/// gpt-oss's own layer names (llama.cpp's `gpt-oss`): the norm before the experts is `post_attention_norm` (it has
+/// no `ffn_norm`), the sinks are `attn_sinks.weight`, the router (with a bias) is `ffn_gate_inp`. Its experts are
+/// split out of their interleaved stacks ([`interleaved_expert_parts`]).
+const GPT_OSS_LAYER: [(&str, &str); 4] = [
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("self_attn.sinks", "attn_sinks.weight"),
+    ("mlp.router.weight", "ffn_gate_inp.weight"),
+    ("mlp.router.bias", "ffn_gate_inp.bias"),
+];
+
+/// Which columns of an interleaved stack's expert a GGUF tensor takes (gpt-oss keeps gate and up in alternate
+/// columns).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpertColumns {
+    Even,
+    Odd,
+    All,
+}
+
+/// gpt-oss's stacked experts, `model.layers.L.mlp.experts.{gate_up_proj,down_proj}` and their `_bias`: the GGUF
+/// tensors llama.cpp splits each into, with the columns each takes and whether its experts' matrices are transposed
+/// (llama.cpp's converter: gate = columns 0, 2, 4…, up = 1, 3, 5…, every matrix output-major).
+pub fn interleaved_expert_parts(hf: &str) -> Option<Vec<(String, ExpertColumns, bool)>> {
+    let (layer, rest) = layer_after(hf, "model.layers.")?;
+    let at = |which: &str, kind: &str| format!("blk.{layer}.ffn_{which}_exps.{kind}");
+    use ExpertColumns::*;
+    Some(match rest.strip_prefix("mlp.experts.")? {
+        "gate_up_proj" => vec![(at("gate", "weight"), Even, true), (at("up", "weight"), Odd, true)],
+        "gate_up_proj_bias" => vec![(at("gate", "bias"), Even, false), (at("up", "bias"), Odd, false)],
+        "down_proj" => vec![(at("down", "weight"), All, true)],
+        "down_proj_bias" => vec![(at("down", "bias"), All, false)],
+        _ => return None,
+    })
+}
+
 /// An expert's projection, `model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight`: its layer, its expert, and
 /// the GGUF tensor llama.cpp stacks that projection of every expert into (`blk.L.ffn_{gate,up,down}_exps.weight`,
 /// experts × rows × columns).
@@ -250,7 +285,15 @@ pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
         .then_some(MOE_LAYER.iter())
         .into_iter()
         .flatten();
-    let (_, g) = around.chain(moe).chain(LAYER.iter()).find(|(h, _)| *h == suffix)?;
+    let gpt_oss = (arch == Architecture::GptOss)
+        .then_some(GPT_OSS_LAYER.iter())
+        .into_iter()
+        .flatten();
+    let (_, g) = around
+        .chain(moe)
+        .chain(gpt_oss)
+        .chain(LAYER.iter())
+        .find(|(h, _)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))
 }
 

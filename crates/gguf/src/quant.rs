@@ -79,10 +79,11 @@ fn use_more_bits(layer: usize, layers: usize) -> bool {
 
 /// The type a tensor is stored as.
 pub fn tensor_type(kind: ExportType, role: &TensorRole) -> GgmlDType {
-    // Vectors (norms, biases) and rope factors stay f32 in every llama.cpp file.
-    // So is a mixture-of-experts router, as llama.cpp's converter and quantizer keep it.
+    // Vectors (norms, biases) and rope factors stay f32 in every llama.cpp file, and so do stacked biases
+    // (gpt-oss's experts'). So is a mixture-of-experts router, as llama.cpp's converter and quantizer keep it.
     let name = role.gguf_name;
     if role.shape.len() < 2
+        || name.ends_with(".bias")
         || name.ends_with("_norm.weight")
         || name.starts_with("rope_")
         || name.ends_with("ffn_gate_inp.weight")

@@ -28,6 +28,12 @@ const NO_MERGE: f32 = -1e9;
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_REGEX: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// OpenAI's o200k split (gpt-oss, and llama.cpp's `gpt-4o`, which Llama 4 shares).
+const GPT4O_REGEX: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
 
 /// What export learned from the tokenizer files.
 pub struct TokenizerMeta {
@@ -154,7 +160,7 @@ fn model_entries(
             let pre = gpt2_pre(&tok["pre_tokenizer"]);
             if pre == "default" {
                 warnings.push(format!(
-                    "the pre-tokenizer of {} is not one llama.cpp names (gpt-2, llama-bpe, qwen2, smollm); wrote \
+                    "the pre-tokenizer of {} is not one llama.cpp names (gpt-2, llama-bpe, qwen2, gpt-4o, smollm); wrote \
                      \"default\", so llama.cpp may split text differently",
                     path.display()
                 ));
@@ -293,6 +299,7 @@ fn gpt2_pre(pre: &Value) -> &'static str {
     match found.as_slice() {
         [r] if r == LLAMA3_REGEX => "llama-bpe",
         [r] if r == QWEN2_REGEX => "qwen2",
+        [r] if r == GPT4O_REGEX => "gpt-4o",
         [] if mentions(pre, "Digits") => "smollm",
         [] => "gpt-2",
         _ => "default",
@@ -311,6 +318,7 @@ fn gpt2_pre_tokenizer(pre: &str) -> (Value, bool) {
     match pre {
         "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_REGEX), true),
         "qwen2" | "deepseek-r1-qwen" => (split(QWEN2_REGEX), false),
+        "gpt-4o" | "llama4" => (split(GPT4O_REGEX), false),
         "smollm" => (
             json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
             false,

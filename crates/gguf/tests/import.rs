@@ -175,7 +175,7 @@ fn export_then_import_reproduces_f16_and_bf16_exactly() {
 
 #[test]
 fn newer_families_export_then_import_to_the_same_model() {
-    // gemma2, gemma3, smollm3, granite, olmo2, lfm2 and qwen3moe as llama.cpp runs them: the imported folder's config
+    // gemma2, gemma3, smollm3, granite, olmo2, lfm2 and qwen3moe as llama.cpp runs them (gpt-oss exports only): the imported folder's config
     // describes the same layers (windows, ropes, scales, softcaps, multipliers, experts; qwen3moe's stacked experts
     // split back into one linear each), and FreezeTune computes the same logits on it.
     let tmp = tempfile::tempdir().unwrap();
@@ -188,6 +188,14 @@ fn newer_families_export_then_import_to_the_same_model() {
             name: None,
         };
         export_gguf(&model, &file, &options, &mut |_| true).unwrap();
+        if arch == "gpt-oss" {
+            // Exported, not imported yet: the file is refused by its architecture's name, nothing written.
+            let dest = tmp.path().join("gpt-oss-imported");
+            let err = import_error(&file, &dest).to_string();
+            assert!(err.contains("gpt-oss"), "{err}");
+            assert!(!dest.exists());
+            continue;
+        }
         let dir = import(&file, &tmp.path().join(format!("{arch}-imported")), ImportDType::F32);
         let (a, b) = (
             freezetune_train::DecoderConfig::read(&model).unwrap(),

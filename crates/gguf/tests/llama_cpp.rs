@@ -165,6 +165,59 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         c["norm_topk_prob"] = false.into();
     });
     refused(&unnormalised, "norm_topk_prob");
+    // gpt-oss with its full-attention layer first (llama.cpp slides the even layers), with other YaRN betas, and as
+    // released with MXFP4 experts.
+    let full_first = family_variant(&tmp.path().join("go"), "gpt_oss", |c| {
+        c["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"])
+    });
+    refused(&full_first, "every 2th layer full-attention");
+    let betas = family_variant(&tmp.path().join("gb"), "gpt_oss", |c| {
+        c["rope_parameters"]["beta_fast"] = 16.0.into()
+    });
+    refused(&betas, "rope");
+    refused(
+        &family_variant(&tmp.path().join("gm"), "gpt_oss_mxfp4", |_| {}),
+        "MXFP4 blocks",
+    );
+}
+
+/// gpt-oss as released (`truncate: false`): llama.cpp rounds YaRN's ramp to whole dimensions, so the export warns and
+/// llama.cpp's logits move off FreezeTune's (9e-2 on this wide-weight fixture, against 7e-6 rounded); the rounded
+/// model gets no warning, and neither warns of a sliding window (llama.cpp's gpt-oss slides).
+#[test]
+fn gpt_oss_unrounded_yarn_is_named_in_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = ExportOptions {
+        kind: ExportType::F32,
+        force: false,
+        modelfile: false,
+        name: None,
+    };
+    for truncate in [false, true] {
+        let dir = tmp.path().join(format!("gpt_oss_{truncate}"));
+        // An original context of 4096 puts the ramp's ends between dimensions (2.62 and 5.63 of 8 here); the
+        // fixture's own 16 puts them where rounding changes nothing.
+        let model = family_variant(&dir, "gpt_oss", |c| {
+            c["rope_parameters"]["truncate"] = truncate.into();
+            c["rope_parameters"]["original_max_position_embeddings"] = 4096.into();
+        });
+        let dest = dir.join("out.gguf");
+        let report = export_gguf(&model, &dest, &options, &mut |_| true).unwrap();
+        let warned = report.warnings.iter().any(|w| w.contains("truncate: false"));
+        assert_eq!(warned, !truncate, "{:?}", report.warnings);
+        assert!(
+            !report.warnings.iter().any(|w| w.contains("sliding window")),
+            "{:?}",
+            report.warnings
+        );
+        let seen = llama_cpp(&dest, &PROMPT, 0, SAMPLE);
+        let diff = max_diff(&freezetune_logits(&model, &PROMPT), &seen["logits"]);
+        println!("gpt-oss, truncate {truncate}: max |logit difference| {diff:.2e}");
+        match truncate {
+            true => assert!(diff < 1e-4, "{diff}"),
+            false => assert!(diff > 1e-4 && diff < 0.5, "{diff}"),
+        }
+    }
 }
 
 /// A copy of the reference llama with config.json changed by `edit`.
@@ -287,4 +340,35 @@ fn quantized_mixtures_of_experts_match_llama_cpp_s_own_quantizer() {
             "{ftype}: {d_ours} vs llama.cpp's own {d_theirs}"
         );
     }
+}
+
+/// A byte-level tokenizer that splits text as OpenAI's o200k does (gpt-oss's tokenizer.json) goes out as llama.cpp's
+/// `gpt-4o` pre-tokenizer, and llama.cpp then tokenizes text as the tokenizers library does (digits in groups of
+/// three, so "1110" is "111" and "0": with this vocabulary's merges of "1 1" and "1 0", other ids than gpt-2's split
+/// gives).
+#[test]
+fn an_o200k_split_goes_out_as_gpt_4o() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = family_variant(&tmp.path().join("gpt_oss"), "gpt_oss", |c| {
+        c["rope_parameters"]["truncate"] = true.into()
+    });
+    let path = model.join("tokenizer.json");
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let o200k = concat!(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    );
+    tok["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": o200k}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let file = export(&model, &tmp.path().join("o200k.gguf"), ExportType::F32);
+    let text = "Room 1110, shelf 140: It's 7!";
+    let seen = llama_cpp(&file, &PROMPT, 0, text);
+    assert_eq!(seen["metadata"]["tokenizer.ggml.pre"], "gpt-4o");
+    let ids = hf_ids(&model, text);
+    assert_eq!(ids_of(&seen["text_ids"]), ids, "tokenization");
+    // The split matters here: the same vocabulary under the plain byte-level split gives other ids.
+    assert_ne!(ids, hf_ids(&fixture("llama"), text));
 }

@@ -149,7 +149,7 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 /// The newer families' reference models as llama.cpp runs them (what it hard-codes set in config.json), by their
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
 /// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
-/// convolution biases), Qwen3 MoE (experts on every layer).
+/// convolution biases), Qwen3 MoE (experts on every layer), gpt-oss (YaRN rounded).
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -177,7 +177,13 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     drop_tensors(&lfm2, |name| {
         name.starts_with("model.layers.") && name.ends_with(".bias")
     });
+    // gpt-oss with YaRN's ramp rounded to whole dimensions (`truncate: true`), as llama.cpp always computes it; the
+    // released `truncate: false` exports with a warning.
+    let gpt_oss = family_variant(&dir.join("gpt_oss"), "gpt_oss", |c| {
+        c["rope_parameters"]["truncate"] = true.into()
+    });
     vec![
+        ("gpt-oss", gpt_oss),
         ("gemma2", gemma2),
         ("gemma3", gemma3),
         ("smollm3", smollm3),
