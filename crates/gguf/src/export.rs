@@ -360,10 +360,12 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
             }
             Ok(())
         }
-        Architecture::Granite | Architecture::Olmo2 if c.head_dim != natural_head => Err(format!(
-            "head_dim {} must be hidden_size / num_attention_heads ({natural_head})",
-            c.head_dim
-        )),
+        Architecture::Granite | Architecture::Olmo2 | Architecture::Olmoe if c.head_dim != natural_head => {
+            Err(format!(
+                "head_dim {} must be hidden_size / num_attention_heads ({natural_head})",
+                c.head_dim
+            ))
+        }
         // llama.cpp's qwen3moe gives every layer experts and always renormalises a token's top-k weights.
         Architecture::Qwen3Moe => match layers.iter().position(|l| l.experts.is_none_or(|e| !e.normalize)) {
             Some(i) if layers[i].experts.is_none() => Err(format!(
@@ -378,6 +380,31 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
             None => Ok(()),
         },
         Architecture::GptOss => gpt_oss_limits(c, pattern),
+        Architecture::Olmoe if c.num_kv_heads != c.num_heads => Err(format!(
+            "llama.cpp's olmoe has as many key/value heads as query heads (its k norm is hidden_size wide); this model \
+             has {} of {}",
+            c.num_kv_heads, c.num_heads
+        )),
+        // llama.cpp's llama (Mixtral) renormalises a token's top-k weights; its olmoe does not.
+        Architecture::Mixtral | Architecture::Olmoe => {
+            let normalize = c.architecture == Architecture::Mixtral;
+            match layers
+                .iter()
+                .position(|l| l.experts.is_none_or(|e| e.normalize != normalize))
+            {
+                Some(i) if layers[i].experts.is_none() => Err(format!(
+                    "layer {i} has a dense MLP, but llama.cpp gives every layer of this family experts"
+                )),
+                Some(_) if normalize => {
+                    Err("llama.cpp renormalises the chosen experts' weights and this model does not".into())
+                }
+                Some(_) => Err(
+                    "`norm_topk_prob` is true, but llama.cpp's olmoe does not renormalise the chosen experts' weights"
+                        .into(),
+                ),
+                None => Ok(()),
+            }
+        }
         Architecture::SmolLM3 => {
             for (i, l) in layers.iter().enumerate() {
                 let rotates = (i + 1) % 4 != 0;
@@ -862,9 +889,14 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             u(original_max_position_embeddings as usize),
         ));
     }
+    if let Some(e) = c.layers.iter().find_map(|l| l.experts) {
+        m.push((k("expert_count"), u(e.count)));
+        m.push((k("expert_used_count"), u(e.top_k)));
+        m.push((k("expert_feed_forward_length"), u(e.width)));
+    }
     let f = |v: f64| Meta::F32(v as f32);
     match c.architecture {
-        Architecture::Llama | Architecture::Mistral | Architecture::SmolLM3 => {
+        Architecture::Llama | Architecture::Mistral | Architecture::Mixtral | Architecture::SmolLM3 => {
             m.push((k("vocab_size"), u(c.vocab_size)))
         }
         Architecture::Gemma2 => {
@@ -888,16 +920,7 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             m.push((k("shortconv.l_cache"), u(kernel.unwrap_or(3))));
             m.push((k("vocab_size"), u(c.vocab_size)));
         }
-        Architecture::Qwen3Moe | Architecture::GptOss => {
-            if let Some(e) = c.layers.iter().find_map(|l| l.experts) {
-                m.push((k("expert_count"), u(e.count)));
-                m.push((k("expert_used_count"), u(e.top_k)));
-                m.push((k("expert_feed_forward_length"), u(e.width)));
-            }
-            if c.architecture == Architecture::GptOss {
-                m.push((k("attention.sliding_window"), u(window)));
-            }
-        }
+        Architecture::GptOss => m.push((k("attention.sliding_window"), u(window))),
         Architecture::Phi3 => {
             let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;
             m.push((k("attention.sliding_window"), u(window)));

@@ -5,8 +5,8 @@
 
 use crate::error::{GgufError, Result};
 use crate::names::{
-    from_gguf_arch, hf_class, offset_norm, order_key, reorder_rows, rope_heads, rope_unpermutation, stacked_experts_of,
-    to_hf, IMPORTABLE,
+    expert_name, from_gguf_arch, hf_class, offset_norm, order_key, reorder_rows, rope_heads, rope_unpermutation,
+    stacked_experts_of, to_hf, IMPORTABLE,
 };
 use crate::quant::le_bytes;
 use crate::tokenizer::{rebuild_tokenizer_json, tokenizer_config, GgufVocab};
@@ -215,6 +215,12 @@ pub(crate) fn read_model(
             IMPORTABLE.join(", ")
         ))
     })?;
+    // llama.cpp's llama with experts is Mixtral (its converter writes Mixtral so).
+    let experts = g.opt_u32(&format!("{arch_name}.expert_count"))?.unwrap_or(0);
+    let arch = match arch {
+        Architecture::Llama if experts > 0 => Architecture::Mixtral,
+        other => other,
+    };
     before_reading()?;
     let dtype = choose_dtype(dtype, &g);
     let vocab = read_vocab(&g)?;
@@ -266,7 +272,8 @@ fn plan_tensors(g: &Gguf, arch: Architecture, arch_name: &str) -> Result<Vec<Pla
     names.sort_by_key(|n| order_key(n));
     let mut plan = Vec::with_capacity(names.len());
     for name in names {
-        if let Some((layer, projection)) = stacked_experts_of(name).filter(|_| arch == Architecture::Qwen3Moe) {
+        let expert_of = |e| stacked_experts_of(name).and_then(|(l, p)| expert_name(arch, l, e, p));
+        if expert_of(0).is_some() {
             // Experts first: each expert's matrix is one slice (experts × rows × columns).
             let dims = g.content.tensor_infos[name].shape.dims().to_vec();
             let [experts, rows, cols] = dims[..] else {
@@ -276,7 +283,7 @@ fn plan_tensors(g: &Gguf, arch: Architecture, arch_name: &str) -> Result<Vec<Pla
             };
             plan.extend((0..experts).map(|e| Planned {
                 gguf: name.clone(),
-                hf: format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"),
+                hf: expert_of(e).expect("checked above"),
                 shape: vec![rows, cols],
                 expert: Some(e),
             }));
@@ -665,6 +672,18 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         c["norm_topk_prob"] = json!(true);
         c["decoder_sparse_step"] = json!(1);
         c["mlp_only_layers"] = json!([]);
+    }
+    if arch == Architecture::Olmoe {
+        // llama.cpp's olmoe: experts of `feed_forward_length` on every layer, top-k weights never renormalised.
+        c["num_experts"] = json!(g.u32(&k("expert_count"))?);
+        c["num_experts_per_tok"] = json!(g.u32(&k("expert_used_count"))?);
+        c["norm_topk_prob"] = json!(false);
+    }
+    if arch == Architecture::Mixtral {
+        // llama.cpp's llama with experts: renormalised top-k on every layer, no sliding window.
+        c["num_local_experts"] = json!(g.u32(&k("expert_count"))?);
+        c["num_experts_per_tok"] = json!(g.u32(&k("expert_used_count"))?);
+        c["sliding_window"] = Value::Null;
     }
     if arch == Architecture::Phi3 {
         if let Some(w) = g.opt_u32(&k("attention.sliding_window"))?.filter(|&w| w > 0) {

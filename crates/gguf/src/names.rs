@@ -25,7 +25,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Qwen3Moe => "qwen3moe",
         // Not exported (not in EXPORTABLE): newer than the pinned llama.cpp. Named for messages only.
         Architecture::Qwen3_5Moe => "qwen3_5_moe",
-        // Not exported yet (not in EXPORTABLE): llama.cpp's names for their experts are not mapped.
+        // Mixtral's decoder is llama.cpp's llama with experts (its converter's LlamaModel).
         Architecture::Mixtral => "llama",
         Architecture::Olmoe => "olmoe",
         Architecture::GptOss => "gpt-oss",
@@ -34,7 +34,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 14] = [
+pub const EXPORTABLE: [Architecture; 16] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -48,12 +48,15 @@ pub const EXPORTABLE: [Architecture; 14] = [
     Architecture::SmolLM3,
     Architecture::Lfm2,
     Architecture::Qwen3Moe,
+    Architecture::Mixtral,
+    Architecture::Olmoe,
     Architecture::GptOss,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 12] = [
+pub const IMPORTABLE: [&str; 13] = [
     "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2", "qwen3moe",
+    "olmoe",
 ];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
@@ -71,6 +74,7 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "smollm3" => Architecture::SmolLM3,
         "lfm2" => Architecture::Lfm2,
         "qwen3moe" => Architecture::Qwen3Moe,
+        "olmoe" => Architecture::Olmoe,
         _ => return None,
     })
 }
@@ -158,8 +162,12 @@ const LFM2_LAYER: [(&str, &str); 15] = [
     ("conv.conv.bias", "shortconv.conv.bias"),
 ];
 
-/// A mixture-of-experts layer's router (Qwen3 MoE); its experts are stacked ([`expert_tensor`]).
-const MOE_LAYER: [(&str, &str); 1] = [("mlp.gate.weight", "ffn_gate_inp.weight")];
+/// A mixture-of-experts layer's router (Qwen3 MoE, OLMoE; Mixtral's `block_sparse_moe`); its experts are stacked
+/// ([`expert_tensor`]).
+const MOE_LAYER: [(&str, &str); 2] = [
+    ("mlp.gate.weight", "ffn_gate_inp.weight"),
+    ("block_sparse_moe.gate.weight", "ffn_gate_inp.weight"),
+];
 
 /// gpt-oss's own layer names (llama.cpp's `gpt-oss`): the norm before the experts is `post_attention_norm` (it has
 /// no `ffn_norm`), the sinks are `attn_sinks.weight`, the router (with a bias) is `ffn_gate_inp`. Its experts are
@@ -196,16 +204,19 @@ pub fn interleaved_expert_parts(hf: &str) -> Option<Vec<(String, ExpertColumns, 
     })
 }
 
-/// An expert's projection, `model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight`: its layer, its expert, and
-/// the GGUF tensor llama.cpp stacks that projection of every expert into (`blk.L.ffn_{gate,up,down}_exps.weight`,
-/// experts × rows × columns).
+/// An expert's projection, `model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight` (Mixtral's
+/// `block_sparse_moe.experts.E.{w1,w3,w2}.weight`): its layer, its expert, and the GGUF tensor llama.cpp stacks that
+/// projection of every expert into (`blk.L.ffn_{gate,up,down}_exps.weight`, experts × rows × columns).
 pub fn expert_tensor(hf: &str) -> Option<(usize, usize, String)> {
     let (layer, rest) = layer_after(hf, "model.layers.")?;
-    let (expert, projection) = rest.strip_prefix("mlp.experts.")?.split_once('.')?;
+    let experts = rest
+        .strip_prefix("mlp.experts.")
+        .or_else(|| rest.strip_prefix("block_sparse_moe.experts."))?;
+    let (expert, projection) = experts.split_once('.')?;
     let which = match projection {
-        "gate_proj.weight" => "gate",
-        "up_proj.weight" => "up",
-        "down_proj.weight" => "down",
+        "gate_proj.weight" | "w1.weight" => "gate",
+        "up_proj.weight" | "w3.weight" => "up",
+        "down_proj.weight" | "w2.weight" => "down",
         _ => return None,
     };
     Some((
@@ -281,10 +292,13 @@ pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
     }
     let (layer, suffix) = layer_after(hf, "model.layers.")?;
     let around = norms_around(arch).then_some(NORMS_AROUND.iter()).into_iter().flatten();
-    let moe = (arch == Architecture::Qwen3Moe)
-        .then_some(MOE_LAYER.iter())
-        .into_iter()
-        .flatten();
+    let moe = matches!(
+        arch,
+        Architecture::Qwen3Moe | Architecture::Mixtral | Architecture::Olmoe
+    )
+    .then_some(MOE_LAYER.iter())
+    .into_iter()
+    .flatten();
     let gpt_oss = (arch == Architecture::GptOss)
         .then_some(GPT_OSS_LAYER.iter())
         .into_iter()
@@ -311,10 +325,8 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
         return Some(h.to_string());
     }
     let (layer, suffix) = layer_after(gguf, "blk.")?;
-    if arch == Architecture::Qwen3Moe {
-        if let Some((h, _)) = MOE_LAYER.iter().find(|(_, g)| *g == suffix) {
-            return Some(format!("model.layers.{layer}.{h}"));
-        }
+    if let Some(router) = router_of(arch).filter(|_| suffix == "ffn_gate_inp.weight") {
+        return Some(format!("model.layers.{layer}.{router}"));
     }
     if norms_around(arch) {
         if let Some((h, _)) = NORMS_AROUND.iter().find(|(_, g)| *g == suffix) {
@@ -326,6 +338,34 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
         .iter()
         .find(|(h, g)| *g == suffix && h.starts_with("mlp.gate_up_proj") == fused_up)?;
     Some(format!("model.layers.{layer}.{h}"))
+}
+
+/// A mixture-of-experts family's router, after `model.layers.N.`.
+fn router_of(arch: Architecture) -> Option<&'static str> {
+    match arch {
+        Architecture::Qwen3Moe | Architecture::Olmoe => Some("mlp.gate.weight"),
+        Architecture::Mixtral => Some("block_sparse_moe.gate.weight"),
+        _ => None,
+    }
+}
+
+/// The Hugging Face name of expert `e`'s `projection` (`gate_proj`, `up_proj`, `down_proj`) in layer `layer` of a
+/// family whose experts are one linear each, or None for a family without such experts.
+pub fn expert_name(arch: Architecture, layer: usize, e: usize, projection: &str) -> Option<String> {
+    match arch {
+        Architecture::Qwen3Moe | Architecture::Olmoe => {
+            Some(format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"))
+        }
+        Architecture::Mixtral => {
+            let w = match projection {
+                "gate_proj" => "w1",
+                "up_proj" => "w3",
+                _ => "w2",
+            };
+            Some(format!("model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"))
+        }
+        _ => None,
+    }
 }
 
 // llama's q/k row permutation, shared with the trainer's reading of GGUF files through a map.
@@ -349,7 +389,11 @@ pub fn rope_heads(hf: &str, arch: Architecture, heads: usize, kv_heads: usize) -
     // use NEOX, the Hugging Face layout.
     if !matches!(
         arch,
-        Architecture::Llama | Architecture::Mistral | Architecture::Granite | Architecture::SmolLM3
+        Architecture::Llama
+            | Architecture::Mistral
+            | Architecture::Mixtral
+            | Architecture::Granite
+            | Architecture::SmolLM3
     ) {
         return None;
     }

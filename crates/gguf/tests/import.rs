@@ -175,7 +175,8 @@ fn export_then_import_reproduces_f16_and_bf16_exactly() {
 
 #[test]
 fn newer_families_export_then_import_to_the_same_model() {
-    // gemma2, gemma3, smollm3, granite, olmo2, lfm2 and qwen3moe as llama.cpp runs them (gpt-oss exports only): the imported folder's config
+    // gemma2, gemma3, smollm3, granite, olmo2, lfm2, qwen3moe and olmoe as llama.cpp runs them (Mixtral as
+    // llama.cpp's llama with experts, back as Mixtral; gpt-oss exports only): the imported folder's config
     // describes the same layers (windows, ropes, scales, softcaps, multipliers, experts; qwen3moe's stacked experts
     // split back into one linear each), and FreezeTune computes the same logits on it.
     let tmp = tempfile::tempdir().unwrap();

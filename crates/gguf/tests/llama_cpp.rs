@@ -179,6 +179,18 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         &family_variant(&tmp.path().join("gm"), "gpt_oss_mxfp4", |_| {}),
         "MXFP4 blocks",
     );
+    // OLMoE as made (grouped key/value heads), and renormalising its top-k weights, which llama.cpp's olmoe never
+    // does.
+    refused(
+        &family_variant(&tmp.path().join("og"), "olmoe", |_| {}),
+        "key/value heads",
+    );
+    let olmoe = olmoe_without_gqa(&tmp.path().join("om"));
+    let path = olmoe.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["norm_topk_prob"] = true.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    refused(&olmoe, "norm_topk_prob");
 }
 
 /// gpt-oss as released (`truncate: false`): llama.cpp rounds YaRN's ramp to whole dimensions, so the export warns and

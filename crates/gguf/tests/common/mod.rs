@@ -149,7 +149,8 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 /// The newer families' reference models as llama.cpp runs them (what it hard-codes set in config.json), by their
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
 /// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
-/// convolution biases), Qwen3 MoE (experts on every layer), gpt-oss (YaRN rounded).
+/// convolution biases), Qwen3 MoE (experts on every layer), gpt-oss (YaRN rounded), Mixtral (llama.cpp's llama,
+/// no window), OLMoE.
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -182,8 +183,15 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gpt_oss = family_variant(&dir.join("gpt_oss"), "gpt_oss", |c| {
         c["rope_parameters"]["truncate"] = true.into()
     });
+    // Mixtral without a sliding window (llama.cpp's llama has none; Mixtral 8x7B's own config has none either).
+    let mixtral = family_variant(&dir.join("mixtral"), "mixtral", |c| {
+        c["sliding_window"] = serde_json::Value::Null
+    });
+    let olmoe = olmoe_without_gqa(&dir.join("olmoe"));
     vec![
         ("gpt-oss", gpt_oss),
+        ("llama", mixtral),
+        ("olmoe", olmoe),
         ("gemma2", gemma2),
         ("gemma3", gemma3),
         ("smollm3", smollm3),
@@ -210,6 +218,40 @@ pub fn qwen3_moe_all_sparse(dir: &Path) -> PathBuf {
         .collect();
     for (rest, t) in layer0 {
         tensors.insert(format!("model.layers.1.mlp.{rest}"), t);
+    }
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    model
+}
+
+/// OLMoE's reference model (4 query heads sharing 2 key/value heads) as the same function with 4 key/value heads, as
+/// llama.cpp's olmoe needs them: each key/value head's rows of k_proj and v_proj, and its part of the k norm (taken
+/// over the whole projection, whose RMS repeating a head leaves unchanged), repeated for each query head it serves.
+pub fn olmoe_without_gqa(dir: &Path) -> PathBuf {
+    let model = family_variant(dir, "olmoe", |c| {
+        c["num_key_value_heads"] = c["num_attention_heads"].clone()
+    });
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("olmoe").join("config.json")).unwrap()).unwrap();
+    let (heads, kv) = (
+        config["num_attention_heads"].as_u64().unwrap() as usize,
+        config["num_key_value_heads"].as_u64().unwrap() as usize,
+    );
+    let path = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        let shared = [
+            ".self_attn.k_proj.weight",
+            ".self_attn.v_proj.weight",
+            ".self_attn.k_norm.weight",
+        ];
+        if !shared.iter().any(|s| name.ends_with(s)) {
+            continue;
+        }
+        let per_head = t.dim(0).unwrap() / kv;
+        let blocks: Vec<candle_core::Tensor> = (0..heads)
+            .map(|h| t.narrow(0, (h / (heads / kv)) * per_head, per_head).unwrap())
+            .collect();
+        *t = candle_core::Tensor::cat(&blocks, 0).unwrap();
     }
     candle_core::safetensors::save(&tensors, &path).unwrap();
     model
