@@ -108,17 +108,20 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// SiLU, and the clamped SwiGLU with a limit values of std 2 cross.
+    const BOTH: [GateActivation; 2] = [
+        GateActivation::Silu,
+        GateActivation::Clamped {
+            alpha: 1.702,
+            limit: 1.5,
+        },
+    ];
+
     /// The hand-written backward against candle's autograd of the forward, on values that cross both limits.
     #[test]
     fn backward_matches_autograd_on_either_side_of_the_limits() {
         let dev = Device::Cpu;
-        for act in [
-            GateActivation::Silu,
-            GateActivation::Clamped {
-                alpha: 1.702,
-                limit: 1.5,
-            },
-        ] {
+        for act in BOTH {
             let gate = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (7, 5), &dev).unwrap())).unwrap();
             let up = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (7, 5), &dev).unwrap())).unwrap();
             let grad = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
@@ -147,13 +150,7 @@ mod tests {
     #[test]
     fn plain_values_match_the_tensor_passes() {
         let dev = Device::Cpu;
-        for act in [
-            GateActivation::Silu,
-            GateActivation::Clamped {
-                alpha: 1.702,
-                limit: 1.5,
-            },
-        ] {
+        for act in BOTH {
             let gate = Tensor::randn(0f32, 2.0, 64, &dev).unwrap();
             let up = Tensor::randn(0f32, 2.0, 64, &dev).unwrap();
             let grad = Tensor::randn(0f32, 1.0, 64, &dev).unwrap();
