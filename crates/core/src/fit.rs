@@ -201,9 +201,7 @@ fn changes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup, 
     };
     let need_with = |s: FitSetup| need_bytes(layout, trainable, s);
     let mut same_training = setup;
-    // The trainer does not compute a router's load-balancing loss under checkpointing, so it is no option there.
-    let router_loss = layout.dims.experts.is_some_and(|e| e.router_loss);
-    if !setup.gradient_checkpointing && !router_loss {
+    if !setup.gradient_checkpointing {
         let s = FitSetup {
             gradient_checkpointing: true,
             ..setup

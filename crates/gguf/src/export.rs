@@ -321,9 +321,18 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
         (Architecture::Granite, _) if c.layers.iter().any(|l| l.mlp_bias) => {
             return Err("llama.cpp's Granite has no MLP biases".into())
         }
-        (Architecture::Olmo2, true) => {
+        (Architecture::Olmo2 | Architecture::Olmoe | Architecture::GptOss, true) => {
+            return Err(format!(
+                "llama.cpp's {} needs an output matrix of its own; this model ties it to the embeddings",
+                gguf_arch(c.architecture)
+            ))
+        }
+        (Architecture::Olmoe, _) if layers.iter().any(|l| l.qkv_bias || l.o_bias) => {
+            return Err("llama.cpp's olmoe has no attention biases (attention_bias is true)".into())
+        }
+        (Architecture::GptOss, _) if layers.iter().any(|l| !l.qkv_bias || !l.o_bias) => {
             return Err(
-                "llama.cpp's OLMo 2 needs an output matrix of its own; this model ties it to the embeddings".into(),
+                "llama.cpp's gpt-oss needs biases on every attention projection (attention_bias is false)".into(),
             )
         }
         (Architecture::Lfm2, _)
@@ -661,10 +670,22 @@ fn interleaved_parts(
         .and_then(|(l, _)| c.layers.get(l))
         .and_then(|l| l.experts)
         .map(|e| e.count);
-    let fits = shape.len() >= 2 && Some(shape[0]) == count && shape.last().is_some_and(|&n| n % 2 == 0);
-    if !fits {
+    // Per expert: gate_up (hidden, 2·width) and its bias (2·width); down (width, hidden) and its bias (hidden).
+    let (h, w) = (
+        c.hidden_size,
+        split_layer(&hf)
+            .and_then(|(l, _)| c.layers.get(l)?.experts)
+            .map_or(0, |e| e.width),
+    );
+    let expert: &[usize] = match hf.rsplit('.').next().unwrap_or_default() {
+        "gate_up_proj" => &[h, 2 * w],
+        "gate_up_proj_bias" => &[2 * w],
+        "down_proj" => &[w, h],
+        _ => &[h],
+    };
+    if count.is_none() || shape.first() != count.as_ref() || shape[1..] != *expert {
         return Err(GgufError::Unsupported(format!(
-            "{hf} has shape {shape:?}, which does not hold config.json's {} experts (of an even last dimension)",
+            "{hf} has shape {shape:?}, not config.json's {} experts of {expert:?}",
             count.map_or("no".into(), |n| n.to_string())
         )));
     }

@@ -179,6 +179,16 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         &family_variant(&tmp.path().join("gm"), "gpt_oss_mxfp4", |_| {}),
         "MXFP4 blocks",
     );
+    // gpt-oss tied to its embeddings, or without attention biases: llama.cpp's gpt-oss needs both.
+    for (name, key, value, want) in [
+        ("gt", "tie_word_embeddings", true, "output matrix"),
+        ("ga", "attention_bias", false, "biases on every attention projection"),
+    ] {
+        refused(
+            &family_variant(&tmp.path().join(name), "gpt_oss", |c| c[key] = value.into()),
+            want,
+        );
+    }
     // OLMoE as made (grouped key/value heads), and renormalising its top-k weights, which llama.cpp's olmoe never
     // does.
     refused(

@@ -441,11 +441,14 @@ impl Decoder {
 
     /// Gradient checkpointing: the forward pass keeps only each layer's input; the backward pass recomputes one
     /// layer at a time from it and pushes the gradient down. The scalar minimised is the cross-entropy against
-    /// `labels` summed over the counted tokens times `token_weight` (the mean loss × count × weight);
-    /// `on_grads` receives each partial gradient store (the caller sums the parameters' gradients). Returns that
-    /// scalar, on the device (not read back). The cross-entropy alone: a router's load-balancing loss is not part
-    /// of it (the trainer refuses checkpointing where config.json asks for one; the probe measures the
-    /// cross-entropy's gradients).
+    /// `labels` summed over the counted tokens times `token_weight` (the mean loss × count × weight), plus, where
+    /// config.json asks for it, the router's load-balancing loss weighed as [`Self::loss`] weighs it (times the
+    /// same count × weight); `on_grads` receives each partial gradient store (the caller sums the parameters'
+    /// gradients). Returns that scalar, on the device (not read back).
+    ///
+    /// The router's loss is linear in each layer's router probabilities once the whole forward pass's routes are
+    /// counted: the first pass counts them (keeping no graph), and each recomputed layer adds its own probabilities
+    /// times those counts' weights to what its backward pass minimises.
     pub fn checkpointed_backward(
         &self,
         batch: &Batch,
@@ -460,6 +463,19 @@ impl Decoder {
         let (ids, b, t) = self.ids_tensor(batch).map_err(err)?;
         let rot = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
+        let real = real_tokens(batch);
+        let stats = |track: bool| -> Result<Option<RouterStats>> {
+            let make = if track {
+                RouterStats::new
+            } else {
+                RouterStats::untracked
+            };
+            self.config
+                .router_aux_loss
+                .map(|_| make(&real, &self.device))
+                .transpose()
+                .map_err(err)
+        };
         let embed_trainable = self.embed.is_trainable();
         let lowest = self
             .blocks
@@ -469,19 +485,35 @@ impl Decoder {
         let stop = if embed_trainable { 0 } else { lowest };
         // Only the inputs of the layers the backward pass recomputes are kept (none below `stop`).
         let mut inputs = Vec::with_capacity(self.blocks.len() - stop);
-        let mut h = self.embed_ids(&ids, b, t).map_err(err)?.detach();
-        for (i, blk) in self.blocks.iter().enumerate() {
-            if i >= stop {
-                inputs.push(h.clone());
+        let (top, counted) = self.routed(stats(false)?, || -> candle_core::Result<Tensor> {
+            let mut h = self.embed_ids(&ids, b, t)?.detach();
+            for (i, blk) in self.blocks.iter().enumerate() {
+                if i >= stop {
+                    inputs.push(h.clone());
+                }
+                h = self.block(blk, &h, &rot, &mask, None)?.detach();
             }
-            h = self.block(blk, &h, &rot, &mask, None).map_err(err)?.detach();
+            Ok(h)
+        });
+        let top = Var::from_tensor(&top.map_err(err)?).map_err(err)?;
+        let (mean, n) = self.head_loss(top.as_tensor(), labels).map_err(err)?;
+        let scale = n as f64 * token_weight;
+        let loss = (mean * scale).map_err(err)?;
+        // The router's loss: each expert's weight from the whole pass's routes, and its value.
+        let balance = match (self.config.router_aux_loss, counted) {
+            (Some(coef), Some(counted)) => match counted.weights().map_err(err)? {
+                Some(weights) => {
+                    let value = counted.weighed(&weights).map_err(err)?;
+                    Some((coef * scale, weights, value))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        let mut value = loss.detach();
+        if let Some((factor, _, Some(aux))) = &balance {
+            value = (value + (aux * *factor).map_err(err)?).map_err(err)?;
         }
-        let top = Var::from_tensor(&h).map_err(err)?;
-        let loss = self
-            .head_loss(top.as_tensor(), labels)
-            .and_then(|(mean, n)| mean * (n as f64 * token_weight))
-            .map_err(err)?;
-        let value = loss.detach();
         let store = loss.backward().map_err(err)?;
         on_grads(&store)?;
         let mut grad = store.get(top.as_tensor()).cloned();
@@ -489,13 +521,16 @@ impl Decoder {
         for i in (stop..self.blocks.len()).rev() {
             let Some(g) = grad.take() else { break };
             let x = Var::from_tensor(&inputs[i - stop]).map_err(err)?;
-            let y = self
-                .block(&self.blocks[i], x.as_tensor(), &rot, &mask, None)
-                .map_err(err)?;
-            let store = (y * g)
-                .and_then(|p| p.sum_all())
-                .and_then(|s| s.backward())
-                .map_err(err)?;
+            let (y, layer_stats) = self.routed(stats(true)?, || {
+                self.block(&self.blocks[i], x.as_tensor(), &rot, &mask, None)
+            });
+            let mut objective = y.and_then(|y| (y * g)?.sum_all()).map_err(err)?;
+            if let (Some((factor, weights, _)), Some(layer_stats)) = (&balance, layer_stats) {
+                if let Some(part) = layer_stats.weighed(weights).map_err(err)? {
+                    objective = (objective + (part * *factor).map_err(err)?).map_err(err)?;
+                }
+            }
+            let store = objective.backward().map_err(err)?;
             on_grads(&store)?;
             grad = store.get(x.as_tensor()).cloned();
         }
@@ -510,6 +545,15 @@ impl Decoder {
             }
         }
         Ok(value)
+    }
+
+    /// `f` with `stats` collecting the routes of each sparse layer it runs (`mlp` reads them from the decoder),
+    /// and those stats after it.
+    fn routed<R>(&self, stats: Option<RouterStats>, f: impl FnOnce() -> R) -> (R, Option<RouterStats>) {
+        *self.router_stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+        let out = f();
+        let stats = self.router_stats.lock().unwrap_or_else(PoisonError::into_inner).take();
+        (out, stats)
     }
 
     /// The hidden state entering each layer and the last layer's output (before the final norm): `L + 1` f32
@@ -560,9 +604,7 @@ impl Decoder {
             return self.head_loss(&h, labels).map_err(crate::error::candle("loss"));
         };
         let stats = RouterStats::new(&real_tokens(batch), &self.device).map_err(crate::error::candle("router loss"))?;
-        *self.router_stats.lock().unwrap_or_else(PoisonError::into_inner) = Some(stats);
-        let h = self.forward_hidden(batch);
-        let stats = self.router_stats.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let (h, stats) = self.routed(Some(stats), || self.forward_hidden(batch));
         let h = h.map_err(crate::error::candle("forward pass"))?;
         let (mean, n) = self.head_loss(&h, labels).map_err(crate::error::candle("loss"))?;
         let balance = stats

@@ -279,7 +279,7 @@ fn on_the_cpu_half_precision_is_not_offered_and_checkpointing_lowers_the_need() 
 }
 
 #[test]
-fn checkpointing_is_not_offered_where_config_json_asks_for_the_routers_load_balancing_loss() {
+fn checkpointing_is_offered_where_config_json_asks_for_the_routers_load_balancing_loss_too() {
     let (_d, mut layout, set) = setup(&all_layers());
     let small = device(need_bytes(&layout, &set, gpu(4, 128)) / 2);
     let offered = |layout: &ModelLayout| {
@@ -287,7 +287,7 @@ fn checkpointing_is_not_offered_where_config_json_asks_for_the_routers_load_bala
         v.changes.iter().any(|c| c.change == Change::GradientCheckpointing)
     };
     assert!(offered(&layout));
-    // The trainer refuses checkpointing with the router's loss (train's trainer/setup.rs).
+    // The router's load-balancing loss trains under checkpointing too (train's `checkpointed_backward`).
     layout.dims.experts = Some(crate::config::ExpertDims {
         count: 4,
         top_k: 2,
@@ -295,7 +295,7 @@ fn checkpointing_is_not_offered_where_config_json_asks_for_the_routers_load_bala
         shared_width: None,
         router_loss: true,
     });
-    assert!(!offered(&layout));
+    assert!(offered(&layout));
 }
 
 #[test]

@@ -40,11 +40,12 @@ pub fn rows_times_weight_t(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -
 /// row-major slices.
 pub fn rows_times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, transposed: bool) -> Result<Vec<f32>> {
     if x.len() != m * k || w.len() != n * k {
-        bail!(
-            "matmul: {} and {} values for {m}x{k} times ({n}x{k})ᵀ",
-            x.len(),
-            w.len()
-        )
+        let weight = if transposed {
+            format!("({n}x{k})ᵀ")
+        } else {
+            format!("{k}x{n}")
+        };
+        bail!("matmul: {} and {} values for {m}x{k} times {weight}", x.len(), w.len())
     }
     Ok(times_weight(x, w, m, n, k, transposed))
 }

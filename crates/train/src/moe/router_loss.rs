@@ -22,6 +22,9 @@ pub(crate) struct RouterStats {
     counts: Vec<f64>,
     /// Σ over layers of the real tokens.
     rows: f64,
+    /// Whether the probability sums keep their graph (false: a pass that only counts, as gradient checkpointing's
+    /// first forward, which must not hold every layer's graph).
+    track: bool,
 }
 
 impl RouterStats {
@@ -34,6 +37,15 @@ impl RouterStats {
             prob_sums: Vec::new(),
             counts: Vec::new(),
             rows: 0.0,
+            track: true,
+        })
+    }
+
+    /// [`RouterStats::new`] for a pass whose probability sums keep no graph.
+    pub fn untracked(real: &[bool], device: &candle_core::Device) -> Result<RouterStats> {
+        Ok(RouterStats {
+            track: false,
+            ..RouterStats::new(real, device)?
         })
     }
 
@@ -64,21 +76,39 @@ impl RouterStats {
             }
         }
         self.rows += self.real_host.iter().map(|&r| r as f64).sum::<f64>();
-        self.prob_sums.push(self.real.matmul(&probs.to_dtype(DType::F32)?)?);
+        let sums = self.real.matmul(&probs.to_dtype(DType::F32)?)?;
+        self.prob_sums.push(if self.track { sums } else { sums.detach() });
         Ok(())
     }
 
     /// The loss (a scalar f32 tensor), or None where no sparse layer ran or no token is real.
     pub fn loss(&self) -> Result<Option<Tensor>> {
+        match self.weights()? {
+            Some(weights) => self.weighed(&weights),
+            None => Ok(None),
+        }
+    }
+
+    /// The loss is linear in the probability sums once the counts are known: `E · count_e / N²` per expert (E, 1),
+    /// or None where no sparse layer ran or no token is real.
+    pub fn weights(&self) -> Result<Option<Tensor>> {
         if self.prob_sums.is_empty() || self.rows == 0.0 {
             return Ok(None);
         }
         let experts = self.counts.len();
         let scale = experts as f64 / (self.rows * self.rows);
         let weights: Vec<f32> = self.counts.iter().map(|&c| (c * scale) as f32).collect();
-        let weights = Tensor::from_vec(weights, (experts, 1), self.real.device())?;
+        Tensor::from_vec(weights, (experts, 1), self.real.device()).map(Some)
+    }
+
+    /// This pass's probability sums times `weights` (another pass's, where gradient checkpointing recomputes one
+    /// layer under the counts of the whole forward): its part of the loss, or None where no sparse layer ran.
+    pub fn weighed(&self, weights: &Tensor) -> Result<Option<Tensor>> {
+        if self.prob_sums.is_empty() {
+            return Ok(None);
+        }
         let probs = Tensor::cat(&self.prob_sums, 0)?.sum_keepdim(0)?;
-        probs.matmul(&weights)?.squeeze(1)?.squeeze(0).map(Some)
+        probs.matmul(weights)?.squeeze(1)?.squeeze(0).map(Some)
     }
 }
 

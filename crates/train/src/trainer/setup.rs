@@ -47,15 +47,6 @@ impl Run {
         let layout = ModelLayout::inspect(&config.model.path)?;
         let decoder_config = DecoderConfig::read(&config.model.path)?;
         let t = &config.training;
-        if t.gradient_checkpointing && decoder_config.router_aux_loss.is_some() {
-            return Err(TrainError::Config {
-                path: "training.gradient_checkpointing".into(),
-                reason: "gradient checkpointing does not compute the router's load-balancing loss that config.json \
-                         asks for (`output_router_logits: true`) yet: turn gradient_checkpointing off, or set \
-                         `output_router_logits` to false to train on the cross-entropy alone"
-                    .into(),
-            });
-        }
         let plan = plan(
             &layout,
             &config.freeze,
