@@ -24,11 +24,16 @@ fn write_data(dir: &Path) -> PathBuf {
 /// A run of the reference llama in f32, asked for by name: these runs are held to PyTorch's f32 answers, and
 /// `auto` computes in bf16 on some CPUs.
 fn config(dir: &Path, training: &str) -> RunConfig {
+    config_of(dir, "llama", training)
+}
+
+/// [`config`] for another reference model.
+fn config_of(dir: &Path, model: &str, training: &str) -> RunConfig {
     let data = write_data(dir);
     let text = format!(
         "[model]\npath = {model:?}\ndtype = \"f32\"\n[freeze.llamafactory]\nfreeze_trainable_layers = 2\n[data]\ntrain = {data:?}\nformat = \"tokenized\"\n\
          [training]\n{training}\n[runtime]\ndevice = \"cpu\"\n[output]\ndir = {out:?}\n",
-        model = fixtures().join("models/llama"),
+        model = fixtures().join("models").join(model),
         out = dir.join("run"),
     );
     let path = dir.join("run.toml");
@@ -292,6 +297,28 @@ fn gradient_checkpointing_equals_the_plain_backward_pass() {
         w1["model.embed_tokens.weight"],
         tensor_bytes(&fixtures().join("models/llama/model.safetensors"))["model.embed_tokens.weight"]
     );
+}
+
+/// A model whose config.json asks for the router's load-balancing loss trains under gradient checkpointing to the
+/// same losses as without it (the trainer once refused the pair).
+#[test]
+fn the_routers_load_balancing_loss_trains_under_gradient_checkpointing() {
+    let base = "batch_size = 2\nshuffle = false\nmax_steps = 3\noptimizer = \"sgd\"\nlearning_rate = 0.1\nlr_scheduler = \"constant\"\nmax_grad_norm = 0";
+    let run = |checkpointing: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config_of(
+            dir.path(),
+            "qwen3_moe_aux",
+            &format!("{base}\ngradient_checkpointing = {checkpointing}"),
+        );
+        let out = train(&c, false, &quiet, &AtomicBool::new(false)).unwrap();
+        losses(&out.run_dir)
+    };
+    let (plain, ckpt) = (run(false), run(true));
+    assert_eq!(plain.len(), 3);
+    for (p, q) in plain.iter().zip(&ckpt) {
+        assert!((p - q).abs() < 1e-5, "losses {plain:?} vs {ckpt:?}");
+    }
 }
 
 #[test]
