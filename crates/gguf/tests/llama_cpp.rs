@@ -325,41 +325,50 @@ fn q8_0_and_q4_k_m_load_and_generate_with_llama_cpp_s_own_mix() {
 #[test]
 fn quantized_mixtures_of_experts_match_llama_cpp_s_own_quantizer() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = qwen3_moe_all_sparse(&tmp.path().join("qwen3moe"));
-    let f32_file = export(&model, &tmp.path().join("f32.gguf"), ExportType::F32);
-    let ours_f32 = freezetune_logits(&model, &PROMPT);
+    let moe = ["qwen3moe", "gpt-oss", "llama", "olmoe"];
+    for (arch, model) in newer_family_models(tmp.path())
+        .into_iter()
+        .filter(|(a, _)| moe.contains(a))
+    {
+        check_quantized_against_llama_cpp(arch, &model, &tmp.path().join(arch));
+    }
+}
+
+/// q8_0 and q4_k_m exports of `model` against llama.cpp's own quantizer run on its f32 export: the same per-tensor
+/// types (gpt-oss's expert biases stay f32 in both), the same q8_0 bytes, the router f32, and logits as close to the
+/// f32 model's as llama.cpp's file's.
+fn check_quantized_against_llama_cpp(arch: &str, model: &Path, tmp: &Path) {
+    std::fs::create_dir_all(tmp).unwrap();
+    let f32_file = export(model, &tmp.join("f32.gguf"), ExportType::F32);
+    let ours_f32 = freezetune_logits(model, &PROMPT);
     for (kind, ftype) in [(ExportType::Q8_0, "q8_0"), (ExportType::Q4KM, "q4_k_m")] {
-        let seen = llama_cpp(
-            &export(&model, &tmp.path().join(format!("{ftype}.gguf")), kind),
-            &PROMPT,
-            6,
-            "",
-        );
-        let reference = tmp.path().join(format!("llama-cpp-{ftype}.gguf"));
+        let seen = llama_cpp(&export(model, &tmp.join(format!("{ftype}.gguf")), kind), &PROMPT, 6, "");
+        let reference = tmp.join(format!("llama-cpp-{ftype}.gguf"));
         run_py(
             "quantize_gguf.py",
             &[f32_file.to_str().unwrap(), reference.to_str().unwrap(), ftype],
         );
         let theirs = llama_cpp(&reference, &PROMPT, 0, "");
         let types = types_of(&seen);
-        assert_eq!(types, types_of(&theirs), "{ftype}: per-tensor types");
-        assert_eq!(types["blk.0.ffn_gate_inp.weight"], "F32", "{ftype}: the router");
+        assert_eq!(types, types_of(&theirs), "{arch} {ftype}: per-tensor types");
+        assert_eq!(types["blk.0.ffn_gate_inp.weight"], "F32", "{arch} {ftype}: the router");
         for (name, t) in seen["tensors"].as_object().unwrap() {
             if t["type"] == "Q8_0" {
-                assert_eq!(t["sha256"], theirs["tensors"][name]["sha256"], "{ftype}: {name} bytes");
+                assert_eq!(
+                    t["sha256"], theirs["tensors"][name]["sha256"],
+                    "{arch} {ftype}: {name} bytes"
+                );
             }
         }
-        assert_eq!(ids_of(&seen["greedy"]).len(), 6, "{ftype}: llama.cpp generates");
+        assert_eq!(ids_of(&seen["greedy"]).len(), 6, "{arch} {ftype}: llama.cpp generates");
         let (d_ours, d_theirs) = (
             max_diff(&ours_f32, &seen["logits"]),
             max_diff(&ours_f32, &theirs["logits"]),
         );
-        println!(
-            "qwen3moe {ftype}: max |logit - f32 logit|: FreezeTune's file {d_ours:.3e}, llama.cpp's {d_theirs:.3e}"
-        );
+        println!("{arch} {ftype}: max |logit - f32 logit|: FreezeTune's file {d_ours:.3e}, llama.cpp's {d_theirs:.3e}");
         assert!(
             d_ours <= 1.1 * d_theirs + 1e-4,
-            "{ftype}: {d_ours} vs llama.cpp's own {d_theirs}"
+            "{arch} {ftype}: {d_ours} vs llama.cpp's own {d_theirs}"
         );
     }
 }
