@@ -13,6 +13,7 @@ use freezetune_core::synth::Family;
 use freezetune_gguf::{
     export_patched, import_gguf, mapped_folder, ExportOptions, ExportType, ImportDType, ImportOptions,
 };
+use freezetune_train::DecoderConfig;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -152,24 +153,41 @@ fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged()
     assert!(!refused.exists());
 }
 
-/// A Qwen3 MoE GGUF file (q8_0, its experts stacked) trained where it lies: the map gives each expert's slice of
-/// a stacked tensor as its own tensor, with the f32 import's logits; the top of 3 layers trains with the lower
-/// layers' experts held in the file's blocks; the export writes the trained experts back into their slices, every frozen
-/// tensor byte-identical, and llama.cpp runs it.
+/// A mixture-of-experts GGUF file (q8_0, its experts stacked) trained where it lies, for Qwen3 MoE, Mixtral (llama.cpp's
+/// llama with experts, its q/k rows permuted) and OLMoE: the map gives each expert's slice of a stacked tensor as its
+/// own tensor, with the f32 import's logits; the top layer trains with the lower layers' experts held in the file's
+/// blocks; the export writes the trained experts back into their slices, every frozen tensor byte-identical, and
+/// llama.cpp runs it.
 #[test]
 fn a_mixture_of_experts_file_trains_its_top_layer_and_writes_its_experts_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = qwen3_moe_all_sparse(&tmp.path().join("qwen3moe"));
-    let source = tmp.path().join("source-q8_0.gguf");
+    let models = [
+        ("qwen3moe", qwen3_moe_all_sparse(&tmp.path().join("qwen3moe"))),
+        (
+            "mixtral",
+            family_variant(&tmp.path().join("mixtral"), "mixtral", |c| {
+                c["sliding_window"] = Value::Null
+            }),
+        ),
+        ("olmoe", olmoe_without_gqa(&tmp.path().join("olmoe"))),
+    ];
+    for (name, model) in models {
+        trains_in_place(&model, &tmp.path().join(format!("{name}-run")));
+    }
+}
+
+fn trains_in_place(model: &Path, tmp: &Path) {
+    std::fs::create_dir_all(tmp).unwrap();
+    let source = tmp.join("source-q8_0.gguf");
     let options = ExportOptions {
         kind: ExportType::Q8_0,
         force: false,
         modelfile: false,
         name: None,
     };
-    freezetune_gguf::export_gguf(&model, &source, &options, &mut |_| true).unwrap();
-    let mapped = mapped_folder(&source, &tmp.path().join("maps")).unwrap();
-    let imported = tmp.path().join("imported-f32");
+    freezetune_gguf::export_gguf(model, &source, &options, &mut |_| true).unwrap();
+    let mapped = mapped_folder(&source, &tmp.join("maps")).unwrap();
+    let imported = tmp.join("imported-f32");
     let import = ImportOptions {
         dtype: ImportDType::F32,
         force: false,
@@ -181,22 +199,30 @@ fn a_mixture_of_experts_file_trains_its_top_layer_and_writes_its_experts_back() 
     );
     assert!(
         diff < 1e-4,
-        "logits through the map differ from the f32 import's by {diff}"
+        "{}: logits through the map differ from the f32 import's by {diff}",
+        model.display()
     );
 
-    let config = run_config(tmp.path(), &mapped, "top = 1");
+    let config = run_config(tmp, &mapped, "top = 1");
     let events = train(&config);
     let Some(TrainEvent::Started { quantized_tensors, .. }) = events.first() else {
         panic!("no Started event")
     };
-    // Layers 0 and 1: four attention projections and 4 experts × 3 each; the embeddings and lm_head.
-    assert_eq!(*quantized_tensors, 34, "frozen tensors held in the file's blocks");
+    // Each lower layer's four attention projections and 4 experts × 3; the embeddings and lm_head.
+    let layers = DecoderConfig::read(model).unwrap().num_layers;
+    assert_eq!(
+        *quantized_tensors,
+        (layers - 1) * (4 + 4 * 3) + 2,
+        "{}: frozen tensors held in the file's blocks",
+        model.display()
+    );
 
     let final_dir = config.output.dir.join("final");
-    let out = tmp.path().join("trained.gguf");
+    let out = tmp.join("trained.gguf");
     export_patched(&final_dir, &out, &options, &mut |_| true).unwrap();
     let (before, after) = (llama_cpp(&source, &PROMPT, 0, ""), llama_cpp(&out, &PROMPT, 6, ""));
-    check_written_back(&before, &after, &final_dir, |name| name.starts_with("blk.2."));
+    let top = format!("blk.{}.", layers - 1);
+    check_written_back(&before, &after, &final_dir, |name| name.starts_with(&top));
 }
 
 /// `after` (llama.cpp's reading of the exported file) against `before` (the source's): each tensor keeps its type,
