@@ -9,13 +9,18 @@ use freezetune_core::synth::Family;
 use freezetune_gguf::{export_gguf, ExportOptions, ExportType};
 use std::path::{Path, PathBuf};
 
-fn export(model: &Path, dest: &Path, kind: ExportType) -> PathBuf {
-    let options = ExportOptions {
+/// Export as `kind`, nothing else asked for.
+fn options(kind: ExportType) -> ExportOptions {
+    ExportOptions {
         kind,
         force: false,
         modelfile: false,
         name: None,
-    };
+    }
+}
+
+fn export(model: &Path, dest: &Path, kind: ExportType) -> PathBuf {
+    let options = options(kind);
     export_gguf(model, dest, &options, &mut |_| true).unwrap();
     dest.to_path_buf()
 }
@@ -87,12 +92,7 @@ fn newer_families_match_freezetune_in_llama_cpp() {
 #[test]
 fn windows_llama_cpp_ignores_are_named_in_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
-    let options = ExportOptions {
-        kind: ExportType::F32,
-        force: false,
-        modelfile: false,
-        name: None,
-    };
+    let options = options(ExportType::F32);
     for (name, warned) in [
         ("mistral_window", true),
         ("qwen2_window", true),
@@ -115,12 +115,7 @@ fn windows_llama_cpp_ignores_are_named_in_a_warning() {
 fn models_llama_cpp_would_run_differently_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let refused = |model: &Path, want: &str| {
-        let options = ExportOptions {
-            kind: ExportType::F16,
-            force: false,
-            modelfile: false,
-            name: None,
-        };
+        let options = options(ExportType::F16);
         let dest = model.join("out.gguf");
         let err = export_gguf(model, &dest, &options, &mut |_| true)
             .unwrap_err()
@@ -209,12 +204,7 @@ fn models_llama_cpp_would_run_differently_are_refused() {
 #[test]
 fn gpt_oss_unrounded_yarn_is_named_in_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
-    let options = ExportOptions {
-        kind: ExportType::F32,
-        force: false,
-        modelfile: false,
-        name: None,
-    };
+    let options = options(ExportType::F32);
     for truncate in [false, true] {
         let dir = tmp.path().join(format!("gpt_oss_{truncate}"));
         // An original context of 4096 puts the ramp's ends between dimensions (2.62 and 5.63 of 8 here); the
