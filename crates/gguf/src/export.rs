@@ -17,8 +17,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
+use freezetune_train::config::LayerSpec;
 use freezetune_train::config::Mixer;
-use freezetune_train::rope::RopeScaling;
+use freezetune_train::rope::{yarn_mscale, RopeScaling};
 use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -209,7 +210,9 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
                 beta_fast,
                 beta_slow,
                 ..
-            } => (beta_fast, beta_slow) == (32.0, 1.0) && (rope.attention_factor - yarn_mscale(factor)).abs() < 1e-9,
+            } => {
+                (beta_fast, beta_slow) == (32.0, 1.0) && (rope.attention_factor - yarn_mscale(factor, 1.0)).abs() < 1e-9
+            }
             _ => false,
         },
         _ => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Linear { .. }),
@@ -264,15 +267,6 @@ fn unrounded_yarn(c: &DecoderConfig) -> Option<String> {
          gpt-oss)"
             .into(),
     )
-}
-
-/// YaRN's default attention factor (transformers' `get_mscale`, llama.cpp's `rope_yarn`): 0.1 · ln(factor) + 1.
-fn yarn_mscale(factor: f64) -> f64 {
-    if factor <= 1.0 {
-        1.0
-    } else {
-        0.1 * factor.ln() + 1.0
-    }
 }
 
 /// What llama.cpp's graph for a family hard-codes instead of reading from the file (llama.cpp as of August 2025,
@@ -375,45 +369,15 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
                 c.head_dim
             ))
         }
-        // llama.cpp's qwen3moe gives every layer experts and always renormalises a token's top-k weights.
-        Architecture::Qwen3Moe => match layers.iter().position(|l| l.experts.is_none_or(|e| !e.normalize)) {
-            Some(i) if layers[i].experts.is_none() => Err(format!(
-                "layer {i} has a dense MLP (`mlp_only_layers` / `decoder_sparse_step`), but llama.cpp gives every \
-                 layer experts"
-            )),
-            Some(_) => Err(
-                "`norm_topk_prob` is false, but llama.cpp always renormalises the chosen experts' \
-                            weights"
-                    .into(),
-            ),
-            None => Ok(()),
-        },
         Architecture::GptOss => gpt_oss_limits(c, pattern),
         Architecture::Olmoe if c.num_kv_heads != c.num_heads => Err(format!(
             "llama.cpp's olmoe has as many key/value heads as query heads (its k norm is hidden_size wide); this model \
              has {} of {}",
             c.num_kv_heads, c.num_heads
         )),
-        // llama.cpp's llama (Mixtral) renormalises a token's top-k weights; its olmoe does not.
-        Architecture::Mixtral | Architecture::Olmoe => {
-            let normalize = c.architecture == Architecture::Mixtral;
-            match layers
-                .iter()
-                .position(|l| l.experts.is_none_or(|e| e.normalize != normalize))
-            {
-                Some(i) if layers[i].experts.is_none() => Err(format!(
-                    "layer {i} has a dense MLP, but llama.cpp gives every layer of this family experts"
-                )),
-                Some(_) if normalize => {
-                    Err("llama.cpp renormalises the chosen experts' weights and this model does not".into())
-                }
-                Some(_) => Err(
-                    "`norm_topk_prob` is true, but llama.cpp's olmoe does not renormalise the chosen experts' weights"
-                        .into(),
-                ),
-                None => Ok(()),
-            }
-        }
+        // llama.cpp's qwen3moe and llama (Mixtral) renormalise a token's top-k weights; its olmoe does not.
+        Architecture::Qwen3Moe | Architecture::Mixtral => experts_on_every_layer(layers, true),
+        Architecture::Olmoe => experts_on_every_layer(layers, false),
         Architecture::SmolLM3 => {
             for (i, l) in layers.iter().enumerate() {
                 let rotates = (i + 1) % 4 != 0;
@@ -445,13 +409,31 @@ fn gpt_oss_limits(
                 "layer {i} must scale queries by 1/sqrt(head_dim) and have attention sinks"
             ));
         }
-        if !l.experts.is_some_and(|e| e.normalize) {
-            return Err(format!(
-                "layer {i} must have experts whose top-k weights sum to 1, as llama.cpp gives every layer"
-            ));
-        }
     }
-    Ok(())
+    experts_on_every_layer(&c.layers, true)
+}
+
+/// llama.cpp's mixture-of-experts graphs give every layer experts, and always or never (`normalize`) renormalise a
+/// token's top-k weights: the first layer that differs is refused by name.
+fn experts_on_every_layer(layers: &[LayerSpec], normalize: bool) -> std::result::Result<(), String> {
+    match layers
+        .iter()
+        .position(|l| l.experts.is_none_or(|e| e.normalize != normalize))
+    {
+        None => Ok(()),
+        Some(i) if layers[i].experts.is_none() => Err(format!(
+            "layer {i} has a dense MLP (`mlp_only_layers` / `decoder_sparse_step`), but llama.cpp gives every layer \
+             experts"
+        )),
+        Some(_) if normalize => {
+            Err("`norm_topk_prob` is false, but llama.cpp always renormalises the chosen experts' weights".into())
+        }
+        Some(_) => Err(
+            "`norm_topk_prob` is true, but llama.cpp never renormalises this family's chosen experts' \
+                        weights"
+                .into(),
+        ),
+    }
 }
 
 fn read_config_json(dir: &Path) -> Result<Value> {
@@ -666,17 +648,10 @@ fn interleaved_parts(
     has_output: bool,
 ) -> Result<Vec<Planned>> {
     let parts = interleaved_expert_parts(&hf).expect("partitioned on it");
-    let count = split_layer(&hf)
-        .and_then(|(l, _)| c.layers.get(l))
-        .and_then(|l| l.experts)
-        .map(|e| e.count);
+    let experts = split_layer(&hf).and_then(|(l, _)| c.layers.get(l)?.experts);
+    let count = experts.map(|e| e.count);
     // Per expert: gate_up (hidden, 2·width) and its bias (2·width); down (width, hidden) and its bias (hidden).
-    let (h, w) = (
-        c.hidden_size,
-        split_layer(&hf)
-            .and_then(|(l, _)| c.layers.get(l)?.experts)
-            .map_or(0, |e| e.width),
-    );
+    let (h, w) = (c.hidden_size, experts.map_or(0, |e| e.width));
     let expert: &[usize] = match hf.rsplit('.').next().unwrap_or_default() {
         "gate_up_proj" => &[h, 2 * w],
         "gate_up_proj_bias" => &[2 * w],

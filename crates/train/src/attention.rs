@@ -102,26 +102,44 @@ pub fn attention_in_blocks(
             out,
             Box::new(move |[q, k, v], out, grad| ctx.backward([q, k, v], out, grad, &lse).map(|(g, _)| g)),
         ),
-        // A node has at most three operands: keys and values travel as one (their concatenation's backward
-        // splits the gradient again).
-        Some(s) => {
-            let d = shape.d;
-            attach3(
-                "blockwise-attention-sinks",
-                [q, &Tensor::cat(&[k, v], 3)?, s],
-                out,
-                Box::new(move |[q, kv, s], out, grad| {
-                    let (k, v) = (kv.narrow(3, 0, d)?, kv.narrow(3, d, d)?);
-                    let ([dq, dk, dv], ds) = ctx.backward([q, &k, &v], out, grad, &lse)?;
-                    let dkv = match (kv.track_op(), dk, dv) {
-                        (true, Some(dk), Some(dv)) => Some(Tensor::cat(&[dk, dv], 3)?),
-                        _ => None,
-                    };
-                    Ok([dq, dkv, ds.map(|d| d.to_dtype(s.dtype())).transpose()?])
-                }),
-            )
-        }
+        Some(s) => attach_with_sinks(
+            "blockwise-attention-sinks",
+            [q, k, v, s],
+            out,
+            Box::new(move |qkv, out, grad| ctx.backward(qkv, out, grad, &lse)),
+        ),
     }
+}
+
+/// The gradients of q, k and v (each where wanted) and of the sinks, from an attention node's inputs, its output and
+/// the output's gradient.
+pub(crate) type SinksBackward =
+    Box<dyn Fn([&Tensor; 3], &Tensor, &Tensor) -> Result<([Option<Tensor>; 3], Option<Tensor>)> + Send + Sync>;
+
+/// An attention node of four operands (q, k, v, trained sinks) in a graph node's three: keys and values travel as
+/// one, concatenated along the head dimension, and `backward` sees them apart again (their concatenation's
+/// backward splits their joined gradient).
+pub(crate) fn attach_with_sinks(
+    name: &'static str,
+    [q, k, v, sinks]: [&Tensor; 4],
+    out: Tensor,
+    backward: SinksBackward,
+) -> Result<Tensor> {
+    let d = k.dim(3)?;
+    attach3(
+        name,
+        [q, &Tensor::cat(&[k, v], 3)?, sinks],
+        out,
+        Box::new(move |[q, kv, s], out, grad| {
+            let (k, v) = (kv.narrow(3, 0, d)?, kv.narrow(3, d, d)?);
+            let ([dq, dk, dv], ds) = backward([q, &k, &v], out, grad)?;
+            let dkv = match (kv.track_op(), dk, dv) {
+                (true, Some(dk), Some(dv)) => Some(Tensor::cat(&[dk, dv], 3)?),
+                _ => None,
+            };
+            Ok([dq, dkv, ds.map(|d| d.to_dtype(s.dtype())).transpose()?])
+        }),
+    )
 }
 
 /// Query rows per block: about [`BLOCK_BYTES`] of f32 scores, a multiple of 16, at least 16.

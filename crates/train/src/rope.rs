@@ -315,7 +315,7 @@ impl RopeSpec {
 }
 
 /// YaRN's `0.1 · mscale · ln(scale) + 1` (1 for scale ≤ 1).
-fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
+pub fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
     if scale <= 1.0 {
         1.0
     } else {

@@ -500,7 +500,7 @@ impl CustomOp3 for AttentionGrad {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_close, randn, value_and_grads};
+    use super::super::tests::{assert_close, model_mask, randn, value_and_grads};
     use super::*;
     use candle_core::Device;
 
@@ -552,13 +552,6 @@ mod tests {
             let reference = value_and_grads(&inputs, &probe, |x| composite(&x[0], &x[1], &x[2], &mask, 0.35));
             assert_close(&fused, &reference, 1e-4);
         }
-    }
-
-    /// The model's own dense mask: causal, padded keys hidden, and a sliding window where given.
-    fn model_mask(t: usize, window: Option<usize>, lengths: &[usize]) -> Tensor {
-        let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
-        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), &Device::Cpu).unwrap();
-        crate::attention::additive_mask(0..t, 0..t, window, Some(&lens), &Device::Cpu).unwrap()
     }
 
     #[test]

@@ -523,6 +523,13 @@ pub(crate) mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// The model's own dense mask: causal, padded keys hidden, and a sliding window where given.
+    pub(super) fn model_mask(t: usize, window: Option<usize>, lengths: &[usize]) -> Tensor {
+        let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
+        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), &Device::Cpu).unwrap();
+        crate::attention::additive_mask(0..t, 0..t, window, Some(&lens), &Device::Cpu).unwrap()
+    }
+
     /// Value and gradients of `f` on vars made from `inputs`, against the weights `probe` (so the gradient of a
     /// non-scalar output is tested in every direction at once).
     pub(super) fn value_and_grads(

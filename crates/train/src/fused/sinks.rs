@@ -1,11 +1,12 @@
 //! The fused CPU attention with attention sinks (gpt-oss): each head's learned logit is one more entry in every
 //! row's softmax, with no value, so a row's probabilities over its keys sum to less than 1. The kernel is the
 //! plain attention's (`attention.rs`, which keeps each row's sink probability beside the blocks'); this file
-//! wires it into the graph. A node has at most three operands, so where the sinks train, keys and values travel
-//! as one (their concatenation's backward splits the gradient again); frozen sinks take the plain (q, k, v) node.
+//! wires it into the graph: trained sinks as the blockwise attention's are (`attention::attach_with_sinks`), frozen
+//! ones through the plain (q, k, v) node.
 
 use super::attention::{fitting_dims, Kernel};
 use super::with_values;
+use crate::attention::attach_with_sinks;
 use crate::node::attach3;
 use candle_core::{DType, Result, Tensor};
 use std::sync::{Arc, Mutex};
@@ -49,18 +50,13 @@ pub fn causal_attention_with_sinks(
             }),
         );
     }
-    attach3(
+    attach_with_sinks(
         "fused-attention-sinks",
-        [q, &Tensor::cat(&[k, v], 3)?, sinks],
+        [q, k, v, sinks],
         out,
-        Box::new(move |[q, kv, s], _, grad| {
-            let (k, v) = (kv.narrow(3, 0, d)?, kv.narrow(3, d, d)?);
-            let (dq, dk, dv, ds) = grads.of(q, &k, &v, grad)?;
-            Ok([
-                Some(dq),
-                Some(Tensor::cat(&[dk, dv], 3)?),
-                Some(ds.to_dtype(s.dtype())?),
-            ])
+        Box::new(move |[q, k, v], _, grad| {
+            let (dq, dk, dv, ds) = grads.of(q, k, v, grad)?;
+            Ok(([Some(dq), Some(dk), Some(dv)], Some(ds)))
         }),
     )
 }
@@ -94,17 +90,10 @@ impl Grads {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{assert_close, randn, value_and_grads};
+    use super::super::tests::{assert_close, model_mask, randn, value_and_grads};
     use super::*;
     use crate::attention::{attention, AttentionSpec, Positions};
     use candle_core::Device;
-
-    /// The model's own dense mask: causal, padded keys hidden, and a sliding window where given.
-    fn model_mask(t: usize, window: Option<usize>, lengths: &[usize]) -> Tensor {
-        let lens: Vec<f32> = lengths.iter().map(|&l| l as f32).collect();
-        let lens = Tensor::from_vec(lens, (lengths.len(), 1, 1), &Device::Cpu).unwrap();
-        crate::attention::additive_mask(0..t, 0..t, window, Some(&lens), &Device::Cpu).unwrap()
-    }
 
     /// Value and every gradient (q, k, v and the sinks) against the blockwise attention the GPUs run, across
     /// several row blocks, with grouped heads, windows and padding; sinks large enough to take a good part of

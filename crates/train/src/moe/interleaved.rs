@@ -16,7 +16,7 @@
 use super::activation::GateActivation;
 use super::interleaved_cpu as cpu;
 use super::stacked_cpu::{self, with_experts, Dims};
-use super::{no_rows, scatter_rows, stacked};
+use super::{no_rows, operand_grads, scatter_rows, stacked};
 use crate::fused::with_values;
 use crate::node::attach3;
 use crate::params::StackedWeight;
@@ -299,7 +299,7 @@ fn cpu_up_backward(
             up.backward(v[0], v[1], groups, &wanted)
         })
     })?;
-    as_tensors(grads, [x, gate_up, bias])
+    operand_grads([grads.rows, grads.matrix, grads.bias], [x, gate_up, bias])
 }
 
 /// [`down_backward`] on the CPU in f32 (`interleaved_cpu.rs`): the same gradients.
@@ -322,7 +322,7 @@ fn cpu_down_backward(
             node.backward(v[0], v[1], groups, &wanted)
         })
     })?;
-    as_tensors(grads, [products, down, bias])
+    operand_grads([grads.rows, grads.matrix, grads.bias], [products, down, bias])
 }
 
 /// The gradients a node's operands record a graph for.
@@ -332,20 +332,6 @@ fn wanted([rows, matrix, bias]: [&Tensor; 3]) -> cpu::Wanted {
         matrix: matrix.track_op(),
         bias: bias.track_op(),
     }
-}
-
-/// The plain gradients as tensors shaped as their operands.
-fn as_tensors(grads: cpu::Grads, like: [&Tensor; 3]) -> Result<[Option<Tensor>; 3]> {
-    let tensor = |values: Option<Vec<f32>>, like: &Tensor| {
-        values
-            .map(|v| Tensor::from_vec(v, like.shape(), like.device()))
-            .transpose()
-    };
-    Ok([
-        tensor(grads.rows, like[0])?,
-        tensor(grads.matrix, like[1])?,
-        tensor(grads.bias, like[2])?,
-    ])
 }
 
 #[cfg(test)]

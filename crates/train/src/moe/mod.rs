@@ -229,6 +229,22 @@ pub(super) fn scatter_rows(x: &Tensor, parts: &[(Tensor, Tensor)]) -> Result<Ten
     )
 }
 
+/// A node's gradients computed over plain f32 buffers (each where wanted) as tensors shaped as the operands they
+/// belong to.
+pub(super) fn operand_grads(grads: [Option<Vec<f32>>; 3], operands: [&Tensor; 3]) -> Result<[Option<Tensor>; 3]> {
+    let [a, b, c] = grads;
+    let tensor = |values: Option<Vec<f32>>, like: &Tensor| {
+        values
+            .map(|v| Tensor::from_vec(v, like.shape(), like.device()))
+            .transpose()
+    };
+    Ok([
+        tensor(a, operands[0])?,
+        tensor(b, operands[1])?,
+        tensor(c, operands[2])?,
+    ])
+}
+
 /// The per-expert gradients as one stacked tensor, where `operand` records a graph.
 pub(super) fn stacked(grads: Vec<Tensor>, operand: &Tensor) -> Result<Option<Tensor>> {
     match operand.track_op() {

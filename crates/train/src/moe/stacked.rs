@@ -9,7 +9,7 @@
 
 use super::activation::GateActivation;
 use super::stacked_cpu::{self, with_experts, Dims, Wanted};
-use super::{no_rows, scatter_rows, stacked};
+use super::{no_rows, operand_grads, scatter_rows, stacked};
 use crate::fused::with_values;
 use crate::node::attach3;
 use crate::params::StackedWeight;
@@ -119,16 +119,7 @@ fn cpu_backward(
             })
         })
     })?;
-    let tensor = |values: Option<Vec<f32>>, like: &Tensor| {
-        values
-            .map(|v| Tensor::from_vec(v, like.shape(), like.device()))
-            .transpose()
-    };
-    Ok([
-        tensor(grads.input, x)?,
-        tensor(grads.gate_up, gate_up)?,
-        tensor(grads.down, down)?,
-    ])
+    operand_grads([grads.input, grads.gate_up, grads.down], [x, gate_up, down])
 }
 
 /// One expert's forward pass over its rows, in the activations' dtype.
