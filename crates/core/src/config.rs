@@ -58,6 +58,9 @@ pub struct ModelConfig {
     pub model_type: Option<String>,
     /// Layer count stated by the config, if any.
     pub num_layers: Option<usize>,
+    /// Multi-token-prediction layers stored after the last decoder layer (DeepSeek-V3's and GLM-4.5's
+    /// `num_nextn_predict_layers`), which transformers drops on load.
+    pub prediction_layers: usize,
     /// `tie_word_embeddings` when the config states it.
     pub tie_word_embeddings: Option<bool>,
     pub dims: ModelDims,
@@ -68,6 +71,20 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Whether `name` belongs to a multi-token-prediction layer: `model.layers.N.…` with N from the config's layer
+    /// count on, within `num_nextn_predict_layers`.
+    pub fn is_prediction_layer(&self, name: &str) -> bool {
+        let (Some(layers), 1..) = (self.num_layers, self.prediction_layers) else {
+            return false;
+        };
+        let index = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next());
+        index
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| (layers..layers + self.prediction_layers).contains(&i))
+    }
+
     pub fn read(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let raw: Value = serde_json::from_str(&text).map_err(|e| Error::BadConfig {
@@ -113,6 +130,14 @@ impl ModelConfig {
             }
         };
         let num_layers = uint(&["num_hidden_layers", "num_layers", "n_layer"])?.map(|n| n as usize);
+        let prediction_layers = match text.get("num_nextn_predict_layers") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| n <= 64)
+                .ok_or_else(|| format!("`num_nextn_predict_layers` is {v}; it must be an integer from 0 to 64"))?
+                as usize,
+        };
         let tie_word_embeddings = text
             .get("tie_word_embeddings")
             .or_else(|| top.get("tie_word_embeddings"))
@@ -135,16 +160,21 @@ impl ModelConfig {
             .find_map(|k| text.get(*k).and_then(Value::as_u64))
             .filter(|&n| n > 0);
         let experts = match (count, uint(&["num_experts_per_tok"])?) {
-            (Some(count), Some(top_k)) => Some(ExpertDims {
-                count: count.min(MAX_SIZE),
-                top_k,
-                width: uint(&["moe_intermediate_size"])?
+            (Some(count), Some(top_k)) => {
+                let width = uint(&["moe_intermediate_size"])?
                     .or(intermediate_size)
-                    .ok_or("`moe_intermediate_size` is missing")?,
-                shared_width: uint(&["shared_expert_intermediate_size"])?,
-                router_loss: top.get("output_router_logits") == Some(&Value::Bool(true))
-                    && top.get("router_aux_loss_coef").and_then(Value::as_f64) != Some(0.0),
-            }),
+                    .ok_or("`moe_intermediate_size` is missing")?;
+                // DeepSeek-V3 and GLM-4.5 fuse `n_shared_experts` experts' widths into one shared MLP.
+                let shared_experts = uint(&["n_shared_experts"])?.map(|n| n.saturating_mul(width));
+                Some(ExpertDims {
+                    count: count.min(MAX_SIZE),
+                    top_k,
+                    width,
+                    shared_width: uint(&["shared_expert_intermediate_size"])?.or(shared_experts),
+                    router_loss: top.get("output_router_logits") == Some(&Value::Bool(true))
+                        && top.get("router_aux_loss_coef").and_then(Value::as_f64) != Some(0.0),
+                })
+            }
             _ => None,
         };
         let dims = ModelDims {
@@ -180,6 +210,7 @@ impl ModelConfig {
             architecture,
             model_type,
             num_layers,
+            prediction_layers,
             tie_word_embeddings,
             dims,
             multimodal,
@@ -204,6 +235,21 @@ mod tests {
         assert_eq!(c.num_layers, Some(28));
         assert_eq!(c.dims.head_dim, Some(128));
         assert_eq!(c.tie_word_embeddings, Some(true));
+    }
+
+    #[test]
+    fn prediction_layers_are_the_ones_after_the_last_layer() {
+        let c = ModelConfig::from_value(serde_json::json!({"model_type": "glm4_moe", "num_hidden_layers": 46,
+            "num_nextn_predict_layers": 1}))
+        .unwrap();
+        assert!(c.is_prediction_layer("model.layers.46.eh_proj.weight"));
+        assert!(!c.is_prediction_layer("model.layers.45.mlp.gate.weight"));
+        assert!(!c.is_prediction_layer("model.layers.47.eh_proj.weight"));
+        assert!(!c.is_prediction_layer("model.visual.layers.46.attn.weight"));
+        let none = ModelConfig::from_value(serde_json::json!({"model_type": "glm4_moe", "num_hidden_layers": 46}));
+        assert!(!none.unwrap().is_prediction_layer("model.layers.46.eh_proj.weight"));
+        let e = ModelConfig::from_value(serde_json::json!({"model_type": "x", "num_nextn_predict_layers": -1}));
+        assert!(e.unwrap_err().contains("num_nextn_predict_layers"));
     }
 
     #[test]

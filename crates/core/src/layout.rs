@@ -149,6 +149,11 @@ pub struct ModelLayout {
     pub has_lm_head_tensor: bool,
     /// Tensors that alias another (a tied `lm_head.weight` stored beside `embed_tokens`): not counted, not planned.
     pub tied_aliases: Vec<String>,
+    /// Tensors the checkpoint holds that are no parameter of the model transformers builds, so never counted,
+    /// planned or trained, and written back unchanged: buffers ([`is_buffer`]) and the multi-token-prediction
+    /// layers transformers drops ([`ModelConfig::is_prediction_layer`]).
+    #[serde(default)]
+    pub unplanned: Vec<TensorInfo>,
     pub total_params: u64,
     pub dims: ModelDims,
     pub files: Vec<WeightFile>,
@@ -303,6 +308,9 @@ impl ModelLayout {
     ) -> Result<ModelLayout> {
         fold_packed(dir, &mut tensors)?;
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let (unplanned, mut tensors): (Vec<TensorInfo>, Vec<TensorInfo>) = tensors
+            .into_iter()
+            .partition(|t| is_buffer(&t.name) || config.is_prediction_layer(&t.name));
         let mut warnings = Vec::new();
         let layer_prefix = find_layer_prefix(&tensors, config.num_layers).unwrap_or_default();
         let observed_layers = layer_index_count(&tensors, &layer_prefix);
@@ -397,6 +405,7 @@ impl ModelLayout {
             tie_word_embeddings,
             has_lm_head_tensor,
             tied_aliases,
+            unplanned,
             total_params,
             dims: config.dims.clone(),
             files,
@@ -426,6 +435,13 @@ impl ModelLayout {
     pub fn weight_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.bytes).fold(0, u64::saturating_add)
     }
+}
+
+/// A buffer stored in the checkpoint: state a model keeps beside its parameters (DeepSeek-V3's and GLM-4.5's router
+/// `e_score_correction_bias`, updated by the load-balancing rule of pretraining, never by gradients). LLaMA-Factory
+/// never sees it among the parameters it freezes.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".e_score_correction_bias")
 }
 
 fn push_tensor(map: &mut BTreeMap<String, ModuleInfo>, key: String, path: String, t: TensorInfo) -> &mut ModuleInfo {

@@ -29,6 +29,8 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Mixtral => "llama",
         Architecture::Olmoe => "olmoe",
         Architecture::GptOss => "gpt-oss",
+        // Not exported yet (not in EXPORTABLE). Named for messages only.
+        Architecture::Glm4Moe => "glm4moe",
     }
 }
 
@@ -103,6 +105,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Mixtral => ("MixtralForCausalLM", "mixtral"),
         Architecture::Olmoe => ("OlmoeForCausalLM", "olmoe"),
         Architecture::GptOss => ("GptOssForCausalLM", "gpt_oss"),
+        Architecture::Glm4Moe => ("Glm4MoeForCausalLM", "glm4_moe"),
     }
 }
 

@@ -8,7 +8,7 @@ pub use crate::experts::ExpertsSpec;
 use crate::experts::{layer_experts, router_loss_weight};
 use crate::family::{
     family, supported, wrapper, DefaultSliding, ExpertTable, ExpertWeights, Family, MlpLayout, Names, NormPlacement,
-    QkNorm, RopeLayout, Wrapper,
+    QkNorm, RopeLayout, Routing, Wrapper,
 };
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
@@ -54,6 +54,8 @@ pub enum Architecture {
     GptOss,
     /// Pre-norm layers with whole-projection q/k norms and sparse MLPs.
     Olmoe,
+    /// GLM-4.5: biased q/k/v, optional q/k norms, partial rotary; DeepSeek-V3's routing and a shared MLP.
+    Glm4Moe,
 }
 
 /// The MLP's activation.
@@ -383,9 +385,12 @@ impl DecoderConfig {
                 softcap,
                 sinks: fam.attention_sinks && mixers[i] == Mixer::Attention,
                 norms: fam.norms,
-                qk_norm: fam.qk_norm,
+                qk_norm: match fam.qk_norm_key {
+                    Some(key) if !flag(key) => QkNorm::None,
+                    _ => fam.qk_norm,
+                },
                 qkv_bias: fam.qkv_bias_always || attention_bias,
-                o_bias: attention_bias,
+                o_bias: attention_bias && fam.o_bias_with_attention_bias,
                 mlp_bias: flag("mlp_bias"),
                 activation,
                 experts: experts[i],
@@ -555,6 +560,9 @@ fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<u
     if t.router_bias {
         out.push((format!("{}.bias", t.router), vec![e.count]));
     }
+    if let Routing::SigmoidGroups { correction_bias, .. } = t.routing {
+        out.push((format!("{}.{correction_bias}", t.router), vec![e.count]));
+    }
     match t.weights {
         ExpertWeights::Separate {
             experts,
@@ -583,7 +591,9 @@ fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<u
         out.push(matrix(format!("{}.gate_proj", shared.mlp), width, h));
         out.push(matrix(format!("{}.up_proj", shared.mlp), width, h));
         out.push(matrix(format!("{}.down_proj", shared.mlp), h, width));
-        out.push(matrix(shared.gate.into(), 1, h));
+        if let Some(gate) = shared.gate {
+            out.push(matrix(gate.into(), 1, h));
+        }
     }
     out
 }

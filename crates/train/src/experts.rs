@@ -1,11 +1,11 @@
 //! Which layers of a mixture-of-experts family have a sparse MLP, and its sizes, read from config.json as the
 //! family's [`ExpertTable`] says (the decoder's `moe.rs` applies it).
 
-use crate::family::{ExpertActivation, ExpertTable, Family, TopKNorm};
+use crate::family::{ExpertActivation, ExpertTable, Family, Routing, SharedWidth, SparseLayers, TopKNorm};
 use serde_json::Value;
 
 /// A layer's sparse MLP: `count` experts, each a SwiGLU MLP of `width`; a token runs through its `top_k`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExpertsSpec {
     pub count: usize,
     pub top_k: usize,
@@ -16,6 +16,19 @@ pub struct ExpertsSpec {
     pub shared_width: Option<usize>,
     /// The chosen probabilities weigh the outputs in f32 (the table's `weigh_in_f32`).
     pub weigh_in_f32: bool,
+    pub routing: RouteBy,
+}
+
+/// How a layer's router chooses (the table's [`Routing`] with config.json's values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouteBy {
+    Softmax,
+    /// σ scores in f32; the best `top_groups` of `groups` equal groups; the chosen scores × `scale`.
+    SigmoidGroups {
+        groups: usize,
+        top_groups: usize,
+        scale: f64,
+    },
 }
 
 /// No open model comes near these; past them config.json is refused before anything is sized by it.
@@ -58,16 +71,26 @@ pub(crate) fn layer_experts(
         }
     }
     check_activation_limit(raw, table.activation)?;
+    let width = uint(raw, table.width_key, 1, MAX_WIDTH)?;
     let spec = ExpertsSpec {
         count,
         top_k,
-        width: uint(raw, table.width_key, 1, MAX_WIDTH)?,
+        width,
         normalize: normalizes(raw, &table)?,
         shared_width: table
             .shared
-            .map(|shared| uint(raw, shared.width_key, 1, MAX_WIDTH))
+            .map(|shared| match shared.width {
+                SharedWidth::Key(key) => uint(raw, key, 1, MAX_WIDTH),
+                SharedWidth::ExpertWidths(key) => {
+                    Ok(uint(raw, key, 1, MAX_EXPERTS)? * width).and_then(|w| match w as u64 <= MAX_WIDTH {
+                        true => Ok(w),
+                        false => Err(format!("`{key}` × `{}` is {w}, past {MAX_WIDTH}", table.width_key)),
+                    })
+                }
+            })
             .transpose()?,
         weigh_in_f32: table.weigh_in_f32,
+        routing: route_by(raw, table.routing, count, top_k)?,
     };
     let sparse = sparse_layers(raw, &table, layers)?;
     Ok(sparse.into_iter().map(|s| s.then_some(spec)).collect())
@@ -147,11 +170,60 @@ fn normalizes(raw: &Value, table: &ExpertTable) -> std::result::Result<bool, Str
     }
 }
 
-/// Whether each layer's MLP is sparse: every layer, or (qwen3_moe) those `decoder_sparse_step` picks that
-/// `mlp_only_layers` does not keep dense.
+/// The routing config.json asks for, checked so that the groups divide the experts and leave `top_k` to choose
+/// from, each group holding the two experts its score sums.
+fn route_by(raw: &Value, routing: Routing, count: usize, top_k: usize) -> std::result::Result<RouteBy, String> {
+    let Routing::SigmoidGroups {
+        groups_key,
+        top_groups_key,
+        scale_key,
+        ..
+    } = routing
+    else {
+        return Ok(RouteBy::Softmax);
+    };
+    let groups = uint(raw, groups_key, 1, count as u64)?;
+    let top_groups = uint(raw, top_groups_key, 1, groups as u64)?;
+    let per_group = count / groups;
+    if count % groups != 0 || per_group < 2 {
+        return Err(format!(
+            "`{groups_key}` is {groups}: the {count} experts must split into groups of equal size, two or more \
+             each (a group is scored by its two best experts)"
+        ));
+    }
+    if top_k > top_groups * per_group {
+        return Err(format!(
+            "`num_experts_per_tok` is {top_k}, more than the {} experts of the best `{top_groups_key}` = \
+             {top_groups} groups a token chooses among",
+            top_groups * per_group
+        ));
+    }
+    let scale = match raw[scale_key].as_f64() {
+        Some(s) if s.is_finite() && s > 0.0 => s,
+        _ => {
+            return Err(format!(
+                "`{scale_key}` is {}; it must be a positive number",
+                raw[scale_key]
+            ))
+        }
+    };
+    Ok(RouteBy::SigmoidGroups {
+        groups,
+        top_groups,
+        scale,
+    })
+}
+
+/// Whether each layer's MLP is sparse: every layer; (qwen3_moe) those `decoder_sparse_step` picks that
+/// `mlp_only_layers` does not keep dense; or (GLM-4.5) all after the first `first_k_dense_replace`.
 fn sparse_layers(raw: &Value, table: &ExpertTable, layers: usize) -> std::result::Result<Vec<bool>, String> {
-    let Some((step_key, dense_key)) = table.sparse_layer_keys else {
-        return Ok(vec![true; layers]);
+    let (step_key, dense_key) = match table.sparse_layers {
+        SparseLayers::Every => return Ok(vec![true; layers]),
+        SparseLayers::AfterFirstDense(key) => {
+            let dense = uint(raw, key, 0, u32::MAX as u64)?;
+            return Ok((0..layers).map(|i| i >= dense).collect());
+        }
+        SparseLayers::StepAndDense { step, dense } => (step, dense),
     };
     let step = uint(raw, step_key, 1, u32::MAX as u64)?;
     let dense: Vec<usize> = match &raw[dense_key] {
@@ -194,11 +266,53 @@ mod tests {
             normalize: true,
             shared_width: None,
             weigh_in_f32: false,
+            routing: RouteBy::Softmax,
         };
         assert_eq!(got, vec![None, Some(spec), None, None]);
         let all = experts(json!({"num_local_experts": 8, "num_experts_per_tok": 2})).unwrap();
         assert!(all.iter().all(|l| l.is_some_and(|s| !s.normalize && s.width == 768)));
         assert_eq!(experts(json!({"num_experts": 0})).unwrap(), vec![None; 4]);
+    }
+
+    #[test]
+    fn grouped_routing_is_read_from_the_glm_keys_and_bad_groups_are_refused_by_name() {
+        let fam = family("glm4_moe").unwrap();
+        let glm = |extra: Value| {
+            let mut raw = json!({"n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+                "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "first_k_dense_replace": 2});
+            extra.as_object().unwrap().iter().for_each(|(k, v)| raw[k] = v.clone());
+            layer_experts(&fam.with_defaults(&raw), fam, 4)
+        };
+        let got = glm(json!({})).unwrap();
+        let spec = got[2].unwrap();
+        assert_eq!(
+            got.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [false, false, true, true]
+        );
+        assert_eq!(
+            spec.routing,
+            RouteBy::SigmoidGroups {
+                groups: 4,
+                top_groups: 2,
+                scale: 2.5
+            }
+        );
+        // One shared expert (the default) of the routed experts' width.
+        assert_eq!((spec.shared_width, spec.normalize), (Some(16), true));
+        assert_eq!(
+            glm(json!({"n_shared_experts": 2})).unwrap()[3].unwrap().shared_width,
+            Some(32)
+        );
+        let e = glm(json!({"n_group": 3})).unwrap_err();
+        assert!(e.contains("`n_group` is 3") && e.contains("equal size"), "{e}");
+        let e = glm(json!({"n_group": 8, "topk_group": 1})).unwrap_err();
+        assert!(e.contains("two or more"), "{e}");
+        let e = glm(json!({"topk_group": 1, "num_experts_per_tok": 3})).unwrap_err();
+        assert!(e.contains("num_experts_per_tok") && e.contains("topk_group"), "{e}");
+        let e = glm(json!({"topk_group": 5})).unwrap_err();
+        assert!(e.contains("topk_group") && e.contains("from 1 to 4"), "{e}");
+        let e = glm(json!({"routed_scaling_factor": 0})).unwrap_err();
+        assert!(e.contains("routed_scaling_factor"), "{e}");
     }
 
     #[test]

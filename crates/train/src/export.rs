@@ -108,6 +108,7 @@ fn write_weights(layout: &ModelLayout, params: &Params, path: &Path) -> Result<b
     let source = WeightFiles::open(&files.weights)?;
     let mut tensors: Vec<(String, StDType, Vec<u64>)> = layout
         .tensors()
+        .chain(&layout.unplanned)
         .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
         .collect();
     let shapes: BTreeMap<&String, Vec<usize>> = source.tensors().collect();

@@ -80,14 +80,48 @@ pub struct ExpertTable {
     pub width_key: &'static str,
     /// How the chosen probabilities are renormalised.
     pub normalize: TopKNorm,
-    /// qwen3_moe's `decoder_sparse_step` (layer i has experts when (i + 1) % step == 0) and `mlp_only_layers`
-    /// (layers that keep a dense MLP); None: every layer has experts.
-    pub sparse_layer_keys: Option<(&'static str, &'static str)>,
+    /// How the router's scores choose and weigh the experts.
+    pub routing: Routing,
+    /// Which layers have experts (the others keep a dense MLP of the family's intermediate size).
+    pub sparse_layers: SparseLayers,
     pub shared: Option<SharedExpertTable>,
     /// The chosen probabilities weigh the experts' outputs in f32, the product then rounded to the activations'
     /// dtype (Mixtral); otherwise they are rounded to that dtype first (Qwen3 MoE, OLMoE, Qwen3.5 MoE).
     pub weigh_in_f32: bool,
     pub activation: ExpertActivation,
+}
+
+/// How a token's router logits choose its experts and weigh their outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// A softmax over every logit (in f32); the `top_k` most probable experts, weighed by their probabilities.
+    Softmax,
+    /// DeepSeek-V3 and GLM-4.5: the logits are computed in f32 (input and weight cast up) and go through a sigmoid.
+    /// The choice adds a fixed per-expert bias, `{router}.{correction_bias}` (a buffer: never trained, and not a
+    /// parameter to LLaMA-Factory either), and keeps only the experts of the best `top_groups_key` of the
+    /// `groups_key` equal groups, a group scored by the sum of its two best biased scores; the chosen experts'
+    /// unbiased scores weigh them, renormalised as the table says (sum + 1e-20) and multiplied by `scale_key`.
+    SigmoidGroups {
+        correction_bias: &'static str,
+        groups_key: &'static str,
+        top_groups_key: &'static str,
+        scale_key: &'static str,
+    },
+}
+
+/// Which layers of a mixture-of-experts family have a sparse MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseLayers {
+    Every,
+    /// qwen3_moe's `decoder_sparse_step` (layer i has experts when (i + 1) % step == 0) and `mlp_only_layers`
+    /// (layers that keep a dense MLP).
+    StepAndDense {
+        step: &'static str,
+        dense: &'static str,
+    },
+    /// The layers from this key's value on (DeepSeek-V3's and GLM-4.5's `first_k_dense_replace`: the first k are
+    /// dense).
+    AfterFirstDense(&'static str),
 }
 
 /// Where the experts' projections are.
@@ -127,12 +161,22 @@ pub enum ExpertActivation {
 }
 
 /// A shared expert: a SwiGLU MLP every token runs through (`mlp` with `gate_proj`, `up_proj`, `down_proj`), its
-/// output scaled by σ of `gate` (hidden → 1, no bias); its width under `width_key`.
+/// output scaled by σ of `gate` (hidden → 1, no bias) where the family has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedExpertTable {
     pub mlp: &'static str,
-    pub gate: &'static str,
-    pub width_key: &'static str,
+    pub gate: Option<&'static str>,
+    pub width: SharedWidth,
+}
+
+/// Where a shared expert's MLP width comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedWidth {
+    /// Its own key (Qwen3.5 MoE's `shared_expert_intermediate_size`).
+    Key(&'static str),
+    /// This key's count of routed experts' widths (DeepSeek-V3's and GLM-4.5's `n_shared_experts`, fused into one
+    /// MLP).
+    ExpertWidths(&'static str),
 }
 
 /// Whether a token's top-k probabilities are divided by their sum.
@@ -216,6 +260,8 @@ pub struct Family {
     pub defaults: fn() -> Value,
     pub norms: NormPlacement,
     pub qk_norm: QkNorm,
+    /// The boolean key that turns `qk_norm` on (GLM-4.5's `use_qk_norm`); None: the family always has it.
+    pub qk_norm_key: Option<&'static str>,
     /// Norm weights are stored as `weight - 1` (gemma): the norm multiplies by `1 + weight`.
     pub norm_offset: f64,
     /// Embeddings multiplied by sqrt(hidden_size), rounded to the compute dtype (gemma).
@@ -230,6 +276,8 @@ pub struct Family {
     pub intermediate_key: &'static str,
     /// q/k/v carry biases whatever the config says (qwen2).
     pub qkv_bias_always: bool,
+    /// `attention_bias` gives the output projection a bias too (llama); GLM-4.5's stays without one.
+    pub o_bias_with_attention_bias: bool,
     pub sliding: DefaultSliding,
     pub rope: RopeLayout,
     /// transformers' default sizes, for configs that leave them out (Gemma 3's vision-language `text_config` has
@@ -404,6 +452,7 @@ const LLAMA: Family = Family {
     defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "mlp_bias": false}),
     norms: NormPlacement::Pre,
     qk_norm: QkNorm::None,
+    qk_norm_key: None,
     norm_offset: 0.0,
     scaled_embeddings: false,
     activation_key: Some("hidden_act"),
@@ -411,6 +460,7 @@ const LLAMA: Family = Family {
     mlp: HF_MLP,
     intermediate_key: "intermediate_size",
     qkv_bias_always: false,
+    o_bias_with_attention_bias: true,
     sliding: DefaultSliding::Never,
     rope: RopeLayout::Single,
     position_query_scale: false,
@@ -463,7 +513,7 @@ const QWEN3_5: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 21] = [
+pub const FAMILIES: [Family; 22] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -595,7 +645,8 @@ pub const FAMILIES: [Family; 21] = [
             top_k_alias: None,
             width_key: "intermediate_size",
             normalize: TopKNorm::Always,
-            sparse_layer_keys: None,
+            routing: Routing::Softmax,
+            sparse_layers: SparseLayers::Every,
             shared: None,
             weigh_in_f32: true,
             activation: ExpertActivation::Glu,
@@ -642,7 +693,8 @@ pub const FAMILIES: [Family; 21] = [
             top_k_alias: None,
             width_key: "intermediate_size",
             normalize: TopKNorm::Key("norm_topk_prob"),
-            sparse_layer_keys: None,
+            routing: Routing::Softmax,
+            sparse_layers: SparseLayers::Every,
             shared: None,
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
@@ -701,7 +753,11 @@ pub const FAMILIES: [Family; 21] = [
             top_k_alias: None,
             width_key: "moe_intermediate_size",
             normalize: TopKNorm::Key("norm_topk_prob"),
-            sparse_layer_keys: Some(("decoder_sparse_step", "mlp_only_layers")),
+            routing: Routing::Softmax,
+            sparse_layers: SparseLayers::StepAndDense {
+                step: "decoder_sparse_step",
+                dense: "mlp_only_layers",
+            },
             shared: None,
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
@@ -761,7 +817,8 @@ pub const FAMILIES: [Family; 21] = [
             top_k_alias: Some("experts_per_token"),
             width_key: "intermediate_size",
             normalize: TopKNorm::Always,
-            sparse_layer_keys: None,
+            routing: Routing::Softmax,
+            sparse_layers: SparseLayers::Every,
             shared: None,
             weigh_in_f32: false,
             activation: ExpertActivation::ClampedSwiglu {
@@ -1169,16 +1226,90 @@ pub const FAMILIES: [Family; 21] = [
             top_k_alias: None,
             width_key: "moe_intermediate_size",
             normalize: TopKNorm::Always,
-            sparse_layer_keys: None,
+            routing: Routing::Softmax,
+            sparse_layers: SparseLayers::Every,
             shared: Some(SharedExpertTable {
                 mlp: "mlp.shared_expert",
-                gate: "mlp.shared_expert_gate",
-                width_key: "shared_expert_intermediate_size",
+                gate: Some("mlp.shared_expert_gate"),
+                width: SharedWidth::Key("shared_expert_intermediate_size"),
             }),
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),
         ..QWEN3_5
+    },
+    // GLM-4.5, 4.6 and 4.7 (355B-A32B; Air, 106B-A12B): llama's layers with biased q/k/v, per-head q/k norms where
+    // `use_qk_norm` says, partial rotary; a dense MLP on the first `first_k_dense_replace` layers, then experts routed
+    // DeepSeek-V3's way (sigmoid scores, a correction bias that only picks, groups, a scale) beside a shared MLP of
+    // `n_shared_experts` experts' width. Released checkpoints carry `num_nextn_predict_layers` multi-token-prediction
+    // layers after the last one, which transformers drops.
+    Family {
+        model_type: "glm4_moe",
+        sizes: Sizes {
+            vocab: 151552,
+            hidden: 4096,
+            intermediate: 10944,
+            layers: 46,
+            heads: 96,
+        },
+        architecture: Architecture::Glm4Moe,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "partial_rotary_factor",
+            "use_qk_norm",
+            "n_routed_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "n_shared_experts",
+            "routed_scaling_factor",
+            "n_group",
+            "topk_group",
+            "first_k_dense_replace",
+            "norm_topk_prob",
+            "num_nextn_predict_layers",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "num_key_value_heads": 8,
+            "partial_rotary_factor": 0.5, "use_qk_norm": false, "moe_intermediate_size": 1408,
+            "num_experts_per_tok": 8, "n_shared_experts": 1, "n_routed_experts": 128, "routed_scaling_factor": 1.0,
+            "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "norm_topk_prob": true,
+            "num_nextn_predict_layers": 0})
+        },
+        qk_norm: QkNorm::PerHead,
+        qk_norm_key: Some("use_qk_norm"),
+        o_bias_with_attention_bias: false,
+        experts: Some(ExpertTable {
+            router: "mlp.gate",
+            router_bias: false,
+            weights: ExpertWeights::Separate {
+                experts: "mlp.experts",
+                gate: "gate_proj",
+                up: "up_proj",
+                down: "down_proj",
+            },
+            count_keys: ["n_routed_experts", "num_local_experts"],
+            top_k_alias: None,
+            width_key: "moe_intermediate_size",
+            normalize: TopKNorm::Key("norm_topk_prob"),
+            routing: Routing::SigmoidGroups {
+                correction_bias: "e_score_correction_bias",
+                groups_key: "n_group",
+                top_groups_key: "topk_group",
+                scale_key: "routed_scaling_factor",
+            },
+            sparse_layers: SparseLayers::AfterFirstDense("first_k_dense_replace"),
+            shared: Some(SharedExpertTable {
+                mlp: "mlp.shared_experts",
+                gate: None,
+                width: SharedWidth::ExpertWidths("n_shared_experts"),
+            }),
+            // The scores are f32 (the router computes in f32) and weigh the outputs before the sum is rounded.
+            weigh_in_f32: true,
+            activation: ExpertActivation::Glu,
+        }),
+        ..LLAMA
     },
 ];
 

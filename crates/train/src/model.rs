@@ -48,7 +48,7 @@ struct Block {
 /// A layer's MLP: dense, or a router and experts.
 enum Ffn {
     Dense { gate_up: GateUp, down: Linear },
-    Experts(Experts),
+    Experts(Box<Experts>),
 }
 
 /// A layer's token mixer, as its [`Mixer`] says.
@@ -168,7 +168,7 @@ impl Block {
             ffn: match (spec.experts, &c.experts) {
                 (Some(e), Some(table)) => {
                     let silu = spec.activation == Activation::Silu;
-                    Ffn::Experts(Experts::load(params, &p, table, e, silu)?)
+                    Ffn::Experts(Box::new(Experts::load(params, &p, table, e, silu)?))
                 }
                 _ => Ffn::Dense {
                     gate_up: match c.mlp {

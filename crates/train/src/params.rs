@@ -96,8 +96,13 @@ impl Params {
         };
         let source = params.open_source()?;
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
+        let config = freezetune_core::config::ModelConfig::read(&files.config)?;
         for (name, shape) in source.tensors() {
             let name = name.clone();
+            if config.is_prediction_layer(&name) {
+                // Never run (transformers drops them): left on disk, and written back from there.
+                continue;
+            }
             if wanted.contains(name.as_str()) {
                 let var = Var::from_tensor(&params.load_source(&source, &name, DType::F32)?)
                     .map_err(candle_err(format!("tensor {name}")))?;

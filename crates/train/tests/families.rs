@@ -390,6 +390,11 @@ fn gpt_oss_sinks_biases_alternating_windows_and_clamped_interleaved_experts() {
 }
 
 #[test]
+fn glm4_moe_sigmoid_routing_by_groups_with_a_correction_bias_and_a_shared_mlp_after_a_dense_layer() {
+    check("glm4_moe");
+}
+
+#[test]
 fn qwen3_5_moe_vision_language_checkpoint_trains_its_text_tower() {
     check("qwen3_5_moe_vlm");
 }

@@ -1,8 +1,9 @@
 //! A sparse mixture-of-experts MLP as transformers computes it (qwen3_moe's `SparseMoeBlock`): each token's router
-//! logits go through a softmax in f32; its `top_k` experts are chosen on the host; their probabilities
+//! logits go through a softmax in f32 (DeepSeek-V3 and GLM-4.5: a sigmoid of f32 logits, chosen by groups with a
+//! fixed bias, `routing.rs`); its `top_k` experts are chosen on the host; their probabilities
 //! (renormalised to sum to 1 where the layer says), in the activations' dtype (f32 for Mixtral), weight each chosen
 //! expert's SwiGLU output, and the weighted outputs are summed per token in the order of the experts; a shared
-//! expert's output, scaled by σ of its gate, is added to every token's.
+//! expert's output, scaled by σ of its gate where it has one, is added to every token's.
 //!
 //! Every op here runs on every backend. Experts stored one linear each (qwen3_moe) are plain differentiable ops:
 //! the backward pass keeps what a dense MLP of `top_k` times the expert width would keep (each token's input once
@@ -16,11 +17,13 @@ mod activation;
 mod interleaved;
 mod interleaved_cpu;
 mod router_loss;
+mod routing;
 mod stacked;
 mod stacked_cpu;
 
 use crate::config::ExpertsSpec;
-use crate::family::{ExpertActivation, ExpertTable, ExpertWeights};
+use crate::experts::RouteBy;
+use crate::family::{ExpertActivation, ExpertTable, ExpertWeights, Routing};
 use crate::linear::Linear;
 use crate::ops::{sigmoid, softmax_last_dim};
 use crate::params::Params;
@@ -28,6 +31,7 @@ use activation::GateActivation;
 use candle_core::{DType, Result, Tensor, D};
 use interleaved::Interleaved;
 pub(crate) use router_loss::RouterStats;
+use routing::Routes;
 use stacked::Stacked;
 
 const ONLY_SWIGLU: &str =
@@ -62,15 +66,18 @@ enum Weights {
     Interleaved(Interleaved),
 }
 
-/// The shared expert and its gate.
+/// The shared expert and its gate, where it has one.
 struct Shared {
     mlp: Expert,
-    gate: Linear,
+    gate: Option<Linear>,
 }
 
 /// A layer's router, experts and shared expert.
 pub(crate) struct Experts {
     router: Linear,
+    /// The router's fixed per-expert bias that only picks experts (DeepSeek-V3's `e_score_correction_bias`), read
+    /// in f32 as transformers keeps it.
+    correction_bias: Option<Vec<f32>>,
     weights: Weights,
     shared: Option<Shared>,
     spec: ExpertsSpec,
@@ -132,13 +139,24 @@ impl Experts {
                 let at = |proj: &str| format!("{p}.{}.{proj}", s.mlp);
                 Some(Shared {
                     mlp: Expert::load(params, at("gate_proj"), at("up_proj"), at("down_proj"))?,
-                    gate: params.linear(&format!("{p}.{}", s.gate), false)?,
+                    gate: s
+                        .gate
+                        .map(|gate| params.linear(&format!("{p}.{gate}"), false))
+                        .transpose()?,
                 })
             }
             _ => None,
         };
+        let correction_bias = match table.routing {
+            Routing::SigmoidGroups { correction_bias, .. } => Some(routing::correction_bias(
+                params,
+                &format!("{p}.{}.{correction_bias}", table.router),
+            )?),
+            Routing::Softmax => None,
+        };
         Ok(Experts {
             router: params.linear(&format!("{p}.{}", table.router), table.router_bias)?,
+            correction_bias,
             weights,
             shared,
             spec,
@@ -169,8 +187,11 @@ impl Experts {
             .to_dtype(x.dtype())?;
         let mut out = Tensor::zeros((tokens, hidden), x.dtype(), x.device())?.index_add(&rows, &weighted, 0)?;
         if let Some(shared) = &self.shared {
-            let scale = sigmoid(&shared.gate.forward(&x)?)?;
-            out = (out + shared.mlp.forward(&x, &product)?.broadcast_mul(&scale)?)?;
+            let y = shared.mlp.forward(&x, &product)?;
+            out = match &shared.gate {
+                Some(gate) => (out + y.broadcast_mul(&sigmoid(&gate.forward(&x)?)?)?)?,
+                None => (out + y)?,
+            };
         }
         out.reshape(h.shape())
     }
@@ -179,12 +200,36 @@ impl Experts {
     /// order of the (token, choice) pairs grouped by expert: in the activations' dtype, or f32 where the family
     /// weighs in f32; and every probability (tokens, E) in f32.
     fn route(&self, x: &Tensor) -> Result<(Routes, Tensor, Tensor)> {
-        let probs = softmax_last_dim(&self.router.forward(x)?.to_dtype(DType::F32)?)?;
-        let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, self.spec.top_k);
-        let chosen = Tensor::from_slice(&routes.chosen, (x.dim(0)?, self.spec.top_k), x.device())?;
+        let top_k = self.spec.top_k;
+        let (probs, routes) = match (self.spec.routing, &self.correction_bias) {
+            (RouteBy::SigmoidGroups { groups, top_groups, .. }, Some(bias)) => {
+                let scores = sigmoid(&self.router.forward_f32(x)?)?;
+                let groups = routing::Groups {
+                    count: groups,
+                    kept: top_groups,
+                };
+                let routes = Routes::choose_in_groups(&scores.detach().to_vec2::<f32>()?, bias, groups, top_k);
+                (scores, routes)
+            }
+            _ => {
+                let probs = softmax_last_dim(&self.router.forward(x)?.to_dtype(DType::F32)?)?;
+                let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, top_k);
+                (probs, routes)
+            }
+        };
+        let chosen = Tensor::from_slice(&routes.chosen, (x.dim(0)?, top_k), x.device())?;
         let mut weights = probs.gather(&chosen, 1)?;
-        if self.spec.normalize {
-            weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+        match self.spec.routing {
+            RouteBy::SigmoidGroups { scale, .. } => {
+                if self.spec.normalize {
+                    weights = weights.broadcast_div(&(weights.sum_keepdim(1)? + 1e-20)?)?;
+                }
+                weights = (weights * scale)?;
+            }
+            RouteBy::Softmax if self.spec.normalize => {
+                weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+            }
+            RouteBy::Softmax => {}
         }
         if !self.spec.weigh_in_f32 {
             weights = weights.to_dtype(x.dtype())?;
@@ -261,54 +306,4 @@ pub(super) fn no_rows(e: usize, operands: [(&Tensor, &mut Vec<Tensor>); 2]) -> R
         }
     }
     Ok(())
-}
-
-/// Which experts each token runs through, and the (token, choice) pairs grouped by expert.
-#[derive(Debug, PartialEq)]
-struct Routes {
-    /// Per token, its `top_k` experts, most probable first (tokens × top_k).
-    chosen: Vec<u32>,
-    /// Per expert, the tokens that chose it, in token order.
-    tokens_by_expert: Vec<Vec<u32>>,
-    /// The pairs (as `token · top_k + choice`) in the order of `tokens_by_expert` flattened.
-    pairs_by_expert: Vec<u32>,
-}
-
-impl Routes {
-    /// The `top_k` most probable experts of each row of `probs` (ties to the lower expert number).
-    fn choose(probs: &[Vec<f32>], top_k: usize) -> Routes {
-        let experts = probs.first().map_or(0, Vec::len);
-        let mut chosen = Vec::with_capacity(probs.len() * top_k);
-        let mut tokens_by_expert = vec![Vec::new(); experts];
-        let mut pairs = vec![Vec::new(); experts];
-        for (token, row) in probs.iter().enumerate() {
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            for (choice, &e) in order[..top_k].iter().enumerate() {
-                chosen.push(e as u32);
-                tokens_by_expert[e].push(token as u32);
-                pairs[e].push((token * top_k + choice) as u32);
-            }
-        }
-        Routes {
-            chosen,
-            tokens_by_expert,
-            pairs_by_expert: pairs.concat(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_group_each_tokens_choices_by_expert() {
-        let probs = vec![vec![0.1, 0.6, 0.3], vec![0.5, 0.2, 0.3], vec![0.2, 0.2, 0.6]];
-        let r = Routes::choose(&probs, 2);
-        assert_eq!(r.chosen, vec![1, 2, 0, 2, 2, 0]);
-        assert_eq!(r.tokens_by_expert, vec![vec![1, 2], vec![0], vec![0, 1, 2]]);
-        // token 1's first choice (pair 2) and token 2's second (pair 5) went to expert 0; ties go to the lower one.
-        assert_eq!(r.pairs_by_expert, vec![2, 5, 0, 1, 3, 4]);
-    }
 }
