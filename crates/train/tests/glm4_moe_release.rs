@@ -1,0 +1,168 @@
+//! GLM-4.5 as Z.ai releases it: after the last decoder layer the checkpoint holds `num_nextn_predict_layers`
+//! multi-token-prediction layers (`model.layers.N.*`, with `eh_proj`, `enorm`, `hnorm`, `shared_head`), which
+//! transformers drops on load, and every sparse layer's router holds `e_score_correction_bias`, a buffer. Neither
+//! is a parameter: the layout never counts or plans them, training never loads the prediction layer, and the
+//! exported model holds both byte for byte as they were. The glm4_moe fixture (make_family_reference.py) with a
+//! prediction layer added.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fixtures, tensors};
+use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
+use freezetune_train::export::export_checkpoint;
+use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+
+const PREDICTION: &str = "model.layers.3.";
+
+/// The fixture with a prediction layer 3 (a copy of layer 2's tensors plus the MTP's own) and, where
+/// `declared`, config.json saying so.
+fn released(dir: &Path, declared: bool) {
+    let source = fixtures().join("models/glm4_moe");
+    let mut weights = candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+    let layer2: Vec<(String, Tensor)> = weights
+        .iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix("model.layers.2.")
+                .map(|rest| (rest.to_string(), t.clone()))
+        })
+        .collect();
+    for (rest, t) in layer2 {
+        weights.insert(format!("{PREDICTION}{rest}"), (t * 0.5).unwrap());
+    }
+    let filled = |shape: &[usize], v: f32| Tensor::full(v, shape, &Device::Cpu).unwrap();
+    let extra: HashMap<&str, Tensor> = HashMap::from([
+        ("eh_proj.weight", filled(&[64, 128], 0.01)),
+        ("enorm.weight", filled(&[64], 1.5)),
+        ("hnorm.weight", filled(&[64], 0.5)),
+        ("shared_head.norm.weight", filled(&[64], 2.0)),
+    ]);
+    for (name, t) in extra {
+        weights.insert(format!("{PREDICTION}{name}"), t);
+    }
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap()).unwrap();
+    if declared {
+        config["num_nextn_predict_layers"] = 1.into();
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+fn reference() -> (Vec<Vec<u32>>, f64) {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/families.json")).unwrap()).unwrap();
+    let case = &all["cases"]["glm4_moe"];
+    let ids = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    (ids, case["losses"][0].as_f64().unwrap())
+}
+
+fn every_tensor(layout: &ModelLayout) -> FreezeSpec {
+    FreezeSpec {
+        all_layers: true,
+        extra: layout.non_layer_modules.iter().map(|m| m.path.clone()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_prediction_layer_and_the_routers_buffers_are_never_planned_loaded_or_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    released(dir.path(), true);
+    let layout = ModelLayout::inspect(dir.path()).unwrap();
+    assert_eq!((layout.num_layers, layout.layers.len()), (3, 3));
+    assert!(layout.warnings.is_empty(), "{:?}", layout.warnings);
+    let unplanned: Vec<&str> = layout.unplanned.iter().map(|t| t.name.as_str()).collect();
+    let buffers = [
+        "model.layers.1.mlp.gate.e_score_correction_bias",
+        "model.layers.2.mlp.gate.e_score_correction_bias",
+    ];
+    for name in buffers {
+        assert!(unplanned.contains(&name), "{unplanned:?}");
+    }
+    let prediction = unplanned.iter().filter(|n| n.starts_with(PREDICTION)).count();
+    assert_eq!(prediction + buffers.len(), unplanned.len(), "{unplanned:?}");
+    assert!(unplanned.contains(&"model.layers.3.eh_proj.weight"));
+    // The parameters transformers builds: everything else.
+    let stored: u64 = tensors(&dir.path().join("model.safetensors"))
+        .keys()
+        .filter(|n| !unplanned.contains(&n.as_str()))
+        .map(|n| layout.tensors().find(|t| &t.name == n).unwrap().params)
+        .sum();
+    assert_eq!(layout.total_params, stored);
+
+    let plan = plan(&layout, &every_tensor(&layout), PlanOptions::default()).unwrap();
+    assert_eq!(plan.trainable_params, layout.total_params);
+    assert!(plan.trainable.iter().all(|n| !unplanned.contains(&n.as_str())));
+
+    // transformers' loss: the prediction layer plays no part, and is not even loaded.
+    let params = Params::load(dir.path(), &plan, &Device::Cpu, DType::F32).unwrap();
+    assert!(!params.contains("model.layers.3.eh_proj.weight"));
+    let model = Decoder::new(DecoderConfig::read(dir.path()).unwrap(), &params, &Device::Cpu).unwrap();
+    let (ids, want) = reference();
+    let labels = ids
+        .iter()
+        .map(|r| r.iter().map(|&v| v as i64).collect())
+        .collect::<Vec<Vec<i64>>>();
+    let batch = Batch {
+        lengths: ids.iter().map(Vec::len).collect(),
+        input_ids: ids,
+    };
+    let (loss, _) = model.loss(&batch, &labels).unwrap();
+    let got = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!((got - want).abs() < 1e-5 * want, "loss {got} vs transformers' {want}");
+
+    // Trained (every parameter moved), then written: the unplanned tensors exactly as they came.
+    params
+        .vars
+        .values()
+        .for_each(|v| v.set(&(v.as_tensor() * 1.5).unwrap()).unwrap());
+    let out = tempfile::tempdir().unwrap();
+    let dest = export_checkpoint(&layout, &params, &out.path().join("final")).unwrap();
+    let before = tensors(&dir.path().join("model.safetensors"));
+    let after = tensors(&dest.join("model.safetensors"));
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    for name in &unplanned {
+        assert_eq!(before[*name], after[*name], "{name}");
+    }
+    assert_ne!(
+        before["model.layers.2.mlp.gate.weight"],
+        after["model.layers.2.mlp.gate.weight"]
+    );
+}
+
+#[test]
+fn an_undeclared_layer_after_the_last_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    released(dir.path(), false);
+    let layout = ModelLayout::inspect(dir.path()).unwrap();
+    assert!(
+        layout
+            .warnings
+            .iter()
+            .any(|w| w.contains("3 layers") && w.contains("4")),
+        "{:?}",
+        layout.warnings
+    );
+    let plan = plan(&layout, &every_tensor(&layout), PlanOptions::default()).unwrap();
+    let params = Params::load(dir.path(), &plan, &Device::Cpu, DType::F32).unwrap();
+    let e = Decoder::new(DecoderConfig::read(dir.path()).unwrap(), &params, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model.layers.3.") && e.contains("does not use it"), "{e}");
+}
