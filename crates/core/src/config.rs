@@ -23,6 +23,9 @@ pub struct ModelDims {
     /// A Gated DeltaNet layer's sizes (Qwen3.5's `linear_*` keys), where the model has such layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_net: Option<DeltaNetDims>,
+    /// Multi-head latent attention's sizes (DeepSeek-V3's `kv_lora_rank` and kin), where the model has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent: Option<LatentDims>,
     /// The sparse MLP's sizes, where the model has experts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experts: Option<ExpertDims>,
@@ -41,6 +44,16 @@ pub struct ExpertDims {
     /// transformers' causal LMs read it, with a non-zero `router_aux_loss_coef`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub router_loss: bool,
+}
+
+/// Multi-head latent attention: the query and key/value ranks (`q_lora_rank`, 0 without one; `kv_lora_rank`)
+/// and each head's width in the attention kernels (the wider of query/key, `qk_nope_head_dim` +
+/// `qk_rope_head_dim`, and value, `v_head_dim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatentDims {
+    pub q_rank: u64,
+    pub kv_rank: u64,
+    pub head_width: u64,
 }
 
 /// The sizes of a Gated DeltaNet (linear attention) layer: key heads and their width, value heads and theirs.
@@ -203,6 +216,18 @@ impl ModelConfig {
                 _ => None,
             },
             experts,
+            latent: match (
+                uint(&["kv_lora_rank"])?,
+                uint(&["qk_nope_head_dim"])?,
+                uint(&["qk_rope_head_dim"])?,
+            ) {
+                (Some(kv_rank), Some(nope), Some(rope)) => Some(LatentDims {
+                    q_rank: uint(&["q_lora_rank"])?.unwrap_or(0),
+                    kv_rank,
+                    head_width: (nope + rope).max(uint(&["v_head_dim"])?.unwrap_or(0)),
+                }),
+                _ => None,
+            },
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");

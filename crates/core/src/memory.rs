@@ -162,6 +162,7 @@ pub(crate) fn activations_with(
         heads,
         seq: o.seq_len,
         experts: d.experts,
+        latent: d.latent,
     };
     let mut per_layer: Vec<u64> = layout
         .layers
@@ -234,6 +235,7 @@ struct Widths {
     heads: u64,
     seq: u64,
     experts: Option<crate::config::ExpertDims>,
+    latent: Option<crate::config::LatentDims>,
 }
 
 /// Positions per chunk of the delta rule (crates/train/src/delta_rule.rs).
@@ -250,8 +252,20 @@ impl Widths {
     ) -> Option<u64> {
         let Widths { h, kv, heads, seq, .. } = *self;
         let fused = kernels == Kernels::FusedCpu;
+        let probs = if fused { heads * (seq / 2 + 32) } else { heads };
         Some(
             match mixer {
+                // Latent attention (latent.rs): the ranks' projections and norms (3 each); q, k and v at the
+                // kernels' width, each built by a cat or a pad, and the output (8 of them); o_proj's input and
+                // output. The fused attention block never serves it; the fused kernel keeps its probabilities.
+                Mixer::Attention if self.latent.is_some() => {
+                    let l = self.latent?;
+                    let sat = |a: u64, b: u64| a.saturating_mul(b);
+                    (4 * h)
+                        .saturating_add(sat(8 * heads, l.head_width))
+                        .saturating_add(sat(3, l.q_rank.saturating_add(l.kv_rank)))
+                        .saturating_add(probs)
+                }
                 Mixer::Attention if fused => 7 * h + 4 * kv + heads * (seq / 2 + 32),
                 Mixer::Attention => 10 * h + 4 * kv + heads,
                 Mixer::DeltaRule => {

@@ -31,6 +31,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::GptOss => "gpt-oss",
         // Not exported yet (not in EXPORTABLE). Named for messages only.
         Architecture::Glm4Moe => "glm4moe",
+        Architecture::DeepseekV3 | Architecture::Glm4MoeLite => "deepseek2",
     }
 }
 
@@ -106,6 +107,8 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Olmoe => ("OlmoeForCausalLM", "olmoe"),
         Architecture::GptOss => ("GptOssForCausalLM", "gpt_oss"),
         Architecture::Glm4Moe => ("Glm4MoeForCausalLM", "glm4_moe"),
+        Architecture::DeepseekV3 => ("DeepseekV3ForCausalLM", "deepseek_v3"),
+        Architecture::Glm4MoeLite => ("Glm4MoeLiteForCausalLM", "glm4_moe_lite"),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::family::{
     family, supported, wrapper, DefaultSliding, ExpertTable, ExpertWeights, Family, MlpLayout, Names, NormPlacement,
     QkNorm, RopeLayout, Routing, Wrapper,
 };
+use crate::latent::LatentAttention;
 use crate::rope::{RopeContext, RopeSpec};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,10 @@ pub enum Architecture {
     Olmoe,
     /// GLM-4.5: biased q/k/v, optional q/k norms, partial rotary; DeepSeek-V3's routing and a shared MLP.
     Glm4Moe,
+    /// Multi-head latent attention and GLM-4.5's sparse MLP.
+    DeepseekV3,
+    /// GLM-4.7-Flash: DeepSeek-V3's layers, dense or sparse as `mlp_layer_types` says.
+    Glm4MoeLite,
 }
 
 /// The MLP's activation.
@@ -215,6 +220,8 @@ pub struct DecoderConfig {
     pub position_query_scale: Option<PositionQueryScale>,
     /// The vision-language wrapper whose text tower this is (`gemma3`, `mistral3`), if any.
     pub wrapper: Option<&'static str>,
+    /// Every attention layer's latent projections (DeepSeek-V3); None: q/k/v projections.
+    pub latent: Option<LatentAttention>,
 }
 
 /// Ministral 3's (Llama 4's) query scale: `1 + beta · ln(1 + floor(position / original_max_position_embeddings))`,
@@ -316,7 +323,15 @@ impl DecoderConfig {
                 fam.model_type
             ));
         }
-        let raw = &fam.with_defaults(raw);
+        if let Some(e) = fam.disagreeing_key(raw) {
+            return Err(e);
+        }
+        let mut raw = fam.with_defaults(raw);
+        let latent = match fam.latent_attention {
+            true => Some(LatentAttention::read(&mut raw)?),
+            false => None,
+        };
+        let raw = &raw;
         refuse_training_only_settings(raw, fam)?;
         let uint = |k: &str| {
             let v = raw.get(k).ok_or_else(|| format!("`{k}` is missing"))?;
@@ -368,6 +383,7 @@ impl DecoderConfig {
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
             (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
             (_, Some(m)) if fam.understands("attention_multiplier") => m,
+            _ if latent.is_some() => latent_scale(raw, latent.map_or(1, |l| l.qk_dim()))?,
             _ => 1.0 / (head_dim as f64).sqrt(),
         };
         let attention_bias = flag("attention_bias");
@@ -434,6 +450,7 @@ impl DecoderConfig {
             final_softcap: float("final_logit_softcapping")?,
             position_query_scale,
             wrapper: None,
+            latent,
         })
     }
 
@@ -446,6 +463,32 @@ impl DecoderConfig {
     pub fn global_rope(&self) -> &RopeSpec {
         &self.ropes[0]
     }
+}
+
+/// Latent attention's score scale as transformers sets it: 1/sqrt(query width), times YaRN's
+/// `mscale(factor, mscale_all_dim)` squared where the rope is scaled and `mscale_all_dim` is set.
+fn latent_scale(raw: &Value, qk_dim: usize) -> std::result::Result<f64, String> {
+    let base = 1.0 / (qk_dim as f64).sqrt();
+    let rope = ["rope_parameters", "rope_scaling"]
+        .iter()
+        .map(|k| &raw[*k])
+        .find(|v| v.is_object());
+    let Some(rope) = rope else {
+        return Ok(base);
+    };
+    let kind = rope["rope_type"]
+        .as_str()
+        .or(rope["type"].as_str())
+        .unwrap_or("default");
+    let all_dim = rope["mscale_all_dim"].as_f64().unwrap_or(0.0);
+    if kind == "default" || all_dim == 0.0 {
+        return Ok(base);
+    }
+    let factor = rope["factor"]
+        .as_f64()
+        .ok_or_else(|| format!("the rope's `factor` is {}; it must be a number", rope["factor"]))?;
+    let m = crate::rope::yarn_mscale(factor, all_dim);
+    Ok(base * m * m)
 }
 
 /// Sizes past these are refused before anything is sized by them: the largest open models have ~128 layers, a
@@ -528,6 +571,11 @@ impl DecoderConfig {
                     continue;
                 }
                 Mixer::Attention => {}
+            }
+            if let Some(latent) = self.latent {
+                let shapes = latent.tensor_shapes(h, self.num_heads, l.qkv_bias);
+                shapes.into_iter().for_each(|(name, shape)| add(name, shape));
+                continue;
             }
             if self.fused_qkv {
                 linear("self_attn.qkv_proj", q + 2 * kv, h, l.qkv_bias);

@@ -170,6 +170,26 @@ fn normalizes(raw: &Value, table: &ExpertTable) -> std::result::Result<bool, Str
     }
 }
 
+/// Each layer's entry of a `"dense"` / `"sparse"` list; absent, the first layer dense and the rest sparse.
+fn layer_mlp_types(raw: &Value, key: &str, layers: usize) -> std::result::Result<Vec<bool>, String> {
+    let list = match &raw[key] {
+        Value::Null => return Ok((0..layers).map(|i| i > 0).collect()),
+        Value::Array(list) if list.len() == layers => list,
+        v => {
+            return Err(format!(
+                "`{key}` must list \"dense\" or \"sparse\" for each of the {layers} layers, not {v}"
+            ))
+        }
+    };
+    list.iter()
+        .map(|t| match t.as_str() {
+            Some("dense") => Ok(false),
+            Some("sparse") => Ok(true),
+            _ => Err(format!("`{key}` holds {t}: each entry must be \"dense\" or \"sparse\"")),
+        })
+        .collect()
+}
+
 /// The routing config.json asks for, checked so that the groups divide the experts and leave `top_k` to choose
 /// from, each group holding the two experts its score sums.
 fn route_by(raw: &Value, routing: Routing, count: usize, top_k: usize) -> std::result::Result<RouteBy, String> {
@@ -223,6 +243,7 @@ fn sparse_layers(raw: &Value, table: &ExpertTable, layers: usize) -> std::result
             let dense = uint(raw, key, 0, u32::MAX as u64)?;
             return Ok((0..layers).map(|i| i >= dense).collect());
         }
+        SparseLayers::Types(key) => return layer_mlp_types(raw, key, layers),
         SparseLayers::StepAndDense { step, dense } => (step, dense),
     };
     let step = uint(raw, step_key, 1, u32::MAX as u64)?;

@@ -122,6 +122,9 @@ pub enum SparseLayers {
     /// The layers from this key's value on (DeepSeek-V3's and GLM-4.5's `first_k_dense_replace`: the first k are
     /// dense).
     AfterFirstDense(&'static str),
+    /// As this key's list says, `"dense"` or `"sparse"` per layer (GLM-4.7-Flash's `mlp_layer_types`); absent,
+    /// the first layer dense and the rest sparse, as transformers fills it in.
+    Types(&'static str),
 }
 
 /// Where the experts' projections are.
@@ -299,6 +302,13 @@ pub struct Family {
     /// Each attention head has a learned logit `self_attn.sinks` that joins its softmax as one more key with no
     /// value (gpt-oss): it takes a share of every row's probability, so the row may attend to nothing.
     pub attention_sinks: bool,
+    /// Multi-head latent attention (DeepSeek-V3, GLM-4.7-Flash): queries through a low-rank pair where
+    /// `q_lora_rank` is set, keys and values from one compressed projection, rotary on a part of each head shared
+    /// by every head's key ([`crate::config::LatentAttention`]).
+    pub latent_attention: bool,
+    /// Keys released configs carry that transformers never reads, accepted only at the value that describes what
+    /// it does compute (JSON text): DeepSeek-V3's `scoring_func` "sigmoid", `topk_method` "noaux_tc".
+    pub agreeing_keys: &'static [(&'static str, &'static str)],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,6 +480,8 @@ const LLAMA: Family = Family {
     dropped_tensors: &[],
     experts: None,
     attention_sinks: false,
+    latent_attention: false,
+    agreeing_keys: &[],
 };
 
 const QWEN3_5: Family = Family {
@@ -512,8 +524,85 @@ const QWEN3_5: Family = Family {
     ..LLAMA
 };
 
+/// GLM-4.5's sparse MLP: DeepSeek-V3's routing and a shared MLP.
+const GLM4_MOE_EXPERTS: ExpertTable = ExpertTable {
+    router: "mlp.gate",
+    router_bias: false,
+    weights: ExpertWeights::Separate {
+        experts: "mlp.experts",
+        gate: "gate_proj",
+        up: "up_proj",
+        down: "down_proj",
+    },
+    count_keys: ["n_routed_experts", "num_local_experts"],
+    top_k_alias: None,
+    width_key: "moe_intermediate_size",
+    normalize: TopKNorm::Key("norm_topk_prob"),
+    routing: Routing::SigmoidGroups {
+        correction_bias: "e_score_correction_bias",
+        groups_key: "n_group",
+        top_groups_key: "topk_group",
+        scale_key: "routed_scaling_factor",
+    },
+    sparse_layers: SparseLayers::AfterFirstDense("first_k_dense_replace"),
+    shared: Some(SharedExpertTable {
+        mlp: "mlp.shared_experts",
+        gate: None,
+        width: SharedWidth::ExpertWidths("n_shared_experts"),
+    }),
+    // The scores are f32 (the router computes in f32) and weigh the outputs before the sum is rounded.
+    weigh_in_f32: true,
+    activation: ExpertActivation::Glu,
+};
+
+// GLM-4.5, 4.6 and 4.7 (355B-A32B; Air, 106B-A12B): llama's layers with biased q/k/v, per-head q/k norms where
+// `use_qk_norm` says, partial rotary; a dense MLP on the first `first_k_dense_replace` layers, then experts routed
+// DeepSeek-V3's way (sigmoid scores, a correction bias that only picks, groups, a scale) beside a shared MLP of
+// `n_shared_experts` experts' width. Released checkpoints carry `num_nextn_predict_layers` multi-token-prediction
+// layers after the last one, which transformers drops.
+const GLM4_MOE: Family = Family {
+    model_type: "glm4_moe",
+    sizes: Sizes {
+        vocab: 151552,
+        hidden: 4096,
+        intermediate: 10944,
+        layers: 46,
+        heads: 96,
+    },
+    architecture: Architecture::Glm4Moe,
+    keys: &[
+        "hidden_act",
+        "attention_bias",
+        "partial_rotary_factor",
+        "use_qk_norm",
+        "n_routed_experts",
+        "num_local_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "n_shared_experts",
+        "routed_scaling_factor",
+        "n_group",
+        "topk_group",
+        "first_k_dense_replace",
+        "norm_topk_prob",
+        "num_nextn_predict_layers",
+    ],
+    defaults: || {
+        json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "num_key_value_heads": 8,
+        "partial_rotary_factor": 0.5, "use_qk_norm": false, "moe_intermediate_size": 1408,
+        "num_experts_per_tok": 8, "n_shared_experts": 1, "n_routed_experts": 128, "routed_scaling_factor": 1.0,
+        "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "norm_topk_prob": true,
+        "num_nextn_predict_layers": 0})
+    },
+    qk_norm: QkNorm::PerHead,
+    qk_norm_key: Some("use_qk_norm"),
+    o_bias_with_attention_bias: false,
+    experts: Some(GLM4_MOE_EXPERTS),
+    ..LLAMA
+};
+
 /// The families, by `model_type`.
-pub const FAMILIES: [Family; 22] = [
+pub static FAMILIES: [Family; 24] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -1238,26 +1327,32 @@ pub const FAMILIES: [Family; 22] = [
         }),
         ..QWEN3_5
     },
-    // GLM-4.5, 4.6 and 4.7 (355B-A32B; Air, 106B-A12B): llama's layers with biased q/k/v, per-head q/k norms where
-    // `use_qk_norm` says, partial rotary; a dense MLP on the first `first_k_dense_replace` layers, then experts routed
-    // DeepSeek-V3's way (sigmoid scores, a correction bias that only picks, groups, a scale) beside a shared MLP of
-    // `n_shared_experts` experts' width. Released checkpoints carry `num_nextn_predict_layers` multi-token-prediction
-    // layers after the last one, which transformers drops.
+    GLM4_MOE,
+    // DeepSeek-V3 (and V3.1, Kimi K2, Moonlight, as bf16 checkpoints): multi-head latent attention and GLM-4.5's
+    // routing. Released configs carry keys of DeepSeek's own code that transformers never reads: `scoring_func` and
+    // `topk_method` must name what it computes, `moe_layer_freq` must be 1; `ep_size` (expert parallelism),
+    // `aux_loss_alpha` and `seq_aux` (a loss transformers' port does not compute) change nothing it runs.
     Family {
-        model_type: "glm4_moe",
+        model_type: "deepseek_v3",
         sizes: Sizes {
-            vocab: 151552,
-            hidden: 4096,
-            intermediate: 10944,
-            layers: 46,
-            heads: 96,
+            vocab: 129280,
+            hidden: 7168,
+            intermediate: 18432,
+            layers: 61,
+            heads: 128,
         },
-        architecture: Architecture::Glm4Moe,
+        architecture: Architecture::DeepseekV3,
         keys: &[
             "hidden_act",
             "attention_bias",
-            "partial_rotary_factor",
-            "use_qk_norm",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "rope_interleave",
+            // Derived (nope + rope) and recomputed by transformers whatever the file says.
+            "qk_head_dim",
             "n_routed_experts",
             "num_local_experts",
             "num_experts_per_tok",
@@ -1269,47 +1364,81 @@ pub const FAMILIES: [Family; 22] = [
             "first_k_dense_replace",
             "norm_topk_prob",
             "num_nextn_predict_layers",
+            "ep_size",
+            "aux_loss_alpha",
+            "seq_aux",
         ],
         defaults: || {
-            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "num_key_value_heads": 8,
-            "partial_rotary_factor": 0.5, "use_qk_norm": false, "moe_intermediate_size": 1408,
-            "num_experts_per_tok": 8, "n_shared_experts": 1, "n_routed_experts": 128, "routed_scaling_factor": 1.0,
-            "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "norm_topk_prob": true,
-            "num_nextn_predict_layers": 0})
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "num_key_value_heads": 128,
+            "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+            "v_head_dim": 128, "rope_interleave": true, "moe_intermediate_size": 2048, "num_experts_per_tok": 8,
+            "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5, "n_group": 8,
+            "topk_group": 4, "first_k_dense_replace": 3, "norm_topk_prob": true, "num_nextn_predict_layers": 0})
         },
-        qk_norm: QkNorm::PerHead,
-        qk_norm_key: Some("use_qk_norm"),
-        o_bias_with_attention_bias: false,
+        latent_attention: true,
+        // The latent projections and o_proj take `attention_bias`; there is no q/k norm.
+        o_bias_with_attention_bias: true,
+        qk_norm: QkNorm::None,
+        qk_norm_key: None,
+        agreeing_keys: &[
+            ("scoring_func", "\"sigmoid\""),
+            ("topk_method", "\"noaux_tc\""),
+            ("moe_layer_freq", "1"),
+        ],
+        ..GLM4_MOE
+    },
+    // GLM-4.7-Flash (30B-A3B): DeepSeek-V3's latent attention and routing, its dense and sparse layers listed in
+    // `mlp_layer_types`.
+    Family {
+        model_type: "glm4_moe_lite",
+        sizes: Sizes {
+            vocab: 154880,
+            hidden: 2048,
+            intermediate: 10240,
+            layers: 47,
+            heads: 20,
+        },
+        architecture: Architecture::Glm4MoeLite,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "rope_interleave",
+            // Derived (nope + rope) and recomputed by transformers whatever the file says.
+            "qk_head_dim",
+            "n_routed_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "n_shared_experts",
+            "routed_scaling_factor",
+            "n_group",
+            "topk_group",
+            "mlp_layer_types",
+            "norm_topk_prob",
+            "num_nextn_predict_layers",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "num_key_value_heads": 20,
+            "q_lora_rank": 768, "kv_lora_rank": 512, "qk_nope_head_dim": 192, "qk_rope_head_dim": 64,
+            "v_head_dim": 256, "rope_interleave": true, "moe_intermediate_size": 1536, "num_experts_per_tok": 4,
+            "n_shared_experts": 1, "n_routed_experts": 64, "routed_scaling_factor": 1.8, "n_group": 1,
+            "topk_group": 1, "norm_topk_prob": true, "num_nextn_predict_layers": 0})
+        },
+        latent_attention: true,
+        // The latent projections and o_proj take `attention_bias`; there is no q/k norm.
+        o_bias_with_attention_bias: true,
+        qk_norm: QkNorm::None,
+        qk_norm_key: None,
         experts: Some(ExpertTable {
-            router: "mlp.gate",
-            router_bias: false,
-            weights: ExpertWeights::Separate {
-                experts: "mlp.experts",
-                gate: "gate_proj",
-                up: "up_proj",
-                down: "down_proj",
-            },
-            count_keys: ["n_routed_experts", "num_local_experts"],
-            top_k_alias: None,
-            width_key: "moe_intermediate_size",
-            normalize: TopKNorm::Key("norm_topk_prob"),
-            routing: Routing::SigmoidGroups {
-                correction_bias: "e_score_correction_bias",
-                groups_key: "n_group",
-                top_groups_key: "topk_group",
-                scale_key: "routed_scaling_factor",
-            },
-            sparse_layers: SparseLayers::AfterFirstDense("first_k_dense_replace"),
-            shared: Some(SharedExpertTable {
-                mlp: "mlp.shared_experts",
-                gate: None,
-                width: SharedWidth::ExpertWidths("n_shared_experts"),
-            }),
-            // The scores are f32 (the router computes in f32) and weigh the outputs before the sum is rounded.
-            weigh_in_f32: true,
-            activation: ExpertActivation::Glu,
+            sparse_layers: SparseLayers::Types("mlp_layer_types"),
+            ..GLM4_MOE_EXPERTS
         }),
-        ..LLAMA
+        ..GLM4_MOE
     },
 ];
 
@@ -1326,7 +1455,24 @@ pub fn supported() -> Vec<&'static str> {
 impl Family {
     /// Whether this family's decoder reads `key`.
     pub fn understands(&self, key: &str) -> bool {
-        COMMON_KEYS.contains(&key) || self.keys.contains(&key)
+        COMMON_KEYS.contains(&key) || self.keys.contains(&key) || self.agreeing_keys.iter().any(|(k, _)| *k == key)
+    }
+
+    /// The first of [`Family::agreeing_keys`] that `config` sets to another value, as an error naming it.
+    pub fn disagreeing_key(&self, config: &Value) -> Option<String> {
+        self.agreeing_keys.iter().find_map(|(key, want)| {
+            let want: Value = serde_json::from_str(want).expect("agreeing_keys hold JSON");
+            match &config[*key] {
+                Value::Null => None,
+                v if *v == want => None,
+                v => Some(format!(
+                    "config.json key `{key}` is {v}, but transformers' {} never reads it and computes what {want} \
+                     means: training would compute other math than this config asks for. Set it to {want} or \
+                     remove it",
+                    self.model_type
+                )),
+            }
+        })
     }
 
     /// The first key of `config` that this family does not read and that is not inert, with its value. A key

@@ -18,6 +18,7 @@ pub mod fused;
 pub mod generate;
 pub mod gguf_blocks;
 pub mod inventory;
+pub mod latent;
 pub mod linear;
 pub mod loss;
 pub mod model;

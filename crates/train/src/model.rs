@@ -8,6 +8,7 @@ use crate::config::{Activation, DecoderConfig, DeltaNetShape, LayerSpec, Mixer, 
 use crate::error::{Result, TrainError};
 use crate::family::{MlpLayout, QkNorm};
 use crate::fused;
+use crate::latent::LatentWeights;
 use crate::linear::{Linear, LinearWeight};
 use crate::moe::{Experts, RouterStats};
 use crate::ops::{rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
@@ -16,10 +17,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use std::sync::{Mutex, PoisonError};
 
-/// The attention input projections: separate, or phi3's fused `qkv_proj`.
+/// The attention input projections: separate, phi3's fused `qkv_proj`, or latent (DeepSeek-V3).
 enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
+    Latent(Box<LatentWeights>),
 }
 
 /// The MLP's gate and up projections: separate, or phi3's fused `gate_up_proj` (gate first).
@@ -200,7 +202,15 @@ impl AttentionWeights {
                 .transpose()
         };
         Ok(AttentionWeights {
-            qkv: if c.fused_qkv {
+            qkv: if let Some(latent) = c.latent {
+                Qkv::Latent(Box::new(LatentWeights::load(
+                    params,
+                    p,
+                    latent,
+                    c.num_heads,
+                    spec.qkv_bias,
+                )?))
+            } else if c.fused_qkv {
                 Qkv::Fused(linear("self_attn.qkv_proj", spec.qkv_bias)?)
             } else {
                 Qkv::Separate {
@@ -710,6 +720,7 @@ impl Decoder {
         let qkv = match &w.qkv {
             Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v)?),
             Qkv::Fused(qkv) => fused::QkvWeights::Fused(dense(qkv)?),
+            Qkv::Latent(_) => return None,
         };
         let weights = fused::AttnWeights {
             norm,
@@ -790,6 +801,12 @@ impl Decoder {
         let (b, t, _) = h.dims3()?;
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let (mut q, mut k, v) = match &w.qkv {
+            Qkv::Latent(latent) => {
+                let (q, k, v) = latent.project(h, spec.rope.map(|r| &rot[r]))?;
+                let (k, v) = with_cache(cache, k, v)?;
+                let attn = self.attend(&q, k, v, mask, spec, None)?;
+                return w.o.forward(&latent.unpad(&attn)?);
+            }
             Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
             Qkv::Fused(qkv) => {
                 let y = qkv.forward(h)?;
@@ -827,15 +844,9 @@ impl Decoder {
             Some(s) => scale_queries(&q, s, mask.q_offset)?,
             None => q,
         };
-        let mut k = rotate_heads(&k, nkv, rotation)?;
-        let mut v = rotate_heads(&v, nkv, None)?;
-        if let Some(cache) = cache {
-            if let Some((pk, pv)) = &cache.kv {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            cache.kv = Some((k.clone(), v.clone()));
-        }
+        let k = rotate_heads(&k, nkv, rotation)?;
+        let v = rotate_heads(&v, nkv, None)?;
+        let (k, v) = with_cache(cache, k, v)?;
         let attn = self.attend(&q, k, v, mask, spec, w.sinks.as_ref())?;
         let attn = match gate {
             Some(gate) => (attn * sigmoid(&gate)?)?,
@@ -960,6 +971,20 @@ fn dense(l: &Linear) -> Option<Tensor> {
         (LinearWeight::Trainable(w) | LinearWeight::Frozen(w), None) if w.dtype() == DType::F32 => Some(w.clone()),
         _ => None,
     }
+}
+
+/// The keys and values to attend over: with `cache`, the cached ones followed by `k` and `v`, which the cache then
+/// holds.
+fn with_cache(cache: Option<&mut LayerCache>, k: Tensor, v: Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let Some(cache) = cache else {
+        return Ok((k, v));
+    };
+    let (k, v) = match &cache.kv {
+        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+        None => (k, v),
+    };
+    cache.kv = Some((k.clone(), v.clone()));
+    Ok((k, v))
 }
 
 /// Ministral 3's per-position query factor on q (batch, heads, t, head_dim) at positions `start..start + t`; q

@@ -395,6 +395,16 @@ fn glm4_moe_sigmoid_routing_by_groups_with_a_correction_bias_and_a_shared_mlp_af
 }
 
 #[test]
+fn deepseek_v3_latent_attention_with_low_rank_queries_interleaved_rotary_and_yarn_scaled_scores() {
+    check("deepseek_v3");
+}
+
+#[test]
+fn glm4_moe_lite_latent_attention_with_biases_wide_values_and_listed_sparse_layers() {
+    check("glm4_moe_lite");
+}
+
+#[test]
 fn qwen3_5_moe_vision_language_checkpoint_trains_its_text_tower() {
     check("qwen3_5_moe_vlm");
 }
