@@ -19,6 +19,7 @@ use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
 use freezetune_train::config::LayerSpec;
 use freezetune_train::config::Mixer;
+use freezetune_train::experts::RouteBy;
 use freezetune_train::rope::{yarn_mscale, RopeScaling};
 use freezetune_train::{Architecture, DecoderConfig};
 use serde_json::Value;
@@ -128,7 +129,12 @@ pub fn export_gguf(
     }
     // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
     let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
-    let (plan, mut warnings) = plan_tensors(&st, &config, options.kind)?;
+    let model =
+        freezetune_core::config::ModelConfig::from_value(raw.clone()).map_err(|reason| GgufError::BadInput {
+            path: dir.join("config.json"),
+            reason,
+        })?;
+    let (plan, mut warnings) = plan_tensors(&st, &config, options.kind, &|n| model.is_prediction_layer(n))?;
     let tok = tokenizer_meta(&dir, config.vocab_size)?;
     warnings.extend(tok.warnings);
     let name = safe_name(
@@ -217,7 +223,9 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
         },
         _ => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Linear { .. }),
     };
-    if !plain || rope.rotary_dim(c.head_dim) != c.head_dim {
+    // llama.cpp's glm4moe rotates `rope.dimension_count` of each head, as transformers' partial rotary does.
+    let partial_ok = c.architecture == Architecture::Glm4Moe;
+    if !plain || (rope.rotary_dim(c.head_dim) != c.head_dim && !partial_ok) {
         return Err(GgufError::Unsupported(format!(
             "GGUF export of this {family} model's rope ({:?}, partial rotary factor {}) is not supported yet",
             rope.scaling, rope.partial_rotary_factor
@@ -370,6 +378,7 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
             ))
         }
         Architecture::GptOss => gpt_oss_limits(c, pattern),
+        Architecture::Glm4Moe => glm4_moe_limits(c),
         Architecture::Olmoe if c.num_kv_heads != c.num_heads => Err(format!(
             "llama.cpp's olmoe has as many key/value heads as query heads (its k norm is hidden_size wide); this model \
              has {} of {}",
@@ -411,6 +420,34 @@ fn gpt_oss_limits(
         }
     }
     experts_on_every_layer(&c.layers, true)
+}
+
+/// llama.cpp's glm4moe: biases on q, k and v; the dense layers first, then experts on every layer; no group-limited
+/// routing (it picks the top-k over all experts).
+fn glm4_moe_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
+    let layers = &c.layers;
+    if layers.iter().any(|l| !l.qkv_bias) {
+        return Err("llama.cpp's glm4moe needs biases on q, k and v (attention_bias is false)".into());
+    }
+    let dense_lead = leading_dense_layers(layers);
+    if let Some(i) = (dense_lead..layers.len()).find(|&i| layers[i].experts.is_none()) {
+        return Err(format!(
+            "layer {i} has a dense MLP after sparse ones, but llama.cpp's glm4moe keeps dense MLPs to the first \
+             layers (`first_k_dense_replace`)"
+        ));
+    }
+    match layers.iter().find_map(|l| l.experts).map(|e| e.routing) {
+        Some(RouteBy::SigmoidGroups { groups, top_groups, .. }) if top_groups < groups => Err(format!(
+            "each token chooses among the best {top_groups} of {groups} expert groups (`topk_group`, `n_group`), \
+             but llama.cpp's glm4moe chooses among all experts"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How many layers from the first have a dense MLP.
+fn leading_dense_layers(layers: &[LayerSpec]) -> usize {
+    layers.iter().take_while(|l| l.experts.is_none()).count()
 }
 
 /// llama.cpp's mixture-of-experts graphs give every layer experts, and always or never (`normalize`) renormalise a
@@ -546,7 +583,14 @@ fn safe_name(name: String, tokenizer: &[(String, Meta)], warnings: &mut Vec<Stri
     "model".into()
 }
 
-fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> Result<(Vec<Planned>, Vec<String>)> {
+/// The GGUF tensors the checkpoint's go out as, and warnings. `dropped` names tensors that stay behind (the
+/// multi-token-prediction layers transformers drops and llama.cpp never runs).
+fn plan_tensors(
+    st: &MmapedSafetensors,
+    c: &DecoderConfig,
+    kind: ExportType,
+    dropped: &dyn Fn(&str) -> bool,
+) -> Result<(Vec<Planned>, Vec<String>)> {
     let mut names: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
     if let Some((packed, _)) = names
         .iter()
@@ -563,7 +607,7 @@ fn plan_tensors(st: &MmapedSafetensors, c: &DecoderConfig, kind: ExportType) -> 
     if has_lm_head && c.tie_word_embeddings {
         warnings.push("lm_head.weight is stored but the model ties it to the embeddings; it is not written".into());
     }
-    names.retain(|(n, _)| !n.ends_with("rotary_emb.inv_freq") && (has_output || n != "lm_head.weight"));
+    names.retain(|(n, _)| !n.ends_with("rotary_emb.inv_freq") && (has_output || n != "lm_head.weight") && !dropped(n));
     names.sort_by_key(|(n, _)| order_key(n));
     let (names, experts): (Vec<_>, Vec<_>) = names.into_iter().partition(|(n, _)| expert_tensor(n).is_none());
     let interleaved = c.architecture == Architecture::GptOss;
@@ -634,6 +678,7 @@ fn planned_type(gguf: &str, shape: &[usize], c: &DecoderConfig, kind: ExportType
         has_output,
         layer: split_layer(gguf).map(|(l, _)| l),
         num_layers: c.num_layers,
+        experts: c.layers.iter().find_map(|l| l.experts).map_or(0, |e| e.count),
     };
     tensor_type(kind, &role)
 }
@@ -857,7 +902,7 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         (k("attention.head_count_kv"), kv_heads(c)),
         (k("attention.layer_norm_rms_epsilon"), Meta::F32(c.rms_norm_eps as f32)),
         (k("rope.freq_base"), Meta::F32(c.global_rope().theta as f32)),
-        (k("rope.dimension_count"), u(c.head_dim)),
+        (k("rope.dimension_count"), u(c.global_rope().rotary_dim(c.head_dim))),
     ];
     let gemma = matches!(
         c.architecture,
@@ -917,6 +962,7 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
             m.push((k("vocab_size"), u(c.vocab_size)));
         }
         Architecture::GptOss => m.push((k("attention.sliding_window"), u(window))),
+        Architecture::Glm4Moe => m.extend(glm4_moe_meta(c).into_iter().map(|(key, v)| (k(key), v))),
         Architecture::Phi3 => {
             let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;
             m.push((k("attention.sliding_window"), u(window)));
@@ -927,6 +973,31 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         _ => {}
     }
     m
+}
+
+/// llama.cpp's glm4moe keys beyond the common expert ones: the shared MLP's width in experts, the dense layers,
+/// and DeepSeek-V3's sigmoid routing (`expert_gating_func` 2), its renormalisation and scale.
+fn glm4_moe_meta(c: &DecoderConfig) -> Vec<(&'static str, Meta)> {
+    let Some(e) = c.layers.iter().find_map(|l| l.experts) else {
+        return Vec::new();
+    };
+    let scale = match e.routing {
+        RouteBy::SigmoidGroups { scale, .. } => scale,
+        RouteBy::Softmax => 1.0,
+    };
+    vec![
+        (
+            "expert_shared_count",
+            Meta::U32((e.shared_width.unwrap_or(0) / e.width) as u32),
+        ),
+        (
+            "leading_dense_block_count",
+            Meta::U32(leading_dense_layers(&c.layers) as u32),
+        ),
+        ("expert_weights_scale", Meta::F32(scale as f32)),
+        ("expert_weights_norm", Meta::Bool(e.normalize)),
+        ("expert_gating_func", Meta::U32(2)),
+    ]
 }
 
 /// The key/value head count: one number, or, where some layers do not attend (LFM2's convolutions), one per

@@ -29,15 +29,15 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Mixtral => "llama",
         Architecture::Olmoe => "olmoe",
         Architecture::GptOss => "gpt-oss",
-        // Not exported yet (not in EXPORTABLE). Named for messages only.
         Architecture::Glm4Moe => "glm4moe",
+        // Not exported yet (not in EXPORTABLE): llama.cpp splits latent attention's kv_b_proj. Named for messages.
         Architecture::DeepseekV3 | Architecture::Glm4MoeLite => "deepseek2",
     }
 }
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 16] = [
+pub const EXPORTABLE: [Architecture; 17] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -54,6 +54,7 @@ pub const EXPORTABLE: [Architecture; 16] = [
     Architecture::Mixtral,
     Architecture::Olmoe,
     Architecture::GptOss,
+    Architecture::Glm4Moe,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
@@ -185,6 +186,17 @@ const GPT_OSS_LAYER: [(&str, &str); 4] = [
     ("mlp.router.bias", "ffn_gate_inp.bias"),
 ];
 
+/// GLM-4.5's own layer names (llama.cpp's `glm4moe`): the norm before the MLP is `post_attention_norm`, the router's
+/// correction bias `exp_probs_b`, the shared MLP `ffn_*_shexp`.
+const GLM4_MOE_LAYER: [(&str, &str); 6] = [
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("mlp.gate.weight", "ffn_gate_inp.weight"),
+    ("mlp.gate.e_score_correction_bias", "exp_probs_b.bias"),
+    ("mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"),
+    ("mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"),
+    ("mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"),
+];
+
 /// Which columns of an interleaved stack's expert a GGUF tensor takes (gpt-oss keeps gate and up in alternate
 /// columns).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -309,9 +321,14 @@ pub fn to_gguf(hf: &str, arch: Architecture) -> Option<String> {
         .then_some(GPT_OSS_LAYER.iter())
         .into_iter()
         .flatten();
+    let glm = (arch == Architecture::Glm4Moe)
+        .then_some(GLM4_MOE_LAYER.iter())
+        .into_iter()
+        .flatten();
     let (_, g) = around
         .chain(moe)
         .chain(gpt_oss)
+        .chain(glm)
         .chain(LAYER.iter())
         .find(|(h, _)| *h == suffix)?;
     Some(format!("blk.{layer}.{g}"))

@@ -68,6 +68,9 @@ pub struct TensorRole<'a> {
     pub has_output: bool,
     pub layer: Option<usize>,
     pub num_layers: usize,
+    /// The model's routed experts per sparse layer (0 for a dense model): llama.cpp gives an 8-expert model
+    /// (Mixtral's shape) more bits in attention.
+    pub experts: usize,
 }
 
 /// llama.cpp's "more bits here" layers for Q4_K_M's attn_v and ffn_down: the first and last eighth and every
@@ -104,17 +107,22 @@ fn q4_k_m_type(role: &TensorRole) -> GgmlDType {
     let name = role.gguf_name;
     let layer = role.layer.unwrap_or(0);
     let is_output = name == "output.weight" || (!role.has_output && name == "token_embd.weight");
+    let more_bits = |yes: bool| if yes { GgmlDType::Q6K } else { GgmlDType::Q4K };
+    let eight_experts = role.experts == 8;
     if is_output {
         GgmlDType::Q6K
-    } else if name.ends_with("attn_v.weight")
-        || name.ends_with("ffn_down.weight")
-        || name.ends_with("ffn_down_exps.weight")
-    {
-        if use_more_bits(layer, role.num_layers) {
-            GgmlDType::Q6K
-        } else {
-            GgmlDType::Q4K
-        }
+    } else if name.ends_with("attn_v.weight") && eight_experts {
+        GgmlDType::Q8_0
+    } else if name.ends_with("attn_v.weight") {
+        more_bits(use_more_bits(layer, role.num_layers))
+    } else if name.ends_with("attn_k.weight") && eight_experts {
+        GgmlDType::Q8_0
+    } else if name.contains("ffn_down") {
+        // Every down projection: dense, the stacked experts' and the shared expert's (llama.cpp matches the name's
+        // "ffn_down" and reads the layer from it).
+        more_bits(use_more_bits(layer, role.num_layers))
+    } else if name.ends_with("attn_output.weight") && eight_experts {
+        GgmlDType::Q5K
     } else if name.ends_with("attn_qkv.weight") {
         GgmlDType::Q5K
     } else {
@@ -215,6 +223,7 @@ mod tests {
             has_output: true,
             layer: Some(layer),
             num_layers: 8,
+            experts: 0,
         }
     }
 
@@ -249,6 +258,22 @@ mod tests {
             tensor_type(ExportType::Q8_0, &role("blk.0.ffn_up.weight", &[64, 48], 0)),
             GgmlDType::F16
         );
+        // An 8-expert model (Mixtral 8x7B): q8_0 keys and values, q5_K attention output; a shared expert's down
+        // projection counts as the layer's.
+        let eight = |n: &str, l| {
+            let role = TensorRole {
+                experts: 8,
+                ..role(n, &s, l)
+            };
+            tensor_type(ExportType::Q4KM, &role)
+        };
+        assert_eq!(eight("blk.1.attn_v.weight", 1), GgmlDType::Q8_0);
+        assert_eq!(eight("blk.1.attn_k.weight", 1), GgmlDType::Q8_0);
+        assert_eq!(eight("blk.1.attn_output.weight", 1), GgmlDType::Q5K);
+        assert_eq!(eight("blk.1.attn_q.weight", 1), GgmlDType::Q4K);
+        assert_eq!(t("blk.1.attn_output.weight", 1), GgmlDType::Q4K);
+        assert_eq!(t("blk.7.ffn_down_shexp.weight", 7), GgmlDType::Q6K);
+        assert_eq!(t("blk.4.ffn_down_shexp.weight", 4), GgmlDType::Q4K);
     }
 
     #[test]

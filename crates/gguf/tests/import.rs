@@ -189,11 +189,11 @@ fn newer_families_export_then_import_to_the_same_model() {
             name: None,
         };
         export_gguf(&model, &file, &options, &mut |_| true).unwrap();
-        if arch == "gpt-oss" {
+        if arch == "gpt-oss" || arch == "glm4moe" {
             // Exported, not imported yet: the file is refused by its architecture's name, nothing written.
-            let dest = tmp.path().join("gpt-oss-imported");
+            let dest = tmp.path().join(format!("{arch}-imported"));
             let err = import_error(&file, &dest).to_string();
-            assert!(err.contains("gpt-oss"), "{err}");
+            assert!(err.contains(arch), "{err}");
             assert!(!dest.exists());
             continue;
         }

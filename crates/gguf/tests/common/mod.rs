@@ -150,7 +150,7 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
 /// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
 /// convolution biases), Qwen3 MoE (experts on every layer), gpt-oss (YaRN rounded), Mixtral (llama.cpp's llama,
-/// no window), OLMoE.
+/// no window), OLMoE, GLM-4.5 (one expert group, a prediction layer).
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -189,6 +189,7 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     });
     let olmoe = olmoe_without_gqa(&dir.join("olmoe"));
     vec![
+        ("glm4moe", glm4_moe_as_released(&dir.join("glm4moe"))),
         ("gpt-oss", gpt_oss),
         ("llama", mixtral),
         ("olmoe", olmoe),
@@ -200,6 +201,32 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         ("lfm2", lfm2),
         ("qwen3moe", qwen3_moe_all_sparse(&dir.join("qwen3moe"))),
     ]
+}
+
+/// GLM-4.5's reference model as llama.cpp's glm4moe runs it (choosing among all experts: one group), and as Z.ai
+/// releases it: with a multi-token-prediction layer after the last, which export leaves behind.
+pub fn glm4_moe_as_released(dir: &Path) -> PathBuf {
+    let model = family_variant(dir, "glm4_moe", |c| {
+        c["n_group"] = 1.into();
+        c["topk_group"] = 1.into();
+        c["num_nextn_predict_layers"] = 1.into();
+    });
+    let path = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let last: Vec<(String, candle_core::Tensor)> = tensors
+        .iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix("model.layers.2.")
+                .map(|rest| (rest.to_string(), t.clone()))
+        })
+        .collect();
+    for (rest, t) in last {
+        tensors.insert(format!("model.layers.3.{rest}"), t);
+    }
+    let eh = candle_core::Tensor::zeros((64, 128), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    tensors.insert("model.layers.3.eh_proj.weight".into(), eh);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    model
 }
 
 /// Qwen3 MoE's reference model with experts on every layer, as llama.cpp's qwen3moe has them: its dense layer 1
