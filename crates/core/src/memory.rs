@@ -366,7 +366,24 @@ mod tests {
             heads: 4,
             seq: 128,
             experts: Some(experts),
+            latent: None,
         };
+        // Latent attention (composite): 4·64 + 8·4·24 + 3·(16 + 8) + 4, whatever `kv` says.
+        let latent = Widths {
+            latent: Some(crate::config::LatentDims {
+                q_rank: 16,
+                kv_rank: 8,
+                head_width: 24,
+            }),
+            experts: None,
+            ..w
+        };
+        let attention = (Mixer::Attention, false);
+        let mlp = latent.mlp_per_token(false, Kernels::Composite);
+        assert_eq!(
+            latent.per_token(attention, None, Kernels::Composite),
+            Some(256 + 768 + 72 + 4 + mlp)
+        );
         // 2·(4·16 + 4·64) + 4·8 routed, 4·32 + 3·64 shared; fused 2·(3·16 + 4·64) + 32 and 3·32 + 3·64.
         assert_eq!(
             w.mlp_per_token(true, Kernels::Composite),
