@@ -121,9 +121,7 @@ fn q4_k_m_type(role: &TensorRole) -> GgmlDType {
         // Every down projection: dense, the stacked experts' and the shared expert's (llama.cpp matches the name's
         // "ffn_down" and reads the layer from it).
         more_bits(use_more_bits(layer, role.num_layers))
-    } else if name.ends_with("attn_output.weight") && eight_experts {
-        GgmlDType::Q5K
-    } else if name.ends_with("attn_qkv.weight") {
+    } else if name.ends_with("attn_qkv.weight") || (name.ends_with("attn_output.weight") && eight_experts) {
         GgmlDType::Q5K
     } else {
         GgmlDType::Q4K
