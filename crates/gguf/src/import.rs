@@ -512,7 +512,9 @@ fn check_model(g: &Gguf, config: &Value, tensors: &[Planned], vocab: &GgufVocab)
         g.bad(format!("the model its metadata describes is not sound: {reason}{from}"))
     })?;
     let mut expected: BTreeMap<String, Vec<usize>> = c.tensor_shapes().into_iter().collect();
-    for t in tensors {
+    let model = freezetune_core::config::ModelConfig::from_value(config.clone()).map_err(|reason| g.bad(reason))?;
+    // The multi-token-prediction layers are carried through, not run: only the decoder's tensors are checked.
+    for t in tensors.iter().filter(|t| !model.is_prediction_layer(&t.hf)) {
         let want = expected.remove(&t.hf).ok_or_else(|| {
             g.bad(format!(
                 "tensor {} ({}) is not part of the {}-layer model its metadata describes",
@@ -673,6 +675,9 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         c["decoder_sparse_step"] = json!(1);
         c["mlp_only_layers"] = json!([]);
     }
+    if arch == Architecture::Glm4Moe {
+        glm4_moe_keys(g, a, &mut c)?;
+    }
     if arch == Architecture::Olmoe {
         // llama.cpp's olmoe: experts of `feed_forward_length` on every layer, top-k weights never renormalised.
         c["num_experts"] = json!(g.u32(&k("expert_count"))?);
@@ -702,6 +707,50 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         warnings.push("Llama 3 rope scaling recovered from rope_freqs.weight".into());
     }
     Ok((c, warnings))
+}
+
+/// llama.cpp's glm4moe as transformers' config states it: `block_count` counts the multi-token-prediction layers
+/// too; the dense first layers, the shared MLP's width in experts, sigmoid routing over one group with the file's
+/// renormalisation and scale; q/k norms and q/k/v biases where the file has them; partial rotary from
+/// `rope.dimension_count`.
+fn glm4_moe_keys(g: &Gguf, a: &str, c: &mut Value) -> Result<()> {
+    let k = |s: &str| format!("{a}.{s}");
+    match g.opt_u32(&k("expert_gating_func"))? {
+        None | Some(2) => {}
+        Some(other) => {
+            return Err(g.bad(format!(
+                "{} is {other}; GLM-4.5 routes by sigmoid scores (2), the only routing FreezeTune's glm4_moe runs",
+                k("expert_gating_func")
+            )))
+        }
+    }
+    let blocks = g.u32(&k("block_count"))?;
+    let nextn = g.opt_u32(&k("nextn_predict_layers"))?.unwrap_or(0);
+    if nextn >= blocks {
+        return Err(g.bad(format!(
+            "{} ({nextn}) leaves no decoder layer of {blocks}",
+            k("nextn_predict_layers")
+        )));
+    }
+    let head_dim = c["head_dim"].as_u64().unwrap_or(1).max(1);
+    let rotary = g.opt_u32(&k("rope.dimension_count"))?.map_or(head_dim, u64::from);
+    let has = |name: &str| g.content.tensor_infos.contains_key(name);
+    let dense_lead = g.opt_u32(&k("leading_dense_block_count"))?.unwrap_or(0);
+    c["num_hidden_layers"] = json!(blocks - nextn);
+    c["num_nextn_predict_layers"] = json!(nextn);
+    c["n_routed_experts"] = json!(g.u32(&k("expert_count"))?);
+    c["num_experts_per_tok"] = json!(g.u32(&k("expert_used_count"))?);
+    c["moe_intermediate_size"] = json!(g.u32(&k("expert_feed_forward_length"))?);
+    c["n_shared_experts"] = json!(g.opt_u32(&k("expert_shared_count"))?.unwrap_or(0));
+    c["first_k_dense_replace"] = json!(dense_lead);
+    c["routed_scaling_factor"] = json!(shortest(g.opt_f32(&k("expert_weights_scale")).unwrap_or(1.0)));
+    c["norm_topk_prob"] = json!(g.opt_bool(&k("expert_weights_norm")).unwrap_or(false));
+    c["n_group"] = json!(1);
+    c["topk_group"] = json!(1);
+    c["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
+    c["use_qk_norm"] = json!(has("blk.0.attn_q_norm.weight"));
+    c["attention_bias"] = json!(has("blk.0.attn_q.bias"));
+    Ok(())
 }
 
 /// The keys of the families whose layer patterns llama.cpp hard-codes: written back as transformers' config

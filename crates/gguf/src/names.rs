@@ -58,9 +58,9 @@ pub const EXPORTABLE: [Architecture; 17] = [
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 13] = [
+pub const IMPORTABLE: [&str; 14] = [
     "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2", "qwen3moe",
-    "olmoe",
+    "olmoe", "glm4moe",
 ];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
@@ -79,6 +79,7 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "lfm2" => Architecture::Lfm2,
         "qwen3moe" => Architecture::Qwen3Moe,
         "olmoe" => Architecture::Olmoe,
+        "glm4moe" => Architecture::Glm4Moe,
         _ => return None,
     })
 }
@@ -188,13 +189,21 @@ const GPT_OSS_LAYER: [(&str, &str); 4] = [
 
 /// GLM-4.5's own layer names (llama.cpp's `glm4moe`): the norm before the MLP is `post_attention_norm`, the router's
 /// correction bias `exp_probs_b`, the shared MLP `ffn_*_shexp`.
-const GLM4_MOE_LAYER: [(&str, &str); 6] = [
+/// The multi-token-prediction layer's own tensors (llama.cpp's `nextn.*`, which a converted GLM-4.5 file carries and
+/// export leaves behind) come back under transformers' names on import.
+const GLM4_MOE_LAYER: [(&str, &str); 12] = [
     ("post_attention_layernorm.weight", "post_attention_norm.weight"),
     ("mlp.gate.weight", "ffn_gate_inp.weight"),
     ("mlp.gate.e_score_correction_bias", "exp_probs_b.bias"),
     ("mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"),
     ("mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"),
     ("mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"),
+    ("eh_proj.weight", "nextn.eh_proj.weight"),
+    ("embed_tokens.weight", "nextn.embed_tokens.weight"),
+    ("enorm.weight", "nextn.enorm.weight"),
+    ("hnorm.weight", "nextn.hnorm.weight"),
+    ("shared_head.head.weight", "nextn.shared_head_head.weight"),
+    ("shared_head.norm.weight", "nextn.shared_head_norm.weight"),
 ];
 
 /// Which columns of an interleaved stack's expert a GGUF tensor takes (gpt-oss keeps gate and up in alternate
@@ -348,6 +357,11 @@ pub fn to_hf(gguf: &str, arch: Architecture) -> Option<String> {
         return Some(h.to_string());
     }
     let (layer, suffix) = layer_after(gguf, "blk.")?;
+    if arch == Architecture::Glm4Moe {
+        if let Some((h, _)) = GLM4_MOE_LAYER.iter().find(|(_, g)| *g == suffix) {
+            return Some(format!("model.layers.{layer}.{h}"));
+        }
+    }
     if let Some(router) = router_of(arch).filter(|_| suffix == "ffn_gate_inp.weight") {
         return Some(format!("model.layers.{layer}.{router}"));
     }
@@ -376,7 +390,7 @@ fn router_of(arch: Architecture) -> Option<&'static str> {
 /// family whose experts are one linear each, or None for a family without such experts.
 pub fn expert_name(arch: Architecture, layer: usize, e: usize, projection: &str) -> Option<String> {
     match arch {
-        Architecture::Qwen3Moe | Architecture::Olmoe => {
+        Architecture::Qwen3Moe | Architecture::Olmoe | Architecture::Glm4Moe => {
             Some(format!("model.layers.{layer}.mlp.experts.{e}.{projection}.weight"))
         }
         Architecture::Mixtral => {
