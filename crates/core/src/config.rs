@@ -83,10 +83,25 @@ pub struct ModelConfig {
     pub raw: Value,
 }
 
+/// The `model_type`s whose checkpoints hold a multi-token-prediction head `mtp.*` that transformers drops
+/// (`_keys_to_ignore_on_load_unexpected = [r"^mtp.*"]`).
+const MTP_HEAD_TYPES: [&str; 5] = [
+    "qwen3_5",
+    "qwen3_5_text",
+    "qwen3_5_moe",
+    "qwen3_5_moe_text",
+    "qwen3_next",
+];
+
 impl ModelConfig {
-    /// Whether `name` belongs to a multi-token-prediction layer: `model.layers.N.…` with N from the config's layer
-    /// count on, within `num_nextn_predict_layers`.
+    /// Whether `name` belongs to a multi-token-prediction head transformers drops on load: DeepSeek-V3's and
+    /// GLM-4.5's layers after the last (`model.layers.N.…` with N from the config's layer count on, within
+    /// `num_nextn_predict_layers`), or Qwen3.5's and Qwen3-Next's `mtp.…`.
     pub fn is_prediction_layer(&self, name: &str) -> bool {
+        let mtp_head = self.model_type.as_deref().is_some_and(|t| MTP_HEAD_TYPES.contains(&t));
+        if mtp_head && name.starts_with("mtp.") {
+            return true;
+        }
         let (Some(layers), 1..) = (self.num_layers, self.prediction_layers) else {
             return false;
         };
@@ -273,6 +288,10 @@ mod tests {
         assert!(!c.is_prediction_layer("model.visual.layers.46.attn.weight"));
         let none = ModelConfig::from_value(serde_json::json!({"model_type": "glm4_moe", "num_hidden_layers": 46}));
         assert!(!none.unwrap().is_prediction_layer("model.layers.46.eh_proj.weight"));
+        let next = ModelConfig::from_value(serde_json::json!({"model_type": "qwen3_next", "num_hidden_layers": 4}));
+        assert!(next.unwrap().is_prediction_layer("mtp.fc.weight"));
+        let llama = ModelConfig::from_value(serde_json::json!({"model_type": "llama", "num_hidden_layers": 4}));
+        assert!(!llama.unwrap().is_prediction_layer("mtp.fc.weight"));
         let e = ModelConfig::from_value(serde_json::json!({"model_type": "x", "num_nextn_predict_layers": -1}));
         assert!(e.unwrap_err().contains("num_nextn_predict_layers"));
     }

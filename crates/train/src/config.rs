@@ -7,8 +7,8 @@ use crate::error::{Result, TrainError};
 pub use crate::experts::ExpertsSpec;
 use crate::experts::{layer_experts, router_loss_weight};
 use crate::family::{
-    family, supported, wrapper, DefaultSliding, ExpertTable, ExpertWeights, Family, MlpLayout, Names, NormPlacement,
-    QkNorm, RopeLayout, Routing, Wrapper,
+    family, supported, wrapper, DefaultSliding, DeltaProjections, ExpertTable, ExpertWeights, Family, MlpLayout, Names,
+    NormPlacement, QkNorm, RopeLayout, Routing, Wrapper,
 };
 use crate::latent::LatentAttention;
 use crate::rope::{RopeContext, RopeSpec};
@@ -61,6 +61,8 @@ pub enum Architecture {
     DeepseekV3,
     /// GLM-4.7-Flash: DeepSeek-V3's layers, dense or sparse as `mlp_layer_types` says.
     Glm4MoeLite,
+    /// Qwen3.5's layers with grouped DeltaNet projections and Qwen3 MoE's experts beside a gated shared one.
+    Qwen3Next,
 }
 
 /// The MLP's activation.
@@ -222,6 +224,8 @@ pub struct DecoderConfig {
     pub wrapper: Option<&'static str>,
     /// Every attention layer's latent projections (DeepSeek-V3); None: q/k/v projections.
     pub latent: Option<LatentAttention>,
+    /// How the Gated DeltaNet layers' input projections are stored.
+    pub delta_projections: DeltaProjections,
 }
 
 /// Ministral 3's (Llama 4's) query scale: `1 + beta · ln(1 + floor(position / original_max_position_embeddings))`,
@@ -451,6 +455,7 @@ impl DecoderConfig {
             position_query_scale,
             wrapper: None,
             latent,
+            delta_projections: fam.delta_projections,
         })
     }
 
@@ -559,10 +564,18 @@ impl DecoderConfig {
                 }
                 Mixer::GatedDeltaNet(d) => {
                     let (keys, values) = (d.key_heads * d.key_dim, d.value_heads * d.value_dim);
-                    linear("linear_attn.in_proj_qkv", 2 * keys + values, h, false);
-                    linear("linear_attn.in_proj_z", values, h, false);
-                    linear("linear_attn.in_proj_b", d.value_heads, h, false);
-                    linear("linear_attn.in_proj_a", d.value_heads, h, false);
+                    match self.delta_projections {
+                        DeltaProjections::Separate => {
+                            linear("linear_attn.in_proj_qkv", 2 * keys + values, h, false);
+                            linear("linear_attn.in_proj_z", values, h, false);
+                            linear("linear_attn.in_proj_b", d.value_heads, h, false);
+                            linear("linear_attn.in_proj_a", d.value_heads, h, false);
+                        }
+                        DeltaProjections::Grouped => {
+                            linear("linear_attn.in_proj_qkvz", 2 * keys + 2 * values, h, false);
+                            linear("linear_attn.in_proj_ba", 2 * d.value_heads, h, false);
+                        }
+                    }
                     linear("linear_attn.out_proj", h, values, false);
                     add("linear_attn.conv1d.weight".into(), vec![d.conv_width(), 1, d.kernel]);
                     add("linear_attn.dt_bias".into(), vec![d.value_heads]);

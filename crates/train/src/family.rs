@@ -309,6 +309,18 @@ pub struct Family {
     /// Keys released configs carry that transformers never reads, accepted only at the value that describes what
     /// it does compute (JSON text): DeepSeek-V3's `scoring_func` "sigmoid", `topk_method` "noaux_tc".
     pub agreeing_keys: &'static [(&'static str, &'static str)],
+    /// How a Gated DeltaNet layer's input projections are stored.
+    pub delta_projections: DeltaProjections,
+}
+
+/// A Gated DeltaNet layer's input projections (after `linear_attn.`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaProjections {
+    /// Qwen3.5: `in_proj_qkv` (all queries, all keys, all values), `in_proj_z`, `in_proj_b`, `in_proj_a`.
+    Separate,
+    /// Qwen3-Next: `in_proj_qkvz` grouped by key head (its query, key, then its value heads' values and gates) and
+    /// `in_proj_ba` grouped the same way (its value heads' b, then their a).
+    Grouped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,6 +494,7 @@ const LLAMA: Family = Family {
     attention_sinks: false,
     latent_attention: false,
     agreeing_keys: &[],
+    delta_projections: DeltaProjections::Separate,
 };
 
 const QWEN3_5: Family = Family {
@@ -602,7 +615,7 @@ const GLM4_MOE: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub static FAMILIES: [Family; 24] = [
+pub static FAMILIES: [Family; 25] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -1328,6 +1341,81 @@ pub static FAMILIES: [Family; 24] = [
         ..QWEN3_5
     },
     GLM4_MOE,
+    // Qwen3-Next (80B-A3B): Qwen3.5's layers (Gated DeltaNet around gated full attention, `1 + w` norms, partial
+    // rotary on plain text positions) with the DeltaNet's projections fused in two, grouped by key head; a sparse
+    // MLP of experts stored one linear each, renormalised as `norm_topk_prob` says, on the layers
+    // `decoder_sparse_step` and `mlp_only_layers` pick, beside a sigmoid-gated shared expert.
+    Family {
+        model_type: "qwen3_next",
+        sizes: Sizes {
+            vocab: 151936,
+            hidden: 2048,
+            intermediate: 5632,
+            layers: 48,
+            heads: 16,
+        },
+        architecture: Architecture::Qwen3Next,
+        keys: &[
+            "hidden_act",
+            "attention_bias",
+            "layer_types",
+            "full_attention_interval",
+            "linear_conv_kernel_dim",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "partial_rotary_factor",
+            "num_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "norm_topk_prob",
+            "decoder_sparse_step",
+            "mlp_only_layers",
+            "output_router_logits",
+            "router_aux_loss_coef",
+        ],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
+            "num_key_value_heads": 2, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+            "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+            "partial_rotary_factor": 0.25, "full_attention_interval": 4, "num_experts_per_tok": 10,
+            "num_experts": 512, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+            "norm_topk_prob": true, "decoder_sparse_step": 1, "mlp_only_layers": [], "output_router_logits": false,
+            "router_aux_loss_coef": 0.001})
+        },
+        text_mrope: false,
+        delta_projections: DeltaProjections::Grouped,
+        experts: Some(ExpertTable {
+            router: "mlp.gate",
+            router_bias: false,
+            weights: ExpertWeights::Separate {
+                experts: "mlp.experts",
+                gate: "gate_proj",
+                up: "up_proj",
+                down: "down_proj",
+            },
+            count_keys: ["num_experts", "num_local_experts"],
+            top_k_alias: None,
+            width_key: "moe_intermediate_size",
+            normalize: TopKNorm::Key("norm_topk_prob"),
+            routing: Routing::Softmax,
+            sparse_layers: SparseLayers::StepAndDense {
+                step: "decoder_sparse_step",
+                dense: "mlp_only_layers",
+            },
+            shared: Some(SharedExpertTable {
+                mlp: "mlp.shared_expert",
+                gate: Some("mlp.shared_expert_gate"),
+                width: SharedWidth::Key("shared_expert_intermediate_size"),
+            }),
+            weigh_in_f32: false,
+            activation: ExpertActivation::Glu,
+        }),
+        ..QWEN3_5
+    },
     // DeepSeek-V3 (and V3.1, Kimi K2, Moonlight, as bf16 checkpoints): multi-head latent attention and GLM-4.5's
     // routing. Released configs carry keys of DeepSeek's own code that transformers never reads: `scoring_func` and
     // `topk_method` must name what it computes, `moe_layer_freq` must be 1; `ep_size` (expert parallelism),

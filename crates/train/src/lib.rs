@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub(crate) mod delta_net;
+mod delta_projections;
 pub mod delta_rule;
 pub mod device;
 pub mod error;

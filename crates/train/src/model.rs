@@ -5,6 +5,7 @@
 
 use crate::attention::{additive_mask, attention, AttentionSpec, Positions};
 use crate::config::{Activation, DecoderConfig, DeltaNetShape, LayerSpec, Mixer, PositionQueryScale};
+use crate::delta_projections::InputProjections;
 use crate::error::{Result, TrainError};
 use crate::family::{MlpLayout, QkNorm};
 use crate::fused;
@@ -64,10 +65,7 @@ enum MixerWeights {
 /// and a (decay rates); the depthwise convolution over q, k, v (width, 1, kernel); `dt_bias` and `A_log`, which
 /// make the decay; the gated output norm (value head dim; a plain weight); `out_proj`.
 struct DeltaNet {
-    in_qkv: Linear,
-    in_z: Linear,
-    in_b: Linear,
-    in_a: Linear,
+    inputs: InputProjections,
     conv: Tensor,
     dt_bias: Tensor,
     a_log: Tensor,
@@ -143,10 +141,7 @@ impl Block {
             Mixer::GatedDeltaNet(shape) => {
                 let get = |name: &str| params.get(&format!("{p}.linear_attn.{name}"));
                 MixerWeights::DeltaNet(DeltaNet {
-                    in_qkv: linear("linear_attn.in_proj_qkv", false)?,
-                    in_z: linear("linear_attn.in_proj_z", false)?,
-                    in_b: linear("linear_attn.in_proj_b", false)?,
-                    in_a: linear("linear_attn.in_proj_a", false)?,
+                    inputs: InputProjections::load(params, &p, c.delta_projections)?,
                     conv: get("conv1d.weight")?,
                     dt_bias: get("dt_bias")?,
                     a_log: get("A_log")?,
@@ -875,13 +870,10 @@ impl Decoder {
         let (b, t, _) = h.dims3()?;
         let values = s.value_heads * s.value_dim;
         let f32 = DType::F32;
-        let projected = d.in_qkv.forward(h)?;
-        let beta = sigmoid(&d.in_b.forward(h)?.to_dtype(f32)?)?;
-        let a = d
-            .in_a
-            .forward(h)?
-            .to_dtype(f32)?
-            .broadcast_add(&d.dt_bias.to_dtype(f32)?)?;
+        let inputs = d.inputs.project(h, s)?;
+        let projected = inputs.qkv;
+        let beta = sigmoid(&inputs.b.to_dtype(f32)?)?;
+        let a = inputs.a.to_dtype(f32)?.broadcast_add(&d.dt_bias.to_dtype(f32)?)?;
         let rate = d.a_log.to_dtype(f32)?.exp()?;
         let g = softplus(&a)?.broadcast_mul(&rate)?.neg()?;
         let out = match cache {
@@ -924,7 +916,7 @@ impl Decoder {
                 out
             }
         };
-        let z = d.in_z.forward(h)?.reshape((b, t, s.value_heads, s.value_dim))?;
+        let z = inputs.z.reshape((b, t, s.value_heads, s.value_dim))?;
         let normed = rms_norm_offset(&out.to_dtype(h.dtype())?, &d.norm, 0.0, self.config.rms_norm_eps)?;
         let gated = (normed * z.silu()?)?.reshape((b, t, values))?;
         d.out_proj.forward(&gated)

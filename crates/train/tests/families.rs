@@ -202,8 +202,12 @@ fn check(case: &str) {
             .get(name)
             .map(|sq| sq.sqrt())
             .unwrap_or_else(|| panic!("{case}: PyTorch has a gradient for {name}, FreezeTune none"));
+        // Relative to the tensor's own norm, with a floor at a millionth of the whole gradient's: a gradient
+        // that small (Qwen3-Next's first A_log, 1.5e-5 of 3.0) carries f32's rounding at the 1e-3 level in PyTorch
+        // itself (against f64: 1.4e-3 for transformers in f32, 5.8e-3 for FreezeTune).
+        let tolerance = 1e-4 * want + 1e-6 * r.grad_norm;
         assert!(
-            rel(got, *want) < 1e-4,
+            (got - want).abs() < tolerance,
             "{case}: {name}'s gradient norm {got} vs PyTorch {want}"
         );
     }
@@ -402,6 +406,11 @@ fn deepseek_v3_latent_attention_with_low_rank_queries_interleaved_rotary_and_yar
 #[test]
 fn glm4_moe_lite_latent_attention_with_biases_wide_values_and_listed_sparse_layers() {
     check("glm4_moe_lite");
+}
+
+#[test]
+fn qwen3_next_grouped_delta_net_projections_and_separate_experts_beside_a_gated_shared_one() {
+    check("qwen3_next");
 }
 
 #[test]
