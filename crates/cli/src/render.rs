@@ -155,6 +155,22 @@ pub fn layout_table(l: &ModelLayout, kinds: std::result::Result<Vec<String>, Str
             .collect();
         let _ = writeln!(s, "  {:<16} {:>10}  {}", m.name, count(m.params), shapes.join("; "));
     }
+    if !l.unplanned.is_empty() {
+        // Buffers and multi-token-prediction heads: in the checkpoint, not parameters of the model it trains.
+        let values: u64 = l.unplanned.iter().map(|t| t.params).sum();
+        let first: Vec<&str> = l.unplanned.iter().take(3).map(|t| t.name.as_str()).collect();
+        let more = match l.unplanned.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "\nNever trained, written back unchanged (buffers, multi-token prediction): {} tensors, {} values: {}{more}",
+            l.unplanned.len(),
+            count(values),
+            first.join(", ")
+        );
+    }
     for w in &l.warnings {
         let _ = writeln!(s, "warning: {w}");
     }

@@ -430,6 +430,11 @@ fn glm4_moe_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
         return Err("llama.cpp's glm4moe needs biases on q, k and v (attention_bias is false)".into());
     }
     let dense_lead = leading_dense_layers(layers);
+    if dense_lead == layers.len() {
+        return Err(
+            "no layer has experts (`first_k_dense_replace` covers them all), but llama.cpp's glm4moe needs them".into(),
+        );
+    }
     if let Some(i) = (dense_lead..layers.len()).find(|&i| layers[i].experts.is_none()) {
         return Err(format!(
             "layer {i} has a dense MLP after sparse ones, but llama.cpp's glm4moe keeps dense MLPs to the first \

@@ -743,7 +743,11 @@ fn glm4_moe_keys(g: &Gguf, a: &str, c: &mut Value) -> Result<()> {
     c["moe_intermediate_size"] = json!(g.u32(&k("expert_feed_forward_length"))?);
     c["n_shared_experts"] = json!(g.opt_u32(&k("expert_shared_count"))?.unwrap_or(0));
     c["first_k_dense_replace"] = json!(dense_lead);
-    c["routed_scaling_factor"] = json!(shortest(g.opt_f32(&k("expert_weights_scale")).unwrap_or(1.0)));
+    // Required, as llama.cpp's glm4moe requires it.
+    let scale = g
+        .opt_f32(&k("expert_weights_scale"))
+        .ok_or_else(|| g.bad(format!("{} is missing or not a number", k("expert_weights_scale"))))?;
+    c["routed_scaling_factor"] = json!(shortest(scale));
     c["norm_topk_prob"] = json!(g.opt_bool(&k("expert_weights_norm")).unwrap_or(false));
     c["n_group"] = json!(1);
     c["topk_group"] = json!(1);

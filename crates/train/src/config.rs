@@ -387,8 +387,10 @@ impl DecoderConfig {
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
             (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
             (_, Some(m)) if fam.understands("attention_multiplier") => m,
-            _ if latent.is_some() => latent_scale(raw, latent.map_or(1, |l| l.qk_dim()))?,
-            _ => 1.0 / (head_dim as f64).sqrt(),
+            _ => match latent {
+                Some(l) => latent_scale(raw, l.qk_dim())?,
+                None => 1.0 / (head_dim as f64).sqrt(),
+            },
         };
         let attention_bias = flag("attention_bias");
         let activation = activation(raw, fam)?;
@@ -474,7 +476,8 @@ impl DecoderConfig {
 /// `mscale(factor, mscale_all_dim)` squared where the rope is scaled and `mscale_all_dim` is set.
 fn latent_scale(raw: &Value, qk_dim: usize) -> std::result::Result<f64, String> {
     let base = 1.0 / (qk_dim as f64).sqrt();
-    let rope = ["rope_parameters", "rope_scaling"]
+    // The dict the ropes are read from (`read_ropes`'s order).
+    let rope = ["rope_scaling", "rope_parameters"]
         .iter()
         .map(|k| &raw[*k])
         .find(|v| v.is_object());

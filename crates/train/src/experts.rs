@@ -334,6 +334,10 @@ mod tests {
         assert!(e.contains("topk_group") && e.contains("from 1 to 4"), "{e}");
         let e = glm(json!({"routed_scaling_factor": 0})).unwrap_err();
         assert!(e.contains("routed_scaling_factor"), "{e}");
+        // The count under transformers' other name for it, with no default under the first to disagree with.
+        let raw = json!({"num_local_experts": 8, "num_experts_per_tok": 2, "n_group": 1, "topk_group": 1});
+        let aliased = layer_experts(&fam.with_defaults(&raw), fam, 4).unwrap();
+        assert_eq!(aliased[3].unwrap().count, 8);
     }
 
     #[test]

@@ -563,8 +563,8 @@ const GLM4_MOE_EXPERTS: ExpertTable = ExpertTable {
         gate: None,
         width: SharedWidth::ExpertWidths("n_shared_experts"),
     }),
-    // The scores are f32 (the router computes in f32) and weigh the outputs before the sum is rounded.
-    weigh_in_f32: true,
+    // The sigmoid scores are in the activations' dtype under autocast (moe/routing.rs), and so are the weights.
+    weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
 
@@ -612,6 +612,66 @@ const GLM4_MOE: Family = Family {
     o_bias_with_attention_bias: false,
     experts: Some(GLM4_MOE_EXPERTS),
     ..LLAMA
+};
+
+// DeepSeek-V3 (and V3.1, Kimi K2, Moonlight, as bf16 checkpoints): multi-head latent attention and GLM-4.5's
+// routing. Released configs carry keys of DeepSeek's own code that transformers never reads: `scoring_func` and
+// `topk_method` must name what it computes, `moe_layer_freq` must be 1; `ep_size` (expert parallelism),
+// `aux_loss_alpha` and `seq_aux` (a loss transformers' port does not compute) change nothing it runs.
+const DEEPSEEK_V3: Family = Family {
+    model_type: "deepseek_v3",
+    sizes: Sizes {
+        vocab: 129280,
+        hidden: 7168,
+        intermediate: 18432,
+        layers: 61,
+        heads: 128,
+    },
+    architecture: Architecture::DeepseekV3,
+    keys: &[
+        "hidden_act",
+        "attention_bias",
+        "q_lora_rank",
+        "kv_lora_rank",
+        "qk_nope_head_dim",
+        "qk_rope_head_dim",
+        "v_head_dim",
+        "rope_interleave",
+        // Derived (nope + rope) and recomputed by transformers whatever the file says.
+        "qk_head_dim",
+        "n_routed_experts",
+        "num_local_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "n_shared_experts",
+        "routed_scaling_factor",
+        "n_group",
+        "topk_group",
+        "first_k_dense_replace",
+        "norm_topk_prob",
+        "num_nextn_predict_layers",
+        "ep_size",
+        "aux_loss_alpha",
+        "seq_aux",
+    ],
+    defaults: || {
+        json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "num_key_value_heads": 128,
+        "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+        "v_head_dim": 128, "rope_interleave": true, "moe_intermediate_size": 2048, "num_experts_per_tok": 8,
+        "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5, "n_group": 8,
+        "topk_group": 4, "first_k_dense_replace": 3, "norm_topk_prob": true, "num_nextn_predict_layers": 0})
+    },
+    latent_attention: true,
+    // The latent projections and o_proj take `attention_bias`; there is no q/k norm.
+    o_bias_with_attention_bias: true,
+    qk_norm: QkNorm::None,
+    qk_norm_key: None,
+    agreeing_keys: &[
+        ("scoring_func", "\"sigmoid\""),
+        ("topk_method", "\"noaux_tc\""),
+        ("moe_layer_freq", "1"),
+    ],
+    ..GLM4_MOE
 };
 
 /// The families, by `model_type`.
@@ -1367,7 +1427,6 @@ pub static FAMILIES: [Family; 25] = [
             "linear_num_value_heads",
             "partial_rotary_factor",
             "num_experts",
-            "num_local_experts",
             "num_experts_per_tok",
             "moe_intermediate_size",
             "shared_expert_intermediate_size",
@@ -1397,7 +1456,8 @@ pub static FAMILIES: [Family; 25] = [
                 up: "up_proj",
                 down: "down_proj",
             },
-            count_keys: ["num_experts", "num_local_experts"],
+            // Qwen3NextConfig has no `attribute_map`: `num_experts` is its only name.
+            count_keys: ["num_experts", "num_experts"],
             top_k_alias: None,
             width_key: "moe_intermediate_size",
             normalize: TopKNorm::Key("norm_topk_prob"),
@@ -1416,65 +1476,7 @@ pub static FAMILIES: [Family; 25] = [
         }),
         ..QWEN3_5
     },
-    // DeepSeek-V3 (and V3.1, Kimi K2, Moonlight, as bf16 checkpoints): multi-head latent attention and GLM-4.5's
-    // routing. Released configs carry keys of DeepSeek's own code that transformers never reads: `scoring_func` and
-    // `topk_method` must name what it computes, `moe_layer_freq` must be 1; `ep_size` (expert parallelism),
-    // `aux_loss_alpha` and `seq_aux` (a loss transformers' port does not compute) change nothing it runs.
-    Family {
-        model_type: "deepseek_v3",
-        sizes: Sizes {
-            vocab: 129280,
-            hidden: 7168,
-            intermediate: 18432,
-            layers: 61,
-            heads: 128,
-        },
-        architecture: Architecture::DeepseekV3,
-        keys: &[
-            "hidden_act",
-            "attention_bias",
-            "q_lora_rank",
-            "kv_lora_rank",
-            "qk_nope_head_dim",
-            "qk_rope_head_dim",
-            "v_head_dim",
-            "rope_interleave",
-            // Derived (nope + rope) and recomputed by transformers whatever the file says.
-            "qk_head_dim",
-            "n_routed_experts",
-            "num_local_experts",
-            "num_experts_per_tok",
-            "moe_intermediate_size",
-            "n_shared_experts",
-            "routed_scaling_factor",
-            "n_group",
-            "topk_group",
-            "first_k_dense_replace",
-            "norm_topk_prob",
-            "num_nextn_predict_layers",
-            "ep_size",
-            "aux_loss_alpha",
-            "seq_aux",
-        ],
-        defaults: || {
-            json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "num_key_value_heads": 128,
-            "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
-            "v_head_dim": 128, "rope_interleave": true, "moe_intermediate_size": 2048, "num_experts_per_tok": 8,
-            "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5, "n_group": 8,
-            "topk_group": 4, "first_k_dense_replace": 3, "norm_topk_prob": true, "num_nextn_predict_layers": 0})
-        },
-        latent_attention: true,
-        // The latent projections and o_proj take `attention_bias`; there is no q/k norm.
-        o_bias_with_attention_bias: true,
-        qk_norm: QkNorm::None,
-        qk_norm_key: None,
-        agreeing_keys: &[
-            ("scoring_func", "\"sigmoid\""),
-            ("topk_method", "\"noaux_tc\""),
-            ("moe_layer_freq", "1"),
-        ],
-        ..GLM4_MOE
-    },
+    DEEPSEEK_V3,
     // GLM-4.7-Flash (30B-A3B): DeepSeek-V3's latent attention and routing, its dense and sparse layers listed in
     // `mlp_layer_types`.
     Family {
@@ -1517,16 +1519,13 @@ pub static FAMILIES: [Family; 25] = [
             "n_shared_experts": 1, "n_routed_experts": 64, "routed_scaling_factor": 1.8, "n_group": 1,
             "topk_group": 1, "norm_topk_prob": true, "num_nextn_predict_layers": 0})
         },
-        latent_attention: true,
-        // The latent projections and o_proj take `attention_bias`; there is no q/k norm.
-        o_bias_with_attention_bias: true,
-        qk_norm: QkNorm::None,
-        qk_norm_key: None,
+        // DeepSeek's own keys are not in GLM's configs.
+        agreeing_keys: &[],
         experts: Some(ExpertTable {
             sparse_layers: SparseLayers::Types("mlp_layer_types"),
             ..GLM4_MOE_EXPERTS
         }),
-        ..GLM4_MOE
+        ..DEEPSEEK_V3
     },
 ];
 
@@ -1586,6 +1585,13 @@ impl Family {
             ("num_attention_heads", z.heads),
         ] {
             merged[k] = v.into();
+        }
+        // A config that names the expert count by its other name (transformers' `attribute_map`) gets no default
+        // under the first one to disagree with.
+        if let Some([first, other]) = self.experts.map(|t| t.count_keys) {
+            if config[first].is_null() && !config[other].is_null() {
+                merged.as_object_mut().map(|m| m.remove(first));
+            }
         }
         if let (Some(m), Some(c)) = (merged.as_object_mut(), config.as_object()) {
             for (k, v) in c {

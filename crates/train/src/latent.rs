@@ -79,6 +79,18 @@ impl LatentAttention {
                 raw["num_key_value_heads"], raw["num_attention_heads"]
             ));
         }
+        // transformers' latent attention rotates the whole rope part; a factor below 1 would make its tables
+        // narrower than the part it rotates (and transformers' own forward fails on it).
+        let partial = [
+            &raw["partial_rotary_factor"],
+            &raw["rope_parameters"]["partial_rotary_factor"],
+        ];
+        if let Some(f) = partial.iter().find(|v| !v.is_null() && v.as_f64() != Some(1.0)) {
+            return Err(format!(
+                "`partial_rotary_factor` is {f}: latent attention rotates all `qk_rope_head_dim` dimensions of its \
+                 rotated part. Remove it"
+            ));
+        }
         match &raw["head_dim"] {
             Value::Null => {}
             v if v.as_u64() == Some(dims.rope as u64) => {}
@@ -271,6 +283,10 @@ mod tests {
         assert!(e.contains("kv_lora_rank"), "{e}");
         let e = deepseek(json!({"rope_interleave": "yes"})).unwrap_err();
         assert!(e.contains("rope_interleave"), "{e}");
+        let rope =
+            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}});
+        let e = deepseek(rope).unwrap_err();
+        assert!(e.contains("partial_rotary_factor") && e.contains("0.5"), "{e}");
         let lite = |types: Value| {
             let raw = json!({"model_type": "glm4_moe_lite", "vocab_size": 64, "hidden_size": 32,
                 "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,

@@ -52,20 +52,6 @@ impl LinearWeight {
 }
 
 impl Linear {
-    /// The layer in f32 whatever the compute dtype, input and weight cast up (DeepSeek-V3's and GLM-4.5's router,
-    /// which transformers computes on f32 copies). A frozen weight still gets no gradient of its own.
-    pub fn forward_f32(&self, x: &Tensor) -> Result<Tensor> {
-        let weight = match &self.weight {
-            LinearWeight::Frozen(w) => LinearWeight::Frozen(w.to_dtype(DType::F32)?),
-            other => other.clone(),
-        };
-        let linear = Linear {
-            weight,
-            bias: self.bias.clone(),
-        };
-        linear.forward(&x.to_dtype(DType::F32)?)
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             LinearWeight::Trainable(w) => trainable_matmul(x, w)?,

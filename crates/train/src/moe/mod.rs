@@ -22,16 +22,15 @@ mod stacked;
 mod stacked_cpu;
 
 use crate::config::ExpertsSpec;
-use crate::experts::RouteBy;
-use crate::family::{ExpertActivation, ExpertTable, ExpertWeights, Routing};
+use crate::family::{ExpertActivation, ExpertTable, ExpertWeights};
 use crate::linear::Linear;
-use crate::ops::{sigmoid, softmax_last_dim};
+use crate::ops::sigmoid;
 use crate::params::Params;
 use activation::GateActivation;
 use candle_core::{DType, Result, Tensor, D};
 use interleaved::Interleaved;
 pub(crate) use router_loss::RouterStats;
-use routing::Routes;
+use routing::{Choice, Routes};
 use stacked::Stacked;
 
 const ONLY_SWIGLU: &str =
@@ -75,9 +74,8 @@ struct Shared {
 /// A layer's router, experts and shared expert.
 pub(crate) struct Experts {
     router: Linear,
-    /// The router's fixed per-expert bias that only picks experts (DeepSeek-V3's `e_score_correction_bias`), read
-    /// in f32 as transformers keeps it.
-    correction_bias: Option<Vec<f32>>,
+    /// How the router's scores choose and weigh the experts.
+    choice: Choice,
     weights: Weights,
     shared: Option<Shared>,
     spec: ExpertsSpec,
@@ -147,16 +145,9 @@ impl Experts {
             }
             _ => None,
         };
-        let correction_bias = match table.routing {
-            Routing::SigmoidGroups { correction_bias, .. } => Some(routing::correction_bias(
-                params,
-                &format!("{p}.{}.{correction_bias}", table.router),
-            )?),
-            Routing::Softmax => None,
-        };
         Ok(Experts {
             router: params.linear(&format!("{p}.{}", table.router), table.router_bias)?,
-            correction_bias,
+            choice: Choice::load(params, &format!("{p}.{}", table.router), table.routing, spec.routing)?,
             weights,
             shared,
             spec,
@@ -174,10 +165,18 @@ impl Experts {
         let hidden = h.dim(D::Minus1)?;
         let tokens = h.elem_count() / hidden;
         let x = h.reshape((tokens, hidden))?;
-        let (routes, weights, probs) = self.route(&x)?;
+        let top_k = self.spec.top_k;
+        let (scores, routes) = self.choice.choose(&self.router.forward(&x)?, top_k)?;
         if let Some(stats) = stats {
-            stats.record(&probs, &routes.chosen)?;
+            stats.record(&scores.to_dtype(DType::F32)?, &routes.chosen)?;
         }
+        let weights = self.choice.weigh(&scores, &routes, top_k, self.spec)?;
+        let weights = match self.spec.weigh_in_f32 {
+            true => weights,
+            false => weights.to_dtype(x.dtype())?,
+        };
+        let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), x.device())?;
+        let weights = weights.flatten_all()?.index_select(&by_expert, 0)?;
         let outputs = self.expert_outputs(&x, &routes, &product)?;
         let rows = routes.tokens_by_expert.concat();
         let rows = Tensor::from_vec(rows, routes.pairs_by_expert.len(), x.device())?;
@@ -194,49 +193,6 @@ impl Experts {
             };
         }
         out.reshape(h.shape())
-    }
-
-    /// Each token's experts, and the probabilities that weigh them (renormalised where the layer says) in the
-    /// order of the (token, choice) pairs grouped by expert: in the activations' dtype, or f32 where the family
-    /// weighs in f32; and every probability (tokens, E) in f32.
-    fn route(&self, x: &Tensor) -> Result<(Routes, Tensor, Tensor)> {
-        let top_k = self.spec.top_k;
-        let (probs, routes) = match (self.spec.routing, &self.correction_bias) {
-            (RouteBy::SigmoidGroups { groups, top_groups, .. }, Some(bias)) => {
-                let scores = sigmoid(&self.router.forward_f32(x)?)?;
-                let groups = routing::Groups {
-                    count: groups,
-                    kept: top_groups,
-                };
-                let routes = Routes::choose_in_groups(&scores.detach().to_vec2::<f32>()?, bias, groups, top_k);
-                (scores, routes)
-            }
-            _ => {
-                let probs = softmax_last_dim(&self.router.forward(x)?.to_dtype(DType::F32)?)?;
-                let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, top_k);
-                (probs, routes)
-            }
-        };
-        let chosen = Tensor::from_slice(&routes.chosen, (x.dim(0)?, top_k), x.device())?;
-        let mut weights = probs.gather(&chosen, 1)?;
-        match self.spec.routing {
-            RouteBy::SigmoidGroups { scale, .. } => {
-                if self.spec.normalize {
-                    weights = weights.broadcast_div(&(weights.sum_keepdim(1)? + 1e-20)?)?;
-                }
-                weights = (weights * scale)?;
-            }
-            RouteBy::Softmax if self.spec.normalize => {
-                weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
-            }
-            RouteBy::Softmax => {}
-        }
-        if !self.spec.weigh_in_f32 {
-            weights = weights.to_dtype(x.dtype())?;
-        }
-        let by_expert = Tensor::from_slice(&routes.pairs_by_expert, routes.pairs_by_expert.len(), x.device())?;
-        let weights = weights.flatten_all()?.index_select(&by_expert, 0)?;
-        Ok((routes, weights, probs))
     }
 
     /// Each expert's output for its rows of `x`, experts in order (unweighted).

@@ -1,8 +1,84 @@
-//! Which experts each token runs through: the `top_k` most probable (softmax routers), or DeepSeek-V3's choice
-//! among the best groups by biased sigmoid scores. Chosen on the host from the detached scores; the weights that
-//! follow stay on the graph (`mod.rs`).
+//! Which experts each token runs through, and the weights of their outputs: the `top_k` most probable of a softmax
+//! in f32 (renormalised where the layer says); or DeepSeek-V3's choice among the best groups by sigmoid scores plus
+//! a fixed bias, weighed by the unbiased scores (renormalised, then scaled). The sigmoid scores stay in the
+//! activations' dtype: transformers casts the router's input and weight to f32, which torch's autocast (the mixed
+//! precision FreezeTune follows) casts back for the matmul, and the sigmoid keeps its input's dtype; only the
+//! choice adds the f32 bias. Chosen on the host from the detached scores; the weights stay on the graph.
 
+use crate::config::ExpertsSpec;
+use crate::experts::RouteBy;
+use crate::family::Routing;
+use crate::ops::{sigmoid, softmax_last_dim};
 use crate::params::Params;
+use candle_core::{DType, Result, Tensor};
+
+/// How a layer's router scores choose and weigh its experts.
+pub(super) enum Choice {
+    Softmax,
+    /// The router's correction bias (f32, as transformers keeps it), the groups, and the weights' scale.
+    SigmoidGroups {
+        bias: Vec<f32>,
+        groups: Groups,
+        scale: f64,
+    },
+}
+
+impl Choice {
+    /// The choice of the router at `router` (`model.layers.N.mlp.gate`), as the family and config.json say.
+    pub fn load(params: &Params, router: &str, table: Routing, spec: RouteBy) -> crate::error::Result<Choice> {
+        match (table, spec) {
+            (
+                Routing::SigmoidGroups { correction_bias, .. },
+                RouteBy::SigmoidGroups {
+                    groups,
+                    top_groups,
+                    scale,
+                },
+            ) => Ok(Choice::SigmoidGroups {
+                bias: self::correction_bias(params, &format!("{router}.{correction_bias}"))?,
+                groups: Groups {
+                    count: groups,
+                    kept: top_groups,
+                },
+                scale,
+            }),
+            _ => Ok(Choice::Softmax),
+        }
+    }
+
+    /// Each token's scores (tokens, E) from its router `logits`, and its chosen experts.
+    pub fn choose(&self, logits: &Tensor, top_k: usize) -> Result<(Tensor, Routes)> {
+        match self {
+            Choice::Softmax => {
+                let probs = softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+                let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, top_k);
+                Ok((probs, routes))
+            }
+            Choice::SigmoidGroups { bias, groups, .. } => {
+                let scores = sigmoid(logits)?;
+                let host = scores.detach().to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                Ok((scores, Routes::choose_in_groups(&host, bias, *groups, top_k)))
+            }
+        }
+    }
+
+    /// The chosen experts' weights (tokens, top_k), in the scores' dtype.
+    pub fn weigh(&self, scores: &Tensor, routes: &Routes, top_k: usize, spec: ExpertsSpec) -> Result<Tensor> {
+        let chosen = Tensor::from_slice(&routes.chosen, (scores.dim(0)?, top_k), scores.device())?;
+        let weights = scores.gather(&chosen, 1)?;
+        match self {
+            Choice::Softmax if spec.normalize => weights.broadcast_div(&weights.sum_keepdim(1)?),
+            Choice::Softmax => Ok(weights),
+            Choice::SigmoidGroups { scale, .. } => {
+                let weights = match spec.normalize {
+                    true => weights.broadcast_div(&(weights.sum_keepdim(1)? + 1e-20)?)?,
+                    false => weights,
+                };
+                weights * *scale
+            }
+        }
+    }
+}
 
 /// Which experts each token runs through, and the (token, choice) pairs grouped by expert.
 #[derive(Debug, PartialEq)]
@@ -88,9 +164,13 @@ pub(super) fn correction_bias(params: &Params, name: &str) -> crate::error::Resu
                 .into(),
         });
     }
-    // Marks it read (the checkpoint's every tensor must be), then takes the stored value, unrounded.
-    params.get(name)?;
-    let values = params.checkpoint_f32(name)?.to_vec1::<f32>();
+    // Marks it read (the checkpoint's every tensor must be); held in f32 (an f32 run) it is the stored value,
+    // otherwise the stored value is read again, unrounded.
+    let held = params.get(name)?;
+    let values = match held.dtype() {
+        DType::F32 => held.to_vec1::<f32>(),
+        _ => params.checkpoint_f32(name)?.to_vec1::<f32>(),
+    };
     values.map_err(|source| crate::error::TrainError::Candle {
         context: format!("reading {name}"),
         source,
