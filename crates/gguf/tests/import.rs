@@ -219,13 +219,7 @@ fn newer_families_export_then_import_to_the_same_model() {
             ),
             "{arch}: multipliers"
         );
-        let (ours, theirs) = (freezetune_logits(&model, &PROMPT), freezetune_logits(&dir, &PROMPT));
-        let diff = ours
-            .iter()
-            .flatten()
-            .zip(theirs.iter().flatten())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs(&freezetune_logits(&model, &PROMPT), &freezetune_logits(&dir, &PROMPT));
         assert!(diff < 1e-4, "{arch}: the imported model's logits differ by {diff}");
     }
 }
@@ -382,13 +376,7 @@ fn a_glm_file_with_its_prediction_layer_imports_with_it_and_runs_without_it() {
     let eh = imported["model.layers.3.eh_proj.weight"].clone();
     assert_eq!(eh.dims(), [64, 128]);
     assert_eq!(eh.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 0.01);
-    let theirs = freezetune_logits(&dir, &PROMPT);
-    let diff = ours
-        .iter()
-        .flatten()
-        .zip(theirs.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let diff = max_abs(&ours, &freezetune_logits(&dir, &PROMPT));
     assert!(diff < 1e-4, "the imported model's logits differ by {diff}");
 
     let again = tmp.path().join("again.gguf");

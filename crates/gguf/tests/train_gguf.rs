@@ -55,12 +55,6 @@ fn tensors(seen: &Value) -> &serde_json::Map<String, Value> {
     seen["tensors"].as_object().unwrap()
 }
 
-fn max_abs(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
-    let rows = a.iter().zip(b);
-    rows.flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs() as f64))
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn a_q4_k_m_file_trains_its_top_layers_and_exports_its_frozen_blocks_unchanged() {
     let tmp = tempfile::tempdir().unwrap();

@@ -497,6 +497,32 @@ const LLAMA: Family = Family {
     delta_projections: DeltaProjections::Separate,
 };
 
+/// The config keys Qwen3.5's Gated DeltaNet and gated attention layers read, then a family's own.
+macro_rules! delta_net_keys {
+    ($($own:literal),* $(,)?) => {
+        &[
+            "hidden_act",
+            "attention_bias",
+            "layer_types",
+            "full_attention_interval",
+            "linear_conv_kernel_dim",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_num_key_heads",
+            "linear_num_value_heads",
+            "partial_rotary_factor",
+            $($own),*
+        ]
+    };
+}
+
+/// Qwen3.5 MoE's and Qwen3-Next's shared expert, scaled by σ of its gate.
+const QWEN_SHARED_EXPERT: SharedExpertTable = SharedExpertTable {
+    mlp: "mlp.shared_expert",
+    gate: Some("mlp.shared_expert_gate"),
+    width: SharedWidth::Key("shared_expert_intermediate_size"),
+};
+
 const QWEN3_5: Family = Family {
     model_type: "qwen3_5_text",
     sizes: Sizes {
@@ -507,21 +533,11 @@ const QWEN3_5: Family = Family {
         heads: 16,
     },
     architecture: Architecture::Qwen3_5,
-    keys: &[
-        "hidden_act",
-        "attention_bias",
-        "layer_types",
-        "full_attention_interval",
-        "linear_conv_kernel_dim",
-        "linear_key_head_dim",
-        "linear_value_head_dim",
-        "linear_num_key_heads",
-        "linear_num_value_heads",
-        "partial_rotary_factor",
+    keys: delta_net_keys![
         "attn_output_gate",
         "mamba_ssm_dtype",
         "mtp_num_hidden_layers",
-        "mtp_use_dedicated_embeddings",
+        "mtp_use_dedicated_embeddings"
     ],
     defaults: || {
         json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
@@ -614,6 +630,35 @@ const GLM4_MOE: Family = Family {
     ..LLAMA
 };
 
+/// The config keys DeepSeek-V3's latent attention and GLM-4.5's routing read, then a family's own.
+macro_rules! latent_moe_keys {
+    ($($own:literal),* $(,)?) => {
+        &[
+            "hidden_act",
+            "attention_bias",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "rope_interleave",
+            // Derived (nope + rope) and recomputed by transformers whatever the file says.
+            "qk_head_dim",
+            "n_routed_experts",
+            "num_local_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "n_shared_experts",
+            "routed_scaling_factor",
+            "n_group",
+            "topk_group",
+            "norm_topk_prob",
+            "num_nextn_predict_layers",
+            $($own),*
+        ]
+    };
+}
+
 // DeepSeek-V3 (and V3.1, Kimi K2, Moonlight, as bf16 checkpoints): multi-head latent attention and GLM-4.5's
 // routing. Released configs carry keys of DeepSeek's own code that transformers never reads: `scoring_func` and
 // `topk_method` must name what it computes, `moe_layer_freq` must be 1; `ep_size` (expert parallelism),
@@ -628,32 +673,7 @@ const DEEPSEEK_V3: Family = Family {
         heads: 128,
     },
     architecture: Architecture::DeepseekV3,
-    keys: &[
-        "hidden_act",
-        "attention_bias",
-        "q_lora_rank",
-        "kv_lora_rank",
-        "qk_nope_head_dim",
-        "qk_rope_head_dim",
-        "v_head_dim",
-        "rope_interleave",
-        // Derived (nope + rope) and recomputed by transformers whatever the file says.
-        "qk_head_dim",
-        "n_routed_experts",
-        "num_local_experts",
-        "num_experts_per_tok",
-        "moe_intermediate_size",
-        "n_shared_experts",
-        "routed_scaling_factor",
-        "n_group",
-        "topk_group",
-        "first_k_dense_replace",
-        "norm_topk_prob",
-        "num_nextn_predict_layers",
-        "ep_size",
-        "aux_loss_alpha",
-        "seq_aux",
-    ],
+    keys: latent_moe_keys!["first_k_dense_replace", "ep_size", "aux_loss_alpha", "seq_aux"],
     defaults: || {
         json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "num_key_value_heads": 128,
         "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
@@ -1345,17 +1365,7 @@ pub static FAMILIES: [Family; 25] = [
     Family {
         model_type: "qwen3_5_moe_text",
         architecture: Architecture::Qwen3_5Moe,
-        keys: &[
-            "hidden_act",
-            "attention_bias",
-            "layer_types",
-            "full_attention_interval",
-            "linear_conv_kernel_dim",
-            "linear_key_head_dim",
-            "linear_value_head_dim",
-            "linear_num_key_heads",
-            "linear_num_value_heads",
-            "partial_rotary_factor",
+        keys: delta_net_keys![
             "attn_output_gate",
             "mamba_ssm_dtype",
             "mtp_num_hidden_layers",
@@ -1367,7 +1377,7 @@ pub static FAMILIES: [Family; 25] = [
             "shared_expert_intermediate_size",
             "output_router_logits",
             "router_aux_loss_coef",
-            "norm_topk_prob",
+            "norm_topk_prob"
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
@@ -1390,11 +1400,7 @@ pub static FAMILIES: [Family; 25] = [
             normalize: TopKNorm::Always,
             routing: Routing::Softmax,
             sparse_layers: SparseLayers::Every,
-            shared: Some(SharedExpertTable {
-                mlp: "mlp.shared_expert",
-                gate: Some("mlp.shared_expert_gate"),
-                width: SharedWidth::Key("shared_expert_intermediate_size"),
-            }),
+            shared: Some(QWEN_SHARED_EXPERT),
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),
@@ -1415,17 +1421,7 @@ pub static FAMILIES: [Family; 25] = [
             heads: 16,
         },
         architecture: Architecture::Qwen3Next,
-        keys: &[
-            "hidden_act",
-            "attention_bias",
-            "layer_types",
-            "full_attention_interval",
-            "linear_conv_kernel_dim",
-            "linear_key_head_dim",
-            "linear_value_head_dim",
-            "linear_num_key_heads",
-            "linear_num_value_heads",
-            "partial_rotary_factor",
+        keys: delta_net_keys![
             "num_experts",
             "num_experts_per_tok",
             "moe_intermediate_size",
@@ -1434,7 +1430,7 @@ pub static FAMILIES: [Family; 25] = [
             "decoder_sparse_step",
             "mlp_only_layers",
             "output_router_logits",
-            "router_aux_loss_coef",
+            "router_aux_loss_coef"
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false, "head_dim": 256,
@@ -1466,11 +1462,7 @@ pub static FAMILIES: [Family; 25] = [
                 step: "decoder_sparse_step",
                 dense: "mlp_only_layers",
             },
-            shared: Some(SharedExpertTable {
-                mlp: "mlp.shared_expert",
-                gate: Some("mlp.shared_expert_gate"),
-                width: SharedWidth::Key("shared_expert_intermediate_size"),
-            }),
+            shared: Some(QWEN_SHARED_EXPERT),
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),
@@ -1489,29 +1481,7 @@ pub static FAMILIES: [Family; 25] = [
             heads: 20,
         },
         architecture: Architecture::Glm4MoeLite,
-        keys: &[
-            "hidden_act",
-            "attention_bias",
-            "q_lora_rank",
-            "kv_lora_rank",
-            "qk_nope_head_dim",
-            "qk_rope_head_dim",
-            "v_head_dim",
-            "rope_interleave",
-            // Derived (nope + rope) and recomputed by transformers whatever the file says.
-            "qk_head_dim",
-            "n_routed_experts",
-            "num_local_experts",
-            "num_experts_per_tok",
-            "moe_intermediate_size",
-            "n_shared_experts",
-            "routed_scaling_factor",
-            "n_group",
-            "topk_group",
-            "mlp_layer_types",
-            "norm_topk_prob",
-            "num_nextn_predict_layers",
-        ],
+        keys: latent_moe_keys!["mlp_layer_types"],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "num_key_value_heads": 20,
             "q_lora_rank": 768, "kv_lora_rank": 512, "qk_nope_head_dim": 192, "qk_rope_head_dim": 64,

@@ -11,6 +11,8 @@ use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
@@ -21,24 +23,7 @@ fn json(path: &Path) -> Value {
 
 /// The gpt_oss case's input ids (families.json), as a batch and its labels.
 fn batch() -> (Batch, Vec<Vec<i64>>) {
-    let all = json(&fixtures().join("reference/families.json"));
-    let ids: Vec<Vec<u32>> = all["cases"]["gpt_oss"]["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
-    let labels = ids.iter().map(|r| r.iter().map(|&v| v as i64).collect()).collect();
-    let batch = Batch {
-        lengths: ids.iter().map(Vec::len).collect(),
-        input_ids: ids,
-    };
+    let (batch, labels, _) = common::family_batch("gpt_oss");
     (batch, labels)
 }
 

@@ -8,10 +8,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures, tensors};
+use common::{family_batch, fixtures, tensors};
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
 use freezetune_train::export::export_checkpoint;
-use freezetune_train::{Batch, Decoder, DecoderConfig, Params};
+use freezetune_train::{Decoder, DecoderConfig, Params};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,25 +50,6 @@ fn released(dir: &Path, declared: bool) {
         config["num_nextn_predict_layers"] = 1.into();
     }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-}
-
-fn reference(case: &str) -> (Vec<Vec<u32>>, f64) {
-    let all: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/families.json")).unwrap()).unwrap();
-    let case = &all["cases"][case];
-    let ids = case["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
-    (ids, case["losses"][0].as_f64().unwrap())
 }
 
 fn every_tensor(layout: &ModelLayout) -> FreezeSpec {
@@ -125,15 +106,7 @@ fn trains_and_writes_back(dir: &Path, layout: &ModelLayout, case: &str, head: &s
     let params = Params::load(dir, &plan, &Device::Cpu, DType::F32).unwrap();
     assert!(!params.contains(head));
     let model = Decoder::new(DecoderConfig::read(dir).unwrap(), &params, &Device::Cpu).unwrap();
-    let (ids, want) = reference(case);
-    let labels = ids
-        .iter()
-        .map(|r| r.iter().map(|&v| v as i64).collect())
-        .collect::<Vec<Vec<i64>>>();
-    let batch = Batch {
-        lengths: ids.iter().map(Vec::len).collect(),
-        input_ids: ids,
-    };
+    let (batch, labels, want) = family_batch(case);
     let (loss, _) = model.loss(&batch, &labels).unwrap();
     let got = loss.to_scalar::<f32>().unwrap() as f64;
     assert!(

@@ -213,16 +213,7 @@ pub fn glm4_moe_as_released(dir: &Path) -> PathBuf {
     });
     let path = model.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-    let last: Vec<(String, candle_core::Tensor)> = tensors
-        .iter()
-        .filter_map(|(n, t)| {
-            n.strip_prefix("model.layers.2.")
-                .map(|rest| (rest.to_string(), t.clone()))
-        })
-        .collect();
-    for (rest, t) in last {
-        tensors.insert(format!("model.layers.3.{rest}"), t);
-    }
+    copy_prefix(&mut tensors, "model.layers.2.", "model.layers.3.");
     let eh = candle_core::Tensor::zeros((64, 128), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     tensors.insert("model.layers.3.eh_proj.weight".into(), eh);
     candle_core::safetensors::save(&tensors, &path).unwrap();
@@ -236,18 +227,18 @@ pub fn qwen3_moe_all_sparse(dir: &Path) -> PathBuf {
     let path = model.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
     tensors.retain(|name, _| !name.starts_with("model.layers.1.mlp."));
-    let layer0: Vec<(String, candle_core::Tensor)> = tensors
-        .iter()
-        .filter_map(|(n, t)| {
-            n.strip_prefix("model.layers.0.mlp.")
-                .map(|rest| (rest.to_string(), t.clone()))
-        })
-        .collect();
-    for (rest, t) in layer0 {
-        tensors.insert(format!("model.layers.1.mlp.{rest}"), t);
-    }
+    copy_prefix(&mut tensors, "model.layers.0.mlp.", "model.layers.1.mlp.");
     candle_core::safetensors::save(&tensors, &path).unwrap();
     model
+}
+
+/// Every tensor under `from` copied under `to`.
+fn copy_prefix(tensors: &mut std::collections::HashMap<String, candle_core::Tensor>, from: &str, to: &str) {
+    let copies: Vec<(String, candle_core::Tensor)> = tensors
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix(from).map(|rest| (format!("{to}{rest}"), t.clone())))
+        .collect();
+    tensors.extend(copies);
 }
 
 /// OLMoE's reference model (4 query heads sharing 2 key/value heads) as the same function with 4 key/value heads, as
@@ -282,4 +273,11 @@ pub fn olmoe_without_gqa(dir: &Path) -> PathBuf {
     }
     candle_core::safetensors::save(&tensors, &path).unwrap();
     model
+}
+
+/// The largest difference between two runs' logits.
+pub fn max_abs(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let rows = a.iter().zip(b);
+    rows.flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs() as f64))
+        .fold(0.0, f64::max)
 }

@@ -81,3 +81,29 @@ pub fn write_reference_data(dir: &Path) -> PathBuf {
     std::fs::write(&path, lines.join("\n")).unwrap();
     path
 }
+
+/// A case of tests/fixtures/reference/families.json: its input ids as a batch with their labels, and transformers'
+/// first loss on them.
+pub fn family_batch(case: &str) -> (freezetune_train::Batch, Vec<Vec<i64>>, f64) {
+    let all: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("reference/families.json")).unwrap()).unwrap();
+    let case = &all["cases"][case];
+    let ids: Vec<Vec<u32>> = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    let labels = ids.iter().map(|r| r.iter().map(|&v| v as i64).collect()).collect();
+    let batch = freezetune_train::Batch {
+        lengths: ids.iter().map(Vec::len).collect(),
+        input_ids: ids,
+    };
+    (batch, labels, case["losses"][0].as_f64().unwrap())
+}
