@@ -33,6 +33,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         // Not exported yet (not in EXPORTABLE): llama.cpp splits latent attention's kv_b_proj. Named for messages.
         Architecture::DeepseekV3 | Architecture::Glm4MoeLite => "deepseek2",
         Architecture::Qwen3Next => "qwen3next",
+        Architecture::Exaone4 => "exaone4",
     }
 }
 
@@ -113,6 +114,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::DeepseekV3 => ("DeepseekV3ForCausalLM", "deepseek_v3"),
         Architecture::Glm4MoeLite => ("Glm4MoeLiteForCausalLM", "glm4_moe_lite"),
         Architecture::Qwen3Next => ("Qwen3NextForCausalLM", "qwen3_next"),
+        Architecture::Exaone4 => ("Exaone4ForCausalLM", "exaone4"),
     }
 }
 

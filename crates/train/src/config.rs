@@ -63,6 +63,8 @@ pub enum Architecture {
     Glm4MoeLite,
     /// Qwen3.5's layers with grouped DeltaNet projections and Qwen3 MoE's experts beside a gated shared one.
     Qwen3Next,
+    /// Post norms, per-head q/k norms, sliding layers with rope and full layers without.
+    Exaone4,
 }
 
 /// The MLP's activation.
@@ -384,6 +386,11 @@ impl DecoderConfig {
         let uses_rope = rope_layers(raw, fam, num_layers)?;
         let types = layer_types(raw, fam, num_layers)?;
         let windows = layer_windows(raw, fam, num_layers, &uses_rope, types.as_deref())?;
+        // EXAONE 4 rotates only its sliding layers when it has a window.
+        let uses_rope = match fam.nope_full_layers_when_sliding && !raw["sliding_window"].is_null() {
+            true => windows.iter().map(Option::is_some).collect(),
+            false => uses_rope,
+        };
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
             (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
             (_, Some(m)) if fam.understands("attention_multiplier") => m,
@@ -976,7 +983,14 @@ fn layer_windows(
                 (0..layers).map(|i| enabled && window.is_some() && i >= from).collect()
             }
             DefaultSliding::AllButEvery(n) => {
-                let n = raw["sliding_window_pattern"].as_u64().map_or(n, |p| p as usize).max(1);
+                let n = match &raw["sliding_window_pattern"] {
+                    Value::Null => n,
+                    // A pattern transformers would not read as a number (EXAONE's "LLLG") is refused here, where
+                    // only it would decide the layers.
+                    v => v.as_u64().filter(|&p| p > 0).ok_or_else(|| {
+                        format!("`sliding_window_pattern` is {v}; without `layer_types` it must be a positive integer")
+                    })? as usize,
+                };
                 (0..layers).map(|i| (i + 1) % n != 0).collect()
             }
             DefaultSliding::NoRopeLayers => (0..layers)
@@ -1205,6 +1219,28 @@ mod tests {
 
     fn windows(extra: Value, model_type: &str) -> std::result::Result<Vec<Option<usize>>, String> {
         DecoderConfig::from_json(&tiny(extra), model_type).map(|c| c.layers.iter().map(|l| l.window).collect())
+    }
+
+    #[test]
+    fn exaone4_rotates_only_its_sliding_layers_when_it_has_a_window() {
+        let rope = |extra: Value| -> Vec<bool> {
+            let c = DecoderConfig::from_json(&tiny(extra), "exaone4").unwrap();
+            c.layers.iter().map(|l| l.rope.is_some()).collect()
+        };
+        let pattern = json!({"sliding_window": 8, "sliding_window_pattern": 3});
+        assert_eq!(rope(pattern), [true, true, false]);
+        let all_full =
+            json!({"sliding_window": null, "layer_types": ["full_attention", "full_attention", "full_attention"]});
+        assert_eq!(rope(all_full), [true, true, true]);
+        let e = windows(
+            json!({"sliding_window": 8, "sliding_window_pattern": "LLLG"}),
+            "exaone4",
+        )
+        .unwrap_err();
+        assert!(e.contains("sliding_window_pattern") && e.contains("LLLG"), "{e}");
+        let typed = json!({"sliding_window": 8, "sliding_window_pattern": "LLLG",
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"]});
+        assert_eq!(windows(typed, "exaone4").unwrap(), [Some(8), Some(8), None]);
     }
 
     #[test]

@@ -311,6 +311,8 @@ pub struct Family {
     pub agreeing_keys: &'static [(&'static str, &'static str)],
     /// How a Gated DeltaNet layer's input projections are stored.
     pub delta_projections: DeltaProjections,
+    /// EXAONE 4: when config.json sets `sliding_window`, the full-attention layers take no rope (NoPE).
+    pub nope_full_layers_when_sliding: bool,
 }
 
 /// A Gated DeltaNet layer's input projections (after `linear_attn.`).
@@ -495,6 +497,7 @@ const LLAMA: Family = Family {
     latent_attention: false,
     agreeing_keys: &[],
     delta_projections: DeltaProjections::Separate,
+    nope_full_layers_when_sliding: false,
 };
 
 /// The config keys Qwen3.5's Gated DeltaNet and gated attention layers read, then a family's own.
@@ -695,7 +698,7 @@ const DEEPSEEK_V3: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub static FAMILIES: [Family; 25] = [
+pub static FAMILIES: [Family; 26] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -1469,6 +1472,27 @@ pub static FAMILIES: [Family; 25] = [
         ..QWEN3_5
     },
     DEEPSEEK_V3,
+    // EXAONE 4.0 (1.2B, 32B): OLMo 2's post norms with per-head q/k norms; sliding (`sliding_window`) and full layers
+    // as `layer_types` says (absent: all but every `sliding_window_pattern`-th slide, 4), the full layers without
+    // rope when the model has a window.
+    Family {
+        model_type: "exaone4",
+        sizes: Sizes {
+            vocab: 102400,
+            hidden: 4096,
+            intermediate: 16384,
+            layers: 32,
+            heads: 32,
+        },
+        architecture: Architecture::Exaone4,
+        keys: &["hidden_act", "sliding_window", "sliding_window_pattern", "layer_types"],
+        defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "sliding_window": 4096, "sliding_window_pattern": 4}),
+        norms: NormPlacement::Post,
+        qk_norm: QkNorm::PerHead,
+        sliding: DefaultSliding::AllButEvery(4),
+        nope_full_layers_when_sliding: true,
+        ..LLAMA
+    },
     // GLM-4.7-Flash (30B-A3B): DeepSeek-V3's latent attention and routing, its dense and sparse layers listed in
     // `mlp_layer_types`.
     Family {

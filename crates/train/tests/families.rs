@@ -414,6 +414,11 @@ fn qwen3_next_grouped_delta_net_projections_and_separate_experts_beside_a_gated_
 }
 
 #[test]
+fn exaone4_post_norms_sliding_layers_and_full_layers_without_rope() {
+    check("exaone4");
+}
+
+#[test]
 fn qwen3_5_moe_vision_language_checkpoint_trains_its_text_tower() {
     check("qwen3_5_moe_vlm");
 }
