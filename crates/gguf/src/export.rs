@@ -207,7 +207,8 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
         | Architecture::Qwen2
         | Architecture::Qwen3
         | Architecture::Phi3
-        | Architecture::Gemma => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Llama3 { .. }),
+        | Architecture::Gemma
+        | Architecture::Exaone4 => matches!(rope.scaling, RopeScaling::Default | RopeScaling::Llama3 { .. }),
         // llama.cpp's gpt-oss runs YaRN with llama-cpp-python's betas (32, 1) and its own attention factor.
         Architecture::GptOss => match rope.scaling {
             RopeScaling::Default => true,
@@ -379,6 +380,7 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
         }
         Architecture::GptOss => gpt_oss_limits(c, pattern),
         Architecture::Glm4Moe => glm4_moe_limits(c),
+        Architecture::Exaone4 => exaone4_limits(c, pattern),
         Architecture::Olmoe if c.num_kv_heads != c.num_heads => Err(format!(
             "llama.cpp's olmoe has as many key/value heads as query heads (its k norm is hidden_size wide); this model \
              has {} of {}",
@@ -447,6 +449,33 @@ fn glm4_moe_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
              but llama.cpp's glm4moe chooses among all experts"
         )),
         _ => Ok(()),
+    }
+}
+
+/// llama.cpp's exaone4: an output projection as wide as the model; sliding layers only in the 64-layer (32B) model,
+/// every 4th full and without rope, as it hard-codes them; every other model attends in full with rope throughout.
+fn exaone4_limits(
+    c: &DecoderConfig,
+    pattern: impl Fn(usize) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    if c.num_heads * c.head_dim != c.hidden_size {
+        return Err(format!(
+            "llama.cpp's exaone4 needs num_attention_heads × head_dim ({}) to equal hidden_size ({})",
+            c.num_heads * c.head_dim,
+            c.hidden_size
+        ));
+    }
+    match c.layers.iter().find_map(|l| l.window) {
+        None => Ok(()),
+        Some(_) if c.num_layers != 64 => Err(format!(
+            "the model slides, but llama.cpp's exaone4 slides only 64-layer models; this one has {} (set \
+             `sliding_window` to null to train and export it without a window)",
+            c.num_layers
+        )),
+        Some(w) if w != 4096 => Err(format!(
+            "the window is {w}, but llama.cpp's 64-layer exaone4 slides 4096"
+        )),
+        Some(_) => pattern(4),
     }
 }
 
@@ -968,6 +997,12 @@ fn arch_meta(c: &DecoderConfig, raw: &Value) -> Vec<(String, Meta)> {
         }
         Architecture::GptOss => m.push((k("attention.sliding_window"), u(window))),
         Architecture::Glm4Moe => m.extend(glm4_moe_meta(c).into_iter().map(|(key, v)| (k(key), v))),
+        Architecture::Exaone4 => {
+            m.push((k("vocab_size"), u(c.vocab_size)));
+            if window > 0 {
+                m.push((k("attention.sliding_window"), u(window)));
+            }
+        }
         Architecture::Phi3 => {
             let window = raw["sliding_window"].as_u64().unwrap_or(0) as usize;
             m.push((k("attention.sliding_window"), u(window)));

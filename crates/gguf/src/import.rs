@@ -678,6 +678,21 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
     if arch == Architecture::Glm4Moe {
         glm4_moe_keys(g, a, &mut c)?;
     }
+    if arch == Architecture::Exaone4 {
+        // llama.cpp's exaone4 slides only the 64-layer model (its window, 4096 unless the file says, every 4th layer
+        // full and without rope); every other model attends in full with rope on every layer.
+        let layers = c["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
+        match layers == 64 {
+            true => {
+                c["sliding_window"] = json!(g.opt_u32(&k("attention.sliding_window"))?.unwrap_or(4096));
+                c["sliding_window_pattern"] = json!(4);
+            }
+            false => {
+                c["sliding_window"] = Value::Null;
+                c["layer_types"] = json!(vec!["full_attention"; layers]);
+            }
+        }
+    }
     if arch == Architecture::Olmoe {
         // llama.cpp's olmoe: experts of `feed_forward_length` on every layer, top-k weights never renormalised.
         c["num_experts"] = json!(g.u32(&k("expert_count"))?);

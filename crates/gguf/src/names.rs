@@ -39,7 +39,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 17] = [
+pub const EXPORTABLE: [Architecture; 18] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -57,12 +57,13 @@ pub const EXPORTABLE: [Architecture; 17] = [
     Architecture::Olmoe,
     Architecture::GptOss,
     Architecture::Glm4Moe,
+    Architecture::Exaone4,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 14] = [
+pub const IMPORTABLE: [&str; 15] = [
     "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2", "qwen3moe",
-    "olmoe", "glm4moe",
+    "olmoe", "glm4moe", "exaone4",
 ];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
@@ -82,6 +83,7 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "qwen3moe" => Architecture::Qwen3Moe,
         "olmoe" => Architecture::Olmoe,
         "glm4moe" => Architecture::Glm4Moe,
+        "exaone4" => Architecture::Exaone4,
         _ => return None,
     })
 }
@@ -282,7 +284,7 @@ const NORMS_AROUND: [(&str, &str); 3] = [
 fn norms_around(arch: Architecture) -> bool {
     matches!(
         arch,
-        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Olmo2 | Architecture::Olmo3
+        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Exaone4
     )
 }
 

@@ -216,6 +216,8 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         &family_variant(&tmp.path().join("ds"), "deepseek_v3", |_| {}),
         "not supported yet",
     );
+    // EXAONE 4 sliding with 4 layers: llama.cpp's exaone4 slides only its 64-layer model.
+    refused(&family_variant(&tmp.path().join("ex"), "exaone4", |_| {}), "64-layer");
 }
 
 /// gpt-oss as released (`truncate: false`): llama.cpp rounds YaRN's ramp to whole dimensions, so the export warns and

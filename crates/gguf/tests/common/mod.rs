@@ -150,7 +150,7 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
 /// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
 /// convolution biases), Qwen3 MoE (experts on every layer), gpt-oss (YaRN rounded), Mixtral (llama.cpp's llama,
-/// no window), OLMoE, GLM-4.5 (one expert group, a prediction layer).
+/// no window), OLMoE, GLM-4.5 (one expert group, a prediction layer), EXAONE 4 (no window).
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -188,7 +188,13 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         c["sliding_window"] = serde_json::Value::Null
     });
     let olmoe = olmoe_without_gqa(&dir.join("olmoe"));
+    // EXAONE 4 as llama.cpp runs every model but the 64-layer one: no window, rope on every layer (EXAONE 4.0 1.2B).
+    let exaone4 = family_variant(&dir.join("exaone4"), "exaone4", |c| {
+        c["sliding_window"] = serde_json::Value::Null;
+        c["layer_types"] = serde_json::json!(["full_attention", "full_attention", "full_attention", "full_attention"]);
+    });
     vec![
+        ("exaone4", exaone4),
         ("glm4moe", glm4_moe_as_released(&dir.join("glm4moe"))),
         ("gpt-oss", gpt_oss),
         ("llama", mixtral),
