@@ -34,6 +34,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::DeepseekV3 | Architecture::Glm4MoeLite => "deepseek2",
         Architecture::Qwen3Next => "qwen3next",
         Architecture::Exaone4 => "exaone4",
+        Architecture::Ernie4_5 => "ernie4_5",
     }
 }
 
@@ -117,6 +118,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Glm4MoeLite => ("Glm4MoeLiteForCausalLM", "glm4_moe_lite"),
         Architecture::Qwen3Next => ("Qwen3NextForCausalLM", "qwen3_next"),
         Architecture::Exaone4 => ("Exaone4ForCausalLM", "exaone4"),
+        Architecture::Ernie4_5 => ("Ernie4_5ForCausalLM", "ernie4_5"),
     }
 }
 

@@ -65,6 +65,8 @@ pub enum Architecture {
     Qwen3Next,
     /// Post norms, per-head q/k norms, sliding layers with rope and full layers without.
     Exaone4,
+    /// Llama with biases on every projection and a rotation of adjacent pairs.
+    Ernie4_5,
 }
 
 /// The MLP's activation.
@@ -149,6 +151,8 @@ pub struct LayerSpec {
     pub softcap: Option<f64>,
     /// Each head's softmax has one more logit, a learned `self_attn.sinks` entry with no value (gpt-oss).
     pub sinks: bool,
+    /// The rotation turns adjacent pairs of each head's dimensions (ERNIE 4.5), not its two halves.
+    pub rope_interleaved: bool,
     pub norms: NormPlacement,
     pub qk_norm: QkNorm,
     pub qkv_bias: bool,
@@ -399,7 +403,8 @@ impl DecoderConfig {
                 None => 1.0 / (head_dim as f64).sqrt(),
             },
         };
-        let attention_bias = flag("attention_bias");
+        let every_bias = fam.all_bias_key.is_some_and(flag);
+        let attention_bias = flag("attention_bias") || every_bias;
         let activation = activation(raw, fam)?;
         let softcap = float("attn_logit_softcapping")?;
         let mixers = layer_mixers(raw, fam, num_layers, types.as_deref())?;
@@ -413,6 +418,7 @@ impl DecoderConfig {
                 scale,
                 softcap,
                 sinks: fam.attention_sinks && mixers[i] == Mixer::Attention,
+                rope_interleaved: fam.rope_interleaved,
                 norms: fam.norms,
                 qk_norm: match fam.qk_norm_key {
                     Some(key) if !flag(key) => QkNorm::None,
@@ -420,7 +426,7 @@ impl DecoderConfig {
                 },
                 qkv_bias: fam.qkv_bias_always || attention_bias,
                 o_bias: attention_bias && fam.o_bias_with_attention_bias,
-                mlp_bias: flag("mlp_bias"),
+                mlp_bias: flag("mlp_bias") || every_bias,
                 activation,
                 experts: experts[i],
             })

@@ -313,6 +313,10 @@ pub struct Family {
     pub delta_projections: DeltaProjections,
     /// EXAONE 4: when config.json sets `sliding_window`, the full-attention layers take no rope (NoPE).
     pub nope_full_layers_when_sliding: bool,
+    /// One key that gives every projection a bias, attention's and the MLP's (ERNIE 4.5's `use_bias`).
+    pub all_bias_key: Option<&'static str>,
+    /// The rotation turns pairs of adjacent dimensions (GPT-J's, ERNIE 4.5's), not the two halves of a head.
+    pub rope_interleaved: bool,
 }
 
 /// A Gated DeltaNet layer's input projections (after `linear_attn.`).
@@ -498,6 +502,8 @@ const LLAMA: Family = Family {
     agreeing_keys: &[],
     delta_projections: DeltaProjections::Separate,
     nope_full_layers_when_sliding: false,
+    all_bias_key: None,
+    rope_interleaved: false,
 };
 
 /// The config keys Qwen3.5's Gated DeltaNet and gated attention layers read, then a family's own.
@@ -698,7 +704,7 @@ const DEEPSEEK_V3: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub static FAMILIES: [Family; 26] = [
+pub static FAMILIES: [Family; 27] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -1472,6 +1478,27 @@ pub static FAMILIES: [Family; 26] = [
         ..QWEN3_5
     },
     DEEPSEEK_V3,
+    // ERNIE 4.5 (0.3B, dense): llama's layers with `use_bias` putting biases on every projection, and the rotation
+    // over adjacent pairs of each head's dimensions (in f32, as FreezeTune always rotates).
+    Family {
+        model_type: "ernie4_5",
+        sizes: Sizes {
+            vocab: 103424,
+            hidden: 1024,
+            intermediate: 3072,
+            layers: 18,
+            heads: 16,
+        },
+        architecture: Architecture::Ernie4_5,
+        keys: &["hidden_act", "use_bias"],
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "use_bias": false, "num_key_value_heads": 2,
+            "head_dim": 128, "tie_word_embeddings": true, "rope_theta": 500000.0})
+        },
+        all_bias_key: Some("use_bias"),
+        rope_interleaved: true,
+        ..LLAMA
+    },
     // EXAONE 4.0 (1.2B, 32B): OLMo 2's post norms with per-head q/k norms; sliding (`sliding_window`) and full layers
     // as `layer_types` says (absent: all but every `sliding_window_pattern`-th slide, 4), the full layers without
     // rope when the model has a window.

@@ -11,7 +11,7 @@
 //! changes no score and no output) and the padding cut from the output, as transformers does for flash attention.
 
 use crate::linear::Linear;
-use crate::ops::{rms_norm_offset, rope_heads};
+use crate::ops::{evens_then_odds, rms_norm_offset, rope_heads};
 use crate::params::Params;
 use candle_core::{Result, Tensor};
 use serde_json::Value;
@@ -208,10 +208,7 @@ impl LatentWeights {
     /// The rotated part `x` (batch, seq, heads, rope) as (batch, heads, seq, rope), turned by `rotation`.
     fn rotate(&self, x: &Tensor, rotation: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
         let x = match self.dims.interleave {
-            true => {
-                let (b, t, n, r) = x.dims4()?;
-                x.reshape((b, t, n, r / 2, 2))?.transpose(3, 4)?.reshape((b, t, n, r))?
-            }
+            true => evens_then_odds(x, self.dims.rope)?,
             false => x.contiguous()?,
         };
         match rotation {

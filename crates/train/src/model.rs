@@ -12,7 +12,7 @@ use crate::fused;
 use crate::latent::LatentWeights;
 use crate::linear::{Linear, LinearWeight};
 use crate::moe::{Experts, RouterStats};
-use crate::ops::{rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
+use crate::ops::{evens_then_odds, rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
 use crate::params::Params;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -699,6 +699,7 @@ impl Decoder {
             None => None,
         };
         let plain = spec.qk_norm == QkNorm::None
+            && !spec.rope_interleaved
             && spec.softcap.is_none()
             && !spec.sinks
             && !spec.output_gate
@@ -834,6 +835,10 @@ impl Decoder {
             k = norm(&k.reshape((b, t, nkv, hd))?, &w.k_norm)?;
         }
         let rotation = spec.rope.map(|r| (&rot[r], c.ropes[r].rotary_dim(hd)));
+        if spec.rope_interleaved && rotation.is_some() {
+            q = evens_then_odds(&q, hd)?;
+            k = evens_then_odds(&k, hd)?;
+        }
         let q = rotate_heads(&q, nh, rotation)?;
         let q = match c.position_query_scale {
             Some(s) => scale_queries(&q, s, mask.q_offset)?,

@@ -134,6 +134,18 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)?.to_dtype(dtype)
 }
 
+/// Each `width`-wide group of `x`'s last dimension with its even entries first, then its odd ones: an interleaved
+/// (GPT-J) rotation of pairs (0, 1), (2, 3), … is the usual rotation of halves after it. The same permutation on
+/// queries and keys leaves every score unchanged, so they need not be permuted back.
+pub fn evens_then_odds(x: &Tensor, width: usize) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = *dims.last().unwrap_or(&0);
+    let mut grouped: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
+    grouped.extend([last / width.max(1), width / 2, 2]);
+    let n = grouped.len();
+    x.reshape(grouped)?.transpose(n - 2, n - 1)?.reshape(dims)
+}
+
 /// A projection (batch, seq, heads, head_dim) split into heads (batch, heads, seq, head_dim), contiguous, and
 /// rotated: one fused pass on the CPU in f32; elsewhere one node whose backward is the inverse rotation (it keeps
 /// nothing but its input, and gives the cos/sin tables no gradient).

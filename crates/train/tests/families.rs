@@ -419,6 +419,11 @@ fn exaone4_post_norms_sliding_layers_and_full_layers_without_rope() {
 }
 
 #[test]
+fn ernie4_5_biases_on_every_projection_and_the_rotation_of_adjacent_pairs() {
+    check("ernie4_5");
+}
+
+#[test]
 fn qwen3_5_moe_vision_language_checkpoint_trains_its_text_tower() {
     check("qwen3_5_moe_vlm");
 }
