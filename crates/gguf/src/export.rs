@@ -330,6 +330,10 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
                 gguf_arch(c.architecture)
             ))
         }
+        // ERNIE 4.5's `use_bias` puts biases on the MLP too, which llama.cpp's ernie4_5 has no place for.
+        (Architecture::Ernie4_5, _) if layers.iter().any(|l| l.mlp_bias) => {
+            return Err("llama.cpp's ernie4_5 has no MLP biases (use_bias is true)".into())
+        }
         (Architecture::Olmoe, _) if layers.iter().any(|l| l.qkv_bias || l.o_bias) => {
             return Err("llama.cpp's olmoe has no attention biases (attention_bias is true)".into())
         }

@@ -678,6 +678,18 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
     if arch == Architecture::Glm4Moe {
         glm4_moe_keys(g, a, &mut c)?;
     }
+    if arch == Architecture::Ernie4_5 {
+        // `use_bias` puts biases on the MLP too, which llama.cpp's ernie4_5 never has: a file with attention biases
+        // describes no ERNIE 4.5 transformers runs.
+        if g.content.tensor_infos.contains_key("blk.0.attn_q.bias") {
+            return Err(g.bad(
+                "blk.0.attn_q.bias: an ernie4_5 file with attention biases but none on the MLP is no ERNIE 4.5 \
+                 transformers runs (its `use_bias` covers both)"
+                    .into(),
+            ));
+        }
+        c["use_bias"] = json!(false);
+    }
     if arch == Architecture::Exaone4 {
         // llama.cpp's exaone4 slides only the 64-layer model (its window, 4096 unless the file says, every 4th layer
         // full and without rope); every other model attends in full with rope on every layer.

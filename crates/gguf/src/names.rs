@@ -40,7 +40,7 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
 
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
-pub const EXPORTABLE: [Architecture; 18] = [
+pub const EXPORTABLE: [Architecture; 19] = [
     Architecture::Llama,
     Architecture::Mistral,
     Architecture::Qwen2,
@@ -59,12 +59,13 @@ pub const EXPORTABLE: [Architecture; 18] = [
     Architecture::GptOss,
     Architecture::Glm4Moe,
     Architecture::Exaone4,
+    Architecture::Ernie4_5,
 ];
 
 /// The architectures import understands, as llama.cpp names them.
-pub const IMPORTABLE: [&str; 15] = [
+pub const IMPORTABLE: [&str; 16] = [
     "llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo2", "smollm3", "lfm2", "qwen3moe",
-    "olmoe", "glm4moe", "exaone4",
+    "olmoe", "glm4moe", "exaone4", "ernie4_5",
 ];
 
 /// The family of a GGUF `general.architecture`, or `None` when FreezeTune cannot train it.
@@ -85,6 +86,7 @@ pub fn from_gguf_arch(name: &str) -> Option<Architecture> {
         "olmoe" => Architecture::Olmoe,
         "glm4moe" => Architecture::Glm4Moe,
         "exaone4" => Architecture::Exaone4,
+        "ernie4_5" => Architecture::Ernie4_5,
         _ => return None,
     })
 }

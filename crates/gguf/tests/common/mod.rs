@@ -150,7 +150,7 @@ pub fn drop_tensors(model: &Path, drop: impl Fn(&str) -> bool) {
 /// GGUF architecture: Gemma 2 (query scale 1/sqrt(head_dim), tied output), Gemma 3 (every 6th layer full, local
 /// rope base 10000), SmolLM3 (every 4th layer NoPE: none of three), Granite (no MLP biases), OLMo 2, LFM2 (no
 /// convolution biases), Qwen3 MoE (experts on every layer), gpt-oss (YaRN rounded), Mixtral (llama.cpp's llama,
-/// no window), OLMoE, GLM-4.5 (one expert group, a prediction layer), EXAONE 4 (no window).
+/// no window), OLMoE, GLM-4.5 (one expert group, a prediction layer), EXAONE 4 (no window), ERNIE 4.5 (no biases).
 pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     let gemma2 = family_variant(&dir.join("gemma2"), "gemma2", |c| {
         c["query_pre_attn_scalar"] = 16.into();
@@ -193,7 +193,11 @@ pub fn newer_family_models(dir: &Path) -> Vec<(&'static str, PathBuf)> {
         c["sliding_window"] = serde_json::Value::Null;
         c["layer_types"] = serde_json::json!(["full_attention", "full_attention", "full_attention", "full_attention"]);
     });
+    // ERNIE 4.5 without biases (llama.cpp's ernie4_5 has none on the MLP; ERNIE 4.5 0.3B has none).
+    let ernie = family_variant(&dir.join("ernie4_5"), "ernie4_5", |c| c["use_bias"] = false.into());
+    drop_tensors(&ernie, |name| name.ends_with(".bias"));
     vec![
+        ("ernie4_5", ernie),
         ("exaone4", exaone4),
         ("glm4moe", glm4_moe_as_released(&dir.join("glm4moe"))),
         ("gpt-oss", gpt_oss),
