@@ -8,7 +8,7 @@ use crate::error::{GgufError, Result};
 use crate::format::{self, Meta, TensorEntry};
 use crate::names::{
     expert_tensor, gguf_arch, interleaved_expert_parts, offset_norm, order_key, reorder_rows, rope_heads,
-    rope_permutation, split_layer, to_gguf, ExpertColumns, EXPORTABLE,
+    rope_permutation, split_layer, to_gguf, ExpertColumns, EXAONE4_FULL_EVERY, EXAONE4_SLIDING_LAYERS, EXPORTABLE,
 };
 use crate::quant::{encode, le_bytes, tensor_type, ExportType, TensorRole};
 use crate::tokenizer::tokenizer_meta;
@@ -18,7 +18,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
 use freezetune_train::config::LayerSpec;
-use freezetune_train::config::Mixer;
+use freezetune_train::config::{Activation, Mixer};
 use freezetune_train::experts::RouteBy;
 use freezetune_train::rope::{yarn_mscale, RopeScaling};
 use freezetune_train::{Architecture, DecoderConfig};
@@ -247,7 +247,7 @@ fn refuse_unexportable(c: &DecoderConfig) -> Result<()> {
 fn unslid_window(c: &DecoderConfig) -> Option<String> {
     if matches!(
         c.architecture,
-        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Phi3 | Architecture::GptOss
+        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Phi3 | Architecture::GptOss | Architecture::Exaone4
     ) {
         return None;
     }
@@ -315,6 +315,19 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
         }
         Ok(())
     };
+    // llama.cpp hard-codes each family's MLP activation: GeLU (tanh) for Gemma, SiLU for the rest.
+    let gemma = matches!(
+        c.architecture,
+        Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3
+    );
+    let activation = if gemma { Activation::GeluTanh } else { Activation::Silu };
+    if let Some(l) = layers.iter().find(|l| l.activation != activation) {
+        return Err(format!(
+            "its MLP runs {:?} (`hidden_act`), but llama.cpp's {} runs {activation:?}",
+            l.activation,
+            gguf_arch(c.architecture)
+        ));
+    }
     match (c.architecture, c.tie_word_embeddings) {
         (Architecture::Gemma2, false) => {
             return Err(
@@ -469,17 +482,25 @@ fn exaone4_limits(
             c.hidden_size
         ));
     }
+    let slides = c.num_layers == EXAONE4_SLIDING_LAYERS;
     match c.layers.iter().find_map(|l| l.window) {
+        None if slides => Err(format!(
+            "llama.cpp's exaone4 slides every {EXAONE4_SLIDING_LAYERS}-layer model (every \
+             {EXAONE4_FULL_EVERY}th layer full), but this one has no window"
+        )),
+        // A `sliding_window` with no sliding layer leaves transformers' full layers without rope.
+        None if c.layers.iter().any(|l| l.rope.is_none()) => Err(
+            "its layers attend in full without rope (`sliding_window` is set, no layer slides), but llama.cpp's \
+             exaone4 rotates them; set `sliding_window` to null"
+                .into(),
+        ),
         None => Ok(()),
-        Some(_) if c.num_layers != 64 => Err(format!(
-            "the model slides, but llama.cpp's exaone4 slides only 64-layer models; this one has {} (set \
-             `sliding_window` to null to train and export it without a window)",
+        Some(_) if !slides => Err(format!(
+            "the model slides, but llama.cpp's exaone4 slides only {EXAONE4_SLIDING_LAYERS}-layer models; this one \
+             has {} (set `sliding_window` to null to train and export it without a window)",
             c.num_layers
         )),
-        Some(w) if w != 4096 => Err(format!(
-            "the window is {w}, but llama.cpp's 64-layer exaone4 slides 4096"
-        )),
-        Some(_) => pattern(4),
+        Some(_) => pattern(EXAONE4_FULL_EVERY),
     }
 }
 

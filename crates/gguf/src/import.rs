@@ -6,7 +6,7 @@
 use crate::error::{GgufError, Result};
 use crate::names::{
     expert_name, from_gguf_arch, hf_class, offset_norm, order_key, reorder_rows, rope_heads, rope_unpermutation,
-    stacked_experts_of, to_hf, IMPORTABLE,
+    stacked_experts_of, to_hf, EXAONE4_DEFAULT_WINDOW, EXAONE4_FULL_EVERY, EXAONE4_SLIDING_LAYERS, IMPORTABLE,
 };
 use crate::quant::le_bytes;
 use crate::tokenizer::{rebuild_tokenizer_json, tokenizer_config, GgufVocab};
@@ -679,31 +679,10 @@ fn config_json(g: &Gguf, arch: Architecture, a: &str, dtype: DType, vocab: &Gguf
         glm4_moe_keys(g, a, &mut c)?;
     }
     if arch == Architecture::Ernie4_5 {
-        // `use_bias` puts biases on the MLP too, which llama.cpp's ernie4_5 never has: a file with attention biases
-        // describes no ERNIE 4.5 transformers runs.
-        if g.content.tensor_infos.contains_key("blk.0.attn_q.bias") {
-            return Err(g.bad(
-                "blk.0.attn_q.bias: an ernie4_5 file with attention biases but none on the MLP is no ERNIE 4.5 \
-                 transformers runs (its `use_bias` covers both)"
-                    .into(),
-            ));
-        }
-        c["use_bias"] = json!(false);
+        ernie4_5_keys(g, &mut c)?;
     }
     if arch == Architecture::Exaone4 {
-        // llama.cpp's exaone4 slides only the 64-layer model (its window, 4096 unless the file says, every 4th layer
-        // full and without rope); every other model attends in full with rope on every layer.
-        let layers = c["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
-        match layers == 64 {
-            true => {
-                c["sliding_window"] = json!(g.opt_u32(&k("attention.sliding_window"))?.unwrap_or(4096));
-                c["sliding_window_pattern"] = json!(4);
-            }
-            false => {
-                c["sliding_window"] = Value::Null;
-                c["layer_types"] = json!(vec!["full_attention"; layers]);
-            }
-        }
+        exaone4_keys(g, a, &mut c)?;
     }
     if arch == Architecture::Olmoe {
         // llama.cpp's olmoe: experts of `feed_forward_length` on every layer, top-k weights never renormalised.
@@ -781,6 +760,39 @@ fn glm4_moe_keys(g: &Gguf, a: &str, c: &mut Value) -> Result<()> {
     c["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
     c["use_qk_norm"] = json!(has("blk.0.attn_q_norm.weight"));
     c["attention_bias"] = json!(has("blk.0.attn_q.bias"));
+    Ok(())
+}
+
+/// ERNIE 4.5's `use_bias` puts biases on the MLP too, which llama.cpp's ernie4_5 never has: a file with attention
+/// biases describes no ERNIE 4.5 transformers runs.
+fn ernie4_5_keys(g: &Gguf, c: &mut Value) -> Result<()> {
+    let biased = g
+        .content
+        .tensor_infos
+        .keys()
+        .find(|n| n.starts_with("blk.") && n.contains(".attn_") && n.ends_with(".bias"));
+    if let Some(name) = biased {
+        return Err(g.bad(format!(
+            "{name}: an ernie4_5 file with attention biases but none on the MLP is no ERNIE 4.5 transformers runs \
+             (its `use_bias` covers both)"
+        )));
+    }
+    c["use_bias"] = json!(false);
+    Ok(())
+}
+
+/// llama.cpp's exaone4 slides only the 64-layer model (names.rs: its window, every 4th layer full and without rope);
+/// every other model attends in full with rope on every layer.
+fn exaone4_keys(g: &Gguf, a: &str, c: &mut Value) -> Result<()> {
+    let layers = c["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
+    if layers == EXAONE4_SLIDING_LAYERS {
+        let window = g.opt_u32(&format!("{a}.attention.sliding_window"))?;
+        c["sliding_window"] = json!(window.unwrap_or(EXAONE4_DEFAULT_WINDOW));
+        c["sliding_window_pattern"] = json!(EXAONE4_FULL_EVERY);
+    } else {
+        c["sliding_window"] = Value::Null;
+        c["layer_types"] = json!(vec!["full_attention"; layers]);
+    }
     Ok(())
 }
 

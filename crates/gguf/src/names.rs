@@ -38,6 +38,13 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
     }
 }
 
+/// llama.cpp's exaone4 slides only models of this many layers (EXAONE 4.0 32B), every this-many-th layer full and
+/// without rope, over the file's `attention.sliding_window` (this window when it has none); it hard-codes that
+/// (`llama-model.cpp`'s `LLM_ARCH_EXAONE4` hparams), and every other model attends in full with rope throughout.
+pub const EXAONE4_SLIDING_LAYERS: usize = 64;
+pub const EXAONE4_FULL_EVERY: usize = 4;
+pub const EXAONE4_DEFAULT_WINDOW: u32 = 4096;
+
 /// The families export writes, as the llama.cpp FreezeTune checks against (llama-cpp-python 0.3.16's, August
 /// 2025) runs them. OLMo 3 and Ministral 3 are not in that llama.cpp.
 pub const EXPORTABLE: [Architecture; 19] = [
@@ -276,7 +283,8 @@ pub fn stacked_experts_of(gguf: &str) -> Option<(usize, &'static str)> {
     Some((layer, projection))
 }
 
-/// Families whose norms sit around their sublayers (post norms: OLMo 2; sandwich norms: Gemma 2 and 3). There
+/// Families whose norms sit around their sublayers (post norms: OLMo 2 and 3, EXAONE 4; sandwich norms: Gemma 2 and
+/// 3). There
 /// llama.cpp names the norm on the attention output `post_attention_norm`, the pre-MLP norm `ffn_norm` and the norm
 /// on the MLP output `post_ffw_norm`; in llama's naming `post_attention_layernorm` is the pre-MLP norm.
 const NORMS_AROUND: [(&str, &str); 3] = [
@@ -432,8 +440,9 @@ pub fn reorder_rows(t: &candle_core::Tensor, order: Vec<usize>) -> candle_core::
 
 /// Whether a tensor is llama's q or k projection (weight or bias) and how many heads it holds.
 pub fn rope_heads(hf: &str, arch: Architecture, heads: usize, kv_heads: usize) -> Option<usize> {
-    // The families llama.cpp runs with its NORM rope (the converter's LlamaModel and its subclasses); the others
-    // use NEOX, the Hugging Face layout.
+    // The families llama.cpp runs with its NORM rope whose checkpoints rotate halves (the converter's LlamaModel
+    // and its subclasses): their q/k rows are permuted to adjacent pairs. The others either run NEOX, the Hugging
+    // Face layout, or (ERNIE 4.5) rotate adjacent pairs in the checkpoint already, as NORM does.
     if !matches!(
         arch,
         Architecture::Llama

@@ -218,6 +218,11 @@ fn models_llama_cpp_would_run_differently_are_refused() {
     );
     // EXAONE 4 sliding with 4 layers: llama.cpp's exaone4 slides only its 64-layer model.
     refused(&family_variant(&tmp.path().join("ex"), "exaone4", |_| {}), "64-layer");
+    // EXAONE 4 with a window but no sliding layer: transformers rotates none of its layers, llama.cpp all of them.
+    let unrotated = family_variant(&tmp.path().join("exf"), "exaone4", |c| {
+        c["layer_types"] = serde_json::json!(["full_attention", "full_attention", "full_attention", "full_attention"]);
+    });
+    refused(&unrotated, "without rope");
     // ERNIE 4.5 with `use_bias`: llama.cpp's ernie4_5 has no MLP biases.
     refused(
         &family_variant(&tmp.path().join("er"), "ernie4_5", |_| {}),

@@ -387,6 +387,7 @@ impl DecoderConfig {
         }
         let (rope_raw, position_query_scale) = split_query_scale(&without_text_mrope(raw, fam)?, fam)?;
         let (ropes, full_rope, sliding_rope) = read_ropes(&rope_raw, fam)?;
+        refuse_unread_partial_rotary(&ropes, fam, head_dim)?;
         let uses_rope = rope_layers(raw, fam, num_layers)?;
         let types = layer_types(raw, fam, num_layers)?;
         let windows = layer_windows(raw, fam, num_layers, &uses_rope, types.as_deref())?;
@@ -483,6 +484,27 @@ impl DecoderConfig {
     pub fn global_rope(&self) -> &RopeSpec {
         &self.ropes[0]
     }
+}
+
+/// A rope dict's `partial_rotary_factor` in a family whose decoder rotates whole heads (its default rope ignores
+/// the factor; a scaled one builds narrower tables its rotation cannot apply): refused by name. ERNIE 4.5 rotates
+/// adjacent pairs, so a head must also have an even width there.
+fn refuse_unread_partial_rotary(ropes: &[RopeSpec], fam: &Family, head_dim: usize) -> std::result::Result<(), String> {
+    if let Some(r) = ropes.iter().find(|r| r.partial_rotary_factor != 1.0) {
+        if !fam.understands("partial_rotary_factor") {
+            return Err(format!(
+                "the rope's `partial_rotary_factor` is {}, but transformers' {} rotates whole heads (or fails \
+                 on a scaled rope with it). Remove it",
+                r.partial_rotary_factor, fam.model_type
+            ));
+        }
+    }
+    if fam.rope_interleaved && head_dim % 2 != 0 {
+        return Err(format!(
+            "`head_dim` is {head_dim}: a rotation of adjacent pairs needs an even width"
+        ));
+    }
+    Ok(())
 }
 
 /// Latent attention's score scale as transformers sets it: 1/sqrt(query width), times YaRN's
@@ -1225,6 +1247,18 @@ mod tests {
 
     fn windows(extra: Value, model_type: &str) -> std::result::Result<Vec<Option<usize>>, String> {
         DecoderConfig::from_json(&tiny(extra), model_type).map(|c| c.layers.iter().map(|l| l.window).collect())
+    }
+
+    #[test]
+    fn a_partial_rotary_factor_a_family_never_reads_is_refused_by_name() {
+        let rope =
+            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}});
+        let e = DecoderConfig::from_json(&tiny(rope.clone()), "ernie4_5").unwrap_err();
+        assert!(e.contains("partial_rotary_factor") && e.contains("0.5"), "{e}");
+        assert!(DecoderConfig::from_json(&tiny(rope), "phi3").is_ok());
+        let odd = json!({"head_dim": 15, "hidden_size": 60});
+        let e = DecoderConfig::from_json(&tiny(odd), "ernie4_5").unwrap_err();
+        assert!(e.contains("head_dim") && e.contains("even"), "{e}");
     }
 
     #[test]

@@ -1513,7 +1513,10 @@ pub static FAMILIES: [Family; 27] = [
         },
         architecture: Architecture::Exaone4,
         keys: &["hidden_act", "sliding_window", "sliding_window_pattern", "layer_types"],
-        defaults: || json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "sliding_window": 4096, "sliding_window_pattern": 4}),
+        defaults: || {
+            json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "sliding_window": 4096, "sliding_window_pattern": 4,
+            "num_key_value_heads": 32})
+        },
         norms: NormPlacement::Post,
         qk_norm: QkNorm::PerHead,
         sliding: DefaultSliding::AllButEvery(4),

@@ -140,6 +140,9 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn evens_then_odds(x: &Tensor, width: usize) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let last = *dims.last().unwrap_or(&0);
+    if width == 0 || width % 2 != 0 || last % width != 0 {
+        candle_core::bail!("evens_then_odds: groups of {width} do not pair up a last dimension of {last}");
+    }
     let mut grouped: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
     grouped.extend([last / width.max(1), width / 2, 2]);
     let n = grouped.len();
