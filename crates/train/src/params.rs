@@ -128,6 +128,11 @@ impl Params {
                     params.quantized.insert(name, Arc::new(q));
                 }
             } else {
+                // A buffer (the router's correction bias) stays f32, as transformers keeps it whatever the dtype.
+                let dtype = match freezetune_core::layout::is_buffer(&name) {
+                    true => DType::F32,
+                    false => dtype,
+                };
                 let t = params.load_source(&source, &name, dtype)?;
                 params.consts.insert(name, t);
             }

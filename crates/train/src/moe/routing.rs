@@ -164,13 +164,8 @@ pub(super) fn correction_bias(params: &Params, name: &str) -> crate::error::Resu
                 .into(),
         });
     }
-    // Marks it read (the checkpoint's every tensor must be); held in f32 (an f32 run) it is the stored value,
-    // otherwise the stored value is read again, unrounded.
-    let held = params.get(name)?;
-    let values = match held.dtype() {
-        DType::F32 => held.to_vec1::<f32>(),
-        _ => params.checkpoint_f32(name)?.to_vec1::<f32>(),
-    };
+    // Params holds buffers in f32, unrounded whatever the compute dtype.
+    let values = params.get(name)?.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>());
     values.map_err(|source| crate::error::TrainError::Candle {
         context: format!("reading {name}"),
         source,
