@@ -525,6 +525,34 @@ macro_rules! delta_net_keys {
     };
 }
 
+/// Experts stored one linear each under `mlp.experts.{e}` with `gate_proj`, `up_proj`, `down_proj` (Qwen3 MoE,
+/// OLMoE, GLM-4.5, Qwen3-Next).
+const HF_EXPERTS: ExpertWeights = ExpertWeights::Separate {
+    experts: "mlp.experts",
+    gate: "gate_proj",
+    up: "up_proj",
+    down: "down_proj",
+};
+
+/// Qwen3 MoE's sparse MLP (Qwen3-Next's, beside its shared expert).
+const QWEN3_MOE_EXPERTS: ExpertTable = ExpertTable {
+    router: "mlp.gate",
+    router_bias: false,
+    weights: HF_EXPERTS,
+    count_keys: ["num_experts", "num_local_experts"],
+    top_k_alias: None,
+    width_key: "moe_intermediate_size",
+    normalize: TopKNorm::Key("norm_topk_prob"),
+    routing: Routing::Softmax,
+    sparse_layers: SparseLayers::StepAndDense {
+        step: "decoder_sparse_step",
+        dense: "mlp_only_layers",
+    },
+    shared: None,
+    weigh_in_f32: false,
+    activation: ExpertActivation::Glu,
+};
+
 /// Qwen3.5 MoE's and Qwen3-Next's shared expert, scaled by σ of its gate.
 const QWEN_SHARED_EXPERT: SharedExpertTable = SharedExpertTable {
     mlp: "mlp.shared_expert",
@@ -566,12 +594,7 @@ const QWEN3_5: Family = Family {
 const GLM4_MOE_EXPERTS: ExpertTable = ExpertTable {
     router: "mlp.gate",
     router_bias: false,
-    weights: ExpertWeights::Separate {
-        experts: "mlp.experts",
-        gate: "gate_proj",
-        up: "up_proj",
-        down: "down_proj",
-    },
+    weights: HF_EXPERTS,
     count_keys: ["n_routed_experts", "num_local_experts"],
     top_k_alias: None,
     width_key: "moe_intermediate_size",
@@ -874,12 +897,7 @@ pub static FAMILIES: [Family; 27] = [
         experts: Some(ExpertTable {
             router: "mlp.gate",
             router_bias: false,
-            weights: ExpertWeights::Separate {
-                experts: "mlp.experts",
-                gate: "gate_proj",
-                up: "up_proj",
-                down: "down_proj",
-            },
+            weights: HF_EXPERTS,
             count_keys: ["num_experts", "num_local_experts"],
             top_k_alias: None,
             width_key: "intermediate_size",
@@ -931,28 +949,7 @@ pub static FAMILIES: [Family; 27] = [
         },
         qk_norm: QkNorm::PerHead,
         sliding: DefaultSliding::EveryLayerWhenUsed,
-        experts: Some(ExpertTable {
-            router: "mlp.gate",
-            router_bias: false,
-            weights: ExpertWeights::Separate {
-                experts: "mlp.experts",
-                gate: "gate_proj",
-                up: "up_proj",
-                down: "down_proj",
-            },
-            count_keys: ["num_experts", "num_local_experts"],
-            top_k_alias: None,
-            width_key: "moe_intermediate_size",
-            normalize: TopKNorm::Key("norm_topk_prob"),
-            routing: Routing::Softmax,
-            sparse_layers: SparseLayers::StepAndDense {
-                step: "decoder_sparse_step",
-                dense: "mlp_only_layers",
-            },
-            shared: None,
-            weigh_in_f32: false,
-            activation: ExpertActivation::Glu,
-        }),
+        experts: Some(QWEN3_MOE_EXPERTS),
         ..LLAMA
     },
     // gpt-oss (20B, 120B): attention with a learned sink per head and biases on every projection, sliding
@@ -1453,27 +1450,10 @@ pub static FAMILIES: [Family; 27] = [
         text_mrope: false,
         delta_projections: DeltaProjections::Grouped,
         experts: Some(ExpertTable {
-            router: "mlp.gate",
-            router_bias: false,
-            weights: ExpertWeights::Separate {
-                experts: "mlp.experts",
-                gate: "gate_proj",
-                up: "up_proj",
-                down: "down_proj",
-            },
             // Qwen3NextConfig has no `attribute_map`: `num_experts` is its only name.
             count_keys: ["num_experts", "num_experts"],
-            top_k_alias: None,
-            width_key: "moe_intermediate_size",
-            normalize: TopKNorm::Key("norm_topk_prob"),
-            routing: Routing::Softmax,
-            sparse_layers: SparseLayers::StepAndDense {
-                step: "decoder_sparse_step",
-                dense: "mlp_only_layers",
-            },
             shared: Some(QWEN_SHARED_EXPERT),
-            weigh_in_f32: false,
-            activation: ExpertActivation::Glu,
+            ..QWEN3_MOE_EXPERTS
         }),
         ..QWEN3_5
     },
