@@ -79,6 +79,8 @@ pub struct ModelConfig {
     pub dims: ModelDims,
     /// A composite (vision-language) config: it has `text_config` or `vision_config`.
     pub multimodal: bool,
+    /// The FP8 scheme of a checkpoint released in FP8 (fp8.rs), `None` for any other.
+    pub fp8: Option<crate::fp8::Scheme>,
     /// The whole config, for consumers that need more.
     pub raw: Value,
 }
@@ -246,6 +248,7 @@ impl ModelConfig {
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");
+        let fp8 = crate::fp8::Scheme::from_config(&raw)?;
         Ok(ModelConfig {
             architecture,
             model_type,
@@ -254,6 +257,7 @@ impl ModelConfig {
             tie_word_embeddings,
             dims,
             multimodal,
+            fp8,
             raw,
         })
     }

@@ -100,7 +100,7 @@ pub enum Change {
 pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: FitSetup) -> u64 {
     let compute_bytes = if setup.half_precision { 2 } else { 4 };
     let (mut frozen, mut trained, mut largest, mut largest_quantized) = (0u64, 0u64, 0u64, 0u64);
-    let mut largest_mxfp4 = 0u64;
+    let (mut largest_mxfp4, mut largest_fp8) = (0u64, 0u64);
     let mut optimizer_state = 0u64;
     for t in layout.tensors() {
         if trainable.contains(&t.name) {
@@ -121,9 +121,10 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
         // mxfp4.rs).
         if let Some(bytes) = t.frozen_block_bytes() {
             frozen += bytes;
-            match t.gguf.as_ref().is_some_and(|b| b.ggml_type == "mxfp4") {
-                true => largest_mxfp4 = largest_mxfp4.max(unit),
-                false => largest_quantized = largest_quantized.max(unit),
+            match t.gguf.as_ref().map(|b| b.ggml_type.as_str()) {
+                Some("mxfp4") => largest_mxfp4 = largest_mxfp4.max(unit),
+                Some("fp8_e4m3") => largest_fp8 = largest_fp8.max(unit),
+                _ => largest_quantized = largest_quantized.max(unit),
             }
             continue;
         }
@@ -137,9 +138,12 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
     }
     // A quantized matrix is dequantized (to f32, then the compute dtype) for the length of one matmul; an MXFP4
     // expert through table lookups (u32 indices, the f32 value pairs, the scaled values, then the compute dtype:
-    // train's mxfp4.rs).
+    // train's mxfp4.rs); an FP8 matrix likewise (the f32 values, the scales spread over them, their product:
+    // train's fp8.rs).
     let half_copy = if compute_bytes == 4 { 0 } else { compute_bytes };
-    let dequantized = (largest_quantized * (4 + half_copy)).max(largest_mxfp4 * (10 + half_copy));
+    let dequantized = (largest_quantized * (4 + half_copy))
+        .max(largest_mxfp4 * (10 + half_copy))
+        .max(largest_fp8 * (12 + half_copy));
     let kernels = if setup.cpu && !setup.half_precision {
         Kernels::FusedCpu
     } else {

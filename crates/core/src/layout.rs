@@ -307,6 +307,7 @@ impl ModelLayout {
         files: Vec<WeightFile>,
     ) -> Result<ModelLayout> {
         fold_packed(dir, &mut tensors)?;
+        fold_fp8(dir, config, &mut tensors)?;
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let (unplanned, mut tensors): (Vec<TensorInfo>, Vec<TensorInfo>) = tensors
             .into_iter()
@@ -590,6 +591,45 @@ fn fold_packed(dir: &Path, tensors: &mut Vec<TensorInfo>) -> Result<()> {
                 bytes: blocks.params + scales.params,
                 quantized: true,
             }),
+        });
+    }
+    Ok(())
+}
+
+/// Each FP8 pair (`X.weight` in F8_E4M3, `X.weight_scale_inv`; fp8.rs) as the dense tensor `X.weight` it stands
+/// for, in the checkpoint's dtype, with the pair's bytes as its frozen cost.
+fn fold_fp8(dir: &Path, config: &ModelConfig, tensors: &mut Vec<TensorInfo>) -> Result<()> {
+    let file_of = |tensors: &[TensorInfo], name: &str| {
+        tensors
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(String::new(), |t| t.file.clone())
+    };
+    let bad = |file: String, reason: String| Error::BadSafetensors {
+        path: dir.join(file),
+        reason,
+    };
+    let named = tensors.iter().map(|t| (t.name.as_str(), t.dtype));
+    let bases = crate::fp8::pairs(named, config.fp8.as_ref())
+        .map_err(|(name, why)| bad(file_of(tensors, &name), format!("tensor {name} {why}")))?;
+    let Some(scheme) = config.fp8 else { return Ok(()) };
+    let dense = crate::fp8::dense_dtype(&config.raw);
+    let mut scales = BTreeMap::new();
+    for t in tensors.iter() {
+        if let Some(base) = t.name.strip_suffix(crate::fp8::SCALE_SUFFIX) {
+            scales.insert(base.to_string(), (t.dtype, t.shape.clone()));
+        }
+    }
+    tensors.retain(|t| !t.name.ends_with(crate::fp8::SCALE_SUFFIX));
+    for t in tensors.iter_mut().filter(|t| bases.binary_search(&t.name).is_ok()) {
+        let (scale_dtype, scale_shape) = &scales[&t.name];
+        let m = crate::fp8::Fp8Matrix::of(&t.name, (t.dtype, &t.shape), (*scale_dtype, scale_shape), &scheme)
+            .map_err(|reason| bad(t.file.clone(), reason))?;
+        t.dtype = dense;
+        t.gguf = Some(GgufBlocks {
+            ggml_type: "fp8_e4m3".into(),
+            bytes: m.bytes(),
+            quantized: true,
         });
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod events;
 pub mod export;
 pub mod files;
 pub mod fit;
+pub mod fp8;
 pub mod fsutil;
 pub mod gguf_map;
 pub mod ids;

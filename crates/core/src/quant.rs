@@ -141,7 +141,7 @@ pub fn is_stacked_experts(name: &str) -> bool {
     layer_number && (name.ends_with(".experts.gate_up_proj") || name.ends_with(".experts.down_proj"))
 }
 
-/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj.weight`, or an MLP's `w1`,
+/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj[_with_mqa].weight`, or an MLP's `w1`,
 /// `w2`, `w3` (LFM2's `feed_forward.w1.weight`, Mixtral's `….experts.<E>.w1.weight`).
 fn is_layer_projection(name: &str) -> bool {
     let Some(rest) = name.split_once(".layers.").map(|(_, r)| r) else {
@@ -151,7 +151,9 @@ fn is_layer_projection(name: &str) -> bool {
     let mlp_w = [".w1.weight", ".w2.weight", ".w3.weight"]
         .iter()
         .any(|w| name.ends_with(w));
-    layer_number && (name.ends_with("_proj.weight") || mlp_w)
+    // DeepSeek-V3's compressed key/value projection is `kv_a_proj_with_mqa`.
+    let projection = name.ends_with("_proj.weight") || name.ends_with("_proj_with_mqa.weight");
+    layer_number && (projection || mlp_w)
 }
 
 #[cfg(test)]
