@@ -89,7 +89,7 @@ unit: ui
 	PY="$$(bash scripts/python-venv.sh)" && AX="$$(bash scripts/axolotl-venv.sh)" && \
 	  FREEZETUNE_GGUF_PYTHON="$$PY" FREEZETUNE_LF_PYTHON="$$PY" FREEZETUNE_AXOLOTL_PYTHON="$$AX" \
 	  $(CARGO) test --workspace --locked
-	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision
+	FREEZETUNE_FUSED=0 $(CARGO) test --locked -p freezetune-train --test families --test parity --test mixed_precision --test fp8
 	$(CARGO) build --locked -q -p freezetune-fuzz
 	bash -c 'ulimit -v 4194304 && exec "$(CARGO_TARGET_DIR)/debug/fuzz" --seconds 5 --seed 1'
 

@@ -174,10 +174,10 @@ impl Fp8Matrix {
         self.rows * self.cols
     }
 
-    /// Bytes the pair takes: a byte a value and the scales.
-    pub fn bytes(&self) -> u64 {
-        let (gr, gc) = self.grid();
-        self.numel() + gr * gc * self.scale_dtype.bits() / 8
+    /// Bytes the trainer holds for it frozen (train's fp8.rs): a byte a value, and each block's scale in f32
+    /// spread along its columns.
+    pub fn held_bytes(&self) -> u64 {
+        self.numel() + self.grid().0 * self.cols * 4
     }
 
     /// The scales as f32 (exact from bf16), after checking the bytes: lengths, no NaN code, finite scales.
@@ -387,7 +387,7 @@ mod tests {
         let v = m.dequantize(&codes, &s);
         assert_eq!(&v[..5], &[1.0, 1.0, 2.0, 2.0, 3.0]);
         assert_eq!(&v[10..], &[4.0, 4.0, 5.0, 5.0, 6.0]);
-        assert_eq!(m.bytes(), 15 + 6 * 4);
+        assert_eq!(m.held_bytes(), 15 + 2 * 5 * 4);
         // bf16 scales: 1.125 × (1 + 2^-7) is 1.1337890625 in f32, 1.1328125 once rounded to bf16.
         let m = Fp8Matrix::of("w", (DType::F8E4M3, &[1, 1]), (DType::BF16, &[1, 1]), &scheme).unwrap();
         let scale = (1.0f32 + 2f32.powi(-7)).to_bits() >> 16;

@@ -628,7 +628,7 @@ fn fold_fp8(dir: &Path, config: &ModelConfig, tensors: &mut Vec<TensorInfo>) -> 
         t.dtype = dense;
         t.gguf = Some(GgufBlocks {
             ggml_type: "fp8_e4m3".into(),
-            bytes: m.bytes(),
+            bytes: m.held_bytes(),
             quantized: true,
         });
     }

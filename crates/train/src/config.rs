@@ -756,9 +756,10 @@ fn without_text_mrope(raw: &Value, fam: &Family) -> std::result::Result<Value, S
 }
 
 /// A checkpoint whose weights transformers would dequantize or run through a quantized kernel
-/// (`quantization_config`: GPTQ, AWQ, bitsandbytes, FP8) is refused by its method: FreezeTune reads full-precision
-/// tensors (and quantizes frozen ones itself, `quantize_frozen`). The one exception is gpt-oss's MXFP4 experts,
-/// which the weight reader unpacks exactly as transformers does (core's mxfp4.rs).
+/// (`quantization_config`: GPTQ, AWQ, bitsandbytes, compressed-tensors) is refused by its method: FreezeTune reads full-precision
+/// tensors (and quantizes frozen ones itself, `quantize_frozen`). The exceptions are gpt-oss's MXFP4 experts and
+/// block-scaled FP8 weights (DeepSeek-V3, Qwen3's FP8 builds), which the weight reader unpacks exactly as
+/// transformers does (core's mxfp4.rs, fp8.rs).
 fn refuse_quantized_checkpoint(raw: &Value, fam: &Family) -> std::result::Result<(), String> {
     let q = &raw["quantization_config"];
     if q.is_null() {
@@ -771,6 +772,10 @@ fn refuse_quantized_checkpoint(raw: &Value, fam: &Family) -> std::result::Result
     );
     if method == "mxfp4" && unpacks {
         return Ok(());
+    }
+    if method == "fp8" {
+        // Block-scaled e4m3 weights, read exactly as transformers dequantizes them (core's fp8.rs), any family.
+        return freezetune_core::fp8::Scheme::from_config(raw).map(|_| ());
     }
     Err(format!(
         "this checkpoint is quantized (`quantization_config.quant_method` = {method:?}), and FreezeTune trains \

@@ -382,8 +382,8 @@ pub fn wrapper(model_type: &str) -> Option<&'static Wrapper> {
 }
 
 /// Keys every family reads: the shapes, the norm epsilon, rope, tied embeddings. `attention_dropout` is read to
-/// refuse a non-zero value (FreezeTune trains without dropout).
-pub const COMMON_KEYS: [&str; 15] = [
+/// refuse a non-zero value (FreezeTune trains without dropout), `quantization_config` to refuse what it cannot read.
+pub const COMMON_KEYS: [&str; 16] = [
     "architectures",
     "model_type",
     "vocab_size",
@@ -399,6 +399,8 @@ pub const COMMON_KEYS: [&str; 15] = [
     "rope_parameters",
     "tie_word_embeddings",
     "attention_dropout",
+    // Read to refuse a quantized checkpoint, except the ones the weight reader dequantizes exactly (MXFP4, FP8).
+    "quantization_config",
 ];
 
 /// Keys that never change a decoder's forward pass: bookkeeping, token ids, generation defaults, the context
@@ -982,8 +984,6 @@ pub static FAMILIES: [Family; 27] = [
             "experts_per_token",
             "swiglu_limit",
             "initial_context_length",
-            // MXFP4 experts as released: unpacked by the weight reader (core's mxfp4.rs).
-            "quantization_config",
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": true, "head_dim": 64,

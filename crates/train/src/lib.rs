@@ -15,6 +15,7 @@ pub mod experts;
 pub mod export;
 pub mod family;
 pub mod fastmath;
+pub mod fp8;
 pub mod fused;
 pub mod generate;
 pub mod gguf_blocks;

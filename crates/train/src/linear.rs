@@ -5,6 +5,7 @@
 //! a gradient for the frozen weight, doubling the backward cost of every frozen layer above the lowest trainable
 //! one. The bias (if any) is trainable or not on its own.
 
+use crate::fp8::Fp8Weight;
 use crate::fused;
 use crate::node::attach1;
 use crate::quant;
@@ -26,6 +27,8 @@ pub enum LinearWeight {
     Frozen(Tensor),
     /// A frozen matrix held in a block format, dequantized for each matmul that reads it.
     Quantized(Arc<QTensor>),
+    /// A frozen matrix held in the checkpoint's FP8 codes and scales (fp8.rs), rebuilt for each matmul.
+    Fp8(Arc<Fp8Weight>),
 }
 
 impl LinearWeight {
@@ -38,6 +41,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Trainable(w) | LinearWeight::Frozen(w) => w.index_select(ids, 0),
             LinearWeight::Quantized(q) => q.embedding(ids),
+            LinearWeight::Fp8(w) => w.matrix(DType::F32)?.index_select(ids, 0),
         }
     }
 
@@ -57,6 +61,7 @@ impl Linear {
             LinearWeight::Trainable(w) => trainable_matmul(x, w)?,
             LinearWeight::Frozen(w) => frozen_matmul(x, FrozenWeight::Dense(w.clone()))?,
             LinearWeight::Quantized(q) => frozen_matmul(x, FrozenWeight::Quantized(q.clone()))?,
+            LinearWeight::Fp8(w) => frozen_matmul(x, FrozenWeight::Fp8(w.clone()))?,
         };
         match &self.bias {
             Some(b) if b.track_op() => y.broadcast_add(&b.to_dtype(y.dtype())?),
@@ -112,6 +117,7 @@ fn check_dtypes(x: DType, weight: DType) -> Result<()> {
 enum FrozenWeight {
     Dense(Tensor),
     Quantized(Arc<QTensor>),
+    Fp8(Arc<Fp8Weight>),
 }
 
 impl FrozenWeight {
@@ -121,6 +127,7 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Dense(w) => Ok(w.clone()),
             FrozenWeight::Quantized(q) => quant::dequantize(q, dtype),
+            FrozenWeight::Fp8(w) => w.matrix(dtype),
         }
     }
 
@@ -128,6 +135,7 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Dense(w) => w.dims2(),
             FrozenWeight::Quantized(q) => q.shape().dims2(),
+            FrozenWeight::Fp8(w) => Ok(w.dims()),
         }
     }
 }

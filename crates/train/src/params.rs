@@ -13,6 +13,7 @@
 //! quantized again.
 
 use crate::error::{Result, TrainError};
+use crate::fp8::Fp8Weight;
 use crate::linear::{Linear, LinearWeight};
 use crate::mxfp4::PackedExperts;
 use crate::weights::WeightFiles;
@@ -45,6 +46,8 @@ pub struct Params {
     quantized_experts: BTreeMap<String, Arc<Vec<QTensor>>>,
     /// Frozen stacked experts held in the checkpoint's own MXFP4 blocks.
     packed_experts: BTreeMap<String, Arc<PackedExperts>>,
+    /// Frozen matrices held in the checkpoint's own FP8 codes and scales.
+    fp8: BTreeMap<String, Arc<Fp8Weight>>,
     /// Constants that hold trained values (trained in an earlier phase of a schedule).
     trained: BTreeSet<String>,
     /// The compute dtype: frozen tensors are stored in it, activations run in it.
@@ -52,6 +55,8 @@ pub struct Params {
     device: Device,
     /// The checkpoint's weight files, read again when a tensor starts training later (weights.rs).
     weight_files: Vec<std::path::PathBuf>,
+    /// config.json's FP8 scheme, for reading FP8 weights again.
+    fp8_scheme: Option<freezetune_core::fp8::Scheme>,
     /// Names the model has asked for ([`Params::get`]): a checkpoint tensor the model never reads is math the
     /// model would silently leave out, so the decoder refuses it ([`Params::unread`]).
     read: std::sync::Mutex<BTreeSet<String>>,
@@ -88,15 +93,18 @@ impl Params {
             quantized: BTreeMap::new(),
             quantized_experts: BTreeMap::new(),
             packed_experts: BTreeMap::new(),
+            fp8: BTreeMap::new(),
             trained: BTreeSet::new(),
             dtype,
             device: device.clone(),
             weight_files: files.weights,
+            fp8_scheme: None,
             read: Default::default(),
         };
+        let config = freezetune_core::config::ModelConfig::read(&files.config)?;
+        params.fp8_scheme = config.fp8;
         let source = params.open_source()?;
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
-        let config = freezetune_core::config::ModelConfig::read(&files.config)?;
         for (name, shape) in source.tensors() {
             let name = name.clone();
             if config.is_prediction_layer(&name) {
@@ -113,6 +121,12 @@ impl Params {
             } {
                 // A GGUF file's quantized tensor, frozen: its own blocks, never dequantized whole.
                 params.quantized.insert(name, Arc::new(q));
+            } else if let Some(w) = match freezetune_core::quant::held_as_matrix(&name, &shape) {
+                true => source.load_fp8(&name, device)?,
+                false => None,
+            } {
+                // An FP8 matrix, frozen: the checkpoint's own codes and scales, exact and half of bf16's size.
+                params.fp8.insert(name, Arc::new(w));
             } else if let Some(p) = match freezetune_core::quant::is_stacked_experts(&name) {
                 true => source.load_packed(&name, device)?,
                 false => None,
@@ -148,7 +162,7 @@ impl Params {
 
     /// The checkpoint's weight files, read tensor by tensor (weights.rs: no memory map to stay resident).
     fn open_source(&self) -> Result<WeightFiles> {
-        WeightFiles::open(&self.weight_files)
+        WeightFiles::open(&self.weight_files, self.fp8_scheme.as_ref())
     }
 
     /// A tensor of the input checkpoint as `dtype` on the device. Cast on the host, then uploaded: the stored dtype
@@ -199,7 +213,8 @@ impl Params {
             .map(|q| q.storage_size_in_bytes())
             .sum();
         let packed: usize = self.packed_experts.values().map(|p| p.storage_bytes()).sum();
-        (dense + quantized + experts + packed) as u64
+        let fp8: usize = self.fp8.values().map(|w| w.storage_bytes()).sum();
+        (dense + quantized + experts + packed + fp8) as u64
     }
 
     /// How many frozen tensors are held quantized (`quantize_frozen`, or a GGUF file's blocks).
@@ -212,11 +227,17 @@ impl Params {
         self.packed_experts.len()
     }
 
+    /// How many frozen matrices are held in the checkpoint's own FP8 codes and scales.
+    pub fn fp8_count(&self) -> usize {
+        self.fp8.len()
+    }
+
     /// Whether `name` is held quantized; forgets it if so (it is about to be held otherwise).
     fn take_quantized(&mut self, name: &str) -> bool {
         self.quantized.remove(name).is_some()
             | self.quantized_experts.remove(name).is_some()
             | self.packed_experts.remove(name).is_some()
+            | self.fp8.remove(name).is_some()
     }
 
     /// Makes exactly `names` trainable: the others become constants holding their current values.
@@ -317,7 +338,8 @@ impl Params {
         let names = self.vars.keys().chain(self.consts.keys()).chain(self.quantized.keys());
         let names = names
             .chain(self.quantized_experts.keys())
-            .chain(self.packed_experts.keys());
+            .chain(self.packed_experts.keys())
+            .chain(self.fp8.keys());
         let mut unread: Vec<String> = names.filter(|n| !read.contains(*n)).cloned().collect();
         unread.sort();
         unread
@@ -333,6 +355,13 @@ impl Params {
             return Err(TrainError::Tensor {
                 name: name.to_string(),
                 reason: "is held in the checkpoint's own MXFP4 blocks and can only be read as the experts' weight"
+                    .into(),
+            });
+        }
+        if self.fp8.contains_key(name) {
+            return Err(TrainError::Tensor {
+                name: name.to_string(),
+                reason: "is held in the checkpoint's own FP8 codes and can only be read as a linear layer's weight"
                     .into(),
             });
         }
@@ -366,6 +395,10 @@ impl Params {
         if let Some(p) = self.packed_experts.get(name) {
             return Some(p.dense_shape());
         }
+        if let Some(w) = self.fp8.get(name) {
+            let (rows, cols) = w.dims();
+            return Some(vec![rows, cols]);
+        }
         let t = match self.vars.get(name) {
             Some(v) => v.as_tensor(),
             None => self.consts.get(name)?,
@@ -379,6 +412,7 @@ impl Params {
             || self.quantized.contains_key(name)
             || self.quantized_experts.contains_key(name)
             || self.packed_experts.contains_key(name)
+            || self.fp8.contains_key(name)
     }
 
     /// Stacked experts `name` (experts × rows × columns): a trainable `Var`'s tensor, a frozen constant, one
@@ -400,6 +434,10 @@ impl Params {
         if let Some(q) = self.quantized.get(name) {
             self.read.lock().expect("read names").insert(name.to_string());
             return Ok(LinearWeight::Quantized(q.clone()));
+        }
+        if let Some(w) = self.fp8.get(name) {
+            self.read.lock().expect("read names").insert(name.to_string());
+            return Ok(LinearWeight::Fp8(w.clone()));
         }
         Ok(LinearWeight::dense(self.get(name)?))
     }

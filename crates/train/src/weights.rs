@@ -8,11 +8,13 @@
 //! from the GGUF file's blocks (gguf_blocks.rs), quantized ones kept as blocks where they stay frozen.
 //!
 //! An MXFP4 pair (`X_blocks`, `X_scales`: gpt-oss as released; core's mxfp4.rs) is read as the dense tensor `X`
-//! it stands for: listed, loaded and exported under that name.
+//! it stands for: listed, loaded and exported under that name. So is an FP8 pair (`X.weight` in F8_E4M3 and
+//! `X.weight_scale_inv`: DeepSeek-V3, Qwen3's FP8 builds; core's fp8.rs), as `X.weight`.
 
 use crate::error::{io, Result, TrainError};
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
+use freezetune_core::fp8::{self, Fp8Matrix, Scheme};
 use freezetune_core::gguf_map::{GgufMap, GGUF_MAP_FILE};
 use freezetune_core::mxfp4::{self, Packed};
 use freezetune_core::safetensors::{read_header, DType as StDType, TensorHeader};
@@ -35,11 +37,14 @@ pub struct WeightFiles {
     gguf: Option<GgufMap>,
     /// MXFP4 pairs by the dense name they stand for (their two entries stay in `entries`).
     packed: BTreeMap<String, Packed>,
+    /// FP8 weights by name (their scales' entries stay in `entries`).
+    fp8: BTreeMap<String, Fp8Matrix>,
 }
 
 impl WeightFiles {
-    /// Reads (and validates) every file's header; a name in two files is refused.
-    pub fn open(files: &[PathBuf]) -> Result<WeightFiles> {
+    /// Reads (and validates) every file's header; a name in two files is refused. `fp8` is config.json's FP8
+    /// scheme, which says how FP8 weights are scaled.
+    pub fn open(files: &[PathBuf], fp8: Option<&Scheme>) -> Result<WeightFiles> {
         if let [map] = files {
             if map.file_name().is_some_and(|n| n == GGUF_MAP_FILE) {
                 return Ok(WeightFiles {
@@ -47,6 +52,7 @@ impl WeightFiles {
                     entries: BTreeMap::new(),
                     gguf: Some(GgufMap::read(map)?),
                     packed: BTreeMap::new(),
+                    fp8: BTreeMap::new(),
                 });
             }
         }
@@ -76,11 +82,13 @@ impl WeightFiles {
             }
         }
         let packed = packed_pairs(&entries)?;
+        let fp8 = fp8_pairs(&entries, fp8)?;
         Ok(WeightFiles {
             files: files.to_vec(),
             entries,
             gguf: None,
             packed,
+            fp8,
         })
     }
 
@@ -100,11 +108,15 @@ impl WeightFiles {
         }
     }
 
-    /// Whether `name` is one half of an MXFP4 pair.
+    /// Whether `name` is one half of an MXFP4 pair, or an FP8 weight's scales.
     fn is_packed_part(&self, name: &str) -> bool {
-        [mxfp4::BLOCKS_SUFFIX, mxfp4::SCALES_SUFFIX]
-            .iter()
-            .any(|s| name.strip_suffix(s).is_some_and(|base| self.packed.contains_key(base)))
+        let fp8_scales = name
+            .strip_suffix(fp8::SCALE_SUFFIX)
+            .is_some_and(|base| self.fp8.contains_key(base));
+        fp8_scales
+            || [mxfp4::BLOCKS_SUFFIX, mxfp4::SCALES_SUFFIX]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|base| self.packed.contains_key(base)))
     }
 
     /// Whether any tensor is read from an MXFP4 pair (a model written from these files holds it dense).
@@ -124,7 +136,7 @@ impl WeightFiles {
     /// Tensor `name`'s bytes exactly as a safetensors file stores them (copied into an export unchanged), or
     /// `None` for a GGUF file's tensor (its values are converted instead).
     pub fn raw_bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        if self.gguf.is_some() || self.packed.contains_key(name) {
+        if self.gguf.is_some() || self.packed.contains_key(name) || self.fp8.contains_key(name) {
             return Ok(None);
         }
         self.entry_bytes(self.entry(name)?).map(Some)
@@ -163,6 +175,16 @@ impl WeightFiles {
         }
         if let Some(p) = self.packed.get(name) {
             return self.unpack(name, p);
+        }
+        if let Some(m) = self.fp8.get(name) {
+            let (codes, scales) = self.fp8_values(name, m)?;
+            let shape = (m.rows as usize, m.cols as usize);
+            return Tensor::from_vec(m.dequantize(&codes, &scales), shape, &Device::Cpu).map_err(|source| {
+                TrainError::Candle {
+                    context: format!("dequantizing FP8 tensor {name}"),
+                    source,
+                }
+            });
         }
         let e = self.entry(name)?;
         let path = &self.files[e.file];
@@ -241,6 +263,75 @@ impl WeightFiles {
     }
 }
 
+impl WeightFiles {
+    /// Whether FP8 weight `name` is stored with its scales (a model written from these files keeps it so where it
+    /// stays frozen).
+    pub fn is_fp8(&self, name: &str) -> bool {
+        self.fp8.contains_key(name)
+    }
+
+    /// An FP8 weight's scales' dtype and shape; `None` for any other tensor.
+    pub fn fp8_shape(&self, name: &str) -> Option<(StDType, Vec<u64>)> {
+        self.fp8.get(name)?;
+        let scales = &self.entries.get(&format!("{name}{}", fp8::SCALE_SUFFIX))?.header;
+        Some((scales.dtype, scales.shape.clone()))
+    }
+
+    /// FP8 weight `name`'s codes, or its scales, exactly as stored (an export copies them unchanged).
+    pub fn fp8_stored(&self, name: &str, scales: bool) -> Result<Vec<u8>> {
+        match scales {
+            true => self.entry_bytes(self.entry(&format!("{name}{}", fp8::SCALE_SUFFIX))?),
+            false => self.entry_bytes(self.entry(name)?),
+        }
+    }
+
+    /// A frozen FP8 weight held in its codes and scales on `device`; `None` for any other tensor.
+    pub fn load_fp8(&self, name: &str, device: &Device) -> Result<Option<crate::fp8::Fp8Weight>> {
+        let Some(m) = self.fp8.get(name) else { return Ok(None) };
+        let (codes, scales) = self.fp8_values(name, m)?;
+        crate::fp8::Fp8Weight::new(*m, &codes, &scales, device)
+            .map(Some)
+            .map_err(|source| TrainError::Candle {
+                context: format!("holding FP8 tensor {name}"),
+                source,
+            })
+    }
+
+    /// An FP8 weight's codes and its scales as f32, checked (core's `Fp8Matrix::check`).
+    fn fp8_values(&self, name: &str, m: &Fp8Matrix) -> Result<(Vec<u8>, Vec<f32>)> {
+        let codes = self.entry_bytes(self.entry(name)?)?;
+        let scale_bytes = self.entry_bytes(self.entry(&format!("{name}{}", fp8::SCALE_SUFFIX))?)?;
+        let scales = m
+            .check(name, &codes, &scale_bytes)
+            .map_err(|reason| TrainError::Tensor {
+                name: name.into(),
+                reason,
+            })?;
+        Ok((codes, scales))
+    }
+}
+
+/// The FP8 weights among a checkpoint's tensors, each checked against its scales.
+fn fp8_pairs(entries: &BTreeMap<String, Entry>, scheme: Option<&Scheme>) -> Result<BTreeMap<String, Fp8Matrix>> {
+    let bad = |name: &str, reason: String| TrainError::Tensor {
+        name: name.into(),
+        reason,
+    };
+    let named = entries.iter().map(|(n, e)| (n.as_str(), e.header.dtype));
+    let names = fp8::pairs(named, scheme).map_err(|(name, why)| bad(&name, why))?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let scheme = scheme.expect("pairs refuses FP8 without a scheme");
+        let (w, s) = (
+            &entries[&name].header,
+            &entries[&format!("{name}{}", fp8::SCALE_SUFFIX)].header,
+        );
+        let m = Fp8Matrix::of(&name, (w.dtype, &w.shape), (s.dtype, &s.shape), scheme).map_err(|r| bad(&name, r))?;
+        out.insert(name, m);
+    }
+    Ok(out)
+}
+
 /// The MXFP4 pairs among a checkpoint's tensors, checked, by the dense name each stands for.
 fn packed_pairs(entries: &BTreeMap<String, Entry>) -> Result<BTreeMap<String, Packed>> {
     let bad = |name: &str, reason: String| TrainError::Tensor {
@@ -285,7 +376,7 @@ mod tests {
             ..freezetune_core::synth::SynthSpec::tiny(freezetune_core::synth::Family::Llama, 2)
         };
         let files = freezetune_core::synth::write_checkpoint(dir.path(), &spec).unwrap();
-        let ours = WeightFiles::open(&files).unwrap();
+        let ours = WeightFiles::open(&files, None).unwrap();
         let mapped = unsafe { MmapedSafetensors::multi(&files) }.unwrap();
         let names: Vec<String> = ours.tensors().map(|(n, _)| n.clone()).collect();
         assert_eq!(names.len(), mapped.tensors().len());

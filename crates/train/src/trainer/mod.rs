@@ -110,22 +110,25 @@ impl Run {
             dtype: self.compute.name().into(),
             device_note: self.device.note.clone(),
             frozen_weight_bytes: self.params.frozen_bytes(),
-            quantized_tensors: self.params.quantized_count() + self.params.packed_count(),
+            quantized_tensors: self.params.quantized_count() + self.params.packed_count() + self.params.fp8_count(),
             quantize_frozen: self.held_formats(),
         }
     }
 
     /// How frozen tensors are held in blocks, if any are: `quantize_frozen`'s format, the checkpoint's own MXFP4
-    /// blocks (gpt-oss's experts), or both.
+    /// blocks (gpt-oss's experts) or FP8 codes (DeepSeek-V3, Qwen3's FP8 builds), or several.
     fn held_formats(&self) -> Option<String> {
-        let packed = "MXFP4 (the checkpoint's own blocks)";
-        let format = self.config.model.quantize_frozen.name();
-        match (self.params.quantized_count(), self.params.packed_count()) {
-            (0, 0) => None,
-            (_, 0) => Some(format.to_string()),
-            (0, _) => Some(packed.to_string()),
-            _ => Some(format!("{format} or {packed}")),
-        }
+        let p = &self.params;
+        let formats: Vec<&str> = [
+            (p.quantized_count(), self.config.model.quantize_frozen.name()),
+            (p.packed_count(), "MXFP4 (the checkpoint's own blocks)"),
+            (p.fp8_count(), "FP8 (the checkpoint's own codes and scales)"),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(_, name)| name)
+        .collect();
+        (!formats.is_empty()).then(|| formats.join(" or "))
     }
 
     fn outcome(&self, final_dir: Option<PathBuf>) -> TrainOutcome {
