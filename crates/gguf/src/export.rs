@@ -12,9 +12,9 @@ use crate::names::{
 };
 use crate::quant::{encode, le_bytes, tensor_type, ExportType, TensorRole};
 use crate::tokenizer::tokenizer_meta;
+use crate::weights::Weights;
 use crate::Progress;
 use candle_core::quantized::GgmlDType;
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use freezetune_core::files::ModelFiles;
 use freezetune_train::config::LayerSpec;
@@ -127,13 +127,15 @@ pub fn export_gguf(
                 .into(),
         });
     }
-    // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
-    let st = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(GgufError::candle("reading the weights"))?;
     let model =
         freezetune_core::config::ModelConfig::from_value(raw.clone()).map_err(|reason| GgufError::BadInput {
             path: dir.join("config.json"),
             reason,
         })?;
+    let st = Weights::open(&files.weights, model.fp8.as_ref()).map_err(|reason| GgufError::BadInput {
+        path: dir.clone(),
+        reason,
+    })?;
     let (plan, mut warnings) = plan_tensors(&st, &config, options.kind, &|n| model.is_prediction_layer(n))?;
     let tok = tokenizer_meta(&dir, config.vocab_size)?;
     warnings.extend(tok.warnings);
@@ -545,7 +547,7 @@ fn read_config_json(dir: &Path) -> Result<Value> {
 fn write_file(
     tmp: &Path,
     metadata: &[(String, Meta)],
-    st: &MmapedSafetensors,
+    st: &Weights,
     plan: &[Planned],
     progress: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<()> {
@@ -645,12 +647,12 @@ fn safe_name(name: String, tokenizer: &[(String, Meta)], warnings: &mut Vec<Stri
 /// The GGUF tensors the checkpoint's go out as, and warnings. `dropped` names tensors that stay behind (the
 /// multi-token-prediction layers transformers drops and llama.cpp never runs).
 fn plan_tensors(
-    st: &MmapedSafetensors,
+    st: &Weights,
     c: &DecoderConfig,
     kind: ExportType,
     dropped: &dyn Fn(&str) -> bool,
 ) -> Result<(Vec<Planned>, Vec<String>)> {
-    let mut names: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect();
+    let mut names: Vec<(String, Vec<usize>)> = st.tensors();
     if let Some((packed, _)) = names
         .iter()
         .find(|(n, _)| n.ends_with(freezetune_core::mxfp4::BLOCKS_SUFFIX))
@@ -843,7 +845,7 @@ fn stacked_experts(
     Ok(plan)
 }
 
-fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
+fn tensor_bytes(st: &Weights, p: &Planned) -> Result<Vec<u8>> {
     let (hf, rope_heads, add_one) = match &p.source {
         Source::Values(values) => return Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         Source::Stacked(names) => return stacked_bytes(st, names, p),
@@ -855,7 +857,7 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
         } => (hf, *rope_heads, *add_one),
     };
     let convert = || -> candle_core::Result<Vec<u8>> {
-        let mut t = st.load(hf, &Device::Cpu)?;
+        let mut t = st.load(hf)?;
         if let Some(heads) = rope_heads {
             t = reorder_rows(&t, rope_permutation(t.dim(0)?, heads))?;
         }
@@ -876,12 +878,12 @@ fn tensor_bytes(st: &MmapedSafetensors, p: &Planned) -> Result<Vec<u8>> {
 
 /// The experts' projections `names`, stacked in order, in the planned type: each expert encoded on its own (its
 /// rows are whole blocks, so the bytes are the stack's), never the whole stack in f32 at once.
-fn stacked_bytes(st: &MmapedSafetensors, names: &[String], p: &Planned) -> Result<Vec<u8>> {
+fn stacked_bytes(st: &Weights, names: &[String], p: &Planned) -> Result<Vec<u8>> {
     let cols = *p.entry.shape.last().unwrap_or(&1);
     let mut out = Vec::new();
     for name in names {
         let convert = || -> candle_core::Result<Vec<u8>> {
-            let t = st.load(name, &Device::Cpu)?;
+            let t = st.load(name)?;
             match (p.entry.dtype, t.dtype()) {
                 (GgmlDType::F16, DType::F16) | (GgmlDType::BF16, DType::BF16) => le_bytes(&t),
                 _ => encode(
@@ -898,16 +900,10 @@ fn stacked_bytes(st: &MmapedSafetensors, names: &[String], p: &Planned) -> Resul
 
 /// Part of a stacked, interleaved expert tensor `hf` in the planned type, one expert at a time (read from the
 /// mapped file, never the whole stack at once): the expert's `columns`, its matrix transposed where `transpose`.
-fn interleaved_bytes(
-    st: &MmapedSafetensors,
-    hf: &str,
-    columns: ExpertColumns,
-    transpose: bool,
-    p: &Planned,
-) -> Result<Vec<u8>> {
+fn interleaved_bytes(st: &Weights, hf: &str, columns: ExpertColumns, transpose: bool, p: &Planned) -> Result<Vec<u8>> {
     let cols = *p.entry.shape.last().unwrap_or(&1);
     let convert = || -> candle_core::Result<Vec<u8>> {
-        let view = st.get(hf)?;
+        let view = st.mapped().get(hf)?;
         let (dtype, shape, data) = (DType::try_from(view.dtype())?, view.shape(), view.data());
         let per_expert = data.len() / shape[0].max(1);
         let mut out = Vec::new();

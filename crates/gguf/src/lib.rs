@@ -14,6 +14,7 @@ pub mod quant;
 pub mod tokenizer;
 pub mod validate;
 pub mod view;
+pub mod weights;
 
 pub use error::{GgufError, Result};
 pub use export::{export_gguf, ExportOptions, ExportReport};

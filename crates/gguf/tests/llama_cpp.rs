@@ -87,6 +87,17 @@ fn newer_families_match_freezetune_in_llama_cpp() {
     }
 }
 
+/// A model released in FP8 (every decoder projection as e4m3 codes and block scales: the qwen3_moe_fp8 fixture)
+/// goes out as its dequantized values, which llama.cpp runs as FreezeTune does.
+#[test]
+fn fp8_checkpoints_export_their_dequantized_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = all_sparse(&tmp.path().join("qwen3moe_fp8"), "qwen3_moe_fp8");
+    let stored = freezetune_core::safetensors::read_header(&model.join("model.safetensors")).unwrap();
+    assert!(stored.tensors.iter().any(|t| t.name.ends_with("_scale_inv")));
+    check_export(&model, "qwen3moe", tmp.path(), ExportType::F32, 1e-3);
+}
+
 /// A sliding window llama.cpp's family has no room for is exported with a warning that names it; a model that does
 /// not slide, or a family llama.cpp slides (Phi-3), gets none.
 #[test]

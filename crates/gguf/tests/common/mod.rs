@@ -233,7 +233,12 @@ pub fn glm4_moe_as_released(dir: &Path) -> PathBuf {
 /// Qwen3 MoE's reference model with experts on every layer, as llama.cpp's qwen3moe has them: its dense layer 1
 /// takes layer 0's router and experts (the values differ from layer 0's after layer 0 has run).
 pub fn qwen3_moe_all_sparse(dir: &Path) -> PathBuf {
-    let model = family_variant(dir, "qwen3_moe", |c| c["mlp_only_layers"] = serde_json::json!([]));
+    all_sparse(dir, "qwen3_moe")
+}
+
+/// [`qwen3_moe_all_sparse`] of the fixture `case` (the FP8 one too: layer 0's scales go with its weights).
+pub fn all_sparse(dir: &Path, case: &str) -> PathBuf {
+    let model = family_variant(dir, case, |c| c["mlp_only_layers"] = serde_json::json!([]));
     let path = model.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
     tensors.retain(|name, _| !name.starts_with("model.layers.1.mlp."));
