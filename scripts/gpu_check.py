@@ -245,27 +245,43 @@ def family_parity(bin, device, work):
     return report
 
 
-def mxfp4_packed(bin, device, work):
-    """gpt-oss as released, its experts in MXFP4 (tests/fixtures/models/gpt_oss_mxfp4): the top layer trains and the
-    bottom layer's experts stay in their blocks on the device, unpacked by table lookups each pass. The first
-    step's loss is the loss transformers computes on the folder (tests/fixtures/reference/mxfp4.json)."""
-    model = FIXTURES / "models" / "gpt_oss_mxfp4"
+def held_in_blocks(bin, device, work, model_name, ids_case, layers, want, word):
+    """A checkpoint whose frozen tensors stay in their own blocks on the device: `layers` train, the rest are
+    rebuilt by table lookups each pass. Each step's loss is transformers' (`want`) and the log says `word`."""
+    model = FIXTURES / "models" / model_name
     if not model.is_dir():
-        print("  skip  gpt_oss_mxfp4: its model is not in this copy of the fixtures", flush=True)
+        print(f"  skip  {model_name}: its model is not in this copy of the fixtures", flush=True)
         return {"skipped": "model not carried"}
-    want = json.loads((FIXTURES / "reference" / "mxfp4.json").read_text())["loss"]
-    ids = json.loads((FIXTURES / "reference" / "families.json").read_text())["cases"]["gpt_oss"]["input_ids"]
-    data = work / "mxfp4.jsonl"
+    ids = json.loads((FIXTURES / "reference" / "families.json").read_text())["cases"][ids_case]["input_ids"]
+    data = work / f"{model_name}.jsonl"
     data.write_text("\n".join(json.dumps({"input_ids": i, "labels": i}) for i in ids))
-    config = write_run(work / "mxfp4", model, data, device, "f32", '[freeze]\nlayers = "1"',
+    config = write_run(work / model_name, model, data, device, "f32", f'[freeze]\nlayers = "{layers}"',
                        f"{EXACT_3_STEPS}\n{SGD}", max(len(i) for i in ids))
-    r = train_checked(bin, config, device, "gpt_oss_mxfp4")
+    r = train_checked(bin, config, device, model_name)
     if r is None:
         return {"failed": True}
-    got = r["steps"][0]["loss"] if r["steps"] else float("nan")
-    check(rel(got, want) < 1e-4 and "MXFP4" in r["log"],
-          f"gpt_oss_mxfp4: step-1 loss {got:.6f} vs transformers' {want:.6f}, frozen experts held as MXFP4")
-    return {"loss": got, "transformers": want}
+    got = [s["loss"] for s in r["steps"]][:len(want)]
+    worst = max((rel(a, b) for a, b in zip(got, want)), default=float("nan"))
+    check(len(got) == len(want) and worst < 1e-4 and word in r["log"],
+          f"{model_name}: {len(want)} losses within 1e-4 of transformers' (worst {worst:.1e}), frozen tensors held "
+          f"as {word}")
+    return {"losses": got, "transformers": want}
+
+
+def mxfp4_packed(bin, device, work):
+    """gpt-oss as released, its experts in MXFP4 (tests/fixtures/models/gpt_oss_mxfp4): the top layer trains and the
+    bottom layer's experts stay in their blocks on the device. The first step's loss is the loss transformers
+    computes on the folder (tests/fixtures/reference/mxfp4.json)."""
+    want = json.loads((FIXTURES / "reference" / "mxfp4.json").read_text())["loss"]
+    return held_in_blocks(bin, device, work, "gpt_oss_mxfp4", "gpt_oss", "1", [want], "MXFP4")
+
+
+def fp8_held(bin, device, work):
+    """Qwen3 MoE as FP8 builds release it (tests/fixtures/models/qwen3_moe_fp8): the bottom layer trains and the
+    layers above stay in their e4m3 codes and block scales on the device, the backward pass crossing them. Three
+    SGD losses are transformers' (tests/fixtures/reference/fp8.json)."""
+    want = json.loads((FIXTURES / "reference" / "fp8.json").read_text())["losses_layer_0"]
+    return held_in_blocks(bin, device, work, "qwen3_moe_fp8", "qwen3_moe", "0", want, "FP8")
 
 
 def freeze_mask(model, r, what):
@@ -390,6 +406,7 @@ def main():
         print(f"every family against transformers on {args.device}")
         report["families"] = family_parity(args.bin, args.device, work)
         report["mxfp4"] = mxfp4_packed(args.bin, args.device, work)
+        report["fp8"] = fp8_held(args.bin, args.device, work)
         report["bench"] = bench(args.bin, args.device, work, args.steps)
         for b in report["bench"]:
             print_bench(b)

@@ -106,6 +106,17 @@ pub fn layout_table(l: &ModelLayout, kinds: std::result::Result<Vec<String>, Str
         .map(|f| format!("{} ({} tensors, {})", f.name, f.tensors, bytes(f.bytes)))
         .collect();
     let _ = writeln!(s, "Weights      {}", files.join(", "));
+    // Tensors stored in blocks the trainer keeps while they are frozen (FP8, MXFP4, a GGUF file's types).
+    let mut held: std::collections::BTreeMap<&str, usize> = Default::default();
+    for t in l.tensors().filter(|t| t.frozen_block_bytes().is_some()) {
+        *held
+            .entry(t.gguf.as_ref().map_or("", |b| b.ggml_type.as_str()))
+            .or_default() += 1;
+    }
+    if !held.is_empty() {
+        let kinds: Vec<String> = held.iter().map(|(kind, n)| format!("{n} tensors in {kind}")).collect();
+        let _ = writeln!(s, "Blocks       {} (held in them while frozen)", kinds.join(", "));
+    }
     let kinds = match kinds {
         Ok(k) => k,
         Err(reason) => {
