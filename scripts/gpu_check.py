@@ -277,11 +277,13 @@ def mxfp4_packed(bin, device, work):
 
 
 def fp8_held(bin, device, work):
-    """Qwen3 MoE as FP8 builds release it (tests/fixtures/models/qwen3_moe_fp8): the bottom layer trains and the
-    layers above stay in their e4m3 codes and block scales on the device, the backward pass crossing them. Three
-    SGD losses are transformers' (tests/fixtures/reference/fp8.json)."""
-    want = json.loads((FIXTURES / "reference" / "fp8.json").read_text())["losses_layer_0"]
-    return held_in_blocks(bin, device, work, "qwen3_moe_fp8", "qwen3_moe", "0", want, "FP8")
+    """Qwen3 MoE and DeepSeek-V3 as FP8 builds release them (tests/fixtures/models/*_fp8; DeepSeek's latent
+    projections end in partial blocks): the bottom layer trains and the layers above stay in their e4m3 codes and
+    block scales on the device, the backward pass crossing them. Three SGD losses are PyTorch's
+    (tests/fixtures/reference/fp8.json)."""
+    cases = json.loads((FIXTURES / "reference" / "fp8.json").read_text())["cases"]
+    return {case: held_in_blocks(bin, device, work, case, r["family"], "0", r["losses_layer_0"], "FP8")
+            for case, r in cases.items()}
 
 
 def freeze_mask(model, r, what):

@@ -1,10 +1,12 @@
-//! Qwen3 MoE as FP8 builds release it (tests/fixtures/models/qwen3_moe_fp8, written with its answers by
-//! tests/fixtures/scripts/make_fp8_fixture.py): every decoder projection in float8_e4m3fn with one scale per 32 × 32
-//! block (f32 for attention, bf16 for the MLPs). FreezeTune reads each pair as the dense tensor transformers'
-//! Fp8Dequantize makes of it, trains it to transformers' losses with every tensor trainable and with the bottom
-//! layer alone (the backward pass crossing the frozen layers, held in their FP8 codes), and writes a model that
-//! keeps the frozen units in FP8, byte for byte, and the trained ones dense, listed in `modules_to_not_convert`.
-//! transformers itself loads that model to the loss FreezeTune computes on it.
+//! Family fixtures as FP8 builds release them (tests/fixtures/models/*_fp8, written with their answers by
+//! tests/fixtures/scripts/make_fp8_fixture.py): every decoder projection in float8_e4m3fn with one scale per block.
+//! Qwen3 MoE in blocks of 32 (f32 scales for attention, bf16 for the MLPs), DeepSeek-V3 in blocks of 16 (its latent
+//! projections ending in partial blocks). FreezeTune reads each pair as the dense tensor transformers'
+//! Fp8Dequantize (and DeepSeek's weight_dequant, for partial blocks) makes of it, trains it to PyTorch's losses with
+//! every tensor trainable and with the bottom layer alone (the backward pass crossing the frozen layers, held in
+//! their FP8 codes), and writes a model that keeps the frozen units in FP8, byte for byte, and the trained ones
+//! dense, listed in `modules_to_not_convert`. transformers itself loads that model to the loss FreezeTune computes
+//! on it.
 
 use candle_core::{DType, Device, Tensor};
 use freezetune_core::{plan, FreezeSpec, ModelLayout, PlanOptions};
@@ -16,18 +18,22 @@ use std::process::Command;
 
 mod common;
 
-const CASE: &str = "qwen3_moe";
-
-fn fp8_dir() -> PathBuf {
-    common::fixtures().join("models/qwen3_moe_fp8")
+fn fixture(case: &str) -> PathBuf {
+    common::fixtures().join("models").join(case)
 }
 
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn reference() -> Value {
-    json(&common::fixtures().join("reference/fp8.json"))
+/// The case's answers (tests/fixtures/reference/fp8.json).
+fn reference(case: &str) -> Value {
+    json(&common::fixtures().join("reference/fp8.json"))["cases"][case].clone()
+}
+
+/// The family case whose input ids a case's answers are for.
+fn family(case: &str) -> String {
+    reference(case)["family"].as_str().unwrap().to_string()
 }
 
 /// Every tensor of the model (the layers and the rest) trainable, or the layers `layers` names alone.
@@ -53,15 +59,15 @@ fn load(dir: &Path, layers: Option<&str>) -> (ModelLayout, Params, Decoder) {
     (layout, params, model)
 }
 
-fn loss_of(model: &Decoder) -> f64 {
-    let (batch, labels, _) = common::family_batch(CASE);
+fn loss_of(model: &Decoder, family: &str) -> f64 {
+    let (batch, labels, _) = common::family_batch(family);
     let (loss, _) = model.loss(&batch, &labels).unwrap();
     loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
 
 /// The losses of `steps` plain SGD steps (lr 0.1) on the trainable tensors.
-fn sgd(params: &Params, model: &Decoder, steps: usize) -> Vec<f64> {
-    let (batch, labels, _) = common::family_batch(CASE);
+fn sgd(params: &Params, model: &Decoder, family: &str, steps: usize) -> Vec<f64> {
+    let (batch, labels, _) = common::family_batch(family);
     (0..steps)
         .map(|_| {
             let (loss, _) = model.loss(&batch, &labels).unwrap();
@@ -85,32 +91,38 @@ fn assert_losses(got: &[f64], want: &Value, what: &str) {
     }
 }
 
-#[test]
-fn fp8_weights_read_and_train_as_transformers_dequantizes_them() {
-    let reference = reference();
-    // The layout, and so the plan, see the dense tensors, at the pair's bytes while frozen.
-    let layout = ModelLayout::inspect(&fp8_dir()).unwrap();
+/// The case's FP8 weights read as their dequantized values and trained to PyTorch's losses: with every tensor
+/// trainable (f32 masters from the exact values) and with layer 0 alone (the layers above held in their codes).
+fn check(case: &str, block: u64) {
+    let (reference, family) = (reference(case), family(case));
+    // The layout, and so the plan, see the dense tensors, at what the trainer holds while they are frozen.
+    let layout = ModelLayout::inspect(&fixture(case)).unwrap();
     assert!(!layout.tensors().any(|t| t.name.ends_with("_scale_inv")));
-    let q = layout
-        .tensors()
-        .find(|t| t.name == "model.layers.1.self_attn.q_proj.weight")
-        .unwrap();
-    assert_eq!(
-        (q.dtype, q.shape.clone()),
-        (freezetune_core::safetensors::DType::F32, vec![64, 64])
-    );
-    assert_eq!(
-        q.frozen_block_bytes(),
-        Some(64 * 64 + 2 * 64 * 4),
-        "codes and per-column block scales"
-    );
     let dequantized = reference["dequantized"].as_object().unwrap();
-    assert_eq!(dequantized.len(), 39);
+    for name in dequantized.keys() {
+        let t = layout.tensors().find(|t| &t.name == name).unwrap();
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        assert_eq!(
+            t.dtype,
+            freezetune_core::safetensors::DType::F32,
+            "{name}: the config's dtype"
+        );
+        let held = rows * cols + rows.div_ceil(block) * cols * 4;
+        assert_eq!(
+            t.frozen_block_bytes(),
+            Some(held),
+            "{name}: codes and per-column block scales"
+        );
+    }
 
     // Every tensor trainable: each FP8 weight is an f32 master from its exact dequantized values.
-    let (_, every, model) = load(&fp8_dir(), None);
+    let (_, every, model) = load(&fixture(case), None);
     assert_eq!(every.fp8_count(), 0);
-    assert!((loss_of(&model) - reference["loss"].as_f64().unwrap()).abs() < 1e-5);
+    let first = loss_of(&model, &family);
+    assert!(
+        (first - reference["loss"].as_f64().unwrap()).abs() < 1e-5,
+        "{case}: {first}"
+    );
     for (name, r) in dequantized {
         let w = every.vars[name].as_tensor().to_dtype(DType::F64).unwrap();
         let sum = w.sum_all().unwrap().to_scalar::<f64>().unwrap();
@@ -120,27 +132,40 @@ fn fp8_weights_read_and_train_as_transformers_dequantizes_them() {
             r["sum"]
         );
     }
-    assert_losses(
-        &sgd(&every, &model, 3),
-        &reference["losses_every_tensor"],
-        "every tensor",
-    );
+    let every_losses = sgd(&every, &model, &family, 3);
+    assert_losses(&every_losses, &reference["losses_every_tensor"], "every tensor");
 
-    // Layer 0 alone: layers 1 and 2 stay in their codes, and the gradient crosses them.
-    let (_, bottom, model) = load(&fp8_dir(), Some("0"));
+    // Layer 0 alone: the layers above stay in their codes, and the gradient crosses them.
+    let (_, bottom, model) = load(&fixture(case), Some("0"));
     let held = dequantized.keys().filter(|n| !n.starts_with("model.layers.0.")).count();
     assert_eq!(bottom.fp8_count(), held);
-    assert_losses(&sgd(&bottom, &model, 3), &reference["losses_layer_0"], "layer 0 alone");
+    let bottom_losses = sgd(&bottom, &model, &family, 3);
+    assert_losses(&bottom_losses, &reference["losses_layer_0"], "layer 0 alone");
 
     // Against the dense fixture with the same layer trainable: each held weight takes a byte a value and its
     // scales in place of f32's four bytes.
-    let (_, dense, _) = load(&common::fixtures().join("models").join(CASE), Some("0"));
+    let (_, dense, _) = load(&fixture(&family), Some("0"));
     let saved: u64 = layout
         .tensors()
         .filter(|t| !t.name.starts_with("model.layers.0.") && t.frozen_block_bytes().is_some())
         .map(|t| 4 * t.params - t.frozen_block_bytes().unwrap())
         .sum();
     assert_eq!(dense.frozen_bytes() - bottom.frozen_bytes(), saved);
+}
+
+#[test]
+fn qwen3_moe_fp8_reads_and_trains_as_transformers_dequantizes_it() {
+    check("qwen3_moe_fp8", 32);
+}
+
+/// DeepSeek-V3 as released: the latent projections end in partial blocks (24 rows in blocks of 16, as V3's 576
+/// rows in blocks of 128), read as DeepSeek's own weight_dequant takes them.
+#[test]
+fn deepseek_v3_fp8_with_partial_blocks_reads_and_trains_as_deepseek_dequantizes_it() {
+    let layout = ModelLayout::inspect(&fixture("deepseek_v3_fp8")).unwrap();
+    let kv = "model.layers.1.self_attn.kv_a_proj_with_mqa.weight";
+    assert_eq!(layout.tensors().find(|t| t.name == kv).unwrap().shape, [24, 64]);
+    check("deepseek_v3_fp8", 16);
 }
 
 /// The python of the venv `make test` builds (scripts/python-venv.sh), with transformers.
@@ -161,7 +186,7 @@ fn python() -> PathBuf {
 fn transformers_loss(dir: &Path) -> f64 {
     let all = json(&common::fixtures().join("reference/families.json"));
     let ids = dir.join("ids.json");
-    std::fs::write(&ids, all["cases"][CASE]["input_ids"].to_string()).unwrap();
+    std::fs::write(&ids, all["cases"]["qwen3_moe"]["input_ids"].to_string()).unwrap();
     let script = "import json, sys, torch\n\
                   from transformers import AutoModelForCausalLM\n\
                   m = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).float()\n\
@@ -181,13 +206,13 @@ fn transformers_loss(dir: &Path) -> f64 {
 fn a_trained_model_keeps_its_frozen_fp8_weights_and_loads_in_transformers() {
     // Layers 0 and 2 train (their experts with them); layer 1 stays FP8. transformers 5.6 loads experts stored
     // one linear each in FP8 without their scales (make_fp8_fixture.py), so the layer left in FP8 is the dense one.
-    let (layout, params, model) = load(&fp8_dir(), Some("0,2"));
-    sgd(&params, &model, 1);
-    let trained_loss = loss_of(&model);
+    let (layout, params, model) = load(&fixture("qwen3_moe_fp8"), Some("0,2"));
+    sgd(&params, &model, "qwen3_moe", 1);
+    let trained_loss = loss_of(&model, "qwen3_moe");
     let out = tempfile::tempdir().unwrap();
     let dest = export_checkpoint(&layout, &params, &out.path().join("final")).unwrap();
 
-    let source = common::tensors(&fp8_dir().join("model.safetensors"));
+    let source = common::tensors(&fixture("qwen3_moe_fp8").join("model.safetensors"));
     let written = common::tensors(&dest.join("model.safetensors"));
     for (name, (dtype, bytes)) in &source {
         let frozen = name.starts_with("model.layers.1.") || !name.starts_with("model.layers.");
@@ -231,7 +256,7 @@ fn a_trained_model_keeps_its_frozen_fp8_weights_and_loads_in_transformers() {
         7,
         "layer 1's four attention and three MLP projections"
     );
-    let reread = loss_of(&model);
+    let reread = loss_of(&model, "qwen3_moe");
     assert!((reread - trained_loss).abs() < 1e-6, "{reread} vs {trained_loss}");
     let theirs = transformers_loss(&dest);
     assert!(
@@ -242,7 +267,7 @@ fn a_trained_model_keeps_its_frozen_fp8_weights_and_loads_in_transformers() {
 
 #[test]
 fn damaged_or_unreadable_fp8_checkpoints_are_refused_by_name() {
-    let src = fp8_dir();
+    let src = fixture("qwen3_moe_fp8");
     let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let w = "model.layers.1.mlp.down_proj.weight";
     let scales = format!("{w}_scale_inv");
