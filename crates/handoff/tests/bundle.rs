@@ -108,3 +108,33 @@ fn the_axolotl_bundle_pins_the_snapshot_and_shards_with_fsdp2() {
         assert_eq!(roles, ["user", "assistant"], "{line}");
     }
 }
+
+/// An FP8 checkpoint is refused by name for either engine: on an FP8 GPU transformers loads its projections as
+/// FP8Linear modules, which do not train.
+#[test]
+fn an_fp8_checkpoint_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/qwen3_moe_fp8");
+    let text = format!(
+        "[model]\npath = {model:?}\n[freeze]\ntop = 1\n[data]\ntrain = {:?}\n[output]\ndir = \"run\"\n",
+        fixtures().join("data/alpaca.parquet")
+    );
+    std::fs::write(dir.path().join("run.toml"), text).unwrap();
+    let config = RunConfig::read(&dir.path().join("run.toml")).unwrap();
+    let layout = ModelLayout::inspect(&model).unwrap();
+    let options = BundleOptions {
+        gpus: 1,
+        distributed: Distributed::Fsdp,
+    };
+    for engine in [Engine::Llamafactory, Engine::Axolotl] {
+        let out = dir.path().join(engine.title());
+        let e = write_bundle(engine, &config, &layout, &out, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FP8") && e.contains("FP8Linear") && e.contains("full-precision"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+}
