@@ -37,13 +37,13 @@ cp "$ROOT/tests/fixtures/reference/parity.json" "$ROOT/tests/fixtures/reference/
   "$ROOT/tests/fixtures/reference/mxfp4.json" "$ROOT/tests/fixtures/reference/fp8.json" \
   "$DIR/tests/fixtures/reference/"
 # The families whose device-generic math differs most from llama's (about 7 MB; all 21 would pass the 64 MiB):
-# Qwen3.5's Gated DeltaNet and gated attention, LFM2's convolutions, Gemma 2's softcaps and sandwich norms, Gemma 3's
+# Qwen3.5's Gated DeltaNet and gated attention, Granite 4.0-H's Mamba 2 scan, LFM2's convolutions, Gemma 2's softcaps and sandwich norms, Gemma 3's
 # q/k norms and per-type rope, SmolLM3's NoPE layers, LongRoPE, YaRN, a sliding window, and the mixture-of-experts
 # routing (gather, index_add) and stacked-experts node of Qwen3 MoE and Qwen3.5 MoE, gpt-oss's sinks and interleaved
 # experts, and its MXFP4 experts held in their blocks; Qwen3 MoE's and DeepSeek-V3's FP8 builds held in their codes; DeepSeek-V3's latent attention (pads, a broadcast key part,
 # interleaved rotary) and grouped sigmoid routing, GLM-4.5's, GLM-4.7-Flash's latent attention with biases, and
 # Qwen3-Next's grouped DeltaNet projections. gpu_check.py names the rest as not carried.
-for family in qwen3_5 lfm2 gemma2 gemma3 smollm3 phi3_longrope qwen2_yarn mistral_window qwen3_moe qwen3_5_moe \
+for family in qwen3_5 granite4_h lfm2 gemma2 gemma3 smollm3 phi3_longrope qwen2_yarn mistral_window qwen3_moe qwen3_5_moe \
   gpt_oss gpt_oss_mxfp4 qwen3_moe_fp8 deepseek_v3_fp8 glm4_moe deepseek_v3 glm4_moe_lite qwen3_next; do
   cp -r "$ROOT/tests/fixtures/models/$family" "$DIR/tests/fixtures/models/"
 done

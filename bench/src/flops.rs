@@ -23,7 +23,8 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
         }
     };
     // Per layer, the token mixer's own products: attention's scores and values over the square; a delta rule's
-    // reads and writes of its state (q·S and k ⊗ v per position and head); a short convolution's, too few to count.
+    // reads and writes of its state (q·S and k ⊗ v per position and head), and a Mamba 2 scan's likewise; a short
+    // convolution's, too few to count.
     let mixing: Vec<f64> = config
         .layers
         .iter()
@@ -31,6 +32,8 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
             Mixer::Attention => 4.0 * (batch * config.num_heads * seq * seq * config.head_dim) as f64,
             Mixer::GatedDeltaNet(s) => 4.0 * tokens * (s.value_heads * s.key_dim * s.value_dim) as f64,
             Mixer::ShortConv { .. } => 0.0,
+            // The state's read and write per position and head (head dim × state each).
+            Mixer::Mamba2(m) => 4.0 * tokens * (m.heads * m.head_dim * m.state) as f64,
         })
         .collect();
     // An expert's matrices multiply only the rows routed to it: on average top_k / count of the tokens.

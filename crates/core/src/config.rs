@@ -29,6 +29,18 @@ pub struct ModelDims {
     /// The sparse MLP's sizes, where the model has experts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experts: Option<ExpertDims>,
+    /// A Mamba 2 layer's sizes (Granite 4.0-H's `mamba_*` keys), where `layer_types` names such layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mamba: Option<MambaDims>,
+}
+
+/// A Mamba 2 layer's widths: its inner width (`mamba_expand` × hidden), B's and C's (groups × state each), and
+/// its heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MambaDims {
+    pub inner: u64,
+    pub groups_state: u64,
+    pub heads: u64,
 }
 
 /// A mixture-of-experts MLP: how many experts, how many each token runs through, and each one's MLP width.
@@ -207,7 +219,23 @@ impl ModelConfig {
             }
             _ => None,
         };
+        let has_mamba = ["layer_types", "layers_block_type"].iter().any(|k| {
+            text.get(*k)
+                .and_then(Value::as_array)
+                .is_some_and(|types| types.iter().any(|t| t == "mamba"))
+        });
+        let mamba = match (has_mamba, hidden_size) {
+            (true, Some(h)) => Some(MambaDims {
+                inner: uint(&["mamba_expand"])?.unwrap_or(2).saturating_mul(h),
+                groups_state: uint(&["mamba_n_groups"])?
+                    .unwrap_or(1)
+                    .saturating_mul(uint(&["mamba_d_state"])?.unwrap_or(256)),
+                heads: uint(&["mamba_n_heads"])?.unwrap_or(128),
+            }),
+            _ => None,
+        };
         let dims = ModelDims {
+            mamba,
             hidden_size,
             intermediate_size,
             num_attention_heads,

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The LLaMA-Factory freeze arguments that reproduce `plan` exactly on this model, as a YAML fragment.
 pub fn to_llamafactory_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<String> {
+    refuse_fp8(layout, "llamafactory", "LLaMA-Factory")?;
     if let Some(schedule) = spec.schedule.as_ref().filter(|s| !s.is_static()) {
         let mut out = header_comment(layout, plan);
         out.push_str(&crate::schedule::interop::badam_yaml(plan, schedule)?);
@@ -338,6 +339,7 @@ pub fn axolotl_selects(patterns: &[String], name: &str) -> bool {
 
 /// Axolotl's config for the plan: `unfrozen_parameters`, or for a layer-sampling schedule its LISA keys.
 pub fn to_axolotl_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePlan) -> Result<String> {
+    refuse_fp8(layout, "axolotl", "Axolotl")?;
     if let Some(schedule) = spec.schedule.as_ref().filter(|s| !s.is_static()) {
         let mut out = header_comment(layout, plan);
         out.push_str(&crate::schedule::interop::lisa_yaml(layout, plan, schedule)?);
@@ -355,4 +357,9 @@ pub fn to_axolotl_yaml(layout: &ModelLayout, spec: &FreezeSpec, plan: &FreezePla
         }
     }
     Ok(out)
+}
+
+/// An FP8 checkpoint's hand-off is refused (fp8.rs's `refuse_handoff`).
+fn refuse_fp8(layout: &ModelLayout, format: &'static str, engine: &str) -> Result<()> {
+    crate::fp8::refuse_handoff(layout, engine).map_err(|message| Error::NotExpressible { format, message })
 }

@@ -1,7 +1,7 @@
-//! FP8 weights as DeepSeek-V3, Kimi K2, Qwen3's and MiniMax's FP8 builds release them (`quantization_config`:
-//! `quant_method` "fp8", transformers' FineGrainedFP8): a projection's `X.weight` is stored as `F8_E4M3` codes
-//! (rows × cols) beside `X.weight_scale_inv` (f32 or bf16), one scale per block of `weight_block_size` (or one for
-//! the whole matrix when that is null). A value is its code's e4m3fn value times its block's scale, computed as
+//! FP8 weights as DeepSeek-V3, Kimi K2 and Qwen3's FP8 builds release them (`quantization_config`: `quant_method`
+//! "fp8", transformers' FineGrainedFP8): a projection's `X.weight` is stored as `F8_E4M3` codes (rows × cols)
+//! beside `X.weight_scale_inv` (f32 or bf16), one scale per block of `weight_block_size` (transformers' default
+//! 128 × 128 where the key is absent; one scale for the whole matrix where it is null). A value is its code's e4m3fn value times its block's scale, computed as
 //! transformers' `Fp8Dequantize` does: in the scale's dtype (so rounded to bf16 once where the scales are bf16).
 //! FreezeTune reads each pair as the dense tensor `X.weight` it stands for: the layout, the plan and the trainer
 //! see that, and a frozen one is held in its own codes and scales (train's fp8.rs).
@@ -68,8 +68,16 @@ impl Scheme {
                 )))
             }
         }
-        let block = match q.get("weight_block_size").filter(|b| !b.is_null()) {
-            None => None,
+        let modules = q.get("modules_to_not_convert").filter(|m| !m.is_null());
+        if let Some(m) = modules.filter(|m| !m.as_array().is_some_and(|a| a.iter().all(Value::is_string))) {
+            return Err(bad(format!(
+                "`modules_to_not_convert` is {m}; it must be a list of module names"
+            )));
+        }
+        let block = match q.get("weight_block_size") {
+            // transformers' FineGrainedFP8Config default.
+            None => Some((128, 128)),
+            Some(Value::Null) => None,
             Some(b) => match b.as_array().map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>()) {
                 Some(v) if v.len() == 2 && v.iter().all(|d| d.is_some_and(|d| (1..=1 << 20).contains(&d))) => {
                     Some((v[0].expect("checked"), v[1].expect("checked")))
@@ -260,14 +268,19 @@ pub fn round_to_bf16(v: f32) -> f32 {
 
 /// The weights stored as FP8 pairs among `tensors` (name, dtype), sorted: every F8_E4M3 tensor must have its
 /// scales and every scale tensor its F8_E4M3 weight. Refused, as (a tensor's name, why): half a pair, FP8 in a
-/// checkpoint without an FP8 `quantization_config`, e5m2, and the static scheme's activation scales.
+/// checkpoint without an FP8 `quantization_config`, e5m2, and the static scheme's activation scales. A checkpoint
+/// with neither FP8 tensors nor an FP8 scheme is none of this function's business.
 pub fn pairs<'a>(
-    tensors: impl Iterator<Item = (&'a str, DType)> + Clone,
+    tensors: impl Iterator<Item = (&'a str, DType)>,
     scheme: Option<&Scheme>,
 ) -> std::result::Result<Vec<String>, (String, String)> {
-    let dtype_of = |n: &str| tensors.clone().find(|(m, _)| *m == n).map(|(_, d)| d);
+    let dtypes: std::collections::HashMap<&str, DType> = tensors.collect();
+    let fp8 = |d: &DType| matches!(d, DType::F8E4M3 | DType::F8E5M2);
+    if scheme.is_none() && !dtypes.values().any(fp8) {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
-    for (name, dtype) in tensors.clone() {
+    for (&name, &dtype) in &dtypes {
         if dtype == DType::F8E5M2 {
             return Err((name.into(), "is F8_E5M2; FreezeTune reads e4m3 FP8 weights only".into()));
         }
@@ -278,7 +291,7 @@ pub fn pairs<'a>(
             ));
         }
         if let Some(base) = name.strip_suffix(SCALE_SUFFIX) {
-            if dtype_of(base) != Some(DType::F8E4M3) {
+            if dtypes.get(base) != Some(&DType::F8E4M3) {
                 return Err((
                     name.into(),
                     format!("is FP8 scales without their F8_E4M3 weight {base}"),
@@ -293,7 +306,7 @@ pub fn pairs<'a>(
                         .into(),
                 ));
             }
-            if dtype_of(&format!("{name}{SCALE_SUFFIX}")).is_none() {
+            if !dtypes.contains_key(format!("{name}{SCALE_SUFFIX}").as_str()) {
                 return Err((
                     name.into(),
                     format!("is F8_E4M3 without its scales {name}{SCALE_SUFFIX}"),
@@ -306,18 +319,41 @@ pub fn pairs<'a>(
     Ok(out)
 }
 
-/// The unit transformers converts to FP8 (or leaves out of it, `modules_to_not_convert`) that holds weight
-/// `name`: its module, or for experts stored one linear each (`….experts.<E>.<proj>.weight`) the layer's whole
-/// `….experts`, which transformers loads as one fused module.
-pub fn conversion_unit(name: &str) -> &str {
-    let module = name.strip_suffix(".weight").unwrap_or(name);
-    if let Some(at) = module.rfind(".experts.") {
-        let rest = &module[at + ".experts.".len()..];
-        if rest.split('.').next().is_some_and(|e| e.parse::<usize>().is_ok()) {
-            return &module[..at + ".experts".len()];
-        }
+/// The module transformers converts to FP8 (or leaves out of it: `modules_to_not_convert`, which it matches against
+/// its own module names) that holds weight `name` of a `model_type` model: the weight's module under the name
+/// transformers 5 gives it (a wrapper's `language_model.model.*` is `model.language_model.*`; Mixtral's
+/// `block_sparse_moe` is `mlp`), or, for experts stored one linear each, the layer's `….mlp.experts`, which
+/// transformers loads as one fused module.
+pub fn conversion_unit(name: &str, model_type: &str) -> String {
+    let name = match name.strip_prefix("language_model.model.") {
+        Some(rest) => format!("model.language_model.{rest}"),
+        None => name.to_string(),
+    };
+    let runtime = crate::runtime_names::runtime_name(&name, model_type);
+    let fused = runtime != name.replace(".block_sparse_moe.", ".mlp.");
+    match runtime.rsplit_once('.') {
+        Some((experts, _)) if fused => experts.to_string(),
+        _ => runtime.strip_suffix(".weight").unwrap_or(&runtime).to_string(),
     }
-    module
+}
+
+/// Refuses a hand-off of an FP8 checkpoint to `engine` (LLaMA-Factory, Axolotl): on a GPU that runs FP8,
+/// transformers loads its projections as FP8Linear modules, which do not train.
+pub fn refuse_handoff(layout: &crate::layout::ModelLayout, engine: &str) -> std::result::Result<(), String> {
+    let fp8 = layout
+        .tensors()
+        .find(|t| t.gguf.as_ref().is_some_and(|b| b.ggml_type == "fp8_e4m3"));
+    match fp8 {
+        None => Ok(()),
+        Some(t) => Err(format!(
+            "{} is an FP8 checkpoint ({} and others are e4m3 codes): on a GPU that runs FP8 (compute capability \
+             8.9 or more) transformers loads such projections as FP8Linear modules, which {engine} cannot train. \
+             Train it with FreezeTune (frozen layers stay FP8, trained ones become dense), or hand off the \
+             full-precision checkpoint",
+            layout.model_dir.display(),
+            t.name
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +379,13 @@ mod tests {
             "quant_method": "fp8", "weight_block_size": [128, 128]}});
         assert_eq!(
             Scheme::from_config(&deepseek).unwrap(),
+            Some(Scheme {
+                block: Some((128, 128))
+            })
+        );
+        let unsaid = json!({"quantization_config": {"quant_method": "fp8"}});
+        assert_eq!(
+            Scheme::from_config(&unsaid).unwrap(),
             Some(Scheme {
                 block: Some((128, 128))
             })
@@ -373,6 +416,10 @@ mod tests {
         refused(
             json!({"quant_method": "fp8", "kv_cache_scheme": "fp8"}),
             "kv_cache_scheme",
+        );
+        refused(
+            json!({"quant_method": "fp8", "modules_to_not_convert": "lm_head"}),
+            "modules_to_not_convert",
         );
     }
 
@@ -440,17 +487,29 @@ mod tests {
             .unwrap_err()
             .1
             .contains("static"));
+        // Without FP8 tensors or an FP8 scheme, such names are ordinary tensors (the decoder says if it reads them).
+        assert_eq!(pairs(act.iter().copied(), None).unwrap(), Vec::<String>::new());
     }
 
     #[test]
-    fn experts_stored_one_linear_each_convert_as_the_layers_experts() {
+    fn units_are_the_modules_transformers_converts_under_its_own_names() {
         let expert = "model.layers.3.mlp.experts.17.gate_proj.weight";
-        assert_eq!(conversion_unit(expert), "model.layers.3.mlp.experts");
+        assert_eq!(conversion_unit(expert, "deepseek_v3"), "model.layers.3.mlp.experts");
         let shared = "model.layers.3.mlp.shared_experts.gate_proj.weight";
-        assert_eq!(conversion_unit(shared), "model.layers.3.mlp.shared_experts.gate_proj");
         assert_eq!(
-            conversion_unit("model.layers.0.self_attn.q_proj.weight"),
-            "model.layers.0.self_attn.q_proj"
+            conversion_unit(shared, "deepseek_v3"),
+            "model.layers.3.mlp.shared_experts.gate_proj"
+        );
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        assert_eq!(conversion_unit(q, "qwen3"), "model.layers.0.self_attn.q_proj");
+        let mixtral = "model.layers.2.block_sparse_moe.experts.5.w1.weight";
+        assert_eq!(conversion_unit(mixtral, "mixtral"), "model.layers.2.mlp.experts");
+        let router = "model.layers.2.block_sparse_moe.gate.weight";
+        assert_eq!(conversion_unit(router, "mixtral"), "model.layers.2.mlp.gate");
+        let wrapped = "language_model.model.layers.1.mlp.down_proj.weight";
+        assert_eq!(
+            conversion_unit(wrapped, "mistral3"),
+            "model.language_model.layers.1.mlp.down_proj"
         );
     }
 }

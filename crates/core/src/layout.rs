@@ -76,9 +76,10 @@ impl ModuleKind {
         let n = name.to_ascii_lowercase();
         if n.contains("norm") || n.starts_with("ln") {
             ModuleKind::Norm
-        } else if n.contains("attn") || n.contains("attention") || n == "conv" {
+        } else if n.contains("attn") || n.contains("attention") || n == "conv" || n == "mamba" {
             // A layer's token mixer, whatever its kind: LFM2's gated short convolution is `conv`, Qwen3.5's
-            // Gated DeltaNet `linear_attn`; the "attention" filter selects them as it selects `self_attn`.
+            // Gated DeltaNet `linear_attn`, Granite 4.0-H's Mamba 2 `mamba`; the "attention" filter selects them
+            // as it selects `self_attn`.
             ModuleKind::Attention
         } else if n.contains("mlp")
             || n.contains("feed_forward")

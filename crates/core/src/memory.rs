@@ -163,6 +163,7 @@ pub(crate) fn activations_with(
         seq: o.seq_len,
         experts: d.experts,
         latent: d.latent,
+        mamba: d.mamba,
     };
     let mut per_layer: Vec<u64> = layout
         .layers
@@ -213,10 +214,16 @@ enum Mixer {
     DeltaRule,
     /// LFM2's gated short convolution (`conv`).
     ShortConv,
+    /// Granite 4.0-H's Mamba 2 (`mamba`).
+    Mamba,
 }
 
 /// Module names of the token mixers other than attention.
-const MIXER_MODULES: &[(&str, Mixer)] = &[("linear_attn", Mixer::DeltaRule), ("conv", Mixer::ShortConv)];
+const MIXER_MODULES: &[(&str, Mixer)] = &[
+    ("linear_attn", Mixer::DeltaRule),
+    ("conv", Mixer::ShortConv),
+    ("mamba", Mixer::Mamba),
+];
 
 /// A layer's token mixer, and whether its MLP is sparse (it holds experts: `mlp.experts.N.*`).
 fn mixer_of(layer: &crate::layout::LayerInfo) -> (Mixer, bool) {
@@ -236,6 +243,7 @@ struct Widths {
     seq: u64,
     experts: Option<crate::config::ExpertDims>,
     latent: Option<crate::config::LatentDims>,
+    mamba: Option<crate::config::MambaDims>,
 }
 
 /// Positions per chunk of the delta rule (crates/train/src/delta_rule.rs).
@@ -290,6 +298,20 @@ impl Widths {
                 // in_proj's B, C and x, B·x padded, the convolution and C·y, out_proj.
                 Mixer::ShortConv if fused => 12 * h,
                 Mixer::ShortConv => 14 * h,
+                Mixer::Mamba => {
+                    // in_proj's output (z, x‖B‖C, dt); the convolution's padded input, output, bias sum and SiLU
+                    // (4 of x‖B‖C); dt's softplus (6 a head); then from the scan's output on, which one recomputed
+                    // node makes keeping only its inputs (ssd.rs): the skip and its sum, z's SiLU, the gated norm's
+                    // product, square, quotient and weighted output, out_proj's input (10 of the inner width).
+                    let m = self.mamba?;
+                    let sat = |a: u64, b: u64| a.saturating_mul(b);
+                    let conv = m.inner.saturating_add(sat(2, m.groups_state));
+                    let projection = m.inner.saturating_add(conv).saturating_add(m.heads);
+                    projection
+                        .saturating_add(sat(4, conv))
+                        .saturating_add(sat(6, m.heads))
+                        .saturating_add(sat(10, m.inner))
+                }
             }
             .saturating_add(self.mlp_per_token(sparse, kernels)),
         )
@@ -367,6 +389,7 @@ mod tests {
             seq: 128,
             experts: Some(experts),
             latent: None,
+            mamba: None,
         };
         // Latent attention (composite): 4·64 + 8·4·24 + 3·(16 + 8) + 4, whatever `kv` says.
         let latent = Widths {

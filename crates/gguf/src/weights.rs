@@ -23,30 +23,20 @@ impl Weights {
         // SAFETY: the files are only read, and FreezeTune does not write a model folder while exporting it.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| format!("reading the weights: {e}"))?;
         // Tensors of a dtype core does not name cannot be half of a pair; they are left to the export's checks.
-        let headers: Vec<(String, StDType, Vec<u64>)> = st
+        let headers: BTreeMap<String, (StDType, Vec<u64>)> = st
             .tensors()
             .into_iter()
             .filter_map(|(n, v)| {
                 let dtype = StDType::from_name(&v.dtype().to_string())?;
-                Some((n, dtype, v.shape().iter().map(|&d| d as u64).collect()))
+                Some((n, (dtype, v.shape().iter().map(|&d| d as u64).collect())))
             })
             .collect();
-        let named = headers.iter().map(|(n, d, _)| (n.as_str(), *d));
+        let named = headers.iter().map(|(n, (d, _))| (n.as_str(), *d));
         let names = fp8::pairs(named, scheme).map_err(|(name, why)| format!("tensor {name} {why}"))?;
-        let shape_of = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, d, s)| (*d, s.clone()))
-        };
         let mut out = BTreeMap::new();
         for name in names {
             let scheme = scheme.expect("pairs refuses FP8 without a scheme");
-            let (w, s) = (
-                shape_of(&name).expect("listed"),
-                shape_of(&format!("{name}{}", fp8::SCALE_SUFFIX)),
-            );
-            let s = s.expect("paired");
+            let (w, s) = (&headers[&name], &headers[&format!("{name}{}", fp8::SCALE_SUFFIX)]);
             out.insert(name.clone(), Fp8Matrix::of(&name, (w.0, &w.1), (s.0, &s.1), scheme)?);
         }
         Ok(Weights { st, fp8: out })

@@ -110,20 +110,7 @@ pub fn write_bundle(
     if options.gpus == 0 {
         return Err(HandoffError::Refused("--gpus must be at least 1".into()));
     }
-    let fp8 = layout
-        .tensors()
-        .find(|t| t.gguf.as_ref().is_some_and(|b| b.ggml_type == "fp8_e4m3"));
-    if let Some(t) = fp8 {
-        return Err(HandoffError::Refused(format!(
-            "{} is an FP8 checkpoint ({} and others are e4m3 codes): on a GPU that runs FP8 (compute capability \
-             8.9 or more) transformers loads such projections as FP8Linear modules, which {} cannot train. Train it \
-             with FreezeTune (frozen layers stay FP8, trained ones become dense), or hand off the full-precision \
-             checkpoint",
-            layout.model_dir.display(),
-            t.name,
-            engine.title()
-        )));
-    }
+    freezetune_core::fp8::refuse_handoff(layout, engine.title()).map_err(HandoffError::Refused)?;
     if out.exists() {
         return Err(HandoffError::Refused(format!(
             "{} already exists; choose a new folder for the bundle (nothing is replaced)",

@@ -137,4 +137,15 @@ fn an_fp8_checkpoint_is_refused_with_what_to_do() {
         );
         assert!(!out.exists());
     }
+    // The config fragments `export-config` and the app write are refused the same way.
+    let spec = freezetune_core::FreezeSpec {
+        top: Some(1),
+        ..Default::default()
+    };
+    let plan = freezetune_core::plan(&layout, &spec, freezetune_core::PlanOptions::default()).unwrap();
+    let lf = freezetune_core::export::to_llamafactory_yaml(&layout, &spec, &plan).unwrap_err();
+    let axolotl = freezetune_core::export::to_axolotl_yaml(&layout, &spec, &plan).unwrap_err();
+    for e in [lf.to_string(), axolotl.to_string()] {
+        assert!(e.contains("FP8Linear"), "{e}");
+    }
 }

@@ -105,7 +105,7 @@ impl Architecture {
 }
 
 /// What mixes a layer's tokens before its MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mixer {
     /// Self-attention (`self_attn.*`), as the rest of the [`LayerSpec`] describes it.
     Attention,
@@ -115,6 +115,9 @@ pub enum Mixer {
     /// Qwen3.5's Gated DeltaNet linear attention (`linear_attn.*`): q, k, v through a causal depthwise convolution
     /// and SiLU, the gated delta rule (`delta_rule.rs`), a gated RMSNorm, `out_proj`.
     GatedDeltaNet(DeltaNetShape),
+    /// Mamba 2 (`mamba.*`, Granite 4.0-H): `in_proj` to a gate, x‖B‖C and dt; a causal depthwise convolution and
+    /// SiLU over x‖B‖C; the state space scan (ssd.rs); a gated RMSNorm; `out_proj` (mamba.rs).
+    Mamba2(crate::mamba::MambaShape),
 }
 
 /// The sizes of a Gated DeltaNet layer.
@@ -170,6 +173,7 @@ impl LayerSpec {
         let mixer = match self.mixer {
             Mixer::ShortConv { kernel, .. } => format!("conv {kernel}"),
             Mixer::GatedDeltaNet(_) => "linear (delta rule)".into(),
+            Mixer::Mamba2(_) => "mamba 2".into(),
             Mixer::Attention => match (self.window, self.rope) {
                 (Some(w), None) => format!("sliding {w}, no rope"),
                 (Some(w), Some(_)) => format!("sliding {w}"),
@@ -408,7 +412,7 @@ impl DecoderConfig {
         let attention_bias = flag("attention_bias") || every_bias;
         let activation = activation(raw, fam)?;
         let softcap = float("attn_logit_softcapping")?;
-        let mixers = layer_mixers(raw, fam, num_layers, types.as_deref())?;
+        let mixers = layer_mixers(raw, fam, num_layers, types.as_deref(), hidden_size)?;
         let experts = layer_experts(raw, fam, num_layers)?;
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
@@ -598,6 +602,12 @@ impl DecoderConfig {
                     if bias {
                         add("conv.conv.bias".into(), vec![h]);
                     }
+                    continue;
+                }
+                Mixer::Mamba2(m) => {
+                    m.tensor_shapes(h)
+                        .into_iter()
+                        .for_each(|(name, shape)| add(name, shape));
                     continue;
                 }
                 Mixer::GatedDeltaNet(d) => {
@@ -922,10 +932,13 @@ fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, 
 fn rope_layers(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<Vec<bool>, String> {
     if fam.understands("position_embedding_type") {
         return match &raw["position_embedding_type"] {
+            // Granite 4.0-H says "nope"; transformers rotates only for "rope".
             Value::Null => Ok(vec![false; layers]),
+            Value::String(s) if s == "nope" => Ok(vec![false; layers]),
             Value::String(s) if s == "rope" => Ok(vec![true; layers]),
             other => Err(format!(
-                "`position_embedding_type` {other} is not supported (\"rope\" and null, no positions, are)"
+                "`position_embedding_type` {other} is not supported (\"rope\", and \"nope\" or null for no \
+                 positions, are)"
             )),
         };
     }
@@ -1096,7 +1109,12 @@ fn layer_mixers(
     fam: &Family,
     layers: usize,
     types: Option<&[LayerType]>,
+    hidden: usize,
 ) -> std::result::Result<Vec<Mixer>, String> {
+    if let Some(types) = types.filter(|t| t.contains(&LayerType::Mamba)) {
+        let mamba = Mixer::Mamba2(crate::mamba::MambaShape::from_config(raw, hidden)?);
+        return Ok(types.iter().map(|t| t.mixer(mamba)).collect());
+    }
     if fam.understands("linear_conv_kernel_dim") {
         return delta_net_mixers(raw, layers, types);
     }
@@ -1184,6 +1202,8 @@ enum LayerType {
     Conv,
     /// Qwen3.5's Gated DeltaNet (`linear_attention`).
     Linear,
+    /// Granite 4.0-H's Mamba 2 (`mamba`).
+    Mamba,
 }
 
 impl LayerType {
@@ -1192,7 +1212,7 @@ impl LayerType {
     fn mixer(self, other: Mixer) -> Mixer {
         match self {
             LayerType::Full | LayerType::Sliding => Mixer::Attention,
-            LayerType::Conv | LayerType::Linear => other,
+            LayerType::Conv | LayerType::Linear | LayerType::Mamba => other,
         }
     }
 }
@@ -1209,6 +1229,7 @@ fn layer_types(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<
     };
     let conv_allowed = fam.understands("conv_L_cache");
     let linear_allowed = fam.understands("linear_conv_kernel_dim");
+    let mamba_allowed = fam.understands("mamba_n_heads");
     let types = types.as_array().ok_or("`layer_types` must be a list")?;
     if types.len() != layers {
         return Err(format!(
@@ -1224,9 +1245,10 @@ fn layer_types(raw: &Value, fam: &Family, layers: usize) -> std::result::Result<
             Some("sliding_attention") => Ok(LayerType::Sliding),
             Some("conv") if conv_allowed => Ok(LayerType::Conv),
             Some("linear_attention") if linear_allowed => Ok(LayerType::Linear),
+            Some("mamba") if mamba_allowed => Ok(LayerType::Mamba),
             Some(kind @ ("mamba" | "linear_attention")) => Err(format!(
-                "layer {i} is a {kind} (Mamba) layer, which FreezeTune cannot train yet; Granite 4.0's dense models \
-                 (attention layers only) are supported, its -H hybrids are not"
+                "layer {i} is a {kind} layer, which this family ({}) has no decoder for",
+                fam.model_type
             )),
             _ => Err(format!(
                 "layer {i}'s kind {t} in `layer_types` is not supported (full_attention and sliding_attention are)"
@@ -1418,7 +1440,7 @@ mod tests {
     }
 
     #[test]
-    fn granite4_trains_attention_layers_and_refuses_mamba_and_experts_by_name() {
+    fn granite4_trains_attention_and_mamba_layers_and_refuses_experts_by_name() {
         let dense = json!({"layer_types": ["attention", "attention", "attention"], "num_local_experts": 0,
             "shared_intermediate_size": 32, "position_embedding_type": "rope"});
         let c = DecoderConfig::from_json(&tiny(dense.clone()), "granitemoehybrid").unwrap();
@@ -1426,8 +1448,23 @@ mod tests {
         assert!(c.layers.iter().all(|l| l.rope.is_some() && l.window.is_none()));
         let mut hybrid = dense.clone();
         hybrid["layer_types"] = json!(["attention", "mamba", "attention"]);
+        hybrid["mamba_n_heads"] = 4.into();
+        let c = DecoderConfig::from_json(&tiny(hybrid.clone()), "granitemoehybrid").unwrap();
+        let Mixer::Mamba2(m) = c.layers[1].mixer else {
+            panic!("layer 1 is {:?}", c.layers[1].mixer)
+        };
+        assert_eq!((m.heads, m.head_dim, m.state, m.chunk), (4, 32, 256, 256));
+        assert_eq!(c.layers[1].kind(), "mamba 2");
+        assert!(c
+            .tensor_shapes()
+            .iter()
+            .any(|(n, s)| n == "model.layers.1.mamba.conv1d.weight" && s[0] == 640));
+        hybrid["mamba_n_heads"] = 5.into();
         let e = DecoderConfig::from_json(&tiny(hybrid), "granitemoehybrid").unwrap_err();
-        assert!(e.contains("layer 1") && e.contains("Mamba"), "{e}");
+        assert!(e.contains("mamba_n_heads"), "{e}");
+        let lfm2_mamba = json!({"layer_types": ["conv", "mamba", "conv"], "conv_L_cache": 3});
+        let e = DecoderConfig::from_json(&tiny(lfm2_mamba), "lfm2").unwrap_err();
+        assert!(e.contains("layer 1") && e.contains("mamba"), "{e}");
         let mut moe = dense.clone();
         moe["num_local_experts"] = 8.into();
         let e = DecoderConfig::from_json(&tiny(moe), "granitemoehybrid").unwrap_err();

@@ -5,9 +5,10 @@
 //! as import-gguf writes it) and `gguf_source.json` for `export-gguf`. A model read from MXFP4 experts (gpt-oss as
 //! released) is written with them dense, in bf16 (the values transformers unpacks), and its config.json without
 //! the `quantization_config` that would make transformers look for packed tensors. A model read from FP8 weights
-//! (DeepSeek-V3, Qwen3's FP8 builds) keeps them: a frozen weight's codes and scales are copied as stored, and
-//! where any weight of a unit transformers converts whole (a projection; a layer's experts) trained, the unit is
-//! written dense and added to `quantization_config.modules_to_not_convert`. The folder is assembled beside its
+//! (DeepSeek-V3, Qwen3's FP8 builds) keeps them where it can: a frozen weight's codes and scales are copied as
+//! stored, but where any weight of a unit transformers converts whole (a projection; a layer's experts) trained,
+//! the whole unit is written dense (its frozen weights dequantized) and added, under transformers' module name, to
+//! `quantization_config.modules_to_not_convert`. The folder is assembled beside its
 //! destination and renamed into place.
 
 use crate::error::{io, Result, TrainError};
@@ -157,16 +158,17 @@ fn entries(layout: &ModelLayout, params: &Params, source: &WeightFiles) -> Resul
         let dtype = embed.map(|e| e.dtype).unwrap_or(StDType::F32);
         tensors.push((alias.clone(), dtype, shape.iter().map(|&d| d as u64).collect()));
     }
+    let model_type = layout.model_type.as_deref().unwrap_or_default();
     let dense_units: BTreeSet<String> = params
         .trained_values()
         .map(|(n, _)| n)
         .filter(|n| source.is_fp8(n))
-        .map(|n| fp8::conversion_unit(n).to_string())
+        .map(|n| fp8::conversion_unit(n, model_type))
         .collect();
     let mut out = Vec::with_capacity(tensors.len());
     for (name, dtype, shape) in tensors {
         match source.fp8_shape(&name) {
-            Some((scale_dtype, scale_shape)) if !dense_units.contains(fp8::conversion_unit(&name)) => {
+            Some((scale_dtype, scale_shape)) if !dense_units.contains(&fp8::conversion_unit(&name, model_type)) => {
                 out.push(Entry {
                     name: format!("{name}{}", fp8::SCALE_SUFFIX),
                     dtype: scale_dtype,

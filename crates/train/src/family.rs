@@ -1206,9 +1206,9 @@ pub static FAMILIES: [Family; 27] = [
         },
         ..LLAMA
     },
-    // Granite 4.0 dense (granite-4.0-micro, -350m, -1b): the hybrid family with attention layers only and no
-    // experts. Its Mamba layers and experts are refused by name; the Mamba keys configure layers such a model
-    // does not have, and `intermediate_size` only its (absent) experts.
+    // Granite 4.0 (granite-4.0-micro, -350m, -1b) and 4.0-H (-h-micro, -h-350m, -h-1b): attention layers, and Mamba 2
+    // layers where `layer_types` says `mamba` (mamba.rs; the `mamba_*` keys size them, `time_step_min`/`max` only
+    // initialise dt_bias). Experts are refused by name; `intermediate_size` sizes only those.
     Family {
         model_type: "granitemoehybrid",
         sizes: Sizes {
@@ -1244,6 +1244,8 @@ pub static FAMILIES: [Family; 27] = [
             "mamba_conv_bias",
             "mamba_proj_bias",
             "time_step_limit",
+            "time_step_min",
+            "time_step_max",
         ],
         defaults: || {
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false,

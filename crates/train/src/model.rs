@@ -59,6 +59,21 @@ enum MixerWeights {
     Attention(AttentionWeights),
     ShortConv(ShortConv),
     DeltaNet(DeltaNet),
+    Mamba(Mamba),
+}
+
+/// Granite 4.0-H's Mamba 2: `in_proj` (z, x‖B‖C, dt), the depthwise convolution over x‖B‖C (width, 1, kernel) and
+/// its bias, `dt_bias`, `A_log`, `D`, the gated norm's weight (intermediate), `out_proj` (mamba.rs).
+struct Mamba {
+    in_proj: Linear,
+    conv: Tensor,
+    conv_bias: Option<Tensor>,
+    dt_bias: Tensor,
+    a_log: Tensor,
+    d: Tensor,
+    norm: Tensor,
+    out_proj: Linear,
+    shape: crate::mamba::MambaShape,
 }
 
 /// Qwen3.5's Gated DeltaNet: the projections to q, k, v (one matrix), z (the output gate), b (write strengths)
@@ -138,6 +153,20 @@ impl Block {
                 out_proj: linear("conv.out_proj", bias)?,
                 kernel,
             }),
+            Mixer::Mamba2(shape) => {
+                let get = |name: &str| params.get(&format!("{p}.mamba.{name}"));
+                MixerWeights::Mamba(Mamba {
+                    in_proj: linear("mamba.in_proj", shape.proj_bias)?,
+                    conv: get("conv1d.weight")?,
+                    conv_bias: shape.conv_bias.then(|| get("conv1d.bias")).transpose()?,
+                    dt_bias: get("dt_bias")?,
+                    a_log: get("A_log")?,
+                    d: get("D")?,
+                    norm: get("norm.weight")?,
+                    out_proj: linear("mamba.out_proj", shape.proj_bias)?,
+                    shape,
+                })
+            }
             Mixer::GatedDeltaNet(shape) => {
                 let get = |name: &str| params.get(&format!("{p}.linear_attn.{name}"));
                 MixerWeights::DeltaNet(DeltaNet {
@@ -660,6 +689,10 @@ impl Decoder {
                 let y = self.sublayer(x, &blk.attn_norms, |h| self.delta_net(net, h, cache))?;
                 self.residual(x, &y)?
             }
+            MixerWeights::Mamba(m) => {
+                let y = self.sublayer(x, &blk.attn_norms, |h| self.mamba(m, h, cache))?;
+                self.residual(x, &y)?
+            }
             MixerWeights::Attention(w) => match self.fused_attention(blk, w, x, rot, mask, cache.is_some()) {
                 Some(block) => block?,
                 None => {
@@ -927,6 +960,26 @@ impl Decoder {
         d.out_proj.forward(&gated)
     }
 
+    /// Granite 4.0-H's Mamba 2 over h (batch, seq, hidden), as mamba.rs describes it. With `cache`, the
+    /// convolution's inputs and the scan's state carry over between calls.
+    fn mamba(&self, m: &Mamba, h: &Tensor, cache: Option<&mut LayerCache>) -> candle_core::Result<Tensor> {
+        let params = crate::mamba::MambaParams {
+            conv_weight: &m.conv,
+            conv_bias: m.conv_bias.as_ref(),
+            dt_bias: &m.dt_bias,
+            a_log: &m.a_log,
+            d: &m.d,
+            norm: &m.norm,
+        };
+        let cache = cache.map(|c| crate::mamba::MambaCache {
+            conv: &mut c.conv,
+            ssm: &mut c.delta,
+        });
+        let eps = self.config.rms_norm_eps;
+        let mixed = crate::mamba::mix(&m.in_proj.forward(h)?, &params, m.shape, eps, cache)?;
+        m.out_proj.forward(&mixed)
+    }
+
     fn mlp(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
         let product = |gate: &Tensor, up: &Tensor| match blk.spec.activation {
             Activation::Silu => swiglu(gate, up),
@@ -1094,6 +1147,7 @@ fn rope_table_values(inv_freq: &[f32], len: usize, factor: f32) -> (Vec<f32>, Ve
 struct LayerCache {
     kv: Option<(Tensor, Tensor)>,
     conv: Option<Tensor>,
+    /// The delta rule's state, or Mamba 2's scan state.
     delta: Option<Tensor>,
 }
 

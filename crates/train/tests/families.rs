@@ -267,6 +267,13 @@ fn granite4_dense_hybrid_family_with_attention_layers_only() {
     check("granite4");
 }
 
+/// Granite 4.0-H: Mamba 2 layers (two B/C groups, three chunks of the scan, clamped time steps) around an
+/// attention layer without rope.
+#[test]
+fn granite4_h_mamba2_layers_around_attention() {
+    check("granite4_h");
+}
+
 #[test]
 fn lfm2_gated_short_convolutions_around_full_attention() {
     check("lfm2");

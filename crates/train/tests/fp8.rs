@@ -202,6 +202,32 @@ fn transformers_loss(dir: &Path) -> f64 {
     text.trim().lines().last().unwrap().parse().unwrap()
 }
 
+/// The modules transformers would run as FP8 (FP8Linear, FP8Experts) on a GPU that runs FP8, for the model at
+/// `dir`: built on the meta device and converted as its FP8 quantizer converts a pre-quantized model, with the
+/// config's `modules_to_not_convert`.
+fn transformers_fp8_modules(dir: &Path) -> Vec<String> {
+    let script = "import json, sys, torch\n\
+                  from transformers import AutoConfig, AutoModelForCausalLM, FineGrainedFP8Config\n\
+                  from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear\n\
+                  cfg = AutoConfig.from_pretrained(sys.argv[1])\n\
+                  q = dict(cfg.quantization_config)\n\
+                  del cfg.quantization_config\n\
+                  qc = FineGrainedFP8Config(activation_scheme=q['activation_scheme'], \
+                  weight_block_size=tuple(q['weight_block_size']), \
+                  modules_to_not_convert=q['modules_to_not_convert'])\n\
+                  with torch.device('meta'):\n    m = AutoModelForCausalLM.from_config(cfg)\n\
+                  replace_with_fp8_linear(m, modules_to_not_convert=qc.modules_to_not_convert, \
+                  quantization_config=qc, pre_quantized=True)\n\
+                  print(json.dumps(sorted(n for n, x in m.named_modules() if type(x).__name__.startswith('FP8'))))\n";
+    let out = Command::new(python())
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap()).unwrap()
+}
+
 #[test]
 fn a_trained_model_keeps_its_frozen_fp8_weights_and_loads_in_transformers() {
     // Layers 0 and 2 train (their experts with them); layer 1 stays FP8. transformers 5.6 loads experts stored
@@ -263,6 +289,23 @@ fn a_trained_model_keeps_its_frozen_fp8_weights_and_loads_in_transformers() {
         (theirs - reread).abs() / reread < 1e-5,
         "transformers {theirs} vs FreezeTune {reread}"
     );
+    // On a GPU that runs FP8, transformers would convert exactly the units the written file holds in FP8.
+    let stored = written_f8_units(&dest);
+    let converted: std::collections::BTreeSet<String> = transformers_fp8_modules(&dest).into_iter().collect();
+    assert_eq!(
+        converted, stored,
+        "modules transformers converts vs the units written in FP8"
+    );
+    assert_eq!(stored.len(), 7, "{stored:?}");
+}
+
+/// The units (fp8.rs's `conversion_unit`) of the F8_E4M3 tensors of the model written at `dir`.
+fn written_f8_units(dir: &Path) -> std::collections::BTreeSet<String> {
+    common::tensors(&dir.join("model.safetensors"))
+        .into_iter()
+        .filter(|(_, (dtype, _))| dtype == "F8_E4M3")
+        .map(|(name, _)| freezetune_core::fp8::conversion_unit(&name, "qwen3_moe"))
+        .collect()
 }
 
 #[test]
