@@ -43,7 +43,9 @@ pub fn scan(xbc: &Tensor, dt: &Tensor, a: &Tensor, s: MambaShape, start: Option<
     let t = x.dim(1)?;
     match t < STEPWISE_BELOW || start.is_some() && t == 1 {
         true => stepwise(&x, &bm, &cm, dt, a, start),
-        false => chunked(&x, &bm, &cm, dt, a, s.chunk, start),
+        // A pass shorter than a chunk is one chunk of its own length: the same sums, without padding to the
+        // configured size (transformers' 256 would make a 40-token prompt 256 × 256 blocks).
+        false => chunked(&x, &bm, &cm, dt, a, s.chunk.min(t), start),
     }
 }
 
