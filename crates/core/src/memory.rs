@@ -249,6 +249,9 @@ struct Widths {
 /// Positions per chunk of the delta rule (crates/train/src/delta_rule.rs).
 const DELTA_CHUNK: u64 = 64;
 
+/// The longest chunk of Mamba 2's scan (crates/train/src/mamba.rs's `MAX_CHUNK`).
+const MAMBA_CHUNK: u64 = 64;
+
 impl Widths {
     /// Activations one layer keeps per token (in values), by its token mixer; None where config.json lacks the
     /// mixer's sizes.
@@ -300,17 +303,20 @@ impl Widths {
                 Mixer::ShortConv => 14 * h,
                 Mixer::Mamba => {
                     // in_proj's output (z, x‖B‖C, dt); the convolution's padded input, output, bias sum and SiLU
-                    // (4 of x‖B‖C); dt's softplus (6 a head); then from the scan's output on, which one recomputed
-                    // node makes keeping only its inputs (ssd.rs): the skip and its sum, z's SiLU, the gated norm's
-                    // product, square, quotient and weighted output, out_proj's input (10 of the inner width).
+                    // (4 of x‖B‖C); then, in f32 whatever the compute dtype (counted twice, for half precision's 2
+                    // bytes a value): x‖B‖C, dt's softplus (6 a head) and, from the scan's output on, which one
+                    // recomputed node makes keeping only its inputs (ssd.rs), the skip and its sum, z and its SiLU,
+                    // the gated norm's product, square, quotient and weighted output (10 of the inner width); and
+                    // out_proj's input.
                     let m = self.mamba?;
                     let sat = |a: u64, b: u64| a.saturating_mul(b);
                     let conv = m.inner.saturating_add(sat(2, m.groups_state));
                     let projection = m.inner.saturating_add(conv).saturating_add(m.heads);
+                    let in_f32 = conv.saturating_add(sat(6, m.heads)).saturating_add(sat(10, m.inner));
                     projection
                         .saturating_add(sat(4, conv))
-                        .saturating_add(sat(6, m.heads))
-                        .saturating_add(sat(10, m.inner))
+                        .saturating_add(sat(2, in_f32))
+                        .saturating_add(m.inner)
                 }
             }
             .saturating_add(self.mlp_per_token(sparse, kernels)),
@@ -354,6 +360,9 @@ impl Widths {
                     .saturating_add(sat(10, keys))
                     .saturating_add(sat(10, values))
             }
+            // The scan's chunk × chunk blocks and their gradients while one layer's recomputation runs (ssd.rs),
+            // f32 (counted twice, as above), about 16 per position of a chunk and head.
+            (Mixer::Mamba, _, _) => self.mamba.map_or(0, |m| (2 * 16 * MAMBA_CHUNK).saturating_mul(m.heads)),
             _ => 0,
         }
     }

@@ -1453,7 +1453,10 @@ mod tests {
         let Mixer::Mamba2(m) = c.layers[1].mixer else {
             panic!("layer 1 is {:?}", c.layers[1].mixer)
         };
-        assert_eq!((m.heads, m.head_dim, m.state, m.chunk), (4, 32, 256, 256));
+        assert_eq!(
+            (m.heads, m.head_dim, m.state, m.chunk),
+            (4, 32, 256, crate::mamba::MAX_CHUNK)
+        );
         assert_eq!(c.layers[1].kind(), "mamba 2");
         assert!(c
             .tensor_shapes()

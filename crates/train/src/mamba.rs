@@ -11,6 +11,11 @@ use crate::ssd;
 use candle_core::{DType, Result, Tensor};
 use serde_json::Value;
 
+/// The longest chunk the scan takes: its blocks cost chunk² per position-chunk and head, and candle's running sum
+/// over them chunk³ (a product with a triangular matrix); transformers' 256 would make them 4 and 64 times those
+/// of 64.
+pub const MAX_CHUNK: usize = 64;
+
 /// The sizes of a Mamba 2 layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MambaShape {
@@ -21,7 +26,8 @@ pub struct MambaShape {
     pub state: usize,
     /// The convolution's length.
     pub kernel: usize,
-    /// Positions per chunk of the scan (transformers' chunk size: the chunked and the stepwise scans agree).
+    /// Positions per chunk of the scan: `mamba_chunk_size`, at most [`MAX_CHUNK`] (chunks are exact: any size
+    /// gives the stepwise scan's values, so a smaller one only saves the chunk × chunk blocks).
     pub chunk: usize,
     pub conv_bias: bool,
     pub proj_bias: bool,
@@ -58,7 +64,13 @@ impl MambaShape {
                     .ok_or_else(|| format!("`{k}` must be an integer from 1 to {limit}, not {v}")),
             }
         };
-        let flag = |k: &str, default: bool| raw.get(k).and_then(Value::as_bool).unwrap_or(default);
+        // transformers passes these to the layers as they are: absent is its default, null is no bias.
+        let flag = |k: &str, default: bool| match raw.get(k) {
+            None => Ok(default),
+            Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(format!("`{k}` must be true or false, not {v}")),
+        };
         let heads = size("mamba_n_heads", 128, 1 << 12)?;
         let expand = size("mamba_expand", 2, 64)?;
         let intermediate = expand * hidden;
@@ -81,22 +93,35 @@ impl MambaShape {
         }
         let dt_limit = match raw.get("time_step_limit").filter(|v| !v.is_null()) {
             None => (0.0, f64::INFINITY),
-            Some(v) => match v.as_array().map(|a| a.iter().map(Value::as_f64).collect::<Vec<_>>()) {
-                Some(l) if l.len() == 2 && l[0].zip(l[1]).is_some_and(|(lo, hi)| lo <= hi) => {
+            Some(v) => match v.as_array().map(|a| a.iter().map(limit).collect::<Vec<_>>()) {
+                Some(l) if l.len() == 2 && l[0].zip(l[1]).is_some_and(|(lo, hi)| lo <= hi && hi > 0.0) => {
                     (l[0].expect("checked"), l[1].expect("checked"))
                 }
-                _ => return Err(format!("`time_step_limit` must be [low, high], not {v}")),
+                _ => {
+                    return Err(format!(
+                        "`time_step_limit` must be [low, high] with high above 0 (dt is a softplus), not {v}"
+                    ))
+                }
             },
         };
+        match raw.get("hidden_act").and_then(Value::as_str) {
+            None | Some("silu" | "swish") => {}
+            Some(other) => {
+                return Err(format!(
+                    "`hidden_act` is {other:?}: FreezeTune's Mamba 2 layers run their convolution's activation as \
+                     SiLU, which every released Granite 4.0-H uses"
+                ))
+            }
+        }
         Ok(MambaShape {
             heads,
             head_dim,
             groups,
             state: size("mamba_d_state", 256, 1 << 12)?,
             kernel: size("mamba_d_conv", 4, 64)?,
-            chunk: size("mamba_chunk_size", 256, 1 << 14)?,
-            conv_bias: flag("mamba_conv_bias", true),
-            proj_bias: flag("mamba_proj_bias", false),
+            chunk: size("mamba_chunk_size", 256, 1 << 14)?.min(MAX_CHUNK),
+            conv_bias: flag("mamba_conv_bias", true)?,
+            proj_bias: flag("mamba_proj_bias", false)?,
             dt_limit,
         })
     }
@@ -157,9 +182,9 @@ pub fn mix(projected: &Tensor, p: &MambaParams, s: MambaShape, eps: f64, cache: 
         None => (None, None),
     };
     let xbc = crate::model::causal_conv(&xbc, p.conv_weight, p.conv_bias, s.kernel, conv_state)?.silu()?;
-    // In the activations' dtype, as transformers adds them (a trainable dt_bias is an f32 master).
-    let dt = dt.broadcast_add(&p.dt_bias.to_dtype(dt.dtype())?)?;
-    let dt = crate::ops::softplus(&dt.to_dtype(f32)?)?;
+    // In f32, as autocast (f32 parameters) and the mamba_ssm kernels add them.
+    let dt = dt.to_dtype(f32)?.broadcast_add(&p.dt_bias.to_dtype(f32)?)?;
+    let dt = crate::ops::softplus(&dt)?;
     let dt = clamp(&dt, s.dt_limit)?;
     let a = p.a_log.to_dtype(f32)?.exp()?.neg()?;
     let xbc = xbc.to_dtype(f32)?;
@@ -180,6 +205,19 @@ pub fn mix(projected: &Tensor, p: &MambaParams, s: MambaShape, eps: f64, cache: 
     let rms = (gated.sqr()?.mean_keepdim(2)? + eps)?.sqrt()?;
     let normed = gated.broadcast_div(&rms)?.broadcast_mul(&p.norm.to_dtype(f32)?)?;
     normed.to_dtype(projected.dtype())
+}
+
+/// A `time_step_limit` bound: a number, or infinity as transformers 5 writes it (`{"__float__": "Infinity"}`; a
+/// bare JSON number cannot say it).
+fn limit(v: &Value) -> Option<f64> {
+    match v {
+        Value::Object(o) => match o.get("__float__").and_then(Value::as_str) {
+            Some("Infinity") => Some(f64::INFINITY),
+            Some("-Infinity") => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        v => v.as_f64(),
+    }
 }
 
 /// `dt` clamped into `limit` (a no-op at transformers' default of 0 to infinity, which dt, a softplus, never
@@ -210,5 +248,15 @@ mod tests {
         assert!(e.contains("mamba_n_groups"), "{e}");
         let e = MambaShape::from_config(&json!({"mamba_n_heads": 4, "time_step_limit": [1.0]}), 64).unwrap_err();
         assert!(e.contains("time_step_limit"), "{e}");
+        // transformers 5 saves its default (0, inf) so.
+        let saved = json!({"mamba_n_heads": 4, "time_step_limit": [0.0, {"__float__": "Infinity"}]});
+        assert_eq!(
+            MambaShape::from_config(&saved, 64).unwrap().dt_limit,
+            (0.0, f64::INFINITY)
+        );
+        let gelu = json!({"mamba_n_heads": 4, "hidden_act": "gelu"});
+        assert!(MambaShape::from_config(&gelu, 64).unwrap_err().contains("hidden_act"));
+        let no_bias = json!({"mamba_n_heads": 4, "mamba_conv_bias": null});
+        assert!(!MambaShape::from_config(&no_bias, 64).unwrap().conv_bias);
     }
 }
