@@ -364,13 +364,6 @@ fn llama_cpp_limits(c: &DecoderConfig) -> std::result::Result<(), String> {
         {
             return Err("llama.cpp's LFM2 has no convolution biases (conv_bias is true)".into())
         }
-        (Architecture::GraniteHybrid, _) if layers.iter().any(|l| matches!(l.mixer, Mixer::Mamba2(_))) => {
-            return Err(
-                "Mamba 2 layers (Granite 4.0-H) are not exported to GGUF yet; Granite 4.0's attention-only \
-                        models are"
-                    .into(),
-            )
-        }
         _ => {}
     }
     match c.architecture {

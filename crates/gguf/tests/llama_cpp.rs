@@ -161,10 +161,6 @@ fn models_llama_cpp_would_run_differently_are_refused() {
         &family_variant(&tmp.path().join("o3"), "olmo3", |_| {}),
         "not supported yet",
     );
-    refused(
-        &family_variant(&tmp.path().join("g4h"), "granite4_h", |_| {}),
-        "Mamba 2 layers",
-    );
     // Qwen3 MoE as made: a dense layer 1; and, given experts everywhere, weights left unnormalised.
     refused(
         &family_variant(&tmp.path().join("q3m"), "qwen3_moe", |_| {}),
