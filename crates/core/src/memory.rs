@@ -164,6 +164,7 @@ pub(crate) fn activations_with(
         experts: d.experts,
         latent: d.latent,
         mamba: d.mamba,
+        f32_values: (4 / bytes.max(1)).max(1),
     };
     let mut per_layer: Vec<u64> = layout
         .layers
@@ -244,6 +245,8 @@ struct Widths {
     experts: Option<crate::config::ExpertDims>,
     latent: Option<crate::config::LatentDims>,
     mamba: Option<crate::config::MambaDims>,
+    /// Values of the compute dtype an f32 intermediate takes: 1 in f32, 2 in half precision.
+    f32_values: u64,
 }
 
 /// Positions per chunk of the delta rule (crates/train/src/delta_rule.rs).
@@ -303,11 +306,10 @@ impl Widths {
                 Mixer::ShortConv => 14 * h,
                 Mixer::Mamba => {
                     // in_proj's output (z, x‖B‖C, dt); the convolution's padded input, output, bias sum and SiLU
-                    // (4 of x‖B‖C); then, in f32 whatever the compute dtype (counted twice, for half precision's 2
-                    // bytes a value): x‖B‖C, dt's softplus (6 a head) and, from the scan's output on, which one
-                    // recomputed node makes keeping only its inputs (ssd.rs), the skip and its sum, z and its SiLU,
-                    // the gated norm's product, square, quotient and weighted output (10 of the inner width); and
-                    // out_proj's input.
+                    // (4 of x‖B‖C); then, in f32 whatever the compute dtype: x‖B‖C, dt's softplus (6 a head) and,
+                    // from the scan's output on, which one recomputed node makes keeping only its inputs (ssd.rs),
+                    // the skip and its sum, z and its SiLU, the gated norm's product, square, quotient and weighted
+                    // output (10 of the inner width); and out_proj's input.
                     let m = self.mamba?;
                     let sat = |a: u64, b: u64| a.saturating_mul(b);
                     let conv = m.inner.saturating_add(sat(2, m.groups_state));
@@ -315,7 +317,7 @@ impl Widths {
                     let in_f32 = conv.saturating_add(sat(6, m.heads)).saturating_add(sat(10, m.inner));
                     projection
                         .saturating_add(sat(4, conv))
-                        .saturating_add(sat(2, in_f32))
+                        .saturating_add(sat(self.f32_values, in_f32))
                         .saturating_add(m.inner)
                 }
             }
@@ -361,8 +363,8 @@ impl Widths {
                     .saturating_add(sat(10, values))
             }
             // The scan's chunk × chunk blocks and their gradients while one layer's recomputation runs (ssd.rs),
-            // f32 (counted twice, as above), about 16 per position of a chunk and head.
-            (Mixer::Mamba, _, _) => self.mamba.map_or(0, |m| (2 * 16 * MAMBA_CHUNK).saturating_mul(m.heads)),
+            // about 16 per position of a chunk and head.
+            (Mixer::Mamba, _, _) => self.mamba.map_or(0, |m| (16 * MAMBA_CHUNK).saturating_mul(m.heads)),
             _ => 0,
         }
     }
@@ -399,6 +401,7 @@ mod tests {
             experts: Some(experts),
             latent: None,
             mamba: None,
+            f32_values: 1,
         };
         // Latent attention (composite): 4·64 + 8·4·24 + 3·(16 + 8) + 4, whatever `kv` says.
         let latent = Widths {
