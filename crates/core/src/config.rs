@@ -206,13 +206,15 @@ impl ModelConfig {
                 let width = uint(&["moe_intermediate_size"])?
                     .or(intermediate_size)
                     .ok_or("`moe_intermediate_size` is missing")?;
-                // DeepSeek-V3 and GLM-4.5 fuse `n_shared_experts` experts' widths into one shared MLP.
+                // DeepSeek-V3 and GLM-4.5 fuse `n_shared_experts` experts' widths into one shared MLP; Granite
+                // 4.0-H's shared MLP is `shared_intermediate_size` wide.
                 let shared_experts = uint(&["n_shared_experts"])?.map(|n| n.saturating_mul(width));
                 Some(ExpertDims {
                     count: count.min(MAX_SIZE),
                     top_k,
                     width,
-                    shared_width: uint(&["shared_expert_intermediate_size"])?.or(shared_experts),
+                    shared_width: uint(&["shared_expert_intermediate_size", "shared_intermediate_size"])?
+                        .or(shared_experts),
                     router_loss: top.get("output_router_logits") == Some(&Value::Bool(true))
                         && top.get("router_aux_loss_coef").and_then(Value::as_f64) != Some(0.0),
                 })

@@ -39,7 +39,7 @@ pub enum Architecture {
     Olmo3,
     /// Mistral with YaRN and queries scaled by position past the original context.
     Ministral3,
-    /// Granite 4.0 dense (`granitemoehybrid` with attention layers only): Granite's multipliers, a fused shared MLP.
+    /// Granite 4.0 and 4.0-H (`granitemoehybrid`): Granite's multipliers, a fused shared MLP, Mamba 2 layers, experts.
     GraniteHybrid,
     /// LFM2 / LFM2.5: gated short-convolution layers and full attention with per-head q/k norms.
     Lfm2,
@@ -697,9 +697,17 @@ fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<u
         }
     }
     if let (Some(shared), Some(width)) = (t.shared, e.shared_width) {
-        out.push(matrix(format!("{}.gate_proj", shared.mlp), width, h));
-        out.push(matrix(format!("{}.up_proj", shared.mlp), width, h));
-        out.push(matrix(format!("{}.down_proj", shared.mlp), h, width));
+        match shared.mlp {
+            MlpLayout::Separate { gate, up, down } => {
+                out.push(matrix(gate.into(), width, h));
+                out.push(matrix(up.into(), width, h));
+                out.push(matrix(down.into(), h, width));
+            }
+            MlpLayout::Fused { gate_up, down } => {
+                out.push(matrix(gate_up.into(), 2 * width, h));
+                out.push(matrix(down.into(), h, width));
+            }
+        }
         if let Some(gate) = shared.gate {
             out.push(matrix(gate.into(), 1, h));
         }
@@ -1440,7 +1448,7 @@ mod tests {
     }
 
     #[test]
-    fn granite4_trains_attention_and_mamba_layers_and_refuses_experts_by_name() {
+    fn granite4_trains_attention_and_mamba_layers_and_experts() {
         let dense = json!({"layer_types": ["attention", "attention", "attention"], "num_local_experts": 0,
             "shared_intermediate_size": 32, "position_embedding_type": "rope"});
         let c = DecoderConfig::from_json(&tiny(dense.clone()), "granitemoehybrid").unwrap();
@@ -1470,8 +1478,11 @@ mod tests {
         assert!(e.contains("layer 1") && e.contains("mamba"), "{e}");
         let mut moe = dense.clone();
         moe["num_local_experts"] = 8.into();
-        let e = DecoderConfig::from_json(&tiny(moe), "granitemoehybrid").unwrap_err();
-        assert!(e.contains("num_local_experts"), "{e}");
+        moe["num_experts_per_tok"] = 2.into();
+        let c = DecoderConfig::from_json(&tiny(moe), "granitemoehybrid").unwrap();
+        let e = c.layers[0].experts.unwrap();
+        assert_eq!((e.count, e.top_k, e.width, e.shared_width), (8, 2, 128, Some(32)));
+        assert!(c.layers.iter().all(|l| l.experts.is_some()));
         let mut untyped = dense;
         untyped.as_object_mut().unwrap().remove("layer_types");
         let e = DecoderConfig::from_json(&tiny(untyped), "granitemoehybrid").unwrap_err();

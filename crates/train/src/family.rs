@@ -167,7 +167,7 @@ pub enum ExpertActivation {
 /// output scaled by σ of `gate` (hidden → 1, no bias) where the family has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedExpertTable {
-    pub mlp: &'static str,
+    pub mlp: MlpLayout,
     pub gate: Option<&'static str>,
     pub width: SharedWidth,
 }
@@ -555,9 +555,41 @@ const QWEN3_MOE_EXPERTS: ExpertTable = ExpertTable {
     activation: ExpertActivation::Glu,
 };
 
+/// Granite 4.0-H's sparse MLP (H-tiny, H-small): stacked experts beside the dense shared MLP every layer has; the
+/// router's top-k logits go through a softmax among themselves (the same as renormalising the top-k of a softmax
+/// over all), in f32, rounded to the activations' dtype before they weigh the outputs.
+const GRANITE_EXPERTS: ExpertTable = ExpertTable {
+    router: "block_sparse_moe.router.layer",
+    router_bias: false,
+    weights: ExpertWeights::Stacked {
+        gate_up: "block_sparse_moe.input_linear.weight",
+        down: "block_sparse_moe.output_linear.weight",
+    },
+    count_keys: ["num_local_experts", "num_experts"],
+    top_k_alias: None,
+    width_key: "intermediate_size",
+    normalize: TopKNorm::Always,
+    routing: Routing::Softmax,
+    sparse_layers: SparseLayers::Every,
+    shared: Some(SharedExpertTable {
+        mlp: MlpLayout::Fused {
+            gate_up: "shared_mlp.input_linear",
+            down: "shared_mlp.output_linear",
+        },
+        gate: None,
+        width: SharedWidth::Key("shared_intermediate_size"),
+    }),
+    weigh_in_f32: false,
+    activation: ExpertActivation::Glu,
+};
+
 /// Qwen3.5 MoE's and Qwen3-Next's shared expert, scaled by σ of its gate.
 const QWEN_SHARED_EXPERT: SharedExpertTable = SharedExpertTable {
-    mlp: "mlp.shared_expert",
+    mlp: MlpLayout::Separate {
+        gate: "mlp.shared_expert.gate_proj",
+        up: "mlp.shared_expert.up_proj",
+        down: "mlp.shared_expert.down_proj",
+    },
     gate: Some("mlp.shared_expert_gate"),
     width: SharedWidth::Key("shared_expert_intermediate_size"),
 };
@@ -609,7 +641,11 @@ const GLM4_MOE_EXPERTS: ExpertTable = ExpertTable {
     },
     sparse_layers: SparseLayers::AfterFirstDense("first_k_dense_replace"),
     shared: Some(SharedExpertTable {
-        mlp: "mlp.shared_experts",
+        mlp: MlpLayout::Separate {
+            gate: "mlp.shared_experts.gate_proj",
+            up: "mlp.shared_experts.up_proj",
+            down: "mlp.shared_experts.down_proj",
+        },
         gate: None,
         width: SharedWidth::ExpertWidths("n_shared_experts"),
     }),
@@ -1206,9 +1242,10 @@ pub static FAMILIES: [Family; 27] = [
         },
         ..LLAMA
     },
-    // Granite 4.0 (granite-4.0-micro, -350m, -1b) and 4.0-H (-h-micro, -h-350m, -h-1b): attention layers, and Mamba 2
-    // layers where `layer_types` says `mamba` (mamba.rs; the `mamba_*` keys size them, `time_step_min`/`max` only
-    // initialise dt_bias). Experts are refused by name; `intermediate_size` sizes only those.
+    // Granite 4.0 (granite-4.0-micro, -350m, -1b) and 4.0-H (-h-micro, -h-350m, -h-1b, -h-tiny, -h-small):
+    // attention layers, and Mamba 2 layers where `layer_types` says `mamba` (mamba.rs; the `mamba_*` keys size
+    // them, `time_step_min`/`max` only initialise dt_bias); where `num_local_experts` is not 0, every layer's MLP
+    // is its experts (`intermediate_size` wide) beside the shared MLP.
     Family {
         model_type: "granitemoehybrid",
         sizes: Sizes {
@@ -1258,6 +1295,7 @@ pub static FAMILIES: [Family; 27] = [
             down: "shared_mlp.output_linear",
         },
         intermediate_key: "shared_intermediate_size",
+        experts: Some(GRANITE_EXPERTS),
         ..LLAMA
     },
     Family {

@@ -274,6 +274,13 @@ fn granite4_h_mamba2_layers_around_attention() {
     check("granite4_h");
 }
 
+/// Granite 4.0-H with experts: four stacked experts (top 2, a softmax over the chosen logits) beside the shared
+/// MLP on every layer, around Mamba 2 and attention layers.
+#[test]
+fn granite4_h_stacked_experts_beside_the_shared_mlp() {
+    check("granite4_h_moe");
+}
+
 #[test]
 fn lfm2_gated_short_convolutions_around_full_attention() {
     check("lfm2");

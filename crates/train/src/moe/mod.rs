@@ -22,7 +22,7 @@ mod stacked;
 mod stacked_cpu;
 
 use crate::config::ExpertsSpec;
-use crate::family::{ExpertActivation, ExpertTable, ExpertWeights};
+use crate::family::{ExpertActivation, ExpertTable, ExpertWeights, MlpLayout};
 use crate::linear::Linear;
 use crate::ops::sigmoid;
 use crate::params::Params;
@@ -38,23 +38,46 @@ const ONLY_SWIGLU: &str =
 
 /// A SwiGLU MLP: one expert, or the shared one.
 pub(crate) struct Expert {
-    gate: Linear,
-    up: Linear,
+    gate_up: GateUp,
     down: Linear,
+}
+
+/// An MLP's gate and up projections: two linears, or one holding gate then up (`width` rows each).
+enum GateUp {
+    Separate(Linear, Linear),
+    Fused(Linear, usize),
 }
 
 impl Expert {
     fn load(params: &Params, gate: String, up: String, down: String) -> crate::error::Result<Expert> {
         Ok(Expert {
-            gate: params.linear(&gate, false)?,
-            up: params.linear(&up, false)?,
+            gate_up: GateUp::Separate(params.linear(&gate, false)?, params.linear(&up, false)?),
             down: params.linear(&down, false)?,
         })
     }
 
+    /// The MLP `layout` names after `p.` (`model.layers.N`), `width` wide.
+    fn load_layout(params: &Params, p: &str, layout: MlpLayout, width: usize) -> crate::error::Result<Expert> {
+        let at = |name: &str| format!("{p}.{name}");
+        match layout {
+            MlpLayout::Separate { gate, up, down } => Expert::load(params, at(gate), at(up), at(down)),
+            MlpLayout::Fused { gate_up, down } => Ok(Expert {
+                gate_up: GateUp::Fused(params.linear(&at(gate_up), false)?, width),
+                down: params.linear(&at(down), false)?,
+            }),
+        }
+    }
+
     fn forward(&self, x: &Tensor, product: &impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        self.down
-            .forward(&product(&self.gate.forward(x)?, &self.up.forward(x)?)?)
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate(gate, up) => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused(gate_up, width) => {
+                let y = gate_up.forward(x)?;
+                let last = y.rank() - 1;
+                (y.narrow(last, 0, *width)?, y.narrow(last, *width, *width)?)
+            }
+        };
+        self.down.forward(&product(&gate, &up)?)
     }
 }
 
@@ -133,16 +156,13 @@ impl Experts {
             }),
         };
         let shared = match (table.shared, spec.shared_width) {
-            (Some(s), Some(_)) => {
-                let at = |proj: &str| format!("{p}.{}.{proj}", s.mlp);
-                Some(Shared {
-                    mlp: Expert::load(params, at("gate_proj"), at("up_proj"), at("down_proj"))?,
-                    gate: s
-                        .gate
-                        .map(|gate| params.linear(&format!("{p}.{gate}"), false))
-                        .transpose()?,
-                })
-            }
+            (Some(s), Some(width)) => Some(Shared {
+                mlp: Expert::load_layout(params, p, s.mlp, width)?,
+                gate: s
+                    .gate
+                    .map(|gate| params.linear(&format!("{p}.{gate}"), false))
+                    .transpose()?,
+            }),
             _ => None,
         };
         Ok(Experts {
