@@ -131,26 +131,40 @@ fn is_vocabulary_matrix(name: &str) -> bool {
     name.ends_with("embed_tokens.weight") || name == "lm_head.weight" || name.ends_with(".lm_head.weight")
 }
 
-/// A decoder layer's experts stacked in one tensor (Qwen3.5 MoE): `<anything>.layers.<N>.mlp.experts.gate_up_proj`
-/// or `.down_proj`.
+/// A decoder layer's experts stacked in one tensor: `<anything>.layers.<N>.mlp.experts.gate_up_proj` or
+/// `.down_proj` (Qwen3.5 MoE, gpt-oss), `….block_sparse_moe.input_linear.weight` or `.output_linear.weight`
+/// (Granite 4.0-H).
 pub fn is_stacked_experts(name: &str) -> bool {
     let Some(rest) = name.split_once(".layers.").map(|(_, r)| r) else {
         return false;
     };
     let layer_number = rest.split('.').next().is_some_and(|n| n.parse::<usize>().is_ok());
-    layer_number && (name.ends_with(".experts.gate_up_proj") || name.ends_with(".experts.down_proj"))
+    let stacked = [
+        ".experts.gate_up_proj",
+        ".experts.down_proj",
+        ".block_sparse_moe.input_linear.weight",
+        ".block_sparse_moe.output_linear.weight",
+    ];
+    layer_number && stacked.iter().any(|s| name.ends_with(s))
 }
 
-/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj[_with_mqa].weight`, or an MLP's `w1`,
-/// `w2`, `w3` (LFM2's `feed_forward.w1.weight`, Mixtral's `….experts.<E>.w1.weight`).
+/// A projection matrix of a decoder layer: `<anything>.layers.<N>.<module>.<x>_proj[_with_mqa].weight`, an MLP's `w1`,
+/// `w2`, `w3` (LFM2's `feed_forward.w1.weight`, Mixtral's `….experts.<E>.w1.weight`), or Granite 4.0's shared MLP
+/// (`shared_mlp.input_linear.weight`, `.output_linear.weight`).
 fn is_layer_projection(name: &str) -> bool {
     let Some(rest) = name.split_once(".layers.").map(|(_, r)| r) else {
         return false;
     };
     let layer_number = rest.split('.').next().is_some_and(|n| n.parse::<usize>().is_ok());
-    let mlp_w = [".w1.weight", ".w2.weight", ".w3.weight"]
-        .iter()
-        .any(|w| name.ends_with(w));
+    let mlp_w = [
+        ".w1.weight",
+        ".w2.weight",
+        ".w3.weight",
+        ".shared_mlp.input_linear.weight",
+        ".shared_mlp.output_linear.weight",
+    ]
+    .iter()
+    .any(|w| name.ends_with(w));
     // DeepSeek-V3's compressed key/value projection is `kv_a_proj_with_mqa`.
     let projection = name.ends_with("_proj.weight") || name.ends_with("_proj_with_mqa.weight");
     layer_number && (projection || mlp_w)
@@ -190,6 +204,11 @@ mod tests {
         ] {
             assert_eq!(q4.format_for(name, &[256, 256]), None, "{name}");
         }
+        // Granite 4.0-H: stacked experts (experts × rows × columns, whole blocks of 256 a row) and the shared MLP.
+        let granite = "model.layers.2.block_sparse_moe.input_linear.weight";
+        assert_eq!(q4.format_for(granite, &[64, 3072, 1536]), Some(QuantFormat::Q4K));
+        let shared = "model.layers.2.shared_mlp.output_linear.weight";
+        assert_eq!(q4.format_for(shared, &[1536, 512]), Some(QuantFormat::Q4K));
         let wrapped = "language_model.model.layers.0.self_attn.qkv_proj.weight";
         assert_eq!(q4.format_for(wrapped, &[768, 256]), Some(QuantFormat::Q4K));
         // Stacked experts, each expert's rows in blocks; any other 3-D tensor stays dense.

@@ -807,8 +807,7 @@ fn refuse_training_only_settings(raw: &Value, fam: &Family) -> std::result::Resu
     let experts = raw["num_local_experts"].as_u64().filter(|&n| n > 0);
     if let Some(n) = experts.filter(|_| fam.experts.is_none()) {
         return Err(format!(
-            "`num_local_experts` is {n}: mixture-of-experts layers are not supported yet (Granite 4.0's dense models \
-             have 0)"
+            "`num_local_experts` is {n}: this family's decoder has no mixture-of-experts layers"
         ));
     }
     for k in ["attention_dropout", "resid_pdrop", "embd_pdrop"] {
@@ -1479,10 +1478,15 @@ mod tests {
         let mut moe = dense.clone();
         moe["num_local_experts"] = 8.into();
         moe["num_experts_per_tok"] = 2.into();
-        let c = DecoderConfig::from_json(&tiny(moe), "granitemoehybrid").unwrap();
+        let c = DecoderConfig::from_json(&tiny(moe.clone()), "granitemoehybrid").unwrap();
         let e = c.layers[0].experts.unwrap();
         assert_eq!((e.count, e.top_k, e.width, e.shared_width), (8, 2, 128, Some(32)));
         assert!(c.layers.iter().all(|l| l.experts.is_some()));
+        // transformers 5.6 records no router logits for this family: no load-balancing loss to add.
+        moe["output_router_logits"] = true.into();
+        moe["router_aux_loss_coef"] = 0.01.into();
+        let e = DecoderConfig::from_json(&tiny(moe), "granitemoehybrid").unwrap_err();
+        assert!(e.contains("output_router_logits"), "{e}");
         let mut untyped = dense;
         untyped.as_object_mut().unwrap().remove("layer_types");
         let e = DecoderConfig::from_json(&tiny(untyped), "granitemoehybrid").unwrap_err();

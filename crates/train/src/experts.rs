@@ -111,6 +111,13 @@ pub(crate) fn router_loss_weight(raw: &Value, fam: &Family) -> std::result::Resu
     if expert_count(raw, &table)? == 0 {
         return Ok(None);
     }
+    if !table.router_loss && raw["router_aux_loss_coef"].as_f64() != Some(0.0) {
+        return Err(format!(
+            "`output_router_logits` is true, but transformers records no router logits for {} models and so adds \
+             no load-balancing loss (its own training fails on it): set it to false",
+            fam.model_type
+        ));
+    }
     match &raw["router_aux_loss_coef"] {
         v if v.as_f64() == Some(0.0) => Ok(None),
         v if v.as_f64().is_some_and(|c| c.is_finite() && c > 0.0) => Ok(v.as_f64()),

@@ -89,6 +89,9 @@ pub struct ExpertTable {
     /// dtype (Mixtral); otherwise they are rounded to that dtype first (Qwen3 MoE, OLMoE, Qwen3.5 MoE).
     pub weigh_in_f32: bool,
     pub activation: ExpertActivation,
+    /// transformers adds the router's load-balancing loss when config.json's `output_router_logits` is true;
+    /// false where it records no router logits and so cannot (Granite 4.0-H in 5.6), and such a config is refused.
+    pub router_loss: bool,
 }
 
 /// How a token's router logits choose its experts and weigh their outputs.
@@ -163,8 +166,8 @@ pub enum ExpertActivation {
     },
 }
 
-/// A shared expert: a SwiGLU MLP every token runs through (`mlp` with `gate_proj`, `up_proj`, `down_proj`), its
-/// output scaled by σ of `gate` (hidden → 1, no bias) where the family has one.
+/// A shared expert: a SwiGLU MLP every token runs through (`mlp`: separate or fused projections), its output scaled
+/// by σ of `gate` (hidden → 1, no bias) where the family has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedExpertTable {
     pub mlp: MlpLayout,
@@ -551,6 +554,7 @@ const QWEN3_MOE_EXPERTS: ExpertTable = ExpertTable {
         dense: "mlp_only_layers",
     },
     shared: None,
+    router_loss: true,
     weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
@@ -565,7 +569,8 @@ const GRANITE_EXPERTS: ExpertTable = ExpertTable {
         gate_up: "block_sparse_moe.input_linear.weight",
         down: "block_sparse_moe.output_linear.weight",
     },
-    count_keys: ["num_local_experts", "num_experts"],
+    // transformers' config has no other name for it.
+    count_keys: ["num_local_experts", "num_local_experts"],
     top_k_alias: None,
     width_key: "intermediate_size",
     normalize: TopKNorm::Always,
@@ -579,6 +584,7 @@ const GRANITE_EXPERTS: ExpertTable = ExpertTable {
         gate: None,
         width: SharedWidth::Key("shared_intermediate_size"),
     }),
+    router_loss: false,
     weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
@@ -650,6 +656,7 @@ const GLM4_MOE_EXPERTS: ExpertTable = ExpertTable {
         width: SharedWidth::ExpertWidths("n_shared_experts"),
     }),
     // The sigmoid scores are in the activations' dtype under autocast (moe/routing.rs), and so are the weights.
+    router_loss: true,
     weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
@@ -900,6 +907,7 @@ pub static FAMILIES: [Family; 27] = [
             routing: Routing::Softmax,
             sparse_layers: SparseLayers::Every,
             shared: None,
+            router_loss: true,
             weigh_in_f32: true,
             activation: ExpertActivation::Glu,
         }),
@@ -943,6 +951,7 @@ pub static FAMILIES: [Family; 27] = [
             routing: Routing::Softmax,
             sparse_layers: SparseLayers::Every,
             shared: None,
+            router_loss: true,
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),
@@ -1044,6 +1053,7 @@ pub static FAMILIES: [Family; 27] = [
             routing: Routing::Softmax,
             sparse_layers: SparseLayers::Every,
             shared: None,
+            router_loss: true,
             weigh_in_f32: false,
             activation: ExpertActivation::ClampedSwiglu {
                 alpha: 1.702,
@@ -1288,6 +1298,7 @@ pub static FAMILIES: [Family; 27] = [
             json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": false,
             "embedding_multiplier": 1.0, "logits_scaling": 1.0, "residual_multiplier": 1.0,
             "attention_multiplier": 1.0, "shared_intermediate_size": 1024, "num_local_experts": 8,
+            "num_experts_per_tok": 2,
             "position_embedding_type": null})
         },
         mlp: MlpLayout::Fused {
@@ -1447,6 +1458,7 @@ pub static FAMILIES: [Family; 27] = [
             routing: Routing::Softmax,
             sparse_layers: SparseLayers::Every,
             shared: Some(QWEN_SHARED_EXPERT),
+            router_loss: true,
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),
