@@ -9,7 +9,7 @@
 
 use crate::config::DeltaNetShape;
 use crate::delta_rule::{chunked, l2_normalize, RuleInputs};
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor};
 
 /// q, k (batch, seq, value heads, key dim) and v (…, value dim) in f32, from the q/k/v projection (batch, seq,
 /// channels) and the convolution `weight` (channels, 1, kernel): through the causal convolution and SiLU, q and k
@@ -61,23 +61,7 @@ fn plain(p: &Tensor, w: &Tensor, gb: &Tensor, s: DeltaNetShape) -> Result<Tensor
 /// for a pass without a cache of at least `crate::delta_rule::STEPWISE_BELOW` positions: see the module's text.
 pub(crate) fn recomputed(projected: &Tensor, weight: &Tensor, gb: &Tensor, s: DeltaNetShape) -> Result<Tensor> {
     let forward = move |p: &Tensor, w: &Tensor, gb: &Tensor| plain(p, w, gb, s);
-    let value = forward(&projected.detach(), &weight.detach(), &gb.detach())?;
-    let backward = move |inputs: [&Tensor; 3], _: &Tensor, grad: &Tensor| -> Result<[Option<Tensor>; 3]> {
-        // Leaves of their own for the inputs that want gradients, so the recomputation's backward pass stops
-        // here instead of running on into the model's graph below this layer.
-        let leaves = inputs.map(|x| match x.track_op() {
-            true => Var::from_tensor(&x.detach()).map(|v| Some(v.as_tensor().clone())),
-            false => Ok(None),
-        });
-        let [p, w, gb] = leaves;
-        let (p, w, gb) = (p?, w?, gb?);
-        let or_input = |leaf: &Option<Tensor>, i: usize| leaf.clone().unwrap_or_else(|| inputs[i].detach());
-        let out = forward(&or_input(&p, 0), &or_input(&w, 1), &or_input(&gb, 2))?;
-        let grads = (out * grad.detach())?.sum_all()?.backward()?;
-        let grad_of = |leaf: Option<Tensor>| leaf.and_then(|l| grads.get(&l).cloned());
-        Ok([grad_of(p), grad_of(w), grad_of(gb)])
-    };
-    crate::node::attach3("gated-delta-net", [projected, weight, gb], value, Box::new(backward))
+    crate::node::recomputed3("gated-delta-net", [projected, weight, gb], forward)
 }
 
 #[cfg(test)]
@@ -85,6 +69,7 @@ mod tests {
     use super::*;
     use crate::fused::tests::randn;
     use crate::ops::tests::{assert_same_gradients, max_abs_diff};
+    use candle_core::Var;
 
     #[test]
     fn the_recomputed_layer_gives_the_composite_values_and_gradients() {

@@ -168,3 +168,31 @@ pub fn attach3(name: &'static str, inputs: [&Tensor; 3], value: Tensor, backward
     };
     inputs[0].apply_op3(inputs[1], inputs[2], op)
 }
+
+/// `forward` of three inputs as one node that keeps only its inputs: its value comes from `forward` on detached
+/// inputs (whose intermediates are freed at once), and its backward pass runs `forward` again on leaves of its own
+/// and differentiates that, so the pass's intermediates exist for one such node at a time (a layer's delta rule,
+/// a Mamba 2 scan).
+pub fn recomputed3(
+    name: &'static str,
+    inputs: [&Tensor; 3],
+    forward: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    let value = forward(&inputs[0].detach(), &inputs[1].detach(), &inputs[2].detach())?;
+    let backward = move |inputs: [&Tensor; 3], _: &Tensor, grad: &Tensor| -> Result<[Option<Tensor>; 3]> {
+        // Leaves of their own for the inputs that want gradients, so the recomputation's backward pass stops
+        // here instead of running on into the model's graph below.
+        let leaves = inputs.map(|x| match x.track_op() {
+            true => candle_core::Var::from_tensor(&x.detach()).map(|v| Some(v.as_tensor().clone())),
+            false => Ok(None),
+        });
+        let [a, b, c] = leaves;
+        let (a, b, c) = (a?, b?, c?);
+        let or_input = |leaf: &Option<Tensor>, i: usize| leaf.clone().unwrap_or_else(|| inputs[i].detach());
+        let out = forward(&or_input(&a, 0), &or_input(&b, 1), &or_input(&c, 2))?;
+        let grads = (out * grad.detach())?.sum_all()?.backward()?;
+        let grad_of = |leaf: Option<Tensor>| leaf.and_then(|l| grads.get(&l).cloned());
+        Ok([grad_of(a), grad_of(b), grad_of(c)])
+    };
+    attach3(name, inputs, value, Box::new(backward))
+}

@@ -13,7 +13,7 @@
 //! backward pass recomputes the scan and differentiates that (as delta_net.rs does for the delta rule).
 
 use crate::mamba::MambaShape;
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 
 /// Passes shorter than this take the scan one position at a time.
 pub const STEPWISE_BELOW: usize = 4;
@@ -172,23 +172,7 @@ fn chunked(
 /// text).
 pub fn recomputed(xbc: &Tensor, dt: &Tensor, a: &Tensor, s: MambaShape) -> Result<Tensor> {
     let forward = move |xbc: &Tensor, dt: &Tensor, a: &Tensor| scan(xbc, dt, a, s, None).map(|(y, _)| y);
-    let value = forward(&xbc.detach(), &dt.detach(), &a.detach())?;
-    let backward = move |inputs: [&Tensor; 3], _: &Tensor, grad: &Tensor| -> Result<[Option<Tensor>; 3]> {
-        // Leaves of their own for the inputs that want gradients, so the recomputation's backward pass stops
-        // here instead of running on into the model's graph below this layer.
-        let leaves = inputs.map(|x| match x.track_op() {
-            true => Var::from_tensor(&x.detach()).map(|v| Some(v.as_tensor().clone())),
-            false => Ok(None),
-        });
-        let [xbc, dt, a] = leaves;
-        let (xbc, dt, a) = (xbc?, dt?, a?);
-        let or_input = |leaf: &Option<Tensor>, i: usize| leaf.clone().unwrap_or_else(|| inputs[i].detach());
-        let out = forward(&or_input(&xbc, 0), &or_input(&dt, 1), &or_input(&a, 2))?;
-        let grads = (out * grad.detach())?.sum_all()?.backward()?;
-        let grad_of = |leaf: Option<Tensor>| leaf.and_then(|l| grads.get(&l).cloned());
-        Ok([grad_of(xbc), grad_of(dt), grad_of(a)])
-    };
-    crate::node::attach3("mamba-scan", [xbc, dt, a], value, Box::new(backward))
+    crate::node::recomputed3("mamba-scan", [xbc, dt, a], forward)
 }
 
 #[cfg(test)]
@@ -196,6 +180,7 @@ mod tests {
     use super::*;
     use crate::fused::tests::randn;
     use crate::ops::tests::{assert_same_gradients, max_abs_diff};
+    use candle_core::Var;
 
     fn shape(chunk: usize) -> MambaShape {
         MambaShape {
