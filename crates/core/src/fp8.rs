@@ -279,8 +279,11 @@ pub fn pairs<'a>(
     if scheme.is_none() && !dtypes.values().any(fp8) {
         return Ok(Vec::new());
     }
+    // In name order, so a checkpoint with several faults always reports the same one.
+    let mut names: Vec<(&str, DType)> = dtypes.iter().map(|(n, d)| (*n, *d)).collect();
+    names.sort_unstable_by_key(|(n, _)| *n);
     let mut out = Vec::new();
-    for (&name, &dtype) in &dtypes {
+    for (name, dtype) in names {
         if dtype == DType::F8E5M2 {
             return Err((name.into(), "is F8_E5M2; FreezeTune reads e4m3 FP8 weights only".into()));
         }
@@ -315,7 +318,6 @@ pub fn pairs<'a>(
             out.push(name.to_string());
         }
     }
-    out.sort();
     Ok(out)
 }
 

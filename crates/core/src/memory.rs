@@ -226,13 +226,15 @@ const MIXER_MODULES: &[(&str, Mixer)] = &[
     ("mamba", Mixer::Mamba),
 ];
 
-/// A layer's token mixer, and whether its MLP is sparse (it holds experts: `mlp.experts.N.*`).
+/// A layer's token mixer, and whether its MLP is sparse (it holds experts: `mlp.experts.N.*`, `block_sparse_moe.*`).
 fn mixer_of(layer: &crate::layout::LayerInfo) -> (Mixer, bool) {
     let mixer = MIXER_MODULES
         .iter()
         .find(|(name, _)| layer.modules.iter().any(|m| m.name == *name))
         .map_or(Mixer::Attention, |(_, mixer)| *mixer);
-    (mixer, layer.tensors().any(|t| t.name.contains(".experts.")))
+    // Granite 4.0-H's stacked experts are `block_sparse_moe.input_linear` / `output_linear`.
+    let sparse = |t: &crate::layout::TensorInfo| t.name.contains(".experts.") || t.name.contains(".block_sparse_moe.");
+    (mixer, layer.tensors().any(sparse))
 }
 
 /// The sizes the per-layer terms are made of.
