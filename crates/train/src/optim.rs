@@ -33,9 +33,13 @@ impl Default for AdamWConfig {
     }
 }
 
-/// A parameter without weight decay under HF Trainer's grouping.
+/// A parameter without weight decay under HF Trainer's grouping (`get_decay_parameter_names`, transformers 5.6):
+/// its lowercased name contains "bias" (a Mamba or DeltaNet `dt_bias`, gpt-oss's `gate_up_proj_bias` too),
+/// "layernorm" or "rmsnorm", or has a component `norm` or ending in `_norm`.
 pub fn is_bias_or_norm(name: &str) -> bool {
-    name.ends_with(".bias") || name.rsplit('.').nth(1).is_some_and(|m| m.contains("norm"))
+    let name = name.to_ascii_lowercase();
+    let named = ["bias", "layernorm", "rmsnorm"].iter().any(|p| name.contains(p));
+    named || name.split('.').any(|part| part == "norm" || part.ends_with("_norm"))
 }
 
 /// AdamW state of one tensor: its moments and its own step count, as torch keeps `state['step']` per parameter, so a
@@ -349,5 +353,19 @@ mod tests {
         assert!(is_bias_or_norm("model.layers.0.self_attn.q_norm.weight"));
         assert!(!is_bias_or_norm("model.layers.0.mlp.down_proj.weight"));
         assert!(!is_bias_or_norm("model.embed_tokens.weight"));
+        // HF's patterns match anywhere in the name: Mamba's and DeltaNet's dt_bias, gpt-oss's expert biases, a
+        // Mamba layer's gated norm; not A_log, D or the sinks.
+        assert!(is_bias_or_norm("model.layers.0.mamba.dt_bias"));
+        assert!(is_bias_or_norm("model.layers.0.linear_attn.dt_bias"));
+        assert!(is_bias_or_norm("model.layers.0.mlp.experts.gate_up_proj_bias"));
+        assert!(is_bias_or_norm("model.layers.0.mamba.norm.weight"));
+        assert!(is_bias_or_norm("model.layers.0.self_attn.kv_a_layernorm.weight"));
+        for name in [
+            "model.layers.0.mamba.A_log",
+            "model.layers.0.mamba.D",
+            "model.layers.0.self_attn.sinks",
+        ] {
+            assert!(!is_bias_or_norm(name), "{name}");
+        }
     }
 }
