@@ -16,9 +16,11 @@ use freezetune_train::DecoderConfig;
 /// Multiply-adds counted as two FLOPs.
 pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfig, batch: usize, seq: usize) -> f64 {
     let tokens = (batch * seq) as f64;
+    // A 3-D tensor is a layer's experts stacked (experts × out × in): each expert one matrix.
     let matrix = |shape: &[u64]| -> f64 {
         match shape {
             [out, inp] => 2.0 * tokens * (*out as f64) * (*inp as f64),
+            [experts, out, inp] => 2.0 * tokens * (*experts as f64) * (*out as f64) * (*inp as f64),
             _ => 0.0,
         }
     };
@@ -38,7 +40,9 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
         .collect();
     // An expert's matrices multiply only the rows routed to it: on average top_k / count of the tokens.
     let share = |layer: usize, name: &str| match config.layers.get(layer).and_then(|l| l.experts) {
-        Some(e) if name.contains(".experts.") => e.top_k as f64 / e.count as f64,
+        Some(e) if freezetune_core::quant::is_stacked_experts(name) || name.contains(".experts.") => {
+            e.top_k as f64 / e.count as f64
+        }
         _ => 1.0,
     };
     let work = |l: &freezetune_core::layout::LayerInfo, t: &freezetune_core::layout::TensorInfo| {

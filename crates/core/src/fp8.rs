@@ -332,10 +332,13 @@ pub fn conversion_unit(name: &str, model_type: &str) -> String {
         None => name.to_string(),
     };
     let runtime = crate::runtime_names::runtime_name(&name, model_type);
-    let fused = runtime != name.replace(".block_sparse_moe.", ".mlp.");
-    match runtime.rsplit_once('.') {
-        Some((experts, _)) if fused => experts.to_string(),
-        _ => runtime.strip_suffix(".weight").unwrap_or(&runtime).to_string(),
+    // runtime_name gives a fused expert its layer's stacked parameter, `….mlp.experts.{gate_up_proj,down_proj}`.
+    let fused = [".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"]
+        .iter()
+        .find_map(|p| runtime.strip_suffix(p));
+    match fused {
+        Some(layer) => format!("{layer}.mlp.experts"),
+        None => runtime.strip_suffix(".weight").unwrap_or(&runtime).to_string(),
     }
 }
 
