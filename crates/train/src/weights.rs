@@ -299,8 +299,7 @@ impl WeightFiles {
 
     /// An FP8 weight's codes and its scales as f32, checked (core's `Fp8Matrix::check`).
     fn fp8_values(&self, name: &str, m: &Fp8Matrix) -> Result<(Vec<u8>, Vec<f32>)> {
-        let codes = self.entry_bytes(self.entry(name)?)?;
-        let scale_bytes = self.entry_bytes(self.entry(&format!("{name}{}", fp8::SCALE_SUFFIX))?)?;
+        let (codes, scale_bytes) = (self.fp8_stored(name, false)?, self.fp8_stored(name, true)?);
         let scales = m
             .check(name, &codes, &scale_bytes)
             .map_err(|reason| TrainError::Tensor {
