@@ -440,10 +440,11 @@ impl ModelLayout {
 }
 
 /// A buffer stored in the checkpoint: state a model keeps beside its parameters (DeepSeek-V3's and GLM-4.5's router
-/// `e_score_correction_bias`, updated by the load-balancing rule of pretraining, never by gradients). LLaMA-Factory
-/// never sees it among the parameters it freezes.
+/// `e_score_correction_bias`, updated by the load-balancing rule of pretraining, never by gradients; Gemma 4's
+/// `layer_scalar`, a fixed factor on each layer's output). LLaMA-Factory never sees it among the parameters it
+/// freezes.
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with(".e_score_correction_bias")
+    name.ends_with(".e_score_correction_bias") || name.ends_with(".layer_scalar")
 }
 
 fn push_tensor(map: &mut BTreeMap<String, ModuleInfo>, key: String, path: String, t: TensorInfo) -> &mut ModuleInfo {

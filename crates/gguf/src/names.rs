@@ -35,6 +35,8 @@ pub fn gguf_arch(arch: Architecture) -> &'static str {
         Architecture::Qwen3Next => "qwen3next",
         Architecture::Exaone4 => "exaone4",
         Architecture::Ernie4_5 => "ernie4_5",
+        // Not exported (not in EXPORTABLE): newer than the pinned llama.cpp. Named for messages only.
+        Architecture::Gemma4 => "gemma4",
     }
 }
 
@@ -128,6 +130,7 @@ pub fn hf_class(arch: Architecture) -> (&'static str, &'static str) {
         Architecture::Qwen3Next => ("Qwen3NextForCausalLM", "qwen3_next"),
         Architecture::Exaone4 => ("Exaone4ForCausalLM", "exaone4"),
         Architecture::Ernie4_5 => ("Ernie4_5ForCausalLM", "ernie4_5"),
+        Architecture::Gemma4 => ("Gemma4ForCausalLM", "gemma4_text"),
     }
 }
 

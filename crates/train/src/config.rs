@@ -67,6 +67,10 @@ pub enum Architecture {
     Exaone4,
     /// Llama with biases on every projection and a rotation of adjacent pairs.
     Ernie4_5,
+    /// `gemma4_text`: sandwich norms (plain weights), per-head q/k norms and an unweighted value norm, no query
+    /// scale, full layers with their own head width (values from the key projection when `attention_k_eq_v`), a
+    /// scalar per layer.
+    Gemma4,
 }
 
 /// The MLP's activation.
@@ -142,6 +146,14 @@ impl DeltaNetShape {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
     pub mixer: Mixer,
+    /// The attention's head width and key/value head count (Gemma 4's full layers differ from its sliding ones).
+    pub head_dim: usize,
+    pub kv_heads: usize,
+    /// The values are the key projection's output before its norm and rotation; the layer has no `v_proj` (Gemma
+    /// 4's full layers with `attention_k_eq_v`).
+    pub values_from_keys: bool,
+    /// Each value head is RMS-normalised, without a weight (Gemma 4).
+    pub value_norm: bool,
     /// Attention's output multiplied by σ of a gate that `q_proj` makes beside the queries (Qwen3.5).
     pub output_gate: bool,
     /// A query sees the `window` latest keys, itself included; None: full causal attention.
@@ -234,6 +246,8 @@ pub struct DecoderConfig {
     pub wrapper: Option<&'static str>,
     /// Every attention layer's latent projections (DeepSeek-V3); None: q/k/v projections.
     pub latent: Option<LatentAttention>,
+    /// Each layer's output is multiplied by its `layer_scalar` (a buffer of one value: Gemma 4).
+    pub layer_scalar: bool,
     /// How the Gated DeltaNet layers' input projections are stored.
     pub delta_projections: DeltaProjections,
 }
@@ -401,6 +415,7 @@ impl DecoderConfig {
             false => uses_rope,
         };
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
+            _ if fam.attention_scale.is_some() => fam.attention_scale.unwrap_or(1.0),
             (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
             (_, Some(m)) if fam.understands("attention_multiplier") => m,
             _ => match latent {
@@ -414,9 +429,14 @@ impl DecoderConfig {
         let softcap = float("attn_logit_softcapping")?;
         let mixers = layer_mixers(raw, fam, num_layers, types.as_deref(), hidden_size)?;
         let experts = layer_experts(raw, fam, num_layers)?;
+        let shapes = head_shapes(raw, fam, head_dim, num_heads, num_kv_heads, &windows)?;
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
                 mixer: mixers[i],
+                head_dim: shapes[i].head_dim,
+                kv_heads: shapes[i].kv_heads,
+                values_from_keys: shapes[i].values_from_keys,
+                value_norm: fam.value_norm,
                 output_gate: fam.attention_output_gate && mixers[i] == Mixer::Attention,
                 window: windows[i],
                 rope: uses_rope[i].then_some(if windows[i].is_some() { sliding_rope } else { full_rope }),
@@ -435,7 +455,8 @@ impl DecoderConfig {
                 activation,
                 experts: experts[i],
             })
-            .collect();
+            .collect::<Vec<_>>();
+        refuse_narrow_rope_tables(&layers, &ropes, head_dim)?;
         Ok(DecoderConfig {
             architecture: fam.architecture,
             hidden_size,
@@ -476,6 +497,7 @@ impl DecoderConfig {
             wrapper: None,
             latent,
             delta_projections: fam.delta_projections,
+            layer_scalar: fam.layer_scalar,
         })
     }
 
@@ -488,13 +510,104 @@ impl DecoderConfig {
     pub fn global_rope(&self) -> &RopeSpec {
         &self.ropes[0]
     }
+
+    /// The head width of the layers rope `r` turns (Gemma 4's full layers are wider than its sliding ones).
+    pub fn rope_head_dim(&self, r: usize) -> usize {
+        self.layers
+            .iter()
+            .find(|l| l.rope == Some(r))
+            .map_or(self.head_dim, |l| l.head_dim)
+    }
+}
+
+/// A layer wider than the config's `head_dim` (Gemma 4's `global_head_dim`) under a rope other than the
+/// proportional one: transformers builds every other rope's tables for `head_dim` and fails on the wider heads.
+fn refuse_narrow_rope_tables(
+    layers: &[LayerSpec],
+    ropes: &[RopeSpec],
+    head_dim: usize,
+) -> std::result::Result<(), String> {
+    let narrow = |l: &&LayerSpec| {
+        l.rope.is_some_and(|r| {
+            l.head_dim != head_dim && !matches!(ropes[r].scaling, crate::rope::RopeScaling::Proportional { .. })
+        })
+    };
+    match layers.iter().find(narrow) {
+        Some(l) => Err(format!(
+            "the full-attention layers' heads are {} wide (`global_head_dim`), but their rope is not \
+             \"proportional\": transformers builds its tables for `head_dim` {head_dim} and cannot apply them",
+            l.head_dim
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One layer's attention heads, as [`head_shapes`] reads them.
+#[derive(Debug, Clone, Copy)]
+struct HeadShape {
+    head_dim: usize,
+    kv_heads: usize,
+    values_from_keys: bool,
+}
+
+/// Each layer's head width and key/value heads. Every layer has the config's, but in a family with
+/// [`Family::global_attention_shape`] (Gemma 4): there the full-attention layers take `global_head_dim` (when
+/// set and not 0), and with `attention_k_eq_v` also `num_global_key_value_heads` (default: the sliding layers'
+/// count) and their values from the key projection, as transformers builds them.
+fn head_shapes(
+    raw: &Value,
+    fam: &Family,
+    head_dim: usize,
+    heads: usize,
+    kv_heads: usize,
+    windows: &[Option<usize>],
+) -> std::result::Result<Vec<HeadShape>, String> {
+    let local = HeadShape {
+        head_dim,
+        kv_heads,
+        values_from_keys: false,
+    };
+    if !fam.global_attention_shape {
+        return Ok(vec![local; windows.len()]);
+    }
+    let positive = |k: &str| match &raw[k] {
+        Value::Null => Ok(None),
+        v => match v.as_u64() {
+            Some(0) => Ok(None),
+            Some(n) if n <= 1 << 16 => Ok(Some(n as usize)),
+            _ => Err(format!("`{k}` is {v}; it must be a positive integer")),
+        },
+    };
+    let shared = raw["attention_k_eq_v"].as_bool().unwrap_or(false);
+    let global = HeadShape {
+        head_dim: positive("global_head_dim")?.unwrap_or(head_dim),
+        kv_heads: match shared {
+            true => positive("num_global_key_value_heads")?.unwrap_or(kv_heads),
+            false => kv_heads,
+        },
+        values_from_keys: shared,
+    };
+    if heads % global.kv_heads != 0 {
+        return Err(format!(
+            "num_attention_heads {heads} must be a multiple of num_global_key_value_heads {}",
+            global.kv_heads
+        ));
+    }
+    Ok(windows
+        .iter()
+        .map(|w| if w.is_some() { local } else { global })
+        .collect())
 }
 
 /// A rope dict's `partial_rotary_factor` in a family whose decoder rotates whole heads (its default rope ignores
 /// the factor; a scaled one builds narrower tables its rotation cannot apply): refused by name. ERNIE 4.5 rotates
 /// adjacent pairs, so a head must also have an even width there.
 fn refuse_unread_partial_rotary(ropes: &[RopeSpec], fam: &Family, head_dim: usize) -> std::result::Result<(), String> {
-    if let Some(r) = ropes.iter().find(|r| r.partial_rotary_factor != 1.0) {
+    // Gemma 4's proportional rope reads its factor itself.
+    let partial = |r: &&RopeSpec| {
+        r.partial_rotary_factor != 1.0 && !matches!(r.scaling, crate::rope::RopeScaling::Proportional { .. })
+    };
+    if let Some(r) = ropes.iter().find(partial) {
         if !fam.understands("partial_rotary_factor") {
             return Err(format!(
                 "the rope's `partial_rotary_factor` is {}, but transformers' {} rotates whole heads (or fails \
@@ -556,8 +669,7 @@ impl DecoderConfig {
     /// config.json implies: a checkpoint that disagrees is refused by name before training (a vocabulary smaller
     /// than the embedding matrix, a projection of the wrong width).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, v, i, hd) = (self.hidden_size, self.vocab_size, self.intermediate_size, self.head_dim);
-        let (q, kv) = (self.num_heads * hd, self.num_kv_heads * hd);
+        let (h, v, i) = (self.hidden_size, self.vocab_size, self.intermediate_size);
         let names = self.names;
         let mut out = vec![
             ("model.embed_tokens.weight".to_string(), vec![v, h]),
@@ -638,13 +750,17 @@ impl DecoderConfig {
                 shapes.into_iter().for_each(|(name, shape)| add(name, shape));
                 continue;
             }
+            let hd = l.head_dim;
+            let (q, kv) = (self.num_heads * hd, l.kv_heads * hd);
             if self.fused_qkv {
                 linear("self_attn.qkv_proj", q + 2 * kv, h, l.qkv_bias);
             } else {
                 let gated = if l.output_gate { 2 } else { 1 };
                 linear("self_attn.q_proj", gated * q, h, l.qkv_bias);
                 linear("self_attn.k_proj", kv, h, l.qkv_bias);
-                linear("self_attn.v_proj", kv, h, l.qkv_bias);
+                if !l.values_from_keys {
+                    linear("self_attn.v_proj", kv, h, l.qkv_bias);
+                }
             }
             linear(names.o_proj, h, q, l.o_bias);
             if l.sinks {
@@ -818,8 +934,23 @@ fn refuse_training_only_settings(raw: &Value, fam: &Family) -> std::result::Resu
             ));
         }
     }
-    if raw["use_bidirectional_attention"].as_bool() == Some(true) {
-        return Err("`use_bidirectional_attention` is true: FreezeTune trains causal decoders only".into());
+    // Gemma 4's "vision" makes image tokens attend both ways; text, all FreezeTune trains on, stays causal.
+    let bidirectional = &raw["use_bidirectional_attention"];
+    if bidirectional.as_bool() == Some(true) || bidirectional.as_str() == Some("all") {
+        return Err(format!(
+            "`use_bidirectional_attention` is {bidirectional}: FreezeTune trains causal decoders only"
+        ));
+    }
+    for (key, feature) in fam.off_only_keys {
+        let v = &raw[*key];
+        let off = v.is_null() || v.as_bool() == Some(false) || v.as_u64() == Some(0);
+        if !off {
+            return Err(format!(
+                "config.json key `{key}` is {v}: {feature}, which FreezeTune's {} decoder does not compute yet. \
+                 Refusing rather than training other math than the model's",
+                fam.model_type
+            ));
+        }
     }
     Ok(())
 }
@@ -1051,6 +1182,11 @@ fn layer_windows(
                 .collect(),
         },
     };
+    let mut sliding = sliding;
+    // Gemma 4's config makes its last layer full attention whatever `layer_types` says (with a warning).
+    if let (true, Some(last)) = (fam.last_layer_full, sliding.last_mut()) {
+        *last = false;
+    }
     sliding
         .iter()
         .enumerate()
@@ -1277,6 +1413,62 @@ mod tests {
             raw[k] = v.clone();
         }
         raw
+    }
+
+    fn gemma4(extra: Value) -> std::result::Result<DecoderConfig, String> {
+        let base = json!({"hidden_size_per_layer_input": 0, "global_head_dim": 32, "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]});
+        let mut raw = tiny(base);
+        for (k, v) in extra.as_object().unwrap() {
+            raw[k] = v.clone();
+        }
+        DecoderConfig::from_json(&raw, "gemma4_text")
+    }
+
+    #[test]
+    fn gemma4_full_layers_take_their_own_heads_and_the_last_layer_attends_in_full() {
+        let c = gemma4(json!({"attention_k_eq_v": true, "num_global_key_value_heads": 1})).unwrap();
+        let shape = |l: &LayerSpec| (l.window, l.head_dim, l.kv_heads, l.values_from_keys);
+        let got: Vec<_> = c.layers.iter().map(shape).collect();
+        // Layer 2 is listed sliding; transformers' config makes the last layer full.
+        assert_eq!(got, [(Some(8), 16, 4, false), (None, 32, 1, true), (None, 32, 1, true)]);
+        assert!(c.layers.iter().all(|l| l.value_norm && l.scale == 1.0));
+        assert_eq!(c.rope_head_dim(0), 32);
+        assert_eq!(c.rope_head_dim(1), 16);
+        let c = gemma4(json!({})).unwrap();
+        assert_eq!(
+            (c.layers[1].head_dim, c.layers[1].kv_heads, c.layers[1].values_from_keys),
+            (32, 4, false)
+        );
+        let v_proj = |c: &DecoderConfig| {
+            c.tensor_shapes()
+                .iter()
+                .filter(|(n, _)| n.ends_with("v_proj.weight"))
+                .count()
+        };
+        assert_eq!(v_proj(&c), 3);
+        assert_eq!(v_proj(&gemma4(json!({"attention_k_eq_v": true})).unwrap()), 1);
+    }
+
+    #[test]
+    fn gemma4_features_not_computed_yet_are_refused_by_name() {
+        let mut absent = tiny(json!({"global_head_dim": 32}));
+        absent.as_object_mut().unwrap().remove("hidden_size_per_layer_input");
+        // transformers' default (256) turns the per-layer embeddings on.
+        let e = DecoderConfig::from_json(&absent, "gemma4_text").unwrap_err();
+        assert!(e.contains("hidden_size_per_layer_input") && e.contains("256"), "{e}");
+        for (key, value) in [("num_kv_shared_layers", json!(2)), ("enable_moe_block", json!(true))] {
+            let e = gemma4(json!({key: value})).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = gemma4(json!({"use_bidirectional_attention": "all"})).unwrap_err();
+        assert!(e.contains("use_bidirectional_attention"), "{e}");
+        assert!(gemma4(json!({"use_bidirectional_attention": "vision"})).is_ok());
+        // A full rope other than the proportional one cannot turn the wider heads.
+        let rope = json!({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}});
+        let e = gemma4(rope).unwrap_err();
+        assert!(e.contains("global_head_dim"), "{e}");
     }
 
     fn windows(extra: Value, model_type: &str) -> std::result::Result<Vec<Option<usize>>, String> {

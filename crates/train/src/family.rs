@@ -320,6 +320,21 @@ pub struct Family {
     pub all_bias_key: Option<&'static str>,
     /// The rotation turns pairs of adjacent dimensions (GPT-J's, ERNIE 4.5's), not the two halves of a head.
     pub rope_interleaved: bool,
+    /// q·k is multiplied by this, whatever the head width (Gemma 4: 1, its q/k norms set the scale); None: the
+    /// family's query scale keys, or 1/sqrt(head_dim).
+    pub attention_scale: Option<f64>,
+    /// Full-attention layers read `global_head_dim`, `attention_k_eq_v` and `num_global_key_value_heads` (Gemma 4:
+    /// wider heads, fewer key/value heads, values from the key projection).
+    pub global_attention_shape: bool,
+    /// Each value head is RMS-normalised without a weight (Gemma 4's `v_norm`).
+    pub value_norm: bool,
+    /// Each layer's output is multiplied by its `layer_scalar` buffer (Gemma 4).
+    pub layer_scalar: bool,
+    /// Keys the decoder reads only switched off (null, 0 or false after the defaults), with what they would switch
+    /// on: a config that turns one on is refused by name.
+    pub off_only_keys: &'static [(&'static str, &'static str)],
+    /// The last layer attends in full whatever the pattern or `layer_types` says (Gemma 4's config forces it).
+    pub last_layer_full: bool,
 }
 
 /// A Gated DeltaNet layer's input projections (after `linear_attn.`).
@@ -352,7 +367,7 @@ pub struct Wrapper {
     pub final_softcap: bool,
 }
 
-pub const WRAPPERS: [Wrapper; 4] = [
+pub const WRAPPERS: [Wrapper; 5] = [
     // Gemma 3 4B, 12B, 27B.
     Wrapper {
         model_type: "gemma3",
@@ -370,6 +385,12 @@ pub const WRAPPERS: [Wrapper; 4] = [
         model_type: "qwen3_5_moe",
         text_types: &["qwen3_5_moe_text"],
         final_softcap: false,
+    },
+    // Gemma 4: every released checkpoint is the multimodal class (vision and audio towers beside the text one).
+    Wrapper {
+        model_type: "gemma4",
+        text_types: &["gemma4_text"],
+        final_softcap: true,
     },
     // Ministral 3 (3B, 8B, 14B) and Mistral Small 3.1 / 3.2.
     Wrapper {
@@ -509,6 +530,12 @@ const LLAMA: Family = Family {
     nope_full_layers_when_sliding: false,
     all_bias_key: None,
     rope_interleaved: false,
+    attention_scale: None,
+    global_attention_shape: false,
+    value_norm: false,
+    layer_scalar: false,
+    off_only_keys: &[],
+    last_layer_full: false,
 };
 
 /// The config keys Qwen3.5's Gated DeltaNet and gated attention layers read, then a family's own.
@@ -772,7 +799,7 @@ const DEEPSEEK_V3: Family = Family {
 };
 
 /// The families, by `model_type`.
-pub static FAMILIES: [Family; 27] = [
+pub static FAMILIES: [Family; 28] = [
     LLAMA,
     Family {
         model_type: "mistral",
@@ -1196,6 +1223,73 @@ pub static FAMILIES: [Family; 27] = [
         ..LLAMA
     },
     Family {
+        model_type: "gemma4_text",
+        sizes: Sizes {
+            vocab: 262144,
+            hidden: 2304,
+            intermediate: 9216,
+            layers: 30,
+            heads: 8,
+        },
+        architecture: Architecture::Gemma4,
+        // `use_double_wide_mlp` widens only the layers sharing another's keys and values, and
+        // `vocab_size_per_layer_input` sizes only the per-layer embeddings: both refused below while off.
+        keys: &[
+            "hidden_activation",
+            "attention_bias",
+            "sliding_window",
+            "layer_types",
+            "final_logit_softcapping",
+            "use_bidirectional_attention",
+            "global_head_dim",
+            "num_global_key_value_heads",
+            "attention_k_eq_v",
+            "use_double_wide_mlp",
+            "vocab_size_per_layer_input",
+            "num_experts",
+            "top_k_experts",
+            "moe_intermediate_size",
+        ],
+        defaults: || {
+            json!({"hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": 256,
+            "num_key_value_heads": 4, "tie_word_embeddings": true, "attention_bias": false, "sliding_window": 512,
+            "global_head_dim": 512, "hidden_size_per_layer_input": 256,
+            "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                    "rope_theta": 1_000_000.0}}})
+        },
+        norms: NormPlacement::Sandwich,
+        qk_norm: QkNorm::PerHead,
+        scaled_embeddings: true,
+        activation_key: Some("hidden_activation"),
+        sliding: DefaultSliding::AllButEvery(6),
+        rope: RopeLayout::PerLayerType {
+            local_theta_key: None,
+            sliding_theta: 10_000.0,
+            full_theta: 1_000_000.0,
+        },
+        attention_scale: Some(1.0),
+        global_attention_shape: true,
+        value_norm: true,
+        layer_scalar: true,
+        last_layer_full: true,
+        off_only_keys: &[
+            (
+                "hidden_size_per_layer_input",
+                "per-layer embeddings (Gemma 4 E2B and E4B) feed every layer",
+            ),
+            (
+                "num_kv_shared_layers",
+                "the last layers reuse an earlier layer's keys and values",
+            ),
+            (
+                "enable_moe_block",
+                "a mixture-of-experts block runs beside each MLP (Gemma 4 26B A4B)",
+            ),
+        ],
+        ..LLAMA
+    },
+    Family {
         model_type: "smollm3",
         sizes: Sizes {
             vocab: 128256,
@@ -1598,7 +1692,10 @@ pub fn supported() -> Vec<&'static str> {
 impl Family {
     /// Whether this family's decoder reads `key`.
     pub fn understands(&self, key: &str) -> bool {
-        COMMON_KEYS.contains(&key) || self.keys.contains(&key) || self.agreeing_keys.iter().any(|(k, _)| *k == key)
+        COMMON_KEYS.contains(&key)
+            || self.keys.contains(&key)
+            || self.agreeing_keys.iter().any(|(k, _)| *k == key)
+            || self.off_only_keys.iter().any(|(k, _)| *k == key)
     }
 
     /// The first of [`Family::agreeing_keys`] that `config` sets to another value, as an error naming it.

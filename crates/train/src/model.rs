@@ -18,9 +18,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use std::sync::{Mutex, PoisonError};
 
-/// The attention input projections: separate, phi3's fused `qkv_proj`, or latent (DeepSeek-V3).
+/// The attention input projections: separate (`v` None where the values are the keys' projection: Gemma 4),
+/// phi3's fused `qkv_proj`, or latent (DeepSeek-V3).
 enum Qkv {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate { q: Linear, k: Linear, v: Option<Linear> },
     Fused(Linear),
     Latent(Box<LatentWeights>),
 }
@@ -46,6 +47,8 @@ struct Block {
     mlp_norms: Norms,
     mixer: MixerWeights,
     ffn: Ffn,
+    /// Multiplies the layer's output (Gemma 4's `layer_scalar`).
+    scalar: Option<Tensor>,
 }
 
 /// A layer's MLP: dense, or a router and experts.
@@ -96,6 +99,8 @@ struct AttentionWeights {
     k_norm: Option<Tensor>,
     /// Each head's sink logit (heads), where the layer has sinks (gpt-oss).
     sinks: Option<Tensor>,
+    /// Ones (head_dim, f32): the unweighted RMSNorm of each value head (Gemma 4's `v_norm`).
+    v_norm: Option<Tensor>,
 }
 
 /// LFM2's gated short convolution: `in_proj` (3·hidden rows: B, C, x), the depthwise causal convolution's weight
@@ -180,7 +185,12 @@ impl Block {
                 })
             }
         };
+        let scalar = c
+            .layer_scalar
+            .then(|| params.get(&format!("{p}.layer_scalar")))
+            .transpose()?;
         Ok(Block {
+            scalar,
             trainable,
             attn_norms: Norms {
                 pre: norm(attn_pre)?,
@@ -225,7 +235,15 @@ impl AttentionWeights {
                 .then(|| params.get(&format!("{p}.{name}.weight")))
                 .transpose()
         };
+        let o = linear(c.names.o_proj, spec.o_bias)?;
+        let v_norm = match spec.value_norm {
+            true => Some(
+                Tensor::ones(spec.head_dim, DType::F32, params.device()).map_err(crate::error::candle("value norm"))?,
+            ),
+            false => None,
+        };
         Ok(AttentionWeights {
+            v_norm,
             qkv: if let Some(latent) = c.latent {
                 Qkv::Latent(Box::new(LatentWeights::load(
                     params,
@@ -240,10 +258,13 @@ impl AttentionWeights {
                 Qkv::Separate {
                     q: linear("self_attn.q_proj", spec.qkv_bias)?,
                     k: linear("self_attn.k_proj", spec.qkv_bias)?,
-                    v: linear("self_attn.v_proj", spec.qkv_bias)?,
+                    v: match spec.values_from_keys {
+                        true => None,
+                        false => Some(linear("self_attn.v_proj", spec.qkv_bias)?),
+                    },
                 }
             },
-            o: linear(c.names.o_proj, spec.o_bias)?,
+            o,
             q_norm: qk_norm(c.names.q_norm)?,
             k_norm: qk_norm(c.names.k_norm)?,
             sinks: spec
@@ -387,11 +408,13 @@ impl Decoder {
         let need = start + t;
         let c = &self.config;
         let mut out = Vec::with_capacity(c.ropes.len());
-        for (spec, slot) in c.ropes.iter().zip(cached.iter_mut()) {
+        for (r, (spec, slot)) in c.ropes.iter().zip(cached.iter_mut()).enumerate() {
             let long = spec.uses_long_factors(need);
             if slot.as_ref().is_none_or(|r| r.len < need || r.long != long) {
                 let len = need.next_power_of_two().max(64);
-                let inv_freq = spec.inv_freq(c.head_dim, need).map_err(candle_core::Error::msg)?;
+                let inv_freq = spec
+                    .inv_freq(c.rope_head_dim(r), need)
+                    .map_err(candle_core::Error::msg)?;
                 let (cos, sin) = rope_table_values(&inv_freq, len, spec.attention_factor as f32);
                 let width = 2 * inv_freq.len();
                 *slot = Some(RopeTables {
@@ -701,11 +724,17 @@ impl Decoder {
                 }
             },
         };
-        if let Some(weights) = self.fused_mlp_weights(blk, &x) {
-            return fused::mlp_block(&x, &weights);
+        let out = match self.fused_mlp_weights(blk, &x) {
+            Some(weights) => fused::mlp_block(&x, &weights)?,
+            None => {
+                let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, h))?;
+                self.residual(&x, &mlp)?
+            }
+        };
+        match &blk.scalar {
+            Some(s) => out.broadcast_mul(&s.to_dtype(out.dtype())?),
+            None => Ok(out),
         }
-        let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, h))?;
-        self.residual(&x, &mlp)
     }
 
     /// The attention half as one op (`fused::attention_block`), where it serves: f32 on the CPU in training (a
@@ -727,7 +756,7 @@ impl Decoder {
             .position_query_scale
             .is_some_and(|s| (0..t).any(|p| s.factor(p) != 1.0));
         let rotation = match spec.rope {
-            Some(r) if c.ropes[r].rotary_dim(c.head_dim) != c.head_dim => return None,
+            Some(r) if c.ropes[r].rotary_dim(spec.head_dim) != spec.head_dim => return None,
             Some(r) => Some((&rot[r].0, &rot[r].1)),
             None => None,
         };
@@ -736,6 +765,7 @@ impl Decoder {
             && spec.softcap.is_none()
             && !spec.sinks
             && !spec.output_gate
+            && !spec.value_norm
             && !query_factors
             && !cached;
         if !fused::applies(x) || !plain || blk.attn_norms.post.is_some() {
@@ -747,7 +777,7 @@ impl Decoder {
         }?;
         let norm = blk.attn_norms.pre.clone().filter(|n| n.dtype() == DType::F32)?;
         let qkv = match &w.qkv {
-            Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v)?),
+            Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v.as_ref()?)?),
             Qkv::Fused(qkv) => fused::QkvWeights::Fused(dense(qkv)?),
             Qkv::Latent(_) => return None,
         };
@@ -761,8 +791,8 @@ impl Decoder {
         };
         let heads = fused::AttnHeads {
             heads: c.num_heads,
-            kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
+            kv_heads: spec.kv_heads,
+            head_dim: spec.head_dim,
             scale: spec.scale as f32,
         };
         Some(fused::attention_block(x, &weights, heads, rotation, dense_mask))
@@ -828,7 +858,7 @@ impl Decoder {
         let c = &self.config;
         let spec = &blk.spec;
         let (b, t, _) = h.dims3()?;
-        let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let (hd, nh, nkv) = (spec.head_dim, c.num_heads, spec.kv_heads);
         let (mut q, mut k, v) = match &w.qkv {
             Qkv::Latent(latent) => {
                 let (q, k, v) = latent.project(h, spec.rope.map(|r| &rot[r]))?;
@@ -836,7 +866,15 @@ impl Decoder {
                 let attn = self.attend(&q, k, v, mask, spec, None)?;
                 return w.o.forward(&latent.unpad(&attn)?);
             }
-            Qkv::Separate { q, k, v } => (q.forward(h)?, k.forward(h)?, v.forward(h)?),
+            Qkv::Separate { q, k, v } => {
+                let keys = k.forward(h)?;
+                // Gemma 4's full layers: the values are the key projection, before the key norm and rotation.
+                let values = match v {
+                    Some(v) => v.forward(h)?,
+                    None => keys.clone(),
+                };
+                (q.forward(h)?, keys, values)
+            }
             Qkv::Fused(qkv) => {
                 let y = qkv.forward(h)?;
                 (
@@ -878,6 +916,10 @@ impl Decoder {
             None => q,
         };
         let k = rotate_heads(&k, nkv, rotation)?;
+        let v = match &w.v_norm {
+            Some(ones) => rms_norm_offset(&v.reshape((b, t, nkv, hd))?, ones, 0.0, c.rms_norm_eps)?,
+            None => v,
+        };
         let v = rotate_heads(&v, nkv, None)?;
         let (k, v) = with_cache(cache, k, v)?;
         let attn = self.attend(&q, k, v, mask, spec, w.sinks.as_ref())?;

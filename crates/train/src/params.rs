@@ -379,6 +379,11 @@ impl Params {
         })
     }
 
+    /// The device every tensor is on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

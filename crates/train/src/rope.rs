@@ -33,6 +33,12 @@ pub enum RopeScaling {
         long_factor: Vec<f64>,
         original_max_position_embeddings: usize,
     },
+    /// Gemma 4's full-attention rope: the first `partial_rotary_factor` of each half of the head turns, at
+    /// frequencies `theta^(-2i / head_dim)` (exponents over the whole head, not over the turning part), divided by
+    /// `factor`; the rest of each half has frequency 0 and passes through. The tables span the whole head.
+    Proportional {
+        factor: f64,
+    },
 }
 
 /// One rotary embedding: its base, the share of each head it rotates, its scaling, and the factor cos and sin are
@@ -71,6 +77,7 @@ const YARN_KEYS: &[&str] = &[
     "mscale_all_dim",
     "truncate",
 ];
+const PROPORTIONAL_KEYS: &[&str] = &["factor"];
 const LONGROPE_KEYS: &[&str] = &[
     "factor",
     "original_max_position_embeddings",
@@ -81,7 +88,7 @@ const LONGROPE_KEYS: &[&str] = &[
 
 /// Whether any rope type reads `key`; any other key is refused before the dict is read.
 fn known_key(key: &str) -> bool {
-    let scaling = [LINEAR_KEYS, LLAMA3_KEYS, YARN_KEYS, LONGROPE_KEYS];
+    let scaling = [LINEAR_KEYS, LLAMA3_KEYS, YARN_KEYS, LONGROPE_KEYS, PROPORTIONAL_KEYS];
     COMMON_ROPE_KEYS.contains(&key) || scaling.iter().any(|keys| keys.contains(&key))
 }
 
@@ -187,6 +194,12 @@ impl RopeSpec {
                 };
                 (scaling, attention)
             }
+            "proportional" => (
+                RopeScaling::Proportional {
+                    factor: num("factor")?.unwrap_or(1.0),
+                },
+                1.0,
+            ),
             "longrope" => {
                 let orig = orig()?;
                 let factor = derived_factor(orig)?;
@@ -210,8 +223,8 @@ impl RopeSpec {
             }
             other => {
                 return Err(format!(
-                    "`{where_}` rope type {other:?} is not supported (default, linear, llama3, yarn and longrope \
-                     are): refusing rather than rotating by other angles than the model's"
+                    "`{where_}` rope type {other:?} is not supported (default, linear, llama3, yarn, longrope \
+                     and proportional are): refusing rather than rotating by other angles than the model's"
                 ))
             }
         };
@@ -234,6 +247,7 @@ impl RopeSpec {
             RopeScaling::Llama3 { .. } => LLAMA3_KEYS,
             RopeScaling::Yarn { .. } => YARN_KEYS,
             RopeScaling::LongRope { .. } => LONGROPE_KEYS,
+            RopeScaling::Proportional { .. } => PROPORTIONAL_KEYS,
         };
         for (k, v) in d {
             if !v.is_null() && !used.contains(&k.as_str()) && !COMMON_ROPE_KEYS.contains(&k.as_str()) {
@@ -248,6 +262,10 @@ impl RopeSpec {
 
     /// How many dimensions of each head rotate (the rest pass through), as transformers rounds it.
     pub fn rotary_dim(&self, head_dim: usize) -> usize {
+        if let RopeScaling::Proportional { .. } = self.scaling {
+            // Its tables span the head; the dimensions past the factor turn by angle 0.
+            return head_dim - head_dim % 2;
+        }
         let dim = (head_dim as f64 * self.partial_rotary_factor) as usize;
         dim - dim % 2
     }
@@ -265,6 +283,13 @@ impl RopeSpec {
         let freqs: Vec<f64> = match &self.scaling {
             RopeScaling::Default => (0..half).map(|i| 1.0 / base(i)).collect(),
             RopeScaling::Linear { factor } => (0..half).map(|i| 1.0 / base(i) / factor).collect(),
+            RopeScaling::Proportional { factor } => {
+                // transformers: int(factor · head_dim // 2) turning frequencies, then zeros.
+                let turning = (self.partial_rotary_factor * head_dim as f64 / 2.0).floor() as usize;
+                (0..half)
+                    .map(|i| if i < turning { 1.0 / base(i) / factor } else { 0.0 })
+                    .collect()
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor: low,
@@ -371,6 +396,27 @@ mod tests {
             original_max_position_embeddings: None,
             original_overrides: false,
         }
+    }
+
+    #[test]
+    fn proportional_turns_a_share_of_each_half_head_at_whole_head_exponents() {
+        let d = json!({"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 100.0});
+        let spec = RopeSpec::read(d.as_object(), &ctx(), "rope_parameters").unwrap();
+        // The tables span the whole head: 16 frequencies for 32 dimensions, 4 of them turning.
+        assert_eq!(spec.rotary_dim(32), 32);
+        let f = spec.inv_freq(32, 48).unwrap();
+        assert_eq!(f.len(), 16);
+        for (i, &v) in f.iter().enumerate() {
+            let want = if i < 4 {
+                100f64.powf(-(2.0 * i as f64) / 32.0) as f32
+            } else {
+                0.0
+            };
+            assert_eq!(v, want, "frequency {i}");
+        }
+        let d = json!({"rope_type": "proportional", "rope_theta": 100.0, "beta_fast": 4.0});
+        let e = RopeSpec::read(d.as_object(), &ctx(), "rope_parameters").unwrap_err();
+        assert!(e.contains("beta_fast"), "{e}");
     }
 
     fn read(v: Value) -> Result<RopeSpec, String> {

@@ -32,7 +32,16 @@ fn load(case: &str, dtype: DType) -> (Params, Decoder) {
     let layout = ModelLayout::inspect(&dir).unwrap();
     // Every tensor of the text decoder trains; a wrapper's vision tower and projector never run on text.
     let vision = |m: &&freezetune_core::layout::ModuleInfo| {
-        m.path.contains("vision_tower") || m.path.contains("multi_modal_projector") || m.path.contains("visual")
+        [
+            "vision_tower",
+            "multi_modal_projector",
+            "visual",
+            "embed_vision",
+            "audio_tower",
+            "embed_audio",
+        ]
+        .iter()
+        .any(|part| m.path.contains(part))
     };
     let spec = FreezeSpec {
         all_layers: true,
@@ -314,6 +323,16 @@ fn qwen2_yarn_rope() {
 #[test]
 fn phi3_longrope_past_the_original_context_with_partial_rotary() {
     check("phi3_longrope");
+}
+
+#[test]
+fn gemma4_wide_full_layers_with_values_from_keys_a_proportional_rope_value_norms_and_layer_scalars() {
+    check("gemma4");
+}
+
+#[test]
+fn gemma4_multimodal_checkpoint_trains_its_text_tower() {
+    check("gemma4_vlm");
 }
 
 #[test]
