@@ -214,7 +214,7 @@ def family_parity(bin, device, work):
     through the library; this runs the user's path on the device: sliding windows, softcaps, q/k norms, biases,
     LFM2's convolutions, Qwen3.5's Gated DeltaNet and gated attention."""
     cases = json.loads((FIXTURES / "reference" / "families.json").read_text())["cases"]
-    vision = ("visual", "vision_tower", "multi_modal_projector")
+    vision = ("visual", "vision_tower", "multi_modal_projector", "embed_vision", "audio_tower", "embed_audio")
     report = {}
     for case, ref in cases.items():
         model = FIXTURES / "models" / case

@@ -31,7 +31,7 @@ pub fn step_flops(layout: &ModelLayout, plan: &FreezePlan, config: &DecoderConfi
         .layers
         .iter()
         .map(|l| match l.mixer {
-            Mixer::Attention => 4.0 * (batch * config.num_heads * seq * seq * config.head_dim) as f64,
+            Mixer::Attention => 4.0 * (batch * config.num_heads * seq * seq * l.head_dim) as f64,
             Mixer::GatedDeltaNet(s) => 4.0 * tokens * (s.value_heads * s.key_dim * s.value_dim) as f64,
             Mixer::ShortConv { .. } => 0.0,
             // The state's read and write per position and head (head dim × state each).

@@ -354,7 +354,9 @@ impl DecoderConfig {
         if let Some(e) = fam.disagreeing_key(raw) {
             return Err(e);
         }
+        let given = raw;
         let mut raw = fam.with_defaults(raw);
+        refuse_switched_on(given, &raw, fam)?;
         let latent = match fam.latent_attention {
             true => Some(LatentAttention::read(&mut raw)?),
             false => None,
@@ -415,7 +417,7 @@ impl DecoderConfig {
             false => uses_rope,
         };
         let scale = match (float("query_pre_attn_scalar")?, float("attention_multiplier")?) {
-            _ if fam.attention_scale.is_some() => fam.attention_scale.unwrap_or(1.0),
+            _ if fam.attention_scale.is_some() => fam.attention_scale.unwrap_or_default(),
             (Some(q), _) if fam.understands("query_pre_attn_scalar") => 1.0 / q.sqrt(),
             (_, Some(m)) if fam.understands("attention_multiplier") => m,
             _ => match latent {
@@ -535,7 +537,8 @@ fn refuse_narrow_rope_tables(
     match layers.iter().find(narrow) {
         Some(l) => Err(format!(
             "the full-attention layers' heads are {} wide (`global_head_dim`), but their rope is not \
-             \"proportional\": transformers builds its tables for `head_dim` {head_dim} and cannot apply them",
+             \"proportional\": transformers builds its tables for `head_dim` {head_dim} and cannot apply them. \
+             Set `rope_parameters.full_attention.rope_type` to \"proportional\", or `global_head_dim` to `head_dim`",
             l.head_dim
         )),
         None => Ok(()),
@@ -551,9 +554,9 @@ struct HeadShape {
 }
 
 /// Each layer's head width and key/value heads. Every layer has the config's, but in a family with
-/// [`Family::global_attention_shape`] (Gemma 4): there the full-attention layers take `global_head_dim` (when
-/// set and not 0), and with `attention_k_eq_v` also `num_global_key_value_heads` (default: the sliding layers'
-/// count) and their values from the key projection, as transformers builds them.
+/// [`Family::global_attention_shape`] (Gemma 4): there the full-attention layers take `global_head_dim`, and with
+/// `attention_k_eq_v` also `num_global_key_value_heads` and their values from the key projection, as transformers
+/// builds them.
 fn head_shapes(
     raw: &Value,
     fam: &Family,
@@ -570,19 +573,28 @@ fn head_shapes(
     if !fam.global_attention_shape {
         return Ok(vec![local; windows.len()]);
     }
-    let positive = |k: &str| match &raw[k] {
-        Value::Null => Ok(None),
-        v => match v.as_u64() {
-            Some(0) => Ok(None),
-            Some(n) if n <= 1 << 16 => Ok(Some(n as usize)),
-            _ => Err(format!("`{k}` is {v}; it must be a positive integer")),
-        },
+    // transformers fails on a zero or absent width or head count here (its rope divides by the width, its
+    // attention by the head count), so FreezeTune asks for them rather than guessing.
+    let positive = |k: &str, why: &str| match raw[k].as_u64() {
+        Some(n) if n > 0 && n <= 1 << 16 => Ok(n as usize),
+        _ => Err(format!(
+            "`{k}` is {}: {why}, so it must be a positive integer (at most 65536)",
+            raw[k]
+        )),
     };
-    let shared = raw["attention_k_eq_v"].as_bool().unwrap_or(false);
+    let shared = match &raw["attention_k_eq_v"] {
+        Value::Null => false,
+        v => v
+            .as_bool()
+            .ok_or_else(|| format!("`attention_k_eq_v` must be true or false, not {v}"))?,
+    };
     let global = HeadShape {
-        head_dim: positive("global_head_dim")?.unwrap_or(head_dim),
+        head_dim: positive("global_head_dim", "the full-attention layers' heads are this wide")?,
         kv_heads: match shared {
-            true => positive("num_global_key_value_heads")?.unwrap_or(kv_heads),
+            true => positive(
+                "num_global_key_value_heads",
+                "with `attention_k_eq_v` the full-attention layers have this many key/value heads",
+            )?,
             false => kv_heads,
         },
         values_from_keys: shared,
@@ -681,6 +693,9 @@ impl DecoderConfig {
         for (n, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{n}");
             let mut add = |name: String, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
+            if self.layer_scalar {
+                add("layer_scalar".into(), vec![1]);
+            }
             for norm in names.norms(l.norms).into_iter().flatten() {
                 add(format!("{norm}.weight"), vec![h]);
             }
@@ -941,16 +956,28 @@ fn refuse_training_only_settings(raw: &Value, fam: &Family) -> std::result::Resu
             "`use_bidirectional_attention` is {bidirectional}: FreezeTune trains causal decoders only"
         ));
     }
+    Ok(())
+}
+
+/// A key of [`Family::off_only_keys`] that switches its feature on, in `merged` (config.json with the family's
+/// defaults), refused by name. An absent key takes transformers' default, which may switch the feature on: Gemma
+/// 4's per-layer embeddings are on unless config.json says 0.
+fn refuse_switched_on(given: &Value, merged: &Value, fam: &Family) -> std::result::Result<(), String> {
     for (key, feature) in fam.off_only_keys {
-        let v = &raw[*key];
-        let off = v.is_null() || v.as_bool() == Some(false) || v.as_u64() == Some(0);
-        if !off {
-            return Err(format!(
-                "config.json key `{key}` is {v}: {feature}, which FreezeTune's {} decoder does not compute yet. \
-                 Refusing rather than training other math than the model's",
-                fam.model_type
-            ));
+        let v = &merged[*key];
+        if v.is_null() || v.as_bool() == Some(false) || v.as_u64() == Some(0) {
+            continue;
         }
+        let said = match given.get(*key) {
+            Some(_) => format!("is {v}"),
+            None => format!("is absent, and transformers' default is {v}"),
+        };
+        return Err(format!(
+            "config.json key `{key}` {said}: {feature}, which FreezeTune's {} decoder does not compute. Refusing \
+             rather than training other math than the model's (set it to 0, false or null only if the model \
+             truly has no such part)",
+            fam.model_type
+        ));
     }
     Ok(())
 }
@@ -1030,6 +1057,7 @@ fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, 
             Ok((vec![rope], 0, 0))
         }
         RopeLayout::PerLayerType {
+            legacy,
             local_theta_key,
             sliding_theta,
             full_theta,
@@ -1037,6 +1065,13 @@ fn read_ropes(raw: &Value, fam: &Family) -> std::result::Result<(Vec<RopeSpec>, 
             let nested = |t: &str| flat.and_then(|p| p.get(t)).and_then(Value::as_object);
             let per_type =
                 flat.is_some_and(|p| p.contains_key("full_attention") || p.contains_key("sliding_attention"));
+            if flat.is_some() && !per_type && !legacy {
+                return Err(format!(
+                    "`{flat_name}` is not keyed by layer type: transformers' {} reads one dict per layer type \
+                     (`full_attention`, `sliding_attention`) and fails on this one. Nest it under those keys",
+                    fam.model_type
+                ));
+            }
             let (full, sliding) = if per_type {
                 (
                     // A nested dict without its own theta takes the top-level `rope_theta` (full layers) or
@@ -1447,7 +1482,34 @@ mod tests {
                 .count()
         };
         assert_eq!(v_proj(&c), 3);
-        assert_eq!(v_proj(&gemma4(json!({"attention_k_eq_v": true})).unwrap()), 1);
+        let shared = json!({"attention_k_eq_v": true, "num_global_key_value_heads": 2});
+        assert_eq!(v_proj(&gemma4(shared).unwrap()), 1);
+    }
+
+    #[test]
+    fn gemma4_configs_transformers_cannot_build_are_refused_by_name() {
+        // transformers divides by these: absent or zero, it fails.
+        for (extra, key) in [
+            (json!({"attention_k_eq_v": true}), "num_global_key_value_heads"),
+            (json!({"global_head_dim": null}), "global_head_dim"),
+            (json!({"global_head_dim": 0}), "global_head_dim"),
+            (json!({"attention_k_eq_v": "yes"}), "attention_k_eq_v"),
+        ] {
+            let e = gemma4(extra).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
+        // Its rotary indexes `rope_parameters` by layer type, and never reads the legacy keys.
+        let flat = json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}});
+        assert!(gemma4(flat).unwrap_err().contains("not keyed by layer type"));
+        for key in ["rope_scaling", "rope_theta"] {
+            let value = if key == "rope_theta" {
+                json!(1e4)
+            } else {
+                json!({"rope_type": "linear", "factor": 2.0})
+            };
+            let e = gemma4(json!({key: value})).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]
@@ -1456,7 +1518,10 @@ mod tests {
         absent.as_object_mut().unwrap().remove("hidden_size_per_layer_input");
         // transformers' default (256) turns the per-layer embeddings on.
         let e = DecoderConfig::from_json(&absent, "gemma4_text").unwrap_err();
-        assert!(e.contains("hidden_size_per_layer_input") && e.contains("256"), "{e}");
+        assert!(
+            e.contains("hidden_size_per_layer_input") && e.contains("absent") && e.contains("256"),
+            "{e}"
+        );
         for (key, value) in [("num_kv_shared_layers", json!(2)), ("enable_moe_block", json!(true))] {
             let e = gemma4(json!({key: value})).unwrap_err();
             assert!(e.contains(key), "{e}");

@@ -249,8 +249,10 @@ pub enum RopeLayout {
     Single,
     /// `rope_parameters` keyed by layer type (`full_attention`, `sliding_attention`); a legacy top-level
     /// `rope_scaling` applies to the full-attention layers only. `local_theta_key` gives the sliding layers' theta
-    /// in legacy configs (gemma3's `rope_local_base_freq`); `sliding_theta` its default.
+    /// in legacy configs (gemma3's `rope_local_base_freq`); `sliding_theta` its default. Without `legacy`, a dict
+    /// not keyed by layer type is refused (Gemma 4's rotary indexes it by layer type and fails on any other).
     PerLayerType {
+        legacy: bool,
         local_theta_key: Option<&'static str>,
         sliding_theta: f64,
         full_theta: f64,
@@ -1216,6 +1218,7 @@ pub static FAMILIES: [Family; 28] = [
         activation_key: Some("hidden_activation"),
         sliding: DefaultSliding::AllButEvery(6),
         rope: RopeLayout::PerLayerType {
+            legacy: true,
             local_theta_key: Some("rope_local_base_freq"),
             sliding_theta: 10_000.0,
             full_theta: 1_000_000.0,
@@ -1264,6 +1267,7 @@ pub static FAMILIES: [Family; 28] = [
         activation_key: Some("hidden_activation"),
         sliding: DefaultSliding::AllButEvery(6),
         rope: RopeLayout::PerLayerType {
+            legacy: false,
             local_theta_key: None,
             sliding_theta: 10_000.0,
             full_theta: 1_000_000.0,
@@ -1274,6 +1278,9 @@ pub static FAMILIES: [Family; 28] = [
         layer_scalar: true,
         last_layer_full: true,
         off_only_keys: &[
+            // Gemma 4's config reads neither: its ropes are `rope_parameters` by layer type.
+            ("rope_scaling", "a legacy rope dict transformers' Gemma 4 never reads"),
+            ("rope_theta", "a top-level rope base transformers' Gemma 4 never reads"),
             (
                 "hidden_size_per_layer_input",
                 "per-layer embeddings (Gemma 4 E2B and E4B) feed every layer",
@@ -1438,6 +1445,7 @@ pub static FAMILIES: [Family; 28] = [
         qk_norm: QkNorm::Whole,
         sliding: DefaultSliding::AllButEvery(4),
         rope: RopeLayout::PerLayerType {
+            legacy: true,
             local_theta_key: None,
             sliding_theta: 500_000.0,
             full_theta: 500_000.0,

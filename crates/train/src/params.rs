@@ -142,7 +142,8 @@ impl Params {
                     params.quantized.insert(name, Arc::new(q));
                 }
             } else {
-                // A buffer (the router's correction bias) stays f32, as transformers keeps it whatever the dtype.
+                // A buffer stays f32: transformers keeps the router's correction bias so whatever the dtype; Gemma
+                // 4's `layer_scalar` it rounds to the dtype, which the decoder does before multiplying.
                 let dtype = match freezetune_core::layout::is_buffer(&name) {
                     true => DType::F32,
                     false => dtype,

@@ -284,7 +284,7 @@ impl RopeSpec {
             RopeScaling::Default => (0..half).map(|i| 1.0 / base(i)).collect(),
             RopeScaling::Linear { factor } => (0..half).map(|i| 1.0 / base(i) / factor).collect(),
             RopeScaling::Proportional { factor } => {
-                // transformers: int(factor · head_dim // 2) turning frequencies, then zeros.
+                // transformers: int(partial_rotary_factor · head_dim // 2) turning frequencies, then zeros.
                 let turning = (self.partial_rotary_factor * head_dim as f64 / 2.0).floor() as usize;
                 (0..half)
                     .map(|i| if i < turning { 1.0 / base(i) / factor } else { 0.0 })
