@@ -165,9 +165,11 @@ fn is_layer_projection(name: &str) -> bool {
     ]
     .iter()
     .any(|w| name.ends_with(w));
-    // DeepSeek-V3's compressed key/value projection is `kv_a_proj_with_mqa`.
+    // DeepSeek-V3's compressed key/value projection is `kv_a_proj_with_mqa`. Gemma 4's router is `router.proj`:
+    // it chooses experts, so it stays exact as every other family's router does.
     let projection = name.ends_with("_proj.weight") || name.ends_with("_proj_with_mqa.weight");
-    layer_number && (projection || mlp_w)
+    let router = name.ends_with(".router.proj.weight");
+    layer_number && (projection || mlp_w) && !router
 }
 
 #[cfg(test)]
@@ -209,6 +211,11 @@ mod tests {
         assert_eq!(q4.format_for(granite, &[64, 3072, 1536]), Some(QuantFormat::Q4K));
         let shared = "model.layers.2.shared_mlp.output_linear.weight";
         assert_eq!(q4.format_for(shared, &[1536, 512]), Some(QuantFormat::Q4K));
+        // Gemma 4: its experts are quantized, its router (which picks them) is not.
+        let gemma4 = "model.language_model.layers.1.experts.gate_up_proj";
+        assert_eq!(q4.format_for(gemma4, &[128, 1408, 2816]), Some(QuantFormat::Q4K));
+        let router = "model.language_model.layers.1.router.proj.weight";
+        assert_eq!(q4.format_for(router, &[128, 2816]), None);
         let wrapped = "language_model.model.layers.0.self_attn.qkv_proj.weight";
         assert_eq!(q4.format_for(wrapped, &[768, 256]), Some(QuantFormat::Q4K));
         // Stacked experts, each expert's rows in blocks; any other 3-D tensor stays dense.

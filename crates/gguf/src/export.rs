@@ -1044,7 +1044,8 @@ fn glm4_moe_meta(c: &DecoderConfig) -> Vec<(&'static str, Meta)> {
     };
     let scale = match e.routing {
         RouteBy::SigmoidGroups { scale, .. } => scale,
-        RouteBy::Softmax => 1.0,
+        // Gemma 4's routing is not exported (the family is not in EXPORTABLE).
+        RouteBy::Softmax | RouteBy::NormedSoftmax => 1.0,
     };
     vec![
         (

@@ -710,7 +710,7 @@ impl DecoderConfig {
                 }
             };
             match self.mlp {
-                _ if sparse.is_some() => {}
+                _ if sparse.is_some_and(|(_, t)| t.beside_dense.is_none()) => {}
                 MlpLayout::Separate { gate, up, down } => {
                     linear(gate, i, h, l.mlp_bias);
                     linear(up, i, h, l.mlp_bias);
@@ -802,6 +802,19 @@ fn expert_shapes(e: ExpertsSpec, t: ExpertTable, h: usize) -> Vec<(String, Vec<u
     }
     if let Routing::SigmoidGroups { correction_bias, .. } = t.routing {
         out.push((format!("{}.{correction_bias}", t.router), vec![e.count]));
+    }
+    if let Routing::NormedSoftmax {
+        input_scale,
+        expert_scale,
+    } = t.routing
+    {
+        out.push((input_scale.into(), vec![h]));
+        out.push((expert_scale.into(), vec![e.count]));
+    }
+    if let Some(b) = t.beside_dense {
+        for norm in [b.dense_post, b.experts_pre, b.experts_post] {
+            out.push((format!("{norm}.weight"), vec![h]));
+        }
     }
     match t.weights {
         ExpertWeights::Separate {
@@ -1522,9 +1535,26 @@ mod tests {
             e.contains("hidden_size_per_layer_input") && e.contains("absent") && e.contains("256"),
             "{e}"
         );
-        for (key, value) in [("num_kv_shared_layers", json!(2)), ("enable_moe_block", json!(true))] {
-            let e = gemma4(json!({key: value})).unwrap_err();
-            assert!(e.contains(key), "{e}");
+        let e = gemma4(json!({"num_kv_shared_layers": 2})).unwrap_err();
+        assert!(e.contains("num_kv_shared_layers"), "{e}");
+        // The MoE block sizes its experts only when switched on: then its keys must be there.
+        let off = gemma4(json!({"enable_moe_block": false, "num_experts": null})).unwrap();
+        assert!(off.layers.iter().all(|l| l.experts.is_none()));
+        let e = gemma4(json!({"enable_moe_block": true})).unwrap_err();
+        assert!(e.contains("num_experts"), "{e}");
+        let on = json!({"enable_moe_block": true, "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 4});
+        let c = gemma4(on).unwrap();
+        assert!(c
+            .layers
+            .iter()
+            .all(|l| l.experts.is_some_and(|e| e.count == 8 && e.top_k == 2)));
+        let shapes = c.tensor_shapes();
+        for name in [
+            "router.per_expert_scale",
+            "pre_feedforward_layernorm_2.weight",
+            "mlp.down_proj.weight",
+        ] {
+            assert!(shapes.iter().any(|(n, _)| n.ends_with(name)), "{name}");
         }
         let e = gemma4(json!({"use_bidirectional_attention": "all"})).unwrap_err();
         assert!(e.contains("use_bidirectional_attention"), "{e}");

@@ -23,6 +23,8 @@ pub struct ExpertsSpec {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RouteBy {
     Softmax,
+    /// Gemma 4's normed router input and per-expert scales ([`Routing::NormedSoftmax`]).
+    NormedSoftmax,
     /// σ scores in f32; the best `top_groups` of `groups` equal groups; the chosen scores × `scale`.
     SigmoidGroups {
         groups: usize,
@@ -55,11 +57,19 @@ pub(crate) fn layer_experts(
             ))
         }
     }
+    // Gemma 4 sizes its experts only when its switch is on; off, the sizing keys are left unread, as there.
+    if let SparseLayers::EveryWhen(key) = table.sparse_layers {
+        match &raw[key] {
+            Value::Null | Value::Bool(false) => return Ok(vec![None; layers]),
+            Value::Bool(true) => {}
+            v => return Err(format!("`{key}` must be true or false, not {v}")),
+        }
+    }
     let count = expert_count(raw, &table)?;
     if count == 0 {
         return Ok(vec![None; layers]);
     }
-    let top_k = uint(raw, "num_experts_per_tok", 1, count as u64)?;
+    let top_k = uint(raw, table.top_k_key, 1, count as u64)?;
     if let Some(alias) = table.top_k_alias.filter(|k| !raw[*k].is_null()) {
         if raw[alias].as_u64() != Some(top_k as u64) {
             return Err(format!(
@@ -200,14 +210,15 @@ fn layer_mlp_types(raw: &Value, key: &str, layers: usize) -> std::result::Result
 /// The routing config.json asks for, checked so that the groups divide the experts and leave `top_k` to choose
 /// from, each group holding the two experts its score sums.
 fn route_by(raw: &Value, routing: Routing, count: usize, top_k: usize) -> std::result::Result<RouteBy, String> {
-    let Routing::SigmoidGroups {
-        groups_key,
-        top_groups_key,
-        scale_key,
-        ..
-    } = routing
-    else {
-        return Ok(RouteBy::Softmax);
+    let (groups_key, top_groups_key, scale_key) = match routing {
+        Routing::Softmax => return Ok(RouteBy::Softmax),
+        Routing::NormedSoftmax { .. } => return Ok(RouteBy::NormedSoftmax),
+        Routing::SigmoidGroups {
+            groups_key,
+            top_groups_key,
+            scale_key,
+            ..
+        } => (groups_key, top_groups_key, scale_key),
     };
     let groups = uint(raw, groups_key, 1, count as u64)?;
     let top_groups = uint(raw, top_groups_key, 1, groups as u64)?;
@@ -245,7 +256,7 @@ fn route_by(raw: &Value, routing: Routing, count: usize, top_k: usize) -> std::r
 /// `mlp_only_layers` does not keep dense; or (GLM-4.5) all after the first `first_k_dense_replace`.
 fn sparse_layers(raw: &Value, table: &ExpertTable, layers: usize) -> std::result::Result<Vec<bool>, String> {
     let (step_key, dense_key) = match table.sparse_layers {
-        SparseLayers::Every => return Ok(vec![true; layers]),
+        SparseLayers::Every | SparseLayers::EveryWhen(_) => return Ok(vec![true; layers]),
         SparseLayers::AfterFirstDense(key) => {
             let dense = uint(raw, key, 0, u32::MAX as u64)?;
             return Ok((0..layers).map(|i| i >= dense).collect());

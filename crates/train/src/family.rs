@@ -92,6 +92,20 @@ pub struct ExpertTable {
     /// transformers adds the router's load-balancing loss when config.json's `output_router_logits` is true;
     /// false where it records no router logits and so cannot (Granite 4.0-H in 5.6), and such a config is refused.
     pub router_loss: bool,
+    /// The key holding how many experts a token runs through (`num_experts_per_tok`; Gemma 4's `top_k_experts`).
+    pub top_k_key: &'static str,
+    /// The experts run beside the layer's dense MLP rather than in its place (Gemma 4), with norms of their own.
+    pub beside_dense: Option<BesideDense>,
+}
+
+/// Gemma 4's sparse block beside the dense MLP, by name after `model.layers.N.`: the layer's MLP sublayer becomes
+/// `post(dense_post(mlp(pre(x))) + experts_post(experts(experts_pre(x))))` with the router reading `x` itself (the
+/// layer's residual stream), where `pre`/`post` are the layer's own MLP norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BesideDense {
+    pub dense_post: &'static str,
+    pub experts_pre: &'static str,
+    pub experts_post: &'static str,
 }
 
 /// How a token's router logits choose its experts and weigh their outputs.
@@ -109,6 +123,13 @@ pub enum Routing {
         groups_key: &'static str,
         top_groups_key: &'static str,
         scale_key: &'static str,
+    },
+    /// Gemma 4: the router's input RMS-normalised without a weight, times `input_scale` (hidden) and
+    /// hidden^-0.5, then the router's linear and a softmax over every logit (f32); the top-k probabilities
+    /// renormalised to sum to 1, each times its expert's `expert_scale` entry. Names after `model.layers.N.`.
+    NormedSoftmax {
+        input_scale: &'static str,
+        expert_scale: &'static str,
     },
 }
 
@@ -128,6 +149,8 @@ pub enum SparseLayers {
     /// As this key's list says, `"dense"` or `"sparse"` per layer (GLM-4.7-Flash's `mlp_layer_types`); absent,
     /// the first layer dense and the rest sparse, as transformers fills it in.
     Types(&'static str),
+    /// Every layer when this boolean key is true, none otherwise (Gemma 4's `enable_moe_block`).
+    EveryWhen(&'static str),
 }
 
 /// Where the experts' projections are.
@@ -584,6 +607,8 @@ const QWEN3_MOE_EXPERTS: ExpertTable = ExpertTable {
     },
     shared: None,
     router_loss: true,
+    top_k_key: "num_experts_per_tok",
+    beside_dense: None,
     weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
@@ -614,11 +639,44 @@ const GRANITE_EXPERTS: ExpertTable = ExpertTable {
         width: SharedWidth::Key("shared_intermediate_size"),
     }),
     router_loss: false,
+    top_k_key: "num_experts_per_tok",
+    beside_dense: None,
     weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
 
 /// Qwen3.5 MoE's and Qwen3-Next's shared expert, scaled by σ of its gate.
+/// Gemma 4 26B A4B: stacked experts (the family's GELU-tanh GLU) beside the dense MLP on every layer when
+/// `enable_moe_block`, a router with its own input norm and scales.
+const GEMMA4_EXPERTS: ExpertTable = ExpertTable {
+    router: "router.proj",
+    router_bias: false,
+    weights: ExpertWeights::Stacked {
+        gate_up: "experts.gate_up_proj",
+        down: "experts.down_proj",
+    },
+    count_keys: ["num_experts", "num_experts"],
+    top_k_alias: None,
+    width_key: "moe_intermediate_size",
+    normalize: TopKNorm::Always,
+    routing: Routing::NormedSoftmax {
+        input_scale: "router.scale",
+        expert_scale: "router.per_expert_scale",
+    },
+    sparse_layers: SparseLayers::EveryWhen("enable_moe_block"),
+    shared: None,
+    weigh_in_f32: false,
+    activation: ExpertActivation::Glu,
+    // transformers 5.6's Gemma 4 adds no load-balancing loss.
+    router_loss: false,
+    top_k_key: "top_k_experts",
+    beside_dense: Some(BesideDense {
+        dense_post: "post_feedforward_layernorm_1",
+        experts_pre: "pre_feedforward_layernorm_2",
+        experts_post: "post_feedforward_layernorm_2",
+    }),
+};
+
 const QWEN_SHARED_EXPERT: SharedExpertTable = SharedExpertTable {
     mlp: MlpLayout::Separate {
         gate: "mlp.shared_expert.gate_proj",
@@ -686,6 +744,8 @@ const GLM4_MOE_EXPERTS: ExpertTable = ExpertTable {
     }),
     // The sigmoid scores are in the activations' dtype under autocast (moe/routing.rs), and so are the weights.
     router_loss: true,
+    top_k_key: "num_experts_per_tok",
+    beside_dense: None,
     weigh_in_f32: false,
     activation: ExpertActivation::Glu,
 };
@@ -937,6 +997,8 @@ pub static FAMILIES: [Family; 28] = [
             sparse_layers: SparseLayers::Every,
             shared: None,
             router_loss: true,
+            top_k_key: "num_experts_per_tok",
+            beside_dense: None,
             weigh_in_f32: true,
             activation: ExpertActivation::Glu,
         }),
@@ -981,6 +1043,8 @@ pub static FAMILIES: [Family; 28] = [
             sparse_layers: SparseLayers::Every,
             shared: None,
             router_loss: true,
+            top_k_key: "num_experts_per_tok",
+            beside_dense: None,
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),
@@ -1083,6 +1147,8 @@ pub static FAMILIES: [Family; 28] = [
             sparse_layers: SparseLayers::Every,
             shared: None,
             router_loss: true,
+            top_k_key: "num_experts_per_tok",
+            beside_dense: None,
             weigh_in_f32: false,
             activation: ExpertActivation::ClampedSwiglu {
                 alpha: 1.702,
@@ -1249,6 +1315,7 @@ pub static FAMILIES: [Family; 28] = [
             "attention_k_eq_v",
             "use_double_wide_mlp",
             "vocab_size_per_layer_input",
+            "enable_moe_block",
             "num_experts",
             "top_k_experts",
             "moe_intermediate_size",
@@ -1277,6 +1344,7 @@ pub static FAMILIES: [Family; 28] = [
         value_norm: true,
         layer_scalar: true,
         last_layer_full: true,
+        experts: Some(GEMMA4_EXPERTS),
         off_only_keys: &[
             // Gemma 4's config reads neither: its ropes are `rope_parameters` by layer type.
             ("rope_scaling", "a legacy rope dict transformers' Gemma 4 never reads"),
@@ -1288,10 +1356,6 @@ pub static FAMILIES: [Family; 28] = [
             (
                 "num_kv_shared_layers",
                 "the last layers reuse an earlier layer's keys and values",
-            ),
-            (
-                "enable_moe_block",
-                "a mixture-of-experts block runs beside each MLP (Gemma 4 26B A4B)",
             ),
         ],
         ..LLAMA
@@ -1561,6 +1625,8 @@ pub static FAMILIES: [Family; 28] = [
             sparse_layers: SparseLayers::Every,
             shared: Some(QWEN_SHARED_EXPERT),
             router_loss: true,
+            top_k_key: "num_experts_per_tok",
+            beside_dense: None,
             weigh_in_f32: false,
             activation: ExpertActivation::Glu,
         }),

@@ -47,8 +47,19 @@ struct Block {
     mlp_norms: Norms,
     mixer: MixerWeights,
     ffn: Ffn,
+    /// Experts beside the dense MLP, with norms of their own (Gemma 4's MoE block).
+    beside: Option<Beside>,
     /// Multiplies the layer's output (Gemma 4's `layer_scalar`).
     scalar: Option<Tensor>,
+}
+
+/// Gemma 4's experts beside the dense MLP ([`crate::family::BesideDense`]): the dense output's norm, the experts'
+/// input and output norms.
+struct Beside {
+    experts: Box<Experts>,
+    dense_post: Tensor,
+    experts_pre: Tensor,
+    experts_post: Tensor,
 }
 
 /// A layer's MLP: dense, or a router and experts.
@@ -189,8 +200,45 @@ impl Block {
             .layer_scalar
             .then(|| params.get(&format!("{p}.layer_scalar")))
             .transpose()?;
+        let experts = match (spec.experts, &c.experts) {
+            (Some(e), Some(table)) => Some((
+                Box::new(Experts::load(params, &p, table, e, (spec.activation, c.rms_norm_eps))?),
+                table.beside_dense,
+            )),
+            _ => None,
+        };
+        let dense = || -> Result<Ffn> {
+            Ok(Ffn::Dense {
+                gate_up: match c.mlp {
+                    MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
+                    MlpLayout::Separate { gate, up, .. } => GateUp::Separate {
+                        gate: linear(gate, spec.mlp_bias)?,
+                        up: linear(up, spec.mlp_bias)?,
+                    },
+                },
+                down: match c.mlp {
+                    MlpLayout::Fused { down, .. } | MlpLayout::Separate { down, .. } => linear(down, spec.mlp_bias)?,
+                },
+            })
+        };
+        let (ffn, beside) = match experts {
+            None => (dense()?, None),
+            Some((experts, None)) => (Ffn::Experts(experts), None),
+            Some((experts, Some(names))) => {
+                let norm = |name: &str| params.get(&format!("{p}.{name}.weight"));
+                let beside = Beside {
+                    experts,
+                    dense_post: norm(names.dense_post)?,
+                    experts_pre: norm(names.experts_pre)?,
+                    experts_post: norm(names.experts_post)?,
+                };
+                (dense()?, Some(beside))
+            }
+        };
         Ok(Block {
             scalar,
+            beside,
+            ffn,
             trainable,
             attn_norms: Norms {
                 pre: norm(attn_pre)?,
@@ -201,26 +249,6 @@ impl Block {
                 post: norm(mlp_post)?,
             },
             mixer,
-            ffn: match (spec.experts, &c.experts) {
-                (Some(e), Some(table)) => {
-                    let silu = spec.activation == Activation::Silu;
-                    Ffn::Experts(Box::new(Experts::load(params, &p, table, e, silu)?))
-                }
-                _ => Ffn::Dense {
-                    gate_up: match c.mlp {
-                        MlpLayout::Fused { gate_up, .. } => GateUp::Fused(linear(gate_up, spec.mlp_bias)?),
-                        MlpLayout::Separate { gate, up, .. } => GateUp::Separate {
-                            gate: linear(gate, spec.mlp_bias)?,
-                            up: linear(up, spec.mlp_bias)?,
-                        },
-                    },
-                    down: match c.mlp {
-                        MlpLayout::Fused { down, .. } | MlpLayout::Separate { down, .. } => {
-                            linear(down, spec.mlp_bias)?
-                        }
-                    },
-                },
-            },
             spec,
         })
     }
@@ -727,7 +755,7 @@ impl Decoder {
         let out = match self.fused_mlp_weights(blk, &x) {
             Some(weights) => fused::mlp_block(&x, &weights)?,
             None => {
-                let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, h))?;
+                let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, &x, h))?;
                 self.residual(&x, &mlp)?
             }
         };
@@ -801,7 +829,10 @@ impl Decoder {
     /// The MLP half's weights for the one-op fused block (`fused::mlp_block`), where it serves: f32 on the CPU, a
     /// pre-norm and no post-norm, SwiGLU, dense weights without biases.
     fn fused_mlp_weights(&self, blk: &Block, x: &Tensor) -> Option<fused::MlpWeights> {
-        let fits = fused::applies(x) && blk.spec.activation == Activation::Silu && blk.mlp_norms.post.is_none();
+        let fits = fused::applies(x)
+            && blk.spec.activation == Activation::Silu
+            && blk.mlp_norms.post.is_none()
+            && blk.beside.is_none();
         let norm = blk.mlp_norms.pre.clone().filter(|n| fits && n.dtype() == DType::F32)?;
         let Ffn::Dense { gate_up, down } = &blk.ffn else {
             return None;
@@ -1022,17 +1053,20 @@ impl Decoder {
         m.out_proj.forward(&mixed)
     }
 
-    fn mlp(&self, blk: &Block, h: &Tensor) -> candle_core::Result<Tensor> {
+    /// The MLP of `h` (the sublayer's normed input); `residual` is the sublayer's input, which Gemma 4's router
+    /// reads: `dense_post(mlp(h)) + experts_post(experts(experts_pre(residual)))` where experts sit beside.
+    fn mlp(&self, blk: &Block, residual: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
         let product = |gate: &Tensor, up: &Tensor| match blk.spec.activation {
             Activation::Silu => swiglu(gate, up),
             Activation::GeluTanh => gate.gelu()? * up,
             Activation::Gelu => gate.gelu_erf()? * up,
         };
+        let routed = |experts: &Experts, router_in: &Tensor, x: &Tensor| {
+            let mut stats = self.router_stats.lock().unwrap_or_else(PoisonError::into_inner);
+            experts.forward(router_in, x, product, stats.as_mut())
+        };
         let (gate_up, down) = match &blk.ffn {
-            Ffn::Experts(experts) => {
-                let mut stats = self.router_stats.lock().unwrap_or_else(PoisonError::into_inner);
-                return experts.forward(h, product, stats.as_mut());
-            }
+            Ffn::Experts(experts) => return routed(experts, h, h),
             Ffn::Dense { gate_up, down } => (gate_up, down),
         };
         let (gate, up) = match gate_up {
@@ -1043,7 +1077,12 @@ impl Decoder {
                 (y.narrow(2, 0, i)?, y.narrow(2, i, i)?)
             }
         };
-        down.forward(&product(&gate, &up)?)
+        let dense = down.forward(&product(&gate, &up)?)?;
+        let Some(b) = &blk.beside else {
+            return Ok(dense);
+        };
+        let sparse = routed(&b.experts, residual, &self.rms(residual, &b.experts_pre)?)?;
+        self.rms(&dense, &b.dense_post)? + self.rms(&sparse, &b.experts_post)?
     }
 }
 

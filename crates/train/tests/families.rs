@@ -331,6 +331,11 @@ fn gemma4_wide_full_layers_with_values_from_keys_a_proportional_rope_value_norms
 }
 
 #[test]
+fn gemma4_stacked_gelu_experts_beside_the_dense_mlp_with_a_normed_scaled_router() {
+    check("gemma4_moe");
+}
+
+#[test]
 fn gemma4_multimodal_checkpoint_trains_its_text_tower() {
     check("gemma4_vlm");
 }

@@ -1,25 +1,36 @@
 //! How an expert turns its gate and up projections into its down projection's input, forward and backward, as
 //! candle ops outside the graph (the expert nodes' own passes).
 
+use crate::config::Activation;
 use crate::family::ExpertActivation;
 use crate::ops::sigmoid;
 use candle_core::{Result, Tensor};
+
+/// √(2/π) and the cubic's coefficient of GELU's tanh approximation.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum GateActivation {
     /// silu(gate) · up.
     Silu,
+    /// gelu_tanh(gate) · up (Gemma 4), as `gate · σ(2·√(2/π)·(gate + 0.044715·gate³))`: the same function as
+    /// `0.5 · gate · (1 + tanh(√(2/π)·(gate + 0.044715·gate³)))`, in the sigmoid form the passes share.
+    GeluTanh,
     /// gpt-oss: `(clamp(up, −limit, limit) + 1) · g · σ(alpha · g)`, `g = min(gate, limit)`.
     Clamped { alpha: f64, limit: f64 },
 }
 
 impl GateActivation {
     /// The activation the table names, or None where it is the family's dense one (`act(gate) · up`) and that is
-    /// not SiLU.
-    pub fn of(table: ExpertActivation, silu: bool) -> Option<GateActivation> {
+    /// neither SiLU nor GELU-tanh.
+    pub fn of(table: ExpertActivation, family: Activation) -> Option<GateActivation> {
         match table {
-            ExpertActivation::Glu if silu => Some(GateActivation::Silu),
-            ExpertActivation::Glu => None,
+            ExpertActivation::Glu => match family {
+                Activation::Silu => Some(GateActivation::Silu),
+                Activation::GeluTanh => Some(GateActivation::GeluTanh),
+                Activation::Gelu => None,
+            },
             ExpertActivation::ClampedSwiglu { alpha, limit, .. } => Some(GateActivation::Clamped { alpha, limit }),
         }
     }
@@ -27,6 +38,7 @@ impl GateActivation {
     pub fn forward(self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         match self {
             GateActivation::Silu => gate.silu()? * up,
+            GateActivation::GeluTanh => gate.gelu()? * up,
             GateActivation::Clamped { alpha, limit } => {
                 let g = gate.minimum(limit)?;
                 let glu = (&g * sigmoid(&(&g * alpha)?)?)?;
@@ -44,6 +56,17 @@ impl GateActivation {
                 // silu'(g) = σ(g) · (1 + g · (1 − σ(g))).
                 let silu_grad = (&s * ((gate * (1.0 - &s)?)? + 1.0)?)?;
                 let d_gate = ((grad * up)? * silu_grad)?;
+                let d_up = (grad * (gate * s)?)?;
+                Ok((d_gate, d_up))
+            }
+            GateActivation::GeluTanh => {
+                let (c, a) = (GELU_C as f64, GELU_A as f64);
+                let cube = (gate.sqr()? * gate)?;
+                let s = sigmoid(&((gate + (cube * a)?)? * (2.0 * c))?)?;
+                // d(g·σ(u))/dg = σ + g·σ·(1 − σ)·u', u' = 2c·(1 + 3a·g²).
+                let du_dg = ((gate.sqr()? * (3.0 * a))? + 1.0)? * (2.0 * c);
+                let gelu_grad = (&s + ((gate * (&s * (1.0 - &s)?)?)? * du_dg)?)?;
+                let d_gate = ((grad * up)? * gelu_grad)?;
                 let d_up = (grad * (gate * s)?)?;
                 Ok((d_gate, d_up))
             }
@@ -70,13 +93,14 @@ impl GateActivation {
     pub fn sigmoid_argument(self, gate: f32) -> f32 {
         match self {
             GateActivation::Silu => gate,
+            GateActivation::GeluTanh => 2.0 * GELU_C * (gate + GELU_A * gate * gate * gate),
             GateActivation::Clamped { alpha, limit } => gate.min(limit as f32) * alpha as f32,
         }
     }
 
     pub fn value(self, gate: f32, up: f32, s: f32) -> f32 {
         match self {
-            GateActivation::Silu => gate * s * up,
+            GateActivation::Silu | GateActivation::GeluTanh => gate * s * up,
             GateActivation::Clamped { limit, .. } => {
                 let l = limit as f32;
                 (up.clamp(-l, l) + 1.0) * (gate.min(l) * s)
@@ -88,6 +112,10 @@ impl GateActivation {
     pub fn grads(self, gate: f32, up: f32, s: f32, grad: f32) -> (f32, f32) {
         match self {
             GateActivation::Silu => (grad * up * s * (1.0 + gate * (1.0 - s)), grad * gate * s),
+            GateActivation::GeluTanh => {
+                let du_dg = 2.0 * GELU_C * (1.0 + 3.0 * GELU_A * gate * gate);
+                (grad * up * (s + gate * s * (1.0 - s) * du_dg), grad * gate * s)
+            }
             GateActivation::Clamped { alpha, limit } => {
                 let (a, l) = (alpha as f32, limit as f32);
                 let g = gate.min(l);
@@ -108,9 +136,10 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// SiLU, and the clamped SwiGLU with a limit values of std 2 cross.
-    const BOTH: [GateActivation; 2] = [
+    /// SiLU, GELU-tanh, and the clamped SwiGLU with a limit values of std 2 cross.
+    const BOTH: [GateActivation; 3] = [
         GateActivation::Silu,
+        GateActivation::GeluTanh,
         GateActivation::Clamped {
             alpha: 1.702,
             limit: 1.5,

@@ -21,7 +21,7 @@ mod routing;
 mod stacked;
 mod stacked_cpu;
 
-use crate::config::ExpertsSpec;
+use crate::config::{Activation, ExpertsSpec};
 use crate::family::{ExpertActivation, ExpertTable, ExpertWeights, MlpLayout};
 use crate::linear::Linear;
 use crate::ops::sigmoid;
@@ -33,8 +33,8 @@ pub(crate) use router_loss::RouterStats;
 use routing::{Choice, Routes};
 use stacked::Stacked;
 
-const ONLY_SWIGLU: &str =
-    "is a stacked expert tensor, which FreezeTune runs with SwiGLU only (`hidden_act` = \"silu\")";
+const ONLY_SWIGLU: &str = "is a stacked expert tensor, which FreezeTune runs with a GLU of SiLU or GELU-tanh only \
+     (`hidden_act` = \"silu\" or \"gelu_pytorch_tanh\")";
 
 /// A SwiGLU MLP: one expert, or the shared one.
 pub(crate) struct Expert {
@@ -106,19 +106,20 @@ pub(crate) struct Experts {
 
 impl Experts {
     /// The router and experts of the layer at `p` (`model.layers.N`), named as `table` says. Stacked experts
-    /// run SwiGLU (`silu` = true) or the table's own activation; separate ones, the family's activation.
+    /// run a GLU of the family's `activation` (SiLU or GELU-tanh) or the table's own activation; separate ones,
+    /// the family's activation. `eps` is the model's RMSNorm epsilon (Gemma 4's router normalises its input).
     pub fn load(
         params: &Params,
         p: &str,
         table: &ExpertTable,
         spec: ExpertsSpec,
-        silu: bool,
+        (activation, eps): (Activation, f64),
     ) -> crate::error::Result<Experts> {
         let refuse = |name: &str, reason: &str| crate::error::TrainError::Tensor {
             name: format!("{p}.{name}"),
             reason: reason.into(),
         };
-        let stacked_activation = GateActivation::of(table.activation, silu);
+        let stacked_activation = GateActivation::of(table.activation, activation);
         let weights = match table.weights {
             ExpertWeights::Separate { experts, .. } if table.activation != ExpertActivation::Glu => {
                 return Err(refuse(
@@ -140,10 +141,11 @@ impl Experts {
                     .collect::<crate::error::Result<_>>()?,
             ),
             ExpertWeights::Stacked { gate_up, down } => match stacked_activation {
-                Some(GateActivation::Silu) => Weights::Stacked(Stacked {
+                Some(act @ (GateActivation::Silu | GateActivation::GeluTanh)) => Weights::Stacked(Stacked {
                     gate_up: params.stacked_experts(&format!("{p}.{gate_up}"))?,
                     down: params.stacked_experts(&format!("{p}.{down}"))?,
                     width: spec.width,
+                    activation: act,
                 }),
                 _ => return Err(refuse(gate_up, ONLY_SWIGLU)),
             },
@@ -167,17 +169,25 @@ impl Experts {
         };
         Ok(Experts {
             router: params.linear(&format!("{p}.{}", table.router), table.router_bias)?,
-            choice: Choice::load(params, &format!("{p}.{}", table.router), table.routing, spec.routing)?,
+            choice: Choice::load(
+                params,
+                (p, &format!("{p}.{}", table.router)),
+                table.routing,
+                spec.routing,
+                eps,
+            )?,
             weights,
             shared,
             spec,
         })
     }
 
-    /// The sparse MLP of `h` (.., hidden). `product` is the activation's `act(gate) · up`. With `stats`, the
-    /// router's probabilities and choices are recorded for the load-balancing loss.
+    /// The sparse MLP of `h` (.., hidden), routed by `router_in` (the same shape: `h` itself, or Gemma 4's
+    /// un-normed residual). `product` is the activation's `act(gate) · up`. With `stats`, the router's
+    /// probabilities and choices are recorded for the load-balancing loss.
     pub fn forward(
         &self,
+        router_in: &Tensor,
         h: &Tensor,
         product: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
         stats: Option<&mut RouterStats>,
@@ -186,7 +196,8 @@ impl Experts {
         let tokens = h.elem_count() / hidden;
         let x = h.reshape((tokens, hidden))?;
         let top_k = self.spec.top_k;
-        let (scores, routes) = self.choice.choose(&self.router.forward(&x)?, top_k)?;
+        let router_in = self.choice.router_input(&router_in.reshape((tokens, hidden))?)?;
+        let (scores, routes) = self.choice.choose(&self.router.forward(&router_in)?, top_k)?;
         if let Some(stats) = stats {
             stats.record(&scores.to_dtype(DType::F32)?, &routes.chosen)?;
         }

@@ -8,7 +8,7 @@
 use crate::config::ExpertsSpec;
 use crate::experts::RouteBy;
 use crate::family::Routing;
-use crate::ops::{sigmoid, softmax_last_dim};
+use crate::ops::{rms_norm, sigmoid, softmax_last_dim};
 use crate::params::Params;
 use candle_core::{DType, Result, Tensor};
 
@@ -21,12 +21,38 @@ pub(super) enum Choice {
         groups: Groups,
         scale: f64,
     },
+    /// Gemma 4: the router's input normalised (unweighted, `eps`) and scaled by `input_scale` · hidden^-0.5; the
+    /// chosen probabilities renormalised, each times its expert's `expert_scale` entry. Both scales are
+    /// parameters of the layer (trained with it).
+    NormedSoftmax {
+        input_scale: Tensor,
+        expert_scale: Tensor,
+        eps: f64,
+    },
 }
 
 impl Choice {
-    /// The choice of the router at `router` (`model.layers.N.mlp.gate`), as the family and config.json say.
-    pub fn load(params: &Params, router: &str, table: Routing, spec: RouteBy) -> crate::error::Result<Choice> {
+    /// The choice of the router at `router` (`model.layers.N.mlp.gate`) of the layer at `layer`
+    /// (`model.layers.N`), as the family and config.json say; `eps` is the model's RMSNorm epsilon.
+    pub fn load(
+        params: &Params,
+        (layer, router): (&str, &str),
+        table: Routing,
+        spec: RouteBy,
+        eps: f64,
+    ) -> crate::error::Result<Choice> {
         match (table, spec) {
+            (
+                Routing::NormedSoftmax {
+                    input_scale,
+                    expert_scale,
+                },
+                RouteBy::NormedSoftmax,
+            ) => Ok(Choice::NormedSoftmax {
+                input_scale: params.get(&format!("{layer}.{input_scale}"))?,
+                expert_scale: params.get(&format!("{layer}.{expert_scale}"))?,
+                eps,
+            }),
             (
                 Routing::SigmoidGroups { correction_bias, .. },
                 RouteBy::SigmoidGroups {
@@ -46,10 +72,22 @@ impl Choice {
         }
     }
 
+    /// What the router's linear reads from the layer's input `x` (tokens, hidden): `x` itself, or Gemma 4's
+    /// normalised and scaled `x`.
+    pub fn router_input(&self, x: &Tensor) -> Result<Tensor> {
+        let Choice::NormedSoftmax { input_scale, eps, .. } = self else {
+            return Ok(x.clone());
+        };
+        let ones = Tensor::ones(x.dim(1)?, DType::F32, x.device())?;
+        let root = (x.dim(1)? as f64).powf(-0.5);
+        let scale = input_scale.to_dtype(x.dtype())?;
+        rms_norm(x, &ones, *eps)?.broadcast_mul(&scale)? * root
+    }
+
     /// Each token's scores (tokens, E) from its router `logits`, and its chosen experts.
     pub fn choose(&self, logits: &Tensor, top_k: usize) -> Result<(Tensor, Routes)> {
         match self {
-            Choice::Softmax => {
+            Choice::Softmax | Choice::NormedSoftmax { .. } => {
                 let probs = softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
                 let routes = Routes::choose(&probs.detach().to_vec2::<f32>()?, top_k);
                 Ok((probs, routes))
@@ -69,6 +107,14 @@ impl Choice {
         match self {
             Choice::Softmax if spec.normalize => weights.broadcast_div(&weights.sum_keepdim(1)?),
             Choice::Softmax => Ok(weights),
+            Choice::NormedSoftmax { expert_scale, .. } => {
+                let normed = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+                let scales = expert_scale
+                    .to_dtype(normed.dtype())?
+                    .index_select(&chosen.flatten_all()?, 0)?
+                    .reshape(normed.shape())?;
+                normed * scales
+            }
             Choice::SigmoidGroups { scale, .. } => {
                 let weights = match spec.normalize {
                     true => weights.broadcast_div(&(weights.sum_keepdim(1)? + 1e-20)?)?,

@@ -2,7 +2,7 @@
 //! experts × hidden × width), run as one graph node. Slicing an expert out of a stacked tensor with candle's ops
 //! would give each slice's gradient the stacked tensor's full size (a narrow's backward pads), once per expert;
 //! the node instead writes each expert's gradient into its place once. It keeps only its inputs and its output,
-//! and its backward pass recomputes each expert's gate and up projections. SwiGLU (SiLU) only. Frozen experts held
+//! and its backward pass recomputes each expert's gate and up projections. A GLU of SiLU or GELU-tanh. Frozen experts held
 //! quantized (`quantize_frozen`) are dequantized one expert at a time, for the length of its matmuls. On the CPU
 //! in f32 both passes run over plain buffers, the experts in parallel (`stacked_cpu.rs`); elsewhere (CUDA, Metal,
 //! half precision) as candle ops, one expert after another.
@@ -19,6 +19,8 @@ pub(crate) struct Stacked {
     pub gate_up: StackedWeight,
     pub down: StackedWeight,
     pub width: usize,
+    /// SiLU or GELU-tanh.
+    pub activation: GateActivation,
 }
 
 impl StackedWeight {
@@ -50,7 +52,11 @@ impl Stacked {
         };
         let (gate_up, down) = (self.gate_up.operand(x.device())?, self.down.operand(x.device())?);
         let weights = (self.gate_up.clone(), self.down.clone());
-        let (groups, width) = (groups.to_vec(), self.width);
+        let dims = Dims {
+            hidden: x.dim(1)?,
+            width: self.width,
+        };
+        let (groups, activation) = (groups.to_vec(), self.activation);
         attach3(
             "stacked-experts",
             [x, &gate_up, &down],
@@ -58,8 +64,8 @@ impl Stacked {
             Box::new(move |[x, gate_up, down], _, grad| {
                 let weights = (&weights.0, &weights.1);
                 match stacked_cpu::applies(x, [weights.0, weights.1]) {
-                    true => cpu_backward([x, gate_up, down], weights, grad, &groups, width),
-                    false => backward([x, gate_up, down], weights, grad, &groups, width),
+                    true => cpu_backward([x, gate_up, down], weights, grad, &groups, (dims, activation)),
+                    false => backward([x, gate_up, down], weights, grad, &groups, (dims, activation)),
                 }
             }),
         )
@@ -70,7 +76,7 @@ impl Stacked {
         let mut outputs = Vec::new();
         for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
             let pass = ExpertPass::new(&x.detach(), &self.gate_up, &self.down, e, rows, self.width)?;
-            outputs.push(pass.product()?.matmul(&pass.down.t()?)?);
+            outputs.push(pass.product(self.activation)?.matmul(&pass.down.t()?)?);
         }
         Tensor::cat(&outputs, 0)
     }
@@ -85,7 +91,7 @@ impl Stacked {
         let values = with_values(&[&x.contiguous()?], |v| {
             with_experts(&self.gate_up, |gate_up| {
                 with_experts(&self.down, |down| {
-                    stacked_cpu::forward(v[0], gate_up, down, groups, dims)
+                    stacked_cpu::forward(v[0], (gate_up, down), groups, (dims, self.activation))
                 })
             })
         })?;
@@ -100,13 +106,9 @@ fn cpu_backward(
     weights: (&StackedWeight, &StackedWeight),
     grad: &Tensor,
     groups: &[Vec<u32>],
-    width: usize,
+    dims: (Dims, GateActivation),
 ) -> Result<[Option<Tensor>; 3]> {
     let [x, gate_up, down] = inputs;
-    let dims = Dims {
-        hidden: x.dim(1)?,
-        width,
-    };
     let wanted = Wanted {
         input: x.track_op(),
         gate_up: gate_up.track_op(),
@@ -155,9 +157,9 @@ impl ExpertPass {
         })
     }
 
-    /// silu(gate) · up.
-    fn product(&self) -> Result<Tensor> {
-        GateActivation::Silu.forward(&self.gate, &self.up)
+    /// act(gate) · up.
+    fn product(&self, activation: GateActivation) -> Result<Tensor> {
+        activation.forward(&self.gate, &self.up)
     }
 }
 
@@ -168,9 +170,10 @@ fn backward(
     weights: (&StackedWeight, &StackedWeight),
     grad: &Tensor,
     groups: &[Vec<u32>],
-    width: usize,
+    (dims, activation): (Dims, GateActivation),
 ) -> Result<[Option<Tensor>; 3]> {
     let [x, gate_up, down] = inputs;
+    let width = dims.width;
     let x_c = x.detach();
     let mut input_grads = Vec::new();
     let mut gate_up_grads = Vec::new();
@@ -186,9 +189,9 @@ fn backward(
         start += rows.len();
         let d_product = dy.matmul(&pass.down)?;
         if down.track_op() {
-            down_grads.push(dy.t()?.matmul(&pass.product()?)?.to_dtype(down.dtype())?);
+            down_grads.push(dy.t()?.matmul(&pass.product(activation)?)?.to_dtype(down.dtype())?);
         }
-        let (d_gate, d_up) = GateActivation::Silu.backward(&pass.gate, &pass.up, &d_product)?;
+        let (d_gate, d_up) = activation.backward(&pass.gate, &pass.up, &d_product)?;
         let d_projected = Tensor::cat(&[&d_gate, &d_up], 1)?;
         if gate_up.track_op() {
             gate_up_grads.push(d_projected.t()?.matmul(&pass.input)?.to_dtype(gate_up.dtype())?);
@@ -209,9 +212,16 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device, Var};
 
-    /// The node's output and gradients against the same experts computed with candle's own ops per expert.
+    /// The node's output and gradients against the same experts computed with candle's own ops per expert, with
+    /// either activation.
     #[test]
     fn matches_the_experts_computed_one_by_one() {
+        for activation in [GateActivation::Silu, GateActivation::GeluTanh] {
+            check_against_candle_ops(activation);
+        }
+    }
+
+    fn check_against_candle_ops(activation: GateActivation) {
         let dev = Device::Cpu;
         let (experts, width, hidden, tokens) = (3, 4, 5, 6);
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (tokens, hidden), &dev).unwrap()).unwrap();
@@ -223,13 +233,19 @@ mod tests {
             gate_up: StackedWeight::Dense(gate_up.as_tensor().clone()),
             down: StackedWeight::Dense(down.as_tensor().clone()),
             width,
+            activation,
         };
         let y = stacked.forward(x.as_tensor(), &groups).unwrap();
         let mut plain = Vec::new();
         for (e, rows) in groups.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
             let xe = x.index_select(&Tensor::new(rows.as_slice(), &dev).unwrap(), 0).unwrap();
             let gu = xe.matmul(&gate_up.get(e).unwrap().t().unwrap()).unwrap();
-            let p = (gu.narrow(1, 0, width).unwrap().silu().unwrap() * gu.narrow(1, width, width).unwrap()).unwrap();
+            let gate = gu.narrow(1, 0, width).unwrap();
+            let gate = match activation {
+                GateActivation::GeluTanh => gate.gelu().unwrap(),
+                _ => gate.silu().unwrap(),
+            };
+            let p = (gate * gu.narrow(1, width, width).unwrap()).unwrap();
             plain.push(p.matmul(&down.get(e).unwrap().t().unwrap()).unwrap());
         }
         let plain = Tensor::cat(&plain, 0).unwrap();
@@ -247,7 +263,7 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-5, "{what} differs by {diff}");
+            assert!(diff < 1e-5, "{activation:?}: {what} differs by {diff}");
         };
         close(&y, &plain, "output");
         for (v, what) in [(&x, "input"), (&gate_up, "gate_up"), (&down, "down")] {
@@ -262,8 +278,9 @@ mod tests {
         close(&cpu, &composite, "forward passes");
         let inputs = [x.as_tensor(), gate_up.as_tensor(), down.as_tensor()];
         let weights = (&stacked.gate_up, &stacked.down);
-        let a = cpu_backward(inputs, weights, &probe, &groups, width).unwrap();
-        let b = backward(inputs, weights, &probe, &groups, width).unwrap();
+        let dims = Dims { hidden, width };
+        let a = cpu_backward(inputs, weights, &probe, &groups, (dims, activation)).unwrap();
+        let b = backward(inputs, weights, &probe, &groups, (dims, activation)).unwrap();
         for (i, (a, b)) in a.iter().zip(&b).enumerate() {
             close(
                 a.as_ref().unwrap(),

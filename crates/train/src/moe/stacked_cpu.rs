@@ -1,9 +1,11 @@
 //! The stacked experts' two passes on the CPU in f32, over plain buffers: the experts in parallel (rayon), each
-//! product one FreezeTune matmul (`fused::rows_times_weight`), the SiLU and its derivative one pass over the rows.
+//! product one FreezeTune matmul (`fused::rows_times_weight`), the activation (SiLU or GELU-tanh, both a gate times
+//! a sigmoid) and its derivative one pass over the rows.
 //! The composite ops of `stacked.rs` make each expert's gate, up, activation and product tensors of their own,
 //! each elementwise op a pass and an allocation; on a Qwen3.5-MoE-shaped layer that was a third of the node's time.
 //! Same math, same order of the experts; what `stacked.rs` runs where `fused::applies`.
 
+use super::activation::GateActivation;
 use crate::fastmath::sigmoid_into;
 use crate::fused::{rows_times_weight, transposed_times, with_values};
 use crate::mxfp4::PackedExperts;
@@ -58,7 +60,7 @@ pub(super) struct Dims {
 }
 
 /// One expert's forward pass over its rows: its input rows, its gate/up matrix, the projection (rows × 2·width,
-/// gate then up) and σ(gate).
+/// gate then up) and the sigmoid of the activation's argument (σ(gate) for SiLU).
 struct Pass<'a> {
     input: Vec<f32>,
     gate_up: Cow<'a, [f32]>,
@@ -67,7 +69,13 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn new(x: &[f32], gate_up: &'a Experts, e: usize, rows: &[u32], d: Dims) -> Result<Pass<'a>> {
+    fn new(
+        x: &[f32],
+        gate_up: &'a Experts,
+        e: usize,
+        rows: &[u32],
+        (d, act): (Dims, GateActivation),
+    ) -> Result<Pass<'a>> {
         let (n, h, w) = (rows.len(), d.hidden, d.width);
         let mut input = Vec::with_capacity(n * h);
         for &r in rows {
@@ -76,8 +84,18 @@ impl<'a> Pass<'a> {
         let gate_up = gate_up.matrix(e, 2 * w * h)?;
         let projected = rows_times_weight(&input, &gate_up, n, 2 * w, h, true)?;
         let mut sigmoid = vec![0f32; n * w];
+        let mut argument = vec![0f32; w];
         for (row, s) in projected.chunks(2 * w).zip(sigmoid.chunks_mut(w)) {
-            sigmoid_into(&row[..w], s);
+            match act {
+                GateActivation::Silu => sigmoid_into(&row[..w], s),
+                act => {
+                    argument
+                        .iter_mut()
+                        .zip(&row[..w])
+                        .for_each(|(a, &g)| *a = act.sigmoid_argument(g));
+                    sigmoid_into(&argument, s);
+                }
+            }
         }
         Ok(Pass {
             input,
@@ -87,19 +105,18 @@ impl<'a> Pass<'a> {
         })
     }
 
-    /// silu(gate), and silu(gate) · up, per row.
-    fn activated_and_product(&self, w: usize) -> (Vec<f32>, Vec<f32>) {
+    /// act(gate) · up, per row.
+    fn product(&self, (d, act): (Dims, GateActivation)) -> Vec<f32> {
+        let w = d.width;
         let n = self.sigmoid.len() / w;
-        let (mut activated, mut product) = (vec![0f32; n * w], vec![0f32; n * w]);
+        let mut product = vec![0f32; n * w];
         for r in 0..n {
             let (g, u) = self.projected[r * 2 * w..(r + 1) * 2 * w].split_at(w);
             for j in 0..w {
-                let a = g[j] * self.sigmoid[r * w + j];
-                activated[r * w + j] = a;
-                product[r * w + j] = a * u[j];
+                product[r * w + j] = act.value(g[j], u[j], self.sigmoid[r * w + j]);
             }
         }
-        (activated, product)
+        product
     }
 }
 
@@ -115,12 +132,17 @@ pub(super) fn tasks(groups: &[Vec<u32>]) -> Vec<(usize, &[u32], usize)> {
 }
 
 /// Each expert's SwiGLU output for its rows of `x` (tokens × hidden), experts in order: (Σ rows) × hidden.
-pub(super) fn forward(x: &[f32], gate_up: &Experts, down: &Experts, groups: &[Vec<u32>], d: Dims) -> Result<Vec<f32>> {
+pub(super) fn forward(
+    x: &[f32],
+    (gate_up, down): (&Experts, &Experts),
+    groups: &[Vec<u32>],
+    (d, act): (Dims, GateActivation),
+) -> Result<Vec<f32>> {
     let outputs = tasks(groups)
         .into_par_iter()
         .map(|(e, rows, _)| {
-            let pass = Pass::new(x, gate_up, e, rows, d)?;
-            let (_, product) = pass.activated_and_product(d.width);
+            let pass = Pass::new(x, gate_up, e, rows, (d, act))?;
+            let product = pass.product((d, act));
             let down = down.matrix(e, d.hidden * d.width)?;
             rows_times_weight(&product, &down, rows.len(), d.hidden, d.width, true)
         })
@@ -149,7 +171,7 @@ pub(super) fn backward(
     grad: &[f32],
     (gate_up, down): (&Experts, &Experts),
     groups: &[Vec<u32>],
-    d: Dims,
+    (d, act): (Dims, GateActivation),
     wanted: &Wanted,
 ) -> Result<Grads> {
     let (h, w, experts) = (d.hidden, d.width, groups.len());
@@ -157,8 +179,8 @@ pub(super) fn backward(
         .into_par_iter()
         .map(|(e, rows, start)| {
             let n = rows.len();
-            let pass = Pass::new(x, gate_up, e, rows, d)?;
-            let (activated, product) = pass.activated_and_product(w);
+            let pass = Pass::new(x, gate_up, e, rows, (d, act))?;
+            let product = pass.product((d, act));
             let dy = &grad[start * h..(start + n) * h];
             let down_e = down.matrix(e, h * w)?;
             let d_product = rows_times_weight(dy, &down_e, n, w, h, false)?;
@@ -172,9 +194,7 @@ pub(super) fn backward(
                 let (dg, du) = d_projected[r * 2 * w..(r + 1) * 2 * w].split_at_mut(w);
                 for j in 0..w {
                     let (s, dp) = (pass.sigmoid[r * w + j], d_product[r * w + j]);
-                    // silu'(g) = σ(g) · (1 + g · (1 − σ(g))).
-                    dg[j] = dp * u[j] * s * (1.0 + g[j] * (1.0 - s));
-                    du[j] = dp * activated[r * w + j];
+                    (dg[j], du[j]) = act.grads(g[j], u[j], s, dp);
                 }
             }
             let d_gate_up = match wanted.gate_up {
