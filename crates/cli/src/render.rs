@@ -176,7 +176,7 @@ pub fn layout_table(l: &ModelLayout, kinds: std::result::Result<Vec<String>, Str
         };
         let _ = writeln!(
             s,
-            "\nNever trained, written back unchanged (buffers, multi-token prediction): {} tensors, {} values: {}{more}",
+            "\nNever trained, written back unchanged (buffers, multi-token prediction, shared layers' key/value tensors): {} tensors, {} values: {}{more}",
             l.unplanned.len(),
             count(values),
             first.join(", ")

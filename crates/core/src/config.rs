@@ -86,6 +86,9 @@ pub struct ModelConfig {
     /// Multi-token-prediction layers stored after the last decoder layer (DeepSeek-V3's and GLM-4.5's
     /// `num_nextn_predict_layers`), which transformers drops on load.
     pub prediction_layers: usize,
+    /// The last layers that reuse an earlier layer's keys and values (Gemma 4's `num_kv_shared_layers`): the key
+    /// and value projections and norms Google's checkpoints still store for them are left unread by transformers.
+    pub kv_shared_layers: usize,
     /// `tie_word_embeddings` when the config states it.
     pub tie_word_embeddings: Option<bool>,
     pub dims: ModelDims,
@@ -125,6 +128,42 @@ impl ModelConfig {
         index
             .and_then(|i| i.parse::<usize>().ok())
             .is_some_and(|i| (layers..layers + self.prediction_layers).contains(&i))
+    }
+
+    /// Whether `name` is a key or value projection or norm of a layer that reuses an earlier layer's keys and
+    /// values (Gemma 4's last `num_kv_shared_layers`), under the text decoder's layers (not a vision tower's).
+    pub fn is_unused_shared_kv(&self, name: &str) -> bool {
+        let Some(layers) = self.num_layers.filter(|_| self.kv_shared_layers > 0) else {
+            return false;
+        };
+        const TEXT_LAYERS: [&str; 3] = [
+            "model.layers.",
+            "model.language_model.layers.",
+            "language_model.model.layers.",
+        ];
+        const UNUSED: [&str; 4] = [
+            "self_attn.k_proj.",
+            "self_attn.v_proj.",
+            "self_attn.k_norm.",
+            "self_attn.v_norm.",
+        ];
+        let Some(rest) = TEXT_LAYERS.iter().find_map(|p| name.strip_prefix(p)) else {
+            return false;
+        };
+        let Some((index, part)) = rest.split_once('.') else {
+            return false;
+        };
+        let shared = index
+            .parse::<usize>()
+            .is_ok_and(|i| i < layers && i >= layers.saturating_sub(self.kv_shared_layers));
+        shared && UNUSED.iter().any(|u| part.starts_with(u))
+    }
+
+    /// Whether transformers leaves `name` unread when it loads the checkpoint: a multi-token-prediction layer, or
+    /// a shared layer's unused key/value tensors. Such tensors are never counted, planned, loaded or trained, and
+    /// are written back unchanged.
+    pub fn dropped_on_load(&self, name: &str) -> bool {
+        self.is_prediction_layer(name) || self.is_unused_shared_kv(name)
     }
 
     pub fn read(path: &Path) -> Result<ModelConfig> {
@@ -179,6 +218,15 @@ impl ModelConfig {
                 .filter(|&n| n <= 64)
                 .ok_or_else(|| format!("`num_nextn_predict_layers` is {v}; it must be an integer from 0 to 64"))?
                 as usize,
+        };
+        let kv_shared_layers = match text.get("num_kv_shared_layers") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .filter(|&n| num_layers.is_none_or(|l| n as usize <= l))
+                .ok_or_else(|| {
+                    format!("`num_kv_shared_layers` is {v}; it must be an integer from 0 to the layer count")
+                })? as usize,
         };
         let tie_word_embeddings = text
             .get("tie_word_embeddings")
@@ -284,6 +332,7 @@ impl ModelConfig {
             model_type,
             num_layers,
             prediction_layers,
+            kv_shared_layers,
             tie_word_embeddings,
             dims,
             multimodal,
@@ -328,6 +377,31 @@ mod tests {
         assert!(!llama.unwrap().is_prediction_layer("mtp.fc.weight"));
         let e = ModelConfig::from_value(serde_json::json!({"model_type": "x", "num_nextn_predict_layers": -1}));
         assert!(e.unwrap_err().contains("num_nextn_predict_layers"));
+    }
+
+    #[test]
+    fn shared_layers_key_and_value_tensors_are_dropped_on_load() {
+        let c = ModelConfig::from_value(serde_json::json!({"model_type": "gemma4", "text_config": {
+            "model_type": "gemma4_text", "num_hidden_layers": 6, "num_kv_shared_layers": 2}}))
+        .unwrap();
+        for name in [
+            "model.language_model.layers.4.self_attn.k_proj.weight",
+            "model.language_model.layers.5.self_attn.v_norm.weight",
+            "model.layers.5.self_attn.k_norm.weight",
+        ] {
+            assert!(c.dropped_on_load(name), "{name}");
+        }
+        for name in [
+            "model.language_model.layers.3.self_attn.k_proj.weight",
+            "model.language_model.layers.4.self_attn.q_proj.weight",
+            "model.language_model.layers.6.self_attn.k_proj.weight",
+            "model.vision_tower.encoder.layers.5.self_attn.k_proj.linear.weight",
+        ] {
+            assert!(!c.dropped_on_load(name), "{name}");
+        }
+        let e = ModelConfig::from_value(serde_json::json!({"num_hidden_layers": 2, "num_kv_shared_layers": 3,
+            "model_type": "gemma4_text"}));
+        assert!(e.unwrap_err().contains("num_kv_shared_layers"));
     }
 
     #[test]

@@ -151,8 +151,8 @@ pub struct ModelLayout {
     /// Tensors that alias another (a tied `lm_head.weight` stored beside `embed_tokens`): not counted, not planned.
     pub tied_aliases: Vec<String>,
     /// Tensors the checkpoint holds that are no parameter of the model transformers builds, so never counted,
-    /// planned or trained, and written back unchanged: buffers ([`is_buffer`]) and the multi-token-prediction
-    /// layers transformers drops ([`ModelConfig::is_prediction_layer`]).
+    /// planned or trained, and written back unchanged: buffers ([`is_buffer`]) and what transformers leaves unread
+    /// ([`ModelConfig::dropped_on_load`]: multi-token-prediction layers, shared layers' key/value tensors).
     #[serde(default)]
     pub unplanned: Vec<TensorInfo>,
     pub total_params: u64,
@@ -312,7 +312,7 @@ impl ModelLayout {
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let (unplanned, mut tensors): (Vec<TensorInfo>, Vec<TensorInfo>) = tensors
             .into_iter()
-            .partition(|t| is_buffer(&t.name) || config.is_prediction_layer(&t.name));
+            .partition(|t| is_buffer(&t.name) || config.dropped_on_load(&t.name));
         let mut warnings = Vec::new();
         let layer_prefix = find_layer_prefix(&tensors, config.num_layers).unwrap_or_default();
         let observed_layers = layer_index_count(&tensors, &layer_prefix);

@@ -126,9 +126,12 @@ pub fn held_as_matrix(name: &str, dims: &[usize]) -> bool {
     dims.len() == 2 && (is_vocabulary_matrix(name) || is_layer_projection(name))
 }
 
-/// The token embeddings or the output projection.
+/// The token embeddings (Gemma 4's per-layer ones too: a row per token, read by lookup) or the output projection.
 fn is_vocabulary_matrix(name: &str) -> bool {
-    name.ends_with("embed_tokens.weight") || name == "lm_head.weight" || name.ends_with(".lm_head.weight")
+    name.ends_with("embed_tokens.weight")
+        || name.ends_with("embed_tokens_per_layer.weight")
+        || name == "lm_head.weight"
+        || name.ends_with(".lm_head.weight")
 }
 
 /// A decoder layer's experts stacked in one tensor: `<anything>.layers.<N>.mlp.experts.gate_up_proj` or

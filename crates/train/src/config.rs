@@ -154,6 +154,11 @@ pub struct LayerSpec {
     pub values_from_keys: bool,
     /// Each value head is RMS-normalised, without a weight (Gemma 4).
     pub value_norm: bool,
+    /// The earlier layer whose keys and values this layer attends over; it has no key or value projections of its
+    /// own (Gemma 4's last `num_kv_shared_layers` layers).
+    pub kv_source: Option<usize>,
+    /// The MLP's width (Gemma 4's shared layers double it with `use_double_wide_mlp`).
+    pub intermediate_size: usize,
     /// Attention's output multiplied by σ of a gate that `q_proj` makes beside the queries (Qwen3.5).
     pub output_gate: bool,
     /// A query sees the `window` latest keys, itself included; None: full causal attention.
@@ -248,6 +253,8 @@ pub struct DecoderConfig {
     pub latent: Option<LatentAttention>,
     /// Each layer's output is multiplied by its `layer_scalar` (a buffer of one value: Gemma 4).
     pub layer_scalar: bool,
+    /// Gemma 4's per-layer embeddings (per_layer.rs); None: the layers read the hidden state alone.
+    pub per_layer_inputs: Option<crate::shared_kv::PerLayerInputs>,
     /// How the Gated DeltaNet layers' input projections are stored.
     pub delta_projections: DeltaProjections,
 }
@@ -432,9 +439,27 @@ impl DecoderConfig {
         let mixers = layer_mixers(raw, fam, num_layers, types.as_deref(), hidden_size)?;
         let experts = layer_experts(raw, fam, num_layers)?;
         let shapes = head_shapes(raw, fam, head_dim, num_heads, num_kv_heads, &windows)?;
+        let intermediate_size = match fam.understands("block_auto_adjust_ff_dim") {
+            true => lfm2_ff_dim(raw)?,
+            false => uint(fam.intermediate_key)?,
+        };
+        let (kv_sources, doubled) = match fam.understands("num_kv_shared_layers") {
+            true => crate::shared_kv::kv_sources(raw, &windows)?,
+            false => (vec![None; num_layers], vec![false; num_layers]),
+        };
+        let per_layer_inputs = match fam.understands("hidden_size_per_layer_input") {
+            true => crate::shared_kv::per_layer_inputs(raw)?,
+            false => None,
+        };
         let layers = (0..num_layers)
             .map(|i| LayerSpec {
                 mixer: mixers[i],
+                kv_source: kv_sources[i],
+                intermediate_size: if doubled[i] {
+                    2 * intermediate_size
+                } else {
+                    intermediate_size
+                },
                 head_dim: shapes[i].head_dim,
                 kv_heads: shapes[i].kv_heads,
                 values_from_keys: shapes[i].values_from_keys,
@@ -462,10 +487,7 @@ impl DecoderConfig {
         Ok(DecoderConfig {
             architecture: fam.architecture,
             hidden_size,
-            intermediate_size: match fam.understands("block_auto_adjust_ff_dim") {
-                true => lfm2_ff_dim(raw)?,
-                false => uint(fam.intermediate_key)?,
-            },
+            intermediate_size,
             num_layers,
             num_heads,
             num_kv_heads,
@@ -500,6 +522,7 @@ impl DecoderConfig {
             latent,
             delta_projections: fam.delta_projections,
             layer_scalar: fam.layer_scalar,
+            per_layer_inputs,
         })
     }
 
@@ -681,7 +704,7 @@ impl DecoderConfig {
     /// config.json implies: a checkpoint that disagrees is refused by name before training (a vocabulary smaller
     /// than the embedding matrix, a projection of the wrong width).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, v, i) = (self.hidden_size, self.vocab_size, self.intermediate_size);
+        let (h, v) = (self.hidden_size, self.vocab_size);
         let names = self.names;
         let mut out = vec![
             ("model.embed_tokens.weight".to_string(), vec![v, h]),
@@ -690,11 +713,23 @@ impl DecoderConfig {
         if !self.tie_word_embeddings {
             out.push(("lm_head.weight".into(), vec![v, h]));
         }
+        if let Some(ple) = self.per_layer_inputs {
+            let all = self.num_layers * ple.width;
+            out.push(("model.embed_tokens_per_layer.weight".into(), vec![ple.vocab, all]));
+            out.push(("model.per_layer_model_projection.weight".into(), vec![all, h]));
+            out.push(("model.per_layer_projection_norm.weight".into(), vec![ple.width]));
+        }
         for (n, l) in self.layers.iter().enumerate() {
+            let i = l.intermediate_size;
             let p = format!("model.layers.{n}");
             let mut add = |name: String, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
             if self.layer_scalar {
                 add("layer_scalar".into(), vec![1]);
+            }
+            if let Some(ple) = self.per_layer_inputs {
+                add("per_layer_input_gate.weight".into(), vec![ple.width, h]);
+                add("per_layer_projection.weight".into(), vec![h, ple.width]);
+                add("post_per_layer_input_norm.weight".into(), vec![h]);
             }
             for norm in names.norms(l.norms).into_iter().flatten() {
                 add(format!("{norm}.weight"), vec![h]);
@@ -772,8 +807,10 @@ impl DecoderConfig {
             } else {
                 let gated = if l.output_gate { 2 } else { 1 };
                 linear("self_attn.q_proj", gated * q, h, l.qkv_bias);
-                linear("self_attn.k_proj", kv, h, l.qkv_bias);
-                if !l.values_from_keys {
+                if l.kv_source.is_none() {
+                    linear("self_attn.k_proj", kv, h, l.qkv_bias);
+                }
+                if !l.values_from_keys && l.kv_source.is_none() {
                     linear("self_attn.v_proj", kv, h, l.qkv_bias);
                 }
             }
@@ -787,7 +824,9 @@ impl DecoderConfig {
                 QkNorm::Whole => (q, kv),
             };
             add(format!("{}.weight", names.q_norm), vec![qn]);
-            add(format!("{}.weight", names.k_norm), vec![kn]);
+            if l.kv_source.is_none() {
+                add(format!("{}.weight", names.k_norm), vec![kn]);
+            }
         }
         out
     }
@@ -1526,17 +1565,29 @@ mod tests {
     }
 
     #[test]
-    fn gemma4_features_not_computed_yet_are_refused_by_name() {
+    fn gemma4_switches_take_transformers_defaults() {
         let mut absent = tiny(json!({"global_head_dim": 32}));
         absent.as_object_mut().unwrap().remove("hidden_size_per_layer_input");
-        // transformers' default (256) turns the per-layer embeddings on.
-        let e = DecoderConfig::from_json(&absent, "gemma4_text").unwrap_err();
+        // transformers' defaults turn the per-layer embeddings on: 256 values a layer from 262144 rows.
+        let c = DecoderConfig::from_json(&absent, "gemma4_text").unwrap();
+        let ple = c.per_layer_inputs.unwrap();
+        assert_eq!((ple.width, ple.vocab), (256, 262_144));
+        let shapes = c.tensor_shapes();
+        let table = shapes.iter().find(|(n, _)| n == "model.embed_tokens_per_layer.weight");
+        assert_eq!(table.unwrap().1, vec![262_144, 3 * 256]);
+        let shared = gemma4(json!({"num_kv_shared_layers": 1, "use_double_wide_mlp": true})).unwrap();
+        let sources: Vec<_> = shared
+            .layers
+            .iter()
+            .map(|l| (l.kv_source, l.intermediate_size))
+            .collect();
+        // Layer 2 is made full, so it reads the last full layer before it.
+        assert_eq!(sources, [(None, 128), (None, 128), (Some(1), 256)]);
+        let names: Vec<_> = shared.tensor_shapes().into_iter().map(|(n, _)| n).collect();
         assert!(
-            e.contains("hidden_size_per_layer_input") && e.contains("absent") && e.contains("256"),
-            "{e}"
+            !names.iter().any(|n| n.starts_with("model.layers.2.self_attn.k_")),
+            "{names:?}"
         );
-        let e = gemma4(json!({"num_kv_shared_layers": 2})).unwrap_err();
-        assert!(e.contains("num_kv_shared_layers"), "{e}");
         // The MoE block sizes its experts only when switched on: then its keys must be there.
         let off = gemma4(json!({"enable_moe_block": false, "num_experts": null})).unwrap();
         assert!(off.layers.iter().all(|l| l.experts.is_none()));

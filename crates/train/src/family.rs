@@ -1315,6 +1315,8 @@ pub static FAMILIES: [Family; 28] = [
             "attention_k_eq_v",
             "use_double_wide_mlp",
             "vocab_size_per_layer_input",
+            "hidden_size_per_layer_input",
+            "num_kv_shared_layers",
             "enable_moe_block",
             "num_experts",
             "top_k_experts",
@@ -1323,7 +1325,7 @@ pub static FAMILIES: [Family; 28] = [
         defaults: || {
             json!({"hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": 256,
             "num_key_value_heads": 4, "tie_word_embeddings": true, "attention_bias": false, "sliding_window": 512,
-            "global_head_dim": 512, "hidden_size_per_layer_input": 256,
+            "global_head_dim": 512, "hidden_size_per_layer_input": 256, "vocab_size_per_layer_input": 262_144,
             "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
                 "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
                     "rope_theta": 1_000_000.0}}})
@@ -1349,14 +1351,6 @@ pub static FAMILIES: [Family; 28] = [
             // Gemma 4's config reads neither: its ropes are `rope_parameters` by layer type.
             ("rope_scaling", "a legacy rope dict transformers' Gemma 4 never reads"),
             ("rope_theta", "a top-level rope base transformers' Gemma 4 never reads"),
-            (
-                "hidden_size_per_layer_input",
-                "per-layer embeddings (Gemma 4 E2B and E4B) feed every layer",
-            ),
-            (
-                "num_kv_shared_layers",
-                "the last layers reuse an earlier layer's keys and values",
-            ),
         ],
         ..LLAMA
     },

@@ -14,6 +14,7 @@ use crate::linear::{Linear, LinearWeight};
 use crate::moe::{Experts, RouterStats};
 use crate::ops::{evens_then_odds, rms_norm_offset, rope_heads, sigmoid, softplus, swiglu};
 use crate::params::Params;
+use crate::per_layer::{PerLayerBranch, PerLayerModel};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use std::sync::{Mutex, PoisonError};
@@ -21,7 +22,13 @@ use std::sync::{Mutex, PoisonError};
 /// The attention input projections: separate (`v` None where the values are the keys' projection: Gemma 4),
 /// phi3's fused `qkv_proj`, or latent (DeepSeek-V3).
 enum Qkv {
-    Separate { q: Linear, k: Linear, v: Option<Linear> },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Option<Linear>,
+    },
+    /// A layer that attends over an earlier layer's keys and values (Gemma 4's shared layers): its queries only.
+    Queries(Linear),
     Fused(Linear),
     Latent(Box<LatentWeights>),
 }
@@ -41,6 +48,12 @@ struct Norms {
 
 struct Block {
     spec: LayerSpec,
+    /// The layer's number.
+    index: usize,
+    /// Later layers attend over this layer's keys and values ([`LayerSpec::kv_source`]).
+    stores_kv: bool,
+    /// The branch over the layer's per-layer input (Gemma 4's per-layer embeddings).
+    per_layer: Option<PerLayerBranch>,
     trainable: bool,
     /// The norms around the token mixer (attention or convolution).
     attn_norms: Norms,
@@ -127,6 +140,8 @@ struct ShortConv {
 pub struct Decoder {
     pub config: DecoderConfig,
     embed: LinearWeight,
+    /// Gemma 4's per-layer embeddings, where the model has them.
+    per_layer: Option<PerLayerModel>,
     blocks: Vec<Block>,
     norm: Tensor,
     lm_head: Linear,
@@ -235,7 +250,14 @@ impl Block {
                 (dense()?, Some(beside))
             }
         };
+        let per_layer = c
+            .per_layer_inputs
+            .map(|_| PerLayerBranch::load(params, &p))
+            .transpose()?;
         Ok(Block {
+            index: i,
+            stores_kv: c.layers.iter().any(|l| l.kv_source == Some(i)),
+            per_layer,
             scalar,
             beside,
             ffn,
@@ -263,8 +285,9 @@ impl AttentionWeights {
                 .then(|| params.get(&format!("{p}.{name}.weight")))
                 .transpose()
         };
+        let own_keys = spec.kv_source.is_none();
         let o = linear(c.names.o_proj, spec.o_bias)?;
-        let v_norm = match spec.value_norm {
+        let v_norm = match spec.value_norm && own_keys {
             true => Some(
                 Tensor::ones(spec.head_dim, DType::F32, params.device()).map_err(crate::error::candle("value norm"))?,
             ),
@@ -280,6 +303,8 @@ impl AttentionWeights {
                     c.num_heads,
                     spec.qkv_bias,
                 )?))
+            } else if !own_keys {
+                Qkv::Queries(linear("self_attn.q_proj", spec.qkv_bias)?)
             } else if c.fused_qkv {
                 Qkv::Fused(linear("self_attn.qkv_proj", spec.qkv_bias)?)
             } else {
@@ -294,7 +319,10 @@ impl AttentionWeights {
             },
             o,
             q_norm: qk_norm(c.names.q_norm)?,
-            k_norm: qk_norm(c.names.k_norm)?,
+            k_norm: match own_keys {
+                true => qk_norm(c.names.k_norm)?,
+                false => None,
+            },
             sinks: spec
                 .sinks
                 .then(|| params.get(&format!("{p}.self_attn.sinks")))
@@ -344,6 +372,47 @@ impl TensorNames {
     }
 }
 
+/// What a layer reads beside its input: its slice of the per-layer inputs (Gemma 4's per-layer embeddings), and
+/// the keys and values earlier layers leave for the layers that reuse them.
+struct Side<'a> {
+    per_layer: Option<Tensor>,
+    kv: &'a mut KvShare,
+}
+
+/// The keys and values (batch, kv_heads, keys, head_dim) of the layers later layers reuse, by layer, as each
+/// pass leaves them: with their graph in a plain forward pass, detached between the layers of a checkpointed
+/// one, or as variables whose gradient a recomputed shared layer gives back.
+struct KvShare(Vec<Option<(Tensor, Tensor)>>);
+
+impl KvShare {
+    fn new(layers: usize) -> KvShare {
+        KvShare(vec![None; layers])
+    }
+
+    /// Keeps `blk`'s keys and values where a later layer reuses them.
+    fn offer(&mut self, blk: &Block, k: &Tensor, v: &Tensor) {
+        if blk.stores_kv {
+            self.0[blk.index] = Some((k.clone(), v.clone()));
+        }
+    }
+
+    fn get(&self, layer: usize) -> Option<&(Tensor, Tensor)> {
+        self.0.get(layer).and_then(Option::as_ref)
+    }
+
+    fn put(&mut self, layer: usize, k: Tensor, v: Tensor) {
+        self.0[layer] = Some((k, v));
+    }
+
+    /// The kept values without their graph (a checkpointed pass keeps no graph between layers).
+    fn detach(&mut self) {
+        for (k, v) in self.0.iter_mut().flatten() {
+            *k = k.detach();
+            *v = v.detach();
+        }
+    }
+}
+
 /// One batch: token ids and, per row, how many leading tokens are real (the rest is right padding).
 pub struct Batch {
     pub input_ids: Vec<Vec<u32>>,
@@ -370,8 +439,13 @@ impl Decoder {
             params.linear(&names.lm_head, false)?
         };
         let norm = params.get(&format!("{}.{}.weight", names.model, c.names.final_norm))?;
+        let per_layer = c
+            .per_layer_inputs
+            .map(|shape| PerLayerModel::load(params, &names.model, shape, c.num_layers))
+            .transpose()?;
         refuse_unread(params, c, &names)?;
         Ok(Decoder {
+            per_layer,
             rope: Mutex::new(vec![None; c.ropes.len()]),
             embed,
             blocks,
@@ -567,16 +641,27 @@ impl Decoder {
             .iter()
             .position(|blk| blk.trainable)
             .unwrap_or(self.blocks.len());
-        let stop = if embed_trainable { 0 } else { lowest };
+        // Gemma 4's per-layer inputs come from the embeddings: they need their gradient (from every layer) where
+        // the embeddings or their own tensors train.
+        let per_layer_grads = self
+            .per_layer
+            .as_ref()
+            .is_some_and(|p| embed_trainable || p.trainable());
+        let stop = if embed_trainable || per_layer_grads { 0 } else { lowest };
         // Only the inputs of the layers the backward pass recomputes are kept (none below `stop`).
         let mut inputs = Vec::with_capacity(self.blocks.len() - stop);
+        let mut per_layer = None;
+        let mut kv = KvShare::new(self.blocks.len());
         let (top, counted) = self.routed(stats(false)?, || -> candle_core::Result<Tensor> {
             let mut h = self.embed_ids(&ids, b, t)?.detach();
+            per_layer = self.per_layer_inputs(&ids, &h)?.map(|p| p.detach());
             for (i, blk) in self.blocks.iter().enumerate() {
                 if i >= stop {
                     inputs.push(h.clone());
                 }
-                h = self.block(blk, &h, &rot, &mask, None)?.detach();
+                let side = self.side(per_layer.as_ref(), i, &mut kv)?;
+                h = self.block(blk, &h, &rot, &mask, None, side)?.detach();
+                kv.detach();
             }
             Ok(h)
         });
@@ -603,33 +688,97 @@ impl Decoder {
         on_grads(&store)?;
         let mut grad = store.get(top.as_tensor()).cloned();
         drop(store);
+        // The gradients of the shared keys and values (from the layers that reuse them) and of each layer's
+        // per-layer input, gathered on the way down.
+        let mut kv_grads: Vec<Option<(Tensor, Tensor)>> = vec![None; self.blocks.len()];
+        let mut per_layer_grads: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
         for i in (stop..self.blocks.len()).rev() {
             let Some(g) = grad.take() else { break };
+            let blk = &self.blocks[i];
             let x = Var::from_tensor(&inputs[i - stop]).map_err(err)?;
-            let (y, layer_stats) = self.routed(stats(true)?, || {
-                self.block(&self.blocks[i], x.as_tensor(), &rot, &mask, None)
-            });
+            let input = per_layer
+                .as_ref()
+                .map(|p| crate::per_layer::slice(p, i).and_then(|s| Var::from_tensor(&s)))
+                .transpose()
+                .map_err(err)?;
+            // A shared layer reads its source's keys and values as variables, to hand their gradient down.
+            let mut local = KvShare::new(self.blocks.len());
+            let source = blk.spec.kv_source.and_then(|s| kv.get(s).map(|kv| (s, kv.clone())));
+            let source = source
+                .map(|(s, (k, v))| Ok::<_, candle_core::Error>((s, Var::from_tensor(&k)?, Var::from_tensor(&v)?)))
+                .transpose()
+                .map_err(err)?;
+            if let Some((s, k, v)) = &source {
+                local.put(*s, k.as_tensor().clone(), v.as_tensor().clone());
+            }
+            let side = Side {
+                per_layer: input.as_ref().map(|v| v.as_tensor().clone()),
+                kv: &mut local,
+            };
+            let (y, layer_stats) =
+                self.routed(stats(true)?, || self.block(blk, x.as_tensor(), &rot, &mask, None, side));
             let mut objective = y.and_then(|y| (y * g)?.sum_all()).map_err(err)?;
             if let (Some((factor, weights, _)), Some(layer_stats)) = (&balance, layer_stats) {
                 if let Some(part) = layer_stats.weighed(weights).map_err(err)? {
                     objective = (objective + (part * *factor).map_err(err)?).map_err(err)?;
                 }
             }
+            // A source layer also minimises its keys' and values' share of the later layers' loss.
+            if let (Some((gk, gv)), Some((k, v))) = (kv_grads[i].take(), local.get(i)) {
+                let part = (|| (k * gk)?.sum_all()? + (v * gv)?.sum_all()?)();
+                objective = part.and_then(|p| objective + p).map_err(err)?;
+            }
             let store = objective.backward().map_err(err)?;
             on_grads(&store)?;
-            grad = store.get(x.as_tensor()).cloned();
-        }
-        if embed_trainable {
-            if let Some(g) = grad {
-                let x = self.embed_ids(&ids, b, t).map_err(err)?;
-                let store = (x * g)
-                    .and_then(|p| p.sum_all())
-                    .and_then(|s| s.backward())
-                    .map_err(err)?;
-                on_grads(&store)?;
+            // A leaf's gradient in candle's store may still record how it was made (a product with this layer's
+            // activations): detached, so the passes below never reach back into this layer.
+            let gradient = |t: &Tensor| store.get(t).map(Tensor::detach);
+            grad = gradient(x.as_tensor());
+            if let Some((s, k, v)) = &source {
+                if let (Some(gk), Some(gv)) = (gradient(k.as_tensor()), gradient(v.as_tensor())) {
+                    kv_grads[*s] = Some(add_grads(kv_grads[*s].take(), (gk, gv)).map_err(err)?);
+                }
             }
+            per_layer_grads[i] = input.and_then(|v| gradient(v.as_tensor()));
         }
+        self.embedding_backward((&ids, b, t), grad, per_layer_grads, on_grads)?;
         Ok(value)
+    }
+
+    /// The bottom of a checkpointed backward pass: the embeddings' gradient from `grad` (the first layer's input),
+    /// and, with per-layer embeddings, from each layer's per-layer input gradient through the per-layer tensors
+    /// (which the embeddings feed too). Nothing where neither trains.
+    fn embedding_backward(
+        &self,
+        (ids, b, t): (&Tensor, usize, usize),
+        grad: Option<Tensor>,
+        per_layer_grads: Vec<Option<Tensor>>,
+        on_grads: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<()> {
+        let per_layer = self
+            .per_layer
+            .as_ref()
+            .filter(|p| self.embed.is_trainable() || p.trainable());
+        if !self.embed.is_trainable() && per_layer.is_none() {
+            return Ok(());
+        }
+        let objective = || -> candle_core::Result<Tensor> {
+            let x = self.embed_ids(ids, b, t)?;
+            let mut objective = Tensor::zeros((), DType::F32, &self.device)?;
+            if let Some(g) = grad.filter(|_| self.embed.is_trainable()) {
+                objective = (objective + (&x * g)?.sum_all()?.to_dtype(DType::F32)?)?;
+            }
+            if let (Some(p), Some(grads)) = (per_layer, per_layer_grads.into_iter().collect::<Option<Vec<_>>>()) {
+                let inputs = p.inputs(ids, &x, self.config.rms_norm_eps)?;
+                let part = (inputs * Tensor::stack(&grads, 2)?)?.sum_all()?;
+                objective = (objective + part.to_dtype(DType::F32)?)?;
+            }
+            Ok(objective)
+        };
+        let store = objective()
+            .and_then(|o| o.backward())
+            .map_err(crate::error::candle("checkpointed backward pass"))?;
+        on_grads(&store)
     }
 
     /// `f` with `stats` collecting the routes of each sparse layer it runs (`mlp` reads them from the decoder),
@@ -647,11 +796,15 @@ impl Decoder {
         let inner = || -> candle_core::Result<Vec<Tensor>> {
             let (ids, b, t) = self.ids_tensor(batch)?;
             let mut h = self.embed_ids(&ids, b, t)?.detach();
+            let per_layer = self.per_layer_inputs(&ids, &h)?.map(|p| p.detach());
             let rot = self.rope_tables(0, t)?;
             let mask = self.mask(&batch.lengths, t)?;
             let mut states = vec![h.to_dtype(DType::F32)?];
-            for block in &self.blocks {
-                h = self.block(block, &h, &rot, &mask, None)?.detach();
+            let mut kv = KvShare::new(self.blocks.len());
+            for (i, block) in self.blocks.iter().enumerate() {
+                let side = self.side(per_layer.as_ref(), i, &mut kv)?;
+                h = self.block(block, &h, &rot, &mask, None, side)?.detach();
+                kv.detach();
                 states.push(h.to_dtype(DType::F32)?);
             }
             Ok(states)
@@ -667,12 +820,30 @@ impl Decoder {
     fn forward_hidden(&self, batch: &Batch) -> candle_core::Result<Tensor> {
         let (ids, b, t) = self.ids_tensor(batch)?;
         let mut h = self.embed_ids(&ids, b, t)?;
+        let per_layer = self.per_layer_inputs(&ids, &h)?;
         let rot = self.rope_tables(0, t)?;
         let mask = self.mask(&batch.lengths, t)?;
-        for block in &self.blocks {
-            h = self.block(block, &h, &rot, &mask, None)?;
+        let mut kv = KvShare::new(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let side = self.side(per_layer.as_ref(), i, &mut kv)?;
+            h = self.block(block, &h, &rot, &mask, None, side)?;
         }
         Ok(h)
+    }
+
+    /// The per-layer inputs (batch, seq, layers, width) of `ids` whose embeddings are `embeds`, where the model
+    /// has per-layer embeddings (per_layer.rs).
+    fn per_layer_inputs(&self, ids: &Tensor, embeds: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        self.per_layer
+            .as_ref()
+            .map(|p| p.inputs(ids, embeds, self.config.rms_norm_eps))
+            .transpose()
+    }
+
+    /// What layer `i` reads beside its input: its slice of `per_layer` and the shared keys and values.
+    fn side<'a>(&self, per_layer: Option<&Tensor>, i: usize, kv: &'a mut KvShare) -> candle_core::Result<Side<'a>> {
+        let per_layer = per_layer.map(|p| crate::per_layer::slice(p, i)).transpose()?;
+        Ok(Side { per_layer, kv })
     }
 
     /// The mean cross-entropy of the next-token predictions against `labels` (-100 = ignored) and the number of
@@ -730,7 +901,9 @@ impl Decoder {
         rot: &[(Tensor, Tensor)],
         mask: &AttnMask,
         cache: Option<&mut LayerCache>,
+        side: Side<'_>,
     ) -> candle_core::Result<Tensor> {
+        let Side { per_layer, kv } = side;
         let x = match &blk.mixer {
             MixerWeights::ShortConv(conv) => {
                 let y = self.sublayer(x, &blk.attn_norms, |h| self.short_conv(conv, h, cache))?;
@@ -747,7 +920,8 @@ impl Decoder {
             MixerWeights::Attention(w) => match self.fused_attention(blk, w, x, rot, mask, cache.is_some()) {
                 Some(block) => block?,
                 None => {
-                    let attn = self.sublayer(x, &blk.attn_norms, |h| self.attention(blk, w, h, rot, mask, cache))?;
+                    let attend = |h: &Tensor| self.attention(blk, w, h, rot, mask, (cache, kv));
+                    let attn = self.sublayer(x, &blk.attn_norms, attend)?;
                     self.residual(x, &attn)?
                 }
             },
@@ -758,6 +932,14 @@ impl Decoder {
                 let mlp = self.sublayer(&x, &blk.mlp_norms, |h| self.mlp(blk, &x, h))?;
                 self.residual(&x, &mlp)?
             }
+        };
+        let out = match (&blk.per_layer, per_layer) {
+            (Some(branch), Some(input)) => {
+                let act = |t: &Tensor| self.activation(blk, t);
+                branch.apply(&out, &input, act, self.config.rms_norm_eps)?
+            }
+            (None, None) => out,
+            _ => candle_core::bail!("layer {}: its per-layer input and its branch do not match", blk.index),
         };
         match &blk.scalar {
             Some(s) => out.broadcast_mul(&s.to_dtype(out.dtype())?),
@@ -794,6 +976,8 @@ impl Decoder {
             && !spec.sinks
             && !spec.output_gate
             && !spec.value_norm
+            && spec.kv_source.is_none()
+            && !blk.stores_kv
             && !query_factors
             && !cached;
         if !fused::applies(x) || !plain || blk.attn_norms.post.is_some() {
@@ -807,7 +991,7 @@ impl Decoder {
         let qkv = match &w.qkv {
             Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v.as_ref()?)?),
             Qkv::Fused(qkv) => fused::QkvWeights::Fused(dense(qkv)?),
-            Qkv::Latent(_) => return None,
+            Qkv::Latent(_) | Qkv::Queries(_) => return None,
         };
         let weights = fused::AttnWeights {
             norm,
@@ -884,16 +1068,18 @@ impl Decoder {
         h: &Tensor,
         rot: &[(Tensor, Tensor)],
         mask: &AttnMask,
-        cache: Option<&mut LayerCache>,
+        (cache, kv): (Option<&mut LayerCache>, &mut KvShare),
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let spec = &blk.spec;
         let (b, t, _) = h.dims3()?;
         let (hd, nh, nkv) = (spec.head_dim, c.num_heads, spec.kv_heads);
         let (mut q, mut k, v) = match &w.qkv {
+            Qkv::Queries(q) => return self.shared_attention(blk, w, &q.forward(h)?, rot, mask, kv),
             Qkv::Latent(latent) => {
                 let (q, k, v) = latent.project(h, spec.rope.map(|r| &rot[r]))?;
                 let (k, v) = with_cache(cache, k, v)?;
+                kv.offer(blk, &k, &v);
                 let attn = self.attend(&q, k, v, mask, spec, None)?;
                 return w.o.forward(&latent.unpad(&attn)?);
             }
@@ -953,11 +1139,48 @@ impl Decoder {
         };
         let v = rotate_heads(&v, nkv, None)?;
         let (k, v) = with_cache(cache, k, v)?;
+        kv.offer(blk, &k, &v);
         let attn = self.attend(&q, k, v, mask, spec, w.sinks.as_ref())?;
         let attn = match gate {
             Some(gate) => (attn * sigmoid(&gate)?)?,
             None => attn,
         };
+        w.o.forward(&attn)
+    }
+
+    /// A layer that attends over an earlier layer's keys and values (Gemma 4's shared layers): its projected
+    /// queries `q` (batch, seq, heads · head_dim) normalised per head and rotated as the layer says, over the keys
+    /// and values `kv` holds from its source layer (rotated, normalised, and with a generation's earlier positions).
+    fn shared_attention(
+        &self,
+        blk: &Block,
+        w: &AttentionWeights,
+        q: &Tensor,
+        rot: &[(Tensor, Tensor)],
+        mask: &AttnMask,
+        kv: &KvShare,
+    ) -> candle_core::Result<Tensor> {
+        let (c, spec) = (&self.config, &blk.spec);
+        let (b, t, _) = q.dims3()?;
+        let (hd, nh) = (spec.head_dim, c.num_heads);
+        let q = match &w.q_norm {
+            Some(norm) => rms_norm_offset(&q.reshape((b, t, nh, hd))?, norm, c.norm_offset, c.rms_norm_eps)?,
+            None => q.clone(),
+        };
+        let rotation = spec.rope.map(|r| (&rot[r], c.ropes[r].rotary_dim(hd)));
+        let q = rotate_heads(&q, nh, rotation)?;
+        let q = match c.position_query_scale {
+            Some(s) => scale_queries(&q, s, mask.q_offset)?,
+            None => q,
+        };
+        let source = spec.kv_source.unwrap_or(blk.index);
+        let Some((k, v)) = kv.get(source) else {
+            candle_core::bail!(
+                "layer {} reads layer {source}'s keys and values, which it has not made",
+                blk.index
+            )
+        };
+        let attn = self.attend(&q, k.clone(), v.clone(), mask, spec, w.sinks.as_ref())?;
         w.o.forward(&attn)
     }
 
@@ -1055,6 +1278,15 @@ impl Decoder {
 
     /// The MLP of `h` (the sublayer's normed input); `residual` is the sublayer's input, which Gemma 4's router
     /// reads: `dense_post(mlp(h)) + experts_post(experts(experts_pre(residual)))` where experts sit beside.
+    /// The layer's activation alone (Gemma 4's per-layer gate).
+    fn activation(&self, blk: &Block, x: &Tensor) -> candle_core::Result<Tensor> {
+        match blk.spec.activation {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Gelu => x.gelu_erf(),
+        }
+    }
+
     fn mlp(&self, blk: &Block, residual: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
         let product = |gate: &Tensor, up: &Tensor| match blk.spec.activation {
             Activation::Silu => swiglu(gate, up),
@@ -1073,7 +1305,7 @@ impl Decoder {
             GateUp::Separate { gate, up } => (gate.forward(h)?, up.forward(h)?),
             GateUp::Fused(gate_up) => {
                 let y = gate_up.forward(h)?;
-                let i = self.config.intermediate_size;
+                let i = blk.spec.intermediate_size;
                 (y.narrow(2, 0, i)?, y.narrow(2, i, i)?)
             }
         };
@@ -1083,6 +1315,14 @@ impl Decoder {
         };
         let sparse = routed(&b.experts, residual, &self.rms(residual, &b.experts_pre)?)?;
         self.rms(&dense, &b.dense_post)? + self.rms(&sparse, &b.experts_post)?
+    }
+}
+
+/// Two gradients of a layer's keys and values added (a source reused by several layers gets each one's).
+fn add_grads(sum: Option<(Tensor, Tensor)>, (k, v): (Tensor, Tensor)) -> candle_core::Result<(Tensor, Tensor)> {
+    match sum {
+        Some((sk, sv)) => Ok(((sk + k)?, (sv + v)?)),
+        None => Ok((k, v)),
     }
 }
 
@@ -1311,6 +1551,8 @@ impl Decoder {
             let (start, t) = (cache.len, ids.len());
             let ids_t = Tensor::new(ids, &self.device)?;
             let mut h = self.embed_ids(&ids_t, 1, t)?;
+            let per_layer = self.per_layer_inputs(&ids_t, &h)?;
+            let mut kv = KvShare::new(self.blocks.len());
             let rot = self.rope_tables(start, t)?;
             let total = start + t;
             let mask = AttnMask {
@@ -1319,8 +1561,9 @@ impl Decoder {
                 dense: None,
                 dense_windowed: None,
             };
-            for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                h = self.block(block, &h, &rot, &mask, Some(layer))?;
+            for (i, (block, layer)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+                let side = self.side(per_layer.as_ref(), i, &mut kv)?;
+                h = self.block(block, &h, &rot, &mask, Some(layer), side)?;
             }
             cache.len = total;
             self.head(&h.narrow(1, t - 1, 1)?)?
@@ -1425,7 +1668,7 @@ fn refuse_unread(params: &Params, c: &DecoderConfig, names: &TensorNames) -> Res
 
 /// `value` rounded to `dtype` first, as transformers does with gemma's embedding scale. Done on the host with
 /// `half`: a device-side scalar round trip would need a host read (and Metal has no f64).
-fn rounded_to(value: f64, dtype: DType) -> f64 {
+pub(crate) fn rounded_to(value: f64, dtype: DType) -> f64 {
     match dtype {
         DType::BF16 => half::bf16::from_f64(value).to_f64(),
         DType::F16 => half::f16::from_f64(value).to_f64(),

@@ -107,8 +107,8 @@ impl Params {
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
         for (name, shape) in source.tensors() {
             let name = name.clone();
-            if config.is_prediction_layer(&name) {
-                // Never run (transformers drops them): left on disk, and written back from there.
+            if config.dropped_on_load(&name) {
+                // Never run (transformers leaves them unread): left on disk, and written back from there.
                 continue;
             }
             if wanted.contains(name.as_str()) {

@@ -336,6 +336,11 @@ fn gemma4_stacked_gelu_experts_beside_the_dense_mlp_with_a_normed_scaled_router(
 }
 
 #[test]
+fn gemma4_per_layer_embeddings_and_layers_reusing_earlier_keys_and_values() {
+    check("gemma4_e");
+}
+
+#[test]
 fn gemma4_multimodal_checkpoint_trains_its_text_tower() {
     check("gemma4_vlm");
 }
@@ -364,8 +369,50 @@ fn qwen3_moe_with_the_routers_load_balancing_loss_over_its_sparse_layers() {
 /// included (its ablation moves this case's loss by 1.1e-1): the same value and the same gradient for every tensor.
 #[test]
 fn checkpointing_computes_the_routers_load_balancing_loss_too() {
-    let r = reference("qwen3_moe_aux");
     let (params, model) = load("qwen3_moe_aux", DType::F32);
+    checkpointed_matches_plain("qwen3_moe_aux", &params, &model);
+}
+
+/// Gemma 4's layers that reuse keys and values hand their gradient down to the source layer, and every layer's
+/// per-layer input hands its gradient to the per-layer tensors and the embeddings, in a checkpointed backward pass
+/// as in the plain one: with everything training, and with a source layer alone, a shared layer alone, or the
+/// per-layer table with the top layer.
+#[test]
+fn checkpointing_carries_shared_keys_and_per_layer_inputs_gradients() {
+    let (params, model) = load("gemma4_e", DType::F32);
+    checkpointed_matches_plain("gemma4_e", &params, &model);
+    let dir = fixtures().join("models/gemma4_e");
+    let layout = ModelLayout::inspect(&dir).unwrap();
+    let names: Vec<String> = layout
+        .layers
+        .iter()
+        .flat_map(|l| l.tensors().map(|t| t.name.clone()).collect::<Vec<_>>())
+        .chain(
+            layout
+                .non_layer_modules
+                .iter()
+                .flat_map(|m| m.tensors.iter().map(|t| t.name.clone())),
+        )
+        .collect();
+    for prefixes in [
+        &["model.layers.2."][..],
+        &["model.layers.4."],
+        &["model.embed_tokens_per_layer", "model.layers.5."],
+    ] {
+        let trainable: Vec<String> = names
+            .iter()
+            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+            .cloned()
+            .collect();
+        let params = Params::load_with(&dir, &trainable, &Device::Cpu, DType::F32).unwrap();
+        let model = Decoder::new(DecoderConfig::read(&dir).unwrap(), &params, &Device::Cpu).unwrap();
+        checkpointed_matches_plain("gemma4_e", &params, &model);
+    }
+}
+
+/// The checkpointed backward pass gives the plain one's loss and every trainable tensor's gradient.
+fn checkpointed_matches_plain(case: &str, params: &Params, model: &Decoder) {
+    let r = reference(case);
     let (batch, labels) = batch(&r.ids);
     let (loss, n) = model.loss(&batch, &labels).unwrap();
     let plain = loss.backward().unwrap();
@@ -406,7 +453,7 @@ fn checkpointing_computes_the_routers_load_balancing_loss_too() {
         let (d, scale) = (scalar(&d), scalar(&scale));
         assert!(
             d <= 1e-5 * scale.max(1.0),
-            "{name}: gradients differ by {d} (largest {scale})"
+            "{case}, {name}: gradients differ by {d} (largest {scale})"
         );
     }
 }
