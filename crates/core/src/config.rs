@@ -133,7 +133,11 @@ impl ModelConfig {
     /// Whether `name` is a key or value projection or norm of a layer that reuses an earlier layer's keys and
     /// values (Gemma 4's last `num_kv_shared_layers`), under the text decoder's layers (not a vision tower's).
     pub fn is_unused_shared_kv(&self, name: &str) -> bool {
-        let Some(layers) = self.num_layers.filter(|_| self.kv_shared_layers > 0) else {
+        // transformers shares only when some layer comes before the shared ones (`layer_idx >= first > 0`).
+        let Some(layers) = self
+            .num_layers
+            .filter(|&l| self.kv_shared_layers > 0 && self.kv_shared_layers < l)
+        else {
             return false;
         };
         const TEXT_LAYERS: [&str; 3] = [
@@ -249,7 +253,10 @@ impl ModelConfig {
             .iter()
             .find_map(|k| text.get(*k).and_then(Value::as_u64))
             .filter(|&n| n > 0);
-        let experts = match (count, uint(&["num_experts_per_tok"])?) {
+        // Gemma 4 names the top-k `top_k_experts`, and has experts only with `enable_moe_block`.
+        let gemma4_off = text.get("enable_moe_block").is_some_and(|v| v.as_bool() != Some(true));
+        let count = count.filter(|_| !gemma4_off);
+        let experts = match (count, uint(&["num_experts_per_tok", "top_k_experts"])?) {
             (Some(count), Some(top_k)) => {
                 let width = uint(&["moe_intermediate_size"])?
                     .or(intermediate_size)

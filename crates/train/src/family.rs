@@ -645,7 +645,6 @@ const GRANITE_EXPERTS: ExpertTable = ExpertTable {
     activation: ExpertActivation::Glu,
 };
 
-/// Qwen3.5 MoE's and Qwen3-Next's shared expert, scaled by σ of its gate.
 /// Gemma 4 26B A4B: stacked experts (the family's GELU-tanh GLU) beside the dense MLP on every layer when
 /// `enable_moe_block`, a router with its own input norm and scales.
 const GEMMA4_EXPERTS: ExpertTable = ExpertTable {
@@ -665,7 +664,9 @@ const GEMMA4_EXPERTS: ExpertTable = ExpertTable {
     },
     sparse_layers: SparseLayers::EveryWhen("enable_moe_block"),
     shared: None,
-    weigh_in_f32: false,
+    // Its router never casts the weights back: under autocast they stay f32 (softmax and the f32 per-expert
+    // scale), so the experts' outputs are weighed in f32 and then rounded, as Mixtral's are.
+    weigh_in_f32: true,
     activation: ExpertActivation::Glu,
     // transformers 5.6's Gemma 4 adds no load-balancing loss.
     router_loss: false,
@@ -677,6 +678,7 @@ const GEMMA4_EXPERTS: ExpertTable = ExpertTable {
     }),
 };
 
+/// Qwen3.5 MoE's and Qwen3-Next's shared expert, scaled by σ of its gate.
 const QWEN_SHARED_EXPERT: SharedExpertTable = SharedExpertTable {
     mlp: MlpLayout::Separate {
         gate: "mlp.shared_expert.gate_proj",
@@ -1301,8 +1303,8 @@ pub static FAMILIES: [Family; 28] = [
             heads: 8,
         },
         architecture: Architecture::Gemma4,
-        // `use_double_wide_mlp` widens only the layers sharing another's keys and values, and
-        // `vocab_size_per_layer_input` sizes only the per-layer embeddings: both refused below while off.
+        // `use_double_wide_mlp` widens only the layers sharing another's keys and values (shared_kv.rs), and
+        // `vocab_size_per_layer_input` sizes only the per-layer embeddings (per_layer.rs).
         keys: &[
             "hidden_activation",
             "attention_bias",

@@ -623,18 +623,13 @@ impl Decoder {
         let rot = self.rope_tables(0, t).map_err(err)?;
         let mask = self.mask(&batch.lengths, t).map_err(err)?;
         let real = real_tokens(batch);
-        let stats = |track: bool| -> Result<Option<RouterStats>> {
-            let make = if track {
-                RouterStats::new
-            } else {
-                RouterStats::untracked
-            };
-            self.config
-                .router_aux_loss
-                .map(|_| make(&real, &self.device))
-                .transpose()
-                .map_err(err)
-        };
+        // The first pass only counts each router's routes (layer_backward tracks their probabilities).
+        let counting = self
+            .config
+            .router_aux_loss
+            .map(|_| RouterStats::untracked(&real, &self.device))
+            .transpose()
+            .map_err(err)?;
         let embed_trainable = self.embed.is_trainable();
         let lowest = self
             .blocks
@@ -652,7 +647,7 @@ impl Decoder {
         let mut inputs = Vec::with_capacity(self.blocks.len() - stop);
         let mut per_layer = None;
         let mut kv = KvShare::new(self.blocks.len());
-        let (top, counted) = self.routed(stats(false)?, || -> candle_core::Result<Tensor> {
+        let (top, counted) = self.routed(counting, || -> candle_core::Result<Tensor> {
             let mut h = self.embed_ids(&ids, b, t)?.detach();
             per_layer = self.per_layer_inputs(&ids, &h)?.map(|p| p.detach());
             for (i, blk) in self.blocks.iter().enumerate() {
@@ -688,61 +683,117 @@ impl Decoder {
         on_grads(&store)?;
         let mut grad = store.get(top.as_tensor()).cloned();
         drop(store);
+        let down = Downward {
+            rot: &rot,
+            mask: &mask,
+            per_layer: per_layer.as_ref(),
+            per_layer_grads,
+            kv: &kv,
+            stop,
+            balance: balance.as_ref().map(|(factor, weights, _)| (*factor, weights)),
+            real: &real,
+        };
         // The gradients of the shared keys and values (from the layers that reuse them) and of each layer's
         // per-layer input, gathered on the way down.
         let mut kv_grads: Vec<Option<(Tensor, Tensor)>> = vec![None; self.blocks.len()];
-        let mut per_layer_grads: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
+        let mut input_grads: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
         for i in (stop..self.blocks.len()).rev() {
             let Some(g) = grad.take() else { break };
-            let blk = &self.blocks[i];
-            let x = Var::from_tensor(&inputs[i - stop]).map_err(err)?;
-            let input = per_layer
-                .as_ref()
-                .map(|p| crate::per_layer::slice(p, i).and_then(|s| Var::from_tensor(&s)))
-                .transpose()
-                .map_err(err)?;
-            // A shared layer reads its source's keys and values as variables, to hand their gradient down.
-            let mut local = KvShare::new(self.blocks.len());
-            let source = blk.spec.kv_source.and_then(|s| kv.get(s).map(|kv| (s, kv.clone())));
-            let source = source
-                .map(|(s, (k, v))| Ok::<_, candle_core::Error>((s, Var::from_tensor(&k)?, Var::from_tensor(&v)?)))
-                .transpose()
-                .map_err(err)?;
-            if let Some((s, k, v)) = &source {
-                local.put(*s, k.as_tensor().clone(), v.as_tensor().clone());
+            // Each layer's kept input is freed once its recomputation has it.
+            let x = inputs.pop().expect("one kept input per recomputed layer");
+            let back = self.layer_backward(i, &x, g, kv_grads[i].take(), &down, on_grads)?;
+            grad = back.input;
+            if let Some((s, kv)) = back.source {
+                kv_grads[s] = Some(add_grads(kv_grads[s].take(), kv).map_err(err)?);
             }
-            let side = Side {
-                per_layer: input.as_ref().map(|v| v.as_tensor().clone()),
-                kv: &mut local,
-            };
-            let (y, layer_stats) =
-                self.routed(stats(true)?, || self.block(blk, x.as_tensor(), &rot, &mask, None, side));
-            let mut objective = y.and_then(|y| (y * g)?.sum_all()).map_err(err)?;
-            if let (Some((factor, weights, _)), Some(layer_stats)) = (&balance, layer_stats) {
-                if let Some(part) = layer_stats.weighed(weights).map_err(err)? {
-                    objective = (objective + (part * *factor).map_err(err)?).map_err(err)?;
-                }
-            }
-            // A source layer also minimises its keys' and values' share of the later layers' loss.
-            if let (Some((gk, gv)), Some((k, v))) = (kv_grads[i].take(), local.get(i)) {
-                let part = (|| (k * gk)?.sum_all()? + (v * gv)?.sum_all()?)();
-                objective = part.and_then(|p| objective + p).map_err(err)?;
-            }
-            let store = objective.backward().map_err(err)?;
-            on_grads(&store)?;
-            // A leaf's gradient in candle's store may still record how it was made (a product with this layer's
-            // activations): detached, so the passes below never reach back into this layer.
-            let gradient = |t: &Tensor| store.get(t).map(Tensor::detach);
-            grad = gradient(x.as_tensor());
-            if let Some((s, k, v)) = &source {
-                if let (Some(gk), Some(gv)) = (gradient(k.as_tensor()), gradient(v.as_tensor())) {
-                    kv_grads[*s] = Some(add_grads(kv_grads[*s].take(), (gk, gv)).map_err(err)?);
-                }
-            }
-            per_layer_grads[i] = input.and_then(|v| gradient(v.as_tensor()));
+            input_grads[i] = back.per_layer_input;
         }
-        self.embedding_backward((&ids, b, t), grad, per_layer_grads, on_grads)?;
+        drop((inputs, kv, kv_grads));
+        self.embedding_backward((&ids, b, t), grad, input_grads, on_grads)?;
         Ok(value)
+    }
+
+    /// One layer of a checkpointed backward pass: layer `i` recomputed from its kept input `x` and its output's
+    /// gradient `g` minimised, plus its router's share of the load-balancing loss and, for a layer later ones
+    /// reuse, its keys' and values' share (`kv_grad`). Returns the gradients handed down.
+    fn layer_backward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        g: Tensor,
+        kv_grad: Option<(Tensor, Tensor)>,
+        down: &Downward<'_>,
+        on_grads: &mut dyn FnMut(&GradStore) -> Result<()>,
+    ) -> Result<LayerGrads> {
+        let err = |e| TrainError::Candle {
+            context: "checkpointed backward pass".into(),
+            source: e,
+        };
+        let blk = &self.blocks[i];
+        let x = Var::from_tensor(x).map_err(err)?;
+        // The per-layer input as a variable only where its gradient is wanted (the per-layer tensors or the
+        // embeddings train); else as a constant.
+        let slice = down
+            .per_layer
+            .map(|p| crate::per_layer::slice(p, i))
+            .transpose()
+            .map_err(err)?;
+        let input = match (&slice, down.per_layer_grads) {
+            (Some(s), true) => Some(Var::from_tensor(s).map_err(err)?),
+            _ => None,
+        };
+        // A shared layer reads its source's keys and values: as variables where the source is recomputed below
+        // (their gradient is handed down to it), as constants otherwise.
+        let mut local = KvShare::new(self.blocks.len());
+        let mut source = None;
+        if let Some((s, (k, v))) = blk.spec.kv_source.and_then(|s| down.kv.get(s).map(|kv| (s, kv))) {
+            if s >= down.stop {
+                let (k, v) = (Var::from_tensor(k).map_err(err)?, Var::from_tensor(v).map_err(err)?);
+                local.put(s, k.as_tensor().clone(), v.as_tensor().clone());
+                source = Some((s, k, v));
+            } else {
+                local.put(s, k.clone(), v.clone());
+            }
+        }
+        let per_layer = match &input {
+            Some(v) => Some(v.as_tensor().clone()),
+            None => slice,
+        };
+        let side = Side {
+            per_layer,
+            kv: &mut local,
+        };
+        let stats = self
+            .config
+            .router_aux_loss
+            .map(|_| RouterStats::new(down.real, &self.device))
+            .transpose()
+            .map_err(err)?;
+        let (y, layer_stats) = self.routed(stats, || {
+            self.block(blk, x.as_tensor(), down.rot, down.mask, None, side)
+        });
+        let mut objective = y.and_then(|y| (y * g)?.sum_all()).map_err(err)?;
+        if let (Some((factor, weights)), Some(layer_stats)) = (down.balance, layer_stats) {
+            if let Some(part) = layer_stats.weighed(weights).map_err(err)? {
+                objective = (objective + (part * factor).map_err(err)?).map_err(err)?;
+            }
+        }
+        // A source layer also minimises its keys' and values' share of the later layers' loss.
+        if let (Some((gk, gv)), Some((k, v))) = (kv_grad, local.get(i)) {
+            let part = (|| (k * gk)?.sum_all()? + (v * gv)?.sum_all()?)();
+            objective = part.and_then(|p| objective + p).map_err(err)?;
+        }
+        let store = objective.backward().map_err(err)?;
+        on_grads(&store)?;
+        // A leaf's gradient in candle's store may still record how it was made (a product with this layer's
+        // activations): detached, so the passes below never reach back into this layer.
+        let gradient = |t: &Tensor| store.get(t).map(Tensor::detach);
+        let source = source.and_then(|(s, k, v)| Some((s, (gradient(k.as_tensor())?, gradient(v.as_tensor())?))));
+        Ok(LayerGrads {
+            input: gradient(x.as_tensor()),
+            source,
+            per_layer_input: input.and_then(|v| gradient(v.as_tensor())),
+        })
     }
 
     /// The bottom of a checkpointed backward pass: the embeddings' gradient from `grad` (the first layer's input),
@@ -1276,8 +1327,6 @@ impl Decoder {
         m.out_proj.forward(&mixed)
     }
 
-    /// The MLP of `h` (the sublayer's normed input); `residual` is the sublayer's input, which Gemma 4's router
-    /// reads: `dense_post(mlp(h)) + experts_post(experts(experts_pre(residual)))` where experts sit beside.
     /// The layer's activation alone (Gemma 4's per-layer gate).
     fn activation(&self, blk: &Block, x: &Tensor) -> candle_core::Result<Tensor> {
         match blk.spec.activation {
@@ -1287,6 +1336,8 @@ impl Decoder {
         }
     }
 
+    /// The MLP of `h` (the sublayer's normed input); `residual` is the sublayer's input, which Gemma 4's router
+    /// reads: `dense_post(mlp(h)) + experts_post(experts(experts_pre(residual)))` where experts sit beside.
     fn mlp(&self, blk: &Block, residual: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
         let product = |gate: &Tensor, up: &Tensor| match blk.spec.activation {
             Activation::Silu => swiglu(gate, up),
@@ -1316,6 +1367,28 @@ impl Decoder {
         let sparse = routed(&b.experts, residual, &self.rms(residual, &b.experts_pre)?)?;
         self.rms(&dense, &b.dense_post)? + self.rms(&sparse, &b.experts_post)?
     }
+}
+
+/// What every layer of a checkpointed backward pass reads: the rope tables and masking, the per-layer inputs
+/// (and whether their gradient is wanted), the shared keys and values the forward pass left (detached), the
+/// lowest recomputed layer, the router's loss factor and experts' weights, and which tokens are real.
+struct Downward<'a> {
+    rot: &'a [(Tensor, Tensor)],
+    mask: &'a AttnMask,
+    per_layer: Option<&'a Tensor>,
+    per_layer_grads: bool,
+    kv: &'a KvShare,
+    stop: usize,
+    balance: Option<(f64, &'a Tensor)>,
+    real: &'a [bool],
+}
+
+/// What one recomputed layer hands down: its input's gradient, its source layer's keys' and values' gradient (a
+/// shared layer), and its per-layer input's gradient.
+struct LayerGrads {
+    input: Option<Tensor>,
+    source: Option<(usize, (Tensor, Tensor))>,
+    per_layer_input: Option<Tensor>,
 }
 
 /// Two gradients of a layer's keys and values added (a source reused by several layers gets each one's).

@@ -53,7 +53,8 @@ pub(crate) fn kv_sources(
                 .ok_or_else(|| {
                     format!(
                     "layer {i} reuses the keys and values of an earlier {} layer (`num_kv_shared_layers` {shared}), \
-                     but none of the first {first} layers is one: transformers fails on this config",
+                     but none of the first {first} layers is one: transformers fails on this config. Lower \
+                     `num_kv_shared_layers`, or make one of the first {first} layers of that kind in `layer_types`",
                     if sliding(i) { "sliding" } else { "full-attention" }
                 )
                 })

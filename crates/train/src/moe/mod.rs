@@ -33,8 +33,9 @@ pub(crate) use router_loss::RouterStats;
 use routing::{Choice, Routes};
 use stacked::Stacked;
 
-const ONLY_SWIGLU: &str = "is a stacked expert tensor, which FreezeTune runs with a GLU of SiLU or GELU-tanh only \
-     (`hidden_act` = \"silu\" or \"gelu_pytorch_tanh\")";
+const ONLY_SWIGLU: &str = "is a stacked expert tensor, which FreezeTune runs with a GLU of SiLU or GELU-tanh only: \
+     the config's activation (`hidden_act`, or Gemma's `hidden_activation`) must be \"silu\" or \
+     \"gelu_pytorch_tanh\"";
 
 /// A SwiGLU MLP: one expert, or the shared one.
 pub(crate) struct Expert {

@@ -131,7 +131,7 @@ pub(super) fn tasks(groups: &[Vec<u32>]) -> Vec<(usize, &[u32], usize)> {
     out
 }
 
-/// Each expert's SwiGLU output for its rows of `x` (tokens × hidden), experts in order: (Σ rows) × hidden.
+/// Each expert's GLU output for its rows of `x` (tokens × hidden), experts in order: (Σ rows) × hidden.
 pub(super) fn forward(
     x: &[f32],
     (gate_up, down): (&Experts, &Experts),
