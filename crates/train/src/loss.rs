@@ -54,12 +54,12 @@ pub fn causal_lm_loss_with(logits: &Tensor, labels: &[Vec<i64>], kernel: LossKer
 pub fn causal_lm_head_loss(
     hidden: &Tensor,
     weight: &Tensor,
-    scale: f32,
+    logits: crate::fused::Logits,
     labels: &[Vec<i64>],
 ) -> Result<(Tensor, usize)> {
     let (b, t, _) = hidden.dims3()?;
     let (targets, count) = counted_targets(labels, b, t)?;
-    let loss = crate::fused::head_cross_entropy(hidden, weight, Arc::new(targets), count, scale)?;
+    let loss = crate::fused::head_cross_entropy(hidden, weight, Arc::new(targets), count, logits)?;
     Ok((loss, count))
 }
 
@@ -311,6 +311,13 @@ mod tests {
 
     #[test]
     fn fused_head_loss_matches_logits_then_loss_across_blocks() {
+        for softcap in [None, Some(1.5f32)] {
+            check_fused_head_loss(softcap);
+        }
+    }
+
+    /// The fused head against logits (scaled, softcapped as asked) then the loss, in value and input gradient.
+    fn check_fused_head_loss(softcap: Option<f32>) {
         let dev = Device::Cpu;
         let (b, t, h, v) = (2, 5, 6, 11);
         let values = |n: usize, seed: usize| -> Vec<f32> {
@@ -329,6 +336,12 @@ mod tests {
         .unwrap()
         .affine(scale as f64, 0.0)
         .unwrap();
+        // A cap below the logits' range, so the tanh bends them.
+        let logits = match softcap {
+            Some(cap) => ((logits / cap as f64).unwrap().tanh().unwrap() * cap as f64).unwrap(),
+            None => logits,
+        };
+        let head = crate::fused::Logits { scale, softcap };
         let (want, want_n) = causal_lm_loss(&logits, &labels).unwrap();
         let want_grad = (&want * 0.37).unwrap().backward().unwrap();
         let want_grad = want_grad.get(hidden.as_tensor()).unwrap();
@@ -338,23 +351,30 @@ mod tests {
             let n = targets.iter().flatten().count();
             assert_eq!(n, want_n);
             let got =
-                crate::fused::head_cross_entropy_blocks(hidden.as_tensor(), &weight, targets, n, scale, block_rows)
+                crate::fused::head_cross_entropy_blocks(hidden.as_tensor(), &weight, targets, n, head, block_rows)
                     .unwrap();
             let diff = (got.to_scalar::<f32>().unwrap() - want.to_scalar::<f32>().unwrap()).abs();
-            assert!(diff < 1e-5, "loss differs by {diff} with blocks of {block_rows:?}");
+            assert!(
+                diff < 1e-5,
+                "{softcap:?}: loss differs by {diff} with blocks of {block_rows:?}"
+            );
             let grads = (&got * 0.37).unwrap().backward().unwrap();
             let g = grads.get(hidden.as_tensor()).unwrap();
             assert!(
                 max_diff(g, want_grad) < 1e-5,
-                "hidden gradient, blocks of {block_rows:?}"
+                "{softcap:?}: hidden gradient, blocks of {block_rows:?}"
             );
         }
         // Without a graph no gradient is made, and the value is the same.
-        let (value, _) = causal_lm_head_loss(&hidden.as_tensor().detach(), &weight, scale, &labels).unwrap();
+        let (value, _) = causal_lm_head_loss(&hidden.as_tensor().detach(), &weight, head, &labels).unwrap();
         assert!((value.to_scalar::<f32>().unwrap() - want.to_scalar::<f32>().unwrap()).abs() < 1e-5);
         // A target outside the vocabulary is refused, not read out of bounds.
         let bad = Arc::new(vec![Some(v as u32); b * t]);
-        assert!(crate::fused::head_cross_entropy(hidden.as_tensor(), &weight, bad, b * t, 1.0).is_err());
+        let plain = crate::fused::Logits {
+            scale: 1.0,
+            softcap: None,
+        };
+        assert!(crate::fused::head_cross_entropy(hidden.as_tensor(), &weight, bad, b * t, plain).is_err());
     }
 
     #[test]

@@ -928,15 +928,19 @@ impl Decoder {
     }
 
     /// The head and the loss from the last layer's output. A frozen dense f32 lm_head on the fused CPU path, with
-    /// no bias and no final softcap, is multiplied together with the loss a block of rows at a time
+    /// no bias, is multiplied together with the loss (and the final softcap) a block of rows at a time
     /// (`fused::head_cross_entropy`), so neither the logits nor their gradient is ever held whole; any other head
     /// makes the logits and then the loss.
     fn head_loss(&self, h: &Tensor, labels: &[Vec<i64>]) -> candle_core::Result<(Tensor, usize)> {
         let c = &self.config;
-        if let (LinearWeight::Frozen(w), None, None) = (&self.lm_head.weight, &self.lm_head.bias, c.final_softcap) {
+        if let (LinearWeight::Frozen(w), None) = (&self.lm_head.weight, &self.lm_head.bias) {
             if fused::applies(h) && w.dtype() == DType::F32 {
                 let normed = self.rms(h, &self.norm)?;
-                return crate::loss::causal_lm_head_loss(&normed, w, (1.0 / c.logits_scaling) as f32, labels);
+                let logits = fused::Logits {
+                    scale: (1.0 / c.logits_scaling) as f32,
+                    softcap: c.final_softcap.map(|cap| cap as f32),
+                };
+                return crate::loss::causal_lm_head_loss(&normed, w, logits, labels);
             }
         }
         crate::loss::causal_lm_loss(&self.head(h)?, labels)

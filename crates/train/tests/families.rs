@@ -589,7 +589,8 @@ fn a_tensor_the_decoder_would_leave_out_is_refused_by_name() {
 /// `causal_lm_loss` give. Granite divides its logits by `logits_scaling`, which the fused head applies too.
 #[test]
 fn a_frozen_head_fused_with_the_loss_matches_logits_then_loss() {
-    for case in ["granite", "qwen2_window", "llama_bias", "olmo2"] {
+    // gemma2 and gemma4: a final softcap inside the fused head.
+    for case in ["granite", "qwen2_window", "llama_bias", "olmo2", "gemma2", "gemma4"] {
         let dir = fixtures().join("models").join(case);
         let layout = ModelLayout::inspect(&dir).unwrap();
         let spec = FreezeSpec {

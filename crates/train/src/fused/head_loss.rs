@@ -22,17 +22,25 @@ const BLOCK_ELEMENTS: usize = 1 << 21;
 /// the unfused head, with one logits-sized buffer instead of four; longer batches stay at 1,024 rows a block.
 const MIN_BLOCK_ROWS: usize = 1024;
 
-/// Mean cross-entropy of `(hidden · weightᵀ) · scale` against `targets` (one per row of `hidden`, `None` = not
-/// counted), over `count` counted rows; `hidden` (…, h) f32 on the CPU, `weight` (vocab, h) a constant. Only
-/// `hidden` gets a gradient.
+/// How the head's products become logits: multiplied by `scale` (1 / Granite's `logits_scaling`), then, with a
+/// `softcap`, `cap · tanh(logit / cap)` (Gemma 2, 3 and 4's `final_logit_softcapping`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Logits {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
+/// Mean cross-entropy of the logits `hidden · weightᵀ` make (as `logits` says) against `targets` (one per row of
+/// `hidden`, `None` = not counted), over `count` counted rows; `hidden` (…, h) f32 on the CPU, `weight`
+/// (vocab, h) a constant. Only `hidden` gets a gradient.
 pub fn head_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     targets: Arc<Vec<Option<u32>>>,
     count: usize,
-    scale: f32,
+    logits: Logits,
 ) -> Result<Tensor> {
-    head_cross_entropy_blocks(hidden, weight, targets, count, scale, None)
+    head_cross_entropy_blocks(hidden, weight, targets, count, logits, None)
 }
 
 /// As [`head_cross_entropy`], with `block_rows` rows a block (tests use small blocks to cross block edges).
@@ -41,7 +49,7 @@ pub(crate) fn head_cross_entropy_blocks(
     weight: &Tensor,
     targets: Arc<Vec<Option<u32>>>,
     count: usize,
-    scale: f32,
+    logits: Logits,
     block_rows: Option<usize>,
 ) -> Result<Tensor> {
     let (vocab, h) = weight.dims2()?;
@@ -58,7 +66,7 @@ pub(crate) fn head_cross_entropy_blocks(
     let op = HeadCrossEntropy {
         targets,
         count: count.max(1),
-        scale,
+        logits,
         block_rows: block_rows.unwrap_or((BLOCK_ELEMENTS / vocab.max(1)).max(MIN_BLOCK_ROWS)),
         want_grad: hidden.track_op(),
         input_grad: Mutex::new(None),
@@ -69,7 +77,7 @@ pub(crate) fn head_cross_entropy_blocks(
 struct HeadCrossEntropy {
     targets: Arc<Vec<Option<u32>>>,
     count: usize,
-    scale: f32,
+    logits: Logits,
     block_rows: usize,
     /// Whether the forward pass also computes the input's gradient (the input is part of a graph).
     want_grad: bool,
@@ -78,8 +86,9 @@ struct HeadCrossEntropy {
 }
 
 impl HeadCrossEntropy {
-    /// One row's loss; with `grad`, the row becomes `(softmax − one-hot) · scale / count` in place (zeros for a
-    /// row that is not counted).
+    /// One row's loss; with `grad`, the row becomes the loss's gradient with respect to the row's products in
+    /// place: `(softmax − one-hot) / count`, times the softcap's derivative `1 − tanh²` where there is one, times
+    /// the scale (zeros for a row that is not counted).
     fn row(&self, z: &mut [f32], target: Option<u32>, grad: bool) -> f64 {
         let Some(t) = target else {
             if grad {
@@ -87,8 +96,17 @@ impl HeadCrossEntropy {
             }
             return 0.0;
         };
-        if self.scale != 1.0 {
-            z.iter_mut().for_each(|v| *v *= self.scale);
+        let Logits { scale, softcap } = self.logits;
+        if scale != 1.0 {
+            z.iter_mut().for_each(|v| *v *= scale);
+        }
+        // The softcap's derivative at each logit, kept for the gradient (the softmax overwrites the logits).
+        let mut capped_slope = Vec::new();
+        if let Some(cap) = softcap {
+            z.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            if grad {
+                capped_slope = z.iter().map(|v| 1.0 - (v / cap) * (v / cap)).collect();
+            }
         }
         let target_logit = z[t as usize];
         let max = fastmath::max(z);
@@ -97,10 +115,11 @@ impl HeadCrossEntropy {
         let sum = fastmath::sum(z);
         if grad {
             // d(loss)/d(raw logit) = (softmax − one-hot) / count, times the scale the logits were multiplied by.
-            let k = self.scale / self.count as f32;
+            let k = scale / self.count as f32;
             let inv = k / sum;
             z.iter_mut().for_each(|g| *g *= inv);
             z[t as usize] -= k;
+            z.iter_mut().zip(&capped_slope).for_each(|(g, s)| *g *= s);
         }
         (max + sum.ln() - target_logit) as f64
     }

@@ -30,9 +30,9 @@ pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
 pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
 pub use gemm::{default_f32_kernel, with_bf16_matmuls, with_f32_kernel, Backend, F32Kernel};
-pub use head_loss::head_cross_entropy;
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
+pub use head_loss::{head_cross_entropy, Logits};
 pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t, transposed_times};
 pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
 pub use packed_gemm::{
