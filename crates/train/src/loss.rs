@@ -326,7 +326,9 @@ mod tests {
                 .collect()
         };
         let hidden = Var::from_vec(values(b * t * h, 1), (b, t, h), &dev).unwrap();
-        let weight = Tensor::from_vec(values(v * h, 5), (v, h), &dev).unwrap();
+        // A trainable weight: the fused head gives its gradient too.
+        let weight_var = Var::from_vec(values(v * h, 5), (v, h), &dev).unwrap();
+        let weight = weight_var.as_tensor().clone();
         // Ignored labels inside a row and at its start; the last position of each row predicts nothing.
         let labels = vec![vec![3, -100, 7, 10, 0], vec![-100, 4, 4, 9, 1]];
         let scale = 0.625f32;
@@ -343,8 +345,9 @@ mod tests {
         };
         let head = crate::fused::Logits { scale, softcap };
         let (want, want_n) = causal_lm_loss(&logits, &labels).unwrap();
-        let want_grad = (&want * 0.37).unwrap().backward().unwrap();
-        let want_grad = want_grad.get(hidden.as_tensor()).unwrap();
+        let want_grads = (&want * 0.37).unwrap().backward().unwrap();
+        let want_grad = want_grads.get(hidden.as_tensor()).unwrap();
+        let want_weight_grad = want_grads.get(&weight).unwrap();
         // Blocks of 3 rows over 10 (a short last block), one row, and the whole at once.
         for block_rows in [Some(3), Some(1), None] {
             let targets = Arc::new(shifted_targets(&labels, t));
@@ -364,7 +367,18 @@ mod tests {
                 max_diff(g, want_grad) < 1e-5,
                 "{softcap:?}: hidden gradient, blocks of {block_rows:?}"
             );
+            let gw = grads.get(&weight).unwrap();
+            assert!(
+                max_diff(gw, want_weight_grad) < 1e-5,
+                "{softcap:?}: weight gradient, blocks of {block_rows:?}"
+            );
         }
+        // A frozen weight gets no gradient, the input still does.
+        let frozen = weight.detach();
+        let targets = Arc::new(shifted_targets(&labels, t));
+        let got = crate::fused::head_cross_entropy(hidden.as_tensor(), &frozen, targets, want_n, head).unwrap();
+        let grads = got.backward().unwrap();
+        assert!(grads.get(&frozen).is_none() && grads.get(hidden.as_tensor()).is_some());
         // Without a graph no gradient is made, and the value is the same.
         let (value, _) = causal_lm_head_loss(&hidden.as_tensor().detach(), &weight, head, &labels).unwrap();
         assert!((value.to_scalar::<f32>().unwrap() - want.to_scalar::<f32>().unwrap()).abs() < 1e-5);

@@ -927,13 +927,14 @@ impl Decoder {
         }
     }
 
-    /// The head and the loss from the last layer's output. A frozen dense f32 lm_head on the fused CPU path, with
-    /// no bias, is multiplied together with the loss (and the final softcap) a block of rows at a time
+    /// The head and the loss from the last layer's output. A dense f32 lm_head (frozen or trainable) on the fused
+    /// CPU path, with no bias, is multiplied together with the loss (and the final softcap) a block of rows at a time
     /// (`fused::head_cross_entropy`), so neither the logits nor their gradient is ever held whole; any other head
     /// makes the logits and then the loss.
     fn head_loss(&self, h: &Tensor, labels: &[Vec<i64>]) -> candle_core::Result<(Tensor, usize)> {
         let c = &self.config;
-        if let (LinearWeight::Frozen(w), None) = (&self.lm_head.weight, &self.lm_head.bias) {
+        if let (LinearWeight::Frozen(w) | LinearWeight::Trainable(w), None) = (&self.lm_head.weight, &self.lm_head.bias)
+        {
             if fused::applies(h) && w.dtype() == DType::F32 {
                 let normed = self.rms(h, &self.norm)?;
                 let logits = fused::Logits {

@@ -1,5 +1,5 @@
-//! The output projection and the cross-entropy as one op, for a frozen dense lm_head: the logits are made a block
-//! of rows at a time and never held whole. The unfused graph keeps four logits-sized buffers a step (the logits,
+//! The output projection and the cross-entropy as one op, for a dense f32 lm_head (frozen, or trainable: then its
+//! gradient is summed block by block too): the logits are made a block of rows at a time and never held whole. The unfused graph keeps four logits-sized buffers a step (the logits,
 //! their gradient, and the zero-filled buffer candle's backward adds that gradient into, and the sum), 200 MB each
 //! on a 49k vocabulary at 1,024 rows, each one fresh pages the kernel must fault in and clear. Here a block's
 //! logits are turned into that block's loss and, when the input needs a gradient, straight into
@@ -8,7 +8,7 @@
 //! nothing recomputed.
 
 use super::f32s;
-use super::linear::times_weight_into;
+use super::linear::{times_weight_into, transposed_times};
 use crate::fastmath;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -31,8 +31,9 @@ pub struct Logits {
 }
 
 /// Mean cross-entropy of the logits `hidden · weightᵀ` make (as `logits` says) against `targets` (one per row of
-/// `hidden`, `None` = not counted), over `count` counted rows; `hidden` (…, h) f32 on the CPU, `weight`
-/// (vocab, h) a constant. Only `hidden` gets a gradient.
+/// `hidden`, `None` = not counted), over `count` counted rows; `hidden` (…, h) and `weight` (vocab, h) f32 on the
+/// CPU. Each gets its gradient where it is part of a graph: a trainable lm_head's (vocab × h) is summed block by
+/// block, so the logits are never held whole for it either.
 pub fn head_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
@@ -68,8 +69,10 @@ pub(crate) fn head_cross_entropy_blocks(
         count: count.max(1),
         logits,
         block_rows: block_rows.unwrap_or((BLOCK_ELEMENTS / vocab.max(1)).max(MIN_BLOCK_ROWS)),
-        want_grad: hidden.track_op(),
-        input_grad: Mutex::new(None),
+        want_grad: hidden.track_op() || weight.track_op(),
+        want_input_grad: hidden.track_op(),
+        want_weight_grad: weight.track_op(),
+        grads: Mutex::new(None),
     };
     hidden.contiguous()?.apply_op2(&weight.contiguous()?, op)
 }
@@ -79,10 +82,14 @@ struct HeadCrossEntropy {
     count: usize,
     logits: Logits,
     block_rows: usize,
-    /// Whether the forward pass also computes the input's gradient (the input is part of a graph).
+    /// Whether the forward pass also computes the gradients (the input or the weight is part of a graph)...
     want_grad: bool,
-    /// dh for an upstream gradient of 1, made by the forward pass, taken by the backward pass.
-    input_grad: Mutex<Option<Vec<f32>>>,
+    /// ...the input's among them...
+    want_input_grad: bool,
+    /// ...and the weight's.
+    want_weight_grad: bool,
+    /// dh, and dW where wanted, for an upstream gradient of 1: made by the forward pass, taken by the backward.
+    grads: Mutex<Option<(Vec<f32>, Option<Vec<f32>>)>>,
 }
 
 impl HeadCrossEntropy {
@@ -136,7 +143,8 @@ impl CustomOp2 for HeadCrossEntropy {
         let rows = self.targets.len();
         let block = self.block_rows.min(rows).max(1);
         let mut logits = vec![0f32; block * vocab];
-        let mut dh = vec![0f32; if self.want_grad { rows * h } else { 0 }];
+        let mut dh = vec![0f32; if self.want_input_grad { rows * h } else { 0 }];
+        let mut dw = self.want_weight_grad.then(|| vec![0f32; vocab * h]);
         let mut total = 0f64;
         for start in (0..rows).step_by(block) {
             let r = block.min(rows - start);
@@ -149,13 +157,18 @@ impl CustomOp2 for HeadCrossEntropy {
                 .zip(targets.par_iter())
                 .map(|(row, &t)| self.row(row, t, self.want_grad))
                 .sum::<f64>();
-            if self.want_grad {
+            if self.want_input_grad {
                 // dh = g · W, W stored (vocab, h) read as it is.
                 times_weight_into(&mut dh[start * h..(start + r) * h], z, w, r, h, vocab, false);
             }
+            if let Some(dw) = dw.as_mut() {
+                // dW += gᵀ · x over this block's rows.
+                let part = transposed_times(z, x, r, vocab, h)?;
+                dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
         }
         if self.want_grad {
-            *self.input_grad.lock().expect("head loss gradient") = Some(dh);
+            *self.grads.lock().expect("head loss gradient") = Some((dh, dw));
         }
         Ok((
             CpuStorage::F32(vec![(total / self.count as f64) as f32]),
@@ -163,13 +176,29 @@ impl CustomOp2 for HeadCrossEntropy {
         ))
     }
 
-    fn bwd(&self, hidden: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let Some(dh) = self.input_grad.lock().expect("head loss gradient").take() else {
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some((dh, dw)) = self.grads.lock().expect("head loss gradient").take() else {
             bail!("head loss: a second backward pass, or one over an input that was not part of a graph")
         };
-        let dh = Tensor::from_vec(dh, hidden.shape(), hidden.device())?;
         let upstream = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-        let dh = if upstream == 1.0 { dh } else { (dh * upstream as f64)? };
-        Ok((Some(dh), None))
+        let scaled = |values: Vec<f32>, like: &Tensor| -> Result<Tensor> {
+            let t = Tensor::from_vec(values, like.shape(), like.device())?;
+            if upstream == 1.0 {
+                Ok(t)
+            } else {
+                t * upstream as f64
+            }
+        };
+        let dh = match hidden.track_op() {
+            true => Some(scaled(dh, hidden)?),
+            false => None,
+        };
+        Ok((dh, dw.map(|dw| scaled(dw, weight)).transpose()?))
     }
 }
