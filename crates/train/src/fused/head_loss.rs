@@ -89,8 +89,11 @@ struct HeadCrossEntropy {
     /// ...and the weight's.
     want_weight_grad: bool,
     /// dh, and dW where wanted, for an upstream gradient of 1: made by the forward pass, taken by the backward.
-    grads: Mutex<Option<(Vec<f32>, Option<Vec<f32>>)>>,
+    grads: Mutex<Option<HeadGrads>>,
 }
+
+/// The input's gradient (empty where not wanted) and the weight's, where wanted.
+type HeadGrads = (Vec<f32>, Option<Vec<f32>>);
 
 impl HeadCrossEntropy {
     /// One row's loss; with `grad`, the row becomes the loss's gradient with respect to the row's products in
