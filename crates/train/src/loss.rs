@@ -373,6 +373,16 @@ mod tests {
                 "{softcap:?}: weight gradient, blocks of {block_rows:?}"
             );
         }
+        // Only the weight trains (every layer below frozen): its gradient alone, the same.
+        let targets = Arc::new(shifted_targets(&labels, t));
+        let detached = hidden.as_tensor().detach();
+        let got = crate::fused::head_cross_entropy(&detached, &weight, targets, want_n, head).unwrap();
+        let grads = (&got * 0.37).unwrap().backward().unwrap();
+        assert!(grads.get(&detached).is_none());
+        assert!(
+            max_diff(grads.get(&weight).unwrap(), want_weight_grad) < 1e-5,
+            "{softcap:?}: weight alone"
+        );
         // A frozen weight gets no gradient, the input still does.
         let frozen = weight.detach();
         let targets = Arc::new(shifted_targets(&labels, t));

@@ -2,13 +2,13 @@
 //! gradient is summed block by block too): the logits are made a block of rows at a time and never held whole. The unfused graph keeps four logits-sized buffers a step (the logits,
 //! their gradient, and the zero-filled buffer candle's backward adds that gradient into, and the sum), 200 MB each
 //! on a 49k vocabulary at 1,024 rows, each one fresh pages the kernel must fault in and clear. Here a block's
-//! logits are turned into that block's loss and, when the input needs a gradient, straight into
-//! `softmax − one-hot` and the input's gradient `dh = g · W` while they are still in cache; the backward pass
-//! only scales the kept `dh` by the upstream gradient. The same matmuls as the unfused path (the logits, and dh),
-//! nothing recomputed.
+//! logits are scaled and softcapped as the family says ([`Logits`]) and turned into that block's loss and, when a
+//! gradient is wanted, straight into `softmax − one-hot` (times the softcap's slope) and the input's gradient
+//! `dh = g · W` and the weight's share `gᵀ · x` while they are still in cache; the backward pass only scales the
+//! kept gradients by the upstream one. The same matmuls as the unfused path, nothing recomputed.
 
 use super::f32s;
-use super::linear::{times_weight_into, transposed_times};
+use super::linear::{add_transposed_times, times_weight_into};
 use crate::fastmath;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -99,7 +99,7 @@ impl HeadCrossEntropy {
     /// One row's loss; with `grad`, the row becomes the loss's gradient with respect to the row's products in
     /// place: `(softmax − one-hot) / count`, times the softcap's derivative `1 − tanh²` where there is one, times
     /// the scale (zeros for a row that is not counted).
-    fn row(&self, z: &mut [f32], target: Option<u32>, grad: bool) -> f64 {
+    fn row(&self, z: &mut [f32], target: Option<u32>, grad: bool, slope: &mut Vec<f32>) -> f64 {
         let Some(t) = target else {
             if grad {
                 z.fill(0.0);
@@ -110,12 +110,13 @@ impl HeadCrossEntropy {
         if scale != 1.0 {
             z.iter_mut().for_each(|v| *v *= scale);
         }
-        // The softcap's derivative at each logit, kept for the gradient (the softmax overwrites the logits).
-        let mut capped_slope = Vec::new();
+        // The softcap's derivative at each logit, kept for the gradient (the softmax overwrites the logits) in
+        // `slope`, a buffer each thread reuses row after row.
+        slope.clear();
         if let Some(cap) = softcap {
             z.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
             if grad {
-                capped_slope = z.iter().map(|v| 1.0 - (v / cap) * (v / cap)).collect();
+                slope.extend(z.iter().map(|v| 1.0 - (v / cap) * (v / cap)));
             }
         }
         let target_logit = z[t as usize];
@@ -129,7 +130,7 @@ impl HeadCrossEntropy {
             let inv = k / sum;
             z.iter_mut().for_each(|g| *g *= inv);
             z[t as usize] -= k;
-            z.iter_mut().zip(&capped_slope).for_each(|(g, s)| *g *= s);
+            z.iter_mut().zip(slope.iter()).for_each(|(g, s)| *g *= s);
         }
         (max + sum.ln() - target_logit) as f64
     }
@@ -158,16 +159,15 @@ impl CustomOp2 for HeadCrossEntropy {
             total += z
                 .par_chunks_mut(vocab)
                 .zip(targets.par_iter())
-                .map(|(row, &t)| self.row(row, t, self.want_grad))
+                .map_init(Vec::new, |slope, (row, &t)| self.row(row, t, self.want_grad, slope))
                 .sum::<f64>();
             if self.want_input_grad {
                 // dh = g · W, W stored (vocab, h) read as it is.
                 times_weight_into(&mut dh[start * h..(start + r) * h], z, w, r, h, vocab, false);
             }
             if let Some(dw) = dw.as_mut() {
-                // dW += gᵀ · x over this block's rows.
-                let part = transposed_times(z, x, r, vocab, h)?;
-                dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                // dW += gᵀ · x over this block's rows, in place.
+                add_transposed_times(dw, z, x, r, vocab, h)?;
             }
         }
         if self.want_grad {
@@ -190,13 +190,12 @@ impl CustomOp2 for HeadCrossEntropy {
             bail!("head loss: a second backward pass, or one over an input that was not part of a graph")
         };
         let upstream = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-        let scaled = |values: Vec<f32>, like: &Tensor| -> Result<Tensor> {
-            let t = Tensor::from_vec(values, like.shape(), like.device())?;
-            if upstream == 1.0 {
-                Ok(t)
-            } else {
-                t * upstream as f64
+        // Scaled in place, so no second copy of a vocabulary-sized gradient is made.
+        let scaled = |mut values: Vec<f32>, like: &Tensor| -> Result<Tensor> {
+            if upstream != 1.0 {
+                values.iter_mut().for_each(|v| *v *= upstream);
             }
+            Tensor::from_vec(values, like.shape(), like.device())
         };
         let dh = match hidden.track_op() {
             true => Some(scaled(dh, hidden)?),

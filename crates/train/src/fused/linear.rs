@@ -6,7 +6,7 @@
 //! `dx = dy·W` only when the input is part of the graph.
 
 use super::f32s;
-use super::gemm::{matmul_fastest, parallelism, written, Mat};
+use super::gemm::{matmul_fastest, matmul_on, parallelism, written, Mat};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x (…, k) · wᵀ` for a weight `w` (n, k); returns (…, n).
@@ -48,6 +48,34 @@ pub fn rows_times_weight(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, tra
         bail!("matmul: {} and {} values for {m}x{k} times {weight}", x.len(), w.len())
     }
     Ok(times_weight(x, w, m, n, k, transposed))
+}
+
+/// `dst (n × k) += aᵀ · b` for `a` (rows × n) and `b` (rows × k), both contiguous row-major: a weight's gradient
+/// summed over blocks of rows in place, with no buffer per block.
+pub fn add_transposed_times(dst: &mut [f32], a: &[f32], b: &[f32], rows: usize, n: usize, k: usize) -> Result<()> {
+    if a.len() != rows * n || b.len() != rows * k || dst.len() != n * k {
+        bail!(
+            "matmul: {} and {} values for ({rows}x{n})ᵀ times {rows}x{k} into {}",
+            a.len(),
+            b.len(),
+            dst.len()
+        )
+    }
+    let par = parallelism(rows, n, k);
+    // SAFETY: a is rows×n, b rows×k and dst n×k, contiguous (checked above); dst is borrowed mutably here alone.
+    unsafe {
+        matmul_on(
+            par,
+            n,
+            k,
+            rows,
+            Mat(dst.as_mut_ptr(), k as isize, 1),
+            true,
+            Mat(a.as_ptr(), 1, n as isize),
+            Mat(b.as_ptr(), k as isize, 1),
+        );
+    }
+    Ok(())
 }
 
 /// `aᵀ · b` for `a` (rows × n) and `b` (rows × k), both contiguous row-major: the (n × k) product a weight's
