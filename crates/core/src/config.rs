@@ -110,6 +110,37 @@ const MTP_HEAD_TYPES: [&str; 5] = [
     "qwen3_next",
 ];
 
+/// transformers' `tie_word_embeddings` default for the vision-language classes FreezeTune reads. These classes
+/// tie by their own top-level flag and never read `text_config`'s, which transformers 5 writes with the text
+/// class's default whatever the model does (a Gemma 4 saved untied says `true` there, a tied Qwen3.5 `false`).
+const WRAPPER_TIE_DEFAULTS: [(&str, bool); 8] = [
+    ("gemma3", true),
+    ("gemma4", true),
+    ("mistral3", true),
+    ("qwen3_5", false),
+    ("qwen3_5_moe", false),
+    ("qwen2_vl", false),
+    ("qwen2_5_vl", false),
+    ("qwen3_vl", false),
+];
+
+/// Whether a vision-language config.json (one with `text_config`) ties its lm_head to the embeddings, as
+/// transformers decides it: the top-level flag, else the class's default. For a wrapper FreezeTune does not know,
+/// the text tower's flag stands in (LLaVA's configs copy it up), and `None` leaves it to the checkpoint.
+pub fn wrapper_ties(raw: &Value) -> Option<bool> {
+    if let Some(tie) = raw.get("tie_word_embeddings").and_then(Value::as_bool) {
+        return Some(tie);
+    }
+    let model_type = raw.get("model_type").and_then(Value::as_str);
+    match WRAPPER_TIE_DEFAULTS.iter().find(|(t, _)| Some(*t) == model_type) {
+        Some(&(_, tie)) => Some(tie),
+        None => raw
+            .get("text_config")
+            .and_then(|t| t.get("tie_word_embeddings"))
+            .and_then(Value::as_bool),
+    }
+}
+
 impl ModelConfig {
     /// Whether `name` belongs to a multi-token-prediction head transformers drops on load: DeepSeek-V3's and
     /// GLM-4.5's layers after the last (`model.layers.N.…` with N from the config's layer count on, within
@@ -232,10 +263,10 @@ impl ModelConfig {
                     format!("`num_kv_shared_layers` is {v}; it must be an integer from 0 to the layer count")
                 })? as usize,
         };
-        let tie_word_embeddings = text
-            .get("tie_word_embeddings")
-            .or_else(|| top.get("tie_word_embeddings"))
-            .and_then(Value::as_bool);
+        let tie_word_embeddings = match top.contains_key("text_config") {
+            true => wrapper_ties(&raw),
+            false => top.get("tie_word_embeddings").and_then(Value::as_bool),
+        };
         let hidden_size = uint(&["hidden_size", "n_embd", "d_model"])?;
         let num_attention_heads = uint(&["num_attention_heads", "n_head", "num_heads"])?;
         let num_key_value_heads = uint(&["num_key_value_heads", "num_kv_heads", "multi_query_group_num"])?;
@@ -364,7 +395,43 @@ mod tests {
         assert_eq!(c.architecture, "Qwen2VLForConditionalGeneration");
         assert_eq!(c.num_layers, Some(28));
         assert_eq!(c.dims.head_dim, Some(128));
-        assert_eq!(c.tie_word_embeddings, Some(true));
+        // transformers ties a wrapper by its own top-level flag, Qwen2-VL's class default being false.
+        assert_eq!(c.tie_word_embeddings, Some(false));
+    }
+
+    #[test]
+    fn a_wrapper_ties_by_its_top_level_flag_or_its_class_default_never_by_text_config() {
+        let tie = |raw: serde_json::Value| ModelConfig::from_value(raw).unwrap().tie_word_embeddings;
+        let text = |t: bool| serde_json::json!({"num_hidden_layers": 2, "tie_word_embeddings": t});
+        // What transformers 5 saves: Gemma4Config(tie_word_embeddings=False) writes `true` in text_config.
+        let gemma4 =
+            serde_json::json!({"model_type": "gemma4", "tie_word_embeddings": false, "text_config": text(true)});
+        assert_eq!(tie(gemma4), Some(false));
+        // A tied Qwen3.5 writes `false` in text_config.
+        let qwen =
+            serde_json::json!({"model_type": "qwen3_5", "tie_word_embeddings": true, "text_config": text(false)});
+        assert_eq!(tie(qwen), Some(true));
+        // No top-level flag: the class's default.
+        assert_eq!(
+            tie(serde_json::json!({"model_type": "gemma4", "text_config": text(false)})),
+            Some(true)
+        );
+        assert_eq!(
+            tie(serde_json::json!({"model_type": "qwen3_5", "text_config": text(true)})),
+            Some(false)
+        );
+        // A wrapper FreezeTune does not know: its text tower's flag (LLaVA copies it up), else the checkpoint's.
+        assert_eq!(
+            tie(serde_json::json!({"model_type": "llava", "text_config": text(true)})),
+            Some(true)
+        );
+        let bare = serde_json::json!({"model_type": "llava", "text_config": {"num_hidden_layers": 2}});
+        assert_eq!(tie(bare), None);
+        // A text-only config states its own.
+        assert_eq!(
+            tie(serde_json::json!({"model_type": "gemma4_text", "tie_word_embeddings": false})),
+            Some(false)
+        );
     }
 
     #[test]

@@ -197,7 +197,11 @@ impl ModelLayout {
     /// Inspects the checkpoint folder `dir`: reads config.json and every weight file's header, nothing more.
     pub fn inspect(dir: &Path) -> Result<ModelLayout> {
         let files = ModelFiles::find(dir)?;
-        let config = ModelConfig::read(&files.config)?;
+        let mut config = ModelConfig::read(&files.config)?;
+        let untied = config.tie_word_embeddings == Some(true) && crate::tie::stored_head_differs(dir)? == Some(true);
+        if untied {
+            config.tie_word_embeddings = Some(false);
+        }
         if let Some(map) = &files.gguf_map {
             let (tensors, file) = gguf_tensors(map)?;
             return Self::from_parts(dir, &config, tensors, vec![file]);
@@ -249,7 +253,15 @@ impl ModelLayout {
                 }
             }
         }
-        Self::from_parts(dir, &config, tensors, weight_files)
+        let mut layout = Self::from_parts(dir, &config, tensors, weight_files)?;
+        if untied {
+            layout.warnings.push(
+                "config.json ties lm_head to the embeddings, but the checkpoint stores an lm_head with other values: \
+                 it is trained and written as its own tensor, as transformers loads it (untied, with a warning)"
+                    .into(),
+            );
+        }
+        Ok(layout)
     }
 
     /// The layout of a checkpoint known only by its config.json and its weight files' headers: a Hub repo before
@@ -257,7 +269,7 @@ impl ModelLayout {
     /// The same checks as `inspect`, except that shards are not matched against an index.
     pub fn from_headers(place: &str, config: serde_json::Value, shards: &[RemoteShard]) -> Result<ModelLayout> {
         let dir = Path::new(place);
-        let config = ModelConfig::from_value(config).map_err(|reason| Error::BadConfig {
+        let mut config = ModelConfig::from_value(config).map_err(|reason| Error::BadConfig {
             path: dir.join("config.json"),
             reason,
         })?;
@@ -296,6 +308,12 @@ impl ModelLayout {
                 tensors: headers.len(),
                 bytes,
             });
+        }
+        // A tie over a stored lm_head holds only if the two are equal, which headers cannot show; transformers'
+        // safetensors never store a tied copy, so a stored one is read as untied (`inspect` checks the bytes).
+        let stored_head = tensors.iter().any(|t| crate::tie::is_lm_head(&t.name));
+        if stored_head && config.tie_word_embeddings == Some(true) {
+            config.tie_word_embeddings = Some(false);
         }
         Self::from_parts(dir, &config, tensors, files)
     }
@@ -342,15 +360,13 @@ impl ModelLayout {
             }
             None => observed_layers,
         };
-        let has_lm_head_tensor = tensors
-            .iter()
-            .any(|t| t.name == "lm_head.weight" || t.name.ends_with(".lm_head.weight"));
+        let has_lm_head_tensor = tensors.iter().any(|t| crate::tie::is_lm_head(&t.name));
         // transformers' per-family defaults differ; a missing flag is read from the checkpoint itself.
         let tie_word_embeddings = config.tie_word_embeddings.unwrap_or(!has_lm_head_tensor);
         let mut tied_aliases = Vec::new();
         if tie_word_embeddings && has_lm_head_tensor {
             tensors.retain(|t| {
-                let alias = t.name == "lm_head.weight" || t.name.ends_with(".lm_head.weight");
+                let alias = crate::tie::is_lm_head(&t.name);
                 if alias {
                     tied_aliases.push(t.name.clone());
                 }

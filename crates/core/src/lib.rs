@@ -31,6 +31,7 @@ pub mod spec;
 pub mod synth;
 #[cfg(test)]
 mod testutil;
+pub mod tie;
 
 pub use error::{Error, Result};
 pub use layout::{ModelLayout, RemoteShard};

@@ -305,3 +305,58 @@ fn a_layout_from_remote_headers_equals_the_inspected_one() {
     let e = ModelLayout::from_headers("acme/tiny", config, &twice).unwrap_err();
     assert!(e.to_string().contains("also stored in another shard"), "{e}");
 }
+
+/// A copy of the Ministral 3 fixture (a wrapper storing its own lm_head) whose config.json leaves out the top-level
+/// tie flag, as Mistral's published configs do: transformers' class default then ties, and the stored head decides.
+fn ministral3_without_top_level_tie(dir: &std::path::Path) {
+    let src = fixture("models/ministral3");
+    for f in ["model.safetensors", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("tie_word_embeddings");
+    config["text_config"]["tie_word_embeddings"] = false.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+#[test]
+fn a_tie_holds_as_transformers_reads_it_the_wrappers_flag_and_the_stored_heads_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    ministral3_without_top_level_tie(tmp.path());
+    // The stored head differs from the embeddings: transformers keeps both, untied.
+    let l = ModelLayout::inspect(tmp.path()).unwrap();
+    assert!(!l.tie_word_embeddings && l.has_lm_head_tensor);
+    assert!(l.non_layer_modules.iter().any(|m| m.name == "lm_head"));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("stores an lm_head with other values")),
+        "{:?}",
+        l.warnings
+    );
+    // The same bytes in both: transformers ties them, and the stored head is the embeddings' alias.
+    let path = tmp.path().join("model.safetensors");
+    let header = freezetune_core::safetensors::read_header(&path).unwrap();
+    let range = |name: &str| {
+        let t = header.tensors.iter().find(|t| t.name == name).unwrap();
+        let start = (8 + header.header_len + t.data_offsets.0) as usize;
+        start..start + (t.data_offsets.1 - t.data_offsets.0) as usize
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    let embed = bytes[range("language_model.model.embed_tokens.weight")].to_vec();
+    bytes[range("language_model.lm_head.weight")].copy_from_slice(&embed);
+    std::fs::write(&path, bytes).unwrap();
+    let l = ModelLayout::inspect(tmp.path()).unwrap();
+    assert!(l.tie_word_embeddings && l.tied_aliases == ["language_model.lm_head.weight"]);
+    assert!(l.non_layer_modules.iter().all(|m| m.name != "lm_head"));
+    // The text tower's flag is never read: a wrapper that unties at the top level stays untied, whatever
+    // text_config says (transformers 5 writes the text class's default there).
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap()).unwrap();
+    config["tie_word_embeddings"] = false.into();
+    config["text_config"]["tie_word_embeddings"] = true.into();
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let l = ModelLayout::inspect(tmp.path()).unwrap();
+    assert!(!l.tie_word_embeddings && l.non_layer_modules.iter().any(|m| m.name == "lm_head"));
+}

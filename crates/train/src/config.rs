@@ -286,10 +286,17 @@ impl DecoderConfig {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        Self::from_config_json(&raw).map_err(|e| match e {
+        let mut c = Self::from_config_json(&raw).map_err(|e| match e {
             TrainError::Config { reason, .. } => TrainError::Config { path, reason },
             e => e,
-        })
+        })?;
+        // transformers keeps a stored lm_head that differs from the embeddings, whatever the flag says. Weights
+        // that cannot be read here are refused by name where they are loaded.
+        let differs = freezetune_core::tie::stored_head_differs(model_dir);
+        if c.tie_word_embeddings && matches!(differs, Ok(Some(true))) {
+            c.tie_word_embeddings = false;
+        }
+        Ok(c)
     }
 
     /// The decoder a whole config.json describes (a wrapper's text tower included), as `read` finds it in a
@@ -325,11 +332,10 @@ impl DecoderConfig {
                 )
             })?;
         let mut text = text.clone();
-        // The text tower's own flag first (transformers writes it there); the wrapper's when it has none.
-        if text.get("tie_word_embeddings").is_none_or(Value::is_null) {
-            if let Some(tie) = raw.get("tie_word_embeddings").filter(|v| !v.is_null()) {
-                text["tie_word_embeddings"] = tie.clone();
-            }
+        // The wrapper decides (its flag, else its class's default); the text tower's flag is never read.
+        match freezetune_core::config::wrapper_ties(raw) {
+            Some(tie) => text["tie_word_embeddings"] = Value::Bool(tie),
+            None => drop(text.as_object_mut().and_then(|t| t.remove("tie_word_embeddings"))),
         }
         let mut c = Self::from_value(&text, fam)?;
         c.wrapper = Some(w.model_type);
@@ -1997,5 +2003,26 @@ mod tests {
         );
         let text = DecoderConfig::from_json(&raw["text_config"], "qwen3_5_moe_text").unwrap();
         assert_eq!(text.router_aux_loss, Some(0.001));
+    }
+
+    /// transformers ties a wrapper's head by the wrapper's flag (else its class's default) and keeps a stored head
+    /// that differs from the embeddings untied; the text tower's flag is what transformers 5 happens to write.
+    #[test]
+    fn a_wrapper_ties_as_transformers_does() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/ministral3");
+        let mut raw: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
+        let mistral3 = crate::family::wrapper("mistral3").unwrap();
+        raw["tie_word_embeddings"] = json!(false);
+        raw["text_config"]["tie_word_embeddings"] = json!(true);
+        assert!(!DecoderConfig::from_wrapper(&raw, mistral3).unwrap().tie_word_embeddings);
+        // Mistral's published configs state no top-level flag: the class ties, but the stored head differs.
+        raw.as_object_mut().unwrap().remove("tie_word_embeddings");
+        raw["text_config"]["tie_word_embeddings"] = json!(false);
+        assert!(DecoderConfig::from_wrapper(&raw, mistral3).unwrap().tie_word_embeddings);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture.join("model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(dir.path().join("config.json"), raw.to_string()).unwrap();
+        assert!(!DecoderConfig::read(dir.path()).unwrap().tie_word_embeddings);
     }
 }

@@ -1678,8 +1678,8 @@ fn check_shapes(c: &DecoderConfig, names: &TensorNames, params: &Params) -> Resu
 }
 
 /// A config that ties lm_head to the embeddings over a checkpoint that stores a different lm_head: transformers
-/// then keeps the stored one, while FreezeTune's plan and export would treat it as the embeddings' alias, so it is
-/// refused by name (Mistral 3 checkpoints re-saved by transformers 5 carry such a top-level flag).
+/// then keeps the stored one. `DecoderConfig::read` unties such a config from the folder's bytes, as core's
+/// layout does; a config built another way (from JSON alone) is refused here by name rather than trained tied.
 fn refuse_stale_tie(c: &DecoderConfig, names: &TensorNames, params: &Params) -> Result<()> {
     let lm_head = format!("{}.weight", names.lm_head);
     if !c.tie_word_embeddings || !params.contains(&lm_head) {
@@ -1699,8 +1699,8 @@ fn refuse_stale_tie(c: &DecoderConfig, names: &TensorNames, params: &Params) -> 
         return Err(TrainError::Tensor {
             name: lm_head,
             reason: "differs from the embeddings, but config.json sets tie_word_embeddings: transformers would use \
-                     the stored lm_head. Set tie_word_embeddings to false (in text_config too) to train it as \
-                     it is"
+                     the stored lm_head. Set tie_word_embeddings to false (a wrapper's top-level flag) to train it \
+                     as it is"
                 .into(),
         });
     }
