@@ -44,8 +44,20 @@ pub fn causal_lm_loss_with(logits: &Tensor, labels: &[Vec<i64>], kernel: LossKer
             count: count.max(1),
         })?
     } else {
-        generic_loss(&logits.reshape((b * t, v))?, targets, count.max(1), chunk_rows(v))?
+        generic_loss(&logits.reshape((b * t, v))?, targets, count.max(1), chunk_rows(v), None)?
     };
+    Ok((loss, count))
+}
+
+/// As [`causal_lm_loss`] for the logits `cap · tanh(logits / cap)` (Gemma 2, 3 and 4's final softcap), with the
+/// softcap inside the device-generic loss node: the graph keeps only the raw logits. As three candle ops it kept
+/// three more logits-sized tensors and made their gradients (1 GB more on a 77M Gemma 4 at 1,024 tokens and a 32k
+/// vocabulary; a 262k vocabulary makes that 8 GB).
+pub fn causal_lm_softcapped_loss(logits: &Tensor, labels: &[Vec<i64>], cap: f64) -> Result<(Tensor, usize)> {
+    let (b, t, v) = logits.dims3()?;
+    let (targets, count) = counted_targets(labels, b, t)?;
+    let rows = logits.reshape((b * t, v))?;
+    let loss = generic_loss(&rows, targets, count.max(1), chunk_rows(v), Some(cap))?;
     Ok((loss, count))
 }
 
@@ -102,6 +114,14 @@ fn chunk_targets(targets: &[Option<u32>], dev: &candle_core::Device) -> Result<C
     })
 }
 
+/// `cap · tanh(x / cap)` of f32 `x`, or `x` without a cap.
+fn capped(x: Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(cap) => (x / cap)?.tanh()? * cap,
+        None => Ok(x),
+    }
+}
+
 /// `log Σ exp(x)` of each row of f32 `x` (rows, vocab), as (rows, 1).
 fn row_log_sum_exp(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
@@ -114,7 +134,13 @@ fn chunk_rows(vocab: usize) -> usize {
 
 /// The loss over `rows` (n, vocab) computed chunk by chunk with no graph, then attached to `rows` through
 /// [`LossNode`], whose backward produces the gradient chunk by chunk as well.
-fn generic_loss(rows: &Tensor, targets: Vec<Option<u32>>, count: usize, step: usize) -> Result<Tensor> {
+fn generic_loss(
+    rows: &Tensor,
+    targets: Vec<Option<u32>>,
+    count: usize,
+    step: usize,
+    cap: Option<f64>,
+) -> Result<Tensor> {
     let x = rows.detach();
     let n = x.dim(0)?;
     let dev = x.device();
@@ -123,7 +149,7 @@ fn generic_loss(rows: &Tensor, targets: Vec<Option<u32>>, count: usize, step: us
     for start in (0..n).step_by(step) {
         let len = step.min(n - start);
         let tg = chunk_targets(&targets[start..start + len], dev)?;
-        let xc = x.narrow(0, start, len)?.to_dtype(DType::F32)?;
+        let xc = capped(x.narrow(0, start, len)?.to_dtype(DType::F32)?, cap)?;
         let lse = row_log_sum_exp(&xc)?;
         let picked = xc.gather(&tg.ids, 1)?;
         total = (total + ((lse - picked)? * &tg.mask)?.sum_all()?)?;
@@ -136,6 +162,7 @@ fn generic_loss(rows: &Tensor, targets: Vec<Option<u32>>, count: usize, step: us
             chunks: Arc::new(chunks),
             count,
             step,
+            cap,
         },
     )
 }
@@ -146,10 +173,13 @@ struct LossNode {
     chunks: Arc<Vec<ChunkTargets>>,
     count: usize,
     step: usize,
+    /// The final softcap applied to the rows before the loss, recomputed chunk by chunk in the backward pass.
+    cap: Option<f64>,
 }
 
 impl LossNode {
-    /// `grad_scale × (softmax(row) − onehot(target))` for counted rows, zero elsewhere, in the logits' dtype.
+    /// `grad_scale × (softmax(row) − onehot(target))` for counted rows, zero elsewhere, in the logits' dtype; with a
+    /// softcap, of the capped row, times the cap's slope `1 − tanh²`.
     fn gradient(&self, logits: &Tensor, grad_scale: &Tensor) -> Result<Tensor> {
         let x = logits.detach();
         let (n, vocab) = x.dims2()?;
@@ -158,11 +188,15 @@ impl LossNode {
         for (i, tg) in self.chunks.iter().enumerate() {
             let start = i * self.step;
             let len = tg.ids.dim(0)?;
-            let xc = x.narrow(0, start, len)?.to_dtype(DType::F32)?;
+            let xc = capped(x.narrow(0, start, len)?.to_dtype(DType::F32)?, self.cap)?;
             let probs = xc.broadcast_sub(&row_log_sum_exp(&xc)?)?.exp()?;
             let minus_one = Tensor::full(-1f32, (len, 1), x.device())?;
             let g = probs.scatter_add(&tg.ids, &minus_one, 1)?;
             let g = g.broadcast_mul(&tg.mask.broadcast_mul(&scale)?)?;
+            let g = match self.cap {
+                Some(cap) => (g * (1.0 - (xc / cap)?.sqr()?)?)?,
+                None => g,
+            };
             out.slice_set(&g.to_dtype(x.dtype())?, 0, start)?;
         }
         Ok(out)
@@ -459,6 +493,28 @@ mod tests {
         }
     }
 
+    /// The softcap inside the loss node gives the value and the raw logits' gradient of the three ops it replaces.
+    #[test]
+    fn the_softcapped_loss_matches_the_cap_then_the_loss() {
+        let dev = Device::Cpu;
+        // Logits well past the cap of 2, so tanh saturates and the slope matters.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 4., (2, 5, 7), &dev).unwrap()).unwrap();
+        let labels = vec![vec![-100, 3, 6, -100, 1], vec![0, 2, 2, 5, -100]];
+        let cap = 2.0;
+        let capped = ((x.as_tensor() / cap).unwrap().tanh().unwrap() * cap).unwrap();
+        let reference = composite(&capped, &labels);
+        let g_ref = reference.backward().unwrap();
+        let g_ref = g_ref.get(x.as_tensor()).unwrap();
+        let (loss, n) = causal_lm_softcapped_loss(x.as_tensor(), &labels, cap).unwrap();
+        assert_eq!(n, 6);
+        assert!(max_diff(&loss, &reference) < 1e-5, "value");
+        let (plain, _) = causal_lm_loss(x.as_tensor(), &labels).unwrap();
+        assert!(max_diff(&plain, &reference) > 1e-2, "the cap must change the loss");
+        let g = (loss * 0.37).unwrap().backward().unwrap();
+        let want = (g_ref * 0.37).unwrap();
+        assert!(max_diff(g.get(x.as_tensor()).unwrap(), &want) < 1e-6, "gradient");
+    }
+
     #[test]
     fn generic_kernel_equals_the_fused_one_across_chunks_and_scaled_gradients() {
         let dev = Device::Cpu;
@@ -475,7 +531,7 @@ mod tests {
         let g_fused = gradient(&fused);
         // Chunks of 3 rows: 8 rows end in a short chunk.
         for step in [1, 3, 8, 100] {
-            let generic = generic_loss(&rows, targets.clone(), 5, step).unwrap();
+            let generic = generic_loss(&rows, targets.clone(), 5, step, None).unwrap();
             assert!(max_diff(&fused, &generic) < 1e-5, "chunks of {step}");
             assert!(max_diff(&g_fused, &gradient(&generic)) < 1e-7, "chunks of {step}");
         }

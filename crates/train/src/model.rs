@@ -484,15 +484,20 @@ impl Decoder {
 
     /// The final norm, the output projection, and the family's logit scaling and softcap.
     fn head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
-        let c = &self.config;
-        let mut logits = self.lm_head.forward(&self.rms(h, &self.norm)?)?;
-        if c.logits_scaling != 1.0 {
-            logits = (logits / c.logits_scaling)?;
+        let logits = self.uncapped_head(h)?;
+        match self.config.final_softcap {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
         }
-        if let Some(cap) = c.final_softcap {
-            logits = ((logits / cap)?.tanh()? * cap)?;
+    }
+
+    /// The head before the final softcap.
+    fn uncapped_head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let logits = self.lm_head.forward(&self.rms(h, &self.norm)?)?;
+        match self.config.logits_scaling {
+            1.0 => Ok(logits),
+            s => logits / s,
         }
-        Ok(logits)
     }
 
     /// RMSNorm with the architecture's weight offset, in f32.
@@ -930,7 +935,7 @@ impl Decoder {
     /// The head and the loss from the last layer's output. A dense f32 lm_head (frozen or trainable) on the fused
     /// CPU path, with no bias, is multiplied together with the loss (and the final softcap) a block of rows at a time
     /// (`fused::head_cross_entropy`), so neither the logits nor their gradient is ever held whole; any other head
-    /// makes the logits and then the loss.
+    /// makes the logits and then the loss, a final softcap inside the loss node (`causal_lm_softcapped_loss`).
     fn head_loss(&self, h: &Tensor, labels: &[Vec<i64>]) -> candle_core::Result<(Tensor, usize)> {
         let c = &self.config;
         if let (LinearWeight::Frozen(w) | LinearWeight::Trainable(w), None) = (&self.lm_head.weight, &self.lm_head.bias)
@@ -944,7 +949,10 @@ impl Decoder {
                 return crate::loss::causal_lm_head_loss(&normed, w, logits, labels);
             }
         }
-        crate::loss::causal_lm_loss(&self.head(h)?, labels)
+        match c.final_softcap {
+            Some(cap) => crate::loss::causal_lm_softcapped_loss(&self.uncapped_head(h)?, labels, cap),
+            None => crate::loss::causal_lm_loss(&self.head(h)?, labels),
+        }
     }
 
     /// One decoder layer, as its [`LayerSpec`] describes it. `rot` holds each rope's cos/sin tables. With

@@ -33,8 +33,11 @@
 //! (`.experts.` tensors) counts its MLP for the experts each token chose (`Widths::mlp_per_token`); see
 //! [`Widths::per_token`] and docs/memory.md.
 
+mod layer;
+
 use crate::layout::ModelLayout;
 use crate::plan::PlanOptions;
+use layer::{Defaults, LayerShape, Mixer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -154,10 +157,12 @@ pub(crate) fn activations_with(
         d.num_attention_heads?,
         d.vocab_size?,
     );
-    let kv = d.num_key_value_heads.unwrap_or(heads) * d.head_dim.unwrap_or(h / heads.max(1));
+    let head_dim = d.head_dim.unwrap_or(h / heads.max(1));
+    let kv = d.num_key_value_heads.unwrap_or(heads) * head_dim;
     let widths = Widths {
         h,
         i,
+        q: heads * head_dim,
         kv,
         heads,
         seq: o.seq_len,
@@ -170,12 +175,12 @@ pub(crate) fn activations_with(
         .layers
         .iter()
         .filter(|layer| layer.id >= l0)
-        .map(|layer| widths.per_token(mixer_of(layer), d.delta_net, kernels))
+        .map(|layer| widths.per_token(&widths.shape_of(layer), d.delta_net, kernels))
         .collect::<Option<_>>()?;
     // Layers the config counts but the checkpoint does not show are taken as attention layers.
     let counted = layout.num_layers.saturating_sub(l0);
     if per_layer.len() < counted {
-        let attention = widths.per_token((Mixer::Attention, false), None, kernels)?;
+        let attention = widths.per_token(&widths.plain_attention_layer(), None, kernels)?;
         per_layer.resize(counted, attention);
     }
     let layers = per_layer.len() as u64;
@@ -183,21 +188,23 @@ pub(crate) fn activations_with(
         true => (layers * h).saturating_add(per_layer.iter().max().copied().unwrap_or(0)),
         false => per_layer.iter().fold(0u64, |a, b| a.saturating_add(*b)),
     };
-    let per_token = kept_layers.saturating_add(h + 3 * v);
-    let blocks = if kernels == Kernels::Composite {
-        ATTENTION_BLOCKS
-    } else {
-        0
+    let tokens = o.batch_size * o.seq_len;
+    let (head, head_block) = head_terms(h, v, tokens, kernels);
+    let per_token = kept_layers
+        .saturating_add(head)
+        .saturating_add(per_layer_inputs(layout, l0));
+    let blocks = match kernels {
+        Kernels::Composite => ATTENTION_BLOCKS,
+        Kernels::FusedCpu => head_block,
     };
     // One layer's recomputation at a time, in f32 whatever the run's dtype (the delta rule computes in f32).
     let recomputed = layout
         .layers
         .iter()
         .filter(|layer| layer.id >= l0)
-        .map(|layer| widths.recomputed_per_token(mixer_of(layer).0, d.delta_net, kernels))
+        .map(|layer| widths.recomputed_per_token(widths.shape_of(layer).mixer, d.delta_net, kernels))
         .max()
         .unwrap_or(0);
-    let tokens = o.batch_size * o.seq_len;
     Some(
         (bytes * tokens)
             .saturating_mul(per_token)
@@ -206,41 +213,44 @@ pub(crate) fn activations_with(
     )
 }
 
-/// What mixes a layer's tokens, told by the module that holds it (the names transformers gives them): it decides
-/// what the layer keeps for its backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mixer {
-    Attention,
-    /// Qwen3.5's Gated DeltaNet (`linear_attn`).
-    DeltaRule,
-    /// LFM2's gated short convolution (`conv`).
-    ShortConv,
-    /// Granite 4.0-H's Mamba 2 (`mamba`).
-    Mamba,
+/// The head's values per token, and the bytes it holds once. The composite ops keep the final hidden state, the
+/// logits and their gradient (h + 3·V); the CPU's fused head and loss (`fused/head_loss.rs`) keeps the hidden state
+/// and its gradient (2·h) and makes the logits one block of rows at a time (at least 1,024 rows, or 8 MiB).
+fn head_terms(h: u64, v: u64, tokens: u64, kernels: Kernels) -> (u64, u64) {
+    const BLOCK_ROWS: u64 = 1024;
+    const BLOCK_VALUES: u64 = 1 << 21;
+    match kernels {
+        Kernels::Composite => (h.saturating_add(3 * v), 0),
+        Kernels::FusedCpu => {
+            let rows = BLOCK_ROWS.max(BLOCK_VALUES / v.max(1)).min(tokens);
+            (2 * h, (ACT_BYTES * rows).saturating_mul(v))
+        }
+    }
 }
 
-/// Module names of the token mixers other than attention.
-const MIXER_MODULES: &[(&str, Mixer)] = &[
-    ("linear_attn", Mixer::DeltaRule),
-    ("conv", Mixer::ShortConv),
-    ("mamba", Mixer::Mamba),
-];
-
-/// A layer's token mixer, and whether its MLP is sparse (it holds experts: `mlp.experts.N.*`, `block_sparse_moe.*`).
-fn mixer_of(layer: &crate::layout::LayerInfo) -> (Mixer, bool) {
-    let mixer = MIXER_MODULES
+/// Gemma 4's per-layer inputs (`embed_tokens_per_layer`, L·w wide): made once below the layers and read by each
+/// layer's branch; when the embeddings train (l₀ = 0) their rows, projection and norm are kept too (3·L·w).
+fn per_layer_inputs(layout: &ModelLayout, l0: usize) -> u64 {
+    let width = layout
+        .non_layer_modules
         .iter()
-        .find(|(name, _)| layer.modules.iter().any(|m| m.name == *name))
-        .map_or(Mixer::Attention, |(_, mixer)| *mixer);
-    // Granite 4.0-H's stacked experts are `block_sparse_moe.input_linear` / `output_linear`.
-    let sparse = |t: &crate::layout::TensorInfo| t.name.contains(".experts.") || t.name.contains(".block_sparse_moe.");
-    (mixer, layer.tensors().any(sparse))
+        .flat_map(|m| &m.tensors)
+        .find(|t| t.name.ends_with("embed_tokens_per_layer.weight"))
+        .and_then(|t| t.shape.get(1).copied())
+        .unwrap_or(0);
+    if l0 == 0 {
+        3 * width
+    } else {
+        width
+    }
 }
 
-/// The sizes the per-layer terms are made of.
+/// The sizes the per-layer terms are made of, as config.json gives them (each layer's own are its `LayerShape`).
 struct Widths {
     h: u64,
     i: u64,
+    /// The query width, heads × head_dim.
+    q: u64,
     kv: u64,
     heads: u64,
     seq: u64,
@@ -258,19 +268,45 @@ const DELTA_CHUNK: u64 = 64;
 const MAMBA_CHUNK: u64 = 64;
 
 impl Widths {
+    fn shape_of(&self, layer: &crate::layout::LayerInfo) -> LayerShape {
+        let defaults = Defaults {
+            h: self.h,
+            q: self.q,
+            kv: self.kv,
+            i: self.i,
+        };
+        LayerShape::of(layer, defaults)
+    }
+
+    /// A plain pre-norm attention layer of the config's sizes (for layers the checkpoint does not show).
+    fn plain_attention_layer(&self) -> LayerShape {
+        LayerShape {
+            mixer: Mixer::Attention,
+            sparse: false,
+            dense_beside: false,
+            q: self.q,
+            kv: self.kv,
+            i: self.i,
+            fused_attention: true,
+            fused_mlp: true,
+            extra: 0,
+        }
+    }
+
     /// Activations one layer keeps per token (in values), by its token mixer; None where config.json lacks the
     /// mixer's sizes.
     fn per_token(
         &self,
-        (mixer, sparse): (Mixer, bool),
+        shape: &LayerShape,
         delta: Option<crate::config::DeltaNetDims>,
         kernels: Kernels,
     ) -> Option<u64> {
-        let Widths { h, kv, heads, seq, .. } = *self;
+        let Widths { h, heads, seq, .. } = *self;
+        let (q, kv) = (shape.q, shape.kv);
         let fused = kernels == Kernels::FusedCpu;
         let probs = if fused { heads * (seq / 2 + 32) } else { heads };
         Some(
-            match mixer {
+            match shape.mixer {
                 // Latent attention (latent.rs): the ranks' projections and norms (3 each); q, k and v at the
                 // kernels' width, each built by a cat or a pad, and the output (8 of them); o_proj's input and
                 // output. The fused attention block never serves it; the fused kernel keeps its probabilities.
@@ -282,8 +318,8 @@ impl Widths {
                         .saturating_add(sat(3, l.q_rank.saturating_add(l.kv_rank)))
                         .saturating_add(probs)
                 }
-                Mixer::Attention if fused => 7 * h + 4 * kv + heads * (seq / 2 + 32),
-                Mixer::Attention => 10 * h + 4 * kv + heads,
+                Mixer::Attention if fused && shape.fused_attention => 5 * h + 2 * q + 4 * kv + probs,
+                Mixer::Attention => 7 * h + 3 * q + 4 * kv + probs,
                 Mixer::DeltaRule => {
                     // The projection into the convolution and the rule's packed inputs; then from the rule's output
                     // on, z and its SiLU, the gated norm's input and output. The convolution, SiLU, q/k norms and
@@ -323,21 +359,25 @@ impl Widths {
                         .saturating_add(m.inner)
                 }
             }
-            .saturating_add(self.mlp_per_token(sparse, kernels)),
+            .saturating_add(shape.extra)
+            .saturating_add(self.mlp_per_token(shape, kernels)),
         )
     }
 
     /// What a layer's MLP keeps per token. Dense: gate, up, the activation and the product (4·i), or the fused
-    /// block's gate and up (2·i). Sparse (moe.rs), for each of the token's top_k experts: its input row, the
+    /// block's gate and up (2·i) where it serves. Sparse (moe.rs), for each of the token's top_k experts: its input row, the
     /// expert's output, the output weighted, and the weighted outputs gathered (4·h), with the expert's gate, up,
     /// activation and product (4·width; fused: gate and up, and the product the down projection takes); and the
     /// router's logits and softmax (4·experts); a shared expert's intermediates, output, scaled output and the sum
-    /// (4·width + 3·h, fused 3·width + 3·h).
-    fn mlp_per_token(&self, sparse: bool, kernels: Kernels) -> u64 {
+    /// (4·width + 3·h, fused 3·width + 3·h); a dense MLP beside the experts (Gemma 4) its own 4·i.
+    fn mlp_per_token(&self, shape: &LayerShape, kernels: Kernels) -> u64 {
         let fused = kernels == Kernels::FusedCpu;
-        match self.experts.filter(|_| sparse) {
-            None if fused => 2 * self.i,
-            None => 4 * self.i,
+        let dense = match fused && shape.fused_mlp {
+            true => 2 * shape.i,
+            false => 4 * shape.i,
+        };
+        match self.experts.filter(|_| shape.sparse) {
+            None => dense,
             Some(e) => {
                 let intermediates = |w: u64| if fused { 3 * w } else { 4 * w };
                 // A shared expert: its intermediates, its output, that output scaled, and the sum.
@@ -346,6 +386,7 @@ impl Widths {
                     .saturating_mul(intermediates(e.width) + 4 * self.h)
                     .saturating_add(4 * e.count)
                     .saturating_add(shared)
+                    .saturating_add(if shape.dense_beside { dense } else { 0 })
             }
         }
     }
@@ -397,6 +438,7 @@ mod tests {
         let w = Widths {
             h: 64,
             i: 96,
+            q: 64,
             kv: 32,
             heads: 4,
             seq: 128,
@@ -415,19 +457,36 @@ mod tests {
             experts: None,
             ..w
         };
-        let attention = (Mixer::Attention, false);
-        let mlp = latent.mlp_per_token(false, Kernels::Composite);
+        let attention = latent.plain_attention_layer();
+        let mlp = latent.mlp_per_token(&attention, Kernels::Composite);
         assert_eq!(
-            latent.per_token(attention, None, Kernels::Composite),
+            latent.per_token(&attention, None, Kernels::Composite),
             Some(256 + 768 + 72 + 4 + mlp)
         );
         // 2·(4·16 + 4·64) + 4·8 routed, 4·32 + 3·64 shared; fused 2·(3·16 + 4·64) + 32 and 3·32 + 3·64.
+        let sparse = LayerShape {
+            sparse: true,
+            ..w.plain_attention_layer()
+        };
         assert_eq!(
-            w.mlp_per_token(true, Kernels::Composite),
+            w.mlp_per_token(&sparse, Kernels::Composite),
             2 * (64 + 256) + 32 + 128 + 192
         );
-        assert_eq!(w.mlp_per_token(true, Kernels::FusedCpu), 2 * (48 + 256) + 32 + 96 + 192);
-        assert_eq!(w.mlp_per_token(false, Kernels::Composite), 4 * 96);
+        assert_eq!(
+            w.mlp_per_token(&sparse, Kernels::FusedCpu),
+            2 * (48 + 256) + 32 + 96 + 192
+        );
+        assert_eq!(w.mlp_per_token(&w.plain_attention_layer(), Kernels::Composite), 4 * 96);
+        // Gemma 4's dense MLP beside the experts adds its own, unfused.
+        let beside = LayerShape {
+            dense_beside: true,
+            fused_mlp: false,
+            ..sparse
+        };
+        assert_eq!(
+            w.mlp_per_token(&beside, Kernels::FusedCpu),
+            2 * (48 + 256) + 32 + 96 + 192 + 4 * 96
+        );
     }
 
     #[test]
@@ -440,15 +499,17 @@ mod tests {
             batch_size: 1,
             seq_len: 128,
         };
-        // Composite: attention 10·64 + 4·32 + 4 = 772 a layer; the dense MLP 4·96; a sparse one 2·(4·32 + 4·64)
-        // + 4·4 = 784.
+        // Composite: attention 7·64 + 3·64 + 4·32 + 4 = 772 a layer, and its q/k norms' inputs 64 + 32; the dense
+        // MLP 4·96; a sparse one 2·(4·32 + 4·64) + 4·4 = 784. The head: 64 + 3·512.
         let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
-        let layers = 2 * (772 + 784) + (772 + 384);
+        let layers = 2 * (868 + 784) + (868 + 384);
         assert_eq!(composite, 4 * 128 * (layers + 64 + 1536) + ATTENTION_BLOCKS);
-        // Fused: attention 7·64 + 4·32 + 4·(64 + 32) = 960; the dense MLP 2·96; a sparse one 2·(3·32 + 4·64) + 16.
+        // CPU f32: the q/k norms keep the fused attention block away, so attention is 7·64 + 3·64 + 4·32 + 96 and
+        // the kernel's probabilities 4·(64 + 32); the dense MLP 2·96; a sparse one 2·(3·32 + 4·64) + 16. The fused
+        // head keeps 2·64 a token and one block of 128 rows of logits.
         let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4).unwrap();
-        let layers = 2 * (960 + 720) + (960 + 192);
-        assert_eq!(fused, 4 * 128 * (layers + 64 + 1536));
+        let layers = 2 * (1248 + 720) + (1248 + 192);
+        assert_eq!(fused, 4 * 128 * (layers + 128) + 4 * 128 * 512);
     }
 
     #[test]
@@ -461,18 +522,21 @@ mod tests {
             batch_size: 1,
             seq_len: 128,
         };
-        // Per token, fused: a DeltaNet layer 96 + 2·64 + 2·32 (kept) + 64·8/64 (states) + 3·64 + 2·96 = 680;
-        // the attention layer 7·64 + 4·32 + 2·96 + 4·(64 + 32) = 1152; the head 64 + 3·512.
+        // Per token, fused: a DeltaNet layer 96 + 2·64 + 2·32 (kept) + 64·8/64 (states) + 3·64 + 2·96 = 680; the
+        // attention layer (q_proj 128 wide with its output gate; q/k norms, so not the fused block) 7·64 + 3·128
+        // + 4·32 + 4·(64 + 32) + 128 + 32 (the norms' inputs) + 2·96 = 1696; the head 2·64, and 128 rows of
+        // logits once.
         let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4);
-        assert_eq!(fused, Some(4 * 128 * (3 * 680 + 1152 + 64 + 1536)));
+        let head_block = 4 * 128 * 512;
+        assert_eq!(fused, Some(4 * 128 * (3 * 680 + 1696 + 128) + head_block));
         // From layer 3 on, only the attention layer.
         let top = activations_with(&layout, 3, o, Kernels::FusedCpu, false, 4);
-        assert_eq!(top, Some(4 * 128 * (1152 + 64 + 1536)));
+        assert_eq!(top, Some(4 * 128 * (1696 + 128) + head_block));
         // Composite: no states kept, but one layer recomputed at a time, in f32: its convolution, norms and
         // repeats (6·96 + 10·64 + 10·32) and the rule's blocks (96·64 per value head).
         let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
         let delta = 96 + 2 * 64 + 2 * 32 + 6 * 64 + 4 * 96;
-        let attention = 10 * 64 + 4 * 32 + 4 * 96 + 4;
+        let attention = 7 * 64 + 3 * 128 + 4 * 32 + 4 + 160 + 4 * 96;
         let recomputed = 4 * 128 * (6 * 96 + 10 * 64 + 10 * 32 + 96 * 64 * 4);
         assert_eq!(
             composite,
