@@ -6,15 +6,16 @@
 //! gradients          = Σ trainable tensors  numel × 4
 //! optimizer (AdamW)  = Σ trainable tensors  numel × 8      (first and second moments, f32)
 //! update temporaries = 10 × largest trainable tensor × 4    (the AdamW update's intermediates, one tensor at a time)
-//! activations        = 4 bytes × B × S × [ (L − l₀) × (10·h + 4·kv + 4·i + H) + h + 3·V ] + attention blocks
+//! activations        = 4 bytes × B × S × [ (L − l₀) × (7·h + 3·q + 4·kv + 4·i + H) + h + 3·V ] + attention blocks
 //!                      if anything trains
 //! total              = weights + gradients + optimizer + max(update temporaries, activations)
 //! ```
 //! with batch B, sequence S, L layers, l₀ the lowest layer holding a trainable tensor (0 when the embeddings train;
-//! L when only the final norm / lm_head train), hidden h, key/value width kv = kv_heads × head_dim, MLP width i,
-//! H attention heads and vocabulary V. Per layer and token the backward pass keeps the residual input, two norm
+//! L when only the final norm / lm_head train), hidden h, query width q = heads × head_dim, key/value width
+//! kv = kv_heads × head_dim, MLP width i, H attention heads and vocabulary V (q, kv and i each layer's own,
+//! `layer.rs`). Per layer and token the backward pass keeps the residual input, two norm
 //! outputs, q/k/v (before and after rotary, and v's head-major copy), the attention output, o_proj and down_proj
-//! outputs (≈10·h + 4·kv), the MLP's gate, up, activation and product (4·i), and the blockwise attention's
+//! outputs (≈7·h + 3·q + 4·kv), the MLP's gate, up, activation and product (4·i), and the blockwise attention's
 //! log-sum-exp per head (H). The attention's seq × seq scores exist one block of query rows at a time, never kept:
 //! a constant `ATTENTION_BLOCKS` covers them. The final hidden state (h), the logits and their gradient (3·V) are
 //! kept once. Nothing below l₀ is kept: no graph is recorded there. The update runs after the step's graph is
@@ -22,13 +23,14 @@
 //! (`bench-train --generic`, docs/memory.md); the process itself (runtime, tokenizer, mapped files) is not counted.
 //!
 //! On the CPU in f32 the fused kernels keep less, and that is estimated apart (`cpu_total_bytes`): per layer and
-//! token 7·h + 4·kv + 2·i + H·(S/2 + 32): the layer's input, the attention norm's output, q/k/v before and after
-//! the split into rotated heads, the attention and o_proj outputs and the residual sum (7·h + 4·kv); the MLP
+//! token 5·h + 2·q + 4·kv + 2·i + H·(S/2 + 32): the layer's input, the attention norm's output, q/k/v before and
+//! after the split into rotated heads, the attention and o_proj outputs and the residual sum; the MLP
 //! block's gate and up projections (2·i, its only intermediates); and the causal attention's probabilities, kept
-//! for the keys each block of 64 query rows can see (about S/2 + 32 per query and head). No update temporaries
-//! (AdamW updates in place).
+//! for the keys each block of 64 query rows can see (about S/2 + 32 per query and head); a layer those blocks do not
+//! serve (`LayerShape`) counts the composite terms. The head keeps 2·h and one block of logits (`head_terms`). No
+//! update temporaries (AdamW updates in place).
 //!
-//! Layers whose token mixer is not attention (told by their module's name, `MIXER_MODULES`) have terms of their
+//! Layers whose token mixer is not attention (told by their module's name, `layer::MIXER_MODULES`) have terms of their
 //! own: Qwen3.5's Gated DeltaNet (`linear_attn`) and LFM2's short convolution (`conv`); a layer holding experts
 //! (`.experts.` tensors) counts its MLP for the experts each token chose (`Widths::mlp_per_token`); see
 //! [`Widths::per_token`] and docs/memory.md.
