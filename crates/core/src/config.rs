@@ -32,6 +32,14 @@ pub struct ModelDims {
     /// A Mamba 2 layer's sizes (Granite 4.0-H's `mamba_*` keys), where `layer_types` names such layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mamba: Option<MambaDims>,
+    /// Rope turns only part of each head (`partial_rotary_factor` below 1): the CPU's fused attention block does not
+    /// serve such layers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial_rotary: bool,
+    /// The MLP's activation is not SiLU (`hidden_act` / `hidden_activation`): the CPU's fused MLP block does not
+    /// serve it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_silu_mlp: bool,
 }
 
 /// A Mamba 2 layer's widths: its inner width (`mamba_expand` × hidden), B's and C's (groups × state each), and
@@ -110,34 +118,66 @@ const MTP_HEAD_TYPES: [&str; 5] = [
     "qwen3_next",
 ];
 
+/// Whether rope turns only part of each head: a `partial_rotary_factor` below 1 at the top level, in the rope
+/// parameters, or in any per-layer-type rope parameters.
+fn partial_rotary(text: &serde_json::Map<String, Value>) -> bool {
+    let below_one = |v: &Value| {
+        v.get("partial_rotary_factor")
+            .and_then(Value::as_f64)
+            .is_some_and(|f| f < 1.0)
+    };
+    let top = text
+        .get("partial_rotary_factor")
+        .and_then(Value::as_f64)
+        .is_some_and(|f| f < 1.0);
+    let ropes = text.get("rope_parameters").or_else(|| text.get("rope_scaling"));
+    let nested = ropes.is_some_and(|r| below_one(r) || r.as_object().is_some_and(|o| o.values().any(below_one)));
+    top || nested
+}
+
 /// transformers' `tie_word_embeddings` default for the vision-language classes FreezeTune reads. These classes
 /// tie by their own top-level flag and never read `text_config`'s, which transformers 5 writes with the text
 /// class's default whatever the model does (a Gemma 4 saved untied says `true` there, a tied Qwen3.5 `false`).
-const WRAPPER_TIE_DEFAULTS: [(&str, bool); 8] = [
+const WRAPPER_TIE_DEFAULTS: [(&str, bool); 17] = [
     ("gemma3", true),
+    ("gemma3n", true),
     ("gemma4", true),
     ("mistral3", true),
+    ("paligemma", true),
     ("qwen3_5", false),
     ("qwen3_5_moe", false),
     ("qwen2_vl", false),
     ("qwen2_5_vl", false),
     ("qwen3_vl", false),
+    ("qwen3_vl_moe", false),
+    ("glm4v", false),
+    ("glm4v_moe", false),
+    ("llama4", false),
+    ("llava_next", false),
+    ("idefics3", false),
+    ("smolvlm", false),
 ];
 
+/// LLaVA's config ties when its own flag or its text tower's says so (older LLaVA configs saved it in the text
+/// tower, and `LlavaConfig` copies a true one up).
+const EITHER_FLAG_TIES: [&str; 1] = ["llava"];
+
 /// Whether a vision-language config.json (one with `text_config`) ties its lm_head to the embeddings, as
-/// transformers decides it: the top-level flag, else the class's default. For a wrapper FreezeTune does not know,
-/// the text tower's flag stands in (LLaVA's configs copy it up), and `None` leaves it to the checkpoint.
+/// transformers decides it: the top-level flag, else the class's default (LLaVA: either flag). For a wrapper
+/// FreezeTune does not know, the top-level flag, else the text tower's, and `None` leaves it to the checkpoint.
 pub fn wrapper_ties(raw: &Value) -> Option<bool> {
-    if let Some(tie) = raw.get("tie_word_embeddings").and_then(Value::as_bool) {
-        return Some(tie);
-    }
+    let top = raw.get("tie_word_embeddings").and_then(Value::as_bool);
+    let text = raw
+        .get("text_config")
+        .and_then(|t| t.get("tie_word_embeddings"))
+        .and_then(Value::as_bool);
     let model_type = raw.get("model_type").and_then(Value::as_str);
+    if model_type.is_some_and(|t| EITHER_FLAG_TIES.contains(&t)) {
+        return Some(top == Some(true) || text == Some(true));
+    }
     match WRAPPER_TIE_DEFAULTS.iter().find(|(t, _)| Some(*t) == model_type) {
-        Some(&(_, tie)) => Some(tie),
-        None => raw
-            .get("text_config")
-            .and_then(|t| t.get("tie_word_embeddings"))
-            .and_then(Value::as_bool),
+        Some(&(_, default)) => Some(top.unwrap_or(default)),
+        None => top.or(text),
     }
 }
 
@@ -361,6 +401,11 @@ impl ModelConfig {
                 }),
                 _ => None,
             },
+            partial_rotary: partial_rotary(text),
+            non_silu_mlp: ["hidden_act", "hidden_activation"]
+                .iter()
+                .find_map(|k| text.get(*k).and_then(Value::as_str))
+                .is_some_and(|act| !matches!(act, "silu" | "swish")),
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");
@@ -420,12 +465,15 @@ mod tests {
             tie(serde_json::json!({"model_type": "qwen3_5", "text_config": text(true)})),
             Some(false)
         );
-        // A wrapper FreezeTune does not know: its text tower's flag (LLaVA copies it up), else the checkpoint's.
+        // LLaVA ties by either flag.
+        let llava = serde_json::json!({"model_type": "llava", "tie_word_embeddings": false, "text_config": text(true)});
+        assert_eq!(tie(llava), Some(true));
+        // A wrapper FreezeTune does not know: its own flag, else its text tower's, else the checkpoint's.
         assert_eq!(
-            tie(serde_json::json!({"model_type": "llava", "text_config": text(true)})),
+            tie(serde_json::json!({"model_type": "vlm_x", "text_config": text(true)})),
             Some(true)
         );
-        let bare = serde_json::json!({"model_type": "llava", "text_config": {"num_hidden_layers": 2}});
+        let bare = serde_json::json!({"model_type": "vlm_x", "text_config": {"num_hidden_layers": 2}});
         assert_eq!(tie(bare), None);
         // A text-only config states its own.
         assert_eq!(

@@ -10,8 +10,8 @@
 //! selection is counted (an upper bound of its largest phase).
 
 use crate::ids::format_layer_ids;
-use crate::layout::ModelLayout;
-use crate::memory::{activations_with, lowest_backward_layer, update_bytes, Kernels};
+use crate::layout::{ModelLayout, TensorInfo};
+use crate::memory::{activations_with, lowest_backward_layer, update_bytes, ActivationSetup, Kernels};
 use crate::plan::PlanOptions;
 use crate::quant::QuantizeFrozen;
 use crate::run_config::OptimizerKind;
@@ -153,17 +153,20 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
         batch_size: setup.batch_size,
         seq_len: setup.seq_len,
     };
+    // A trained tensor is an f32 master; a frozen one is dense unless held in blocks (a GGUF file's, FP8, MXFP4,
+    // or `quantize_frozen`'s), which keeps the CPU's fused blocks and head away.
+    let dense = |t: &TensorInfo| {
+        trainable.contains(&t.name)
+            || (t.frozen_block_bytes().is_none() && setup.quantize_frozen.format_for(&t.name, &t.dims()).is_none())
+    };
+    let activation_setup = ActivationSetup {
+        kernels,
+        checkpointing: setup.gradient_checkpointing,
+        bytes: compute_bytes,
+        dense: &dense,
+    };
     let activations = lowest_backward_layer(layout, trainable)
-        .and_then(|l0| {
-            activations_with(
-                layout,
-                l0,
-                options,
-                kernels,
-                setup.gradient_checkpointing,
-                compute_bytes,
-            )
-        })
+        .and_then(|l0| activations_with(layout, l0, options, activation_setup))
         .unwrap_or(0);
     // The composite AdamW update's temporaries (memory.rs); the fused CPU update and AdamW8bit's host-side one
     // have none on the device.

@@ -32,7 +32,9 @@ struct Stored {
 }
 
 /// Whether the safetensors in `dir` store an lm_head whose values differ from the embeddings' (`Some(true)`), an
-/// identical copy (`Some(false)`), or no lm_head at all (`None`; a GGUF-mapped folder says `None` too).
+/// identical copy (`Some(false)`), or no lm_head or no embeddings (`None`: transformers then ties the one it has; a
+/// GGUF-mapped folder says `None` too). Where several tensors are embeddings (DeepSeek-V3's prediction layers
+/// store their own), the model's is the one with the shortest name.
 pub fn stored_head_differs(dir: &Path) -> Result<Option<bool>> {
     let files = ModelFiles::find(dir)?;
     if files.gguf_map.is_some() {
@@ -47,17 +49,25 @@ pub fn stored_head_differs(dir: &Path) -> Result<Option<bool>> {
                 n if is_embeddings(n) => &mut embed,
                 _ => continue,
             };
-            *slot = Some(Stored {
+            if slot
+                .as_ref()
+                .is_some_and(|(name, _): &(String, Stored)| name.len() <= t.name.len())
+            {
+                continue;
+            }
+            let stored = Stored {
                 path: path.clone(),
                 dtype: t.dtype,
                 shape: t.shape,
                 start: 8 + header.header_len + t.data_offsets.0,
                 len: t.data_offsets.1 - t.data_offsets.0,
-            });
+            };
+            *slot = Some((t.name, stored));
         }
     }
-    let Some(head) = head else { return Ok(None) };
-    let Some(embed) = embed else { return Ok(Some(true)) };
+    let (Some((_, head)), Some((_, embed))) = (head, embed) else {
+        return Ok(None);
+    };
     if (head.dtype, &head.shape, head.len) != (embed.dtype, &embed.shape, embed.len) {
         return Ok(Some(true));
     }

@@ -38,8 +38,11 @@ pub(super) struct LayerShape {
     pub q: u64,
     pub kv: u64,
     pub i: u64,
-    /// Whether the CPU's one-op blocks serve the attention half (`fused::attention_block`: a pre-norm only, no q/k
-    /// norm, no biases, no sinks) and the MLP half (`fused::mlp_block`: a gated MLP without post-norm or biases).
+    /// Whether the CPU's one-op blocks serve the attention half (`Decoder::fused_attention`: a pre-norm only, no
+    /// q/k norm, whole-head rope, dense weights without biases, no sinks) and the MLP half (`fused_mlp_weights`: a
+    /// SwiGLU MLP with dense weights, no post-norm, biases or experts). Softcaps, output gates, interleaved rope and
+    /// per-position query factors also keep the attention block away; config.json alone shows those, so the
+    /// estimate counts such layers (Gemma 2, Qwen3-Next, ERNIE 4.5, Llama 4-style scaling) as fused: low there.
     pub fused_attention: bool,
     pub fused_mlp: bool,
     /// Values per token kept by what a plain layer lacks: the inputs of q/k norms and further norms, and Gemma 4's
@@ -47,19 +50,37 @@ pub(super) struct LayerShape {
     pub extra: u64,
 }
 
-/// The config's sizes, for a layer whose tensors do not name them.
+/// The config's sizes, for a layer whose tensors do not name them, and what the config says of every layer.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Defaults {
     pub h: u64,
     pub q: u64,
     pub kv: u64,
     pub i: u64,
+    /// Rope turns part of each head: the fused attention block takes whole-head rope only.
+    pub partial_rotary: bool,
+    /// The MLP's activation is not SiLU: the fused MLP block is SwiGLU only.
+    pub non_silu_mlp: bool,
 }
 
+/// Names, by suffix, of the tensors the terms read, under the spellings of the families that differ.
+const QUERY: &[&str] = &["self_attn.q_proj.weight"];
+const KEY: &[&str] = &["self_attn.k_proj.weight"];
+const Q_NORM: &[&str] = &["self_attn.q_norm.weight", "self_attn.q_layernorm.weight"];
+const K_NORM: &[&str] = &["self_attn.k_norm.weight", "self_attn.k_layernorm.weight"];
+/// A gated MLP's gate (LFM2's `feed_forward.w1`), whose rows are the MLP's width.
+const GATE: &[&str] = &["mlp.gate_proj.weight", "feed_forward.w1.weight"];
+/// Gate and up in one matrix (Phi-3's `gate_up_proj`, Granite 4.0's `shared_mlp.input_linear`): twice the width.
+const GATE_UP: &[&str] = &["mlp.gate_up_proj.weight", "shared_mlp.input_linear.weight"];
+const UP: &[&str] = &["mlp.up_proj.weight"];
+/// Where an MLP's matrices live (a bias there keeps the fused block away).
+const MLP_PARTS: &[&str] = &[".mlp.", ".feed_forward.", ".shared_mlp."];
+
 impl LayerShape {
-    pub(super) fn of(layer: &LayerInfo, d: Defaults) -> LayerShape {
-        let find = |suffix: &str| layer.tensors().find(|t| t.name.ends_with(suffix));
-        let rows = |suffix: &str| find(suffix).and_then(|t| t.shape.first().copied());
+    /// The layer's shape; `dense` says which weights are held dense (the fused blocks take only those).
+    pub(super) fn of(layer: &LayerInfo, d: Defaults, dense: &dyn Fn(&TensorInfo) -> bool) -> LayerShape {
+        let find = |suffixes: &[&str]| layer.tensors().find(|t| suffixes.iter().any(|s| t.name.ends_with(s)));
+        let rows = |suffixes: &[&str]| find(suffixes).and_then(|t| t.shape.first().copied());
         let has = |test: &dyn Fn(&TensorInfo) -> bool| layer.tensors().any(test);
         let mixer = MIXER_MODULES
             .iter()
@@ -67,24 +88,29 @@ impl LayerShape {
             .map_or(Mixer::Attention, |(_, mixer)| *mixer);
         // Granite 4.0-H's stacked experts are `block_sparse_moe.input_linear` / `output_linear`.
         let sparse = has(&|t| t.name.contains(".experts.") || t.name.contains(".block_sparse_moe."));
-        let queries = rows("self_attn.q_proj.weight");
-        let kv = match (rows("self_attn.k_proj.weight"), queries) {
+        let queries = rows(QUERY);
+        let kv = match (rows(KEY), queries) {
             (Some(k), _) => k,
             // Queries alone: Gemma 4's shared layers attend over an earlier layer's kept keys and values.
             (None, Some(_)) => 0,
             (None, None) => d.kv,
         };
-        let gate = rows("mlp.gate_proj.weight").or(rows("mlp.gate_up_proj.weight").map(|r| r / 2));
-        let i = gate.or(rows("mlp.up_proj.weight")).unwrap_or(d.i);
-        let q_norm = find("self_attn.q_norm.weight").map_or(0, |_| queries.unwrap_or(d.q));
-        let k_norm = find("self_attn.k_norm.weight").map_or(0, |_| kv);
-        let norms = layer.tensors().filter(|t| t.name.ends_with("layernorm.weight")).count() as u64;
-        let further_norms = norms.saturating_sub(PLAIN_NORMS) * d.h;
-        let branch = rows("per_layer_input_gate.weight").map_or(0, |w| 3 * w + 2 * d.h);
-        let sandwich = find("post_feedforward_layernorm.weight").is_some();
-        let attention_extras =
-            has(&|t| t.name.contains(".self_attn.") && (t.name.ends_with(".bias") || t.name.ends_with(".sinks")));
-        let mlp_bias = has(&|t| t.name.contains(".mlp.") && t.name.ends_with(".bias"));
+        let gate = rows(GATE).or(rows(GATE_UP).map(|r| r / 2));
+        let i = gate.or(rows(UP)).unwrap_or(d.i);
+        let q_norm = find(Q_NORM).map_or(0, |_| queries.unwrap_or(d.q));
+        let k_norm = find(K_NORM).map_or(0, |_| kv);
+        // Norms past the two pre-norms: Gemma's post norms, Gemma 4's expert norms (`…layernorm_1`, `…_2`).
+        let layer_norm = |t: &TensorInfo| t.name.contains("layernorm") && !t.name.contains(".self_attn.");
+        let norms = layer.tensors().filter(|t| layer_norm(t)).count() as u64;
+        let further_norms = norms.saturating_sub(PLAIN_NORMS).saturating_mul(d.h);
+        let branch = rows(&["per_layer_input_gate.weight"])
+            .map_or(0, |w| w.saturating_mul(3).saturating_add(d.h.saturating_mul(2)));
+        let sandwich = has(&|t| t.name.contains("post_feedforward_layernorm"));
+        let attention_fits = !has(&|t| {
+            t.name.contains(".self_attn.") && (t.name.ends_with(".bias") || t.name.ends_with(".sinks") || !dense(t))
+        });
+        let mlp_fits =
+            !has(&|t| MLP_PARTS.iter().any(|p| t.name.contains(p)) && (t.name.ends_with(".bias") || !dense(t)));
         LayerShape {
             mixer,
             sparse,
@@ -92,12 +118,70 @@ impl LayerShape {
             q: queries.unwrap_or(d.q),
             kv,
             i,
-            fused_attention: q_norm == 0 && k_norm == 0 && !sandwich && !attention_extras,
-            fused_mlp: gate.is_some() && !sandwich && !mlp_bias && !sparse,
+            fused_attention: q_norm == 0 && k_norm == 0 && !sandwich && !d.partial_rotary && attention_fits,
+            fused_mlp: gate.is_some() && !sandwich && !sparse && !d.non_silu_mlp && mlp_fits,
             extra: q_norm
                 .saturating_add(k_norm)
                 .saturating_add(further_norms)
                 .saturating_add(branch),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ModelLayout;
+
+    fn shapes(fixture: &str, dense: &dyn Fn(&TensorInfo) -> bool) -> Vec<LayerShape> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/models")
+            .join(fixture);
+        let layout = ModelLayout::inspect(&dir).unwrap();
+        let d = Defaults {
+            h: 64,
+            q: 64,
+            kv: 32,
+            i: 96,
+            partial_rotary: false,
+            non_silu_mlp: false,
+        };
+        layout.layers.iter().map(|l| LayerShape::of(l, d, dense)).collect()
+    }
+
+    #[test]
+    fn gemma4_layers_are_read_from_their_own_tensors() {
+        let layers = shapes("gemma4_e", &|_| true);
+        // Layer 0, sliding: q/k norms (64 + 32), two post norms (2·64), the per-layer branch of width 8 (3·8 + 2·64).
+        let first = layers[0];
+        assert_eq!(
+            (first.q, first.kv, first.i, first.extra),
+            (64, 32, 96, 64 + 32 + 128 + 152)
+        );
+        assert!(
+            !first.fused_attention && !first.fused_mlp,
+            "q/k norms and sandwich norms keep the fused blocks away"
+        );
+        // Layer 5, full and shared: wider queries, no keys or values of its own, a double-wide MLP.
+        let last = layers[5];
+        assert_eq!((last.q, last.kv, last.i, last.extra), (128, 0, 192, 128 + 128 + 152));
+    }
+
+    #[test]
+    fn lfm2_names_its_norms_and_mlp_its_own_way() {
+        let layers = shapes("lfm2", &|_| true);
+        let conv = layers[0];
+        assert_eq!((conv.mixer, conv.i, conv.extra), (Mixer::ShortConv, 128, 0));
+        assert!(
+            conv.fused_mlp,
+            "feed_forward.w1/w3/w2 is a SwiGLU the fused block serves"
+        );
+        let attention = layers[1];
+        assert_eq!(attention.mixer, Mixer::Attention);
+        assert!(!attention.fused_attention, "q_layernorm / k_layernorm are q/k norms");
+        assert_eq!(attention.extra, 64 + 32);
+        // A frozen matrix held in blocks (GGUF, quantize_frozen) keeps the fused blocks away.
+        let quantized = shapes("lfm2", &|t| !t.name.ends_with("w1.weight"));
+        assert!(!quantized[0].fused_mlp);
     }
 }

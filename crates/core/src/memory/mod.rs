@@ -37,7 +37,7 @@
 
 mod layer;
 
-use crate::layout::ModelLayout;
+use crate::layout::{ModelLayout, TensorInfo};
 use crate::plan::PlanOptions;
 use layer::{Defaults, LayerShape, Mixer};
 use serde::{Deserialize, Serialize};
@@ -92,8 +92,19 @@ pub fn estimate_memory(layout: &ModelLayout, trainable: &BTreeSet<String>, optio
         }
     }
     let backward_from_layer = lowest_backward_layer(layout, trainable);
-    let activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options, Kernels::Composite));
-    let cpu_activation_bytes = backward_from_layer.and_then(|l0| activations(layout, l0, options, Kernels::FusedCpu));
+    // A trained tensor is an f32 master; a frozen one is dense unless a GGUF file's (or FP8, MXFP4) blocks hold it.
+    let dense = |t: &TensorInfo| trainable.contains(&t.name) || t.frozen_block_bytes().is_none();
+    let activations = |kernels| {
+        let setup = ActivationSetup {
+            kernels,
+            checkpointing: false,
+            bytes: ACT_BYTES,
+            dense: &dense,
+        };
+        backward_from_layer.and_then(|l0| activations_with(layout, l0, options, setup))
+    };
+    let activation_bytes = activations(Kernels::Composite);
+    let cpu_activation_bytes = activations(Kernels::FusedCpu);
     let known = |a: Option<u64>| a.or(if backward_from_layer.is_none() { Some(0) } else { None });
     let (weights, grads, optim) = (trainable_params * 4, trainable_params * 4, trainable_params * 8);
     MemoryEstimate {
@@ -137,21 +148,28 @@ pub(crate) fn lowest_backward_layer(layout: &ModelLayout, trainable: &BTreeSet<S
     Some(lowest.unwrap_or(layout.num_layers))
 }
 
-fn activations(layout: &ModelLayout, l0: usize, o: PlanOptions, kernels: Kernels) -> Option<u64> {
-    activations_with(layout, l0, o, kernels, false, ACT_BYTES)
+/// How a run holds its activations and weights, for the activation term.
+#[derive(Clone, Copy)]
+pub(crate) struct ActivationSetup<'a> {
+    pub kernels: Kernels,
+    /// Only each layer's input kept through the forward pass and one layer's activations at a time recomputed in
+    /// the backward pass (`Decoder::checkpointed_backward`).
+    pub checkpointing: bool,
+    /// Bytes per activation: 4 in f32, 2 in bf16/f16.
+    pub bytes: u64,
+    /// Whether a weight is held dense in the compute dtype: the CPU's fused blocks and head take only those (not a
+    /// GGUF file's blocks, FP8 or MXFP4, nor what `quantize_frozen` holds in blocks).
+    pub dense: &'a dyn Fn(&TensorInfo) -> bool,
 }
 
-/// The activation term with `bytes` per activation (4 in f32, 2 in bf16/f16) and, with `checkpointing`, only each
-/// layer's input kept through the forward pass and one layer's activations at a time recomputed in the backward
-/// pass (`Decoder::checkpointed_backward`).
-pub(crate) fn activations_with(
-    layout: &ModelLayout,
-    l0: usize,
-    o: PlanOptions,
-    kernels: Kernels,
-    checkpointing: bool,
-    bytes: u64,
-) -> Option<u64> {
+/// The activation term of a run set up as `setup` says, the backward pass reaching layer `l0`.
+pub(crate) fn activations_with(layout: &ModelLayout, l0: usize, o: PlanOptions, setup: ActivationSetup) -> Option<u64> {
+    let ActivationSetup {
+        kernels,
+        checkpointing,
+        bytes,
+        dense,
+    } = setup;
     let d = &layout.dims;
     let (h, i, heads, v) = (
         d.hidden_size?,
@@ -160,12 +178,14 @@ pub(crate) fn activations_with(
         d.vocab_size?,
     );
     let head_dim = d.head_dim.unwrap_or(h / heads.max(1));
-    let kv = d.num_key_value_heads.unwrap_or(heads) * head_dim;
+    let kv = d.num_key_value_heads.unwrap_or(heads).saturating_mul(head_dim);
     let widths = Widths {
         h,
         i,
-        q: heads * head_dim,
+        q: heads.saturating_mul(head_dim),
         kv,
+        partial_rotary: d.partial_rotary,
+        non_silu_mlp: d.non_silu_mlp,
         heads,
         seq: o.seq_len,
         experts: d.experts,
@@ -177,7 +197,7 @@ pub(crate) fn activations_with(
         .layers
         .iter()
         .filter(|layer| layer.id >= l0)
-        .map(|layer| widths.per_token(&widths.shape_of(layer), d.delta_net, kernels))
+        .map(|layer| widths.per_token(&widths.shape_of(layer, dense), d.delta_net, kernels))
         .collect::<Option<_>>()?;
     // Layers the config counts but the checkpoint does not show are taken as attention layers.
     let counted = layout.num_layers.saturating_sub(l0);
@@ -190,8 +210,9 @@ pub(crate) fn activations_with(
         true => (layers * h).saturating_add(per_layer.iter().max().copied().unwrap_or(0)),
         false => per_layer.iter().fold(0u64, |a, b| a.saturating_add(*b)),
     };
-    let tokens = o.batch_size * o.seq_len;
-    let (head, head_block) = head_terms(h, v, tokens, kernels);
+    let tokens = o.batch_size.saturating_mul(o.seq_len);
+    let fused_head = kernels == Kernels::FusedCpu && head_weight(layout).is_none_or(dense);
+    let (head, head_block) = head_terms(h, v, tokens, fused_head);
     let per_token = kept_layers
         .saturating_add(head)
         .saturating_add(per_layer_inputs(layout, l0));
@@ -204,7 +225,7 @@ pub(crate) fn activations_with(
         .layers
         .iter()
         .filter(|layer| layer.id >= l0)
-        .map(|layer| widths.recomputed_per_token(widths.shape_of(layer).mixer, d.delta_net, kernels))
+        .map(|layer| widths.recomputed_per_token(widths.shape_of(layer, dense).mixer, d.delta_net, kernels))
         .max()
         .unwrap_or(0);
     Some(
@@ -215,24 +236,36 @@ pub(crate) fn activations_with(
     )
 }
 
-/// The head's values per token, and the bytes it holds once. The composite ops keep the final hidden state, the
-/// logits and their gradient (h + 3·V); the CPU's fused head and loss (`fused/head_loss.rs`) keeps the hidden state
-/// and its gradient (2·h) and makes the logits one block of rows at a time (at least 1,024 rows, or 8 MiB).
-fn head_terms(h: u64, v: u64, tokens: u64, kernels: Kernels) -> (u64, u64) {
+/// The head's values per token, and the bytes it holds once. The logits and their gradient are kept with the final
+/// hidden state (h + 3·V), except where the CPU's fused head and loss serves (`fused/head_loss.rs`: a dense f32
+/// lm_head): it keeps the hidden state and its gradient (2·h) and makes the logits one block of rows at a time (at
+/// least 1,024 rows, or 8 MiB).
+fn head_terms(h: u64, v: u64, tokens: u64, fused: bool) -> (u64, u64) {
     const BLOCK_ROWS: u64 = 1024;
     const BLOCK_VALUES: u64 = 1 << 21;
-    match kernels {
-        Kernels::Composite => (h.saturating_add(3 * v), 0),
-        Kernels::FusedCpu => {
+    match fused {
+        false => (h.saturating_add(v.saturating_mul(3)), 0),
+        true => {
             let rows = BLOCK_ROWS.max(BLOCK_VALUES / v.max(1)).min(tokens);
-            (2 * h, (ACT_BYTES * rows).saturating_mul(v))
+            (h.saturating_mul(2), (ACT_BYTES * rows).saturating_mul(v))
         }
     }
+}
+
+/// The output head's weight: `lm_head`'s, or the embeddings' where they are tied.
+fn head_weight(layout: &ModelLayout) -> Option<&TensorInfo> {
+    let tensors = || layout.non_layer_modules.iter().flat_map(|m| &m.tensors);
+    tensors()
+        .find(|t| crate::tie::is_lm_head(&t.name))
+        .or_else(|| tensors().find(|t| t.name.ends_with("embed_tokens.weight")))
 }
 
 /// Gemma 4's per-layer inputs (`embed_tokens_per_layer`, L·w wide): made once below the layers and read by each
 /// layer's branch; when the embeddings train (l₀ = 0) their rows, projection and norm are kept too (3·L·w).
 fn per_layer_inputs(layout: &ModelLayout, l0: usize) -> u64 {
+    if l0 >= layout.num_layers {
+        return 0;
+    }
     let width = layout
         .non_layer_modules
         .iter()
@@ -241,7 +274,7 @@ fn per_layer_inputs(layout: &ModelLayout, l0: usize) -> u64 {
         .and_then(|t| t.shape.get(1).copied())
         .unwrap_or(0);
     if l0 == 0 {
-        3 * width
+        width.saturating_mul(3)
     } else {
         width
     }
@@ -255,6 +288,8 @@ struct Widths {
     q: u64,
     kv: u64,
     heads: u64,
+    partial_rotary: bool,
+    non_silu_mlp: bool,
     seq: u64,
     experts: Option<crate::config::ExpertDims>,
     latent: Option<crate::config::LatentDims>,
@@ -270,14 +305,16 @@ const DELTA_CHUNK: u64 = 64;
 const MAMBA_CHUNK: u64 = 64;
 
 impl Widths {
-    fn shape_of(&self, layer: &crate::layout::LayerInfo) -> LayerShape {
+    fn shape_of(&self, layer: &crate::layout::LayerInfo, dense: &dyn Fn(&TensorInfo) -> bool) -> LayerShape {
         let defaults = Defaults {
             h: self.h,
             q: self.q,
             kv: self.kv,
             i: self.i,
+            partial_rotary: self.partial_rotary,
+            non_silu_mlp: self.non_silu_mlp,
         };
-        LayerShape::of(layer, defaults)
+        LayerShape::of(layer, defaults, dense)
     }
 
     /// A plain pre-norm attention layer of the config's sizes (for layers the checkpoint does not show).
@@ -320,8 +357,17 @@ impl Widths {
                         .saturating_add(sat(3, l.q_rank.saturating_add(l.kv_rank)))
                         .saturating_add(probs)
                 }
-                Mixer::Attention if fused && shape.fused_attention => 5 * h + 2 * q + 4 * kv + probs,
-                Mixer::Attention => 7 * h + 3 * q + 4 * kv + probs,
+                Mixer::Attention => {
+                    let (hs, qs) = match fused && shape.fused_attention {
+                        true => (5, 2),
+                        false => (7, 3),
+                    };
+                    let sat = |a: u64, b: u64| a.saturating_mul(b);
+                    sat(hs, h)
+                        .saturating_add(sat(qs, q))
+                        .saturating_add(sat(4, kv))
+                        .saturating_add(probs)
+                }
                 Mixer::DeltaRule => {
                     // The projection into the convolution and the rule's packed inputs; then from the rule's output
                     // on, z and its SiLU, the gated norm's input and output. The convolution, SiLU, q/k norms and
@@ -375,8 +421,8 @@ impl Widths {
     fn mlp_per_token(&self, shape: &LayerShape, kernels: Kernels) -> u64 {
         let fused = kernels == Kernels::FusedCpu;
         let dense = match fused && shape.fused_mlp {
-            true => 2 * shape.i,
-            false => 4 * shape.i,
+            true => shape.i.saturating_mul(2),
+            false => shape.i.saturating_mul(4),
         };
         match self.experts.filter(|_| shape.sparse) {
             None => dense,
@@ -428,6 +474,16 @@ fn delta_widths(d: crate::config::DeltaNetDims) -> (u64, u64, u64) {
 mod tests {
     use super::*;
 
+    /// Every weight dense, no checkpointing.
+    fn setup(kernels: Kernels, bytes: u64) -> ActivationSetup<'static> {
+        ActivationSetup {
+            kernels,
+            checkpointing: false,
+            bytes,
+            dense: &|_| true,
+        }
+    }
+
     #[test]
     fn a_shared_expert_adds_its_own_term() {
         let experts = crate::config::ExpertDims {
@@ -443,6 +499,8 @@ mod tests {
             q: 64,
             kv: 32,
             heads: 4,
+            partial_rotary: false,
+            non_silu_mlp: false,
             seq: 128,
             experts: Some(experts),
             latent: None,
@@ -492,6 +550,28 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_head_is_counted_only_for_a_dense_head() {
+        // The llama fixture: hidden 64, vocabulary 512, an untied lm_head; 128 tokens.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/llama");
+        let layout = ModelLayout::inspect(&dir).unwrap();
+        let o = PlanOptions {
+            batch_size: 1,
+            seq_len: 128,
+        };
+        let top = layout.num_layers;
+        let dense = activations_with(&layout, top, o, setup(Kernels::FusedCpu, 4)).unwrap();
+        // The fused head: 2·64 a token and one block of 128 rows of logits.
+        assert_eq!(dense, 4 * 128 * 128 + 4 * 128 * 512);
+        // An lm_head held in blocks (quantize_frozen, a GGUF file) makes the logits and their gradient whole.
+        let quantized = ActivationSetup {
+            dense: &|t: &TensorInfo| t.name != "lm_head.weight",
+            ..setup(Kernels::FusedCpu, 4)
+        };
+        let blocks = activations_with(&layout, top, o, quantized).unwrap();
+        assert_eq!(blocks, 4 * 128 * (64 + 3 * 512));
+    }
+
+    #[test]
     fn a_sparse_layer_counts_its_chosen_experts() {
         // Qwen3 MoE's fixture: hidden 64, 4 heads, key/value width 32, vocabulary 512; layers 0 and 2 route each
         // token to 2 of 4 experts of width 32, layer 1 keeps a dense MLP of 96.
@@ -503,13 +583,13 @@ mod tests {
         };
         // Composite: attention 7·64 + 3·64 + 4·32 + 4 = 772 a layer, and its q/k norms' inputs 64 + 32; the dense
         // MLP 4·96; a sparse one 2·(4·32 + 4·64) + 4·4 = 784. The head: 64 + 3·512.
-        let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
+        let composite = activations_with(&layout, 0, o, setup(Kernels::Composite, 4)).unwrap();
         let layers = 2 * (868 + 784) + (868 + 384);
         assert_eq!(composite, 4 * 128 * (layers + 64 + 1536) + ATTENTION_BLOCKS);
         // CPU f32: the q/k norms keep the fused attention block away, so attention is 7·64 + 3·64 + 4·32 + 96 and
         // the kernel's probabilities 4·(64 + 32); the dense MLP 2·96; a sparse one 2·(3·32 + 4·64) + 16. The fused
         // head keeps 2·64 a token and one block of 128 rows of logits.
-        let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4).unwrap();
+        let fused = activations_with(&layout, 0, o, setup(Kernels::FusedCpu, 4)).unwrap();
         let layers = 2 * (1248 + 720) + (1248 + 192);
         assert_eq!(fused, 4 * 128 * (layers + 128) + 4 * 128 * 512);
     }
@@ -528,15 +608,15 @@ mod tests {
         // attention layer (q_proj 128 wide with its output gate; q/k norms, so not the fused block) 7·64 + 3·128
         // + 4·32 + 4·(64 + 32) + 128 + 32 (the norms' inputs) + 2·96 = 1696; the head 2·64, and 128 rows of
         // logits once.
-        let fused = activations_with(&layout, 0, o, Kernels::FusedCpu, false, 4);
+        let fused = activations_with(&layout, 0, o, setup(Kernels::FusedCpu, 4));
         let head_block = 4 * 128 * 512;
         assert_eq!(fused, Some(4 * 128 * (3 * 680 + 1696 + 128) + head_block));
         // From layer 3 on, only the attention layer.
-        let top = activations_with(&layout, 3, o, Kernels::FusedCpu, false, 4);
+        let top = activations_with(&layout, 3, o, setup(Kernels::FusedCpu, 4));
         assert_eq!(top, Some(4 * 128 * (1696 + 128) + head_block));
         // Composite: no states kept, but one layer recomputed at a time, in f32: its convolution, norms and
         // repeats (6·96 + 10·64 + 10·32) and the rule's blocks (96·64 per value head).
-        let composite = activations_with(&layout, 0, o, Kernels::Composite, false, 4).unwrap();
+        let composite = activations_with(&layout, 0, o, setup(Kernels::Composite, 4)).unwrap();
         let delta = 96 + 2 * 64 + 2 * 32 + 6 * 64 + 4 * 96;
         let attention = 7 * 64 + 3 * 128 + 4 * 32 + 4 + 160 + 4 * 96;
         let recomputed = 4 * 128 * (6 * 96 + 10 * 64 + 10 * 32 + 96 * 64 * 4);
@@ -545,13 +625,13 @@ mod tests {
             4 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS + recomputed
         );
         // In bf16 the kept values halve; the recomputed rule stays f32.
-        let half = activations_with(&layout, 0, o, Kernels::Composite, false, 2).unwrap();
+        let half = activations_with(&layout, 0, o, setup(Kernels::Composite, 2)).unwrap();
         assert_eq!(
             half,
             2 * 128 * (3 * delta + attention + 64 + 1536) + ATTENTION_BLOCKS + recomputed
         );
         // Above the DeltaNet layers nothing is recomputed.
-        let top = activations_with(&layout, 3, o, Kernels::Composite, false, 4).unwrap();
+        let top = activations_with(&layout, 3, o, setup(Kernels::Composite, 4)).unwrap();
         assert_eq!(top, 4 * 128 * (attention + 64 + 1536) + ATTENTION_BLOCKS);
     }
 }
