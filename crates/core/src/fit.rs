@@ -15,6 +15,7 @@ use crate::memory::{activations_with, lowest_backward_layer, update_bytes, Activ
 use crate::plan::PlanOptions;
 use crate::quant::QuantizeFrozen;
 use crate::run_config::OptimizerKind;
+use crate::safetensors::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -129,9 +130,18 @@ pub fn need_bytes(layout: &ModelLayout, trainable: &BTreeSet<String>, setup: Fit
             continue;
         }
         let dims: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        // A lookup table stays in its checkpoint dtype on the CPU where that is narrower (train's params.rs).
+        let half_table = matches!(t.dtype, DType::BF16 | DType::F16)
+            && setup.cpu
+            && crate::quant::is_lookup_table(&t.name, !layout.tie_word_embeddings);
+        let dense_bytes = if half_table {
+            compute_bytes.min(2)
+        } else {
+            compute_bytes
+        };
         frozen += setup
             .quantize_frozen
-            .frozen_bytes(&t.name, &dims, t.params, compute_bytes);
+            .frozen_bytes(&t.name, &dims, t.params, dense_bytes);
         if setup.quantize_frozen.format_for(&t.name, &dims).is_some() {
             largest_quantized = largest_quantized.max(unit);
         }

@@ -126,6 +126,15 @@ pub fn held_as_matrix(name: &str, dims: &[usize]) -> bool {
     dims.len() == 2 && (is_vocabulary_matrix(name) || is_layer_projection(name))
 }
 
+/// Whether `name`, frozen, is only ever read a row at a time, never a matrix operand: Gemma 4's per-layer embeddings,
+/// and the token embeddings of a model whose lm_head is its own (`untied`). The trainer keeps such a table in the
+/// checkpoint's dtype where that is narrower than the compute dtype, and casts the rows it reads: exact, as a wider
+/// float holds every narrower one's value (E2B's per-layer table: 9.4 GB in f32, 4.7 GB as stored in bf16).
+pub fn is_lookup_table(name: &str, untied: bool) -> bool {
+    name.ends_with("embed_tokens_per_layer.weight")
+        || (untied && (name == "embed_tokens.weight" || name.ends_with(".embed_tokens.weight")))
+}
+
 /// The token embeddings (Gemma 4's per-layer ones too: a row per token, read by lookup) or the output projection.
 fn is_vocabulary_matrix(name: &str) -> bool {
     name.ends_with("embed_tokens.weight")

@@ -105,6 +105,10 @@ impl Params {
         params.fp8_scheme = config.fp8;
         let source = params.open_source()?;
         let wanted: BTreeSet<&str> = trainable.iter().map(String::as_str).collect();
+        // The embeddings are a lookup table only beside an lm_head of their own (a flagged tie over a stored head
+        // that differs is left in the compute dtype: rare, and only memory).
+        let stored_head = source.tensors().any(|(n, _)| freezetune_core::tie::is_lm_head(n));
+        let untied = stored_head && config.tie_word_embeddings != Some(true);
         for (name, shape) in source.tensors() {
             let name = name.clone();
             if config.dropped_on_load(&name) {
@@ -144,11 +148,13 @@ impl Params {
             } else {
                 // A buffer stays f32: transformers keeps the router's correction bias so whatever the dtype; Gemma
                 // 4's `layer_scalar` it rounds to the dtype, which the decoder does before multiplying.
-                let dtype = match freezetune_core::layout::is_buffer(&name) {
-                    true => DType::F32,
-                    false => dtype,
+                let t = if freezetune_core::layout::is_buffer(&name) {
+                    params.load_source(&source, &name, DType::F32)?
+                } else if freezetune_core::quant::is_lookup_table(&name, untied) {
+                    params.load_table(&source, &name)?
+                } else {
+                    params.load_source(&source, &name, dtype)?
                 };
-                let t = params.load_source(&source, &name, dtype)?;
                 params.consts.insert(name, t);
             }
         }
@@ -171,6 +177,22 @@ impl Params {
     fn load_source(&self, source: &WeightFiles, name: &str, dtype: DType) -> Result<Tensor> {
         source
             .load(name)?
+            .to_dtype(dtype)
+            .and_then(|t| t.to_device(&self.device))
+            .map_err(candle_err(format!("loading tensor {name}")))
+    }
+
+    /// A frozen lookup table (`quant::is_lookup_table`) on the device: in the checkpoint's float dtype where that
+    /// is narrower than the compute dtype (its rows are cast as they are read), else in the compute dtype. Metal
+    /// keeps the compute dtype: bf16 there needs macOS 14.
+    fn load_table(&self, source: &WeightFiles, name: &str) -> Result<Tensor> {
+        let stored = source.load(name)?;
+        let narrower = stored.dtype().is_float() && stored.dtype().size_in_bytes() < self.dtype.size_in_bytes();
+        let dtype = match narrower && !self.device.is_metal() {
+            true => stored.dtype(),
+            false => self.dtype,
+        };
+        stored
             .to_dtype(dtype)
             .and_then(|t| t.to_device(&self.device))
             .map_err(candle_err(format!("loading tensor {name}")))

@@ -330,3 +330,52 @@ fn stacked_experts_held_quantized_compute_what_their_rounded_values_compute() {
         );
     }
 }
+
+/// A frozen table read only by row (an untied model's token embeddings) stays in its bf16 checkpoint's dtype while
+/// the run computes in f32: half the memory, and the same loss and gradients as the f32 copy, since each row read
+/// is cast exactly. A tied model's embeddings are its head's matrix and are held in the compute dtype.
+#[test]
+fn a_frozen_lookup_table_stays_in_its_checkpoint_dtype() {
+    use freezetune_train::loss::causal_lm_loss;
+    use freezetune_train::{Batch, Decoder, DecoderConfig};
+    let embed = "model.embed_tokens.weight".to_string();
+    let top = "model.layers.1.mlp.down_proj.weight".to_string();
+    let run = |dir: &Path, trainable: &[String]| {
+        let params = Params::load_with(dir, trainable, &Device::Cpu, DType::F32).unwrap();
+        let ids: Vec<u32> = (0..24).map(|i| (i * 11 + 5) % 500).collect();
+        let batch = Batch {
+            lengths: vec![ids.len()],
+            input_ids: vec![ids.clone()],
+        };
+        let labels = vec![ids.iter().map(|&v| v as i64).collect::<Vec<_>>()];
+        let model = Decoder::new(DecoderConfig::read(dir).unwrap(), &params, &Device::Cpu).unwrap();
+        let (loss, _) = causal_lm_loss(&model.forward_logits(&batch).unwrap(), &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let grad = grads
+            .get(&params.vars[&top])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let table = params.get(&embed).unwrap().dtype();
+        (loss.to_scalar::<f32>().unwrap(), grad, table)
+    };
+    for tied in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SynthSpec {
+            dtype: freezetune_core::safetensors::DType::BF16,
+            tied,
+            ..SynthSpec::tiny(Family::Llama, 2)
+        };
+        write_checkpoint(dir.path(), &spec).unwrap();
+        let (loss, grad, table) = run(dir.path(), std::slice::from_ref(&top));
+        let want = if tied { DType::F32 } else { DType::BF16 };
+        assert_eq!(table, want, "tied: {tied}");
+        // The same values as an f32 master: the embeddings trained (their gradient is not compared).
+        let (f32_loss, f32_grad, f32_table) = run(dir.path(), &[top.clone(), embed.clone()]);
+        assert_eq!(f32_table, DType::F32);
+        assert_eq!(loss, f32_loss, "tied: {tied}");
+        assert_eq!(grad, f32_grad, "tied: {tied}");
+    }
+}

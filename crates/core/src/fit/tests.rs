@@ -427,3 +427,26 @@ fn adamw8bit_moments_count_on_the_cpu_but_not_on_a_gpu_where_they_live_on_the_ho
     assert!(need(OptimizerKind::Adamw8bit, true) > need(OptimizerKind::Sgd, true));
     assert!(need(OptimizerKind::Adamw, false) > need(OptimizerKind::Adamw8bit, false));
 }
+
+/// On the CPU in f32 an untied bf16 model's frozen token embeddings stay bf16 (train's lookup tables); on a GPU,
+/// and where they are the head's matrix too, they are counted in the compute dtype.
+#[test]
+fn a_frozen_lookup_table_is_counted_as_stored_on_the_cpu() {
+    let (_d, layout, set) = llama2_7b_top(2);
+    let cpu = FitSetup {
+        cpu: true,
+        ..gpu(1, 256)
+    };
+    let table = 32000 * 4096;
+    let gpu_need = need_bytes(&layout, &set, gpu(1, 256));
+    let cpu_need = need_bytes(&layout, &set, cpu);
+    // Each against the same layout without the table (the needs differ by their activations and update too).
+    let mut without_table = layout.clone();
+    for m in &mut without_table.non_layer_modules {
+        m.tensors.retain(|t| t.name != "model.embed_tokens.weight");
+    }
+    let cpu_without = need_bytes(&without_table, &set, cpu);
+    assert_eq!(cpu_need - cpu_without, table * 2, "2 bytes a value on the CPU");
+    let gpu_without = need_bytes(&without_table, &set, gpu(1, 256));
+    assert_eq!(gpu_need - gpu_without, table * 4, "4 bytes a value on a GPU");
+}
