@@ -1344,7 +1344,7 @@ impl Decoder {
     fn activation(&self, blk: &Block, x: &Tensor) -> candle_core::Result<Tensor> {
         match blk.spec.activation {
             Activation::Silu => x.silu(),
-            Activation::GeluTanh => x.gelu(),
+            Activation::GeluTanh => crate::ops::gelu_tanh(x),
             Activation::Gelu => x.gelu_erf(),
         }
     }
@@ -1354,7 +1354,7 @@ impl Decoder {
     fn mlp(&self, blk: &Block, residual: &Tensor, h: &Tensor) -> candle_core::Result<Tensor> {
         let product = |gate: &Tensor, up: &Tensor| match blk.spec.activation {
             Activation::Silu => swiglu(gate, up),
-            Activation::GeluTanh => gate.gelu()? * up,
+            Activation::GeluTanh => crate::ops::geglu_tanh(gate, up),
             Activation::Gelu => gate.gelu_erf()? * up,
         };
         let routed = |experts: &Experts, router_in: &Tensor, x: &Tensor| {

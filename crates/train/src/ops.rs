@@ -122,6 +122,22 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
+/// `gelu_tanh(gate) * up` (the fused CPU op for f32 CPU tensors, candle's `gelu` elsewhere).
+pub fn geglu_tanh(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::applies(gate) && up.dtype() == DType::F32 && gate.shape() == up.shape() {
+        return fused::geglu_tanh(gate, up);
+    }
+    gate.gelu()? * up
+}
+
+/// GELU's tanh approximation (the fused CPU op for an f32 CPU tensor, candle's `gelu` elsewhere).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if fused::applies(x) {
+        return fused::gelu_tanh(x);
+    }
+    x.gelu()
+}
+
 /// Rotary embedding on `x` of shape (batch, heads, seq, head_dim) with f32 `cos`/`sin` of shape (seq, head_dim),
 /// computed in f32 and returned in `x`'s dtype.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

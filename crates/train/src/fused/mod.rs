@@ -13,6 +13,7 @@ mod attn_block;
 pub mod blas;
 mod delta_net_inputs;
 mod delta_rule;
+mod gelu;
 mod gemm;
 mod head_loss;
 mod linear;
@@ -29,6 +30,7 @@ pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
 pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
+pub use gelu::{geglu_tanh, gelu_tanh};
 pub use gemm::{default_f32_kernel, with_bf16_matmuls, with_f32_kernel, Backend, F32Kernel};
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
