@@ -36,10 +36,10 @@ pub struct ModelDims {
     /// serve such layers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial_rotary: bool,
-    /// The MLP's activation is not SiLU (`hidden_act` / `hidden_activation`): the CPU's fused MLP block does not
-    /// serve it.
+    /// The MLP's activation is one the CPU's fused MLP block lacks (`hidden_act` / `hidden_activation` other than
+    /// SiLU and GELU's tanh approximation).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub non_silu_mlp: bool,
+    pub unfused_mlp_activation: bool,
 }
 
 /// A Mamba 2 layer's widths: its inner width (`mamba_expand` × hidden), B's and C's (groups × state each), and
@@ -117,6 +117,23 @@ const MTP_HEAD_TYPES: [&str; 5] = [
     "qwen3_5_moe_text",
     "qwen3_next",
 ];
+
+/// Whether the MLP's activation is one the CPU's fused MLP block lacks: SiLU and GELU's tanh approximation it has
+/// (Gemma's plain `gelu` is the tanh one, as transformers' Gemma reads it).
+fn unfused_mlp_activation(text: &serde_json::Map<String, Value>) -> bool {
+    let gemma = text
+        .get("model_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.starts_with("gemma"));
+    let act = ["hidden_act", "hidden_activation"]
+        .iter()
+        .find_map(|k| text.get(*k).and_then(Value::as_str));
+    act.is_some_and(|act| match act {
+        "silu" | "swish" | "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => false,
+        "gelu" => !gemma,
+        _ => true,
+    })
+}
 
 /// Whether rope turns only part of each head: a `partial_rotary_factor` below 1 at the top level, in the rope
 /// parameters, or in any per-layer-type rope parameters.
@@ -402,10 +419,7 @@ impl ModelConfig {
                 _ => None,
             },
             partial_rotary: partial_rotary(text),
-            non_silu_mlp: ["hidden_act", "hidden_activation"]
-                .iter()
-                .find_map(|k| text.get(*k).and_then(Value::as_str))
-                .is_some_and(|act| !matches!(act, "silu" | "swish")),
+            unfused_mlp_activation: unfused_mlp_activation(text),
         };
         let model_type = top.get("model_type").and_then(Value::as_str).map(str::to_string);
         let multimodal = top.contains_key("text_config") || top.contains_key("vision_config");

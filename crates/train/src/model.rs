@@ -1075,13 +1075,22 @@ impl Decoder {
     }
 
     /// The MLP half's weights for the one-op fused block (`fused::mlp_block`), where it serves: f32 on the CPU, a
-    /// pre-norm and no post-norm, SwiGLU, dense weights without biases.
+    /// pre-norm (and Gemma's post-norm, where the layer has one), SwiGLU or GELU-tanh, dense weights without
+    /// biases, no experts beside.
     fn fused_mlp_weights(&self, blk: &Block, x: &Tensor) -> Option<fused::MlpWeights> {
-        let fits = fused::applies(x)
-            && blk.spec.activation == Activation::Silu
-            && blk.mlp_norms.post.is_none()
-            && blk.beside.is_none();
-        let norm = blk.mlp_norms.pre.clone().filter(|n| fits && n.dtype() == DType::F32)?;
+        let activation = match blk.spec.activation {
+            Activation::Silu => fused::GluActivation::Silu,
+            Activation::GeluTanh => fused::GluActivation::GeluTanh,
+            Activation::Gelu => return None,
+        };
+        let f32_norm = |n: &Tensor| n.dtype() == DType::F32;
+        let post_norm = match &blk.mlp_norms.post {
+            Some(p) if f32_norm(p) => Some(p.clone()),
+            Some(_) => return None,
+            None => None,
+        };
+        let fits = fused::applies(x) && blk.beside.is_none();
+        let norm = blk.mlp_norms.pre.clone().filter(|n| fits && f32_norm(n))?;
         let Ffn::Dense { gate_up, down } = &blk.ffn else {
             return None;
         };
@@ -1097,6 +1106,8 @@ impl Decoder {
             norm_offset: c.norm_offset as f32,
             eps: c.rms_norm_eps as f32,
             residual_scale: c.residual_multiplier as f32,
+            activation,
+            post_norm,
         })
     }
 

@@ -40,7 +40,7 @@ pub(super) struct LayerShape {
     pub i: u64,
     /// Whether the CPU's one-op blocks serve the attention half (`Decoder::fused_attention`: a pre-norm only, no
     /// q/k norm, whole-head rope, dense weights without biases, no sinks) and the MLP half (`fused_mlp_weights`: a
-    /// SwiGLU MLP with dense weights, no post-norm, biases or experts). Softcaps, output gates, interleaved rope and
+    /// gated SiLU or GELU-tanh MLP with a pre-norm (Gemma's post-norm too), dense weights, no biases or experts). Softcaps, output gates, interleaved rope and
     /// per-position query factors also keep the attention block away; config.json alone shows those, so the
     /// estimate counts such layers (Gemma 2, Qwen3-Next, ERNIE 4.5, Llama 4-style scaling) as fused: low there.
     pub fused_attention: bool,
@@ -59,8 +59,8 @@ pub(super) struct Defaults {
     pub i: u64,
     /// Rope turns part of each head: the fused attention block takes whole-head rope only.
     pub partial_rotary: bool,
-    /// The MLP's activation is not SiLU: the fused MLP block is SwiGLU only.
-    pub non_silu_mlp: bool,
+    /// The MLP's activation is one the fused MLP block lacks (it has SiLU and GELU-tanh).
+    pub unfused_mlp_activation: bool,
 }
 
 /// Names, by suffix, of the tensors the terms read, under the spellings of the families that differ.
@@ -106,6 +106,8 @@ impl LayerShape {
         let branch = rows(&["per_layer_input_gate.weight"])
             .map_or(0, |w| w.saturating_mul(3).saturating_add(d.h.saturating_mul(2)));
         let sandwich = has(&|t| t.name.contains("post_feedforward_layernorm"));
+        // OLMo 2 norms after the MLP only: the fused block starts from a pre-norm.
+        let mlp_pre_norm = !sandwich || has(&|t| t.name.contains("pre_feedforward_layernorm"));
         let attention_fits = !has(&|t| {
             t.name.contains(".self_attn.") && (t.name.ends_with(".bias") || t.name.ends_with(".sinks") || !dense(t))
         });
@@ -119,7 +121,7 @@ impl LayerShape {
             kv,
             i,
             fused_attention: q_norm == 0 && k_norm == 0 && !sandwich && !d.partial_rotary && attention_fits,
-            fused_mlp: gate.is_some() && !sandwich && !sparse && !d.non_silu_mlp && mlp_fits,
+            fused_mlp: gate.is_some() && mlp_pre_norm && !sparse && !d.unfused_mlp_activation && mlp_fits,
             extra: q_norm
                 .saturating_add(k_norm)
                 .saturating_add(further_norms)
@@ -144,7 +146,7 @@ mod tests {
             kv: 32,
             i: 96,
             partial_rotary: false,
-            non_silu_mlp: false,
+            unfused_mlp_activation: false,
         };
         layout.layers.iter().map(|l| LayerShape::of(l, d, dense)).collect()
     }
@@ -159,9 +161,10 @@ mod tests {
             (64, 32, 96, 64 + 32 + 128 + 152)
         );
         assert!(
-            !first.fused_attention && !first.fused_mlp,
-            "q/k norms and sandwich norms keep the fused blocks away"
+            !first.fused_attention,
+            "q/k norms and sandwich norms keep the fused attention block away"
         );
+        assert!(first.fused_mlp, "the fused MLP block takes Gemma's GELU and post-norm");
         // Layer 5, full and shared: wider queries, no keys or values of its own, a double-wide MLP.
         let last = layers[5];
         assert_eq!((last.q, last.kv, last.i, last.extra), (128, 0, 192, 128 + 128 + 152));

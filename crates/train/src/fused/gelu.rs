@@ -14,7 +14,7 @@ const GELU_C: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 
 /// `σ(2·√(2/π)·(x + 0.044715·x³))` of each `x`, into `s` (the sigmoid's vectorised exp, in place).
-fn gelu_gates(x: &[f32], s: &mut [f32]) {
+pub(super) fn gelu_gates(x: &[f32], s: &mut [f32]) {
     for (o, &v) in s.iter_mut().zip(x) {
         *o = -2.0 * GELU_C * (v + GELU_A * v * v * v);
     }
@@ -26,7 +26,7 @@ fn gelu_gates(x: &[f32], s: &mut [f32]) {
 
 /// d(x·s)/dx with s = σ(u(x)): s + x·s·(1 − s)·u'(x), u'(x) = 2·√(2/π)·(1 + 3·0.044715·x²).
 #[inline]
-fn gelu_slope(x: f32, s: f32) -> f32 {
+pub(super) fn gelu_slope(x: f32, s: f32) -> f32 {
     s + x * s * (1.0 - s) * 2.0 * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
 }
 

@@ -114,7 +114,9 @@ impl HeadCrossEntropy {
         // `slope`, a buffer each thread reuses row after row.
         slope.clear();
         if let Some(cap) = softcap {
-            z.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+            z.iter_mut().for_each(|v| *v /= cap);
+            fastmath::tanh_in_place(z);
+            z.iter_mut().for_each(|v| *v *= cap);
             if grad {
                 slope.extend(z.iter().map(|v| 1.0 - (v / cap) * (v / cap)));
             }

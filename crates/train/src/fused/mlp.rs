@@ -1,5 +1,6 @@
-//! A decoder layer's whole SwiGLU half as one op: `y = x + m · down(silu(gate(n)) · up(n))`, with
-//! `n = x / rms(x) · (w + offset)`. As separate ops it records six nodes (norm, gate, up, SwiGLU, down, residual
+//! A decoder layer's whole gated-MLP half as one op: `y = x + m · post(down(act(gate(n)) · up(n)))`, with
+//! `n = x / rms(x) · (w + offset)`, act SiLU or GELU-tanh, and `post` Gemma's post-feedforward RMSNorm where the
+//! layer has one (else nothing). As separate ops it records six nodes (norm, gate, up, SwiGLU, down, residual
 //! add); candle's backward pass then gives each node's inputs a zero-filled activation-sized gradient and adds into
 //! it, and the graph keeps the norm's output, both projections and their product. Here the forward pass keeps only
 //! the gate and up projections (one rows × 2·intermediate buffer) and each row's 1/rms; the backward pass
@@ -8,10 +9,11 @@
 //! The trainable weights' gradients reach candle's gradient store as `wiring.rs` lays out (the op's own operands,
 //! then a chain of taps).
 
+use super::gelu::{gelu_gates, gelu_slope};
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
 use super::pre_norm::{normed, renormed, rms_norm_backward};
 use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
-use super::{f32s, rows_per_task, swiglu_grads, swiglu_into, with_values};
+use super::{f32s, rows_per_task, swiglu_grads, with_values};
 use crate::fastmath::sigmoid_into;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -31,6 +33,38 @@ pub struct MlpWeights {
     pub eps: f32,
     /// The factor on the MLP's output before the residual add (Granite's `residual_multiplier`).
     pub residual_scale: f32,
+    pub activation: GluActivation,
+    /// The RMSNorm on down's output before the residual add (Gemma's `post_feedforward_layernorm`), with the same
+    /// offset and epsilon as the pre-norm.
+    pub post_norm: Option<Tensor>,
+}
+
+/// What turns the gate projection into the up projection's factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GluActivation {
+    /// `silu(g) = g · σ(g)`.
+    Silu,
+    /// GELU's tanh approximation, `g · σ(2·√(2/π)·(g + 0.044715·g³))`.
+    GeluTanh,
+}
+
+impl GluActivation {
+    /// The sigmoid factor `s` of `act(g) = g · s` for each gate value.
+    fn gates(self, g: &[f32], s: &mut [f32]) {
+        match self {
+            GluActivation::Silu => sigmoid_into(g, s),
+            GluActivation::GeluTanh => gelu_gates(g, s),
+        }
+    }
+
+    /// The gradients of gate and up of `act(g) · u` from the product's gradient `dp`, given `s`.
+    #[inline]
+    fn grads(self, g: f32, u: f32, s: f32, dp: f32) -> (f32, f32) {
+        match self {
+            GluActivation::Silu => swiglu_grads(g, u, s, dp),
+            GluActivation::GeluTanh => (dp * u * gelu_slope(g, s), dp * g * s),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -42,7 +76,7 @@ pub enum GateUpWeights {
 }
 
 impl MlpWeights {
-    /// Every weight, in a fixed order: norm, gate (or gate_up), up (separate only), down.
+    /// Every weight, in a fixed order: norm, gate (or gate_up), up (separate only), down, the post-norm (if any).
     fn all(&self) -> Vec<Tensor> {
         let mut all = vec![self.norm.clone()];
         match &self.gate_up {
@@ -50,7 +84,16 @@ impl MlpWeights {
             GateUpWeights::Fused(gu) => all.push(gu.clone()),
         }
         all.push(self.down.clone());
+        all.extend(self.post_norm.clone());
         all
+    }
+
+    /// Where down is in [`MlpWeights::all`].
+    fn down_index(&self) -> usize {
+        match self.gate_up {
+            GateUpWeights::Separate(..) => 3,
+            GateUpWeights::Fused(_) => 2,
+        }
     }
 }
 
@@ -86,7 +129,11 @@ fn check_shapes(x: &Tensor, w: &MlpWeights) -> Result<Dims> {
         GateUpWeights::Separate(g, u) => g.dims2()? == (inter, hidden) && u.dims2()? == (inter, hidden),
         GateUpWeights::Fused(gu) => gu.dims2()? == (2 * inter, hidden),
     };
-    if w.norm.dims1()? != hidden || h2 != hidden || !gate_up_ok {
+    let post_ok = match &w.post_norm {
+        Some(p) => p.dims1()? == hidden,
+        None => true,
+    };
+    if w.norm.dims1()? != hidden || h2 != hidden || !gate_up_ok || !post_ok {
         bail!("mlp_block: weights do not fit an input of {:?}", x.shape())
     }
     Ok(Dims {
@@ -102,6 +149,8 @@ struct Saved {
     gate_up: Vec<f32>,
     /// Per row, 1/rms.
     inv_rms: Vec<f32>,
+    /// With a post-norm: down's output (rows × hidden) and its rows' 1/rms.
+    down_out: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 struct Block {
@@ -156,27 +205,47 @@ impl Block {
     /// `weights` in [`MlpWeights::all`]'s order. Returns the output and what the backward pass needs.
     fn forward(&self, x: &[f32], weights: &[&[f32]]) -> (Vec<f32>, Saved) {
         let Dims { rows, hidden, inter } = self.dims;
-        let (inv_rms, normed) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
-        let gate_up = self.gate_up(&normed, weights);
-        drop(normed);
-        let product = swiglu_rows(&gate_up, inter);
-        let mut out = x.to_vec();
-        let down = weights[weights.len() - 1];
-        // SAFETY: out is rows × hidden, product rows × inter, down (hidden, inter) read transposed; all contiguous.
-        unsafe {
+        let (inv_rms, normed_x) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
+        let gate_up = self.gate_up(&normed_x, weights);
+        drop(normed_x);
+        let product = glu_rows(&gate_up, inter, self.weights.activation);
+        let down = weights[self.weights.down_index()];
+        let m = self.weights.residual_scale;
+        // SAFETY (both products): out / d are rows × hidden, product rows × inter, down (hidden, inter) read
+        // transposed; all contiguous.
+        let project = |out: *mut f32, accumulate: bool, scale: f32| unsafe {
             matmul_scaled(
                 parallelism(rows, hidden, inter),
                 rows,
                 hidden,
                 inter,
-                Mat(out.as_mut_ptr(), hidden as isize, 1),
-                true,
+                Mat(out, hidden as isize, 1),
+                accumulate,
                 Mat(product.as_ptr(), inter as isize, 1),
                 Mat(down.as_ptr(), 1, inter as isize),
-                self.weights.residual_scale,
-            );
-        }
-        (out, Saved { gate_up, inv_rms })
+                scale,
+            )
+        };
+        let mut out = x.to_vec();
+        let down_out = match self.weights.post_norm {
+            None => {
+                project(out.as_mut_ptr(), true, m);
+                None
+            }
+            Some(_) => {
+                let d = unsafe { written(rows * hidden, |d| project(d, false, 1.0)) };
+                let post = weights[self.weights.down_index() + 1];
+                let (inv, nd) = normed(&d, post, self.weights.norm_offset, self.weights.eps);
+                out.iter_mut().zip(&nd).for_each(|(o, n)| *o += m * n);
+                Some((d, inv))
+            }
+        };
+        let saved = Saved {
+            gate_up,
+            inv_rms,
+            down_out,
+        };
+        (out, saved)
     }
 
     /// The gate and up projections of the normed rows, side by side in each row (rows × 2·intermediate).
@@ -213,10 +282,31 @@ impl Block {
     fn backward(&self, x: &[f32], dy: &[f32], saved: Saved, weights: &[&[f32]]) -> BlockGrads {
         let Dims { rows, hidden, inter } = self.dims;
         let (hi, ii, two) = (hidden as isize, inter as isize, 2 * inter as isize);
-        let m = self.weights.residual_scale;
-        let last = weights.len() - 1;
+        let last = self.weights.down_index();
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; weights.len()];
-        let Saved { mut gate_up, inv_rms } = saved;
+        let Saved {
+            mut gate_up,
+            inv_rms,
+            down_out,
+        } = saved;
+        // The gradient reaching down's output, and the factor it takes: m · dy without a post-norm; through the
+        // post-norm's backward pass (no residual of its own) with one.
+        let through_post;
+        let (dy_down, m): (&[f32], f32) = match &down_out {
+            None => (dy, self.weights.residual_scale),
+            Some((d, inv)) => {
+                let scaled: Vec<f32> = dy.iter().map(|g| g * self.weights.residual_scale).collect();
+                let zeros = vec![0f32; d.len()];
+                let post = weights[last + 1];
+                let (dd, dpost) = rms_norm_backward(d, &scaled, inv, post, self.weights.norm_offset, &zeros);
+                if self.handoff.trainable[last + 1] {
+                    grads[last + 1] = Some(dpost);
+                }
+                through_post = dd;
+                (&through_post, 1.0)
+            }
+        };
+        drop(down_out);
         // d(product) = m · dy · down (rows × inter).
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
         let dproduct = unsafe {
@@ -230,20 +320,21 @@ impl Block {
                     hidden,
                     Mat(out, ii, 1),
                     false,
-                    Mat(dy.as_ptr(), hi, 1),
+                    Mat(dy_down.as_ptr(), hi, 1),
                     down,
                     m,
                 );
             })
         };
         // The product itself (for down's gradient), and gate_up turned in place into its gradient.
-        let product = swiglu_backward_rows(&mut gate_up, &dproduct, inter, self.handoff.trainable[last]);
+        let activation = self.weights.activation;
+        let product = glu_backward_rows(&mut gate_up, &dproduct, inter, activation, self.handoff.trainable[last]);
         drop(dproduct);
         if let Some(product) = product {
             grads[last] = Some(unsafe {
                 written(hidden * inter, |out| {
                     let par = parallelism(hidden, inter, rows);
-                    let lhs = Mat(dy.as_ptr(), 1, hi);
+                    let lhs = Mat(dy_down.as_ptr(), 1, hi);
                     matmul_scaled(
                         par,
                         hidden,
@@ -311,21 +402,30 @@ impl Block {
     }
 }
 
-/// `silu(gate) · up` per row of `[gate | up]` (rows × 2·inter) into rows × inter.
-fn swiglu_rows(gate_up: &[f32], inter: usize) -> Vec<f32> {
+/// `act(gate) · up` per row of `[gate | up]` (rows × 2·inter) into rows × inter.
+fn glu_rows(gate_up: &[f32], inter: usize, activation: GluActivation) -> Vec<f32> {
     let mut out = vec![0f32; gate_up.len() / 2];
     out.par_chunks_mut(inter)
         .zip(gate_up.par_chunks(2 * inter))
         .for_each(|(o, gu)| {
             let (g, u) = gu.split_at(inter);
-            swiglu_into(g, u, o);
+            activation.gates(g, o);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o *= g * u;
+            }
         });
     out
 }
 
-/// Turns `[gate | up]` rows, in place, into their gradients from `d(product)`: with s = σ(g),
-/// dgate = dp·u·s·(1 + g·(1 − s)) and dup = dp·g·s. Returns the product `silu(g)·u` too when `want_product`.
-fn swiglu_backward_rows(gate_up: &mut [f32], dproduct: &[f32], inter: usize, want_product: bool) -> Option<Vec<f32>> {
+/// Turns `[gate | up]` rows, in place, into their gradients from `d(product)` (`GluActivation::grads`). Returns
+/// the product `act(g)·u` too when `want_product`.
+fn glu_backward_rows(
+    gate_up: &mut [f32],
+    dproduct: &[f32],
+    inter: usize,
+    activation: GluActivation,
+    want_product: bool,
+) -> Option<Vec<f32>> {
     let mut product = vec![0f32; if want_product { dproduct.len() } else { 0 }];
     let product_at = Shared(product.as_mut_ptr());
     let rows = rows_per_task(dproduct.len() / inter);
@@ -337,7 +437,7 @@ fn swiglu_backward_rows(gate_up: &mut [f32], dproduct: &[f32], inter: usize, wan
             let mut s = vec![0f32; inter];
             for (r, (gu, dp)) in gu.chunks_mut(2 * inter).zip(dp.chunks(inter)).enumerate() {
                 let (g, u) = gu.split_at_mut(inter);
-                sigmoid_into(g, &mut s);
+                activation.gates(g, &mut s);
                 if want_product {
                     // SAFETY: row `task · rows + r` of the product is this task's alone, inside the buffer.
                     let prod =
@@ -347,7 +447,7 @@ fn swiglu_backward_rows(gate_up: &mut [f32], dproduct: &[f32], inter: usize, wan
                     }
                 }
                 for j in 0..inter {
-                    (g[j], u[j]) = swiglu_grads(g[j], u[j], s[j], dp[j]);
+                    (g[j], u[j]) = activation.grads(g[j], u[j], s[j], dp[j]);
                 }
             }
         });
@@ -375,16 +475,33 @@ mod tests {
             }
         };
         let proj = |w: &Tensor| n.broadcast_matmul(&w.t()?);
-        let product = (proj(&gate)?.silu()? * proj(&up)?)?;
-        x + (product.broadcast_matmul(&w.down.t()?)? * w.residual_scale as f64)?
+        let act = match w.activation {
+            GluActivation::Silu => proj(&gate)?.silu()?,
+            GluActivation::GeluTanh => proj(&gate)?.gelu()?,
+        };
+        let product = (act * proj(&up)?)?;
+        let d = product.broadcast_matmul(&w.down.t()?)?;
+        let d = match &w.post_norm {
+            Some(p) => {
+                let ms = d.sqr()?.mean_keepdim(D::Minus1)?;
+                d.broadcast_div(&(ms + w.eps as f64)?.sqrt()?)?
+                    .broadcast_mul(&(p + w.norm_offset as f64)?)?
+            }
+            None => d,
+        };
+        x + (d * w.residual_scale as f64)?
     }
 
-    /// Value, then the gradient of each input in `train` (x, norm, gate, up, down), of `f` against `probe`;
-    /// asserts that no gradient exists for the others.
+    /// The block's kind: its activation, and whether it has a post-norm.
+    type Kind = (GluActivation, bool);
+
+    /// Value, then the gradient of each input in `train` (x, norm, gate, up, down, post-norm), of `f` against
+    /// `probe`; asserts that no gradient exists for the others.
     /// (candle's own add also differentiates a constant operand, so `strict` only for the fused op.)
     fn run(
         fused_gate_up: bool,
-        train: [bool; 5],
+        train: [bool; 6],
+        (activation, post): Kind,
         strict: bool,
         f: impl Fn(&Tensor, &MlpWeights) -> Result<Tensor>,
     ) -> Vec<Tensor> {
@@ -395,13 +512,17 @@ mod tests {
             (randn(&[i, h], 3) * 0.2).unwrap(),
             (randn(&[i, h], 4) * 0.2).unwrap(),
             (randn(&[h, i], 5) * 0.2).unwrap(),
+            (randn(&[h], 7) * 0.3).unwrap(),
         ];
         let mut inputs: Vec<Tensor> = raw.to_vec();
         if fused_gate_up {
             inputs[2] = Tensor::cat(&[&raw[2], &raw[3]], 0).unwrap();
         }
-        let vars: Vec<Option<Var>> = (0..5)
-            .map(|k| (train[k] && !(fused_gate_up && k == 3)).then(|| Var::from_tensor(&inputs[k]).unwrap()))
+        let vars: Vec<Option<Var>> = (0..6)
+            .map(|k| {
+                let absent = (fused_gate_up && k == 3) || (!post && k == 5);
+                (train[k] && !absent).then(|| Var::from_tensor(&inputs[k]).unwrap())
+            })
             .collect();
         let t = |k: usize| vars[k].as_ref().map_or(inputs[k].clone(), |v| v.as_tensor().clone());
         let weights = MlpWeights {
@@ -415,6 +536,8 @@ mod tests {
             norm_offset: 1.0,
             eps: 1e-6,
             residual_scale: 0.5,
+            activation,
+            post_norm: post.then(|| t(5)),
         };
         let y = f(&t(0), &weights).unwrap();
         let probe = randn(y.dims(), 6);
@@ -434,25 +557,36 @@ mod tests {
     fn the_block_matches_plain_ops_for_every_set_of_trained_weights() {
         // Input only (a frozen layer above a trained one), one or two weights (no tap), three or four (a tap), and
         // a lowest trained layer whose input wants no gradient.
+        // The post-norm (last) trains alone, with others, or not at all.
         let sets = [
-            [true, false, false, false, false],
-            [true, false, false, false, true],
-            [false, false, true, true, false],
-            [true, true, true, false, true],
-            [true, true, true, true, true],
-            [false, true, true, true, true],
+            [true, false, false, false, false, false],
+            [true, false, false, false, true, false],
+            [false, false, true, true, false, false],
+            [true, true, true, false, true, false],
+            [true, true, true, true, true, true],
+            [false, true, true, true, true, true],
+            [false, false, false, false, false, true],
+            [true, false, false, false, true, true],
         ];
-        for fused_gate_up in [false, true] {
-            for train in sets {
-                let fused = run(fused_gate_up, train, true, mlp_block);
-                let reference = run(fused_gate_up, train, false, composite);
-                assert_eq!(fused.len(), reference.len());
-                for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
-                    let d = max_abs_diff(a, b);
-                    assert!(
-                        d < 1e-4,
-                        "{train:?} fused gate_up {fused_gate_up}: output {k} differs by {d}"
-                    );
+        let kinds = [
+            (GluActivation::Silu, false),
+            (GluActivation::GeluTanh, false),
+            (GluActivation::GeluTanh, true),
+            (GluActivation::Silu, true),
+        ];
+        for kind in kinds {
+            for fused_gate_up in [false, true] {
+                for train in sets {
+                    let fused = run(fused_gate_up, train, kind, true, mlp_block);
+                    let reference = run(fused_gate_up, train, kind, false, composite);
+                    assert_eq!(fused.len(), reference.len());
+                    for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                        let d = max_abs_diff(a, b);
+                        assert!(
+                            d < 1e-4,
+                            "{kind:?} {train:?} fused gate_up {fused_gate_up}: output {k} differs by {d}"
+                        );
+                    }
                 }
             }
         }
@@ -468,6 +602,8 @@ mod tests {
             norm_offset: 0.0,
             eps: 1e-6,
             residual_scale: 1.0,
+            activation: GluActivation::Silu,
+            post_norm: None,
         };
         let err = mlp_block(&x, &w).unwrap_err();
         assert!(err.to_string().contains("do not fit"), "{err}");

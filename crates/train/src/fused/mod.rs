@@ -36,7 +36,7 @@ pub use gemm::{default_f32_kernel, with_bf16_matmuls, with_f32_kernel, Backend, 
 pub(crate) use head_loss::head_cross_entropy_blocks;
 pub use head_loss::{head_cross_entropy, Logits};
 pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t, transposed_times};
-pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
+pub use mlp::{mlp_block, GateUpWeights, GluActivation, MlpWeights};
 pub use packed_gemm::{
     available as bf16_matmul_available, f32_available as f32_kernel_available, faster_than_f32 as bf16_matmul_faster,
 };
