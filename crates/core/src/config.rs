@@ -119,12 +119,9 @@ const MTP_HEAD_TYPES: [&str; 5] = [
 ];
 
 /// Whether the MLP's activation is one the CPU's fused MLP block lacks: SiLU and GELU's tanh approximation it has
-/// (Gemma's plain `gelu` is the tanh one, as transformers' Gemma reads it).
+/// (Gemma 1's plain `gelu` is the tanh one, as transformers' Gemma reads it; later Gemmas' is erf's).
 fn unfused_mlp_activation(text: &serde_json::Map<String, Value>) -> bool {
-    let gemma = text
-        .get("model_type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t.starts_with("gemma"));
+    let gemma = text.get("model_type").and_then(Value::as_str) == Some("gemma");
     let act = ["hidden_act", "hidden_activation"]
         .iter()
         .find_map(|k| text.get(*k).and_then(Value::as_str));
@@ -322,7 +319,11 @@ impl ModelConfig {
         };
         let tie_word_embeddings = match top.contains_key("text_config") {
             true => wrapper_ties(&raw),
-            false => top.get("tie_word_embeddings").and_then(Value::as_bool),
+            // LFM2's original configs name it `tie_embedding`, which transformers takes over the other.
+            false => top
+                .get("tie_embedding")
+                .and_then(Value::as_bool)
+                .or_else(|| top.get("tie_word_embeddings").and_then(Value::as_bool)),
         };
         let hidden_size = uint(&["hidden_size", "n_embd", "d_model"])?;
         let num_attention_heads = uint(&["num_attention_heads", "n_head", "num_heads"])?;
