@@ -1,11 +1,11 @@
-//! GELU's tanh approximation on the CPU, alone (Gemma 4's per-layer branch) and gating an up projection (Gemma's
-//! MLPs), each one op with its own backward pass. As candle's `gelu` it was a scalar `tanhf` per value forward and,
+//! Gated linear units (SwiGLU, and GELU-tanh gating an up projection: Gemma's MLPs) and GELU's tanh approximation
+//! alone (Gemma 4's per-layer branch) on the CPU, each one op with its own backward pass. As candle's `gelu` it was a scalar `tanhf` per value forward and,
 //! backward, `powf` cubes and squares, another `tanhf` and about ten activation-sized temporaries: 18% of a Gemma 4
 //! step in libm alone (`perf`, a 77M Gemma-4-E shape). Here it is `x · σ(2·√(2/π)·(x + 0.044715·x³))`, the same
 //! function in the vectorised sigmoid SwiGLU uses, and its derivative in one pass.
 
-use super::{elements_per_task, f32s, split_pair};
-use crate::fastmath::exp_in_place;
+use super::{elements_per_task, f32s, split_pair, swiglu_grads};
+use crate::fastmath::{exp_in_place, sigmoid_into};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -14,7 +14,7 @@ const GELU_C: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 
 /// `σ(2·√(2/π)·(x + 0.044715·x³))` of each `x`, into `s` (the sigmoid's vectorised exp, in place).
-pub(super) fn gelu_gates(x: &[f32], s: &mut [f32]) {
+fn gelu_gates(x: &[f32], s: &mut [f32]) {
     for (o, &v) in s.iter_mut().zip(x) {
         *o = -2.0 * GELU_C * (v + GELU_A * v * v * v);
     }
@@ -26,16 +26,53 @@ pub(super) fn gelu_gates(x: &[f32], s: &mut [f32]) {
 
 /// d(x·s)/dx with s = σ(u(x)): s + x·s·(1 − s)·u'(x), u'(x) = 2·√(2/π)·(1 + 3·0.044715·x²).
 #[inline]
-pub(super) fn gelu_slope(x: f32, s: f32) -> f32 {
+fn gelu_slope(x: f32, s: f32) -> f32 {
     s + x * s * (1.0 - s) * 2.0 * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+}
+
+/// What turns the gate projection into the up projection's factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GluActivation {
+    /// `silu(g) = g · σ(g)`.
+    Silu,
+    /// GELU's tanh approximation, `g · σ(2·√(2/π)·(g + 0.044715·g³))`.
+    GeluTanh,
+}
+
+impl GluActivation {
+    /// The sigmoid factor `s` of `act(g) = g · s` for each gate value.
+    pub(super) fn gates(self, g: &[f32], s: &mut [f32]) {
+        match self {
+            GluActivation::Silu => sigmoid_into(g, s),
+            GluActivation::GeluTanh => gelu_gates(g, s),
+        }
+    }
+
+    /// The gradients of gate and up of `act(g) · u` from the product's gradient `dp`, given `s`.
+    #[inline]
+    pub(super) fn grads(self, g: f32, u: f32, s: f32, dp: f32) -> (f32, f32) {
+        match self {
+            GluActivation::Silu => swiglu_grads(g, u, s, dp),
+            GluActivation::GeluTanh => (dp * u * gelu_slope(g, s), dp * g * s),
+        }
+    }
+}
+
+/// `act(gate) · up`, elementwise, f32 on the CPU.
+pub fn glu(gate: &Tensor, up: &Tensor, activation: GluActivation) -> Result<Tensor> {
+    if gate.shape() != up.shape() {
+        bail!(
+            "{activation:?} GLU: gate {:?} and up {:?} differ",
+            gate.shape(),
+            up.shape()
+        )
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, Glu(activation))
 }
 
 /// `gelu_tanh(gate) · up`, elementwise, f32 on the CPU.
 pub fn geglu_tanh(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if gate.shape() != up.shape() {
-        bail!("geglu: gate {:?} and up {:?} differ", gate.shape(), up.shape())
-    }
-    gate.contiguous()?.apply_op2(&up.contiguous()?, GeGlu)
+    glu(gate, up, GluActivation::GeluTanh)
 }
 
 /// `gelu_tanh(x)`, elementwise, f32 on the CPU.
@@ -43,11 +80,11 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu)
 }
 
-struct GeGlu;
+struct Glu(GluActivation);
 
-impl CustomOp2 for GeGlu {
+impl CustomOp2 for Glu {
     fn name(&self) -> &'static str {
-        "fused-geglu-tanh"
+        "fused-glu"
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -57,7 +94,7 @@ impl CustomOp2 for GeGlu {
         out.par_chunks_mut(chunk)
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
             .for_each(|(o, (g, u))| {
-                gelu_gates(g, o);
+                self.0.gates(g, o);
                 for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                     *o *= g * u;
                 }
@@ -66,16 +103,16 @@ impl CustomOp2 for GeGlu {
     }
 
     fn bwd(&self, g: &Tensor, u: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        split_pair(g.apply_op3_no_bwd(u, &dy.contiguous()?, &GeGluGrad)?, g, u)
+        split_pair(g.apply_op3_no_bwd(u, &dy.contiguous()?, &GluGrad(self.0))?, g, u)
     }
 }
 
-/// `[dgate, dup]`: dgate = dy·u·gelu'(g), dup = dy·gelu(g).
-struct GeGluGrad;
+/// `[dgate, dup]` (`GluActivation::grads`).
+struct GluGrad(GluActivation);
 
-impl CustomOp3 for GeGluGrad {
+impl CustomOp3 for GluGrad {
     fn name(&self) -> &'static str {
-        "fused-geglu-tanh-grad"
+        "fused-glu-grad"
     }
 
     fn cpu_fwd(
@@ -96,10 +133,9 @@ impl CustomOp3 for GeGluGrad {
             .zip(du.par_chunks_mut(chunk))
             .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)).zip(dy.par_chunks(chunk)))
             .for_each(|((dg, du), ((g, u), dy))| {
-                gelu_gates(g, du);
+                self.0.gates(g, du);
                 for j in 0..g.len() {
-                    let s = du[j];
-                    (dg[j], du[j]) = (dy[j] * u[j] * gelu_slope(g[j], s), dy[j] * g[j] * s);
+                    (dg[j], du[j]) = self.0.grads(g[j], u[j], du[j], dy[j]);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))

@@ -9,12 +9,11 @@
 //! The trainable weights' gradients reach candle's gradient store as `wiring.rs` lays out (the op's own operands,
 //! then a chain of taps).
 
-use super::gelu::{gelu_gates, gelu_slope};
+use super::gelu::GluActivation;
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
 use super::pre_norm::{normed, renormed, rms_norm_backward};
 use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
-use super::{f32s, rows_per_task, swiglu_grads, with_values};
-use crate::fastmath::sigmoid_into;
+use super::{f32s, rows_per_task, with_values};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -37,34 +36,6 @@ pub struct MlpWeights {
     /// The RMSNorm on down's output before the residual add (Gemma's `post_feedforward_layernorm`), with the same
     /// offset and epsilon as the pre-norm.
     pub post_norm: Option<Tensor>,
-}
-
-/// What turns the gate projection into the up projection's factor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GluActivation {
-    /// `silu(g) = g · σ(g)`.
-    Silu,
-    /// GELU's tanh approximation, `g · σ(2·√(2/π)·(g + 0.044715·g³))`.
-    GeluTanh,
-}
-
-impl GluActivation {
-    /// The sigmoid factor `s` of `act(g) = g · s` for each gate value.
-    fn gates(self, g: &[f32], s: &mut [f32]) {
-        match self {
-            GluActivation::Silu => sigmoid_into(g, s),
-            GluActivation::GeluTanh => gelu_gates(g, s),
-        }
-    }
-
-    /// The gradients of gate and up of `act(g) · u` from the product's gradient `dp`, given `s`.
-    #[inline]
-    fn grads(self, g: f32, u: f32, s: f32, dp: f32) -> (f32, f32) {
-        match self {
-            GluActivation::Silu => swiglu_grads(g, u, s, dp),
-            GluActivation::GeluTanh => (dp * u * gelu_slope(g, s), dp * g * s),
-        }
-    }
 }
 
 #[derive(Clone)]

@@ -30,20 +30,20 @@ pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
 pub use delta_net_inputs::delta_net_inputs;
 pub use delta_rule::{gated_delta_rule, gated_delta_rule_packed};
-pub use gelu::{geglu_tanh, gelu_tanh};
+pub use gelu::{geglu_tanh, gelu_tanh, GluActivation};
 pub use gemm::{default_f32_kernel, with_bf16_matmuls, with_f32_kernel, Backend, F32Kernel};
 #[cfg(test)]
 pub(crate) use head_loss::head_cross_entropy_blocks;
 pub use head_loss::{head_cross_entropy, Logits};
 pub use linear::{linear, matmul_no_grad, rows_times_weight, rows_times_weight_t, transposed_times};
-pub use mlp::{mlp_block, GateUpWeights, GluActivation, MlpWeights};
+pub use mlp::{mlp_block, GateUpWeights, MlpWeights};
 pub use packed_gemm::{
     available as bf16_matmul_available, f32_available as f32_kernel_available, faster_than_f32 as bf16_matmul_faster,
 };
 pub use rope::{rope_heads, split_heads};
 pub use sinks::causal_attention_with_sinks;
 
-use crate::fastmath::{self, exp_in_place, sigmoid_into};
+use crate::fastmath::{self, exp_in_place};
 use rayon::prelude::*;
 
 /// Whether the fused kernels serve `x`: f32 on the CPU, unless `FREEZETUNE_FUSED=0` turns them off (to measure
@@ -98,10 +98,7 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f32) -> Result<Tens
 
 /// `silu(gate) * up`, elementwise.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if gate.shape() != up.shape() {
-        bail!("swiglu: gate {:?} and up {:?} differ", gate.shape(), up.shape())
-    }
-    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+    gelu::glu(gate, up, GluActivation::Silu)
 }
 
 /// Runs `f` on the f32 values of CPU tensors (each contiguous).
@@ -243,14 +240,6 @@ fn norm_grad_row(x: &[f32], dy: &[f32], r: f32, w_offset: &[f32], dx: &mut [f32]
     }
 }
 
-/// `out = silu(g) · u`, elementwise.
-fn swiglu_into(g: &[f32], u: &[f32], out: &mut [f32]) {
-    sigmoid_into(g, out);
-    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-        *o *= g * u;
-    }
-}
-
 /// The gradients of `silu(g) · u` for gate and up from the product's gradient `dp`, with s = σ(g):
 /// dgate = dp·u·s·(1 + g·(1 − s)), dup = dp·g·s.
 #[inline]
@@ -346,63 +335,6 @@ impl CustomOp2 for SoftmaxGrad {
                 }
             });
         Ok((CpuStorage::F32(out), yl.shape().clone()))
-    }
-}
-
-struct SwiGlu;
-
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "fused-swiglu"
-    }
-
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (f32s(gs, gl, "gate")?, f32s(us, ul, "up")?);
-        let chunk = elements_per_task(g.len());
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(chunk)
-            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)))
-            .for_each(|(o, (g, u))| swiglu_into(g, u, o));
-        Ok((CpuStorage::F32(out), gl.shape().clone()))
-    }
-
-    fn bwd(&self, g: &Tensor, u: &Tensor, _: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        split_pair(g.apply_op3_no_bwd(u, &dy.contiguous()?, &SwiGluGrad)?, g, u)
-    }
-}
-
-/// `[dgate, dup]`: with s = σ(g), dgate = dy·u·s·(1 + g·(1 − s)) and dup = dy·g·s.
-struct SwiGluGrad;
-
-impl CustomOp3 for SwiGluGrad {
-    fn name(&self) -> &'static str {
-        "fused-swiglu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-        ds: &CpuStorage,
-        dl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (g, u, dy) = (f32s(gs, gl, "gate")?, f32s(us, ul, "up")?, f32s(ds, dl, "grad")?);
-        let n = g.len();
-        let chunk = elements_per_task(n);
-        let mut out = vec![0f32; 2 * n];
-        let (dg, du) = out.split_at_mut(n);
-        dg.par_chunks_mut(chunk)
-            .zip(du.par_chunks_mut(chunk))
-            .zip(g.par_chunks(chunk).zip(u.par_chunks(chunk)).zip(dy.par_chunks(chunk)))
-            .for_each(|((dg, du), ((g, u), dy))| {
-                sigmoid_into(g, du);
-                for j in 0..g.len() {
-                    (dg[j], du[j]) = swiglu_grads(g[j], u[j], du[j], dy[j]);
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
 }
 
