@@ -131,8 +131,7 @@ pub fn held_as_matrix(name: &str, dims: &[usize]) -> bool {
 /// checkpoint's dtype where that is narrower than the compute dtype, and casts the rows it reads: exact, as a wider
 /// float holds every narrower one's value (E2B's per-layer table: 9.4 GB in f32, 4.7 GB as stored in bf16).
 pub fn is_lookup_table(name: &str, untied: bool) -> bool {
-    name.ends_with("embed_tokens_per_layer.weight")
-        || (untied && (name == "embed_tokens.weight" || name.ends_with(".embed_tokens.weight")))
+    name.ends_with("embed_tokens_per_layer.weight") || (untied && crate::tie::is_embeddings(name))
 }
 
 /// The token embeddings (Gemma 4's per-layer ones too: a row per token, read by lookup) or the output projection.

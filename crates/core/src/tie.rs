@@ -17,7 +17,7 @@ pub fn is_lm_head(name: &str) -> bool {
 
 /// Whether `name` is the token embeddings' weight (a wrapper's `model.language_model.embed_tokens.weight` too; not
 /// Gemma 4's `embed_tokens_per_layer`).
-fn is_embeddings(name: &str) -> bool {
+pub fn is_embeddings(name: &str) -> bool {
     name == "embed_tokens.weight" || name.ends_with(".embed_tokens.weight")
 }
 

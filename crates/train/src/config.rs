@@ -292,8 +292,7 @@ impl DecoderConfig {
         })?;
         // transformers keeps a stored lm_head that differs from the embeddings, whatever the flag says. Weights
         // that cannot be read here are refused by name where they are loaded.
-        let differs = || freezetune_core::tie::stored_head_differs(model_dir);
-        if c.tie_word_embeddings && matches!(differs(), Ok(Some(true))) {
+        if c.tie_word_embeddings && matches!(freezetune_core::tie::stored_head_differs(model_dir), Ok(Some(true))) {
             c.tie_word_embeddings = false;
         }
         Ok(c)

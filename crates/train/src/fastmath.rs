@@ -93,39 +93,11 @@ fn tanh1(x: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 fn tanh_slice_generic(xs: &mut [f32]) {
     for x in xs {
         *x = tanh1(*x);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tanh_slice_avx2(xs: &mut [f32]) {
-    tanh_slice_generic(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tanh_slice_avx512(xs: &mut [f32]) {
-    tanh_slice_generic(xs)
-}
-
-/// `x = tanh(x)` for every element, vectorised as [`exp_in_place`] is (libm's `tanhf` is one call per element).
-pub fn tanh_in_place(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the features the function was compiled for (AVX-512F implies AVX2 and FMA).
-        unsafe { tanh_slice_avx512(xs) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function was compiled for.
-        unsafe { tanh_slice_avx2(xs) };
-        return;
-    }
-    tanh_slice_generic(xs)
 }
 
 /// `out = exp(x - shift)` for every element; returns the sum of `out`.
@@ -240,6 +212,11 @@ macro_rules! simd_dispatch {
     };
 }
 
+simd_dispatch!(
+    /// `x = tanh(x)` for every element, vectorised as [`exp_in_place`] is (libm's `tanhf` is one call per element).
+    #[allow(clippy::unused_unit)]
+    tanh_in_place(xs: &mut [f32]) -> () = tanh_slice_generic
+);
 simd_dispatch!(
     /// Σ x.
     sum(x: &[f32]) -> f32 = sum_generic

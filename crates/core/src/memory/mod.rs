@@ -257,7 +257,7 @@ fn head_weight(layout: &ModelLayout) -> Option<&TensorInfo> {
     let tensors = || layout.non_layer_modules.iter().flat_map(|m| &m.tensors);
     tensors()
         .find(|t| crate::tie::is_lm_head(&t.name))
-        .or_else(|| tensors().find(|t| t.name.ends_with("embed_tokens.weight")))
+        .or_else(|| tensors().find(|t| crate::tie::is_embeddings(&t.name)))
 }
 
 /// Gemma 4's per-layer inputs (`embed_tokens_per_layer`, L·w wide): made once below the layers and read by each

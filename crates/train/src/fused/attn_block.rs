@@ -383,7 +383,7 @@ impl Block {
             })
         };
         drop(dqkv);
-        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self.weights.norm_offset, dy);
+        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self.weights.norm_offset, Some(dy));
         if trainable[0] {
             grads[0] = Some(dnorm);
         }

@@ -192,18 +192,8 @@ impl CustomOp2 for GeluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::tests::max_abs_diff as max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Both ops give candle's `gelu` (the tanh form) and its gradients, over values of std 3 (the tails included).
     #[test]

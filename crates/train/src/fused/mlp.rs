@@ -267,9 +267,8 @@ impl Block {
             None => (dy, self.weights.residual_scale),
             Some((d, inv)) => {
                 let scaled: Vec<f32> = dy.iter().map(|g| g * self.weights.residual_scale).collect();
-                let zeros = vec![0f32; d.len()];
                 let post = weights[last + 1];
-                let (dd, dpost) = rms_norm_backward(d, &scaled, inv, post, self.weights.norm_offset, &zeros);
+                let (dd, dpost) = rms_norm_backward(d, &scaled, inv, post, self.weights.norm_offset, None);
                 if self.handoff.trainable[last + 1] {
                     grads[last + 1] = Some(dpost);
                 }
@@ -365,7 +364,7 @@ impl Block {
             })
         };
         drop(gate_up);
-        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self.weights.norm_offset, dy);
+        let (dx, dnorm) = rms_norm_backward(x, &dnormed, &inv_rms, weights[0], self.weights.norm_offset, Some(dy));
         if norm_grad {
             grads[0] = Some(dnorm);
         }

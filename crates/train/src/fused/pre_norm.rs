@@ -22,20 +22,21 @@ pub(super) fn renormed(x: &[f32], inv: &[f32], w: &[f32], offset: f32) -> Vec<f3
     out
 }
 
-/// The RMSNorm's backward pass ([`norm_grad_row`]) with the residual's gradient added: dx = dy + the norm's
-/// input gradient; and the norm weight's gradient Σ_rows dn·n.
+/// The RMSNorm's backward pass ([`norm_grad_row`]) with the residual's gradient `dy` added where the norm's input
+/// also feeds a residual (a pre-norm; a post-norm has none): dx = dy + the norm's input gradient; and the norm
+/// weight's gradient Σ_rows dn·n.
 pub(super) fn rms_norm_backward(
     x: &[f32],
     dnormed: &[f32],
     inv: &[f32],
     w: &[f32],
     offset: f32,
-    dy: &[f32],
+    dy: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     let h = w.len();
     let w_offset: Vec<f32> = w.iter().map(|w| w + offset).collect();
     let rows = rows_per_task(x.len() / h);
-    let mut dx = dy.to_vec();
+    let mut dx = dy.map_or_else(|| vec![0f32; x.len()], <[f32]>::to_vec);
     let dw = dx
         .par_chunks_mut(rows * h)
         .zip(x.par_chunks(rows * h).zip(dnormed.par_chunks(rows * h)))
