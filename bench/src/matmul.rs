@@ -133,8 +133,9 @@ fn main() {
     }
     println!(
         "(GFLOP/s, best of 5; FT f32: a linear layer's product as training runs it (on gemm); FT packed: the same on \
-         FreezeTune's own AVX-512 f32 kernel (FREEZETUNE_F32_MATMUL=packed); FT bf16: on its AVX512-BF16 kernel; \
-         '-' where this CPU has none)"
+         FreezeTune's own AVX-512 f32 kernel (FREEZETUNE_F32_MATMUL=packed); FT bf16: on its AMX kernel where the \
+         CPU has AMX (FREEZETUNE_AMX=0: its AVX512-BF16 kernel), else its AVX512-BF16 one; '-' where this CPU has \
+         none)"
     );
     let attention = attention_shapes();
     let venv = std::env::var("FREEZETUNE_BENCH_VENV").unwrap_or_else(|_| "/var/tmp/freezetune-bench-venv".into());

@@ -662,8 +662,13 @@ fn bf16_table(python: Option<&Path>, shape: &BenchShape, dir: &Path, ours: &[ser
     if !freezetune_train::fused::bf16_matmul_faster() {
         println!("\n(on this CPU bf16 and auto runs do not use these matmuls: measured to see whether they should)");
     }
+    let kernel = if freezetune_train::fused::amx_available() {
+        "AMX"
+    } else {
+        "AVX512-BF16"
+    };
     println!(
-        "\nbf16 compute (FreezeTune: bf16 matmuls on AVX512-BF16, f32 sums and tensors; PyTorch: CPU autocast bf16, \
+        "\nbf16 compute (FreezeTune: bf16 matmuls on {kernel}, f32 sums and tensors; PyTorch: CPU autocast bf16, \
          sdpa; FT loss: step 1's on the same batch, f32 / bf16):"
     );
     println!(

@@ -68,7 +68,7 @@ fn every_stdout_line_is_an_event_from_start_to_finish() {
     let ev = events(&out.stdout);
     match &ev[0] {
         TrainEvent::Started { device, dtype, .. } => {
-            // auto: f32 on the CPU, or bf16 matmuls where they are twice f32's rate (AMD's AVX512-BF16).
+            // auto: f32 on the CPU, or bf16 matmuls where they are twice f32's rate (AMD's AVX512-BF16, Intel's AMX).
             let auto = freezetune_train::device::compute("auto", &candle_core::Device::Cpu, candle_core::DType::F32);
             assert_eq!((device.as_str(), dtype.as_str()), ("cpu", auto.name()))
         }

@@ -55,9 +55,9 @@ pub struct ModelSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// Compute dtype of frozen weights and activations: `auto` (f32 on the CPU, bf16 matmuls on an AMD CPU with
-    /// AVX512-BF16; on a GPU bf16, or f16 for an f16 checkpoint or a GPU without bf16), `f32`, `bf16`, `f16`.
-    /// Trainable weights are always f32 master weights. bf16 on such a CPU keeps f32 tensors and multiplies
-    /// bf16-rounded operands.
+    /// AVX512-BF16 or an Intel one with AMX; on a GPU bf16, or f16 for an f16 checkpoint or a GPU without bf16),
+    /// `f32`, `bf16`, `f16`. Trainable weights are always f32 master weights. bf16 on such a CPU keeps f32 tensors
+    /// and multiplies bf16-rounded operands.
     #[serde(default = "default_dtype")]
     pub dtype: String,
     /// Frozen projection matrices held quantized while training (`none`, `q8_0`, `q4_k`; see core's quant.rs):

@@ -64,7 +64,9 @@ pub fn cpu_matmul_backend() -> String {
         }
         false => f32,
     };
-    let bf16 = if compute("auto", &Device::Cpu, DType::F32).bf16_matmuls {
+    let bf16 = if compute("auto", &Device::Cpu, DType::F32).bf16_matmuls && crate::fused::amx_available() {
+        "FreezeTune's AMX kernel for the layers' matmuls (bf16 and auto runs)"
+    } else if compute("auto", &Device::Cpu, DType::F32).bf16_matmuls {
         "FreezeTune's AVX512-BF16 kernel for the layers' matmuls (bf16 and auto runs)"
     } else if crate::fused::bf16_matmul_available() {
         "bf16 tensors on candle's ops (this CPU's AVX512-BF16 is not faster than its f32; bench-train measures it)"
@@ -298,7 +300,8 @@ fn select_auto() -> DeviceChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compute {
     pub dtype: DType,
-    /// bf16 (asked for, or `auto`'s pick) on a CPU whose bf16 matmul has twice f32's rate (AMD's AVX512-BF16):
+    /// bf16 (asked for, or `auto`'s pick) on a CPU whose bf16 matmul has twice f32's rate (AMD's AVX512-BF16,
+    /// Intel's AMX):
     /// tensors stay f32, so the fused CPU kernels serve them, and the layers' matmuls multiply bf16-rounded
     /// operands into f32 sums, as torch's CPU autocast does. Elsewhere bf16 on the CPU holds the tensors in bf16.
     pub bf16_matmuls: bool,
@@ -316,14 +319,19 @@ impl Compute {
 
     /// What the device note adds about it, if anything.
     pub fn note(self) -> Option<&'static str> {
-        self.bf16_matmuls.then_some(
+        let note = if crate::fused::amx_available() {
+            "bf16 on this CPU: the layers' matmuls round their operands to bf16 (AMX) and sum in f32; weights and \
+             activations stay f32 (dtype = \"f32\" computes every matmul in f32)"
+        } else {
             "bf16 on this CPU: the layers' matmuls round their operands to bf16 (AVX512-BF16) and sum in f32; \
-             weights and activations stay f32 (dtype = \"f32\" computes every matmul in f32)",
-        )
+             weights and activations stay f32 (dtype = \"f32\" computes every matmul in f32)"
+        };
+        self.bf16_matmuls.then_some(note)
     }
 }
 
-/// Whether half precision on this machine's CPU keeps f32 tensors (a bf16 run's matmuls on AMD's AVX512-BF16): the
+/// Whether half precision on this machine's CPU keeps f32 tensors (a bf16 run's matmuls on AMD's AVX512-BF16 or
+/// Intel's AMX): the
 /// fit check then counts its memory as f32's, with the fused kernels'. (An f16 run still holds f16 tensors, so
 /// for it that count errs high, the safe side.)
 pub fn cpu_half_keeps_f32() -> bool {

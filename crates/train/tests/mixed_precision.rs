@@ -151,11 +151,17 @@ fn check_family(name: &str, model: &Path) {
             toml.contains("[resolved]") && toml.contains(&format!("dtype = \"{dtype}\"")),
             "run.toml records what the run used:\n{toml}"
         );
-        // bf16 where bf16 matmuls are twice f32's rate (AMD's AVX512-BF16, the fused kernels on): f32 tensors,
-        // bf16 matmuls, and the note says so; elsewhere (FREEZETUNE_FUSED=0 too) the tensors themselves are bf16.
+        // bf16 where bf16 matmuls are twice f32's rate (AMD's AVX512-BF16, Intel's AMX, the fused kernels on): f32
+        // tensors, bf16 matmuls, and the note says so and names the kernel; elsewhere (FREEZETUNE_FUSED=0 too) the
+        // tensors themselves are bf16.
         let bf16_matmuls = dtype == "bf16" && auto_bf16();
+        let kernel = if freezetune_train::fused::amx_available() {
+            "AMX"
+        } else {
+            "AVX512-BF16"
+        };
         assert_eq!(
-            toml.contains("matmuls round their operands to bf16 (AVX512-BF16)"),
+            toml.contains(&format!("matmuls round their operands to bf16 ({kernel})")),
             bf16_matmuls,
             "{name} {dtype}: the device note says how bf16 computes on this CPU:\n{toml}"
         );
@@ -220,7 +226,8 @@ fn phi3_in_f16_trains() {
     check_family("phi3-f16", synth_in(Family::Phi3, DType::F16).path());
 }
 
-/// Whether `auto` computes in bf16 on this CPU: bf16 matmuls twice f32's rate (AMD with AVX512-BF16), with the
+/// Whether `auto` computes in bf16 on this CPU: bf16 matmuls twice f32's rate (AMD with AVX512-BF16, Intel with
+/// AMX), with the
 /// fused kernels on.
 fn auto_bf16() -> bool {
     freezetune_train::fused::enabled() && freezetune_train::fused::bf16_matmul_faster()

@@ -75,8 +75,8 @@ pub struct FitArgs {
     /// ... or in this many GiB of a GPU (half precision unless --f32).
     #[arg(long, value_name = "GIB", conflicts_with = "fit", help_heading = "Does it fit?")]
     pub fit_memory: Option<f64>,
-    /// Compute in bf16/f16 (f32 master weights; on an AMD CPU with AVX512-BF16, bf16 keeps f32 tensors and counts
-    /// as f32); the default is f32 on the CPU, half precision on a GPU (as `dtype = "auto"` trains).
+    /// Compute in bf16/f16 (f32 master weights; on an AMD CPU with AVX512-BF16 or an Intel one with AMX, bf16 keeps
+    /// f32 tensors and counts as f32); the default is f32 on the CPU, half precision on a GPU (as `dtype = "auto"` trains).
     #[arg(long, conflicts_with = "f32", help_heading = "Does it fit?")]
     pub half: bool,
     /// Compute in f32 on a GPU too.
@@ -173,7 +173,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 seq_len: args.size.seq_len,
                 gradient_accumulation: args.fit.gradient_accumulation.max(1),
                 gradient_checkpointing: args.fit.gradient_checkpointing,
-                // bf16 on an AMD CPU with AVX512-BF16 keeps f32 tensors: its memory is f32's.
+                // bf16 on an AMD CPU with AVX512-BF16 or an Intel one with AMX keeps f32 tensors: its memory is f32's.
                 half_precision: (args.fit.half && !(cpu && freezetune_train::device::cpu_half_keeps_f32()))
                     || (!cpu && !args.fit.f32),
                 cpu,

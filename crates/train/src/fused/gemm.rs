@@ -2,8 +2,8 @@
 //! that write straight into their output layout instead of going through candle's matmul and a copy; and, for
 //! the big matmuls of a linear layer, the choice between `gemm` and OpenBLAS (`blas.rs`), measured once per shape.
 
-use super::blas;
 use super::packed_gemm::{self, Precision};
+use super::{amx, amx_gemm, blas};
 pub(super) use gemm::Parallelism;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -184,6 +184,9 @@ pub(super) unsafe fn matmul_scaled(
         _ => 1,
     };
     if in_bf16() {
+        if amx::available() {
+            return amx_gemm::matmul(threads, m, n, k, dst, accumulate, lhs, rhs, scale);
+        }
         return packed_gemm::matmul(Precision::Bf16, threads, m, n, k, dst, accumulate, lhs, rhs, scale);
     }
     if packed_f32() {

@@ -8,6 +8,8 @@
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
 };
+mod amx;
+mod amx_gemm;
 mod attention;
 mod attn_block;
 pub mod blas;
@@ -26,6 +28,7 @@ mod sinks;
 mod tile_kernel;
 mod wiring;
 
+pub use amx::available as amx_available;
 pub use attention::causal_attention;
 pub use attn_block::{attention_block, AttnHeads, AttnWeights, QkvWeights};
 pub use delta_net_inputs::delta_net_inputs;

@@ -82,6 +82,97 @@ pub(super) unsafe fn pack_bf16_strips<const W: usize>(
     }
 }
 
+/// Packs `lines` lines over `kc` values of k into `dst` as rows of `row_words` words, line i's pairs (as in
+/// [`pack_bf16_strips`]) at `dst[i · row_words..]`: the layout AMX's left tiles read (`amx.rs`). The words past a
+/// line's last pair, and the rows past the last line (to the end of `dst`), are zeros. Line `i`'s value at k is at
+/// `base + i·line_stride + k·k_stride`.
+///
+/// # Safety
+/// The CPU must have AVX2 (on x86-64); every address named above must be readable; `row_words ≥ ceil(kc / 2)`;
+/// `dst` must hold at least `lines · row_words` values; `line`, scratch space, at least `8 · lines`.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2"))]
+pub(super) unsafe fn pack_bf16_rows(
+    dst: &mut [u32],
+    base: *const f32,
+    (line_stride, k_stride): (isize, isize),
+    lines: usize,
+    kc: usize,
+    row_words: usize,
+    line: &mut [u32],
+) {
+    let pairs = kc.div_ceil(2);
+    debug_assert!(row_words >= pairs && dst.len() >= lines * row_words);
+    let at = |i: usize, k: usize| base.offset(i as isize * line_stride + k as isize * k_stride);
+    if k_stride == 1 {
+        for i in 0..lines {
+            pairs_of_line(
+                std::slice::from_raw_parts(at(i, 0), kc),
+                &mut dst[i * row_words..][..pairs],
+            );
+        }
+    } else if line_stride == 1 {
+        // Each k contiguous across the lines: two k's interleaved over all lines, eight pairs at a time, then
+        // turned into the rows' eight words by 8 × 8 transposes (AVX2); the lines and pairs left over one by one.
+        let interleaved = |p: usize, out: &mut [u32]| {
+            let first = std::slice::from_raw_parts(at(0, 2 * p), lines);
+            let second = (2 * p + 1 < kc).then(|| std::slice::from_raw_parts(at(0, 2 * p + 1), lines));
+            interleave(first, second, out);
+        };
+        let mut p0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        while p0 + 8 <= pairs {
+            for j in 0..8 {
+                interleaved(p0 + j, &mut line[j * lines..(j + 1) * lines]);
+            }
+            transpose_into_rows(&line[..8 * lines], lines, &mut dst[p0..], row_words);
+            p0 += 8;
+        }
+        for p in p0..pairs {
+            interleaved(p, &mut line[..lines]);
+            for (i, &word) in line[..lines].iter().enumerate() {
+                dst[i * row_words + p] = word;
+            }
+        }
+    } else {
+        for i in 0..lines {
+            for p in 0..pairs {
+                let second = if 2 * p + 1 < kc { *at(i, 2 * p + 1) } else { 0.0 };
+                dst[i * row_words + p] = pair(*at(i, 2 * p), second);
+            }
+        }
+    }
+    for i in 0..lines {
+        dst[i * row_words + pairs..(i + 1) * row_words].fill(0);
+    }
+    dst[lines * row_words..].fill(0);
+}
+
+/// `rows[i · row_words + j] = words[j · lines + i]` for j < 8 and every line i: eight runs of `lines` words (one per
+/// pair) turned into eight words of each line's row, 8 × 8 transposes on AVX2 and the last lines one by one.
+///
+/// # Safety
+/// AVX2; `words` holds `8 · lines` values and `rows` at least `(lines - 1) · row_words + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_into_rows(words: &[u32], lines: usize, rows: &mut [u32], row_words: usize) {
+    use std::arch::x86_64::*;
+    debug_assert!(words.len() >= 8 * lines && (lines == 0 || rows.len() >= (lines - 1) * row_words + 8));
+    let src = words.as_ptr() as *const f32;
+    let mut i = 0;
+    while i + 8 <= lines {
+        let block = transpose8(std::array::from_fn(|j| _mm256_loadu_ps(src.add(j * lines + i))));
+        for (c, line) in block.into_iter().enumerate() {
+            _mm256_storeu_ps(rows.as_mut_ptr().add((i + c) * row_words) as *mut f32, line);
+        }
+        i += 8;
+    }
+    for i in i..lines {
+        for j in 0..8 {
+            rows[i * row_words + j] = words[j * lines + i];
+        }
+    }
+}
+
 /// Packs `lines` lines over `kc` values of k into `dst` as consecutive strips of `W` lines, each strip `kc`
 /// groups of `W` f32s (as their bits); lines past the last are zeros. Line `i`'s value at k is at
 /// `base + i·line_stride + k·k_stride`.
@@ -381,6 +472,39 @@ mod tests {
                         let want = bf16_bits(at(2 * p)) | (bf16_bits(at(2 * p + 1)) << 16);
                         let got = dst[(i / W) * pairs * W + p * W + i % W];
                         assert_eq!(got, want, "line {i}, pair {p}, strides ({line_stride}, {k_stride})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row packing (AMX's left tiles) gives each line's rounded pairs in its row, zeros after them and in the
+    /// rows past the last line, on both layouts and a generic stride, over a buffer that held other values.
+    #[test]
+    fn bf16_rows_hold_each_lines_pairs() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        for (lines, kc, row_words) in [(37, 33, 32), (14, 64, 32), (5, 1, 16), (70, 47, 48)] {
+            let values = awkward(lines * kc);
+            let mut line = vec![0u32; 8 * lines];
+            for (line_stride, k_stride) in [(kc as isize, 1), (1, lines as isize), (2 * kc as isize, 2)] {
+                let mut source = vec![0f32; lines * kc * 2];
+                for i in 0..lines {
+                    for k in 0..kc {
+                        source[(i as isize * line_stride + k as isize * k_stride) as usize] = values[i * kc + k];
+                    }
+                }
+                let rows = lines.next_multiple_of(32);
+                let mut dst = vec![u32::MAX; rows * row_words];
+                let strides = (line_stride, k_stride);
+                unsafe { pack_bf16_rows(&mut dst, source.as_ptr(), strides, lines, kc, row_words, &mut line) };
+                for i in 0..rows {
+                    for p in 0..row_words {
+                        let at = |k: usize| if i < lines && k < kc { values[i * kc + k] } else { 0.0 };
+                        let want = bf16_bits(at(2 * p)) | (bf16_bits(at(2 * p + 1)) << 16);
+                        let got = dst[i * row_words + p];
+                        assert_eq!(got, want, "line {i}, word {p}, strides ({line_stride}, {k_stride})");
                     }
                 }
             }

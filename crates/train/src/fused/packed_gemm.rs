@@ -117,13 +117,17 @@ pub fn available() -> bool {
     *AVAILABLE.get_or_init(detect)
 }
 
-/// Whether this CPU's bf16 matmul has twice f32's multiply-adds per cycle, so that `auto` computes in bf16 on it:
-/// AMD's (Zen 4 on) runs `vdpbf16ps` on all 512 bits at once where its f32 FMAs run as two 256-bit halves, and
-/// its bf16 products measured 1.6-2.2x f32's at the layers' shapes (`bench-matmul`). Intel's AVX512-BF16 runs
-/// `vdpbf16ps` at its FMA's rate, so there bf16 would only add rounding: not picked (not measured: no such Intel
-/// CPU was at hand; its AMX is another kernel).
+/// Whether this CPU's bf16 matmul has at least twice f32's multiply-adds per cycle, so that `auto` computes in
+/// bf16 on it:
+/// - AMD's (Zen 4 on) runs `vdpbf16ps` on all 512 bits at once where its f32 FMAs run as two 256-bit halves, and
+///   its bf16 products measured 1.6-2.2x f32's at the layers' shapes (`bench-matmul`);
+/// - Intel's with AMX (Sapphire Rapids on) multiply on tiles (`amx.rs`): 2-5x f32's at those shapes, and a bf16
+///   training step 0.55-0.75x as long as f32's on an Emerald Rapids Xeon (`bench-train --bf16`).
+///
+/// Intel's AVX512-BF16 without AMX runs `vdpbf16ps` at its FMA's rate, and PyTorch's bf16 matmul measured half
+/// its f32's on such a Xeon: there bf16 would only add rounding, so it is not picked.
 pub fn faster_than_f32() -> bool {
-    available() && amd()
+    available() && (amd() || super::amx::available())
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -164,14 +168,18 @@ fn detect() -> bool {
 thread_local! {
     /// Each thread's packed operand blocks, kept between calls: the right operand's on the calling thread, the
     /// left operand's rows on each task's, and a line of scratch for the packing.
-    static PACKED_RHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    static PACKED_LHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
-    static LINE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static PACKED_RHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static PACKED_LHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    pub(super) static LINE: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's buffer `key`, grown to at least `len` values (its contents are left over from the
 /// last use: the packing writes every value the kernel reads); on a fresh one if the buffer is in use.
-fn with_buffer<R>(key: &'static LocalKey<RefCell<Vec<u32>>>, len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+pub(super) fn with_buffer<R>(
+    key: &'static LocalKey<RefCell<Vec<u32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [u32]) -> R,
+) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => {
             if buffer.len() < len {
@@ -217,7 +225,7 @@ pub(super) unsafe fn matmul(
         }
         return;
     }
-    let blocks = row_blocks(m, threads);
+    let blocks = row_blocks(m, threads, MR, MC_MAX);
     let per_word = precision.k_per_word();
     let k_block = k.div_ceil(k.div_ceil(KC_WORDS * per_word)).next_multiple_of(per_word);
     with_buffer(
@@ -290,12 +298,12 @@ unsafe fn multiply(
     }
 }
 
-/// The rows each task takes, as (first row, count): a multiple of the threads in number, of at most
-/// [`MC_MAX`] rows each and a multiple of the tile's rows where it can be, so that the threads end together.
-fn row_blocks(m: usize, threads: usize) -> Vec<(usize, usize)> {
+/// The rows each task takes, as (first row, count): a multiple of the threads in number, of at most `max_rows`
+/// rows each and a multiple of the tile's rows (`tile_rows`) where it can be, so that the threads end together.
+pub(super) fn row_blocks(m: usize, threads: usize, tile_rows: usize, max_rows: usize) -> Vec<(usize, usize)> {
     let threads = threads.max(1);
-    let count = threads * m.div_ceil(threads * MC_MAX);
-    let rows = m.div_ceil(count).div_ceil(MR) * MR;
+    let count = threads * m.div_ceil(threads * max_rows);
+    let rows = m.div_ceil(count).div_ceil(tile_rows) * tile_rows;
     (0..m).step_by(rows).map(|i0| (i0, rows.min(m - i0))).collect()
 }
 
@@ -371,17 +379,17 @@ unsafe fn run_tiles(
 ///
 /// # Safety
 /// The element must be inside `m`'s buffer.
-unsafe fn element(m: Mat, i: usize, j: usize) -> *const f32 {
+pub(super) unsafe fn element(m: Mat, i: usize, j: usize) -> *const f32 {
     m.0.offset(i as isize * m.1 + j as isize * m.2)
 }
 
 /// The offset of `dst`'s element (i, j) from its start.
-fn offset(dst: Mat, i: usize, j: usize) -> isize {
+pub(super) fn offset(dst: Mat, i: usize, j: usize) -> isize {
     i as isize * dst.1 + j as isize * dst.2
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::pack::bf16_bits;
     use super::*;
 
@@ -410,7 +418,19 @@ mod tests {
         c
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// The product of the operands rounded to bf16, summed in f64: what the bf16 kernels (`amx_gemm.rs` too)
+    /// must give within f32 summation error.
+    pub(in super::super) fn bf16_reference(
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        a_strides: (usize, usize),
+        b_strides: (usize, usize),
+    ) -> Vec<f64> {
+        reference(Precision::Bf16, m, n, k, a, b, a_strides, b_strides)
+    }
+
+    pub(in super::super) fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| {
                 ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5
@@ -421,7 +441,7 @@ mod tests {
     #[test]
     fn row_blocks_cover_every_row_once() {
         for (m, threads) in [(1, 1), (13, 2), (1024, 2), (1000, 16), (5000, 2), (14, 3)] {
-            let blocks = row_blocks(m, threads);
+            let blocks = row_blocks(m, threads, MR, MC_MAX);
             let mut next = 0;
             for &(i0, rows) in &blocks {
                 assert_eq!(i0, next);
