@@ -436,7 +436,7 @@ fn spawn(shape: &BenchShape, model: &Path, name: &str, threads: Option<(usize, u
     spawn_in(shape, model, name, threads, &[])
 }
 
-/// As [`spawn`], with `env` set: `FREEZETUNE_BENCH_BF16` runs the layers' matmuls in bf16 (AVX512-BF16), as a
+/// As [`spawn`], with `env` set: `FREEZETUNE_BENCH_BF16` runs the layers' matmuls in bf16 (AMX or AVX512-BF16), as a
 /// bf16 run computes on this CPU; `FREEZETUNE_F32_MATMUL` picks the f32 kernel.
 fn spawn_in(
     shape: &BenchShape,

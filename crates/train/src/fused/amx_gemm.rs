@@ -1,8 +1,9 @@
 //! The bf16 matmul on AMX tiles (`amx.rs`), blocked as the AVX-512 one (`packed_gemm.rs`): a block of the right
 //! operand packed once per block of columns and k, in the AVX-512 kernels' strips of 32 columns (the layout AMX's
 //! right tiles read), and each task's rows of the left operand packed as rows of pairs (what its left tiles
-//! read). k is padded with zeros to whole 32-value steps. Each 32 × 32 block of sums lands in a buffer and is
-//! scaled (and added) into the result from there.
+//! read). k is padded with zeros to whole 32-value steps. A whole 32 × 32 block with contiguous rows and no scale
+//! is loaded from (when adding to it) and stored into the result by the tiles themselves; any other lands in a
+//! buffer and is scaled (and added) into the result from there.
 
 use super::amx::{self, MR, NR, STEP_WORDS};
 use super::gemm::{Mat, Shared};
@@ -10,8 +11,8 @@ use super::pack::{pack_bf16_rows, pack_bf16_strips};
 use super::packed_gemm::{element, offset, row_blocks, with_buffer, LINE, PACKED_LHS, PACKED_RHS};
 use rayon::prelude::*;
 
-/// The most packed words of k per block (a multiple of the step): k is split into equal blocks of at most this
-/// many, as in `packed_gemm.rs`.
+/// The most packed words of k per block: k is split into blocks of at most this many, equal but for the last
+/// (each a whole number of 32-value steps), as in `packed_gemm.rs`.
 #[cfg(not(test))]
 const KC_WORDS: usize = 320;
 /// Small blocks under test, so that the tests' shapes cross every kind of block boundary.
@@ -29,7 +30,7 @@ const MC_MAX: usize = 8 * MR;
 /// rayon's threads when `threads` > 1.
 ///
 /// # Safety
-/// [`amx::available`] must have said yes; every pointer must address a matrix of the stated shape and strides,
+/// [`amx::supported`] must have said yes; every pointer must address a matrix of the stated shape and strides,
 /// and `dst` must not overlap the operands or be used by another thread meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn matmul(
@@ -43,7 +44,7 @@ pub(super) unsafe fn matmul(
     rhs: Mat,
     scale: f32,
 ) {
-    assert!(amx::available(), "this CPU has no AMX bf16 tiles");
+    assert!(amx::supported() || cfg!(test), "this CPU has no AMX bf16 tiles");
     if m == 0 || n == 0 {
         return;
     }
@@ -208,19 +209,21 @@ mod tests {
     use super::super::packed_gemm::tests::{bf16_reference, values};
     use super::*;
 
-    /// One shape and orientation against the rounded operands' exact product, within f32 summation error.
+    /// One shape and orientation against the rounded operands' exact product, within f32 summation error. Each
+    /// matrix's rows (or columns, transposed) are `pad` values longer than the matrix, and what lies outside the
+    /// result must stay as it was.
     fn check(
         (m, n, k): (usize, usize, usize),
         (lhs_t, rhs_t, dst_t): (bool, bool, bool),
         accumulate: bool,
         threads: usize,
-        scale: f32,
+        (scale, pad): (f32, usize),
     ) {
-        let (a, b) = (values(m * k, 1), values(k * n, 2));
-        let sa = if lhs_t { (1, m) } else { (k, 1) };
-        let sb = if rhs_t { (1, k) } else { (n, 1) };
-        let sc = if dst_t { (1, m) } else { (n, 1) };
-        let mut c = values(m * n, 3);
+        let (a, b) = (values((m + pad) * (k + pad), 1), values((k + pad) * (n + pad), 2));
+        let sa = if lhs_t { (1, m + pad) } else { (k + pad, 1) };
+        let sb = if rhs_t { (1, k + pad) } else { (n + pad, 1) };
+        let sc = if dst_t { (1, m + pad) } else { (n + pad, 1) };
+        let mut c = values((m + pad) * (n + pad), 3);
         let before = c.clone();
         unsafe {
             matmul(
@@ -236,6 +239,15 @@ mod tests {
             );
         }
         let want = bf16_reference((m, n, k), &a, &b, sa, sb);
+        let mut inside = vec![false; c.len()];
+        (0..m).for_each(|i| (0..n).for_each(|j| inside[i * sc.0 + j * sc.1] = true));
+        for at in (0..c.len()).filter(|&at| !inside[at]) {
+            assert_eq!(
+                c[at].to_bits(),
+                before[at].to_bits(),
+                "{m}x{n}x{k}: wrote outside the result at {at}"
+            );
+        }
         for i in 0..m {
             for j in 0..n {
                 let at = i * sc.0 + j * sc.1;
@@ -253,12 +265,12 @@ mod tests {
 
     /// Every orientation over several blocks of k (an odd k: the last step is mostly padding) and of columns,
     /// partial blocks of rows and columns, accumulation, with a scale (through the block buffer) and without (whole
-    /// blocks straight into the result), on one thread and on several; then products shorter than one step and
-    /// empty ones.
+    /// blocks straight into the result), dense and with padded strides, on one thread and on several; then
+    /// products shorter than one step and empty ones. On the tiles where the CPU has AMX, else on the kernel's
+    /// scalar stand-in (the driver's part).
     #[test]
     fn matches_the_exact_product() {
-        if !amx::available() {
-            eprintln!("this CPU has no AMX bf16 tiles: the kernel is never chosen here, nothing to run");
+        if !std::is_x86_feature_detected!("avx2") {
             return;
         }
         const {
@@ -275,9 +287,9 @@ mod tests {
             ((false, true, true), true, 2),
         ];
         for (transposed, accumulate, threads) in orientations {
-            for scale in [0.75, 1.0] {
-                check((37, 1061, 301), transposed, accumulate, threads, scale);
-                check((300, 70, 96), transposed, accumulate, threads, scale);
+            for scale_and_pad in [(0.75, 0), (1.0, 0), (1.0, 5)] {
+                check((37, 1061, 301), transposed, accumulate, threads, scale_and_pad);
+                check((300, 70, 96), transposed, accumulate, threads, scale_and_pad);
             }
         }
         for shape in [
@@ -289,7 +301,7 @@ mod tests {
             (29, 70, 0),
         ] {
             for accumulate in [false, true] {
-                check(shape, (false, true, false), accumulate, 2, 1.0);
+                check(shape, (false, true, false), accumulate, 2, (1.0, 3));
             }
         }
     }
@@ -298,7 +310,7 @@ mod tests {
     /// later product through the padding: 0 · NaN would be NaN.
     #[test]
     fn padding_is_zero_whatever_the_buffers_held() {
-        if !amx::available() {
+        if !std::is_x86_feature_detected!("avx2") {
             return;
         }
         let (m, n, k) = (40, 40, 64);

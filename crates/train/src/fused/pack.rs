@@ -101,7 +101,10 @@ pub(super) unsafe fn pack_bf16_rows(
     line: &mut [u32],
 ) {
     let pairs = kc.div_ceil(2);
-    debug_assert!(row_words >= pairs && dst.len() >= lines * row_words);
+    assert!(
+        row_words >= pairs && dst.len() >= lines * row_words,
+        "rows too short for the pairs"
+    );
     let at = |i: usize, k: usize| base.offset(i as isize * line_stride + k as isize * k_stride);
     if k_stride == 1 {
         for i in 0..lines {

@@ -127,7 +127,7 @@ pub fn available() -> bool {
 /// Intel's AVX512-BF16 without AMX runs `vdpbf16ps` at its FMA's rate, and PyTorch's bf16 matmul measured half
 /// its f32's on such a Xeon: there bf16 would only add rounding, so it is not picked.
 pub fn faster_than_f32() -> bool {
-    available() && (amd() || super::amx::available())
+    available() && (amd() || super::amx::supported())
 }
 
 #[cfg(target_arch = "x86_64")]
