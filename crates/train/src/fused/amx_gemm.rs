@@ -8,7 +8,7 @@
 use super::amx::{self, MR, NR, STEP_WORDS};
 use super::gemm::{Mat, Shared};
 use super::pack::{pack_bf16_rows, pack_bf16_strips};
-use super::packed_gemm::{element, offset, row_blocks, with_buffer, LINE, PACKED_LHS, PACKED_RHS};
+use super::packed_gemm::{element, empty_product, offset, row_blocks, with_buffer, LINE, PACKED_LHS, PACKED_RHS};
 use rayon::prelude::*;
 
 /// The most packed words of k per block: k is split into blocks of at most this many, equal but for the last
@@ -45,20 +45,10 @@ pub(super) unsafe fn matmul(
     scale: f32,
 ) {
     assert!(amx::supported() || cfg!(test), "this CPU has no AMX bf16 tiles");
-    if m == 0 || n == 0 {
+    if empty_product((m, n, k), dst, accumulate) {
         return;
     }
     let out = Shared(dst.0 as *mut f32);
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    *out.0.offset(offset(dst, i, j)) = 0.0;
-                }
-            }
-        }
-        return;
-    }
     let blocks = row_blocks(m, threads, MR, MC_MAX);
     let step_values = 2 * STEP_WORDS;
     let k_block = k.div_ceil(k.div_ceil(2 * KC_WORDS)).next_multiple_of(step_values);

@@ -211,20 +211,10 @@ pub(super) unsafe fn matmul(
     scale: f32,
 ) {
     assert!(precision.available(), "this CPU has no {precision:?} kernel");
-    if m == 0 || n == 0 {
+    if empty_product((m, n, k), dst, accumulate) {
         return;
     }
     let out = Shared(dst.0 as *mut f32);
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    *out.0.offset(offset(dst, i, j)) = 0.0;
-                }
-            }
-        }
-        return;
-    }
     let blocks = row_blocks(m, threads, MR, MC_MAX);
     let per_word = precision.k_per_word();
     let k_block = k.div_ceil(k.div_ceil(KC_WORDS * per_word)).next_multiple_of(per_word);
@@ -245,6 +235,29 @@ pub(super) unsafe fn matmul(
             )
         },
     )
+}
+
+/// Finishes a product with no rows, no columns or no k (an empty sum: zeros, or `dst` as it is when
+/// accumulating) and says so; says no to any other.
+///
+/// # Safety
+/// `dst` must address an m × n matrix of the stated strides, no other thread's.
+pub(super) unsafe fn empty_product((m, n, k): (usize, usize, usize), dst: Mat, accumulate: bool) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k != 0 {
+        return false;
+    }
+    if !accumulate {
+        let out = dst.0 as *mut f32;
+        for i in 0..m {
+            for j in 0..n {
+                *out.offset(offset(dst, i, j)) = 0.0;
+            }
+        }
+    }
+    true
 }
 
 /// [`matmul`]'s loops over blocks of columns and of k, with `packed_rhs` to pack the right operand's blocks in.
