@@ -32,8 +32,8 @@ pub fn supported() -> bool {
         let granted = permission_granted();
         if !granted {
             eprintln!(
-                "this CPU has AMX but the OS did not grant its tile state (Linux 5.16 or newer grants it): bf16 \
-                 matmuls run on AVX512-BF16"
+                "this CPU has AMX but the OS did not grant its tile state (it needs Linux 5.16 or newer, and a \
+                 hypervisor that passes it on): auto computes in f32 here, and bf16 keeps its tensors in bf16"
             );
         }
         granted
@@ -126,7 +126,7 @@ pub(super) unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `c (32 × 32 f32) = [c +] Σ over `steps` steps of a · b`, row i of `c` at `c + i · c_row_bytes`, its 32
+/// c (32 × 32 f32) = [c +] Σ over `steps` steps of a · b, row i of `c` at `c + i · c_row_bytes`, its 32
 /// columns contiguous; added to when `accumulate`. `a` holds 32 rows of `steps · 16` words (pairs of bf16s, the
 /// earlier k in the lower half), row i at `a + i · a_row_bytes`; `b` holds `steps · 16` rows of 32 words, one per
 /// column (a strip of `pack_bf16_strips::<32>`).
@@ -148,7 +148,10 @@ pub(super) unsafe fn block(
     #[cfg(target_arch = "x86_64")]
     tile_block(steps, a, b, c, accumulate);
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("AMX runs only on x86-64: `supported` says no elsewhere");
+    {
+        let _ = (steps, a, b, c, accumulate);
+        unreachable!("AMX runs only on x86-64: `supported` says no elsewhere");
+    }
 }
 
 /// [`block`] on the tiles.

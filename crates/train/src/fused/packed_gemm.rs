@@ -121,8 +121,9 @@ pub fn available() -> bool {
 /// bf16 on it:
 /// - AMD's (Zen 4 on) runs `vdpbf16ps` on all 512 bits at once where its f32 FMAs run as two 256-bit halves, and
 ///   its bf16 products measured 1.6-2.2x f32's at the layers' shapes (`bench-matmul`);
-/// - Intel's with AMX (Sapphire Rapids on) multiply on tiles (`amx.rs`): 2-5x f32's at those shapes, and a bf16
-///   training step 0.55-0.75x as long as f32's on an Emerald Rapids Xeon (`bench-train --bf16`).
+/// - Intel's with AMX (Sapphire Rapids on) multiply on tiles (`amx.rs`): 1.3-2.8x FreezeTune's f32 at those
+///   shapes in one `bench-matmul` run on an Emerald Rapids Xeon, and a bf16 training step 0.42-0.54x as long as
+///   f32's there (`bench-train 3 --bf16`).
 ///
 /// Intel's AVX512-BF16 without AMX runs `vdpbf16ps` at its FMA's rate, and PyTorch's bf16 matmul measured half
 /// its f32's on such a Xeon: there bf16 would only add rounding, so it is not picked.
