@@ -193,10 +193,11 @@ describe("FreezeTune desktop app", () => {
     await s.waitFor("train-progress", async (el) => Number(await s.attr(el, "data-step")) > first + 2, 60000);
     assert.ok(Number(await s.attrOf("loss-chart", "data-points")) > firstPoints, "the loss curve grew");
     await shot("train");
-    // auto on the CPU: f32, or bf16 matmuls on a CPU where they are twice f32's rate (AMD's AVX512-BF16), named.
+    // auto on the CPU: f32, or bf16 matmuls on a CPU where they are twice f32's rate (AMD's AVX512-BF16, Intel's
+    // AMX), the kernel named.
     assert.match(
       await s.text(await s.find("train-device")),
-      /On cpu, (f32 compute with f32 master weights|bf16 compute with f32 master weights — .*bf16 on this CPU: .*AVX512-BF16)/,
+      /On cpu, (f32 compute with f32 master weights|bf16 compute with f32 master weights — .*bf16 on this CPU: .*\((AVX512-BF16|AMX)\))/,
     );
     await s.execute(`document.querySelector('[data-testid="dtype"]').scrollIntoView({ block: "center" })`);
     await sleep(300);
