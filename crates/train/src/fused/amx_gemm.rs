@@ -8,21 +8,14 @@
 use super::amx::{self, MR, NR, STEP_WORDS};
 use super::gemm::{Mat, Shared};
 use super::pack::{pack_bf16_rows, pack_bf16_strips};
-use super::packed_gemm::{element, empty_product, offset, row_blocks, with_buffer, LINE, PACKED_LHS, PACKED_RHS};
+use super::packed_gemm::{
+    element, empty_product, offset, row_blocks, with_buffer, KC_WORDS, LINE, NC, PACKED_LHS, PACKED_RHS,
+};
 use rayon::prelude::*;
 
-/// The most packed words of k per block: k is split into blocks of at most this many, equal but for the last
-/// (each a whole number of 32-value steps), as in `packed_gemm.rs`.
-#[cfg(not(test))]
-const KC_WORDS: usize = 320;
-/// Small blocks under test, so that the tests' shapes cross every kind of block boundary.
-#[cfg(test)]
-const KC_WORDS: usize = 48;
-/// Columns of the right operand packed at once.
-#[cfg(not(test))]
-const NC: usize = 4096;
-#[cfg(test)]
-const NC: usize = 256;
+// Blocks of k and of columns as `packed_gemm.rs`'s (`KC_WORDS`, `NC`), k's each a whole number of 32-value
+// steps here, equal but for the last.
+
 /// The most rows one task packs of the left operand (320 KiB at most, in L2).
 const MC_MAX: usize = 8 * MR;
 

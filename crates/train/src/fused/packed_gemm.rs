@@ -17,16 +17,16 @@ use std::thread::LocalKey;
 /// the head's product (vocabulary-wide) comes from memory. A 32-column strip of the right operand is then at
 /// most 40 KiB, read from L2 at a fraction of its bandwidth.
 #[cfg(not(test))]
-const KC_WORDS: usize = 320;
+pub(super) const KC_WORDS: usize = 320;
 /// Small blocks under test, so that the tests' shapes cross every kind of block boundary.
 #[cfg(test)]
-const KC_WORDS: usize = 48;
+pub(super) const KC_WORDS: usize = 48;
 /// Columns of the right operand packed at once (5 MiB of words at most): the left operand's rows are packed
 /// again for every such block, which a vocabulary-wide head would otherwise do dozens of times.
 #[cfg(not(test))]
-const NC: usize = 4096;
+pub(super) const NC: usize = 4096;
 #[cfg(test)]
-const NC: usize = 256;
+pub(super) const NC: usize = 256;
 /// The most rows one task packs of the left operand (172 KiB, in L2).
 const MC_MAX: usize = 24 * MR;
 
