@@ -1012,8 +1012,8 @@ impl Decoder {
     }
 
     /// The attention half as one op (`fused::attention_block`), where it serves: f32 on the CPU in training (a
-    /// dense mask and no cache), a pre-norm and no post-norm, no q/k norm, a whole-head rope or none, no softcap
-    /// and no per-position query factor, dense weights without biases. None: the separate ops serve.
+    /// dense mask and no cache), a pre-norm and no post-norm, q/k norms or none, a whole-head rope or none, no
+    /// softcap and no per-position query factor, dense weights without biases. None: the separate ops serve.
     fn fused_attention(
         &self,
         blk: &Block,
@@ -1034,8 +1034,7 @@ impl Decoder {
             Some(r) => Some((&rot[r].0, &rot[r].1)),
             None => None,
         };
-        let plain = spec.qk_norm == QkNorm::None
-            && !spec.rope_interleaved
+        let plain = !spec.rope_interleaved
             && spec.softcap.is_none()
             && !spec.sinks
             && !spec.output_gate
@@ -1052,6 +1051,13 @@ impl Decoder {
             _ => mask.dense.as_ref(),
         }?;
         let norm = blk.attn_norms.pre.clone().filter(|n| n.dtype() == DType::F32)?;
+        // The q and k norms, where the layer has them: both, in f32.
+        let head_norm = |n: &Option<Tensor>| match (spec.qk_norm, n) {
+            (QkNorm::None, _) => Some(None),
+            (_, Some(n)) if n.dtype() == DType::F32 => Some(Some(n.clone())),
+            _ => None,
+        };
+        let (q_norm, k_norm) = (head_norm(&w.q_norm)?, head_norm(&w.k_norm)?);
         let qkv = match &w.qkv {
             Qkv::Separate { q, k, v } => fused::QkvWeights::Separate(dense(q)?, dense(k)?, dense(v.as_ref()?)?),
             Qkv::Fused(qkv) => fused::QkvWeights::Fused(dense(qkv)?),
@@ -1064,6 +1070,8 @@ impl Decoder {
             norm_offset: c.norm_offset as f32,
             eps: c.rms_norm_eps as f32,
             residual_scale: c.residual_multiplier as f32,
+            q_norm,
+            k_norm,
         };
         let heads = fused::AttnHeads {
             heads: c.num_heads,

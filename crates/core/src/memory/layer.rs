@@ -38,8 +38,8 @@ pub(super) struct LayerShape {
     pub q: u64,
     pub kv: u64,
     pub i: u64,
-    /// Whether the CPU's one-op blocks serve the attention half (`Decoder::fused_attention`: a pre-norm only, no
-    /// q/k norm, whole-head rope, dense weights without biases, no sinks) and the MLP half (`fused_mlp_weights`: a
+    /// Whether the CPU's one-op blocks serve the attention half (`Decoder::fused_attention`: a pre-norm only, its
+    /// own keys, both q and k norms or neither, whole-head rope, dense weights without biases, no sinks) and the MLP half (`fused_mlp_weights`: a
     /// gated SiLU or GELU-tanh MLP with a pre-norm (Gemma's post-norm too), dense weights, no biases or experts). Softcaps, output gates, interleaved rope and
     /// per-position query factors also keep the attention block away; config.json alone shows those, so the
     /// estimate counts such layers (Gemma 2, Qwen3-Next, ERNIE 4.5, Llama 4-style scaling) as fused: low there.
@@ -120,7 +120,11 @@ impl LayerShape {
             q: queries.unwrap_or(d.q),
             kv,
             i,
-            fused_attention: q_norm == 0 && k_norm == 0 && !sandwich && !d.partial_rotary && attention_fits,
+            fused_attention: kv > 0
+                && (q_norm == 0) == (k_norm == 0)
+                && !sandwich
+                && !d.partial_rotary
+                && attention_fits,
             fused_mlp: gate.is_some() && mlp_pre_norm && !sparse && !d.unfused_mlp_activation && mlp_fits,
             extra: q_norm
                 .saturating_add(k_norm)
@@ -181,7 +185,11 @@ mod tests {
         );
         let attention = layers[1];
         assert_eq!(attention.mixer, Mixer::Attention);
-        assert!(!attention.fused_attention, "q_layernorm / k_layernorm are q/k norms");
+        assert!(
+            attention.fused_attention,
+            "q_layernorm / k_layernorm are q/k norms, which the fused attention block takes"
+        );
+        // The block keeps the q and k norms' inputs.
         assert_eq!(attention.extra, 64 + 32);
         // A frozen matrix held in blocks (GGUF, quantize_frozen) keeps the fused blocks away.
         let quantized = shapes("lfm2", &|t| !t.name.ends_with("w1.weight"));

@@ -586,11 +586,11 @@ mod tests {
         let composite = activations_with(&layout, 0, o, setup(Kernels::Composite, 4)).unwrap();
         let layers = 2 * (868 + 784) + (868 + 384);
         assert_eq!(composite, 4 * 128 * (layers + 64 + 1536) + ATTENTION_BLOCKS);
-        // CPU f32: the q/k norms keep the fused attention block away, so attention is 7·64 + 3·64 + 4·32 + 96 and
-        // the kernel's probabilities 4·(64 + 32); the dense MLP 2·96; a sparse one 2·(3·32 + 4·64) + 16. The fused
+        // CPU f32: the fused attention block, q/k norms and all: 5·64 + 2·64 + 4·32, the norms' inputs 96 and the
+        // kernel's probabilities 4·(64 + 32); the dense MLP 2·96; a sparse one 2·(3·32 + 4·64) + 16. The fused
         // head keeps 2·64 a token and one block of 128 rows of logits.
         let fused = activations_with(&layout, 0, o, setup(Kernels::FusedCpu, 4)).unwrap();
-        let layers = 2 * (1248 + 720) + (1248 + 192);
+        let layers = 2 * (1056 + 720) + (1056 + 192);
         assert_eq!(fused, 4 * 128 * (layers + 128) + 4 * 128 * 512);
     }
 

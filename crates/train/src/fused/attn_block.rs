@@ -1,5 +1,6 @@
 //! A decoder layer's whole attention half as one op: `y = x + m · o(attention(rope(q(n)), rope(k(n)), v(n)))`,
-//! with `n = x / rms(x) · (w + offset)`. As separate ops it records ten nodes (norm, q, k, v, three head splits,
+//! with `n = x / rms(x) · (w + offset)`, and the same RMSNorm on q and k before the rope where the layer has one
+//! (per head or over the whole projection). As separate ops it records ten nodes (norm, q, k, v, three head splits,
 //! the attention, o, the residual add); candle's backward pass then gives each node's inputs a zero-filled
 //! activation-sized gradient and adds into it, and the graph keeps the norm's output and the projections too.
 //! Here the forward pass keeps the rotated heads, the attention's probabilities, its output where o trains, and
@@ -13,6 +14,7 @@ use super::rope::{from_heads, tables_of, to_heads, Columns, Tables};
 use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
 use super::{f32s, with_values};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// The weights of an attention half, f32 on the CPU, contiguous. Each gets a gradient when it is part of the
@@ -29,6 +31,11 @@ pub struct AttnWeights {
     pub eps: f32,
     /// The factor on the attention's output before the residual add (Granite's `residual_multiplier`).
     pub residual_scale: f32,
+    /// The RMSNorms on the queries and on the keys before the rope, with the pre-norm's offset and epsilon: per
+    /// head (a weight of head_dim, Qwen3's and Gemma 3's) or over the whole projection (a weight of its width,
+    /// OLMo 2's).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
 }
 
 #[derive(Clone)]
@@ -50,15 +57,27 @@ pub struct AttnHeads {
 }
 
 impl AttnWeights {
-    /// Every weight, in a fixed order: norm, q, k, v (or qkv), o.
+    /// Every weight, in a fixed order: norm, q, k, v (or qkv), the q and k norms (where the layer has them), o.
     fn all(&self) -> Vec<Tensor> {
         let mut all = vec![self.norm.clone()];
         match &self.qkv {
             QkvWeights::Separate(q, k, v) => all.extend([q.clone(), k.clone(), v.clone()]),
             QkvWeights::Fused(qkv) => all.push(qkv.clone()),
         }
+        all.extend(self.q_norm.iter().chain(&self.k_norm).cloned());
         all.push(self.o.clone());
         all
+    }
+
+    /// Where the q norm and the k norm are in [`AttnWeights::all`].
+    fn head_norm_indices(&self) -> (Option<usize>, Option<usize>) {
+        let after = match self.qkv {
+            QkvWeights::Separate(..) => 4,
+            QkvWeights::Fused(_) => 2,
+        };
+        let q = self.q_norm.as_ref().map(|_| after);
+        let k = self.k_norm.as_ref().map(|_| after + q.is_some() as usize);
+        (q, k)
     }
 }
 
@@ -147,7 +166,15 @@ fn check_shapes(x: &Tensor, w: &AttnWeights, heads: AttnHeads) -> Result<Dims> {
         QkvWeights::Fused(qkv) => qkv.dims2()? == (qw + 2 * kw, hidden),
     };
     let heads_ok = kv > 0 && nh % kv == 0 && d > 0;
-    if w.norm.dims1()? != hidden || w.o.dims2()? != (hidden, qw) || !qkv_ok || !heads_ok {
+    // A head norm's weight: one head's width (per head) or the whole projection's.
+    let head_norm_ok = |norm: &Option<Tensor>, width: usize| -> Result<bool> {
+        Ok(match norm {
+            Some(n) => [d, width].contains(&n.dims1()?),
+            None => true,
+        })
+    };
+    let norms_ok = head_norm_ok(&w.q_norm, qw)? && head_norm_ok(&w.k_norm, kw)?;
+    if w.norm.dims1()? != hidden || w.o.dims2()? != (hidden, qw) || !qkv_ok || !heads_ok || !norms_ok {
         bail!(
             "attention_block: weights do not fit an input of {:?} with {heads:?}",
             x.shape()
@@ -175,6 +202,15 @@ struct Saved {
     probs: Vec<f32>,
     /// The attention's output (rows × heads·head_dim) where o trains; empty otherwise.
     attn: Vec<f32>,
+    /// The queries' and the keys' projections before their norms, where the layer has them.
+    q_norm: Option<HeadNorm>,
+    k_norm: Option<HeadNorm>,
+}
+
+/// A q or k norm's input (rows × the projection's width) and the 1/rms of each normed stretch of it.
+struct HeadNorm {
+    input: Vec<f32>,
+    inv_rms: Vec<f32>,
 }
 
 struct Block {
@@ -276,6 +312,10 @@ impl Block {
             })
         };
         drop(normed);
+        let mut qkv = qkv;
+        let (qn, kn) = self.weights.head_norm_indices();
+        let q_norm = qn.map(|i| self.norm_columns(&mut qkv, 0, d.q_width(), weights[i]));
+        let k_norm = kn.map(|i| self.norm_columns(&mut qkv, d.q_width(), d.kv_width(), weights[i]));
         let columns = |offset| Columns { stride: width, offset };
         let tables = self.tables.as_ref();
         let q = to_heads(&qkv, columns(0), self.heads(d.heads), tables);
@@ -308,8 +348,37 @@ impl Block {
             v,
             probs,
             attn,
+            q_norm,
+            k_norm,
         };
         (out, saved)
+    }
+
+    /// Normalises `width` columns from `column` of the rows × (q, k, v) buffer in place, in stretches of the norm
+    /// weight's length; returns their values before and each stretch's 1/rms, for the backward pass.
+    fn norm_columns(&self, qkv: &mut [f32], column: usize, width: usize, w: &[f32]) -> HeadNorm {
+        let stride = self.dims.qkv_width();
+        let input = take_columns(qkv, stride, column, width);
+        let (inv_rms, normed) = normed(&input, w, self.weights.norm_offset, self.weights.eps);
+        put_columns(&normed, qkv, stride, column, width);
+        HeadNorm { input, inv_rms }
+    }
+
+    /// The way back through [`Block::norm_columns`]: turns the normed columns' gradient in `dqkv` into their
+    /// input's, and returns the norm weight's.
+    fn norm_columns_backward(&self, dqkv: &mut [f32], column: usize, saved: HeadNorm, w: &[f32]) -> Vec<f32> {
+        let (stride, width) = (self.dims.qkv_width(), saved.input.len() / self.dims.rows());
+        let dnormed = take_columns(dqkv, stride, column, width);
+        let (dinput, dw) = rms_norm_backward(
+            &saved.input,
+            &dnormed,
+            &saved.inv_rms,
+            w,
+            self.weights.norm_offset,
+            None,
+        );
+        put_columns(&dinput, dqkv, stride, column, width);
+        dw
     }
 
     /// The input's gradient (when it wants one) and each trainable weight's, in [`AttnWeights::all`]'s order.
@@ -328,6 +397,8 @@ impl Block {
             v,
             probs,
             attn,
+            q_norm,
+            k_norm,
         } = saved;
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
         if trainable[last] {
@@ -351,8 +422,15 @@ impl Block {
         };
         let dheads = self.kernel.backward(&q, &k, &v, &dattn, &probs);
         drop((dattn, probs, q, k, v));
-        let dqkv = self.rows_of(&dheads);
+        let mut dqkv = self.rows_of(&dheads);
         drop(dheads);
+        let (qn, kn) = self.weights.head_norm_indices();
+        for (index, saved, column) in [(qn, q_norm, 0), (kn, k_norm, d.q_width())] {
+            if let (Some(i), Some(saved)) = (index, saved) {
+                let dw = self.norm_columns_backward(&mut dqkv, column, saved, weights[i]);
+                grads[i] = trainable[i].then_some(dw);
+            }
+        }
         let projections = self.projections();
         if projections.iter().any(|p| trainable[p.weight]) {
             let normed = renormed(x, &inv_rms, weights[0], self.weights.norm_offset);
@@ -411,6 +489,22 @@ impl Block {
     }
 }
 
+/// Columns `column..column + width` of a buffer of rows `stride` long, as a rows × width buffer of their own.
+fn take_columns(rows: &[f32], stride: usize, column: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows.len() / stride * width];
+    out.par_chunks_mut(width)
+        .zip(rows.par_chunks(stride))
+        .for_each(|(o, r)| o.copy_from_slice(&r[column..column + width]));
+    out
+}
+
+/// The way back from [`take_columns`]: writes a rows × width buffer into those columns.
+fn put_columns(values: &[f32], rows: &mut [f32], stride: usize, column: usize, width: usize) {
+    rows.par_chunks_mut(stride)
+        .zip(values.par_chunks(width))
+        .for_each(|(r, v)| r[column..column + width].copy_from_slice(v));
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::randn;
@@ -446,12 +540,25 @@ mod tests {
             ),
         };
         let (b, t, _) = x.dims3()?;
+        let (eps, offset) = (w.eps as f64, w.norm_offset as f64);
+        let w_norms = (w.q_norm.clone(), w.k_norm.clone());
+        let rms_norm = |y: &Tensor, g: &Tensor| -> Result<Tensor> {
+            let ms = y.sqr()?.mean_keepdim(D::Minus1)?;
+            y.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(&(g + offset)?)
+        };
         let heads = |w: &Tensor, h: usize, rotate: bool| -> Result<Tensor> {
-            let y = n
-                .broadcast_matmul(&w.t()?)?
-                .reshape((b, t, h, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            let y = n.broadcast_matmul(&w.t()?)?;
+            let norm = match (rotate, h == nh) {
+                (false, _) => None,
+                (true, true) => w_norms.0.as_ref(),
+                (true, false) => w_norms.1.as_ref(),
+            };
+            let y = match norm {
+                Some(g) if g.dims1()? == hd => rms_norm(&y.reshape((b, t, h, hd))?, g)?,
+                Some(g) => rms_norm(&y, g)?,
+                None => y,
+            };
+            let y = y.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
             match (rotate, rotation) {
                 (true, Some((cos, sin))) => crate::ops::apply_rope(&y, cos, sin),
                 _ => Ok(y),
@@ -467,17 +574,30 @@ mod tests {
         x + (attn.broadcast_matmul(&w.o.t()?)? * w.residual_scale as f64)?
     }
 
-    /// Value, then the gradient of each input in `train` (x, norm, q, k, v, o), of `f` against a probe; asserts
-    /// (where `strict`) that no gradient exists for the others.
+    /// The q and k norms a test layer has.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum HeadNorms {
+        None,
+        PerHead,
+        Whole,
+    }
+
+    /// Value, then the gradient of each input in `train` (x, norm, q, k, v, o, q norm, k norm), of `f` against a
+    /// probe; asserts (where `strict`) that no gradient exists for the others.
     fn run(
-        fused_qkv: bool,
-        train: [bool; 6],
+        (fused_qkv, norms): (bool, HeadNorms),
+        train: [bool; 8],
         rope: bool,
         strict: bool,
         f: impl Fn(&Tensor, &AttnWeights, Option<(&Tensor, &Tensor)>, &Tensor) -> Result<Tensor>,
     ) -> Vec<Tensor> {
         let (b, t, h) = (2, 70, 24);
         let (qw, kw) = (HEADS.heads * HEADS.head_dim, HEADS.kv_heads * HEADS.head_dim);
+        let (qn, kn) = match norms {
+            HeadNorms::Whole => (qw, kw),
+            _ => (HEADS.head_dim, HEADS.head_dim),
+        };
+        // The norms' weights around their offset of 1, not at it: a weight left at its init proves nothing.
         let raw = [
             randn(&[b, t, h], 1),
             (randn(&[h], 2) * 0.3).unwrap(),
@@ -485,14 +605,16 @@ mod tests {
             (randn(&[kw, h], 4) * 0.3).unwrap(),
             (randn(&[kw, h], 5) * 0.3).unwrap(),
             (randn(&[h, qw], 6) * 0.2).unwrap(),
+            (randn(&[qn], 9) * 0.3).unwrap(),
+            (randn(&[kn], 10) * 0.3).unwrap(),
         ];
         let mut inputs: Vec<Tensor> = raw.to_vec();
         if fused_qkv {
             inputs[2] = Tensor::cat(&[&raw[2], &raw[3], &raw[4]], 0).unwrap();
         }
-        let folded = |k: usize| fused_qkv && (k == 3 || k == 4);
-        let vars: Vec<Option<Var>> = (0..6)
-            .map(|k| (train[k] && !folded(k)).then(|| Var::from_tensor(&inputs[k]).unwrap()))
+        let absent = |k: usize| (fused_qkv && (k == 3 || k == 4)) || (norms == HeadNorms::None && k >= 6);
+        let vars: Vec<Option<Var>> = (0..8)
+            .map(|k| (train[k] && !absent(k)).then(|| Var::from_tensor(&inputs[k]).unwrap()))
             .collect();
         let t_ = |k: usize| vars[k].as_ref().map_or(inputs[k].clone(), |v| v.as_tensor().clone());
         let weights = AttnWeights {
@@ -506,6 +628,8 @@ mod tests {
             norm_offset: 1.0,
             eps: 1e-6,
             residual_scale: 0.5,
+            q_norm: (norms != HeadNorms::None).then(|| t_(6)),
+            k_norm: (norms != HeadNorms::None).then(|| t_(7)),
         };
         let angles = randn(&[t, HEADS.head_dim / 2], 7);
         let angles = Tensor::cat(&[&angles, &angles], 1).unwrap();
@@ -532,29 +656,36 @@ mod tests {
     fn the_block_matches_plain_ops_for_every_set_of_trained_weights() {
         // Input only (a frozen layer above a trained one); one or two weights (no tap); three to five (one or two
         // taps); a lowest trained layer whose input wants no gradient.
+        // With q and k norms: the norms alone, with the projections below them, and everything.
         let sets = [
-            [true, false, false, false, false, false],
-            [true, false, false, false, false, true],
-            [false, false, true, false, true, false],
-            [true, true, true, false, false, true],
-            [true, true, true, true, true, true],
-            [false, true, true, true, true, true],
-            [false, false, false, true, false, false],
+            [true, false, false, false, false, false, false, false],
+            [true, false, false, false, false, true, false, false],
+            [false, false, true, false, true, false, false, false],
+            [true, true, true, false, false, true, false, false],
+            [true, true, true, true, true, true, false, false],
+            [false, true, true, true, true, true, false, false],
+            [false, false, false, true, false, false, false, false],
+            [false, false, false, false, false, false, true, true],
+            [true, false, true, true, false, false, true, false],
+            [true, true, true, true, true, true, true, true],
         ];
-        for fused_qkv in [false, true] {
-            for rope in [true, false] {
-                for train in sets {
-                    let fused = run(fused_qkv, train, rope, true, |x, w, r, m| {
-                        attention_block(x, w, HEADS, r, m)
-                    });
-                    let reference = run(fused_qkv, train, rope, false, composite);
-                    assert_eq!(fused.len(), reference.len());
-                    for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
-                        let d = max_abs_diff(a, b);
-                        assert!(
-                            d < 1e-4,
-                            "{train:?} fused qkv {fused_qkv} rope {rope}: output {k} differs by {d}"
-                        );
+        for norms in [HeadNorms::None, HeadNorms::PerHead, HeadNorms::Whole] {
+            for fused_qkv in [false, true] {
+                for rope in [true, false] {
+                    for train in sets {
+                        let layer = (fused_qkv, norms);
+                        let fused = run(layer, train, rope, true, |x, w, r, m| {
+                            attention_block(x, w, HEADS, r, m)
+                        });
+                        let reference = run(layer, train, rope, false, composite);
+                        assert_eq!(fused.len(), reference.len());
+                        for (k, (a, b)) in fused.iter().zip(&reference).enumerate() {
+                            let d = max_abs_diff(a, b);
+                            assert!(
+                                d < 1e-4,
+                                "{train:?} {norms:?} fused qkv {fused_qkv} rope {rope}: output {k} differs by {d}"
+                            );
+                        }
                     }
                 }
             }
@@ -571,8 +702,18 @@ mod tests {
             norm_offset: 0.0,
             eps: 1e-6,
             residual_scale: 1.0,
+            q_norm: None,
+            k_norm: None,
         };
         let mask = Tensor::zeros((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = attention_block(&x, &w, HEADS, None, &mask).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+        // A q norm neither one head wide nor the projection's width.
+        let w = AttnWeights {
+            qkv: QkvWeights::Fused(randn(&[(4 + 2 * 2) * 8, 8], 3)),
+            q_norm: Some(randn(&[5], 5)),
+            ..w
+        };
         let err = attention_block(&x, &w, HEADS, None, &mask).unwrap_err();
         assert!(err.to_string().contains("do not fit"), "{err}");
     }
