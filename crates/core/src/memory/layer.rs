@@ -1,6 +1,7 @@
 //! One layer as its own tensors show it, for the activation term: families whose layers differ from the config's
 //! sizes (Gemma 4's full layers have wider heads, its shared layers no keys or values of their own, double-wide
-//! MLPs) or from the plain pre-norm layout the CPU's fused blocks serve (q/k norms, sandwich norms, biases).
+//! MLPs) or from the plain pre-norm layout the CPU's fused blocks serve (sandwich norms, biases; q/k norms, which
+//! the attention block takes, keep their inputs).
 
 use crate::layout::{LayerInfo, TensorInfo};
 

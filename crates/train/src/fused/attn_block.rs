@@ -32,8 +32,8 @@ pub struct AttnWeights {
     /// The factor on the attention's output before the residual add (Granite's `residual_multiplier`).
     pub residual_scale: f32,
     /// The RMSNorms on the queries and on the keys before the rope, with the pre-norm's offset and epsilon: per
-    /// head (a weight of head_dim, Qwen3's and Gemma 3's) or over the whole projection (a weight of its width,
-    /// OLMo 2's).
+    /// head (a weight of head_dim: Qwen3's, LFM2's) or over the whole projection (a weight of its width:
+    /// OLMoE's).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
 }
@@ -366,8 +366,14 @@ impl Block {
 
     /// The way back through [`Block::norm_columns`]: turns the normed columns' gradient in `dqkv` into their
     /// input's, and returns the norm weight's.
-    fn norm_columns_backward(&self, dqkv: &mut [f32], column: usize, saved: HeadNorm, w: &[f32]) -> Vec<f32> {
-        let (stride, width) = (self.dims.qkv_width(), saved.input.len() / self.dims.rows());
+    fn norm_columns_backward(
+        &self,
+        dqkv: &mut [f32],
+        (column, width): (usize, usize),
+        saved: HeadNorm,
+        w: &[f32],
+    ) -> Vec<f32> {
+        let stride = self.dims.qkv_width();
         let dnormed = take_columns(dqkv, stride, column, width);
         let (dinput, dw) = rms_norm_backward(
             &saved.input,
@@ -425,9 +431,10 @@ impl Block {
         let mut dqkv = self.rows_of(&dheads);
         drop(dheads);
         let (qn, kn) = self.weights.head_norm_indices();
-        for (index, saved, column) in [(qn, q_norm, 0), (kn, k_norm, d.q_width())] {
+        let (q_columns, k_columns) = ((0, d.q_width()), (d.q_width(), d.kv_width()));
+        for (index, saved, columns) in [(qn, q_norm, q_columns), (kn, k_norm, k_columns)] {
             if let (Some(i), Some(saved)) = (index, saved) {
-                let dw = self.norm_columns_backward(&mut dqkv, column, saved, weights[i]);
+                let dw = self.norm_columns_backward(&mut dqkv, columns, saved, weights[i]);
                 grads[i] = trainable[i].then_some(dw);
             }
         }
