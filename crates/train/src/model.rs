@@ -1012,8 +1012,9 @@ impl Decoder {
     }
 
     /// The attention half as one op (`fused::attention_block`), where it serves: f32 on the CPU in training (a
-    /// dense mask and no cache), a pre-norm and no post-norm, q/k norms or none, a whole-head rope or none, no
-    /// softcap and no per-position query factor, dense weights without biases. None: the separate ops serve.
+    /// dense mask and no cache), a pre-norm (and Gemma's post-norm, where the layer has one), q/k norms or none, a
+    /// whole-head rope or none, no softcap and no per-position query factor, dense weights without biases. None:
+    /// the separate ops serve.
     fn fused_attention(
         &self,
         blk: &Block,
@@ -1043,9 +1044,15 @@ impl Decoder {
             && !blk.stores_kv
             && !query_factors
             && !cached;
-        if !fused::applies(x) || !plain || blk.attn_norms.post.is_some() {
+        if !fused::applies(x) || !plain {
             return None;
         }
+        // Gemma's post-norm on o's output, in f32, where the layer has one.
+        let post_norm = match &blk.attn_norms.post {
+            Some(p) if p.dtype() == DType::F32 => Some(p.clone()),
+            Some(_) => return None,
+            None => None,
+        };
         let dense_mask = match spec.window {
             Some(w) if w < t => mask.dense_windowed.as_ref(),
             _ => mask.dense.as_ref(),
@@ -1072,6 +1079,7 @@ impl Decoder {
             residual_scale: c.residual_multiplier as f32,
             q_norm,
             k_norm,
+            post_norm,
         };
         let heads = fused::AttnHeads {
             heads: c.num_heads,

@@ -1,6 +1,6 @@
 //! A decoder layer's whole attention half as one op: `y = x + m · o(attention(rope(q(n)), rope(k(n)), v(n)))`,
 //! with `n = x / rms(x) · (w + offset)`, and the same RMSNorm on q and k before the rope where the layer has one
-//! (per head or over the whole projection). As separate ops it records ten nodes (norm, q, k, v, three head splits,
+//! (per head or over the whole projection) and on o's output before the residual add (Gemma's post-norm). As separate ops it records ten nodes (norm, q, k, v, three head splits,
 //! the attention, o, the residual add); candle's backward pass then gives each node's inputs a zero-filled
 //! activation-sized gradient and adds into it, and the graph keeps the norm's output and the projections too.
 //! Here the forward pass keeps the rotated heads, the attention's probabilities, its output where o trains, and
@@ -36,6 +36,9 @@ pub struct AttnWeights {
     /// OLMoE's).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
+    /// The RMSNorm on o's output before the residual add (Gemma's `post_attention_layernorm`), with the same
+    /// offset and epsilon as the pre-norm.
+    pub post_norm: Option<Tensor>,
 }
 
 #[derive(Clone)]
@@ -57,7 +60,8 @@ pub struct AttnHeads {
 }
 
 impl AttnWeights {
-    /// Every weight, in a fixed order: norm, q, k, v (or qkv), the q and k norms (where the layer has them), o.
+    /// Every weight, in a fixed order: norm, q, k, v (or qkv), the q and k norms (where the layer has them), o,
+    /// the post-norm (where it has one).
     fn all(&self) -> Vec<Tensor> {
         let mut all = vec![self.norm.clone()];
         match &self.qkv {
@@ -66,7 +70,18 @@ impl AttnWeights {
         }
         all.extend(self.q_norm.iter().chain(&self.k_norm).cloned());
         all.push(self.o.clone());
+        all.extend(self.post_norm.clone());
         all
+    }
+
+    /// Where o is in [`AttnWeights::all`] (the post-norm, where there is one, follows it).
+    fn o_index(&self) -> usize {
+        let (q, k) = self.head_norm_indices();
+        let projections = match self.qkv {
+            QkvWeights::Separate(..) => 3,
+            QkvWeights::Fused(_) => 1,
+        };
+        1 + projections + q.is_some() as usize + k.is_some() as usize
     }
 
     /// Where the q norm and the k norm are in [`AttnWeights::all`].
@@ -173,7 +188,11 @@ fn check_shapes(x: &Tensor, w: &AttnWeights, heads: AttnHeads) -> Result<Dims> {
             None => true,
         })
     };
-    let norms_ok = head_norm_ok(&w.q_norm, qw)? && head_norm_ok(&w.k_norm, kw)?;
+    let post_ok = match &w.post_norm {
+        Some(n) => n.dims1()? == hidden,
+        None => true,
+    };
+    let norms_ok = head_norm_ok(&w.q_norm, qw)? && head_norm_ok(&w.k_norm, kw)? && post_ok;
     if w.norm.dims1()? != hidden || w.o.dims2()? != (hidden, qw) || !qkv_ok || !heads_ok || !norms_ok {
         bail!(
             "attention_block: weights do not fit an input of {:?} with {heads:?}",
@@ -205,6 +224,8 @@ struct Saved {
     /// The queries' and the keys' projections before their norms, where the layer has them.
     q_norm: Option<HeadNorm>,
     k_norm: Option<HeadNorm>,
+    /// o's output and each row's 1/rms, where a post-norm follows o.
+    o_out: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// A q or k norm's input (rows × the projection's width) and the 1/rms of each normed stretch of it.
@@ -298,7 +319,7 @@ impl Block {
     fn forward(&self, x: &[f32], weights: &[&[f32]], mask: &[f32]) -> (Vec<f32>, Saved) {
         let d = self.dims;
         let (rows, hidden, width) = (d.rows(), d.hidden, d.qkv_width());
-        let (inv_rms, normed) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
+        let (inv_rms, normed_x) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's;
         // the projections together overwrite every column of the rows × width buffer.
         let qkv = unsafe {
@@ -306,12 +327,12 @@ impl Block {
                 for p in self.projections() {
                     let w = Mat(weights[p.weight].as_ptr(), 1, hidden as isize);
                     let dst = Mat(out.add(p.column), width as isize, 1);
-                    let lhs = Mat(normed.as_ptr(), hidden as isize, 1);
+                    let lhs = Mat(normed_x.as_ptr(), hidden as isize, 1);
                     matmul_fastest(parallelism(rows, p.width, hidden), rows, p.width, hidden, dst, lhs, w);
                 }
             })
         };
-        drop(normed);
+        drop(normed_x);
         let mut qkv = qkv;
         let (qn, kn) = self.weights.head_norm_indices();
         let q_norm = qn.map(|i| self.norm_columns(&mut qkv, 0, d.q_width(), weights[i]));
@@ -323,23 +344,41 @@ impl Block {
         let v = to_heads(&qkv, columns(d.q_width() + d.kv_width()), self.heads(d.kv_heads), None);
         drop(qkv);
         let (attn, probs) = self.kernel.forward(&q, &k, &v, mask, self.handoff.backward_runs());
-        let mut out = x.to_vec();
         let qw = d.q_width();
-        let o = weights[weights.len() - 1];
-        unsafe {
+        let o_index = self.weights.o_index();
+        let o = weights[o_index];
+        let m = self.weights.residual_scale;
+        // SAFETY: out / o's output rows × hidden, attn rows × heads·head_dim, o (hidden, heads·head_dim) read
+        // transposed; all contiguous.
+        let project = |out: *mut f32, accumulate: bool, scale: f32| unsafe {
             matmul_scaled(
                 parallelism(rows, hidden, qw),
                 rows,
                 hidden,
                 qw,
-                Mat(out.as_mut_ptr(), hidden as isize, 1),
-                true,
+                Mat(out, hidden as isize, 1),
+                accumulate,
                 Mat(attn.as_ptr(), qw as isize, 1),
                 Mat(o.as_ptr(), 1, qw as isize),
-                self.weights.residual_scale,
-            );
-        }
-        let o_trains = self.handoff.trainable[weights.len() - 1];
+                scale,
+            )
+        };
+        let mut out = x.to_vec();
+        let o_out = match self.weights.post_norm {
+            None => {
+                project(out.as_mut_ptr(), true, m);
+                None
+            }
+            Some(_) => {
+                let o_out = unsafe { written(rows * hidden, |d| project(d, false, 1.0)) };
+                let post = weights[o_index + 1];
+                let (inv, normed_out) = normed(&o_out, post, self.weights.norm_offset, self.weights.eps);
+                out.iter_mut().zip(&normed_out).for_each(|(o, n)| *o += m * n);
+                Some((o_out, inv))
+            }
+        };
+        let o_out = o_out.filter(|_| self.handoff.backward_runs());
+        let o_trains = self.handoff.trainable[o_index];
         let attn = if o_trains { attn } else { Vec::new() };
         let saved = Saved {
             inv_rms,
@@ -350,6 +389,7 @@ impl Block {
             attn,
             q_norm,
             k_norm,
+            o_out,
         };
         (out, saved)
     }
@@ -392,8 +432,7 @@ impl Block {
         let d = self.dims;
         let (rows, hidden, qw, width) = (d.rows(), d.hidden, d.q_width(), d.qkv_width());
         let (hi, qi) = (hidden as isize, qw as isize);
-        let m = self.weights.residual_scale;
-        let last = weights.len() - 1;
+        let last = self.weights.o_index();
         let trainable = &self.handoff.trainable;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; weights.len()];
         let Saved {
@@ -405,14 +444,31 @@ impl Block {
             attn,
             q_norm,
             k_norm,
+            o_out,
         } = saved;
+        // The gradient reaching o's output, and the factor it takes: m · dy without a post-norm; through the
+        // post-norm's backward pass (no residual of its own) with one.
+        let through_post;
+        let (dy_o, m): (&[f32], f32) = match o_out {
+            None => (dy, self.weights.residual_scale),
+            Some((o_out, inv)) => {
+                let scaled: Vec<f32> = dy.iter().map(|g| g * self.weights.residual_scale).collect();
+                let post = weights[last + 1];
+                let (d_out, dpost) = rms_norm_backward(&o_out, &scaled, &inv, post, self.weights.norm_offset, None);
+                if trainable[last + 1] {
+                    grads[last + 1] = Some(dpost);
+                }
+                through_post = d_out;
+                (&through_post, 1.0)
+            }
+        };
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
         if trainable[last] {
             // d(o) = m · dyᵀ · attn (hidden × heads·head_dim).
             grads[last] = Some(unsafe {
                 written(hidden * qw, |out| {
                     let par = parallelism(hidden, qw, rows);
-                    let (lhs, rhs) = (Mat(dy.as_ptr(), 1, hi), Mat(attn.as_ptr(), qi, 1));
+                    let (lhs, rhs) = (Mat(dy_o.as_ptr(), 1, hi), Mat(attn.as_ptr(), qi, 1));
                     matmul_scaled(par, hidden, qw, rows, Mat(out, qi, 1), false, lhs, rhs, m);
                 })
             });
@@ -422,7 +478,7 @@ impl Block {
         let dattn = unsafe {
             written(rows * qw, |out| {
                 let par = parallelism(rows, qw, hidden);
-                let (lhs, rhs) = (Mat(dy.as_ptr(), hi, 1), Mat(weights[last].as_ptr(), qi, 1));
+                let (lhs, rhs) = (Mat(dy_o.as_ptr(), hi, 1), Mat(weights[last].as_ptr(), qi, 1));
                 matmul_scaled(par, rows, qw, hidden, Mat(out, qi, 1), false, lhs, rhs, m);
             })
         };
@@ -578,7 +634,12 @@ mod tests {
             mask,
             scale,
         )?;
-        x + (attn.broadcast_matmul(&w.o.t()?)? * w.residual_scale as f64)?
+        let y = attn.broadcast_matmul(&w.o.t()?)?;
+        let y = match &w.post_norm {
+            Some(g) => rms_norm(&y, g)?,
+            None => y,
+        };
+        x + (y * w.residual_scale as f64)?
     }
 
     /// The q and k norms a test layer has.
@@ -589,11 +650,11 @@ mod tests {
         Whole,
     }
 
-    /// Value, then the gradient of each input in `train` (x, norm, q, k, v, o, q norm, k norm), of `f` against a
-    /// probe; asserts (where `strict`) that no gradient exists for the others.
+    /// Value, then the gradient of each input in `train` (x, norm, q, k, v, o, q norm, k norm, post-norm), of `f`
+    /// against a probe; asserts (where `strict`) that no gradient exists for the others.
     fn run(
-        (fused_qkv, norms): (bool, HeadNorms),
-        train: [bool; 8],
+        (fused_qkv, norms, post): (bool, HeadNorms, bool),
+        train: [bool; 9],
         rope: bool,
         strict: bool,
         f: impl Fn(&Tensor, &AttnWeights, Option<(&Tensor, &Tensor)>, &Tensor) -> Result<Tensor>,
@@ -614,13 +675,16 @@ mod tests {
             (randn(&[h, qw], 6) * 0.2).unwrap(),
             (randn(&[qn], 9) * 0.3).unwrap(),
             (randn(&[kn], 10) * 0.3).unwrap(),
+            (randn(&[h], 11) * 0.3).unwrap(),
         ];
         let mut inputs: Vec<Tensor> = raw.to_vec();
         if fused_qkv {
             inputs[2] = Tensor::cat(&[&raw[2], &raw[3], &raw[4]], 0).unwrap();
         }
-        let absent = |k: usize| (fused_qkv && (k == 3 || k == 4)) || (norms == HeadNorms::None && k >= 6);
-        let vars: Vec<Option<Var>> = (0..8)
+        let absent = |k: usize| {
+            (fused_qkv && (k == 3 || k == 4)) || (norms == HeadNorms::None && (k == 6 || k == 7)) || (!post && k == 8)
+        };
+        let vars: Vec<Option<Var>> = (0..9)
             .map(|k| (train[k] && !absent(k)).then(|| Var::from_tensor(&inputs[k]).unwrap()))
             .collect();
         let t_ = |k: usize| vars[k].as_ref().map_or(inputs[k].clone(), |v| v.as_tensor().clone());
@@ -637,6 +701,7 @@ mod tests {
             residual_scale: 0.5,
             q_norm: (norms != HeadNorms::None).then(|| t_(6)),
             k_norm: (norms != HeadNorms::None).then(|| t_(7)),
+            post_norm: post.then(|| t_(8)),
         };
         let angles = randn(&[t, HEADS.head_dim / 2], 7);
         let angles = Tensor::cat(&[&angles, &angles], 1).unwrap();
@@ -663,24 +728,30 @@ mod tests {
     fn the_block_matches_plain_ops_for_every_set_of_trained_weights() {
         // Input only (a frozen layer above a trained one); one or two weights (no tap); three to five (one or two
         // taps); a lowest trained layer whose input wants no gradient.
-        // With q and k norms: the norms alone, with the projections below them, and everything.
+        // With q and k norms: the norms alone, with the projections below them, and everything. With a post-norm:
+        // it alone, with o, and everything.
         let sets = [
-            [true, false, false, false, false, false, false, false],
-            [true, false, false, false, false, true, false, false],
-            [false, false, true, false, true, false, false, false],
-            [true, true, true, false, false, true, false, false],
-            [true, true, true, true, true, true, false, false],
-            [false, true, true, true, true, true, false, false],
-            [false, false, false, true, false, false, false, false],
-            [false, false, false, false, false, false, true, true],
-            [true, false, true, true, false, false, true, false],
-            [true, true, true, true, true, true, true, true],
+            [true, false, false, false, false, false, false, false, false],
+            [true, false, false, false, false, true, false, false, false],
+            [false, false, true, false, true, false, false, false, false],
+            [true, true, true, false, false, true, false, false, false],
+            [true, true, true, true, true, true, false, false, false],
+            [false, true, true, true, true, true, false, false, false],
+            [false, false, false, true, false, false, false, false, false],
+            [false, false, false, false, false, false, true, true, false],
+            [true, false, true, true, false, false, true, false, false],
+            [false, false, false, false, false, false, false, false, true],
+            [true, false, false, false, false, true, false, false, true],
+            [true, true, true, true, true, true, true, true, true],
         ];
-        for norms in [HeadNorms::None, HeadNorms::PerHead, HeadNorms::Whole] {
+        let layers = [HeadNorms::None, HeadNorms::PerHead, HeadNorms::Whole]
+            .into_iter()
+            .flat_map(|norms| [false, true].map(|post| (norms, post)));
+        for (norms, post) in layers {
             for fused_qkv in [false, true] {
                 for rope in [true, false] {
                     for train in sets {
-                        let layer = (fused_qkv, norms);
+                        let layer = (fused_qkv, norms, post);
                         let fused = run(layer, train, rope, true, |x, w, r, m| {
                             attention_block(x, w, HEADS, r, m)
                         });
@@ -690,7 +761,7 @@ mod tests {
                             let d = max_abs_diff(a, b);
                             assert!(
                                 d < 1e-4,
-                                "{train:?} {norms:?} fused qkv {fused_qkv} rope {rope}: output {k} differs by {d}"
+                                "{train:?} {norms:?} post {post} fused qkv {fused_qkv} rope {rope}: output {k} differs by {d}"
                             );
                         }
                     }
@@ -711,6 +782,7 @@ mod tests {
             residual_scale: 1.0,
             q_norm: None,
             k_norm: None,
+            post_norm: None,
         };
         let mask = Tensor::zeros((1, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let err = attention_block(&x, &w, HEADS, None, &mask).unwrap_err();
