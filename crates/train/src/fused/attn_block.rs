@@ -9,7 +9,9 @@
 
 use super::attention::{Dims as HeadDims, Kernel};
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat};
-use super::pre_norm::{normed, renormed, rms_norm_backward};
+use super::pre_norm::{
+    gradient_through_post, normed, renormed, residual_through_post, rms_norm_backward, PostNormInput,
+};
 use super::rope::{from_heads, tables_of, to_heads, Columns, Tables};
 use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
 use super::{f32s, with_values};
@@ -225,7 +227,7 @@ struct Saved {
     q_norm: Option<HeadNorm>,
     k_norm: Option<HeadNorm>,
     /// o's output and each row's 1/rms, where a post-norm follows o.
-    o_out: Option<(Vec<f32>, Vec<f32>)>,
+    o_out: Option<PostNormInput>,
 }
 
 /// A q or k norm's input (rows × the projection's width) and the 1/rms of each normed stretch of it.
@@ -363,20 +365,10 @@ impl Block {
                 scale,
             )
         };
-        let mut out = x.to_vec();
-        let o_out = match self.weights.post_norm {
-            None => {
-                project(out.as_mut_ptr(), true, m);
-                None
-            }
-            Some(_) => {
-                let o_out = unsafe { written(rows * hidden, |d| project(d, false, 1.0)) };
-                let post = weights[o_index + 1];
-                let (inv, normed_out) = normed(&o_out, post, self.weights.norm_offset, self.weights.eps);
-                out.iter_mut().zip(&normed_out).for_each(|(o, n)| *o += m * n);
-                Some((o_out, inv))
-            }
-        };
+        let post = self.weights.post_norm.as_ref().map(|_| weights[o_index + 1]);
+        let factors = (self.weights.norm_offset, self.weights.eps, m);
+        // SAFETY: `project` writes (or adds into) rows × hidden values, x's length.
+        let (out, o_out) = unsafe { residual_through_post(x, post, factors, project) };
         let o_out = o_out.filter(|_| self.handoff.backward_runs());
         let o_trains = self.handoff.trainable[o_index];
         let attn = if o_trains { attn } else { Vec::new() };
@@ -446,22 +438,14 @@ impl Block {
             k_norm,
             o_out,
         } = saved;
-        // The gradient reaching o's output, and the factor it takes: m · dy without a post-norm; through the
-        // post-norm's backward pass (no residual of its own) with one.
-        let through_post;
-        let (dy_o, m): (&[f32], f32) = match o_out {
-            None => (dy, self.weights.residual_scale),
-            Some((o_out, inv)) => {
-                let scaled: Vec<f32> = dy.iter().map(|g| g * self.weights.residual_scale).collect();
-                let post = weights[last + 1];
-                let (d_out, dpost) = rms_norm_backward(&o_out, &scaled, &inv, post, self.weights.norm_offset, None);
-                if trainable[last + 1] {
-                    grads[last + 1] = Some(dpost);
-                }
-                through_post = d_out;
-                (&through_post, 1.0)
-            }
-        };
+        // The gradient reaching o's output, and the factor it takes.
+        let post = self.weights.post_norm.as_ref().map(|_| weights[last + 1]);
+        let factors = (self.weights.norm_offset, self.weights.residual_scale);
+        let (dy_o, m, dpost) = gradient_through_post(dy, o_out, post, factors);
+        if let Some(dpost) = dpost.filter(|_| trainable[last + 1]) {
+            grads[last + 1] = Some(dpost);
+        }
+        let dy_o: &[f32] = &dy_o;
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
         if trainable[last] {
             // d(o) = m · dyᵀ · attn (hidden × heads·head_dim).

@@ -11,7 +11,9 @@
 
 use super::gelu::GluActivation;
 use super::gemm::{matmul_fastest, matmul_on, matmul_scaled, parallelism, written, Mat, Shared};
-use super::pre_norm::{normed, renormed, rms_norm_backward};
+use super::pre_norm::{
+    gradient_through_post, normed, renormed, residual_through_post, rms_norm_backward, PostNormInput,
+};
 use super::wiring::{block_backward, wire, BlockGrads, Handoff, Wired};
 use super::{f32s, rows_per_task, with_values};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -121,7 +123,7 @@ struct Saved {
     /// Per row, 1/rms.
     inv_rms: Vec<f32>,
     /// With a post-norm: down's output (rows × hidden) and its rows' 1/rms.
-    down_out: Option<(Vec<f32>, Vec<f32>)>,
+    down_out: Option<PostNormInput>,
 }
 
 struct Block {
@@ -197,20 +199,14 @@ impl Block {
                 scale,
             )
         };
-        let mut out = x.to_vec();
-        let down_out = match self.weights.post_norm {
-            None => {
-                project(out.as_mut_ptr(), true, m);
-                None
-            }
-            Some(_) => {
-                let d = unsafe { written(rows * hidden, |d| project(d, false, 1.0)) };
-                let post = weights[self.weights.down_index() + 1];
-                let (inv, nd) = normed(&d, post, self.weights.norm_offset, self.weights.eps);
-                out.iter_mut().zip(&nd).for_each(|(o, n)| *o += m * n);
-                Some((d, inv))
-            }
-        };
+        let post = self
+            .weights
+            .post_norm
+            .as_ref()
+            .map(|_| weights[self.weights.down_index() + 1]);
+        let factors = (self.weights.norm_offset, self.weights.eps, m);
+        // SAFETY: `project` writes (or adds into) rows × hidden values, x's length.
+        let (out, down_out) = unsafe { residual_through_post(x, post, factors, project) };
         let saved = Saved {
             gate_up,
             inv_rms,
@@ -260,23 +256,14 @@ impl Block {
             inv_rms,
             down_out,
         } = saved;
-        // The gradient reaching down's output, and the factor it takes: m · dy without a post-norm; through the
-        // post-norm's backward pass (no residual of its own) with one.
-        let through_post;
-        let (dy_down, m): (&[f32], f32) = match &down_out {
-            None => (dy, self.weights.residual_scale),
-            Some((d, inv)) => {
-                let scaled: Vec<f32> = dy.iter().map(|g| g * self.weights.residual_scale).collect();
-                let post = weights[last + 1];
-                let (dd, dpost) = rms_norm_backward(d, &scaled, inv, post, self.weights.norm_offset, None);
-                if self.handoff.trainable[last + 1] {
-                    grads[last + 1] = Some(dpost);
-                }
-                through_post = dd;
-                (&through_post, 1.0)
-            }
-        };
-        drop(down_out);
+        // The gradient reaching down's output, and the factor it takes.
+        let post = self.weights.post_norm.as_ref().map(|_| weights[last + 1]);
+        let factors = (self.weights.norm_offset, self.weights.residual_scale);
+        let (dy_down, m, dpost) = gradient_through_post(dy, down_out, post, factors);
+        if let Some(dpost) = dpost.filter(|_| self.handoff.trainable[last + 1]) {
+            grads[last + 1] = Some(dpost);
+        }
+        let dy_down: &[f32] = &dy_down;
         // d(product) = m · dy · down (rows × inter).
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's.
         let dproduct = unsafe {

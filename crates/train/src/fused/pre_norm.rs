@@ -5,6 +5,55 @@
 use super::{add_into, inv_rms, norm_grad_row, norm_row, rows_per_task};
 use rayon::prelude::*;
 
+/// What a block keeps of its post-norm for the backward pass: the norm's input (y, rows of x's width) and each
+/// row's 1/rms.
+pub(super) struct PostNormInput {
+    y: Vec<f32>,
+    inv_rms: Vec<f32>,
+}
+
+/// A block's output: `x + m · y`, or `x + m · post(y)` where the block has a post-norm (Gemma's), with `y`
+/// (rows of x's width) written by `project(out, accumulate, scale)`, which adds `scale · y` into `out` when
+/// `accumulate`. Returns the output and, under a post-norm, what [`gradient_through_post`] needs.
+///
+/// # Safety
+/// `project` must write (or add into) exactly x's length of values at the pointer it is given.
+pub(super) unsafe fn residual_through_post(
+    x: &[f32],
+    post: Option<&[f32]>,
+    (offset, eps, m): (f32, f32, f32),
+    project: impl Fn(*mut f32, bool, f32),
+) -> (Vec<f32>, Option<PostNormInput>) {
+    let mut out = x.to_vec();
+    let Some(post) = post else {
+        project(out.as_mut_ptr(), true, m);
+        return (out, None);
+    };
+    let y = super::gemm::written(x.len(), |y| project(y, false, 1.0));
+    let (inv, normed_y) = normed(&y, post, offset, eps);
+    out.iter_mut().zip(&normed_y).for_each(|(o, n)| *o += m * n);
+    (out, Some(PostNormInput { y, inv_rms: inv }))
+}
+
+/// The way back through [`residual_through_post`] to y: the gradient reaching y and the factor still to apply to
+/// it (`m · dy` as `(dy, m)` without a post-norm; through the post-norm's backward pass, with no residual of its
+/// own, as `(dy', 1)` with one), and the post-norm weight's gradient.
+pub(super) fn gradient_through_post<'a>(
+    dy: &'a [f32],
+    saved: Option<PostNormInput>,
+    post: Option<&[f32]>,
+    (offset, m): (f32, f32),
+) -> (std::borrow::Cow<'a, [f32]>, f32, Option<Vec<f32>>) {
+    match (saved, post) {
+        (Some(PostNormInput { y, inv_rms }), Some(post)) => {
+            let scaled: Vec<f32> = dy.iter().map(|g| g * m).collect();
+            let (dy_y, dpost) = rms_norm_backward(&y, &scaled, &inv_rms, post, offset, None);
+            (dy_y.into(), 1.0, Some(dpost))
+        }
+        _ => (dy.into(), m, None),
+    }
+}
+
 /// Each row's 1/rms and the normed rows `x / rms · (w + offset)`, rows of `w.len()`.
 pub(super) fn normed(x: &[f32], w: &[f32], offset: f32, eps: f32) -> (Vec<f32>, Vec<f32>) {
     let inv: Vec<f32> = x.par_chunks(w.len()).map(|r| inv_rms(r, eps)).collect();
