@@ -39,11 +39,12 @@ pub(super) struct LayerShape {
     pub q: u64,
     pub kv: u64,
     pub i: u64,
-    /// Whether the CPU's one-op blocks serve the attention half (`Decoder::fused_attention`: a pre-norm only, its
-    /// own keys, both q and k norms or neither, whole-head rope, dense weights without biases, no sinks) and the MLP half (`fused_mlp_weights`: a
+    /// Whether the CPU's one-op blocks serve the attention half (`Decoder::fused_attention`: a pre-norm, its own
+    /// keys, both q and k norms or neither, whole-head rope, dense weights without biases, no sinks; the block takes
+    /// Gemma's post-norm too, but this estimate counts sandwich layers composite) and the MLP half (`fused_mlp_weights`: a
     /// gated SiLU or GELU-tanh MLP with a pre-norm (Gemma's post-norm too), dense weights, no biases or experts). Softcaps, output gates, interleaved rope and
     /// per-position query factors also keep the attention block away; config.json alone shows those, so the
-    /// estimate counts such layers (Gemma 2, Qwen3-Next, ERNIE 4.5, Llama 4-style scaling) as fused: low there.
+    /// estimate counts such layers (Qwen3-Next, ERNIE 4.5, Llama 4-style scaling) as fused: low there.
     pub fused_attention: bool,
     pub fused_mlp: bool,
     /// Values per token kept by what a plain layer lacks: the inputs of q/k norms and further norms, and Gemma 4's

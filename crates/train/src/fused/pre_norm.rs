@@ -17,7 +17,8 @@ pub(super) struct PostNormInput {
 /// `accumulate`. Returns the output and, under a post-norm, what [`gradient_through_post`] needs.
 ///
 /// # Safety
-/// `project` must write (or add into) exactly x's length of values at the pointer it is given.
+/// `project` must write (or, accumulating, add into) exactly x's length of values at the pointer it is given,
+/// and read none of them when not accumulating (that buffer starts unwritten).
 pub(super) unsafe fn residual_through_post(
     x: &[f32],
     post: Option<&[f32]>,
@@ -44,6 +45,11 @@ pub(super) fn gradient_through_post<'a>(
     post: Option<&[f32]>,
     (offset, m): (f32, f32),
 ) -> (std::borrow::Cow<'a, [f32]>, f32, Option<Vec<f32>>) {
+    debug_assert_eq!(
+        saved.is_some(),
+        post.is_some(),
+        "a post-norm's input is kept exactly where there is one"
+    );
     match (saved, post) {
         (Some(PostNormInput { y, inv_rms }), Some(post)) => {
             let scaled: Vec<f32> = dy.iter().map(|g| g * m).collect();
