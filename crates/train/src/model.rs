@@ -1047,22 +1047,17 @@ impl Decoder {
         if !fused::applies(x) || !plain {
             return None;
         }
-        // Gemma's post-norm on o's output, in f32, where the layer has one.
-        let post_norm = match &blk.attn_norms.post {
-            Some(p) if p.dtype() == DType::F32 => Some(p.clone()),
-            Some(_) => return None,
-            None => None,
-        };
+        // Gemma's post-norm on o's output, where the layer has one.
+        let post_norm = fused_norm(blk.attn_norms.post.as_ref())?;
         let dense_mask = match spec.window {
             Some(w) if w < t => mask.dense_windowed.as_ref(),
             _ => mask.dense.as_ref(),
         }?;
         let norm = blk.attn_norms.pre.clone().filter(|n| n.dtype() == DType::F32)?;
-        // The q and k norms, where the layer has them: both, in f32.
-        let head_norm = |n: &Option<Tensor>| match (spec.qk_norm, n) {
-            (QkNorm::None, _) => Some(None),
-            (_, Some(n)) if n.dtype() == DType::F32 => Some(Some(n.clone())),
-            _ => None,
+        // The q and k norms, where the layer has them: both.
+        let head_norm = |n: &Option<Tensor>| match spec.qk_norm {
+            QkNorm::None => Some(None),
+            _ => fused_norm(Some(n.as_ref()?)),
         };
         let (q_norm, k_norm) = (head_norm(&w.q_norm)?, head_norm(&w.k_norm)?);
         let qkv = match &w.qkv {
@@ -1100,11 +1095,7 @@ impl Decoder {
             Activation::Gelu => return None,
         };
         let f32_norm = |n: &Tensor| n.dtype() == DType::F32;
-        let post_norm = match &blk.mlp_norms.post {
-            Some(p) if f32_norm(p) => Some(p.clone()),
-            Some(_) => return None,
-            None => None,
-        };
+        let post_norm = fused_norm(blk.mlp_norms.post.as_ref())?;
         let fits = fused::applies(x) && blk.beside.is_none();
         let norm = blk.mlp_norms.pre.clone().filter(|n| fits && f32_norm(n))?;
         let Ffn::Dense { gate_up, down } = &blk.ffn else {
@@ -1447,6 +1438,16 @@ fn real_tokens(batch: &Batch) -> Vec<bool> {
         .iter()
         .flat_map(|&len| (0..t).map(move |p| p < len))
         .collect()
+}
+
+/// A norm for the fused blocks, where the layer may have one: `Some(None)` without it, `Some(Some(weight))` in
+/// f32, None (the separate ops serve) in any other dtype.
+fn fused_norm(n: Option<&Tensor>) -> Option<Option<Tensor>> {
+    match n {
+        Some(n) if n.dtype() == DType::F32 => Some(Some(n.clone())),
+        Some(_) => None,
+        None => Some(None),
+    }
 }
 
 /// A linear's weight where it is dense f32 without a bias: what the fused block ops take.

@@ -1,7 +1,7 @@
 //! A decoder layer's whole attention half as one op: `y = x + m · o(attention(rope(q(n)), rope(k(n)), v(n)))`,
 //! with `n = x / rms(x) · (w + offset)`, and the same RMSNorm on q and k before the rope where the layer has one
-//! (per head or over the whole projection) and on o's output before the residual add (Gemma's post-norm). As separate ops it records ten nodes (norm, q, k, v, three head splits,
-//! the attention, o, the residual add); candle's backward pass then gives each node's inputs a zero-filled
+//! (per head or over the whole projection) and on o's output before the residual add (Gemma's post-norm). As
+//! separate ops it records ten nodes (norm, q, k, v, three head splits, the attention, o, the residual add); candle's backward pass then gives each node's inputs a zero-filled
 //! activation-sized gradient and adds into it, and the graph keeps the norm's output and the projections too.
 //! Here the forward pass keeps the rotated heads, the attention's probabilities, its output where o trains, and
 //! each row's 1/rms; the backward pass makes the normed rows again where a projection trains, and writes each
@@ -76,22 +76,22 @@ impl AttnWeights {
         all
     }
 
+    /// Where in [`AttnWeights::all`] the weights past the pre-norm and the projections start.
+    fn after_projections(&self) -> usize {
+        match self.qkv {
+            QkvWeights::Separate(..) => 4,
+            QkvWeights::Fused(_) => 2,
+        }
+    }
+
     /// Where o is in [`AttnWeights::all`] (the post-norm, where there is one, follows it).
     fn o_index(&self) -> usize {
-        let (q, k) = self.head_norm_indices();
-        let projections = match self.qkv {
-            QkvWeights::Separate(..) => 3,
-            QkvWeights::Fused(_) => 1,
-        };
-        1 + projections + q.is_some() as usize + k.is_some() as usize
+        self.after_projections() + self.q_norm.is_some() as usize + self.k_norm.is_some() as usize
     }
 
     /// Where the q norm and the k norm are in [`AttnWeights::all`].
     fn head_norm_indices(&self) -> (Option<usize>, Option<usize>) {
-        let after = match self.qkv {
-            QkvWeights::Separate(..) => 4,
-            QkvWeights::Fused(_) => 2,
-        };
+        let after = self.after_projections();
         let q = self.q_norm.as_ref().map(|_| after);
         let k = self.k_norm.as_ref().map(|_| after + q.is_some() as usize);
         (q, k)
@@ -324,7 +324,7 @@ impl Block {
         let (inv_rms, normed_x) = normed(x, weights[0], self.weights.norm_offset, self.weights.eps);
         // SAFETY (each product below): shapes as `check_shapes` checked, every buffer contiguous and this call's;
         // the projections together overwrite every column of the rows × width buffer.
-        let qkv = unsafe {
+        let mut qkv = unsafe {
             written(rows * width, |out| {
                 for p in self.projections() {
                     let w = Mat(weights[p.weight].as_ptr(), 1, hidden as isize);
@@ -335,7 +335,6 @@ impl Block {
             })
         };
         drop(normed_x);
-        let mut qkv = qkv;
         let (qn, kn) = self.weights.head_norm_indices();
         let q_norm = qn.map(|i| self.norm_columns(&mut qkv, 0, d.q_width(), weights[i]));
         let k_norm = kn.map(|i| self.norm_columns(&mut qkv, d.q_width(), d.kv_width(), weights[i]));
